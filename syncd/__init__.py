@@ -1,0 +1,3 @@
+"""syncd: a watch-folder upload daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,24 @@
+"""The registry of destination types: config ``type`` name -> class.
+
+Adding a service means writing ``destinations/<service>.py`` (a class that
+satisfies :class:`~syncd.destinations.base.Destination`, with an ``Options``
+dataclass) and adding it here. An unknown ``type`` in a config is an error
+that lists these names.
+"""
+
+from __future__ import annotations
+
+from syncd.destinations.base import Destination
+from syncd.destinations.lilt import LiltDestination
+
+REGISTRY: dict[str, type[Destination]] = {
+    LiltDestination.TYPE: LiltDestination,
+}
+
+
+def get(type_name: str) -> type[Destination]:
+    """The class for ``type_name``; KeyError if there is none."""
+    return REGISTRY[type_name]
+
+
+__all__ = ["REGISTRY", "get"]

@@ -1,0 +1,117 @@
+"""Every error syncd raises on purpose, grouped by what happens next.
+
+::
+
+    SyncdError
+    ├── ConfigError          the config cannot be used; nothing starts (exit 2).
+    │                        Carries a list of Problems, each with its dotted key
+    │                        and the bad value, so *all* of them are reported at once.
+    ├── LockedError          another instance holds the state-dir lock (exit 3).
+    ├── LedgerError          the ledger cannot be opened or is corrupt (exit 4);
+    │                        fail closed, `syncd ledger rebuild` repairs it.
+    └── UploadError          one upload attempt failed; the uploader decides.
+        ├── RetryableError   try again later: transport errors, 408, 429, 5xx,
+        │                    expired signatures. `retry_after` (seconds) is the
+        │                    server's own hint when it gave one.
+        ├── PermanentError   retrying cannot help (4xx, a rejected file): the
+        │                    file goes to failed_dir at once with the reason.
+        ├── SourceChangedError  the local file changed while it was being read;
+        │                    the upload is discarded and the new version settles.
+        └── FatalError       stop everything (the credentials are wrong for every
+                             file, say). The daemon keeps files where they are.
+
+HTTP status codes and httpx exceptions are mapped onto this tree in exactly
+one place, :mod:`syncd.http`. Messages never carry secrets: :mod:`syncd.redact`
+scrubs URLs and known secret values before any text leaves a destination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SyncdError(Exception):
+    """Base of every deliberate syncd error."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (dotted key) and what."""
+
+    key: str
+    message: str
+    severity: str = "error"  # "error" stops startup, "warning" is only reported
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class ConfigError(SyncdError):
+    """The config cannot be used. ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        lines = [str(p) for p in problems]
+        if len(lines) == 1:
+            text = head + lines[0]
+        else:
+            text = head + f"{len(lines)} problems:\n" + "\n".join("  " + x for x in lines)
+        super().__init__(text)
+
+
+class LockedError(SyncdError):
+    """Another syncd process holds the lock on this state directory."""
+
+
+class LedgerError(SyncdError):
+    """The ledger database is unusable (not a database, corrupt, wrong schema)."""
+
+
+class UploadError(SyncdError):
+    """One upload attempt failed. Subclasses say what the uploader does next."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(UploadError):
+    """Transient: retry later with backoff, or after ``retry_after`` seconds."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ExpiredError(RetryableError):
+    """A presigned URL, form policy or token expired: renew it and retry at once.
+
+    Destinations normally handle this themselves (re-sign the missing parts);
+    it reaches the uploader only when renewal itself keeps failing.
+    """
+
+
+class PermanentError(UploadError):
+    """Retrying cannot help; the file is moved to failed_dir with this reason."""
+
+
+class SourceChangedError(UploadError):
+    """The file changed (size, mtime, inode) while it was being uploaded."""
+
+
+class FatalError(UploadError):
+    """Nothing can be uploaded to this destination until an operator acts."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, secret-free description of an exception for logs and the ledger."""
+    from syncd.redact import redact
+
+    name = type(exc).__name__
+    text = str(exc).replace("\n", " ").strip()
+    return redact(f"{name}: {text}" if text else name)
+
