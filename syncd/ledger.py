@@ -1,0 +1,605 @@
+"""The ledger: one SQLite database that records every file syncd has seen.
+
+This module is the only place that speaks SQL. Callers use verbs:
+:meth:`Ledger.observe`, :meth:`~Ledger.promote`, :meth:`~Ledger.claim_next`,
+:meth:`~Ledger.checkpoint`, :meth:`~Ledger.mark_uploaded`,
+:meth:`~Ledger.mark_done`, :meth:`~Ledger.mark_failed`,
+:meth:`~Ledger.requeue_stale` and so on.
+
+A row is one *version* of one file: the folder, the path relative to it, and
+the size, mtime, inode and (once read) SHA-256 of the bytes. States::
+
+    settling -> queued -> uploading -> uploaded -> done
+                   ^          |
+                   +- retrying+-> failed        (attempts exhausted / permanent)
+    settling|queued|retrying -> vanished        (gone before upload, or superseded)
+
+At most one *active* row (settling, queued, uploading, retrying, uploaded)
+exists per inbox path; a partial unique index enforces it. ``location`` is
+NULL while the bytes are at ``folder/relpath`` and holds the absolute path
+once they have moved (to failed_dir, or to the archive).
+
+Durability: WAL with ``synchronous=FULL``, so every committed transaction is
+on disk when the call returns. In particular :meth:`mark_uploaded` returns
+only once "the remote confirmed these exact bytes" is durable; nothing may
+touch the source file before that. Every write is one ``BEGIN IMMEDIATE``
+transaction, so concurrent processes (the daemon and ``syncd retry``) wait on
+``busy_timeout`` instead of failing.
+
+Thread safety: one connection shared by every thread of the process, guarded
+by a lock; each verb holds it only for its own statements.
+
+Errors: opening a file that is not a database, is corrupt (``quick_check``
+fails) or has a schema from a newer syncd raises
+:class:`~syncd.errors.LedgerError`. Other :class:`sqlite3.Error` exceptions
+(disk full, I/O error) propagate from the verb after the transaction rolled
+back; the database stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncd.errors import LedgerError
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x73796E63  # "sync"
+
+STATES = (
+    "settling", "queued", "uploading", "retrying", "uploaded",
+    "done", "failed", "vanished", "skipped",
+)
+ACTIVE_STATES = ("settling", "queued", "uploading", "retrying", "uploaded")
+_ACTIVE_SQL = "('settling','queued','uploading','retrying','uploaded')"
+
+_MIGRATIONS: dict[int, str] = {
+    1: f"""
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL UNIQUE,
+        folder TEXT NOT NULL,
+        relpath BLOB NOT NULL,
+        location BLOB,
+        state TEXT NOT NULL,
+        size INTEGER,
+        mtime_ns INTEGER,
+        inode INTEGER,
+        sha256 TEXT,
+        destination TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '[]',
+        category TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        last_error TEXT,
+        receipt TEXT,
+        resume TEXT,
+        archive_path BLOB,
+        first_seen REAL NOT NULL,
+        changed_at REAL NOT NULL,
+        queued_at REAL,
+        uploaded_at REAL,
+        done_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX files_state ON files(state, next_attempt_at);
+    CREATE INDEX files_path ON files(folder, relpath);
+    CREATE UNIQUE INDEX files_active_path ON files(folder, relpath)
+        WHERE location IS NULL AND state IN {_ACTIVE_SQL};
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    """,
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ledger row, decoded. ``relpath`` is ``str`` (surrogate-escaped bytes)."""
+
+    id: int
+    uuid: str
+    folder: str
+    relpath: str
+    location: str | None
+    state: str
+    size: int | None
+    mtime_ns: int | None
+    inode: int | None
+    sha256: str | None
+    destination: str
+    labels: tuple[str, ...]
+    category: str | None
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    receipt: dict[str, Any] | None
+    resume: dict[str, Any] | None
+    archive_path: str | None
+    first_seen: float
+    changed_at: float
+    queued_at: float | None
+    uploaded_at: float | None
+    done_at: float | None
+    updated_at: float
+
+    @property
+    def inbox_path(self) -> str:
+        """Where the file sits (or sat) in its watched folder."""
+        return os.path.join(self.folder, self.relpath)
+
+    @property
+    def current_path(self) -> str:
+        """Where the bytes are now: ``location`` if they moved, else the inbox path."""
+        return self.location if self.location is not None else self.inbox_path
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (paths with undecodable bytes are backslash-escaped)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = _printable(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _enc(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _dec(blob: bytes | str | None) -> str | None:
+    if blob is None:
+        return None
+    return os.fsdecode(blob)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _unjson(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class Ledger:
+    """The SQLite ledger. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Any = time.time) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+        self._clock = clock
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False, clock: Any = time.time,
+             timeout: float = 10.0) -> Ledger:
+        """Open (creating and migrating unless ``readonly``) the ledger at ``path``."""
+        path = Path(path)
+        try:
+            if readonly:
+                if not path.exists():
+                    raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
+                uri = f"file:{path}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False,
+                                       isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False,
+                                       isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                conn.close()
+                raise LedgerError(f"ledger {path} is corrupt ({check}); run `syncd ledger rebuild`")
+            ledger = cls(conn, path, clock)
+            if not readonly:
+                ledger._migrate()
+            else:
+                ledger._check_version()
+            return ledger
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"ledger {path} is unusable ({exc}); run `syncd ledger rebuild` to rebuild it "
+                "from the folders"
+            ) from None
+
+    def _check_version(self) -> int:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {version}, newer than this syncd "
+                f"understands ({SCHEMA_VERSION}); upgrade syncd"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
+        app_id = int(self._conn.execute("PRAGMA application_id").fetchone()[0])
+        if version and app_id != APPLICATION_ID:
+            raise LedgerError(f"{self.path} is an SQLite database but not a syncd ledger")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._write():
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={target}")
+                self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [self._row(r) for r in rows]
+
+    @staticmethod
+    def _row(r: sqlite3.Row) -> Row:
+        return Row(
+            id=r["id"], uuid=r["uuid"], folder=r["folder"], relpath=os.fsdecode(r["relpath"]),
+            location=_dec(r["location"]), state=r["state"], size=r["size"],
+            mtime_ns=r["mtime_ns"], inode=r["inode"], sha256=r["sha256"],
+            destination=r["destination"], labels=tuple(json.loads(r["labels"])),
+            category=r["category"], attempts=r["attempts"], next_attempt_at=r["next_attempt_at"],
+            last_error=r["last_error"], receipt=_unjson(r["receipt"]), resume=_unjson(r["resume"]),
+            archive_path=_dec(r["archive_path"]), first_seen=r["first_seen"],
+            changed_at=r["changed_at"], queued_at=r["queued_at"], uploaded_at=r["uploaded_at"],
+            done_at=r["done_at"], updated_at=r["updated_at"],
+        )
+
+    def _set(self, conn: sqlite3.Connection, row_id: int, **fields: Any) -> None:
+        fields["updated_at"] = self._clock()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+
+    # ------------------------------------------------------------ observation
+
+    def observe(self, folder: str, relpaths: Iterable[str], *, destination: str,
+                labels: Sequence[str] = (), category: str | None = None) -> int:
+        """Record that these paths in ``folder`` were seen; returns rows created.
+
+        A path that already has an active row is left alone (the settle stage
+        re-checks it anyway); otherwise a new ``settling`` row is created with
+        no stat yet. Cheap enough for the watchdog thread: no I/O but SQLite,
+        one transaction per call (callers batch up to ~1000 paths).
+        """
+        now = self._clock()
+        created = 0
+        labels_json = json.dumps(list(labels), ensure_ascii=False)
+        with self._write() as conn:
+            for relpath in relpaths:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
+                    " category, first_seen, changed_at, updated_at)"
+                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?)",
+                    (str(uuidlib.uuid4()), folder, os.fsencode(relpath), destination, labels_json,
+                     category, now, now, now),
+                )
+                created += cur.rowcount
+        return created
+
+    def settling(self) -> list[Row]:
+        """Every row waiting to be judged finished, oldest first."""
+        return self._query("SELECT * FROM files WHERE state = 'settling' ORDER BY id")
+
+    def note_stat(self, row_id: int, *, size: int, mtime_ns: int, inode: int,
+                  changed: bool) -> None:
+        """Store the latest stat of a settling file; ``changed`` restarts its quiet time."""
+        with self._write() as conn:
+            if changed:
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode,
+                          changed_at=self._clock())
+            else:
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode)
+
+    def promote(self, row_id: int) -> None:
+        """settling -> queued: the file has been quiet long enough."""
+        now = self._clock()
+        with self._write() as conn:
+            self._set(conn, row_id, state="queued", queued_at=now, next_attempt_at=now)
+
+    def forget(self, row_id: int) -> None:
+        """Delete a settling row that turned out not to be a new version."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM files WHERE id = ? AND state = 'settling'", (row_id,))
+
+    def latest_for_path(self, folder: str, relpath: str) -> Row | None:
+        """The newest row for an inbox path, whatever its state."""
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND relpath = ? ORDER BY id DESC LIMIT 1",
+            (folder, os.fsencode(relpath)),
+        )
+        return rows[0] if rows else None
+
+    def previous_version(self, row: Row) -> Row | None:
+        """The newest older row for the same inbox path, whatever its state."""
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND relpath = ? AND id < ?"
+            " ORDER BY id DESC LIMIT 1",
+            (row.folder, os.fsencode(row.relpath), row.id),
+        )
+        return rows[0] if rows else None
+
+    def active_for_path(self, folder: str, relpath: str) -> Row | None:
+        rows = self._query(
+            f"SELECT * FROM files WHERE folder = ? AND relpath = ? AND location IS NULL"
+            f" AND state IN {_ACTIVE_SQL} LIMIT 1",
+            (folder, os.fsencode(relpath)),
+        )
+        return rows[0] if rows else None
+
+    def active_paths(self, folder: str) -> set[str]:
+        """Relative paths in ``folder`` that have an active row (for scans)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT relpath FROM files WHERE folder = ? AND location IS NULL"
+                f" AND state IN {_ACTIVE_SQL}", (folder,),
+            ).fetchall()
+        return {os.fsdecode(r[0]) for r in rows}
+
+    def done_versions(self, folder: str) -> dict[str, tuple[int | None, int | None, int | None]]:
+        """Files finished but still in the inbox (kept, or failed in place).
+
+        path -> (size, mtime_ns, inode) of the newest such row, so scans do
+        not mistake them for new versions.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT relpath, size, mtime_ns, inode FROM files WHERE folder = ? AND location IS NULL"
+                " AND state IN ('done', 'skipped', 'failed') ORDER BY id", (folder,),
+            ).fetchall()
+        return {os.fsdecode(r[0]): (r[1], r[2], r[3]) for r in rows}
+
+    # --------------------------------------------------------------- uploads
+
+    def claim_next(self, destinations: Iterable[str] | None = None) -> Row | None:
+        """Atomically take the next due queued/retrying row: -> uploading, attempts+1."""
+        now = self._clock()
+        where = "state IN ('queued', 'retrying') AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        args: list[Any] = [now]
+        if destinations is not None:
+            names = list(destinations)
+            if not names:
+                return None
+            where += f" AND destination IN ({', '.join('?' * len(names))})"
+            args.extend(names)
+        with self._write() as conn:
+            r = conn.execute(
+                f"SELECT id FROM files WHERE {where} ORDER BY next_attempt_at, id LIMIT 1", args
+            ).fetchone()
+            if r is None:
+                return None
+            conn.execute(
+                "UPDATE files SET state = 'uploading', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ?", (now, r[0]),
+            )
+            row = conn.execute("SELECT * FROM files WHERE id = ?", (r[0],)).fetchone()
+        return self._row(row)
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting queued/retrying row becomes due (wall clock)."""
+        with self._lock:
+            r = self._conn.execute(
+                "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('queued', 'retrying')"
+            ).fetchone()
+        return None if r is None else r[0]
+
+    def checkpoint(self, row_id: int, resume: dict[str, Any] | None) -> None:
+        """Durably store a destination's resumable state for this row."""
+        with self._write() as conn:
+            self._set(conn, row_id, resume=_json(resume))
+
+    def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any]) -> None:
+        """The remote confirmed these bytes. Durable on return."""
+        with self._write() as conn:
+            self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
+                      uploaded_at=self._clock(), last_error=None, next_attempt_at=None)
+
+    def set_archive_target(self, row_id: int, target: str | None) -> None:
+        """Record where the archive move is going, before it starts (for crash recovery)."""
+        with self._write() as conn:
+            self._set(conn, row_id, archive_path=_enc(target))
+
+    def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
+        """The after-upload action (archive, delete or keep) has completed."""
+        with self._write() as conn:
+            fields: dict[str, Any] = {"state": "done", "done_at": self._clock()}
+            if location is not None:
+                fields["location"] = _enc(location)
+            if note is not None:
+                fields["last_error"] = note
+            self._set(conn, row_id, **fields)
+
+    def mark_retry(self, row_id: int, *, error: str, at: float) -> None:
+        """The attempt failed but may work later; due again at ``at`` (wall clock)."""
+        with self._write() as conn:
+            self._set(conn, row_id, state="retrying", last_error=error, next_attempt_at=at)
+
+    def requeue_now(self, row_id: int, *, reason: str | None = None) -> None:
+        """Back to queued without counting the attempt (shutdown, paused destination)."""
+        with self._write() as conn:
+            conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
+            self._set(conn, row_id, state="queued", next_attempt_at=self._clock(),
+                      last_error=reason)
+
+    def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
+        """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
+        with self._write() as conn:
+            fields: dict[str, Any] = {"state": "failed", "last_error": error, "next_attempt_at": None,
+                                      "resume": None}
+            if location is not None:
+                fields["location"] = _enc(location)
+            self._set(conn, row_id, **fields)
+
+    def mark_vanished(self, row_id: int, *, reason: str) -> None:
+        """The file disappeared (or was superseded) before its upload completed."""
+        with self._write() as conn:
+            self._set(conn, row_id, state="vanished", last_error=reason, next_attempt_at=None,
+                      resume=None)
+
+    def supersede(self, row: Row, *, reason: str) -> None:
+        """The file changed during upload: retire ``row`` and start a new settling version."""
+        now = self._clock()
+        with self._write() as conn:
+            self._set(conn, row.id, state="vanished", last_error=reason, resume=None,
+                      next_attempt_at=None)
+            if row.location is None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
+                    " category, first_seen, changed_at, updated_at)"
+                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?)",
+                    (str(uuidlib.uuid4()), row.folder, os.fsencode(row.relpath), row.destination,
+                     json.dumps(list(row.labels), ensure_ascii=False), row.category, now, now, now),
+                )
+
+    def requeue_stale(self) -> int:
+        """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE files SET state = 'queued', next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'uploading'", (now, now),
+            )
+        return cur.rowcount
+
+    def requeue_failed(self, ids: Sequence[int] | None = None) -> list[Row]:
+        """``syncd retry``: failed rows (all, or these ids) go back to the queue.
+
+        The bytes stay where they are (usually failed_dir) and are uploaded
+        from there; ``attempts`` starts again from zero.
+        """
+        now = self._clock()
+        with self._write() as conn:
+            if ids is None:
+                found = conn.execute("SELECT id FROM files WHERE state = 'failed'").fetchall()
+                targets = [r[0] for r in found]
+            else:
+                targets = list(ids)
+            for row_id in targets:
+                conn.execute(
+                    "UPDATE files SET state = 'queued', attempts = 0, next_attempt_at = ?,"
+                    " updated_at = ?, last_error = NULL WHERE id = ? AND state = 'failed'",
+                    (now, now, row_id),
+                )
+        return [r for r in (self.get(i) for i in targets) if r is not None]
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, row_id: int) -> Row | None:
+        rows = self._query("SELECT * FROM files WHERE id = ?", (row_id,))
+        return rows[0] if rows else None
+
+    def rows(self, *, state: str | None = None, folder: str | None = None,
+             limit: int | None = None) -> list[Row]:
+        sql = "SELECT * FROM files"
+        where, args = [], []  # type: ignore[var-annotated]
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if folder is not None:
+            where.append("folder = ?")
+            args.append(folder)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._query(sql, args)
+
+    def in_state(self, *states: str) -> list[Row]:
+        marks = ", ".join("?" * len(states))
+        return self._query(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            found = self._conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        out = {s: 0 for s in STATES}
+        out.update({r[0]: r[1] for r in found})
+        return out
+
+    def counts_by_folder(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT folder, state, COUNT(*) FROM files GROUP BY folder, state"
+            ).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for folder, state, n in found:
+            out.setdefault(folder, {})[state] = n
+        return out
+
+    def recent_errors(self, limit: int = 10) -> list[Row]:
+        return self._query(
+            "SELECT * FROM files WHERE last_error IS NOT NULL AND state IN"
+            " ('retrying', 'failed', 'queued', 'uploading') ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+
+    def done_since(self, since: float) -> int:
+        with self._lock:
+            r = self._conn.execute(
+                "SELECT COUNT(*) FROM files WHERE state = 'done' AND done_at >= ?", (since,)
+            ).fetchone()
+        return int(r[0])
+
+    def last_upload_at(self) -> float | None:
+        with self._lock:
+            r = self._conn.execute("SELECT MAX(uploaded_at) FROM files").fetchone()
+        return None if r is None else r[0]
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -------------------------------------------------------------- key/value
+
+    def put_meta(self, key: str, value: Any) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, json.dumps(value), self._clock()),
+            )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            r = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if r is None else json.loads(r[0])

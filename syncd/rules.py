@@ -1,0 +1,89 @@
+"""Which paths in a watched folder are candidates for upload (pure path logic).
+
+A relative path is *ignored* when any of its components is junk (the
+built-in list below, unless the folder sets ``ignore_junk = false``) or
+matches one of the folder's ``exclude`` globs; otherwise it must match one
+of the ``include`` globs (default ``*``). Globs use :mod:`fnmatch` syntax and
+are tried against the whole relative path (``/``-separated, where ``*`` also
+matches ``/``) and against the base name, so ``*.pdf`` matches
+``scans/2026/a.pdf`` and ``drafts/*`` excludes everything under ``drafts``.
+Matching is case-sensitive, as the file system is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+# Partial downloads, editor locks, OS metadata. Dot-files and dot-directories
+# are junk too (checked separately): they are how writers hide work in progress.
+JUNK_PATTERNS: tuple[str, ...] = (
+    ".DS_Store", "._*", "Thumbs.db", "desktop.ini", "*.part", "*.partial", "*.tmp",
+    "*.crdownload", "~$*", ".~lock.*#",
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a path is a candidate, and the human-readable reason why (or why not)."""
+
+    accepted: bool
+    reason: str
+
+
+@lru_cache(maxsize=512)
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _matches(pattern: str, relpath: str, name: str) -> bool:
+    rx = _compile(pattern)
+    return bool(rx.match(relpath) or rx.match(name))
+
+
+def junk_reason(component: str) -> str | None:
+    """Why one path component is junk, or None if it is not."""
+    if component.startswith("."):
+        for pattern in JUNK_PATTERNS:
+            if pattern.startswith(".") and _compile(pattern).match(component):
+                return f"built-in junk pattern {pattern!r}"
+        return "dot-file (hidden names are ignored)"
+    for pattern in JUNK_PATTERNS:
+        if _compile(pattern).match(component):
+            return f"built-in junk pattern {pattern!r}"
+    return None
+
+
+def judge(relpath: str, *, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+          ignore_junk: bool = True) -> Verdict:
+    """Decide whether ``relpath`` (relative, ``/``-separated) should be uploaded."""
+    parts = [p for p in relpath.split("/") if p]
+    if not parts:
+        return Verdict(False, "not a file path")
+    name = parts[-1]
+    if ignore_junk:
+        for component in parts:
+            reason = junk_reason(component)
+            if reason is not None:
+                where = "" if component == name else f" (directory {component!r})"
+                return Verdict(False, f"ignored: {reason}{where}")
+    for pattern in exclude:
+        if _matches(pattern, relpath, name) or any(
+            _compile(pattern).match("/".join(parts[: i + 1])) for i in range(len(parts) - 1)
+        ):
+            return Verdict(False, f"ignored: matches exclude pattern {pattern!r}")
+    for pattern in include:
+        if _matches(pattern, relpath, name):
+            return Verdict(True, f"matches include pattern {pattern!r}")
+    return Verdict(False, f"ignored: matches no include pattern ({', '.join(map(repr, include))})")
+
+
+def dir_ignored(reldir: str, *, exclude: Sequence[str] = (), ignore_junk: bool = True) -> bool:
+    """Whether a whole sub-directory can be skipped by scans (junk or excluded)."""
+    parts = [p for p in reldir.split("/") if p]
+    if ignore_junk and any(junk_reason(p) for p in parts):
+        return True
+    return any(_matches(p, reldir, parts[-1] if parts else "") for p in exclude)

@@ -1,0 +1,98 @@
+"""Scans: the startup reconcile and the periodic safety rescan.
+
+Events can be lost (the inotify queue overflows silently, watches run out,
+the daemon was down), so every folder is walked at startup and every
+``rescan_seconds``. A walk records every regular file that the folder's rules
+accept and that has no active ledger row; the settle stage then judges it as
+it would a file reported by an event. Nothing is stat'ed twice here: the
+directory entries carry what is needed.
+
+The walk never follows symlinks (to files or directories), skips junk and
+excluded directories as a whole, and never enters the folder's own archive,
+failed or state directories when they lie inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from syncd import rules
+from syncd.ledger import Ledger
+from syncd.logs import qp
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
+         start: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``."""
+    root = os.fspath(folder.path)
+    skip_dirs = {os.fspath(p) for p in folder.ignored_dirs()}
+    stack = [start]
+    while stack:
+        rel = stack.pop()
+        here = os.path.join(root, rel) if rel else root
+        try:
+            entries = list(os.scandir(here))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot list %s: %s", qp(here), exc.strerror or exc)
+            continue
+        for entry in entries:
+            relpath = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if not folder.recursive or entry.path in skip_dirs:
+                    continue
+                if rules.dir_ignored(relpath, exclude=folder.exclude, ignore_junk=folder.ignore_junk):
+                    continue
+                stack.append(relpath)
+                continue
+            verdict = rules.judge(relpath, include=folder.include, exclude=folder.exclude,
+                                  ignore_junk=folder.ignore_junk)
+            if not verdict.accepted:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                if on_special is not None:
+                    on_special(relpath, st.st_mode)
+                continue
+            yield relpath, st
+
+
+def scan_folder(ledger: Ledger, folder: Any, *, on_special: Callable[[str, int], None] | None = None,
+                start: str = "") -> int:
+    """Ledger every accepted file in ``folder`` not already tracked; returns how many were new."""
+    root = os.fspath(folder.path)
+    active = ledger.active_paths(root)
+    finished = ledger.done_versions(root)
+    batch: list[str] = []
+    created = 0
+    for relpath, st in walk(folder, on_special, start):
+        if relpath in active:
+            continue
+        if finished.get(relpath) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            continue  # the same version is already done (after_upload = "keep")
+        batch.append(relpath)
+        if len(batch) >= BATCH:
+            created += _flush(ledger, folder, batch)
+    created += _flush(ledger, folder, batch)
+    return created
+
+
+def _flush(ledger: Ledger, folder: Any, batch: list[str]) -> int:
+    if not batch:
+        return 0
+    n = ledger.observe(os.fspath(folder.path), batch, destination=folder.destination,
+                       labels=folder.labels, category=folder.category)
+    batch.clear()
+    return n

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from syncd.config import FolderConfig  # noqa: E402
+
+
+class FakeClock:
+    """A settable wall clock for settle and backoff tests (no sleeping)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_folder(tmp_path: Path, name: str = "inbox", **kw: object) -> FolderConfig:
+    """A FolderConfig rooted in tmp_path with its defaults filled in, folder created."""
+    path = tmp_path / name
+    path.mkdir(parents=True, exist_ok=True)
+    kw.setdefault("destination", "dest")
+    kw.setdefault("archive_dir", tmp_path / "archive" / name)
+    kw.setdefault("failed_dir", tmp_path / "failed" / name)
+    folder = FolderConfig(path=path, **kw)  # type: ignore[arg-type]
+    return folder.with_defaults(tmp_path / "state")

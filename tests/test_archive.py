@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from syncd import archive
+from syncd.ledger import Ledger, Row
+from tests.conftest import FakeClock, make_folder
+
+
+def _uploaded(ledger: Ledger, folder: object, rel: str, data: bytes = b"hello") -> Row:
+    path = Path(folder.path) / rel  # type: ignore[attr-defined]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    root = os.fspath(folder.path)  # type: ignore[attr-defined]
+    ledger.observe(root, [rel], destination="dest")
+    row = ledger.active_for_path(root, rel)
+    assert row is not None
+    st = path.stat()
+    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, changed=True)
+    ledger.promote(row.id)
+    ledger.claim_next()
+    ledger.mark_uploaded(row.id, sha256=hashlib.sha256(data).hexdigest(), receipt={"remote_id": "r"})
+    got = ledger.get(row.id)
+    assert got is not None
+    return got
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
+    led = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+def test_archive_keeps_sub_path(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "sub/dir/a.txt")
+    archive.finish(ledger, row, folder)
+    target = tmp_path / "archive" / "inbox" / "sub" / "dir" / "a.txt"
+    assert target.read_bytes() == b"hello"
+    assert not (tmp_path / "inbox" / "sub" / "dir" / "a.txt").exists()
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and done.location == str(target)
+
+
+def test_archive_never_overwrites(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    existing = tmp_path / "archive" / "inbox" / "a.txt"
+    existing.parent.mkdir(parents=True)
+    existing.write_bytes(b"older")
+    (existing.parent / "a (1).txt").write_bytes(b"older too")
+    row = _uploaded(ledger, folder, "a.txt", b"new")
+    archive.finish(ledger, row, folder)
+    assert existing.read_bytes() == b"older"
+    assert (existing.parent / "a (1).txt").read_bytes() == b"older too"
+    assert (existing.parent / "a (2).txt").read_bytes() == b"new"
+
+
+def test_collision_suffix_stays_within_name_max() -> None:
+    name = "x" * 251 + ".pdf"
+    names = archive.candidate_names(name)
+    assert next(names) == name
+    second = next(names)
+    assert len(os.fsencode(second)) <= 255 and second.endswith(" (1).pdf")
+    multi = "é" * 125 + ".txt"  # 250 + 4 bytes
+    suffixed = [next(archive.candidate_names(multi)) for _ in range(1)]
+    gen = archive.candidate_names(multi)
+    next(gen)
+    s = next(gen)
+    assert len(os.fsencode(s)) <= 255
+    s.encode("utf-8")  # still valid UTF-8: no character cut in half
+    assert suffixed
+
+
+def test_cross_device_archive(tmp_path: Path, ledger: Ledger) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is not a separate filesystem here")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        folder = make_folder(tmp_path, archive_dir=Path(other) / "arch")
+        row = _uploaded(ledger, folder, "a.txt", b"x" * 100_000)
+        archive.finish(ledger, row, folder)
+        target = Path(other) / "arch" / "a.txt"
+        assert target.read_bytes() == b"x" * 100_000
+        assert not (tmp_path / "inbox" / "a.txt").exists()
+        assert [p.name for p in target.parent.iterdir()] == ["a.txt"]  # no temp left
+
+
+def test_crash_after_link_before_unlink_is_finished_once(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt")
+    target = tmp_path / "archive" / "inbox" / "a.txt"
+    target.parent.mkdir(parents=True)
+    ledger.set_archive_target(row.id, str(target))
+    os.link(tmp_path / "inbox" / "a.txt", target)  # the crash happened right here
+    again = ledger.get(row.id)
+    assert again is not None
+    archive.finish(ledger, again, folder)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
+    assert not (tmp_path / "inbox" / "a.txt").exists()
+    assert ledger.get(row.id).state == "done"  # type: ignore[union-attr]
+
+
+def test_crash_after_cross_device_copy_is_finished_once(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    target = tmp_path / "archive" / "inbox" / "a.txt"
+    target.parent.mkdir(parents=True)
+    ledger.set_archive_target(row.id, str(target))
+    target.write_bytes(b"payload")  # a full copy (different inode) made before the crash
+    archive.finish(ledger, ledger.get(row.id), folder)  # type: ignore[arg-type]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
+    assert not (tmp_path / "inbox" / "a.txt").exists()
+
+
+def test_planned_target_taken_by_another_file(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"mine")
+    target = tmp_path / "archive" / "inbox" / "a.txt"
+    target.parent.mkdir(parents=True)
+    ledger.set_archive_target(row.id, str(target))
+    target.write_bytes(b"someone else's")
+    archive.finish(ledger, ledger.get(row.id), folder)  # type: ignore[arg-type]
+    assert target.read_bytes() == b"someone else's"
+    assert (target.parent / "a (1).txt").read_bytes() == b"mine"
+
+
+def test_delete_and_keep(tmp_path: Path, ledger: Ledger) -> None:
+    deleting = make_folder(tmp_path, "del", after_upload="delete")
+    row = _uploaded(ledger, deleting, "a.txt")
+    archive.finish(ledger, row, deleting)
+    assert not (tmp_path / "del" / "a.txt").exists()
+    keeping = make_folder(tmp_path, "keep", after_upload="keep")
+    row = _uploaded(ledger, keeping, "a.txt")
+    archive.finish(ledger, row, keeping)
+    assert (tmp_path / "keep" / "a.txt").exists()
+    assert ledger.get(row.id).state == "done"  # type: ignore[union-attr]
+
+
+def test_source_vanished_after_upload(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt")
+    (tmp_path / "inbox" / "a.txt").unlink()
+    archive.finish(ledger, row, folder)
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and "vanished" in (done.last_error or "")
+
+
+def test_to_failed_moves_with_sidecar(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "sub/a.txt")
+    archive.to_failed(ledger, row, folder, "HTTP 400: bad file")
+    moved = tmp_path / "failed" / "inbox" / "sub" / "a.txt"
+    assert moved.read_bytes() == b"hello"
+    sidecar = json.loads((moved.parent / "a.txt.error.json").read_text())
+    assert sidecar["reason"] == "HTTP 400: bad file" and sidecar["ledger_id"] == row.id
+    failed = ledger.get(row.id)
+    assert failed is not None and failed.state == "failed" and failed.location == str(moved)
+
+
+def test_clean_temp(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / f"{archive.TEMP_PREFIX}abc").write_bytes(b"half")
+    (tmp_path / "d" / "keep.txt").write_bytes(b"k")
+    assert archive.clean_temp(str(tmp_path)) == 1
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.errors import LedgerError
+from syncd.ledger import SCHEMA_VERSION, Ledger
+from tests.conftest import FakeClock
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
+    led = Ledger.open(tmp_path / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+def _queue(ledger: Ledger, rel: str = "a.txt", folder: str = "/in") -> int:
+    ledger.observe(folder, [rel], destination="d", labels=["x", "y"], category="SOURCE")
+    row = ledger.active_for_path(folder, rel)
+    assert row is not None
+    ledger.note_stat(row.id, size=3, mtime_ns=1, inode=7, changed=True)
+    ledger.promote(row.id)
+    return row.id
+
+
+def test_durability_settings(ledger: Ledger) -> None:
+    conn = ledger._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_observe_creates_one_active_row_per_path(ledger: Ledger) -> None:
+    assert ledger.observe("/in", ["a", "b", "a"], destination="d") == 2
+    assert ledger.observe("/in", ["a"], destination="d") == 0
+    assert ledger.counts()["settling"] == 2
+    row = ledger.active_for_path("/in", "a")
+    assert row is not None and row.state == "settling" and row.size is None
+    assert len(row.uuid) == 36
+
+
+def test_full_lifecycle(ledger: Ledger, clock: FakeClock) -> None:
+    row_id = _queue(ledger)
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == row_id
+    assert claimed.state == "uploading" and claimed.attempts == 1
+    assert claimed.labels == ("x", "y") and claimed.category == "SOURCE"
+    assert ledger.claim_next() is None
+    ledger.checkpoint(row_id, {"v": 1, "parts": {"1": "e"}})
+    assert ledger.get(row_id).resume == {"v": 1, "parts": {"1": "e"}}  # type: ignore[union-attr]
+    ledger.mark_uploaded(row_id, sha256="ab" * 32, receipt={"remote_id": "k"})
+    ledger.set_archive_target(row_id, "/arch/a.txt")
+    ledger.mark_done(row_id, location="/arch/a.txt")
+    row = ledger.get(row_id)
+    assert row is not None and row.state == "done" and row.location == "/arch/a.txt"
+    assert row.receipt == {"remote_id": "k"}
+    # the path is free again: a new file with the same name is a new row
+    assert ledger.observe("/in", ["a.txt"], destination="d") == 1
+
+
+def test_retry_waits_until_due(ledger: Ledger, clock: FakeClock) -> None:
+    row_id = _queue(ledger)
+    ledger.claim_next()
+    ledger.mark_retry(row_id, error="HTTP 503", at=clock() + 10)
+    assert ledger.claim_next() is None
+    assert ledger.next_due() == clock() + 10
+    clock.advance(10)
+    again = ledger.claim_next()
+    assert again is not None and again.attempts == 2 and again.last_error == "HTTP 503"
+
+
+def test_claim_filters_paused_destinations(ledger: Ledger) -> None:
+    _queue(ledger)
+    assert ledger.claim_next(destinations=[]) is None
+    assert ledger.claim_next(destinations=["other"]) is None
+    assert ledger.claim_next(destinations=["d"]) is not None
+
+
+def test_requeue_stale_keeps_resume(ledger: Ledger) -> None:
+    row_id = _queue(ledger)
+    ledger.claim_next()
+    ledger.checkpoint(row_id, {"v": 1})
+    assert ledger.requeue_stale() == 1
+    row = ledger.get(row_id)
+    assert row is not None and row.state == "queued" and row.resume == {"v": 1}
+
+
+def test_supersede_starts_a_new_version(ledger: Ledger) -> None:
+    row_id = _queue(ledger)
+    row = ledger.claim_next()
+    assert row is not None
+    ledger.supersede(row, reason="changed")
+    assert ledger.get(row_id).state == "vanished"  # type: ignore[union-attr]
+    new = ledger.active_for_path("/in", "a.txt")
+    assert new is not None and new.id != row_id and new.state == "settling"
+
+
+def test_requeue_failed(ledger: Ledger) -> None:
+    row_id = _queue(ledger)
+    ledger.claim_next()
+    ledger.mark_failed(row_id, error="HTTP 400", location="/failed/a.txt")
+    assert ledger.counts()["failed"] == 1
+    rows = ledger.requeue_failed()
+    assert [r.id for r in rows] == [row_id]
+    row = ledger.get(row_id)
+    assert row is not None and row.state == "queued" and row.attempts == 0
+    assert row.current_path == "/failed/a.txt"
+    # a new file at the old inbox path is independent of the retried one
+    assert ledger.observe("/in", ["a.txt"], destination="d") == 1
+
+
+def test_undecodable_paths_round_trip(ledger: Ledger) -> None:
+    name = os.fsdecode(b"bad-\xff-name.txt")
+    ledger.observe("/in", [name], destination="d")
+    row = ledger.active_for_path("/in", name)
+    assert row is not None and row.relpath == name
+    assert "\\xff" in row.to_json()["relpath"]
+
+
+def test_not_a_database_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="ledger rebuild"):
+        Ledger.open(path)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(LedgerError, match="newer"):
+        Ledger.open(path)
+
+
+def test_readonly_open_of_missing_ledger(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger"):
+        Ledger.open(tmp_path / "nope.sqlite3", readonly=True)
+
+
+def test_meta_round_trip(ledger: Ledger) -> None:
+    ledger.put_meta("daemon", {"pid": 1})
+    ledger.put_meta("daemon", {"pid": 2})
+    assert ledger.get_meta("daemon") == {"pid": 2}
+    assert ledger.get_meta("missing", 5) == 5

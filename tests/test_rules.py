@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from syncd.rules import dir_ignored, judge
+
+
+@pytest.mark.parametrize("relpath", [
+    ".DS_Store", "._a.pdf", "Thumbs.db", "desktop.ini", "a.part", "a.partial", "a.tmp",
+    "a.crdownload", "~$report.docx", ".~lock.report.odt#", ".hidden", "sub/.git/config",
+    "deep/dir/Thumbs.db",
+])
+def test_builtin_junk_is_ignored(relpath: str) -> None:
+    verdict = judge(relpath)
+    assert not verdict.accepted
+    assert verdict.reason.startswith("ignored:")
+
+
+@pytest.mark.parametrize("relpath", ["a.pdf", "sub/a.pdf", "with space.txt", "-leading-dash",
+                                     "ünïcode.txt", "a.partner", "tmp/a.txt", "part"])
+def test_ordinary_names_are_accepted(relpath: str) -> None:
+    assert judge(relpath).accepted
+
+
+def test_junk_can_be_switched_off() -> None:
+    assert judge(".hidden", ignore_junk=False).accepted
+    assert judge("a.part", ignore_junk=False).accepted
+
+
+def test_include_matches_relative_path_or_basename() -> None:
+    assert judge("scans/2026/a.pdf", include=["*.pdf"]).accepted
+    assert judge("scans/a.pdf", include=["scans/*"]).accepted
+    verdict = judge("a.txt", include=["*.pdf", "*.doc"])
+    assert not verdict.accepted and "'*.pdf'" in verdict.reason
+
+
+def test_exclude_wins_and_excludes_whole_directories() -> None:
+    assert not judge("drafts/a.pdf", exclude=["drafts"]).accepted
+    assert not judge("drafts/x/a.pdf", exclude=["drafts/*"]).accepted
+    assert not judge("a.bak", exclude=["*.bak"]).accepted
+    assert "exclude pattern '*.bak'" in judge("a.bak", exclude=["*.bak"]).reason
+    assert judge("final/a.pdf", exclude=["drafts"]).accepted
+
+
+def test_dir_ignored() -> None:
+    assert dir_ignored(".git")
+    assert dir_ignored("a/.cache")
+    assert dir_ignored("drafts", exclude=["drafts"])
+    assert not dir_ignored("scans")
+    assert not dir_ignored(".git", ignore_junk=False)

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from syncd import scanner
+from syncd.ledger import Ledger
+from syncd.settle import Settler
+from tests.conftest import FakeClock, make_folder
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
+    led = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+def _settler(ledger: Ledger, folder: object, clock: FakeClock) -> Settler:
+    return Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)  # type: ignore[attr-defined]
+
+
+def test_quiet_file_is_queued_after_settle_seconds(tmp_path: Path, ledger: Ledger,
+                                                   clock: FakeClock) -> None:
+    folder = make_folder(tmp_path, settle_seconds=2.0)
+    (folder.path / "a.txt").write_bytes(b"abc")
+    assert scanner.scan_folder(ledger, folder) == 1
+    settler = _settler(ledger, folder, clock)
+    assert settler.tick() == 0  # first look: stat recorded
+    clock.advance(1.9)
+    assert settler.tick() == 0
+    clock.advance(0.2)
+    assert settler.tick() == 1
+    row = ledger.rows()[0]
+    assert row.state == "queued" and row.size == 3
+
+
+def test_writer_that_reopens_restarts_the_quiet_time(tmp_path: Path, ledger: Ledger,
+                                                     clock: FakeClock) -> None:
+    folder = make_folder(tmp_path, settle_seconds=2.0)
+    path = folder.path / "slow.bin"
+    path.write_bytes(b"a")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    for i in range(5):
+        settler.tick()
+        clock.advance(1.5)
+        with open(path, "ab") as f:  # close, reopen, append
+            f.write(b"b" * (i + 1))
+        settler.tick()
+        assert ledger.rows()[0].state == "settling"
+    clock.advance(2.1)
+    settler.tick()
+    row = ledger.rows()[0]
+    assert row.state == "queued" and row.size == path.stat().st_size
+
+
+def test_file_gone_while_settling(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    folder = make_folder(tmp_path)
+    (folder.path / "seen.txt").write_bytes(b"x")
+    (folder.path / "never.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    (folder.path / "never.txt").unlink()  # gone before the first stat: forgotten
+    settler = _settler(ledger, folder, clock)
+    settler.tick()
+    (folder.path / "seen.txt").unlink()
+    settler.tick()
+    rows = ledger.rows()
+    assert [(r.relpath, r.state) for r in rows] == [("seen.txt", "vanished")]
+
+
+def test_special_files_are_never_ledgered(tmp_path: Path, ledger: Ledger, clock: FakeClock,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    folder = make_folder(tmp_path)
+    os.symlink("/etc/passwd", folder.path / "link")
+    os.symlink("/", folder.path / "rootlink")
+    os.mkfifo(folder.path / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder.path / "sock"))
+    seen: list[str] = []
+    assert scanner.scan_folder(ledger, folder, on_special=lambda r, m: seen.append(r)) == 0
+    assert sorted(seen) == ["link", "pipe", "rootlink", "sock"]
+    # the same via an event: the settle stage skips it with a log line
+    ledger.observe(os.fspath(folder.path), ["pipe"], destination="dest")
+    settler = _settler(ledger, folder, clock)
+    settler.tick()
+    settler.tick()
+    assert ledger.rows() == []
+    assert sum("FIFO" in r.message for r in caplog.records) == 1
+    sock.close()
+
+
+def test_scan_skips_junk_excluded_and_own_dirs(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path, exclude=("drafts",), archive_dir=tmp_path / "inbox" / "done")
+    for rel in ["a.pdf", "sub/b.pdf", ".hidden", "c.part", "drafts/d.pdf", "done/e.pdf",
+                ".git/f", "sub/deeper/g.txt"]:
+        p = folder.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    assert sorted(r.relpath for r in ledger.rows()) == ["a.pdf", "sub/b.pdf", "sub/deeper/g.txt"]
+
+
+def test_non_recursive_folder(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path, recursive=False)
+    (folder.path / "sub").mkdir()
+    (folder.path / "sub" / "b.txt").write_bytes(b"x")
+    (folder.path / "a.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    assert [r.relpath for r in ledger.rows()] == ["a.txt"]
+
+
+def test_kept_files_are_not_new_versions(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    folder = make_folder(tmp_path, after_upload="keep", settle_seconds=0)
+    path = folder.path / "a.txt"
+    path.write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    settler.tick()
+    settler.tick()
+    row = ledger.claim_next()
+    assert row is not None
+    ledger.mark_uploaded(row.id, sha256="0" * 64, receipt={})
+    ledger.mark_done(row.id)
+    assert scanner.scan_folder(ledger, folder) == 0  # same version: ignored by scans
+    ledger.observe(os.fspath(folder.path), ["a.txt"], destination="dest")  # an event
+    settler.tick()
+    clock.advance(1)
+    settler.tick()
+    assert ledger.counts()["settling"] == 0 and ledger.counts()["queued"] == 0
+    path.write_bytes(b"changed")  # a real new version
+    assert scanner.scan_folder(ledger, folder) == 1
+
+
+def test_max_settle_forces_a_never_quiet_file(tmp_path: Path, ledger: Ledger,
+                                              clock: FakeClock) -> None:
+    folder = make_folder(tmp_path, settle_seconds=5, max_settle_seconds=30)
+    path = folder.path / "log.txt"
+    path.write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    for _ in range(10):
+        settler.tick()
+        with open(path, "ab") as f:
+            f.write(b"more")
+        clock.advance(4)
+    assert ledger.rows()[0].state == "queued"
+
+
+def test_rules_applied_again_at_settle(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    folder = make_folder(tmp_path, include=("*.pdf",))
+    (folder.path / "a.txt").write_bytes(b"x")
+    ledger.observe(os.fspath(folder.path), ["a.txt"], destination="dest")
+    _settler(ledger, folder, clock).tick()
+    assert ledger.rows() == []
