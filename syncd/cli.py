@@ -193,8 +193,9 @@ def _stamp(t: float | None) -> str:
 # ---------------------------------------------------------------- commands
 
 def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
-    from syncd.daemon import Daemon
+    from syncd.daemon import Daemon, early_signals
 
+    early_signals()
     cfg = _load(args)
     setup_logging(args.log_level or cfg.daemon.log_level, cfg.daemon.log_format)
     daemon = Daemon(cfg, once=once)

@@ -77,6 +77,18 @@ def build_client(cfg: configmod.Config) -> httpx.Client:
                        max_connections=max(8, d.workers * 2), verify=verify)
 
 
+STOP_REQUESTED = threading.Event()
+
+
+def early_signals() -> None:
+    """Called first thing by `syncd run`: a SIGTERM during start-up stops cleanly."""
+    def handler(signum: int, _frame: Any) -> None:
+        STOP_REQUESTED.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
 class Daemon:
     def __init__(self, cfg: configmod.Config, *, once: bool = False, watch: bool = True) -> None:
         self.cfg = cfg
@@ -85,7 +97,7 @@ class Daemon:
         self.notifier = Notifier()
         self.intake = Intake()
         self.watcher = Watcher(self.intake)
-        self._stop = threading.Event()
+        self._stop = STOP_REQUESTED
         self._signals = 0
         self._reload = threading.Event()
         self._scan_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()

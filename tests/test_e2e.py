@@ -1,0 +1,231 @@
+"""The real daemon (subprocess) against the real emulator, on real folders."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import CANARY_KEY, Setup, sha, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path) -> Iterator[object]:
+    made: list[Setup] = []
+
+    def make(**kw: object) -> Setup:
+        s = Setup(tmp_path, **kw)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def two_folders() -> list[dict[str, object]]:
+    return [{"name": "contracts", "labels": ["legal", "review-needed"], "category": "SOURCE"},
+            {"name": "refs", "labels": ["reference"], "category": "REFERENCE"}]
+
+
+def test_thousand_files_in_two_folders(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=two_folders())
+    s.start()
+    rng = random.Random(7)
+    for i in range(500):
+        s.drop(f"c{i:04d}.txt", rng.randbytes(rng.randint(0, 4000)), "contracts")
+        s.drop(f"sub/{i % 7}/r{i:04d}.bin", rng.randbytes(rng.randint(1, 4000)), "refs")
+    wait_until(lambda: s.all_done(), 180, 0.5, "1000 files done")
+    uploads = {u["uuid"]: u for u in s.emulator.uploads()}
+    rows = [r for r in s.rows() if r["state"] == "done"]
+    assert len(rows) == 1000
+    for r in rows:
+        up = uploads[r["uuid"]]
+        folder = Path(r["folder"]).name
+        data = s.dropped[(folder, os.fsdecode(r["relpath"]))]
+        assert up["sha256"] == sha(data) and up["size"] == len(data)
+        if folder == "contracts":
+            assert up["labels"] == ["legal", "review-needed"] and up["category"] == "SOURCE"
+        else:
+            assert up["labels"] == ["reference"] and up["category"] == "REFERENCE"
+        assert up["times_received"] == 1
+    assert not any(s.inbox("contracts").iterdir())
+    s.invariants()
+    assert s.stop() == 0
+    s.assert_no_secret()
+
+
+def test_slow_writer_is_uploaded_once_with_final_content(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 1.0}])
+    s.start()
+    path = s.inbox() / "growing.bin"
+    content = b""
+    for i in range(8):  # open, write, close, pause, reopen ...
+        chunk = bytes([i]) * 50_000
+        with open(path, "ab") as f:
+            f.write(chunk)
+        content += chunk
+        time.sleep(0.4)
+    s.dropped[("in", "growing.bin")] = content
+    wait_until(lambda: s.all_done(1), 30, what="upload")
+    ups = [u for u in s.emulator.uploads() if u["filename"] == "growing.bin"]
+    assert len(ups) == 1 and ups[0]["sha256"] == sha(content) and ups[0]["times_received"] == 1
+    assert len([r for r in s.rows()]) == 1
+    s.invariants()
+
+
+def test_sigkill_twenty_times_during_500_files(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=two_folders(), emulator={"seed": 3})
+    rng = random.Random(11)
+    for i in range(250):
+        s.drop(f"c{i:03d}.txt", rng.randbytes(rng.randint(1, 3000)), "contracts")
+        s.drop(f"r{i:03d}.txt", rng.randbytes(rng.randint(1, 3000)), "refs")
+    kills = 0
+    while kills < 20:
+        s.start()
+        time.sleep(rng.uniform(0.3, 1.2))
+        s.kill()
+        kills += 1
+    s.start()
+    s.wait_started()
+    wait_until(lambda: s.all_done(), 180, 0.5, "all files done after the kills")
+    s.invariants()
+    uploads = s.emulator.uploads()
+    assert {u["uuid"] for u in uploads} >= {r["uuid"] for r in s.rows() if r["state"] == "done"}
+    # duplicates only for what was in flight at a kill: at most `workers` per kill
+    extra = sum(u["times_received"] - 1 for u in uploads) + (len(uploads) - 500)
+    assert extra <= 20 * 4
+    assert s.stop() == 0
+    s.assert_no_secret()
+
+
+def test_twenty_percent_faults_still_deliver_everything(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=two_folders(),
+                   emulator={"fail_rate": 0.2, "seed": 5,
+                             "fault_kinds": ("500", "503", "429", "reset")},
+                   daemon={"retry_max_seconds": 1.0})
+    rng = random.Random(2)
+    for i in range(100):
+        s.drop(f"c{i}.txt", rng.randbytes(500), "contracts")
+        s.drop(f"r{i}.txt", rng.randbytes(500), "refs")
+    s.start()
+    wait_until(lambda: s.all_done(), 120, 0.5, "all delivered despite faults")
+    s.invariants()
+    faults = [r for r in s.emulator.requests() if r.get("fault")]
+    assert len(faults) > 20
+    assert "retrying" in s.log_text()
+    s.assert_no_secret()
+
+
+WEIRD_NAMES = [
+    "with space.txt", "tab\there.txt", "new\nline.txt", "-leading-dash", "ünïcödé.txt",
+    "e\u0301-nfd.txt", "\u00e9-nfc.txt", "%46percent.txt", "quote\"d.txt", "back\\slash.txt",
+    "emoji-😀.txt", "x" * 255, "cr\rhere.txt", "semi;colon&amp.txt", " leading-space.txt",
+    "trailing-space.txt ", "trailing.dot.", "ctrl-\x01-\x1f.txt",
+]
+
+
+def test_weird_filenames(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=[{"name": "in"}])
+    for i, name in enumerate(WEIRD_NAMES):
+        s.drop(name, f"content {i}".encode())
+    bad = os.fsdecode(b"invalid-\xff\xfe-utf8.txt")
+    s.drop(bad, b"bytes that are not utf-8 in the name")
+    s.start()
+    wait_until(lambda: s.all_done(), 60, what="weird names done")
+    s.invariants()
+    archived = {p.name for p in s.archive().iterdir()}
+    assert archived == set(WEIRD_NAMES) | {bad}
+    log = s.log_text()
+    assert "new\nline" not in log  # a name cannot forge a log line
+    for line in log.splitlines():
+        assert line.startswith(("20", "    ")), f"forged or unprefixed log line: {line!r}"
+
+
+def test_second_instance_exits_3(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup()
+    s.start()
+    wait_until(lambda: s.ledger_path.exists(), 10, what="ledger")
+    time.sleep(0.5)
+    out = s.cli("run")
+    assert out.returncode == 3
+    assert "already running" in out.stderr
+
+
+def test_missing_folder_does_not_stop_the_others(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=two_folders())
+    os.rmdir(s.inbox("refs"))
+    out = s.cli("check")
+    assert out.returncode == 2 and "does not exist" in out.stdout
+    s.start()
+    s.drop("a.txt", b"a", "contracts")
+    wait_until(lambda: s.all_done(1), 20, what="the healthy folder works")
+    status = s.status()
+    refs = [f for f in status["folders"] if f["path"].endswith("refs")][0]
+    assert "missing" in (refs["problem"] or "") or "not exist" in (refs["problem"] or "")
+    s.inbox("refs").mkdir()
+    s.drop("b.txt", b"b", "refs")
+    wait_until(lambda: s.all_done(2), 20, what="the folder that came back works")
+    assert "refs" in s.log_text() and "not available" in s.log_text()
+
+
+def test_permanent_rejection_goes_to_failed_with_reason_and_retry(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=[{"name": "in"}])
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 400, "count": 1}])
+    s.drop("a.txt", b"rejected once")
+    s.start()
+    wait_until(lambda: s.counts().get("failed") == 1, 20, what="failed")
+    failed = s.failed() / "a.txt"
+    assert failed.read_bytes() == b"rejected once"
+    assert "HTTP 400" in (s.failed() / "a.txt.error.json").read_text()
+    out = s.cli("files", "--state", "failed")
+    assert "a.txt" in out.stdout and "400" in out.stdout
+    out = s.cli("explain", str(s.inbox() / "a.txt"))
+    assert "failed" in out.stdout
+    s.invariants(allow_failed=True)
+    rid = s.rows()[0]["id"]
+    assert s.cli("retry", str(rid)).returncode == 0
+    wait_until(lambda: s.counts().get("done") == 1, 20, what="retried upload")
+    assert not failed.exists()
+    assert (s.archive() / "a.txt").read_bytes() == b"rejected once"
+
+
+def test_wrong_key_pauses_and_loses_nothing(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=[{"name": "in"}], lilt={"api_key": "wrong-key-123"})
+    s.drop("a.txt", b"x")
+    s.start()
+    wait_until(lambda: "pausing it" in s.log_text(), 20, what="pause message")
+    assert (s.inbox() / "a.txt").exists()
+    assert s.counts().get("failed", 0) == 0
+    assert "wrong-key-123" not in s.log_text()
+
+
+def test_once_exits_when_done(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup(folders=[{"name": "in"}])
+    for i in range(10):
+        s.drop(f"{i}.txt", str(i).encode())
+    out = subprocess.run(
+        [os.sys.executable, "-m", "syncd", "-c", str(s.config), "once"],  # type: ignore[attr-defined]
+        env=s.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert s.counts() == {"done": 10}
+    s.invariants()
+    assert CANARY_KEY not in out.stderr
+
+
+def test_sigterm_exits_zero(make_setup) -> None:  # type: ignore[no-untyped-def]
+    s = make_setup()
+    proc = s.start()
+    s.wait_started()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert "syncd stopped" in s.log_text()
