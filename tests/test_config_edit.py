@@ -1,0 +1,248 @@
+"""syncd.config_edit: `syncd init` and `syncd folder add` write valid configs atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from syncd.config import load
+from syncd.config_edit import add_folder, starter_config, write_initial
+from syncd.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("CFGEDIT_MISSING", raising=False)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+# -- write_initial ---------------------------------------------------------------------------
+
+
+def test_write_initial_writes_a_valid_private_starter(tmp_path: Path) -> None:
+    old_umask = os.umask(0)  # a careless umask must not widen the mode
+    try:
+        path = tmp_path / "etc" / "syncd" / "config.toml"  # parents are created
+        write_initial(path)
+    finally:
+        os.umask(old_umask)
+    assert mode(path) == 0o600
+    text = path.read_text()
+    assert text.startswith("# syncd configuration, written by `syncd init`.")
+    cfg = load(path)
+    assert cfg.warnings == ()
+    dest = cfg.destinations["demo"]
+    assert dest.type == "lilt"
+    assert dest.options.base_url == "http://127.0.0.1:8790/lilt"
+    assert dest.options.api_key.reveal() == "demo-lilt-key"
+    (folder,) = cfg.folders
+    assert folder.path == path.parent / "inbox"
+    assert folder.destination == "demo"
+    assert folder.after_upload == "archive"
+    assert folder.archive_dir == path.parent / "archive"
+    assert cfg.daemon.state_dir == path.parent / "state"
+
+
+def test_write_initial_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("# mine\n")
+    with pytest.raises(FileExistsError):
+        write_initial(path)
+    assert path.read_text() == "# mine\n"
+
+
+def test_write_initial_force_replaces_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("# mine\n")
+    path.chmod(0o644)
+    write_initial(path, force=True)
+    assert mode(path) == 0o600
+    assert load(path).folders[0].path == tmp_path / "inbox"
+    assert leftovers(tmp_path) == []
+
+
+def test_starter_config_is_a_fresh_dict_each_time() -> None:
+    a = starter_config()
+    a["daemon"]["workers"] = 99
+    assert starter_config()["daemon"]["workers"] == 4
+
+
+# -- add_folder ------------------------------------------------------------------------------
+
+
+def test_add_folder_round_trip_keeps_comments_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    write_initial(path)
+    path.chmod(0o640)
+    before = path.read_text()
+    add_folder(
+        path,
+        "scans",
+        destination="demo",
+        labels=["legal", "2024"],
+        category="SOURCE",
+        settle_seconds=5,
+        include=("*.pdf",),
+        archive_dir=Path("done/scans"),
+        failed_dir=None,
+    )
+    after = path.read_text()
+    assert after.startswith(before)  # appended: every comment above survives byte for byte
+    assert mode(path) == 0o640
+    assert leftovers(tmp_path) == []
+    cfg = load(path)
+    assert [f.path for f in cfg.folders] == [tmp_path / "inbox", tmp_path / "scans"]
+    new = cfg.folders[1]
+    assert new.destination == "demo"
+    assert new.labels == ("legal", "2024") and new.category == "SOURCE"
+    assert new.settle_seconds == 5.0 and new.include == ("*.pdf",)
+    assert new.archive_dir == tmp_path / "done" / "scans"
+    assert new.failed_dir == tmp_path / "state" / "failed" / "scans"
+
+
+def test_add_folder_twice(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    write_initial(path)
+    add_folder(path, "a", destination="demo")
+    add_folder(path, str(tmp_path / "b"), destination="demo", after_upload="delete")
+    cfg = load(path)
+    assert [f.path.name for f in cfg.folders] == ["inbox", "a", "b"]
+    assert cfg.folders[2].archive_dir is None
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "expected"),
+    [
+        (
+            ("other",),
+            {"destination": "nope"},
+            "folders[1].destination: no destination named 'nope' (defined: demo)",
+        ),
+        (("inbox",), {"destination": "demo"}, "is already watched by folders[0]"),
+        (("inbox/sub",), {"destination": "demo"}, "nested watched folders are not supported"),
+        (
+            ("other",),
+            {"destination": "demo", "settle_seconds": -1},
+            "folders[1].settle_seconds: must be >= 0, got -1",
+        ),
+        (
+            ("other",),
+            {"destination": "demo", "setle_seconds": 1},
+            "folders[1].setle_seconds: unknown key (did you mean 'settle_seconds'?)",
+        ),
+        (
+            ("other",),
+            {"destination": "demo", "labels": [""]},
+            "folders[1].labels[0]: must not be empty",
+        ),
+    ],
+)
+def test_invalid_edit_leaves_the_file_untouched(
+    tmp_path: Path, args: tuple[str], kwargs: dict[str, object], expected: str
+) -> None:
+    path = tmp_path / "config.toml"
+    write_initial(path)
+    before = path.read_bytes()
+    st = path.stat()
+    with pytest.raises(ConfigError) as info:
+        add_folder(path, *args, **kwargs)  # type: ignore[arg-type]
+    assert expected in str(info.value)
+    assert path.read_bytes() == before
+    assert path.stat().st_ino == st.st_ino
+    assert leftovers(tmp_path) == []
+
+
+def test_add_folder_does_not_need_the_service_environment(tmp_path: Path) -> None:
+    # The admin shell lacks the service's env vars and systemd credentials.
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[destinations.a]\ntype = "lilt"\napi_key = "env:CFGEDIT_MISSING"\n'
+        '[destinations.b]\ntype = "lilt"\napi_key = "credential:lilt"\n'
+        '[[folders]]\npath = "in"\ndestination = "a"\n'
+    )
+    add_folder(path, "in2", destination="b")
+    assert "in2" in path.read_text()
+
+
+def test_add_folder_to_a_broken_config_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[daemon]\nworkers = = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        add_folder(path, "in", destination="demo")
+    assert path.read_text() == "[daemon]\nworkers = = 1\n"
+
+
+def test_add_folder_rewrites_inline_arrays_with_tomli_w(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "# this comment cannot survive a tomli-w rewrite\n"
+        'folders = [{path = "in", destination = "d"}]\n'
+        '[destinations.d]\ntype = "lilt"\napi_key = "cfgedit-literal-key-77"\n'
+    )
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="syncd.config_edit"):
+        add_folder(path, "in2", destination="d")
+    assert "comments were not preserved" in caplog.text
+    assert "# this comment" not in path.read_text()
+    assert [f.path.name for f in load(path).folders] == ["in", "in2"]
+
+
+def test_add_folder_to_a_file_without_trailing_newline(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[destinations.d]\ntype = "lilt"\napi_key = "env:CFGEDIT_MISSING"\n'
+        '[[folders]]\npath = "in"\ndestination = "d"'
+    )
+    add_folder(path, "in2", destination="d")
+    text = path.read_text()
+    assert 'destination = "d"\n\n[[folders]]\npath = "in2"' in text
+
+
+def test_add_folder_edits_the_symlink_target(tmp_path: Path) -> None:
+    real_dir = tmp_path / "real"
+    real_dir.mkdir()
+    target = real_dir / "config.toml"
+    write_initial(target)
+    link = tmp_path / "config.toml"
+    link.symlink_to(target)
+    add_folder(link, "more", destination="demo")
+    assert link.is_symlink()
+    assert 'path = "more"' in target.read_text()
+    assert leftovers(real_dir) == []
+
+
+def test_add_folder_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        add_folder(tmp_path / "nope.toml", "in", destination="d")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        starter_config(),
+        {"folders": [{"path": "a", "destination": "d"}], "destinations": {"a b": {"type": "lilt"}}},
+        {"x": 1, "folders": [{"path": "a", "o": {"k": 1}}, {"path": "b"}]},
+        {"destinations": {"d": {"type": "lilt", "sub": {"k": [1, 2]}}}, "daemon": {"workers": 2}},
+        {"folders": {"path": "a"}},
+    ],
+)
+def test_render_round_trips(doc: dict[str, object]) -> None:
+    import tomllib
+
+    from syncd.config_edit import render
+
+    assert tomllib.loads(render(doc)) == doc
