@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from syncd import __version__
-from syncd.errors import FatalError, PermanentError, RetryableError, UploadError
+from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
 from syncd.redact import redact, strip_query
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,22 @@ def check(
     ok: tuple[int, ...] = (200,),
     auth_fatal: bool = True,
     retry_after: float | None = None,
+    expired: tuple[int, ...] = (),
 ) -> httpx.Response:
-    """Return ``response`` if its status is in ``ok``, else raise the mapped error."""
+    """Return ``response`` if its status is in ``ok``, else raise the mapped error.
+
+    ``expired`` lists statuses that mean "the presigned URL, policy or token
+    has expired" for this request (typically ``(403,)`` for a PUT to cloud
+    storage); they raise :class:`~syncd.errors.ExpiredError`, which the
+    destination handles by re-signing.
+    """
     status = response.status_code
     if status in ok:
         return response
     detail = error_text(response)
     message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
+    if status in expired:
+        raise ExpiredError(message, status=status)
     if status in RETRYABLE_STATUS:
         hint = parse_retry_after(response.headers.get("Retry-After"))
         raise RetryableError(message, status=status, retry_after=hint if hint is not None else retry_after)

@@ -66,6 +66,7 @@ Metadata: ``CAPABILITIES`` says which of the folder's ``labels`` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -109,29 +110,6 @@ def wire_name(text: str) -> str:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:
             out.append(f"\u201b{code - 0xDC00:02X}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def remote_name(name: str) -> str:
-    """``name`` as valid Unicode, fit for JSON bodies, form fields and headers.
-
-    A file name that is not valid UTF-8 reaches syncd surrogate-escaped
-    (``os.fsdecode``), and such a str cannot be encoded as UTF-8: json, httpx
-    and multipart bodies raise ``UnicodeEncodeError`` on it. Each undecodable
-    byte becomes ``‛XX`` (U+201B and two hex digits, rclone's convention), so
-    the remote name stays readable and distinct; any other lone surrogate
-    becomes U+FFFD. Every valid name is returned unchanged.
-    """
-    if not any("\ud800" <= ch <= "\udfff" for ch in name):
-        return name
-    out = []
-    for ch in name:
-        if "\udc80" <= ch <= "\udcff":
-            out.append(f"\u201b{ord(ch) - 0xDC00:02X}")
-        elif "\ud800" <= ch <= "\udfff":
-            out.append("\ufffd")
         else:
             out.append(ch)
     return "".join(out)
@@ -261,10 +239,8 @@ class Source:
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass
 
     def __enter__(self) -> Source:
         return self

@@ -1,55 +1,315 @@
-"""Lilt v2 uploads (protocols.md §1): presigned PUT."""
+"""Lilt v2 uploads (protocols.md §1): a presigned PUT, or S3-style multipart.
+
+Files up to ``multipart_threshold`` bytes take the *single* flow::
+
+    POST {base}/v2/upload/s3/params  {"filename", "type", "metadata": {...}}  -> {url, key, method}
+    PUT  url  (the bytes; Content-Type and Content-Length; no credentials)
+
+Larger files take the *multipart* flow, driven by :mod:`._chunked`::
+
+    POST   {base}/v2/upload/s3/multipart                 (same body)  -> {uploadId, key}
+    GET    {base}/v2/upload/s3/multipart/{uploadId}/{n}?s3Key=..&size=..  -> {url, method}
+    PUT    url  (part n)                                           -> ETag header
+    POST   {base}/v2/upload/s3/multipart/{uploadId}/complete?s3Key=..  {"parts": [...]}
+    DELETE {base}/v2/upload/s3/multipart/{uploadId}?s3Key=..          (abort)
+
+Credentials go only to the API, as ``Authorization: Basic base64(KEY:KEY)``;
+never as ``key=`` in a query (the curl examples reuse ``key`` for the storage
+key, see protocols.md §1.4). Nothing sent to storage carries them.
+
+Resume state (no URLs: they carry signatures)::
+
+    single:    {"v": 1, "kind": "single", "key": "<storage key>"}
+    multipart: {"v": 1, "kind": "multipart", "session": {"upload_id", "key"},
+                "part_size": P, "size": N, "parts": {"1": "\\"etag\\"", ...}}
+
+A single upload is resumed by initiating again (a fresh URL; the old key is
+informational). A multipart upload sends only the parts missing from
+``parts``, re-signing each one, then completes.
+
+Errors: API 401/403 are :class:`~syncd.errors.FatalError`; a storage 403 is
+an expired signature (re-sign and retry at once, bounded); a 404 for a
+multipart session means Lilt forgot it (start a new one); a complete that
+answers 200 without ``"success": true`` is retryable (S3 can report errors
+with a 200). Everything else is mapped by :mod:`syncd.http`.
+"""
 
 from __future__ import annotations
 
+import base64
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
+from syncd import redact
+from syncd.destinations import _chunked
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.errors import ExpiredError, PermanentError, RetryableError, UploadError, describe
+from syncd.http import check, json_body, require, send
 from syncd.secrets import Secret
 
+log = logging.getLogger(__name__)
+
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+SINGLE_RENEWALS = 2  # fresh URLs for one single-flow PUT after a storage 403
+SCAN_TIMEOUT = 300.0  # seconds wait_for_scan polls before giving up (the upload stands)
+SCAN_FIRST_DELAY = 1.0
+SCAN_MAX_DELAY = 15.0
+STORAGE_OK = (200, 201, 204)
 
 
 @dataclass(frozen=True)
 class LiltOptions:
     api_key: Secret = field(metadata={"doc": "Lilt API key (secret).", "secret": True})
-    base_url: str = field(default="https://api.lilt.com", metadata={"doc": "API root, without /v2."})
+    base_url: str = field(
+        default="https://api.lilt.com", metadata={"doc": "API root, without /v2."}
+    )
     multipart_threshold: int = field(
-        default=8 * MiB, metadata={"doc": "Files larger than this use multipart upload.", "unit": "bytes", "min": 5 * MiB}
+        default=8 * MiB,
+        metadata={"doc": "Files larger than this use multipart upload.", "unit": "bytes",
+                  "min": 5 * MiB},
     )
     part_size: int = field(
-        default=8 * MiB, metadata={"doc": "Multipart part size (Lilt asks for 8 MiB).", "unit": "bytes", "min": 5 * MiB}
+        default=8 * MiB,
+        metadata={"doc": "Multipart part size (Lilt asks for 8 MiB).", "unit": "bytes",
+                  "min": 5 * MiB},
     )
     wait_for_scan: bool = field(
-        default=False, metadata={"doc": "Poll GET /v2/upload until the antivirus scan leaves 'pending'."}
+        default=False,
+        metadata={"doc": "Poll GET /v2/upload until the antivirus scan leaves 'pending'."},
     )
+
+
+class _Api:
+    """Authenticated JSON calls to the Lilt API (never to storage)."""
+
+    def __init__(self, options: LiltOptions, client: httpx.Client) -> None:
+        self.base = options.base_url.rstrip("/")
+        self.client = client
+        key = options.api_key.reveal()
+        token = base64.b64encode(f"{key}:{key}".encode()).decode("ascii")
+        redact.register(key)
+        redact.register(token)
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+
+    def call(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
+             body: Any = None) -> Any:
+        """Send one API request; the decoded JSON answer, or a mapped error."""
+        kwargs: dict[str, Any] = {"headers": self._headers, "params": params}
+        if body is not None:
+            kwargs["json"] = body
+        response = send(self.client, method, self.base + path, what=what, **kwargs)
+        check(response, what=what, ok=(200, 201))
+        return json_body(response, what=what)
+
+
+def _initiate_body(item: UploadItem, size: int) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"size": size, "labels": list(item.labels), "uuid": item.uuid}
+    if item.category is not None:
+        metadata["category"] = item.category
+    return {"filename": item.name, "type": item.content_type, "metadata": metadata}
+
+
+def _put_url(data: Any, *, what: str) -> str:
+    """The presigned URL of a params/sign answer, insisting on method PUT."""
+    url = require(data, "url", what=what)
+    method = data.get("method") or "PUT"
+    if not isinstance(method, str) or method.upper() != "PUT":
+        raise PermanentError(f"{what}: the server asks for method {method!r}; syncd only PUTs")
+    return str(url)
+
+
+class _Multipart:
+    """Lilt's multipart protocol as a :class:`~._chunked.ChunkedService`."""
+
+    kind = "multipart"
+    # 8 MiB is what Lilt asks for; S3 rules bound the rest (5 MiB .. 5 GiB, 10,000 parts).
+    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, max_parts=10_000, empty_parts=1)
+
+    def __init__(self, api: _Api, options: LiltOptions) -> None:
+        self.api = api
+        self.options = options
+
+    def plan(self, size: int) -> int:
+        return self.options.part_size
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        what = "lilt: initiate multipart upload"
+        data = self.api.call("POST", "/v2/upload/s3/multipart", what=what,
+                             body=_initiate_body(item, source.size))
+        upload_id = require(data, "uploadId", what=what)
+        key = require(data, "key", what=what)
+        return Opened({"upload_id": upload_id, "key": key})
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        return all(isinstance(session.get(k), str) and session[k] for k in ("upload_id", "key"))
+
+    def _path(self, session: dict[str, Any], suffix: str = "") -> str:
+        return f"/v2/upload/s3/multipart/{quote(session['upload_id'], safe='')}{suffix}"
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        what = f"lilt: sign part {part.number}"
+        # The numeric path segment: lilt-python 3.1.0 sends a literal "partNumber" (§1.4.2).
+        try:
+            data = self.api.call("GET", self._path(session, f"/{part.number}"), what=what,
+                                 params={"s3Key": session["key"], "size": part.size})
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise SessionLost(str(exc), status=404) from None
+            raise
+        url = _put_url(data, what=what)
+        what = f"lilt: PUT part {part.number} to storage"
+        response = send(self.api.client, "PUT", url, what=what, content=part.stream(),
+                        headers={"Content-Length": str(part.size)})
+        if response.status_code == 404:
+            raise SessionLost(f"{what}: HTTP 404 (no such upload)", status=404)
+        check(response, what=what, ok=STORAGE_OK, expired=(403,))
+        etag = response.headers.get("ETag")
+        if not etag:
+            raise RetryableError(f"{what}: storage answered without an ETag")
+        return str(etag)  # exactly as returned, quotes included: complete wants it back verbatim
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        return None  # send_part signs each attempt afresh
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        what = "lilt: complete multipart upload"
+        body = {"parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]}
+        try:
+            data = self.api.call("POST", self._path(session, "/complete"), what=what,
+                                 params={"s3Key": session["key"]}, body=body)
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise SessionLost(str(exc), status=404) from None
+            raise
+        if not isinstance(data, dict) or data.get("success") is not True:
+            raise RetryableError(f"{what}: the server did not confirm success")
+        location = data.get("location")
+        return Receipt(
+            remote_id=session["key"],
+            url=redact.strip_query(location) if isinstance(location, str) and location else None,
+            details={"method": "multipart", "upload_id": session["upload_id"], "parts": len(parts)},
+        )
+
+    def abort(self, session: dict[str, Any]) -> None:
+        what = "lilt: cancel multipart upload"
+        try:
+            self.api.call("DELETE", self._path(session), what=what,
+                          params={"s3Key": session["key"]})
+        except PermanentError as exc:
+            if exc.status != 404:  # already gone (completed or cancelled): nothing to release
+                raise
 
 
 class LiltDestination:
+    """Uploads to Lilt; see the module docstring for the protocol and resume state."""
+
     TYPE: ClassVar[str] = "lilt"
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(
         labels="metadata.labels", category="metadata.category"
     )
     Options: ClassVar[type] = LiltOptions
 
-    def __init__(self, name: str, options: LiltOptions, client: httpx.Client) -> None:
+    def __init__(self, name: str, options: LiltOptions, client: httpx.Client, *,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.options = options
         self.client = client
+        self._api = _Api(options, client)
+        self._multipart = _Multipart(self._api, options)
+        self._sleep = sleep
+        self._clock = clock
 
     def upload(
-        self, item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+        self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
+        checkpoint: Checkpoint,
     ) -> Receipt:
-        raise NotImplementedError
+        # A multipart upload in flight stays multipart even if the threshold changed since.
+        in_flight = _chunked.is_resume_for(self._multipart, resume)
+        if source.size > self.options.multipart_threshold or in_flight:
+            receipt = _chunked.run(self._multipart, item, source, resume, checkpoint)
+        else:
+            receipt = self._upload_single(item, source, checkpoint)
+        if self.options.wait_for_scan:
+            status = self._wait_for_scan(item.name)
+            details = {**receipt.details, "scan_status": status}
+            receipt = Receipt(receipt.remote_id, receipt.url, details)
+        return receipt
+
+    def _upload_single(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
+        body = _initiate_body(item, source.size)
+        renewals = 0
+        while True:
+            what = "lilt: initiate upload"
+            data = self._api.call("POST", "/v2/upload/s3/params", what=what, body=body)
+            key = require(data, "key", what=what)
+            url = _put_url(data, what=what)
+            checkpoint({"v": 1, "kind": "single", "key": key})
+            headers = {"Content-Type": item.content_type, "Content-Length": str(source.size)}
+            what = "lilt: PUT to storage"
+            # A generator with an explicit Content-Length: httpx streams it without chunking.
+            response = send(self.client, "PUT", url, what=what,
+                            content=source.iter_range(0, source.size), headers=headers)
+            try:
+                check(response, what=what, ok=STORAGE_OK, expired=(403,))
+            except ExpiredError:
+                if renewals >= SINGLE_RENEWALS:
+                    raise
+                renewals += 1
+                log.info("lilt: the upload URL expired; asking for a new one (%d/%d)",
+                         renewals, SINGLE_RENEWALS)
+                continue
+            return Receipt(remote_id=key, url=redact.strip_query(url),
+                           details={"method": "single"})
+
+    def _wait_for_scan(self, filename: str) -> str:
+        """Poll ``GET /v2/upload`` until this file's status leaves ``pending``.
+
+        Never fails the upload (the bytes are confirmed already): a timeout
+        returns ``"pending"``, a file no longer listed ``"unlisted"`` and a
+        polling error ``"unknown"``.
+        """
+        deadline = self._clock() + SCAN_TIMEOUT
+        delay = SCAN_FIRST_DELAY
+        while True:
+            try:
+                entries = self._api.call("GET", "/v2/upload", what="lilt: list uploads")
+            except UploadError as exc:
+                log.warning("lilt: cannot poll the scan status of %r: %s", filename, describe(exc))
+                return "unknown"
+            mine = [e for e in entries if isinstance(e, dict) and e.get("filename") == filename] \
+                if isinstance(entries, list) else []
+            if not mine:
+                return "unlisted"
+            newest = max(mine, key=lambda e: (str(e.get("created_at") or ""),
+                                              str(e.get("id") or "")))
+            status = str(newest.get("status") or "unknown")
+            if status != "pending":
+                return status
+            if self._clock() + delay > deadline:
+                log.warning("lilt: %r is still pending its scan after %.0fs",
+                            filename, SCAN_TIMEOUT)
+                return "pending"
+            self._sleep(delay)
+            delay = min(delay * 2, SCAN_MAX_DELAY)
 
     def abort(self, resume: dict[str, Any]) -> None:
-        return None
+        """Cancel a multipart upload in ``resume``; single uploads hold nothing to release."""
+        _chunked.abort(self._multipart, resume)
 
     def probe(self) -> str:
-        raise NotImplementedError
+        data = self._api.call("GET", "/v2/upload", what="lilt: list uploads")
+        if not isinstance(data, list):
+            raise RetryableError("lilt: list uploads: the answer is not a list")
+        return f"ok, {len(data)} pending uploads"
 
     def close(self) -> None:
         return None

@@ -1,0 +1,414 @@
+"""The multi-part upload loop, written once for every service (style.md §3).
+
+S3-style parts (Lilt multipart, WriftAI uploads), chunked form posts (Xvid)
+and Content-Range chunks (api.video) are all the same loop: *open a session,
+send part n, checkpoint after every confirmed part, finish, or abort*. This
+module owns that loop; a service plugs in by implementing
+:class:`ChunkedService` (how to open, send one part, finish and abort) and
+describing its limits in :class:`PartRules`.
+
+What the driver owns
+--------------------
+* **Planning.** The part size is ``service.plan(size)`` adjusted to the
+  service's :class:`PartRules`: at least ``min_size``, a multiple of
+  ``multiple``, at most ``max_size``, and large enough that the file needs at
+  most ``max_parts`` parts (S3: 10,000). A file that cannot fit raises
+  :class:`~syncd.errors.PermanentError` before anything is opened.
+* **Reading.** Part *n* is read through the :class:`~syncd.destinations.base.Source`
+  (``Part.stream()`` or ``Part.read()``), so the bytes are hashed and change
+  detection applies. Parts go out in order by default, so the hash is computed
+  on the way; with ``parallel > 1`` they may not, and ``Source.sha256()``
+  reads what was not hashed at the end.
+* **Checkpointing.** ``checkpoint(resume)`` is called once the session is
+  open and again after **every** confirmed part, with::
+
+      {"v": 1, "kind": service.kind, "session": {...}, "part_size": P,
+       "size": N, "parts": {"1": "<token>", ...}}
+
+  Session keys that start with ``_`` are kept in memory for this call only
+  and never checkpointed: put presigned URLs and other signed material there.
+* **Resuming.** Given a ``resume`` of this ``kind`` whose size, part size and
+  part numbers are consistent with the file, only the missing parts are
+  sent, then the session is finished. The recorded part size wins over the
+  configured one, so a config change does not restart uploads in flight. An
+  unusable ``resume`` (other version, other size, malformed) is aborted on
+  the remote side (best effort) and the upload starts over.
+* **Renewal.** :class:`~syncd.errors.ExpiredError` from ``send_part`` means a
+  presigned URL or policy expired: the driver calls ``service.renew`` and
+  retries that part at once, at most :data:`MAX_RENEWALS` times per part.
+  :class:`SessionLost` (the remote side forgot the session) starts a fresh
+  session once per call (:data:`MAX_RESTARTS`).
+* **Empty files.** ``PartRules.empty_parts`` says how a 0-byte file is sent:
+  as one empty part (``1``, S3) or as no part at all (``0``: open, then finish
+  with an empty list).
+
+Every other error propagates unchanged: the uploader retries the whole
+``upload()`` later with the last checkpoint, which then sends only what is
+missing. The driver never aborts on its own after an error; the uploader
+calls ``Destination.abort(resume)`` when it abandons a file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
+from syncd.errors import ExpiredError, PermanentError, RetryableError, describe
+
+log = logging.getLogger(__name__)
+
+RESUME_VERSION = 1
+MAX_RENEWALS = 3  # re-sign attempts for one part within one call
+MAX_RESTARTS = 1  # fresh sessions after SessionLost within one call
+S3_MAX_PARTS = 10_000
+
+
+class SessionLost(RetryableError):
+    """The remote side no longer knows the session (unknown upload id, deleted session).
+
+    Raised by a service's ``send_part`` or ``finish``; the driver opens a new
+    session and sends every part again (once per call). When it reaches the
+    uploader it is an ordinary retryable error.
+    """
+
+
+@dataclass(frozen=True)
+class PartRules:
+    """A service's limits on parts. Sizes in bytes."""
+
+    min_size: int = 1  # every part but the last is at least this big
+    max_size: int | None = None  # no part may be bigger
+    multiple: int = 1  # part sizes must be a multiple of this
+    max_parts: int = S3_MAX_PARTS
+    empty_parts: int = 1  # a 0-byte file is sent as one empty part (1) or none (0)
+
+    def __post_init__(self) -> None:
+        if self.min_size < 1 or self.multiple < 1 or self.max_parts < 1:
+            raise ValueError("min_size, multiple and max_parts must be >= 1")
+        if self.empty_parts not in (0, 1):
+            raise ValueError("empty_parts must be 0 or 1")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``number`` (1-based) of ``count``: bytes ``[offset, offset + size)``."""
+
+    number: int
+    offset: int
+    size: int
+    count: int
+    file_size: int
+    source: Source = field(repr=False, compare=False)
+
+    @property
+    def last(self) -> bool:
+        return self.number == self.count
+
+    @property
+    def end(self) -> int:
+        """The offset just past this part (exclusive)."""
+        return self.offset + self.size
+
+    def stream(self) -> Iterator[bytes]:
+        """A fresh iterator over the part's bytes (hashed, change-checked); one per attempt."""
+        return self.source.iter_range(self.offset, self.size)
+
+    def read(self) -> bytes:
+        """The part's bytes in memory (for protocols that cannot stream a part)."""
+        return self.source.read(self.offset, self.size)
+
+
+@dataclass
+class Opened:
+    """What ``ChunkedService.open`` returns.
+
+    ``session`` is the service's resumable state (JSON-serialisable; keys
+    starting with ``_`` are not checkpointed). ``part_size`` is set only when
+    the server dictates the part size (it then overrides the planned one).
+    """
+
+    session: dict[str, Any]
+    part_size: int | None = None
+
+
+class ChunkedService(Protocol):
+    """What a service implements to be driven by :func:`run`.
+
+    Every method may raise the errors of :mod:`syncd.errors` (mapped through
+    :mod:`syncd.http`); ``send_part`` may also raise ``ExpiredError`` (renew
+    and retry) and ``send_part``/``finish`` may raise :class:`SessionLost`.
+    Implementations keep no per-file state on ``self``: several files are
+    uploaded through one instance at the same time.
+    """
+
+    kind: str  # the resume's "kind"; change it when the session format changes
+    rules: PartRules
+
+    def plan(self, size: int) -> int:
+        """The preferred part size for a file of ``size`` bytes (the driver adjusts it)."""
+        ...
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        """Open a remote upload session for ``item``, to be sent in parts of ``part_size``."""
+        ...
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        """Whether a checkpointed ``session`` holds all that ``send_part``/``finish`` need."""
+        ...
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        """Send one part; return its token (an ETag, or any non-empty string).
+
+        Called with a fresh ``part`` reading per attempt. May update
+        ``session`` in place (say, an id the first part returned); that only
+        works with ``parallel=1``. A missing token is a RetryableError.
+        """
+        ...
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        """Called after ``send_part`` raised ExpiredError, before it is retried.
+
+        Re-sign or refresh what expired, updating ``session`` in place; a
+        no-op for services that sign each part inside ``send_part``.
+        """
+        ...
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        """Complete the upload from ``(number, token)`` pairs in ascending order."""
+        ...
+
+    def abort(self, session: dict[str, Any]) -> None:
+        """Release the remote session. Errors propagate; the driver logs them."""
+        ...
+
+
+# -- planning -----------------------------------------------------------------
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def part_count(size: int, part_size: int, empty_parts: int = 1) -> int:
+    """How many parts a file of ``size`` bytes has with parts of ``part_size``."""
+    if size == 0:
+        return empty_parts
+    return -(-size // part_size)
+
+
+def choose_part_size(size: int, preferred: int, rules: PartRules) -> int:
+    """The part size to use: ``preferred`` adjusted to ``rules`` (see the module docstring).
+
+    Raises PermanentError when the file cannot be sent within ``max_parts``
+    parts of at most ``max_size`` bytes.
+    """
+    part_size = _round_up(max(preferred, rules.min_size, 1), rules.multiple)
+    if rules.max_size is not None and part_size > rules.max_size:
+        part_size = max(rules.max_size // rules.multiple * rules.multiple, rules.multiple)
+    if part_count(size, part_size) > rules.max_parts:
+        part_size = _round_up(-(-size // rules.max_parts), rules.multiple)
+        if rules.max_size is not None and part_size > rules.max_size:
+            raise PermanentError(
+                f"the file is too large: {size} bytes need more than {rules.max_parts} parts "
+                f"of at most {rules.max_size} bytes"
+            )
+    return part_size
+
+
+def plan_parts(source: Source, part_size: int, rules: PartRules) -> list[Part]:
+    """Every part of ``source``, in order."""
+    size = source.size
+    count = part_count(size, part_size, rules.empty_parts)
+    return [
+        Part(number=n, offset=(n - 1) * part_size,
+             size=min(part_size, size - (n - 1) * part_size), count=count,
+             file_size=size, source=source)
+        for n in range(1, count + 1)
+    ]
+
+
+# -- resume state ---------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    kind: str
+    session: dict[str, Any]
+    part_size: int
+    size: int
+    parts: dict[str, str] = field(default_factory=dict)
+
+    def to_resume(self) -> dict[str, Any]:
+        session = {k: v for k, v in self.session.items() if not k.startswith("_")}
+        return {"v": RESUME_VERSION, "kind": self.kind, "session": session,
+                "part_size": self.part_size, "size": self.size, "parts": dict(self.parts)}
+
+
+def is_resume_for(service: ChunkedService, resume: dict[str, Any] | None) -> bool:
+    """Whether ``resume`` was written by the driver for ``service`` (any size)."""
+    return (isinstance(resume, dict) and resume.get("v") == RESUME_VERSION
+            and resume.get("kind") == service.kind and isinstance(resume.get("session"), dict)
+            and service.session_ok(resume["session"]))
+
+
+def _usable(service: ChunkedService, resume: dict[str, Any] | None, size: int) -> _State | None:
+    """The state to continue from, or None when ``resume`` cannot be trusted for this file."""
+    if resume is None or not is_resume_for(service, resume):
+        return None
+    part_size, parts, rules = resume.get("part_size"), resume.get("parts"), service.rules
+    if resume.get("size") != size or type(part_size) is not int or part_size < 1:
+        return None
+    count = part_count(size, part_size, rules.empty_parts)
+    if count > rules.max_parts:
+        return None
+    if count > 1 and (part_size < rules.min_size or part_size % rules.multiple
+                      or (rules.max_size is not None and part_size > rules.max_size)):
+        return None
+    if not isinstance(parts, dict):
+        return None
+    for number, token in parts.items():
+        if not (isinstance(number, str) and number.isdigit() and 1 <= int(number) <= count
+                and isinstance(token, str) and token):
+            return None
+    return _State(service.kind, dict(resume["session"]), part_size, size, dict(parts))
+
+
+# -- the loop -------------------------------------------------------------------
+
+
+def run(
+    service: ChunkedService,
+    item: UploadItem,
+    source: Source,
+    resume: dict[str, Any] | None,
+    checkpoint: Checkpoint,
+    *,
+    parallel: int = 1,
+) -> Receipt:
+    """Upload ``source`` in parts through ``service``; see the module docstring."""
+    state = _usable(service, resume, source.size)
+    if state is None:
+        if is_resume_for(service, resume):
+            log.info("%s: the saved upload state does not match this file; starting over",
+                     service.kind)
+            abort(service, resume)
+        state = _open(service, item, source, checkpoint)
+    restarts = 0
+    while True:
+        try:
+            _send_missing(service, source, state, checkpoint, parallel)
+            source.check_unchanged()  # never complete a file that changed under us
+            parts = sorted((int(n), token) for n, token in state.parts.items())
+            return service.finish(state.session, parts)
+        except SessionLost as exc:
+            if restarts >= MAX_RESTARTS:
+                raise
+            restarts += 1
+            log.warning("%s: the remote session is gone (%s); opening a new one",
+                        service.kind, describe(exc))
+            state = _open(service, item, source, checkpoint)
+
+
+def abort(service: ChunkedService, resume: dict[str, Any] | None) -> bool:
+    """Best-effort release of the session in ``resume``; True if one was aborted.
+
+    Tolerates any ``resume`` (other kinds, versions, garbage); logs and
+    swallows every error.
+    """
+    if not is_resume_for(service, resume):
+        return False
+    assert resume is not None
+    try:
+        service.abort(dict(resume["session"]))
+    except Exception as exc:  # best effort by contract: log, never raise
+        log.warning("%s: could not abort the remote upload: %s", service.kind, describe(exc))
+        return False
+    return True
+
+
+def _open(service: ChunkedService, item: UploadItem, source: Source,
+          checkpoint: Checkpoint) -> _State:
+    part_size = choose_part_size(source.size, service.plan(source.size), service.rules)
+    opened = service.open(item, source, part_size)
+    if opened.part_size is not None:
+        if opened.part_size < 1 and source.size > 0:
+            raise RetryableError(
+                f"{service.kind}: the server dictated part size {opened.part_size}")
+        part_size = max(opened.part_size, 1)
+    state = _State(service.kind, dict(opened.session), part_size, source.size)
+    checkpoint(state.to_resume())
+    return state
+
+
+def _send_one(service: ChunkedService, state: _State, part: Part) -> str:
+    renewals = 0
+    while True:
+        try:
+            token = service.send_part(state.session, part)
+        except ExpiredError:
+            if renewals >= MAX_RENEWALS:
+                raise
+            renewals += 1
+            log.info("%s: part %d: the signed URL expired; renewing (%d/%d)",
+                     service.kind, part.number, renewals, MAX_RENEWALS)
+            service.renew(state.session, part)
+            continue
+        if not isinstance(token, str) or not token:
+            raise RetryableError(
+                f"{service.kind}: part {part.number}: the server confirmed no token")
+        return token
+
+
+def _send_missing(service: ChunkedService, source: Source, state: _State,
+                  checkpoint: Checkpoint, parallel: int) -> None:
+    todo = [p for p in plan_parts(source, state.part_size, service.rules)
+            if str(p.number) not in state.parts]
+    if parallel <= 1 or len(todo) <= 1:
+        for part in todo:
+            token = _send_one(service, state, part)
+            state.parts[str(part.number)] = token
+            checkpoint(state.to_resume())
+        return
+    _send_parallel(service, state, todo, checkpoint, parallel)
+
+
+def _send_parallel(service: ChunkedService, state: _State, todo: list[Part],
+                   checkpoint: Checkpoint, parallel: int) -> None:
+    """Up to ``parallel`` parts in flight; results recorded and checkpointed on this thread."""
+    pending = iter(todo)
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="part") as pool:
+        running: dict[Future[str], Part] = {}
+
+        def submit_next() -> None:
+            part = next(pending, None)
+            if part is not None:
+                running[pool.submit(_send_one, service, state, part)] = part
+
+        for _ in range(parallel):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                part = running.pop(future)
+                try:
+                    token = future.result()
+                except BaseException as exc:  # keep the first; let the others finish
+                    error = error or exc
+                    continue
+                state.parts[str(part.number)] = token
+                checkpoint(state.to_resume())
+                if error is None:
+                    submit_next()
+    if error is not None:
+        raise error
+
+
+__all__ = [
+    "MAX_RENEWALS", "MAX_RESTARTS", "ChunkedService", "Opened", "Part", "PartRules",
+    "SessionLost", "abort", "choose_part_size", "is_resume_for", "part_count", "plan_parts", "run",
+]

@@ -1,0 +1,1 @@
+"""Destination conformance suite: every scenario once, for every registered type."""

@@ -1,0 +1,352 @@
+"""The chunk driver (syncd.destinations._chunked) against a fake, in-memory service."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.destinations import _chunked
+from syncd.destinations._chunked import (
+    Opened,
+    Part,
+    PartRules,
+    SessionLost,
+    choose_part_size,
+    part_count,
+)
+from syncd.destinations.base import Receipt, Source, UploadItem
+from syncd.errors import ExpiredError, PermanentError, RetryableError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class FakeService:
+    """Stores parts in memory; scripted failures per part number."""
+
+    kind = "fake"
+
+    def __init__(self, rules: PartRules | None = None, preferred: int = 10,
+                 server_part_size: int | None = None) -> None:
+        self.rules = rules or PartRules(min_size=10)
+        self.preferred = preferred
+        self.server_part_size = server_part_size
+        self.sessions: dict[str, dict[int, bytes]] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.fail: dict[int, list[BaseException]] = {}
+        self.renewed: list[int] = []
+        self.finished: list[tuple[str, list[tuple[int, str]], bytes]] = []
+        self.aborted: list[str] = []
+        self.token_override: str | None = None
+        self.opened = 0
+        self._lock = threading.Lock()
+
+    def plan(self, size: int) -> int:
+        return self.preferred
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        with self._lock:
+            self.opened += 1
+            sid = f"s{self.opened}"
+            self.sessions[sid] = {}
+            self.calls.append(("open", part_size))
+        return Opened({"id": sid, "_url": "https://signed.example/?sig=SECRET"},
+                      self.server_part_size)
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        return isinstance(session.get("id"), str)
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        with self._lock:
+            self.calls.append(("part", part.number))
+            failures = self.fail.get(part.number)
+            exc = failures.pop(0) if failures else None
+        if exc is not None:
+            raise exc
+        if session["id"] not in self.sessions:
+            raise SessionLost("gone")
+        data = part.read() if part.number % 2 else b"".join(part.stream())
+        assert len(data) == part.size
+        with self._lock:
+            self.sessions[session["id"]][part.number] = data
+        if self.token_override is not None:
+            return self.token_override
+        return f'"{hashlib.md5(data).hexdigest()}"'
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        self.renewed.append(part.number)
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        stored = self.sessions[session["id"]]
+        assert [n for n, _ in parts] == sorted(stored)
+        blob = b"".join(stored[n] for n, _ in parts)
+        self.finished.append((session["id"], parts, blob))
+        return Receipt(remote_id=session["id"], details={"parts": len(parts)})
+
+    def abort(self, session: dict[str, Any]) -> None:
+        self.aborted.append(session["id"])
+        self.sessions.pop(session["id"], None)
+
+
+class Recorder:
+    def __init__(self, crash_after: int | None = None) -> None:
+        self.states: list[dict[str, Any]] = []
+        self.crash_after = crash_after
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        self.states.append(copy.deepcopy(state))
+        if self.crash_after is not None and len(self.states) >= self.crash_after:
+            raise Crash()
+
+
+class Crash(Exception):
+    pass
+
+
+def run(service: FakeService, tmp_path: Path, data: bytes, resume: dict[str, Any] | None = None,
+        cps: Recorder | None = None, parallel: int = 1) -> tuple[Receipt, str]:
+    path = tmp_path / "f.bin"
+    if not path.exists() or path.read_bytes() != data:
+        path.write_bytes(data)
+    st = path.stat()
+    item = UploadItem(uuid="u", name="f.bin", relpath="f.bin", size=len(data),
+                      content_type="application/octet-stream")
+    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        receipt = _chunked.run(service, item, source, resume, cps or Recorder(), parallel=parallel)
+        return receipt, source.sha256()
+
+
+# -- planning ---------------------------------------------------------------------
+
+
+def test_part_count() -> None:
+    assert part_count(0, 10) == 1 and part_count(0, 10, empty_parts=0) == 0
+    assert part_count(1, 10) == 1 and part_count(10, 10) == 1 and part_count(11, 10) == 2
+
+
+def test_choose_part_size_respects_minimum_and_multiple() -> None:
+    rules = PartRules(min_size=5 * MiB, multiple=256 * 1024)
+    assert choose_part_size(100, 1, rules) == 5 * MiB
+    assert choose_part_size(100, 5 * MiB + 1, rules) == 5 * MiB + 256 * 1024
+
+
+def test_choose_part_size_grows_to_fit_10000_parts() -> None:
+    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, multiple=MiB)
+    size = 100 * GiB  # 12,800 parts of 8 MiB
+    part = choose_part_size(size, 8 * MiB, rules)
+    assert part % MiB == 0 and part_count(size, part) <= 10_000
+    assert part_count(size, part - MiB) > 10_000  # the smallest that fits
+
+
+def test_choose_part_size_refuses_impossible_files() -> None:
+    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB)
+    with pytest.raises(PermanentError, match="too large"):
+        choose_part_size(10_000 * 5 * GiB + 1, 8 * MiB, rules)
+
+
+def test_choose_part_size_clamps_to_maximum() -> None:
+    assert choose_part_size(10, 100, PartRules(max_size=64, multiple=16)) == 64
+
+
+def test_rules_validate() -> None:
+    with pytest.raises(ValueError):
+        PartRules(empty_parts=2)
+
+
+# -- sending ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 9, 10, 11, 35])
+def test_parts_and_checkpoints(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    service, cps = FakeService(), Recorder()
+    receipt, sha = run(service, tmp_path, data, cps=cps)
+    count = part_count(size, 10)
+    assert service.finished[0][2] == data
+    assert [n for n, _ in service.finished[0][1]] == list(range(1, count + 1))
+    assert len(cps.states) == count + 1  # after open, then after every part
+    assert cps.states[0] == {"v": 1, "kind": "fake", "session": {"id": "s1"}, "part_size": 10,
+                             "size": size, "parts": {}}
+    assert sorted(cps.states[-1]["parts"], key=int) == [str(n) for n in range(1, count + 1)]
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert receipt.remote_id == "s1"
+
+
+def test_transient_session_keys_are_not_checkpointed(tmp_path: Path) -> None:
+    cps = Recorder()
+    run(FakeService(), tmp_path, b"x" * 25, cps=cps)
+    assert all("_url" not in s["session"] and "SECRET" not in repr(s) for s in cps.states)
+
+
+def test_empty_file_as_one_empty_part(tmp_path: Path) -> None:
+    service = FakeService()
+    run(service, tmp_path, b"")
+    assert service.finished[0][1] == [(1, f'"{hashlib.md5(b"").hexdigest()}"')]
+
+
+def test_empty_file_as_no_parts(tmp_path: Path) -> None:
+    service = FakeService(PartRules(min_size=10, empty_parts=0))
+    cps = Recorder()
+    run(service, tmp_path, b"", cps=cps)
+    assert service.finished[0][1] == [] and len(cps.states) == 1
+    assert ("part", 1) not in service.calls
+
+
+def test_sequential_parts_hash_on_the_way(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    data = os.urandom(45)
+    path.write_bytes(data)
+    st = path.stat()
+    item = UploadItem(uuid="u", name="f", relpath="f", size=45, content_type="x")
+    with Source(path, size=45, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        _chunked.run(FakeService(), item, source, None, Recorder())
+        assert source.bytes_read == 45  # no extra read needed for the hash
+        assert source.sha256() == hashlib.sha256(data).hexdigest()
+        assert source.bytes_read == 45
+
+
+def test_parallel_parts(tmp_path: Path) -> None:
+    data = os.urandom(205)
+    service, cps = FakeService(), Recorder()
+    _, sha = run(service, tmp_path, data, cps=cps, parallel=4)
+    assert service.finished[0][2] == data
+    assert len(cps.states) == 22
+    assert sha == hashlib.sha256(data).hexdigest()
+
+
+def test_parallel_error_keeps_confirmed_parts(tmp_path: Path) -> None:
+    data = os.urandom(100)
+    service, cps = FakeService(), Recorder()
+    service.fail[3] = [RetryableError("503")]
+    with pytest.raises(RetryableError):
+        run(service, tmp_path, data, cps=cps, parallel=3)
+    done = set(cps.states[-1]["parts"])
+    assert "3" not in done and {"1", "2"} <= done
+    service.calls.clear()
+    run(service, tmp_path, data, resume=cps.states[-1], parallel=3)
+    assert sorted(n for op, n in service.calls if op == "part") == sorted(
+        n for n in range(1, 11) if str(n) not in done)
+    assert service.finished[0][2] == data
+
+
+# -- resume -----------------------------------------------------------------------
+
+
+def test_resume_sends_only_missing_parts(tmp_path: Path) -> None:
+    data = os.urandom(35)
+    service, crashing = FakeService(), Recorder(crash_after=3)
+    with pytest.raises(Crash):
+        run(service, tmp_path, data, cps=crashing)
+    service.calls.clear()
+    run(service, tmp_path, data, resume=crashing.states[-1])
+    assert service.calls == [("part", 3), ("part", 4)]
+    assert service.finished[0][2] == data
+
+
+def test_recorded_part_size_wins_over_config(tmp_path: Path) -> None:
+    data = os.urandom(35)
+    service, crashing = FakeService(), Recorder(crash_after=2)
+    with pytest.raises(Crash):
+        run(service, tmp_path, data, cps=crashing)
+    service.preferred = 20
+    service.calls.clear()
+    run(service, tmp_path, data, resume=crashing.states[-1])
+    assert service.calls == [("part", 2), ("part", 3), ("part", 4)]
+
+
+@pytest.mark.parametrize("damage", [
+    {"size": 36}, {"part_size": 3}, {"part_size": "10"}, {"parts": {"9": "x"}},
+    {"parts": {"1": ""}}, {"parts": []}, {"v": 2},
+])
+def test_inconsistent_resume_aborts_and_restarts(tmp_path: Path, damage: dict[str, Any]) -> None:
+    data = os.urandom(35)
+    service, crashing = FakeService(), Recorder(crash_after=2)
+    with pytest.raises(Crash):
+        run(service, tmp_path, data, cps=crashing)
+    resume = {**crashing.states[-1], **damage}
+    service.calls.clear()
+    run(service, tmp_path, data, resume=resume)
+    assert service.aborted == ([] if "v" in damage else ["s1"])
+    assert service.calls[0] == ("open", 10)
+    assert service.finished[0][0] == "s2" and service.finished[0][2] == data
+
+
+@pytest.mark.parametrize("resume", [{}, {"kind": "single", "key": "k"}, {"v": 1, "kind": "fake"}])
+def test_foreign_resume_starts_over_without_abort(tmp_path: Path, resume: dict[str, Any]) -> None:
+    service = FakeService()
+    run(service, tmp_path, b"abc", resume=resume)
+    assert service.aborted == [] and service.finished
+
+
+def test_expired_part_is_renewed_and_retried(tmp_path: Path) -> None:
+    data = os.urandom(25)
+    service = FakeService()
+    service.fail[2] = [ExpiredError("403"), ExpiredError("403")]
+    run(service, tmp_path, data)
+    assert service.renewed == [2, 2]
+    assert service.finished[0][2] == data
+
+
+def test_expiry_renewals_are_bounded(tmp_path: Path) -> None:
+    service = FakeService()
+    service.fail[1] = [ExpiredError("403")] * 10
+    with pytest.raises(ExpiredError):
+        run(service, tmp_path, b"abc")
+    assert len(service.renewed) == _chunked.MAX_RENEWALS
+
+
+def test_lost_session_reopens_once(tmp_path: Path) -> None:
+    data = os.urandom(25)
+    service, crashing = FakeService(), Recorder(crash_after=2)
+    with pytest.raises(Crash):
+        run(service, tmp_path, data, cps=crashing)
+    service.sessions.clear()
+    service.calls.clear()
+    run(service, tmp_path, data, resume=crashing.states[-1])
+    assert service.calls[:2] == [("part", 2), ("open", 10)]
+    assert service.finished[0][2] == data
+
+
+def test_lost_session_twice_gives_up(tmp_path: Path) -> None:
+    service = FakeService()
+    service.fail[1] = [SessionLost("gone")] * 5
+    with pytest.raises(SessionLost):
+        run(service, tmp_path, b"abc")
+    assert [c for c in service.calls if c[0] == "open"] == [("open", 10)] * 2
+
+
+def test_empty_token_is_retryable(tmp_path: Path) -> None:
+    service = FakeService()
+    service.token_override = ""
+    cps = Recorder()
+    with pytest.raises(RetryableError):
+        run(service, tmp_path, b"abc", cps=cps)
+    assert cps.states[-1]["parts"] == {}
+
+
+def test_server_dictated_part_size(tmp_path: Path) -> None:
+    data = os.urandom(30)
+    service, cps = FakeService(server_part_size=7), Recorder()
+    run(service, tmp_path, data, cps=cps)
+    assert cps.states[0]["part_size"] == 7
+    assert len(service.finished[0][1]) == 5
+
+
+def test_abort_helper_tolerates_anything() -> None:
+    service = FakeService()
+    assert _chunked.abort(service, None) is False
+    assert _chunked.abort(service, {"v": 1, "kind": "other", "session": {"id": "x"}}) is False
+    service.sessions["x"] = {}
+    assert _chunked.abort(service, {"v": 1, "kind": "fake", "session": {"id": "x"}}) is True
+
+    def broken(session: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    service.abort = broken  # type: ignore[method-assign]
+    assert _chunked.abort(service, {"v": 1, "kind": "fake", "session": {"id": "x"}}) is False
