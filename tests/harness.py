@@ -31,6 +31,15 @@ from syncd.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY_KEY = "canary-lilt-key-5f1e2d"
+# Canary credentials for every service: configured in every harness run, and
+# assert_no_secret() fails if any of them shows up in a log or the ledger.
+CANARIES = {
+    "lilt_key": CANARY_KEY,
+    "wriftai_token": "canary-wriftai-token-8c3b",
+    "xvid_secret": "canary-xvid-secret-41aa",
+    "apivideo_token": "to-canary-upload-token-77e1",
+    "apivideo_key": "canary-apivideo-key-9d02",
+}
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
@@ -52,9 +61,22 @@ def sha(data: bytes) -> str:
 class Setup:
     def __init__(self, tmp: Path, *, folders: Iterable[dict[str, Any]] | None = None,
                  daemon: dict[str, Any] | None = None, lilt: dict[str, Any] | None = None,
+                 destination: dict[str, Any] | None = None,
                  emulator: dict[str, Any] | None = None) -> None:
+        """``destination`` replaces the default Lilt table (``lilt`` only adds keys to it).
+
+        Its ``base_url`` may use ``{url}`` for the emulator's root URL; secrets
+        should be ``"env:NAME"`` references to the variables of :meth:`env`.
+        """
         self.tmp = tmp
-        self.emulator = Emulator(tmp / "emulator", lilt_key=CANARY_KEY, **(emulator or {})).start()
+        self.emulator = Emulator(
+            tmp / "emulator", lilt_key=CANARIES["lilt_key"],
+            wriftai_token=CANARIES["wriftai_token"],
+            xvid_client=f"canary-client:{CANARIES['xvid_secret']}",
+            apivideo_token=CANARIES["apivideo_token"], apivideo_key=CANARIES["apivideo_key"],
+            **(emulator or {}),
+        ).start()
+        self.destination = destination
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
         self.dropped: dict[tuple[str, str], bytes] = {}  # (folder name, relpath) -> content
@@ -70,7 +92,12 @@ class Setup:
         d = {"state_dir": "state", "workers": 4, "rescan_seconds": 30,
              "retry_base_seconds": 0.2, "retry_max_seconds": 2.0, "drain_seconds": 5}
         d.update(daemon)
-        dest = {"type": "lilt", "base_url": self.emulator.url + "/lilt", "api_key": "env:TEST_LILT_KEY"}
+        if self.destination is not None:
+            dest = {k: (v.format(url=self.emulator.url) if isinstance(v, str) else v)
+                    for k, v in self.destination.items()}
+        else:
+            dest = {"type": "lilt", "base_url": self.emulator.url + "/lilt",
+                    "api_key": "env:TEST_LILT_KEY"}
         dest.update(lilt)
         folders = []
         for f in self.folders:
@@ -117,6 +144,10 @@ class Setup:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         env["TEST_LILT_KEY"] = CANARY_KEY
+        env["TEST_WRIFTAI_TOKEN"] = CANARIES["wriftai_token"]
+        env["TEST_XVID_SECRET"] = CANARIES["xvid_secret"]
+        env["TEST_APIVIDEO_TOKEN"] = CANARIES["apivideo_token"]
+        env["TEST_APIVIDEO_KEY"] = CANARIES["apivideo_key"]
         env["PYTHONPATH"] = str(ROOT)
         env.pop("JOURNAL_STREAM", None)
         return env
@@ -244,11 +275,16 @@ class Setup:
         uuids_done = {r["uuid"] for r in rows if r["state"] == "done"}
         assert len(archived) <= len(uuids_done) + 0, "archive holds files the ledger does not know"
 
-    def assert_no_secret(self) -> None:
-        text = self.log_text()
-        assert CANARY_KEY not in text, "the API key appeared in a log"
+    def assert_no_secret(self, *extra_texts: str) -> None:
+        """No canary credential in any log, CLI output given, or ledger row."""
+        texts = [self.log_text(), *extra_texts]
         for r in self.rows():
-            blob = json.dumps({k: (v.decode("latin-1") if isinstance(v, bytes) else v)
-                               for k, v in r.items()})
-            assert CANARY_KEY not in blob, "the API key appeared in the ledger"
+            texts.append(json.dumps({k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+                                     for k, v in r.items()}))
+        raw = self.ledger_path.read_bytes() if self.ledger_path.exists() else b""
+        for name, canary in CANARIES.items():
+            for text in texts:
+                assert canary not in text, f"the {name} canary appeared in a log or row"
+            assert canary.encode() not in raw, f"the {name} canary is in the ledger file"
+        for blob in texts[1:]:
             assert "Signature=" not in blob and "X-Emu-Signature" not in blob
