@@ -18,10 +18,11 @@ from typing import Any
 
 from syncd import __version__, rules
 from syncd import config as configmod
-from syncd.errors import ConfigError, LedgerError, LockedError
+from syncd.errors import ConfigError, LedgerError, LockedError, Problem
 from syncd.ledger import STATES, Ledger, Row
 from syncd.lock import holder_pid
-from syncd.logs import qp, setup as setup_logging
+from syncd.logs import qp
+from syncd.logs import setup as setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_LEDGER = 0, 1, 2, 3, 4
 
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Move the ledger aside and start an empty one. Files still in "
                     "the inbox are uploaded again (at-least-once); archived files are not.")
     lsub.add_parser("check", help="run SQLite's integrity check on the ledger")
+    lb = lsub.add_parser("backup", help="copy the ledger safely, also while syncd runs",
+                         description="Copy the ledger with SQLite's online backup API (a "
+                         "consistent snapshot even while the daemon writes), check the copy's "
+                         "integrity, then give it its name. Never copy ledger.sqlite3 with cp: "
+                         "its -wal file holds the latest commits.")
+    lb.add_argument("dest", type=Path, help="the file to write (must not exist)")
     cmd("emulate", "local emulator of every supported service (see `syncd emulate --help`)",
         add_help=False, prefix_chars="\0")
     return p
@@ -155,12 +162,14 @@ def _config_path(args: argparse.Namespace) -> Path:
     return Path(args.config) if args.config else configmod.default_config_path()
 
 
-def _load(args: argparse.Namespace) -> configmod.Config:
+def _load(args: argparse.Namespace, *, secrets: bool = True) -> configmod.Config:
+    """The config; ``secrets=False`` for commands that never upload, so they work from an
+    admin shell that lacks the service's environment and $CREDENTIALS_DIRECTORY."""
     path = _config_path(args)
     if not path.exists():
-        raise ConfigError([configmod.Problem("", f"no such file (create one with `syncd init {path}`)")],
+        raise ConfigError([Problem("", f"no such file (create one with `syncd init {path}`)")],
                           source=str(path))
-    cfg = configmod.load(path)
+    cfg = configmod.load(path, resolve_secrets=secrets)
     for w in cfg.warnings:
         print(f"syncd: warning: {w}", file=sys.stderr)
     return cfg
@@ -276,7 +285,7 @@ def status_data(cfg: configmod.Config) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, secrets=False)
     data = status_data(cfg)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -306,7 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_files(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, secrets=False)
     ledger = _open_ledger(cfg)
     rows: list[Row] = []
     if ledger is not None:
@@ -331,7 +340,7 @@ def cmd_files(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, secrets=False)
     ledger = _open_ledger(cfg, readonly=False)
     assert ledger is not None
     try:
@@ -388,9 +397,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         client = build_client(cfg)
         try:
-            for name, dest in build_destinations(cfg, client).items():
+            for name, live in build_destinations(cfg, client).items():
                 try:
-                    print(f"destination {name}: {dest.probe()}")
+                    print(f"destination {name}: {live.probe()}")
                 except UploadError as exc:
                     ok = False
                     print(f"error: destination {name}: {describe(exc)}")
@@ -400,7 +409,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load(args, secrets=False)
     path = os.path.abspath(os.fspath(args.path))
     print(explain(cfg, path))
     return EXIT_OK
@@ -523,7 +532,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from syncd.daemon import ledger_path
     from syncd.lock import StateLock
 
-    cfg = _load(args)
+    cfg = _load(args, secrets=False)
     path = ledger_path(cfg)
     if args.ledger_command == "check":
         ledger = Ledger.open(path, readonly=True)
@@ -533,6 +542,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             ledger.close()
         print(f"{path}: {result}")
         return EXIT_OK if result == "ok" else EXIT_LEDGER
+    if args.ledger_command == "backup":
+        return _backup_ledger(path, Path(args.dest))
     with StateLock(Path(cfg.daemon.state_dir)):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         moved = []
@@ -546,6 +557,43 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     for m in moved:
         print(f"moved {m.name} aside")
     print(f"new ledger at {path}; files still in the folders will be uploaded at the next start")
+    return EXIT_OK
+
+
+def _backup_ledger(path: Path, dest: Path) -> int:
+    import sqlite3
+
+    if dest.exists():
+        print(f"syncd: {dest} exists; choose a new name", file=sys.stderr)
+        return EXIT_CONFIG
+    if not path.exists():
+        raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            source.backup(target)  # one step: one consistent snapshot
+        finally:
+            target.close()
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise LedgerError(f"cannot back up {path}: {exc}") from None
+    finally:
+        source.close()
+    copy = Ledger.open(partial, readonly=True)
+    try:
+        result = copy.integrity_check()
+        rows = sum(copy.counts().values())
+    finally:
+        copy.close()
+    if result != "ok":
+        print(f"syncd: the copy failed its integrity check ({result}); kept as {partial}",
+              file=sys.stderr)
+        return EXIT_LEDGER
+    os.replace(partial, dest)
+    print(f"backed up {path} to {dest} ({rows} rows, integrity ok)")
     return EXIT_OK
 
 

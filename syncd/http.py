@@ -72,7 +72,8 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
     try:
         return client.request(method, url, **kwargs)
     except httpx.TransportError as exc:
-        raise RetryableError(f"{what}: {type(exc).__name__}: {redact(str(exc)) or 'connection failed'}") from None
+        detail = redact(str(exc)) or "connection failed"
+        raise RetryableError(f"{what}: {type(exc).__name__}: {detail}") from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"{what}: invalid URL {strip_query(url)!r}: {exc}") from None
 
@@ -127,7 +128,8 @@ def json_body(response: httpx.Response, *, what: str) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise RetryableError(f"{what}: the server returned a body that is not JSON: {error_text(response, 120)!r}") from None
+        excerpt = error_text(response, 120)
+        raise RetryableError(f"{what}: the server returned a body that is not JSON: {excerpt!r}") from None
 
 
 def require(data: Any, key: str, *, what: str, kind: type = str) -> Any:

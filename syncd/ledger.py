@@ -530,7 +530,8 @@ class Ledger:
     def rows(self, *, state: str | None = None, folder: str | None = None,
              limit: int | None = None) -> list[Row]:
         sql = "SELECT * FROM files"
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if state is not None:
             where.append("state = ?")
             args.append(state)

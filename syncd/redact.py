@@ -93,7 +93,7 @@ class RedactingFilter(logging.Filter):
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(
-                logging.Formatter().formatException(record.exc_info)  # type: ignore[arg-type]
+                logging.Formatter().formatException(record.exc_info)
             )
             record.exc_info = None
         return True

@@ -10,10 +10,19 @@ it before its watch existed produce no events.
 :class:`Watcher` owns the observers: one native (inotify) observer for all
 folders, and polling observers for folders that ask for it (network shares)
 or that could not get an inotify watch (limits reached: the fallback is
-logged with the sysctl to raise). :meth:`Watcher.check_health` notices a
-folder that is missing, or was deleted and recreated (its inode changed),
-releases its watch, and re-arms it when the folder is back; the caller then
-rescans it. A folder that vanished is never taken to mean its files are gone.
+logged with the sysctl to raise).
+
+Folder health, checked by :meth:`Watcher.check_health` every few seconds
+(Syncthing's approach): a folder is *usable* when it exists, is a directory,
+holds its ``marker`` file when the folder names one, and sits on the same
+device (``st_dev``) as when it was first watched. A folder that is missing,
+unmounted (its device changed: the empty mount point is not the inbox) or
+lacks its marker has its watch released, is reported (log, STATUS, ``syncd
+status``) and is neither scanned nor read from; when it is usable again it
+is re-armed and the caller rescans it. A folder deleted and recreated
+between two checks (same path, new inode) is re-armed too. A folder that
+vanished is never taken to mean its files are gone. :func:`probe` is the
+same check for one folder, for callers without a Watcher (``syncd once``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -97,14 +107,38 @@ class _Handler(FileSystemEventHandler):
         if rel is None:
             return
         if event.is_directory:
-            if kind in ("created", "moved") and self.folder.recursive:
-                if not rules.dir_ignored(rel, exclude=self.folder.exclude,
-                                         ignore_junk=self.folder.ignore_junk):
-                    self.intake.request_scan(self.root, rel)
+            if kind in ("created", "moved") and self.folder.recursive and not rules.dir_ignored(
+                    rel, exclude=self.folder.exclude, ignore_junk=self.folder.ignore_junk):
+                self.intake.request_scan(self.root, rel)
             return
         if rules.judge(rel, include=self.folder.include, exclude=self.folder.exclude,
                        ignore_junk=self.folder.ignore_junk).accepted:
             self.intake.add(self.root, rel)
+
+
+def probe(folder: Any, device: int | None = None) -> tuple[str | None, os.stat_result | None]:
+    """``(problem, stat)`` of a watched folder; problem None means usable.
+
+    ``device`` is the ``st_dev`` the folder is expected on (None: any).
+    Problems read well after the folder's path: ``folder missing``, ``not a
+    directory``, ``marker file '.syncd-root' missing (not mounted?)``, ``on
+    another device than before (unmounted?)``.
+    """
+    root = os.fspath(folder.path)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return "folder missing", None
+    except OSError as exc:
+        return f"folder unavailable ({exc.strerror or exc})", None
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory", None
+    marker = getattr(folder, "marker", None)
+    if marker and not os.path.lexists(os.path.join(root, marker)):
+        return f"marker file {marker!r} missing (not mounted?)", st
+    if device is not None and st.st_dev != device:
+        return "on another device than before (unmounted?)", st
+    return None, st
 
 
 @dataclass
@@ -113,9 +147,10 @@ class FolderWatch:
     watch: ObservedWatch | None = None
     observer: BaseObserver | None = None
     inode: int | None = None
-    device: int | None = None
+    device: int | None = None  # st_dev when first armed: a change means "unmounted"
     mode: str = "none"  # native | polling | none
     problem: str | None = None
+    fallback: str | None = None  # why a native folder is polled (inotify limits)
 
 
 class Watcher:
@@ -161,26 +196,39 @@ class Watcher:
                 if root not in wanted or self.folders[root].folder != wanted[root]:
                     self._release(self.folders.pop(root))
             for root, folder in wanted.items():
-                if root not in self.folders:
+                fw = self.folders.get(root)
+                if fw is None:
                     fw = FolderWatch(folder)
                     self.folders[root] = fw
-                    if self._arm(fw):
-                        armed.append(root)
+                elif fw.problem is None or not fw.problem.startswith("on another device"):
+                    continue
+                else:
+                    # A reload accepts the device the folder is on now (moved on purpose).
+                    log.info("reload: accepting the current device of %s", qp(root))
+                    fw.device = None
+                if self._arm(fw):
+                    armed.append(root)
         return armed
 
+    def problem(self, root: str) -> str | None:
+        """The current problem of a watched folder, checked now (None: usable)."""
+        with self._lock:
+            fw = self.folders.get(root)
+        if fw is None:
+            return "not watched"
+        return probe(fw.folder, fw.device)[0]
+
     def _arm(self, fw: FolderWatch) -> bool:
+        """Watch ``fw`` if it is usable; False (with ``fw.problem`` set) if not."""
         root = os.fspath(fw.folder.path)
-        try:
-            st = os.stat(root)
-        except OSError as exc:
-            if fw.problem is None or fw.mode != "none":
-                log.error("watched folder %s is not available: %s; retrying", qp(root),
-                          exc.strerror or exc)
-            fw.problem = f"folder missing: {exc.strerror or exc}"
-            fw.mode = "none"
+        problem, st = probe(fw.folder, fw.device)
+        if problem is not None:
+            self._report(fw, problem)
             return False
+        assert st is not None
         handler = _Handler(fw.folder, self.intake)
         mode = "polling" if fw.folder.observer == "polling" else "native"
+        fallback = None
         try:
             if mode == "native":
                 fw.observer = self._native_observer()
@@ -192,20 +240,32 @@ class Watcher:
                 sysctl = ("fs.inotify.max_user_watches" if exc.errno == errno.ENOSPC
                           else "fs.inotify.max_user_instances")
                 log.warning("inotify limit reached for %s (%s); falling back to polling every "
-                            "%.0fs. Raise sysctl %s to watch it natively.", qp(root),
+                            "%gs. Raise sysctl %s to watch it natively.", qp(root),
                             exc.strerror, fw.folder.poll_seconds, sysctl)
-                mode = "polling"
+                mode, fallback = "polling", f"polling: inotify limit ({sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
                 fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
             else:
-                fw.problem = f"cannot watch: {exc.strerror or exc}"
-                log.error("cannot watch %s: %s; retrying", qp(root), exc.strerror or exc)
+                self._report(fw, f"cannot watch ({exc.strerror or exc})")
                 return False
-        if fw.problem and fw.problem.startswith("folder missing"):
-            log.warning("watched folder %s is back; watching it again", qp(root))
-        fw.mode, fw.inode, fw.device, fw.problem = mode, st.st_ino, st.st_dev, None
+        if fw.problem is not None:
+            log.warning("watched folder %s is usable again (was: %s); watching and rescanning it",
+                        qp(root), fw.problem)
+        if fw.device is None:
+            fw.device = st.st_dev
+        fw.mode, fw.inode, fw.problem, fw.fallback = mode, st.st_ino, None, fallback
         log.info("watching %s (%s%s)", qp(root), mode, ", recursive" if fw.folder.recursive else "")
         return True
+
+    def _report(self, fw: FolderWatch, problem: str) -> None:
+        """Release ``fw`` and log ``problem`` once (again only when it changes)."""
+        if fw.mode != "none":
+            self._release(fw)
+        if problem != fw.problem:
+            log.error("watched folder %s is not available (%s): not watching or scanning it, "
+                      "its files are not treated as gone; checking again every few seconds",
+                      qp(os.fspath(fw.folder.path)), problem)
+        fw.problem = problem
 
     def _release(self, fw: FolderWatch) -> None:
         if fw.observer is not None and fw.watch is not None:
@@ -220,29 +280,29 @@ class Watcher:
         rearmed = []
         with self._lock:
             for root, fw in self.folders.items():
-                try:
-                    st = os.stat(root)
-                    same = (st.st_ino, st.st_dev) == (fw.inode, fw.device)
-                except OSError as exc:
-                    if fw.mode != "none":
-                        log.error("watched folder %s disappeared (%s); files already ledgered "
-                                  "stay queued; waiting for it to come back", qp(root),
-                                  exc.strerror or exc)
-                        self._release(fw)
-                        fw.problem = f"folder missing: {exc.strerror or exc}"
+                problem, st = probe(fw.folder, fw.device)
+                if problem is not None:
+                    self._report(fw, problem)
                     continue
-                if fw.mode != "none" and same and fw.watch is not None and \
-                        (fw.observer is None or fw.observer.is_alive()):
+                assert st is not None
+                alive = fw.observer is None or fw.observer.is_alive()
+                if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
                     continue
                 if fw.mode != "none":
-                    log.warning("watched folder %s was replaced; watching the new one", qp(root))
+                    log.warning("watched folder %s was replaced (deleted and created again); "
+                                "watching the new one", qp(root))
                     self._release(fw)
                 if self._arm(fw):
                     rearmed.append(root)
         return rearmed
 
     def problems(self) -> dict[str, str]:
+        """Folders that are not usable now, with why (as of the last check)."""
         return {root: fw.problem for root, fw in self.folders.items() if fw.problem}
+
+    def fallbacks(self) -> dict[str, str]:
+        """Folders polled because inotify limits were reached."""
+        return {root: fw.fallback for root, fw in self.folders.items() if fw.fallback}
 
     def stop(self) -> None:
         observers = ([self._native] if self._native else []) + list(self._polling.values())
