@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from syncd import crashpoints
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
 
@@ -113,6 +114,7 @@ def _place(src: str, target: str) -> None:
                 fout.flush()
                 os.fsync(fout.fileno())
             shutil.copystat(src, tmp)
+            crashpoints.point("archive.copied")
             os.link(tmp, target)
         finally:
             try:
@@ -148,6 +150,7 @@ def move(src: str, target_dir: str, name: str, *, record: Callable[[str], None],
             _place(src, target)
         except FileExistsError:
             continue
+        crashpoints.point("archive.placed")
         _unlink_source(src)
         return target
     raise AssertionError("unreachable")
@@ -156,6 +159,7 @@ def move(src: str, target_dir: str, name: str, *, record: Callable[[str], None],
 def _unlink_source(src: str) -> None:
     os.unlink(src)
     fsync_dir(os.path.dirname(src))
+    crashpoints.point("archive.unlinked")
 
 
 def finish(ledger: Ledger, row: Row, folder: Any) -> None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syncd import crashpoints
 from syncd.errors import LedgerError
 
 SCHEMA_VERSION = 1
@@ -252,7 +253,8 @@ class Ledger:
                 pass
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, point: str = "commit") -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; ``point`` names its crash point."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -265,6 +267,7 @@ class Ledger:
                 raise
             else:
                 self._conn.execute("COMMIT")
+                crashpoints.point(f"ledger.{point}")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -304,7 +307,7 @@ class Ledger:
         now = self._clock()
         created = 0
         labels_json = json.dumps(list(labels), ensure_ascii=False)
-        with self._write() as conn:
+        with self._write("observe") as conn:
             for relpath in relpaths:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
@@ -333,7 +336,7 @@ class Ledger:
     def promote(self, row_id: int) -> None:
         """settling -> queued: the file has been quiet long enough."""
         now = self._clock()
-        with self._write() as conn:
+        with self._write("promote") as conn:
             self._set(conn, row_id, state="queued", queued_at=now, next_attempt_at=now)
 
     def forget(self, row_id: int) -> None:
@@ -401,7 +404,7 @@ class Ledger:
                 return None
             where += f" AND destination IN ({', '.join('?' * len(names))})"
             args.extend(names)
-        with self._write() as conn:
+        with self._write("claim") as conn:
             r = conn.execute(
                 f"SELECT id FROM files WHERE {where} ORDER BY next_attempt_at, id LIMIT 1", args
             ).fetchone()
@@ -424,23 +427,23 @@ class Ledger:
 
     def checkpoint(self, row_id: int, resume: dict[str, Any] | None) -> None:
         """Durably store a destination's resumable state for this row."""
-        with self._write() as conn:
+        with self._write("checkpoint") as conn:
             self._set(conn, row_id, resume=_json(resume))
 
     def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any]) -> None:
         """The remote confirmed these bytes. Durable on return."""
-        with self._write() as conn:
+        with self._write("uploaded") as conn:
             self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
                       uploaded_at=self._clock(), last_error=None, next_attempt_at=None)
 
     def set_archive_target(self, row_id: int, target: str | None) -> None:
         """Record where the archive move is going, before it starts (for crash recovery)."""
-        with self._write() as conn:
+        with self._write("archive_target") as conn:
             self._set(conn, row_id, archive_path=_enc(target))
 
     def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
         """The after-upload action (archive, delete or keep) has completed."""
-        with self._write() as conn:
+        with self._write("done") as conn:
             fields: dict[str, Any] = {"state": "done", "done_at": self._clock()}
             if location is not None:
                 fields["location"] = _enc(location)
@@ -462,7 +465,7 @@ class Ledger:
 
     def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
         """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
-        with self._write() as conn:
+        with self._write("failed") as conn:
             fields: dict[str, Any] = {"state": "failed", "last_error": error, "next_attempt_at": None,
                                       "resume": None}
             if location is not None:
@@ -592,7 +595,7 @@ class Ledger:
     # -------------------------------------------------------------- key/value
 
     def put_meta(self, key: str, value: Any) -> None:
-        with self._write() as conn:
+        with self._write("meta") as conn:
             conn.execute(
                 "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
