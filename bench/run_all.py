@@ -1,0 +1,15 @@
+"""`make bench`: every benchmark with its default sizes, figures printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script, args in [("ledger_commit.py", []), ("emulator_rate.py", ["--seconds", "3"]),
+                     ("throughput.py", [])]:
+    print(f"== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+print("(the crash soak is separate: bench/soak.py --kills 1000)")
