@@ -1,0 +1,192 @@
+"""The `syncd` command line, in-process (main(argv)), on real files and a real ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from syncd.cli import main
+from syncd.ledger import Ledger
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TEST_KEY", "cli-test-key-123")
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text("""
+[daemon]
+state_dir = "state"
+
+[destinations.main]
+type = "lilt"
+base_url = "http://127.0.0.1:9/lilt"
+api_key = "env:TEST_KEY"
+
+[[folders]]
+path = "inbox"
+destination = "main"
+labels = ["legal"]
+category = "SOURCE"
+include = ["*.pdf", "*.txt"]
+exclude = ["drafts"]
+settle_seconds = 5
+archive_dir = "archive"
+""")
+    path.chmod(0o600)
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("run", "once", "status", "files", "retry", "check", "explain", "init",
+                 "folder", "emulate", "examples:", "Exit codes"):
+        assert word in out
+
+
+def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == 2
+    assert main(["files", "--state", "nonsense"]) == 2
+
+
+def test_config_error_is_exit_2_and_names_key(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[daemon]\nwrokers = 3\n[[folders]]\npath = "x"\ndestination = "nope"\n')
+    code, out, err = run(capsys, "-c", str(bad), "check")
+    assert code == 2
+    assert "daemon.wrokers" in err and "did you mean 'workers'" in err
+    assert "folders[0].destination" in err
+    code, out, err = run(capsys, "-c", str(tmp_path / "missing.toml"), "status")
+    assert code == 2 and "syncd init" in err
+
+
+def test_check_reports_metadata_delivery(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "-c", str(cfg), "check")
+    assert code == 0, out + err
+    assert "labels ['legal'] are delivered as metadata.labels" in out
+    assert "cli-test-key-123" not in out + err
+
+
+def test_check_online_reports_unreachable(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "-c", str(cfg), "check", "--online")
+    assert code == 2 and "error: destination main" in out
+    assert "cli-test-key-123" not in out + err
+
+
+def test_status_and_files_without_a_ledger(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "-c", str(cfg), "status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["states"]["done"] == 0 and data["daemon"]["running"] is False
+    assert data["folders"][0]["destination"] == "main"
+    code, out, _ = run(capsys, "-c", str(cfg), "files")
+    assert code == 0 and "no files" in out
+
+
+def _ledger_with_rows(cfg: Path) -> Ledger:
+    ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
+    return ledger
+
+
+def test_explain_variants(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inbox = cfg.parent / "inbox"
+
+    def explain(p: Path) -> str:
+        code, out, _ = run(capsys, "-c", str(cfg), "explain", str(p))
+        assert code == 0
+        return out
+
+    assert "not inside any watched folder" in explain(cfg.parent / "elsewhere.pdf")
+    assert "junk pattern '*.part'" in explain(inbox / "x.part")
+    assert "exclude pattern 'drafts'" in explain(inbox / "drafts" / "a.pdf")
+    assert "no include pattern" in explain(inbox / "a.doc")
+    os.mkfifo(inbox / "pipe.txt")
+    assert "FIFO" in explain(inbox / "pipe.txt")
+    (inbox / "new.pdf").write_bytes(b"x")
+    assert "not seen yet" in explain(inbox / "new.pdf")
+    ledger = _ledger_with_rows(cfg)
+    root = os.fspath(inbox)
+    ledger.observe(root, ["new.pdf"], destination="main")
+    row = ledger.active_for_path(root, "new.pdf")
+    assert row is not None
+    ledger.note_stat(row.id, size=1, mtime_ns=1, inode=1, changed=True)
+    text = explain(inbox / "new.pdf")
+    assert "settling" in text and "left" in text
+    ledger.promote(row.id)
+    claimed = ledger.claim_next()
+    assert claimed is not None
+    ledger.mark_retry(row.id, error="HTTP 503", at=2e9)
+    text = explain(inbox / "new.pdf")
+    assert "HTTP 503" in text and "next attempt" in text
+    ledger.claim_next()
+    ledger.mark_failed(row.id, error="HTTP 400: nope", location=str(cfg.parent / "f.pdf"))
+    text = explain(inbox / "new.pdf")
+    assert "failed: HTTP 400: nope" in text and f"syncd retry {row.id}" in text
+    ledger.close()
+    assert "archive/failed folder" in explain(cfg.parent / "archive" / "x.pdf")
+
+
+def test_files_json_and_retry(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = _ledger_with_rows(cfg)
+    root = os.fspath(cfg.parent / "inbox")
+    ledger.observe(root, ["a.txt", "b.txt"], destination="main")
+    a = ledger.active_for_path(root, "a.txt")
+    assert a is not None
+    ledger.note_stat(a.id, size=1, mtime_ns=1, inode=1, changed=True)
+    ledger.promote(a.id)
+    ledger.claim_next()
+    ledger.mark_failed(a.id, error="HTTP 400", location=None)
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "files", "--state", "failed", "--json")
+    rows = json.loads(out)
+    assert [r["relpath"] for r in rows] == ["a.txt"] and rows[0]["last_error"] == "HTTP 400"
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "999")
+    assert "#999 is not a failed file" in err
+    code, out, _ = run(capsys, "-c", str(cfg), "retry", "--failed")
+    assert code == 0 and f"requeued #{a.id}" in out and "not running" in out
+    code, out, _ = run(capsys, "-c", str(cfg), "status", "--json")
+    assert json.loads(out)["states"]["queued"] == 1
+
+
+def test_init_and_folder_add(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "new.toml"
+    code, out, _ = run(capsys, "init", str(path))
+    assert code == 0 and path.exists() and (path.stat().st_mode & 0o777) == 0o600
+    code, _, err = run(capsys, "init", str(path))
+    assert code == 2 and "--force" in err
+    (tmp_path / "scans").mkdir()
+    code, out, err = run(capsys, "-c", str(path), "folder", "add", str(tmp_path / "scans"),
+                         "--destination", "demo", "--label", "scan", "--label", "a b",
+                         "--category", "REFERENCE")
+    assert code == 0, err
+    code, out, err = run(capsys, "-c", str(path), "check")
+    assert code in (0, 2), err
+    assert "scans" in out and "'scan', 'a b'" in out
+    code, out, err = run(capsys, "-c", str(path), "folder", "add", str(tmp_path / "x"),
+                         "--destination", "missing")
+    assert code == 2 and "missing" in err
+
+
+def test_ledger_check_and_rebuild(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = cfg.parent / "state"
+    Ledger.open(state / "ledger.sqlite3").close()
+    code, out, _ = run(capsys, "-c", str(cfg), "ledger", "check")
+    assert code == 0 and out.strip().endswith(": ok")
+    (state / "ledger.sqlite3").write_bytes(b"garbage" * 1000)
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 4 and "ledger rebuild" in err
+    code, out, _ = run(capsys, "-c", str(cfg), "ledger", "rebuild")
+    assert code == 0 and "moved ledger.sqlite3.broken-" in out
+    code, out, _ = run(capsys, "-c", str(cfg), "status", "--json")
+    assert code == 0
+    assert any(p.name.startswith("ledger.sqlite3.broken-") for p in state.iterdir())
