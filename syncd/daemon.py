@@ -16,12 +16,31 @@ state, rows already ``uploaded`` have their archive move finished, half
 copies left by a cross-device move are removed, and every folder is scanned
 for files dropped while the daemon was down.
 
+Under systemd (notify.py): ``READY=1`` after that; ``WATCHDOG=1`` from the
+main loop only, when :meth:`Daemon.healthy` passes (the last tick
+completed, the ledger takes a write, the observers are alive), so a wedged
+daemon stops pinging and is restarted; ``STATUS=`` lines from
+:meth:`Daemon.status_line`.
+
+Signals. SIGHUP reloads (:meth:`Daemon.reload`): the new config is validated
+completely and applied without a restart (folders watched and released,
+workers resized, destinations and credentials rebuilt, metrics and logging
+re-set), or refused with the reason in the log and STATUS while the old one
+keeps running. SIGTERM/SIGINT stop (:meth:`Daemon._shutdown`): no new work,
+uploads in flight get ``drain_seconds`` to finish, then are interrupted and
+requeued with their resume state; a second signal skips the wait. The
+ledger is closed last and the exit code is 0.
+
+A full disk (ledger or archive) pauses claiming new uploads; the main loop
+probes with a real write every few seconds and resumes when it succeeds.
+
 ``once`` mode runs the same pipeline without watches and returns when every
 file present at the start has reached a final state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -35,18 +54,20 @@ from typing import Any
 
 import httpx
 
-from syncd import archive, config as configmod, scanner
+from syncd import archive, logs, scanner
+from syncd import config as configmod
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
-from syncd.errors import ConfigError
+from syncd.errors import ConfigError, Problem
 from syncd.http import make_client
 from syncd.ledger import Ledger
 from syncd.lock import StateLock
 from syncd.logs import qp
+from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.settle import Settler
-from syncd.uploader import Uploader
-from syncd.watcher import Intake, Watcher
+from syncd.uploader import Uploader, is_disk_full
+from syncd.watcher import Intake, Watcher, probe
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +75,9 @@ TICK = 0.25
 HEALTH_EVERY = 2.0
 HEARTBEAT_EVERY = 5.0
 SWEEP_EVERY = 10.0
+CANCEL_GRACE = 2.0  # after interrupting uploads, how long workers get to record it
+STOP_MARGIN = 15.0  # asked of systemd beyond drain_seconds (EXTEND_TIMEOUT_USEC)
+DISK_PROBE_BYTES = 64 * 1024
 LEDGER_NAME = "ledger.sqlite3"
 
 _PENDING = ("settling", "queued", "uploading", "retrying", "uploaded")
@@ -78,15 +102,18 @@ def build_client(cfg: configmod.Config) -> httpx.Client:
 
 
 STOP_REQUESTED = threading.Event()
+RELOAD_REQUESTED = threading.Event()
 
 
 def early_signals() -> None:
-    """Called first thing by `syncd run`: a SIGTERM during start-up stops cleanly."""
+    """Called first thing by `syncd run`: a SIGTERM during start-up stops cleanly,
+    a SIGHUP is kept for when the daemon is up (its default action would kill)."""
     def handler(signum: int, _frame: Any) -> None:
         STOP_REQUESTED.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, lambda *_: RELOAD_REQUESTED.set())
 
 
 class Daemon:
@@ -95,12 +122,16 @@ class Daemon:
         self.once = once
         self.watch = watch and not once
         self.notifier = Notifier()
+        self.metrics = Metrics()
         self.intake = Intake()
         self.watcher = Watcher(self.intake)
         self._stop = STOP_REQUESTED
+        self._hard_stop = threading.Event()
         self._signals = 0
-        self._reload = threading.Event()
-        self._scan_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._reload = RELOAD_REQUESTED
+        self._reload_problem: str | None = None
+        self._tick_error: BaseException | None = None
+        self._scan_queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._scans_pending = 0
         self._scan_lock = threading.Lock()
         self.started_at = time.time()
@@ -130,6 +161,7 @@ class Daemon:
     def _run(self) -> int:
         assert self.ledger is not None
         ledger = self.ledger
+        self.metrics.track_ledger(ledger.counts_by_folder)
         self._apply(self.cfg)
         self.failed_at_start = ledger.counts()["failed"]
         self._install_signals()
@@ -137,7 +169,7 @@ class Daemon:
         scanner_thread = threading.Thread(target=self._scan_loop, name="scanner", daemon=True)
         scanner_thread.start()
         for root in self.folders:
-            self.request_scan(root)
+            self.request_scan(root, reason="startup")
         assert self.uploader is not None
         self.uploader.start(self.cfg.daemon.workers)
         self.notifier.ready(self.status_line())
@@ -147,14 +179,9 @@ class Daemon:
         last = {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0, "rescan": time.monotonic(),
                 "watchdog": 0.0}
         watchdog_every = self.notifier.watchdog_interval()
-        code = 0
         while not self._stop.is_set():
             now = time.monotonic()
-            try:
-                self.tick(now, last)
-            except sqlite3.Error as exc:
-                log.error("ledger error in the main loop: %s; retrying", exc)
-                self.notifier.status(f"ledger error: {exc}")
+            self._tick_safely(now, last)
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -163,38 +190,110 @@ class Daemon:
                 last["watchdog"] = now
             if self.once and self._idle():
                 break
-            self._stop.wait(TICK)
-        self.notifier.stopping()
-        log.info("stopping: waiting up to %.0fs for uploads in flight", self.cfg.daemon.drain_seconds)
-        self.watcher.stop()
-        self._scan_queue.put(None)
-        drained = self.uploader.stop(0 if self._signals > 1 else self.cfg.daemon.drain_seconds)
-        if not drained:
-            log.warning("uploads still in flight at exit resume at the next start")
-        self._write_heartbeat(stopped=True)
-        if self.client is not None:
-            self.client.close()
-        for dest in self.destinations.values():
-            dest.close()
+            wait = TICK
+            if watchdog_every:  # wake in time for the next ping
+                wait = min(wait, max(0.01, last["watchdog"] + watchdog_every - time.monotonic()))
+            self._stop.wait(wait)
+        self._shutdown(last, watchdog_every)
+        code = 0
         if self.once:
             failed = ledger.counts()["failed"] - self.failed_at_start
             code = 1 if failed > 0 else 0
         log.info("syncd stopped")
         return code
 
+    def _shutdown(self, last: dict[str, float], watchdog_every: float | None) -> None:
+        """Stop taking work, let uploads drain, interrupt the rest, release everything."""
+        assert self.uploader is not None
+        uploader = self.uploader
+        drain = 0.0 if self._hard_stop.is_set() else self.cfg.daemon.drain_seconds
+        running = len(uploader.inflight_ids())
+        status = (f"stopping: {running} upload(s) finishing (up to {drain:g} s)" if running
+                  else "stopping")
+        self.notifier.stopping(status, extend_seconds=drain + STOP_MARGIN)
+        if running:
+            log.info("stopping: taking no new uploads; waiting up to %gs for %d upload(s) in "
+                     "flight", drain, running)
+        else:
+            log.info("stopping: no uploads in flight")
+        self.watcher.stop()
+        self._scan_queue.put(None)
+        uploader.stop_claiming()
+        deadline = time.monotonic() + drain
+        while uploader.busy() and not self._hard_stop.is_set() and time.monotonic() < deadline:
+            now = time.monotonic()
+            if watchdog_every and now - last["watchdog"] >= watchdog_every and self.healthy():
+                self.notifier.watchdog()
+                last["watchdog"] = now
+            self._hard_stop.wait(0.05)
+        if uploader.busy():
+            why = ("second stop signal" if self._hard_stop.is_set()
+                   else f"drain time ({drain:g}s) is up")
+            log.warning("%s: interrupting %d upload(s); they go back to the queue and resume "
+                        "from their last confirmed part at the next start", why,
+                        len(uploader.inflight_ids()))
+            uploader.cancel()
+            if self.client is not None:
+                self.client.close()  # requests not yet sent fail at once
+            if not uploader.join(CANCEL_GRACE):
+                stuck = uploader.abandon_inflight()
+                log.warning("%d upload(s) did not stop in %gs; requeued them (%s)", len(stuck),
+                            CANCEL_GRACE, ", ".join(f"#{i}" for i in stuck) or "none left")
+        elif running:
+            log.info("uploads in flight finished")
+        self._write_heartbeat(stopped=True)
+        self.metrics.stop()
+        if self.client is not None:
+            self.client.close()
+        for dest in self.destinations.values():
+            dest.close()
+
+    def _tick_safely(self, now: float, last: dict[str, float]) -> None:
+        """One tick; a failure is logged and makes :meth:`healthy` false until a tick works."""
+        assert self.uploader is not None
+        uploader = self.uploader
+        try:
+            self.tick(now, last)
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                uploader.note_disk_full("ledger", exc)
+                self._tick_error = None  # a known condition, reported; not a wedge
+                return
+            if self._tick_error is None:
+                log.error("ledger error in the main loop: %s; retrying", exc)
+            self._tick_error = exc
+            self.notifier.status(f"ledger error: {exc}", only_if_changed=True)
+            return
+        except Exception as exc:
+            if self._tick_error is None:  # once per streak, not four times a second
+                log.exception("error in the main loop; retrying")
+            self._tick_error = exc
+            return
+        self._tick_error = None
+
     def tick(self, now: float, last: dict[str, float]) -> None:
         assert self.ledger is not None and self.settler is not None
+        assert self.uploader is not None
         self._flush_intake()
         self.settler.tick()
-        if now - last["health"] >= HEALTH_EVERY and self.watch:
+        if now - last["health"] >= HEALTH_EVERY:
             last["health"] = now
-            for root in self.watcher.check_health():
-                self.request_scan(root)
+            if self.watch:
+                for root in self.watcher.check_health():
+                    self.request_scan(root, reason="rearmed")
+                problems = self.watcher.problems()
+                self.metrics.set_folders({root: root not in problems for root in self.folders})
+            if self.uploader.disk_full:
+                self._probe_disk()
+            line = self.status_line()
+            if line != self.notifier.last_status:  # tell systemd and `syncd status` at once
+                self.notifier.status(line)
+                self._write_heartbeat()
         if not self.once and now - last["rescan"] >= self.cfg.daemon.rescan_seconds:
             last["rescan"] = now
             log.debug("periodic rescan")
             for root in self.folders:
-                self.request_scan(root)
+                self.request_scan(root, reason="periodic")
         if now - last["sweep"] >= SWEEP_EVERY:
             last["sweep"] = now
             self._sweep()
@@ -206,58 +305,90 @@ class Daemon:
     # ------------------------------------------------------------- plumbing
 
     def _apply(self, cfg: configmod.Config) -> None:
-        """Build or rebuild everything that depends on the config."""
+        """Build or rebuild everything that depends on the config.
+
+        New clients and destinations are built first, so a failure there
+        leaves the running configuration untouched.
+        """
         assert self.ledger is not None
+        client = build_client(cfg)
+        try:
+            destinations = build_destinations(cfg, client)
+        except Exception:
+            client.close()
+            raise
         old_client, old_destinations = self.client, self.destinations
-        self.client = build_client(cfg)
-        self.destinations = build_destinations(cfg, self.client)
+        old_cfg = self.cfg
+        self.client, self.destinations = client, destinations
+        for root in set(self.folders) - {os.fspath(f.path) for f in cfg.folders}:
+            self.metrics.forget_folder(root)
         self.folders = {os.fspath(f.path): f for f in cfg.folders}
         self.cfg = cfg
         if self.settler is None:
-            self.settler = Settler(self.ledger, lambda: self.folders, on_queued=self._wake)
+            self.settler = Settler(self.ledger, self._usable_folders, on_queued=self._wake)
         if self.uploader is None:
             self.uploader = Uploader(self.ledger, lambda: self.destinations, lambda: self.folders,
                                      retry_base=cfg.daemon.retry_base_seconds,
-                                     retry_max=cfg.daemon.retry_max_seconds)
+                                     retry_max=cfg.daemon.retry_max_seconds,
+                                     folder_problem=self.folder_problem, metrics=self.metrics)
         else:
             self.uploader.retry_base = cfg.daemon.retry_base_seconds
             self.uploader.retry_max = cfg.daemon.retry_max_seconds
-            self.uploader.paused.clear()
+            self.uploader.paused.clear()  # new credentials deserve a new try
             self.uploader.resize(cfg.daemon.workers)
+        self.metrics.workers.set(cfg.daemon.workers)
         if self.watch:
-            for root in self.watcher.set_folders(cfg.folders):
-                self.request_scan(root)
+            self.watcher.set_folders(cfg.folders)
         else:
-            for root in self.folders:
-                if not os.path.isdir(root):
-                    log.error("folder %s does not exist", qp(root))
+            for root, folder in self.folders.items():
+                problem = probe(folder)[0]
+                if problem is not None:
+                    log.error("folder %s: %s; skipping it", qp(root), problem)
+        if not self.once:
+            self.metrics.serve(cfg.daemon.metrics_listen)
+        if old_cfg is not cfg and (old_cfg.daemon.log_level, old_cfg.daemon.log_format) != \
+                (cfg.daemon.log_level, cfg.daemon.log_format):
+            logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
         if old_destinations:
             for dest in old_destinations.values():
                 dest.close()
         if old_client is not None:
             # in-flight uploads keep their own reference; close once they are done
-            threading.Timer(self.cfg.daemon.io_timeout * 2, old_client.close).start()
+            timer = threading.Timer(old_cfg.daemon.io_timeout * 2, old_client.close)
+            timer.daemon = True
+            timer.start()
 
     def reload(self) -> None:
         """SIGHUP: validate the config file again and apply it, or keep the old one."""
         self.notifier.reloading()
         path = self.cfg.path
+        log.info("reloading the configuration from %s", path)
         try:
             new = configmod.load(path) if path is not None else self.cfg
+            if Path(new.daemon.state_dir) != Path(self.cfg.daemon.state_dir):
+                raise ConfigError([Problem(
+                    "daemon.state_dir", "cannot change while syncd runs; restart syncd")],
+                    str(path))
+            self._apply(new)
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            self.notifier.ready(f"reload failed, running the previous config: {exc.problems[0]}")
+            self._refuse_reload(str(exc.problems[0]), str(exc))
             return
-        if Path(new.daemon.state_dir) != Path(self.cfg.daemon.state_dir):
-            log.error("reload: state_dir cannot change while running (restart syncd); "
-                      "keeping the running configuration")
-            self.notifier.ready("reload failed: state_dir changed")
+        except Exception as exc:
+            log.exception("reload failed")
+            self._refuse_reload(f"{type(exc).__name__}: {exc}", str(exc))
             return
-        self._apply(new)
+        self._reload_problem = None
+        for w in new.warnings:
+            log.warning("config: %s", w)
         for root in self.folders:
-            self.request_scan(root)
+            self.request_scan(root, reason="reload")
         log.info("configuration reloaded: %d folder(s), %d destination(s), %d worker(s)",
                  len(self.folders), len(self.destinations), new.daemon.workers)
+        self.notifier.ready(self.status_line())
+
+    def _refuse_reload(self, first: str, full: str) -> None:
+        log.error("reload refused, still running the previous configuration: %s", full)
+        self._reload_problem = first
         self.notifier.ready(self.status_line())
 
     def _recover(self) -> None:
@@ -270,12 +401,15 @@ class Daemon:
                 if directory is not None and os.path.isdir(directory):
                     removed = archive.clean_temp(os.fspath(directory))
                     if removed:
-                        log.info("removed %d partial copies in %s", removed, qp(os.fspath(directory)))
+                        log.info("removed %d partial copies in %s", removed,
+                                 qp(os.fspath(directory)))
         self._finish_uploaded()
 
-    def _finish_uploaded(self) -> None:
+    def _finish_uploaded(self) -> bool:
+        """Finish after_upload for rows left ``uploaded``; True if a disk was full."""
         assert self.ledger is not None and self.uploader is not None
         busy = self.uploader.inflight_ids()
+        full = False
         for row in self.ledger.in_state("uploaded"):
             if row.id in busy:
                 continue
@@ -285,17 +419,41 @@ class Daemon:
             try:
                 archive.finish(self.ledger, row, folder)
             except OSError as exc:
-                log.error("could not finish %s for %s: %s", folder.after_upload,
-                          qp(row.inbox_path), exc.strerror or exc)
+                known = "archive" in self.uploader.disk_full
+                if is_disk_full(exc):
+                    self.uploader.note_disk_full("archive", exc)
+                    full = True
+                log.log(logging.DEBUG if full and known else logging.ERROR,
+                        "could not finish %s for %s: %s", folder.after_upload,
+                        qp(row.inbox_path), exc.strerror or exc)
+                continue
+            self.metrics.observe_done(row.first_seen, time.time())
+        return full
+
+    def _probe_disk(self) -> None:
+        """Paused for a full disk: resume once the ledger and the archive take writes."""
+        assert self.ledger is not None and self.uploader is not None
+        try:
+            self.ledger.put_meta("disk_probe", time.time())
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                return
+            raise
+        if "archive" in self.uploader.disk_full:
+            if self._finish_uploaded():
+                return
+            for folder in self.folders.values():
+                if folder.archive_dir is not None and not _can_write(folder.archive_dir):
+                    return
+        self.uploader.disk_ok()
+        for root in self.folders:  # events may have been dropped while the ledger was full
+            self.request_scan(root, reason="disk-space")
 
     def _sweep(self) -> None:
         """Repair what a failed ledger write or archive move may have left behind."""
         assert self.ledger is not None and self.uploader is not None
         self._finish_uploaded()
-        busy = self.uploader.inflight_ids()
-        for row in self.ledger.in_state("uploading"):
-            if row.id not in busy:
-                self.ledger.requeue_now(row.id, reason="interrupted")
+        self.uploader.requeue_orphans()
 
     def _flush_intake(self) -> None:
         assert self.ledger is not None
@@ -310,12 +468,12 @@ class Daemon:
                                     destination=folder.destination, labels=folder.labels,
                                     category=folder.category)
         for root, rel in scans:
-            self.request_scan(root, rel)
+            self.request_scan(root, rel, reason="directory")
 
-    def request_scan(self, root: str, rel: str = "") -> None:
+    def request_scan(self, root: str, rel: str = "", *, reason: str = "periodic") -> None:
         with self._scan_lock:
             self._scans_pending += 1
-        self._scan_queue.put((root, rel))
+        self._scan_queue.put((root, rel, reason))
 
     def _scan_loop(self) -> None:
         assert self.ledger is not None and self.settler is not None
@@ -323,16 +481,17 @@ class Daemon:
             item = self._scan_queue.get()
             if item is None:
                 return
-            root, rel = item
+            root, rel, reason = item
             try:
                 folder = self.folders.get(root)
-                if folder is None or not os.path.isdir(root):
-                    continue
+                if folder is None or self.folder_problem(root) is not None:
+                    continue  # reported by the health check; never scan an unmounted folder
                 started = time.monotonic()
                 found = scanner.scan_folder(
                     self.ledger, folder, start=rel,
-                    on_special=lambda r, m, root=root: self.settler.skip_special(root, r, m),  # type: ignore[misc, union-attr]
+                    on_special=lambda r, m, root=root: self.settler.skip_special(root, r, m),  # type: ignore[misc]
                 )
+                self.metrics.observe_scan(root, reason, found)
                 if found:
                     log.info("scan of %s found %d new file(s) in %.2fs",
                              qp(os.path.join(root, rel) if rel else root), found,
@@ -355,7 +514,7 @@ class Daemon:
             if self._scans_pending:
                 return False
         by_folder = self.ledger.counts_by_folder()
-        for root in self.folders:
+        for root in self._usable_folders():
             counts = by_folder.get(root, {})
             if any(counts.get(state) for state in _PENDING):
                 return False
@@ -363,18 +522,44 @@ class Daemon:
 
     # --------------------------------------------------------------- health
 
+    def folder_problem(self, root: str) -> str | None:
+        """Why the folder ``root`` cannot be used right now (checked now), or None."""
+        if self.watch:
+            return self.watcher.problem(root)
+        folder = self.folders.get(root)
+        return "not configured" if folder is None else probe(folder)[0]
+
+    def _usable_folders(self) -> dict[str, Any]:
+        """The folders whose files may be judged now (settle skips the others).
+
+        Checked afresh on every call (a stat or two per folder), so a share
+        unmounted a moment ago does not make its settling files "vanished".
+        """
+        return {root: f for root, f in self.folders.items() if self.folder_problem(root) is None}
+
     def healthy(self) -> bool:
-        """For the systemd watchdog: loop ticking, ledger writable, observers alive."""
+        """For the systemd watchdog: loop ticking, ledger writable, observers alive.
+
+        A ledger that is full is reported and paused, not a reason to be
+        restarted: that would not free any space.
+        """
+        assert self.ledger is not None and self.uploader is not None
+        if self._tick_error is not None:
+            return False
         if self.watch and not self.watcher.observers_alive():
             return False
         try:
-            assert self.ledger is not None
             self.ledger.put_meta("heartbeat", time.time())
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                self.uploader.note_disk_full("ledger", exc)
+                return True
+            log.error("health check: the ledger does not take writes: %s", exc)
             return False
         return True
 
     def status_line(self) -> str:
+        """The STATUS= line: problems first, then ``12 queued, 3 uploading, ...``."""
         assert self.ledger is not None and self.uploader is not None
         counts = self.ledger.counts()
         parts = [f"{counts['queued'] + counts['retrying']} queued",
@@ -383,17 +568,24 @@ class Daemon:
         parts.append(f"{self.ledger.done_since(midnight):,} done today")
         last = self.uploader.stats.last_upload
         if last is not None:
-            parts.append(f"last upload {max(0, time.time() - last):.0f}s ago")
-        problems = list(self.watcher.problems().items())
-        if problems:
-            root, problem = problems[0]
-            parts.insert(0, f"{root}: {problem}")
-        for name, (until, reason) in self.uploader.paused.items():
-            if until > time.time():
-                parts.insert(0, f"destination {name} paused: {reason}")
+            parts.append(f"last upload {_ago(time.time() - last)}")
         if counts["failed"]:
-            parts.append(f"{counts['failed']} failed")
-        return ", ".join(parts)
+            parts.append(f"{counts['failed']:,} failed")
+        first: list[str] = []
+        if self.uploader.disk_full:
+            first.append(f"disk full, paused ({', '.join(sorted(self.uploader.disk_full))})")
+        for root, problem in sorted(self.watcher.problems().items()):
+            first.append(f"inbox {root} missing" if problem == "folder missing"
+                         else f"inbox {root}: {problem}")
+        for root, note in sorted(self.watcher.fallbacks().items()):
+            first.append(f"inbox {root}: {note}")
+        now = time.time()
+        for name, (until, reason) in sorted(self.uploader.paused.items()):
+            if until > now:
+                first.append(f"destination {name} paused: {reason}")
+        if self._reload_problem:
+            first.append(f"reload failed, running the previous config: {self._reload_problem}")
+        return ", ".join(first + parts)
 
     def _write_heartbeat(self, stopped: bool = False) -> None:
         if self.ledger is None or self.uploader is None:
@@ -406,12 +598,17 @@ class Daemon:
                 "stopped": stopped,
                 "status": self.status_line(),
                 "folder_problems": self.watcher.problems(),
+                "disk_full": dict(self.uploader.disk_full),
+                "workers": self.cfg.daemon.workers,
                 "paused": {k: v[1] for k, v in self.uploader.paused.items() if v[0] > time.time()},
                 "uploaded": self.uploader.stats.uploaded,
                 "bytes": self.uploader.stats.bytes,
             })
         except sqlite3.Error as exc:
-            log.error("cannot write the heartbeat: %s", exc)
+            if is_disk_full(exc):
+                self.uploader.note_disk_full("ledger", exc)
+            else:
+                log.error("cannot write the heartbeat: %s", exc)
 
     # -------------------------------------------------------------- signals
 
@@ -423,11 +620,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        # Only flags here: the main thread does the work (and the logging).
         self._signals += 1
         if self._signals > 1:
-            log.warning("second stop signal: exiting without waiting for uploads")
-            if self.uploader is not None:
-                self.uploader.stop(0)
+            self._hard_stop.set()
         self._stop.set()
 
     def stop(self) -> None:
@@ -437,3 +633,29 @@ class Daemon:
 
 def pending_counts(counts: Mapping[str, int]) -> int:
     return sum(counts.get(s, 0) for s in _PENDING)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _can_write(directory: Any) -> bool:
+    """Whether ``directory`` takes a small write (a full-disk probe); False on ENOSPC."""
+    path = os.path.join(os.fspath(directory), f"{archive.TEMP_PREFIX}probe-{os.getpid()}")
+    try:
+        os.makedirs(os.fspath(directory), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"\0" * DISK_PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return not is_disk_full(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return True

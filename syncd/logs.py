@@ -1,10 +1,25 @@
 """Logging: one line per meaningful event, secrets redacted, names escaped.
 
-``setup`` installs a single stderr handler with :class:`~syncd.redact.RedactingFilter`.
-Under journald (``JOURNAL_STREAM`` set) lines carry a syslog priority prefix
-(``<6>``) and no timestamp, since the journal adds its own; ``log_format =
-"json"`` emits one JSON object per line for log shippers. httpx's own INFO
-lines (full URLs) are demoted to DEBUG noise but still pass the redactor.
+:func:`setup` installs a single stderr handler with
+:class:`~syncd.redact.RedactingFilter`, in one of three formats:
+
+text
+    ``2026-11-21 08:40:01,123 INFO    syncd.uploader: uploaded ...`` for a
+    terminal or a plain log file.
+journal
+    chosen automatically when stderr *is* the stream systemd connected to
+    journald (``$JOURNAL_STREAM`` names its device and inode): no timestamp,
+    since the journal adds its own, and a syslog priority prefix (``<6>``,
+    ``<4>``, ``<3>``) on every line, so ``journalctl -p warning`` works and
+    the lines of a traceback keep their record's priority.
+json
+    ``log_format = "json"``: one JSON object per line for log shippers, with
+    ``time``, ``level``, ``logger``, ``message`` and ``exception``.
+
+The redacting filter sits on the handler, so it also sees httpx's own
+``HTTP Request: PUT https://...?X-Amz-Signature=...`` lines and the text of
+every exception and traceback. httpx's request lines are only let through at
+``log_level = "debug"``; httpcore and watchdog stay at WARNING.
 
 :func:`qp` quotes a path for a log line: control characters, newlines and
 undecodable bytes are escaped, so a file name can never forge a log line.
@@ -17,6 +32,7 @@ import logging
 import os
 import sys
 import time
+from typing import IO, Any
 
 from syncd.redact import RedactingFilter
 
@@ -32,28 +48,38 @@ def qp(path: str | bytes) -> str:
     return repr(text)
 
 
+def _printable(text: str) -> str:
+    """Undecodable bytes (surrogate escapes) as ``\\xff``, so any stream can encode it."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
-        return prefix + _one_line(super().format(record))
+        text = _printable(super().format(record)).replace("\r", "\\r")
+        # journald stores each line as its own entry: every line carries the priority.
+        return "\n".join(prefix + (line if i == 0 else "    " + line)
+                         for i, line in enumerate(text.split("\n")))
 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return _one_line(super().format(record))
+        return _one_line(_printable(super().format(record)))
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _printable(record.getMessage()),
         }
+        if record.exc_info and not record.exc_text:  # a handler without the redacting filter
+            record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            data["exception"] = record.exc_text
+            data["exception"] = _printable(record.exc_text)
         return json.dumps(data, ensure_ascii=False)
 
 
@@ -63,22 +89,54 @@ def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\n    ")
 
 
-def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None:
-    """Configure the root logger once (again on reload: handlers are replaced)."""
+def journal_stream(stream: Any, environ: Any = None) -> bool:
+    """Whether ``stream`` is the journald stream systemd gave this service.
+
+    ``$JOURNAL_STREAM`` is ``DEVICE:INODE`` of that stream; it is inherited
+    by children whose stderr may point elsewhere, so the stream is compared
+    too (as sd_journal_stream_fd(3) recommends).
+    """
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM", "")
+    if not value:
+        return False
+    try:
+        dev, ino = (int(x) for x in value.split(":", 1))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def setup(level: str = "info", fmt: str = "text", stream: IO[str] | None = None, *,
+          journal: bool | None = None) -> None:
+    """Configure the root logger (again on reload: syncd's handler is replaced).
+
+    ``fmt`` is ``"text"`` or ``"json"``; ``journal`` forces (True) or
+    disables (False) the journald format, which is otherwise detected.
+    """
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_syncd", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    out = stream or sys.stderr
+    handler = logging.StreamHandler(out)
     handler._syncd = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
+    if journal is None:
+        journal = journal_stream(out)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
-    elif os.environ.get("JOURNAL_STREAM"):
+    elif journal:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    for noisy in ("httpx", "httpcore", "watchdog"):
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    root.setLevel(numeric)
+    # httpx logs every request with its full URL at INFO: useful when debugging
+    # (the filter masks signatures and keys), noise otherwise.
+    httpx_level = logging.INFO if numeric <= logging.DEBUG else logging.WARNING
+    logging.getLogger("httpx").setLevel(httpx_level)
+    for noisy in ("httpcore", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

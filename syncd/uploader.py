@@ -16,12 +16,25 @@ and on failure, by error class (see :mod:`syncd.errors`):
   row retired and a new version starts settling.
 * ``FatalError`` -> the file goes back to the queue untouched and the whole
   destination pauses for a while (wrong credentials fail every file alike).
-* A missing file -> ``vanished``. Anything unexpected is logged with its
-  traceback and retried like a transient error; a worker never dies of it.
+* A missing file -> ``vanished``, unless its *folder* is unavailable
+  (deleted, unmounted, marker missing): then the row waits for the folder.
+  Anything unexpected is logged with its traceback and retried like a
+  transient error; a worker never dies of it.
+
+Stopping (SIGTERM) has two steps. :meth:`Uploader.stop_claiming` lets
+running uploads finish; :meth:`Uploader.cancel` (the drain time is up, or a
+second signal) makes them fail at their next read of the file and sends
+every interrupted row back to ``queued`` without using an attempt, its
+resume state (the parts already confirmed) kept for the next start.
+
+A full disk (SQLite "database or disk is full", ENOSPC from the archive)
+pauses claiming new work for every worker (:attr:`Uploader.disk_full`) until
+the daemon sees a write succeed again (:meth:`Uploader.disk_ok`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import mimetypes
 import os
@@ -29,14 +42,19 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from syncd import archive
-from syncd.destinations.base import Destination, Source, UploadItem, wire_name
+from syncd.destinations.base import READ_BLOCK, Destination, Source, UploadItem, wire_name
 from syncd.errors import (
-    FatalError, PermanentError, RetryableError, SourceChangedError, describe,
+    ExpiredError,
+    FatalError,
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    describe,
 )
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
@@ -45,6 +63,61 @@ log = logging.getLogger(__name__)
 
 FATAL_PAUSE = 60.0  # seconds a destination rests after an authentication failure
 IDLE_WAIT = 0.5
+FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked at again
+UNCONFIGURED_WAIT = 300.0  # a row whose folder or destination left the config (reload)
+
+
+class UploadCancelled(Exception):
+    """Raised inside an upload when syncd is stopping and the drain time is up."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or ENOSPC/EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def retry_class(exc: BaseException | None) -> str:
+    """What kind of failure a retry is for (the ``class`` label of syncd_retries_total)."""
+    if isinstance(exc, ExpiredError):
+        return "expired"
+    if isinstance(exc, RetryableError):
+        status = exc.status
+        if status == 429:
+            return "rate_limited"
+        if status in (408, 425, 504):
+            return "timeout"
+        if status is not None and status >= 500:
+            return "server_error"
+        if status is not None:
+            return "client_error"
+        return "timeout" if "Timeout" in str(exc) else "network"
+    if isinstance(exc, OSError):
+        return "local_io"
+    return "internal"
+
+
+class _StoppableSource(Source):
+    """A Source whose reads fail with UploadCancelled once ``stop`` is set.
+
+    Uploads stream their bodies from the Source, so a cancelled upload stops
+    at its next block (256 KiB) instead of running to the end of the part.
+    """
+
+    def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
+                 stop: threading.Event) -> None:
+        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode)
+        self._stop_event = stop
+
+    def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
+        if self._stop_event.is_set():
+            raise UploadCancelled("syncd is stopping")
+        for data in super().iter_range(offset, length, block):
+            if self._stop_event.is_set():
+                raise UploadCancelled("syncd is stopping")
+            yield data
 
 
 def content_type(name: str) -> str:
@@ -77,20 +150,27 @@ class Uploader:
     def __init__(self, ledger: Ledger, destinations: Callable[[], Mapping[str, Destination]],
                  folders: Callable[[], Mapping[str, Any]], *, retry_base: float = 2.0,
                  retry_max: float = 600.0, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 folder_problem: Callable[[str], str | None] = lambda root: None,
+                 metrics: Any = None) -> None:
         self.ledger = ledger
         self._destinations = destinations
         self._folders = folders
+        self.folder_problem = folder_problem
+        self.metrics = metrics
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = Stats()
         self.paused: dict[str, tuple[float, str]] = {}
+        self.disk_full: dict[str, str] = {}  # where ("ledger", "archive") -> what failed
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._target = 0
         self._stopping = False
+        self._cancel = threading.Event()
+        self._abandoned: set[int] = set()
         self._lock = threading.Lock()
 
     # pool control ---------------------------------------------------------
@@ -114,21 +194,97 @@ class Uploader:
         with self._cond:
             self._cond.notify_all()
 
-    def stop(self, timeout: float) -> bool:
-        """Stop claiming work; wait up to ``timeout`` for in-flight uploads. True if idle."""
+    def stop_claiming(self) -> None:
+        """Take no new work; uploads in flight go on. Idle workers exit."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def busy(self) -> int:
+        """How many workers are still running (after stop_claiming: still uploading)."""
+        return sum(1 for t in self._threads if t.is_alive())
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for every worker to exit; True if none is left."""
         deadline = time.monotonic() + timeout
-        for t in self._threads:
+        for t in list(self._threads):
             t.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        return self.busy() == 0
+
+    def stop(self, timeout: float) -> bool:
+        """Stop claiming work; wait up to ``timeout`` for in-flight uploads. True if idle."""
+        self.stop_claiming()
+        return self.join(timeout)
+
+    def cancel(self) -> None:
+        """Interrupt the uploads in flight: they are requeued with their resume state."""
+        self.stop_claiming()
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def abandon_inflight(self) -> list[int]:
+        """After cancel(): requeue the rows of workers that did not finish in time.
+
+        Their threads may still be blocked in the network; whatever they
+        record later is ignored. Returns the row ids requeued.
+        """
+        requeued = []
+        with self._lock:
+            ids = [i for i in self.stats.inflight if i not in self._abandoned]
+            self._abandoned.update(ids)
+            for row_id in ids:
+                try:
+                    row = self.ledger.get(row_id)
+                    if row is not None and row.state == "uploading":
+                        self.ledger.requeue_now(row_id, reason="interrupted by shutdown")
+                        requeued.append(row_id)
+                except sqlite3.Error as exc:
+                    log.error("could not requeue #%d at shutdown (%s); it is requeued at the "
+                              "next start", row_id, exc)
+        return requeued
 
     def inflight_ids(self) -> set[int]:
         with self._lock:
             return set(self.stats.inflight)
 
+    def requeue_orphans(self) -> int:
+        """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue."""
+        with self._lock:
+            orphans = [r.id for r in self.ledger.in_state("uploading")
+                       if r.id not in self.stats.inflight]
+            for row_id in orphans:
+                self.ledger.requeue_now(row_id, reason="interrupted")
+        return len(orphans)
+
+    # disk full ---------------------------------------------------------------
+
+    def note_disk_full(self, where: str, exc: BaseException) -> None:
+        """Pause claiming work: ``where`` ("ledger" or "archive") ran out of space."""
+        first = not self.disk_full
+        what = getattr(exc, "strerror", None) or str(exc)
+        if where not in self.disk_full:
+            log.error("disk full (%s: %s): paused taking new uploads; files stay where they "
+                      "are and work resumes when space is free", where, what)
+        self.disk_full[where] = what
+        if first and self.metrics is not None:
+            self.metrics.disk_full.set(1)
+
+    def disk_ok(self) -> None:
+        """Writes succeed again: resume claiming work."""
+        if self.disk_full:
+            log.warning("disk space is available again (%s); resuming uploads",
+                        ", ".join(sorted(self.disk_full)))
+            self.disk_full.clear()
+            if self.metrics is not None:
+                self.metrics.disk_full.set(0)
+            self.wake()
+
     def _available(self) -> list[str]:
+        if self.disk_full:
+            return []
         now = self.clock()
         names = []
         for name in self._destinations():
@@ -149,28 +305,45 @@ class Uploader:
                     self._threads.remove(me)
                     return
             try:
-                row = self.ledger.claim_next(self._available())
+                available = self._available()
+                # Claimed and registered as in flight in one step, so that
+                # requeue_orphans never takes a row a worker has just claimed.
+                with self._lock:
+                    row = self.ledger.claim_next(available) if available else None
+                    if row is not None:
+                        self.stats.inflight[row.id] = row.inbox_path
+                        if self.metrics is not None:
+                            self.metrics.in_flight.set(len(self.stats.inflight))
             except sqlite3.Error as exc:
-                log.error("ledger error while taking work: %s; pausing", exc)
+                if is_disk_full(exc):
+                    self.note_disk_full("ledger", exc)
+                else:
+                    log.error("ledger error while taking work: %s; pausing", exc)
                 self._sleep(5.0)
                 continue
             if row is None:
                 self._sleep(self._idle_wait())
                 continue
-            with self._lock:
-                self.stats.inflight[row.id] = row.inbox_path
             try:
                 self.process(row)
             except sqlite3.Error as exc:
-                log.error("ledger error while recording %s: %s; it will be retried",
-                          qp(row.inbox_path), exc)
-                self._sleep(5.0)
-            except Exception:
-                log.exception("unexpected error while handling %s", qp(row.inbox_path))
-                self._safe(lambda: self._retry(row, "internal error (see log)", None))
+                if self.cancelled:
+                    pass  # shutting down; the row is requeued by abandon_inflight or at start
+                elif is_disk_full(exc):
+                    self.note_disk_full("ledger", exc)
+                else:
+                    log.error("ledger error while recording %s: %s; it will be retried",
+                              qp(row.inbox_path), exc)
+                    self._sleep(5.0)
+            except Exception as exc:
+                if not self.cancelled:
+                    log.exception("unexpected error while handling %s", qp(row.inbox_path))
+                self._after_error(row, exc)
             finally:
                 with self._lock:
                     self.stats.inflight.pop(row.id, None)
+                    if self.metrics is not None:
+                        self.metrics.in_flight.set(len(self.stats.inflight))
 
     def _idle_wait(self) -> float:
         due = self.ledger.next_due()
@@ -183,12 +356,18 @@ class Uploader:
             if not self._stopping:
                 self._cond.wait(seconds)
 
-    @staticmethod
-    def _safe(fn: Callable[[], None]) -> None:
+    def _after_error(self, row: Row, error: Exception) -> None:
+        """Record an unexpected error: interrupted when stopping, else retried later."""
         try:
-            fn()
-        except Exception:
-            log.exception("could not record the outcome in the ledger")
+            if self.cancelled:
+                self._interrupted(row)
+            else:
+                self._retry(row, "internal error (see log)", None, exc=error)
+        except Exception as exc:
+            if is_disk_full(exc):
+                self.note_disk_full("ledger", exc)
+            elif not self.cancelled:
+                log.exception("could not record the outcome in the ledger")
 
     # one file ---------------------------------------------------------------
 
@@ -197,24 +376,24 @@ class Uploader:
         folder = self._folders().get(row.folder)
         dest = self._destinations().get(row.destination)
         if folder is None or dest is None:
+            # Removed by a reload: the row waits (a later reload may bring it back) without
+            # using attempts or holding up the destination's other folders.
             what = "folder" if folder is None else f"destination {row.destination!r}"
-            self.ledger.requeue_now(row.id, reason=f"{what} is no longer configured")
-            self.paused.setdefault(row.destination, (self.clock() + FATAL_PAUSE, "not configured"))
-            return "queued"
+            return self._defer(row, f"{what} is no longer configured", UNCONFIGURED_WAIT)
         path = row.current_path
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None
         started = time.monotonic()
         try:
-            source = Source(path, size=row.size, mtime_ns=row.mtime_ns, inode=row.inode)
+            source = _StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
+                                      inode=row.inode, stop=self._cancel)
         except FileNotFoundError:
-            self.ledger.mark_vanished(row.id, reason="the file disappeared before upload")
-            log.info("vanished before upload: %s", qp(path))
-            return "vanished"
+            return self._gone(row, dest, "the file disappeared before upload")
         except SourceChangedError as exc:
             return self._changed(row, dest, str(exc))
         except OSError as exc:
-            return self._retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder)
+            return self._retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder,
+                               exc=exc)
         item = UploadItem(uuid=row.uuid, name=wire_name(name), relpath=wire_name(row.relpath),
                           size=row.size,
                           content_type=content_type(name), labels=row.labels,
@@ -225,42 +404,101 @@ class Uploader:
                                       lambda state: self.ledger.checkpoint(row.id, state))
                 sha = source.sha256()
                 source.check_unchanged()
-            except SourceChangedError as exc:
-                return self._changed(row, dest, str(exc))
-            except FatalError as exc:
-                reason = describe(exc)
-                self.paused[row.destination] = (self.clock() + FATAL_PAUSE, reason)
-                log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
-                          row.destination, reason, FATAL_PAUSE)
-                self.ledger.requeue_now(row.id, reason=reason)
-                return "queued"
-            except PermanentError as exc:
-                self._abort(dest, row)
-                return self._fail(row, folder, describe(exc))
-            except RetryableError as exc:
-                return self._retry(row, describe(exc), exc.retry_after, folder)
-            except FileNotFoundError:
-                self.ledger.mark_vanished(row.id, reason="the file disappeared during upload")
-                return "vanished"
-            except OSError as exc:
-                return self._retry(row, f"read error: {exc.strerror or exc}", None, folder)
+            except sqlite3.Error:
+                raise  # a checkpoint could not be written: the worker loop handles it
+            except Exception as exc:
+                if self.cancelled:
+                    return self._interrupted(row)
+                return self._attempt_failed(row, dest, folder, exc)
         self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json())
         elapsed = max(time.monotonic() - started, 1e-6)
+        now = self.clock()
         with self._lock:
             self.stats.uploaded += 1
             self.stats.bytes += row.size
-            self.stats.last_upload = self.clock()
+            self.stats.last_upload = now
+        if self.metrics is not None:
+            self.metrics.observe_upload(row.destination, row.size, elapsed, now)
         log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
-                 row.destination, row.size, elapsed, row.size / elapsed / 1e6, qp(receipt.remote_id))
+                 row.destination, row.size, elapsed, row.size / elapsed / 1e6,
+                 qp(receipt.remote_id))
         uploaded = self.ledger.get(row.id)
         assert uploaded is not None
+        return self.finish(uploaded, folder)
+
+    def finish(self, row: Row, folder: Any) -> str:
+        """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""
         try:
-            archive.finish(self.ledger, uploaded, folder)
+            archive.finish(self.ledger, row, folder)
         except OSError as exc:
+            if is_disk_full(exc):
+                self.note_disk_full("archive", exc)
             log.error("uploaded but could not %s %s: %s; will try again",
-                      folder.after_upload, qp(path), exc.strerror or exc)
+                      folder.after_upload, qp(row.current_path), exc.strerror or exc)
             return "uploaded"
+        if self.metrics is not None:
+            self.metrics.observe_done(row.first_seen, self.clock())
         return "done"
+
+    def _attempt_failed(self, row: Row, dest: Destination, folder: Any, exc: Exception) -> str:
+        """Record a failed upload attempt according to its error class."""
+        if isinstance(exc, SourceChangedError):
+            return self._changed(row, dest, str(exc))
+        if isinstance(exc, FatalError):
+            reason = describe(exc)
+            self.paused[row.destination] = (self.clock() + FATAL_PAUSE, reason)
+            log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
+                      row.destination, reason, FATAL_PAUSE)
+            self.ledger.requeue_now(row.id, reason=reason)
+            return "queued"
+        if isinstance(exc, PermanentError):
+            self._abort(dest, row)
+            return self._fail(row, folder, describe(exc))
+        if isinstance(exc, RetryableError):
+            return self._retry(row, describe(exc), exc.retry_after, folder, exc=exc)
+        if isinstance(exc, FileNotFoundError):
+            return self._gone(row, dest, "the file disappeared during upload")
+        if isinstance(exc, OSError):
+            return self._retry(row, f"read error: {exc.strerror or exc}", None, folder, exc=exc)
+        raise exc
+
+    def _interrupted(self, row: Row) -> str:
+        """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""
+        with self._lock:
+            if row.id in self._abandoned:
+                return "queued"
+            self._abandoned.add(row.id)
+            current = self.ledger.get(row.id)
+            if current is None or current.state != "uploading":
+                return current.state if current is not None else "queued"
+            self.ledger.requeue_now(row.id, reason="interrupted by shutdown")
+        parts = len((current.resume or {}).get("parts") or {})
+        log.info("interrupted by shutdown: %s goes back to the queue%s", qp(row.inbox_path),
+                 f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "")
+        return "queued"
+
+    def _defer(self, row: Row, reason: str, delay: float) -> str:
+        """Look at ``row`` again in ``delay`` seconds, without using an attempt."""
+        self.ledger.requeue_now(row.id, reason=reason)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
+        return "retrying"
+
+    def _gone(self, row: Row, dest: Destination, reason: str) -> str:
+        """The file is not there: vanished, unless its whole folder is unavailable."""
+        current = self.ledger.get(row.id)
+        if current is not None and current.state != "uploading":
+            log.warning("%s is %s already; not marking it vanished", qp(row.inbox_path),
+                        current.state)
+            return current.state
+        problem = None if row.location is not None else self.folder_problem(row.folder)
+        if problem is not None:
+            log.warning("cannot upload %s: its folder is unavailable (%s); it waits for the "
+                        "folder to come back", qp(row.inbox_path), problem)
+            return self._defer(row, f"folder unavailable: {problem}", FOLDER_WAIT)
+        self._abort(dest, row)
+        self.ledger.mark_vanished(row.id, reason=reason)
+        log.info("vanished: %s (%s)", qp(row.current_path), reason)
+        return "vanished"
 
     def _abort(self, dest: Destination, row: Row) -> None:
         current = self.ledger.get(row.id)
@@ -273,18 +511,16 @@ class Uploader:
                             describe(exc))
 
     def _changed(self, row: Row, dest: Destination, reason: str) -> str:
-        self._abort(dest, row)
         if not os.path.lexists(row.current_path):
-            self.ledger.mark_vanished(row.id, reason=reason)
-            log.info("vanished during upload: %s", qp(row.inbox_path))
-            return "vanished"
+            return self._gone(row, dest, reason)
+        self._abort(dest, row)
         self.ledger.supersede(row, reason=f"superseded: {reason}")
         log.info("changed during upload, will upload the new version: %s (%s)",
                  qp(row.inbox_path), reason)
         return "vanished"
 
     def _retry(self, row: Row, reason: str, retry_after: float | None,
-               folder: Any = None) -> str:
+               folder: Any = None, *, exc: BaseException | None = None) -> str:
         folder = folder or self._folders().get(row.folder)
         max_attempts = folder.max_attempts if folder is not None else 8
         if row.attempts >= max_attempts and folder is not None:
@@ -293,6 +529,8 @@ class Uploader:
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
         with self._lock:
             self.stats.retried += 1
+        if self.metrics is not None:
+            self.metrics.observe_retry(retry_class(exc))
         log.warning("retrying %s in %.1fs (attempt %d of %d): %s", qp(row.inbox_path), delay,
                     row.attempts, max_attempts, reason)
         return "retrying"
@@ -301,4 +539,6 @@ class Uploader:
         archive.to_failed(self.ledger, row, folder, reason)
         with self._lock:
             self.stats.failed += 1
+        if self.metrics is not None:
+            self.metrics.observe_failed()
         return "failed"

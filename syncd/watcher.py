@@ -27,6 +27,7 @@ same check for one folder, for callers without a Watcher (``syncd once``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -141,6 +142,32 @@ def probe(folder: Any, device: int | None = None) -> tuple[str | None, os.stat_r
     return None, st
 
 
+def _inotify_watches() -> int | None:
+    """How many inotify watches this process holds (from /proc/self/fdinfo), or None."""
+    total = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+                total += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return total
+
+
+def _count_dirs(root: str) -> int:
+    """The directories of a tree, as watchdog watches them (symlinks not followed)."""
+    count = 1
+    for dirpath, dirnames, _ in os.walk(root):
+        count += sum(1 for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+    return count
+
+
 @dataclass
 class FolderWatch:
     folder: Any
@@ -234,7 +261,10 @@ class Watcher:
                 fw.observer = self._native_observer()
             else:
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
+            before = _inotify_watches() if mode == "native" and fw.folder.recursive else None
             fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
+            if before is not None:
+                self._check_watch_count(fw, root, before)
         except OSError as exc:
             if mode == "native" and exc.errno in (errno.ENOSPC, errno.EMFILE):
                 sysctl = ("fs.inotify.max_user_watches" if exc.errno == errno.ENOSPC
@@ -242,7 +272,7 @@ class Watcher:
                 log.warning("inotify limit reached for %s (%s); falling back to polling every "
                             "%gs. Raise sysctl %s to watch it natively.", qp(root),
                             exc.strerror, fw.folder.poll_seconds, sysctl)
-                mode, fallback = "polling", f"polling: inotify limit ({sysctl})"
+                mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
                 fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
             else:
@@ -256,6 +286,25 @@ class Watcher:
         fw.mode, fw.inode, fw.problem, fw.fallback = mode, st.st_ino, None, fallback
         log.info("watching %s (%s%s)", qp(root), mode, ", recursive" if fw.folder.recursive else "")
         return True
+
+    def _check_watch_count(self, fw: FolderWatch, root: str, before: int) -> None:
+        """Raise ENOSPC if the kernel gave fewer watches than the tree has directories.
+
+        watchdog ignores a failed watch on a sub-directory (the watch limit
+        reached half-way through a tree); the kernel's own count of this
+        process's watches tells. A directory created meanwhile is allowed for.
+        """
+        after = _inotify_watches()
+        if after is None:
+            return
+        added, dirs = after - before, _count_dirs(root)
+        if added >= dirs or added >= _count_dirs(root):
+            return
+        assert fw.observer is not None and fw.watch is not None
+        with contextlib.suppress(KeyError, OSError, ValueError):
+            fw.observer.unschedule(fw.watch)
+        fw.watch = None
+        raise OSError(errno.ENOSPC, f"only {added} of {dirs} directories got a watch")
 
     def _report(self, fw: FolderWatch, problem: str) -> None:
         """Release ``fw`` and log ``problem`` once (again only when it changes)."""
