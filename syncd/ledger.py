@@ -451,9 +451,16 @@ class Ledger:
                 fields["last_error"] = note
             self._set(conn, row_id, **fields)
 
-    def mark_retry(self, row_id: int, *, error: str, at: float) -> None:
-        """The attempt failed but may work later; due again at ``at`` (wall clock)."""
-        with self._write() as conn:
+    def mark_retry(self, row_id: int, *, error: str, at: float, count: bool = True) -> None:
+        """The attempt failed but may work later; due again at ``at`` (wall clock).
+
+        ``count=False`` gives the attempt back: for local conditions (a file
+        not readable yet) that say nothing about the upload itself.
+        """
+        with self._write("retry") as conn:
+            if not count:
+                conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                             (row_id,))
             self._set(conn, row_id, state="retrying", last_error=error, next_attempt_at=at)
 
     def requeue_now(self, row_id: int, *, reason: str | None = None) -> None:

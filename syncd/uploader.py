@@ -391,6 +391,8 @@ class Uploader:
             return self._gone(row, dest, "the file disappeared before upload")
         except SourceChangedError as exc:
             return self._changed(row, dest, str(exc))
+        except PermissionError as exc:
+            return self._wait_readable(row, f"cannot open the file: {exc.strerror or exc}")
         except OSError as exc:
             return self._retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder,
                                exc=exc)
@@ -533,6 +535,16 @@ class Uploader:
             self.metrics.observe_retry(retry_class(exc))
         log.warning("retrying %s in %.1fs (attempt %d of %d): %s", qp(row.inbox_path), delay,
                     row.attempts, max_attempts, reason)
+        return "retrying"
+
+    def _wait_readable(self, row: Row, reason: str) -> str:
+        """A file we may not read stays where it is and is tried again, without
+        using up attempts: its producer may still be setting permissions, and
+        an operator can fix them. It is reported in the log and `syncd status`."""
+        delay = backoff(row.attempts + 1, self.retry_base, self.retry_max, self.rng)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
+        log.warning("cannot read %s (%s); leaving it in place, trying again in %.1fs",
+                    qp(row.inbox_path), reason, delay)
         return "retrying"
 
     def _fail(self, row: Row, folder: Any, reason: str) -> str:

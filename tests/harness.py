@@ -152,14 +152,17 @@ class Setup:
         env.pop("JOURNAL_STREAM", None)
         return env
 
-    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, extra_env: dict[str, str] | None = None,
+              wrapper: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``syncd run`` (or ``args``); ``wrapper`` prefixes the command (``unshare -U``)."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         log = self.tmp / f"daemon-{len(self.logs)}.log"
         self.logs.append(log)
         env = self.env()
         env.update(extra_env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "-c", str(self.config), *(args or ("run",))],
+            [*(wrapper or []), sys.executable, "-m", "syncd", "-c", str(self.config),
+             *(args or ("run",))],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
         )
         return self.proc

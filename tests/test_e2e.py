@@ -229,3 +229,33 @@ def test_sigterm_exits_zero(make_setup) -> None:  # type: ignore[no-untyped-def]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert "syncd stopped" in s.log_text()
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-U", "true"], timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None:  # type: ignore[no-untyped-def]
+    """Run without capabilities (plain `unshare -U`) so mode bits apply even to root."""
+    if not _unshare_works():
+        pytest.skip("unshare -U is not permitted here: cannot drop capabilities to test EACCES")
+    s = make_setup(folders=[{"name": "in", "max_attempts": 2}],
+                   daemon={"retry_base_seconds": 0.1, "retry_max_seconds": 0.3})
+    s.drop("good.txt", b"fine")
+    bad = s.drop("locked.txt", b"secret stuff")
+    bad.chmod(0)
+    s.start(wrapper=["unshare", "-U"])
+    wait_until(lambda: s.counts().get("done") == 1, 20, what="the readable file")
+    wait_until(lambda: "leaving it in place" in s.log_text() and
+               s.log_text().count("cannot read") >= 3, 20, what="several retries")
+    row = [r for r in s.rows() if os.fsdecode(r["relpath"]) == "locked.txt"][0]
+    assert row["state"] == "retrying" and "Permission denied" in row["last_error"]
+    assert bad.exists() and not (s.failed() / "locked.txt").exists()
+    status = s.status()
+    assert any("locked.txt" in e["path"] for e in status["recent_errors"])
+    bad.chmod(0o644)
+    wait_until(lambda: s.all_done(), 20, what="upload once readable")
+    s.invariants()

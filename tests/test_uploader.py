@@ -173,14 +173,24 @@ def test_fatal_error_pauses_destination_without_using_attempts(setup: Any, clock
     assert up._available() == ["dest"]
 
 
-def test_unreadable_file_stays_and_is_retried(setup: Any) -> None:
+def test_unreadable_file_stays_and_is_retried_without_using_attempts(
+        setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logic only; tests/test_e2e.py runs the real thing without capabilities."""
     ledger, folder, dest, up, drop, step = setup
-    if os.geteuid() == 0:
-        pytest.skip("root reads mode-000 files; covered by the unshare scenario tests")
     row_id = drop("a.txt")
-    os.chmod(folder.path / "a.txt", 0)
-    assert step() == "retrying"
-    assert "cannot open" in ledger.get(row_id).last_error
+    import syncd.uploader as uploader_mod
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(uploader_mod, "_StoppableSource", denied)
+    for _ in range(5):  # more than max_attempts (3): never moved to failed
+        ledger.mark_retry(row_id, error="x", at=0, count=False)
+        assert step() == "retrying"
+    row = ledger.get(row_id)
+    assert row.state == "retrying" and row.attempts == 0
+    assert "Permission denied" in row.last_error
+    assert (folder.path / "a.txt").exists()
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:
