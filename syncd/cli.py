@@ -208,27 +208,42 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     cfg = _load(args)
     setup_logging(args.log_level or cfg.daemon.log_level, cfg.daemon.log_format)
     daemon = Daemon(cfg, once=once)
-    progress = None
-    if once and sys.stderr.isatty() and not getattr(args, "no_progress", False):
-        progress = threading.Thread(target=_progress, args=(daemon,), daemon=True)
-        progress.start()
-    return daemon.run()
+    if not once:
+        return daemon.run()
+    stop = threading.Event()
+    if sys.stdout.isatty() and not getattr(args, "no_progress", False):
+        threading.Thread(target=_progress, args=(daemon, stop), daemon=True).start()
+    started = time.monotonic()
+    try:
+        code = daemon.run()
+    finally:
+        stop.set()
+    counts = daemon.final_counts
+    if sys.stdout.isatty() and not getattr(args, "no_progress", False):
+        sys.stdout.write("\n")
+    print(f"syncd once: finished in {time.monotonic() - started:.1f}s"
+          + (f" ({_summary(counts)})" if counts else ""))
+    return code
 
 
-def _progress(daemon: Any) -> None:
-    while True:
-        time.sleep(0.5)
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no files"
+
+
+def _progress(daemon: Any, stop: threading.Event) -> None:
+    """`syncd once` on a terminal: one self-overwriting progress line on stdout."""
+    while not stop.wait(0.5):
         ledger = daemon.ledger
-        if ledger is None or daemon._stop.is_set():
+        if ledger is None:
             continue
         try:
             c = ledger.counts()
         except Exception:
             continue
-        line = (f"\r{c['done']} done, {c['queued'] + c['retrying']} queued, "
-                f"{c['uploading']} uploading, {c['settling']} settling, {c['failed']} failed ")
-        sys.stderr.write(line)
-        sys.stderr.flush()
+        sys.stdout.write(f"\r{c['done']} done, {c['queued'] + c['retrying']} queued, "
+                         f"{c['uploading']} uploading, {c['settling']} settling, "
+                         f"{c['failed']} failed \033[K")
+        sys.stdout.flush()
 
 
 def cmd_once(args: argparse.Namespace) -> int:

@@ -141,7 +141,8 @@ class Daemon:
         self.folders: dict[str, Any] = {}
         self.uploader: Uploader | None = None
         self.settler: Settler | None = None
-        self.failed_at_start = 0
+        self.failed_at_start = self.done_at_start = 0
+        self.final_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ run
 
@@ -163,7 +164,8 @@ class Daemon:
         ledger = self.ledger
         self.metrics.track_ledger(ledger.counts_by_folder)
         self._apply(self.cfg)
-        self.failed_at_start = ledger.counts()["failed"]
+        at_start = ledger.counts()
+        self.failed_at_start, self.done_at_start = at_start["failed"], at_start["done"]
         self._install_signals()
         self._recover()
         scanner_thread = threading.Thread(target=self._scan_loop, name="scanner", daemon=True)
@@ -197,7 +199,9 @@ class Daemon:
         self._shutdown(last, watchdog_every)
         code = 0
         if self.once:
-            failed = ledger.counts()["failed"] - self.failed_at_start
+            counts = ledger.counts()
+            failed = counts["failed"] - self.failed_at_start
+            self.final_counts = {"done": counts["done"] - self.done_at_start, "failed": failed}
             code = 1 if failed > 0 else 0
         log.info("syncd stopped")
         return code

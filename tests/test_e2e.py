@@ -217,6 +217,7 @@ def test_once_exits_when_done(make_setup) -> None:  # type: ignore[no-untyped-de
         env=s.env(), capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
+    assert "syncd once: finished in" in out.stdout and "10 done" in out.stdout
     assert s.counts() == {"done": 10}
     s.invariants()
     assert CANARY_KEY not in out.stderr
@@ -259,3 +260,29 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None: 
     bad.chmod(0o644)
     wait_until(lambda: s.all_done(), 20, what="upload once readable")
     s.invariants()
+
+
+def test_once_shows_progress_on_a_terminal(make_setup) -> None:  # type: ignore[no-untyped-def]
+    import pty
+
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 1.0}])
+    for i in range(5):
+        s.drop(f"{i}.txt", str(i).encode())
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [os.sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--log-level", "error"],  # type: ignore[attr-defined]
+        env=s.env(), stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(30) == 0
+    os.close(master)
+    text = b"".join(chunks).decode()
+    assert "\r" in text and "settling" in text and "5 done" in text
