@@ -175,6 +175,15 @@ def finish(ledger: Ledger, row: Row, folder: Any) -> None:
             ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
             log.warning("uploaded, but the file was gone before it could be archived: %s", qp(src))
         return
+    if row.location is None and row.inode is not None and os.lstat(src).st_ino != row.inode:
+        # A different file now has this name (replaced after the upload): it is
+        # a new version, not what was uploaded. Leave it for the scanner.
+        ledger.mark_done(row.id, note="replaced by a new file after upload; nothing archived")
+        ledger.observe(row.folder, [row.relpath], destination=row.destination,
+                       labels=row.labels, category=row.category)
+        log.info("uploaded %s, but a new file took its name; that one is uploaded next",
+                 qp(src))
+        return
     if folder.after_upload == "delete":
         _unlink_source(src)
         ledger.mark_done(row.id)

@@ -16,7 +16,9 @@
         ├── PermanentError   retrying cannot help (4xx, a rejected file): the
         │                    file goes to failed_dir at once with the reason.
         ├── SourceChangedError  the local file changed while it was being read;
-        │                    the upload is discarded and the new version settles.
+        │   │                the upload is discarded and the new version settles.
+        │   └── SourceMovedError  renamed, deleted or replaced at its path, bytes
+        │                    intact: the upload stands.
         └── FatalError       stop everything (the credentials are wrong for every
                              file, say). The daemon keeps files where they are.
 
@@ -101,6 +103,15 @@ class PermanentError(UploadError):
 
 class SourceChangedError(UploadError):
     """The file changed (size, mtime, inode) while it was being uploaded."""
+
+
+class SourceMovedError(SourceChangedError):
+    """The bytes read are intact, but the path no longer leads to them.
+
+    The file was renamed, deleted, or replaced by a new file at the same path
+    while it was being uploaded. The upload stands (it is of a complete,
+    settled version); the uploader archives the file wherever it went.
+    """
 
 
 class FatalError(UploadError):

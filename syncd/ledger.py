@@ -436,6 +436,24 @@ class Ledger:
             self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
                       uploaded_at=self._clock(), last_error=None, next_attempt_at=None)
 
+    def set_location(self, row_id: int, location: str) -> None:
+        """The bytes of this row are now at ``location`` (renamed during upload)."""
+        with self._write("location") as conn:
+            self._set(conn, row_id, location=_enc(location))
+
+    def inode_busy(self, row: Row) -> Row | None:
+        """Another row of the same folder and inode that is queued or further along.
+
+        A file renamed during its upload shows up again at its new path; that
+        new row must wait until the upload of the same bytes has finished.
+        """
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND inode = ? AND id != ? AND state IN"
+            " ('queued', 'uploading', 'retrying', 'uploaded') LIMIT 1",
+            (row.folder, row.inode, row.id),
+        )
+        return rows[0] if rows else None
+
     def set_archive_target(self, row_id: int, target: str | None) -> None:
         """Record where the archive move is going, before it starts (for crash recovery)."""
         with self._write("archive_target") as conn:

@@ -108,6 +108,8 @@ class Settler:
                 (previous.size, previous.mtime_ns, previous.inode) == (row.size, row.mtime_ns, row.inode):
             self.ledger.forget(row.id)
             return False
+        if self.ledger.inode_busy(row) is not None:
+            return False  # the same file is being uploaded under its old name
         self.ledger.promote(row.id)
         self._warned.discard(row.id)
         log.info("queued %s (%d bytes)", qp(row.inbox_path), st.st_size)

@@ -54,6 +54,7 @@ from syncd.errors import (
     PermanentError,
     RetryableError,
     SourceChangedError,
+    SourceMovedError,
     describe,
 )
 from syncd.ledger import Ledger, Row
@@ -118,6 +119,24 @@ class _StoppableSource(Source):
             if self._stop_event.is_set():
                 raise UploadCancelled("syncd is stopping")
             yield data
+
+
+def _find_inode(root: str, inode: int | None, old_path: str) -> str | None:
+    """The path of the regular file with this inode under ``root`` (device of old_path)."""
+    try:
+        device = os.stat(root).st_dev
+    except OSError:
+        return None
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if st.st_ino == inode and st.st_dev == device and path != old_path:
+                return path
+    return None
 
 
 def content_type(name: str) -> str:
@@ -405,7 +424,11 @@ class Uploader:
                 receipt = dest.upload(item, source, row.resume,
                                       lambda state: self.ledger.checkpoint(row.id, state))
                 sha = source.sha256()
-                source.check_unchanged()
+                moved: SourceMovedError | None = None
+                try:
+                    source.check_unchanged()
+                except SourceMovedError as exc:
+                    moved = exc
             except sqlite3.Error:
                 raise  # a checkpoint could not be written: the worker loop handles it
             except Exception as exc:
@@ -424,9 +447,40 @@ class Uploader:
         log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
                  row.destination, row.size, elapsed, row.size / elapsed / 1e6,
                  qp(receipt.remote_id))
+        if moved is not None and not self._follow_move(row, folder, str(moved)):
+            return "done"
         uploaded = self.ledger.get(row.id)
         assert uploaded is not None
         return self.finish(uploaded, folder)
+
+    def _follow_move(self, row: Row, folder: Any, reason: str) -> bool:
+        """The upload stands but the file left its path: find where it went.
+
+        Renamed inside the folder: the archive takes it from its new path
+        (under its original name) and the row the watcher made for the new
+        path is retired, so the same bytes are not uploaded twice. Gone, or
+        replaced by a new file: nothing to archive; a new file at the path is
+        a new version with its own row.
+        """
+        found = _find_inode(os.fspath(folder.path), row.inode, row.current_path) \
+            if row.location is None else None
+        if found is None:
+            note = f"{reason.removeprefix('the file was ')}; nothing archived"
+            self.ledger.mark_done(row.id, note=note)
+            if row.location is None and os.path.lexists(row.inbox_path):
+                # a new file took the name: a new version with its own row
+                self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
+                                    labels=row.labels, category=row.category)
+            log.info("uploaded %s, which was %s", qp(row.inbox_path), note)
+            return False
+        self.ledger.set_location(row.id, found)
+        relpath = os.path.relpath(found, os.fspath(folder.path))
+        twin = self.ledger.active_for_path(os.fspath(folder.path), relpath)
+        if twin is not None and twin.inode in (None, row.inode) and twin.state == "settling":
+            self.ledger.forget(twin.id)
+        log.info("%s was renamed to %s during upload; archiving it from there",
+                 qp(row.inbox_path), qp(found))
+        return True
 
     def finish(self, row: Row, folder: Any) -> str:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""

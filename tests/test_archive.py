@@ -171,3 +171,19 @@ def test_clean_temp(tmp_path: Path) -> None:
     (tmp_path / "d" / "keep.txt").write_bytes(b"k")
     assert archive.clean_temp(str(tmp_path)) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]
+
+
+def test_a_new_file_under_the_same_name_is_never_archived_as_uploaded(
+        tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"uploaded version")
+    path = tmp_path / "inbox" / "a.txt"
+    path.unlink()
+    path.write_bytes(b"a newer file, never uploaded")  # new inode, same name
+    archive.finish(ledger, row, folder)
+    assert path.read_bytes() == b"a newer file, never uploaded"
+    assert not (tmp_path / "archive" / "inbox" / "a.txt").exists()
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and "replaced" in (done.last_error or "")
+    new = ledger.active_for_path(str(tmp_path / "inbox"), "a.txt")
+    assert new is not None and new.state == "settling"

@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from syncd.errors import SourceChangedError
+from syncd.errors import SourceChangedError, SourceMovedError
 
 Checkpoint = Callable[[dict[str, Any]], None]
 
@@ -179,6 +179,7 @@ class Source:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceChangedError("the path is no longer a regular file")
             self._verify(st)
+            self._ctime_ns = st.st_ctime_ns
         except BaseException:
             os.close(self._fd)
             raise
@@ -192,13 +193,37 @@ class Source:
             )
 
     def check_unchanged(self) -> None:
-        """Raise SourceChangedError if the open file or its path no longer match."""
-        self._verify(os.fstat(self._fd))
-        try:
-            st = os.stat(self.path, follow_symlinks=False)
-        except FileNotFoundError as exc:
-            raise SourceChangedError("the file was moved or deleted during upload") from exc
+        """Called once the upload is confirmed: are the bytes read still the file's?
+
+        * size, mtime or inode of the open file changed: SourceChangedError;
+        * its ctime changed (a rename, a chmod, or a rewrite that restored the
+          mtime): the file is hashed again and must match what was read,
+          else SourceChangedError;
+        * the bytes are intact but the path no longer leads to this file
+          (renamed, deleted, or replaced by a new file): SourceMovedError.
+        """
+        st = os.fstat(self._fd)
         self._verify(st)
+        if st.st_ctime_ns != self._ctime_ns and self._rehash() != self.sha256():
+            raise SourceChangedError(
+                "the file was rewritten during upload (same size and mtime, other bytes)")
+        try:
+            at_path = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise SourceMovedError("the file was moved or deleted during upload") from None
+        if (at_path.st_ino, at_path.st_dev) != (st.st_ino, st.st_dev):
+            raise SourceMovedError("the file was replaced by another file during upload")
+
+    def _rehash(self) -> str:
+        h = hashlib.sha256()
+        pos = 0
+        while pos < self.size:
+            data = os.pread(self._fd, min(READ_BLOCK, self.size - pos), pos)
+            if not data:
+                break
+            h.update(data)
+            pos += len(data)
+        return h.hexdigest()
 
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (short only at end of file)."""

@@ -1,0 +1,183 @@
+"""Failure scenarios about the local files (reliability.md F2-F7), real daemon.
+
+To act "during the upload", the emulator is told to hold the storage PUT for a
+while (a scripted ``slow`` fault) and the test changes the file meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Setup, sha, wait_until
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Setup] = []
+
+    def make(**kw: object) -> Setup:
+        s = Setup(tmp_path, **kw)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _uploading(s: Setup, rel: str) -> bool:
+    return any(os.fsdecode(r["relpath"]) == rel and r["state"] == "uploading" for r in s.rows())
+
+
+def _hold_put(s: Setup, op: str = "lilt.put", delay: float = 2.0) -> None:
+    s.emulator.set_faults(script=[{"op": op, "kind": "slow", "delay": delay, "count": 1}])
+
+
+def test_f2_appended_during_single_put_uploads_the_new_version(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    s.start()
+    _hold_put(s)
+    path = s.drop("a.txt", b"first version")
+    wait_until(lambda: _uploading(s, "a.txt"), 10, what="upload started")
+    with open(path, "ab") as f:
+        f.write(b" plus more")
+    s.dropped[("in", "a.txt")] = b"first version plus more"
+    wait_until(lambda: s.all_done(1), 20, what="the new version")
+    archived = (s.archive() / "a.txt").read_bytes()
+    assert archived == b"first version plus more"
+    states = sorted(r["state"] for r in s.rows())
+    assert states == ["done", "vanished"]
+    assert any(u["sha256"] == sha(archived) for u in s.emulator.uploads())
+    assert "changed during upload" in s.log_text()
+    s.invariants()
+
+
+def test_f2_changed_between_parts_aborts_the_multipart_upload(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}],
+              lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB})
+    s.start()
+    _hold_put(s, "lilt.put_part")
+    data = os.urandom(11 * MIB)
+    path = s.drop("big.bin", data)
+    wait_until(lambda: _uploading(s, "big.bin"), 10, what="upload started")
+    with open(path, "r+b") as f:  # same size, new bytes, new mtime
+        f.seek(7 * MIB)
+        f.write(b"X" * 1000)
+    new = path.read_bytes()
+    s.dropped[("in", "big.bin")] = new
+    wait_until(lambda: s.all_done(1), 30, what="the new version")
+    ops = [r["op"] for r in s.emulator.requests()]
+    assert "lilt.cancel" in ops, "the abandoned multipart upload was not cancelled"
+    assert (s.archive() / "big.bin").read_bytes() == new
+    s.invariants()
+
+
+def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    s.start()
+    _hold_put(s)
+    path = s.drop("a.txt", b"AAAAAAAAAA")
+    st = path.stat()
+    wait_until(lambda: _uploading(s, "a.txt"), 10, what="upload started")
+    with open(path, "r+b") as f:
+        f.write(b"BBBBBBBBBB")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the change from mtime
+    s.dropped[("in", "a.txt")] = b"BBBBBBBBBB"
+    wait_until(lambda: s.all_done(1), 20, what="the rewritten version")
+    assert (s.archive() / "a.txt").read_bytes() == b"BBBBBBBBBB"
+    assert "rewritten during upload" in s.log_text()
+    s.invariants()
+
+
+def test_f3_renamed_during_upload_is_uploaded_once(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    s.start()
+    _hold_put(s, delay=2.5)
+    path = s.drop("draft.txt", b"the contract")
+    wait_until(lambda: _uploading(s, "draft.txt"), 10, what="upload started")
+    os.rename(path, path.with_name("final.txt"))
+    wait_until(lambda: s.all_done(1), 20, what="done")
+    time.sleep(1.5)  # give the renamed path every chance to be uploaded again
+    uploads = s.emulator.uploads()
+    assert len(uploads) == 1 and uploads[0]["times_received"] == 1
+    assert [p.name for p in s.archive().iterdir()] == ["draft.txt"]  # archived under its original name
+    assert not list(s.inbox().iterdir())
+    assert s.counts() == {"done": 1}
+    assert "renamed to" in s.log_text()
+
+
+def test_f4_deleted_during_upload(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    s.start()
+    _hold_put(s)
+    path = s.drop("gone.txt", b"short-lived")
+    wait_until(lambda: _uploading(s, "gone.txt"), 10, what="upload started")
+    path.unlink()
+    del s.dropped[("in", "gone.txt")]
+    wait_until(lambda: s.counts() == {"done": 1}, 20, what="done without archive")
+    row = s.rows()[0]
+    assert row["location"] is None and "nothing archived" in s.log_text()
+    assert not s.archive().exists() or not list(s.archive().iterdir())
+    assert s.proc is not None and s.proc.poll() is None  # no crash
+
+
+def test_f4_replaced_during_upload_uploads_both_versions(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    s.start()
+    _hold_put(s)
+    path = s.drop("report.txt", b"version 1")
+    wait_until(lambda: _uploading(s, "report.txt"), 10, what="upload started")
+    tmp = path.with_name(".report.txt.tmp")
+    tmp.write_bytes(b"version 2, longer")
+    os.rename(tmp, path)  # atomic replace, as editors do
+    s.dropped[("in", "report.txt")] = b"version 2, longer"
+    wait_until(lambda: s.counts().get("done") == 2, 20, what="both versions")
+    hashes = {u["sha256"] for u in s.emulator.uploads()}
+    assert hashes == {sha(b"version 1"), sha(b"version 2, longer")}
+    assert (s.archive() / "report.txt").read_bytes() == b"version 2, longer"
+
+
+def test_f5_many_events_for_one_file_make_one_upload(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.5}])
+    s.start()
+    s.wait_started()
+    path = s.inbox() / "busy.txt"
+    for i in range(3):  # three open/write/close cycles, then two touches
+        with open(path, "ab") as f:
+            f.write(b"x" * 10)
+    os.utime(path)
+    os.utime(path)
+    s.dropped[("in", "busy.txt")] = path.read_bytes()
+    wait_until(lambda: s.all_done(1), 15, what="upload")
+    time.sleep(1.0)
+    assert len(s.emulator.uploads()) == 1 and s.counts() == {"done": 1}
+
+
+def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup) -> None:  # type: ignore[no-untyped-def]
+    """20,000 files created while the daemon is SIGSTOPped: inotify's queue overflows
+    and watchdog drops the overflow silently; the rescan still ledgers every one."""
+    s = setup(folders=[{"name": "in", "settle_seconds": 3600}],  # keep them settling
+              daemon={"rescan_seconds": 5, "workers": 1})
+    proc = s.start()
+    s.wait_started()
+    os.kill(proc.pid, signal.SIGSTOP)
+    inbox = s.inbox()
+    for i in range(20_000):
+        fd = os.open(inbox / f"f{i:05d}.dat", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    os.kill(proc.pid, signal.SIGCONT)
+    wait_until(lambda: len(s.rows()) >= 20_000, 30, 0.5, "all 20,000 ledgered")
+    assert len({os.fsdecode(r["relpath"]) for r in s.rows()}) == 20_000
+    rss_kib = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+    assert rss_kib < 300 * 1024, f"RSS {rss_kib} KiB after the flood"
+    assert s.stop() == 0
