@@ -175,7 +175,9 @@ def finish(ledger: Ledger, row: Row, folder: Any) -> None:
             ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
             log.warning("uploaded, but the file was gone before it could be archived: %s", qp(src))
         return
-    if row.location is None and row.inode is not None and os.lstat(src).st_ino != row.inode:
+    st = os.lstat(src)
+    if row.location is None and row.inode is not None and \
+            (st.st_ino, st.st_size, st.st_mtime_ns) != (row.inode, row.size, row.mtime_ns):
         # A different file now has this name (replaced after the upload): it is
         # a new version, not what was uploaded. Leave it for the scanner.
         ledger.mark_done(row.id, note="replaced by a new file after upload; nothing archived")
