@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target $(VENV)/vendor/wriftai-0.34 wriftai==0.34.0
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from syncd import rules
 from syncd._options import (
     FieldDoc,
     dotted,
@@ -126,6 +127,9 @@ class FolderConfig:
         "native", "native (inotify), or polling for network shares where inotify sees nothing.",
         choices=("native", "polling"))
     poll_seconds: float = _key(5.0, "Interval of the polling observer.", gt=0)
+    marker: str | None = _key(
+        None, "A file that must exist in the folder (e.g. .syncd-root); while it is missing "
+        "the folder counts as not mounted and is neither watched nor scanned.", **_TEXT)
     after_upload: str = _key(
         "archive", "What happens to a file once its upload is confirmed.",
         choices=("archive", "delete", "keep"))
@@ -394,6 +398,15 @@ def _check_folder(prefix: str, table: Mapping[str, Any], folder: FolderConfig,
     if folder.path == state_dir:
         problems.append(Problem(f"{prefix}.path",
                                 f"{folder.path} is daemon.state_dir; watch another folder"))
+    if folder.marker is not None:
+        if "/" in folder.marker or folder.marker in (".", ".."):
+            problems.append(Problem(f"{prefix}.marker", (
+                f"must be a file name in the folder itself, got {folder.marker!r}")))
+        elif rules.judge(folder.marker, include=folder.include, exclude=folder.exclude,
+                         ignore_junk=folder.ignore_junk).accepted:
+            problems.append(Problem(f"{prefix}.marker", (
+                f"{folder.marker!r} would itself be uploaded and archived; use a dot-file "
+                "such as '.syncd-root', or add it to exclude")))
     failed = len(problems) > errors
     if folder.after_upload != "archive" and "archive_dir" in table:
         problems.append(Problem(f"{prefix}.archive_dir", (

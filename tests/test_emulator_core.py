@@ -68,7 +68,9 @@ def upload(api: httpx.Client, body: bytes = b"hello") -> httpx.Response:
 def test_start_sets_url_and_health_lists_services(emu: Emulator) -> None:
     assert emu.url.startswith("http://127.0.0.1:") and emu.port > 0
     r = httpx.get(emu.url + "/_emulator/health")
-    assert r.json() == {"ok": True, "services": {"lilt": emu.url + "/lilt"}}
+    assert r.json() == {"ok": True, "services": {
+        "lilt": emu.url + "/lilt", "wriftai": emu.url + "/wriftai/v1",
+        "apivideo": emu.url + "/apivideo", "xvid": emu.url + "/xvid/v1"}}
 
 
 def test_unknown_paths_and_methods(emu: Emulator) -> None:

@@ -8,11 +8,17 @@ that lists these names.
 
 from __future__ import annotations
 
+from syncd.destinations.apivideo import ApiVideoDestination
 from syncd.destinations.base import Destination
 from syncd.destinations.lilt import LiltDestination
+from syncd.destinations.wriftai import WriftAIDestination
+from syncd.destinations.xvid import XvidDestination
 
 REGISTRY: dict[str, type[Destination]] = {
+    ApiVideoDestination.TYPE: ApiVideoDestination,
     LiltDestination.TYPE: LiltDestination,
+    WriftAIDestination.TYPE: WriftAIDestination,
+    XvidDestination.TYPE: XvidDestination,
 }
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from syncd.emulator.apivideo import ApiVideoService
 from syncd.emulator.faults import DEFAULT_KINDS, FaultInjector, parse_kinds
 from syncd.emulator.lilt import LiltService
 from syncd.emulator.server import (
@@ -39,11 +40,13 @@ from syncd.emulator.server import (
     UrlSigner,
 )
 from syncd.emulator.store import Store
+from syncd.emulator.wriftai import WriftAIService
+from syncd.emulator.xvid import XvidService
 
 __all__ = ["SERVICE_CLASSES", "Emulator", "build_parser", "main"]
 
 #: The registry of emulated services, in the order their base URLs are printed.
-SERVICE_CLASSES: list[type[Service]] = [LiltService]
+SERVICE_CLASSES: list[type[Service]] = [LiltService, WriftAIService, ApiVideoService, XvidService]
 
 LOG_LIMIT = 100_000  # request-log entries kept (oldest dropped first)
 

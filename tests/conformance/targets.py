@@ -24,9 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
+from syncd.destinations.apivideo import ApiVideoDestination, ApiVideoOptions
 from syncd.destinations.base import Destination
 from syncd.destinations.lilt import LiltDestination, LiltOptions
+from syncd.destinations.wriftai import WriftAIDestination, WriftAIOptions
+from syncd.destinations.xvid import XvidDestination, XvidOptions
 from syncd.emulator import Emulator
+from syncd.emulator.apivideo import ApiVideoService
 from syncd.secrets import Secret
 
 MiB = 1024 * 1024
@@ -82,9 +86,11 @@ TargetFactory = Callable[[Emulator, httpx.Client, bool], Target]
 
 LILT_KEY = "conformance-lilt-key"
 
+WRIFTAI_TOKEN = "conformance-wriftai-token"
+
 #: Keyword arguments for the suite's Emulator: the credentials it accepts.
 #: Non-default values prove that destinations send what they were configured with.
-EMULATOR_OPTIONS: dict[str, Any] = {"lilt_key": LILT_KEY}
+EMULATOR_OPTIONS: dict[str, Any] = {"lilt_key": LILT_KEY, "wriftai_token": WRIFTAI_TOKEN}
 
 
 def _active_sessions(emulator: Emulator, service: str) -> list[str]:
@@ -114,7 +120,65 @@ def _lilt(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Ta
     )
 
 
+def _wriftai(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
+    # protocol "urls": it carries the file name, which test_metadata_delivered checks.
+    # The default "uploads" protocol (no name) runs these scenarios in tests/test_wriftai.py.
+    options = WriftAIOptions(token=Secret("not-the-key" if bad_credentials else WRIFTAI_TOKEN),
+                             base_url=emulator.url + "/wriftai/v1", protocol="urls")
+    return Target(
+        type="wriftai", dest=WriftAIDestination("conformance-wriftai", options, client),
+        emulator=emulator, service="wriftai", part_size=256 * 1024, first_op="wriftai.initiate",
+        part_op="wriftai.put_part", leftovers=lambda: _active_sessions(emulator, "wriftai"),
+        supports=frozenset({"empty"}),
+    )
+
+
+APIVIDEO_TOKEN = "conformance-apivideo-token"
+APIVIDEO_KEY = "conformance-apivideo-key"
+EMULATOR_OPTIONS.update(apivideo_token=APIVIDEO_TOKEN, apivideo_key=APIVIDEO_KEY)
+
+
+def _apivideo(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
+    # With api_key: tags, metadata, resume from /status and abort. The token-only
+    # configuration runs the same kind of scenarios in tests/test_apivideo.py.
+    (service,) = [s for s in emulator.services if isinstance(s, ApiVideoService)]
+    bad = "not-the-key" if bad_credentials else None
+    options = ApiVideoOptions(upload_token=Secret(bad or APIVIDEO_TOKEN),
+                              api_key=Secret(bad or APIVIDEO_KEY),
+                              base_url=emulator.url + "/apivideo", chunk_size=5 * MiB)
+    return Target(
+        type="apivideo", dest=ApiVideoDestination("conformance-apivideo", options, client),
+        emulator=emulator, service="apivideo", part_size=5 * MiB,
+        first_op="apivideo.list_videos", part_op="apivideo.upload",
+        leftovers=service.unfinished,
+        supports=frozenset({"multipart", "resume", "abort", "labels", "category", "uuid"}),
+    )
+
+
+XVID_CLIENT, XVID_SECRET = "conformance-xvid-client", "conformance-xvid-secret"
+XVID_PIPELINE = "5f3a9c0e7b1d4a2c8e6f0a1b"  # no "conformance-": checkpoints carry the pipeline id
+EMULATOR_OPTIONS.update(xvid_client=f"{XVID_CLIENT}:{XVID_SECRET}")
+
+
+def _xvid(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
+    # first_op is the session open: the token request comes first only once per destination.
+    # Labels, category and uuid reach Xvid only inside object_key (tests/test_xvid.py).
+    options = XvidOptions(client_id=XVID_CLIENT,
+                          client_secret=Secret("not-the-key" if bad_credentials else XVID_SECRET),
+                          pipeline_id=XVID_PIPELINE, base_url=emulator.url + "/xvid/v1",
+                          chunk_size=5 * MiB)
+    return Target(
+        type="xvid", dest=XvidDestination("conformance-xvid", options, client, sleep=lambda s: None),
+        emulator=emulator, service="xvid", part_size=5 * MiB, first_op="xvid.open",
+        part_op="xvid.post_chunk", leftovers=lambda: _active_sessions(emulator, "xvid"),
+        supports=frozenset({"empty", "multipart", "resume", "abort"}),
+    )
+
+
 #: destination type -> factory. The guard test keeps this in step with REGISTRY.
 TARGETS: dict[str, TargetFactory] = {
+    "apivideo": _apivideo,
     "lilt": _lilt,
+    "wriftai": _wriftai,
+    "xvid": _xvid,
 }

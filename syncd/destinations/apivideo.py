@@ -1,0 +1,446 @@
+"""api.video: delegated (upload-token) uploads in Content-Range chunks (protocols.md §4).
+
+Every file goes through the chunk driver (:mod:`._chunked`), one part per
+chunk of ``chunk_size`` bytes (5–128 MiB; a file up to ``chunk_size`` is
+one chunk)::
+
+    POST {base}/upload?token=T   multipart: [videoId,] file   Content-Range: bytes a-b/N  -> 201 Video
+
+The first chunk of a token-only upload carries no ``videoId`` and creates
+the video; every later chunk carries the ``videoId`` it returned, as a form
+field placed before ``file``. The chunk that completes the file answers
+with the full Video (``assets``).
+
+With ``api_key`` (``Authorization: Basic base64(KEY:)``) the video is
+created first, with its title, tags and metadata, and every chunk carries
+its id from the start::
+
+    GET  {base}/videos?metadata[syncd-uuid]=U    an earlier attempt's video for this file?
+    POST {base}/videos  {"title", "tags", "metadata": [{key, value}, ...]}   -> 201 Video
+    GET  {base}/videos/{id}/status                on resume: what the server holds
+    DELETE {base}/videos/{id}                     abort (only a video whose source is incomplete)
+
+so the video id is checkpointed before any byte is sent, and the ledger
+row's uuid (metadata ``syncd-uuid``) finds it again if that checkpoint was
+lost: one ledger row never makes two videos.
+
+Resume state (the upload token is a secret and never stored)::
+
+    {"v": 1, "kind": "apivideo-chunks", "session": {"video_id": "vi…" | null,
+     "via": "token" | "api", "filename": "…"}, "part_size": P, "size": N,
+     "parts": {"1": "vi…", ...}}
+
+Token only: the chunks without a recorded 201 are sent again, with the same
+``videoId`` (re-sending a chunk the server already holds is harmless). With
+``api_key``: ``/status`` says which chunks the server holds, and only the
+rest is sent. ``video-source-already-uploaded`` means the video is complete:
+the upload is done.
+
+Errors: 401 is :class:`~syncd.errors.FatalError`, and so is a 404 for the
+upload token (unknown, deleted or expired); a 404 for the video means it
+was deleted (a new one is started, once); 403 on an upload is retried at
+once a few times (:class:`~syncd.errors.ExpiredError`: api.video documents
+no 403 there); 429 waits ``Retry-After`` or ``X-RateLimit-Retry-After``;
+other 4xx are permanent; 5xx and transport errors are retryable. A 0-byte
+file is refused (permanent) without a request: api.video cannot hold an
+empty video, and a byte range cannot describe one.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from syncd import redact
+from syncd.destinations import _chunked
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
+from syncd.http import check, error_text, json_body, parse_retry_after, require, send
+from syncd.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+UUID_KEY = "syncd-uuid"
+ALREADY_UPLOADED = "video-source-already-uploaded"
+COMPLETE = ("uploaded", "ingesting", "ingested")  # ingest states with the whole source
+
+
+@dataclass(frozen=True)
+class ApiVideoOptions:
+    upload_token: Secret = field(metadata={
+        "doc": "Delegated upload token (secret): POST /upload-tokens or the dashboard.",
+        "secret": True})
+    base_url: str = field(default="https://ws.api.video", metadata={
+        "doc": "API root (sandbox: https://sandbox.api.video)."})
+    api_key: Secret | None = field(default=None, metadata={
+        "doc": "API key (secret, optional): tags and metadata, resume from /status, abort.",
+        "secret": True})
+    chunk_size: int = field(default=50 * MiB, metadata={
+        "doc": "Chunk size; a file up to this size goes in one request.", "unit": "bytes",
+        "min": 5 * MiB, "max": 128 * MiB})
+
+
+def _problem(response: httpx.Response) -> tuple[str, str]:
+    """(slug, name) of a problem+json error body; empty strings when there is none."""
+    try:
+        data = response.json()
+    except ValueError:
+        return "", ""
+    if not isinstance(data, dict):
+        return "", ""
+    slug = str(data.get("type") or "").rstrip("/").rpartition("/")[2]
+    return slug, str(data.get("name") or "")
+
+
+def _check(response: httpx.Response, *, what: str, ok: tuple[int, ...]) -> httpx.Response:
+    """:func:`syncd.http.check`, with api.video's own 429 hint as the fallback."""
+    hint = None
+    if response.status_code == 429:
+        hint = parse_retry_after(response.headers.get("X-RateLimit-Retry-After"))
+    return check(response, what=what, ok=ok, retry_after=hint)
+
+
+def _form_head(video_id: str | None, filename: str, boundary: str) -> bytes:
+    """The multipart preamble: ``videoId`` first (as api.video's uploader does), then ``file``."""
+    # Escaped as browsers and urllib3 do (WHATWG): '"', CR and LF; the rest goes as UTF-8.
+    quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    head = ""
+    if video_id:
+        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"videoId\"\r\n\r\n"
+                 f"{video_id}\r\n")
+    head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+             f"filename=\"{quoted}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
+    return head.encode("utf-8")
+
+
+class _Api:
+    """Requests to api.video: the upload token for /upload, the API key for the rest."""
+
+    def __init__(self, options: ApiVideoOptions, client: httpx.Client) -> None:
+        self.base = options.base_url.rstrip("/")
+        self.client = client
+        self.token = options.upload_token.reveal()
+        redact.register(self.token)
+        self._headers: dict[str, str] | None = None
+        if options.api_key is not None:
+            key = options.api_key.reveal()
+            basic = base64.b64encode(f"{key}:".encode()).decode("ascii")
+            redact.register(key)
+            redact.register(basic)
+            self._headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+
+    @property
+    def has_key(self) -> bool:
+        return self._headers is not None
+
+    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
+             params: dict[str, Any] | None = None, body: Any = None) -> Any:
+        """One API-key request; its JSON answer (None for 204), or a mapped error."""
+        assert self._headers is not None, "API calls need api_key"
+        kwargs: dict[str, Any] = {"headers": self._headers, "params": params}
+        if body is not None:
+            kwargs["json"] = body
+        response = _check(send(self.client, method, self.base + path, what=what, **kwargs),
+                          what=what, ok=ok)
+        return None if response.status_code == 204 else json_body(response, what=what)
+
+    def video_path(self, video_id: str, suffix: str = "") -> str:
+        return f"/videos/{quote(video_id, safe='')}{suffix}"
+
+    def status(self, video_id: str) -> dict[str, Any] | None:
+        """``GET /videos/{id}/status`` -> its ``ingest`` object; None if the video is gone."""
+        what = "apivideo: video status"
+        try:
+            data = self.call("GET", self.video_path(video_id, "/status"), what=what)
+        except PermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        ingest = data.get("ingest") if isinstance(data, dict) else None
+        return ingest if isinstance(ingest, dict) else {}
+
+    def post_chunk(self, video_id: str | None, filename: str, part: Part) -> httpx.Response:
+        """Send one chunk to ``POST /upload?token=…`` as a streamed multipart form."""
+        boundary = "syncd-" + secrets.token_hex(16)
+        head, tail = _form_head(video_id, filename, boundary), f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            yield from part.stream()
+            yield tail
+
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + part.size + len(tail)),
+            "Content-Range": f"bytes {part.offset}-{part.end - 1}/{part.file_size}",
+            "Accept": "application/json",
+        }
+        return send(self.client, "POST", self.base + "/upload", what=f"apivideo: chunk {part.number}",
+                    params={"token": self.token}, headers=headers, content=body())
+
+
+def _metadata(item: UploadItem) -> dict[str, Any]:
+    """Tags and metadata for the video: labels, category, and the ledger row's uuid."""
+    meta = [{"key": "category", "value": item.category}] if item.category is not None else []
+    meta.append({"key": UUID_KEY, "value": item.uuid})
+    return {"tags": list(item.labels), "metadata": meta}
+
+
+def _held_parts(ingest: dict[str, Any], size: int, part_size: int) -> set[int]:
+    """Numbers of the parts wholly inside the byte ranges the server says it holds."""
+    ranges = []
+    for r in ingest.get("receivedBytes") or []:
+        if isinstance(r, dict) and isinstance(r.get("from"), int) and isinstance(r.get("to"), int):
+            ranges.append((r["from"], r["to"]))
+    held = set()
+    for n in range(1, _chunked.part_count(size, part_size) + 1):
+        first, last = (n - 1) * part_size, min(n * part_size, size) - 1
+        if any(a <= first and last <= b for a, b in ranges):
+            held.add(n)
+    return held
+
+
+class _Chunks:
+    """api.video's Content-Range chunks as a :class:`~._chunked.ChunkedService`."""
+
+    kind = "apivideo-chunks"
+    # 5 MiB .. 128 MiB: what api.video's own clients allow (protocols.md §4.3).
+    rules = PartRules(min_size=5 * MiB, max_size=128 * MiB, max_parts=100_000, empty_parts=1)
+
+    def __init__(self, api: _Api, options: ApiVideoOptions) -> None:
+        self.api = api
+        self.options = options
+
+    def plan(self, size: int) -> int:
+        return self.options.chunk_size
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        if not self.api.has_key:
+            # The first chunk creates the video.
+            return Opened({"video_id": None, "via": "token", "filename": item.name})
+        found = self._find(item.uuid)
+        if found is not None:
+            return Opened({**found, "filename": item.name})
+        what = "apivideo: create video"
+        video = self.api.call("POST", "/videos", what=what, ok=(201, 202),
+                              body={"title": item.name, **_metadata(item)})
+        return Opened({"video_id": require(video, "videoId", what=what), "via": "api",
+                       "filename": item.name})
+
+    def _find(self, uuid: str) -> dict[str, Any] | None:
+        """A session for a video an earlier attempt made for this row, when it can be reused.
+
+        Reusable: an empty video (its checkpoint was lost before any chunk)
+        or a complete one (nothing left to send). A partly uploaded one is
+        deleted: its chunk layout is unknown, so it is cheaper to start over.
+        """
+        what = "apivideo: find video by uuid"
+        data = self.api.call("GET", "/videos", what=what,
+                             params={f"metadata[{UUID_KEY}]": uuid, "pageSize": 25})
+        videos = data.get("data") if isinstance(data, dict) else None
+        for video in videos if isinstance(videos, list) else []:
+            meta = video.get("metadata") if isinstance(video, dict) else None
+            if not isinstance(meta, list) or {"key": UUID_KEY, "value": uuid} not in meta:
+                continue  # a server that ignored the filter
+            video_id = video.get("videoId")
+            ingest = self.api.status(video_id) if isinstance(video_id, str) else None
+            if ingest is None:
+                continue
+            if ingest.get("status") in COMPLETE:
+                log.info("apivideo: video %s already holds this file; not sending it again",
+                         video_id)
+                return {"video_id": video_id, "via": "api", "_complete": True}
+            if not ingest.get("receivedBytes") and not (ingest.get("receivedParts") or {}).get(
+                    "parts"):
+                return {"video_id": video_id, "via": "api"}
+            log.info("apivideo: deleting the partial video %s of an earlier attempt", video_id)
+            self.abort({"video_id": video_id})
+        return None
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        video_id = session.get("video_id")
+        return (session.get("via") in ("token", "api")
+                and isinstance(session.get("filename"), str)
+                and (video_id is None or (isinstance(video_id, str) and bool(video_id))))
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        video_id = session.get("video_id")
+        if session.get("_complete"):
+            return str(video_id)  # the server holds the whole file already
+        what = f"apivideo: chunk {part.number}"
+        response = self.api.post_chunk(video_id, session["filename"], part)
+        status = response.status_code
+        if status in (400, 403, 404):
+            slug, name = _problem(response)
+            if status == 400 and slug == ALREADY_UPLOADED and video_id:
+                log.info("apivideo: video %s already has its whole source; done", video_id)
+                session["_complete"] = True
+                return str(video_id)
+            detail = error_text(response)
+            if status == 404 and name == "videoId":
+                raise SessionLost(f"{what}: video {video_id} no longer exists", status=404)
+            if status == 404:  # the only other thing /upload can miss is the token
+                raise FatalError(f"{what}: HTTP 404: api.video does not know the upload token "
+                                 f"(unknown, deleted or expired): {detail}", status=404)
+            if status == 403:
+                raise ExpiredError(f"{what}: HTTP 403: {detail}", status=403)
+        _check(response, what=what, ok=(200, 201))
+        video = json_body(response, what=what)
+        returned = require(video, "videoId", what=what)
+        if video_id is None:
+            session["video_id"] = video_id = returned  # the first chunk made the video
+        elif returned != video_id:
+            raise PermanentError(f"{what}: the server answered for video {returned}, "
+                                 f"not {video_id}")
+        if part.last:
+            session["_video"] = video
+        return str(video_id)
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        return None  # nothing is signed: the same request is simply sent again
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        video_id = session["video_id"]
+        video = session.get("_video")
+        if not isinstance(video, dict) and self.api.has_key:
+            video = self.api.call("GET", self.api.video_path(video_id),
+                                  what="apivideo: get video")
+        return _receipt(video_id, video if isinstance(video, dict) else {}, len(parts))
+
+    def abort(self, session: dict[str, Any]) -> None:
+        video_id = session.get("video_id")
+        if not video_id or not self.api.has_key:
+            return None  # an upload token cannot delete anything
+        ingest = self.api.status(video_id)
+        if ingest is None or ingest.get("status") in COMPLETE:
+            return None  # gone already, or finished: a complete video is never deleted here
+        try:
+            self.api.call("DELETE", self.api.video_path(video_id), what="apivideo: delete video",
+                          ok=(200, 202, 204))
+        except PermanentError as exc:
+            if exc.status != 404:
+                raise
+
+
+def _receipt(video_id: str, video: dict[str, Any], chunks: int) -> Receipt:
+    """The receipt: the video id, and its asset URLs without query strings."""
+    raw = video.get("assets")
+    assets: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    urls = {k: redact.strip_query(v) for k, v in assets.items()
+            if k in ("player", "hls", "mp4", "thumbnail") and isinstance(v, str) and v}
+    details: dict[str, Any] = {"video_id": video_id, "chunks": chunks, **urls}
+    if isinstance(video.get("title"), str):
+        details["title"] = video["title"]
+    return Receipt(remote_id=video_id, url=urls.get("player"), details=details)
+
+
+class ApiVideoDestination:
+    """Uploads to api.video; see the module docstring for the protocol and resume state."""
+
+    TYPE: ClassVar[str] = "apivideo"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
+        labels="video tags (requires api_key)",
+        category="video metadata entry 'category' (requires api_key)",
+    )
+    Options: ClassVar[type] = ApiVideoOptions
+
+    def __init__(self, name: str, options: ApiVideoOptions, client: httpx.Client) -> None:
+        self.name = name
+        self.options = options
+        self._api = _Api(options, client)
+        self._chunks = _Chunks(self._api, options)
+
+    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
+               checkpoint: Checkpoint) -> Receipt:
+        if source.size == 0:
+            raise PermanentError("apivideo: the file is empty (0 bytes); api.video cannot hold "
+                                 "an empty video, so nothing was sent")
+        if self._api.has_key and _chunked.is_resume_for(self._chunks, resume):
+            assert resume is not None
+            outcome = self._reconcile(item, source, resume)
+            if isinstance(outcome, Receipt):
+                return outcome
+            resume = outcome
+        return _chunked.run(self._chunks, item, source, resume, checkpoint)
+
+    def _reconcile(self, item: UploadItem, source: Source,
+                   resume: dict[str, Any]) -> dict[str, Any] | Receipt | None:
+        """With api_key: align ``resume`` with what the server holds (module docstring).
+
+        Returns the receipt when the video is already complete, None to start
+        over (the video is gone, or none was made yet), else the resume with
+        ``parts`` set to the chunks the server holds. A failing status call
+        keeps ``resume`` as is.
+        """
+        session = resume["session"]
+        video_id = session.get("video_id")
+        part_size = resume.get("part_size")
+        if video_id is None:
+            return None  # no video yet: start over, through POST /videos now that there is a key
+        if resume.get("size") != source.size or not isinstance(part_size, int) or part_size < 1:
+            return resume  # not for this file: the driver discards it and starts over
+        try:
+            ingest = self._api.status(video_id)
+        except RetryableError as exc:
+            log.info("apivideo: cannot ask what video %s holds (%s); resuming from the "
+                     "checkpoint", video_id, describe(exc))
+            return resume
+        if ingest is None:
+            log.warning("apivideo: video %s no longer exists; starting the upload over", video_id)
+            return None
+        complete = ingest.get("status") in COMPLETE
+        filesize = ingest.get("filesize")
+        if complete and isinstance(filesize, int) and filesize != source.size:
+            raise PermanentError(f"apivideo: video {video_id} already holds a source of "
+                                 f"{filesize} bytes, not this file's {source.size}")
+        if session.get("via") == "token":  # made by a token upload: give it its metadata now
+            self._api.call("PATCH", self._api.video_path(video_id), what="apivideo: update video",
+                           body=_metadata(item))
+        if complete:
+            count = _chunked.part_count(source.size, part_size)
+            return self._chunks.finish(dict(session), [(n, video_id) for n in range(1, count + 1)])
+        held = _held_parts(ingest, source.size, part_size)
+        return {**resume, "parts": {str(n): video_id for n in sorted(held)}}
+
+    def abort(self, resume: dict[str, Any]) -> None:
+        """Delete the incomplete video in ``resume`` (needs api_key; never a complete one)."""
+        _chunked.abort(self._chunks, resume)
+
+    def probe(self) -> str:
+        if not self._api.has_key:
+            what = "apivideo: reach the API"
+            response = send(self._api.client, "GET", self._api.base + "/videos", what=what)
+            if response.status_code >= 500 or response.status_code == 429:
+                _check(response, what=what, ok=())
+            return (f"reachable (HTTP {response.status_code}); the upload token cannot be "
+                    "checked without api_key: the first upload checks it")
+        what = "apivideo: check upload token"
+        try:
+            data = self._api.call("GET", f"/upload-tokens/{quote(self._api.token, safe='')}",
+                                  what=what)
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise FatalError(f"{what}: api.video does not know the upload token (unknown, "
+                                 "deleted or expired)", status=404) from None
+            raise
+        if not isinstance(data, dict):
+            raise RetryableError("apivideo: check upload token: the answer is not an object")
+        expires = data.get("expiresAt")
+        return ("ok: api_key accepted, upload token valid"
+                + (f" until {expires}" if isinstance(expires, str) and expires else
+                   ", never expires"))
+
+    def close(self) -> None:
+        return None
+
+
+__all__ = ["ApiVideoDestination", "ApiVideoOptions"]

@@ -1,0 +1,371 @@
+"""WriftAI file uploads (protocols.md §3): one signed PUT, or server-split multipart.
+
+``protocol = "uploads"`` (the default; what the vendor's SDK 0.30–0.34 does),
+driven by :mod:`._chunked`::
+
+    POST {base}/uploads  {"size", "mime_type"}       -> {"id", "urls": [...], "part_size": P}
+    PUT  urls[i]         (part i+1; Content-Length, Content-Type; no credentials) -> etag header
+    POST {base}/uploads/{id}/complete  {"etags": [...]}  (in URL order)  -> {"download_url"}
+
+``protocol = "urls"`` (the documented Files API of SDK 0.28–0.29)::
+
+    POST {base}/files/urls  {"name", "size", "resource", "mime_type"} -> {"upload_url", "download_url"}
+    PUT  upload_url  (the whole file; exact Content-Length and Content-Type; no credentials)
+
+The token goes only to the API, as ``Authorization: Bearer``; nothing sent
+to storage carries it. WriftAI carries no labels, category or client id, so
+``CAPABILITIES`` is ``(None, None)`` and ``item.uuid`` is not sent.
+
+Receipt: ``url`` is the ``download_url`` without its query (the signature),
+``remote_id`` the upload id (``uploads``) or the download URL's path (``urls``).
+
+Resume state (no URL in clear text)::
+
+    urls:    {"v": 1, "kind": "urls", "object": "<download URL path>"}
+    uploads: {"v": 1, "kind": "uploads", "session": {"id", "mime", "count", "sealed"},
+              "part_size": P, "size": N, "parts": {"1": "\\"etag\\"", ...}}
+
+WriftAI has no endpoint that lists an upload's parts or signs its URLs again,
+so the part URLs from ``POST /uploads`` are the only way to finish an upload.
+They are signed, so they never go into the ledger in clear text: ``sealed``
+is the URL list encrypted and authenticated (:class:`Sealer`) under a key
+derived from the configured token, bound to the upload id. After a crash the
+driver unseals them and sends **only the parts missing from** ``parts``. If
+they cannot be unsealed (the token changed, ``resume_parts = false``), have
+expired (storage 403) or the upload is gone (404), syncd opens a new upload
+and sends every part again; the abandoned upload cannot be cancelled (there
+is no such endpoint) and is left to the service. A ``urls`` upload is one PUT
+and restarts with fresh URLs; ``object`` is only for diagnosis.
+
+Errors: API 401/403 are :class:`~syncd.errors.FatalError`; a 429 waits for
+``Retry-After`` if present, else for ``x-ratelimit-reset`` (epoch seconds,
+WriftAI's own header); a storage 403 is an expired URL (``urls``: ask for new
+URLs, twice at most; ``uploads``: a new upload). Everything else is mapped
+by :mod:`syncd.http`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from syncd import redact
+from syncd.destinations import _chunked
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.errors import ExpiredError, PermanentError, RetryableError
+from syncd.http import RETRY_AFTER_CAP, check, json_body, require, send
+from syncd.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+STORAGE_OK = (200, 201, 204)
+URL_RENEWALS = 2  # fresh /files/urls after a storage 403, per call
+MAX_PARTS = 100_000  # the server splits; this only bounds what a resume may claim
+SEAL_VERSION = "s1"
+_NONCE = 16
+_TAG = 32
+
+
+@dataclass(frozen=True)
+class WriftAIOptions:
+    token: Secret = field(metadata={
+        "doc": "WriftAI API access token (secret), sent as Authorization: Bearer.",
+        "secret": True})
+    base_url: str = field(default="https://api.wrift.ai/v1", metadata={
+        "doc": "API root including /v1.", "nonempty": True, "no_control": True})
+    protocol: str = field(default="uploads", metadata={
+        "doc": 'How files are sent: "uploads" (POST /uploads, server-split parts, resumable) '
+               'or "urls" (POST /files/urls and one PUT).',
+        "choices": ("uploads", "urls")})
+    resource: str = field(default="prediction", metadata={
+        "doc": 'The resource files belong to (protocol "urls" only).',
+        "choices": ("prediction",)})
+    resume_parts: bool = field(default=True, metadata={
+        "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
+               "derived from token, so a crash resends only missing parts; false: a crash "
+               "restarts the upload."})
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("https://", "http://")):
+            raise ValueError(f"base_url must start with https:// or http://, got "
+                             f"{self.base_url!r}")
+
+
+def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds until ``x-ratelimit-reset`` (epoch seconds) on a 429; None otherwise.
+
+    A reset in the past (clock skew) or a malformed value gives None, so the
+    uploader's jittered backoff applies instead of an immediate retry.
+    """
+    if response.status_code != 429:
+        return None
+    try:
+        reset = float(response.headers.get("x-ratelimit-reset", "").strip())
+    except ValueError:
+        return None
+    if not math.isfinite(reset) or reset < now():
+        return None
+    return min(reset - now(), RETRY_AFTER_CAP)
+
+
+class Sealer:
+    """Encrypts and authenticates the part URLs of one upload for the ledger.
+
+    Keys are derived (HMAC-SHA256) from the API token, which never enters the
+    ledger. ``seal`` compresses the JSON URL list, XORs it with a SHAKE-256
+    keystream of (key, random 16-byte nonce) and appends an HMAC-SHA256 tag
+    over the version, the upload id, the nonce and the ciphertext (encrypt,
+    then MAC). ``unseal`` returns None for anything it did not seal with this
+    token for this upload id: another token, another upload, a changed byte.
+    Without the token a sealed value reveals nothing but its length.
+    """
+
+    def __init__(self, token: str) -> None:
+        root = hmac.new(token.encode(), b"syncd wriftai part-url seal", hashlib.sha256).digest()
+        self._enc = hmac.new(root, b"encrypt", hashlib.sha256).digest()
+        self._mac = hmac.new(root, b"authenticate", hashlib.sha256).digest()
+
+    def seal(self, upload_id: str, urls: list[str]) -> str:
+        plain = zlib.compress(json.dumps(urls, separators=(",", ":")).encode(), 9)
+        nonce = os.urandom(_NONCE)
+        cipher = self._xor(nonce, plain)
+        raw = nonce + cipher + self._tag(upload_id, nonce, cipher)
+        return f"{SEAL_VERSION}.{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+
+    def unseal(self, upload_id: str, sealed: str) -> list[str] | None:
+        version, _, text = sealed.partition(".")
+        if version != SEAL_VERSION:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (ValueError, binascii.Error):
+            return None
+        if len(raw) < _NONCE + _TAG:
+            return None
+        nonce, cipher, tag = raw[:_NONCE], raw[_NONCE:-_TAG], raw[-_TAG:]
+        if not hmac.compare_digest(tag, self._tag(upload_id, nonce, cipher)):
+            return None
+        try:
+            urls = json.loads(zlib.decompress(self._xor(nonce, cipher)))
+        except (zlib.error, ValueError):
+            return None
+        if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+            return None
+        return urls
+
+    def _xor(self, nonce: bytes, data: bytes) -> bytes:
+        stream = hashlib.shake_256(self._enc + nonce).digest(len(data))
+        return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(
+            len(data), "big")
+
+    def _tag(self, upload_id: str, nonce: bytes, cipher: bytes) -> bytes:
+        ident = upload_id.encode()
+        message = SEAL_VERSION.encode() + len(ident).to_bytes(4, "big") + ident + nonce + cipher
+        return hmac.new(self._mac, message, hashlib.sha256).digest()
+
+
+class _Api:
+    """Authenticated JSON calls to the WriftAI API (never to storage)."""
+
+    def __init__(self, options: WriftAIOptions, client: httpx.Client,
+                 now: Callable[[], float]) -> None:
+        self.base = options.base_url.rstrip("/")
+        self.client = client
+        self.now = now
+        token = options.token.reveal()
+        redact.register(token)
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def check(self, response: httpx.Response, *, what: str, ok: tuple[int, ...],
+              expired: tuple[int, ...] = ()) -> None:
+        """:func:`syncd.http.check`, with ``x-ratelimit-reset`` as the fallback hint on 429."""
+        check(response, what=what, ok=ok, expired=expired,
+              retry_after=rate_limit_wait(response, self.now))
+
+    def call(self, method: str, path: str, *, what: str, body: Any = None) -> Any:
+        """Send one API request; the decoded JSON answer, or a mapped error."""
+        kwargs: dict[str, Any] = {"headers": self._headers}
+        if body is not None:
+            kwargs["json"] = body
+        response = send(self.client, method, self.base + path, what=what, **kwargs)
+        self.check(response, what=what, ok=(200, 201))
+        return json_body(response, what=what)
+
+
+def _put(api: _Api, url: str, content: Any, *, size: int, mime: str,
+         what: str) -> httpx.Response:
+    """PUT bytes to a signed storage URL: exact length and type, no credentials."""
+    headers = {"Content-Length": str(size), "Content-Type": mime}
+    return send(api.client, "PUT", url, what=what, content=content, headers=headers)
+
+
+class _Uploads:
+    """``POST /uploads`` as a :class:`~._chunked.ChunkedService` (server-dictated parts)."""
+
+    kind = "uploads"
+    rules = PartRules(min_size=1, max_parts=MAX_PARTS, empty_parts=1)
+
+    def __init__(self, api: _Api, options: WriftAIOptions, sealer: Sealer) -> None:
+        self.api = api
+        self.options = options
+        self.sealer = sealer
+
+    def plan(self, size: int) -> int:
+        return max(size, 1)  # a placeholder: open() returns the server's part size
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        what = "wriftai: create upload"
+        data = self.api.call("POST", "/uploads", what=what,
+                             body={"size": source.size, "mime_type": item.content_type})
+        upload_id = require(data, "id", what=what)
+        urls = require(data, "urls", what=what, kind=list)
+        server_part = data.get("part_size")
+        if not isinstance(server_part, int) or isinstance(server_part, bool) or server_part < 0 \
+                or (server_part == 0 and source.size > 0):
+            raise RetryableError(f"{what}: the server's answer lacks a valid 'part_size'")
+        count = _chunked.part_count(source.size, max(server_part, 1))
+        if len(urls) != count or not all(isinstance(u, str) and u for u in urls):
+            raise RetryableError(f"{what}: the server gave {len(urls)} part URLs for "
+                                 f"{count} parts of {server_part} bytes")
+        session: dict[str, Any] = {"id": upload_id, "mime": item.content_type,
+                                   "count": count, "_urls": urls}
+        if self.options.resume_parts:
+            session["sealed"] = self.sealer.seal(upload_id, urls)
+        return Opened(session, part_size=server_part)
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        count = session.get("count")
+        return (all(isinstance(session.get(k), str) and session[k] for k in ("id", "mime"))
+                and isinstance(count, int) and not isinstance(count, bool) and count >= 1
+                and isinstance(session.get("sealed", ""), str))
+
+    def _urls(self, session: dict[str, Any]) -> list[str]:
+        """The part URLs: from this call, or unsealed from the checkpoint."""
+        urls = session.get("_urls")
+        if isinstance(urls, list):
+            return urls
+        sealed = session.get("sealed")
+        if not isinstance(sealed, str):
+            raise SessionLost("wriftai: the part URLs of the unfinished upload were not kept "
+                              "(resume_parts = false); starting a new upload")
+        urls = self.sealer.unseal(session["id"], sealed)
+        if urls is None or len(urls) != session["count"]:
+            raise SessionLost("wriftai: the saved part URLs cannot be opened (was the token "
+                              "changed?); starting a new upload")
+        session["_urls"] = urls
+        return urls
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        urls = self._urls(session)
+        if part.count != len(urls):
+            raise SessionLost(f"wriftai: the upload has {len(urls)} parts, the file "
+                              f"{part.count}; starting a new upload")
+        what = f"wriftai: PUT part {part.number}/{part.count}"
+        response = _put(self.api, urls[part.number - 1], part.stream(), size=part.size,
+                        mime=session["mime"], what=what)
+        if response.status_code == 404:
+            raise SessionLost(f"{what}: HTTP 404 (the upload no longer exists)", status=404)
+        self.api.check(response, what=what, ok=STORAGE_OK, expired=(403,))
+        etag = response.headers.get("etag")
+        if not etag:
+            raise RetryableError(f"{what}: storage answered without an etag")
+        return str(etag)  # as returned, quotes included: complete wants it back
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        raise SessionLost(f"wriftai: the URL of part {part.number} expired and WriftAI cannot "
+                          "sign it again; starting a new upload")
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        what = "wriftai: complete upload"
+        path = f"/uploads/{quote(session['id'], safe='')}/complete"
+        try:
+            data = self.api.call("POST", path, what=what,
+                                 body={"etags": [etag for _, etag in parts]})
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise SessionLost(str(exc), status=404) from None
+            raise
+        download = require(data, "download_url", what=what)
+        return Receipt(remote_id=session["id"], url=redact.strip_query(download),
+                       details={"protocol": "uploads", "parts": len(parts)})
+
+    def abort(self, session: dict[str, Any]) -> None:
+        return None  # WriftAI has no endpoint to cancel an upload
+
+
+class WriftAIDestination:
+    """Uploads to WriftAI; see the module docstring for the protocols and resume state."""
+
+    TYPE: ClassVar[str] = "wriftai"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(labels=None, category=None)
+    Options: ClassVar[type] = WriftAIOptions
+
+    def __init__(self, name: str, options: WriftAIOptions, client: httpx.Client, *,
+                 now: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.options = options
+        self.client = client
+        self._api = _Api(options, client, now)
+        self._uploads = _Uploads(self._api, options, Sealer(options.token.reveal()))
+
+    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
+               checkpoint: Checkpoint) -> Receipt:
+        # The configured protocol wins: a resume of the other kind starts over.
+        if self.options.protocol == "uploads":
+            return _chunked.run(self._uploads, item, source, resume, checkpoint)
+        return self._upload_urls(item, source, checkpoint)
+
+    def _upload_urls(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
+        body = {"name": item.name, "size": source.size, "resource": self.options.resource,
+                "mime_type": item.content_type}
+        renewals = 0
+        while True:
+            what = "wriftai: create file URLs"
+            data = self._api.call("POST", "/files/urls", what=what, body=body)
+            upload_url = require(data, "upload_url", what=what)
+            download_url = require(data, "download_url", what=what)
+            path = urlsplit(download_url).path
+            checkpoint({"v": 1, "kind": "urls", "object": path})
+            what = "wriftai: PUT to storage"
+            response = _put(self._api, upload_url, source.iter_range(0, source.size),
+                            size=source.size, mime=item.content_type, what=what)
+            try:
+                self._api.check(response, what=what, ok=STORAGE_OK, expired=(403,))
+            except ExpiredError:
+                if renewals >= URL_RENEWALS:
+                    raise
+                renewals += 1
+                log.info("wriftai: the upload URL expired; asking for a new one (%d/%d)",
+                         renewals, URL_RENEWALS)
+                continue
+            return Receipt(remote_id=path or redact.strip_query(download_url),
+                           url=redact.strip_query(download_url),
+                           details={"protocol": "urls", "resource": self.options.resource})
+
+    def abort(self, resume: dict[str, Any]) -> None:
+        """Nothing to release: WriftAI has no endpoint to cancel an upload."""
+        return None
+
+    def probe(self) -> str:
+        """``GET /user`` (the SDK's ``authenticated_user.get()``): token check, no upload."""
+        data = self._api.call("GET", "/user", what="wriftai: get the authenticated user")
+        name = data.get("name") if isinstance(data, dict) else None
+        return f"ok, authenticated as {name}" if isinstance(name, str) and name else "ok"
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,612 @@
+"""Xvid MediaHub uploads (protocols.md §2): an OAuth token, an upload session, S3 form posts.
+
+::
+
+    POST   {base}/oauth2/token/   form: grant_type=client_credential, client_id, client_secret, scope
+                                  -> {"access_token", "expires_in": "7200"}
+    POST   {base}/files/uploads?object_key=K&pipeline_id=P[&expires_at=E]
+                                  -> {"upload": {id, file: {id}, form_post_url, form_post_params, ...}}
+    POST   form_post_url          multipart/form-data: every form_post_params field, with
+                                  chunk=i and chunks=N, then the bytes as ``file``, last -> 201 XML
+    PUT    {base}/files/uploads/{id}   {"upload": {"nb_chunks": N}}          -> COMPLETING
+    GET    {base}/files/uploads/{id}   polled until neither UPLOADING nor COMPLETING
+    GET    {base}/files/{file_id}      confirms the file;  DELETE it to abort
+
+The access token is cached per destination until 60 s before it expires,
+registered with :mod:`syncd.redact`, and replaced once when a call answers
+403 ``0x0000003`` (the call is then repeated once). Storage gets no token.
+
+The chunk loop is :mod:`._chunked`'s. The session kept in the resume state::
+
+    {"upload_id", "file_id", "object_key", "pipeline_id",
+     "sealed": "<form_post_url + form_post_params, encrypted>", "finished": true?}
+
+``form_post_params`` hold the policy's signature, a credential, so they are
+checkpointed only *sealed*: encrypted and authenticated with keys derived
+from the client secret (HMAC-SHA256 as a stream cipher and as the MAC). The
+ledger thus holds nothing that the client secret does not already grant,
+and a restarted daemon (same secret) can post the missing chunks of the
+same session while its policy is valid. Xvid cannot re-issue the form of an
+existing upload (GET answers without it), so when the policy has expired
+(storage answers 403) or the seal cannot be opened (the secret changed),
+the session is deleted and a new one opened: all chunks are sent again.
+``finished`` is set once the PUT was answered: a resume then only polls.
+
+Errors: any 4xx from the token endpoint, and an API 403 that a new token
+does not cure, are :class:`~syncd.errors.FatalError`; a storage 403 is an
+expired policy (a new session, as above); a 404 for the upload, a PUT
+refused while the upload is still UPLOADING, or a failed final status
+start a new session once per call (:class:`~._chunked.SessionLost`). The
+rest is mapped by :mod:`syncd.http`. docs/destinations/xvid.md has the table.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import json
+import logging
+import math
+import os
+import re
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote
+from xml.sax.saxutils import unescape
+
+import httpx
+
+from syncd import redact
+from syncd.destinations import _chunked
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
+from syncd.destinations.base import (
+    Capabilities,
+    Checkpoint,
+    Receipt,
+    Source,
+    UploadItem,
+    wire_name,
+)
+from syncd.errors import FatalError, PermanentError, RetryableError, describe
+from syncd.http import check, json_body, require, send
+from syncd.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+GRANT_TYPE = "client_credential"  # singular: that is what Xvid documents
+TOKEN_REFUSED = "0x0000003"
+TOKEN_MARGIN = 60.0  # seconds before expiry that a token is replaced
+FALLBACK_TTL = 300.0  # when the token answer has no usable expires_in
+BUSY = frozenset({"UPLOADING", "COMPLETING"})
+FAILED = frozenset({"FAILED", "ERROR", "CANCELLED", "CANCELED", "ABORTED", "DELETED"})
+POLL_FIRST_DELAY = 0.5
+POLL_MAX_DELAY = 10.0
+POLL_TIMEOUT = 300.0  # then retryable: the next attempt only polls again
+STORAGE_OK = (200, 201, 204)
+
+# -- the object_key template ------------------------------------------------------------
+
+PLACEHOLDERS = ("relpath", "name", "labels", "category", "uuid", "date")
+_DISTINCT = {"relpath", "name", "uuid"}  # at least one, or every file gets the same key
+EMPTY = "none"  # what {labels} and {category} become when the folder sets none
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError unless ``template`` is a usable ``object_key`` template."""
+    valid = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"object_key: {exc} in {template!r} "
+                         "(write {{ or }} for a literal brace)") from None
+    used = set()
+    for _, name, spec, conversion in pieces:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS or spec or conversion:
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"object_key: unknown placeholder {{{shown}}} in {template!r} "
+                             f"(valid: {valid})")
+        used.add(name)
+    if not used & _DISTINCT:
+        raise ValueError(f"object_key: {template!r} needs {{relpath}}, {{name}} or {{uuid}}, "
+                         "or every file would get the same key")
+    if template.startswith("/"):
+        raise ValueError(f"object_key: {template!r} must be relative to the pipeline root "
+                         "(no leading '/')")
+
+
+def _segment(text: str) -> str:
+    """One path segment: no control characters, no '/'."""
+    return _CONTROL.sub("_", text).replace("/", "_")
+
+
+def render_object_key(template: str, item: UploadItem, mtime_ns: int) -> str:
+    """The object key of ``item``: see docs/destinations/xvid.md for each placeholder.
+
+    Deterministic for one file version (``{date}`` is the file's modification
+    date, UTC), so every attempt and every new session use the same key.
+    """
+    values = {
+        "relpath": "/".join(_segment(s) for s in item.relpath.split("/")),
+        "name": _segment(item.name),
+        "labels": ",".join(_segment(x).replace(",", "_") for x in item.labels) or EMPTY,
+        "category": _segment(item.category) if item.category else EMPTY,
+        "uuid": item.uuid,
+        "date": time.strftime("%Y-%m-%d", time.gmtime(mtime_ns // 1_000_000_000)),
+    }
+    return template.format_map(values).lstrip("/")
+
+
+@dataclass(frozen=True)
+class XvidOptions:
+    client_id: str = field(metadata={"doc": "OAuth client id of your Xvid API application.",
+                                     "nonempty": True, "no_control": True})
+    client_secret: Secret = field(metadata={"doc": "OAuth client secret (secret).",
+                                            "secret": True})
+    pipeline_id: str = field(metadata={"doc": "Pipeline whose root the object keys are relative to.",
+                                       "nonempty": True, "no_control": True})
+    base_url: str = field(default="https://api.xvid.com/v1",
+                          metadata={"doc": "API root, including /v1."})
+    object_key: str = field(
+        default="uploads/{relpath}",
+        metadata={"doc": "Template of each file's object key; placeholders {relpath} {name} "
+                         "{labels} {category} {uuid} {date}.", "nonempty": True,
+                  "no_control": True})
+    chunk_size: int = field(
+        default=100 * MiB,
+        metadata={"doc": "Larger files are sent as several form posts of this size.",
+                  "unit": "bytes", "min": 5 * MiB, "max": 5 * GiB})
+    expires_at: int | None = field(
+        default=None,
+        metadata={"doc": "Epoch seconds at which Xvid deletes an object no Job used; 0 = never. "
+                         "Unset: Xvid's default (7 days).", "min": 0})
+    scope: str = field(default="mediahub",
+                       metadata={"doc": "OAuth scope(s) to ask for, comma-separated.",
+                                 "nonempty": True, "no_control": True})
+
+    def __post_init__(self) -> None:
+        check_template(self.object_key)
+
+
+# -- the token and the API ------------------------------------------------------------------
+
+
+def _ttl(value: Any) -> float:
+    """Seconds from ``expires_in`` (documented as a string, "7200")."""
+    try:
+        seconds = float(value) if isinstance(value, str | int) and not isinstance(value, bool) \
+            else math.nan
+    except ValueError:
+        seconds = math.nan
+    return seconds if 0 < seconds < math.inf else FALLBACK_TTL
+
+
+class _Auth:
+    """The OAuth access token, cached for every upload of one destination."""
+
+    def __init__(self, options: XvidOptions, client: httpx.Client,
+                 clock: Callable[[], float]) -> None:
+        self.options = options
+        self.client = client
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    def token(self) -> str:
+        """A token valid for a while yet (fetched when there is none or it nears expiry)."""
+        with self._lock:
+            if self._token is None or self.clock() >= self._renew_at:
+                self._store(*self._fetch())
+            assert self._token is not None
+            return self._token
+
+    def refresh(self) -> float:
+        """Fetch a new token now; its lifetime in seconds."""
+        with self._lock:
+            token, ttl = self._fetch()
+            self._store(token, ttl)
+            return ttl
+
+    def forget(self, token: str | None = None) -> None:
+        """Drop the cached token (only if it is still ``token``, when given)."""
+        with self._lock:
+            if token is None or token == self._token:
+                self._token = None
+
+    def _store(self, token: str, ttl: float) -> None:
+        self._token = token
+        self._renew_at = self.clock() + max(ttl - TOKEN_MARGIN, ttl / 2)
+
+    def _fetch(self) -> tuple[str, float]:
+        what = "xvid: get an access token"
+        form = {"grant_type": GRANT_TYPE, "client_id": self.options.client_id,
+                "client_secret": self.options.client_secret.reveal(), "scope": self.options.scope}
+        response = send(self.client, "POST", self.options.base_url.rstrip("/") + "/oauth2/token/",
+                        what=what, data=form, headers={"Accept": "application/json"})
+        try:
+            check(response, what=what)
+        except PermanentError as exc:  # the client id, grant or scope is refused: every file alike
+            raise FatalError(str(exc), status=exc.status) from None
+        data = json_body(response, what=what)
+        token = require(data, "access_token", what=what)
+        redact.register(token)
+        return token, _ttl(data.get("expires_in"))
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["error_code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _Api:
+    """Authenticated JSON calls to the Xvid API (never to storage)."""
+
+    def __init__(self, options: XvidOptions, client: httpx.Client, auth: _Auth) -> None:
+        self.base = options.base_url.rstrip("/")
+        self.client = client
+        self.auth = auth
+
+    def call(self, method: str, path: str, *, what: str, params: dict[str, str] | None = None,
+             body: Any = None) -> Any:
+        """Send one API request; the decoded JSON answer, or a mapped error.
+
+        A 403 ``0x0000003`` (token expired or revoked) gets a new token and
+        one repeat; a second refusal is a FatalError.
+        """
+        token = self.auth.token()
+        response = self._send(method, path, token, what, params, body)
+        if response.status_code == 403 and _error_code(response) == TOKEN_REFUSED:
+            log.info("xvid: the access token was refused (%s); getting a new one", what)
+            self.auth.forget(token)
+            response = self._send(method, path, self.auth.token(), what, params, body)
+        check(response, what=what)
+        return json_body(response, what=what)
+
+    def _send(self, method: str, path: str, token: str, what: str,
+              params: dict[str, str] | None, body: Any) -> httpx.Response:
+        kwargs: dict[str, Any] = {"params": params, "headers": {
+            "Authorization": f"Bearer {token}", "Accept": "application/json"}}
+        if body is not None:
+            kwargs["json"] = body
+        return send(self.client, method, self.base + path, what=what, **kwargs)
+
+
+# -- the sealed form ------------------------------------------------------------------------
+
+_SEAL_VERSION = b"\x01"
+_NONCE = 16
+_TAG = 32
+
+
+def _seal_keys(secret: str) -> tuple[bytes, bytes]:
+    root = hmac.digest(secret.encode(), b"syncd xvid form seal v1", "sha256")
+    return hmac.digest(root, b"encrypt", "sha256"), hmac.digest(root, b"authenticate", "sha256")
+
+
+def _xor_stream(key: bytes, nonce: bytes, data: bytes) -> bytes:
+    """``data`` XOR HMAC-SHA256(key, nonce || counter) blocks: CTR mode over a PRF."""
+    blocks = b"".join(hmac.digest(key, nonce + i.to_bytes(4, "big"), "sha256")
+                      for i in range(-(-len(data) // 32)))
+    mixed = int.from_bytes(data, "big") ^ int.from_bytes(blocks[:len(data)], "big")
+    return mixed.to_bytes(len(data), "big")
+
+
+def seal(secret: str, upload_id: str, form: dict[str, Any]) -> str:
+    """``form`` encrypted and authenticated (bound to ``upload_id``), as base64 text."""
+    enc, mac = _seal_keys(secret)
+    nonce = os.urandom(_NONCE)
+    body = _xor_stream(enc, nonce, json.dumps(form, separators=(",", ":")).encode())
+    tag = hmac.digest(mac, _SEAL_VERSION + nonce + upload_id.encode() + b"\0" + body, "sha256")
+    return base64.b64encode(_SEAL_VERSION + nonce + tag + body).decode("ascii")
+
+
+def unseal(secret: str, upload_id: str, text: str) -> dict[str, Any] | None:
+    """The form sealed by :func:`seal`, or None (another secret or upload, damaged, garbage)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    if len(raw) < 1 + _NONCE + _TAG or raw[:1] != _SEAL_VERSION:
+        return None
+    nonce, tag, body = raw[1:1 + _NONCE], raw[1 + _NONCE:1 + _NONCE + _TAG], raw[1 + _NONCE + _TAG:]
+    enc, mac = _seal_keys(secret)
+    expected = hmac.digest(mac, _SEAL_VERSION + nonce + upload_id.encode() + b"\0" + body, "sha256")
+    if not hmac.compare_digest(tag, expected):
+        return None
+    try:
+        form = json.loads(_xor_stream(enc, nonce, body))
+    except ValueError:
+        return None
+    return form if _valid_form(form) else None
+
+
+def _valid_form(form: Any) -> bool:
+    """``{"url": "http(s)://...", "fields": {str: str}}`` with a key, policy and signature."""
+    if not isinstance(form, dict) or not isinstance(form.get("url"), str):
+        return False
+    fields = form.get("fields")
+    if not (form["url"].startswith(("http://", "https://")) and isinstance(fields, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
+            and all(fields.get(k) for k in ("key", "policy", "signature"))):
+        return False
+    try:  # JSON may carry lone surrogates, which no form can
+        json.dumps(form, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# -- one upload through the chunk driver --------------------------------------------------
+
+
+class _PartFile(io.RawIOBase):
+    """One chunk as a seekable binary file, for httpx's multipart encoder.
+
+    httpx learns the length by seeking, then reads 64 KiB at a time: the chunk
+    streams from the :class:`Source` (hashed, change-checked), never whole.
+    """
+
+    def __init__(self, part: Part) -> None:
+        super().__init__()
+        self._part = part
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._part.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._part.size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._part.source.read(self._part.offset + self._pos, n)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class _Saver:
+    """The checkpoint callback of one ``upload()`` call; remembers the last state saved."""
+
+    def __init__(self, checkpoint: Checkpoint, resume: dict[str, Any] | None) -> None:
+        self._checkpoint = checkpoint
+        self.last = resume
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        self._checkpoint(state)
+        self.last = state
+
+    def finished(self, session: dict[str, Any]) -> None:
+        """Record that the PUT was answered: a resume from here only polls."""
+        assert self.last is not None  # the driver saved the session, or resumed from one
+        public = {k: v for k, v in session.items() if not k.startswith("_") and k != "sealed"}
+        self({**self.last, "session": {**public, "finished": True}})
+
+
+def _etag(response: httpx.Response) -> str | None:
+    etag = response.headers.get("ETag")
+    if not etag:
+        found = re.search(r"<ETag>(.*?)</ETag>", response.text, re.S)
+        etag = unescape(found.group(1), {"&quot;": '"', "&apos;": "'"}) if found else None
+    return etag or None
+
+
+class _Upload:
+    """Xvid's chunked form posts as a :class:`~._chunked.ChunkedService`, for one call."""
+
+    kind = "form"
+    # Xvid documents no chunk limits [?]: S3 POST takes at most 5 GB per request; the
+    # 5 MiB minimum and 10,000 chunks are syncd's own, S3-like, bounds.
+    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, max_parts=10_000, empty_parts=1)
+
+    def __init__(self, dest: XvidDestination, saver: _Saver | None) -> None:
+        self.api = dest.api
+        self.options = dest.options
+        self.sleep = dest.sleep
+        self.clock = dest.clock
+        self.saver = saver
+
+    def plan(self, size: int) -> int:
+        return self.options.chunk_size
+
+    def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
+        what = "xvid: open an upload session"
+        key = render_object_key(self.options.object_key, item, source.mtime_ns)
+        params = {"object_key": key, "pipeline_id": self.options.pipeline_id}
+        if self.options.expires_at is not None:
+            params["expires_at"] = str(self.options.expires_at)
+        data = self.api.call("POST", "/files/uploads", what=what, params=params)
+        upload = require(data, "upload", what=what, kind=dict)
+        upload_id = require(upload, "id", what=what)
+        file = upload.get("file")
+        file_id = file.get("id") if isinstance(file, dict) else None
+        form = {"url": upload.get("form_post_url"), "fields": upload.get("form_post_params")}
+        if not _valid_form(form):
+            raise RetryableError(f"{what}: the answer lacks a valid form_post_url or form_post_params")
+        if not isinstance(file_id, str) or not file_id:
+            file_id = upload_id  # the same value in every documented example
+        server_key = upload.get("object_key")
+        if isinstance(server_key, str) and server_key:
+            key = server_key
+        log.debug("xvid: opened upload %s for object key %r", upload_id, key)
+        sealed = seal(self.options.client_secret.reveal(), upload_id, form)
+        return Opened({"upload_id": upload_id, "file_id": file_id, "object_key": key,
+                       "pipeline_id": self.options.pipeline_id, "sealed": sealed, "_form": form})
+
+    def session_ok(self, session: dict[str, Any]) -> bool:
+        return (all(isinstance(session.get(k), str) and session[k]
+                    for k in ("upload_id", "file_id", "object_key", "pipeline_id"))
+                and isinstance(session.get("sealed", ""), str)
+                and isinstance(session.get("finished", False), bool))
+
+    def _form(self, session: dict[str, Any]) -> dict[str, Any]:
+        form = session.get("_form")
+        if form is None:
+            sealed = session.get("sealed")
+            secret = self.options.client_secret.reveal()
+            form = unseal(secret, session["upload_id"], sealed) if sealed else None
+            if form is None:
+                self._release(session, "its form cannot be unsealed")
+                raise SessionLost(f"xvid: upload {session['upload_id']}: the saved form cannot be "
+                                  "opened (was the client secret changed?)")
+            session["_form"] = form
+        return form
+
+    def send_part(self, session: dict[str, Any], part: Part) -> str:
+        form = self._form(session)
+        fields = dict(form["fields"])  # the server's order; chunk and chunks keep their place
+        fields["chunk"], fields["chunks"] = str(part.number - 1), str(part.count)
+        what = f"xvid: post chunk {part.number - 1} of {part.count} to storage"
+        name = wire_name(fields.get("name") or "blob")
+        # httpx writes data= fields before files=, so ``file`` is the last field, as S3 demands.
+        response = send(self.api.client, "POST", form["url"], what=what, data=fields,
+                        files={"file": (name, _PartFile(part), "application/octet-stream")})
+        check(response, what=what, ok=STORAGE_OK, expired=(403,))
+        etag = _etag(response)
+        if etag is None:
+            raise RetryableError(f"{what}: storage answered without an ETag")
+        return etag
+
+    def renew(self, session: dict[str, Any], part: Part) -> None:
+        # Xvid cannot re-sign the form of an existing upload: start a new one.
+        self._release(session, "its form post policy expired")
+        raise SessionLost(f"xvid: upload {session['upload_id']}: storage refused the form "
+                          "(policy expired)")
+
+    def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
+        path = f"/files/uploads/{quote(session['upload_id'], safe='')}"
+        if not session.get("finished"):
+            what = "xvid: finish upload"
+            try:
+                self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": len(parts)}})
+            except PermanentError as exc:
+                # 404: the upload is gone. 400: the server counts other chunks than we
+                # sent (start over), or it had this PUT already (a lost answer: go on).
+                if exc.status == 404 or (exc.status == 400 and self._status(path) == "UPLOADING"):
+                    self._release(session, "the server refused to finish it")
+                    raise SessionLost(describe(exc), status=exc.status) from None
+                if exc.status != 400:
+                    raise
+            session["finished"] = True
+            if self.saver is not None:
+                self.saver.finished(session)
+        status = self._wait(path)
+        if status in FAILED:
+            self._release(session, f"it ended {status}")
+            raise SessionLost(f"xvid: upload {session['upload_id']} ended with status {status}")
+        file_path = f"/files/{quote(session['file_id'], safe='')}"
+        try:
+            self.api.call("GET", file_path, what="xvid: confirm the file")
+        except PermanentError as exc:
+            if exc.status != 404:
+                raise
+            raise SessionLost(f"xvid: upload {session['upload_id']} ended {status} but its file "
+                              "does not exist", status=404) from None
+        return Receipt(remote_id=session["object_key"], details={
+            "upload_id": session["upload_id"], "file_id": session["file_id"],
+            "pipeline_id": session["pipeline_id"], "status": status, "chunks": len(parts)})
+
+    def _status(self, path: str) -> str:
+        what = "xvid: upload status"
+        try:
+            data = self.api.call("GET", path, what=what)
+        except PermanentError as exc:
+            if exc.status == 404:
+                raise SessionLost(f"{what}: the upload is gone", status=404) from None
+            raise
+        return str(require(require(data, "upload", what=what, kind=dict), "status", what=what))
+
+    def _wait(self, path: str) -> str:
+        """Poll until the status is terminal; RetryableError after POLL_TIMEOUT."""
+        deadline = self.clock() + POLL_TIMEOUT
+        delay = POLL_FIRST_DELAY
+        while True:
+            status = self._status(path)
+            if status not in BUSY:
+                return status
+            if self.clock() + delay > deadline:
+                raise RetryableError(f"xvid: the upload is still {status} after {POLL_TIMEOUT:.0f}s")
+            self.sleep(delay)
+            delay = min(delay * 2, POLL_MAX_DELAY)
+
+    def _release(self, session: dict[str, Any], why: str) -> None:
+        """Best effort: delete an upload that is being given up, logging what fails."""
+        log.info("xvid: giving up upload %s (%s); opening a new one", session["upload_id"], why)
+        try:
+            self.abort(session)
+        except Exception as exc:  # best effort: the new session does not depend on it
+            log.warning("xvid: could not delete upload %s: %s", session["upload_id"], describe(exc))
+
+    def abort(self, session: dict[str, Any]) -> None:
+        if session.get("finished"):  # the file exists (or is being made): never delete it
+            return
+        try:
+            self.api.call("DELETE", f"/files/{quote(session['file_id'], safe='')}",
+                          what="xvid: delete the upload")
+        except PermanentError as exc:
+            if exc.status != 404:  # already gone: nothing to release
+                raise
+
+
+class XvidDestination:
+    """Uploads to Xvid MediaHub; see the module docstring for the protocol and resume state."""
+
+    TYPE: ClassVar[str] = "xvid"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
+        labels="{labels} in the object_key template, if it has one",
+        category="{category} in the object_key template, if it has one",
+    )
+    Options: ClassVar[type] = XvidOptions
+
+    def __init__(self, name: str, options: XvidOptions, client: httpx.Client, *,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.options = options
+        self.sleep = sleep
+        self.clock = clock
+        redact.register(options.client_secret.reveal())
+        self.auth = _Auth(options, client, clock)
+        self.api = _Api(options, client, self.auth)
+
+    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
+               checkpoint: Checkpoint) -> Receipt:
+        saver = _Saver(checkpoint, resume)
+        return _chunked.run(_Upload(self, saver), item, source, resume, saver)
+
+    def abort(self, resume: dict[str, Any]) -> None:
+        """Delete an unfinished upload; a finished one (PUT sent) is left alone."""
+        _chunked.abort(_Upload(self, None), resume)
+
+    def probe(self) -> str:
+        ttl = self.auth.refresh()
+        return f"ok, access token for scope {self.options.scope!r} valid for {ttl:.0f}s"
+
+    def close(self) -> None:
+        self.auth.forget()
+
+
+__all__ = ["XvidDestination", "XvidOptions", "check_template", "render_object_key", "seal",
+           "unseal"]

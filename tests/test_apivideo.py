@@ -1,0 +1,725 @@
+"""api.video (protocols.md §4): the emulation's rules over real loopback HTTP, and the
+destination's flows, resume and error mapping against it (plus a few exact wire
+checks through httpx.MockTransport). Scenarios every destination shares are in
+tests/conformance; the vendor client's view is in test_vendor_apivideo.py."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from syncd.destinations.apivideo import ApiVideoDestination, ApiVideoOptions
+from syncd.destinations.base import Receipt, Source, UploadItem
+from syncd.emulator import Emulator
+from syncd.emulator.apivideo import ApiVideoService
+from syncd.errors import ExpiredError, FatalError, PermanentError, Problem, RetryableError
+from syncd.secrets import Secret
+
+TOKEN = "to-test-apivideo-token"
+KEY = "test-apivideo-key-4c1f"
+MIB = 1024 * 1024
+C = 5 * MIB  # the smallest chunk api.video takes
+UUID = "6a3f0c1e-2b4d-4e5f-8a9b-0c1d2e3f4a5b"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
+    with Emulator(tmp_path / "data", apivideo_token=TOKEN, apivideo_key=KEY,
+                  clock=clock) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def http(emu: Emulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emu.url + "/apivideo", timeout=30) as client:
+        yield client
+
+
+def basic(key: str = KEY, password: str = "") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()}
+
+
+def post_chunk(http: httpx.Client, data: bytes, content_range: str | None = None, *,
+               video_id: str | None = None, token: str = TOKEN, filename: str = "clip.mp4",
+               path: str = "/upload", headers: dict[str, str] | None = None) -> httpx.Response:
+    form = {"videoId": video_id} if video_id else None
+    hdrs = dict(headers or {})
+    if content_range is not None:
+        hdrs["Content-Range"] = content_range
+    params = {"token": token} if path == "/upload" else None
+    return http.post(path, params=params, data=form, files={"file": (filename, data)},
+                     headers=hdrs)
+
+
+def problem(response: httpx.Response) -> tuple[int, str, str]:
+    body = response.json()
+    return response.status_code, body["type"].rpartition("/")[2], body.get("name", "")
+
+
+def stored(emu: Emulator) -> list[dict[str, Any]]:
+    return [u for u in emu.uploads() if u["service"] == "apivideo"]
+
+
+def uploads_logged(emu: Emulator, ok_only: bool = True) -> list[int]:
+    return [e["bytes"] for e in emu.requests() if e["op"] == "apivideo.upload"
+            and (not ok_only or e["status"] == 201)]
+
+
+def service(emu: Emulator) -> ApiVideoService:
+    (svc,) = [s for s in emu.services if isinstance(s, ApiVideoService)]
+    return svc
+
+
+# == the emulator ===================================================================
+
+
+def test_single_upload_and_listing(emu: Emulator, http: httpx.Client) -> None:
+    data = os.urandom(1000)
+    r = post_chunk(http, data, "bytes 0-999/1000", filename="talk.mp4")
+    assert r.status_code == 201, r.text
+    video = r.json()
+    assert video["videoId"].startswith("vi") and video["title"] == "talk.mp4"
+    assert set(video["assets"]) >= {"hls", "player", "mp4", "thumbnail", "iframe"}
+    (row,) = stored(emu)
+    assert row["key"] == row["video_id"] == video["videoId"]
+    assert row["filename"] == "talk.mp4" and row["size"] == 1000
+    assert row["sha256"] == hashlib.sha256(data).hexdigest()
+    assert row["content_type"] == "video/mp4" and row["times_received"] == 1
+    assert uploads_logged(emu) == [1000]  # the log counts the chunk, not the form
+
+
+def test_whole_file_without_content_range(emu: Emulator, http: httpx.Client) -> None:
+    r = post_chunk(http, b"abc")
+    assert r.status_code == 201 and "assets" in r.json()
+    assert stored(emu)[0]["content_range"] == "none"
+
+
+def test_every_response_has_rate_limit_headers(emu: Emulator, http: httpx.Client) -> None:
+    ok = post_chunk(http, b"x", "bytes 0-0/1")
+    bad = post_chunk(http, b"x", "bytes 0-0/1", token="to-nope")
+    nothing = http.get("/nowhere")
+    emu.set_faults(script=[{"op": "apivideo.upload", "kind": "429", "retry_after": 7}])
+    limited = post_chunk(http, b"x", "bytes 0-0/1")
+    for r in (ok, bad, nothing, limited):
+        assert all(h in r.headers for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining",
+                                            "X-RateLimit-Retry-After")), r.headers
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == limited.headers["X-RateLimit-Retry-After"] == "7"
+    assert limited.json() == {"type": "https://docs.api.video/reference/too-many-requests",
+                              "title": "Too many requests.", "status": 429}
+    assert limited.headers["Content-Type"] == "application/problem+json"
+
+
+def test_injected_5xx_is_problem_json(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_faults(script=[{"op": "apivideo.upload", "status": 503}])
+    r = post_chunk(http, b"x", "bytes 0-0/1")
+    assert r.status_code == 503 and r.json()["status"] == 503
+    assert r.json()["type"].startswith("https://docs.api.video/reference/")
+    assert stored(emu) == []
+
+
+def test_unknown_token_is_404_and_stores_nothing(emu: Emulator, http: httpx.Client) -> None:
+    assert problem(post_chunk(http, b"x", "bytes 0-0/1", token="to-wrong")) == (
+        404, "resource-not-found", "token")
+    r = http.post("/upload", files={"file": ("a.mp4", b"x")})  # no token at all
+    assert r.status_code == 404
+    assert stored(emu) == [] and service(emu).unfinished() == []
+
+
+@pytest.mark.parametrize("files, slug", [
+    ({"other": (None, "x")}, "uploaded-file-no-file"),  # a form without a file field
+    ({"file": ("a.mp4", b"")}, "uploaded-file-no-file"),
+    ([("file", ("a.mp4", b"1")), ("file", ("b.mp4", b"2"))], "uploaded-file-multiple-files"),
+])
+def test_file_field_rules(emu: Emulator, http: httpx.Client, files: Any, slug: str) -> None:
+    r = http.post("/upload", params={"token": TOKEN}, files=files)
+    assert problem(r)[:2] == (400, slug)
+    assert stored(emu) == [] and service(emu).unfinished() == []
+
+
+def test_not_multipart_is_refused(http: httpx.Client) -> None:
+    r = http.post("/upload", params={"token": TOKEN}, content=b"raw bytes",
+                  headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("header", ["bytes 0-9/5", "bytes 5-2/10", "bytes=0-9/10", "part 0/3",
+                                    "part 4/3", "parts 1/2", "bytes 0-8/10"])
+def test_malformed_content_range(emu: Emulator, http: httpx.Client, header: str) -> None:
+    r = post_chunk(http, os.urandom(10), header)
+    assert problem(r)[:2] == (400, "video-content-range-malformed"), header
+    assert service(emu).unfinished() == []
+
+
+def test_byte_chunks_rules(emu: Emulator, http: httpx.Client) -> None:
+    data = os.urandom(2 * C + 100)
+    small = post_chunk(http, data[:100], f"bytes 0-99/{len(data)}")
+    assert problem(small)[:2] == (400, "invalid-attribute")  # a non-final chunk under 5 MiB
+    assert service(emu).unfinished() == []  # a refused first chunk makes no video
+    first = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{len(data)}")
+    assert first.status_code == 201 and "assets" not in first.json()
+    vid = first.json()["videoId"]
+    # Without videoId a later chunk cannot be placed.
+    assert problem(post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}"))[1:] \
+        == ("attribute-required", "videoId")
+    # A gap is refused; the held range again is an idempotent 201 that stores nothing.
+    gap = post_chunk(http, data[C + 1:2 * C + 1], f"bytes {C + 1}-{2 * C}/{len(data)}",
+                     video_id=vid)
+    assert problem(gap)[:2] == (400, "video-content-range-malformed")
+    again = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{len(data)}", video_id=vid)
+    assert again.status_code == 201
+    other_total = post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data) + 1}",
+                             video_id=vid)
+    assert problem(other_total)[:2] == (400, "video-content-range-malformed")
+    mixed = post_chunk(http, data[C:2 * C], "part 2/3", video_id=vid)
+    assert problem(mixed)[:2] == (400, "video-content-range-malformed")
+    assert post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}",
+                      video_id=vid).status_code == 201
+    last = post_chunk(http, data[2 * C:], f"bytes {2 * C}-{len(data) - 1}/{len(data)}",
+                      video_id=vid)
+    assert last.status_code == 201 and "assets" in last.json()
+    (row,) = stored(emu)
+    assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["chunks"] == 3
+    assert problem(post_chunk(http, data[2 * C:], f"bytes {2 * C}-{len(data) - 1}/{len(data)}",
+                              video_id=vid)) == (400, "video-source-already-uploaded", "file")
+    assert stored(emu)[0]["times_received"] == 1
+
+
+def test_part_chunks_any_order_and_progressive(emu: Emulator, http: httpx.Client) -> None:
+    a, b, c = os.urandom(C), os.urandom(C), os.urandom(10)
+    vid = post_chunk(http, a, "part 1/3").json()["videoId"]
+    assert post_chunk(http, c, "part 3/3", video_id=vid).status_code == 201
+    assert post_chunk(http, a, "part 1/3", video_id=vid).status_code == 201  # repeated: idempotent
+    assert stored(emu) == []
+    done = post_chunk(http, b, "part 2/3", video_id=vid)
+    assert "assets" in done.json()
+    assert stored(emu)[0]["sha256"] == hashlib.sha256(a + b + c).hexdigest()
+    # Progressive: the total is unknown until the last part.
+    vid2 = post_chunk(http, a, "part 1/*").json()["videoId"]
+    assert problem(post_chunk(http, c, "part 2/*", video_id=vid2))[:2] == (400, "invalid-attribute")
+    assert post_chunk(http, c, "part 2/2", video_id=vid2).status_code == 201
+    assert stored(emu)[1]["sha256"] == hashlib.sha256(a + c).hexdigest()
+
+
+def test_part_chunks_without_video_id_follow_the_open_upload(emu: Emulator,
+                                                             http: httpx.Client) -> None:
+    """api.video-python 1.4.7's upload_with_upload_token never sends videoId."""
+    a, b = os.urandom(C), os.urandom(3)
+    assert post_chunk(http, a, "part 1/2").status_code == 201
+    r = post_chunk(http, b, "part 2/2")
+    assert r.status_code == 201 and "assets" in r.json()
+    assert stored(emu)[0]["sha256"] == hashlib.sha256(a + b).hexdigest()
+    # Two open part-form uploads for the token: ambiguous.
+    post_chunk(http, a, "part 1/2")
+    post_chunk(http, a, "part 1/2")
+    assert problem(post_chunk(http, b, "part 2/2"))[1:] == ("attribute-required", "videoId")
+    # Another token never picks up this token's uploads.
+    r = http.post("/upload-tokens", json={"ttl": 0}, headers=basic())
+    other = r.json()["token"]
+    assert problem(post_chunk(http, b, "part 2/2", token=other))[1:] == (
+        "attribute-required", "videoId")
+
+
+def test_api_key_auth(emu: Emulator, http: httpx.Client) -> None:
+    assert http.get("/videos").status_code == 401
+    assert http.get("/videos", headers=basic(password="x")).status_code == 401  # not KEY:KEY
+    assert http.get("/videos", headers=basic("wrong")).status_code == 401
+    assert http.get("/videos", headers=basic()).status_code == 200
+    assert problem(http.post("/auth/api-key", json={"apiKey": "wrong"}))[:2] == (
+        400, "authentication-invalid-user-credentials")
+    tokens = http.post("/auth/api-key", json={"apiKey": KEY}).json()
+    assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 3600
+    bearer = {"Authorization": "Bearer " + tokens["access_token"]}
+    assert http.get("/videos", headers=bearer).status_code == 200
+    again = http.post("/auth/refresh", json={"refreshToken": tokens["refresh_token"]})
+    assert again.status_code == 200
+    assert http.post("/auth/refresh", json={"refreshToken": tokens["refresh_token"]}
+                     ).status_code == 400  # a refresh token is used once
+
+
+def test_access_tokens_expire(emu: Emulator, http: httpx.Client, clock: Clock) -> None:
+    access = http.post("/auth/api-key", json={"apiKey": KEY}).json()["access_token"]
+    clock.now += 3601
+    assert http.get("/videos", headers={"Authorization": f"Bearer {access}"}).status_code == 401
+
+
+def test_upload_tokens(emu: Emulator, http: httpx.Client, clock: Clock) -> None:
+    r = http.post("/upload-tokens", json={"ttl": 60}, headers=basic())
+    assert r.status_code == 200
+    minted = r.json()
+    assert minted["token"].startswith("to") and minted["ttl"] == 60 and minted["expiresAt"]
+    assert http.get(f"/upload-tokens/{minted['token']}", headers=basic()).status_code == 200
+    assert post_chunk(http, b"x", "bytes 0-0/1", token=minted["token"]).status_code == 201
+    assert len(http.get("/upload-tokens", headers=basic()).json()["data"]) == 2
+    clock.now += 61
+    assert post_chunk(http, b"x", "bytes 0-0/1", token=minted["token"]).status_code == 404
+    assert http.get(f"/upload-tokens/{minted['token']}", headers=basic()).status_code == 404
+    forever = http.post("/upload-tokens", headers=basic()).json()  # no body: ttl 0
+    assert forever["ttl"] == 0 and forever["expiresAt"] is None
+    assert http.delete(f"/upload-tokens/{forever['token']}", headers=basic()).status_code == 204
+    assert post_chunk(http, b"x", "bytes 0-0/1", token=forever["token"]).status_code == 404
+    assert problem(http.post("/upload-tokens", json={"ttl": -1}, headers=basic()))[1:] == (
+        "invalid-attribute", "ttl")
+
+
+def test_videos_crud_status_and_source(emu: Emulator, http: httpx.Client) -> None:
+    assert problem(http.post("/videos", json={}, headers=basic()))[1:] == (
+        "attribute-required", "title")
+    assert problem(http.post("/videos", json={"title": "t", "tags": "x"}, headers=basic()))[1:] \
+        == ("invalid-attribute", "tags")
+    meta = [{"key": "category", "value": "SOURCE"}, {"key": "syncd-uuid", "value": UUID}]
+    r = http.post("/videos", json={"title": "Talk", "tags": ["a", "b"], "metadata": meta},
+                  headers=basic())
+    assert r.status_code == 201
+    vid = r.json()["videoId"]
+    empty = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
+    assert empty["receivedBytes"] == [] and empty["status"] == "uploading"
+    found = http.get("/videos", params={"metadata[syncd-uuid]": UUID}, headers=basic()).json()
+    assert [v["videoId"] for v in found["data"]] == [vid]
+    assert http.get("/videos", params={"metadata[syncd-uuid]": "other"},
+                    headers=basic()).json()["data"] == []
+    assert http.patch(f"/videos/{vid}", json={"tags": ["c"]}, headers=basic()).json()["tags"] == ["c"]
+    data = os.urandom(C + 7)
+    # The API-key source endpoint: chunks in the byte form, the id in the path.
+    src = f"/videos/{vid}/source"
+    assert post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 7}", path=src).status_code == 401
+    assert post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 7}", path=src,
+                      headers=basic()).status_code == 201
+    status = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
+    assert status == {"status": "uploading", "filesize": C + 7,
+                      "receivedBytes": [{"from": 0, "to": C - 1, "total": C + 7}],
+                      "receivedParts": {"parts": [], "total": None}}
+    post_chunk(http, data[C:], f"bytes {C}-{C + 6}/{C + 7}", path=src, headers=basic())
+    status = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
+    assert status["status"] == "uploaded" and len(status["receivedBytes"]) == 2
+    (row,) = stored(emu)
+    assert (row["labels"], row["category"], row["uuid"]) == (["c"], "SOURCE", UUID)
+    assert http.delete(f"/videos/{vid}", headers=basic()).status_code == 204
+    assert http.get(f"/videos/{vid}", headers=basic()).status_code == 404
+    assert problem(http.get("/videos/vi-nope/status", headers=basic())) == (
+        404, "resource-not-found", "videoId")
+
+
+def test_part_form_status(emu: Emulator, http: httpx.Client) -> None:
+    vid = post_chunk(http, os.urandom(C), "part 1/*").json()["videoId"]
+    ingest = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
+    assert ingest["receivedParts"] == {"parts": [1], "total": None}
+    assert ingest["receivedBytes"] == [] and ingest["filesize"] is None
+
+
+def test_partial_uploads_survive_an_emulator_restart(tmp_path: Path) -> None:
+    data = os.urandom(C + 5)
+    with Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu, \
+            httpx.Client(base_url=emu.url + "/apivideo") as http:
+        vid = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 5}").json()["videoId"]
+    with Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu, \
+            httpx.Client(base_url=emu.url + "/apivideo") as http:
+        assert service(emu).unfinished() == [f"{vid} (bytes, 1 chunk(s) held)"]
+        r = post_chunk(http, data[C:], f"bytes {C}-{C + 4}/{C + 5}", video_id=vid)
+        assert r.status_code == 201
+        assert stored(emu)[0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+# == the destination ==============================================================
+
+
+class Crash(Exception):
+    """The process dying right after a checkpoint was written."""
+
+
+class Checkpoints:
+    def __init__(self, crash_when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.states: list[dict[str, Any]] = []
+        self.crash_when = crash_when
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self.states[-1]) if self.states else None
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        self.states.append(json.loads(json.dumps(state)))
+        if self.crash_when is not None and self.crash_when(state):
+            raise Crash()
+
+
+def parts_in(state: dict[str, Any]) -> int:
+    return len(state.get("parts") or {})
+
+
+def make_dest(emu: Emulator, client: httpx.Client, *, key: bool = True, token: str = TOKEN,
+              api_key: str = KEY, chunk: int = C) -> ApiVideoDestination:
+    options = ApiVideoOptions(upload_token=Secret(token),
+                              api_key=Secret(api_key) if key else None,
+                              base_url=emu.url + "/apivideo", chunk_size=chunk)
+    return ApiVideoDestination("videos", options, client)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as c:
+        yield c
+
+
+def write(tmp_path: Path, size: int, name: str = "talk.mp4") -> Path:
+    path = tmp_path / "inbox" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def run(dest: ApiVideoDestination, path: Path, resume: dict[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None, *,
+        labels: tuple[str, ...] = ("talks", "2026"), category: str | None = "SOURCE"
+        ) -> Receipt:
+    st = path.stat()
+    item = UploadItem(uuid=UUID, name=path.name, relpath=path.name, size=st.st_size,
+                      content_type="video/mp4", labels=labels, category=category)
+    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        return dest.upload(item, source, resume, checkpoint or Checkpoints())
+
+
+def assert_stored(emu: Emulator, path: Path) -> dict[str, Any]:
+    (row,) = stored(emu)
+    assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert row["times_received"] == 1 and row["filename"] == path.name
+    assert service(emu).unfinished() == []
+    return row
+
+
+def test_options_validation(tmp_path: Path) -> None:
+    from syncd._options import parse_options
+
+    def parse(table: dict[str, Any]) -> tuple[Any, list[Problem]]:
+        problems: list[Problem] = []
+        opts = parse_options(ApiVideoOptions, table, prefix="destinations.v", base_dir=tmp_path,
+                             problems=problems)
+        return opts, problems
+
+    opts, problems = parse({"upload_token": "to-x"})
+    assert problems == [] and opts.chunk_size == 50 * MIB and opts.api_key is None
+    assert opts.base_url == "https://ws.api.video"
+    for bad in ("4 MiB", "129 MiB"):
+        _, problems = parse({"upload_token": "to-x", "chunk_size": bad})
+        assert [p.key for p in problems] == ["destinations.v.chunk_size"]
+    _, problems = parse({})
+    assert [p.key for p in problems] == ["destinations.v.upload_token"]
+    assert "requires api_key" in (ApiVideoDestination.CAPABILITIES.labels or "")
+    assert "requires api_key" in (ApiVideoDestination.CAPABILITIES.category or "")
+
+
+def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Client,
+                                              tmp_path: Path) -> None:
+    path = write(tmp_path, 1)
+    receipt = run(make_dest(emu, client, key=False), path)
+    row = assert_stored(emu, path)
+    assert [e["op"] for e in emu.requests()] == ["apivideo.upload"]
+    assert row["labels"] == [] and row["category"] is None  # a token cannot carry them
+    assert receipt.remote_id == row["video_id"] and receipt.url and "?" not in receipt.url
+    assert receipt.details["hls"].endswith("/hls/manifest.m3u8")
+
+
+def test_token_only_chunks_carry_the_first_video_id(emu: Emulator, client: httpx.Client,
+                                                    tmp_path: Path) -> None:
+    path = write(tmp_path, 3 * C + 1)
+    checkpoints = Checkpoints()
+    receipt = run(make_dest(emu, client, key=False), path, checkpoint=checkpoints)
+    assert_stored(emu, path)
+    assert uploads_logged(emu) == [C, C, C, 1]
+    assert checkpoints.states[0]["session"] == {"video_id": None, "via": "token",
+                                                "filename": "talk.mp4"}
+    assert {s["session"]["video_id"] for s in checkpoints.states[1:]} == {receipt.remote_id}
+    for state in checkpoints.states:  # the upload token never reaches the ledger
+        assert TOKEN not in json.dumps(state) and KEY not in json.dumps(state)
+
+
+@pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
+def test_resume_after_a_lost_checkpoint(emu: Emulator, client: httpx.Client, tmp_path: Path,
+                                        key: bool) -> None:
+    """The server confirmed chunk 2 but the process died before checkpointing it."""
+    path = write(tmp_path, 2 * C + 9)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client, key=key), path, checkpoint=crashing)
+    lagging = crashing.states[-2]  # the checkpoint after chunk 1 only
+    assert parts_in(lagging) == 1
+    emu.reset_log()
+    run(make_dest(emu, client, key=key), path, lagging)
+    assert_stored(emu, path)
+    # Token only: chunk 2 goes again (the server takes it as a no-op); with api_key
+    # /status says the server holds it, so only chunk 3 is sent.
+    assert uploads_logged(emu) == ([C, 9] if not key else [9])
+
+
+@pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
+def test_resume_after_the_last_chunk_was_confirmed(emu: Emulator, client: httpx.Client,
+                                                   tmp_path: Path, key: bool) -> None:
+    path = write(tmp_path, C + 9)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client, key=key), path, checkpoint=crashing)
+    emu.reset_log()
+    receipt = run(make_dest(emu, client, key=key), path, crashing.states[-2])
+    row = assert_stored(emu, path)
+    assert receipt.remote_id == row["video_id"]
+    if key:  # /status: complete; nothing is sent, the receipt comes from GET /videos/{id}
+        assert uploads_logged(emu, ok_only=False) == []
+        assert receipt.url and receipt.details["hls"]
+    else:  # the last chunk again: video-source-already-uploaded means done
+        assert [e["status"] for e in emu.requests() if e["op"] == "apivideo.upload"] == [400]
+
+
+def test_api_key_flow_sets_metadata_before_the_bytes(emu: Emulator, client: httpx.Client,
+                                                     tmp_path: Path) -> None:
+    path = write(tmp_path, 2 * C + 1, "keynote.mov")
+    checkpoints = Checkpoints()
+    receipt = run(make_dest(emu, client), path, checkpoint=checkpoints)
+    row = assert_stored(emu, path)
+    assert row["labels"] == ["talks", "2026"] and row["category"] == "SOURCE"
+    assert row["uuid"] == UUID and row["title"] == "keynote.mov"
+    ops = [e["op"] for e in emu.requests()]
+    assert ops == ["apivideo.list_videos", "apivideo.create_video", "apivideo.upload",
+                   "apivideo.upload", "apivideo.upload"]
+    assert checkpoints.states[0]["session"]["video_id"] == receipt.remote_id  # before any byte
+    assert receipt.details["chunks"] == 3 and receipt.details["title"] == "keynote.mov"
+
+
+def test_no_category_means_only_the_uuid_entry(emu: Emulator, client: httpx.Client,
+                                               tmp_path: Path) -> None:
+    path = write(tmp_path, 10)
+    run(make_dest(emu, client), path, labels=(), category=None)
+    row = assert_stored(emu, path)
+    assert row["labels"] == [] and row["category"] is None and row["uuid"] == UUID
+
+
+def test_lost_create_checkpoint_reuses_the_empty_video(emu: Emulator, client: httpx.Client,
+                                                       tmp_path: Path) -> None:
+    path = write(tmp_path, 100)
+
+    def fail_first(state: dict[str, Any]) -> None:
+        raise Crash()  # the ledger write after POST /videos never happened
+
+    with pytest.raises(Crash):
+        run(make_dest(emu, client), path, checkpoint=fail_first)
+    assert len(service(emu).unfinished()) == 1
+    run(make_dest(emu, client), path)  # a fresh attempt: resume None
+    assert_stored(emu, path)
+    ops = [e["op"] for e in emu.requests()]
+    assert ops.count("apivideo.create_video") == 1  # one ledger row, one video
+
+
+def test_a_deleted_video_starts_over(emu: Emulator, client: httpx.Client,
+                                     tmp_path: Path) -> None:
+    path = write(tmp_path, C + 1)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 1)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None
+    httpx.delete(f"{emu.url}/apivideo/videos/{saved['session']['video_id']}", headers=basic())
+    receipt = run(make_dest(emu, client), path, saved)
+    assert receipt.remote_id != saved["session"]["video_id"]
+    assert_stored(emu, path)
+
+
+def test_token_video_gets_its_metadata_when_api_key_appears(emu: Emulator,
+                                                            client: httpx.Client,
+                                                            tmp_path: Path) -> None:
+    path = write(tmp_path, C + 1)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 1)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client, key=False), path, checkpoint=crashing)
+    run(make_dest(emu, client, key=True), path, crashing.last)  # api_key added to the config
+    row = assert_stored(emu, path)
+    assert (row["labels"], row["category"], row["uuid"]) == (["talks", "2026"], "SOURCE", UUID)
+
+
+def test_token_session_without_a_video_restarts_through_the_api(emu: Emulator,
+                                                                client: httpx.Client,
+                                                                tmp_path: Path) -> None:
+    path = write(tmp_path, C + 1)
+    crashing = Checkpoints(crash_when=lambda s: True)  # dies at the first checkpoint
+    with pytest.raises(Crash):
+        run(make_dest(emu, client, key=False), path, checkpoint=crashing)
+    assert crashing.last is not None and crashing.last["session"]["video_id"] is None
+    run(make_dest(emu, client, key=True), path, crashing.last)
+    row = assert_stored(emu, path)
+    assert row["uuid"] == UUID and row["labels"] == ["talks", "2026"]
+
+
+@pytest.mark.parametrize("name", ['say "hi".mp4', "back\\slash.mp4", "été 🎬.mov",
+                                  "semi;colon=1.mp4", "a\u201bFE.mp4"])
+def test_file_names_round_trip(emu: Emulator, client: httpx.Client, tmp_path: Path,
+                               name: str) -> None:
+    path = write(tmp_path, 10, name)
+    run(make_dest(emu, client, key=False), path)
+    assert stored(emu)[0]["filename"] == name
+
+
+def test_empty_file_is_refused_without_a_request(emu: Emulator, client: httpx.Client,
+                                                 tmp_path: Path) -> None:
+    path = write(tmp_path, 0)
+    with pytest.raises(PermanentError, match="empty"):
+        run(make_dest(emu, client), path)
+    assert emu.requests() == []
+
+
+@pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
+def test_bad_upload_token_is_fatal_and_secret(emu: Emulator, client: httpx.Client,
+                                              tmp_path: Path, key: bool) -> None:
+    wrong = "to-wrong-token-8e2a"
+    with pytest.raises(FatalError) as info:
+        run(make_dest(emu, client, key=key, token=wrong), write(tmp_path, 10))
+    assert info.value.status == 404 and wrong not in str(info.value)
+    assert "upload token" in str(info.value)
+
+
+def test_bad_api_key_is_fatal(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    with pytest.raises(FatalError) as info:
+        run(make_dest(emu, client, api_key="wrong-key-3a9d"), write(tmp_path, 10))
+    assert info.value.status == 401 and "wrong-key-3a9d" not in str(info.value)
+
+
+def test_other_4xx_is_permanent_and_5xx_retryable(emu: Emulator, client: httpx.Client,
+                                                  tmp_path: Path) -> None:
+    path = write(tmp_path, 10)
+    dest = make_dest(emu, client, key=False)
+    emu.set_faults(script=[{"op": "apivideo.upload", "status": 400}])
+    with pytest.raises(PermanentError):
+        run(dest, path)
+    emu.set_faults(script=[{"op": "apivideo.upload", "status": 502}])
+    with pytest.raises(RetryableError) as info:
+        run(dest, path)
+    assert info.value.status == 502
+
+
+def test_403_is_retried_at_once_but_bounded(emu: Emulator, client: httpx.Client,
+                                            tmp_path: Path) -> None:
+    emu.set_faults(script=[{"op": "apivideo.upload", "kind": "expire", "count": 10}])
+    with pytest.raises(ExpiredError):
+        run(make_dest(emu, client, key=False), write(tmp_path, 10))
+    assert len(uploads_logged(emu, ok_only=False)) == 4  # the first try and 3 renewals
+
+
+def test_abort(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    path = write(tmp_path, 2 * C + 1)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 1)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client, key=False), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None
+    emu.reset_log()
+    make_dest(emu, client, key=False).abort(saved)  # a token deletes nothing
+    assert emu.requests() == [] and len(service(emu).unfinished()) == 1
+    make_dest(emu, client).abort(saved)
+    assert service(emu).unfinished() == []
+    # A complete video is never deleted by abort.
+    done = Checkpoints()
+    run(make_dest(emu, client), write(tmp_path, 10, "b.mp4"), checkpoint=done)
+    assert done.last is not None
+    make_dest(emu, client).abort(done.last)
+    assert len(stored(emu)) == 1
+    assert httpx.get(f"{emu.url}/apivideo/videos/{done.last['session']['video_id']}",
+                     headers=basic()).status_code == 200
+
+
+def test_probe(emu: Emulator, client: httpx.Client) -> None:
+    assert "cannot be checked without api_key" in make_dest(emu, client, key=False).probe()
+    assert make_dest(emu, client).probe().startswith("ok")
+    with pytest.raises(FatalError):
+        make_dest(emu, client, token="to-unknown-1234").probe()
+    with pytest.raises(FatalError):
+        make_dest(emu, client, api_key="nope-nope").probe()
+
+
+# == exact wire details (MockTransport) ==============================================
+
+
+def mock_dest(handler: Callable[[httpx.Request], httpx.Response], *, key: bool = False,
+              chunk: int = C) -> ApiVideoDestination:
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    options = ApiVideoOptions(upload_token=Secret(TOKEN), api_key=Secret(KEY) if key else None,
+                              base_url="https://av.example/", chunk_size=chunk)
+    return ApiVideoDestination("videos", options, client)
+
+
+def test_wire_format_of_chunks(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        video: dict[str, Any] = {"videoId": "vi123"}
+        if request.headers["Content-Range"].endswith(f"-{C}/{C + 1}"):
+            video["assets"] = {"player": "https://embed.example/vod/vi123?token=priv-secret",
+                               "hls": "https://cdn.example/vi123/manifest.m3u8?token=priv"}
+        return httpx.Response(201, json=video)
+
+    path = write(tmp_path, C + 1, 'odd "name".mp4')
+    receipt = mock_dest(handler).upload(
+        UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"),
+        Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
+        None, Checkpoints())
+    first, second = seen
+    for r in seen:
+        assert r.url.path == "/upload" and r.url.params["token"] == TOKEN
+        assert "Authorization" not in r.headers
+        assert r.headers["Content-Length"] == str(len(r.content))
+    assert first.headers["Content-Range"] == f"bytes 0-{C - 1}/{C + 1}"
+    assert second.headers["Content-Range"] == f"bytes {C}-{C}/{C + 1}"
+    assert b'name="videoId"' not in first.content
+    body = second.content
+    assert body.index(b'name="videoId"\r\n\r\nvi123\r\n') < body.index(b'name="file"')
+    assert b'filename="odd %22name%22.mp4"' in body
+    assert receipt.url == "https://embed.example/vod/vi123"
+    assert receipt.details["hls"] == "https://cdn.example/vi123/manifest.m3u8"
+    assert "priv" not in json.dumps(receipt.to_json())
+
+
+def test_429_without_retry_after_uses_the_rate_limit_header(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"status": 429}, headers={"X-RateLimit-Retry-After": "12"})
+
+    path = write(tmp_path, 5)
+    with pytest.raises(RetryableError) as info:
+        mock_dest(handler).upload(
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"),
+            Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
+            None, Checkpoints())
+    assert info.value.status == 429 and info.value.retry_after == 12.0
+
+
+def test_transport_errors_are_retryable_and_hide_the_token(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}")
+
+    path = write(tmp_path, 5)
+    with pytest.raises(RetryableError) as info:
+        mock_dest(handler).upload(
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"),
+            Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
+            None, Checkpoints())
+    assert TOKEN not in str(info.value) and "token=***" in str(info.value)

@@ -1,0 +1,735 @@
+"""Xvid MediaHub: the emulator's strictness (protocols.md §2) and the destination's
+service-specific behaviour, over real loopback HTTP.
+
+The scenarios every destination shares (sizes, resume at part 2, 503, 429,
+abort, ...) run in tests/conformance; this file covers what is Xvid's own:
+the OAuth token (cache, refresh on 403 ``0x0000003``, never logged), the S3
+form post (every field, ``file`` last, policy and signature), chunk
+assembly, policy expiry (a new session), the sealed form in the checkpoint
+(resume after a restart), the finished flag (resume only polls) and the
+``object_key`` template.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from syncd.config import loads
+from syncd.destinations.base import Source, UploadItem
+from syncd.destinations.xvid import (
+    POLL_TIMEOUT,
+    XvidDestination,
+    XvidOptions,
+    check_template,
+    render_object_key,
+    seal,
+    unseal,
+)
+from syncd.emulator import Emulator
+from syncd.emulator.xvid import XvidService
+from syncd.errors import ConfigError, FatalError, RetryableError
+from syncd.secrets import Secret
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1024 * 1024
+CLIENT, SECRET = "xvid-test-client", "xvid-test-secret-7c1e"
+PIPELINE = "53a1ac4914eaa8ffa4fce91b"
+UUID = "0b7e6a2c-3f1d-4c55-9e0a-5d2f8c1b7a90"
+TOKEN_ERROR = {"error": {"error_code": "0x0000003", "error_message": "Invalid access token"}}
+
+
+class Clock:
+    """The emulator's wall clock: real time plus a settable offset (policy and token expiry)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class Monotonic:
+    """The destination's clock (token cache, polling); sleep() advances it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
+    with Emulator(tmp_path / "data", xvid_client=f"{CLIENT}:{SECRET}", url_ttl=60,
+                  clock=clock) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def service(emu: Emulator) -> XvidService:
+    (found,) = [s for s in emu.services if isinstance(s, XvidService)]
+    return found
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=20) as client:
+        yield client
+
+
+@pytest.fixture
+def make_dest(emu: Emulator, http: httpx.Client) -> Callable[..., XvidDestination]:
+    def make(*, client: httpx.Client | None = None, mono: Monotonic | None = None,
+             secret: str = SECRET, **kw: Any) -> XvidDestination:
+        kw.setdefault("chunk_size", 5 * MiB)
+        options = XvidOptions(client_id=CLIENT, client_secret=Secret(secret), pipeline_id=PIPELINE,
+                              base_url=emu.url + "/xvid/v1", **kw)
+        mono = mono or Monotonic()
+        return XvidDestination("media", options, client or http, sleep=mono.sleep, clock=mono)
+    return make
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """Keeps every state (JSON round-tripped, as the ledger would); may crash after one."""
+
+    def __init__(self, crash_when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.states: list[dict[str, Any]] = []
+        self.crash_when = crash_when
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self.states[-1]) if self.states else None
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        self.states.append(json.loads(json.dumps(state)))
+        if self.crash_when is not None and self.crash_when(state):
+            raise Crash()
+
+
+class Crash(Exception):
+    """The process dying right after a durable checkpoint."""
+
+
+def make_file(tmp_path: Path, size: int, name: str = "clip.mp4") -> Path:
+    path = tmp_path / "inbox" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def item_for(path: Path, relpath: str | None = None, **kw: Any) -> UploadItem:
+    kw.setdefault("labels", ("legal", "review-needed"))
+    kw.setdefault("category", "SOURCE")
+    return UploadItem(uuid=UUID, name=path.name, relpath=relpath or path.name,
+                      size=path.stat().st_size, content_type="video/mp4", **kw)
+
+
+def attempt(dest: XvidDestination, path: Path, resume: dict[str, Any] | None = None,
+            checkpoint: Callable[[dict[str, Any]], None] | None = None, **kw: Any) -> Any:
+    st = path.stat()
+    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        return dest.upload(item_for(path, **kw), source, resume, checkpoint or Checkpoints())
+
+
+def ops(emu: Emulator, op: str, status: int | None = None) -> list[dict[str, Any]]:
+    return [e for e in emu.requests()
+            if e["op"] == op and (status is None or e["status"] == status)]
+
+
+def stored(emu: Emulator) -> list[dict[str, Any]]:
+    return [u for u in emu.uploads() if u["service"] == "xvid"]
+
+
+def leftovers(emu: Emulator) -> list[str]:
+    root = Path(emu.store.root) / "sessions" / "xvid"
+    return [str(p.parent.name) for p in root.glob("*/session.json")
+            if json.loads(p.read_text())["state"] == "active" or list(p.parent.glob("part-*"))]
+
+
+def get_token(http: httpx.Client, emu: Emulator, **form: str) -> httpx.Response:
+    body = {"grant_type": "client_credential", "client_id": CLIENT, "client_secret": SECRET,
+            "scope": "mediahub", **form}
+    return http.post(emu.url + "/xvid/v1/oauth2/token/", data=body)
+
+
+def bearer(http: httpx.Client, emu: Emulator) -> dict[str, str]:
+    r = get_token(http, emu)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def open_upload(http: httpx.Client, emu: Emulator, auth: dict[str, str],
+                object_key: str = "uploads/test.mp4") -> dict[str, Any]:
+    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
+                  params={"object_key": object_key, "pipeline_id": PIPELINE})
+    assert r.status_code == 200, r.text
+    return r.json()["upload"]  # type: ignore[no-any-return]
+
+
+def multipart(fields: list[tuple[str, str]], data: bytes, *, file_at: int | None = None
+              ) -> tuple[bytes, dict[str, str]]:
+    """A form body built by hand, so that the field order is the test's choice."""
+    boundary = "xvid-test-boundary"
+    parts: list[tuple[str, bytes, str | None]] = [(n, v.encode(), None) for n, v in fields]
+    parts.insert(len(parts) if file_at is None else file_at, ("file", data, "chunk.bin"))
+    body = b""
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value
+        body += b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def post_chunk(http: httpx.Client, upload: dict[str, Any], data: bytes, chunk: int = 0,
+               chunks: int = 1, *, change: dict[str, str | None] | None = None,
+               file_at: int | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    fields = dict(upload["form_post_params"], chunk=str(chunk), chunks=str(chunks))
+    for name, value in (change or {}).items():
+        if value is None:
+            fields.pop(name)
+        else:
+            fields[name] = value
+    body, form_headers = multipart(list(fields.items()), data, file_at=file_at)
+    return http.post(upload["form_post_url"], content=body, headers={**form_headers,
+                                                                     **(headers or {})})
+
+
+def finish(http: httpx.Client, emu: Emulator, auth: dict[str, str], upload_id: str,
+           nb: int) -> httpx.Response:
+    return http.put(f"{emu.url}/xvid/v1/files/uploads/{upload_id}", headers=auth,
+                    json={"upload": {"nb_chunks": nb}})
+
+
+# -- emulator: token and auth -----------------------------------------------------------------
+
+
+def test_token_is_form_encoded_client_credential_with_string_expiry(
+        http: httpx.Client, emu: Emulator, clock: Clock) -> None:
+    r = get_token(http, emu)
+    assert r.status_code == 200
+    assert r.json()["expires_in"] == "7200" and r.json()["access_token"]
+    plural = get_token(http, emu, grant_type="client_credentials")
+    assert plural.status_code == 400
+    assert plural.json()["error"]["error_code"] == "0x0230001"
+    as_json = http.post(emu.url + "/xvid/v1/oauth2/token/",
+                        json={"grant_type": "client_credential", "client_id": CLIENT,
+                              "client_secret": SECRET, "scope": "mediahub"})
+    assert as_json.status_code == 400
+    assert get_token(http, emu, scope="mediahubb").status_code == 400
+    wrong = get_token(http, emu, client_secret="nope")
+    assert wrong.status_code == 403 and wrong.json()["error"]["error_code"] == "0x0000003"
+
+    short = get_token(http, emu, expires_in="5")
+    assert short.json()["expires_in"] == "5"
+    auth = {"Authorization": f"Bearer {short.json()['access_token']}"}
+    assert http.get(emu.url + "/xvid/v1/files/uploads/nothing", headers=auth).status_code == 404
+    clock.advance(6)
+    expired = http.get(emu.url + "/xvid/v1/files/uploads/nothing", headers=auth)
+    assert (expired.status_code, expired.json()) == (403, TOKEN_ERROR)
+
+
+def test_every_api_call_needs_a_bearer_token(http: httpx.Client, emu: Emulator) -> None:
+    base = emu.url + "/xvid/v1"
+    for method, path in (("POST", "/files/uploads?object_key=a&pipeline_id=p"),
+                         ("GET", "/files/uploads/x"), ("PUT", "/files/uploads/x"),
+                         ("GET", "/files/x"), ("DELETE", "/files/x")):
+        r = http.request(method, base + path)
+        assert (r.status_code, r.json()) == (403, TOKEN_ERROR), (method, path)
+    basic = http.get(base + "/files/x", auth=(CLIENT, SECRET))
+    assert basic.status_code == 403
+    read_only = get_token(http, emu, scope="mediahub_read").json()["access_token"]
+    r = http.post(base + "/files/uploads", params={"object_key": "a", "pipeline_id": PIPELINE},
+                  headers={"Authorization": f"Bearer {read_only}"})
+    assert r.status_code == 403
+
+
+def test_open_answers_the_documented_session(http: httpx.Client, emu: Emulator,
+                                             clock: Clock) -> None:
+    upload = open_upload(http, emu, bearer(http, emu))
+    assert upload["status"] == "UPLOADING" and upload["nb_chunks"] == 0
+    assert upload["file"]["id"] == upload["id"] and upload["pipeline"]["id"] == PIPELINE
+    assert upload["object_key"] == "uploads/test.mp4" and upload["storage_type"] == "S3"
+    assert upload["form_post_url"].startswith(emu.url + "/xvid/v1/_s3/")
+    params = upload["form_post_params"]
+    assert list(params) == ["key", "acl", "success_action_status", "name", "filename", "chunk",
+                            "chunks", "policy", "signature", "AWSAccessKeyId"]
+    assert all(isinstance(v, str) for v in params.values())
+    assert params["key"] == f"tmp/{PIPELINE}/uploads/test.mp4" and params["name"] == "test.mp4"
+    policy = json.loads(base64.b64decode(params["policy"]))
+    assert ["starts-with", "$key", f"tmp/{PIPELINE}/"] in policy["conditions"]
+    assert {"success_action_status": "201"} in policy["conditions"]
+    expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert abs(expires.replace(tzinfo=UTC).timestamp() - (clock() + 60)) < 2
+    assert len(base64.b64decode(params["signature"])) == 20  # HMAC-SHA1, as AWS signature v2
+    bad = http.post(emu.url + "/xvid/v1/files/uploads", headers=bearer(http, emu),
+                    params={"pipeline_id": PIPELINE})
+    assert bad.status_code == 400 and bad.json()["error"]["error_code"] == "0x0230001"
+
+
+# -- emulator: the S3 form post ------------------------------------------------------------------
+
+
+def test_form_post_stores_a_chunk_and_answers_201_xml(http: httpx.Client, emu: Emulator) -> None:
+    upload = open_upload(http, emu, bearer(http, emu))
+    r = post_chunk(http, upload, b"hello")
+    assert r.status_code == 201, r.text
+    assert "<PostResponse>" in r.text and f"<Key>tmp/{PIPELINE}/uploads/test.mp4</Key>" in r.text
+    assert r.headers["ETag"] == f'"{hashlib.md5(b"hello").hexdigest()}"'
+    assert ops(emu, "xvid.post_chunk")[-1]["bytes"] == 5  # the chunk, not the form around it
+
+
+@pytest.mark.parametrize(("change", "file_at", "headers", "status", "code"), [
+    ({}, 0, {}, 400, "InvalidArgument"),                                 # file first
+    ({}, 3, {}, 400, "InvalidArgument"),                                 # file in the middle
+    ({"acl": None}, None, {}, 400, "InvalidArgument"),                   # a field missing
+    ({"x-extra": "1"}, None, {}, 403, "AccessDenied"),                   # a field not in the policy
+    ({"signature": base64.b64encode(b"x" * 20).decode()}, None, {}, 403, "SignatureDoesNotMatch"),
+    ({"AWSAccessKeyId": "AKIAOTHER"}, None, {}, 403, "InvalidAccessKeyId"),
+    ({"key": "tmp/other-pipeline/x.mp4"}, None, {}, 403, "AccessDenied"),  # outside tmp/<pipeline>/
+    ({"acl": "public-read"}, None, {}, 403, "AccessDenied"),
+    ({"chunk": "3", "chunks": "2"}, None, {}, 400, "InvalidArgument"),
+    ({}, None, {"Authorization": "Bearer abc"}, 400, "InvalidArgument"),  # no Bearer to storage
+])
+def test_form_post_refusals_store_nothing(http: httpx.Client, emu: Emulator, service: XvidService,
+                                          change: dict[str, str | None], file_at: int | None,
+                                          headers: dict[str, str], status: int, code: str) -> None:
+    upload = open_upload(http, emu, bearer(http, emu))
+    r = post_chunk(http, upload, b"data", change=change, file_at=file_at, headers=headers)
+    assert r.status_code == status, r.text
+    assert f"<Code>{code}</Code>" in r.text
+    session = service.sessions.get(upload["id"])
+    assert session is not None and session.parts == {}
+
+
+def test_form_post_after_the_policy_expired_is_403(http: httpx.Client, emu: Emulator,
+                                                   clock: Clock) -> None:
+    upload = open_upload(http, emu, bearer(http, emu))
+    clock.advance(61)
+    r = post_chunk(http, upload, b"late")
+    assert r.status_code == 403 and "Policy expired" in r.text
+
+
+def test_form_post_must_be_multipart(http: httpx.Client, emu: Emulator) -> None:
+    upload = open_upload(http, emu, bearer(http, emu))
+    r = http.post(upload["form_post_url"], data=upload["form_post_params"])
+    assert r.status_code == 412 and "<Code>PreconditionFailed</Code>" in r.text
+
+
+# -- emulator: finishing -----------------------------------------------------------------------
+
+
+def test_chunks_are_assembled_in_chunk_order(http: httpx.Client, emu: Emulator,
+                                             clock: Clock) -> None:
+    auth = bearer(http, emu)
+    upload = open_upload(http, emu, auth, "media/big.bin")
+    chunks = [os.urandom(1000), os.urandom(1000), os.urandom(10)]
+    for i in (2, 0, 1):  # any order, and a chunk posted twice replaces itself
+        assert post_chunk(http, upload, chunks[i], i, 3).status_code == 201
+    assert post_chunk(http, upload, chunks[0], 0, 3).status_code == 201
+    r = finish(http, emu, auth, upload["id"], 3)
+    assert r.status_code == 200 and r.json()["upload"]["status"] == "COMPLETING"
+    status_url = f"{emu.url}/xvid/v1/files/uploads/{upload['id']}"
+    assert "form_post_params" not in http.get(status_url, headers=auth).json()["upload"]
+    assert http.get(status_url, headers=auth).json()["upload"]["status"] == "COMPLETED"
+    (row,) = stored(emu)
+    assert Path(row["path"]).read_bytes() == b"".join(chunks)
+    assert row["key"] == f"{PIPELINE}/media/big.bin" and row["object_key"] == "media/big.bin"
+    assert row["filename"] == "big.bin" and row["chunks"] == 3
+    assert row["labels"] == [] and row["category"] is None and row["uuid"] is None
+    again = finish(http, emu, auth, upload["id"], 3)  # a repeated finish stores nothing again
+    assert again.status_code == 200 and stored(emu)[0]["times_received"] == 1
+    file = http.get(f"{emu.url}/xvid/v1/files/{upload['file']['id']}", headers=auth)
+    assert file.status_code == 200 and file.json()["file"]["size"] == 2010
+    assert post_chunk(http, upload, b"more", 0, 3).status_code == 403  # finished: no more chunks
+
+
+def test_nb_chunks_must_match_the_chunks_received(http: httpx.Client, emu: Emulator) -> None:
+    auth = bearer(http, emu)
+    upload = open_upload(http, emu, auth)
+    post_chunk(http, upload, b"a", 0, 3)
+    post_chunk(http, upload, b"b", 1, 3)
+    for nb in (2, 3, 4):
+        r = finish(http, emu, auth, upload["id"], nb)
+        assert r.status_code == 400 and r.json()["error"]["error_code"] == "0x0230001", nb
+    bad_json = http.put(f"{emu.url}/xvid/v1/files/uploads/{upload['id']}", headers=auth,
+                        content=b'{"upload": {"nb_chunks": 2,}}')  # the docs' own example
+    assert bad_json.status_code == 400
+    assert stored(emu) == []
+
+
+def test_delete_aborts_an_unfinished_upload(http: httpx.Client, emu: Emulator) -> None:
+    auth = bearer(http, emu)
+    upload = open_upload(http, emu, auth)
+    post_chunk(http, upload, b"part", 0, 2)
+    r = http.delete(f"{emu.url}/xvid/v1/files/{upload['file']['id']}", headers=auth)
+    assert (r.status_code, r.json()) == (200, {"result": {"status": "SUCCESS"}})
+    gone = http.get(f"{emu.url}/xvid/v1/files/uploads/{upload['id']}", headers=auth)
+    assert gone.status_code == 404 and gone.json()["error"]["error_code"] == "0x0230002"
+    assert post_chunk(http, upload, b"late", 1, 2).status_code == 403
+    assert leftovers(emu) == []
+
+
+def test_injected_faults_speak_each_part_of_the_service(http: httpx.Client, emu: Emulator) -> None:
+    auth = bearer(http, emu)
+    emu.set_faults(script=[{"op": "xvid.open", "status": 503},
+                           {"op": "xvid.post_chunk", "status": 503}])
+    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
+                  params={"object_key": "a", "pipeline_id": PIPELINE})
+    assert r.status_code == 503 and r.json()["error"]["error_code"] == "0x0000001"
+    r = post_chunk(http, open_upload(http, emu, auth), b"x")
+    assert r.status_code == 503 and r.text.startswith("<?xml") and "<Error>" in r.text
+
+
+# -- destination: the token ---------------------------------------------------------------------
+
+
+def test_token_is_cached_and_replaced_before_it_expires(tmp_path: Path, emu: Emulator,
+                                                        make_dest: Callable[..., XvidDestination]
+                                                        ) -> None:
+    mono = Monotonic()
+    dest = make_dest(mono=mono)
+    attempt(dest, make_file(tmp_path, 10, "a.mp4"))
+    attempt(dest, make_file(tmp_path, 10, "b.mp4"))
+    assert len(ops(emu, "xvid.token")) == 1
+    mono.now += 7200 - 59  # within the last minute of the token's life
+    attempt(dest, make_file(tmp_path, 10, "c.mp4"))
+    assert len(ops(emu, "xvid.token")) == 2
+    assert all(e["status"] != 403 for e in emu.requests())  # replaced before any refusal
+
+
+def test_a_refused_token_is_replaced_and_the_call_repeated_once(
+        tmp_path: Path, emu: Emulator, service: XvidService,
+        make_dest: Callable[..., XvidDestination]) -> None:
+    dest = make_dest()
+    attempt(dest, make_file(tmp_path, 10, "a.mp4"))
+    service.expire_tokens()  # revoked or expired early: Xvid answers 403 0x0000003
+    attempt(dest, make_file(tmp_path, 10, "b.mp4"))
+    assert len(ops(emu, "xvid.token")) == 2
+    assert [e["status"] for e in ops(emu, "xvid.open")] == [200, 403, 200]
+    assert len(stored(emu)) == 2
+
+
+def test_bad_credentials_and_a_refused_scope_are_fatal(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    with pytest.raises(FatalError) as info:
+        attempt(make_dest(secret="not-the-secret"), make_file(tmp_path, 10))
+    assert info.value.status == 403 and "not-the-secret" not in str(info.value)
+    with pytest.raises(FatalError) as info:
+        make_dest(scope="nonsense").probe()
+    assert info.value.status == 400
+    assert make_dest().probe().startswith("ok, access token for scope 'mediahub'")
+
+
+def test_no_token_secret_or_signature_in_logs_or_checkpoints(
+        tmp_path: Path, emu: Emulator, service: XvidService,
+        make_dest: Callable[..., XvidDestination], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.DEBUG)
+    issued: list[str] = []  # every policy and signature the emulator hands out
+    sign = service._sign_policy
+
+    def recording_sign(pipeline_id: str) -> tuple[str, str]:
+        policy, signature = sign(pipeline_id)
+        issued.extend((policy, signature))
+        return policy, signature
+
+    monkeypatch.setattr(service, "_sign_policy", recording_sign)
+    dest = make_dest()
+    checkpoints = Checkpoints()
+    attempt(dest, make_file(tmp_path, 5 * MiB + 10), checkpoint=checkpoints)
+    tokens = list(service._tokens)
+    service.expire_tokens()  # the second upload gets a 403 and a new token
+    attempt(dest, make_file(tmp_path, 10, "second.mp4"), checkpoint=checkpoints)
+    tokens += list(service._tokens)
+    assert len(tokens) == 2 and len(issued) == 4
+    saved = json.dumps(checkpoints.states)
+    for secret in [SECRET, *tokens, *issued]:
+        assert secret not in caplog.text
+        assert secret not in saved
+    assert "policy" not in saved and "signature" not in saved and "://" not in saved
+
+
+# -- destination: the form post ------------------------------------------------------------------
+
+
+class Capture(httpx.BaseTransport):
+    """A real transport that keeps a copy of every request (bodies read into memory)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def form_fields(request: httpx.Request) -> list[tuple[str, bytes]]:
+    boundary = request.headers["Content-Type"].split("boundary=")[1].encode()
+    fields = []
+    for part in request.content.split(b"--" + boundary)[1:-1]:
+        head, _, value = part[2:].partition(b"\r\n\r\n")
+        name = head.split(b'name="')[1].split(b'"')[0].decode()
+        fields.append((name, value[:-2]))
+    return fields
+
+
+def test_the_form_post_sends_every_field_then_the_file_last(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    capture = Capture()
+    with httpx.Client(transport=capture, timeout=20) as client:
+        path = make_file(tmp_path, 5 * MiB + 3)
+        attempt(make_dest(client=client), path)
+    opened = next(r for r in capture.requests if r.url.path.endswith("/files/uploads"))
+    posts = [r for r in capture.requests if "/_s3/" in r.url.path]
+    assert len(posts) == 2
+    data = path.read_bytes()
+    for index, post in enumerate(posts):
+        assert "Authorization" not in post.headers and "Content-Length" in post.headers
+        names = [n for n, _ in form_fields(post)]
+        assert names == ["key", "acl", "success_action_status", "name", "filename", "chunk",
+                         "chunks", "policy", "signature", "AWSAccessKeyId", "file"]
+        fields = dict(form_fields(post))
+        assert (fields["chunk"], fields["chunks"]) == (str(index).encode(), b"2")
+        assert fields["file"] == data[index * 5 * MiB:(index + 1) * 5 * MiB]
+    put = next(r for r in capture.requests if r.method == "PUT")
+    assert json.loads(put.content) == {"upload": {"nb_chunks": 2}}
+    assert put.headers["Content-Type"] == "application/json"
+    assert opened.url.params["pipeline_id"] == PIPELINE and "expires_at" not in opened.url.params
+
+
+def test_expires_at_is_sent_when_set(tmp_path: Path, emu: Emulator,
+                                     make_dest: Callable[..., XvidDestination]) -> None:
+    attempt(make_dest(expires_at=0), make_file(tmp_path, 1))
+    assert stored(emu)[0]["expires_at"] == 0
+
+
+def test_an_expired_policy_opens_a_new_session_within_the_call(
+        tmp_path: Path, emu: Emulator, clock: Clock, make_dest: Callable[..., XvidDestination]
+        ) -> None:
+    path = make_file(tmp_path, 2 * 5 * MiB + 100)
+    expired: list[bool] = []
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        if len(state["parts"]) == 1 and not expired:  # chunk 0 confirmed: the policy (60 s) ends
+            clock.advance(61)
+            expired.append(True)
+
+    receipt = attempt(make_dest(), path, checkpoint=checkpoint)
+    (row,) = stored(emu)
+    assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert row["times_received"] == 1
+    assert [e["status"] for e in ops(emu, "xvid.post_chunk")] == [201, 403, 201, 201, 201]
+    assert len(ops(emu, "xvid.open")) == 2 and len(ops(emu, "xvid.delete", 200)) == 1
+    assert leftovers(emu) == []
+    assert receipt.details["upload_id"] == row["upload_id"]
+
+
+# -- destination: resume -----------------------------------------------------------------------
+
+
+def test_a_restarted_daemon_resumes_with_the_sealed_form(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 3 * 5 * MiB + 1)
+    crashing = Checkpoints(crash_when=lambda s: len(s["parts"]) == 2)
+    with pytest.raises(Crash):
+        attempt(make_dest(), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None and saved["session"]["sealed"]
+    emu.reset_log()
+    attempt(make_dest(), path, saved)  # a new instance: nothing in memory survived
+    assert [e["bytes"] for e in ops(emu, "xvid.post_chunk", 201)] == [5 * MiB, 1]
+    assert len(ops(emu, "xvid.open")) == 0
+    (row,) = stored(emu)
+    assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_form_that_cannot_be_unsealed_means_a_new_session(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 2 * 5 * MiB + 1)
+    crashing = Checkpoints(crash_when=lambda s: len(s["parts"]) == 1)
+    with pytest.raises(Crash):
+        attempt(make_dest(), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None
+    raw = bytearray(base64.b64decode(saved["session"]["sealed"]))
+    raw[-1] ^= 1
+    saved["session"]["sealed"] = base64.b64encode(raw).decode()
+    emu.reset_log()
+    attempt(make_dest(), path, saved)
+    assert len(ops(emu, "xvid.post_chunk", 201)) == 3  # every chunk again, in the new session
+    assert len(ops(emu, "xvid.delete", 200)) == 1 and leftovers(emu) == []
+    assert len(stored(emu)) == 1
+
+
+def test_seal_is_bound_to_the_secret_and_the_upload() -> None:
+    form = {"url": "https://s3.example/bucket/", "fields": {"key": "tmp/p/x", "policy": "cG9s",
+                                                            "signature": "c2ln"}}
+    sealed = seal("secret-1", "upload-1", form)
+    assert "c2ln" not in sealed and "s3.example" not in sealed
+    assert unseal("secret-1", "upload-1", sealed) == form
+    assert unseal("secret-2", "upload-1", sealed) is None
+    assert unseal("secret-1", "upload-2", sealed) is None
+    assert unseal("secret-1", "upload-1", "not base64!") is None
+    assert seal("secret-1", "upload-1", form) != sealed  # a fresh nonce every time
+
+
+def test_after_the_put_a_resume_only_polls(tmp_path: Path, emu: Emulator,
+                                           make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 5 * MiB + 1)
+    crashing = Checkpoints(crash_when=lambda s: s["session"].get("finished") is True)
+    with pytest.raises(Crash):
+        attempt(make_dest(), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None and "sealed" not in saved["session"]
+    emu.reset_log()
+    receipt = attempt(make_dest(), path, saved)
+    assert {e["op"] for e in emu.requests()} <= {"xvid.token", "xvid.status", "xvid.file"}
+    assert receipt.remote_id == "uploads/clip.mp4" and receipt.details["status"] == "COMPLETED"
+    assert stored(emu)[0]["times_received"] == 1
+
+
+def test_a_long_completion_is_retried_by_polling_only(
+        tmp_path: Path, emu: Emulator, service: XvidService, monkeypatch: pytest.MonkeyPatch,
+        make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 100)
+    checkpoints = Checkpoints()
+    mono = Monotonic()
+    with monkeypatch.context() as patch:
+        patch.setattr(service, "_status", lambda session, poll: "COMPLETING")
+        with pytest.raises(RetryableError, match="still COMPLETING"):
+            attempt(make_dest(mono=mono), path, checkpoint=checkpoints)
+    assert len(ops(emu, "xvid.status")) >= 5  # polled with growing delays ...
+    assert 0.8 * POLL_TIMEOUT <= mono.now - 1000 <= POLL_TIMEOUT  # ... for at most POLL_TIMEOUT
+    emu.reset_log()
+    attempt(make_dest(), path, checkpoints.last)
+    assert {e["op"] for e in emu.requests()} <= {"xvid.token", "xvid.status", "xvid.file"}
+
+
+def test_abort_leaves_a_finished_upload_alone(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    dest = make_dest()
+    checkpoints = Checkpoints()
+    attempt(dest, make_file(tmp_path, 10), checkpoint=checkpoints)
+    assert checkpoints.last is not None
+    dest.abort(checkpoints.last)  # finished: the file stays
+    assert ops(emu, "xvid.delete") == []
+    assert len(stored(emu)) == 1
+
+
+# -- the object_key template ---------------------------------------------------------------
+
+
+def test_object_key_placeholders(tmp_path: Path) -> None:
+    item = UploadItem(uuid=UUID, name="a b.mov", relpath="sub/dir/a b.mov", size=1,
+                      content_type="video/quicktime", labels=("legal", "review/needed", "a,b"),
+                      category="SOURCE")
+    mtime_ns = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
+    template = "{category}/{labels}/{date}/{uuid}/{relpath}|{name}"
+    assert render_object_key(template, item, mtime_ns) == (
+        f"SOURCE/legal,review_needed,a_b/2026-01-01/{UUID}/sub/dir/a b.mov|a b.mov")
+    bare = UploadItem(uuid=UUID, name="x\ny", relpath="x\ny", size=1, content_type="t")
+    assert render_object_key("uploads/{category}/{labels}/{relpath}", bare, 0) == \
+        "uploads/none/none/x_y"
+    assert render_object_key("{{literal}}/{name}", bare, 0) == "{literal}/x_y"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("uploads/{relpath}/{foo}", "unknown placeholder {foo}"),
+    ("uploads/{name:>10}", "unknown placeholder {name:>10}"),
+    ("uploads/{name!r}", "unknown placeholder {name!r}"),
+    ("uploads/{relpath", "literal brace"),
+    ("uploads/{category}/{labels}", "needs {relpath}, {name} or {uuid}"),
+    ("/uploads/{relpath}", "relative to the pipeline root"),
+    ("uploads/{}", "unknown placeholder {}"),
+])
+def test_object_key_template_validation(template: str, message: str) -> None:
+    with pytest.raises(ValueError, match="object_key: ") as info:
+        check_template(template)
+    assert message in str(info.value)
+
+
+def test_a_bad_template_is_a_config_error_with_its_table(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XVID_TEST_SECRET", SECRET)
+    text = f"""
+[destinations.media]
+type = "xvid"
+client_id = "{CLIENT}"
+client_secret = "env:XVID_TEST_SECRET"
+pipeline_id = "{PIPELINE}"
+object_key = "uploads/{{labelz}}/{{relpath}}"
+chunk_size = "4 MiB"
+
+[[folders]]
+path = "inbox"
+destination = "media"
+"""
+    with pytest.raises(ConfigError) as info:
+        loads(text, base_dir=tmp_path)
+    text_out = str(info.value)
+    assert "destinations.media.chunk_size: must be >= " in text_out
+    good = text.replace('chunk_size = "4 MiB"', 'chunk_size = "8 MiB"')
+    with pytest.raises(ConfigError) as info:
+        loads(good, base_dir=tmp_path)
+    assert "destinations.media: object_key: unknown placeholder {labelz}" in str(info.value)
+    cfg = loads(good.replace("{labelz}", "{labels}"), base_dir=tmp_path)
+    options = cfg.destinations["media"].options
+    assert options.chunk_size == 8 * MiB and options.expires_at is None
+    assert options.base_url == "https://api.xvid.com/v1" and options.scope == "mediahub"
+
+
+def test_the_object_key_carries_labels_and_category(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    dest = make_dest(object_key="media/{category}/{labels}/{uuid}/{relpath}")
+    path = make_file(tmp_path, 10)
+    receipt = attempt(dest, path, relpath="2026/clip.mp4")
+    (row,) = stored(emu)
+    expected = f"media/SOURCE/legal,review-needed/{UUID}/2026/clip.mp4"
+    assert row["object_key"] == expected == receipt.remote_id
+    assert row["filename"] == "clip.mp4"
+
+
+@pytest.mark.parametrize("name", ["ünïcödé file.mp4", 'quote"d.mp4', "per%46cent+plus.mp4",
+                                  "a\u201bFE.mp4", "semi;colon&amp.mp4"])
+def test_weird_names_reach_the_object_key_intact(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination],
+        name: str) -> None:
+    path = make_file(tmp_path, 10, name)
+    receipt = attempt(make_dest(), path, relpath=f"dir with space/{name}")
+    (row,) = stored(emu)
+    assert row["object_key"] == f"uploads/dir with space/{name}" == receipt.remote_id
+    assert row["filename"] == name
