@@ -201,26 +201,55 @@ def finish(ledger: Ledger, row: Row, folder: Any) -> None:
 
 
 def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
-    """Give up on a row: move its file to failed_dir with a sidecar, mark it failed."""
+    """Give up on a row: move its file to failed_dir with a sidecar, mark it failed.
+
+    The target is recorded (``archive_path``) before the move, like an
+    archive move, so :func:`finish_interrupted_failures` can complete a move
+    that a crash cut short instead of losing track of the file.
+    """
     src = row.current_path
     location: str | None = None
-    if row.location is None and os.path.lexists(src):
+    planned = row.archive_path if row.location is None else None
+    if row.location is None and planned and not os.path.lexists(src) and os.path.exists(planned):
+        location = planned  # moved before a crash; only the ledger was behind
+    elif row.location is None and os.path.lexists(src):
         failed_dir = os.path.join(os.fspath(folder.failed_dir), os.path.dirname(row.relpath))
         try:
-            location = move(src, failed_dir, os.path.basename(row.relpath), record=lambda t: None)
-            _write_sidecar(location, row, reason)
+            location = move(src, failed_dir, os.path.basename(row.relpath),
+                            record=lambda t: ledger.set_archive_target(row.id, t),
+                            planned=planned, sha256=row.sha256)
         except OSError as exc:
             log.error("could not move %s to the failed folder (%s); it stays in place",
                       qp(src), exc.strerror or exc)
             location = None
     elif row.location is not None:
         location = row.location
+    if location is not None:
         try:
             _write_sidecar(location, row, reason)
-        except OSError:
-            pass
+        except OSError as exc:
+            log.warning("could not write the reason next to %s: %s", qp(location),
+                        exc.strerror or exc)
     ledger.mark_failed(row.id, error=reason, location=location)
     log.error("failed: %s: %s", qp(row.inbox_path), reason)
+
+
+def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
+    """At startup: rows a crash caught while moving them to failed_dir.
+
+    Such a row is still ``uploading`` (failed moves happen on the worker,
+    before ``mark_failed``) and has a recorded target. Finish the move and
+    mark it failed, so the file is neither lost nor uploaded again.
+    """
+    finished = 0
+    for row in ledger.in_state("uploading"):
+        folder = folders.get(row.folder)
+        if row.archive_path is None or row.location is not None or folder is None:
+            continue
+        to_failed(ledger, row, folder, row.last_error or
+                  "the move to the failed folder was interrupted; see the log before the restart")
+        finished += 1
+    return finished
 
 
 def _write_sidecar(path: str, row: Row, reason: str) -> None:

@@ -397,6 +397,9 @@ class Daemon:
 
     def _recover(self) -> None:
         assert self.ledger is not None
+        moved = archive.finish_interrupted_failures(self.ledger, self.folders)
+        if moved:
+            log.info("finished %d move(s) to a failed folder interrupted by the last stop", moved)
         requeued = self.ledger.requeue_stale()
         if requeued:
             log.info("resuming %d upload(s) interrupted by the last stop", requeued)

@@ -544,7 +544,8 @@ class Ledger:
             for row_id in targets:
                 conn.execute(
                     "UPDATE files SET state = 'queued', attempts = 0, next_attempt_at = ?,"
-                    " updated_at = ?, last_error = NULL WHERE id = ? AND state = 'failed'",
+                    " updated_at = ?, last_error = NULL, archive_path = NULL"
+                    " WHERE id = ? AND state = 'failed'",
                     (now, now, row_id),
                 )
         return [r for r in (self.get(i) for i in targets) if r is not None]

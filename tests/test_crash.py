@@ -125,3 +125,30 @@ def test_random_sigkill_loop(tmp_path: Path, seed: int) -> None:
         s.assert_no_secret()
     finally:
         s.close()
+
+
+def test_crash_while_moving_to_failed_dir(tmp_path: Path) -> None:
+    """A permanent rejection, and the daemon dies between the move and mark_failed."""
+    s = Setup(tmp_path, folders=[{"name": "in"}])
+    try:
+        s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 400, "count": 2}])
+        s.drop("rejected.txt", b"the service refuses this")
+        _run_with_crash(s, "ledger.archive_target:1")  # target recorded, move not done
+        s.start()
+        wait_until(lambda: s.counts().get("failed") == 1, 20, what="failed after restart")
+        assert (s.failed() / "rejected.txt").read_bytes() == b"the service refuses this"
+        assert not (s.inbox() / "rejected.txt").exists()
+        s.invariants(allow_failed=True)
+        s.stop()
+        s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 400, "count": 1}])
+        s.drop("again.txt", b"refused too")
+        _run_with_crash(s, "archive.placed:1")  # linked into failed_dir, source not unlinked
+        s.start()
+        wait_until(lambda: s.counts().get("failed") == 2, 20, what="second failure recorded")
+        assert sorted(p.name for p in s.failed().iterdir() if not p.name.endswith(".json")) == \
+            ["again.txt", "rejected.txt"]
+        assert not (s.inbox() / "again.txt").exists()
+        s.invariants(allow_failed=True)
+        assert [u for u in s.emulator.uploads()] == []
+    finally:
+        s.close()
