@@ -127,7 +127,7 @@ def _find_inode(root: str, inode: int | None, old_path: str) -> str | None:
         device = os.stat(root).st_dev
     except OSError:
         return None
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
             try:

@@ -69,7 +69,7 @@ def test_crash_between_cross_device_copy_and_link(tmp_path: Path) -> None:
             wait_until(lambda: s.all_done(), 30, what="recovery")
             names = sorted(p.name for p in Path(other, "arch").iterdir())
             assert names == ["f0.bin", "f1.bin", "f2.bin"]  # no temp copies, no duplicates
-            for (folder, rel), data in s.dropped.items():
+            for (_folder, rel), data in s.dropped.items():
                 assert sha(Path(other, "arch", rel).read_bytes()) == sha(data)
             assert not any(s.inbox().iterdir())
             assert s.stop() == 0

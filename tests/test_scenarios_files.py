@@ -151,7 +151,7 @@ def test_f5_many_events_for_one_file_make_one_upload(setup) -> None:  # type: ig
     s.start()
     s.wait_started()
     path = s.inbox() / "busy.txt"
-    for i in range(3):  # three open/write/close cycles, then two touches
+    for _ in range(3):  # three open/write/close cycles, then two touches
         with open(path, "ab") as f:
             f.write(b"x" * 10)
     os.utime(path)

@@ -25,11 +25,12 @@ from conformance.targets import Target
 
 from syncd.config import loads
 from syncd.destinations.base import Source, UploadItem
-from syncd.destinations.wriftai import Sealer, WriftAIDestination, WriftAIOptions, rate_limit_wait
+from syncd.destinations.wriftai import WriftAIDestination, WriftAIOptions, rate_limit_wait
 from syncd.emulator import Emulator
 from syncd.emulator.wriftai import DEFAULT_PART_SIZE, MAX_PARTS, PART_SIZE_ENV, find, split_parts
 from syncd.errors import ConfigError, FatalError, RetryableError
 from syncd.http import make_client
+from syncd.seal import Sealer
 from syncd.secrets import Secret
 
 pytestmark = pytest.mark.timeout(60)
@@ -367,7 +368,7 @@ def test_checkpoint_keeps_the_part_urls_sealed(target: Target, tmp_path: Path) -
     assert set(session) == {"id", "mime", "count", "sealed"} and session["count"] == 3
     text = json.dumps(saved)
     assert "http" not in text and "Signature" not in text and TOKEN not in text
-    urls = Sealer(TOKEN).unseal(session["id"], session["sealed"])
+    urls = Sealer(TOKEN, "wriftai part urls").unseal(session["id"], session["sealed"])
     assert urls is not None and len(urls) == 3 and all(f"/{session['id']}/parts/" in u
                                                        for u in urls)
 
@@ -376,7 +377,7 @@ def test_a_resume_that_cannot_be_unsealed_starts_a_new_upload(
         target: Target, tmp_path: Path) -> None:
     path = suite.make_file(tmp_path, 3 * PART)
     saved = crash_after(target, path, 2)
-    target.dest._uploads.sealer = Sealer("a-rotated-token")  # type: ignore[attr-defined]
+    target.dest._uploads.sealer = Sealer("a-rotated-token", "wriftai part urls")  # type: ignore[attr-defined]
     target.emulator.reset_log()
     receipt, sha = suite.attempt(target, path, saved, suite.Checkpoints())
     assert len(target.log("wriftai.initiate_multipart")) == 1
@@ -582,12 +583,12 @@ def test_retry_after_header_wins_over_reset(tmp_path: Path) -> None:
 
 def test_sealer_round_trip_and_refusals() -> None:
     urls = [f"https://s.example/p/{n}?X-Amz-Signature={'ab' * 32}" for n in range(50)]
-    sealer = Sealer(TOKEN)
+    sealer = Sealer(TOKEN, "wriftai part urls")
     sealed = sealer.seal("up1", urls)
     assert sealed.startswith("s1.") and "Signature" not in sealed and "https" not in sealed
     assert sealer.unseal("up1", sealed) == urls
     assert sealer.seal("up1", urls) != sealed  # a fresh nonce each time
-    assert Sealer("another-token").unseal("up1", sealed) is None
+    assert Sealer("another-token", "wriftai part urls").unseal("up1", sealed) is None
     assert sealer.unseal("up2", sealed) is None
     flipped = sealed[:-5] + ("A" if sealed[-5] != "A" else "B") + sealed[-4:]
     for bad in (flipped, "s2" + sealed[2:], "s1.!!", "s1.", "", sealed[:40]):

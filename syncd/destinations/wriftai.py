@@ -28,7 +28,7 @@ Resume state (no URL in clear text)::
 WriftAI has no endpoint that lists an upload's parts or signs its URLs again,
 so the part URLs from ``POST /uploads`` are the only way to finish an upload.
 They are signed, so they never go into the ledger in clear text: ``sealed``
-is the URL list encrypted and authenticated (:class:`Sealer`) under a key
+is the URL list encrypted and authenticated (:class:`syncd.seal.Sealer`) under a key
 derived from the configured token, bound to the upload id. After a crash the
 driver unseals them and sends **only the parts missing from** ``parts``. If
 they cannot be unsealed (the token changed, ``resume_parts = false``), have
@@ -46,16 +46,9 @@ by :mod:`syncd.http`.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import logging
 import math
-import os
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -69,6 +62,7 @@ from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import ExpiredError, PermanentError, RetryableError
 from syncd.http import RETRY_AFTER_CAP, check, json_body, require, send
+from syncd.seal import Sealer
 from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -76,9 +70,6 @@ log = logging.getLogger(__name__)
 STORAGE_OK = (200, 201, 204)
 URL_RENEWALS = 2  # fresh /files/urls after a storage 403, per call
 MAX_PARTS = 100_000  # the server splits; this only bounds what a resume may claim
-SEAL_VERSION = "s1"
-_NONCE = 16
-_TAG = 32
 
 
 @dataclass(frozen=True)
@@ -121,62 +112,6 @@ def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.ti
     if not math.isfinite(reset) or reset < now():
         return None
     return min(reset - now(), RETRY_AFTER_CAP)
-
-
-class Sealer:
-    """Encrypts and authenticates the part URLs of one upload for the ledger.
-
-    Keys are derived (HMAC-SHA256) from the API token, which never enters the
-    ledger. ``seal`` compresses the JSON URL list, XORs it with a SHAKE-256
-    keystream of (key, random 16-byte nonce) and appends an HMAC-SHA256 tag
-    over the version, the upload id, the nonce and the ciphertext (encrypt,
-    then MAC). ``unseal`` returns None for anything it did not seal with this
-    token for this upload id: another token, another upload, a changed byte.
-    Without the token a sealed value reveals nothing but its length.
-    """
-
-    def __init__(self, token: str) -> None:
-        root = hmac.new(token.encode(), b"syncd wriftai part-url seal", hashlib.sha256).digest()
-        self._enc = hmac.new(root, b"encrypt", hashlib.sha256).digest()
-        self._mac = hmac.new(root, b"authenticate", hashlib.sha256).digest()
-
-    def seal(self, upload_id: str, urls: list[str]) -> str:
-        plain = zlib.compress(json.dumps(urls, separators=(",", ":")).encode(), 9)
-        nonce = os.urandom(_NONCE)
-        cipher = self._xor(nonce, plain)
-        raw = nonce + cipher + self._tag(upload_id, nonce, cipher)
-        return f"{SEAL_VERSION}.{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
-
-    def unseal(self, upload_id: str, sealed: str) -> list[str] | None:
-        version, _, text = sealed.partition(".")
-        if version != SEAL_VERSION:
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (ValueError, binascii.Error):
-            return None
-        if len(raw) < _NONCE + _TAG:
-            return None
-        nonce, cipher, tag = raw[:_NONCE], raw[_NONCE:-_TAG], raw[-_TAG:]
-        if not hmac.compare_digest(tag, self._tag(upload_id, nonce, cipher)):
-            return None
-        try:
-            urls = json.loads(zlib.decompress(self._xor(nonce, cipher)))
-        except (zlib.error, ValueError):
-            return None
-        if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
-            return None
-        return urls
-
-    def _xor(self, nonce: bytes, data: bytes) -> bytes:
-        stream = hashlib.shake_256(self._enc + nonce).digest(len(data))
-        return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(
-            len(data), "big")
-
-    def _tag(self, upload_id: str, nonce: bytes, cipher: bytes) -> bytes:
-        ident = upload_id.encode()
-        message = SEAL_VERSION.encode() + len(ident).to_bytes(4, "big") + ident + nonce + cipher
-        return hmac.new(self._mac, message, hashlib.sha256).digest()
 
 
 class _Api:
@@ -264,7 +199,8 @@ class _Uploads:
             raise SessionLost("wriftai: the part URLs of the unfinished upload were not kept "
                               "(resume_parts = false); starting a new upload")
         urls = self.sealer.unseal(session["id"], sealed)
-        if urls is None or len(urls) != session["count"]:
+        if not isinstance(urls, list) or len(urls) != session["count"] or \
+                not all(isinstance(u, str) and u for u in urls):
             raise SessionLost("wriftai: the saved part URLs cannot be opened (was the token "
                               "changed?); starting a new upload")
         session["_urls"] = urls
@@ -321,7 +257,7 @@ class WriftAIDestination:
         self.options = options
         self.client = client
         self._api = _Api(options, client, now)
-        self._uploads = _Uploads(self._api, options, Sealer(options.token.reveal()))
+        self._uploads = _Uploads(self._api, options, Sealer(options.token.reveal(), "wriftai part urls"))
 
     def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
                checkpoint: Checkpoint) -> Receipt:

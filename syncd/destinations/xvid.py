@@ -23,7 +23,7 @@ The chunk loop is :mod:`._chunked`'s. The session kept in the resume state::
 
 ``form_post_params`` hold the policy's signature, a credential, so they are
 checkpointed only *sealed*: encrypted and authenticated with keys derived
-from the client secret (HMAC-SHA256 as a stream cipher and as the MAC). The
+from the client secret (AES-GCM, see :mod:`syncd.seal`). The
 ledger thus holds nothing that the client secret does not already grant,
 and a restarted daemon (same secret) can post the missing chunks of the
 same session while its policy is valid. Xvid cannot re-issue the form of an
@@ -42,13 +42,10 @@ rest is mapped by :mod:`syncd.http`. docs/destinations/xvid.md has the table.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import io
 import json
 import logging
 import math
-import os
 import re
 import string
 import threading
@@ -74,6 +71,7 @@ from syncd.destinations.base import (
 )
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.http import check, json_body, require, send
+from syncd.seal import Sealer
 from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -285,50 +283,14 @@ class _Api:
 
 # -- the sealed form ------------------------------------------------------------------------
 
-_SEAL_VERSION = b"\x01"
-_NONCE = 16
-_TAG = 32
-
-
-def _seal_keys(secret: str) -> tuple[bytes, bytes]:
-    root = hmac.digest(secret.encode(), b"syncd xvid form seal v1", "sha256")
-    return hmac.digest(root, b"encrypt", "sha256"), hmac.digest(root, b"authenticate", "sha256")
-
-
-def _xor_stream(key: bytes, nonce: bytes, data: bytes) -> bytes:
-    """``data`` XOR HMAC-SHA256(key, nonce || counter) blocks: CTR mode over a PRF."""
-    blocks = b"".join(hmac.digest(key, nonce + i.to_bytes(4, "big"), "sha256")
-                      for i in range(-(-len(data) // 32)))
-    mixed = int.from_bytes(data, "big") ^ int.from_bytes(blocks[:len(data)], "big")
-    return mixed.to_bytes(len(data), "big")
-
-
 def seal(secret: str, upload_id: str, form: dict[str, Any]) -> str:
-    """``form`` encrypted and authenticated (bound to ``upload_id``), as base64 text."""
-    enc, mac = _seal_keys(secret)
-    nonce = os.urandom(_NONCE)
-    body = _xor_stream(enc, nonce, json.dumps(form, separators=(",", ":")).encode())
-    tag = hmac.digest(mac, _SEAL_VERSION + nonce + upload_id.encode() + b"\0" + body, "sha256")
-    return base64.b64encode(_SEAL_VERSION + nonce + tag + body).decode("ascii")
+    """``form`` encrypted and authenticated for ``upload_id`` (see :mod:`syncd.seal`)."""
+    return Sealer(secret, "xvid form").seal(upload_id, form)
 
 
 def unseal(secret: str, upload_id: str, text: str) -> dict[str, Any] | None:
     """The form sealed by :func:`seal`, or None (another secret or upload, damaged, garbage)."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        return None
-    if len(raw) < 1 + _NONCE + _TAG or raw[:1] != _SEAL_VERSION:
-        return None
-    nonce, tag, body = raw[1:1 + _NONCE], raw[1 + _NONCE:1 + _NONCE + _TAG], raw[1 + _NONCE + _TAG:]
-    enc, mac = _seal_keys(secret)
-    expected = hmac.digest(mac, _SEAL_VERSION + nonce + upload_id.encode() + b"\0" + body, "sha256")
-    if not hmac.compare_digest(tag, expected):
-        return None
-    try:
-        form = json.loads(_xor_stream(enc, nonce, body))
-    except ValueError:
-        return None
+    form = Sealer(secret, "xvid form").unseal(upload_id, text)
     return form if _valid_form(form) else None
 
 
