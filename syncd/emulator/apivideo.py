@@ -73,15 +73,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from syncd.emulator.forms import FilePart, Form, FormError, boundary, read_form
 from syncd.emulator.server import (
-    CHUNK,
     ApiError,
-    Body,
     Request,
     Response,
     Route,
@@ -99,7 +98,6 @@ TOKEN_TTL_MAX = 2_147_483_647
 ACCESS_TTL = 3600
 DOCS = "https://docs.api.video/reference/"
 FIELD_LIMIT = 64 * 1024
-HEADER_LIMIT = 16 * 1024
 UUID_KEY = "syncd-uuid"
 _BYTES = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)")
 _PART = re.compile(r"part (\d{1,9})/(\d{1,9}|\*)")
@@ -145,140 +143,15 @@ class _Headers(dict[str, str]):
 # -- multipart/form-data, streamed ----------------------------------------------------
 
 
-@dataclass
-class FilePart:
-    """One received file field, streamed to ``path`` in the store's tmp folder."""
-
-    name: str
-    filename: str
-    path: Path
-    size: int = 0
-    md5: str = ""
-    sha256: str = ""
-
-
-@dataclass
-class Form:
-    fields: dict[str, list[str]] = field(default_factory=dict)
-    files: list[FilePart] = field(default_factory=list)
-
-    def discard(self) -> None:
-        for f in self.files:
-            f.path.unlink(missing_ok=True)
-
-
-def _disposition(headers: bytes) -> tuple[str, str | None]:
-    """(name, filename) from a part's Content-Disposition; 400 when unusable."""
-    text = headers.decode("utf-8", "replace")
-    for line in text.split("\r\n"):
-        head, _, value = line.partition(":")
-        if head.strip().lower() != "content-disposition":
-            continue
-        params = dict(
-            (m.group(1).lower(), m.group(2) if m.group(2) is not None else m.group(3))
-            for m in re.finditer(r';\s*([\w*-]+)=(?:"([^"]*)"|([^;\s]*))', value)
-        )
-        if not value.strip().lower().startswith("form-data") or "name" not in params:
-            break
-        # Browsers and urllib3 escape '"', CR and LF in names the WHATWG way.
-        def unescape(s: str) -> str:
-            return s.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
-        filename = params.get("filename")
-        return unescape(params["name"]), unescape(filename) if filename is not None else None
-    raise _bad("invalid-attribute", "Every form part needs Content-Disposition: form-data; name=...")
-
-
 def parse_form(request: Request, temp_path: Callable[[], Path]) -> Form:
-    """Stream a multipart/form-data body: file fields to temp files (hashed), others in memory.
-
-    On any error every temp file is removed and an ApiError (400) raised; a
-    truncated body raises IncompleteBody from the body reader.
-    """
-    ctype = request.headers.get("Content-Type", "")
-    match = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', ctype)
-    if not ctype.lower().startswith("multipart/form-data") or not match:
+    """The upload form (file fields streamed to temp files); 400 problem+json if malformed."""
+    bound = boundary(request.headers.get("Content-Type", ""))
+    if bound is None:
         raise _bad("invalid-attribute", "The request must be multipart/form-data with a boundary")
-    boundary = (match.group(1) or match.group(2)).encode("latin-1")
-    form = Form()
     try:
-        _FormReader(request.body, boundary, form, temp_path).run()
-    except BaseException:
-        form.discard()
-        raise
-    return form
-
-
-class _FormReader:
-    def __init__(self, body: Body, boundary: bytes, form: Form,
-                 temp_path: Callable[[], Path]) -> None:
-        self.body, self.form, self.temp_path = body, form, temp_path
-        self.delim = b"--" + boundary
-        self.sep = b"\r\n" + self.delim
-        self.buf = bytearray()
-
-    def _fill(self) -> None:
-        data = self.body.read(CHUNK)
-        if not data:
-            raise _bad("invalid-attribute", "The multipart body ends before its closing boundary")
-        self.buf += data
-
-    def run(self) -> None:
-        while not (self.buf.startswith(self.delim) or self.sep in self.buf):
-            if len(self.buf) > FIELD_LIMIT:
-                raise _bad("invalid-attribute", "No multipart boundary found")
-            self._fill()
-        start = 0 if self.buf.startswith(self.delim) else self.buf.index(self.sep) + 2
-        del self.buf[: start + len(self.delim)]
-        while True:
-            while len(self.buf) < 2:
-                self._fill()
-            if self.buf.startswith(b"--"):
-                self.body.drain()  # the epilogue
-                return
-            if not self.buf.startswith(b"\r\n"):
-                raise _bad("invalid-attribute", "Malformed multipart boundary line")
-            while (end := self.buf.find(b"\r\n\r\n")) < 0:
-                if len(self.buf) > HEADER_LIMIT:
-                    raise _bad("invalid-attribute", "Multipart part headers too long")
-                self._fill()
-            name, filename = _disposition(bytes(self.buf[2:end]))
-            del self.buf[: end + 4]
-            self._part(name, filename)
-
-    def _part(self, name: str, filename: str | None) -> None:
-        """Consume one part's content up to and including the next delimiter."""
-        is_file = filename is not None or name == "file"
-        part = FilePart(name, filename or "", self.temp_path()) if is_file else None
-        md5, sha, text = hashlib.md5(), hashlib.sha256(), bytearray()
-        out = open(part.path, "wb") if part is not None else None  # noqa: SIM115
-        if part is not None:
-            self.form.files.append(part)  # registered first, so discard() finds it
-        try:
-            while True:
-                idx = self.buf.find(self.sep)
-                cut = idx if idx >= 0 else max(0, len(self.buf) - len(self.sep) + 1)
-                data = bytes(self.buf[:cut])
-                if out is not None and part is not None:
-                    out.write(data)
-                    md5.update(data)
-                    sha.update(data)
-                    part.size += len(data)
-                else:
-                    text += data
-                    if len(text) > FIELD_LIMIT:
-                        raise _bad("invalid-attribute", f"Form field {name!r} is too long", name)
-                del self.buf[:cut]
-                if idx >= 0:
-                    del self.buf[: len(self.sep)]
-                    break
-                self._fill()
-        finally:
-            if out is not None:
-                out.close()
-        if part is not None:
-            part.md5, part.sha256 = md5.hexdigest(), sha.hexdigest()
-        else:
-            self.form.fields.setdefault(name, []).append(text.decode("utf-8", "replace"))
+        return read_form(request.body, bound, temp_path, field_limit=FIELD_LIMIT)
+    except FormError as exc:
+        raise _bad("invalid-attribute", f"Malformed multipart body: {exc}") from None
 
 
 # -- Content-Range --------------------------------------------------------------------

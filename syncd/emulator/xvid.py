@@ -62,16 +62,14 @@ import re
 import secrets
 import threading
 from datetime import UTC, datetime
-from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
+from syncd.emulator.forms import FormError, FormReader, boundary
 from syncd.emulator.server import (
-    CHUNK,
     ApiError,
-    Body,
     Request,
     Response,
     Route,
@@ -372,29 +370,19 @@ class XvidService(Service):
         if request.headers.get("Authorization") is not None:
             raise _s3(400, "InvalidArgument", "POST requires exactly one form of authentication: "
                       "the policy; do not send an Authorization header")
-        boundary = _boundary(request.headers.get("Content-Type") or "")
-        if boundary is None:
+        bound = boundary(request.headers.get("Content-Type") or "")
+        if bound is None:
             raise _s3(412, "PreconditionFailed",
                       "Bucket POST must be of the enclosure-type multipart/form-data")
         if request.content_length is None:
             raise _s3(411, "MissingContentLength", "You must provide the Content-Length HTTP header")
-        reader = _FormReader(request.body, boundary)
-        fields: dict[str, str] = {}
-        name = reader.next_part()
-        while name is not None and name != "file":
-            if name in fields:
-                raise _s3(400, "InvalidArgument", f"The form field {name!r} appears twice")
-            fields[name] = reader.read_value(FIELDS_LIMIT - sum(map(len, fields.values())))
-            name = reader.next_part()
-        if name is None:
-            raise _s3(400, "InvalidArgument", "POST requires a field named 'file'")
-        path = self.store.temp_path()
         try:
-            size, md5, sha256 = reader.read_file(path)
-            after = reader.next_part()
-            if after is not None:
-                raise _s3(400, "InvalidArgument", f"The file must be the last field of the form "
-                          f"(found {after!r} after it; S3 ignores fields after the file)")
+            fields, size, md5, sha256, path = self._read_post(request, bound)
+        except FormError as exc:
+            code = {"too_large": "MaxPostPreDataLengthExceeded",
+                    "encoding": "InvalidArgument"}.get(exc.kind, "MalformedPOSTRequest")
+            raise _s3(400, code, f"The body of your POST request is not acceptable: {exc}") from None
+        try:
             session, chunk, chunks = self._check_form(request.params["bucket"], fields)
             etag = f'"{md5}"'
             with session.lock:
@@ -414,6 +402,32 @@ class XvidService(Service):
                f"<Location>{escape(location)}</Location><Bucket>{BUCKET}</Bucket>"
                f"<Key>{escape(fields['key'])}</Key><ETag>{escape(etag)}</ETag></PostResponse>")
         return Response.xml(xml, 201, {"ETag": etag, "Location": location})
+
+    def _read_post(self, request: Request,
+                   bound: bytes) -> tuple[dict[str, str], int, str, str, Path]:
+        """The form's text fields and its file (streamed to a temp file), S3's way:
+        every field before ``file``, none after it, no field twice."""
+        reader = FormReader(request.body, bound)
+        fields: dict[str, str] = {}
+        part = reader.next_part()
+        while part is not None and part[0] != "file":
+            if part[0] in fields:
+                raise _s3(400, "InvalidArgument", f"The form field {part[0]!r} appears twice")
+            fields[part[0]] = reader.read_value(FIELDS_LIMIT - sum(map(len, fields.values())))
+            part = reader.next_part()
+        if part is None:
+            raise _s3(400, "InvalidArgument", "POST requires a field named 'file'")
+        path = self.store.temp_path()
+        try:
+            size, md5, sha256 = reader.read_file(path)
+            after = reader.next_part()
+            if after is not None:
+                raise _s3(400, "InvalidArgument", f"The file must be the last field of the form "
+                          f"(found {after[0]!r} after it; S3 ignores fields after the file)")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return fields, size, md5, sha256, path
 
     def _check_form(self, bucket: str, fields: dict[str, str]) -> tuple[Session, int, int]:
         """Check the fields like S3 checks a POST policy; the session, chunk and chunk count."""
@@ -467,99 +481,6 @@ def _condition(condition: Any, fields: dict[str, str]) -> tuple[str, bool]:
     if op == "starts-with":
         return name, name in fields and fields[name].startswith(value)
     return name, False
-
-
-def _boundary(content_type: str) -> bytes | None:
-    """The multipart boundary of a ``multipart/form-data`` Content-Type, or None."""
-    message = HeaderParser().parsestr(f"Content-Type: {content_type}\r\n\r\n")
-    boundary = message.get_param("boundary")
-    if message.get_content_type() != "multipart/form-data" or not isinstance(boundary, str):
-        return None
-    return boundary.encode("latin-1") if 1 <= len(boundary) <= 70 else None
-
-
-class _FormReader:
-    """A streaming ``multipart/form-data`` reader: small fields in memory, the file to disk.
-
-    Call :meth:`next_part` for each part's field name (None after the last),
-    then exactly one of :meth:`read_value` or :meth:`read_file` for its body.
-    """
-
-    def __init__(self, body: Body, boundary: bytes) -> None:
-        self._body = body
-        self._delimiter = b"\r\n--" + boundary
-        self._buffer = b"\r\n"  # so that the first boundary line is a delimiter like the others
-        self._skip(self._delimiter, lambda data: None, 64 * 1024)  # the preamble
-        self._ended = False
-
-    def _fill(self) -> None:
-        data = self._body.read(CHUNK)
-        if not data:
-            raise _s3(400, "MalformedPOSTRequest",
-                      "The body of your POST request is not well-formed multipart/form-data")
-        self._buffer += data
-
-    def _skip(self, marker: bytes, sink: Any, limit: int | None) -> None:
-        """Pass everything before ``marker`` to ``sink``, then drop the marker."""
-        seen = 0
-        while True:
-            at = self._buffer.find(marker)
-            if at >= 0:
-                sink(self._buffer[:at])
-                self._buffer = self._buffer[at + len(marker):]
-                return
-            keep = len(marker) - 1
-            if len(self._buffer) > keep:
-                head, self._buffer = self._buffer[:-keep], self._buffer[-keep:]
-                seen += len(head)
-                if limit is not None and seen > limit:
-                    raise _s3(400, "MaxPostPreDataLengthExceeded",
-                              "Your POST request fields preceding the upload file were too large")
-                sink(head)
-            self._fill()
-
-    def next_part(self) -> str | None:
-        """The next part's field name (after its headers), or None at the closing delimiter."""
-        if self._ended:
-            return None
-        while len(self._buffer) < 2:
-            self._fill()
-        if self._buffer.startswith(b"--"):
-            self._ended = True
-            return None
-        self._skip(b"\r\n", lambda data: None, 1024)  # transport padding, then the line end
-        raw = bytearray()
-        self._skip(b"\r\n\r\n", raw.extend, 16 * 1024)
-        headers = HeaderParser().parsestr(raw.decode("utf-8", "replace") + "\r\n\r\n")
-        name = headers.get_param("name", header="content-disposition")
-        disposition = (headers.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        if disposition != "form-data" or not isinstance(name, str) or not name:
-            raise _s3(400, "MalformedPOSTRequest", "Every part needs Content-Disposition: form-data "
-                      "with a name")
-        return name
-
-    def read_value(self, limit: int) -> str:
-        value = bytearray()
-        self._skip(self._delimiter, value.extend, max(limit, 0))
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            raise _s3(400, "InvalidArgument", "A form field is not valid UTF-8") from None
-
-    def read_file(self, path: Path) -> tuple[int, str, str]:
-        """Stream this part's body into ``path``: (size, md5 hex, sha256 hex)."""
-        md5, sha = hashlib.md5(), hashlib.sha256()
-        size = 0
-        with open(path, "wb") as out:
-            def write(data: bytes) -> None:
-                nonlocal size
-                out.write(data)
-                md5.update(data)
-                sha.update(data)
-                size += len(data)
-
-            self._skip(self._delimiter, write, None)
-        return size, md5.hexdigest(), sha.hexdigest()
 
 
 __all__ = ["BUCKET", "COMPLETE_SECONDS", "TOKEN_TTL", "XvidService"]
