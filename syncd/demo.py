@@ -14,42 +14,52 @@ import socket
 import sys
 from pathlib import Path
 
+import tomli_w
+
 from syncd import config as configmod
 from syncd.logs import setup as setup_logging
 
 DEMO_PORT = 8790
 
-CONFIG = """\
-# The demo config written by `make run`. Every key is documented in
-# config.example.toml and docs/configuration.md.
-[daemon]
-state_dir = "state"
-workers = 4
-rescan_seconds = 60
-
-[destinations.lilt]
-type = "lilt"
-base_url = "{url}/lilt"
-api_key = "demo-lilt-key"          # the emulator's default key
-
-[[folders]]
-path = "inbox/contracts"
-destination = "lilt"
-labels = ["legal", "review-needed"]
-category = "SOURCE"
-settle_seconds = 1.0
-archive_dir = "archive/contracts"
-failed_dir = "failed/contracts"
-
-[[folders]]
-path = "inbox/references"
-destination = "lilt"
-labels = ["reference"]
-category = "REFERENCE"
-settle_seconds = 1.0
-archive_dir = "archive/references"
-failed_dir = "failed/references"
+HEADER = """\
+# The demo config written by `make run`: one folder per supported service, all
+# against the bundled emulator with its default credentials. Every key is
+# documented in config.example.toml and docs/configuration.md.
 """
+
+FOLDERS = [
+    # (folder, destination, labels, category)
+    ("contracts", "lilt", ["legal", "review-needed"], "SOURCE"),
+    ("predictions", "wriftai", [], None),
+    ("media", "xvid", ["raw"], "footage"),
+    ("videos", "apivideo", ["demo", "training"], "onboarding"),
+]
+
+
+def _config(url: str) -> str:
+    """The demo config for an emulator at ``url`` (TOML, written with tomli-w)."""
+    destinations = {
+        "lilt": {"type": "lilt", "base_url": f"{url}/lilt", "api_key": "demo-lilt-key"},
+        "wriftai": {"type": "wriftai", "base_url": f"{url}/wriftai/v1",
+                    "token": "demo-wriftai-token"},
+        "xvid": {"type": "xvid", "base_url": f"{url}/xvid/v1", "client_id": "demo-client",
+                 "client_secret": "demo-secret", "pipeline_id": "demo-pipeline",
+                 "object_key": "uploads/{category}/{labels}/{relpath}"},
+        "apivideo": {"type": "apivideo", "base_url": f"{url}/apivideo",
+                     "upload_token": "to-demo-upload-token", "api_key": "demo-apivideo-key"},
+    }
+    folders = []
+    for name, dest, labels, category in FOLDERS:
+        folder: dict[str, object] = {"path": f"inbox/{name}", "destination": dest,
+                                     "labels": labels}
+        if category:
+            folder["category"] = category
+        folder.update(settle_seconds=1.0, archive_dir=f"archive/{name}",
+                      failed_dir=f"failed/{name}")
+        folders.append(folder)
+    doc = {"daemon": {"state_dir": "state", "workers": 4, "rescan_seconds": 60},
+           "destinations": destinations, "folders": folders}
+    return HEADER + tomli_w.dumps(doc)
 
 
 def _free_port(preferred: int) -> int:
@@ -72,23 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     from syncd.emulator import Emulator
 
     root = args.dir.resolve()
-    for sub in ("inbox/contracts", "inbox/references", "archive", "failed", "state"):
+    for name, *_ in FOLDERS:
+        (root / "inbox" / name).mkdir(parents=True, exist_ok=True)
+    for sub in ("archive", "failed", "state"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     port = _free_port(args.port)
     emulator = Emulator(root / "emulator-data", port=port).start()
     config_path = root / "syncd.toml"
-    config_path.write_text(CONFIG.format(url=emulator.url))
+    config_path.write_text(_config(emulator.url))
     config_path.chmod(0o600)
     cfg = configmod.load(config_path)
     setup_logging(cfg.daemon.log_level, cfg.daemon.log_format)
     print(f"""
 syncd demo is running. Try it:
 
-  cp README.md {root}/inbox/contracts/
-  cp LICENSE* Makefile {root}/inbox/references/
+  cp README.md {root}/inbox/contracts/      (Lilt)
+  cp Makefile  {root}/inbox/predictions/   (WriftAI)
+  cp docs/*.md {root}/inbox/media/         (Xvid)
+  cp pyproject.toml {root}/inbox/videos/   (api.video)
 
-  dropped files settle for 1s, upload to the emulator at {emulator.url}/lilt,
-  then move to {root}/archive/
+  dropped files settle for 1s, upload to the emulator at {emulator.url},
+  then move to {root}/archive/<folder>/
   what the emulator received: {emulator.url}/_emulator/uploads
   in another terminal:        .venv/bin/syncd -c {config_path} status
 
