@@ -735,3 +735,42 @@ def test_resume_across_emulator_restart_on_another_port(tmp_path: Path) -> None:
             "lilt.sign_part", "lilt.put_part", "lilt.complete"]
         (row,) = emu.uploads()
         assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _max_overlap(entries: list[dict[str, Any]]) -> int:
+    """Most requests in flight at once, from the emulator's log (start time, duration)."""
+    edges = []
+    for e in entries:
+        edges += [(e["time"], 1), (e["time"] + e["duration"], -1)]  # time = start
+    most = now = 0
+    for _, step in sorted(edges, key=lambda x: (x[0], x[1])):
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_parallel_parts_bounded_by_max_connections(tmp_path: Path) -> None:
+    """Two files with 3 parts in flight each, but at most 2 part PUTs at once per destination."""
+    import threading
+
+    from syncd.emulator import Emulator
+
+    paths = [write(tmp_path, 4 * 5 * MiB + 10, f"big{i}.bin") for i in range(2)]
+    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+        emu.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 0.3,
+                                "count": 10}])
+        opts = LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt",
+                           multipart_threshold=5 * MiB, part_size=5 * MiB, parallel_parts=3,
+                           max_connections=2)
+        dest = LiltDestination("x", opts, c)
+        threads = [threading.Thread(target=upload, args=(dest, p)) for p in paths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        puts = [e for e in emu.requests() if e["op"] == "lilt.put_part"]
+        assert len(puts) == 10 and all(e["status"] == 200 for e in puts)
+        assert _max_overlap(puts) == 2
+        stored = {u["filename"]: u["sha256"] for u in emu.uploads()}
+        for p in paths:
+            assert stored[p.name] == hashlib.sha256(p.read_bytes()).hexdigest()

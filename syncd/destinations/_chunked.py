@@ -50,7 +50,9 @@ calls ``Destination.abort(resume)`` when it abandons a file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -288,8 +290,14 @@ def run(
     checkpoint: Checkpoint,
     *,
     parallel: int = 1,
+    slots: threading.BoundedSemaphore | None = None,
 ) -> Receipt:
-    """Upload ``source`` in parts through ``service``; see the module docstring."""
+    """Upload ``source`` in parts through ``service``; see the module docstring.
+
+    ``parallel`` parts of this file may be in flight at once; ``slots``, when
+    given, is the destination's own bound on part requests in flight across
+    every file it is uploading (one slot per request).
+    """
     state = _usable(service, resume, source.size)
     if state is None:
         if is_resume_for(service, resume):
@@ -300,7 +308,7 @@ def run(
     restarts = 0
     while True:
         try:
-            _send_missing(service, source, state, checkpoint, parallel)
+            _send_missing(service, source, state, checkpoint, parallel, slots)
             source.check_unchanged()  # never complete a file that changed under us
             parts = sorted((int(n), token) for n, token in state.parts.items())
             return service.finish(state.session, parts)
@@ -344,11 +352,13 @@ def _open(service: ChunkedService, item: UploadItem, source: Source,
     return state
 
 
-def _send_one(service: ChunkedService, state: _State, part: Part) -> str:
+def _send_one(service: ChunkedService, state: _State, part: Part,
+              slots: threading.BoundedSemaphore | None = None) -> str:
     renewals = 0
     while True:
         try:
-            token = service.send_part(state.session, part)
+            with slots if slots is not None else contextlib.nullcontext():
+                token = service.send_part(state.session, part)
         except ExpiredError:
             if renewals >= MAX_RENEWALS:
                 raise
@@ -364,20 +374,22 @@ def _send_one(service: ChunkedService, state: _State, part: Part) -> str:
 
 
 def _send_missing(service: ChunkedService, source: Source, state: _State,
-                  checkpoint: Checkpoint, parallel: int) -> None:
+                  checkpoint: Checkpoint, parallel: int,
+                  slots: threading.BoundedSemaphore | None) -> None:
     todo = [p for p in plan_parts(source, state.part_size, service.rules)
             if str(p.number) not in state.parts]
     if parallel <= 1 or len(todo) <= 1:
         for part in todo:
-            token = _send_one(service, state, part)
+            token = _send_one(service, state, part, slots)
             state.parts[str(part.number)] = token
             checkpoint(state.to_resume())
         return
-    _send_parallel(service, state, todo, checkpoint, parallel)
+    _send_parallel(service, state, todo, checkpoint, parallel, slots)
 
 
 def _send_parallel(service: ChunkedService, state: _State, todo: list[Part],
-                   checkpoint: Checkpoint, parallel: int) -> None:
+                   checkpoint: Checkpoint, parallel: int,
+                   slots: threading.BoundedSemaphore | None) -> None:
     """Up to ``parallel`` parts in flight; results recorded and checkpointed on this thread."""
     pending = iter(todo)
     error: BaseException | None = None
@@ -387,7 +399,7 @@ def _send_parallel(service: ChunkedService, state: _State, todo: list[Part],
         def submit_next() -> None:
             part = next(pending, None)
             if part is not None:
-                running[pool.submit(_send_one, service, state, part)] = part
+                running[pool.submit(_send_one, service, state, part, slots)] = part
 
         for _ in range(parallel):
             submit_next()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,11 @@ class LiltOptions:
         default=False,
         metadata={"doc": "Poll GET /v2/upload until the antivirus scan leaves 'pending'."},
     )
+    parallel_parts: int = field(default=1, metadata={
+        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
+    max_connections: int = field(default=8, metadata={
+        "doc": "Part requests in flight to this destination across all files.",
+        "min": 1, "max": 64})
 
 
 class _Api:
@@ -225,6 +231,7 @@ class LiltDestination:
         self.client = client
         self._api = _Api(options, client)
         self._multipart = _Multipart(self._api, options)
+        self._slots = threading.BoundedSemaphore(options.max_connections)
         self._sleep = sleep
         self._clock = clock
 
@@ -235,7 +242,8 @@ class LiltDestination:
         # A multipart upload in flight stays multipart even if the threshold changed since.
         in_flight = _chunked.is_resume_for(self._multipart, resume)
         if source.size > self.options.multipart_threshold or in_flight:
-            receipt = _chunked.run(self._multipart, item, source, resume, checkpoint)
+            receipt = _chunked.run(self._multipart, item, source, resume, checkpoint,
+                                   parallel=self.options.parallel_parts, slots=self._slots)
         else:
             receipt = self._upload_single(item, source, checkpoint)
         if self.options.wait_for_scan:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,11 @@ class WriftAIOptions:
         "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
                "derived from token, so a crash resends only missing parts; false: a crash "
                "restarts the upload."})
+    parallel_parts: int = field(default=1, metadata={
+        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
+    max_connections: int = field(default=8, metadata={
+        "doc": "Part requests in flight to this destination across all files.",
+        "min": 1, "max": 64})
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("https://", "http://")):
@@ -257,13 +263,16 @@ class WriftAIDestination:
         self.options = options
         self.client = client
         self._api = _Api(options, client, now)
-        self._uploads = _Uploads(self._api, options, Sealer(options.token.reveal(), "wriftai part urls"))
+        self._uploads = _Uploads(self._api, options,
+                                 Sealer(options.token.reveal(), "wriftai part urls"))
+        self._slots = threading.BoundedSemaphore(options.max_connections)
 
     def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
                checkpoint: Checkpoint) -> Receipt:
         # The configured protocol wins: a resume of the other kind starts over.
         if self.options.protocol == "uploads":
-            return _chunked.run(self._uploads, item, source, resume, checkpoint)
+            return _chunked.run(self._uploads, item, source, resume, checkpoint,
+                                parallel=self.options.parallel_parts, slots=self._slots)
         return self._upload_urls(item, source, checkpoint)
 
     def _upload_urls(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
