@@ -690,7 +690,8 @@ def test_keeps_no_per_file_state(client: httpx.Client) -> None:
     """Many threads share one destination: nothing per-file may live on it."""
     dest = make_dest(client)
     before = dict(vars(dest))
-    assert set(before) == {"name", "options", "client", "_api", "_multipart", "_sleep", "_clock"}
+    assert set(before) == {"name", "options", "client", "_api", "_multipart", "_sleep", "_clock",
+                           "_slots"}  # the destination-wide connection bound, not per file
     assert set(vars(dest._multipart)) == {"api", "options"}
 
 
