@@ -14,7 +14,8 @@ Startup reconciles ledger, inbox and archive before anything else (design
 invariant 5): uploads interrupted by a crash are requeued with their resume
 state, rows already ``uploaded`` have their archive move finished, half
 copies left by a cross-device move are removed, and every folder is scanned
-for files dropped while the daemon was down.
+for files dropped while the daemon was down. A ledger whose write lock another
+process holds is waited for (said once in the log) rather than fatal.
 
 Under systemd (notify.py): ``READY=1`` after that; ``WATCHDOG=1`` from the
 main loop only, when :meth:`Daemon.healthy` passes (the last tick
@@ -153,6 +154,8 @@ class Daemon:
         try:
             self.ledger = Ledger.open(ledger_path(self.cfg))
             try:
+                if not self._wait_for_ledger():
+                    return 0  # stopped while waiting; nothing was started
                 return self._run()
             finally:
                 self.ledger.close()
@@ -205,6 +208,32 @@ class Daemon:
             code = 1 if failed > 0 else 0
         log.info("syncd stopped")
         return code
+
+    def _wait_for_ledger(self) -> bool:
+        """Wait while another process holds the ledger's write lock; False if stopped meanwhile.
+
+        Each try waits the busy timeout (10 s); a lock held longer than that
+        must not kill the daemon at start (Restart= would only loop).
+        """
+        assert self.ledger is not None
+        said = False
+        while not self._stop.is_set():
+            try:
+                self.ledger.put_meta("heartbeat", time.time())
+                if said:
+                    log.info("the ledger is free again; starting")
+                return True
+            except sqlite3.OperationalError as exc:
+                if is_disk_full(exc):
+                    return True  # reported and paused by the running daemon
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if not said:
+                    log.warning("the ledger is locked by another process (%s); waiting for it "
+                                "before starting", exc)
+                    self.notifier.status("waiting for the ledger (locked by another process)")
+                    said = True
+        return False
 
     def _shutdown(self, last: dict[str, float], watchdog_every: float | None) -> None:
         """Stop taking work, let uploads drain, interrupt the rest, release everything."""
@@ -465,15 +494,29 @@ class Daemon:
     def _flush_intake(self) -> None:
         assert self.ledger is not None
         paths, scans = self.intake.drain()
-        for root, rels in paths.items():
-            folder = self.folders.get(root)
-            if folder is None:
-                continue
-            rels_list = sorted(rels)
-            for i in range(0, len(rels_list), scanner.BATCH):
-                self.ledger.observe(root, rels_list[i:i + scanner.BATCH],
-                                    destination=folder.destination, labels=folder.labels,
-                                    category=folder.category)
+        pending = [(root, sorted(rels)) for root, rels in paths.items()]
+        try:
+            while pending:
+                root, rels = pending[0]
+                folder = self.folders.get(root)
+                if folder is None or not rels:
+                    pending.pop(0)
+                    continue
+                self.ledger.observe(root, rels[:scanner.BATCH], destination=folder.destination,
+                                    labels=folder.labels, category=folder.category)
+                pending[0] = (root, rels[scanner.BATCH:])
+        except BaseException as exc:
+            # A busy, locked or full ledger must not lose what the events reported:
+            # put back what was not recorded; the next tick tries again.
+            for root, rels in pending:
+                for rel in rels:
+                    self.intake.add(root, rel)
+            for root, rel in scans:
+                self.intake.request_scan(root, rel)
+            if isinstance(exc, sqlite3.Error) and is_disk_full(exc) and self.uploader is not None:
+                self.uploader.note_disk_full("ledger", exc)
+                return  # reported and paused; the rest of the tick (health, STATUS) goes on
+            raise
         for root, rel in scans:
             self.request_scan(root, rel, reason="directory")
 

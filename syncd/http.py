@@ -2,9 +2,11 @@
 
 Destinations send requests with :func:`send` and judge responses with
 :func:`check`. Transport failures (connect, read, write and pool timeouts,
-resets, truncated bodies) are :class:`~syncd.errors.RetryableError`; 408,
-425, 429 and 5xx are retryable with the server's ``Retry-After`` (either
-delay-seconds or HTTP-date) as the hint; 401/403 are
+resets, truncated bodies) are :class:`~syncd.errors.RetryableError`, except
+a failed TLS certificate verification, which is :class:`~syncd.errors.FatalError`
+(no file can succeed until an operator acts); 408, 425, 429 and 5xx are
+retryable with the server's ``Retry-After`` (delay-seconds, or an HTTP-date
+read against the response's ``Date``) as the hint; 401/403 are
 :class:`~syncd.errors.FatalError` unless the caller says otherwise; other
 4xx are :class:`~syncd.errors.PermanentError`. Every message is redacted.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,8 +48,25 @@ def make_client(
     )
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), capped."""
+def _http_date(value: str | None) -> float | None:
+    """Epoch seconds of an HTTP-date, or None if it is not one."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None else when.timestamp()
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time,
+                      date: str | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), capped.
+
+    An HTTP-date is measured against ``date``, the response's own ``Date``
+    header, when it has one: both are the server's clock, so a local clock
+    that is off by minutes neither stretches the wait nor cancels it.
+    """
     if value is None:
         return None
     value = value.strip()
@@ -55,13 +75,11 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
+        when = _http_date(value)
         if when is None:
             return None
-        seconds = when.timestamp() - now()
+        sent = _http_date(date)
+        seconds = when - (sent if sent is not None else now())
     if seconds != seconds:  # NaN
         return None
     return max(0.0, min(seconds, RETRY_AFTER_CAP))
@@ -73,9 +91,25 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
         return client.request(method, url, **kwargs)
     except httpx.TransportError as exc:
         detail = redact(str(exc)) or "connection failed"
+        if _certificate_rejected(exc):
+            # The same for every file until an operator acts (ca_bundle, the server's
+            # certificate): pause the destination rather than use up each file's attempts.
+            raise FatalError(f"{what}: TLS: {detail}") from None
         raise RetryableError(f"{what}: {type(exc).__name__}: {detail}") from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"{what}: invalid URL {strip_query(url)!r}: {exc}") from None
+
+
+def _certificate_rejected(exc: BaseException) -> bool:
+    """Whether a transport error is a failed TLS certificate verification."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore wraps ssl
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def error_text(response: httpx.Response, limit: int = 300) -> str:
@@ -114,7 +148,8 @@ def check(
     if status in expired:
         raise ExpiredError(message, status=status)
     if status in RETRYABLE_STATUS:
-        hint = parse_retry_after(response.headers.get("Retry-After"))
+        hint = parse_retry_after(response.headers.get("Retry-After"),
+                                 date=response.headers.get("Date"))
         raise RetryableError(message, status=status, retry_after=hint if hint is not None else retry_after)
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)

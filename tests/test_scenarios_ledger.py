@@ -1,0 +1,312 @@
+"""Failure scenarios about the ledger and durability (reliability.md F25, F26, F28).
+
+The real daemon (subprocess) against the in-process emulator:
+
+* F25: a ledger whose header is smashed (SQLITE_NOTADB) or whose page 3 is
+  garbled (SQLITE_CORRUPT): ``syncd run`` fails closed with exit code 4 and
+  a message naming the fix, touching no file; systemd is told not to
+  restart on 4; ``syncd ledger rebuild`` moves the database aside, and the
+  next run rebuilds from the folders without uploading archived files again.
+* F26: another process holds ``BEGIN EXCLUSIVE`` on the ledger for longer
+  than the busy timeout: the daemon logs "database is locked", keeps
+  running, and catches up after the release; a second instance still exits
+  3 at once (the instance lock is a separate file).
+* F28: the order of durability syscalls, read from strace, for every
+  archived file: the "uploaded" commit is fdatasync'ed before the link into
+  the archive, then the archive directory is fsync'ed, then the source is
+  unlinked, then the inbox directory is fsync'ed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import ROOT, Setup, sha, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Any]:
+    made: list[Setup] = []
+
+    def make(**kw: Any) -> Setup:
+        s = Setup(tmp_path, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _once(s: Setup) -> None:
+    proc = s.start("once")
+    assert proc.wait(60) == 0, s.log_text()[-2000:]
+
+
+# -- F25 ----------------------------------------------------------------------------------
+
+def _smash_header(path: Path) -> None:
+    with open(path, "r+b") as f:  # bytes 0-16: "SQLite format 3\0" and the page size
+        f.write(b"\xa5" * 17)
+
+
+def _garble_page_3(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    assert conn.execute("PRAGMA page_count").fetchone()[0] >= 3
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for i in range(2 * page, 2 * page + 200):  # 200 bytes at the start of page 3
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["notadb", "corrupt"])
+def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup, damage: str) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}])
+    for i in range(3):
+        s.drop(f"old-{i}.txt", f"archived before the damage {i}".encode())
+    _once(s)
+    old = {os.fsdecode(r["relpath"]): r for r in s.rows()}
+    assert {r["state"] for r in old.values()} == {"done"}
+    for i in range(3):  # arrive while the daemon is down
+        s.drop(f"new-{i}.txt", f"dropped after the damage {i}".encode())
+    conn = sqlite3.connect(s.ledger_path)  # fold the WAL in, so the damage hits real pages
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    (_smash_header if damage == "notadb" else _garble_page_3)(s.ledger_path)
+
+    proc = s.start()
+    assert proc.wait(30) == 4, s.log_text()[-2000:]
+    message = s.log_text()
+    want = "file is not a database" if damage == "notadb" else "is corrupt"
+    assert want in message and "syncd ledger rebuild" in message, message
+    assert "Traceback" not in message
+    out = s.cli("status")  # the CLI fails closed the same way, with the same advice
+    assert out.returncode == 4 and "syncd ledger rebuild" in out.stderr
+    assert sorted(p.name for p in s.inbox().iterdir()) == [f"new-{i}.txt" for i in range(3)]
+    assert sorted(p.name for p in s.archive().iterdir()) == [f"old-{i}.txt" for i in range(3)]
+
+    out = s.cli("ledger", "rebuild")
+    assert out.returncode == 0, out.stderr
+    assert "moved ledger.sqlite3.broken-" in out.stdout
+    assert list(s.ledger_path.parent.glob("ledger.sqlite3.broken-*"))
+    s.start()
+    wait_until(lambda: s.counts().get("done") == 3, 30, what="the inbox after the rebuild")
+    assert s.stop() == 0
+
+    # I1-I4 over the rebuilt ledger. It knows only what was in the folders: the files
+    # archived before the damage keep no row (the broken ledger is kept beside it).
+    conn = sqlite3.connect(s.ledger_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # I3
+    conn.close()
+    uploads = s.emulator.uploads()
+    by_uuid = {u["uuid"]: u for u in uploads}
+    rows = {os.fsdecode(r["relpath"]): r for r in s.rows()}
+    assert sorted(rows) == [f"new-{i}.txt" for i in range(3)]
+    for rel, row in rows.items():
+        data = s.dropped[("in", rel)]
+        assert row["state"] == "done" and row["sha256"] == sha(data)
+        assert Path(os.fsdecode(row["location"])).read_bytes() == data  # I1, I4
+        assert by_uuid[row["uuid"]]["sha256"] == sha(data)  # I2
+    for rel, row in old.items():  # archive means uploaded, and is not uploaded again
+        data = s.dropped[("in", rel)]
+        assert (s.archive() / rel).read_bytes() == data
+        assert by_uuid[row["uuid"]]["sha256"] == sha(data)
+        assert by_uuid[row["uuid"]]["times_received"] == 1
+    assert len(uploads) == 6
+    assert not list(s.inbox().iterdir())
+
+
+def test_f25_systemd_does_not_restart_on_exit_4() -> None:
+    unit = (ROOT / "systemd" / "syncd.service").read_text()
+    line = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.MULTILINE)
+    assert line is not None, "the unit lists no RestartPreventExitStatus="
+    assert "4" in line.group(1).split(), "a corrupt ledger (exit 4) would crash-loop"
+    assert "2" in line.group(1).split(), "a bad config (exit 2) would crash-loop"
+
+
+# -- F26 ----------------------------------------------------------------------------------
+
+HOLD_SECONDS = 12.5  # longer than the ledger's 10 s busy timeout, so the daemon sees SQLITE_BUSY
+HOLD_AT_START = 14.0  # the same, plus the daemon's start-up time
+
+_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def test_f26_ledger_locked_by_another_process_then_released(setup) -> None:  # type: ignore[no-untyped-def]
+    # no periodic rescan during the test: what the events reported must not be lost
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
+    s.start()
+    s.drop("before.txt", b"uploaded before the lock")
+    wait_until(lambda: s.all_done(1), 20, what="the first file")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
+                               str(HOLD_SECONDS)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        locked_at = time.monotonic()
+        for name in ("during-1.txt", "during-2.txt"):
+            s.drop(name, f"dropped while the ledger is locked: {name}".encode())
+        second = s.cli("run")  # the instance lock is not the database lock: still exit 3
+        assert second.returncode == 3 and "already running" in second.stderr
+        status = s.cli("status", "--json")  # readers are not blocked (WAL)
+        assert status.returncode == 0, status.stderr
+        wait_until(lambda: "database is locked" in s.log_text(), HOLD_SECONDS + 5,
+                   what="the daemon noticing the lock")
+        assert time.monotonic() - locked_at < HOLD_SECONDS, "the lock was released too early"
+        assert s.proc is not None and s.proc.poll() is None, "the daemon died of a busy ledger"
+        assert holder.wait(HOLD_SECONDS + 10) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    wait_until(lambda: s.all_done(3), 5, what="catching up after the release")
+    log = s.log_text()
+    assert "Traceback" not in log
+    s.invariants()
+    assert s.stop() == 0
+    s.assert_no_secret()
+
+
+def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup) -> None:  # type: ignore[no-untyped-def]
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
+    s.drop("first.txt", b"makes the ledger")
+    _once(s)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
+                               str(HOLD_AT_START)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        s.drop("second.txt", b"waits for the lock")
+        proc = s.start()
+        wait_until(lambda: "locked by another process" in s.log_text(), HOLD_AT_START + 5,
+                   what="the daemon saying it waits")
+        assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
+        assert holder.wait(HOLD_AT_START + 10) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    wait_until(lambda: s.all_done(2), 10, what="starting once the lock is gone")
+    assert "Traceback" not in s.log_text()
+    s.invariants()
+    assert s.stop() == 0
+
+
+# -- F28 ----------------------------------------------------------------------------------
+
+def _strace_problem() -> str | None:
+    strace = shutil.which("strace")
+    if strace is None:
+        return "strace is not installed"
+    try:
+        out = subprocess.run([strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"strace does not run: {exc}"
+    if out.returncode != 0:
+        return f"strace cannot trace here (ptrace not permitted?): {out.stderr.strip()[:200]}"
+    return None
+
+
+_CALL = re.compile(r"^(\d+) +(\w+)\((.*)")
+_FD = re.compile(r"^-?\d+<(.*?)>")
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def _events(trace: str) -> dict[int, list[tuple[str, Any]]]:
+    """Per thread, in order: the durability-relevant calls with their decoded paths."""
+    out: dict[int, list[tuple[str, Any]]] = {}
+    for line in trace.splitlines():
+        m = _CALL.match(line)
+        if not m:
+            continue  # "<... resumed>" halves, signals, exits
+        tid, call, args = int(m.group(1)), m.group(2), m.group(3)
+        fd = _FD.match(args)
+        strings = _STRING.findall(args)
+        ev: tuple[str, Any] | None = None
+        if call in ("fsync", "fdatasync") and fd:
+            ev = ("sync", fd.group(1))
+        elif call == "pwrite64" and fd and fd.group(1).endswith("-wal"):
+            ev = ("wal_write", "uploaded" in (strings[0] if strings else ""))
+        elif call in ("openat", "open") and strings:
+            ev = ("open", strings[0])
+        elif call in ("link", "linkat") and len(strings) >= 2:
+            ev = ("link", (strings[0], strings[1]))
+        elif call in ("unlink", "unlinkat") and strings:
+            ev = ("unlink", strings[0])
+        elif call in ("rename", "renameat", "renameat2") and len(strings) >= 2:
+            ev = ("rename", (strings[0], strings[1]))
+        if ev is not None:
+            out.setdefault(tid, []).append(ev)
+    return out
+
+
+def _first(events: list[tuple[str, Any]], start: int, pred: Any) -> int:
+    for i in range(start, len(events)):
+        if pred(events[i]):
+            return i
+    return -1
+
+
+def test_f28_durability_syscalls_are_in_order(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    problem = _strace_problem()
+    if problem:
+        pytest.skip(problem)
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}], daemon={"workers": 1})
+    for name, size in (("a.txt", 10), ("b.bin", 300_000), ("c.txt", 1)):
+        s.drop(name, os.urandom(size))
+    trace_file = tmp_path / "durability.trace"
+    proc = s.start("once", wrapper=[
+        "strace", "-f", "-qq", "-y", "-s", "8192", "-o", os.fspath(trace_file),
+        "-e", "trace=openat,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,"
+              "unlink,unlinkat"])
+    assert proc.wait(90) == 0, s.log_text()[-2000:]
+    assert s.counts() == {"done": 3}
+    threads = _events(trace_file.read_text(errors="replace"))
+    wal = os.fspath(s.ledger_path) + "-wal"
+
+    def ledger_sync(e: tuple[str, Any]) -> bool:
+        return e[0] == "sync" and e[1] in (wal, os.fspath(s.ledger_path))
+
+    for row in s.rows():
+        src = os.fspath(s.inbox() / os.fsdecode(row["relpath"]))
+        target = os.fsdecode(row["location"])
+        where = [(tid, i) for tid, evs in threads.items() for i, e in enumerate(evs)
+                 if e == ("link", (src, target))]
+        assert len(where) == 1, f"{src}: expected one link into the archive, saw {len(where)}"
+        tid, link = where[0]
+        evs = threads[tid]
+        opened = max((i for i, e in enumerate(evs[:link]) if e == ("open", src)), default=-1)
+        assert opened >= 0, f"{src}: the worker that archived it never opened it"
+        committed = _first(evs, opened, ("wal_write", True).__eq__)
+        assert 0 <= committed < link, f"{src}: no 'uploaded' commit before the link"
+        synced = _first(evs, committed, ledger_sync)
+        assert 0 <= synced < link, f"{src}: the 'uploaded' commit was not synced before the link"
+        dir_synced = _first(evs, link, ("sync", os.path.dirname(target)).__eq__)
+        unlinked = _first(evs, link, ("unlink", src).__eq__)
+        inbox_synced = _first(evs, max(unlinked, 0), ("sync", os.path.dirname(src)).__eq__)
+        assert 0 <= dir_synced < unlinked, f"{src}: archive dir not fsynced before the unlink"
+        assert unlinked < inbox_synced, f"{src}: inbox dir not fsynced after the unlink"
+        renames = [e for evs_ in threads.values() for e in evs_
+                   if e[0] == "rename" and src in e[1]]
+        assert not renames, f"{src} was renamed (rename may clobber): {renames}"
+    s.invariants()
