@@ -48,7 +48,7 @@ def make_client(
     )
 
 
-def _http_date(value: str | None) -> float | None:
+def http_date(value: str | None) -> float | None:
     """Epoch seconds of an HTTP-date, or None if it is not one."""
     if not value:
         return None
@@ -75,10 +75,10 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     try:
         seconds = float(value)
     except ValueError:
-        when = _http_date(value)
+        when = http_date(value)
         if when is None:
             return None
-        sent = _http_date(date)
+        sent = http_date(date)
         seconds = when - (sent if sent is not None else now())
     if seconds != seconds:  # NaN
         return None

@@ -373,8 +373,6 @@ def test_f22_wall_clock_jump_shifts_retry_times_as_documented(tmp_path: Path) ->
         ledger.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/guarantees.md, F22): WriftAI's "
-                   "x-ratelimit-reset (epoch seconds) is read against the local clock")
 def test_f22_wriftai_rate_limit_reset_ignores_clock_skew() -> None:
     from syncd.destinations.wriftai import rate_limit_wait
 

@@ -62,7 +62,7 @@ from syncd.destinations import _chunked
 from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import ExpiredError, PermanentError, RetryableError
-from syncd.http import RETRY_AFTER_CAP, check, json_body, require, send
+from syncd.http import RETRY_AFTER_CAP, check, http_date, json_body, require, send
 from syncd.seal import Sealer
 from syncd.secrets import Secret
 
@@ -106,8 +106,10 @@ class WriftAIOptions:
 def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
     """Seconds until ``x-ratelimit-reset`` (epoch seconds) on a 429; None otherwise.
 
-    A reset in the past (clock skew) or a malformed value gives None, so the
-    uploader's jittered backoff applies instead of an immediate retry.
+    The reset time is the server's clock, so it is measured against the
+    response's own ``Date`` when there is one (a local clock minutes off
+    must neither stretch the wait nor cancel it). A reset in the past or a
+    malformed value gives None: the uploader's jittered backoff applies.
     """
     if response.status_code != 429:
         return None
@@ -115,9 +117,11 @@ def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.ti
         reset = float(response.headers.get("x-ratelimit-reset", "").strip())
     except ValueError:
         return None
-    if not math.isfinite(reset) or reset < now():
+    server_now = http_date(response.headers.get("Date"))
+    current = server_now if server_now is not None else now()
+    if not math.isfinite(reset) or reset < current:
         return None
-    return min(reset - now(), RETRY_AFTER_CAP)
+    return min(reset - current, RETRY_AFTER_CAP)
 
 
 class _Api:
