@@ -46,6 +46,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import sqlite3
 import threading
 import time
@@ -60,7 +61,7 @@ from syncd import config as configmod
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
 from syncd.errors import ConfigError, Problem
-from syncd.http import make_client
+from syncd.http import make_client, tls_context
 from syncd.ledger import Ledger
 from syncd.lock import StateLock
 from syncd.logs import qp
@@ -97,7 +98,9 @@ def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str,
 
 def build_client(cfg: configmod.Config) -> httpx.Client:
     d = cfg.daemon
-    verify: bool | str = os.fspath(d.ca_bundle) if d.ca_bundle else d.tls_verify
+    verify: bool | ssl.SSLContext = False
+    if d.tls_verify:
+        verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
     return make_client(connect=d.connect_timeout, read=d.io_timeout, write=d.io_timeout,
                        max_connections=max(8, d.workers * 2), verify=verify)
 

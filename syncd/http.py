@@ -32,9 +32,17 @@ RETRY_AFTER_CAP = 900.0  # never wait longer than 15 minutes on a server's word
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The default trust store (certifi, as httpx uses) plus ``ca_bundle`` if given."""
+    context = httpx.create_ssl_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
 def make_client(
     *, connect: float = 10.0, read: float = 60.0, write: float = 60.0, pool: float = 30.0,
-    max_connections: int = 16, verify: bool | str = True,
+    max_connections: int = 16, verify: bool | ssl.SSLContext = True,
 ) -> httpx.Client:
     """The shared client: explicit timeouts (httpx's 5 s default is too short
     for an 8 MiB part on a slow link), bounded connections, no redirects

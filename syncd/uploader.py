@@ -511,12 +511,26 @@ class Uploader:
             self._abort(dest, row)
             return self._fail(row, folder, describe(exc))
         if isinstance(exc, RetryableError):
+            if exc.status == 429:
+                self._slow_down(row.destination, exc.retry_after)
             return self._retry(row, describe(exc), exc.retry_after, folder, exc=exc)
         if isinstance(exc, FileNotFoundError):
             return self._gone(row, dest, "the file disappeared during upload")
         if isinstance(exc, OSError):
             return self._retry(row, f"read error: {exc.strerror or exc}", None, folder, exc=exc)
         raise exc
+
+    def _slow_down(self, destination: str, retry_after: float | None) -> None:
+        """A 429 is about the whole account, not one file: no worker starts another
+        upload to this destination until the server's wait (or a short backoff) is over.
+        Uploads already in flight finish; they may get their own 429."""
+        wait = min(retry_after if retry_after is not None else self.retry_base, self.retry_max)
+        until = self.clock() + wait
+        current = self.paused.get(destination)
+        if current is None or current[0] < until:
+            self.paused[destination] = (until, "rate limited (HTTP 429)")
+            log.warning("destination %r is rate limiting; no new uploads to it for %.1fs",
+                        destination, wait)
 
     def _interrupted(self, row: Row) -> str:
         """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""

@@ -139,6 +139,29 @@ def test_f17_retry_after_seconds_and_http_date_are_waited_out(setup: Any) -> Non
     s.invariants()
 
 
+def test_f17_a_429_holds_back_every_worker(setup: Any) -> None:
+    """Back-pressure is shared: after one 429, no worker starts a new upload to that
+    service until its Retry-After is over (uploads already in flight may finish)."""
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
+              daemon={"workers": 4, "retry_base_seconds": 0.2, "retry_max_seconds": 10})
+    for i in range(16):
+        s.drop(f"f{i:02d}.txt", os.urandom(2000))
+    s.emulator.set_faults(script=[
+        {"op": "lilt.put", "kind": "slow", "delay": 0.2, "count": 16},  # keep workers busy
+        {"op": "lilt.initiate", "kind": "429", "retry_after": 2},
+    ])
+    s.start()
+    wait_until(lambda: s.all_done(), 60, what="all files after the 429")
+    entries = [e for e in s.emulator.requests() if e["op"] == "lilt.initiate"]
+    limited = [e for e in entries if e["status"] == 429]
+    assert len(limited) == 1
+    answered = limited[0]["time"] + limited[0]["duration"]
+    started_during_wait = [e for e in entries if answered + 0.5 < e["time"] < answered + 1.8]
+    assert started_during_wait == [], "workers kept starting uploads during the Retry-After"
+    assert "is rate limiting" in s.log_text()
+    s.invariants()
+
+
 def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> None:
     cap = 1.5
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 3}],

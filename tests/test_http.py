@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncd.http import parse_retry_after, tls_context
+
+
+def test_ca_bundle_is_added_to_the_default_trust_store(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme", reason="trustme is in the test extra")
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    default = len(tls_context(None).get_ca_certs())
+    extended = tls_context(str(bundle)).get_ca_certs()
+    assert len(extended) == default + 1
+    assert default > 0, "the public roots stay trusted"
+
+
+def test_retry_after_both_forms_and_cap() -> None:
+    assert parse_retry_after("3") == 3
+    assert parse_retry_after("999999") == 900
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT",
+                             date="Wed, 21 Oct 2015 07:28:00 GMT") == 5
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
