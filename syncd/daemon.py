@@ -46,8 +46,8 @@ import logging
 import os
 import queue
 import signal
-import ssl
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Mapping
