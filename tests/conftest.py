@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,26 @@ def make_folder(tmp_path: Path, name: str = "inbox", **kw: object) -> FolderConf
     kw.setdefault("failed_dir", tmp_path / "failed" / name)
     folder = FolderConfig(path=path, **kw)  # type: ignore[arg-type]
     return folder.with_defaults(tmp_path / "state")
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """A factory of :class:`tests.harness.Setup` in tmp_path; every one is closed after the test."""
+    from tests.harness import Setup
+
+    made: list[Setup] = []
+
+    def make(**kw: Any) -> Setup:
+        s = Setup(tmp_path, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def setup(make_setup: Callable[..., Any]) -> Callable[..., Any]:
+    """The same factory under the name the scenario files use."""
+    return make_setup

@@ -302,3 +302,20 @@ class Setup:
             assert canary.encode() not in raw, f"the {name} canary is in the ledger file"
         for blob in texts[1:]:
             assert "Signature=" not in blob and "X-Emu-Signature" not in blob
+
+
+def strace_problem() -> str | None:
+    """Why strace cannot trace a child here (None if it can): for the syscall-order tests."""
+    import shutil
+
+    strace = shutil.which("strace")
+    if strace is None:
+        return "strace is not installed"
+    try:
+        out = subprocess.run([strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"strace does not run: {exc}"
+    if out.returncode != 0:
+        return f"strace cannot trace here (ptrace not permitted?): {out.stderr.strip()[:200]}"
+    return None

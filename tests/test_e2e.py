@@ -7,28 +7,15 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import CANARY_KEY, Setup, sha, wait_until
+from tests.harness import CANARY_KEY, sha, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def make_setup(tmp_path: Path) -> Iterator[object]:
-    made: list[Setup] = []
-
-    def make(**kw: object) -> Setup:
-        s = Setup(tmp_path, **kw)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def two_folders() -> list[dict[str, object]]:

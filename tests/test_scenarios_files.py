@@ -20,18 +20,6 @@ pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
-    made: list[Setup] = []
-
-    def make(**kw: object) -> Setup:
-        s = Setup(tmp_path, **kw)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _uploading(s: Setup, rel: str) -> bool:

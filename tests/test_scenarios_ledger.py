@@ -21,34 +21,20 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import ROOT, Setup, sha, wait_until
+from tests.harness import ROOT, Setup, sha, strace_problem, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Any]:
-    made: list[Setup] = []
-
-    def make(**kw: Any) -> Setup:
-        s = Setup(tmp_path, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _once(s: Setup) -> None:
@@ -213,18 +199,6 @@ def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup) -> No
 
 # -- F28 ----------------------------------------------------------------------------------
 
-def _strace_problem() -> str | None:
-    strace = shutil.which("strace")
-    if strace is None:
-        return "strace is not installed"
-    try:
-        out = subprocess.run([strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"strace does not run: {exc}"
-    if out.returncode != 0:
-        return f"strace cannot trace here (ptrace not permitted?): {out.stderr.strip()[:200]}"
-    return None
 
 
 _CALL = re.compile(r"^(\d+) +(\w+)\((.*)")
@@ -268,7 +242,7 @@ def _first(events: list[tuple[str, Any]], start: int, pred: Any) -> int:
 
 
 def test_f28_durability_syscalls_are_in_order(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    problem = _strace_problem()
+    problem = strace_problem()
     if problem:
         pytest.skip(problem)
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1}], daemon={"workers": 1})

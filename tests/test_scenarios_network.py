@@ -70,18 +70,6 @@ TIB = 1024 * 1024 * MIB
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Any]:
-    made: list[Any] = []
-
-    def make(**kw: Any) -> Setup:
-        s = Setup(tmp_path, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in reversed(made):
-        s.close()
 
 
 def _edit_config(s: Setup, edit: Any) -> None:

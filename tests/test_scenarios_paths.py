@@ -19,39 +19,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from syncd.destinations.base import wire_name
 from syncd.logs import qp
-from tests.harness import Setup, sha, wait_until
+from tests.harness import Setup, sha, strace_problem, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +[\w.]+: ")
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[object]:
-    made: list[Setup] = []
-
-    def make(**kw: object) -> Setup:
-        s = Setup(tmp_path, **kw)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def _bind_socket(path: Path) -> socket.socket:
@@ -213,22 +197,10 @@ def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(setup)
     assert s.stop() == 0
 
 
-def _strace_problem() -> str | None:
-    strace = shutil.which("strace")
-    if strace is None:
-        return "strace is not installed"
-    try:
-        out = subprocess.run([strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"strace does not run: {exc}"
-    if out.returncode != 0:
-        return f"strace cannot trace here (ptrace not permitted?): {out.stderr.strip()[:200]}"
-    return None
 
 
 def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    problem = _strace_problem()
+    problem = strace_problem()
     if problem:
         pytest.skip(problem)
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1}])
