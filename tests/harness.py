@@ -221,6 +221,12 @@ class Setup:
         finally:
             conn.close()
 
+    def confirmed_parts(self) -> int:
+        """How many parts the first row's durable resume state records as confirmed."""
+        rows = self.rows()
+        resume = json.loads(rows[0]["resume"]) if rows and rows[0]["resume"] else {}
+        return len(resume.get("parts") or {})
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.rows():

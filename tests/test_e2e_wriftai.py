@@ -120,12 +120,7 @@ def test_sigkill_mid_upload_resends_only_unconfirmed_parts(
     s.drop("big.bin", data)
     s.start()
 
-    def two_parts_confirmed() -> bool:
-        rows = s.rows()
-        resume = json.loads(rows[0]["resume"]) if rows and rows[0]["resume"] else {}
-        return len(resume.get("parts") or {}) >= 2
-
-    wait_until(two_parts_confirmed, 20, 0.02, "two parts confirmed")
+    wait_until(lambda: s.confirmed_parts() >= 2, 20, 0.02, "two parts confirmed")
     s.kill()
     (row,) = s.rows()
     resume = json.loads(row["resume"])  # what the ledger durably holds after the kill

@@ -148,12 +148,7 @@ def test_sigkill_mid_upload_posts_only_unconfirmed_chunks(
     s.drop("big.bin", data)
     s.start()
 
-    def chunk_confirmed() -> bool:
-        rows = s.rows()
-        resume = json.loads(rows[0]["resume"]) if rows and rows[0]["resume"] else {}
-        return len(resume.get("parts") or {}) >= 1
-
-    wait_until(chunk_confirmed, 20, 0.02, "the first chunk confirmed")
+    wait_until(lambda: s.confirmed_parts() >= 1, 20, 0.02, "the first chunk confirmed")
     s.kill()
     (row,) = s.rows()
     resume = json.loads(row["resume"])  # what the ledger durably holds after the kill
