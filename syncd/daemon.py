@@ -50,7 +50,6 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
 from syncd.errors import ConfigError, Problem
 from syncd.http import make_client, tls_context
-from syncd.ledger import Ledger
+from syncd.ledger import ACTIVE_STATES, Ledger
 from syncd.lock import StateLock
 from syncd.logs import qp
 from syncd.metrics import Metrics
@@ -82,7 +81,6 @@ STOP_MARGIN = 15.0  # asked of systemd beyond drain_seconds (EXTEND_TIMEOUT_USEC
 DISK_PROBE_BYTES = 64 * 1024
 LEDGER_NAME = "ledger.sqlite3"
 
-_PENDING = ("settling", "queued", "uploading", "retrying", "uploaded")
 
 
 def ledger_path(cfg: configmod.Config) -> Path:
@@ -569,7 +567,7 @@ class Daemon:
         by_folder = self.ledger.counts_by_folder()
         for root in self._usable_folders():
             counts = by_folder.get(root, {})
-            if any(counts.get(state) for state in _PENDING):
+            if any(counts.get(state) for state in ACTIVE_STATES):
                 return False
         return True
 
@@ -682,10 +680,6 @@ class Daemon:
     def stop(self) -> None:
         self._signals += 1
         self._stop.set()
-
-
-def pending_counts(counts: Mapping[str, int]) -> int:
-    return sum(counts.get(s, 0) for s in _PENDING)
 
 
 def _ago(seconds: float) -> str:

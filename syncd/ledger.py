@@ -609,11 +609,6 @@ class Ledger:
             ).fetchone()
         return int(r[0])
 
-    def last_upload_at(self) -> float | None:
-        with self._lock:
-            r = self._conn.execute("SELECT MAX(uploaded_at) FROM files").fetchone()
-        return None if r is None else r[0]
-
     def integrity_check(self) -> str:
         with self._lock:
             return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

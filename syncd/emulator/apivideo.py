@@ -70,7 +70,6 @@ import math
 import mimetypes
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ from syncd.emulator.server import (
     ServiceContext,
     parse_uint,
 )
-from syncd.emulator.store import Session, Sessions
+from syncd.emulator.store import Session
 
 MIB = 1024 * 1024
 MIN_CHUNK = 5 * MIB
@@ -224,10 +223,7 @@ class ApiVideoService(Service):
     prefix = "/apivideo"
 
     def __init__(self, context: ServiceContext) -> None:
-        self.settings = context.settings
-        self.store = context.store
-        self.sessions = Sessions(context.store, self.name)
-        self._lock = threading.Lock()
+        super().__init__(context)
         started = self.settings.clock()
         self._tokens = {self.settings.apivideo_token:
                         _Token(self.settings.apivideo_token, 0, started, None)}
@@ -239,7 +235,6 @@ class ApiVideoService(Service):
         for session in sorted(loaded, key=lambda s: s.created_at):
             if session.state != "aborted":
                 self._videos.append(session.id)
-        super().__init__(context)
 
     def _session_dirs(self) -> list[str]:
         return [p.name for p in self.sessions.root.iterdir() if p.is_dir()]

@@ -32,7 +32,6 @@ import base64
 import binascii
 import hmac
 import math
-import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -50,7 +49,6 @@ from syncd.emulator.server import (
     parse_uint,
     quote_key,
 )
-from syncd.emulator.store import Sessions
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
@@ -145,11 +143,7 @@ class LiltService(Service):
     prefix = "/lilt"
 
     def __init__(self, context: ServiceContext) -> None:
-        self.settings = context.settings
-        self.store = context.store
-        self.signer = context.signer
-        self.sessions = Sessions(context.store, self.name)
-        self._lock = threading.Lock()
+        super().__init__(context)
         self._intents: OrderedDict[str, tuple[Spec, int]] = OrderedDict()  # key -> (spec, expires)
         self._by_id = {
             m["upload_id"]: m["key"]
@@ -159,7 +153,6 @@ class LiltService(Service):
         self._next_id = max(self._by_id, default=0) + 1
         self._stored_at: dict[int, float] = {}  # upload id -> clock() when (re)stored
         self._polled: set[int] = set()  # ids already reported as pending once
-        super().__init__(context)
 
     def routes(self) -> list[Route]:
         mp = "/v2/upload/s3/multipart"

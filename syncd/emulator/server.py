@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import hashlib
 import hmac
 import io
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote
 
-from syncd.emulator.store import Store
+from syncd.emulator.store import Sessions, Store
 
 CHUNK = 1024 * 1024
 JSON_LIMIT = 8 * 1024 * 1024
@@ -290,9 +291,12 @@ class Service:
 
     Subclasses set ``name`` and ``prefix`` and implement :meth:`routes`; they
     override :meth:`error` to render errors (and injected faults) in the
-    service's own format. ``context`` gives access to the shared store, the
-    settings (credentials, url_ttl, clock) and the URL signer. ``routes()`` is
-    called from ``__init__``, so a subclass sets up its own attributes first.
+    service's own format. The base sets up what every service uses:
+    ``settings`` (credentials, url_ttl, clock), the shared ``store``, the URL
+    ``signer``, a ``_lock`` for the service's own state, and ``sessions``
+    (its durable multipart sessions, created on first use). ``routes()`` is
+    called on the first request, so a subclass calls ``super().__init__``
+    first and then sets up its own attributes.
     """
 
     name: ClassVar[str] = ""
@@ -301,7 +305,18 @@ class Service:
 
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
-        self._routes: list[Route] = self.routes()
+        self.settings = context.settings
+        self.store = context.store
+        self.signer = context.signer
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def sessions(self) -> Sessions:
+        return Sessions(self.store, self.name)
+
+    @functools.cached_property
+    def _routes(self) -> list[Route]:
+        return self.routes()
 
     def routes(self) -> list[Route]:
         raise NotImplementedError

@@ -66,7 +66,6 @@ import hmac
 import json
 import math
 import os
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -86,7 +85,7 @@ from syncd.emulator.server import (
     parse_uint,
     quote_key,
 )
-from syncd.emulator.store import Session, Sessions
+from syncd.emulator.store import Session
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 5 * MIB
@@ -206,14 +205,9 @@ class WriftAIService(Service):
     prefix = "/wriftai/v1"
 
     def __init__(self, context: ServiceContext) -> None:
-        self.settings = context.settings
-        self.store = context.store
-        self.signer = context.signer
-        self.sessions = Sessions(context.store, self.name)
-        self.min_part_size = _env_part_size() or DEFAULT_PART_SIZE
-        self._lock = threading.Lock()
-        self._intents: OrderedDict[str, _Intent] = OrderedDict()  # storage key -> declaration
         super().__init__(context)
+        self.min_part_size = _env_part_size() or DEFAULT_PART_SIZE
+        self._intents: OrderedDict[str, _Intent] = OrderedDict()  # storage key -> declaration
 
     def routes(self) -> list[Route]:
         return [

@@ -60,7 +60,6 @@ import json
 import posixpath
 import re
 import secrets
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ from syncd.emulator.server import (
     parse_uint,
     quote_key,
 )
-from syncd.emulator.store import Session, Sessions
+from syncd.emulator.store import Session
 
 BUCKET = "xvid-emulator"
 ACCESS_KEY_ID = "AKIAXVIDEMULATOR0000"
@@ -126,17 +125,13 @@ class XvidService(Service):
     prefix = "/xvid/v1"
 
     def __init__(self, context: ServiceContext) -> None:
-        self.settings = context.settings
-        self.store = context.store
-        self.sessions = Sessions(context.store, self.name)
+        super().__init__(context)
         self.token_ttl = TOKEN_TTL  # default lifetime of new tokens; tests may shorten it
         self._aws_secret = context.signer.sign("xvid", "aws-secret-access-key").encode()
-        self._lock = threading.Lock()
         self._tokens: dict[str, tuple[float, frozenset[str]]] = {}  # token -> (expiry, scopes)
         self._policies: dict[str, str] = {}  # signature -> upload id (a post's session)
         self._last_expiry = 0.0
         self._polled: set[str] = set()  # uploads already reported COMPLETING once
-        super().__init__(context)
 
     def routes(self) -> list[Route]:
         return [
