@@ -38,9 +38,11 @@ back; the database stays valid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid as uuidlib
@@ -52,8 +54,10 @@ from typing import Any
 
 from syncd import crashpoints
 from syncd.errors import LedgerError
+from syncd.lock import make_state_dir
+from syncd.logs import printable as _printable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x73796E63  # "sync"
 
 STATES = (
@@ -98,6 +102,8 @@ _MIGRATIONS: dict[int, str] = {
         WHERE location IS NULL AND state IN {_ACTIVE_SQL};
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
     """,
+    # A file's identity is (device, inode): an inode number alone is reused across devices.
+    2: "ALTER TABLE files ADD COLUMN device INTEGER",
 }
 
 
@@ -130,6 +136,7 @@ class Row:
     uploaded_at: float | None
     done_at: float | None
     updated_at: float
+    device: int | None = None  # st_dev with ``inode``: the file's identity
 
     @property
     def inbox_path(self) -> str:
@@ -154,8 +161,26 @@ class Row:
         return out
 
 
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def make_private(path: Path) -> None:
+    """Create ``path`` as an empty file with mode 0600 (whatever the umask), or bring an
+    existing one and its ``-wal``/``-shm`` to 0600 (ledgers of older versions were 0644).
+
+    The ledger holds every file name, receipt and resume state, so it is the
+    owner's alone; SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files
+    it creates the mode of the database file.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(OSError):  # missing, or not ours to change
+                if stat.S_IMODE(p.stat().st_mode) & 0o077:
+                    p.chmod(0o600)
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _enc(path: str | None) -> bytes | None:
@@ -200,7 +225,8 @@ class Ledger:
                 conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False,
                                        isolation_level=None)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_state_dir(path.parent)
+                make_private(path)  # before SQLite: its -wal and -shm copy this file's mode
                 conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False,
                                        isolation_level=None)
             conn.row_factory = sqlite3.Row
@@ -285,7 +311,7 @@ class Ledger:
             last_error=r["last_error"], receipt=_unjson(r["receipt"]), resume=_unjson(r["resume"]),
             archive_path=_dec(r["archive_path"]), first_seen=r["first_seen"],
             changed_at=r["changed_at"], queued_at=r["queued_at"], uploaded_at=r["uploaded_at"],
-            done_at=r["done_at"], updated_at=r["updated_at"],
+            done_at=r["done_at"], updated_at=r["updated_at"], device=r["device"],
         )
 
     def _set(self, conn: sqlite3.Connection, row_id: int, **fields: Any) -> None:
@@ -324,14 +350,14 @@ class Ledger:
         return self._query("SELECT * FROM files WHERE state = 'settling' ORDER BY id")
 
     def note_stat(self, row_id: int, *, size: int, mtime_ns: int, inode: int,
-                  changed: bool) -> None:
+                  changed: bool, device: int | None = None) -> None:
         """Store the latest stat of a settling file; ``changed`` restarts its quiet time."""
         with self._write() as conn:
             if changed:
-                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode,
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
                           changed_at=self._clock())
             else:
-                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode)
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device)
 
     def promote(self, row_id: int) -> None:
         """settling -> queued: the file has been quiet long enough."""

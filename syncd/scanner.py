@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from syncd import rules
+from syncd import rules, safefs
 from syncd.ledger import Ledger
 from syncd.logs import qp
 
@@ -31,42 +31,37 @@ BATCH = 1000
 
 def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
          start: str = "") -> Iterator[tuple[str, os.stat_result]]:
-    """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``."""
+    """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``.
+
+    The listing goes through :func:`syncd.safefs.walk`: from directory
+    descriptors, never through a symlink, with loop detection and bounds.
+    """
     root = os.fspath(folder.path)
     skip_dirs = {os.fspath(p) for p in folder.ignored_dirs()}
-    stack = [start]
-    while stack:
-        rel = stack.pop()
-        here = os.path.join(root, rel) if rel else root
-        try:
-            entries = list(os.scandir(here))
-        except FileNotFoundError:
+
+    def descend(relpath: str, st: os.stat_result) -> bool:
+        if not folder.recursive or os.path.join(root, relpath) in skip_dirs:
+            return False
+        return not rules.dir_ignored(relpath, exclude=folder.exclude, ignore_junk=folder.ignore_junk)
+
+    try:
+        safefs.components(start)
+    except safefs.UnsafePath:
+        log.warning("not scanning %s: not a plain path inside the folder", qp(os.path.join(root, start)))
+        return
+    for entry in safefs.walk(root, start=start, descend=descend):
+        relpath, st = entry.relpath, entry.stat
+        if stat.S_ISDIR(st.st_mode):
             continue
-        except OSError as exc:
-            log.warning("cannot list %s: %s", qp(here), exc.strerror or exc)
+        verdict = rules.judge(relpath, include=folder.include, exclude=folder.exclude,
+                              ignore_junk=folder.ignore_junk)
+        if not verdict.accepted:
             continue
-        for entry in entries:
-            relpath = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if not folder.recursive or entry.path in skip_dirs:
-                    continue
-                if rules.dir_ignored(relpath, exclude=folder.exclude, ignore_junk=folder.ignore_junk):
-                    continue
-                stack.append(relpath)
-                continue
-            verdict = rules.judge(relpath, include=folder.include, exclude=folder.exclude,
-                                  ignore_junk=folder.ignore_junk)
-            if not verdict.accepted:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                if on_special is not None:
-                    on_special(relpath, st.st_mode)
-                continue
-            yield relpath, st
+        if not stat.S_ISREG(st.st_mode):
+            if on_special is not None:
+                on_special(relpath, st.st_mode)
+            continue
+        yield relpath, st
 
 
 def scan_folder(ledger: Ledger, folder: Any, *, on_special: Callable[[str, int], None] | None = None,

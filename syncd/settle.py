@@ -8,8 +8,9 @@ early upload. Each :meth:`Settler.tick` stats every settling row once:
 
 * gone before it was ever seen whole: the row is forgotten (a temp name);
   gone after we saw it: ``vanished``;
-* not a regular file (symlink, FIFO, socket, device, directory): skipped with
-  one log line; such paths are never opened;
+* not a regular file (symlink, FIFO, socket, device, directory), or reached
+  through a symlinked directory: skipped with one log line; such paths are
+  never opened (every lookup goes through :mod:`syncd.safefs`);
 * no longer wanted by the folder's rules (config reload): forgotten;
 * changed since the last tick: the quiet time restarts;
 * identical to the newest finished version of the same path (a kept file, or
@@ -26,9 +27,10 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from syncd import rules
+from syncd import rules, safefs
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
 
@@ -72,8 +74,14 @@ class Settler:
             self.ledger.forget(row.id)
             return False
         try:
-            st = os.lstat(row.inbox_path)
-        except FileNotFoundError:
+            st = safefs.lstat(row.folder, row.relpath)
+        except safefs.UnsafePath:
+            # A directory on the way was swapped for a symlink: the path leads out of
+            # the folder, so it is never looked at, opened or uploaded.
+            self.skip_special(row.folder, row.relpath, stat.S_IFLNK)
+            self.ledger.forget(row.id)
+            return False
+        except (FileNotFoundError, NotADirectoryError):
             if row.size is None:
                 self.ledger.forget(row.id)
             else:
@@ -85,10 +93,12 @@ class Settler:
             self.ledger.forget(row.id)
             return False
         now = self.clock()
-        changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.inode)
-        if changed:
+        changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.inode) \
+            or st.st_dev != (row.device if row.device is not None else st.st_dev)
+        if changed or row.device is None:
             self.ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                  inode=st.st_ino, changed=True)
+                                  inode=st.st_ino, device=st.st_dev, changed=changed)
+        if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
                 log.warning("still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
                             now - row.first_seen, qp(row.inbox_path))
@@ -99,16 +109,20 @@ class Settler:
                 log.warning("still being written after %.0fs, waiting for it to be quiet for "
                             "%.1fs: %s", now - row.first_seen, folder.settle_seconds,
                             qp(row.inbox_path))
-            return False
-        if now - row.changed_at < folder.settle_seconds:
+            if folder.settle_seconds > 0:
+                return False
+            # settle_seconds = 0: one look is enough, queue it now (no second tick)
+        quiet_since = now if changed else row.changed_at
+        if now - quiet_since < folder.settle_seconds:
             return False
         previous = self.ledger.previous_version(row)
         if previous is not None and previous.location is None and \
                 previous.state in ("done", "failed", "skipped") and \
-                (previous.size, previous.mtime_ns, previous.inode) == (row.size, row.mtime_ns, row.inode):
+                (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns,
+                                                                       st.st_ino):
             self.ledger.forget(row.id)
             return False
-        if self.ledger.inode_busy(row) is not None:
+        if self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None:
             return False  # the same file is being uploaded under its old name
         self.ledger.promote(row.id)
         self._warned.discard(row.id)

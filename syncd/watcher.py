@@ -33,16 +33,16 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import rules
+from syncd import rules, safefs
 from syncd.logs import qp
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,18 @@ class Intake:
         self._paths: dict[str, set[str]] = {}
         self._scans: set[tuple[str, str]] = set()
         self.events = 0
+        self.on_add: Callable[[], None] = lambda: None  # wakes the main loop
 
     def add(self, folder: str, relpath: str) -> None:
         with self._lock:
             self._paths.setdefault(folder, set()).add(relpath)
             self.events += 1
+        self.on_add()
 
     def request_scan(self, folder: str, reldir: str) -> None:
         with self._lock:
             self._scans.add((folder, reldir))
+        self.on_add()
 
     def drain(self) -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
         with self._lock:
@@ -161,11 +164,43 @@ def _inotify_watches() -> int | None:
 
 
 def _count_dirs(root: str) -> int:
-    """The directories of a tree, as watchdog watches them (symlinks not followed)."""
+    """The directories of a tree that can get an inotify watch (symlinks not followed).
+
+    inotify needs read access to a directory; one a producer made unreadable
+    (mode 000) gets no watch from anyone, and its files are found by the
+    rescans. It must not count as a missing watch, or one such directory
+    would push the whole folder to polling.
+    """
     count = 1
-    for dirpath, dirnames, _ in os.walk(root):
-        count += sum(1 for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+    for entry in safefs.walk(root, descend=lambda _rel, st: _listable(st)):
+        if stat.S_ISDIR(entry.stat.st_mode) and _listable(entry.stat):
+            count += 1
     return count
+
+
+def _listable(st: os.stat_result) -> bool:
+    """Whether this process may read a directory with this stat (owner/group/other bits)."""
+    if os.geteuid() == 0:
+        return True
+    if st.st_uid == os.geteuid():
+        bits = stat.S_IRUSR | stat.S_IXUSR
+        return st.st_mode & bits == bits
+    if st.st_gid in (os.getegid(), *os.getgroups()):
+        bits = stat.S_IRGRP | stat.S_IXGRP
+        return st.st_mode & bits == bits
+    bits = stat.S_IROTH | stat.S_IXOTH
+    return st.st_mode & bits == bits
+
+
+def _scandir_nofollow(path: str | None) -> Iterator[os.DirEntry[str]]:
+    """``os.scandir`` for the polling observer that refuses a directory swapped for a symlink."""
+    fd = os.open(path or ".", safefs.READ_DIR_FLAGS)
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+    finally:
+        os.close(fd)
+    return iter(entries)
 
 
 @dataclass
@@ -202,7 +237,10 @@ class Watcher:
     def _polling_observer(self, interval: float) -> BaseObserver:
         obs = self._polling.get(interval)
         if obs is None:
-            obs = PollingObserver(timeout=interval)
+            # lstat, and a listing that refuses a symlink: a polled folder never descends
+            # through a link (a loop such as `ln -s . a` would otherwise grow without end).
+            obs = PollingObserverVFS(stat=os.lstat, listdir=_scandir_nofollow,
+                                     polling_interval=interval)
             obs.daemon = True
             obs.start()
             self._polling[interval] = obs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import archive
+from syncd import archive, failed, moves
 from syncd.ledger import Ledger, Row
 from tests.conftest import FakeClock, make_folder
 
@@ -63,13 +63,13 @@ def test_archive_never_overwrites(tmp_path: Path, ledger: Ledger) -> None:
 
 def test_collision_suffix_stays_within_name_max() -> None:
     name = "x" * 251 + ".pdf"
-    names = archive.candidate_names(name)
+    names = moves.candidate_names(name)
     assert next(names) == name
     second = next(names)
     assert len(os.fsencode(second)) <= 255 and second.endswith(" (1).pdf")
     multi = "é" * 125 + ".txt"  # 250 + 4 bytes
-    suffixed = [next(archive.candidate_names(multi)) for _ in range(1)]
-    gen = archive.candidate_names(multi)
+    suffixed = [next(moves.candidate_names(multi)) for _ in range(1)]
+    gen = moves.candidate_names(multi)
     next(gen)
     s = next(gen)
     assert len(os.fsencode(s)) <= 255
@@ -156,20 +156,20 @@ def test_source_vanished_after_upload(tmp_path: Path, ledger: Ledger) -> None:
 def test_to_failed_moves_with_sidecar(tmp_path: Path, ledger: Ledger) -> None:
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "sub/a.txt")
-    archive.to_failed(ledger, row, folder, "HTTP 400: bad file")
+    failed.to_failed(ledger, row, folder, "HTTP 400: bad file")
     moved = tmp_path / "failed" / "inbox" / "sub" / "a.txt"
     assert moved.read_bytes() == b"hello"
     sidecar = json.loads((moved.parent / "a.txt.error.json").read_text())
     assert sidecar["reason"] == "HTTP 400: bad file" and sidecar["ledger_id"] == row.id
-    failed = ledger.get(row.id)
-    assert failed is not None and failed.state == "failed" and failed.location == str(moved)
+    gave_up = ledger.get(row.id)
+    assert gave_up is not None and gave_up.state == "failed" and gave_up.location == str(moved)
 
 
 def test_clean_temp(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / f"{archive.TEMP_PREFIX}abc").write_bytes(b"half")
+    (tmp_path / "d" / f"{moves.TEMP_PREFIX}abc").write_bytes(b"half")
     (tmp_path / "d" / "keep.txt").write_bytes(b"k")
-    assert archive.clean_temp(str(tmp_path)) == 1
+    assert moves.clean_temp(str(tmp_path)) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]
 
 

@@ -204,11 +204,22 @@ def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup) -> No
 _CALL = re.compile(r"^(\d+) +(\w+)\((.*)")
 _FD = re.compile(r"^-?\d+<(.*?)>")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+# a path argument with the directory descriptor before it (strace -y): openat2, linkat, unlinkat
+_PATH_ARG = re.compile(r'(?:(?:AT_FDCWD|-?\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
+_RETURNED_FD = re.compile(r"= (\d+)<(.*?)>\s*$")
+_PROC_FD = re.compile(r"^/proc/self/fd/(\d+)$")
 
 
 def _events(trace: str) -> dict[int, list[tuple[str, Any]]]:
-    """Per thread, in order: the durability-relevant calls with their decoded paths."""
+    """Per thread, in order: the durability-relevant calls with their decoded paths.
+
+    syncd names files relative to directory descriptors (``openat2``,
+    ``linkat``, ``unlinkat``) and links an open descriptor through
+    ``/proc/self/fd/N``; both are turned back into absolute paths from
+    strace's ``-y`` annotations and the descriptors each open returned.
+    """
     out: dict[int, list[tuple[str, Any]]] = {}
+    fds: dict[str, str] = {}
     for line in trace.splitlines():
         m = _CALL.match(line)
         if not m:
@@ -216,19 +227,31 @@ def _events(trace: str) -> dict[int, list[tuple[str, Any]]]:
         tid, call, args = int(m.group(1)), m.group(2), m.group(3)
         fd = _FD.match(args)
         strings = _STRING.findall(args)
+        paths = []
+        for dirpath, name in _PATH_ARG.findall(args):
+            proc = _PROC_FD.match(name)
+            if proc and proc.group(1) in fds:
+                paths.append(fds[proc.group(1)])
+            elif dirpath and not name.startswith("/"):
+                paths.append(os.path.normpath(os.path.join(dirpath, name)))
+            else:
+                paths.append(name)
+        returned = _RETURNED_FD.search(args)
+        if returned:
+            fds[returned.group(1)] = returned.group(2)
         ev: tuple[str, Any] | None = None
         if call in ("fsync", "fdatasync") and fd:
             ev = ("sync", fd.group(1))
         elif call == "pwrite64" and fd and fd.group(1).endswith("-wal"):
             ev = ("wal_write", "uploaded" in (strings[0] if strings else ""))
-        elif call in ("openat", "open") and strings:
-            ev = ("open", strings[0])
-        elif call in ("link", "linkat") and len(strings) >= 2:
-            ev = ("link", (strings[0], strings[1]))
-        elif call in ("unlink", "unlinkat") and strings:
-            ev = ("unlink", strings[0])
-        elif call in ("rename", "renameat", "renameat2") and len(strings) >= 2:
-            ev = ("rename", (strings[0], strings[1]))
+        elif call in ("openat", "open", "openat2") and paths:
+            ev = ("open", returned.group(2) if returned else paths[0])
+        elif call in ("link", "linkat") and len(paths) >= 2:
+            ev = ("link", (paths[0], paths[1]))
+        elif call in ("unlink", "unlinkat") and paths:
+            ev = ("unlink", paths[0])
+        elif call in ("rename", "renameat", "renameat2") and len(paths) >= 2:
+            ev = ("rename", (paths[0], paths[1]))
         if ev is not None:
             out.setdefault(tid, []).append(ev)
     return out
@@ -251,8 +274,8 @@ def test_f28_durability_syscalls_are_in_order(setup, tmp_path: Path) -> None:  #
     trace_file = tmp_path / "durability.trace"
     proc = s.start("once", wrapper=[
         "strace", "-f", "-qq", "-y", "-s", "8192", "-o", os.fspath(trace_file),
-        "-e", "trace=openat,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,"
-              "unlink,unlinkat"])
+        "-e", "trace=openat,openat2,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,"
+              "linkat,unlink,unlinkat"])
     assert proc.wait(90) == 0, s.log_text()[-2000:]
     assert s.counts() == {"done": 3}
     threads = _events(trace_file.read_text(errors="replace"))

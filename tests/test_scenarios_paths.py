@@ -217,7 +217,8 @@ def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup, tmp_path: Path)
         sock.close()
     opened = re.findall(r'open(?:at2?)?\((?:[^,]+, )?"((?:[^"\\]|\\.)*)"', trace.read_text())
     assert opened, "strace recorded no open at all"
-    assert any(p.endswith("/inbox/in/good.txt") for p in opened)  # the trace does see the daemon
+    # the trace does see the daemon: the file is opened relative to its folder's descriptor
+    assert any(p == "good.txt" or p.endswith("/inbox/in/good.txt") for p in opened), opened
     for path in opened:
         assert not path.startswith(os.fspath(outside)), f"opened {path} outside the folder"
         assert path not in ("/etc/passwd", "/"), f"opened {path} (behind a link in the inbox)"

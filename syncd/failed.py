@@ -1,0 +1,164 @@
+"""Giving up on a file: it goes to ``failed_dir`` with a sidecar that says why.
+
+:func:`to_failed` moves the file the way an archive move does
+(:mod:`syncd.moves`: no symlink followed, no name clobbered, the target
+recorded in the ledger first), then writes ``NAME.error.json`` beside it. A
+sidecar never replaces a file: it is created under a fresh temp name and
+linked into place, and when ``NAME.error.json`` is taken by anything but
+this row's own earlier sidecar the next free ``NAME.error (1).json`` is
+used. :func:`finish_interrupted_failures` completes, at startup, a move a
+crash cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+import time
+import uuid
+from typing import Any
+
+from syncd import safefs
+from syncd.archive import exists_under, reobserve
+from syncd.ledger import Ledger, Row
+from syncd.logs import qp
+from syncd.moves import (
+    NAME_MAX,
+    TEMP_PREFIX,
+    ChangedAfterUpload,
+    candidate_names,
+    matches,
+    move,
+    opened,
+    roots,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_SUFFIX = ".error.json"
+SIDECAR_MAX = 64 * 1024
+
+
+def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
+    """Give up on a row: move its file to failed_dir with a sidecar, mark it failed.
+
+    The target is recorded (``archive_path``) before the move, like an
+    archive move, so :func:`finish_interrupted_failures` can complete a move
+    that a crash cut short instead of losing track of the file. A file that
+    is not the row's version any more (replaced meanwhile) is not moved.
+    """
+    location: str | None = None
+    planned = row.archive_path if row.location is None else None
+    failed_root = os.fspath(folder.failed_dir)
+    if row.location is not None:
+        location = row.location
+    else:
+        try:
+            with opened(row.inbox_path, roots(row, folder), None) as src:
+                if src is None:
+                    if planned and exists_under(planned, failed_root):
+                        location = planned  # moved before a crash; only the ledger was behind
+                elif not matches(src.st, row):
+                    log.warning("not moving %s to the failed folder: it was replaced by a new "
+                                "file, which is uploaded on its own", qp(row.inbox_path))
+                    reobserve(ledger, row)
+                else:
+                    location = move(src, failed_root, os.path.dirname(row.relpath),
+                                    os.path.basename(row.relpath),
+                                    record=lambda t: ledger.set_archive_target(row.id, t),
+                                    planned=planned, sha256=row.sha256)
+        except (OSError, ChangedAfterUpload) as exc:
+            log.error("could not move %s to the failed folder (%s); it stays in place",
+                      qp(row.inbox_path), getattr(exc, "strerror", None) or exc)
+            location = None
+    if location is not None:
+        try:
+            _write_sidecar(location, row, reason, [failed_root, *roots(row, folder)])
+        except OSError as exc:
+            log.warning("could not write the reason next to %s: %s", qp(location),
+                        exc.strerror or exc)
+    ledger.mark_failed(row.id, error=reason, location=location)
+    log.error("failed: %s: %s", qp(row.inbox_path), reason)
+
+
+def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
+    """At startup: rows a crash caught while moving them to failed_dir.
+
+    Such a row is still ``uploading`` (failed moves happen on the worker,
+    before ``mark_failed``) and has a recorded target. Finish the move and
+    mark it failed, so the file is neither lost nor uploaded again.
+    """
+    finished = 0
+    for row in ledger.in_state("uploading"):
+        folder = folders.get(row.folder)
+        if row.archive_path is None or row.location is not None or folder is None:
+            continue
+        to_failed(ledger, row, folder, row.last_error or
+                  "the move to the failed folder was interrupted; see the log before the restart")
+        finished += 1
+    return finished
+
+
+def _sidecar_of(dirfd: int, name: str, row: Row) -> bool:
+    """Whether ``name`` is a regular file holding this row's own sidecar."""
+    try:
+        fd = safefs.open_beneath(dirfd, name, safefs.READ_FILE_FLAGS)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = json.loads(os.pread(fd, SIDECAR_MAX, 0))
+        return isinstance(data, dict) and data.get("uuid") == row.uuid
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_sidecar(path: str, row: Row, reason: str, bases: list[str | None]) -> str:
+    """Write the reason next to the failed file at ``path``; returns the sidecar's name."""
+    data = {
+        "file": os.path.basename(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+        "original_path": row.to_json()["folder"] + "/" + row.to_json()["relpath"],
+        "ledger_id": row.id,
+        "uuid": row.uuid,
+        "destination": row.destination,
+        "attempts": row.attempts,
+        "reason": reason,
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "retry": f"syncd retry {row.id}",
+    }
+    body = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    base = os.path.basename(path) + ERROR_SUFFIX
+    if len(os.fsencode(base)) > NAME_MAX:
+        base = f"{row.uuid}{ERROR_SUFFIX}"
+    root, rel = safefs.anchor(path, bases)
+    with safefs.parent(root, rel) as (dirfd, _name):
+        tmp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dirfd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            for candidate in candidate_names(base):
+                if _sidecar_of(dirfd, candidate, row):
+                    os.rename(tmp, candidate, src_dir_fd=dirfd, dst_dir_fd=dirfd)  # our own: replace
+                    break
+                try:
+                    os.link(tmp, candidate, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
+                    break
+                except FileExistsError:
+                    continue  # a user's file (or anything else) has that name: never replace it
+            safefs.fsync_dirfd(dirfd)
+            return candidate
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dirfd)
+
+

@@ -1,0 +1,221 @@
+"""Archiving and failing files against a producer who plants links and swaps names.
+
+The invariants: nothing outside the inbox, archive_dir and failed_dir is
+read, written or moved; the archived bytes are the uploaded bytes; no user
+file is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd import archive, failed, safefs
+from syncd.ledger import Ledger
+from tests.conftest import FakeClock, make_folder
+from tests.test_archive import _uploaded
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    led = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "victim.txt").write_bytes(b"VICTIM")
+    return out
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {os.fspath(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_planted_archive_subdirectory_link_is_never_followed(
+        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    folder = make_folder(tmp_path)
+    (tmp_path / "archive" / "inbox").mkdir(parents=True)
+    os.symlink(outside, tmp_path / "archive" / "inbox" / "sub")
+    row = _uploaded(ledger, folder, "sub/a.txt", b"payload")
+    with pytest.raises(safefs.UnsafePath):
+        archive.finish(ledger, row, folder)
+    assert _tree(outside) == {"victim.txt": b"VICTIM"}
+    assert (tmp_path / "inbox" / "sub" / "a.txt").read_bytes() == b"payload"  # nothing lost
+    assert ledger.get(row.id).state == "uploaded"  # type: ignore[union-attr]
+
+
+def test_inbox_directory_swapped_for_a_link_after_upload(
+        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    """The uploaded file's directory becomes a link to another tree: nothing there moves."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "x/victim.txt", b"decoy")
+    inbox = tmp_path / "inbox"
+    os.rename(inbox / "x", inbox / ".hidden")
+    os.symlink(outside, inbox / "x")
+    archive.finish(ledger, row, folder)
+    assert _tree(outside) == {"victim.txt": b"VICTIM"}
+    assert (inbox / ".hidden" / "victim.txt").read_bytes() == b"decoy"
+    assert not (tmp_path / "archive").exists() or _tree(tmp_path / "archive") == {}
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and done.location is None
+
+
+def test_name_swapped_for_a_symlink_archives_the_uploaded_descriptor_only(
+        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    """Between the upload and the move the name becomes a link: no link reaches the archive."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"uploaded bytes")
+    inbox = tmp_path / "inbox"
+    fd = os.open(inbox / "a.txt", os.O_RDONLY)
+    try:
+        os.rename(inbox / "a.txt", inbox / ".a.txt.swp")
+        os.symlink(outside / "victim.txt", inbox / "a.txt")
+        archive.finish(ledger, row, folder, fd)
+    finally:
+        os.close(fd)
+    for p in (tmp_path / "archive").rglob("*") if (tmp_path / "archive").exists() else []:
+        assert not p.is_symlink(), f"a symlink reached the archive: {p}"
+    assert os.path.islink(inbox / "a.txt")  # left alone
+    assert (outside / "victim.txt").read_bytes() == b"VICTIM"
+    assert (inbox / ".a.txt.swp").read_bytes() == b"uploaded bytes"
+
+
+def test_archive_race_many_tries(tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    """Swap the name for a link at every point of the move, many times: never a link archived,
+    never the victim's bytes, the uploaded bytes never lost."""
+    folder = make_folder(tmp_path)
+    inbox = tmp_path / "inbox"
+    for i in range(200):
+        row = _uploaded(ledger, folder, f"f{i}.txt", f"uploaded {i}".encode())
+        fd = os.open(inbox / f"f{i}.txt", os.O_RDONLY)
+        try:
+            if i % 2:
+                os.rename(inbox / f"f{i}.txt", inbox / f".f{i}.swp")
+                os.symlink(outside / "victim.txt", inbox / f"f{i}.txt")
+            archive.finish(ledger, row, folder, fd)
+        finally:
+            os.close(fd)
+    arch = tmp_path / "archive" / "inbox"
+    for p in arch.iterdir():
+        assert not p.is_symlink()
+        assert p.read_bytes().startswith(b"uploaded ")
+    assert len(list(arch.iterdir())) == 100
+    assert len([p for p in inbox.iterdir() if p.name.endswith(".swp")]) == 100
+
+
+def test_cross_device_copy_is_made_from_the_uploaded_descriptor(
+        tmp_path: Path, ledger: Ledger) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is not a separate filesystem here")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        folder = make_folder(tmp_path, archive_dir=Path(other) / "arch")
+        row = _uploaded(ledger, folder, "a.txt", b"the uploaded bytes")
+        fd = os.open(tmp_path / "inbox" / "a.txt", os.O_RDONLY)
+        try:
+            archive.finish(ledger, row, folder, fd)
+        finally:
+            os.close(fd)
+        assert (Path(other) / "arch" / "a.txt").read_bytes() == b"the uploaded bytes"
+
+
+def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(
+        tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"original")
+    kept = tmp_path / "producer-keeps"
+    os.link(tmp_path / "inbox" / "a.txt", kept)
+    archive.finish(ledger, row, folder)
+    archived = tmp_path / "archive" / "inbox" / "a.txt"
+    assert archived.read_bytes() == b"original"
+    assert os.stat(archived).st_ino != os.stat(kept).st_ino
+    with open(kept, "r+b") as f:
+        f.write(b"TAMPERED")
+    assert archived.read_bytes() == b"original"
+
+
+def test_bytes_changed_through_a_hard_link_after_upload_are_not_archived(
+        tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"original")
+    kept = tmp_path / "producer-keeps"
+    os.link(tmp_path / "inbox" / "a.txt", kept)
+    st = os.stat(kept)
+    with open(kept, "r+b") as f:
+        f.write(b"ORIGINAL")  # same size; mtime put back so only the bytes tell
+    os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    archive.finish(ledger, row, folder)
+    assert not (tmp_path / "archive" / "inbox" / "a.txt").exists()
+    assert (tmp_path / "inbox" / "a.txt").read_bytes() == b"ORIGINAL"  # kept, a new version
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and "changed after upload" in (done.last_error or "")
+    again = ledger.active_for_path(os.fspath(folder.path), "a.txt")
+    assert again is not None and again.state == "settling"
+
+
+def test_sidecar_never_overwrites_a_user_file(tmp_path: Path, ledger: Ledger) -> None:
+    """A failed file named report.error.json, then a failed file report: both survive."""
+    folder = make_folder(tmp_path)
+    first = _uploaded(ledger, folder, "report.error.json", b"the user's own json")
+    failed.to_failed(ledger, first, folder, "HTTP 400: refused")
+    second = _uploaded(ledger, folder, "report", b"the report")
+    failed.to_failed(ledger, second, folder, "HTTP 400: refused too")
+    fdir = tmp_path / "failed" / "inbox"
+    kept = ledger.get(first.id)
+    assert kept is not None and kept.location is not None
+    assert Path(kept.location).read_bytes() == b"the user's own json"
+    assert (fdir / "report").read_bytes() == b"the report"
+    sidecars = [json.loads(p.read_bytes()) for p in fdir.iterdir()
+                if p.name.startswith("report.error") and p.read_bytes().startswith(b"{\n")]
+    assert sorted(s["uuid"] for s in sidecars) == sorted([first.uuid, second.uuid])
+    assert (fdir / "report.error (1).json").exists()
+
+
+def test_failing_again_replaces_only_its_own_sidecar(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt")
+    failed.to_failed(ledger, row, folder, "first reason")
+    again = ledger.get(row.id)
+    assert again is not None
+    failed.to_failed(ledger, again, folder, "second reason")
+    fdir = tmp_path / "failed" / "inbox"
+    assert sorted(p.name for p in fdir.iterdir()) == ["a.txt", "a.txt.error.json"]
+    assert json.loads((fdir / "a.txt.error.json").read_text())["reason"] == "second reason"
+    assert stat.S_IMODE(os.stat(fdir).st_mode) == 0o700
+
+
+def test_planted_links_in_failed_dir_are_not_written_through(
+        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    folder = make_folder(tmp_path)
+    fdir = tmp_path / "failed" / "inbox"
+    fdir.mkdir(parents=True)
+    os.symlink(outside / "victim.txt", fdir / "a.txt.error.json")
+    os.symlink(outside / "victim.txt", fdir / "a.txt.error.json.tmp")
+    row = _uploaded(ledger, folder, "a.txt")
+    failed.to_failed(ledger, row, folder, "refused")
+    assert (outside / "victim.txt").read_bytes() == b"VICTIM"
+    assert (fdir / "a.txt").read_bytes() == b"hello"
+    assert json.loads((fdir / "a.txt.error (1).json").read_text())["uuid"] == row.uuid
+
+
+def test_a_file_replaced_before_failing_is_not_moved(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"first")
+    (tmp_path / "inbox" / "a.txt").unlink()
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"a new file, never tried")
+    failed.to_failed(ledger, row, folder, "refused")
+    assert (tmp_path / "inbox" / "a.txt").read_bytes() == b"a new file, never tried"
+    assert hashlib.sha256(b"first").hexdigest() == row.sha256
+    got = ledger.get(row.id)
+    assert got is not None and got.state == "failed" and got.location is None

@@ -1,0 +1,176 @@
+"""syncd.safefs: no lookup under a trusted root follows a symlink at any component.
+
+Every test runs twice: with openat2 (the kernel checks each component) and
+with the component-by-component O_NOFOLLOW walk used where openat2 is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd import safefs
+
+
+@pytest.fixture(params=["openat2", "walk"], autouse=True)
+def resolver(request: pytest.FixtureRequest) -> Iterator[str]:
+    saved = safefs._Kernel.use_openat2
+    safefs._Kernel.use_openat2 = None if request.param == "openat2" else False
+    probe = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if request.param == "openat2":
+            safefs.open_beneath(probe, "tmp", safefs.DIR_FLAGS)
+            if safefs._Kernel.use_openat2 is False:
+                pytest.skip("this kernel (or its seccomp filter) has no openat2")
+    except OSError:
+        pass
+    finally:
+        os.close(probe)
+    yield request.param
+    safefs._Kernel.use_openat2 = saved
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """root/ holds a/b/file; outside/ holds a secret; root/link -> outside, root/a/up -> .."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "file").write_bytes(b"inside")
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"SECRET")
+    (outside / "b").mkdir()
+    (outside / "b" / "file").write_bytes(b"SECRET")
+    os.symlink(outside, root / "link")
+    os.symlink("..", root / "a" / "up")
+    os.symlink(outside / "secret", root / "a" / "leaf")
+    return root
+
+
+def _read(root: Path, rel: str) -> bytes:
+    fd = safefs.open_file(root, rel)
+    try:
+        return os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+
+
+def test_plain_paths_open(tree: Path) -> None:
+    assert _read(tree, "a/b/file") == b"inside"
+    assert stat.S_ISREG(safefs.lstat(tree, "a/b/file").st_mode)
+
+
+@pytest.mark.parametrize("rel", ["link/secret", "link/b/file", "a/leaf", "a/up/link/secret",
+                                 "a/up/a/b/file"])
+def test_a_symlink_at_any_component_is_refused(tree: Path, rel: str) -> None:
+    with pytest.raises(safefs.UnsafePath) as info:
+        _read(tree, rel)
+    assert info.value.errno == errno.ELOOP
+
+
+@pytest.mark.parametrize("rel", ["../outside/secret", "/etc/passwd", "a/../../outside/secret",
+                                 "a//b/file", "./a/b/file"])
+def test_dot_dot_absolute_and_odd_paths_are_refused(tree: Path, rel: str) -> None:
+    with pytest.raises(safefs.UnsafePath):
+        _read(tree, rel)
+
+
+def test_lstat_of_a_link_itself_is_allowed_but_not_through_it(tree: Path) -> None:
+    assert stat.S_ISLNK(safefs.lstat(tree, "link").st_mode)
+    with pytest.raises(safefs.UnsafePath):
+        safefs.lstat(tree, "link/secret")
+
+
+def test_directory_swapped_for_a_symlink_after_a_first_lookup(tree: Path, tmp_path: Path) -> None:
+    """The credential attack: mkdir x; touch x/key; (settled) rm -r x; ln -s creds x."""
+    (tree / "x").mkdir()
+    (tree / "x" / "lilt-api-key").write_bytes(b"decoy")
+    assert safefs.lstat(tree, "x/lilt-api-key").st_size == 5
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "lilt-api-key").write_bytes(b"the real key")
+    (tree / "x" / "lilt-api-key").unlink()
+    (tree / "x").rmdir()
+    os.symlink(creds, tree / "x")
+    with pytest.raises(safefs.UnsafePath):
+        safefs.lstat(tree, "x/lilt-api-key")
+    with pytest.raises(safefs.UnsafePath):
+        _read(tree, "x/lilt-api-key")
+
+
+def test_makedirs_refuses_a_planted_link_and_creates_0700(tree: Path, tmp_path: Path) -> None:
+    rootfd = safefs.open_root(tree)
+    try:
+        with pytest.raises(safefs.UnsafePath):
+            safefs.makedirs(rootfd, "link/new")
+        assert not (tmp_path / "outside" / "new").exists()
+        fd = safefs.makedirs(rootfd, "made/deeper")
+        os.close(fd)
+    finally:
+        os.close(rootfd)
+    assert stat.S_IMODE(os.stat(tree / "made" / "deeper").st_mode) == 0o700
+
+
+def test_parent_with_create(tree: Path) -> None:
+    with safefs.parent(tree, "n1/n2/leaf", create=True) as (dirfd, name):
+        assert name == "leaf"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dirfd)
+        os.close(fd)
+    assert (tree / "n1" / "n2" / "leaf").exists()
+    with pytest.raises(safefs.UnsafePath), safefs.parent(tree, "link/x", create=True):
+        pass
+
+
+def test_anchor_is_lexical_and_strict(tmp_path: Path) -> None:
+    root = str(tmp_path / "r")
+    assert safefs.anchor(root + "/a/b", [None, "/elsewhere", root]) == (root, "a/b")
+    with pytest.raises(safefs.UnsafePath):
+        safefs.anchor(root + "x/a", [root])
+    with pytest.raises(safefs.UnsafePath):
+        safefs.anchor(root + "/a/../../etc", [root])
+
+
+def test_walk_never_enters_links_and_reports_them(tree: Path) -> None:
+    entries = {e.relpath: e.stat for e in safefs.walk(tree)}
+    assert "a/b/file" in entries
+    assert stat.S_ISLNK(entries["link"].st_mode) and stat.S_ISLNK(entries["a/up"].st_mode)
+    assert not any(rel.startswith(("link/", "a/up/")) for rel in entries)
+
+
+def test_walk_of_a_symlink_loop_is_bounded(tmp_path: Path) -> None:
+    root = tmp_path / "loop"
+    root.mkdir()
+    os.symlink(".", root / "a")
+    os.symlink("a", root / "b")
+    (root / "f").write_bytes(b"x")
+    assert sorted(e.relpath for e in safefs.walk(root)) == ["a", "b", "f"]
+
+
+def test_walk_depth_and_entry_caps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    deep = tmp_path / "deep"
+    path = deep
+    for i in range(10):
+        path = path / f"d{i}"
+    path.mkdir(parents=True)
+    rels = [e.relpath for e in safefs.walk(deep, max_depth=4)]
+    assert max(r.count("/") for r in rels) == 3
+    assert "deeper than 4 levels" in caplog.text
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for i in range(50):
+        (wide / f"f{i}").write_bytes(b"")
+    assert len(list(safefs.walk(wide, max_entries=20))) == 20
+    assert "after 20 entries" in caplog.text
+
+
+def test_walk_skips_a_directory_it_cannot_list(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "ok").mkdir(parents=True)
+    (root / "ok" / "f").write_bytes(b"x")
+    # a directory that turns out not to be listable: a file where the walk expected one
+    assert sorted(e.relpath for e in safefs.walk(root, start="missing")) == []
+    assert [e.relpath for e in safefs.walk(root, start="ok")] == ["ok/f"]
