@@ -12,7 +12,9 @@
     └── UploadError          one upload attempt failed; the uploader decides.
         ├── RetryableError   try again later: transport errors, 408, 429, 5xx,
         │                    expired signatures. `retry_after` (seconds) is the
-        │                    server's own hint when it gave one.
+        │                    server's own hint when it gave one; transport
+        │                    errors and 5xx pause the destination (circuit.py)
+        │                    instead of spending the file's attempts.
         ├── PermanentError   retrying cannot help (4xx, a rejected file): the
         │                    file goes to failed_dir at once with the reason.
         ├── SourceChangedError  the local file changed while it was being read;
@@ -24,7 +26,8 @@
 
 HTTP status codes and httpx exceptions are mapped onto this tree in exactly
 one place, :mod:`syncd.http`. Messages never carry secrets: :mod:`syncd.redact`
-scrubs URLs and known secret values before any text leaves a destination.
+scrubs URLs and known secret values before any text leaves a destination, and
+:func:`describe` escapes control characters in whatever the server said.
 """
 
 from __future__ import annotations
@@ -80,13 +83,20 @@ class UploadError(SyncdError):
 
 
 class RetryableError(UploadError):
-    """Transient: retry later with backoff, or after ``retry_after`` seconds."""
+    """Transient: retry later with backoff, or after ``retry_after`` seconds.
+
+    ``transport`` is True when no HTTP answer came at all (connection refused
+    or reset, DNS, timeouts): with a 5xx, that is an outage of the service,
+    not a failure of the file (:mod:`syncd.circuit`).
+    """
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self, message: str, *, status: int | None = None, retry_after: float | None = None,
+        transport: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.transport = transport
 
 
 class ExpiredError(RetryableError):
@@ -119,10 +129,16 @@ class FatalError(UploadError):
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line, secret-free description of an exception for logs and the ledger."""
+    """A one-line, secret-free, printable description of an exception for logs and the ledger.
+
+    Server text inside the message (an error body, a status) is redacted, then
+    its control characters and bidi overrides are escaped (``\\x1b``), so what
+    the ledger stores and ``syncd files``/``status`` print is safe as it is.
+    """
+    from syncd.logs import printable
     from syncd.redact import redact
 
     name = type(exc).__name__
     text = str(exc).replace("\n", " ").strip()
-    return redact(f"{name}: {text}" if text else name)
+    return printable(redact(f"{name}: {text}" if text else name))
 

@@ -8,7 +8,8 @@ a failed TLS certificate verification, which is :class:`~syncd.errors.FatalError
 retryable with the server's ``Retry-After`` (delay-seconds, or an HTTP-date
 read against the response's ``Date``) as the hint; 401/403 are
 :class:`~syncd.errors.FatalError` unless the caller says otherwise; other
-4xx are :class:`~syncd.errors.PermanentError`. Every message is redacted.
+4xx are :class:`~syncd.errors.PermanentError`. Every message is redacted, and
+server text in it (:func:`error_text`) has its control characters escaped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 
 from syncd import __version__
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
+from syncd.logs import printable
 from syncd.redact import redact, strip_query
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
             # The same for every file until an operator acts (ca_bundle, the server's
             # certificate): pause the destination rather than use up each file's attempts.
             raise FatalError(f"{what}: TLS: {detail}") from None
-        raise RetryableError(f"{what}: {type(exc).__name__}: {detail}") from None
+        raise RetryableError(f"{what}: {type(exc).__name__}: {detail}", transport=True) from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"{what}: invalid URL {strip_query(url)!r}: {exc}") from None
 
@@ -121,15 +123,20 @@ def _certificate_rejected(exc: BaseException) -> bool:
 
 
 def error_text(response: httpx.Response, limit: int = 300) -> str:
-    """A short, redacted excerpt of an error response body."""
+    """A short, redacted, printable excerpt of an error response body.
+
+    This is where server text enters syncd's error messages: secrets are masked
+    before the cut (a cut must not leave half a secret unrecognised), and
+    control characters (ESC, BEL, CR, C1) and bidi overrides are escaped.
+    """
     try:
         body = response.text
     except Exception:
         body = ""
-    body = " ".join(body.split())
+    body = redact(" ".join(body.split()))
     if len(body) > limit:
         body = body[:limit] + "..."
-    return redact(body)
+    return printable(body)
 
 
 def check(

@@ -23,6 +23,12 @@ every exception and traceback. httpx's request lines are only let through at
 
 :func:`qp` quotes a path for a log line: control characters, newlines and
 undecodable bytes are escaped, so a file name can never forge a log line.
+:func:`printable` is the one escape for text syncd did not write itself
+(server error bodies, status messages, remote ids): C0/C1 controls and bidi
+overrides appear as ``\\x1b`` or ``\\u202e``, never raw. Every formatter applies
+it to the whole record too (keeping only the newlines and tabs of a
+multi-line record, which each format frames), so nothing reaches a terminal
+or a log file raw.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import IO, Any
@@ -48,15 +55,47 @@ def qp(path: str | bytes) -> str:
     return repr(text)
 
 
-def _printable(text: str) -> str:
-    """Undecodable bytes (surrogate escapes) as ``\\xff``, so any stream can encode it."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+# C0 controls, DEL, C1 controls (U+0085 NEL, U+009B CSI ...), the bidi marks,
+# embeddings, overrides and isolates, and the Unicode line/paragraph separators:
+# everything that can move a terminal's cursor, recolour it, ring it, reorder
+# what follows it, or start a new line in a log viewer.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group()
+    code = ord(ch)
+    return _SHORT.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` safe for a terminal, a log line or a JSON string read by a person.
+
+    Undecodable bytes (surrogate escapes) become ``\\xff``; control characters
+    (C0, DEL, C1) and Unicode bidi controls and line separators become
+    ``\\x1b``, ``\\u202e``, ``\\r`` ... so server-provided text (error bodies,
+    status messages, remote ids) and file names can neither drive the terminal
+    nor forge a line. Characters in ``keep`` (say ``"\\n\\t"``) pass through.
+    This is the one escape function for output; the log formatters apply it to
+    every record as a last line of defence.
+    """
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if keep:
+        return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
+    return _UNSAFE.sub(_escape, text)
+
+
+_KEEP = "\n\t"  # records may span lines (tracebacks); each formatter frames them
 
 
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
-        text = _printable(super().format(record)).replace("\r", "\\r")
+        text = printable(super().format(record), _KEEP)
         # journald stores each line as its own entry: every line carries the priority.
         return "\n".join(prefix + (line if i == 0 else "    " + line)
                          for i, line in enumerate(text.split("\n")))
@@ -64,7 +103,7 @@ class _JournalFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return _one_line(_printable(super().format(record)))
+        return _one_line(printable(super().format(record), _KEEP))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -74,12 +113,12 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": _printable(record.getMessage()),
+            "message": printable(record.getMessage(), _KEEP),
         }
         if record.exc_info and not record.exc_text:  # a handler without the redacting filter
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            data["exception"] = _printable(record.exc_text)
+            data["exception"] = printable(record.exc_text, _KEEP)
         return json.dumps(data, ensure_ascii=False)
 
 

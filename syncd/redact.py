@@ -5,11 +5,16 @@ Two mechanisms, applied together by :func:`redact`:
 * Known secret values. Every secret resolved from the config (API keys,
   tokens, client secrets) and every credential a destination obtains at run
   time (OAuth access tokens, upload tokens) is registered with
-  :func:`register`; any occurrence of it is replaced by ``***``.
+  :func:`register`; any occurrence of it is replaced by ``***``, and so is
+  any occurrence of its percent-encoded forms (``quote``, ``quote_plus``,
+  upper- or lower-case hex), as it appears inside a URL or a form body.
 * Shapes. Query parameters that carry credentials or signatures
-  (``key=``, ``token=``, ``X-Amz-Signature=``, ``signature=`` ...) and
-  ``Authorization``/``Bearer``/``Basic`` values are masked wherever they
-  appear, so a presigned URL in an exception text leaks nothing either.
+  (``key=``, ``token=``, ``X-Amz-Signature=``, ``signature=``, and any
+  ``...-Signature``/``..._token``/``...-Credential`` name such as the
+  emulator's ``X-Emu-Signature=`` ...), the password of a URL's user-info
+  (``https://user:***@host/``), the token in an ``/upload-tokens/<token>``
+  path, and ``Authorization``/``Bearer``/``Basic`` values are masked wherever
+  they appear, so a presigned URL in an exception text leaks nothing either.
 
 :class:`RedactingFilter` applies this to every log record, including the
 ones httpx and httpcore emit, and :func:`strip_query` is used when a URL is
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
@@ -35,16 +40,43 @@ _SENSITIVE_PARAMS = (
     r"secret|password|signature|sig|x-amz-signature|x-amz-credential|x-amz-security-token|"
     r"x-goog-signature|x-goog-credential|awsaccesskeyid|policy"
 )
-_QUERY_RE = re.compile(rf"(?i)([?&;](?:{_SENSITIVE_PARAMS})=)[^&#\s'\"<>]*")
+# Any name that ends in one of these after a separator is a credential too:
+# X-Emu-Signature, X-Goog-Signature, X-Amz-Security-Token, csrf_token, db.password.
+# (X-Emu-Expires, X-Emu-Size, s3Key are not, and stay readable.)
+_CREDENTIAL_SUFFIX = r"[\w.-]*?[-_.](?:signature|sig|token|secret|password|passwd|credential)"
+_PARAM = rf"(?:{_SENSITIVE_PARAMS}|{_CREDENTIAL_SUFFIX})"
+_QUERY_RE = re.compile(rf"(?i)([?&;]{_PARAM}=)[^&#\s'\"<>]*")
+# scheme://user:password@ or scheme://user@ (a lone user-info is often a token).
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?#\s'\"<>]*)?@")
+# api.video's GET/DELETE /upload-tokens/{token}: the token is a path segment.
+_PATH_RE = re.compile(r"(?i)(/upload-tokens/)[^/?#\s'\"<>]+")
 _AUTH_RE = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(basic|bearer)\s+)?[^\s,'\"}]+")
 _SCHEME_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _JSON_RE = re.compile(
-    rf"(?i)([\"'](?:{_SENSITIVE_PARAMS}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*"
+    rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*"
 )
 
 
+def _encoded_forms(secret: str) -> set[str]:
+    """``secret`` as it may appear in a URL or form: raw, ``quote`` (with and
+    without ``/`` safe), and ``quote_plus`` (with and without ``/`` safe)."""
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+            quote_plus(secret, safe="/")}
+
+
+def _form_regex(form: str) -> str:
+    """``re.escape(form)`` whose ``%2F`` escapes also match ``%2f``."""
+    pieces = re.split(r"(%[0-9A-F]{2})", form)
+    return "".join(
+        "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in piece[1:])
+        if i % 2 else re.escape(piece)
+        for i, piece in enumerate(pieces)
+    )
+
+
 def register(secret: str | None) -> None:
-    """Mask every future occurrence of ``secret`` (no-op for empty/short values)."""
+    """Mask every future occurrence of ``secret`` and of its percent-encoded
+    forms (no-op for empty/short values)."""
     global _pattern
     if not secret or len(secret) < _MIN_SECRET_LEN:
         return
@@ -52,8 +84,9 @@ def register(secret: str | None) -> None:
         if secret in _secrets:
             return
         _secrets.add(secret)
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        forms = {form for s in _secrets for form in _encoded_forms(s)}
+        ordered = sorted(forms, key=len, reverse=True)
+        _pattern = re.compile("|".join(_form_regex(f) for f in ordered))
 
 
 def redact(text: str) -> str:
@@ -62,10 +95,19 @@ def redact(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(MASK, text)
     text = _QUERY_RE.sub(rf"\1{MASK}", text)
+    text = _USERINFO_RE.sub(_mask_userinfo, text)
+    text = _PATH_RE.sub(rf"\1{MASK}", text)
     text = _AUTH_RE.sub(lambda m: f"{m.group(1)}{(m.group(2) + ' ') if m.group(2) else ''}{MASK}", text)
     text = _SCHEME_RE.sub(lambda m: f"{m.group(1)} {MASK}", text)
     text = _JSON_RE.sub(rf"\1{MASK}", text)
     return text
+
+
+def _mask_userinfo(m: re.Match[str]) -> str:
+    scheme, user, password = m.group(1), m.group(2), m.group(3)
+    if password is None:  # scheme://user@host: a lone user-info may be the token itself
+        return f"{scheme}{MASK}@" if user else m.group()
+    return f"{scheme}{user}:{MASK}@"
 
 
 def strip_query(url: str) -> str:

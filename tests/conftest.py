@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,21 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the logging configuration back after a test that set up syncd's handlers."""
+    root = logging.getLogger()
+    level = root.level
+    levels = {n: logging.getLogger(n).level for n in ("httpx", "httpcore", "watchdog")}
+    yield
+    for handler in list(root.handlers):
+        if getattr(handler, "_syncd", False):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl)
 
 
 def make_folder(tmp_path: Path, name: str = "inbox", **kw: object) -> FolderConfig:

@@ -31,20 +31,6 @@ CANARY_TOKEN = "canary-token-99ab"
 
 
 @pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    levels = {n: logging.getLogger(n).level for n in ("httpx", "httpcore", "watchdog")}
-    yield
-    for handler in list(root.handlers):
-        if getattr(handler, "_syncd", False):
-            root.removeHandler(handler)
-    root.setLevel(level)
-    for name, lvl in levels.items():
-        logging.getLogger(name).setLevel(lvl)
-
-
-@pytest.fixture
 def server() -> Iterator[str]:
     """A loopback HTTP server: 200 for /ok, 403 for anything else."""
 

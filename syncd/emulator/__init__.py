@@ -58,6 +58,11 @@ class RequestLog:
     ``"duration"`` (seconds) and ``"fault"`` when one was injected. ``path``
     has no query string (signatures live there); ``status`` is 0 when no
     response was sent (reset fault, client gone); ``time`` is epoch seconds.
+    Query strings and headers (``?token=``, ``X-Emu-Signature=``,
+    ``Authorization``) are never recorded, and a credential in the path is
+    masked as the entry is added, with the shapes that mask syncd's own logs
+    (:func:`syncd.redact.redact`): ``/upload-tokens/***``. The other fields
+    (op, status, bytes) are exact.
     """
 
     def __init__(self, *, verbose: bool = False, stream: IO[str] | None = None) -> None:
@@ -67,13 +72,19 @@ class RequestLog:
         self._stream = stream
 
     def add(self, entry: dict[str, Any]) -> None:
+        from syncd.redact import redact
+
+        if isinstance(entry.get("path"), str):  # the only field a client chooses
+            entry["path"] = redact(entry["path"])
         with self._lock:
             self._entries.append(entry)
         if self.verbose:
             self._echo(entry)
 
     def _echo(self, entry: Mapping[str, Any]) -> None:
-        """One stderr line per request; secrets masked (and the path has no query)."""
+        """One stderr line per request; secrets masked (and the path has no query),
+        control characters escaped (the path is percent-decoded: it may hold any)."""
+        from syncd.logs import printable
         from syncd.redact import redact
 
         stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
@@ -85,7 +96,7 @@ class RequestLog:
         )
         with self._lock:
             stream = self._stream or sys.stderr
-            stream.write(redact(line) + "\n")
+            stream.write(printable(redact(line)) + "\n")
             stream.flush()
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -167,7 +178,8 @@ class Dispatcher:
                 if fault.kind == "slow":
                     time.sleep(self.faults.slow_delay(fault))
                 elif fault.status is not None:
-                    return _fault_response(service, op, fault.status, fault.retry_after)
+                    return _fault_response(service, op, fault.status, fault.retry_after,
+                                           fault.message)
             return route.handler(request)
         except ApiError as exc:
             if service is None:
@@ -196,8 +208,11 @@ _FAULT_TEXT = {
 }
 
 
-def _fault_response(service: Service, op: str, status: int, retry_after: int | str) -> Response:
+def _fault_response(
+    service: Service, op: str, status: int, retry_after: int | str, text: str | None = None
+) -> Response:
     code, message = _FAULT_TEXT.get(status, ("InternalError", f"injected error {status}"))
+    message = message if text is None else text
     response = service.error(op, status, message, code)
     if status == 429:
         if retry_after == "date":
@@ -207,7 +222,7 @@ def _fault_response(service: Service, op: str, status: int, retry_after: int | s
             response.headers["Retry-After"] = email.utils.formatdate(
                 int(time.time()) + 2, usegmt=True
             )
-        else:
+        elif retry_after != "none":  # "none": a 429 without the header (Lilt documents none)
             response.headers["Retry-After"] = str(retry_after)
     return response
 
@@ -296,6 +311,7 @@ class Emulator:
         url_ttl: float = 900.0,
         quiet: bool = True,
         clock: Callable[[], float] | None = None,
+        lilt_part_size: int = 8 * 1024 * 1024,
     ) -> None:
         self.settings = Settings(
             lilt_key,
@@ -311,6 +327,9 @@ class Emulator:
         self.log = RequestLog(verbose=not quiet)
         context = ServiceContext(self.settings, self.store, UrlSigner())
         self.services: list[Service] = [cls(context) for cls in SERVICE_CLASSES]
+        for service in self.services:
+            if isinstance(service, LiltService):
+                service.part_size = lilt_part_size  # Lilt's 8 MiB rule, or 0 for any size
         self._dispatcher = Dispatcher(
             [*self.services, ControlService(context, self)], self.faults, self.log
         )
@@ -463,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--apivideo-key", default="demo-apivideo-key", help="api.video API key accepted")
     p.add_argument(
+        "--lilt-part-size",
+        type=int,
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="the only Lilt multipart part size accepted (default 8388608, Lilt's rule; "
+        "0 = any size S3 accepts)",
+    )
+    p.add_argument(
         "--fail-rate",
         type=_rate,
         default=0.0,
@@ -518,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             xvid_client=args.xvid_client, apivideo_token=args.apivideo_token,
             apivideo_key=args.apivideo_key, fail_rate=args.fail_rate, seed=args.seed,
             fault_kinds=args.faults, url_ttl=args.url_ttl, quiet=args.quiet,
+            lilt_part_size=args.lilt_part_size,
         )  # fmt: skip
     except OSError as exc:
         print(f"syncd emulate: cannot use data folder {args.data}: {exc}", file=sys.stderr)

@@ -6,8 +6,9 @@ Kinds (``FAULT_KINDS``):
     answer that status with the service's own error body.
 ``429``
     answer 429 with ``Retry-After`` (``1`` second unless a script entry says
-    ``retry_after``: an integer number of seconds, or ``"date"`` for the
-    HTTP-date form, one to two seconds in the future).
+    ``retry_after``: an integer number of seconds, ``"date"`` for the
+    HTTP-date form, one to two seconds in the future, or ``"none"`` for no
+    ``Retry-After`` at all, as Lilt documents none).
 ``reset``
     read part of the request, then close the socket with ``SO_LINGER`` 0, so
     the client sees a connection reset and no response.
@@ -17,7 +18,9 @@ Kinds (``FAULT_KINDS``):
     answer 403 as an expired presigned URL would.
 
 A script entry may also give any other ``status`` (say 502): that status is
-answered with the service's error body.
+answered with the service's error body. A ``message`` replaces the text of
+that error body (as a hostile or broken server might answer: control
+characters, echoed credentials), so tests can check what syncd makes of it.
 
 Scripted faults are consumed first: the first entry whose ``op`` matches the
 request's operation name (``"*"`` or no ``op`` matches any) fires and its
@@ -34,7 +37,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 FAULT_KINDS = ("500", "503", "429", "reset", "slow", "expire")
@@ -47,8 +50,9 @@ class Fault:
 
     kind: str
     status: int | None = None
-    retry_after: int | str = 1  # seconds, or "date"
+    retry_after: int | str = 1  # seconds, "date", or "none" (no header)
     delay: float | None = None  # for "slow"; None = random 1-2 s
+    message: str | None = None  # the error body's text; None = the kind's usual text
 
 
 def parse_kinds(value: str | Iterable[Any]) -> tuple[str, ...]:
@@ -92,12 +96,19 @@ def _parse_entry(raw: Any) -> dict[str, Any]:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; valid: {', '.join(FAULT_KINDS)}")
     retry_after = raw.get("retry_after", 1)
-    if not (retry_after == "date" or (isinstance(retry_after, int) and retry_after >= 0)):
-        raise ValueError(f'retry_after must be seconds >= 0 or "date", got {retry_after!r}')
+    if not (retry_after in ("date", "none")
+            or (isinstance(retry_after, int) and retry_after >= 0)):
+        raise ValueError(f'retry_after must be seconds >= 0, "date" or "none", '
+                         f"got {retry_after!r}")
     delay = raw.get("delay")
     if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
         raise ValueError(f"delay must be seconds >= 0, got {delay!r}")
+    message = raw.get("message")
+    if message is not None and not isinstance(message, str):
+        raise ValueError(f"message must be a string, got {message!r}")
     fault = _fault(kind, status, retry_after, None if delay is None else float(delay))
+    if message is not None:
+        fault = replace(fault, message=message)
     return {"op": op, "count": count, "fault": fault}
 
 

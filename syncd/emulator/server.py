@@ -445,9 +445,10 @@ class ConnectionHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:  # protocol-level errors only (bad request line)
+            from syncd.logs import printable
             from syncd.redact import redact
 
-            sys.stderr.write(redact("emulator: " + format % args) + "\n")
+            sys.stderr.write(printable(redact("emulator: " + format % args)) + "\n")
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):

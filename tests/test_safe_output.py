@@ -1,0 +1,263 @@
+"""Safe output: server text never reaches a terminal or a log raw, secrets in any spelling never.
+
+A server (or anything between it and syncd) chooses the bytes of its error
+bodies, status messages and ids. ESC, BEL, CR, C1 controls (U+009B is CSI)
+and bidi overrides in them must come out escaped (``\\x1b``) in the daemon's
+log, in the ledger and in every CLI view; credentials in them, in the URLs
+syncd logs at debug level and in the emulator's request log must be masked,
+also when percent-encoded or in a URL's user-info.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import httpx
+import pytest
+
+from syncd import logs, redact
+from syncd.cli import main
+from syncd.emulator import Emulator
+from syncd.errors import PermanentError, describe
+from syncd.http import check, error_text
+from syncd.ledger import Ledger
+from tests.harness import CANARY_KEY, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+# Everything that may not appear raw (newline and tab are framed by each format).
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x1b[31mdenied\x9b\u202e"
+SIG = "emusig5d41402abc4b2a76b9719d911017c592"
+PASSWORD = "userinfo-pass-7c21"
+
+
+def raw_controls(text: str) -> list[str]:
+    return RAW.findall(text)
+
+
+# -- end to end: a hostile error body ------------------------------------------------
+
+
+def test_hostile_error_body_reaches_logs_ledger_and_cli_escaped_and_masked(make_setup: Any) -> None:
+    s = make_setup(folders=[{"name": "in"}])
+    body = (f"{HOSTILE} retry at https://evil.example/_storage/a.txt?X-Emu-Signature={SIG}"
+            f"&X-Emu-Expires=1 with key {CANARY_KEY} or https://bob:{PASSWORD}@evil.example/")
+    s.emulator.set_faults(script=[{"op": "lilt.put", "status": 400, "message": body}])
+    s.drop("a.txt", b"refused with a hostile body")
+    s.start()
+    wait_until(lambda: s.counts().get("failed") == 1, 30, what="the refused file failed")
+    outputs = {
+        " ".join(args): s.cli(*args, check=True).stdout
+        for args in (("files",), ("files", "--state", "failed"), ("files", "--json"),
+                     ("status",), ("status", "--json"), ("explain", str(s.inbox() / "a.txt")))
+    }
+    assert s.stop() == 0
+    (row,) = s.rows()
+    texts = {"log": s.log_text(), "ledger last_error": row["last_error"], **outputs}
+    for name, text in texts.items():
+        assert not raw_controls(text), (name, raw_controls(text))
+        for secret in (SIG, PASSWORD, CANARY_KEY):
+            assert secret not in text, (name, secret)
+    # still there, escaped, for the operator to read
+    for name in ("log", "ledger last_error", "files", "status", "explain " + str(s.inbox() / "a.txt")):
+        assert "\\x1b[31mdenied\\x9b\\u202e" in texts[name], name
+        assert "X-Emu-Signature=***" in texts[name] and f"bob:{redact.MASK}@" in texts[name], name
+
+
+# -- the CLI, for rows written before escaping existed -----------------------------------
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text("""
+[daemon]
+state_dir = "state"
+
+[destinations.main]
+type = "lilt"
+base_url = "http://127.0.0.1:9/lilt"
+api_key = "literal-safe-output-key"
+
+[[folders]]
+path = "inbox"
+destination = "main"
+""")
+    path.chmod(0o600)
+    return path
+
+
+def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
+    root = str(cfg.parent / "inbox")
+    ledger.observe(root, ["a.txt"], destination="main")
+    row = ledger.active_for_path(root, "a.txt")
+    assert row is not None
+    ledger.note_stat(row.id, size=1, mtime_ns=1, inode=1, changed=True)
+    ledger.promote(row.id)
+    ledger.claim_next()
+    ledger.mark_failed(row.id, error=f"HTTP 400: {HOSTILE} ?X-Emu-Signature={SIG}", location=None)
+    ledger.close()
+    for argv in (["files"], ["status"], ["explain", f"{root}/a.txt"]):
+        assert main(["-c", str(cfg), *argv]) == 0
+        out = capsys.readouterr().out
+        assert not raw_controls(out), (argv, out)
+        assert SIG not in out and "\\x1b[31mdenied\\x9b\\u202e" in out, (argv, out)
+
+
+# -- the boundary: error bodies become messages -----------------------------------------
+
+
+def test_error_text_escapes_controls_and_masks_before_cutting() -> None:
+    secret = "cut-secret-3f9a0c7e21b4"
+    redact.register(secret)
+    request = httpx.Request("PUT", "https://storage.example/x")
+    # the secret straddles the 300-character cut: masking after the cut missed its head
+    body = HOSTILE + "." * (290 - len(HOSTILE)) + secret + " tail"
+    response = httpx.Response(400, text=body, request=request)
+    text = error_text(response)
+    assert not raw_controls(text) and text.startswith("\\x1b]0;owned\\x07")
+    assert secret[:8] not in text
+    with pytest.raises(PermanentError) as info:
+        check(response, what="lilt: upload")
+    message = describe(info.value)
+    assert not raw_controls(message) and secret[:8] not in message
+
+
+def test_describe_escapes_what_a_server_put_in_an_exception() -> None:
+    text = describe(PermanentError(f"lilt: the server said {HOSTILE}\rforged line"))
+    assert not raw_controls(text)
+    assert text == ("PermanentError: lilt: the server said "
+                    "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mdenied\\x9b\\u202e\\rforged line")
+
+
+# -- redaction: encoded secrets, user-info, the emulator's signature ---------------------
+
+
+def test_percent_encoded_forms_of_a_registered_secret_are_masked() -> None:
+    secret = "pct/Secret+with=all 9e1f"
+    redact.register(secret)
+    forms = {
+        "quote": quote(secret, safe=""),
+        "quote, / kept": quote(secret),
+        "quote_plus": quote_plus(secret),
+        "lower-case hex": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(),
+                                 quote(secret, safe="")),
+        "httpx params": str(httpx.URL("https://h/x", params={"k": secret})),
+    }
+    for name, form in forms.items():
+        assert form != secret, name
+        text = redact.redact(f"GET https://h/x?q={form}&n=1 and again {form}.")
+        assert "Secret" not in text and "9e1f" not in text, (name, text)
+
+
+def test_url_user_info_is_masked() -> None:
+    r = redact.redact
+    assert r(f"cannot reach https://bob:{PASSWORD}@files.example/up") == \
+        "cannot reach https://bob:***@files.example/up"
+    assert r("proxy http://tok_9f8e7d6c@proxy.example:3128/") == "proxy http://***@proxy.example:3128/"
+    # not user-info: ports, '@' after the host, e-mail addresses
+    for plain in ("http://127.0.0.1:8790/lilt", "https://h/p/a@b?x=y", "mail ops@example.com"):
+        assert r(plain) == plain
+
+
+def test_signature_parameter_names_are_masked_and_other_parameters_kept() -> None:
+    url = (f"http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
+           f"&X-Emu-Signature={SIG}&s3Key=uploads/a.txt&csrf_token=c5f1&X-Goog-Signature={SIG}")
+    assert redact.redact(url) == (
+        "http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
+        "&X-Emu-Signature=***&s3Key=uploads/a.txt&csrf_token=***&X-Goog-Signature=***")
+    assert redact.redact(f'{{"X-Emu-Signature": "{SIG}"}}') == '{"X-Emu-Signature": "***"}'
+    assert redact.redact("DELETE /apivideo/upload-tokens/to1a2b3c4d HTTP/1.1") == \
+        "DELETE /apivideo/upload-tokens/*** HTTP/1.1"
+
+
+def test_httpx_debug_lines_for_emulator_urls_carry_no_signature(
+        tmp_path: Path, restore_logging: None) -> None:
+    out = tmp_path / "debug.log"
+    with Emulator(tmp_path / "data") as emu, open(out, "w") as stream:
+        logs.setup("debug", "text", stream, journal=False)
+        with httpx.Client(base_url=emu.url + "/lilt", auth=("demo-lilt-key", "demo-lilt-key"),
+                          timeout=10) as api:
+            r = api.post("/v2/upload/s3/params",
+                         json={"filename": "a.txt", "type": "text/plain", "metadata": {"size": 5}})
+            url = r.json()["url"]
+            signature = httpx.URL(url).params["X-Emu-Signature"]
+            put = httpx.put(url, content=b"hello", headers={"Content-Type": "text/plain"},
+                            timeout=10)  # a presigned URL: no Authorization header
+            assert put.status_code == 200
+    text = out.read_text()
+    assert "HTTP Request: PUT" in text and "X-Emu-Signature=***" in text
+    assert signature not in text
+    assert "X-Emu-Expires=" in text and "X-Emu-Expires=***" not in text  # not a credential
+
+
+# -- the log formatters, as a last line of defence --------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "journal"])
+def test_every_log_format_escapes_control_characters(
+        tmp_path: Path, restore_logging: None, fmt: str) -> None:
+    out = tmp_path / f"{fmt}.log"
+    with open(out, "w") as stream:
+        logs.setup("info", "json" if fmt == "json" else "text", stream, journal=fmt == "journal")
+        logging.getLogger("syncd.test").warning("remote said %s\u2028\x85next", HOSTILE)
+    text = out.read_text()
+    assert not raw_controls(text), raw_controls(text)
+    assert len(text.splitlines()) == 1
+    message = json.loads(text)["message"] if fmt == "json" else text
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mdenied\\x9b\\u202e\\u2028\\x85next" in message
+
+
+# -- the emulator's request log ------------------------------------------------------------
+
+
+def test_emulator_request_log_masks_tokens_and_escapes_paths(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+
+    token, key = "to-reqlog-token-1b2c", "reqlog-key-8e7f"
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    with Emulator(tmp_path / "data", apivideo_token=token, apivideo_key=key, quiet=False) as emu, \
+            httpx.Client(base_url=emu.url + "/apivideo", timeout=10) as http:
+        minted = http.post("/upload-tokens", json={"ttl": 60}, headers=basic).json()["token"]
+        assert http.get(f"/upload-tokens/{minted}", headers=basic).status_code == 200
+        assert http.get(f"/upload-tokens/{token}", headers=basic).status_code == 200
+        assert http.delete(f"/upload-tokens/{minted}", headers=basic).status_code == 204
+        assert http.post("/upload", params={"token": token}, files={"file": ("a.mp4", b"x")},
+                         headers={"Content-Range": "bytes 0-0/1"}).status_code == 201
+        assert httpx.get(emu.url + "/lilt/%1B%5B2J%07x").status_code == 404
+        listed = httpx.get(emu.url + "/_emulator/requests").text
+        entries = emu.requests()
+    echoed = capsys.readouterr().err
+    for name, text in (("GET /_emulator/requests", listed), ("requests()", json.dumps(entries)),
+                       ("--verbose lines", echoed)):
+        for secret in (token, minted, key):
+            assert secret not in text, (name, secret)
+    assert [(e["op"], e["path"], e["status"]) for e in entries[1:4]] == [
+        ("apivideo.get_token", "/apivideo/upload-tokens/***", 200),
+        ("apivideo.get_token", "/apivideo/upload-tokens/***", 200),
+        ("apivideo.delete_token", "/apivideo/upload-tokens/***", 204),
+    ]
+    assert entries[4]["op"] == "apivideo.upload" and entries[4]["bytes"] > 0
+    assert "/apivideo/upload-tokens/*** -> 200 apivideo.get_token" in echoed
+    assert not raw_controls(echoed) and "/lilt/\\x1b[2J\\x07x -> 404" in echoed
+
+
+def test_fault_script_message_validation() -> None:
+    from syncd.emulator.faults import FaultInjector
+
+    faults = FaultInjector()
+    with pytest.raises(ValueError):
+        faults.configure(script=[{"status": 400, "message": 7}])
+    faults.configure(script=[{"status": 400, "message": "custom"}])
+    fault = faults.decide("x")
+    assert fault is not None and fault.message == "custom"
