@@ -16,9 +16,19 @@ Rules beyond the per-key ones of each table:
 * a folder's ``destination`` must name a ``[destinations.NAME]`` table;
 * watched folders are distinct and never nested in one another;
 * no two archive/failed folders overlap, and none overlaps another watched
-  folder (files would be uploaded again); a folder's own archive/failed
-  folder may lie inside it, and is then reported by
-  :meth:`FolderConfig.ignored_dirs` so the watcher skips it.
+  folder (files would be uploaded again);
+* a folder's own archive/failed folder, and ``daemon.state_dir``, must not lie
+  inside a watched folder (whoever drops files there could write into them,
+  replace them or plant symlinks), unless the folder sets
+  ``allow_unsafe_dirs = true``; such folders are then reported by
+  :meth:`FolderConfig.ignored_dirs` so the watcher skips them;
+* an existing archive/failed folder writable by group/others is a warning,
+  an error with ``strict_dirs=True`` (``syncd check``), unless
+  ``allow_unsafe_dirs = true``.
+
+The file itself: at most ``MAX_CONFIG_BYTES`` of a regular file (a FIFO or
+``/dev/zero`` is refused); a file that group/others can write, or that a
+user other than root or the caller owns, is a warning.
 
 Messages never contain a secret's value. See ``docs/configuration.md``.
 """
@@ -51,6 +61,7 @@ from syncd.errors import ConfigError, Problem
 from syncd.secrets import Secret
 
 DEFAULT_CONFIG_PATH = Path("/etc/syncd/config.toml")
+MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few KiB; this bounds what a wrong path costs
 TOP_LEVEL = ("daemon", "destinations", "folders")
 # Placeholder for a failed_dir not given in the table; FolderConfig.with_defaults replaces it.
 # The NUL makes every file-system call on it fail, so it can never be used by mistake.
@@ -140,6 +151,10 @@ class FolderConfig:
         _DERIVED_DIR, "Where files go after a permanent error or max_attempts failures.",
         default_doc="<state_dir>/failed/<folder basename>", dir=True)
     max_attempts: int = _key(8, "Upload attempts before a file goes to failed_dir.", min=1)
+    allow_unsafe_dirs: bool = _key(
+        False, "true: accept an archive_dir/failed_dir (or daemon.state_dir) inside this "
+        "folder, or one that group/others can write (refused by default: producers could "
+        "tamper with it).")
     state_dir: Path | None = field(default=None, metadata={"internal": True})
     """The daemon's state_dir (set by :meth:`with_defaults`); not a config key."""
 
@@ -200,28 +215,90 @@ def default_config_path() -> Path:
     return Path(env).expanduser() if env else DEFAULT_CONFIG_PATH
 
 
-def load(path: str | Path, *, resolve_secrets: bool = True) -> Config:
+def load(path: str | Path, *, resolve_secrets: bool = True, strict_dirs: bool = False) -> Config:
     """Read and validate the config file at ``path``.
 
     Relative paths in it resolve against the folder of ``path`` as given,
     without following a symlink to the file (a Kubernetes ConfigMap mount,
     for one, points into a hidden folder that changes on every update).
     Raises ConfigError listing every error, including "cannot read the
-    config file" and TOML syntax errors (with line and column). A literal
-    secret in a file that group/others can read is a warning.
+    config file", a path that is not a regular file or is larger than
+    ``MAX_CONFIG_BYTES``, and TOML syntax errors (with line and column). A
+    literal secret in a file that group/others can read, a file that
+    group/others can write or that another user than root or the caller
+    owns, are warnings. ``strict_dirs``: an archive/failed folder writable
+    by group/others is an error rather than a warning (``syncd check``).
     """
     given = Path(path).expanduser()
     source = str(given)
     try:
-        text = given.read_bytes().decode("utf-8")
+        data, st = read_config(given)
+        text = data.decode("utf-8")
     except OSError as exc:
         message = f"cannot read the config file: {exc.strerror or exc}"
         raise ConfigError([Problem("", message)], source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("", f"not valid UTF-8 (at byte {exc.start})")], source) from None
     absolute = given if given.is_absolute() else Path.cwd() / given
-    return _build(text, base_dir=absolute.parent, source=source, path=absolute,
-                  check_permissions_of=absolute, resolve_secrets=resolve_secrets)
+    cfg = _build(text, base_dir=absolute.parent, source=source, path=absolute,
+                 check_permissions_of=absolute, resolve_secrets=resolve_secrets,
+                 strict_dirs=strict_dirs)
+    own = _file_problems(given, st)
+    return replace(cfg, warnings=(*own, *cfg.warnings)) if own else cfg
+
+
+def read_config(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of the config file at ``path`` and its ``fstat``.
+
+    Raises ConfigError (naming ``path``) when it is not a regular file (a
+    FIFO, a device such as ``/dev/zero``, a folder) or holds more than
+    ``MAX_CONFIG_BYTES``; OSError when it cannot be opened or read. Never
+    blocks on a FIFO and never reads more than the cap plus one byte.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([Problem("", (
+                f"{path} is not a regular file (it is {_file_kind(st.st_mode)}); "
+                "point --config at the TOML file"))], str(path))
+        chunks: list[bytes] = []
+        left = MAX_CONFIG_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise ConfigError([Problem("", (
+                f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB, the limit for a "
+                "config file; is it the right file?"))], str(path))
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
+             "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
+
+
+def _file_problems(path: Path, st: os.stat_result) -> list[Problem]:
+    """Warnings about who can change the config file (it names, or holds, the secrets)."""
+    out: list[Problem] = []
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        out.append(Problem("", (
+            f"{path} is writable by group/others (mode {mode:04o}): they could point uploads "
+            f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"),
+            severity="warning"))
+    if st.st_uid not in (0, os.geteuid()):
+        out.append(Problem("", (
+            f"{path} is owned by uid {st.st_uid}, neither root nor this user: that user "
+            f"can change it; run `chown root {path}`"), severity="warning"))
+    return out
 
 
 def loads(
@@ -231,6 +308,7 @@ def loads(
     source: str = "<string>",
     check_permissions_of: Path | None = None,
     resolve_secrets: bool = True,
+    strict_dirs: bool = False,
 ) -> Config:
     """Validate config ``text``; relative paths resolve against ``base_dir``.
 
@@ -241,11 +319,13 @@ def loads(
     such a Config must not be used to upload). The result's ``path`` is None.
     """
     return _build(text, base_dir=base_dir, source=source, path=None,
-                  check_permissions_of=check_permissions_of, resolve_secrets=resolve_secrets)
+                  check_permissions_of=check_permissions_of, resolve_secrets=resolve_secrets,
+                  strict_dirs=strict_dirs)
 
 
 def _build(text: str, *, base_dir: Path, source: str, path: Path | None,
-           check_permissions_of: Path | None, resolve_secrets: bool) -> Config:
+           check_permissions_of: Path | None, resolve_secrets: bool,
+           strict_dirs: bool = False) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -265,6 +345,7 @@ def _build(text: str, *, base_dir: Path, source: str, path: Path | None,
     folders = _parse_folders(doc.get("folders"), defined, base_dir, state_dir, problems,
                              resolve_secrets)
     _check_overlaps(folders, problems)
+    _check_unsafe_dirs(folders, state_dir, problems, strict=strict_dirs)
     if check_permissions_of is not None:
         _check_permissions(check_permissions_of, destinations, problems)
 
@@ -462,6 +543,43 @@ def _check_overlaps(folders: list[tuple[int, FolderConfig]], problems: list[Prob
                 problems.append(Problem(f"folders[{i}].{key}", (
                     f"{d} overlaps the watched folder folders[{j}].path ({g.path}); "
                     "its files would be uploaded again")))
+
+
+def _check_unsafe_dirs(folders: list[tuple[int, FolderConfig]], state_dir: Path,
+                       problems: list[Problem], *, strict: bool) -> None:
+    """archive/failed folders and state_dir that producers could tamper with.
+
+    Inside a watched folder: an error. Existing and writable by group/others:
+    an error when ``strict``, else a warning. A folder with
+    ``allow_unsafe_dirs = true`` is exempt from both.
+    """
+    hint = "move it out of the inbox, or set allow_unsafe_dirs = true on the folder"
+    for i, f in folders:
+        if f.allow_unsafe_dirs:
+            continue
+        if state_dir.is_relative_to(f.path) and state_dir != f.path:
+            problems.append(Problem("daemon.state_dir", (
+                f"{state_dir} lies inside the watched folder folders[{i}].path ({f.path}): "
+                "whoever drops files there could read or replace the ledger; move it out, or "
+                f"set allow_unsafe_dirs = true on folders[{i}]")))
+        for key, d in (("archive_dir", f.archive_dir), ("failed_dir", f.failed_dir)):
+            if d is None or d == f.path or f.path.is_relative_to(d):
+                continue  # reported by _check_own_dirs
+            if d.is_relative_to(f.path):
+                problems.append(Problem(f"folders[{i}].{key}", (
+                    f"{d} lies inside the watched folder {f.path}: whoever drops files there "
+                    f"could also write into it, replace it or plant symlinks; {hint}")))
+                continue
+            try:
+                mode = d.stat().st_mode
+            except OSError:
+                continue  # created by syncd when first needed
+            if stat.S_ISDIR(mode) and mode & 0o022:
+                problems.append(Problem(f"folders[{i}].{key}", (
+                    f"{d} is writable by group/others (mode {stat.S_IMODE(mode):04o}): they "
+                    f"could replace what syncd moves there or plant symlinks; run `chmod go-w "
+                    f"{d}`, or set allow_unsafe_dirs = true on the folder"),
+                    severity="error" if strict else "warning"))
 
 
 def _own_dir_hint(folder: FolderConfig, key: str, d: Path) -> str:

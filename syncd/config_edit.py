@@ -28,7 +28,7 @@ from typing import Any
 import tomli_w
 
 from syncd._options import dotted
-from syncd.config import loads
+from syncd.config import loads, read_config
 from syncd.errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def add_folder(
     target = Path(os.path.realpath(config_path))  # write the file a symlink points to
     source = str(config_path)
     try:
-        original = target.read_bytes().decode("utf-8")
+        original = read_config(target)[0].decode("utf-8")  # a regular file, size-capped
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("", f"not valid UTF-8 (at byte {exc.start})")], source) from None
     try:

@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir.resolve()
     for name, *_ in FOLDERS:
         (root / "inbox" / name).mkdir(parents=True, exist_ok=True)
-    for sub in ("archive", "failed", "state"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("archive", "failed"):  # syncd's alone, whatever the umask (docs/operations.md)
+            (root / sub / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "state").mkdir(mode=0o700, parents=True, exist_ok=True)
     port = _free_port(args.port)
     emulator = Emulator(root / "emulator-data", port=port).start()
     config_path = root / "syncd.toml"

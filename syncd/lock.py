@@ -5,12 +5,18 @@ descriptor of an SQLite file drops the POSIX locks SQLite holds on it. The
 holder's PID is written into the file so the refusal can say who holds it.
 The kernel releases the lock when the process dies, SIGKILL included, so a
 stale lock cannot outlive its holder.
+
+The state directory is created 0700 and the lock file 0600 whatever the
+umask (:func:`make_state_dir`): with the ledger they tell who runs and what
+was uploaded, and nobody else needs to reach them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from syncd.errors import LockedError
@@ -26,9 +32,12 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_state_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+                with contextlib.suppress(OSError):  # not ours: leave it
+                    os.fchmod(fd, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
@@ -51,6 +60,20 @@ class StateLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def make_state_dir(path: Path) -> None:
+    """Create the state directory ``path`` with mode 0700 (whatever the umask) unless it
+    exists; missing parents get the usual mode. An existing directory is left alone."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return  # made meanwhile by another process, or a file (the caller's open says so)
+    os.chmod(path, 0o700)  # the umask takes bits away only; be exact anyway
 
 
 def holder_pid(state_dir: Path) -> int | None:

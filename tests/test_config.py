@@ -654,7 +654,8 @@ def test_ignored_dirs(tmp_path: Path) -> None:
     text = (
         '[daemon]\nstate_dir = "in/.syncd"\n'
         + DEST
-        + folder('archive_dir = "in/.done"\nfailed_dir = "failed"', path="in")
+        + folder('archive_dir = "in/.done"\nfailed_dir = "failed"\nallow_unsafe_dirs = true',
+                 path="in")
     )
     f = load_text(tmp_path, text).folders[0]
     assert f.ignored_dirs() == (tmp_path / "in" / ".done", tmp_path / "in" / ".syncd")
@@ -694,6 +695,32 @@ def test_destination_type_rules(tmp_path: Path) -> None:
         f"destinations.b.type: unknown type 'lilt2' (valid: {valid})",
         f"destinations.c.type: unknown type 3 (valid: {valid})",
     ]
+
+
+_TYPE_KEYS = {
+    "lilt": 'api_key = "env:CFGTEST_KEY"',
+    "wriftai": 'token = "env:CFGTEST_KEY"',
+    "xvid": 'client_id = "c"\nclient_secret = "env:CFGTEST_KEY"\npipeline_id = "p"',
+    "apivideo": 'upload_token = "env:CFGTEST_KEY"',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_TYPE_KEYS))
+def test_base_url_must_be_an_absolute_http_url(tmp_path: Path, kind: str) -> None:
+    assert set(_TYPE_KEYS) == set(REGISTRY), "a new destination type: add it here"
+
+    def dest(url: str) -> str:
+        return f'[destinations.d]\ntype = "{kind}"\nbase_url = "{url}"\n{_TYPE_KEYS[kind]}\n'
+
+    for bad in ("api.example.com/v1", "127.0.0.1:8790/lilt", "ftp://files.example/up",
+                "https://", "https:///v1", "http://h:99999/", "/v1", "HTTPS://api.example"):
+        assert errors(tmp_path, dest(bad) + folder()) == [
+            "destinations.d.base_url: must be an absolute URL starting with https:// or "
+            f"http:// and naming a host, got {bad!r}"], bad
+    for good in ("https://api.example.com/v1", "http://127.0.0.1:8790/lilt",
+                 "https://[::1]:8443/x/"):
+        cfg = load_text(tmp_path, dest(good) + folder())
+        assert cfg.destinations["d"].options.base_url == good
 
 
 def test_destination_must_be_a_table(tmp_path: Path) -> None:
@@ -896,6 +923,165 @@ def test_loads_source_prefixes_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         loads("[daemon]\nworkers = 0\n", base_dir=tmp_path, source="edit")
     assert str(info.value).startswith("edit: 2 problems:")
+
+
+# -- the config file itself: size, kind, who can change it (security review) -----------------
+
+
+def test_config_larger_than_the_cap_is_refused(tmp_path: Path) -> None:
+    cap = config_mod.MAX_CONFIG_BYTES
+    text = MINIMAL + "#" * (cap - len(MINIMAL.encode()) - 1) + "\n"
+    at_cap = write(tmp_path, text)
+    assert at_cap.stat().st_size == cap
+    assert load(at_cap).folders  # exactly the cap: fine
+    over = write(tmp_path, text + "\n", name="big.toml")
+    with pytest.raises(ConfigError) as info:
+        load(over)
+    assert str(info.value) == (f"{over}: {over} is larger than 1024 KiB, the limit for a "
+                               "config file; is it the right file?")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "dev"])
+def test_config_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "config.toml"
+        os.mkfifo(path)  # no writer: a blocking open would never return
+        what = "a FIFO"
+    elif kind == "dir":
+        path = tmp_path / "conf.d"
+        path.mkdir()
+        what = "a folder"
+    else:
+        path = Path("/dev/zero")  # endless: read whole, it grew syncd to 24 GB
+        what = "a character device"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == (f"{path}: {path} is not a regular file (it is {what}); "
+                               "point --config at the TOML file")
+
+
+def test_config_through_a_symlink_is_read(tmp_path: Path) -> None:
+    real = write(tmp_path, MINIMAL, name="real.toml")
+    (tmp_path / "config.toml").symlink_to(real)
+    assert load(tmp_path / "config.toml").folders[0].path == tmp_path / "inbox"
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666, 0o664])
+def test_config_writable_by_group_or_others_is_a_warning(tmp_path: Path, mode: int) -> None:
+    cfg = load_text(tmp_path, MINIMAL, mode=mode)
+    path = tmp_path / "config.toml"
+    assert warnings(cfg) == [
+        f"{path} is writable by group/others (mode {mode:04o}): they could point uploads "
+        f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o400])
+def test_config_only_its_owner_can_write_is_quiet(tmp_path: Path, mode: int) -> None:
+    assert load_text(tmp_path, MINIMAL, mode=mode).warnings == ()
+
+
+def test_config_owned_by_another_user_is_a_warning(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    path = write(tmp_path, MINIMAL)
+    os.chown(path, 4242, -1)
+    assert warnings(load(path)) == [
+        f"{path} is owned by uid 4242, neither root nor this user: that user can change it; "
+        f"run `chown root {path}`"]
+    os.chown(path, 0, -1)
+    assert load(path).warnings == ()
+
+
+# -- archive, failed and state folders producers could reach (security review) ---------------
+
+_UNSAFE_HINT = "move it out of the inbox, or set allow_unsafe_dirs = true on the folder"
+
+
+@pytest.mark.parametrize("key", ["archive_dir", "failed_dir"])
+def test_own_dir_inside_the_watched_folder_is_refused(tmp_path: Path, key: str) -> None:
+    assert errors(tmp_path, DEST + folder(f'{key} = "inbox/.done"')) == [
+        f"folders[0].{key}: {tmp_path / 'inbox' / '.done'} lies inside the watched folder "
+        f"{tmp_path / 'inbox'}: whoever drops files there could also write into it, replace it "
+        f"or plant symlinks; {_UNSAFE_HINT}"]
+
+
+def test_state_dir_inside_a_watched_folder_is_refused(tmp_path: Path) -> None:
+    text = '[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST + folder(
+        'archive_dir = "arch"\nfailed_dir = "fail"')
+    assert errors(tmp_path, text) == [
+        f"daemon.state_dir: {tmp_path / 'inbox' / '.syncd'} lies inside the watched folder "
+        f"folders[0].path ({tmp_path / 'inbox'}): whoever drops files there could read or "
+        "replace the ledger; move it out, or set allow_unsafe_dirs = true on folders[0]"]
+
+
+def test_default_dirs_under_a_state_dir_inside_the_inbox_are_refused(tmp_path: Path) -> None:
+    lines = errors(tmp_path, '[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST + folder())
+    assert [line.split(":")[0] for line in lines] == [
+        "daemon.state_dir", "folders[0].archive_dir", "folders[0].failed_dir"]
+
+
+def test_allow_unsafe_dirs_accepts_them_and_the_watcher_skips_them(tmp_path: Path) -> None:
+    text = ('[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST
+            + folder('archive_dir = "inbox/.done"\nallow_unsafe_dirs = true'))
+    f = load_text(tmp_path, text).folders[0]
+    assert f.allow_unsafe_dirs is True
+    inbox = tmp_path / "inbox"
+    assert set(f.ignored_dirs()) == {inbox / ".done", inbox / ".syncd" / "failed" / "inbox",
+                                     inbox / ".syncd"}
+
+
+def test_the_opt_out_is_per_folder(tmp_path: Path) -> None:
+    text = (DEST + folder('archive_dir = "a/.done"\nallow_unsafe_dirs = true', path="a")
+            + folder('archive_dir = "b/.done"', path="b"))
+    assert [line.split(":")[0] for line in errors(tmp_path, text)] == ["folders[1].archive_dir"]
+
+
+def test_dirs_outside_the_inbox_are_fine(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, DEST + folder('archive_dir = "archive/in"\nfailed_dir = "failed"'))
+    assert cfg.warnings == () and cfg.folders[0].allow_unsafe_dirs is False
+    assert load_text(tmp_path, DEST + folder()).warnings == ()  # defaults under state_dir
+
+
+@pytest.mark.parametrize("key", ["archive_dir", "failed_dir"])
+@pytest.mark.parametrize("dir_mode", [0o775, 0o2770, 0o757, 0o1777])
+def test_writable_dir_warns_and_strict_check_refuses(tmp_path: Path, key: str,
+                                                     dir_mode: int) -> None:
+    d = tmp_path / "out"
+    d.mkdir()
+    d.chmod(dir_mode)
+    path = write(tmp_path, DEST + folder(f'{key} = "out"'))
+    message = (f"folders[0].{key}: {d} is writable by group/others (mode {dir_mode:04o}): they "
+               f"could replace what syncd moves there or plant symlinks; run `chmod go-w {d}`, "
+               "or set allow_unsafe_dirs = true on the folder")
+    assert warnings(load(path)) == [message]  # the daemon: a warning at start and on reload
+    with pytest.raises(ConfigError) as info:
+        load(path, strict_dirs=True)  # syncd check
+    assert [str(p) for p in info.value.problems] == [message]
+    d.chmod(0o2750)
+    assert load(path, strict_dirs=True).warnings == ()
+    d.chmod(dir_mode)
+    opted = write(tmp_path, DEST + folder(f'{key} = "out"\nallow_unsafe_dirs = true'))
+    assert load(opted, strict_dirs=True).warnings == ()
+
+
+def test_check_command_refuses_unsafe_dirs(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from syncd.cli import EXIT_CONFIG, main
+
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "arch").mkdir(mode=0o700)
+    (tmp_path / "arch").chmod(0o770)
+    path = write(tmp_path, DEST + folder('archive_dir = "arch"'))
+    assert main(["-c", str(path), "check"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"configuration error in {path}: folders[0].archive_dir: {tmp_path / 'arch'} is " \
+           "writable by group/others (mode 0770)" in err
+    assert main(["-c", str(path), "status"]) == 0  # other commands only warn
+    assert "syncd: warning: folders[0].archive_dir:" in capsys.readouterr().err
+    inside = write(tmp_path, DEST + folder('failed_dir = "inbox/failed"'))
+    assert main(["-c", str(inside), "check"]) == EXIT_CONFIG
+    assert f"folders[0].failed_dir: {tmp_path / 'inbox' / 'failed'} lies inside the watched " \
+           "folder" in capsys.readouterr().err
 
 
 # -- the generic machinery -------------------------------------------------------------------

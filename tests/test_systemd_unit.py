@@ -123,7 +123,7 @@ def test_unit_settings_match_the_daemon() -> None:
     assert f'"credential:{cred}"' in OPERATIONS.read_text()  # the docs use that credential
     assert source.startswith("/etc/syncd/")
     assert not [v for v in s.get("Environment", []) if re.search(r"(?i)key|token|secret", v)]
-    assert "/srv/syncd" in s["ReadWritePaths"][0]
+    assert s["BindPaths"] == ["/srv/syncd"]  # writable: the one tree syncd writes besides its state
     assert section("Unit")["StartLimitBurst"] and section("Unit")["StartLimitIntervalSec"]
     assert section("Install")["WantedBy"] == ["multi-user.target"]
 
@@ -147,9 +147,66 @@ def test_sysusers_and_tmpfiles_create_user_and_folders(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     expected = {
         "etc/syncd": (0o750, 0, gid), "etc/syncd/credentials": (0o700, 0, 0),
-        "srv/syncd": (0o750, uid, gid), "srv/syncd/inbox": (0o2770, uid, gid),
-        "srv/syncd/archive": (0o2750, uid, gid), "srv/syncd/failed": (0o2750, uid, gid),
+        "srv/syncd": (0o755, 0, 0), "srv/syncd/inbox": (0o711, 0, 0),
+        "srv/syncd/archive": (0o700, uid, gid), "srv/syncd/failed": (0o700, uid, gid),
     }
     for rel, (mode, owner, group) in expected.items():
         st = (root / rel).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, owner, group), rel
+
+
+# -- resources, read access, state modes, the documented drop-in (security review) ---------------
+
+
+def _size(value: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_memory_and_tasks_are_capped() -> None:
+    s = section("Service")
+    memory_max = _size(s["MemoryMax"][0])
+    assert 256 * 1024**2 <= memory_max <= 4 * 1024**3  # a cap on a runaway, not a squeeze
+    assert _size(s["MemoryHigh"][0]) < memory_max
+    tasks = int(s["TasksMax"][0])
+    workers = DaemonConfig().workers
+    assert 64 <= tasks <= 1024 and tasks > 4 * workers  # room for the defaults, not a fork bomb
+
+
+def test_reads_are_narrowed_beyond_protect_system() -> None:
+    """ProtectSystem=strict alone leaves every file outside /home readable."""
+    s = section("Service")
+    hidden = {v.split(":")[0]: v for value in s["TemporaryFileSystem"] for v in value.split()}
+    for tree in ("/srv", "/mnt", "/media", "/opt"):
+        assert hidden.get(tree) == f"{tree}:ro", (tree, hidden)
+    install = s["ExecStart"][0].split()[0].rsplit("/bin/", 1)[0]  # /opt/syncd
+    assert s["BindReadOnlyPaths"] == [f"-{install}"]  # the program, back in, read-only
+    assert s["BindPaths"] == ["/srv/syncd"]
+    assert "ReadWritePaths" not in s  # a path under a hidden tree would not exist
+    assert s["ProtectSystem"] == ["strict"] and s["ProtectHome"] == ["yes"]
+    assert s["StateDirectoryMode"] == ["0700"] and s["UMask"] == ["0077"]
+
+
+def _documented_drop_in() -> str:
+    """The folders drop-in of docs/operations.md (the ini block after its marker)."""
+    text = OPERATIONS.read_text()
+    marker = "<!-- folders drop-in, checked by tests/test_systemd_unit.py -->"
+    assert marker in text
+    block = re.search(r"```ini\n(.*?)```", text.split(marker, 1)[1], re.S)
+    assert block is not None
+    return block.group(1)
+
+
+def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> None:
+    analyze = tool("systemd-analyze")
+    drop_in = _documented_drop_in()
+    assert "BindPaths=" in drop_in and "SupplementaryGroups=" in drop_in
+    (unit.parent / "syncd.service.d").mkdir()
+    (unit.parent / "syncd.service.d" / "folders.conf").write_text(drop_in)
+    out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                         text=True, timeout=60, cwd=unit.parent)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    # SupplementaryGroups= costs 0.1; the target for a site's unit is <= 2.0 (reliability.md 3.4).
+    out = subprocess.run([analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout
