@@ -30,6 +30,9 @@ Field metadata keys (all optional):
 ``choices``      tuple of allowed strings
 ``nonempty``     strings (or every array item) must not be empty
 ``no_control``   strings (or every array item) must not hold control characters
+``url``          a string that must be an absolute ``http://`` or ``https://``
+                 URL with a host; implied for every field named ``base_url``
+                 (each destination type has one)
 ``min_items``    arrays need at least this many items
 ``file``         a ``Path`` that must be an existing regular file
 ``dir``          a ``Path`` that, when it exists, must be a directory
@@ -53,6 +56,7 @@ import stat
 import types
 import typing
 import unicodedata
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -290,7 +294,8 @@ def parse_options(
             raw: Any = str(default)  # a relative default is "next to the config file" too
         else:
             raw = table[f.name]
-        value = _convert(hints[f.name], raw, f.metadata, key, base_dir, problems, resolve_secrets)
+        value = _convert(hints[f.name], raw, _field_meta(f), key, base_dir, problems,
+                         resolve_secrets)
         if value is not _INVALID:
             values[f.name] = value
     if _count_errors(problems) > errors_before:
@@ -300,6 +305,25 @@ def parse_options(
     except ValueError as exc:
         problems.append(Problem(prefix, str(exc)))
         return None
+
+
+def _field_meta(f: dataclasses.Field[Any]) -> Mapping[str, Any]:
+    """A field's metadata; every ``base_url`` is a ``url`` (see the module docstring)."""
+    if f.name == "base_url" and "url" not in f.metadata:
+        return {**f.metadata, "url": True}
+    return f.metadata
+
+
+def is_http_url(text: str) -> bool:
+    """Whether ``text`` is an absolute http(s) URL with a host (and a valid port, if any)."""
+    if not text or text != text.strip() or _has_control(text) or " " in text:
+        return False
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return text.startswith(("http://", "https://")) and bool(parts.hostname)
 
 
 def _count_errors(problems: list[Problem]) -> int:
@@ -396,6 +420,10 @@ def _check_text(
         return _INVALID
     if meta.get("no_control") and _has_control(value):
         problems.append(Problem(key, f"must not contain control characters, got {shown}"))
+        return _INVALID
+    if meta.get("url") and not is_http_url(value):
+        problems.append(Problem(key, "must be an absolute URL starting with https:// or "
+                                     f"http:// and naming a host, got {shown}"))
         return _INVALID
     return value
 

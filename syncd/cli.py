@@ -19,10 +19,11 @@ from typing import Any
 from syncd import __version__, rules
 from syncd import config as configmod
 from syncd.errors import ConfigError, LedgerError, LockedError, Problem
-from syncd.ledger import STATES, Ledger, Row
+from syncd.ledger import STATES, Ledger, Row, make_private
 from syncd.lock import holder_pid
-from syncd.logs import qp
+from syncd.logs import printable, qp
 from syncd.logs import setup as setup_logging
+from syncd.redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_LEDGER = 0, 1, 2, 3, 4
 
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--state", choices=STATES, help="only rows in this state")
     f.add_argument("--limit", type=int, default=None, help="at most this many rows (newest)")
     f.add_argument("--json", action="store_true", help="machine-readable output")
+    f.add_argument("--receipt", type=int, metavar="ID", help="the receipt of row ID as JSON, "
+                   "with its signed or private URLs whole (needs the destination's secret)")
     rt = cmd("retry", "requeue failed files; files in failed_dir go back through the pipeline")
     g = rt.add_mutually_exclusive_group(required=True)
     g.add_argument("--failed", action="store_true", help="every failed file")
@@ -162,14 +165,16 @@ def _config_path(args: argparse.Namespace) -> Path:
     return Path(args.config) if args.config else configmod.default_config_path()
 
 
-def _load(args: argparse.Namespace, *, secrets: bool = True) -> configmod.Config:
+def _load(args: argparse.Namespace, *, secrets: bool = True,
+          strict_dirs: bool = False) -> configmod.Config:
     """The config; ``secrets=False`` for commands that never upload, so they work from an
-    admin shell that lacks the service's environment and $CREDENTIALS_DIRECTORY."""
+    admin shell that lacks the service's environment and $CREDENTIALS_DIRECTORY.
+    ``strict_dirs``: group/other-writable archive/failed folders are errors (`check`)."""
     path = _config_path(args)
     if not path.exists():
         raise ConfigError([Problem("", f"no such file (create one with `syncd init {path}`)")],
                           source=str(path))
-    cfg = configmod.load(path, resolve_secrets=secrets)
+    cfg = configmod.load(path, resolve_secrets=secrets, strict_dirs=strict_dirs)
     for w in cfg.warnings:
         print(f"syncd: warning: {w}", file=sys.stderr)
     return cfg
@@ -221,9 +226,19 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     counts = daemon.final_counts
     if sys.stdout.isatty() and not getattr(args, "no_progress", False):
         sys.stdout.write("\n")
+    held = f"; {daemon.held_back} waiting for a destination that is down" if daemon.held_back else ""
     print(f"syncd once: finished in {time.monotonic() - started:.1f}s"
-          + (f" ({_summary(counts)})" if counts else ""))
+          + (f" ({_summary(counts)}{held})" if counts else ""))
     return code
+
+
+def _shown(text: object) -> str:
+    """Ledger or server text (an error, a status, a remote id) as one safe line.
+
+    It was redacted and escaped when it was recorded; this is the last line of
+    defence for rows written by older versions: shapes masked, controls escaped.
+    """
+    return printable(redact(str(text)))
 
 
 def _summary(counts: dict[str, int]) -> str:
@@ -296,7 +311,32 @@ def status_data(cfg: configmod.Config) -> dict[str, Any]:
         })
     elif meta:
         data["daemon"]["last_heartbeat"] = meta.get("heartbeat")
+    known = meta.get("destinations") if pid is not None else None
+    data["destinations"] = _destinations(cfg, known if isinstance(known, dict) else None)
     return data
+
+
+def _destinations(cfg: configmod.Config, known: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each destination's circuit as the running daemon last published it (heartbeat);
+    ``state`` is "unknown" when no daemon runs (or it did not say). ``since`` (Unix time) is when it went
+    down, began refusing uploads or was rate limited; ``reason`` says why."""
+    out = []
+    now = time.time()
+    for name, dc in sorted(cfg.destinations.items()):
+        entry: dict[str, Any] = {"name": name, "type": dc.type, "state": "unknown", "up": None,
+                                 "since": None, "for_seconds": None, "reason": None,
+                                 "next_probe_at": None, "failures": None}
+        if known is not None:
+            entry.update({"state": "up", "up": True})
+            got = known.get(name)
+            if isinstance(got, dict):
+                entry.update({k: got.get(k) for k in ("state", "up", "since", "reason",
+                                                      "next_probe_at", "failures")})
+            since = entry.get("since")
+            if isinstance(since, int | float) and entry["state"] != "up":
+                entry["for_seconds"] = round(max(0.0, now - since), 1)
+        out.append(entry)
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -310,7 +350,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
               f"heartbeat {_ago(d.get('heartbeat'))})")
         if d.get("status"):
-            print(f"        {d['status']}")
+            print(f"        {_shown(d['status'])}")
     else:
         print(f"daemon: not running (last heartbeat {_ago(d.get('last_heartbeat'))})")
     states = data["states"]
@@ -321,15 +361,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in f["states"].items() if n) or "no files yet"
         print(f"  {qp(f['path'])} -> {f['destination']}: {counts}")
         if f["problem"]:
-            print(f"    problem: {f['problem']}")
+            print(f"    problem: {_shown(f['problem'])}")
+    if d["running"] and data["destinations"]:
+        print("destinations:")
+        for dest in data["destinations"]:
+            print(f"  {dest['name']} ({dest['type']}): {_destination_text(dest)}")
     if data["recent_errors"]:
         print("recent errors:")
         for e in data["recent_errors"]:
-            print(f"  #{e['id']} {e['state']} {qp(e['path'])}: {e['error']}")
+            print(f"  #{e['id']} {e['state']} {qp(e['path'])}: {_shown(e['error'])}")
     return EXIT_OK
 
 
+def _destination_text(dest: dict[str, Any]) -> str:
+    state = dest.get("state") or "unknown"
+    if state in ("up", "unknown"):
+        return state
+    words = {"down": "DOWN", "refused": "REFUSING UPLOADS", "rate_limited": "rate limited"}
+    text = f"{words.get(state, state)} since {_stamp(dest.get('since'))}"
+    if dest.get("reason"):
+        text += f": {_shown(dest['reason'])}"
+    probe = dest.get("next_probe_at")
+    if isinstance(probe, int | float):
+        wait = max(0.0, probe - time.time())
+        text += f" (next {'try' if state == 'rate_limited' else 'probe'} in {wait:.0f}s)"
+    return text
+
+
 def cmd_files(args: argparse.Namespace) -> int:
+    if args.receipt is not None:
+        return _show_receipt(args)
     cfg = _load(args, secrets=False)
     ledger = _open_ledger(cfg)
     rows: list[Row] = []
@@ -348,9 +409,38 @@ def cmd_files(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in rows:
         where = r.location or r.inbox_path
-        extra = f"  ({r.last_error})" if r.last_error and r.state != "done" else ""
+        extra = f"  ({_shown(r.last_error)})" if r.last_error and r.state != "done" else ""
         print(f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
               f"{_stamp(r.updated_at)}  {qp(where)}{extra}")
+    return EXIT_OK
+
+
+def _show_receipt(args: argparse.Namespace) -> int:
+    """``syncd files --receipt ID``: the row's receipt, with the URLs its destination keeps
+    sealed (signed download URLs, private-video tokens) opened with the secret in the config."""
+    from syncd.destinations import REGISTRY
+
+    cfg = _load(args)  # with secrets: a seal opens only with the destination's own secret
+    ledger = _open_ledger(cfg)
+    row = None
+    if ledger is not None:
+        try:
+            row = ledger.get(args.receipt)
+        finally:
+            ledger.close()
+    if row is None or not row.receipt:
+        print(f"syncd: #{args.receipt} " + ("has no receipt (not uploaded)" if row is not None
+                                           else "is not a ledger row"), file=sys.stderr)
+        return EXIT_FAILED
+    receipt = dict(row.receipt)
+    dest = cfg.destinations.get(row.destination)
+    reveal = getattr(REGISTRY[dest.type], "reveal_receipt", None) if dest is not None else None
+    if dest is not None and reveal is not None:
+        try:
+            receipt = reveal(dest.options, receipt)
+        except ValueError as exc:
+            print(f"syncd: warning: #{args.receipt}: {exc}", file=sys.stderr)
+    print(json.dumps(receipt, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -380,14 +470,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncd.destinations import REGISTRY
 
-    cfg = _load(args)
+    cfg = _load(args, strict_dirs=True)
     ok = True
     print(f"config {_config_path(args)}: valid ({len(cfg.folders)} folder(s), "
           f"{len(cfg.destinations)} destination(s))")
     for folder in cfg.folders:
         root = os.fspath(folder.path)
         dest = cfg.destinations[folder.destination]
-        caps = REGISTRY[dest.type].CAPABILITIES
+        cls = REGISTRY[dest.type]
+        # What these options can deliver, and the type's own warnings (destinations/base.py).
+        caps_for = getattr(cls, "capabilities_for", None)
+        caps = caps_for(dest.options) if caps_for is not None else cls.CAPABILITIES
+        why = f" {caps.note}" if caps.note else ""
         if not os.path.isdir(root):
             ok = False
             print(f"error: folders: {qp(root)} does not exist (syncd run waits for it; "
@@ -398,14 +492,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             if caps.labels:
                 print(f"  labels {list(folder.labels)} are delivered as {caps.labels}")
             else:
-                print(f"  warning: {dest.type} cannot carry labels; {list(folder.labels)} "
-                      "will not reach the service")
+                print(f"  warning: {dest.type} cannot carry labels{why}; "
+                      f"{list(folder.labels)} will not reach the service")
         if folder.category:
             if caps.category:
                 print(f"  category {folder.category!r} is delivered as {caps.category}")
             else:
-                print(f"  warning: {dest.type} cannot carry a category; {folder.category!r} "
-                      "will not reach the service")
+                print(f"  warning: {dest.type} cannot carry a category{why}; "
+                      f"{folder.category!r} will not reach the service")
+        for note in getattr(cls, "check_warnings", lambda *_: [])(dest.options, folder):
+            print(f"  warning: {note}")
     if args.online:
         from syncd.daemon import build_client, build_destinations
         from syncd.errors import UploadError, describe
@@ -489,23 +585,23 @@ def explain(cfg: configmod.Config, path: str) -> str:
     elif row.state in ("queued", "uploading"):
         lines.append(f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}")
     elif row.state == "retrying":
-        lines.append(f"  attempt {row.attempts} failed: {row.last_error}")
+        lines.append(f"  attempt {row.attempts} failed: {_shown(row.last_error)}")
         lines.append(f"  next attempt {_stamp(row.next_attempt_at)}")
     elif row.state in ("uploaded", "done"):
         lines.append(f"  uploaded {_stamp(row.uploaded_at)} sha256 {row.sha256}")
         if row.receipt:
-            lines.append(f"  remote: {row.receipt.get('remote_id')}")
+            lines.append(f"  remote: {_shown(row.receipt.get('remote_id'))}")
         if row.state == "done":
             where = f" -> {qp(row.location)}" if row.location else ""
             lines.append(f"  after upload ({folder.after_upload}) done {_stamp(row.done_at)}{where}")
         if st is not None and row.location is not None:
             lines.append("  the file now at this path is a new version; it will be uploaded too")
     elif row.state == "failed":
-        lines.append(f"  failed: {row.last_error}")
+        lines.append(f"  failed: {_shown(row.last_error)}")
         if row.location:
             lines.append(f"  moved to {qp(row.location)}; `syncd retry {row.id}` sends it again")
     elif row.state == "vanished":
-        lines.append(f"  {row.last_error}")
+        lines.append(f"  {_shown(row.last_error)}")
     return "\n".join(lines)
 
 
@@ -567,6 +663,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             if p.exists():
                 target = Path(f"{path}.broken-{stamp}{suffix}")
                 os.replace(p, target)
+                os.chmod(target, 0o600)  # a ledger's content, the owner's only
                 moved.append(target)
         Ledger.open(path).close()
     for m in moved:
@@ -587,6 +684,7 @@ def _backup_ledger(path: Path, dest: Path) -> int:
     partial.unlink(missing_ok=True)
     source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
+        make_private(partial)  # 0600 before SQLite writes a byte (its journal copies the mode)
         target = sqlite3.connect(partial)
         try:
             source.backup(target)  # one step: one consistent snapshot

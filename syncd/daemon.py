@@ -34,6 +34,9 @@ ledger is closed last and the exit code is 0.
 
 A full disk (ledger or archive) pauses claiming new uploads; the main loop
 probes with a real write every few seconds and resumes when it succeeds.
+A destination that is down, refuses us or rate-limits us is held by its
+circuit (circuit.py, in the uploader): STATUS says which one, since when and
+why, and so does the heartbeat that `syncd status` reads (``destinations``).
 
 ``once`` mode runs the same pipeline without watches and returns when every
 file present at the start has reached a final state.
@@ -41,7 +44,6 @@ file present at the start has reached a final state.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -55,8 +57,9 @@ from typing import Any
 
 import httpx
 
-from syncd import archive, logs, scanner
+from syncd import archive, failed, logs, moves, scanner
 from syncd import config as configmod
+from syncd.circuit import DOWN, REFUSED, UP, CircuitState
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
 from syncd.errors import ConfigError, Problem
@@ -128,6 +131,10 @@ class Daemon:
         self.intake = Intake()
         self.watcher = Watcher(self.intake)
         self._stop = STOP_REQUESTED
+        # set by anything the main loop should act on now rather than at the next tick:
+        # a signal, an event, a scan or an upload finished
+        self._nudge = threading.Event()
+        self.intake.on_add = self._nudge.set
         self._hard_stop = threading.Event()
         self._signals = 0
         self._reload = RELOAD_REQUESTED
@@ -145,6 +152,7 @@ class Daemon:
         self.settler: Settler | None = None
         self.failed_at_start = self.done_at_start = 0
         self.final_counts: dict[str, int] = {}
+        self.held_back = 0  # once mode: files left waiting for a destination that is down
 
     # ------------------------------------------------------------------ run
 
@@ -168,6 +176,8 @@ class Daemon:
         ledger = self.ledger
         self.metrics.track_ledger(ledger.counts_by_folder)
         self._apply(self.cfg)
+        assert self.uploader is not None
+        self.metrics.track_destinations(self.uploader.destination_states)
         at_start = ledger.counts()
         self.failed_at_start, self.done_at_start = at_start["failed"], at_start["done"]
         self._install_signals()
@@ -199,14 +209,15 @@ class Daemon:
             wait = TICK
             if watchdog_every:  # wake in time for the next ping
                 wait = min(wait, max(0.01, last["watchdog"] + watchdog_every - time.monotonic()))
-            self._stop.wait(wait)
+            self._nudge.wait(wait)
+            self._nudge.clear()
         self._shutdown(last, watchdog_every)
         code = 0
         if self.once:
             counts = ledger.counts()
             failed = counts["failed"] - self.failed_at_start
             self.final_counts = {"done": counts["done"] - self.done_at_start, "failed": failed}
-            code = 1 if failed > 0 else 0
+            code = 1 if failed > 0 or self.held_back else 0
         log.info("syncd stopped")
         return code
 
@@ -365,10 +376,16 @@ class Daemon:
                                      retry_base=cfg.daemon.retry_base_seconds,
                                      retry_max=cfg.daemon.retry_max_seconds,
                                      folder_problem=self.folder_problem, metrics=self.metrics)
+            self.uploader.on_done = self._nudge.set
         else:
-            self.uploader.retry_base = cfg.daemon.retry_base_seconds
-            self.uploader.retry_max = cfg.daemon.retry_max_seconds
-            self.uploader.paused.clear()  # new credentials deserve a new try
+            self.uploader.set_retry(cfg.daemon.retry_base_seconds, cfg.daemon.retry_max_seconds)
+            # A destination whose table changed (or that refused us: new credentials
+            # deserve a new try) starts afresh; one that is down stays down until probed.
+            states = self.uploader.destination_states()
+            self.uploader.reset_circuits([
+                name for name in list(self.uploader.circuits)
+                if old_cfg.destinations.get(name) != cfg.destinations.get(name)
+                or states.get(name, CircuitState()).state == REFUSED])
             self.uploader.resize(cfg.daemon.workers)
         self.metrics.workers.set(cfg.daemon.workers)
         if self.watch:
@@ -427,7 +444,7 @@ class Daemon:
 
     def _recover(self) -> None:
         assert self.ledger is not None
-        moved = archive.finish_interrupted_failures(self.ledger, self.folders)
+        moved = failed.finish_interrupted_failures(self.ledger, self.folders)
         if moved:
             log.info("finished %d move(s) to a failed folder interrupted by the last stop", moved)
         requeued = self.ledger.requeue_stale()
@@ -436,7 +453,7 @@ class Daemon:
         for folder in self.folders.values():
             for directory in (folder.archive_dir, folder.failed_dir):
                 if directory is not None and os.path.isdir(directory):
-                    removed = archive.clean_temp(os.fspath(directory))
+                    removed = moves.clean_temp(os.fspath(directory))
                     if removed:
                         log.info("removed %d partial copies in %s", removed,
                                  qp(os.fspath(directory)))
@@ -554,6 +571,7 @@ class Daemon:
             finally:
                 with self._scan_lock:
                     self._scans_pending -= 1
+                self._nudge.set()
 
     def _wake(self) -> None:
         if self.uploader is not None:
@@ -565,11 +583,27 @@ class Daemon:
             if self._scans_pending:
                 return False
         by_folder = self.ledger.counts_by_folder()
-        for root in self._usable_folders():
+        held = self._held_destinations()
+        waiting: dict[str, int] = {}
+        for root, folder in self._usable_folders().items():
             counts = by_folder.get(root, {})
-            if any(counts.get(state) for state in ACTIVE_STATES):
+            active = sum(counts.get(state, 0) for state in ACTIVE_STATES)
+            if not active:
+                continue
+            if folder.destination not in held or counts.get("uploading") or counts.get("uploaded"):
                 return False
+            waiting[folder.destination] = waiting.get(folder.destination, 0) + active
+        for name, n in waiting.items():  # `once` does not wait out an outage: the next run goes on
+            log.warning("destination %r is %s (%s): %d file(s) wait for the next run", name,
+                        held[name].state, held[name].reason, n)
+            self.held_back += n
         return True
+
+    def _held_destinations(self) -> dict[str, Any]:
+        """Destinations whose circuit is open (down or refusing), with their state."""
+        assert self.uploader is not None
+        return {name: st for name, st in self.uploader.destination_states().items()
+                if st.state in ("down", "refused")}
 
     # --------------------------------------------------------------- health
 
@@ -630,10 +664,12 @@ class Daemon:
                          else f"inbox {root}: {problem}")
         for root, note in sorted(self.watcher.fallbacks().items()):
             first.append(f"inbox {root}: {note}")
-        now = time.time()
-        for name, (until, reason) in sorted(self.uploader.paused.items()):
-            if until > now:
-                first.append(f"destination {name} paused: {reason}")
+        for name, state in sorted(self.uploader.destination_states().items()):
+            if state.state == DOWN:
+                first.append(f"destination {name} down since {_clock(state.since)}: "
+                             f"{state.reason}")
+            elif state.state != UP:
+                first.append(f"destination {name} paused: {state.reason}")
         if self._reload_problem:
             first.append(f"reload failed, running the previous config: {self._reload_problem}")
         return ", ".join(first + parts)
@@ -641,6 +677,7 @@ class Daemon:
     def _write_heartbeat(self, stopped: bool = False) -> None:
         if self.ledger is None or self.uploader is None:
             return
+        destinations = self.uploader.destination_states()
         try:
             self.ledger.put_meta("daemon", {
                 "pid": os.getpid(),
@@ -651,7 +688,9 @@ class Daemon:
                 "folder_problems": self.watcher.problems(),
                 "disk_full": dict(self.uploader.disk_full),
                 "workers": self.cfg.daemon.workers,
-                "paused": {k: v[1] for k, v in self.uploader.paused.items() if v[0] > time.time()},
+                "paused": {name: state.reason for name, state in destinations.items()
+                           if state.state != UP},
+                "destinations": {name: state.to_json() for name, state in destinations.items()},
                 "uploaded": self.uploader.stats.uploaded,
                 "bytes": self.uploader.stats.bytes,
             })
@@ -668,7 +707,11 @@ class Daemon:
             return
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_reload_signal(self, signum: int, _frame: Any) -> None:
+        self._reload.set()
+        self._nudge.set()
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         # Only flags here: the main thread does the work (and the logging).
@@ -676,10 +719,17 @@ class Daemon:
         if self._signals > 1:
             self._hard_stop.set()
         self._stop.set()
+        self._nudge.set()
 
     def stop(self) -> None:
         self._signals += 1
         self._stop.set()
+        self._nudge.set()
+
+
+def _clock(at: float | None) -> str:
+    """``14:02:11`` (local time), for STATUS lines."""
+    return "?" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
 
 
 def _ago(seconds: float) -> str:
@@ -693,16 +743,7 @@ def _ago(seconds: float) -> str:
 
 def _can_write(directory: Any) -> bool:
     """Whether ``directory`` takes a small write (a full-disk probe); False on ENOSPC."""
-    path = os.path.join(os.fspath(directory), f"{archive.TEMP_PREFIX}probe-{os.getpid()}")
     try:
-        os.makedirs(os.fspath(directory), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(b"\0" * DISK_PROBE_BYTES)
-            f.flush()
-            os.fsync(f.fileno())
+        return moves.can_write(os.fspath(directory), DISK_PROBE_BYTES)
     except OSError as exc:
         return not is_disk_full(exc)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return True

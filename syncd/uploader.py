@@ -10,12 +10,21 @@ and on failure, by error class (see :mod:`syncd.errors`):
 
 * ``RetryableError`` -> ``retrying`` with exponential backoff and full jitter
   (or the server's Retry-After), until ``max_attempts``; then ``failed``.
+  Transport errors and 5xx are outage failures instead: they feed the
+  destination's :class:`~syncd.circuit.Circuit` and give the attempt back;
+  while the circuit is open the destination's files wait without spending
+  attempts and one probe per backoff step finds out when it is back. A 429
+  holds every worker of that destination back (the same circuit), also
+  without spending attempts.
 * ``PermanentError`` -> ``failed`` at once: the remote upload is aborted and
   the file moved to ``failed_dir`` with its reason.
 * ``SourceChangedError`` -> the upload is discarded (aborted remotely), the
   row retired and a new version starts settling.
 * ``FatalError`` -> the file goes back to the queue untouched and the whole
-  destination pauses for a while (wrong credentials fail every file alike).
+  destination's circuit opens ("refused") for a while (wrong credentials fail
+  every file alike).
+* A file that cannot be opened for reading (``PermissionError``) stays where
+  it is and is tried again with a growing delay, without spending attempts.
 * A missing file -> ``vanished``, unless its *folder* is unavailable
   (deleted, unmounted, marker missing): then the row waits for the folder.
   Anything unexpected is logged with its traceback and retried like a
@@ -40,13 +49,15 @@ import mimetypes
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd import archive
+from syncd import archive, failed, moves, safefs
+from syncd.circuit import GO, UP, Circuit, CircuitState, is_outage
 from syncd.destinations.base import READ_BLOCK, Destination, Source, UploadItem, wire_name
 from syncd.errors import (
     ExpiredError,
@@ -55,6 +66,7 @@ from syncd.errors import (
     RetryableError,
     SourceChangedError,
     SourceMovedError,
+    UploadError,
     describe,
 )
 from syncd.ledger import Ledger, Row
@@ -62,7 +74,6 @@ from syncd.logs import qp
 
 log = logging.getLogger(__name__)
 
-FATAL_PAUSE = 60.0  # seconds a destination rests after an authentication failure
 IDLE_WAIT = 0.5
 FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked at again
 UNCONFIGURED_WAIT = 300.0  # a row whose folder or destination left the config (reload)
@@ -108,8 +119,9 @@ class _StoppableSource(Source):
     """
 
     def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
-                 stop: threading.Event) -> None:
-        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode)
+                 device: int | None, root: str | None, stop: threading.Event) -> None:
+        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
+                         root=root)
         self._stop_event = stop
 
     def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
@@ -121,22 +133,46 @@ class _StoppableSource(Source):
             yield data
 
 
-def _find_inode(root: str, inode: int | None, old_path: str) -> str | None:
-    """The path of the regular file with this inode under ``root`` (device of old_path)."""
-    try:
-        device = os.stat(root).st_dev
-    except OSError:
-        return None
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if st.st_ino == inode and st.st_dev == device and path != old_path:
-                return path
+def _find_inode(root: str, inode: int | None, device: int | None, old_path: str) -> str | None:
+    """The path of the regular file with this device and inode under ``root``.
+
+    Without a recorded device (rows from before it was recorded), the
+    folder's own device is assumed.
+    """
+    if device is None:
+        try:
+            device = os.stat(root).st_dev
+        except OSError:
+            return None
+    for entry in safefs.walk(root):
+        st = entry.stat
+        path = os.path.join(root, entry.relpath)
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) \
+                and path != old_path:
+            return path
     return None
+
+
+def _source_root(path: str, folder: Any) -> str | None:
+    """The trusted folder ``path`` lies under (inbox, failed_dir, archive_dir), if any."""
+    try:
+        return safefs.anchor(path, [os.fspath(folder.path), *moves.roots_of(folder)])[0]
+    except safefs.UnsafePath:
+        return None
+
+
+def _lexists(root: str, relpath: str) -> bool:
+    """Whether something is at ``root/relpath``, found without following symlinks."""
+    try:
+        safefs.lstat(root, relpath)
+        return True
+    except OSError:
+        return False
+
+
+def _when(at: float | None) -> str:
+    """A wall-clock time for a log line: ``14:02:11``."""
+    return "?" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
 
 
 def content_type(name: str) -> str:
@@ -182,7 +218,10 @@ class Uploader:
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = Stats()
-        self.paused: dict[str, tuple[float, str]] = {}
+        self.circuits: dict[str, Circuit] = {}  # destination name -> its circuit
+        self._probes: dict[int, int] = {}  # row id -> probe token (the row is its circuit's probe)
+        self._outage_at: dict[int, float] = {}  # row id -> time of its last outage failure
+        self._unreadable: dict[int, tuple[str, int]] = {}  # row id -> (reason, tries)
         self.disk_full: dict[str, str] = {}  # where ("ledger", "archive") -> what failed
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -191,6 +230,8 @@ class Uploader:
         self._cancel = threading.Event()
         self._abandoned: set[int] = set()
         self._lock = threading.Lock()
+        self.on_done: Callable[[], None] = lambda: None  # told after every file a worker handled
+        self._circuit_lock = threading.Lock()
 
     # pool control ---------------------------------------------------------
 
@@ -301,17 +342,123 @@ class Uploader:
                 self.metrics.disk_full.set(0)
             self.wake()
 
-    def _available(self) -> list[str]:
+    # circuits ----------------------------------------------------------------
+
+    def circuit(self, name: str) -> Circuit:
+        """The circuit of destination ``name`` (made, closed, on first use)."""
+        with self._circuit_lock:
+            circuit = self.circuits.get(name)
+            if circuit is None:
+                circuit = self.circuits[name] = Circuit(
+                    name, base=self.retry_base, cap=self.retry_max, clock=self.clock)
+            return circuit
+
+    def set_retry(self, base: float, cap: float) -> None:
+        """New ``retry_base_seconds`` / ``retry_max_seconds`` (a reload), for files and circuits."""
+        self.retry_base, self.retry_max = base, cap
+        with self._circuit_lock:
+            for circuit in self.circuits.values():
+                circuit.base, circuit.cap = base, cap
+
+    def reset_circuits(self, names: Iterable[str]) -> None:
+        """A reload changed or removed these destinations: each starts afresh, closed."""
+        with self._circuit_lock:
+            for name in names:
+                self.circuits.pop(name, None)
+        self.wake()
+
+    def destination_states(self) -> dict[str, CircuitState]:
+        """Every configured destination's circuit state (status lines, heartbeat, metrics)."""
+        names = list(self._destinations())
+        with self._circuit_lock:
+            return {name: self.circuits[name].snapshot() if name in self.circuits
+                    else CircuitState() for name in names}
+
+    def _claim(self) -> Row | None:
+        """Take the next row this worker may upload now, registered in flight; or None.
+
+        Closed circuits let their destinations' rows through. An open one lets
+        one row through per step, as its probe (:attr:`_probes`); when the
+        probe is due and none of that destination's files waits, this worker,
+        having nothing else to do, asks the service with ``Destination.probe()``.
+        """
         if self.disk_full:
-            return []
-        now = self.clock()
-        names = []
+            return None
+        names: list[str] = []
+        probe: tuple[str, int] | None = None
         for name in self._destinations():
-            until = self.paused.get(name)
-            if until is not None and until[0] > now:
-                continue
-            names.append(name)
-        return names
+            ticket = self.circuit(name).admit()
+            if ticket == GO:
+                names.append(name)
+            elif ticket is not None:
+                if probe is None:
+                    probe = (name, ticket)
+                else:
+                    self.circuit(name).release_probe(ticket)
+        row = None
+        try:
+            # Claimed and registered as in flight in one step, so that
+            # requeue_orphans never takes a row a worker has just claimed.
+            with self._lock:
+                if probe is not None:
+                    row = self.ledger.claim_next([probe[0]])
+                    if row is not None:
+                        self._probes[row.id] = probe[1]
+                if row is None and names:
+                    row = self.ledger.claim_next(names)
+                if row is not None:
+                    self.stats.inflight[row.id] = row.inbox_path
+                    if self.metrics is not None:
+                        self.metrics.in_flight.set(len(self.stats.inflight))
+        except BaseException:
+            if probe is not None:
+                self.circuit(probe[0]).release_probe(probe[1])
+            raise
+        if probe is not None and (row is None or self._probes.get(row.id) != probe[1]):
+            if row is None:
+                self._probe_idle(*probe)
+            else:
+                self.circuit(probe[0]).release_probe(probe[1])
+        return row
+
+    def _probe_idle(self, name: str, token: int) -> None:
+        """The circuit of ``name`` is due for a probe and none of its files waits:
+        ask the service itself (``Destination.probe()``: reachability, credentials)."""
+        circuit = self.circuit(name)
+        dest = self._destinations().get(name)
+        try:
+            if dest is None:
+                return
+            dest.probe()
+        except FatalError as exc:
+            circuit.refused(describe(exc), probe=token)
+        except RetryableError as exc:
+            if exc.status == 429:
+                circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=token)
+            elif is_outage(exc):
+                verdict = circuit.failed(describe(exc), retry_after=exc.retry_after, probe=token)
+                log.info("destination %r is still down (probe: %s); next probe in %.1fs", name,
+                         describe(exc), max(0.0, (verdict.retry_at or 0.0) - self.clock()))
+            else:
+                self._service_ok(name)
+        except UploadError:
+            self._service_ok(name)  # an answer about the request: the service is there
+        except Exception as exc:
+            log.warning("destination %r: probe failed unexpectedly: %s", name, describe(exc))
+            circuit.failed(describe(exc), probe=token)
+        else:
+            self._service_ok(name)
+        finally:
+            circuit.release_probe(token)  # a no-op once a verdict was recorded
+
+    def _service_ok(self, name: str) -> None:
+        """The service answered in a way that shows it works: close its circuit."""
+        circuit = self.circuit(name)
+        before = circuit.snapshot()
+        if circuit.succeeded():
+            log.warning("destination %r is back (%s since %s: %s); resuming its uploads", name,
+                        before.state, _when(before.since), before.reason)
+            self.wake()
 
     def _run(self) -> None:
         me = threading.current_thread()
@@ -324,15 +471,7 @@ class Uploader:
                     self._threads.remove(me)
                     return
             try:
-                available = self._available()
-                # Claimed and registered as in flight in one step, so that
-                # requeue_orphans never takes a row a worker has just claimed.
-                with self._lock:
-                    row = self.ledger.claim_next(available) if available else None
-                    if row is not None:
-                        self.stats.inflight[row.id] = row.inbox_path
-                        if self.metrics is not None:
-                            self.metrics.in_flight.set(len(self.stats.inflight))
+                row = self._claim()
             except sqlite3.Error as exc:
                 if is_disk_full(exc):
                     self.note_disk_full("ledger", exc)
@@ -343,8 +482,9 @@ class Uploader:
             if row is None:
                 self._sleep(self._idle_wait())
                 continue
+            state = "retrying"
             try:
-                self.process(row)
+                state = self.process(row)
             except sqlite3.Error as exc:
                 if self.cancelled:
                     pass  # shutting down; the row is requeued by abandon_inflight or at start
@@ -359,16 +499,38 @@ class Uploader:
                     log.exception("unexpected error while handling %s", qp(row.inbox_path))
                 self._after_error(row, exc)
             finally:
-                with self._lock:
-                    self.stats.inflight.pop(row.id, None)
-                    if self.metrics is not None:
-                        self.metrics.in_flight.set(len(self.stats.inflight))
+                self._attempt_over(row, state)
+
+    def _attempt_over(self, row: Row, state: str) -> None:
+        """Bookkeeping after one claimed row was handled (the worker loop's ``finally``)."""
+        token = self._probes.pop(row.id, GO)
+        if token:  # a probe that ended without a verdict: the next worker may probe
+            self.circuit(row.destination).release_probe(token)
+        if state not in ("retrying", "queued"):
+            self._outage_at.pop(row.id, None)
+            self._unreadable.pop(row.id, None)
+        with self._lock:
+            self.stats.inflight.pop(row.id, None)
+            if self.metrics is not None:
+                self.metrics.in_flight.set(len(self.stats.inflight))
+        self.on_done()
 
     def _idle_wait(self) -> float:
+        """Until the next row is due or a circuit may let one through, at most IDLE_WAIT.
+
+        Rows already due that no worker took wait for their destination's
+        circuit (or for disk space); they must not make the workers spin.
+        """
+        now = self.clock()
         due = self.ledger.next_due()
-        if due is None:
-            return IDLE_WAIT
-        return max(0.02, min(IDLE_WAIT, due - self.clock()))
+        wait = IDLE_WAIT if due is None or due <= now else min(IDLE_WAIT, due - now)
+        with self._circuit_lock:
+            circuits = list(self.circuits.values())
+        for circuit in circuits:
+            until = circuit.wait()
+            if until is not None:
+                wait = min(wait, until)
+        return max(0.02, wait)
 
     def _sleep(self, seconds: float) -> None:
         with self._cond:
@@ -405,7 +567,8 @@ class Uploader:
         started = time.monotonic()
         try:
             source = _StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
-                                      inode=row.inode, stop=self._cancel)
+                                      inode=row.inode, device=row.device,
+                                      root=_source_root(path, folder), stop=self._cancel)
         except FileNotFoundError:
             return self._gone(row, dest, "the file disappeared before upload")
         except SourceChangedError as exc:
@@ -435,23 +598,24 @@ class Uploader:
                 if self.cancelled:
                     return self._interrupted(row)
                 return self._attempt_failed(row, dest, folder, exc)
-        self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json())
-        elapsed = max(time.monotonic() - started, 1e-6)
-        now = self.clock()
-        with self._lock:
-            self.stats.uploaded += 1
-            self.stats.bytes += row.size
-            self.stats.last_upload = now
-        if self.metrics is not None:
-            self.metrics.observe_upload(row.destination, row.size, elapsed, now)
-        log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
-                 row.destination, row.size, elapsed, row.size / elapsed / 1e6,
-                 qp(receipt.remote_id))
-        if moved is not None and not self._follow_move(row, folder, str(moved)):
-            return "done"
-        uploaded = self.ledger.get(row.id)
-        assert uploaded is not None
-        return self.finish(uploaded, folder)
+            self._service_ok(row.destination)
+            self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json())
+            elapsed = max(time.monotonic() - started, 1e-6)
+            now = self.clock()
+            with self._lock:
+                self.stats.uploaded += 1
+                self.stats.bytes += row.size
+                self.stats.last_upload = now
+            if self.metrics is not None:
+                self.metrics.observe_upload(row.destination, row.size, elapsed, now)
+            log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
+                     row.destination, row.size, elapsed, row.size / elapsed / 1e6,
+                     qp(receipt.remote_id))
+            if moved is not None and not self._follow_move(row, folder, str(moved)):
+                return "done"
+            uploaded = self.ledger.get(row.id)
+            assert uploaded is not None
+            return self.finish(uploaded, folder, source.fileno())
 
     def _follow_move(self, row: Row, folder: Any, reason: str) -> bool:
         """The upload stands but the file left its path: find where it went.
@@ -462,12 +626,12 @@ class Uploader:
         replaced by a new file: nothing to archive; a new file at the path is
         a new version with its own row.
         """
-        found = _find_inode(os.fspath(folder.path), row.inode, row.current_path) \
+        found = _find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path) \
             if row.location is None else None
         if found is None:
             note = f"{reason.removeprefix('the file was ')}; nothing archived"
             self.ledger.mark_done(row.id, note=note)
-            if row.location is None and os.path.lexists(row.inbox_path):
+            if row.location is None and _lexists(row.folder, row.relpath):
                 # a new file took the name: a new version with its own row
                 self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
                                     labels=row.labels, category=row.category)
@@ -482,10 +646,12 @@ class Uploader:
                  qp(row.inbox_path), qp(found))
         return True
 
-    def finish(self, row: Row, folder: Any) -> str:
-        """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""
+    def finish(self, row: Row, folder: Any, fd: int | None = None) -> str:
+        """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.
+
+        ``fd`` is the descriptor the upload read, so the archive gets those bytes."""
         try:
-            archive.finish(self.ledger, row, folder)
+            archive.finish(self.ledger, row, folder, fd)
         except OSError as exc:
             if is_disk_full(exc):
                 self.note_disk_full("archive", exc)
@@ -500,19 +666,26 @@ class Uploader:
         """Record a failed upload attempt according to its error class."""
         if isinstance(exc, SourceChangedError):
             return self._changed(row, dest, str(exc))
+        circuit = self.circuit(row.destination)
+        probe = self._probes.get(row.id, GO)
         if isinstance(exc, FatalError):
             reason = describe(exc)
-            self.paused[row.destination] = (self.clock() + FATAL_PAUSE, reason)
+            circuit.refused(reason, probe=probe)
             log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
-                      row.destination, reason, FATAL_PAUSE)
+                      row.destination, reason, circuit.refuse_pause)
             self.ledger.requeue_now(row.id, reason=reason)
             return "queued"
+        if isinstance(exc, RetryableError) and exc.status == 429:
+            return self._rate_limited(row, exc, probe)
+        if is_outage(exc):
+            assert isinstance(exc, RetryableError)
+            return self._outage(row, folder, exc, probe)
+        if isinstance(exc, PermanentError | RetryableError) and exc.status is not None:
+            self._service_ok(row.destination)  # an answer about this file: the service works
         if isinstance(exc, PermanentError):
             self._abort(dest, row)
             return self._fail(row, folder, describe(exc))
         if isinstance(exc, RetryableError):
-            if exc.status == 429:
-                self._slow_down(row.destination, exc.retry_after)
             return self._retry(row, describe(exc), exc.retry_after, folder, exc=exc)
         if isinstance(exc, FileNotFoundError):
             return self._gone(row, dest, "the file disappeared during upload")
@@ -520,17 +693,62 @@ class Uploader:
             return self._retry(row, f"read error: {exc.strerror or exc}", None, folder, exc=exc)
         raise exc
 
-    def _slow_down(self, destination: str, retry_after: float | None) -> None:
+    def _rate_limited(self, row: Row, exc: RetryableError, probe: int) -> str:
         """A 429 is about the whole account, not one file: no worker starts another
-        upload to this destination until the server's wait (or a short backoff) is over.
-        Uploads already in flight finish; they may get their own 429."""
-        wait = min(retry_after if retry_after is not None else self.retry_base, self.retry_max)
-        until = self.clock() + wait
-        current = self.paused.get(destination)
-        if current is None or current[0] < until:
-            self.paused[destination] = (until, "rate limited (HTTP 429)")
+        upload to this destination until the server's wait (or a growing backoff) is
+        over, and the file's attempt is given back. Uploads already in flight finish;
+        they may get their own 429."""
+        circuit = self.circuit(row.destination)
+        before = circuit.snapshot()
+        until = circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=probe)
+        now = self.clock()
+        if before.state != "rate_limited" or (before.next_probe_at or 0.0) < until:
             log.warning("destination %r is rate limiting; no new uploads to it for %.1fs",
-                        destination, wait)
+                        row.destination, max(0.0, until - now))
+        return self._wait_for_service(row, describe(exc), max(until, now), exc)
+
+    def _outage(self, row: Row, folder: Any, exc: RetryableError, probe: int) -> str:
+        """A transport error or a 5xx: the destination's circuit decides whether it
+        belongs to the file (then it is an ordinary retry) or to the service."""
+        circuit = self.circuit(row.destination)
+        reason = describe(exc)
+        now = self.clock()
+        since = self._outage_at.get(row.id)
+        self._outage_at[row.id] = now
+        before = circuit.snapshot()
+        verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe)
+        if verdict.open and before.state != "down":
+            log.error("destination %r is down (%s); its files wait in place without using "
+                      "attempts, probing it again in %.1fs", row.destination, reason,
+                      max(0.0, (verdict.retry_at or now) - now))
+        elif verdict.open and probe:
+            log.info("destination %r is still down (probe: %s); next probe in %.1fs",
+                        row.destination, reason, max(0.0, (verdict.retry_at or now) - now))
+        if verdict.charge:
+            return self._retry(row, reason, exc.retry_after, folder, exc=exc)
+        if verdict.open:
+            at = verdict.retry_at or now
+        else:
+            at = now + backoff(verdict.failures, self.retry_base, self.retry_max, self.rng,
+                               exc.retry_after)
+        return self._wait_for_service(row, reason, at, exc)
+
+    def _wait_for_service(self, row: Row, reason: str, at: float, exc: BaseException) -> str:
+        """Retry at ``at`` without spending an attempt: the service, not the file, failed."""
+        self._unreadable.pop(row.id, None)
+        self.ledger.mark_retry(row.id, error=reason, at=at, count=False)
+        with self._lock:
+            self.stats.retried += 1
+        if self.metrics is not None:
+            self.metrics.observe_retry(retry_class(exc))
+        state = self.circuit(row.destination).snapshot()
+        why = (f"destination {row.destination!r} is {state.state.replace('_', ' ')}"
+               if state.state != UP else "a failure of the service, not of the file")
+        # While it is down the destination's own lines say it; one per file is enough at INFO.
+        log.log(logging.INFO if not state.up else logging.WARNING,
+                "retrying %s in %.1fs (attempt not counted: %s): %s", qp(row.inbox_path),
+                max(0.0, at - self.clock()), why, reason)
+        return "retrying"
 
     def _interrupted(self, row: Row) -> str:
         """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""
@@ -581,7 +799,7 @@ class Uploader:
                             describe(exc))
 
     def _changed(self, row: Row, dest: Destination, reason: str) -> str:
-        if not os.path.lexists(row.current_path):
+        if row.location is None and not _lexists(row.folder, row.relpath):
             return self._gone(row, dest, reason)
         self._abort(dest, row)
         self.ledger.supersede(row, reason=f"superseded: {reason}")
@@ -591,6 +809,7 @@ class Uploader:
 
     def _retry(self, row: Row, reason: str, retry_after: float | None,
                folder: Any = None, *, exc: BaseException | None = None) -> str:
+        self._unreadable.pop(row.id, None)
         folder = folder or self._folders().get(row.folder)
         max_attempts = folder.max_attempts if folder is not None else 8
         if row.attempts >= max_attempts and folder is not None:
@@ -608,15 +827,25 @@ class Uploader:
     def _wait_readable(self, row: Row, reason: str) -> str:
         """A file we may not read stays where it is and is tried again, without
         using up attempts: its producer may still be setting permissions, and
-        an operator can fix them. It is reported in the log and `syncd status`."""
-        delay = backoff(row.attempts + 1, self.retry_base, self.retry_max, self.rng)
+        an operator can fix them. The delay grows like any retry's; the log says
+        it once per reason (WARNING), later tries at debug level. It is shown in
+        `syncd status` (recent errors) all along."""
+        with self._lock:
+            last, tries = self._unreadable.get(row.id, (None, 0))
+            tries += 1
+            self._unreadable[row.id] = (reason, tries)
+        delay = backoff(tries, self.retry_base, self.retry_max, self.rng)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
-        log.warning("cannot read %s (%s); leaving it in place, trying again in %.1fs",
-                    qp(row.inbox_path), reason, delay)
+        if reason != last:
+            log.warning("cannot read %s (%s); leaving it in place and trying again with a "
+                        "growing delay (next in %.1fs)", qp(row.inbox_path), reason, delay)
+        else:
+            log.debug("cannot read %s yet (%s, try %d); trying again in %.1fs",
+                      qp(row.inbox_path), reason, tries, delay)
         return "retrying"
 
     def _fail(self, row: Row, folder: Any, reason: str) -> str:
-        archive.to_failed(self.ledger, row, folder, reason)
+        failed.to_failed(self.ledger, row, folder, reason)
         with self._lock:
             self.stats.failed += 1
         if self.metrics is not None:

@@ -89,6 +89,9 @@ def test_status_and_files_without_a_ledger(cfg: Path, capsys: pytest.CaptureFixt
     data = json.loads(out)
     assert code == 0 and data["states"]["done"] == 0 and data["daemon"]["running"] is False
     assert data["folders"][0]["destination"] == "main"
+    (dest,) = data["destinations"]  # no daemon: nobody knows whether it is up
+    assert (dest["name"], dest["type"], dest["state"], dest["up"]) == ("main", "lilt", "unknown",
+                                                                       None)
     code, out, _ = run(capsys, "-c", str(cfg), "files")
     assert code == 0 and "no files" in out
 

@@ -231,7 +231,8 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None: 
     if not _unshare_works():
         pytest.skip("unshare -U is not permitted here: cannot drop capabilities to test EACCES")
     s = make_setup(folders=[{"name": "in", "max_attempts": 2}],
-                   daemon={"retry_base_seconds": 0.1, "retry_max_seconds": 0.3})
+                   daemon={"retry_base_seconds": 0.1, "retry_max_seconds": 0.3,
+                           "log_level": "debug"})
     s.drop("good.txt", b"fine")
     bad = s.drop("locked.txt", b"secret stuff")
     bad.chmod(0)
@@ -239,6 +240,8 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None: 
     wait_until(lambda: s.counts().get("done") == 1, 20, what="the readable file")
     wait_until(lambda: "leaving it in place" in s.log_text() and
                s.log_text().count("cannot read") >= 3, 20, what="several retries")
+    said = [line for line in s.log_text().splitlines() if "cannot read" in line]
+    assert sum(" WARNING " in line for line in said) == 1, said  # once, then at debug level
     row = [r for r in s.rows() if os.fsdecode(r["relpath"]) == "locked.txt"][0]
     assert row["state"] == "retrying" and "Permission denied" in row["last_error"]
     assert bad.exists() and not (s.failed() / "locked.txt").exists()

@@ -502,13 +502,18 @@ def test_metrics_endpoint_and_event_log_lines(make_setup: Callable[..., Setup]) 
     assert value("syncd_rescan_found_files_total", folder=folder, reason="startup") == 3
     assert value("syncd_folder_healthy", folder=folder) == 1
     assert value("syncd_disk_full") == 0
+    assert value("syncd_destination_up", destination="lilt") == 1  # one 503 is no outage
+    assert value("syncd_destination_down_since_seconds", destination="lilt") == 0
+    assert value("syncd_destination_state", destination="lilt", state="up") == 1
+    assert value("syncd_destination_state", destination="lilt", state="down") == 0
     assert value("syncd_workers") == 4
     assert value("syncd_last_upload_timestamp_seconds") > time.time() - 60
     assert value("process_start_time_seconds") > 0
 
     log = s.log_text()  # one line per event, with what an operator needs
     assert re.search(r"queued '.*f0\.txt' \(600 bytes\)", log)
-    assert re.search(r"retrying '.*' in \d+\.\ds \(attempt 1 of 8\): RetryableError: .*HTTP 503", log)
+    assert re.search(r"retrying '.*' in \d+\.\ds \(attempt not counted: a failure of the "
+                     r"service, not of the file\): RetryableError: .*HTTP 503", log)
     assert re.search(r"uploaded '.*f0\.txt' to lilt \(600 bytes in [\d.]+s, [\d.]+ MB/s\)", log)
     assert re.search(r"archived '.*f0\.txt' -> '.*archive/in/f0\.txt'", log)
     s.invariants()

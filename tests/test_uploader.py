@@ -8,10 +8,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from syncd.circuit import THRESHOLD
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
-from syncd.errors import FatalError, PermanentError, RetryableError
+from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.ledger import Ledger
-from syncd.uploader import Uploader, backoff
+from syncd.uploader import IDLE_WAIT, Uploader, backoff
 from tests.conftest import FakeClock, make_folder
 
 
@@ -25,9 +26,20 @@ class FakeDestination:
         self.script: list[Any] = []  # exceptions to raise, or callables(source) run first
         self.received: list[tuple[UploadItem, bytes]] = []
         self.aborted: list[dict[str, Any]] = []
+        self.down: Exception | None = None  # raised by every upload and probe (an outage)
+        self.fail_names: dict[str, Exception] = {}  # raised for these file names, every time
+        self.calls = 0
+        self.attempted: list[str] = []
+        self.probes = 0
 
     def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
                checkpoint: Checkpoint) -> Receipt:
+        self.calls += 1
+        self.attempted.append(item.name)
+        if self.down is not None:
+            raise self.down
+        if item.name in self.fail_names:
+            raise self.fail_names[item.name]
         checkpoint({"v": 1, "session": "s1"})
         action = self.script.pop(0) if self.script else None
         if callable(action) and not isinstance(action, Exception):
@@ -42,6 +54,9 @@ class FakeDestination:
         self.aborted.append(resume)
 
     def probe(self) -> str:
+        self.probes += 1
+        if self.down is not None:
+            raise self.down
         return "ok"
 
     def close(self) -> None:
@@ -161,36 +176,206 @@ def test_vanished_before_upload(setup: Any) -> None:
     assert ledger.get(row_id).state == "vanished"
 
 
+def work(up: Uploader) -> str | None:
+    """One turn of a worker: claim what the circuits let through, upload it, clean up."""
+    row = up._claim()
+    if row is None:
+        return None
+    state = "retrying"
+    try:
+        state = up.process(row)
+    finally:
+        up._attempt_over(row, state)
+    return state
+
+
 def test_fatal_error_pauses_destination_without_using_attempts(setup: Any, clock: FakeClock) -> None:
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
+    other = drop("b.txt")
     dest.script = [FatalError("HTTP 401: bad key")]
-    assert step() == "queued"
+    assert work(up) == "queued"
     row = ledger.get(row_id)
     assert row.state == "queued" and row.attempts == 0
-    assert up._available() == []
+    state = up.destination_states()["dest"]
+    assert state.state == "refused" and "HTTP 401" in (state.reason or "")
+    assert work(up) is None  # b.txt waits too
     clock.advance(61)
-    assert up._available() == ["dest"]
+    assert work(up) == "done"  # one probe; it works: the circuit closes
+    assert up.destination_states()["dest"].state == "up"
+    assert work(up) == "done"
+    assert {ledger.get(row_id).state, ledger.get(other).state} == {"done"}
+
+
+REFUSED = RetryableError("fake: initiate: ConnectError: [Errno 111] Connection refused",
+                         transport=True)
+
+
+def test_a_refused_connection_spends_no_attempts_and_files_wait(
+        setup: Any, clock: FakeClock, tmp_path: Path) -> None:
+    """max_attempts is 3: a long outage, seen by every file, fails none of them."""
+    ledger, folder, dest, up, drop, step = setup
+    ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(5)]
+    dest.down = REFUSED
+    outcomes = []
+    while (state := work(up)) is not None:  # until the circuit hands out no more rows
+        outcomes.append(state)
+    assert outcomes == ["retrying"] * THRESHOLD  # three failures across files open it
+    state = up.destination_states()["dest"]
+    assert state.state == "down" and not state.up and "Connection refused" in (state.reason or "")
+    assert all(ledger.get(i).attempts == 0 for i in ids)
+    assert up._idle_wait() == IDLE_WAIT  # due rows that wait for the circuit: no spinning
+    steps = []
+    for _ in range(12):  # far more than max_attempts: one probe per step, growing
+        wait = up.circuit("dest").wait()
+        assert wait is not None
+        steps.append(wait)
+        clock.advance(wait)
+        calls = dest.calls
+        assert work(up) == "retrying"  # the probe: one real upload attempt
+        assert dest.calls == calls + 1
+        assert work(up) is None  # nobody else in this step
+    assert steps == [1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 7  # retry_base 1 .. retry_max 30
+    assert set(dest.attempted[THRESHOLD:]) == {f"f{i}.txt" for i in range(5)}  # probes rotate
+    rows = [ledger.get(i) for i in ids]
+    assert all(r.attempts == 0 and r.state in ("queued", "retrying") for r in rows), rows
+    assert all("Connection refused" in (r.last_error or "") for r in rows if r.state == "retrying")
+    assert not (tmp_path / "failed").exists()
+    assert all((folder.path / f"f{i}.txt").exists() for i in range(5))
+    assert up.stats.failed == 0
+
+
+def test_a_recovered_destination_drains_everything(
+        setup: Any, clock: FakeClock, tmp_path: Path) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(6)]
+    dest.down = REFUSED
+    while work(up) is not None:
+        pass
+    for _ in range(4):  # some failed probes
+        clock.advance(up.circuit("dest").wait() or 0)
+        assert work(up) == "retrying"
+    ids.append(drop("late.txt", b"arrived during the outage"))
+    assert work(up) is None
+    dest.down = None  # the service is back
+    clock.advance(up.circuit("dest").wait() or 0)
+    assert work(up) == "done"  # the probe gets through and closes the circuit
+    assert up.destination_states()["dest"].state == "up"
+    while work(up) is not None:  # everything queued flows again, no waiting
+        pass
+    rows = [ledger.get(i) for i in ids]
+    assert [r.state for r in rows] == ["done"] * 7
+    assert all(r.attempts <= 1 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "archive" / "inbox").iterdir()) == sorted(
+        [f"f{i}.txt" for i in range(6)] + ["late.txt"])
+
+
+def test_a_file_in_flight_when_the_circuit_opens_keeps_its_attempt(
+        setup: Any, clock: FakeClock) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt")
+    row = up._claim()  # in flight...
+    assert row is not None and row.attempts == 1
+    for _ in range(THRESHOLD):  # ...while other workers see the service go down
+        up.circuit("dest").failed(describe(REFUSED))
+    dest.down = REFUSED
+    state = up.process(row)
+    up._attempt_over(row, state)
+    assert state == "retrying"
+    row = ledger.get(row_id)
+    assert row.attempts == 0  # given back
+    assert row.next_attempt_at == up.circuit("dest").snapshot().next_probe_at
+
+
+def test_a_5xx_only_one_file_gets_is_that_files_failure(setup: Any, clock: FakeClock,
+                                                        tmp_path: Path) -> None:
+    """The service works for other files while one keeps getting a 500: those failures
+    spend its attempts (max_attempts 3) and it ends in failed_dir; the others flow."""
+    ledger, folder, dest, up, drop, step = setup
+    poison = drop("poison.bin", b"the server chokes on this")
+    dest.fail_names["poison.bin"] = RetryableError("HTTP 500", status=500)
+    for n in range(10):
+        drop(f"ok{n}.txt", b"fine")
+        while work(up) is not None:
+            clock.advance(0.01)
+        if ledger.get(poison).state == "failed":
+            break
+        clock.advance(30)
+    row = ledger.get(poison)
+    assert row.state == "failed" and "gave up after 3 attempts" in (row.last_error or "")
+    assert (tmp_path / "failed" / "inbox" / "poison.bin").exists()
+    assert up.destination_states()["dest"].state == "up"  # never mistaken for an outage
+    assert ledger.counts()["done"] >= 3
+
+
+def test_a_429_holds_the_destination_without_spending_attempts(
+        setup: Any, clock: FakeClock) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt")
+    other = drop("b.txt")
+    dest.script = [RetryableError("HTTP 429", status=429, retry_after=7)]
+    assert work(up) == "retrying"
+    row = ledger.get(row_id)
+    assert row.attempts == 0 and row.next_attempt_at == pytest.approx(clock() + 7)
+    assert up.destination_states()["dest"].state == "rate_limited"
+    assert work(up) is None  # b.txt is held back too
+    clock.advance(7)
+    assert work(up) == "done" and work(up) == "done"
+    assert ledger.get(other).state == "done"
+
+
+def test_an_idle_open_circuit_asks_the_service_with_probe(setup: Any, clock: FakeClock) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    for _ in range(THRESHOLD):
+        up.circuit("dest").failed(describe(REFUSED))
+    dest.down = REFUSED
+    clock.advance(1.0)
+    assert work(up) is None and dest.probes == 1  # nothing waits: Destination.probe()
+    assert up.destination_states()["dest"].state == "down"
+    assert work(up) is None and dest.probes == 1  # once per step
+    assert up.circuit("dest").wait() == 2.0
+    dest.down = None
+    clock.advance(2.0)
+    assert work(up) is None and dest.probes == 2
+    assert up.destination_states()["dest"].state == "up"
 
 
 def test_unreadable_file_stays_and_is_retried_without_using_attempts(
-        setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Logic only; tests/test_e2e.py runs the real thing without capabilities."""
+        setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Logic only; tests/test_e2e.py runs the real thing without capabilities. The delay
+    grows like any retry's (retry_base 1 .. retry_max 30); the WARNING is said once per
+    reason, the tries after it at debug level."""
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
     import syncd.uploader as uploader_mod
 
+    error = [PermissionError(13, "Permission denied")]
+
     def denied(*args: Any, **kwargs: Any) -> None:
-        raise PermissionError(13, "Permission denied")
+        raise error[0]
 
     monkeypatch.setattr(uploader_mod, "_StoppableSource", denied)
-    for _ in range(5):  # more than max_attempts (3): never moved to failed
-        ledger.mark_retry(row_id, error="x", at=0, count=False)
-        assert step() == "retrying"
+    caplog.set_level("DEBUG", logger="syncd.uploader")
+    delays = []
+    for _ in range(10):  # more than max_attempts (3): never moved to failed
+        clock.advance((ledger.get(row_id).next_attempt_at or clock()) - clock())
+        assert work(up) == "retrying"
+        delays.append(ledger.get(row_id).next_attempt_at - clock())
     row = ledger.get(row_id)
     assert row.state == "retrying" and row.attempts == 0
     assert "Permission denied" in row.last_error
     assert (folder.path / "a.txt").exists()
+    for n, delay in enumerate(delays, start=1):  # full jitter under a growing ceiling
+        assert 0 < delay <= min(30.0, 1.0 * 2 ** (n - 1))
+    assert max(delays[5:]) > 4.0, delays  # it grew: not retry_base forever
+    said = [r for r in caplog.records if "cannot read" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"] + ["DEBUG"] * 9
+    error[0] = PermissionError(1, "Operation not permitted")  # another reason: said again
+    clock.advance(ledger.get(row_id).next_attempt_at - clock())
+    assert work(up) == "retrying"
+    said = [r for r in caplog.records if "cannot read" in r.getMessage()]
+    assert said[-1].levelname == "WARNING" and "Operation not permitted" in said[-1].getMessage()
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:

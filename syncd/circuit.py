@@ -1,0 +1,304 @@
+"""Per-destination circuit: a service outage is not a file failure.
+
+The uploader keeps one :class:`Circuit` per destination, asks it before
+every upload (:meth:`Circuit.admit`) and tells it how each attempt ended.
+This docstring is the contract; ``tests/test_circuit.py`` checks it with an
+injected clock.
+
+What feeds it (the uploader classifies every attempt, see :func:`is_outage`):
+
+* :meth:`~Circuit.succeeded`: the service answered in a way that shows it
+  works: an upload confirmed, or an answer about one file (a 4xx, an
+  expired URL, a malformed body).
+* :meth:`~Circuit.failed`: an *outage* failure: a transport error (no HTTP
+  answer at all: connection refused or reset, DNS, timeouts) or a 5xx.
+* :meth:`~Circuit.refused`: no file can succeed until an operator acts
+  (401/403, a rejected TLS certificate).
+* :meth:`~Circuit.rate_limited`: a 429; the account, not the file, must
+  slow down.
+
+States (``CircuitState.state``):
+
+``up``            closed: uploads flow. Outage failures are counted; after
+                  ``threshold`` (3) of them in a row, across files, with no
+                  success in between, the circuit opens ("down"). One reset
+                  or timeout is routine on a long transfer; three in a row
+                  with nothing getting through is an outage. With several
+                  workers and a dead service that takes milliseconds; with a
+                  single file, its third try.
+``down``          open: no upload starts except the *probe*: once per step,
+                  :meth:`~Circuit.admit` lets exactly one caller through (a
+                  real upload attempt, or ``Destination.probe()`` when nothing
+                  waits). The step starts at ``base`` (retry_base_seconds) and
+                  doubles after every failed probe up to ``cap``
+                  (retry_max_seconds); a server's Retry-After longer than the
+                  step is waited instead. A success (the probe's, or a late
+                  one from an upload that was already in flight) closes the
+                  circuit at once and everything queued flows again.
+``refused``       open after a refusal for ``refuse_pause`` (60 s) per step,
+                  then probed like ``down``.
+``rate_limited``  held until the server's Retry-After (or, without one, a
+                  step that grows with every 429 in a row from ``base`` up to
+                  ``cap``); then every worker goes again, without a probe.
+
+Attempts (``max_attempts`` counts what belongs to the file).
+:meth:`~Circuit.failed` returns a :class:`Verdict`; ``charge`` is True only
+when the circuit is closed and stays closed, and the service confirmed other
+work after the file's previous outage failure (``since``), which itself came
+after the circuit last closed: the service demonstrably works while this one
+file keeps failing (a server that chokes on it). A file's first outage
+failure, its first after an outage ended, every failure that opens the
+circuit and every failure while it is open (an upload in flight when it
+opened, a failed probe) are given back. Refusals and 429s are never charged.
+
+Thread-safe (one lock; uploader threads report, the main loop and the
+metrics endpoint read :meth:`~Circuit.snapshot`). ``clock`` returns seconds;
+the daemon passes the wall clock, so ``since`` and ``next_probe_at`` can be
+shown as times of day.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from syncd.errors import ExpiredError, RetryableError
+
+UP = "up"
+DOWN = "down"
+REFUSED = "refused"
+RATE_LIMITED = "rate_limited"
+CIRCUIT_STATES = (UP, DOWN, REFUSED, RATE_LIMITED)
+
+THRESHOLD = 3  # outage failures in a row (across files, no success between) that open it
+REFUSE_PAUSE = 60.0  # seconds between probes of a destination that refuses uploads
+GO = 0  # admit(): upload normally
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A transport error or a 5xx: says the service, not the file, is in trouble."""
+    if not isinstance(exc, RetryableError) or isinstance(exc, ExpiredError):
+        return False
+    if exc.status is None:
+        return exc.transport
+    return exc.status >= 500
+
+
+@dataclass(frozen=True)
+class CircuitState:
+    """What status lines, ``syncd status`` and the metrics say about a destination."""
+
+    state: str = UP  # up | down | refused | rate_limited
+    since: float | None = None  # when it left "up"
+    reason: str | None = None  # the failure that opened it, or the latest probe's
+    next_probe_at: float | None = None  # when the next probe goes (rate limited: the hold ends)
+    failures: int = 0  # outage failures in a row, across files (failed probes included)
+    probing: bool = False
+
+    @property
+    def up(self) -> bool:
+        """Whether the service is believed to work (rate limited counts as up)."""
+        return self.state in (UP, RATE_LIMITED)
+
+    def to_json(self) -> dict[str, object]:
+        return {"state": self.state, "up": self.up, "since": self.since, "reason": self.reason,
+                "next_probe_at": self.next_probe_at, "failures": self.failures}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to :meth:`Circuit.failed`."""
+
+    charge: bool  # the failure belongs to the file: it spends one of its attempts
+    open: bool  # the circuit is open now: the file waits for it
+    retry_at: float | None  # open: when the next probe goes (the file is due then)
+    failures: int  # outage failures in a row, for the file's own backoff while closed
+
+
+class Circuit:
+    """The circuit of one destination (see the module docstring for the contract)."""
+
+    def __init__(self, name: str, *, base: float, cap: float,
+                 clock: Callable[[], float] = time.time, threshold: int = THRESHOLD,
+                 refuse_pause: float = REFUSE_PAUSE) -> None:
+        self.name = name
+        self.base = base
+        self.cap = cap
+        self.threshold = threshold
+        self.refuse_pause = refuse_pause
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = UP
+        self._since: float | None = None
+        self._reason: str | None = None
+        self._until = 0.0  # open / rate limited: no upload starts before this
+        self._step = base
+        self._failures = 0
+        self._limited = 0  # 429s in a row
+        self._last_success: float | None = None
+        self._closed_at: float | None = None  # when it last closed after being open
+        self._probe = 0  # token of the probe in flight, 0 = none
+        self._tokens = 0
+
+    # asking ---------------------------------------------------------------------------
+
+    def admit(self) -> int | None:
+        """May an upload to this destination start now?
+
+        ``None``: no, wait. :data:`GO` (0): yes. A positive number: yes, as
+        the probe; report its outcome with that token (``probe=``), or give
+        it back with :meth:`release_probe` if it ends without one.
+        """
+        with self._lock:
+            if self._state == UP:
+                return GO
+            now = self._clock()
+            if now < self._until:
+                return None
+            if self._state == RATE_LIMITED:
+                self._close()
+                return GO
+            if self._probe:
+                return None
+            self._tokens += 1
+            self._probe = self._tokens
+            return self._probe
+
+    def release_probe(self, token: int) -> None:
+        """The probe ended without a verdict (nothing to upload, the file vanished):
+        the next caller may probe at once."""
+        with self._lock:
+            if token and self._probe == token:
+                self._probe = 0
+
+    def wait(self) -> float | None:
+        """Seconds until :meth:`admit` may say yes again; None while closed or while a
+        probe is in flight (its outcome is reported, nothing to wait for)."""
+        with self._lock:
+            if self._state == UP or self._probe:
+                return None
+            return max(0.0, self._until - self._clock())
+
+    def snapshot(self) -> CircuitState:
+        with self._lock:
+            if self._state == UP or (self._state == RATE_LIMITED
+                                     and self._clock() >= self._until):
+                return CircuitState(failures=self._failures)
+            return CircuitState(self._state, self._since, self._reason, self._until,
+                                self._failures, bool(self._probe))
+
+    # telling --------------------------------------------------------------------------
+
+    def succeeded(self) -> bool:
+        """The service works. Closes the circuit; True if it was open."""
+        with self._lock:
+            self._last_success = self._clock()
+            self._failures = 0
+            self._limited = 0
+            if self._state in (DOWN, REFUSED):
+                self._close()
+                self._closed_at = self._last_success
+                return True
+            return False
+
+    def failed(self, reason: str, *, since: float | None = None,
+               retry_after: float | None = None, probe: int = GO) -> Verdict:
+        """An outage failure (:func:`is_outage`). ``since``: the time of this file's
+        previous outage failure, None if it has none; ``probe``: the token
+        from :meth:`admit` if this attempt was the probe."""
+        with self._lock:
+            now = self._clock()
+            is_probe = bool(probe) and probe == self._probe
+            if self._state in (UP, RATE_LIMITED):
+                self._failures += 1
+                if self._failures < self.threshold:
+                    charge = (since is not None and self._last_success is not None
+                              and self._last_success > since
+                              and (self._closed_at is None or since > self._closed_at))
+                    return Verdict(charge, False, None, self._failures)
+                self._open(DOWN, reason, now, self.base, retry_after)
+            elif is_probe:
+                self._probe = 0
+                self._reason = reason
+                self._failures += 1
+                if self._state == DOWN:
+                    step = min(self._step * 2, self.cap)
+                else:  # refused, rate limited: now it does not answer at all
+                    self._state = DOWN
+                    step = self.base
+                self._step = step
+                self._until = now + max(step, min(retry_after or 0.0, self.cap))
+            # else: an upload that was in flight when the circuit opened: it waits
+            return Verdict(False, True, self._until, self._failures)
+
+    def refused(self, reason: str, *, probe: int = GO) -> None:
+        """Every file would fail alike (credentials, certificate): open for ``refuse_pause``."""
+        with self._lock:
+            now = self._clock()
+            if self._state != REFUSED or (probe and probe == self._probe):
+                if self._state not in (DOWN, REFUSED):
+                    self._since = now
+                self._state = REFUSED
+                self._reason = reason
+                self._until = now + self.refuse_pause
+                self._step = self.refuse_pause
+            if probe and probe == self._probe:
+                self._probe = 0
+
+    def rate_limited(self, retry_after: float | None, reason: str, *, probe: int = GO) -> float:
+        """A 429: no upload starts until the wait is over. Returns when it is over."""
+        with self._lock:
+            now = self._clock()
+            is_probe = bool(probe) and probe == self._probe
+            if self._state in (DOWN, REFUSED) and not is_probe:
+                return self._until  # a late answer from before it opened
+            self._limited += 1
+            if retry_after is not None:
+                wait = min(max(retry_after, 0.0), self.cap)
+            else:
+                wait = min(self.base * 2 ** (self._limited - 1), self.cap)
+            until = now + wait
+            if self._state != RATE_LIMITED:
+                self._since = now
+                self._state = RATE_LIMITED
+                self._until = until
+            else:
+                self._until = max(self._until, until)
+            self._reason = reason
+            self._failures = 0
+            if is_probe:
+                self._probe = 0
+            return self._until
+
+    def reset(self) -> None:
+        """Forget everything (a reload changed the destination): up, a fresh start."""
+        with self._lock:
+            self._close()
+            self._last_success = self._closed_at = None
+            self._limited = 0
+
+    # internals --------------------------------------------------------------------------
+
+    def _open(self, state: str, reason: str, now: float, step: float,
+              retry_after: float | None) -> None:
+        self._state = state
+        self._since = now
+        self._reason = reason
+        self._step = step
+        self._until = now + max(step, min(retry_after or 0.0, self.cap))
+        self._probe = 0
+
+    def _close(self) -> None:
+        self._state = UP
+        self._since = None
+        self._reason = None
+        self._until = 0.0
+        self._step = self.base
+        self._failures = 0
+        self._probe = 0
+
+
+__all__ = ["CIRCUIT_STATES", "DOWN", "GO", "RATE_LIMITED", "REFUSED", "THRESHOLD", "UP", "Circuit",
+           "CircuitState", "Verdict", "is_outage"]
