@@ -9,6 +9,7 @@ import base64
 import copy
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,8 +85,11 @@ def stored(emu: Emulator) -> list[dict[str, Any]]:
     return [u for u in emu.uploads() if u["service"] == "apivideo"]
 
 
+UPLOAD_OPS = ("apivideo.upload", "apivideo.upload_source")  # the token route, the API-key route
+
+
 def uploads_logged(emu: Emulator, ok_only: bool = True) -> list[int]:
-    return [e["bytes"] for e in emu.requests() if e["op"] == "apivideo.upload"
+    return [e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS
             and (not ok_only or e["status"] == 201)]
 
 
@@ -186,12 +190,15 @@ def test_byte_chunks_rules(emu: Emulator, http: httpx.Client) -> None:
     # Without videoId a later chunk cannot be placed.
     assert problem(post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}"))[1:] \
         == ("attribute-required", "videoId")
-    # A gap is refused; the held range again is an idempotent 201 that stores nothing.
+    # A gap is refused; the held range sent again is the documented "range overlap" error
+    # (docs.api.video reference/video-content-range-by-bytes-range-overlap), storing nothing.
     gap = post_chunk(http, data[C + 1:2 * C + 1], f"bytes {C + 1}-{2 * C}/{len(data)}",
                      video_id=vid)
     assert problem(gap)[:2] == (400, "video-content-range-malformed")
     again = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{len(data)}", video_id=vid)
-    assert again.status_code == 201
+    assert problem(again) == (400, "video-content-range-by-bytes-range-overlap", "Content-Range")
+    assert again.json()["detail"] == f"bytes 0-{C - 1} are held; the next chunk starts at " \
+        f"byte {C}"
     other_total = post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data) + 1}",
                              video_id=vid)
     assert problem(other_total)[:2] == (400, "video-content-range-malformed")
@@ -213,7 +220,9 @@ def test_part_chunks_any_order_and_progressive(emu: Emulator, http: httpx.Client
     a, b, c = os.urandom(C), os.urandom(C), os.urandom(10)
     vid = post_chunk(http, a, "part 1/3").json()["videoId"]
     assert post_chunk(http, c, "part 3/3", video_id=vid).status_code == 201
-    assert post_chunk(http, a, "part 1/3", video_id=vid).status_code == 201  # repeated: idempotent
+    again = post_chunk(http, a, "part 1/3", video_id=vid)  # sent again: documented error
+    assert problem(again) == (400, "video-content-range-by-part-part-already-sent",
+                              "Content-Range")
     assert stored(emu) == []
     done = post_chunk(http, b, "part 2/3", video_id=vid)
     assert "assets" in done.json()
@@ -427,8 +436,12 @@ def test_options_validation(tmp_path: Path) -> None:
         assert [p.key for p in problems] == ["destinations.v.chunk_size"]
     _, problems = parse({})
     assert [p.key for p in problems] == ["destinations.v.upload_token"]
-    assert "requires api_key" in (ApiVideoDestination.CAPABILITIES.labels or "")
-    assert "requires api_key" in (ApiVideoDestination.CAPABILITIES.category or "")
+    # syncd check: tags and metadata with api_key; without it, nothing and the reason why.
+    with_key, _ = parse({"upload_token": "to-x", "api_key": "k-x"})
+    caps = ApiVideoDestination.capabilities_for(with_key)
+    assert caps.labels == "video tags" and caps.category and not caps.note
+    caps = ApiVideoDestination.capabilities_for(opts)
+    assert caps.labels is None and caps.category is None and "without api_key" in caps.note
 
 
 def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Client,
@@ -469,9 +482,11 @@ def test_resume_after_a_lost_checkpoint(emu: Emulator, client: httpx.Client, tmp
     emu.reset_log()
     run(make_dest(emu, client, key=key), path, lagging)
     assert_stored(emu, path)
-    # Token only: chunk 2 goes again (the server takes it as a no-op); with api_key
-    # /status says the server holds it, so only chunk 3 is sent.
-    assert uploads_logged(emu) == ([C, 9] if not key else [9])
+    # Token only: chunk 2 goes again and api.video refuses it as documented ("range
+    # overlap": it holds it), which counts as confirmed; with api_key /status says the
+    # server holds it, so only chunk 3 is sent.
+    sent = [(e["status"], e["bytes"]) for e in emu.requests() if e["op"] in UPLOAD_OPS]
+    assert sent == ([(400, C), (201, 9)] if not key else [(201, 9)])
 
 
 @pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
@@ -501,8 +516,9 @@ def test_api_key_flow_sets_metadata_before_the_bytes(emu: Emulator, client: http
     assert row["labels"] == ["talks", "2026"] and row["category"] == "SOURCE"
     assert row["uuid"] == UUID and row["title"] == "keynote.mov"
     ops = [e["op"] for e in emu.requests()]
-    assert ops == ["apivideo.list_videos", "apivideo.create_video", "apivideo.upload",
-                   "apivideo.upload", "apivideo.upload"]
+    # The documented route for an existing video, in part chunks (not /upload?token=).
+    assert ops == ["apivideo.list_videos", "apivideo.create_video", "apivideo.upload_source",
+                   "apivideo.upload_source", "apivideo.upload_source"]
     assert checkpoints.states[0]["session"]["video_id"] == receipt.remote_id  # before any byte
     assert receipt.details["chunks"] == 3 and receipt.details["title"] == "keynote.mov"
 
@@ -587,14 +603,17 @@ def test_empty_file_is_refused_without_a_request(emu: Emulator, client: httpx.Cl
     assert emu.requests() == []
 
 
-@pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
 def test_bad_upload_token_is_fatal_and_secret(emu: Emulator, client: httpx.Client,
-                                              tmp_path: Path, key: bool) -> None:
+                                              tmp_path: Path) -> None:
     wrong = "to-wrong-token-8e2a"
     with pytest.raises(FatalError) as info:
-        run(make_dest(emu, client, key=key, token=wrong), write(tmp_path, 10))
+        run(make_dest(emu, client, key=False, token=wrong), write(tmp_path, 10))
     assert info.value.status == 404 and wrong not in str(info.value)
     assert "upload token" in str(info.value)
+    # With api_key the upload goes through /videos/{id}/source: the token is not used.
+    path = write(tmp_path, 10, "b.mp4")
+    run(make_dest(emu, client, token=wrong), path)
+    assert_stored(emu, path)
 
 
 def test_bad_api_key_is_fatal(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
@@ -723,3 +742,133 @@ def test_transport_errors_are_retryable_and_hide_the_token(tmp_path: Path) -> No
             Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
             None, Checkpoints())
     assert TOKEN not in str(info.value) and "token=***" in str(info.value)
+
+
+# == issue 10: the documented route with an API key, re-sent chunks, receipts, warnings =====
+
+
+def test_api_key_chunks_go_to_the_documented_source_route(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        if request.method == "GET" and request.url.path == "/videos":
+            return httpx.Response(200, json={"data": []})
+        if request.url.path == "/videos":
+            return httpx.Response(201, json={"videoId": "vi9"})
+        return httpx.Response(201, json={"videoId": "vi9"})
+
+    path = write(tmp_path, C + 1)
+    mock_dest(handler, key=True).upload(
+        UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"),
+        Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
+        None, Checkpoints())
+    chunks = [r for r in seen if r.url.path.endswith("/source")]
+    assert [r.url.path for r in chunks] == ["/videos/vi9/source"] * 2
+    assert [r.headers["Content-Range"] for r in chunks] == ["part 1/2", "part 2/2"]
+    for r in chunks:
+        assert r.headers["Authorization"] == basic()["Authorization"]
+        assert "token" not in r.url.params and b'name="videoId"' not in r.content
+    assert not [r for r in seen if r.url.path == "/upload"]
+
+
+def test_the_source_route_resumes_from_received_parts(emu: Emulator, client: httpx.Client,
+                                                      tmp_path: Path) -> None:
+    path = write(tmp_path, 3 * C + 5)
+    crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
+    with pytest.raises(Crash):
+        run(make_dest(emu, client), path, checkpoint=crashing)
+    lagging = crashing.states[-2]  # the checkpoint after chunk 1: chunk 2's 201 was "lost"
+    assert parts_in(lagging) == 1
+    video = lagging["session"]["video_id"]
+    status = httpx.get(f"{emu.url}/apivideo/videos/{video}/status", headers=basic()).json()
+    assert status["ingest"]["receivedParts"] == {"parts": [1, 2], "total": 4}
+    emu.reset_log()
+    run(make_dest(emu, client), path, lagging)
+    assert_stored(emu, path)
+    assert [(e["op"], e["bytes"]) for e in emu.requests() if e["op"] in UPLOAD_OPS] == \
+        [("apivideo.upload_source", C), ("apivideo.upload_source", 5)]  # parts 3 and 4 only
+
+
+def test_a_private_videos_asset_urls_are_sealed_and_shown_on_request(
+        emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    service(emu).private_videos = True
+    path = write(tmp_path, C + 9)
+    receipt = run(make_dest(emu, client), path)
+    stored_json = json.loads(json.dumps(receipt.to_json()))  # as the ledger keeps it
+    assert stored_json["public"] is False and "sealed_urls" in stored_json
+    assert "?" not in stored_json["url"] and "/token/***/" in stored_json["mp4"]
+    for name in ("url", "hls", "mp4", "thumbnail"):
+        assert httpx.get(stored_json[name]).status_code in (403, 404), name  # no token, no asset
+    options = make_dest(emu, client).options
+    whole = ApiVideoDestination.reveal_receipt(options, stored_json)
+    assert "?token=" in whole["url"] and "/token/***/" not in whole["mp4"]
+    assert httpx.get(whole["url"]).status_code == 200
+    mp4 = httpx.get(whole["mp4"])
+    assert mp4.status_code == 200 and mp4.content == path.read_bytes()
+    # Sealed with the API key: a configuration without it cannot open them.
+    token_only = make_dest(emu, client, key=False)
+    with pytest.raises(ValueError, match="another secret"):
+        ApiVideoDestination.reveal_receipt(token_only.options, stored_json)
+
+
+def test_public_videos_need_no_seal(emu: Emulator, client: httpx.Client,
+                                    tmp_path: Path) -> None:
+    receipt = run(make_dest(emu, client), write(tmp_path, 10))
+    assert "sealed_urls" not in receipt.details
+    assert httpx.get(receipt.details["mp4"]).status_code == 200
+
+
+def test_labels_without_api_key_warn_once_at_run_time(emu: Emulator, client: httpx.Client,
+                                                      tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "syncd.destinations.apivideo")
+    dest = make_dest(emu, client, key=False)
+    for i in range(3):
+        run(dest, write(tmp_path, 10, f"a{i}.mp4"))
+    run(dest, write(tmp_path, 10, "other.mp4"), labels=("x",), category=None)
+    run(dest, write(tmp_path, 10, "bare.mp4"), labels=(), category=None)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per set of labels and category, none without
+    assert "labels ['talks', '2026'] and category 'SOURCE' will not reach api.video" \
+        in warnings[0] and "set api_key" in warnings[0]
+    caplog.clear()
+    run(make_dest(emu, client), write(tmp_path, 10, "keyed.mp4"))
+    assert caplog.records == []
+
+
+def test_check_warns_about_labels_only_without_api_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from syncd import cli
+
+    monkeypatch.setenv("AV_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("AV_TEST_KEY", KEY)
+    (tmp_path / "inbox").mkdir()
+
+    def check(key_line: str) -> str:
+        config = tmp_path / "syncd.toml"
+        config.write_text(f"""
+[destinations.videos]
+type = "apivideo"
+upload_token = "env:AV_TEST_TOKEN"
+{key_line}
+
+[[folders]]
+path = "inbox"
+destination = "videos"
+labels = ["talks"]
+category = "SOURCE"
+""")
+        capsys.readouterr()
+        assert cli.main(["-c", str(config), "check"]) == 0
+        return capsys.readouterr().out
+
+    with_key = check('api_key = "env:AV_TEST_KEY"')
+    assert "labels ['talks'] are delivered as video tags" in with_key
+    assert "warning" not in with_key and "requires api_key" not in with_key
+    without = check("")
+    assert "warning: apivideo cannot carry labels without api_key" in without
+    assert "warning: apivideo cannot carry a category without api_key" in without
+    assert "delivered" not in without

@@ -53,8 +53,12 @@ def make_setup(tmp_path: Path) -> Iterator[Any]:
         s.close()
 
 
+# The token route (/upload?token=) and the API-key route (/videos/{id}/source).
+CHUNK_OPS = ("apivideo.upload", "apivideo.upload_source")
+
+
 def chunk_requests(s: Setup) -> list[dict[str, Any]]:
-    return [e for e in s.emulator.requests() if e["op"] == "apivideo.upload"]
+    return [e for e in s.emulator.requests() if e["op"] in CHUNK_OPS]
 
 
 def videos(s: Setup) -> list[dict[str, Any]]:
@@ -118,9 +122,9 @@ def test_sigkill_in_the_middle_resends_only_unconfirmed_chunks(make_setup: Any,
     # Chunks 1 and 2 go through; chunk 3 is held by the server for 8 s, so the daemon
     # is killed while sending it, after it checkpointed chunk 2.
     s = make_setup(api_key=api_key)
-    s.emulator.set_faults(script=[{"op": "apivideo.upload", "kind": "slow", "delay": 0,
-                                   "count": 2},
-                                  {"op": "apivideo.upload", "kind": "slow", "delay": 8}])
+    op = "apivideo.upload_source" if api_key else "apivideo.upload"
+    s.emulator.set_faults(script=[{"op": op, "kind": "slow", "delay": 0, "count": 2},
+                                  {"op": op, "kind": "slow", "delay": 8}])
     data = os.urandom(BIG)
     s.drop("talk.mp4", data)
     s.start()

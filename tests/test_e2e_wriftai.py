@@ -170,3 +170,28 @@ def test_expired_part_url_is_renewed_without_failing_the_file(
     assert "starting a new upload" in s.log_text()
     assert s.stop() == 0
     s.assert_no_secret()
+
+
+def test_files_receipt_shows_the_usable_download_url(setups: list[Setup],
+                                                     tmp_path: Path) -> None:
+    """The signed download_url is sealed in the ledger; `syncd files --receipt ID` opens it
+    with the token from the config, and the URL it shows downloads the file."""
+    import httpx
+
+    s = wriftai(setups, tmp_path)
+    data = os.urandom(2 * PART + 3)
+    s.drop("report.bin", data)
+    s.start()
+    wait_until(s.all_done, 20, 0.1, "the file done")
+    assert s.stop() == 0
+    (row,) = s.rows()
+    plain = json.loads(row["receipt"])
+    assert "sealed_urls" in plain and "?" not in plain["url"] and plain["url_expires_at"]
+    out = s.cli("files", "--receipt", str(row["id"]), check=True)
+    shown = json.loads(out.stdout)
+    assert "sealed_urls" not in shown and "X-Emu-Signature=" in shown["url"]
+    r = httpx.get(shown["url"], timeout=20)
+    assert r.status_code == 200 and r.content == data
+    assert httpx.get(plain["url"], timeout=20).status_code == 403
+    assert s.cli("files", "--receipt", "999").returncode == 1
+    s.assert_no_secret()  # the ledger and the logs still hold no signature

@@ -39,7 +39,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
-    with Emulator(tmp_path / "data", url_ttl=60, clock=clock) as emulator:
+    # lilt_part_size=0: S3's own part rules, which most tests here are about; Lilt's 8 MiB
+    # rule (the default) has its own tests below.
+    with Emulator(tmp_path / "data", url_ttl=60, clock=clock, lilt_part_size=0) as emulator:
         yield emulator
 
 
@@ -512,13 +514,13 @@ def test_unknown_upload_id_is_404(api: httpx.Client) -> None:
 
 def test_multipart_session_survives_a_restart(tmp_path: Path) -> None:
     with (
-        Emulator(tmp_path) as first,
+        Emulator(tmp_path, lilt_part_size=0) as first,
         httpx.Client(base_url=first.url + "/lilt", auth=(KEY, KEY)) as api,
     ):
         mp = start_multipart(api, None)
         etag1 = send_part(api, mp, 1, b"a" * (5 * MIB))
     with (
-        Emulator(tmp_path) as second,
+        Emulator(tmp_path, lilt_part_size=0) as second,
         httpx.Client(base_url=second.url + "/lilt", auth=(KEY, KEY)) as api,
     ):
         etag2 = send_part(api, mp, 2, b"tail")
@@ -557,3 +559,42 @@ def test_upload_record_filters_and_errors(api: httpx.Client) -> None:
     assert api.get("/v2/upload/abc").status_code == 400
     r = api.get("/v2/upload/999")
     assert r.status_code == 404 and "message" in r.json()
+
+
+# -- Lilt's own part size (issue 10) ----------------------------------------------------------
+
+
+def test_parts_are_8_mib_by_lilts_rule(tmp_path: Path) -> None:
+    """"Make sure to set the part size to 8MB (8388608 bytes)" (sign_upload_part): other sizes
+    are refused at signing (against metadata.size when given) and at complete."""
+    data = os.urandom(17 * MIB)
+    with Emulator(tmp_path) as emu, httpx.Client(base_url=emu.url + "/lilt",
+                                                  auth=(KEY, KEY), timeout=20) as api:
+        mp = start_multipart(api, len(data))
+        for number, size in ((1, 5 * MIB), (1, 9 * MIB), (3, 8 * MIB), (4, 1)):
+            r = sign(api, mp, number, size)
+            assert r.status_code == 400 and "InvalidPartSize" in r.json()["message"], (number, size)
+        parts = [{"ETag": send_part(api, mp, n, data[(n - 1) * 8 * MIB:n * 8 * MIB]),
+                  "PartNumber": n} for n in (1, 2, 3)]
+        assert complete(api, mp, parts).status_code == 200
+        assert emu.uploads()[0]["sha256"] == hashlib.sha256(data).hexdigest()
+        # Without metadata.size a smaller part can be signed (it may be the last one), but
+        # complete refuses it anywhere else.
+        loose = start_multipart(api, None)
+        small = [{"ETag": send_part(api, loose, n, b"x" * (5 * MIB)), "PartNumber": n}
+                 for n in (1, 2)]
+        r = complete(api, loose, small)
+        assert r.status_code == 400 and "InvalidPartSize" in r.json()["message"]
+
+
+def test_another_part_size_only_when_configured(tmp_path: Path) -> None:
+    with Emulator(tmp_path, lilt_part_size=5 * MIB) as emu, \
+            httpx.Client(base_url=emu.url + "/lilt", auth=(KEY, KEY), timeout=20) as api:
+        mp = start_multipart(api, 11 * MIB)
+        assert sign(api, mp, 1, 8 * MIB).status_code == 400
+        assert sign(api, mp, 1, 5 * MIB).status_code == 200
+        assert sign(api, mp, 3, MIB).status_code == 200
+    from syncd.emulator import build_parser
+
+    assert build_parser().parse_args([]).lilt_part_size == 8 * MIB
+    assert build_parser().parse_args(["--lilt-part-size", "0"]).lilt_part_size == 0

@@ -692,7 +692,7 @@ def test_keeps_no_per_file_state(client: httpx.Client) -> None:
     before = dict(vars(dest))
     assert set(before) == {"name", "options", "client", "_api", "_multipart", "_sleep", "_clock",
                            "_slots"}  # the destination-wide connection bound, not per file
-    assert set(vars(dest._multipart)) == {"api", "options"}
+    assert set(vars(dest._multipart)) == {"api", "options", "rules"}  # from the options
 
 
 def test_query_of_storage_url_never_reaches_receipt(fake: FakeLilt, client: httpx.Client,
@@ -723,12 +723,14 @@ def test_resume_across_emulator_restart_on_another_port(tmp_path: Path) -> None:
 
     path = write(tmp_path, 11 * MiB, "big.bin")
     crashing = Recorder(crash_after=3)
-    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+    with Emulator(tmp_path / "emu", lilt_key=KEY, lilt_part_size=5 * MiB) as emu, \
+            httpx.Client() as c:
         opts = LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt",
                            multipart_threshold=5 * MiB, part_size=5 * MiB)
         with pytest.raises(Crash):
             upload(LiltDestination("x", opts, c), path, checkpoint=crashing)
-    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+    with Emulator(tmp_path / "emu", lilt_key=KEY, lilt_part_size=5 * MiB) as emu, \
+            httpx.Client() as c:
         opts = LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt",
                            multipart_threshold=5 * MiB, part_size=5 * MiB)
         upload(LiltDestination("x", opts, c), path, resume=crashing.last)
@@ -757,7 +759,8 @@ def test_parallel_parts_bounded_by_max_connections(tmp_path: Path) -> None:
     from syncd.emulator import Emulator
 
     paths = [write(tmp_path, 4 * 5 * MiB + 10, f"big{i}.bin") for i in range(2)]
-    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+    with Emulator(tmp_path / "emu", lilt_key=KEY, lilt_part_size=5 * MiB) as emu, \
+            httpx.Client() as c:
         emu.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 0.3,
                                 "count": 10}])
         opts = LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt",
@@ -775,3 +778,56 @@ def test_parallel_parts_bounded_by_max_connections(tmp_path: Path) -> None:
         stored = {u["filename"]: u["sha256"] for u in emu.uploads()}
         for p in paths:
             assert stored[p.name] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# -- Lilt's rules from its docs (issue 10) ------------------------------------------------------
+
+
+def test_parts_are_8_mib_and_never_grow(tmp_path: Path) -> None:
+    """Lilt asks for 8 MiB parts: the default, sent as such to an emulator that refuses any
+    other size; a file that would need more than 10,000 of them is refused before any
+    request, instead of being sent in larger parts."""
+    from syncd.emulator import Emulator
+
+    assert LiltOptions(api_key=Secret(KEY)).part_size == 8 * MiB
+    path = write(tmp_path, 2 * 8 * MiB + 3, "big.bin")
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as f:  # sparse: 10,000 parts of 8 MiB plus one byte
+        f.truncate(10_000 * 8 * MiB + 1)
+    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+        dest = LiltDestination("x", LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt"),
+                               c)
+        upload(dest, path)
+        parts = [e["bytes"] for e in emu.requests() if e["op"] == "lilt.put_part"]
+        assert parts == [8 * MiB, 8 * MiB, 3]
+        emu.reset_log()
+        with pytest.raises(PermanentError, match="10000 parts of at most 8388608 bytes"):
+            upload(dest, huge)
+        assert emu.requests() == []
+        # Another size is refused by a server that keeps Lilt's rule (the emulator's default).
+        five = LiltDestination("x", LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt",
+                                                part_size=5 * MiB), c)
+        with pytest.raises(PermanentError, match="InvalidPartSize"):
+            upload(five, path)
+
+
+def test_429_without_retry_after_waits_lilts_60_seconds(tmp_path: Path) -> None:
+    """Lilt documents a 60 s wait once over its quota, and no rate-limit headers."""
+    from syncd.emulator import Emulator
+
+    path = write(tmp_path, 10)
+    with Emulator(tmp_path / "emu", lilt_key=KEY) as emu, httpx.Client() as c:
+        dest = LiltDestination("x", LiltOptions(api_key=Secret(KEY), base_url=emu.url + "/lilt"),
+                               c)
+        emu.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": "none"}])
+        with pytest.raises(RetryableError) as info:
+            upload(dest, path)
+        assert info.value.status == 429 and info.value.retry_after == 60.0
+        emu.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": 7}])
+        with pytest.raises(RetryableError) as info:
+            upload(dest, path)
+        assert info.value.retry_after == 7.0  # the server's own word wins when it gives one
+        emu.set_faults(script=[{"op": "lilt.initiate", "status": 503}])
+        with pytest.raises(RetryableError) as info:
+            upload(dest, path)
+        assert info.value.retry_after is None  # not a quota: the uploader's backoff

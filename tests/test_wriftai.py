@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -189,7 +190,7 @@ def test_create_urls_validates_like_fastapi(api: httpx.Client) -> None:
 
 
 def test_part_split() -> None:
-    assert split_parts(0) == (0, 1)
+    assert split_parts(0) == (0, 1)  # one empty part: the SDK's sync upload needs a URL
     assert split_parts(1) == (1, 1)
     assert split_parts(DEFAULT_PART_SIZE) == (DEFAULT_PART_SIZE, 1)
     assert split_parts(DEFAULT_PART_SIZE + 1) == (DEFAULT_PART_SIZE, 2)
@@ -303,6 +304,36 @@ def test_empty_upload_is_one_empty_part(api: httpx.Client, emulator: Emulator) -
     etags = put_parts(upload, b"")
     assert api.post(f"/uploads/{upload['id']}/complete", json={"etags": etags}).status_code == 200
     assert emulator.uploads()[0]["size"] == 0
+
+
+def test_empty_upload_without_parts(api: httpx.Client, emulator: Emulator) -> None:
+    """``urls: []``: the SDK's async_upload sends nothing and completes with ``etags: []``."""
+    find(emulator.services).empty_without_parts = True
+    upload = api.post("/uploads", json={"size": 0, "mime_type": "text/plain"}).json()
+    assert upload["part_size"] == 0 and upload["urls"] == []
+    bad = api.post(f"/uploads/{upload['id']}/complete", json={"etags": ['"x"']})
+    assert bad.status_code == 400
+    assert api.post(f"/uploads/{upload['id']}/complete", json={"etags": []}).status_code == 200
+    assert emulator.uploads()[0]["size"] == 0
+
+
+def test_parts_answered_without_etag_are_left_out_of_complete(
+        api: httpx.Client, emulator: Emulator) -> None:
+    """As the SDK does: it filters missing etags out before completing."""
+    data = os.urandom(2 * PART + 7)
+    upload = api.post("/uploads", json={"size": len(data), "mime_type": "text/plain"}).json()
+    urls = upload["urls"]
+    first = httpx.put(urls[0], content=data[:PART], headers={"Content-Type": "text/plain"})
+    find(emulator.services).omit_etags = True
+    second = httpx.put(urls[1], content=data[PART:2 * PART], headers={"Content-Type": "text/plain"})
+    find(emulator.services).omit_etags = False
+    third = httpx.put(urls[2], content=data[2 * PART:], headers={"Content-Type": "text/plain"})
+    assert "etag" not in second.headers
+    etags = [first.headers["etag"], third.headers["etag"]]
+    complete = f"/uploads/{upload['id']}/complete"
+    assert api.post(complete, json={"etags": [*etags, '"x"']}).status_code == 400
+    assert api.post(complete, json={"etags": etags}).status_code == 200
+    assert emulator.uploads()[0]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_every_429_carries_x_ratelimit_reset(emulator: Emulator, api: httpx.Client) -> None:
@@ -530,9 +561,12 @@ def test_wire_shape_of_urls(tmp_path: Path) -> None:
                                                 "https://cdn.example/files/a/report.bin")
 
 
-def test_a_part_without_etag_is_retryable(tmp_path: Path) -> None:
-    with pytest.raises(RetryableError, match="without an etag"):
-        mock_upload(Mock(size=25, part_size=10, etag=False), tmp_path)
+def test_a_part_without_etag_goes_on_like_the_sdk(tmp_path: Path) -> None:
+    mock = Mock(size=25, part_size=10, etag=False)
+    mock_upload(mock, tmp_path)
+    *_, done = mock.requests
+    assert [r.method for r in mock.requests].count("PUT") == 3  # each part sent once
+    assert json.loads(done.content) == {"etags": []}  # missing etags left out, as the SDK does
 
 
 def test_a_url_count_that_does_not_fit_is_retryable(tmp_path: Path) -> None:
@@ -614,3 +648,49 @@ def test_options_in_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         loads('[destinations.w]\ntype = "wriftai"\ntoken = "x-literal-token"\n'
               'base_url = "api.wrift.ai/v1"\n' + folder, base_dir=tmp_path)
     assert "https://" in str(info.value) and "x-literal-token" not in str(info.value)
+
+
+# -- issue 10: like the SDK, and receipts that keep working -----------------------------------
+
+
+def test_an_empty_file_completes_with_no_part_like_the_sdk(
+        target: Target, emulator: Emulator, tmp_path: Path) -> None:
+    find(emulator.services).empty_without_parts = True  # urls: []
+    path = suite.make_file(tmp_path, 0)
+    receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
+    assert target.log("wriftai.put_part") == []
+    assert [e["status"] for e in target.log("wriftai.complete")] == [200]
+    assert [(u["size"], u["sha256"]) for u in target.stored()] == [(0, sha)]
+    assert receipt.details["parts"] == 0
+
+
+def test_parts_answered_without_an_etag_go_on_like_the_sdk(
+        target: Target, emulator: Emulator, tmp_path: Path) -> None:
+    find(emulator.services).omit_etags = True
+    path = suite.make_file(tmp_path, 2 * PART + 1)
+    receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
+    assert len(part_puts(target)) == 3  # each part once: none is sent again
+    assert [u["sha256"] for u in target.stored()] == [sha]
+
+
+@pytest.mark.parametrize("protocol", ["uploads", "urls"])
+def test_the_receipt_keeps_the_signed_download_url_sealed(
+        emulator: Emulator, http_client: httpx.Client, tmp_path: Path, clock: Clock,
+        protocol: str) -> None:
+    dest = WriftAIDestination("w", options(emulator, protocol=protocol), http_client)
+    path = suite.make_file(tmp_path, 2 * PART + 1)
+    receipt, sha = suite.attempt(Target("wriftai", dest, emulator, "wriftai", PART, "", "",
+                                        lambda: [], frozenset()), path, None,
+                                 suite.Checkpoints())
+    stored = json.loads(json.dumps(receipt.to_json()))  # as the ledger keeps it
+    assert "Signature" not in json.dumps(stored) and "?" not in stored["url"]
+    assert httpx.get(stored["url"]).status_code == 403  # without its signature it is useless
+    assert stored["url_expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                     time.gmtime(math.ceil(clock.now + TTL)))
+    whole = WriftAIDestination.reveal_receipt(options(emulator), stored)
+    assert "sealed_urls" not in whole and whole["url"].startswith(stored["url"] + "?")
+    r = httpx.get(whole["url"])
+    assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == sha
+    with pytest.raises(ValueError, match="another secret"):
+        WriftAIDestination.reveal_receipt(options(emulator, token=Secret("rotated-token")),
+                                          stored)

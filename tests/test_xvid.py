@@ -34,13 +34,14 @@ from syncd.destinations.xvid import (
     XvidDestination,
     XvidOptions,
     check_template,
+    chunk_key,
     render_object_key,
     seal,
     unseal,
 )
 from syncd.emulator import Emulator
 from syncd.emulator.xvid import XvidService
-from syncd.errors import ConfigError, FatalError, RetryableError
+from syncd.errors import ConfigError, FatalError, PermanentError, RetryableError
 from syncd.secrets import Secret
 
 pytestmark = pytest.mark.timeout(60)
@@ -188,7 +189,7 @@ def bearer(http: httpx.Client, emu: Emulator) -> dict[str, str]:
 
 def open_upload(http: httpx.Client, emu: Emulator, auth: dict[str, str],
                 object_key: str = "uploads/test.mp4") -> dict[str, Any]:
-    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
+    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
                   params={"object_key": object_key, "pipeline_id": PIPELINE})
     assert r.status_code == 200, r.text
     return r.json()["upload"]  # type: ignore[no-any-return]
@@ -259,7 +260,7 @@ def test_token_is_form_encoded_client_credential_with_string_expiry(
 
 def test_every_api_call_needs_a_bearer_token(http: httpx.Client, emu: Emulator) -> None:
     base = emu.url + "/xvid/v1"
-    for method, path in (("POST", "/files/uploads?object_key=a&pipeline_id=p"),
+    for method, path in (("POST", "/files/uploads/?object_key=a&pipeline_id=p"),
                          ("GET", "/files/uploads/x"), ("PUT", "/files/uploads/x"),
                          ("GET", "/files/x"), ("DELETE", "/files/x")):
         r = http.request(method, base + path)
@@ -267,7 +268,7 @@ def test_every_api_call_needs_a_bearer_token(http: httpx.Client, emu: Emulator) 
     basic = http.get(base + "/files/x", auth=(CLIENT, SECRET))
     assert basic.status_code == 403
     read_only = get_token(http, emu, scope="mediahub_read").json()["access_token"]
-    r = http.post(base + "/files/uploads", params={"object_key": "a", "pipeline_id": PIPELINE},
+    r = http.post(base + "/files/uploads/", params={"object_key": "a", "pipeline_id": PIPELINE},
                   headers={"Authorization": f"Bearer {read_only}"})
     assert r.status_code == 403
 
@@ -290,7 +291,7 @@ def test_open_answers_the_documented_session(http: httpx.Client, emu: Emulator,
     expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%S.%fZ")
     assert abs(expires.replace(tzinfo=UTC).timestamp() - (clock() + 60)) < 2
     assert len(base64.b64decode(params["signature"])) == 20  # HMAC-SHA1, as AWS signature v2
-    bad = http.post(emu.url + "/xvid/v1/files/uploads", headers=bearer(http, emu),
+    bad = http.post(emu.url + "/xvid/v1/files/uploads/", headers=bearer(http, emu),
                     params={"pipeline_id": PIPELINE})
     assert bad.status_code == 400 and bad.json()["error"]["error_code"] == "0x0230001"
 
@@ -351,10 +352,16 @@ def test_chunks_are_assembled_in_chunk_order(http: httpx.Client, emu: Emulator,
                                              clock: Clock) -> None:
     auth = bearer(http, emu)
     upload = open_upload(http, emu, auth, "media/big.bin")
+    key = upload["form_post_params"]["key"]
     chunks = [os.urandom(1000), os.urandom(1000), os.urandom(10)]
-    for i in (2, 0, 1):  # any order, and a chunk posted twice replaces itself
-        assert post_chunk(http, upload, chunks[i], i, 3).status_code == 201
-    assert post_chunk(http, upload, chunks[0], 0, 3).status_code == 201
+    for i in (2, 0, 1):  # any order, each chunk under its own key below the form's
+        assert post_chunk(http, upload, chunks[i], i, 3,
+                          change={"key": chunk_key(key, i)}).status_code == 201
+    # Posting to a key again replaces that object, as S3 does.
+    assert post_chunk(http, upload, os.urandom(7), 0, 3,
+                      change={"key": chunk_key(key, 0)}).status_code == 201
+    assert post_chunk(http, upload, chunks[0], 0, 3,
+                      change={"key": chunk_key(key, 0)}).status_code == 201
     r = finish(http, emu, auth, upload["id"], 3)
     assert r.status_code == 200 and r.json()["upload"]["status"] == "COMPLETING"
     status_url = f"{emu.url}/xvid/v1/files/uploads/{upload['id']}"
@@ -402,7 +409,7 @@ def test_injected_faults_speak_each_part_of_the_service(http: httpx.Client, emu:
     auth = bearer(http, emu)
     emu.set_faults(script=[{"op": "xvid.open", "status": 503},
                            {"op": "xvid.post_chunk", "status": 503}])
-    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
+    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
                   params={"object_key": "a", "pipeline_id": PIPELINE})
     assert r.status_code == 503 and r.json()["error"]["error_code"] == "0x0000001"
     r = post_chunk(http, open_upload(http, emu, auth), b"x")
@@ -513,7 +520,7 @@ def test_the_form_post_sends_every_field_then_the_file_last(
     with httpx.Client(transport=capture, timeout=20) as client:
         path = make_file(tmp_path, 5 * MiB + 3)
         attempt(make_dest(client=client), path)
-    opened = next(r for r in capture.requests if r.url.path.endswith("/files/uploads"))
+    opened = next(r for r in capture.requests if r.url.path.endswith("/files/uploads/"))
     posts = [r for r in capture.requests if "/_s3/" in r.url.path]
     assert len(posts) == 2
     data = path.read_bytes()
@@ -524,6 +531,8 @@ def test_the_form_post_sends_every_field_then_the_file_last(
                          "chunks", "policy", "signature", "AWSAccessKeyId", "file"]
         fields = dict(form_fields(post))
         assert (fields["chunk"], fields["chunks"]) == (str(index).encode(), b"2")
+        # Each chunk its own S3 object: <form key>.chunkNNNNN (the documented assumption).
+        assert fields["key"] == f"tmp/{PIPELINE}/uploads/{UUID}/clip.mp4.chunk{index:05d}".encode()
         assert fields["file"] == data[index * 5 * MiB:(index + 1) * 5 * MiB]
     put = next(r for r in capture.requests if r.method == "PUT")
     assert json.loads(put.content) == {"upload": {"nb_chunks": 2}}
@@ -617,7 +626,8 @@ def test_after_the_put_a_resume_only_polls(tmp_path: Path, emu: Emulator,
     emu.reset_log()
     receipt = attempt(make_dest(), path, saved)
     assert {e["op"] for e in emu.requests()} <= {"xvid.token", "xvid.status", "xvid.file"}
-    assert receipt.remote_id == "uploads/clip.mp4" and receipt.details["status"] == "COMPLETED"
+    assert receipt.remote_id == f"uploads/{UUID}/clip.mp4"
+    assert receipt.details["status"] == "COMPLETED"
     assert stored(emu)[0]["times_received"] == 1
 
 
@@ -730,5 +740,218 @@ def test_weird_names_reach_the_object_key_intact(
     path = make_file(tmp_path, 10, name)
     receipt = attempt(make_dest(), path, relpath=f"dir with space/{name}")
     (row,) = stored(emu)
-    assert row["object_key"] == f"uploads/dir with space/{name}" == receipt.remote_id
+    assert row["object_key"] == f"uploads/{UUID}/dir with space/{name}" == receipt.remote_id
     assert row["filename"] == name
+
+
+# -- issue 10: chunk keys, one post by default, safe keys, redirects, statuses, expiry -------
+
+
+def test_chunks_posted_under_one_key_replace_each_other(http: httpx.Client,
+                                                        emu: Emulator) -> None:
+    """S3 keeps one object per key: the form's key reused for every chunk leaves only the last."""
+    auth = bearer(http, emu)
+    upload = open_upload(http, emu, auth)
+    for i in range(3):
+        assert post_chunk(http, upload, os.urandom(100), i, 3).status_code == 201
+    r = finish(http, emu, auth, upload["id"], 3)
+    assert r.status_code == 400 and "hold chunks [2]" in r.json()["error"]["error_message"]
+    assert "replace each other" in r.json()["error"]["error_message"]
+    # The same chunk under two keys is ambiguous, and refused too.
+    key = upload["form_post_params"]["key"]
+    for i, suffix in ((0, ".a"), (0, ".b"), (1, ".c")):
+        post_chunk(http, upload, b"x", i, 2, change={"key": key + suffix})
+    r = finish(http, emu, auth, upload["id"], 2)
+    assert r.status_code == 400 and "more than one key" in r.json()["error"]["error_message"]
+    assert stored(emu) == []
+
+
+def test_a_file_is_one_form_post_up_to_5_gib_by_default(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE)
+    assert options.chunk_size == 5 * 1024**3  # S3's POST limit: chunking only when it must
+    path = make_file(tmp_path, 12 * MiB)
+    receipt = attempt(make_dest(chunk_size=options.chunk_size), path)
+    (post,) = ops(emu, "xvid.post_chunk")
+    assert post["bytes"] == 12 * MiB and receipt.details["chunks"] == 1
+    assert stored(emu)[0]["chunks"] == 1
+
+
+def test_multi_chunk_uploads_put_each_chunk_under_its_own_key(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 2 * 5 * MiB + 7)
+    attempt(make_dest(), path)
+    (row,) = stored(emu)
+    assert row["chunks"] == 3 and Path(row["path"]).read_bytes() == path.read_bytes()
+    assert chunk_key("tmp/p/a.mp4", 2) == "tmp/p/a.mp4.chunk00002"
+
+
+@pytest.mark.parametrize("template", ["uploads/../{relpath}", "uploads//{name}", "{name}/",
+                                      "./{relpath}", "a/./{uuid}", "..{name}/../x"])
+def test_object_key_templates_cannot_climb_or_leave_empty_segments(template: str) -> None:
+    with pytest.raises(ValueError, match="empty, '.' or '..' segment"):
+        check_template(template)
+
+
+def test_object_key_values_cannot_climb(tmp_path: Path, emu: Emulator,
+                                        make_dest: Callable[..., XvidDestination]) -> None:
+    item = UploadItem(uuid=UUID, name="a.mp4", relpath="a.mp4", size=1, content_type="t",
+                      labels=("..",), category=".")
+    assert render_object_key("in/{labels}/{category}/{name}", item, 0) == "in/__/_/a.mp4"
+    assert render_object_key(".{category}/{name}", item, 0) == "._/a.mp4"  # never ".."
+    dots = UploadItem(uuid=UUID, name="a.mp4", relpath="../x/./a.mp4", size=1,
+                      content_type="t")  # not a path a watched folder can hold; still safe
+    assert render_object_key("in/{relpath}", dots, 0) == "in/__/x/_/a.mp4"
+    receipt = attempt(make_dest(object_key="in/{labels}/{name}"), make_file(tmp_path, 3),
+                      labels=("..",))
+    assert receipt.remote_id == "in/__/clip.mp4"
+    auth = bearer(httpx.Client(timeout=20), emu)
+    r = httpx.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
+                   params={"object_key": "a/../../b", "pipeline_id": PIPELINE})
+    assert r.status_code == 400 and "'..'" in r.json()["error"]["error_message"]
+
+
+def test_the_default_key_keeps_folders_sharing_a_destination_apart() -> None:
+    options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE)
+    a = UploadItem(uuid=UUID, name="r.mp4", relpath="2026/r.mp4", size=1, content_type="t")
+    b = UploadItem(uuid="7f0c1d2e-0000-4000-8000-000000000001", name="r.mp4",
+                   relpath="2026/r.mp4", size=1, content_type="t")  # same relpath, other folder
+    keys = {render_object_key(options.object_key, item, 0) for item in (a, b)}
+    assert keys == {f"uploads/{UUID}/2026/r.mp4",
+                    "uploads/7f0c1d2e-0000-4000-8000-000000000001/2026/r.mp4"}
+
+
+def test_the_upload_path_without_slash_redirects_and_the_api_follows(
+        http: httpx.Client, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    auth = bearer(http, emu)
+    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
+                  params={"object_key": "a.mp4", "pipeline_id": PIPELINE})
+    assert r.status_code == 301
+    assert r.headers["Location"] == (f"{emu.url}/xvid/v1/files/uploads/?object_key=a.mp4"
+                                     f"&pipeline_id={PIPELINE}")
+    data = make_dest().api.call("POST", "/files/uploads", what="open",
+                                params={"object_key": "b.mp4", "pipeline_id": PIPELINE})
+    assert data["upload"]["object_key"] == "b.mp4"  # the same POST, query kept, at the slash
+    assert [e["status"] for e in emu.requests() if e["op"] in ("xvid.redirect", "xvid.open")] \
+        == [301, 301, 200]
+
+
+def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> None:
+    seen: list[tuple[str, str, bytes, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append((request.method, str(request.url), request.content,
+                     request.headers.get("Authorization")))
+        if request.url.path == "/v1/oauth2/token/":
+            return httpx.Response(200, json={"access_token": "tok-1234", "expires_in": "7200"})
+        if request.url.path == "/v1/files/uploads/x":
+            return httpx.Response(307, headers={"Location": "/v1/files/uploads/x/"})
+        if request.url.path == "/v1/files/uploads/x/":
+            return httpx.Response(200, json={"ok": True})
+        return httpx.Response(301, headers={"Location": "https://elsewhere.example/v1/steal"})
+
+    options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE,
+                          base_url="https://xvid.example/v1")
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        dest = XvidDestination("media", options, client)
+        assert dest.api.call("PUT", "/files/uploads/x", what="finish",
+                             body={"upload": {"nb_chunks": 1}}) == {"ok": True}
+        method, url, body, _ = seen[-1]
+        assert (method, url) == ("PUT", "https://xvid.example/v1/files/uploads/x/")
+        assert json.loads(body) == {"upload": {"nb_chunks": 1}}
+        with pytest.raises(PermanentError, match="another host"):
+            dest.api.call("GET", "/files/y", what="status")
+    assert all("elsewhere" not in url for _, url, _, _ in seen)
+
+
+def test_an_undocumented_final_status_without_a_file_is_retried_then_reported(
+        tmp_path: Path, emu: Emulator, service: XvidService,
+        make_dest: Callable[..., XvidDestination]) -> None:
+    """Only UPLOADING and COMPLETING are documented: FAILED is not read as "start over"."""
+    path = make_file(tmp_path, 5 * MiB + 1)
+    checkpoints = Checkpoints()
+    service.failure_status = "FAILED"
+    with pytest.raises(RetryableError, match="'FAILED', which Xvid does not document") as info:
+        attempt(make_dest(), path, checkpoint=checkpoints)
+    assert "unknown" in str(info.value)
+    assert len(ops(emu, "xvid.open")) == 1 and ops(emu, "xvid.delete") == []
+    assert checkpoints.last is not None and checkpoints.last["session"]["finished"] is True
+    service.failure_status = "READY"  # an unknown name, but the file is there ... not yet
+    with pytest.raises(RetryableError):
+        attempt(make_dest(), path, checkpoints.last)
+    service.failure_status = None
+    emu.reset_log()
+    receipt = attempt(make_dest(), path, checkpoints.last)  # the retry only polls
+    assert receipt.details["status"] == "COMPLETED"
+    assert {e["op"] for e in emu.requests()} <= {"xvid.token", "xvid.status", "xvid.file"}
+
+
+def test_a_400_to_the_put_is_not_read_as_already_finished(
+        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    emu.set_faults(script=[{"op": "xvid.finish", "status": 400}])
+    with pytest.raises(PermanentError, match="refused nb_chunks=1"):
+        attempt(make_dest(), make_file(tmp_path, 100))
+    assert len(ops(emu, "xvid.open")) == 1 and stored(emu) == []
+
+
+def test_a_put_whose_answer_was_lost_is_not_sent_again(
+        http: httpx.Client, tmp_path: Path, emu: Emulator,
+        make_dest: Callable[..., XvidDestination]) -> None:
+    path = make_file(tmp_path, 5 * MiB + 1)
+    crashing = Checkpoints(crash_when=lambda s: len(s.get("parts") or {}) == 2)
+    with pytest.raises(Crash):
+        attempt(make_dest(), path, checkpoint=crashing)
+    saved = crashing.last
+    assert saved is not None and not saved["session"].get("finished")
+    # The PUT reached Xvid, but its answer never reached syncd.
+    r = finish(http, emu, bearer(http, emu), saved["session"]["upload_id"], 2)
+    assert r.status_code == 200
+    emu.reset_log()
+    attempt(make_dest(), path, saved)
+    assert ops(emu, "xvid.finish") == [] and stored(emu)[0]["times_received"] == 1
+
+
+def test_check_warns_when_objects_will_expire(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from syncd import cli
+
+    monkeypatch.setenv("XVID_TEST_SECRET", SECRET)
+    (tmp_path / "inbox").mkdir()
+
+    def check(expires: str) -> str:
+        config = tmp_path / "syncd.toml"
+        config.write_text(f"""
+[destinations.media]
+type = "xvid"
+client_id = "{CLIENT}"
+client_secret = "env:XVID_TEST_SECRET"
+pipeline_id = "{PIPELINE}"
+{expires}
+
+[[folders]]
+path = "inbox"
+destination = "media"
+""")
+        capsys.readouterr()
+        assert cli.main(["-c", str(config), "check"]) == 0
+        return capsys.readouterr().out
+
+    out = check("")
+    assert "warning: xvid deletes the objects uploaded from this folder 7 days after upload" \
+        in out and "moves each local file to the archive" in out and "expires_at = 0" in out
+    assert "2001-09-09T01:46:40Z" in check("expires_at = 1000000000")  # and it has passed
+    assert "has passed" in check("expires_at = 1000000000")
+    assert "deletes the objects" not in check("expires_at = 0")
+    assert XvidDestination.check_warnings(
+        XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE,
+                    expires_at=0), None) == []
+
+
+def test_the_receipt_says_when_the_object_expires(
+        tmp_path: Path, make_dest: Callable[..., XvidDestination]) -> None:
+    kept = attempt(make_dest(expires_at=0), make_file(tmp_path, 3, "a.mp4"))
+    assert kept.details["expires"] == "never"
+    default = attempt(make_dest(), make_file(tmp_path, 3, "b.mp4"))
+    assert default.details["expires"].endswith("unless a Job uses it (Xvid's default: 7 days)")

@@ -1,28 +1,39 @@
-"""api.video: delegated (upload-token) uploads in Content-Range chunks (protocols.md §4).
+"""api.video: Content-Range chunk uploads (protocols.md §4).
 
 Every file goes through the chunk driver (:mod:`._chunked`), one part per
 chunk of ``chunk_size`` bytes (5–128 MiB; a file up to ``chunk_size`` is
-one chunk)::
+one chunk). Two routes, both documented:
 
-    POST {base}/upload?token=T   multipart: [videoId,] file   Content-Range: bytes a-b/N  -> 201 Video
-
-The first chunk of a token-only upload carries no ``videoId`` and creates
-the video; every later chunk carries the ``videoId`` it returned, as a form
-field placed before ``file``. The chunk that completes the file answers
-with the full Video (``assets``).
-
-With ``api_key`` (``Authorization: Basic base64(KEY:)``) the video is
-created first, with its title, tags and metadata, and every chunk carries
-its id from the start::
+**With ``api_key``** (``Authorization: Basic base64(KEY:)``): the video is
+created first, with its title, tags and metadata, and its source is then
+sent to the documented route for an existing video, in ``part N/M`` chunks::
 
     GET  {base}/videos?metadata[syncd-uuid]=U    an earlier attempt's video for this file?
     POST {base}/videos  {"title", "tags", "metadata": [{key, value}, ...]}   -> 201 Video
-    GET  {base}/videos/{id}/status                on resume: what the server holds
+    POST {base}/videos/{id}/source   multipart: file   Content-Range: part n/M   -> 201 Video
+    GET  {base}/videos/{id}/status                on resume: ``receivedParts`` (what is held)
     DELETE {base}/videos/{id}                     abort (only a video whose source is incomplete)
 
 so the video id is checkpointed before any byte is sent, and the ledger
 row's uuid (metadata ``syncd-uuid``) finds it again if that checkpoint was
 lost: one ledger row never makes two videos.
+
+**Token only** (no ``api_key``): api.video's delegated upload, the only
+route an upload token opens::
+
+    POST {base}/upload?token=T   multipart: [videoId,] file   Content-Range: bytes a-b/N  -> 201 Video
+
+The first chunk carries no ``videoId`` and creates the video; every later
+chunk carries the ``videoId`` it returned, as a form field placed before
+``file``. A video a token upload started is finished through
+``/videos/{id}/source`` (same byte ranges) once an ``api_key`` is configured.
+
+The chunk that completes the file answers with the full Video (``assets``).
+The receipt keeps the asset URLs (player, hls, mp4, thumbnail) without their
+credentials; a private video's URLs carry a one-time private token (in the
+player URL's query, in the path of the others), so they are also kept whole
+and sealed (:mod:`._receipts`, keyed from ``api_key``, else the upload
+token), shown by ``syncd files --receipt ID``.
 
 Resume state (the upload token is a secret and never stored)::
 
@@ -31,10 +42,17 @@ Resume state (the upload token is a secret and never stored)::
      "parts": {"1": "vi…", ...}}
 
 Token only: the chunks without a recorded 201 are sent again, with the same
-``videoId`` (re-sending a chunk the server already holds is harmless). With
+``videoId``. api.video answers a chunk it already holds (its 201 was lost)
+with 400 ``video-content-range-by-bytes-range-overlap`` (``...-by-part-part-
+already-sent`` for part chunks), documented as "you send a chunk that you've
+already sent": that chunk counts as confirmed and the upload goes on. With
 ``api_key``: ``/status`` says which chunks the server holds, and only the
 rest is sent. ``video-source-already-uploaded`` means the video is complete:
 the upload is done.
+
+A folder with labels or a category and no ``api_key``: an upload token can
+set neither, so ``syncd check`` warns (:meth:`ApiVideoDestination.capabilities_for`)
+and the first upload of each such set of labels and category logs a warning.
 
 Errors: 401 is :class:`~syncd.errors.FatalError`, and so is a 404 for the
 upload token (unknown, deleted or expired); a 404 for the video means it
@@ -51,6 +69,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,7 +78,7 @@ from urllib.parse import quote
 import httpx
 
 from syncd import redact
-from syncd.destinations import _chunked
+from syncd.destinations import _chunked, _receipts
 from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
@@ -71,6 +90,12 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 UUID_KEY = "syncd-uuid"
 ALREADY_UPLOADED = "video-source-already-uploaded"
+# A chunk the server holds already, sent again (its 201 was lost): documented errors.
+ALREADY_SENT = frozenset({"video-content-range-by-bytes-range-overlap",
+                          "video-content-range-by-part-part-already-sent"})
+RECEIPT_SEAL = "apivideo receipt"
+ASSETS = ("player", "hls", "mp4", "thumbnail")
+NO_KEY_NOTE = "without api_key (an upload token alone sets no tags or metadata: set api_key)"
 COMPLETE = ("uploaded", "ingesting", "ingested")  # ingest states with the whole source
 
 
@@ -169,7 +194,23 @@ class _Api:
         return ingest if isinstance(ingest, dict) else {}
 
     def post_chunk(self, video_id: str | None, filename: str, part: Part) -> httpx.Response:
-        """Send one chunk to ``POST /upload?token=…`` as a streamed multipart form."""
+        """Send one chunk to ``POST /upload?token=…`` (byte ranges) as a streamed form."""
+        return self._post(self.base + "/upload", {"token": self.token}, {}, video_id, filename,
+                          part, f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
+
+    def post_source(self, video_id: str, filename: str, part: Part,
+                    by_part: bool) -> httpx.Response:
+        """Send one chunk to ``POST /videos/{id}/source`` (API key): ``part n/M`` chunks, or
+        byte ranges for a video that a token upload started with them."""
+        assert self._headers is not None, "/videos/{id}/source needs api_key"
+        content_range = (f"part {part.number}/{part.count}" if by_part
+                         else f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
+        return self._post(self.base + self.video_path(video_id, "/source"), None,
+                          self._headers, None, filename, part, content_range)
+
+    def _post(self, url: str, params: dict[str, str] | None, auth: dict[str, str],
+              video_id: str | None, filename: str, part: Part,
+              content_range: str) -> httpx.Response:
         boundary = "syncd-" + secrets.token_hex(16)
         head, tail = _form_head(video_id, filename, boundary), f"\r\n--{boundary}--\r\n".encode()
 
@@ -179,13 +220,14 @@ class _Api:
             yield tail
 
         headers = {
+            **auth,
             "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Content-Length": str(len(head) + part.size + len(tail)),
-            "Content-Range": f"bytes {part.offset}-{part.end - 1}/{part.file_size}",
+            "Content-Range": content_range,
             "Accept": "application/json",
         }
-        return send(self.client, "POST", self.base + "/upload", what=f"apivideo: chunk {part.number}",
-                    params={"token": self.token}, headers=headers, content=body())
+        return send(self.client, "POST", url, what=f"apivideo: chunk {part.number}",
+                    params=params, headers=headers, content=body())
 
 
 def _metadata(item: UploadItem) -> dict[str, Any]:
@@ -196,13 +238,17 @@ def _metadata(item: UploadItem) -> dict[str, Any]:
 
 
 def _held_parts(ingest: dict[str, Any], size: int, part_size: int) -> set[int]:
-    """Numbers of the parts wholly inside the byte ranges the server says it holds."""
+    """Numbers of the parts the server says it holds: ``receivedParts.parts`` (part
+    chunks), and the parts wholly inside the ``receivedBytes`` ranges (byte chunks)."""
+    count = _chunked.part_count(size, part_size)
+    received = ingest.get("receivedParts")
+    numbers = received.get("parts") if isinstance(received, dict) else None
+    held = {n for n in numbers or [] if type(n) is int and 1 <= n <= count}
     ranges = []
     for r in ingest.get("receivedBytes") or []:
         if isinstance(r, dict) and isinstance(r.get("from"), int) and isinstance(r.get("to"), int):
             ranges.append((r["from"], r["to"]))
-    held = set()
-    for n in range(1, _chunked.part_count(size, part_size) + 1):
+    for n in range(1, count + 1):
         first, last = (n - 1) * part_size, min(n * part_size, size) - 1
         if any(a <= first and last <= b for a, b in ranges):
             held.add(n)
@@ -219,6 +265,9 @@ class _Chunks:
     def __init__(self, api: _Api, options: ApiVideoOptions) -> None:
         self.api = api
         self.options = options
+        # The receipt's private URLs are sealed with the steadier secret: the API key
+        # (an upload token may have a ttl).
+        self.seal_secret = (options.api_key or options.upload_token).reveal()
 
     def plan(self, size: int) -> int:
         return self.options.chunk_size
@@ -234,7 +283,7 @@ class _Chunks:
         video = self.api.call("POST", "/videos", what=what, ok=(201, 202),
                               body={"title": item.name, **_metadata(item)})
         return Opened({"video_id": require(video, "videoId", what=what), "via": "api",
-                       "filename": item.name})
+                       "filename": item.name, "range": "part"})
 
     def _find(self, uuid: str) -> dict[str, Any] | None:
         """A session for a video an earlier attempt made for this row, when it can be reused.
@@ -258,10 +307,10 @@ class _Chunks:
             if ingest.get("status") in COMPLETE:
                 log.info("apivideo: video %s already holds this file; not sending it again",
                          video_id)
-                return {"video_id": video_id, "via": "api", "_complete": True}
+                return {"video_id": video_id, "via": "api", "range": "part", "_complete": True}
             if not ingest.get("receivedBytes") and not (ingest.get("receivedParts") or {}).get(
                     "parts"):
-                return {"video_id": video_id, "via": "api"}
+                return {"video_id": video_id, "via": "api", "range": "part"}
             log.info("apivideo: deleting the partial video %s of an earlier attempt", video_id)
             self.abort({"video_id": video_id})
         return None
@@ -270,6 +319,7 @@ class _Chunks:
         video_id = session.get("video_id")
         return (session.get("via") in ("token", "api")
                 and isinstance(session.get("filename"), str)
+                and session.get("range", "bytes") in ("bytes", "part")
                 and (video_id is None or (isinstance(video_id, str) and bool(video_id))))
 
     def send_part(self, session: dict[str, Any], part: Part) -> str:
@@ -277,7 +327,15 @@ class _Chunks:
         if session.get("_complete"):
             return str(video_id)  # the server holds the whole file already
         what = f"apivideo: chunk {part.number}"
-        response = self.api.post_chunk(video_id, session["filename"], part)
+        # The documented route for an existing video whenever the API key allows it;
+        # the delegated /upload?token= route only without one.
+        by_source = self.api.has_key and video_id is not None
+        if by_source:
+            assert video_id is not None
+            response = self.api.post_source(video_id, session["filename"], part,
+                                            by_part=session.get("range") == "part")
+        else:
+            response = self.api.post_chunk(video_id, session["filename"], part)
         status = response.status_code
         if status in (400, 403, 404):
             slug, name = _problem(response)
@@ -285,13 +343,18 @@ class _Chunks:
                 log.info("apivideo: video %s already has its whole source; done", video_id)
                 session["_complete"] = True
                 return str(video_id)
+            if status == 400 and slug in ALREADY_SENT and video_id:
+                # api.video holds this chunk: an earlier send whose 201 was lost.
+                log.info("apivideo: video %s already holds chunk %d (%s); going on", video_id,
+                         part.number, slug)
+                return str(video_id)
             detail = error_text(response)
-            if status == 404 and name == "videoId":
+            if status == 404 and (by_source or name == "videoId"):
                 raise SessionLost(f"{what}: video {video_id} no longer exists", status=404)
             if status == 404:  # the only other thing /upload can miss is the token
                 raise FatalError(f"{what}: HTTP 404: api.video does not know the upload token "
                                  f"(unknown, deleted or expired): {detail}", status=404)
-            if status == 403:
+            if status == 403:  # documented on neither route: retried at once, bounded
                 raise ExpiredError(f"{what}: HTTP 403: {detail}", status=403)
         _check(response, what=what, ok=(200, 201))
         video = json_body(response, what=what)
@@ -314,7 +377,8 @@ class _Chunks:
         if not isinstance(video, dict) and self.api.has_key:
             video = self.api.call("GET", self.api.video_path(video_id),
                                   what="apivideo: get video")
-        return _receipt(video_id, video if isinstance(video, dict) else {}, len(parts))
+        return _receipt(video_id, video if isinstance(video, dict) else {}, len(parts),
+                        self.seal_secret)
 
     def abort(self, session: dict[str, Any]) -> None:
         video_id = session.get("video_id")
@@ -331,26 +395,28 @@ class _Chunks:
                 raise
 
 
-def _receipt(video_id: str, video: dict[str, Any], chunks: int) -> Receipt:
-    """The receipt: the video id, and its asset URLs without query strings."""
+def _receipt(video_id: str, video: dict[str, Any], chunks: int, secret: str) -> Receipt:
+    """The receipt: the video id, and its asset URLs without credentials; a private
+    video's URLs (with their private token) also whole and sealed (:mod:`._receipts`)."""
     raw = video.get("assets")
     assets: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    urls = {k: redact.strip_query(v) for k, v in assets.items()
-            if k in ("player", "hls", "mp4", "thumbnail") and isinstance(v, str) and v}
-    details: dict[str, Any] = {"video_id": video_id, "chunks": chunks, **urls}
+    urls = {k: v for k, v in assets.items() if k in ASSETS and isinstance(v, str) and v}
+    details: dict[str, Any] = {"video_id": video_id, "chunks": chunks,
+                               **_receipts.seal(secret, RECEIPT_SEAL, video_id, urls)}
     if isinstance(video.get("title"), str):
         details["title"] = video["title"]
-    return Receipt(remote_id=video_id, url=urls.get("player"), details=details)
+    if video.get("public") is False:
+        details["public"] = False
+    return Receipt(remote_id=video_id, url=details.get("player"), details=details)
 
 
 class ApiVideoDestination:
     """Uploads to api.video; see the module docstring for the protocol and resume state."""
 
     TYPE: ClassVar[str] = "apivideo"
+    #: With ``api_key``; without one nothing but the bytes arrives (:meth:`capabilities_for`).
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(
-        labels="video tags (requires api_key)",
-        category="video metadata entry 'category' (requires api_key)",
-    )
+        labels="video tags", category="video metadata entry 'category'")
     Options: ClassVar[type] = ApiVideoOptions
 
     def __init__(self, name: str, options: ApiVideoOptions, client: httpx.Client) -> None:
@@ -358,12 +424,32 @@ class ApiVideoDestination:
         self.options = options
         self._api = _Api(options, client)
         self._chunks = _Chunks(self._api, options)
+        self._warned: set[tuple[tuple[str, ...], str | None]] = set()
+        self._warned_lock = threading.Lock()
+
+    @classmethod
+    def capabilities_for(cls, options: ApiVideoOptions) -> Capabilities:
+        """What these options can deliver: nothing but the bytes without ``api_key``."""
+        if options.api_key is None:
+            return Capabilities(labels=None, category=None, note=NO_KEY_NOTE)
+        return cls.CAPABILITIES
+
+    @classmethod
+    def reveal_receipt(cls, options: ApiVideoOptions, receipt: dict[str, Any]) -> dict[str, Any]:
+        """``receipt`` with a private video's asset URLs whole (``syncd files --receipt``)."""
+        secrets_ = [s.reveal() for s in (options.api_key, options.upload_token) if s is not None]
+        whole = _receipts.reveal(receipt, secrets_, RECEIPT_SEAL)
+        if "player" in whole:
+            whole["url"] = whole["player"]  # the receipt's url is the player's
+        return whole
 
     def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
                checkpoint: Checkpoint) -> Receipt:
         if source.size == 0:
             raise PermanentError("apivideo: the file is empty (0 bytes); api.video cannot hold "
                                  "an empty video, so nothing was sent")
+        if not self._api.has_key and (item.labels or item.category is not None):
+            self._warn_undeliverable(item)
         if self._api.has_key and _chunked.is_resume_for(self._chunks, resume):
             assert resume is not None
             outcome = self._reconcile(item, source, resume)
@@ -371,6 +457,19 @@ class ApiVideoDestination:
                 return outcome
             resume = outcome
         return _chunked.run(self._chunks, item, source, resume, checkpoint)
+
+    def _warn_undeliverable(self, item: UploadItem) -> None:
+        """Once per set of labels and category: they cannot reach api.video (module docstring)."""
+        seen = (item.labels, item.category)
+        with self._warned_lock:
+            if seen in self._warned:
+                return
+            self._warned.add(seen)
+        what = [f"labels {list(item.labels)}"] if item.labels else []
+        what += [f"category {item.category!r}"] if item.category is not None else []
+        log.warning("apivideo destination %r has no api_key: %s will not reach api.video "
+                    "(an upload token alone sets no tags or metadata); set api_key to "
+                    "deliver them", self.name, " and ".join(what))
 
     def _reconcile(self, item: UploadItem, source: Source,
                    resume: dict[str, Any]) -> dict[str, Any] | Receipt | None:

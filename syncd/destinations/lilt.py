@@ -27,11 +27,18 @@ A single upload is resumed by initiating again (a fresh URL; the old key is
 informational). A multipart upload sends only the parts missing from
 ``parts``, re-signing each one, then completes.
 
+Parts are ``part_size`` bytes, every one but the last: Lilt's rule is
+8 MiB ("Make sure to set the part size to 8MB (8388608 bytes)", the
+sign_upload_part description), so parts never grow; a file that would need
+more than 10,000 parts (above 78.125 GiB at 8 MiB) is refused (permanent).
+
 Errors: API 401/403 are :class:`~syncd.errors.FatalError`; a storage 403 is
 an expired signature (re-sign and retry at once, bounded); a 404 for a
 multipart session means Lilt forgot it (start a new one); a complete that
 answers 200 without ``"success": true`` is retryable (S3 can report errors
-with a 200). Everything else is mapped by :mod:`syncd.http`.
+with a 200). An API 429 is retryable after ``Retry-After``, or after
+Lilt's documented 60 s when the answer has none (:data:`QUOTA_WAIT`).
+Everything else is mapped by :mod:`syncd.http`.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ SCAN_TIMEOUT = 300.0  # seconds wait_for_scan polls before giving up (the upload
 SCAN_FIRST_DELAY = 1.0
 SCAN_MAX_DELAY = 15.0
 STORAGE_OK = (200, 201, 204)
+PART_SIZE = 8 * MiB  # Lilt's documented part size (sign_upload_part)
+QUOTA_WAIT = 60.0  # "Once over [the quota], the client must wait 60 s" (lilt-python README)
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,10 @@ class LiltOptions:
                   "min": 5 * MiB},
     )
     part_size: int = field(
-        default=8 * MiB,
-        metadata={"doc": "Multipart part size (Lilt asks for 8 MiB).", "unit": "bytes",
-                  "min": 5 * MiB},
+        default=PART_SIZE,
+        metadata={"doc": "Multipart part size: Lilt's rule is 8 MiB; change it only for a "
+                         "server that asks for another size.", "unit": "bytes",
+                  "min": 5 * MiB, "max": 5 * GiB},
     )
     wait_for_scan: bool = field(
         default=False,
@@ -112,7 +122,9 @@ class _Api:
         if body is not None:
             kwargs["json"] = body
         response = send(self.client, method, self.base + path, what=what, **kwargs)
-        check(response, what=what, ok=(200, 201))
+        # Over the quota: Retry-After when Lilt sends one, else its documented 60 s.
+        quota = QUOTA_WAIT if response.status_code == 429 else None
+        check(response, what=what, ok=(200, 201), retry_after=quota)
         return json_body(response, what=what)
 
 
@@ -136,12 +148,14 @@ class _Multipart:
     """Lilt's multipart protocol as a :class:`~._chunked.ChunkedService`."""
 
     kind = "multipart"
-    # 8 MiB is what Lilt asks for; S3 rules bound the rest (5 MiB .. 5 GiB, 10,000 parts).
-    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, max_parts=10_000, empty_parts=1)
 
     def __init__(self, api: _Api, options: LiltOptions) -> None:
         self.api = api
         self.options = options
+        # Exactly part_size (Lilt's 8 MiB) for every part but the last, never grown:
+        # a file beyond 10,000 parts is refused rather than sent in parts Lilt did not ask for.
+        self.rules = PartRules(min_size=options.part_size, max_size=options.part_size,
+                               max_parts=10_000, empty_parts=1)
 
     def plan(self, size: int) -> int:
         return self.options.part_size

@@ -18,6 +18,15 @@ to storage carries it. WriftAI carries no labels, category or client id, so
 
 Receipt: ``url`` is the ``download_url`` without its query (the signature),
 ``remote_id`` the upload id (``uploads``) or the download URL's path (``urls``).
+The whole ``download_url`` is a signed, time-limited URL that the SDK hands
+on as it is, so the receipt also keeps it sealed (:mod:`._receipts`, keyed
+from ``token``), with ``url_expires_at`` when the URL says when it expires;
+``syncd files --receipt ID`` shows it (:meth:`WriftAIDestination.reveal_receipt`).
+
+Like the SDK (0.30+): an empty file may be answered with ``urls: []`` and is
+then completed with ``etags: []``; a part that storage confirms without an
+``etag`` header counts as sent and is left out of the complete call's
+``etags`` (the SDK filters out missing ones).
 
 Resume state (no URL in clear text)::
 
@@ -58,7 +67,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from syncd import redact
-from syncd.destinations import _chunked
+from syncd.destinations import _chunked, _receipts
 from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import ExpiredError, PermanentError, RetryableError
@@ -71,6 +80,8 @@ log = logging.getLogger(__name__)
 STORAGE_OK = (200, 201, 204)
 URL_RENEWALS = 2  # fresh /files/urls after a storage 403, per call
 MAX_PARTS = 100_000  # the server splits; this only bounds what a resume may claim
+NO_ETAG = "(none)"  # a part storage confirmed without an etag (never a real, quoted, etag)
+RECEIPT_SEAL = "wriftai receipt"
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,14 @@ def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.ti
     return min(reset - current, RETRY_AFTER_CAP)
 
 
+def _receipt(secret: str, remote_id: str, download_url: str,
+             details: dict[str, Any]) -> Receipt:
+    """The receipt: ``url`` is the download URL without its signature; the whole URL
+    is kept sealed for ``syncd files --receipt`` (module docstring)."""
+    kept = _receipts.seal(secret, RECEIPT_SEAL, remote_id, {"url": download_url})
+    return Receipt(remote_id=remote_id, url=kept.pop("url"), details={**details, **kept})
+
+
 class _Api:
     """Authenticated JSON calls to the WriftAI API (never to storage)."""
 
@@ -163,12 +182,15 @@ class _Uploads:
     """``POST /uploads`` as a :class:`~._chunked.ChunkedService` (server-dictated parts)."""
 
     kind = "uploads"
-    rules = PartRules(min_size=1, max_parts=MAX_PARTS, empty_parts=1)
+    # An empty file has no part: the SDK accepts ``urls: []`` for it (open() also takes one
+    # URL for an empty part, and finish() sends that part).
+    rules = PartRules(min_size=1, max_parts=MAX_PARTS, empty_parts=0)
 
     def __init__(self, api: _Api, options: WriftAIOptions, sealer: Sealer) -> None:
         self.api = api
         self.options = options
         self.sealer = sealer
+        self.sealer_secret = options.token.reveal()  # for the receipt's sealed download URL
 
     def plan(self, size: int) -> int:
         return max(size, 1)  # a placeholder: open() returns the server's part size
@@ -184,6 +206,8 @@ class _Uploads:
                 or (server_part == 0 and source.size > 0):
             raise RetryableError(f"{what}: the server's answer lacks a valid 'part_size'")
         count = _chunked.part_count(source.size, max(server_part, 1))
+        if source.size == 0 and len(urls) in (0, 1):
+            count = len(urls)  # no part (what the SDK expects), or one empty part
         if len(urls) != count or not all(isinstance(u, str) and u for u in urls):
             raise RetryableError(f"{what}: the server gave {len(urls)} part URLs for "
                                  f"{count} parts of {server_part} bytes")
@@ -196,7 +220,7 @@ class _Uploads:
     def session_ok(self, session: dict[str, Any]) -> bool:
         count = session.get("count")
         return (all(isinstance(session.get(k), str) and session[k] for k in ("id", "mime"))
-                and isinstance(count, int) and not isinstance(count, bool) and count >= 1
+                and isinstance(count, int) and not isinstance(count, bool) and count >= 0
                 and isinstance(session.get("sealed", ""), str))
 
     def _urls(self, session: dict[str, Any]) -> list[str]:
@@ -228,8 +252,10 @@ class _Uploads:
             raise SessionLost(f"{what}: HTTP 404 (the upload no longer exists)", status=404)
         self.api.check(response, what=what, ok=STORAGE_OK, expired=(403,))
         etag = response.headers.get("etag")
-        if not etag:
-            raise RetryableError(f"{what}: storage answered without an etag")
+        if not etag:  # the SDK goes on, and leaves the part out of complete's etags
+            log.info("%s: storage confirmed the part without an etag; going on as the "
+                     "SDK does", what)
+            return NO_ETAG
         return str(etag)  # as returned, quotes included: complete wants it back
 
     def renew(self, session: dict[str, Any], part: Part) -> None:
@@ -239,16 +265,27 @@ class _Uploads:
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         what = "wriftai: complete upload"
         path = f"/uploads/{quote(session['id'], safe='')}/complete"
+        if session["count"] == 1 and not parts:  # an empty file given one (empty) part URL
+            parts = [(1, self._send_empty(session))]
+        etags = [etag for _, etag in parts if etag != NO_ETAG]
         try:
-            data = self.api.call("POST", path, what=what,
-                                 body={"etags": [etag for _, etag in parts]})
+            data = self.api.call("POST", path, what=what, body={"etags": etags})
         except PermanentError as exc:
             if exc.status == 404:
                 raise SessionLost(str(exc), status=404) from None
             raise
         download = require(data, "download_url", what=what)
-        return Receipt(remote_id=session["id"], url=redact.strip_query(download),
-                       details={"protocol": "uploads", "parts": len(parts)})
+        return _receipt(self.sealer_secret, session["id"], download,
+                        {"protocol": "uploads", "parts": len(parts)})
+
+    def _send_empty(self, session: dict[str, Any]) -> str:
+        what = "wriftai: PUT the empty part"
+        response = _put(self.api, self._urls(session)[0], b"", size=0, mime=session["mime"],
+                        what=what)
+        if response.status_code == 404:
+            raise SessionLost(f"{what}: HTTP 404 (the upload no longer exists)", status=404)
+        self.api.check(response, what=what, ok=STORAGE_OK)
+        return str(response.headers.get("etag") or NO_ETAG)
 
     def abort(self, session: dict[str, Any]) -> None:
         return None  # WriftAI has no endpoint to cancel an upload
@@ -302,13 +339,18 @@ class WriftAIDestination:
                 log.info("wriftai: the upload URL expired; asking for a new one (%d/%d)",
                          renewals, URL_RENEWALS)
                 continue
-            return Receipt(remote_id=path or redact.strip_query(download_url),
-                           url=redact.strip_query(download_url),
-                           details={"protocol": "urls", "resource": self.options.resource})
+            return _receipt(self.options.token.reveal(),
+                            path or redact.strip_query(download_url), download_url,
+                            {"protocol": "urls", "resource": self.options.resource})
 
     def abort(self, resume: dict[str, Any]) -> None:
         """Nothing to release: WriftAI has no endpoint to cancel an upload."""
         return None
+
+    @classmethod
+    def reveal_receipt(cls, options: WriftAIOptions, receipt: dict[str, Any]) -> dict[str, Any]:
+        """``receipt`` with its signed ``download_url`` whole (``syncd files --receipt``)."""
+        return _receipts.reveal(receipt, [options.token.reveal()], RECEIPT_SEAL)
 
     def probe(self) -> str:
         """``GET /user`` (the SDK's ``authenticated_user.get()``): token check, no upload."""

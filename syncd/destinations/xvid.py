@@ -4,13 +4,27 @@
 
     POST   {base}/oauth2/token/   form: grant_type=client_credential, client_id, client_secret, scope
                                   -> {"access_token", "expires_in": "7200"}
-    POST   {base}/files/uploads?object_key=K&pipeline_id=P[&expires_at=E]
+    POST   {base}/files/uploads/?object_key=K&pipeline_id=P[&expires_at=E]
                                   -> {"upload": {id, file: {id}, form_post_url, form_post_params, ...}}
     POST   form_post_url          multipart/form-data: every form_post_params field, with
                                   chunk=i and chunks=N, then the bytes as ``file``, last -> 201 XML
     PUT    {base}/files/uploads/{id}   {"upload": {"nb_chunks": N}}          -> COMPLETING
     GET    {base}/files/uploads/{id}   polled until neither UPLOADING nor COMPLETING
     GET    {base}/files/{file_id}      confirms the file;  DELETE it to abort
+
+The open uses the curl example's path, with its trailing slash. API calls
+follow redirects to the same scheme, host and port (a trailing-slash 301,
+say), with the same method and body; a redirect elsewhere is not followed
+(the token would go with it) and is a permanent error.
+
+**One form post per file, up to 5 GiB.** ``chunk_size`` defaults to S3's
+POST limit, so a file is chunked only when it must be: one post with
+``chunk=0``, ``chunks=1`` under the form's ``key`` is the only documented
+path. A file above ``chunk_size`` is sent as N posts, each under its own
+key, ``<key>.chunkNNNNN`` (``NNNNN`` = the form's 0-based ``chunk``, five
+digits): S3 keeps one object per key, so chunks posted under one key would
+replace each other. That naming is an assumption: Xvid documents none
+(protocols.md §2.4); the policy admits any key under ``tmp/<pipeline_id>/``.
 
 The access token is cached per destination until 60 s before it expires,
 registered with :mod:`syncd.redact`, and replaced once when a call answers
@@ -32,12 +46,26 @@ existing upload (GET answers without it), so when the policy has expired
 the session is deleted and a new one opened: all chunks are sent again.
 ``finished`` is set once the PUT was answered: a resume then only polls.
 
+After the PUT, only ``UPLOADING`` and ``COMPLETING`` are documented. Any
+other status is not read as success or failure: ``GET /files/{file_id}``
+decides. A file there is uploaded (the status goes into the receipt); no
+file there is an unknown outcome, retryable (the next attempt only polls),
+reported with the status Xvid gave once the file's attempts run out. A PUT
+is sent once per session: a resumed upload first asks the status, and a
+session past ``UPLOADING`` had its PUT (whose answer was lost).
+
 Errors: any 4xx from the token endpoint, and an API 403 that a new token
 does not cure, are :class:`~syncd.errors.FatalError`; a storage 403 is an
-expired policy (a new session, as above); a 404 for the upload, a PUT
-refused while the upload is still UPLOADING, or a failed final status
-start a new session once per call (:class:`~._chunked.SessionLost`). The
-rest is mapped by :mod:`syncd.http`. docs/destinations/xvid.md has the table.
+expired policy (a new session, as above); a 404 for the upload starts a new
+session once per call (:class:`~._chunked.SessionLost`); a 400 to the PUT
+is permanent (Xvid refuses ``nb_chunks`` for what was posted: never read as
+"already finished"). The rest is mapped by :mod:`syncd.http`.
+docs/destinations/xvid.md has the table.
+
+``expires_at``: unset, Xvid deletes an object that no Job used 7 days after
+upload (its default); ``syncd check`` warns about it per folder
+(:meth:`XvidDestination.check_warnings`), since the local file is archived
+or deleted; ``0`` keeps objects, an epoch is that moment.
 """
 
 from __future__ import annotations
@@ -82,8 +110,11 @@ GRANT_TYPE = "client_credential"  # singular: that is what Xvid documents
 TOKEN_REFUSED = "0x0000003"
 TOKEN_MARGIN = 60.0  # seconds before expiry that a token is replaced
 FALLBACK_TTL = 300.0  # when the token answer has no usable expires_in
-BUSY = frozenset({"UPLOADING", "COMPLETING"})
-FAILED = frozenset({"FAILED", "ERROR", "CANCELLED", "CANCELED", "ABORTED", "DELETED"})
+BUSY = frozenset({"UPLOADING", "COMPLETING"})  # the only documented statuses
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+S3_POST_LIMIT = 5 * GiB  # the most one S3 form post takes
+DEFAULT_EXPIRY_DAYS = 7  # Xvid deletes an object no Job used after this, unless expires_at
 POLL_FIRST_DELAY = 0.5
 POLL_MAX_DELAY = 10.0
 POLL_TIMEOUT = 300.0  # then retryable: the next attempt only polls again
@@ -94,7 +125,11 @@ STORAGE_OK = (200, 201, 204)
 PLACEHOLDERS = ("relpath", "name", "labels", "category", "uuid", "date")
 _DISTINCT = {"relpath", "name", "uuid"}  # at least one, or every file gets the same key
 EMPTY = "none"  # what {labels} and {category} become when the folder sets none
+# The row's uuid keeps keys apart across folders that share this destination (the same
+# relpath in two folders would otherwise replace one object with the other).
+DEFAULT_OBJECT_KEY = "uploads/{uuid}/{relpath}"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DOTS = frozenset({"", ".", ".."})  # segments a key must not have (no climbing, no '//')
 
 
 def check_template(template: str) -> None:
@@ -120,11 +155,16 @@ def check_template(template: str) -> None:
     if template.startswith("/"):
         raise ValueError(f"object_key: {template!r} must be relative to the pipeline root "
                          "(no leading '/')")
+    probe = "".join(text + ("x" if name is not None else "") for text, name, *_ in pieces)
+    if any(segment in _DOTS for segment in probe.split("/")):
+        raise ValueError(f"object_key: {template!r} has an empty, '.' or '..' segment; "
+                         "keys stay under the pipeline root")
 
 
 def _segment(text: str) -> str:
-    """One path segment: no control characters, no '/'."""
-    return _CONTROL.sub("_", text).replace("/", "_")
+    """One path segment: no control characters, no '/', never empty, '.' or '..'."""
+    text = _CONTROL.sub("_", text).replace("/", "_")
+    return text.replace(".", "_") if text in _DOTS else text
 
 
 def render_object_key(template: str, item: UploadItem, mtime_ns: int) -> str:
@@ -132,6 +172,9 @@ def render_object_key(template: str, item: UploadItem, mtime_ns: int) -> str:
 
     Deterministic for one file version (``{date}`` is the file's modification
     date, UTC), so every attempt and every new session use the same key.
+    Every value is one safe segment (``{relpath}`` one per directory): never
+    empty, ``.`` or ``..``. ValueError for a key that would still have such
+    a segment.
     """
     values = {
         "relpath": "/".join(_segment(s) for s in item.relpath.split("/")),
@@ -141,7 +184,32 @@ def render_object_key(template: str, item: UploadItem, mtime_ns: int) -> str:
         "uuid": item.uuid,
         "date": time.strftime("%Y-%m-%d", time.gmtime(mtime_ns // 1_000_000_000)),
     }
-    return template.format_map(values).lstrip("/")
+    key = template.format_map(values)
+    if any(segment in _DOTS for segment in key.split("/")):  # e.g. ".{category}" with "."
+        raise ValueError(f"the object key {key!r} has an empty, '.' or '..' segment")
+    return key
+
+
+def chunk_key(key: str, index: int) -> str:
+    """The S3 key of chunk ``index`` (0-based, the form's ``chunk``) of a chunked upload.
+
+    An assumption: Xvid documents no naming (module docstring). Only files above
+    ``chunk_size`` (default 5 GiB, S3's POST limit) are chunked at all.
+    """
+    return f"{key}.chunk{index:05d}"
+
+
+def _expiry_text(expires_at: int | None, uploaded: float | None = None) -> str:
+    """What ``expires_at`` means for an object (uploaded at ``uploaded``, when known)."""
+    stamp = "%Y-%m-%dT%H:%M:%SZ unless a Job uses it"
+    if expires_at == 0:
+        return "never"
+    if expires_at is not None:
+        return time.strftime(stamp, time.gmtime(expires_at))
+    if uploaded is None:
+        return f"{DEFAULT_EXPIRY_DAYS} days after upload unless a Job uses it (Xvid's default)"
+    return (time.strftime(stamp, time.gmtime(uploaded + DEFAULT_EXPIRY_DAYS * 86400))
+            + f" (Xvid's default: {DEFAULT_EXPIRY_DAYS} days)")
 
 
 @dataclass(frozen=True)
@@ -155,18 +223,20 @@ class XvidOptions:
     base_url: str = field(default="https://api.xvid.com/v1",
                           metadata={"doc": "API root, including /v1."})
     object_key: str = field(
-        default="uploads/{relpath}",
+        default=DEFAULT_OBJECT_KEY,
         metadata={"doc": "Template of each file's object key; placeholders {relpath} {name} "
                          "{labels} {category} {uuid} {date}.", "nonempty": True,
                   "no_control": True})
     chunk_size: int = field(
-        default=100 * MiB,
-        metadata={"doc": "Larger files are sent as several form posts of this size.",
-                  "unit": "bytes", "min": 5 * MiB, "max": 5 * GiB})
+        default=S3_POST_LIMIT,
+        metadata={"doc": "Files up to this size go in one form post (the default: S3's 5 GiB "
+                         "limit); larger ones in several, each under its own key.",
+                  "unit": "bytes", "min": 5 * MiB, "max": S3_POST_LIMIT})
     expires_at: int | None = field(
         default=None,
         metadata={"doc": "Epoch seconds at which Xvid deletes an object no Job used; 0 = never. "
-                         "Unset: Xvid's default (7 days).", "min": 0})
+                         "Unset: Xvid's default, 7 days after upload (syncd check warns).",
+                  "min": 0})
     scope: str = field(default="mediahub",
                        metadata={"doc": "OAuth scope(s) to ask for, comma-separated.",
                                  "nonempty": True, "no_control": True})
@@ -186,6 +256,41 @@ def _ttl(value: Any) -> float:
     except ValueError:
         seconds = math.nan
     return seconds if 0 < seconds < math.inf else FALLBACK_TTL
+
+
+def _send(client: httpx.Client, method: str, url: str, *, what: str,
+          **kwargs: Any) -> httpx.Response:
+    """:func:`syncd.http.send`, following redirects to the same scheme, host and port.
+
+    The method and body are kept (an API call redirected to its trailing-slash
+    form must stay a POST), except after 303 (then GET, no body). A redirect
+    to anywhere else is a PermanentError: the Bearer token or the client
+    secret would go with it. A query the target lacks is kept.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        response = send(client, method, url, what=what, **kwargs)
+        location = response.headers.get("Location")
+        if response.status_code not in REDIRECTS or not location:
+            return response
+        here = response.request.url
+        try:
+            target = here.join(location)
+        except httpx.InvalidURL:
+            target = None
+        if target is None or (target.scheme, target.host, target.port) != \
+                (here.scheme, here.host, here.port):
+            raise PermanentError(f"{what}: HTTP {response.status_code}: redirected to another "
+                                 "host; not followed (credentials would go with it)",
+                                 status=response.status_code)
+        if target.query:
+            kwargs["params"] = None  # the Location carries the query
+        if response.status_code == 303:
+            method = "GET"
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("json", "data", "content")}
+        log.debug("xvid: %s: HTTP %d, following it to %s", what, response.status_code,
+                  target.path)
+        url = str(target)
+    raise RetryableError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
 
 class _Auth:
@@ -229,8 +334,8 @@ class _Auth:
         what = "xvid: get an access token"
         form = {"grant_type": GRANT_TYPE, "client_id": self.options.client_id,
                 "client_secret": self.options.client_secret.reveal(), "scope": self.options.scope}
-        response = send(self.client, "POST", self.options.base_url.rstrip("/") + "/oauth2/token/",
-                        what=what, data=form, headers={"Accept": "application/json"})
+        response = _send(self.client, "POST", self.options.base_url.rstrip("/") + "/oauth2/token/",
+                         what=what, data=form, headers={"Accept": "application/json"})
         try:
             check(response, what=what)
         except PermanentError as exc:  # the client id, grant or scope is refused: every file alike
@@ -278,7 +383,7 @@ class _Api:
             "Authorization": f"Bearer {token}", "Accept": "application/json"}}
         if body is not None:
             kwargs["json"] = body
-        return send(self.client, method, self.base + path, what=what, **kwargs)
+        return _send(self.client, method, self.base + path, what=what, **kwargs)
 
 
 # -- the sealed form ------------------------------------------------------------------------
@@ -395,11 +500,15 @@ class _Upload:
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "xvid: open an upload session"
-        key = render_object_key(self.options.object_key, item, source.mtime_ns)
+        try:
+            key = render_object_key(self.options.object_key, item, source.mtime_ns)
+        except ValueError as exc:
+            raise PermanentError(f"{what}: {exc}") from None
         params = {"object_key": key, "pipeline_id": self.options.pipeline_id}
         if self.options.expires_at is not None:
             params["expires_at"] = str(self.options.expires_at)
-        data = self.api.call("POST", "/files/uploads", what=what, params=params)
+        # The curl example's path, trailing slash included (redirects are followed anyway).
+        data = self.api.call("POST", "/files/uploads/", what=what, params=params)
         upload = require(data, "upload", what=what, kind=dict)
         upload_id = require(upload, "id", what=what)
         file = upload.get("file")
@@ -415,7 +524,8 @@ class _Upload:
         log.debug("xvid: opened upload %s for object key %r", upload_id, key)
         sealed = seal(self.options.client_secret.reveal(), upload_id, form)
         return Opened({"upload_id": upload_id, "file_id": file_id, "object_key": key,
-                       "pipeline_id": self.options.pipeline_id, "sealed": sealed, "_form": form})
+                       "pipeline_id": self.options.pipeline_id, "sealed": sealed, "_form": form,
+                       "_fresh": True})
 
     def session_ok(self, session: dict[str, Any]) -> bool:
         return (all(isinstance(session.get(k), str) and session[k]
@@ -440,6 +550,8 @@ class _Upload:
         form = self._form(session)
         fields = dict(form["fields"])  # the server's order; chunk and chunks keep their place
         fields["chunk"], fields["chunks"] = str(part.number - 1), str(part.count)
+        if part.count > 1:  # one S3 object per chunk: a key posted twice keeps only the last
+            fields["key"] = chunk_key(fields["key"], part.number - 1)
         what = f"xvid: post chunk {part.number - 1} of {part.count} to storage"
         name = wire_name(fields.get("name") or "blob")
         # httpx writes data= fields before files=, so ``file`` is the last field, as S3 demands.
@@ -460,35 +572,44 @@ class _Upload:
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         path = f"/files/uploads/{quote(session['upload_id'], safe='')}"
         if not session.get("finished"):
-            what = "xvid: finish upload"
-            try:
-                self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": len(parts)}})
-            except PermanentError as exc:
-                # 404: the upload is gone. 400: the server counts other chunks than we
-                # sent (start over), or it had this PUT already (a lost answer: go on).
-                if exc.status == 404 or (exc.status == 400 and self._status(path) == "UPLOADING"):
-                    self._release(session, "the server refused to finish it")
-                    raise SessionLost(describe(exc), status=exc.status) from None
-                if exc.status != 400:
-                    raise
+            # A PUT goes once per session: after a crash or an error its answer may have been
+            # lost, and whether Xvid takes a second one is undocumented. A session past
+            # UPLOADING had it.
+            if session.get("_fresh") or self._status(path) == "UPLOADING":
+                self._put(session, path, len(parts))
             session["finished"] = True
             if self.saver is not None:
                 self.saver.finished(session)
         status = self._wait(path)
-        if status in FAILED:
-            self._release(session, f"it ended {status}")
-            raise SessionLost(f"xvid: upload {session['upload_id']} ended with status {status}")
         file_path = f"/files/{quote(session['file_id'], safe='')}"
         try:
             self.api.call("GET", file_path, what="xvid: confirm the file")
         except PermanentError as exc:
             if exc.status != 404:
                 raise
-            raise SessionLost(f"xvid: upload {session['upload_id']} ended {status} but its file "
-                              "does not exist", status=404) from None
+            raise RetryableError(  # _wait returns only statuses Xvid does not document
+                f"xvid: upload {session['upload_id']} ended with status {status!r}, which Xvid "
+                f"does not document, and GET /files/{session['file_id']} finds no file: the "
+                "outcome is unknown; syncd asks again later", status=404) from None
         return Receipt(remote_id=session["object_key"], details={
             "upload_id": session["upload_id"], "file_id": session["file_id"],
-            "pipeline_id": session["pipeline_id"], "status": status, "chunks": len(parts)})
+            "pipeline_id": session["pipeline_id"], "status": status, "chunks": len(parts),
+            "expires": _expiry_text(self.options.expires_at, time.time())})
+
+    def _put(self, session: dict[str, Any], path: str, chunks: int) -> None:
+        what = "xvid: finish upload"
+        try:
+            self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": chunks}})
+        except PermanentError as exc:
+            if exc.status == 404:  # Xvid forgot the upload: a new session
+                self._release(session, "Xvid no longer knows it")
+                raise SessionLost(str(exc), status=404) from None
+            if exc.status == 400:  # never "already finished": Xvid refused what was posted
+                raise PermanentError(
+                    f"{exc} (Xvid refused nb_chunks={chunks} for the chunks posted"
+                    + (": see 'chunk keys' in docs/destinations/xvid.md" if chunks > 1 else "")
+                    + ")", status=400) from None
+            raise
 
     def _status(self, path: str) -> str:
         what = "xvid: upload status"
@@ -561,6 +682,22 @@ class XvidDestination:
     def abort(self, resume: dict[str, Any]) -> None:
         """Delete an unfinished upload; a finished one (PUT sent) is left alone."""
         _chunked.abort(_Upload(self, None), resume)
+
+    @classmethod
+    def check_warnings(cls, options: XvidOptions, folder: Any) -> list[str]:
+        """``syncd check``: objects of ``folder`` that Xvid will delete (``expires_at``)."""
+        if options.expires_at == 0:
+            return []
+        local = {"archive": "syncd moves each local file to the archive folder",
+                 "delete": "syncd deletes each local file after upload",
+                 "keep": "the local files stay where they are"}.get(
+                     getattr(folder, "after_upload", ""), "")
+        when = _expiry_text(options.expires_at)
+        if options.expires_at is not None and options.expires_at <= time.time():
+            when += ", which has passed: objects go at once"
+        return [f"xvid deletes the objects uploaded from this folder {when}"
+                + (f", while {local}" if local else "")
+                + "; set expires_at = 0 to keep them (expires_at in docs/destinations/xvid.md)"]
 
     def probe(self) -> str:
         ttl = self.auth.refresh()

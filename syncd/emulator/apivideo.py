@@ -18,12 +18,17 @@ Uploads (``POST /upload`` and ``POST /videos/{id}/source``)
     else is ``video-content-range-malformed``, and so is a range whose length
     differs from the file's. One video uses one grammar. Every chunk but the
     last must be at least 5 MiB. A byte chunk must start exactly where the
-    held bytes end, or lie wholly inside them (an idempotent re-send: 201,
-    nothing stored). Parts may come in any order; a repeated part is
-    idempotent. The chunk that completes the source returns the full Video
-    with ``assets``; other chunks return the Video without them. A video
-    whose source is complete answers ``video-source-already-uploaded`` to any
-    further bytes. Without ``Content-Range`` the file is the whole source.
+    held bytes end. Parts may come in any order. A chunk sent again (its 201
+    was lost, say) is refused as api.video documents it, and changes
+    nothing: a byte range that overlaps held bytes is 400
+    ``video-content-range-by-bytes-range-overlap`` ("You send a chunk that
+    you've already sent"), a part number already received is 400
+    ``video-content-range-by-part-part-already-sent``; the body's ``detail``
+    says what is held. The chunk that completes the source returns the full
+    Video with ``assets``; other chunks return the Video without them. A
+    video whose source is complete answers ``video-source-already-uploaded``
+    to any further bytes. Without ``Content-Range`` the file is the whole
+    source.
 
     ``videoId`` is required on every ``/upload`` chunk but the first. The
     one exception is api.video-python 1.4.7's ``upload_with_upload_token``,
@@ -38,6 +43,18 @@ Videos (API key)
     chunk received; part-form uploads list ``receivedParts``, and their byte
     ranges once complete), ``POST|GET /upload-tokens``, ``GET|DELETE
     /upload-tokens/{t}``.
+
+Private videos
+    ``public: false`` (``POST``/``PATCH /videos``; ``private_videos = True``,
+    a knob for tests, makes every new video private). Each answer that
+    shows a private video's ``assets`` mints a new private token, as
+    api.video does: the player URL carries it as ``?token=``, the others in
+    the path (``/vod/{id}/token/{t}/hls/manifest.m3u8``, ``.../mp4/source.mp4``,
+    ``.../thumbnail.jpg``). ``GET`` on an asset URL serves it (the mp4 is the
+    stored bytes); a private video's asset needs a token minted for it, which
+    works for 24 hours from its first use (api.video: one-time tokens, then a
+    24-hour session in that page; the emulator has no page, so the window is
+    per token), else 403 ``forbidden``.
 
 Every response, errors and injected faults included, carries
 ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
@@ -98,6 +115,9 @@ ACCESS_TTL = 3600
 DOCS = "https://docs.api.video/reference/"
 FIELD_LIMIT = 64 * 1024
 UUID_KEY = "syncd-uuid"
+PRIVATE_SESSION = 24 * 3600  # seconds a private token works after its first use
+ASSET_TYPES = {"player": "text/html", "hls/manifest.m3u8": "application/vnd.apple.mpegurl",
+               "mp4/source.mp4": "video/mp4", "thumbnail.jpg": "image/jpeg"}
 _BYTES = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)")
 _PART = re.compile(r"part (\d{1,9})/(\d{1,9}|\*)")
 _SLUGS = {400: "bad-request", 401: "authentication-invalid-user-credentials",
@@ -109,13 +129,13 @@ def _now_iso(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def _problem(status: int, slug: str, title: str, name: str = "") -> ApiError:
-    """An ApiError that :meth:`ApiVideoService.error` renders with this slug and name."""
-    return ApiError(status, title, f"av:{slug}:{name}")
+def _problem(status: int, slug: str, title: str, name: str = "", detail: str = "") -> ApiError:
+    """An ApiError that :meth:`ApiVideoService.error` renders with this slug, name and detail."""
+    return ApiError(status, title, f"av:{slug}:{name}" + (f"\x1f{detail}" if detail else ""))
 
 
-def _bad(slug: str, title: str, name: str = "file") -> ApiError:
-    return _problem(400, slug, title, name)
+def _bad(slug: str, title: str, name: str = "file", detail: str = "") -> ApiError:
+    return _problem(400, slug, title, name, detail)
 
 
 def _malformed(title: str) -> ApiError:
@@ -231,6 +251,8 @@ class ApiVideoService(Service):
         self._refresh: dict[str, str] = {}  # refresh token -> api key it came from
         self._window = (0, 0)  # (minute, requests counted in it)
         self._videos: list[str] = []  # session ids of live videos, oldest first
+        self.private_videos = False  # new videos are private (public: false); for tests
+        self._private: dict[str, tuple[str, float | None]] = {}  # token -> (video, first use)
         loaded = [s for s in map(self.sessions.get, self._session_dirs()) if s is not None]
         for session in sorted(loaded, key=lambda s: s.created_at):
             if session.state != "aborted":
@@ -255,6 +277,7 @@ class ApiVideoService(Service):
             ("DELETE", "/videos/{videoId}", "apivideo.delete_video", self.delete_video),
             ("GET", "/videos/{videoId}/status", "apivideo.status", self.status),
             ("POST", "/videos/{videoId}/source", "apivideo.upload_source", self.upload_source),
+            ("GET", "/vod/{videoId}/{asset:path}", "apivideo.asset", self.asset),
         ]
         return [Route(m, p, op, self._stamped(h)) for m, p, op, h in table]
 
@@ -280,6 +303,7 @@ class ApiVideoService(Service):
         return wrapped
 
     def error(self, op: str, status: int, message: str, code: str = "") -> Response:
+        code, _, detail = code.partition("\x1f")
         if code.startswith("av:"):
             _, slug, name = code.split(":", 2)
         else:  # the core's errors (no route, bad JSON) and injected faults
@@ -289,6 +313,8 @@ class ApiVideoService(Service):
         body: dict[str, Any] = {"type": DOCS + slug, "title": message, "status": status}
         if name or status in (400, 404):
             body["name"] = name
+        if detail:
+            body["detail"] = detail
         headers = self._rate_headers()
         headers["Content-Type"] = "application/problem+json"
         if status == 429:
@@ -425,7 +451,8 @@ class ApiVideoService(Service):
                    metadata: list[dict[str, str]] | None = None, token: str | None = None,
                    **extra: Any) -> Session:
         now = _now_iso(self.settings.clock)
-        info = {"title": title, "description": "", "public": True, "tags": tags or [],
+        info = {"title": title, "description": "", "public": not self.private_videos,
+                "tags": tags or [],
                 "metadata": metadata or [], "createdAt": now, "updatedAt": now,
                 "token": hashlib.sha256(token.encode()).hexdigest()[:16] if token else None,
                 "mode": None, "total": None, "filename": None, "filesize": None,
@@ -448,13 +475,47 @@ class ApiVideoService(Service):
         }
         if session.state == "completed":
             base = f"{self.base_url(request)}/vod/{vid}"
+            player, files = f"{base}/player", base
+            if not info["public"]:  # a new one-time private token with every answer
+                token = secrets.token_hex(16)
+                with self._lock:
+                    self._private[token] = (vid, None)
+                player, files = f"{player}?token={token}", f"{base}/token/{token}"
             video["assets"] = {
-                "hls": f"{base}/hls/manifest.m3u8", "player": f"{base}/player",
-                "thumbnail": f"{base}/thumbnail.jpg", "mp4": f"{base}/mp4/source.mp4",
-                "iframe": f'<iframe src="{base}/player" width="100%" height="100%" '
+                "hls": f"{files}/hls/manifest.m3u8", "player": player,
+                "thumbnail": f"{files}/thumbnail.jpg", "mp4": f"{files}/mp4/source.mp4",
+                "iframe": f'<iframe src="{player}" width="100%" height="100%" '
                           'frameborder="0" scrolling="no" allowfullscreen=""></iframe>',
             }
         return video
+
+    def asset(self, request: Request) -> Response:
+        """``GET`` an asset URL of a complete video; a private one needs its token."""
+        vid, rest = request.params["videoId"], request.params["asset"]
+        token = request.arg("token")
+        if rest.startswith("token/") and rest.count("/") >= 2:
+            _, token, rest = rest.split("/", 2)
+        session = self._video(vid)
+        if rest not in ASSET_TYPES or session.state != "completed":
+            raise _problem(404, "resource-not-found", "The requested resource was not found.")
+        if not session.info["public"]:
+            now = self.settings.clock()
+            with self._lock:
+                owner, first = self._private.get(token or "", ("", None))
+                ok = owner == vid and (first is None or now - first < PRIVATE_SESSION)
+                if ok and first is None:
+                    self._private[token or ""] = (vid, now)
+            if not ok:
+                raise _problem(403, "forbidden", "This video is private: its asset URLs need "
+                               "a valid private token.")
+        if rest == "mp4/source.mp4":
+            meta = self.store.get(self.name, vid)
+            if meta is None:
+                raise _problem(404, "resource-not-found", "The requested resource was not found.")
+            body = Path(meta["path"]).read_bytes()
+        else:
+            body = f"{rest} of {vid}\n".encode()
+        return Response(200, body, {"Content-Type": ASSET_TYPES[rest]})
 
     @staticmethod
     def _attributes(body: Any, *, creating: bool) -> dict[str, Any]:
@@ -696,8 +757,11 @@ class ApiVideoService(Service):
         info = session.info
         self._check_total(info, rng.total)
         held = info["ranges"][-1][1] + 1 if info["ranges"] else 0
-        if rng.last < held:
-            return False  # an already-held range sent again: idempotent, nothing stored
+        if rng.first < held:  # sent already (a lost 201, say): documented as an error
+            raise _bad("video-content-range-by-bytes-range-overlap",
+                       'The range in the "Content-Range" header overlaps with a previous one '
+                       "you already sent for this video.", "Content-Range",
+                       f"bytes 0-{held - 1} are held; the next chunk starts at byte {held}")
         if rng.first != held:
             raise _malformed(f"This chunk starts at byte {rng.first}; {held} bytes are held, so "
                              f"the next chunk must start at byte {held}")
@@ -715,8 +779,11 @@ class ApiVideoService(Service):
         total = info["total"]
         if total is not None and any(int(n) > total for n in sizes):
             raise _malformed(f"Parts above the total of {total} were already received")
-        if str(rng.first) in sizes:
-            return False  # a repeated part: idempotent
+        if str(rng.first) in sizes:  # sent already (a lost 201, say): documented as an error
+            raise _bad("video-content-range-by-part-part-already-sent",
+                       'The "part" value in the "Content-Range" header collides with a previous '
+                       "one you already sent for this video.", "Content-Range",
+                       f"parts {sorted(map(int, sizes))} are held")
         self.sessions.add_part(session, rng.first, chunk.path, chunk.size, chunk.md5)
         sizes[str(rng.first)] = chunk.size
         if total is None or len(sizes) < total:

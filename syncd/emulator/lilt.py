@@ -15,10 +15,17 @@ API credentials are sent along (an ``Authorization`` header or ``key=``), the
 or from the signed part size.
 
 Multipart follows S3: parts 1..10000, ETags compared byte for byte (quotes
-included), parts listed in ascending order, every listed part but the last
-at least 5 MiB and all of the same size, and their total equal to
-``metadata.size`` when that was given. A repeated complete answers 200 again
-without storing twice; a cancelled or unknown upload id is 404.
+included), parts listed in ascending order, and their total equal to
+``metadata.size`` when that was given. On top of S3, Lilt's own rule: every
+part but the last is ``part_size`` bytes, 8 MiB by default ("Make sure to
+set the part size to 8MB (8388608 bytes)", the sign_upload_part
+description), and the last one at most that. Signing a part of another size
+is a 400 (checked against ``metadata.size`` when it was given), and so is a
+complete that lists one. ``part_size`` is set by ``Emulator(lilt_part_size=)``
+or ``syncd emulate --lilt-part-size``; 0 accepts any size S3 accepts (every
+part but the last at least 5 MiB, all of the same size). A repeated
+complete answers 200 again without storing twice; a cancelled or unknown
+upload id is 404.
 
 Upload records (``GET /v2/upload[/{id}]``): each stored object gets a numeric
 id. Its status is ``pending`` for the first poll that sees it within
@@ -52,6 +59,7 @@ from syncd.emulator.server import (
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
+PART_SIZE = 8 * MIB  # Lilt's documented part size
 MAX_PARTS = 10_000
 MAX_BULK = 100
 SCAN_SECONDS = 1.0
@@ -153,6 +161,7 @@ class LiltService(Service):
         self._next_id = max(self._by_id, default=0) + 1
         self._stored_at: dict[int, float] = {}  # upload id -> clock() when (re)stored
         self._polled: set[int] = set()  # ids already reported as pending once
+        self.part_size = PART_SIZE  # the one part size accepted; 0: any (S3 rules only)
 
     def routes(self) -> list[Route]:
         mp = "/v2/upload/s3/multipart"
@@ -275,6 +284,7 @@ class LiltService(Service):
             raise _bad(f"partNumber must be an integer from 1 to {MAX_PARTS}")
         if size is None:
             raise _bad("size is required and must be an integer >= 0")
+        self._check_part_size(session, number, size)
         expires = self._expiry()
         sig = self.signer.sign("PUT", session.key, "", expires, session.id, number, size)
         url = (
@@ -310,8 +320,29 @@ class LiltService(Service):
             self.sessions.close(session, "completed", result)
         return Response.json(result)
 
-    @staticmethod
-    def _check_parts(session: Any, parts: list[dict[str, Any]]) -> list[int]:
+    def _check_part_size(self, session: Any, number: int, size: int) -> None:
+        """Lilt's rule at signing time: part ``number`` is ``part_size`` bytes, or the
+        rest of the declared ``metadata.size`` for the last part (at most ``part_size``
+        when no size was declared)."""
+        rule = self.part_size
+        if not rule:
+            return
+        declared = session.info.get("size")
+        if declared is None:
+            if size > rule:
+                raise _bad(f"InvalidPartSize: part {number} is {size} bytes; parts are "
+                           f"{rule} bytes")
+            return
+        count = max(1, -(-declared // rule))
+        if number > count:
+            raise _bad(f"InvalidPartSize: metadata.size {declared} makes {count} part(s) of "
+                       f"{rule} bytes; there is no part {number}")
+        want = min(rule, declared - (number - 1) * rule)
+        if size != want:
+            raise _bad(f"InvalidPartSize: part {number} must be {want} bytes: parts are {rule} "
+                       "bytes, the last one the rest of metadata.size")
+
+    def _check_parts(self, session: Any, parts: list[dict[str, Any]]) -> list[int]:
         numbers = [p["PartNumber"] for p in parts]
         if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
             raise _bad("InvalidPartOrder: the list of parts was not in ascending order")
@@ -323,6 +354,13 @@ class LiltService(Service):
                     "ETag does not match"
                 )
         sizes = [session.parts[n]["size"] for n in numbers]
+        rule = self.part_size
+        for number, size in zip(numbers, sizes, strict=True):
+            if rule and (size > rule or (size != rule and number != numbers[-1])):
+                raise _bad(
+                    f"InvalidPartSize: part {number} is {size} bytes; every part but the "
+                    f"last must be {rule} bytes, and the last one at most that"
+                )
         for number, size in zip(numbers[:-1], sizes[:-1], strict=True):
             if size < MIN_PART:
                 raise _bad(

@@ -14,10 +14,15 @@ documented codes (400 ``0x0230001``, 403 ``0x0000003``, 404 ``0x0230002``,
     required on every other API call; missing, unknown or expired: 403
     ``0x0000003`` "Invalid access token". Writes need the ``mediahub`` or
     ``mediahub_write`` scope, reads also accept ``mediahub_read``.
-``POST /files/uploads?object_key=&pipeline_id=[&expires_at=&ip=]``
+``POST /files/uploads`` (no trailing slash)
+    301 to ``/files/uploads/`` with the same query, as a Django-style API
+    whose canonical paths end in ``/`` answers (the curl example and
+    ``/oauth2/token/`` have the slash; the redirect itself is an assumption).
+``POST /files/uploads/?object_key=&pipeline_id=[&expires_at=&ip=]``
     opens a session: ``{"upload": {id, file, pipeline, object_key, status:
     "UPLOADING", nb_chunks: 0, storage_type: "S3", form_post_url,
-    form_post_params}}``. The policy (base64 JSON: expiration ``url_ttl``
+    form_post_params}}``; an ``object_key`` with an empty, ``.`` or ``..``
+    segment is a 400 (keys stay under the pipeline root). The policy (base64 JSON: expiration ``url_ttl``
     ahead, the 2017 conditions) is signed like AWS signature v2 (base64
     HMAC-SHA1) with a per-process secret.
 ``POST /_s3/<bucket>/`` (the ``form_post_url``)
@@ -29,17 +34,25 @@ documented codes (400 ``0x0230001``, 403 ``0x0000003``, 404 ``0x0230002``,
     for a wrong access key id or signature, an expired policy, a failed
     policy condition (the key must start with ``tmp/<pipeline_id>/``), an
     extra field, or a session that no longer takes chunks; 412 if the body is
-    not multipart; 411 without ``Content-Length``. A post belongs to the
-    session whose policy it carries. Posting chunk *i* again replaces it.
+    not multipart; 411 without ``Content-Length``; 400 ``EntityTooLarge`` for
+    a file over S3's POST limit of 5 GiB. A post belongs to the session whose
+    policy it carries. Like S3, the bucket keeps one object per key: a second
+    post to a key replaces the first, whatever its ``chunk``.
 ``PUT /files/uploads/{id}``  ``{"upload": {"nb_chunks": N}}``
-    needs chunks ``0..N-1``, all posted with ``chunks=N`` (else 400
-    ``0x0230001``); assembles them in chunk order, stores the object and
-    answers ``COMPLETING``. A repeated PUT with the same N answers again.
+    needs, among the objects posted for the session, chunks ``0..N-1``, each
+    once and posted with ``chunks=N`` (else 400 ``0x0230001``): for N = 1 the
+    object at the form's ``key``; for N > 1 objects under that key as a
+    prefix (syncd names them ``<key>.chunkNNNNN``; Xvid documents no naming,
+    so the emulator takes any key that starts with the form's). It
+    assembles them in chunk order, stores the object and answers
+    ``COMPLETING``. A repeated PUT with the same N answers again.
 ``GET /files/uploads/{id}``
     the session without ``form_post_params``. After the PUT the status is
     ``COMPLETING`` for at most one poll within ``COMPLETE_SECONDS`` and
     ``COMPLETED`` from then on (the terminal name is a guess: protocols.md
-    §2.4 documents only UPLOADING and COMPLETING).
+    §2.4 documents only UPLOADING and COMPLETING). ``failure_status`` (a
+    knob for tests) replaces ``COMPLETED`` with that status and makes
+    ``GET /files/{id}`` answer 404: an outcome no document explains.
 ``GET /files/{id}``, ``DELETE /files/{id}``
     a completed file (404 before); delete aborts an unfinished session (its
     chunks are dropped) or forgets a completed file (its bytes stay in the
@@ -63,7 +76,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from xml.sax.saxutils import escape
 
 from syncd.emulator.forms import FormError, FormReader, boundary
@@ -92,6 +105,7 @@ FORM_FIELDS = ("key", "acl", "success_action_status", "name", "filename", "chunk
                "policy", "signature", "AWSAccessKeyId")
 UNSIGNED_FIELDS = frozenset({"policy", "signature", "AWSAccessKeyId", "file"})
 FIELDS_LIMIT = 20 * 1024  # S3: the form fields (without the file) are at most 20 KB
+MAX_POST = 5 * 1024**3  # S3: one POST takes a file of at most 5 GB
 S3_OPS = frozenset({"xvid.post_chunk"})
 INVALID_INPUT, INVALID_TOKEN, NO_FILE, INTERNAL = "0x0230001", "0x0000003", "0x0230002", "0x0000001"
 _CODES = {400: INVALID_INPUT, 403: INVALID_TOKEN, 404: NO_FILE}
@@ -132,11 +146,12 @@ class XvidService(Service):
         self._policies: dict[str, str] = {}  # signature -> upload id (a post's session)
         self._last_expiry = 0.0
         self._polled: set[str] = set()  # uploads already reported COMPLETING once
+        self.failure_status: str | None = None  # a finished upload's status instead (tests)
 
     def routes(self) -> list[Route]:
         return [
             Route("POST", "/oauth2/token/", "xvid.token", self.token),
-            Route("POST", "/files/uploads", "xvid.open", self.open_upload),
+            Route("POST", "/files/uploads", "xvid.redirect", self.add_slash),
             Route("POST", "/files/uploads/", "xvid.open", self.open_upload),  # the curl example's form
             Route("GET", "/files/uploads/{id}", "xvid.status", self.get_upload),
             Route("PUT", "/files/uploads/{id}", "xvid.finish", self.finish),
@@ -221,6 +236,9 @@ class XvidService(Service):
         object_key, pipeline_id = request.arg("object_key"), request.arg("pipeline_id")
         if not object_key or object_key.startswith("/") or _CONTROL.search(object_key):
             raise _invalid("object_key is required: a key relative to the pipeline root")
+        if any(segment in ("", ".", "..") for segment in object_key.split("/")):
+            raise _invalid("object_key must not have empty, '.' or '..' segments: it stays "
+                           "under the pipeline root")
         if not pipeline_id or not _PIPELINE.fullmatch(pipeline_id):
             raise _invalid("pipeline_id is required")
         key = f"tmp/{pipeline_id}/{object_key}"
@@ -245,6 +263,12 @@ class XvidService(Service):
         body = {**self._view(session, "UPLOADING"), "form_post_url": url,
                 "form_post_params": params}
         return Response.json({"upload": body})
+
+    def add_slash(self, request: Request) -> Response:
+        """301 to the same path with a trailing slash, query kept (APPEND_SLASH style)."""
+        query = urlencode(request.query, doseq=True)
+        location = f"{self.base_url(request)}{request.service_path}/" + (f"?{query}" if query else "")
+        return Response(301, b"", {"Location": location})
 
     def _sign_policy(self, pipeline_id: str) -> tuple[str, str]:
         with self._lock:  # unique expirations make unique policies, so a signature names one session
@@ -277,7 +301,7 @@ class XvidService(Service):
                 if poll:
                     self._polled.add(session.id)
                 return "COMPLETING"
-        return "COMPLETED"
+        return self.failure_status or "COMPLETED"
 
     def _view(self, session: Session, status: str) -> dict[str, Any]:
         info = session.info
@@ -308,13 +332,7 @@ class XvidService(Service):
                 return Response.json({"upload": self._view(session, self._status(session, poll=False))})
             if session.state != "active":
                 raise ApiError(404, "Requested file does not exist", NO_FILE)
-            numbers = list(range(1, nb + 1))
-            got = sorted(session.parts)
-            wrong = sorted(n - 1 for n, p in session.parts.items() if p.get("chunks") != nb)
-            if got != numbers or wrong:
-                raise _invalid(f"nb_chunks is {nb} but chunks {[n - 1 for n in got]} were received"
-                               + (f" (chunks {wrong} were posted with another chunks count)"
-                                  if wrong else ""))
+            numbers = self._chunk_objects(session, nb)
             path, size, sha256, etag = self.sessions.assemble(session, numbers)
             self._store(session, path, size, sha256, etag, nb)
             session.info.update(nb_chunks=nb, completing_at=self.settings.clock(), size=size)
@@ -322,6 +340,31 @@ class XvidService(Service):
             with self._lock:
                 self._policies = {s: u for s, u in self._policies.items() if u != session.id}
         return Response.json({"upload": self._view(session, "COMPLETING")})
+
+    @staticmethod
+    def _chunk_objects(session: Session, nb: int) -> list[int]:
+        """The stored objects (part slots) that make chunks ``0..nb-1``, in chunk order;
+        400 when they do not (PUT's rules in the module docstring)."""
+        def wanted(key: str) -> bool:
+            return key == session.key if nb == 1 else key.startswith(session.key)
+
+        by_chunk: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for slot, part in sorted(session.parts.items()):
+            if wanted(part.get("key", session.key)):
+                by_chunk.setdefault(part.get("chunk", slot - 1), []).append((slot, part))
+        got = sorted(by_chunk)
+        twice = {c: [p.get("key") for _, p in found] for c, found in by_chunk.items()
+                 if len(found) > 1}
+        wrong = sorted(c for c, found in by_chunk.items()
+                       if any(p.get("chunks") != nb for _, p in found))
+        if got != list(range(nb)) or twice or wrong:
+            raise _invalid(
+                f"nb_chunks is {nb} but the objects posted for this upload hold chunks {got}"
+                + (f" (chunks posted under more than one key: {twice})" if twice else "")
+                + (f" (chunks {wrong} were posted with another chunks count)" if wrong else "")
+                + (" (one object per key: chunks posted under one key replace each other)"
+                   if nb > 1 and len(got) < nb else ""))
+        return [by_chunk[c][0][0] for c in range(nb)]
 
     def _store(self, session: Session, path: Path, size: int, sha256: str, etag: str,
                chunks: int) -> None:
@@ -336,7 +379,7 @@ class XvidService(Service):
     def get_file(self, request: Request) -> Response:
         self._auth(request, READ)
         session = self._session(request)
-        if session.state != "completed":
+        if session.state != "completed" or self.failure_status:
             raise ApiError(404, "Requested file does not exist", NO_FILE)
         info = session.info
         return Response.json({"file": {
@@ -371,6 +414,9 @@ class XvidService(Service):
                       "Bucket POST must be of the enclosure-type multipart/form-data")
         if request.content_length is None:
             raise _s3(411, "MissingContentLength", "You must provide the Content-Length HTTP header")
+        if request.content_length > MAX_POST + FIELDS_LIMIT + 64 * 1024:
+            raise _s3(400, "EntityTooLarge", f"Your proposed upload exceeds the maximum allowed "
+                      f"size of {MAX_POST} bytes for a POST")
         try:
             fields, size, md5, sha256, path = self._read_post(request, bound)
         except FormError as exc:
@@ -380,11 +426,19 @@ class XvidService(Service):
         try:
             session, chunk, chunks = self._check_form(request.params["bucket"], fields)
             etag = f'"{md5}"'
+            if size > MAX_POST:
+                raise _s3(400, "EntityTooLarge", f"Your proposed upload exceeds the maximum "
+                          f"allowed size of {MAX_POST} bytes for a POST")
             with session.lock:
                 if session.state != "active":
                     raise _s3(403, "AccessDenied", "This upload no longer accepts chunks")
-                self.sessions.add_part(session, chunk + 1, path, size, etag)
-                session.parts[chunk + 1].update(chunks=chunks, key=fields["key"])
+                # One object per key, as in S3: a second post to a key replaces the first.
+                slots: dict[str, int] = session.info.setdefault("objects", {})
+                slot = slots.get(fields["key"])
+                if slot is None:
+                    slot = slots[fields["key"]] = len(slots) + 1
+                self.sessions.add_part(session, slot, path, size, etag)
+                session.parts[slot].update(chunk=chunk, chunks=chunks, key=fields["key"])
                 session.save()
         except BaseException:
             path.unlink(missing_ok=True)
