@@ -30,6 +30,11 @@ def _hold_put(s: Setup, op: str = "lilt.put", delay: float = 2.0) -> None:
     s.emulator.set_faults(script=[{"op": op, "kind": "slow", "delay": delay, "count": 1}])
 
 
+def _put_arrived(s: Setup) -> bool:
+    """The held request has reached the emulator (its slow fault fired): the body is sent."""
+    return not s.emulator.faults.snapshot()["script"]
+
+
 def test_f2_appended_during_single_put_uploads_the_new_version(setup) -> None:  # type: ignore[no-untyped-def]
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
@@ -75,7 +80,8 @@ def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup) -> None:  # t
     _hold_put(s)
     path = s.drop("a.txt", b"AAAAAAAAAA")
     st = path.stat()
-    wait_until(lambda: _uploading(s, "a.txt"), 10, what="upload started")
+    wait_until(lambda: _put_arrived(s), 10, what="the PUT of the first bytes")
+    time.sleep(0.2)  # the 10-byte body follows the headers at once
     with open(path, "r+b") as f:
         f.write(b"BBBBBBBBBB")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the change from mtime

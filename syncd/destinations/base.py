@@ -62,13 +62,20 @@ The shared HTTP client is closed by its owner, not here.
 
 Metadata: ``CAPABILITIES`` says which of the folder's ``labels`` and
 ``category`` this type can deliver; ``syncd check`` warns about the rest.
+
+Optional class methods that ``syncd`` uses when a type defines them:
+``capabilities_for(options) -> Capabilities`` (what *these* options can
+deliver, when that depends on them), ``check_warnings(options, folder) ->
+list[str]`` (what ``syncd check`` should warn about for one folder), and
+``reveal_receipt(options, receipt) -> dict`` (a stored receipt with the URLs
+it keeps sealed opened, for ``syncd files --receipt``; ValueError when the
+configured secret cannot open them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -76,11 +83,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from syncd import safefs
 from syncd.errors import SourceChangedError, SourceMovedError
+from syncd.hashing import BLOCK, StreamHash
 
 Checkpoint = Callable[[dict[str, Any]], None]
 
-READ_BLOCK = 256 * 1024
+READ_BLOCK = BLOCK  # 1 MiB reads: few system calls, few Python iterations per GiB
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class Capabilities:
 
     labels: str | None  # how labels are delivered, or None when they cannot be
     category: str | None  # how the category is delivered, or None
+    note: str = ""  # why what is None cannot be delivered, when it depends on the options
 
 
 def wire_name(text: str) -> str:
@@ -132,7 +142,9 @@ class UploadItem:
 class Receipt:
     """The remote side's confirmation of one upload. Stored as JSON in the ledger.
 
-    ``url`` never carries a query string (signatures live there).
+    ``url`` never carries a query string (signatures live there). A URL that
+    works only whole (a signed download URL, a private video's token) is also
+    kept sealed in ``details`` (:mod:`syncd.destinations._receipts`).
     """
 
     remote_id: str
@@ -146,33 +158,44 @@ class Receipt:
 class Source:
     """A regular file opened for upload, with change detection and hashing.
 
-    The file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with
-    ``fstat`` to be a regular file with the expected inode, so a symlink or a
-    FIFO swapped in after settling is refused without blocking. Reads go
-    through ``pread`` on that descriptor, so a rename of the path during the
-    upload does not matter. Every read re-checks size and mtime against the
-    values settled on; a difference raises :class:`SourceChangedError`.
+    The file is opened through :mod:`syncd.safefs`: from a descriptor of
+    its trusted ``root`` (the watched folder, or failed_dir for a retried
+    file), refusing a symlink at every component of the path, and
+    non-blocking. ``fstat`` then checks that it is a regular file with the
+    expected device and inode, so a symlink, a FIFO or another file swapped
+    in after settling is refused. Reads go through ``pread`` on that
+    descriptor, so a rename of the path during the upload does not matter,
+    and the bytes uploaded are those of the inode that settled. Every read
+    re-checks size and mtime against the values settled on; a difference
+    raises :class:`SourceChangedError`.
 
     The SHA-256 of the content is computed from the bytes as they are read
     in order. Ranges read out of order, or skipped on resume, are hashed by
     :meth:`sha256` with one extra local read of what was not yet hashed.
+
+    Without ``root``, the file's own directory is the root (tests, tools).
     """
 
-    def __init__(self, path: str | bytes, *, size: int, mtime_ns: int, inode: int) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], *, size: int, mtime_ns: int, inode: int,
+                 device: int | None = None, root: str | None = None) -> None:
+        path = self.path = os.fspath(path)
         self.size = size
         self.mtime_ns = mtime_ns
         self.inode = inode
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        self.device = device
+        if root is None:
+            self._root, self._rel = os.path.dirname(path) or ".", os.path.basename(path)
+        else:
+            self._root, self._rel = safefs.anchor(path, [root])
         try:
-            self._fd = os.open(path, flags)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # it became a symlink after settling
-                raise SourceChangedError("the file was replaced by a symlink") from exc
-            raise
+            self._fd = safefs.open_file(self._root, self._rel)
+        except safefs.UnsafePath as exc:  # it (or a directory above it) became a symlink
+            raise SourceChangedError("the file was replaced by a symlink") from exc
+        except NotADirectoryError as exc:
+            raise FileNotFoundError(errno.ENOENT, "a directory on the way was replaced",
+                                    path) from exc
         self._lock = threading.Lock()
-        self._hasher = hashlib.sha256()
-        self._hashed_upto = 0
+        self._hash: StreamHash | None = None
         self.bytes_read = 0
         try:
             st = os.fstat(self._fd)
@@ -181,11 +204,16 @@ class Source:
             self._verify(st)
             self._ctime_ns = st.st_ctime_ns
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
+        self._hash = StreamHash(self._fd, size)
+
+    def fileno(self) -> int:
+        """The open descriptor (archiving links or copies from it: the bytes uploaded)."""
+        return self._fd
 
     def _verify(self, st: os.stat_result) -> None:
-        if st.st_ino != self.inode:
+        if st.st_ino != self.inode or (self.device is not None and st.st_dev != self.device):
             raise SourceChangedError("the file was replaced (inode changed)")
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
             raise SourceChangedError(
@@ -200,7 +228,8 @@ class Source:
           mtime): the file is hashed again and must match what was read,
           else SourceChangedError;
         * the bytes are intact but the path no longer leads to this file
-          (renamed, deleted, or replaced by a new file): SourceMovedError.
+          (renamed, deleted, replaced by a new file, or a directory on the
+          way swapped for a symlink): SourceMovedError.
         """
         st = os.fstat(self._fd)
         self._verify(st)
@@ -208,22 +237,14 @@ class Source:
             raise SourceChangedError(
                 "the file was rewritten during upload (same size and mtime, other bytes)")
         try:
-            at_path = os.stat(self.path, follow_symlinks=False)
-        except FileNotFoundError:
+            at_path = safefs.lstat(self._root, self._rel)
+        except (FileNotFoundError, NotADirectoryError, safefs.UnsafePath):
             raise SourceMovedError("the file was moved or deleted during upload") from None
-        if (at_path.st_ino, at_path.st_dev) != (st.st_ino, st.st_dev):
+        if not safefs.same_file(at_path, st):
             raise SourceMovedError("the file was replaced by another file during upload")
 
     def _rehash(self) -> str:
-        h = hashlib.sha256()
-        pos = 0
-        while pos < self.size:
-            data = os.pread(self._fd, min(READ_BLOCK, self.size - pos), pos)
-            if not data:
-                break
-            h.update(data)
-            pos += len(data)
-        return h.hexdigest()
+        return StreamHash(self._fd, self.size).hexdigest()
 
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset`` (short only at end of file)."""
@@ -231,41 +252,38 @@ class Source:
         return b"".join(chunks)
 
     def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
-        """Yield the bytes of ``[offset, offset+length)`` in blocks, hashing in order."""
+        """Yield the bytes of ``[offset, offset+length)`` in blocks, hashing in order.
+
+        One ``fstat`` at the end of the range checks size and mtime (none per
+        block: the bytes read are hashed, and the end checks catch a change).
+        """
+        assert self._hash is not None
         end = min(offset + length, self.size)
         pos = offset
         while pos < end:
             data = os.pread(self._fd, min(block, end - pos), pos)
             if not data:
                 raise SourceChangedError(f"the file was truncated during upload (at byte {pos})")
-            self._account(pos, data)
+            self._hash.offer(pos, data)
+            with self._lock:
+                self.bytes_read += len(data)
             pos += len(data)
             yield data
         self._verify(os.fstat(self._fd))
 
-    def _account(self, pos: int, data: bytes) -> None:
-        with self._lock:
-            self.bytes_read += len(data)
-            if pos == self._hashed_upto:
-                self._hasher.update(data)
-                self._hashed_upto += len(data)
-
     def sha256(self) -> str:
         """The hex SHA-256 of the whole file, reading whatever was not hashed yet."""
-        while self._hashed_upto < self.size:
-            pos = self._hashed_upto
-            data = os.pread(self._fd, min(READ_BLOCK, self.size - pos), pos)
-            if not data:
-                raise SourceChangedError(f"the file was truncated during upload (at byte {pos})")
-            with self._lock:
-                if pos == self._hashed_upto:
-                    self._hasher.update(data)
-                    self._hashed_upto += len(data)
-        return self._hasher.hexdigest()
+        assert self._hash is not None
+        return self._hash.hexdigest()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        """Close the descriptor; safe to call more than once."""
+        if self._hash is not None:
+            self._hash.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> Source:
         return self

@@ -1,0 +1,166 @@
+"""One large file, syncd against curl and rclone, all to the same nginx.
+
+    .venv/bin/python bench/compare_large.py [--mib 1024] [--runs 3] [--parallel-parts 4]
+
+Every tool uploads the same file to the same local nginx (bench/fastserver.py)
+over plain HTTP on loopback; runs are interleaved and the best of ``--runs``
+is kept for each, so a noisy neighbour hurts every tool alike:
+
+* ``curl -T`` (one PUT),
+* ``rclone copyto`` to nginx's WebDAV,
+* ``syncd once``, Lilt single PUT (the multipart threshold raised above the size),
+* ``syncd once``, Lilt multipart (8 MiB parts, ``--parallel-parts`` at once).
+
+syncd's figure is the whole ``syncd once`` process, start-up, ledger, SHA-256
+and archive included; the upload alone (from syncd's own log line) is shown
+beside it. Peak RSS of the syncd process is printed to show it does not grow
+with the file. Needs nginx, rclone and curl (the script says what to apt-get).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from fastserver import FastServer, missing  # noqa: E402
+
+MiB = 1 << 20
+UPLOADED = re.compile(r"uploaded .* \((\d+) bytes in ([\d.]+)s")
+
+
+def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tuple[float, int, str]:
+    """(seconds, peak RSS KiB, output) of one child process.
+
+    The peak is the child's own ``VmHWM``, sampled while it runs (``ru_maxrss``
+    would also count the benchmark's own pages at the fork).
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    proc.wait()
+    sampler.join()
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {out[-2000:]}")
+    return elapsed, peak[0], out
+
+
+def syncd_config(work: Path, url: str, extra: str) -> Path:
+    (work / "inbox").mkdir(parents=True, exist_ok=True)
+    cfg = work / "syncd.toml"
+    cfg.write_text(f"""
+[daemon]
+state_dir = "state"
+workers = 1
+[destinations.fast]
+type = "lilt"
+base_url = "{url}/lilt"
+api_key = "bench-key-not-secret"
+{extra}
+[[folders]]
+path = "inbox"
+destination = "fast"
+settle_seconds = 0
+after_upload = "delete"
+""")
+    cfg.chmod(0o600)
+    (work / "inbox").mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--parallel-parts", type=int, default=4)
+    args = ap.parse_args()
+    need = missing()
+    if need:
+        print(f"skipped: this benchmark needs nginx, rclone and curl: {need}")
+        return 0
+    size = args.mib * MiB
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RCLONE_CONFIG": "/dev/null"}
+    with tempfile.TemporaryDirectory(prefix="syncd-large-") as tmp, FastServer(Path(tmp)) as server:
+        src = Path(tmp) / "big.bin"
+        with open(src, "wb") as f:
+            for _ in range(args.mib // 64):
+                f.write(os.urandom(64 * MiB))
+            f.write(os.urandom(size % (64 * MiB)))
+        single = syncd_config(Path(tmp) / "single", server.url, f"multipart_threshold = {size + MiB}")
+        multi = syncd_config(Path(tmp) / "multi", server.url,
+                             f"parallel_parts = {args.parallel_parts}\nmax_connections = 16")
+        python = sys.executable
+
+        def run_syncd(cfg: Path) -> tuple[float, int, str]:
+            # the same inode each run, with a new mtime: a new version to syncd, nothing copied
+            now = time.time_ns()
+            os.utime(src, ns=(now, now))
+            os.link(src, cfg.parent / "inbox" / "big.bin")
+            return timed([python, "-m", "syncd", "-c", str(cfg), "once", "--no-progress"],
+                         cwd=cfg.parent, env=env)
+
+        tools = {
+            "curl -T": lambda i: timed(["curl", "-sS", "-o", "/dev/null", "-T", str(src),
+                                        f"{server.url}/dav/curl-{i}"], env=env),
+            "rclone copyto (WebDAV)": lambda i: timed(
+                ["rclone", "copyto", "-q", "--webdav-url", f"{server.url}/dav/", str(src),
+                 f":webdav:rclone-{i}"], env=env),
+            "syncd once, single PUT": lambda i: run_syncd(single),
+            f"syncd once, multipart x{args.parallel_parts}": lambda i: run_syncd(multi),
+        }
+        best: dict[str, float] = {}
+        upload_only: dict[str, float] = {}
+        rss: dict[str, int] = {}
+        for i in range(args.runs):
+            for name, run in tools.items():
+                seconds, peak, out = run(i)
+                server.clear()
+                best[name] = min(best.get(name, seconds), seconds)
+                rss[name] = max(rss.get(name, 0), peak)
+                m = UPLOADED.search(out)
+                if m:
+                    upload_only[name] = min(upload_only.get(name, float(m.group(2))), float(m.group(2)))
+        small_mib = 32
+        with open(src, "r+b") as f:
+            f.truncate(small_mib * MiB)
+        _, small_rss, _ = run_syncd(single)
+        curl, rclone = best["curl -T"], best["rclone copyto (WebDAV)"]
+        print(f"one {args.mib} MiB file to nginx on loopback, best of {args.runs} interleaved runs")
+        print(f"{'tool':34} {'MiB/s':>8} {'x curl':>7} {'x rclone':>9} {'upload only':>12} {'peak RSS':>9}")
+        for name, seconds in best.items():
+            up = f"{args.mib / upload_only[name]:.0f} MiB/s" if name in upload_only else ""
+            print(f"{name:34} {args.mib / seconds:8.0f} {curl / seconds:7.2f} {rclone / seconds:9.2f} "
+                  f"{up:>12} {rss[name] / 1024:6.0f} MiB")
+        print(f"peak RSS of syncd once, single PUT: {small_rss / 1024:.0f} MiB for a {small_mib} MiB "
+              f"file, {rss['syncd once, single PUT'] / 1024:.0f} MiB for {args.mib} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The SHA-256 of a file being uploaded, computed beside the upload.
+
+A :class:`StreamHash` is told of every block the upload reads
+(:meth:`~StreamHash.offer`). Blocks that continue the hash in file order are
+hashed; the others (parts sent out of order, or skipped on resume) are left,
+and the missing ranges are read from the file later. Large files are hashed
+on a thread of their own, so hashing overlaps sending instead of adding to
+it (``hashlib`` releases the GIL on large buffers): the wire stays full.
+
+The worker owns the hash and its position; everything reaches it through a
+bounded queue, so memory stays at a few blocks whatever the file size. Once
+a read out of order shows that blocks will not arrive in order, the worker
+also reads ahead by itself whenever it is idle ("catch-up"), so a multi-part
+upload in parallel does not end with a long sequential read.
+
+Only the bytes offered in order are guaranteed to be the bytes sent; ranges
+read by the worker itself are the file's bytes at that moment, which the
+caller's change checks (size, mtime, ctime) cover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+
+from syncd.errors import SourceChangedError
+
+BLOCK = 1 << 20
+BACKGROUND_FROM = 4 * BLOCK  # smaller files are hashed inline: a thread costs more than it saves
+QUEUED_BLOCKS = 8
+
+
+class StreamHash:
+    """SHA-256 of the ``size`` bytes of ``fd``, fed by the reads of an upload."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
+        self._hasher = hashlib.sha256()
+        self._upto = 0  # hashed so far (the worker's)
+        self._offered = 0  # offered in order so far (the readers')
+        self._digest: str | None = None
+        self._error: SourceChangedError | None = None
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[int, bytes] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._catch_up = threading.Event()
+        if size >= BACKGROUND_FROM:
+            self._queue = queue.Queue(QUEUED_BLOCKS)
+            self._thread = threading.Thread(target=self._work, name="sha256", daemon=True)
+            self._thread.start()
+
+    def offer(self, pos: int, data: bytes) -> None:
+        """A block the upload read at ``pos``; hashed if it continues the hash."""
+        if self._queue is None:
+            with self._lock:
+                if pos == self._upto:
+                    self._update(data)
+            return
+        with self._lock:  # readers of parallel parts offer from several threads
+            if pos != self._offered or self._error is not None or not self._thread_alive():
+                if pos > self._offered:  # a read out of order: the worker fills in by itself
+                    self._catch_up.set()
+                return
+            self._offered += len(data)
+            self._queue.put((pos, data))
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _update(self, data: bytes) -> None:
+        self._hasher.update(data)
+        self._upto += len(data)
+
+    def _read_next(self) -> bool:
+        """Read and hash the next block from the file; False at the end."""
+        if self._upto >= self._size:
+            return False
+        data = os.pread(self._fd, min(BLOCK, self._size - self._upto), self._upto)
+        if not data:
+            raise SourceChangedError(f"the file was truncated during upload (at byte {self._upto})")
+        self._update(data)
+        return True
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.05 if self._catch_up.is_set() else None)
+                except queue.Empty:
+                    self._read_next()  # idle while parts go out of order: read ahead
+                    continue
+                if item is None:
+                    while self._read_next():
+                        pass
+                    return
+                pos, data = item
+                if pos == self._upto:
+                    self._update(data)
+        except SourceChangedError as exc:
+            self._error = exc
+        except OSError as exc:
+            self._error = SourceChangedError(f"the file could not be read again: {exc.strerror or exc}")
+        finally:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Let a blocked ``offer`` go on once the worker has stopped."""
+        assert self._queue is not None
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def hexdigest(self) -> str:
+        """The hex SHA-256 of the whole file, reading what was not offered in order."""
+        if self._digest is not None:
+            return self._digest
+        if self._thread is None:
+            with self._lock:
+                while self._read_next():
+                    pass
+        else:
+            assert self._queue is not None
+            if self._thread.is_alive():
+                self._queue.put(None)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        self._digest = self._hasher.hexdigest()
+        return self._digest
+
+    def close(self) -> None:
+        """Stop the worker (an abandoned upload); the digest is not wanted any more."""
+        if self._thread is not None and self._thread.is_alive():
+            assert self._queue is not None
+            self._size = self._upto  # nothing left to read: the worker ends at the marker
+            self._drain()
+            self._queue.put(None)
+            self._thread.join()

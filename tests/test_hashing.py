@@ -1,0 +1,82 @@
+"""syncd.hashing.StreamHash: the SHA-256 beside the upload, in any read order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from syncd.errors import SourceChangedError
+from syncd.hashing import BACKGROUND_FROM, BLOCK, StreamHash
+
+
+def _file(tmp_path: Path, size: int) -> tuple[int, bytes]:
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY), data
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK + 3, BACKGROUND_FROM + BLOCK // 2, 9 * BLOCK])
+def test_in_order_reads(tmp_path: Path, size: int) -> None:
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    for pos in range(0, size, BLOCK):
+        h.offer(pos, data[pos:pos + BLOCK])
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()  # cached
+    os.close(fd)
+
+
+@pytest.mark.parametrize("size", [BLOCK * 2 + 5, BACKGROUND_FROM * 3])
+def test_parallel_parts_out_of_order_and_resent(tmp_path: Path, size: int) -> None:
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    part = 2 * BLOCK
+    starts = list(range(0, size, part))
+
+    def send(start: int) -> None:
+        for pos in range(start, min(start + part, size), BLOCK):
+            h.offer(pos, data[pos:min(pos + BLOCK, start + part, size)])
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in reversed(starts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    send(starts[0])  # a part sent again after a failure
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    os.close(fd)
+
+
+def test_nothing_offered_reads_the_file(tmp_path: Path) -> None:
+    fd, data = _file(tmp_path, BACKGROUND_FROM + 7)
+    assert StreamHash(fd, len(data)).hexdigest() == hashlib.sha256(data).hexdigest()
+    os.close(fd)
+
+
+@pytest.mark.parametrize("size", [BLOCK * 2, BACKGROUND_FROM * 2])
+def test_truncated_file_is_a_change(tmp_path: Path, size: int) -> None:
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    h.offer(0, data[:BLOCK])
+    os.truncate(tmp_path / "f", BLOCK + 10)
+    with pytest.raises(SourceChangedError, match="truncated"):
+        h.hexdigest()
+    os.close(fd)
+
+
+def test_close_stops_the_worker(tmp_path: Path) -> None:
+    fd, data = _file(tmp_path, BACKGROUND_FROM * 4)
+    h = StreamHash(fd, len(data))
+    h.offer(0, data[:BLOCK])
+    h.offer(3 * BLOCK, data[3 * BLOCK:4 * BLOCK])  # out of order: catch-up mode
+    worker = h._thread
+    assert worker is not None and worker.is_alive()
+    h.close()
+    assert not worker.is_alive()
+    os.close(fd)
