@@ -2,30 +2,43 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# `make run` installs only what the demo needs (syncd and its runtime dependencies);
+# `make test` adds the test and dev extras. One stamp each.
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench constraints clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "syncd needs Python 3.11 or newer")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	$(BIN)/python -m pip install --quiet --upgrade --no-deps --target $(VENV)/vendor/wriftai-0.34 wriftai==0.34.0
-	touch $(STAMP)
+	touch $@
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m syncd.demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check syncd tests
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/run_all.py
+
+# constraints.txt: the pins of syncd's runtime dependencies, from this venv (tested).
+constraints: $(TEST_STAMP)
+	$(BIN)/python scripts/constraints.py > constraints.txt
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

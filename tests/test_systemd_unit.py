@@ -7,9 +7,10 @@
 * ``systemd-sysusers --root`` and ``systemd-tmpfiles --root --create`` must
   create the user and the folders in a scratch root.
 
-``ExecStart=`` must name an existing executable for verify, so the unit is
-checked with this checkout's ``syncd`` entry point substituted; nothing else
-changes. Each test skips with a message where the tool is missing.
+``ExecStart=`` and ``ExecReload=`` must name an existing executable for
+verify, so the unit is checked with this checkout's ``syncd`` entry point
+substituted; nothing else changes. Each test skips with a message where the
+tool is missing. tests/test_systemd_live.py runs the unit under a real systemd.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def entry_point() -> str:
 def unit(tmp_path: Path) -> Path:
     text = UNIT.read_text()
     assert text.count("ExecStart=/opt/syncd/bin/syncd ") == 1
+    assert text.count("ExecReload=/opt/syncd/bin/syncd ") == 1
     path = tmp_path / "syncd.service"
-    path.write_text(text.replace("ExecStart=/opt/syncd/bin/syncd ", f"ExecStart={entry_point()} "))
+    path.write_text(text.replace("=/opt/syncd/bin/syncd ", f"={entry_point()} "))
     return path
 
 
@@ -99,7 +101,7 @@ def test_security_exposure_at_most_1_2(unit: Path) -> None:
         [analyze, "security", "--offline=yes", "--json=short", str(unit)],
         capture_output=True, text=True, timeout=60).stdout)
     exposed = {c["name"] for c in checks if c.get("exposure") not in (None, "0.0")}
-    # What remains is inherent to an uploader that talks to the internet (reliability.md 3.4).
+    # What remains is inherent to an uploader that talks to the internet (operations.md, section 5).
     assert exposed <= {"PrivateNetwork=", "RestrictAddressFamilies=~AF_(INET|INET6)",
                        "RestrictAddressFamilies=~AF_UNIX", "IPAddressDeny=", "PrivateUsers=",
                        "RootDirectory=/RootImage=", "DeviceAllow=", "UMask="}, exposed
@@ -110,7 +112,8 @@ def test_unit_settings_match_the_daemon() -> None:
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert s["ExecStart"][0].endswith(" run") and "--config /etc/syncd/config.toml" in \
         s["ExecStart"][0]
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # the reload waits for the daemon's answer (syncd/systemd.py), from the same install
+    assert s["ExecReload"] == [s["ExecStart"][0].removesuffix(" run") + " reload --pid $MAINPID"]
     assert s["Restart"] == ["on-failure"] and s["KillMode"] == ["mixed"]
     assert set(s["RestartPreventExitStatus"][0].split()) == {str(EXIT_CONFIG), str(EXIT_LEDGER)}
     assert s["StateDirectory"] == ["syncd"] and s["User"] == ["syncd"]
@@ -119,9 +122,9 @@ def test_unit_settings_match_the_daemon() -> None:
     assert stop >= drain + 15  # drain, then checkpoint and close the ledger
     watchdog = int(s["WatchdogSec"][0].removesuffix("s"))
     assert watchdog >= 10  # the main loop pings every watchdog/2, after a ledger write
-    cred, _, source = s["LoadCredential"][0].partition(":")
-    assert f'"credential:{cred}"' in OPERATIONS.read_text()  # the docs use that credential
-    assert source.startswith("/etc/syncd/")
+    # Credentials are per site (a drop-in, tested below): a unit that names one fails
+    # every start (243/CREDENTIALS) for a site that does not use that destination.
+    assert "LoadCredential" not in s and "LoadCredentialEncrypted" not in s
     assert not [v for v in s.get("Environment", []) if re.search(r"(?i)key|token|secret", v)]
     assert s["BindPaths"] == ["/srv/syncd"]  # writable: the one tree syncd writes besides its state
     assert section("Unit")["StartLimitBurst"] and section("Unit")["StartLimitIntervalSec"]
@@ -187,10 +190,10 @@ def test_reads_are_narrowed_beyond_protect_system() -> None:
     assert s["StateDirectoryMode"] == ["0700"] and s["UMask"] == ["0077"]
 
 
-def _documented_drop_in() -> str:
-    """The folders drop-in of docs/operations.md (the ini block after its marker)."""
+def _documented_drop_in(what: str = "folders") -> str:
+    """A drop-in of docs/operations.md (the ini block after its marker)."""
     text = OPERATIONS.read_text()
-    marker = "<!-- folders drop-in, checked by tests/test_systemd_unit.py -->"
+    marker = f"<!-- {what} drop-in, checked by tests/test_systemd_unit.py -->"
     assert marker in text
     block = re.search(r"```ini\n(.*?)```", text.split(marker, 1)[1], re.S)
     assert block is not None
@@ -206,7 +209,30 @@ def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> N
     out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
                          text=True, timeout=60, cwd=unit.parent)
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    # SupplementaryGroups= costs 0.1; the target for a site's unit is <= 2.0 (reliability.md 3.4).
+    # SupplementaryGroups= costs 0.1; the target for a site's unit is <= 2.0.
     out = subprocess.run([analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout
+
+
+def test_documented_credentials_drop_ins(unit: Path) -> None:
+    """Section 4: one row per destination type, its config and its drop-in line agree,
+    and the example drop-in verifies with the unit."""
+    from syncd.destinations import REGISTRY
+
+    text = OPERATIONS.read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \| .*credential:.*$",
+                                                         text, re.M)}
+    assert set(rows) == set(REGISTRY), rows.keys()
+    for kind, row in rows.items():
+        named = set(re.findall(r'= "credential:([\w-]+)"', row))
+        loaded = re.findall(r"LoadCredential=([\w-]+):/etc/syncd/credentials/([\w-]+)", row)
+        assert named and named == {n for n, _ in loaded} and all(n == f for n, f in loaded), kind
+    analyze = tool("systemd-analyze")
+    drop_in = _documented_drop_in("credentials")
+    assert drop_in.count("LoadCredential=") == 2 and "lilt" not in drop_in  # a site without Lilt
+    (unit.parent / "syncd.service.d").mkdir()
+    (unit.parent / "syncd.service.d" / "credentials.conf").write_text(drop_in)
+    out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                         text=True, timeout=60, cwd=unit.parent)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
