@@ -36,14 +36,32 @@ log = logging.getLogger(__name__)
 _HEADER = """\
 # syncd configuration, written by `syncd init`.
 # Every key with its default and meaning: config.example.toml and docs/configuration.md.
-# As written, this uploads files dropped into ./inbox to the bundled emulator
+# As written, this uploads files dropped into {inbox} to the bundled emulator
 # (start it with `syncd emulate`); point base_url and api_key at the real service later.
 
 """
 
 
-def starter_config() -> dict[str, Any]:
-    """The document :func:`write_initial` writes (relative paths: next to the file)."""
+# ``system``: the service's layout (docs/operations.md, systemd/syncd.tmpfiles.conf)
+SYSTEM_STATE_DIR = "/var/lib/syncd"
+SYSTEM_ROOT = "/srv/syncd"
+
+
+def starter_config(system: bool = False) -> dict[str, Any]:
+    """The document :func:`write_initial` writes: relative paths (next to the file), or
+    with ``system`` the absolute paths of the service's layout (/var/lib/syncd,
+    /srv/syncd/{inbox,archive,failed}/demo), for a config in /etc."""
+    if system:
+        return {
+            "daemon": {"state_dir": SYSTEM_STATE_DIR, "workers": 4, "rescan_seconds": 300,
+                       "log_level": "info"},
+            "destinations": {"demo": {"type": "lilt", "base_url": "http://127.0.0.1:8790/lilt",
+                                      "api_key": "demo-lilt-key"}},
+            "folders": [{"path": f"{SYSTEM_ROOT}/inbox/demo", "destination": "demo",
+                         "labels": [], "after_upload": "archive",
+                         "archive_dir": f"{SYSTEM_ROOT}/archive/demo",
+                         "failed_dir": f"{SYSTEM_ROOT}/failed/demo"}],
+        }
     return {
         "daemon": {"state_dir": "state", "workers": 4, "rescan_seconds": 300, "log_level": "info"},
         "destinations": {
@@ -65,18 +83,21 @@ def starter_config() -> dict[str, Any]:
     }
 
 
-def write_initial(path: Path, *, force: bool = False) -> None:
+def write_initial(path: Path, *, force: bool = False, system: bool = False) -> None:
     """Write a small valid starter config to ``path`` with mode 0600.
 
     It has a ``[daemon]`` table, one ``lilt`` destination pointed at the
     emulator (``http://127.0.0.1:8790/lilt``, api_key ``"demo-lilt-key"``)
     and one folder ``inbox`` archived to ``archive``, both relative to the
-    file's folder. Missing parent folders are created. Raises
+    file's folder (with ``system``: absolute paths, see :func:`starter_config`).
+    Missing parent folders are created. Raises
     FileExistsError if ``path`` exists, unless ``force`` (then it is
     replaced atomically).
     """
     path = Path(path)
-    text = _HEADER + render(starter_config())
+    doc = starter_config(system)
+    inbox = doc["folders"][0]["path"] if system else "./inbox"
+    text = _HEADER.format(inbox=inbox) + render(doc)
     loads(text, base_dir=path.parent.absolute(), source=str(path), resolve_secrets=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     if force and path.exists():

@@ -104,15 +104,20 @@ def _ledger_with_rows(cfg: Path) -> Ledger:
 def test_explain_variants(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inbox = cfg.parent / "inbox"
 
-    def explain(p: Path) -> str:
-        code, out, _ = run(capsys, "-c", str(cfg), "explain", str(p))
-        assert code == 0
+    def explain(p: Path, code: int = 0) -> str:
+        got, out, _ = run(capsys, "-c", str(cfg), "explain", str(p))
+        assert got == code, out
         return out
 
+    # a path that does not exist and that the ledger never saw: exit 2
+    assert "no such file" in explain(cfg.parent / "elsewhere.pdf", 2)
+    (cfg.parent / "elsewhere.pdf").write_bytes(b"x")
     assert "not inside any watched folder" in explain(cfg.parent / "elsewhere.pdf")
+    assert "junk pattern '*.part'" in explain(inbox / "x.part", 2)
+    (inbox / "x.part").write_bytes(b"x")
     assert "junk pattern '*.part'" in explain(inbox / "x.part")
-    assert "exclude pattern 'drafts'" in explain(inbox / "drafts" / "a.pdf")
-    assert "no include pattern" in explain(inbox / "a.doc")
+    assert "exclude pattern 'drafts'" in explain(inbox / "drafts" / "a.pdf", 2)
+    assert "no include pattern" in explain(inbox / "a.doc", 2)
     os.mkfifo(inbox / "pipe.txt")
     assert "FIFO" in explain(inbox / "pipe.txt")
     (inbox / "new.pdf").write_bytes(b"x")
@@ -136,7 +141,10 @@ def test_explain_variants(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None
     text = explain(inbox / "new.pdf")
     assert "failed: HTTP 400: nope" in text and f"syncd retry {row.id}" in text
     ledger.close()
-    assert "archive/failed folder" in explain(cfg.parent / "archive" / "x.pdf")
+    assert "the archive folder of" in explain(cfg.parent / "archive" / "x.pdf", 2)
+    (cfg.parent / "archive").mkdir()
+    (cfg.parent / "archive" / "x.pdf").write_bytes(b"x")
+    assert "the ledger has no row that put it there" in explain(cfg.parent / "archive" / "x.pdf")
 
 
 def test_files_json_and_retry(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,7 +162,7 @@ def test_files_json_and_retry(cfg: Path, capsys: pytest.CaptureFixture[str]) -> 
     rows = json.loads(out)
     assert [r["relpath"] for r in rows] == ["a.txt"] and rows[0]["last_error"] == "HTTP 400"
     code, out, err = run(capsys, "-c", str(cfg), "retry", "999")
-    assert "#999 is not a failed file" in err
+    assert code == 1 and "#999: no such ledger row" in err and "nothing requeued" in out
     code, out, _ = run(capsys, "-c", str(cfg), "retry", "--failed")
     assert code == 0 and f"requeued #{a.id}" in out and "not running" in out
     code, out, _ = run(capsys, "-c", str(cfg), "status", "--json")

@@ -1,0 +1,233 @@
+"""`syncd explain PATH`: will this file be uploaded, and why (not)? What became of it?
+
+PATH may be a file in a watched folder (the rule that accepts or ignores it,
+how long it still settles, its ledger row), a watched folder or a sub-folder
+of one, or a file in an archive or failed folder (the ledger row that put it
+there: when it was uploaded and archived, where to, its remote id; or why it
+failed). Exit 0 with an answer; exit 2 when PATH does not exist and the
+ledger has never seen it (a typo, most likely).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import time
+
+from syncd import config as configmod
+from syncd import rules
+from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
+from syncd.ledger import Row
+from syncd.logs import qp
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    cfg = load(args, secrets=False)
+    text, known = explain_path(cfg, os.path.abspath(os.fspath(args.path)))
+    print(text)
+    return EXIT_OK if known else EXIT_CONFIG
+
+
+def explain(cfg: configmod.Config, path: str) -> str:
+    """A human-readable answer to "will this file be uploaded, and why (not)?"."""
+    return explain_path(cfg, path)[0]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
+    """The answer, and whether anything is known about ``path`` (it exists, or the ledger
+    has a row for it)."""
+    st = _lstat(path)
+    # Configured paths are resolved (symlinks followed): match a spelling through a
+    # symlinked directory too, without following a symlink at the last component.
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    for candidate in dict.fromkeys((path, real)):
+        for f in cfg.folders:
+            root = os.fspath(f.path)
+            if candidate == root or (st is not None and stat.S_ISDIR(st.st_mode)
+                                     and os.path.realpath(path) == root):
+                return _watched_folder(cfg, f, path, st), True
+            for kind, d in (("archive", f.archive_dir), ("failed", f.failed_dir)):
+                if d is not None and _under(candidate, os.fspath(d)):
+                    return _moved(cfg, f, kind, os.fspath(d), candidate, path, st)
+        for f in cfg.folders:
+            if _under(candidate, os.fspath(f.path)):
+                return _in_folder(cfg, f, candidate, path, st)
+    if st is None:
+        return f"{qp(path)}: no such file or folder (and not inside any watched folder)", False
+    return f"{qp(path)} is not inside any watched folder; syncd does not upload it", True
+
+
+def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path: str,
+                    st: os.stat_result | None) -> str:
+    root = os.fspath(folder.path)
+    lines = [f"{qp(path)} is a watched folder -> destination {folder.destination!r}"]
+    extra = []
+    if folder.labels:
+        extra.append(f"labels {list(folder.labels)}")
+    if folder.category:
+        extra.append(f"category {folder.category!r}")
+    lines.append("  files dropped into it " + ("and its sub-folders " if folder.recursive else "")
+                 + "are uploaded" + (f" with {', '.join(extra)}" if extra else "")
+                 + f" once unchanged for {folder.settle_seconds:g}s, then: {folder.after_upload}"
+                 + (f" to {qp(os.fspath(folder.archive_dir))}"
+                    if folder.after_upload == "archive" and folder.archive_dir else ""))
+    if st is None:
+        lines.append("  it does not exist yet: syncd waits for it (create it, or fix the path)")
+    ledger = open_ledger(cfg)
+    if ledger is not None:
+        try:
+            counts = ledger.counts_by_folder().get(root, {})
+        finally:
+            ledger.close()
+        if counts:
+            lines.append("  ledger: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
+    lines.append(f"  `syncd explain {qp(os.path.join(root, 'NAME'))}` tells about one file")
+    return "\n".join(lines)
+
+
+def _moved(cfg: configmod.Config, folder: configmod.FolderConfig, kind: str, directory: str,
+           candidate: str, path: str, st: os.stat_result | None) -> tuple[str, bool]:
+    """A path in a folder's archive or failed folder: the row that put it there."""
+    root = os.fspath(folder.path)
+    where = f"the {kind} folder of {qp(root)}"
+    if candidate.rstrip(os.sep) == directory.rstrip(os.sep):
+        what = ("uploaded files are moved here" if kind == "archive"
+                else "files syncd gave up on are moved here, each with NAME.error.json")
+        return f"{qp(path)} is {where}: {what}; syncd never uploads from it", True
+    row = None
+    ledger = open_ledger(cfg)
+    if ledger is not None:
+        try:
+            row = ledger.at_location(root, candidate)
+        finally:
+            ledger.close()
+    if row is None:
+        if st is None:
+            return f"{qp(path)}: no such file, and the ledger has no row for it ({where})", False
+        return (f"{qp(path)} is in {where}; the ledger has no row that put it there. syncd "
+                "never uploads from it"), True
+    lines = [f"{qp(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
+             f"from {qp(row.inbox_path)}: {row.state}"]
+    lines += _row_lines(row, folder)
+    if st is None:
+        lines.append("  it is no longer at this path")
+    return "\n".join(lines), True
+
+
+def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate: str,
+               path: str, st: os.stat_result | None) -> tuple[str, bool]:
+    root = os.fspath(folder.path)
+    rel = candidate[len(root.rstrip(os.sep)) + 1:]
+    head = f"{qp(path)}: folder {qp(root)} -> destination {folder.destination!r}"
+    for d in folder.ignored_dirs():
+        if _under(candidate, os.fspath(d)):
+            return head + f"\n  not uploaded: inside {qp(os.fspath(d))}, which syncd never " \
+                          "watches", st is not None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        if not folder.recursive:
+            return head + "\n  a sub-folder, and the folder has recursive = false: files in " \
+                          "it are not uploaded", True
+        if rules.dir_ignored(rel, exclude=folder.exclude, ignore_junk=folder.ignore_junk):
+            return head + "\n  a sub-folder the rules ignore (junk or exclude): files in it " \
+                          "are not uploaded", True
+        return head + "\n  a sub-folder: files dropped into it are uploaded like the " \
+                      "folder's own", True
+    missing = "" if st is not None else " (there is no such file now)"
+    if not folder.recursive and "/" in rel:
+        return head + "\n  not uploaded: in a sub-folder and the folder has recursive = false" \
+            + missing, st is not None
+    verdict = rules.judge(rel, include=folder.include, exclude=folder.exclude,
+                          ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
+    if not verdict.accepted:
+        return head + f"\n  not uploaded: {verdict.reason}{missing}", st is not None
+    lines = [head, f"  rules: {verdict.reason}"]
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        from syncd.settle import describe_mode
+
+        lines.append(f"  not uploaded: it is a {describe_mode(st.st_mode)}")
+        return "\n".join(lines), True
+    ledger = open_ledger(cfg)
+    row = None
+    if ledger is not None:
+        try:
+            row = ledger.latest_for_path(root, rel)
+        finally:
+            ledger.close()
+    if row is None:
+        if st is None:
+            lines.append("  no such file, and the ledger has never seen it")
+            return "\n".join(lines), False
+        lines.append("  not seen yet: the watcher or the next scan will pick it up, then it "
+                     f"settles for {folder.settle_seconds:g}s before upload")
+        return "\n".join(lines), True
+    lines.append(f"  ledger row #{row.id} ({row.uuid}): {row.state}")
+    lines += _row_lines(row, folder)
+    if st is not None and row.location is not None:
+        lines.append("  the file now at this path is a new version; it will be uploaded too")
+    return "\n".join(lines), True
+
+
+def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
+    """What the ledger says about ``row``, one line per fact."""
+    lines: list[str] = []
+    if row.state == "settling":
+        left = folder.settle_seconds - (time.time() - row.changed_at)
+        lines.append(f"  settling: waiting until it has been unchanged for "
+                     f"{folder.settle_seconds:g}s ({max(left, 0):.1f}s left if it stays quiet)")
+    elif row.state in ("queued", "uploading"):
+        lines.append(f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}"
+                     + (" (`syncd status` shows its progress)" if row.state == "uploading"
+                        else ""))
+        if row.location is not None:
+            lines.append(f"  it is uploaded from {qp(row.location)}")
+    elif row.state == "retrying":
+        lines.append(f"  attempt {row.attempts} failed: {shown(row.last_error)}")
+        lines.append(f"  next attempt {stamp(row.next_attempt_at)}")
+    elif row.state in ("uploaded", "done", "skipped"):
+        if row.duplicate_of is not None:  # skipped, or being archived as a skip
+            remote = shown((row.receipt or {}).get("remote_id"))
+            lines.append(f"  skipped as a duplicate (on_duplicate = \"skip\"): same content "
+                         f"(sha256 {row.sha256}) as ledger row #{row.duplicate_of}, already "
+                         f"uploaded as {remote}")
+        else:
+            lines.append(f"  uploaded to {row.destination!r} {stamp(row.uploaded_at)}, "
+                         f"sha256 {row.sha256}")
+        if row.receipt and row.duplicate_of is None:
+            lines.append(f"  remote id: {shown(row.receipt.get('remote_id'))}")
+        if row.state == "uploaded":
+            lines.append(f"  {folder.after_upload} not finished yet; the daemon finishes it")
+        else:
+            done = {"archive": "archived", "delete": "deleted", "keep": "kept in place"}.get(
+                folder.after_upload, folder.after_upload)
+            if row.location is not None:
+                done = "archived" if folder.after_upload != "keep" else done
+                lines.append(f"  {done} {stamp(row.done_at)} -> {qp(row.location)}")
+            else:
+                lines.append(f"  {done} {stamp(row.done_at)}")
+    elif row.state == "failed":
+        lines.append(f"  failed: {shown(row.last_error or 'no reason recorded')}")
+        lines.append(f"  given up {stamp(row.updated_at)}, after {row.attempts} attempt(s)")
+        if row.location:
+            lines.append(f"  moved to {qp(row.location)} (NAME.error.json beside it says why)")
+        lines.append(f"  `syncd retry {row.id}` sends it again")
+    elif row.state == "vanished":
+        lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
+    if row.meta is not None and row.state in ("uploaded", "done", "skipped"):
+        lines.append(f"  labels {shown(str(row.meta.get('labels')))}, category "
+                     f"{shown(str(row.meta.get('category')))}")
+    return lines
+
+
+__all__ = ["cmd_explain", "explain", "explain_path"]

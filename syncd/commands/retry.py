@@ -1,0 +1,75 @@
+"""`syncd retry`: failed files back into the queue.
+
+``retry ID ...`` requeues exactly those rows (exit 1 when one of them is not a
+failed row: it is named and left alone). ``retry --failed`` requeues every
+failed row except the ones the service refused for good (a
+:class:`~syncd.errors.PermanentError`: 400, 413, a file it cannot hold...),
+which would fail again at once; it says how many it skipped and why.
+``--all`` (or ``--force``) requeues those too, for when the cause was fixed
+(a config change, a server-side fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, open_ledger
+from syncd.ledger import Row
+from syncd.lock import holder_pid
+from syncd.logs import qp
+
+# How the uploader records a refusal that retrying cannot change (errors.describe()).
+PERMANENT_PREFIXES = ("PermanentError",)
+SHOW_IDS = 10
+
+
+def refused_for_good(row: Row) -> bool:
+    """Whether the row failed on a PermanentError (not on attempts running out)."""
+    return (row.last_error or "").startswith(PERMANENT_PREFIXES)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    cfg = load(args, secrets=False)
+    ledger = open_ledger(cfg, readonly=False)
+    assert ledger is not None
+    code = EXIT_OK
+    skipped: list[Row] = []
+    try:
+        if args.failed:
+            failed = ledger.rows(state="failed")
+            if not args.all:
+                skipped = [r for r in failed if refused_for_good(r)]
+            keep = {r.id for r in skipped}
+            rows = ledger.requeue_failed([r.id for r in failed if r.id not in keep])
+        else:
+            ids: list[int] = []
+            for i in dict.fromkeys(args.ids):
+                row = ledger.get(i)
+                if row is None:
+                    print(f"syncd: #{i}: no such ledger row (`syncd files --state failed` "
+                          "lists the failed ones)", file=sys.stderr)
+                    code = EXIT_FAILED
+                elif row.state != "failed":
+                    print(f"syncd: #{i} is {row.state}, not a failed file; left alone",
+                          file=sys.stderr)
+                    code = EXIT_FAILED
+                else:
+                    ids.append(i)
+            rows = ledger.requeue_failed(ids) if ids else []
+    finally:
+        ledger.close()
+    for r in rows:
+        print(f"requeued #{r.id} {qp(r.current_path)}")
+    if skipped:
+        listed = ", ".join(f"#{r.id}" for r in skipped[:SHOW_IDS])
+        more = f" and {len(skipped) - SHOW_IDS} more" if len(skipped) > SHOW_IDS else ""
+        print(f"skipped {len(skipped)} file(s) the service refused for good, which would fail "
+              f"again at once ({listed}{more}); `syncd retry --failed --all` or "
+              "`syncd retry ID` sends them anyway")
+    if not rows:
+        print("nothing requeued" if skipped or code != EXIT_OK else "nothing to retry")
+    elif holder_pid(Path(cfg.daemon.state_dir)) is None:
+        print("syncd is not running: they will be uploaded at its next start (or run `syncd once`)")
+    return code

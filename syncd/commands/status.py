@@ -1,0 +1,353 @@
+"""`syncd status` and `syncd files`: what the ledger and the running daemon say.
+
+Where each number comes from (so that they never contradict each other):
+
+* counts per state and folder, "done today", the rows uploading and the
+  recent errors: the **ledger, now** (one read-only connection);
+* whether a daemon runs and its pid: the lock on ``state_dir``;
+* what the daemon knows that the ledger does not (its problems, each
+  destination's circuit, the metrics endpoint, the names its last scan
+  ignored): its **heartbeat** in the ledger's kv table, written every few
+  seconds and whenever its STATUS= line changes, shown with its age;
+* bytes sent, rate and ETA of each upload in flight: the daemon's **progress
+  snapshot** (kv ``progress``, at most a second old; see syncd/progress.py),
+  attached to the ledger's ``uploading`` rows.
+
+Both work when the config file is broken (see :mod:`.common`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from syncd import config as configmod
+from syncd import progress as progressmod
+from syncd.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    View,
+    ago,
+    load,
+    load_view,
+    open_ledger,
+    shown,
+    stamp,
+)
+from syncd.errors import ConfigError, LedgerError
+from syncd.ledger import STATES, Row
+from syncd.lock import holder_pid
+from syncd.logs import printable, qp
+
+MIN_WATCH = 0.2  # seconds: `status --watch` refreshes no faster
+
+
+def status_data(source: View | configmod.Config) -> dict[str, Any]:
+    """What `syncd status --json` prints (also used by tests)."""
+    view = source if isinstance(source, View) else View.of(source, source.path or Path("-"))
+    ledger = open_ledger(view.state_dir)
+    pid = holder_pid(view.state_dir)
+    data: dict[str, Any] = {
+        "states": {s: 0 for s in STATES},
+        "done_today": 0,
+        "folders": [],
+        "daemon": {"running": pid is not None, "pid": pid},
+        "uploading": [],
+        "recent_errors": [],
+        "config": {"path": str(view.path), "ok": view.broken is None, "problem": view.broken,
+                   "applied_at": view.applied_at},
+    }
+    by_folder: dict[str, dict[str, int]] = {}
+    meta: dict[str, Any] = {}
+    if ledger is not None:
+        try:
+            data["states"] = ledger.counts()
+            by_folder = ledger.counts_by_folder()
+            meta = ledger.get_meta("daemon", {}) or {}
+            try:
+                data["done_today"] = ledger.done_today()
+            except (AttributeError, sqlite3.Error):  # a ledger from before the day counter
+                midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+                data["done_today"] = ledger.done_since(midnight)
+            moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY), pid)
+            data["uploading"] = [_uploading(r, moving.get(r.id))
+                                 for r in ledger.in_state("uploading")]
+            data["recent_errors"] = [
+                {"id": r.id, "path": _path(r), "state": r.state, "error": r.last_error,
+                 "attempts": r.attempts, "at": r.updated_at}
+                for r in ledger.recent_errors(10)
+            ]
+        finally:
+            ledger.close()
+    running = pid is not None
+    problems = meta.get("folder_problems", {}) if running else {}
+    ignored: dict[str, Any] = meta.get("ignored") or {}
+    if not isinstance(ignored, dict):
+        ignored = {}
+    for folder in view.folders:
+        root = folder.path
+        counts = {s: 0 for s in STATES}
+        counts.update(by_folder.get(root, {}))
+        exists = Path(root).is_dir()
+        seen = ignored.get(root)
+        if isinstance(seen, dict):  # names from the disk: escaped like every path shown
+            seen = {**seen, "examples": [printable(str(e)) for e in seen.get("examples") or []]}
+        data["folders"].append({
+            "path": root, "destination": folder.destination, "labels": list(folder.labels),
+            "category": folder.category, "states": counts, "exists": exists,
+            "problem": problems.get(root) or (None if exists else "folder does not exist"),
+            "ignored": seen if isinstance(seen, dict) else None,
+        })
+    if running and meta:
+        data["daemon"].update({
+            "started_at": meta.get("started_at"),
+            "uptime_seconds": round(time.time() - meta.get("started_at", time.time()), 1),
+            "heartbeat": meta.get("heartbeat"),
+            "heartbeat_age_seconds": round(time.time() - meta.get("heartbeat", time.time()), 1),
+            "status": meta.get("status"), "problems": meta.get("problems"),
+            "paused_destinations": meta.get("paused", {}), "metrics": meta.get("metrics"),
+        })
+    elif meta:
+        data["daemon"]["last_heartbeat"] = meta.get("heartbeat")
+    known = meta.get("destinations") if running else None
+    data["destinations"] = _destinations(view, known if isinstance(known, dict) else None)
+    return data
+
+
+def _path(r: Row) -> str:
+    j = r.to_json()
+    return f"{j['folder']}/{j['relpath']}"
+
+
+def _uploading(r: Row, moving: dict[str, Any] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": r.id, "path": _path(r), "destination": r.destination,
+                             "size": r.size, "attempts": r.attempts, "progress": None}
+    if moving is not None:
+        entry["progress"] = {k: moving.get(k) for k in (
+            "sent", "total", "percent", "rate", "eta_seconds", "started_at", "as_of")}
+    return entry
+
+
+def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each destination's circuit as the running daemon last published it (heartbeat);
+    ``state`` is "unknown" when no daemon runs (or it did not say). ``since`` (Unix time) is
+    when it went down, began refusing uploads or was rate limited; ``reason`` says why."""
+    out = []
+    now = time.time()
+    for name, kind in sorted(view.destinations.items()):
+        entry: dict[str, Any] = {"name": name, "type": kind, "state": "unknown", "up": None,
+                                 "since": None, "for_seconds": None, "reason": None,
+                                 "next_probe_at": None, "failures": None}
+        if known is not None:
+            entry.update({"state": "up", "up": True})
+            got = known.get(name)
+            if isinstance(got, dict):
+                entry.update({k: got.get(k) for k in ("state", "up", "since", "reason",
+                                                      "next_probe_at", "failures")})
+            since = entry.get("since")
+            if isinstance(since, int | float) and entry["state"] != "up":
+                entry["for_seconds"] = round(max(0.0, now - since), 1)
+        out.append(entry)
+    return out
+
+
+# -- status -------------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        return _watch(args, args.watch)
+    data = status_data(load_view(args))
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(render(data)))
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace, every: float) -> int:
+    """`status --watch`: the status again every ``every`` seconds, on a cleared screen when
+    stdout is a terminal (one JSON document per line with --json); Ctrl-C ends it, exit 0."""
+    every = max(every, MIN_WATCH)
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                view = load_view(args, warn=False)
+                data = status_data(view)
+                lines = render(data)
+                if view.broken is not None:
+                    lines.insert(0, f"warning: {view.warning()}")
+            except (ConfigError, LedgerError) as exc:
+                data, lines = {"error": str(exc)}, [f"syncd: {shown(exc)} (trying again)"]
+            if args.json:
+                print(json.dumps({"at": time.time(), **data}, ensure_ascii=False))
+            else:
+                if tty:
+                    sys.stdout.write("\033[H\033[2J")
+                print(f"syncd status every {every:g}s, {time.strftime('%H:%M:%S')} "
+                      "(Ctrl-C to stop)\n")
+                print("\n".join(lines))
+            sys.stdout.flush()
+            _nap(every)
+    except KeyboardInterrupt:
+        if not args.json:
+            print()
+        return EXIT_OK
+
+
+def _nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    """`syncd status` as text lines."""
+    out: list[str] = []
+    d = data["daemon"]
+    if d["running"]:
+        out.append(f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
+                   f"heartbeat {ago(d.get('heartbeat'))})")
+        problems = d.get("problems")
+        if isinstance(problems, list):
+            out += [f"  problem: {shown(p)}" for p in problems]
+        elif d.get("status"):  # a daemon from before the heartbeat listed its problems
+            out.append(f"  its STATUS= line at that heartbeat: {shown(d['status'])}")
+        metrics = d.get("metrics")
+        if isinstance(metrics, dict) and metrics.get("error"):
+            out.append(f"metrics: NOT SERVED: {shown(metrics['error'])} "
+                       "(daemon.metrics_listen; fix it, then reload)")
+        elif isinstance(metrics, dict) and metrics.get("listen"):
+            out.append(f"metrics: http://{shown(metrics['listen'])}/metrics")
+    else:
+        out.append(f"daemon: not running (last heartbeat {ago(d.get('last_heartbeat'))})")
+    states = dict(data["states"])
+    if any(states.values()):
+        parts = []
+        for s, n in states.items():
+            if n:
+                today = f" ({data.get('done_today', 0):,} today)" if s == "done" else ""
+                parts.append(f"{n:,} {s}{today}")
+        out.append("files:  " + ", ".join(parts))
+    else:
+        out.append("files:  none yet")
+    if data.get("uploading"):
+        out.append("uploading:")
+        for u in data["uploading"]:
+            p = u.get("progress")
+            how = progressmod.line(p) if p else (
+                f"{progressmod.size_text(u['size'] or 0)}, no progress reported"
+                + ("" if d["running"] else " (no daemon runs: requeued at its next start)"))
+            out.append(f"  #{u['id']} {qp(u['path'])} -> {u['destination']}: {how}")
+    out.append("folders:")
+    for f in data["folders"]:
+        counts = ", ".join(f"{n:,} {s}" for s, n in f["states"].items() if n) or "no files yet"
+        out.append(f"  {qp(f['path'])} -> {f['destination']}: {counts}")
+        if f["problem"]:
+            out.append(f"    problem: {shown(f['problem'])}")
+        seen = f.get("ignored")
+        if isinstance(seen, dict) and seen.get("count"):
+            examples = ", ".join(qp(str(e)) for e in (seen.get("examples") or [])[:3])
+            out.append(f"    ignored: {seen['count']:,} name(s) at the scan of "
+                       f"{stamp(seen.get('at'))} (junk, excluded or not included"
+                       + (f"; e.g. {examples})" if examples else ")"))
+    if d["running"] and data["destinations"]:
+        out.append("destinations:")
+        for dest in data["destinations"]:
+            out.append(f"  {dest['name']} ({dest['type']}): {_destination_text(dest)}")
+    if data["recent_errors"]:
+        out.append("recent errors:")
+        for e in data["recent_errors"]:
+            out.append(f"  #{e['id']} {e['state']} {qp(e['path'])}: {shown(e['error'])}")
+    return out
+
+
+def _destination_text(dest: dict[str, Any]) -> str:
+    state = dest.get("state") or "unknown"
+    if state in ("up", "unknown"):
+        return state
+    words = {"down": "DOWN", "refused": "REFUSING UPLOADS", "rate_limited": "rate limited"}
+    text = f"{words.get(state, state)} since {stamp(dest.get('since'))}"
+    if dest.get("reason"):
+        text += f": {shown(dest['reason'])}"
+    probe = dest.get("next_probe_at")
+    if isinstance(probe, int | float):
+        wait = max(0.0, probe - time.time())
+        text += f" (next {'try' if state == 'rate_limited' else 'probe'} in {wait:.0f}s)"
+    return text
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def cmd_files(args: argparse.Namespace) -> int:
+    if args.receipt is not None:
+        return _show_receipt(args)
+    view = load_view(args)
+    ledger = open_ledger(view.state_dir)
+    rows: list[Row] = []
+    moving: dict[int, dict[str, Any]] = {}
+    if ledger is not None:
+        try:
+            rows = ledger.rows(state=args.state)
+            if args.state in (None, "uploading"):
+                moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY),
+                                          holder_pid(view.state_dir))
+        finally:
+            ledger.close()
+    if args.limit is not None:
+        rows = rows[-args.limit:]
+    if args.json:
+        out = []
+        for r in rows:
+            j = r.to_json()
+            if r.state == "uploading":
+                j["progress"] = _uploading(r, moving.get(r.id))["progress"]
+            out.append(j)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        print("no files" + (f" in state {args.state}" if args.state else ""))
+        return EXIT_OK
+    for r in rows:
+        where = r.location or r.inbox_path
+        extra = f"  ({shown(r.last_error)})" if r.last_error and r.state != "done" else ""
+        if r.state == "uploading" and r.id in moving:
+            extra = f"  [{progressmod.line(moving[r.id])}]" + extra
+        print(f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
+              f"{stamp(r.updated_at)}  {qp(where)}{extra}")
+    return EXIT_OK
+
+
+def _show_receipt(args: argparse.Namespace) -> int:
+    """``syncd files --receipt ID``: the row's receipt, with the URLs its destination keeps
+    sealed (signed download URLs, private-video tokens) opened with the secret in the config."""
+    from syncd.destinations import REGISTRY
+
+    cfg = load(args)  # with secrets: a seal opens only with the destination's own secret
+    ledger = open_ledger(cfg)
+    row = None
+    if ledger is not None:
+        try:
+            row = ledger.get(args.receipt)
+        finally:
+            ledger.close()
+    if row is None or not row.receipt:
+        print(f"syncd: #{args.receipt} " + ("has no receipt (not uploaded)" if row is not None
+                                           else "is not a ledger row"), file=sys.stderr)
+        return EXIT_FAILED
+    receipt = dict(row.receipt)
+    dest = cfg.destinations.get(row.destination)
+    reveal = getattr(REGISTRY[dest.type], "reveal_receipt", None) if dest is not None else None
+    if dest is not None and reveal is not None:
+        try:
+            receipt = reveal(dest.options, receipt)
+        except ValueError as exc:
+            print(f"syncd: warning: #{args.receipt}: {exc}", file=sys.stderr)
+    print(json.dumps(receipt, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+__all__ = ["cmd_files", "cmd_status", "render", "status_data"]

@@ -1,0 +1,445 @@
+"""The CLI's rough edges an operator ran into (issue 11), each pinned down.
+
+In-process (``main(argv)``) on real files and a real ledger; a running daemon
+is stood in for by holding the state directory's lock and writing what the
+daemon writes to the ledger's kv table (its heartbeat and progress snapshot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd import config as configmod
+from syncd import progress, scanner
+from syncd.cli import main
+from syncd.commands import common, configure
+from syncd.commands import status as statusmod
+from syncd.errors import ConfigError
+from syncd.ledger import Ledger, Row
+from syncd.lock import StateLock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TEST_KEY", "cli-test-key-123")
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(GOOD)
+    path.chmod(0o600)
+    return path
+
+
+GOOD = """
+[daemon]
+state_dir = "state"
+
+[destinations.main]
+type = "lilt"
+base_url = "http://127.0.0.1:9/lilt"
+api_key = "env:TEST_KEY"
+
+[[folders]]
+path = "inbox"
+destination = "main"
+labels = ["legal"]
+settle_seconds = 5
+archive_dir = "archive"
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def ledger_of(cfg: Path) -> Ledger:
+    return Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
+
+
+def add_row(ledger: Ledger, root: Path, rel: str, *, size: int = 1) -> Row:
+    ledger.observe(os.fspath(root), [rel], destination="main")
+    row = ledger.active_for_path(os.fspath(root), rel)
+    assert row is not None
+    ledger.note_stat(row.id, size=size, mtime_ns=1, inode=row.id + 100, changed=True)
+    ledger.promote(row.id)
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == row.id
+    return claimed
+
+
+@pytest.fixture
+def daemon_lock(cfg: Path) -> Iterator[StateLock]:
+    """The state directory's lock held as the running daemon holds it (pid: this process)."""
+    lock = StateLock(cfg.parent / "state")
+    lock.acquire()
+    yield lock
+    lock.release()
+
+
+def heartbeat(ledger: Ledger, **extra: Any) -> None:
+    now = time.time()
+    ledger.put_meta("daemon", {"pid": os.getpid(), "started_at": now - 60, "heartbeat": now,
+                               "status": "3 queued, 4 uploading, 15 done today",
+                               "problems": [], "destinations": {}, **extra})
+
+
+# -- status and files with a broken config ----------------------------------------------------
+
+
+def _record_config(cfg: Path) -> None:
+    """What the daemon records at start and at every applied reload (Daemon._record_config)."""
+    from syncd.daemon import Daemon
+
+    loaded = configmod.load(cfg)
+    daemon = Daemon(loaded)
+    daemon.ledger = ledger_of(cfg)
+    try:
+        daemon._record_config(loaded)
+    finally:
+        daemon.ledger.close()
+
+
+def test_status_and_files_work_with_a_broken_config(cfg: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = ledger_of(cfg)
+    row = add_row(ledger, cfg.parent / "inbox", "a.txt")
+    ledger.mark_failed(row.id, error="HTTP 400: refused", location=None)
+    ledger.close()
+    _record_config(cfg)
+    record = ledger_of(cfg).get_meta(common.CONFIG_KEY)
+    assert record["folders"][0]["path"] == os.fspath(cfg.parent / "inbox")
+    assert "cli-test-key-123" not in json.dumps(record) and "base_url" not in json.dumps(record)
+
+    # a reload the daemon refused: the file no longer validates
+    cfg.write_text(GOOD.replace("settle_seconds = 5", "settle_seconds = -1"))
+    assert run(capsys, "-c", str(cfg), "check")[0] == 2
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0, err
+    assert "warning: the config" in err and "is broken (folders[0].settle_seconds: must be >= 0" \
+        in err and "last applied" in err
+    assert f"'{cfg.parent / 'inbox'}' -> main: 1 failed" in out
+    code, out, err = run(capsys, "-c", str(cfg), "status", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["config"]["ok"] is False and data["states"]["failed"] == 1
+    assert [d["name"] for d in data["destinations"]] == ["main"]
+    code, out, err = run(capsys, "-c", str(cfg), "files")
+    assert code == 0 and "a.txt" in out and "HTTP 400: refused" in out and "is broken" in err
+
+    # not even TOML any more: the state_dir line still finds the ledger
+    cfg.write_text(GOOD.replace("[daemon]", "[daemon") .replace('"state"', '"./state"'))
+    code, out, err = run(capsys, "-c", str(cfg), "files", "--state", "failed")
+    assert code == 0 and "a.txt" in out and "invalid TOML" in err
+
+    # no record of an applied config (a ledger from an older daemon): the ledger's folders
+    ledger = ledger_of(cfg)
+    ledger._conn.execute("DELETE FROM kv WHERE key = 'config'")
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0 and "the folders its rows name" in err and "1 failed" in out
+
+
+def test_a_broken_config_without_a_ledger_is_still_an_error(
+        cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg.write_text(GOOD.replace("settle_seconds = 5", "settle_seconds = -1"))
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 2 and "folders[0].settle_seconds" in err
+
+
+# -- folder add ---------------------------------------------------------------------------------
+
+
+def test_folder_add_validates_before_writing_and_shows_the_absolute_path(
+        cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_KEY")  # an admin shell without the service's environment
+    work = cfg.parent / "work"
+    (work / "scans").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    code, out, err = run(capsys, "-c", str(cfg), "folder", "add", "scans", "-d", "main",
+                         "--archive-dir", "done")
+    assert code == 0, err
+    assert f"added folder '{work / 'scans'}' ('scans' from the current directory)" in out
+    text = cfg.read_text()
+    assert f'path = "{work / "scans"}"' in text and f'archive_dir = "{work / "done"}"' in text
+    assert "error" not in err
+    # an invalid edit is refused before anything is written
+    before = cfg.read_bytes()
+    code, out, err = run(capsys, "-c", str(cfg), "folder", "add", "other", "-d", "nope")
+    assert code == 2 and "folders[2].destination" in err and "added" not in out
+    assert cfg.read_bytes() == before
+    code, out, err = run(capsys, "-c", str(cfg), "folder", "add", "missing", "-d", "main")
+    assert code == 0 and "does not exist yet" in out
+
+
+# -- explain -------------------------------------------------------------------------------------
+
+
+def test_explain_archived_failed_watched_and_missing(cfg: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    inbox, archive = cfg.parent / "inbox", cfg.parent / "archive"
+    failed_dir = cfg.parent / "state" / "failed" / "inbox"
+
+    def explain(p: Path, code: int = 0) -> str:
+        got, out, _ = run(capsys, "-c", str(cfg), "explain", str(p))
+        assert got == code, out
+        return out
+
+    ledger = ledger_of(cfg)
+    done = add_row(ledger, inbox, "sub/a.txt")
+    ledger.mark_uploaded(done.id, sha256="ab" * 32, receipt={"remote_id": "remote-777"})
+    archive.joinpath("sub").mkdir(parents=True)
+    (archive / "sub" / "a.txt").write_bytes(b"x")
+    ledger.mark_done(done.id, location=str(archive / "sub" / "a.txt"))
+    bad = add_row(ledger, inbox, "b.txt")
+    failed_dir.mkdir(parents=True)
+    (failed_dir / "b.txt").write_bytes(b"y")
+    ledger.mark_failed(bad.id, error="PermanentError: HTTP 413: too large",
+                       location=str(failed_dir / "b.txt"))
+    ledger.close()
+
+    text = explain(archive / "sub" / "a.txt")
+    assert "is not uploaded" not in text
+    assert f"ledger row #{done.id}" in text and "uploaded to 'main'" in text
+    assert "remote id: remote-777" in text and "archived" in text
+    text = explain(inbox / "sub" / "a.txt")  # gone from the inbox, known to the ledger
+    assert "archived" in text and str(archive / "sub" / "a.txt") in text
+    text = explain(failed_dir / "b.txt")
+    assert "failed: PermanentError: HTTP 413: too large" in text
+    assert f"syncd retry {bad.id}" in text
+    text = explain(inbox / "b.txt")
+    assert "failed: PermanentError: HTTP 413: too large" in text
+    text = explain(inbox)
+    assert "is a watched folder -> destination 'main'" in text
+    assert "not inside any watched folder" not in text
+    (inbox / "sub").mkdir(exist_ok=True)
+    assert "a sub-folder" in explain(inbox / "sub")
+    assert "no such file" in explain(inbox / "nothing-here.txt", 2)
+    assert "no such file" in explain(cfg.parent / "nowhere" / "x.txt", 2)
+
+
+# -- init and check ------------------------------------------------------------------------------
+
+
+def test_init_under_etc_writes_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert configure.is_system_path(Path("/etc/syncd/config.toml"))
+    assert not configure.is_system_path(Path("/etcetera/syncd.toml"))
+    etc = tmp_path / "etc"
+    monkeypatch.setattr(configure, "SYSTEM_CONFIG_DIR", str(etc))
+    monkeypatch.setenv("SYNCD_CONFIG", str(etc / "syncd" / "config.toml"))
+    code, out, err = run(capsys, "init")
+    assert code == 0, err
+    written = configmod.load(etc / "syncd" / "config.toml")
+    assert str(written.daemon.state_dir) == "/var/lib/syncd"
+    (folder,) = written.folders
+    assert str(folder.path) == "/srv/syncd/inbox/demo"
+    assert str(folder.archive_dir) == "/srv/syncd/archive/demo"
+    assert str(folder.failed_dir) == "/srv/syncd/failed/demo"
+    assert not any(str(p).startswith(str(etc)) for p in (written.daemon.state_dir, folder.path))
+    assert "absolute paths" in out
+
+
+def test_fresh_init_then_check_warns_about_the_missing_inbox(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "new.toml"
+    assert run(capsys, "init", str(path))[0] == 0
+    code, out, err = run(capsys, "-c", str(path), "check")
+    assert code == 0, out + err
+    assert f"warning: folders[0].path: '{tmp_path / 'inbox'}' does not exist yet" in out
+    assert "relative paths" not in out
+
+
+# -- retry ---------------------------------------------------------------------------------------
+
+
+def test_retry_unknown_ids_and_permanent_refusals(cfg: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    inbox = cfg.parent / "inbox"
+    ledger = ledger_of(cfg)
+    refused = add_row(ledger, inbox, "refused.txt")
+    ledger.mark_failed(refused.id, error="PermanentError: HTTP 400: bad category", location=None)
+    tired = add_row(ledger, inbox, "tired.txt")
+    ledger.mark_failed(tired.id, error="gave up after 8 attempts: HTTP 503", location=None)
+    busy = add_row(ledger, inbox, "busy.txt")
+    ledger.close()
+
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "999")
+    assert code == 1 and "#999: no such ledger row" in err
+    code, out, err = run(capsys, "-c", str(cfg), "retry", str(busy.id))
+    assert code == 1 and f"#{busy.id} is uploading, not a failed file" in err
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "--failed")
+    assert code == 0
+    assert f"requeued #{tired.id}" in out and f"requeued #{refused.id}" not in out
+    assert "skipped 1 file(s) the service refused for good" in out and f"#{refused.id}" in out
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "--failed")
+    assert code == 0 and "nothing requeued" in out and "skipped 1" in out
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "--failed", "--all")
+    assert code == 0 and f"requeued #{refused.id}" in out
+    ledger = ledger_of(cfg)
+    assert ledger.counts()["failed"] == 0
+    ledger.close()
+
+
+# -- status: one source, ignored names, metrics, log_level ----------------------------------------
+
+
+def test_status_counts_come_from_the_ledger_and_daemon_problems_are_listed(
+        cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock) -> None:
+    inbox = cfg.parent / "inbox"
+    ledger = ledger_of(cfg)
+    for name in ("a.txt", "b.txt"):
+        row = add_row(ledger, inbox, name)
+        ledger.mark_uploaded(row.id, sha256="cd" * 32, receipt={"remote_id": name})
+        ledger.mark_done(row.id)
+    # a stale heartbeat whose STATUS= line says other numbers than the ledger
+    heartbeat(ledger, problems=["destination main down since 10:00:00: HTTP 503"],
+              ignored={os.fspath(inbox): {"count": 2, "examples": [".foo.swp", "~$doc.docx"],
+                                          "at": time.time()}},
+              metrics={"listen": "127.0.0.1:8791",
+                       "error": "cannot serve metrics on 127.0.0.1:8791: Address already in use"})
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0, err
+    assert "15 done today" not in out and "4 uploading" not in out
+    assert "files:  2 done (2 today)" in out
+    assert "problem: destination main down since 10:00:00: HTTP 503" in out
+    assert "metrics: NOT SERVED: cannot serve metrics on 127.0.0.1:8791: Address already in use" \
+        in out
+    assert "ignored: 2 name(s)" in out and "'.foo.swp', '~$doc.docx'" in out
+    data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
+    assert data["done_today"] == 2 and data["folders"][0]["ignored"]["count"] == 2
+    assert data["daemon"]["metrics"]["error"].endswith("Address already in use")
+
+
+def test_scanner_counts_ignored_names(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    (root / ".git").mkdir(parents=True)
+    for name in (".foo.swp", "~$doc.docx", "a.txt", ".git/config", "b.part"):
+        (root / name).write_bytes(b"x")
+    folder = configmod.loads(
+        f'[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "{root}"\n'
+        'destination = "d"\n', base_dir=tmp_path).folders[0]
+    ignored = scanner.Ignored()
+    found = [rel for rel, _ in scanner.walk(folder, ignored=ignored)]
+    assert found == ["a.txt"]
+    assert ignored.count == 4  # .foo.swp, ~$doc.docx, b.part and the .git directory
+    assert set(ignored.examples) == {".foo.swp", "~$doc.docx", "b.part", ".git/"}
+
+
+def test_a_metrics_port_in_use_is_kept_for_status() -> None:
+    from syncd.metrics import Metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        m = Metrics()
+        m.serve(f"127.0.0.1:{port}")
+        assert m.error is not None and m.error.startswith(f"cannot serve metrics on 127.0.0.1:{port}")
+        m.stop()
+        assert m.error is None
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    dest = ('[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "in"\n'
+            'destination = "d"\n')
+    cfg = configmod.loads('[daemon]\nlog_level = "INFO"\n' + dest, base_dir=tmp_path)
+    assert cfg.daemon.log_level == "info"
+    with pytest.raises(ConfigError) as info:
+        configmod.loads('[daemon]\nlog_level = "LOUD"\n' + dest, base_dir=tmp_path)
+    assert "got 'LOUD'" in str(info.value)
+
+
+def test_docs_do_not_suggest_node_exporters_port() -> None:
+    for rel in ("docs/configuration.md", "docs/operations.md", "config.example.toml",
+                "docs/cli.md"):
+        assert ":9100" not in (ROOT / rel).read_text(), rel  # no "HOST:9100" example
+    assert ":9100" not in configmod.DaemonConfig.__dataclass_fields__["metrics_listen"] \
+        .metadata["doc"]
+
+
+# -- progress in status and files, --watch -------------------------------------------------------
+
+
+def test_status_and_files_show_the_progress_of_uploads(
+        cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock) -> None:
+    inbox = cfg.parent / "inbox"
+    ledger = ledger_of(cfg)
+    row = add_row(ledger, inbox, "big.bin", size=30 * 1024 * 1024)
+    heartbeat(ledger)
+    meter = progress.ProgressMeter()
+    now = time.time()
+    sample = {"id": row.id, "path": row.inbox_path, "destination": "main",
+              "total": row.size, "sent": 0, "resumed": 0, "started_at": now - 4}
+    meter.update([sample], now - 4)
+    files = meter.update([{**sample, "sent": 12 * 1024 * 1024}], now)
+    ledger.put_meta(progress.KV_KEY, progress.snapshot(files, os.getpid(), now), durable=False)
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0, err
+    assert "uploading:" in out
+    assert f"#{row.id} '{inbox / 'big.bin'}' -> main: 12.0 MiB of 30.0 MiB (40%), 3.0 MiB/s, " \
+           "ETA 6s" in out
+    (u,) = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])["uploading"]
+    assert u["progress"]["sent"] == 12 * 1024 * 1024 and u["progress"]["total"] == row.size
+    assert u["progress"]["eta_seconds"] == pytest.approx(6.0)
+    code, out, err = run(capsys, "-c", str(cfg), "files", "--state", "uploading")
+    assert "[12.0 MiB of 30.0 MiB (40%), 3.0 MiB/s, ETA 6s]" in out
+    (j,) = json.loads(run(capsys, "-c", str(cfg), "files", "--json")[1])
+    assert j["progress"]["percent"] == 40.0
+
+
+def test_stale_or_foreign_progress_is_not_shown() -> None:
+    snap = progress.snapshot([{"id": 1, "sent": 1, "total": 2}], pid=42, now=1000.0)
+    assert progress.read(snap, 42, now=1001.0)[1]["sent"] == 1
+    assert progress.read(snap, 43, now=1001.0) == {}  # another daemon's
+    assert progress.read(snap, None, now=1001.0) == {}  # none runs
+    assert progress.read(snap, 42, now=1000.0 + progress.STALE_AFTER + 1) == {}
+
+
+def test_status_watch_refreshes_until_ctrl_c(cfg: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(statusmod, "_nap", sleep)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, err = run(capsys, "-c", str(cfg), "status", "--watch", "0.5")
+    assert code == 0 and naps == [0.5, 0.5, 0.5]
+    assert out.count("\033[H\033[2J") == 3 and out.count("syncd status every 0.5s") == 3
+    assert out.count("folders:") == 3
+    naps.clear()
+    code, out, err = run(capsys, "-c", str(cfg), "status", "--watch", "--json")
+    assert code == 0 and naps == [2.0, 2.0, 2.0]
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert len(docs) == 3 and all("states" in d for d in docs)
+    assert main(["-c", str(cfg), "status", "--watch", "0"]) == 2
+
+
+def test_status_watch_as_a_command_ends_on_sigint_with_exit_0(cfg: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch",
+                             "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.count("syncd status every 0.2s") >= 2 and "Traceback" not in err
