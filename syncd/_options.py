@@ -261,6 +261,7 @@ def parse_options(
     base_dir: Path,
     problems: list[Problem],
     resolve_secrets: bool = True,
+    shared_keys: Sequence[str] = (),
 ) -> Any | None:
     """An instance of the frozen dataclass ``cls`` built from ``table``, or None.
 
@@ -270,7 +271,9 @@ def parse_options(
     first one. It returns None exactly when it added an error (warnings, such
     as a group-readable secret file, do not count). Secret values never
     appear in a message. ``resolve_secrets=False`` checks secret references
-    for syntax only (see :func:`syncd.secrets.resolve`).
+    for syntax only (see :func:`syncd.secrets.resolve`). ``shared_keys`` are
+    keys of the same table that another class reads (the keys every
+    destination type takes): not unknown here, and offered as suggestions.
     """
     errors_before = _count_errors(problems)
     if not isinstance(table, Mapping):
@@ -279,8 +282,8 @@ def parse_options(
     specs = _config_fields(cls)
     names = [f.name for f in specs]
     for key in table:
-        if key not in names:
-            problems.append(Problem(dotted(prefix, key), unknown(key, names)))
+        if key not in names and key not in shared_keys:
+            problems.append(Problem(dotted(prefix, key), unknown(key, [*names, *shared_keys])))
     hints = _hints(cls)
     values: dict[str, Any] = {}
     for f in specs:

@@ -45,11 +45,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syncd import rules
+from syncd import bandwidth, metadata, rules
 from syncd._options import (
     FieldDoc,
     dotted,
     field_docs,
+    is_http_url,
     parse_options,
     resolve_path,
     show,
@@ -58,7 +59,7 @@ from syncd._options import (
 )
 from syncd.destinations import REGISTRY
 from syncd.errors import ConfigError, Problem
-from syncd.secrets import Secret
+from syncd.secrets import Secret, describe_ref
 
 DEFAULT_CONFIG_PATH = Path("/etc/syncd/config.toml")
 MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few KiB; this bounds what a wrong path costs
@@ -93,7 +94,7 @@ class DaemonConfig:
     drain_seconds: float = _key(
         30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)
     metrics_listen: str = _key(
-        "", '"HOST:PORT" to serve metrics on ("[::1]:9100" for IPv6); "" = off.')
+        "", '"HOST:PORT" to serve metrics on ("[::1]:8791" for IPv6); "" = off.')
     retry_base_seconds: float = _key(
         2.0, "Delay before the first retry; later retries back off up to the maximum.", gt=0)
     retry_max_seconds: float = _key(
@@ -103,6 +104,13 @@ class DaemonConfig:
     ca_bundle: Path | None = _key(
         None, "Extra CA bundle (PEM) to trust for TLS, e.g. a company CA.", file=True)
     tls_verify: bool = _key(True, "Verify TLS certificates; false (tests only) is a warning.")
+    webhook_url: Secret | None = _key(
+        None, "POST a JSON notification here when a file fails for good and when a destination "
+        "goes down or comes back: the http(s) URL, or a secret reference to it (env:/file:/"
+        "credential:), since many webhook URLs embed a token.")
+    webhook_secret: Secret | None = _key(
+        None, "Signs every notification: header X-Syncd-Signature-256: sha256=<hex HMAC-SHA256 "
+        "of the body with this secret>.")
 
 
 _TEXT = {"nonempty": True, "no_control": True}
@@ -155,6 +163,17 @@ class FolderConfig:
         False, "true: accept an archive_dir/failed_dir (or daemon.state_dir) inside this "
         "folder, or one that group/others can write (refused by default: producers could "
         "tamper with it).")
+    labels_from_path: str | None = _key(
+        None, 'A pattern such as "{client}/{project}/**": the folder names it captures from a '
+        "file's relative path are added to its labels; a file outside it keeps the folder's.",
+        **_TEXT)
+    metadata_sidecar: bool = _key(
+        False, 'true: NAME.meta.json beside NAME ({"labels": [...], "category": "..."}) adds '
+        "labels and sets the category; it moves with its file and is never uploaded itself.")
+    on_duplicate: str = _key(
+        "upload", '"skip": a file with the same SHA-256 as one this folder already uploaded '
+        "(to the same destination) is archived without uploading it again.",
+        choices=("upload", "skip"))
     state_dir: Path | None = field(default=None, metadata={"internal": True})
     """The daemon's state_dir (set by :meth:`with_defaults`); not a config key."""
 
@@ -196,6 +215,7 @@ class DestinationConfig:
     name: str
     type: str
     options: Any
+    bandwidth: bandwidth.Limit = bandwidth.Limit()  # bwlimit / bwlimit_schedule, any type
 
 
 @dataclass(frozen=True)
@@ -368,6 +388,9 @@ _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5}
 
 
 def _parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonConfig | None:
+    level = raw.get("log_level") if isinstance(raw, dict) else None
+    if isinstance(level, str) and level.lower() in ("debug", "info", "warning", "error"):
+        raw = {**raw, "log_level": level.lower()}  # "INFO" as well as "info"
     daemon: DaemonConfig | None = parse_options(
         DaemonConfig, raw, prefix="daemon", base_dir=base_dir, problems=problems)
     if daemon is None:
@@ -380,9 +403,17 @@ def _parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonCo
     listen = _HOST_PORT.match(daemon.metrics_listen)
     if daemon.metrics_listen and (not listen or not 1 <= int(listen["port"]) <= 65535):
         problems.append(Problem("daemon.metrics_listen", (
-            'expected "HOST:PORT" ("127.0.0.1:9100", "[::1]:9100") with a port 1-65535, '
+            'expected "HOST:PORT" ("127.0.0.1:8791", "[::1]:8791") with a port 1-65535, '
             f'or "" for off; got {show(daemon.metrics_listen)}')))
+    hook = daemon.webhook_url
+    if hook is not None and hook.reveal() and not is_http_url(hook.reveal()):  # "" when
+        problems.append(Problem("daemon.webhook_url", (  # secrets are only checked
+            "must be an absolute URL starting with https:// or http:// and naming a host, "
+            f"got {describe_ref(hook.source)}")))
     failed = len(problems) > errors
+    if daemon.webhook_secret is not None and hook is None:
+        problems.append(Problem("daemon.webhook_secret", "is not used without webhook_url",
+                                severity="warning"))
     if not daemon.tls_verify:
         problems.append(Problem("daemon.tls_verify", (
             "TLS certificate verification is OFF: uploads can be intercepted. "
@@ -411,12 +442,15 @@ def _parse_destinations(raw: Any, base_dir: Path, problems: list[Problem],
             problems.append(Problem(f"{prefix}.type",
                                     f"unknown type {show(kind)} (valid: {valid})"))
         else:
+            # The keys every type takes (bandwidth.KEYS) are read here, the rest by the type.
             rest = {k: v for k, v in table.items() if k != "type"}
             options = parse_options(REGISTRY[kind].Options, rest, prefix=prefix,
                                     base_dir=base_dir, problems=problems,
-                                    resolve_secrets=resolve_secrets)
-            if options is not None:
-                out[name] = DestinationConfig(name=name, type=kind, options=options)
+                                    resolve_secrets=resolve_secrets, shared_keys=bandwidth.KEYS)
+            limit = bandwidth.parse(table, prefix=prefix, base_dir=base_dir, problems=problems)
+            if options is not None and limit is not None:
+                out[name] = DestinationConfig(name=name, type=kind, options=options,
+                                              bandwidth=limit)
     return out
 
 
@@ -488,6 +522,12 @@ def _check_folder(prefix: str, table: Mapping[str, Any], folder: FolderConfig,
             problems.append(Problem(f"{prefix}.marker", (
                 f"{folder.marker!r} would itself be uploaded and archived; use a dot-file "
                 "such as '.syncd-root', or add it to exclude")))
+    if folder.labels_from_path is not None:
+        try:
+            metadata.compile_pattern(folder.labels_from_path)
+        except ValueError as exc:
+            problems.append(Problem(f"{prefix}.labels_from_path",
+                                    f"{exc}; got {show(folder.labels_from_path)}"))
     failed = len(problems) > errors
     if folder.after_upload != "archive" and "archive_dir" in table:
         problems.append(Problem(f"{prefix}.archive_dir", (

@@ -35,8 +35,15 @@ server (below), at ``http://HOST:PORT/metrics``. The series:
                                            ``rate_limited`` (429); read at scrape
                                            time, like ``syncd_files``
 ``syncd_uploads_in_flight``                uploads running now
+``syncd_upload_bytes_in_flight``           bytes of the files being uploaded now
+``syncd_upload_sent_bytes_in_flight``      of those, the bytes sent so far (read at
+                                           scrape time; per file: `syncd status`)
 ``syncd_workers``                          uploader threads configured
 ``syncd_last_upload_timestamp_seconds``    wall clock of the last confirmed upload
+``syncd_backlog_age_seconds``              how long the file waiting longest for an
+                                           uploader has been due (queued, or its
+                                           retry time passed); 0 when none is.
+                                           Read at scrape time (one index lookup)
 =========================================  ======================================
 
 plus prometheus-client's ``process_*`` series (start time, memory, fds).
@@ -61,6 +68,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -138,8 +146,51 @@ class _DestinationCollector(Collector):
         yield state
 
 
+class _ProgressCollector(Collector):
+    """``syncd_upload_bytes_in_flight`` and ``syncd_upload_sent_bytes_in_flight`` from the
+    uploader (Uploader.progress), read when scraped; sums, not a series per file."""
+
+    def __init__(self, progress: Callable[[], list[dict[str, Any]]]) -> None:
+        self._progress = progress
+
+    def collect(self) -> Any:
+        try:
+            files = self._progress()
+        except Exception as exc:  # stopping: serve the other series
+            log.debug("metrics: cannot read the uploads in flight: %s", exc)
+            files = []
+        total = GaugeMetricFamily("syncd_upload_bytes_in_flight",
+                                  "Bytes of the files being uploaded now.")
+        total.add_metric([], sum(int(f["total"]) for f in files))
+        sent = GaugeMetricFamily("syncd_upload_sent_bytes_in_flight",
+                                 "Bytes of the files being uploaded now that were sent so far.")
+        sent.add_metric([], sum(int(f["sent"]) for f in files))
+        yield total
+        yield sent
+
+
+class _BacklogCollector(Collector):
+    """``syncd_backlog_age_seconds`` from the ledger's earliest due time, read when scraped."""
+
+    def __init__(self, next_due: Callable[[], float | None], clock: Callable[[], float]) -> None:
+        self._next_due = next_due
+        self._clock = clock
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "syncd_backlog_age_seconds", "How long the file waiting longest for an uploader "
+            "has been due (queued, or its retry time passed); 0 when none is.")
+        try:
+            due = self._next_due()
+        except Exception as exc:  # ledger closing or busy: serve the other series
+            log.debug("metrics: cannot read the ledger: %s", exc)
+            return
+        family.add_metric([], 0.0 if due is None else max(0.0, self._clock() - due))
+        yield family
+
+
 def split_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9100"`` / ``"[::1]:9100"`` -> (host, port)."""
+    """``"127.0.0.1:8791"`` / ``"[::1]:8791"`` -> (host, port)."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -181,6 +232,9 @@ class Metrics:
         ProcessCollector(registry=r)
         self._ledger_collector: _LedgerCollector | None = None
         self._destination_collector: _DestinationCollector | None = None
+        self._progress_collector: _ProgressCollector | None = None
+        self._backlog_collector: _BacklogCollector | None = None
+        self.error: str | None = None  # why metrics_listen is not served (`syncd status`)
         self._server: _Endpoint | None = None
         self.listen = ""
 
@@ -197,6 +251,19 @@ class Metrics:
         if self._destination_collector is None:
             self._destination_collector = _DestinationCollector(states)
             self.registry.register(self._destination_collector)
+
+    def track_progress(self, progress: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export the bytes in flight from ``progress()`` (Uploader.progress)."""
+        if self._progress_collector is None:
+            self._progress_collector = _ProgressCollector(progress)
+            self.registry.register(self._progress_collector)
+
+    def track_backlog(self, next_due: Callable[[], float | None],
+                      clock: Callable[[], float] = time.time) -> None:
+        """Export ``syncd_backlog_age_seconds`` from ``next_due()`` (Ledger.next_due)."""
+        if self._backlog_collector is None:
+            self._backlog_collector = _BacklogCollector(next_due, clock)
+            self.registry.register(self._backlog_collector)
 
     def observe_upload(self, destination: str, size: int, seconds: float, at: float) -> None:
         self.uploaded.labels(destination).inc()
@@ -229,7 +296,8 @@ class Metrics:
     # the endpoint --------------------------------------------------------------
 
     def serve(self, listen: str) -> None:
-        """Serve on ``listen`` ("" = stop serving). Errors are logged, never raised."""
+        """Serve on ``listen`` ("" = stop serving). Errors are logged and kept in
+        :attr:`error` (the heartbeat shows it in `syncd status`), never raised."""
         if listen == self.listen and (self._server is not None or not listen):
             return
         self.stop()
@@ -243,12 +311,14 @@ class Metrics:
             log.error("cannot serve metrics on %s: %s; running without metrics",
                       listen, exc.strerror or exc)
             self._server = None
+            self.error = f"cannot serve metrics on {listen}: {exc.strerror or exc}"
             return
         log.info("serving metrics on http://%s/metrics", listen)
 
     def stop(self) -> None:
         server, self._server = self._server, None
         self.listen = ""
+        self.error = None
         if server is not None:
             server.close()
 

@@ -218,7 +218,7 @@ def test_unknown_keys_suggest_the_closest(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
     (line,) = errors(tmp_path, "[daemon]\ncolour = 1\n" + DEST + folder())
     assert line.startswith("daemon.colour: unknown key (valid: state_dir, workers, rescan_seconds,")
-    assert "tls_verify)" in line
+    assert "tls_verify, webhook_url, webhook_secret)" in line
 
 
 def test_unknown_top_level_tables(tmp_path: Path) -> None:
