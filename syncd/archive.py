@@ -13,6 +13,13 @@ that state. ``after_upload`` decides:
 ``keep``
     Leave it; later scans recognise the same version and ignore it.
 
+The metadata sidecar read for the upload (``metadata_sidecar = true``,
+recorded in the row's ``meta``) goes with its file: archived beside it as
+``<archived name>.meta.json``, or deleted with it; kept with it. It is moved
+after the file, its target recorded first (``sidecar_path``), so a crash
+between the two moves is finished at startup like the file's own move. A
+sidecar that changed since it was read is left where it is.
+
 A name that holds another file by now (replaced after the upload), or bytes
 that changed through a second hard link, are a new version: nothing is
 archived and the new version settles and is uploaded on its own.
@@ -29,7 +36,7 @@ import os
 import stat
 from typing import Any
 
-from syncd import safefs
+from syncd import metadata, safefs
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
 from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
@@ -58,6 +65,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             return
         if folder.after_upload == "delete":
             src.unlink()
+            finish_sidecar(ledger, row, folder, None)
             ledger.mark_done(row.id)
             log.info("deleted after upload: %s", qp(src.path))
             return
@@ -70,6 +78,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             _replaced(ledger, row, "changed after upload (written through another hard link); "
                                    "nothing archived, the new bytes are uploaded next")
             return
+    finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)
     log.info("archived %s -> %s", qp(row.inbox_path), qp(target))
 
@@ -77,13 +86,56 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
 def _source_gone(ledger: Ledger, row: Row, folder: Any) -> None:
     planned = row.archive_path
     if planned and folder.archive_dir is not None and exists_under(planned, os.fspath(folder.archive_dir)):
+        finish_sidecar(ledger, row, folder, planned)
         ledger.mark_done(row.id, location=planned)
         return
+    if folder.after_upload == "delete":
+        finish_sidecar(ledger, row, folder, None)  # the file was deleted before a crash
     ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
     log.warning("uploaded, but the file was gone before it could be archived: %s",
                 qp(row.current_path))
     if row.location is None:
         reobserve(ledger, row)
+
+
+def finish_sidecar(ledger: Ledger, row: Row, folder: Any, target: str | None) -> None:
+    """Move the row's metadata sidecar beside ``target`` (its file's archive path), or
+    delete it (``target`` None, after_upload = "delete").
+
+    Only the sidecar version that was read for the upload (row ``meta``) is
+    touched; one that is gone was moved already (or removed by its producer).
+    """
+    info = (row.meta or {}).get("sidecar")
+    if not info or not isinstance(info.get("path"), str):
+        return
+    with opened(info["path"], roots(row, folder), None) as src:
+        if src is None:
+            return
+        if not metadata.sidecar_identity_matches(src.st, info):
+            log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
+                        "in place", qp(src.path))
+            return
+        if target is None:
+            if src.unlink():
+                log.info("deleted metadata sidecar %s with its file", qp(src.path))
+            return
+        archive_root = os.fspath(folder.archive_dir)
+        try:
+            _, rel = safefs.anchor(target, [archive_root])
+        except safefs.UnsafePath:  # archive_dir changed (a reload) since the file was archived
+            log.warning("metadata sidecar %s stays in place: its file went to %s, outside the "
+                        "current archive_dir", qp(src.path), qp(target))
+            return
+        try:
+            placed = move(src, archive_root, os.path.dirname(rel),
+                          os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                          record=lambda t: ledger.set_sidecar_target(row.id, t),
+                          planned=row.sidecar_path, sha256=info.get("sha256"))
+        except ChangedAfterUpload:
+            log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
+                        "in place", qp(src.path))
+            return
+    log.info("archived metadata sidecar %s -> %s", qp(info["path"]), qp(placed))
 
 
 def _replaced(ledger: Ledger, row: Row, note: str) -> None:

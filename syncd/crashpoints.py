@@ -11,7 +11,8 @@ if SIGKILL had arrived right after that point:
     the first point with that name; ``archive.placed:3`` the third.
 
 Names: ``ledger.<verb>`` after a commit (``ledger.checkpoint``,
-``ledger.uploaded``, ``ledger.archive_target``, ``ledger.done`` ...),
+``ledger.uploaded``, ``ledger.duplicate`` (a skip recorded), ``ledger.archive_target``,
+``ledger.sidecar_target``, ``ledger.done`` ...),
 ``archive.copied`` (cross-device copy fsynced, not yet linked),
 ``archive.placed`` (the archive name exists, the source not yet unlinked) and
 ``archive.unlinked``. The tests advance the crash point one step at a time,

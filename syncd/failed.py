@@ -7,7 +7,10 @@ sidecar never replaces a file: it is created under a fresh temp name and
 linked into place, and when ``NAME.error.json`` is taken by anything but
 this row's own earlier sidecar the next free ``NAME.error (1).json`` is
 used. :func:`finish_interrupted_failures` completes, at startup, a move a
-crash cut short.
+crash cut short. A metadata sidecar (``metadata_sidecar = true``) beside the
+file in the inbox goes with it, as ``<failed name>.meta.json``, after the
+file (target recorded first, like the file's), so the operator can fix it
+there and ``syncd retry`` the file.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from syncd import safefs
+from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
@@ -75,6 +78,7 @@ def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
                       qp(row.inbox_path), getattr(exc, "strerror", None) or exc)
             location = None
     if location is not None:
+        _move_metadata_sidecar(ledger, row, folder, location, failed_root)
         try:
             _write_sidecar(location, row, reason, [failed_root, *roots(row, folder)])
         except OSError as exc:
@@ -82,6 +86,28 @@ def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
                         exc.strerror or exc)
     ledger.mark_failed(row.id, error=reason, location=location)
     log.error("failed: %s: %s", qp(row.inbox_path), reason)
+
+
+def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: Any, location: str,
+                           failed_root: str) -> None:
+    """Move ``NAME.meta.json`` from the inbox to beside the failed file at ``location``."""
+    if not getattr(folder, "metadata_sidecar", False) or row.location is not None:
+        return  # a file retried from failed_dir has its sidecar beside it already
+    path = metadata.sidecar_path(row.inbox_path)
+    try:
+        with opened(path, roots(row, folder), None) as src:
+            if src is None:
+                return
+            _, rel = safefs.anchor(location, [failed_root])
+            placed = move(src, failed_root, os.path.dirname(rel),
+                          os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                          record=lambda t: ledger.set_sidecar_target(row.id, t),
+                          planned=row.sidecar_path)
+    except (OSError, ChangedAfterUpload) as exc:
+        log.error("could not move the metadata sidecar of %s to the failed folder (%s); it "
+                  "stays in place", qp(row.inbox_path), getattr(exc, "strerror", None) or exc)
+        return
+    log.info("moved metadata sidecar %s -> %s", qp(path), qp(placed))
 
 
 def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+SIDECAR_SUFFIX = ".meta.json"  # syncd.metadata.SIDECAR_SUFFIX (kept here: this module is pure)
+
 # Partial downloads, editor locks, OS metadata. Dot-files and dot-directories
 # are junk too (checked separately): they are how writers hide work in progress.
 JUNK_PATTERNS: tuple[str, ...] = (
@@ -58,8 +60,12 @@ def junk_reason(component: str) -> str | None:
 
 
 def judge(relpath: str, *, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
-          ignore_junk: bool = True) -> Verdict:
-    """Decide whether ``relpath`` (relative, ``/``-separated) should be uploaded."""
+          ignore_junk: bool = True, sidecars: bool = False) -> Verdict:
+    """Decide whether ``relpath`` (relative, ``/``-separated) should be uploaded.
+
+    ``sidecars`` (the folder's ``metadata_sidecar``): ``NAME.meta.json`` is
+    never uploaded on its own; it goes with ``NAME`` (:mod:`syncd.metadata`).
+    """
     parts = [p for p in relpath.split("/") if p]
     if not parts:
         return Verdict(False, "not a file path")
@@ -70,6 +76,10 @@ def judge(relpath: str, *, include: Sequence[str] = ("*",), exclude: Sequence[st
             if reason is not None:
                 where = "" if component == name else f" (directory {component!r})"
                 return Verdict(False, f"ignored: {reason}{where}")
+    if sidecars and name.endswith(SIDECAR_SUFFIX) and len(name) > len(SIDECAR_SUFFIX):
+        return Verdict(False, (
+            f"metadata sidecar of {name[:-len(SIDECAR_SUFFIX)]!r} (metadata_sidecar = true): "
+            "read when that file is uploaded and moved with it, never uploaded on its own"))
     for pattern in exclude:
         if _matches(pattern, relpath, name) or any(
             _compile(pattern).match("/".join(parts[: i + 1])) for i in range(len(parts) - 1)

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from syncd import rules, safefs
@@ -27,10 +28,26 @@ from syncd.logs import qp
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+IGNORED_EXAMPLES = 5
+
+
+@dataclass
+class Ignored:
+    """Names a walk passed over because the folder's rules ignore them (junk such as
+    ``.foo.swp`` or ``~$doc.docx``, excluded, or matching no include pattern); a
+    skipped directory counts once. Shown by `syncd status` (via the heartbeat)."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)  # the first few relative paths
+
+    def add(self, relpath: str) -> None:
+        self.count += 1
+        if len(self.examples) < IGNORED_EXAMPLES:
+            self.examples.append(relpath)
 
 
 def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
-         start: str = "") -> Iterator[tuple[str, os.stat_result]]:
+         start: str = "", ignored: Ignored | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``.
 
     The listing goes through :func:`syncd.safefs.walk`: from directory
@@ -42,7 +59,11 @@ def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
     def descend(relpath: str, st: os.stat_result) -> bool:
         if not folder.recursive or os.path.join(root, relpath) in skip_dirs:
             return False
-        return not rules.dir_ignored(relpath, exclude=folder.exclude, ignore_junk=folder.ignore_junk)
+        if rules.dir_ignored(relpath, exclude=folder.exclude, ignore_junk=folder.ignore_junk):
+            if ignored is not None:
+                ignored.add(relpath + "/")
+            return False
+        return True
 
     try:
         safefs.components(start)
@@ -54,8 +75,10 @@ def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
         if stat.S_ISDIR(st.st_mode):
             continue
         verdict = rules.judge(relpath, include=folder.include, exclude=folder.exclude,
-                              ignore_junk=folder.ignore_junk)
+                              ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
         if not verdict.accepted:
+            if ignored is not None and verdict.reason.startswith("ignored"):  # not a sidecar
+                ignored.add(relpath)
             continue
         if not stat.S_ISREG(st.st_mode):
             if on_special is not None:
@@ -65,14 +88,15 @@ def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
 
 
 def scan_folder(ledger: Ledger, folder: Any, *, on_special: Callable[[str, int], None] | None = None,
-                start: str = "") -> int:
-    """Ledger every accepted file in ``folder`` not already tracked; returns how many were new."""
+                start: str = "", ignored: Ignored | None = None) -> int:
+    """Ledger every accepted file in ``folder`` not already tracked; returns how many were new.
+    ``ignored`` counts the names the rules passed over."""
     root = os.fspath(folder.path)
     active = ledger.active_paths(root)
     finished = ledger.done_versions(root)
     batch: list[str] = []
     created = 0
-    for relpath, st in walk(folder, on_special, start):
+    for relpath, st in walk(folder, on_special, start, ignored):
         if relpath in active:
             continue
         if finished.get(relpath) == (st.st_size, st.st_mtime_ns, st.st_ino):

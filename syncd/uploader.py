@@ -56,7 +56,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd import archive, failed, moves, safefs
+from syncd import archive, failed, metadata, moves, safefs
+from syncd.bandwidth import Bandwidth, Throttle
 from syncd.circuit import GO, UP, Circuit, CircuitState, is_outage
 from syncd.destinations.base import READ_BLOCK, Destination, Source, UploadItem, wire_name
 from syncd.errors import (
@@ -71,6 +72,8 @@ from syncd.errors import (
 )
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
+from syncd.progress import resumed_bytes
+from syncd.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +119,27 @@ class _StoppableSource(Source):
 
     Uploads stream their bodies from the Source, so a cancelled upload stops
     at its next block (256 KiB) instead of running to the end of the part.
+    With a ``throttle`` (the destination's bandwidth limit, :mod:`syncd.bandwidth`)
+    every block waits for its turn before it is handed on to be sent.
     """
 
     def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
-                 device: int | None, root: str | None, stop: threading.Event) -> None:
+                 device: int | None, root: str | None, stop: threading.Event,
+                 throttle: Throttle | None = None) -> None:
         super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
                          root=root)
         self._stop_event = stop
+        self._throttle = throttle
 
     def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
         if self._stop_event.is_set():
             raise UploadCancelled("syncd is stopping")
+        throttle = self._throttle
+        if throttle is not None:
+            block = min(block, throttle.block)
         for data in super().iter_range(offset, length, block):
+            if throttle is not None:
+                throttle(len(data))  # returns at once when stopping
             if self._stop_event.is_set():
                 raise UploadCancelled("syncd is stopping")
             yield data
@@ -199,6 +211,20 @@ class Stats:
     retried: int = 0
     last_upload: float | None = None
     inflight: dict[int, str] = field(default_factory=dict)  # row id -> display path
+    # row id -> the file being sent and what it had confirmed before (see progress())
+    sending: dict[int, _Sending] = field(default_factory=dict)
+
+
+@dataclass
+class _Sending:
+    """An upload in flight, for :meth:`Uploader.progress`."""
+
+    path: str
+    destination: str
+    total: int
+    resumed: int  # bytes of parts a resumed upload had confirmed before this attempt
+    started_at: float
+    source: Source
 
 
 class Uploader:
@@ -232,6 +258,10 @@ class Uploader:
         self._lock = threading.Lock()
         self.on_done: Callable[[], None] = lambda: None  # told after every file a worker handled
         self._circuit_lock = threading.Lock()
+        # bandwidth limits per destination (the daemon configures them) and the webhook
+        # told when a file fails for good or a destination goes down or comes back
+        self.bandwidth = Bandwidth()
+        self.webhook: Webhook | None = None
 
     # pool control ---------------------------------------------------------
 
@@ -305,6 +335,16 @@ class Uploader:
                     log.error("could not requeue #%d at shutdown (%s); it is requeued at the "
                               "next start", row_id, exc)
         return requeued
+
+    def progress(self) -> list[dict[str, Any]]:
+        """The uploads in flight: ``id``, ``path``, ``destination``, ``total`` (bytes),
+        ``sent`` (bytes read for sending, with the parts a resumed upload had confirmed;
+        at most ``total``), ``resumed`` and ``started_at`` (wall clock). Cheap: no I/O."""
+        with self._lock:
+            sending = list(self.stats.sending.items())
+        return [{"id": row_id, "path": s.path, "destination": s.destination, "total": s.total,
+                 "sent": min(s.total, s.resumed + s.source.bytes_read), "resumed": s.resumed,
+                 "started_at": s.started_at} for row_id, s in sorted(sending)]
 
     def inflight_ids(self) -> set[int]:
         with self._lock:
@@ -458,6 +498,7 @@ class Uploader:
         if circuit.succeeded():
             log.warning("destination %r is back (%s since %s: %s); resuming its uploads", name,
                         before.state, _when(before.since), before.reason)
+            self._circuit_moved(name, before)
             self.wake()
 
     def _run(self) -> None:
@@ -511,6 +552,7 @@ class Uploader:
             self._unreadable.pop(row.id, None)
         with self._lock:
             self.stats.inflight.pop(row.id, None)
+            self.stats.sending.pop(row.id, None)
             if self.metrics is not None:
                 self.metrics.in_flight.set(len(self.stats.inflight))
         self.on_done()
@@ -565,10 +607,18 @@ class Uploader:
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None
         started = time.monotonic()
+        meta: metadata.Metadata | None = None
+        if metadata.wanted(folder):
+            resolved = self._metadata(row, folder, dest)
+            if isinstance(resolved, str):
+                return resolved
+            meta = resolved
         try:
             source = _StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
                                       inode=row.inode, device=row.device,
-                                      root=_source_root(path, folder), stop=self._cancel)
+                                      root=_source_root(path, folder), stop=self._cancel,
+                                      throttle=self.bandwidth.throttle(row.destination,
+                                                                       self._cancel))
         except FileNotFoundError:
             return self._gone(row, dest, "the file disappeared before upload")
         except SourceChangedError as exc:
@@ -580,12 +630,19 @@ class Uploader:
                                exc=exc)
         item = UploadItem(uuid=row.uuid, name=wire_name(name), relpath=wire_name(row.relpath),
                           size=row.size,
-                          content_type=content_type(name), labels=row.labels,
-                          category=row.category)
+                          content_type=content_type(name),
+                          labels=meta.labels if meta is not None else row.labels,
+                          category=meta.category if meta is not None else row.category)
+        with self._lock:  # progress() reads how far the destination has read it
+            self.stats.sending[row.id] = _Sending(
+                row.inbox_path, row.destination, row.size,
+                resumed_bytes(row.resume, row.size), self.clock(), source)
         with source:
             try:
-                receipt = dest.upload(item, source, row.resume,
-                                      lambda state: self.ledger.checkpoint(row.id, state))
+                original = self._duplicate_of(row, folder, source)
+                if original is None:
+                    receipt = dest.upload(item, source, row.resume,
+                                          lambda state: self.ledger.checkpoint(row.id, state))
                 sha = source.sha256()
                 moved: SourceMovedError | None = None
                 try:
@@ -598,8 +655,11 @@ class Uploader:
                 if self.cancelled:
                     return self._interrupted(row)
                 return self._attempt_failed(row, dest, folder, exc)
+            if original is not None:
+                return self._skip(row, folder, dest, source, original, sha, moved, meta)
             self._service_ok(row.destination)
-            self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json())
+            self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json(),
+                                      meta=meta.to_json() if meta is not None else None)
             elapsed = max(time.monotonic() - started, 1e-6)
             now = self.clock()
             with self._lock:
@@ -616,6 +676,67 @@ class Uploader:
             uploaded = self.ledger.get(row.id)
             assert uploaded is not None
             return self.finish(uploaded, folder, source.fileno())
+
+    def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | str:
+        """The labels and category to send (labels_from_path, metadata_sidecar), or the
+        row's new state when the sidecar stops the upload: malformed (the file fails,
+        and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
+        sidecar = metadata.sidecar_path(row.current_path)
+        try:
+            meta = metadata.resolve(folder, row.relpath, row.current_path, row.labels,
+                                    row.category, [row.folder, *moves.roots_of(folder)])
+        except metadata.SidecarError as exc:
+            self._abort(dest, row)
+            return self._fail(row, folder, (f"metadata sidecar {qp(os.path.basename(sidecar))} "
+                                            f"is malformed: {exc}"))
+        except PermissionError as exc:
+            return self._wait_readable(row, f"cannot read its metadata sidecar: "
+                                            f"{exc.strerror or exc}")
+        except OSError as exc:
+            return self._retry(row, f"cannot read its metadata sidecar: {exc.strerror or exc}",
+                               None, folder, exc=exc)
+        if meta.sidecar is not None and folder.settle_seconds > 0:
+            # written after its file settled: give it the file's settle time
+            age = self.clock() - meta.sidecar.mtime_ns / 1e9
+            if 0 <= age < folder.settle_seconds:
+                return self._defer(row, "its metadata sidecar changed moments ago; waiting for "
+                                        "it to settle", folder.settle_seconds)
+        return meta
+
+    def _duplicate_of(self, row: Row, folder: Any, source: Source) -> Row | None:
+        """on_duplicate = "skip": the earlier upload of the same bytes, or None.
+
+        The SHA-256 is computed before anything is sent, from the descriptor the
+        upload would read (opened through safefs); the upload, if any, reuses it.
+        """
+        if getattr(folder, "on_duplicate", "upload") != "skip":
+            return None
+        sha = source.sha256()
+        if self.cancelled:
+            raise UploadCancelled("syncd is stopping")
+        return self.ledger.uploaded_copy(row.folder, sha, destination=row.destination,
+                                         exclude=row.id)
+
+    def _skip(self, row: Row, folder: Any, dest: Destination, source: Source, original: Row,
+              sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> str:
+        """A duplicate: record the decision durably, then archive it like an upload.
+
+        ``mark_duplicate`` commits before anything is moved (as ``mark_uploaded``
+        does), so a crash before or during the move is finished at startup
+        without uploading; :meth:`Ledger.mark_done` then makes the row ``skipped``.
+        """
+        self._abort(dest, row)  # a remote upload an earlier attempt had begun
+        self.ledger.mark_duplicate(row.id, sha256=sha, original=original,
+                                   meta=meta.to_json() if meta is not None else None)
+        log.info("skipped %s: same content as #%d (%s), already uploaded to %s as %s "
+                 "(on_duplicate = \"skip\")", qp(row.inbox_path), original.id,
+                 qp(original.inbox_path), row.destination,
+                 qp(str((original.receipt or {}).get("remote_id"))))
+        if moved is not None and not self._follow_move(row, folder, str(moved)):
+            return "skipped"
+        current = self.ledger.get(row.id)
+        assert current is not None
+        return self.finish(current, folder, source.fileno())
 
     def _follow_move(self, row: Row, folder: Any, reason: str) -> bool:
         """The upload stands but the file left its path: find where it went.
@@ -670,9 +791,11 @@ class Uploader:
         probe = self._probes.get(row.id, GO)
         if isinstance(exc, FatalError):
             reason = describe(exc)
+            before = circuit.snapshot()
             circuit.refused(reason, probe=probe)
             log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
                       row.destination, reason, circuit.refuse_pause)
+            self._circuit_moved(row.destination, before)
             self.ledger.requeue_now(row.id, reason=reason)
             return "queued"
         if isinstance(exc, RetryableError) and exc.status == 429:
@@ -721,6 +844,7 @@ class Uploader:
             log.error("destination %r is down (%s); its files wait in place without using "
                       "attempts, probing it again in %.1fs", row.destination, reason,
                       max(0.0, (verdict.retry_at or now) - now))
+            self._circuit_moved(row.destination, before)
         elif verdict.open and probe:
             log.info("destination %r is still down (probe: %s); next probe in %.1fs",
                         row.destination, reason, max(0.0, (verdict.retry_at or now) - now))
@@ -850,4 +974,17 @@ class Uploader:
             self.stats.failed += 1
         if self.metrics is not None:
             self.metrics.observe_failed()
+        if self.webhook is not None:
+            self.webhook.file_failed(self.ledger.get(row.id) or row, reason)
         return "failed"
+
+    def _circuit_moved(self, name: str, before: CircuitState) -> None:
+        """Tell the webhook when destination ``name`` went down (or began refusing
+        uploads) or came back; ``before`` is its state before the change."""
+        if self.webhook is None:
+            return
+        after = self.circuit(name).snapshot()
+        if before.up and not after.up:
+            self.webhook.destination_down(name, after)
+        elif not before.up and after.up:
+            self.webhook.destination_up(name, before, now=self.clock())

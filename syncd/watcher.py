@@ -116,7 +116,8 @@ class _Handler(FileSystemEventHandler):
                 self.intake.request_scan(self.root, rel)
             return
         if rules.judge(rel, include=self.folder.include, exclude=self.folder.exclude,
-                       ignore_junk=self.folder.ignore_junk).accepted:
+                       ignore_junk=self.folder.ignore_junk,
+                       sidecars=self.folder.metadata_sidecar).accepted:
             self.intake.add(self.root, rel)
 
 
