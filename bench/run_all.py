@@ -9,7 +9,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 for script, args in [("ledger_commit.py", []), ("emulator_rate.py", ["--seconds", "3"]),
-                     ("throughput.py", []), ("compare_large.py", [])]:
+                     ("throughput.py", []), ("compare_small.py", []),
+                     ("compare_large.py", []), ("status_scale.py", [])]:
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)
 print("(the crash soak is separate: bench/soak.py --kills 1000)")

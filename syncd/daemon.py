@@ -8,7 +8,15 @@ Threads:
 * ``workers`` uploader threads (uploader.py);
 * the main thread runs :meth:`Daemon.tick` a few times a second: flush the
   intake into the ledger, settle, check folder health, finish archive moves
-  that failed earlier, write the heartbeat, talk to systemd.
+  that failed earlier, write the heartbeat, talk to systemd, and (at most once
+  a second, while uploads run) publish their progress for `syncd status`
+  (ledger kv ``progress``, syncd/progress.py).
+
+What `syncd status` reads besides the ledger's rows: the heartbeat (kv
+``daemon``: problems, circuits, metrics endpoint, names the last scans
+ignored) and the configuration last applied (kv ``config``: folder paths,
+destination names and types, no secret), which lets `status` and `files` work
+while the config file on disk is broken.
 
 Startup reconciles ledger, inbox and archive before anything else (design
 invariant 5): uploads interrupted by a crash are requeued with their resume
@@ -27,10 +35,12 @@ Signals. SIGHUP reloads (:meth:`Daemon.reload`): the new config is validated
 completely and applied without a restart (folders watched and released,
 workers resized, destinations and credentials rebuilt, metrics and logging
 re-set), or refused with the reason in the log and STATUS while the old one
-keeps running. SIGTERM/SIGINT stop (:meth:`Daemon._shutdown`): no new work,
-uploads in flight get ``drain_seconds`` to finish, then are interrupted and
-requeued with their resume state; a second signal skips the wait. The
-ledger is closed last and the exit code is 0.
+keeps running; either way the outcome is recorded in the ledger (kv
+``reload``) for `syncd reload`, the unit's ``ExecReload=``, to wait on.
+SIGTERM/SIGINT stop (:meth:`Daemon._shutdown`): no new work, uploads in
+flight get ``drain_seconds`` to finish, then are interrupted and requeued
+with their resume state; a second signal skips the wait. The ledger is
+closed last and the exit code is 0.
 
 A full disk (ledger or archive) pauses claiming new uploads; the main loop
 probes with a real write every few seconds and resumes when it succeeds.
@@ -57,7 +67,7 @@ from typing import Any
 
 import httpx
 
-from syncd import archive, failed, logs, moves, scanner
+from syncd import archive, failed, logs, moves, scanner, webhook
 from syncd import config as configmod
 from syncd.circuit import DOWN, REFUSED, UP, CircuitState
 from syncd.destinations import REGISTRY
@@ -69,13 +79,19 @@ from syncd.lock import StateLock
 from syncd.logs import qp
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
+from syncd.progress import KV_KEY as PROGRESS_KEY
+from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
+from syncd.progress import ProgressMeter, snapshot
+from syncd.redact import redact
 from syncd.settle import Settler
 from syncd.uploader import Uploader, is_disk_full
 from syncd.watcher import Intake, Watcher, probe
+from syncd.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
 TICK = 0.25
+MIN_TICK = 0.02  # seconds between two ticks however often the loop is woken
 HEALTH_EVERY = 2.0
 HEARTBEAT_EVERY = 5.0
 SWEEP_EVERY = 10.0
@@ -83,6 +99,8 @@ CANCEL_GRACE = 2.0  # after interrupting uploads, how long workers get to record
 STOP_MARGIN = 15.0  # asked of systemd beyond drain_seconds (EXTEND_TIMEOUT_USEC)
 DISK_PROBE_BYTES = 64 * 1024
 LEDGER_NAME = "ledger.sqlite3"
+CONFIG_KEY = "config"  # ledger kv: what the config applied last names (`syncd status` on a broken one)
+RELOAD_KEY = "reload"  # ledger kv: the last reload's outcome, which `syncd reload` waits for
 
 
 
@@ -128,6 +146,7 @@ class Daemon:
         self.watch = watch and not once
         self.notifier = Notifier()
         self.metrics = Metrics()
+        self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
         self.intake = Intake()
         self.watcher = Watcher(self.intake)
         self._stop = STOP_REQUESTED
@@ -139,6 +158,10 @@ class Daemon:
         self._signals = 0
         self._reload = RELOAD_REQUESTED
         self._reload_problem: str | None = None
+        self._meter = ProgressMeter()
+        self._progress_shown = False  # the last progress snapshot written listed uploads
+        self.ignored: dict[str, dict[str, Any]] = {}  # root -> names its last full scan ignored
+        self._reload_began = 0.0  # CLOCK_MONOTONIC when the last reload began
         self._tick_error: BaseException | None = None
         self._scan_queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._scans_pending = 0
@@ -175,9 +198,11 @@ class Daemon:
         assert self.ledger is not None
         ledger = self.ledger
         self.metrics.track_ledger(ledger.counts_by_folder)
+        self.metrics.track_backlog(ledger.next_due)
         self._apply(self.cfg)
         assert self.uploader is not None
         self.metrics.track_destinations(self.uploader.destination_states)
+        self.metrics.track_progress(self.uploader.progress)
         at_start = ledger.counts()
         self.failed_at_start, self.done_at_start = at_start["failed"], at_start["done"]
         self._install_signals()
@@ -193,7 +218,7 @@ class Daemon:
                  len(self.folders), len(self.destinations), self.cfg.daemon.workers,
                  " (once)" if self.once else "")
         last = {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0, "rescan": time.monotonic(),
-                "watchdog": 0.0}
+                "watchdog": 0.0, "progress": 0.0}
         watchdog_every = self.notifier.watchdog_interval()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -206,11 +231,16 @@ class Daemon:
                 last["watchdog"] = now
             if self.once and self._idle():
                 break
-            wait = TICK
+            wait = self._until_settle_due(TICK)
             if watchdog_every:  # wake in time for the next ping
                 wait = min(wait, max(0.01, last["watchdog"] + watchdog_every - time.monotonic()))
             self._nudge.wait(wait)
             self._nudge.clear()
+            # a burst of events wakes the loop often; a tick at most every MIN_TICK keeps
+            # the main thread's share bounded (each tick judges the settling rows)
+            spent = time.monotonic() - now
+            if spent < MIN_TICK and not self._stop.is_set():
+                self._stop.wait(MIN_TICK - spent)
         self._shutdown(last, watchdog_every)
         code = 0
         if self.once:
@@ -286,8 +316,12 @@ class Daemon:
                             CANCEL_GRACE, ", ".join(f"#{i}" for i in stuck) or "none left")
         elif running:
             log.info("uploads in flight finished")
+        self._meter = ProgressMeter()
+        self._publish_progress()  # nothing in flight any more
         self._write_heartbeat(stopped=True)
         self.metrics.stop()
+        if self.webhook is not None:  # what is still queued gets one try
+            self.webhook.close()
         if self.client is not None:
             self.client.close()
         for dest in self.destinations.values():
@@ -346,6 +380,24 @@ class Daemon:
             last["heartbeat"] = now
             self._write_heartbeat()
             self.notifier.status(self.status_line())
+        if now - last.get("progress", 0.0) >= PROGRESS_EVERY:
+            last["progress"] = now
+            self._publish_progress()
+
+    def _publish_progress(self) -> None:
+        """Bytes sent, rate and ETA of each upload in flight, for `syncd status` (ledger kv
+        ``progress``): only the rows in flight, at most once a second, without an fsync of
+        its own; once more (empty) when the last upload ended."""
+        assert self.ledger is not None and self.uploader is not None
+        files = self._meter.update(self.uploader.progress(), time.time())
+        if not files and not self._progress_shown:
+            return
+        try:
+            self.ledger.put_meta(PROGRESS_KEY, snapshot(files, os.getpid()), durable=False)
+        except sqlite3.Error as exc:  # not worth a wedge: the heartbeat reports the ledger
+            log.debug("cannot write the upload progress: %s", exc)
+            return
+        self._progress_shown = bool(files)
 
     # ------------------------------------------------------------- plumbing
 
@@ -376,7 +428,8 @@ class Daemon:
                                      retry_base=cfg.daemon.retry_base_seconds,
                                      retry_max=cfg.daemon.retry_max_seconds,
                                      folder_problem=self.folder_problem, metrics=self.metrics)
-            self.uploader.on_done = self._nudge.set
+            if self.once:  # `once` ends as soon as the last file is handled
+                self.uploader.on_done = self._nudge.set
         else:
             self.uploader.set_retry(cfg.daemon.retry_base_seconds, cfg.daemon.retry_max_seconds)
             # A destination whose table changed (or that refused us: new credentials
@@ -388,6 +441,8 @@ class Daemon:
                 or states.get(name, CircuitState()).state == REFUSED])
             self.uploader.resize(cfg.daemon.workers)
         self.metrics.workers.set(cfg.daemon.workers)
+        self.uploader.bandwidth.configure({n: d.bandwidth for n, d in cfg.destinations.items()})
+        self.webhook = self.uploader.webhook = webhook.update(self.webhook, cfg.daemon)
         if self.watch:
             self.watcher.set_folders(cfg.folders)
         else:
@@ -408,9 +463,32 @@ class Daemon:
             timer = threading.Timer(old_cfg.daemon.io_timeout * 2, old_client.close)
             timer.daemon = True
             timer.start()
+        self._record_config(cfg)
+
+    def _record_config(self, cfg: configmod.Config) -> None:
+        """Note in the ledger what the applied config names (paths, names, types; never
+        a secret or a URL), so `syncd status` and `syncd files` can still show the folders
+        when the file on disk is broken (a refused reload)."""
+        assert self.ledger is not None
+        record = {
+            "path": None if cfg.path is None else os.fspath(cfg.path),
+            "state_dir": os.fspath(cfg.daemon.state_dir),
+            "applied_at": time.time(),
+            "destinations": {name: dc.type for name, dc in cfg.destinations.items()},
+            "folders": [{"path": os.fspath(f.path), "destination": f.destination,
+                         "labels": list(f.labels), "category": f.category,
+                         "archive_dir": None if f.archive_dir is None else os.fspath(f.archive_dir),
+                         "failed_dir": None if f.failed_dir is None else os.fspath(f.failed_dir)}
+                        for f in cfg.folders],
+        }
+        try:
+            self.ledger.put_meta(CONFIG_KEY, record)
+        except sqlite3.Error as exc:
+            log.warning("cannot record the applied configuration in the ledger: %s", exc)
 
     def reload(self) -> None:
         """SIGHUP: validate the config file again and apply it, or keep the old one."""
+        self._reload_began = time.monotonic()  # before the file is read (syncd/systemd.py)
         self.notifier.reloading()
         path = self.cfg.path
         log.info("reloading the configuration from %s", path)
@@ -436,11 +514,27 @@ class Daemon:
         log.info("configuration reloaded: %d folder(s), %d destination(s), %d worker(s)",
                  len(self.folders), len(self.destinations), new.daemon.workers)
         self.notifier.ready(self.status_line())
+        self._record_reload(None)
 
     def _refuse_reload(self, first: str, full: str) -> None:
         log.error("reload refused, still running the previous configuration: %s", full)
         self._reload_problem = first
         self.notifier.ready(self.status_line())
+        self._record_reload(first)
+
+    def _record_reload(self, problem: str | None) -> None:
+        """The reload's outcome, for `syncd reload` (the unit's ExecReload=) to wait on:
+        ``began`` is CLOCK_MONOTONIC when this reload started reading the file."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.put_meta(RELOAD_KEY, {
+                "pid": os.getpid(), "began": self._reload_began,
+                "at": time.time(), "ok": problem is None,
+                "problem": None if problem is None else logs.printable(redact(problem)),
+            })
+        except sqlite3.Error as exc:
+            log.error("cannot record the outcome of the reload: %s", exc)
 
     def _recover(self) -> None:
         assert self.ledger is not None
@@ -555,10 +649,15 @@ class Daemon:
                 if folder is None or self.folder_problem(root) is not None:
                     continue  # reported by the health check; never scan an unmounted folder
                 started = time.monotonic()
+                ignored = scanner.Ignored()
                 found = scanner.scan_folder(
                     self.ledger, folder, start=rel,
                     on_special=lambda r, m, root=root: self.settler.skip_special(root, r, m),  # type: ignore[misc]
+                    ignored=ignored,
                 )
+                if not rel:  # a walk of the whole folder: what it ignored, for `syncd status`
+                    self.ignored[root] = {"count": ignored.count, "examples": ignored.examples,
+                                          "at": time.time()}
                 self.metrics.observe_scan(root, reason, found)
                 if found:
                     log.info("scan of %s found %d new file(s) in %.2fs",
@@ -572,6 +671,17 @@ class Daemon:
                 with self._scan_lock:
                     self._scans_pending -= 1
                 self._nudge.set()
+
+    def _until_settle_due(self, longest: float) -> float:
+        """Seconds until the next settling file is due a look (at most ``longest``)."""
+        assert self.ledger is not None and self.settler is not None
+        if self.settler.more:
+            return 0.0  # the last tick left due rows behind: go on at once
+        try:
+            due = self.ledger.next_settle_due()
+        except sqlite3.Error:
+            return longest
+        return longest if due is None else min(longest, max(0.0, due - time.time()))
 
     def _wake(self) -> None:
         if self.uploader is not None:
@@ -649,13 +759,18 @@ class Daemon:
         counts = self.ledger.counts()
         parts = [f"{counts['queued'] + counts['retrying']} queued",
                  f"{counts['uploading']} uploading"]
-        midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
-        parts.append(f"{self.ledger.done_since(midnight):,} done today")
+        parts.append(f"{self.ledger.done_today():,} done today")
         last = self.uploader.stats.last_upload
         if last is not None:
             parts.append(f"last upload {_ago(time.time() - last)}")
         if counts["failed"]:
             parts.append(f"{counts['failed']:,} failed")
+        return ", ".join(self.problems() + parts)
+
+    def problems(self) -> list[str]:
+        """What is wrong now, most urgent first: the start of the STATUS= line, and
+        ``problems`` in the heartbeat (`syncd status` shows them with the ledger's counts)."""
+        assert self.uploader is not None
         first: list[str] = []
         if self.uploader.disk_full:
             first.append(f"disk full, paused ({', '.join(sorted(self.uploader.disk_full))})")
@@ -672,7 +787,9 @@ class Daemon:
                 first.append(f"destination {name} paused: {state.reason}")
         if self._reload_problem:
             first.append(f"reload failed, running the previous config: {self._reload_problem}")
-        return ", ".join(first + parts)
+        if self.metrics.error:
+            first.append(f"metrics off: {self.metrics.error}")
+        return first
 
     def _write_heartbeat(self, stopped: bool = False) -> None:
         if self.ledger is None or self.uploader is None:
@@ -685,6 +802,9 @@ class Daemon:
                 "heartbeat": time.time(),
                 "stopped": stopped,
                 "status": self.status_line(),
+                "problems": self.problems(),
+                "metrics": {"listen": self.metrics.listen, "error": self.metrics.error},
+                "ignored": self.ignored,
                 "folder_problems": self.watcher.problems(),
                 "disk_full": dict(self.uploader.disk_full),
                 "workers": self.cfg.daemon.workers,

@@ -13,6 +13,7 @@ the size, mtime, inode and (once read) SHA-256 of the bytes. States::
                    ^          |
                    +- retrying+-> failed        (attempts exhausted / permanent)
     settling|queued|retrying -> vanished        (gone before upload, or superseded)
+    uploading -> uploaded (duplicate_of set) -> skipped   (on_duplicate = "skip")
 
 At most one *active* row (settling, queued, uploading, retrying, uploaded)
 exists per inbox path; a partial unique index enforces it. ``location`` is
@@ -57,7 +58,8 @@ from syncd.errors import LedgerError
 from syncd.lock import make_state_dir
 from syncd.logs import printable as _printable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
+QUICK_CHECK_MAX_BYTES = 32 * 1024 * 1024  # read-only opens quick_check ledgers up to this size
 APPLICATION_ID = 0x73796E63  # "sync"
 
 STATES = (
@@ -66,8 +68,9 @@ STATES = (
 )
 ACTIVE_STATES = ("settling", "queued", "uploading", "retrying", "uploaded")
 _ACTIVE_SQL = "('settling','queued','uploading','retrying','uploaded')"
+_ERROR_STATES_SQL = "('retrying','failed','queued','uploading')"
 
-_MIGRATIONS: dict[int, str] = {
+_MIGRATIONS: dict[int, str | tuple[str, ...]] = {
     1: f"""
     CREATE TABLE files (
         id INTEGER PRIMARY KEY,
@@ -104,6 +107,63 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # A file's identity is (device, inode): an inode number alone is reused across devices.
     2: "ALTER TABLE files ADD COLUMN device INTEGER",
+    # Counts per folder and state kept by triggers in the same transaction as the change,
+    # so `syncd status` reads a few rows instead of scanning the table (a million rows:
+    # milliseconds); indexes for the other questions status asks.
+    3: (
+        "CREATE TABLE counts (folder TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,"
+        " PRIMARY KEY (folder, state)) WITHOUT ROWID",
+        "INSERT INTO counts (folder, state, n) SELECT folder, state, COUNT(*) FROM files"
+        " GROUP BY folder, state",
+        "CREATE TRIGGER files_counts_insert AFTER INSERT ON files BEGIN"
+        " INSERT INTO counts (folder, state, n) VALUES (NEW.folder, NEW.state, 1)"
+        " ON CONFLICT (folder, state) DO UPDATE SET n = n + 1; END",
+        "CREATE TRIGGER files_counts_delete AFTER DELETE ON files BEGIN"
+        " UPDATE counts SET n = n - 1 WHERE folder = OLD.folder AND state = OLD.state; END",
+        "CREATE TRIGGER files_counts_update AFTER UPDATE OF state, folder ON files"
+        " WHEN OLD.state IS NOT NEW.state OR OLD.folder IS NOT NEW.folder BEGIN"
+        " UPDATE counts SET n = n - 1 WHERE folder = OLD.folder AND state = OLD.state;"
+        " INSERT INTO counts (folder, state, n) VALUES (NEW.folder, NEW.state, 1)"
+        " ON CONFLICT (folder, state) DO UPDATE SET n = n + 1; END",
+        # files done per local day ("done today" without counting them)
+        "CREATE TABLE done_days (day TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO done_days (day, n) SELECT date(done_at, 'unixepoch', 'localtime'), COUNT(*)"
+        " FROM files WHERE state = 'done' AND done_at IS NOT NULL GROUP BY 1",
+        "CREATE TRIGGER files_done_days_in AFTER UPDATE OF state ON files"
+        " WHEN NEW.state = 'done' AND OLD.state IS NOT 'done' AND NEW.done_at IS NOT NULL BEGIN"
+        " INSERT INTO done_days (day, n) VALUES (date(NEW.done_at, 'unixepoch', 'localtime'), 1)"
+        " ON CONFLICT (day) DO UPDATE SET n = n + 1; END",
+        "CREATE TRIGGER files_done_days_out AFTER UPDATE OF state ON files"
+        " WHEN OLD.state = 'done' AND NEW.state IS NOT 'done' AND OLD.done_at IS NOT NULL BEGIN"
+        " UPDATE done_days SET n = n - 1 WHERE day = date(OLD.done_at, 'unixepoch', 'localtime');"
+        " END",
+        "CREATE TRIGGER files_done_days_delete AFTER DELETE ON files"
+        " WHEN OLD.state = 'done' AND OLD.done_at IS NOT NULL BEGIN"
+        " UPDATE done_days SET n = n - 1 WHERE day = date(OLD.done_at, 'unixepoch', 'localtime');"
+        " END",
+        f"CREATE INDEX files_errors ON files(updated_at) WHERE last_error IS NOT NULL"
+        f" AND state IN {_ERROR_STATES_SQL}",
+        # inode_busy() asks this for every file about to be queued: a burst of 20,000
+        # quiet files must not make it a scan each
+        "CREATE INDEX files_inode ON files(folder, inode)"
+        " WHERE state IN ('queued', 'uploading', 'retrying', 'uploaded')",
+    ),
+    # Duplicate content (on_duplicate = "skip") and per-file metadata (labels_from_path,
+    # metadata_sidecar): the earlier upload a skipped row points at, what was sent, and
+    # where the sidecar was moved (recorded before the move, like archive_path).
+    4: """
+    ALTER TABLE files ADD COLUMN duplicate_of INTEGER;
+    ALTER TABLE files ADD COLUMN meta TEXT;
+    ALTER TABLE files ADD COLUMN sidecar_path BLOB;
+    CREATE INDEX files_sha256 ON files(folder, sha256) WHERE sha256 IS NOT NULL
+    """,
+    # When the settle stage looks at a settling row next: work per wake-up is the rows
+    # due, found by an index, instead of every settling row on every tick.
+    5: (
+        "ALTER TABLE files ADD COLUMN due_at REAL",
+        "UPDATE files SET due_at = changed_at WHERE state = 'settling'",
+        "CREATE INDEX files_settle_due ON files(due_at) WHERE state = 'settling'",
+    ),
 }
 
 
@@ -137,6 +197,9 @@ class Row:
     done_at: float | None
     updated_at: float
     device: int | None = None  # st_dev with ``inode``: the file's identity
+    duplicate_of: int | None = None  # skipped (on_duplicate = "skip"): the row that was uploaded
+    meta: dict[str, Any] | None = None  # labels/category sent, and the sidecar read (metadata.py)
+    sidecar_path: str | None = None  # where the metadata sidecar was moved (target recorded first)
 
     @property
     def inbox_path(self) -> str:
@@ -197,6 +260,11 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+def _ascii_json(value: Any) -> str:
+    """JSON with non-ASCII escaped: keeps the surrogate escapes of undecodable file names."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _unjson(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -233,7 +301,12 @@ class Ledger:
             if not readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            # Writers (the daemon) check the whole file at open. A read-only look
+            # (`syncd status`, `files`) checks a ledger up to QUICK_CHECK_MAX_BYTES the
+            # same way, but does not pay a scan of a million rows for it: on a larger one
+            # the daemon's check at its start stands (and `syncd ledger check` does it).
+            scan = not readonly or path.stat().st_size <= QUICK_CHECK_MAX_BYTES
+            check = conn.execute("PRAGMA quick_check").fetchone()[0] if scan else "ok"
             if check != "ok":
                 conn.close()
                 raise LedgerError(f"ledger {path} is corrupt ({check}); run `syncd ledger rebuild`")
@@ -265,7 +338,9 @@ class Ledger:
             raise LedgerError(f"{self.path} is an SQLite database but not a syncd ledger")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._write():
-                for statement in _MIGRATIONS[target].split(";"):
+                steps = _MIGRATIONS[target]
+                # a string is split on ";"; a tuple holds statements that contain ";" (triggers)
+                for statement in steps.split(";") if isinstance(steps, str) else steps:
                     if statement.strip():
                         self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA user_version={target}")
@@ -312,7 +387,16 @@ class Ledger:
             archive_path=_dec(r["archive_path"]), first_seen=r["first_seen"],
             changed_at=r["changed_at"], queued_at=r["queued_at"], uploaded_at=r["uploaded_at"],
             done_at=r["done_at"], updated_at=r["updated_at"], device=r["device"],
+            **Ledger._v4(r),
         )
+
+    @staticmethod
+    def _v4(r: sqlite3.Row) -> dict[str, Any]:
+        """The columns of schema 4, absent from a ledger opened read-only before its migration."""
+        if "duplicate_of" not in r.keys():  # noqa: SIM118 (a Row iterates its values)
+            return {}
+        return {"duplicate_of": r["duplicate_of"], "meta": _unjson(r["meta"]),
+                "sidecar_path": _dec(r["sidecar_path"])}
 
     def _set(self, conn: sqlite3.Connection, row_id: int, **fields: Any) -> None:
         fields["updated_at"] = self._clock()
@@ -337,13 +421,43 @@ class Ledger:
             for relpath in relpaths:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
-                    " category, first_seen, changed_at, updated_at)"
-                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?)",
+                    " category, first_seen, changed_at, updated_at, due_at)"
+                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?, ?)",
                     (str(uuidlib.uuid4()), folder, os.fsencode(relpath), destination, labels_json,
-                     category, now, now, now),
+                     category, now, now, now, now),
                 )
                 created += cur.rowcount
+                if not cur.rowcount:  # an event for a file still settling: look at it now
+                    conn.execute(
+                        "UPDATE files SET due_at = ? WHERE folder = ? AND relpath = ?"
+                        " AND state = 'settling' AND location IS NULL AND due_at > ?",
+                        (now, folder, os.fsencode(relpath), now))
         return created
+
+    def settling_due(self, now: float, limit: int) -> list[Row]:
+        """Settling rows whose next look is due at ``now``, the most overdue first, at most ``limit``."""
+        return self._query(
+            "SELECT * FROM files INDEXED BY files_settle_due WHERE state = 'settling'"
+            " AND due_at <= ? ORDER BY due_at LIMIT ?", (now, limit))
+
+    def next_settle_due(self) -> float | None:
+        """When the next settling row is due a look (None: nothing settles)."""
+        with self._lock:
+            r = self._conn.execute(
+                "SELECT MIN(due_at) FROM files WHERE state = 'settling'").fetchone()
+        return None if r[0] is None else float(r[0])
+
+    def set_due(self, looks: Sequence[tuple[int, float]]) -> None:
+        """When to look at these settling rows next (one transaction for a whole tick)."""
+        if not looks:
+            return
+        with self._write("due") as conn:
+            conn.executemany("UPDATE files SET due_at = ? WHERE id = ? AND state = 'settling'",
+                             [(at, row_id) for row_id, at in looks])
+
+    def settling_ids(self) -> set[int]:
+        with self._lock:
+            return {r[0] for r in self._conn.execute("SELECT id FROM files WHERE state = 'settling'")}
 
     def settling(self) -> list[Row]:
         """Every row waiting to be judged finished, oldest first."""
@@ -375,6 +489,15 @@ class Ledger:
         rows = self._query(
             "SELECT * FROM files WHERE folder = ? AND relpath = ? ORDER BY id DESC LIMIT 1",
             (folder, os.fsencode(relpath)),
+        )
+        return rows[0] if rows else None
+
+    def at_location(self, folder: str, path: str) -> Row | None:
+        """The newest row of ``folder`` whose bytes are at ``path`` (archived or moved to
+        failed_dir), or planned to go there; for `syncd explain` on such a path."""
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND (location = ? OR archive_path = ?)"
+            " ORDER BY id DESC LIMIT 1", (folder, os.fsencode(path), os.fsencode(path)),
         )
         return rows[0] if rows else None
 
@@ -456,11 +579,56 @@ class Ledger:
         with self._write("checkpoint") as conn:
             self._set(conn, row_id, resume=_json(resume))
 
-    def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any]) -> None:
-        """The remote confirmed these bytes. Durable on return."""
+    def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any],
+                      meta: dict[str, Any] | None = None) -> None:
+        """The remote confirmed these bytes. Durable on return.
+
+        ``meta``: the labels and category sent and the sidecar they came from
+        (:meth:`syncd.metadata.Metadata.to_json`), which the archive moves along.
+        """
+        fields: dict[str, Any] = {}
+        if meta is not None:
+            fields["meta"] = _ascii_json(meta)
         with self._write("uploaded") as conn:
             self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
-                      uploaded_at=self._clock(), last_error=None, next_attempt_at=None)
+                      uploaded_at=self._clock(), last_error=None, next_attempt_at=None, **fields)
+
+    def uploaded_copy(self, folder: str, sha256: str, *, destination: str,
+                      exclude: int | None = None) -> Row | None:
+        """The oldest row of ``folder`` whose upload of these bytes to ``destination``
+        was confirmed (``uploaded`` or ``done``, not itself a skipped duplicate)."""
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND sha256 = ? AND destination = ?"
+            " AND state IN ('uploaded', 'done') AND duplicate_of IS NULL AND receipt IS NOT NULL"
+            " AND id != ? ORDER BY id LIMIT 1",
+            (folder, sha256, destination, -1 if exclude is None else exclude),
+        )
+        return rows[0] if rows else None
+
+    def mark_duplicate(self, row_id: int, *, sha256: str, original: Row,
+                       meta: dict[str, Any] | None = None) -> None:
+        """on_duplicate = "skip": these bytes were uploaded already, as ``original``.
+
+        Durable on return, before the file is archived. The row goes to
+        ``uploaded`` with ``duplicate_of`` set and a receipt naming the earlier
+        upload, so the after-upload action is finished like an upload's after
+        a crash; :meth:`mark_done` then makes it ``skipped``.
+        """
+        receipt = {"duplicate_of": original.id,
+                   "remote_id": (original.receipt or {}).get("remote_id"),
+                   "url": (original.receipt or {}).get("url")}
+        fields: dict[str, Any] = {}
+        if meta is not None:
+            fields["meta"] = _ascii_json(meta)
+        with self._write("duplicate") as conn:
+            self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
+                      duplicate_of=original.id, last_error=None, next_attempt_at=None,
+                      resume=None, **fields)
+
+    def set_sidecar_target(self, row_id: int, target: str | None) -> None:
+        """Record where the metadata sidecar is being moved, before the move (crash recovery)."""
+        with self._write("sidecar_target") as conn:
+            self._set(conn, row_id, sidecar_path=_enc(target))
 
     def set_location(self, row_id: int, location: str) -> None:
         """The bytes of this row are now at ``location`` (renamed during upload)."""
@@ -486,9 +654,14 @@ class Ledger:
             self._set(conn, row_id, archive_path=_enc(target))
 
     def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
-        """The after-upload action (archive, delete or keep) has completed."""
+        """The after-upload action (archive, delete or keep) has completed.
+
+        A row that was a skipped duplicate (``duplicate_of`` set) becomes ``skipped``.
+        """
         with self._write("done") as conn:
-            fields: dict[str, Any] = {"state": "done", "done_at": self._clock()}
+            dup = conn.execute("SELECT duplicate_of FROM files WHERE id = ?", (row_id,)).fetchone()
+            state = "skipped" if dup is not None and dup[0] is not None else "done"
+            fields: dict[str, Any] = {"state": state, "done_at": self._clock()}
             if location is not None:
                 fields["location"] = _enc(location)
             if note is not None:
@@ -538,10 +711,11 @@ class Ledger:
             if row.location is None:
                 conn.execute(
                     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
-                    " category, first_seen, changed_at, updated_at)"
-                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?)",
+                    " category, first_seen, changed_at, updated_at, due_at)"
+                    " VALUES (?, ?, ?, 'settling', ?, ?, ?, ?, ?, ?, ?)",
                     (str(uuidlib.uuid4()), row.folder, os.fsencode(row.relpath), row.destination,
-                     json.dumps(list(row.labels), ensure_ascii=False), row.category, now, now, now),
+                     json.dumps(list(row.labels), ensure_ascii=False), row.category, now, now, now,
+                     now),
                 )
 
     def requeue_stale(self) -> int:
@@ -605,28 +779,38 @@ class Ledger:
         return self._query(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states)
 
     def counts(self) -> dict[str, int]:
+        """Rows per state (every state present, 0 when none): from the maintained counters."""
         with self._lock:
-            found = self._conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+            found = self._conn.execute("SELECT state, SUM(n) FROM counts GROUP BY state").fetchall()
         out = {s: 0 for s in STATES}
-        out.update({r[0]: r[1] for r in found})
+        out.update({r[0]: r[1] for r in found if r[1]})
         return out
 
     def counts_by_folder(self) -> dict[str, dict[str, int]]:
+        """Rows per folder and state (only states with rows): from the maintained counters."""
         with self._lock:
-            found = self._conn.execute(
-                "SELECT folder, state, COUNT(*) FROM files GROUP BY folder, state"
-            ).fetchall()
+            found = self._conn.execute("SELECT folder, state, n FROM counts WHERE n > 0").fetchall()
         out: dict[str, dict[str, int]] = {}
         for folder, state, n in found:
             out.setdefault(folder, {})[state] = n
         return out
 
     def recent_errors(self, limit: int = 10) -> list[Row]:
+        """The newest rows with an error that still matters (the partial index answers it)."""
         return self._query(
-            "SELECT * FROM files WHERE last_error IS NOT NULL AND state IN"
-            " ('retrying', 'failed', 'queued', 'uploading') ORDER BY updated_at DESC LIMIT ?",
+            # the planner would pick files_state and sort every matching row
+            f"SELECT * FROM files INDEXED BY files_errors WHERE last_error IS NOT NULL"
+            f" AND state IN {_ERROR_STATES_SQL}"
+            " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    def done_today(self) -> int:
+        """Files done since local midnight, from the per-day counter."""
+        with self._lock:
+            r = self._conn.execute(
+                "SELECT n FROM done_days WHERE day = date('now', 'localtime')").fetchone()
+        return int(r[0]) if r else 0
 
     def done_since(self, since: float) -> int:
         with self._lock:
@@ -641,14 +825,24 @@ class Ledger:
 
     # -------------------------------------------------------------- key/value
 
-    def put_meta(self, key: str, value: Any) -> None:
-        with self._write("meta") as conn:
-            conn.execute(
-                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (key, json.dumps(value), self._clock()),
-            )
+    def put_meta(self, key: str, value: Any, *, durable: bool = True) -> None:
+        """Set ``key`` in the kv table. ``durable=False`` skips this commit's fsync (WAL,
+        synchronous=NORMAL): for a snapshot rewritten every second (upload progress),
+        carried to disk by the next durable commit; a crash may lose it, nothing else."""
+        with self._lock:
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._write("meta") as conn:
+                    conn.execute(
+                        "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                        " updated_at = excluded.updated_at",
+                        (key, json.dumps(value), self._clock()),
+                    )
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._lock:

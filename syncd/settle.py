@@ -4,7 +4,11 @@ A file is finished when its size, mtime and inode have not changed for the
 folder's ``settle_seconds``. Events (close-after-write, moved-in) only make
 the watcher record the path; they are never taken as proof, so a writer that
 closes and reopens the file restarts the quiet time instead of causing an
-early upload. Each :meth:`Settler.tick` stats every settling row once:
+early upload. Each row carries when it is due its next look (``due_at``,
+indexed): when its quiet time would be over, or at once when an event names
+it. Each :meth:`Settler.tick` stats the rows that are due, at most
+:data:`BATCH` of them, so a backlog of 100,000 settling files never makes
+one tick long. A look finds:
 
 * gone before it was ever seen whole: the row is forgotten (a temp name);
   gone after we saw it: ``vanished``;
@@ -18,6 +22,11 @@ early upload. Each :meth:`Settler.tick` stats every settling row once:
 * quiet for ``settle_seconds``: ``queued``. A file that keeps changing for
   longer than ``max_settle_seconds`` (when set) is queued anyway; without it,
   a warning is logged once.
+* with ``metadata_sidecar = true``, a sidecar ``NAME.meta.json`` present
+  beside the file must have been quiet (size, mtime, inode) for
+  ``settle_seconds`` too; its quiet time runs alongside the file's, from
+  the first tick that sees it (kept in memory: a restart starts it afresh).
+  A sidecar that appears later is not waited for (see docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -30,13 +39,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from syncd import rules, safefs
+from syncd import metadata, rules, safefs
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
 
 log = logging.getLogger(__name__)
 
 LONG_SETTLE_WARNING = 600.0  # seconds of continuous change before we say so
+BATCH = 2000  # rows judged per tick at most: signals, reload and the watchdog wait for no backlog
+MIN_LOOK = 0.05  # never look at a row again sooner than this (a busy row must not spin)
+WAIT_LOOK = 1.0  # a row that cannot be judged now (folder away, file busy): look again then
+SIDECAR_PRUNE = 10_000  # remembered sidecar stats before those of rows gone are dropped
+QUEUED = float("-inf")  # _judge's answer for "queued now"
 
 
 class Settler:
@@ -49,30 +63,57 @@ class Settler:
         self.on_queued = on_queued
         self._warned: set[int] = set()
         self._skipped_logged: set[tuple[str, str]] = set()
+        # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
+        self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
+        self.more = False  # the last tick left due rows for the next one
 
     def tick(self) -> int:
-        """Judge every settling row once; returns how many were queued."""
+        """Judge the settling rows that are due (at most BATCH); returns how many were queued.
+
+        Each row judged gets its next look (``due_at``): when its quiet time
+        would be over, or at once when an event names it. More rows due than
+        one batch: :attr:`more` is set and the caller comes back at once.
+        """
         folders = self._folders()
         queued = 0
-        for row in self.ledger.settling():
+        now = self.clock()
+        rows = self.ledger.settling_due(now, BATCH)
+        self.more = len(rows) == BATCH
+        looks: list[tuple[int, float]] = []
+        for row in rows:
             folder = folders.get(row.folder)
             if folder is None:
-                continue  # folder removed from config; the row waits (or a reload restores it)
+                # folder removed from config or unusable now; the row waits (a reload or the
+                # folder's return brings it back)
+                looks.append((row.id, now + WAIT_LOOK))
+                continue
             try:
-                if self._judge(row, folder):
-                    queued += 1
+                look = self._judge(row, folder, now)
             except OSError as exc:
                 log.warning("cannot check %s: %s", qp(row.inbox_path), exc.strerror or exc)
+                look = now + WAIT_LOOK
+            if look is QUEUED:
+                queued += 1
+            elif look is not None:
+                looks.append((row.id, max(look, now + MIN_LOOK)))
+            else:
+                self._sidecars.pop(row.id, None)
+        self.ledger.set_due(looks)
+        if len(self._sidecars) > SIDECAR_PRUNE:
+            alive = self.ledger.settling_ids()
+            self._sidecars = {k: v for k, v in self._sidecars.items() if k in alive}
         if queued:
             self.on_queued()
         return queued
 
-    def _judge(self, row: Row, folder: Any) -> bool:
+    def _judge(self, row: Row, folder: Any, now: float) -> float | None:
+        """Look at one settling row: :data:`QUEUED`, None when it left settling
+        otherwise (forgotten, vanished), or when to look at it next."""
         verdict = rules.judge(row.relpath, include=folder.include, exclude=folder.exclude,
-                              ignore_junk=folder.ignore_junk)
+                              ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
         if not verdict.accepted:
             self.ledger.forget(row.id)
-            return False
+            return None
         try:
             st = safefs.lstat(row.folder, row.relpath)
         except safefs.UnsafePath:
@@ -80,54 +121,72 @@ class Settler:
             # the folder, so it is never looked at, opened or uploaded.
             self.skip_special(row.folder, row.relpath, stat.S_IFLNK)
             self.ledger.forget(row.id)
-            return False
+            return None
         except (FileNotFoundError, NotADirectoryError):
             if row.size is None:
                 self.ledger.forget(row.id)
             else:
                 self.ledger.mark_vanished(row.id, reason="disappeared while being written")
                 log.info("vanished before upload: %s", qp(row.inbox_path))
-            return False
+            return None
         if not stat.S_ISREG(st.st_mode):
             self.skip_special(row.folder, row.relpath, st.st_mode)
             self.ledger.forget(row.id)
-            return False
-        now = self.clock()
+            return None
         changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.inode) \
             or st.st_dev != (row.device if row.device is not None else st.st_dev)
         if changed or row.device is None:
             self.ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                   inode=st.st_ino, device=st.st_dev, changed=changed)
+        sidecar_since = self._sidecar_since(row, folder, now)  # its quiet time runs from any look
         if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
                 log.warning("still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
                             now - row.first_seen, qp(row.inbox_path))
                 self.ledger.promote(row.id)
-                return True
+                return QUEUED
             if now - row.first_seen >= LONG_SETTLE_WARNING and row.id not in self._warned:
                 self._warned.add(row.id)
                 log.warning("still being written after %.0fs, waiting for it to be quiet for "
                             "%.1fs: %s", now - row.first_seen, folder.settle_seconds,
                             qp(row.inbox_path))
-            if folder.settle_seconds > 0:
-                return False
+            settle = float(folder.settle_seconds)
+            if settle > 0:
+                return now + settle
             # settle_seconds = 0: one look is enough, queue it now (no second tick)
         quiet_since = now if changed else row.changed_at
-        if now - quiet_since < folder.settle_seconds:
-            return False
+        quiet_from = max(quiet_since, sidecar_since)
+        if now - quiet_from < folder.settle_seconds:
+            return quiet_from + float(folder.settle_seconds)
         previous = self.ledger.previous_version(row)
         if previous is not None and previous.location is None and \
                 previous.state in ("done", "failed", "skipped") and \
                 (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns,
                                                                        st.st_ino):
             self.ledger.forget(row.id)
-            return False
+            return None
         if self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None:
-            return False  # the same file is being uploaded under its old name
+            return now + WAIT_LOOK  # the same file is being uploaded under its old name
         self.ledger.promote(row.id)
         self._warned.discard(row.id)
         log.info("queued %s (%d bytes)", qp(row.inbox_path), st.st_size)
-        return True
+        return QUEUED
+
+    def _sidecar_since(self, row: Row, folder: Any, now: float) -> float:
+        """Since when the row's metadata sidecar has been quiet (0.0: none to wait for)."""
+        if not getattr(folder, "metadata_sidecar", False):
+            return 0.0
+        try:
+            st = safefs.lstat(row.folder, metadata.sidecar_path(row.relpath))
+        except OSError:  # none (the usual case), or behind a symlink: the upload reports it
+            self._sidecars.pop(row.id, None)
+            return 0.0
+        key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        seen = self._sidecars.get(row.id)
+        if seen is None or seen[0] != key:
+            self._sidecars[row.id] = (key, now)
+            return now
+        return seen[1]
 
     def skip_special(self, folder: str, relpath: str, mode: int) -> None:
         """Log, once per path, that a non-regular file is skipped."""

@@ -237,7 +237,7 @@ class Setup:
 
     def all_done(self, expected: int | None = None) -> bool:
         rows = self.rows()
-        done = sum(1 for r in rows if r["state"] == "done")
+        done = sum(1 for r in rows if r["state"] in ("done", "skipped"))
         busy = sum(1 for r in rows if r["state"] in ("settling", "queued", "uploading",
                                                      "retrying", "uploaded"))
         want = len(self.dropped) if expected is None else expected
@@ -257,20 +257,23 @@ class Setup:
         for u in self.emulator.uploads():
             remote.setdefault(u["uuid"], u)
         by_path: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_id = {r["id"]: r for r in rows}
         for r in rows:
             folder = Path(r["folder"]).name
             by_path.setdefault((folder, os.fsdecode(r["relpath"])), []).append(r)
         for (folder, rel), data in self.dropped.items():
             in_inbox = (self.inbox(folder) / rel)
             versions = by_path.get((folder, rel), [])
-            done = [r for r in versions if r["state"] == "done"]
+            # a skipped duplicate is archived like an upload; its bytes are its original's
+            done = [r for r in versions if r["state"] in ("done", "skipped")]
             failed = [r for r in versions if r["state"] == "failed"]
             if done:
                 row = done[-1]
                 assert row["sha256"] == sha(data), f"{rel}: ledger hash differs"
                 where = Path(os.fsdecode(row["location"])) if row["location"] else in_inbox
                 assert where.read_bytes() == data, f"{rel}: archived bytes differ"  # I1
-                up = remote.get(row["uuid"])
+                uploaded = by_id.get(row.get("duplicate_of")) or row
+                up = remote.get(uploaded["uuid"])
                 assert up is not None, f"{rel}: archived but the emulator has no object"  # I2
                 assert up["sha256"] == sha(data), f"{rel}: remote bytes differ"
             elif failed and allow_failed:
@@ -289,8 +292,13 @@ class Setup:
             if r["state"] == "done" and r["location"]:
                 assert Path(os.fsdecode(r["location"])).exists(), f"{rel}: done but archive missing"
             if r["state"] in ("queued", "retrying", "uploading") and not r["location"]:
-                assert (Path(r["folder"]) / rel).exists() or True
-        known = {os.fsdecode(r[k]) for r in rows for k in ("location", "archive_path") if r[k]}
+                # waiting or in flight: its bytes are still in the inbox (a test that deletes
+                # a file checks the row once the daemon has seen it go)
+                assert os.path.lexists(Path(r["folder"]) / rel), \
+                    f"{rel}: {r['state']}, but not in its inbox"
+        # metadata sidecars are archived beside their file (sidecar_path)
+        known = {os.fsdecode(r[k]) for r in rows for k in ("location", "archive_path", "sidecar_path")
+                 if r.get(k)}
         archive_root = self.tmp / "archive"
         if archive_root.exists():
             for p in archive_root.rglob("*"):

@@ -148,3 +148,81 @@ def test_meta_round_trip(ledger: Ledger) -> None:
     ledger.put_meta("daemon", {"pid": 2})
     assert ledger.get_meta("daemon") == {"pid": 2}
     assert ledger.get_meta("missing", 5) == 5
+
+
+def _grouped(ledger: Ledger) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for folder, state, n in ledger._conn.execute(
+            "SELECT folder, state, COUNT(*) FROM files GROUP BY folder, state"):
+        out.setdefault(folder, {})[state] = n
+    return out
+
+
+def test_maintained_counts_agree_with_the_rows_through_every_verb(ledger: Ledger) -> None:
+    """The counters `status` reads are kept by triggers: after every kind of change they
+    equal a full GROUP BY of the table."""
+    ids = [_queue(ledger, f"f{i}", folder=f"/in{i % 3}") for i in range(12)]
+    ledger.observe("/in0", ["settling-1", "settling-2"], destination="d")
+    for i, row_id in enumerate(ids):
+        assert ledger.claim_next() is not None
+        if i % 4 == 0:
+            ledger.mark_uploaded(row_id, sha256="00" * 32, receipt={"remote_id": "r"})
+            ledger.mark_done(row_id, location=f"/arch/{i}")
+        elif i % 4 == 1:
+            ledger.mark_failed(row_id, error="refused", location=None)
+        elif i % 4 == 2:
+            ledger.mark_retry(row_id, error="later", at=0.0)
+        else:
+            ledger.mark_vanished(row_id, reason="gone")
+    ledger.requeue_failed()
+    settling = ledger.active_for_path("/in0", "settling-1")
+    assert settling is not None
+    ledger.forget(settling.id)
+    assert ledger.counts_by_folder() == _grouped(ledger)
+    totals: dict[str, int] = {}
+    for states in _grouped(ledger).values():
+        for state, n in states.items():
+            totals[state] = totals.get(state, 0) + n
+    assert {k: v for k, v in ledger.counts().items() if v} == totals
+
+
+def test_counts_are_built_for_a_ledger_from_an_older_schema(tmp_path: Path) -> None:
+    from syncd.ledger import _MIGRATIONS, APPLICATION_ID
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for version in (1, 2):  # a ledger as schema 2 left it, with rows in it
+        steps = _MIGRATIONS[version]
+        for statement in steps.split(";") if isinstance(steps, str) else steps:
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version=2")
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    for i, state in enumerate(["settling", "settling", "done", "failed"]):
+        conn.execute("INSERT INTO files (uuid, folder, relpath, state, destination, first_seen,"
+                     " changed_at, updated_at, done_at) VALUES (?, '/in', ?, ?, 'd', 0, 0, 0, ?)",
+                     (f"u{i}", f"f{i}".encode(), state, 0 if state == "done" else None))
+    conn.commit()
+    conn.close()
+    again = Ledger.open(path)
+    try:
+        assert again.counts_by_folder() == {"/in": {"settling": 2, "done": 1, "failed": 1}}
+        assert again.counts()["settling"] == 2
+    finally:
+        again.close()
+
+
+def test_done_today_is_counted_per_local_day(tmp_path: Path) -> None:
+    import time as _time
+
+    led = Ledger.open(tmp_path / "l.sqlite3", clock=_time.time)
+    try:
+        ids = [_queue(led, f"f{i}") for i in range(3)]
+        for row_id in ids:
+            assert led.claim_next() is not None
+            led.mark_uploaded(row_id, sha256="00" * 32, receipt={"remote_id": "r"})
+            led.mark_done(row_id)
+        assert led.done_today() == 3
+        assert led.done_today() == led.done_since(_time.mktime(_time.localtime()[:3] + (0,) * 5 + (-1,)))
+    finally:
+        led.close()

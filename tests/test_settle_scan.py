@@ -45,17 +45,58 @@ def test_writer_that_reopens_restarts_the_quiet_time(tmp_path: Path, ledger: Led
     path.write_bytes(b"a")
     scanner.scan_folder(ledger, folder)
     settler = _settler(ledger, folder, clock)
+    root = os.fspath(folder.path)
     for i in range(5):
         settler.tick()
         clock.advance(1.5)
         with open(path, "ab") as f:  # close, reopen, append
             f.write(b"b" * (i + 1))
+        ledger.observe(root, ["slow.bin"], destination="dest")  # the watcher's close-write event
         settler.tick()
         assert ledger.rows()[0].state == "settling"
     clock.advance(2.1)
     settler.tick()
     row = ledger.rows()[0]
     assert row.state == "queued" and row.size == path.stat().st_size
+
+
+def test_a_change_no_event_reported_is_found_at_the_next_due_look(
+        tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    """Rows are looked at when due, not on every tick; a write that no event reported
+    (a lost inotify event, a network share) is found then and restarts the quiet time."""
+    folder = make_folder(tmp_path, settle_seconds=2.0)
+    path = folder.path / "quiet.bin"
+    path.write_bytes(b"a")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    settler.tick()  # first look; due again in 2 s
+    clock.advance(1.0)
+    path.write_bytes(b"ab")  # no event
+    assert settler.tick() == 0
+    assert ledger.rows()[0].size == 1  # not due: not looked at
+    clock.advance(1.1)
+    assert settler.tick() == 0  # due: the change is seen, the quiet time restarts
+    assert ledger.rows()[0].size == 2
+    clock.advance(1.9)
+    assert settler.tick() == 0
+    clock.advance(0.2)
+    assert settler.tick() == 1
+
+
+def test_a_backlog_is_judged_in_bounded_batches(tmp_path: Path, ledger: Ledger,
+                                                clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncd import settle
+
+    monkeypatch.setattr(settle, "BATCH", 50)
+    folder = make_folder(tmp_path, settle_seconds=0.0)
+    for i in range(120):
+        (folder.path / f"f{i}.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    assert settler.tick() == 50 and settler.more
+    assert settler.tick() == 50 and settler.more
+    assert settler.tick() == 20 and not settler.more
+    assert ledger.counts()["queued"] == 120
 
 
 def test_file_gone_while_settling(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
@@ -67,6 +108,7 @@ def test_file_gone_while_settling(tmp_path: Path, ledger: Ledger, clock: FakeClo
     settler = _settler(ledger, folder, clock)
     settler.tick()
     (folder.path / "seen.txt").unlink()
+    clock.advance(folder.settle_seconds)  # its next look is due (no event told of the unlink)
     settler.tick()
     rows = ledger.rows()
     assert [(r.relpath, r.state) for r in rows] == [("seen.txt", "vanished")]

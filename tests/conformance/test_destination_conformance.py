@@ -215,8 +215,12 @@ def test_abort_leaves_nothing_behind(target: Target, tmp_path: Path) -> None:
 
 
 def test_abort_tolerates_any_resume(target: Target) -> None:
+    """A resume state the destination does not know names nothing remote: abort sends nothing."""
+    before = len(target.emulator.requests())
     for resume in ({}, {"v": 99}, {"v": 1, "kind": "nonsense"}, {"garbage": [1, 2]}):
         target.dest.abort(resume)
+    sent = target.emulator.requests()[before:]
+    assert sent == [], f"abort of an unknown resume state sent {[e['op'] for e in sent]}"
 
 
 # -- server trouble ------------------------------------------------------------------
