@@ -128,7 +128,7 @@ settle_seconds = 2
         gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
         print(f"{args.files:,} files waiting at start, destination down, WATCHDOG_USEC=30 s, "
               f"{args.seconds:g} s run")
-        print(f"  every file ledgered after: "
+        print("  every file ledgered after: "
               + (f"{ledgered_at:.1f} s" if ledgered_at is not None else f"not within {args.seconds:g} s"))
         print(f"  peak RSS: {peak / 1024:.0f} MB")
         print(f"  WATCHDOG=1 pings: {len([p for p in pings if p < stop])}, longest gap {gap:.1f} s "

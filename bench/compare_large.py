@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from fastserver import FastServer, missing  # noqa: E402
+from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 MiB = 1 << 20
 UPLOADED = re.compile(r"uploaded .* \((\d+) bytes in ([\d.]+)s")
@@ -71,29 +71,6 @@ def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tu
     return elapsed, peak[0], out
 
 
-def syncd_config(work: Path, url: str, extra: str) -> Path:
-    (work / "inbox").mkdir(parents=True, exist_ok=True)
-    cfg = work / "syncd.toml"
-    cfg.write_text(f"""
-[daemon]
-state_dir = "state"
-workers = 1
-[destinations.fast]
-type = "lilt"
-base_url = "{url}/lilt"
-api_key = "bench-key-not-secret"
-{extra}
-[[folders]]
-path = "inbox"
-destination = "fast"
-settle_seconds = 0
-after_upload = "delete"
-""")
-    cfg.chmod(0o600)
-    (work / "inbox").mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=1024)
@@ -112,9 +89,11 @@ def main() -> int:
             for _ in range(args.mib // 64):
                 f.write(os.urandom(64 * MiB))
             f.write(os.urandom(size % (64 * MiB)))
-        single = syncd_config(Path(tmp) / "single", server.url, f"multipart_threshold = {size + MiB}")
-        multi = syncd_config(Path(tmp) / "multi", server.url,
-                             f"parallel_parts = {args.parallel_parts}\nmax_connections = 16")
+        folder = 'settle_seconds = 0\nafter_upload = "delete"'
+        single = syncd_config(Path(tmp) / "single", server.url, daemon="workers = 1", folder=folder,
+                              destination=f"multipart_threshold = {size + MiB}")
+        multi = syncd_config(Path(tmp) / "multi", server.url, daemon="workers = 1", folder=folder,
+                             destination=f"parallel_parts = {args.parallel_parts}\nmax_connections = 16")
         python = sys.executable
 
         def run_syncd(cfg: Path) -> tuple[float, int, str]:

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from fastserver import FastServer, missing  # noqa: E402
+from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
 def make_files(where: Path, n: int, size: int) -> None:
@@ -64,22 +64,8 @@ def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> float
 
 
 def syncd_once(work: Path, url: str, workers: int, env: dict[str, str]) -> float:
-    cfg = work / "syncd.toml"
-    cfg.write_text(f"""
-[daemon]
-state_dir = "state"
-workers = {workers}
-[destinations.fast]
-type = "lilt"
-base_url = "{url}/lilt"
-api_key = "bench-key-not-secret"
-[[folders]]
-path = "inbox"
-destination = "fast"
-settle_seconds = 0
-archive_dir = "archive"
-""")
-    cfg.chmod(0o600)
+    cfg = syncd_config(work, url, daemon=f"workers = {workers}",
+                       folder='settle_seconds = 0\narchive_dir = "archive"')
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress",
                           "--log-level", "warning"], cwd=work, capture_output=True, text=True, env=env)

@@ -145,3 +145,27 @@ class FastServer:
     def clear(self) -> None:
         for p in self.stored():
             os.unlink(p)
+
+
+def syncd_config(work: Path, url: str, *, daemon: str = "", destination: str = "",
+                 folder: str = "") -> Path:
+    """A syncd config in ``work`` with one Lilt destination at ``url`` (this server) and one
+    folder ``work/inbox`` (created); the strings are extra TOML lines for each table."""
+    (work / "inbox").mkdir(parents=True, exist_ok=True)
+    cfg = work / "syncd.toml"
+    cfg.write_text(f"""
+[daemon]
+state_dir = "state"
+{daemon}
+[destinations.fast]
+type = "lilt"
+base_url = "{url}/lilt"
+api_key = "bench-key-not-secret"
+{destination}
+[[folders]]
+path = "inbox"
+destination = "fast"
+{folder}
+""")
+    cfg.chmod(0o600)
+    return cfg

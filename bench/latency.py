@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from fastserver import FastServer, missing  # noqa: E402
+from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -36,24 +36,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[float]:
     inbox, staging = base / "inbox", base / "staging"
-    inbox.mkdir(parents=True)
+    cfg = syncd_config(base, url, daemon="workers = 4",
+                       folder=f'settle_seconds = {settle}\narchive_dir = "archive"')
     staging.mkdir()
-    cfg = base / "syncd.toml"
-    cfg.write_text(f"""
-[daemon]
-state_dir = "state"
-workers = 4
-[destinations.fast]
-type = "lilt"
-base_url = "{url}/lilt"
-api_key = "bench-key-not-secret"
-[[folders]]
-path = "inbox"
-destination = "fast"
-settle_seconds = {settle}
-archive_dir = "archive"
-""")
-    cfg.chmod(0o600)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(base / "daemon.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "run"], cwd=base,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,25 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     for name, lvl in levels.items():
         logging.getLogger(name).setLevel(lvl)
+
+
+def queue_file(ledger: Any, folder: Any, rel: str, data: bytes | None = None) -> int:
+    """Put ``folder/rel`` in the ledger as a settled, ``queued`` row (writing ``data`` first
+    if given), as the watcher and the settle stage would; returns the row id."""
+    path = Path(folder.path) / rel
+    if data is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    root = os.fspath(folder.path)
+    ledger.observe(root, [rel], destination=folder.destination, labels=folder.labels,
+                   category=folder.category)
+    row = ledger.active_for_path(root, rel)
+    assert row is not None
+    st = path.stat()
+    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
+                     device=st.st_dev, changed=True)
+    ledger.promote(row.id)
+    return int(row.id)
 
 
 def make_folder(tmp_path: Path, name: str = "inbox", **kw: object) -> FolderConfig:

@@ -9,20 +9,12 @@ import pytest
 
 from syncd import archive, failed, moves
 from syncd.ledger import Ledger, Row
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, queue_file
 
 
 def _uploaded(ledger: Ledger, folder: object, rel: str, data: bytes = b"hello") -> Row:
-    path = Path(folder.path) / rel  # type: ignore[attr-defined]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    root = os.fspath(folder.path)  # type: ignore[attr-defined]
-    ledger.observe(root, [rel], destination="dest")
-    row = ledger.active_for_path(root, rel)
+    row = ledger.get(queue_file(ledger, folder, rel, data))
     assert row is not None
-    st = path.stat()
-    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, changed=True)
-    ledger.promote(row.id)
     ledger.claim_next()
     ledger.mark_uploaded(row.id, sha256=hashlib.sha256(data).hexdigest(), receipt={"remote_id": "r"})
     got = ledger.get(row.id)

@@ -26,7 +26,7 @@ from syncd.destinations.base import READ_BLOCK
 from syncd.errors import ConfigError
 from syncd.ledger import Ledger
 from syncd.uploader import Uploader
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, queue_file
 from tests.harness import wait_until
 from tests.test_uploader import FakeDestination
 
@@ -234,14 +234,7 @@ def test_uploader_paces_the_reads_and_cancels_promptly(tmp_path: Path, clock: Fa
     up.bandwidth.configure({"dest": Limit(128 * KiB)})
 
     def drop(rel: str, size: int) -> Any:
-        (folder.path / rel).write_bytes(os.urandom(size))
-        st = (folder.path / rel).stat()
-        ledger.observe(os.fspath(folder.path), [rel], destination="dest", labels=(), category=None)
-        row = ledger.active_for_path(os.fspath(folder.path), rel)
-        assert row is not None
-        ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                         changed=True)
-        ledger.promote(row.id)
+        queue_file(ledger, folder, rel, os.urandom(size))
         claimed = ledger.claim_next(["dest"])
         assert claimed is not None
         return claimed

@@ -23,7 +23,7 @@ from syncd.ledger import Ledger
 from syncd.metadata import SidecarError, compile_pattern, parse_sidecar, read_sidecar
 from syncd.settle import Settler
 from syncd.uploader import Uploader
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, queue_file
 from tests.test_uploader import FakeDestination
 
 # -- labels_from_path -------------------------------------------------------------------------
@@ -271,15 +271,7 @@ def up(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> Any:
             if sidecar is not None:
                 side = Path(f"{path}.meta.json")
                 side.write_bytes(sidecar if isinstance(sidecar, bytes) else json.dumps(sidecar).encode())
-            st = path.stat()
-            ledger.observe(os.fspath(folder.path), [rel], destination="dest",
-                           labels=folder.labels, category=folder.category)
-            row = ledger.active_for_path(os.fspath(folder.path), rel)
-            assert row is not None
-            ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                             device=st.st_dev, changed=True)
-            ledger.promote(row.id)
-            return row.id
+            return queue_file(ledger, folder, rel)
 
         def step() -> str:
             row = ledger.claim_next(["dest"])

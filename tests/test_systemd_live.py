@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 
 from tests import nspawn
+from tests.harness import wait_until
 
 # The first run builds the tree (debootstrap: a few minutes, counted in the first test).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -158,14 +159,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Machine
 
 
 def wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    return wait_until(cond, timeout, 0.2, what)
 
 
 def show(m: nspawn.Machine, *props: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, U
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.ledger import Ledger
 from syncd.uploader import IDLE_WAIT, Uploader, backoff
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, queue_file
 
 
 class FakeDestination:
@@ -72,18 +72,7 @@ def setup(tmp_path: Path, clock: FakeClock) -> Any:
                   retry_base=1.0, retry_max=30.0, clock=clock, rng=random.Random(1))
 
     def drop(rel: str, data: bytes = b"payload") -> int:
-        path = folder.path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        st = path.stat()
-        ledger.observe(os.fspath(folder.path), [rel], destination="dest", labels=folder.labels,
-                       category=folder.category)
-        row = ledger.active_for_path(os.fspath(folder.path), rel)
-        assert row is not None
-        ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                         changed=True)
-        ledger.promote(row.id)
-        return row.id
+        return queue_file(ledger, folder, rel, data)
 
     def step() -> str:
         row = ledger.claim_next(["dest"])

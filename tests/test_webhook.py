@@ -25,7 +25,7 @@ from syncd.ledger import Ledger
 from syncd.secrets import Secret
 from syncd.uploader import Uploader
 from syncd.webhook import SIGNATURE_HEADER, Webhook, sign
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, queue_file
 from tests.faultproxy import FaultProxy
 from tests.harness import wait_until
 from tests.test_uploader import FakeDestination
@@ -248,15 +248,7 @@ def uploader(tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
     up.webhook = rec  # type: ignore[assignment]
 
     def drop(rel: str) -> int:
-        (folder.path / rel).write_bytes(b"data")
-        st = (folder.path / rel).stat()
-        ledger.observe(os.fspath(folder.path), [rel], destination="dest", labels=(), category=None)
-        row = ledger.active_for_path(os.fspath(folder.path), rel)
-        assert row is not None
-        ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                         changed=True)
-        ledger.promote(row.id)
-        return row.id
+        return queue_file(ledger, folder, rel, b"data")
 
     def step() -> str:
         clock.advance(1000)
