@@ -83,8 +83,9 @@ from syncd.progress import KV_KEY as PROGRESS_KEY
 from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
 from syncd.progress import ProgressMeter, snapshot
 from syncd.redact import redact
+from syncd.retry_policy import is_disk_full
 from syncd.settle import Settler
-from syncd.uploader import Uploader, is_disk_full
+from syncd.uploader import Uploader
 from syncd.watcher import Intake, Watcher, probe
 from syncd.webhook import Webhook
 

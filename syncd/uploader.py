@@ -43,25 +43,21 @@ the daemon sees a write succeed again (:meth:`Uploader.disk_ok`).
 
 from __future__ import annotations
 
-import errno
 import logging
-import mimetypes
 import os
 import random
 import sqlite3
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd import archive, failed, metadata, moves, safefs
-from syncd.bandwidth import Bandwidth, Throttle
+from syncd import archive, failed, metadata, moves
+from syncd.bandwidth import Bandwidth
 from syncd.circuit import GO, UP, Circuit, CircuitState, is_outage
-from syncd.destinations.base import READ_BLOCK, Destination, Source, UploadItem, wire_name
+from syncd.destinations.base import Destination, Source, UploadItem, wire_name
 from syncd.errors import (
-    ExpiredError,
     FatalError,
     PermanentError,
     RetryableError,
@@ -73,6 +69,15 @@ from syncd.errors import (
 from syncd.ledger import Ledger, Row
 from syncd.logs import qp
 from syncd.progress import resumed_bytes
+from syncd.retry_policy import backoff, is_disk_full, retry_class
+from syncd.upload_source import (
+    StoppableSource,
+    UploadCancelled,
+    content_type,
+    find_inode,
+    lexists,
+    source_root,
+)
 from syncd.webhook import Webhook
 
 log = logging.getLogger(__name__)
@@ -82,123 +87,9 @@ FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked
 UNCONFIGURED_WAIT = 300.0  # a row whose folder or destination left the config (reload)
 
 
-class UploadCancelled(Exception):
-    """Raised inside an upload when syncd is stopping and the drain time is up."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """SQLite's SQLITE_FULL ("database or disk is full") or ENOSPC/EDQUOT."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def retry_class(exc: BaseException | None) -> str:
-    """What kind of failure a retry is for (the ``class`` label of syncd_retries_total)."""
-    if isinstance(exc, ExpiredError):
-        return "expired"
-    if isinstance(exc, RetryableError):
-        status = exc.status
-        if status == 429:
-            return "rate_limited"
-        if status in (408, 425, 504):
-            return "timeout"
-        if status is not None and status >= 500:
-            return "server_error"
-        if status is not None:
-            return "client_error"
-        return "timeout" if "Timeout" in str(exc) else "network"
-    if isinstance(exc, OSError):
-        return "local_io"
-    return "internal"
-
-
-class _StoppableSource(Source):
-    """A Source whose reads fail with UploadCancelled once ``stop`` is set.
-
-    Uploads stream their bodies from the Source, so a cancelled upload stops
-    at its next block (256 KiB) instead of running to the end of the part.
-    With a ``throttle`` (the destination's bandwidth limit, :mod:`syncd.bandwidth`)
-    every block waits for its turn before it is handed on to be sent.
-    """
-
-    def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
-                 device: int | None, root: str | None, stop: threading.Event,
-                 throttle: Throttle | None = None) -> None:
-        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
-                         root=root)
-        self._stop_event = stop
-        self._throttle = throttle
-
-    def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
-        if self._stop_event.is_set():
-            raise UploadCancelled("syncd is stopping")
-        throttle = self._throttle
-        if throttle is not None:
-            block = min(block, throttle.block)
-        for data in super().iter_range(offset, length, block):
-            if throttle is not None:
-                throttle(len(data))  # returns at once when stopping
-            if self._stop_event.is_set():
-                raise UploadCancelled("syncd is stopping")
-            yield data
-
-
-def _find_inode(root: str, inode: int | None, device: int | None, old_path: str) -> str | None:
-    """The path of the regular file with this device and inode under ``root``.
-
-    Without a recorded device (rows from before it was recorded), the
-    folder's own device is assumed.
-    """
-    if device is None:
-        try:
-            device = os.stat(root).st_dev
-        except OSError:
-            return None
-    for entry in safefs.walk(root):
-        st = entry.stat
-        path = os.path.join(root, entry.relpath)
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) \
-                and path != old_path:
-            return path
-    return None
-
-
-def _source_root(path: str, folder: Any) -> str | None:
-    """The trusted folder ``path`` lies under (inbox, failed_dir, archive_dir), if any."""
-    try:
-        return safefs.anchor(path, [os.fspath(folder.path), *moves.roots_of(folder)])[0]
-    except safefs.UnsafePath:
-        return None
-
-
-def _lexists(root: str, relpath: str) -> bool:
-    """Whether something is at ``root/relpath``, found without following symlinks."""
-    try:
-        safefs.lstat(root, relpath)
-        return True
-    except OSError:
-        return False
-
-
 def _when(at: float | None) -> str:
     """A wall-clock time for a log line: ``14:02:11``."""
     return "?" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
-
-
-def content_type(name: str) -> str:
-    guessed, _ = mimetypes.guess_type(name, strict=False)
-    return guessed or "application/octet-stream"
-
-
-def backoff(attempt: int, base: float, cap: float, rng: random.Random,
-            retry_after: float | None = None) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: the server's hint, else full jitter."""
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), cap)
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
-    return max(0.05, rng.uniform(0, ceiling))
 
 
 @dataclass
@@ -614,9 +505,9 @@ class Uploader:
                 return resolved
             meta = resolved
         try:
-            source = _StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
+            source = StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
                                       inode=row.inode, device=row.device,
-                                      root=_source_root(path, folder), stop=self._cancel,
+                                      root=source_root(path, folder), stop=self._cancel,
                                       throttle=self.bandwidth.throttle(row.destination,
                                                                        self._cancel))
         except FileNotFoundError:
@@ -747,12 +638,12 @@ class Uploader:
         replaced by a new file: nothing to archive; a new file at the path is
         a new version with its own row.
         """
-        found = _find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path) \
+        found = find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path) \
             if row.location is None else None
         if found is None:
             note = f"{reason.removeprefix('the file was ')}; nothing archived"
             self.ledger.mark_done(row.id, note=note)
-            if row.location is None and _lexists(row.folder, row.relpath):
+            if row.location is None and lexists(row.folder, row.relpath):
                 # a new file took the name: a new version with its own row
                 self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
                                     labels=row.labels, category=row.category)
@@ -923,7 +814,7 @@ class Uploader:
                             describe(exc))
 
     def _changed(self, row: Row, dest: Destination, reason: str) -> str:
-        if row.location is None and not _lexists(row.folder, row.relpath):
+        if row.location is None and not lexists(row.folder, row.relpath):
             return self._gone(row, dest, reason)
         self._abort(dest, row)
         self.ledger.supersede(row, reason=f"superseded: {reason}")

@@ -62,7 +62,7 @@ import tomli_w
 from syncd.emulator.wriftai import find as find_wriftai
 from syncd.http import parse_retry_after
 from syncd.ledger import Ledger
-from syncd.uploader import backoff
+from syncd.retry_policy import backoff
 from tests.conftest import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.harness import CANARIES, Setup, sha, wait_until

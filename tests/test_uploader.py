@@ -12,7 +12,8 @@ from syncd.circuit import THRESHOLD
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.ledger import Ledger
-from syncd.uploader import IDLE_WAIT, Uploader, backoff
+from syncd.retry_policy import backoff
+from syncd.uploader import IDLE_WAIT, Uploader
 from tests.conftest import FakeClock, make_folder, queue_file
 
 
@@ -344,7 +345,7 @@ def test_unreadable_file_stays_and_is_retried_without_using_attempts(
     def denied(*args: Any, **kwargs: Any) -> None:
         raise error[0]
 
-    monkeypatch.setattr(uploader_mod, "_StoppableSource", denied)
+    monkeypatch.setattr(uploader_mod, "StoppableSource", denied)
     caplog.set_level("DEBUG", logger="syncd.uploader")
     delays = []
     for _ in range(10):  # more than max_attempts (3): never moved to failed

@@ -1,0 +1,99 @@
+"""The local side of one upload: the file opened for sending, and finding it again.
+
+:class:`StoppableSource` is the :class:`~syncd.destinations.base.Source` the
+uploader hands to a destination: its reads stop when syncd is stopping and
+wait for the destination's bandwidth limit. The helpers find a file's
+trusted folder (:func:`source_root`), a file renamed during its upload
+(:func:`find_inode`, by device and inode) and whether a name is taken
+(:func:`lexists`), all through :mod:`syncd.safefs`, never through a symlink.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from syncd import moves, safefs
+from syncd.bandwidth import Throttle
+from syncd.destinations.base import READ_BLOCK, Source
+
+
+class UploadCancelled(Exception):
+    """Raised inside an upload when syncd is stopping and the drain time is up."""
+
+
+class StoppableSource(Source):
+    """A Source whose reads fail with UploadCancelled once ``stop`` is set.
+
+    Uploads stream their bodies from the Source, so a cancelled upload stops
+    at its next block (1 MiB) instead of running to the end of the part.
+    With a ``throttle`` (the destination's bandwidth limit, :mod:`syncd.bandwidth`)
+    every block waits for its turn before it is handed on to be sent.
+    """
+
+    def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
+                 device: int | None, root: str | None, stop: threading.Event,
+                 throttle: Throttle | None = None) -> None:
+        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
+                         root=root)
+        self._stop_event = stop
+        self._throttle = throttle
+
+    def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
+        if self._stop_event.is_set():
+            raise UploadCancelled("syncd is stopping")
+        throttle = self._throttle
+        if throttle is not None:
+            block = min(block, throttle.block)
+        for data in super().iter_range(offset, length, block):
+            if throttle is not None:
+                throttle(len(data))  # returns at once when stopping
+            if self._stop_event.is_set():
+                raise UploadCancelled("syncd is stopping")
+            yield data
+
+
+def find_inode(root: str, inode: int | None, device: int | None, old_path: str) -> str | None:
+    """The path of the regular file with this device and inode under ``root``.
+
+    Without a recorded device (rows from before it was recorded), the
+    folder's own device is assumed.
+    """
+    if device is None:
+        try:
+            device = os.stat(root).st_dev
+        except OSError:
+            return None
+    for entry in safefs.walk(root):
+        st = entry.stat
+        path = os.path.join(root, entry.relpath)
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) \
+                and path != old_path:
+            return path
+    return None
+
+
+def source_root(path: str, folder: Any) -> str | None:
+    """The trusted folder ``path`` lies under (inbox, failed_dir, archive_dir), if any."""
+    try:
+        return safefs.anchor(path, [os.fspath(folder.path), *moves.roots_of(folder)])[0]
+    except safefs.UnsafePath:
+        return None
+
+
+def lexists(root: str, relpath: str) -> bool:
+    """Whether something is at ``root/relpath``, found without following symlinks."""
+    try:
+        safefs.lstat(root, relpath)
+        return True
+    except OSError:
+        return False
+
+
+def content_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
