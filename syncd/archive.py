@@ -1,7 +1,9 @@
 """What happens to a file after its upload is durably recorded.
 
 Only rows in state ``uploaded`` come here; the caller has already committed
-that state. ``after_upload`` decides:
+that state, and it is on disk before the source is touched: the target's
+durable record covers it (one fsync for both), and a delete syncs first.
+``after_upload`` decides:
 
 ``archive``
     Move the file to ``archive_dir``, keeping its sub-path (how, safely and
@@ -64,6 +66,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             _replaced(ledger, row, "replaced by a new file after upload; nothing archived")
             return
         if folder.after_upload == "delete":
+            ledger.sync()  # the "uploaded" commit is on disk before the file is touched
             src.unlink()
             finish_sidecar(ledger, row, folder, None)
             ledger.mark_done(row.id)

@@ -12,7 +12,9 @@ if SIGKILL had arrived right after that point:
 
 Names: ``ledger.<verb>`` after a commit (``ledger.checkpoint``,
 ``ledger.uploaded``, ``ledger.duplicate`` (a skip recorded), ``ledger.archive_target``,
-``ledger.sidecar_target``, ``ledger.done`` ...),
+``ledger.sidecar_target``, ``ledger.done`` ...), ``ledger.<verb>.synced`` after the
+group commit's fsync that a durable verb waited for (``ledger.archive_target.synced``:
+the target and the "uploaded" commit before it are on disk, the link not yet made),
 ``archive.copied`` (cross-device copy fsynced, not yet linked),
 ``archive.placed`` (the archive name exists, the source not yet unlinked) and
 ``archive.unlinked``. The tests advance the crash point one step at a time,

@@ -20,12 +20,19 @@ exists per inbox path; a partial unique index enforces it. ``location`` is
 NULL while the bytes are at ``folder/relpath`` and holds the absolute path
 once they have moved (to failed_dir, or to the archive).
 
-Durability: WAL with ``synchronous=FULL``, so every committed transaction is
-on disk when the call returns. In particular :meth:`mark_uploaded` returns
-only once "the remote confirmed these exact bytes" is durable; nothing may
-touch the source file before that. Every write is one ``BEGIN IMMEDIATE``
-transaction, so concurrent processes (the daemon and ``syncd retry``) wait on
-``busy_timeout`` instead of failing.
+Durability: WAL with ``synchronous=NORMAL`` and group commit. Every write
+is one ``BEGIN IMMEDIATE`` transaction, committed into the WAL without an
+fsync: it survives a crash of the process (SIGKILL) at once, and survives a
+power loss once the WAL has been synced. A verb whose outcome an invariant
+depends on is *durable*: it returns only after :meth:`Ledger.sync` has
+fsynced the WAL past its commit. One fsync serves every commit before it, and
+callers that arrive while an fsync runs are served together by the next one,
+so four workers finishing four files pay for about one fsync, not four. In
+particular :meth:`mark_uploaded` returns only once "the remote confirmed these
+exact bytes" is durable, and :meth:`set_archive_target` once the archive name
+is; nothing may touch the source file before that. The busy path (observe,
+settle, claim, checkpoints, done, retries) only commits. Concurrent processes
+(the daemon and ``syncd retry``) wait on ``busy_timeout`` instead of failing.
 
 Thread safety: one connection shared by every thread of the process, guarded
 by a lock; each verb holds it only for its own statements.
@@ -47,7 +54,7 @@ import stat
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +175,18 @@ _MIGRATIONS: dict[int, str | tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
+class Stat:
+    """What the settle stage saw of a file: written with its verdict (:meth:`Ledger.promote`,
+    :meth:`Ledger.set_due`). ``changed_at`` set: the file changed, its quiet time restarts."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+    changed_at: float | None = None
+
+
+@dataclass(frozen=True)
 class Row:
     """One ledger row, decoded. ``relpath`` is ``str`` (surrogate-escaped bytes)."""
 
@@ -277,6 +296,13 @@ class Ledger:
         self.path = path
         self._lock = threading.RLock()
         self._clock = clock
+        # group commit: commits so far, commits known synced, and the one fsync in flight
+        self._committed = 0
+        self._synced = 0
+        self._syncing = False
+        self._sync_cond = threading.Condition()
+        self._wal_fd: int | None = None
+        self._wal_id: tuple[int, int] | None = None
 
     # ----------------------------------------------------------------- opening
 
@@ -300,7 +326,7 @@ class Ledger:
             conn.row_factory = sqlite3.Row
             if not readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # durability by Ledger.sync()
             # Writers (the daemon) check the whole file at open. A read-only look
             # (`syncd status`, `files`) checks a ledger up to QUICK_CHECK_MAX_BYTES the
             # same way, but does not pay a scan of a million rows for it: on a larger one
@@ -337,7 +363,7 @@ class Ledger:
         if version and app_id != APPLICATION_ID:
             raise LedgerError(f"{self.path} is an SQLite database but not a syncd ledger")
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self._write():
+            with self._write(durable=True):
                 steps = _MIGRATIONS[target]
                 # a string is split on ";"; a tuple holds statements that contain ";" (triggers)
                 for statement in steps.split(";") if isinstance(steps, str) else steps:
@@ -352,10 +378,16 @@ class Ledger:
                 self._conn.close()
             except sqlite3.Error:
                 pass
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     @contextmanager
-    def _write(self, point: str = "commit") -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; ``point`` names its crash point."""
+    def _write(self, point: str = "commit", *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; ``point`` names its crash point.
+
+        ``durable``: return only once the commit is on disk (:meth:`sync`).
+        """
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -368,7 +400,65 @@ class Ledger:
                 raise
             else:
                 self._conn.execute("COMMIT")
+                self._committed += 1
+                mine = self._committed
                 crashpoints.point(f"ledger.{point}")
+        if durable:
+            self.sync(mine, point)
+
+    def sync(self, upto: int | None = None, point: str = "sync") -> None:
+        """Make every commit of this connection so far (or up to commit number ``upto``) durable.
+
+        Group commit: one caller (the leader) fsyncs the WAL while the others
+        wait; the fsync covers every commit made before it started, so each
+        waiter whose commit it covers returns without an fsync of its own. A
+        waiter whose commit came later becomes the next leader. Commits go on
+        meanwhile: the ledger lock is not held during the fsync.
+        """
+        with self._sync_cond:
+            target = self._committed if upto is None else upto
+            while self._synced < target:
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+                covered = 0
+                try:
+                    covered = self._committed  # every commit up to here is in the WAL file
+                    fd = self._wal()  # only the leader opens it
+                    self._sync_cond.release()
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        self._sync_cond.acquire()
+                    crashpoints.point(f"ledger.{point}.synced")  # by the leader, for all
+                    self._synced = max(self._synced, covered)
+                finally:
+                    self._syncing = False
+                    self._sync_cond.notify_all()
+
+    def _wal(self) -> int:
+        """A descriptor of the WAL file (opened once; again if SQLite made a new one).
+
+        Syncing it is what ``synchronous=FULL`` does after each commit: frames
+        already moved into the database by a checkpoint were synced there by
+        SQLite (``synchronous=NORMAL`` syncs the WAL before a checkpoint and the
+        database after it). A new WAL file's directory entry is synced once.
+        """
+        wal = f"{self.path}-wal"
+        st = os.stat(wal)
+        if self._wal_fd is None or self._wal_id != (st.st_dev, st.st_ino):
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+            self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+            self._wal_id = (st.st_dev, st.st_ino)
+            dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        return self._wal_fd
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -402,6 +492,19 @@ class Ledger:
         fields["updated_at"] = self._clock()
         cols = ", ".join(f"{k} = ?" for k in fields)
         conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+
+    def _update(self, point: str, row_id: int, *, durable: bool = False, **fields: Any) -> None:
+        """One ``UPDATE`` of one row as a transaction of its own (SQLite's autocommit: one
+        statement, where BEGIN/UPDATE/COMMIT are three); otherwise like :meth:`_write`."""
+        fields["updated_at"] = self._clock()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+            self._committed += 1
+            mine = self._committed
+            crashpoints.point(f"ledger.{point}")
+        if durable:
+            self.sync(mine, point)
 
     # ------------------------------------------------------------ observation
 
@@ -447,13 +550,25 @@ class Ledger:
                 "SELECT MIN(due_at) FROM files WHERE state = 'settling'").fetchone()
         return None if r[0] is None else float(r[0])
 
-    def set_due(self, looks: Sequence[tuple[int, float]]) -> None:
-        """When to look at these settling rows next (one transaction for a whole tick)."""
-        if not looks:
+    def set_due(self, looks: Sequence[tuple[int, float]], stats: Mapping[int, Stat] | None = None) -> None:
+        """When to look at these settling rows next, and the new stats seen of them (one
+        transaction for a whole settle tick)."""
+        if not looks and not stats:
             return
         with self._write("due") as conn:
+            for row_id, st in (stats or {}).items():
+                self._set_stat(conn, row_id, st)
             conn.executemany("UPDATE files SET due_at = ? WHERE id = ? AND state = 'settling'",
                              [(at, row_id) for row_id, at in looks])
+
+    def _set_stat(self, conn: sqlite3.Connection, row_id: int, st: Stat) -> None:
+        fields: dict[str, Any] = {"size": st.size, "mtime_ns": st.mtime_ns, "inode": st.inode,
+                                  "device": st.device}
+        if st.changed_at is not None:
+            fields["changed_at"] = st.changed_at
+        conn.execute(f"UPDATE files SET {', '.join(f'{k} = ?' for k in fields)}, updated_at = ?"
+                     " WHERE id = ? AND state = 'settling'",
+                     (*fields.values(), self._clock(), row_id))
 
     def settling_ids(self) -> set[int]:
         with self._lock:
@@ -473,10 +588,13 @@ class Ledger:
             else:
                 self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device)
 
-    def promote(self, row_id: int) -> None:
-        """settling -> queued: the file has been quiet long enough."""
+    def promote(self, row_id: int, stat: Stat | None = None) -> None:
+        """settling -> queued: the file has been quiet long enough (``stat``: its latest
+        stat, when it differs from the row's)."""
         now = self._clock()
         with self._write("promote") as conn:
+            if stat is not None:
+                self._set_stat(conn, row_id, stat)
             self._set(conn, row_id, state="queued", queued_at=now, next_attempt_at=now)
 
     def forget(self, row_id: int) -> None:
@@ -553,18 +671,17 @@ class Ledger:
                 return None
             where += f" AND destination IN ({', '.join('?' * len(names))})"
             args.extend(names)
-        with self._write("claim") as conn:
-            r = conn.execute(
-                f"SELECT id FROM files WHERE {where} ORDER BY next_attempt_at, id LIMIT 1", args
-            ).fetchone()
-            if r is None:
-                return None
-            conn.execute(
+        with self._lock:
+            # one statement, so one implicit transaction: pick and take the row atomically
+            rows = self._conn.execute(
                 "UPDATE files SET state = 'uploading', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?", (now, r[0]),
-            )
-            row = conn.execute("SELECT * FROM files WHERE id = ?", (r[0],)).fetchone()
-        return self._row(row)
+                f" WHERE id = (SELECT id FROM files WHERE {where} ORDER BY next_attempt_at, id LIMIT 1)"
+                " RETURNING *", (now, *args)).fetchall()  # all: the statement ends, and commits
+            if not rows:
+                return None
+            self._committed += 1
+            crashpoints.point("ledger.claim")
+        return self._row(rows[0])
 
     def next_due(self) -> float | None:
         """When the earliest waiting queued/retrying row becomes due (wall clock)."""
@@ -575,13 +692,21 @@ class Ledger:
         return None if r is None else r[0]
 
     def checkpoint(self, row_id: int, resume: dict[str, Any] | None) -> None:
-        """Durably store a destination's resumable state for this row."""
-        with self._write("checkpoint") as conn:
-            self._set(conn, row_id, resume=_json(resume))
+        """Store a destination's resumable state for this row.
+
+        Committed, not synced: a crash of the process keeps it; after a power
+        loss an older state (or none) is resumed, which sends some parts again.
+        """
+        self._update("checkpoint", row_id, resume=_json(resume))
 
     def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any],
                       meta: dict[str, Any] | None = None) -> None:
-        """The remote confirmed these bytes. Durable on return.
+        """The remote confirmed these bytes.
+
+        Committed, and made durable by the next :meth:`sync` before the source
+        file is touched: :func:`syncd.archive.finish` syncs before a delete, and
+        the durable :meth:`set_archive_target` (or :meth:`set_location`) that
+        precedes a move covers this commit too, with one fsync for both.
 
         ``meta``: the labels and category sent and the sidecar they came from
         (:meth:`syncd.metadata.Metadata.to_json`), which the archive moves along.
@@ -589,9 +714,8 @@ class Ledger:
         fields: dict[str, Any] = {}
         if meta is not None:
             fields["meta"] = _ascii_json(meta)
-        with self._write("uploaded") as conn:
-            self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
-                      uploaded_at=self._clock(), last_error=None, next_attempt_at=None, **fields)
+        self._update("uploaded", row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
+                     uploaded_at=self._clock(), last_error=None, next_attempt_at=None, **fields)
 
     def uploaded_copy(self, folder: str, sha256: str, *, destination: str,
                       exclude: int | None = None) -> Row | None:
@@ -620,20 +744,18 @@ class Ledger:
         fields: dict[str, Any] = {}
         if meta is not None:
             fields["meta"] = _ascii_json(meta)
-        with self._write("duplicate") as conn:
+        with self._write("duplicate", durable=True) as conn:
             self._set(conn, row_id, state="uploaded", sha256=sha256, receipt=_json(receipt),
                       duplicate_of=original.id, last_error=None, next_attempt_at=None,
                       resume=None, **fields)
 
     def set_sidecar_target(self, row_id: int, target: str | None) -> None:
         """Record where the metadata sidecar is being moved, before the move (crash recovery)."""
-        with self._write("sidecar_target") as conn:
-            self._set(conn, row_id, sidecar_path=_enc(target))
+        self._update("sidecar_target", row_id, durable=True, sidecar_path=_enc(target))
 
     def set_location(self, row_id: int, location: str) -> None:
         """The bytes of this row are now at ``location`` (renamed during upload)."""
-        with self._write("location") as conn:
-            self._set(conn, row_id, location=_enc(location))
+        self._update("location", row_id, durable=True, location=_enc(location))
 
     def inode_busy(self, row: Row) -> Row | None:
         """Another row of the same folder and inode that is queued or further along.
@@ -650,23 +772,25 @@ class Ledger:
 
     def set_archive_target(self, row_id: int, target: str | None) -> None:
         """Record where the archive move is going, before it starts (for crash recovery)."""
-        with self._write("archive_target") as conn:
-            self._set(conn, row_id, archive_path=_enc(target))
+        self._update("archive_target", row_id, durable=True, archive_path=_enc(target))
 
     def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
         """The after-upload action (archive, delete or keep) has completed.
 
         A row that was a skipped duplicate (``duplicate_of`` set) becomes ``skipped``.
         """
-        with self._write("done") as conn:
-            dup = conn.execute("SELECT duplicate_of FROM files WHERE id = ?", (row_id,)).fetchone()
-            state = "skipped" if dup is not None and dup[0] is not None else "done"
-            fields: dict[str, Any] = {"state": state, "done_at": self._clock()}
-            if location is not None:
-                fields["location"] = _enc(location)
-            if note is not None:
-                fields["last_error"] = note
-            self._set(conn, row_id, **fields)
+        fields: dict[str, Any] = {"done_at": self._clock()}
+        if location is not None:
+            fields["location"] = _enc(location)
+        if note is not None:
+            fields["last_error"] = note
+        cols = "".join(f", {k} = ?" for k in fields)
+        with self._lock:
+            self._conn.execute(
+                "UPDATE files SET state = CASE WHEN duplicate_of IS NULL THEN 'done' ELSE 'skipped'"
+                f" END, updated_at = ?{cols} WHERE id = ?", (self._clock(), *fields.values(), row_id))
+            self._committed += 1
+            crashpoints.point("ledger.done")
 
     def mark_retry(self, row_id: int, *, error: str, at: float, count: bool = True) -> None:
         """The attempt failed but may work later; due again at ``at`` (wall clock).
@@ -689,7 +813,7 @@ class Ledger:
 
     def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
         """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
-        with self._write("failed") as conn:
+        with self._write("failed", durable=True) as conn:
             fields: dict[str, Any] = {"state": "failed", "last_error": error, "next_attempt_at": None,
                                       "resume": None}
             if location is not None:
@@ -735,7 +859,7 @@ class Ledger:
         from there; ``attempts`` starts again from zero.
         """
         now = self._clock()
-        with self._write() as conn:
+        with self._write("requeue_failed", durable=True) as conn:
             if ids is None:
                 found = conn.execute("SELECT id FROM files WHERE state = 'failed'").fetchall()
                 targets = [r[0] for r in found]
@@ -826,23 +950,16 @@ class Ledger:
     # -------------------------------------------------------------- key/value
 
     def put_meta(self, key: str, value: Any, *, durable: bool = True) -> None:
-        """Set ``key`` in the kv table. ``durable=False`` skips this commit's fsync (WAL,
-        synchronous=NORMAL): for a snapshot rewritten every second (upload progress),
-        carried to disk by the next durable commit; a crash may lose it, nothing else."""
-        with self._lock:
-            if not durable:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._write("meta") as conn:
-                    conn.execute(
-                        "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
-                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                        " updated_at = excluded.updated_at",
-                        (key, json.dumps(value), self._clock()),
-                    )
-            finally:
-                if not durable:
-                    self._conn.execute("PRAGMA synchronous=FULL")
+        """Set ``key`` in the kv table. ``durable=False`` does not wait for an fsync: for a
+        snapshot rewritten every second (upload progress), carried to disk by the next
+        durable commit; a power loss may lose it, nothing else."""
+        with self._write("meta", durable=durable) as conn:
+            conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, json.dumps(value), self._clock()),
+            )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._lock:

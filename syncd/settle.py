@@ -40,13 +40,14 @@ from dataclasses import replace
 from typing import Any
 
 from syncd import metadata, rules, safefs
-from syncd.ledger import Ledger, Row
+from syncd.ledger import Ledger, Row, Stat
 from syncd.logs import qp
 
 log = logging.getLogger(__name__)
 
 LONG_SETTLE_WARNING = 600.0  # seconds of continuous change before we say so
 BATCH = 2000  # rows judged per tick at most: signals, reload and the watchdog wait for no backlog
+WAKE_EVERY = 64  # within a tick, wake the uploaders every this many queued files
 MIN_LOOK = 0.05  # never look at a row again sooner than this (a busy row must not spin)
 WAIT_LOOK = 1.0  # a row that cannot be judged now (folder away, file busy): look again then
 SIDECAR_PRUNE = 10_000  # remembered sidecar stats before those of rows gone are dropped
@@ -66,6 +67,7 @@ class Settler:
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
         self.more = False  # the last tick left due rows for the next one
+        self._noted: dict[int, Stat] = {}  # row id -> a new stat not yet written (this tick)
 
     def tick(self) -> int:
         """Judge the settling rows that are due (at most BATCH); returns how many were queued.
@@ -94,11 +96,14 @@ class Settler:
                 look = now + WAIT_LOOK
             if look is QUEUED:
                 queued += 1
+                if queued % WAKE_EVERY == 0:
+                    self.on_queued()  # a long tick: idle workers start on what is queued so far
             elif look is not None:
                 looks.append((row.id, max(look, now + MIN_LOOK)))
             else:
                 self._sidecars.pop(row.id, None)
-        self.ledger.set_due(looks)
+        self.ledger.set_due(looks, self._noted)
+        self._noted = {}
         if len(self._sidecars) > SIDECAR_PRUNE:
             alive = self.ledger.settling_ids()
             self._sidecars = {k: v for k, v in self._sidecars.items() if k in alive}
@@ -135,15 +140,18 @@ class Settler:
             return None
         changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.inode) \
             or st.st_dev != (row.device if row.device is not None else st.st_dev)
-        if changed or row.device is None:
-            self.ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                  inode=st.st_ino, device=st.st_dev, changed=changed)
+        # the new stat is written with this row's verdict, in one transaction (promote,
+        # or the tick's set_due)
+        noted = Stat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
+                     changed_at=now if changed else None) if changed or row.device is None else None
+        if noted is not None:
+            self._noted[row.id] = noted
         sidecar_since = self._sidecar_since(row, folder, now)  # its quiet time runs from any look
         if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
                 log.warning("still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
                             now - row.first_seen, qp(row.inbox_path))
-                self.ledger.promote(row.id)
+                self.ledger.promote(row.id, self._noted.pop(row.id, None))
                 return QUEUED
             if now - row.first_seen >= LONG_SETTLE_WARNING and row.id not in self._warned:
                 self._warned.add(row.id)
@@ -167,7 +175,7 @@ class Settler:
             return None
         if self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None:
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
-        self.ledger.promote(row.id)
+        self.ledger.promote(row.id, self._noted.pop(row.id, None))
         self._warned.discard(row.id)
         log.info("queued %s (%d bytes)", qp(row.inbox_path), st.st_size)
         return QUEUED

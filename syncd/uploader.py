@@ -43,6 +43,7 @@ the daemon sees a write succeed again (:meth:`Uploader.disk_ok`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -50,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd import archive, failed, metadata, moves
@@ -564,8 +565,10 @@ class Uploader:
                      qp(receipt.remote_id))
             if moved is not None and not self._follow_move(row, folder, str(moved)):
                 return "done"
-            uploaded = self.ledger.get(row.id)
-            assert uploaded is not None
+            # the row as mark_uploaded left it (the values as JSON round-trips them), unread
+            uploaded = replace(row, state="uploaded", sha256=sha, last_error=None,
+                               receipt=json.loads(json.dumps(receipt.to_json())),
+                               meta=json.loads(json.dumps(meta.to_json())) if meta is not None else None)
             return self.finish(uploaded, folder, source.fileno())
 
     def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | str:

@@ -21,7 +21,8 @@ from tests.harness import Setup, sha, wait_until
 pytestmark = pytest.mark.slow
 
 POINTS = [
-    "ledger.claim", "ledger.checkpoint", "ledger.uploaded", "ledger.archive_target",
+    "ledger.promote", "ledger.claim", "ledger.checkpoint", "ledger.uploaded",
+    "ledger.archive_target", "ledger.archive_target.synced",  # the group commit's fsync
     "archive.placed", "archive.unlinked", "ledger.done",
 ]
 

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,8 +32,75 @@ def _queue(ledger: Ledger, rel: str = "a.txt", folder: str = "/in") -> int:
 def test_durability_settings(ledger: Ledger) -> None:
     conn = ledger._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: Ledger.sync() syncs
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+class _Fsyncs:
+    """Records which files os.fsync/os.fdatasync were called on, and what had been committed by then."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ledger = ledger
+        self.calls: list[tuple[str, int]] = []
+        for name in ("fsync", "fdatasync"):
+            monkeypatch.setattr(os, name, self._spy(getattr(os, name)))
+
+    def _spy(self, real: Any) -> Any:
+        def sync(fd: int) -> None:
+            self.calls.append((os.readlink(f"/proc/self/fd/{fd}"), self.ledger._committed))
+            real(fd)
+        return sync
+
+    def wal(self) -> list[int]:
+        return [n for path, n in self.calls if path == f"{self.ledger.path}-wal"]
+
+
+def test_durable_verbs_sync_the_wal_and_the_busy_path_does_not(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    row_id = _queue(ledger)
+    fsyncs = _Fsyncs(ledger, monkeypatch)
+    row = ledger.claim_next()
+    assert row is not None and row.id == row_id
+    ledger.checkpoint(row_id, {"part": 1})
+    assert fsyncs.wal() == []  # committed only
+    ledger.mark_uploaded(row_id, sha256="0" * 64, receipt={"remote_id": "r"})
+    assert fsyncs.wal() == []  # made durable by the archive target's sync, before any move
+    ledger.set_archive_target(row_id, "/archive/a")
+    assert fsyncs.wal() == [ledger._committed]  # one fsync covers both commits
+    ledger.mark_done(row_id, location="/archive/a")
+    assert len(fsyncs.wal()) == 1
+    ledger.sync()  # the done commit is not synced yet
+    assert len(fsyncs.wal()) == 2
+    ledger.sync()
+    assert len(fsyncs.wal()) == 2  # everything is synced: no fsync
+
+
+def test_group_commit_one_fsync_serves_many_writers(ledger: Ledger, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads each make 50 durable commits; every commit returns only after an
+    fsync that started after it, and the fsyncs are shared (fewer than the commits)."""
+    fsyncs = _Fsyncs(ledger, monkeypatch)
+    late: list[tuple[int, int]] = []
+    real_sync = ledger.sync
+
+    def sync(upto: int | None = None) -> None:
+        real_sync(upto)
+        covered = max(fsyncs.wal(), default=0)
+        if upto is None or covered < upto:
+            late.append((upto or -1, covered))
+    monkeypatch.setattr(ledger, "sync", sync)
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            ledger.put_meta(f"w{n}", i)  # durable
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert late == []
+    assert 0 < len(fsyncs.wal()) < 400
 
 
 def test_observe_creates_one_active_row_per_path(ledger: Ledger) -> None:
