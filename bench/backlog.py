@@ -1,6 +1,6 @@
 """A large backlog at start, the destination down: ledgering time, memory, watchdog, stop.
 
-    .venv/bin/python bench/backlog.py [--files 100000] [--seconds 60]
+    .venv/bin/python bench/backlog.py [--files 100000] [--seconds 60] [--ledger-rows 1000000]
 
 Puts ``--files`` small files in one inbox, points the destination at a port
 nothing listens on, and starts ``syncd run`` as systemd would: with a
@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from status_scale import build  # noqa: E402
 WATCHDOG_USEC = 30_000_000
 
 
@@ -35,7 +38,8 @@ def rows(ledger: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
         try:
-            return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0])
+            return int(conn.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM counts WHERE state != 'done'").fetchone()[0])
         finally:
             conn.close()
     except sqlite3.Error:
@@ -47,6 +51,8 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--drain", type=float, default=5.0)
+    ap.add_argument("--ledger-rows", type=int, default=0,
+                    help="rows of earlier files (done, archived) already in the ledger, e.g. 1000000")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="syncd-backlog-") as tmp:
         base = Path(tmp)
@@ -76,6 +82,12 @@ destination = "down"
 settle_seconds = 2
 """)
         cfg.chmod(0o600)
+        if args.ledger_rows:
+            t = time.monotonic()
+            (base / "state").mkdir(mode=0o700)
+            build(base / "state", args.ledger_rows, 1, archived=True,
+                  folder_names=[os.path.realpath(inbox)])
+            print(f"a ledger of {args.ledger_rows:,} earlier rows built in {time.monotonic() - t:.1f} s")
         notify = base / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(os.fspath(notify))
@@ -127,7 +139,7 @@ settle_seconds = 2
         marks = [started, *[p for p in pings if p < stop], stop]
         gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
         print(f"{args.files:,} files waiting at start, destination down, WATCHDOG_USEC=30 s, "
-              f"{args.seconds:g} s run")
+              f"{args.ledger_rows:,} earlier rows in the ledger, {args.seconds:g} s run")
         print("  every file ledgered after: "
               + (f"{ledgered_at:.1f} s" if ledgered_at is not None else f"not within {args.seconds:g} s"))
         print(f"  peak RSS: {peak / 1024:.0f} MB")

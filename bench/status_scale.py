@@ -29,20 +29,28 @@ from syncd.ledger import Ledger  # noqa: E402
 BATCH = 20_000
 
 
-def build(state: Path, rows: int, folders: int) -> None:
+def build(state: Path, rows: int, folders: int, *, archived: bool = False,
+          folder_names: list[str] | None = None) -> None:
+    """A ledger of ``rows`` rows over ``folders`` inboxes: 97 % done, 1 % failed, 1 %
+    retrying, 1 % queued (``archived``: every row done and its file in the archive)."""
     ledger = Ledger.open(state / "ledger.sqlite3")
     try:
         made = 0
         while made < rows:
             n = min(BATCH, rows - made)
-            folder = str(state.parent / f"inbox{(made // BATCH) % folders}")
-            ledger.observe(folder, [f"f{made + i:08d}" for i in range(n)], destination="d")
+            index = (made // BATCH) % folders
+            folder = folder_names[index] if folder_names else str(state.parent / f"inbox{index}")
+            ledger.observe(folder, [f"old/f{made + i:08d}" for i in range(n)], destination="d")
             made += n
         conn = ledger._conn  # bulk state changes for the fixture only; the triggers still run
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE files SET state = 'done', done_at = updated_at WHERE id % 100 > 2")
-        conn.execute("UPDATE files SET state = 'failed', last_error = 'refused' WHERE id % 100 = 1")
-        conn.execute("UPDATE files SET state = 'retrying', last_error = 'later' WHERE id % 100 = 2")
+        if archived:
+            conn.execute("UPDATE files SET state = 'done', done_at = updated_at, size = 100,"
+                         " sha256 = printf('%064d', id), location = CAST('/archive/' || id AS BLOB)")
+        else:
+            conn.execute("UPDATE files SET state = 'done', done_at = updated_at WHERE id % 100 > 2")
+            conn.execute("UPDATE files SET state = 'failed', last_error = 'refused' WHERE id % 100 = 1")
+            conn.execute("UPDATE files SET state = 'retrying', last_error = 'later' WHERE id % 100 = 2")
         conn.execute("COMMIT")
     finally:
         ledger.close()

@@ -11,10 +11,17 @@
     │                        fail closed, `syncd ledger rebuild` repairs it.
     └── UploadError          one upload attempt failed; the uploader decides.
         ├── RetryableError   try again later: transport errors, 408, 429, 5xx,
-        │                    expired signatures. `retry_after` (seconds) is the
-        │                    server's own hint when it gave one; transport
-        │                    errors and 5xx pause the destination (circuit.py)
-        │                    instead of spending the file's attempts.
+        │   │                expired signatures. `retry_after` (seconds) is the
+        │   │                server's own hint when it gave one; transport
+        │   │                errors and 5xx pause the destination (circuit.py)
+        │   │                instead of spending the file's attempts.
+        │   ├── ExpiredError  a presigned URL, form policy or token expired: the
+        │   │                destination renews it and retries at once; it reaches
+        │   │                the uploader only when renewal keeps failing, and
+        │   │                never counts as an outage (circuit.py).
+        │   └── SessionLost  (syncd.destinations._chunked) the service forgot an
+        │                    upload session: the chunk driver opens a new one
+        │                    (once per attempt); beyond that, an ordinary retry.
         ├── PermanentError   retrying cannot help (4xx, a rejected file): the
         │                    file goes to failed_dir at once with the reason.
         ├── SourceChangedError  the local file changed while it was being read;

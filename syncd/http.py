@@ -6,7 +6,9 @@ resets, truncated bodies) are :class:`~syncd.errors.RetryableError`, except
 a failed TLS certificate verification, which is :class:`~syncd.errors.FatalError`
 (no file can succeed until an operator acts); 408, 425, 429 and 5xx are
 retryable with the server's ``Retry-After`` (delay-seconds, or an HTTP-date
-read against the response's ``Date``) as the hint; 401/403 are
+read against the response's ``Date``) as the hint, else the caller's
+fallback (a service's own rate-limit header, read with
+:func:`parse_retry_after` or :func:`parse_reset`); 401/403 are
 :class:`~syncd.errors.FatalError` unless the caller says otherwise; other
 4xx are :class:`~syncd.errors.PermanentError`. Every message is redacted, and
 server text in it (:func:`error_text`) has its control characters escaped.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -45,16 +48,23 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
 def make_client(
     *, connect: float = 10.0, read: float = 60.0, write: float = 60.0, pool: float = 30.0,
     max_connections: int = 16, verify: bool | ssl.SSLContext = True,
+    transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """The shared client: explicit timeouts (httpx's 5 s default is too short
     for an 8 MiB part on a slow link), bounded connections, no redirects
-    carrying credentials to other hosts (httpx strips Authorization there)."""
+    carrying credentials to other hosts (httpx strips Authorization there).
+
+    ``transport`` replaces the network (and with it ``verify`` and the
+    connection limits): tests pass an in-process emulator
+    (``syncd_emulator.EmulatorTransport``) and keep everything else as the
+    daemon has it."""
     return httpx.Client(
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         headers={"User-Agent": f"syncd/{__version__}"},
         follow_redirects=False,
         verify=verify,
+        transport=transport,
     )
 
 
@@ -93,6 +103,26 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     if seconds != seconds:  # NaN
         return None
     return max(0.0, min(seconds, RETRY_AFTER_CAP))
+
+
+def parse_reset(value: str | None, *, now: Callable[[], float] = time.time,
+                date: str | None = None) -> float | None:
+    """Seconds until ``value``, the epoch second at which a rate limit resets, capped.
+
+    The reset time is the server's clock, so it is measured against ``date``
+    (the response's own ``Date``) when there is one: a local clock minutes
+    off must neither stretch the wait nor cancel it. A reset in the past or
+    a malformed value gives None (the uploader's jittered backoff applies).
+    """
+    try:
+        reset = float((value or "").strip())
+    except ValueError:
+        return None
+    sent = http_date(date)
+    current = sent if sent is not None else now()
+    if not math.isfinite(reset) or reset < current:
+        return None
+    return min(reset - current, RETRY_AFTER_CAP)
 
 
 def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
@@ -190,6 +220,6 @@ def require(data: Any, key: str, *, what: str, kind: type = str) -> Any:
 
 
 __all__ = [
-    "UploadError", "check", "error_text", "json_body", "make_client", "parse_retry_after",
-    "require", "send",
+    "UploadError", "check", "error_text", "json_body", "make_client", "parse_reset",
+    "parse_retry_after", "require", "send",
 ]

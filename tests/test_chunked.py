@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import threading
@@ -31,24 +32,20 @@ class FakeService:
     """Stores parts in memory; scripted failures per part number."""
 
     kind = "fake"
+    session_fields = {"id": str}
 
     def __init__(self, rules: PartRules | None = None, preferred: int = 10,
                  server_part_size: int | None = None) -> None:
-        self.rules = rules or PartRules(min_size=10)
-        self.preferred = preferred
+        self.rules = dataclasses.replace(rules or PartRules(min_size=10), part_size=preferred)
         self.server_part_size = server_part_size
         self.sessions: dict[str, dict[int, bytes]] = {}
         self.calls: list[tuple[str, Any]] = []
         self.fail: dict[int, list[BaseException]] = {}
-        self.renewed: list[int] = []
         self.finished: list[tuple[str, list[tuple[int, str]], bytes]] = []
         self.aborted: list[str] = []
         self.token_override: str | None = None
         self.opened = 0
         self._lock = threading.Lock()
-
-    def plan(self, size: int) -> int:
-        return self.preferred
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         with self._lock:
@@ -58,9 +55,6 @@ class FakeService:
             self.calls.append(("open", part_size))
         return Opened({"id": sid, "_url": "https://signed.example/?sig=SECRET"},
                       self.server_part_size)
-
-    def session_ok(self, session: dict[str, Any]) -> bool:
-        return isinstance(session.get("id"), str)
 
     def send_part(self, session: dict[str, Any], part: Part) -> str:
         with self._lock:
@@ -78,9 +72,6 @@ class FakeService:
         if self.token_override is not None:
             return self.token_override
         return f'"{hashlib.md5(data).hexdigest()}"'
-
-    def renew(self, session: dict[str, Any], part: Part) -> None:
-        self.renewed.append(part.number)
 
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         stored = self.sessions[session["id"]]
@@ -118,7 +109,8 @@ def run(service: FakeService, tmp_path: Path, data: bytes, resume: dict[str, Any
     item = UploadItem(uuid="u", name="f.bin", relpath="f.bin", size=len(data),
                       content_type="application/octet-stream")
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
-        receipt = _chunked.run(service, item, source, resume, cps or Recorder(), parallel=parallel)
+        receipt = _chunked.run(service, item, source, resume, cps or Recorder(),
+                               parallel=_chunked.Parallel(parallel))
         return receipt, source.sha256()
 
 
@@ -157,6 +149,23 @@ def test_choose_part_size_clamps_to_maximum() -> None:
 def test_rules_validate() -> None:
     with pytest.raises(ValueError):
         PartRules(empty_parts=2)
+
+
+@pytest.mark.parametrize(("session", "fits"), [
+    ({"id": "a", "n": 0, "via": "api"}, True),
+    ({"id": "a", "n": 3, "via": "token", "sealed": "x", "done": False}, True),
+    ({"id": "", "n": 0, "via": "api"}, False),  # an empty str is not a str here
+    ({"id": "a", "n": -1, "via": "api"}, False),
+    ({"id": "a", "n": True, "via": "api"}, False),  # a bool is not an int here
+    ({"id": "a", "n": 0, "via": "other"}, False),
+    ({"id": "a", "n": 0, "via": "api", "sealed": 5}, False),
+    ({"id": "a", "n": 0, "via": "api", "done": "yes"}, False),
+    ({"n": 0, "via": "api"}, False),
+])
+def test_session_fields(session: dict[str, Any], fits: bool) -> None:
+    fields = {"id": str, "n": int, "via": ("token", "api"), "sealed": (str, None),
+              "done": (bool, None)}
+    assert _chunked.session_fits(fields, session) is fits
 
 
 # -- sending ----------------------------------------------------------------------
@@ -254,7 +263,7 @@ def test_recorded_part_size_wins_over_config(tmp_path: Path) -> None:
     service, crashing = FakeService(), Recorder(crash_after=2)
     with pytest.raises(Crash):
         run(service, tmp_path, data, cps=crashing)
-    service.preferred = 20
+    service.rules = dataclasses.replace(service.rules, part_size=20)
     service.calls.clear()
     run(service, tmp_path, data, resume=crashing.states[-1])
     assert service.calls == [("part", 2), ("part", 3), ("part", 4)]
@@ -284,12 +293,12 @@ def test_foreign_resume_starts_over_without_abort(tmp_path: Path, resume: dict[s
     assert service.aborted == [] and service.finished
 
 
-def test_expired_part_is_renewed_and_retried(tmp_path: Path) -> None:
+def test_expired_part_is_sent_again(tmp_path: Path) -> None:
     data = os.urandom(25)
     service = FakeService()
     service.fail[2] = [ExpiredError("403"), ExpiredError("403")]
     run(service, tmp_path, data)
-    assert service.renewed == [2, 2]
+    assert service.calls.count(("part", 2)) == 3
     assert service.finished[0][2] == data
 
 
@@ -298,7 +307,7 @@ def test_expiry_renewals_are_bounded(tmp_path: Path) -> None:
     service.fail[1] = [ExpiredError("403")] * 10
     with pytest.raises(ExpiredError):
         run(service, tmp_path, b"abc")
-    assert len(service.renewed) == _chunked.MAX_RENEWALS
+    assert service.calls.count(("part", 1)) == _chunked.MAX_RENEWALS + 1
 
 
 def test_lost_session_reopens_once(tmp_path: Path) -> None:

@@ -22,9 +22,4 @@ REGISTRY: dict[str, type[Destination]] = {
 }
 
 
-def get(type_name: str) -> type[Destination]:
-    """The class for ``type_name``; KeyError if there is none."""
-    return REGISTRY[type_name]
-
-
-__all__ = ["REGISTRY", "get"]
+__all__ = ["REGISTRY"]

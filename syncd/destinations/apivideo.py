@@ -54,6 +54,9 @@ A folder with labels or a category and no ``api_key``: an upload token can
 set neither, so ``syncd check`` warns (:meth:`ApiVideoDestination.capabilities_for`)
 and the first upload of each such set of labels and category logs a warning.
 
+The API client, the multipart form (httpx ``files=``) and the chunk loop
+are the shared kit's (:mod:`._api`, :mod:`._chunked`).
+
 Errors: 401 is :class:`~syncd.errors.FatalError`, and so is a 404 for the
 upload token (unknown, deleted or expired); a 404 for the video means it
 was deleted (a new one is started, once); 403 on an upload is retried at
@@ -66,11 +69,10 @@ empty video, and a byte range cannot describe one.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import logging
-import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -79,10 +81,11 @@ import httpx
 
 from syncd import redact
 from syncd.destinations import _chunked, _receipts
-from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.destinations._api import DELAY, Api, RateLimit, basic
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost, Spec
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
-from syncd.http import check, error_text, json_body, parse_retry_after, require, send
+from syncd.http import error_text, json_body, require
 from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -97,18 +100,17 @@ RECEIPT_SEAL = "apivideo receipt"
 ASSETS = ("player", "hls", "mp4", "thumbnail")
 NO_KEY_NOTE = "without api_key (an upload token alone sets no tags or metadata: set api_key)"
 COMPLETE = ("uploaded", "ingesting", "ingested")  # ingest states with the whole source
+RATE_LIMIT = RateLimit(headers=(("X-RateLimit-Retry-After", DELAY),))  # after Retry-After
 
 
 @dataclass(frozen=True)
 class ApiVideoOptions:
-    upload_token: Secret = field(metadata={
-        "doc": "Delegated upload token (secret): POST /upload-tokens or the dashboard.",
-        "secret": True})
+    upload_token: Secret = field(metadata=credential(
+        "Delegated upload token (secret): POST /upload-tokens or the dashboard."))
     base_url: str = field(default="https://ws.api.video", metadata={
         "doc": "API root (sandbox: https://sandbox.api.video)."})
-    api_key: Secret | None = field(default=None, metadata={
-        "doc": "API key (secret, optional): tags and metadata, resume from /status, abort.",
-        "secret": True})
+    api_key: Secret | None = field(default=None, metadata=credential(
+        "API key (secret, optional): tags and metadata, resume from /status, abort."))
     chunk_size: int = field(default=50 * MiB, metadata={
         "doc": "Chunk size; a file up to this size goes in one request.", "unit": "bytes",
         "min": 5 * MiB, "max": 128 * MiB})
@@ -126,108 +128,63 @@ def _problem(response: httpx.Response) -> tuple[str, str]:
     return slug, str(data.get("name") or "")
 
 
-def _check(response: httpx.Response, *, what: str, ok: tuple[int, ...]) -> httpx.Response:
-    """:func:`syncd.http.check`, with api.video's own 429 hint as the fallback."""
-    hint = None
-    if response.status_code == 429:
-        hint = parse_retry_after(response.headers.get("X-RateLimit-Retry-After"))
-    return check(response, what=what, ok=ok, retry_after=hint)
-
-
-def _form_head(video_id: str | None, filename: str, boundary: str) -> bytes:
-    """The multipart preamble: ``videoId`` first (as api.video's uploader does), then ``file``."""
-    # Escaped as browsers and urllib3 do (WHATWG): '"', CR and LF; the rest goes as UTF-8.
-    quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-    head = ""
-    if video_id:
-        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"videoId\"\r\n\r\n"
-                 f"{video_id}\r\n")
-    head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-             f"filename=\"{quoted}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
-    return head.encode("utf-8")
-
-
-class _Api:
+class _Api(Api):
     """Requests to api.video: the upload token for /upload, the API key for the rest."""
 
     def __init__(self, options: ApiVideoOptions, client: httpx.Client) -> None:
-        self.base = options.base_url.rstrip("/")
-        self.client = client
+        key = options.api_key
+        super().__init__("apivideo", options.base_url, client,
+                         auth=None if key is None else basic(key.reveal(), ""),
+                         rate_limit=RATE_LIMIT, lost=(404,))
         self.token = options.upload_token.reveal()
         redact.register(self.token)
-        self._headers: dict[str, str] | None = None
-        if options.api_key is not None:
-            key = options.api_key.reveal()
-            basic = base64.b64encode(f"{key}:".encode()).decode("ascii")
-            redact.register(key)
-            redact.register(basic)
-            self._headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
 
     @property
     def has_key(self) -> bool:
-        return self._headers is not None
+        return self.auth is not None
 
-    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
-             params: dict[str, Any] | None = None, body: Any = None) -> Any:
-        """One API-key request; its JSON answer (None for 204), or a mapped error."""
-        assert self._headers is not None, "API calls need api_key"
-        kwargs: dict[str, Any] = {"headers": self._headers, "params": params}
-        if body is not None:
-            kwargs["json"] = body
-        response = _check(send(self.client, method, self.base + path, what=what, **kwargs),
-                          what=what, ok=ok)
-        return None if response.status_code == 204 else json_body(response, what=what)
+    def request(self, method: str, path: str, *, what: str, **kwargs: Any) -> httpx.Response:
+        assert self.has_key, "API calls need api_key"
+        return super().request(method, path, what=what, **kwargs)
 
     def video_path(self, video_id: str, suffix: str = "") -> str:
         return f"/videos/{quote(video_id, safe='')}{suffix}"
 
     def status(self, video_id: str) -> dict[str, Any] | None:
         """``GET /videos/{id}/status`` -> its ``ingest`` object; None if the video is gone."""
-        what = "apivideo: video status"
         try:
-            data = self.call("GET", self.video_path(video_id, "/status"), what=what)
-        except PermanentError as exc:
-            if exc.status == 404:
-                return None
-            raise
+            data = self.call("GET", self.video_path(video_id, "/status"),
+                             what="apivideo: video status", session=True)
+        except SessionLost:
+            return None
         ingest = data.get("ingest") if isinstance(data, dict) else None
         return ingest if isinstance(ingest, dict) else {}
 
     def post_chunk(self, video_id: str | None, filename: str, part: Part) -> httpx.Response:
-        """Send one chunk to ``POST /upload?token=…`` (byte ranges) as a streamed form."""
-        return self._post(self.base + "/upload", {"token": self.token}, {}, video_id, filename,
-                          part, f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
+        """Send one chunk to ``POST /upload?token=…`` (byte ranges)."""
+        return self.send("POST", self.base + "/upload", what=f"apivideo: chunk {part.number}",
+                         params={"token": self.token}, **_chunk(video_id, filename, part))
 
     def post_source(self, video_id: str, filename: str, part: Part,
                     by_part: bool) -> httpx.Response:
         """Send one chunk to ``POST /videos/{id}/source`` (API key): ``part n/M`` chunks, or
         byte ranges for a video that a token upload started with them."""
-        assert self._headers is not None, "/videos/{id}/source needs api_key"
-        content_range = (f"part {part.number}/{part.count}" if by_part
-                         else f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
-        return self._post(self.base + self.video_path(video_id, "/source"), None,
-                          self._headers, None, filename, part, content_range)
+        assert self.auth is not None, "/videos/{id}/source needs api_key"
+        return self.send("POST", self.base + self.video_path(video_id, "/source"),
+                         what=f"apivideo: chunk {part.number}",
+                         **_chunk(None, filename, part, by_part=by_part, auth=self.auth))
 
-    def _post(self, url: str, params: dict[str, str] | None, auth: dict[str, str],
-              video_id: str | None, filename: str, part: Part,
-              content_range: str) -> httpx.Response:
-        boundary = "syncd-" + secrets.token_hex(16)
-        head, tail = _form_head(video_id, filename, boundary), f"\r\n--{boundary}--\r\n".encode()
 
-        def body() -> Iterator[bytes]:
-            yield head
-            yield from part.stream()
-            yield tail
-
-        headers = {
-            **auth,
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "Content-Length": str(len(head) + part.size + len(tail)),
-            "Content-Range": content_range,
-            "Accept": "application/json",
-        }
-        return send(self.client, "POST", url, what=f"apivideo: chunk {part.number}",
-                    params=params, headers=headers, content=body())
+def _chunk(video_id: str | None, filename: str, part: Part, *, by_part: bool = False,
+           auth: dict[str, str] | None = None) -> dict[str, Any]:
+    """The request of one chunk: a streamed form (httpx ``files=``), ``videoId`` first (as
+    api.video's uploader does) when given, then ``file``; the chunk's ``Content-Range``."""
+    content_range = (f"part {part.number}/{part.count}" if by_part
+                     else f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
+    return {"headers": {**(auth or {}), "Content-Range": content_range,
+                        "Accept": "application/json"},
+            "data": {"videoId": video_id} if video_id else {},
+            "files": {"file": (filename, part.file(), "application/octet-stream")}}
 
 
 def _metadata(item: UploadItem) -> dict[str, Any]:
@@ -259,18 +216,17 @@ class _Chunks:
     """api.video's Content-Range chunks as a :class:`~._chunked.ChunkedService`."""
 
     kind = "apivideo-chunks"
-    # 5 MiB .. 128 MiB: what api.video's own clients allow (protocols.md §4.3).
-    rules = PartRules(min_size=5 * MiB, max_size=128 * MiB, max_parts=100_000, empty_parts=1)
+    session_fields: Mapping[str, Spec] = {"via": ("token", "api"), "filename": str,
+                                          "range": ("bytes", "part", None), "video_id": (str, None)}
 
     def __init__(self, api: _Api, options: ApiVideoOptions) -> None:
         self.api = api
-        self.options = options
+        # 5 MiB .. 128 MiB: what api.video's own clients allow (protocols.md §4.3).
+        self.rules = PartRules(part_size=options.chunk_size, min_size=5 * MiB,
+                               max_size=128 * MiB, max_parts=100_000, empty_parts=1)
         # The receipt's private URLs are sealed with the steadier secret: the API key
         # (an upload token may have a ttl).
         self.seal_secret = (options.api_key or options.upload_token).reveal()
-
-    def plan(self, size: int) -> int:
-        return self.options.chunk_size
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         if not self.api.has_key:
@@ -315,13 +271,6 @@ class _Chunks:
             self.abort({"video_id": video_id})
         return None
 
-    def session_ok(self, session: dict[str, Any]) -> bool:
-        video_id = session.get("video_id")
-        return (session.get("via") in ("token", "api")
-                and isinstance(session.get("filename"), str)
-                and session.get("range", "bytes") in ("bytes", "part")
-                and (video_id is None or (isinstance(video_id, str) and bool(video_id))))
-
     def send_part(self, session: dict[str, Any], part: Part) -> str:
         video_id = session.get("video_id")
         if session.get("_complete"):
@@ -356,7 +305,7 @@ class _Chunks:
                                  f"(unknown, deleted or expired): {detail}", status=404)
             if status == 403:  # documented on neither route: retried at once, bounded
                 raise ExpiredError(f"{what}: HTTP 403: {detail}", status=403)
-        _check(response, what=what, ok=(200, 201))
+        self.api.check(response, what=what, ok=(200, 201))
         video = json_body(response, what=what)
         returned = require(video, "videoId", what=what)
         if video_id is None:
@@ -367,9 +316,6 @@ class _Chunks:
         if part.last:
             session["_video"] = video
         return str(video_id)
-
-    def renew(self, session: dict[str, Any], part: Part) -> None:
-        return None  # nothing is signed: the same request is simply sent again
 
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         video_id = session["video_id"]
@@ -387,12 +333,9 @@ class _Chunks:
         ingest = self.api.status(video_id)
         if ingest is None or ingest.get("status") in COMPLETE:
             return None  # gone already, or finished: a complete video is never deleted here
-        try:
+        with contextlib.suppress(SessionLost):  # gone since
             self.api.call("DELETE", self.api.video_path(video_id), what="apivideo: delete video",
-                          ok=(200, 202, 204))
-        except PermanentError as exc:
-            if exc.status != 404:
-                raise
+                          ok=(200, 202, 204), session=True)
 
 
 def _receipt(video_id: str, video: dict[str, Any], chunks: int, secret: str) -> Receipt:
@@ -517,9 +460,9 @@ class ApiVideoDestination:
     def probe(self) -> str:
         if not self._api.has_key:
             what = "apivideo: reach the API"
-            response = send(self._api.client, "GET", self._api.base + "/videos", what=what)
+            response = self._api.send("GET", self._api.base + "/videos", what=what)
             if response.status_code >= 500 or response.status_code == 429:
-                _check(response, what=what, ok=())
+                self._api.check(response, what=what, ok=())
             return (f"reachable (HTTP {response.status_code}); the upload token cannot be "
                     "checked without api_key: the first upload checks it")
         what = "apivideo: check upload token"

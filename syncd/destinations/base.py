@@ -92,6 +92,13 @@ Checkpoint = Callable[[dict[str, Any]], None]
 READ_BLOCK = BLOCK  # 1 MiB reads: few system calls, few Python iterations per GiB
 
 
+def credential(doc: str) -> dict[str, Any]:
+    """The metadata of a credential field of a type's ``Options``
+    (``field(metadata=credential(doc))``): resolved by :mod:`syncd.secrets`
+    (``env:``, ``file:``), never shown, and masked in every log line."""
+    return {"doc": doc, "secret": True}
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """Which folder metadata a destination type can deliver, and how."""

@@ -32,6 +32,9 @@ Parts are ``part_size`` bytes, every one but the last: Lilt's rule is
 sign_upload_part description), so parts never grow; a file that would need
 more than 10,000 parts (above 78.125 GiB at 8 MiB) is refused (permanent).
 
+The API client, the single PUT and the part loop are the shared kit's
+(:mod:`._api`, :mod:`._chunked`); this module holds Lilt's data and requests.
+
 Errors: API 401/403 are :class:`~syncd.errors.FatalError`; a storage 403 is
 an expired signature (re-sign and retry at once, bounded); a 404 for a
 multipart session means Lilt forgot it (start a new one); a complete that
@@ -43,11 +46,10 @@ Everything else is mapped by :mod:`syncd.http`.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -56,28 +58,27 @@ import httpx
 
 from syncd import redact
 from syncd.destinations import _chunked
-from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
-from syncd.errors import ExpiredError, PermanentError, RetryableError, UploadError, describe
-from syncd.http import check, json_body, require, send
+from syncd.destinations._api import Api, RateLimit, basic, put_signed
+from syncd.destinations._chunked import Opened, Parallel, Part, PartRules, SessionLost, Spec
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
+from syncd.errors import PermanentError, RetryableError, UploadError, describe
+from syncd.http import require
 from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-SINGLE_RENEWALS = 2  # fresh URLs for one single-flow PUT after a storage 403
 SCAN_TIMEOUT = 300.0  # seconds wait_for_scan polls before giving up (the upload stands)
 SCAN_FIRST_DELAY = 1.0
 SCAN_MAX_DELAY = 15.0
-STORAGE_OK = (200, 201, 204)
 PART_SIZE = 8 * MiB  # Lilt's documented part size (sign_upload_part)
 QUOTA_WAIT = 60.0  # "Once over [the quota], the client must wait 60 s" (lilt-python README)
 
 
 @dataclass(frozen=True)
 class LiltOptions:
-    api_key: Secret = field(metadata={"doc": "Lilt API key (secret).", "secret": True})
+    api_key: Secret = field(metadata=credential("Lilt API key (secret)."))
     base_url: str = field(
         default="https://api.lilt.com", metadata={"doc": "API root, without /v2."}
     )
@@ -96,36 +97,16 @@ class LiltOptions:
         default=False,
         metadata={"doc": "Poll GET /v2/upload until the antivirus scan leaves 'pending'."},
     )
-    parallel_parts: int = field(default=1, metadata={
-        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
-    max_connections: int = field(default=8, metadata={
-        "doc": "Part requests in flight to this destination across all files.",
-        "min": 1, "max": 64})
+    parallel_parts: int = _chunked.parallel_parts_option()
+    max_connections: int = _chunked.max_connections_option()
 
 
-class _Api:
-    """Authenticated JSON calls to the Lilt API (never to storage)."""
-
-    def __init__(self, options: LiltOptions, client: httpx.Client) -> None:
-        self.base = options.base_url.rstrip("/")
-        self.client = client
-        key = options.api_key.reveal()
-        token = base64.b64encode(f"{key}:{key}".encode()).decode("ascii")
-        redact.register(key)
-        redact.register(token)
-        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
-
-    def call(self, method: str, path: str, *, what: str, params: dict[str, Any] | None = None,
-             body: Any = None) -> Any:
-        """Send one API request; the decoded JSON answer, or a mapped error."""
-        kwargs: dict[str, Any] = {"headers": self._headers, "params": params}
-        if body is not None:
-            kwargs["json"] = body
-        response = send(self.client, method, self.base + path, what=what, **kwargs)
-        # Over the quota: Retry-After when Lilt sends one, else its documented 60 s.
-        quota = QUOTA_WAIT if response.status_code == 429 else None
-        check(response, what=what, ok=(200, 201), retry_after=quota)
-        return json_body(response, what=what)
+def _api(options: LiltOptions, client: httpx.Client) -> Api:
+    """The Lilt API: ``Basic base64(KEY:KEY)``; over the quota, Retry-After when Lilt
+    sends one, else its documented 60 s; a 404 for a multipart session means it is gone."""
+    key = options.api_key.reveal()
+    return Api("lilt", options.base_url, client, auth=basic(key, key), ok=(200, 201),
+               rate_limit=RateLimit(default=QUOTA_WAIT), lost=(404,))
 
 
 def _initiate_body(item: UploadItem, size: int) -> dict[str, Any]:
@@ -148,17 +129,14 @@ class _Multipart:
     """Lilt's multipart protocol as a :class:`~._chunked.ChunkedService`."""
 
     kind = "multipart"
+    session_fields: Mapping[str, Spec] = {"upload_id": str, "key": str}
 
-    def __init__(self, api: _Api, options: LiltOptions) -> None:
+    def __init__(self, api: Api, options: LiltOptions) -> None:
         self.api = api
-        self.options = options
         # Exactly part_size (Lilt's 8 MiB) for every part but the last, never grown:
         # a file beyond 10,000 parts is refused rather than sent in parts Lilt did not ask for.
-        self.rules = PartRules(min_size=options.part_size, max_size=options.part_size,
-                               max_parts=10_000, empty_parts=1)
-
-    def plan(self, size: int) -> int:
-        return self.options.part_size
+        self.rules = PartRules(part_size=options.part_size, min_size=options.part_size,
+                               max_size=options.part_size, max_parts=10_000, empty_parts=1)
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "lilt: initiate multipart upload"
@@ -168,47 +146,28 @@ class _Multipart:
         key = require(data, "key", what=what)
         return Opened({"upload_id": upload_id, "key": key})
 
-    def session_ok(self, session: dict[str, Any]) -> bool:
-        return all(isinstance(session.get(k), str) and session[k] for k in ("upload_id", "key"))
-
     def _path(self, session: dict[str, Any], suffix: str = "") -> str:
         return f"/v2/upload/s3/multipart/{quote(session['upload_id'], safe='')}{suffix}"
 
     def send_part(self, session: dict[str, Any], part: Part) -> str:
         what = f"lilt: sign part {part.number}"
+        # Signed afresh on every attempt, so an expired URL is simply sent again.
         # The numeric path segment: lilt-python 3.1.0 sends a literal "partNumber" (§1.4.2).
-        try:
-            data = self.api.call("GET", self._path(session, f"/{part.number}"), what=what,
-                                 params={"s3Key": session["key"], "size": part.size})
-        except PermanentError as exc:
-            if exc.status == 404:
-                raise SessionLost(str(exc), status=404) from None
-            raise
+        data = self.api.call("GET", self._path(session, f"/{part.number}"), what=what,
+                             params={"s3Key": session["key"], "size": part.size}, session=True)
         url = _put_url(data, what=what)
         what = f"lilt: PUT part {part.number} to storage"
-        response = send(self.api.client, "PUT", url, what=what, content=part.stream(),
-                        headers={"Content-Length": str(part.size)})
-        if response.status_code == 404:
-            raise SessionLost(f"{what}: HTTP 404 (no such upload)", status=404)
-        check(response, what=what, ok=STORAGE_OK, expired=(403,))
+        response = self.api.put(url, part.stream(), size=part.size, what=what, session=True)
         etag = response.headers.get("ETag")
         if not etag:
             raise RetryableError(f"{what}: storage answered without an ETag")
         return str(etag)  # exactly as returned, quotes included: complete wants it back verbatim
 
-    def renew(self, session: dict[str, Any], part: Part) -> None:
-        return None  # send_part signs each attempt afresh
-
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         what = "lilt: complete multipart upload"
         body = {"parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]}
-        try:
-            data = self.api.call("POST", self._path(session, "/complete"), what=what,
-                                 params={"s3Key": session["key"]}, body=body)
-        except PermanentError as exc:
-            if exc.status == 404:
-                raise SessionLost(str(exc), status=404) from None
-            raise
+        data = self.api.call("POST", self._path(session, "/complete"), what=what,
+                             params={"s3Key": session["key"]}, body=body, session=True)
         if not isinstance(data, dict) or data.get("success") is not True:
             raise RetryableError(f"{what}: the server did not confirm success")
         location = data.get("location")
@@ -219,13 +178,9 @@ class _Multipart:
         )
 
     def abort(self, session: dict[str, Any]) -> None:
-        what = "lilt: cancel multipart upload"
-        try:
-            self.api.call("DELETE", self._path(session), what=what,
-                          params={"s3Key": session["key"]})
-        except PermanentError as exc:
-            if exc.status != 404:  # already gone (completed or cancelled): nothing to release
-                raise
+        with contextlib.suppress(SessionLost):  # already gone (completed or cancelled)
+            self.api.call("DELETE", self._path(session), what="lilt: cancel multipart upload",
+                          params={"s3Key": session["key"]}, session=True)
 
 
 class LiltDestination:
@@ -243,9 +198,9 @@ class LiltDestination:
         self.name = name
         self.options = options
         self.client = client
-        self._api = _Api(options, client)
+        self._api = _api(options, client)
         self._multipart = _Multipart(self._api, options)
-        self._slots = threading.BoundedSemaphore(options.max_connections)
+        self._parallel = Parallel.of(options)
         self._sleep = sleep
         self._clock = clock
 
@@ -257,7 +212,7 @@ class LiltDestination:
         in_flight = _chunked.is_resume_for(self._multipart, resume)
         if source.size > self.options.multipart_threshold or in_flight:
             receipt = _chunked.run(self._multipart, item, source, resume, checkpoint,
-                                   parallel=self.options.parallel_parts, slots=self._slots)
+                                   parallel=self._parallel)
         else:
             receipt = self._upload_single(item, source, checkpoint)
         if self.options.wait_for_scan:
@@ -268,29 +223,18 @@ class LiltDestination:
 
     def _upload_single(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
         body = _initiate_body(item, source.size)
-        renewals = 0
-        while True:
+
+        def sign() -> tuple[str, str]:
             what = "lilt: initiate upload"
             data = self._api.call("POST", "/v2/upload/s3/params", what=what, body=body)
             key = require(data, "key", what=what)
             url = _put_url(data, what=what)
             checkpoint({"v": 1, "kind": "single", "key": key})
-            headers = {"Content-Type": item.content_type, "Content-Length": str(source.size)}
-            what = "lilt: PUT to storage"
-            # A generator with an explicit Content-Length: httpx streams it without chunking.
-            response = send(self.client, "PUT", url, what=what,
-                            content=source.iter_range(0, source.size), headers=headers)
-            try:
-                check(response, what=what, ok=STORAGE_OK, expired=(403,))
-            except ExpiredError:
-                if renewals >= SINGLE_RENEWALS:
-                    raise
-                renewals += 1
-                log.info("lilt: the upload URL expired; asking for a new one (%d/%d)",
-                         renewals, SINGLE_RENEWALS)
-                continue
-            return Receipt(remote_id=key, url=redact.strip_query(url),
-                           details={"method": "single"})
+            return url, key
+
+        url, key = put_signed(self._api, sign, source, content_type=item.content_type,
+                              what="lilt: PUT to storage")
+        return Receipt(remote_id=key, url=redact.strip_query(url), details={"method": "single"})
 
     def _wait_for_scan(self, filename: str) -> str:
         """Poll ``GET /v2/upload`` until this file's status leaves ``pending``.

@@ -46,20 +46,21 @@ and sends every part again; the abandoned upload cannot be cancelled (there
 is no such endpoint) and is left to the service. A ``urls`` upload is one PUT
 and restarts with fresh URLs; ``object`` is only for diagnosis.
 
+The API client, the single PUT and the part loop are the shared kit's
+(:mod:`._api`, :mod:`._chunked`); this module holds WriftAI's data and requests.
+
 Errors: API 401/403 are :class:`~syncd.errors.FatalError`; a 429 waits for
 ``Retry-After`` if present, else for ``x-ratelimit-reset`` (epoch seconds,
-WriftAI's own header); a storage 403 is an expired URL (``urls``: ask for new
-URLs, twice at most; ``uploads``: a new upload). Everything else is mapped
-by :mod:`syncd.http`.
+WriftAI's own header, :data:`RATE_LIMIT`); a storage 403 is an expired URL
+(``urls``: ask for new URLs, twice at most; ``uploads``: a new upload).
+Everything else is mapped by :mod:`syncd.http`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -68,17 +69,16 @@ import httpx
 
 from syncd import redact
 from syncd.destinations import _chunked, _receipts
-from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
-from syncd.errors import ExpiredError, PermanentError, RetryableError
-from syncd.http import RETRY_AFTER_CAP, check, http_date, json_body, require, send
+from syncd.destinations._api import RESET, Api, RateLimit, bearer, put_signed
+from syncd.destinations._chunked import Opened, Parallel, Part, PartRules, SessionLost, Spec
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
+from syncd.errors import ExpiredError, RetryableError
+from syncd.http import require
 from syncd.seal import Sealer
 from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
-STORAGE_OK = (200, 201, 204)
-URL_RENEWALS = 2  # fresh /files/urls after a storage 403, per call
 MAX_PARTS = 100_000  # the server splits; this only bounds what a resume may claim
 NO_ETAG = "(none)"  # a part storage confirmed without an etag (never a real, quoted, etag)
 RECEIPT_SEAL = "wriftai receipt"
@@ -86,9 +86,8 @@ RECEIPT_SEAL = "wriftai receipt"
 
 @dataclass(frozen=True)
 class WriftAIOptions:
-    token: Secret = field(metadata={
-        "doc": "WriftAI API access token (secret), sent as Authorization: Bearer.",
-        "secret": True})
+    token: Secret = field(metadata=credential(
+        "WriftAI API access token (secret), sent as Authorization: Bearer."))
     base_url: str = field(default="https://api.wrift.ai/v1", metadata={
         "doc": "API root including /v1.", "nonempty": True, "no_control": True})
     protocol: str = field(default="uploads", metadata={
@@ -102,11 +101,8 @@ class WriftAIOptions:
         "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
                "derived from token, so a crash resends only missing parts; false: a crash "
                "restarts the upload."})
-    parallel_parts: int = field(default=1, metadata={
-        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
-    max_connections: int = field(default=8, metadata={
-        "doc": "Part requests in flight to this destination across all files.",
-        "min": 1, "max": 64})
+    parallel_parts: int = _chunked.parallel_parts_option()
+    max_connections: int = _chunked.max_connections_option()
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("https://", "http://")):
@@ -114,25 +110,10 @@ class WriftAIOptions:
                              f"{self.base_url!r}")
 
 
-def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds until ``x-ratelimit-reset`` (epoch seconds) on a 429; None otherwise.
-
-    The reset time is the server's clock, so it is measured against the
-    response's own ``Date`` when there is one (a local clock minutes off
-    must neither stretch the wait nor cancel it). A reset in the past or a
-    malformed value gives None: the uploader's jittered backoff applies.
-    """
-    if response.status_code != 429:
-        return None
-    try:
-        reset = float(response.headers.get("x-ratelimit-reset", "").strip())
-    except ValueError:
-        return None
-    server_now = http_date(response.headers.get("Date"))
-    current = server_now if server_now is not None else now()
-    if not math.isfinite(reset) or reset < current:
-        return None
-    return min(reset - current, RETRY_AFTER_CAP)
+#: On a 429 without ``Retry-After``: until ``x-ratelimit-reset`` (epoch seconds, measured
+#: against the response's ``Date``; a reset in the past leaves it to the uploader's backoff).
+RATE_LIMIT = RateLimit(headers=(("x-ratelimit-reset", RESET),))
+rate_limit_wait = RATE_LIMIT.wait
 
 
 def _receipt(secret: str, remote_id: str, download_url: str,
@@ -143,57 +124,28 @@ def _receipt(secret: str, remote_id: str, download_url: str,
     return Receipt(remote_id=remote_id, url=kept.pop("url"), details={**details, **kept})
 
 
-class _Api:
-    """Authenticated JSON calls to the WriftAI API (never to storage)."""
-
-    def __init__(self, options: WriftAIOptions, client: httpx.Client,
-                 now: Callable[[], float]) -> None:
-        self.base = options.base_url.rstrip("/")
-        self.client = client
-        self.now = now
-        token = options.token.reveal()
-        redact.register(token)
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-    def check(self, response: httpx.Response, *, what: str, ok: tuple[int, ...],
-              expired: tuple[int, ...] = ()) -> None:
-        """:func:`syncd.http.check`, with ``x-ratelimit-reset`` as the fallback hint on 429."""
-        check(response, what=what, ok=ok, expired=expired,
-              retry_after=rate_limit_wait(response, self.now))
-
-    def call(self, method: str, path: str, *, what: str, body: Any = None) -> Any:
-        """Send one API request; the decoded JSON answer, or a mapped error."""
-        kwargs: dict[str, Any] = {"headers": self._headers}
-        if body is not None:
-            kwargs["json"] = body
-        response = send(self.client, method, self.base + path, what=what, **kwargs)
-        self.check(response, what=what, ok=(200, 201))
-        return json_body(response, what=what)
-
-
-def _put(api: _Api, url: str, content: Any, *, size: int, mime: str,
-         what: str) -> httpx.Response:
-    """PUT bytes to a signed storage URL: exact length and type, no credentials."""
-    headers = {"Content-Length": str(size), "Content-Type": mime}
-    return send(api.client, "PUT", url, what=what, content=content, headers=headers)
+def _api(options: WriftAIOptions, client: httpx.Client, now: Callable[[], float]) -> Api:
+    """The WriftAI API: ``Bearer`` token, :data:`RATE_LIMIT`, a 404 for an upload means it is gone."""
+    return Api("wriftai", options.base_url, client, auth=bearer(options.token.reveal()),
+               ok=(200, 201), rate_limit=RATE_LIMIT, lost=(404,), now=now)
 
 
 class _Uploads:
     """``POST /uploads`` as a :class:`~._chunked.ChunkedService` (server-dictated parts)."""
 
     kind = "uploads"
-    # An empty file has no part: the SDK accepts ``urls: []`` for it (open() also takes one
-    # URL for an empty part, and finish() sends that part).
+    # The server dictates the part size (open() returns it). An empty file has no part: the
+    # SDK accepts ``urls: []`` for it (open() also takes one URL for an empty part, and
+    # finish() sends that part).
     rules = PartRules(min_size=1, max_parts=MAX_PARTS, empty_parts=0)
+    session_fields: Mapping[str, Spec] = {"id": str, "mime": str, "count": int,
+                                          "sealed": (str, None)}
 
-    def __init__(self, api: _Api, options: WriftAIOptions, sealer: Sealer) -> None:
+    def __init__(self, api: Api, options: WriftAIOptions, sealer: Sealer) -> None:
         self.api = api
         self.options = options
         self.sealer = sealer
         self.sealer_secret = options.token.reveal()  # for the receipt's sealed download URL
-
-    def plan(self, size: int) -> int:
-        return max(size, 1)  # a placeholder: open() returns the server's part size
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "wriftai: create upload"
@@ -216,12 +168,6 @@ class _Uploads:
         if self.options.resume_parts:
             session["sealed"] = self.sealer.seal(upload_id, urls)
         return Opened(session, part_size=server_part)
-
-    def session_ok(self, session: dict[str, Any]) -> bool:
-        count = session.get("count")
-        return (all(isinstance(session.get(k), str) and session[k] for k in ("id", "mime"))
-                and isinstance(count, int) and not isinstance(count, bool) and count >= 0
-                and isinstance(session.get("sealed", ""), str))
 
     def _urls(self, session: dict[str, Any]) -> list[str]:
         """The part URLs: from this call, or unsealed from the checkpoint."""
@@ -246,11 +192,12 @@ class _Uploads:
             raise SessionLost(f"wriftai: the upload has {len(urls)} parts, the file "
                               f"{part.count}; starting a new upload")
         what = f"wriftai: PUT part {part.number}/{part.count}"
-        response = _put(self.api, urls[part.number - 1], part.stream(), size=part.size,
-                        mime=session["mime"], what=what)
-        if response.status_code == 404:
-            raise SessionLost(f"{what}: HTTP 404 (the upload no longer exists)", status=404)
-        self.api.check(response, what=what, ok=STORAGE_OK, expired=(403,))
+        try:
+            response = self.api.put(urls[part.number - 1], part.stream(), size=part.size,
+                                    content_type=session["mime"], what=what, session=True)
+        except ExpiredError:
+            raise SessionLost(f"wriftai: the URL of part {part.number} expired and WriftAI "
+                              "cannot sign it again; starting a new upload") from None
         etag = response.headers.get("etag")
         if not etag:  # the SDK goes on, and leaves the part out of complete's etags
             log.info("%s: storage confirmed the part without an etag; going on as the "
@@ -258,33 +205,20 @@ class _Uploads:
             return NO_ETAG
         return str(etag)  # as returned, quotes included: complete wants it back
 
-    def renew(self, session: dict[str, Any], part: Part) -> None:
-        raise SessionLost(f"wriftai: the URL of part {part.number} expired and WriftAI cannot "
-                          "sign it again; starting a new upload")
-
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         what = "wriftai: complete upload"
         path = f"/uploads/{quote(session['id'], safe='')}/complete"
         if session["count"] == 1 and not parts:  # an empty file given one (empty) part URL
             parts = [(1, self._send_empty(session))]
         etags = [etag for _, etag in parts if etag != NO_ETAG]
-        try:
-            data = self.api.call("POST", path, what=what, body={"etags": etags})
-        except PermanentError as exc:
-            if exc.status == 404:
-                raise SessionLost(str(exc), status=404) from None
-            raise
+        data = self.api.call("POST", path, what=what, body={"etags": etags}, session=True)
         download = require(data, "download_url", what=what)
         return _receipt(self.sealer_secret, session["id"], download,
                         {"protocol": "uploads", "parts": len(parts)})
 
     def _send_empty(self, session: dict[str, Any]) -> str:
-        what = "wriftai: PUT the empty part"
-        response = _put(self.api, self._urls(session)[0], b"", size=0, mime=session["mime"],
-                        what=what)
-        if response.status_code == 404:
-            raise SessionLost(f"{what}: HTTP 404 (the upload no longer exists)", status=404)
-        self.api.check(response, what=what, ok=STORAGE_OK)
+        response = self.api.put(self._urls(session)[0], b"", size=0, content_type=session["mime"],
+                                what="wriftai: PUT the empty part", session=True, expired=())
         return str(response.headers.get("etag") or NO_ETAG)
 
     def abort(self, session: dict[str, Any]) -> None:
@@ -303,45 +237,36 @@ class WriftAIDestination:
         self.name = name
         self.options = options
         self.client = client
-        self._api = _Api(options, client, now)
+        self._api = _api(options, client, now)
         self._uploads = _Uploads(self._api, options,
                                  Sealer(options.token.reveal(), "wriftai part urls"))
-        self._slots = threading.BoundedSemaphore(options.max_connections)
+        self._parallel = Parallel.of(options)
 
     def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
                checkpoint: Checkpoint) -> Receipt:
         # The configured protocol wins: a resume of the other kind starts over.
         if self.options.protocol == "uploads":
             return _chunked.run(self._uploads, item, source, resume, checkpoint,
-                                parallel=self.options.parallel_parts, slots=self._slots)
+                                parallel=self._parallel)
         return self._upload_urls(item, source, checkpoint)
 
     def _upload_urls(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
         body = {"name": item.name, "size": source.size, "resource": self.options.resource,
                 "mime_type": item.content_type}
-        renewals = 0
-        while True:
+
+        def sign() -> tuple[str, str]:
             what = "wriftai: create file URLs"
             data = self._api.call("POST", "/files/urls", what=what, body=body)
             upload_url = require(data, "upload_url", what=what)
             download_url = require(data, "download_url", what=what)
-            path = urlsplit(download_url).path
-            checkpoint({"v": 1, "kind": "urls", "object": path})
-            what = "wriftai: PUT to storage"
-            response = _put(self._api, upload_url, source.iter_range(0, source.size),
-                            size=source.size, mime=item.content_type, what=what)
-            try:
-                self._api.check(response, what=what, ok=STORAGE_OK, expired=(403,))
-            except ExpiredError:
-                if renewals >= URL_RENEWALS:
-                    raise
-                renewals += 1
-                log.info("wriftai: the upload URL expired; asking for a new one (%d/%d)",
-                         renewals, URL_RENEWALS)
-                continue
-            return _receipt(self.options.token.reveal(),
-                            path or redact.strip_query(download_url), download_url,
-                            {"protocol": "urls", "resource": self.options.resource})
+            checkpoint({"v": 1, "kind": "urls", "object": urlsplit(download_url).path})
+            return upload_url, download_url
+
+        _, download_url = put_signed(self._api, sign, source, content_type=item.content_type,
+                                     what="wriftai: PUT to storage")
+        path = urlsplit(download_url).path
+        return _receipt(self.options.token.reveal(), path or redact.strip_query(download_url),
+                        download_url, {"protocol": "urls", "resource": self.options.resource})
 
     def abort(self, resume: dict[str, Any]) -> None:
         """Nothing to release: WriftAI has no endpoint to cancel an upload."""

@@ -30,7 +30,8 @@ The access token is cached per destination until 60 s before it expires,
 registered with :mod:`syncd.redact`, and replaced once when a call answers
 403 ``0x0000003`` (the call is then repeated once). Storage gets no token.
 
-The chunk loop is :mod:`._chunked`'s. The session kept in the resume state::
+The API client and the chunk loop are the shared kit's (:mod:`._api`,
+:mod:`._chunked`). The session kept in the resume state::
 
     {"upload_id", "file_id", "object_key", "pipeline_id",
      "sealed": "<form_post_url + form_post_params, encrypted>", "finished": true?}
@@ -70,7 +71,7 @@ or deleted; ``0`` keeps objects, an epoch is that moment.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import logging
 import math
@@ -78,7 +79,7 @@ import re
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -88,16 +89,18 @@ import httpx
 
 from syncd import redact
 from syncd.destinations import _chunked
-from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost
+from syncd.destinations._api import EXPIRED, STORAGE_OK, Api
+from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost, Spec
 from syncd.destinations.base import (
     Capabilities,
     Checkpoint,
     Receipt,
     Source,
     UploadItem,
+    credential,
     wire_name,
 )
-from syncd.errors import FatalError, PermanentError, RetryableError, describe
+from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
 from syncd.http import check, json_body, require, send
 from syncd.seal import Sealer
 from syncd.secrets import Secret
@@ -118,7 +121,6 @@ DEFAULT_EXPIRY_DAYS = 7  # Xvid deletes an object no Job used after this, unless
 POLL_FIRST_DELAY = 0.5
 POLL_MAX_DELAY = 10.0
 POLL_TIMEOUT = 300.0  # then retryable: the next attempt only polls again
-STORAGE_OK = (200, 201, 204)
 
 # -- the object_key template ------------------------------------------------------------
 
@@ -216,8 +218,7 @@ def _expiry_text(expires_at: int | None, uploaded: float | None = None) -> str:
 class XvidOptions:
     client_id: str = field(metadata={"doc": "OAuth client id of your Xvid API application.",
                                      "nonempty": True, "no_control": True})
-    client_secret: Secret = field(metadata={"doc": "OAuth client secret (secret).",
-                                            "secret": True})
+    client_secret: Secret = field(metadata=credential("OAuth client secret (secret)."))
     pipeline_id: str = field(metadata={"doc": "Pipeline whose root the object keys are relative to.",
                                        "nonempty": True, "no_control": True})
     base_url: str = field(default="https://api.xvid.com/v1",
@@ -353,37 +354,32 @@ def _error_code(response: httpx.Response) -> str | None:
         return None
 
 
-class _Api:
-    """Authenticated JSON calls to the Xvid API (never to storage)."""
+class _Api(Api):
+    """The Xvid API: a Bearer token from :class:`_Auth`, same-host redirects followed,
+    a 404 for an upload means it is gone; no rate-limit header of its own."""
 
     def __init__(self, options: XvidOptions, client: httpx.Client, auth: _Auth) -> None:
-        self.base = options.base_url.rstrip("/")
-        self.client = client
-        self.auth = auth
+        super().__init__("xvid", options.base_url, client, lost=(404,))
+        self.oauth = auth
 
-    def call(self, method: str, path: str, *, what: str, params: dict[str, str] | None = None,
-             body: Any = None) -> Any:
-        """Send one API request; the decoded JSON answer, or a mapped error.
+    def request(self, method: str, path: str, *, what: str, **kwargs: Any) -> httpx.Response:
+        """One API request with the cached token, following same-host redirects.
 
         A 403 ``0x0000003`` (token expired or revoked) gets a new token and
-        one repeat; a second refusal is a FatalError.
+        one repeat; a second refusal is a FatalError (:meth:`check`).
         """
-        token = self.auth.token()
-        response = self._send(method, path, token, what, params, body)
+        token = self.oauth.token()
+        response = self._request(method, path, token, what, kwargs)
         if response.status_code == 403 and _error_code(response) == TOKEN_REFUSED:
             log.info("xvid: the access token was refused (%s); getting a new one", what)
-            self.auth.forget(token)
-            response = self._send(method, path, self.auth.token(), what, params, body)
-        check(response, what=what)
-        return json_body(response, what=what)
+            self.oauth.forget(token)
+            response = self._request(method, path, self.oauth.token(), what, kwargs)
+        return response
 
-    def _send(self, method: str, path: str, token: str, what: str,
-              params: dict[str, str] | None, body: Any) -> httpx.Response:
-        kwargs: dict[str, Any] = {"params": params, "headers": {
-            "Authorization": f"Bearer {token}", "Accept": "application/json"}}
-        if body is not None:
-            kwargs["json"] = body
-        return _send(self.client, method, self.base + path, what=what, **kwargs)
+    def _request(self, method: str, path: str, token: str, what: str,
+                 kwargs: dict[str, Any]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        return _send(self.client, method, self.base + path, what=what, headers=headers, **kwargs)
 
 
 # -- the sealed form ------------------------------------------------------------------------
@@ -418,42 +414,6 @@ def _valid_form(form: Any) -> bool:
 # -- one upload through the chunk driver --------------------------------------------------
 
 
-class _PartFile(io.RawIOBase):
-    """One chunk as a seekable binary file, for httpx's multipart encoder.
-
-    httpx learns the length by seeking, then reads 64 KiB at a time: the chunk
-    streams from the :class:`Source` (hashed, change-checked), never whole.
-    """
-
-    def __init__(self, part: Part) -> None:
-        super().__init__()
-        self._part = part
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._part.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self._part.size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._part.source.read(self._part.offset + self._pos, n)
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
 class _Saver:
     """The checkpoint callback of one ``upload()`` call; remembers the last state saved."""
 
@@ -484,9 +444,9 @@ class _Upload:
     """Xvid's chunked form posts as a :class:`~._chunked.ChunkedService`, for one call."""
 
     kind = "form"
-    # Xvid documents no chunk limits [?]: S3 POST takes at most 5 GB per request; the
-    # 5 MiB minimum and 10,000 chunks are syncd's own, S3-like, bounds.
-    rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, max_parts=10_000, empty_parts=1)
+    session_fields: Mapping[str, Spec] = {
+        "upload_id": str, "file_id": str, "object_key": str, "pipeline_id": str,
+        "sealed": (str, None), "finished": (bool, None)}
 
     def __init__(self, dest: XvidDestination, saver: _Saver | None) -> None:
         self.api = dest.api
@@ -494,9 +454,10 @@ class _Upload:
         self.sleep = dest.sleep
         self.clock = dest.clock
         self.saver = saver
-
-    def plan(self, size: int) -> int:
-        return self.options.chunk_size
+        # Xvid documents no chunk limits [?]: S3 POST takes at most 5 GB per request; the
+        # 5 MiB minimum and 10,000 chunks are syncd's own, S3-like, bounds.
+        self.rules = PartRules(part_size=self.options.chunk_size, min_size=5 * MiB,
+                               max_size=5 * GiB, max_parts=10_000, empty_parts=1)
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "xvid: open an upload session"
@@ -527,12 +488,6 @@ class _Upload:
                        "pipeline_id": self.options.pipeline_id, "sealed": sealed, "_form": form,
                        "_fresh": True})
 
-    def session_ok(self, session: dict[str, Any]) -> bool:
-        return (all(isinstance(session.get(k), str) and session[k]
-                    for k in ("upload_id", "file_id", "object_key", "pipeline_id"))
-                and isinstance(session.get("sealed", ""), str)
-                and isinstance(session.get("finished", False), bool))
-
     def _form(self, session: dict[str, Any]) -> dict[str, Any]:
         form = session.get("_form")
         if form is None:
@@ -556,18 +511,18 @@ class _Upload:
         name = wire_name(fields.get("name") or "blob")
         # httpx writes data= fields before files=, so ``file`` is the last field, as S3 demands.
         response = send(self.api.client, "POST", form["url"], what=what, data=fields,
-                        files={"file": (name, _PartFile(part), "application/octet-stream")})
-        check(response, what=what, ok=STORAGE_OK, expired=(403,))
+                        files={"file": (name, part.file(), "application/octet-stream")})
+        try:
+            self.api.check(response, what=what, ok=STORAGE_OK, expired=EXPIRED, api=False)
+        except ExpiredError:
+            # Xvid cannot re-sign the form of an existing upload: start a new one.
+            self._release(session, "its form post policy expired")
+            raise SessionLost(f"xvid: upload {session['upload_id']}: storage refused the form "
+                              "(policy expired)") from None
         etag = _etag(response)
         if etag is None:
             raise RetryableError(f"{what}: storage answered without an ETag")
         return etag
-
-    def renew(self, session: dict[str, Any], part: Part) -> None:
-        # Xvid cannot re-sign the form of an existing upload: start a new one.
-        self._release(session, "its form post policy expired")
-        raise SessionLost(f"xvid: upload {session['upload_id']}: storage refused the form "
-                          "(policy expired)")
 
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         path = f"/files/uploads/{quote(session['upload_id'], safe='')}"
@@ -599,11 +554,12 @@ class _Upload:
     def _put(self, session: dict[str, Any], path: str, chunks: int) -> None:
         what = "xvid: finish upload"
         try:
-            self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": chunks}})
+            self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": chunks}},
+                          session=True)
+        except SessionLost:  # Xvid forgot the upload: a new session
+            self._release(session, "Xvid no longer knows it")
+            raise
         except PermanentError as exc:
-            if exc.status == 404:  # Xvid forgot the upload: a new session
-                self._release(session, "Xvid no longer knows it")
-                raise SessionLost(str(exc), status=404) from None
             if exc.status == 400:  # never "already finished": Xvid refused what was posted
                 raise PermanentError(
                     f"{exc} (Xvid refused nb_chunks={chunks} for the chunks posted"
@@ -613,12 +569,7 @@ class _Upload:
 
     def _status(self, path: str) -> str:
         what = "xvid: upload status"
-        try:
-            data = self.api.call("GET", path, what=what)
-        except PermanentError as exc:
-            if exc.status == 404:
-                raise SessionLost(f"{what}: the upload is gone", status=404) from None
-            raise
+        data = self.api.call("GET", path, what=what, session=True)
         return str(require(require(data, "upload", what=what, kind=dict), "status", what=what))
 
     def _wait(self, path: str) -> str:
@@ -645,12 +596,9 @@ class _Upload:
     def abort(self, session: dict[str, Any]) -> None:
         if session.get("finished"):  # the file exists (or is being made): never delete it
             return
-        try:
+        with contextlib.suppress(SessionLost):  # already gone: nothing to release
             self.api.call("DELETE", f"/files/{quote(session['file_id'], safe='')}",
-                          what="xvid: delete the upload")
-        except PermanentError as exc:
-            if exc.status != 404:  # already gone: nothing to release
-                raise
+                          what="xvid: delete the upload", session=True)
 
 
 class XvidDestination:
