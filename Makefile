@@ -30,7 +30,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check syncd tests
+	$(BIN)/ruff check syncd syncd_emulator tests
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP)

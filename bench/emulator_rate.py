@@ -7,7 +7,7 @@ single PUT of ``--large-mib`` MiB streamed from a file; prints MB/s.
 
 By default the emulator runs in this process (client and server then share one
 GIL, so the figure is a floor); ``--url`` points the clients at an emulator
-started elsewhere (``python -m syncd.emulator``) instead.
+started elsewhere (``python -m syncd_emulator``) instead.
 
     python bench/emulator_rate.py [--threads 8] [--seconds 5] [--size 1024]
                                   [--large-mib 100] [--url http://127.0.0.1:8790]
@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from syncd.emulator import Emulator  # noqa: E402
+from syncd_emulator import Emulator  # noqa: E402
 
 KEY = "demo-lilt-key"
 MB = 1_000_000
@@ -136,7 +136,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="emu-bench-", dir=args.data) as tmp:
         emulator = None if args.url else Emulator(Path(tmp) / "data").start()
-        base = (args.url or emulator.url).rstrip("/")  # type: ignore[union-attr]
+        base = (args.url if emulator is None else emulator.url).rstrip("/")
         try:
             small = small_rate(base, args.threads, args.seconds, args.size)
             large = large_rate(base, args.large_mib, Path(tmp)) if args.large_mib else None

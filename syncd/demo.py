@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from syncd.daemon import Daemon
-    from syncd.emulator import Emulator
+    from syncd_emulator import Emulator
 
     root = args.dir.resolve()
     for name, *_ in FOLDERS:

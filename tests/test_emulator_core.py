@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.emulator import Emulator, build_parser, main
-from syncd.emulator.faults import FaultInjector
-from syncd.emulator.store import Store
+from syncd_emulator import Emulator, build_parser, main
+from syncd_emulator.faults import FaultInjector
+from syncd_emulator.store import Store
 
 KEY = "demo-lilt-key"
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def initiate(api: httpx.Client, name: str = "a.txt", size: int | None = 5) -> di
         "/v2/upload/s3/params", json={"filename": name, "type": "text/plain", "metadata": meta}
     )
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    params: dict[str, Any] = r.json()
+    return params
 
 
 def put(url: str, body: bytes = b"hello") -> httpx.Response:
@@ -316,7 +317,7 @@ def test_fault_script_validation() -> None:
         "not a list",
     ):
         with pytest.raises(ValueError):
-            faults.configure(script=bad)  # type: ignore[arg-type]
+            faults.configure(script=bad)
     faults.configure(script=[{"status": 502}])
     fault = faults.decide("anything")
     assert fault is not None and fault.status == 502 and faults.decide("anything") is None
@@ -358,7 +359,7 @@ def test_main_serves_in_a_subprocess_and_masks_secrets(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "syncd.emulator",
+            "syncd_emulator",
             "--listen",
             "127.0.0.1:0",
             "--data",

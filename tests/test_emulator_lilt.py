@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.emulator import Emulator
+from syncd_emulator import Emulator
 
 KEY = "demo-lilt-key"
 MIB = 1024 * 1024
@@ -58,7 +58,8 @@ def initiate(
         "/v2/upload/s3/params", json={"filename": filename, "type": type, "metadata": metadata}
     )
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    params: dict[str, Any] = r.json()
+    return params
 
 
 def put(
@@ -315,7 +316,8 @@ def start_multipart(api: httpx.Client, size: int | None, **extra: Any) -> dict[s
     meta = {"size": size, **extra} if size is not None else extra
     r = api.post(MP, json={"filename": "big.bin", "type": "application/zip", "metadata": meta})
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    mp: dict[str, Any] = r.json()
+    return mp
 
 
 def sign(api: httpx.Client, mp: dict[str, Any], number: int | str, size: int) -> httpx.Response:
@@ -594,7 +596,7 @@ def test_another_part_size_only_when_configured(tmp_path: Path) -> None:
         assert sign(api, mp, 1, 8 * MIB).status_code == 400
         assert sign(api, mp, 1, 5 * MIB).status_code == 200
         assert sign(api, mp, 3, MIB).status_code == 200
-    from syncd.emulator import build_parser
+    from syncd_emulator import build_parser
 
     assert build_parser().parse_args([]).lilt_part_size == 8 * MIB
     assert build_parser().parse_args(["--lilt-part-size", "0"]).lilt_part_size == 0

@@ -1,4 +1,10 @@
-"""Fixtures of the destination conformance suite; the table itself is in targets.py."""
+"""Fixtures of the destination conformance suite; the table itself is in targets.py.
+
+The emulator is reached in process (``EmulatorTransport``: no socket, no port)
+unless a test parametrizes ``wire`` to True: then it is started on a loopback
+port and the client goes over TCP, for what only a socket shows (a reset is
+an RST the client sees while it sends).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import httpx
 import pytest
 
 from conformance.targets import EMULATOR_OPTIONS, TARGETS, Target, TargetFactory
+from conformance.test_destination_conformance import OVER_BOTH
 from syncd.destinations import REGISTRY
-from syncd.emulator import Emulator
 from syncd.http import make_client
+from syncd_emulator import Emulator, EmulatorTransport
 
 
 @pytest.fixture
@@ -20,8 +27,21 @@ def conformance_targets() -> dict[str, TargetFactory]:
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emulator-data", port=0, **EMULATOR_OPTIONS).start()
+def wire() -> bool:
+    """False: in process. A test that needs the socket server parametrizes it True."""
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function in OVER_BOTH and "wire" in metafunc.fixturenames:
+        metafunc.parametrize("wire", [False, True], ids=["in-process", "socket"])
+
+
+@pytest.fixture
+def emulator(tmp_path: Path, wire: bool) -> Iterator[Emulator]:
+    emu = Emulator(tmp_path / "emulator-data", port=0, **EMULATOR_OPTIONS)
+    if wire:
+        emu.start()
     try:
         yield emu
     finally:
@@ -29,8 +49,10 @@ def emulator(tmp_path: Path) -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def http_client() -> Iterator[httpx.Client]:
-    with make_client(read=30.0, write=30.0) as client:
+def http_client(emulator: Emulator, wire: bool) -> Iterator[httpx.Client]:
+    """syncd's own client (make_client), over the in-process transport or the socket."""
+    transport = None if wire else EmulatorTransport(emulator)
+    with make_client(read=30.0, write=30.0, transport=transport) as client:
         yield client
 
 

@@ -1,8 +1,9 @@
 """The conformance suite's table of targets: one entry per destination type (style.md §5).
 
 Every destination type in :data:`syncd.destinations.REGISTRY` gets one entry
-in :data:`TARGETS`: a factory that builds the destination pointed at an
-in-process emulator, and says how to read back what the server stored. The
+in :data:`TARGETS`: a factory that builds the destination pointed at the
+emulator (``emulator.url``: in process, or a loopback port when started), and
+says how to read back what the server stored. The
 scenarios in ``test_destination_conformance.py`` are written once and run for
 every entry; ``test_every_registered_type_has_a_target`` fails when a type is
 registered without one.
@@ -29,9 +30,9 @@ from syncd.destinations.base import Destination
 from syncd.destinations.lilt import LiltDestination, LiltOptions
 from syncd.destinations.wriftai import WriftAIDestination, WriftAIOptions
 from syncd.destinations.xvid import XvidDestination, XvidOptions
-from syncd.emulator import Emulator
-from syncd.emulator.apivideo import ApiVideoService
 from syncd.secrets import Secret
+from syncd_emulator import Emulator
+from syncd_emulator.apivideo import ApiVideoService
 
 MiB = 1024 * 1024
 
@@ -47,7 +48,7 @@ CAPABILITIES = frozenset({
 
 @dataclass
 class Target:
-    """One destination type, configured against a running emulator.
+    """One destination type, configured against the emulator.
 
     ``first_op`` is the request-log op of the first request of a small
     upload; ``part_op`` the op that carries one part of a multi-part upload

@@ -1,7 +1,8 @@
 """The destination conformance suite: every scenario, once, for every registered type.
 
 Each test gets ``target`` (see conftest.py): a destination configured against
-a real in-process emulator on loopback, with a way to read back what the
+the real emulator, reached in process through its httpx transport (``wire``
+parametrized True: over a loopback socket), with a way to read back what the
 server stored and what it was sent. A scenario that needs a capability the
 type lacks is skipped, never failed. Service-specific edge cases belong in
 ``tests/test_<service>_destination.py``, not here.
@@ -28,6 +29,15 @@ from syncd.errors import FatalError, PermanentError, RetryableError, UploadError
 pytestmark = pytest.mark.timeout(60)
 
 UUID = "0b7e6a2c-3f1d-4c55-9e0a-5d2f8c1b7a90"
+
+#: Tests run in process and once more over a loopback socket (the server's own framing,
+#: a real RST): conftest.py parametrizes ``wire`` for them.
+OVER_BOTH: set[Callable[..., None]] = set()
+
+
+def over_both(test: Callable[..., None]) -> Callable[..., None]:
+    OVER_BOTH.add(test)
+    return test
 
 
 class Crash(Exception):
@@ -156,6 +166,7 @@ def test_one_part_and_one_byte(target: Target, tmp_path: Path) -> None:
     assert [e["bytes"] for e in target.log(target.part_op)] == [target.part_size, 1]
 
 
+@over_both
 def test_several_parts_with_short_last_part(target: Target, tmp_path: Path) -> None:
     target.require("multipart")
     size = 2 * target.part_size + target.part_size // 5
@@ -280,6 +291,7 @@ def test_probe(target: Target) -> None:
     assert isinstance(text, str) and text
 
 
+@over_both
 def test_connection_reset_is_retryable(target: Target, tmp_path: Path) -> None:
     target.emulator.set_faults(script=[{"op": target.first_op, "kind": "reset"}])
     path = make_file(tmp_path, 100)

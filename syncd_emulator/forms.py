@@ -20,7 +20,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
-from syncd.emulator.server import Body
+from syncd_emulator.messages import Body
 
 CHUNK = 256 * 1024
 PREAMBLE_LIMIT = 64 * 1024

@@ -25,11 +25,11 @@ parts. A file of at most ``P`` bytes is one part and then ``P`` equals the
 file size. An empty file is one empty part (``part_size: 0``): the SDK's
 synchronous ``upload`` needs at least one URL (it sizes a thread pool by the
 part count, and a pool of 0 workers is an error). With ``empty_without_parts``
-(a knob for tests) an empty file gets ``urls: []`` instead and is completed
-with ``etags: []``, which the SDK's ``async_upload`` (and syncd) handle.
-``min_part_size`` is a hidden knob for tests and demos: the attribute of the
-service instance, or ``$SYNCD_EMULATOR_WRIFTAI_PART_SIZE`` (bytes) when the
-emulator starts. The vendor SDK follows whatever ``part_size`` it is given.
+(``Emulator(wriftai_empty_without_parts=True)``, for tests) an empty file gets
+``urls: []`` instead and is completed with ``etags: []``, which the SDK's
+``async_upload`` (and syncd) handle. ``min_part_size`` is a knob for tests
+and demos: ``Emulator(wriftai_part_size=)`` or ``syncd emulate
+--wriftai-part-size``. The vendor SDK follows whatever ``part_size`` it is given.
 
 **Signed storage** lives on the same port. Upload URLs are
 ``/wriftai/v1/_storage/files/<hex>/<name>`` (single) and
@@ -48,8 +48,9 @@ length); 411 ``MissingContentLength`` for a chunked body; 404
 **Complete** needs exactly one etag per part, in order, each equal to what
 that part's PUT answered (surrounding quotes optional, as on S3): 400
 ``{"detail"}`` otherwise; an unknown id is 404. A part whose PUT was answered
-without an ``etag`` (``omit_etags``, a knob for tests: storage then sends
-none, as a store that hides the header would) is left out of that list,
+without an ``etag`` (``omit_etags``, a knob for tests, set by
+``Emulator(wriftai_omit_etags=True)`` or on the service at run time: storage
+then sends none, as a store that hides the header would) is left out of that list,
 as the SDK leaves it out (it filters missing etags before completing). A repeated complete answers a
 fresh download URL and stores nothing again. There is no cancel endpoint:
 abandoned uploads stay open (as the real service documents none).
@@ -72,7 +73,6 @@ import email.utils
 import hmac
 import json
 import math
-import os
 import time
 import uuid
 from collections import OrderedDict
@@ -82,22 +82,13 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from syncd.emulator.server import (
-    ApiError,
-    Request,
-    Response,
-    Route,
-    Service,
-    ServiceContext,
-    parse_uint,
-    quote_key,
-)
-from syncd.emulator.store import Session
+from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
+from syncd_emulator.service import Route, Service, ServiceContext
+from syncd_emulator.store import Session
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
-PART_SIZE_ENV = "SYNCD_EMULATOR_WRIFTAI_PART_SIZE"
 RESOURCES = ("prediction",)
 STORAGE_OPS = ("wriftai.put", "wriftai.put_part", "wriftai.download")
 NO_CREDENTIALS = "Signed URLs take no Authorization header"
@@ -121,11 +112,6 @@ def split_parts(size: int, min_part_size: int = DEFAULT_PART_SIZE) -> tuple[int,
     if size <= part:
         return size, 1
     return part, -(-size // part)
-
-
-def _env_part_size() -> int | None:
-    value = parse_uint(os.environ.get(PART_SIZE_ENV, "").strip() or None)
-    return value if value else None
 
 
 def _reset_epoch(retry_after: str) -> int:
@@ -213,9 +199,9 @@ class WriftAIService(Service):
 
     def __init__(self, context: ServiceContext) -> None:
         super().__init__(context)
-        self.min_part_size = _env_part_size() or DEFAULT_PART_SIZE
-        self.omit_etags = False  # storage answers part PUTs without an etag (tests)
-        self.empty_without_parts = False  # an empty file gets urls: [] (tests)
+        self.min_part_size = self.settings.wriftai_part_size
+        self.omit_etags = self.settings.wriftai_omit_etags  # part PUTs answered without an etag
+        self.empty_without_parts = self.settings.wriftai_empty_without_parts  # urls: [] for 0 B
         self._intents: OrderedDict[str, _Intent] = OrderedDict()  # storage key -> declaration
 
     def routes(self) -> list[Route]:
@@ -481,12 +467,11 @@ class WriftAIService(Service):
 
 
 def find(services: Iterable[Service]) -> WriftAIService:
-    """The WriftAI service among ``services`` (``Emulator.services``), for tests and knobs."""
+    """The WriftAI service among ``services`` (``Emulator.services``), for tests."""
     for service in services:
         if isinstance(service, WriftAIService):
             return service
     raise LookupError("the emulator serves no WriftAI")
 
 
-__all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "PART_SIZE_ENV", "WriftAIService", "find",
-           "split_parts"]
+__all__ = ["DEFAULT_PART_SIZE", "MAX_PARTS", "WriftAIService", "find", "split_parts"]

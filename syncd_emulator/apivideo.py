@@ -45,8 +45,9 @@ Videos (API key)
     /upload-tokens/{t}``.
 
 Private videos
-    ``public: false`` (``POST``/``PATCH /videos``; ``private_videos = True``,
-    a knob for tests, makes every new video private). Each answer that
+    ``public: false`` (``POST``/``PATCH /videos``;
+    ``Emulator(apivideo_private_videos=True)``, a knob for tests, makes every
+    new video private). Each answer that
     shows a private video's ``assets`` mints a new private token, as
     api.video does: the player URL carries it as ``?token=``, the others in
     the path (``/vod/{id}/token/{t}/hls/manifest.m3u8``, ``.../mp4/source.mp4``,
@@ -73,6 +74,9 @@ chunks live under ``sessions/apivideo/<session>/`` and survive a restart.
 
 The request log's ``bytes`` for an upload is the size of its ``file`` field
 (the chunk), not of the whole multipart body, so chunk sizes read directly.
+
+The upload form, the ``Content-Range`` grammar and how a chunk is applied to
+a video live in :mod:`syncd_emulator.apivideo_chunks`.
 """
 
 from __future__ import annotations
@@ -85,7 +89,6 @@ import hashlib
 import hmac
 import math
 import mimetypes
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -94,32 +97,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from syncd.emulator.forms import FilePart, Form, FormError, boundary, read_form
-from syncd.emulator.server import (
-    ApiError,
-    Request,
-    Response,
-    Route,
-    Service,
-    ServiceContext,
-    parse_uint,
+from syncd_emulator.apivideo_chunks import (
+    Range,
+    apply_chunk,
+    bad,
+    check_header,
+    check_min_size,
+    parse_form,
+    parse_range,
+    problem,
 )
-from syncd.emulator.store import Session
+from syncd_emulator.forms import FilePart
+from syncd_emulator.messages import ApiError, Request, Response, parse_uint
+from syncd_emulator.service import Route, Service, ServiceContext
+from syncd_emulator.store import Session
 
 MIB = 1024 * 1024
-MIN_CHUNK = 5 * MIB
 MAX_BODY = 200 * MIB + 64 * 1024  # api.video's 200 MiB request cap, plus room for the form
 RATE_LIMIT = 600  # per minute, reported only
 TOKEN_TTL_MAX = 2_147_483_647
 ACCESS_TTL = 3600
 DOCS = "https://docs.api.video/reference/"
-FIELD_LIMIT = 64 * 1024
 UUID_KEY = "syncd-uuid"
 PRIVATE_SESSION = 24 * 3600  # seconds a private token works after its first use
 ASSET_TYPES = {"player": "text/html", "hls/manifest.m3u8": "application/vnd.apple.mpegurl",
                "mp4/source.mp4": "video/mp4", "thumbnail.jpg": "image/jpeg"}
-_BYTES = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)")
-_PART = re.compile(r"part (\d{1,9})/(\d{1,9}|\*)")
 _SLUGS = {400: "bad-request", 401: "authentication-invalid-user-credentials",
           403: "forbidden", 404: "resource-not-found", 405: "method-not-allowed",
           413: "request-too-large", 429: "too-many-requests"}
@@ -127,19 +129,6 @@ _SLUGS = {400: "bad-request", 401: "authentication-invalid-user-credentials",
 
 def _now_iso(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-
-
-def _problem(status: int, slug: str, title: str, name: str = "", detail: str = "") -> ApiError:
-    """An ApiError that :meth:`ApiVideoService.error` renders with this slug, name and detail."""
-    return ApiError(status, title, f"av:{slug}:{name}" + (f"\x1f{detail}" if detail else ""))
-
-
-def _bad(slug: str, title: str, name: str = "file", detail: str = "") -> ApiError:
-    return _problem(400, slug, title, name, detail)
-
-
-def _malformed(title: str) -> ApiError:
-    return _bad("video-content-range-malformed", title, "Content-Range")
 
 
 class _Headers(dict[str, str]):
@@ -157,72 +146,6 @@ class _Headers(dict[str, str]):
                 except (TypeError, ValueError, IndexError):
                     seconds = 1.0
             super().__setitem__("X-RateLimit-Retry-After", str(max(0, math.ceil(seconds))))
-
-
-# -- multipart/form-data, streamed ----------------------------------------------------
-
-
-def parse_form(request: Request, temp_path: Callable[[], Path]) -> Form:
-    """The upload form (file fields streamed to temp files); 400 problem+json if malformed."""
-    bound = boundary(request.headers.get("Content-Type", ""))
-    if bound is None:
-        raise _bad("invalid-attribute", "The request must be multipart/form-data with a boundary")
-    try:
-        return read_form(request.body, bound, temp_path, field_limit=FIELD_LIMIT)
-    except FormError as exc:
-        raise _bad("invalid-attribute", f"Malformed multipart body: {exc}") from None
-
-
-# -- Content-Range --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Range:
-    """A parsed Content-Range: ``mode`` "bytes" (first/last inclusive) or "part"."""
-
-    mode: str
-    first: int = 0  # bytes: FROM; part: N
-    last: int = 0  # bytes: TO
-    total: int | None = None  # TOTAL bytes or M parts; None for "*"
-
-
-def is_final(rng: Range) -> bool:
-    """Whether this chunk completes the source by its own header (the total is known)."""
-    if rng.total is None:
-        return False
-    return rng.last + 1 == rng.total if rng.mode == "bytes" else rng.first == rng.total
-
-
-def check_min_size(rng: Range | None, size: int) -> None:
-    """Every chunk but the last is at least 5 MiB (protocols.md §4.3)."""
-    if rng is not None and not is_final(rng) and size < MIN_CHUNK:
-        what = "chunk" if rng.mode == "bytes" else f"part {rng.first}"
-        raise _bad("invalid-attribute", f"Every chunk but the last must be at least {MIN_CHUNK} "
-                   f"bytes; this {what} has {size}", "file")
-
-
-def parse_range(text: str | None, size: int) -> Range | None:
-    """The chunk's range checked against its file size; None without a header."""
-    if text is None:
-        return None
-    text = text.strip()
-    if m := _BYTES.fullmatch(text):
-        first, last = int(m.group(1)), int(m.group(2))
-        total = None if m.group(3) == "*" else int(m.group(3))
-        if last < first or (total is not None and last >= total):
-            raise _malformed(f"Content-Range {text!r} is not a valid inclusive range")
-        if last - first + 1 != size:
-            raise _malformed(f"Content-Range {text!r} covers {last - first + 1} bytes, "
-                             f"the file has {size}")
-        return Range("bytes", first, last, total)
-    if m := _PART.fullmatch(text):
-        number = int(m.group(1))
-        total = None if m.group(2) == "*" else int(m.group(2))
-        if number < 1 or (total is not None and number > total):
-            raise _malformed(f"Content-Range {text!r}: the part number must be 1..total")
-        return Range("part", number, number, total)
-    raise _malformed("Content-Range must be 'bytes FROM-TO/TOTAL' or 'part PART/TOTAL' "
-                     "(TOTAL may be '*')")
 
 
 # -- the service ------------------------------------------------------------------------
@@ -251,7 +174,7 @@ class ApiVideoService(Service):
         self._refresh: dict[str, str] = {}  # refresh token -> api key it came from
         self._window = (0, 0)  # (minute, requests counted in it)
         self._videos: list[str] = []  # session ids of live videos, oldest first
-        self.private_videos = False  # new videos are private (public: false); for tests
+        self.private_videos = self.settings.apivideo_private_videos  # new videos: public: false
         self._private: dict[str, tuple[str, float | None]] = {}  # token -> (video, first use)
         loaded = [s for s in map(self.sessions.get, self._session_dirs()) if s is not None]
         for session in sorted(loaded, key=lambda s: s.created_at):
@@ -331,8 +254,8 @@ class ApiVideoService(Service):
                 del self._tokens[token.token]
                 token = None
         if token is None:
-            raise _problem(404, "resource-not-found", "The upload token is unknown or expired.",
-                           "token")
+            raise problem(404, "resource-not-found", "The upload token is unknown or expired.",
+                          "token")
         return token
 
     def _require_key(self, request: Request) -> None:
@@ -351,8 +274,8 @@ class ApiVideoService(Service):
                 expiry = self._access.get(value.strip())
             ok = expiry is not None and self.settings.clock() < expiry
         if not ok:
-            raise _problem(401, "authentication-invalid-user-credentials",
-                           "Unauthorized: send Basic base64(apiKey:) or a Bearer access token.")
+            raise problem(401, "authentication-invalid-user-credentials",
+                          "Unauthorized: send Basic base64(apiKey:) or a Bearer access token.")
 
     def _issue(self) -> Response:
         access, refresh = secrets.token_urlsafe(32), "def" + secrets.token_hex(32)
@@ -369,8 +292,8 @@ class ApiVideoService(Service):
         key = body.get("apiKey") if isinstance(body, dict) else None
         if not isinstance(key, str) or not hmac.compare_digest(
                 key.encode(), self.settings.apivideo_key.encode()):
-            raise _bad("authentication-invalid-user-credentials",
-                       "The user credentials were incorrect.", "")
+            raise bad("authentication-invalid-user-credentials",
+                      "The user credentials were incorrect.", "")
         return self._issue()
 
     def refresh(self, request: Request) -> Response:
@@ -379,8 +302,8 @@ class ApiVideoService(Service):
         with self._lock:
             known = isinstance(value, str) and self._refresh.pop(value, None) is not None
         if not known:
-            raise _bad("authentication-invalid-user-credentials",
-                       "The refresh token is invalid.", "refreshToken")
+            raise bad("authentication-invalid-user-credentials",
+                      "The refresh token is invalid.", "refreshToken")
         return self._issue()
 
     # -- upload tokens ----------------------------------------------------------------
@@ -396,8 +319,8 @@ class ApiVideoService(Service):
         body = request.json() if request.content_length else {}
         ttl = body.get("ttl", 0) if isinstance(body, dict) else None
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= TOKEN_TTL_MAX:
-            raise _bad("invalid-attribute", f"ttl must be an integer from 0 to {TOKEN_TTL_MAX}",
-                       "ttl")
+            raise bad("invalid-attribute", f"ttl must be an integer from 0 to {TOKEN_TTL_MAX}",
+                      "ttl")
         now = self.settings.clock()
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
         token = _Token("to" + "".join(secrets.choice(alphabet) for _ in range(22)), ttl, now,
@@ -429,9 +352,9 @@ class ApiVideoService(Service):
         page, size = parse_uint(request.arg("currentPage") or "1"), \
             parse_uint(request.arg("pageSize") or "25")
         if page is None or page < 1:
-            raise _bad("invalid-attribute", "currentPage must be an integer >= 1", "currentPage")
+            raise bad("invalid-attribute", "currentPage must be an integer >= 1", "currentPage")
         if size is None or not 1 <= size <= 100:
-            raise _bad("invalid-attribute", "pageSize must be an integer from 1 to 100", "pageSize")
+            raise bad("invalid-attribute", "pageSize must be an integer from 1 to 100", "pageSize")
         pages = max(1, math.ceil(len(items) / size))
         return {"data": items[(page - 1) * size: page * size],
                 "pagination": {"currentPage": page, "pageSize": size, "pagesTotal": pages,
@@ -443,8 +366,8 @@ class ApiVideoService(Service):
     def _video(self, video_id: str) -> Session:
         session = self.sessions.get(video_id[2:]) if video_id.startswith("vi") else None
         if session is None or session.state == "aborted":
-            raise _problem(404, "resource-not-found", "The requested resource was not found.",
-                           "videoId")
+            raise problem(404, "resource-not-found", "The requested resource was not found.",
+                          "videoId")
         return session
 
     def _new_video(self, title: str, *, tags: list[str] | None = None,
@@ -497,7 +420,7 @@ class ApiVideoService(Service):
             _, token, rest = rest.split("/", 2)
         session = self._video(vid)
         if rest not in ASSET_TYPES or session.state != "completed":
-            raise _problem(404, "resource-not-found", "The requested resource was not found.")
+            raise problem(404, "resource-not-found", "The requested resource was not found.")
         if not session.info["public"]:
             now = self.settings.clock()
             with self._lock:
@@ -506,12 +429,12 @@ class ApiVideoService(Service):
                 if ok and first is None:
                     self._private[token or ""] = (vid, now)
             if not ok:
-                raise _problem(403, "forbidden", "This video is private: its asset URLs need "
-                               "a valid private token.")
+                raise problem(403, "forbidden", "This video is private: its asset URLs need "
+                              "a valid private token.")
         if rest == "mp4/source.mp4":
             meta = self.store.get(self.name, vid)
             if meta is None:
-                raise _problem(404, "resource-not-found", "The requested resource was not found.")
+                raise problem(404, "resource-not-found", "The requested resource was not found.")
             body = Path(meta["path"]).read_bytes()
         else:
             body = f"{rest} of {vid}\n".encode()
@@ -521,35 +444,35 @@ class ApiVideoService(Service):
     def _attributes(body: Any, *, creating: bool) -> dict[str, Any]:
         """The validated video attributes of a POST/PATCH body."""
         if not isinstance(body, dict):
-            raise _bad("invalid-attribute", "The body must be a JSON object", "")
+            raise bad("invalid-attribute", "The body must be a JSON object", "")
         out: dict[str, Any] = {}
         title = body.get("title")
         if creating and (not isinstance(title, str) or not title.strip()):
-            raise _bad("attribute-required", "This attribute is required.", "title")
+            raise bad("attribute-required", "This attribute is required.", "title")
         if title is not None:
             if not isinstance(title, str) or not title.strip():
-                raise _bad("invalid-attribute", "This attribute must be a string.", "title")
+                raise bad("invalid-attribute", "This attribute must be a string.", "title")
             out["title"] = title
         if "description" in body:
             if not isinstance(body["description"], str):
-                raise _bad("invalid-attribute", "This attribute must be a string.", "description")
+                raise bad("invalid-attribute", "This attribute must be a string.", "description")
             out["description"] = body["description"]
         if "public" in body:
             if not isinstance(body["public"], bool):
-                raise _bad("invalid-attribute", "This attribute must be a boolean.", "public")
+                raise bad("invalid-attribute", "This attribute must be a boolean.", "public")
             out["public"] = body["public"]
         if "tags" in body:
             tags = body["tags"]
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                raise _bad("invalid-attribute", "This attribute must be an array.", "tags")
+                raise bad("invalid-attribute", "This attribute must be an array.", "tags")
             out["tags"] = list(dict.fromkeys(tags))
         if "metadata" in body:
             meta = body["metadata"]
             if not isinstance(meta, list) or not all(
                     isinstance(m, dict) and isinstance(m.get("key"), str) and m["key"]
                     and isinstance(m.get("value"), str) for m in meta):
-                raise _bad("invalid-attribute",
-                           "This attribute must be an array of {key, value} strings.", "metadata")
+                raise bad("invalid-attribute",
+                          "This attribute must be an array of {key, value} strings.", "metadata")
             out["metadata"] = [{"key": m["key"], "value": m["value"]} for m in meta]
         return out
 
@@ -645,32 +568,29 @@ class ApiVideoService(Service):
         """Parse one chunk, find its video, apply it; the 201 Video answer."""
         length = request.content_length
         if length is not None and length > MAX_BODY:
-            raise _problem(413, "request-too-large", f"A request may carry at most {MAX_BODY} "
-                           "bytes; send larger files in chunks", "file")
+            raise problem(413, "request-too-large", f"A request may carry at most {MAX_BODY} "
+                          "bytes; send larger files in chunks", "file")
         header = request.headers.get("Content-Range")
-        if header is not None and not (_BYTES.fullmatch(header.strip())
-                                       or _PART.fullmatch(header.strip())):
-            raise _malformed("Content-Range must be 'bytes FROM-TO/TOTAL' or 'part PART/TOTAL' "
-                             "(TOTAL may be '*')")
+        check_header(header)
         form = parse_form(request, self.store.temp_path)
         try:
             files = [f for f in form.files if f.name == "file"]
             # The request log shows the chunk's size, not the form's (module docstring).
             request.body.consumed = sum(f.size for f in files)
             if not files:
-                raise _bad("uploaded-file-no-file", "There is no uploaded file in the request.")
+                raise bad("uploaded-file-no-file", "There is no uploaded file in the request.")
             if len(files) > 1:
-                raise _bad("uploaded-file-multiple-files",
-                           "There is more than one uploaded file in the request.")
+                raise bad("uploaded-file-multiple-files",
+                          "There is more than one uploaded file in the request.")
             (chunk,) = files
             if chunk.size == 0:
-                raise _bad("uploaded-file-no-file", "The uploaded file is empty.")
+                raise bad("uploaded-file-no-file", "The uploaded file is empty.")
             rng = parse_range(header, chunk.size)
             check_min_size(rng, chunk.size)
             ids = form.fields.get("videoId", [])
             if video_id is None:
                 if len(ids) > 1:
-                    raise _bad("invalid-attribute", "videoId must be given once.", "videoId")
+                    raise bad("invalid-attribute", "videoId must be given once.", "videoId")
                 video_id = ids[0] if ids else None
             session = self._target(token, video_id, rng)
             if session is not None:
@@ -691,8 +611,8 @@ class ApiVideoService(Service):
             return self._video(video_id)
         assert token is not None
         if rng is not None and rng.mode == "bytes" and rng.first > 0:
-            raise _bad("attribute-required", "videoId is required for every chunk after the "
-                       "first (send the videoId the first chunk returned).", "videoId")
+            raise bad("attribute-required", "videoId is required for every chunk after the "
+                      "first (send the videoId the first chunk returned).", "videoId")
         if rng is not None and rng.mode == "part" and rng.first > 1:
             # api.video-python 1.4.7 quirk: its chunks never carry videoId (module docstring).
             tag = hashlib.sha256(token.encode()).hexdigest()[:16]
@@ -702,8 +622,8 @@ class ApiVideoService(Service):
                      if s.state == "active" and s.info["token"] == tag
                      and s.info["mode"] == "part"]
             if len(open_) != 1:
-                raise _bad("attribute-required", f"videoId is required: {len(open_)} unfinished "
-                           "part-form uploads are open for this token.", "videoId")
+                raise bad("attribute-required", f"videoId is required: {len(open_)} unfinished "
+                          "part-form uploads are open for this token.", "videoId")
             return open_[0]
         return None
 
@@ -711,14 +631,14 @@ class ApiVideoService(Service):
                chunk: FilePart) -> Response:
         with session.lock:
             if session.state == "aborted":
-                raise _problem(404, "resource-not-found", "The requested resource was not found.",
-                               "videoId")
+                raise problem(404, "resource-not-found", "The requested resource was not found.",
+                              "videoId")
             if session.state == "completed":
-                raise _bad("video-source-already-uploaded",
-                           "The source of the video is already uploaded.")
+                raise bad("video-source-already-uploaded",
+                          "The source of the video is already uploaded.")
             saved = copy.deepcopy(session.info)
             try:
-                complete = self._apply_locked(session, rng, chunk)
+                complete = apply_chunk(self.sessions, session, rng, chunk)
             except ApiError:
                 session.info = saved  # a rejected chunk changes nothing
                 raise
@@ -727,73 +647,6 @@ class ApiVideoService(Service):
             else:
                 session.save()
             return Response.json(self._video_json(request, session), 201)
-
-    def _apply_locked(self, session: Session, rng: Range | None, chunk: FilePart) -> bool:
-        """Check ``chunk`` against the video and keep it; True when the source is complete."""
-        info = session.info
-        if info["mode"] is not None and (rng is None or rng.mode != info["mode"]):
-            raise _malformed(f"This video is being uploaded with the {info['mode']} form of "
-                             "Content-Range; every chunk must use it")
-        if rng is None:
-            if info["ranges"] or info["part_sizes"]:
-                raise _malformed("This video already holds chunks: send the rest with "
-                                 "Content-Range")
-            rng = Range("bytes", 0, chunk.size - 1, chunk.size)  # the whole source at once
-        else:
-            info["mode"] = rng.mode
-        if info["filename"] is None:
-            info["filename"] = chunk.filename or "untitled"
-        apply = self._apply_bytes if rng.mode == "bytes" else self._apply_part
-        return apply(session, rng, chunk)
-
-    def _check_total(self, info: dict[str, Any], total: int | None) -> None:
-        if total is not None and info["total"] is not None and total != info["total"]:
-            raise _malformed(f"Content-Range total {total} differs from the total {info['total']} "
-                             "given before")
-        if total is not None:
-            info["total"] = total
-
-    def _apply_bytes(self, session: Session, rng: Range, chunk: FilePart) -> bool:
-        info = session.info
-        self._check_total(info, rng.total)
-        held = info["ranges"][-1][1] + 1 if info["ranges"] else 0
-        if rng.first < held:  # sent already (a lost 201, say): documented as an error
-            raise _bad("video-content-range-by-bytes-range-overlap",
-                       'The range in the "Content-Range" header overlaps with a previous one '
-                       "you already sent for this video.", "Content-Range",
-                       f"bytes 0-{held - 1} are held; the next chunk starts at byte {held}")
-        if rng.first != held:
-            raise _malformed(f"This chunk starts at byte {rng.first}; {held} bytes are held, so "
-                             f"the next chunk must start at byte {held}")
-        final = is_final(rng)
-        self.sessions.add_part(session, len(session.parts) + 1, chunk.path, chunk.size, chunk.md5)
-        info["ranges"].append([rng.first, rng.last])
-        if final:
-            info["filesize"] = rng.total
-        return final
-
-    def _apply_part(self, session: Session, rng: Range, chunk: FilePart) -> bool:
-        info = session.info
-        self._check_total(info, rng.total)
-        sizes: dict[str, int] = info["part_sizes"]
-        total = info["total"]
-        if total is not None and any(int(n) > total for n in sizes):
-            raise _malformed(f"Parts above the total of {total} were already received")
-        if str(rng.first) in sizes:  # sent already (a lost 201, say): documented as an error
-            raise _bad("video-content-range-by-part-part-already-sent",
-                       'The "part" value in the "Content-Range" header collides with a previous '
-                       "one you already sent for this video.", "Content-Range",
-                       f"parts {sorted(map(int, sizes))} are held")
-        self.sessions.add_part(session, rng.first, chunk.path, chunk.size, chunk.md5)
-        sizes[str(rng.first)] = chunk.size
-        if total is None or len(sizes) < total:
-            return False
-        offset, ranges = 0, []
-        for n in range(1, total + 1):
-            ranges.append([offset, offset + sizes[str(n)] - 1])
-            offset += sizes[str(n)]
-        info["ranges"], info["filesize"] = ranges, offset
-        return True
 
     def _complete(self, session: Session) -> None:
         """Assemble the chunks into the stored object; the session keeps only its record."""

@@ -79,18 +79,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 from xml.sax.saxutils import escape
 
-from syncd.emulator.forms import FormError, FormReader, boundary
-from syncd.emulator.server import (
-    ApiError,
-    Request,
-    Response,
-    Route,
-    Service,
-    ServiceContext,
-    parse_uint,
-    quote_key,
-)
-from syncd.emulator.store import Session
+from syncd_emulator.forms import FormError, FormReader, boundary
+from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
+from syncd_emulator.service import Route, Service, ServiceContext
+from syncd_emulator.store import Session
 
 BUCKET = "xvid-emulator"
 ACCESS_KEY_ID = "AKIAXVIDEMULATOR0000"

@@ -38,7 +38,7 @@ import random
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 FAULT_KINDS = ("500", "503", "429", "reset", "slow", "expire")
 DEFAULT_KINDS = ("500", "503", "429", "reset", "slow")
@@ -75,7 +75,13 @@ def _fault(
     return Fault(kind, status, retry_after, delay)
 
 
-def _parse_entry(raw: Any) -> dict[str, Any]:
+class _ScriptEntry(TypedDict):
+    op: str
+    count: int  # requests still to fail
+    fault: Fault
+
+
+def _parse_entry(raw: Any) -> _ScriptEntry:
     if not isinstance(raw, Mapping):
         raise ValueError(f"script entry must be an object, got {raw!r}")
     op = raw.get("op", "*")
@@ -124,7 +130,7 @@ class FaultInjector:
         self._kinds: tuple[str, ...] = self._default_kinds
         self._seed = seed
         self._rng = random.Random(seed)
-        self._script: list[dict[str, Any]] = []
+        self._script: list[_ScriptEntry] = []
         self.configure(fail_rate=fail_rate)
 
     def configure(
@@ -177,7 +183,7 @@ class FaultInjector:
                     entry["count"] -= 1
                     if entry["count"] <= 0:
                         self._script.remove(entry)
-                    return entry["fault"]  # type: ignore[no-any-return]
+                    return entry["fault"]
             if self._fail_rate <= 0.0 or not self._kinds:
                 return None
             if self._rng.random() >= self._fail_rate:

@@ -31,6 +31,9 @@ Upload records (``GET /v2/upload[/{id}]``): each stored object gets a numeric
 id. Its status is ``pending`` for the first poll that sees it within
 ``SCAN_SECONDS`` of the upload and ``complete`` from then on (a later poll, or
 any poll after ``SCAN_SECONDS``), so a poller sees ``pending`` at most once.
+
+The checks of what a client sends (initiate bodies, part sizes, the parts of
+a complete) live in :mod:`syncd_emulator.lilt_rules`.
 """
 
 from __future__ import annotations
@@ -41,24 +44,23 @@ import hmac
 import math
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from syncd.emulator.server import (
-    ApiError,
-    Request,
-    Response,
-    Route,
-    Service,
-    ServiceContext,
-    parse_uint,
-    quote_key,
+from syncd_emulator.lilt_rules import (
+    Spec,
+    bad,
+    check_part_size,
+    check_parts,
+    parse_spec,
+    spec_from_query,
 )
+from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
+from syncd_emulator.service import Route, Service, ServiceContext
 
 MIB = 1024 * 1024
-MIN_PART = 5 * MIB
 PART_SIZE = 8 * MIB  # Lilt's documented part size
 MAX_PARTS = 10_000
 MAX_BULK = 100
@@ -77,66 +79,6 @@ _S3_CODES = {
     500: "InternalError",
     503: "SlowDown",
 }
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One validated InitiateUploadBody."""
-
-    filename: str
-    type: str
-    size: int | None = None
-    labels: tuple[str, ...] = ()
-    category: str | None = None
-    uuid: str | None = None
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, message)
-
-
-def parse_spec(obj: Any, where: str = "") -> Spec:
-    """Validate one upload body; ApiError 400 naming the bad field."""
-    if not isinstance(obj, dict):
-        raise _bad(f"{where or 'body'} must be an object")
-    filename, mime, meta = obj.get("filename"), obj.get("type"), obj.get("metadata")
-    if not isinstance(filename, str) or not filename:
-        raise _bad(f"{where}filename is required and must be a non-empty string")
-    if not isinstance(mime, str) or not mime:
-        raise _bad(f"{where}type is required and must be a non-empty string")
-    meta = {} if meta is None else meta
-    if not isinstance(meta, dict):
-        raise _bad(f"{where}metadata must be an object")
-    size, labels = meta.get("size"), meta.get("labels", [])
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise _bad(f"{where}metadata.size must be an integer >= 0")
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise _bad(f"{where}metadata.labels must be an array of strings")
-    for name in ("category", "uuid"):
-        if meta.get(name) is not None and not isinstance(meta[name], str):
-            raise _bad(f"{where}metadata.{name} must be a string")
-    return Spec(filename, mime, size, tuple(labels), meta.get("category"), meta.get("uuid"))
-
-
-def spec_from_query(request: Request) -> Spec:
-    """The GET variant: ``filename``, ``type``, ``metadata.size|labels|category|uuid``."""
-    size_text = request.arg("metadata.size")
-    size = parse_uint(size_text)
-    if size_text is not None and size is None:
-        raise _bad("metadata.size must be an integer >= 0")
-    labels = request.arg("metadata.labels")
-    return parse_spec(
-        {
-            "filename": request.arg("filename"),
-            "type": request.arg("type"),
-            "metadata": {
-                "size": size,
-                "labels": [x for x in (labels or "").split(",") if x],
-                "category": request.arg("metadata.category"),
-                "uuid": request.arg("metadata.uuid"),
-            },
-        }
-    )
 
 
 def _new_key(filename: str) -> str:
@@ -161,7 +103,7 @@ class LiltService(Service):
         self._next_id = max(self._by_id, default=0) + 1
         self._stored_at: dict[int, float] = {}  # upload id -> clock() when (re)stored
         self._polled: set[int] = set()  # ids already reported as pending once
-        self.part_size = PART_SIZE  # the one part size accepted; 0: any (S3 rules only)
+        self.part_size = self.settings.lilt_part_size  # the one size accepted; 0: any
 
     def routes(self) -> list[Route]:
         mp = "/v2/upload/s3/multipart"
@@ -239,7 +181,7 @@ class LiltService(Service):
         body = request.json()
         if isinstance(body, list):
             if not 1 <= len(body) <= MAX_BULK:
-                raise _bad(f"a bulk request takes 1 to {MAX_BULK} items, got {len(body)}")
+                raise bad(f"a bulk request takes 1 to {MAX_BULK} items, got {len(body)}")
             specs = [parse_spec(item, f"[{i}].") for i, item in enumerate(body)]
             return Response.json([make(request, spec) for spec in specs])
         return Response.json(make(request, parse_spec(body)))
@@ -270,9 +212,9 @@ class LiltService(Service):
             )
         s3_key = request.arg("s3Key") or (leftover[0] if leftover else None)
         if not s3_key:
-            raise _bad("s3Key is required")
+            raise bad("s3Key is required")
         if s3_key != session.key:
-            raise _bad("s3Key does not match this uploadId")
+            raise bad("s3Key does not match this uploadId")
         return session
 
     def sign_part(self, request: Request) -> Response:
@@ -281,10 +223,10 @@ class LiltService(Service):
             raise ApiError(404, "NoSuchUpload: the multipart upload is already complete")
         number, size = parse_uint(request.params["partNumber"]), parse_uint(request.arg("size"))
         if number is None or not 1 <= number <= MAX_PARTS:
-            raise _bad(f"partNumber must be an integer from 1 to {MAX_PARTS}")
+            raise bad(f"partNumber must be an integer from 1 to {MAX_PARTS}")
         if size is None:
-            raise _bad("size is required and must be an integer >= 0")
-        self._check_part_size(session, number, size)
+            raise bad("size is required and must be an integer >= 0")
+        check_part_size(self.part_size, session, number, size)
         expires = self._expiry()
         sig = self.signer.sign("PUT", session.key, "", expires, session.id, number, size)
         url = (
@@ -299,19 +241,19 @@ class LiltService(Service):
         body = request.json()
         parts = body.get("parts") if isinstance(body, dict) else None
         if not isinstance(parts, list) or not parts:
-            raise _bad("parts is required and must be a non-empty array")
+            raise bad("parts is required and must be a non-empty array")
         for i, part in enumerate(parts):
             if not isinstance(part, dict) or not isinstance(part.get("ETag"), str):
-                raise _bad(f"parts[{i}].ETag is required and must be a string")
+                raise bad(f"parts[{i}].ETag is required and must be a string")
             number = part.get("PartNumber")
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-                raise _bad(f"parts[{i}].PartNumber is required and must be an integer >= 1")
+                raise bad(f"parts[{i}].PartNumber is required and must be an integer >= 1")
         with session.lock:
             if session.state == "completed":
                 return Response.json(session.result)  # idempotent repeat: nothing stored again
             if session.state != "active":
                 raise ApiError(404, "NoSuchUpload: the multipart upload was cancelled")
-            numbers = self._check_parts(session, parts)
+            numbers = check_parts(self.part_size, session, parts)
             path, size, sha256, etag = self.sessions.assemble(session, numbers)
             location = f"{self.base_url(request)}/_storage/{quote_key(session.key)}"
             extra = {"etag": etag, "location": location, "parts": len(numbers)}
@@ -319,66 +261,6 @@ class LiltService(Service):
             result = {"success": True, "location": location}
             self.sessions.close(session, "completed", result)
         return Response.json(result)
-
-    def _check_part_size(self, session: Any, number: int, size: int) -> None:
-        """Lilt's rule at signing time: part ``number`` is ``part_size`` bytes, or the
-        rest of the declared ``metadata.size`` for the last part (at most ``part_size``
-        when no size was declared)."""
-        rule = self.part_size
-        if not rule:
-            return
-        declared = session.info.get("size")
-        if declared is None:
-            if size > rule:
-                raise _bad(f"InvalidPartSize: part {number} is {size} bytes; parts are "
-                           f"{rule} bytes")
-            return
-        count = max(1, -(-declared // rule))
-        if number > count:
-            raise _bad(f"InvalidPartSize: metadata.size {declared} makes {count} part(s) of "
-                       f"{rule} bytes; there is no part {number}")
-        want = min(rule, declared - (number - 1) * rule)
-        if size != want:
-            raise _bad(f"InvalidPartSize: part {number} must be {want} bytes: parts are {rule} "
-                       "bytes, the last one the rest of metadata.size")
-
-    def _check_parts(self, session: Any, parts: list[dict[str, Any]]) -> list[int]:
-        numbers = [p["PartNumber"] for p in parts]
-        if any(a >= b for a, b in zip(numbers, numbers[1:], strict=False)):
-            raise _bad("InvalidPartOrder: the list of parts was not in ascending order")
-        for part in parts:
-            stored = session.parts.get(part["PartNumber"])
-            if stored is None or stored["etag"] != part["ETag"]:
-                raise _bad(
-                    f"InvalidPart: part {part['PartNumber']} was not uploaded or its "
-                    "ETag does not match"
-                )
-        sizes = [session.parts[n]["size"] for n in numbers]
-        rule = self.part_size
-        for number, size in zip(numbers, sizes, strict=True):
-            if rule and (size > rule or (size != rule and number != numbers[-1])):
-                raise _bad(
-                    f"InvalidPartSize: part {number} is {size} bytes; every part but the "
-                    f"last must be {rule} bytes, and the last one at most that"
-                )
-        for number, size in zip(numbers[:-1], sizes[:-1], strict=True):
-            if size < MIN_PART:
-                raise _bad(
-                    f"EntityTooSmall: part {number} is {size} bytes; every part but the "
-                    f"last must be at least {MIN_PART} bytes"
-                )
-            if size != sizes[0]:
-                raise _bad(
-                    f"InvalidPart: part {number} is {size} bytes; every part but the last "
-                    f"must be {sizes[0]} bytes like part {numbers[0]}"
-                )
-        declared = session.info.get("size")
-        if declared is not None and sum(sizes) != declared:
-            raise _bad(
-                f"IncompleteBody: the parts add up to {sum(sizes)} bytes, "
-                f"metadata.size was {declared}"
-            )
-        return numbers
 
     def cancel(self, request: Request) -> Response:
         session = self._session(request, self._auth(request))
@@ -417,7 +299,7 @@ class LiltService(Service):
         ids_text, statuses = request.arg("ids"), request.arg("statuses")
         wanted = [parse_uint(x.strip()) for x in (ids_text or "").split(",") if x.strip()]
         if None in wanted:
-            raise _bad("ids must be a comma-separated list of integers")
+            raise bad("ids must be a comma-separated list of integers")
         ids = [x for x in wanted if x is not None] if wanted else sorted(self._by_id)
         records = [r for r in map(self._record, ids) if r is not None]
         if statuses:
@@ -429,7 +311,7 @@ class LiltService(Service):
         self._auth(request)
         upload_id = parse_uint(request.params["uploadId"])
         if upload_id is None:
-            raise _bad("uploadId must be an integer")
+            raise bad("uploadId must be an integer")
         record = self._record(upload_id)
         if record is None:
             raise ApiError(404, f"upload {upload_id} not found")
