@@ -27,12 +27,12 @@ from conformance.targets import Target
 from syncd.config import loads
 from syncd.destinations.base import Source, UploadItem
 from syncd.destinations.wriftai import WriftAIDestination, WriftAIOptions, rate_limit_wait
-from syncd.emulator import Emulator
-from syncd.emulator.wriftai import DEFAULT_PART_SIZE, MAX_PARTS, PART_SIZE_ENV, find, split_parts
 from syncd.errors import ConfigError, FatalError, RetryableError
 from syncd.http import make_client
 from syncd.seal import Sealer
 from syncd.secrets import Secret
+from syncd_emulator import Emulator, build_parser
+from syncd_emulator.wriftai import DEFAULT_PART_SIZE, MAX_PARTS, find, split_parts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,9 +58,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def emulator(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
-    emu = Emulator(tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock).start()
-    find(emu.services).min_part_size = PART
+def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
+    """Parts of PART bytes; more Emulator options by indirect parametrization (``rules``)."""
+    options = getattr(request, "param", {})
+    emu = Emulator(tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock,
+                   wriftai_part_size=PART, **options).start()
     try:
         yield emu
     finally:
@@ -201,12 +203,19 @@ def test_part_split() -> None:
     assert split_parts(10, 4) == (4, 3)
 
 
-def test_part_size_knob_from_the_environment(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(PART_SIZE_ENV, "12345")
-    assert find(Emulator(tmp_path / "a").services).min_part_size == 12345
-    monkeypatch.setenv(PART_SIZE_ENV, "junk")
+def test_part_size_knob_is_an_option(tmp_path: Path) -> None:
+    assert find(Emulator(tmp_path / "a", wriftai_part_size=12345).services).min_part_size == 12345
     assert find(Emulator(tmp_path / "b").services).min_part_size == DEFAULT_PART_SIZE
+    assert build_parser().parse_args(["--wriftai-part-size", "12345"]).wriftai_part_size == 12345
+    assert build_parser().parse_args([]).wriftai_part_size == DEFAULT_PART_SIZE
+    for junk in ("0", "-5", "junk"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--wriftai-part-size", junk])
+
+
+def rules(**options: Any) -> pytest.MarkDecorator:
+    """The ``emulator`` fixture built with these Emulator options."""
+    return pytest.mark.parametrize("emulator", [options], indirect=True, ids=list(options))
 
 
 # -- emulator: signed storage ---------------------------------------------------------------
@@ -217,7 +226,8 @@ def create_urls(api: httpx.Client, size: int, mime: str = "text/plain",
     r = api.post("/files/urls", json={"name": name, "size": size, "resource": "prediction",
                                       "mime_type": mime})
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    urls: dict[str, str] = r.json()
+    return urls
 
 
 def s3_code(r: httpx.Response) -> str:
@@ -306,9 +316,9 @@ def test_empty_upload_is_one_empty_part(api: httpx.Client, emulator: Emulator) -
     assert emulator.uploads()[0]["size"] == 0
 
 
+@rules(wriftai_empty_without_parts=True)
 def test_empty_upload_without_parts(api: httpx.Client, emulator: Emulator) -> None:
     """``urls: []``: the SDK's async_upload sends nothing and completes with ``etags: []``."""
-    find(emulator.services).empty_without_parts = True
     upload = api.post("/uploads", json={"size": 0, "mime_type": "text/plain"}).json()
     assert upload["part_size"] == 0 and upload["urls"] == []
     bad = api.post(f"/uploads/{upload['id']}/complete", json={"etags": ['"x"']})
@@ -357,8 +367,7 @@ def test_every_429_carries_x_ratelimit_reset(emulator: Emulator, api: httpx.Clie
 
 def test_restart_keeps_uploads_but_not_their_urls(tmp_path: Path) -> None:
     data = os.urandom(2 * PART)
-    with Emulator(tmp_path / "emu", wriftai_token=TOKEN) as emu:
-        find(emu.services).min_part_size = PART
+    with Emulator(tmp_path / "emu", wriftai_token=TOKEN, wriftai_part_size=PART) as emu:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         base = emu.url + "/wriftai/v1"
         upload = httpx.post(base + "/uploads", json={"size": len(data),
@@ -408,7 +417,7 @@ def test_a_resume_that_cannot_be_unsealed_starts_a_new_upload(
         target: Target, tmp_path: Path) -> None:
     path = suite.make_file(tmp_path, 3 * PART)
     saved = crash_after(target, path, 2)
-    target.dest._uploads.sealer = Sealer("a-rotated-token", "wriftai part urls")  # type: ignore[attr-defined]
+    target.dest._uploads.sealer = Sealer("a-rotated-token", "wriftai part urls")
     target.emulator.reset_log()
     receipt, sha = suite.attempt(target, path, saved, suite.Checkpoints())
     assert len(target.log("wriftai.initiate_multipart")) == 1
@@ -442,6 +451,17 @@ def test_expired_part_urls_open_a_new_upload_in_the_same_call(
     assert checkpoint.last is not None and checkpoint.last["session"]["id"] == receipt.remote_id
     assert [u["sha256"] for u in target.stored()] == [sha]
     assert target.leftovers() == [f"upload {saved['session']['id']} (1 parts)"]  # cannot cancel
+
+
+def test_an_expired_empty_part_url_opens_a_new_upload(target: Target, tmp_path: Path) -> None:
+    """The one empty part of an empty file: its expired URL (storage 403) opens a new
+    upload, as for any part, instead of pausing the destination as a refusal."""
+    path = suite.make_file(tmp_path, 0)
+    target.emulator.set_faults(script=[{"op": "wriftai.put_part", "kind": "expire", "count": 1}])
+    receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
+    assert [e["status"] for e in target.log("wriftai.put_part")] == [403, 200]
+    assert [u["sha256"] for u in target.stored()] == [sha]
+    assert receipt.remote_id
 
 
 def test_urls_protocol_renews_an_expired_url_and_keeps_the_name(
@@ -653,9 +673,9 @@ def test_options_in_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # -- issue 10: like the SDK, and receipts that keep working -----------------------------------
 
 
+@rules(wriftai_empty_without_parts=True)  # urls: []
 def test_an_empty_file_completes_with_no_part_like_the_sdk(
         target: Target, emulator: Emulator, tmp_path: Path) -> None:
-    find(emulator.services).empty_without_parts = True  # urls: []
     path = suite.make_file(tmp_path, 0)
     receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
     assert target.log("wriftai.put_part") == []
@@ -664,9 +684,9 @@ def test_an_empty_file_completes_with_no_part_like_the_sdk(
     assert receipt.details["parts"] == 0
 
 
+@rules(wriftai_omit_etags=True)
 def test_parts_answered_without_an_etag_go_on_like_the_sdk(
         target: Target, emulator: Emulator, tmp_path: Path) -> None:
-    find(emulator.services).omit_etags = True
     path = suite.make_file(tmp_path, 2 * PART + 1)
     receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
     assert len(part_puts(target)) == 3  # each part once: none is sent again

@@ -47,7 +47,7 @@ import httpx
 
 from syncd import redact
 from syncd.destinations._chunked import SessionLost
-from syncd.destinations.base import Source
+from syncd.destinations.base import READ_BLOCK, Source
 from syncd.errors import ExpiredError, FatalError, PermanentError
 from syncd.http import check, json_body, parse_reset, parse_retry_after, send
 
@@ -188,8 +188,10 @@ def put_signed(api: Api, sign: Callable[[], tuple[str, T]], source: Source, *,
     renewals = 0
     while True:
         url, signed = sign()
+        body = source.iter_range(0, source.size)
         try:
-            api.put(url, source.iter_range(0, source.size), size=source.size,
+            # a body of one block goes as bytes: httpx sends it without iterating
+            api.put(url, b"".join(body) if source.size <= READ_BLOCK else body, size=source.size,
                     content_type=content_type, what=what)
         except ExpiredError:
             if renewals >= SINGLE_RENEWALS:

@@ -61,7 +61,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -71,43 +70,17 @@ from syncd import redact
 from syncd.destinations import _chunked, _receipts
 from syncd.destinations._api import RESET, Api, RateLimit, bearer, put_signed
 from syncd.destinations._chunked import Opened, Parallel, Part, PartRules, SessionLost, Spec
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.destinations.options import WriftAIOptions
 from syncd.errors import ExpiredError, RetryableError
 from syncd.http import require
 from syncd.seal import Sealer
-from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 100_000  # the server splits; this only bounds what a resume may claim
 NO_ETAG = "(none)"  # a part storage confirmed without an etag (never a real, quoted, etag)
 RECEIPT_SEAL = "wriftai receipt"
-
-
-@dataclass(frozen=True)
-class WriftAIOptions:
-    token: Secret = field(metadata=credential(
-        "WriftAI API access token (secret), sent as Authorization: Bearer."))
-    base_url: str = field(default="https://api.wrift.ai/v1", metadata={
-        "doc": "API root including /v1.", "nonempty": True, "no_control": True})
-    protocol: str = field(default="uploads", metadata={
-        "doc": 'How files are sent: "uploads" (POST /uploads, server-split parts, resumable) '
-               'or "urls" (POST /files/urls and one PUT).',
-        "choices": ("uploads", "urls")})
-    resource: str = field(default="prediction", metadata={
-        "doc": 'The resource files belong to (protocol "urls" only).',
-        "choices": ("prediction",)})
-    resume_parts: bool = field(default=True, metadata={
-        "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
-               "derived from token, so a crash resends only missing parts; false: a crash "
-               "restarts the upload."})
-    parallel_parts: int = _chunked.parallel_parts_option()
-    max_connections: int = _chunked.max_connections_option()
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("https://", "http://")):
-            raise ValueError(f"base_url must start with https:// or http://, got "
-                             f"{self.base_url!r}")
 
 
 #: On a 429 without ``Retry-After``: until ``x-ratelimit-reset`` (epoch seconds, measured
@@ -217,8 +190,12 @@ class _Uploads:
                         {"protocol": "uploads", "parts": len(parts)})
 
     def _send_empty(self, session: dict[str, Any]) -> str:
-        response = self.api.put(self._urls(session)[0], b"", size=0, content_type=session["mime"],
-                                what="wriftai: PUT the empty part", session=True, expired=())
+        try:
+            response = self.api.put(self._urls(session)[0], b"", size=0,
+                                    content_type=session["mime"],
+                                    what="wriftai: PUT the empty part", session=True)
+        except ExpiredError as exc:  # like any part URL: a new upload, not a refused destination
+            raise SessionLost(f"wriftai: the empty part's URL expired ({exc})") from None
         return str(response.headers.get("etag") or NO_ETAG)
 
     def abort(self, session: dict[str, Any]) -> None:
@@ -285,3 +262,6 @@ class WriftAIDestination:
 
     def close(self) -> None:
         return None
+
+
+__all__ = ["WriftAIDestination", "WriftAIOptions"]
