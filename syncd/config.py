@@ -57,7 +57,7 @@ from syncd._options import (
     suggest,
     unknown,
 )
-from syncd.destinations import REGISTRY
+from syncd.destinations.options import OPTIONS
 from syncd.errors import ConfigError, Problem
 from syncd.secrets import Secret, describe_ref
 
@@ -210,7 +210,8 @@ class FolderConfig:
 
 @dataclass(frozen=True)
 class DestinationConfig:
-    """One ``[destinations.NAME]`` table; ``options`` is a ``REGISTRY[type].Options``."""
+    """One ``[destinations.NAME]`` table; ``options`` is an ``OPTIONS[type]``
+    (:mod:`syncd.destinations.options`: the ``Options`` of the type's class)."""
 
     name: str
     type: str
@@ -428,7 +429,7 @@ def _parse_destinations(raw: Any, base_dir: Path, problems: list[Problem],
         problems.append(Problem("destinations",
                                 f"expected [destinations.NAME] tables, got {_what(raw)}"))
         return out
-    valid = ", ".join(sorted(REGISTRY))
+    valid = ", ".join(sorted(OPTIONS))
     for name, table in raw.items():
         prefix = dotted("destinations", name)
         kind = table.get("type") if isinstance(table, dict) else None
@@ -438,13 +439,13 @@ def _parse_destinations(raw: Any, base_dir: Path, problems: list[Problem],
             problems.append(Problem(prefix, "destination names must not be empty"))
         elif kind is None:
             problems.append(Problem(f"{prefix}.type", f"required key is missing (valid: {valid})"))
-        elif not isinstance(kind, str) or kind not in REGISTRY:
+        elif not isinstance(kind, str) or kind not in OPTIONS:
             problems.append(Problem(f"{prefix}.type",
                                     f"unknown type {show(kind)} (valid: {valid})"))
         else:
             # The keys every type takes (bandwidth.KEYS) are read here, the rest by the type.
             rest = {k: v for k, v in table.items() if k != "type"}
-            options = parse_options(REGISTRY[kind].Options, rest, prefix=prefix,
+            options = parse_options(OPTIONS[kind], rest, prefix=prefix,
                                     base_dir=base_dir, problems=problems,
                                     resolve_secrets=resolve_secrets, shared_keys=bandwidth.KEYS)
             limit = bandwidth.parse(table, prefix=prefix, base_dir=base_dir, problems=problems)

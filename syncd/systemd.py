@@ -37,11 +37,9 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from syncd import config as configmod
 from syncd.errors import ConfigError, Problem
 from syncd.lock import LOCK_NAME, holder_pid
 
@@ -60,6 +58,8 @@ UNIT_EXEC = "/opt/syncd/bin/syncd"  # the unit's ExecStart= and ExecReload= prog
 
 def shipped(name: str) -> str:
     """The text of a file shipped in ``syncd/data`` (package data)."""
+    from importlib import resources
+
     return (resources.files("syncd") / "data" / name).read_text(encoding="utf-8")
 
 
@@ -189,7 +189,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _wait(ledger: Any, pid: int, sent: float, timeout: float) -> int:
-    from syncd.daemon import RELOAD_KEY
+    from syncd.runtime import RELOAD_KEY
 
     deadline = sent + timeout
     while True:
@@ -264,6 +264,8 @@ def lock_dir_of(pid: int) -> Path | None:
 def _state_dir(config: Path) -> Path | None:
     """``daemon.state_dir`` of the config; from the raw TOML when the config is invalid
     otherwise (the daemon is about to refuse it, and the answer is still wanted)."""
+    from syncd import config as configmod
+
     try:
         return Path(configmod.load(config, resolve_secrets=False).daemon.state_dir)
     except ConfigError:
@@ -281,7 +283,9 @@ def _state_dir(config: Path) -> Path | None:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config) if args.config else configmod.default_config_path()
+    from syncd.config import default_config_path
+
+    return Path(args.config) if args.config else default_config_path()
 
 
 COMMANDS = {"unit": cmd_unit, "reload": cmd_reload}

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
+from syncd.destinations.options import max_connections_option, parallel_parts_option
 from syncd.errors import ExpiredError, PermanentError, RetryableError, describe
 
 log = logging.getLogger(__name__)
@@ -206,19 +207,6 @@ class Parallel:
 
 
 SERIAL = Parallel()
-
-
-def parallel_parts_option() -> Any:
-    """The ``parallel_parts`` field of an ``Options`` dataclass whose files go in parts."""
-    return field(default=1, metadata={
-        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
-
-
-def max_connections_option() -> Any:
-    """The ``max_connections`` field that goes with :func:`parallel_parts_option`."""
-    return field(default=8, metadata={
-        "doc": "Part requests in flight to this destination across all files.",
-        "min": 1, "max": 64})
 
 
 class ChunkedService(Protocol):

@@ -73,7 +73,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -83,10 +82,10 @@ from syncd import redact
 from syncd.destinations import _chunked, _receipts
 from syncd.destinations._api import DELAY, Api, RateLimit, basic
 from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost, Spec
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.destinations.options import ApiVideoOptions
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
 from syncd.http import error_text, json_body, require
-from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +100,6 @@ ASSETS = ("player", "hls", "mp4", "thumbnail")
 NO_KEY_NOTE = "without api_key (an upload token alone sets no tags or metadata: set api_key)"
 COMPLETE = ("uploaded", "ingesting", "ingested")  # ingest states with the whole source
 RATE_LIMIT = RateLimit(headers=(("X-RateLimit-Retry-After", DELAY),))  # after Retry-After
-
-
-@dataclass(frozen=True)
-class ApiVideoOptions:
-    upload_token: Secret = field(metadata=credential(
-        "Delegated upload token (secret): POST /upload-tokens or the dashboard."))
-    base_url: str = field(default="https://ws.api.video", metadata={
-        "doc": "API root (sandbox: https://sandbox.api.video)."})
-    api_key: Secret | None = field(default=None, metadata=credential(
-        "API key (secret, optional): tags and metadata, resume from /status, abort."))
-    chunk_size: int = field(default=50 * MiB, metadata={
-        "doc": "Chunk size; a file up to this size goes in one request.", "unit": "bytes",
-        "min": 5 * MiB, "max": 128 * MiB})
 
 
 def _problem(response: httpx.Response) -> tuple[str, str]:

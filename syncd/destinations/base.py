@@ -84,19 +84,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from syncd import safefs
+from syncd.destinations.options import credential as credential  # re-exported
 from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.hashing import BLOCK, StreamHash
 
 Checkpoint = Callable[[dict[str, Any]], None]
 
 READ_BLOCK = BLOCK  # 1 MiB reads: few system calls, few Python iterations per GiB
-
-
-def credential(doc: str) -> dict[str, Any]:
-    """The metadata of a credential field of a type's ``Options``
-    (``field(metadata=credential(doc))``): resolved by :mod:`syncd.secrets`
-    (``env:``, ``file:``), never shown, and masked in every log line."""
-    return {"doc": doc, "secret": True}
 
 
 @dataclass(frozen=True)

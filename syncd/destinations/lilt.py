@@ -50,7 +50,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -60,45 +59,17 @@ from syncd import redact
 from syncd.destinations import _chunked
 from syncd.destinations._api import Api, RateLimit, basic, put_signed
 from syncd.destinations._chunked import Opened, Parallel, Part, PartRules, SessionLost, Spec
-from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem, credential
+from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
+from syncd.destinations.options import PART_SIZE, LiltOptions
 from syncd.errors import PermanentError, RetryableError, UploadError, describe
 from syncd.http import require
-from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
 SCAN_TIMEOUT = 300.0  # seconds wait_for_scan polls before giving up (the upload stands)
 SCAN_FIRST_DELAY = 1.0
 SCAN_MAX_DELAY = 15.0
-PART_SIZE = 8 * MiB  # Lilt's documented part size (sign_upload_part)
 QUOTA_WAIT = 60.0  # "Once over [the quota], the client must wait 60 s" (lilt-python README)
-
-
-@dataclass(frozen=True)
-class LiltOptions:
-    api_key: Secret = field(metadata=credential("Lilt API key (secret)."))
-    base_url: str = field(
-        default="https://api.lilt.com", metadata={"doc": "API root, without /v2."}
-    )
-    multipart_threshold: int = field(
-        default=8 * MiB,
-        metadata={"doc": "Files larger than this use multipart upload.", "unit": "bytes",
-                  "min": 5 * MiB},
-    )
-    part_size: int = field(
-        default=PART_SIZE,
-        metadata={"doc": "Multipart part size: Lilt's rule is 8 MiB; change it only for a "
-                         "server that asks for another size.", "unit": "bytes",
-                  "min": 5 * MiB, "max": 5 * GiB},
-    )
-    wait_for_scan: bool = field(
-        default=False,
-        metadata={"doc": "Poll GET /v2/upload until the antivirus scan leaves 'pending'."},
-    )
-    parallel_parts: int = _chunked.parallel_parts_option()
-    max_connections: int = _chunked.max_connections_option()
 
 
 def _api(options: LiltOptions, client: httpx.Client) -> Api:
@@ -279,3 +250,6 @@ class LiltDestination:
 
     def close(self) -> None:
         return None
+
+
+__all__ = ["PART_SIZE", "LiltDestination", "LiltOptions"]

@@ -76,11 +76,9 @@ import json
 import logging
 import math
 import re
-import string
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 from xml.sax.saxutils import unescape
@@ -97,13 +95,19 @@ from syncd.destinations.base import (
     Receipt,
     Source,
     UploadItem,
-    credential,
     wire_name,
+)
+from syncd.destinations.options import (
+    DEFAULT_OBJECT_KEY,
+    DOT_SEGMENTS,
+    PLACEHOLDERS,
+    S3_POST_LIMIT,
+    XvidOptions,
+    check_template,
 )
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, describe
 from syncd.http import check, json_body, require, send
 from syncd.seal import Sealer
-from syncd.secrets import Secret
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +120,6 @@ FALLBACK_TTL = 300.0  # when the token answer has no usable expires_in
 BUSY = frozenset({"UPLOADING", "COMPLETING"})  # the only documented statuses
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
-S3_POST_LIMIT = 5 * GiB  # the most one S3 form post takes
 DEFAULT_EXPIRY_DAYS = 7  # Xvid deletes an object no Job used after this, unless expires_at
 POLL_FIRST_DELAY = 0.5
 POLL_MAX_DELAY = 10.0
@@ -124,43 +127,9 @@ POLL_TIMEOUT = 300.0  # then retryable: the next attempt only polls again
 
 # -- the object_key template ------------------------------------------------------------
 
-PLACEHOLDERS = ("relpath", "name", "labels", "category", "uuid", "date")
-_DISTINCT = {"relpath", "name", "uuid"}  # at least one, or every file gets the same key
 EMPTY = "none"  # what {labels} and {category} become when the folder sets none
-# The row's uuid keeps keys apart across folders that share this destination (the same
-# relpath in two folders would otherwise replace one object with the other).
-DEFAULT_OBJECT_KEY = "uploads/{uuid}/{relpath}"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DOTS = frozenset({"", ".", ".."})  # segments a key must not have (no climbing, no '//')
-
-
-def check_template(template: str) -> None:
-    """Raise ValueError unless ``template`` is a usable ``object_key`` template."""
-    valid = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-    try:
-        pieces = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"object_key: {exc} in {template!r} "
-                         "(write {{ or }} for a literal brace)") from None
-    used = set()
-    for _, name, spec, conversion in pieces:
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS or spec or conversion:
-            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            raise ValueError(f"object_key: unknown placeholder {{{shown}}} in {template!r} "
-                             f"(valid: {valid})")
-        used.add(name)
-    if not used & _DISTINCT:
-        raise ValueError(f"object_key: {template!r} needs {{relpath}}, {{name}} or {{uuid}}, "
-                         "or every file would get the same key")
-    if template.startswith("/"):
-        raise ValueError(f"object_key: {template!r} must be relative to the pipeline root "
-                         "(no leading '/')")
-    probe = "".join(text + ("x" if name is not None else "") for text, name, *_ in pieces)
-    if any(segment in _DOTS for segment in probe.split("/")):
-        raise ValueError(f"object_key: {template!r} has an empty, '.' or '..' segment; "
-                         "keys stay under the pipeline root")
+_DOTS = DOT_SEGMENTS  # segments a key must not have (no climbing, no '//')
 
 
 def _segment(text: str) -> str:
@@ -212,38 +181,6 @@ def _expiry_text(expires_at: int | None, uploaded: float | None = None) -> str:
         return f"{DEFAULT_EXPIRY_DAYS} days after upload unless a Job uses it (Xvid's default)"
     return (time.strftime(stamp, time.gmtime(uploaded + DEFAULT_EXPIRY_DAYS * 86400))
             + f" (Xvid's default: {DEFAULT_EXPIRY_DAYS} days)")
-
-
-@dataclass(frozen=True)
-class XvidOptions:
-    client_id: str = field(metadata={"doc": "OAuth client id of your Xvid API application.",
-                                     "nonempty": True, "no_control": True})
-    client_secret: Secret = field(metadata=credential("OAuth client secret (secret)."))
-    pipeline_id: str = field(metadata={"doc": "Pipeline whose root the object keys are relative to.",
-                                       "nonempty": True, "no_control": True})
-    base_url: str = field(default="https://api.xvid.com/v1",
-                          metadata={"doc": "API root, including /v1."})
-    object_key: str = field(
-        default=DEFAULT_OBJECT_KEY,
-        metadata={"doc": "Template of each file's object key; placeholders {relpath} {name} "
-                         "{labels} {category} {uuid} {date}.", "nonempty": True,
-                  "no_control": True})
-    chunk_size: int = field(
-        default=S3_POST_LIMIT,
-        metadata={"doc": "Files up to this size go in one form post (the default: S3's 5 GiB "
-                         "limit); larger ones in several, each under its own key.",
-                  "unit": "bytes", "min": 5 * MiB, "max": S3_POST_LIMIT})
-    expires_at: int | None = field(
-        default=None,
-        metadata={"doc": "Epoch seconds at which Xvid deletes an object no Job used; 0 = never. "
-                         "Unset: Xvid's default, 7 days after upload (syncd check warns).",
-                  "min": 0})
-    scope: str = field(default="mediahub",
-                       metadata={"doc": "OAuth scope(s) to ask for, comma-separated.",
-                                 "nonempty": True, "no_control": True})
-
-    def __post_init__(self) -> None:
-        check_template(self.object_key)
 
 
 # -- the token and the API ------------------------------------------------------------------
@@ -655,5 +592,5 @@ class XvidDestination:
         self.auth.forget()
 
 
-__all__ = ["XvidDestination", "XvidOptions", "check_template", "render_object_key", "seal",
-           "unseal"]
+__all__ = ["DEFAULT_OBJECT_KEY", "PLACEHOLDERS", "S3_POST_LIMIT", "XvidDestination", "XvidOptions",
+           "check_template", "render_object_key", "seal", "unseal"]
