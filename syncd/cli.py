@@ -29,7 +29,7 @@ from syncd.commands.explain import cmd_explain
 from syncd.commands.retry import cmd_retry
 from syncd.commands.status import cmd_files, cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
-from syncd.ledger import STATES, Ledger, make_private
+from syncd.ledger import STATES, Ledger, backup
 from syncd.logs import setup as setup_logging
 
 EPILOG = """\
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _first_positional(argv)
     if command is not None and argv[command] == "emulate":
-        from syncd.emulator import main as emulate_main
+        from syncd_emulator import main as emulate_main
 
         return emulate_main(argv[command + 1:])
     parser = build_parser()
@@ -283,40 +283,16 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _backup_ledger(path: Path, dest: Path) -> int:
-    import sqlite3
-
-    if dest.exists():
+    try:
+        copy = backup(path, dest)
+    except FileExistsError:
         print(f"syncd: {dest} exists; choose a new name", file=sys.stderr)
         return EXIT_CONFIG
-    if not path.exists():
-        raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
-    partial = dest.with_name(dest.name + ".partial")
-    partial.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        make_private(partial)  # 0600 before SQLite writes a byte (its journal copies the mode)
-        target = sqlite3.connect(partial)
-        try:
-            source.backup(target)  # one step: one consistent snapshot
-        finally:
-            target.close()
-    except sqlite3.Error as exc:
-        partial.unlink(missing_ok=True)
-        raise LedgerError(f"cannot back up {path}: {exc}") from None
-    finally:
-        source.close()
-    copy = Ledger.open(partial, readonly=True)
-    try:
-        result = copy.integrity_check()
-        rows = sum(copy.counts().values())
-    finally:
-        copy.close()
-    if result != "ok":
-        print(f"syncd: the copy failed its integrity check ({result}); kept as {partial}",
+    if not copy.ok:
+        print(f"syncd: the copy failed its integrity check ({copy.integrity}); kept as {copy.path}",
               file=sys.stderr)
         return EXIT_LEDGER
-    os.replace(partial, dest)
-    print(f"backed up {path} to {dest} ({rows} rows, integrity ok)")
+    print(f"backed up {path} to {dest} ({copy.rows} rows, integrity ok)")
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from syncd.errors import LedgerError
 from syncd.ledger import SCHEMA_VERSION, Ledger
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, row_of
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ def test_group_commit_one_fsync_serves_many_writers(ledger: Ledger, tmp_path: Pa
     late: list[tuple[int, int]] = []
     real_sync = ledger.sync
 
-    def sync(upto: int | None = None) -> None:
-        real_sync(upto)
+    def sync(upto: int | None = None, point: str = "sync") -> None:
+        real_sync(upto, point)
         covered = max(fsyncs.wal(), default=0)
         if upto is None or covered < upto:
             late.append((upto or -1, covered))
@@ -120,7 +120,7 @@ def test_full_lifecycle(ledger: Ledger, clock: FakeClock) -> None:
     assert claimed.labels == ("x", "y") and claimed.category == "SOURCE"
     assert ledger.claim_next() is None
     ledger.checkpoint(row_id, {"v": 1, "parts": {"1": "e"}})
-    assert ledger.get(row_id).resume == {"v": 1, "parts": {"1": "e"}}  # type: ignore[union-attr]
+    assert row_of(ledger, row_id).resume == {"v": 1, "parts": {"1": "e"}}
     ledger.mark_uploaded(row_id, sha256="ab" * 32, receipt={"remote_id": "k"})
     ledger.set_archive_target(row_id, "/arch/a.txt")
     ledger.mark_done(row_id, location="/arch/a.txt")
@@ -163,7 +163,7 @@ def test_supersede_starts_a_new_version(ledger: Ledger) -> None:
     row = ledger.claim_next()
     assert row is not None
     ledger.supersede(row, reason="changed")
-    assert ledger.get(row_id).state == "vanished"  # type: ignore[union-attr]
+    assert row_of(ledger, row_id).state == "vanished"
     new = ledger.active_for_path("/in", "a.txt")
     assert new is not None and new.id != row_id and new.state == "settling"
 

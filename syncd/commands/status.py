@@ -291,14 +291,13 @@ def cmd_files(args: argparse.Namespace) -> int:
     moving: dict[int, dict[str, Any]] = {}
     if ledger is not None:
         try:
-            rows = ledger.rows(state=args.state)
+            limit = None if args.limit is None else max(args.limit, 0)
+            rows = ledger.rows(state=args.state, limit=limit, newest=True)
             if args.state in (None, "uploading"):
                 moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY),
                                           holder_pid(view.state_dir))
         finally:
             ledger.close()
-    if args.limit is not None:
-        rows = rows[-args.limit:]
     if args.json:
         out = []
         for r in rows:

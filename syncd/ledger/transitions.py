@@ -1,0 +1,299 @@
+"""The verbs that write: a row's way through its states, and the key/value table.
+
+Each verb is one transaction (see :mod:`syncd.ledger.writer`). A verb that
+passes ``durable=True`` returns only once its commit is on disk; the others
+are committed, which survives a crash of the process, and become durable with
+the next durable commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from syncd.ledger.queries import Queries
+from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json, sql_in
+
+_NEW_SETTLING = (
+    "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
+    " category, first_seen, changed_at, updated_at, due_at)"
+    f" VALUES (?, ?, ?, '{State.SETTLING}', ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Transitions(Queries):
+    """settling → queued → uploading → uploaded → done, and the ways off that line."""
+
+    # ------------------------------------------------------------ settling
+
+    def observe(self, folder: str, relpaths: Iterable[str], *, destination: str,
+                labels: Sequence[str] = (), category: str | None = None) -> int:
+        """Record that these paths in ``folder`` were seen; returns rows created.
+
+        A path that already has an active row is left alone (the settle stage
+        re-checks it anyway); otherwise a new ``settling`` row is created with
+        no stat yet. Cheap enough for the watchdog thread: no I/O but SQLite,
+        one transaction per call (callers batch up to ~1000 paths).
+        """
+        now = self._clock()
+        created = 0
+        labels_json = json.dumps(list(labels), ensure_ascii=False)
+        with self._write("observe") as conn:
+            for relpath in relpaths:
+                cur = conn.execute(_NEW_SETTLING, (str(uuidlib.uuid4()), folder, os.fsencode(relpath),
+                                                   destination, labels_json, category, now, now, now,
+                                                   now))
+                created += cur.rowcount
+                if not cur.rowcount:  # an event for a file still settling: look at it now
+                    conn.execute(  # by path: the planner would look through every settling row
+                        "UPDATE files INDEXED BY files_path SET due_at = ? WHERE folder = ? AND relpath = ?"
+                        f" AND state = '{State.SETTLING}' AND location IS NULL AND due_at > ?",
+                        (now, folder, os.fsencode(relpath), now))
+        return created
+
+    def set_due(self, looks: Sequence[tuple[int, float]], stats: Mapping[int, Stat] | None = None) -> None:
+        """When to look at these settling rows next, and the new stats seen of them (one
+        transaction for a whole settle tick)."""
+        if not looks and not stats:
+            return
+        with self._write("due") as conn:
+            for row_id, st in (stats or {}).items():
+                self._set_stat(conn, row_id, st)
+            conn.executemany(f"UPDATE files SET due_at = ? WHERE id = ? AND state = '{State.SETTLING}'",
+                             [(at, row_id) for row_id, at in looks])
+
+    def _set_stat(self, conn: sqlite3.Connection, row_id: int, st: Stat) -> None:
+        fields: dict[str, Any] = {"size": st.size, "mtime_ns": st.mtime_ns, "inode": st.inode,
+                                  "device": st.device}
+        if st.changed_at is not None:
+            fields["changed_at"] = st.changed_at
+        conn.execute(f"UPDATE files SET {', '.join(f'{k} = ?' for k in fields)}, updated_at = ?"
+                     f" WHERE id = ? AND state = '{State.SETTLING}'",
+                     (*fields.values(), self._clock(), row_id))
+
+    def note_stat(self, row_id: int, *, size: int, mtime_ns: int, inode: int,
+                  changed: bool, device: int | None = None) -> None:
+        """Store the latest stat of a settling file; ``changed`` restarts its quiet time."""
+        with self._write() as conn:
+            if changed:
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
+                          changed_at=self._clock())
+            else:
+                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device)
+
+    def promote(self, row_id: int, stat: Stat | None = None) -> None:
+        """settling -> queued: the file has been quiet long enough (``stat``: its latest
+        stat, when it differs from the row's)."""
+        now = self._clock()
+        with self._write("promote") as conn:
+            if stat is not None:
+                self._set_stat(conn, row_id, stat)
+            self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now)
+
+    def forget(self, row_id: int) -> None:
+        """Delete a settling row that turned out not to be a new version."""
+        with self._write() as conn:
+            conn.execute(f"DELETE FROM files WHERE id = ? AND state = '{State.SETTLING}'", (row_id,))
+
+    # ------------------------------------------------------------- uploading
+
+    def claim_next(self, destinations: Iterable[str] | None = None) -> Row | None:
+        """Atomically take the next due queued/retrying row: -> uploading, attempts+1."""
+        now = self._clock()
+        where = (f"state IN {sql_in(WAITING_STATES)}"
+                 " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)")
+        args: list[Any] = [now]
+        if destinations is not None:
+            names = list(destinations)
+            if not names:
+                return None
+            where += f" AND destination IN ({', '.join('?' * len(names))})"
+            args.extend(names)
+        with self._lock:
+            # one statement, so one implicit transaction: pick and take the row atomically
+            rows = self._conn.execute(
+                f"UPDATE files SET state = '{State.UPLOADING}', attempts = attempts + 1, updated_at = ?"
+                f" WHERE id = (SELECT id FROM files WHERE {where} ORDER BY next_attempt_at, id LIMIT 1)"
+                " RETURNING *", (now, *args)).fetchall()  # all: the statement ends, and commits
+            if not rows:
+                return None
+            self._count_commit("claim")
+        return Row.from_db(rows[0])
+
+    def checkpoint(self, row_id: int, resume: dict[str, Any] | None) -> None:
+        """Store a destination's resumable state for this row.
+
+        Committed, not synced: a crash of the process keeps it; after a power
+        loss an older state (or none) is resumed, which sends some parts again.
+        """
+        self._update("checkpoint", row_id, resume=_json(resume))
+
+    def set_location(self, row_id: int, location: str) -> None:
+        """The bytes of this row are now at ``location`` (renamed during upload)."""
+        self._update("location", row_id, durable=True, location=_enc(location))
+
+    def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any],
+                      meta: dict[str, Any] | None = None) -> None:
+        """The remote confirmed these bytes.
+
+        Committed, and made durable by the next :meth:`sync` before the source
+        file is touched: :func:`syncd.archive.finish` syncs before a delete, and
+        the durable :meth:`set_archive_target` (or :meth:`set_location`) that
+        precedes a move covers this commit too, with one fsync for both.
+
+        ``meta``: the labels and category sent and the sidecar they came from
+        (:meth:`syncd.metadata.Metadata.to_json`), which the archive moves along.
+        """
+        fields: dict[str, Any] = {}
+        if meta is not None:
+            fields["meta"] = _ascii_json(meta)
+        self._update("uploaded", row_id, state=State.UPLOADED, sha256=sha256,
+                     receipt=_json(receipt), uploaded_at=self._clock(), last_error=None,
+                     next_attempt_at=None, **fields)
+
+    def mark_duplicate(self, row_id: int, *, sha256: str, original: Row,
+                       meta: dict[str, Any] | None = None) -> None:
+        """on_duplicate = "skip": these bytes were uploaded already, as ``original``.
+
+        Durable on return, before the file is archived. The row goes to
+        ``uploaded`` with ``duplicate_of`` set and a receipt naming the earlier
+        upload, so the after-upload action is finished like an upload's after
+        a crash; :meth:`mark_done` then makes it ``skipped``.
+        """
+        receipt = {"duplicate_of": original.id,
+                   "remote_id": (original.receipt or {}).get("remote_id"),
+                   "url": (original.receipt or {}).get("url")}
+        fields: dict[str, Any] = {}
+        if meta is not None:
+            fields["meta"] = _ascii_json(meta)
+        with self._write("duplicate", durable=True) as conn:
+            self._set(conn, row_id, state=State.UPLOADED, sha256=sha256, receipt=_json(receipt),
+                      duplicate_of=original.id, last_error=None, next_attempt_at=None,
+                      resume=None, **fields)
+
+    # --------------------------------------------------------- after upload
+
+    def set_sidecar_target(self, row_id: int, target: str | None) -> None:
+        """Record where the metadata sidecar is being moved, before the move (crash recovery)."""
+        self._update("sidecar_target", row_id, durable=True, sidecar_path=_enc(target))
+
+    def set_archive_target(self, row_id: int, target: str | None) -> None:
+        """Record where the archive move is going, before it starts (for crash recovery)."""
+        self._update("archive_target", row_id, durable=True, archive_path=_enc(target))
+
+    def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
+        """The after-upload action (archive, delete or keep) has completed.
+
+        A row that was a skipped duplicate (``duplicate_of`` set) becomes ``skipped``.
+        """
+        fields: dict[str, Any] = {"done_at": self._clock()}
+        if location is not None:
+            fields["location"] = _enc(location)
+        if note is not None:
+            fields["last_error"] = note
+        cols = "".join(f", {k} = ?" for k in fields)
+        with self._lock:
+            self._conn.execute(
+                f"UPDATE files SET state = CASE WHEN duplicate_of IS NULL THEN '{State.DONE}'"
+                f" ELSE '{State.SKIPPED}' END, updated_at = ?{cols} WHERE id = ?",
+                (self._clock(), *fields.values(), row_id))
+            self._count_commit("done")
+
+    # --------------------------------------------------- retries and failures
+
+    def mark_retry(self, row_id: int, *, error: str, at: float, count: bool = True) -> None:
+        """The attempt failed but may work later; due again at ``at`` (wall clock).
+
+        ``count=False`` gives the attempt back: for local conditions (a file
+        not readable yet) that say nothing about the upload itself.
+        """
+        with self._write("retry") as conn:
+            if not count:
+                conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                             (row_id,))
+            self._set(conn, row_id, state=State.RETRYING, last_error=error, next_attempt_at=at)
+
+    def requeue_now(self, row_id: int, *, reason: str | None = None) -> None:
+        """Back to queued without counting the attempt (shutdown, paused destination)."""
+        with self._write() as conn:
+            conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
+            self._set(conn, row_id, state=State.QUEUED, next_attempt_at=self._clock(),
+                      last_error=reason)
+
+    def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
+        """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
+        with self._write("failed", durable=True) as conn:
+            fields: dict[str, Any] = {"state": State.FAILED, "last_error": error,
+                                      "next_attempt_at": None, "resume": None}
+            if location is not None:
+                fields["location"] = _enc(location)
+            self._set(conn, row_id, **fields)
+
+    def mark_vanished(self, row_id: int, *, reason: str) -> None:
+        """The file disappeared (or was superseded) before its upload completed."""
+        with self._write() as conn:
+            self._set(conn, row_id, state=State.VANISHED, last_error=reason, next_attempt_at=None,
+                      resume=None)
+
+    def supersede(self, row: Row, *, reason: str) -> None:
+        """The file changed during upload: retire ``row`` and start a new settling version."""
+        now = self._clock()
+        with self._write() as conn:
+            self._set(conn, row.id, state=State.VANISHED, last_error=reason, resume=None,
+                      next_attempt_at=None)
+            if row.location is None:
+                conn.execute(_NEW_SETTLING, (
+                    str(uuidlib.uuid4()), row.folder, os.fsencode(row.relpath), row.destination,
+                    json.dumps(list(row.labels), ensure_ascii=False), row.category, now, now, now,
+                    now))
+
+    def requeue_stale(self) -> int:
+        """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE files SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
+                f" WHERE state = '{State.UPLOADING}'", (now, now),
+            )
+        return cur.rowcount
+
+    def requeue_failed(self, ids: Sequence[int] | None = None) -> list[Row]:
+        """``syncd retry``: failed rows (all, or these ids) go back to the queue.
+
+        The bytes stay where they are (usually failed_dir) and are uploaded
+        from there; ``attempts`` starts again from zero.
+        """
+        now = self._clock()
+        with self._write("requeue_failed", durable=True) as conn:
+            if ids is None:
+                found = conn.execute(
+                    f"SELECT id FROM files WHERE state = '{State.FAILED}'").fetchall()
+                targets = [r[0] for r in found]
+            else:
+                targets = list(ids)
+            for row_id in targets:
+                conn.execute(
+                    f"UPDATE files SET state = '{State.QUEUED}', attempts = 0, next_attempt_at = ?,"
+                    " updated_at = ?, last_error = NULL, archive_path = NULL"
+                    f" WHERE id = ? AND state = '{State.FAILED}'",
+                    (now, now, row_id),
+                )
+        return [r for r in (self.get(i) for i in targets) if r is not None]
+
+    # -------------------------------------------------------------- key/value
+
+    def put_meta(self, key: str, value: Any, *, durable: bool = True) -> None:
+        """Set ``key`` in the kv table. ``durable=False`` does not wait for an fsync: for a
+        snapshot rewritten every second (upload progress), carried to disk by the next
+        durable commit; a power loss may lose it, nothing else."""
+        with self._write("meta", durable=durable) as conn:
+            conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, json.dumps(value), self._clock()),
+            )

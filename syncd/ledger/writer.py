@@ -1,0 +1,188 @@
+"""The ledger's connection: opening, the lock, transactions and the group commit.
+
+Every write is one transaction committed into the WAL without an fsync
+(``synchronous=NORMAL``): :meth:`Writer._write` (``BEGIN IMMEDIATE`` ...
+``COMMIT``) or :meth:`Writer._update` (one ``UPDATE``, SQLite's autocommit).
+Each commit is numbered; a durable one then waits in :meth:`Writer.sync` until
+an ``fdatasync`` of the WAL that started after it has returned. Crash points:
+``ledger.<point>`` right after a commit, ``ledger.<point>.synced`` after the
+fsync that made it durable (reached by the caller that ran the fsync).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+from syncd import crashpoints
+from syncd.errors import LedgerError
+from syncd.ledger import schema
+from syncd.ledger.row import Row
+
+
+class Writer:
+    """One SQLite connection shared by every thread, guarded by a lock that each verb
+    holds only for its own statements. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Any = time.time) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = threading.RLock()
+        self._clock = clock
+        # group commit: commits so far, commits known synced, and the one fsync in flight
+        self._committed = 0
+        self._synced = 0
+        self._syncing = False
+        self._sync_cond = threading.Condition()
+        self._wal_fd: int | None = None
+        self._wal_id: tuple[int, int] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, *, readonly: bool = False, clock: Any = time.time,
+             timeout: float = 10.0) -> Self:
+        """Open (creating and migrating unless ``readonly``) the ledger at ``path``."""
+        path = Path(path)
+        try:
+            conn = schema.connect(path, readonly=readonly, timeout=timeout)
+            ledger = cls(conn, path, clock)
+            try:
+                if readonly:
+                    schema.check_version(conn, path)
+                else:
+                    for statements in schema.pending_migrations(conn, path):
+                        with ledger._write(durable=True):
+                            for statement in statements:
+                                conn.execute(statement)
+            except BaseException:
+                ledger.close()
+                raise
+            return ledger
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"ledger {path} is unusable ({exc}); run `syncd ledger rebuild` to rebuild it "
+                "from the folders"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+
+    # ------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self, point: str = "commit", *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; ``point`` names its crash point.
+
+        ``durable``: return only once the commit is on disk (:meth:`sync`).
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            else:
+                self._conn.execute("COMMIT")
+                mine = self._count_commit(point)
+        if durable:
+            self.sync(mine, point)
+
+    def _update(self, point: str, row_id: int, *, durable: bool = False, **fields: Any) -> None:
+        """One ``UPDATE`` of one row as a transaction of its own (SQLite's autocommit: one
+        statement, where BEGIN/UPDATE/COMMIT are three); otherwise like :meth:`_write`."""
+        fields["updated_at"] = self._clock()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+            mine = self._count_commit(point)
+        if durable:
+            self.sync(mine, point)
+
+    def _count_commit(self, point: str) -> int:
+        """Number the commit just made (under the lock) and reach its crash point."""
+        self._committed += 1
+        crashpoints.point(f"ledger.{point}")
+        return self._committed
+
+    def _set(self, conn: sqlite3.Connection, row_id: int, **fields: Any) -> None:
+        """``UPDATE`` these columns of one row (and ``updated_at``) inside a :meth:`_write`."""
+        fields["updated_at"] = self._clock()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [Row.from_db(r) for r in rows]
+
+    # ------------------------------------------------------------ group commit
+
+    def sync(self, upto: int | None = None, point: str = "sync") -> None:
+        """Make every commit of this connection so far (or up to commit number ``upto``) durable.
+
+        Group commit: one caller (the leader) fsyncs the WAL while the others
+        wait; the fsync covers every commit made before it started, so each
+        waiter whose commit it covers returns without an fsync of its own. A
+        waiter whose commit came later becomes the next leader. Commits go on
+        meanwhile: the ledger lock is not held during the fsync.
+        """
+        with self._sync_cond:
+            target = self._committed if upto is None else upto
+            while self._synced < target:
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+                covered = 0
+                try:
+                    covered = self._committed  # every commit up to here is in the WAL file
+                    fd = self._wal()  # only the leader opens it
+                    self._sync_cond.release()
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        self._sync_cond.acquire()
+                    crashpoints.point(f"ledger.{point}.synced")  # by the leader, for all
+                    self._synced = max(self._synced, covered)
+                finally:
+                    self._syncing = False
+                    self._sync_cond.notify_all()
+
+    def _wal(self) -> int:
+        """A descriptor of the WAL file (opened once; again if SQLite made a new one).
+
+        Syncing it is what ``synchronous=FULL`` does after each commit: frames
+        already moved into the database by a checkpoint were synced there by
+        SQLite (``synchronous=NORMAL`` syncs the WAL before a checkpoint and the
+        database after it). A new WAL file's directory entry is synced once.
+        """
+        wal = f"{self.path}-wal"
+        st = os.stat(wal)
+        if self._wal_fd is None or self._wal_id != (st.st_dev, st.st_ino):
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
+            self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+            self._wal_id = (st.st_dev, st.st_ino)
+            dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        return self._wal_fd
