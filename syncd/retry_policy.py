@@ -1,19 +1,70 @@
-"""The retry policy: what kind of failure an error is, and how long to wait before the next try.
+"""The retry policy: what a failed attempt leads to, by error class, and how long a file waits.
 
-Pure functions, no state: the uploader and the destination circuit
-(:mod:`syncd.circuit`) decide *whether* a file waits; these say *what* a
-failure was (for the ``class`` label of ``syncd_retries_total``), whether it
-is a full disk (which pauses every worker rather than one file), and how long
-a file waits before its next attempt.
+The pure functions say what a failure was (:func:`retry_class`, the ``class``
+label of ``syncd_retries_total``), whether it is a full disk
+(:func:`is_disk_full`: that pauses every worker, syncd/backpressure.py, rather
+than one file) and how long a file waits before its next attempt
+(:func:`backoff`: full jitter, or the server's Retry-After).
+
+:class:`RetryPolicy` records the outcome of an attempt that did not succeed
+(see :mod:`syncd.errors`):
+
+* ``RetryableError`` -> ``retrying`` with exponential backoff and full jitter
+  (or the server's Retry-After), until ``max_attempts``; then ``failed``.
+  Transport errors and 5xx are outage failures instead: they feed the
+  destination's circuit (syncd/circuits.py) and give the attempt back;
+  while the circuit is open the destination's files wait without spending
+  attempts and one probe per backoff step finds out when it is back. A 429
+  holds every worker of that destination back (the same circuit), also
+  without spending attempts.
+* ``PermanentError`` -> ``failed`` at once: the remote upload is aborted and
+  the file moved to ``failed_dir`` with its reason.
+* ``SourceChangedError`` -> the upload is discarded (aborted remotely), the
+  row retired and a new version starts settling.
+* ``FatalError`` -> the file goes back to the queue untouched and the whole
+  destination's circuit opens ("refused") for a while (wrong credentials fail
+  every file alike).
+* A file that cannot be opened for reading (``PermissionError``) stays where
+  it is and is tried again with a growing delay, without spending attempts.
+* A missing file -> ``vanished``, unless its *folder* is unavailable
+  (deleted, unmounted, marker missing): then the row waits for the folder.
+* Interrupted by a stop -> back to ``queued`` without using an attempt, its
+  resume state (the parts already confirmed) kept for the next start.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import random
 import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from syncd.errors import ExpiredError, RetryableError
+from syncd import failed
+from syncd.circuit import UP, is_outage
+from syncd.destinations.base import Destination
+from syncd.errors import (
+    ExpiredError,
+    FatalError,
+    PermanentError,
+    RetryableError,
+    SourceChangedError,
+    describe,
+)
+from syncd.ledger import Ledger, Row
+from syncd.logs import qp
+from syncd.upload_source import lexists
+from syncd.webhook import Webhook
+
+if TYPE_CHECKING:
+    from syncd.circuits import Circuits
+    from syncd.upload_one import Stats
+
+log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+
+FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked at again
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -51,3 +102,233 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random,
         return min(max(retry_after, 0.0), cap)
     ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
     return max(0.05, rng.uniform(0, ceiling))
+
+
+class RetryPolicy:
+    """Records what an attempt that did not succeed leads to; each method returns the
+    row's new state (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger, *, circuits: Circuits, stats: Stats,
+                 folders: Callable[[], Mapping[str, Any]],
+                 folder_problem: Callable[[str], str | None], base: float, cap: float,
+                 clock: Callable[[], float], rng: random.Random, metrics: Any = None) -> None:
+        self.ledger = ledger
+        self.circuits = circuits
+        self.stats = stats
+        self._folders = folders
+        self.folder_problem = folder_problem
+        self.base, self.cap = base, cap
+        self.clock = clock
+        self.rng = rng
+        self.metrics = metrics
+        self.webhook: Webhook | None = None  # told when a file fails for good
+        self._lock = threading.Lock()
+        self._outage_at: dict[int, float] = {}  # row id -> time of its last outage failure
+        self._unreadable: dict[int, tuple[str, int]] = {}  # row id -> (reason, tries)
+
+    def forget(self, row_id: int) -> None:
+        """The row reached a state of its own: drop what was remembered about its tries."""
+        with self._lock:
+            self._outage_at.pop(row_id, None)
+            self._unreadable.pop(row_id, None)
+
+    def attempt_failed(self, row: Row, dest: Destination, folder: Any, exc: Exception) -> str:
+        """Record a failed upload attempt according to its error class."""
+        if isinstance(exc, SourceChangedError):
+            return self.changed(row, dest, str(exc))
+        circuit = self.circuits.get(row.destination)
+        probe = self.circuits.probe_of(row.id)
+        if isinstance(exc, FatalError):
+            reason = describe(exc)
+            before = circuit.snapshot()
+            circuit.refused(reason, probe=probe)
+            log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
+                      row.destination, reason, circuit.refuse_pause)
+            self.circuits.moved(row.destination, before)
+            self.ledger.requeue_now(row.id, reason=reason)
+            return "queued"
+        if isinstance(exc, RetryableError) and exc.status == 429:
+            return self._rate_limited(row, exc, probe)
+        if is_outage(exc):
+            assert isinstance(exc, RetryableError)
+            return self._outage(row, folder, exc, probe)
+        if isinstance(exc, PermanentError | RetryableError) and exc.status is not None:
+            self.circuits.service_ok(row.destination)  # an answer about this file: it works
+        if isinstance(exc, PermanentError):
+            self.abort(dest, row)
+            return self.fail(row, folder, describe(exc))
+        if isinstance(exc, RetryableError):
+            return self.retry(row, describe(exc), exc.retry_after, folder, exc=exc)
+        if isinstance(exc, FileNotFoundError):
+            return self.gone(row, dest, "the file disappeared during upload")
+        if isinstance(exc, OSError):
+            return self.retry(row, f"read error: {exc.strerror or exc}", None, folder, exc=exc)
+        raise exc
+
+    def _rate_limited(self, row: Row, exc: RetryableError, probe: int) -> str:
+        """A 429 is about the whole account, not one file: no worker starts another
+        upload to this destination until the server's wait (or a growing backoff) is
+        over, and the file's attempt is given back. Uploads already in flight finish;
+        they may get their own 429."""
+        circuit = self.circuits.get(row.destination)
+        before = circuit.snapshot()
+        until = circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=probe)
+        now = self.clock()
+        if before.state != "rate_limited" or (before.next_probe_at or 0.0) < until:
+            log.warning("destination %r is rate limiting; no new uploads to it for %.1fs",
+                        row.destination, max(0.0, until - now))
+        return self._wait_for_service(row, describe(exc), max(until, now), exc)
+
+    def _outage(self, row: Row, folder: Any, exc: RetryableError, probe: int) -> str:
+        """A transport error or a 5xx: the destination's circuit decides whether it
+        belongs to the file (then it is an ordinary retry) or to the service."""
+        circuit = self.circuits.get(row.destination)
+        reason = describe(exc)
+        now = self.clock()
+        with self._lock:
+            since = self._outage_at.get(row.id)
+            self._outage_at[row.id] = now
+        before = circuit.snapshot()
+        verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe)
+        if verdict.open and before.state != "down":
+            log.error("destination %r is down (%s); its files wait in place without using "
+                      "attempts, probing it again in %.1fs", row.destination, reason,
+                      max(0.0, (verdict.retry_at or now) - now))
+            self.circuits.moved(row.destination, before)
+        elif verdict.open and probe:
+            log.info("destination %r is still down (probe: %s); next probe in %.1fs",
+                     row.destination, reason, max(0.0, (verdict.retry_at or now) - now))
+        if verdict.charge:
+            return self.retry(row, reason, exc.retry_after, folder, exc=exc)
+        if verdict.open:
+            at = verdict.retry_at or now
+        else:
+            at = now + backoff(verdict.failures, self.base, self.cap, self.rng, exc.retry_after)
+        return self._wait_for_service(row, reason, at, exc)
+
+    def _wait_for_service(self, row: Row, reason: str, at: float, exc: BaseException) -> str:
+        """Retry at ``at`` without spending an attempt: the service, not the file, failed."""
+        with self._lock:
+            self._unreadable.pop(row.id, None)
+        self.ledger.mark_retry(row.id, error=reason, at=at, count=False)
+        self._count_retry(exc)
+        state = self.circuits.get(row.destination).snapshot()
+        why = (f"destination {row.destination!r} is {state.state.replace('_', ' ')}"
+               if state.state != UP else "a failure of the service, not of the file")
+        # While it is down the destination's own lines say it; one per file is enough at INFO.
+        log.log(logging.INFO if not state.up else logging.WARNING,
+                "retrying %s in %.1fs (attempt not counted: %s): %s", qp(row.inbox_path),
+                max(0.0, at - self.clock()), why, reason)
+        return "retrying"
+
+    def interrupted(self, row: Row) -> str:
+        """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""
+        with self.stats.lock:
+            if row.id in self.stats.abandoned:
+                return "queued"
+            self.stats.abandoned.add(row.id)
+            current = self.ledger.get(row.id)
+            if current is None or current.state != "uploading":
+                return current.state if current is not None else "queued"
+            self.ledger.requeue_now(row.id, reason="interrupted by shutdown")
+        parts = len((current.resume or {}).get("parts") or {})
+        log.info("interrupted by shutdown: %s goes back to the queue%s", qp(row.inbox_path),
+                 f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "")
+        return "queued"
+
+    def defer(self, row: Row, reason: str, delay: float) -> str:
+        """Look at ``row`` again in ``delay`` seconds, without using an attempt."""
+        self.ledger.requeue_now(row.id, reason=reason)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
+        return "retrying"
+
+    def gone(self, row: Row, dest: Destination, reason: str) -> str:
+        """The file is not there: vanished, unless its whole folder is unavailable."""
+        current = self.ledger.get(row.id)
+        if current is not None and current.state != "uploading":
+            log.warning("%s is %s already; not marking it vanished", qp(row.inbox_path),
+                        current.state)
+            return current.state
+        problem = None if row.location is not None else self.folder_problem(row.folder)
+        if problem is not None:
+            log.warning("cannot upload %s: its folder is unavailable (%s); it waits for the "
+                        "folder to come back", qp(row.inbox_path), problem)
+            return self.defer(row, f"folder unavailable: {problem}", FOLDER_WAIT)
+        self.abort(dest, row)
+        self.ledger.mark_vanished(row.id, reason=reason)
+        log.info("vanished: %s (%s)", qp(row.current_path), reason)
+        return "vanished"
+
+    def abort(self, dest: Destination, row: Row) -> None:
+        """Abort the remote upload an attempt had begun (best-effort by contract)."""
+        current = self.ledger.get(row.id)
+        resume = current.resume if current is not None else None
+        if resume:
+            try:
+                dest.abort(resume)
+            except Exception as exc:
+                log.warning("could not abort the remote upload of %s: %s", qp(row.inbox_path),
+                            describe(exc))
+
+    def changed(self, row: Row, dest: Destination, reason: str) -> str:
+        """Changed during upload: discard it; a new version settles."""
+        if row.location is None and not lexists(row.folder, row.relpath):
+            return self.gone(row, dest, reason)
+        self.abort(dest, row)
+        self.ledger.supersede(row, reason=f"superseded: {reason}")
+        log.info("changed during upload, will upload the new version: %s (%s)",
+                 qp(row.inbox_path), reason)
+        return "vanished"
+
+    def retry(self, row: Row, reason: str, retry_after: float | None,
+              folder: Any = None, *, exc: BaseException | None = None) -> str:
+        """A failure of the file: retry after a backoff, or fail after ``max_attempts``."""
+        with self._lock:
+            self._unreadable.pop(row.id, None)
+        folder = folder or self._folders().get(row.folder)
+        max_attempts = folder.max_attempts if folder is not None else 8
+        if row.attempts >= max_attempts and folder is not None:
+            return self.fail(row, folder, f"gave up after {row.attempts} attempts: {reason}")
+        delay = backoff(row.attempts, self.base, self.cap, self.rng, retry_after)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
+        self._count_retry(exc)
+        log.warning("retrying %s in %.1fs (attempt %d of %d): %s", qp(row.inbox_path), delay,
+                    row.attempts, max_attempts, reason)
+        return "retrying"
+
+    def wait_readable(self, row: Row, reason: str) -> str:
+        """A file we may not read stays where it is and is tried again, without
+        using up attempts: its producer may still be setting permissions, and
+        an operator can fix them. The delay grows like any retry's; the log says
+        it once per reason (WARNING), later tries at debug level. It is shown in
+        `syncd status` (recent errors) all along."""
+        with self._lock:
+            last, tries = self._unreadable.get(row.id, (None, 0))
+            tries += 1
+            self._unreadable[row.id] = (reason, tries)
+        delay = backoff(tries, self.base, self.cap, self.rng)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
+        if reason != last:
+            log.warning("cannot read %s (%s); leaving it in place and trying again with a "
+                        "growing delay (next in %.1fs)", qp(row.inbox_path), reason, delay)
+        else:
+            log.debug("cannot read %s yet (%s, try %d); trying again in %.1fs",
+                      qp(row.inbox_path), reason, tries, delay)
+        return "retrying"
+
+    def fail(self, row: Row, folder: Any, reason: str) -> str:
+        """For good: to failed_dir with its reason; the webhook is told."""
+        failed.to_failed(self.ledger, row, folder, reason)
+        with self.stats.lock:
+            self.stats.failed += 1
+        if self.metrics is not None:
+            self.metrics.observe_failed()
+        if self.webhook is not None:
+            self.webhook.file_failed(self.ledger.get(row.id) or row, reason)
+        return "failed"
+
+    def _count_retry(self, exc: BaseException | None) -> None:
+        with self.stats.lock:
+            self.stats.retried += 1
+        if self.metrics is not None:
+            self.metrics.observe_retry(retry_class(exc))

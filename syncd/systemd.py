@@ -14,7 +14,7 @@ systemd 252 has no ``Type=notify-reload``, and ``kill -HUP`` returns at once.
 
 How it knows: every reload, applied or refused, ends with the daemon writing
 ``{"pid", "began", "ok", "problem", ...}`` to the ledger's kv table (key
-``reload``, :meth:`syncd.daemon.Daemon.reload`), where ``began`` is
+``reload``, :meth:`syncd.runtime.Runtime.reload`), where ``began`` is
 ``CLOCK_MONOTONIC`` (one clock for the whole host) when it started reading the
 file. A record of that pid whose ``began`` is not before the moment the signal
 was sent is the outcome of a reload that read the file after the signal: that

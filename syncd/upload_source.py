@@ -14,7 +14,7 @@ import mimetypes
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from syncd import moves, safefs
@@ -33,15 +33,19 @@ class StoppableSource(Source):
     at its next block (1 MiB) instead of running to the end of the part.
     With a ``throttle`` (the destination's bandwidth limit, :mod:`syncd.bandwidth`)
     every block waits for its turn before it is handed on to be sent.
+    ``on_read`` is called after every block read (the worker's heartbeat,
+    :mod:`syncd.liveness`).
     """
 
     def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
                  device: int | None, root: str | None, stop: threading.Event,
-                 throttle: Throttle | None = None) -> None:
+                 throttle: Throttle | None = None,
+                 on_read: Callable[[], None] | None = None) -> None:
         super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
                          root=root)
         self._stop_event = stop
         self._throttle = throttle
+        self._on_read = on_read
 
     def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
         if self._stop_event.is_set():
@@ -50,6 +54,8 @@ class StoppableSource(Source):
         if throttle is not None:
             block = min(block, throttle.block)
         for data in super().iter_range(offset, length, block):
+            if self._on_read is not None:
+                self._on_read()
             if throttle is not None:
                 throttle(len(data))  # returns at once when stopping
             if self._stop_event.is_set():

@@ -101,16 +101,14 @@ def heartbeat(ledger: Ledger, **extra: Any) -> None:
 
 
 def _record_config(cfg: Path) -> None:
-    """What the daemon records at start and at every applied reload (Daemon._record_config)."""
-    from syncd.daemon import Daemon
+    """What the daemon records at start and at every applied reload (runtime.record_config)."""
+    from syncd.runtime import record_config
 
-    loaded = configmod.load(cfg)
-    daemon = Daemon(loaded)
-    daemon.ledger = ledger_of(cfg)
+    ledger = ledger_of(cfg)
     try:
-        daemon._record_config(loaded)
+        record_config(ledger, configmod.load(cfg))
     finally:
-        daemon.ledger.close()
+        ledger.close()
 
 
 def test_status_and_files_work_with_a_broken_config(cfg: Path,
@@ -435,11 +433,14 @@ def test_status_watch_refreshes_until_ctrl_c(cfg: Path, capsys: pytest.CaptureFi
 
 def test_status_watch_as_a_command_ends_on_sigint_with_exit_0(cfg: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch",
-                             "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    with subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch",
+                           "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        try:
+            time.sleep(2.0)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()  # only if it did not end (a no-op once it has been waited for)
     assert proc.returncode == 0, err
     assert out.count("syncd status every 0.2s") >= 2 and "Traceback" not in err

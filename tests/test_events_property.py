@@ -4,7 +4,7 @@ Hypothesis drives a real folder on disk through random file operations and
 feeds the watchdog events those operations would produce to
 :class:`syncd.watcher._Handler` -- delivered late, in order (as inotify
 does), mixed with stale and duplicated events. In between, the intake is
-flushed into a real ledger by the daemon's own ``Daemon._flush_intake`` (a
+flushed into a real ledger by the daemon's own ``syncd.intake.flush`` (a
 moved-in directory becomes a scan, run at once), and the settle stage ticks
 on a fake clock. Whatever the interleaving:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import types
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from watchdog.events import (
 )
 
 from syncd import rules, scanner
-from syncd.daemon import Daemon
+from syncd.intake import flush
 from syncd.ledger import ACTIVE_STATES, Ledger
 from syncd.settle import Settler
 from syncd.watcher import Intake, _Handler
@@ -84,10 +83,6 @@ class World:
         self.pending: list[FileSystemEvent] = []  # produced, not yet delivered (in order)
         self.delivered: list[FileSystemEvent] = []
         self.settler = Settler(self.ledger, lambda: {self.root: self.folder}, clock=self.clock)
-        # The daemon's own flush, run on a stand-in that has what it uses.
-        self.daemon = types.SimpleNamespace(ledger=self.ledger, intake=self.intake,
-                                            folders={self.root: self.folder},
-                                            request_scan=self._scan, uploader=None)
         self.dir_ins = 0
 
     def close(self) -> None:
@@ -156,7 +151,7 @@ class World:
         del self.pending[:n]
 
     def flush(self) -> None:
-        Daemon._flush_intake(self.daemon)  # type: ignore[arg-type]
+        flush(self.ledger, self.intake, {self.root: self.folder}, request_scan=self._scan)
         self.check_rows()
 
     def tick(self, seconds: float) -> None:

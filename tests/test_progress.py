@@ -15,14 +15,14 @@ import socket
 import threading
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 import tomli_w
 
 from syncd import progress
-from syncd.destinations.base import Receipt, Source, UploadItem
+from syncd.destinations.base import Capabilities, Receipt, Source, UploadItem
 from syncd.ledger import Ledger
 from syncd.metrics import Metrics
 from syncd.uploader import Uploader
@@ -74,7 +74,12 @@ def test_progress_text() -> None:
 class _SteppedDestination:
     """Reads the file one block per step, waiting for the test between steps."""
 
+    TYPE: ClassVar[str] = "stepped"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(labels=None, category=None)
+    Options: ClassVar[type] = object
+
     def __init__(self) -> None:
+        self.name = "d"
         self.step = threading.Semaphore(0)
         self.read = threading.Event()
 
@@ -114,7 +119,7 @@ def test_uploader_reports_bytes_read_per_file(tmp_path: Path) -> None:
     ledger.promote(row.id)
     dest = _SteppedDestination()
     metrics = Metrics()
-    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(inbox): folder},  # type: ignore[dict-item]
+    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(inbox): folder},
                   metrics=metrics)
     metrics.track_progress(up.progress)
     up.start(1)
@@ -132,7 +137,8 @@ def test_uploader_reports_bytes_read_per_file(tmp_path: Path) -> None:
         wait_until(lambda: up.progress() == [], 10, what="the upload to end")
         assert _value(_scrape(metrics), "syncd_upload_bytes_in_flight") == 0
     finally:
-        up.stop(5)
+        up.stop_claiming()
+        up.join(5)
         ledger.close()
 
 

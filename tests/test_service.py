@@ -35,6 +35,7 @@ import httpx
 import pytest
 import tomli_w
 
+from syncd.ledger import Row
 from tests.harness import CANARY_KEY, Setup, wait_until
 
 pytestmark = pytest.mark.slow
@@ -96,7 +97,8 @@ class NotifySocket:
                     return m
             return None
 
-        return wait_until(found, timeout, 0.02, what)  # type: ignore[no-any-return]
+        message: dict[str, str] = wait_until(found, timeout, 0.02, what)
+        return message
 
     def pings(self, since: float = 0.0) -> list[float]:
         return [t for t, m in self.snapshot() if m.get("WATCHDOG") == "1" and t >= since]
@@ -133,20 +135,8 @@ def make_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
         s.close()
 
 
-def rows_at(path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM files ORDER BY id")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def resume_parts(row: dict[str, Any]) -> set[int]:
-    resume = json.loads(row["resume"]) if row.get("resume") else {}
-    return {int(n) for n in (resume.get("parts") or {})}
+def resume_parts(row: Row) -> set[int]:
+    return {int(n) for n in ((row.resume or {}).get("parts") or {})}
 
 
 def start_wrapped(s: Setup, shell: str, env: dict[str, str] | None = None,
@@ -162,8 +152,8 @@ def start_wrapped(s: Setup, shell: str, env: dict[str, str] | None = None,
     script = f"{shell}\nexec \"$@\""
     cmd = ["unshare", *unshare, "sh", "-ec", script, "sh",
            sys.executable, "-m", "syncd", "-c", str(s.config), "run"]
-    s.proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=full,
-                              cwd=s.tmp)
+    with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
+        s.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full, cwd=s.tmp)
     return s.proc
 
 
@@ -211,14 +201,21 @@ def test_notifier_talks_to_an_abstract_socket_and_redacts(
         monkeypatch.setenv("NOTIFY_SOCKET", sock.address)
         monkeypatch.setenv("WATCHDOG_USEC", "3000000")
         monkeypatch.setenv("WATCHDOG_PID", "1")  # someone else's watchdog
-        assert Notifier().watchdog_interval() is None
+        n = Notifier()
+        assert n.watchdog_interval() is None
+        n.close()
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-        assert Notifier().watchdog_interval() == 0.75
+        n = Notifier()
+        assert n.watchdog_interval() == 0.75
+        n.close()
         monkeypatch.delenv("WATCHDOG_PID")
         n = Notifier()
         assert n.watchdog_interval() == 0.75
         n.ready("failed: key notify-secret-7f3a\nrejected")
         n.stopping("stopping", extend_seconds=45)
+        n.close()
+        n.close()  # twice is fine
+        n.status("after close: not sent")
         ready = sock.wait_for(lambda m: m.get("READY") == "1")
         assert ready["STATUS"] == "failed: key *** rejected"
         stop = sock.wait_for(lambda m: m.get("STOPPING") == "1")
@@ -274,7 +271,7 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     assert re.search(r"daemon: running \(pid \d+, up \d+s, heartbeat \d+s ago\)", text), text
     backup = s.cli("ledger", "backup", str(tmp_path / "backup.sqlite3"))
     assert backup.returncode == 0 and "integrity ok" in backup.stdout, backup.stderr
-    assert len(rows_at(tmp_path / "backup.sqlite3")) == 2
+    assert len(s.rows(tmp_path / "backup.sqlite3")) == 2
 
     # SIGHUP with a broken config: refused, the old one keeps running, STATUS says why.
     good = s.config.read_text()
@@ -298,7 +295,7 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     assert not ok["STATUS"].startswith("reload failed"), ok
     s.drop("ignored.txt", b"not watched any more", "a")
     time.sleep(0.6)
-    assert not [r for r in s.rows() if os.fsdecode(r["relpath"]) == "ignored.txt"]
+    assert not [r for r in s.rows() if r.relpath == "ignored.txt"]
 
     # The watchdog, all along (reloads included): pings at a quarter of WATCHDOG_USEC.
     pings = notify.pings()
@@ -328,6 +325,7 @@ def test_watchdog_pings_stop_while_the_ledger_takes_no_writes(
     proc = s.start(extra_env=notify.env())
     notify.wait_for(lambda m: m.get("WATCHDOG") == "1", what="first WATCHDOG=1")
     # Another process holds the ledger's write lock: the health check cannot write.
+    # (Raw SQLite on purpose: the ledger's API never holds a lock past its own verbs.)
     conn = sqlite3.connect(s.ledger_path, timeout=10, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     locked = time.monotonic()
@@ -343,7 +341,7 @@ def test_watchdog_pings_stop_while_the_ledger_takes_no_writes(
 
 def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from syncd import config as configmod
-    from syncd.daemon import Daemon, ledger_path
+    from syncd.daemon import Daemon, MainLoop, ledger_path
     from syncd.ledger import Ledger
 
     (tmp_path / "in").mkdir()
@@ -355,27 +353,25 @@ def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     }))
     monkeypatch.setenv("HEALTH_TEST_KEY", "health-test-key")
     cfg = configmod.load(tmp_path / "syncd.toml")
-    d = Daemon(cfg)
-    d.ledger = Ledger.open(ledger_path(cfg))
+    ledger = Ledger.open(ledger_path(cfg))
+    loop = MainLoop(Daemon(cfg), ledger)
     try:
-        d._apply(cfg)
-        assert d.healthy()
-        observer = d.watcher._native
+        assert loop.health.healthy()
+        observer = loop.watcher._native
         assert observer is not None
         observer.stop()  # a dead observer thread: no more pings
         observer.join(5)
-        assert not d.healthy()
-        d.watcher.stop()
-        assert d.healthy()
-        d.ledger.close()  # a tick that fails makes the daemon unhealthy too
-        d._tick_safely(time.monotonic(), {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0,
-                                          "rescan": time.monotonic(), "watchdog": 0.0})
-        assert not d.healthy()
+        assert not loop.health.healthy()
+        loop.watcher.stop()
+        assert loop.health.healthy()
+        ledger.close()  # a tick that fails makes the daemon unhealthy too
+        loop.tick_safely(time.monotonic(), {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0,
+                                            "rescan": time.monotonic(), "progress": 0.0})
+        assert not loop.health.healthy()
     finally:
-        d.watcher.stop()
-        if d.client is not None:
-            d.client.close()
-        d.ledger.close()
+        loop.watcher.stop()
+        loop.runtime.close()
+        ledger.close()
 
 
 # -- stopping ------------------------------------------------------------------------------------
@@ -389,7 +385,7 @@ def test_sigterm_lets_an_upload_in_flight_finish(make_setup: Callable[..., Setup
     notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
     s.drop("a.bin", random.Random(1).randbytes(200_000))
     # The PUT is in flight once the single upload checkpointed its key.
-    wait_until(lambda: any(r["resume"] for r in s.rows()), 20, what="upload in flight")
+    wait_until(lambda: any(r.resume for r in s.rows()), 20, what="upload in flight")
     time.sleep(0.3)
     mark = notify.mark()
     proc.send_signal(signal.SIGTERM)
@@ -422,7 +418,7 @@ def test_sigterm_during_a_large_upload_exits_0_and_resumes_on_restart(
     assert proc.wait(20) == 0
     notify.wait_for(lambda m: m.get("STOPPING") == "1", since=mark, what="STOPPING=1")
     row = s.rows()[0]
-    assert row["state"] == "queued" and row["attempts"] == 0, row  # the attempt is not used
+    assert row.state == "queued" and row.attempts == 0, row  # the attempt is not used
     confirmed = resume_parts(row)
     assert 2 <= len(confirmed) < 5 and confirmed == set(range(1, len(confirmed) + 1))
     assert "drain time (0.5s) is up: interrupting 1 upload(s)" in s.log_text()
@@ -448,7 +444,7 @@ def test_second_sigterm_exits_at_once_and_safely(make_setup: Callable[..., Setup
     s.emulator.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 3,
                                    "count": 5}])
     proc = s.start(extra_env=notify.env())
-    wait_until(lambda: s.rows() and s.rows()[0]["resume"], 20, what="multipart upload open")
+    wait_until(lambda: s.rows() and s.rows()[0].resume, 20, what="multipart upload open")
     time.sleep(0.3)
     mark = notify.mark()
     proc.send_signal(signal.SIGTERM)
@@ -460,10 +456,9 @@ def test_second_sigterm_exits_at_once_and_safely(make_setup: Callable[..., Setup
     assert proc.wait(10) == 0
     assert time.monotonic() - second < 4
     row = s.rows()[0]
-    assert row["state"] == "queued" and row["attempts"] == 0 and row["resume"], row
+    assert row.state == "queued" and row.attempts == 0 and row.resume, row
     assert "second stop signal: interrupting 1 upload(s)" in s.log_text()
-    with sqlite3.connect(s.ledger_path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert s.integrity() == "ok"
 
 
 # -- metrics and event lines ---------------------------------------------------------------------
@@ -582,7 +577,7 @@ def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[...
                     10, what="STATUS unmounted")
     time.sleep(1.5)
     assert {u["filename"] for u in s.emulator.uploads()} == {"a.txt"}
-    assert not [r for r in s.rows() if r["state"] == "vanished"]
+    assert not [r for r in s.rows() if r.state == "vanished"]
 
     subprocess.run([*nsenter, "mount", "--bind", str(share), str(inbox)], check=True, timeout=10)
     wait_until(lambda: s.counts().get("done") == 2, 20, what="b.txt once the share is back")

@@ -163,7 +163,8 @@ def test_reload_returns_once_the_new_config_is_applied(daemon: Setup) -> None:
     started = time.monotonic()
     out = reload(s)
     assert out.returncode == EXIT_OK, out.stderr
-    assert out.stdout.strip() == f"syncd (pid {s.proc.pid}) reloaded its configuration"  # type: ignore[union-attr]
+    assert s.proc is not None
+    assert out.stdout.strip() == f"syncd (pid {s.proc.pid}) reloaded its configuration"
     assert time.monotonic() - started < 10
     # No race: folder b is watched the moment the command returns.
     assert "configuration reloaded: 2 folder(s)" in s.log_text()
@@ -171,7 +172,7 @@ def test_reload_returns_once_the_new_config_is_applied(daemon: Setup) -> None:
     wait_until(lambda: s.all_done(1), 20, what="the file in the folder the reload added")
     # The pid may be given (the unit passes $MAINPID); several reloads in a row each answer.
     for _ in range(3):
-        again = reload(s, "--pid", str(s.proc.pid))  # type: ignore[union-attr]
+        again = reload(s, "--pid", str(s.proc.pid))
         assert again.returncode == EXIT_OK, again.stderr
     s.invariants()
 
@@ -241,8 +242,10 @@ def test_reload_record_is_written_for_applied_and_refused(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The record `syncd reload` reads, from the daemon in process."""
     from syncd import config as configmod
-    from syncd.daemon import RELOAD_KEY, Daemon
     from syncd.ledger import Ledger
+    from syncd.metrics import Metrics
+    from syncd.runtime import RELOAD_KEY, Runtime
+    from syncd.watcher import Intake, Watcher
 
     (tmp_path / "in").mkdir()
     config = tmp_path / "syncd.toml"
@@ -250,18 +253,19 @@ def test_reload_record_is_written_for_applied_and_refused(tmp_path: Path,
             'api_key = "literal-key-1234"\n[[folders]]\npath = "in"\ndestination = "d"\n')
     config.write_text(good)
     config.chmod(0o600)
-    d = Daemon(configmod.load(config))
-    d.ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    monkeypatch.setattr(d, "_apply", lambda cfg: None)
-    monkeypatch.setattr(d, "status_line", lambda: "ok")
+    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
+    runtime = Runtime(configmod.load(config), ledger, watcher=Watcher(Intake()),
+                      metrics=Metrics(), watch=False)
+    monkeypatch.setattr(runtime, "apply", lambda cfg: None)
     before = time.monotonic()
-    d.reload()
-    applied = d.ledger.get_meta(RELOAD_KEY)
+    assert runtime.reload()
+    applied = ledger.get_meta(RELOAD_KEY)
     assert applied["ok"] is True and applied["pid"] == os.getpid()
     assert applied["began"] >= before and applied["problem"] is None
     config.write_text(good.replace('path = "in"', 'path = 5'))
-    d.reload()
-    refused = d.ledger.get_meta(RELOAD_KEY)
+    assert not runtime.reload()
+    refused = ledger.get_meta(RELOAD_KEY)
     assert refused["ok"] is False and refused["began"] > applied["began"]
     assert refused["problem"].startswith("folders[0].path")
-    d.ledger.close()
+    runtime.close()
+    ledger.close()

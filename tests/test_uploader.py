@@ -338,14 +338,14 @@ def test_unreadable_file_stays_and_is_retried_without_using_attempts(
     reason, the tries after it at debug level."""
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
-    import syncd.uploader as uploader_mod
+    import syncd.upload_one as upload_one_mod
 
     error = [PermissionError(13, "Permission denied")]
 
     def denied(*args: Any, **kwargs: Any) -> None:
         raise error[0]
 
-    monkeypatch.setattr(uploader_mod, "StoppableSource", denied)
+    monkeypatch.setattr(upload_one_mod, "StoppableSource", denied)
     caplog.set_level("DEBUG", logger="syncd.uploader")
     delays = []
     for _ in range(10):  # more than max_attempts (3): never moved to failed

@@ -38,7 +38,7 @@ from syncd.redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_LEDGER = 0, 1, 2, 3, 4
 LEDGER_NAME = "ledger.sqlite3"  # as syncd.daemon.LEDGER_NAME (not imported: it pulls in httpx)
-CONFIG_KEY = "config"  # as syncd.daemon.CONFIG_KEY
+CONFIG_KEY = "config"  # as syncd.runtime.CONFIG_KEY
 
 _STATE_DIR_LINE = re.compile(r"""^[ \t]*state_dir[ \t]*=[ \t]*(["'])(?P<value>[^"'\n]*)\1""",
                              re.MULTILINE)

@@ -1,0 +1,172 @@
+"""Every destination's circuit, as the upload workers use them.
+
+:mod:`syncd.circuit` is one circuit (its docstring is the contract); this
+module keeps one per configured destination (made, closed, on first use;
+made afresh when a reload changes the destination), asks them which
+destinations a worker may take a row for (:meth:`Circuits.admit`), remembers
+which row in flight is a circuit's probe, asks an idle service itself
+(``Destination.probe()``) when a probe is due and none of its files waits,
+and tells the webhook when a destination goes down or comes back.
+Circuits live in memory: a restart starts with every destination up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from syncd.circuit import GO, Circuit, CircuitState, is_outage
+from syncd.destinations.base import Destination
+from syncd.errors import FatalError, RetryableError, UploadError, describe
+from syncd.webhook import Webhook
+
+log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+
+
+def _when(at: float | None) -> str:
+    """A wall-clock time for a log line: ``14:02:11``."""
+    return "?" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
+
+
+class Circuits:
+    """Destination name -> :class:`Circuit`, with the probe bookkeeping around them."""
+
+    def __init__(self, destinations: Callable[[], Mapping[str, Destination]], *, base: float,
+                 cap: float, clock: Callable[[], float] = time.time,
+                 on_back: Callable[[], None] = lambda: None) -> None:
+        self._destinations = destinations
+        self.base, self.cap = base, cap
+        self.clock = clock
+        self.on_back = on_back  # a destination is back: wake the idle workers
+        self.webhook: Webhook | None = None  # told when a destination goes down or comes back
+        self._lock = threading.Lock()
+        self._circuits: dict[str, Circuit] = {}
+        self._probes: dict[int, int] = {}  # row id -> probe token (the row is its circuit's probe)
+
+    def get(self, name: str) -> Circuit:
+        """The circuit of destination ``name`` (made, closed, on first use)."""
+        with self._lock:
+            circuit = self._circuits.get(name)
+            if circuit is None:
+                circuit = self._circuits[name] = Circuit(
+                    name, base=self.base, cap=self.cap, clock=self.clock)
+            return circuit
+
+    def names(self) -> list[str]:
+        """The destinations that have a circuit (every one that was used)."""
+        with self._lock:
+            return list(self._circuits)
+
+    def set_retry(self, base: float, cap: float) -> None:
+        """New ``retry_base_seconds`` / ``retry_max_seconds`` (a reload)."""
+        with self._lock:
+            self.base, self.cap = base, cap
+            for circuit in self._circuits.values():
+                circuit.base, circuit.cap = base, cap
+
+    def reset(self, names: Iterable[str]) -> None:
+        """A reload changed or removed these destinations: each starts afresh, closed."""
+        with self._lock:
+            for name in names:
+                self._circuits.pop(name, None)
+
+    def states(self) -> dict[str, CircuitState]:
+        """Every configured destination's circuit state (status lines, heartbeat, metrics)."""
+        names = list(self._destinations())
+        with self._lock:
+            return {name: self._circuits[name].snapshot() if name in self._circuits
+                    else CircuitState() for name in names}
+
+    def waits(self) -> list[float]:
+        """Seconds until each open circuit may let a row through (idle workers wait that)."""
+        with self._lock:
+            circuits = list(self._circuits.values())
+        return [until for c in circuits if (until := c.wait()) is not None]
+
+    # claiming -----------------------------------------------------------------
+
+    def admit(self) -> tuple[list[str], tuple[str, int] | None]:
+        """The destinations a worker may take a row for now, and at most one probe
+        ``(name, token)`` this worker makes (others' probe tickets are handed back)."""
+        names: list[str] = []
+        probe: tuple[str, int] | None = None
+        for name in self._destinations():
+            ticket = self.get(name).admit()
+            if ticket == GO:
+                names.append(name)
+            elif ticket is not None:
+                if probe is None:
+                    probe = (name, ticket)
+                else:
+                    self.get(name).release_probe(ticket)
+        return names, probe
+
+    def probe_with(self, row_id: int, token: int) -> None:
+        """The row just claimed is its destination's probe."""
+        self._probes[row_id] = token
+
+    def probe_of(self, row_id: int) -> int:
+        """The probe token of a row in flight (GO for an ordinary upload)."""
+        return self._probes.get(row_id, GO)
+
+    def attempt_over(self, row_id: int, destination: str) -> None:
+        """A row's attempt ended: a probe that ended without a verdict lets the next
+        worker probe."""
+        token = self._probes.pop(row_id, GO)
+        if token:
+            self.get(destination).release_probe(token)
+
+    def probe_idle(self, name: str, token: int) -> None:
+        """The circuit of ``name`` is due for a probe and none of its files waits:
+        ask the service itself (``Destination.probe()``: reachability, credentials)."""
+        circuit = self.get(name)
+        dest = self._destinations().get(name)
+        try:
+            if dest is None:
+                return
+            dest.probe()
+        except FatalError as exc:
+            circuit.refused(describe(exc), probe=token)
+        except RetryableError as exc:
+            if exc.status == 429:
+                circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=token)
+            elif is_outage(exc):
+                verdict = circuit.failed(describe(exc), retry_after=exc.retry_after, probe=token)
+                log.info("destination %r is still down (probe: %s); next probe in %.1fs", name,
+                         describe(exc), max(0.0, (verdict.retry_at or 0.0) - self.clock()))
+            else:
+                self.service_ok(name)
+        except UploadError:
+            self.service_ok(name)  # an answer about the request: the service is there
+        except Exception as exc:
+            log.warning("destination %r: probe failed unexpectedly: %s", name, describe(exc))
+            circuit.failed(describe(exc), probe=token)
+        else:
+            self.service_ok(name)
+        finally:
+            circuit.release_probe(token)  # a no-op once a verdict was recorded
+
+    # what happened ---------------------------------------------------------------
+
+    def service_ok(self, name: str) -> None:
+        """The service answered in a way that shows it works: close its circuit."""
+        circuit = self.get(name)
+        before = circuit.snapshot()
+        if circuit.succeeded():
+            log.warning("destination %r is back (%s since %s: %s); resuming its uploads", name,
+                        before.state, _when(before.since), before.reason)
+            self.moved(name, before)
+            self.on_back()
+
+    def moved(self, name: str, before: CircuitState) -> None:
+        """Tell the webhook when destination ``name`` went down (or began refusing
+        uploads) or came back; ``before`` is its state before the change."""
+        if self.webhook is None:
+            return
+        after = self.get(name).snapshot()
+        if before.up and not after.up:
+            self.webhook.destination_down(name, after)
+        elif not before.up and after.up:
+            self.webhook.destination_up(name, before, now=self.clock())

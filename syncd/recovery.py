@@ -1,0 +1,88 @@
+"""Startup recovery, and the sweep that repeats it while syncd runs.
+
+At startup, before any worker or scan runs (design invariant 5: a crash
+anywhere is recoverable):
+
+* moves to a failed folder that a stop interrupted are finished
+  (:func:`syncd.failed.finish_interrupted_failures`);
+* rows left ``uploading`` go back to ``queued``, keeping their resume state
+  (the parts already confirmed);
+* half-written ``.syncd-tmp-*`` copies in archive and failed folders are
+  removed;
+* rows ``uploaded`` (skipped duplicates included) have their after-upload
+  action finished, using the archive target recorded before the move, so a
+  crash between link and unlink, or between a cross-device copy and the
+  unlink, ends with exactly one copy and no second upload. This goes
+  through the same hand-over as a fresh upload
+  (:meth:`syncd.upload_one.Procedure.hand_over`).
+
+Then every folder is scanned (the daemon asks for it) for files dropped
+while syncd was down.
+
+Every ``SWEEP_EVERY`` seconds the main loop repeats the last step, and
+requeues rows left ``uploading`` that no worker holds, for rows that a ledger
+write that failed (a full disk) or an archive folder that was not writable
+left behind (:meth:`Recovery.sweep`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from syncd import failed, moves
+from syncd.ledger import Ledger
+from syncd.logs import qp
+from syncd.retry_policy import is_disk_full
+from syncd.uploader import Uploader
+
+log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
+
+SWEEP_EVERY = 10.0
+
+
+class Recovery:
+    def __init__(self, ledger: Ledger, folders: Callable[[], Mapping[str, Any]],
+                 uploader: Uploader) -> None:
+        self.ledger = ledger
+        self._folders = folders
+        self.uploader = uploader
+
+    def at_start(self) -> None:
+        """Reconcile ledger, inbox and archive after the last stop (see the module docstring)."""
+        folders = self._folders()
+        moved = failed.finish_interrupted_failures(self.ledger, folders)
+        if moved:
+            log.info("finished %d move(s) to a failed folder interrupted by the last stop", moved)
+        requeued = self.ledger.requeue_stale()
+        if requeued:
+            log.info("resuming %d upload(s) interrupted by the last stop", requeued)
+        for folder in folders.values():
+            for directory in (folder.archive_dir, folder.failed_dir):
+                if directory is not None and os.path.isdir(directory):
+                    removed = moves.clean_temp(os.fspath(directory))
+                    if removed:
+                        log.info("removed %d partial copies in %s", removed,
+                                 qp(os.fspath(directory)))
+        self.finish_uploaded()
+
+    def finish_uploaded(self) -> bool:
+        """Finish after_upload for rows left ``uploaded`` that no worker holds; True if a
+        disk was full."""
+        busy = self.uploader.inflight_ids()
+        folders = self._folders()
+        full = False
+        for row in self.ledger.in_state("uploaded"):
+            folder = folders.get(row.folder)
+            if row.id in busy or folder is None:
+                continue
+            error = self.uploader.procedure.hand_over(row, folder)
+            full = full or (error is not None and is_disk_full(error))
+        return full
+
+    def sweep(self) -> None:
+        """Repair what a failed ledger write or archive move may have left behind."""
+        self.finish_uploaded()
+        self.uploader.requeue_orphans()

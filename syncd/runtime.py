@@ -1,0 +1,249 @@
+"""The configuration in force, and everything built from it.
+
+:class:`Runtime` holds the folders, the destinations and their shared
+``httpx.Client`` (with the daemon's timeouts and TLS settings), the upload
+worker pool (syncd/uploader.py) and the webhook, and knows which folders are
+usable right now. It builds them at start and, on SIGHUP, applies a reload
+(:meth:`Runtime.reload`): the new config is validated completely and new
+clients and destinations are built first, so a failure leaves the running
+configuration untouched; then folders are watched and released, workers
+resized, destinations and credentials swapped, retry settings, bandwidth
+limits, the webhook, metrics and logging re-set. A reload that is refused
+keeps the old configuration, and its first problem stays in STATUS until
+one succeeds.
+
+Two ledger records come from here: what the applied config names
+(:data:`CONFIG_KEY`: folder paths, destination names and types, never a
+secret or a URL), so that `syncd status` and `syncd files` work while the
+config file is broken, and the outcome of the last reload
+(:data:`RELOAD_KEY`), which `syncd reload` (the unit's ``ExecReload=``)
+waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from syncd import config as configmod
+from syncd import logs, webhook
+from syncd.circuit import REFUSED, CircuitState
+from syncd.destinations import REGISTRY
+from syncd.destinations.base import Destination
+from syncd.errors import ConfigError, Problem
+from syncd.http import make_client, tls_context
+from syncd.ledger import Ledger
+from syncd.liveness import Bounds, Liveness
+from syncd.logs import qp
+from syncd.metrics import Metrics
+from syncd.redact import redact
+from syncd.uploader import Uploader
+from syncd.watcher import Watcher, probe
+from syncd.webhook import Webhook
+
+log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
+
+CONFIG_KEY = "config"  # ledger kv: what the config applied last names (`syncd status` on a broken one)
+RELOAD_KEY = "reload"  # ledger kv: the last reload's outcome, which `syncd reload` waits for
+
+
+def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str, Destination]:
+    return {
+        # the Destination protocol leaves out the constructor every service class has
+        name: REGISTRY[dc.type](name, dc.options, client)  # type: ignore[call-arg]  # see above
+        for name, dc in cfg.destinations.items()
+    }
+
+
+def build_client(cfg: configmod.Config) -> httpx.Client:
+    d = cfg.daemon
+    verify: bool | ssl.SSLContext = False
+    if d.tls_verify:
+        verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
+    return make_client(connect=d.connect_timeout, read=d.io_timeout, write=d.io_timeout,
+                       max_connections=max(8, d.workers * 2), verify=verify)
+
+
+def _build(cfg: configmod.Config) -> tuple[httpx.Client, dict[str, Destination]]:
+    client = build_client(cfg)
+    try:
+        return client, build_destinations(cfg, client)
+    except BaseException:
+        client.close()
+        raise
+
+
+class Runtime:
+    """What the config in force built; see the module docstring."""
+
+    def __init__(self, cfg: configmod.Config, ledger: Ledger, *, watcher: Watcher,
+                 metrics: Metrics, liveness: Liveness | None = None, once: bool = False,
+                 watch: bool = True) -> None:
+        self.ledger = ledger
+        self.watcher = watcher
+        self.metrics = metrics
+        self.liveness = liveness or Liveness()
+        self.once = once
+        self.watch = watch
+        self.cfg = cfg
+        self.client, self.destinations = _build(cfg)
+        self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
+        self.reload_problem: str | None = None  # the first problem of the last refused reload
+        self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
+        self.uploader = Uploader(ledger, lambda: self.destinations, lambda: self.folders,
+                                 retry_base=cfg.daemon.retry_base_seconds,
+                                 retry_max=cfg.daemon.retry_max_seconds,
+                                 folder_problem=self.folder_problem, metrics=metrics,
+                                 liveness=liveness)
+        self._configure(cfg)
+
+    def _configure(self, cfg: configmod.Config) -> None:
+        """What every apply sets, at start and on reload."""
+        self.liveness.bounds = Bounds.for_config(cfg.daemon)
+        self.metrics.workers.set(cfg.daemon.workers)
+        self.uploader.bandwidth.configure({n: d.bandwidth for n, d in cfg.destinations.items()})
+        self.webhook = self.uploader.webhook = webhook.update(self.webhook, cfg.daemon)
+        if self.watch:
+            self.watcher.set_folders(cfg.folders)
+        else:
+            for root, folder in self.folders.items():
+                problem = probe(folder)[0]
+                if problem is not None:
+                    log.error("folder %s: %s; skipping it", qp(root), problem)
+        if not self.once:
+            self.metrics.serve(cfg.daemon.metrics_listen)
+        record_config(self.ledger, cfg)
+
+    def apply(self, cfg: configmod.Config) -> None:
+        """Put ``cfg`` in force in place of the running one (a reload)."""
+        client, destinations = _build(cfg)
+        old_client, old_destinations = self.client, self.destinations
+        old_cfg = self.cfg
+        self.client, self.destinations = client, destinations
+        for root in set(self.folders) - {os.fspath(f.path) for f in cfg.folders}:
+            self.metrics.forget_folder(root)
+        self.folders = {os.fspath(f.path): f for f in cfg.folders}
+        self.cfg = cfg
+        uploader = self.uploader
+        uploader.set_retry(cfg.daemon.retry_base_seconds, cfg.daemon.retry_max_seconds)
+        # A destination whose table changed (or that refused us: new credentials
+        # deserve a new try) starts afresh; one that is down stays down until probed.
+        states = uploader.destination_states()
+        uploader.reset_circuits([
+            name for name in uploader.circuits.names()
+            if old_cfg.destinations.get(name) != cfg.destinations.get(name)
+            or states.get(name, CircuitState()).state == REFUSED])
+        uploader.resize(cfg.daemon.workers)
+        self._configure(cfg)
+        if (old_cfg.daemon.log_level, old_cfg.daemon.log_format) != \
+                (cfg.daemon.log_level, cfg.daemon.log_format):
+            logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
+        for dest in old_destinations.values():
+            dest.close()
+        # in-flight uploads keep their own reference; close once they are done
+        timer = threading.Timer(old_cfg.daemon.io_timeout * 2, old_client.close)
+        timer.daemon = True
+        timer.start()
+
+    def reload(self, announce: Callable[[bool], None] = lambda applied: None) -> bool:
+        """SIGHUP: validate the config file again and apply it, or keep the old one; True
+        when applied. ``announce(applied)`` is called before the outcome is recorded for
+        `syncd reload` (the daemon sends READY=1 with the new STATUS there)."""
+        began = time.monotonic()  # before the file is read (syncd/systemd.py)
+        path = self.cfg.path
+        log.info("reloading the configuration from %s", path)
+        try:
+            new = configmod.load(path) if path is not None else self.cfg
+            if Path(new.daemon.state_dir) != Path(self.cfg.daemon.state_dir):
+                raise ConfigError([Problem(
+                    "daemon.state_dir", "cannot change while syncd runs; restart syncd")],
+                    str(path))
+            self.apply(new)
+        except ConfigError as exc:
+            return self._refuse(began, str(exc.problems[0]), str(exc), announce)
+        except Exception as exc:
+            log.exception("reload failed")
+            return self._refuse(began, f"{type(exc).__name__}: {exc}", str(exc), announce)
+        self.reload_problem = None
+        for w in new.warnings:
+            log.warning("config: %s", w)
+        log.info("configuration reloaded: %d folder(s), %d destination(s), %d worker(s)",
+                 len(self.folders), len(self.destinations), new.daemon.workers)
+        announce(True)
+        record_reload(self.ledger, began, None)
+        return True
+
+    def _refuse(self, began: float, first: str, full: str,
+                announce: Callable[[bool], None]) -> bool:
+        log.error("reload refused, still running the previous configuration: %s", full)
+        self.reload_problem = first
+        announce(False)
+        record_reload(self.ledger, began, first)
+        return False
+
+    def folder_problem(self, root: str) -> str | None:
+        """Why the folder ``root`` cannot be used right now (checked now), or None."""
+        if self.watch:
+            return self.watcher.problem(root)
+        folder = self.folders.get(root)
+        return "not configured" if folder is None else probe(folder)[0]
+
+    def usable_folders(self) -> dict[str, Any]:
+        """The folders whose files may be judged now (settle skips the others).
+
+        Checked afresh on every call (a stat or two per folder), so a share
+        unmounted a moment ago does not make its settling files "vanished".
+        """
+        return {root: f for root, f in self.folders.items() if self.folder_problem(root) is None}
+
+    def close(self) -> None:
+        """At the very end: the webhook gets one try for what it still holds; the client and
+        the destinations are closed."""
+        if self.webhook is not None:
+            self.webhook.close()
+        self.client.close()
+        for dest in self.destinations.values():
+            dest.close()
+
+
+def record_config(ledger: Ledger, cfg: configmod.Config) -> None:
+    """Note in the ledger what the applied config names (paths, names, types; never
+    a secret or a URL), so `syncd status` and `syncd files` can still show the folders
+    when the file on disk is broken (a refused reload)."""
+    record = {
+        "path": None if cfg.path is None else os.fspath(cfg.path),
+        "state_dir": os.fspath(cfg.daemon.state_dir),
+        "applied_at": time.time(),
+        "destinations": {name: dc.type for name, dc in cfg.destinations.items()},
+        "folders": [{"path": os.fspath(f.path), "destination": f.destination,
+                     "labels": list(f.labels), "category": f.category,
+                     "archive_dir": None if f.archive_dir is None else os.fspath(f.archive_dir),
+                     "failed_dir": None if f.failed_dir is None else os.fspath(f.failed_dir)}
+                    for f in cfg.folders],
+    }
+    try:
+        ledger.put_meta(CONFIG_KEY, record)
+    except sqlite3.Error as exc:
+        log.warning("cannot record the applied configuration in the ledger: %s", exc)
+
+
+def record_reload(ledger: Ledger, began: float, problem: str | None) -> None:
+    """The reload's outcome, for `syncd reload` (the unit's ExecReload=) to wait on:
+    ``began`` is CLOCK_MONOTONIC when this reload started reading the file."""
+    try:
+        ledger.put_meta(RELOAD_KEY, {
+            "pid": os.getpid(), "began": began,
+            "at": time.time(), "ok": problem is None,
+            "problem": None if problem is None else logs.printable(redact(problem)),
+        })
+    except sqlite3.Error as exc:
+        log.error("cannot record the outcome of the reload: %s", exc)

@@ -1,0 +1,78 @@
+"""Stopping: no new work, let the uploads in flight drain, interrupt the rest, release all.
+
+On SIGTERM/SIGINT (or at the end of ``once``): ``STOPPING=1`` with
+``EXTEND_TIMEOUT_USEC`` covering ``drain_seconds`` + :data:`STOP_MARGIN`, so a
+long drain is not cut short by ``TimeoutStopSec=``; the watches and the
+scanner stop; workers take no new rows and the uploads in flight get
+``drain_seconds`` to finish (the watchdog is still fed meanwhile, while
+they progress). Then, or at once after a second signal, the uploads are
+interrupted: they fail at their next read of the file and go back to
+``queued`` without using an attempt, keeping their resume state. A worker
+still stuck in the network :data:`CANCEL_GRACE` seconds later has its row
+requeued for it (:meth:`syncd.uploader.Uploader.abandon_inflight`). Last, the
+final progress snapshot and heartbeat (``stopped``), metrics, the webhook
+(one try for what it holds), the HTTP client and the destinations. The
+ledger is closed by the daemon after this.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from syncd.health import Health
+from syncd.intake import IntakeStage
+from syncd.liveness import Pulse
+from syncd.notify import Notifier
+from syncd.runtime import Runtime
+from syncd.uploader import Uploader
+from syncd.watcher import Watcher
+
+log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
+
+CANCEL_GRACE = 2.0  # after interrupting uploads, how long workers get to record it
+STOP_MARGIN = 15.0  # asked of systemd beyond drain_seconds (EXTEND_TIMEOUT_USEC)
+DRAIN_POLL = 0.05
+
+
+def drain(uploader: Uploader, runtime: Runtime, intake: IntakeStage, health: Health,
+          pulse: Pulse, notifier: Notifier, watcher: Watcher,
+          hard_stop: threading.Event) -> None:
+    """Stop taking work, let uploads drain, interrupt the rest, release everything."""
+    drain_seconds = 0.0 if hard_stop.is_set() else runtime.cfg.daemon.drain_seconds
+    running = len(uploader.inflight_ids())
+    status = (f"stopping: {running} upload(s) finishing (up to {drain_seconds:g} s)" if running
+              else "stopping")
+    notifier.stopping(status, extend_seconds=drain_seconds + STOP_MARGIN)
+    if running:
+        log.info("stopping: taking no new uploads; waiting up to %gs for %d upload(s) in "
+                 "flight", drain_seconds, running)
+    else:
+        log.info("stopping: no uploads in flight")
+    watcher.stop()
+    intake.stop_scanner()
+    uploader.stop_claiming()
+    deadline = time.monotonic() + drain_seconds
+    while uploader.busy() and not hard_stop.is_set() and time.monotonic() < deadline:
+        pulse.beat()  # the main loop is draining, not wedged
+        health.watchdog(time.monotonic())
+        hard_stop.wait(DRAIN_POLL)
+    if uploader.busy():
+        why = ("second stop signal" if hard_stop.is_set()
+               else f"drain time ({drain_seconds:g}s) is up")
+        log.warning("%s: interrupting %d upload(s); they go back to the queue and resume "
+                    "from their last confirmed part at the next start", why,
+                    len(uploader.inflight_ids()))
+        uploader.cancel()
+        runtime.client.close()  # requests not yet sent fail at once
+        if not uploader.join(CANCEL_GRACE):
+            stuck = uploader.abandon_inflight()
+            log.warning("%d upload(s) did not stop in %gs; requeued them (%s)", len(stuck),
+                        CANCEL_GRACE, ", ".join(f"#{i}" for i in stuck) or "none left")
+    elif running:
+        log.info("uploads in flight finished")
+    health.publish_progress(final=True)  # nothing in flight any more
+    health.write_heartbeat(stopped=True)
+    runtime.metrics.stop()
+    runtime.close()

@@ -1,0 +1,314 @@
+"""The upload of one claimed row, from opening the file to handing it to the archive.
+
+::
+
+    metadata (labels_from_path, sidecar) -> open the Source (safefs, same inode)
+      -> [on_duplicate = "skip": SHA-256 first; an earlier upload of it -> skipped]
+      -> destination.upload(item, source, resume, checkpoint)
+      -> SHA-256 + re-check size/mtime/inode (moved during upload: follow it)
+      -> mark_uploaded (durable) -> archive.finish (archive / delete / keep) -> mark_done
+
+An attempt that does not succeed is recorded by the retry policy
+(:class:`syncd.retry_policy.RetryPolicy`: retry, wait for the service, defer,
+fail, vanish). Each phase is reported to the worker's heartbeat
+(:mod:`syncd.liveness`), and so is every block of the file read for sending.
+:meth:`Procedure.hand_over` is the one place an uploaded row is archived:
+right after its upload here, and for rows a crash or a full disk left
+``uploaded`` (syncd/recovery.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from syncd import archive, metadata, moves
+from syncd.backpressure import DiskFull
+from syncd.bandwidth import Bandwidth
+from syncd.circuits import Circuits
+from syncd.destinations.base import Destination, Source, UploadItem, wire_name
+from syncd.errors import SourceChangedError, SourceMovedError
+from syncd.ledger import Ledger, Row
+from syncd.liveness import NO_PULSE, Pulse, local_allowance
+from syncd.logs import qp
+from syncd.progress import resumed_bytes
+from syncd.retry_policy import RetryPolicy, is_disk_full
+from syncd.upload_source import (
+    StoppableSource,
+    UploadCancelled,
+    content_type,
+    find_inode,
+    lexists,
+    source_root,
+)
+
+log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+
+UNCONFIGURED_WAIT = 300.0  # a row whose folder or destination left the config (reload)
+
+
+@dataclass
+class Sending:
+    """An upload in flight, for :meth:`syncd.uploader.Uploader.progress`."""
+
+    path: str
+    destination: str
+    total: int
+    resumed: int  # bytes of parts a resumed upload had confirmed before this attempt
+    started_at: float
+    source: Source
+
+
+@dataclass
+class Stats:
+    """In-memory counters for status lines and metrics, and the rows in flight."""
+
+    uploaded: int = 0
+    bytes: int = 0
+    failed: int = 0
+    retried: int = 0
+    last_upload: float | None = None
+    inflight: dict[int, str] = field(default_factory=dict)  # row id -> display path
+    sending: dict[int, Sending] = field(default_factory=dict)  # row id -> the file being sent
+    abandoned: set[int] = field(default_factory=set)  # requeued at shutdown: outcomes ignored
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+class Procedure:
+    """Uploads one claimed row and records the outcome (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger, *, destinations: Callable[[], Mapping[str, Destination]],
+                 folders: Callable[[], Mapping[str, Any]], policy: RetryPolicy,
+                 circuits: Circuits, stats: Stats, disk_full: DiskFull, bandwidth: Bandwidth,
+                 cancel: threading.Event, clock: Callable[[], float],
+                 metrics: Any = None) -> None:
+        self.ledger = ledger
+        self._destinations = destinations
+        self._folders = folders
+        self.policy = policy
+        self.circuits = circuits
+        self.stats = stats
+        self.disk_full = disk_full
+        self.bandwidth = bandwidth
+        self.cancel = cancel
+        self.clock = clock
+        self.metrics = metrics
+
+    def run(self, row: Row, pulse: Pulse = NO_PULSE) -> str:
+        """Upload one claimed row and record the outcome; returns the new state."""
+        folder = self._folders().get(row.folder)
+        dest = self._destinations().get(row.destination)
+        policy = self.policy
+        if folder is None or dest is None:
+            # Removed by a reload: the row waits (a later reload may bring it back) without
+            # using attempts or holding up the destination's other folders.
+            what = "folder" if folder is None else f"destination {row.destination!r}"
+            return policy.defer(row, f"{what} is no longer configured", UNCONFIGURED_WAIT)
+        path = row.current_path
+        name = os.path.basename(row.relpath)
+        assert row.size is not None and row.mtime_ns is not None and row.inode is not None
+        started = time.monotonic()
+        meta: metadata.Metadata | None = None
+        if metadata.wanted(folder):
+            pulse.phase("reading metadata")
+            resolved = self._metadata(row, folder, dest)
+            if isinstance(resolved, str):
+                return resolved
+            meta = resolved
+        pulse.phase("opening the file")
+        try:
+            source = StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
+                                     inode=row.inode, device=row.device,
+                                     root=source_root(path, folder), stop=self.cancel,
+                                     throttle=self.bandwidth.throttle(row.destination,
+                                                                      self.cancel),
+                                     on_read=pulse.beat)
+        except FileNotFoundError:
+            return policy.gone(row, dest, "the file disappeared before upload")
+        except SourceChangedError as exc:
+            return policy.changed(row, dest, str(exc))
+        except PermissionError as exc:
+            return policy.wait_readable(row, f"cannot open the file: {exc.strerror or exc}")
+        except OSError as exc:
+            return policy.retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder,
+                                exc=exc)
+        item = UploadItem(uuid=row.uuid, name=wire_name(name), relpath=wire_name(row.relpath),
+                          size=row.size,
+                          content_type=content_type(name),
+                          labels=meta.labels if meta is not None else row.labels,
+                          category=meta.category if meta is not None else row.category)
+        with self.stats.lock:  # progress() reads how far the destination has read it
+            self.stats.sending[row.id] = Sending(
+                row.inbox_path, row.destination, row.size,
+                resumed_bytes(row.resume, row.size), self.clock(), source)
+        whole_file = local_allowance(row.size)  # a local read of all of it, unreported
+        with source:
+            try:
+                original = self._duplicate_of(row, folder, source, pulse)
+                if original is None:
+                    pulse.phase(f"sending to {row.destination}")
+                    receipt = dest.upload(item, source, row.resume,
+                                          lambda state: self.ledger.checkpoint(row.id, state))
+                pulse.phase("verifying", whole_file)
+                sha = source.sha256()
+                moved: SourceMovedError | None = None
+                try:
+                    source.check_unchanged()
+                except SourceMovedError as exc:
+                    moved = exc
+            except sqlite3.Error:
+                raise  # a checkpoint could not be written: the worker loop handles it
+            except Exception as exc:
+                pulse.phase("recording the outcome", whole_file)
+                if self.cancel.is_set():
+                    return policy.interrupted(row)
+                return policy.attempt_failed(row, dest, folder, exc)
+            pulse.phase("recording the upload", whole_file)
+            if original is not None:
+                return self._skip(row, folder, dest, source, original, sha, moved, meta)
+            self.circuits.service_ok(row.destination)
+            self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json(),
+                                      meta=meta.to_json() if meta is not None else None)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            now = self.clock()
+            with self.stats.lock:
+                self.stats.uploaded += 1
+                self.stats.bytes += row.size
+                self.stats.last_upload = now
+            if self.metrics is not None:
+                self.metrics.observe_upload(row.destination, row.size, elapsed, now)
+            log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
+                     row.destination, row.size, elapsed, row.size / elapsed / 1e6,
+                     qp(receipt.remote_id))
+            if moved is not None and not self._follow_move(row, folder, str(moved)):
+                return "done"
+            # the row as mark_uploaded left it (the values as JSON round-trips them), unread
+            uploaded = replace(row, state="uploaded", sha256=sha, last_error=None,
+                               receipt=json.loads(json.dumps(receipt.to_json())),
+                               meta=json.loads(json.dumps(meta.to_json())) if meta is not None else None)
+            return self.finish(uploaded, folder, source.fileno())
+
+    def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | str:
+        """The labels and category to send (labels_from_path, metadata_sidecar), or the
+        row's new state when the sidecar stops the upload: malformed (the file fails,
+        and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
+        sidecar = metadata.sidecar_path(row.current_path)
+        try:
+            meta = metadata.resolve(folder, row.relpath, row.current_path, row.labels,
+                                    row.category, [row.folder, *moves.roots_of(folder)])
+        except metadata.SidecarError as exc:
+            self.policy.abort(dest, row)
+            return self.policy.fail(row, folder, (f"metadata sidecar "
+                                                  f"{qp(os.path.basename(sidecar))} "
+                                                  f"is malformed: {exc}"))
+        except PermissionError as exc:
+            return self.policy.wait_readable(row, f"cannot read its metadata sidecar: "
+                                                  f"{exc.strerror or exc}")
+        except OSError as exc:
+            return self.policy.retry(row, f"cannot read its metadata sidecar: "
+                                          f"{exc.strerror or exc}", None, folder, exc=exc)
+        if meta.sidecar is not None and folder.settle_seconds > 0:
+            # written after its file settled: give it the file's settle time
+            age = self.clock() - meta.sidecar.mtime_ns / 1e9
+            if 0 <= age < folder.settle_seconds:
+                return self.policy.defer(row, "its metadata sidecar changed moments ago; "
+                                              "waiting for it to settle", folder.settle_seconds)
+        return meta
+
+    def _duplicate_of(self, row: Row, folder: Any, source: Source, pulse: Pulse) -> Row | None:
+        """on_duplicate = "skip": the earlier upload of the same bytes, or None.
+
+        The SHA-256 is computed before anything is sent, from the descriptor the
+        upload would read (opened through safefs); the upload, if any, reuses it.
+        """
+        if getattr(folder, "on_duplicate", "upload") != "skip":
+            return None
+        pulse.phase("hashing (on_duplicate)", local_allowance(row.size))
+        sha = source.sha256()
+        if self.cancel.is_set():
+            raise UploadCancelled("syncd is stopping")
+        return self.ledger.uploaded_copy(row.folder, sha, destination=row.destination,
+                                         exclude=row.id)
+
+    def _skip(self, row: Row, folder: Any, dest: Destination, source: Source, original: Row,
+              sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> str:
+        """A duplicate: record the decision durably, then archive it like an upload.
+
+        ``mark_duplicate`` commits before anything is moved (as ``mark_uploaded``
+        does), so a crash before or during the move is finished at startup
+        without uploading; :meth:`Ledger.mark_done` then makes the row ``skipped``.
+        """
+        self.policy.abort(dest, row)  # a remote upload an earlier attempt had begun
+        self.ledger.mark_duplicate(row.id, sha256=sha, original=original,
+                                   meta=meta.to_json() if meta is not None else None)
+        log.info("skipped %s: same content as #%d (%s), already uploaded to %s as %s "
+                 "(on_duplicate = \"skip\")", qp(row.inbox_path), original.id,
+                 qp(original.inbox_path), row.destination,
+                 qp(str((original.receipt or {}).get("remote_id"))))
+        if moved is not None and not self._follow_move(row, folder, str(moved)):
+            return "skipped"
+        current = self.ledger.get(row.id)
+        assert current is not None
+        return self.finish(current, folder, source.fileno())
+
+    def _follow_move(self, row: Row, folder: Any, reason: str) -> bool:
+        """The upload stands but the file left its path: find where it went.
+
+        Renamed inside the folder: the archive takes it from its new path
+        (under its original name) and the row the watcher made for the new
+        path is retired, so the same bytes are not uploaded twice. Gone, or
+        replaced by a new file: nothing to archive; a new file at the path is
+        a new version with its own row.
+        """
+        found = find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path) \
+            if row.location is None else None
+        if found is None:
+            note = f"{reason.removeprefix('the file was ')}; nothing archived"
+            self.ledger.mark_done(row.id, note=note)
+            if row.location is None and lexists(row.folder, row.relpath):
+                # a new file took the name: a new version with its own row
+                self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
+                                    labels=row.labels, category=row.category)
+            log.info("uploaded %s, which was %s", qp(row.inbox_path), note)
+            return False
+        self.ledger.set_location(row.id, found)
+        relpath = os.path.relpath(found, os.fspath(folder.path))
+        twin = self.ledger.active_for_path(os.fspath(folder.path), relpath)
+        if twin is not None and twin.inode in (None, row.inode) and twin.state == "settling":
+            self.ledger.forget(twin.id)
+        log.info("%s was renamed to %s during upload; archiving it from there",
+                 qp(row.inbox_path), qp(found))
+        return True
+
+    def finish(self, row: Row, folder: Any, fd: int | None = None) -> str:
+        """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.
+
+        ``fd`` is the descriptor the upload read, so the archive gets those bytes."""
+        return "done" if self.hand_over(row, folder, fd) is None else "uploaded"
+
+    def hand_over(self, row: Row, folder: Any, fd: int | None = None) -> OSError | None:
+        """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);
+        the error when that failed (the row stays ``uploaded``; the main loop's sweep
+        tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)
+        and is said once, not for every row that waits."""
+        try:
+            archive.finish(self.ledger, row, folder, fd)
+        except OSError as exc:
+            full = is_disk_full(exc)
+            said = full and "archive" in self.disk_full
+            if full:
+                self.disk_full.note("archive", exc)
+            log.log(logging.DEBUG if said else logging.ERROR,
+                    "uploaded but could not %s %s: %s; will try again", folder.after_upload,
+                    qp(row.current_path), exc.strerror or exc)
+            return exc
+        if self.metrics is not None:
+            self.metrics.observe_done(row.first_seen, self.clock())
+        return None
