@@ -35,7 +35,7 @@ from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
 from syncd.destinations.base import Destination, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
-from syncd.ledger import Ledger, Row
+from syncd.ledger import Ledger, Row, State
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import qp
 from syncd.progress import resumed_bytes
@@ -187,12 +187,17 @@ class Procedure:
             log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
                      row.destination, row.size, elapsed, row.size / elapsed / 1e6,
                      qp(receipt.remote_id))
-            if moved is not None and not self._follow_move(row, folder, str(moved)):
-                return "done"
-            # the row as mark_uploaded left it (the values as JSON round-trips them), unread
-            uploaded = replace(row, state="uploaded", sha256=sha, last_error=None,
-                               receipt=json.loads(json.dumps(receipt.to_json())),
-                               meta=json.loads(json.dumps(meta.to_json())) if meta is not None else None)
+            if moved is not None:
+                if not self._follow_move(row, folder, str(moved)):
+                    return "done"
+                uploaded = self.ledger.get(row.id)  # with the location it was found at
+                assert uploaded is not None
+            else:
+                # the row as mark_uploaded left it (values as JSON round-trips them), not read again
+                uploaded = replace(row, state=State.UPLOADED, sha256=sha, last_error=None,
+                                   receipt=json.loads(json.dumps(receipt.to_json())),
+                                   meta=json.loads(json.dumps(meta.to_json())) if meta is not None
+                                   else None)
             return self.finish(uploaded, folder, source.fileno())
 
     def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | str:
