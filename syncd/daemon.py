@@ -51,7 +51,7 @@ from syncd import config as configmod
 from syncd import shutdown
 from syncd.health import Health
 from syncd.intake import IntakeStage
-from syncd.ledger import ACTIVE_STATES, Ledger
+from syncd.ledger import ACTIVE_STATES, Ledger, State
 from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
@@ -123,6 +123,7 @@ class Daemon:
                 ledger.close()
         finally:
             lock.release()
+            self.notifier.close()
 
     def _wait_for_ledger(self, ledger: Ledger) -> bool:
         """Wait while another process holds the ledger's write lock; False if stopped meanwhile.
@@ -241,8 +242,8 @@ class MainLoop:
         code = 0
         if self.once:
             counts = self.ledger.counts()
-            failed = counts["failed"] - at_start["failed"]
-            daemon.final_counts = {"done": counts["done"] - at_start["done"], "failed": failed}
+            failed = counts[State.FAILED] - at_start[State.FAILED]
+            daemon.final_counts = {"done": counts[State.DONE] - at_start[State.DONE], "failed": failed}
             code = 1 if failed > 0 or daemon.held_back else 0
         log.info("syncd stopped")
         return code
@@ -333,7 +334,7 @@ class MainLoop:
             active = sum(counts.get(state, 0) for state in ACTIVE_STATES)
             if not active:
                 continue
-            if folder.destination not in held or counts.get("uploading") or counts.get("uploaded"):
+            if folder.destination not in held or counts.get(State.UPLOADING) or counts.get(State.UPLOADED):
                 return False
             waiting[folder.destination] = waiting.get(folder.destination, 0) + active
         for name, n in waiting.items():  # `once` does not wait out an outage: the next run goes on

@@ -26,7 +26,7 @@ from typing import Any
 
 from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
-from syncd.ledger import Ledger, Row
+from syncd.ledger import Ledger, Row, State
 from syncd.logs import qp
 from syncd.moves import (
     NAME_MAX,
@@ -118,7 +118,7 @@ def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
     mark it failed, so the file is neither lost nor uploaded again.
     """
     finished = 0
-    for row in ledger.in_state("uploading"):
+    for row in ledger.in_state(State.UPLOADING):
         folder = folders.get(row.folder)
         if row.archive_path is None or row.location is not None or folder is None:
             continue

@@ -34,7 +34,7 @@ import time
 
 from syncd.circuit import DOWN, UP
 from syncd.intake import IntakeStage
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, State
 from syncd.liveness import Liveness
 from syncd.notify import Notifier
 from syncd.progress import KV_KEY as PROGRESS_KEY
@@ -112,8 +112,8 @@ class Health:
         last = self.uploader.stats.last_upload
         if last is not None:
             parts.append(f"last upload {_ago(time.time() - last)}")
-        if counts["failed"]:
-            parts.append(f"{counts['failed']:,} failed")
+        if counts[State.FAILED]:
+            parts.append(f"{counts[State.FAILED]:,} failed")
         return ", ".join(self.problems() + parts)
 
     def problems(self) -> list[str]:

@@ -147,6 +147,12 @@ def journal_stream(stream: Any, environ: Any = None) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class _Handler(logging.StreamHandler[IO[str]]):
+    """syncd's handler on the root logger; the ``_syncd`` mark finds it again (reload, tests)."""
+
+    _syncd = True
+
+
 def setup(level: str = "info", fmt: str = "text", stream: IO[str] | None = None, *,
           journal: bool | None = None) -> None:
     """Configure the root logger (again on reload: syncd's handler is replaced).
@@ -159,8 +165,7 @@ def setup(level: str = "info", fmt: str = "text", stream: IO[str] | None = None,
         if getattr(handler, "_syncd", False):
             root.removeHandler(handler)
     out = stream or sys.stderr
-    handler = logging.StreamHandler(out)
-    handler._syncd = True  # type: ignore[attr-defined]
+    handler = _Handler(out)
     handler.addFilter(RedactingFilter())
     if journal is None:
         journal = journal_stream(out)

@@ -12,8 +12,9 @@ the abstract namespace; sdnotify handles that). What syncd sends, and when:
     uploading, 1,204 done today, last upload 4 s ago``, ``inbox /srv/x
     missing``, ``disk full, paused``.
 ``WATCHDOG=1``
-    from the main loop only, after a health check passed, every half of
-    ``$WATCHDOG_USEC`` (see :meth:`Notifier.watchdog_interval`).
+    from the main loop only, while the health check passes and every stage
+    progresses (:mod:`syncd.liveness`), every quarter of ``$WATCHDOG_USEC``
+    (see :meth:`Notifier.watchdog_interval`).
 ``RELOADING=1``
     when a SIGHUP is being handled (with ``MONOTONIC_USEC``, which
     ``Type=notify-reload`` needs on systemd >= 253).
@@ -54,7 +55,7 @@ class Notifier:
         self._notifier: Any = None
         self.last_status: str | None = None
         if self.enabled:
-            import sdnotify  # type: ignore[import-untyped]
+            import sdnotify  # type: ignore[import-untyped]  # no py.typed, no stubs (typeshed has none)
 
             self._notifier = sdnotify.SystemdNotifier()
             if getattr(self._notifier, "socket", None) is None:
@@ -69,6 +70,13 @@ class Notifier:
             self._notifier.notify("\n".join(redact(line) for line in lines))
         except Exception as exc:  # the notify socket must never take the daemon down
             log.debug("sd_notify failed: %s", exc)
+
+    def close(self) -> None:
+        """Close the notify socket; later messages are no-ops. Safe to call more than once."""
+        notifier, self._notifier = self._notifier, None
+        sock = getattr(notifier, "socket", None)
+        if sock is not None:
+            sock.close()
 
     @staticmethod
     def _status(text: str) -> str:

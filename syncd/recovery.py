@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import failed, moves
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, State
 from syncd.logs import qp
 from syncd.retry_policy import is_disk_full
 from syncd.uploader import Uploader
@@ -74,7 +74,7 @@ class Recovery:
         busy = self.uploader.inflight_ids()
         folders = self._folders()
         full = False
-        for row in self.ledger.in_state("uploaded"):
+        for row in self.ledger.in_state(State.UPLOADED):
             folder = folders.get(row.folder)
             if row.id in busy or folder is None:
                 continue

@@ -53,7 +53,7 @@ from syncd.errors import (
     SourceChangedError,
     describe,
 )
-from syncd.ledger import Ledger, Row
+from syncd.ledger import Ledger, Row, State
 from syncd.logs import qp
 from syncd.upload_source import lexists
 from syncd.webhook import Webhook
@@ -132,7 +132,7 @@ class RetryPolicy:
             self._outage_at.pop(row_id, None)
             self._unreadable.pop(row_id, None)
 
-    def attempt_failed(self, row: Row, dest: Destination, folder: Any, exc: Exception) -> str:
+    def attempt_failed(self, row: Row, dest: Destination, folder: Any, exc: Exception) -> State:
         """Record a failed upload attempt according to its error class."""
         if isinstance(exc, SourceChangedError):
             return self.changed(row, dest, str(exc))
@@ -146,7 +146,7 @@ class RetryPolicy:
                       row.destination, reason, circuit.refuse_pause)
             self.circuits.moved(row.destination, before)
             self.ledger.requeue_now(row.id, reason=reason)
-            return "queued"
+            return State.QUEUED
         if isinstance(exc, RetryableError) and exc.status == 429:
             return self._rate_limited(row, exc, probe)
         if is_outage(exc):
@@ -165,7 +165,7 @@ class RetryPolicy:
             return self.retry(row, f"read error: {exc.strerror or exc}", None, folder, exc=exc)
         raise exc
 
-    def _rate_limited(self, row: Row, exc: RetryableError, probe: int) -> str:
+    def _rate_limited(self, row: Row, exc: RetryableError, probe: int) -> State:
         """A 429 is about the whole account, not one file: no worker starts another
         upload to this destination until the server's wait (or a growing backoff) is
         over, and the file's attempt is given back. Uploads already in flight finish;
@@ -179,7 +179,7 @@ class RetryPolicy:
                         row.destination, max(0.0, until - now))
         return self._wait_for_service(row, describe(exc), max(until, now), exc)
 
-    def _outage(self, row: Row, folder: Any, exc: RetryableError, probe: int) -> str:
+    def _outage(self, row: Row, folder: Any, exc: RetryableError, probe: int) -> State:
         """A transport error or a 5xx: the destination's circuit decides whether it
         belongs to the file (then it is an ordinary retry) or to the service."""
         circuit = self.circuits.get(row.destination)
@@ -206,7 +206,7 @@ class RetryPolicy:
             at = now + backoff(verdict.failures, self.base, self.cap, self.rng, exc.retry_after)
         return self._wait_for_service(row, reason, at, exc)
 
-    def _wait_for_service(self, row: Row, reason: str, at: float, exc: BaseException) -> str:
+    def _wait_for_service(self, row: Row, reason: str, at: float, exc: BaseException) -> State:
         """Retry at ``at`` without spending an attempt: the service, not the file, failed."""
         with self._lock:
             self._unreadable.pop(row.id, None)
@@ -219,33 +219,33 @@ class RetryPolicy:
         log.log(logging.INFO if not state.up else logging.WARNING,
                 "retrying %s in %.1fs (attempt not counted: %s): %s", qp(row.inbox_path),
                 max(0.0, at - self.clock()), why, reason)
-        return "retrying"
+        return State.RETRYING
 
-    def interrupted(self, row: Row) -> str:
+    def interrupted(self, row: Row) -> State:
         """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""
         with self.stats.lock:
             if row.id in self.stats.abandoned:
-                return "queued"
+                return State.QUEUED
             self.stats.abandoned.add(row.id)
             current = self.ledger.get(row.id)
-            if current is None or current.state != "uploading":
-                return current.state if current is not None else "queued"
+            if current is None or current.state != State.UPLOADING:
+                return current.state if current is not None else State.QUEUED
             self.ledger.requeue_now(row.id, reason="interrupted by shutdown")
         parts = len((current.resume or {}).get("parts") or {})
         log.info("interrupted by shutdown: %s goes back to the queue%s", qp(row.inbox_path),
                  f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "")
-        return "queued"
+        return State.QUEUED
 
-    def defer(self, row: Row, reason: str, delay: float) -> str:
+    def defer(self, row: Row, reason: str, delay: float) -> State:
         """Look at ``row`` again in ``delay`` seconds, without using an attempt."""
         self.ledger.requeue_now(row.id, reason=reason)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
-        return "retrying"
+        return State.RETRYING
 
-    def gone(self, row: Row, dest: Destination, reason: str) -> str:
+    def gone(self, row: Row, dest: Destination, reason: str) -> State:
         """The file is not there: vanished, unless its whole folder is unavailable."""
         current = self.ledger.get(row.id)
-        if current is not None and current.state != "uploading":
+        if current is not None and current.state != State.UPLOADING:
             log.warning("%s is %s already; not marking it vanished", qp(row.inbox_path),
                         current.state)
             return current.state
@@ -257,7 +257,7 @@ class RetryPolicy:
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
         log.info("vanished: %s (%s)", qp(row.current_path), reason)
-        return "vanished"
+        return State.VANISHED
 
     def abort(self, dest: Destination, row: Row) -> None:
         """Abort the remote upload an attempt had begun (best-effort by contract)."""
@@ -270,7 +270,7 @@ class RetryPolicy:
                 log.warning("could not abort the remote upload of %s: %s", qp(row.inbox_path),
                             describe(exc))
 
-    def changed(self, row: Row, dest: Destination, reason: str) -> str:
+    def changed(self, row: Row, dest: Destination, reason: str) -> State:
         """Changed during upload: discard it; a new version settles."""
         if row.location is None and not lexists(row.folder, row.relpath):
             return self.gone(row, dest, reason)
@@ -278,10 +278,10 @@ class RetryPolicy:
         self.ledger.supersede(row, reason=f"superseded: {reason}")
         log.info("changed during upload, will upload the new version: %s (%s)",
                  qp(row.inbox_path), reason)
-        return "vanished"
+        return State.VANISHED
 
     def retry(self, row: Row, reason: str, retry_after: float | None,
-              folder: Any = None, *, exc: BaseException | None = None) -> str:
+              folder: Any = None, *, exc: BaseException | None = None) -> State:
         """A failure of the file: retry after a backoff, or fail after ``max_attempts``."""
         with self._lock:
             self._unreadable.pop(row.id, None)
@@ -294,9 +294,9 @@ class RetryPolicy:
         self._count_retry(exc)
         log.warning("retrying %s in %.1fs (attempt %d of %d): %s", qp(row.inbox_path), delay,
                     row.attempts, max_attempts, reason)
-        return "retrying"
+        return State.RETRYING
 
-    def wait_readable(self, row: Row, reason: str) -> str:
+    def wait_readable(self, row: Row, reason: str) -> State:
         """A file we may not read stays where it is and is tried again, without
         using up attempts: its producer may still be setting permissions, and
         an operator can fix them. The delay grows like any retry's; the log says
@@ -314,9 +314,9 @@ class RetryPolicy:
         else:
             log.debug("cannot read %s yet (%s, try %d); trying again in %.1fs",
                       qp(row.inbox_path), reason, tries, delay)
-        return "retrying"
+        return State.RETRYING
 
-    def fail(self, row: Row, folder: Any, reason: str) -> str:
+    def fail(self, row: Row, folder: Any, reason: str) -> State:
         """For good: to failed_dir with its reason; the webhook is told."""
         failed.to_failed(self.ledger, row, folder, reason)
         with self.stats.lock:
@@ -325,7 +325,7 @@ class RetryPolicy:
             self.metrics.observe_failed()
         if self.webhook is not None:
             self.webhook.file_failed(self.ledger.get(row.id) or row, reason)
-        return "failed"
+        return State.FAILED
 
     def _count_retry(self, exc: BaseException | None) -> None:
         with self.stats.lock:

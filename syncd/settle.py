@@ -40,7 +40,7 @@ from dataclasses import replace
 from typing import Any
 
 from syncd import metadata, rules, safefs
-from syncd.ledger import Ledger, Row, Stat
+from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import qp
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Settler:
             return quiet_from + float(folder.settle_seconds)
         previous = self.ledger.previous_version(row)
         if previous is not None and previous.location is None and \
-                previous.state in ("done", "failed", "skipped") and \
+                previous.state in (State.DONE, State.FAILED, State.SKIPPED) and \
                 (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns,
                                                                        st.st_ino):
             self.ledger.forget(row.id)

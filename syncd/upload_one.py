@@ -101,7 +101,7 @@ class Procedure:
         self.clock = clock
         self.metrics = metrics
 
-    def run(self, row: Row, pulse: Pulse = NO_PULSE) -> str:
+    def run(self, row: Row, pulse: Pulse = NO_PULSE) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
         folder = self._folders().get(row.folder)
         dest = self._destinations().get(row.destination)
@@ -119,7 +119,7 @@ class Procedure:
         if metadata.wanted(folder):
             pulse.phase("reading metadata")
             resolved = self._metadata(row, folder, dest)
-            if isinstance(resolved, str):
+            if isinstance(resolved, State):
                 return resolved
             meta = resolved
         pulse.phase("opening the file")
@@ -189,7 +189,7 @@ class Procedure:
                      qp(receipt.remote_id))
             if moved is not None:
                 if not self._follow_move(row, folder, str(moved)):
-                    return "done"
+                    return State.DONE
                 uploaded = self.ledger.get(row.id)  # with the location it was found at
                 assert uploaded is not None
             else:
@@ -200,7 +200,7 @@ class Procedure:
                                    else None)
             return self.finish(uploaded, folder, source.fileno())
 
-    def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | str:
+    def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | State:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the
         row's new state when the sidecar stops the upload: malformed (the file fails,
         and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
@@ -243,7 +243,7 @@ class Procedure:
                                          exclude=row.id)
 
     def _skip(self, row: Row, folder: Any, dest: Destination, source: Source, original: Row,
-              sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> str:
+              sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> State:
         """A duplicate: record the decision durably, then archive it like an upload.
 
         ``mark_duplicate`` commits before anything is moved (as ``mark_uploaded``
@@ -258,7 +258,7 @@ class Procedure:
                  qp(original.inbox_path), row.destination,
                  qp(str((original.receipt or {}).get("remote_id"))))
         if moved is not None and not self._follow_move(row, folder, str(moved)):
-            return "skipped"
+            return State.SKIPPED
         current = self.ledger.get(row.id)
         assert current is not None
         return self.finish(current, folder, source.fileno())
@@ -286,17 +286,17 @@ class Procedure:
         self.ledger.set_location(row.id, found)
         relpath = os.path.relpath(found, os.fspath(folder.path))
         twin = self.ledger.active_for_path(os.fspath(folder.path), relpath)
-        if twin is not None and twin.inode in (None, row.inode) and twin.state == "settling":
+        if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
             self.ledger.forget(twin.id)
         log.info("%s was renamed to %s during upload; archiving it from there",
                  qp(row.inbox_path), qp(found))
         return True
 
-    def finish(self, row: Row, folder: Any, fd: int | None = None) -> str:
+    def finish(self, row: Row, folder: Any, fd: int | None = None) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.
 
         ``fd`` is the descriptor the upload read, so the archive gets those bytes."""
-        return "done" if self.hand_over(row, folder, fd) is None else "uploaded"
+        return State.DONE if self.hand_over(row, folder, fd) is None else State.UPLOADED
 
     def hand_over(self, row: Row, folder: Any, fd: int | None = None) -> OSError | None:
         """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);

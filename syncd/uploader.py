@@ -39,7 +39,7 @@ from syncd.bandwidth import Bandwidth
 from syncd.circuit import Circuit, CircuitState
 from syncd.circuits import Circuits
 from syncd.destinations.base import Destination
-from syncd.ledger import Ledger, Row
+from syncd.ledger import Ledger, Row, State
 from syncd.liveness import Liveness, Pulse
 from syncd.logs import qp
 from syncd.retry_policy import RetryPolicy, is_disk_full
@@ -154,7 +154,7 @@ class Uploader:
             for row_id in ids:
                 try:
                     row = self.ledger.get(row_id)
-                    if row is not None and row.state == "uploading":
+                    if row is not None and row.state == State.UPLOADING:
                         self.ledger.requeue_now(row_id, reason="interrupted by shutdown")
                         requeued.append(row_id)
                 except sqlite3.Error as exc:
@@ -181,7 +181,7 @@ class Uploader:
     def requeue_orphans(self) -> int:
         """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue."""
         with self.stats.lock:
-            orphans = [r.id for r in self.ledger.in_state("uploading")
+            orphans = [r.id for r in self.ledger.in_state(State.UPLOADING)
                        if r.id not in self.stats.inflight]
             for row_id in orphans:
                 self.ledger.requeue_now(row_id, reason="interrupted")
@@ -209,11 +209,11 @@ class Uploader:
 
     # one file (syncd/upload_one.py) -------------------------------------------
 
-    def process(self, row: Row) -> str:
+    def process(self, row: Row) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
         return self.procedure.run(row)
 
-    def finish(self, row: Row, folder: Any, fd: int | None = None) -> str:
+    def finish(self, row: Row, folder: Any, fd: int | None = None) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""
         return self.procedure.finish(row, folder, fd)
 
@@ -289,7 +289,7 @@ class Uploader:
         if row is None:
             self._sleep(self._idle_wait(), pulse)
             return True
-        state = "retrying"
+        state = State.RETRYING
         try:
             state = self.procedure.run(row, pulse)
         except sqlite3.Error as exc:
@@ -309,10 +309,10 @@ class Uploader:
             self._attempt_over(row, state)
         return True
 
-    def _attempt_over(self, row: Row, state: str) -> None:
+    def _attempt_over(self, row: Row, state: State) -> None:
         """Bookkeeping after one claimed row was handled (the worker loop's ``finally``)."""
         self.circuits.attempt_over(row.id, row.destination)
-        if state not in ("retrying", "queued"):
+        if state not in (State.RETRYING, State.QUEUED):
             self.policy.forget(row.id)
         with self.stats.lock:
             self.stats.inflight.pop(row.id, None)

@@ -1,12 +1,14 @@
 """api.video's chunk rules, apart from the service that applies them (:mod:`syncd_emulator.apivideo`).
 
-The upload form (:func:`parse_form`), the ``Content-Range`` grammar
-(:func:`parse_range`: ``bytes FROM-TO/TOTAL`` or ``part N/M``, TOTAL or M
-may be ``*``), the 5 MiB floor for every chunk but the last
-(:func:`check_min_size`), and :func:`apply_chunk`: how one chunk changes a
-video's record (order, duplicates, totals, completion). The rules
-themselves are described in the service's module docstring. Errors are
-api.video problems (:func:`problem`), rendered by ``ApiVideoService.error``.
+The request before its body (:func:`check_upload`: size cap, ``Content-Range``
+syntax), the upload form (:func:`parse_form`) and its one ``file``
+(:func:`read_chunk`), the ``Content-Range`` grammar (:func:`parse_range`:
+``bytes FROM-TO/TOTAL`` or ``part N/M``, TOTAL or M may be ``*``), the 5 MiB
+floor for every chunk but the last (:func:`check_min_size`), and
+:func:`apply_chunk`: how one chunk changes a video's record (order,
+duplicates, totals, completion). The rules themselves are described in the
+service's module docstring. Errors are api.video problems
+(:mod:`syncd_emulator.apivideo_problems`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syncd_emulator.apivideo_problems import bad, problem
 from syncd_emulator.forms import FilePart, Form, FormError, boundary, read_form
 from syncd_emulator.messages import ApiError, Request
 from syncd_emulator.store import Session, Sessions
 
 MIB = 1024 * 1024
+MAX_BODY = 200 * MIB + 64 * 1024  # api.video's 200 MiB request cap, plus room for the form
 MIN_CHUNK = 5 * MIB
 FIELD_LIMIT = 64 * 1024
 BYTES_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)")
@@ -29,20 +33,21 @@ PART_RANGE = re.compile(r"part (\d{1,9})/(\d{1,9}|\*)")
 RANGE_GRAMMAR = "Content-Range must be 'bytes FROM-TO/TOTAL' or 'part PART/TOTAL' (TOTAL may be '*')"
 
 
-def problem(status: int, slug: str, title: str, name: str = "", detail: str = "") -> ApiError:
-    """An ApiError that :meth:`ApiVideoService.error` renders with this slug, name and detail."""
-    return ApiError(status, title, f"av:{slug}:{name}" + (f"\x1f{detail}" if detail else ""))
-
-
-def bad(slug: str, title: str, name: str = "file", detail: str = "") -> ApiError:
-    return problem(400, slug, title, name, detail)
-
-
 def malformed(title: str) -> ApiError:
     return bad("video-content-range-malformed", title, "Content-Range")
 
 
 # -- multipart/form-data, streamed ----------------------------------------------------
+
+
+def check_upload(request: Request) -> None:
+    """Refuse an upload before its body is read: too large (413), or a malformed
+    ``Content-Range`` header."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise problem(413, "request-too-large", f"A request may carry at most {MAX_BODY} "
+                      "bytes; send larger files in chunks", "file")
+    check_header(request.headers.get("Content-Range"))
 
 
 def parse_form(request: Request, temp_path: Callable[[], Path]) -> Form:
@@ -54,6 +59,30 @@ def parse_form(request: Request, temp_path: Callable[[], Path]) -> Form:
         return read_form(request.body, bound, temp_path, field_limit=FIELD_LIMIT)
     except FormError as exc:
         raise bad("invalid-attribute", f"Malformed multipart body: {exc}") from None
+
+
+def read_chunk(form: Form, header: str | None,
+               video_id: str | None) -> tuple[FilePart, Range | None, str | None]:
+    """The form's one non-empty ``file``, its range (``header`` checked against its size)
+    and the video it names: ``video_id`` when the route gave one, else its ``videoId``
+    field (at most once; None for a first chunk)."""
+    files = [f for f in form.files if f.name == "file"]
+    if not files:
+        raise bad("uploaded-file-no-file", "There is no uploaded file in the request.")
+    if len(files) > 1:
+        raise bad("uploaded-file-multiple-files",
+                  "There is more than one uploaded file in the request.")
+    (chunk,) = files
+    if chunk.size == 0:
+        raise bad("uploaded-file-no-file", "The uploaded file is empty.")
+    rng = parse_range(header, chunk.size)
+    check_min_size(rng, chunk.size)
+    if video_id is None:
+        ids = form.fields.get("videoId", [])
+        if len(ids) > 1:
+            raise bad("invalid-attribute", "videoId must be given once.", "videoId")
+        video_id = ids[0] if ids else None
+    return chunk, rng, video_id
 
 
 # -- Content-Range --------------------------------------------------------------------

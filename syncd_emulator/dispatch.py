@@ -154,7 +154,7 @@ class Dispatcher:
                     _read_half(request)
                     return Reset()
                 if fault.kind == "slow":
-                    time.sleep(self.faults.slow_delay(fault))
+                    self.faults.pause(fault)
                 elif fault.status is not None:
                     return _fault_response(service, op, fault.status, fault.retry_after,
                                            fault.message)

@@ -168,6 +168,7 @@ class Emulator:
         """Bind and serve in a background thread; OSError if the port is taken."""
         if self._server is not None:
             return self
+        self.faults.stopping(False)
         self._server = EmulatorHTTPServer(
             (self.host, self.port), self.respond, verbose=not self.quiet
         )
@@ -187,6 +188,7 @@ class Emulator:
         """Stop serving and close every connection (idempotent)."""
         server, thread, self._server, self._thread = self._server, self._thread, None, None
         if server is not None:
+            self.faults.stopping(True)
             host, port = str(server.server_address[0]), int(server.server_address[1])
             stopper = threading.Thread(target=server.shutdown, name="emulator-stop")
             stopper.start()

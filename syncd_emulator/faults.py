@@ -131,6 +131,7 @@ class FaultInjector:
         self._seed = seed
         self._rng = random.Random(seed)
         self._script: list[_ScriptEntry] = []
+        self._stopping = threading.Event()  # set while the emulator stops: pauses end at once
         self.configure(fail_rate=fail_rate)
 
     def configure(
@@ -195,6 +196,17 @@ class FaultInjector:
             return fault.delay
         with self._lock:
             return self._rng.uniform(1.0, 2.0)
+
+    def pause(self, fault: Fault) -> None:
+        """Wait out a ``slow`` fault; cut short when the emulator stops (see :meth:`stopping`)."""
+        self._stopping.wait(self.slow_delay(fault))
+
+    def stopping(self, stopping: bool) -> None:
+        """While True, pauses end at once: a stopped emulator leaves no thread asleep."""
+        if stopping:
+            self._stopping.set()
+        else:
+            self._stopping.clear()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -32,15 +32,13 @@ id. Its status is ``pending`` for the first poll that sees it within
 ``SCAN_SECONDS`` of the upload and ``complete`` from then on (a later poll, or
 any poll after ``SCAN_SECONDS``), so a poller sees ``pending`` at most once.
 
-The checks of what a client sends (initiate bodies, part sizes, the parts of
-a complete) live in :mod:`syncd_emulator.lilt_rules`.
+The checks of what a client sends (the API key, initiate bodies, part sizes,
+complete bodies and their parts, presigned storage requests) live in
+:mod:`syncd_emulator.lilt_rules`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import math
 import uuid
 from collections import OrderedDict
@@ -52,8 +50,11 @@ from xml.sax.saxutils import escape
 from syncd_emulator.lilt_rules import (
     Spec,
     bad,
+    check_api_key,
     check_part_size,
     check_parts,
+    check_presigned,
+    parse_complete,
     parse_spec,
     spec_from_query,
 )
@@ -66,8 +67,6 @@ MAX_PARTS = 10_000
 MAX_BULK = 100
 SCAN_SECONDS = 1.0
 STORAGE_OPS = ("lilt.put", "lilt.put_part")
-NO_CREDENTIALS = "Storage URLs are presigned: do not send API credentials (Authorization or key=)"
-NOT_PRESIGNED = "Query-string authentication needs the X-Emu-Signature and X-Emu-Expires parameters"
 BAD_SIGNATURE = "The request signature we calculated does not match the signature you provided"
 NO_LENGTH = "You must provide the Content-Length HTTP header"
 NO_SUCH_UPLOAD = "The specified multipart upload does not exist"
@@ -138,26 +137,7 @@ class LiltService(Service):
 
     def _auth(self, request: Request) -> list[str]:
         """Check the API key; return the ``key=`` values left for the s3 key (curl form)."""
-        keys, header = request.query.get("key", []), request.headers.get("Authorization")
-        expected = self.settings.lilt_key.encode()
-        if header is not None:
-            scheme, _, value = header.partition(" ")
-            try:
-                user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
-            except (binascii.Error, ValueError):
-                user, sep, password = b"", b"", b""
-            if scheme.lower() != "basic" or not sep:
-                raise ApiError(401, "Authorization must be Basic base64(KEY:KEY)")
-            if not (
-                hmac.compare_digest(user, expected) and hmac.compare_digest(password, expected)
-            ):
-                raise ApiError(401, "Invalid API key")
-            return keys
-        if not keys:
-            raise ApiError(401, "Missing API key: use Basic auth or the key query parameter")
-        if not hmac.compare_digest(keys[0].encode(), expected):
-            raise ApiError(401, "Invalid API key")
-        return keys[1:]
+        return check_api_key(request, self.settings.lilt_key)
 
     def _expiry(self) -> int:
         return math.ceil(self.settings.clock() + self.settings.url_ttl)
@@ -238,16 +218,7 @@ class LiltService(Service):
 
     def complete(self, request: Request) -> Response:
         session = self._session(request, self._auth(request))
-        body = request.json()
-        parts = body.get("parts") if isinstance(body, dict) else None
-        if not isinstance(parts, list) or not parts:
-            raise bad("parts is required and must be a non-empty array")
-        for i, part in enumerate(parts):
-            if not isinstance(part, dict) or not isinstance(part.get("ETag"), str):
-                raise bad(f"parts[{i}].ETag is required and must be a string")
-            number = part.get("PartNumber")
-            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-                raise bad(f"parts[{i}].PartNumber is required and must be an integer >= 1")
+        parts = parse_complete(request.json())
         with session.lock:
             if session.state == "completed":
                 return Response.json(session.result)  # idempotent repeat: nothing stored again
@@ -321,13 +292,7 @@ class LiltService(Service):
 
     def storage_put(self, request: Request) -> Response:
         key = request.params["key"]
-        if request.headers.get("Authorization") is not None or "key" in request.query:
-            raise ApiError(403, NO_CREDENTIALS, "AccessDenied")
-        expires = parse_uint(request.arg("X-Emu-Expires"))
-        if expires is None or not request.arg("X-Emu-Signature"):
-            raise ApiError(403, NOT_PRESIGNED, "AccessDenied")
-        if self.settings.clock() > expires:
-            raise ApiError(403, "Request has expired", "AccessDenied")
+        expires = check_presigned(request, self.settings.clock())
         if "partNumber" in request.query:
             return self._put_part(request, key, expires)
         return self._put_object(request, key, expires)

@@ -1,15 +1,21 @@
 """Lilt's rules for what a client sends, apart from the service (:mod:`syncd_emulator.lilt`).
 
-The initiate body (:class:`Spec`, from JSON with :func:`parse_spec` or from
-the query with :func:`spec_from_query`), the part size at signing time
-(:func:`check_part_size`) and the parts of a complete (:func:`check_parts`:
-S3's order, ETag and size rules, plus Lilt's one part size). Every refusal
-is a 400 ``{"message"}`` naming the S3 error or the field, as the service's
+The API key (:func:`check_api_key`: 401 otherwise), the initiate body
+(:class:`Spec`, from JSON with :func:`parse_spec` or from the query with
+:func:`spec_from_query`), the part size at signing time
+(:func:`check_part_size`), the body of a complete (:func:`parse_complete`)
+and its parts (:func:`check_parts`: S3's order, ETag and size rules, plus
+Lilt's one part size). These refusals are a 400 ``{"message"}`` naming the
+S3 error or the field; a storage request without a valid presigned URL
+(:func:`check_presigned`) is a 403 with S3's error code; as the service's
 module docstring describes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +24,8 @@ from syncd_emulator.store import Session
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
+NO_CREDENTIALS = "Storage URLs are presigned: do not send API credentials (Authorization or key=)"
+NOT_PRESIGNED = "Query-string authentication needs the X-Emu-Signature and X-Emu-Expires parameters"
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,28 @@ class Spec:
 
 def bad(message: str) -> ApiError:
     return ApiError(400, message)
+
+
+def check_api_key(request: Request, expected: str) -> list[str]:
+    """Check the API key; return the ``key=`` values left for the s3 key (curl form)."""
+    keys, header = request.query.get("key", []), request.headers.get("Authorization")
+    want = expected.encode()
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        try:
+            user, sep, password = base64.b64decode(value.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            user, sep, password = b"", b"", b""
+        if scheme.lower() != "basic" or not sep:
+            raise ApiError(401, "Authorization must be Basic base64(KEY:KEY)")
+        if not (hmac.compare_digest(user, want) and hmac.compare_digest(password, want)):
+            raise ApiError(401, "Invalid API key")
+        return keys
+    if not keys:
+        raise ApiError(401, "Missing API key: use Basic auth or the key query parameter")
+    if not hmac.compare_digest(keys[0].encode(), want):
+        raise ApiError(401, "Invalid API key")
+    return keys[1:]
 
 
 def parse_spec(obj: Any, where: str = "") -> Spec:
@@ -140,3 +170,29 @@ def check_parts(rule: int, session: Session, parts: list[dict[str, Any]]) -> lis
             f"metadata.size was {declared}"
         )
     return numbers
+
+
+def parse_complete(body: Any) -> list[dict[str, Any]]:
+    """The ``parts`` of a complete body: a non-empty array of ``{PartNumber, ETag}``."""
+    parts = body.get("parts") if isinstance(body, dict) else None
+    if not isinstance(parts, list) or not parts:
+        raise bad("parts is required and must be a non-empty array")
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("ETag"), str):
+            raise bad(f"parts[{i}].ETag is required and must be a string")
+        number = part.get("PartNumber")
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise bad(f"parts[{i}].PartNumber is required and must be an integer >= 1")
+    return parts
+
+
+def check_presigned(request: Request, now: float) -> int:
+    """A storage request: no API credentials, signed, not expired; its expiry (403 otherwise)."""
+    if request.headers.get("Authorization") is not None or "key" in request.query:
+        raise ApiError(403, NO_CREDENTIALS, "AccessDenied")
+    expires = parse_uint(request.arg("X-Emu-Expires"))
+    if expires is None or not request.arg("X-Emu-Signature"):
+        raise ApiError(403, NOT_PRESIGNED, "AccessDenied")
+    if now > expires:
+        raise ApiError(403, "Request has expired", "AccessDenied")
+    return expires

@@ -65,6 +65,10 @@ object key is ``files/<hex>/<name>`` or ``uploads/<hex>``.
 **Rate limits.** Every 429 (injected faults included) carries
 ``x-ratelimit-reset``: the epoch second when the client may try again,
 consistent with the ``Retry-After`` the fault injector adds.
+
+The checks of what a client sends (the API bodies, the etags of a complete,
+signed storage requests) and how a file is split into parts live in
+:mod:`syncd_emulator.wriftai_rules`.
 """
 
 from __future__ import annotations
@@ -82,36 +86,27 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
+from syncd_emulator.messages import ApiError, Request, Response, quote_key
 from syncd_emulator.service import Route, Service, ServiceContext
 from syncd_emulator.store import Session
+from syncd_emulator.wriftai_rules import (
+    DEFAULT_PART_SIZE,
+    MAX_PARTS,
+    check_body,
+    check_etags,
+    check_signed,
+    etags_request,
+    parse_body,
+    problem,
+    split_parts,
+    upload_request,
+    urls_request,
+)
 
-MIB = 1024 * 1024
-DEFAULT_PART_SIZE = 5 * MIB
-MAX_PARTS = 10_000
-RESOURCES = ("prediction",)
 STORAGE_OPS = ("wriftai.put", "wriftai.put_part", "wriftai.download")
-NO_CREDENTIALS = "Signed URLs take no Authorization header"
-NOT_SIGNED = "Query-string authentication needs the X-Emu-Signature and X-Emu-Expires parameters"
 BAD_SIGNATURE = "The request signature we calculated does not match the signature you provided"
-NO_LENGTH = "You must provide the Content-Length HTTP header"
 _S3_CODES = {403: "AccessDenied", 404: "NoSuchKey", 411: "MissingContentLength",
              429: "SlowDown", 500: "InternalError", 503: "SlowDown"}
-
-
-def split_parts(size: int, min_part_size: int = DEFAULT_PART_SIZE) -> tuple[int, int]:
-    """``(part_size, count)`` the emulator dictates for a file of ``size`` bytes.
-
-    The part size is the smallest multiple of ``min_part_size`` that needs at
-    most 10,000 parts; a file that fits in one part is one part of its own
-    size (an empty file: one empty part, part size 0).
-    """
-    floor = max(1, min_part_size)
-    needed = -(-size // MAX_PARTS)
-    part = max(floor, -(-needed // floor) * floor)
-    if size <= part:
-        return size, 1
-    return part, -(-size // part)
 
 
 def _reset_epoch(retry_after: str) -> int:
@@ -142,42 +137,6 @@ class _RateLimitHeaders(dict[str, str]):
     def update(self, *args: Any, **kwargs: str) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
-
-
-def _problem(field: str | None, kind: str, msg: str, value: Any = None) -> dict[str, Any]:
-    """One FastAPI/pydantic validation error."""
-    return {"type": kind, "loc": ["body", field] if field else ["body"], "msg": msg,
-            "input": value}
-
-
-def _invalid(problems: list[dict[str, Any]]) -> ApiError:
-    return ApiError(422, "; ".join(p["msg"] for p in problems), json.dumps(problems))
-
-
-def _require(body: dict[str, Any], problems: list[dict[str, Any]], name: str,
-             kind: type) -> Any:
-    """``body[name]`` if it is a valid ``kind`` (str: non-empty; int: >= 0), else None."""
-    if name not in body:
-        problems.append(_problem(name, "missing", "Field required", body))
-        return None
-    value = body[name]
-    if kind is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            problems.append(_problem(name, "int_type", "Input should be a valid integer", value))
-            return None
-        if value < 0:
-            problems.append(_problem(name, "greater_than_equal",
-                                     "Input should be greater than or equal to 0", value))
-            return None
-        return value
-    if not isinstance(value, str):
-        problems.append(_problem(name, "string_type", "Input should be a valid string", value))
-        return None
-    if not value:
-        problems.append(_problem(name, "string_too_short",
-                                 "String should have at least 1 character", value))
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -226,7 +185,7 @@ class WriftAIService(Service):
             try:
                 detail = json.loads(code)
             except ValueError:
-                detail = [_problem(None, "value_error", message)]
+                detail = [problem(None, "value_error", message)]
             response = Response.json({"detail": detail}, status)
         else:
             response = Response.json({"detail": message}, status)
@@ -247,17 +206,6 @@ class WriftAIService(Service):
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
             raise ApiError(401, "Invalid authentication credentials", headers=challenge)
 
-    @staticmethod
-    def _body(request: Request) -> dict[str, Any]:
-        try:
-            body = request.json()
-        except ApiError:
-            raise _invalid([_problem(None, "json_invalid", "JSON decode error")]) from None
-        if not isinstance(body, dict):
-            raise _invalid([_problem(None, "model_attributes_type",
-                                     "Input should be a valid dictionary", body)])
-        return body
-
     def _expiry(self) -> int:
         return math.ceil(self.settings.clock() + self.settings.url_ttl)
 
@@ -277,22 +225,10 @@ class WriftAIService(Service):
 
     def create_urls(self, request: Request) -> Response:
         self._auth(request)
-        body = self._body(request)
-        problems: list[dict[str, Any]] = []
-        name = _require(body, problems, "name", str)
-        size = _require(body, problems, "size", int)
-        resource = body.get("resource")
-        if "resource" not in body:
-            problems.append(_problem("resource", "missing", "Field required", body))
-        elif resource not in RESOURCES:
-            problems.append(_problem("resource", "literal_error",
-                                     "Input should be 'prediction'", resource))
-        mime = _require(body, problems, "mime_type", str)
-        if problems:
-            raise _invalid(problems)
+        name, size, resource, mime = urls_request(parse_body(request))
         safe = name.replace("/", "_").replace("\\", "_")
         key = f"files/{uuid.uuid4().hex[:16]}/{safe}"
-        intent = _Intent(name, size, mime, str(resource), self._expiry())
+        intent = _Intent(name, size, mime, resource, self._expiry())
         now = self.settings.clock()
         with self._lock:
             while self._intents and next(iter(self._intents.values())).expires < now:
@@ -306,12 +242,7 @@ class WriftAIService(Service):
 
     def create_upload(self, request: Request) -> Response:
         self._auth(request)
-        body = self._body(request)
-        problems: list[dict[str, Any]] = []
-        size = _require(body, problems, "size", int)
-        mime = _require(body, problems, "mime_type", str)
-        if problems:
-            raise _invalid(problems)
+        size, mime = upload_request(parse_body(request))
         part_size, count = split_parts(size, self.min_part_size)
         if size == 0 and self.empty_without_parts:
             count = 0
@@ -333,17 +264,7 @@ class WriftAIService(Service):
         session = self.sessions.get(request.params["upload_id"])
         if session is None or session.state == "aborted":
             raise ApiError(404, "Upload not found")
-        body = self._body(request)
-        etags = body.get("etags")
-        if "etags" not in body:
-            raise _invalid([_problem("etags", "missing", "Field required", body)])
-        if not isinstance(etags, list):
-            raise _invalid([_problem("etags", "list_type", "Input should be a valid list", etags)])
-        bad = [i for i, e in enumerate(etags) if not isinstance(e, str)]
-        if bad:
-            raise _invalid([{"type": "string_type", "loc": ["body", "etags", i],
-                             "msg": "Input should be a valid string", "input": etags[i]}
-                            for i in bad])
+        etags = etags_request(parse_body(request))
         with session.lock:
             if session.state != "completed":
                 self._finish(session, etags, request)
@@ -351,18 +272,8 @@ class WriftAIService(Service):
 
     def _finish(self, session: Session, etags: list[str], request: Request) -> None:
         """Check the etags, assemble the parts into the object, close the session."""
+        check_etags(session, etags)
         count = int(session.info["count"])
-        missing = [n for n in range(1, count + 1) if n not in session.parts]
-        if missing:
-            raise ApiError(400, f"Part {missing[0]} of {count} has not been uploaded")
-        # Parts answered without an etag are not listed (the SDK drops them).
-        expected = [n for n in range(1, count + 1) if session.parts[n].get("answered", True)]
-        if len(etags) != len(expected):
-            raise ApiError(400, f"Expected {len(expected)} etags, one per part answered with "
-                                f"an etag, in the order of the upload's urls; got {len(etags)}")
-        for i, (number, etag) in enumerate(zip(expected, etags, strict=True)):
-            if session.parts[number]["etag"].strip('"') != etag.strip('"'):
-                raise ApiError(400, f"etags[{i}] does not match the etag of part {number}")
         path, size, sha256, etag = self.sessions.assemble(session, list(range(1, count + 1)))
         if size != session.info["size"]:  # the signed part lengths make this impossible
             path.unlink(missing_ok=True)
@@ -379,44 +290,19 @@ class WriftAIService(Service):
 
     # -- signed storage ---------------------------------------------------------------
 
-    def _signed(self, request: Request) -> int:
-        """Refuse credentials, unsigned and expired requests; return the expiry."""
-        if request.headers.get("Authorization") is not None:
-            raise ApiError(403, NO_CREDENTIALS, "AccessDenied")
-        expires = parse_uint(request.arg("X-Emu-Expires"))
-        if expires is None or not request.arg("X-Emu-Signature"):
-            raise ApiError(403, NOT_SIGNED, "AccessDenied")
-        if self.settings.clock() > expires:
-            raise ApiError(403, "Request has expired", "AccessDenied")
-        return expires
-
     def _verify(self, request: Request, *fields: object) -> None:
         if not self.signer.verify(request.arg("X-Emu-Signature") or "", *fields):
             raise ApiError(403, BAD_SIGNATURE, "SignatureDoesNotMatch")
 
-    @staticmethod
-    def _check_body(request: Request, mime: str, size: int, what: str) -> None:
-        """The declared type and length, exactly; 411/403 otherwise."""
-        length = request.content_length
-        if length is None:
-            raise ApiError(411, NO_LENGTH, "MissingContentLength")
-        sent = request.headers.get("Content-Type")
-        if sent != mime:
-            raise ApiError(403, f"Content-Type {sent!r} does not match the declared mime_type "
-                                f"{mime!r}", "SignatureDoesNotMatch")
-        if length != size:
-            raise ApiError(403, f"Content-Length {length} does not match the {what} {size}",
-                           "SignatureDoesNotMatch")
-
     def put_file(self, request: Request) -> Response:
         key = request.params["key"]
-        expires = self._signed(request)
+        expires = check_signed(request, self.settings.clock())
         with self._lock:
             intent = self._intents.get(key)
         if intent is None:  # intents outlive their URLs: no intent, no valid signature
             raise ApiError(403, BAD_SIGNATURE, "SignatureDoesNotMatch")
         self._verify(request, "PUT", key, intent.mime_type, intent.size, expires)
-        self._check_body(request, intent.mime_type, intent.size, "declared size")
+        check_body(request, intent.mime_type, intent.size, "declared size")
         path = self.store.temp_path()
         digest = request.save_to(path)
         etag = f'"{digest.md5}"'
@@ -430,7 +316,7 @@ class WriftAIService(Service):
 
     def put_part(self, request: Request) -> Response:
         upload_id, number = request.params["upload_id"], int(request.params["number"])
-        expires = self._signed(request)
+        expires = check_signed(request, self.settings.clock())
         session = self.sessions.get(upload_id)
         if session is None:
             raise ApiError(404, "The specified upload does not exist", "NoSuchUpload")
@@ -439,7 +325,7 @@ class WriftAIService(Service):
         self._verify(request, "PUT", upload_id, number, mime, size_text, expires)
         if session.state != "active" or not 1 <= number <= session.info["count"]:
             raise ApiError(404, f"The upload is {session.state}", "NoSuchUpload")
-        self._check_body(request, mime, int(size_text), "part length")
+        check_body(request, mime, int(size_text), "part length")
         path = self.store.temp_path()
         digest = request.save_to(path)
         etag = f'"{digest.md5}"'
@@ -456,7 +342,7 @@ class WriftAIService(Service):
 
     def download(self, request: Request) -> Response:
         key = request.params["key"]
-        expires = self._signed(request)
+        expires = check_signed(request, self.settings.clock())
         self._verify(request, "GET", key, expires)
         meta = self.store.get(self.name, key)
         if meta is None:

@@ -62,66 +62,52 @@ Stored objects: ``service "xvid"``, ``key "<pipeline_id>/<object_key>"``,
 ``filename`` the object key's last segment, no labels, category or uuid (the
 API has no field for them: they can only be part of ``object_key``), plus
 ``object_key``, ``pipeline_id``, ``upload_id``, ``chunks`` and ``etag``.
+
+The checks of what a client sends (the token request, the object key, the
+S3 POST form and its policy, the chunks a PUT names) live in
+:mod:`syncd_emulator.xvid_rules`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import posixpath
-import re
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
-from syncd_emulator.forms import FormError, FormReader, boundary
+from syncd_emulator.forms import FormError, boundary
 from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
 from syncd_emulator.service import Route, Service, ServiceContext
 from syncd_emulator.store import Session
+from syncd_emulator.xvid_rules import (
+    ACCESS_KEY_ID,
+    BUCKET,
+    FIELDS_LIMIT,
+    INVALID_INPUT,
+    MAX_POST,
+    check_form,
+    chunk_objects,
+    invalid,
+    parse_token_request,
+    policy_document,
+    read_post,
+    s3_error,
+    sign,
+    storage_key,
+)
 
-BUCKET = "xvid-emulator"
-ACCESS_KEY_ID = "AKIAXVIDEMULATOR0000"
 TOKEN_TTL = 7200  # seconds, Xvid's documented default
-MAX_TOKEN_TTL = 30 * 86400
 COMPLETE_SECONDS = 1.0
-SCOPES = frozenset({"me", "mediahub", "mediahub_read", "mediahub_write", "mediahub_submit_jobs",
-                    "mediahub_download_files", "autograph"})
 WRITE = frozenset({"mediahub", "mediahub_write"})
 READ = WRITE | {"mediahub_read"}
-FORM_FIELDS = ("key", "acl", "success_action_status", "name", "filename", "chunk", "chunks",
-               "policy", "signature", "AWSAccessKeyId")
-UNSIGNED_FIELDS = frozenset({"policy", "signature", "AWSAccessKeyId", "file"})
-FIELDS_LIMIT = 20 * 1024  # S3: the form fields (without the file) are at most 20 KB
-MAX_POST = 5 * 1024**3  # S3: one POST takes a file of at most 5 GB
 S3_OPS = frozenset({"xvid.post_chunk"})
-INVALID_INPUT, INVALID_TOKEN, NO_FILE, INTERNAL = "0x0230001", "0x0000003", "0x0230002", "0x0000001"
+INVALID_TOKEN, NO_FILE, INTERNAL = "0x0000003", "0x0230002", "0x0000001"
 _CODES = {400: INVALID_INPUT, 403: INVALID_TOKEN, 404: NO_FILE}
 _S3_CODES = {400: "InvalidArgument", 403: "AccessDenied", 404: "NoSuchKey", 411: "MissingContentLength",
              412: "PreconditionFailed", 429: "SlowDown", 500: "InternalError", 503: "SlowDown"}
-_PIPELINE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, f"Invalid Input: {message}", INVALID_INPUT)
-
-
-def _s3(status: int, code: str, message: str) -> ApiError:
-    return ApiError(status, message, code)
-
-
-def _iso(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _parse_iso(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 class XvidService(Service):
@@ -171,43 +157,16 @@ class XvidService(Service):
             self._tokens.clear()
 
     def token(self, request: Request) -> Response:
-        ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise _invalid("the token request must be application/x-www-form-urlencoded")
-        try:
-            form = parse_qs(request.read_all(64 * 1024).decode(), keep_blank_values=True,
-                            strict_parsing=True)
-        except (UnicodeDecodeError, ValueError):
-            raise _invalid("the token request body is not form-encoded") from None
-
-        def one(name: str, required: bool = True) -> str | None:
-            values = form.get(name)
-            if values is None and not required:
-                return None
-            if values is None or len(values) != 1 or not values[0]:
-                raise _invalid(f"{name} is required (once)")
-            return values[0]
-
-        grant = one("grant_type")
-        if grant != "client_credential":
-            raise _invalid(f"grant_type must be client_credential, not {grant!r}")
-        client_id, client_secret = one("client_id"), one("client_secret")
-        scopes = frozenset(s.strip() for s in (one("scope") or "").split(","))
-        if not scopes <= SCOPES:
-            raise _invalid(f"unknown scope(s) {sorted(scopes - SCOPES)}")
-        ttl_text = one("expires_in", required=False)
-        ttl = self.token_ttl if ttl_text is None else parse_uint(ttl_text)
-        if ttl is None or not 1 <= ttl <= MAX_TOKEN_TTL:
-            raise _invalid(f"expires_in must be 1 to {MAX_TOKEN_TTL} seconds")
+        asked = parse_token_request(request, self.token_ttl)
         want_id, _, want_secret = self.settings.xvid_client.partition(":")
-        if not (hmac.compare_digest((client_id or "").encode(), want_id.encode())
-                and hmac.compare_digest((client_secret or "").encode(), want_secret.encode())):
+        if not (hmac.compare_digest(asked.client_id.encode(), want_id.encode())
+                and hmac.compare_digest(asked.client_secret.encode(), want_secret.encode())):
             raise ApiError(403, "Invalid client credentials", INVALID_TOKEN)
         token, now = secrets.token_hex(20), self.settings.clock()
         with self._lock:
             self._tokens = {t: e for t, e in self._tokens.items() if e[0] > now}
-            self._tokens[token] = (now + ttl, scopes)
-        return Response.json({"access_token": token, "expires_in": str(ttl)})
+            self._tokens[token] = (now + asked.ttl, asked.scopes)
+        return Response.json({"access_token": token, "expires_in": str(asked.ttl)})
 
     def _auth(self, request: Request, allowed: frozenset[str]) -> None:
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
@@ -219,29 +178,21 @@ class XvidService(Service):
             raise ApiError(403, f"Invalid access token: the scope needs one of {sorted(allowed)}",
                            INVALID_TOKEN)
         if request.arg("format") not in (None, "json"):
-            raise _invalid("the emulator answers JSON only (format=xml is not emulated)")
+            raise invalid("the emulator answers JSON only (format=xml is not emulated)")
 
     # -- sessions -----------------------------------------------------------------
 
     def open_upload(self, request: Request) -> Response:
         self._auth(request, WRITE)
         object_key, pipeline_id = request.arg("object_key"), request.arg("pipeline_id")
-        if not object_key or object_key.startswith("/") or _CONTROL.search(object_key):
-            raise _invalid("object_key is required: a key relative to the pipeline root")
-        if any(segment in ("", ".", "..") for segment in object_key.split("/")):
-            raise _invalid("object_key must not have empty, '.' or '..' segments: it stays "
-                           "under the pipeline root")
-        if not pipeline_id or not _PIPELINE.fullmatch(pipeline_id):
-            raise _invalid("pipeline_id is required")
-        key = f"tmp/{pipeline_id}/{object_key}"
-        if len(key.encode()) > 1024:
-            raise _invalid("object_key is too long (S3 keys are at most 1024 bytes)")
+        key = storage_key(object_key, pipeline_id)
+        assert object_key is not None and pipeline_id is not None  # storage_key checked them
         info: dict[str, Any] = {"object_key": object_key, "pipeline_id": pipeline_id,
                                 "nb_chunks": 0}
         for name in ("expires_at", "ip"):
             text = request.arg(name)
             if text is not None and parse_uint(text) is None:
-                raise _invalid(f"{name} must be an integer")
+                raise invalid(f"{name} must be an integer")
             info[name] = parse_uint(text) if text is not None else None
         session = self.sessions.create(key, info)
         policy, signature = self._sign_policy(pipeline_id)
@@ -266,17 +217,8 @@ class XvidService(Service):
         with self._lock:  # unique expirations make unique policies, so a signature names one session
             expires = max(self.settings.clock() + self.settings.url_ttl, self._last_expiry + 0.001)
             self._last_expiry = expires
-        document = {"expiration": _iso(expires), "conditions": [
-            {"bucket": BUCKET}, ["starts-with", "$name", ""],
-            ["starts-with", "$key", f"tmp/{pipeline_id}/"], ["starts-with", "$filename", ""],
-            ["starts-with", "$chunk", ""], ["starts-with", "$chunks", ""], {"acl": "private"},
-            {"success_action_status": "201"}]}
-        policy = base64.b64encode(json.dumps(document).encode()).decode()
-        return policy, self._signature(policy)
-
-    def _signature(self, policy: str) -> str:
-        digest = hmac.new(self._aws_secret, policy.encode(), hashlib.sha1).digest()
-        return base64.b64encode(digest).decode()
+        policy = policy_document(pipeline_id, expires)
+        return policy, sign(self._aws_secret, policy)
 
     def _session(self, request: Request) -> Session:
         session = self.sessions.get(request.params["id"])
@@ -311,20 +253,20 @@ class XvidService(Service):
         session = self._session(request)
         ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise _invalid("the body must be JSON with Content-Type: application/json")
+            raise invalid("the body must be JSON with Content-Type: application/json")
         body = request.json()
         upload = body.get("upload") if isinstance(body, dict) else None
         nb = upload.get("nb_chunks") if isinstance(upload, dict) else None
         if not isinstance(nb, int) or isinstance(nb, bool) or nb < 1:
-            raise _invalid('the body must be {"upload": {"nb_chunks": N}} with N >= 1')
+            raise invalid('the body must be {"upload": {"nb_chunks": N}} with N >= 1')
         with session.lock:
             if session.state == "completed":  # a repeated finish: answer again, store nothing
                 if session.info["nb_chunks"] != nb:
-                    raise _invalid(f"the upload was finished with nb_chunks={session.info['nb_chunks']}")
+                    raise invalid(f"the upload was finished with nb_chunks={session.info['nb_chunks']}")
                 return Response.json({"upload": self._view(session, self._status(session, poll=False))})
             if session.state != "active":
                 raise ApiError(404, "Requested file does not exist", NO_FILE)
-            numbers = self._chunk_objects(session, nb)
+            numbers = chunk_objects(session, nb)
             path, size, sha256, etag = self.sessions.assemble(session, numbers)
             self._store(session, path, size, sha256, etag, nb)
             session.info.update(nb_chunks=nb, completing_at=self.settings.clock(), size=size)
@@ -332,31 +274,6 @@ class XvidService(Service):
             with self._lock:
                 self._policies = {s: u for s, u in self._policies.items() if u != session.id}
         return Response.json({"upload": self._view(session, "COMPLETING")})
-
-    @staticmethod
-    def _chunk_objects(session: Session, nb: int) -> list[int]:
-        """The stored objects (part slots) that make chunks ``0..nb-1``, in chunk order;
-        400 when they do not (PUT's rules in the module docstring)."""
-        def wanted(key: str) -> bool:
-            return key == session.key if nb == 1 else key.startswith(session.key)
-
-        by_chunk: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-        for slot, part in sorted(session.parts.items()):
-            if wanted(part.get("key", session.key)):
-                by_chunk.setdefault(part.get("chunk", slot - 1), []).append((slot, part))
-        got = sorted(by_chunk)
-        twice = {c: [p.get("key") for _, p in found] for c, found in by_chunk.items()
-                 if len(found) > 1}
-        wrong = sorted(c for c, found in by_chunk.items()
-                       if any(p.get("chunks") != nb for _, p in found))
-        if got != list(range(nb)) or twice or wrong:
-            raise _invalid(
-                f"nb_chunks is {nb} but the objects posted for this upload hold chunks {got}"
-                + (f" (chunks posted under more than one key: {twice})" if twice else "")
-                + (f" (chunks {wrong} were posted with another chunks count)" if wrong else "")
-                + (" (one object per key: chunks posted under one key replace each other)"
-                   if nb > 1 and len(got) < nb else ""))
-        return [by_chunk[c][0][0] for c in range(nb)]
 
     def _store(self, session: Session, path: Path, size: int, sha256: str, etag: str,
                chunks: int) -> None:
@@ -396,34 +313,36 @@ class XvidService(Service):
 
     def form_post(self, request: Request) -> Response:
         if request.params["bucket"] != BUCKET:
-            raise _s3(404, "NoSuchBucket", "The specified bucket does not exist")
+            raise s3_error(404, "NoSuchBucket", "The specified bucket does not exist")
         if request.headers.get("Authorization") is not None:
-            raise _s3(400, "InvalidArgument", "POST requires exactly one form of authentication: "
-                      "the policy; do not send an Authorization header")
+            raise s3_error(400, "InvalidArgument", "POST requires exactly one form of "
+                           "authentication: the policy; do not send an Authorization header")
         bound = boundary(request.headers.get("Content-Type") or "")
         if bound is None:
-            raise _s3(412, "PreconditionFailed",
-                      "Bucket POST must be of the enclosure-type multipart/form-data")
+            raise s3_error(412, "PreconditionFailed",
+                           "Bucket POST must be of the enclosure-type multipart/form-data")
         if request.content_length is None:
-            raise _s3(411, "MissingContentLength", "You must provide the Content-Length HTTP header")
+            raise s3_error(411, "MissingContentLength",
+                           "You must provide the Content-Length HTTP header")
         if request.content_length > MAX_POST + FIELDS_LIMIT + 64 * 1024:
-            raise _s3(400, "EntityTooLarge", f"Your proposed upload exceeds the maximum allowed "
-                      f"size of {MAX_POST} bytes for a POST")
+            raise s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum "
+                           f"allowed size of {MAX_POST} bytes for a POST")
         try:
-            fields, size, md5, sha256, path = self._read_post(request, bound)
+            fields, size, md5, sha256, path = read_post(request, bound, self.store.temp_path)
         except FormError as exc:
             code = {"too_large": "MaxPostPreDataLengthExceeded",
                     "encoding": "InvalidArgument"}.get(exc.kind, "MalformedPOSTRequest")
-            raise _s3(400, code, f"The body of your POST request is not acceptable: {exc}") from None
+            raise s3_error(400, code,
+                           f"The body of your POST request is not acceptable: {exc}") from None
         try:
             session, chunk, chunks = self._check_form(request.params["bucket"], fields)
             etag = f'"{md5}"'
             if size > MAX_POST:
-                raise _s3(400, "EntityTooLarge", f"Your proposed upload exceeds the maximum "
-                          f"allowed size of {MAX_POST} bytes for a POST")
+                raise s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum "
+                               f"allowed size of {MAX_POST} bytes for a POST")
             with session.lock:
                 if session.state != "active":
-                    raise _s3(403, "AccessDenied", "This upload no longer accepts chunks")
+                    raise s3_error(403, "AccessDenied", "This upload no longer accepts chunks")
                 # One object per key, as in S3: a second post to a key replaces the first.
                 slots: dict[str, int] = session.info.setdefault("objects", {})
                 slot = slots.get(fields["key"])
@@ -444,84 +363,15 @@ class XvidService(Service):
                f"<Key>{escape(fields['key'])}</Key><ETag>{escape(etag)}</ETag></PostResponse>")
         return Response.xml(xml, 201, {"ETag": etag, "Location": location})
 
-    def _read_post(self, request: Request,
-                   bound: bytes) -> tuple[dict[str, str], int, str, str, Path]:
-        """The form's text fields and its file (streamed to a temp file), S3's way:
-        every field before ``file``, none after it, no field twice."""
-        reader = FormReader(request.body, bound)
-        fields: dict[str, str] = {}
-        part = reader.next_part()
-        while part is not None and part[0] != "file":
-            if part[0] in fields:
-                raise _s3(400, "InvalidArgument", f"The form field {part[0]!r} appears twice")
-            fields[part[0]] = reader.read_value(FIELDS_LIMIT - sum(map(len, fields.values())))
-            part = reader.next_part()
-        if part is None:
-            raise _s3(400, "InvalidArgument", "POST requires a field named 'file'")
-        path = self.store.temp_path()
-        try:
-            size, md5, sha256 = reader.read_file(path)
-            after = reader.next_part()
-            if after is not None:
-                raise _s3(400, "InvalidArgument", f"The file must be the last field of the form "
-                          f"(found {after[0]!r} after it; S3 ignores fields after the file)")
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return fields, size, md5, sha256, path
-
     def _check_form(self, bucket: str, fields: dict[str, str]) -> tuple[Session, int, int]:
-        """Check the fields like S3 checks a POST policy; the session, chunk and chunk count."""
-        missing = [f for f in FORM_FIELDS if f not in fields]
-        if missing:
-            raise _s3(400, "InvalidArgument", f"Bucket POST must contain the field(s) {missing} "
-                      "(send every form_post_params entry)")
-        if fields["AWSAccessKeyId"] != ACCESS_KEY_ID:
-            raise _s3(403, "InvalidAccessKeyId", "The AWS Access Key Id does not exist in our records")
-        if not hmac.compare_digest(fields["signature"].encode(),
-                                   self._signature(fields["policy"]).encode()):
-            raise _s3(403, "SignatureDoesNotMatch",
-                      "The request signature we calculated does not match the signature you provided")
-        document = json.loads(base64.b64decode(fields["policy"]))  # signed by us: well-formed
-        if self.settings.clock() > _parse_iso(document["expiration"]):
-            raise _s3(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
-        covered = set()
-        for condition in document["conditions"]:
-            name, ok = _condition(condition, {**fields, "bucket": bucket})
-            covered.add(name)
-            if not ok:
-                raise _s3(403, "AccessDenied", "Invalid according to Policy: Policy Condition "
-                          f"failed: {json.dumps(condition)}")
-        extra = sorted(set(fields) - covered - UNSIGNED_FIELDS)
-        extra = [f for f in extra if not f.lower().startswith("x-ignore-")]
-        if extra:
-            raise _s3(403, "AccessDenied", f"Invalid according to Policy: Extra input fields: {extra}")
-        chunk, chunks = parse_uint(fields["chunk"]), parse_uint(fields["chunks"])
-        if chunk is None or chunks is None or not 0 <= chunk < chunks:
-            raise _s3(400, "InvalidArgument", "chunk and chunks must be integers with "
-                      "0 <= chunk < chunks")
+        """The session whose policy the form carries, and its chunk and chunk count."""
+        chunk, chunks = check_form(bucket, fields, self._aws_secret, self.settings.clock())
         with self._lock:
             upload_id = self._policies.get(fields["signature"])
         session = self.sessions.get(upload_id) if upload_id else None
         if session is None:
-            raise _s3(403, "AccessDenied", "This upload no longer accepts chunks")
+            raise s3_error(403, "AccessDenied", "This upload no longer accepts chunks")
         return session, chunk, chunks
-
-
-def _condition(condition: Any, fields: dict[str, str]) -> tuple[str, bool]:
-    """(field name, satisfied) for one POST policy condition."""
-    if isinstance(condition, dict) and len(condition) == 1:
-        ((name, value),) = condition.items()
-        return name, fields.get(name) == value
-    if not (isinstance(condition, list) and len(condition) == 3 and isinstance(condition[1], str)):
-        return "", False  # e.g. content-length-range: never in an Xvid policy
-    op, name, value = condition
-    name = name.lstrip("$")
-    if op == "eq":
-        return name, fields.get(name) == value
-    if op == "starts-with":
-        return name, name in fields and fields[name].startswith(value)
-    return name, False
 
 
 __all__ = ["BUCKET", "COMPLETE_SECONDS", "TOKEN_TTL", "XvidService"]

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
+import sysconfig
+import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,46 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from syncd.config import FolderConfig  # noqa: E402
+from syncd.ledger import Ledger, Row  # noqa: E402
+
+# How long a test's threads get, after its fixtures are torn down, to finish on their own.
+THREAD_GRACE_SECONDS = 2.0
+
+
+def _where(thread: threading.Thread) -> str:
+    """The innermost frame of ``thread``'s stack outside the standard library, as file:line."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "?"
+    stack = traceback.extract_stack(frame)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    entry = next((e for e in reversed(stack) if not e.filename.startswith(stdlib)), stack[-1])
+    return f"{entry.filename}:{entry.lineno} in {entry.name}"
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread running after its teardown (as watchdog's own suite does).
+
+    Fixtures of a wider scope are set up before this one and torn down after it, so the threads
+    they own are in the baseline; the test's own function-scoped fixtures are torn down before
+    the check. Threads the test started get THREAD_GRACE_SECONDS to end.
+
+    Garbage is collected first: an unclosed file or socket the test dropped in a reference cycle
+    then gives its ResourceWarning (an error) in this test's teardown, not in a later test."""
+    before = set(threading.enumerate())
+    yield
+    gc.collect()
+    started = [t for t in threading.enumerate()
+               if t not in before and not isinstance(t, threading._DummyThread)]
+    deadline = time.monotonic() + THREAD_GRACE_SECONDS
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t for t in started if t.is_alive()]
+    if leaked:
+        pytest.fail("threads started by the test still run after its teardown:\n"
+                    + "\n".join(f"  {t.name!r} (daemon={t.daemon}) at {_where(t)}" for t in leaked),
+                    pytrace=False)
 
 
 class FakeClock:
@@ -68,14 +113,21 @@ def queue_file(ledger: Any, folder: Any, rel: str, data: bytes | None = None) ->
     return int(row.id)
 
 
-def make_folder(tmp_path: Path, name: str = "inbox", **kw: object) -> FolderConfig:
+def row_of(ledger: Ledger, row_id: int) -> Row:
+    """The ledger row ``row_id``, which must exist."""
+    row = ledger.get(row_id)
+    assert row is not None, f"no ledger row {row_id}"
+    return row
+
+
+def make_folder(tmp_path: Path, name: str = "inbox", **kw: Any) -> FolderConfig:
     """A FolderConfig rooted in tmp_path with its defaults filled in, folder created."""
     path = tmp_path / name
     path.mkdir(parents=True, exist_ok=True)
     kw.setdefault("destination", "dest")
     kw.setdefault("archive_dir", tmp_path / "archive" / name)
     kw.setdefault("failed_dir", tmp_path / "failed" / name)
-    folder = FolderConfig(path=path, **kw)  # type: ignore[arg-type]
+    folder = FolderConfig(path=path, **kw)
     return folder.with_defaults(tmp_path / "state")
 
 

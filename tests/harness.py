@@ -1,7 +1,7 @@
 """End-to-end harness: the real daemon as a subprocess against the real emulator.
 
 A :class:`Setup` owns a temporary tree (inboxes, archive, failed, state), an
-in-process :class:`~syncd.emulator.Emulator` on a loopback port, and a
+in-process :class:`~syncd_emulator.Emulator` on a loopback port, and a
 config file. ``start()`` launches ``python -m syncd run`` with its output in
 a log file; ``kill()`` sends SIGKILL; ``invariants()`` checks, after a
 scenario, that nothing was lost:
@@ -11,10 +11,14 @@ scenario, that nothing was lost:
 * I2 nothing is in the archive unless the emulator holds identical bytes;
 * I3 ``PRAGMA integrity_check`` is ok;
 * I4 ledger states agree with the filesystem.
+
+The ledger is read through its own API, read-only (:meth:`Setup.ledger`,
+:meth:`Setup.rows`), as ``syncd status`` reads it while the daemon runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,11 +27,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from syncd.emulator import Emulator
+from syncd.ledger import ACTIVE_STATES, Ledger, Row, State
+from syncd_emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY_KEY = "canary-lilt-key-5f1e2d"
@@ -162,11 +167,12 @@ class Setup:
         self.logs.append(log)
         env = self.env()
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(
-            [*(wrapper or []), sys.executable, "-m", "syncd", "-c", str(self.config),
-             *(args or ("run",))],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
-        )
+        with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [*(wrapper or []), sys.executable, "-m", "syncd", "-c", str(self.config),
+                 *(args or ("run",))],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+            )
         return self.proc
 
     def wait_started(self, timeout: float = 20) -> None:
@@ -185,7 +191,8 @@ class Setup:
 
     def status(self) -> dict[str, Any]:
         out = self.cli("status", "--json", check=True)
-        return json.loads(out.stdout)  # type: ignore[no-any-return]
+        status: dict[str, Any] = json.loads(out.stdout)
+        return status
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -211,35 +218,50 @@ class Setup:
 
     # ledger -------------------------------------------------------------
 
-    def rows(self) -> list[dict[str, Any]]:
-        if not self.ledger_path.exists():
-            return []
-        conn = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
+    @contextlib.contextmanager
+    def ledger(self, path: Path | None = None) -> Iterator[Ledger]:
+        """The ledger (or the one at ``path``, e.g. a backup), opened read-only."""
+        ledger = Ledger.open(path or self.ledger_path, readonly=True)
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM files ORDER BY id")]
-        except sqlite3.OperationalError:
-            return []
+            yield ledger
         finally:
-            conn.close()
+            ledger.close()
+
+    def rows(self, path: Path | None = None) -> list[Row]:
+        """Every ledger row, oldest first; none before the daemon has created the ledger."""
+        if not (path or self.ledger_path).exists():
+            return []
+        with self.ledger(path) as ledger:
+            try:
+                return ledger.rows()
+            except sqlite3.OperationalError:  # the daemon has not created its tables yet
+                return []
 
     def confirmed_parts(self) -> int:
         """How many parts the first row's durable resume state records as confirmed."""
         rows = self.rows()
-        resume = json.loads(rows[0]["resume"]) if rows and rows[0]["resume"] else {}
+        resume = (rows[0].resume if rows else None) or {}
         return len(resume.get("parts") or {})
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.rows():
-            out[r["state"]] = out.get(r["state"], 0) + 1
-        return out
+        """Rows per state, only the states that have rows."""
+        if not self.ledger_path.exists():
+            return {}
+        with self.ledger() as ledger:
+            try:
+                return {state: n for state, n in ledger.counts().items() if n}
+            except sqlite3.OperationalError:
+                return {}
+
+    def integrity(self) -> str:
+        """``PRAGMA integrity_check`` of the ledger: ``"ok"`` when it is sound (I3)."""
+        with self.ledger() as ledger:
+            return ledger.integrity_check()
 
     def all_done(self, expected: int | None = None) -> bool:
         rows = self.rows()
-        done = sum(1 for r in rows if r["state"] in ("done", "skipped"))
-        busy = sum(1 for r in rows if r["state"] in ("settling", "queued", "uploading",
-                                                     "retrying", "uploaded"))
+        done = sum(1 for r in rows if r.state in (State.DONE, State.SKIPPED))
+        busy = sum(1 for r in rows if r.state in ACTIVE_STATES)
         want = len(self.dropped) if expected is None else expected
         return done >= want and busy == 0
 
@@ -247,58 +269,50 @@ class Setup:
 
     def invariants(self, *, allow_failed: bool = False) -> None:
         """I1-I4 (see the module docstring); raises AssertionError with details."""
-        conn = sqlite3.connect(self.ledger_path, timeout=10)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # I3
-        finally:
-            conn.close()
+        assert self.integrity() == "ok"  # I3
         rows = self.rows()
         remote = {}
         for u in self.emulator.uploads():
             remote.setdefault(u["uuid"], u)
-        by_path: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        by_id = {r["id"]: r for r in rows}
+        by_path: dict[tuple[str, str], list[Row]] = {}
+        by_id = {r.id: r for r in rows}
         for r in rows:
-            folder = Path(r["folder"]).name
-            by_path.setdefault((folder, os.fsdecode(r["relpath"])), []).append(r)
+            by_path.setdefault((Path(r.folder).name, r.relpath), []).append(r)
         for (folder, rel), data in self.dropped.items():
             in_inbox = (self.inbox(folder) / rel)
             versions = by_path.get((folder, rel), [])
             # a skipped duplicate is archived like an upload; its bytes are its original's
-            done = [r for r in versions if r["state"] in ("done", "skipped")]
-            failed = [r for r in versions if r["state"] == "failed"]
+            done = [r for r in versions if r.state in (State.DONE, State.SKIPPED)]
+            failed = [r for r in versions if r.state == State.FAILED]
             if done:
                 row = done[-1]
-                assert row["sha256"] == sha(data), f"{rel}: ledger hash differs"
-                where = Path(os.fsdecode(row["location"])) if row["location"] else in_inbox
+                assert row.sha256 == sha(data), f"{rel}: ledger hash differs"
+                where = Path(row.location) if row.location else in_inbox
                 assert where.read_bytes() == data, f"{rel}: archived bytes differ"  # I1
-                uploaded = by_id.get(row.get("duplicate_of")) or row
-                up = remote.get(uploaded["uuid"])
+                uploaded = by_id.get(row.duplicate_of or -1) or row
+                up = remote.get(uploaded.uuid)
                 assert up is not None, f"{rel}: archived but the emulator has no object"  # I2
                 assert up["sha256"] == sha(data), f"{rel}: remote bytes differ"
             elif failed and allow_failed:
                 row = failed[-1]
-                where = Path(os.fsdecode(row["location"])) if row["location"] else in_inbox
+                where = Path(row.location) if row.location else in_inbox
                 assert where.exists(), f"{rel}: failed and lost"
             else:
                 # not done yet: the bytes are in the inbox, or (an archive move cut
                 # short) at the archive target recorded in an "uploaded" row
-                places = [in_inbox] + [Path(os.fsdecode(r["archive_path"])) for r in versions
-                                       if r["state"] == "uploaded" and r["archive_path"]]
+                places = [in_inbox] + [Path(r.archive_path) for r in versions
+                                       if r.state == State.UPLOADED and r.archive_path]
                 assert any(p.exists() for p in places), \
-                    f"{rel}: lost (not done, not in the inbox): {[r['state'] for r in versions]}"
+                    f"{rel}: lost (not done, not in the inbox): {[r.state for r in versions]}"
         for r in rows:  # I4
-            rel = os.fsdecode(r["relpath"])
-            if r["state"] == "done" and r["location"]:
-                assert Path(os.fsdecode(r["location"])).exists(), f"{rel}: done but archive missing"
-            if r["state"] in ("queued", "retrying", "uploading") and not r["location"]:
+            if r.state == State.DONE and r.location:
+                assert Path(r.location).exists(), f"{r.relpath}: done but archive missing"
+            if r.state in (State.QUEUED, State.RETRYING, State.UPLOADING) and not r.location:
                 # waiting or in flight: its bytes are still in the inbox (a test that deletes
                 # a file checks the row once the daemon has seen it go)
-                assert os.path.lexists(Path(r["folder"]) / rel), \
-                    f"{rel}: {r['state']}, but not in its inbox"
+                assert os.path.lexists(r.inbox_path), f"{r.relpath}: {r.state}, but not in its inbox"
         # metadata sidecars are archived beside their file (sidecar_path)
-        known = {os.fsdecode(r[k]) for r in rows for k in ("location", "archive_path", "sidecar_path")
-                 if r.get(k)}
+        known = {p for r in rows for p in (r.location, r.archive_path, r.sidecar_path) if p}
         archive_root = self.tmp / "archive"
         if archive_root.exists():
             for p in archive_root.rglob("*"):
@@ -309,8 +323,7 @@ class Setup:
         """No canary credential in any log, CLI output given, or ledger row."""
         texts = [self.log_text(), *extra_texts]
         for r in self.rows():
-            texts.append(json.dumps({k: (v.decode("latin-1") if isinstance(v, bytes) else v)
-                                     for k, v in r.items()}))
+            texts.append(json.dumps(r.to_json()))
         raw = self.ledger_path.read_bytes() if self.ledger_path.exists() else b""
         for name, canary in CANARIES.items():
             for text in texts:

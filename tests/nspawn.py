@@ -193,9 +193,10 @@ class Machine:
             if not self.cgroups:
                 raise Unavailable("no writable cgroup hierarchy under /sys/fs/cgroup")
         script = prefix + "exec " + shlex.join(args)
-        self.proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
-                                     stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.log, "wb") as out:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while self.leader is None:
             if self.proc.poll() is not None:

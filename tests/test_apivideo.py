@@ -20,10 +20,10 @@ import pytest
 
 from syncd.destinations.apivideo import ApiVideoDestination, ApiVideoOptions
 from syncd.destinations.base import Receipt, Source, UploadItem
-from syncd.emulator import Emulator
-from syncd.emulator.apivideo import ApiVideoService
 from syncd.errors import ExpiredError, FatalError, PermanentError, Problem, RetryableError
 from syncd.secrets import Secret
+from syncd_emulator import Emulator
+from syncd_emulator.apivideo import ApiVideoService
 
 TOKEN = "to-test-apivideo-token"
 KEY = "test-apivideo-key-4c1f"
@@ -48,9 +48,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
+def emu(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
+    """More Emulator options by indirect parametrization."""
     with Emulator(tmp_path / "data", apivideo_token=TOKEN, apivideo_key=KEY,
-                  clock=clock) as emulator:
+                  clock=clock, **getattr(request, "param", {})) as emulator:
         yield emulator
 
 
@@ -698,10 +699,10 @@ def test_wire_format_of_chunks(tmp_path: Path) -> None:
         return httpx.Response(201, json=video)
 
     path = write(tmp_path, C + 1, 'odd "name".mp4')
-    receipt = mock_dest(handler).upload(
-        UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"),
-        Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
-        None, Checkpoints())
+    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns,
+                inode=path.stat().st_ino) as source:
+        receipt = mock_dest(handler).upload(
+            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints())
     first, second = seen
     for r in seen:
         assert r.url.path == "/upload" and r.url.params["token"] == TOKEN
@@ -723,11 +724,10 @@ def test_429_without_retry_after_uses_the_rate_limit_header(tmp_path: Path) -> N
         return httpx.Response(429, json={"status": 429}, headers={"X-RateLimit-Retry-After": "12"})
 
     path = write(tmp_path, 5)
-    with pytest.raises(RetryableError) as info:
+    with (Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
+          pytest.raises(RetryableError) as info):
         mock_dest(handler).upload(
-            UploadItem(UUID, path.name, path.name, 5, "video/mp4"),
-            Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
-            None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints())
     assert info.value.status == 429 and info.value.retry_after == 12.0
 
 
@@ -736,11 +736,10 @@ def test_transport_errors_are_retryable_and_hide_the_token(tmp_path: Path) -> No
         raise httpx.ConnectError(f"cannot reach {request.url}")
 
     path = write(tmp_path, 5)
-    with pytest.raises(RetryableError) as info:
+    with (Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
+          pytest.raises(RetryableError) as info):
         mock_dest(handler).upload(
-            UploadItem(UUID, path.name, path.name, 5, "video/mp4"),
-            Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
-            None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints())
     assert TOKEN not in str(info.value) and "token=***" in str(info.value)
 
 
@@ -760,10 +759,10 @@ def test_api_key_chunks_go_to_the_documented_source_route(tmp_path: Path) -> Non
         return httpx.Response(201, json={"videoId": "vi9"})
 
     path = write(tmp_path, C + 1)
-    mock_dest(handler, key=True).upload(
-        UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"),
-        Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino),
-        None, Checkpoints())
+    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns,
+                inode=path.stat().st_ino) as source:
+        mock_dest(handler, key=True).upload(
+            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints())
     chunks = [r for r in seen if r.url.path.endswith("/source")]
     assert [r.url.path for r in chunks] == ["/videos/vi9/source"] * 2
     assert [r.headers["Content-Range"] for r in chunks] == ["part 1/2", "part 2/2"]
@@ -791,9 +790,10 @@ def test_the_source_route_resumes_from_received_parts(emu: Emulator, client: htt
         [("apivideo.upload_source", C), ("apivideo.upload_source", 5)]  # parts 3 and 4 only
 
 
+@pytest.mark.parametrize("emu", [{"apivideo_private_videos": True}], indirect=True,
+                         ids=["private_videos"])
 def test_a_private_videos_asset_urls_are_sealed_and_shown_on_request(
         emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
-    service(emu).private_videos = True
     path = write(tmp_path, C + 9)
     receipt = run(make_dest(emu, client), path)
     stored_json = json.loads(json.dumps(receipt.to_json()))  # as the ledger keeps it

@@ -9,7 +9,7 @@ import pytest
 
 from syncd import archive, failed, moves
 from syncd.ledger import Ledger, Row
-from tests.conftest import FakeClock, make_folder, queue_file
+from tests.conftest import FakeClock, make_folder, queue_file, row_of
 
 
 def _uploaded(ledger: Ledger, folder: object, rel: str, data: bytes = b"hello") -> Row:
@@ -97,7 +97,7 @@ def test_crash_after_link_before_unlink_is_finished_once(tmp_path: Path, ledger:
     archive.finish(ledger, again, folder)
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
     assert not (tmp_path / "inbox" / "a.txt").exists()
-    assert ledger.get(row.id).state == "done"  # type: ignore[union-attr]
+    assert row_of(ledger, row.id).state == "done"
 
 
 def test_crash_after_cross_device_copy_is_finished_once(tmp_path: Path, ledger: Ledger) -> None:
@@ -107,7 +107,7 @@ def test_crash_after_cross_device_copy_is_finished_once(tmp_path: Path, ledger: 
     target.parent.mkdir(parents=True)
     ledger.set_archive_target(row.id, str(target))
     target.write_bytes(b"payload")  # a full copy (different inode) made before the crash
-    archive.finish(ledger, ledger.get(row.id), folder)  # type: ignore[arg-type]
+    archive.finish(ledger, row_of(ledger, row.id), folder)
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
     assert not (tmp_path / "inbox" / "a.txt").exists()
 
@@ -119,7 +119,7 @@ def test_planned_target_taken_by_another_file(tmp_path: Path, ledger: Ledger) ->
     target.parent.mkdir(parents=True)
     ledger.set_archive_target(row.id, str(target))
     target.write_bytes(b"someone else's")
-    archive.finish(ledger, ledger.get(row.id), folder)  # type: ignore[arg-type]
+    archive.finish(ledger, row_of(ledger, row.id), folder)
     assert target.read_bytes() == b"someone else's"
     assert (target.parent / "a (1).txt").read_bytes() == b"mine"
 
@@ -133,7 +133,7 @@ def test_delete_and_keep(tmp_path: Path, ledger: Ledger) -> None:
     row = _uploaded(ledger, keeping, "a.txt")
     archive.finish(ledger, row, keeping)
     assert (tmp_path / "keep" / "a.txt").exists()
-    assert ledger.get(row.id).state == "done"  # type: ignore[union-attr]
+    assert row_of(ledger, row.id).state == "done"
 
 
 def test_source_vanished_after_upload(tmp_path: Path, ledger: Ledger) -> None:

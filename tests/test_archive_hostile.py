@@ -19,7 +19,7 @@ import pytest
 
 from syncd import archive, failed, safefs
 from syncd.ledger import Ledger
-from tests.conftest import FakeClock, make_folder
+from tests.conftest import FakeClock, make_folder, row_of
 from tests.test_archive import _uploaded
 
 
@@ -52,7 +52,7 @@ def test_planted_archive_subdirectory_link_is_never_followed(
         archive.finish(ledger, row, folder)
     assert _tree(outside) == {"victim.txt": b"VICTIM"}
     assert (tmp_path / "inbox" / "sub" / "a.txt").read_bytes() == b"payload"  # nothing lost
-    assert ledger.get(row.id).state == "uploaded"  # type: ignore[union-attr]
+    assert row_of(ledger, row.id).state == "uploaded"
 
 
 def test_inbox_directory_swapped_for_a_link_after_upload(

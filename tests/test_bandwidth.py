@@ -268,8 +268,8 @@ def test_daemon_upload_rate_stays_under_the_limit(make_setup: Any) -> None:
     s.start()
     wait_until(lambda: s.all_done(3), 60, 0.1, "uploads")
     rows = s.rows()
-    began = min(r["queued_at"] for r in rows)
-    ended = max(r["uploaded_at"] for r in rows)
+    began = min(r.queued_at for r in rows if r.queued_at is not None)
+    ended = max(r.uploaded_at for r in rows if r.uploaded_at is not None)
     total = sum(sizes.values())
     elapsed = ended - began
     # all but the saved second goes at the rate, whatever the parallelism

@@ -347,7 +347,7 @@ def test_server_dictated_part_size(tmp_path: Path) -> None:
     assert len(service.finished[0][1]) == 5
 
 
-def test_abort_helper_tolerates_anything() -> None:
+def test_abort_helper_tolerates_anything(monkeypatch: pytest.MonkeyPatch) -> None:
     service = FakeService()
     assert _chunked.abort(service, None) is False
     assert _chunked.abort(service, {"v": 1, "kind": "other", "session": {"id": "x"}}) is False
@@ -357,5 +357,5 @@ def test_abort_helper_tolerates_anything() -> None:
     def broken(session: dict[str, Any]) -> None:
         raise RuntimeError("boom")
 
-    service.abort = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(service, "abort", broken)
     assert _chunked.abort(service, {"v": 1, "kind": "fake", "session": {"id": "x"}}) is False

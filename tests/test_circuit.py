@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from syncd.circuit import (
@@ -21,9 +23,8 @@ from tests.conftest import FakeClock
 REFUSED_CONN = "RetryableError: lilt: initiate: ConnectError: [Errno 111] Connection refused"
 
 
-def make(clock: FakeClock, **kw: float) -> Circuit:
-    return Circuit("d", base=kw.pop("base", 1.0), cap=kw.pop("cap", 10.0), clock=clock,
-                   **kw)  # type: ignore[arg-type]
+def make(clock: FakeClock, **kw: Any) -> Circuit:
+    return Circuit("d", base=kw.pop("base", 1.0), cap=kw.pop("cap", 10.0), clock=clock, **kw)
 
 
 def open_it(c: Circuit, reason: str = REFUSED_CONN) -> None:

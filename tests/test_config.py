@@ -117,9 +117,9 @@ def test_minimal_config_gets_defaults_and_resolved_paths(tmp_path: Path) -> None
 def test_config_is_frozen_and_destinations_read_only(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, MINIMAL)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.daemon.workers = 8  # type: ignore[misc]
+        cfg.daemon.workers = 8  # type: ignore[misc]  # frozen: the assignment must fail
     with pytest.raises(TypeError):
-        cfg.destinations["x"] = cfg.destinations["d"]  # type: ignore[index]
+        cfg.destinations["x"] = cfg.destinations["d"]  # type: ignore[index]  # read-only, must fail
 
 
 def test_relative_paths_resolve_against_config_folder_not_cwd(

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,14 +151,14 @@ def test_add_folder_twice(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_edit_leaves_the_file_untouched(
-    tmp_path: Path, args: tuple[str], kwargs: dict[str, object], expected: str
+    tmp_path: Path, args: tuple[str], kwargs: dict[str, Any], expected: str
 ) -> None:
     path = tmp_path / "config.toml"
     write_initial(path)
     before = path.read_bytes()
     st = path.stat()
     with pytest.raises(ConfigError) as info:
-        add_folder(path, *args, **kwargs)  # type: ignore[arg-type]
+        add_folder(path, *args, **kwargs)
     assert expected in str(info.value)
     assert path.read_bytes() == before
     assert path.stat().st_ino == st.st_ino

@@ -6,12 +6,14 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.harness import CANARY_KEY, sha, wait_until
+from tests.harness import CANARY_KEY, Setup, sha, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +25,7 @@ def two_folders() -> list[dict[str, object]]:
             {"name": "refs", "labels": ["reference"], "category": "REFERENCE"}]
 
 
-def test_thousand_files_in_two_folders(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_thousand_files_in_two_folders(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=two_folders())
     s.start()
     rng = random.Random(7)
@@ -32,12 +34,12 @@ def test_thousand_files_in_two_folders(make_setup) -> None:  # type: ignore[no-u
         s.drop(f"sub/{i % 7}/r{i:04d}.bin", rng.randbytes(rng.randint(1, 4000)), "refs")
     wait_until(lambda: s.all_done(), 180, 0.5, "1000 files done")
     uploads = {u["uuid"]: u for u in s.emulator.uploads()}
-    rows = [r for r in s.rows() if r["state"] == "done"]
+    rows = [r for r in s.rows() if r.state == "done"]
     assert len(rows) == 1000
     for r in rows:
-        up = uploads[r["uuid"]]
-        folder = Path(r["folder"]).name
-        data = s.dropped[(folder, os.fsdecode(r["relpath"]))]
+        up = uploads[r.uuid]
+        folder = Path(r.folder).name
+        data = s.dropped[(folder, r.relpath)]
         assert up["sha256"] == sha(data) and up["size"] == len(data)
         if folder == "contracts":
             assert up["labels"] == ["legal", "review-needed"] and up["category"] == "SOURCE"
@@ -50,7 +52,7 @@ def test_thousand_files_in_two_folders(make_setup) -> None:  # type: ignore[no-u
     s.assert_no_secret()
 
 
-def test_slow_writer_is_uploaded_once_with_final_content(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_slow_writer_is_uploaded_once_with_final_content(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in", "settle_seconds": 1.0}])
     s.start()
     path = s.inbox() / "growing.bin"
@@ -69,7 +71,7 @@ def test_slow_writer_is_uploaded_once_with_final_content(make_setup) -> None:  #
     s.invariants()
 
 
-def test_sigkill_twenty_times_during_500_files(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_twenty_times_during_500_files(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=two_folders(), emulator={"seed": 3})
     rng = random.Random(11)
     for i in range(250):
@@ -86,7 +88,7 @@ def test_sigkill_twenty_times_during_500_files(make_setup) -> None:  # type: ign
     wait_until(lambda: s.all_done(), 180, 0.5, "all files done after the kills")
     s.invariants()
     uploads = s.emulator.uploads()
-    assert {u["uuid"] for u in uploads} >= {r["uuid"] for r in s.rows() if r["state"] == "done"}
+    assert {u["uuid"] for u in uploads} >= {r.uuid for r in s.rows() if r.state == "done"}
     # duplicates only for what was in flight at a kill: at most `workers` per kill
     extra = sum(u["times_received"] - 1 for u in uploads) + (len(uploads) - 500)
     assert extra <= 20 * 4
@@ -94,7 +96,7 @@ def test_sigkill_twenty_times_during_500_files(make_setup) -> None:  # type: ign
     s.assert_no_secret()
 
 
-def test_twenty_percent_faults_still_deliver_everything(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_twenty_percent_faults_still_deliver_everything(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=two_folders(),
                    emulator={"fail_rate": 0.2, "seed": 5,
                              "fault_kinds": ("500", "503", "429", "reset")},
@@ -120,7 +122,7 @@ WEIRD_NAMES = [
 ]
 
 
-def test_weird_filenames(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_weird_filenames(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])
     for i, name in enumerate(WEIRD_NAMES):
         s.drop(name, f"content {i}".encode())
@@ -137,7 +139,7 @@ def test_weird_filenames(make_setup) -> None:  # type: ignore[no-untyped-def]
         assert line.startswith(("20", "    ")), f"forged or unprefixed log line: {line!r}"
 
 
-def test_second_instance_exits_3(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_second_instance_exits_3(make_setup: Callable[..., Setup]) -> None:
     s = make_setup()
     s.start()
     wait_until(lambda: s.ledger_path.exists(), 10, what="ledger")
@@ -147,7 +149,7 @@ def test_second_instance_exits_3(make_setup) -> None:  # type: ignore[no-untyped
     assert "already running" in out.stderr
 
 
-def test_missing_folder_does_not_stop_the_others(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_missing_folder_does_not_stop_the_others(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=two_folders())
     os.rmdir(s.inbox("refs"))
     out = s.cli("check")  # a missing folder is reported, not a config error (it may be mounted later)
@@ -165,7 +167,7 @@ def test_missing_folder_does_not_stop_the_others(make_setup) -> None:  # type: i
     assert "refs" in s.log_text() and "not available" in s.log_text()
 
 
-def test_permanent_rejection_goes_to_failed_with_reason_and_retry(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_permanent_rejection_goes_to_failed_with_reason_and_retry(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])
     s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 400, "count": 1}])
     s.drop("a.txt", b"rejected once")
@@ -179,14 +181,14 @@ def test_permanent_rejection_goes_to_failed_with_reason_and_retry(make_setup) ->
     out = s.cli("explain", str(s.inbox() / "a.txt"))
     assert "failed" in out.stdout
     s.invariants(allow_failed=True)
-    rid = s.rows()[0]["id"]
+    rid = s.rows()[0].id
     assert s.cli("retry", str(rid)).returncode == 0
     wait_until(lambda: s.counts().get("done") == 1, 20, what="retried upload")
     assert not failed.exists()
     assert (s.archive() / "a.txt").read_bytes() == b"rejected once"
 
 
-def test_wrong_key_pauses_and_loses_nothing(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_key_pauses_and_loses_nothing(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}], lilt={"api_key": "wrong-key-123"})
     s.drop("a.txt", b"x")
     s.start()
@@ -196,12 +198,12 @@ def test_wrong_key_pauses_and_loses_nothing(make_setup) -> None:  # type: ignore
     assert "wrong-key-123" not in s.log_text()
 
 
-def test_once_exits_when_done(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_once_exits_when_done(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])
     for i in range(10):
         s.drop(f"{i}.txt", str(i).encode())
     out = subprocess.run(
-        [os.sys.executable, "-m", "syncd", "-c", str(s.config), "once"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once"],
         env=s.env(), capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
@@ -211,7 +213,7 @@ def test_once_exits_when_done(make_setup) -> None:  # type: ignore[no-untyped-de
     assert CANARY_KEY not in out.stderr
 
 
-def test_sigterm_exits_zero(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_exits_zero(make_setup: Callable[..., Setup]) -> None:
     s = make_setup()
     proc = s.start()
     s.wait_started()
@@ -227,7 +229,7 @@ def _unshare_works() -> bool:
         return False
 
 
-def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup: Callable[..., Setup]) -> None:
     """Run without capabilities (plain `unshare -U`) so mode bits apply even to root."""
     if not _unshare_works():
         pytest.skip("unshare -U is not permitted here: cannot drop capabilities to test EACCES")
@@ -243,8 +245,8 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None: 
                s.log_text().count("cannot read") >= 3, 20, what="several retries")
     said = [line for line in s.log_text().splitlines() if "cannot read" in line]
     assert sum(" WARNING " in line for line in said) == 1, said  # once, then at debug level
-    row = [r for r in s.rows() if os.fsdecode(r["relpath"]) == "locked.txt"][0]
-    assert row["state"] == "retrying" and "Permission denied" in row["last_error"]
+    row = [r for r in s.rows() if r.relpath == "locked.txt"][0]
+    assert row.state == "retrying" and "Permission denied" in (row.last_error or "")
     assert bad.exists() and not (s.failed() / "locked.txt").exists()
     status = s.status()
     assert any("locked.txt" in e["path"] for e in status["recent_errors"])
@@ -253,7 +255,7 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup) -> None: 
     s.invariants()
 
 
-def test_once_shows_progress_on_a_terminal(make_setup) -> None:  # type: ignore[no-untyped-def]
+def test_once_shows_progress_on_a_terminal(make_setup: Callable[..., Setup]) -> None:
     import pty
 
     s = make_setup(folders=[{"name": "in", "settle_seconds": 1.0}])
@@ -261,7 +263,7 @@ def test_once_shows_progress_on_a_terminal(make_setup) -> None:  # type: ignore[
         s.drop(f"{i}.txt", str(i).encode())
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [os.sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--log-level", "error"],  # type: ignore[attr-defined]
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--log-level", "error"],
         env=s.env(), stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     os.close(slave)
     chunks = []

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from syncd.ledger import Row
 from tests.harness import Setup, sha, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -44,15 +45,15 @@ def _uploads(s: Setup) -> dict[str, dict[str, Any]]:
     return {u["filename"]: u for u in s.emulator.uploads()}
 
 
-def _row(s: Setup, rel: str) -> dict[str, Any]:
-    rows = [r for r in s.rows() if os.fsdecode(r["relpath"]) == rel]
+def _row(s: Setup, rel: str) -> Row:
+    rows = [r for r in s.rows() if r.relpath == rel]
     assert rows, f"no ledger row for {rel}"
     return rows[-1]
 
 
 def _state(s: Setup, rel: str) -> str | None:
-    rows = [r for r in s.rows() if os.fsdecode(r["relpath"]) == rel]
-    return rows[-1]["state"] if rows else None
+    rows = [r for r in s.rows() if r.relpath == rel]
+    return rows[-1].state if rows else None
 
 
 def test_labels_from_path_and_sidecar_reach_the_service(
@@ -76,7 +77,7 @@ def test_labels_from_path_and_sidecar_reach_the_service(
     assert (arch / "a.pdf").read_bytes() == b"A" * 3000
     assert json.loads((arch / "a.pdf.meta.json").read_text())["category"] == "FINANCE"
     assert not any(p.is_file() for p in s.inbox().rglob("*"))
-    meta = json.loads(_row(s, "acme/q3/a.pdf")["meta"])
+    meta = _row(s, "acme/q3/a.pdf").meta or {}
     assert meta["labels"] == ["base", "acme", "q3", "invoice"]
     late = _sidecar(s, "acme/q3/a.pdf", {"labels": ["too late"]})  # after its file was uploaded
     explained = s.cli("explain", str(late), check=True)
@@ -119,7 +120,7 @@ def test_malformed_sidecar_fails_its_file_and_retry_uploads_it_fixed(
     s.start()
     wait_until(lambda: _state(s, "sub/a.pdf") == "failed", 30, what="the file to fail")
     row = _row(s, "sub/a.pdf")
-    assert "metadata sidecar 'a.pdf.meta.json' is malformed: not valid JSON" in row["last_error"]
+    assert "metadata sidecar 'a.pdf.meta.json' is malformed: not valid JSON" in (row.last_error or "")
     failed = s.failed() / "sub"
     assert (failed / "a.pdf").read_bytes() == b"A" * 100
     assert (failed / "a.pdf.meta.json").read_bytes() == b'{"labels": ["x",]}'
@@ -127,7 +128,7 @@ def test_malformed_sidecar_fails_its_file_and_retry_uploads_it_fixed(
     assert not any(p.is_file() for p in s.inbox().rglob("*"))
     assert s.emulator.uploads() == []
     (failed / "a.pdf.meta.json").write_text('{"labels": ["fixed"], "category": "OK"}')
-    s.cli("retry", str(row["id"]), check=True)
+    s.cli("retry", str(row.id), check=True)
     wait_until(lambda: s.all_done(1), 30, what="the retried upload")
     up = _uploads(s)["a.pdf"]
     assert (up["labels"], up["category"]) == (["base", "fixed"], "OK")
@@ -149,12 +150,12 @@ def test_duplicate_content_is_skipped_and_explained(make_setup: Callable[..., Se
     assert sorted(u["filename"] for u in ups) == ["a.bin", "other.bin"]
     assert all(u["times_received"] == 1 for u in ups)
     first, copy = _row(s, "a.bin"), _row(s, "sub/copy.bin")
-    assert copy["state"] == "skipped" and copy["duplicate_of"] == first["id"]
-    assert copy["sha256"] == sha(b"same bytes" * 1000)
-    assert json.loads(copy["receipt"])["remote_id"] == json.loads(first["receipt"])["remote_id"]
+    assert copy.state == "skipped" and copy.duplicate_of == first.id
+    assert copy.sha256 == sha(b"same bytes" * 1000)
+    assert copy.receipt and first.receipt and copy.receipt["remote_id"] == first.receipt["remote_id"]
     assert (s.archive() / "sub" / "copy.bin").read_bytes() == b"same bytes" * 1000
     out = s.cli("explain", str(s.inbox() / "sub" / "copy.bin"), check=True).stdout
-    assert "skipped as a duplicate" in out and f"row #{first['id']}" in out
+    assert "skipped as a duplicate" in out and f"row #{first.id}" in out
     status = s.status()
     assert status["states"]["skipped"] == 1
     s.invariants()
@@ -173,7 +174,7 @@ def test_crash_after_the_skip_decision_is_finished_without_upload(
     proc = s.start(extra_env={"SYNCD_CRASH_AT": point})
     assert proc.wait(60) == 137, s.log_text()[-2000:]
     row = _row(s, "b.bin")
-    assert row["state"] == "uploaded" and row["duplicate_of"] == _row(s, "a.bin")["id"]
+    assert row.state == "uploaded" and row.duplicate_of == _row(s, "a.bin").id
     s.invariants()  # no loss at the crash: in the inbox or at the recorded archive target
     s.start()
     wait_until(lambda: _state(s, "b.bin") == "skipped", 30, what="recovery")

@@ -146,6 +146,30 @@ def test_stop_closes_open_connections_and_threads(tmp_path: Path) -> None:
     emulator.stop()  # idempotent
 
 
+def test_stop_cuts_a_slow_fault_short(tmp_path: Path) -> None:
+    emulator = Emulator(tmp_path).start()
+    emulator.set_faults(script=[{"op": "*", "kind": "slow", "delay": 60}])
+
+    def request() -> None:
+        with httpx.Client(base_url=emulator.url + "/lilt", auth=(KEY, KEY), timeout=30) as api:
+            try:
+                api.post("/v2/upload/s3/params", json={"filename": "a.txt", "type": "text/plain"})
+            except httpx.TransportError:
+                pass  # the connection closed under it: the emulator stopped
+
+    caller = threading.Thread(target=request, name="slow-caller")
+    caller.start()
+    deadline = time.monotonic() + 10
+    while emulator.faults.snapshot()["script"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the fault is taken: the request is in its pause
+    started = time.monotonic()
+    emulator.stop()
+    caller.join(10)
+    assert time.monotonic() - started < 4, "stop() waited for the slow fault"
+    assert not caller.is_alive()
+    assert not any(t.name == "emulator-conn" for t in threading.enumerate())
+
+
 # -- store ---------------------------------------------------------------------
 
 

@@ -252,7 +252,7 @@ def test_names_swapped_for_links_during_the_archive_move(hostile: Any) -> None:
         data = b"payload %d" % i
         assert data in archived or data in kept, f"r{i}.txt lost"
     assert all(d.startswith(b"payload ") for d in archived)
-    assert not any(r["state"] == "failed" for r in rows)
+    assert not any(r.state == "failed" for r in rows)
     h.stop_quickly()
 
 

@@ -22,10 +22,10 @@ import pytest
 
 from syncd import logs, redact
 from syncd.cli import main
-from syncd.emulator import Emulator
 from syncd.errors import PermanentError, describe
 from syncd.http import check, error_text
 from syncd.ledger import Ledger
+from syncd_emulator import Emulator
 from tests.harness import CANARY_KEY, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -59,7 +59,7 @@ def test_hostile_error_body_reaches_logs_ledger_and_cli_escaped_and_masked(make_
     }
     assert s.stop() == 0
     (row,) = s.rows()
-    texts = {"log": s.log_text(), "ledger last_error": row["last_error"], **outputs}
+    texts = {"log": s.log_text(), "ledger last_error": row.last_error or "", **outputs}
     for name, text in texts.items():
         assert not raw_controls(text), (name, raw_controls(text))
         for secret in (SIG, PASSWORD, CANARY_KEY):
@@ -253,7 +253,7 @@ def test_emulator_request_log_masks_tokens_and_escapes_paths(
 
 
 def test_fault_script_message_validation() -> None:
-    from syncd.emulator.faults import FaultInjector
+    from syncd_emulator.faults import FaultInjector
 
     faults = FaultInjector()
     with pytest.raises(ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ MIB = 1024 * 1024
 
 
 def _uploading(s: Setup, rel: str) -> bool:
-    return any(os.fsdecode(r["relpath"]) == rel and r["state"] == "uploading" for r in s.rows())
+    return any(r.relpath == rel and r.state == "uploading" for r in s.rows())
 
 
 def _hold_put(s: Setup, op: str = "lilt.put", delay: float = 2.0) -> None:
@@ -35,7 +36,7 @@ def _put_arrived(s: Setup) -> bool:
     return not s.emulator.faults.snapshot()["script"]
 
 
-def test_f2_appended_during_single_put_uploads_the_new_version(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f2_appended_during_single_put_uploads_the_new_version(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
     _hold_put(s)
@@ -47,14 +48,14 @@ def test_f2_appended_during_single_put_uploads_the_new_version(setup) -> None:  
     wait_until(lambda: s.all_done(1), 20, what="the new version")
     archived = (s.archive() / "a.txt").read_bytes()
     assert archived == b"first version plus more"
-    states = sorted(r["state"] for r in s.rows())
+    states = sorted(r.state for r in s.rows())
     assert states == ["done", "vanished"]
     assert any(u["sha256"] == sha(archived) for u in s.emulator.uploads())
     assert "changed during upload" in s.log_text()
     s.invariants()
 
 
-def test_f2_changed_between_parts_aborts_the_multipart_upload(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f2_changed_between_parts_aborts_the_multipart_upload(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}],
               lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB})
     s.start()
@@ -74,7 +75,7 @@ def test_f2_changed_between_parts_aborts_the_multipart_upload(setup) -> None:  #
     s.invariants()
 
 
-def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
     _hold_put(s)
@@ -92,7 +93,7 @@ def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup) -> None:  # t
     s.invariants()
 
 
-def test_f3_renamed_during_upload_is_uploaded_once(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f3_renamed_during_upload_is_uploaded_once(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
     _hold_put(s, delay=2.5)
@@ -109,7 +110,7 @@ def test_f3_renamed_during_upload_is_uploaded_once(setup) -> None:  # type: igno
     assert "renamed to" in s.log_text()
 
 
-def test_f4_deleted_during_upload(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f4_deleted_during_upload(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
     _hold_put(s)
@@ -119,12 +120,12 @@ def test_f4_deleted_during_upload(setup) -> None:  # type: ignore[no-untyped-def
     del s.dropped[("in", "gone.txt")]
     wait_until(lambda: s.counts() == {"done": 1}, 20, what="done without archive")
     row = s.rows()[0]
-    assert row["location"] is None and "nothing archived" in s.log_text()
+    assert row.location is None and "nothing archived" in s.log_text()
     assert not s.archive().exists() or not list(s.archive().iterdir())
     assert s.proc is not None and s.proc.poll() is None  # no crash
 
 
-def test_f4_replaced_during_upload_uploads_both_versions(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f4_replaced_during_upload_uploads_both_versions(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
     _hold_put(s)
@@ -140,7 +141,7 @@ def test_f4_replaced_during_upload_uploads_both_versions(setup) -> None:  # type
     assert (s.archive() / "report.txt").read_bytes() == b"version 2, longer"
 
 
-def test_f5_many_events_for_one_file_make_one_upload(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f5_many_events_for_one_file_make_one_upload(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.5}])
     s.start()
     s.wait_started()
@@ -156,7 +157,7 @@ def test_f5_many_events_for_one_file_make_one_upload(setup) -> None:  # type: ig
     assert len(s.emulator.uploads()) == 1 and s.counts() == {"done": 1}
 
 
-def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup: Callable[..., Setup]) -> None:
     """20,000 files created while the daemon is SIGSTOPped: inotify's queue overflows
     and watchdog drops the overflow silently; the rescan still ledgers every one."""
     s = setup(folders=[{"name": "in", "settle_seconds": 3600}],  # keep them settling
@@ -171,7 +172,7 @@ def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup) -> None:  
         os.close(fd)
     os.kill(proc.pid, signal.SIGCONT)
     wait_until(lambda: len(s.rows()) >= 20_000, 30, 0.5, "all 20,000 ledgered")
-    assert len({os.fsdecode(r["relpath"]) for r in s.rows()}) == 20_000
+    assert len({r.relpath for r in s.rows()}) == 20_000
     rss_kib = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
     assert rss_kib < 300 * 1024, f"RSS {rss_kib} KiB after the flood"
     assert s.stop() == 0

@@ -25,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def _smash_header(path: Path) -> None:
 
 
 def _garble_page_3(path: Path) -> None:
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path)  # raw SQLite: the file format itself is what gets damaged
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     assert conn.execute("PRAGMA page_count").fetchone()[0] >= 3
     conn.close()
@@ -61,13 +62,13 @@ def _garble_page_3(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["notadb", "corrupt"])
-def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup, damage: str) -> None:  # type: ignore[no-untyped-def]
+def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup: Callable[..., Setup], damage: str) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1}])
     for i in range(3):
         s.drop(f"old-{i}.txt", f"archived before the damage {i}".encode())
     _once(s)
-    old = {os.fsdecode(r["relpath"]): r for r in s.rows()}
-    assert {r["state"] for r in old.values()} == {"done"}
+    old = {r.relpath: r for r in s.rows()}
+    assert {r.state for r in old.values()} == {"done"}
     for i in range(3):  # arrive while the daemon is down
         s.drop(f"new-{i}.txt", f"dropped after the damage {i}".encode())
     conn = sqlite3.connect(s.ledger_path)  # fold the WAL in, so the damage hits real pages
@@ -96,23 +97,21 @@ def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup, damage: str) -> 
 
     # I1-I4 over the rebuilt ledger. It knows only what was in the folders: the files
     # archived before the damage keep no row (the broken ledger is kept beside it).
-    conn = sqlite3.connect(s.ledger_path)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"  # I3
-    conn.close()
+    assert s.integrity() == "ok"  # I3
     uploads = s.emulator.uploads()
     by_uuid = {u["uuid"]: u for u in uploads}
-    rows = {os.fsdecode(r["relpath"]): r for r in s.rows()}
+    rows = {r.relpath: r for r in s.rows()}
     assert sorted(rows) == [f"new-{i}.txt" for i in range(3)]
     for rel, row in rows.items():
         data = s.dropped[("in", rel)]
-        assert row["state"] == "done" and row["sha256"] == sha(data)
-        assert Path(os.fsdecode(row["location"])).read_bytes() == data  # I1, I4
-        assert by_uuid[row["uuid"]]["sha256"] == sha(data)  # I2
+        assert row.state == "done" and row.sha256 == sha(data)
+        assert row.location and Path(row.location).read_bytes() == data  # I1, I4
+        assert by_uuid[row.uuid]["sha256"] == sha(data)  # I2
     for rel, row in old.items():  # archive means uploaded, and is not uploaded again
         data = s.dropped[("in", rel)]
         assert (s.archive() / rel).read_bytes() == data
-        assert by_uuid[row["uuid"]]["sha256"] == sha(data)
-        assert by_uuid[row["uuid"]]["times_received"] == 1
+        assert by_uuid[row.uuid]["sha256"] == sha(data)
+        assert by_uuid[row.uuid]["times_received"] == 1
     assert len(uploads) == 6
     assert not list(s.inbox().iterdir())
 
@@ -141,31 +140,30 @@ print("released", flush=True)
 """
 
 
-def test_f26_ledger_locked_by_another_process_then_released(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[..., Setup]) -> None:
     # no periodic rescan during the test: what the events reported must not be lost
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
     s.start()
     s.drop("before.txt", b"uploaded before the lock")
     wait_until(lambda: s.all_done(1), 20, what="the first file")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
-                               str(HOLD_SECONDS)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        locked_at = time.monotonic()
-        for name in ("during-1.txt", "during-2.txt"):
-            s.drop(name, f"dropped while the ledger is locked: {name}".encode())
-        second = s.cli("run")  # the instance lock is not the database lock: still exit 3
-        assert second.returncode == 3 and "already running" in second.stderr
-        status = s.cli("status", "--json")  # readers are not blocked (WAL)
-        assert status.returncode == 0, status.stderr
-        wait_until(lambda: "database is locked" in s.log_text(), HOLD_SECONDS + 5,
-                   what="the daemon noticing the lock")
-        assert time.monotonic() - locked_at < HOLD_SECONDS, "the lock was released too early"
-        assert s.proc is not None and s.proc.poll() is None, "the daemon died of a busy ledger"
-        assert holder.wait(HOLD_SECONDS + 10) == 0
-    finally:
-        if holder.poll() is None:
-            holder.kill()
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
+                           str(HOLD_SECONDS)], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            locked_at = time.monotonic()
+            for name in ("during-1.txt", "during-2.txt"):
+                s.drop(name, f"dropped while the ledger is locked: {name}".encode())
+            second = s.cli("run")  # the instance lock is not the database lock: still exit 3
+            assert second.returncode == 3 and "already running" in second.stderr
+            status = s.cli("status", "--json")  # readers are not blocked (WAL)
+            assert status.returncode == 0, status.stderr
+            wait_until(lambda: "database is locked" in s.log_text(), HOLD_SECONDS + 5,
+                       what="the daemon noticing the lock")
+            assert time.monotonic() - locked_at < HOLD_SECONDS, "the lock was released too early"
+            assert s.proc is not None and s.proc.poll() is None, "the daemon died of a busy ledger"
+            assert holder.wait(HOLD_SECONDS + 10) == 0
+        finally:
+            holder.kill()  # only if it is still running
     wait_until(lambda: s.all_done(3), 5, what="catching up after the release")
     log = s.log_text()
     assert "Traceback" not in log
@@ -174,23 +172,22 @@ def test_f26_ledger_locked_by_another_process_then_released(setup) -> None:  # t
     s.assert_no_secret()
 
 
-def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
     s.drop("first.txt", b"makes the ledger")
     _once(s)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
-                               str(HOLD_AT_START)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        s.drop("second.txt", b"waits for the lock")
-        proc = s.start()
-        wait_until(lambda: "locked by another process" in s.log_text(), HOLD_AT_START + 5,
-                   what="the daemon saying it waits")
-        assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
-        assert holder.wait(HOLD_AT_START + 10) == 0
-    finally:
-        if holder.poll() is None:
-            holder.kill()
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
+                           str(HOLD_AT_START)], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            s.drop("second.txt", b"waits for the lock")
+            proc = s.start()
+            wait_until(lambda: "locked by another process" in s.log_text(), HOLD_AT_START + 5,
+                       what="the daemon saying it waits")
+            assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
+            assert holder.wait(HOLD_AT_START + 10) == 0
+        finally:
+            holder.kill()  # only if it is still running
     wait_until(lambda: s.all_done(2), 10, what="starting once the lock is gone")
     assert "Traceback" not in s.log_text()
     s.invariants()
@@ -264,7 +261,7 @@ def _first(events: list[tuple[str, Any]], start: int, pred: Any) -> int:
     return -1
 
 
-def test_f28_durability_syscalls_are_in_order(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_path: Path) -> None:
     problem = strace_problem()
     if problem:
         pytest.skip(problem)
@@ -285,8 +282,8 @@ def test_f28_durability_syscalls_are_in_order(setup, tmp_path: Path) -> None:  #
         return e[0] == "sync" and e[1] in (wal, os.fspath(s.ledger_path))
 
     for row in s.rows():
-        src = os.fspath(s.inbox() / os.fsdecode(row["relpath"]))
-        target = os.fsdecode(row["location"])
+        src = os.fspath(s.inbox() / row.relpath)
+        target = row.location
         where = [(tid, i) for tid, evs in threads.items() for i, e in enumerate(evs)
                  if e == ("link", (src, target))]
         assert len(where) == 1, f"{src}: expected one link into the archive, saw {len(where)}"

@@ -59,7 +59,6 @@ import httpx
 import pytest
 import tomli_w
 
-from syncd.emulator.wriftai import find as find_wriftai
 from syncd.http import parse_retry_after
 from syncd.ledger import Ledger
 from syncd.retry_policy import backoff
@@ -174,8 +173,8 @@ def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> 
     gap = hits[1][0] - hits[0][0]
     assert 0.9 * cap <= gap <= cap + 2.0, f"Retry-After: 99999 should wait the cap, waited {gap:.1f}s"
     row = s.rows()[0]
-    assert row["state"] == "failed" and row["attempts"] == 3
-    assert "gave up after 3 attempts" in row["last_error"]
+    assert row.state == "failed" and row.attempts == 3
+    assert "gave up after 3 attempts" in (row.last_error or "")
     assert (s.failed() / "a.txt").read_bytes() == b"never accepted"
     s.invariants(allow_failed=True)
 
@@ -255,8 +254,9 @@ def _free_port() -> int:
 
 
 def _destination(s: Setup, name: str = "lilt") -> dict[str, Any]:
-    (entry,) = [d for d in s.status()["destinations"] if d["name"] == name]
-    return entry  # type: ignore[no-any-return]
+    entries: list[dict[str, Any]] = [d for d in s.status()["destinations"] if d["name"] == name]
+    (entry,) = entries
+    return entry
 
 
 def _metric(port: int, name: str) -> float:
@@ -334,8 +334,8 @@ def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
     finally:
         proxy.stop()
     rows = s.rows()
-    assert len(rows) == dropped + 1 and {r["state"] for r in rows} == {"done"}
-    assert all(r["attempts"] <= 2 for r in rows)
+    assert len(rows) == dropped + 1 and {r.state for r in rows} == {"done"}
+    assert all(r.attempts <= 2 for r in rows)
     assert not s.failed().exists() or not any(s.failed().iterdir())
     log = s.log_text()
     assert "destination 'lilt' is down" in log and "destination 'lilt' is back" in log
@@ -369,7 +369,7 @@ def _sparse_dir(tmp: Path, size: int) -> Path | None:
 
 def _read_bytes(pid: int) -> int:
     text = Path(f"/proc/{pid}/io").read_text()
-    return int(re.search(r"^rchar: (\d+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return int(re.findall(r"^rchar: (\d+)$", text, re.MULTILINE)[0])
 
 
 @pytest.mark.parametrize("service,size,reason", [
@@ -397,8 +397,9 @@ def test_f21_file_too_large_for_the_part_rules_is_refused_unread(
         wait_until(lambda: s.counts().get("failed") == 1, 20, what="the refusal")
         read = _read_bytes(proc.pid)
         row = s.rows()[0]
-        assert "the file is too large" in row["last_error"] and reason in row["last_error"]
-        assert row["attempts"] == 1  # permanent: not retried
+        error = row.last_error or ""
+        assert "the file is too large" in error and reason in error
+        assert row.attempts == 1  # permanent: not retried
         moved = base / "failed" / "huge.mov"
         assert moved.stat().st_size == size and os.stat(moved).st_blocks == 0
         sidecar = json.loads((base / "failed" / "huge.mov.error.json").read_text())
@@ -610,8 +611,8 @@ def test_f29_self_signed_server_is_refused_by_default(tls: tuple[Any, Path]) -> 
     assert front.handshake_errors and front.connections == 0  # no byte of HTTP got through
     assert not s.emulator.requests() and not s.emulator.uploads()
     (row,) = s.rows()
-    assert row["state"] in ("queued", "retrying") and row["attempts"] <= 1  # attempts kept
-    assert "certificate verify failed" in row["last_error"]
+    assert row.state in ("queued", "retrying") and row.attempts <= 1  # attempts kept
+    assert "certificate verify failed" in (row.last_error or "")
     assert (s.inbox() / "clip.mp4").exists() and not s.failed().exists()
     wait_until(lambda: "paused" in (s.status()["daemon"].get("status") or ""), 10,
                what="the pause in syncd status")
@@ -658,7 +659,8 @@ def test_secrets_never_leak_with_every_destination_type(setup: Any) -> None:
                 "settle_seconds": 0.1, "max_attempts": 20}
                for name in ("lilt", "wriftai", "xvid", "apivideo")]
     s = setup(folders=folders, daemon={"log_level": "debug", "retry_base_seconds": 0.1,
-                                       "retry_max_seconds": 0.5})
+                                       "retry_max_seconds": 0.5},
+              emulator={"wriftai_part_size": 64 * 1024})  # several WriftAI parts, quickly
     url = s.emulator.url
 
     def edit(doc: dict[str, Any]) -> None:
@@ -675,7 +677,6 @@ def test_secrets_never_leak_with_every_destination_type(setup: Any) -> None:
                          "api_key": "env:TEST_APIVIDEO_KEY", "chunk_size": 5 * MIB},
         })
     _edit_config(s, edit)
-    find_wriftai(s.emulator.services).min_part_size = 64 * 1024  # several parts, quickly
     s.emulator.set_faults(script=[  # error paths carry URLs and bodies: redaction under load
         {"op": "lilt.initiate", "status": 400},  # one file fails for good, with its reason
         {"op": "lilt.put_part", "status": 503},
@@ -703,13 +704,12 @@ def test_secrets_never_leak_with_every_destination_type(setup: Any) -> None:
         assert out.returncode == (2 if args[0] == "explain" else 0), (args, out.stderr)
         outputs += [out.stdout, out.stderr]
     assert s.stop() == 0
-    done = [r for r in s.rows() if r["state"] == "done"]
-    assert {r["destination"] for r in done} == {"lilt", "wriftai", "xvid", "apivideo"}
+    done = [r for r in s.rows() if r.state == "done"]
+    assert {r.destination for r in done} == {"lilt", "wriftai", "xvid", "apivideo"}
     hashes = {u["sha256"] for u in s.emulator.uploads()}
     for (folder, rel), data in s.dropped.items():
-        rows = [r for r in s.rows() if os.fsdecode(r["relpath"]) == rel and
-                Path(r["folder"]).name == folder]
-        if rows[-1]["state"] == "done":
+        rows = [r for r in s.rows() if r.relpath == rel and Path(r.folder).name == folder]
+        if rows[-1].state == "done":
             assert sha(data) in hashes, (folder, rel)
     faults = [e for e in s.emulator.requests() if e.get("fault")]
     assert len(faults) >= 8, "the injected faults did not all fire"

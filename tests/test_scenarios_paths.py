@@ -23,6 +23,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def _outside(tmp: Path) -> Path:
     return outside
 
 
-def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 1})
     outside = _outside(s.tmp)
     specials = _specials(s, outside)
@@ -109,14 +110,13 @@ def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup) -
         log = s.log_text()
         for name, path in specials.items():
             assert _skip_lines(log, path) == 1, f"{name}: expected exactly one skip line"
-        kinds = {name: re.search(rf"skipping {re.escape(qp(os.fspath(p)))}: it is a (\w+)",
-                                 log).group(1)  # type: ignore[union-attr]
+        kinds = {name: re.findall(rf"skipping {re.escape(qp(os.fspath(p)))}: it is a (\w+)", log)[0]
                  for name, p in specials.items()}
         assert kinds["pipe"] == kinds["pipe-2"] == "FIFO" and kinds["sock"] == "socket"
         assert {kinds[n] for n in ("passwd-link", "root-link", "outside-link",
                                    "outside-dir-link", "dangling")} == {"symlink"}
         # nothing but the regular files has a row or reached the server
-        assert sorted(os.fsdecode(r["relpath"]) for r in s.rows()) == \
+        assert sorted(r.relpath for r in s.rows()) == \
             ["good-2.txt", "good-3.txt", "good.txt"]
         uploaded = {u["sha256"] for u in s.emulator.uploads()}
         assert len(uploaded) == 3
@@ -134,7 +134,7 @@ def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup) -
         sock.close()
 
 
-def test_f15_device_nodes_are_skipped(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f15_device_nodes_are_skipped(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}])
     char, block = s.inbox() / "null-like", s.inbox() / "loop-like"
     try:
@@ -151,15 +151,16 @@ def test_f15_device_nodes_are_skipped(setup) -> None:  # type: ignore[no-untyped
     for dev in (char, block):
         assert _skip_lines(log, dev) == 1 and f"{qp(os.fspath(dev))}: it is a device" in log
         assert stat.S_ISCHR(os.lstat(dev).st_mode) or stat.S_ISBLK(os.lstat(dev).st_mode)
-    assert [os.fsdecode(r["relpath"]) for r in s.rows()] == ["good.txt"]
+    assert [r.relpath for r in s.rows()] == ["good.txt"]
     s.invariants()
 
 
 def _state(s: Setup, rel: str) -> list[str]:
-    return [r["state"] for r in s.rows() if os.fsdecode(r["relpath"]) == rel]
+    return [r.state for r in s.rows() if r.relpath == rel]
 
 
-def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(
+        setup: Callable[..., Setup]) -> None:
     """TOCTOU: the settle stage saw a regular file; by the time a worker opens it, it is a
     symlink to a file outside the folder (or a FIFO). O_NOFOLLOW|O_NONBLOCK and fstat refuse it."""
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"workers": 1})
@@ -199,7 +200,8 @@ def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(setup)
 
 
 
-def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup: Callable[..., Setup],
+                                                          tmp_path: Path) -> None:
     problem = strace_problem()
     if problem:
         pytest.skip(problem)
@@ -261,7 +263,8 @@ def _put(s: Setup, name: bytes, data: bytes) -> None:
     s.dropped[("in", os.fsdecode(name))] = data
 
 
-def test_f16_rclone_encoding_corpus_uploads_and_archives_with_original_bytes(setup) -> None:  # type: ignore[no-untyped-def]
+def test_f16_rclone_encoding_corpus_uploads_and_archives_with_original_bytes(
+        setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3, "ignore_junk": False}])
     corpus = _fs_encoding_corpus()
     half = len(corpus) // 2
@@ -280,14 +283,14 @@ def test_f16_rclone_encoding_corpus_uploads_and_archives_with_original_bytes(set
     # the server got each file under its wire name (undecodable bytes as rclone's ‛XX)
     uploads = {u["uuid"]: u for u in s.emulator.uploads()}
     rows = s.rows()
-    assert len(rows) == len(corpus) and all(r["state"] == "done" for r in rows)
+    assert len(rows) == len(corpus) and all(r.state == "done" for r in rows)
     for r in rows:
-        name = os.fsdecode(r["relpath"])
-        up = uploads[r["uuid"]]
-        assert up["filename"] == wire_name(name), (name, up["filename"])
-        assert up["sha256"] == sha(s.dropped[("in", name)])
+        rel = r.relpath
+        up = uploads[r.uuid]
+        assert up["filename"] == wire_name(rel), (rel, up["filename"])
+        assert up["sha256"] == sha(s.dropped[("in", rel)])
         assert up["times_received"] == 1
-    assert uploads[[r["uuid"] for r in rows if r["relpath"] == b"\xfe"][0]]["filename"] == "\u201bFE"
+    assert uploads[[r.uuid for r in rows if r.relpath == os.fsdecode(b"\xfe")][0]]["filename"] == "\u201bFE"
     nfc = [u for u in uploads.values() if u["filename"] == "\u00e9t\u00e9.txt"]
     nfd = [u for u in uploads.values() if u["filename"] == "e\u0301te\u0301.txt"]
     assert len(nfc) == len(nfd) == 1 and nfc[0]["sha256"] != nfd[0]["sha256"]  # not normalised

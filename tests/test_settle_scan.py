@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from syncd import scanner
+from syncd.config import FolderConfig
 from syncd.ledger import Ledger
 from syncd.settle import Settler
 from tests.conftest import FakeClock, make_folder
@@ -19,8 +20,8 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
     led.close()
 
 
-def _settler(ledger: Ledger, folder: object, clock: FakeClock) -> Settler:
-    return Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)  # type: ignore[attr-defined]
+def _settler(ledger: Ledger, folder: FolderConfig, clock: FakeClock) -> Settler:
+    return Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
 
 
 def test_quiet_file_is_queued_after_settle_seconds(tmp_path: Path, ledger: Ledger,

@@ -33,7 +33,7 @@ from apivideo.model.token_creation_payload import TokenCreationPayload  # noqa: 
 from apivideo.model.video_creation_payload import VideoCreationPayload  # noqa: E402
 from apivideo.model.video_update_payload import VideoUpdatePayload  # noqa: E402
 
-from syncd.emulator import Emulator  # noqa: E402
+from syncd_emulator import Emulator  # noqa: E402
 
 TOKEN = "to-vendor-check-token"
 KEY = "vendor-check-api-key"

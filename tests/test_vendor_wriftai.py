@@ -26,8 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.emulator import Emulator
-from syncd.emulator.wriftai import find
+from syncd_emulator import Emulator
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,8 +99,7 @@ def sdk_034() -> Path:
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    with Emulator(tmp_path / "emu", wriftai_token=TOKEN) as emu:
-        find(emu.services).min_part_size = PART
+    with Emulator(tmp_path / "emu", wriftai_token=TOKEN, wriftai_part_size=PART) as emu:
         yield emu
 
 

@@ -186,7 +186,8 @@ def test_close_gives_what_is_queued_one_try(receiver: Any) -> None:
     assert not w.send("c", {})
 
 
-def test_bodies_carry_no_secret_and_no_raw_control_characters(tmp_path: Path) -> None:
+def test_bodies_carry_no_secret_and_no_raw_control_characters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     redact.register("sk-webhooktest-4f2a9c")
     sent: list[tuple[str, dict[str, Any]]] = []
     w = hook("http://127.0.0.1:9/")
@@ -195,7 +196,7 @@ def test_bodies_carry_no_secret_and_no_raw_control_characters(tmp_path: Path) ->
         sent.append((event, fields))
         return True
 
-    w.send = record  # type: ignore[method-assign]
+    monkeypatch.setattr(w, "send", record)
     ledger = Ledger.open(tmp_path / "l.sqlite3")
     ledger.observe(str(tmp_path), ["bad\x1b[2Jname\udcff.pdf"], destination="d", labels=(),
                    category=None)
@@ -238,14 +239,14 @@ class Recorder:
 
 
 @pytest.fixture
-def uploader(tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
+def uploader(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path, max_attempts=2)
     dest = FakeDestination()
     up = Uploader(ledger, lambda: {"dest": dest}, lambda: {os.fspath(folder.path): folder},
                   retry_base=1.0, retry_max=30.0, clock=clock, rng=random.Random(1))
     rec = Recorder()
-    up.webhook = rec  # type: ignore[assignment]
+    monkeypatch.setattr(up, "webhook", rec)
 
     def drop(rel: str) -> int:
         return queue_file(ledger, folder, rel, b"data")

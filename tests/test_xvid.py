@@ -39,10 +39,10 @@ from syncd.destinations.xvid import (
     seal,
     unseal,
 )
-from syncd.emulator import Emulator
-from syncd.emulator.xvid import XvidService
 from syncd.errors import ConfigError, FatalError, PermanentError, RetryableError
 from syncd.secrets import Secret
+from syncd_emulator import Emulator
+from syncd_emulator.xvid import XvidService
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,7 +192,8 @@ def open_upload(http: httpx.Client, emu: Emulator, auth: dict[str, str],
     r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
                   params={"object_key": object_key, "pipeline_id": PIPELINE})
     assert r.status_code == 200, r.text
-    return r.json()["upload"]  # type: ignore[no-any-return]
+    upload: dict[str, Any] = r.json()["upload"]
+    return upload
 
 
 def multipart(fields: list[tuple[str, str]], data: bytes, *, file_at: int | None = None
@@ -793,7 +794,7 @@ def test_object_key_templates_cannot_climb_or_leave_empty_segments(template: str
         check_template(template)
 
 
-def test_object_key_values_cannot_climb(tmp_path: Path, emu: Emulator,
+def test_object_key_values_cannot_climb(tmp_path: Path, emu: Emulator, http: httpx.Client,
                                         make_dest: Callable[..., XvidDestination]) -> None:
     item = UploadItem(uuid=UUID, name="a.mp4", relpath="a.mp4", size=1, content_type="t",
                       labels=("..",), category=".")
@@ -805,8 +806,8 @@ def test_object_key_values_cannot_climb(tmp_path: Path, emu: Emulator,
     receipt = attempt(make_dest(object_key="in/{labels}/{name}"), make_file(tmp_path, 3),
                       labels=("..",))
     assert receipt.remote_id == "in/__/clip.mp4"
-    auth = bearer(httpx.Client(timeout=20), emu)
-    r = httpx.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
+    auth = bearer(http, emu)
+    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
                    params={"object_key": "a/../../b", "pipeline_id": PIPELINE})
     assert r.status_code == 400 and "'..'" in r.json()["error"]["error_message"]
 

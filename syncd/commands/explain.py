@@ -18,7 +18,7 @@ import time
 from syncd import config as configmod
 from syncd import rules
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
-from syncd.ledger import Row
+from syncd.ledger import Row, State
 from syncd.logs import qp
 
 
@@ -182,20 +182,20 @@ def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate:
 def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
     """What the ledger says about ``row``, one line per fact."""
     lines: list[str] = []
-    if row.state == "settling":
+    if row.state == State.SETTLING:
         left = folder.settle_seconds - (time.time() - row.changed_at)
         lines.append(f"  settling: waiting until it has been unchanged for "
                      f"{folder.settle_seconds:g}s ({max(left, 0):.1f}s left if it stays quiet)")
-    elif row.state in ("queued", "uploading"):
+    elif row.state in (State.QUEUED, State.UPLOADING):
         lines.append(f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}"
-                     + (" (`syncd status` shows its progress)" if row.state == "uploading"
+                     + (" (`syncd status` shows its progress)" if row.state == State.UPLOADING
                         else ""))
         if row.location is not None:
             lines.append(f"  it is uploaded from {qp(row.location)}")
-    elif row.state == "retrying":
+    elif row.state == State.RETRYING:
         lines.append(f"  attempt {row.attempts} failed: {shown(row.last_error)}")
         lines.append(f"  next attempt {stamp(row.next_attempt_at)}")
-    elif row.state in ("uploaded", "done", "skipped"):
+    elif row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         if row.duplicate_of is not None:  # skipped, or being archived as a skip
             remote = shown((row.receipt or {}).get("remote_id"))
             lines.append(f"  skipped as a duplicate (on_duplicate = \"skip\"): same content "
@@ -206,7 +206,7 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
                          f"sha256 {row.sha256}")
         if row.receipt and row.duplicate_of is None:
             lines.append(f"  remote id: {shown(row.receipt.get('remote_id'))}")
-        if row.state == "uploaded":
+        if row.state == State.UPLOADED:
             lines.append(f"  {folder.after_upload} not finished yet; the daemon finishes it")
         else:
             done = {"archive": "archived", "delete": "deleted", "keep": "kept in place"}.get(
@@ -216,15 +216,15 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
                 lines.append(f"  {done} {stamp(row.done_at)} -> {qp(row.location)}")
             else:
                 lines.append(f"  {done} {stamp(row.done_at)}")
-    elif row.state == "failed":
+    elif row.state == State.FAILED:
         lines.append(f"  failed: {shown(row.last_error or 'no reason recorded')}")
         lines.append(f"  given up {stamp(row.updated_at)}, after {row.attempts} attempt(s)")
         if row.location:
             lines.append(f"  moved to {qp(row.location)} (NAME.error.json beside it says why)")
         lines.append(f"  `syncd retry {row.id}` sends it again")
-    elif row.state == "vanished":
+    elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
-    if row.meta is not None and row.state in ("uploaded", "done", "skipped"):
+    if row.meta is not None and row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         lines.append(f"  labels {shown(str(row.meta.get('labels')))}, category "
                      f"{shown(str(row.meta.get('category')))}")
     return lines

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, open_ledger
-from syncd.ledger import Row
+from syncd.ledger import Row, State
 from syncd.lock import holder_pid
 from syncd.logs import qp
 
@@ -38,7 +38,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     skipped: list[Row] = []
     try:
         if args.failed:
-            failed = ledger.rows(state="failed")
+            failed = ledger.rows(state=State.FAILED)
             if not args.all:
                 skipped = [r for r in failed if refused_for_good(r)]
             keep = {r.id for r in skipped}
@@ -51,7 +51,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
                     print(f"syncd: #{i}: no such ledger row (`syncd files --state failed` "
                           "lists the failed ones)", file=sys.stderr)
                     code = EXIT_FAILED
-                elif row.state != "failed":
+                elif row.state != State.FAILED:
                     print(f"syncd: #{i} is {row.state}, not a failed file; left alone",
                           file=sys.stderr)
                     code = EXIT_FAILED

@@ -40,7 +40,7 @@ from syncd.commands.common import (
     stamp,
 )
 from syncd.errors import ConfigError, LedgerError
-from syncd.ledger import STATES, Row
+from syncd.ledger import STATES, Row, State
 from syncd.lock import holder_pid
 from syncd.logs import printable, qp
 
@@ -76,7 +76,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 data["done_today"] = ledger.done_since(midnight)
             moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY), pid)
             data["uploading"] = [_uploading(r, moving.get(r.id))
-                                 for r in ledger.in_state("uploading")]
+                                 for r in ledger.in_state(State.UPLOADING)]
             data["recent_errors"] = [
                 {"id": r.id, "path": _path(r), "state": r.state, "error": r.last_error,
                  "attempts": r.attempts, "at": r.updated_at}
@@ -229,7 +229,7 @@ def render(data: dict[str, Any]) -> list[str]:
         parts = []
         for s, n in states.items():
             if n:
-                today = f" ({data.get('done_today', 0):,} today)" if s == "done" else ""
+                today = f" ({data.get('done_today', 0):,} today)" if s == State.DONE else ""
                 parts.append(f"{n:,} {s}{today}")
         out.append("files:  " + ", ".join(parts))
     else:
@@ -302,7 +302,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         out = []
         for r in rows:
             j = r.to_json()
-            if r.state == "uploading":
+            if r.state == State.UPLOADING:
                 j["progress"] = _uploading(r, moving.get(r.id))["progress"]
             out.append(j)
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -312,8 +312,8 @@ def cmd_files(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in rows:
         where = r.location or r.inbox_path
-        extra = f"  ({shown(r.last_error)})" if r.last_error and r.state != "done" else ""
-        if r.state == "uploading" and r.id in moving:
+        extra = f"  ({shown(r.last_error)})" if r.last_error and r.state != State.DONE else ""
+        if r.state == State.UPLOADING and r.id in moving:
             extra = f"  [{progressmod.line(moving[r.id])}]" + extra
         print(f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
               f"{stamp(r.updated_at)}  {qp(where)}{extra}")

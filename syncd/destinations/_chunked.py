@@ -52,29 +52,45 @@ Every other error propagates unchanged: the uploader retries the whole
 ``upload()`` later with the last checkpoint, which then sends only what is
 missing. The driver never aborts on its own after an error; the uploader
 calls ``Destination.abort(resume)`` when it abandons a file.
+
+This module is the loop and the contract; the parts (rules, planning,
+reading) are :mod:`._chunked_parts`, the resume state
+:mod:`._chunked_resume`, parts in flight at once :mod:`._chunked_parallel`.
+Services import every name from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from syncd.destinations._chunked_parallel import SERIAL, Parallel, send_parallel
+from syncd.destinations._chunked_parts import (
+    S3_MAX_PARTS,
+    Part,
+    PartRules,
+    choose_part_size,
+    part_count,
+    plan_parts,
+)
+from syncd.destinations._chunked_resume import (
+    RESUME_VERSION,
+    ResumeState,
+    SessionFormat,
+    Spec,
+    is_resume_for,
+    session_fits,
+    usable,
+)
 from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
 from syncd.destinations.options import max_connections_option, parallel_parts_option
-from syncd.errors import ExpiredError, PermanentError, RetryableError, describe
+from syncd.errors import ExpiredError, RetryableError, describe
 
 log = logging.getLogger(__name__)
 
-RESUME_VERSION = 1
 MAX_RENEWALS = 3  # immediate resends of one part after ExpiredError, within one call
 MAX_RESTARTS = 1  # fresh sessions after SessionLost within one call
-S3_MAX_PARTS = 10_000
 
 
 class SessionLost(RetryableError):
@@ -86,93 +102,6 @@ class SessionLost(RetryableError):
     part again (once per call). When it reaches the uploader it is an
     ordinary retryable error.
     """
-
-
-@dataclass(frozen=True)
-class PartRules:
-    """A service's parts: the size it asks for and its limits. Sizes in bytes."""
-
-    part_size: int | None = None  # the size to send; None: the whole file (or what open() dictates)
-    min_size: int = 1  # every part but the last is at least this big
-    max_size: int | None = None  # no part may be bigger
-    multiple: int = 1  # part sizes must be a multiple of this
-    max_parts: int = S3_MAX_PARTS
-    empty_parts: int = 1  # a 0-byte file is sent as one empty part (1) or none (0)
-
-    def __post_init__(self) -> None:
-        if self.min_size < 1 or self.multiple < 1 or self.max_parts < 1:
-            raise ValueError("min_size, multiple and max_parts must be >= 1")
-        if self.empty_parts not in (0, 1):
-            raise ValueError("empty_parts must be 0 or 1")
-
-
-@dataclass(frozen=True)
-class Part:
-    """Part ``number`` (1-based) of ``count``: bytes ``[offset, offset + size)``."""
-
-    number: int
-    offset: int
-    size: int
-    count: int
-    file_size: int
-    source: Source = field(repr=False, compare=False)
-
-    @property
-    def last(self) -> bool:
-        return self.number == self.count
-
-    @property
-    def end(self) -> int:
-        """The offset just past this part (exclusive)."""
-        return self.offset + self.size
-
-    def stream(self) -> Iterator[bytes]:
-        """A fresh iterator over the part's bytes (hashed, change-checked); one per attempt."""
-        return self.source.iter_range(self.offset, self.size)
-
-    def read(self) -> bytes:
-        """The part's bytes in memory (for protocols that cannot stream a part)."""
-        return self.source.read(self.offset, self.size)
-
-    def file(self) -> io.RawIOBase:
-        """The part as a seekable binary file: the body of a form field (httpx ``files=``)."""
-        return _PartFile(self)
-
-
-class _PartFile(io.RawIOBase):
-    """One part as a seekable binary file, for httpx's multipart encoder.
-
-    httpx learns the length by seeking, then reads 64 KiB at a time: the part
-    streams from the :class:`Source` (hashed, change-checked), never whole.
-    """
-
-    def __init__(self, part: Part) -> None:
-        super().__init__()
-        self._part = part
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._part.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self._part.size - self._pos)
-        if n <= 0:
-            return 0
-        data = self._part.source.read(self._part.offset + self._pos, n)
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 @dataclass
@@ -188,44 +117,16 @@ class Opened:
     part_size: int | None = None
 
 
-class Parallel:
-    """How many part requests may be in flight: ``per_file`` parts of one file,
-    and at most ``connections`` across every file of one destination."""
-
-    def __init__(self, per_file: int = 1, connections: int | None = None) -> None:
-        self.per_file = per_file
-        self._slots = threading.BoundedSemaphore(connections) if connections else None
-
-    @classmethod
-    def of(cls, options: Any) -> Parallel:
-        """From a type's ``parallel_parts`` and ``max_connections`` options."""
-        return cls(options.parallel_parts, options.max_connections)
-
-    def slot(self) -> contextlib.AbstractContextManager[Any]:
-        """Held while one part request is in flight."""
-        return self._slots if self._slots is not None else contextlib.nullcontext()
-
-
-SERIAL = Parallel()
-
-
-class ChunkedService(Protocol):
+class ChunkedService(SessionFormat, Protocol):
     """What a service implements to be driven by :func:`run`.
 
+    Its ``kind``, ``rules`` and ``session_fields`` are a :class:`SessionFormat`.
     Every method may raise the errors of :mod:`syncd.errors` (mapped through
     :mod:`syncd.http`); ``send_part`` may also raise ``ExpiredError`` (sent
     again at once) and ``send_part``/``finish`` may raise :class:`SessionLost`.
     Implementations keep no per-file state on ``self``: several files are
     uploaded through one instance at the same time.
     """
-
-    kind: str  # the resume's "kind"; change it when the session format changes
-    rules: PartRules
-
-    @property
-    def session_fields(self) -> Mapping[str, Spec]:
-        """What a checkpointed session must hold: key -> :data:`Spec` (see :func:`session_fits`)."""
-        ...
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         """Open a remote upload session for ``item``, to be sent in parts of ``part_size``."""
@@ -250,122 +151,6 @@ class ChunkedService(Protocol):
         ...
 
 
-# -- the session's fields -------------------------------------------------------
-
-#: One entry of ``session_fields``: a type (``str``: non-empty; ``int``: >= 0, no bool;
-#: ``bool``), or a tuple of types, literal values and ``None`` (the key may be absent or null).
-Spec = type | tuple[Any, ...]
-
-
-def _fits(value: Any, spec: Spec) -> bool:
-    allowed = spec if isinstance(spec, tuple) else (spec,)
-    if value is None:
-        return None in allowed
-    if isinstance(value, bool):
-        return bool in allowed
-    if any(value == a for a in allowed if a is not None and not isinstance(a, type)):
-        return True
-    if isinstance(value, int):
-        return int in allowed and value >= 0
-    return isinstance(value, str) and str in allowed and value != ""
-
-
-def session_fits(fields: Mapping[str, Spec], session: dict[str, Any]) -> bool:
-    """Whether ``session`` holds every field as ``fields`` describes it."""
-    return all(_fits(session.get(key), spec) for key, spec in fields.items())
-
-
-# -- planning -----------------------------------------------------------------
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def part_count(size: int, part_size: int, empty_parts: int = 1) -> int:
-    """How many parts a file of ``size`` bytes has with parts of ``part_size``."""
-    if size == 0:
-        return empty_parts
-    return -(-size // part_size)
-
-
-def choose_part_size(size: int, preferred: int, rules: PartRules) -> int:
-    """The part size to use: ``preferred`` adjusted to ``rules`` (see the module docstring).
-
-    Raises PermanentError when the file cannot be sent within ``max_parts``
-    parts of at most ``max_size`` bytes.
-    """
-    part_size = _round_up(max(preferred, rules.min_size, 1), rules.multiple)
-    if rules.max_size is not None and part_size > rules.max_size:
-        part_size = max(rules.max_size // rules.multiple * rules.multiple, rules.multiple)
-    if part_count(size, part_size) > rules.max_parts:
-        part_size = _round_up(-(-size // rules.max_parts), rules.multiple)
-        if rules.max_size is not None and part_size > rules.max_size:
-            raise PermanentError(
-                f"the file is too large: {size} bytes need more than {rules.max_parts} parts "
-                f"of at most {rules.max_size} bytes"
-            )
-    return part_size
-
-
-def plan_parts(source: Source, part_size: int, rules: PartRules) -> list[Part]:
-    """Every part of ``source``, in order."""
-    size = source.size
-    count = part_count(size, part_size, rules.empty_parts)
-    return [
-        Part(number=n, offset=(n - 1) * part_size,
-             size=min(part_size, size - (n - 1) * part_size), count=count,
-             file_size=size, source=source)
-        for n in range(1, count + 1)
-    ]
-
-
-# -- resume state ---------------------------------------------------------------
-
-
-@dataclass
-class _State:
-    kind: str
-    session: dict[str, Any]
-    part_size: int
-    size: int
-    parts: dict[str, str] = field(default_factory=dict)
-
-    def to_resume(self) -> dict[str, Any]:
-        session = {k: v for k, v in self.session.items() if not k.startswith("_")}
-        return {"v": RESUME_VERSION, "kind": self.kind, "session": session,
-                "part_size": self.part_size, "size": self.size, "parts": dict(self.parts)}
-
-
-def is_resume_for(service: ChunkedService, resume: dict[str, Any] | None) -> bool:
-    """Whether ``resume`` was written by the driver for ``service`` (any size)."""
-    return (isinstance(resume, dict) and resume.get("v") == RESUME_VERSION
-            and resume.get("kind") == service.kind and isinstance(resume.get("session"), dict)
-            and session_fits(service.session_fields, resume["session"]))
-
-
-def _usable(service: ChunkedService, resume: dict[str, Any] | None, size: int) -> _State | None:
-    """The state to continue from, or None when ``resume`` cannot be trusted for this file."""
-    if resume is None or not is_resume_for(service, resume):
-        return None
-    part_size, parts, rules = resume.get("part_size"), resume.get("parts"), service.rules
-    if resume.get("size") != size or type(part_size) is not int or part_size < 1:
-        return None
-    count = part_count(size, part_size, rules.empty_parts)
-    if count > rules.max_parts:
-        return None
-    if count > 1 and (part_size < rules.min_size or part_size % rules.multiple
-                      or (rules.max_size is not None and part_size > rules.max_size)):
-        return None
-    if not isinstance(parts, dict):
-        return None
-    for number, token in parts.items():
-        if not (isinstance(number, str) and number.isdigit() and 1 <= int(number) <= count
-                and isinstance(token, str) and token):
-            return None
-    return _State(service.kind, dict(resume["session"]), part_size, size, dict(parts))
-
-
 # -- the loop -------------------------------------------------------------------
 
 
@@ -383,7 +168,7 @@ def run(
     ``parallel.per_file`` parts of this file may be in flight at once, and
     every part request holds one of the destination's ``parallel`` slots.
     """
-    state = _usable(service, resume, source.size)
+    state = usable(service, resume, source.size)
     if state is None:
         if is_resume_for(service, resume):
             log.info("%s: the saved upload state does not match this file; starting over",
@@ -424,7 +209,7 @@ def abort(service: ChunkedService, resume: dict[str, Any] | None) -> bool:
 
 
 def _open(service: ChunkedService, item: UploadItem, source: Source,
-          checkpoint: Checkpoint) -> _State:
+          checkpoint: Checkpoint) -> ResumeState:
     rules = service.rules
     preferred = rules.part_size if rules.part_size is not None else max(source.size, 1)
     part_size = choose_part_size(source.size, preferred, rules)
@@ -434,12 +219,12 @@ def _open(service: ChunkedService, item: UploadItem, source: Source,
             raise RetryableError(
                 f"{service.kind}: the server dictated part size {opened.part_size}")
         part_size = max(opened.part_size, 1)
-    state = _State(service.kind, dict(opened.session), part_size, source.size)
+    state = ResumeState(service.kind, dict(opened.session), part_size, source.size)
     checkpoint(state.to_resume())
     return state
 
 
-def _send_one(service: ChunkedService, state: _State, part: Part, parallel: Parallel) -> str:
+def _send_one(service: ChunkedService, state: ResumeState, part: Part, parallel: Parallel) -> str:
     resends = 0
     while True:
         try:
@@ -458,54 +243,26 @@ def _send_one(service: ChunkedService, state: _State, part: Part, parallel: Para
         return token
 
 
-def _send_missing(service: ChunkedService, source: Source, state: _State,
+def _send_missing(service: ChunkedService, source: Source, state: ResumeState,
                   checkpoint: Checkpoint, parallel: Parallel) -> None:
     todo = [p for p in plan_parts(source, state.part_size, service.rules)
             if str(p.number) not in state.parts]
+
+    def record(part: Part, token: str) -> None:  # on this thread, after every confirmed part
+        state.parts[str(part.number)] = token
+        checkpoint(state.to_resume())
+
     if parallel.per_file <= 1 or len(todo) <= 1:
         for part in todo:
-            token = _send_one(service, state, part, parallel)
-            state.parts[str(part.number)] = token
-            checkpoint(state.to_resume())
-        return
-    _send_parallel(service, state, todo, checkpoint, parallel)
-
-
-def _send_parallel(service: ChunkedService, state: _State, todo: list[Part],
-                   checkpoint: Checkpoint, parallel: Parallel) -> None:
-    """Up to ``per_file`` parts in flight; results recorded and checkpointed on this thread."""
-    pending = iter(todo)
-    error: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=parallel.per_file, thread_name_prefix="part") as pool:
-        running: dict[Future[str], Part] = {}
-
-        def submit_next() -> None:
-            part = next(pending, None)
-            if part is not None:
-                running[pool.submit(_send_one, service, state, part, parallel)] = part
-
-        for _ in range(parallel.per_file):
-            submit_next()
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                part = running.pop(future)
-                try:
-                    token = future.result()
-                except BaseException as exc:  # keep the first; let the others finish
-                    error = error or exc
-                    continue
-                state.parts[str(part.number)] = token
-                checkpoint(state.to_resume())
-                if error is None:
-                    submit_next()
-    if error is not None:
-        raise error
+            record(part, _send_one(service, state, part, parallel))
+    else:
+        send_parallel(todo, lambda part: _send_one(service, state, part, parallel), record,
+                      parallel.per_file)
 
 
 __all__ = [
-    "MAX_RENEWALS", "MAX_RESTARTS", "SERIAL", "ChunkedService", "Opened", "Parallel", "Part",
-    "PartRules", "SessionLost", "Spec", "abort", "choose_part_size", "is_resume_for",
-    "max_connections_option", "parallel_parts_option", "part_count", "plan_parts", "run",
-    "session_fits",
+    "MAX_RENEWALS", "MAX_RESTARTS", "RESUME_VERSION", "S3_MAX_PARTS", "SERIAL", "ChunkedService",
+    "Opened", "Parallel", "Part", "PartRules", "SessionFormat", "SessionLost", "Spec", "abort",
+    "choose_part_size", "is_resume_for", "max_connections_option", "parallel_parts_option",
+    "part_count", "plan_parts", "run", "session_fits",
 ]

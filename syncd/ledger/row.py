@@ -76,7 +76,7 @@ class Row:
     folder: str
     relpath: str
     location: str | None
-    state: str  # a State member (from_db decodes it)
+    state: State
     size: int | None
     mtime_ns: int | None
     inode: int | None

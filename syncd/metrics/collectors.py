@@ -1,0 +1,119 @@
+"""The series read when scraped, not counted: each asks the daemon at scrape time.
+
+``syncd_files`` (the ledger's counts), ``syncd_destination_*`` (the
+uploader's circuits), the bytes in flight (the uploader's progress) and
+``syncd_backlog_age_seconds`` (the ledger's earliest due time). A source
+that fails (the ledger closing, the uploader stopping) leaves its series
+out of that scrape; the others are still served. :class:`syncd.metrics.Metrics`
+registers them through its ``track_*`` hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from syncd.circuit import CIRCUIT_STATES, CircuitState
+
+log = logging.getLogger("syncd.metrics")  # the metrics lines keep one logger name
+
+
+class LedgerCollector(Collector):
+    """``syncd_files`` from the ledger, read when scraped (never stale)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("syncd_files", "Ledger rows by state and folder.",
+                                   labels=["state", "folder"])
+        try:
+            by_folder = self._counts()
+        except Exception as exc:  # ledger closing or busy: serve the other series
+            log.debug("metrics: cannot read the ledger: %s", exc)
+            by_folder = {}
+        for folder, states in sorted(by_folder.items()):
+            for state, n in sorted(states.items()):
+                family.add_metric([state, folder], n)
+        yield family
+
+
+class DestinationCollector(Collector):
+    """``syncd_destination_*`` from the uploader's circuits, read when scraped."""
+
+    def __init__(self, states: Callable[[], Mapping[str, CircuitState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Any:
+        up = GaugeMetricFamily("syncd_destination_up",
+                               "1 when the destination takes uploads, 0 while it is down or "
+                               "refuses them.", labels=["destination"])
+        since = GaugeMetricFamily("syncd_destination_down_since_seconds",
+                                  "Unix time the destination went down or began refusing "
+                                  "uploads; 0 while it is up.", labels=["destination"])
+        state = GaugeMetricFamily("syncd_destination_state",
+                                  "1 for the state of the destination's circuit.",
+                                  labels=["destination", "state"])
+        try:
+            states = dict(self._states())
+        except Exception as exc:  # stopping: serve the other series
+            log.debug("metrics: cannot read the destinations: %s", exc)
+            states = {}
+        for name, current in sorted(states.items()):
+            up.add_metric([name], 1 if current.up else 0)
+            since.add_metric([name], 0 if current.up or current.since is None else current.since)
+            for kind in CIRCUIT_STATES:
+                state.add_metric([name, kind], 1 if current.state == kind else 0)
+        yield up
+        yield since
+        yield state
+
+
+class ProgressCollector(Collector):
+    """``syncd_upload_bytes_in_flight`` and ``syncd_upload_sent_bytes_in_flight`` from the
+    uploader (Uploader.progress), read when scraped; sums, not a series per file."""
+
+    def __init__(self, progress: Callable[[], list[dict[str, Any]]]) -> None:
+        self._progress = progress
+
+    def collect(self) -> Any:
+        try:
+            files = self._progress()
+        except Exception as exc:  # stopping: serve the other series
+            log.debug("metrics: cannot read the uploads in flight: %s", exc)
+            files = []
+        total = GaugeMetricFamily("syncd_upload_bytes_in_flight",
+                                  "Bytes of the files being uploaded now.")
+        total.add_metric([], sum(int(f["total"]) for f in files))
+        sent = GaugeMetricFamily("syncd_upload_sent_bytes_in_flight",
+                                 "Bytes of the files being uploaded now that were sent so far.")
+        sent.add_metric([], sum(int(f["sent"]) for f in files))
+        yield total
+        yield sent
+
+
+class BacklogCollector(Collector):
+    """``syncd_backlog_age_seconds`` from the ledger's earliest due time, read when scraped."""
+
+    def __init__(self, next_due: Callable[[], float | None], clock: Callable[[], float]) -> None:
+        self._next_due = next_due
+        self._clock = clock
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "syncd_backlog_age_seconds", "How long the file waiting longest for an uploader "
+            "has been due (queued, or its retry time passed); 0 when none is.")
+        try:
+            due = self._next_due()
+        except Exception as exc:  # ledger closing or busy: serve the other series
+            log.debug("metrics: cannot read the ledger: %s", exc)
+            return
+        family.add_metric([], 0.0 if due is None else max(0.0, self._clock() - due))
+        yield family
+
+
+__all__ = ["BacklogCollector", "DestinationCollector", "LedgerCollector", "ProgressCollector"]
