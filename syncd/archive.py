@@ -40,7 +40,7 @@ from typing import Any
 
 from syncd import metadata, safefs
 from syncd.ledger import Ledger, Row
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             src.unlink()
             finish_sidecar(ledger, row, folder, None)
             ledger.mark_done(row.id)
-            log.info("deleted after upload: %s", qp(src.path))
+            log.info("deleted after upload: %s", quoted_path(src.path))
             return
         try:
             target = move(src, os.fspath(folder.archive_dir), os.path.dirname(row.relpath),
@@ -83,7 +83,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             return
     finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)
-    log.info("archived %s -> %s", qp(row.inbox_path), qp(target))
+    log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
 
 
 def _source_gone(ledger: Ledger, row: Row, folder: Any) -> None:
@@ -96,7 +96,7 @@ def _source_gone(ledger: Ledger, row: Row, folder: Any) -> None:
         finish_sidecar(ledger, row, folder, None)  # the file was deleted before a crash
     ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
     log.warning("uploaded, but the file was gone before it could be archived: %s",
-                qp(row.current_path))
+                quoted_path(row.current_path))
     if row.location is None:
         reobserve(ledger, row)
 
@@ -116,18 +116,18 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: Any, target: str | None) ->
             return
         if not metadata.sidecar_identity_matches(src.st, info):
             log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
-                        "in place", qp(src.path))
+                        "in place", quoted_path(src.path))
             return
         if target is None:
             if src.unlink():
-                log.info("deleted metadata sidecar %s with its file", qp(src.path))
+                log.info("deleted metadata sidecar %s with its file", quoted_path(src.path))
             return
         archive_root = os.fspath(folder.archive_dir)
         try:
             _, rel = safefs.anchor(target, [archive_root])
         except safefs.UnsafePath:  # archive_dir changed (a reload) since the file was archived
             log.warning("metadata sidecar %s stays in place: its file went to %s, outside the "
-                        "current archive_dir", qp(src.path), qp(target))
+                        "current archive_dir", quoted_path(src.path), quoted_path(target))
             return
         try:
             placed = move(src, archive_root, os.path.dirname(rel),
@@ -136,15 +136,15 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: Any, target: str | None) ->
                           planned=row.sidecar_path, sha256=info.get("sha256"))
         except ChangedAfterUpload:
             log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
-                        "in place", qp(src.path))
+                        "in place", quoted_path(src.path))
             return
-    log.info("archived metadata sidecar %s -> %s", qp(info["path"]), qp(placed))
+    log.info("archived metadata sidecar %s -> %s", quoted_path(info["path"]), quoted_path(placed))
 
 
 def _replaced(ledger: Ledger, row: Row, note: str) -> None:
     ledger.mark_done(row.id, note=note)
     reobserve(ledger, row)
-    log.info("uploaded %s, but %s", qp(row.inbox_path), note.split(";")[0])
+    log.info("uploaded %s, but %s", quoted_path(row.inbox_path), note.split(";")[0])
 
 
 def reobserve(ledger: Ledger, row: Row) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
 from syncd.ledger import Ledger, Row, State
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.moves import (
     NAME_MAX,
     TEMP_PREFIX,
@@ -66,7 +66,7 @@ def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
                         location = planned  # moved before a crash; only the ledger was behind
                 elif not matches(src.st, row):
                     log.warning("not moving %s to the failed folder: it was replaced by a new "
-                                "file, which is uploaded on its own", qp(row.inbox_path))
+                                "file, which is uploaded on its own", quoted_path(row.inbox_path))
                     reobserve(ledger, row)
                 else:
                     location = move(src, failed_root, os.path.dirname(row.relpath),
@@ -75,17 +75,17 @@ def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
                                     planned=planned, sha256=row.sha256)
         except (OSError, ChangedAfterUpload) as exc:
             log.error("could not move %s to the failed folder (%s); it stays in place",
-                      qp(row.inbox_path), getattr(exc, "strerror", None) or exc)
+                      quoted_path(row.inbox_path), getattr(exc, "strerror", None) or exc)
             location = None
     if location is not None:
         _move_metadata_sidecar(ledger, row, folder, location, failed_root)
         try:
             _write_sidecar(location, row, reason, [failed_root, *roots(row, folder)])
         except OSError as exc:
-            log.warning("could not write the reason next to %s: %s", qp(location),
+            log.warning("could not write the reason next to %s: %s", quoted_path(location),
                         exc.strerror or exc)
     ledger.mark_failed(row.id, error=reason, location=location)
-    log.error("failed: %s: %s", qp(row.inbox_path), reason)
+    log.error("failed: %s: %s", quoted_path(row.inbox_path), reason)
 
 
 def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: Any, location: str,
@@ -105,9 +105,9 @@ def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: Any, location: str,
                           planned=row.sidecar_path)
     except (OSError, ChangedAfterUpload) as exc:
         log.error("could not move the metadata sidecar of %s to the failed folder (%s); it "
-                  "stays in place", qp(row.inbox_path), getattr(exc, "strerror", None) or exc)
+                  "stays in place", quoted_path(row.inbox_path), getattr(exc, "strerror", None) or exc)
         return
-    log.info("moved metadata sidecar %s -> %s", qp(path), qp(placed))
+    log.info("moved metadata sidecar %s -> %s", quoted_path(path), quoted_path(placed))
 
 
 def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:

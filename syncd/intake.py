@@ -35,7 +35,7 @@ from syncd import scanner
 from syncd.backpressure import DiskFull
 from syncd.ledger import Ledger
 from syncd.liveness import Liveness
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.metrics import Metrics
 from syncd.retry_policy import is_disk_full
 from syncd.settle import Settler
@@ -158,7 +158,7 @@ class IntakeStage:
                 if item is None:
                     return
                 root, rel, reason = item
-                pulse.step(f"scanning {qp(os.path.join(root, rel) if rel else root)}")
+                pulse.step(f"scanning {quoted_path(os.path.join(root, rel) if rel else root)}")
                 try:
                     self._scan(root, rel, reason)
                 finally:
@@ -186,9 +186,9 @@ class IntakeStage:
             self.metrics.observe_scan(root, reason, found)
             if found:
                 log.info("scan of %s found %d new file(s) in %.2fs",
-                         qp(os.path.join(root, rel) if rel else root), found,
+                         quoted_path(os.path.join(root, rel) if rel else root), found,
                          time.monotonic() - started)
         except sqlite3.Error as exc:
-            log.error("ledger error during scan of %s: %s", qp(root), exc)
+            log.error("ledger error during scan of %s: %s", quoted_path(root), exc)
         except Exception:
-            log.exception("scan of %s failed", qp(root))
+            log.exception("scan of %s failed", quoted_path(root))

@@ -21,7 +21,7 @@ The redacting filter sits on the handler, so it also sees httpx's own
 every exception and traceback. httpx's request lines are only let through at
 ``log_level = "debug"``; httpcore and watchdog stay at WARNING.
 
-:func:`qp` quotes a path for a log line: control characters, newlines and
+:func:`quoted_path` quotes a path for a log line: control characters, newlines and
 undecodable bytes are escaped, so a file name can never forge a log line.
 :func:`printable` is the one escape for text syncd did not write itself
 (server error bodies, status messages, remote ids): C0/C1 controls and bidi
@@ -47,7 +47,7 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
              logging.CRITICAL: 2}
 
 
-def qp(path: str | bytes) -> str:
+def quoted_path(path: str | bytes) -> str:
     """A path as a safe, quoted, single-line string."""
     if isinstance(path, bytes):
         path = os.fsdecode(path)

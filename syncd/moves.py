@@ -42,7 +42,7 @@ from typing import Any
 
 from syncd import crashpoints, safefs
 from syncd.ledger import Row
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Held:
     def unlink(self) -> bool:
         """Remove the source name if it still names our file; False (left alone) if not."""
         if not self.still_named():
-            log.warning("%s now holds another file; it is left in place", qp(self.path))
+            log.warning("%s now holds another file; it is left in place", quoted_path(self.path))
             return False
         os.unlink(self.name, dir_fd=self.dirfd)
         safefs.fsync_dirfd(self.dirfd)

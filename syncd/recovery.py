@@ -34,7 +34,7 @@ from typing import Any
 
 from syncd import failed, moves
 from syncd.ledger import Ledger, State
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.retry_policy import is_disk_full
 from syncd.uploader import Uploader
 
@@ -65,7 +65,7 @@ class Recovery:
                     removed = moves.clean_temp(os.fspath(directory))
                     if removed:
                         log.info("removed %d partial copies in %s", removed,
-                                 qp(os.fspath(directory)))
+                                 quoted_path(os.fspath(directory)))
         self.finish_uploaded()
 
     def finish_uploaded(self) -> bool:

@@ -54,7 +54,7 @@ from syncd.errors import (
     describe,
 )
 from syncd.ledger import Ledger, Row, State
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.upload_source import lexists
 from syncd.webhook import Webhook
 
@@ -217,7 +217,7 @@ class RetryPolicy:
                if state.state != UP else "a failure of the service, not of the file")
         # While it is down the destination's own lines say it; one per file is enough at INFO.
         log.log(logging.INFO if not state.up else logging.WARNING,
-                "retrying %s in %.1fs (attempt not counted: %s): %s", qp(row.inbox_path),
+                "retrying %s in %.1fs (attempt not counted: %s): %s", quoted_path(row.inbox_path),
                 max(0.0, at - self.clock()), why, reason)
         return State.RETRYING
 
@@ -232,7 +232,7 @@ class RetryPolicy:
                 return current.state if current is not None else State.QUEUED
             self.ledger.requeue_now(row.id, reason="interrupted by shutdown")
         parts = len((current.resume or {}).get("parts") or {})
-        log.info("interrupted by shutdown: %s goes back to the queue%s", qp(row.inbox_path),
+        log.info("interrupted by shutdown: %s goes back to the queue%s", quoted_path(row.inbox_path),
                  f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "")
         return State.QUEUED
 
@@ -246,17 +246,17 @@ class RetryPolicy:
         """The file is not there: vanished, unless its whole folder is unavailable."""
         current = self.ledger.get(row.id)
         if current is not None and current.state != State.UPLOADING:
-            log.warning("%s is %s already; not marking it vanished", qp(row.inbox_path),
+            log.warning("%s is %s already; not marking it vanished", quoted_path(row.inbox_path),
                         current.state)
             return current.state
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
             log.warning("cannot upload %s: its folder is unavailable (%s); it waits for the "
-                        "folder to come back", qp(row.inbox_path), problem)
+                        "folder to come back", quoted_path(row.inbox_path), problem)
             return self.defer(row, f"folder unavailable: {problem}", FOLDER_WAIT)
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
-        log.info("vanished: %s (%s)", qp(row.current_path), reason)
+        log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)
         return State.VANISHED
 
     def abort(self, dest: Destination, row: Row) -> None:
@@ -267,7 +267,7 @@ class RetryPolicy:
             try:
                 dest.abort(resume)
             except Exception as exc:
-                log.warning("could not abort the remote upload of %s: %s", qp(row.inbox_path),
+                log.warning("could not abort the remote upload of %s: %s", quoted_path(row.inbox_path),
                             describe(exc))
 
     def changed(self, row: Row, dest: Destination, reason: str) -> State:
@@ -277,7 +277,7 @@ class RetryPolicy:
         self.abort(dest, row)
         self.ledger.supersede(row, reason=f"superseded: {reason}")
         log.info("changed during upload, will upload the new version: %s (%s)",
-                 qp(row.inbox_path), reason)
+                 quoted_path(row.inbox_path), reason)
         return State.VANISHED
 
     def retry(self, row: Row, reason: str, retry_after: float | None,
@@ -292,7 +292,7 @@ class RetryPolicy:
         delay = backoff(row.attempts, self.base, self.cap, self.rng, retry_after)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
         self._count_retry(exc)
-        log.warning("retrying %s in %.1fs (attempt %d of %d): %s", qp(row.inbox_path), delay,
+        log.warning("retrying %s in %.1fs (attempt %d of %d): %s", quoted_path(row.inbox_path), delay,
                     row.attempts, max_attempts, reason)
         return State.RETRYING
 
@@ -310,10 +310,10 @@ class RetryPolicy:
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
         if reason != last:
             log.warning("cannot read %s (%s); leaving it in place and trying again with a "
-                        "growing delay (next in %.1fs)", qp(row.inbox_path), reason, delay)
+                        "growing delay (next in %.1fs)", quoted_path(row.inbox_path), reason, delay)
         else:
             log.debug("cannot read %s yet (%s, try %d); trying again in %.1fs",
-                      qp(row.inbox_path), reason, tries, delay)
+                      quoted_path(row.inbox_path), reason, tries, delay)
         return State.RETRYING
 
     def fail(self, row: Row, folder: Any, reason: str) -> State:

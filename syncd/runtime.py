@@ -43,7 +43,7 @@ from syncd.errors import ConfigError, Problem
 from syncd.http import make_client, tls_context
 from syncd.ledger import Ledger
 from syncd.liveness import Bounds, Liveness
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.metrics import Metrics
 from syncd.redact import redact
 from syncd.uploader import Uploader
@@ -118,7 +118,7 @@ class Runtime:
             for root, folder in self.folders.items():
                 problem = probe(folder)[0]
                 if problem is not None:
-                    log.error("folder %s: %s; skipping it", qp(root), problem)
+                    log.error("folder %s: %s; skipping it", quoted_path(root), problem)
         if not self.once:
             self.metrics.serve(cfg.daemon.metrics_listen)
         record_config(self.ledger, cfg)

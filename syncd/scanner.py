@@ -23,7 +23,7 @@ from typing import Any
 
 from syncd import rules, safefs
 from syncd.ledger import Ledger
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
     try:
         safefs.components(start)
     except safefs.UnsafePath:
-        log.warning("not scanning %s: not a plain path inside the folder", qp(os.path.join(root, start)))
+        log.warning("not scanning %s: not a plain path inside the folder",
+                    quoted_path(os.path.join(root, start)))
         return
     for entry in safefs.walk(root, start=start, descend=descend):
         relpath, st = entry.relpath, entry.stat

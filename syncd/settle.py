@@ -41,7 +41,7 @@ from typing import Any
 
 from syncd import metadata, rules, safefs
 from syncd.ledger import Ledger, Row, Stat, State
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Settler:
             try:
                 look = self._judge(row, folder, now)
             except OSError as exc:
-                log.warning("cannot check %s: %s", qp(row.inbox_path), exc.strerror or exc)
+                log.warning("cannot check %s: %s", quoted_path(row.inbox_path), exc.strerror or exc)
                 look = now + WAIT_LOOK
             if look is QUEUED:
                 queued += 1
@@ -132,7 +132,7 @@ class Settler:
                 self.ledger.forget(row.id)
             else:
                 self.ledger.mark_vanished(row.id, reason="disappeared while being written")
-                log.info("vanished before upload: %s", qp(row.inbox_path))
+                log.info("vanished before upload: %s", quoted_path(row.inbox_path))
             return None
         if not stat.S_ISREG(st.st_mode):
             self.skip_special(row.folder, row.relpath, st.st_mode)
@@ -150,14 +150,14 @@ class Settler:
         if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
                 log.warning("still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
-                            now - row.first_seen, qp(row.inbox_path))
+                            now - row.first_seen, quoted_path(row.inbox_path))
                 self.ledger.promote(row.id, self._noted.pop(row.id, None))
                 return QUEUED
             if now - row.first_seen >= LONG_SETTLE_WARNING and row.id not in self._warned:
                 self._warned.add(row.id)
                 log.warning("still being written after %.0fs, waiting for it to be quiet for "
                             "%.1fs: %s", now - row.first_seen, folder.settle_seconds,
-                            qp(row.inbox_path))
+                            quoted_path(row.inbox_path))
             settle = float(folder.settle_seconds)
             if settle > 0:
                 return now + settle
@@ -177,7 +177,7 @@ class Settler:
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
         self.ledger.promote(row.id, self._noted.pop(row.id, None))
         self._warned.discard(row.id)
-        log.info("queued %s (%d bytes)", qp(row.inbox_path), st.st_size)
+        log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
 
     def _sidecar_since(self, row: Row, folder: Any, now: float) -> float:
@@ -203,7 +203,8 @@ class Settler:
             return
         self._skipped_logged.add(key)
         kind = describe_mode(mode)
-        log.warning("skipping %s: it is a %s, not a regular file", qp(os.path.join(folder, relpath)), kind)
+        log.warning("skipping %s: it is a %s, not a regular file",
+                    quoted_path(os.path.join(folder, relpath)), kind)
 
 
 def describe_mode(mode: int) -> str:

@@ -37,7 +37,7 @@ from syncd.destinations.base import Destination, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.progress import resumed_bytes
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_source import (
@@ -184,9 +184,9 @@ class Procedure:
                 self.stats.last_upload = now
             if self.metrics is not None:
                 self.metrics.observe_upload(row.destination, row.size, elapsed, now)
-            log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", qp(row.inbox_path),
+            log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", quoted_path(row.inbox_path),
                      row.destination, row.size, elapsed, row.size / elapsed / 1e6,
-                     qp(receipt.remote_id))
+                     quoted_path(receipt.remote_id))
             if moved is not None:
                 if not self._follow_move(row, folder, str(moved)):
                     return State.DONE
@@ -211,7 +211,7 @@ class Procedure:
         except metadata.SidecarError as exc:
             self.policy.abort(dest, row)
             return self.policy.fail(row, folder, (f"metadata sidecar "
-                                                  f"{qp(os.path.basename(sidecar))} "
+                                                  f"{quoted_path(os.path.basename(sidecar))} "
                                                   f"is malformed: {exc}"))
         except PermissionError as exc:
             return self.policy.wait_readable(row, f"cannot read its metadata sidecar: "
@@ -254,9 +254,9 @@ class Procedure:
         self.ledger.mark_duplicate(row.id, sha256=sha, original=original,
                                    meta=meta.to_json() if meta is not None else None)
         log.info("skipped %s: same content as #%d (%s), already uploaded to %s as %s "
-                 "(on_duplicate = \"skip\")", qp(row.inbox_path), original.id,
-                 qp(original.inbox_path), row.destination,
-                 qp(str((original.receipt or {}).get("remote_id"))))
+                 "(on_duplicate = \"skip\")", quoted_path(row.inbox_path), original.id,
+                 quoted_path(original.inbox_path), row.destination,
+                 quoted_path(str((original.receipt or {}).get("remote_id"))))
         if moved is not None and not self._follow_move(row, folder, str(moved)):
             return State.SKIPPED
         current = self.ledger.get(row.id)
@@ -281,7 +281,7 @@ class Procedure:
                 # a new file took the name: a new version with its own row
                 self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
                                     labels=row.labels, category=row.category)
-            log.info("uploaded %s, which was %s", qp(row.inbox_path), note)
+            log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
             return False
         self.ledger.set_location(row.id, found)
         relpath = os.path.relpath(found, os.fspath(folder.path))
@@ -289,7 +289,7 @@ class Procedure:
         if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
             self.ledger.forget(twin.id)
         log.info("%s was renamed to %s during upload; archiving it from there",
-                 qp(row.inbox_path), qp(found))
+                 quoted_path(row.inbox_path), quoted_path(found))
         return True
 
     def finish(self, row: Row, folder: Any, fd: int | None = None) -> State:
@@ -312,7 +312,7 @@ class Procedure:
                 self.disk_full.note("archive", exc)
             log.log(logging.DEBUG if said else logging.ERROR,
                     "uploaded but could not %s %s: %s; will try again", folder.after_upload,
-                    qp(row.current_path), exc.strerror or exc)
+                    quoted_path(row.current_path), exc.strerror or exc)
             return exc
         if self.metrics is not None:
             self.metrics.observe_done(row.first_seen, self.clock())

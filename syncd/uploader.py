@@ -41,7 +41,7 @@ from syncd.circuits import Circuits
 from syncd.destinations.base import Destination
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import Liveness, Pulse
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_one import Procedure, Stats
 from syncd.webhook import Webhook
@@ -299,11 +299,11 @@ class Uploader:
                 self.disk_full.note("ledger", exc)
             else:
                 log.error("ledger error while recording %s: %s; it will be retried",
-                          qp(row.inbox_path), exc)
+                          quoted_path(row.inbox_path), exc)
                 self._sleep(PAUSE, pulse)
         except Exception as exc:
             if not self.cancelled:
-                log.exception("unexpected error while handling %s", qp(row.inbox_path))
+                log.exception("unexpected error while handling %s", quoted_path(row.inbox_path))
             self._after_error(row, exc)
         finally:
             self._attempt_over(row, state)

@@ -43,7 +43,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from syncd import rules, safefs
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class Watcher:
                     continue
                 else:
                     # A reload accepts the device the folder is on now (moved on purpose).
-                    log.info("reload: accepting the current device of %s", qp(root))
+                    log.info("reload: accepting the current device of %s", quoted_path(root))
                     fw.device = None
                 if self._arm(fw):
                     armed.append(root)
@@ -309,7 +309,7 @@ class Watcher:
                 sysctl = ("fs.inotify.max_user_watches" if exc.errno == errno.ENOSPC
                           else "fs.inotify.max_user_instances")
                 log.warning("inotify limit reached for %s (%s); falling back to polling every "
-                            "%gs. Raise sysctl %s to watch it natively.", qp(root),
+                            "%gs. Raise sysctl %s to watch it natively.", quoted_path(root),
                             exc.strerror, fw.folder.poll_seconds, sysctl)
                 mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
@@ -319,11 +319,11 @@ class Watcher:
                 return False
         if fw.problem is not None:
             log.warning("watched folder %s is usable again (was: %s); watching and rescanning it",
-                        qp(root), fw.problem)
+                        quoted_path(root), fw.problem)
         if fw.device is None:
             fw.device = st.st_dev
         fw.mode, fw.inode, fw.problem, fw.fallback = mode, st.st_ino, None, fallback
-        log.info("watching %s (%s%s)", qp(root), mode, ", recursive" if fw.folder.recursive else "")
+        log.info("watching %s (%s%s)", quoted_path(root), mode, ", recursive" if fw.folder.recursive else "")
         return True
 
     def _check_watch_count(self, fw: FolderWatch, root: str, before: int) -> None:
@@ -352,7 +352,7 @@ class Watcher:
         if problem != fw.problem:
             log.error("watched folder %s is not available (%s): not watching or scanning it, "
                       "its files are not treated as gone; checking again every few seconds",
-                      qp(os.fspath(fw.folder.path)), problem)
+                      quoted_path(os.fspath(fw.folder.path)), problem)
         fw.problem = problem
 
     def _release(self, fw: FolderWatch) -> None:
@@ -378,7 +378,7 @@ class Watcher:
                     continue
                 if fw.mode != "none":
                     log.warning("watched folder %s was replaced (deleted and created again); "
-                                "watching the new one", qp(root))
+                                "watching the new one", quoted_path(root))
                     self._release(fw)
                 if self._arm(fw):
                     rearmed.append(root)

@@ -106,7 +106,7 @@ def test_json_lines_with_exception_and_redaction(tmp_path: Path,
             raise RuntimeError(f"GET https://x/y?token={CANARY_TOKEN} failed")
         except RuntimeError:
             log.exception("request failed")
-        log.info("name %s", logs.qp(os.fsdecode(b"bad-\xff")))
+        log.info("name %s", logs.quoted_path(os.fsdecode(b"bad-\xff")))
     text = out.read_text()
     records = [json.loads(line) for line in text.splitlines()]
     assert [r["level"] for r in records] == ["info", "error", "info"]

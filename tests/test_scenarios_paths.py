@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from syncd.destinations.base import wire_name
-from syncd.logs import qp
+from syncd.logs import quoted_path
 from tests.harness import Setup, sha, strace_problem, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -54,7 +54,7 @@ def _bind_socket(path: Path) -> socket.socket:
 
 
 def _skip_lines(log: str, path: Path) -> int:
-    needle = f"skipping {qp(os.fspath(path))}: it is a "
+    needle = f"skipping {quoted_path(os.fspath(path))}: it is a "
     return sum(1 for line in log.splitlines() if needle in line)
 
 
@@ -110,7 +110,7 @@ def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup: C
         log = s.log_text()
         for name, path in specials.items():
             assert _skip_lines(log, path) == 1, f"{name}: expected exactly one skip line"
-        kinds = {name: re.findall(rf"skipping {re.escape(qp(os.fspath(p)))}: it is a (\w+)", log)[0]
+        kinds = {name: re.findall(rf"skipping {re.escape(quoted_path(os.fspath(p)))}: it is a (\w+)", log)[0]
                  for name, p in specials.items()}
         assert kinds["pipe"] == kinds["pipe-2"] == "FIFO" and kinds["sock"] == "socket"
         assert {kinds[n] for n in ("passwd-link", "root-link", "outside-link",
@@ -149,7 +149,7 @@ def test_f15_device_nodes_are_skipped(setup: Callable[..., Setup]) -> None:
     time.sleep(0.5)
     log = s.log_text()
     for dev in (char, block):
-        assert _skip_lines(log, dev) == 1 and f"{qp(os.fspath(dev))}: it is a device" in log
+        assert _skip_lines(log, dev) == 1 and f"{quoted_path(os.fspath(dev))}: it is a device" in log
         assert stat.S_ISCHR(os.lstat(dev).st_mode) or stat.S_ISBLK(os.lstat(dev).st_mode)
     assert [r.relpath for r in s.rows()] == ["good.txt"]
     s.invariants()

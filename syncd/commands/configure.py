@@ -12,7 +12,7 @@ from syncd import config as configmod
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, config_path, load
 from syncd.errors import ConfigError
 from syncd.lock import holder_pid
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 SYSTEM_CONFIG_DIR = "/etc"  # a config written below it gets the service's absolute paths
 
@@ -32,10 +32,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         caps_for = getattr(cls, "capabilities_for", None)
         caps = caps_for(dest.options) if caps_for is not None else cls.CAPABILITIES
         why = f" {caps.note}" if caps.note else ""
-        print(f"folder {qp(root)} -> {folder.destination} ({dest.type})")
+        print(f"folder {quoted_path(root)} -> {folder.destination} ({dest.type})")
         if not os.path.isdir(root):
             # Not a config error (docs/configuration.md): the daemon waits for the folder.
-            print(f"  warning: folders[{n}].path: {qp(root)} does not exist yet; syncd run "
+            print(f"  warning: folders[{n}].path: {quoted_path(root)} does not exist yet; syncd run "
                   "waits for it (create it, or fix the path)")
         if folder.labels:
             if caps.labels:
@@ -119,9 +119,9 @@ def cmd_folder(args: argparse.Namespace) -> int:
                            category=args.category, **extra)
     given = "" if os.path.isabs(os.path.expanduser(args.path)) else \
         f" ({args.path!r} from the current directory)"
-    print(f"added folder {qp(folder)}{given} -> {args.destination} to {path}")
+    print(f"added folder {quoted_path(folder)}{given} -> {args.destination} to {path}")
     if not os.path.isdir(folder):
-        print(f"  warning: {qp(folder)} does not exist yet; syncd run waits for it")
+        print(f"  warning: {quoted_path(folder)} does not exist yet; syncd run waits for it")
     try:
         state_dir = configmod.load(path, resolve_secrets=False).daemon.state_dir
     except ConfigError:  # changed by someone else since; what we wrote was valid

@@ -19,7 +19,7 @@ from syncd import config as configmod
 from syncd import rules
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
 from syncd.ledger import Row, State
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -65,14 +65,14 @@ def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
             if _under(candidate, os.fspath(f.path)):
                 return _in_folder(cfg, f, candidate, path, st)
     if st is None:
-        return f"{qp(path)}: no such file or folder (and not inside any watched folder)", False
-    return f"{qp(path)} is not inside any watched folder; syncd does not upload it", True
+        return f"{quoted_path(path)}: no such file or folder (and not inside any watched folder)", False
+    return f"{quoted_path(path)} is not inside any watched folder; syncd does not upload it", True
 
 
 def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path: str,
                     st: os.stat_result | None) -> str:
     root = os.fspath(folder.path)
-    lines = [f"{qp(path)} is a watched folder -> destination {folder.destination!r}"]
+    lines = [f"{quoted_path(path)} is a watched folder -> destination {folder.destination!r}"]
     extra = []
     if folder.labels:
         extra.append(f"labels {list(folder.labels)}")
@@ -81,7 +81,7 @@ def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path:
     lines.append("  files dropped into it " + ("and its sub-folders " if folder.recursive else "")
                  + "are uploaded" + (f" with {', '.join(extra)}" if extra else "")
                  + f" once unchanged for {folder.settle_seconds:g}s, then: {folder.after_upload}"
-                 + (f" to {qp(os.fspath(folder.archive_dir))}"
+                 + (f" to {quoted_path(os.fspath(folder.archive_dir))}"
                     if folder.after_upload == "archive" and folder.archive_dir else ""))
     if st is None:
         lines.append("  it does not exist yet: syncd waits for it (create it, or fix the path)")
@@ -93,7 +93,7 @@ def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path:
             ledger.close()
         if counts:
             lines.append("  ledger: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
-    lines.append(f"  `syncd explain {qp(os.path.join(root, 'NAME'))}` tells about one file")
+    lines.append(f"  `syncd explain {quoted_path(os.path.join(root, 'NAME'))}` tells about one file")
     return "\n".join(lines)
 
 
@@ -101,11 +101,11 @@ def _moved(cfg: configmod.Config, folder: configmod.FolderConfig, kind: str, dir
            candidate: str, path: str, st: os.stat_result | None) -> tuple[str, bool]:
     """A path in a folder's archive or failed folder: the row that put it there."""
     root = os.fspath(folder.path)
-    where = f"the {kind} folder of {qp(root)}"
+    where = f"the {kind} folder of {quoted_path(root)}"
     if candidate.rstrip(os.sep) == directory.rstrip(os.sep):
         what = ("uploaded files are moved here" if kind == "archive"
                 else "files syncd gave up on are moved here, each with NAME.error.json")
-        return f"{qp(path)} is {where}: {what}; syncd never uploads from it", True
+        return f"{quoted_path(path)} is {where}: {what}; syncd never uploads from it", True
     row = None
     ledger = open_ledger(cfg)
     if ledger is not None:
@@ -115,11 +115,11 @@ def _moved(cfg: configmod.Config, folder: configmod.FolderConfig, kind: str, dir
             ledger.close()
     if row is None:
         if st is None:
-            return f"{qp(path)}: no such file, and the ledger has no row for it ({where})", False
-        return (f"{qp(path)} is in {where}; the ledger has no row that put it there. syncd "
+            return f"{quoted_path(path)}: no such file, and the ledger has no row for it ({where})", False
+        return (f"{quoted_path(path)} is in {where}; the ledger has no row that put it there. syncd "
                 "never uploads from it"), True
-    lines = [f"{qp(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
-             f"from {qp(row.inbox_path)}: {row.state}"]
+    lines = [f"{quoted_path(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
+             f"from {quoted_path(row.inbox_path)}: {row.state}"]
     lines += _row_lines(row, folder)
     if st is None:
         lines.append("  it is no longer at this path")
@@ -130,10 +130,10 @@ def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate:
                path: str, st: os.stat_result | None) -> tuple[str, bool]:
     root = os.fspath(folder.path)
     rel = candidate[len(root.rstrip(os.sep)) + 1:]
-    head = f"{qp(path)}: folder {qp(root)} -> destination {folder.destination!r}"
+    head = f"{quoted_path(path)}: folder {quoted_path(root)} -> destination {folder.destination!r}"
     for d in folder.ignored_dirs():
         if _under(candidate, os.fspath(d)):
-            return head + f"\n  not uploaded: inside {qp(os.fspath(d))}, which syncd never " \
+            return head + f"\n  not uploaded: inside {quoted_path(os.fspath(d))}, which syncd never " \
                           "watches", st is not None
     if st is not None and stat.S_ISDIR(st.st_mode):
         if not folder.recursive:
@@ -191,7 +191,7 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
                      + (" (`syncd status` shows its progress)" if row.state == State.UPLOADING
                         else ""))
         if row.location is not None:
-            lines.append(f"  it is uploaded from {qp(row.location)}")
+            lines.append(f"  it is uploaded from {quoted_path(row.location)}")
     elif row.state == State.RETRYING:
         lines.append(f"  attempt {row.attempts} failed: {shown(row.last_error)}")
         lines.append(f"  next attempt {stamp(row.next_attempt_at)}")
@@ -213,14 +213,14 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
                 folder.after_upload, folder.after_upload)
             if row.location is not None:
                 done = "archived" if folder.after_upload != "keep" else done
-                lines.append(f"  {done} {stamp(row.done_at)} -> {qp(row.location)}")
+                lines.append(f"  {done} {stamp(row.done_at)} -> {quoted_path(row.location)}")
             else:
                 lines.append(f"  {done} {stamp(row.done_at)}")
     elif row.state == State.FAILED:
         lines.append(f"  failed: {shown(row.last_error or 'no reason recorded')}")
         lines.append(f"  given up {stamp(row.updated_at)}, after {row.attempts} attempt(s)")
         if row.location:
-            lines.append(f"  moved to {qp(row.location)} (NAME.error.json beside it says why)")
+            lines.append(f"  moved to {quoted_path(row.location)} (NAME.error.json beside it says why)")
         lines.append(f"  `syncd retry {row.id}` sends it again")
     elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")

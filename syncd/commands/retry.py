@@ -18,7 +18,7 @@ from pathlib import Path
 from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, open_ledger
 from syncd.ledger import Row, State
 from syncd.lock import holder_pid
-from syncd.logs import qp
+from syncd.logs import quoted_path
 
 # How the uploader records a refusal that retrying cannot change (errors.describe()).
 PERMANENT_PREFIXES = ("PermanentError",)
@@ -61,7 +61,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     for r in rows:
-        print(f"requeued #{r.id} {qp(r.current_path)}")
+        print(f"requeued #{r.id} {quoted_path(r.current_path)}")
     if skipped:
         listed = ", ".join(f"#{r.id}" for r in skipped[:SHOW_IDS])
         more = f" and {len(skipped) - SHOW_IDS} more" if len(skipped) > SHOW_IDS else ""

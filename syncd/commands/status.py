@@ -42,7 +42,7 @@ from syncd.commands.common import (
 from syncd.errors import ConfigError, LedgerError
 from syncd.ledger import STATES, Row, State
 from syncd.lock import holder_pid
-from syncd.logs import printable, qp
+from syncd.logs import printable, quoted_path
 
 MIN_WATCH = 0.2  # seconds: `status --watch` refreshes no faster
 
@@ -241,16 +241,16 @@ def render(data: dict[str, Any]) -> list[str]:
             how = progressmod.line(p) if p else (
                 f"{progressmod.size_text(u['size'] or 0)}, no progress reported"
                 + ("" if d["running"] else " (no daemon runs: requeued at its next start)"))
-            out.append(f"  #{u['id']} {qp(u['path'])} -> {u['destination']}: {how}")
+            out.append(f"  #{u['id']} {quoted_path(u['path'])} -> {u['destination']}: {how}")
     out.append("folders:")
     for f in data["folders"]:
         counts = ", ".join(f"{n:,} {s}" for s, n in f["states"].items() if n) or "no files yet"
-        out.append(f"  {qp(f['path'])} -> {f['destination']}: {counts}")
+        out.append(f"  {quoted_path(f['path'])} -> {f['destination']}: {counts}")
         if f["problem"]:
             out.append(f"    problem: {shown(f['problem'])}")
         seen = f.get("ignored")
         if isinstance(seen, dict) and seen.get("count"):
-            examples = ", ".join(qp(str(e)) for e in (seen.get("examples") or [])[:3])
+            examples = ", ".join(quoted_path(str(e)) for e in (seen.get("examples") or [])[:3])
             out.append(f"    ignored: {seen['count']:,} name(s) at the scan of "
                        f"{stamp(seen.get('at'))} (junk, excluded or not included"
                        + (f"; e.g. {examples})" if examples else ")"))
@@ -261,7 +261,7 @@ def render(data: dict[str, Any]) -> list[str]:
     if data["recent_errors"]:
         out.append("recent errors:")
         for e in data["recent_errors"]:
-            out.append(f"  #{e['id']} {e['state']} {qp(e['path'])}: {shown(e['error'])}")
+            out.append(f"  #{e['id']} {e['state']} {quoted_path(e['path'])}: {shown(e['error'])}")
     return out
 
 
@@ -316,7 +316,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         if r.state == State.UPLOADING and r.id in moving:
             extra = f"  [{progressmod.line(moving[r.id])}]" + extra
         print(f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
-              f"{stamp(r.updated_at)}  {qp(where)}{extra}")
+              f"{stamp(r.updated_at)}  {quoted_path(where)}{extra}")
     return EXIT_OK
 
 
