@@ -36,17 +36,20 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
 
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
+
 log = logging.getLogger(__name__)
 
 
-def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None:
+def finish(ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None) -> None:
     """Carry out ``after_upload`` for an ``uploaded`` row and mark it done.
 
     ``fd`` is the descriptor the upload read from, when the caller still
@@ -72,6 +75,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
             ledger.mark_done(row.id)
             log.info("deleted after upload: %s", quoted_path(src.path))
             return
+        assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
         try:
             target = move(src, os.fspath(folder.archive_dir), os.path.dirname(row.relpath),
                           os.path.basename(row.relpath),
@@ -86,7 +90,7 @@ def finish(ledger: Ledger, row: Row, folder: Any, fd: int | None = None) -> None
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
 
 
-def _source_gone(ledger: Ledger, row: Row, folder: Any) -> None:
+def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig) -> None:
     planned = row.archive_path
     if planned and folder.archive_dir is not None and exists_under(planned, os.fspath(folder.archive_dir)):
         finish_sidecar(ledger, row, folder, planned)
@@ -101,7 +105,7 @@ def _source_gone(ledger: Ledger, row: Row, folder: Any) -> None:
         reobserve(ledger, row)
 
 
-def finish_sidecar(ledger: Ledger, row: Row, folder: Any, target: str | None) -> None:
+def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str | None) -> None:
     """Move the row's metadata sidecar beside ``target`` (its file's archive path), or
     delete it (``target`` None, after_upload = "delete").
 
@@ -122,6 +126,7 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: Any, target: str | None) ->
             if src.unlink():
                 log.info("deleted metadata sidecar %s with its file", quoted_path(src.path))
             return
+        assert folder.archive_dir is not None  # a target in the archive: after_upload = "archive"
         archive_root = os.fspath(folder.archive_dir)
         try:
             _, rel = safefs.anchor(target, [archive_root])

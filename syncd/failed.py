@@ -22,7 +22,7 @@ import os
 import stat
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
@@ -39,13 +39,16 @@ from syncd.moves import (
     roots,
 )
 
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
+
 log = logging.getLogger(__name__)
 
 ERROR_SUFFIX = ".error.json"
 SIDECAR_MAX = 64 * 1024
 
 
-def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
+def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> None:
     """Give up on a row: move its file to failed_dir with a sidecar, mark it failed.
 
     The target is recorded (``archive_path``) before the move, like an
@@ -88,7 +91,7 @@ def to_failed(ledger: Ledger, row: Row, folder: Any, reason: str) -> None:
     log.error("failed: %s: %s", quoted_path(row.inbox_path), reason)
 
 
-def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: Any, location: str,
+def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, location: str,
                            failed_root: str) -> None:
     """Move ``NAME.meta.json`` from the inbox to beside the failed file at ``location``."""
     if not getattr(folder, "metadata_sidecar", False) or row.location is not None:

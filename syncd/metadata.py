@@ -52,10 +52,13 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import safefs
 from syncd.destinations.base import wire_name
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 SIDECAR_SUFFIX = ".meta.json"
 SIDECAR_MAX = 64 * 1024  # bytes; a sidecar is a few labels
@@ -301,13 +304,13 @@ class Metadata:
                 "sidecar": self.sidecar.to_json() if self.sidecar is not None else None}
 
 
-def wanted(folder: Any) -> bool:
+def wanted(folder: FolderConfig) -> bool:
     """Whether ``folder`` adds per-file metadata (so :func:`resolve` has work to do)."""
     return bool(getattr(folder, "labels_from_path", None) or
                 getattr(folder, "metadata_sidecar", False))
 
 
-def resolve(folder: Any, relpath: str, data_path: str, labels: Sequence[str],
+def resolve(folder: FolderConfig, relpath: str, data_path: str, labels: Sequence[str],
             category: str | None, roots: Sequence[str | os.PathLike[str] | None]) -> Metadata:
     """The metadata of the file ``relpath`` (its bytes now at ``data_path``).
 

@@ -38,11 +38,14 @@ import os
 import stat
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import crashpoints, safefs
 from syncd.ledger import Row
 from syncd.logs import quoted_path
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +84,12 @@ def candidate_names(name: str) -> Iterator[str]:
         n += 1
 
 
-def roots_of(folder: Any) -> list[str | None]:
+def roots_of(folder: FolderConfig) -> list[str | None]:
     """A folder's failed_dir and archive_dir: where its rows' bytes may sit besides the inbox."""
     return [_fs(folder.failed_dir), _fs(getattr(folder, "archive_dir", None))]
 
 
-def roots(row: Row, folder: Any) -> list[str | None]:
+def roots(row: Row, folder: FolderConfig) -> list[str | None]:
     """The trusted roots a row's bytes may sit under, most likely first."""
     return [row.folder, *roots_of(folder)]
 

@@ -59,6 +59,9 @@ from syncd.upload_source import lexists
 from syncd.webhook import Webhook
 
 if TYPE_CHECKING:
+    from syncd.config import FolderConfig
+
+if TYPE_CHECKING:
     from syncd.circuits import Circuits
     from syncd.upload_one import Stats
 
@@ -132,7 +135,7 @@ class RetryPolicy:
             self._outage_at.pop(row_id, None)
             self._unreadable.pop(row_id, None)
 
-    def attempt_failed(self, row: Row, dest: Destination, folder: Any, exc: Exception) -> State:
+    def attempt_failed(self, row: Row, dest: Destination, folder: FolderConfig, exc: Exception) -> State:
         """Record a failed upload attempt according to its error class."""
         if isinstance(exc, SourceChangedError):
             return self.changed(row, dest, str(exc))
@@ -179,7 +182,7 @@ class RetryPolicy:
                         row.destination, max(0.0, until - now))
         return self._wait_for_service(row, describe(exc), max(until, now), exc)
 
-    def _outage(self, row: Row, folder: Any, exc: RetryableError, probe: int) -> State:
+    def _outage(self, row: Row, folder: FolderConfig, exc: RetryableError, probe: int) -> State:
         """A transport error or a 5xx: the destination's circuit decides whether it
         belongs to the file (then it is an ordinary retry) or to the service."""
         circuit = self.circuits.get(row.destination)
@@ -281,7 +284,7 @@ class RetryPolicy:
         return State.VANISHED
 
     def retry(self, row: Row, reason: str, retry_after: float | None,
-              folder: Any = None, *, exc: BaseException | None = None) -> State:
+              folder: FolderConfig | None = None, *, exc: BaseException | None = None) -> State:
         """A failure of the file: retry after a backoff, or fail after ``max_attempts``."""
         with self._lock:
             self._unreadable.pop(row.id, None)
@@ -316,7 +319,7 @@ class RetryPolicy:
                       quoted_path(row.inbox_path), reason, tries, delay)
         return State.RETRYING
 
-    def fail(self, row: Row, folder: Any, reason: str) -> State:
+    def fail(self, row: Row, folder: FolderConfig, reason: str) -> State:
         """For good: to failed_dir with its reason; the webhook is told."""
         failed.to_failed(self.ledger, row, folder, reason)
         with self.stats.lock:

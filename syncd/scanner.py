@@ -19,11 +19,14 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd import rules, safefs
 from syncd.ledger import Ledger
 from syncd.logs import quoted_path
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class Ignored:
             self.examples.append(relpath)
 
 
-def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
+def walk(folder: FolderConfig, on_special: Callable[[str, int], None] | None = None,
          start: str = "", ignored: Ignored | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``.
 
@@ -88,7 +91,7 @@ def walk(folder: Any, on_special: Callable[[str, int], None] | None = None,
         yield relpath, st
 
 
-def scan_folder(ledger: Ledger, folder: Any, *, on_special: Callable[[str, int], None] | None = None,
+def scan_folder(ledger: Ledger, folder: FolderConfig, *, on_special: Callable[[str, int], None] | None = None,
                 start: str = "", ignored: Ignored | None = None) -> int:
     """Ledger every accepted file in ``folder`` not already tracked; returns how many were new.
     ``ignored`` counts the names the rules passed over."""
@@ -109,7 +112,7 @@ def scan_folder(ledger: Ledger, folder: Any, *, on_special: Callable[[str, int],
     return created
 
 
-def _flush(ledger: Ledger, folder: Any, batch: list[str]) -> int:
+def _flush(ledger: Ledger, folder: FolderConfig, batch: list[str]) -> int:
     if not batch:
         return 0
     n = ledger.observe(os.fspath(folder.path), batch, destination=folder.destination,

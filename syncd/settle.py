@@ -37,11 +37,14 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import metadata, rules, safefs
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class Settler:
             self.on_queued()
         return queued
 
-    def _judge(self, row: Row, folder: Any, now: float) -> float | None:
+    def _judge(self, row: Row, folder: FolderConfig, now: float) -> float | None:
         """Look at one settling row: :data:`QUEUED`, None when it left settling
         otherwise (forgotten, vanished), or when to look at it next."""
         verdict = rules.judge(row.relpath, include=folder.include, exclude=folder.exclude,
@@ -180,7 +183,7 @@ class Settler:
         log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
 
-    def _sidecar_since(self, row: Row, folder: Any, now: float) -> float:
+    def _sidecar_since(self, row: Row, folder: FolderConfig, now: float) -> float:
         """Since when the row's metadata sidecar has been quiet (0.0: none to wait for)."""
         if not getattr(folder, "metadata_sidecar", False):
             return 0.0

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import archive, metadata, moves
 from syncd.backpressure import DiskFull
@@ -48,6 +48,9 @@ from syncd.upload_source import (
     lexists,
     source_root,
 )
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
@@ -200,7 +203,7 @@ class Procedure:
                                    else None)
             return self.finish(uploaded, folder, source.fileno())
 
-    def _metadata(self, row: Row, folder: Any, dest: Destination) -> metadata.Metadata | State:
+    def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the
         row's new state when the sidecar stops the upload: malformed (the file fails,
         and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
@@ -227,7 +230,7 @@ class Procedure:
                                               "waiting for it to settle", folder.settle_seconds)
         return meta
 
-    def _duplicate_of(self, row: Row, folder: Any, source: Source, pulse: Pulse) -> Row | None:
+    def _duplicate_of(self, row: Row, folder: FolderConfig, source: Source, pulse: Pulse) -> Row | None:
         """on_duplicate = "skip": the earlier upload of the same bytes, or None.
 
         The SHA-256 is computed before anything is sent, from the descriptor the
@@ -242,7 +245,7 @@ class Procedure:
         return self.ledger.uploaded_copy(row.folder, sha, destination=row.destination,
                                          exclude=row.id)
 
-    def _skip(self, row: Row, folder: Any, dest: Destination, source: Source, original: Row,
+    def _skip(self, row: Row, folder: FolderConfig, dest: Destination, source: Source, original: Row,
               sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> State:
         """A duplicate: record the decision durably, then archive it like an upload.
 
@@ -263,7 +266,7 @@ class Procedure:
         assert current is not None
         return self.finish(current, folder, source.fileno())
 
-    def _follow_move(self, row: Row, folder: Any, reason: str) -> bool:
+    def _follow_move(self, row: Row, folder: FolderConfig, reason: str) -> bool:
         """The upload stands but the file left its path: find where it went.
 
         Renamed inside the folder: the archive takes it from its new path
@@ -292,13 +295,13 @@ class Procedure:
                  quoted_path(row.inbox_path), quoted_path(found))
         return True
 
-    def finish(self, row: Row, folder: Any, fd: int | None = None) -> State:
+    def finish(self, row: Row, folder: FolderConfig, fd: int | None = None) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.
 
         ``fd`` is the descriptor the upload read, so the archive gets those bytes."""
         return State.DONE if self.hand_over(row, folder, fd) is None else State.UPLOADED
 
-    def hand_over(self, row: Row, folder: Any, fd: int | None = None) -> OSError | None:
+    def hand_over(self, row: Row, folder: FolderConfig, fd: int | None = None) -> OSError | None:
         """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);
         the error when that failed (the row stays ``uploaded``; the main loop's sweep
         tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)

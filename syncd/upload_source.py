@@ -15,11 +15,14 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd import moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 
 class UploadCancelled(Exception):
@@ -83,7 +86,7 @@ def find_inode(root: str, inode: int | None, device: int | None, old_path: str) 
     return None
 
 
-def source_root(path: str, folder: Any) -> str | None:
+def source_root(path: str, folder: FolderConfig) -> str | None:
     """The trusted folder ``path`` lies under (inbox, failed_dir, archive_dir), if any."""
     try:
         return safefs.anchor(path, [os.fspath(folder.path), *moves.roots_of(folder)])[0]

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.backpressure import DiskFull
 from syncd.bandwidth import Bandwidth
@@ -45,6 +45,9 @@ from syncd.logs import quoted_path
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_one import Procedure, Stats
 from syncd.webhook import Webhook
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +216,7 @@ class Uploader:
         """Upload one claimed row and record the outcome; returns the new state."""
         return self.procedure.run(row)
 
-    def finish(self, row: Row, folder: Any, fd: int | None = None) -> State:
+    def finish(self, row: Row, folder: FolderConfig, fd: int | None = None) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""
         return self.procedure.finish(row, folder, fd)
 

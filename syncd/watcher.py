@@ -35,7 +35,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -44,6 +44,9 @@ from watchdog.observers.polling import PollingObserverVFS
 
 from syncd import rules, safefs
 from syncd.logs import quoted_path
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class Intake:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: Any, intake: Intake) -> None:
+    def __init__(self, folder: FolderConfig, intake: Intake) -> None:
         self.folder = folder
         self.root = os.fspath(folder.path)
         self.skip = tuple(os.fspath(p) for p in folder.ignored_dirs())
@@ -121,7 +124,7 @@ class _Handler(FileSystemEventHandler):
             self.intake.add(self.root, rel)
 
 
-def probe(folder: Any, device: int | None = None) -> tuple[str | None, os.stat_result | None]:
+def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, os.stat_result | None]:
     """``(problem, stat)`` of a watched folder; problem None means usable.
 
     ``device`` is the ``st_dev`` the folder is expected on (None: any).
@@ -206,7 +209,7 @@ def _scandir_nofollow(path: str | None) -> Iterator[os.DirEntry[str]]:
 
 @dataclass
 class FolderWatch:
-    folder: Any
+    folder: FolderConfig
     watch: ObservedWatch | None = None
     observer: BaseObserver | None = None
     inode: int | None = None

@@ -27,6 +27,7 @@ _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5}
 
 
 def parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonConfig | None:
+    """The ``[daemon]`` table with the rules between its keys; None when it has an error."""
     level = raw.get("log_level") if isinstance(raw, dict) else None
     if isinstance(level, str) and level.lower() in ("debug", "info", "warning", "error"):
         raw = {**raw, "log_level": level.lower()}  # "INFO" as well as "info"
@@ -62,6 +63,7 @@ def parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonCon
 
 def parse_destinations(raw: Any, base_dir: Path, problems: list[Problem],
                        resolve_secrets: bool) -> dict[str, DestinationConfig]:
+    """Every ``[destinations.NAME]`` table that parsed, by name (``type`` picks the Options)."""
     out: dict[str, DestinationConfig] = {}
     if not isinstance(raw, dict):
         problems.append(Problem("destinations",
