@@ -45,7 +45,6 @@ from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from syncd_emulator.lilt_rules import (
     Spec,
@@ -126,11 +125,7 @@ class LiltService(Service):
     def error(self, op: str, status: int, message: str, code: str = "") -> Response:
         if op in STORAGE_OPS:
             code = code or _S3_CODES.get(status, "InternalError")
-            xml = (
-                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
-                f"<Message>{escape(message)}</Message></Error>"
-            )
-            return Response.xml(xml, status)
+            return Response.s3_error(code, message, status)
         return Response.json({"message": message}, status)
 
     # -- API: auth and initiate ---------------------------------------------------

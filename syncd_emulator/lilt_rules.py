@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd_emulator.messages import ApiError, Request, parse_uint
+from syncd_emulator.service import check_signed
 from syncd_emulator.store import Session
 
 MIB = 1024 * 1024
@@ -188,11 +189,5 @@ def parse_complete(body: Any) -> list[dict[str, Any]]:
 
 def check_presigned(request: Request, now: float) -> int:
     """A storage request: no API credentials, signed, not expired; its expiry (403 otherwise)."""
-    if request.headers.get("Authorization") is not None or "key" in request.query:
-        raise ApiError(403, NO_CREDENTIALS, "AccessDenied")
-    expires = parse_uint(request.arg("X-Emu-Expires"))
-    if expires is None or not request.arg("X-Emu-Signature"):
-        raise ApiError(403, NOT_PRESIGNED, "AccessDenied")
-    if now > expires:
-        raise ApiError(403, "Request has expired", "AccessDenied")
-    return expires
+    return check_signed(request, now, no_credentials=NO_CREDENTIALS, unsigned=NOT_PRESIGNED,
+                        credential_params=("key",))

@@ -35,6 +35,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from xml.sax.saxutils import escape as xml_escape
 
 CHUNK = 1024 * 1024
 JSON_LIMIT = 8 * 1024 * 1024
@@ -221,6 +222,12 @@ class Response:
         cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None
     ) -> Response:
         return cls(status, text.encode(), {"Content-Type": "application/xml", **(headers or {})})
+
+    @classmethod
+    def s3_error(cls, code: str, message: str, status: int) -> Response:
+        """An S3-style ``<Error>`` document: what a storage endpoint answers a refusal with."""
+        return cls.xml(f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{xml_escape(code)}</Code>'
+                       f"<Message>{xml_escape(message)}</Message></Error>", status)
 
 
 @dataclass(frozen=True)

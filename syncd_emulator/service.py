@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from syncd_emulator.messages import ApiError, Request, Response
+from syncd_emulator.messages import ApiError, Request, Response, parse_uint
 from syncd_emulator.store import Sessions, Store
 
 Handler = Callable[[Request], Response]
@@ -142,6 +142,22 @@ class Service:
         if allowed:
             raise ApiError(405, f"method {method} not allowed here")
         return None
+
+
+def check_signed(request: Request, now: float, *, no_credentials: str, unsigned: str,
+                 credential_params: tuple[str, ...] = ()) -> int:
+    """A storage request to a signed URL: no API credentials (the Authorization header,
+    or ``credential_params`` in the query), signed, not expired; returns its expiry.
+    Every refusal is a 403 ``AccessDenied``, as S3 answers."""
+    if request.headers.get("Authorization") is not None or any(
+            name in request.query for name in credential_params):
+        raise ApiError(403, no_credentials, "AccessDenied")
+    expires = parse_uint(request.arg("X-Emu-Expires"))
+    if expires is None or not request.arg("X-Emu-Signature"):
+        raise ApiError(403, unsigned, "AccessDenied")
+    if now > expires:
+        raise ApiError(403, "Request has expired", "AccessDenied")
+    return expires
 
 
 class UrlSigner:

@@ -84,7 +84,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 from syncd_emulator.messages import ApiError, Request, Response, quote_key
 from syncd_emulator.service import Route, Service, ServiceContext
@@ -178,9 +177,7 @@ class WriftAIService(Service):
     def error(self, op: str, status: int, message: str, code: str = "") -> Response:
         if op in STORAGE_OPS:
             code = code or _S3_CODES.get(status, "InvalidRequest")
-            xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
-                   f"<Message>{escape(message)}</Message></Error>")
-            response = Response.xml(xml, status)
+            response = Response.s3_error(code, message, status)
         elif status == 422:
             try:
                 detail = json.loads(code)

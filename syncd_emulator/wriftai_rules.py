@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from syncd_emulator.messages import ApiError, Request, parse_uint
+from syncd_emulator import service
+from syncd_emulator.messages import ApiError, Request
 from syncd_emulator.store import Session
 
 MIB = 1024 * 1024
@@ -156,14 +157,7 @@ def check_etags(session: Session, etags: list[str]) -> None:
 
 def check_signed(request: Request, now: float) -> int:
     """Refuse credentials, unsigned and expired requests; return the expiry."""
-    if request.headers.get("Authorization") is not None:
-        raise ApiError(403, NO_CREDENTIALS, "AccessDenied")
-    expires = parse_uint(request.arg("X-Emu-Expires"))
-    if expires is None or not request.arg("X-Emu-Signature"):
-        raise ApiError(403, NOT_SIGNED, "AccessDenied")
-    if now > expires:
-        raise ApiError(403, "Request has expired", "AccessDenied")
-    return expires
+    return service.check_signed(request, now, no_credentials=NO_CREDENTIALS, unsigned=NOT_SIGNED)
 
 
 def check_body(request: Request, mime: str, size: int, what: str) -> None:

@@ -142,9 +142,7 @@ class XvidService(Service):
     def error(self, op: str, status: int, message: str, code: str = "") -> Response:
         if op in S3_OPS:
             code = code or _S3_CODES.get(status, "InternalError")
-            xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{escape(code)}</Code>'
-                   f"<Message>{escape(message)}</Message></Error>")
-            return Response.xml(xml, status)
+            return Response.s3_error(code, message, status)
         if not code.startswith("0x"):  # an injected fault carries an S3 code: use Xvid's
             code = _CODES.get(status, INTERNAL if status >= 500 else INVALID_INPUT)
         return Response.json({"error": {"error_code": code, "error_message": message}}, status)
