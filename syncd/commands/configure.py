@@ -37,18 +37,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             # Not a config error (docs/configuration.md): the daemon waits for the folder.
             print(f"  warning: folders[{n}].path: {quoted_path(root)} does not exist yet; syncd run "
                   "waits for it (create it, or fix the path)")
-        if folder.labels:
-            if caps.labels:
-                print(f"  labels {list(folder.labels)} are delivered as {caps.labels}")
-            else:
-                print(f"  warning: {dest.type} cannot carry labels{why}; "
-                      f"{list(folder.labels)} will not reach the service")
-        if folder.category:
-            if caps.category:
-                print(f"  category {folder.category!r} is delivered as {caps.category}")
-            else:
-                print(f"  warning: {dest.type} cannot carry a category{why}; "
-                      f"{folder.category!r} will not reach the service")
+        # (what is sent, as shown, the noun in "cannot carry ...", where the service keeps it)
+        sent = ((folder.labels, f"{list(folder.labels)}", "labels", "labels", "are", caps.labels),
+                (folder.category, f"{folder.category!r}", "category", "a category", "is",
+                 caps.category))
+        for value, shown_value, name, kind, verb, carried_as in sent:
+            if value and carried_as:
+                print(f"  {name} {shown_value} {verb} delivered as {carried_as}")
+            elif value:
+                print(f"  warning: {dest.type} cannot carry {kind}{why}; "
+                      f"{shown_value} will not reach the service")
         per_file = [k for k in ("labels_from_path", "metadata_sidecar") if getattr(folder, k)]
         if per_file and not caps.labels:
             print(f"  warning: {dest.type} cannot carry labels{why}; the labels that "

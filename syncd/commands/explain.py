@@ -14,13 +14,27 @@ import argparse
 import os
 import stat
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from syncd import config as configmod
 from syncd import rules
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
-from syncd.ledger import Row, State
+from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 
+T = TypeVar("T")
+
+
+def _look_up(cfg: configmod.Config, query: Callable[[Ledger], T]) -> T | None:
+    """``query`` on the config's ledger, opened read-only for it; None when there is none."""
+    ledger = open_ledger(cfg)
+    if ledger is None:
+        return None
+    try:
+        return query(ledger)
+    finally:
+        ledger.close()
 
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = load(args, secrets=False)
@@ -85,14 +99,9 @@ def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path:
                     if folder.after_upload == "archive" and folder.archive_dir else ""))
     if st is None:
         lines.append("  it does not exist yet: syncd waits for it (create it, or fix the path)")
-    ledger = open_ledger(cfg)
-    if ledger is not None:
-        try:
-            counts = ledger.counts_by_folder().get(root, {})
-        finally:
-            ledger.close()
-        if counts:
-            lines.append("  ledger: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
+    counts = _look_up(cfg, lambda ledger: ledger.counts_by_folder().get(root, {}))
+    if counts:
+        lines.append("  ledger: " + ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items())))
     lines.append(f"  `syncd explain {quoted_path(os.path.join(root, 'NAME'))}` tells about one file")
     return "\n".join(lines)
 
@@ -106,13 +115,7 @@ def _moved(cfg: configmod.Config, folder: configmod.FolderConfig, kind: str, dir
         what = ("uploaded files are moved here" if kind == "archive"
                 else "files syncd gave up on are moved here, each with NAME.error.json")
         return f"{quoted_path(path)} is {where}: {what}; syncd never uploads from it", True
-    row = None
-    ledger = open_ledger(cfg)
-    if ledger is not None:
-        try:
-            row = ledger.at_location(root, candidate)
-        finally:
-            ledger.close()
+    row = _look_up(cfg, lambda ledger: ledger.at_location(root, candidate))
     if row is None:
         if st is None:
             return f"{quoted_path(path)}: no such file, and the ledger has no row for it ({where})", False
@@ -158,13 +161,7 @@ def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate:
 
         lines.append(f"  not uploaded: it is a {describe_mode(st.st_mode)}")
         return "\n".join(lines), True
-    ledger = open_ledger(cfg)
-    row = None
-    if ledger is not None:
-        try:
-            row = ledger.latest_for_path(root, rel)
-        finally:
-            ledger.close()
+    row = _look_up(cfg, lambda ledger: ledger.latest_for_path(root, rel))
     if row is None:
         if st is None:
             lines.append("  no such file, and the ledger has never seen it")
