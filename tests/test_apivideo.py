@@ -380,9 +380,9 @@ def parts_in(state: dict[str, Any]) -> int:
     return len(state.get("parts") or {})
 
 
-def make_dest(emu: Emulator, client: httpx.Client, *, key: bool = True, token: str = TOKEN,
+def make_dest(emu: Emulator, client: httpx.Client, *, key: bool = True, token: str | None = TOKEN,
               api_key: str = KEY, chunk: int = C) -> ApiVideoDestination:
-    options = ApiVideoOptions(upload_token=Secret(token),
+    options = ApiVideoOptions(upload_token=Secret(token) if token is not None else None,
                               api_key=Secret(api_key) if key else None,
                               base_url=emu.url + "/apivideo", chunk_size=chunk)
     return ApiVideoDestination("videos", options, client)
@@ -435,14 +435,45 @@ def test_options_validation(tmp_path: Path) -> None:
     for bad in ("4 MiB", "129 MiB"):
         _, problems = parse({"upload_token": "to-x", "chunk_size": bad})
         assert [p.key for p in problems] == ["destinations.v.chunk_size"]
-    _, problems = parse({})
-    assert [p.key for p in problems] == ["destinations.v.upload_token"]
+    _, problems = parse({})  # neither credential
+    assert len(problems) == 1 and "api_key" in problems[0].message \
+        and "upload_token" in problems[0].message
+    key_only, problems = parse({"api_key": "k-x"})
+    assert problems == [] and key_only.upload_token is None
     # syncd check: tags and metadata with api_key; without it, nothing and the reason why.
     with_key, _ = parse({"upload_token": "to-x", "api_key": "k-x"})
     caps = ApiVideoDestination.capabilities_for(with_key)
     assert caps.labels == "video tags" and caps.category and not caps.note
     caps = ApiVideoDestination.capabilities_for(opts)
     assert caps.labels is None and caps.category is None and "without api_key" in caps.note
+
+
+def test_api_key_alone_uploads_through_the_api(emu: Emulator, client: httpx.Client,
+                                              tmp_path: Path) -> None:
+    """No upload token: the video is created and filled through /videos (its tags set),
+    and `check --online` checks the key alone."""
+    path = write(tmp_path, 2 * C + 7)
+    dest = make_dest(emu, client, token=None)
+    assert "api_key accepted" in dest.probe()
+    receipt = run(dest, path)
+    row = assert_stored(emu, path)
+    ops = [e["op"] for e in emu.requests()]
+    assert "apivideo.upload" not in ops and row["labels"] == ["talks", "2026"]
+    assert receipt.remote_id == row["video_id"]
+
+
+def test_a_token_upload_without_its_token_starts_again_with_the_key(
+        emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    """A resume state of a token upload whose first chunk never arrived, after the config
+    dropped upload_token for api_key: a new upload through the API (the /upload route is
+    never asked for), not an error."""
+    path = write(tmp_path, C + 1)
+    begun = {"v": 1, "kind": "apivideo-chunks", "part_size": C, "size": C + 1, "parts": {},
+             "session": {"video_id": None, "via": "token", "filename": path.name}}
+    receipt = run(make_dest(emu, client, token=None), path, resume=begun)
+    row = assert_stored(emu, path)
+    assert receipt.remote_id == row["video_id"]
+    assert "apivideo.upload" not in [e["op"] for e in emu.requests()]
 
 
 def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Client,

@@ -42,8 +42,9 @@ class ApiVideoApi(Api):
         super().__init__("apivideo", options.base_url, client,
                          auth=None if key is None else basic(key.reveal(), ""),
                          rate_limit=RATE_LIMIT, lost=(404,))
-        self.token = options.upload_token.reveal()
-        redact.register(self.token)
+        self.token = None if options.upload_token is None else options.upload_token.reveal()
+        if self.token is not None:
+            redact.register(self.token)
 
     @property
     def has_key(self) -> bool:
@@ -68,6 +69,7 @@ class ApiVideoApi(Api):
 
     def post_chunk(self, video_id: str | None, filename: str, part: Part) -> httpx.Response:
         """Send one chunk to ``POST /upload?token=…`` (byte ranges)."""
+        assert self.token is not None, "the /upload route needs upload_token"
         return self.send("POST", self.base + "/upload", what=f"apivideo: chunk {part.number}",
                          params={"token": self.token}, **_chunk(video_id, filename, part))
 

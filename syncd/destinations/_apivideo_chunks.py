@@ -76,7 +76,9 @@ class VideoChunks:
                                max_size=128 * MiB, max_parts=100_000, empty_parts=1)
         # The receipt's private URLs are sealed with the steadier secret: the API key
         # (an upload token may have a ttl).
-        self.seal_secret = (options.api_key or options.upload_token).reveal()
+        secret = options.api_key or options.upload_token
+        assert secret is not None  # ApiVideoOptions requires one of them
+        self.seal_secret = secret.reveal()
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         if not self.api.has_key:

@@ -208,6 +208,9 @@ class ApiVideoDestination:
                 self._api.check(response, what=what, ok=())
             return (f"reachable (HTTP {response.status_code}); the upload token cannot be "
                     "checked without api_key: the first upload checks it")
+        if self._api.token is None:
+            self._api.call("GET", "/videos", what="apivideo: check api_key", params={"pageSize": 1})
+            return "ok: api_key accepted (no upload_token: every upload goes through the API)"
         what = "apivideo: check upload token"
         try:
             data = self._api.call("GET", f"/upload-tokens/{quote(self._api.token, safe='')}",

@@ -183,15 +183,22 @@ class XvidOptions:
 
 @dataclass(frozen=True)
 class ApiVideoOptions:
-    upload_token: Secret = field(metadata=credential(
-        "Delegated upload token (secret): POST /upload-tokens or the dashboard."))
+    upload_token: Secret | None = field(default=None, metadata=credential(
+        "Delegated upload token (secret): POST /upload-tokens or the dashboard. Needed "
+        "without api_key; with one, unused."))
     base_url: str = field(default="https://ws.api.video", metadata={
         "doc": "API root (sandbox: https://sandbox.api.video)."})
     api_key: Secret | None = field(default=None, metadata=credential(
-        "API key (secret, optional): tags and metadata, resume from /status, abort."))
+        "API key (secret): tags and metadata, resume from /status, abort. Needed without "
+        "upload_token."))
     chunk_size: int = field(default=50 * MiB, metadata={
         "doc": "Chunk size; a file up to this size goes in one request.", "unit": "bytes",
         "min": 5 * MiB, "max": 128 * MiB})
+
+    def __post_init__(self) -> None:
+        if self.upload_token is None and self.api_key is None:
+            raise ValueError("set api_key (tags, metadata, resume) or upload_token (a delegated "
+                             "token: files only), or both")
 
 
 OPTIONS: dict[str, type] = {
