@@ -1,4 +1,6 @@
-# Two commands: `make run` (demo daemon + bundled emulator) and `make test`.
+# Two commands: `make run` (demo daemon + bundled emulator) and `make test` (the whole suite,
+# as CI runs it). While developing, `make check` is the fast tier: the tests that neither start
+# a process nor wait a second or more in real time (-m "not process and not slow"), then ruff.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +9,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench constraints clean
+.PHONY: run test check lint bench constraints clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "syncd needs Python 3.11 or newer")'
@@ -28,6 +30,10 @@ run: $(RUN_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
+
+check: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m "not process and not slow" -q
+	$(BIN)/ruff check syncd syncd_emulator tests
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check syncd syncd_emulator tests

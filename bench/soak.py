@@ -6,7 +6,7 @@ arriving, restart it each time, and check that nothing was lost.
 Prints the counts at the end: kills, files dropped, files done, remote objects,
 duplicate uploads (only ever files in flight at a kill), and the time taken.
 Exit 1 if an invariant failed. CI runs the same loop with 50 kills
-(tests/test_crash.py::test_random_sigkill_loop); this is the long version.
+(tests/daemon/test_crash.py::test_random_sigkill_loop); this is the long version.
 """
 
 from __future__ import annotations

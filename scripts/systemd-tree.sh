@@ -1,6 +1,6 @@
 #!/bin/sh
 # A Debian 12 tree that boots systemd as PID 1 under systemd-nspawn, for
-# tests/test_systemd_live.py. Run as root:
+# tests/daemon/test_systemd_live.py. Run as root:
 #
 #   scripts/systemd-tree.sh [TREE]        (default /var/cache/syncd-test/debian-12)
 #

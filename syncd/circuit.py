@@ -2,7 +2,7 @@
 
 The uploader keeps one :class:`Circuit` per destination, asks it before
 every upload (:meth:`Circuit.admit`) and tells it how each attempt ended.
-This docstring is the contract; ``tests/test_circuit.py`` checks it with an
+This docstring is the contract; ``tests/unit/test_circuit.py`` checks it with an
 injected clock.
 
 What feeds it (the uploader classifies every attempt, see :func:`is_outage`):

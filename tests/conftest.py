@@ -1,14 +1,23 @@
+"""Fixtures and guards for the whole suite (pytest applies this file to every directory under tests/).
+
+Guards: a test fails if it leaves a thread running after its teardown (:func:`_no_thread_leaks`),
+and a test without the ``process`` marker fails if it starts a process
+(:func:`pytest_runtest_call` and its siblings), which keeps ``make check`` free of them.
+"""
+
 from __future__ import annotations
 
+import _posixsubprocess
 import gc
 import logging
 import os
+import subprocess
 import sys
 import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +54,14 @@ def _no_thread_leaks() -> Iterator[None]:
     the check. Threads the test started get THREAD_GRACE_SECONDS to end.
 
     Garbage is collected first: an unclosed file or socket the test dropped in a reference cycle
-    then gives its ResourceWarning (an error) in this test's teardown, not in a later test."""
+    then gives its ResourceWarning (an error) in this test's teardown, not in a later test. What
+    is still alive after that is frozen (:func:`gc.freeze`), so each collection walks only what
+    one test made: milliseconds, not the whole session's heap. (What a test keeps alive past its
+    teardown and drops later is never collected, then.)"""
     before = set(threading.enumerate())
     yield
     gc.collect()
+    gc.freeze()
     started = [t for t in threading.enumerate()
                if t not in before and not isinstance(t, threading._DummyThread)]
     deadline = time.monotonic() + THREAD_GRACE_SECONDS
@@ -59,6 +72,75 @@ def _no_thread_leaks() -> Iterator[None]:
         pytest.fail("threads started by the test still run after its teardown:\n"
                     + "\n".join(f"  {t.name!r} (daemon={t.daemon}) at {_where(t)}" for t in leaked),
                     pytrace=False)
+
+
+class StartsAProcess(RuntimeError):
+    """A test without the ``process`` marker tried to start a process."""
+
+
+# What starts a process: subprocess (run, check_output, asyncio's subprocesses, os.popen) goes
+# through Popen._execute_child; multiprocessing through os.fork or _posixsubprocess.fork_exec.
+_SPAWNERS: list[tuple[Any, str]] = [(subprocess.Popen, "_execute_child"),
+                                    (_posixsubprocess, "fork_exec")] + [
+    (os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system")
+    if hasattr(os, name)]
+
+
+def _message(tried: list[str]) -> str:
+    return (f"this test starts a process: mark it process (@pytest.mark.process, or "
+            f"pytestmark = pytest.mark.process for a whole file); it tried {tried[0]}")
+
+
+def _refusing(owner: Any, name: str, tried: list[str]) -> Callable[..., Any]:
+    what = f"{getattr(owner, '__name__', owner)}.{name}"
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        if what == "Popen._execute_child" and len(args) > 1:  # (self, args, executable, ...)
+            tried.append(f"subprocess.Popen({args[1]!r})")
+        else:
+            tried.append(f"{what}()")
+        raise StartsAProcess(_message(tried))
+    return refuse
+
+
+def _processes_refused(item: pytest.Item) -> Generator[None, Any, Any]:
+    """Runs one phase (setup, call or teardown) of ``item``; without the ``process`` marker,
+    starting a process raises :class:`StartsAProcess`, and the phase fails with that message
+    even if the code under test caught the exception (and skipped, or went on)."""
+    if item.get_closest_marker("process") is not None:
+        return (yield)
+    tried: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        for owner, name in _SPAWNERS:
+            mp.setattr(owner, name, _refusing(owner, name, tried))
+        try:
+            result = yield
+        except StartsAProcess:
+            raise
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+            if tried:
+                raise StartsAProcess(_message(tried)) from exc
+            raise
+    if tried:
+        raise StartsAProcess(_message(tried))
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+    """Fixtures of every scope are set up here, so a module fixture cannot slip a process in."""
+    return (yield from _processes_refused(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    return (yield from _processes_refused(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[
+        None, Any, Any]:
+    return (yield from _processes_refused(item))
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
 """The end-to-end suite's table of services: one :class:`Service` per destination type.
 
-``tests/test_e2e_services.py`` runs the real daemon (a subprocess, through
+``tests/daemon/test_e2e_services.py`` runs the real daemon (a subprocess, through
 :class:`tests.harness.Setup`) against the emulator for every type in
 :data:`syncd.destinations.REGISTRY`, with the scenarios written once; what
 differs between services is described here, once per type:
@@ -133,7 +133,7 @@ LILT = Service(
 WRIFTAI = Service(
     type="wriftai",
     # protocol "uploads": multi-part, resumable. "urls" (one PUT, with the file name) has its
-    # own tests in tests/test_e2e_wriftai.py.
+    # own tests in tests/daemon/test_e2e_wriftai.py.
     destination={"type": "wriftai", "base_url": "{url}/wriftai/v1",
                  "token": "env:TEST_WRIFTAI_TOKEN", "protocol": "uploads"},
     emulator={"wriftai_part_size": 64 * KiB},  # the server dictates the part size
@@ -162,7 +162,7 @@ XVID = Service(
     session=("upload_id", "upload_id"),
     supports=frozenset({"empty", "resume", "expiry"}),
     lacks={"labels": "Xvid has no metadata fields: labels and category travel only in "
-                     "object_key (tests/test_e2e_xvid.py)",
+                     "object_key (tests/daemon/test_e2e_xvid.py)",
            "uuid": "Xvid has no field for the uuid: it travels only in object_key"},
     renewal=Renewal("xvid.open", per_part=False, logged="opening a new one"),
     never_in_ledger=(b"/_s3/",),  # not even the form's URL: it is sealed with the rest
@@ -171,7 +171,7 @@ XVID = Service(
 APIVIDEO = Service(
     type="apivideo",
     # With api_key: tags, metadata and /status on resume. The token-only route has its own
-    # tests in tests/test_e2e_apivideo.py.
+    # tests in tests/daemon/test_e2e_apivideo.py.
     destination={"type": "apivideo", "base_url": "{url}/apivideo",
                  "upload_token": "env:TEST_APIVIDEO_TOKEN", "api_key": "env:TEST_APIVIDEO_KEY",
                  "chunk_size": "5 MiB"},

@@ -1,4 +1,4 @@
-"""A Debian 12 container booting systemd as PID 1, for tests/test_systemd_live.py.
+"""A Debian 12 container booting systemd as PID 1, for tests/daemon/test_systemd_live.py.
 
 * :func:`ensure_tree` runs ``scripts/systemd-tree.sh``: the host tools (apt)
   and a debootstrap tree, cached in ``/var/cache/syncd-test/debian-12`` and

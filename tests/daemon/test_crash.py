@@ -18,7 +18,7 @@ import pytest
 
 from tests.harness import Setup, sha, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 POINTS = [
     "ledger.promote", "ledger.claim", "ledger.checkpoint", "ledger.uploaded",

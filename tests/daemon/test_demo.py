@@ -26,7 +26,7 @@ def test_demo_config_is_valid(tmp_path: Path) -> None:
     assert {f.destination for f in cfg.folders} == {"lilt", "wriftai", "xvid", "apivideo"}
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_demo_runs_and_delivers_to_every_service(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(

@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness import CANARY_KEY, Setup, sha, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 
 

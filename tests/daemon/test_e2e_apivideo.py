@@ -2,7 +2,7 @@
 
 Sizes (with the empty file's documented refusal), tags and metadata, and a
 SIGKILL mid-upload, with an ``api_key``, are in the suite every service runs
-(``tests/test_e2e_services.py``). Here: the token-only route (no
+(``tests/daemon/test_e2e_services.py``). Here: the token-only route (no
 ``api_key``), where no ``/status`` says what the server holds: after a
 SIGKILL, the chunks without a recorded 201 are sent again with the
 ``videoId`` the first chunk returned, and no second video is made.
@@ -22,7 +22,7 @@ import pytest
 from tests.e2e_services import APIVIDEO, MiB, assert_delivered, log, make, ok
 from tests.harness import CANARIES, Setup, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 CHUNK = APIVIDEO.part_size
 BIG = 3 * CHUNK + MiB + 11  # four chunks: 5, 5, 5 and 1 MiB (+11 bytes)

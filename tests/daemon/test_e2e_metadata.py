@@ -26,7 +26,7 @@ import pytest
 from syncd.ledger import Row
 from tests.harness import Setup, sha, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 PATTERN = "{client}/{project}/**"
 

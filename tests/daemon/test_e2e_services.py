@@ -14,7 +14,7 @@ as that type is described in :mod:`tests.e2e_services`, and once more with
   attempt, without failing the file.
 
 A scenario that needs a capability the type lacks is skipped with the reason.
-What only one service does stays in ``tests/test_e2e_<service>.py``.
+What only one service does stays in ``tests/daemon/test_e2e_<service>.py``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tests.e2e_services import (
 )
 from tests.harness import Setup, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 HOLD = 3.0  # seconds the emulator holds the part request a SIGKILL interrupts
 URL_TTL = 3.0  # seconds signed URLs and forms live in the expiry scenario ...
@@ -70,6 +70,7 @@ def test_every_registered_type_has_a_service() -> None:
         assert ("expiry" in service.supports) == (service.renewal is not None)
 
 
+@pytest.mark.process
 @CLEAN_OR_FAULTY
 def test_sizes_arrive_byte_identical(make_setup: Callable[..., Setup], service: Service,
                                      faults: bool) -> None:
@@ -94,6 +95,7 @@ def test_sizes_arrive_byte_identical(make_setup: Callable[..., Setup], service: 
     assert s.stop() == 0
 
 
+@pytest.mark.process
 @CLEAN_OR_FAULTY
 def test_sigkill_mid_upload_resends_only_unconfirmed_parts(
         make_setup: Callable[..., Setup], service: Service, faults: bool) -> None:
@@ -132,6 +134,7 @@ def test_sigkill_mid_upload_resends_only_unconfirmed_parts(
     assert s.stop() == 0
 
 
+@pytest.mark.process
 @CLEAN_OR_FAULTY
 def test_expired_url_is_renewed_without_failing_the_file(
         make_setup: Callable[..., Setup], service: Service, faults: bool) -> None:

@@ -1,7 +1,7 @@
 """The real daemon (subprocess) and the emulated WriftAI: what only WriftAI does.
 
 Sizes, SIGKILL mid-upload and an expiring part URL, with ``protocol =
-"uploads"``, are in the suite every service runs (``tests/test_e2e_services.py``).
+"uploads"``, are in the suite every service runs (``tests/daemon/test_e2e_services.py``).
 Here: the other protocol, ``"urls"`` (one presigned PUT per file, with the
 file's name), and ``syncd files --receipt``, which shows the signed
 ``download_url`` the ledger keeps sealed.
@@ -20,7 +20,7 @@ import pytest
 from tests.e2e_services import CLEAN_OR_FAULTY, WRIFTAI, assert_delivered, make
 from tests.harness import Setup, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 PART = WRIFTAI.part_size
 

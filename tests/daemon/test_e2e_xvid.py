@@ -1,7 +1,7 @@
 """The real daemon (subprocess) and the emulated Xvid MediaHub: what only Xvid does.
 
 Sizes, SIGKILL mid-upload and an expiring form policy are in the suite every
-service runs (``tests/test_e2e_services.py``). Here: Xvid has no metadata
+service runs (``tests/daemon/test_e2e_services.py``). Here: Xvid has no metadata
 fields, so the folder's labels and category and syncd's uuid travel only in
 ``object_key`` (the template of :data:`tests.e2e_services.XVID` puts them in
 its segments); and every access token, form policy and signature the
@@ -19,7 +19,7 @@ from syncd_emulator.xvid import XvidService
 from tests.e2e_services import CATEGORY, LABELS, XVID, XVID_PIPELINE, assert_delivered, ledger_bytes, make
 from tests.harness import Setup, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(90)]
 
 CHUNK = XVID.part_size
 

@@ -35,7 +35,7 @@ import pytest
 
 from tests.harness import Setup, sha, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 DAEMON_UID = 64101
 PRODUCER_UID = 64102

@@ -203,6 +203,7 @@ def syncd_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[st
                           timeout=timeout, env=env, preexec_fn=_limit_memory)
 
 
+@pytest.mark.process
 def test_check_refuses_dev_zero_at_once() -> None:
     started = time.monotonic()
     out = syncd_cli("-c", "/dev/zero", "check")
@@ -212,6 +213,7 @@ def test_check_refuses_dev_zero_at_once() -> None:
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.process
 def test_check_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "config.toml"
     os.mkfifo(fifo)
@@ -220,6 +222,7 @@ def test_check_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     assert f"{fifo}: {fifo} is not a regular file (it is a FIFO)" in out.stderr
 
 
+@pytest.mark.process
 def test_check_refuses_a_huge_config(tmp_path: Path) -> None:
     big = tmp_path / "config.toml"
     with open(big, "wb") as f:
@@ -234,6 +237,7 @@ def test_check_refuses_a_huge_config(tmp_path: Path) -> None:
 UMASK_0 = ["sh", "-c", 'umask 000 && exec "$@"', "umask0"]
 
 
+@pytest.mark.process
 def test_state_files_are_private_after_a_daemon_run(make_setup: Callable[..., Setup]) -> None:
     """Under umask 000 (the worst case outside systemd) nothing in state_dir is readable by
     others: the directory 0700, the ledger, -wal, -shm and lock 0600."""
@@ -256,6 +260,7 @@ def test_state_files_are_private_after_a_daemon_run(make_setup: Callable[..., Se
     s.invariants()
 
 
+@pytest.mark.process
 def test_state_dir_and_ledger_of_syncd_once_under_umask_0(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])
     s.drop("b.txt", b"x" * 1000)
@@ -311,6 +316,7 @@ def test_an_older_ledger_is_brought_to_0600(tmp_path: Path) -> None:
 # -- warnings at daemon start ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_daemon_start_warns_about_a_config_others_can_change(
         make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])

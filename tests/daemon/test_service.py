@@ -38,8 +38,6 @@ import tomli_w
 from syncd.ledger import Row
 from tests.harness import CANARY_KEY, Setup, wait_until
 
-pytestmark = pytest.mark.slow
-
 MiB = 1024 * 1024
 
 
@@ -227,6 +225,7 @@ def test_notifier_talks_to_an_abstract_socket_and_redacts(
 # -- READY, STATUS, WATCHDOG, reload, stop ----------------------------------------------------
 
 
+@pytest.mark.process
 def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
                                                notify: NotifySocket, tmp_path: Path) -> None:
     creds = tmp_path / "credentials"
@@ -319,6 +318,7 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     assert "wrong-key-4d1c" not in s.log_text()
 
 
+@pytest.mark.process
 def test_watchdog_pings_stop_while_the_ledger_takes_no_writes(
         make_setup: Callable[..., Setup], notify: NotifySocket) -> None:
     s = make_setup()
@@ -377,6 +377,7 @@ def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # -- stopping ------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_sigterm_lets_an_upload_in_flight_finish(make_setup: Callable[..., Setup],
                                                  notify: NotifySocket) -> None:
     s = make_setup(folders=[{"name": "in"}], daemon={"drain_seconds": 10})
@@ -405,6 +406,7 @@ def _large_setup(make_setup: Callable[..., Setup], drain: float, size: int) -> S
     return s
 
 
+@pytest.mark.process
 def test_sigterm_during_a_large_upload_exits_0_and_resumes_on_restart(
         make_setup: Callable[..., Setup], notify: NotifySocket) -> None:
     s = _large_setup(make_setup, drain=0.5, size=25 * MiB)  # 5 parts of 5 MiB
@@ -438,6 +440,7 @@ def test_sigterm_during_a_large_upload_exits_0_and_resumes_on_restart(
     assert s.stop() == 0
 
 
+@pytest.mark.process
 def test_second_sigterm_exits_at_once_and_safely(make_setup: Callable[..., Setup],
                                                  notify: NotifySocket) -> None:
     s = _large_setup(make_setup, drain=60, size=10 * MiB)
@@ -464,6 +467,7 @@ def test_second_sigterm_exits_at_once_and_safely(make_setup: Callable[..., Setup
 # -- metrics and event lines ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_metrics_endpoint_and_event_log_lines(make_setup: Callable[..., Setup]) -> None:
     port = free_port()
     s = make_setup(folders=[{"name": "in"}], daemon={"metrics_listen": f"127.0.0.1:{port}"})
@@ -518,6 +522,7 @@ def test_metrics_endpoint_and_event_log_lines(make_setup: Callable[..., Setup]) 
 # -- folder health -----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_deleted_and_recreated_inbox_keeps_working(make_setup: Callable[..., Setup],
                                                    notify: NotifySocket) -> None:
     s = make_setup(folders=[{"name": "in"}])
@@ -538,6 +543,7 @@ def test_deleted_and_recreated_inbox_keeps_working(make_setup: Callable[..., Set
     s.invariants()
 
 
+@pytest.mark.process
 def test_marker_file_guards_a_folder(make_setup: Callable[..., Setup],
                                      notify: NotifySocket) -> None:
     s = make_setup(folders=[{"name": "share", "marker": ".syncd-root"}])
@@ -553,6 +559,7 @@ def test_marker_file_guards_a_folder(make_setup: Callable[..., Setup],
     assert [u["filename"] for u in s.emulator.uploads()] == ["early.txt"]
 
 
+@pytest.mark.process
 def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[..., Setup],
                                                         notify: NotifySocket) -> None:
     why = namespaces_usable("-U", "-r", "-m", nsenter=True)
@@ -588,6 +595,7 @@ def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[...
     assert proc.wait(20) == 0
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("limit,sysctl", [("max_inotify_watches", "fs.inotify.max_user_watches"),
                                           ("max_inotify_instances",
                                            "fs.inotify.max_user_instances")])
@@ -612,6 +620,7 @@ def test_inotify_limit_falls_back_to_polling(make_setup: Callable[..., Setup], l
     s.invariants()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("full", ["archive", "ledger"])
 def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: NotifySocket,
                                       tmp_path: Path, full: str) -> None:

@@ -3,7 +3,7 @@
 The reload tests run the real daemon (tests/harness.py) and the real command
 as subprocesses: `syncd reload` must return only once the daemon has applied
 the new config (exit 0) or refused it (exit 2), which is what makes
-``systemctl reload syncd`` wait and fail. tests/test_systemd_live.py runs the
+``systemctl reload syncd`` wait and fail. tests/daemon/test_systemd_live.py runs the
 same through a real systemd.
 """
 
@@ -52,6 +52,7 @@ def test_package_data_is_the_checkouts_files() -> None:
     assert 'syncd = ["data/*"]' in (ROOT / "pyproject.toml").read_text()  # into the wheel
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("flag", "name"), [
     ((), "syncd.service"), (("--sysusers",), "syncd.sysusers.conf"),
     (("--tmpfiles",), "syncd.tmpfiles.conf"), (("--config-example",), "config.example.toml"),
@@ -62,6 +63,7 @@ def test_unit_prints_each_shipped_file(flag: tuple[str, ...], name: str) -> None
     assert out.stdout == SHIPPED_FROM[name].read_text()
 
 
+@pytest.mark.process
 def test_unit_install_writes_the_three_files_under_a_root(tmp_path: Path) -> None:
     out = syncd("unit", "--install", "--root", str(tmp_path))
     assert out.returncode == 0, out.stderr
@@ -79,6 +81,7 @@ def test_unit_install_writes_the_three_files_under_a_root(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.partial"))
 
 
+@pytest.mark.process
 def test_unit_credentials_lists_every_credential_the_config_names(tmp_path: Path) -> None:
     config = tmp_path / "syncd.toml"
     config.write_text("""
@@ -156,7 +159,7 @@ def rewrite(s: Setup, folders: list[dict[str, Any]]) -> None:
     s._write_config({}, {})
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_reload_returns_once_the_new_config_is_applied(daemon: Setup) -> None:
     s = daemon
     rewrite(s, [{"name": "a"}, {"name": "b"}])
@@ -177,7 +180,7 @@ def test_reload_returns_once_the_new_config_is_applied(daemon: Setup) -> None:
     s.invariants()
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_reload_of_a_broken_config_fails_and_the_daemon_keeps_running(daemon: Setup) -> None:
     s = daemon
     assert s.proc is not None
@@ -201,7 +204,7 @@ def test_reload_of_a_broken_config_fails_and_the_daemon_keeps_running(daemon: Se
     assert "reload failed" not in (s.status()["daemon"].get("status") or "")
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_reload_gives_up_on_a_wedged_daemon_and_on_none(daemon: Setup) -> None:
     s = daemon
     assert s.proc is not None

@@ -44,7 +44,7 @@ from tests import nspawn
 from tests.harness import wait_until
 
 # The first run builds the tree (debootstrap: a few minutes, counted in the first test).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(1800)]
 
 SECRET = "live-lilt-key-" + secrets.token_hex(8)  # only the credential file and the emulator
 BIG = 40 * 1024 * 1024  # 5 Lilt parts of 8 MiB

@@ -10,7 +10,7 @@
 ``ExecStart=`` and ``ExecReload=`` must name an existing executable for
 verify, so the unit is checked with this checkout's ``syncd`` entry point
 substituted; nothing else changes. Each test skips with a message where the
-tool is missing. tests/test_systemd_live.py runs the unit under a real systemd.
+tool is missing. tests/daemon/test_systemd_live.py runs the unit under a real systemd.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 from syncd.cli import EXIT_CONFIG, EXIT_LEDGER
 from syncd.config import DaemonConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "syncd.service"
 SYSUSERS = REPO / "systemd" / "syncd.sysusers.conf"
 TMPFILES = REPO / "systemd" / "syncd.tmpfiles.conf"
@@ -82,6 +82,7 @@ def section(name: str = "Service") -> dict[str, list[str]]:
     return values
 
 
+@pytest.mark.process
 def test_verify_is_clean(unit: Path) -> None:
     analyze = tool("systemd-analyze")
     out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
@@ -90,6 +91,7 @@ def test_verify_is_clean(unit: Path) -> None:
     assert out.stderr == "", out.stderr
 
 
+@pytest.mark.process
 def test_security_exposure_at_most_1_2(unit: Path) -> None:
     analyze = tool("systemd-analyze")
     out = subprocess.run([analyze, "security", "--offline=yes", f"--threshold={EXPOSURE_MAX}",
@@ -131,6 +133,7 @@ def test_unit_settings_match_the_daemon() -> None:
     assert section("Install")["WantedBy"] == ["multi-user.target"]
 
 
+@pytest.mark.process
 def test_sysusers_and_tmpfiles_create_user_and_folders(tmp_path: Path) -> None:
     sysusers = tool("systemd-sysusers")
     tmpfiles = tool("systemd-tmpfiles")
@@ -193,13 +196,14 @@ def test_reads_are_narrowed_beyond_protect_system() -> None:
 def _documented_drop_in(what: str = "folders") -> str:
     """A drop-in of docs/operations.md (the ini block after its marker)."""
     text = OPERATIONS.read_text()
-    marker = f"<!-- {what} drop-in, checked by tests/test_systemd_unit.py -->"
+    marker = f"<!-- {what} drop-in, checked by tests/daemon/test_systemd_unit.py -->"
     assert marker in text
     block = re.search(r"```ini\n(.*?)```", text.split(marker, 1)[1], re.S)
     assert block is not None
     return block.group(1)
 
 
+@pytest.mark.process
 def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> None:
     analyze = tool("systemd-analyze")
     drop_in = _documented_drop_in()
@@ -215,6 +219,7 @@ def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> N
     assert out.returncode == 0, out.stdout
 
 
+@pytest.mark.process
 def test_documented_credentials_drop_ins(unit: Path) -> None:
     """Section 4: one row per destination type, its config and its drop-in line agree,
     and the example drop-in verifies with the unit."""

@@ -757,6 +757,7 @@ def _max_overlap(entries: list[dict[str, Any]]) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_parallel_parts_bounded_by_max_connections(emu: Emulator, client: httpx.Client,
                                                    tmp_path: Path) -> None:
     """Two files with 3 parts in flight each, but at most 2 part PUTs at once per destination."""

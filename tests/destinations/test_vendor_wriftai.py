@@ -28,7 +28,7 @@ import pytest
 
 from syncd_emulator import Emulator
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 TOKEN = "vendor-wriftai-token-31c7"
 VENDOR_034 = Path(sys.prefix) / "vendor" / "wriftai-0.34"

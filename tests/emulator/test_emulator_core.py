@@ -28,7 +28,7 @@ from syncd_emulator.faults import FaultInjector
 from syncd_emulator.store import Store
 
 KEY = "demo-lilt-key"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -377,6 +377,7 @@ def test_parser_defaults() -> None:
         main(["--fail-rate", "3"])
 
 
+@pytest.mark.process
 def test_main_serves_in_a_subprocess_and_masks_secrets(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(

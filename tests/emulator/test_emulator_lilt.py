@@ -249,6 +249,7 @@ def test_put_refuses_an_expired_url(emu: Emulator, api: httpx.Client, clock: Clo
     assert emu.uploads() == []
 
 
+@pytest.mark.slow
 def test_put_refuses_an_expired_url_in_real_time(tmp_path: Path) -> None:
     import time
 

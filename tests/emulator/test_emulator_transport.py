@@ -22,7 +22,7 @@ from syncd_emulator import IN_PROCESS_URL, Emulator, EmulatorTransport, Request,
 from syncd_emulator.messages import BytesBody, headers_of
 
 KEY = "demo-lilt-key"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,6 +195,7 @@ def test_the_dispatcher_alone(emu: Emulator) -> None:
     assert isinstance(answer, Response) and answer.status == 401  # no credentials
 
 
+@pytest.mark.process
 def test_syncd_emulate_still_starts_it(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.harness import Setup, sha, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 MIB = 1024 * 1024
 

@@ -33,7 +33,7 @@ import pytest
 
 from tests.harness import ROOT, Setup, sha, strace_problem, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 
 
@@ -61,6 +61,7 @@ def _garble_page_3(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("damage", ["notadb", "corrupt"])
 def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup: Callable[..., Setup], damage: str) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1}])
@@ -140,6 +141,7 @@ print("released", flush=True)
 """
 
 
+@pytest.mark.process
 def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[..., Setup]) -> None:
     # no periodic rescan during the test: what the events reported must not be lost
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
@@ -172,6 +174,7 @@ def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[...,
     s.assert_no_secret()
 
 
+@pytest.mark.process
 def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
     s.drop("first.txt", b"makes the ledger")
@@ -261,6 +264,7 @@ def _first(events: list[tuple[str, Any]], start: int, pred: Any) -> int:
     return -1
 
 
+@pytest.mark.process
 def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_path: Path) -> None:
     problem = strace_problem()
     if problem:

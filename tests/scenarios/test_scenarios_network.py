@@ -66,7 +66,7 @@ from tests.conftest import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.harness import CANARIES, Setup, sha, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 
 MIB = 1024 * 1024
 TIB = 1024 * 1024 * MIB
@@ -108,6 +108,7 @@ def _log_times(s: Setup, needle: str) -> list[float]:
 
 # -- F17 ----------------------------------------------------------------------------------
 
+@pytest.mark.process
 def test_f17_retry_after_seconds_and_http_date_are_waited_out(setup: Any) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
               daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 10})
@@ -130,6 +131,7 @@ def test_f17_retry_after_seconds_and_http_date_are_waited_out(setup: Any) -> Non
     s.invariants()
 
 
+@pytest.mark.process
 def test_f17_a_429_holds_back_every_worker(setup: Any) -> None:
     """Back-pressure is shared: after one 429, no worker starts a new upload to that
     service until its Retry-After is over (uploads already in flight may finish)."""
@@ -153,6 +155,7 @@ def test_f17_a_429_holds_back_every_worker(setup: Any) -> None:
     s.invariants()
 
 
+@pytest.mark.process
 def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> None:
     """A 429 is the account's, not the file's: it spends no attempt. 408 (the server
     timed out waiting for this request) does: three of them and the file has failed."""
@@ -181,6 +184,7 @@ def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> 
 
 # -- F18 ----------------------------------------------------------------------------------
 
+@pytest.mark.process
 def test_f18_stalled_server_is_abandoned_after_io_timeout_and_retried(setup: Any) -> None:
     io_timeout, retry_max = 1.0, 0.5
     s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 50}],
@@ -218,6 +222,7 @@ def test_f18_stalled_server_is_abandoned_after_io_timeout_and_retried(setup: Any
 
 # -- F19 ----------------------------------------------------------------------------------
 
+@pytest.mark.process
 @pytest.mark.parametrize("how", ["reset_after", "close_after"])
 def test_f19_connection_cut_mid_part_resends_only_that_part(setup: Any, how: str) -> None:
     """One worker, one keep-alive connection: 5 MiB parts, the connection is cut at 7 MiB,
@@ -270,6 +275,7 @@ def _metric(port: int, name: str) -> float:
     raise AssertionError(f"no {name} in the metrics")
 
 
+@pytest.mark.process
 @pytest.mark.timeout(150)
 def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
     """A service outage is not a file failure. ``max_attempts`` is 2 and
@@ -372,6 +378,7 @@ def _read_bytes(pid: int) -> int:
     return int(re.findall(r"^rchar: (\d+)$", text, re.MULTILINE)[0])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("service,size,reason", [
     ("lilt", 49 * TIB, "need more than 10000 parts of at most 8388608 bytes"),  # Lilt's 8 MiB
     ("apivideo", 13 * TIB, "need more than 100000 parts of at most 134217728 bytes"),
@@ -414,6 +421,7 @@ def test_f21_file_too_large_for_the_part_rules_is_refused_unread(
 
 # -- F22 ----------------------------------------------------------------------------------
 
+@pytest.mark.process
 @pytest.mark.parametrize("skew", [20 * 60, -20 * 60], ids=["server-ahead", "server-behind"])
 def test_f22_server_clock_twenty_minutes_off(setup: Any, monkeypatch: pytest.MonkeyPatch,
                                              skew: int) -> None:
@@ -598,6 +606,7 @@ def tls(setup: Any, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
         front.stop()
 
 
+@pytest.mark.process
 def test_f29_self_signed_server_is_refused_by_default(tls: tuple[Any, Path]) -> None:
     make, _ = tls
     s, front = make()
@@ -623,6 +632,7 @@ def test_f29_self_signed_server_is_refused_by_default(tls: tuple[Any, Path]) -> 
     s.assert_no_secret(*outputs)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("trust", ["ca_bundle", "tls_verify_off"])
 def test_f29_uploads_with_the_ca_bundle_or_with_verification_off(
         tls: tuple[Any, Path], trust: str) -> None:
@@ -654,6 +664,7 @@ def test_f29_uploads_with_the_ca_bundle_or_with_verification_off(
 PIPELINE = "5f3a9c0e7b1d4a2c8e6f0a1b"
 
 
+@pytest.mark.process
 def test_secrets_never_leak_with_every_destination_type(setup: Any) -> None:
     folders = [{"name": name, "destination": name, "labels": ["canary-run"], "category": "SOURCE",
                 "settle_seconds": 0.1, "max_attempts": 20}

@@ -32,7 +32,7 @@ from syncd.destinations.base import wire_name
 from syncd.logs import quoted_path
 from tests.harness import Setup, sha, strace_problem, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +[\w.]+: ")
 

@@ -20,7 +20,7 @@ import pytest
 from syncd import archive, failed, safefs
 from syncd.ledger import Ledger
 from tests.conftest import FakeClock, make_folder, row_of
-from tests.test_archive import _uploaded
+from tests.unit.test_archive import _uploaded
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from syncd.ledger import Ledger
 from syncd.uploader import Uploader
 from tests.conftest import FakeClock, make_folder, queue_file
 from tests.harness import wait_until
-from tests.test_uploader import FakeDestination
+from tests.unit.test_uploader import FakeDestination
 
 KiB, MiB = 1024, 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def at(hour: int, minute: int, second: int = 0) -> float:
@@ -195,6 +195,7 @@ def test_a_waiting_reader_stops_when_cancelled_or_when_the_limit_goes() -> None:
     assert time.monotonic() - t0 < 2
 
 
+@pytest.mark.slow
 def test_one_bucket_for_all_threads() -> None:
     bw = Bandwidth()
     rate = 512 * KiB
@@ -225,6 +226,7 @@ def test_one_bucket_for_all_threads() -> None:
 # -- uploads ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_uploader_paces_the_reads_and_cancels_promptly(tmp_path: Path, clock: FakeClock) -> None:
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path)
@@ -254,7 +256,7 @@ def test_uploader_paces_the_reads_and_cancels_promptly(tmp_path: Path, clock: Fa
     ledger.close()
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_daemon_upload_rate_stays_under_the_limit(make_setup: Any) -> None:
     """Real daemon, real emulator: a multipart file sent in parallel parts and two
     single-request files on another worker share one limit."""

@@ -29,7 +29,7 @@ from syncd.errors import ConfigError
 from syncd.ledger import Ledger, Row
 from syncd.lock import StateLock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -431,6 +431,7 @@ def test_status_watch_refreshes_until_ctrl_c(cfg: Path, capsys: pytest.CaptureFi
     assert main(["-c", str(cfg), "status", "--watch", "0"]) == 2
 
 
+@pytest.mark.process
 def test_status_watch_as_a_command_ends_on_sigint_with_exit_0(cfg: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch",

@@ -40,7 +40,7 @@ from syncd.errors import ConfigError, Problem
 from syncd.redact import redact
 from syncd.secrets import Secret, resolve
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = "cfgtest-env-secret-7f3a91"
 LITERAL = "cfgtest-literal-secret-c2d4e8"
 

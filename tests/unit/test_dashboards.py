@@ -30,7 +30,7 @@ from syncd.ledger import STATES
 from syncd.metrics import Metrics
 from tests.harness import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "syncd-alerts.yml"
 RULES_TEST = ROOT / "contrib" / "prometheus" / "syncd-alerts.test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "syncd-dashboard.json"
@@ -240,6 +240,7 @@ def test_dashboard_is_importable() -> None:
         cells |= mine
 
 
+@pytest.mark.process
 @needs_promtool
 def test_promtool_checks_the_rules() -> None:
     assert PROMTOOL is not None
@@ -249,6 +250,7 @@ def test_promtool_checks_the_rules() -> None:
     assert f"SUCCESS: {len(rule_exprs())} rules found" in out.stdout
 
 
+@pytest.mark.process
 @needs_promtool
 def test_promtool_unit_tests_of_the_rules() -> None:
     assert PROMTOOL is not None
@@ -257,6 +259,7 @@ def test_promtool_unit_tests_of_the_rules() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.process
 @needs_promtool
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     """Each dashboard query, variables filled in, as a recording rule that promtool checks."""
@@ -279,7 +282,7 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_running_daemon_exports_every_queried_family(make_setup: Any) -> None:
     """The families queried are served by a real daemon's /metrics (HELP lines, so a
     labelled family counts before its first sample)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "guarantees.md"
 SCENARIOS = range(1, 30)
 REF = re.compile(r"\b(tests/[\w/.-]+?\.py)::(\w+(?:::\w+)?)(?:\[[^\]\s]*\])?")
@@ -92,12 +92,12 @@ def test_promises_limits_and_soak_are_stated() -> None:
     assert "bench/soak.py --kills 1000" in text
     soak = (ROOT / "bench" / "soak.py").read_text(encoding="utf-8")
     assert '"--kills"' in soak, "bench/soak.py no longer takes --kills"
-    assert "test_random_sigkill_loop" in defined_tests("tests/test_crash.py")
-    assert "tests/test_crash.py::test_random_sigkill_loop" in text
+    assert "test_random_sigkill_loop" in defined_tests("tests/daemon/test_crash.py")
+    assert "tests/daemon/test_crash.py::test_random_sigkill_loop" in text
 
 
 def test_the_reference_parser_catches_a_missing_test() -> None:
-    refs = REF.findall("see `tests/test_crash.py::test_no_such_thing[seed-1]` and "
+    refs = REF.findall("see `tests/daemon/test_crash.py::test_no_such_thing[seed-1]` and "
                        "`tests/no_such_file.py::test_x`")
-    assert missing(refs) == ["tests/test_crash.py::test_no_such_thing",
+    assert missing(refs) == ["tests/daemon/test_crash.py::test_no_such_thing",
                              "tests/no_such_file.py::test_x"]

@@ -17,10 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from syncd.destinations import REGISTRY
 from syncd.destinations.options import OPTIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("httpx", "cryptography", "watchdog", "prometheus_client", "ssl", "email")
 MODULES = ("http.client", "urllib.request", "syncd.daemon", "syncd.uploader", "syncd.http",
            "syncd.seal", "syncd.metrics", "syncd.watcher", "syncd.webhook",
@@ -44,10 +46,12 @@ def imported(code: str, cwd: Path = ROOT) -> list[str]:
     return result
 
 
+@pytest.mark.process
 def test_cli_and_status_import_nothing_heavy() -> None:
     assert imported("import syncd.cli, syncd.commands.status, syncd.commands.explain") == []
 
 
+@pytest.mark.process
 def test_status_files_and_explain_import_nothing_heavy(tmp_path: Path) -> None:
     (tmp_path / "inbox").mkdir()
     (tmp_path / "inbox" / "a.pdf").write_bytes(b"%PDF")

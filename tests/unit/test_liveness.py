@@ -240,6 +240,7 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Pings]:
     p.close()
 
 
+@pytest.mark.slow
 def test_a_wedged_worker_stops_the_watchdog(tmp_path: Path, pings: _Pings,
                                             monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:

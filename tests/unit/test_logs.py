@@ -47,7 +47,8 @@ def server() -> Iterator[str]:
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -149,6 +150,7 @@ def test_httpx_request_lines_are_quiet_at_info(tmp_path: Path, server: str,
     assert "HTTP Request" not in out.read_text()
 
 
+@pytest.mark.process
 def test_daemon_under_journald_prefixes_every_line(tmp_path: Path) -> None:
     """The real `syncd once`, its stderr a file that JOURNAL_STREAM names."""
     s = Setup(tmp_path, folders=[{"name": "in"}])

@@ -1,7 +1,7 @@
 """Per-file metadata (labels_from_path, metadata_sidecar) and on_duplicate: unit tests.
 
 The end-to-end behaviour with the real daemon and emulator is in
-tests/test_e2e_metadata.py.
+tests/daemon/test_e2e_metadata.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from syncd.metadata import SidecarError, compile_pattern, parse_sidecar, read_si
 from syncd.settle import Settler
 from syncd.uploader import Uploader
 from tests.conftest import FakeClock, make_folder, queue_file, row_of
-from tests.test_uploader import FakeDestination
+from tests.unit.test_uploader import FakeDestination
 
 # -- labels_from_path -------------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.timeout(120)
 def test_a_30_mib_upload_shows_its_progress(tmp_path: Path) -> None:
     port = _free_port()

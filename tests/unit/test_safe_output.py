@@ -44,6 +44,7 @@ def raw_controls(text: str) -> list[str]:
 # -- end to end: a hostile error body ------------------------------------------------
 
 
+@pytest.mark.process
 def test_hostile_error_body_reaches_logs_ledger_and_cli_escaped_and_masked(make_setup: Any) -> None:
     s = make_setup(folders=[{"name": "in"}])
     body = (f"{HOSTILE} retry at https://evil.example/_storage/a.txt?X-Emu-Signature={SIG}"

@@ -333,7 +333,7 @@ def test_an_idle_open_circuit_asks_the_service_with_probe(setup: Any, clock: Fak
 def test_unreadable_file_stays_and_is_retried_without_using_attempts(
         setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock,
         caplog: pytest.LogCaptureFixture) -> None:
-    """Logic only; tests/test_e2e.py runs the real thing without capabilities. The delay
+    """Logic only; tests/daemon/test_e2e.py runs the real thing without capabilities. The delay
     grows like any retry's (retry_base 1 .. retry_max 30); the WARNING is said once per
     reason, the tries after it at debug level."""
     ledger, folder, dest, up, drop, step = setup

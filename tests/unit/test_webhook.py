@@ -28,7 +28,7 @@ from syncd.webhook import SIGNATURE_HEADER, Webhook, sign
 from tests.conftest import FakeClock, make_folder, queue_file
 from tests.faultproxy import FaultProxy
 from tests.harness import wait_until
-from tests.test_uploader import FakeDestination
+from tests.unit.test_uploader import FakeDestination
 
 FAST = (0.05, 0.05, 0.05, 0.05)
 
@@ -62,7 +62,8 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0123/secret-path"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.requests]
@@ -328,7 +329,7 @@ def test_config_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the daemon, end to end ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.process
 def test_daemon_posts_down_and_back(make_setup: Any, receiver: Any) -> None:
     """A destination that goes down and comes back, through the real daemon: the
     receiver fails the first delivery, the webhook retries it."""

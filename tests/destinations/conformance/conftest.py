@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conformance.targets import EMULATOR_OPTIONS, TARGETS, Target, TargetFactory
-from conformance.test_destination_conformance import OVER_BOTH
 from syncd.destinations import REGISTRY
 from syncd.http import make_client
 from syncd_emulator import Emulator, EmulatorTransport
+from tests.destinations.conformance.targets import EMULATOR_OPTIONS, TARGETS, Target, TargetFactory
+from tests.destinations.conformance.test_destination_conformance import OVER_BOTH
 
 
 @pytest.fixture

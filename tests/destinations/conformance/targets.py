@@ -126,7 +126,8 @@ def _lilt(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Ta
 
 def _wriftai(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
     # protocol "urls": it carries the file name, which test_metadata_delivered checks.
-    # The default "uploads" protocol (no name) runs these scenarios in tests/test_wriftai.py.
+    # The default "uploads" protocol (no name) runs these scenarios in
+    # tests/destinations/test_wriftai_destination.py.
     options = WriftAIOptions(token=Secret("not-the-key" if bad_credentials else WRIFTAI_TOKEN),
                              base_url=emulator.url + "/wriftai/v1", protocol="urls")
     return Target(
@@ -144,7 +145,8 @@ EMULATOR_OPTIONS.update(apivideo_token=APIVIDEO_TOKEN, apivideo_key=APIVIDEO_KEY
 
 def _apivideo(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
     # With api_key: tags, metadata, resume from /status and abort. The token-only
-    # configuration runs the same kind of scenarios in tests/test_apivideo.py.
+    # configuration runs the same kind of scenarios in
+    # tests/destinations/test_apivideo_destination.py.
     (service,) = [s for s in emulator.services if isinstance(s, ApiVideoService)]
     bad = "not-the-key" if bad_credentials else None
     options = ApiVideoOptions(upload_token=Secret(bad or APIVIDEO_TOKEN),
@@ -166,7 +168,8 @@ EMULATOR_OPTIONS.update(xvid_client=f"{XVID_CLIENT}:{XVID_SECRET}")
 
 def _xvid(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
     # first_op is the session open: the token request comes first only once per destination.
-    # Labels, category and uuid reach Xvid only inside object_key (tests/test_xvid.py).
+    # Labels, category and uuid reach Xvid only inside object_key
+    # (tests/destinations/test_xvid_destination.py).
     options = XvidOptions(client_id=XVID_CLIENT,
                           client_secret=Secret("not-the-key" if bad_credentials else XVID_SECRET),
                           pipeline_id=XVID_PIPELINE, base_url=emulator.url + "/xvid/v1",

@@ -5,7 +5,7 @@ the real emulator, reached in process through its httpx transport (``wire``
 parametrized True: over a loopback socket), with a way to read back what the
 server stored and what it was sent. A scenario that needs a capability the
 type lacks is skipped, never failed. Service-specific edge cases belong in
-``tests/test_<service>_destination.py``, not here.
+``tests/destinations/test_<service>_destination.py``, not here.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import copy
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conformance.targets import CAPABILITIES, TARGETS, Target
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, UploadError
+from tests.destinations.conformance.targets import CAPABILITIES, TARGETS, Target
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,7 +87,11 @@ def attempt(target: Target, path: Path, resume: dict[str, Any] | None,
 
 def upload_with_retries(target: Target, path: Path, *, attempts: int = 4,
                         **item_kw: Any) -> tuple[Receipt, str, list[RetryableError]]:
-    """What the uploader does: retry RetryableError with the last checkpoint, after retry_after."""
+    """What the uploader does: retry RetryableError with the last checkpoint.
+
+    Not the wait before the next try: waiting out ``retry_after`` is the uploader's part
+    (tests/unit/test_uploader.py, and F17 in tests/scenarios/ in real time), and the emulator
+    holds no client to it, so here the next try goes at once."""
     checkpoint = Checkpoints()
     errors: list[RetryableError] = []
     for _ in range(attempts):
@@ -98,7 +101,6 @@ def upload_with_retries(target: Target, path: Path, *, attempts: int = 4,
             return receipt, sha, errors
         except RetryableError as exc:
             errors.append(exc)
-            time.sleep(min(exc.retry_after or 0.0, 5.0))
     raise AssertionError(f"no success after {attempts} attempts: {errors}")
 
 

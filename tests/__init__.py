@@ -1,0 +1,1 @@
+"""The test suite, one directory per layer (docs/testing.md)."""

@@ -1,0 +1,1 @@
+"""The real daemon as a process, end to end."""

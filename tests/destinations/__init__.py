@@ -1,0 +1,1 @@
+"""Each destination against the emulator; the shared conformance suite; the vendors' clients."""

@@ -1,0 +1,1 @@
+"""The emulator itself: core, shells, each service's rules, and the TCP fault proxy."""

@@ -1,0 +1,1 @@
+"""The failure scenarios of docs/guarantees.md that need the daemon."""

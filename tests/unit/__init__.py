@@ -1,0 +1,1 @@
+"""One module or stage at a time, in process."""
