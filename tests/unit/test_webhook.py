@@ -161,16 +161,17 @@ def test_sending_never_blocks_and_a_full_queue_drops(receiver: Any,
     r = receiver(delay=30)  # the receiver hangs
     w = hook(r.url, queue_size=2, timeout=30)
     caplog.set_level(logging.WARNING, logger="syncd.webhook")
+    assert w.send("file_failed", {"n": 0})
+    wait_until(lambda: len(r.requests) == 1, 10, what="the first one in flight (and hanging)")
     t0 = time.monotonic()
-    results = [w.send("file_failed", {"n": i}) for i in range(10)]
+    results = [w.send("file_failed", {"n": i}) for i in range(1, 10)]
     assert time.monotonic() - t0 < 0.5
-    assert results.count(True) in (2, 3)  # the thread may have taken the first already
+    assert results.count(True) == 2  # the queue's size; the sender holds the first
     assert [m for m in caplog.messages if "dropping new ones" in m] and len(caplog.messages) == 1
     r.release.set()
     wait_until(lambda: w.pending() == 0, 10, what="queue drained")
     assert w.send("file_failed", {"n": 99})
-    assert any("taking notifications again (7 dropped)" in m or "(8 dropped)" in m
-               for m in caplog.messages)
+    assert any("taking notifications again (7 dropped)" in m for m in caplog.messages)
     w.close()
 
 
