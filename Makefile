@@ -34,9 +34,11 @@ test: $(TEST_STAMP)
 check: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not process and not slow" -q
 	$(BIN)/ruff check syncd syncd_emulator tests
+	$(BIN)/ruff format --check syncd syncd_emulator tests
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check syncd syncd_emulator tests
+	$(BIN)/ruff format --check syncd syncd_emulator tests
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP)

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from status_scale import build  # noqa: E402
+
 WATCHDOG_USEC = 30_000_000
 
 
@@ -38,8 +39,9 @@ def rows(ledger: Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
         try:
-            return int(conn.execute(
-                "SELECT COALESCE(SUM(n), 0) FROM counts WHERE state != 'done'").fetchone()[0])
+            return int(
+                conn.execute("SELECT COALESCE(SUM(n), 0) FROM counts WHERE state != 'done'").fetchone()[0]
+            )
         finally:
             conn.close()
     except sqlite3.Error:
@@ -51,8 +53,12 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--drain", type=float, default=5.0)
-    ap.add_argument("--ledger-rows", type=int, default=0,
-                    help="rows of earlier files (done, archived) already in the ledger, e.g. 1000000")
+    ap.add_argument(
+        "--ledger-rows",
+        type=int,
+        default=0,
+        help="rows of earlier files (done, archived) already in the ledger, e.g. 1000000",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="syncd-backlog-") as tmp:
         base = Path(tmp)
@@ -85,8 +91,7 @@ settle_seconds = 2
         if args.ledger_rows:
             t = time.monotonic()
             (base / "state").mkdir(mode=0o700)
-            build(base / "state", args.ledger_rows, 1, archived=True,
-                  folder_names=[os.path.realpath(inbox)])
+            build(base / "state", args.ledger_rows, 1, archived=True, folder_names=[os.path.realpath(inbox)])
             print(f"a ledger of {args.ledger_rows:,} earlier rows built in {time.monotonic() - t:.1f} s")
         notify = base / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -106,12 +111,21 @@ settle_seconds = 2
                     pings.append(time.monotonic())
 
         threading.Thread(target=listen, daemon=True).start()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": os.fspath(notify),
-               "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "NOTIFY_SOCKET": os.fspath(notify),
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+        }
         log = open(base / "daemon.log", "wb")
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "run"], cwd=base,
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
+            cwd=base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         ledger = base / "state" / "ledger.sqlite3"
         ledgered_at = None
         peak = 0
@@ -138,13 +152,19 @@ settle_seconds = 2
         log.close()
         marks = [started, *[p for p in pings if p < stop], stop]
         gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
-        print(f"{args.files:,} files waiting at start, destination down, WATCHDOG_USEC=30 s, "
-              f"{args.ledger_rows:,} earlier rows in the ledger, {args.seconds:g} s run")
-        print("  every file ledgered after: "
-              + (f"{ledgered_at:.1f} s" if ledgered_at is not None else f"not within {args.seconds:g} s"))
+        print(
+            f"{args.files:,} files waiting at start, destination down, WATCHDOG_USEC=30 s, "
+            f"{args.ledger_rows:,} earlier rows in the ledger, {args.seconds:g} s run"
+        )
+        print(
+            "  every file ledgered after: "
+            + (f"{ledgered_at:.1f} s" if ledgered_at is not None else f"not within {args.seconds:g} s")
+        )
         print(f"  peak RSS: {peak / 1024:.0f} MB")
-        print(f"  WATCHDOG=1 pings: {len([p for p in pings if p < stop])}, longest gap {gap:.1f} s "
-              f"(target <= {WATCHDOG_USEC / 2e6 + 1:.0f} s)")
+        print(
+            f"  WATCHDOG=1 pings: {len([p for p in pings if p < stop])}, longest gap {gap:.1f} s "
+            f"(target <= {WATCHDOG_USEC / 2e6 + 1:.0f} s)"
+        )
         print(f"  SIGTERM -> exit {code} in {stopped:.1f} s (drain_seconds = {args.drain:g})")
     return 0
 

@@ -90,10 +90,20 @@ def main() -> int:
                 f.write(os.urandom(64 * MiB))
             f.write(os.urandom(size % (64 * MiB)))
         folder = 'settle_seconds = 0\nafter_upload = "delete"'
-        single = syncd_config(Path(tmp) / "single", server.url, daemon="workers = 1", folder=folder,
-                              destination=f"multipart_threshold = {size + MiB}")
-        multi = syncd_config(Path(tmp) / "multi", server.url, daemon="workers = 1", folder=folder,
-                             destination=f"parallel_parts = {args.parallel_parts}\nmax_connections = 16")
+        single = syncd_config(
+            Path(tmp) / "single",
+            server.url,
+            daemon="workers = 1",
+            folder=folder,
+            destination=f"multipart_threshold = {size + MiB}",
+        )
+        multi = syncd_config(
+            Path(tmp) / "multi",
+            server.url,
+            daemon="workers = 1",
+            folder=folder,
+            destination=f"parallel_parts = {args.parallel_parts}\nmax_connections = 16",
+        )
         python = sys.executable
 
         def run_syncd(cfg: Path) -> tuple[float, int, str]:
@@ -101,15 +111,26 @@ def main() -> int:
             now = time.time_ns()
             os.utime(src, ns=(now, now))
             os.link(src, cfg.parent / "inbox" / "big.bin")
-            return timed([python, "-m", "syncd", "-c", str(cfg), "once", "--no-progress"],
-                         cwd=cfg.parent, env=env)
+            return timed(
+                [python, "-m", "syncd", "-c", str(cfg), "once", "--no-progress"], cwd=cfg.parent, env=env
+            )
 
         tools = {
-            "curl -T": lambda i: timed(["curl", "-sS", "-o", "/dev/null", "-T", str(src),
-                                        f"{server.url}/dav/curl-{i}"], env=env),
+            "curl -T": lambda i: timed(
+                ["curl", "-sS", "-o", "/dev/null", "-T", str(src), f"{server.url}/dav/curl-{i}"], env=env
+            ),
             "rclone copyto (WebDAV)": lambda i: timed(
-                ["rclone", "copyto", "-q", "--webdav-url", f"{server.url}/dav/", str(src),
-                 f":webdav:rclone-{i}"], env=env),
+                [
+                    "rclone",
+                    "copyto",
+                    "-q",
+                    "--webdav-url",
+                    f"{server.url}/dav/",
+                    str(src),
+                    f":webdav:rclone-{i}",
+                ],
+                env=env,
+            ),
             "syncd once, single PUT": lambda i: run_syncd(single),
             f"syncd once, multipart x{args.parallel_parts}": lambda i: run_syncd(multi),
         }
@@ -134,10 +155,14 @@ def main() -> int:
         print(f"{'tool':34} {'MiB/s':>8} {'x curl':>7} {'x rclone':>9} {'upload only':>12} {'peak RSS':>9}")
         for name, seconds in best.items():
             up = f"{args.mib / upload_only[name]:.0f} MiB/s" if name in upload_only else ""
-            print(f"{name:34} {args.mib / seconds:8.0f} {curl / seconds:7.2f} {rclone / seconds:9.2f} "
-                  f"{up:>12} {rss[name] / 1024:6.0f} MiB")
-        print(f"peak RSS of syncd once, single PUT: {small_rss / 1024:.0f} MiB for a {small_mib} MiB "
-              f"file, {rss['syncd once, single PUT'] / 1024:.0f} MiB for {args.mib} MiB")
+            print(
+                f"{name:34} {args.mib / seconds:8.0f} {curl / seconds:7.2f} {rclone / seconds:9.2f} "
+                f"{up:>12} {rss[name] / 1024:6.0f} MiB"
+            )
+        print(
+            f"peak RSS of syncd once, single PUT: {small_rss / 1024:.0f} MiB for a {small_mib} MiB "
+            f"file, {rss['syncd once, single PUT'] / 1024:.0f} MiB for {args.mib} MiB"
+        )
     return 0
 
 

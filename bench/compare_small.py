@@ -48,8 +48,9 @@ def bare_httpx(src: Path, url: str) -> float:
     with httpx.Client() as client:
         for path in files:
             body = {"filename": path.name, "type": "application/octet-stream", "metadata": {}}
-            r = client.post(f"{url}/lilt/v2/upload/s3/params", json=body,
-                            headers={"Authorization": "Bearer bench"})
+            r = client.post(
+                f"{url}/lilt/v2/upload/s3/params", json=body, headers={"Authorization": "Bearer bench"}
+            )
             r.raise_for_status()
             put = client.put(json.loads(r.content)["url"], content=path.read_bytes())
             put.raise_for_status()
@@ -58,17 +59,36 @@ def bare_httpx(src: Path, url: str) -> float:
 
 def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> float:
     started = time.monotonic()
-    subprocess.run(["rclone", "move", "-q", "--transfers", str(workers), "--webdav-url",
-                    f"{url}/dav/", str(src), ":webdav:rclone"], check=True, env=env)
+    subprocess.run(
+        [
+            "rclone",
+            "move",
+            "-q",
+            "--transfers",
+            str(workers),
+            "--webdav-url",
+            f"{url}/dav/",
+            str(src),
+            ":webdav:rclone",
+        ],
+        check=True,
+        env=env,
+    )
     return time.monotonic() - started
 
 
 def syncd_once(work: Path, url: str, workers: int, env: dict[str, str]) -> float:
-    cfg = syncd_config(work, url, daemon=f"workers = {workers}",
-                       folder='settle_seconds = 0\narchive_dir = "archive"')
+    cfg = syncd_config(
+        work, url, daemon=f"workers = {workers}", folder='settle_seconds = 0\narchive_dir = "archive"'
+    )
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress",
-                          "--log-level", "warning"], cwd=work, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress", "--log-level", "warning"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     elapsed = time.monotonic() - started
     if out.returncode != 0:
         raise SystemExit(f"syncd once failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
@@ -95,10 +115,12 @@ def main() -> int:
                 make_files(base / name / "inbox", args.files, args.size)
             timings = {
                 "bare httpx loop (1 thread)": bare_httpx(base / "httpx" / "inbox", server.url),
-                f"rclone move (WebDAV, {args.workers} transfers)":
-                    rclone_move(base / "rclone" / "inbox", server.url, args.workers, env),
-                f"syncd once ({args.workers} workers)": syncd_once(base / "syncd", server.url,
-                                                                   args.workers, env),
+                f"rclone move (WebDAV, {args.workers} transfers)": rclone_move(
+                    base / "rclone" / "inbox", server.url, args.workers, env
+                ),
+                f"syncd once ({args.workers} workers)": syncd_once(
+                    base / "syncd", server.url, args.workers, env
+                ),
             }
             for name, seconds in timings.items():
                 best[name] = min(best.get(name, seconds), seconds)

@@ -46,9 +46,7 @@ def one_upload(client: httpx.Client, base: str, name: str, body: bytes) -> None:
         },
     )
     r.raise_for_status()
-    put = client.put(
-        r.json()["url"], content=body, headers={"Content-Type": "application/octet-stream"}
-    )
+    put = client.put(r.json()["url"], content=body, headers={"Content-Type": "application/octet-stream"})
     put.raise_for_status()
 
 

@@ -114,11 +114,13 @@ class FastServer:
         # as root, nginx would switch its workers to an unprivileged user who cannot
         # reach this private temp tree; they run as whoever runs the benchmark
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(CONFIG.format(user=user, dav_ext=DAV_EXT, tmp=self.tmp, port=self.port,
-                                      data=self.data))
+        conf.write_text(
+            CONFIG.format(user=user, dav_ext=DAV_EXT, tmp=self.tmp, port=self.port, data=self.data)
+        )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(self.tmp),
-                                      "-g", "daemon off;"], stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [nginx, "-c", str(conf), "-p", str(self.tmp), "-g", "daemon off;"], stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -147,8 +149,7 @@ class FastServer:
             os.unlink(p)
 
 
-def syncd_config(work: Path, url: str, *, daemon: str = "", destination: str = "",
-                 folder: str = "") -> Path:
+def syncd_config(work: Path, url: str, *, daemon: str = "", destination: str = "", folder: str = "") -> Path:
     """A syncd config in ``work`` with one Lilt destination at ``url`` (this server) and one
     folder ``work/inbox`` (created); the strings are extra TOML lines for each table."""
     (work / "inbox").mkdir(parents=True, exist_ok=True)

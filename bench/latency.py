@@ -36,13 +36,19 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[float]:
     inbox, staging = base / "inbox", base / "staging"
-    cfg = syncd_config(base, url, daemon="workers = 4",
-                       folder=f'settle_seconds = {settle}\narchive_dir = "archive"')
+    cfg = syncd_config(
+        base, url, daemon="workers = 4", folder=f'settle_seconds = {settle}\narchive_dir = "archive"'
+    )
     staging.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = open(base / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "run"], cwd=base,
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
+        cwd=base,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 30
         while b"syncd started" not in (base / "daemon.log").read_bytes():
@@ -61,8 +67,10 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
         while True:
             conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=10)
             try:
-                done = {os.fsdecode(r[0]): r[1] for r in conn.execute(
-                    "SELECT relpath, done_at FROM files WHERE state = 'done'")}
+                done = {
+                    os.fsdecode(r[0]): r[1]
+                    for r in conn.execute("SELECT relpath, done_at FROM files WHERE state = 'done'")
+                }
             finally:
                 conn.close()
             if len(done) >= files or time.monotonic() > deadline:
@@ -89,10 +97,12 @@ def main() -> int:
         for settle in args.settle:
             lat = run(Path(tmp) / f"settle-{settle}", server.url, args.files, args.rate, settle)
             ms = [x * 1000 for x in lat]
-            print(f"settle_seconds = {settle:g}: {len(ms)}/{args.files} archived; rename -> archived "
-                  f"p50 {statistics.median(ms):.0f} ms, p90 {percentile(ms, 0.9):.0f} ms, "
-                  f"p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms "
-                  f"({args.rate:g} files/s, 4 KiB each)")
+            print(
+                f"settle_seconds = {settle:g}: {len(ms)}/{args.files} archived; rename -> archived "
+                f"p50 {statistics.median(ms):.0f} ms, p90 {percentile(ms, 0.9):.0f} ms, "
+                f"p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms "
+                f"({args.rate:g} files/s, 4 KiB each)"
+            )
     return 0
 
 

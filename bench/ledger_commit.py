@@ -1,6 +1,6 @@
 """Cost of one durable ledger state change (WAL + synchronous=FULL).
 
-    .venv/bin/python bench/ledger_commit.py [--n 2000]
+.venv/bin/python bench/ledger_commit.py [--n 2000]
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def main() -> int:
         print(f"ledger checkpoint commit: {per * 1000:.3f} ms each ({len(rows)} commits, WAL, FULL)")
         started = time.perf_counter()
         ledger.observe("/in2", [f"g{i}" for i in range(args.n)], destination="d")
-        print(f"ledger observe batch: {(time.perf_counter() - started) * 1e6 / args.n:.1f} us per path "
-              f"({args.n} paths in one transaction)")
+        print(
+            f"ledger observe batch: {(time.perf_counter() - started) * 1e6 / args.n:.1f} us per path "
+            f"({args.n} paths in one transaction)"
+        )
         ledger.close()
     return 0
 

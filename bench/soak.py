@@ -32,8 +32,7 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-soak-"))
-    s = Setup(work, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}],
-              emulator={"seed": args.seed})
+    s = Setup(work, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}], emulator={"seed": args.seed})
     started = time.monotonic()
     n = 0
     try:
@@ -53,10 +52,12 @@ def main() -> int:
         s.stop()
         uploads = s.emulator.uploads()
         received = sum(u["times_received"] for u in uploads)
-        print(f"kills={args.kills} files={n} done={s.counts().get('done', 0)} "
-              f"remote_objects={len(uploads)} receipts={received} "
-              f"duplicate_uploads={received + len(uploads) - 2 * n + (n - len(uploads))} "
-              f"seconds={time.monotonic() - started:.0f}")
+        print(
+            f"kills={args.kills} files={n} done={s.counts().get('done', 0)} "
+            f"remote_objects={len(uploads)} receipts={received} "
+            f"duplicate_uploads={received + len(uploads) - 2 * n + (n - len(uploads))} "
+            f"seconds={time.monotonic() - started:.0f}"
+        )
         print("invariants held: no file lost, archive == remote bytes, ledger integrity ok")
         return 0
     except AssertionError as exc:

@@ -29,8 +29,9 @@ from syncd.ledger import Ledger  # noqa: E402
 BATCH = 20_000
 
 
-def build(state: Path, rows: int, folders: int, *, archived: bool = False,
-          folder_names: list[str] | None = None) -> None:
+def build(
+    state: Path, rows: int, folders: int, *, archived: bool = False, folder_names: list[str] | None = None
+) -> None:
     """A ledger of ``rows`` rows over ``folders`` inboxes: 97 % done, 1 % failed, 1 %
     retrying, 1 % queued (``archived``: every row done and its file in the archive)."""
     ledger = Ledger.open(state / "ledger.sqlite3")
@@ -45,8 +46,10 @@ def build(state: Path, rows: int, folders: int, *, archived: bool = False,
         conn = ledger._conn  # bulk state changes for the fixture only; the triggers still run
         conn.execute("BEGIN IMMEDIATE")
         if archived:
-            conn.execute("UPDATE files SET state = 'done', done_at = updated_at, size = 100,"
-                         " sha256 = printf('%064d', id), location = CAST('/archive/' || id AS BLOB)")
+            conn.execute(
+                "UPDATE files SET state = 'done', done_at = updated_at, size = 100,"
+                " sha256 = printf('%064d', id), location = CAST('/archive/' || id AS BLOB)"
+            )
         else:
             conn.execute("UPDATE files SET state = 'done', done_at = updated_at WHERE id % 100 > 2")
             conn.execute("UPDATE files SET state = 'failed', last_error = 'refused' WHERE id % 100 = 1")
@@ -69,8 +72,14 @@ def main() -> int:
         started = time.monotonic()
         build(state, args.rows, args.folders)
         print(f"built a ledger of {args.rows:,} rows in {time.monotonic() - started:.1f}s")
-        lines = ["[daemon]", 'state_dir = "state"', "[destinations.d]", 'type = "lilt"',
-                 'base_url = "http://127.0.0.1:9/lilt"', 'api_key = "bench-key-not-secret"']
+        lines = [
+            "[daemon]",
+            'state_dir = "state"',
+            "[destinations.d]",
+            'type = "lilt"',
+            'base_url = "http://127.0.0.1:9/lilt"',
+            'api_key = "bench-key-not-secret"',
+        ]
         for i in range(args.folders):
             (base / f"inbox{i}").mkdir()
             lines += ["[[folders]]", f'path = "inbox{i}"', 'destination = "d"']
@@ -81,8 +90,13 @@ def main() -> int:
         whole = []
         for _ in range(args.runs):
             t = time.monotonic()
-            subprocess.run([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--json"],
-                           check=True, capture_output=True, env=env, cwd=base)
+            subprocess.run(
+                [sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--json"],
+                check=True,
+                capture_output=True,
+                env=env,
+                cwd=base,
+            )
             whole.append(time.monotonic() - t)
         ledger = Ledger.open(state / "ledger.sqlite3", readonly=True)
         queries = []
@@ -101,9 +115,11 @@ def main() -> int:
         t = time.monotonic()
         subprocess.run([sys.executable, "-c", "import syncd.cli"], env=env, check=True)
         imports = time.monotonic() - t
-        print(f"syncd status --json, {args.rows:,} rows: median {statistics.median(whole) * 1000:.0f} ms "
-              f"(of which Python start-up and imports {imports * 1000:.0f} ms); ledger queries "
-              f"median {statistics.median(queries) * 1000:.1f} ms")
+        print(
+            f"syncd status --json, {args.rows:,} rows: median {statistics.median(whole) * 1000:.0f} ms "
+            f"(of which Python start-up and imports {imports * 1000:.0f} ms); ledger queries "
+            f"median {statistics.median(queries) * 1000:.1f} ms"
+        )
     return 0
 
 

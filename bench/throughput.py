@@ -28,8 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_once(work: Path, url: str, files: list[tuple[str, bytes]], workers: int,
-             extra: str = "") -> tuple[float, int]:
+def run_once(
+    work: Path, url: str, files: list[tuple[str, bytes]], workers: int, extra: str = ""
+) -> tuple[float, int]:
     inbox = work / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     for name, data in files:
@@ -51,9 +52,13 @@ settle_seconds = 0.2
 archive_dir = "archive"
 """)
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress",
-                          "--log-level", "warning"], cwd=work, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress", "--log-level", "warning"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     elapsed = time.monotonic() - started
     if out.returncode != 0:
         raise SystemExit(f"syncd once failed: {out.stderr[-2000:]}")
@@ -70,10 +75,21 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
-        emu = subprocess.Popen([sys.executable, "-m", "syncd", "emulate", "--listen",
-                                f"127.0.0.1:{port}", "--data", f"{tmp}/emu"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        emu = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "syncd",
+                "emulate",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data",
+                f"{tmp}/emu",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -85,18 +101,31 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             small = [(f"f{i:06d}.bin", os.urandom(args.size)) for i in range(args.files)]
             t, rss = run_once(Path(tmp, "small"), url, small, args.workers)
-            print(f"small files: {args.files} x {args.size} B in {t:.1f}s = "
-                  f"{args.files / t:.0f} files/s (includes settle 0.2s and startup)")
+            print(
+                f"small files: {args.files} x {args.size} B in {t:.1f}s = "
+                f"{args.files / t:.0f} files/s (includes settle 0.2s and startup)"
+            )
             big = [("big.bin", os.urandom(args.big_mib * 1024 * 1024))]
             t, rss2 = run_once(Path(tmp, "multipart"), url, big, args.workers)
-            print(f"one {args.big_mib} MiB file (multipart, 8 MiB parts): {t:.1f}s = "
-                  f"{args.big_mib * 1.048576 / t:.0f} MB/s")
-            t, rss3 = run_once(Path(tmp, "single"), url, big, args.workers,
-                               extra=f"multipart_threshold = {(args.big_mib + 1) << 20}")
-            print(f"one {args.big_mib} MiB file (single streamed PUT): {t:.1f}s = "
-                  f"{args.big_mib * 1.048576 / t:.0f} MB/s")
-            print(f"peak RSS of a syncd process: {max(rss, rss2, rss3) / 1024:.0f} MiB "
-                  "(the file is streamed, never held in memory)")
+            print(
+                f"one {args.big_mib} MiB file (multipart, 8 MiB parts): {t:.1f}s = "
+                f"{args.big_mib * 1.048576 / t:.0f} MB/s"
+            )
+            t, rss3 = run_once(
+                Path(tmp, "single"),
+                url,
+                big,
+                args.workers,
+                extra=f"multipart_threshold = {(args.big_mib + 1) << 20}",
+            )
+            print(
+                f"one {args.big_mib} MiB file (single streamed PUT): {t:.1f}s = "
+                f"{args.big_mib * 1.048576 / t:.0f} MB/s"
+            )
+            print(
+                f"peak RSS of a syncd process: {max(rss, rss2, rss3) / 1024:.0f} MiB "
+                "(the file is streamed, never held in memory)"
+            )
         finally:
             emu.terminate()
             emu.wait(10)

@@ -41,5 +41,4 @@ def closure(root: str = "syncd") -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    print(HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(closure().items())),
-          end="")
+    print(HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(closure().items())), end="")

@@ -77,13 +77,22 @@ def finish(ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None
             return
         assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
         try:
-            target = move(src, os.fspath(folder.archive_dir), os.path.dirname(row.relpath),
-                          os.path.basename(row.relpath),
-                          record=lambda t: ledger.set_archive_target(row.id, t),
-                          planned=row.archive_path, sha256=row.sha256)
+            target = move(
+                src,
+                os.fspath(folder.archive_dir),
+                os.path.dirname(row.relpath),
+                os.path.basename(row.relpath),
+                record=lambda t: ledger.set_archive_target(row.id, t),
+                planned=row.archive_path,
+                sha256=row.sha256,
+            )
         except ChangedAfterUpload:
-            _replaced(ledger, row, "changed after upload (written through another hard link); "
-                                   "nothing archived, the new bytes are uploaded next")
+            _replaced(
+                ledger,
+                row,
+                "changed after upload (written through another hard link); "
+                "nothing archived, the new bytes are uploaded next",
+            )
             return
     finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)
@@ -99,8 +108,9 @@ def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig) -> None:
     if folder.after_upload == "delete":
         finish_sidecar(ledger, row, folder, None)  # the file was deleted before a crash
     ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
-    log.warning("uploaded, but the file was gone before it could be archived: %s",
-                quoted_path(row.current_path))
+    log.warning(
+        "uploaded, but the file was gone before it could be archived: %s", quoted_path(row.current_path)
+    )
     if row.location is None:
         reobserve(ledger, row)
 
@@ -119,8 +129,10 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str |
         if src is None:
             return
         if not metadata.sidecar_identity_matches(src.st, info):
-            log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
-                        "in place", quoted_path(src.path))
+            log.warning(
+                "metadata sidecar %s changed after its file was uploaded; it is left in place",
+                quoted_path(src.path),
+            )
             return
         if target is None:
             if src.unlink():
@@ -131,17 +143,27 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str |
         try:
             _, rel = safefs.anchor(target, [archive_root])
         except safefs.UnsafePath:  # archive_dir changed (a reload) since the file was archived
-            log.warning("metadata sidecar %s stays in place: its file went to %s, outside the "
-                        "current archive_dir", quoted_path(src.path), quoted_path(target))
+            log.warning(
+                "metadata sidecar %s stays in place: its file went to %s, outside the current archive_dir",
+                quoted_path(src.path),
+                quoted_path(target),
+            )
             return
         try:
-            placed = move(src, archive_root, os.path.dirname(rel),
-                          os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
-                          record=lambda t: ledger.set_sidecar_target(row.id, t),
-                          planned=row.sidecar_path, sha256=info.get("sha256"))
+            placed = move(
+                src,
+                archive_root,
+                os.path.dirname(rel),
+                os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                record=lambda t: ledger.set_sidecar_target(row.id, t),
+                planned=row.sidecar_path,
+                sha256=info.get("sha256"),
+            )
         except ChangedAfterUpload:
-            log.warning("metadata sidecar %s changed after its file was uploaded; it is left "
-                        "in place", quoted_path(src.path))
+            log.warning(
+                "metadata sidecar %s changed after its file was uploaded; it is left in place",
+                quoted_path(src.path),
+            )
             return
     log.info("archived metadata sidecar %s -> %s", quoted_path(info["path"]), quoted_path(placed))
 
@@ -158,8 +180,9 @@ def reobserve(ledger: Ledger, row: Row) -> None:
         safefs.lstat(row.folder, row.relpath)
     except OSError:
         return
-    ledger.observe(row.folder, [row.relpath], destination=row.destination,
-                   labels=row.labels, category=row.category)
+    ledger.observe(
+        row.folder, [row.relpath], destination=row.destination, labels=row.labels, category=row.category
+    )
 
 
 def exists_under(path: str, root: str) -> bool:
@@ -168,5 +191,3 @@ def exists_under(path: str, root: str) -> bool:
         return stat.S_ISREG(safefs.lstat(r, rel).st_mode)
     except OSError:
         return False
-
-

@@ -51,8 +51,12 @@ class DiskFull:
         first = not self.where
         what = getattr(exc, "strerror", None) or str(exc)
         if where not in self.where:
-            log.error("disk full (%s: %s): paused taking new uploads; files stay where they "
-                      "are and work resumes when space is free", where, what)
+            log.error(
+                "disk full (%s: %s): paused taking new uploads; files stay where they "
+                "are and work resumes when space is free",
+                where,
+                what,
+            )
         self.where[where] = what
         if first and self.metrics is not None:
             self.metrics.disk_full.set(1)
@@ -60,15 +64,19 @@ class DiskFull:
     def ok(self) -> None:
         """Writes succeed again: resume claiming work."""
         if self.where:
-            log.warning("disk space is available again (%s); resuming uploads",
-                        ", ".join(sorted(self.where)))
+            log.warning("disk space is available again (%s); resuming uploads", ", ".join(sorted(self.where)))
             self.where.clear()
             if self.metrics is not None:
                 self.metrics.disk_full.set(0)
             self.on_ok()
 
-    def probe(self, ledger: Ledger, folders: Mapping[str, Any],
-              finish_uploaded: Callable[[], bool], rescan: Callable[[str], None]) -> None:
+    def probe(
+        self,
+        ledger: Ledger,
+        folders: Mapping[str, Any],
+        finish_uploaded: Callable[[], bool],
+        rescan: Callable[[str], None],
+    ) -> None:
         """Paused: resume once the ledger and the archive take writes. ``finish_uploaded``
         finishes the archive moves that were waiting (True while a disk is still full);
         ``rescan(root)`` asks for a scan of a folder."""

@@ -60,13 +60,23 @@ _ENTRY = re.compile(r"\s*(\d{1,2}):(\d{2})\s*,\s*(.*?)\s*\Z")
 class BandwidthOptions:
     """The bandwidth keys of every ``[destinations.NAME]`` table (see the module docstring)."""
 
-    bwlimit: int = field(default=0, metadata={
-        "doc": "Bytes per second for all uploads to this destination together; 0 = no limit.",
-        "unit": "bytes", "min": 0})
-    bwlimit_schedule: tuple[str, ...] = field(default=(), metadata={
-        "doc": 'Instead of bwlimit, a timetable in local time: ["08:00,512 KiB", '
-               '"18:00,off"]; each rate applies from its time until the next entry.',
-        "nonempty": True, "no_control": True})
+    bwlimit: int = field(
+        default=0,
+        metadata={
+            "doc": "Bytes per second for all uploads to this destination together; 0 = no limit.",
+            "unit": "bytes",
+            "min": 0,
+        },
+    )
+    bwlimit_schedule: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "doc": 'Instead of bwlimit, a timetable in local time: ["08:00,512 KiB", '
+            '"18:00,off"]; each rate applies from its time until the next entry.',
+            "nonempty": True,
+            "no_control": True,
+        },
+    )
 
 
 KEYS = tuple(f.name for f in fields(BandwidthOptions))
@@ -99,8 +109,7 @@ class Limit:
     def describe(self) -> str:
         """``10 MiB/s``, ``08:00 512 KiB/s, 18:00 off``, or ``off``."""
         if self.schedule:
-            return ", ".join(f"{m // 60:02d}:{m % 60:02d} {rate_text(r)}"
-                             for m, r in self.schedule)
+            return ", ".join(f"{m // 60:02d}:{m % 60:02d} {rate_text(r)}" for m, r in self.schedule)
         return rate_text(self.rate)
 
 
@@ -130,8 +139,7 @@ def parse_entry(text: str) -> tuple[int, int]:
         raise ValueError(f"rate {rate!r}: {exc}") from None
 
 
-def parse(table: Mapping[str, Any], *, prefix: str, base_dir: Path,
-          problems: list[Problem]) -> Limit | None:
+def parse(table: Mapping[str, Any], *, prefix: str, base_dir: Path, problems: list[Problem]) -> Limit | None:
     """The :class:`Limit` of one destination table (only its :data:`KEYS` are read).
 
     Every problem is appended to ``problems`` with its dotted key and value
@@ -140,7 +148,8 @@ def parse(table: Mapping[str, Any], *, prefix: str, base_dir: Path,
     own = {k: v for k, v in table.items() if k in KEYS}
     errors = len(problems)
     options: BandwidthOptions | None = parse_options(
-        BandwidthOptions, own, prefix=prefix, base_dir=base_dir, problems=problems)
+        BandwidthOptions, own, prefix=prefix, base_dir=base_dir, problems=problems
+    )
     if options is None:
         return None
     schedule: dict[int, int] = {}
@@ -152,14 +161,23 @@ def parse(table: Mapping[str, Any], *, prefix: str, base_dir: Path,
             problems.append(Problem(key, f"{exc}, got {show(entry)}"))
             continue
         if minute in schedule:
-            problems.append(Problem(key, f"{entry.split(',')[0].strip()} appears twice in "
-                                         f"the schedule, got {show(entry)}"))
+            problems.append(
+                Problem(
+                    key, f"{entry.split(',')[0].strip()} appears twice in the schedule, got {show(entry)}"
+                )
+            )
             continue
         schedule[minute] = rate
     if schedule and options.bwlimit:
-        problems.append(Problem(f"{prefix}.bwlimit", (
-            f"set either bwlimit or bwlimit_schedule, not both (bwlimit_schedule decides the "
-            f"rate at every time of day), got {show(own.get('bwlimit'))}")))
+        problems.append(
+            Problem(
+                f"{prefix}.bwlimit",
+                (
+                    f"set either bwlimit or bwlimit_schedule, not both (bwlimit_schedule decides the "
+                    f"rate at every time of day), got {show(own.get('bwlimit'))}"
+                ),
+            )
+        )
     if len(problems) > errors:
         return None
     return Limit(options.bwlimit, tuple(sorted(schedule.items())))
@@ -174,8 +192,9 @@ class TokenBucket:
     faster than the rate. Thread-safe.
     """
 
-    def __init__(self, rate: float, *, burst: float = BURST_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, *, burst: float = BURST_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._burst = burst
@@ -222,8 +241,9 @@ class TokenBucket:
 class _Limiter:
     """One destination's limit and bucket (shared by every upload to it)."""
 
-    def __init__(self, name: str, limit: Limit, *, clock: Callable[[], float],
-                 wall: Callable[[], float]) -> None:
+    def __init__(
+        self, name: str, limit: Limit, *, clock: Callable[[], float], wall: Callable[[], float]
+    ) -> None:
         self.name = name
         self.limit = limit
         self._wall = wall
@@ -244,8 +264,9 @@ class _Limiter:
                 if rate != self.bucket.rate:
                     self.bucket.set_rate(rate)
                     if self.limit.schedule:
-                        log.info("destination %r: bandwidth limit now %s (schedule)", self.name,
-                                 rate_text(rate))
+                        log.info(
+                            "destination %r: bandwidth limit now %s (schedule)", self.name, rate_text(rate)
+                        )
         return rate
 
     def set_limit(self, limit: Limit) -> None:
@@ -258,8 +279,13 @@ class Throttle:
     """What one upload's Source calls with each block before sending it (see the module
     docstring); ``stop`` set ends a wait at once (the upload is being cancelled)."""
 
-    def __init__(self, limiter: _Limiter, stop: threading.Event | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limiter: _Limiter,
+        stop: threading.Event | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limiter = limiter
         self._stop = stop or threading.Event()
         self._clock = clock
@@ -286,8 +312,9 @@ class Throttle:
 class Bandwidth:
     """The limiters of every destination (the uploader has one; the daemon configures it)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
@@ -304,8 +331,7 @@ class Bandwidth:
             for name, limit in limits.items():
                 limiter = self._limiters.get(name)
                 if limiter is None:
-                    self._limiters[name] = _Limiter(name, limit, clock=self._clock,
-                                                    wall=self._wall)
+                    self._limiters[name] = _Limiter(name, limit, clock=self._clock, wall=self._wall)
                 elif limiter.limit != limit:
                     limiter.set_limit(limit)
                 else:
@@ -330,5 +356,15 @@ class Bandwidth:
         return None if limiter is None else Throttle(limiter, stop, clock=self._clock)
 
 
-__all__ = ["KEYS", "Bandwidth", "BandwidthOptions", "Limit", "Throttle", "TokenBucket",
-           "parse", "parse_entry", "parse_rate", "rate_text"]
+__all__ = [
+    "KEYS",
+    "Bandwidth",
+    "BandwidthOptions",
+    "Limit",
+    "Throttle",
+    "TokenBucket",
+    "parse",
+    "parse_entry",
+    "parse_rate",
+    "rate_text",
+]

@@ -103,8 +103,14 @@ class CircuitState:
         return self.state in (UP, RATE_LIMITED)
 
     def to_json(self) -> dict[str, object]:
-        return {"state": self.state, "up": self.up, "since": self.since, "reason": self.reason,
-                "next_probe_at": self.next_probe_at, "failures": self.failures}
+        return {
+            "state": self.state,
+            "up": self.up,
+            "since": self.since,
+            "reason": self.reason,
+            "next_probe_at": self.next_probe_at,
+            "failures": self.failures,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,16 @@ class Verdict:
 class Circuit:
     """The circuit of one destination (see the module docstring for the contract)."""
 
-    def __init__(self, name: str, *, base: float, cap: float,
-                 clock: Callable[[], float] = time.time, threshold: int = THRESHOLD,
-                 refuse_pause: float = REFUSE_PAUSE) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        base: float,
+        cap: float,
+        clock: Callable[[], float] = time.time,
+        threshold: int = THRESHOLD,
+        refuse_pause: float = REFUSE_PAUSE,
+    ) -> None:
         self.name = name
         self.base = base
         self.cap = cap
@@ -183,11 +196,11 @@ class Circuit:
 
     def snapshot(self) -> CircuitState:
         with self._lock:
-            if self._state == UP or (self._state == RATE_LIMITED
-                                     and self._clock() >= self._until):
+            if self._state == UP or (self._state == RATE_LIMITED and self._clock() >= self._until):
                 return CircuitState(failures=self._failures)
-            return CircuitState(self._state, self._since, self._reason, self._until,
-                                self._failures, bool(self._probe))
+            return CircuitState(
+                self._state, self._since, self._reason, self._until, self._failures, bool(self._probe)
+            )
 
     # telling --------------------------------------------------------------------------
 
@@ -203,8 +216,9 @@ class Circuit:
                 return True
             return False
 
-    def failed(self, reason: str, *, since: float | None = None,
-               retry_after: float | None = None, probe: int = GO) -> Verdict:
+    def failed(
+        self, reason: str, *, since: float | None = None, retry_after: float | None = None, probe: int = GO
+    ) -> Verdict:
         """An outage failure (:func:`is_outage`). ``since``: the time of this file's
         previous outage failure, None if it has none; ``probe``: the token
         from :meth:`admit` if this attempt was the probe."""
@@ -214,9 +228,12 @@ class Circuit:
             if self._state in (UP, RATE_LIMITED):
                 self._failures += 1
                 if self._failures < self.threshold:
-                    charge = (since is not None and self._last_success is not None
-                              and self._last_success > since
-                              and (self._closed_at is None or since > self._closed_at))
+                    charge = (
+                        since is not None
+                        and self._last_success is not None
+                        and self._last_success > since
+                        and (self._closed_at is None or since > self._closed_at)
+                    )
                     return Verdict(charge, False, None, self._failures)
                 self._open(DOWN, reason, now, self.base, retry_after)
             elif is_probe:
@@ -281,8 +298,7 @@ class Circuit:
 
     # internals --------------------------------------------------------------------------
 
-    def _open(self, state: str, reason: str, now: float, step: float,
-              retry_after: float | None) -> None:
+    def _open(self, state: str, reason: str, now: float, step: float, retry_after: float | None) -> None:
         self._state = state
         self._since = now
         self._reason = reason
@@ -300,5 +316,16 @@ class Circuit:
         self._probe = 0
 
 
-__all__ = ["CIRCUIT_STATES", "DOWN", "GO", "RATE_LIMITED", "REFUSED", "THRESHOLD", "UP", "Circuit",
-           "CircuitState", "Verdict", "is_outage"]
+__all__ = [
+    "CIRCUIT_STATES",
+    "DOWN",
+    "GO",
+    "RATE_LIMITED",
+    "REFUSED",
+    "THRESHOLD",
+    "UP",
+    "Circuit",
+    "CircuitState",
+    "Verdict",
+    "is_outage",
+]

@@ -33,9 +33,15 @@ def _when(at: float | None) -> str:
 class Circuits:
     """Destination name -> :class:`Circuit`, with the probe bookkeeping around them."""
 
-    def __init__(self, destinations: Callable[[], Mapping[str, Destination]], *, base: float,
-                 cap: float, clock: Callable[[], float] = time.time,
-                 on_back: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        destinations: Callable[[], Mapping[str, Destination]],
+        *,
+        base: float,
+        cap: float,
+        clock: Callable[[], float] = time.time,
+        on_back: Callable[[], None] = lambda: None,
+    ) -> None:
         self._destinations = destinations
         self.base, self.cap = base, cap
         self.clock = clock
@@ -50,8 +56,7 @@ class Circuits:
         with self._lock:
             circuit = self._circuits.get(name)
             if circuit is None:
-                circuit = self._circuits[name] = Circuit(
-                    name, base=self.base, cap=self.cap, clock=self.clock)
+                circuit = self._circuits[name] = Circuit(name, base=self.base, cap=self.cap, clock=self.clock)
             return circuit
 
     def names(self) -> list[str]:
@@ -76,8 +81,10 @@ class Circuits:
         """Every configured destination's circuit state (status lines, heartbeat, metrics)."""
         names = list(self._destinations())
         with self._lock:
-            return {name: self._circuits[name].snapshot() if name in self._circuits
-                    else CircuitState() for name in names}
+            return {
+                name: self._circuits[name].snapshot() if name in self._circuits else CircuitState()
+                for name in names
+            }
 
     def waits(self) -> list[float]:
         """Seconds until each open circuit may let a row through (idle workers wait that)."""
@@ -134,8 +141,12 @@ class Circuits:
                 circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=token)
             elif is_outage(exc):
                 verdict = circuit.failed(describe(exc), retry_after=exc.retry_after, probe=token)
-                log.info("destination %r is still down (probe: %s); next probe in %.1fs", name,
-                         describe(exc), max(0.0, (verdict.retry_at or 0.0) - self.clock()))
+                log.info(
+                    "destination %r is still down (probe: %s); next probe in %.1fs",
+                    name,
+                    describe(exc),
+                    max(0.0, (verdict.retry_at or 0.0) - self.clock()),
+                )
             else:
                 self.service_ok(name)
         except UploadError:
@@ -155,8 +166,13 @@ class Circuits:
         circuit = self.get(name)
         before = circuit.snapshot()
         if circuit.succeeded():
-            log.warning("destination %r is back (%s since %s: %s); resuming its uploads", name,
-                        before.state, _when(before.since), before.reason)
+            log.warning(
+                "destination %r is back (%s since %s: %s); resuming its uploads",
+                name,
+                before.state,
+                _when(before.since),
+                before.reason,
+            )
             self.moved(name, before)
             self.on_back()
 

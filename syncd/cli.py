@@ -56,12 +56,15 @@ Exit codes: 0 ok, 1 some files failed, 2 usage or config error,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="syncd", description="Watch-folder upload daemon: files dropped into folders are "
+        prog="syncd",
+        description="Watch-folder upload daemon: files dropped into folders are "
         "uploaded to the configured service with their labels, ledgered, then archived.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-c", "--config", type=Path, help="config file (default: $SYNCD_CONFIG, "
-                   "then /etc/syncd/config.toml)")
+    p.add_argument(
+        "-c", "--config", type=Path, help="config file (default: $SYNCD_CONFIG, then /etc/syncd/config.toml)"
+    )
     p.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -70,48 +73,85 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, **kw)
 
     r = cmd("run", "run the daemon in the foreground (what systemd runs)")
-    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"], type=str.lower,
-                   help="override daemon.log_level")
-    o = cmd("once", "ingest what is in the folders now, upload, archive, exit "
-            "(exit 1 if any file failed)")
+    r.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        help="override daemon.log_level",
+    )
+    o = cmd("once", "ingest what is in the folders now, upload, archive, exit (exit 1 if any file failed)")
     o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], type=str.lower)
     o.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
-    s = cmd("status", "counts per state and per folder, uploads in flight with their "
-            "progress, recent errors, daemon health (works with a broken config)")
+    s = cmd(
+        "status",
+        "counts per state and per folder, uploads in flight with their "
+        "progress, recent errors, daemon health (works with a broken config)",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--watch", nargs="?", type=_seconds, const=2.0, metavar="SECONDS",
-                   help="show it again every SECONDS (default 2) until Ctrl-C, on a cleared "
-                   "screen (with --json: one JSON document per line)")
+    s.add_argument(
+        "--watch",
+        nargs="?",
+        type=_seconds,
+        const=2.0,
+        metavar="SECONDS",
+        help="show it again every SECONDS (default 2) until Ctrl-C, on a cleared "
+        "screen (with --json: one JSON document per line)",
+    )
     f = cmd("files", "list ledger rows (uploading ones with their progress)")
     f.add_argument("--state", choices=STATES, help="only rows in this state")
     f.add_argument("--limit", type=int, default=None, help="at most this many rows (newest)")
     f.add_argument("--json", action="store_true", help="machine-readable output")
-    f.add_argument("--receipt", type=int, metavar="ID", help="the receipt of row ID as JSON, "
-                   "with its signed or private URLs whole (needs the destination's secret)")
+    f.add_argument(
+        "--receipt",
+        type=int,
+        metavar="ID",
+        help="the receipt of row ID as JSON, "
+        "with its signed or private URLs whole (needs the destination's secret)",
+    )
     rt = cmd("retry", "requeue failed files; files in failed_dir go back through the pipeline")
     g = rt.add_mutually_exclusive_group(required=True)
-    g.add_argument("--failed", action="store_true", help="every failed file, except those "
-                   "the service refused for good (they would fail again at once)")
-    g.add_argument("ids", nargs="*", type=int, default=[], metavar="ID",
-                   help="ledger row ids (exit 1 if one is not a failed row)")
-    rt.add_argument("--all", "--force", dest="all", action="store_true",
-                    help="with --failed: the files the service refused for good too")
+    g.add_argument(
+        "--failed",
+        action="store_true",
+        help="every failed file, except those the service refused for good (they would fail again at once)",
+    )
+    g.add_argument(
+        "ids",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="ID",
+        help="ledger row ids (exit 1 if one is not a failed row)",
+    )
+    rt.add_argument(
+        "--all",
+        "--force",
+        dest="all",
+        action="store_true",
+        help="with --failed: the files the service refused for good too",
+    )
     c = cmd("check", "validate the config; --online also probes each destination")
     c.add_argument("--online", action="store_true", help="contact each destination (no upload)")
-    e = cmd("explain", "why this file will or will not be uploaded, or what became of it "
-            "(exit 2 if it does not exist and the ledger never saw it)")
-    e.add_argument("path", type=Path, help="a file, a watched folder, or a file in an archive "
-                   "or failed folder")
-    i = cmd("init", "write a starter config (refuses to overwrite); one under /etc gets the "
-            "service's absolute paths (/var/lib/syncd, /srv/syncd)")
+    e = cmd(
+        "explain",
+        "why this file will or will not be uploaded, or what became of it "
+        "(exit 2 if it does not exist and the ledger never saw it)",
+    )
+    e.add_argument(
+        "path", type=Path, help="a file, a watched folder, or a file in an archive or failed folder"
+    )
+    i = cmd(
+        "init",
+        "write a starter config (refuses to overwrite); one under /etc gets the "
+        "service's absolute paths (/var/lib/syncd, /srv/syncd)",
+    )
     i.add_argument("path", nargs="?", type=Path, help="where (default: the --config path)")
     i.add_argument("--force", action="store_true", help="overwrite an existing file")
     fo = cmd("folder", "edit the [[folders]] of the config")
     fsub = fo.add_subparsers(dest="folder_command", metavar="ACTION")
     fsub.required = True
     fa = fsub.add_parser("add", help="add a watched folder", description="add a watched folder")
-    fa.add_argument("path", help="the folder to watch (relative to the current directory; "
-                    "written absolute)")
+    fa.add_argument("path", help="the folder to watch (relative to the current directory; written absolute)")
     fa.add_argument("--destination", "-d", required=True, help="a [destinations.NAME] name")
     fa.add_argument("--label", "-l", action="append", default=[], help="a label (repeatable)")
     fa.add_argument("--category", help="the category")
@@ -121,19 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     lg = cmd("ledger", "ledger maintenance")
     lsub = lg.add_subparsers(dest="ledger_command", metavar="ACTION")
     lsub.required = True
-    lsub.add_parser("rebuild", help="move an unusable ledger aside and start a new one",
-                    description="Move the ledger aside and start an empty one. Files still in "
-                    "the inbox are uploaded again (at-least-once); archived files are not.")
+    lsub.add_parser(
+        "rebuild",
+        help="move an unusable ledger aside and start a new one",
+        description="Move the ledger aside and start an empty one. Files still in "
+        "the inbox are uploaded again (at-least-once); archived files are not.",
+    )
     lsub.add_parser("check", help="run SQLite's integrity check on the ledger")
-    lb = lsub.add_parser("backup", help="copy the ledger safely, also while syncd runs",
-                         description="Copy the ledger with SQLite's online backup API (a "
-                         "consistent snapshot even while the daemon writes), check the copy's "
-                         "integrity, then give it its name. Never copy ledger.sqlite3 with cp: "
-                         "its -wal file holds the latest commits.")
+    lb = lsub.add_parser(
+        "backup",
+        help="copy the ledger safely, also while syncd runs",
+        description="Copy the ledger with SQLite's online backup API (a "
+        "consistent snapshot even while the daemon writes), check the copy's "
+        "integrity, then give it its name. Never copy ledger.sqlite3 with cp: "
+        "its -wal file holds the latest commits.",
+    )
     lb.add_argument("dest", type=Path, help="the file to write (must not exist)")
     systemd.add_parsers(cmd)  # unit, reload
-    cmd("emulate", "local emulator of every supported service (see `syncd emulate --help`)",
-        add_help=False, prefix_chars="\0")
+    cmd(
+        "emulate",
+        "local emulator of every supported service (see `syncd emulate --help`)",
+        add_help=False,
+        prefix_chars="\0",
+    )
     return p
 
 
@@ -153,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if command is not None and argv[command] == "emulate":
         from syncd_emulator import main as emulate_main
 
-        return emulate_main(argv[command + 1:])
+        return emulate_main(argv[command + 1 :])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -177,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------- helpers
 
+
 def _first_positional(argv: list[str]) -> int | None:
     """Index of the sub-command in ``argv`` (skipping ``-c PATH``), or None."""
     i = 0
@@ -192,8 +243,8 @@ def _first_positional(argv: list[str]) -> int | None:
     return None
 
 
-
 # ---------------------------------------------------------------- commands
+
 
 def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     from syncd.daemon import Daemon, early_signals
@@ -216,10 +267,11 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     if sys.stdout.isatty() and not getattr(args, "no_progress", False):
         sys.stdout.write("\n")
     held = f"; {daemon.held_back} waiting for a destination that is down" if daemon.held_back else ""
-    print(f"syncd once: finished in {time.monotonic() - started:.1f}s"
-          + (f" ({_summary(counts)}{held})" if counts else ""))
+    print(
+        f"syncd once: finished in {time.monotonic() - started:.1f}s"
+        + (f" ({_summary(counts)}{held})" if counts else "")
+    )
     return code
-
 
 
 def _summary(counts: dict[str, int]) -> str:
@@ -236,9 +288,11 @@ def _progress(daemon: Any, stop: threading.Event) -> None:
             c = ledger.counts()
         except Exception:
             continue
-        sys.stdout.write(f"\r{c['done']} done, {c['queued'] + c['retrying']} queued, "
-                         f"{c['uploading']} uploading, {c['settling']} settling, "
-                         f"{c['failed']} failed \033[K")
+        sys.stdout.write(
+            f"\r{c['done']} done, {c['queued'] + c['retrying']} queued, "
+            f"{c['uploading']} uploading, {c['settling']} settling, "
+            f"{c['failed']} failed \033[K"
+        )
         sys.stdout.flush()
 
 
@@ -289,21 +343,29 @@ def _backup_ledger(path: Path, dest: Path) -> int:
         print(f"syncd: {dest} exists; choose a new name", file=sys.stderr)
         return EXIT_CONFIG
     if not copy.ok:
-        print(f"syncd: the copy failed its integrity check ({copy.integrity}); kept as {copy.path}",
-              file=sys.stderr)
+        print(
+            f"syncd: the copy failed its integrity check ({copy.integrity}); kept as {copy.path}",
+            file=sys.stderr,
+        )
         return EXIT_LEDGER
     print(f"backed up {path} to {dest} ({copy.rows} rows, integrity ok)")
     return EXIT_OK
 
 
 _COMMANDS = {
-    "run": cmd_run, "once": cmd_once, "status": cmd_status, "files": cmd_files,
-    "retry": cmd_retry, "check": cmd_check, "explain": cmd_explain, "init": cmd_init,
-    "folder": cmd_folder, "ledger": cmd_ledger,
+    "run": cmd_run,
+    "once": cmd_once,
+    "status": cmd_status,
+    "files": cmd_files,
+    "retry": cmd_retry,
+    "check": cmd_check,
+    "explain": cmd_explain,
+    "init": cmd_init,
+    "folder": cmd_folder,
+    "ledger": cmd_ledger,
 }
 _COMMANDS.update(systemd.COMMANDS)
 
 logging.getLogger("syncd").addHandler(logging.NullHandler())
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_LEDGER", "EXIT_LOCKED", "EXIT_OK", "build_parser",
-           "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_LEDGER", "EXIT_LOCKED", "EXIT_OK", "build_parser", "main"]

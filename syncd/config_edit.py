@@ -53,14 +53,25 @@ def starter_config(system: bool = False) -> dict[str, Any]:
     /srv/syncd/{inbox,archive,failed}/demo), for a config in /etc."""
     if system:
         return {
-            "daemon": {"state_dir": SYSTEM_STATE_DIR, "workers": 4, "rescan_seconds": 300,
-                       "log_level": "info"},
-            "destinations": {"demo": {"type": "lilt", "base_url": "http://127.0.0.1:8790/lilt",
-                                      "api_key": "demo-lilt-key"}},
-            "folders": [{"path": f"{SYSTEM_ROOT}/inbox/demo", "destination": "demo",
-                         "labels": [], "after_upload": "archive",
-                         "archive_dir": f"{SYSTEM_ROOT}/archive/demo",
-                         "failed_dir": f"{SYSTEM_ROOT}/failed/demo"}],
+            "daemon": {
+                "state_dir": SYSTEM_STATE_DIR,
+                "workers": 4,
+                "rescan_seconds": 300,
+                "log_level": "info",
+            },
+            "destinations": {
+                "demo": {"type": "lilt", "base_url": "http://127.0.0.1:8790/lilt", "api_key": "demo-lilt-key"}
+            },
+            "folders": [
+                {
+                    "path": f"{SYSTEM_ROOT}/inbox/demo",
+                    "destination": "demo",
+                    "labels": [],
+                    "after_upload": "archive",
+                    "archive_dir": f"{SYSTEM_ROOT}/archive/demo",
+                    "failed_dir": f"{SYSTEM_ROOT}/failed/demo",
+                }
+            ],
         }
     return {
         "daemon": {"state_dir": "state", "workers": 4, "rescan_seconds": 300, "log_level": "info"},
@@ -208,9 +219,7 @@ def render(doc: Mapping[str, Any]) -> str:
     if not fits:
         return tomli_w.dumps(doc)
     parts = [_table("[daemon]", daemon)] if "daemon" in doc else []
-    parts += [
-        _table(f"[{dotted('destinations', name)}]", table) for name, table in destinations.items()
-    ]
+    parts += [_table(f"[{dotted('destinations', name)}]", table) for name, table in destinations.items()]
     parts += [_table("[[folders]]", table) for table in folders]
     return "\n".join(parts)
 

@@ -49,8 +49,11 @@ def point(name: str) -> None:
     with _lock:
         _total += 1
         _counts[name] = _counts.get(name, 0) + 1
-        hit = (_total == _target_n) if not _target_name else (
-            name == _target_name and _counts[name] == _target_n)
+        hit = (
+            (_total == _target_n)
+            if not _target_name
+            else (name == _target_name and _counts[name] == _target_n)
+        )
     if hit:
         sys.stderr.write(f"syncd: crash point {name} reached (SYNCD_CRASH_AT={_spec})\n")
         sys.stderr.flush()

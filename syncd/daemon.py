@@ -82,6 +82,7 @@ RELOAD_REQUESTED = threading.Event()
 def early_signals() -> None:
     """Called first thing by `syncd run`: a SIGTERM during start-up stops cleanly,
     a SIGHUP is kept for when the daemon is up (its default action would kill)."""
+
     def handler(signum: int, _frame: Any) -> None:
         STOP_REQUESTED.set()
 
@@ -144,8 +145,9 @@ class Daemon:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if not said:
-                    log.warning("the ledger is locked by another process (%s); waiting for it "
-                                "before starting", exc)
+                    log.warning(
+                        "the ledger is locked by another process (%s); waiting for it before starting", exc
+                    )
                     self.notifier.status("waiting for the ledger (locked by another process)")
                     said = True
         return False
@@ -189,21 +191,41 @@ class MainLoop:
         self.liveness = Liveness()
         intake = Intake()
         self.watcher = Watcher(intake)
-        self.runtime = Runtime(daemon.cfg, ledger, watcher=self.watcher, metrics=self.metrics,
-                               liveness=self.liveness, once=daemon.once, watch=daemon.watch)
+        self.runtime = Runtime(
+            daemon.cfg,
+            ledger,
+            watcher=self.watcher,
+            metrics=self.metrics,
+            liveness=self.liveness,
+            once=daemon.once,
+            watch=daemon.watch,
+        )
         uploader = self.uploader = self.runtime.uploader
         if self.once:  # `once` ends as soon as the last file is handled
             uploader.on_done = daemon.nudge.set
         self.metrics.track_destinations(uploader.destination_states)
         self.metrics.track_progress(uploader.progress)
         self.settler = Settler(ledger, self.runtime.usable_folders, on_queued=uploader.wake)
-        self.intake = IntakeStage(ledger, intake, self.settler, folders=self._folders,
-                                  folder_problem=self.runtime.folder_problem,
-                                  disk_full=uploader.disk_full, metrics=self.metrics,
-                                  liveness=self.liveness, nudge=daemon.nudge)
+        self.intake = IntakeStage(
+            ledger,
+            intake,
+            self.settler,
+            folders=self._folders,
+            folder_problem=self.runtime.folder_problem,
+            disk_full=uploader.disk_full,
+            metrics=self.metrics,
+            liveness=self.liveness,
+            nudge=daemon.nudge,
+        )
         self.recovery = Recovery(ledger, self._folders, uploader)
-        self.health = Health(ledger, notifier=self.notifier, watcher=self.watcher,
-                             runtime=self.runtime, intake=self.intake, liveness=self.liveness)
+        self.health = Health(
+            ledger,
+            notifier=self.notifier,
+            watcher=self.watcher,
+            runtime=self.runtime,
+            intake=self.intake,
+            liveness=self.liveness,
+        )
         self.pulse = self.liveness.pulse("main loop", "main")
 
     def _folders(self) -> dict[str, Any]:
@@ -220,11 +242,14 @@ class MainLoop:
         workers = runtime.cfg.daemon.workers
         self.uploader.start(workers)
         self.notifier.ready(self.health.status_line())
-        log.info("syncd started: %d folder(s), %d destination(s), %d worker(s)%s",
-                 len(runtime.folders), len(runtime.destinations), workers,
-                 " (once)" if self.once else "")
-        last = {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0, "rescan": time.monotonic(),
-                "progress": 0.0}
+        log.info(
+            "syncd started: %d folder(s), %d destination(s), %d worker(s)%s",
+            len(runtime.folders),
+            len(runtime.destinations),
+            workers,
+            " (once)" if self.once else "",
+        )
+        last = {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0, "rescan": time.monotonic(), "progress": 0.0}
         self.pulse.step("ticking")
         while not daemon.stop_requested.is_set():
             now = time.monotonic()
@@ -235,10 +260,17 @@ class MainLoop:
             self.health.watchdog(now)
             if self.once and self._finished():
                 break
-            self.intake.sleep(now, self.health.until_ping(time.monotonic(), TICK),
-                              daemon.stop_requested)
-        shutdown.drain(self.uploader, runtime, self.intake, self.health, self.pulse,
-                       self.notifier, self.watcher, daemon.hard_stop)
+            self.intake.sleep(now, self.health.until_ping(time.monotonic(), TICK), daemon.stop_requested)
+        shutdown.drain(
+            self.uploader,
+            runtime,
+            self.intake,
+            self.health,
+            self.pulse,
+            self.notifier,
+            self.watcher,
+            daemon.hard_stop,
+        )
         code = 0
         if self.once:
             counts = self.ledger.counts()
@@ -284,8 +316,11 @@ class MainLoop:
                 self.metrics.set_folders({root: root not in problems for root in runtime.folders})
             if self.uploader.disk_full:
                 self.uploader.disk_full.probe(
-                    self.ledger, runtime.folders, self.recovery.finish_uploaded,
-                    lambda root: self.intake.request_scan(root, reason="disk-space"))
+                    self.ledger,
+                    runtime.folders,
+                    self.recovery.finish_uploaded,
+                    lambda root: self.intake.request_scan(root, reason="disk-space"),
+                )
             self.liveness.alive(now)  # a wedged stage is logged even without a watchdog
             line = health.status_line()
             if line != self.notifier.last_status:  # tell systemd and `syncd status` at once
@@ -326,8 +361,11 @@ class MainLoop:
         if self.intake.scans_pending():
             return False
         by_folder = self.ledger.counts_by_folder()
-        held = {name: st for name, st in self.uploader.destination_states().items()
-                if st.state in ("down", "refused")}
+        held = {
+            name: st
+            for name, st in self.uploader.destination_states().items()
+            if st.state in ("down", "refused")
+        }
         waiting: dict[str, int] = {}
         for root, folder in self.runtime.usable_folders().items():
             counts = by_folder.get(root, {})
@@ -338,7 +376,12 @@ class MainLoop:
                 return False
             waiting[folder.destination] = waiting.get(folder.destination, 0) + active
         for name, n in waiting.items():  # `once` does not wait out an outage: the next run goes on
-            log.warning("destination %r is %s (%s): %d file(s) wait for the next run", name,
-                        held[name].state, held[name].reason, n)
+            log.warning(
+                "destination %r is %s (%s): %d file(s) wait for the next run",
+                name,
+                held[name].state,
+                held[name].reason,
+                n,
+            )
             self.daemon.held_back += n
         return True

@@ -40,25 +40,34 @@ def _config(url: str) -> str:
     """The demo config for an emulator at ``url`` (TOML, written with tomli-w)."""
     destinations = {
         "lilt": {"type": "lilt", "base_url": f"{url}/lilt", "api_key": "demo-lilt-key"},
-        "wriftai": {"type": "wriftai", "base_url": f"{url}/wriftai/v1",
-                    "token": "demo-wriftai-token"},
-        "xvid": {"type": "xvid", "base_url": f"{url}/xvid/v1", "client_id": "demo-client",
-                 "client_secret": "demo-secret", "pipeline_id": "demo-pipeline",
-                 "object_key": "uploads/{category}/{labels}/{relpath}"},
-        "apivideo": {"type": "apivideo", "base_url": f"{url}/apivideo",
-                     "upload_token": "to-demo-upload-token", "api_key": "demo-apivideo-key"},
+        "wriftai": {"type": "wriftai", "base_url": f"{url}/wriftai/v1", "token": "demo-wriftai-token"},
+        "xvid": {
+            "type": "xvid",
+            "base_url": f"{url}/xvid/v1",
+            "client_id": "demo-client",
+            "client_secret": "demo-secret",
+            "pipeline_id": "demo-pipeline",
+            "object_key": "uploads/{category}/{labels}/{relpath}",
+        },
+        "apivideo": {
+            "type": "apivideo",
+            "base_url": f"{url}/apivideo",
+            "upload_token": "to-demo-upload-token",
+            "api_key": "demo-apivideo-key",
+        },
     }
     folders = []
     for name, dest, labels, category in FOLDERS:
-        folder: dict[str, object] = {"path": f"inbox/{name}", "destination": dest,
-                                     "labels": labels}
+        folder: dict[str, object] = {"path": f"inbox/{name}", "destination": dest, "labels": labels}
         if category:
             folder["category"] = category
-        folder.update(settle_seconds=1.0, archive_dir=f"archive/{name}",
-                      failed_dir=f"failed/{name}")
+        folder.update(settle_seconds=1.0, archive_dir=f"archive/{name}", failed_dir=f"failed/{name}")
         folders.append(folder)
-    doc = {"daemon": {"state_dir": "state", "workers": 4, "rescan_seconds": 60},
-           "destinations": destinations, "folders": folders}
+    doc = {
+        "daemon": {"state_dir": "state", "workers": 4, "rescan_seconds": 60},
+        "destinations": destinations,
+        "folders": folders,
+    }
     return HEADER + tomli_w.dumps(doc)
 
 
@@ -94,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     config_path.chmod(0o600)
     cfg = configmod.load(config_path)
     setup_logging(cfg.daemon.log_level, cfg.daemon.log_format)
-    print(f"""
+    print(
+        f"""
 syncd demo is running. Try it:
 
   cp README.md {root}/inbox/contracts/      (Lilt)
@@ -108,7 +118,10 @@ syncd demo is running. Try it:
   in another terminal:        .venv/bin/syncd -c {config_path} status
 
 Ctrl-C stops it.
-""", file=sys.stderr, flush=True)
+""",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         return Daemon(cfg).run()
     finally:

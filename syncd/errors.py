@@ -98,7 +98,11 @@ class RetryableError(UploadError):
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None,
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
         transport: bool = False,
     ) -> None:
         super().__init__(message, status=status)
@@ -148,4 +152,3 @@ def describe(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).replace("\n", " ").strip()
     return printable(redact(f"{name}: {text}" if text else name))
-

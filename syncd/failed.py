@@ -68,31 +68,44 @@ def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> No
                     if planned and exists_under(planned, failed_root):
                         location = planned  # moved before a crash; only the ledger was behind
                 elif not matches(src.st, row):
-                    log.warning("not moving %s to the failed folder: it was replaced by a new "
-                                "file, which is uploaded on its own", quoted_path(row.inbox_path))
+                    log.warning(
+                        "not moving %s to the failed folder: it was replaced by a new "
+                        "file, which is uploaded on its own",
+                        quoted_path(row.inbox_path),
+                    )
                     reobserve(ledger, row)
                 else:
-                    location = move(src, failed_root, os.path.dirname(row.relpath),
-                                    os.path.basename(row.relpath),
-                                    record=lambda t: ledger.set_archive_target(row.id, t),
-                                    planned=planned, sha256=row.sha256)
+                    location = move(
+                        src,
+                        failed_root,
+                        os.path.dirname(row.relpath),
+                        os.path.basename(row.relpath),
+                        record=lambda t: ledger.set_archive_target(row.id, t),
+                        planned=planned,
+                        sha256=row.sha256,
+                    )
         except (OSError, ChangedAfterUpload) as exc:
-            log.error("could not move %s to the failed folder (%s); it stays in place",
-                      quoted_path(row.inbox_path), getattr(exc, "strerror", None) or exc)
+            log.error(
+                "could not move %s to the failed folder (%s); it stays in place",
+                quoted_path(row.inbox_path),
+                getattr(exc, "strerror", None) or exc,
+            )
             location = None
     if location is not None:
         _move_metadata_sidecar(ledger, row, folder, location, failed_root)
         try:
             _write_sidecar(location, row, reason, [failed_root, *roots(row, folder)])
         except OSError as exc:
-            log.warning("could not write the reason next to %s: %s", quoted_path(location),
-                        exc.strerror or exc)
+            log.warning(
+                "could not write the reason next to %s: %s", quoted_path(location), exc.strerror or exc
+            )
     ledger.mark_failed(row.id, error=reason, location=location)
     log.error("failed: %s: %s", quoted_path(row.inbox_path), reason)
 
 
-def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, location: str,
-                           failed_root: str) -> None:
+def _move_metadata_sidecar(
+    ledger: Ledger, row: Row, folder: FolderConfig, location: str, failed_root: str
+) -> None:
     """Move ``NAME.meta.json`` from the inbox to beside the failed file at ``location``."""
     if not getattr(folder, "metadata_sidecar", False) or row.location is not None:
         return  # a file retried from failed_dir has its sidecar beside it already
@@ -102,13 +115,20 @@ def _move_metadata_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, locat
             if src is None:
                 return
             _, rel = safefs.anchor(location, [failed_root])
-            placed = move(src, failed_root, os.path.dirname(rel),
-                          os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
-                          record=lambda t: ledger.set_sidecar_target(row.id, t),
-                          planned=row.sidecar_path)
+            placed = move(
+                src,
+                failed_root,
+                os.path.dirname(rel),
+                os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                record=lambda t: ledger.set_sidecar_target(row.id, t),
+                planned=row.sidecar_path,
+            )
     except (OSError, ChangedAfterUpload) as exc:
-        log.error("could not move the metadata sidecar of %s to the failed folder (%s); it "
-                  "stays in place", quoted_path(row.inbox_path), getattr(exc, "strerror", None) or exc)
+        log.error(
+            "could not move the metadata sidecar of %s to the failed folder (%s); it stays in place",
+            quoted_path(row.inbox_path),
+            getattr(exc, "strerror", None) or exc,
+        )
         return
     log.info("moved metadata sidecar %s -> %s", quoted_path(path), quoted_path(placed))
 
@@ -125,8 +145,12 @@ def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
         folder = folders.get(row.folder)
         if row.archive_path is None or row.location is not None or folder is None:
             continue
-        to_failed(ledger, row, folder, row.last_error or
-                  "the move to the failed folder was interrupted; see the log before the restart")
+        to_failed(
+            ledger,
+            row,
+            folder,
+            row.last_error or "the move to the failed folder was interrupted; see the log before the restart",
+        )
         finished += 1
     return finished
 
@@ -168,8 +192,9 @@ def _write_sidecar(path: str, row: Row, reason: str, bases: list[str | None]) ->
     root, rel = safefs.anchor(path, bases)
     with safefs.parent(root, rel) as (dirfd, _name):
         tmp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dirfd)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd
+        )
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
@@ -189,5 +214,3 @@ def _write_sidecar(path: str, row: Row, reason: str, bases: list[str | None]) ->
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dirfd)
-
-

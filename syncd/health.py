@@ -49,8 +49,16 @@ RECHECK = 0.25  # seconds between two health checks while one fails (no ping mea
 
 
 class Health:
-    def __init__(self, ledger: Ledger, *, notifier: Notifier, watcher: Watcher,
-                 runtime: Runtime, intake: IntakeStage, liveness: Liveness) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        notifier: Notifier,
+        watcher: Watcher,
+        runtime: Runtime,
+        intake: IntakeStage,
+        liveness: Liveness,
+    ) -> None:
         self.ledger = ledger
         self.notifier = notifier
         self.watcher = watcher
@@ -106,8 +114,7 @@ class Health:
     def status_line(self) -> str:
         """The STATUS= line: problems first, then ``12 queued, 3 uploading, ...``."""
         counts = self.ledger.counts()
-        parts = [f"{counts['queued'] + counts['retrying']} queued",
-                 f"{counts['uploading']} uploading"]
+        parts = [f"{counts['queued'] + counts['retrying']} queued", f"{counts['uploading']} uploading"]
         parts.append(f"{self.ledger.done_today():,} done today")
         last = self.uploader.stats.last_upload
         if last is not None:
@@ -124,19 +131,18 @@ class Health:
         if disk_full:
             first.append(f"disk full, paused ({', '.join(sorted(disk_full.where))})")
         for root, problem in sorted(self.watcher.problems().items()):
-            first.append(f"inbox {root} missing" if problem == "folder missing"
-                         else f"inbox {root}: {problem}")
+            first.append(
+                f"inbox {root} missing" if problem == "folder missing" else f"inbox {root}: {problem}"
+            )
         for root, note in sorted(self.watcher.fallbacks().items()):
             first.append(f"inbox {root}: {note}")
         for name, state in sorted(self.uploader.destination_states().items()):
             if state.state == DOWN:
-                first.append(f"destination {name} down since {_clock(state.since)}: "
-                             f"{state.reason}")
+                first.append(f"destination {name} down since {_clock(state.since)}: {state.reason}")
             elif state.state != UP:
                 first.append(f"destination {name} paused: {state.reason}")
         if self.runtime.reload_problem:
-            first.append(f"reload failed, running the previous config: "
-                         f"{self.runtime.reload_problem}")
+            first.append(f"reload failed, running the previous config: {self.runtime.reload_problem}")
         metrics = self.runtime.metrics
         if metrics.error:
             first.append(f"metrics off: {metrics.error}")
@@ -149,24 +155,28 @@ class Health:
         destinations = uploader.destination_states()
         metrics = self.runtime.metrics
         try:
-            self.ledger.put_meta("daemon", {
-                "pid": os.getpid(),
-                "started_at": self.started_at,
-                "heartbeat": time.time(),
-                "stopped": stopped,
-                "status": self.status_line(),
-                "problems": self.problems(),
-                "metrics": {"listen": metrics.listen, "error": metrics.error},
-                "ignored": self.intake.ignored,
-                "folder_problems": self.watcher.problems(),
-                "disk_full": dict(uploader.disk_full.where),
-                "workers": self.runtime.cfg.daemon.workers,
-                "paused": {name: state.reason for name, state in destinations.items()
-                           if state.state != UP},
-                "destinations": {name: state.to_json() for name, state in destinations.items()},
-                "uploaded": uploader.stats.uploaded,
-                "bytes": uploader.stats.bytes,
-            })
+            self.ledger.put_meta(
+                "daemon",
+                {
+                    "pid": os.getpid(),
+                    "started_at": self.started_at,
+                    "heartbeat": time.time(),
+                    "stopped": stopped,
+                    "status": self.status_line(),
+                    "problems": self.problems(),
+                    "metrics": {"listen": metrics.listen, "error": metrics.error},
+                    "ignored": self.intake.ignored,
+                    "folder_problems": self.watcher.problems(),
+                    "disk_full": dict(uploader.disk_full.where),
+                    "workers": self.runtime.cfg.daemon.workers,
+                    "paused": {
+                        name: state.reason for name, state in destinations.items() if state.state != UP
+                    },
+                    "destinations": {name: state.to_json() for name, state in destinations.items()},
+                    "uploaded": uploader.stats.uploaded,
+                    "bytes": uploader.stats.bytes,
+                },
+            )
         except sqlite3.Error as exc:
             if is_disk_full(exc):
                 uploader.disk_full.note("ledger", exc)

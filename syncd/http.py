@@ -46,8 +46,13 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
 
 
 def make_client(
-    *, connect: float = 10.0, read: float = 60.0, write: float = 60.0, pool: float = 30.0,
-    max_connections: int = 16, verify: bool | ssl.SSLContext = True,
+    *,
+    connect: float = 10.0,
+    read: float = 60.0,
+    write: float = 60.0,
+    pool: float = 30.0,
+    max_connections: int = 16,
+    verify: bool | ssl.SSLContext = True,
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """The shared client: explicit timeouts (httpx's 5 s default is too short
@@ -79,8 +84,9 @@ def http_date(value: str | None) -> float | None:
     return None if when is None else when.timestamp()
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time,
-                      date: str | None = None) -> float | None:
+def parse_retry_after(
+    value: str | None, *, now: Callable[[], float] = time.time, date: str | None = None
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), capped.
 
     An HTTP-date is measured against ``date``, the response's own ``Date``
@@ -105,8 +111,9 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     return max(0.0, min(seconds, RETRY_AFTER_CAP))
 
 
-def parse_reset(value: str | None, *, now: Callable[[], float] = time.time,
-                date: str | None = None) -> float | None:
+def parse_reset(
+    value: str | None, *, now: Callable[[], float] = time.time, date: str | None = None
+) -> float | None:
     """Seconds until ``value``, the epoch second at which a rate limit resets, capped.
 
     The reset time is the server's clock, so it is measured against ``date``
@@ -193,8 +200,7 @@ def check(
     if status in expired:
         raise ExpiredError(message, status=status)
     if status in RETRYABLE_STATUS:
-        hint = parse_retry_after(response.headers.get("Retry-After"),
-                                 date=response.headers.get("Date"))
+        hint = parse_retry_after(response.headers.get("Retry-After"), date=response.headers.get("Date"))
         raise RetryableError(message, status=status, retry_after=hint if hint is not None else retry_after)
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)
@@ -220,6 +226,13 @@ def require(data: Any, key: str, *, what: str, kind: type = str) -> Any:
 
 
 __all__ = [
-    "UploadError", "check", "error_text", "json_body", "make_client", "parse_reset",
-    "parse_retry_after", "require", "send",
+    "UploadError",
+    "check",
+    "error_text",
+    "json_body",
+    "make_client",
+    "parse_reset",
+    "parse_retry_after",
+    "require",
+    "send",
 ]

@@ -46,8 +46,14 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 MIN_TICK = 0.02  # seconds between two ticks however often the loop is woken
 
 
-def flush(ledger: Ledger, intake: Intake, folders: Mapping[str, Any], *,
-          request_scan: Callable[..., None], disk_full: DiskFull | None = None) -> None:
+def flush(
+    ledger: Ledger,
+    intake: Intake,
+    folders: Mapping[str, Any],
+    *,
+    request_scan: Callable[..., None],
+    disk_full: DiskFull | None = None,
+) -> None:
     """Write the paths events reported into the ledger, and ask for the scans they asked
     for (a directory moved in). With ``disk_full``, a full ledger pauses the uploads
     instead of raising."""
@@ -60,9 +66,14 @@ def flush(ledger: Ledger, intake: Intake, folders: Mapping[str, Any], *,
             if folder is None or not rels:
                 pending.pop(0)
                 continue
-            ledger.observe(root, rels[:scanner.BATCH], destination=folder.destination,
-                           labels=folder.labels, category=folder.category)
-            pending[0] = (root, rels[scanner.BATCH:])
+            ledger.observe(
+                root,
+                rels[: scanner.BATCH],
+                destination=folder.destination,
+                labels=folder.labels,
+                category=folder.category,
+            )
+            pending[0] = (root, rels[scanner.BATCH :])
     except BaseException as exc:
         # A busy, locked or full ledger must not lose what the events reported:
         # put back what was not recorded; the next tick tries again.
@@ -83,10 +94,19 @@ class IntakeStage:
     """The intake buffer's flush, the scan queue and its thread, the settle tick and
     the main loop's sleep (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, intake: Intake, settler: Settler, *,
-                 folders: Callable[[], Mapping[str, Any]],
-                 folder_problem: Callable[[str], str | None], disk_full: DiskFull,
-                 metrics: Metrics, liveness: Liveness, nudge: threading.Event) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        intake: Intake,
+        settler: Settler,
+        *,
+        folders: Callable[[], Mapping[str, Any]],
+        folder_problem: Callable[[str], str | None],
+        disk_full: DiskFull,
+        metrics: Metrics,
+        liveness: Liveness,
+        nudge: threading.Event,
+    ) -> None:
         self.ledger = ledger
         self.intake = intake
         self.settler = settler
@@ -107,8 +127,13 @@ class IntakeStage:
 
     def tick(self) -> None:
         """Ledger what events reported; judge the settling rows that are due."""
-        flush(self.ledger, self.intake, self._folders(), request_scan=self.request_scan,
-              disk_full=self.disk_full)
+        flush(
+            self.ledger,
+            self.intake,
+            self._folders(),
+            request_scan=self.request_scan,
+            disk_full=self.disk_full,
+        )
         self.settler.tick()
 
     def sleep(self, began: float, longest: float, stop: threading.Event) -> None:
@@ -176,18 +201,22 @@ class IntakeStage:
             started = time.monotonic()
             ignored = scanner.Ignored()
             found = scanner.scan_folder(
-                self.ledger, folder, start=rel,
+                self.ledger,
+                folder,
+                start=rel,
                 on_special=lambda r, m: self.settler.skip_special(root, r, m),
                 ignored=ignored,
             )
             if not rel:  # a walk of the whole folder: what it ignored, for `syncd status`
-                self.ignored[root] = {"count": ignored.count, "examples": ignored.examples,
-                                      "at": time.time()}
+                self.ignored[root] = {"count": ignored.count, "examples": ignored.examples, "at": time.time()}
             self.metrics.observe_scan(root, reason, found)
             if found:
-                log.info("scan of %s found %d new file(s) in %.2fs",
-                         quoted_path(os.path.join(root, rel) if rel else root), found,
-                         time.monotonic() - started)
+                log.info(
+                    "scan of %s found %d new file(s) in %.2fs",
+                    quoted_path(os.path.join(root, rel) if rel else root),
+                    found,
+                    time.monotonic() - started,
+                )
         except sqlite3.Error as exc:
             log.error("ledger error during scan of %s: %s", quoted_path(root), exc)
         except Exception:

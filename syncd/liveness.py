@@ -146,15 +146,16 @@ class Stall:
     bound: float
 
     def __str__(self) -> str:
-        return (f"{self.stage} ({self.doing}) has made no progress for {self.seconds:.0f}s "
-                f"(bound {self.bound:.0f}s)")
+        return (
+            f"{self.stage} ({self.doing}) has made no progress for {self.seconds:.0f}s "
+            f"(bound {self.bound:.0f}s)"
+        )
 
 
 class Liveness:
     """Every stage's pulse and the watchdog's rule over them (see the module docstring)."""
 
-    def __init__(self, bounds: Bounds | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, bounds: Bounds | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.bounds = bounds or Bounds()
         self.clock = clock
         self._lock = threading.Lock()
@@ -200,9 +201,7 @@ class Liveness:
             self._reported.update((s.stage, s) for s in new)
             over = [self._reported.pop(n) for n in list(self._reported) if n not in stalls]
         for stall in new:
-            log.error("wedged: %s; watchdog pings stop, so systemd restarts syncd "
-                      "(WatchdogSec=)", stall)
+            log.error("wedged: %s; watchdog pings stop, so systemd restarts syncd (WatchdogSec=)", stall)
         for stall in over:
-            log.warning("%s moves again (it was stuck %s); watchdog pings resume", stall.stage,
-                        stall.doing)
+            log.warning("%s moves again (it was stuck %s); watchdog pings resume", stall.stage, stall.doing)
         return not stalls

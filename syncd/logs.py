@@ -43,8 +43,7 @@ from typing import IO, Any
 
 from syncd.redact import RedactingFilter
 
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-             logging.CRITICAL: 2}
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 def quoted_path(path: str | bytes) -> str:
@@ -97,8 +96,9 @@ class _JournalFormatter(logging.Formatter):
         prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
         text = printable(super().format(record), _KEEP)
         # journald stores each line as its own entry: every line carries the priority.
-        return "\n".join(prefix + (line if i == 0 else "    " + line)
-                         for i, line in enumerate(text.split("\n")))
+        return "\n".join(
+            prefix + (line if i == 0 else "    " + line) for i, line in enumerate(text.split("\n"))
+        )
 
 
 class _TextFormatter(logging.Formatter):
@@ -153,8 +153,9 @@ class _Handler(logging.StreamHandler[IO[str]]):
     _syncd = True
 
 
-def setup(level: str = "info", fmt: str = "text", stream: IO[str] | None = None, *,
-          journal: bool | None = None) -> None:
+def setup(
+    level: str = "info", fmt: str = "text", stream: IO[str] | None = None, *, journal: bool | None = None
+) -> None:
     """Configure the root logger (again on reload: syncd's handler is replaced).
 
     ``fmt`` is ``"text"`` or ``"json"``; ``journal`` forces (True) or

@@ -120,8 +120,10 @@ def compile_pattern(text: str) -> PathPattern:
         if not last:
             regex += "/"
     if not names:
-        raise ValueError("it captures nothing; write {name} for each folder level to turn "
-                         "into a label, e.g. \"{client}/{project}/**\"")
+        raise ValueError(
+            "it captures nothing; write {name} for each folder level to turn "
+            'into a label, e.g. "{client}/{project}/**"'
+        )
     return PathPattern(text, tuple(names), re.compile(regex))
 
 
@@ -133,16 +135,19 @@ def _segment(part: str, names: list[str], last: bool) -> str:
         name, text = token[1], token[0]
         if name is not None:
             if not _NAME.match(name):
-                raise ValueError(f"{text}: a placeholder name is letters, digits and _, "
-                                 "not starting with a digit")
+                raise ValueError(
+                    f"{text}: a placeholder name is letters, digits and _, not starting with a digit"
+                )
             if name in names:
                 raise ValueError(f"{text} appears twice; each name may be used once")
             if previous_was_name:
                 raise ValueError(f"two placeholders need text between them ({part!r})")
             if last:
-                raise ValueError("the last part matches the file name and cannot capture; end "
-                                 "the pattern with /** (anything below) or /* (files directly "
-                                 "inside)")
+                raise ValueError(
+                    "the last part matches the file name and cannot capture; end "
+                    "the pattern with /** (anything below) or /* (files directly "
+                    "inside)"
+                )
             names.append(name)
             out += f"(?P<{name}>{_VALUE})"
             previous_was_name = True
@@ -151,8 +156,10 @@ def _segment(part: str, names: list[str], last: bool) -> str:
             raise ValueError(f"unbalanced {text!r} in {part!r}; placeholders are written {{name}}")
         bad = next((c for c in text if c in "*?[]\\"), None)
         if bad is not None:
-            raise ValueError(f"{bad!r} inside {part!r} is not supported: use * or ** as a whole "
-                             "part, and {name} to capture")
+            raise ValueError(
+                f"{bad!r} inside {part!r} is not supported: use * or ** as a whole "
+                "part, and {name} to capture"
+            )
         out += re.escape(text)
         previous_was_name = False
     return out
@@ -193,9 +200,16 @@ class Sidecar:
     sha256: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "labels": list(self.labels), "category": self.category,
-                "size": self.size, "mtime_ns": self.mtime_ns, "inode": self.inode,
-                "device": self.device, "sha256": self.sha256}
+        return {
+            "path": self.path,
+            "labels": list(self.labels),
+            "category": self.category,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "inode": self.inode,
+            "device": self.device,
+            "sha256": self.sha256,
+        }
 
 
 def parse_sidecar(data: bytes) -> tuple[tuple[str, ...], str | None]:
@@ -209,8 +223,7 @@ def parse_sidecar(data: bytes) -> tuple[tuple[str, ...], str | None]:
     except json.JSONDecodeError as exc:
         raise SidecarError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise SidecarError(f'expected a JSON object {{"labels": [...], "category": "..."}}, '
-                           f"got {_kind(doc)}")
+        raise SidecarError(f'expected a JSON object {{"labels": [...], "category": "..."}}, got {_kind(doc)}')
     unknown = sorted(k for k in doc if k not in ("labels", "category"))
     if unknown:
         raise SidecarError(f"unknown key {unknown[0]!r} (valid: labels, category)")
@@ -243,8 +256,15 @@ def _check_text(value: Any, where: str) -> None:
 
 
 def _kind(value: object) -> str:
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-             list: "an array", dict: "an object", type(None): "null"}
+    kinds = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return kinds.get(type(value), "something else")
 
 
@@ -282,9 +302,16 @@ def read_sidecar(path: str, roots: Sequence[str | os.PathLike[str] | None]) -> S
     finally:
         os.close(fd)
     labels, category = parse_sidecar(data)
-    return Sidecar(path=path, labels=labels, category=category, size=st.st_size,
-                   mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
-                   sha256=hashlib.sha256(data).hexdigest())
+    return Sidecar(
+        path=path,
+        labels=labels,
+        category=category,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        inode=st.st_ino,
+        device=st.st_dev,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 # -- one file's metadata --------------------------------------------------------------------
@@ -300,18 +327,26 @@ class Metadata:
 
     def to_json(self) -> dict[str, Any]:
         """The form stored in the ledger row's ``meta`` (the archive finds the sidecar there)."""
-        return {"labels": list(self.labels), "category": self.category,
-                "sidecar": self.sidecar.to_json() if self.sidecar is not None else None}
+        return {
+            "labels": list(self.labels),
+            "category": self.category,
+            "sidecar": self.sidecar.to_json() if self.sidecar is not None else None,
+        }
 
 
 def wanted(folder: FolderConfig) -> bool:
     """Whether ``folder`` adds per-file metadata (so :func:`resolve` has work to do)."""
-    return bool(getattr(folder, "labels_from_path", None) or
-                getattr(folder, "metadata_sidecar", False))
+    return bool(getattr(folder, "labels_from_path", None) or getattr(folder, "metadata_sidecar", False))
 
 
-def resolve(folder: FolderConfig, relpath: str, data_path: str, labels: Sequence[str],
-            category: str | None, roots: Sequence[str | os.PathLike[str] | None]) -> Metadata:
+def resolve(
+    folder: FolderConfig,
+    relpath: str,
+    data_path: str,
+    labels: Sequence[str],
+    category: str | None,
+    roots: Sequence[str | os.PathLike[str] | None],
+) -> Metadata:
     """The metadata of the file ``relpath`` (its bytes now at ``data_path``).
 
     ``labels``/``category`` are the row's (the folder's when it was seen).
@@ -332,4 +367,8 @@ def resolve(folder: FolderConfig, relpath: str, data_path: str, labels: Sequence
 def sidecar_identity_matches(st: os.stat_result, info: dict[str, Any]) -> bool:
     """Whether ``st`` is the sidecar version recorded as ``info`` (:meth:`Sidecar.to_json`)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
-        info.get("device"), info.get("inode"), info.get("size"), info.get("mtime_ns"))
+        info.get("device"),
+        info.get("inode"),
+        info.get("size"),
+        info.get("mtime_ns"),
+    )

@@ -107,8 +107,7 @@ class Held:
     def still_named(self) -> bool:
         """Whether the source name still leads to the file we hold."""
         try:
-            return safefs.same_file(os.stat(self.name, dir_fd=self.dirfd, follow_symlinks=False),
-                                    self.st)
+            return safefs.same_file(os.stat(self.name, dir_fd=self.dirfd, follow_symlinks=False), self.st)
         except OSError:
             return False
 
@@ -170,8 +169,9 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
     raises :class:`ChangedAfterUpload`.
     """
     tmp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600, dir_fd=dirfd)
+    out = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd
+    )
     try:
         h = hashlib.sha256()
         pos = 0
@@ -179,7 +179,7 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
             h.update(data)
             view = memoryview(data)
             while view:
-                view = view[os.write(out, view):]
+                view = view[os.write(out, view) :]
             pos += len(data)
         if sha256 is not None and h.hexdigest() != sha256:
             raise ChangedAfterUpload("the bytes changed after the upload")
@@ -225,8 +225,11 @@ def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
             return  # a copy already
         tmp = _copy_into(src.fd, src.st, dirfd, sha256)
     except (OSError, ChangedAfterUpload) as exc:
-        log.warning("archived file %r is still hard-linked elsewhere and could not be made a "
-                    "private copy: %s", name, exc)
+        log.warning(
+            "archived file %r is still hard-linked elsewhere and could not be made a private copy: %s",
+            name,
+            exc,
+        )
         return
     os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
     safefs.fsync_dirfd(dirfd)
@@ -251,9 +254,16 @@ def _planned_done(planned: str, target_root: str, src: Held, sha256: str | None)
         os.close(fd)
 
 
-def move(src: Held, target_root: str, rel_dir: str, name: str, *,
-         record: Callable[[str], None], planned: str | None = None,
-         sha256: str | None = None) -> str:
+def move(
+    src: Held,
+    target_root: str,
+    rel_dir: str,
+    name: str,
+    *,
+    record: Callable[[str], None],
+    planned: str | None = None,
+    sha256: str | None = None,
+) -> str:
     """Move ``src`` to ``target_root/rel_dir/name`` (or a suffixed name); returns the final path.
 
     ``record(target)`` is called (and must be durable) before each attempt to
@@ -316,8 +326,9 @@ def can_write(directory: str, size: int) -> bool:
     name = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
     rootfd = safefs.open_root(directory)
     try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=rootfd)
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rootfd
+        )
         try:
             os.write(fd, b"\0" * size)
             os.fsync(fd)

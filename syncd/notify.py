@@ -59,8 +59,9 @@ class Notifier:
 
             self._notifier = sdnotify.SystemdNotifier()
             if getattr(self._notifier, "socket", None) is None:
-                log.warning("NOTIFY_SOCKET is set but cannot be connected to; "
-                            "systemd will not hear from syncd")
+                log.warning(
+                    "NOTIFY_SOCKET is set but cannot be connected to; systemd will not hear from syncd"
+                )
 
     def send(self, *lines: str) -> None:
         """Send one datagram of ``lines`` (no-op without NOTIFY_SOCKET)."""
@@ -82,7 +83,7 @@ class Notifier:
     def _status(text: str) -> str:
         text = " ".join(text.split())  # one line, whatever a reason contained
         if len(text) > STATUS_MAX:
-            text = text[:STATUS_MAX - 3] + "..."
+            text = text[: STATUS_MAX - 3] + "..."
         return f"STATUS={text}"
 
     def ready(self, status: str) -> None:
@@ -103,8 +104,11 @@ class Notifier:
         self.send(*lines)
 
     def reloading(self) -> None:
-        self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
-                  self._status("reloading configuration"))
+        self.send(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+            self._status("reloading configuration"),
+        )
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")

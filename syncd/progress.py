@@ -74,9 +74,13 @@ class ProgressMeter:
                 rate = max(0.0, (sent - int(f.get("resumed", 0))) / (now - float(f["started_at"])))
             eta = (total - sent) / rate if rate else None
             entry = dict(f)
-            entry.update({"rate": None if rate is None else round(rate, 1),
-                          "eta_seconds": None if eta is None else round(eta, 1),
-                          "percent": round(100.0 * sent / total, 1) if total else 100.0})
+            entry.update(
+                {
+                    "rate": None if rate is None else round(rate, 1),
+                    "eta_seconds": None if eta is None else round(eta, 1),
+                    "percent": round(100.0 * sent / total, 1) if total else 100.0,
+                }
+            )
             out.append(entry)
         for gone in set(self._samples) - seen:
             del self._samples[gone]
@@ -105,6 +109,7 @@ def read(meta: Any, pid: int | None, now: float | None = None) -> dict[int, dict
 
 
 # -- text --------------------------------------------------------------------------------------
+
 
 def size_text(n: float) -> str:
     """``31.5 MiB``: binary units, like the config's sizes."""

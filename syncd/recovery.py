@@ -44,8 +44,7 @@ SWEEP_EVERY = 10.0
 
 
 class Recovery:
-    def __init__(self, ledger: Ledger, folders: Callable[[], Mapping[str, Any]],
-                 uploader: Uploader) -> None:
+    def __init__(self, ledger: Ledger, folders: Callable[[], Mapping[str, Any]], uploader: Uploader) -> None:
         self.ledger = ledger
         self._folders = folders
         self.uploader = uploader
@@ -64,8 +63,9 @@ class Recovery:
                 if directory is not None and os.path.isdir(directory):
                     removed = moves.clean_temp(os.fspath(directory))
                     if removed:
-                        log.info("removed %d partial copies in %s", removed,
-                                 quoted_path(os.fspath(directory)))
+                        log.info(
+                            "removed %d partial copies in %s", removed, quoted_path(os.fspath(directory))
+                        )
         self.finish_uploaded()
 
     def finish_uploaded(self) -> bool:

@@ -52,16 +52,13 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?
 _PATH_RE = re.compile(r"(?i)(/upload-tokens/)[^/?#\s'\"<>]+")
 _AUTH_RE = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(basic|bearer)\s+)?[^\s,'\"}]+")
 _SCHEME_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_JSON_RE = re.compile(
-    rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*"
-)
+_JSON_RE = re.compile(rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*")
 
 
 def _encoded_forms(secret: str) -> set[str]:
     """``secret`` as it may appear in a URL or form: raw, ``quote`` (with and
     without ``/`` safe), and ``quote_plus`` (with and without ``/`` safe)."""
-    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
-            quote_plus(secret, safe="/")}
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")}
 
 
 def _form_regex(form: str) -> str:
@@ -69,7 +66,8 @@ def _form_regex(form: str) -> str:
     pieces = re.split(r"(%[0-9A-F]{2})", form)
     return "".join(
         "%" + "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in piece[1:])
-        if i % 2 else re.escape(piece)
+        if i % 2
+        else re.escape(piece)
         for i, piece in enumerate(pieces)
     )
 
@@ -134,8 +132,6 @@ class RedactingFilter(logging.Filter):
         record.msg = redact(message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(
-                logging.Formatter().formatException(record.exc_info)
-            )
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True

@@ -98,8 +98,9 @@ def retry_class(exc: BaseException | None) -> str:
     return "internal"
 
 
-def backoff(attempt: int, base: float, cap: float, rng: random.Random,
-            retry_after: float | None = None) -> float:
+def backoff(
+    attempt: int, base: float, cap: float, rng: random.Random, retry_after: float | None = None
+) -> float:
     """Seconds to wait before attempt ``attempt + 1``: the server's hint, else full jitter."""
     if retry_after is not None:
         return min(max(retry_after, 0.0), cap)
@@ -111,10 +112,20 @@ class RetryPolicy:
     """Records what an attempt that did not succeed leads to; each method returns the
     row's new state (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, *, circuits: Circuits, stats: Stats,
-                 folders: Callable[[], Mapping[str, Any]],
-                 folder_problem: Callable[[str], str | None], base: float, cap: float,
-                 clock: Callable[[], float], rng: random.Random, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        circuits: Circuits,
+        stats: Stats,
+        folders: Callable[[], Mapping[str, Any]],
+        folder_problem: Callable[[str], str | None],
+        base: float,
+        cap: float,
+        clock: Callable[[], float],
+        rng: random.Random,
+        metrics: Any = None,
+    ) -> None:
         self.ledger = ledger
         self.circuits = circuits
         self.stats = stats
@@ -145,8 +156,12 @@ class RetryPolicy:
             reason = describe(exc)
             before = circuit.snapshot()
             circuit.refused(reason, probe=probe)
-            log.error("destination %r refuses uploads (%s); pausing it for %.0fs",
-                      row.destination, reason, circuit.refuse_pause)
+            log.error(
+                "destination %r refuses uploads (%s); pausing it for %.0fs",
+                row.destination,
+                reason,
+                circuit.refuse_pause,
+            )
             self.circuits.moved(row.destination, before)
             self.ledger.requeue_now(row.id, reason=reason)
             return State.QUEUED
@@ -178,8 +193,11 @@ class RetryPolicy:
         until = circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=probe)
         now = self.clock()
         if before.state != "rate_limited" or (before.next_probe_at or 0.0) < until:
-            log.warning("destination %r is rate limiting; no new uploads to it for %.1fs",
-                        row.destination, max(0.0, until - now))
+            log.warning(
+                "destination %r is rate limiting; no new uploads to it for %.1fs",
+                row.destination,
+                max(0.0, until - now),
+            )
         return self._wait_for_service(row, describe(exc), max(until, now), exc)
 
     def _outage(self, row: Row, folder: FolderConfig, exc: RetryableError, probe: int) -> State:
@@ -194,13 +212,21 @@ class RetryPolicy:
         before = circuit.snapshot()
         verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe)
         if verdict.open and before.state != "down":
-            log.error("destination %r is down (%s); its files wait in place without using "
-                      "attempts, probing it again in %.1fs", row.destination, reason,
-                      max(0.0, (verdict.retry_at or now) - now))
+            log.error(
+                "destination %r is down (%s); its files wait in place without using "
+                "attempts, probing it again in %.1fs",
+                row.destination,
+                reason,
+                max(0.0, (verdict.retry_at or now) - now),
+            )
             self.circuits.moved(row.destination, before)
         elif verdict.open and probe:
-            log.info("destination %r is still down (probe: %s); next probe in %.1fs",
-                     row.destination, reason, max(0.0, (verdict.retry_at or now) - now))
+            log.info(
+                "destination %r is still down (probe: %s); next probe in %.1fs",
+                row.destination,
+                reason,
+                max(0.0, (verdict.retry_at or now) - now),
+            )
         if verdict.charge:
             return self.retry(row, reason, exc.retry_after, folder, exc=exc)
         if verdict.open:
@@ -216,12 +242,20 @@ class RetryPolicy:
         self.ledger.mark_retry(row.id, error=reason, at=at, count=False)
         self._count_retry(exc)
         state = self.circuits.get(row.destination).snapshot()
-        why = (f"destination {row.destination!r} is {state.state.replace('_', ' ')}"
-               if state.state != UP else "a failure of the service, not of the file")
+        why = (
+            f"destination {row.destination!r} is {state.state.replace('_', ' ')}"
+            if state.state != UP
+            else "a failure of the service, not of the file"
+        )
         # While it is down the destination's own lines say it; one per file is enough at INFO.
-        log.log(logging.INFO if not state.up else logging.WARNING,
-                "retrying %s in %.1fs (attempt not counted: %s): %s", quoted_path(row.inbox_path),
-                max(0.0, at - self.clock()), why, reason)
+        log.log(
+            logging.INFO if not state.up else logging.WARNING,
+            "retrying %s in %.1fs (attempt not counted: %s): %s",
+            quoted_path(row.inbox_path),
+            max(0.0, at - self.clock()),
+            why,
+            reason,
+        )
         return State.RETRYING
 
     def interrupted(self, row: Row) -> State:
@@ -235,8 +269,11 @@ class RetryPolicy:
                 return current.state if current is not None else State.QUEUED
             self.ledger.requeue_now(row.id, reason="interrupted by shutdown")
         parts = len((current.resume or {}).get("parts") or {})
-        log.info("interrupted by shutdown: %s goes back to the queue%s", quoted_path(row.inbox_path),
-                 f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "")
+        log.info(
+            "interrupted by shutdown: %s goes back to the queue%s",
+            quoted_path(row.inbox_path),
+            f" ({parts} part(s) confirmed, resumed at the next start)" if parts else "",
+        )
         return State.QUEUED
 
     def defer(self, row: Row, reason: str, delay: float) -> State:
@@ -249,13 +286,17 @@ class RetryPolicy:
         """The file is not there: vanished, unless its whole folder is unavailable."""
         current = self.ledger.get(row.id)
         if current is not None and current.state != State.UPLOADING:
-            log.warning("%s is %s already; not marking it vanished", quoted_path(row.inbox_path),
-                        current.state)
+            log.warning(
+                "%s is %s already; not marking it vanished", quoted_path(row.inbox_path), current.state
+            )
             return current.state
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
-            log.warning("cannot upload %s: its folder is unavailable (%s); it waits for the "
-                        "folder to come back", quoted_path(row.inbox_path), problem)
+            log.warning(
+                "cannot upload %s: its folder is unavailable (%s); it waits for the folder to come back",
+                quoted_path(row.inbox_path),
+                problem,
+            )
             return self.defer(row, f"folder unavailable: {problem}", FOLDER_WAIT)
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
@@ -270,8 +311,9 @@ class RetryPolicy:
             try:
                 dest.abort(resume)
             except Exception as exc:
-                log.warning("could not abort the remote upload of %s: %s", quoted_path(row.inbox_path),
-                            describe(exc))
+                log.warning(
+                    "could not abort the remote upload of %s: %s", quoted_path(row.inbox_path), describe(exc)
+                )
 
     def changed(self, row: Row, dest: Destination, reason: str) -> State:
         """Changed during upload: discard it; a new version settles."""
@@ -279,12 +321,20 @@ class RetryPolicy:
             return self.gone(row, dest, reason)
         self.abort(dest, row)
         self.ledger.supersede(row, reason=f"superseded: {reason}")
-        log.info("changed during upload, will upload the new version: %s (%s)",
-                 quoted_path(row.inbox_path), reason)
+        log.info(
+            "changed during upload, will upload the new version: %s (%s)", quoted_path(row.inbox_path), reason
+        )
         return State.VANISHED
 
-    def retry(self, row: Row, reason: str, retry_after: float | None,
-              folder: FolderConfig | None = None, *, exc: BaseException | None = None) -> State:
+    def retry(
+        self,
+        row: Row,
+        reason: str,
+        retry_after: float | None,
+        folder: FolderConfig | None = None,
+        *,
+        exc: BaseException | None = None,
+    ) -> State:
         """A failure of the file: retry after a backoff, or fail after ``max_attempts``."""
         with self._lock:
             self._unreadable.pop(row.id, None)
@@ -295,8 +345,14 @@ class RetryPolicy:
         delay = backoff(row.attempts, self.base, self.cap, self.rng, retry_after)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
         self._count_retry(exc)
-        log.warning("retrying %s in %.1fs (attempt %d of %d): %s", quoted_path(row.inbox_path), delay,
-                    row.attempts, max_attempts, reason)
+        log.warning(
+            "retrying %s in %.1fs (attempt %d of %d): %s",
+            quoted_path(row.inbox_path),
+            delay,
+            row.attempts,
+            max_attempts,
+            reason,
+        )
         return State.RETRYING
 
     def wait_readable(self, row: Row, reason: str) -> State:
@@ -312,11 +368,21 @@ class RetryPolicy:
         delay = backoff(tries, self.base, self.cap, self.rng)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
         if reason != last:
-            log.warning("cannot read %s (%s); leaving it in place and trying again with a "
-                        "growing delay (next in %.1fs)", quoted_path(row.inbox_path), reason, delay)
+            log.warning(
+                "cannot read %s (%s); leaving it in place and trying again with a "
+                "growing delay (next in %.1fs)",
+                quoted_path(row.inbox_path),
+                reason,
+                delay,
+            )
         else:
-            log.debug("cannot read %s yet (%s, try %d); trying again in %.1fs",
-                      quoted_path(row.inbox_path), reason, tries, delay)
+            log.debug(
+                "cannot read %s yet (%s, try %d); trying again in %.1fs",
+                quoted_path(row.inbox_path),
+                reason,
+                tries,
+                delay,
+            )
         return State.RETRYING
 
     def fail(self, row: Row, folder: FolderConfig, reason: str) -> State:

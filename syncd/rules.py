@@ -23,8 +23,16 @@ SIDECAR_SUFFIX = ".meta.json"  # syncd.metadata.SIDECAR_SUFFIX (kept here: this 
 # Partial downloads, editor locks, OS metadata. Dot-files and dot-directories
 # are junk too (checked separately): they are how writers hide work in progress.
 JUNK_PATTERNS: tuple[str, ...] = (
-    ".DS_Store", "._*", "Thumbs.db", "desktop.ini", "*.part", "*.partial", "*.tmp",
-    "*.crdownload", "~$*", ".~lock.*#",
+    ".DS_Store",
+    "._*",
+    "Thumbs.db",
+    "desktop.ini",
+    "*.part",
+    "*.partial",
+    "*.tmp",
+    "*.crdownload",
+    "~$*",
+    ".~lock.*#",
 )
 
 
@@ -59,8 +67,14 @@ def junk_reason(component: str) -> str | None:
     return None
 
 
-def judge(relpath: str, *, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
-          ignore_junk: bool = True, sidecars: bool = False) -> Verdict:
+def judge(
+    relpath: str,
+    *,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    ignore_junk: bool = True,
+    sidecars: bool = False,
+) -> Verdict:
     """Decide whether ``relpath`` (relative, ``/``-separated) should be uploaded.
 
     ``sidecars`` (the folder's ``metadata_sidecar``): ``NAME.meta.json`` is
@@ -77,9 +91,13 @@ def judge(relpath: str, *, include: Sequence[str] = ("*",), exclude: Sequence[st
                 where = "" if component == name else f" (directory {component!r})"
                 return Verdict(False, f"ignored: {reason}{where}")
     if sidecars and name.endswith(SIDECAR_SUFFIX) and len(name) > len(SIDECAR_SUFFIX):
-        return Verdict(False, (
-            f"metadata sidecar of {name[:-len(SIDECAR_SUFFIX)]!r} (metadata_sidecar = true): "
-            "read when that file is uploaded and moved with it, never uploaded on its own"))
+        return Verdict(
+            False,
+            (
+                f"metadata sidecar of {name[: -len(SIDECAR_SUFFIX)]!r} (metadata_sidecar = true): "
+                "read when that file is uploaded and moved with it, never uploaded on its own"
+            ),
+        )
     for pattern in exclude:
         if _matches(pattern, relpath, name) or any(
             _compile(pattern).match("/".join(parts[: i + 1])) for i in range(len(parts) - 1)

@@ -69,8 +69,13 @@ def build_client(cfg: configmod.Config) -> httpx.Client:
     verify: bool | ssl.SSLContext = False
     if d.tls_verify:
         verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
-    return make_client(connect=d.connect_timeout, read=d.io_timeout, write=d.io_timeout,
-                       max_connections=max(8, d.workers * 2), verify=verify)
+    return make_client(
+        connect=d.connect_timeout,
+        read=d.io_timeout,
+        write=d.io_timeout,
+        max_connections=max(8, d.workers * 2),
+        verify=verify,
+    )
 
 
 def _build(cfg: configmod.Config) -> tuple[httpx.Client, dict[str, Destination]]:
@@ -85,9 +90,17 @@ def _build(cfg: configmod.Config) -> tuple[httpx.Client, dict[str, Destination]]
 class Runtime:
     """What the config in force built; see the module docstring."""
 
-    def __init__(self, cfg: configmod.Config, ledger: Ledger, *, watcher: Watcher,
-                 metrics: Metrics, liveness: Liveness | None = None, once: bool = False,
-                 watch: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: configmod.Config,
+        ledger: Ledger,
+        *,
+        watcher: Watcher,
+        metrics: Metrics,
+        liveness: Liveness | None = None,
+        once: bool = False,
+        watch: bool = True,
+    ) -> None:
         self.ledger = ledger
         self.watcher = watcher
         self.metrics = metrics
@@ -99,11 +112,16 @@ class Runtime:
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
-        self.uploader = Uploader(ledger, lambda: self.destinations, lambda: self.folders,
-                                 retry_base=cfg.daemon.retry_base_seconds,
-                                 retry_max=cfg.daemon.retry_max_seconds,
-                                 folder_problem=self.folder_problem, metrics=metrics,
-                                 liveness=liveness)
+        self.uploader = Uploader(
+            ledger,
+            lambda: self.destinations,
+            lambda: self.folders,
+            retry_base=cfg.daemon.retry_base_seconds,
+            retry_max=cfg.daemon.retry_max_seconds,
+            folder_problem=self.folder_problem,
+            metrics=metrics,
+            liveness=liveness,
+        )
         self._configure(cfg)
 
     def _configure(self, cfg: configmod.Config) -> None:
@@ -138,14 +156,20 @@ class Runtime:
         # A destination whose table changed (or that refused us: new credentials
         # deserve a new try) starts afresh; one that is down stays down until probed.
         states = uploader.destination_states()
-        uploader.reset_circuits([
-            name for name in uploader.circuits.names()
-            if old_cfg.destinations.get(name) != cfg.destinations.get(name)
-            or states.get(name, CircuitState()).state == REFUSED])
+        uploader.reset_circuits(
+            [
+                name
+                for name in uploader.circuits.names()
+                if old_cfg.destinations.get(name) != cfg.destinations.get(name)
+                or states.get(name, CircuitState()).state == REFUSED
+            ]
+        )
         uploader.resize(cfg.daemon.workers)
         self._configure(cfg)
-        if (old_cfg.daemon.log_level, old_cfg.daemon.log_format) != \
-                (cfg.daemon.log_level, cfg.daemon.log_format):
+        if (old_cfg.daemon.log_level, old_cfg.daemon.log_format) != (
+            cfg.daemon.log_level,
+            cfg.daemon.log_format,
+        ):
             logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
         for dest in old_destinations.values():
             dest.close()
@@ -164,9 +188,9 @@ class Runtime:
         try:
             new = configmod.load(path) if path is not None else self.cfg
             if Path(new.daemon.state_dir) != Path(self.cfg.daemon.state_dir):
-                raise ConfigError([Problem(
-                    "daemon.state_dir", "cannot change while syncd runs; restart syncd")],
-                    str(path))
+                raise ConfigError(
+                    [Problem("daemon.state_dir", "cannot change while syncd runs; restart syncd")], str(path)
+                )
             self.apply(new)
         except ConfigError as exc:
             return self._refuse(began, str(exc.problems[0]), str(exc), announce)
@@ -176,14 +200,17 @@ class Runtime:
         self.reload_problem = None
         for w in new.warnings:
             log.warning("config: %s", w)
-        log.info("configuration reloaded: %d folder(s), %d destination(s), %d worker(s)",
-                 len(self.folders), len(self.destinations), new.daemon.workers)
+        log.info(
+            "configuration reloaded: %d folder(s), %d destination(s), %d worker(s)",
+            len(self.folders),
+            len(self.destinations),
+            new.daemon.workers,
+        )
         announce(True)
         record_reload(self.ledger, began, None)
         return True
 
-    def _refuse(self, began: float, first: str, full: str,
-                announce: Callable[[bool], None]) -> bool:
+    def _refuse(self, began: float, first: str, full: str, announce: Callable[[bool], None]) -> bool:
         log.error("reload refused, still running the previous configuration: %s", full)
         self.reload_problem = first
         announce(False)
@@ -224,11 +251,17 @@ def record_config(ledger: Ledger, cfg: configmod.Config) -> None:
         "state_dir": os.fspath(cfg.daemon.state_dir),
         "applied_at": time.time(),
         "destinations": {name: dc.type for name, dc in cfg.destinations.items()},
-        "folders": [{"path": os.fspath(f.path), "destination": f.destination,
-                     "labels": list(f.labels), "category": f.category,
-                     "archive_dir": None if f.archive_dir is None else os.fspath(f.archive_dir),
-                     "failed_dir": None if f.failed_dir is None else os.fspath(f.failed_dir)}
-                    for f in cfg.folders],
+        "folders": [
+            {
+                "path": os.fspath(f.path),
+                "destination": f.destination,
+                "labels": list(f.labels),
+                "category": f.category,
+                "archive_dir": None if f.archive_dir is None else os.fspath(f.archive_dir),
+                "failed_dir": None if f.failed_dir is None else os.fspath(f.failed_dir),
+            }
+            for f in cfg.folders
+        ],
     }
     try:
         ledger.put_meta(CONFIG_KEY, record)
@@ -240,10 +273,15 @@ def record_reload(ledger: Ledger, began: float, problem: str | None) -> None:
     """The reload's outcome, for `syncd reload` (the unit's ExecReload=) to wait on:
     ``began`` is CLOCK_MONOTONIC when this reload started reading the file."""
     try:
-        ledger.put_meta(RELOAD_KEY, {
-            "pid": os.getpid(), "began": began,
-            "at": time.time(), "ok": problem is None,
-            "problem": None if problem is None else logs.printable(redact(problem)),
-        })
+        ledger.put_meta(
+            RELOAD_KEY,
+            {
+                "pid": os.getpid(),
+                "began": began,
+                "at": time.time(),
+                "ok": problem is None,
+                "problem": None if problem is None else logs.printable(redact(problem)),
+            },
+        )
     except sqlite3.Error as exc:
         log.error("cannot record the outcome of the reload: %s", exc)

@@ -85,8 +85,11 @@ class _Kernel:
             except (OSError, AttributeError):
                 cls.use_openat2 = False
                 return None
-        how = _OpenHow(flags, mode if flags & os.O_CREAT else 0,
-                       _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+        how = _OpenHow(
+            flags,
+            mode if flags & os.O_CREAT else 0,
+            _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+        )
         fd = cls._syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             cls.use_openat2 = True
@@ -170,8 +173,9 @@ def _is_link(dirfd: int, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def parent(root: str | os.PathLike[str] | int, relpath: str, *,
-           create: bool = False, mode: int = 0o700) -> Iterator[tuple[int, str]]:
+def parent(
+    root: str | os.PathLike[str] | int, relpath: str, *, create: bool = False, mode: int = 0o700
+) -> Iterator[tuple[int, str]]:
     """``(dirfd, name)``: the directory holding ``relpath`` (under ``root``) and its last part.
 
     ``root`` is a configured directory path or an open descriptor of one.
@@ -225,8 +229,7 @@ def lstat(root: str | os.PathLike[str] | int, relpath: str) -> os.stat_result:
         return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
 
 
-def open_file(root: str | os.PathLike[str] | int, relpath: str,
-              flags: int = READ_FILE_FLAGS) -> int:
+def open_file(root: str | os.PathLike[str] | int, relpath: str, flags: int = READ_FILE_FLAGS) -> int:
     """A descriptor of the file ``root/relpath`` (read-only, non-blocking by default)."""
     rootfd = open_root(root) if not isinstance(root, int) else root
     try:
@@ -265,7 +268,7 @@ def anchor(path: str, roots: Iterable[str | os.PathLike[str] | None]) -> tuple[s
         base = os.fspath(root).rstrip("/") or "/"
         prefix = base if base == "/" else base + "/"
         if path.startswith(prefix):
-            rel = path[len(prefix):]
+            rel = path[len(prefix) :]
             components(rel)
             return base, rel
     raise UnsafePath(path, "outside every configured folder")
@@ -279,9 +282,14 @@ class Entry:
     stat: os.stat_result
 
 
-def walk(root: str | os.PathLike[str], *, start: str = "",
-         descend: Callable[[str, os.stat_result], bool] | None = None, max_depth: int = MAX_DEPTH,
-         max_entries: int = MAX_ENTRIES) -> Iterator[Entry]:
+def walk(
+    root: str | os.PathLike[str],
+    *,
+    start: str = "",
+    descend: Callable[[str, os.stat_result], bool] | None = None,
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
+) -> Iterator[Entry]:
     """Every entry under ``root/start`` (``lstat``), directories before their contents.
 
     ``descend(relpath, stat)`` decides whether to enter a directory (default:
@@ -314,8 +322,12 @@ def walk(root: str | os.PathLike[str], *, start: str = "",
                 st_dir = os.fstat(fd)
                 key = (st_dir.st_dev, st_dir.st_ino)
                 if key in seen:
-                    log.warning("not entering %r under %r again: it is a directory already "
-                                "walked (a bind-mount loop?)", rel, os.fspath(root))
+                    log.warning(
+                        "not entering %r under %r again: it is a directory already "
+                        "walked (a bind-mount loop?)",
+                        rel,
+                        os.fspath(root),
+                    )
                     continue
                 seen.add(key)
                 with os.scandir(fd) as it:
@@ -323,8 +335,11 @@ def walk(root: str | os.PathLike[str], *, start: str = "",
                 for name in names:
                     counted += 1
                     if counted > max_entries:
-                        log.warning("stopped walking %r after %d entries; the rest is seen at the "
-                                    "next scan", os.fspath(root), max_entries)
+                        log.warning(
+                            "stopped walking %r after %d entries; the rest is seen at the next scan",
+                            os.fspath(root),
+                            max_entries,
+                        )
                         return
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -334,8 +349,12 @@ def walk(root: str | os.PathLike[str], *, start: str = "",
                     yield Entry(relpath, st)
                     if stat.S_ISDIR(st.st_mode):
                         if depth + 1 >= max_depth:
-                            log.warning("not descending into %r under %r: deeper than %d levels",
-                                        relpath, os.fspath(root), max_depth)
+                            log.warning(
+                                "not descending into %r under %r: deeper than %d levels",
+                                relpath,
+                                os.fspath(root),
+                                max_depth,
+                            )
                             continue
                         if descend is None or descend(relpath, st):
                             stack.append((relpath, depth + 1))

@@ -49,8 +49,12 @@ class Ignored:
             self.examples.append(relpath)
 
 
-def walk(folder: FolderConfig, on_special: Callable[[str, int], None] | None = None,
-         start: str = "", ignored: Ignored | None = None) -> Iterator[tuple[str, os.stat_result]]:
+def walk(
+    folder: FolderConfig,
+    on_special: Callable[[str, int], None] | None = None,
+    start: str = "",
+    ignored: Ignored | None = None,
+) -> Iterator[tuple[str, os.stat_result]]:
     """Yield ``(relpath, stat)`` for every accepted regular file under ``folder.path``.
 
     The listing goes through :func:`syncd.safefs.walk`: from directory
@@ -71,15 +75,21 @@ def walk(folder: FolderConfig, on_special: Callable[[str, int], None] | None = N
     try:
         safefs.components(start)
     except safefs.UnsafePath:
-        log.warning("not scanning %s: not a plain path inside the folder",
-                    quoted_path(os.path.join(root, start)))
+        log.warning(
+            "not scanning %s: not a plain path inside the folder", quoted_path(os.path.join(root, start))
+        )
         return
     for entry in safefs.walk(root, start=start, descend=descend):
         relpath, st = entry.relpath, entry.stat
         if stat.S_ISDIR(st.st_mode):
             continue
-        verdict = rules.judge(relpath, include=folder.include, exclude=folder.exclude,
-                              ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
+        verdict = rules.judge(
+            relpath,
+            include=folder.include,
+            exclude=folder.exclude,
+            ignore_junk=folder.ignore_junk,
+            sidecars=folder.metadata_sidecar,
+        )
         if not verdict.accepted:
             if ignored is not None and verdict.reason.startswith("ignored"):  # not a sidecar
                 ignored.add(relpath)
@@ -91,8 +101,14 @@ def walk(folder: FolderConfig, on_special: Callable[[str, int], None] | None = N
         yield relpath, st
 
 
-def scan_folder(ledger: Ledger, folder: FolderConfig, *, on_special: Callable[[str, int], None] | None = None,
-                start: str = "", ignored: Ignored | None = None) -> int:
+def scan_folder(
+    ledger: Ledger,
+    folder: FolderConfig,
+    *,
+    on_special: Callable[[str, int], None] | None = None,
+    start: str = "",
+    ignored: Ignored | None = None,
+) -> int:
     """Ledger every accepted file in ``folder`` not already tracked; returns how many were new.
     ``ignored`` counts the names the rules passed over."""
     root = os.fspath(folder.path)
@@ -115,7 +131,12 @@ def scan_folder(ledger: Ledger, folder: FolderConfig, *, on_special: Callable[[s
 def _flush(ledger: Ledger, folder: FolderConfig, batch: list[str]) -> int:
     if not batch:
         return 0
-    n = ledger.observe(os.fspath(folder.path), batch, destination=folder.destination,
-                       labels=folder.labels, category=folder.category)
+    n = ledger.observe(
+        os.fspath(folder.path),
+        batch,
+        destination=folder.destination,
+        labels=folder.labels,
+        category=folder.category,
+    )
     batch.clear()
     return n

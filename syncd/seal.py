@@ -37,8 +37,9 @@ _NONCE = 12
 
 class Sealer:
     def __init__(self, secret: str, purpose: str) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=f"syncd seal {VERSION}: {purpose}".encode()).derive(secret.encode())
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=f"syncd seal {VERSION}: {purpose}".encode()
+        ).derive(secret.encode())
         self._aead = AESGCM(key)
 
     def seal(self, bind: str, value: Any) -> str:

@@ -58,9 +58,13 @@ QUEUED = float("-inf")  # _judge's answer for "queued now"
 
 
 class Settler:
-    def __init__(self, ledger: Ledger, folders: Callable[[], Mapping[str, Any]],
-                 clock: Callable[[], float] = time.time,
-                 on_queued: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        folders: Callable[[], Mapping[str, Any]],
+        clock: Callable[[], float] = time.time,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
         self.ledger = ledger
         self._folders = folders  # folder path (str) -> FolderConfig, re-read each tick
         self.clock = clock
@@ -117,8 +121,13 @@ class Settler:
     def _judge(self, row: Row, folder: FolderConfig, now: float) -> float | None:
         """Look at one settling row: :data:`QUEUED`, None when it left settling
         otherwise (forgotten, vanished), or when to look at it next."""
-        verdict = rules.judge(row.relpath, include=folder.include, exclude=folder.exclude,
-                              ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
+        verdict = rules.judge(
+            row.relpath,
+            include=folder.include,
+            exclude=folder.exclude,
+            ignore_junk=folder.ignore_junk,
+            sidecars=folder.metadata_sidecar,
+        )
         if not verdict.accepted:
             self.ledger.forget(row.id)
             return None
@@ -141,26 +150,44 @@ class Settler:
             self.skip_special(row.folder, row.relpath, st.st_mode)
             self.ledger.forget(row.id)
             return None
-        changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.inode) \
-            or st.st_dev != (row.device if row.device is not None else st.st_dev)
+        changed = (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            row.size,
+            row.mtime_ns,
+            row.inode,
+        ) or st.st_dev != (row.device if row.device is not None else st.st_dev)
         # the new stat is written with this row's verdict, in one transaction (promote,
         # or the tick's set_due)
-        noted = Stat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev,
-                     changed_at=now if changed else None) if changed or row.device is None else None
+        noted = (
+            Stat(
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                inode=st.st_ino,
+                device=st.st_dev,
+                changed_at=now if changed else None,
+            )
+            if changed or row.device is None
+            else None
+        )
         if noted is not None:
             self._noted[row.id] = noted
         sidecar_since = self._sidecar_since(row, folder, now)  # its quiet time runs from any look
         if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
-                log.warning("still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
-                            now - row.first_seen, quoted_path(row.inbox_path))
+                log.warning(
+                    "still changing after %.0fs, uploading anyway (max_settle_seconds): %s",
+                    now - row.first_seen,
+                    quoted_path(row.inbox_path),
+                )
                 self.ledger.promote(row.id, self._noted.pop(row.id, None))
                 return QUEUED
             if now - row.first_seen >= LONG_SETTLE_WARNING and row.id not in self._warned:
                 self._warned.add(row.id)
-                log.warning("still being written after %.0fs, waiting for it to be quiet for "
-                            "%.1fs: %s", now - row.first_seen, folder.settle_seconds,
-                            quoted_path(row.inbox_path))
+                log.warning(
+                    "still being written after %.0fs, waiting for it to be quiet for %.1fs: %s",
+                    now - row.first_seen,
+                    folder.settle_seconds,
+                    quoted_path(row.inbox_path),
+                )
             settle = float(folder.settle_seconds)
             if settle > 0:
                 return now + settle
@@ -170,10 +197,12 @@ class Settler:
         if now - quiet_from < folder.settle_seconds:
             return quiet_from + float(folder.settle_seconds)
         previous = self.ledger.previous_version(row)
-        if previous is not None and previous.location is None and \
-                previous.state in (State.DONE, State.FAILED, State.SKIPPED) and \
-                (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns,
-                                                                       st.st_ino):
+        if (
+            previous is not None
+            and previous.location is None
+            and previous.state in (State.DONE, State.FAILED, State.SKIPPED)
+            and (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+        ):
             self.ledger.forget(row.id)
             return None
         if self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None:
@@ -206,8 +235,9 @@ class Settler:
             return
         self._skipped_logged.add(key)
         kind = describe_mode(mode)
-        log.warning("skipping %s: it is a %s, not a regular file",
-                    quoted_path(os.path.join(folder, relpath)), kind)
+        log.warning(
+            "skipping %s: it is a %s, not a regular file", quoted_path(os.path.join(folder, relpath)), kind
+        )
 
 
 def describe_mode(mode: int) -> str:

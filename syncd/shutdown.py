@@ -36,18 +36,27 @@ STOP_MARGIN = 15.0  # asked of systemd beyond drain_seconds (EXTEND_TIMEOUT_USEC
 DRAIN_POLL = 0.05
 
 
-def drain(uploader: Uploader, runtime: Runtime, intake: IntakeStage, health: Health,
-          pulse: Pulse, notifier: Notifier, watcher: Watcher,
-          hard_stop: threading.Event) -> None:
+def drain(
+    uploader: Uploader,
+    runtime: Runtime,
+    intake: IntakeStage,
+    health: Health,
+    pulse: Pulse,
+    notifier: Notifier,
+    watcher: Watcher,
+    hard_stop: threading.Event,
+) -> None:
     """Stop taking work, let uploads drain, interrupt the rest, release everything."""
     drain_seconds = 0.0 if hard_stop.is_set() else runtime.cfg.daemon.drain_seconds
     running = len(uploader.inflight_ids())
-    status = (f"stopping: {running} upload(s) finishing (up to {drain_seconds:g} s)" if running
-              else "stopping")
+    status = f"stopping: {running} upload(s) finishing (up to {drain_seconds:g} s)" if running else "stopping"
     notifier.stopping(status, extend_seconds=drain_seconds + STOP_MARGIN)
     if running:
-        log.info("stopping: taking no new uploads; waiting up to %gs for %d upload(s) in "
-                 "flight", drain_seconds, running)
+        log.info(
+            "stopping: taking no new uploads; waiting up to %gs for %d upload(s) in flight",
+            drain_seconds,
+            running,
+        )
     else:
         log.info("stopping: no uploads in flight")
     watcher.stop()
@@ -59,17 +68,23 @@ def drain(uploader: Uploader, runtime: Runtime, intake: IntakeStage, health: Hea
         health.watchdog(time.monotonic())
         hard_stop.wait(DRAIN_POLL)
     if uploader.busy():
-        why = ("second stop signal" if hard_stop.is_set()
-               else f"drain time ({drain_seconds:g}s) is up")
-        log.warning("%s: interrupting %d upload(s); they go back to the queue and resume "
-                    "from their last confirmed part at the next start", why,
-                    len(uploader.inflight_ids()))
+        why = "second stop signal" if hard_stop.is_set() else f"drain time ({drain_seconds:g}s) is up"
+        log.warning(
+            "%s: interrupting %d upload(s); they go back to the queue and resume "
+            "from their last confirmed part at the next start",
+            why,
+            len(uploader.inflight_ids()),
+        )
         uploader.cancel()
         runtime.client.close()  # requests not yet sent fail at once
         if not uploader.join(CANCEL_GRACE):
             stuck = uploader.abandon_inflight()
-            log.warning("%d upload(s) did not stop in %gs; requeued them (%s)", len(stuck),
-                        CANCEL_GRACE, ", ".join(f"#{i}" for i in stuck) or "none left")
+            log.warning(
+                "%d upload(s) did not stop in %gs; requeued them (%s)",
+                len(stuck),
+                CANCEL_GRACE,
+                ", ".join(f"#{i}" for i in stuck) or "none left",
+            )
     elif running:
         log.info("uploads in flight finished")
     health.publish_progress(final=True)  # nothing in flight any more

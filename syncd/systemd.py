@@ -65,29 +65,56 @@ def shipped(name: str) -> str:
 
 # ------------------------------------------------------------------ syncd unit
 
+
 def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``unit`` and ``reload`` with the CLI's ``cmd(name, help)`` helper."""
-    u = cmd("unit", "print or install the systemd unit, the sysusers/tmpfiles snippets "
-            "and the example config shipped with syncd")
+    u = cmd(
+        "unit",
+        "print or install the systemd unit, the sysusers/tmpfiles snippets "
+        "and the example config shipped with syncd",
+    )
     what = u.add_mutually_exclusive_group()
     what.add_argument("--sysusers", action="store_true", help="print the sysusers.d snippet")
     what.add_argument("--tmpfiles", action="store_true", help="print the tmpfiles.d snippet")
-    what.add_argument("--config-example", action="store_true",
-                      help="print config.example.toml (every key with its default)")
-    what.add_argument("--credentials", action="store_true",
-                      help="print a drop-in with a LoadCredential= line for every "
-                      "credential:NAME the config uses")
-    what.add_argument("--install", action="store_true",
-                      help="write the unit to /etc/systemd/system/syncd.service and the "
-                      "snippets to /etc/sysusers.d/syncd.conf and /etc/tmpfiles.d/syncd.conf")
-    u.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
-                   help="with --install: install under DIR instead of / (an image)")
-    r = cmd("reload", "reload the running daemon's config and wait until it is applied "
-            "(exit 0) or refused (exit 2); the unit's ExecReload=")
-    r.add_argument("--pid", type=int, help="the daemon's pid (default: the holder of the "
-                   "config's state_dir lock; the unit passes $MAINPID)")
-    r.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="give up after this long (default 60; exit 1)")
+    what.add_argument(
+        "--config-example", action="store_true", help="print config.example.toml (every key with its default)"
+    )
+    what.add_argument(
+        "--credentials",
+        action="store_true",
+        help="print a drop-in with a LoadCredential= line for every credential:NAME the config uses",
+    )
+    what.add_argument(
+        "--install",
+        action="store_true",
+        help="write the unit to /etc/systemd/system/syncd.service and the "
+        "snippets to /etc/sysusers.d/syncd.conf and /etc/tmpfiles.d/syncd.conf",
+    )
+    u.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="with --install: install under DIR instead of / (an image)",
+    )
+    r = cmd(
+        "reload",
+        "reload the running daemon's config and wait until it is applied "
+        "(exit 0) or refused (exit 2); the unit's ExecReload=",
+    )
+    r.add_argument(
+        "--pid",
+        type=int,
+        help="the daemon's pid (default: the holder of the "
+        "config's state_dir lock; the unit passes $MAINPID)",
+    )
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long (default 60; exit 1)",
+    )
     r.add_argument("--no-wait", action="store_true", help="send SIGHUP and return at once")
 
 
@@ -97,8 +124,15 @@ def cmd_unit(args: argparse.Namespace) -> int:
     if args.credentials:
         sys.stdout.write(credentials_drop_in(_config_path(args)))
         return EXIT_OK
-    name = ("syncd.sysusers.conf" if args.sysusers else "syncd.tmpfiles.conf" if args.tmpfiles
-            else EXAMPLE_CONFIG if args.config_example else "syncd.service")
+    name = (
+        "syncd.sysusers.conf"
+        if args.sysusers
+        else "syncd.tmpfiles.conf"
+        if args.tmpfiles
+        else EXAMPLE_CONFIG
+        if args.config_example
+        else "syncd.service"
+    )
     sys.stdout.write(shipped(name))
     return EXIT_OK
 
@@ -123,10 +157,11 @@ def install(root: Path) -> int:
         print(f"wrote {target}")
     here = Path(sys.prefix) / "bin" / "syncd"  # this install's syncd (a venv's bin/)
     if str(here) != UNIT_EXEC:
-        print(f"note: the unit runs {UNIT_EXEC}; this syncd is {here}: set ExecStart= and "
-              "ExecReload= in a drop-in (docs/operations.md, section 5)")
-    print("next: systemd-sysusers && systemd-tmpfiles --create syncd.conf && "
-          "systemctl daemon-reload")
+        print(
+            f"note: the unit runs {UNIT_EXEC}; this syncd is {here}: set ExecStart= and "
+            "ExecReload= in a drop-in (docs/operations.md, section 5)"
+        )
+    print("next: systemd-sysusers && systemd-tmpfiles --create syncd.conf && systemctl daemon-reload")
     return EXIT_OK
 
 
@@ -135,12 +170,13 @@ def credentials_drop_in(config: Path) -> str:
     try:
         doc = tomllib.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError([Problem("", f"cannot read the config: {exc}")],
-                          str(config)) from None
+        raise ConfigError([Problem("", f"cannot read the config: {exc}")], str(config)) from None
     names = sorted(set(_credentials(doc)))
-    lines = ["# /etc/systemd/system/syncd.service.d/credentials.conf: the secrets that",
-             f"# {config} reads as credential:NAME; each file root-owned, mode 0600",
-             "[Service]"]
+    lines = [
+        "# /etc/systemd/system/syncd.service.d/credentials.conf: the secrets that",
+        f"# {config} reads as credential:NAME; each file root-owned, mode 0600",
+        "[Service]",
+    ]
     lines += [f"LoadCredential={n}:{CREDENTIALS_DIR}/{n}" for n in names]
     if not names:
         lines.append("# the config names no credential: secret")
@@ -159,6 +195,7 @@ def _credentials(value: Any) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- syncd reload
+
 
 def cmd_reload(args: argparse.Namespace) -> int:
     found = _find_daemon(args)
@@ -194,20 +231,24 @@ def _wait(ledger: Any, pid: int, sent: float, timeout: float) -> int:
     deadline = sent + timeout
     while True:
         record = ledger.get_meta(RELOAD_KEY)
-        if isinstance(record, dict) and record.get("pid") == pid \
-                and float(record.get("began", -1.0)) >= sent:
+        if isinstance(record, dict) and record.get("pid") == pid and float(record.get("began", -1.0)) >= sent:
             if record.get("ok"):
                 print(f"syncd (pid {pid}) reloaded its configuration")
                 return EXIT_OK
-            print(f"syncd: reload refused, still running the previous configuration: "
-                  f"{record.get('problem')}", file=sys.stderr)
+            print(
+                f"syncd: reload refused, still running the previous configuration: {record.get('problem')}",
+                file=sys.stderr,
+            )
             return EXIT_CONFIG
         if not _alive(pid):
             print(f"syncd: the daemon (pid {pid}) exited before it answered", file=sys.stderr)
             return EXIT_FAILED
         if time.monotonic() >= deadline:
-            print(f"syncd: no answer from the daemon (pid {pid}) within {timeout:g}s; "
-                  "see `journalctl -u syncd`", file=sys.stderr)
+            print(
+                f"syncd: no answer from the daemon (pid {pid}) within {timeout:g}s; "
+                "see `journalctl -u syncd`",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         time.sleep(0.05)
 
@@ -232,9 +273,11 @@ def _find_daemon(args: argparse.Namespace) -> tuple[int, Path] | str:
     config = _config_path(args)
     state_dir = _state_dir(config)
     if state_dir is None:
-        return (f"cannot tell which daemon to reload: {config} is not readable TOML"
-                + (f" and pid {args.pid} holds no syncd lock" if args.pid is not None
-                   else "; give the daemon's --pid"))
+        return f"cannot tell which daemon to reload: {config} is not readable TOML" + (
+            f" and pid {args.pid} holds no syncd lock"
+            if args.pid is not None
+            else "; give the daemon's --pid"
+        )
     pid = holder_pid(state_dir)
     if args.pid is not None and pid != args.pid:
         return f"pid {args.pid} is not the syncd daemon of {state_dir} (it holds no syncd lock)"

@@ -87,11 +87,21 @@ class Stats:
 class Procedure:
     """Uploads one claimed row and records the outcome (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, *, destinations: Callable[[], Mapping[str, Destination]],
-                 folders: Callable[[], Mapping[str, Any]], policy: RetryPolicy,
-                 circuits: Circuits, stats: Stats, disk_full: DiskFull, bandwidth: Bandwidth,
-                 cancel: threading.Event, clock: Callable[[], float],
-                 metrics: Any = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        destinations: Callable[[], Mapping[str, Destination]],
+        folders: Callable[[], Mapping[str, Any]],
+        policy: RetryPolicy,
+        circuits: Circuits,
+        stats: Stats,
+        disk_full: DiskFull,
+        bandwidth: Bandwidth,
+        cancel: threading.Event,
+        clock: Callable[[], float],
+        metrics: Any = None,
+    ) -> None:
         self.ledger = ledger
         self._destinations = destinations
         self._folders = folders
@@ -127,12 +137,17 @@ class Procedure:
             meta = resolved
         pulse.phase("opening the file")
         try:
-            source = StoppableSource(path, size=row.size, mtime_ns=row.mtime_ns,
-                                     inode=row.inode, device=row.device,
-                                     root=source_root(path, folder), stop=self.cancel,
-                                     throttle=self.bandwidth.throttle(row.destination,
-                                                                      self.cancel),
-                                     on_read=pulse.beat)
+            source = StoppableSource(
+                path,
+                size=row.size,
+                mtime_ns=row.mtime_ns,
+                inode=row.inode,
+                device=row.device,
+                root=source_root(path, folder),
+                stop=self.cancel,
+                throttle=self.bandwidth.throttle(row.destination, self.cancel),
+                on_read=pulse.beat,
+            )
         except FileNotFoundError:
             return policy.gone(row, dest, "the file disappeared before upload")
         except SourceChangedError as exc:
@@ -140,25 +155,34 @@ class Procedure:
         except PermissionError as exc:
             return policy.wait_readable(row, f"cannot open the file: {exc.strerror or exc}")
         except OSError as exc:
-            return policy.retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder,
-                                exc=exc)
-        item = UploadItem(uuid=row.uuid, name=wire_name(name), relpath=wire_name(row.relpath),
-                          size=row.size,
-                          content_type=content_type(name),
-                          labels=meta.labels if meta is not None else row.labels,
-                          category=meta.category if meta is not None else row.category)
+            return policy.retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder, exc=exc)
+        item = UploadItem(
+            uuid=row.uuid,
+            name=wire_name(name),
+            relpath=wire_name(row.relpath),
+            size=row.size,
+            content_type=content_type(name),
+            labels=meta.labels if meta is not None else row.labels,
+            category=meta.category if meta is not None else row.category,
+        )
         with self.stats.lock:  # progress() reads how far the destination has read it
             self.stats.sending[row.id] = Sending(
-                row.inbox_path, row.destination, row.size,
-                resumed_bytes(row.resume, row.size), self.clock(), source)
+                row.inbox_path,
+                row.destination,
+                row.size,
+                resumed_bytes(row.resume, row.size),
+                self.clock(),
+                source,
+            )
         whole_file = local_allowance(row.size)  # a local read of all of it, unreported
         with source:
             try:
                 original = self._duplicate_of(row, folder, source, pulse)
                 if original is None:
                     pulse.phase(f"sending to {row.destination}")
-                    receipt = dest.upload(item, source, row.resume,
-                                          lambda state: self.ledger.checkpoint(row.id, state))
+                    receipt = dest.upload(
+                        item, source, row.resume, lambda state: self.ledger.checkpoint(row.id, state)
+                    )
                 pulse.phase("verifying", whole_file)
                 sha = source.sha256()
                 moved: SourceMovedError | None = None
@@ -177,8 +201,12 @@ class Procedure:
             if original is not None:
                 return self._skip(row, folder, dest, source, original, sha, moved, meta)
             self.circuits.service_ok(row.destination)
-            self.ledger.mark_uploaded(row.id, sha256=sha, receipt=receipt.to_json(),
-                                      meta=meta.to_json() if meta is not None else None)
+            self.ledger.mark_uploaded(
+                row.id,
+                sha256=sha,
+                receipt=receipt.to_json(),
+                meta=meta.to_json() if meta is not None else None,
+            )
             elapsed = max(time.monotonic() - started, 1e-6)
             now = self.clock()
             with self.stats.lock:
@@ -187,9 +215,15 @@ class Procedure:
                 self.stats.last_upload = now
             if self.metrics is not None:
                 self.metrics.observe_upload(row.destination, row.size, elapsed, now)
-            log.info("uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s", quoted_path(row.inbox_path),
-                     row.destination, row.size, elapsed, row.size / elapsed / 1e6,
-                     quoted_path(receipt.remote_id))
+            log.info(
+                "uploaded %s to %s (%d bytes in %.2fs, %.1f MB/s) as %s",
+                quoted_path(row.inbox_path),
+                row.destination,
+                row.size,
+                elapsed,
+                row.size / elapsed / 1e6,
+                quoted_path(receipt.remote_id),
+            )
             if moved is not None:
                 if not self._follow_move(row, folder, str(moved)):
                     return State.DONE
@@ -197,10 +231,14 @@ class Procedure:
                 assert uploaded is not None
             else:
                 # the row as mark_uploaded left it (values as JSON round-trips them), not read again
-                uploaded = replace(row, state=State.UPLOADED, sha256=sha, last_error=None,
-                                   receipt=json.loads(json.dumps(receipt.to_json())),
-                                   meta=json.loads(json.dumps(meta.to_json())) if meta is not None
-                                   else None)
+                uploaded = replace(
+                    row,
+                    state=State.UPLOADED,
+                    sha256=sha,
+                    last_error=None,
+                    receipt=json.loads(json.dumps(receipt.to_json())),
+                    meta=json.loads(json.dumps(meta.to_json())) if meta is not None else None,
+                )
             return self.finish(uploaded, folder, source.fileno())
 
     def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:
@@ -209,25 +247,36 @@ class Procedure:
         and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
         sidecar = metadata.sidecar_path(row.current_path)
         try:
-            meta = metadata.resolve(folder, row.relpath, row.current_path, row.labels,
-                                    row.category, [row.folder, *moves.roots_of(folder)])
+            meta = metadata.resolve(
+                folder,
+                row.relpath,
+                row.current_path,
+                row.labels,
+                row.category,
+                [row.folder, *moves.roots_of(folder)],
+            )
         except metadata.SidecarError as exc:
             self.policy.abort(dest, row)
-            return self.policy.fail(row, folder, (f"metadata sidecar "
-                                                  f"{quoted_path(os.path.basename(sidecar))} "
-                                                  f"is malformed: {exc}"))
+            return self.policy.fail(
+                row,
+                folder,
+                (f"metadata sidecar {quoted_path(os.path.basename(sidecar))} is malformed: {exc}"),
+            )
         except PermissionError as exc:
-            return self.policy.wait_readable(row, f"cannot read its metadata sidecar: "
-                                                  f"{exc.strerror or exc}")
+            return self.policy.wait_readable(row, f"cannot read its metadata sidecar: {exc.strerror or exc}")
         except OSError as exc:
-            return self.policy.retry(row, f"cannot read its metadata sidecar: "
-                                          f"{exc.strerror or exc}", None, folder, exc=exc)
+            return self.policy.retry(
+                row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
+            )
         if meta.sidecar is not None and folder.settle_seconds > 0:
             # written after its file settled: give it the file's settle time
             age = self.clock() - meta.sidecar.mtime_ns / 1e9
             if 0 <= age < folder.settle_seconds:
-                return self.policy.defer(row, "its metadata sidecar changed moments ago; "
-                                              "waiting for it to settle", folder.settle_seconds)
+                return self.policy.defer(
+                    row,
+                    "its metadata sidecar changed moments ago; waiting for it to settle",
+                    folder.settle_seconds,
+                )
         return meta
 
     def _duplicate_of(self, row: Row, folder: FolderConfig, source: Source, pulse: Pulse) -> Row | None:
@@ -242,11 +291,19 @@ class Procedure:
         sha = source.sha256()
         if self.cancel.is_set():
             raise UploadCancelled("syncd is stopping")
-        return self.ledger.uploaded_copy(row.folder, sha, destination=row.destination,
-                                         exclude=row.id)
+        return self.ledger.uploaded_copy(row.folder, sha, destination=row.destination, exclude=row.id)
 
-    def _skip(self, row: Row, folder: FolderConfig, dest: Destination, source: Source, original: Row,
-              sha: str, moved: SourceMovedError | None, meta: metadata.Metadata | None) -> State:
+    def _skip(
+        self,
+        row: Row,
+        folder: FolderConfig,
+        dest: Destination,
+        source: Source,
+        original: Row,
+        sha: str,
+        moved: SourceMovedError | None,
+        meta: metadata.Metadata | None,
+    ) -> State:
         """A duplicate: record the decision durably, then archive it like an upload.
 
         ``mark_duplicate`` commits before anything is moved (as ``mark_uploaded``
@@ -254,12 +311,17 @@ class Procedure:
         without uploading; :meth:`Ledger.mark_done` then makes the row ``skipped``.
         """
         self.policy.abort(dest, row)  # a remote upload an earlier attempt had begun
-        self.ledger.mark_duplicate(row.id, sha256=sha, original=original,
-                                   meta=meta.to_json() if meta is not None else None)
-        log.info("skipped %s: same content as #%d (%s), already uploaded to %s as %s "
-                 "(on_duplicate = \"skip\")", quoted_path(row.inbox_path), original.id,
-                 quoted_path(original.inbox_path), row.destination,
-                 quoted_path(str((original.receipt or {}).get("remote_id"))))
+        self.ledger.mark_duplicate(
+            row.id, sha256=sha, original=original, meta=meta.to_json() if meta is not None else None
+        )
+        log.info(
+            'skipped %s: same content as #%d (%s), already uploaded to %s as %s (on_duplicate = "skip")',
+            quoted_path(row.inbox_path),
+            original.id,
+            quoted_path(original.inbox_path),
+            row.destination,
+            quoted_path(str((original.receipt or {}).get("remote_id"))),
+        )
         if moved is not None and not self._follow_move(row, folder, str(moved)):
             return State.SKIPPED
         current = self.ledger.get(row.id)
@@ -275,15 +337,23 @@ class Procedure:
         replaced by a new file: nothing to archive; a new file at the path is
         a new version with its own row.
         """
-        found = find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path) \
-            if row.location is None else None
+        found = (
+            find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
+            if row.location is None
+            else None
+        )
         if found is None:
             note = f"{reason.removeprefix('the file was ')}; nothing archived"
             self.ledger.mark_done(row.id, note=note)
             if row.location is None and lexists(row.folder, row.relpath):
                 # a new file took the name: a new version with its own row
-                self.ledger.observe(row.folder, [row.relpath], destination=row.destination,
-                                    labels=row.labels, category=row.category)
+                self.ledger.observe(
+                    row.folder,
+                    [row.relpath],
+                    destination=row.destination,
+                    labels=row.labels,
+                    category=row.category,
+                )
             log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
             return False
         self.ledger.set_location(row.id, found)
@@ -291,8 +361,11 @@ class Procedure:
         twin = self.ledger.active_for_path(os.fspath(folder.path), relpath)
         if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
             self.ledger.forget(twin.id)
-        log.info("%s was renamed to %s during upload; archiving it from there",
-                 quoted_path(row.inbox_path), quoted_path(found))
+        log.info(
+            "%s was renamed to %s during upload; archiving it from there",
+            quoted_path(row.inbox_path),
+            quoted_path(found),
+        )
         return True
 
     def finish(self, row: Row, folder: FolderConfig, fd: int | None = None) -> State:
@@ -313,9 +386,13 @@ class Procedure:
             said = full and "archive" in self.disk_full
             if full:
                 self.disk_full.note("archive", exc)
-            log.log(logging.DEBUG if said else logging.ERROR,
-                    "uploaded but could not %s %s: %s; will try again", folder.after_upload,
-                    quoted_path(row.current_path), exc.strerror or exc)
+            log.log(
+                logging.DEBUG if said else logging.ERROR,
+                "uploaded but could not %s %s: %s; will try again",
+                folder.after_upload,
+                quoted_path(row.current_path),
+                exc.strerror or exc,
+            )
             return exc
         if self.metrics is not None:
             self.metrics.observe_done(row.first_seen, self.clock())

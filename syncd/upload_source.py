@@ -40,12 +40,20 @@ class StoppableSource(Source):
     :mod:`syncd.liveness`).
     """
 
-    def __init__(self, path: str, *, size: int, mtime_ns: int, inode: int,
-                 device: int | None, root: str | None, stop: threading.Event,
-                 throttle: Throttle | None = None,
-                 on_read: Callable[[], None] | None = None) -> None:
-        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
-                         root=root)
+    def __init__(
+        self,
+        path: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        inode: int,
+        device: int | None,
+        root: str | None,
+        stop: threading.Event,
+        throttle: Throttle | None = None,
+        on_read: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device, root=root)
         self._stop_event = stop
         self._throttle = throttle
         self._on_read = on_read
@@ -80,8 +88,7 @@ def find_inode(root: str, inode: int | None, device: int | None, old_path: str) 
     for entry in safefs.walk(root):
         st = entry.stat
         path = os.path.join(root, entry.relpath)
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) \
-                and path != old_path:
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) and path != old_path:
             return path
     return None
 

@@ -56,12 +56,20 @@ PAUSE = 5.0  # after a ledger error while taking work
 
 
 class Uploader:
-    def __init__(self, ledger: Ledger, destinations: Callable[[], Mapping[str, Destination]],
-                 folders: Callable[[], Mapping[str, Any]], *, retry_base: float = 2.0,
-                 retry_max: float = 600.0, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None,
-                 folder_problem: Callable[[str], str | None] = lambda root: None,
-                 metrics: Any = None, liveness: Liveness | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        destinations: Callable[[], Mapping[str, Destination]],
+        folders: Callable[[], Mapping[str, Any]],
+        *,
+        retry_base: float = 2.0,
+        retry_max: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        folder_problem: Callable[[str], str | None] = lambda root: None,
+        metrics: Any = None,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.ledger = ledger
         self._destinations = destinations
         self.metrics = metrics
@@ -69,19 +77,35 @@ class Uploader:
         self.stats = Stats()
         self.liveness = liveness or Liveness()
         self.disk_full = DiskFull(metrics, on_ok=self.wake)
-        self.circuits = Circuits(destinations, base=retry_base, cap=retry_max, clock=clock,
-                                 on_back=self.wake)
+        self.circuits = Circuits(destinations, base=retry_base, cap=retry_max, clock=clock, on_back=self.wake)
         # bandwidth limits per destination (the daemon configures them)
         self.bandwidth = Bandwidth()
         self._cancel = threading.Event()
-        self.policy = RetryPolicy(ledger, circuits=self.circuits, stats=self.stats,
-                                  folders=folders, folder_problem=folder_problem,
-                                  base=retry_base, cap=retry_max, clock=clock,
-                                  rng=rng or random.Random(), metrics=metrics)
-        self.procedure = Procedure(ledger, destinations=destinations, folders=folders,
-                                   policy=self.policy, circuits=self.circuits, stats=self.stats,
-                                   disk_full=self.disk_full, bandwidth=self.bandwidth,
-                                   cancel=self._cancel, clock=clock, metrics=metrics)
+        self.policy = RetryPolicy(
+            ledger,
+            circuits=self.circuits,
+            stats=self.stats,
+            folders=folders,
+            folder_problem=folder_problem,
+            base=retry_base,
+            cap=retry_max,
+            clock=clock,
+            rng=rng or random.Random(),
+            metrics=metrics,
+        )
+        self.procedure = Procedure(
+            ledger,
+            destinations=destinations,
+            folders=folders,
+            policy=self.policy,
+            circuits=self.circuits,
+            stats=self.stats,
+            disk_full=self.disk_full,
+            bandwidth=self.bandwidth,
+            cancel=self._cancel,
+            clock=clock,
+            metrics=metrics,
+        )
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._target = 0
@@ -108,8 +132,7 @@ class Uploader:
             self._target = workers
             self._threads = [t for t in self._threads if t.is_alive()]
             while len(self._threads) < workers:
-                t = threading.Thread(target=self._run, name=f"upload-{len(self._threads) + 1}",
-                                     daemon=True)
+                t = threading.Thread(target=self._run, name=f"upload-{len(self._threads) + 1}", daemon=True)
                 self._threads.append(t)
                 t.start()
             self._cond.notify_all()
@@ -161,8 +184,11 @@ class Uploader:
                         self.ledger.requeue_now(row_id, reason="interrupted by shutdown")
                         requeued.append(row_id)
                 except sqlite3.Error as exc:
-                    log.error("could not requeue #%d at shutdown (%s); it is requeued at the "
-                              "next start", row_id, exc)
+                    log.error(
+                        "could not requeue #%d at shutdown (%s); it is requeued at the next start",
+                        row_id,
+                        exc,
+                    )
         return requeued
 
     # what is in flight ------------------------------------------------------
@@ -173,9 +199,18 @@ class Uploader:
         at most ``total``), ``resumed`` and ``started_at`` (wall clock). Cheap: no I/O."""
         with self.stats.lock:
             sending = list(self.stats.sending.items())
-        return [{"id": row_id, "path": s.path, "destination": s.destination, "total": s.total,
-                 "sent": min(s.total, s.resumed + s.source.bytes_read), "resumed": s.resumed,
-                 "started_at": s.started_at} for row_id, s in sorted(sending)]
+        return [
+            {
+                "id": row_id,
+                "path": s.path,
+                "destination": s.destination,
+                "total": s.total,
+                "sent": min(s.total, s.resumed + s.source.bytes_read),
+                "resumed": s.resumed,
+                "started_at": s.started_at,
+            }
+            for row_id, s in sorted(sending)
+        ]
 
     def inflight_ids(self) -> set[int]:
         with self.stats.lock:
@@ -184,8 +219,7 @@ class Uploader:
     def requeue_orphans(self) -> int:
         """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue."""
         with self.stats.lock:
-            orphans = [r.id for r in self.ledger.in_state(State.UPLOADING)
-                       if r.id not in self.stats.inflight]
+            orphans = [r.id for r in self.ledger.in_state(State.UPLOADING) if r.id not in self.stats.inflight]
             for row_id in orphans:
                 self.ledger.requeue_now(row_id, reason="interrupted")
         return len(orphans)
@@ -301,8 +335,11 @@ class Uploader:
             elif is_disk_full(exc):
                 self.disk_full.note("ledger", exc)
             else:
-                log.error("ledger error while recording %s: %s; it will be retried",
-                          quoted_path(row.inbox_path), exc)
+                log.error(
+                    "ledger error while recording %s: %s; it will be retried",
+                    quoted_path(row.inbox_path),
+                    exc,
+                )
                 self._sleep(PAUSE, pulse)
         except Exception as exc:
             if not self.cancelled:

@@ -94,7 +94,7 @@ class _Handler(FileSystemEventHandler):
             return None
         if any(path == s or path.startswith(s + os.sep) for s in self.skip):
             return None
-        rel = path[len(self.root) + 1:]
+        rel = path[len(self.root) + 1 :]
         if not self.folder.recursive and "/" in rel:
             return None
         return rel
@@ -114,13 +114,22 @@ class _Handler(FileSystemEventHandler):
         if rel is None:
             return
         if event.is_directory:
-            if kind in ("created", "moved") and self.folder.recursive and not rules.dir_ignored(
-                    rel, exclude=self.folder.exclude, ignore_junk=self.folder.ignore_junk):
+            if (
+                kind in ("created", "moved")
+                and self.folder.recursive
+                and not rules.dir_ignored(
+                    rel, exclude=self.folder.exclude, ignore_junk=self.folder.ignore_junk
+                )
+            ):
                 self.intake.request_scan(self.root, rel)
             return
-        if rules.judge(rel, include=self.folder.include, exclude=self.folder.exclude,
-                       ignore_junk=self.folder.ignore_junk,
-                       sidecars=self.folder.metadata_sidecar).accepted:
+        if rules.judge(
+            rel,
+            include=self.folder.include,
+            exclude=self.folder.exclude,
+            ignore_junk=self.folder.ignore_junk,
+            sidecars=self.folder.metadata_sidecar,
+        ).accepted:
             self.intake.add(self.root, rel)
 
 
@@ -243,8 +252,7 @@ class Watcher:
         if obs is None:
             # lstat, and a listing that refuses a symlink: a polled folder never descends
             # through a link (a loop such as `ln -s . a` would otherwise grow without end).
-            obs = PollingObserverVFS(stat=os.lstat, listdir=_scandir_nofollow,
-                                     polling_interval=interval)
+            obs = PollingObserverVFS(stat=os.lstat, listdir=_scandir_nofollow, polling_interval=interval)
             obs.daemon = True
             obs.start()
             self._polling[interval] = obs
@@ -309,11 +317,19 @@ class Watcher:
                 self._check_watch_count(fw, root, before)
         except OSError as exc:
             if mode == "native" and exc.errno in (errno.ENOSPC, errno.EMFILE):
-                sysctl = ("fs.inotify.max_user_watches" if exc.errno == errno.ENOSPC
-                          else "fs.inotify.max_user_instances")
-                log.warning("inotify limit reached for %s (%s); falling back to polling every "
-                            "%gs. Raise sysctl %s to watch it natively.", quoted_path(root),
-                            exc.strerror, fw.folder.poll_seconds, sysctl)
+                sysctl = (
+                    "fs.inotify.max_user_watches"
+                    if exc.errno == errno.ENOSPC
+                    else "fs.inotify.max_user_instances"
+                )
+                log.warning(
+                    "inotify limit reached for %s (%s); falling back to polling every "
+                    "%gs. Raise sysctl %s to watch it natively.",
+                    quoted_path(root),
+                    exc.strerror,
+                    fw.folder.poll_seconds,
+                    sysctl,
+                )
                 mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
                 fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
@@ -321,8 +337,11 @@ class Watcher:
                 self._report(fw, f"cannot watch ({exc.strerror or exc})")
                 return False
         if fw.problem is not None:
-            log.warning("watched folder %s is usable again (was: %s); watching and rescanning it",
-                        quoted_path(root), fw.problem)
+            log.warning(
+                "watched folder %s is usable again (was: %s); watching and rescanning it",
+                quoted_path(root),
+                fw.problem,
+            )
         if fw.device is None:
             fw.device = st.st_dev
         fw.mode, fw.inode, fw.problem, fw.fallback = mode, st.st_ino, None, fallback
@@ -353,9 +372,12 @@ class Watcher:
         if fw.mode != "none":
             self._release(fw)
         if problem != fw.problem:
-            log.error("watched folder %s is not available (%s): not watching or scanning it, "
-                      "its files are not treated as gone; checking again every few seconds",
-                      quoted_path(os.fspath(fw.folder.path)), problem)
+            log.error(
+                "watched folder %s is not available (%s): not watching or scanning it, "
+                "its files are not treated as gone; checking again every few seconds",
+                quoted_path(os.fspath(fw.folder.path)),
+                problem,
+            )
         fw.problem = problem
 
     def _release(self, fw: FolderWatch) -> None:
@@ -380,8 +402,10 @@ class Watcher:
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
                     continue
                 if fw.mode != "none":
-                    log.warning("watched folder %s was replaced (deleted and created again); "
-                                "watching the new one", quoted_path(root))
+                    log.warning(
+                        "watched folder %s was replaced (deleted and created again); watching the new one",
+                        quoted_path(root),
+                    )
                     self._release(fw)
                 if self._arm(fw):
                     rearmed.append(root)

@@ -96,10 +96,17 @@ def _iso(at: float | None) -> str | None:
 class Webhook:
     """Posts events to one URL from its own thread (see the module docstring)."""
 
-    def __init__(self, url: Secret, secret: Secret | None = None, *,
-                 verify: bool | ssl.SSLContext = True, timeout: float = 10.0,
-                 delays: Sequence[float] = DELAYS, queue_size: int = QUEUE_SIZE,
-                 host: str | None = None) -> None:
+    def __init__(
+        self,
+        url: Secret,
+        secret: Secret | None = None,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        timeout: float = 10.0,
+        delays: Sequence[float] = DELAYS,
+        queue_size: int = QUEUE_SIZE,
+        host: str | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._url = url
         self._secret = secret
@@ -122,12 +129,21 @@ class Webhook:
 
     # configuration ------------------------------------------------------------------
 
-    def configure(self, url: Secret, secret: Secret | None, *,
-                  verify: bool | ssl.SSLContext = True, timeout: float = 10.0) -> None:
+    def configure(
+        self,
+        url: Secret,
+        secret: Secret | None,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        timeout: float = 10.0,
+    ) -> None:
         """New settings (a reload); what is queued goes to the new URL."""
         with self._lock:
-            if (url, secret, timeout) != (self._url, self._secret, self._timeout) \
-                    or verify is not self._verify:
+            if (url, secret, timeout) != (
+                self._url,
+                self._secret,
+                self._timeout,
+            ) or verify is not self._verify:
                 self._url, self._secret, self._timeout = url, secret, timeout
                 self._verify = verify
                 self._stale = True
@@ -137,48 +153,82 @@ class Webhook:
     def file_failed(self, row: Row, reason: str) -> bool:
         """A file was given up on and moved to failed_dir (``row`` after the move)."""
         path = printable(row.relpath)
-        text = (f"syncd on {self.host}: {path} (folder {printable(row.folder)}) failed for "
-                f"good, it is in {printable(row.location or row.folder)}: {_clean(reason)}")
-        return self.send("file_failed", {
-            "text": text,
-            "file": {"id": row.id, "uuid": row.uuid, "folder": printable(row.folder),
-                     "path": path, "size": row.size, "sha256": row.sha256,
-                     "destination": printable(row.destination), "attempts": row.attempts,
-                     "location": printable(row.location) if row.location else None},
-            "reason": _clean(reason),
-        })
+        text = (
+            f"syncd on {self.host}: {path} (folder {printable(row.folder)}) failed for "
+            f"good, it is in {printable(row.location or row.folder)}: {_clean(reason)}"
+        )
+        return self.send(
+            "file_failed",
+            {
+                "text": text,
+                "file": {
+                    "id": row.id,
+                    "uuid": row.uuid,
+                    "folder": printable(row.folder),
+                    "path": path,
+                    "size": row.size,
+                    "sha256": row.sha256,
+                    "destination": printable(row.destination),
+                    "attempts": row.attempts,
+                    "location": printable(row.location) if row.location else None,
+                },
+                "reason": _clean(reason),
+            },
+        )
 
     def destination_down(self, name: str, state: CircuitState) -> bool:
         """Destination ``name`` went down or began refusing uploads (``state`` now)."""
         what = "refuses uploads" if state.state == "refused" else "is down"
         reason = _clean(state.reason or "")
-        return self.send("destination_down", {
-            "text": f"syncd on {self.host}: destination {printable(name)!r} {what}: {reason}",
-            "destination": {"name": printable(name), "state": state.state,
-                            "since": _iso(state.since), "reason": reason,
-                            "next_probe_at": _iso(state.next_probe_at)},
-        })
+        return self.send(
+            "destination_down",
+            {
+                "text": f"syncd on {self.host}: destination {printable(name)!r} {what}: {reason}",
+                "destination": {
+                    "name": printable(name),
+                    "state": state.state,
+                    "since": _iso(state.since),
+                    "reason": reason,
+                    "next_probe_at": _iso(state.next_probe_at),
+                },
+            },
+        )
 
     def destination_up(self, name: str, before: CircuitState, now: float | None = None) -> bool:
         """Destination ``name`` takes uploads again; ``before``: its state until now."""
         now = time.time() if now is None else now
         lasted = None if before.since is None else max(0.0, now - before.since)
         took = "" if lasted is None else f" after {lasted:.0f}s"
-        return self.send("destination_up", {
-            "text": f"syncd on {self.host}: destination {printable(name)!r} is back{took} "
-                    f"(was {before.state})",
-            "destination": {"name": printable(name), "state": "up", "was": before.state,
-                            "since": _iso(before.since), "down_seconds": lasted,
-                            "reason": _clean(before.reason or "")},
-        })
+        return self.send(
+            "destination_up",
+            {
+                "text": f"syncd on {self.host}: destination {printable(name)!r} is back{took} "
+                f"(was {before.state})",
+                "destination": {
+                    "name": printable(name),
+                    "state": "up",
+                    "was": before.state,
+                    "since": _iso(before.since),
+                    "down_seconds": lasted,
+                    "reason": _clean(before.reason or ""),
+                },
+            },
+        )
 
     def send(self, event: str, fields: dict[str, Any]) -> bool:
         """Queue one event; False when it was dropped (queue full, or closing)."""
         if self._closing.is_set():
             return False
         now = time.time()
-        body = {"event": event, "id": str(uuid.uuid4()), "time": _iso(now),
-                "timestamp": round(now, 3), "host": self.host, "syncd": __version__, **fields}
+        body = {
+            "event": event,
+            "id": str(uuid.uuid4()),
+            "time": _iso(now),
+            "timestamp": round(now, 3),
+            "host": self.host,
+            "syncd": __version__,
+            **fields,
+        }
         try:
             self._queue.put_nowait(body)
         except queue.Full:
@@ -186,9 +236,11 @@ class Webhook:
                 self._dropped += 1
                 first, self._dropping = not self._dropping, True
             if first:
-                log.warning("webhook: %d notifications are waiting already; dropping new ones "
-                            "until the queue drains (the receiver is slow or down)",
-                            self._queue.maxsize)
+                log.warning(
+                    "webhook: %d notifications are waiting already; dropping new ones "
+                    "until the queue drains (the receiver is slow or down)",
+                    self._queue.maxsize,
+                )
             return False
         with self._lock:
             if self._dropping:
@@ -231,9 +283,17 @@ class Webhook:
     def _client_now(self) -> tuple[httpx.Client, Secret, Secret | None]:
         with self._lock:
             if self._client is None or self._stale:
-                old, self._client = self._client, make_client(
-                    connect=self._timeout, read=self._timeout, write=self._timeout,
-                    pool=self._timeout, max_connections=2, verify=self._verify)
+                old, self._client = (
+                    self._client,
+                    make_client(
+                        connect=self._timeout,
+                        read=self._timeout,
+                        write=self._timeout,
+                        pool=self._timeout,
+                        max_connections=2,
+                        verify=self._verify,
+                    ),
+                )
                 self._stale = False
                 if old is not None:
                     old.close()
@@ -250,19 +310,28 @@ class Webhook:
         tries = 1 if self._closing.is_set() else len(self.delays) + 1
         for attempt in range(1, tries + 1):
             client, url, secret = self._client_now()
-            headers = {"Content-Type": "application/json", "X-Syncd-Event": body["event"],
-                       "X-Syncd-Delivery": body["id"]}
+            headers = {
+                "Content-Type": "application/json",
+                "X-Syncd-Event": body["event"],
+                "X-Syncd-Delivery": body["id"],
+            }
             if secret is not None and secret.reveal():
                 headers[SIGNATURE_HEADER] = sign(secret.reveal(), data)
             try:
-                response = send(client, "POST", url.reveal(), what="webhook", content=data,
-                                headers=headers)
+                response = send(client, "POST", url.reveal(), what="webhook", content=data, headers=headers)
                 check(response, what="webhook", ok=OK, auth_fatal=False)
             except UploadError as exc:
-                final = isinstance(exc, PermanentError) or not isinstance(exc, RetryableError) \
-                    or attempt >= tries or self._closing.is_set()
-                why = _clean(describe(exc)) if not isinstance(exc, PermanentError) \
-                    or exc.status is not None else "the URL is not valid"
+                final = (
+                    isinstance(exc, PermanentError)
+                    or not isinstance(exc, RetryableError)
+                    or attempt >= tries
+                    or self._closing.is_set()
+                )
+                why = (
+                    _clean(describe(exc))
+                    if not isinstance(exc, PermanentError) or exc.status is not None
+                    else "the URL is not valid"
+                )
                 self._failed_try(body["event"], why, final, attempt, tries)
                 if final:
                     return
@@ -284,15 +353,17 @@ class Webhook:
                 self._lost += 1
                 self.failed += 1
         if first:
-            log.warning("webhook: cannot deliver the %s notification (%s); %s further "
-                        "failures are logged at debug level until one gets through", event, why,
-                        "giving it up;" if final else f"trying {tries - attempt} more time(s);")
+            log.warning(
+                "webhook: cannot deliver the %s notification (%s); %s further "
+                "failures are logged at debug level until one gets through",
+                event,
+                why,
+                "giving it up;" if final else f"trying {tries - attempt} more time(s);",
+            )
         elif final:
-            log.debug("webhook: gave up the %s notification after %d tries (%s)", event,
-                      attempt, why)
+            log.debug("webhook: gave up the %s notification after %d tries (%s)", event, attempt, why)
         else:
-            log.debug("webhook: try %d of %d of the %s notification failed (%s)", attempt,
-                      tries, event, why)
+            log.debug("webhook: try %d of %d of the %s notification failed (%s)", attempt, tries, event, why)
 
     def _delivered(self) -> None:
         with self._lock:

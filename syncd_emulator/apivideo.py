@@ -163,6 +163,7 @@ class ApiVideoService(Service):
             headers.update(response.headers)
             response.headers = headers
             return response
+
         return wrapped
 
     def error(self, op: str, status: int, message: str, code: str = "") -> Response:
@@ -180,8 +181,13 @@ class ApiVideoService(Service):
     def _token_json(t: UploadToken) -> dict[str, Any]:
         def iso(ts: float) -> str:
             return now_iso(lambda: ts)
-        return {"token": t.token, "ttl": t.ttl, "createdAt": iso(t.created),
-                "expiresAt": iso(t.expires) if t.expires is not None else None}
+
+        return {
+            "token": t.token,
+            "ttl": t.ttl,
+            "createdAt": iso(t.created),
+            "expiresAt": iso(t.expires) if t.expires is not None else None,
+        }
 
     def create_token(self, request: Request) -> Response:
         self.credentials.require_key(request)
@@ -207,15 +213,27 @@ class ApiVideoService(Service):
     def _video(self, video_id: str) -> Session:
         session = self.sessions.get(video_id[2:]) if video_id.startswith("vi") else None
         if session is None or session.state == "aborted":
-            raise problem(404, "resource-not-found", "The requested resource was not found.",
-                          "videoId")
+            raise problem(404, "resource-not-found", "The requested resource was not found.", "videoId")
         return session
 
-    def _new_video(self, title: str, *, tags: list[str] | None = None,
-                   metadata: list[dict[str, str]] | None = None, token: str | None = None,
-                   **extra: Any) -> Session:
-        info = new_record(title, now=now_iso(self.settings.clock), public=not self.private_videos,
-                          tags=tags, metadata=metadata, token=token, **extra)
+    def _new_video(
+        self,
+        title: str,
+        *,
+        tags: list[str] | None = None,
+        metadata: list[dict[str, str]] | None = None,
+        token: str | None = None,
+        **extra: Any,
+    ) -> Session:
+        info = new_record(
+            title,
+            now=now_iso(self.settings.clock),
+            public=not self.private_videos,
+            tags=tags,
+            metadata=metadata,
+            token=token,
+            **extra,
+        )
         session = self.sessions.create("", info)
         with self._lock:
             self._videos.append(session.id)
@@ -237,8 +255,9 @@ class ApiVideoService(Service):
         if rest not in ASSET_TYPES or session.state != "completed":
             raise problem(404, "resource-not-found", "The requested resource was not found.")
         if not session.info["public"] and not self._private.admit(token, vid):
-            raise problem(403, "forbidden", "This video is private: its asset URLs need "
-                          "a valid private token.")
+            raise problem(
+                403, "forbidden", "This video is private: its asset URLs need a valid private token."
+            )
         if rest == "mp4/source.mp4":
             meta = self.store.get(self.name, vid)
             if meta is None:
@@ -258,9 +277,11 @@ class ApiVideoService(Service):
         self.credentials.require_key(request)
         with self._lock:
             ids = list(self._videos)
-        found = [self._video_json(request, session)
-                 for session in filter(None, map(self.sessions.get, ids))
-                 if matches(session.info, request)]
+        found = [
+            self._video_json(request, session)
+            for session in filter(None, map(self.sessions.get, ids))
+            if matches(session.info, request)
+        ]
         return Response.json(page(request, found))
 
     def get_video(self, request: Request) -> Response:
@@ -315,8 +336,7 @@ class ApiVideoService(Service):
         try:
             # The request log shows the chunk's size, not the form's (module docstring).
             request.body.consumed = sum(f.size for f in form.files if f.name == "file")
-            chunk, rng, video_id = read_chunk(form, request.headers.get("Content-Range"),
-                                              video_id)
+            chunk, rng, video_id = read_chunk(form, request.headers.get("Content-Range"), video_id)
             session = self._target(token, video_id, rng)
             if session is not None:
                 return self._apply(request, session, rng, chunk)
@@ -329,38 +349,44 @@ class ApiVideoService(Service):
         finally:
             form.discard()
 
-    def _target(self, token: str | None, video_id: str | None,
-                rng: Range | None) -> Session | None:
+    def _target(self, token: str | None, video_id: str | None, rng: Range | None) -> Session | None:
         """The video a chunk belongs to; None for a first chunk without videoId (a new video)."""
         if video_id:
             return self._video(video_id)
         assert token is not None
         if rng is not None and rng.mode == "bytes" and rng.first > 0:
-            raise bad("attribute-required", "videoId is required for every chunk after the "
-                      "first (send the videoId the first chunk returned).", "videoId")
+            raise bad(
+                "attribute-required",
+                "videoId is required for every chunk after the "
+                "first (send the videoId the first chunk returned).",
+                "videoId",
+            )
         if rng is not None and rng.mode == "part" and rng.first > 1:
             # api.video-python 1.4.7 quirk: its chunks never carry videoId (module docstring).
             tag = token_tag(token)
             with self._lock:
                 ids = list(self._videos)
-            open_ = [s for s in filter(None, map(self.sessions.get, ids))
-                     if s.state == "active" and s.info["token"] == tag
-                     and s.info["mode"] == "part"]
+            open_ = [
+                s
+                for s in filter(None, map(self.sessions.get, ids))
+                if s.state == "active" and s.info["token"] == tag and s.info["mode"] == "part"
+            ]
             if len(open_) != 1:
-                raise bad("attribute-required", f"videoId is required: {len(open_)} unfinished "
-                          "part-form uploads are open for this token.", "videoId")
+                raise bad(
+                    "attribute-required",
+                    f"videoId is required: {len(open_)} unfinished "
+                    "part-form uploads are open for this token.",
+                    "videoId",
+                )
             return open_[0]
         return None
 
-    def _apply(self, request: Request, session: Session, rng: Range | None,
-               chunk: FilePart) -> Response:
+    def _apply(self, request: Request, session: Session, rng: Range | None, chunk: FilePart) -> Response:
         with session.lock:
             if session.state == "aborted":
-                raise problem(404, "resource-not-found", "The requested resource was not found.",
-                              "videoId")
+                raise problem(404, "resource-not-found", "The requested resource was not found.", "videoId")
             if session.state == "completed":
-                raise bad("video-source-already-uploaded",
-                          "The source of the video is already uploaded.")
+                raise bad("video-source-already-uploaded", "The source of the video is already uploaded.")
             saved = copy.deepcopy(session.info)
             try:
                 complete = apply_chunk(self.sessions, session, rng, chunk)
@@ -380,11 +406,22 @@ class ApiVideoService(Service):
         meta = {m["key"]: m["value"] for m in info["metadata"]}
         filename = info["filename"]
         self.store.put(
-            self.name, vid, path, size=size, sha256=sha256, filename=filename,
+            self.name,
+            vid,
+            path,
+            size=size,
+            sha256=sha256,
+            filename=filename,
             content_type=mimetypes.guess_type(filename)[0] or "application/octet-stream",
-            labels=info["tags"], category=meta.get("category"), uuid=meta.get(UUID_KEY),
-            extra={"video_id": vid, "title": info["title"], "chunks": len(session.parts),
-                   "content_range": info["mode"] or "none"},
+            labels=info["tags"],
+            category=meta.get("category"),
+            uuid=meta.get(UUID_KEY),
+            extra={
+                "video_id": vid,
+                "title": info["title"],
+                "chunks": len(session.parts),
+                "content_range": info["mode"] or "none",
+            },
         )
         info["updatedAt"] = now_iso(self.settings.clock)
         self.sessions.close(session, "completed")
@@ -395,5 +432,8 @@ class ApiVideoService(Service):
         """Videos whose source is not complete: ``"vi… (mode, N chunk(s) held)"``."""
         with self._lock:
             ids = list(self._videos)
-        return [f"vi{s.id} ({s.info['mode'] or 'empty'}, {len(s.parts)} chunk(s) held)"
-                for s in filter(None, map(self.sessions.get, ids)) if s.state == "active"]
+        return [
+            f"vi{s.id} ({s.info['mode'] or 'empty'}, {len(s.parts)} chunk(s) held)"
+            for s in filter(None, map(self.sessions.get, ids))
+            if s.state == "active"
+        ]

@@ -55,24 +55,22 @@ class Credentials:
         """The live upload token ``value``; 404 ``name: token`` when unknown or expired."""
         with self._lock:
             token = self._tokens.get(value or "")
-            if token is not None and token.expires is not None \
-                    and self.settings.clock() >= token.expires:
+            if token is not None and token.expires is not None and self.settings.clock() >= token.expires:
                 del self._tokens[token.token]
                 token = None
         if token is None:
-            raise problem(404, "resource-not-found", "The upload token is unknown or expired.",
-                          "token")
+            raise problem(404, "resource-not-found", "The upload token is unknown or expired.", "token")
         return token
 
     def mint(self, body: Any) -> UploadToken:
         """A new upload token from a ``POST /upload-tokens`` body (``{"ttl": seconds}``)."""
         ttl = body.get("ttl", 0) if isinstance(body, dict) else None
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= TOKEN_TTL_MAX:
-            raise bad("invalid-attribute", f"ttl must be an integer from 0 to {TOKEN_TTL_MAX}",
-                      "ttl")
+            raise bad("invalid-attribute", f"ttl must be an integer from 0 to {TOKEN_TTL_MAX}", "ttl")
         now = self.settings.clock()
-        token = UploadToken("to" + "".join(secrets.choice(_ALPHABET) for _ in range(22)), ttl,
-                            now, now + ttl if ttl else None)
+        token = UploadToken(
+            "to" + "".join(secrets.choice(_ALPHABET) for _ in range(22)), ttl, now, now + ttl if ttl else None
+        )
         with self._lock:
             self._tokens[token.token] = token
         return token
@@ -109,16 +107,19 @@ class Credentials:
                 expiry = self._access.get(value.strip())
             ok = expiry is not None and self.settings.clock() < expiry
         if not ok:
-            raise problem(401, "authentication-invalid-user-credentials",
-                          "Unauthorized: send Basic base64(apiKey:) or a Bearer access token.")
+            raise problem(
+                401,
+                "authentication-invalid-user-credentials",
+                "Unauthorized: send Basic base64(apiKey:) or a Bearer access token.",
+            )
 
     def login(self, body: Any) -> dict[str, Any]:
         """``POST /auth/api-key``: ``{"apiKey"}`` -> a new access and refresh token."""
         key = body.get("apiKey") if isinstance(body, dict) else None
         if not isinstance(key, str) or not hmac.compare_digest(
-                key.encode(), self.settings.apivideo_key.encode()):
-            raise bad("authentication-invalid-user-credentials",
-                      "The user credentials were incorrect.", "")
+            key.encode(), self.settings.apivideo_key.encode()
+        ):
+            raise bad("authentication-invalid-user-credentials", "The user credentials were incorrect.", "")
         return self._issue()
 
     def refresh(self, body: Any) -> dict[str, Any]:
@@ -127,8 +128,9 @@ class Credentials:
         with self._lock:
             known = isinstance(value, str) and self._refresh.pop(value, None) is not None
         if not known:
-            raise bad("authentication-invalid-user-credentials",
-                      "The refresh token is invalid.", "refreshToken")
+            raise bad(
+                "authentication-invalid-user-credentials", "The refresh token is invalid.", "refreshToken"
+            )
         return self._issue()
 
     def _issue(self) -> dict[str, Any]:
@@ -138,5 +140,9 @@ class Credentials:
             self._access = {k: v for k, v in self._access.items() if v > now}
             self._access[access] = now + ACCESS_TTL
             self._refresh[refresh] = self.settings.apivideo_key
-        return {"token_type": "Bearer", "expires_in": ACCESS_TTL, "access_token": access,
-                "refresh_token": refresh}
+        return {
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TTL,
+            "access_token": access,
+            "refresh_token": refresh,
+        }

@@ -45,8 +45,12 @@ def check_upload(request: Request) -> None:
     ``Content-Range`` header."""
     length = request.content_length
     if length is not None and length > MAX_BODY:
-        raise problem(413, "request-too-large", f"A request may carry at most {MAX_BODY} "
-                      "bytes; send larger files in chunks", "file")
+        raise problem(
+            413,
+            "request-too-large",
+            f"A request may carry at most {MAX_BODY} bytes; send larger files in chunks",
+            "file",
+        )
     check_header(request.headers.get("Content-Range"))
 
 
@@ -61,8 +65,9 @@ def parse_form(request: Request, temp_path: Callable[[], Path]) -> Form:
         raise bad("invalid-attribute", f"Malformed multipart body: {exc}") from None
 
 
-def read_chunk(form: Form, header: str | None,
-               video_id: str | None) -> tuple[FilePart, Range | None, str | None]:
+def read_chunk(
+    form: Form, header: str | None, video_id: str | None
+) -> tuple[FilePart, Range | None, str | None]:
     """The form's one non-empty ``file``, its range (``header`` checked against its size)
     and the video it names: ``video_id`` when the route gave one, else its ``videoId``
     field (at most once; None for a first chunk)."""
@@ -70,8 +75,7 @@ def read_chunk(form: Form, header: str | None,
     if not files:
         raise bad("uploaded-file-no-file", "There is no uploaded file in the request.")
     if len(files) > 1:
-        raise bad("uploaded-file-multiple-files",
-                  "There is more than one uploaded file in the request.")
+        raise bad("uploaded-file-multiple-files", "There is more than one uploaded file in the request.")
     (chunk,) = files
     if chunk.size == 0:
         raise bad("uploaded-file-no-file", "The uploaded file is empty.")
@@ -109,8 +113,11 @@ def check_min_size(rng: Range | None, size: int) -> None:
     """Every chunk but the last is at least 5 MiB (protocols.md §4.3)."""
     if rng is not None and not is_final(rng) and size < MIN_CHUNK:
         what = "chunk" if rng.mode == "bytes" else f"part {rng.first}"
-        raise bad("invalid-attribute", f"Every chunk but the last must be at least {MIN_CHUNK} "
-                  f"bytes; this {what} has {size}", "file")
+        raise bad(
+            "invalid-attribute",
+            f"Every chunk but the last must be at least {MIN_CHUNK} bytes; this {what} has {size}",
+            "file",
+        )
 
 
 def parse_range(text: str | None, size: int) -> Range | None:
@@ -124,8 +131,7 @@ def parse_range(text: str | None, size: int) -> Range | None:
         if last < first or (total is not None and last >= total):
             raise malformed(f"Content-Range {text!r} is not a valid inclusive range")
         if last - first + 1 != size:
-            raise malformed(f"Content-Range {text!r} covers {last - first + 1} bytes, "
-                            f"the file has {size}")
+            raise malformed(f"Content-Range {text!r} covers {last - first + 1} bytes, the file has {size}")
         return Range("bytes", first, last, total)
     if m := PART_RANGE.fullmatch(text):
         number = int(m.group(1))
@@ -138,13 +144,11 @@ def parse_range(text: str | None, size: int) -> Range | None:
 
 def check_header(text: str | None) -> None:
     """Refuse a malformed ``Content-Range`` before the body is read."""
-    if text is not None and not (BYTES_RANGE.fullmatch(text.strip())
-                                 or PART_RANGE.fullmatch(text.strip())):
+    if text is not None and not (BYTES_RANGE.fullmatch(text.strip()) or PART_RANGE.fullmatch(text.strip())):
         raise malformed(RANGE_GRAMMAR)
 
 
-def apply_chunk(sessions: Sessions, session: Session, rng: Range | None,
-                chunk: FilePart) -> bool:
+def apply_chunk(sessions: Sessions, session: Session, rng: Range | None, chunk: FilePart) -> bool:
     """Check ``chunk`` against the video and keep it; True when the source is complete.
 
     The caller holds ``session.lock`` and restores ``session.info`` when this
@@ -152,12 +156,13 @@ def apply_chunk(sessions: Sessions, session: Session, rng: Range | None,
     """
     info = session.info
     if info["mode"] is not None and (rng is None or rng.mode != info["mode"]):
-        raise malformed(f"This video is being uploaded with the {info['mode']} form of "
-                        "Content-Range; every chunk must use it")
+        raise malformed(
+            f"This video is being uploaded with the {info['mode']} form of "
+            "Content-Range; every chunk must use it"
+        )
     if rng is None:
         if info["ranges"] or info["part_sizes"]:
-            raise malformed("This video already holds chunks: send the rest with "
-                            "Content-Range")
+            raise malformed("This video already holds chunks: send the rest with Content-Range")
         rng = Range("bytes", 0, chunk.size - 1, chunk.size)  # the whole source at once
     else:
         info["mode"] = rng.mode
@@ -169,8 +174,7 @@ def apply_chunk(sessions: Sessions, session: Session, rng: Range | None,
 
 def _check_total(info: dict[str, Any], total: int | None) -> None:
     if total is not None and info["total"] is not None and total != info["total"]:
-        raise malformed(f"Content-Range total {total} differs from the total {info['total']} "
-                        "given before")
+        raise malformed(f"Content-Range total {total} differs from the total {info['total']} given before")
     if total is not None:
         info["total"] = total
 
@@ -180,13 +184,18 @@ def _apply_bytes(sessions: Sessions, session: Session, rng: Range, chunk: FilePa
     _check_total(info, rng.total)
     held = info["ranges"][-1][1] + 1 if info["ranges"] else 0
     if rng.first < held:  # sent already (a lost 201, say): documented as an error
-        raise bad("video-content-range-by-bytes-range-overlap",
-                  'The range in the "Content-Range" header overlaps with a previous one '
-                  "you already sent for this video.", "Content-Range",
-                  f"bytes 0-{held - 1} are held; the next chunk starts at byte {held}")
+        raise bad(
+            "video-content-range-by-bytes-range-overlap",
+            'The range in the "Content-Range" header overlaps with a previous one '
+            "you already sent for this video.",
+            "Content-Range",
+            f"bytes 0-{held - 1} are held; the next chunk starts at byte {held}",
+        )
     if rng.first != held:
-        raise malformed(f"This chunk starts at byte {rng.first}; {held} bytes are held, so "
-                        f"the next chunk must start at byte {held}")
+        raise malformed(
+            f"This chunk starts at byte {rng.first}; {held} bytes are held, so "
+            f"the next chunk must start at byte {held}"
+        )
     final = is_final(rng)
     sessions.add_part(session, len(session.parts) + 1, chunk.path, chunk.size, chunk.md5)
     info["ranges"].append([rng.first, rng.last])
@@ -203,10 +212,13 @@ def _apply_part(sessions: Sessions, session: Session, rng: Range, chunk: FilePar
     if total is not None and any(int(n) > total for n in sizes):
         raise malformed(f"Parts above the total of {total} were already received")
     if str(rng.first) in sizes:  # sent already (a lost 201, say): documented as an error
-        raise bad("video-content-range-by-part-part-already-sent",
-                  'The "part" value in the "Content-Range" header collides with a previous '
-                  "one you already sent for this video.", "Content-Range",
-                  f"parts {sorted(map(int, sizes))} are held")
+        raise bad(
+            "video-content-range-by-part-part-already-sent",
+            'The "part" value in the "Content-Range" header collides with a previous '
+            "one you already sent for this video.",
+            "Content-Range",
+            f"parts {sorted(map(int, sizes))} are held",
+        )
     sessions.add_part(session, rng.first, chunk.path, chunk.size, chunk.md5)
     sizes[str(rng.first)] = chunk.size
     if total is None or len(sizes) < total:

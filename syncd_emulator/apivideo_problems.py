@@ -24,9 +24,15 @@ from syncd_emulator.messages import ApiError, Response
 
 DOCS = "https://docs.api.video/reference/"
 RATE_LIMIT = 600  # per minute, reported only
-_SLUGS = {400: "bad-request", 401: "authentication-invalid-user-credentials",
-          403: "forbidden", 404: "resource-not-found", 405: "method-not-allowed",
-          413: "request-too-large", 429: "too-many-requests"}
+_SLUGS = {
+    400: "bad-request",
+    401: "authentication-invalid-user-credentials",
+    403: "forbidden",
+    404: "resource-not-found",
+    405: "method-not-allowed",
+    413: "request-too-large",
+    429: "too-many-requests",
+}
 
 
 def problem(status: int, slug: str, title: str, name: str = "", detail: str = "") -> ApiError:
@@ -71,10 +77,13 @@ class RateWindow:
         with self._lock:
             count = self._window[1] + 1 if self._window[0] == minute else 1
             self._window = (minute, count)
-        return RateHeaders({"X-RateLimit-Limit": str(RATE_LIMIT),
-                            "X-RateLimit-Remaining": str(max(0, RATE_LIMIT - count)),
-                            "X-RateLimit-Retry-After":
-                                str(max(1, math.ceil((minute + 1) * 60 - now)))})
+        return RateHeaders(
+            {
+                "X-RateLimit-Limit": str(RATE_LIMIT),
+                "X-RateLimit-Remaining": str(max(0, RATE_LIMIT - count)),
+                "X-RateLimit-Retry-After": str(max(1, math.ceil((minute + 1) * 60 - now))),
+            }
+        )
 
 
 def render(status: int, message: str, code: str, headers: RateHeaders) -> Response:

@@ -23,11 +23,24 @@ from syncd_emulator.apivideo_problems import bad
 from syncd_emulator.messages import Request, parse_uint
 from syncd_emulator.store import Session
 
-ASSET_TYPES = {"player": "text/html", "hls/manifest.m3u8": "application/vnd.apple.mpegurl",
-               "mp4/source.mp4": "video/mp4", "thumbnail.jpg": "image/jpeg"}
+ASSET_TYPES = {
+    "player": "text/html",
+    "hls/manifest.m3u8": "application/vnd.apple.mpegurl",
+    "mp4/source.mp4": "video/mp4",
+    "thumbnail.jpg": "image/jpeg",
+}
 PRIVATE_SESSION = 24 * 3600  # seconds a private token works after its first use
-_CODEC_FIELDS = ("width", "height", "bitrate", "duration", "framerate", "samplerate",
-                 "videoCodec", "audioCodec", "aspectRatio")
+_CODEC_FIELDS = (
+    "width",
+    "height",
+    "bitrate",
+    "duration",
+    "framerate",
+    "samplerate",
+    "videoCodec",
+    "audioCodec",
+    "aspectRatio",
+)
 
 
 def now_iso(clock: Callable[[], float]) -> str:
@@ -40,15 +53,34 @@ def token_tag(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def new_record(title: str, *, now: str, public: bool, tags: list[str] | None = None,
-               metadata: list[dict[str, str]] | None = None, token: str | None = None,
-               **extra: Any) -> dict[str, Any]:
+def new_record(
+    title: str,
+    *,
+    now: str,
+    public: bool,
+    tags: list[str] | None = None,
+    metadata: list[dict[str, str]] | None = None,
+    token: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The record of a new video, before any chunk (the session's ``info``)."""
-    return {"title": title, "description": "", "public": public, "tags": tags or [],
-            "metadata": metadata or [], "createdAt": now, "updatedAt": now,
-            "token": token_tag(token) if token else None,
-            "mode": None, "total": None, "filename": None, "filesize": None,
-            "ranges": [], "part_sizes": {}, **extra}
+    return {
+        "title": title,
+        "description": "",
+        "public": public,
+        "tags": tags or [],
+        "metadata": metadata or [],
+        "createdAt": now,
+        "updatedAt": now,
+        "token": token_tag(token) if token else None,
+        "mode": None,
+        "total": None,
+        "filename": None,
+        "filesize": None,
+        "ranges": [],
+        "part_sizes": {},
+        **extra,
+    }
 
 
 def attributes(body: Any, *, creating: bool) -> dict[str, Any]:
@@ -79,10 +111,15 @@ def attributes(body: Any, *, creating: bool) -> dict[str, Any]:
     if "metadata" in body:
         meta = body["metadata"]
         if not isinstance(meta, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("key"), str) and m["key"]
-                and isinstance(m.get("value"), str) for m in meta):
-            raise bad("invalid-attribute",
-                      "This attribute must be an array of {key, value} strings.", "metadata")
+            isinstance(m, dict)
+            and isinstance(m.get("key"), str)
+            and m["key"]
+            and isinstance(m.get("value"), str)
+            for m in meta
+        ):
+            raise bad(
+                "invalid-attribute", "This attribute must be an array of {key, value} strings.", "metadata"
+            )
         out["metadata"] = [{"key": m["key"], "value": m["value"]} for m in meta]
     return out
 
@@ -90,30 +127,40 @@ def attributes(body: Any, *, creating: bool) -> dict[str, Any]:
 def matches(info: dict[str, Any], request: Request) -> bool:
     """Whether a video passes the filters of ``GET /videos``: ``metadata[KEY]=VALUE``,
     ``tags[]`` (all of them) and ``title`` (a substring)."""
-    wanted_meta = {k[len("metadata["):-1]: v[0] for k, v in request.query.items()
-                   if k.startswith("metadata[") and k.endswith("]")}
+    wanted_meta = {
+        k[len("metadata[") : -1]: v[0]
+        for k, v in request.query.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
     meta = {m["key"]: m["value"] for m in info["metadata"]}
     if any(meta.get(k) != v for k, v in wanted_meta.items()):
         return False
     title = request.arg("title")
-    return set(request.query.get("tags[]", [])) <= set(info["tags"]) \
-        and not (title and title not in info["title"])
+    return set(request.query.get("tags[]", [])) <= set(info["tags"]) and not (
+        title and title not in info["title"]
+    )
 
 
 def page(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
     """One page of ``items`` (``currentPage``, ``pageSize`` 1-100) with its pagination."""
-    number, size = parse_uint(request.arg("currentPage") or "1"), \
-        parse_uint(request.arg("pageSize") or "25")
+    number, size = parse_uint(request.arg("currentPage") or "1"), parse_uint(request.arg("pageSize") or "25")
     if number is None or number < 1:
         raise bad("invalid-attribute", "currentPage must be an integer >= 1", "currentPage")
     if size is None or not 1 <= size <= 100:
         raise bad("invalid-attribute", "pageSize must be an integer from 1 to 100", "pageSize")
     pages = max(1, math.ceil(len(items) / size))
-    shown = items[(number - 1) * size: number * size]
-    return {"data": shown,
-            "pagination": {"currentPage": number, "pageSize": size, "pagesTotal": pages,
-                           "itemsTotal": len(items), "currentPageItems": len(shown),
-                           "links": []}}
+    shown = items[(number - 1) * size : number * size]
+    return {
+        "data": shown,
+        "pagination": {
+            "currentPage": number,
+            "pageSize": size,
+            "pagesTotal": pages,
+            "itemsTotal": len(items),
+            "currentPageItems": len(shown),
+            "links": [],
+        },
+    }
 
 
 def video_json(session: Session, base_url: str, private_token: str | None) -> dict[str, Any]:
@@ -121,12 +168,22 @@ def video_json(session: Session, base_url: str, private_token: str | None) -> di
     carrying ``private_token`` (in the player's query, in the path of the others)."""
     info, vid = session.info, "vi" + session.id
     video: dict[str, Any] = {
-        "videoId": vid, "title": info["title"], "description": info["description"],
-        "public": info["public"], "panoramic": False, "mp4Support": True,
-        "tags": list(info["tags"]), "metadata": [dict(m) for m in info["metadata"]],
-        "createdAt": info["createdAt"], "updatedAt": info["updatedAt"],
-        "publishedAt": info["createdAt"], "discarded": False, "discardedAt": None,
-        "deletesAt": None, "language": "en", "languageOrigin": None,
+        "videoId": vid,
+        "title": info["title"],
+        "description": info["description"],
+        "public": info["public"],
+        "panoramic": False,
+        "mp4Support": True,
+        "tags": list(info["tags"]),
+        "metadata": [dict(m) for m in info["metadata"]],
+        "createdAt": info["createdAt"],
+        "updatedAt": info["updatedAt"],
+        "publishedAt": info["createdAt"],
+        "discarded": False,
+        "discardedAt": None,
+        "deletesAt": None,
+        "language": "en",
+        "languageOrigin": None,
         "source": {"uri": f"/videos/{vid}/source", "type": "upload"},
     }
     if session.state == "completed":
@@ -135,10 +192,12 @@ def video_json(session: Session, base_url: str, private_token: str | None) -> di
         if private_token is not None:
             player, files = f"{player}?token={private_token}", f"{base}/token/{private_token}"
         video["assets"] = {
-            "hls": f"{files}/hls/manifest.m3u8", "player": player,
-            "thumbnail": f"{files}/thumbnail.jpg", "mp4": f"{files}/mp4/source.mp4",
+            "hls": f"{files}/hls/manifest.m3u8",
+            "player": player,
+            "thumbnail": f"{files}/thumbnail.jpg",
+            "mp4": f"{files}/mp4/source.mp4",
             "iframe": f'<iframe src="{player}" width="100%" height="100%" '
-                      'frameborder="0" scrolling="no" allowfullscreen=""></iframe>',
+            'frameborder="0" scrolling="no" allowfullscreen=""></iframe>',
         }
     return video
 
@@ -156,14 +215,13 @@ def status_json(session: Session) -> dict[str, Any]:
     ingest = {
         "status": "uploaded" if done else "uploading",
         "filesize": filesize,
-        "receivedBytes": [{"from": a, "to": b, "total": filesize if filesize is not None
-                           else b + 1} for a, b in ranges],
-        "receivedParts": {"parts": sizes if part_form else [],
-                          "total": info["total"] if part_form else None},
+        "receivedBytes": [
+            {"from": a, "to": b, "total": filesize if filesize is not None else b + 1} for a, b in ranges
+        ],
+        "receivedParts": {"parts": sizes if part_form else [], "total": info["total"] if part_form else None},
     }
     metadata = dict.fromkeys(_CODEC_FIELDS)
-    return {"ingest": ingest, "encoding": {"playable": False, "qualities": [],
-                                           "metadata": metadata}}
+    return {"ingest": ingest, "encoding": {"playable": False, "qualities": [], "metadata": metadata}}
 
 
 class PrivateTokens:

@@ -134,9 +134,7 @@ class Dispatcher:
             self.log.add(entry)
         return result
 
-    def _respond(
-        self, service: Service | None, request: Request, entry: dict[str, Any]
-    ) -> Response | Reset:
+    def _respond(self, service: Service | None, request: Request, entry: dict[str, Any]) -> Response | Reset:
         op = ""
         try:
             if service is None:
@@ -156,8 +154,7 @@ class Dispatcher:
                 if fault.kind == "slow":
                     self.faults.pause(fault)
                 elif fault.status is not None:
-                    return _fault_response(service, op, fault.status, fault.retry_after,
-                                           fault.message)
+                    return _fault_response(service, op, fault.status, fault.retry_after, fault.message)
             return route.handler(request)
         except ApiError as exc:
             if service is None:
@@ -208,9 +205,7 @@ def _fault_response(
             import email.utils
 
             # A whole second from now at least, after the date's truncation.
-            response.headers["Retry-After"] = email.utils.formatdate(
-                int(time.time()) + 2, usegmt=True
-            )
+            response.headers["Retry-After"] = email.utils.formatdate(int(time.time()) + 2, usegmt=True)
         elif retry_after != "none":  # "none": a 429 without the header (Lilt documents none)
             response.headers["Retry-After"] = str(retry_after)
     return response

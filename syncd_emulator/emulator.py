@@ -48,9 +48,7 @@ class ControlService(Service):
                 "uploads",
                 lambda r: Response.json({"uploads": e.store.uploads(r.arg("service"))}),
             ),
-            Route(
-                "GET", "/requests", "requests", lambda r: Response.json({"requests": e.requests()})
-            ),
+            Route("GET", "/requests", "requests", lambda r: Response.json({"requests": e.requests()})),
             Route("POST", "/reset-log", "reset-log", self._reset_log),
             Route("GET", "/faults", "faults", lambda r: Response.json(e.faults.snapshot())),
             Route("POST", "/faults", "faults", self._set_faults),
@@ -147,9 +145,7 @@ class Emulator:
         self.log = RequestLog(verbose=not quiet)
         context = ServiceContext(self.settings, self.store, UrlSigner())
         self.services: list[Service] = [cls(context) for cls in SERVICE_CLASSES]
-        self.dispatcher = Dispatcher(
-            [*self.services, ControlService(context, self)], self.faults, self.log
-        )
+        self.dispatcher = Dispatcher([*self.services, ControlService(context, self)], self.faults, self.log)
         self.host, self.port, self.quiet = host, port, quiet
         self._url = ""
         self._server: EmulatorHTTPServer | None = None
@@ -169,9 +165,7 @@ class Emulator:
         if self._server is not None:
             return self
         self.faults.stopping(False)
-        self._server = EmulatorHTTPServer(
-            (self.host, self.port), self.respond, verbose=not self.quiet
-        )
+        self._server = EmulatorHTTPServer((self.host, self.port), self.respond, verbose=not self.quiet)
         self.port = self._server.server_address[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._url = f"http://{host}:{self.port}"

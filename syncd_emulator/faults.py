@@ -102,10 +102,8 @@ def _parse_entry(raw: Any) -> _ScriptEntry:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; valid: {', '.join(FAULT_KINDS)}")
     retry_after = raw.get("retry_after", 1)
-    if not (retry_after in ("date", "none")
-            or (isinstance(retry_after, int) and retry_after >= 0)):
-        raise ValueError(f'retry_after must be seconds >= 0, "date" or "none", '
-                         f"got {retry_after!r}")
+    if not (retry_after in ("date", "none") or (isinstance(retry_after, int) and retry_after >= 0)):
+        raise ValueError(f'retry_after must be seconds >= 0, "date" or "none", got {retry_after!r}')
     delay = raw.get("delay")
     if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
         raise ValueError(f"delay must be seconds >= 0, got {delay!r}")

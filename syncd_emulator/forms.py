@@ -75,7 +75,7 @@ class FormReader:
                 if limit is not None and seen > limit:
                     raise FormError("too_large", "a form field or header is too large")
                 sink(self._buffer[:at])
-                self._buffer = self._buffer[at + len(marker):]
+                self._buffer = self._buffer[at + len(marker) :]
                 return
             keep = len(marker) - 1
             if len(self._buffer) > keep:
@@ -104,8 +104,7 @@ class FormReader:
         filename = headers.get_param("filename", header="content-disposition")
         disposition = (headers.get("Content-Disposition") or "").split(";")[0].strip().lower()
         if disposition != "form-data" or not isinstance(name, str) or not name:
-            raise FormError("malformed", "every part needs Content-Disposition: form-data "
-                            "with a name")
+            raise FormError("malformed", "every part needs Content-Disposition: form-data with a name")
         return _unescape(name), _unescape(filename) if isinstance(filename, str) else None
 
     def read_value(self, limit: int) -> str:
@@ -121,6 +120,7 @@ class FormReader:
         md5, sha = hashlib.md5(), hashlib.sha256()
         size = 0
         with open(path, "wb") as out:
+
             def write(data: bytes) -> None:
                 nonlocal size
                 out.write(data)
@@ -154,8 +154,14 @@ class Form:
             f.path.unlink(missing_ok=True)
 
 
-def read_form(body: Body, boundary_: bytes, temp_path: Callable[[], Path], *,
-              field_limit: int, file_fields: tuple[str, ...] = ("file",)) -> Form:
+def read_form(
+    body: Body,
+    boundary_: bytes,
+    temp_path: Callable[[], Path],
+    *,
+    field_limit: int,
+    file_fields: tuple[str, ...] = ("file",),
+) -> Form:
     """Read a whole form: parts with a file name (or named in ``file_fields``) to
     temp files, the rest as text. On any error every temp file is removed."""
     form = Form()

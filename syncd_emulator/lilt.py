@@ -182,9 +182,7 @@ class LiltService(Service):
         """The active-or-completed session named in the path, its s3 key checked."""
         session = self.sessions.get(request.params["uploadId"])
         if session is None or session.state == "aborted":
-            raise ApiError(
-                404, "NoSuchUpload: the multipart upload does not exist or was cancelled"
-            )
+            raise ApiError(404, "NoSuchUpload: the multipart upload does not exist or was cancelled")
         s3_key = request.arg("s3Key") or (leftover[0] if leftover else None)
         if not s3_key:
             raise bad("s3Key is required")
@@ -232,13 +230,9 @@ class LiltService(Service):
         session = self._session(request, self._auth(request))
         with session.lock:
             if session.state != "active":
-                raise ApiError(
-                    404, f"NoSuchUpload: the multipart upload is already {session.state}"
-                )
+                raise ApiError(404, f"NoSuchUpload: the multipart upload is already {session.state}")
             self.sessions.close(session, "aborted")
-        return Response.json(
-            {"success": True, "message": "Multipart upload cancelled successfully"}
-        )
+        return Response.json({"success": True, "message": "Multipart upload cancelled successfully"})
 
     # -- API: upload records ----------------------------------------------------
 
@@ -313,9 +307,7 @@ class LiltService(Service):
             message = f"Content-Type {sent_type!r} does not match the signed type {spec.type!r}"
             raise ApiError(403, message, "SignatureDoesNotMatch")
         if spec.size is not None and length != spec.size:
-            message = (
-                f"Content-Length {length} does not match the declared metadata.size {spec.size}"
-            )
+            message = f"Content-Length {length} does not match the declared metadata.size {spec.size}"
             raise ApiError(403, message, "SignatureDoesNotMatch")
         path = self.store.temp_path()
         digest = request.save_to(path)
@@ -324,9 +316,7 @@ class LiltService(Service):
         return Response(200, b"", {"ETag": etag})
 
     def _put_part(self, request: Request, key: str, expires: int) -> Response:
-        upload_id, number, size = (
-            request.arg(n) or "" for n in ("uploadId", "partNumber", "X-Emu-Size")
-        )
+        upload_id, number, size = (request.arg(n) or "" for n in ("uploadId", "partNumber", "X-Emu-Size"))
         length = self._verify(request, "PUT", key, "", expires, upload_id, number, size)
         session = self.sessions.get(upload_id)
         if session is None or session.state != "active" or session.key != key:

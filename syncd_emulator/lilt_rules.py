@@ -120,17 +120,20 @@ def check_part_size(rule: int, session: Session, number: int, size: int) -> None
     declared = session.info.get("size")
     if declared is None:
         if size > rule:
-            raise bad(f"InvalidPartSize: part {number} is {size} bytes; parts are "
-                      f"{rule} bytes")
+            raise bad(f"InvalidPartSize: part {number} is {size} bytes; parts are {rule} bytes")
         return
     count = max(1, -(-declared // rule))
     if number > count:
-        raise bad(f"InvalidPartSize: metadata.size {declared} makes {count} part(s) of "
-                  f"{rule} bytes; there is no part {number}")
+        raise bad(
+            f"InvalidPartSize: metadata.size {declared} makes {count} part(s) of "
+            f"{rule} bytes; there is no part {number}"
+        )
     want = min(rule, declared - (number - 1) * rule)
     if size != want:
-        raise bad(f"InvalidPartSize: part {number} must be {want} bytes: parts are {rule} "
-                  "bytes, the last one the rest of metadata.size")
+        raise bad(
+            f"InvalidPartSize: part {number} must be {want} bytes: parts are {rule} "
+            "bytes, the last one the rest of metadata.size"
+        )
 
 
 def check_parts(rule: int, session: Session, parts: list[dict[str, Any]]) -> list[int]:
@@ -142,10 +145,7 @@ def check_parts(rule: int, session: Session, parts: list[dict[str, Any]]) -> lis
     for part in parts:
         stored = session.parts.get(part["PartNumber"])
         if stored is None or stored["etag"] != part["ETag"]:
-            raise bad(
-                f"InvalidPart: part {part['PartNumber']} was not uploaded or its "
-                "ETag does not match"
-            )
+            raise bad(f"InvalidPart: part {part['PartNumber']} was not uploaded or its ETag does not match")
     sizes = [session.parts[n]["size"] for n in numbers]
     for number, size in zip(numbers, sizes, strict=True):
         if rule and (size > rule or (size != rule and number != numbers[-1])):
@@ -166,10 +166,7 @@ def check_parts(rule: int, session: Session, parts: list[dict[str, Any]]) -> lis
             )
     declared = session.info.get("size")
     if declared is not None and sum(sizes) != declared:
-        raise bad(
-            f"IncompleteBody: the parts add up to {sum(sizes)} bytes, "
-            f"metadata.size was {declared}"
-        )
+        raise bad(f"IncompleteBody: the parts add up to {sum(sizes)} bytes, metadata.size was {declared}")
     return numbers
 
 
@@ -189,5 +186,6 @@ def parse_complete(body: Any) -> list[dict[str, Any]]:
 
 def check_presigned(request: Request, now: float) -> int:
     """A storage request: no API credentials, signed, not expired; its expiry (403 otherwise)."""
-    return check_signed(request, now, no_credentials=NO_CREDENTIALS, unsigned=NOT_PRESIGNED,
-                        credential_params=("key",))
+    return check_signed(
+        request, now, no_credentials=NO_CREDENTIALS, unsigned=NOT_PRESIGNED, credential_params=("key",)
+    )

@@ -211,23 +211,22 @@ class Response:
     close: bool = False
 
     @classmethod
-    def json(
-        cls, obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
-    ) -> Response:
+    def json(cls, obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
         data = json.dumps(obj, separators=(",", ":")).encode()
         return cls(status, data, {"Content-Type": "application/json", **(headers or {})})
 
     @classmethod
-    def xml(
-        cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None
-    ) -> Response:
+    def xml(cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
         return cls(status, text.encode(), {"Content-Type": "application/xml", **(headers or {})})
 
     @classmethod
     def s3_error(cls, code: str, message: str, status: int) -> Response:
         """An S3-style ``<Error>`` document: what a storage endpoint answers a refusal with."""
-        return cls.xml(f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{xml_escape(code)}</Code>'
-                       f"<Message>{xml_escape(message)}</Message></Error>", status)
+        return cls.xml(
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{xml_escape(code)}</Code>'
+            f"<Message>{xml_escape(message)}</Message></Error>",
+            status,
+        )
 
 
 @dataclass(frozen=True)

@@ -144,13 +144,20 @@ class Service:
         return None
 
 
-def check_signed(request: Request, now: float, *, no_credentials: str, unsigned: str,
-                 credential_params: tuple[str, ...] = ()) -> int:
+def check_signed(
+    request: Request,
+    now: float,
+    *,
+    no_credentials: str,
+    unsigned: str,
+    credential_params: tuple[str, ...] = (),
+) -> int:
     """A storage request to a signed URL: no API credentials (the Authorization header,
     or ``credential_params`` in the query), signed, not expired; returns its expiry.
     Every refusal is a 403 ``AccessDenied``, as S3 answers."""
     if request.headers.get("Authorization") is not None or any(
-            name in request.query for name in credential_params):
+        name in request.query for name in credential_params
+    ):
         raise ApiError(403, no_credentials, "AccessDenied")
     expires = parse_uint(request.arg("X-Emu-Expires"))
     if expires is None or not request.arg("X-Emu-Signature"):

@@ -149,8 +149,7 @@ class EmulatorTransport(httpx.BaseTransport):
         if isinstance(result, Reset):
             if result.injected:
                 raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request)
-            raise httpx.LocalProtocolError("Too little data for declared Content-Length",
-                                           request=request)
+            raise httpx.LocalProtocolError("Too little data for declared Content-Length", request=request)
         return self._render(request, result)
 
     @staticmethod

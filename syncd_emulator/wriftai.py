@@ -104,8 +104,14 @@ from syncd_emulator.wriftai_rules import (
 
 STORAGE_OPS = ("wriftai.put", "wriftai.put_part", "wriftai.download")
 BAD_SIGNATURE = "The request signature we calculated does not match the signature you provided"
-_S3_CODES = {403: "AccessDenied", 404: "NoSuchKey", 411: "MissingContentLength",
-             429: "SlowDown", 500: "InternalError", 503: "SlowDown"}
+_S3_CODES = {
+    403: "AccessDenied",
+    404: "NoSuchKey",
+    411: "MissingContentLength",
+    429: "SlowDown",
+    500: "InternalError",
+    503: "SlowDown",
+}
 
 
 def _reset_epoch(retry_after: str) -> int:
@@ -168,8 +174,9 @@ class WriftAIService(Service):
             Route("POST", "/files/urls", "wriftai.initiate", self.create_urls),
             Route("POST", "/uploads", "wriftai.initiate_multipart", self.create_upload),
             Route("POST", "/uploads/{upload_id}/complete", "wriftai.complete", self.complete),
-            Route("PUT", "/_storage/uploads/{upload_id}/parts/{number:int}", "wriftai.put_part",
-                  self.put_part),
+            Route(
+                "PUT", "/_storage/uploads/{upload_id}/parts/{number:int}", "wriftai.put_part", self.put_part
+            ),
             Route("PUT", "/_storage/{key:path}", "wriftai.put", self.put_file),
             Route("GET", "/_files/{key:path}", "wriftai.download", self.download),
         ]
@@ -209,16 +216,26 @@ class WriftAIService(Service):
     def _download_url(self, request: Request, key: str) -> str:
         expires = self._expiry()
         sig = self.signer.sign("GET", key, expires)
-        return (f"{self.base_url(request)}/_files/{quote_key(key)}"
-                f"?X-Emu-Expires={expires}&X-Emu-Signature={sig}")
+        return (
+            f"{self.base_url(request)}/_files/{quote_key(key)}?X-Emu-Expires={expires}&X-Emu-Signature={sig}"
+        )
 
     def user(self, request: Request) -> Response:
         self._auth(request)
-        return Response.json({
-            "account_id": "emulator", "name": "emulator", "avatar_url": "",
-            "display_name": "syncd emulator", "bio": None, "location": None, "company": None,
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": None, "urls": None,
-        })
+        return Response.json(
+            {
+                "account_id": "emulator",
+                "name": "emulator",
+                "avatar_url": "",
+                "display_name": "syncd emulator",
+                "bio": None,
+                "location": None,
+                "company": None,
+                "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": None,
+                "urls": None,
+            }
+        )
 
     def create_urls(self, request: Request) -> Response:
         self._auth(request)
@@ -232,10 +249,11 @@ class WriftAIService(Service):
                 self._intents.popitem(last=False)  # its URL has expired: nothing can use it
             self._intents[key] = intent
         sig = self.signer.sign("PUT", key, mime, size, intent.expires)
-        upload_url = (f"{self.base_url(request)}/_storage/{quote_key(key)}"
-                      f"?X-Emu-Expires={intent.expires}&X-Emu-Signature={sig}")
-        return Response.json({"upload_url": upload_url,
-                              "download_url": self._download_url(request, key)})
+        upload_url = (
+            f"{self.base_url(request)}/_storage/{quote_key(key)}"
+            f"?X-Emu-Expires={intent.expires}&X-Emu-Signature={sig}"
+        )
+        return Response.json({"upload_url": upload_url, "download_url": self._download_url(request, key)})
 
     def create_upload(self, request: Request) -> Response:
         self._auth(request)
@@ -244,16 +262,16 @@ class WriftAIService(Service):
         if size == 0 and self.empty_without_parts:
             count = 0
         key = f"uploads/{uuid.uuid4().hex}"
-        session = self.sessions.create(key, {"size": size, "mime_type": mime,
-                                             "part_size": part_size, "count": count})
+        session = self.sessions.create(
+            key, {"size": size, "mime_type": mime, "part_size": part_size, "count": count}
+        )
         expires = self._expiry()
         base = f"{self.base_url(request)}/_storage/uploads/{session.id}/parts"
         urls = []
         for number in range(1, count + 1):
             length = min(part_size, size - (number - 1) * part_size)
             sig = self.signer.sign("PUT", session.id, number, mime, length, expires)
-            urls.append(f"{base}/{number}?X-Emu-Size={length}&X-Emu-Expires={expires}"
-                        f"&X-Emu-Signature={sig}")
+            urls.append(f"{base}/{number}?X-Emu-Size={length}&X-Emu-Expires={expires}&X-Emu-Signature={sig}")
         return Response.json({"id": session.id, "urls": urls, "part_size": part_size})
 
     def complete(self, request: Request) -> Response:
@@ -274,8 +292,7 @@ class WriftAIService(Service):
         path, size, sha256, etag = self.sessions.assemble(session, list(range(1, count + 1)))
         if size != session.info["size"]:  # the signed part lengths make this impossible
             path.unlink(missing_ok=True)
-            raise ApiError(400, f"The parts add up to {size} bytes, not the declared "
-                                f"{session.info['size']}")
+            raise ApiError(400, f"The parts add up to {size} bytes, not the declared {session.info['size']}")
         url = self._download_url(request, session.key).partition("?")[0]
         self.store.put(
             self.name, session.key, path, size=size, sha256=sha256, filename="",
@@ -345,8 +362,14 @@ class WriftAIService(Service):
         if meta is None:
             raise ApiError(404, "The specified key does not exist", "NoSuchKey")
         data = Path(meta["path"]).read_bytes()
-        return Response(200, data, {"Content-Type": meta["content_type"] or
-                                    "application/octet-stream", "ETag": str(meta.get("etag", ""))})
+        return Response(
+            200,
+            data,
+            {
+                "Content-Type": meta["content_type"] or "application/octet-stream",
+                "ETag": str(meta.get("etag", "")),
+            },
+        )
 
 
 def find(services: Iterable[Service]) -> WriftAIService:

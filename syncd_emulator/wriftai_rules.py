@@ -47,8 +47,7 @@ def split_parts(size: int, min_part_size: int = DEFAULT_PART_SIZE) -> tuple[int,
 
 def problem(field: str | None, kind: str, msg: str, value: Any = None) -> dict[str, Any]:
     """One FastAPI/pydantic validation error."""
-    return {"type": kind, "loc": ["body", field] if field else ["body"], "msg": msg,
-            "input": value}
+    return {"type": kind, "loc": ["body", field] if field else ["body"], "msg": msg, "input": value}
 
 
 def invalid(problems: list[dict[str, Any]]) -> ApiError:
@@ -56,8 +55,7 @@ def invalid(problems: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "; ".join(p["msg"] for p in problems), json.dumps(problems))
 
 
-def _require(body: dict[str, Any], problems: list[dict[str, Any]], name: str,
-             kind: type) -> Any:
+def _require(body: dict[str, Any], problems: list[dict[str, Any]], name: str, kind: type) -> Any:
     """``body[name]`` if it is a valid ``kind`` (str: non-empty; int: >= 0), else None."""
     if name not in body:
         problems.append(problem(name, "missing", "Field required", body))
@@ -68,16 +66,16 @@ def _require(body: dict[str, Any], problems: list[dict[str, Any]], name: str,
             problems.append(problem(name, "int_type", "Input should be a valid integer", value))
             return None
         if value < 0:
-            problems.append(problem(name, "greater_than_equal",
-                                    "Input should be greater than or equal to 0", value))
+            problems.append(
+                problem(name, "greater_than_equal", "Input should be greater than or equal to 0", value)
+            )
             return None
         return value
     if not isinstance(value, str):
         problems.append(problem(name, "string_type", "Input should be a valid string", value))
         return None
     if not value:
-        problems.append(problem(name, "string_too_short",
-                                "String should have at least 1 character", value))
+        problems.append(problem(name, "string_too_short", "String should have at least 1 character", value))
         return None
     return value
 
@@ -89,8 +87,7 @@ def parse_body(request: Request) -> dict[str, Any]:
     except ApiError:
         raise invalid([problem(None, "json_invalid", "JSON decode error")]) from None
     if not isinstance(body, dict):
-        raise invalid([problem(None, "model_attributes_type",
-                               "Input should be a valid dictionary", body)])
+        raise invalid([problem(None, "model_attributes_type", "Input should be a valid dictionary", body)])
     return body
 
 
@@ -103,8 +100,7 @@ def urls_request(body: dict[str, Any]) -> tuple[str, int, str, str]:
     if "resource" not in body:
         problems.append(problem("resource", "missing", "Field required", body))
     elif resource not in RESOURCES:
-        problems.append(problem("resource", "literal_error",
-                                "Input should be 'prediction'", resource))
+        problems.append(problem("resource", "literal_error", "Input should be 'prediction'", resource))
     mime = _require(body, problems, "mime_type", str)
     if problems:
         raise invalid(problems)
@@ -130,9 +126,17 @@ def etags_request(body: dict[str, Any]) -> list[str]:
         raise invalid([problem("etags", "list_type", "Input should be a valid list", etags)])
     bad = [i for i, e in enumerate(etags) if not isinstance(e, str)]
     if bad:
-        raise invalid([{"type": "string_type", "loc": ["body", "etags", i],
-                        "msg": "Input should be a valid string", "input": etags[i]}
-                       for i in bad])
+        raise invalid(
+            [
+                {
+                    "type": "string_type",
+                    "loc": ["body", "etags", i],
+                    "msg": "Input should be a valid string",
+                    "input": etags[i],
+                }
+                for i in bad
+            ]
+        )
     return etags
 
 
@@ -145,8 +149,11 @@ def check_etags(session: Session, etags: list[str]) -> None:
     # Parts answered without an etag are not listed (the SDK drops them).
     expected = [n for n in range(1, count + 1) if session.parts[n].get("answered", True)]
     if len(etags) != len(expected):
-        raise ApiError(400, f"Expected {len(expected)} etags, one per part answered with "
-                            f"an etag, in the order of the upload's urls; got {len(etags)}")
+        raise ApiError(
+            400,
+            f"Expected {len(expected)} etags, one per part answered with "
+            f"an etag, in the order of the upload's urls; got {len(etags)}",
+        )
     for i, (number, etag) in enumerate(zip(expected, etags, strict=True)):
         if session.parts[number]["etag"].strip('"') != etag.strip('"'):
             raise ApiError(400, f"etags[{i}] does not match the etag of part {number}")
@@ -167,8 +174,12 @@ def check_body(request: Request, mime: str, size: int, what: str) -> None:
         raise ApiError(411, NO_LENGTH, "MissingContentLength")
     sent = request.headers.get("Content-Type")
     if sent != mime:
-        raise ApiError(403, f"Content-Type {sent!r} does not match the declared mime_type "
-                            f"{mime!r}", "SignatureDoesNotMatch")
+        raise ApiError(
+            403,
+            f"Content-Type {sent!r} does not match the declared mime_type {mime!r}",
+            "SignatureDoesNotMatch",
+        )
     if length != size:
-        raise ApiError(403, f"Content-Length {length} does not match the {what} {size}",
-                       "SignatureDoesNotMatch")
+        raise ApiError(
+            403, f"Content-Length {length} does not match the {what} {size}", "SignatureDoesNotMatch"
+        )

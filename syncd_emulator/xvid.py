@@ -106,8 +106,16 @@ READ = WRITE | {"mediahub_read"}
 S3_OPS = frozenset({"xvid.post_chunk"})
 INVALID_TOKEN, NO_FILE, INTERNAL = "0x0000003", "0x0230002", "0x0000001"
 _CODES = {400: INVALID_INPUT, 403: INVALID_TOKEN, 404: NO_FILE}
-_S3_CODES = {400: "InvalidArgument", 403: "AccessDenied", 404: "NoSuchKey", 411: "MissingContentLength",
-             412: "PreconditionFailed", 429: "SlowDown", 500: "InternalError", 503: "SlowDown"}
+_S3_CODES = {
+    400: "InvalidArgument",
+    403: "AccessDenied",
+    404: "NoSuchKey",
+    411: "MissingContentLength",
+    412: "PreconditionFailed",
+    429: "SlowDown",
+    500: "InternalError",
+    503: "SlowDown",
+}
 
 
 class XvidService(Service):
@@ -157,8 +165,10 @@ class XvidService(Service):
     def token(self, request: Request) -> Response:
         asked = parse_token_request(request, self.token_ttl)
         want_id, _, want_secret = self.settings.xvid_client.partition(":")
-        if not (hmac.compare_digest(asked.client_id.encode(), want_id.encode())
-                and hmac.compare_digest(asked.client_secret.encode(), want_secret.encode())):
+        if not (
+            hmac.compare_digest(asked.client_id.encode(), want_id.encode())
+            and hmac.compare_digest(asked.client_secret.encode(), want_secret.encode())
+        ):
             raise ApiError(403, "Invalid client credentials", INVALID_TOKEN)
         token, now = secrets.token_hex(20), self.settings.clock()
         with self._lock:
@@ -173,8 +183,9 @@ class XvidService(Service):
         if entry is None or self.settings.clock() >= entry[0]:
             raise ApiError(403, "Invalid access token", INVALID_TOKEN)
         if not entry[1] & allowed:
-            raise ApiError(403, f"Invalid access token: the scope needs one of {sorted(allowed)}",
-                           INVALID_TOKEN)
+            raise ApiError(
+                403, f"Invalid access token: the scope needs one of {sorted(allowed)}", INVALID_TOKEN
+            )
         if request.arg("format") not in (None, "json"):
             raise invalid("the emulator answers JSON only (format=xml is not emulated)")
 
@@ -185,8 +196,7 @@ class XvidService(Service):
         object_key, pipeline_id = request.arg("object_key"), request.arg("pipeline_id")
         key = storage_key(object_key, pipeline_id)
         assert object_key is not None and pipeline_id is not None  # storage_key checked them
-        info: dict[str, Any] = {"object_key": object_key, "pipeline_id": pipeline_id,
-                                "nb_chunks": 0}
+        info: dict[str, Any] = {"object_key": object_key, "pipeline_id": pipeline_id, "nb_chunks": 0}
         for name in ("expires_at", "ip"):
             text = request.arg(name)
             if text is not None and parse_uint(text) is None:
@@ -196,13 +206,20 @@ class XvidService(Service):
         policy, signature = self._sign_policy(pipeline_id)
         with self._lock:
             self._policies[signature] = session.id
-        params = {"key": key, "acl": "private", "success_action_status": "201",
-                  "name": posixpath.basename(object_key), "filename": "", "chunk": "0",
-                  "chunks": "1", "policy": policy, "signature": signature,
-                  "AWSAccessKeyId": ACCESS_KEY_ID}
+        params = {
+            "key": key,
+            "acl": "private",
+            "success_action_status": "201",
+            "name": posixpath.basename(object_key),
+            "filename": "",
+            "chunk": "0",
+            "chunks": "1",
+            "policy": policy,
+            "signature": signature,
+            "AWSAccessKeyId": ACCESS_KEY_ID,
+        }
         url = f"{self.base_url(request)}/_s3/{BUCKET}/"
-        body = {**self._view(session, "UPLOADING"), "form_post_url": url,
-                "form_post_params": params}
+        body = {**self._view(session, "UPLOADING"), "form_post_url": url, "form_post_params": params}
         return Response.json({"upload": body})
 
     def add_slash(self, request: Request) -> Response:
@@ -237,9 +254,15 @@ class XvidService(Service):
 
     def _view(self, session: Session, status: str) -> dict[str, Any]:
         info = session.info
-        return {"id": session.id, "file": {"id": session.id},
-                "pipeline": {"id": info["pipeline_id"]}, "object_key": info["object_key"],
-                "status": status, "nb_chunks": info["nb_chunks"], "storage_type": "S3"}
+        return {
+            "id": session.id,
+            "file": {"id": session.id},
+            "pipeline": {"id": info["pipeline_id"]},
+            "object_key": info["object_key"],
+            "status": status,
+            "nb_chunks": info["nb_chunks"],
+            "storage_type": "S3",
+        }
 
     def get_upload(self, request: Request) -> Response:
         self._auth(request, READ)
@@ -273,15 +296,24 @@ class XvidService(Service):
                 self._policies = {s: u for s, u in self._policies.items() if u != session.id}
         return Response.json({"upload": self._view(session, "COMPLETING")})
 
-    def _store(self, session: Session, path: Path, size: int, sha256: str, etag: str,
-               chunks: int) -> None:
+    def _store(self, session: Session, path: Path, size: int, sha256: str, etag: str, chunks: int) -> None:
         info = session.info
         self.store.put(
-            self.name, f"{info['pipeline_id']}/{info['object_key']}", path, size=size,
-            sha256=sha256, filename=posixpath.basename(info["object_key"]),
-            extra={"object_key": info["object_key"], "pipeline_id": info["pipeline_id"],
-                   "upload_id": session.id, "chunks": chunks, "etag": etag,
-                   "expires_at": info.get("expires_at")})
+            self.name,
+            f"{info['pipeline_id']}/{info['object_key']}",
+            path,
+            size=size,
+            sha256=sha256,
+            filename=posixpath.basename(info["object_key"]),
+            extra={
+                "object_key": info["object_key"],
+                "pipeline_id": info["pipeline_id"],
+                "upload_id": session.id,
+                "chunks": chunks,
+                "etag": etag,
+                "expires_at": info.get("expires_at"),
+            },
+        )
 
     def get_file(self, request: Request) -> Response:
         self._auth(request, READ)
@@ -289,10 +321,17 @@ class XvidService(Service):
         if session.state != "completed" or self.failure_status:
             raise ApiError(404, "Requested file does not exist", NO_FILE)
         info = session.info
-        return Response.json({"file": {
-            "id": session.id, "object_key": info["object_key"],
-            "pipeline": {"id": info["pipeline_id"]}, "size": info["size"],
-            "created_at": session.created_at}})
+        return Response.json(
+            {
+                "file": {
+                    "id": session.id,
+                    "object_key": info["object_key"],
+                    "pipeline": {"id": info["pipeline_id"]},
+                    "size": info["size"],
+                    "created_at": session.created_at,
+                }
+            }
+        )
 
     def delete_file(self, request: Request) -> Response:
         self._auth(request, WRITE)
@@ -313,31 +352,41 @@ class XvidService(Service):
         if request.params["bucket"] != BUCKET:
             raise s3_error(404, "NoSuchBucket", "The specified bucket does not exist")
         if request.headers.get("Authorization") is not None:
-            raise s3_error(400, "InvalidArgument", "POST requires exactly one form of "
-                           "authentication: the policy; do not send an Authorization header")
+            raise s3_error(
+                400,
+                "InvalidArgument",
+                "POST requires exactly one form of "
+                "authentication: the policy; do not send an Authorization header",
+            )
         bound = boundary(request.headers.get("Content-Type") or "")
         if bound is None:
-            raise s3_error(412, "PreconditionFailed",
-                           "Bucket POST must be of the enclosure-type multipart/form-data")
+            raise s3_error(
+                412, "PreconditionFailed", "Bucket POST must be of the enclosure-type multipart/form-data"
+            )
         if request.content_length is None:
-            raise s3_error(411, "MissingContentLength",
-                           "You must provide the Content-Length HTTP header")
+            raise s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header")
         if request.content_length > MAX_POST + FIELDS_LIMIT + 64 * 1024:
-            raise s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum "
-                           f"allowed size of {MAX_POST} bytes for a POST")
+            raise s3_error(
+                400,
+                "EntityTooLarge",
+                f"Your proposed upload exceeds the maximum allowed size of {MAX_POST} bytes for a POST",
+            )
         try:
             fields, size, md5, sha256, path = read_post(request, bound, self.store.temp_path)
         except FormError as exc:
-            code = {"too_large": "MaxPostPreDataLengthExceeded",
-                    "encoding": "InvalidArgument"}.get(exc.kind, "MalformedPOSTRequest")
-            raise s3_error(400, code,
-                           f"The body of your POST request is not acceptable: {exc}") from None
+            code = {"too_large": "MaxPostPreDataLengthExceeded", "encoding": "InvalidArgument"}.get(
+                exc.kind, "MalformedPOSTRequest"
+            )
+            raise s3_error(400, code, f"The body of your POST request is not acceptable: {exc}") from None
         try:
             session, chunk, chunks = self._check_form(request.params["bucket"], fields)
             etag = f'"{md5}"'
             if size > MAX_POST:
-                raise s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum "
-                               f"allowed size of {MAX_POST} bytes for a POST")
+                raise s3_error(
+                    400,
+                    "EntityTooLarge",
+                    f"Your proposed upload exceeds the maximum allowed size of {MAX_POST} bytes for a POST",
+                )
             with session.lock:
                 if session.state != "active":
                     raise s3_error(403, "AccessDenied", "This upload no longer accepts chunks")
@@ -356,9 +405,11 @@ class XvidService(Service):
         # it, so a chunk's size reads the same as a part's for every other service.
         request.body.consumed = size
         location = f"{self.base_url(request)}/_s3/{BUCKET}/{quote_key(fields['key'])}"
-        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse>'
-               f"<Location>{escape(location)}</Location><Bucket>{BUCKET}</Bucket>"
-               f"<Key>{escape(fields['key'])}</Key><ETag>{escape(etag)}</ETag></PostResponse>")
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse>'
+            f"<Location>{escape(location)}</Location><Bucket>{BUCKET}</Bucket>"
+            f"<Key>{escape(fields['key'])}</Key><ETag>{escape(etag)}</ETag></PostResponse>"
+        )
         return Response.xml(xml, 201, {"ETag": etag, "Location": location})
 
     def _check_form(self, bucket: str, fields: dict[str, str]) -> tuple[Session, int, int]:

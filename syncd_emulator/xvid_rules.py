@@ -31,10 +31,29 @@ from syncd_emulator.store import Session
 BUCKET = "xvid-emulator"
 ACCESS_KEY_ID = "AKIAXVIDEMULATOR0000"
 MAX_TOKEN_TTL = 30 * 86400
-SCOPES = frozenset({"me", "mediahub", "mediahub_read", "mediahub_write", "mediahub_submit_jobs",
-                    "mediahub_download_files", "autograph"})
-FORM_FIELDS = ("key", "acl", "success_action_status", "name", "filename", "chunk", "chunks",
-               "policy", "signature", "AWSAccessKeyId")
+SCOPES = frozenset(
+    {
+        "me",
+        "mediahub",
+        "mediahub_read",
+        "mediahub_write",
+        "mediahub_submit_jobs",
+        "mediahub_download_files",
+        "autograph",
+    }
+)
+FORM_FIELDS = (
+    "key",
+    "acl",
+    "success_action_status",
+    "name",
+    "filename",
+    "chunk",
+    "chunks",
+    "policy",
+    "signature",
+    "AWSAccessKeyId",
+)
 UNSIGNED_FIELDS = frozenset({"policy", "signature", "AWSAccessKeyId", "file"})
 FIELDS_LIMIT = 20 * 1024  # S3: the form fields (without the file) are at most 20 KB
 MAX_POST = 5 * 1024**3  # S3: one POST takes a file of at most 5 GB
@@ -72,8 +91,7 @@ def parse_token_request(request: Request, default_ttl: int) -> TokenRequest:
     if ctype != "application/x-www-form-urlencoded":
         raise invalid("the token request must be application/x-www-form-urlencoded")
     try:
-        form = parse_qs(request.read_all(64 * 1024).decode(), keep_blank_values=True,
-                        strict_parsing=True)
+        form = parse_qs(request.read_all(64 * 1024).decode(), keep_blank_values=True, strict_parsing=True)
     except (UnicodeDecodeError, ValueError):
         raise invalid("the token request body is not form-encoded") from None
 
@@ -108,8 +126,9 @@ def storage_key(object_key: str | None, pipeline_id: str | None) -> str:
     if not object_key or object_key.startswith("/") or _CONTROL.search(object_key):
         raise invalid("object_key is required: a key relative to the pipeline root")
     if any(segment in ("", ".", "..") for segment in object_key.split("/")):
-        raise invalid("object_key must not have empty, '.' or '..' segments: it stays "
-                      "under the pipeline root")
+        raise invalid(
+            "object_key must not have empty, '.' or '..' segments: it stays under the pipeline root"
+        )
     if not pipeline_id or not _PIPELINE.fullmatch(pipeline_id):
         raise invalid("pipeline_id is required")
     key = f"tmp/{pipeline_id}/{object_key}"
@@ -132,11 +151,19 @@ def _parse_iso(text: str) -> float:
 
 def policy_document(pipeline_id: str, expires: float) -> str:
     """The base64 POST policy of an upload in ``pipeline_id``, valid until ``expires``."""
-    document = {"expiration": _iso(expires), "conditions": [
-        {"bucket": BUCKET}, ["starts-with", "$name", ""],
-        ["starts-with", "$key", f"tmp/{pipeline_id}/"], ["starts-with", "$filename", ""],
-        ["starts-with", "$chunk", ""], ["starts-with", "$chunks", ""], {"acl": "private"},
-        {"success_action_status": "201"}]}
+    document = {
+        "expiration": _iso(expires),
+        "conditions": [
+            {"bucket": BUCKET},
+            ["starts-with", "$name", ""],
+            ["starts-with", "$key", f"tmp/{pipeline_id}/"],
+            ["starts-with", "$filename", ""],
+            ["starts-with", "$chunk", ""],
+            ["starts-with", "$chunks", ""],
+            {"acl": "private"},
+            {"success_action_status": "201"},
+        ],
+    }
     return base64.b64encode(json.dumps(document).encode()).decode()
 
 
@@ -145,8 +172,9 @@ def sign(secret: bytes, policy: str) -> str:
     return base64.b64encode(hmac.new(secret, policy.encode(), hashlib.sha1).digest()).decode()
 
 
-def read_post(request: Request, bound: bytes,
-              temp_path: Callable[[], Path]) -> tuple[dict[str, str], int, str, str, Path]:
+def read_post(
+    request: Request, bound: bytes, temp_path: Callable[[], Path]
+) -> tuple[dict[str, str], int, str, str, Path]:
     """The form's text fields and its file (streamed to a temp file): fields, size, MD5,
     SHA-256, path. S3's way: every field before ``file``, none after it, no field twice.
     FormError for a malformed body."""
@@ -165,8 +193,12 @@ def read_post(request: Request, bound: bytes,
         size, md5, sha256 = reader.read_file(path)
         after = reader.next_part()
         if after is not None:
-            raise s3_error(400, "InvalidArgument", f"The file must be the last field of the form "
-                           f"(found {after[0]!r} after it; S3 ignores fields after the file)")
+            raise s3_error(
+                400,
+                "InvalidArgument",
+                f"The file must be the last field of the form "
+                f"(found {after[0]!r} after it; S3 ignores fields after the file)",
+            )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -177,15 +209,19 @@ def check_form(bucket: str, fields: dict[str, str], secret: bytes, now: float) -
     """Check the fields like S3 checks a POST policy; the form's ``(chunk, chunks)``."""
     missing = [f for f in FORM_FIELDS if f not in fields]
     if missing:
-        raise s3_error(400, "InvalidArgument", f"Bucket POST must contain the field(s) {missing} "
-                       "(send every form_post_params entry)")
+        raise s3_error(
+            400,
+            "InvalidArgument",
+            f"Bucket POST must contain the field(s) {missing} (send every form_post_params entry)",
+        )
     if fields["AWSAccessKeyId"] != ACCESS_KEY_ID:
-        raise s3_error(403, "InvalidAccessKeyId",
-                       "The AWS Access Key Id does not exist in our records")
-    if not hmac.compare_digest(fields["signature"].encode(),
-                               sign(secret, fields["policy"]).encode()):
-        raise s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated does "
-                       "not match the signature you provided")
+        raise s3_error(403, "InvalidAccessKeyId", "The AWS Access Key Id does not exist in our records")
+    if not hmac.compare_digest(fields["signature"].encode(), sign(secret, fields["policy"]).encode()):
+        raise s3_error(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided",
+        )
     document = json.loads(base64.b64decode(fields["policy"]))  # signed by us: well-formed
     if now > _parse_iso(document["expiration"]):
         raise s3_error(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
@@ -194,17 +230,18 @@ def check_form(bucket: str, fields: dict[str, str], secret: bytes, now: float) -
         name, ok = _condition(condition, {**fields, "bucket": bucket})
         covered.add(name)
         if not ok:
-            raise s3_error(403, "AccessDenied", "Invalid according to Policy: Policy Condition "
-                           f"failed: {json.dumps(condition)}")
+            raise s3_error(
+                403,
+                "AccessDenied",
+                f"Invalid according to Policy: Policy Condition failed: {json.dumps(condition)}",
+            )
     extra = sorted(set(fields) - covered - UNSIGNED_FIELDS)
     extra = [f for f in extra if not f.lower().startswith("x-ignore-")]
     if extra:
-        raise s3_error(403, "AccessDenied",
-                       f"Invalid according to Policy: Extra input fields: {extra}")
+        raise s3_error(403, "AccessDenied", f"Invalid according to Policy: Extra input fields: {extra}")
     chunk, chunks = parse_uint(fields["chunk"]), parse_uint(fields["chunks"])
     if chunk is None or chunks is None or not 0 <= chunk < chunks:
-        raise s3_error(400, "InvalidArgument", "chunk and chunks must be integers with "
-                       "0 <= chunk < chunks")
+        raise s3_error(400, "InvalidArgument", "chunk and chunks must be integers with 0 <= chunk < chunks")
     return chunk, chunks
 
 
@@ -230,6 +267,7 @@ def _condition(condition: Any, fields: dict[str, str]) -> tuple[str, bool]:
 def chunk_objects(session: Session, nb: int) -> list[int]:
     """The stored objects (part slots) that make chunks ``0..nb-1``, in chunk order;
     400 when they do not (PUT's rules in the service's module docstring)."""
+
     def wanted(key: str) -> bool:
         return key == session.key if nb == 1 else key.startswith(session.key)
 
@@ -238,15 +276,17 @@ def chunk_objects(session: Session, nb: int) -> list[int]:
         if wanted(part.get("key", session.key)):
             by_chunk.setdefault(part.get("chunk", slot - 1), []).append((slot, part))
     got = sorted(by_chunk)
-    twice = {c: [p.get("key") for _, p in found] for c, found in by_chunk.items()
-             if len(found) > 1}
-    wrong = sorted(c for c, found in by_chunk.items()
-                   if any(p.get("chunks") != nb for _, p in found))
+    twice = {c: [p.get("key") for _, p in found] for c, found in by_chunk.items() if len(found) > 1}
+    wrong = sorted(c for c, found in by_chunk.items() if any(p.get("chunks") != nb for _, p in found))
     if got != list(range(nb)) or twice or wrong:
         raise invalid(
             f"nb_chunks is {nb} but the objects posted for this upload hold chunks {got}"
             + (f" (chunks posted under more than one key: {twice})" if twice else "")
             + (f" (chunks {wrong} were posted with another chunks count)" if wrong else "")
-            + (" (one object per key: chunks posted under one key replace each other)"
-               if nb > 1 and len(got) < nb else ""))
+            + (
+                " (one object per key: chunks posted under one key replace each other)"
+                if nb > 1 and len(got) < nb
+                else ""
+            )
+        )
     return [by_chunk[c][0][0] for c in range(nb)]

@@ -62,16 +62,19 @@ def _no_thread_leaks() -> Iterator[None]:
     yield
     gc.collect()
     gc.freeze()
-    started = [t for t in threading.enumerate()
-               if t not in before and not isinstance(t, threading._DummyThread)]
+    started = [
+        t for t in threading.enumerate() if t not in before and not isinstance(t, threading._DummyThread)
+    ]
     deadline = time.monotonic() + THREAD_GRACE_SECONDS
     for thread in started:
         thread.join(max(0.0, deadline - time.monotonic()))
     leaked = [t for t in started if t.is_alive()]
     if leaked:
-        pytest.fail("threads started by the test still run after its teardown:\n"
-                    + "\n".join(f"  {t.name!r} (daemon={t.daemon}) at {_where(t)}" for t in leaked),
-                    pytrace=False)
+        pytest.fail(
+            "threads started by the test still run after its teardown:\n"
+            + "\n".join(f"  {t.name!r} (daemon={t.daemon}) at {_where(t)}" for t in leaked),
+            pytrace=False,
+        )
 
 
 class StartsAProcess(RuntimeError):
@@ -80,15 +83,16 @@ class StartsAProcess(RuntimeError):
 
 # What starts a process: subprocess (run, check_output, asyncio's subprocesses, os.popen) goes
 # through Popen._execute_child; multiprocessing through os.fork or _posixsubprocess.fork_exec.
-_SPAWNERS: list[tuple[Any, str]] = [(subprocess.Popen, "_execute_child"),
-                                    (_posixsubprocess, "fork_exec")] + [
-    (os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system")
-    if hasattr(os, name)]
+_SPAWNERS: list[tuple[Any, str]] = [(subprocess.Popen, "_execute_child"), (_posixsubprocess, "fork_exec")] + [
+    (os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system") if hasattr(os, name)
+]
 
 
 def _message(tried: list[str]) -> str:
-    return (f"this test starts a process: mark it process (@pytest.mark.process, or "
-            f"pytestmark = pytest.mark.process for a whole file); it tried {tried[0]}")
+    return (
+        f"this test starts a process: mark it process (@pytest.mark.process, or "
+        f"pytestmark = pytest.mark.process for a whole file); it tried {tried[0]}"
+    )
 
 
 def _refusing(owner: Any, name: str, tried: list[str]) -> Callable[..., Any]:
@@ -100,6 +104,7 @@ def _refusing(owner: Any, name: str, tried: list[str]) -> Callable[..., Any]:
         else:
             tried.append(f"{what}()")
         raise StartsAProcess(_message(tried))
+
     return refuse
 
 
@@ -138,8 +143,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[
-        None, Any, Any]:
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
     return (yield from _processes_refused(item))
 
 
@@ -184,13 +188,15 @@ def queue_file(ledger: Any, folder: Any, rel: str, data: bytes | None = None) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     root = os.fspath(folder.path)
-    ledger.observe(root, [rel], destination=folder.destination, labels=folder.labels,
-                   category=folder.category)
+    ledger.observe(
+        root, [rel], destination=folder.destination, labels=folder.labels, category=folder.category
+    )
     row = ledger.active_for_path(root, rel)
     assert row is not None
     st = path.stat()
-    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                     device=st.st_dev, changed=True)
+    ledger.note_stat(
+        row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev, changed=True
+    )
     ledger.promote(row.id)
     return int(row.id)
 

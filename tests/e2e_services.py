@@ -42,13 +42,15 @@ KiB = 1024
 MiB = 1024 * KiB
 
 #: Capabilities a scenario may require (see Service.supports).
-CAPABILITIES = frozenset({
-    "empty",   # a 0-byte file is stored (without it: refused as documented, no request)
-    "resume",  # after a SIGKILL, only the parts not confirmed in the ledger are sent again
-    "expiry",  # a signed URL or form that expires mid-upload is renewed within the attempt
-    "labels",  # the folder's labels and category are stored with the object
-    "uuid",    # the ledger row's uuid is stored with the object (tests.harness invariants())
-})
+CAPABILITIES = frozenset(
+    {
+        "empty",  # a 0-byte file is stored (without it: refused as documented, no request)
+        "resume",  # after a SIGKILL, only the parts not confirmed in the ledger are sent again
+        "expiry",  # a signed URL or form that expires mid-upload is renewed within the attempt
+        "labels",  # the folder's labels and category are stored with the object
+        "uuid",  # the ledger row's uuid is stored with the object (tests.harness invariants())
+    }
+)
 
 #: Folder labels and category, for the services that carry them.
 LABELS, CATEGORY = ["legal", "review-needed"], "SOURCE"
@@ -110,22 +112,34 @@ class Service:
 
     def setup_kwargs(self, emulator: dict[str, Any] | None = None) -> dict[str, Any]:
         """Keyword arguments for :class:`tests.harness.Setup`."""
-        return {"destination": dict(self.destination),
-                "folders": [{"name": "in", "max_attempts": 50, **self.folder}],
-                "emulator": {**self.emulator, **(emulator or {})},
-                "daemon": {"retry_max_seconds": 1.0}}
+        return {
+            "destination": dict(self.destination),
+            "folders": [{"name": "in", "max_attempts": 50, **self.folder}],
+            "emulator": {**self.emulator, **(emulator or {})},
+            "daemon": {"retry_max_seconds": 1.0},
+        }
 
 
 LILT = Service(
     type="lilt",
     # Lilt's parts are 8 MiB by its rule; 5 MiB (S3's minimum) keeps the runs short, and the
     # harness's emulator accepts any part size S3 does.
-    destination={"type": "lilt", "base_url": "{url}/lilt", "api_key": "env:TEST_LILT_KEY",
-                 "multipart_threshold": 5 * MiB, "part_size": 5 * MiB},
+    destination={
+        "type": "lilt",
+        "base_url": "{url}/lilt",
+        "api_key": "env:TEST_LILT_KEY",
+        "multipart_threshold": 5 * MiB,
+        "part_size": 5 * MiB,
+    },
     folder={"labels": LABELS, "category": CATEGORY},
-    part_size=5 * MiB, open_op="lilt.initiate_multipart", part_op="lilt.put_part",
-    data_ops=("lilt.put", "lilt.put_part"), numbered_op="lilt.sign_part",
-    remote_field="key", parts_field="parts", session=("key", "key"),
+    part_size=5 * MiB,
+    open_op="lilt.initiate_multipart",
+    part_op="lilt.put_part",
+    data_ops=("lilt.put", "lilt.put_part"),
+    numbered_op="lilt.sign_part",
+    remote_field="key",
+    parts_field="parts",
+    session=("key", "key"),
     supports=frozenset({"empty", "resume", "expiry", "labels", "uuid"}),
     renewal=Renewal("lilt.sign_part", per_part=True, logged="sending it again"),
 )
@@ -134,15 +148,23 @@ WRIFTAI = Service(
     type="wriftai",
     # protocol "uploads": multi-part, resumable. "urls" (one PUT, with the file name) has its
     # own tests in tests/daemon/test_e2e_wriftai.py.
-    destination={"type": "wriftai", "base_url": "{url}/wriftai/v1",
-                 "token": "env:TEST_WRIFTAI_TOKEN", "protocol": "uploads"},
+    destination={
+        "type": "wriftai",
+        "base_url": "{url}/wriftai/v1",
+        "token": "env:TEST_WRIFTAI_TOKEN",
+        "protocol": "uploads",
+    },
     emulator={"wriftai_part_size": 64 * KiB},  # the server dictates the part size
-    part_size=64 * KiB, open_op="wriftai.initiate_multipart", part_op="wriftai.put_part",
-    data_ops=("wriftai.put", "wriftai.put_part"), numbered_op="wriftai.put_part",
-    remote_field="upload_id", parts_field="parts", session=("id", "upload_id"),
+    part_size=64 * KiB,
+    open_op="wriftai.initiate_multipart",
+    part_op="wriftai.put_part",
+    data_ops=("wriftai.put", "wriftai.put_part"),
+    numbered_op="wriftai.put_part",
+    remote_field="upload_id",
+    parts_field="parts",
+    session=("id", "upload_id"),
     supports=frozenset({"empty", "resume", "expiry"}),
-    lacks={"labels": "WriftAI stores no labels or category",
-           "uuid": "WriftAI stores no client id"},
+    lacks={"labels": "WriftAI stores no labels or category", "uuid": "WriftAI stores no client id"},
     renewal=Renewal("wriftai.initiate_multipart", per_part=False, logged="starting a new upload"),
     never_in_ledger=(b"/parts/",),  # the part URLs are sealed in the resume state
 )
@@ -151,19 +173,30 @@ XVID_PIPELINE = "5f3a9c0e7b1d4a2c8e6f0a1b"
 
 XVID = Service(
     type="xvid",
-    destination={"type": "xvid", "base_url": "{url}/xvid/v1", "client_id": "canary-client",
-                 "client_secret": "env:TEST_XVID_SECRET", "pipeline_id": XVID_PIPELINE,
-                 "chunk_size": "5 MiB",
-                 # doubled braces: the harness formats every string with {url}
-                 "object_key": "e2e/{{category}}/{{labels}}/{{uuid}}/{{relpath}}"},
+    destination={
+        "type": "xvid",
+        "base_url": "{url}/xvid/v1",
+        "client_id": "canary-client",
+        "client_secret": "env:TEST_XVID_SECRET",
+        "pipeline_id": XVID_PIPELINE,
+        "chunk_size": "5 MiB",
+        # doubled braces: the harness formats every string with {url}
+        "object_key": "e2e/{{category}}/{{labels}}/{{uuid}}/{{relpath}}",
+    },
     folder={"labels": LABELS, "category": CATEGORY},
-    part_size=5 * MiB, open_op="xvid.open", part_op="xvid.post_chunk",
-    data_ops=("xvid.post_chunk",), remote_field="object_key", parts_field="chunks",
+    part_size=5 * MiB,
+    open_op="xvid.open",
+    part_op="xvid.post_chunk",
+    data_ops=("xvid.post_chunk",),
+    remote_field="object_key",
+    parts_field="chunks",
     session=("upload_id", "upload_id"),
     supports=frozenset({"empty", "resume", "expiry"}),
-    lacks={"labels": "Xvid has no metadata fields: labels and category travel only in "
-                     "object_key (tests/daemon/test_e2e_xvid.py)",
-           "uuid": "Xvid has no field for the uuid: it travels only in object_key"},
+    lacks={
+        "labels": "Xvid has no metadata fields: labels and category travel only in "
+        "object_key (tests/daemon/test_e2e_xvid.py)",
+        "uuid": "Xvid has no field for the uuid: it travels only in object_key",
+    },
     renewal=Renewal("xvid.open", per_part=False, logged="opening a new one"),
     never_in_ledger=(b"/_s3/",),  # not even the form's URL: it is sealed with the rest
 )
@@ -172,17 +205,27 @@ APIVIDEO = Service(
     type="apivideo",
     # With api_key: tags, metadata and /status on resume. The token-only route has its own
     # tests in tests/daemon/test_e2e_apivideo.py.
-    destination={"type": "apivideo", "base_url": "{url}/apivideo",
-                 "upload_token": "env:TEST_APIVIDEO_TOKEN", "api_key": "env:TEST_APIVIDEO_KEY",
-                 "chunk_size": "5 MiB"},
+    destination={
+        "type": "apivideo",
+        "base_url": "{url}/apivideo",
+        "upload_token": "env:TEST_APIVIDEO_TOKEN",
+        "api_key": "env:TEST_APIVIDEO_KEY",
+        "chunk_size": "5 MiB",
+    },
     folder={"labels": LABELS, "category": CATEGORY},
-    part_size=5 * MiB, open_op="apivideo.create_video", part_op="apivideo.upload_source",
-    data_ops=("apivideo.upload", "apivideo.upload_source"), remote_field="video_id",
-    parts_field="chunks", session=("video_id", "video_id"),
+    part_size=5 * MiB,
+    open_op="apivideo.create_video",
+    part_op="apivideo.upload_source",
+    data_ops=("apivideo.upload", "apivideo.upload_source"),
+    remote_field="video_id",
+    parts_field="chunks",
+    session=("video_id", "video_id"),
     supports=frozenset({"resume", "labels", "uuid"}),
-    lacks={"empty": "api.video cannot hold an empty video",
-           "expiry": "api.video signs nothing that expires mid-upload: the API key is sent as "
-                     "is, and an expired upload token is fatal, not renewable"},
+    lacks={
+        "empty": "api.video cannot hold an empty video",
+        "expiry": "api.video signs nothing that expires mid-upload: the API key is sent as "
+        "is, and an expired upload token is fatal, not renewable",
+    },
 )
 
 #: destination type -> its description. The guard test keeps this in step with REGISTRY.
@@ -196,8 +239,14 @@ FAULTS: dict[str, Any] = {"fail_rate": 0.2, "fault_kinds": ("500", "503", "429",
 CLEAN_OR_FAULTY = pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults20"])
 
 
-def make(make_setup: Callable[..., Setup], service: Service, *, faults: bool = False,
-         seed: int = 1, **emulator: Any) -> Setup:
+def make(
+    make_setup: Callable[..., Setup],
+    service: Service,
+    *,
+    faults: bool = False,
+    seed: int = 1,
+    **emulator: Any,
+) -> Setup:
     """A :class:`Setup` for ``service`` (``make_setup`` is the conftest fixture), with
     ``emulator`` knobs added and, with ``faults``, 20 % of the answers faulted."""
     if faults:
@@ -233,8 +282,7 @@ def assert_delivered(s: Setup, service: Service) -> None:
     assert s.integrity() == "ok"
     rows = {r.relpath: r for r in s.rows()}
     objects = {str(u[service.remote_field]): u for u in s.emulator.uploads()}
-    storable = {rel: data for (_, rel), data in s.dropped.items()
-                if data or "empty" in service.supports}
+    storable = {rel: data for (_, rel), data in s.dropped.items() if data or "empty" in service.supports}
     assert len(objects) == len(storable), "one remote object per file, no more"
     for rel, data in storable.items():
         row = rows[rel]

@@ -114,10 +114,8 @@ class FaultProxy:
             with self._lock:
                 self._sockets |= {client, server}
                 self.stats["connections"] += 1
-            threading.Thread(target=self._pump, args=(client, server, toxics, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, toxics, False),
-                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, toxics, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, toxics, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, toxics: Toxics, upstream: bool) -> None:
         sent = 0
@@ -127,8 +125,11 @@ class FaultProxy:
                 if not data:
                     break
                 if upstream:
-                    limit = min(x for x in (toxics.reset_after, toxics.close_after,
-                                            toxics.stall_after, 1 << 62) if x is not None)
+                    limit = min(
+                        x
+                        for x in (toxics.reset_after, toxics.close_after, toxics.stall_after, 1 << 62)
+                        if x is not None
+                    )
                     if sent + len(data) > limit:
                         data = data[: max(0, limit - sent)]
                         if data:
@@ -159,8 +160,9 @@ class FaultProxy:
                         pass
 
     def _trip(self, client: socket.socket, server: socket.socket, toxics: Toxics) -> None:
-        if toxics.stall_after is not None and (toxics.reset_after is None or
-                                               toxics.stall_after <= toxics.reset_after):
+        if toxics.stall_after is not None and (
+            toxics.reset_after is None or toxics.stall_after <= toxics.reset_after
+        ):
             while not self._stop.is_set():  # hold both ends open, forward nothing
                 time.sleep(0.05)
             return

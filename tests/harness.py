@@ -47,8 +47,9 @@ CANARIES = {
 }
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -64,10 +65,16 @@ def sha(data: bytes) -> str:
 
 
 class Setup:
-    def __init__(self, tmp: Path, *, folders: Iterable[dict[str, Any]] | None = None,
-                 daemon: dict[str, Any] | None = None, lilt: dict[str, Any] | None = None,
-                 destination: dict[str, Any] | None = None,
-                 emulator: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        folders: Iterable[dict[str, Any]] | None = None,
+        daemon: dict[str, Any] | None = None,
+        lilt: dict[str, Any] | None = None,
+        destination: dict[str, Any] | None = None,
+        emulator: dict[str, Any] | None = None,
+    ) -> None:
         """``destination`` replaces the default Lilt table (``lilt`` only adds keys to it).
 
         Its ``base_url`` may use ``{url}`` for the emulator's root URL; secrets
@@ -75,10 +82,12 @@ class Setup:
         """
         self.tmp = tmp
         self.emulator = Emulator(
-            tmp / "emulator", lilt_key=CANARIES["lilt_key"],
+            tmp / "emulator",
+            lilt_key=CANARIES["lilt_key"],
             wriftai_token=CANARIES["wriftai_token"],
             xvid_client=f"canary-client:{CANARIES['xvid_secret']}",
-            apivideo_token=CANARIES["apivideo_token"], apivideo_key=CANARIES["apivideo_key"],
+            apivideo_token=CANARIES["apivideo_token"],
+            apivideo_key=CANARIES["apivideo_key"],
             # Lilt parts of any size S3 takes (the scenarios use 5 MiB ones); the 8 MiB rule
             # has its own tests (test_emulator_lilt.py, test_lilt_destination.py).
             **{"lilt_part_size": 0, **(emulator or {})},
@@ -96,22 +105,34 @@ class Setup:
     def _write_config(self, daemon: dict[str, Any], lilt: dict[str, Any]) -> None:
         import tomli_w
 
-        d = {"state_dir": "state", "workers": 4, "rescan_seconds": 30,
-             "retry_base_seconds": 0.2, "retry_max_seconds": 2.0, "drain_seconds": 5}
+        d = {
+            "state_dir": "state",
+            "workers": 4,
+            "rescan_seconds": 30,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 2.0,
+            "drain_seconds": 5,
+        }
         d.update(daemon)
         if self.destination is not None:
-            dest = {k: (v.format(url=self.emulator.url) if isinstance(v, str) else v)
-                    for k, v in self.destination.items()}
+            dest = {
+                k: (v.format(url=self.emulator.url) if isinstance(v, str) else v)
+                for k, v in self.destination.items()
+            }
         else:
-            dest = {"type": "lilt", "base_url": self.emulator.url + "/lilt",
-                    "api_key": "env:TEST_LILT_KEY"}
+            dest = {"type": "lilt", "base_url": self.emulator.url + "/lilt", "api_key": "env:TEST_LILT_KEY"}
         dest.update(lilt)
         folders = []
         for f in self.folders:
             f = dict(f)
             name = f.pop("name")
-            entry = {"path": f"inbox/{name}", "destination": "lilt", "settle_seconds": 0.3,
-                     "archive_dir": f"archive/{name}", "failed_dir": f"failed/{name}"}
+            entry = {
+                "path": f"inbox/{name}",
+                "destination": "lilt",
+                "settle_seconds": 0.3,
+                "archive_dir": f"archive/{name}",
+                "failed_dir": f"failed/{name}",
+            }
             entry.update(f)
             folders.append(entry)
             (self.tmp / entry["path"]).mkdir(parents=True, exist_ok=True)
@@ -159,8 +180,9 @@ class Setup:
         env.pop("JOURNAL_STREAM", None)
         return env
 
-    def start(self, *args: str, extra_env: dict[str, str] | None = None,
-              wrapper: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``syncd run`` (or ``args``); ``wrapper`` prefixes the command (``unshare -U``)."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         log = self.tmp / f"daemon-{len(self.logs)}.log"
@@ -169,22 +191,36 @@ class Setup:
         env.update(extra_env or {})
         with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [*(wrapper or []), sys.executable, "-m", "syncd", "-c", str(self.config),
-                 *(args or ("run",))],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+                [
+                    *(wrapper or []),
+                    sys.executable,
+                    "-m",
+                    "syncd",
+                    "-c",
+                    str(self.config),
+                    *(args or ("run",)),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.tmp,
             )
         return self.proc
 
     def wait_started(self, timeout: float = 20) -> None:
         """Wait until the current daemon process has finished starting up."""
         log = self.logs[-1]
-        wait_until(lambda: "syncd started" in log.read_text(errors="replace"), timeout,
-                   what="daemon start")
+        wait_until(lambda: "syncd started" in log.read_text(errors="replace"), timeout, what="daemon start")
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([sys.executable, "-m", "syncd", "-c", str(self.config), *args],
-                             capture_output=True, text=True, env=self.env(), cwd=self.tmp,
-                             timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=self.tmp,
+            timeout=60,
+        )
         if check:
             assert out.returncode == 0, out.stderr
         return out
@@ -279,7 +315,7 @@ class Setup:
         for r in rows:
             by_path.setdefault((Path(r.folder).name, r.relpath), []).append(r)
         for (folder, rel), data in self.dropped.items():
-            in_inbox = (self.inbox(folder) / rel)
+            in_inbox = self.inbox(folder) / rel
             versions = by_path.get((folder, rel), [])
             # a skipped duplicate is archived like an upload; its bytes are its original's
             done = [r for r in versions if r.state in (State.DONE, State.SKIPPED)]
@@ -300,10 +336,12 @@ class Setup:
             else:
                 # not done yet: the bytes are in the inbox, or (an archive move cut
                 # short) at the archive target recorded in an "uploaded" row
-                places = [in_inbox] + [Path(r.archive_path) for r in versions
-                                       if r.state == State.UPLOADED and r.archive_path]
-                assert any(p.exists() for p in places), \
+                places = [in_inbox] + [
+                    Path(r.archive_path) for r in versions if r.state == State.UPLOADED and r.archive_path
+                ]
+                assert any(p.exists() for p in places), (
                     f"{rel}: lost (not done, not in the inbox): {[r.state for r in versions]}"
+                )
         for r in rows:  # I4
             if r.state == State.DONE and r.location:
                 assert Path(r.location).exists(), f"{r.relpath}: done but archive missing"
@@ -341,8 +379,12 @@ def strace_problem() -> str | None:
     if strace is None:
         return "strace is not installed"
     try:
-        out = subprocess.run([strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [strace, "-f", "-o", os.devnull, sys.executable, "-c", "pass"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"strace does not run: {exc}"
     if out.returncode != 0:

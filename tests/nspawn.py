@@ -54,8 +54,12 @@ def why_not() -> str | None:
         return "systemd-nspawn and debootstrap need root (run the suite as root)"
     if not Path("/sys/fs/cgroup").is_dir():
         return "no /sys/fs/cgroup: the kernel offers no control groups"
-    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "true"],
-                           capture_output=True, text=True, timeout=30)
+    probe = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if probe.returncode != 0:
         return f"namespaces are not permitted here (unshare: {probe.stderr.strip()})"
     return None
@@ -74,8 +78,9 @@ def exclusive(timeout: float = 600) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise Unavailable(f"another live systemd test held {CACHE}/lock for "
-                                      f"{timeout:.0f}s") from None
+                    raise Unavailable(
+                        f"another live systemd test held {CACHE}/lock for {timeout:.0f}s"
+                    ) from None
                 time.sleep(1)
         yield
     finally:
@@ -84,11 +89,14 @@ def exclusive(timeout: float = 600) -> Iterator[None]:
 
 def ensure_tree() -> Path:
     """The cached Debian 12 tree (built on first use: a few minutes)."""
-    out = subprocess.run(["sh", str(TREE_SCRIPT), str(CACHE / "debian-12")],
-                         capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        ["sh", str(TREE_SCRIPT), str(CACHE / "debian-12")], capture_output=True, text=True, timeout=1800
+    )
     if out.returncode != 0:
-        raise Unavailable(f"scripts/systemd-tree.sh failed ({out.returncode}): "
-                          + " | ".join(out.stderr.strip().splitlines()[-5:]))
+        raise Unavailable(
+            f"scripts/systemd-tree.sh failed ({out.returncode}): "
+            + " | ".join(out.stderr.strip().splitlines()[-5:])
+        )
     tree = Path(out.stdout.strip().splitlines()[-1])
     if not (tree / "usr/lib/systemd/systemd").exists():
         raise Unavailable(f"{tree} has no systemd")
@@ -103,12 +111,28 @@ def build_wheels(dest: Path) -> Path:
     cached = CACHE / "wheels" / hashlib.sha256(pins).hexdigest()[:16]
     if not (cached / ".complete").exists():
         shutil.rmtree(cached, ignore_errors=True)
-        out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                              "-r", str(CONSTRAINTS), "-w", str(cached)],
-                             capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-r",
+                str(CONSTRAINTS),
+                "-w",
+                str(cached),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if out.returncode != 0:
-            raise Unavailable("cannot fetch the wheels of constraints.txt (no package index?): "
-                              + " | ".join(out.stderr.strip().splitlines()[-3:]))
+            raise Unavailable(
+                "cannot fetch the wheels of constraints.txt (no package index?): "
+                + " | ".join(out.stderr.strip().splitlines()[-3:])
+            )
         (cached / ".complete").touch()
     for wheel in cached.glob("*.whl"):
         shutil.copy2(wheel, dest / wheel.name)
@@ -116,9 +140,12 @@ def build_wheels(dest: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="syncd-src-") as tmp:
         src = Path(tmp) / "src"
         _copy_checkout(src)
-        out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                              "-w", str(dest), str(src)], capture_output=True, text=True,
-                             timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if out.returncode != 0:
             raise AssertionError(f"building syncd's wheel failed:\n{out.stdout}\n{out.stderr}")
     wheels = sorted(dest.glob("syncd-*.whl"))
@@ -131,12 +158,30 @@ def _copy_checkout(src: Path) -> None:
     (syncd/data links to systemd/ and the example config): building from the working
     tree itself would leave build/ and egg-info behind in it."""
     try:
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"],
-                               cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+        files = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: all but the junk
-        shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "demo", "*.egg-info", "__pycache__", ".*_cache",
-            ".hypothesis"))
+        shutil.copytree(
+            ROOT,
+            src,
+            symlinks=True,
+            ignore=shutil.ignore_patterns(
+                ".git",
+                ".venv",
+                "build",
+                "dist",
+                "demo",
+                "*.egg-info",
+                "__pycache__",
+                ".*_cache",
+                ".hypothesis",
+            ),
+        )
         return
     for rel in filter(None, files.decode().split("\0")):
         source = ROOT / rel
@@ -153,8 +198,7 @@ def _copy_checkout(src: Path) -> None:
 class Machine:
     """A booted container; :meth:`sh` runs a shell script inside it as root."""
 
-    def __init__(self, tree: Path, *, binds_ro: dict[Path, str] | None = None,
-                 log: Path) -> None:
+    def __init__(self, tree: Path, *, binds_ro: dict[Path, str] | None = None, log: Path) -> None:
         self.tree = tree
         self.name = f"syncd-test-{os.getpid()}"
         self.binds_ro = binds_ro or {}
@@ -166,11 +210,22 @@ class Machine:
     # -- boot and shutdown ----------------------------------------------------
 
     def boot(self, timeout: float = 90) -> None:
-        host_systemd = Path("/run/systemd/system").is_dir() and \
-            Path("/proc/1/comm").read_text().strip() == "systemd"
-        args = ["systemd-nspawn", "--quiet", "-D", str(self.tree), "--boot",
-                "--volatile=overlay", "--private-network", "-M", self.name,
-                "--register=no", "--console=read-only"]
+        host_systemd = (
+            Path("/run/systemd/system").is_dir() and Path("/proc/1/comm").read_text().strip() == "systemd"
+        )
+        args = [
+            "systemd-nspawn",
+            "--quiet",
+            "-D",
+            str(self.tree),
+            "--boot",
+            "--volatile=overlay",
+            "--private-network",
+            "-M",
+            self.name,
+            "--register=no",
+            "--console=read-only",
+        ]
         for host, inside in self.binds_ro.items():
             args.append(f"--bind-ro={host}:{inside}")
         prefix = ""
@@ -186,38 +241,48 @@ class Machine:
                 try:
                     group.mkdir(exist_ok=True)
                 except OSError as exc:
-                    raise Unavailable(f"cannot create a cgroup for the container in {base}: "
-                                      f"{exc}") from None
+                    raise Unavailable(f"cannot create a cgroup for the container in {base}: {exc}") from None
                 self.cgroups.append(group)
                 prefix += f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))} && "
             if not self.cgroups:
                 raise Unavailable("no writable cgroup hierarchy under /sys/fs/cgroup")
         script = prefix + "exec " + shlex.join(args)
         with open(self.log, "wb") as out:  # the child writes to its own copy of the descriptor
-            self.proc = subprocess.Popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["sh", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while self.leader is None:
             if self.proc.poll() is not None:
-                raise Unavailable(f"systemd-nspawn exited ({self.proc.returncode}) before the "
-                                  f"container booted: {self.log_tail()}")
+                raise Unavailable(
+                    f"systemd-nspawn exited ({self.proc.returncode}) before the "
+                    f"container booted: {self.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise Unavailable(f"the container's PID 1 did not appear in {timeout:.0f}s: "
-                                  f"{self.log_tail()}")
+                raise Unavailable(
+                    f"the container's PID 1 did not appear in {timeout:.0f}s: {self.log_tail()}"
+                )
             self.leader = self._find_leader()
             time.sleep(0.1)
         while True:
             try:
-                state = self.sh("systemctl is-system-running --wait", check=False,
-                                timeout=max(1.0, deadline - time.monotonic())).stdout.strip()
+                state = self.sh(
+                    "systemctl is-system-running --wait",
+                    check=False,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                ).stdout.strip()
             except subprocess.TimeoutExpired:
                 state = "still starting"
             if state in ("running", "degraded"):
                 break
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise Unavailable(f"systemd in the container did not finish booting "
-                                  f"({state!r}): {self.log_tail()}")
+                raise Unavailable(
+                    f"systemd in the container did not finish booting ({state!r}): {self.log_tail()}"
+                )
             time.sleep(0.2)
 
     def _find_leader(self) -> int | None:
@@ -258,15 +323,35 @@ class Machine:
 
     # -- inside ----------------------------------------------------------------
 
-    def sh(self, script: str, *, check: bool = True, timeout: float = 60,
-           input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, script: str, *, check: bool = True, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``script`` with /bin/sh -e in every namespace of the container, as root."""
         assert self.leader is not None
-        cmd = ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
-               "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "SYSTEMD_PAGER=",
-               "SYSTEMD_COLORS=0", "/bin/sh", "-ec", script]
+        cmd = [
+            "nsenter",
+            "-t",
+            str(self.leader),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-r",
+            "-w",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            "SYSTEMD_PAGER=",
+            "SYSTEMD_COLORS=0",
+            "/bin/sh",
+            "-ec",
+            script,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
         if check and out.returncode != 0:
-            raise AssertionError(f"in the container, exit {out.returncode}:\n$ {script}\n"
-                                 f"{out.stdout}{out.stderr}")
+            raise AssertionError(
+                f"in the container, exit {out.returncode}:\n$ {script}\n{out.stdout}{out.stderr}"
+            )
         return out

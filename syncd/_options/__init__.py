@@ -77,7 +77,21 @@ from syncd._options.values import (
 )
 
 __all__ = [
-    "REQUIRED", "Derived", "FieldDoc", "GiB", "KiB", "MiB", "default_text", "dotted",
-    "field_docs", "format_size", "is_http_url", "parse_options", "parse_size", "resolve_path",
-    "show", "suggest", "unknown",
+    "REQUIRED",
+    "Derived",
+    "FieldDoc",
+    "GiB",
+    "KiB",
+    "MiB",
+    "default_text",
+    "dotted",
+    "field_docs",
+    "format_size",
+    "is_http_url",
+    "parse_options",
+    "parse_size",
+    "resolve_path",
+    "show",
+    "suggest",
+    "unknown",
 ]

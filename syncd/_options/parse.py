@@ -84,8 +84,7 @@ def parse_options(
             raw: Any = str(default)  # a relative default is "next to the config file" too
         else:
             raw = table[f.name]
-        value = _convert(types_[f.name], raw, field_meta(f), key, base_dir, problems,
-                         resolve_secrets)
+        value = _convert(types_[f.name], raw, field_meta(f), key, base_dir, problems, resolve_secrets)
         if value is not _INVALID:
             values[f.name] = value
     if _count_errors(problems) > errors_before:
@@ -121,11 +120,10 @@ def _convert(
 
     if hint is Secret:
         if not isinstance(raw, str):
-            return bad(
-                "expected a string (a secret or env:/file:/credential: reference), got '***'"
-            )
-        secret_value = resolve(raw, key=key, problems=problems, base_dir=base_dir,
-                               check_only=not resolve_secrets)
+            return bad("expected a string (a secret or env:/file:/credential: reference), got '***'")
+        secret_value = resolve(
+            raw, key=key, problems=problems, base_dir=base_dir, check_only=not resolve_secrets
+        )
         return _INVALID if secret_value is None else secret_value
     if hint is bool:
         if not isinstance(raw, bool):
@@ -176,15 +174,11 @@ def _convert(
     raise TypeError(f"unsupported config annotation {hint!r} for {key}")
 
 
-def _check_text(
-    value: str, meta: Mapping[str, Any], key: str, shown: str, problems: list[Problem]
-) -> Any:
+def _check_text(value: str, meta: Mapping[str, Any], key: str, shown: str, problems: list[Problem]) -> Any:
     choices: Sequence[str] | None = meta.get("choices")
     if choices is not None and value not in choices:
         listed = ", ".join(repr(c) for c in choices)
-        problems.append(
-            Problem(key, f"must be one of {listed}, got {shown}{suggest(value, choices)}")
-        )
+        problems.append(Problem(key, f"must be one of {listed}, got {shown}{suggest(value, choices)}"))
         return _INVALID
     if meta.get("nonempty") and not value.strip():
         problems.append(Problem(key, f"must not be empty, got {shown}"))
@@ -193,15 +187,17 @@ def _check_text(
         problems.append(Problem(key, f"must not contain control characters, got {shown}"))
         return _INVALID
     if meta.get("url") and not is_http_url(value):
-        problems.append(Problem(key, "must be an absolute URL starting with https:// or "
-                                     f"http:// and naming a host, got {shown}"))
+        problems.append(
+            Problem(
+                key,
+                f"must be an absolute URL starting with https:// or http:// and naming a host, got {shown}",
+            )
+        )
         return _INVALID
     return value
 
 
-def _check_range(
-    value: float, meta: Mapping[str, Any], key: str, shown: str, problems: list[Problem]
-) -> Any:
+def _check_range(value: float, meta: Mapping[str, Any], key: str, shown: str, problems: list[Problem]) -> Any:
     fmt = format_size if meta.get("unit") == "bytes" else repr
     for name, ok, op in (
         ("min", value >= meta.get("min", value), ">="),

@@ -22,8 +22,16 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 _SIZE_UNITS: dict[str, int] = {
-    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1024 * GiB,
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024 * GiB,
 }
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")

@@ -40,31 +40,31 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_LEDGER = 0, 1, 2, 3, 4
 LEDGER_NAME = "ledger.sqlite3"  # as syncd.daemon.LEDGER_NAME (not imported: it pulls in httpx)
 CONFIG_KEY = "config"  # as syncd.runtime.CONFIG_KEY
 
-_STATE_DIR_LINE = re.compile(r"""^[ \t]*state_dir[ \t]*=[ \t]*(["'])(?P<value>[^"'\n]*)\1""",
-                             re.MULTILINE)
+_STATE_DIR_LINE = re.compile(r"""^[ \t]*state_dir[ \t]*=[ \t]*(["'])(?P<value>[^"'\n]*)\1""", re.MULTILINE)
 
 
 def config_path(args: argparse.Namespace) -> Path:
     return Path(args.config) if args.config else configmod.default_config_path()
 
 
-def load(args: argparse.Namespace, *, secrets: bool = True,
-         strict_dirs: bool = False) -> configmod.Config:
+def load(args: argparse.Namespace, *, secrets: bool = True, strict_dirs: bool = False) -> configmod.Config:
     """The config; ``secrets=False`` for commands that never upload, so they work from an
     admin shell that lacks the service's environment and $CREDENTIALS_DIRECTORY.
     ``strict_dirs``: group/other-writable archive/failed folders are errors (`check`)."""
     path = config_path(args)
     if not path.exists():
-        raise ConfigError([Problem("", f"no such file (create one with `syncd init {path}`)")],
-                          source=str(path))
+        raise ConfigError(
+            [Problem("", f"no such file (create one with `syncd init {path}`)")], source=str(path)
+        )
     cfg = configmod.load(path, resolve_secrets=secrets, strict_dirs=strict_dirs)
     for w in cfg.warnings:
         print(f"syncd: warning: {w}", file=sys.stderr)
     return cfg
 
 
-def open_ledger(state_dir: str | os.PathLike[str] | configmod.Config, *,
-                readonly: bool = True) -> Ledger | None:
+def open_ledger(
+    state_dir: str | os.PathLike[str] | configmod.Config, *, readonly: bool = True
+) -> Ledger | None:
     """The ledger in ``state_dir`` (or the config's); None when reading one that is not there."""
     if isinstance(state_dir, configmod.Config):
         state_dir = state_dir.daemon.state_dir
@@ -100,6 +100,7 @@ def shown(text: object) -> str:
 
 # -- the config, or what the ledger remembers of it ----------------------------------------------
 
+
 @dataclass(frozen=True)
 class FolderView:
     path: str
@@ -125,21 +126,35 @@ class View:
     @classmethod
     def of(cls, cfg: configmod.Config, path: Path) -> View:
         return cls(
-            path=path, state_dir=Path(cfg.daemon.state_dir),
-            folders=tuple(FolderView(
-                os.fspath(f.path), f.destination, tuple(f.labels), f.category,
-                None if f.archive_dir is None else os.fspath(f.archive_dir),
-                None if f.failed_dir is None else os.fspath(f.failed_dir)) for f in cfg.folders),
-            destinations={name: dc.type for name, dc in cfg.destinations.items()})
+            path=path,
+            state_dir=Path(cfg.daemon.state_dir),
+            folders=tuple(
+                FolderView(
+                    os.fspath(f.path),
+                    f.destination,
+                    tuple(f.labels),
+                    f.category,
+                    None if f.archive_dir is None else os.fspath(f.archive_dir),
+                    None if f.failed_dir is None else os.fspath(f.failed_dir),
+                )
+                for f in cfg.folders
+            ),
+            destinations={name: dc.type for name, dc in cfg.destinations.items()},
+        )
 
     def warning(self) -> str | None:
         """The line that says the config is broken and what is shown instead."""
         if self.broken is None:
             return None
-        what = (f"the configuration the daemon last applied ({stamp(self.applied_at)})"
-                if self.applied_at is not None else "the folders its rows name")
-        return (f"the config {self.path} is broken ({self.broken}); showing the ledger in "
-                f"{self.state_dir} with {what}. `syncd check` lists every problem")
+        what = (
+            f"the configuration the daemon last applied ({stamp(self.applied_at)})"
+            if self.applied_at is not None
+            else "the folders its rows name"
+        )
+        return (
+            f"the config {self.path} is broken ({self.broken}); showing the ledger in "
+            f"{self.state_dir} with {what}. `syncd check` lists every problem"
+        )
 
 
 def load_view(args: argparse.Namespace, *, warn: bool = True) -> View:
@@ -203,12 +218,25 @@ def view_from_ledger(path: Path, exc: ConfigError) -> View | None:
     broken = first + (f", and {more} more problem(s)" if more > 0 else "")
     if isinstance(record, dict) and isinstance(record.get("folders"), list):
         folders = tuple(
-            FolderView(str(f.get("path")), str(f.get("destination")),
-                       tuple(str(x) for x in f.get("labels") or ()), f.get("category"),
-                       f.get("archive_dir"), f.get("failed_dir"))
-            for f in record["folders"] if isinstance(f, dict))
+            FolderView(
+                str(f.get("path")),
+                str(f.get("destination")),
+                tuple(str(x) for x in f.get("labels") or ()),
+                f.get("category"),
+                f.get("archive_dir"),
+                f.get("failed_dir"),
+            )
+            for f in record["folders"]
+            if isinstance(f, dict)
+        )
         destinations = {str(k): str(v) for k, v in (record.get("destinations") or {}).items()}
         applied = record.get("applied_at")
-        return View(path, state_dir, folders, destinations, broken,
-                    applied if isinstance(applied, int | float) else None)
+        return View(
+            path,
+            state_dir,
+            folders,
+            destinations,
+            broken,
+            applied if isinstance(applied, int | float) else None,
+        )
     return View(path, state_dir, tuple(FolderView(root, "?") for root in known), {}, broken)

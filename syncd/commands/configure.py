@@ -22,8 +22,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     cfg = load(args, strict_dirs=True)
     ok = True
-    print(f"config {config_path(args)}: valid ({len(cfg.folders)} folder(s), "
-          f"{len(cfg.destinations)} destination(s))")
+    print(
+        f"config {config_path(args)}: valid ({len(cfg.folders)} folder(s), "
+        f"{len(cfg.destinations)} destination(s))"
+    )
     for n, folder in enumerate(cfg.folders):
         root = os.fspath(folder.path)
         dest = cfg.destinations[folder.destination]
@@ -35,22 +37,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"folder {quoted_path(root)} -> {folder.destination} ({dest.type})")
         if not os.path.isdir(root):
             # Not a config error (docs/configuration.md): the daemon waits for the folder.
-            print(f"  warning: folders[{n}].path: {quoted_path(root)} does not exist yet; syncd run "
-                  "waits for it (create it, or fix the path)")
+            print(
+                f"  warning: folders[{n}].path: {quoted_path(root)} does not exist yet; syncd run "
+                "waits for it (create it, or fix the path)"
+            )
         # (what is sent, as shown, the noun in "cannot carry ...", where the service keeps it)
-        sent = ((folder.labels, f"{list(folder.labels)}", "labels", "labels", "are", caps.labels),
-                (folder.category, f"{folder.category!r}", "category", "a category", "is",
-                 caps.category))
+        sent = (
+            (folder.labels, f"{list(folder.labels)}", "labels", "labels", "are", caps.labels),
+            (folder.category, f"{folder.category!r}", "category", "a category", "is", caps.category),
+        )
         for value, shown_value, name, kind, verb, carried_as in sent:
             if value and carried_as:
                 print(f"  {name} {shown_value} {verb} delivered as {carried_as}")
             elif value:
-                print(f"  warning: {dest.type} cannot carry {kind}{why}; "
-                      f"{shown_value} will not reach the service")
+                print(
+                    f"  warning: {dest.type} cannot carry {kind}{why}; "
+                    f"{shown_value} will not reach the service"
+                )
         per_file = [k for k in ("labels_from_path", "metadata_sidecar") if getattr(folder, k)]
         if per_file and not caps.labels:
-            print(f"  warning: {dest.type} cannot carry labels{why}; the labels that "
-                  f"{' and '.join(per_file)} add will not reach the service")
+            print(
+                f"  warning: {dest.type} cannot carry labels{why}; the labels that "
+                f"{' and '.join(per_file)} add will not reach the service"
+            )
         for note in getattr(cls, "check_warnings", lambda *_: [])(dest.options, folder):
             print(f"  warning: {note}")
     if args.online:
@@ -88,10 +97,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     doc = config_edit.starter_config(system)
     folder = doc["folders"][0]
-    where = "absolute paths, the service's layout" if system else \
-        f"relative paths, resolved against {os.path.dirname(os.path.abspath(path))}"
-    print(f"  ({where}): state_dir {doc['daemon']['state_dir']!r}, folder {folder['path']!r}, "
-          f"archive_dir {folder['archive_dir']!r}")
+    where = (
+        "absolute paths, the service's layout"
+        if system
+        else f"relative paths, resolved against {os.path.dirname(os.path.abspath(path))}"
+    )
+    print(
+        f"  ({where}): state_dir {doc['daemon']['state_dir']!r}, folder {folder['path']!r}, "
+        f"archive_dir {folder['archive_dir']!r}"
+    )
     print(f"edit it, then `syncd -c {path} check`")
     return EXIT_OK
 
@@ -113,10 +127,12 @@ def cmd_folder(args: argparse.Namespace) -> int:
         extra["failed_dir"] = absolute(args.failed_dir)
     path = config_path(args)
     folder = absolute(args.path)
-    config_edit.add_folder(path, folder, destination=args.destination, labels=args.label,
-                           category=args.category, **extra)
-    given = "" if os.path.isabs(os.path.expanduser(args.path)) else \
-        f" ({args.path!r} from the current directory)"
+    config_edit.add_folder(
+        path, folder, destination=args.destination, labels=args.label, category=args.category, **extra
+    )
+    given = (
+        "" if os.path.isabs(os.path.expanduser(args.path)) else f" ({args.path!r} from the current directory)"
+    )
     print(f"added folder {quoted_path(folder)}{given} -> {args.destination} to {path}")
     if not os.path.isdir(folder):
         print(f"  warning: {quoted_path(folder)} does not exist yet; syncd run waits for it")
@@ -126,6 +142,5 @@ def cmd_folder(args: argparse.Namespace) -> int:
         return EXIT_OK
     pid = holder_pid(Path(state_dir))
     if pid:
-        print(f"syncd is running (pid {pid}): `systemctl reload syncd` or `kill -HUP {pid}` "
-              "applies it")
+        print(f"syncd is running (pid {pid}): `systemctl reload syncd` or `kill -HUP {pid}` applies it")
     return EXIT_OK

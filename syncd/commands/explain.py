@@ -36,6 +36,7 @@ def _look_up(cfg: configmod.Config, query: Callable[[Ledger], T]) -> T | None:
     finally:
         ledger.close()
 
+
 def cmd_explain(args: argparse.Namespace) -> int:
     cfg = load(args, secrets=False)
     text, known = explain_path(cfg, os.path.abspath(os.fspath(args.path)))
@@ -69,8 +70,9 @@ def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
     for candidate in dict.fromkeys((path, real)):
         for f in cfg.folders:
             root = os.fspath(f.path)
-            if candidate == root or (st is not None and stat.S_ISDIR(st.st_mode)
-                                     and os.path.realpath(path) == root):
+            if candidate == root or (
+                st is not None and stat.S_ISDIR(st.st_mode) and os.path.realpath(path) == root
+            ):
                 return _watched_folder(cfg, f, path, st), True
             for kind, d in (("archive", f.archive_dir), ("failed", f.failed_dir)):
                 if d is not None and _under(candidate, os.fspath(d)):
@@ -83,8 +85,9 @@ def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
     return f"{quoted_path(path)} is not inside any watched folder; syncd does not upload it", True
 
 
-def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path: str,
-                    st: os.stat_result | None) -> str:
+def _watched_folder(
+    cfg: configmod.Config, folder: configmod.FolderConfig, path: str, st: os.stat_result | None
+) -> str:
     root = os.fspath(folder.path)
     lines = [f"{quoted_path(path)} is a watched folder -> destination {folder.destination!r}"]
     extra = []
@@ -92,11 +95,18 @@ def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path:
         extra.append(f"labels {list(folder.labels)}")
     if folder.category:
         extra.append(f"category {folder.category!r}")
-    lines.append("  files dropped into it " + ("and its sub-folders " if folder.recursive else "")
-                 + "are uploaded" + (f" with {', '.join(extra)}" if extra else "")
-                 + f" once unchanged for {folder.settle_seconds:g}s, then: {folder.after_upload}"
-                 + (f" to {quoted_path(os.fspath(folder.archive_dir))}"
-                    if folder.after_upload == "archive" and folder.archive_dir else ""))
+    lines.append(
+        "  files dropped into it "
+        + ("and its sub-folders " if folder.recursive else "")
+        + "are uploaded"
+        + (f" with {', '.join(extra)}" if extra else "")
+        + f" once unchanged for {folder.settle_seconds:g}s, then: {folder.after_upload}"
+        + (
+            f" to {quoted_path(os.fspath(folder.archive_dir))}"
+            if folder.after_upload == "archive" and folder.archive_dir
+            else ""
+        )
+    )
     if st is None:
         lines.append("  it does not exist yet: syncd waits for it (create it, or fix the path)")
     counts = _look_up(cfg, lambda ledger: ledger.counts_by_folder().get(root, {}))
@@ -106,53 +116,84 @@ def _watched_folder(cfg: configmod.Config, folder: configmod.FolderConfig, path:
     return "\n".join(lines)
 
 
-def _moved(cfg: configmod.Config, folder: configmod.FolderConfig, kind: str, directory: str,
-           candidate: str, path: str, st: os.stat_result | None) -> tuple[str, bool]:
+def _moved(
+    cfg: configmod.Config,
+    folder: configmod.FolderConfig,
+    kind: str,
+    directory: str,
+    candidate: str,
+    path: str,
+    st: os.stat_result | None,
+) -> tuple[str, bool]:
     """A path in a folder's archive or failed folder: the row that put it there."""
     root = os.fspath(folder.path)
     where = f"the {kind} folder of {quoted_path(root)}"
     if candidate.rstrip(os.sep) == directory.rstrip(os.sep):
-        what = ("uploaded files are moved here" if kind == "archive"
-                else "files syncd gave up on are moved here, each with NAME.error.json")
+        what = (
+            "uploaded files are moved here"
+            if kind == "archive"
+            else "files syncd gave up on are moved here, each with NAME.error.json"
+        )
         return f"{quoted_path(path)} is {where}: {what}; syncd never uploads from it", True
     row = _look_up(cfg, lambda ledger: ledger.at_location(root, candidate))
     if row is None:
         if st is None:
             return f"{quoted_path(path)}: no such file, and the ledger has no row for it ({where})", False
-        return (f"{quoted_path(path)} is in {where}; the ledger has no row that put it there. syncd "
-                "never uploads from it"), True
-    lines = [f"{quoted_path(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
-             f"from {quoted_path(row.inbox_path)}: {row.state}"]
+        return (
+            f"{quoted_path(path)} is in {where}; the ledger has no row that put it there. syncd "
+            "never uploads from it"
+        ), True
+    lines = [
+        f"{quoted_path(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
+        f"from {quoted_path(row.inbox_path)}: {row.state}"
+    ]
     lines += _row_lines(row, folder)
     if st is None:
         lines.append("  it is no longer at this path")
     return "\n".join(lines), True
 
 
-def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate: str,
-               path: str, st: os.stat_result | None) -> tuple[str, bool]:
+def _in_folder(
+    cfg: configmod.Config,
+    folder: configmod.FolderConfig,
+    candidate: str,
+    path: str,
+    st: os.stat_result | None,
+) -> tuple[str, bool]:
     root = os.fspath(folder.path)
-    rel = candidate[len(root.rstrip(os.sep)) + 1:]
+    rel = candidate[len(root.rstrip(os.sep)) + 1 :]
     head = f"{quoted_path(path)}: folder {quoted_path(root)} -> destination {folder.destination!r}"
     for d in folder.ignored_dirs():
         if _under(candidate, os.fspath(d)):
-            return head + f"\n  not uploaded: inside {quoted_path(os.fspath(d))}, which syncd never " \
-                          "watches", st is not None
+            return (
+                head + f"\n  not uploaded: inside {quoted_path(os.fspath(d))}, which syncd never watches",
+                st is not None,
+            )
     if st is not None and stat.S_ISDIR(st.st_mode):
         if not folder.recursive:
-            return head + "\n  a sub-folder, and the folder has recursive = false: files in " \
-                          "it are not uploaded", True
+            return (
+                head + "\n  a sub-folder, and the folder has recursive = false: files in it are not uploaded",
+                True,
+            )
         if rules.dir_ignored(rel, exclude=folder.exclude, ignore_junk=folder.ignore_junk):
-            return head + "\n  a sub-folder the rules ignore (junk or exclude): files in it " \
-                          "are not uploaded", True
-        return head + "\n  a sub-folder: files dropped into it are uploaded like the " \
-                      "folder's own", True
+            return (
+                head + "\n  a sub-folder the rules ignore (junk or exclude): files in it are not uploaded",
+                True,
+            )
+        return head + "\n  a sub-folder: files dropped into it are uploaded like the folder's own", True
     missing = "" if st is not None else " (there is no such file now)"
     if not folder.recursive and "/" in rel:
-        return head + "\n  not uploaded: in a sub-folder and the folder has recursive = false" \
-            + missing, st is not None
-    verdict = rules.judge(rel, include=folder.include, exclude=folder.exclude,
-                          ignore_junk=folder.ignore_junk, sidecars=folder.metadata_sidecar)
+        return (
+            head + "\n  not uploaded: in a sub-folder and the folder has recursive = false" + missing,
+            st is not None,
+        )
+    verdict = rules.judge(
+        rel,
+        include=folder.include,
+        exclude=folder.exclude,
+        ignore_junk=folder.ignore_junk,
+        sidecars=folder.metadata_sidecar,
+    )
     if not verdict.accepted:
         return head + f"\n  not uploaded: {verdict.reason}{missing}", st is not None
     lines = [head, f"  rules: {verdict.reason}"]
@@ -166,8 +207,10 @@ def _in_folder(cfg: configmod.Config, folder: configmod.FolderConfig, candidate:
         if st is None:
             lines.append("  no such file, and the ledger has never seen it")
             return "\n".join(lines), False
-        lines.append("  not seen yet: the watcher or the next scan will pick it up, then it "
-                     f"settles for {folder.settle_seconds:g}s before upload")
+        lines.append(
+            "  not seen yet: the watcher or the next scan will pick it up, then it "
+            f"settles for {folder.settle_seconds:g}s before upload"
+        )
         return "\n".join(lines), True
     lines.append(f"  ledger row #{row.id} ({row.uuid}): {row.state}")
     lines += _row_lines(row, folder)
@@ -181,12 +224,15 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
     lines: list[str] = []
     if row.state == State.SETTLING:
         left = folder.settle_seconds - (time.time() - row.changed_at)
-        lines.append(f"  settling: waiting until it has been unchanged for "
-                     f"{folder.settle_seconds:g}s ({max(left, 0):.1f}s left if it stays quiet)")
+        lines.append(
+            f"  settling: waiting until it has been unchanged for "
+            f"{folder.settle_seconds:g}s ({max(left, 0):.1f}s left if it stays quiet)"
+        )
     elif row.state in (State.QUEUED, State.UPLOADING):
-        lines.append(f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}"
-                     + (" (`syncd status` shows its progress)" if row.state == State.UPLOADING
-                        else ""))
+        lines.append(
+            f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}"
+            + (" (`syncd status` shows its progress)" if row.state == State.UPLOADING else "")
+        )
         if row.location is not None:
             lines.append(f"  it is uploaded from {quoted_path(row.location)}")
     elif row.state == State.RETRYING:
@@ -195,19 +241,21 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
     elif row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         if row.duplicate_of is not None:  # skipped, or being archived as a skip
             remote = shown((row.receipt or {}).get("remote_id"))
-            lines.append(f"  skipped as a duplicate (on_duplicate = \"skip\"): same content "
-                         f"(sha256 {row.sha256}) as ledger row #{row.duplicate_of}, already "
-                         f"uploaded as {remote}")
+            lines.append(
+                f'  skipped as a duplicate (on_duplicate = "skip"): same content '
+                f"(sha256 {row.sha256}) as ledger row #{row.duplicate_of}, already "
+                f"uploaded as {remote}"
+            )
         else:
-            lines.append(f"  uploaded to {row.destination!r} {stamp(row.uploaded_at)}, "
-                         f"sha256 {row.sha256}")
+            lines.append(f"  uploaded to {row.destination!r} {stamp(row.uploaded_at)}, sha256 {row.sha256}")
         if row.receipt and row.duplicate_of is None:
             lines.append(f"  remote id: {shown(row.receipt.get('remote_id'))}")
         if row.state == State.UPLOADED:
             lines.append(f"  {folder.after_upload} not finished yet; the daemon finishes it")
         else:
             done = {"archive": "archived", "delete": "deleted", "keep": "kept in place"}.get(
-                folder.after_upload, folder.after_upload)
+                folder.after_upload, folder.after_upload
+            )
             if row.location is not None:
                 done = "archived" if folder.after_upload != "keep" else done
                 lines.append(f"  {done} {stamp(row.done_at)} -> {quoted_path(row.location)}")
@@ -222,8 +270,9 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
     elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
     if row.meta is not None and row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
-        lines.append(f"  labels {shown(str(row.meta.get('labels')))}, category "
-                     f"{shown(str(row.meta.get('category')))}")
+        lines.append(
+            f"  labels {shown(str(row.meta.get('labels')))}, category {shown(str(row.meta.get('category')))}"
+        )
     return lines
 
 

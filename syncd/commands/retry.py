@@ -48,12 +48,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
             for i in dict.fromkeys(args.ids):
                 row = ledger.get(i)
                 if row is None:
-                    print(f"syncd: #{i}: no such ledger row (`syncd files --state failed` "
-                          "lists the failed ones)", file=sys.stderr)
+                    print(
+                        f"syncd: #{i}: no such ledger row (`syncd files --state failed` "
+                        "lists the failed ones)",
+                        file=sys.stderr,
+                    )
                     code = EXIT_FAILED
                 elif row.state != State.FAILED:
-                    print(f"syncd: #{i} is {row.state}, not a failed file; left alone",
-                          file=sys.stderr)
+                    print(f"syncd: #{i} is {row.state}, not a failed file; left alone", file=sys.stderr)
                     code = EXIT_FAILED
                 else:
                     ids.append(i)
@@ -65,9 +67,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if skipped:
         listed = ", ".join(f"#{r.id}" for r in skipped[:SHOW_IDS])
         more = f" and {len(skipped) - SHOW_IDS} more" if len(skipped) > SHOW_IDS else ""
-        print(f"skipped {len(skipped)} file(s) the service refused for good, which would fail "
-              f"again at once ({listed}{more}); `syncd retry --failed --all` or "
-              "`syncd retry ID` sends them anyway")
+        print(
+            f"skipped {len(skipped)} file(s) the service refused for good, which would fail "
+            f"again at once ({listed}{more}); `syncd retry --failed --all` or "
+            "`syncd retry ID` sends them anyway"
+        )
     if not rows:
         print("nothing requeued" if skipped or code != EXIT_OK else "nothing to retry")
     elif holder_pid(Path(cfg.daemon.state_dir)) is None:

@@ -59,8 +59,12 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         "daemon": {"running": pid is not None, "pid": pid},
         "uploading": [],
         "recent_errors": [],
-        "config": {"path": str(view.path), "ok": view.broken is None, "problem": view.broken,
-                   "applied_at": view.applied_at},
+        "config": {
+            "path": str(view.path),
+            "ok": view.broken is None,
+            "problem": view.broken,
+            "applied_at": view.applied_at,
+        },
     }
     by_folder: dict[str, dict[str, int]] = {}
     meta: dict[str, Any] = {}
@@ -75,11 +79,16 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
                 data["done_today"] = ledger.done_since(midnight)
             moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY), pid)
-            data["uploading"] = [_uploading(r, moving.get(r.id))
-                                 for r in ledger.in_state(State.UPLOADING)]
+            data["uploading"] = [_uploading(r, moving.get(r.id)) for r in ledger.in_state(State.UPLOADING)]
             data["recent_errors"] = [
-                {"id": r.id, "path": _path(r), "state": r.state, "error": r.last_error,
-                 "attempts": r.attempts, "at": r.updated_at}
+                {
+                    "id": r.id,
+                    "path": _path(r),
+                    "state": r.state,
+                    "error": r.last_error,
+                    "attempts": r.attempts,
+                    "at": r.updated_at,
+                }
                 for r in ledger.recent_errors(10)
             ]
         finally:
@@ -97,21 +106,31 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         seen = ignored.get(root)
         if isinstance(seen, dict):  # names from the disk: escaped like every path shown
             seen = {**seen, "examples": [printable(str(e)) for e in seen.get("examples") or []]}
-        data["folders"].append({
-            "path": root, "destination": folder.destination, "labels": list(folder.labels),
-            "category": folder.category, "states": counts, "exists": exists,
-            "problem": problems.get(root) or (None if exists else "folder does not exist"),
-            "ignored": seen if isinstance(seen, dict) else None,
-        })
+        data["folders"].append(
+            {
+                "path": root,
+                "destination": folder.destination,
+                "labels": list(folder.labels),
+                "category": folder.category,
+                "states": counts,
+                "exists": exists,
+                "problem": problems.get(root) or (None if exists else "folder does not exist"),
+                "ignored": seen if isinstance(seen, dict) else None,
+            }
+        )
     if running and meta:
-        data["daemon"].update({
-            "started_at": meta.get("started_at"),
-            "uptime_seconds": round(time.time() - meta.get("started_at", time.time()), 1),
-            "heartbeat": meta.get("heartbeat"),
-            "heartbeat_age_seconds": round(time.time() - meta.get("heartbeat", time.time()), 1),
-            "status": meta.get("status"), "problems": meta.get("problems"),
-            "paused_destinations": meta.get("paused", {}), "metrics": meta.get("metrics"),
-        })
+        data["daemon"].update(
+            {
+                "started_at": meta.get("started_at"),
+                "uptime_seconds": round(time.time() - meta.get("started_at", time.time()), 1),
+                "heartbeat": meta.get("heartbeat"),
+                "heartbeat_age_seconds": round(time.time() - meta.get("heartbeat", time.time()), 1),
+                "status": meta.get("status"),
+                "problems": meta.get("problems"),
+                "paused_destinations": meta.get("paused", {}),
+                "metrics": meta.get("metrics"),
+            }
+        )
     elif meta:
         data["daemon"]["last_heartbeat"] = meta.get("heartbeat")
     known = meta.get("destinations") if running else None
@@ -125,11 +144,19 @@ def _path(r: Row) -> str:
 
 
 def _uploading(r: Row, moving: dict[str, Any] | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"id": r.id, "path": _path(r), "destination": r.destination,
-                             "size": r.size, "attempts": r.attempts, "progress": None}
+    entry: dict[str, Any] = {
+        "id": r.id,
+        "path": _path(r),
+        "destination": r.destination,
+        "size": r.size,
+        "attempts": r.attempts,
+        "progress": None,
+    }
     if moving is not None:
-        entry["progress"] = {k: moving.get(k) for k in (
-            "sent", "total", "percent", "rate", "eta_seconds", "started_at", "as_of")}
+        entry["progress"] = {
+            k: moving.get(k)
+            for k in ("sent", "total", "percent", "rate", "eta_seconds", "started_at", "as_of")
+        }
     return entry
 
 
@@ -140,15 +167,24 @@ def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, An
     out = []
     now = time.time()
     for name, kind in sorted(view.destinations.items()):
-        entry: dict[str, Any] = {"name": name, "type": kind, "state": "unknown", "up": None,
-                                 "since": None, "for_seconds": None, "reason": None,
-                                 "next_probe_at": None, "failures": None}
+        entry: dict[str, Any] = {
+            "name": name,
+            "type": kind,
+            "state": "unknown",
+            "up": None,
+            "since": None,
+            "for_seconds": None,
+            "reason": None,
+            "next_probe_at": None,
+            "failures": None,
+        }
         if known is not None:
             entry.update({"state": "up", "up": True})
             got = known.get(name)
             if isinstance(got, dict):
-                entry.update({k: got.get(k) for k in ("state", "up", "since", "reason",
-                                                      "next_probe_at", "failures")})
+                entry.update(
+                    {k: got.get(k) for k in ("state", "up", "since", "reason", "next_probe_at", "failures")}
+                )
             since = entry.get("since")
             if isinstance(since, int | float) and entry["state"] != "up":
                 entry["for_seconds"] = round(max(0.0, now - since), 1)
@@ -157,6 +193,7 @@ def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, An
 
 
 # -- status -------------------------------------------------------------------------------------
+
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is not None:
@@ -189,8 +226,7 @@ def _watch(args: argparse.Namespace, every: float) -> int:
             else:
                 if tty:
                     sys.stdout.write("\033[H\033[2J")
-                print(f"syncd status every {every:g}s, {time.strftime('%H:%M:%S')} "
-                      "(Ctrl-C to stop)\n")
+                print(f"syncd status every {every:g}s, {time.strftime('%H:%M:%S')} (Ctrl-C to stop)\n")
                 print("\n".join(lines))
             sys.stdout.flush()
             _nap(every)
@@ -209,8 +245,10 @@ def render(data: dict[str, Any]) -> list[str]:
     out: list[str] = []
     d = data["daemon"]
     if d["running"]:
-        out.append(f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
-                   f"heartbeat {ago(d.get('heartbeat'))})")
+        out.append(
+            f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
+            f"heartbeat {ago(d.get('heartbeat'))})"
+        )
         problems = d.get("problems")
         if isinstance(problems, list):
             out += [f"  problem: {shown(p)}" for p in problems]
@@ -218,8 +256,9 @@ def render(data: dict[str, Any]) -> list[str]:
             out.append(f"  its STATUS= line at that heartbeat: {shown(d['status'])}")
         metrics = d.get("metrics")
         if isinstance(metrics, dict) and metrics.get("error"):
-            out.append(f"metrics: NOT SERVED: {shown(metrics['error'])} "
-                       "(daemon.metrics_listen; fix it, then reload)")
+            out.append(
+                f"metrics: NOT SERVED: {shown(metrics['error'])} (daemon.metrics_listen; fix it, then reload)"
+            )
         elif isinstance(metrics, dict) and metrics.get("listen"):
             out.append(f"metrics: http://{shown(metrics['listen'])}/metrics")
     else:
@@ -238,9 +277,14 @@ def render(data: dict[str, Any]) -> list[str]:
         out.append("uploading:")
         for u in data["uploading"]:
             p = u.get("progress")
-            how = progressmod.line(p) if p else (
-                f"{progressmod.size_text(u['size'] or 0)}, no progress reported"
-                + ("" if d["running"] else " (no daemon runs: requeued at its next start)"))
+            how = (
+                progressmod.line(p)
+                if p
+                else (
+                    f"{progressmod.size_text(u['size'] or 0)}, no progress reported"
+                    + ("" if d["running"] else " (no daemon runs: requeued at its next start)")
+                )
+            )
             out.append(f"  #{u['id']} {quoted_path(u['path'])} -> {u['destination']}: {how}")
     out.append("folders:")
     for f in data["folders"]:
@@ -251,9 +295,11 @@ def render(data: dict[str, Any]) -> list[str]:
         seen = f.get("ignored")
         if isinstance(seen, dict) and seen.get("count"):
             examples = ", ".join(quoted_path(str(e)) for e in (seen.get("examples") or [])[:3])
-            out.append(f"    ignored: {seen['count']:,} name(s) at the scan of "
-                       f"{stamp(seen.get('at'))} (junk, excluded or not included"
-                       + (f"; e.g. {examples})" if examples else ")"))
+            out.append(
+                f"    ignored: {seen['count']:,} name(s) at the scan of "
+                f"{stamp(seen.get('at'))} (junk, excluded or not included"
+                + (f"; e.g. {examples})" if examples else ")")
+            )
     if d["running"] and data["destinations"]:
         out.append("destinations:")
         for dest in data["destinations"]:
@@ -282,6 +328,7 @@ def _destination_text(dest: dict[str, Any]) -> str:
 
 # -- files --------------------------------------------------------------------------------------
 
+
 def cmd_files(args: argparse.Namespace) -> int:
     if args.receipt is not None:
         return _show_receipt(args)
@@ -294,8 +341,7 @@ def cmd_files(args: argparse.Namespace) -> int:
             limit = None if args.limit is None else max(args.limit, 0)
             rows = ledger.rows(state=args.state, limit=limit, newest=True)
             if args.state in (None, "uploading"):
-                moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY),
-                                          holder_pid(view.state_dir))
+                moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY), holder_pid(view.state_dir))
         finally:
             ledger.close()
     if args.json:
@@ -315,8 +361,10 @@ def cmd_files(args: argparse.Namespace) -> int:
         extra = f"  ({shown(r.last_error)})" if r.last_error and r.state != State.DONE else ""
         if r.state == State.UPLOADING and r.id in moving:
             extra = f"  [{progressmod.line(moving[r.id])}]" + extra
-        print(f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
-              f"{stamp(r.updated_at)}  {quoted_path(where)}{extra}")
+        print(
+            f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
+            f"{stamp(r.updated_at)}  {quoted_path(where)}{extra}"
+        )
     return EXIT_OK
 
 
@@ -334,8 +382,11 @@ def _show_receipt(args: argparse.Namespace) -> int:
         finally:
             ledger.close()
     if row is None or not row.receipt:
-        print(f"syncd: #{args.receipt} " + ("has no receipt (not uploaded)" if row is not None
-                                           else "is not a ledger row"), file=sys.stderr)
+        print(
+            f"syncd: #{args.receipt} "
+            + ("has no receipt (not uploaded)" if row is not None else "is not a ledger row"),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     receipt = dict(row.receipt)
     dest = cfg.destinations.get(row.destination)

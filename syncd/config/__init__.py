@@ -86,9 +86,15 @@ def load(path: str | Path, *, resolve_secrets: bool = True, strict_dirs: bool = 
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("", f"not valid UTF-8 (at byte {exc.start})")], source) from None
     absolute = given if given.is_absolute() else Path.cwd() / given
-    cfg = _build(text, base_dir=absolute.parent, source=source, path=absolute,
-                 check_permissions_of=absolute, resolve_secrets=resolve_secrets,
-                 strict_dirs=strict_dirs)
+    cfg = _build(
+        text,
+        base_dir=absolute.parent,
+        source=source,
+        path=absolute,
+        check_permissions_of=absolute,
+        resolve_secrets=resolve_secrets,
+        strict_dirs=strict_dirs,
+    )
     own = file_problems(given, st)
     return replace(cfg, warnings=(*own, *cfg.warnings)) if own else cfg
 
@@ -110,14 +116,27 @@ def loads(
     references without reading the environment or files (for config edits;
     such a Config must not be used to upload). The result's ``path`` is None.
     """
-    return _build(text, base_dir=base_dir, source=source, path=None,
-                  check_permissions_of=check_permissions_of, resolve_secrets=resolve_secrets,
-                  strict_dirs=strict_dirs)
+    return _build(
+        text,
+        base_dir=base_dir,
+        source=source,
+        path=None,
+        check_permissions_of=check_permissions_of,
+        resolve_secrets=resolve_secrets,
+        strict_dirs=strict_dirs,
+    )
 
 
-def _build(text: str, *, base_dir: Path, source: str, path: Path | None,
-           check_permissions_of: Path | None, resolve_secrets: bool,
-           strict_dirs: bool = False) -> Config:
+def _build(
+    text: str,
+    *,
+    base_dir: Path,
+    source: str,
+    path: Path | None,
+    check_permissions_of: Path | None,
+    resolve_secrets: bool,
+    strict_dirs: bool = False,
+) -> Config:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -134,8 +153,7 @@ def _build(text: str, *, base_dir: Path, source: str, path: Path | None,
     raw_destinations = doc.get("destinations", {})
     destinations = parse_destinations(raw_destinations, base_dir, problems, resolve_secrets)
     defined = sorted(raw_destinations) if isinstance(raw_destinations, dict) else []
-    folders = parse_folders(doc.get("folders"), defined, base_dir, state_dir, problems,
-                            resolve_secrets)
+    folders = parse_folders(doc.get("folders"), defined, base_dir, state_dir, problems, resolve_secrets)
     check_overlaps(folders, problems)
     check_unsafe_dirs(folders, state_dir, problems, strict=strict_dirs)
     if check_permissions_of is not None:
@@ -155,7 +173,18 @@ def _build(text: str, *, base_dir: Path, source: str, path: Path | None,
 
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "TOP_LEVEL", "Config", "DaemonConfig",
-    "DestinationConfig", "FieldDoc", "FolderConfig", "default_config_path", "field_docs", "load",
-    "loads", "parse_options", "read_config",
+    "DEFAULT_CONFIG_PATH",
+    "MAX_CONFIG_BYTES",
+    "TOP_LEVEL",
+    "Config",
+    "DaemonConfig",
+    "DestinationConfig",
+    "FieldDoc",
+    "FolderConfig",
+    "default_config_path",
+    "field_docs",
+    "load",
+    "loads",
+    "parse_options",
+    "read_config",
 ]

@@ -23,19 +23,32 @@ from syncd.secrets import Secret
 
 def check_own_dirs(prefix: str, folder: FolderConfig, problems: list[Problem]) -> None:
     """A folder's archive/failed folders: not the folder, not around it, apart from each other."""
-    dirs = [(k, d) for k, d in (("archive_dir", folder.archive_dir),
-                                ("failed_dir", folder.failed_dir)) if d is not None]
+    dirs = [
+        (k, d)
+        for k, d in (("archive_dir", folder.archive_dir), ("failed_dir", folder.failed_dir))
+        if d is not None
+    ]
     for key, d in dirs:
         if d == folder.path:
-            problems.append(Problem(f"{prefix}.{key}", (
-                f"{d} is the watched folder itself; files would be uploaded again")))
+            problems.append(
+                Problem(
+                    f"{prefix}.{key}", (f"{d} is the watched folder itself; files would be uploaded again")
+                )
+            )
         elif folder.path.is_relative_to(d):
-            problems.append(Problem(f"{prefix}.{key}",
-                                    f"the watched folder {folder.path} lies inside it ({d})"))
+            problems.append(
+                Problem(f"{prefix}.{key}", f"the watched folder {folder.path} lies inside it ({d})")
+            )
     if len(dirs) == 2 and _overlap(dirs[0][1], dirs[1][1]):
-        problems.append(Problem(f"{prefix}.failed_dir", (
-            f"{folder.failed_dir} overlaps archive_dir ({folder.archive_dir}); "
-            "keep archived and failed files apart")))
+        problems.append(
+            Problem(
+                f"{prefix}.failed_dir",
+                (
+                    f"{folder.failed_dir} overlaps archive_dir ({folder.archive_dir}); "
+                    "keep archived and failed files apart"
+                ),
+            )
+        )
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -47,32 +60,51 @@ def check_overlaps(folders: list[tuple[int, FolderConfig]], problems: list[Probl
     for n, (i, a) in enumerate(folders):
         for j, b in folders[:n]:
             if a.path == b.path:
-                problems.append(Problem(f"folders[{i}].path",
-                                        f"{a.path} is already watched by folders[{j}]"))
+                problems.append(Problem(f"folders[{i}].path", f"{a.path} is already watched by folders[{j}]"))
             elif _overlap(a.path, b.path):
                 inside = a.path.is_relative_to(b.path)
                 (k, inner), (m, outer) = ((i, a), (j, b)) if inside else ((j, b), (i, a))
-                problems.append(Problem(f"folders[{k}].path", (
-                    f"{inner.path} lies inside folders[{m}].path ({outer.path}); "
-                    "nested watched folders are not supported")))
-    dirs = [(i, f, k, d) for i, f in folders
-            for k, d in (("archive_dir", f.archive_dir), ("failed_dir", f.failed_dir))
-            if d is not None]
+                problems.append(
+                    Problem(
+                        f"folders[{k}].path",
+                        (
+                            f"{inner.path} lies inside folders[{m}].path ({outer.path}); "
+                            "nested watched folders are not supported"
+                        ),
+                    )
+                )
+    dirs = [
+        (i, f, k, d)
+        for i, f in folders
+        for k, d in (("archive_dir", f.archive_dir), ("failed_dir", f.failed_dir))
+        if d is not None
+    ]
     for n, (i, f, key, d) in enumerate(dirs):
         for j, _, other_key, other in dirs[:n]:
             if i != j and _overlap(d, other):
                 how = "is also" if d == other else "overlaps"
-                problems.append(Problem(f"folders[{i}].{key}", (
-                    f"{d} {how} folders[{j}].{other_key} ({other}); {_own_dir_hint(f, key, d)}")))
+                problems.append(
+                    Problem(
+                        f"folders[{i}].{key}",
+                        (f"{d} {how} folders[{j}].{other_key} ({other}); {_own_dir_hint(f, key, d)}"),
+                    )
+                )
         for j, g in folders:
             if i != j and _overlap(d, g.path):
-                problems.append(Problem(f"folders[{i}].{key}", (
-                    f"{d} overlaps the watched folder folders[{j}].path ({g.path}); "
-                    "its files would be uploaded again")))
+                problems.append(
+                    Problem(
+                        f"folders[{i}].{key}",
+                        (
+                            f"{d} overlaps the watched folder folders[{j}].path ({g.path}); "
+                            "its files would be uploaded again"
+                        ),
+                    )
+                )
 
 
-def check_unsafe_dirs(folders: list[tuple[int, FolderConfig]], state_dir: Path,
-                      problems: list[Problem], *, strict: bool) -> None:
+def check_unsafe_dirs(
+    folders: list[tuple[int, FolderConfig]], state_dir: Path, problems: list[Problem], *, strict: bool
+) -> None:
     """archive/failed folders and state_dir that producers could tamper with.
 
     Inside a watched folder: an error. Existing and writable by group/others:
@@ -84,40 +116,61 @@ def check_unsafe_dirs(folders: list[tuple[int, FolderConfig]], state_dir: Path,
         if f.allow_unsafe_dirs:
             continue
         if state_dir.is_relative_to(f.path) and state_dir != f.path:
-            problems.append(Problem("daemon.state_dir", (
-                f"{state_dir} lies inside the watched folder folders[{i}].path ({f.path}): "
-                "whoever drops files there could read or replace the ledger; move it out, or "
-                f"set allow_unsafe_dirs = true on folders[{i}]")))
+            problems.append(
+                Problem(
+                    "daemon.state_dir",
+                    (
+                        f"{state_dir} lies inside the watched folder folders[{i}].path ({f.path}): "
+                        "whoever drops files there could read or replace the ledger; move it out, or "
+                        f"set allow_unsafe_dirs = true on folders[{i}]"
+                    ),
+                )
+            )
         for key, d in (("archive_dir", f.archive_dir), ("failed_dir", f.failed_dir)):
             if d is None or d == f.path or f.path.is_relative_to(d):
                 continue  # reported by check_own_dirs
             if d.is_relative_to(f.path):
-                problems.append(Problem(f"folders[{i}].{key}", (
-                    f"{d} lies inside the watched folder {f.path}: whoever drops files there "
-                    f"could also write into it, replace it or plant symlinks; {hint}")))
+                problems.append(
+                    Problem(
+                        f"folders[{i}].{key}",
+                        (
+                            f"{d} lies inside the watched folder {f.path}: whoever drops files there "
+                            f"could also write into it, replace it or plant symlinks; {hint}"
+                        ),
+                    )
+                )
                 continue
             try:
                 mode = d.stat().st_mode
             except OSError:
                 continue  # created by syncd when first needed
             if stat.S_ISDIR(mode) and mode & 0o022:
-                problems.append(Problem(f"folders[{i}].{key}", (
-                    f"{d} is writable by group/others (mode {stat.S_IMODE(mode):04o}): they "
-                    f"could replace what syncd moves there or plant symlinks; run `chmod go-w "
-                    f"{d}`, or set allow_unsafe_dirs = true on the folder"),
-                    severity="error" if strict else "warning"))
+                problems.append(
+                    Problem(
+                        f"folders[{i}].{key}",
+                        (
+                            f"{d} is writable by group/others (mode {stat.S_IMODE(mode):04o}): they "
+                            f"could replace what syncd moves there or plant symlinks; run `chmod go-w "
+                            f"{d}`, or set allow_unsafe_dirs = true on the folder"
+                        ),
+                        severity="error" if strict else "warning",
+                    )
+                )
 
 
 def _own_dir_hint(folder: FolderConfig, key: str, d: Path) -> str:
     sub = key.removesuffix("_dir")
     if folder.state_dir is not None and d == folder.state_dir / sub / (folder.path.name or "root"):
-        return (f"set {key} explicitly (the default <state_dir>/{sub}/<folder basename> "
-                "repeats when two folders share a basename)")
+        return (
+            f"set {key} explicitly (the default <state_dir>/{sub}/<folder basename> "
+            "repeats when two folders share a basename)"
+        )
     return f"give each folder its own {key}"
 
 
-def check_permissions(file: Path, destinations: Mapping[str, DestinationConfig],
-                      problems: list[Problem]) -> None:
+def check_permissions(
+    file: Path, destinations: Mapping[str, DestinationConfig], problems: list[Problem]
+) -> None:
     """Warn about each literal secret in ``file`` when group/others can read it."""
     try:
         mode = stat.S_IMODE(file.stat().st_mode)
@@ -129,10 +182,17 @@ def check_permissions(file: Path, destinations: Mapping[str, DestinationConfig],
         for f in fields(dest.options):
             value = getattr(dest.options, f.name)
             if isinstance(value, Secret) and value.is_literal:
-                problems.append(Problem(dotted(dotted("destinations", dest.name), f.name), (
-                    f"literal secret in {file}, which is readable by group/others "
-                    f'(mode {mode:04o}); run `chmod 600 {file}` or use "env:NAME" '
-                    'or "credential:NAME"'), severity="warning"))
+                problems.append(
+                    Problem(
+                        dotted(dotted("destinations", dest.name), f.name),
+                        (
+                            f"literal secret in {file}, which is readable by group/others "
+                            f'(mode {mode:04o}); run `chmod 600 {file}` or use "env:NAME" '
+                            'or "credential:NAME"'
+                        ),
+                        severity="warning",
+                    )
+                )
 
 
 __all__ = ["check_overlaps", "check_own_dirs", "check_permissions", "check_unsafe_dirs"]

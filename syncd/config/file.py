@@ -36,9 +36,18 @@ def read_config(path: Path) -> tuple[bytes, os.stat_result]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError([Problem("", (
-                f"{path} is not a regular file (it is {_file_kind(st.st_mode)}); "
-                "point --config at the TOML file"))], str(path))
+            raise ConfigError(
+                [
+                    Problem(
+                        "",
+                        (
+                            f"{path} is not a regular file (it is {_file_kind(st.st_mode)}); "
+                            "point --config at the TOML file"
+                        ),
+                    )
+                ],
+                str(path),
+            )
         chunks: list[bytes] = []
         left = MAX_CONFIG_BYTES + 1
         while left > 0:
@@ -48,17 +57,31 @@ def read_config(path: Path) -> tuple[bytes, os.stat_result]:
             chunks.append(chunk)
             left -= len(chunk)
         if left <= 0:
-            raise ConfigError([Problem("", (
-                f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB, the limit for a "
-                "config file; is it the right file?"))], str(path))
+            raise ConfigError(
+                [
+                    Problem(
+                        "",
+                        (
+                            f"{path} is larger than {MAX_CONFIG_BYTES // 1024} KiB, the limit for a "
+                            "config file; is it the right file?"
+                        ),
+                    )
+                ],
+                str(path),
+            )
         return b"".join(chunks), st
     finally:
         os.close(fd)
 
 
 def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
-             "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
     return next((text for test, text in kinds if test(mode)), "not a regular file")
 
 
@@ -67,16 +90,28 @@ def file_problems(path: Path, st: os.stat_result) -> list[Problem]:
     out: list[Problem] = []
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
-        out.append(Problem("", (
-            f"{path} is writable by group/others (mode {mode:04o}): they could point uploads "
-            f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"),
-            severity="warning"))
+        out.append(
+            Problem(
+                "",
+                (
+                    f"{path} is writable by group/others (mode {mode:04o}): they could point uploads "
+                    f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"
+                ),
+                severity="warning",
+            )
+        )
     if st.st_uid not in (0, os.geteuid()):
-        out.append(Problem("", (
-            f"{path} is owned by uid {st.st_uid}, neither root nor this user: that user "
-            f"can change it; run `chown root {path}`"), severity="warning"))
+        out.append(
+            Problem(
+                "",
+                (
+                    f"{path} is owned by uid {st.st_uid}, neither root nor this user: that user "
+                    f"can change it; run `chown root {path}`"
+                ),
+                severity="warning",
+            )
+        )
     return out
 
 
-__all__ = ["DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "default_config_path", "file_problems",
-           "read_config"]
+__all__ = ["DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "default_config_path", "file_problems", "read_config"]

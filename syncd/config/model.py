@@ -41,37 +41,41 @@ def _required(doc: str, **meta: Any) -> Any:
 class DaemonConfig:
     """The ``[daemon]`` table: process-wide settings."""
 
-    state_dir: Path = _key(
-        Path("state"), "Ledger, lock file, and default archive/failed folders.", dir=True)
+    state_dir: Path = _key(Path("state"), "Ledger, lock file, and default archive/failed folders.", dir=True)
     workers: int = _key(4, "Uploader threads.", min=1, max=64)
     rescan_seconds: float = _key(300.0, "Interval of the safety rescan of every folder.", min=1)
     log_level: str = _key("info", "Log verbosity.", choices=("debug", "info", "warning", "error"))
     log_format: str = _key("text", "json: one object per line.", choices=("text", "json"))
-    drain_seconds: float = _key(
-        30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)
-    metrics_listen: str = _key(
-        "", '"HOST:PORT" to serve metrics on ("[::1]:8791" for IPv6); "" = off.')
+    drain_seconds: float = _key(30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)
+    metrics_listen: str = _key("", '"HOST:PORT" to serve metrics on ("[::1]:8791" for IPv6); "" = off.')
     retry_base_seconds: float = _key(
-        2.0, "Delay before the first retry; later retries back off up to the maximum.", gt=0)
-    retry_max_seconds: float = _key(
-        600.0, "Longest retry delay; must be >= retry_base_seconds.", gt=0)
+        2.0, "Delay before the first retry; later retries back off up to the maximum.", gt=0
+    )
+    retry_max_seconds: float = _key(600.0, "Longest retry delay; must be >= retry_base_seconds.", gt=0)
     connect_timeout: float = _key(10.0, "TCP/TLS connect timeout, seconds.", gt=0)
     io_timeout: float = _key(60.0, "Read/write timeout per socket operation, seconds.", gt=0)
     ca_bundle: Path | None = _key(
-        None, "Extra CA bundle (PEM) to trust for TLS, e.g. a company CA.", file=True)
+        None, "Extra CA bundle (PEM) to trust for TLS, e.g. a company CA.", file=True
+    )
     tls_verify: bool = _key(True, "Verify TLS certificates; false (tests only) is a warning.")
     webhook_url: Secret | None = _key(
-        None, "POST a JSON notification here when a file fails for good and when a destination "
+        None,
+        "POST a JSON notification here when a file fails for good and when a destination "
         "goes down or comes back: the http(s) URL, or a secret reference to it (env:/file:/"
-        "credential:), since many webhook URLs embed a token.")
+        "credential:), since many webhook URLs embed a token.",
+    )
     webhook_secret: Secret | None = _key(
-        None, "Signs every notification: header X-Syncd-Signature-256: sha256=<hex HMAC-SHA256 "
-        "of the body with this secret>.")
+        None,
+        "Signs every notification: header X-Syncd-Signature-256: sha256=<hex HMAC-SHA256 "
+        "of the body with this secret>.",
+    )
 
 
 _TEXT = {"nonempty": True, "no_control": True}
-_JUNK = ("Skip junk and partial names: .DS_Store, ._*, Thumbs.db, desktop.ini, *.part, "
-         "*.partial, *.tmp, *.crdownload, ~$*, .~lock.*#, dot-files.")
+_JUNK = (
+    "Skip junk and partial names: .DS_Store, ._*, Thumbs.db, desktop.ini, *.part, "
+    "*.partial, *.tmp, *.crdownload, ~$*, .~lock.*#, dot-files."
+)
 
 
 @dataclass(frozen=True)
@@ -79,57 +83,82 @@ class FolderConfig:
     """One ``[[folders]]`` entry: a watched folder and what happens to its files."""
 
     path: Path = _required(
-        "The watched folder; need not exist yet (`syncd check` reports it, the daemon retries).",
-        dir=True)
+        "The watched folder; need not exist yet (`syncd check` reports it, the daemon retries).", dir=True
+    )
     destination: str = _required("Name of the [destinations.NAME] to upload to.", **_TEXT)
     labels: tuple[str, ...] = _key(
-        (), "Labels sent with every file (if the destination type carries labels).", **_TEXT)
+        (), "Labels sent with every file (if the destination type carries labels).", **_TEXT
+    )
     category: str | None = _key(
-        None, "Category sent with every file (if the destination type carries one).", **_TEXT)
+        None, "Category sent with every file (if the destination type carries one).", **_TEXT
+    )
     include: tuple[str, ...] = _key(
-        ("*",), "Globs on the path relative to the folder; a file must match one.",
-        nonempty=True, min_items=1)
+        ("*",), "Globs on the path relative to the folder; a file must match one.", nonempty=True, min_items=1
+    )
     exclude: tuple[str, ...] = _key(
-        (), "Globs of files to skip, in addition to the built-in junk list.", nonempty=True)
+        (), "Globs of files to skip, in addition to the built-in junk list.", nonempty=True
+    )
     ignore_junk: bool = _key(True, _JUNK)
     recursive: bool = _key(True, "Also watch sub-folders.")
     settle_seconds: float = _key(
-        2.0, "A file is finished once size, mtime and inode stay unchanged this long.", min=0)
+        2.0, "A file is finished once size, mtime and inode stay unchanged this long.", min=0
+    )
     max_settle_seconds: float = _key(
-        0.0, "0 = never force; else (>= settle_seconds) upload a file still changing after "
-        "this long.", min=0)
+        0.0, "0 = never force; else (>= settle_seconds) upload a file still changing after this long.", min=0
+    )
     observer: str = _key(
-        "native", "native (inotify), or polling for network shares where inotify sees nothing.",
-        choices=("native", "polling"))
+        "native",
+        "native (inotify), or polling for network shares where inotify sees nothing.",
+        choices=("native", "polling"),
+    )
     poll_seconds: float = _key(5.0, "Interval of the polling observer.", gt=0)
     marker: str | None = _key(
-        None, "A file that must exist in the folder (e.g. .syncd-root); while it is missing "
-        "the folder counts as not mounted and is neither watched nor scanned.", **_TEXT)
+        None,
+        "A file that must exist in the folder (e.g. .syncd-root); while it is missing "
+        "the folder counts as not mounted and is neither watched nor scanned.",
+        **_TEXT,
+    )
     after_upload: str = _key(
-        "archive", "What happens to a file once its upload is confirmed.",
-        choices=("archive", "delete", "keep"))
+        "archive",
+        "What happens to a file once its upload is confirmed.",
+        choices=("archive", "delete", "keep"),
+    )
     archive_dir: Path | None = _key(
-        None, 'Where uploaded files go, keeping their sub-path (after_upload = "archive").',
-        default_doc="<state_dir>/archive/<folder basename>", dir=True)
+        None,
+        'Where uploaded files go, keeping their sub-path (after_upload = "archive").',
+        default_doc="<state_dir>/archive/<folder basename>",
+        dir=True,
+    )
     failed_dir: Path = _key(
-        _DERIVED_DIR, "Where files go after a permanent error or max_attempts failures.",
-        default_doc="<state_dir>/failed/<folder basename>", dir=True)
+        _DERIVED_DIR,
+        "Where files go after a permanent error or max_attempts failures.",
+        default_doc="<state_dir>/failed/<folder basename>",
+        dir=True,
+    )
     max_attempts: int = _key(8, "Upload attempts before a file goes to failed_dir.", min=1)
     allow_unsafe_dirs: bool = _key(
-        False, "true: accept an archive_dir/failed_dir (or daemon.state_dir) inside this "
+        False,
+        "true: accept an archive_dir/failed_dir (or daemon.state_dir) inside this "
         "folder, or one that group/others can write (refused by default: producers could "
-        "tamper with it).")
+        "tamper with it).",
+    )
     labels_from_path: str | None = _key(
-        None, 'A pattern such as "{client}/{project}/**": the folder names it captures from a '
+        None,
+        'A pattern such as "{client}/{project}/**": the folder names it captures from a '
         "file's relative path are added to its labels; a file outside it keeps the folder's.",
-        **_TEXT)
+        **_TEXT,
+    )
     metadata_sidecar: bool = _key(
-        False, 'true: NAME.meta.json beside NAME ({"labels": [...], "category": "..."}) adds '
-        "labels and sets the category; it moves with its file and is never uploaded itself.")
+        False,
+        'true: NAME.meta.json beside NAME ({"labels": [...], "category": "..."}) adds '
+        "labels and sets the category; it moves with its file and is never uploaded itself.",
+    )
     on_duplicate: str = _key(
-        "upload", '"skip": a file with the same SHA-256 as one this folder already uploaded '
+        "upload",
+        '"skip": a file with the same SHA-256 as one this folder already uploaded '
         "(to the same destination) is archived without uploading it again.",
-        choices=("upload", "skip"))
+        choices=("upload", "skip"),
+    )
     state_dir: Path | None = field(default=None, metadata={"internal": True})
     """The daemon's state_dir (set by :meth:`with_defaults`); not a config key."""
 

@@ -74,8 +74,9 @@ class RateLimit:
     headers: tuple[tuple[str, str], ...] = ()
     default: float | None = None
 
-    def wait(self, response: httpx.Response, now: Callable[[], float] = time.time, *,
-             api: bool = True) -> float | None:
+    def wait(
+        self, response: httpx.Response, now: Callable[[], float] = time.time, *, api: bool = True
+    ) -> float | None:
         """Seconds to wait after ``response`` if it is a 429 (``default`` only when ``api``)."""
         if response.status_code != 429:
             return None
@@ -106,10 +107,18 @@ def bearer(token: str) -> dict[str, str]:
 class Api:
     """One service's API and storage requests; see the module docstring for the data."""
 
-    def __init__(self, name: str, base_url: str, client: httpx.Client, *,
-                 auth: Mapping[str, str] | None = None, ok: tuple[int, ...] = (200,),
-                 rate_limit: RateLimit = RateLimit(), lost: tuple[int, ...] = (404,),
-                 now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        client: httpx.Client,
+        *,
+        auth: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+        rate_limit: RateLimit = RateLimit(),
+        lost: tuple[int, ...] = (404,),
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.name = name
         self.base = base_url.rstrip("/")
         self.client = client
@@ -128,9 +137,17 @@ class Api:
         headers = {**(self.auth or {}), "Accept": "application/json"}
         return self.send(method, self.base + path, what=what, headers=headers, **kwargs)
 
-    def call(self, method: str, path: str, *, what: str, ok: tuple[int, ...] | None = None,
-             params: Mapping[str, Any] | None = None, body: Any = None,
-             session: bool = False) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        ok: tuple[int, ...] | None = None,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        session: bool = False,
+    ) -> Any:
         """One API request: its decoded JSON answer (None for 204), or a mapped error.
 
         ``session``: the request is about an upload session, and the
@@ -143,24 +160,45 @@ class Api:
         self.check(response, what=what, ok=ok, session=session)
         return None if response.status_code == 204 else json_body(response, what=what)
 
-    def check(self, response: httpx.Response, *, what: str, ok: tuple[int, ...] | None = None,
-              expired: tuple[int, ...] = (), session: bool = False,
-              api: bool = True) -> httpx.Response:
+    def check(
+        self,
+        response: httpx.Response,
+        *,
+        what: str,
+        ok: tuple[int, ...] | None = None,
+        expired: tuple[int, ...] = (),
+        session: bool = False,
+        api: bool = True,
+    ) -> httpx.Response:
         """:func:`syncd.http.check` with this service's ``ok``, 429 wait and lost statuses.
 
         ``api=False`` for a storage answer: the service's documented default
         wait is for its API, so only the rate-limit headers count there.
         """
         try:
-            return check(response, what=what, ok=self.ok if ok is None else ok, expired=expired,
-                         retry_after=self.rate_limit.wait(response, self.now, api=api))
+            return check(
+                response,
+                what=what,
+                ok=self.ok if ok is None else ok,
+                expired=expired,
+                retry_after=self.rate_limit.wait(response, self.now, api=api),
+            )
         except (PermanentError, FatalError) as exc:
             if session and exc.status in self.lost:
                 raise SessionLost(str(exc), status=exc.status) from None
             raise
 
-    def put(self, url: str, content: Any, *, size: int, what: str, content_type: str | None = None,
-            session: bool = False, expired: tuple[int, ...] = EXPIRED) -> httpx.Response:
+    def put(
+        self,
+        url: str,
+        content: Any,
+        *,
+        size: int,
+        what: str,
+        content_type: str | None = None,
+        session: bool = False,
+        expired: tuple[int, ...] = EXPIRED,
+    ) -> httpx.Response:
         """PUT ``content`` to a presigned storage URL and check the answer.
 
         Exactly ``size`` bytes (``Content-Length`` set, so httpx streams a
@@ -172,12 +210,12 @@ class Api:
         if content_type is not None:
             headers["Content-Type"] = content_type
         response = self.send("PUT", url, what=what, content=content, headers=headers)
-        return self.check(response, what=what, ok=STORAGE_OK, expired=expired, session=session,
-                          api=False)
+        return self.check(response, what=what, ok=STORAGE_OK, expired=expired, session=session, api=False)
 
 
-def put_signed(api: Api, sign: Callable[[], tuple[str, T]], source: Source, *,
-               content_type: str, what: str) -> tuple[str, T]:
+def put_signed(
+    api: Api, sign: Callable[[], tuple[str, T]], source: Source, *, content_type: str, what: str
+) -> tuple[str, T]:
     """Upload ``source`` in one PUT to a presigned URL; ``(url, signed)`` once storage confirmed it.
 
     ``sign()`` asks the API for a URL, checkpoints what a resume needs, and
@@ -191,17 +229,25 @@ def put_signed(api: Api, sign: Callable[[], tuple[str, T]], source: Source, *,
         body = source.iter_range(0, source.size)
         try:
             # a body of one block goes as bytes: httpx sends it without iterating
-            api.put(url, b"".join(body) if source.size <= READ_BLOCK else body, size=source.size,
-                    content_type=content_type, what=what)
+            api.put(
+                url,
+                b"".join(body) if source.size <= READ_BLOCK else body,
+                size=source.size,
+                content_type=content_type,
+                what=what,
+            )
         except ExpiredError:
             if renewals >= SINGLE_RENEWALS:
                 raise
             renewals += 1
-            log.info("%s: the upload URL expired; asking for a new one (%d/%d)",
-                     api.name, renewals, SINGLE_RENEWALS)
+            log.info(
+                "%s: the upload URL expired; asking for a new one (%d/%d)",
+                api.name,
+                renewals,
+                SINGLE_RENEWALS,
+            )
             continue
         return url, signed
 
 
-__all__ = ["DELAY", "EXPIRED", "RESET", "STORAGE_OK", "Api", "RateLimit", "basic", "bearer",
-           "put_signed"]
+__all__ = ["DELAY", "EXPIRED", "RESET", "STORAGE_OK", "Api", "RateLimit", "basic", "bearer", "put_signed"]

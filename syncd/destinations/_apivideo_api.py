@@ -39,9 +39,14 @@ class ApiVideoApi(Api):
 
     def __init__(self, options: ApiVideoOptions, client: httpx.Client) -> None:
         key = options.api_key
-        super().__init__("apivideo", options.base_url, client,
-                         auth=None if key is None else basic(key.reveal(), ""),
-                         rate_limit=RATE_LIMIT, lost=(404,))
+        super().__init__(
+            "apivideo",
+            options.base_url,
+            client,
+            auth=None if key is None else basic(key.reveal(), ""),
+            rate_limit=RATE_LIMIT,
+            lost=(404,),
+        )
         self.token = None if options.upload_token is None else options.upload_token.reveal()
         if self.token is not None:
             redact.register(self.token)
@@ -60,8 +65,9 @@ class ApiVideoApi(Api):
     def status(self, video_id: str) -> dict[str, Any] | None:
         """``GET /videos/{id}/status`` -> its ``ingest`` object; None if the video is gone."""
         try:
-            data = self.call("GET", self.video_path(video_id, "/status"),
-                             what="apivideo: video status", session=True)
+            data = self.call(
+                "GET", self.video_path(video_id, "/status"), what="apivideo: video status", session=True
+            )
         except SessionLost:
             return None
         ingest = data.get("ingest") if isinstance(data, dict) else None
@@ -70,29 +76,46 @@ class ApiVideoApi(Api):
     def post_chunk(self, video_id: str | None, filename: str, part: Part) -> httpx.Response:
         """Send one chunk to ``POST /upload?token=…`` (byte ranges)."""
         assert self.token is not None, "the /upload route needs upload_token"
-        return self.send("POST", self.base + "/upload", what=f"apivideo: chunk {part.number}",
-                         params={"token": self.token}, **_chunk(video_id, filename, part))
+        return self.send(
+            "POST",
+            self.base + "/upload",
+            what=f"apivideo: chunk {part.number}",
+            params={"token": self.token},
+            **_chunk(video_id, filename, part),
+        )
 
-    def post_source(self, video_id: str, filename: str, part: Part,
-                    by_part: bool) -> httpx.Response:
+    def post_source(self, video_id: str, filename: str, part: Part, by_part: bool) -> httpx.Response:
         """Send one chunk to ``POST /videos/{id}/source`` (API key): ``part n/M`` chunks, or
         byte ranges for a video that a token upload started with them."""
         assert self.auth is not None, "/videos/{id}/source needs api_key"
-        return self.send("POST", self.base + self.video_path(video_id, "/source"),
-                         what=f"apivideo: chunk {part.number}",
-                         **_chunk(None, filename, part, by_part=by_part, auth=self.auth))
+        return self.send(
+            "POST",
+            self.base + self.video_path(video_id, "/source"),
+            what=f"apivideo: chunk {part.number}",
+            **_chunk(None, filename, part, by_part=by_part, auth=self.auth),
+        )
 
 
-def _chunk(video_id: str | None, filename: str, part: Part, *, by_part: bool = False,
-           auth: dict[str, str] | None = None) -> dict[str, Any]:
+def _chunk(
+    video_id: str | None,
+    filename: str,
+    part: Part,
+    *,
+    by_part: bool = False,
+    auth: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The request of one chunk: a streamed form (httpx ``files=``), ``videoId`` first (as
     api.video's uploader does) when given, then ``file``; the chunk's ``Content-Range``."""
-    content_range = (f"part {part.number}/{part.count}" if by_part
-                     else f"bytes {part.offset}-{part.end - 1}/{part.file_size}")
-    return {"headers": {**(auth or {}), "Content-Range": content_range,
-                        "Accept": "application/json"},
-            "data": {"videoId": video_id} if video_id else {},
-            "files": {"file": (filename, part.file(), "application/octet-stream")}}
+    content_range = (
+        f"part {part.number}/{part.count}"
+        if by_part
+        else f"bytes {part.offset}-{part.end - 1}/{part.file_size}"
+    )
+    return {
+        "headers": {**(auth or {}), "Content-Range": content_range, "Accept": "application/json"},
+        "data": {"videoId": video_id} if video_id else {},
+        "files": {"file": (filename, part.file(), "application/octet-stream")},
+    }
 
 
 __all__ = ["RATE_LIMIT", "ApiVideoApi", "problem"]

@@ -30,8 +30,9 @@ MiB = 1024 * 1024
 UUID_KEY = "syncd-uuid"
 ALREADY_UPLOADED = "video-source-already-uploaded"
 # A chunk the server holds already, sent again (its 201 was lost): documented errors.
-ALREADY_SENT = frozenset({"video-content-range-by-bytes-range-overlap",
-                          "video-content-range-by-part-part-already-sent"})
+ALREADY_SENT = frozenset(
+    {"video-content-range-by-bytes-range-overlap", "video-content-range-by-part-part-already-sent"}
+)
 RECEIPT_SEAL = "apivideo receipt"
 ASSETS = ("player", "hls", "mp4", "thumbnail")
 COMPLETE = ("uploaded", "ingesting", "ingested")  # ingest states with the whole source
@@ -66,14 +67,23 @@ class VideoChunks:
     """api.video's Content-Range chunks as a :class:`~._chunked.ChunkedService`."""
 
     kind = "apivideo-chunks"
-    session_fields: Mapping[str, Spec] = {"via": ("token", "api"), "filename": str,
-                                          "range": ("bytes", "part", None), "video_id": (str, None)}
+    session_fields: Mapping[str, Spec] = {
+        "via": ("token", "api"),
+        "filename": str,
+        "range": ("bytes", "part", None),
+        "video_id": (str, None),
+    }
 
     def __init__(self, api: ApiVideoApi, options: ApiVideoOptions) -> None:
         self.api = api
         # 5 MiB .. 128 MiB: what api.video's own clients allow (protocols.md §4.3).
-        self.rules = PartRules(part_size=options.chunk_size, min_size=5 * MiB,
-                               max_size=128 * MiB, max_parts=100_000, empty_parts=1)
+        self.rules = PartRules(
+            part_size=options.chunk_size,
+            min_size=5 * MiB,
+            max_size=128 * MiB,
+            max_parts=100_000,
+            empty_parts=1,
+        )
         # The receipt's private URLs are sealed with the steadier secret: the API key
         # (an upload token may have a ttl).
         secret = options.api_key or options.upload_token
@@ -88,10 +98,17 @@ class VideoChunks:
         if found is not None:
             return Opened({**found, "filename": item.name})
         what = "apivideo: create video"
-        video = self.api.call("POST", "/videos", what=what, ok=(201, 202),
-                              body={"title": item.name, **video_metadata(item)})
-        return Opened({"video_id": require(video, "videoId", what=what), "via": "api",
-                       "filename": item.name, "range": "part"})
+        video = self.api.call(
+            "POST", "/videos", what=what, ok=(201, 202), body={"title": item.name, **video_metadata(item)}
+        )
+        return Opened(
+            {
+                "video_id": require(video, "videoId", what=what),
+                "via": "api",
+                "filename": item.name,
+                "range": "part",
+            }
+        )
 
     def _find(self, uuid: str) -> dict[str, Any] | None:
         """A session for a video an earlier attempt made for this row, when it can be reused.
@@ -101,8 +118,9 @@ class VideoChunks:
         deleted: its chunk layout is unknown, so it is cheaper to start over.
         """
         what = "apivideo: find video by uuid"
-        data = self.api.call("GET", "/videos", what=what,
-                             params={f"metadata[{UUID_KEY}]": uuid, "pageSize": 25})
+        data = self.api.call(
+            "GET", "/videos", what=what, params={f"metadata[{UUID_KEY}]": uuid, "pageSize": 25}
+        )
         videos = data.get("data") if isinstance(data, dict) else None
         for video in videos if isinstance(videos, list) else []:
             meta = video.get("metadata") if isinstance(video, dict) else None
@@ -113,11 +131,9 @@ class VideoChunks:
             if ingest is None:
                 continue
             if ingest.get("status") in COMPLETE:
-                log.info("apivideo: video %s already holds this file; not sending it again",
-                         video_id)
+                log.info("apivideo: video %s already holds this file; not sending it again", video_id)
                 return {"video_id": video_id, "via": "api", "range": "part", "_complete": True}
-            if not ingest.get("receivedBytes") and not (ingest.get("receivedParts") or {}).get(
-                    "parts"):
+            if not ingest.get("receivedBytes") and not (ingest.get("receivedParts") or {}).get("parts"):
                 return {"video_id": video_id, "via": "api", "range": "part"}
             log.info("apivideo: deleting the partial video %s of an earlier attempt", video_id)
             self.abort({"video_id": video_id})
@@ -133,8 +149,9 @@ class VideoChunks:
         by_source = self.api.has_key and video_id is not None
         if by_source:
             assert video_id is not None
-            response = self.api.post_source(video_id, session["filename"], part,
-                                            by_part=session.get("range") == "part")
+            response = self.api.post_source(
+                video_id, session["filename"], part, by_part=session.get("range") == "part"
+            )
         else:
             response = self.api.post_chunk(video_id, session["filename"], part)
         status = response.status_code
@@ -146,15 +163,19 @@ class VideoChunks:
                 return str(video_id)
             if status == 400 and slug in ALREADY_SENT and video_id:
                 # api.video holds this chunk: an earlier send whose 201 was lost.
-                log.info("apivideo: video %s already holds chunk %d (%s); going on", video_id,
-                         part.number, slug)
+                log.info(
+                    "apivideo: video %s already holds chunk %d (%s); going on", video_id, part.number, slug
+                )
                 return str(video_id)
             detail = error_text(response)
             if status == 404 and (by_source or name == "videoId"):
                 raise SessionLost(f"{what}: video {video_id} no longer exists", status=404)
             if status == 404:  # the only other thing /upload can miss is the token
-                raise FatalError(f"{what}: HTTP 404: api.video does not know the upload token "
-                                 f"(unknown, deleted or expired): {detail}", status=404)
+                raise FatalError(
+                    f"{what}: HTTP 404: api.video does not know the upload token "
+                    f"(unknown, deleted or expired): {detail}",
+                    status=404,
+                )
             if status == 403:  # documented on neither route: retried at once, bounded
                 raise ExpiredError(f"{what}: HTTP 403: {detail}", status=403)
         self.api.check(response, what=what, ok=(200, 201))
@@ -163,8 +184,7 @@ class VideoChunks:
         if video_id is None:
             session["video_id"] = video_id = returned  # the first chunk made the video
         elif returned != video_id:
-            raise PermanentError(f"{what}: the server answered for video {returned}, "
-                                 f"not {video_id}")
+            raise PermanentError(f"{what}: the server answered for video {returned}, not {video_id}")
         if part.last:
             session["_video"] = video
         return str(video_id)
@@ -173,10 +193,8 @@ class VideoChunks:
         video_id = session["video_id"]
         video = session.get("_video")
         if not isinstance(video, dict) and self.api.has_key:
-            video = self.api.call("GET", self.api.video_path(video_id),
-                                  what="apivideo: get video")
-        return video_receipt(video_id, video if isinstance(video, dict) else {}, len(parts),
-                             self.seal_secret)
+            video = self.api.call("GET", self.api.video_path(video_id), what="apivideo: get video")
+        return video_receipt(video_id, video if isinstance(video, dict) else {}, len(parts), self.seal_secret)
 
     def abort(self, session: dict[str, Any]) -> None:
         video_id = session.get("video_id")
@@ -186,8 +204,13 @@ class VideoChunks:
         if ingest is None or ingest.get("status") in COMPLETE:
             return None  # gone already, or finished: a complete video is never deleted here
         with contextlib.suppress(SessionLost):  # gone since
-            self.api.call("DELETE", self.api.video_path(video_id), what="apivideo: delete video",
-                          ok=(200, 202, 204), session=True)
+            self.api.call(
+                "DELETE",
+                self.api.video_path(video_id),
+                what="apivideo: delete video",
+                ok=(200, 202, 204),
+                session=True,
+            )
 
 
 def video_receipt(video_id: str, video: dict[str, Any], chunks: int, secret: str) -> Receipt:
@@ -196,8 +219,11 @@ def video_receipt(video_id: str, video: dict[str, Any], chunks: int, secret: str
     raw = video.get("assets")
     assets: dict[str, Any] = raw if isinstance(raw, dict) else {}
     urls = {k: v for k, v in assets.items() if k in ASSETS and isinstance(v, str) and v}
-    details: dict[str, Any] = {"video_id": video_id, "chunks": chunks,
-                               **_receipts.seal(secret, RECEIPT_SEAL, video_id, urls)}
+    details: dict[str, Any] = {
+        "video_id": video_id,
+        "chunks": chunks,
+        **_receipts.seal(secret, RECEIPT_SEAL, video_id, urls),
+    }
     if isinstance(video.get("title"), str):
         details["title"] = video["title"]
     if video.get("public") is False:
@@ -205,5 +231,12 @@ def video_receipt(video_id: str, video: dict[str, Any], chunks: int, secret: str
     return Receipt(remote_id=video_id, url=details.get("player"), details=details)
 
 
-__all__ = ["COMPLETE", "RECEIPT_SEAL", "UUID_KEY", "VideoChunks", "held_parts",
-           "video_metadata", "video_receipt"]
+__all__ = [
+    "COMPLETE",
+    "RECEIPT_SEAL",
+    "UUID_KEY",
+    "VideoChunks",
+    "held_parts",
+    "video_metadata",
+    "video_receipt",
+]

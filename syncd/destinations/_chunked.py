@@ -171,8 +171,7 @@ def run(
     state = usable(service, resume, source.size)
     if state is None:
         if is_resume_for(service, resume):
-            log.info("%s: the saved upload state does not match this file; starting over",
-                     service.kind)
+            log.info("%s: the saved upload state does not match this file; starting over", service.kind)
             abort(service, resume)
         state = _open(service, item, source, checkpoint)
     restarts = 0
@@ -186,8 +185,7 @@ def run(
             if restarts >= MAX_RESTARTS:
                 raise
             restarts += 1
-            log.warning("%s: the remote session is gone (%s); opening a new one",
-                        service.kind, describe(exc))
+            log.warning("%s: the remote session is gone (%s); opening a new one", service.kind, describe(exc))
             state = _open(service, item, source, checkpoint)
 
 
@@ -208,16 +206,14 @@ def abort(service: ChunkedService, resume: dict[str, Any] | None) -> bool:
     return True
 
 
-def _open(service: ChunkedService, item: UploadItem, source: Source,
-          checkpoint: Checkpoint) -> ResumeState:
+def _open(service: ChunkedService, item: UploadItem, source: Source, checkpoint: Checkpoint) -> ResumeState:
     rules = service.rules
     preferred = rules.part_size if rules.part_size is not None else max(source.size, 1)
     part_size = choose_part_size(source.size, preferred, rules)
     opened = service.open(item, source, part_size)
     if opened.part_size is not None:
         if opened.part_size < 1 and source.size > 0:
-            raise RetryableError(
-                f"{service.kind}: the server dictated part size {opened.part_size}")
+            raise RetryableError(f"{service.kind}: the server dictated part size {opened.part_size}")
         part_size = max(opened.part_size, 1)
     state = ResumeState(service.kind, dict(opened.session), part_size, source.size)
     checkpoint(state.to_resume())
@@ -234,19 +230,24 @@ def _send_one(service: ChunkedService, state: ResumeState, part: Part, parallel:
             if resends >= MAX_RENEWALS:
                 raise
             resends += 1
-            log.info("%s: part %d: %s; sending it again (%d/%d)",
-                     service.kind, part.number, describe(exc), resends, MAX_RENEWALS)
+            log.info(
+                "%s: part %d: %s; sending it again (%d/%d)",
+                service.kind,
+                part.number,
+                describe(exc),
+                resends,
+                MAX_RENEWALS,
+            )
             continue
         if not isinstance(token, str) or not token:
-            raise RetryableError(
-                f"{service.kind}: part {part.number}: the server confirmed no token")
+            raise RetryableError(f"{service.kind}: part {part.number}: the server confirmed no token")
         return token
 
 
-def _send_missing(service: ChunkedService, source: Source, state: ResumeState,
-                  checkpoint: Checkpoint, parallel: Parallel) -> None:
-    todo = [p for p in plan_parts(source, state.part_size, service.rules)
-            if str(p.number) not in state.parts]
+def _send_missing(
+    service: ChunkedService, source: Source, state: ResumeState, checkpoint: Checkpoint, parallel: Parallel
+) -> None:
+    todo = [p for p in plan_parts(source, state.part_size, service.rules) if str(p.number) not in state.parts]
 
     def record(part: Part, token: str) -> None:  # on this thread, after every confirmed part
         state.parts[str(part.number)] = token
@@ -256,13 +257,30 @@ def _send_missing(service: ChunkedService, source: Source, state: ResumeState,
         for part in todo:
             record(part, _send_one(service, state, part, parallel))
     else:
-        send_parallel(todo, lambda part: _send_one(service, state, part, parallel), record,
-                      parallel.per_file)
+        send_parallel(todo, lambda part: _send_one(service, state, part, parallel), record, parallel.per_file)
 
 
 __all__ = [
-    "MAX_RENEWALS", "MAX_RESTARTS", "RESUME_VERSION", "S3_MAX_PARTS", "SERIAL", "ChunkedService",
-    "Opened", "Parallel", "Part", "PartRules", "SessionFormat", "SessionLost", "Spec", "abort",
-    "choose_part_size", "is_resume_for", "max_connections_option", "parallel_parts_option",
-    "part_count", "plan_parts", "run", "session_fits",
+    "MAX_RENEWALS",
+    "MAX_RESTARTS",
+    "RESUME_VERSION",
+    "S3_MAX_PARTS",
+    "SERIAL",
+    "ChunkedService",
+    "Opened",
+    "Parallel",
+    "Part",
+    "PartRules",
+    "SessionFormat",
+    "SessionLost",
+    "Spec",
+    "abort",
+    "choose_part_size",
+    "is_resume_for",
+    "max_connections_option",
+    "parallel_parts_option",
+    "part_count",
+    "plan_parts",
+    "run",
+    "session_fits",
 ]

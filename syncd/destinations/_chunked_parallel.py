@@ -38,8 +38,9 @@ class Parallel:
 SERIAL = Parallel()
 
 
-def send_parallel(todo: list[Part], send: Callable[[Part], str],
-                  record: Callable[[Part, str], None], per_file: int) -> None:
+def send_parallel(
+    todo: list[Part], send: Callable[[Part], str], record: Callable[[Part, str], None], per_file: int
+) -> None:
     """``send`` every part of ``todo``, at most ``per_file`` at once, in their order.
 
     ``record(part, token)`` is called on this thread as each one is confirmed.

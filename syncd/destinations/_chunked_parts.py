@@ -103,7 +103,7 @@ class _PartFile(io.RawIOBase):
         if n <= 0:
             return 0
         data = self._part.source.read(self._part.offset + self._pos, n)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
@@ -146,9 +146,14 @@ def plan_parts(source: Source, part_size: int, rules: PartRules) -> list[Part]:
     size = source.size
     count = part_count(size, part_size, rules.empty_parts)
     return [
-        Part(number=n, offset=(n - 1) * part_size,
-             size=min(part_size, size - (n - 1) * part_size), count=count,
-             file_size=size, source=source)
+        Part(
+            number=n,
+            offset=(n - 1) * part_size,
+            size=min(part_size, size - (n - 1) * part_size),
+            count=count,
+            file_size=size,
+            source=source,
+        )
         for n in range(1, count + 1)
     ]
 

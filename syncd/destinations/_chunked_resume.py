@@ -65,19 +65,28 @@ class ResumeState:
 
     def to_resume(self) -> dict[str, Any]:
         session = {k: v for k, v in self.session.items() if not k.startswith("_")}
-        return {"v": RESUME_VERSION, "kind": self.kind, "session": session,
-                "part_size": self.part_size, "size": self.size, "parts": dict(self.parts)}
+        return {
+            "v": RESUME_VERSION,
+            "kind": self.kind,
+            "session": session,
+            "part_size": self.part_size,
+            "size": self.size,
+            "parts": dict(self.parts),
+        }
 
 
 def is_resume_for(service: SessionFormat, resume: dict[str, Any] | None) -> bool:
     """Whether ``resume`` was written by the driver for ``service`` (any size)."""
-    return (isinstance(resume, dict) and resume.get("v") == RESUME_VERSION
-            and resume.get("kind") == service.kind and isinstance(resume.get("session"), dict)
-            and session_fits(service.session_fields, resume["session"]))
+    return (
+        isinstance(resume, dict)
+        and resume.get("v") == RESUME_VERSION
+        and resume.get("kind") == service.kind
+        and isinstance(resume.get("session"), dict)
+        and session_fits(service.session_fields, resume["session"])
+    )
 
 
-def usable(service: SessionFormat, resume: dict[str, Any] | None,
-           size: int) -> ResumeState | None:
+def usable(service: SessionFormat, resume: dict[str, Any] | None, size: int) -> ResumeState | None:
     """The state to continue from, or None when ``resume`` cannot be trusted for this file."""
     if resume is None or not is_resume_for(service, resume):
         return None
@@ -87,17 +96,32 @@ def usable(service: SessionFormat, resume: dict[str, Any] | None,
     count = part_count(size, part_size, rules.empty_parts)
     if count > rules.max_parts:
         return None
-    if count > 1 and (part_size < rules.min_size or part_size % rules.multiple
-                      or (rules.max_size is not None and part_size > rules.max_size)):
+    if count > 1 and (
+        part_size < rules.min_size
+        or part_size % rules.multiple
+        or (rules.max_size is not None and part_size > rules.max_size)
+    ):
         return None
     if not isinstance(parts, dict):
         return None
     for number, token in parts.items():
-        if not (isinstance(number, str) and number.isdigit() and 1 <= int(number) <= count
-                and isinstance(token, str) and token):
+        if not (
+            isinstance(number, str)
+            and number.isdigit()
+            and 1 <= int(number) <= count
+            and isinstance(token, str)
+            and token
+        ):
             return None
     return ResumeState(service.kind, dict(resume["session"]), part_size, size, dict(parts))
 
 
-__all__ = ["RESUME_VERSION", "ResumeState", "SessionFormat", "Spec", "is_resume_for",
-           "session_fits", "usable"]
+__all__ = [
+    "RESUME_VERSION",
+    "ResumeState",
+    "SessionFormat",
+    "Spec",
+    "is_resume_for",
+    "session_fits",
+    "usable",
+]

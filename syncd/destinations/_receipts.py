@@ -101,8 +101,9 @@ def reveal(receipt: Mapping[str, Any], secrets: Iterable[str], purpose: str) -> 
         if isinstance(urls, dict):
             out.update({k: v for k, v in urls.items() if isinstance(v, str)})
             return out
-    raise ValueError("the receipt's URLs were sealed with another secret than the one "
-                     "configured now (was it changed?)")
+    raise ValueError(
+        "the receipt's URLs were sealed with another secret than the one configured now (was it changed?)"
+    )
 
 
 __all__ = ["EXPIRES_KEY", "SEALED_KEY", "expires_at", "has_credential", "plain", "reveal", "seal"]

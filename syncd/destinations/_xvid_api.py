@@ -37,15 +37,15 @@ MAX_REDIRECTS = 5
 def _ttl(value: Any) -> float:
     """Seconds from ``expires_in`` (documented as a string, "7200")."""
     try:
-        seconds = float(value) if isinstance(value, str | int) and not isinstance(value, bool) \
-            else math.nan
+        seconds = float(value) if isinstance(value, str | int) and not isinstance(value, bool) else math.nan
     except ValueError:
         seconds = math.nan
     return seconds if 0 < seconds < math.inf else FALLBACK_TTL
 
 
-def send_following(client: httpx.Client, method: str, url: str, *, what: str,
-                   **kwargs: Any) -> httpx.Response:
+def send_following(
+    client: httpx.Client, method: str, url: str, *, what: str, **kwargs: Any
+) -> httpx.Response:
     """:func:`syncd.http.send`, following redirects to the same scheme, host and port.
 
     The method and body are kept (an API call redirected to its trailing-slash
@@ -63,18 +63,18 @@ def send_following(client: httpx.Client, method: str, url: str, *, what: str,
             target = here.join(location)
         except httpx.InvalidURL:
             target = None
-        if target is None or (target.scheme, target.host, target.port) != \
-                (here.scheme, here.host, here.port):
-            raise PermanentError(f"{what}: HTTP {response.status_code}: redirected to another "
-                                 "host; not followed (credentials would go with it)",
-                                 status=response.status_code)
+        if target is None or (target.scheme, target.host, target.port) != (here.scheme, here.host, here.port):
+            raise PermanentError(
+                f"{what}: HTTP {response.status_code}: redirected to another "
+                "host; not followed (credentials would go with it)",
+                status=response.status_code,
+            )
         if target.query:
             kwargs["params"] = None  # the Location carries the query
         if response.status_code == 303:
             method = "GET"
             kwargs = {k: v for k, v in kwargs.items() if k not in ("json", "data", "content")}
-        log.debug("xvid: %s: HTTP %d, following it to %s", what, response.status_code,
-                  target.path)
+        log.debug("xvid: %s: HTTP %d, following it to %s", what, response.status_code, target.path)
         url = str(target)
     raise RetryableError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
@@ -82,8 +82,7 @@ def send_following(client: httpx.Client, method: str, url: str, *, what: str,
 class XvidAuth:
     """The OAuth access token, cached for every upload of one destination."""
 
-    def __init__(self, options: XvidOptions, client: httpx.Client,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, options: XvidOptions, client: httpx.Client, clock: Callable[[], float]) -> None:
         self.options = options
         self.client = client
         self.clock = clock
@@ -118,11 +117,16 @@ class XvidAuth:
 
     def _fetch(self) -> tuple[str, float]:
         what = "xvid: get an access token"
-        form = {"grant_type": GRANT_TYPE, "client_id": self.options.client_id,
-                "client_secret": self.options.client_secret.reveal(), "scope": self.options.scope}
+        form = {
+            "grant_type": GRANT_TYPE,
+            "client_id": self.options.client_id,
+            "client_secret": self.options.client_secret.reveal(),
+            "scope": self.options.scope,
+        }
         url = self.options.base_url.rstrip("/") + "/oauth2/token/"
-        response = send_following(self.client, "POST", url, what=what, data=form,
-                                  headers={"Accept": "application/json"})
+        response = send_following(
+            self.client, "POST", url, what=what, data=form, headers={"Accept": "application/json"}
+        )
         try:
             check(response, what=what)
         except PermanentError as exc:  # the client id, grant or scope is refused: every file alike
@@ -162,11 +166,11 @@ class XvidApi(Api):
             response = self._request(method, path, self.oauth.token(), what, kwargs)
         return response
 
-    def _request(self, method: str, path: str, token: str, what: str,
-                 kwargs: dict[str, Any]) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, token: str, what: str, kwargs: dict[str, Any]
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        return send_following(self.client, method, self.base + path, what=what, headers=headers,
-                              **kwargs)
+        return send_following(self.client, method, self.base + path, what=what, headers=headers, **kwargs)
 
 
 __all__ = ["XvidApi", "XvidAuth", "send_following"]

@@ -68,8 +68,10 @@ def expiry_text(expires_at: int | None, uploaded: float | None = None) -> str:
         return time.strftime(stamp, time.gmtime(expires_at))
     if uploaded is None:
         return f"{DEFAULT_EXPIRY_DAYS} days after upload unless a Job uses it (Xvid's default)"
-    return (time.strftime(stamp, time.gmtime(uploaded + DEFAULT_EXPIRY_DAYS * 86400))
-            + f" (Xvid's default: {DEFAULT_EXPIRY_DAYS} days)")
+    return (
+        time.strftime(stamp, time.gmtime(uploaded + DEFAULT_EXPIRY_DAYS * 86400))
+        + f" (Xvid's default: {DEFAULT_EXPIRY_DAYS} days)"
+    )
 
 
 __all__ = ["DEFAULT_EXPIRY_DAYS", "EMPTY", "chunk_key", "expiry_text", "render_object_key"]

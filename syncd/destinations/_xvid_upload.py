@@ -46,6 +46,7 @@ POLL_TIMEOUT = 300.0  # then retryable: the next attempt only polls again
 
 # -- the sealed form ------------------------------------------------------------------------
 
+
 def seal(secret: str, upload_id: str, form: dict[str, Any]) -> str:
     """``form`` encrypted and authenticated for ``upload_id`` (see :mod:`syncd.seal`)."""
     return Sealer(secret, "xvid form").seal(upload_id, form)
@@ -62,9 +63,12 @@ def _valid_form(form: Any) -> bool:
     if not isinstance(form, dict) or not isinstance(form.get("url"), str):
         return False
     fields = form.get("fields")
-    if not (form["url"].startswith(("http://", "https://")) and isinstance(fields, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
-            and all(fields.get(k) for k in ("key", "policy", "signature"))):
+    if not (
+        form["url"].startswith(("http://", "https://"))
+        and isinstance(fields, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
+        and all(fields.get(k) for k in ("key", "policy", "signature"))
+    ):
         return False
     try:  # JSON may carry lone surrogates, which no form can
         json.dumps(form, ensure_ascii=False).encode()
@@ -107,11 +111,23 @@ class FormUpload:
 
     kind = "form"
     session_fields: Mapping[str, Spec] = {
-        "upload_id": str, "file_id": str, "object_key": str, "pipeline_id": str,
-        "sealed": (str, None), "finished": (bool, None)}
+        "upload_id": str,
+        "file_id": str,
+        "object_key": str,
+        "pipeline_id": str,
+        "sealed": (str, None),
+        "finished": (bool, None),
+    }
 
-    def __init__(self, api: XvidApi, options: XvidOptions, saver: Saver | None, *,
-                 sleep: Callable[[float], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        api: XvidApi,
+        options: XvidOptions,
+        saver: Saver | None,
+        *,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
         self.api = api
         self.options = options
         self.sleep = sleep
@@ -119,8 +135,13 @@ class FormUpload:
         self.saver = saver
         # Xvid documents no chunk limits [?]: S3 POST takes at most 5 GB per request; the
         # 5 MiB minimum and 10,000 chunks are syncd's own, S3-like, bounds.
-        self.rules = PartRules(part_size=self.options.chunk_size, min_size=5 * MiB,
-                               max_size=5 * GiB, max_parts=10_000, empty_parts=1)
+        self.rules = PartRules(
+            part_size=self.options.chunk_size,
+            min_size=5 * MiB,
+            max_size=5 * GiB,
+            max_parts=10_000,
+            empty_parts=1,
+        )
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "xvid: open an upload session"
@@ -147,9 +168,17 @@ class FormUpload:
             key = server_key
         log.debug("xvid: opened upload %s for object key %r", upload_id, key)
         sealed = seal(self.options.client_secret.reveal(), upload_id, form)
-        return Opened({"upload_id": upload_id, "file_id": file_id, "object_key": key,
-                       "pipeline_id": self.options.pipeline_id, "sealed": sealed, "_form": form,
-                       "_fresh": True})
+        return Opened(
+            {
+                "upload_id": upload_id,
+                "file_id": file_id,
+                "object_key": key,
+                "pipeline_id": self.options.pipeline_id,
+                "sealed": sealed,
+                "_form": form,
+                "_fresh": True,
+            }
+        )
 
     def _form(self, session: dict[str, Any]) -> dict[str, Any]:
         form = session.get("_form")
@@ -159,8 +188,10 @@ class FormUpload:
             form = unseal(secret, session["upload_id"], sealed) if sealed else None
             if form is None:
                 self._release(session, "its form cannot be unsealed")
-                raise SessionLost(f"xvid: upload {session['upload_id']}: the saved form cannot be "
-                                  "opened (was the client secret changed?)")
+                raise SessionLost(
+                    f"xvid: upload {session['upload_id']}: the saved form cannot be "
+                    "opened (was the client secret changed?)"
+                )
             session["_form"] = form
         return form
 
@@ -173,15 +204,22 @@ class FormUpload:
         what = f"xvid: post chunk {part.number - 1} of {part.count} to storage"
         name = wire_name(fields.get("name") or "blob")
         # httpx writes data= fields before files=, so ``file`` is the last field, as S3 demands.
-        response = send(self.api.client, "POST", form["url"], what=what, data=fields,
-                        files={"file": (name, part.file(), "application/octet-stream")})
+        response = send(
+            self.api.client,
+            "POST",
+            form["url"],
+            what=what,
+            data=fields,
+            files={"file": (name, part.file(), "application/octet-stream")},
+        )
         try:
             self.api.check(response, what=what, ok=STORAGE_OK, expired=EXPIRED, api=False)
         except ExpiredError:
             # Xvid cannot re-sign the form of an existing upload: start a new one.
             self._release(session, "its form post policy expired")
-            raise SessionLost(f"xvid: upload {session['upload_id']}: storage refused the form "
-                              "(policy expired)") from None
+            raise SessionLost(
+                f"xvid: upload {session['upload_id']}: storage refused the form (policy expired)"
+            ) from None
         etag = _etag(response)
         if etag is None:
             raise RetryableError(f"{what}: storage answered without an ETag")
@@ -208,17 +246,25 @@ class FormUpload:
             raise RetryableError(  # _wait returns only statuses Xvid does not document
                 f"xvid: upload {session['upload_id']} ended with status {status!r}, which Xvid "
                 f"does not document, and GET /files/{session['file_id']} finds no file: the "
-                "outcome is unknown; syncd asks again later", status=404) from None
-        return Receipt(remote_id=session["object_key"], details={
-            "upload_id": session["upload_id"], "file_id": session["file_id"],
-            "pipeline_id": session["pipeline_id"], "status": status, "chunks": len(parts),
-            "expires": expiry_text(self.options.expires_at, time.time())})
+                "outcome is unknown; syncd asks again later",
+                status=404,
+            ) from None
+        return Receipt(
+            remote_id=session["object_key"],
+            details={
+                "upload_id": session["upload_id"],
+                "file_id": session["file_id"],
+                "pipeline_id": session["pipeline_id"],
+                "status": status,
+                "chunks": len(parts),
+                "expires": expiry_text(self.options.expires_at, time.time()),
+            },
+        )
 
     def _put(self, session: dict[str, Any], path: str, chunks: int) -> None:
         what = "xvid: finish upload"
         try:
-            self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": chunks}},
-                          session=True)
+            self.api.call("PUT", path, what=what, body={"upload": {"nb_chunks": chunks}}, session=True)
         except SessionLost:  # Xvid forgot the upload: a new session
             self._release(session, "Xvid no longer knows it")
             raise
@@ -227,7 +273,9 @@ class FormUpload:
                 raise PermanentError(
                     f"{exc} (Xvid refused nb_chunks={chunks} for the chunks posted"
                     + (": see 'chunk keys' in docs/destinations/xvid.md" if chunks > 1 else "")
-                    + ")", status=400) from None
+                    + ")",
+                    status=400,
+                ) from None
             raise
 
     def _status(self, path: str) -> str:
@@ -260,8 +308,12 @@ class FormUpload:
         if session.get("finished"):  # the file exists (or is being made): never delete it
             return
         with contextlib.suppress(SessionLost):  # already gone: nothing to release
-            self.api.call("DELETE", f"/files/{quote(session['file_id'], safe='')}",
-                          what="xvid: delete the upload", session=True)
+            self.api.call(
+                "DELETE",
+                f"/files/{quote(session['file_id'], safe='')}",
+                what="xvid: delete the upload",
+                session=True,
+            )
 
 
 __all__ = ["POLL_TIMEOUT", "FormUpload", "Saver", "seal", "unseal"]

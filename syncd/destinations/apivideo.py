@@ -102,7 +102,8 @@ class ApiVideoDestination:
     TYPE: ClassVar[str] = "apivideo"
     #: With ``api_key``; without one nothing but the bytes arrives (:meth:`capabilities_for`).
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(
-        labels="video tags", category="video metadata entry 'category'")
+        labels="video tags", category="video metadata entry 'category'"
+    )
     Options: ClassVar[type] = ApiVideoOptions
 
     def __init__(self, name: str, options: ApiVideoOptions, client: httpx.Client) -> None:
@@ -129,11 +130,14 @@ class ApiVideoDestination:
             whole["url"] = whole["player"]  # the receipt's url is the player's
         return whole
 
-    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
-               checkpoint: Checkpoint) -> Receipt:
+    def upload(
+        self, item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
         if source.size == 0:
-            raise PermanentError("apivideo: the file is empty (0 bytes); api.video cannot hold "
-                                 "an empty video, so nothing was sent")
+            raise PermanentError(
+                "apivideo: the file is empty (0 bytes); api.video cannot hold "
+                "an empty video, so nothing was sent"
+            )
         if not self._api.has_key and (item.labels or item.category is not None):
             self._warn_undeliverable(item)
         if self._api.has_key and _chunked.is_resume_for(self._chunks, resume):
@@ -153,12 +157,17 @@ class ApiVideoDestination:
             self._warned.add(seen)
         what = [f"labels {list(item.labels)}"] if item.labels else []
         what += [f"category {item.category!r}"] if item.category is not None else []
-        log.warning("apivideo destination %r has no api_key: %s will not reach api.video "
-                    "(an upload token alone sets no tags or metadata); set api_key to "
-                    "deliver them", self.name, " and ".join(what))
+        log.warning(
+            "apivideo destination %r has no api_key: %s will not reach api.video "
+            "(an upload token alone sets no tags or metadata); set api_key to "
+            "deliver them",
+            self.name,
+            " and ".join(what),
+        )
 
-    def _reconcile(self, item: UploadItem, source: Source,
-                   resume: dict[str, Any]) -> dict[str, Any] | Receipt | None:
+    def _reconcile(
+        self, item: UploadItem, source: Source, resume: dict[str, Any]
+    ) -> dict[str, Any] | Receipt | None:
         """With api_key: align ``resume`` with what the server holds (module docstring).
 
         Returns the receipt when the video is already complete, None to start
@@ -176,8 +185,11 @@ class ApiVideoDestination:
         try:
             ingest = self._api.status(video_id)
         except RetryableError as exc:
-            log.info("apivideo: cannot ask what video %s holds (%s); resuming from the "
-                     "checkpoint", video_id, describe(exc))
+            log.info(
+                "apivideo: cannot ask what video %s holds (%s); resuming from the checkpoint",
+                video_id,
+                describe(exc),
+            )
             return resume
         if ingest is None:
             log.warning("apivideo: video %s no longer exists; starting the upload over", video_id)
@@ -185,11 +197,17 @@ class ApiVideoDestination:
         complete = ingest.get("status") in COMPLETE
         filesize = ingest.get("filesize")
         if complete and isinstance(filesize, int) and filesize != source.size:
-            raise PermanentError(f"apivideo: video {video_id} already holds a source of "
-                                 f"{filesize} bytes, not this file's {source.size}")
+            raise PermanentError(
+                f"apivideo: video {video_id} already holds a source of "
+                f"{filesize} bytes, not this file's {source.size}"
+            )
         if session.get("via") == "token":  # made by a token upload: give it its metadata now
-            self._api.call("PATCH", self._api.video_path(video_id), what="apivideo: update video",
-                           body=video_metadata(item))
+            self._api.call(
+                "PATCH",
+                self._api.video_path(video_id),
+                what="apivideo: update video",
+                body=video_metadata(item),
+            )
         if complete:
             count = _chunked.part_count(source.size, part_size)
             return self._chunks.finish(dict(session), [(n, video_id) for n in range(1, count + 1)])
@@ -206,26 +224,29 @@ class ApiVideoDestination:
             response = self._api.send("GET", self._api.base + "/videos", what=what)
             if response.status_code >= 500 or response.status_code == 429:
                 self._api.check(response, what=what, ok=())
-            return (f"reachable (HTTP {response.status_code}); the upload token cannot be "
-                    "checked without api_key: the first upload checks it")
+            return (
+                f"reachable (HTTP {response.status_code}); the upload token cannot be "
+                "checked without api_key: the first upload checks it"
+            )
         if self._api.token is None:
             self._api.call("GET", "/videos", what="apivideo: check api_key", params={"pageSize": 1})
             return "ok: api_key accepted (no upload_token: every upload goes through the API)"
         what = "apivideo: check upload token"
         try:
-            data = self._api.call("GET", f"/upload-tokens/{quote(self._api.token, safe='')}",
-                                  what=what)
+            data = self._api.call("GET", f"/upload-tokens/{quote(self._api.token, safe='')}", what=what)
         except PermanentError as exc:
             if exc.status == 404:
-                raise FatalError(f"{what}: api.video does not know the upload token (unknown, "
-                                 "deleted or expired)", status=404) from None
+                raise FatalError(
+                    f"{what}: api.video does not know the upload token (unknown, deleted or expired)",
+                    status=404,
+                ) from None
             raise
         if not isinstance(data, dict):
             raise RetryableError("apivideo: check upload token: the answer is not an object")
         expires = data.get("expiresAt")
-        return ("ok: api_key accepted, upload token valid"
-                + (f" until {expires}" if isinstance(expires, str) and expires else
-                   ", never expires"))
+        return "ok: api_key accepted, upload token valid" + (
+            f" until {expires}" if isinstance(expires, str) and expires else ", never expires"
+        )
 
     def close(self) -> None:
         return None

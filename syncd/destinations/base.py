@@ -177,8 +177,16 @@ class Source:
     Without ``root``, the file's own directory is the root (tests, tools).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, size: int, mtime_ns: int, inode: int,
-                 device: int | None = None, root: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        size: int,
+        mtime_ns: int,
+        inode: int,
+        device: int | None = None,
+        root: str | None = None,
+    ) -> None:
         path = self.path = os.fspath(path)
         self.size = size
         self.mtime_ns = mtime_ns
@@ -193,8 +201,7 @@ class Source:
         except safefs.UnsafePath as exc:  # it (or a directory above it) became a symlink
             raise SourceChangedError("the file was replaced by a symlink") from exc
         except NotADirectoryError as exc:
-            raise FileNotFoundError(errno.ENOENT, "a directory on the way was replaced",
-                                    path) from exc
+            raise FileNotFoundError(errno.ENOENT, "a directory on the way was replaced", path) from exc
         self._lock = threading.Lock()
         self._hash: StreamHash | None = None
         self.bytes_read = 0
@@ -217,9 +224,7 @@ class Source:
         if st.st_ino != self.inode or (self.device is not None and st.st_dev != self.device):
             raise SourceChangedError("the file was replaced (inode changed)")
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
-            raise SourceChangedError(
-                f"the file changed during upload (size {self.size} -> {st.st_size})"
-            )
+            raise SourceChangedError(f"the file changed during upload (size {self.size} -> {st.st_size})")
 
     def check_unchanged(self) -> None:
         """Called once the upload is confirmed: are the bytes read still the file's?
@@ -236,7 +241,8 @@ class Source:
         self._verify(st)
         if st.st_ctime_ns != self._ctime_ns and self._rehash() != self.sha256():
             raise SourceChangedError(
-                "the file was rewritten during upload (same size and mtime, other bytes)")
+                "the file was rewritten during upload (same size and mtime, other bytes)"
+            )
         try:
             at_path = safefs.lstat(self._root, self._rel)
         except (FileNotFoundError, NotADirectoryError, safefs.UnsafePath):

@@ -76,8 +76,15 @@ def _api(options: LiltOptions, client: httpx.Client) -> Api:
     """The Lilt API: ``Basic base64(KEY:KEY)``; over the quota, Retry-After when Lilt
     sends one, else its documented 60 s; a 404 for a multipart session means it is gone."""
     key = options.api_key.reveal()
-    return Api("lilt", options.base_url, client, auth=basic(key, key), ok=(200, 201),
-               rate_limit=RateLimit(default=QUOTA_WAIT), lost=(404,))
+    return Api(
+        "lilt",
+        options.base_url,
+        client,
+        auth=basic(key, key),
+        ok=(200, 201),
+        rate_limit=RateLimit(default=QUOTA_WAIT),
+        lost=(404,),
+    )
 
 
 def _initiate_body(item: UploadItem, size: int) -> dict[str, Any]:
@@ -106,13 +113,19 @@ class _Multipart:
         self.api = api
         # Exactly part_size (Lilt's 8 MiB) for every part but the last, never grown:
         # a file beyond 10,000 parts is refused rather than sent in parts Lilt did not ask for.
-        self.rules = PartRules(part_size=options.part_size, min_size=options.part_size,
-                               max_size=options.part_size, max_parts=10_000, empty_parts=1)
+        self.rules = PartRules(
+            part_size=options.part_size,
+            min_size=options.part_size,
+            max_size=options.part_size,
+            max_parts=10_000,
+            empty_parts=1,
+        )
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "lilt: initiate multipart upload"
-        data = self.api.call("POST", "/v2/upload/s3/multipart", what=what,
-                             body=_initiate_body(item, source.size))
+        data = self.api.call(
+            "POST", "/v2/upload/s3/multipart", what=what, body=_initiate_body(item, source.size)
+        )
         upload_id = require(data, "uploadId", what=what)
         key = require(data, "key", what=what)
         return Opened({"upload_id": upload_id, "key": key})
@@ -124,8 +137,13 @@ class _Multipart:
         what = f"lilt: sign part {part.number}"
         # Signed afresh on every attempt, so an expired URL is simply sent again.
         # The numeric path segment: lilt-python 3.1.0 sends a literal "partNumber" (§1.4.2).
-        data = self.api.call("GET", self._path(session, f"/{part.number}"), what=what,
-                             params={"s3Key": session["key"], "size": part.size}, session=True)
+        data = self.api.call(
+            "GET",
+            self._path(session, f"/{part.number}"),
+            what=what,
+            params={"s3Key": session["key"], "size": part.size},
+            session=True,
+        )
         url = _put_url(data, what=what)
         what = f"lilt: PUT part {part.number} to storage"
         response = self.api.put(url, part.stream(), size=part.size, what=what, session=True)
@@ -137,8 +155,14 @@ class _Multipart:
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
         what = "lilt: complete multipart upload"
         body = {"parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]}
-        data = self.api.call("POST", self._path(session, "/complete"), what=what,
-                             params={"s3Key": session["key"]}, body=body, session=True)
+        data = self.api.call(
+            "POST",
+            self._path(session, "/complete"),
+            what=what,
+            params={"s3Key": session["key"]},
+            body=body,
+            session=True,
+        )
         if not isinstance(data, dict) or data.get("success") is not True:
             raise RetryableError(f"{what}: the server did not confirm success")
         location = data.get("location")
@@ -150,8 +174,13 @@ class _Multipart:
 
     def abort(self, session: dict[str, Any]) -> None:
         with contextlib.suppress(SessionLost):  # already gone (completed or cancelled)
-            self.api.call("DELETE", self._path(session), what="lilt: cancel multipart upload",
-                          params={"s3Key": session["key"]}, session=True)
+            self.api.call(
+                "DELETE",
+                self._path(session),
+                what="lilt: cancel multipart upload",
+                params={"s3Key": session["key"]},
+                session=True,
+            )
 
 
 class LiltDestination:
@@ -163,9 +192,15 @@ class LiltDestination:
     )
     Options: ClassVar[type] = LiltOptions
 
-    def __init__(self, name: str, options: LiltOptions, client: httpx.Client, *,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: LiltOptions,
+        client: httpx.Client,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.options = options
         self.client = client
@@ -176,14 +211,16 @@ class LiltDestination:
         self._clock = clock
 
     def upload(
-        self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
+        self,
+        item: UploadItem,
+        source: Source,
+        resume: dict[str, Any] | None,
         checkpoint: Checkpoint,
     ) -> Receipt:
         # A multipart upload in flight stays multipart even if the threshold changed since.
         in_flight = _chunked.is_resume_for(self._multipart, resume)
         if source.size > self.options.multipart_threshold or in_flight:
-            receipt = _chunked.run(self._multipart, item, source, resume, checkpoint,
-                                   parallel=self._parallel)
+            receipt = _chunked.run(self._multipart, item, source, resume, checkpoint, parallel=self._parallel)
         else:
             receipt = self._upload_single(item, source, checkpoint)
         if self.options.wait_for_scan:
@@ -203,8 +240,9 @@ class LiltDestination:
             checkpoint({"v": 1, "kind": "single", "key": key})
             return url, key
 
-        url, key = put_signed(self._api, sign, source, content_type=item.content_type,
-                              what="lilt: PUT to storage")
+        url, key = put_signed(
+            self._api, sign, source, content_type=item.content_type, what="lilt: PUT to storage"
+        )
         return Receipt(remote_id=key, url=redact.strip_query(url), details={"method": "single"})
 
     def _wait_for_scan(self, filename: str) -> str:
@@ -222,18 +260,19 @@ class LiltDestination:
             except UploadError as exc:
                 log.warning("lilt: cannot poll the scan status of %r: %s", filename, describe(exc))
                 return "unknown"
-            mine = [e for e in entries if isinstance(e, dict) and e.get("filename") == filename] \
-                if isinstance(entries, list) else []
+            mine = (
+                [e for e in entries if isinstance(e, dict) and e.get("filename") == filename]
+                if isinstance(entries, list)
+                else []
+            )
             if not mine:
                 return "unlisted"
-            newest = max(mine, key=lambda e: (str(e.get("created_at") or ""),
-                                              str(e.get("id") or "")))
+            newest = max(mine, key=lambda e: (str(e.get("created_at") or ""), str(e.get("id") or "")))
             status = str(newest.get("status") or "unknown")
             if status != "pending":
                 return status
             if self._clock() + delay > deadline:
-                log.warning("lilt: %r is still pending its scan after %.0fs",
-                            filename, SCAN_TIMEOUT)
+                log.warning("lilt: %r is still pending its scan after %.0fs", filename, SCAN_TIMEOUT)
                 return "pending"
             self._sleep(delay)
             delay = min(delay * 2, SCAN_MAX_DELAY)

@@ -36,15 +36,22 @@ def credential(doc: str) -> dict[str, Any]:
 
 def parallel_parts_option() -> Any:
     """The ``parallel_parts`` field of an ``Options`` dataclass whose files go in parts."""
-    return field(default=1, metadata={
-        "doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16})
+    return field(
+        default=1,
+        metadata={"doc": "Parts of one file sent at once (multipart uploads).", "min": 1, "max": 16},
+    )
 
 
 def max_connections_option() -> Any:
     """The ``max_connections`` field that goes with :func:`parallel_parts_option`."""
-    return field(default=8, metadata={
-        "doc": "Part requests in flight to this destination across all files.",
-        "min": 1, "max": 64})
+    return field(
+        default=8,
+        metadata={
+            "doc": "Part requests in flight to this destination across all files.",
+            "min": 1,
+            "max": 64,
+        },
+    )
 
 
 # -- lilt ------------------------------------------------------------------------------------
@@ -55,19 +62,20 @@ PART_SIZE = 8 * MiB  # Lilt's documented part size (sign_upload_part)
 @dataclass(frozen=True)
 class LiltOptions:
     api_key: Secret = field(metadata=credential("Lilt API key (secret)."))
-    base_url: str = field(
-        default="https://api.lilt.com", metadata={"doc": "API root, without /v2."}
-    )
+    base_url: str = field(default="https://api.lilt.com", metadata={"doc": "API root, without /v2."})
     multipart_threshold: int = field(
         default=8 * MiB,
-        metadata={"doc": "Files larger than this use multipart upload.", "unit": "bytes",
-                  "min": 5 * MiB},
+        metadata={"doc": "Files larger than this use multipart upload.", "unit": "bytes", "min": 5 * MiB},
     )
     part_size: int = field(
         default=PART_SIZE,
-        metadata={"doc": "Multipart part size: Lilt's rule is 8 MiB; change it only for a "
-                         "server that asks for another size.", "unit": "bytes",
-                  "min": 5 * MiB, "max": 5 * GiB},
+        metadata={
+            "doc": "Multipart part size: Lilt's rule is 8 MiB; change it only for a "
+            "server that asks for another size.",
+            "unit": "bytes",
+            "min": 5 * MiB,
+            "max": 5 * GiB,
+        },
     )
     wait_for_scan: bool = field(
         default=False,
@@ -82,28 +90,39 @@ class LiltOptions:
 
 @dataclass(frozen=True)
 class WriftAIOptions:
-    token: Secret = field(metadata=credential(
-        "WriftAI API access token (secret), sent as Authorization: Bearer."))
-    base_url: str = field(default="https://api.wrift.ai/v1", metadata={
-        "doc": "API root including /v1.", "nonempty": True, "no_control": True})
-    protocol: str = field(default="uploads", metadata={
-        "doc": 'How files are sent: "uploads" (POST /uploads, server-split parts, resumable) '
-               'or "urls" (POST /files/urls and one PUT).',
-        "choices": ("uploads", "urls")})
-    resource: str = field(default="prediction", metadata={
-        "doc": 'The resource files belong to (protocol "urls" only).',
-        "choices": ("prediction",)})
-    resume_parts: bool = field(default=True, metadata={
-        "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
-               "derived from token, so a crash resends only missing parts; false: a crash "
-               "restarts the upload."})
+    token: Secret = field(
+        metadata=credential("WriftAI API access token (secret), sent as Authorization: Bearer.")
+    )
+    base_url: str = field(
+        default="https://api.wrift.ai/v1",
+        metadata={"doc": "API root including /v1.", "nonempty": True, "no_control": True},
+    )
+    protocol: str = field(
+        default="uploads",
+        metadata={
+            "doc": 'How files are sent: "uploads" (POST /uploads, server-split parts, resumable) '
+            'or "urls" (POST /files/urls and one PUT).',
+            "choices": ("uploads", "urls"),
+        },
+    )
+    resource: str = field(
+        default="prediction",
+        metadata={"doc": 'The resource files belong to (protocol "urls" only).', "choices": ("prediction",)},
+    )
+    resume_parts: bool = field(
+        default=True,
+        metadata={
+            "doc": "Keep the part URLs of an unfinished upload in the ledger, encrypted with a key "
+            "derived from token, so a crash resends only missing parts; false: a crash "
+            "restarts the upload."
+        },
+    )
     parallel_parts: int = parallel_parts_option()
     max_connections: int = max_connections_option()
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("https://", "http://")):
-            raise ValueError(f"base_url must start with https:// or http://, got "
-                             f"{self.base_url!r}")
+            raise ValueError(f"base_url must start with https:// or http://, got {self.base_url!r}")
 
 
 # -- xvid ------------------------------------------------------------------------------------
@@ -123,56 +142,80 @@ def check_template(template: str) -> None:
     try:
         pieces = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"object_key: {exc} in {template!r} "
-                         "(write {{ or }} for a literal brace)") from None
+        raise ValueError(
+            f"object_key: {exc} in {template!r} (write {{{{ or }}}} for a literal brace)"
+        ) from None
     used = set()
     for _, name, spec, conversion in pieces:
         if name is None:
             continue
         if name not in PLACEHOLDERS or spec or conversion:
             shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            raise ValueError(f"object_key: unknown placeholder {{{shown}}} in {template!r} "
-                             f"(valid: {valid})")
+            raise ValueError(f"object_key: unknown placeholder {{{shown}}} in {template!r} (valid: {valid})")
         used.add(name)
     if not used & _DISTINCT:
-        raise ValueError(f"object_key: {template!r} needs {{relpath}}, {{name}} or {{uuid}}, "
-                         "or every file would get the same key")
+        raise ValueError(
+            f"object_key: {template!r} needs {{relpath}}, {{name}} or {{uuid}}, "
+            "or every file would get the same key"
+        )
     if template.startswith("/"):
-        raise ValueError(f"object_key: {template!r} must be relative to the pipeline root "
-                         "(no leading '/')")
+        raise ValueError(f"object_key: {template!r} must be relative to the pipeline root (no leading '/')")
     probe = "".join(text + ("x" if name is not None else "") for text, name, *_ in pieces)
     if any(segment in DOT_SEGMENTS for segment in probe.split("/")):
-        raise ValueError(f"object_key: {template!r} has an empty, '.' or '..' segment; "
-                         "keys stay under the pipeline root")
+        raise ValueError(
+            f"object_key: {template!r} has an empty, '.' or '..' segment; keys stay under the pipeline root"
+        )
 
 
 @dataclass(frozen=True)
 class XvidOptions:
-    client_id: str = field(metadata={"doc": "OAuth client id of your Xvid API application.",
-                                     "nonempty": True, "no_control": True})
+    client_id: str = field(
+        metadata={
+            "doc": "OAuth client id of your Xvid API application.",
+            "nonempty": True,
+            "no_control": True,
+        }
+    )
     client_secret: Secret = field(metadata=credential("OAuth client secret (secret)."))
-    pipeline_id: str = field(metadata={"doc": "Pipeline whose root the object keys are relative to.",
-                                       "nonempty": True, "no_control": True})
-    base_url: str = field(default="https://api.xvid.com/v1",
-                          metadata={"doc": "API root, including /v1."})
+    pipeline_id: str = field(
+        metadata={
+            "doc": "Pipeline whose root the object keys are relative to.",
+            "nonempty": True,
+            "no_control": True,
+        }
+    )
+    base_url: str = field(default="https://api.xvid.com/v1", metadata={"doc": "API root, including /v1."})
     object_key: str = field(
         default=DEFAULT_OBJECT_KEY,
-        metadata={"doc": "Template of each file's object key; placeholders {relpath} {name} "
-                         "{labels} {category} {uuid} {date}.", "nonempty": True,
-                  "no_control": True})
+        metadata={
+            "doc": "Template of each file's object key; placeholders {relpath} {name} "
+            "{labels} {category} {uuid} {date}.",
+            "nonempty": True,
+            "no_control": True,
+        },
+    )
     chunk_size: int = field(
         default=S3_POST_LIMIT,
-        metadata={"doc": "Files up to this size go in one form post (the default: S3's 5 GiB "
-                         "limit); larger ones in several, each under its own key.",
-                  "unit": "bytes", "min": 5 * MiB, "max": S3_POST_LIMIT})
+        metadata={
+            "doc": "Files up to this size go in one form post (the default: S3's 5 GiB "
+            "limit); larger ones in several, each under its own key.",
+            "unit": "bytes",
+            "min": 5 * MiB,
+            "max": S3_POST_LIMIT,
+        },
+    )
     expires_at: int | None = field(
         default=None,
-        metadata={"doc": "Epoch seconds at which Xvid deletes an object no Job used; 0 = never. "
-                         "Unset: Xvid's default, 7 days after upload (syncd check warns).",
-                  "min": 0})
-    scope: str = field(default="mediahub",
-                       metadata={"doc": "OAuth scope(s) to ask for, comma-separated.",
-                                 "nonempty": True, "no_control": True})
+        metadata={
+            "doc": "Epoch seconds at which Xvid deletes an object no Job used; 0 = never. "
+            "Unset: Xvid's default, 7 days after upload (syncd check warns).",
+            "min": 0,
+        },
+    )
+    scope: str = field(
+        default="mediahub",
+        metadata={"doc": "OAuth scope(s) to ask for, comma-separated.", "nonempty": True, "no_control": True},
+    )
 
     def __post_init__(self) -> None:
         check_template(self.object_key)
@@ -183,22 +226,38 @@ class XvidOptions:
 
 @dataclass(frozen=True)
 class ApiVideoOptions:
-    upload_token: Secret | None = field(default=None, metadata=credential(
-        "Delegated upload token (secret): POST /upload-tokens or the dashboard. Needed "
-        "without api_key; with one, unused."))
-    base_url: str = field(default="https://ws.api.video", metadata={
-        "doc": "API root (sandbox: https://sandbox.api.video)."})
-    api_key: Secret | None = field(default=None, metadata=credential(
-        "API key (secret): tags and metadata, resume from /status, abort. Needed without "
-        "upload_token."))
-    chunk_size: int = field(default=50 * MiB, metadata={
-        "doc": "Chunk size; a file up to this size goes in one request.", "unit": "bytes",
-        "min": 5 * MiB, "max": 128 * MiB})
+    upload_token: Secret | None = field(
+        default=None,
+        metadata=credential(
+            "Delegated upload token (secret): POST /upload-tokens or the dashboard. Needed "
+            "without api_key; with one, unused."
+        ),
+    )
+    base_url: str = field(
+        default="https://ws.api.video", metadata={"doc": "API root (sandbox: https://sandbox.api.video)."}
+    )
+    api_key: Secret | None = field(
+        default=None,
+        metadata=credential(
+            "API key (secret): tags and metadata, resume from /status, abort. Needed without upload_token."
+        ),
+    )
+    chunk_size: int = field(
+        default=50 * MiB,
+        metadata={
+            "doc": "Chunk size; a file up to this size goes in one request.",
+            "unit": "bytes",
+            "min": 5 * MiB,
+            "max": 128 * MiB,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.upload_token is None and self.api_key is None:
-            raise ValueError("set api_key (tags, metadata, resume) or upload_token (a delegated "
-                             "token: files only), or both")
+            raise ValueError(
+                "set api_key (tags, metadata, resume) or upload_token (a delegated "
+                "token: files only), or both"
+            )
 
 
 OPTIONS: dict[str, type] = {
@@ -212,7 +271,18 @@ OPTIONS: dict[str, type] = {
 
 
 __all__ = [
-    "DEFAULT_OBJECT_KEY", "DOT_SEGMENTS", "OPTIONS", "PART_SIZE", "PLACEHOLDERS",
-    "S3_POST_LIMIT", "ApiVideoOptions", "LiltOptions", "WriftAIOptions", "XvidOptions",
-    "check_template", "credential", "max_connections_option", "parallel_parts_option",
+    "DEFAULT_OBJECT_KEY",
+    "DOT_SEGMENTS",
+    "OPTIONS",
+    "PART_SIZE",
+    "PLACEHOLDERS",
+    "S3_POST_LIMIT",
+    "ApiVideoOptions",
+    "LiltOptions",
+    "WriftAIOptions",
+    "XvidOptions",
+    "check_template",
+    "credential",
+    "max_connections_option",
+    "parallel_parts_option",
 ]

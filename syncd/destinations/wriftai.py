@@ -89,8 +89,7 @@ RATE_LIMIT = RateLimit(headers=(("x-ratelimit-reset", RESET),))
 rate_limit_wait = RATE_LIMIT.wait
 
 
-def _receipt(secret: str, remote_id: str, download_url: str,
-             details: dict[str, Any]) -> Receipt:
+def _receipt(secret: str, remote_id: str, download_url: str, details: dict[str, Any]) -> Receipt:
     """The receipt: ``url`` is the download URL without its signature; the whole URL
     is kept sealed for ``syncd files --receipt`` (module docstring)."""
     kept = _receipts.seal(secret, RECEIPT_SEAL, remote_id, {"url": download_url})
@@ -99,8 +98,16 @@ def _receipt(secret: str, remote_id: str, download_url: str,
 
 def _api(options: WriftAIOptions, client: httpx.Client, now: Callable[[], float]) -> Api:
     """The WriftAI API: ``Bearer`` token, :data:`RATE_LIMIT`, a 404 for an upload means it is gone."""
-    return Api("wriftai", options.base_url, client, auth=bearer(options.token.reveal()),
-               ok=(200, 201), rate_limit=RATE_LIMIT, lost=(404,), now=now)
+    return Api(
+        "wriftai",
+        options.base_url,
+        client,
+        auth=bearer(options.token.reveal()),
+        ok=(200, 201),
+        rate_limit=RATE_LIMIT,
+        lost=(404,),
+        now=now,
+    )
 
 
 class _Uploads:
@@ -111,8 +118,7 @@ class _Uploads:
     # SDK accepts ``urls: []`` for it (open() also takes one URL for an empty part, and
     # finish() sends that part).
     rules = PartRules(min_size=1, max_parts=MAX_PARTS, empty_parts=0)
-    session_fields: Mapping[str, Spec] = {"id": str, "mime": str, "count": int,
-                                          "sealed": (str, None)}
+    session_fields: Mapping[str, Spec] = {"id": str, "mime": str, "count": int, "sealed": (str, None)}
 
     def __init__(self, api: Api, options: WriftAIOptions, sealer: Sealer) -> None:
         self.api = api
@@ -122,22 +128,27 @@ class _Uploads:
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "wriftai: create upload"
-        data = self.api.call("POST", "/uploads", what=what,
-                             body={"size": source.size, "mime_type": item.content_type})
+        data = self.api.call(
+            "POST", "/uploads", what=what, body={"size": source.size, "mime_type": item.content_type}
+        )
         upload_id = require(data, "id", what=what)
         urls = require(data, "urls", what=what, kind=list)
         server_part = data.get("part_size")
-        if not isinstance(server_part, int) or isinstance(server_part, bool) or server_part < 0 \
-                or (server_part == 0 and source.size > 0):
+        if (
+            not isinstance(server_part, int)
+            or isinstance(server_part, bool)
+            or server_part < 0
+            or (server_part == 0 and source.size > 0)
+        ):
             raise RetryableError(f"{what}: the server's answer lacks a valid 'part_size'")
         count = _chunked.part_count(source.size, max(server_part, 1))
         if source.size == 0 and len(urls) in (0, 1):
             count = len(urls)  # no part (what the SDK expects), or one empty part
         if len(urls) != count or not all(isinstance(u, str) and u for u in urls):
-            raise RetryableError(f"{what}: the server gave {len(urls)} part URLs for "
-                                 f"{count} parts of {server_part} bytes")
-        session: dict[str, Any] = {"id": upload_id, "mime": item.content_type,
-                                   "count": count, "_urls": urls}
+            raise RetryableError(
+                f"{what}: the server gave {len(urls)} part URLs for {count} parts of {server_part} bytes"
+            )
+        session: dict[str, Any] = {"id": upload_id, "mime": item.content_type, "count": count, "_urls": urls}
         if self.options.resume_parts:
             session["sealed"] = self.sealer.seal(upload_id, urls)
         return Opened(session, part_size=server_part)
@@ -149,32 +160,47 @@ class _Uploads:
             return urls
         sealed = session.get("sealed")
         if not isinstance(sealed, str):
-            raise SessionLost("wriftai: the part URLs of the unfinished upload were not kept "
-                              "(resume_parts = false); starting a new upload")
+            raise SessionLost(
+                "wriftai: the part URLs of the unfinished upload were not kept "
+                "(resume_parts = false); starting a new upload"
+            )
         urls = self.sealer.unseal(session["id"], sealed)
-        if not isinstance(urls, list) or len(urls) != session["count"] or \
-                not all(isinstance(u, str) and u for u in urls):
-            raise SessionLost("wriftai: the saved part URLs cannot be opened (was the token "
-                              "changed?); starting a new upload")
+        if (
+            not isinstance(urls, list)
+            or len(urls) != session["count"]
+            or not all(isinstance(u, str) and u for u in urls)
+        ):
+            raise SessionLost(
+                "wriftai: the saved part URLs cannot be opened (was the token "
+                "changed?); starting a new upload"
+            )
         session["_urls"] = urls
         return urls
 
     def send_part(self, session: dict[str, Any], part: Part) -> str:
         urls = self._urls(session)
         if part.count != len(urls):
-            raise SessionLost(f"wriftai: the upload has {len(urls)} parts, the file "
-                              f"{part.count}; starting a new upload")
+            raise SessionLost(
+                f"wriftai: the upload has {len(urls)} parts, the file {part.count}; starting a new upload"
+            )
         what = f"wriftai: PUT part {part.number}/{part.count}"
         try:
-            response = self.api.put(urls[part.number - 1], part.stream(), size=part.size,
-                                    content_type=session["mime"], what=what, session=True)
+            response = self.api.put(
+                urls[part.number - 1],
+                part.stream(),
+                size=part.size,
+                content_type=session["mime"],
+                what=what,
+                session=True,
+            )
         except ExpiredError:
-            raise SessionLost(f"wriftai: the URL of part {part.number} expired and WriftAI "
-                              "cannot sign it again; starting a new upload") from None
+            raise SessionLost(
+                f"wriftai: the URL of part {part.number} expired and WriftAI "
+                "cannot sign it again; starting a new upload"
+            ) from None
         etag = response.headers.get("etag")
         if not etag:  # the SDK goes on, and leaves the part out of complete's etags
-            log.info("%s: storage confirmed the part without an etag; going on as the "
-                     "SDK does", what)
+            log.info("%s: storage confirmed the part without an etag; going on as the SDK does", what)
             return NO_ETAG
         return str(etag)  # as returned, quotes included: complete wants it back
 
@@ -186,14 +212,20 @@ class _Uploads:
         etags = [etag for _, etag in parts if etag != NO_ETAG]
         data = self.api.call("POST", path, what=what, body={"etags": etags}, session=True)
         download = require(data, "download_url", what=what)
-        return _receipt(self.sealer_secret, session["id"], download,
-                        {"protocol": "uploads", "parts": len(parts)})
+        return _receipt(
+            self.sealer_secret, session["id"], download, {"protocol": "uploads", "parts": len(parts)}
+        )
 
     def _send_empty(self, session: dict[str, Any]) -> str:
         try:
-            response = self.api.put(self._urls(session)[0], b"", size=0,
-                                    content_type=session["mime"],
-                                    what="wriftai: PUT the empty part", session=True)
+            response = self.api.put(
+                self._urls(session)[0],
+                b"",
+                size=0,
+                content_type=session["mime"],
+                what="wriftai: PUT the empty part",
+                session=True,
+            )
         except ExpiredError as exc:  # like any part URL: a new upload, not a refused destination
             raise SessionLost(f"wriftai: the empty part's URL expired ({exc})") from None
         return str(response.headers.get("etag") or NO_ETAG)
@@ -209,27 +241,36 @@ class WriftAIDestination:
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(labels=None, category=None)
     Options: ClassVar[type] = WriftAIOptions
 
-    def __init__(self, name: str, options: WriftAIOptions, client: httpx.Client, *,
-                 now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: WriftAIOptions,
+        client: httpx.Client,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.name = name
         self.options = options
         self.client = client
         self._api = _api(options, client, now)
-        self._uploads = _Uploads(self._api, options,
-                                 Sealer(options.token.reveal(), "wriftai part urls"))
+        self._uploads = _Uploads(self._api, options, Sealer(options.token.reveal(), "wriftai part urls"))
         self._parallel = Parallel.of(options)
 
-    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
-               checkpoint: Checkpoint) -> Receipt:
+    def upload(
+        self, item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
         # The configured protocol wins: a resume of the other kind starts over.
         if self.options.protocol == "uploads":
-            return _chunked.run(self._uploads, item, source, resume, checkpoint,
-                                parallel=self._parallel)
+            return _chunked.run(self._uploads, item, source, resume, checkpoint, parallel=self._parallel)
         return self._upload_urls(item, source, checkpoint)
 
     def _upload_urls(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
-        body = {"name": item.name, "size": source.size, "resource": self.options.resource,
-                "mime_type": item.content_type}
+        body = {
+            "name": item.name,
+            "size": source.size,
+            "resource": self.options.resource,
+            "mime_type": item.content_type,
+        }
 
         def sign() -> tuple[str, str]:
             what = "wriftai: create file URLs"
@@ -239,11 +280,16 @@ class WriftAIDestination:
             checkpoint({"v": 1, "kind": "urls", "object": urlsplit(download_url).path})
             return upload_url, download_url
 
-        _, download_url = put_signed(self._api, sign, source, content_type=item.content_type,
-                                     what="wriftai: PUT to storage")
+        _, download_url = put_signed(
+            self._api, sign, source, content_type=item.content_type, what="wriftai: PUT to storage"
+        )
         path = urlsplit(download_url).path
-        return _receipt(self.options.token.reveal(), path or redact.strip_query(download_url),
-                        download_url, {"protocol": "urls", "resource": self.options.resource})
+        return _receipt(
+            self.options.token.reveal(),
+            path or redact.strip_query(download_url),
+            download_url,
+            {"protocol": "urls", "resource": self.options.resource},
+        )
 
     def abort(self, resume: dict[str, Any]) -> None:
         """Nothing to release: WriftAI has no endpoint to cancel an upload."""

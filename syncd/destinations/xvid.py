@@ -104,9 +104,15 @@ class XvidDestination:
     )
     Options: ClassVar[type] = XvidOptions
 
-    def __init__(self, name: str, options: XvidOptions, client: httpx.Client, *,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: XvidOptions,
+        client: httpx.Client,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self.options = options
         self.sleep = sleep
@@ -115,8 +121,9 @@ class XvidDestination:
         self.auth = XvidAuth(options, client, clock)
         self.api = XvidApi(options, client, self.auth)
 
-    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
-               checkpoint: Checkpoint) -> Receipt:
+    def upload(
+        self, item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
         saver = Saver(checkpoint, resume)
         return _chunked.run(self._upload(saver), item, source, resume, saver)
 
@@ -132,16 +139,19 @@ class XvidDestination:
         """``syncd check``: objects of ``folder`` that Xvid will delete (``expires_at``)."""
         if options.expires_at == 0:
             return []
-        local = {"archive": "syncd moves each local file to the archive folder",
-                 "delete": "syncd deletes each local file after upload",
-                 "keep": "the local files stay where they are"}.get(
-                     getattr(folder, "after_upload", ""), "")
+        local = {
+            "archive": "syncd moves each local file to the archive folder",
+            "delete": "syncd deletes each local file after upload",
+            "keep": "the local files stay where they are",
+        }.get(getattr(folder, "after_upload", ""), "")
         when = expiry_text(options.expires_at)
         if options.expires_at is not None and options.expires_at <= time.time():
             when += ", which has passed: objects go at once"
-        return [f"xvid deletes the objects uploaded from this folder {when}"
-                + (f", while {local}" if local else "")
-                + "; set expires_at = 0 to keep them (expires_at in docs/destinations/xvid.md)"]
+        return [
+            f"xvid deletes the objects uploaded from this folder {when}"
+            + (f", while {local}" if local else "")
+            + "; set expires_at = 0 to keep them (expires_at in docs/destinations/xvid.md)"
+        ]
 
     def probe(self) -> str:
         ttl = self.auth.refresh()
@@ -151,5 +161,16 @@ class XvidDestination:
         self.auth.forget()
 
 
-__all__ = ["DEFAULT_OBJECT_KEY", "PLACEHOLDERS", "POLL_TIMEOUT", "S3_POST_LIMIT", "XvidDestination",
-           "XvidOptions", "check_template", "chunk_key", "render_object_key", "seal", "unseal"]
+__all__ = [
+    "DEFAULT_OBJECT_KEY",
+    "PLACEHOLDERS",
+    "POLL_TIMEOUT",
+    "S3_POST_LIMIT",
+    "XvidDestination",
+    "XvidOptions",
+    "check_template",
+    "chunk_key",
+    "render_object_key",
+    "seal",
+    "unseal",
+]

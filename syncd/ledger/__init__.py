@@ -69,5 +69,17 @@ class Ledger(Transitions):
     """
 
 
-__all__ = ["ACTIVE_STATES", "APPLICATION_ID", "QUICK_CHECK_MAX_BYTES", "SCHEMA_VERSION", "STATES",
-           "Backup", "Ledger", "Row", "Stat", "State", "backup", "make_private"]
+__all__ = [
+    "ACTIVE_STATES",
+    "APPLICATION_ID",
+    "QUICK_CHECK_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "STATES",
+    "Backup",
+    "Ledger",
+    "Row",
+    "Stat",
+    "State",
+    "backup",
+    "make_private",
+]

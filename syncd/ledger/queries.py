@@ -42,15 +42,15 @@ class Queries(Writer):
         failed_dir), or planned to go there; for `syncd explain` on such a path."""
         rows = self._query(
             "SELECT * FROM files WHERE folder = ? AND (location = ? OR archive_path = ?)"
-            " ORDER BY id DESC LIMIT 1", (folder, os.fsencode(path), os.fsencode(path)),
+            " ORDER BY id DESC LIMIT 1",
+            (folder, os.fsencode(path), os.fsencode(path)),
         )
         return rows[0] if rows else None
 
     def previous_version(self, row: Row) -> Row | None:
         """The newest older row for the same inbox path, whatever its state."""
         rows = self._query(
-            "SELECT * FROM files WHERE folder = ? AND relpath = ? AND id < ?"
-            " ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM files WHERE folder = ? AND relpath = ? AND id < ? ORDER BY id DESC LIMIT 1",
             (row.folder, os.fsencode(row.relpath), row.id),
         )
         return rows[0] if rows else None
@@ -67,8 +67,8 @@ class Queries(Writer):
         """Relative paths in ``folder`` that have an active row (for scans)."""
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT relpath FROM files WHERE folder = ? AND location IS NULL"
-                f" AND state IN {ACTIVE_SQL}", (folder,),
+                f"SELECT relpath FROM files WHERE folder = ? AND location IS NULL AND state IN {ACTIVE_SQL}",
+                (folder,),
             ).fetchall()
         return {os.fsdecode(r[0]) for r in rows}
 
@@ -81,12 +81,14 @@ class Queries(Writer):
         with self._lock:
             rows = self._conn.execute(
                 "SELECT relpath, size, mtime_ns, inode FROM files WHERE folder = ? AND location IS NULL"
-                f" AND state IN {sql_in(FINISHED_STATES)} ORDER BY id", (folder,),
+                f" AND state IN {sql_in(FINISHED_STATES)} ORDER BY id",
+                (folder,),
             ).fetchall()
         return {os.fsdecode(r[0]): (r[1], r[2], r[3]) for r in rows}
 
-    def uploaded_copy(self, folder: str, sha256: str, *, destination: str,
-                      exclude: int | None = None) -> Row | None:
+    def uploaded_copy(
+        self, folder: str, sha256: str, *, destination: str, exclude: int | None = None
+    ) -> Row | None:
         """The oldest row of ``folder`` whose upload of these bytes to ``destination``
         was confirmed (``uploaded`` or ``done``, not itself a skipped duplicate)."""
         rows = self._query(
@@ -112,9 +114,16 @@ class Queries(Writer):
 
     # ------------------------------------------------------------ by state
 
-    def rows(self, *, state: str | None = None, folder: str | None = None,
-             limit: int | None = None, newest: bool = False, after: int | None = None,
-             before: int | None = None) -> list[Row]:
+    def rows(
+        self,
+        *,
+        state: str | None = None,
+        folder: str | None = None,
+        limit: int | None = None,
+        newest: bool = False,
+        after: int | None = None,
+        before: int | None = None,
+    ) -> list[Row]:
         """Rows in id order (oldest first), optionally of one state and folder.
 
         ``limit``: at most this many, the oldest ones, or with ``newest`` the newest
@@ -125,8 +134,12 @@ class Queries(Writer):
             raise ValueError(f"limit must be >= 0, not {limit}")
         where: list[str] = []
         args: list[Any] = []
-        for term, value in (("state = ?", state), ("folder = ?", folder), ("id > ?", after),
-                            ("id < ?", before)):
+        for term, value in (
+            ("state = ?", state),
+            ("folder = ?", folder),
+            ("id > ?", after),
+            ("id < ?", before),
+        ):
             if value is not None:
                 where.append(term)
                 args.append(value)
@@ -150,20 +163,24 @@ class Queries(Writer):
 
     def settling_ids(self) -> set[int]:
         with self._lock:
-            return {r[0] for r in self._conn.execute(
-                f"SELECT id FROM files WHERE state = '{State.SETTLING}'")}
+            return {
+                r[0] for r in self._conn.execute(f"SELECT id FROM files WHERE state = '{State.SETTLING}'")
+            }
 
     def settling_due(self, now: float, limit: int) -> list[Row]:
         """Settling rows whose next look is due at ``now``, the most overdue first, at most ``limit``."""
         return self._query(
             f"SELECT * FROM files INDEXED BY files_settle_due WHERE state = '{State.SETTLING}'"
-            " AND due_at <= ? ORDER BY due_at LIMIT ?", (now, limit))
+            " AND due_at <= ? ORDER BY due_at LIMIT ?",
+            (now, limit),
+        )
 
     def next_settle_due(self) -> float | None:
         """When the next settling row is due a look (None: nothing settles)."""
         with self._lock:
             r = self._conn.execute(
-                f"SELECT MIN(due_at) FROM files WHERE state = '{State.SETTLING}'").fetchone()
+                f"SELECT MIN(due_at) FROM files WHERE state = '{State.SETTLING}'"
+            ).fetchone()
         return None if r[0] is None else float(r[0])
 
     def next_due(self) -> float | None:
@@ -206,8 +223,7 @@ class Queries(Writer):
     def done_today(self) -> int:
         """Files done since local midnight, from the per-day counter."""
         with self._lock:
-            r = self._conn.execute(
-                "SELECT n FROM done_days WHERE day = date('now', 'localtime')").fetchone()
+            r = self._conn.execute("SELECT n FROM done_days WHERE day = date('now', 'localtime')").fetchone()
         return int(r[0]) if r else 0
 
     def done_since(self, since: float) -> int:

@@ -35,13 +35,17 @@ class State(enum.StrEnum):
 # The state names in pipeline order, as plain strings (command-line choices, metric labels).
 STATES: tuple[str, ...] = tuple(s.value for s in State)
 # At most one row in these states exists per inbox path (``files_active_path``).
-ACTIVE_STATES: tuple[State, ...] = (State.SETTLING, State.QUEUED, State.UPLOADING,
-                                    State.RETRYING, State.UPLOADED)
+ACTIVE_STATES: tuple[State, ...] = (
+    State.SETTLING,
+    State.QUEUED,
+    State.UPLOADING,
+    State.RETRYING,
+    State.UPLOADED,
+)
 # Waiting for a worker.
 WAITING_STATES: tuple[State, ...] = (State.QUEUED, State.RETRYING)
 # Active and past settling: queued or further along, not finished.
-SETTLED_ACTIVE_STATES: tuple[State, ...] = (State.QUEUED, State.UPLOADING, State.RETRYING,
-                                            State.UPLOADED)
+SETTLED_ACTIVE_STATES: tuple[State, ...] = (State.QUEUED, State.UPLOADING, State.RETRYING, State.UPLOADED)
 # Finished while the bytes may still be in the inbox (kept, or failed in place).
 FINISHED_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED)
 # The error of a row in these states still matters to the operator (``syncd status``).
@@ -105,15 +109,32 @@ class Row:
     def from_db(cls, r: sqlite3.Row) -> Row:
         """Decode a ``SELECT *`` (or ``RETURNING *``) row of ``files``."""
         return cls(
-            id=r["id"], uuid=r["uuid"], folder=r["folder"], relpath=os.fsdecode(r["relpath"]),
-            location=_dec(r["location"]), state=State(r["state"]), size=r["size"],
-            mtime_ns=r["mtime_ns"], inode=r["inode"], sha256=r["sha256"],
-            destination=r["destination"], labels=tuple(json.loads(r["labels"])),
-            category=r["category"], attempts=r["attempts"], next_attempt_at=r["next_attempt_at"],
-            last_error=r["last_error"], receipt=_unjson(r["receipt"]), resume=_unjson(r["resume"]),
-            archive_path=_dec(r["archive_path"]), first_seen=r["first_seen"],
-            changed_at=r["changed_at"], queued_at=r["queued_at"], uploaded_at=r["uploaded_at"],
-            done_at=r["done_at"], updated_at=r["updated_at"], device=r["device"],
+            id=r["id"],
+            uuid=r["uuid"],
+            folder=r["folder"],
+            relpath=os.fsdecode(r["relpath"]),
+            location=_dec(r["location"]),
+            state=State(r["state"]),
+            size=r["size"],
+            mtime_ns=r["mtime_ns"],
+            inode=r["inode"],
+            sha256=r["sha256"],
+            destination=r["destination"],
+            labels=tuple(json.loads(r["labels"])),
+            category=r["category"],
+            attempts=r["attempts"],
+            next_attempt_at=r["next_attempt_at"],
+            last_error=r["last_error"],
+            receipt=_unjson(r["receipt"]),
+            resume=_unjson(r["resume"]),
+            archive_path=_dec(r["archive_path"]),
+            first_seen=r["first_seen"],
+            changed_at=r["changed_at"],
+            queued_at=r["queued_at"],
+            uploaded_at=r["uploaded_at"],
+            done_at=r["done_at"],
+            updated_at=r["updated_at"],
+            device=r["device"],
             **_v4(r),
         )
 
@@ -144,11 +165,15 @@ def _v4(r: sqlite3.Row) -> dict[str, Any]:
     """The columns of schema 4, absent from a ledger opened read-only before its migration."""
     if "duplicate_of" not in r.keys():  # noqa: SIM118 (a Row iterates its values)
         return {}
-    return {"duplicate_of": r["duplicate_of"], "meta": _unjson(r["meta"]),
-            "sidecar_path": _dec(r["sidecar_path"])}
+    return {
+        "duplicate_of": r["duplicate_of"],
+        "meta": _unjson(r["meta"]),
+        "sidecar_path": _dec(r["sidecar_path"]),
+    }
 
 
 # -- column codecs: paths are BLOBs of the file system's bytes, structured values JSON
+
 
 def _enc(path: str | None) -> bytes | None:
     return None if path is None else os.fsencode(path)

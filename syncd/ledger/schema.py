@@ -161,13 +161,13 @@ def connect(path: Path, *, readonly: bool, timeout: float) -> sqlite3.Connection
     if readonly:
         if not path.exists():
             raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout,
-                               check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False, isolation_level=None
+        )
     else:
         make_state_dir(path.parent)
         make_private(path)  # before SQLite: its -wal and -shm copy this file's mode
-        conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False,
-                               isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
         if not readonly:
@@ -205,9 +205,14 @@ def pending_migrations(conn: sqlite3.Connection, path: Path) -> list[list[str]]:
     app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
     if version and app_id != APPLICATION_ID:
         raise LedgerError(f"{path} is an SQLite database but not a syncd ledger")
-    return [[*migration_statements(target), f"PRAGMA user_version={target}",
-             f"PRAGMA application_id={APPLICATION_ID}"]
-            for target in range(version + 1, SCHEMA_VERSION + 1)]
+    return [
+        [
+            *migration_statements(target),
+            f"PRAGMA user_version={target}",
+            f"PRAGMA application_id={APPLICATION_ID}",
+        ]
+        for target in range(version + 1, SCHEMA_VERSION + 1)
+    ]
 
 
 def migration_statements(version: int) -> list[str]:

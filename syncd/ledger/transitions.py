@@ -30,8 +30,15 @@ class Transitions(Queries):
 
     # ------------------------------------------------------------ settling
 
-    def observe(self, folder: str, relpaths: Iterable[str], *, destination: str,
-                labels: Sequence[str] = (), category: str | None = None) -> int:
+    def observe(
+        self,
+        folder: str,
+        relpaths: Iterable[str],
+        *,
+        destination: str,
+        labels: Sequence[str] = (),
+        category: str | None = None,
+    ) -> int:
         """Record that these paths in ``folder`` were seen; returns rows created.
 
         A path that already has an active row is left alone (the settle stage
@@ -44,15 +51,28 @@ class Transitions(Queries):
         labels_json = json.dumps(list(labels), ensure_ascii=False)
         with self._write("observe") as conn:
             for relpath in relpaths:
-                cur = conn.execute(_NEW_SETTLING, (str(uuidlib.uuid4()), folder, os.fsencode(relpath),
-                                                   destination, labels_json, category, now, now, now,
-                                                   now))
+                cur = conn.execute(
+                    _NEW_SETTLING,
+                    (
+                        str(uuidlib.uuid4()),
+                        folder,
+                        os.fsencode(relpath),
+                        destination,
+                        labels_json,
+                        category,
+                        now,
+                        now,
+                        now,
+                        now,
+                    ),
+                )
                 created += cur.rowcount
                 if not cur.rowcount:  # an event for a file still settling: look at it now
                     conn.execute(  # by path: the planner would look through every settling row
                         "UPDATE files INDEXED BY files_path SET due_at = ? WHERE folder = ? AND relpath = ?"
                         f" AND state = '{State.SETTLING}' AND location IS NULL AND due_at > ?",
-                        (now, folder, os.fsencode(relpath), now))
+                        (now, folder, os.fsencode(relpath), now),
+                    )
         return created
 
     def set_due(self, looks: Sequence[tuple[int, float]], stats: Mapping[int, Stat] | None = None) -> None:
@@ -63,25 +83,41 @@ class Transitions(Queries):
         with self._write("due") as conn:
             for row_id, st in (stats or {}).items():
                 self._set_stat(conn, row_id, st)
-            conn.executemany(f"UPDATE files SET due_at = ? WHERE id = ? AND state = '{State.SETTLING}'",
-                             [(at, row_id) for row_id, at in looks])
+            conn.executemany(
+                f"UPDATE files SET due_at = ? WHERE id = ? AND state = '{State.SETTLING}'",
+                [(at, row_id) for row_id, at in looks],
+            )
 
     def _set_stat(self, conn: sqlite3.Connection, row_id: int, st: Stat) -> None:
-        fields: dict[str, Any] = {"size": st.size, "mtime_ns": st.mtime_ns, "inode": st.inode,
-                                  "device": st.device}
+        fields: dict[str, Any] = {
+            "size": st.size,
+            "mtime_ns": st.mtime_ns,
+            "inode": st.inode,
+            "device": st.device,
+        }
         if st.changed_at is not None:
             fields["changed_at"] = st.changed_at
-        conn.execute(f"UPDATE files SET {', '.join(f'{k} = ?' for k in fields)}, updated_at = ?"
-                     f" WHERE id = ? AND state = '{State.SETTLING}'",
-                     (*fields.values(), self._clock(), row_id))
+        conn.execute(
+            f"UPDATE files SET {', '.join(f'{k} = ?' for k in fields)}, updated_at = ?"
+            f" WHERE id = ? AND state = '{State.SETTLING}'",
+            (*fields.values(), self._clock(), row_id),
+        )
 
-    def note_stat(self, row_id: int, *, size: int, mtime_ns: int, inode: int,
-                  changed: bool, device: int | None = None) -> None:
+    def note_stat(
+        self, row_id: int, *, size: int, mtime_ns: int, inode: int, changed: bool, device: int | None = None
+    ) -> None:
         """Store the latest stat of a settling file; ``changed`` restarts its quiet time."""
         with self._write() as conn:
             if changed:
-                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device,
-                          changed_at=self._clock())
+                self._set(
+                    conn,
+                    row_id,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    inode=inode,
+                    device=device,
+                    changed_at=self._clock(),
+                )
             else:
                 self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device)
 
@@ -118,13 +154,16 @@ class Transitions(Queries):
         first = " UNION ALL ".join(
             f"SELECT * FROM (SELECT id, next_attempt_at FROM files INDEXED BY files_state"
             f" WHERE state = '{state}' AND {where} ORDER BY next_attempt_at, id LIMIT 1)"
-            for state in WAITING_STATES)
+            for state in WAITING_STATES
+        )
         with self._lock:
             # one statement, so one implicit transaction: pick and take the row atomically
             rows = self._conn.execute(
                 f"UPDATE files SET state = '{State.UPLOADING}', attempts = attempts + 1, updated_at = ?"
                 f" WHERE id = (SELECT id FROM ({first}) ORDER BY next_attempt_at, id LIMIT 1)"
-                " RETURNING *", (now, *args * len(WAITING_STATES))).fetchall()  # all: it ends, commits
+                " RETURNING *",
+                (now, *args * len(WAITING_STATES)),
+            ).fetchall()  # all: it ends, commits
             if not rows:
                 return None
             self._count_commit("claim")
@@ -142,8 +181,9 @@ class Transitions(Queries):
         """The bytes of this row are now at ``location`` (renamed during upload)."""
         self._update("location", row_id, durable=True, location=_enc(location))
 
-    def mark_uploaded(self, row_id: int, *, sha256: str, receipt: dict[str, Any],
-                      meta: dict[str, Any] | None = None) -> None:
+    def mark_uploaded(
+        self, row_id: int, *, sha256: str, receipt: dict[str, Any], meta: dict[str, Any] | None = None
+    ) -> None:
         """The remote confirmed these bytes.
 
         Committed, and made durable by the next :meth:`sync` before the source
@@ -157,12 +197,21 @@ class Transitions(Queries):
         fields: dict[str, Any] = {}
         if meta is not None:
             fields["meta"] = _ascii_json(meta)
-        self._update("uploaded", row_id, state=State.UPLOADED, sha256=sha256,
-                     receipt=_json(receipt), uploaded_at=self._clock(), last_error=None,
-                     next_attempt_at=None, **fields)
+        self._update(
+            "uploaded",
+            row_id,
+            state=State.UPLOADED,
+            sha256=sha256,
+            receipt=_json(receipt),
+            uploaded_at=self._clock(),
+            last_error=None,
+            next_attempt_at=None,
+            **fields,
+        )
 
-    def mark_duplicate(self, row_id: int, *, sha256: str, original: Row,
-                       meta: dict[str, Any] | None = None) -> None:
+    def mark_duplicate(
+        self, row_id: int, *, sha256: str, original: Row, meta: dict[str, Any] | None = None
+    ) -> None:
         """on_duplicate = "skip": these bytes were uploaded already, as ``original``.
 
         Durable on return, before the file is archived. The row goes to
@@ -170,16 +219,27 @@ class Transitions(Queries):
         upload, so the after-upload action is finished like an upload's after
         a crash; :meth:`mark_done` then makes it ``skipped``.
         """
-        receipt = {"duplicate_of": original.id,
-                   "remote_id": (original.receipt or {}).get("remote_id"),
-                   "url": (original.receipt or {}).get("url")}
+        receipt = {
+            "duplicate_of": original.id,
+            "remote_id": (original.receipt or {}).get("remote_id"),
+            "url": (original.receipt or {}).get("url"),
+        }
         fields: dict[str, Any] = {}
         if meta is not None:
             fields["meta"] = _ascii_json(meta)
         with self._write("duplicate", durable=True) as conn:
-            self._set(conn, row_id, state=State.UPLOADED, sha256=sha256, receipt=_json(receipt),
-                      duplicate_of=original.id, last_error=None, next_attempt_at=None,
-                      resume=None, **fields)
+            self._set(
+                conn,
+                row_id,
+                state=State.UPLOADED,
+                sha256=sha256,
+                receipt=_json(receipt),
+                duplicate_of=original.id,
+                last_error=None,
+                next_attempt_at=None,
+                resume=None,
+                **fields,
+            )
 
     # --------------------------------------------------------- after upload
 
@@ -206,7 +266,8 @@ class Transitions(Queries):
             self._conn.execute(
                 f"UPDATE files SET state = CASE WHEN duplicate_of IS NULL THEN '{State.DONE}'"
                 f" ELSE '{State.SKIPPED}' END, updated_at = ?{cols} WHERE id = ?",
-                (self._clock(), *fields.values(), row_id))
+                (self._clock(), *fields.values(), row_id),
+            )
             self._count_commit("done")
 
     # --------------------------------------------------- retries and failures
@@ -219,22 +280,24 @@ class Transitions(Queries):
         """
         with self._write("retry") as conn:
             if not count:
-                conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
-                             (row_id,))
+                conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
             self._set(conn, row_id, state=State.RETRYING, last_error=error, next_attempt_at=at)
 
     def requeue_now(self, row_id: int, *, reason: str | None = None) -> None:
         """Back to queued without counting the attempt (shutdown, paused destination)."""
         with self._write() as conn:
             conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
-            self._set(conn, row_id, state=State.QUEUED, next_attempt_at=self._clock(),
-                      last_error=reason)
+            self._set(conn, row_id, state=State.QUEUED, next_attempt_at=self._clock(), last_error=reason)
 
     def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
         """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
         with self._write("failed", durable=True) as conn:
-            fields: dict[str, Any] = {"state": State.FAILED, "last_error": error,
-                                      "next_attempt_at": None, "resume": None}
+            fields: dict[str, Any] = {
+                "state": State.FAILED,
+                "last_error": error,
+                "next_attempt_at": None,
+                "resume": None,
+            }
             if location is not None:
                 fields["location"] = _enc(location)
             self._set(conn, row_id, **fields)
@@ -242,20 +305,33 @@ class Transitions(Queries):
     def mark_vanished(self, row_id: int, *, reason: str) -> None:
         """The file disappeared (or was superseded) before its upload completed."""
         with self._write() as conn:
-            self._set(conn, row_id, state=State.VANISHED, last_error=reason, next_attempt_at=None,
-                      resume=None)
+            self._set(
+                conn, row_id, state=State.VANISHED, last_error=reason, next_attempt_at=None, resume=None
+            )
 
     def supersede(self, row: Row, *, reason: str) -> None:
         """The file changed during upload: retire ``row`` and start a new settling version."""
         now = self._clock()
         with self._write() as conn:
-            self._set(conn, row.id, state=State.VANISHED, last_error=reason, resume=None,
-                      next_attempt_at=None)
+            self._set(
+                conn, row.id, state=State.VANISHED, last_error=reason, resume=None, next_attempt_at=None
+            )
             if row.location is None:
-                conn.execute(_NEW_SETTLING, (
-                    str(uuidlib.uuid4()), row.folder, os.fsencode(row.relpath), row.destination,
-                    json.dumps(list(row.labels), ensure_ascii=False), row.category, now, now, now,
-                    now))
+                conn.execute(
+                    _NEW_SETTLING,
+                    (
+                        str(uuidlib.uuid4()),
+                        row.folder,
+                        os.fsencode(row.relpath),
+                        row.destination,
+                        json.dumps(list(row.labels), ensure_ascii=False),
+                        row.category,
+                        now,
+                        now,
+                        now,
+                        now,
+                    ),
+                )
 
     def requeue_stale(self) -> int:
         """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""
@@ -263,7 +339,8 @@ class Transitions(Queries):
         with self._write() as conn:
             cur = conn.execute(
                 f"UPDATE files SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
-                f" WHERE state = '{State.UPLOADING}'", (now, now),
+                f" WHERE state = '{State.UPLOADING}'",
+                (now, now),
             )
         return cur.rowcount
 
@@ -276,8 +353,7 @@ class Transitions(Queries):
         now = self._clock()
         with self._write("requeue_failed", durable=True) as conn:
             if ids is None:
-                found = conn.execute(
-                    f"SELECT id FROM files WHERE state = '{State.FAILED}'").fetchall()
+                found = conn.execute(f"SELECT id FROM files WHERE state = '{State.FAILED}'").fetchall()
                 targets = [r[0] for r in found]
             else:
                 targets = list(ids)

@@ -44,8 +44,9 @@ class Writer:
         self._wal_id: tuple[int, int] | None = None
 
     @classmethod
-    def open(cls, path: str | Path, *, readonly: bool = False, clock: Any = time.time,
-             timeout: float = 10.0) -> Self:
+    def open(
+        cls, path: str | Path, *, readonly: bool = False, clock: Any = time.time, timeout: float = 10.0
+    ) -> Self:
         """Open (creating and migrating unless ``readonly``) the ledger at ``path``."""
         path = Path(path)
         try:

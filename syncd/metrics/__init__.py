@@ -110,34 +110,43 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.uploaded = Counter("syncd_uploaded_files", "Confirmed uploads.", ["destination"],
-                                registry=r)
-        self.uploaded_bytes = Counter("syncd_uploaded_bytes", "Bytes of confirmed uploads.",
-                                      ["destination"], registry=r)
+        self.uploaded = Counter("syncd_uploaded_files", "Confirmed uploads.", ["destination"], registry=r)
+        self.uploaded_bytes = Counter(
+            "syncd_uploaded_bytes", "Bytes of confirmed uploads.", ["destination"], registry=r
+        )
         self.upload_duration = Histogram(
-            "syncd_upload_duration_seconds", "Duration of a successful upload attempt.",
-            ["destination"], buckets=DURATION_BUCKETS, registry=r)
+            "syncd_upload_duration_seconds",
+            "Duration of a successful upload attempt.",
+            ["destination"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.end_to_end = Histogram(
-            "syncd_end_to_end_seconds", "From first seen in a folder to done (archived, "
-            "deleted or kept).", buckets=LATENCY_BUCKETS, registry=r)
-        self.retries = Counter("syncd_retries", "Retries scheduled, by class of failure.",
-                               ["class"], registry=r)
-        self.failed = Counter("syncd_failed_files", "Files given up on (moved to failed_dir).",
-                              registry=r)
-        self.rescans = Counter("syncd_rescans", "Folder scans, by reason.", ["folder", "reason"],
-                               registry=r)
+            "syncd_end_to_end_seconds",
+            "From first seen in a folder to done (archived, deleted or kept).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "syncd_retries", "Retries scheduled, by class of failure.", ["class"], registry=r
+        )
+        self.failed = Counter("syncd_failed_files", "Files given up on (moved to failed_dir).", registry=r)
+        self.rescans = Counter("syncd_rescans", "Folder scans, by reason.", ["folder", "reason"], registry=r)
         self.rescan_found = Counter(
-            "syncd_rescan_found_files", "Files found by a scan that no event had reported.",
-            ["folder", "reason"], registry=r)
-        self.folder_healthy = Gauge("syncd_folder_healthy",
-                                    "1 when the folder is watched and usable.", ["folder"],
-                                    registry=r)
-        self.disk_full = Gauge("syncd_disk_full", "1 while work is paused for a full disk.",
-                               registry=r)
+            "syncd_rescan_found_files",
+            "Files found by a scan that no event had reported.",
+            ["folder", "reason"],
+            registry=r,
+        )
+        self.folder_healthy = Gauge(
+            "syncd_folder_healthy", "1 when the folder is watched and usable.", ["folder"], registry=r
+        )
+        self.disk_full = Gauge("syncd_disk_full", "1 while work is paused for a full disk.", registry=r)
         self.in_flight = Gauge("syncd_uploads_in_flight", "Uploads running now.", registry=r)
         self.workers = Gauge("syncd_workers", "Uploader threads configured.", registry=r)
-        self.last_upload = Gauge("syncd_last_upload_timestamp_seconds",
-                                 "Wall clock of the last confirmed upload.", registry=r)
+        self.last_upload = Gauge(
+            "syncd_last_upload_timestamp_seconds", "Wall clock of the last confirmed upload.", registry=r
+        )
         ProcessCollector(registry=r)
         self._ledger_collector: LedgerCollector | None = None
         self._destination_collector: DestinationCollector | None = None
@@ -167,8 +176,9 @@ class Metrics:
             self._progress_collector = ProgressCollector(progress)
             self.registry.register(self._progress_collector)
 
-    def track_backlog(self, next_due: Callable[[], float | None],
-                      clock: Callable[[], float] = time.time) -> None:
+    def track_backlog(
+        self, next_due: Callable[[], float | None], clock: Callable[[], float] = time.time
+    ) -> None:
         """Export ``syncd_backlog_age_seconds`` from ``next_due()`` (Ledger.next_due)."""
         if self._backlog_collector is None:
             self._backlog_collector = BacklogCollector(next_due, clock)
@@ -216,12 +226,15 @@ class Metrics:
         host, port = split_listen(listen)
         try:
             self._server = Endpoint(
-                self.registry, bind(host, port), max_connections=MAX_CONNECTIONS,
-                request_timeout=REQUEST_TIMEOUT, response_timeout=RESPONSE_TIMEOUT,
-                max_request_bytes=MAX_REQUEST_BYTES)
+                self.registry,
+                bind(host, port),
+                max_connections=MAX_CONNECTIONS,
+                request_timeout=REQUEST_TIMEOUT,
+                response_timeout=RESPONSE_TIMEOUT,
+                max_request_bytes=MAX_REQUEST_BYTES,
+            )
         except OSError as exc:
-            log.error("cannot serve metrics on %s: %s; running without metrics",
-                      listen, exc.strerror or exc)
+            log.error("cannot serve metrics on %s: %s; running without metrics", listen, exc.strerror or exc)
             self._server = None
             self.error = f"cannot serve metrics on {listen}: {exc.strerror or exc}"
             return
@@ -236,6 +249,12 @@ class Metrics:
 
 
 __all__ = [
-    "DURATION_BUCKETS", "LATENCY_BUCKETS", "MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "REQUEST_TIMEOUT",
-    "RESPONSE_TIMEOUT", "Metrics", "split_listen",
+    "DURATION_BUCKETS",
+    "LATENCY_BUCKETS",
+    "MAX_CONNECTIONS",
+    "MAX_REQUEST_BYTES",
+    "REQUEST_TIMEOUT",
+    "RESPONSE_TIMEOUT",
+    "Metrics",
+    "split_listen",
 ]

@@ -29,8 +29,9 @@ class LedgerCollector(Collector):
         self._counts = counts
 
     def collect(self) -> Any:
-        family = GaugeMetricFamily("syncd_files", "Ledger rows by state and folder.",
-                                   labels=["state", "folder"])
+        family = GaugeMetricFamily(
+            "syncd_files", "Ledger rows by state and folder.", labels=["state", "folder"]
+        )
         try:
             by_folder = self._counts()
         except Exception as exc:  # ledger closing or busy: serve the other series
@@ -49,15 +50,21 @@ class DestinationCollector(Collector):
         self._states = states
 
     def collect(self) -> Any:
-        up = GaugeMetricFamily("syncd_destination_up",
-                               "1 when the destination takes uploads, 0 while it is down or "
-                               "refuses them.", labels=["destination"])
-        since = GaugeMetricFamily("syncd_destination_down_since_seconds",
-                                  "Unix time the destination went down or began refusing "
-                                  "uploads; 0 while it is up.", labels=["destination"])
-        state = GaugeMetricFamily("syncd_destination_state",
-                                  "1 for the state of the destination's circuit.",
-                                  labels=["destination", "state"])
+        up = GaugeMetricFamily(
+            "syncd_destination_up",
+            "1 when the destination takes uploads, 0 while it is down or refuses them.",
+            labels=["destination"],
+        )
+        since = GaugeMetricFamily(
+            "syncd_destination_down_since_seconds",
+            "Unix time the destination went down or began refusing uploads; 0 while it is up.",
+            labels=["destination"],
+        )
+        state = GaugeMetricFamily(
+            "syncd_destination_state",
+            "1 for the state of the destination's circuit.",
+            labels=["destination", "state"],
+        )
         try:
             states = dict(self._states())
         except Exception as exc:  # stopping: serve the other series
@@ -86,11 +93,12 @@ class ProgressCollector(Collector):
         except Exception as exc:  # stopping: serve the other series
             log.debug("metrics: cannot read the uploads in flight: %s", exc)
             files = []
-        total = GaugeMetricFamily("syncd_upload_bytes_in_flight",
-                                  "Bytes of the files being uploaded now.")
+        total = GaugeMetricFamily("syncd_upload_bytes_in_flight", "Bytes of the files being uploaded now.")
         total.add_metric([], sum(int(f["total"]) for f in files))
-        sent = GaugeMetricFamily("syncd_upload_sent_bytes_in_flight",
-                                 "Bytes of the files being uploaded now that were sent so far.")
+        sent = GaugeMetricFamily(
+            "syncd_upload_sent_bytes_in_flight",
+            "Bytes of the files being uploaded now that were sent so far.",
+        )
         sent.add_metric([], sum(int(f["sent"]) for f in files))
         yield total
         yield sent
@@ -105,8 +113,10 @@ class BacklogCollector(Collector):
 
     def collect(self) -> Any:
         family = GaugeMetricFamily(
-            "syncd_backlog_age_seconds", "How long the file waiting longest for an uploader "
-            "has been due (queued, or its retry time passed); 0 when none is.")
+            "syncd_backlog_age_seconds",
+            "How long the file waiting longest for an uploader "
+            "has been due (queued, or its retry time passed); 0 when none is.",
+        )
         try:
             due = self._next_due()
         except Exception as exc:  # ledger closing or busy: serve the other series

@@ -27,13 +27,19 @@ log = logging.getLogger("syncd.metrics")  # the metrics lines keep one logger na
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (IPv4 or IPv6, as the host resolves)."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                  flags=socket.AI_PASSIVE)[0]
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     return socket.create_server(address, family=family, backlog=128)
 
 
-_STATUS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           500: "Internal Server Error"}
+_STATUS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
 
 
 class Endpoint:
@@ -42,9 +48,16 @@ class Endpoint:
     for the whole request head of at most ``max_request_bytes``; ``response_timeout``
     seconds to render and send the series."""
 
-    def __init__(self, registry: CollectorRegistry, sock: socket.socket, *,
-                 max_connections: int, request_timeout: float, response_timeout: float,
-                 max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        sock: socket.socket,
+        *,
+        max_connections: int,
+        request_timeout: float,
+        response_timeout: float,
+        max_request_bytes: int,
+    ) -> None:
         self._registry = registry
         self._max = max_connections
         self._request_timeout = request_timeout
@@ -56,8 +69,7 @@ class Endpoint:
         self._loop = asyncio.new_event_loop()
         self._serving = threading.Event()
         self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="metrics-http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name="metrics-http", daemon=True)
         self._thread.start()
         self._serving.wait()
         if self._failed is not None:
@@ -67,8 +79,7 @@ class Endpoint:
         loop = self._loop
         asyncio.set_event_loop(loop)
         try:
-            server = loop.run_until_complete(
-                asyncio.start_server(self._handle, sock=sock, limit=self._limit))
+            server = loop.run_until_complete(asyncio.start_server(self._handle, sock=sock, limit=self._limit))
         except BaseException as exc:
             self._failed = exc
             sock.close()
@@ -105,10 +116,8 @@ class Endpoint:
         self._conns[writer] = True
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
-                                              self._request_timeout)
-            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    OSError):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._request_timeout)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
                 return  # too slow, too large, or gone
             if writer not in self._conns:
                 return
@@ -117,7 +126,7 @@ class Endpoint:
         except (TimeoutError, OSError):
             pass
         except asyncio.CancelledError:  # the endpoint is closing; end quietly (3.11's
-            pass                        # start_server logs a task that ends cancelled)
+            pass  # start_server logs a task that ends cancelled)
         except Exception:  # a bug here must not end the endpoint
             log.exception("metrics endpoint")
         finally:
@@ -143,13 +152,18 @@ class Endpoint:
         else:
             try:
                 content_type, body = await asyncio.get_running_loop().run_in_executor(
-                    self._render, self._render_series, headers.get("accept", ""))
+                    self._render, self._render_series, headers.get("accept", "")
+                )
             except Exception as exc:
                 log.warning("metrics: cannot render the series: %s", exc)
                 status, body = 500, b"cannot render the metrics\n"
-        writer.write((f"HTTP/1.1 {status} {_STATUS[status]}\r\n"
-                      f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                      f"{extra}Connection: close\r\n\r\n").encode("latin-1"))
+        writer.write(
+            (
+                f"HTTP/1.1 {status} {_STATUS[status]}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"{extra}Connection: close\r\n\r\n"
+            ).encode("latin-1")
+        )
         if request[:1] != ["HEAD"]:
             writer.write(body)
         writer.close()  # sends what is buffered, then FIN

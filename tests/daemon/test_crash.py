@@ -21,9 +21,15 @@ from tests.harness import Setup, sha, wait_until
 pytestmark = pytest.mark.process
 
 POINTS = [
-    "ledger.promote", "ledger.claim", "ledger.checkpoint", "ledger.uploaded",
-    "ledger.archive_target", "ledger.archive_target.synced",  # the group commit's fsync
-    "archive.placed", "archive.unlinked", "ledger.done",
+    "ledger.promote",
+    "ledger.claim",
+    "ledger.checkpoint",
+    "ledger.uploaded",
+    "ledger.archive_target",
+    "ledger.archive_target.synced",  # the group commit's fsync
+    "archive.placed",
+    "archive.unlinked",
+    "ledger.done",
 ]
 
 
@@ -80,15 +86,13 @@ def test_crash_between_cross_device_copy_and_link(tmp_path: Path) -> None:
 
 def test_crash_mid_multipart_resumes_without_resending_parts(tmp_path: Path) -> None:
     mib = 1024 * 1024
-    s = Setup(tmp_path, folders=[{"name": "in"}],
-              lilt={"multipart_threshold": 5 * mib, "part_size": 5 * mib})
+    s = Setup(tmp_path, folders=[{"name": "in"}], lilt={"multipart_threshold": 5 * mib, "part_size": 5 * mib})
     try:
         data = os.urandom(4 * 5 * mib + 1234)  # 5 parts
         s.drop("big.bin", data)
         # checkpoints: session opened (1), part 1 (2), part 2 (3) -> die after part 2
         _run_with_crash(s, "ledger.checkpoint:3")
-        sent_before = [r for r in s.emulator.requests() if r["op"] == "lilt.put_part"
-                       and r["status"] == 200]
+        sent_before = [r for r in s.emulator.requests() if r["op"] == "lilt.put_part" and r["status"] == 200]
         assert len(sent_before) == 2
         s.emulator.reset_log()
         s.start()
@@ -106,8 +110,7 @@ def test_crash_mid_multipart_resumes_without_resending_parts(tmp_path: Path) -> 
 def test_random_sigkill_loop(tmp_path: Path, seed: int) -> None:
     """25 random SIGKILLs per run (50 in CI across the two seeds); nothing is lost."""
     rng = random.Random(seed)
-    s = Setup(tmp_path, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}],
-              emulator={"seed": seed})
+    s = Setup(tmp_path, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}], emulator={"seed": seed})
     try:
         n = 0
         for kill in range(25):
@@ -146,8 +149,10 @@ def test_crash_while_moving_to_failed_dir(tmp_path: Path) -> None:
         _run_with_crash(s, "archive.placed:1")  # linked into failed_dir, source not unlinked
         s.start()
         wait_until(lambda: s.counts().get("failed") == 2, 20, what="second failure recorded")
-        assert sorted(p.name for p in s.failed().iterdir() if not p.name.endswith(".json")) == \
-            ["again.txt", "rejected.txt"]
+        assert sorted(p.name for p in s.failed().iterdir() if not p.name.endswith(".json")) == [
+            "again.txt",
+            "rejected.txt",
+        ]
         assert not (s.inbox() / "again.txt").exists()
         s.invariants(allow_failed=True)
         assert [u for u in s.emulator.uploads()] == []

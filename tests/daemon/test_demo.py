@@ -31,19 +31,23 @@ def test_demo_runs_and_delivers_to_every_service(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd.demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _up(url), 20, what="demo emulator")
-        wait_until(lambda: (tmp_path / "demo" / "state" / "ledger.sqlite3").exists(), 20,
-                   what="demo daemon")
+        wait_until(lambda: (tmp_path / "demo" / "state" / "ledger.sqlite3").exists(), 20, what="demo daemon")
         time.sleep(1.0)
         for name, *_ in FOLDERS:
-            (tmp_path / "demo" / "inbox" / name / f"{name}.bin").write_bytes(
-                os.urandom(2048) + name.encode())
-        wait_until(lambda: all((tmp_path / "demo" / "archive" / n / f"{n}.bin").exists()
-                               for n, *_ in FOLDERS), 30, what="every demo folder archived")
+            (tmp_path / "demo" / "inbox" / name / f"{name}.bin").write_bytes(os.urandom(2048) + name.encode())
+        wait_until(
+            lambda: all((tmp_path / "demo" / "archive" / n / f"{n}.bin").exists() for n, *_ in FOLDERS),
+            30,
+            what="every demo folder archived",
+        )
         services = {u["service"] for u in httpx.get(url + "/_emulator/uploads").json()["uploads"]}
         assert services == {"lilt", "wriftai", "xvid", "apivideo"}
     finally:

@@ -18,11 +18,11 @@ from tests.harness import CANARY_KEY, Setup, sha, wait_until
 pytestmark = pytest.mark.process
 
 
-
-
 def two_folders() -> list[dict[str, object]]:
-    return [{"name": "contracts", "labels": ["legal", "review-needed"], "category": "SOURCE"},
-            {"name": "refs", "labels": ["reference"], "category": "REFERENCE"}]
+    return [
+        {"name": "contracts", "labels": ["legal", "review-needed"], "category": "SOURCE"},
+        {"name": "refs", "labels": ["reference"], "category": "REFERENCE"},
+    ]
 
 
 def test_thousand_files_in_two_folders(make_setup: Callable[..., Setup]) -> None:
@@ -97,10 +97,11 @@ def test_sigkill_twenty_times_during_500_files(make_setup: Callable[..., Setup])
 
 
 def test_twenty_percent_faults_still_deliver_everything(make_setup: Callable[..., Setup]) -> None:
-    s = make_setup(folders=two_folders(),
-                   emulator={"fail_rate": 0.2, "seed": 5,
-                             "fault_kinds": ("500", "503", "429", "reset")},
-                   daemon={"retry_max_seconds": 1.0})
+    s = make_setup(
+        folders=two_folders(),
+        emulator={"fail_rate": 0.2, "seed": 5, "fault_kinds": ("500", "503", "429", "reset")},
+        daemon={"retry_max_seconds": 1.0},
+    )
     rng = random.Random(2)
     for i in range(100):
         s.drop(f"c{i}.txt", rng.randbytes(500), "contracts")
@@ -115,10 +116,24 @@ def test_twenty_percent_faults_still_deliver_everything(make_setup: Callable[...
 
 
 WEIRD_NAMES = [
-    "with space.txt", "tab\there.txt", "new\nline.txt", "-leading-dash", "ünïcödé.txt",
-    "e\u0301-nfd.txt", "\u00e9-nfc.txt", "%46percent.txt", "quote\"d.txt", "back\\slash.txt",
-    "emoji-😀.txt", "x" * 255, "cr\rhere.txt", "semi;colon&amp.txt", " leading-space.txt",
-    "trailing-space.txt ", "trailing.dot.", "ctrl-\x01-\x1f.txt",
+    "with space.txt",
+    "tab\there.txt",
+    "new\nline.txt",
+    "-leading-dash",
+    "ünïcödé.txt",
+    "e\u0301-nfd.txt",
+    "\u00e9-nfc.txt",
+    "%46percent.txt",
+    'quote"d.txt',
+    "back\\slash.txt",
+    "emoji-😀.txt",
+    "x" * 255,
+    "cr\rhere.txt",
+    "semi;colon&amp.txt",
+    " leading-space.txt",
+    "trailing-space.txt ",
+    "trailing.dot.",
+    "ctrl-\x01-\x1f.txt",
 ]
 
 
@@ -204,7 +219,10 @@ def test_once_exits_when_done(make_setup: Callable[..., Setup]) -> None:
         s.drop(f"{i}.txt", str(i).encode())
     out = subprocess.run(
         [sys.executable, "-m", "syncd", "-c", str(s.config), "once"],
-        env=s.env(), capture_output=True, text=True, timeout=60,
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "syncd once: finished in" in out.stdout and "10 done" in out.stdout
@@ -233,16 +251,20 @@ def test_unreadable_file_stays_in_the_inbox_and_is_retried(make_setup: Callable[
     """Run without capabilities (plain `unshare -U`) so mode bits apply even to root."""
     if not _unshare_works():
         pytest.skip("unshare -U is not permitted here: cannot drop capabilities to test EACCES")
-    s = make_setup(folders=[{"name": "in", "max_attempts": 2}],
-                   daemon={"retry_base_seconds": 0.1, "retry_max_seconds": 0.3,
-                           "log_level": "debug"})
+    s = make_setup(
+        folders=[{"name": "in", "max_attempts": 2}],
+        daemon={"retry_base_seconds": 0.1, "retry_max_seconds": 0.3, "log_level": "debug"},
+    )
     s.drop("good.txt", b"fine")
     bad = s.drop("locked.txt", b"secret stuff")
     bad.chmod(0)
     s.start(wrapper=["unshare", "-U"])
     wait_until(lambda: s.counts().get("done") == 1, 20, what="the readable file")
-    wait_until(lambda: "leaving it in place" in s.log_text() and
-               s.log_text().count("cannot read") >= 3, 20, what="several retries")
+    wait_until(
+        lambda: "leaving it in place" in s.log_text() and s.log_text().count("cannot read") >= 3,
+        20,
+        what="several retries",
+    )
     said = [line for line in s.log_text().splitlines() if "cannot read" in line]
     assert sum(" WARNING " in line for line in said) == 1, said  # once, then at debug level
     row = [r for r in s.rows() if r.relpath == "locked.txt"][0]
@@ -264,7 +286,11 @@ def test_once_shows_progress_on_a_terminal(make_setup: Callable[..., Setup]) -> 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--log-level", "error"],
-        env=s.env(), stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        env=s.env(),
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     os.close(slave)
     chunks = []
     while True:

@@ -29,25 +29,32 @@ BIG = 3 * CHUNK + MiB + 11  # four chunks: 5, 5, 5 and 1 MiB (+11 bytes)
 
 #: No api_key: chunks go to /upload?token=, and a token can carry no tags, metadata or uuid.
 TOKEN_ONLY = dataclasses.replace(
-    APIVIDEO, destination={k: v for k, v in APIVIDEO.destination.items() if k != "api_key"},
-    part_op="apivideo.upload", supports=frozenset({"resume"}))
+    APIVIDEO,
+    destination={k: v for k, v in APIVIDEO.destination.items() if k != "api_key"},
+    part_op="apivideo.upload",
+    supports=frozenset({"resume"}),
+)
 
 
 def videos(s: Setup) -> list[dict[str, Any]]:
     """Every video the emulator knows (complete or not), through the API."""
-    r = httpx.get(f"{s.emulator.url}/apivideo/videos", params={"pageSize": 100},
-                  auth=(CANARIES["apivideo_key"], ""))
+    r = httpx.get(
+        f"{s.emulator.url}/apivideo/videos", params={"pageSize": 100}, auth=(CANARIES["apivideo_key"], "")
+    )
     data: list[dict[str, Any]] = r.json()["data"]
     return data
 
 
-def test_token_only_sigkill_resends_only_unconfirmed_chunks(
-        make_setup: Callable[..., Setup]) -> None:
+def test_token_only_sigkill_resends_only_unconfirmed_chunks(make_setup: Callable[..., Setup]) -> None:
     # Chunks 1 and 2 go through; chunk 3 is held by the server, so the daemon is killed
     # while sending it, after it checkpointed chunk 2.
     s = make(make_setup, TOKEN_ONLY)
-    s.emulator.set_faults(script=[{"op": "apivideo.upload", "kind": "slow", "delay": 0, "count": 2},
-                                  {"op": "apivideo.upload", "kind": "slow", "delay": 3}])
+    s.emulator.set_faults(
+        script=[
+            {"op": "apivideo.upload", "kind": "slow", "delay": 0, "count": 2},
+            {"op": "apivideo.upload", "kind": "slow", "delay": 3},
+        ]
+    )
     s.drop("talk.mp4", os.urandom(BIG))
     s.start()
     wait_until(lambda: s.confirmed_parts() >= 2, 20, 0.02, "chunks 1 and 2 confirmed")

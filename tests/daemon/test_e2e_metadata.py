@@ -56,10 +56,18 @@ def _state(s: Setup, rel: str) -> str | None:
     return rows[-1].state if rows else None
 
 
-def test_labels_from_path_and_sidecar_reach_the_service(
-        make_setup: Callable[..., Setup]) -> None:
-    s = make_setup(folders=[{"name": "in", "labels": ["base"], "category": "SOURCE",
-                             "labels_from_path": PATTERN, "metadata_sidecar": True}])
+def test_labels_from_path_and_sidecar_reach_the_service(make_setup: Callable[..., Setup]) -> None:
+    s = make_setup(
+        folders=[
+            {
+                "name": "in",
+                "labels": ["base"],
+                "category": "SOURCE",
+                "labels_from_path": PATTERN,
+                "metadata_sidecar": True,
+            }
+        ]
+    )
     s.start()
     _sidecar(s, "acme/q3/a.pdf", {"labels": ["invoice", "acme"], "category": "FINANCE"})
     s.drop("acme/q3/a.pdf", b"A" * 3000)
@@ -69,10 +77,11 @@ def test_labels_from_path_and_sidecar_reach_the_service(
     ups = _uploads(s)
     assert sorted(ups) == ["a.pdf", "b.pdf", "c.pdf"]  # the sidecar is never uploaded itself
     assert (ups["a.pdf"]["labels"], ups["a.pdf"]["category"]) == (
-        ["base", "acme", "q3", "invoice"], "FINANCE")
+        ["base", "acme", "q3", "invoice"],
+        "FINANCE",
+    )
     assert (ups["b.pdf"]["labels"], ups["b.pdf"]["category"]) == (["base"], "SOURCE")
-    assert (ups["c.pdf"]["labels"], ups["c.pdf"]["category"]) == (
-        ["base", "globex", "q1"], "SOURCE")
+    assert (ups["c.pdf"]["labels"], ups["c.pdf"]["category"]) == (["base", "globex", "q1"], "SOURCE")
     arch = s.archive() / "acme" / "q3"
     assert (arch / "a.pdf").read_bytes() == b"A" * 3000
     assert json.loads((arch / "a.pdf.meta.json").read_text())["category"] == "FINANCE"
@@ -90,8 +99,9 @@ def test_labels_from_path_and_sidecar_reach_the_service(
 
 
 def test_a_sidecar_still_being_written_is_waited_for(make_setup: Callable[..., Setup]) -> None:
-    s = make_setup(folders=[{"name": "in", "labels": ["base"], "metadata_sidecar": True,
-                             "settle_seconds": 1.0}])
+    s = make_setup(
+        folders=[{"name": "in", "labels": ["base"], "metadata_sidecar": True, "settle_seconds": 1.0}]
+    )
     s.start()
     s.wait_started()
     s.drop("report.pdf", b"R" * 500)
@@ -113,7 +123,8 @@ def test_a_sidecar_still_being_written_is_waited_for(make_setup: Callable[..., S
 
 
 def test_malformed_sidecar_fails_its_file_and_retry_uploads_it_fixed(
-        make_setup: Callable[..., Setup]) -> None:
+    make_setup: Callable[..., Setup],
+) -> None:
     s = make_setup(folders=[{"name": "in", "labels": ["base"], "metadata_sidecar": True}])
     _sidecar(s, "sub/a.pdf", b'{"labels": ["x",]}')
     s.drop("sub/a.pdf", b"A" * 100)
@@ -164,7 +175,8 @@ def test_duplicate_content_is_skipped_and_explained(make_setup: Callable[..., Se
 
 @pytest.mark.parametrize("point", ["ledger.duplicate", "archive.placed", "archive.unlinked"])
 def test_crash_after_the_skip_decision_is_finished_without_upload(
-        make_setup: Callable[..., Setup], point: str) -> None:
+    make_setup: Callable[..., Setup], point: str
+) -> None:
     s = make_setup(folders=[{"name": "in", "on_duplicate": "skip"}])
     s.start()
     s.drop("a.bin", b"x" * 5000)
@@ -186,10 +198,8 @@ def test_crash_after_the_skip_decision_is_finished_without_upload(
     assert s.stop() == 0
 
 
-@pytest.mark.parametrize("point", ["ledger.sidecar_target", "archive.placed:2",
-                                   "archive.unlinked:2"])
-def test_crash_between_file_and_sidecar_moves(make_setup: Callable[..., Setup],
-                                              point: str) -> None:
+@pytest.mark.parametrize("point", ["ledger.sidecar_target", "archive.placed:2", "archive.unlinked:2"])
+def test_crash_between_file_and_sidecar_moves(make_setup: Callable[..., Setup], point: str) -> None:
     s = make_setup(folders=[{"name": "in", "metadata_sidecar": True, "labels": ["base"]}])
     _sidecar(s, "d/a.pdf", {"labels": ["side"]})
     s.drop("d/a.pdf", b"A" * 700)

@@ -64,20 +64,26 @@ def test_every_registered_type_has_a_service() -> None:
     assert not missing, f"destination types without an end-to-end description: {missing}"
     for service in SERVICES.values():
         assert service.supports <= CAPABILITIES, service.type
-        assert set(service.lacks) == CAPABILITIES - service.supports, \
+        assert set(service.lacks) == CAPABILITIES - service.supports, (
             f"{service.type}: say why for every capability it lacks, and only for those"
+        )
         assert service.destination["type"] == service.type
         assert ("expiry" in service.supports) == (service.renewal is not None)
 
 
 @pytest.mark.process
 @CLEAN_OR_FAULTY
-def test_sizes_arrive_byte_identical(make_setup: Callable[..., Setup], service: Service,
-                                     faults: bool) -> None:
+def test_sizes_arrive_byte_identical(
+    make_setup: Callable[..., Setup], service: Service, faults: bool
+) -> None:
     s = make(make_setup, service, faults=faults, seed=7)
     part = service.part_size
-    files = {"empty.bin": b"", "one.bin": b"\x01", "exact.bin": os.urandom(part),
-             "sub/parts.bin": os.urandom(3 * part + 1234)}
+    files = {
+        "empty.bin": b"",
+        "one.bin": b"\x01",
+        "exact.bin": os.urandom(part),
+        "sub/parts.bin": os.urandom(3 * part + 1234),
+    }
     if faults:  # more requests, so that every kind of fault has a chance
         files.update({f"small-{i}.txt": os.urandom(100 + i) for i in range(6)})
     for name, data in files.items():
@@ -91,21 +97,27 @@ def test_sizes_arrive_byte_identical(make_setup: Callable[..., Setup], service: 
     if not faults:  # every byte went once, in as many requests as there are parts
         sent = [e for e in log(s, *service.data_ops) if ok(e)]
         assert sorted(e["bytes"] for e in sent) == sorted(
-            min(part, len(d) - i) for d in stored for i in range(0, max(len(d), 1), part))
+            min(part, len(d) - i) for d in stored for i in range(0, max(len(d), 1), part)
+        )
     assert s.stop() == 0
 
 
 @pytest.mark.process
 @CLEAN_OR_FAULTY
 def test_sigkill_mid_upload_resends_only_unconfirmed_parts(
-        make_setup: Callable[..., Setup], service: Service, faults: bool) -> None:
+    make_setup: Callable[..., Setup], service: Service, faults: bool
+) -> None:
     service.require("resume")
     s = make(make_setup, service, faults=faults, seed=3)
     part, count = service.part_size, 4
     data = os.urandom(count * part - 100)
     # Parts 1 and 2 go through; part 3 is held, so that the kill lands while it is in flight.
-    s.emulator.set_faults(script=[{"op": service.part_op, "kind": "slow", "delay": 0, "count": 2},
-                                  {"op": service.part_op, "kind": "slow", "delay": HOLD}])
+    s.emulator.set_faults(
+        script=[
+            {"op": service.part_op, "kind": "slow", "delay": 0, "count": 2},
+            {"op": service.part_op, "kind": "slow", "delay": HOLD},
+        ]
+    )
     s.drop("big.bin", data)
     s.start()
     wait_until(lambda: s.confirmed_parts() >= 2, 30, 0.02, "two parts confirmed")
@@ -137,15 +149,19 @@ def test_sigkill_mid_upload_resends_only_unconfirmed_parts(
 @pytest.mark.process
 @CLEAN_OR_FAULTY
 def test_expired_url_is_renewed_without_failing_the_file(
-        make_setup: Callable[..., Setup], service: Service, faults: bool) -> None:
+    make_setup: Callable[..., Setup], service: Service, faults: bool
+) -> None:
     service.require("expiry")
     assert service.renewal is not None
     # Part 1 goes through; part 2 is held past the life of its signed URL or form, so the
     # emulator refuses it for real (403) when it arrives.
     s = make(make_setup, service, faults=faults, seed=5, url_ttl=URL_TTL)
-    s.emulator.set_faults(script=[
-        {"op": service.part_op, "kind": "slow", "delay": 0, "count": 1},
-        {"op": service.part_op, "kind": "slow", "delay": EXPIRING_HOLD}])
+    s.emulator.set_faults(
+        script=[
+            {"op": service.part_op, "kind": "slow", "delay": 0, "count": 1},
+            {"op": service.part_op, "kind": "slow", "delay": EXPIRING_HOLD},
+        ]
+    )
     parts = 3
     data = os.urandom((parts - 1) * service.part_size + 5)
     s.drop("late.bin", data)

@@ -27,16 +27,26 @@ PART = WRIFTAI.part_size
 #: protocol "urls": one PUT per file whatever its size, stored under the download URL
 #: (the receipt's url, without its signature).
 URLS = dataclasses.replace(
-    WRIFTAI, destination={**WRIFTAI.destination, "protocol": "urls"}, part_size=1 << 62,
-    data_ops=("wriftai.put",), remote_field="url", receipt_field="url")
+    WRIFTAI,
+    destination={**WRIFTAI.destination, "protocol": "urls"},
+    part_size=1 << 62,
+    data_ops=("wriftai.put",),
+    remote_field="url",
+    receipt_field="url",
+)
 
 
 @CLEAN_OR_FAULTY
 def test_urls_protocol_sizes_arrive_byte_identical_under_their_names(
-        make_setup: Callable[..., Setup], faults: bool) -> None:
+    make_setup: Callable[..., Setup], faults: bool
+) -> None:
     s = make(make_setup, URLS, faults=faults, seed=7)
-    files = {"empty.bin": b"", "one.bin": b"\x01", "exact.bin": os.urandom(PART),
-             "parts.bin": os.urandom(3 * PART + 1234)}
+    files = {
+        "empty.bin": b"",
+        "one.bin": b"\x01",
+        "exact.bin": os.urandom(PART),
+        "parts.bin": os.urandom(3 * PART + 1234),
+    }
     if faults:  # more requests, so every kind of fault has a chance
         files.update({f"small-{i}.txt": os.urandom(100 + i) for i in range(6)})
     for name, data in files.items():

@@ -40,7 +40,8 @@ def record_issued(s: Setup) -> tuple[XvidService, list[str]]:
 
 
 def test_object_keys_carry_labels_category_and_uuid_and_no_issued_secret_is_kept(
-        make_setup: Callable[..., Setup]) -> None:
+    make_setup: Callable[..., Setup],
+) -> None:
     s = make(make_setup, XVID)
     service, issued = record_issued(s)
     s.drop("one.bin", b"\x01")

@@ -48,16 +48,25 @@ def _problem() -> str | None:
         return "needs root to run the daemon and the producer under their own uids"
     if shutil.which("setpriv") is None:
         return "setpriv (util-linux) is not installed"
-    out = subprocess.run(["setpriv", f"--reuid={PRODUCER_UID}", f"--regid={GROUP}", "--clear-groups",
-                          "true"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["setpriv", f"--reuid={PRODUCER_UID}", f"--regid={GROUP}", "--clear-groups", "true"],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         return f"setpriv cannot switch uids here: {out.stderr.strip()[:200]}"
     return None
 
 
 def as_user(uid: int, groups: list[int]) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={groups[0]}",
-            f"--groups={','.join(map(str, groups))}", "--inh-caps=-all", "--"]
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={groups[0]}",
+        f"--groups={','.join(map(str, groups))}",
+        "--inh-caps=-all",
+        "--",
+    ]
 
 
 def _snapshot(paths: list[Path]) -> dict[str, tuple[int, int, bytes | None]]:
@@ -75,8 +84,11 @@ class Hostile:
 
     def __init__(self, base: Path, **folder: Any) -> None:
         self.base = base
-        self.s = Setup(base, folders=[{"name": "in", "settle_seconds": 0.2, **folder}],
-                       daemon={"rescan_seconds": 2, "workers": 2})
+        self.s = Setup(
+            base,
+            folders=[{"name": "in", "settle_seconds": 0.2, **folder}],
+            daemon={"rescan_seconds": 2, "workers": 2},
+        )
         # the daemon owns the tree; the inbox is the producers' (setgid + sticky)
         for p in [base, *base.rglob("*")]:
             if p.is_relative_to(base / "emulator"):
@@ -114,7 +126,10 @@ class Hostile:
         code = textwrap.dedent(script)
         out = subprocess.run(
             [*as_user(PRODUCER_UID, [GROUP]), sys.executable, "-c", code, str(self.s.inbox()), *args],
-            capture_output=True, text=True, timeout=timeout, env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": os.environ["PATH"]},
             cwd="/",
         )
         assert out.returncode == 0, out.stderr[-3000:]
@@ -209,8 +224,9 @@ def test_directory_swapped_for_a_credentials_link_at_random_moments(hostile: Any
     time.sleep(2.5)  # a rescan (rescan_seconds = 2) walks every planted link
     h.s.drop("after.txt", b"an honest file after the attack")
     os.chown(h.s.inbox() / "after.txt", PRODUCER_UID, GROUP)
-    wait_until(lambda: any(u["filename"] == "after.txt" for u in h.s.emulator.uploads()), 30,
-               what="the honest file")
+    wait_until(
+        lambda: any(u["filename"] == "after.txt" for u in h.s.emulator.uploads()), 30, what="the honest file"
+    )
     h.check()
     assert (h.creds / "lilt-api-key").read_bytes() == CANARY
     h.stop_quickly()
@@ -258,7 +274,8 @@ def test_names_swapped_for_links_during_the_archive_move(hostile: Any) -> None:
 
 def test_static_links_and_loops_in_a_polled_folder_stay_bounded(hostile: Any) -> None:
     h = hostile(observer="polling", poll_seconds=0.2)
-    h.produce("""
+    h.produce(
+        """
         import os, sys
         inbox, outside = sys.argv[1], sys.argv[2]
         os.symlink(".", os.path.join(inbox, "loop"))
@@ -269,7 +286,9 @@ def test_static_links_and_loops_in_a_polled_folder_stay_bounded(hostile: Any) ->
         os.symlink("../../..", os.path.join(inbox, "deep", "a", "b", "up"))
         os.makedirs(os.path.join(inbox, "closed"))
         os.chmod(os.path.join(inbox, "closed"), 0)
-    """, str(h.outside))
+    """,
+        str(h.outside),
+    )
     h.start()
     rss0, cpu0 = h.usage()
     started = time.monotonic()
@@ -278,8 +297,11 @@ def test_static_links_and_loops_in_a_polled_folder_stay_bounded(hostile: Any) ->
         with open(os.path.join(sys.argv[1], "fresh.txt"), "wb") as f:
             f.write(b"picked up despite the loops")
     """)
-    wait_until(lambda: any(u["filename"] == "fresh.txt" for u in h.s.emulator.uploads()), 30,
-               what="a new file in the polled folder")
+    wait_until(
+        lambda: any(u["filename"] == "fresh.txt" for u in h.s.emulator.uploads()),
+        30,
+        what="a new file in the polled folder",
+    )
     time.sleep(6)
     rss, cpu = h.usage()
     wall = time.monotonic() - started
@@ -302,10 +324,13 @@ def test_an_unlistable_subdirectory_does_not_force_polling(hostile: Any) -> None
     h.start()
     log = h.s.log_text()
     assert "falling back to polling" not in log, log[-2000:]
-    h.produce("""
+    h.produce(
+        """
         import os, sys
         os.symlink(sys.argv[2], os.path.join(sys.argv[1], "exported"))
-    """, str(h.outside))
+    """,
+        str(h.outside),
+    )
     time.sleep(2.5)
     h.check()
     h.stop_quickly()
@@ -314,7 +339,8 @@ def test_an_unlistable_subdirectory_does_not_force_polling(hostile: Any) -> None
 def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(hostile: Any) -> None:
     h = hostile()
     h.start()
-    h.produce("""
+    h.produce(
+        """
         import os, sys
         inbox, home = sys.argv[1], sys.argv[2]
         for i in range(5):
@@ -324,15 +350,20 @@ def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(hostile: Any
             os.chmod(tmp, 0o660)
             os.link(tmp, os.path.join(home, f"keep{i}"))
             os.rename(tmp, os.path.join(inbox, f"h{i}.txt"))
-    """, str(h.home))
+    """,
+        str(h.home),
+    )
     arch = h.s.archive()
     wait_until(lambda: arch.exists() and len(list(arch.iterdir())) == 5, 30, what="5 archived")
-    h.produce("""
+    h.produce(
+        """
         import os, sys
         for i in range(5):
             with open(os.path.join(sys.argv[2], f"keep{i}"), "r+b") as f:
                 f.write(b"TAMPERED")
-    """, str(h.home))
+    """,
+        str(h.home),
+    )
     for i in range(5):
         assert (arch / f"h{i}.txt").read_bytes() == b"original %d" % i
         up = [u for u in h.s.emulator.uploads() if u["filename"] == f"h{i}.txt"]

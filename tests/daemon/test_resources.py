@@ -199,8 +199,14 @@ def _limit_memory() -> None:  # in the child: a runaway read dies at 1 GiB, not 
 
 def syncd_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "syncd", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, preexec_fn=_limit_memory)
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=_limit_memory,
+    )
 
 
 @pytest.mark.process
@@ -251,8 +257,9 @@ def test_state_files_are_private_after_a_daemon_run(make_setup: Callable[..., Se
     running = {p.name: mode(p) for p in state.iterdir() if p.is_file()}
     assert s.stop() == 0
     assert mode(state) == 0o700
-    assert {"ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm", "syncd.lock"} <= set(
-        running), running
+    assert {"ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm", "syncd.lock"} <= set(running), (
+        running
+    )
     assert running == {name: 0o600 for name in running}, running
     for p in state.rglob("*"):
         if p.is_file():
@@ -272,9 +279,9 @@ def test_state_dir_and_ledger_of_syncd_once_under_umask_0(make_setup: Callable[.
     assert s.counts()["done"] == 1
 
 
-def test_backup_and_rebuild_outputs_are_private(make_setup: Callable[..., Setup],
-                                                tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_backup_and_rebuild_outputs_are_private(
+    make_setup: Callable[..., Setup], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = make_setup(folders=[{"name": "in"}])
     Ledger.open(s.ledger_path).close()
     old = os.umask(0)
@@ -317,8 +324,7 @@ def test_an_older_ledger_is_brought_to_0600(tmp_path: Path) -> None:
 
 
 @pytest.mark.process
-def test_daemon_start_warns_about_a_config_others_can_change(
-        make_setup: Callable[..., Setup]) -> None:
+def test_daemon_start_warns_about_a_config_others_can_change(make_setup: Callable[..., Setup]) -> None:
     s = make_setup(folders=[{"name": "in"}])
     s.config.chmod(0o664)
     writable_archive = s.archive("in")
@@ -331,5 +337,4 @@ def test_daemon_start_warns_about_a_config_others_can_change(
     assert f"folders[0].archive_dir: {writable_archive} is writable by group/others" in log
     out = s.cli("check")  # `syncd check` refuses the archive folder
     assert out.returncode == 2, out.stdout + out.stderr
-    assert f"folders[0].archive_dir: {writable_archive} is writable by group/others " \
-           "(mode 0777)" in out.stderr
+    assert f"folders[0].archive_dir: {writable_archive} is writable by group/others (mode 0777)" in out.stderr

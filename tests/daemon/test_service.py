@@ -87,8 +87,13 @@ class NotifySocket:
         with self._lock:
             return len(self.messages)
 
-    def wait_for(self, pred: Callable[[dict[str, str]], bool], timeout: float = 20.0,
-                 what: str = "message", since: int = 0) -> dict[str, str]:
+    def wait_for(
+        self,
+        pred: Callable[[dict[str, str]], bool],
+        timeout: float = 20.0,
+        what: str = "message",
+        since: int = 0,
+    ) -> dict[str, str]:
         def found() -> dict[str, str] | None:
             for _, m in self.snapshot(since):
                 if pred(m):
@@ -137,8 +142,9 @@ def resume_parts(row: Row) -> set[int]:
     return {int(n) for n in ((row.resume or {}).get("parts") or {})}
 
 
-def start_wrapped(s: Setup, shell: str, env: dict[str, str] | None = None,
-                  unshare: tuple[str, ...] = ("-U", "-r", "-m")) -> subprocess.Popen[bytes]:
+def start_wrapped(
+    s: Setup, shell: str, env: dict[str, str] | None = None, unshare: tuple[str, ...] = ("-U", "-r", "-m")
+) -> subprocess.Popen[bytes]:
     """Start ``syncd run`` in new namespaces after running ``shell`` there.
 
     ``unshare`` execs sh, which execs python: the Popen pid is the daemon's.
@@ -147,9 +153,21 @@ def start_wrapped(s: Setup, shell: str, env: dict[str, str] | None = None,
     s.logs.append(log)
     full = s.env()
     full.update(env or {})
-    script = f"{shell}\nexec \"$@\""
-    cmd = ["unshare", *unshare, "sh", "-ec", script, "sh",
-           sys.executable, "-m", "syncd", "-c", str(s.config), "run"]
+    script = f'{shell}\nexec "$@"'
+    cmd = [
+        "unshare",
+        *unshare,
+        "sh",
+        "-ec",
+        script,
+        "sh",
+        sys.executable,
+        "-m",
+        "syncd",
+        "-c",
+        str(s.config),
+        "run",
+    ]
     with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
         s.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full, cwd=s.tmp)
     return s.proc
@@ -188,8 +206,7 @@ def test_notifier_is_a_no_op_without_notify_socket(monkeypatch: pytest.MonkeyPat
     n.stopping("y", extend_seconds=5)
 
 
-def test_notifier_talks_to_an_abstract_socket_and_redacts(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notifier_talks_to_an_abstract_socket_and_redacts(monkeypatch: pytest.MonkeyPatch) -> None:
     from syncd import redact
     from syncd.notify import Notifier
 
@@ -226,13 +243,13 @@ def test_notifier_talks_to_an_abstract_socket_and_redacts(
 
 
 @pytest.mark.process
-def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
-                                               notify: NotifySocket, tmp_path: Path) -> None:
+def test_ready_status_watchdog_reload_and_stop(
+    make_setup: Callable[..., Setup], notify: NotifySocket, tmp_path: Path
+) -> None:
     creds = tmp_path / "credentials"
     creds.mkdir()
     (creds / "lilt").write_text("wrong-key-4d1c\n")
-    s = make_setup(folders=[{"name": "a"}], daemon={"workers": 2},
-                   lilt={"api_key": "credential:lilt"})
+    s = make_setup(folders=[{"name": "a"}], daemon={"workers": 2}, lilt={"api_key": "credential:lilt"})
     env = {**notify.env(), "CREDENTIALS_DIRECTORY": str(creds)}
     proc = s.start(extra_env=env)
     ready = notify.wait_for(lambda m: m.get("READY") == "1", what="READY=1")
@@ -242,8 +259,11 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     # Wrong credential: the destination pauses, the file stays.
     s.drop("one.txt", b"one")
     wait_until(lambda: "pausing it" in s.log_text(), 20, what="destination paused")
-    notify.wait_for(lambda m: "destination lilt paused" in m.get("STATUS", ""), 10,
-                    what="STATUS about the paused destination")
+    notify.wait_for(
+        lambda m: "destination lilt paused" in m.get("STATUS", ""),
+        10,
+        what="STATUS about the paused destination",
+    )
 
     # SIGHUP with a fixed credential, a second folder and more workers.
     (creds / "lilt").write_text(CANARY_KEY + "\n")
@@ -258,9 +278,14 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     assert "configuration reloaded: 2 folder(s), 1 destination(s), 3 worker(s)" in s.log_text()
     s.drop("two.txt", b"two", "b")
     wait_until(lambda: s.all_done(2), 20, what="a file in the folder added by the reload")
-    notify.wait_for(lambda m: "2 done today" in m.get("STATUS", "")
-                    and re.search(r"last upload \d+ s ago", m.get("STATUS", "")) is not None,
-                    10, what="STATUS with the last upload")
+    notify.wait_for(
+        lambda m: (
+            "2 done today" in m.get("STATUS", "")
+            and re.search(r"last upload \d+ s ago", m.get("STATUS", "")) is not None
+        ),
+        10,
+        what="STATUS with the last upload",
+    )
 
     # `syncd status` sees the daemon; `syncd ledger backup` copies the live ledger.
     daemon = s.status()["daemon"]
@@ -278,8 +303,9 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
     mark = notify.mark()
     proc.send_signal(signal.SIGHUP)
     refused = notify.wait_for(lambda m: m.get("READY") == "1", since=mark, what="READY")
-    assert refused["STATUS"].startswith("reload failed, running the previous config: "
-                                        "folders[0].settle_seconds: must be >= 0"), refused
+    assert refused["STATUS"].startswith(
+        "reload failed, running the previous config: folders[0].settle_seconds: must be >= 0"
+    ), refused
     assert "reload refused" in s.log_text()
     s.drop("three.txt", b"three", "b")
     wait_until(lambda: s.all_done(3), 20, what="upload after a refused reload")
@@ -320,7 +346,8 @@ def test_ready_status_watchdog_reload_and_stop(make_setup: Callable[..., Setup],
 
 @pytest.mark.process
 def test_watchdog_pings_stop_while_the_ledger_takes_no_writes(
-        make_setup: Callable[..., Setup], notify: NotifySocket) -> None:
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     s = make_setup()
     proc = s.start(extra_env=notify.env())
     notify.wait_for(lambda m: m.get("WATCHDOG") == "1", what="first WATCHDOG=1")
@@ -345,12 +372,21 @@ def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     from syncd.ledger import Ledger
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "syncd.toml").write_text(tomli_w.dumps({
-        "daemon": {"state_dir": "state"},
-        "destinations": {"d": {"type": "lilt", "base_url": "http://127.0.0.1:9/lilt",
-                               "api_key": "env:HEALTH_TEST_KEY"}},
-        "folders": [{"path": "in", "destination": "d"}],
-    }))
+    (tmp_path / "syncd.toml").write_text(
+        tomli_w.dumps(
+            {
+                "daemon": {"state_dir": "state"},
+                "destinations": {
+                    "d": {
+                        "type": "lilt",
+                        "base_url": "http://127.0.0.1:9/lilt",
+                        "api_key": "env:HEALTH_TEST_KEY",
+                    }
+                },
+                "folders": [{"path": "in", "destination": "d"}],
+            }
+        )
+    )
     monkeypatch.setenv("HEALTH_TEST_KEY", "health-test-key")
     cfg = configmod.load(tmp_path / "syncd.toml")
     ledger = Ledger.open(ledger_path(cfg))
@@ -365,8 +401,10 @@ def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         loop.watcher.stop()
         assert loop.health.healthy()
         ledger.close()  # a tick that fails makes the daemon unhealthy too
-        loop.tick_safely(time.monotonic(), {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0,
-                                            "rescan": time.monotonic(), "progress": 0.0})
+        loop.tick_safely(
+            time.monotonic(),
+            {"health": 0.0, "heartbeat": 0.0, "sweep": 0.0, "rescan": time.monotonic(), "progress": 0.0},
+        )
         assert not loop.health.healthy()
     finally:
         loop.watcher.stop()
@@ -378,8 +416,9 @@ def test_health_check_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.process
-def test_sigterm_lets_an_upload_in_flight_finish(make_setup: Callable[..., Setup],
-                                                 notify: NotifySocket) -> None:
+def test_sigterm_lets_an_upload_in_flight_finish(
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     s = make_setup(folders=[{"name": "in"}], daemon={"drain_seconds": 10})
     s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 1.5}])
     proc = s.start(extra_env=notify.env())
@@ -390,8 +429,9 @@ def test_sigterm_lets_an_upload_in_flight_finish(make_setup: Callable[..., Setup
     time.sleep(0.3)
     mark = notify.mark()
     proc.send_signal(signal.SIGTERM)
-    stopping = notify.wait_for(lambda m: m.get("STOPPING") == "1", 1.0, since=mark,
-                               what="STOPPING=1 within 1 s")
+    stopping = notify.wait_for(
+        lambda m: m.get("STOPPING") == "1", 1.0, since=mark, what="STOPPING=1 within 1 s"
+    )
     assert stopping["STATUS"].startswith("stopping: 1 upload(s) finishing")
     assert proc.wait(15) == 0
     assert s.counts() == {"done": 1}
@@ -400,21 +440,25 @@ def test_sigterm_lets_an_upload_in_flight_finish(make_setup: Callable[..., Setup
 
 
 def _large_setup(make_setup: Callable[..., Setup], drain: float, size: int) -> Setup:
-    s = make_setup(folders=[{"name": "in"}], daemon={"drain_seconds": drain},
-                   lilt={"multipart_threshold": 5 * MiB, "part_size": 5 * MiB})
+    s = make_setup(
+        folders=[{"name": "in"}],
+        daemon={"drain_seconds": drain},
+        lilt={"multipart_threshold": 5 * MiB, "part_size": 5 * MiB},
+    )
     s.drop("big.bin", random.Random(25).randbytes(size))
     return s
 
 
 @pytest.mark.process
 def test_sigterm_during_a_large_upload_exits_0_and_resumes_on_restart(
-        make_setup: Callable[..., Setup], notify: NotifySocket) -> None:
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     s = _large_setup(make_setup, drain=0.5, size=25 * MiB)  # 5 parts of 5 MiB
-    s.emulator.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 0.7,
-                                   "count": 20}])
+    s.emulator.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 0.7, "count": 20}])
     proc = s.start(extra_env=notify.env())
-    wait_until(lambda: len(resume_parts(s.rows()[0])) >= 2 if s.rows() else False, 30,
-               what="two parts confirmed")
+    wait_until(
+        lambda: len(resume_parts(s.rows()[0])) >= 2 if s.rows() else False, 30, what="two parts confirmed"
+    )
     mark = notify.mark()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -430,22 +474,26 @@ def test_sigterm_during_a_large_upload_exits_0_and_resumes_on_restart(
     s.start()
     wait_until(lambda: s.all_done(), 30, what="the upload resumed and completed")
     requests = s.emulator.requests()
-    signed = {int(r["path"].rsplit("/", 1)[1]) for r in requests
-              if r["op"] == "lilt.sign_part" and r["status"] == 200}
+    signed = {
+        int(r["path"].rsplit("/", 1)[1])
+        for r in requests
+        if r["op"] == "lilt.sign_part" and r["status"] == 200
+    }
     assert signed == set(range(1, 6)) - confirmed  # confirmed parts are not sent again
-    assert len([r for r in requests if r["op"] == "lilt.put_part" and r["status"] == 200]) \
-        == 5 - len(confirmed)
+    assert len([r for r in requests if r["op"] == "lilt.put_part" and r["status"] == 200]) == 5 - len(
+        confirmed
+    )
     assert not [r for r in requests if r["op"] == "lilt.initiate_multipart"]
     s.invariants()
     assert s.stop() == 0
 
 
 @pytest.mark.process
-def test_second_sigterm_exits_at_once_and_safely(make_setup: Callable[..., Setup],
-                                                 notify: NotifySocket) -> None:
+def test_second_sigterm_exits_at_once_and_safely(
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     s = _large_setup(make_setup, drain=60, size=10 * MiB)
-    s.emulator.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 3,
-                                   "count": 5}])
+    s.emulator.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 3, "count": 5}])
     proc = s.start(extra_env=notify.env())
     wait_until(lambda: s.rows() and s.rows()[0].resume, 20, what="multipart upload open")
     time.sleep(0.3)
@@ -511,8 +559,11 @@ def test_metrics_endpoint_and_event_log_lines(make_setup: Callable[..., Setup]) 
 
     log = s.log_text()  # one line per event, with what an operator needs
     assert re.search(r"queued '.*f0\.txt' \(600 bytes\)", log)
-    assert re.search(r"retrying '.*' in \d+\.\ds \(attempt not counted: a failure of the "
-                     r"service, not of the file\): RetryableError: .*HTTP 503", log)
+    assert re.search(
+        r"retrying '.*' in \d+\.\ds \(attempt not counted: a failure of the "
+        r"service, not of the file\): RetryableError: .*HTTP 503",
+        log,
+    )
     assert re.search(r"uploaded '.*f0\.txt' to lilt \(600 bytes in [\d.]+s, [\d.]+ MB/s\)", log)
     assert re.search(r"archived '.*f0\.txt' -> '.*archive/in/f0\.txt'", log)
     s.invariants()
@@ -523,34 +574,37 @@ def test_metrics_endpoint_and_event_log_lines(make_setup: Callable[..., Setup]) 
 
 
 @pytest.mark.process
-def test_deleted_and_recreated_inbox_keeps_working(make_setup: Callable[..., Setup],
-                                                   notify: NotifySocket) -> None:
+def test_deleted_and_recreated_inbox_keeps_working(
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     s = make_setup(folders=[{"name": "in"}])
     s.start(extra_env=notify.env())
     s.drop("a.txt", b"a")
     wait_until(lambda: s.all_done(1), 20, what="first file")
     shutil.rmtree(s.inbox())
-    notify.wait_for(lambda m: f"inbox {s.inbox()} missing" in m.get("STATUS", ""), 10,
-                    what="STATUS inbox missing")
+    notify.wait_for(
+        lambda m: f"inbox {s.inbox()} missing" in m.get("STATUS", ""), 10, what="STATUS inbox missing"
+    )
     problem = [f for f in s.status()["folders"]][0]["problem"]
     assert problem == "folder missing"
     s.inbox().mkdir()
     s.drop("b.txt", b"b")
     wait_until(lambda: s.all_done(2), 20, what="a file in the recreated inbox")
-    notify.wait_for(lambda m: m.get("STATUS", "").startswith("0 queued"), 10,
-                    what="STATUS without the problem")
+    notify.wait_for(
+        lambda m: m.get("STATUS", "").startswith("0 queued"), 10, what="STATUS without the problem"
+    )
     assert "is not available (folder missing)" in s.log_text()
     s.invariants()
 
 
 @pytest.mark.process
-def test_marker_file_guards_a_folder(make_setup: Callable[..., Setup],
-                                     notify: NotifySocket) -> None:
+def test_marker_file_guards_a_folder(make_setup: Callable[..., Setup], notify: NotifySocket) -> None:
     s = make_setup(folders=[{"name": "share", "marker": ".syncd-root"}])
     s.drop("early.txt", b"dropped on the empty mount point")
     s.start(extra_env=notify.env())
-    notify.wait_for(lambda m: "marker file '.syncd-root' missing" in m.get("STATUS", ""),
-                    10, what="STATUS marker missing")
+    notify.wait_for(
+        lambda m: "marker file '.syncd-root' missing" in m.get("STATUS", ""), 10, what="STATUS marker missing"
+    )
     time.sleep(1.0)
     assert s.rows() == []  # not scanned
     (s.inbox() / ".syncd-root").touch()
@@ -560,16 +614,19 @@ def test_marker_file_guards_a_folder(make_setup: Callable[..., Setup],
 
 
 @pytest.mark.process
-def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[..., Setup],
-                                                        notify: NotifySocket) -> None:
+def test_unmounted_folder_is_not_scanned_and_comes_back(
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
     why = namespaces_usable("-U", "-r", "-m", nsenter=True)
     if why:
         pytest.skip(f"needs a private mount namespace: {why}")
     s = make_setup(folders=[{"name": "in", "settle_seconds": 1.0}])
     share, inbox = s.tmp / "share", s.inbox()
     share.mkdir()
-    mount = (f"mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(share))}\n"
-             f"mount --bind {shlex.quote(str(share))} {shlex.quote(str(inbox))}")
+    mount = (
+        f"mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(share))}\n"
+        f"mount --bind {shlex.quote(str(share))} {shlex.quote(str(inbox))}"
+    )
     proc = start_wrapped(s, mount, notify.env())
     notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
     seen = Path(f"/proc/{proc.pid}/root") / str(inbox).lstrip("/")  # the inbox as syncd sees it
@@ -580,8 +637,11 @@ def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[...
     nsenter = ["nsenter", "-t", str(proc.pid), "-U", "-m", "--preserve-credentials"]
     subprocess.run([*nsenter, "umount", str(inbox)], check=True, timeout=10)
     (inbox / "c.txt").write_bytes(b"written to the empty mount point")  # the host's view
-    notify.wait_for(lambda m: "on another device than before (unmounted?)" in m.get("STATUS", ""),
-                    10, what="STATUS unmounted")
+    notify.wait_for(
+        lambda m: "on another device than before (unmounted?)" in m.get("STATUS", ""),
+        10,
+        what="STATUS unmounted",
+    )
     time.sleep(1.5)
     assert {u["filename"] for u in s.emulator.uploads()} == {"a.txt"}
     assert not [r for r in s.rows() if r.state == "vanished"]
@@ -596,11 +656,16 @@ def test_unmounted_folder_is_not_scanned_and_comes_back(make_setup: Callable[...
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("limit,sysctl", [("max_inotify_watches", "fs.inotify.max_user_watches"),
-                                          ("max_inotify_instances",
-                                           "fs.inotify.max_user_instances")])
-def test_inotify_limit_falls_back_to_polling(make_setup: Callable[..., Setup], limit: str,
-                                             sysctl: str) -> None:
+@pytest.mark.parametrize(
+    "limit,sysctl",
+    [
+        ("max_inotify_watches", "fs.inotify.max_user_watches"),
+        ("max_inotify_instances", "fs.inotify.max_user_instances"),
+    ],
+)
+def test_inotify_limit_falls_back_to_polling(
+    make_setup: Callable[..., Setup], limit: str, sysctl: str
+) -> None:
     why = namespaces_usable("-U", "-r")
     if why:
         pytest.skip(f"needs a private user namespace for its own inotify limits: {why}")
@@ -622,8 +687,9 @@ def test_inotify_limit_falls_back_to_polling(make_setup: Callable[..., Setup], l
 
 @pytest.mark.process
 @pytest.mark.parametrize("full", ["archive", "ledger"])
-def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: NotifySocket,
-                                      tmp_path: Path, full: str) -> None:
+def test_disk_full_pauses_and_resumes(
+    make_setup: Callable[..., Setup], notify: NotifySocket, tmp_path: Path, full: str
+) -> None:
     why = namespaces_usable("-U", "-r", "-m", nsenter=True)
     if why:
         pytest.skip(f"needs a private mount namespace for a small tmpfs: {why}")
@@ -633,8 +699,7 @@ def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: 
         s = make_setup(folders=[{"name": "in", "archive_dir": str(small / "archive")}])
     else:
         s = make_setup(folders=[{"name": "in"}], daemon={"state_dir": str(small / "state")})
-    proc = start_wrapped(s, f"mount -t tmpfs -o size=3m tmpfs {shlex.quote(str(small))}",
-                         notify.env())
+    proc = start_wrapped(s, f"mount -t tmpfs -o size=3m tmpfs {shlex.quote(str(small))}", notify.env())
     notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
     seen = Path(f"/proc/{proc.pid}/root") / str(small).lstrip("/")  # the tmpfs, from here
     inside = ["nsenter", "-t", str(proc.pid), "-U", "-m", "--preserve-credentials"]
@@ -642,8 +707,13 @@ def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: 
 
     def syncd_inside(*args: str) -> subprocess.CompletedProcess[str]:
         # SQLite resolves /proc/PID/root back to the host's path: ask syncd inside.
-        return subprocess.run([*inside, sys.executable, "-m", "syncd", "-c", str(s.config),
-                               *args], capture_output=True, text=True, env=s.env(), timeout=30)
+        return subprocess.run(
+            [*inside, sys.executable, "-m", "syncd", "-c", str(s.config), *args],
+            capture_output=True,
+            text=True,
+            env=s.env(),
+            timeout=30,
+        )
 
     def counts() -> dict[str, int]:
         if full == "archive":
@@ -662,8 +732,11 @@ def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: 
         except OSError:
             pass
     s.drop("b.bin", b"b" * 300_000)
-    notify.wait_for(lambda m: m.get("STATUS", "").startswith(f"disk full, paused ({full})"), 20,
-                    what="STATUS disk full, paused")
+    notify.wait_for(
+        lambda m: m.get("STATUS", "").startswith(f"disk full, paused ({full})"),
+        20,
+        what="STATUS disk full, paused",
+    )
     s.drop("c.bin", b"c" * 1000)
     time.sleep(1.5)
     assert "c.bin" not in {u["filename"] for u in s.emulator.uploads()}  # paused: not taken
@@ -672,8 +745,7 @@ def test_disk_full_pauses_and_resumes(make_setup: Callable[..., Setup], notify: 
 
     (seen / "filler").unlink()  # space is back
     wait_until(lambda: counts().get("done") == 3, 30, what="all done after space came back")
-    notify.wait_for(lambda m: m.get("STATUS", "").startswith("0 queued"), 10,
-                    what="STATUS without disk full")
+    notify.wait_for(lambda m: m.get("STATUS", "").startswith("0 queued"), 10, what="STATUS without disk full")
     assert (archive / "b.bin").read_bytes() == b"b" * 300_000
     assert (archive / "c.bin").read_bytes() == b"c" * 1000
     assert not (s.inbox() / "b.bin").exists()

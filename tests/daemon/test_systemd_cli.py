@@ -35,8 +35,9 @@ SHIPPED_FROM = {
 
 def syncd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "syncd", *args], capture_output=True,
-                          text=True, timeout=60, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+    )
 
 
 # -- syncd unit ----------------------------------------------------------------
@@ -53,10 +54,15 @@ def test_package_data_is_the_checkouts_files() -> None:
 
 
 @pytest.mark.process
-@pytest.mark.parametrize(("flag", "name"), [
-    ((), "syncd.service"), (("--sysusers",), "syncd.sysusers.conf"),
-    (("--tmpfiles",), "syncd.tmpfiles.conf"), (("--config-example",), "config.example.toml"),
-])
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [
+        ((), "syncd.service"),
+        (("--sysusers",), "syncd.sysusers.conf"),
+        (("--tmpfiles",), "syncd.tmpfiles.conf"),
+        (("--config-example",), "config.example.toml"),
+    ],
+)
 def test_unit_prints_each_shipped_file(flag: tuple[str, ...], name: str) -> None:
     out = syncd("unit", *flag)
     assert out.returncode == 0, out.stderr
@@ -103,10 +109,12 @@ api_key = "credential:lilt-api-key"
     out = syncd("-c", str(config), "unit", "--credentials")
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if not line.startswith("#")]
-    assert lines == ["[Service]",
-                     "LoadCredential=apivideo-key:/etc/syncd/credentials/apivideo-key",
-                     "LoadCredential=lilt-api-key:/etc/syncd/credentials/lilt-api-key",
-                     "LoadCredential=xvid-secret:/etc/syncd/credentials/xvid-secret"]
+    assert lines == [
+        "[Service]",
+        "LoadCredential=apivideo-key:/etc/syncd/credentials/apivideo-key",
+        "LoadCredential=lilt-api-key:/etc/syncd/credentials/lilt-api-key",
+        "LoadCredential=xvid-secret:/etc/syncd/credentials/xvid-secret",
+    ]
     config.write_text("not [ toml")
     bad = syncd("-c", str(config), "unit", "--credentials")
     assert bad.returncode == EXIT_CONFIG and "cannot read the config" in bad.stderr
@@ -131,8 +139,11 @@ def test_constraints_pin_every_runtime_dependency_within_its_range() -> None:
         pinned = pins.get(canonicalize_name(req.name))
         assert pinned is not None, f"{req.name} is not pinned in constraints.txt (make constraints)"
         assert req.specifier.contains(pinned, prereleases=True), (spec, pinned)
-    extras = {canonicalize_name(Requirement(s).name)
-              for group in project["optional-dependencies"].values() for s in group}
+    extras = {
+        canonicalize_name(Requirement(s).name)
+        for group in project["optional-dependencies"].values()
+        for s in group
+    }
     assert not extras & set(pins), extras & set(pins)
 
 
@@ -188,8 +199,10 @@ def test_reload_of_a_broken_config_fails_and_the_daemon_keeps_running(daemon: Se
     s.config.write_text(good.replace("settle_seconds = 0.3", "settle_seconds = -1", 1))
     out = reload(s)
     assert out.returncode == EXIT_CONFIG, (out.stdout, out.stderr)
-    assert "reload refused, still running the previous configuration: " \
-           "folders[0].settle_seconds: must be >= 0, got -1" in out.stderr
+    assert (
+        "reload refused, still running the previous configuration: "
+        "folders[0].settle_seconds: must be >= 0, got -1" in out.stderr
+    )
     # Not TOML at all: the config cannot name the daemon, its pid can (the unit's way).
     s.config.write_text("this is [ not TOML")
     nameless = reload(s)
@@ -241,8 +254,9 @@ def test_lock_dir_of_finds_the_state_dir_a_process_holds(tmp_path: Path) -> None
     assert systemd.lock_dir_of(2**22 + 12345) is None  # no such process
 
 
-def test_reload_record_is_written_for_applied_and_refused(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_record_is_written_for_applied_and_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The record `syncd reload` reads, from the daemon in process."""
     from syncd import config as configmod
     from syncd.ledger import Ledger
@@ -252,20 +266,23 @@ def test_reload_record_is_written_for_applied_and_refused(tmp_path: Path,
 
     (tmp_path / "in").mkdir()
     config = tmp_path / "syncd.toml"
-    good = ('[daemon]\nstate_dir = "state"\n[destinations.d]\ntype = "lilt"\n'
-            'api_key = "literal-key-1234"\n[[folders]]\npath = "in"\ndestination = "d"\n')
+    good = (
+        '[daemon]\nstate_dir = "state"\n[destinations.d]\ntype = "lilt"\n'
+        'api_key = "literal-key-1234"\n[[folders]]\npath = "in"\ndestination = "d"\n'
+    )
     config.write_text(good)
     config.chmod(0o600)
     ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    runtime = Runtime(configmod.load(config), ledger, watcher=Watcher(Intake()),
-                      metrics=Metrics(), watch=False)
+    runtime = Runtime(
+        configmod.load(config), ledger, watcher=Watcher(Intake()), metrics=Metrics(), watch=False
+    )
     monkeypatch.setattr(runtime, "apply", lambda cfg: None)
     before = time.monotonic()
     assert runtime.reload()
     applied = ledger.get_meta(RELOAD_KEY)
     assert applied["ok"] is True and applied["pid"] == os.getpid()
     assert applied["began"] >= before and applied["problem"] is None
-    config.write_text(good.replace('path = "in"', 'path = 5'))
+    config.write_text(good.replace('path = "in"', "path = 5"))
     assert not runtime.reload()
     refused = ledger.get_meta(RELOAD_KEY)
     assert refused["ok"] is False and refused["began"] > applied["began"]

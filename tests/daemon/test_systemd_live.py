@@ -168,13 +168,18 @@ def show(m: nspawn.Machine, *props: str) -> dict[str, str]:
 
 
 def emulator(m: nspawn.Machine, path: str, method: str = "GET", body: Any = None) -> Any:
-    script = ("import json, sys, urllib.request\n"
-              "data = sys.stdin.read().encode() or None\n"
-              "req = urllib.request.Request(sys.argv[1], data=data, method=sys.argv[2],"
-              " headers={'Content-Type': 'application/json'})\n"
-              "print(urllib.request.urlopen(req, timeout=10).read().decode())\n")
-    out = m.sh(f"python3 -c {shlex.quote(script)} {shlex.quote(EMULATOR + path)} {method}",
-               check=False, input="" if body is None else json.dumps(body))
+    script = (
+        "import json, sys, urllib.request\n"
+        "data = sys.stdin.read().encode() or None\n"
+        "req = urllib.request.Request(sys.argv[1], data=data, method=sys.argv[2],"
+        " headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(req, timeout=10).read().decode())\n"
+    )
+    out = m.sh(
+        f"python3 -c {shlex.quote(script)} {shlex.quote(EMULATOR + path)} {method}",
+        check=False,
+        input="" if body is None else json.dumps(body),
+    )
     if out.returncode != 0:
         return {}
     return json.loads(out.stdout or "{}")
@@ -216,8 +221,7 @@ def test_start_is_ready_after_the_startup_scan(machine: nspawn.Machine) -> None:
     m.sh("systemctl start syncd")  # Type=notify: returns once READY=1 arrived
     took = time.monotonic() - started
     state = show(m, "ActiveState", "SubState", "StatusText", "MainPID", "Type", "NRestarts")
-    assert (state["ActiveState"], state["SubState"], state["Type"]) == \
-        ("active", "running", "notify"), state
+    assert (state["ActiveState"], state["SubState"], state["Type"]) == ("active", "running", "notify"), state
     assert re.fullmatch(r"\d+ queued, \d+ uploading, [\d,]+ done today.*", state["StatusText"]), state
     assert int(state["MainPID"]) > 1 and took < 30  # STATUS= came with READY=1
     assert "syncd started: 1 folder(s)" in journal(m, "-u", "syncd", "-o", "cat")
@@ -240,8 +244,10 @@ def test_load_credential_secret_reaches_the_destination(machine: nspawn.Machine)
     assert SECRET not in m.sh("systemctl show syncd; systemctl cat syncd").stdout
     # The shipped unit names no credential: the site's drop-in does.
     assert "LoadCredential" not in m.sh("grep -v '^#' /etc/systemd/system/syncd.service").stdout
-    assert "LoadCredential=lilt-api-key:/etc/syncd/credentials/lilt-api-key" in \
-        m.sh(f"cat {DROP_INS}/credentials.conf").stdout
+    assert (
+        "LoadCredential=lilt-api-key:/etc/syncd/credentials/lilt-api-key"
+        in m.sh(f"cat {DROP_INS}/credentials.conf").stdout
+    )
 
 
 def test_reload_good_and_broken_config(machine: nspawn.Machine) -> None:
@@ -253,12 +259,17 @@ def test_reload_good_and_broken_config(machine: nspawn.Machine) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     # Applied before `systemctl reload` returned: the new folder is watched already.
     drop(m, "right-after-reload.txt", "new folder", inbox="/srv/syncd/inbox/scans")
-    wait(lambda: archived(m, "right-after-reload.txt", "/srv/syncd/archive/scans"), 30,
-         "a file in the folder the reload added")
+    wait(
+        lambda: archived(m, "right-after-reload.txt", "/srv/syncd/archive/scans"),
+        30,
+        "a file in the folder the reload added",
+    )
     assert "configuration reloaded: 2 folder(s)" in journal(m, "-u", "syncd", "-o", "cat")
 
-    for broken in (good.replace("settle_seconds = 0.5", "settle_seconds = -1", 1),
-                   good + "\nthis is [ not TOML\n"):
+    for broken in (
+        good.replace("settle_seconds = 0.5", "settle_seconds = -1", 1),
+        good + "\nthis is [ not TOML\n",
+    ):
         m.sh("cat > /etc/syncd/config.toml", input=broken)
         out = m.sh("systemctl reload syncd", check=False)
         assert out.returncode != 0, "systemctl reload accepted a broken config"
@@ -266,8 +277,10 @@ def test_reload_good_and_broken_config(machine: nspawn.Machine) -> None:
         assert state["ActiveState"] == "active" and state["MainPID"] == pid, state
         assert state["StatusText"].startswith("reload failed, running the previous config: "), state
     log = journal(m, "-u", "syncd", "-o", "cat")
-    assert "reload refused, still running the previous configuration: " \
-           "folders[0].settle_seconds: must be >= 0, got -1" in log
+    assert (
+        "reload refused, still running the previous configuration: "
+        "folders[0].settle_seconds: must be >= 0, got -1" in log
+    )
     assert "invalid TOML" in log
     drop(m, "after-refusal.txt", "still running on the previous config")
     wait(lambda: archived(m, "after-refusal.txt"), 30, "an upload after two refused reloads")
@@ -288,8 +301,7 @@ def test_sandbox_is_in_force(machine: nspawn.Machine) -> None:
     uid = m.sh("id -u syncd").stdout.strip()
     assert fields["Uid"].split()[0] == uid
 
-    m.sh("mkdir -p /srv/other /opt/other && echo private > /srv/other/data && "
-         "echo x > /tmp/host-tmp-file")
+    m.sh("mkdir -p /srv/other /opt/other && echo private > /srv/other/data && echo x > /tmp/host-tmp-file")
     # The daemon's own view: its mount namespace, its user and groups.
     as_syncd = f"nsenter -t {pid} -m -S {uid} -G {uid} --"
 
@@ -314,9 +326,11 @@ def test_sandbox_is_in_force(machine: nspawn.Machine) -> None:
 
 def test_watchdog_restarts_a_wedged_daemon(machine: nspawn.Machine) -> None:
     m = machine
-    m.sh("mkdir -p /run/systemd/system/syncd.service.d && printf '%s\\n' '[Service]' "
-         "WatchdogSec=2s TimeoutAbortSec=2s RestartSec=1s "
-         "> /run/systemd/system/syncd.service.d/zz-watchdog-test.conf && systemctl daemon-reload")
+    m.sh(
+        "mkdir -p /run/systemd/system/syncd.service.d && printf '%s\\n' '[Service]' "
+        "WatchdogSec=2s TimeoutAbortSec=2s RestartSec=1s "
+        "> /run/systemd/system/syncd.service.d/zz-watchdog-test.conf && systemctl daemon-reload"
+    )
     try:
         restart_clean(m)
         before = show(m, "MainPID", "NRestarts", "WatchdogUSec")
@@ -324,29 +338,41 @@ def test_watchdog_restarts_a_wedged_daemon(machine: nspawn.Machine) -> None:
         time.sleep(3)  # pings keep it alive past WatchdogSec while it is healthy
         assert show(m, "MainPID")["MainPID"] == before["MainPID"]
         m.sh(f"kill -STOP {before['MainPID']}")
-        after = wait(lambda: (s := show(m, "MainPID", "NRestarts", "ActiveState"))
-                     ["MainPID"] not in ("0", before["MainPID"]) and s["ActiveState"] == "active"
-                     and s, 30, "systemd to restart the wedged daemon")
+        after = wait(
+            lambda: (
+                (s := show(m, "MainPID", "NRestarts", "ActiveState"))["MainPID"]
+                not in ("0", before["MainPID"])
+                and s["ActiveState"] == "active"
+                and s
+            ),
+            30,
+            "systemd to restart the wedged daemon",
+        )
         assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, after
         assert "Watchdog timeout" in journal(m, "-u", "syncd", "-o", "cat")
         drop(m, "after-watchdog.txt", "uploaded by the restarted daemon")
         wait(lambda: archived(m, "after-watchdog.txt"), 30, "an upload after the restart")
     finally:
-        m.sh("rm -f /run/systemd/system/syncd.service.d/zz-watchdog-test.conf && "
-             "systemctl daemon-reload")
+        m.sh("rm -f /run/systemd/system/syncd.service.d/zz-watchdog-test.conf && systemctl daemon-reload")
         restart_clean(m)
 
 
 def test_stop_during_a_large_upload_then_resume(machine: nspawn.Machine) -> None:
     m = machine
     emulator(m, "/_emulator/reset-log", "POST", {})
-    emulator(m, "/_emulator/faults", "POST",
-             {"script": [{"op": "lilt.put_part", "kind": "slow", "delay": 2.0, "count": 100}]})
-    m.sh(f"head -c {BIG} /dev/urandom > {INBOX}/.big.bin.tmp && mv {INBOX}/.big.bin.tmp "
-         f"{INBOX}/big.bin")
+    emulator(
+        m,
+        "/_emulator/faults",
+        "POST",
+        {"script": [{"op": "lilt.put_part", "kind": "slow", "delay": 2.0, "count": 100}]},
+    )
+    m.sh(f"head -c {BIG} /dev/urandom > {INBOX}/.big.bin.tmp && mv {INBOX}/.big.bin.tmp {INBOX}/big.bin")
     digest = m.sh(f"sha256sum {INBOX}/big.bin").stdout.split()[0]
-    wait(lambda: len([r for r in requests_of(m, "lilt.put_part") if r["status"] == 200]) >= 2,
-         60, "two parts confirmed")
+    wait(
+        lambda: len([r for r in requests_of(m, "lilt.put_part") if r["status"] == 200]) >= 2,
+        60,
+        "two parts confirmed",
+    )
     started = time.monotonic()
     m.sh("systemctl stop syncd")
     took = time.monotonic() - started
@@ -369,22 +395,29 @@ def test_stop_during_a_large_upload_then_resume(machine: nspawn.Machine) -> None
 def test_config_error_is_not_restarted(machine: nspawn.Machine) -> None:
     """RestartPreventExitStatus=2 4: a broken config fails the start once, no restart loop."""
     m = machine
-    m.sh("mkdir -p /run/systemd/system/syncd.service.d && printf '[Service]\\nRestartSec=1s\\n' "
-         "> /run/systemd/system/syncd.service.d/zz-fast-restart.conf && systemctl daemon-reload "
-         "&& cp /etc/syncd/config.toml /root/config.good")
+    m.sh(
+        "mkdir -p /run/systemd/system/syncd.service.d && printf '[Service]\\nRestartSec=1s\\n' "
+        "> /run/systemd/system/syncd.service.d/zz-fast-restart.conf && systemctl daemon-reload "
+        "&& cp /etc/syncd/config.toml /root/config.good"
+    )
     try:
         m.sh("sed -i 's/settle_seconds = 0.5/settle_seconds = -1/' /etc/syncd/config.toml")
-        out = m.sh("systemctl reset-failed syncd 2>/dev/null || true; systemctl restart syncd",
-                   check=False)
+        out = m.sh("systemctl reset-failed syncd 2>/dev/null || true; systemctl restart syncd", check=False)
         assert out.returncode != 0
         time.sleep(3)  # three RestartSec= periods
         state = show(m, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
-        assert state == {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "2",
-                         "NRestarts": "0"}, state
+        assert state == {
+            "ActiveState": "failed",
+            "Result": "exit-code",
+            "ExecMainStatus": "2",
+            "NRestarts": "0",
+        }, state
     finally:
-        m.sh("cp /root/config.good /etc/syncd/config.toml && "
-             "rm -f /run/systemd/system/syncd.service.d/zz-fast-restart.conf && "
-             "systemctl daemon-reload")
+        m.sh(
+            "cp /root/config.good /etc/syncd/config.toml && "
+            "rm -f /run/systemd/system/syncd.service.d/zz-fast-restart.conf && "
+            "systemctl daemon-reload"
+        )
         restart_clean(m)
     assert show(m, "ActiveState")["ActiveState"] == "active"
 
@@ -392,11 +425,12 @@ def test_config_error_is_not_restarted(machine: nspawn.Machine) -> None:
 def test_missing_credential_file_fails_the_start_with_243(machine: nspawn.Machine) -> None:
     """A LoadCredential= whose file does not exist (operations.md, troubleshooting)."""
     m = machine
-    m.sh(f"printf '[Service]\\nLoadCredential=wriftai-token:/etc/syncd/credentials/wriftai-token"
-         f"\\n' > {DROP_INS}/other-site.conf && systemctl daemon-reload")
+    m.sh(
+        f"printf '[Service]\\nLoadCredential=wriftai-token:/etc/syncd/credentials/wriftai-token"
+        f"\\n' > {DROP_INS}/other-site.conf && systemctl daemon-reload"
+    )
     try:
-        out = m.sh("systemctl reset-failed syncd 2>/dev/null || true; systemctl restart syncd",
-                   check=False)
+        out = m.sh("systemctl reset-failed syncd 2>/dev/null || true; systemctl restart syncd", check=False)
         assert out.returncode != 0
         state = show(m, "ExecMainStatus", "Result")
         assert state == {"ExecMainStatus": "243", "Result": "exit-code"}, state
@@ -410,9 +444,13 @@ def test_missing_credential_file_fails_the_start_with_243(machine: nspawn.Machin
 
 def test_journal_has_priorities_and_no_secret(machine: nspawn.Machine) -> None:
     m = machine
-    entries = [json.loads(line) for line in
-               journal(m, "-u", "syncd", "-o", "json", "--output-fields=MESSAGE,PRIORITY,_PID,"
-                       "SYSLOG_IDENTIFIER").splitlines() if line.strip()]
+    entries = [
+        json.loads(line)
+        for line in journal(
+            m, "-u", "syncd", "-o", "json", "--output-fields=MESSAGE,PRIORITY,_PID,SYSLOG_IDENTIFIER"
+        ).splitlines()
+        if line.strip()
+    ]
     own = [e for e in entries if e.get("_PID") != "1" and isinstance(e.get("MESSAGE"), str)]
     by_priority: dict[str, list[str]] = {}
     for e in own:
@@ -422,8 +460,11 @@ def test_journal_has_priorities_and_no_secret(machine: nspawn.Machine) -> None:
     assert any("reload refused" in msg for msg in by_priority.get("3", [])), by_priority.keys()
     assert any("reloaded its configuration" in msg for msg in by_priority.get("6", []))
     # The whole journal, but the emulator's own entries (its command line carries the key).
-    everything = [line for line in journal(m, "-o", "json").splitlines()
-                  if '"_SYSTEMD_UNIT":"emulator.service"' not in line]
+    everything = [
+        line
+        for line in journal(m, "-o", "json").splitlines()
+        if '"_SYSTEMD_UNIT":"emulator.service"' not in line
+    ]
     assert len(everything) > len(entries) and not [e for e in everything if SECRET in e]
     leaks = m.sh(f"grep -ral -- {shlex.quote(SECRET)} /var/lib/syncd /srv/syncd", check=False)
     assert leaks.returncode == 1 and leaks.stdout == "", leaks.stdout  # grep: no match

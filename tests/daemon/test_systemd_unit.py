@@ -85,8 +85,13 @@ def section(name: str = "Service") -> dict[str, list[str]]:
 @pytest.mark.process
 def test_verify_is_clean(unit: Path) -> None:
     analyze = tool("systemd-analyze")
-    out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
-                         text=True, timeout=60, cwd=unit.parent)
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr == "", out.stderr
 
@@ -94,26 +99,41 @@ def test_verify_is_clean(unit: Path) -> None:
 @pytest.mark.process
 def test_security_exposure_at_most_1_2(unit: Path) -> None:
     analyze = tool("systemd-analyze")
-    out = subprocess.run([analyze, "security", "--offline=yes", f"--threshold={EXPOSURE_MAX}",
-                          str(unit)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [analyze, "security", "--offline=yes", f"--threshold={EXPOSURE_MAX}", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out.stdout)
     assert score is not None, out.stdout + out.stderr
     assert out.returncode == 0 and float(score.group(1)) <= EXPOSURE_MAX / 10, out.stdout
-    checks = json.loads(subprocess.run(
-        [analyze, "security", "--offline=yes", "--json=short", str(unit)],
-        capture_output=True, text=True, timeout=60).stdout)
+    checks = json.loads(
+        subprocess.run(
+            [analyze, "security", "--offline=yes", "--json=short", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
     exposed = {c["name"] for c in checks if c.get("exposure") not in (None, "0.0")}
     # What remains is inherent to an uploader that talks to the internet (operations.md, section 5).
-    assert exposed <= {"PrivateNetwork=", "RestrictAddressFamilies=~AF_(INET|INET6)",
-                       "RestrictAddressFamilies=~AF_UNIX", "IPAddressDeny=", "PrivateUsers=",
-                       "RootDirectory=/RootImage=", "DeviceAllow=", "UMask="}, exposed
+    assert exposed <= {
+        "PrivateNetwork=",
+        "RestrictAddressFamilies=~AF_(INET|INET6)",
+        "RestrictAddressFamilies=~AF_UNIX",
+        "IPAddressDeny=",
+        "PrivateUsers=",
+        "RootDirectory=/RootImage=",
+        "DeviceAllow=",
+        "UMask=",
+    }, exposed
 
 
 def test_unit_settings_match_the_daemon() -> None:
     s = section("Service")
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
-    assert s["ExecStart"][0].endswith(" run") and "--config /etc/syncd/config.toml" in \
-        s["ExecStart"][0]
+    assert s["ExecStart"][0].endswith(" run") and "--config /etc/syncd/config.toml" in s["ExecStart"][0]
     # the reload waits for the daemon's answer (syncd/systemd.py), from the same install
     assert s["ExecReload"] == [s["ExecStart"][0].removesuffix(" run") + " reload --pid $MAINPID"]
     assert s["Restart"] == ["on-failure"] and s["KillMode"] == ["mixed"]
@@ -141,20 +161,25 @@ def test_sysusers_and_tmpfiles_create_user_and_folders(tmp_path: Path) -> None:
         pytest.skip("systemd-tmpfiles must run as root to give the folders their owners")
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    out = subprocess.run([sysusers, f"--root={root}", str(SYSUSERS)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sysusers, f"--root={root}", str(SYSUSERS)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     passwd = (root / "etc" / "passwd").read_text()
     user = re.search(r"^syncd:x:(\d+):(\d+):[^:]*:/var/lib/syncd:", passwd, re.M)
     assert user is not None, passwd
     uid, gid = int(user.group(1)), int(user.group(2))
-    out = subprocess.run([tmpfiles, f"--root={root}", "--create", str(TMPFILES)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [tmpfiles, f"--root={root}", "--create", str(TMPFILES)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     expected = {
-        "etc/syncd": (0o750, 0, gid), "etc/syncd/credentials": (0o700, 0, 0),
-        "srv/syncd": (0o755, 0, 0), "srv/syncd/inbox": (0o711, 0, 0),
-        "srv/syncd/archive": (0o700, uid, gid), "srv/syncd/failed": (0o700, uid, gid),
+        "etc/syncd": (0o750, 0, gid),
+        "etc/syncd/credentials": (0o700, 0, 0),
+        "srv/syncd": (0o755, 0, 0),
+        "srv/syncd/inbox": (0o711, 0, 0),
+        "srv/syncd/archive": (0o700, uid, gid),
+        "srv/syncd/failed": (0o700, uid, gid),
     }
     for rel, (mode, owner, group) in expected.items():
         st = (root / rel).stat()
@@ -210,12 +235,21 @@ def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> N
     assert "BindPaths=" in drop_in and "SupplementaryGroups=" in drop_in
     (unit.parent / "syncd.service.d").mkdir()
     (unit.parent / "syncd.service.d" / "folders.conf").write_text(drop_in)
-    out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
-                         text=True, timeout=60, cwd=unit.parent)
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
     assert out.returncode == 0 and out.stderr == "", out.stderr
     # SupplementaryGroups= costs 0.1; the target for a site's unit is <= 2.0.
-    out = subprocess.run([analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout
 
 
@@ -226,8 +260,7 @@ def test_documented_credentials_drop_ins(unit: Path) -> None:
     from syncd.destinations import REGISTRY
 
     text = OPERATIONS.read_text()
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \| .*credential:.*$",
-                                                         text, re.M)}
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \| .*credential:.*$", text, re.M)}
     assert set(rows) == set(REGISTRY), rows.keys()
     for kind, row in rows.items():
         named = set(re.findall(r'= "credential:([\w-]+)"', row))
@@ -238,6 +271,11 @@ def test_documented_credentials_drop_ins(unit: Path) -> None:
     assert drop_in.count("LoadCredential=") == 2 and "lilt" not in drop_in  # a site without Lilt
     (unit.parent / "syncd.service.d").mkdir()
     (unit.parent / "syncd.service.d" / "credentials.conf").write_text(drop_in)
-    out = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
-                         text=True, timeout=60, cwd=unit.parent)
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
     assert out.returncode == 0 and out.stderr == "", out.stderr

@@ -52,8 +52,13 @@ def clock() -> Clock:
 @pytest.fixture
 def emu(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
     """More Emulator options by indirect parametrization."""
-    with Emulator(tmp_path / "data", apivideo_token=TOKEN, apivideo_key=KEY,
-                  clock=clock, **getattr(request, "param", {})) as emulator:
+    with Emulator(
+        tmp_path / "data",
+        apivideo_token=TOKEN,
+        apivideo_key=KEY,
+        clock=clock,
+        **getattr(request, "param", {}),
+    ) as emulator:
         yield emulator
 
 
@@ -69,8 +74,9 @@ UPLOAD_OPS = ("apivideo.upload", "apivideo.upload_source")  # the token route, t
 
 
 def uploads_logged(emu: Emulator, ok_only: bool = True) -> list[int]:
-    return [e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS
-            and (not ok_only or e["status"] == 201)]
+    return [
+        e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS and (not ok_only or e["status"] == 201)
+    ]
 
 
 def service(emu: Emulator) -> ApiVideoService:
@@ -104,11 +110,21 @@ def parts_in(state: dict[str, Any]) -> int:
     return len(state.get("parts") or {})
 
 
-def make_dest(emu: Emulator, client: httpx.Client, *, key: bool = True, token: str | None = TOKEN,
-              api_key: str = KEY, chunk: int = C) -> ApiVideoDestination:
-    options = ApiVideoOptions(upload_token=Secret(token) if token is not None else None,
-                              api_key=Secret(api_key) if key else None,
-                              base_url=emu.url + "/apivideo", chunk_size=chunk)
+def make_dest(
+    emu: Emulator,
+    client: httpx.Client,
+    *,
+    key: bool = True,
+    token: str | None = TOKEN,
+    api_key: str = KEY,
+    chunk: int = C,
+) -> ApiVideoDestination:
+    options = ApiVideoOptions(
+        upload_token=Secret(token) if token is not None else None,
+        api_key=Secret(api_key) if key else None,
+        base_url=emu.url + "/apivideo",
+        chunk_size=chunk,
+    )
     return ApiVideoDestination("videos", options, client)
 
 
@@ -125,13 +141,25 @@ def write(tmp_path: Path, size: int, name: str = "talk.mp4") -> Path:
     return path
 
 
-def run(dest: ApiVideoDestination, path: Path, resume: dict[str, Any] | None = None,
-        checkpoint: Callable[[dict[str, Any]], None] | None = None, *,
-        labels: tuple[str, ...] = ("talks", "2026"), category: str | None = "SOURCE"
-        ) -> Receipt:
+def run(
+    dest: ApiVideoDestination,
+    path: Path,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    labels: tuple[str, ...] = ("talks", "2026"),
+    category: str | None = "SOURCE",
+) -> Receipt:
     st = path.stat()
-    item = UploadItem(uuid=UUID, name=path.name, relpath=path.name, size=st.st_size,
-                      content_type="video/mp4", labels=labels, category=category)
+    item = UploadItem(
+        uuid=UUID,
+        name=path.name,
+        relpath=path.name,
+        size=st.st_size,
+        content_type="video/mp4",
+        labels=labels,
+        category=category,
+    )
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
         return dest.upload(item, source, resume, checkpoint or Checkpoints())
 
@@ -149,8 +177,9 @@ def test_options_validation(tmp_path: Path) -> None:
 
     def parse(table: dict[str, Any]) -> tuple[Any, list[Problem]]:
         problems: list[Problem] = []
-        opts = parse_options(ApiVideoOptions, table, prefix="destinations.v", base_dir=tmp_path,
-                             problems=problems)
+        opts = parse_options(
+            ApiVideoOptions, table, prefix="destinations.v", base_dir=tmp_path, problems=problems
+        )
         return opts, problems
 
     opts, problems = parse({"upload_token": "to-x"})
@@ -160,8 +189,7 @@ def test_options_validation(tmp_path: Path) -> None:
         _, problems = parse({"upload_token": "to-x", "chunk_size": bad})
         assert [p.key for p in problems] == ["destinations.v.chunk_size"]
     _, problems = parse({})  # neither credential
-    assert len(problems) == 1 and "api_key" in problems[0].message \
-        and "upload_token" in problems[0].message
+    assert len(problems) == 1 and "api_key" in problems[0].message and "upload_token" in problems[0].message
     key_only, problems = parse({"api_key": "k-x"})
     assert problems == [] and key_only.upload_token is None
     # syncd check: tags and metadata with api_key; without it, nothing and the reason why.
@@ -172,8 +200,7 @@ def test_options_validation(tmp_path: Path) -> None:
     assert caps.labels is None and caps.category is None and "without api_key" in caps.note
 
 
-def test_api_key_alone_uploads_through_the_api(emu: Emulator, client: httpx.Client,
-                                              tmp_path: Path) -> None:
+def test_api_key_alone_uploads_through_the_api(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     """No upload token: the video is created and filled through /videos (its tags set),
     and `check --online` checks the key alone."""
     path = write(tmp_path, 2 * C + 7)
@@ -187,21 +214,27 @@ def test_api_key_alone_uploads_through_the_api(emu: Emulator, client: httpx.Clie
 
 
 def test_a_token_upload_without_its_token_starts_again_with_the_key(
-        emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     """A resume state of a token upload whose first chunk never arrived, after the config
     dropped upload_token for api_key: a new upload through the API (the /upload route is
     never asked for), not an error."""
     path = write(tmp_path, C + 1)
-    begun = {"v": 1, "kind": "apivideo-chunks", "part_size": C, "size": C + 1, "parts": {},
-             "session": {"video_id": None, "via": "token", "filename": path.name}}
+    begun = {
+        "v": 1,
+        "kind": "apivideo-chunks",
+        "part_size": C,
+        "size": C + 1,
+        "parts": {},
+        "session": {"video_id": None, "via": "token", "filename": path.name},
+    }
     receipt = run(make_dest(emu, client, token=None), path, resume=begun)
     row = assert_stored(emu, path)
     assert receipt.remote_id == row["video_id"]
     assert "apivideo.upload" not in [e["op"] for e in emu.requests()]
 
 
-def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Client,
-                                              tmp_path: Path) -> None:
+def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 1)
     receipt = run(make_dest(emu, client, key=False), path)
     row = assert_stored(emu, path)
@@ -211,23 +244,24 @@ def test_token_only_small_file_is_one_request(emu: Emulator, client: httpx.Clien
     assert receipt.details["hls"].endswith("/hls/manifest.m3u8")
 
 
-def test_token_only_chunks_carry_the_first_video_id(emu: Emulator, client: httpx.Client,
-                                                    tmp_path: Path) -> None:
+def test_token_only_chunks_carry_the_first_video_id(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 3 * C + 1)
     checkpoints = Checkpoints()
     receipt = run(make_dest(emu, client, key=False), path, checkpoint=checkpoints)
     assert_stored(emu, path)
     assert uploads_logged(emu) == [C, C, C, 1]
-    assert checkpoints.states[0]["session"] == {"video_id": None, "via": "token",
-                                                "filename": "talk.mp4"}
+    assert checkpoints.states[0]["session"] == {"video_id": None, "via": "token", "filename": "talk.mp4"}
     assert {s["session"]["video_id"] for s in checkpoints.states[1:]} == {receipt.remote_id}
     for state in checkpoints.states:  # the upload token never reaches the ledger
         assert TOKEN not in json.dumps(state) and KEY not in json.dumps(state)
 
 
 @pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
-def test_resume_after_a_lost_checkpoint(emu: Emulator, client: httpx.Client, tmp_path: Path,
-                                        key: bool) -> None:
+def test_resume_after_a_lost_checkpoint(
+    emu: Emulator, client: httpx.Client, tmp_path: Path, key: bool
+) -> None:
     """The server confirmed chunk 2 but the process died before checkpointing it."""
     path = write(tmp_path, 2 * C + 9)
     crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
@@ -246,8 +280,9 @@ def test_resume_after_a_lost_checkpoint(emu: Emulator, client: httpx.Client, tmp
 
 
 @pytest.mark.parametrize("key", [False, True], ids=["token-only", "api-key"])
-def test_resume_after_the_last_chunk_was_confirmed(emu: Emulator, client: httpx.Client,
-                                                   tmp_path: Path, key: bool) -> None:
+def test_resume_after_the_last_chunk_was_confirmed(
+    emu: Emulator, client: httpx.Client, tmp_path: Path, key: bool
+) -> None:
     path = write(tmp_path, C + 9)
     crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
     with pytest.raises(Crash):
@@ -263,8 +298,9 @@ def test_resume_after_the_last_chunk_was_confirmed(emu: Emulator, client: httpx.
         assert [e["status"] for e in emu.requests() if e["op"] == "apivideo.upload"] == [400]
 
 
-def test_api_key_flow_sets_metadata_before_the_bytes(emu: Emulator, client: httpx.Client,
-                                                     tmp_path: Path) -> None:
+def test_api_key_flow_sets_metadata_before_the_bytes(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 2 * C + 1, "keynote.mov")
     checkpoints = Checkpoints()
     receipt = run(make_dest(emu, client), path, checkpoint=checkpoints)
@@ -273,22 +309,27 @@ def test_api_key_flow_sets_metadata_before_the_bytes(emu: Emulator, client: http
     assert row["uuid"] == UUID and row["title"] == "keynote.mov"
     ops = [e["op"] for e in emu.requests()]
     # The documented route for an existing video, in part chunks (not /upload?token=).
-    assert ops == ["apivideo.list_videos", "apivideo.create_video", "apivideo.upload_source",
-                   "apivideo.upload_source", "apivideo.upload_source"]
+    assert ops == [
+        "apivideo.list_videos",
+        "apivideo.create_video",
+        "apivideo.upload_source",
+        "apivideo.upload_source",
+        "apivideo.upload_source",
+    ]
     assert checkpoints.states[0]["session"]["video_id"] == receipt.remote_id  # before any byte
     assert receipt.details["chunks"] == 3 and receipt.details["title"] == "keynote.mov"
 
 
-def test_no_category_means_only_the_uuid_entry(emu: Emulator, client: httpx.Client,
-                                               tmp_path: Path) -> None:
+def test_no_category_means_only_the_uuid_entry(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 10)
     run(make_dest(emu, client), path, labels=(), category=None)
     row = assert_stored(emu, path)
     assert row["labels"] == [] and row["category"] is None and row["uuid"] == UUID
 
 
-def test_lost_create_checkpoint_reuses_the_empty_video(emu: Emulator, client: httpx.Client,
-                                                       tmp_path: Path) -> None:
+def test_lost_create_checkpoint_reuses_the_empty_video(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 100)
 
     def fail_first(state: dict[str, Any]) -> None:
@@ -303,8 +344,7 @@ def test_lost_create_checkpoint_reuses_the_empty_video(emu: Emulator, client: ht
     assert ops.count("apivideo.create_video") == 1  # one ledger row, one video
 
 
-def test_a_deleted_video_starts_over(emu: Emulator, client: httpx.Client,
-                                     tmp_path: Path) -> None:
+def test_a_deleted_video_starts_over(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, C + 1)
     crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 1)
     with pytest.raises(Crash):
@@ -317,9 +357,9 @@ def test_a_deleted_video_starts_over(emu: Emulator, client: httpx.Client,
     assert_stored(emu, path)
 
 
-def test_token_video_gets_its_metadata_when_api_key_appears(emu: Emulator,
-                                                            client: httpx.Client,
-                                                            tmp_path: Path) -> None:
+def test_token_video_gets_its_metadata_when_api_key_appears(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, C + 1)
     crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 1)
     with pytest.raises(Crash):
@@ -329,9 +369,9 @@ def test_token_video_gets_its_metadata_when_api_key_appears(emu: Emulator,
     assert (row["labels"], row["category"], row["uuid"]) == (["talks", "2026"], "SOURCE", UUID)
 
 
-def test_token_session_without_a_video_restarts_through_the_api(emu: Emulator,
-                                                                client: httpx.Client,
-                                                                tmp_path: Path) -> None:
+def test_token_session_without_a_video_restarts_through_the_api(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, C + 1)
     crashing = Checkpoints(crash_when=lambda s: True)  # dies at the first checkpoint
     with pytest.raises(Crash):
@@ -342,25 +382,23 @@ def test_token_session_without_a_video_restarts_through_the_api(emu: Emulator,
     assert row["uuid"] == UUID and row["labels"] == ["talks", "2026"]
 
 
-@pytest.mark.parametrize("name", ['say "hi".mp4', "back\\slash.mp4", "été 🎬.mov",
-                                  "semi;colon=1.mp4", "a\u201bFE.mp4"])
-def test_file_names_round_trip(emu: Emulator, client: httpx.Client, tmp_path: Path,
-                               name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ['say "hi".mp4', "back\\slash.mp4", "été 🎬.mov", "semi;colon=1.mp4", "a\u201bFE.mp4"]
+)
+def test_file_names_round_trip(emu: Emulator, client: httpx.Client, tmp_path: Path, name: str) -> None:
     path = write(tmp_path, 10, name)
     run(make_dest(emu, client, key=False), path)
     assert stored(emu)[0]["filename"] == name
 
 
-def test_empty_file_is_refused_without_a_request(emu: Emulator, client: httpx.Client,
-                                                 tmp_path: Path) -> None:
+def test_empty_file_is_refused_without_a_request(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 0)
     with pytest.raises(PermanentError, match="empty"):
         run(make_dest(emu, client), path)
     assert emu.requests() == []
 
 
-def test_bad_upload_token_is_fatal_and_secret(emu: Emulator, client: httpx.Client,
-                                              tmp_path: Path) -> None:
+def test_bad_upload_token_is_fatal_and_secret(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     wrong = "to-wrong-token-8e2a"
     with pytest.raises(FatalError) as info:
         run(make_dest(emu, client, key=False, token=wrong), write(tmp_path, 10))
@@ -378,8 +416,9 @@ def test_bad_api_key_is_fatal(emu: Emulator, client: httpx.Client, tmp_path: Pat
     assert info.value.status == 401 and "wrong-key-3a9d" not in str(info.value)
 
 
-def test_other_4xx_is_permanent_and_5xx_retryable(emu: Emulator, client: httpx.Client,
-                                                  tmp_path: Path) -> None:
+def test_other_4xx_is_permanent_and_5xx_retryable(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 10)
     dest = make_dest(emu, client, key=False)
     emu.set_faults(script=[{"op": "apivideo.upload", "status": 400}])
@@ -391,8 +430,7 @@ def test_other_4xx_is_permanent_and_5xx_retryable(emu: Emulator, client: httpx.C
     assert info.value.status == 502
 
 
-def test_403_is_retried_at_once_but_bounded(emu: Emulator, client: httpx.Client,
-                                            tmp_path: Path) -> None:
+def test_403_is_retried_at_once_but_bounded(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     emu.set_faults(script=[{"op": "apivideo.upload", "kind": "expire", "count": 10}])
     with pytest.raises(ExpiredError):
         run(make_dest(emu, client, key=False), write(tmp_path, 10))
@@ -417,8 +455,12 @@ def test_abort(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     assert done.last is not None
     make_dest(emu, client).abort(done.last)
     assert len(stored(emu)) == 1
-    assert httpx.get(f"{emu.url}/apivideo/videos/{done.last['session']['video_id']}",
-                     headers=basic()).status_code == 200
+    assert (
+        httpx.get(
+            f"{emu.url}/apivideo/videos/{done.last['session']['video_id']}", headers=basic()
+        ).status_code
+        == 200
+    )
 
 
 def test_probe(emu: Emulator, client: httpx.Client) -> None:
@@ -433,11 +475,16 @@ def test_probe(emu: Emulator, client: httpx.Client) -> None:
 # == exact wire details (MockTransport) ==============================================
 
 
-def mock_dest(handler: Callable[[httpx.Request], httpx.Response], *, key: bool = False,
-              chunk: int = C) -> ApiVideoDestination:
+def mock_dest(
+    handler: Callable[[httpx.Request], httpx.Response], *, key: bool = False, chunk: int = C
+) -> ApiVideoDestination:
     client = httpx.Client(transport=httpx.MockTransport(handler))
-    options = ApiVideoOptions(upload_token=Secret(TOKEN), api_key=Secret(KEY) if key else None,
-                              base_url="https://av.example/", chunk_size=chunk)
+    options = ApiVideoOptions(
+        upload_token=Secret(TOKEN),
+        api_key=Secret(KEY) if key else None,
+        base_url="https://av.example/",
+        chunk_size=chunk,
+    )
     return ApiVideoDestination("videos", options, client)
 
 
@@ -449,15 +496,17 @@ def test_wire_format_of_chunks(tmp_path: Path) -> None:
         seen.append(request)
         video: dict[str, Any] = {"videoId": "vi123"}
         if request.headers["Content-Range"].endswith(f"-{C}/{C + 1}"):
-            video["assets"] = {"player": "https://embed.example/vod/vi123?token=priv-secret",
-                               "hls": "https://cdn.example/vi123/manifest.m3u8?token=priv"}
+            video["assets"] = {
+                "player": "https://embed.example/vod/vi123?token=priv-secret",
+                "hls": "https://cdn.example/vi123/manifest.m3u8?token=priv",
+            }
         return httpx.Response(201, json=video)
 
     path = write(tmp_path, C + 1, 'odd "name".mp4')
-    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns,
-                inode=path.stat().st_ino) as source:
+    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source:
         receipt = mock_dest(handler).upload(
-            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints()
+        )
     first, second = seen
     for r in seen:
         assert r.url.path == "/upload" and r.url.params["token"] == TOKEN
@@ -479,10 +528,13 @@ def test_429_without_retry_after_uses_the_rate_limit_header(tmp_path: Path) -> N
         return httpx.Response(429, json={"status": 429}, headers={"X-RateLimit-Retry-After": "12"})
 
     path = write(tmp_path, 5)
-    with (Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
-          pytest.raises(RetryableError) as info):
+    with (
+        Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
+        pytest.raises(RetryableError) as info,
+    ):
         mock_dest(handler).upload(
-            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints()
+        )
     assert info.value.status == 429 and info.value.retry_after == 12.0
 
 
@@ -491,10 +543,13 @@ def test_transport_errors_are_retryable_and_hide_the_token(tmp_path: Path) -> No
         raise httpx.ConnectError(f"cannot reach {request.url}")
 
     path = write(tmp_path, 5)
-    with (Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
-          pytest.raises(RetryableError) as info):
+    with (
+        Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
+        pytest.raises(RetryableError) as info,
+    ):
         mock_dest(handler).upload(
-            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints()
+        )
     assert TOKEN not in str(info.value) and "token=***" in str(info.value)
 
 
@@ -514,10 +569,10 @@ def test_api_key_chunks_go_to_the_documented_source_route(tmp_path: Path) -> Non
         return httpx.Response(201, json={"videoId": "vi9"})
 
     path = write(tmp_path, C + 1)
-    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns,
-                inode=path.stat().st_ino) as source:
+    with Source(path, size=C + 1, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source:
         mock_dest(handler, key=True).upload(
-            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints())
+            UploadItem(UUID, path.name, path.name, C + 1, "video/mp4"), source, None, Checkpoints()
+        )
     chunks = [r for r in seen if r.url.path.endswith("/source")]
     assert [r.url.path for r in chunks] == ["/videos/vi9/source"] * 2
     assert [r.headers["Content-Range"] for r in chunks] == ["part 1/2", "part 2/2"]
@@ -527,8 +582,9 @@ def test_api_key_chunks_go_to_the_documented_source_route(tmp_path: Path) -> Non
     assert not [r for r in seen if r.url.path == "/upload"]
 
 
-def test_the_source_route_resumes_from_received_parts(emu: Emulator, client: httpx.Client,
-                                                      tmp_path: Path) -> None:
+def test_the_source_route_resumes_from_received_parts(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 3 * C + 5)
     crashing = Checkpoints(crash_when=lambda s: parts_in(s) >= 2)
     with pytest.raises(Crash):
@@ -541,14 +597,16 @@ def test_the_source_route_resumes_from_received_parts(emu: Emulator, client: htt
     emu.reset_log()
     run(make_dest(emu, client), path, lagging)
     assert_stored(emu, path)
-    assert [(e["op"], e["bytes"]) for e in emu.requests() if e["op"] in UPLOAD_OPS] == \
-        [("apivideo.upload_source", C), ("apivideo.upload_source", 5)]  # parts 3 and 4 only
+    assert [(e["op"], e["bytes"]) for e in emu.requests() if e["op"] in UPLOAD_OPS] == [
+        ("apivideo.upload_source", C),
+        ("apivideo.upload_source", 5),
+    ]  # parts 3 and 4 only
 
 
-@pytest.mark.parametrize("emu", [{"apivideo_private_videos": True}], indirect=True,
-                         ids=["private_videos"])
+@pytest.mark.parametrize("emu", [{"apivideo_private_videos": True}], indirect=True, ids=["private_videos"])
 def test_a_private_videos_asset_urls_are_sealed_and_shown_on_request(
-        emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, C + 9)
     receipt = run(make_dest(emu, client), path)
     stored_json = json.loads(json.dumps(receipt.to_json()))  # as the ledger keeps it
@@ -568,16 +626,15 @@ def test_a_private_videos_asset_urls_are_sealed_and_shown_on_request(
         ApiVideoDestination.reveal_receipt(token_only.options, stored_json)
 
 
-def test_public_videos_need_no_seal(emu: Emulator, client: httpx.Client,
-                                    tmp_path: Path) -> None:
+def test_public_videos_need_no_seal(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     receipt = run(make_dest(emu, client), write(tmp_path, 10))
     assert "sealed_urls" not in receipt.details
     assert httpx.get(receipt.details["mp4"]).status_code == 200
 
 
-def test_labels_without_api_key_warn_once_at_run_time(emu: Emulator, client: httpx.Client,
-                                                      tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_labels_without_api_key_warn_once_at_run_time(
+    emu: Emulator, client: httpx.Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "syncd.destinations.apivideo")
     dest = make_dest(emu, client, key=False)
     for i in range(3):
@@ -586,16 +643,18 @@ def test_labels_without_api_key_warn_once_at_run_time(emu: Emulator, client: htt
     run(dest, write(tmp_path, 10, "bare.mp4"), labels=(), category=None)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2, warnings  # once per set of labels and category, none without
-    assert "labels ['talks', '2026'] and category 'SOURCE' will not reach api.video" \
-        in warnings[0] and "set api_key" in warnings[0]
+    assert (
+        "labels ['talks', '2026'] and category 'SOURCE' will not reach api.video" in warnings[0]
+        and "set api_key" in warnings[0]
+    )
     caplog.clear()
     run(make_dest(emu, client), write(tmp_path, 10, "keyed.mp4"))
     assert caplog.records == []
 
 
 def test_check_warns_about_labels_only_without_api_key(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from syncd import cli
 
     monkeypatch.setenv("AV_TEST_TOKEN", TOKEN)

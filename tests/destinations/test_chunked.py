@@ -34,8 +34,9 @@ class FakeService:
     kind = "fake"
     session_fields = {"id": str}
 
-    def __init__(self, rules: PartRules | None = None, preferred: int = 10,
-                 server_part_size: int | None = None) -> None:
+    def __init__(
+        self, rules: PartRules | None = None, preferred: int = 10, server_part_size: int | None = None
+    ) -> None:
         self.rules = dataclasses.replace(rules or PartRules(min_size=10), part_size=preferred)
         self.server_part_size = server_part_size
         self.sessions: dict[str, dict[int, bytes]] = {}
@@ -53,8 +54,7 @@ class FakeService:
             sid = f"s{self.opened}"
             self.sessions[sid] = {}
             self.calls.append(("open", part_size))
-        return Opened({"id": sid, "_url": "https://signed.example/?sig=SECRET"},
-                      self.server_part_size)
+        return Opened({"id": sid, "_url": "https://signed.example/?sig=SECRET"}, self.server_part_size)
 
     def send_part(self, session: dict[str, Any], part: Part) -> str:
         with self._lock:
@@ -100,17 +100,25 @@ class Crash(Exception):
     pass
 
 
-def run(service: FakeService, tmp_path: Path, data: bytes, resume: dict[str, Any] | None = None,
-        cps: Recorder | None = None, parallel: int = 1) -> tuple[Receipt, str]:
+def run(
+    service: FakeService,
+    tmp_path: Path,
+    data: bytes,
+    resume: dict[str, Any] | None = None,
+    cps: Recorder | None = None,
+    parallel: int = 1,
+) -> tuple[Receipt, str]:
     path = tmp_path / "f.bin"
     if not path.exists() or path.read_bytes() != data:
         path.write_bytes(data)
     st = path.stat()
-    item = UploadItem(uuid="u", name="f.bin", relpath="f.bin", size=len(data),
-                      content_type="application/octet-stream")
+    item = UploadItem(
+        uuid="u", name="f.bin", relpath="f.bin", size=len(data), content_type="application/octet-stream"
+    )
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
-        receipt = _chunked.run(service, item, source, resume, cps or Recorder(),
-                               parallel=_chunked.Parallel(parallel))
+        receipt = _chunked.run(
+            service, item, source, resume, cps or Recorder(), parallel=_chunked.Parallel(parallel)
+        )
         return receipt, source.sha256()
 
 
@@ -151,20 +159,22 @@ def test_rules_validate() -> None:
         PartRules(empty_parts=2)
 
 
-@pytest.mark.parametrize(("session", "fits"), [
-    ({"id": "a", "n": 0, "via": "api"}, True),
-    ({"id": "a", "n": 3, "via": "token", "sealed": "x", "done": False}, True),
-    ({"id": "", "n": 0, "via": "api"}, False),  # an empty str is not a str here
-    ({"id": "a", "n": -1, "via": "api"}, False),
-    ({"id": "a", "n": True, "via": "api"}, False),  # a bool is not an int here
-    ({"id": "a", "n": 0, "via": "other"}, False),
-    ({"id": "a", "n": 0, "via": "api", "sealed": 5}, False),
-    ({"id": "a", "n": 0, "via": "api", "done": "yes"}, False),
-    ({"n": 0, "via": "api"}, False),
-])
+@pytest.mark.parametrize(
+    ("session", "fits"),
+    [
+        ({"id": "a", "n": 0, "via": "api"}, True),
+        ({"id": "a", "n": 3, "via": "token", "sealed": "x", "done": False}, True),
+        ({"id": "", "n": 0, "via": "api"}, False),  # an empty str is not a str here
+        ({"id": "a", "n": -1, "via": "api"}, False),
+        ({"id": "a", "n": True, "via": "api"}, False),  # a bool is not an int here
+        ({"id": "a", "n": 0, "via": "other"}, False),
+        ({"id": "a", "n": 0, "via": "api", "sealed": 5}, False),
+        ({"id": "a", "n": 0, "via": "api", "done": "yes"}, False),
+        ({"n": 0, "via": "api"}, False),
+    ],
+)
 def test_session_fields(session: dict[str, Any], fits: bool) -> None:
-    fields = {"id": str, "n": int, "via": ("token", "api"), "sealed": (str, None),
-              "done": (bool, None)}
+    fields = {"id": str, "n": int, "via": ("token", "api"), "sealed": (str, None), "done": (bool, None)}
     assert _chunked.session_fits(fields, session) is fits
 
 
@@ -180,8 +190,14 @@ def test_parts_and_checkpoints(tmp_path: Path, size: int) -> None:
     assert service.finished[0][2] == data
     assert [n for n, _ in service.finished[0][1]] == list(range(1, count + 1))
     assert len(cps.states) == count + 1  # after open, then after every part
-    assert cps.states[0] == {"v": 1, "kind": "fake", "session": {"id": "s1"}, "part_size": 10,
-                             "size": size, "parts": {}}
+    assert cps.states[0] == {
+        "v": 1,
+        "kind": "fake",
+        "session": {"id": "s1"},
+        "part_size": 10,
+        "size": size,
+        "parts": {},
+    }
     assert sorted(cps.states[-1]["parts"], key=int) == [str(n) for n in range(1, count + 1)]
     assert sha == hashlib.sha256(data).hexdigest()
     assert receipt.remote_id == "s1"
@@ -240,7 +256,8 @@ def test_parallel_error_keeps_confirmed_parts(tmp_path: Path) -> None:
     service.calls.clear()
     run(service, tmp_path, data, resume=cps.states[-1], parallel=3)
     assert sorted(n for op, n in service.calls if op == "part") == sorted(
-        n for n in range(1, 11) if str(n) not in done)
+        n for n in range(1, 11) if str(n) not in done
+    )
     assert service.finished[0][2] == data
 
 
@@ -269,10 +286,18 @@ def test_recorded_part_size_wins_over_config(tmp_path: Path) -> None:
     assert service.calls == [("part", 2), ("part", 3), ("part", 4)]
 
 
-@pytest.mark.parametrize("damage", [
-    {"size": 36}, {"part_size": 3}, {"part_size": "10"}, {"parts": {"9": "x"}},
-    {"parts": {"1": ""}}, {"parts": []}, {"v": 2},
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"size": 36},
+        {"part_size": 3},
+        {"part_size": "10"},
+        {"parts": {"9": "x"}},
+        {"parts": {"1": ""}},
+        {"parts": []},
+        {"v": 2},
+    ],
+)
 def test_inconsistent_resume_aborts_and_restarts(tmp_path: Path, damage: dict[str, Any]) -> None:
     data = os.urandom(35)
     service, crashing = FakeService(), Recorder(crash_after=2)

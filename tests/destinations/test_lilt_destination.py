@@ -166,10 +166,21 @@ def client(wire: Wire) -> Iterator[httpx.Client]:
         yield c
 
 
-def make_dest(client: httpx.Client, *, threshold: int = 8 * MiB, part_size: int = PART,
-              wait_for_scan: bool = False, **kw: Any) -> LiltDestination:
-    opts = LiltOptions(api_key=Secret(KEY), base_url=BASE + "/", multipart_threshold=threshold,
-                       part_size=part_size, wait_for_scan=wait_for_scan)
+def make_dest(
+    client: httpx.Client,
+    *,
+    threshold: int = 8 * MiB,
+    part_size: int = PART,
+    wait_for_scan: bool = False,
+    **kw: Any,
+) -> LiltDestination:
+    opts = LiltOptions(
+        api_key=Secret(KEY),
+        base_url=BASE + "/",
+        multipart_threshold=threshold,
+        part_size=part_size,
+        wait_for_scan=wait_for_scan,
+    )
     return LiltDestination("contracts", opts, client, **kw)
 
 
@@ -184,19 +195,31 @@ def open_source(path: Path) -> Source:
     return Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
-def item_for(path: Path, *, labels: tuple[str, ...] = ("legal", "review-needed"),
-             category: str | None = "SOURCE", content_type: str = "application/pdf") -> UploadItem:
-    return UploadItem(uuid="123e4567-e89b-12d3-a456-426614174000", name=path.name,
-                      relpath=f"sub/{path.name}", size=path.stat().st_size,
-                      content_type=content_type, labels=labels, category=category)
+def item_for(
+    path: Path,
+    *,
+    labels: tuple[str, ...] = ("legal", "review-needed"),
+    category: str | None = "SOURCE",
+    content_type: str = "application/pdf",
+) -> UploadItem:
+    return UploadItem(
+        uuid="123e4567-e89b-12d3-a456-426614174000",
+        name=path.name,
+        relpath=f"sub/{path.name}",
+        size=path.stat().st_size,
+        content_type=content_type,
+        labels=labels,
+        category=category,
+    )
 
 
 class Recorder:
     """A checkpoint callback that keeps deep copies, optionally failing after N calls
     (``then`` sees each state first: a test's hook into the middle of an upload)."""
 
-    def __init__(self, crash_after: int | None = None,
-                 then: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, crash_after: int | None = None, then: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.states: list[dict[str, Any]] = []
         self.crash_after = crash_after
         self.then = then
@@ -218,8 +241,13 @@ class Crash(Exception):
     """Stands for a process crash right after a durable checkpoint."""
 
 
-def upload(dest: LiltDestination, path: Path, resume: dict[str, Any] | None = None,
-           checkpoint: Recorder | None = None, **item_kw: Any) -> Any:
+def upload(
+    dest: LiltDestination,
+    path: Path,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Recorder | None = None,
+    **item_kw: Any,
+) -> Any:
     with open_source(path) as source:
         return dest.upload(item_for(path, **item_kw), source, resume, checkpoint or Recorder())
 
@@ -233,8 +261,7 @@ def assert_no_secrets(text: str) -> None:
 # -- single flow ------------------------------------------------------------------
 
 
-def test_single_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client,
-                               tmp_path: Path) -> None:
+def test_single_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 1000)
     cps = Recorder()
     receipt = upload(make_dest(client), path, checkpoint=cps)
@@ -244,14 +271,20 @@ def test_single_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client,
     assert init.request.method == "POST" and init.request.url.path == "/lilt/v2/upload/s3/params"
     assert init.request.url.query == b""  # never key= in the query
     assert json.loads(init.body) == {
-        "filename": "doc.pdf", "type": "application/pdf",
-        "metadata": {"size": 1000, "category": "SOURCE", "labels": ["legal", "review-needed"],
-                     "uuid": "123e4567-e89b-12d3-a456-426614174000"},
+        "filename": "doc.pdf",
+        "type": "application/pdf",
+        "metadata": {
+            "size": 1000,
+            "category": "SOURCE",
+            "labels": ["legal", "review-needed"],
+            "uuid": "123e4567-e89b-12d3-a456-426614174000",
+        },
     }
     assert init.request.headers["Accept"] == "application/json"
     assert init.request.headers["Content-Type"] == "application/json"
-    assert init.request.headers["Authorization"] == "Basic " + base64.b64encode(
-        f"{KEY}:{KEY}".encode()).decode()
+    assert (
+        init.request.headers["Authorization"] == "Basic " + base64.b64encode(f"{KEY}:{KEY}".encode()).decode()
+    )
 
     assert put.request.method == "PUT"
     assert "Authorization" not in put.request.headers and "key" not in put.request.url.params
@@ -268,11 +301,14 @@ def test_single_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client,
     assert receipt.details["method"] == "single"
     (row,) = emu.uploads()
     assert (row["key"], row["sha256"], row["labels"], row["category"]) == (
-        key, sha(path), ["legal", "review-needed"], "SOURCE")
+        key,
+        sha(path),
+        ["legal", "review-needed"],
+        "SOURCE",
+    )
 
 
-def test_single_streams_the_body(wire: Wire, emu: Emulator, client: httpx.Client,
-                                 tmp_path: Path) -> None:
+def test_single_streams_the_body(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     """A body larger than one read block is an iterator read from the Source, not bytes
     loaded up front; one block or less goes as bytes (no iteration in httpx)."""
     large = write(tmp_path, READ_BLOCK + 600 * 1024)
@@ -287,17 +323,18 @@ def test_single_streams_the_body(wire: Wire, emu: Emulator, client: httpx.Client
     assert stored(emu)[receipt.remote_id] == sha(small)
 
 
-def test_single_omits_category_when_none(wire: Wire, client: httpx.Client,
-                                         tmp_path: Path) -> None:
+def test_single_omits_category_when_none(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 10)
     upload(make_dest(client), path, category=None, labels=())
     (init,) = wire.requests("lilt.initiate")
     assert json.loads(init.body)["metadata"] == {
-        "size": 10, "labels": [], "uuid": "123e4567-e89b-12d3-a456-426614174000"}
+        "size": 10,
+        "labels": [],
+        "uuid": "123e4567-e89b-12d3-a456-426614174000",
+    }
 
 
-def test_empty_file_goes_single(wire: Wire, emu: Emulator, client: httpx.Client,
-                                tmp_path: Path) -> None:
+def test_empty_file_goes_single(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 0)
     receipt = upload(make_dest(client), path)
     (put,) = wire.requests("lilt.put")
@@ -313,8 +350,9 @@ def test_single_resume_reinitiates(wire: Wire, client: httpx.Client, tmp_path: P
     assert receipt.remote_id == wire.sent[0].response.json()["key"]
 
 
-def test_single_expired_url_is_renewed(wire: Wire, emu: Emulator, client: httpx.Client,
-                                       tmp_path: Path) -> None:
+def test_single_expired_url_is_renewed(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 100)
     emu.set_faults(script=[{"op": "lilt.put", "kind": "expire"}])
     receipt = upload(make_dest(client), path)
@@ -324,8 +362,7 @@ def test_single_expired_url_is_renewed(wire: Wire, emu: Emulator, client: httpx.
     assert stored(emu) == {receipt.remote_id: sha(path)}
 
 
-def test_single_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Client,
-                                  tmp_path: Path) -> None:
+def test_single_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 100)
     emu.set_faults(script=[{"op": "lilt.put", "kind": "expire", "count": 10}])
     with pytest.raises(ExpiredError) as info:
@@ -335,8 +372,10 @@ def test_single_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Clien
 
 
 def test_single_method_must_be_put(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
-    wire.edit("lilt.initiate", lambda request, response: httpx.Response(
-        200, json={**response.json(), "method": "POST"}))
+    wire.edit(
+        "lilt.initiate",
+        lambda request, response: httpx.Response(200, json={**response.json(), "method": "POST"}),
+    )
     with pytest.raises(PermanentError):
         upload(make_dest(client), write(tmp_path, 5))
     assert wire.ops() == ["lilt.initiate"]
@@ -345,12 +384,21 @@ def test_single_method_must_be_put(wire: Wire, client: httpx.Client, tmp_path: P
 # -- error mapping ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code, error", [
-    (401, FatalError), (403, FatalError), (400, PermanentError), (413, PermanentError),
-    (500, RetryableError), (503, RetryableError), (429, RetryableError),
-])
-def test_api_status_mapping(emu: Emulator, client: httpx.Client, tmp_path: Path,
-                            code: int, error: type[UploadError]) -> None:
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        (401, FatalError),
+        (403, FatalError),
+        (400, PermanentError),
+        (413, PermanentError),
+        (500, RetryableError),
+        (503, RetryableError),
+        (429, RetryableError),
+    ],
+)
+def test_api_status_mapping(
+    emu: Emulator, client: httpx.Client, tmp_path: Path, code: int, error: type[UploadError]
+) -> None:
     emu.set_faults(script=[{"op": "lilt.initiate", "status": code, "message": f"no ({KEY})"}])
     with pytest.raises(error) as info:
         upload(make_dest(client), write(tmp_path, 5))
@@ -378,14 +426,12 @@ def test_transport_error_is_retryable(tmp_path: Path) -> None:
     def boom(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"connection refused for {request.url}")
 
-    with httpx.Client(transport=httpx.MockTransport(boom)) as c, \
-            pytest.raises(RetryableError) as info:
+    with httpx.Client(transport=httpx.MockTransport(boom)) as c, pytest.raises(RetryableError) as info:
         upload(make_dest(c), write(tmp_path, 5))
     assert_no_secrets(str(info.value))
 
 
-def test_reset_mid_upload_is_retryable(emu: Emulator, client: httpx.Client,
-                                       tmp_path: Path) -> None:
+def test_reset_mid_upload_is_retryable(emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     emu.set_faults(script=[{"op": "lilt.put", "kind": "reset"}])
     with pytest.raises(RetryableError) as info:
         upload(make_dest(client), write(tmp_path, 300 * 1024))
@@ -394,10 +440,8 @@ def test_reset_mid_upload_is_retryable(emu: Emulator, client: httpx.Client,
     assert emu.uploads() == []
 
 
-def test_storage_error_message_hides_signature(wire: Wire, client: httpx.Client,
-                                               tmp_path: Path) -> None:
-    wire.edit("lilt.put", lambda request, response: httpx.Response(
-        503, text=f"overloaded at {request.url}"))
+def test_storage_error_message_hides_signature(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
+    wire.edit("lilt.put", lambda request, response: httpx.Response(503, text=f"overloaded at {request.url}"))
     with pytest.raises(RetryableError) as info:
         upload(make_dest(client), write(tmp_path, 5))
     assert_no_secrets(str(info.value))
@@ -420,16 +464,22 @@ def session_of(wire: Wire) -> tuple[str, str]:
     return opened.json()["uploadId"], opened.json()["key"]
 
 
-def test_multipart_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client,
-                                  tmp_path: Path) -> None:
+def test_multipart_request_shapes(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     size = 11 * MiB + 123
     path = write(tmp_path, size, "big.zip")
     cps = Recorder()
     receipt = upload(make_dest(client), path, checkpoint=cps, content_type="application/zip")
 
-    assert wire.ops() == ["lilt.initiate_multipart", "lilt.sign_part", "lilt.put_part",
-                          "lilt.sign_part", "lilt.put_part", "lilt.sign_part", "lilt.put_part",
-                          "lilt.complete"]
+    assert wire.ops() == [
+        "lilt.initiate_multipart",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.complete",
+    ]
     (init,) = wire.requests("lilt.initiate_multipart")
     assert init.request.url.path == "/lilt/v2/upload/s3/multipart"
     assert json.loads(init.body)["metadata"]["size"] == size
@@ -437,10 +487,10 @@ def test_multipart_request_shapes(wire: Wire, emu: Emulator, client: httpx.Clien
     upload_id, key = session_of(wire)
 
     signs = [s.request for s in wire.requests("lilt.sign_part")]
-    assert [r.url.path for r in signs] == [f"/lilt/v2/upload/s3/multipart/{upload_id}/{n}"
-                                           for n in (1, 2, 3)]
+    assert [r.url.path for r in signs] == [f"/lilt/v2/upload/s3/multipart/{upload_id}/{n}" for n in (1, 2, 3)]
     assert [dict(r.url.params) for r in signs] == [
-        {"s3Key": key, "size": str(s)} for s in (PART, PART, MiB + 123)]
+        {"s3Key": key, "size": str(s)} for s in (PART, PART, MiB + 123)
+    ]
     for r in signs:
         assert r.headers["Authorization"].startswith("Basic ")
     for put in wire.requests("lilt.put_part"):
@@ -471,8 +521,7 @@ def test_multipart_request_shapes(wire: Wire, emu: Emulator, client: httpx.Clien
     assert stored(emu) == {key: sha(path)}
 
 
-def test_etag_kept_verbatim_without_quotes(wire: Wire, client: httpx.Client,
-                                           tmp_path: Path) -> None:
+def test_etag_kept_verbatim_without_quotes(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     """A store that answers bare ETags gets them back as they came: no quotes added.
     (The emulator itself holds the quoted ones and compares byte for byte, as it says.)"""
     wire.edit("lilt.put_part", *[unquoted_etag] * 3)
@@ -485,8 +534,9 @@ def test_etag_kept_verbatim_without_quotes(wire: Wire, client: httpx.Client,
     assert sent == answered and not any(e.startswith('"') for e in sent)
 
 
-def test_resume_sends_only_missing_parts(wire: Wire, emu: Emulator, client: httpx.Client,
-                                         tmp_path: Path) -> None:
+def test_resume_sends_only_missing_parts(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     dest = make_dest(client)
     crashing = Recorder(crash_after=3)  # open + parts 1 and 2
@@ -505,8 +555,9 @@ def test_resume_sends_only_missing_parts(wire: Wire, emu: Emulator, client: http
     assert stored(emu) == {receipt.remote_id: sha(path)}
 
 
-def test_resume_with_all_parts_only_completes(wire: Wire, emu: Emulator, client: httpx.Client,
-                                              tmp_path: Path) -> None:
+def test_resume_with_all_parts_only_completes(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     """The complete's answer is S3's 200-with-error; the repeat is answered (and stores once)."""
     path = write(tmp_path, 11 * MiB, "big.bin")
     dest = make_dest(client)
@@ -521,8 +572,7 @@ def test_resume_with_all_parts_only_completes(wire: Wire, emu: Emulator, client:
     assert emu.uploads()[0]["times_received"] == 1
 
 
-def test_missing_etag_is_retryable_and_not_recorded(wire: Wire, client: httpx.Client,
-                                                    tmp_path: Path) -> None:
+def test_missing_etag_is_retryable_and_not_recorded(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     wire.edit("lilt.put_part", None, without_etag)
     cps = Recorder()
@@ -531,12 +581,18 @@ def test_missing_etag_is_retryable_and_not_recorded(wire: Wire, client: httpx.Cl
     assert sorted(cps.last["parts"]) == ["1"]
     wire.sent.clear()
     upload(make_dest(client), path, resume=cps.last)
-    assert wire.ops() == ["lilt.sign_part", "lilt.put_part", "lilt.sign_part", "lilt.put_part",
-                          "lilt.complete"]
+    assert wire.ops() == [
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.complete",
+    ]
 
 
-def test_expired_part_url_is_resigned(wire: Wire, emu: Emulator, client: httpx.Client,
-                                      tmp_path: Path) -> None:
+def test_expired_part_url_is_resigned(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
 
     def expire_the_next_part(state: dict[str, Any]) -> None:
@@ -544,32 +600,44 @@ def test_expired_part_url_is_resigned(wire: Wire, emu: Emulator, client: httpx.C
             emu.set_faults(script=[{"op": "lilt.put_part", "kind": "expire"}])
 
     receipt = upload(make_dest(client), path, checkpoint=Recorder(then=expire_the_next_part))
-    assert wire.ops() == ["lilt.initiate_multipart", "lilt.sign_part", "lilt.put_part",
-                          "lilt.sign_part", "lilt.put_part", "lilt.sign_part", "lilt.put_part",
-                          "lilt.sign_part", "lilt.put_part", "lilt.complete"]
+    assert wire.ops() == [
+        "lilt.initiate_multipart",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.sign_part",
+        "lilt.put_part",
+        "lilt.complete",
+    ]
     assert [s.response.status_code for s in wire.requests("lilt.put_part") if s.response] == [
-        200, 403, 200, 200]
+        200,
+        403,
+        200,
+        200,
+    ]
     assert stored(emu) == {receipt.remote_id: sha(path)}
 
 
-def test_part_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Client,
-                                tmp_path: Path) -> None:
+def test_part_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     emu.set_faults(script=[{"op": "lilt.put_part", "kind": "expire", "count": 10}])
     with pytest.raises(ExpiredError):
         upload(make_dest(client), write(tmp_path, 11 * MiB, "big.bin"))
     assert wire.ops().count("lilt.put_part") == _chunked.MAX_RENEWALS + 1
 
 
-def test_api_403_on_sign_is_fatal_not_expiry(wire: Wire, emu: Emulator, client: httpx.Client,
-                                             tmp_path: Path) -> None:
+def test_api_403_on_sign_is_fatal_not_expiry(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     emu.set_faults(script=[{"op": "lilt.sign_part", "status": 403, "message": "forbidden"}])
     with pytest.raises(FatalError):
         upload(make_dest(client), write(tmp_path, 11 * MiB, "big.bin"))
     assert wire.ops().count("lilt.sign_part") == 1
 
 
-def test_resume_for_other_size_aborts_and_restarts(wire: Wire, client: httpx.Client,
-                                                   tmp_path: Path) -> None:
+def test_resume_for_other_size_aborts_and_restarts(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     dest = make_dest(client)
     cps = Recorder(crash_after=2)
@@ -585,16 +653,16 @@ def test_resume_for_other_size_aborts_and_restarts(wire: Wire, client: httpx.Cli
     assert cancel.response.status_code == 200
 
 
-def test_lost_session_restarts_once(wire: Wire, emu: Emulator, client: httpx.Client,
-                                    tmp_path: Path) -> None:
+def test_lost_session_restarts_once(wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     dest = make_dest(client)
     cps = Recorder(crash_after=2)
     with pytest.raises(Crash):
         upload(dest, path, checkpoint=cps)
     upload_id, key = session_of(wire)
-    gone = client.delete(f"{BASE}/v2/upload/s3/multipart/{upload_id}", params={"s3Key": key},
-                         auth=(KEY, KEY))  # Lilt forgot the upload
+    gone = client.delete(
+        f"{BASE}/v2/upload/s3/multipart/{upload_id}", params={"s3Key": key}, auth=(KEY, KEY)
+    )  # Lilt forgot the upload
     assert gone.status_code == 200
     wire.sent.clear()
     receipt = upload(dest, path, resume=cps.last)
@@ -603,8 +671,7 @@ def test_lost_session_restarts_once(wire: Wire, emu: Emulator, client: httpx.Cli
     assert stored(emu) == {receipt.remote_id: sha(path)}
 
 
-def test_multipart_resume_survives_threshold_change(wire: Wire, client: httpx.Client,
-                                                    tmp_path: Path) -> None:
+def test_multipart_resume_survives_threshold_change(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     cps = Recorder(crash_after=2)
     with pytest.raises(Crash):
@@ -640,16 +707,23 @@ def test_abort_is_best_effort(wire: Wire, emu: Emulator, client: httpx.Client) -
     dest.abort({"v": 99, "kind": "multipart", "session": {"upload_id": "x", "key": "y"}})
     assert wire.ops() == []
     emu.set_faults(script=[{"op": "lilt.cancel", "status": 500}])
-    dest.abort({"v": 1, "kind": "multipart", "session": {"upload_id": "x", "key": "y"},
-                "part_size": PART, "size": 1, "parts": {}})
+    dest.abort(
+        {
+            "v": 1,
+            "kind": "multipart",
+            "session": {"upload_id": "x", "key": "y"},
+            "part_size": PART,
+            "size": 1,
+            "parts": {},
+        }
+    )
     assert wire.ops() == ["lilt.cancel"]
 
 
 # -- scan status and probe --------------------------------------------------------
 
 
-def test_wait_for_scan_polls_until_not_pending(wire: Wire, client: httpx.Client,
-                                               tmp_path: Path) -> None:
+def test_wait_for_scan_polls_until_not_pending(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     """The newest upload of that name is followed (an older one is complete), with a
     doubling wait; the emulator reports a fresh upload pending once, and the second
     poll's answer is made pending again."""
@@ -668,8 +742,7 @@ def test_wait_for_scan_polls_until_not_pending(wire: Wire, client: httpx.Client,
     assert first is not None and [e["status"] for e in first.json()] == ["complete", "pending"]
 
 
-def test_wait_for_scan_gives_up_without_failing(wire: Wire, client: httpx.Client,
-                                                tmp_path: Path) -> None:
+def test_wait_for_scan_gives_up_without_failing(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     now = [0.0]
     wire.edit("lilt.list", *[all_pending] * 1000)
 
@@ -701,13 +774,20 @@ def test_keeps_no_per_file_state(client: httpx.Client) -> None:
     """Many threads share one destination: nothing per-file may live on it."""
     dest = make_dest(client)
     before = dict(vars(dest))
-    assert set(before) == {"name", "options", "client", "_api", "_multipart", "_sleep", "_clock",
-                           "_parallel"}  # the destination-wide connection bound, not per file
+    assert set(before) == {
+        "name",
+        "options",
+        "client",
+        "_api",
+        "_multipart",
+        "_sleep",
+        "_clock",
+        "_parallel",
+    }  # the destination-wide connection bound, not per file
     assert set(vars(dest._multipart)) == {"api", "rules"}  # from the options
 
 
-def test_query_of_storage_url_never_reaches_receipt(client: httpx.Client,
-                                                    tmp_path: Path) -> None:
+def test_query_of_storage_url_never_reaches_receipt(client: httpx.Client, tmp_path: Path) -> None:
     receipt = upload(make_dest(client), write(tmp_path, 3))
     assert parse_qs(urlsplit(receipt.url).query) == {}
     assert_no_secrets(json.dumps(receipt.to_json()))
@@ -716,8 +796,9 @@ def test_query_of_storage_url_never_reaches_receipt(client: httpx.Client,
 # -- the emulator's own behaviour over time (the shared scenarios are in conformance/) ---
 
 
-def test_wait_for_scan_follows_the_emulators_scan(emu: Emulator, client: httpx.Client,
-                                                  tmp_path: Path) -> None:
+def test_wait_for_scan_follows_the_emulators_scan(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     dest = make_dest(client, wait_for_scan=True, sleep=lambda s: None)
     receipt = upload(dest, write(tmp_path, 100))
     assert receipt.details["scan_status"] == "complete"
@@ -730,17 +811,19 @@ def test_resume_across_emulator_restart_at_another_address(tmp_path: Path) -> No
     crashing = Recorder(crash_after=3)
     emu = Emulator(tmp_path / "emu", lilt_key=KEY, lilt_part_size=PART)
     with make_client(transport=EmulatorTransport(emu)) as c:
-        opts = LiltOptions(api_key=Secret(KEY), base_url=BASE, multipart_threshold=PART,
-                           part_size=PART)
+        opts = LiltOptions(api_key=Secret(KEY), base_url=BASE, multipart_threshold=PART, part_size=PART)
         with pytest.raises(Crash):
             upload(LiltDestination("x", opts, c), path, checkpoint=crashing)
     emu = Emulator(tmp_path / "emu", lilt_key=KEY, lilt_part_size=PART)  # same data, new process
     with make_client(transport=EmulatorTransport(emu)) as c:
-        opts = LiltOptions(api_key=Secret(KEY), base_url="http://elsewhere.invalid/lilt",
-                           multipart_threshold=PART, part_size=PART)
+        opts = LiltOptions(
+            api_key=Secret(KEY),
+            base_url="http://elsewhere.invalid/lilt",
+            multipart_threshold=PART,
+            part_size=PART,
+        )
         upload(LiltDestination("x", opts, c), path, resume=crashing.last)
-        assert [e["op"] for e in emu.requests()] == [
-            "lilt.sign_part", "lilt.put_part", "lilt.complete"]
+        assert [e["op"] for e in emu.requests()] == ["lilt.sign_part", "lilt.put_part", "lilt.complete"]
         (row,) = emu.uploads()
         assert row["sha256"] == sha(path)
 
@@ -758,15 +841,22 @@ def _max_overlap(entries: list[dict[str, Any]]) -> int:
 
 
 @pytest.mark.slow
-def test_parallel_parts_bounded_by_max_connections(emu: Emulator, client: httpx.Client,
-                                                   tmp_path: Path) -> None:
+def test_parallel_parts_bounded_by_max_connections(
+    emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
     """Two files with 3 parts in flight each, but at most 2 part PUTs at once per destination."""
     import threading
 
     paths = [write(tmp_path, 4 * PART + 10, f"big{i}.bin") for i in range(2)]
     emu.set_faults(script=[{"op": "lilt.put_part", "kind": "slow", "delay": 0.3, "count": 10}])
-    opts = LiltOptions(api_key=Secret(KEY), base_url=BASE, multipart_threshold=PART,
-                       part_size=PART, parallel_parts=3, max_connections=2)
+    opts = LiltOptions(
+        api_key=Secret(KEY),
+        base_url=BASE,
+        multipart_threshold=PART,
+        part_size=PART,
+        parallel_parts=3,
+        max_connections=2,
+    )
     dest = LiltDestination("x", opts, client)
     threads = [threading.Thread(target=upload, args=(dest, p)) for p in paths]
     for t in threads:
@@ -792,8 +882,7 @@ def lilt_rules(tmp_path: Path) -> Iterator[tuple[Emulator, httpx.Client]]:
         yield emu, c
 
 
-def test_parts_are_8_mib_and_never_grow(lilt_rules: tuple[Emulator, httpx.Client],
-                                        tmp_path: Path) -> None:
+def test_parts_are_8_mib_and_never_grow(lilt_rules: tuple[Emulator, httpx.Client], tmp_path: Path) -> None:
     """Lilt asks for 8 MiB parts: the default, sent as such to an emulator that refuses any
     other size; a file that would need more than 10,000 of them is refused before any
     request, instead of being sent in larger parts."""
@@ -812,14 +901,14 @@ def test_parts_are_8_mib_and_never_grow(lilt_rules: tuple[Emulator, httpx.Client
         upload(dest, huge)
     assert emu.requests() == []
     # Another size is refused by a server that keeps Lilt's rule (the emulator's default).
-    five = LiltDestination("x", LiltOptions(api_key=Secret(KEY), base_url=BASE,
-                                            part_size=5 * MiB), c)
+    five = LiltDestination("x", LiltOptions(api_key=Secret(KEY), base_url=BASE, part_size=5 * MiB), c)
     with pytest.raises(PermanentError, match="InvalidPartSize"):
         upload(five, path)
 
 
-def test_429_without_retry_after_waits_lilts_60_seconds(lilt_rules: tuple[Emulator, httpx.Client],
-                                                        tmp_path: Path) -> None:
+def test_429_without_retry_after_waits_lilts_60_seconds(
+    lilt_rules: tuple[Emulator, httpx.Client], tmp_path: Path
+) -> None:
     """Lilt documents a 60 s wait once over its quota, and no rate-limit headers."""
     emu, c = lilt_rules
     path = write(tmp_path, 10)

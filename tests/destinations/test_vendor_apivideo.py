@@ -71,8 +71,11 @@ def stored_bytes(emu: Emulator, video_id: str) -> bytes:
 
 
 def chunk_log(emu: Emulator) -> list[tuple[int, int]]:
-    return [(e["status"], e["bytes"]) for e in emu.requests()
-            if e["op"] in ("apivideo.upload", "apivideo.upload_source")]
+    return [
+        (e["status"], e["bytes"])
+        for e in emu.requests()
+        if e["op"] in ("apivideo.upload", "apivideo.upload_source")
+    ]
 
 
 def file_of(tmp_path: Path, size: int, name: str = "clip.mp4") -> tuple[Path, bytes]:
@@ -101,8 +104,7 @@ def test_token_upload_in_chunks(emu: Emulator, videos: VideosApi, tmp_path: Path
     assert chunk_log(emu) == [(201, 5 * MIB), (201, 5 * MIB), (201, MIB + 17)]
 
 
-def test_the_client_sends_nothing_for_an_empty_file(emu: Emulator, videos: VideosApi,
-                                                    tmp_path: Path) -> None:
+def test_the_client_sends_nothing_for_an_empty_file(emu: Emulator, videos: VideosApi, tmp_path: Path) -> None:
     path, _ = file_of(tmp_path, 0)
     with open(path, "rb") as f:
         assert videos.upload_with_upload_token(TOKEN, f) is None
@@ -135,9 +137,11 @@ def test_authenticated_client(emu: Emulator, tmp_path: Path) -> None:
         assert tokens.get_token(minted.token).token == minted.token
 
         videos = VideosApi(client)
-        created = videos.create(VideoCreationPayload(
-            title="Keynote", tags=["talks"],
-            metadata=[Metadata(key="category", value="SOURCE")]))
+        created = videos.create(
+            VideoCreationPayload(
+                title="Keynote", tags=["talks"], metadata=[Metadata(key="category", value="SOURCE")]
+            )
+        )
         path, data = file_of(tmp_path, 6 * MIB + 1)
         with open(path, "rb") as f:  # POST /videos/{id}/source in part N/M chunks
             uploaded = videos.upload(created.video_id, f)
@@ -159,8 +163,9 @@ def test_authenticated_client(emu: Emulator, tmp_path: Path) -> None:
     assert row["labels"] == ["talks"] and row["category"] == "SOURCE"
 
 
-def test_minted_token_uploads_into_an_existing_video(emu: Emulator, videos: VideosApi,
-                                                     tmp_path: Path) -> None:
+def test_minted_token_uploads_into_an_existing_video(
+    emu: Emulator, videos: VideosApi, tmp_path: Path
+) -> None:
     """The delegated flow syncd uses with api_key: the video first, then the token upload
     with its videoId (api.video's own uploaders offer it: protocols.md §4.3)."""
     import httpx
@@ -174,8 +179,7 @@ def test_minted_token_uploads_into_an_existing_video(emu: Emulator, videos: Vide
     assert stored_bytes(emu, video_id) == b"tiny video"
 
 
-def test_vendor_errors_are_problem_json(emu: Emulator, videos: VideosApi,
-                                        tmp_path: Path) -> None:
+def test_vendor_errors_are_problem_json(emu: Emulator, videos: VideosApi, tmp_path: Path) -> None:
     path, _ = file_of(tmp_path, 10)
     with open(path, "rb") as f, pytest.raises(apivideo.ApiException) as info:
         videos.upload_with_upload_token("to-not-a-token", f)

@@ -53,8 +53,7 @@ print(json.dumps(out))
 
 
 def client_env(emulator: Emulator, pythonpath: Path | None, token: str = TOKEN) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("WRIFTAI_") and k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRIFTAI_") and k != "PYTHONPATH"}
     env["WRIFTAI_ACCESS_TOKEN"] = token
     env["WRIFTAI_API_BASE_URL"] = emulator.url + "/wriftai/v1"
     if pythonpath is not None:
@@ -62,20 +61,29 @@ def client_env(emulator: Emulator, pythonpath: Path | None, token: str = TOKEN) 
     return env
 
 
-def run_client(emulator: Emulator, protocol: str, paths: list[Path],
-               pythonpath: Path | None, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CLIENT, protocol, *map(str, paths)],
-                          env=client_env(emulator, pythonpath, token), capture_output=True,
-                          text=True, timeout=90)
+def run_client(
+    emulator: Emulator, protocol: str, paths: list[Path], pythonpath: Path | None, token: str = TOKEN
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CLIENT, protocol, *map(str, paths)],
+        env=client_env(emulator, pythonpath, token),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
 
 
 def installed_version(pythonpath: Path | None) -> str | None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    probe = subprocess.run([sys.executable, "-c",
-                            "import importlib.metadata as m; print(m.version('wriftai'))"],
-                           env=env, capture_output=True, text=True, timeout=30)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m; print(m.version('wriftai'))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 
@@ -83,17 +91,21 @@ def installed_version(pythonpath: Path | None) -> str | None:
 def sdk_028() -> None:
     version = installed_version(None)
     if version != "0.28.0":
-        pytest.skip(f"wriftai 0.28.0 is not installed in {sys.prefix} (found {version!r}); it "
-                    "is pinned in the test extra: pip install -e '.[test]' (make does it)")
+        pytest.skip(
+            f"wriftai 0.28.0 is not installed in {sys.prefix} (found {version!r}); it "
+            "is pinned in the test extra: pip install -e '.[test]' (make does it)"
+        )
 
 
 @pytest.fixture(scope="module")
 def sdk_034() -> Path:
     version = installed_version(VENDOR_034) if (VENDOR_034 / "wriftai").is_dir() else None
     if version != "0.34.0":
-        pytest.skip(f"wriftai 0.34.0 is not installed in {VENDOR_034} (found {version!r}); "
-                    f"make installs it: pip install --no-deps --target {VENDOR_034} "
-                    "wriftai==0.34.0")
+        pytest.skip(
+            f"wriftai 0.34.0 is not installed in {VENDOR_034} (found {version!r}); "
+            f"make installs it: pip install --no-deps --target {VENDOR_034} "
+            "wriftai==0.34.0"
+        )
     return VENDOR_034
 
 
@@ -113,8 +125,7 @@ def make_files(tmp_path: Path, sizes: dict[str, int]) -> list[Path]:
     return paths
 
 
-def assert_stored(emulator: Emulator, paths: list[Path], result: dict[str, Any]) -> list[
-        dict[str, Any]]:
+def assert_stored(emulator: Emulator, paths: list[Path], result: dict[str, Any]) -> list[dict[str, Any]]:
     """The emulator holds each file's exact bytes, and the client's download URL serves them."""
     rows = emulator.uploads()
     assert len(rows) == len(paths) == len(result["urls"])
@@ -124,14 +135,12 @@ def assert_stored(emulator: Emulator, paths: list[Path], result: dict[str, Any])
         row = by_url[url.split("?")[0]]
         assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["size"] == len(data)
         assert Path(row["path"]).read_bytes() == data
-        assert row["content_type"] == (mimetypes.guess_type(path.name)[0]
-                                       or "application/octet-stream")
+        assert row["content_type"] == (mimetypes.guess_type(path.name)[0] or "application/octet-stream")
         assert httpx.get(url).content == data
     return [by_url[u.split("?")[0]] for u in result["urls"]]
 
 
-def test_sdk_028_uploads_through_files_urls(sdk_028: None, emulator: Emulator,
-                                            tmp_path: Path) -> None:
+def test_sdk_028_uploads_through_files_urls(sdk_028: None, emulator: Emulator, tmp_path: Path) -> None:
     paths = make_files(tmp_path, {"empty.json": 0, "one.txt": 1, "clip.mp4": 300 * 1024 + 7})
     out = run_client(emulator, "urls", paths, None)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -143,8 +152,7 @@ def test_sdk_028_uploads_through_files_urls(sdk_028: None, emulator: Emulator,
     assert [e["op"] for e in emulator.requests()].count("wriftai.put") == 3
 
 
-def test_sdk_034_uploads_parts_and_waits_out_a_429(sdk_034: Path, emulator: Emulator,
-                                                   tmp_path: Path) -> None:
+def test_sdk_034_uploads_parts_and_waits_out_a_429(sdk_034: Path, emulator: Emulator, tmp_path: Path) -> None:
     emulator.set_faults(script=[{"op": "wriftai.initiate_multipart", "kind": "429"}])
     sizes = {"empty.json": 0, "one.txt": 1, "clip.mp4": 5 * PART + 3}
     paths = make_files(tmp_path, sizes)
@@ -160,12 +168,18 @@ def test_sdk_034_uploads_parts_and_waits_out_a_429(sdk_034: Path, emulator: Emul
 
 
 @pytest.mark.parametrize("version", ["0.28", "0.34"])
-def test_sdks_are_refused_a_wrong_token(version: str, request: pytest.FixtureRequest,
-                                        emulator: Emulator, tmp_path: Path) -> None:
+def test_sdks_are_refused_a_wrong_token(
+    version: str, request: pytest.FixtureRequest, emulator: Emulator, tmp_path: Path
+) -> None:
     pythonpath = request.getfixturevalue("sdk_034") if version == "0.34" else None
     if version == "0.28":
         request.getfixturevalue("sdk_028")
-    out = run_client(emulator, "uploads" if version == "0.34" else "urls",
-                     make_files(tmp_path, {"a.txt": 3}), pythonpath, token="not-the-token")
+    out = run_client(
+        emulator,
+        "uploads" if version == "0.34" else "urls",
+        make_files(tmp_path, {"a.txt": 3}),
+        pythonpath,
+        token="not-the-token",
+    )
     assert out.returncode != 0 and "401" in out.stderr
     assert emulator.uploads() == []

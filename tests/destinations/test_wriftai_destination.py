@@ -59,8 +59,9 @@ def clock() -> Clock:
 def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
     """Parts of PART bytes; more Emulator options by indirect parametrization (``rules``)."""
     options = getattr(request, "param", {})
-    emu = Emulator(tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock,
-                   wriftai_part_size=PART, **options).start()
+    emu = Emulator(
+        tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock, wriftai_part_size=PART, **options
+    ).start()
     try:
         yield emu
     finally:
@@ -91,9 +92,13 @@ def held_parts(emulator: Emulator) -> list[str]:
 def uploads_target(emulator: Emulator, client: httpx.Client, bad: bool = False) -> Target:
     opts = options(emulator, token=Secret("not-the-key" if bad else TOKEN), protocol="uploads")
     return Target(
-        type="wriftai", dest=WriftAIDestination("test-wriftai", opts, client),
-        emulator=emulator, service="wriftai", part_size=PART,
-        first_op="wriftai.initiate_multipart", part_op="wriftai.put_part",
+        type="wriftai",
+        dest=WriftAIDestination("test-wriftai", opts, client),
+        emulator=emulator,
+        service="wriftai",
+        part_size=PART,
+        first_op="wriftai.initiate_multipart",
+        part_op="wriftai.put_part",
         leftovers=lambda: held_parts(emulator),
         supports=frozenset({"empty", "multipart", "resume"}),
     )
@@ -108,6 +113,7 @@ def target(emulator: Emulator, http_client: httpx.Client) -> Target:
 def make_target(emulator: Emulator, http_client: httpx.Client) -> Callable[..., Target]:
     def make(*, bad_credentials: bool = False) -> Target:
         return uploads_target(emulator, http_client, bad_credentials)
+
     return make
 
 
@@ -165,8 +171,11 @@ def crash_after(target: Target, path: Path, parts: int) -> dict[str, Any]:
 
 
 def part_puts(target: Target) -> list[str]:
-    return [e["path"].rsplit("/", 3)[1] + "#" + e["path"].rsplit("/", 1)[1]
-            for e in target.log("wriftai.put_part") if 200 <= e["status"] < 300]
+    return [
+        e["path"].rsplit("/", 3)[1] + "#" + e["path"].rsplit("/", 1)[1]
+        for e in target.log("wriftai.put_part")
+        if 200 <= e["status"] < 300
+    ]
 
 
 def test_checkpoint_keeps_the_part_urls_sealed(target: Target, tmp_path: Path) -> None:
@@ -177,12 +186,10 @@ def test_checkpoint_keeps_the_part_urls_sealed(target: Target, tmp_path: Path) -
     text = json.dumps(saved)
     assert "http" not in text and "Signature" not in text and TOKEN not in text
     urls = Sealer(TOKEN, "wriftai part urls").unseal(session["id"], session["sealed"])
-    assert urls is not None and len(urls) == 3 and all(f"/{session['id']}/parts/" in u
-                                                       for u in urls)
+    assert urls is not None and len(urls) == 3 and all(f"/{session['id']}/parts/" in u for u in urls)
 
 
-def test_a_resume_that_cannot_be_unsealed_starts_a_new_upload(
-        target: Target, tmp_path: Path) -> None:
+def test_a_resume_that_cannot_be_unsealed_starts_a_new_upload(target: Target, tmp_path: Path) -> None:
     path = suite.make_file(tmp_path, 3 * PART)
     saved = crash_after(target, path, 2)
     target.dest._uploads.sealer = Sealer("a-rotated-token", "wriftai part urls")
@@ -194,8 +201,9 @@ def test_a_resume_that_cannot_be_unsealed_starts_a_new_upload(
     assert [u["sha256"] for u in target.stored()] == [sha]
 
 
-def test_resume_parts_false_keeps_no_urls(emulator: Emulator, http_client: httpx.Client,
-                                          tmp_path: Path) -> None:
+def test_resume_parts_false_keeps_no_urls(
+    emulator: Emulator, http_client: httpx.Client, tmp_path: Path
+) -> None:
     target = uploads_target(emulator, http_client)
     target.dest = WriftAIDestination("w", options(emulator, resume_parts=False), http_client)
     path = suite.make_file(tmp_path, 3 * PART)
@@ -207,7 +215,8 @@ def test_resume_parts_false_keeps_no_urls(emulator: Emulator, http_client: httpx
 
 
 def test_expired_part_urls_open_a_new_upload_in_the_same_call(
-        target: Target, tmp_path: Path, clock: Clock) -> None:
+    target: Target, tmp_path: Path, clock: Clock
+) -> None:
     path = suite.make_file(tmp_path, 3 * PART)
     saved = crash_after(target, path, 1)
     clock.now += TTL + 1  # real expiry: the emulator refuses the saved URLs
@@ -233,39 +242,46 @@ def test_an_expired_empty_part_url_opens_a_new_upload(target: Target, tmp_path: 
 
 
 def test_urls_protocol_renews_an_expired_url_and_keeps_the_name(
-        emulator: Emulator, http_client: httpx.Client, tmp_path: Path) -> None:
+    emulator: Emulator, http_client: httpx.Client, tmp_path: Path
+) -> None:
     dest = WriftAIDestination("w", options(emulator, protocol="urls"), http_client)
     emulator.set_faults(script=[{"op": "wriftai.put", "kind": "expire", "count": 2}])
     path = suite.make_file(tmp_path, 1000, "ünï code.pdf")
     st = path.stat()
-    item = UploadItem(uuid="u", name=path.name, relpath=path.name, size=st.st_size,
-                      content_type="application/pdf")
+    item = UploadItem(
+        uuid="u", name=path.name, relpath=path.name, size=st.st_size, content_type="application/pdf"
+    )
     seen: list[dict[str, Any]] = []
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
         receipt = dest.upload(item, source, {"v": 1, "kind": "uploads"}, seen.append)
     (row,) = emulator.uploads()
     assert (row["filename"], row["content_type"], row["resource"]) == (
-        "ünï code.pdf", "application/pdf", "prediction")
+        "ünï code.pdf",
+        "application/pdf",
+        "prediction",
+    )
     assert receipt.url == row["url"] and "?" not in receipt.url
     assert receipt.remote_id.endswith(quote(row["key"]))
     assert [s["kind"] for s in seen] == ["urls"] * 3
 
 
 def test_urls_protocol_gives_up_after_two_renewals(
-        emulator: Emulator, http_client: httpx.Client, tmp_path: Path) -> None:
+    emulator: Emulator, http_client: httpx.Client, tmp_path: Path
+) -> None:
     dest = WriftAIDestination("w", options(emulator, protocol="urls"), http_client)
     emulator.set_faults(script=[{"op": "wriftai.put", "kind": "expire", "count": 3}])
     path = suite.make_file(tmp_path, 10)
     st = path.stat()
-    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source, \
-            pytest.raises(RetryableError) as info:
+    with (
+        Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source,
+        pytest.raises(RetryableError) as info,
+    ):
         dest.upload(suite.item_for(path), source, None, lambda s: None)
     assert info.value.status == 403
 
 
 def test_probe_names_the_user(emulator: Emulator, http_client: httpx.Client) -> None:
-    assert WriftAIDestination("w", options(emulator), http_client).probe() == \
-        "ok, authenticated as emulator"
+    assert WriftAIDestination("w", options(emulator), http_client).probe() == "ok, authenticated as emulator"
     bad = WriftAIDestination("w", options(emulator, token=Secret("wrong-token-9")), http_client)
     with pytest.raises(FatalError) as info:
         bad.probe()
@@ -278,8 +294,7 @@ def test_probe_names_the_user(emulator: Emulator, http_client: httpx.Client) -> 
 class Mock:
     """A scripted WriftAI for httpx.MockTransport: records requests, answers by route."""
 
-    def __init__(self, size: int, part_size: int, *, etag: bool = True,
-                 extra_urls: int = 0) -> None:
+    def __init__(self, size: int, part_size: int, *, etag: bool = True, extra_urls: int = 0) -> None:
         self.requests: list[httpx.Request] = []
         self.answers: dict[str, list[httpx.Response]] = {}
         self.size, self.part_size, self.etag, self.extra = size, part_size, etag, extra_urls
@@ -296,20 +311,26 @@ class Mock:
         if route == "POST /v1/uploads":
             self.opened += 1
             count = max(1, -(-self.size // self.part_size)) + self.extra
-            urls = [f"https://store.example/u{self.opened}/{n}?X-Amz-Signature=s{n}"
-                    for n in range(1, count + 1)]
-            return httpx.Response(200, json={"id": f"up{self.opened}", "urls": urls,
-                                             "part_size": self.part_size})
+            urls = [
+                f"https://store.example/u{self.opened}/{n}?X-Amz-Signature=s{n}" for n in range(1, count + 1)
+            ]
+            return httpx.Response(
+                200, json={"id": f"up{self.opened}", "urls": urls, "part_size": self.part_size}
+            )
         if request.method == "PUT":
-            return httpx.Response(200, headers={"etag": f'"e{request.url.path[-1]}"'}
-                                  if self.etag else {})
+            return httpx.Response(200, headers={"etag": f'"e{request.url.path[-1]}"'} if self.etag else {})
         if route.endswith("/complete"):
             return httpx.Response(200, json={"download_url": "https://cdn.example/f/x?sig=abc"})
         return httpx.Response(404, json={"detail": "Not Found"})
 
 
-def mock_upload(mock: Mock, tmp_path: Path, resume: dict[str, Any] | None = None,
-                now: Callable[[], float] = time.time, **kw: Any) -> Any:
+def mock_upload(
+    mock: Mock,
+    tmp_path: Path,
+    resume: dict[str, Any] | None = None,
+    now: Callable[[], float] = time.time,
+    **kw: Any,
+) -> Any:
     path = suite.make_file(tmp_path, mock.size)
     opts = WriftAIOptions(token=Secret(TOKEN), base_url="https://api.example/v1", **kw)
     with httpx.Client(transport=httpx.MockTransport(mock)) as client:
@@ -326,8 +347,10 @@ def test_wire_shape_of_uploads(tmp_path: Path) -> None:
     assert create.headers["Authorization"] == f"Bearer {TOKEN}"
     assert json.loads(create.content) == {"size": 25, "mime_type": "application/octet-stream"}
     assert [(p.headers["Content-Length"], p.headers["Content-Type"]) for p in puts] == [
-        ("10", "application/octet-stream"), ("10", "application/octet-stream"),
-        ("5", "application/octet-stream")]
+        ("10", "application/octet-stream"),
+        ("10", "application/octet-stream"),
+        ("5", "application/octet-stream"),
+    ]
     assert all("Authorization" not in p.headers for p in puts)
     assert json.loads(done.content) == {"etags": ['"e1"', '"e2"', '"e3"']}
     assert done.url.path == "/v1/uploads/up1/complete"
@@ -336,17 +359,29 @@ def test_wire_shape_of_uploads(tmp_path: Path) -> None:
 
 def test_wire_shape_of_urls(tmp_path: Path) -> None:
     mock = Mock(size=7, part_size=7)
-    mock.queue("POST /v1/files/urls", httpx.Response(200, json={
-        "upload_url": "https://store.example/put?X-Amz-Signature=s",
-        "download_url": "https://cdn.example/files/a/report.bin?X-Amz-Signature=t"}))
+    mock.queue(
+        "POST /v1/files/urls",
+        httpx.Response(
+            200,
+            json={
+                "upload_url": "https://store.example/put?X-Amz-Signature=s",
+                "download_url": "https://cdn.example/files/a/report.bin?X-Amz-Signature=t",
+            },
+        ),
+    )
     receipt = mock_upload(mock, tmp_path, protocol="urls")
     create, put = mock.requests
-    assert json.loads(create.content) == {"name": "report.bin", "size": 7,
-                                          "resource": "prediction",
-                                          "mime_type": "application/octet-stream"}
+    assert json.loads(create.content) == {
+        "name": "report.bin",
+        "size": 7,
+        "resource": "prediction",
+        "mime_type": "application/octet-stream",
+    }
     assert put.headers["Content-Length"] == "7" and "Authorization" not in put.headers
-    assert (receipt.remote_id, receipt.url) == ("/files/a/report.bin",
-                                                "https://cdn.example/files/a/report.bin")
+    assert (receipt.remote_id, receipt.url) == (
+        "/files/a/report.bin",
+        "https://cdn.example/files/a/report.bin",
+    )
 
 
 def test_a_part_without_etag_goes_on_like_the_sdk(tmp_path: Path) -> None:
@@ -393,8 +428,10 @@ def test_rate_limit_wait() -> None:
 
 def test_retry_after_header_wins_over_reset(tmp_path: Path) -> None:
     mock = Mock(size=5, part_size=5)
-    mock.queue("POST /v1/uploads", rate_limited({"Retry-After": "2",
-                                                 "x-ratelimit-reset": str(int(time.time()) + 60)}))
+    mock.queue(
+        "POST /v1/uploads",
+        rate_limited({"Retry-After": "2", "x-ratelimit-reset": str(int(time.time()) + 60)}),
+    )
     with pytest.raises(RetryableError) as info:
         mock_upload(mock, tmp_path)
     assert info.value.retry_after == 2.0
@@ -420,21 +457,31 @@ def test_sealer_round_trip_and_refusals() -> None:
 def test_options_in_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WRIFTAI_TEST_TOKEN", TOKEN)
     folder = '[[folders]]\npath = "in"\ndestination = "w"\n'
-    cfg = loads('[destinations.w]\ntype = "wriftai"\ntoken = "env:WRIFTAI_TEST_TOKEN"\n' + folder,
-                base_dir=tmp_path)
+    cfg = loads(
+        '[destinations.w]\ntype = "wriftai"\ntoken = "env:WRIFTAI_TEST_TOKEN"\n' + folder, base_dir=tmp_path
+    )
     opts = cfg.destinations["w"].options
     assert (opts.base_url, opts.protocol, opts.resource, opts.resume_parts) == (
-        "https://api.wrift.ai/v1", "uploads", "prediction", True)
+        "https://api.wrift.ai/v1",
+        "uploads",
+        "prediction",
+        True,
+    )
     assert opts.token.reveal() == TOKEN
-    bad = ('[destinations.w]\ntype = "wriftai"\ntoken = "env:WRIFTAI_TEST_TOKEN"\n'
-           'protocol = "multipart"\nresource = "model"\n' + folder)
+    bad = (
+        '[destinations.w]\ntype = "wriftai"\ntoken = "env:WRIFTAI_TEST_TOKEN"\n'
+        'protocol = "multipart"\nresource = "model"\n' + folder
+    )
     with pytest.raises(ConfigError) as info:
         loads(bad, base_dir=tmp_path)
     keys = [p.key for p in info.value.problems]
     assert keys == ["destinations.w.protocol", "destinations.w.resource"]
     with pytest.raises(ConfigError) as info:
-        loads('[destinations.w]\ntype = "wriftai"\ntoken = "x-literal-token"\n'
-              'base_url = "api.wrift.ai/v1"\n' + folder, base_dir=tmp_path)
+        loads(
+            '[destinations.w]\ntype = "wriftai"\ntoken = "x-literal-token"\n'
+            'base_url = "api.wrift.ai/v1"\n' + folder,
+            base_dir=tmp_path,
+        )
     assert "https://" in str(info.value) and "x-literal-token" not in str(info.value)
 
 
@@ -443,7 +490,8 @@ def test_options_in_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @rules(wriftai_empty_without_parts=True)  # urls: []
 def test_an_empty_file_completes_with_no_part_like_the_sdk(
-        target: Target, emulator: Emulator, tmp_path: Path) -> None:
+    target: Target, emulator: Emulator, tmp_path: Path
+) -> None:
     path = suite.make_file(tmp_path, 0)
     receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
     assert target.log("wriftai.put_part") == []
@@ -454,7 +502,8 @@ def test_an_empty_file_completes_with_no_part_like_the_sdk(
 
 @rules(wriftai_omit_etags=True)
 def test_parts_answered_without_an_etag_go_on_like_the_sdk(
-        target: Target, emulator: Emulator, tmp_path: Path) -> None:
+    target: Target, emulator: Emulator, tmp_path: Path
+) -> None:
     path = suite.make_file(tmp_path, 2 * PART + 1)
     receipt, sha = suite.attempt(target, path, None, suite.Checkpoints())
     assert len(part_puts(target)) == 3  # each part once: none is sent again
@@ -463,22 +512,25 @@ def test_parts_answered_without_an_etag_go_on_like_the_sdk(
 
 @pytest.mark.parametrize("protocol", ["uploads", "urls"])
 def test_the_receipt_keeps_the_signed_download_url_sealed(
-        emulator: Emulator, http_client: httpx.Client, tmp_path: Path, clock: Clock,
-        protocol: str) -> None:
+    emulator: Emulator, http_client: httpx.Client, tmp_path: Path, clock: Clock, protocol: str
+) -> None:
     dest = WriftAIDestination("w", options(emulator, protocol=protocol), http_client)
     path = suite.make_file(tmp_path, 2 * PART + 1)
-    receipt, sha = suite.attempt(Target("wriftai", dest, emulator, "wriftai", PART, "", "",
-                                        lambda: [], frozenset()), path, None,
-                                 suite.Checkpoints())
+    receipt, sha = suite.attempt(
+        Target("wriftai", dest, emulator, "wriftai", PART, "", "", lambda: [], frozenset()),
+        path,
+        None,
+        suite.Checkpoints(),
+    )
     stored = json.loads(json.dumps(receipt.to_json()))  # as the ledger keeps it
     assert "Signature" not in json.dumps(stored) and "?" not in stored["url"]
     assert httpx.get(stored["url"]).status_code == 403  # without its signature it is useless
-    assert stored["url_expires_at"] == time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                     time.gmtime(math.ceil(clock.now + TTL)))
+    assert stored["url_expires_at"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(clock.now + TTL))
+    )
     whole = WriftAIDestination.reveal_receipt(options(emulator), stored)
     assert "sealed_urls" not in whole and whole["url"].startswith(stored["url"] + "?")
     r = httpx.get(whole["url"])
     assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == sha
     with pytest.raises(ValueError, match="another secret"):
-        WriftAIDestination.reveal_receipt(options(emulator, token=Secret("rotated-token")),
-                                          stored)
+        WriftAIDestination.reveal_receipt(options(emulator, token=Secret("rotated-token")), stored)

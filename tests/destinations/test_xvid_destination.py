@@ -83,8 +83,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
-    with Emulator(tmp_path / "data", xvid_client=f"{CLIENT}:{SECRET}", url_ttl=60,
-                  clock=clock) as emulator:
+    with Emulator(tmp_path / "data", xvid_client=f"{CLIENT}:{SECRET}", url_ttl=60, clock=clock) as emulator:
         yield emulator
 
 
@@ -102,13 +101,20 @@ def http() -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def make_dest(emu: Emulator, http: httpx.Client) -> Callable[..., XvidDestination]:
-    def make(*, client: httpx.Client | None = None, mono: Monotonic | None = None,
-             secret: str = SECRET, **kw: Any) -> XvidDestination:
+    def make(
+        *, client: httpx.Client | None = None, mono: Monotonic | None = None, secret: str = SECRET, **kw: Any
+    ) -> XvidDestination:
         kw.setdefault("chunk_size", 5 * MiB)
-        options = XvidOptions(client_id=CLIENT, client_secret=Secret(secret), pipeline_id=PIPELINE,
-                              base_url=emu.url + "/xvid/v1", **kw)
+        options = XvidOptions(
+            client_id=CLIENT,
+            client_secret=Secret(secret),
+            pipeline_id=PIPELINE,
+            base_url=emu.url + "/xvid/v1",
+            **kw,
+        )
         mono = mono or Monotonic()
         return XvidDestination("media", options, client or http, sleep=mono.sleep, clock=mono)
+
     return make
 
 
@@ -146,20 +152,30 @@ def make_file(tmp_path: Path, size: int, name: str = "clip.mp4") -> Path:
 def item_for(path: Path, relpath: str | None = None, **kw: Any) -> UploadItem:
     kw.setdefault("labels", ("legal", "review-needed"))
     kw.setdefault("category", "SOURCE")
-    return UploadItem(uuid=UUID, name=path.name, relpath=relpath or path.name,
-                      size=path.stat().st_size, content_type="video/mp4", **kw)
+    return UploadItem(
+        uuid=UUID,
+        name=path.name,
+        relpath=relpath or path.name,
+        size=path.stat().st_size,
+        content_type="video/mp4",
+        **kw,
+    )
 
 
-def attempt(dest: XvidDestination, path: Path, resume: dict[str, Any] | None = None,
-            checkpoint: Callable[[dict[str, Any]], None] | None = None, **kw: Any) -> Any:
+def attempt(
+    dest: XvidDestination,
+    path: Path,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    **kw: Any,
+) -> Any:
     st = path.stat()
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
         return dest.upload(item_for(path, **kw), source, resume, checkpoint or Checkpoints())
 
 
 def ops(emu: Emulator, op: str, status: int | None = None) -> list[dict[str, Any]]:
-    return [e for e in emu.requests()
-            if e["op"] == op and (status is None or e["status"] == status)]
+    return [e for e in emu.requests() if e["op"] == op and (status is None or e["status"] == status)]
 
 
 def stored(emu: Emulator) -> list[dict[str, Any]]:
@@ -168,13 +184,21 @@ def stored(emu: Emulator) -> list[dict[str, Any]]:
 
 def leftovers(emu: Emulator) -> list[str]:
     root = Path(emu.store.root) / "sessions" / "xvid"
-    return [str(p.parent.name) for p in root.glob("*/session.json")
-            if json.loads(p.read_text())["state"] == "active" or list(p.parent.glob("part-*"))]
+    return [
+        str(p.parent.name)
+        for p in root.glob("*/session.json")
+        if json.loads(p.read_text())["state"] == "active" or list(p.parent.glob("part-*"))
+    ]
 
 
 def get_token(http: httpx.Client, emu: Emulator, **form: str) -> httpx.Response:
-    body = {"grant_type": "client_credential", "client_id": CLIENT, "client_secret": SECRET,
-            "scope": "mediahub", **form}
+    body = {
+        "grant_type": "client_credential",
+        "client_id": CLIENT,
+        "client_secret": SECRET,
+        "scope": "mediahub",
+        **form,
+    }
     return http.post(emu.url + "/xvid/v1/oauth2/token/", data=body)
 
 
@@ -184,18 +208,20 @@ def bearer(http: httpx.Client, emu: Emulator) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def finish(http: httpx.Client, emu: Emulator, auth: dict[str, str], upload_id: str,
-           nb: int) -> httpx.Response:
-    return http.put(f"{emu.url}/xvid/v1/files/uploads/{upload_id}", headers=auth,
-                    json={"upload": {"nb_chunks": nb}})
+def finish(
+    http: httpx.Client, emu: Emulator, auth: dict[str, str], upload_id: str, nb: int
+) -> httpx.Response:
+    return http.put(
+        f"{emu.url}/xvid/v1/files/uploads/{upload_id}", headers=auth, json={"upload": {"nb_chunks": nb}}
+    )
 
 
 # -- destination: the token ---------------------------------------------------------------------
 
 
-def test_token_is_cached_and_replaced_before_it_expires(tmp_path: Path, emu: Emulator,
-                                                        make_dest: Callable[..., XvidDestination]
-                                                        ) -> None:
+def test_token_is_cached_and_replaced_before_it_expires(
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     mono = Monotonic()
     dest = make_dest(mono=mono)
     attempt(dest, make_file(tmp_path, 10, "a.mp4"))
@@ -208,8 +234,8 @@ def test_token_is_cached_and_replaced_before_it_expires(tmp_path: Path, emu: Emu
 
 
 def test_a_refused_token_is_replaced_and_the_call_repeated_once(
-        tmp_path: Path, emu: Emulator, service: XvidService,
-        make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, service: XvidService, make_dest: Callable[..., XvidDestination]
+) -> None:
     dest = make_dest()
     attempt(dest, make_file(tmp_path, 10, "a.mp4"))
     service.expire_tokens()  # revoked or expired early: Xvid answers 403 0x0000003
@@ -220,7 +246,8 @@ def test_a_refused_token_is_replaced_and_the_call_repeated_once(
 
 
 def test_bad_credentials_and_a_refused_scope_are_fatal(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     with pytest.raises(FatalError) as info:
         attempt(make_dest(secret="not-the-secret"), make_file(tmp_path, 10))
     assert info.value.status == 403 and "not-the-secret" not in str(info.value)
@@ -231,9 +258,13 @@ def test_bad_credentials_and_a_refused_scope_are_fatal(
 
 
 def test_no_token_secret_or_signature_in_logs_or_checkpoints(
-        tmp_path: Path, emu: Emulator, service: XvidService,
-        make_dest: Callable[..., XvidDestination], caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path,
+    emu: Emulator,
+    service: XvidService,
+    make_dest: Callable[..., XvidDestination],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     caplog.set_level(logging.DEBUG)
     issued: list[str] = []  # every policy and signature the emulator hands out
     sign = service._sign_policy
@@ -289,7 +320,8 @@ def form_fields(request: httpx.Request) -> list[tuple[str, bytes]]:
 
 
 def test_the_form_post_sends_every_field_then_the_file_last(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     capture = Capture()
     with httpx.Client(transport=capture, timeout=20) as client:
         path = make_file(tmp_path, 5 * MiB + 3)
@@ -301,28 +333,40 @@ def test_the_form_post_sends_every_field_then_the_file_last(
     for index, post in enumerate(posts):
         assert "Authorization" not in post.headers and "Content-Length" in post.headers
         names = [n for n, _ in form_fields(post)]
-        assert names == ["key", "acl", "success_action_status", "name", "filename", "chunk",
-                         "chunks", "policy", "signature", "AWSAccessKeyId", "file"]
+        assert names == [
+            "key",
+            "acl",
+            "success_action_status",
+            "name",
+            "filename",
+            "chunk",
+            "chunks",
+            "policy",
+            "signature",
+            "AWSAccessKeyId",
+            "file",
+        ]
         fields = dict(form_fields(post))
         assert (fields["chunk"], fields["chunks"]) == (str(index).encode(), b"2")
         # Each chunk its own S3 object: <form key>.chunkNNNNN (the documented assumption).
         assert fields["key"] == f"tmp/{PIPELINE}/uploads/{UUID}/clip.mp4.chunk{index:05d}".encode()
-        assert fields["file"] == data[index * 5 * MiB:(index + 1) * 5 * MiB]
+        assert fields["file"] == data[index * 5 * MiB : (index + 1) * 5 * MiB]
     put = next(r for r in capture.requests if r.method == "PUT")
     assert json.loads(put.content) == {"upload": {"nb_chunks": 2}}
     assert put.headers["Content-Type"] == "application/json"
     assert opened.url.params["pipeline_id"] == PIPELINE and "expires_at" not in opened.url.params
 
 
-def test_expires_at_is_sent_when_set(tmp_path: Path, emu: Emulator,
-                                     make_dest: Callable[..., XvidDestination]) -> None:
+def test_expires_at_is_sent_when_set(
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     attempt(make_dest(expires_at=0), make_file(tmp_path, 1))
     assert stored(emu)[0]["expires_at"] == 0
 
 
 def test_an_expired_policy_opens_a_new_session_within_the_call(
-        tmp_path: Path, emu: Emulator, clock: Clock, make_dest: Callable[..., XvidDestination]
-        ) -> None:
+    tmp_path: Path, emu: Emulator, clock: Clock, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 2 * 5 * MiB + 100)
     expired: list[bool] = []
 
@@ -345,7 +389,8 @@ def test_an_expired_policy_opens_a_new_session_within_the_call(
 
 
 def test_a_restarted_daemon_resumes_with_the_sealed_form(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 3 * 5 * MiB + 1)
     crashing = Checkpoints(crash_when=lambda s: len(s["parts"]) == 2)
     with pytest.raises(Crash):
@@ -361,7 +406,8 @@ def test_a_restarted_daemon_resumes_with_the_sealed_form(
 
 
 def test_a_form_that_cannot_be_unsealed_means_a_new_session(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 2 * 5 * MiB + 1)
     crashing = Checkpoints(crash_when=lambda s: len(s["parts"]) == 1)
     with pytest.raises(Crash):
@@ -378,8 +424,10 @@ def test_a_form_that_cannot_be_unsealed_means_a_new_session(
 
 
 def test_seal_is_bound_to_the_secret_and_the_upload() -> None:
-    form = {"url": "https://s3.example/bucket/", "fields": {"key": "tmp/p/x", "policy": "cG9s",
-                                                            "signature": "c2ln"}}
+    form = {
+        "url": "https://s3.example/bucket/",
+        "fields": {"key": "tmp/p/x", "policy": "cG9s", "signature": "c2ln"},
+    }
     sealed = seal("secret-1", "upload-1", form)
     assert "c2ln" not in sealed and "s3.example" not in sealed
     assert unseal("secret-1", "upload-1", sealed) == form
@@ -389,8 +437,9 @@ def test_seal_is_bound_to_the_secret_and_the_upload() -> None:
     assert seal("secret-1", "upload-1", form) != sealed  # a fresh nonce every time
 
 
-def test_after_the_put_a_resume_only_polls(tmp_path: Path, emu: Emulator,
-                                           make_dest: Callable[..., XvidDestination]) -> None:
+def test_after_the_put_a_resume_only_polls(
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 5 * MiB + 1)
     crashing = Checkpoints(crash_when=lambda s: s["session"].get("finished") is True)
     with pytest.raises(Crash):
@@ -406,8 +455,12 @@ def test_after_the_put_a_resume_only_polls(tmp_path: Path, emu: Emulator,
 
 
 def test_a_long_completion_is_retried_by_polling_only(
-        tmp_path: Path, emu: Emulator, service: XvidService, monkeypatch: pytest.MonkeyPatch,
-        make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path,
+    emu: Emulator,
+    service: XvidService,
+    monkeypatch: pytest.MonkeyPatch,
+    make_dest: Callable[..., XvidDestination],
+) -> None:
     path = make_file(tmp_path, 100)
     checkpoints = Checkpoints()
     mono = Monotonic()
@@ -423,7 +476,8 @@ def test_a_long_completion_is_retried_by_polling_only(
 
 
 def test_abort_leaves_a_finished_upload_alone(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     dest = make_dest()
     checkpoints = Checkpoints()
     attempt(dest, make_file(tmp_path, 10), checkpoint=checkpoints)
@@ -437,36 +491,46 @@ def test_abort_leaves_a_finished_upload_alone(
 
 
 def test_object_key_placeholders(tmp_path: Path) -> None:
-    item = UploadItem(uuid=UUID, name="a b.mov", relpath="sub/dir/a b.mov", size=1,
-                      content_type="video/quicktime", labels=("legal", "review/needed", "a,b"),
-                      category="SOURCE")
+    item = UploadItem(
+        uuid=UUID,
+        name="a b.mov",
+        relpath="sub/dir/a b.mov",
+        size=1,
+        content_type="video/quicktime",
+        labels=("legal", "review/needed", "a,b"),
+        category="SOURCE",
+    )
     mtime_ns = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
     template = "{category}/{labels}/{date}/{uuid}/{relpath}|{name}"
     assert render_object_key(template, item, mtime_ns) == (
-        f"SOURCE/legal,review_needed,a_b/2026-01-01/{UUID}/sub/dir/a b.mov|a b.mov")
+        f"SOURCE/legal,review_needed,a_b/2026-01-01/{UUID}/sub/dir/a b.mov|a b.mov"
+    )
     bare = UploadItem(uuid=UUID, name="x\ny", relpath="x\ny", size=1, content_type="t")
-    assert render_object_key("uploads/{category}/{labels}/{relpath}", bare, 0) == \
-        "uploads/none/none/x_y"
+    assert render_object_key("uploads/{category}/{labels}/{relpath}", bare, 0) == "uploads/none/none/x_y"
     assert render_object_key("{{literal}}/{name}", bare, 0) == "{literal}/x_y"
 
 
-@pytest.mark.parametrize(("template", "message"), [
-    ("uploads/{relpath}/{foo}", "unknown placeholder {foo}"),
-    ("uploads/{name:>10}", "unknown placeholder {name:>10}"),
-    ("uploads/{name!r}", "unknown placeholder {name!r}"),
-    ("uploads/{relpath", "literal brace"),
-    ("uploads/{category}/{labels}", "needs {relpath}, {name} or {uuid}"),
-    ("/uploads/{relpath}", "relative to the pipeline root"),
-    ("uploads/{}", "unknown placeholder {}"),
-])
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("uploads/{relpath}/{foo}", "unknown placeholder {foo}"),
+        ("uploads/{name:>10}", "unknown placeholder {name:>10}"),
+        ("uploads/{name!r}", "unknown placeholder {name!r}"),
+        ("uploads/{relpath", "literal brace"),
+        ("uploads/{category}/{labels}", "needs {relpath}, {name} or {uuid}"),
+        ("/uploads/{relpath}", "relative to the pipeline root"),
+        ("uploads/{}", "unknown placeholder {}"),
+    ],
+)
 def test_object_key_template_validation(template: str, message: str) -> None:
     with pytest.raises(ValueError, match="object_key: ") as info:
         check_template(template)
     assert message in str(info.value)
 
 
-def test_a_bad_template_is_a_config_error_with_its_table(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_template_is_a_config_error_with_its_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XVID_TEST_SECRET", SECRET)
     text = f"""
 [destinations.media]
@@ -496,7 +560,8 @@ destination = "media"
 
 
 def test_the_object_key_carries_labels_and_category(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     dest = make_dest(object_key="media/{category}/{labels}/{uuid}/{relpath}")
     path = make_file(tmp_path, 10)
     receipt = attempt(dest, path, relpath="2026/clip.mp4")
@@ -506,11 +571,12 @@ def test_the_object_key_carries_labels_and_category(
     assert row["filename"] == "clip.mp4"
 
 
-@pytest.mark.parametrize("name", ["ünïcödé file.mp4", 'quote"d.mp4', "per%46cent+plus.mp4",
-                                  "a\u201bFE.mp4", "semi;colon&amp.mp4"])
+@pytest.mark.parametrize(
+    "name", ["ünïcödé file.mp4", 'quote"d.mp4', "per%46cent+plus.mp4", "a\u201bFE.mp4", "semi;colon&amp.mp4"]
+)
 def test_weird_names_reach_the_object_key_intact(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination],
-        name: str) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination], name: str
+) -> None:
     path = make_file(tmp_path, 10, name)
     receipt = attempt(make_dest(), path, relpath=f"dir with space/{name}")
     (row,) = stored(emu)
@@ -522,7 +588,8 @@ def test_weird_names_reach_the_object_key_intact(
 
 
 def test_a_file_is_one_form_post_up_to_5_gib_by_default(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE)
     assert options.chunk_size == 5 * 1024**3  # S3's POST limit: chunking only when it must
     path = make_file(tmp_path, 12 * MiB)
@@ -533,7 +600,8 @@ def test_a_file_is_one_form_post_up_to_5_gib_by_default(
 
 
 def test_multi_chunk_uploads_put_each_chunk_under_its_own_key(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 2 * 5 * MiB + 7)
     attempt(make_dest(), path)
     (row,) = stored(emu)
@@ -541,54 +609,74 @@ def test_multi_chunk_uploads_put_each_chunk_under_its_own_key(
     assert chunk_key("tmp/p/a.mp4", 2) == "tmp/p/a.mp4.chunk00002"
 
 
-@pytest.mark.parametrize("template", ["uploads/../{relpath}", "uploads//{name}", "{name}/",
-                                      "./{relpath}", "a/./{uuid}", "..{name}/../x"])
+@pytest.mark.parametrize(
+    "template",
+    ["uploads/../{relpath}", "uploads//{name}", "{name}/", "./{relpath}", "a/./{uuid}", "..{name}/../x"],
+)
 def test_object_key_templates_cannot_climb_or_leave_empty_segments(template: str) -> None:
     with pytest.raises(ValueError, match="empty, '.' or '..' segment"):
         check_template(template)
 
 
-def test_object_key_values_cannot_climb(tmp_path: Path, emu: Emulator, http: httpx.Client,
-                                        make_dest: Callable[..., XvidDestination]) -> None:
-    item = UploadItem(uuid=UUID, name="a.mp4", relpath="a.mp4", size=1, content_type="t",
-                      labels=("..",), category=".")
+def test_object_key_values_cannot_climb(
+    tmp_path: Path, emu: Emulator, http: httpx.Client, make_dest: Callable[..., XvidDestination]
+) -> None:
+    item = UploadItem(
+        uuid=UUID, name="a.mp4", relpath="a.mp4", size=1, content_type="t", labels=("..",), category="."
+    )
     assert render_object_key("in/{labels}/{category}/{name}", item, 0) == "in/__/_/a.mp4"
     assert render_object_key(".{category}/{name}", item, 0) == "._/a.mp4"  # never ".."
-    dots = UploadItem(uuid=UUID, name="a.mp4", relpath="../x/./a.mp4", size=1,
-                      content_type="t")  # not a path a watched folder can hold; still safe
+    dots = UploadItem(
+        uuid=UUID, name="a.mp4", relpath="../x/./a.mp4", size=1, content_type="t"
+    )  # not a path a watched folder can hold; still safe
     assert render_object_key("in/{relpath}", dots, 0) == "in/__/x/_/a.mp4"
-    receipt = attempt(make_dest(object_key="in/{labels}/{name}"), make_file(tmp_path, 3),
-                      labels=("..",))
+    receipt = attempt(make_dest(object_key="in/{labels}/{name}"), make_file(tmp_path, 3), labels=("..",))
     assert receipt.remote_id == "in/__/clip.mp4"
     auth = bearer(http, emu)
-    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
-                   params={"object_key": "a/../../b", "pipeline_id": PIPELINE})
+    r = http.post(
+        emu.url + "/xvid/v1/files/uploads/",
+        headers=auth,
+        params={"object_key": "a/../../b", "pipeline_id": PIPELINE},
+    )
     assert r.status_code == 400 and "'..'" in r.json()["error"]["error_message"]
 
 
 def test_the_default_key_keeps_folders_sharing_a_destination_apart() -> None:
     options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE)
     a = UploadItem(uuid=UUID, name="r.mp4", relpath="2026/r.mp4", size=1, content_type="t")
-    b = UploadItem(uuid="7f0c1d2e-0000-4000-8000-000000000001", name="r.mp4",
-                   relpath="2026/r.mp4", size=1, content_type="t")  # same relpath, other folder
+    b = UploadItem(
+        uuid="7f0c1d2e-0000-4000-8000-000000000001",
+        name="r.mp4",
+        relpath="2026/r.mp4",
+        size=1,
+        content_type="t",
+    )  # same relpath, other folder
     keys = {render_object_key(options.object_key, item, 0) for item in (a, b)}
-    assert keys == {f"uploads/{UUID}/2026/r.mp4",
-                    "uploads/7f0c1d2e-0000-4000-8000-000000000001/2026/r.mp4"}
+    assert keys == {f"uploads/{UUID}/2026/r.mp4", "uploads/7f0c1d2e-0000-4000-8000-000000000001/2026/r.mp4"}
 
 
 def test_the_upload_path_without_slash_redirects_and_the_api_follows(
-        http: httpx.Client, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    http: httpx.Client, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     auth = bearer(http, emu)
-    r = http.post(emu.url + "/xvid/v1/files/uploads", headers=auth,
-                  params={"object_key": "a.mp4", "pipeline_id": PIPELINE})
+    r = http.post(
+        emu.url + "/xvid/v1/files/uploads",
+        headers=auth,
+        params={"object_key": "a.mp4", "pipeline_id": PIPELINE},
+    )
     assert r.status_code == 301
-    assert r.headers["Location"] == (f"{emu.url}/xvid/v1/files/uploads/?object_key=a.mp4"
-                                     f"&pipeline_id={PIPELINE}")
-    data = make_dest().api.call("POST", "/files/uploads", what="open",
-                                params={"object_key": "b.mp4", "pipeline_id": PIPELINE})
+    assert r.headers["Location"] == (
+        f"{emu.url}/xvid/v1/files/uploads/?object_key=a.mp4&pipeline_id={PIPELINE}"
+    )
+    data = make_dest().api.call(
+        "POST", "/files/uploads", what="open", params={"object_key": "b.mp4", "pipeline_id": PIPELINE}
+    )
     assert data["upload"]["object_key"] == "b.mp4"  # the same POST, query kept, at the slash
-    assert [e["status"] for e in emu.requests() if e["op"] in ("xvid.redirect", "xvid.open")] \
-        == [301, 301, 200]
+    assert [e["status"] for e in emu.requests() if e["op"] in ("xvid.redirect", "xvid.open")] == [
+        301,
+        301,
+        200,
+    ]
 
 
 def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> None:
@@ -596,8 +684,7 @@ def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> N
 
     def handler(request: httpx.Request) -> httpx.Response:
         request.read()
-        seen.append((request.method, str(request.url), request.content,
-                     request.headers.get("Authorization")))
+        seen.append((request.method, str(request.url), request.content, request.headers.get("Authorization")))
         if request.url.path == "/v1/oauth2/token/":
             return httpx.Response(200, json={"access_token": "tok-1234", "expires_in": "7200"})
         if request.url.path == "/v1/files/uploads/x":
@@ -606,12 +693,17 @@ def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> N
             return httpx.Response(200, json={"ok": True})
         return httpx.Response(301, headers={"Location": "https://elsewhere.example/v1/steal"})
 
-    options = XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE,
-                          base_url="https://xvid.example/v1")
+    options = XvidOptions(
+        client_id=CLIENT,
+        client_secret=Secret(SECRET),
+        pipeline_id=PIPELINE,
+        base_url="https://xvid.example/v1",
+    )
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         dest = XvidDestination("media", options, client)
-        assert dest.api.call("PUT", "/files/uploads/x", what="finish",
-                             body={"upload": {"nb_chunks": 1}}) == {"ok": True}
+        assert dest.api.call("PUT", "/files/uploads/x", what="finish", body={"upload": {"nb_chunks": 1}}) == {
+            "ok": True
+        }
         method, url, body, _ = seen[-1]
         assert (method, url) == ("PUT", "https://xvid.example/v1/files/uploads/x/")
         assert json.loads(body) == {"upload": {"nb_chunks": 1}}
@@ -621,8 +713,8 @@ def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> N
 
 
 def test_an_undocumented_final_status_without_a_file_is_retried_then_reported(
-        tmp_path: Path, emu: Emulator, service: XvidService,
-        make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, service: XvidService, make_dest: Callable[..., XvidDestination]
+) -> None:
     """Only UPLOADING and COMPLETING are documented: FAILED is not read as "start over"."""
     path = make_file(tmp_path, 5 * MiB + 1)
     checkpoints = Checkpoints()
@@ -643,7 +735,8 @@ def test_an_undocumented_final_status_without_a_file_is_retried_then_reported(
 
 
 def test_a_400_to_the_put_is_not_read_as_already_finished(
-        tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     emu.set_faults(script=[{"op": "xvid.finish", "status": 400}])
     with pytest.raises(PermanentError, match="refused nb_chunks=1"):
         attempt(make_dest(), make_file(tmp_path, 100))
@@ -651,8 +744,8 @@ def test_a_400_to_the_put_is_not_read_as_already_finished(
 
 
 def test_a_put_whose_answer_was_lost_is_not_sent_again(
-        http: httpx.Client, tmp_path: Path, emu: Emulator,
-        make_dest: Callable[..., XvidDestination]) -> None:
+    http: httpx.Client, tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
+) -> None:
     path = make_file(tmp_path, 5 * MiB + 1)
     crashing = Checkpoints(crash_when=lambda s: len(s.get("parts") or {}) == 2)
     with pytest.raises(Crash):
@@ -667,9 +760,9 @@ def test_a_put_whose_answer_was_lost_is_not_sent_again(
     assert ops(emu, "xvid.finish") == [] and stored(emu)[0]["times_received"] == 1
 
 
-def test_check_warns_when_objects_will_expire(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_warns_when_objects_will_expire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from syncd import cli
 
     monkeypatch.setenv("XVID_TEST_SECRET", SECRET)
@@ -694,18 +787,26 @@ destination = "media"
         return capsys.readouterr().out
 
     out = check("")
-    assert "warning: xvid deletes the objects uploaded from this folder 7 days after upload" \
-        in out and "moves each local file to the archive" in out and "expires_at = 0" in out
+    assert (
+        "warning: xvid deletes the objects uploaded from this folder 7 days after upload" in out
+        and "moves each local file to the archive" in out
+        and "expires_at = 0" in out
+    )
     assert "2001-09-09T01:46:40Z" in check("expires_at = 1000000000")  # and it has passed
     assert "has passed" in check("expires_at = 1000000000")
     assert "deletes the objects" not in check("expires_at = 0")
-    assert XvidDestination.check_warnings(
-        XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE,
-                    expires_at=0), None) == []
+    assert (
+        XvidDestination.check_warnings(
+            XvidOptions(client_id=CLIENT, client_secret=Secret(SECRET), pipeline_id=PIPELINE, expires_at=0),
+            None,
+        )
+        == []
+    )
 
 
 def test_the_receipt_says_when_the_object_expires(
-        tmp_path: Path, make_dest: Callable[..., XvidDestination]) -> None:
+    tmp_path: Path, make_dest: Callable[..., XvidDestination]
+) -> None:
     kept = attempt(make_dest(expires_at=0), make_file(tmp_path, 3, "a.mp4"))
     assert kept.details["expires"] == "never"
     default = attempt(make_dest(), make_file(tmp_path, 3, "b.mp4"))

@@ -44,8 +44,13 @@ def clock() -> Clock:
 @pytest.fixture
 def emu(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
     """More Emulator options by indirect parametrization."""
-    with Emulator(tmp_path / "data", apivideo_token=TOKEN, apivideo_key=KEY,
-                  clock=clock, **getattr(request, "param", {})) as emulator:
+    with Emulator(
+        tmp_path / "data",
+        apivideo_token=TOKEN,
+        apivideo_key=KEY,
+        clock=clock,
+        **getattr(request, "param", {}),
+    ) as emulator:
         yield emulator
 
 
@@ -59,16 +64,23 @@ def basic(key: str = KEY, password: str = "") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()}
 
 
-def post_chunk(http: httpx.Client, data: bytes, content_range: str | None = None, *,
-               video_id: str | None = None, token: str = TOKEN, filename: str = "clip.mp4",
-               path: str = "/upload", headers: dict[str, str] | None = None) -> httpx.Response:
+def post_chunk(
+    http: httpx.Client,
+    data: bytes,
+    content_range: str | None = None,
+    *,
+    video_id: str | None = None,
+    token: str = TOKEN,
+    filename: str = "clip.mp4",
+    path: str = "/upload",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     form = {"videoId": video_id} if video_id else None
     hdrs = dict(headers or {})
     if content_range is not None:
         hdrs["Content-Range"] = content_range
     params = {"token": token} if path == "/upload" else None
-    return http.post(path, params=params, data=form, files={"file": (filename, data)},
-                     headers=hdrs)
+    return http.post(path, params=params, data=form, files={"file": (filename, data)}, headers=hdrs)
 
 
 def problem(response: httpx.Response) -> tuple[int, str, str]:
@@ -84,8 +96,9 @@ UPLOAD_OPS = ("apivideo.upload", "apivideo.upload_source")  # the token route, t
 
 
 def uploads_logged(emu: Emulator, ok_only: bool = True) -> list[int]:
-    return [e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS
-            and (not ok_only or e["status"] == 201)]
+    return [
+        e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS and (not ok_only or e["status"] == 201)
+    ]
 
 
 def service(emu: Emulator) -> ApiVideoService:
@@ -124,12 +137,16 @@ def test_every_response_has_rate_limit_headers(emu: Emulator, http: httpx.Client
     emu.set_faults(script=[{"op": "apivideo.upload", "kind": "429", "retry_after": 7}])
     limited = post_chunk(http, b"x", "bytes 0-0/1")
     for r in (ok, bad, nothing, limited):
-        assert all(h in r.headers for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining",
-                                            "X-RateLimit-Retry-After")), r.headers
+        assert all(
+            h in r.headers for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Retry-After")
+        ), r.headers
     assert limited.status_code == 429
     assert limited.headers["Retry-After"] == limited.headers["X-RateLimit-Retry-After"] == "7"
-    assert limited.json() == {"type": "https://docs.api.video/reference/too-many-requests",
-                              "title": "Too many requests.", "status": 429}
+    assert limited.json() == {
+        "type": "https://docs.api.video/reference/too-many-requests",
+        "title": "Too many requests.",
+        "status": 429,
+    }
     assert limited.headers["Content-Type"] == "application/problem+json"
 
 
@@ -143,17 +160,23 @@ def test_injected_5xx_is_problem_json(emu: Emulator, http: httpx.Client) -> None
 
 def test_unknown_token_is_404_and_stores_nothing(emu: Emulator, http: httpx.Client) -> None:
     assert problem(post_chunk(http, b"x", "bytes 0-0/1", token="to-wrong")) == (
-        404, "resource-not-found", "token")
+        404,
+        "resource-not-found",
+        "token",
+    )
     r = http.post("/upload", files={"file": ("a.mp4", b"x")})  # no token at all
     assert r.status_code == 404
     assert stored(emu) == [] and service(emu).unfinished() == []
 
 
-@pytest.mark.parametrize("files, slug", [
-    ({"other": (None, "x")}, "uploaded-file-no-file"),  # a form without a file field
-    ({"file": ("a.mp4", b"")}, "uploaded-file-no-file"),
-    ([("file", ("a.mp4", b"1")), ("file", ("b.mp4", b"2"))], "uploaded-file-multiple-files"),
-])
+@pytest.mark.parametrize(
+    "files, slug",
+    [
+        ({"other": (None, "x")}, "uploaded-file-no-file"),  # a form without a file field
+        ({"file": ("a.mp4", b"")}, "uploaded-file-no-file"),
+        ([("file", ("a.mp4", b"1")), ("file", ("b.mp4", b"2"))], "uploaded-file-multiple-files"),
+    ],
+)
 def test_file_field_rules(emu: Emulator, http: httpx.Client, files: Any, slug: str) -> None:
     r = http.post("/upload", params={"token": TOKEN}, files=files)
     assert problem(r)[:2] == (400, slug)
@@ -161,13 +184,19 @@ def test_file_field_rules(emu: Emulator, http: httpx.Client, files: Any, slug: s
 
 
 def test_not_multipart_is_refused(http: httpx.Client) -> None:
-    r = http.post("/upload", params={"token": TOKEN}, content=b"raw bytes",
-                  headers={"Content-Type": "application/octet-stream"})
+    r = http.post(
+        "/upload",
+        params={"token": TOKEN},
+        content=b"raw bytes",
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 400
 
 
-@pytest.mark.parametrize("header", ["bytes 0-9/5", "bytes 5-2/10", "bytes=0-9/10", "part 0/3",
-                                    "part 4/3", "parts 1/2", "bytes 0-8/10"])
+@pytest.mark.parametrize(
+    "header",
+    ["bytes 0-9/5", "bytes 5-2/10", "bytes=0-9/10", "part 0/3", "part 4/3", "parts 1/2", "bytes 0-8/10"],
+)
 def test_malformed_content_range(emu: Emulator, http: httpx.Client, header: str) -> None:
     r = post_chunk(http, os.urandom(10), header)
     assert problem(r)[:2] == (400, "video-content-range-malformed"), header
@@ -183,31 +212,32 @@ def test_byte_chunks_rules(emu: Emulator, http: httpx.Client) -> None:
     assert first.status_code == 201 and "assets" not in first.json()
     vid = first.json()["videoId"]
     # Without videoId a later chunk cannot be placed.
-    assert problem(post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}"))[1:] \
-        == ("attribute-required", "videoId")
+    assert problem(post_chunk(http, data[C : 2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}"))[1:] == (
+        "attribute-required",
+        "videoId",
+    )
     # A gap is refused; the held range sent again is the documented "range overlap" error
     # (docs.api.video reference/video-content-range-by-bytes-range-overlap), storing nothing.
-    gap = post_chunk(http, data[C + 1:2 * C + 1], f"bytes {C + 1}-{2 * C}/{len(data)}",
-                     video_id=vid)
+    gap = post_chunk(http, data[C + 1 : 2 * C + 1], f"bytes {C + 1}-{2 * C}/{len(data)}", video_id=vid)
     assert problem(gap)[:2] == (400, "video-content-range-malformed")
     again = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{len(data)}", video_id=vid)
     assert problem(again) == (400, "video-content-range-by-bytes-range-overlap", "Content-Range")
-    assert again.json()["detail"] == f"bytes 0-{C - 1} are held; the next chunk starts at " \
-        f"byte {C}"
-    other_total = post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data) + 1}",
-                             video_id=vid)
+    assert again.json()["detail"] == f"bytes 0-{C - 1} are held; the next chunk starts at byte {C}"
+    other_total = post_chunk(http, data[C : 2 * C], f"bytes {C}-{2 * C - 1}/{len(data) + 1}", video_id=vid)
     assert problem(other_total)[:2] == (400, "video-content-range-malformed")
-    mixed = post_chunk(http, data[C:2 * C], "part 2/3", video_id=vid)
+    mixed = post_chunk(http, data[C : 2 * C], "part 2/3", video_id=vid)
     assert problem(mixed)[:2] == (400, "video-content-range-malformed")
-    assert post_chunk(http, data[C:2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}",
-                      video_id=vid).status_code == 201
-    last = post_chunk(http, data[2 * C:], f"bytes {2 * C}-{len(data) - 1}/{len(data)}",
-                      video_id=vid)
+    assert (
+        post_chunk(http, data[C : 2 * C], f"bytes {C}-{2 * C - 1}/{len(data)}", video_id=vid).status_code
+        == 201
+    )
+    last = post_chunk(http, data[2 * C :], f"bytes {2 * C}-{len(data) - 1}/{len(data)}", video_id=vid)
     assert last.status_code == 201 and "assets" in last.json()
     (row,) = stored(emu)
     assert row["sha256"] == hashlib.sha256(data).hexdigest() and row["chunks"] == 3
-    assert problem(post_chunk(http, data[2 * C:], f"bytes {2 * C}-{len(data) - 1}/{len(data)}",
-                              video_id=vid)) == (400, "video-source-already-uploaded", "file")
+    assert problem(
+        post_chunk(http, data[2 * C :], f"bytes {2 * C}-{len(data) - 1}/{len(data)}", video_id=vid)
+    ) == (400, "video-source-already-uploaded", "file")
     assert stored(emu)[0]["times_received"] == 1
 
 
@@ -216,8 +246,7 @@ def test_part_chunks_any_order_and_progressive(emu: Emulator, http: httpx.Client
     vid = post_chunk(http, a, "part 1/3").json()["videoId"]
     assert post_chunk(http, c, "part 3/3", video_id=vid).status_code == 201
     again = post_chunk(http, a, "part 1/3", video_id=vid)  # sent again: documented error
-    assert problem(again) == (400, "video-content-range-by-part-part-already-sent",
-                              "Content-Range")
+    assert problem(again) == (400, "video-content-range-by-part-part-already-sent", "Content-Range")
     assert stored(emu) == []
     done = post_chunk(http, b, "part 2/3", video_id=vid)
     assert "assets" in done.json()
@@ -229,8 +258,7 @@ def test_part_chunks_any_order_and_progressive(emu: Emulator, http: httpx.Client
     assert stored(emu)[1]["sha256"] == hashlib.sha256(a + c).hexdigest()
 
 
-def test_part_chunks_without_video_id_follow_the_open_upload(emu: Emulator,
-                                                             http: httpx.Client) -> None:
+def test_part_chunks_without_video_id_follow_the_open_upload(emu: Emulator, http: httpx.Client) -> None:
     """api.video-python 1.4.7's upload_with_upload_token never sends videoId."""
     a, b = os.urandom(C), os.urandom(3)
     assert post_chunk(http, a, "part 1/2").status_code == 201
@@ -244,8 +272,7 @@ def test_part_chunks_without_video_id_follow_the_open_upload(emu: Emulator,
     # Another token never picks up this token's uploads.
     r = http.post("/upload-tokens", json={"ttl": 0}, headers=basic())
     other = r.json()["token"]
-    assert problem(post_chunk(http, b, "part 2/2", token=other))[1:] == (
-        "attribute-required", "videoId")
+    assert problem(post_chunk(http, b, "part 2/2", token=other))[1:] == ("attribute-required", "videoId")
 
 
 def test_api_key_auth(emu: Emulator, http: httpx.Client) -> None:
@@ -254,15 +281,18 @@ def test_api_key_auth(emu: Emulator, http: httpx.Client) -> None:
     assert http.get("/videos", headers=basic("wrong")).status_code == 401
     assert http.get("/videos", headers=basic()).status_code == 200
     assert problem(http.post("/auth/api-key", json={"apiKey": "wrong"}))[:2] == (
-        400, "authentication-invalid-user-credentials")
+        400,
+        "authentication-invalid-user-credentials",
+    )
     tokens = http.post("/auth/api-key", json={"apiKey": KEY}).json()
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 3600
     bearer = {"Authorization": "Bearer " + tokens["access_token"]}
     assert http.get("/videos", headers=bearer).status_code == 200
     again = http.post("/auth/refresh", json={"refreshToken": tokens["refresh_token"]})
     assert again.status_code == 200
-    assert http.post("/auth/refresh", json={"refreshToken": tokens["refresh_token"]}
-                     ).status_code == 400  # a refresh token is used once
+    assert (
+        http.post("/auth/refresh", json={"refreshToken": tokens["refresh_token"]}).status_code == 400
+    )  # a refresh token is used once
 
 
 def test_access_tokens_expire(emu: Emulator, http: httpx.Client, clock: Clock) -> None:
@@ -287,36 +317,41 @@ def test_upload_tokens(emu: Emulator, http: httpx.Client, clock: Clock) -> None:
     assert http.delete(f"/upload-tokens/{forever['token']}", headers=basic()).status_code == 204
     assert post_chunk(http, b"x", "bytes 0-0/1", token=forever["token"]).status_code == 404
     assert problem(http.post("/upload-tokens", json={"ttl": -1}, headers=basic()))[1:] == (
-        "invalid-attribute", "ttl")
+        "invalid-attribute",
+        "ttl",
+    )
 
 
 def test_videos_crud_status_and_source(emu: Emulator, http: httpx.Client) -> None:
-    assert problem(http.post("/videos", json={}, headers=basic()))[1:] == (
-        "attribute-required", "title")
-    assert problem(http.post("/videos", json={"title": "t", "tags": "x"}, headers=basic()))[1:] \
-        == ("invalid-attribute", "tags")
+    assert problem(http.post("/videos", json={}, headers=basic()))[1:] == ("attribute-required", "title")
+    assert problem(http.post("/videos", json={"title": "t", "tags": "x"}, headers=basic()))[1:] == (
+        "invalid-attribute",
+        "tags",
+    )
     meta = [{"key": "category", "value": "SOURCE"}, {"key": "syncd-uuid", "value": UUID}]
-    r = http.post("/videos", json={"title": "Talk", "tags": ["a", "b"], "metadata": meta},
-                  headers=basic())
+    r = http.post("/videos", json={"title": "Talk", "tags": ["a", "b"], "metadata": meta}, headers=basic())
     assert r.status_code == 201
     vid = r.json()["videoId"]
     empty = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
     assert empty["receivedBytes"] == [] and empty["status"] == "uploading"
     found = http.get("/videos", params={"metadata[syncd-uuid]": UUID}, headers=basic()).json()
     assert [v["videoId"] for v in found["data"]] == [vid]
-    assert http.get("/videos", params={"metadata[syncd-uuid]": "other"},
-                    headers=basic()).json()["data"] == []
+    assert http.get("/videos", params={"metadata[syncd-uuid]": "other"}, headers=basic()).json()["data"] == []
     assert http.patch(f"/videos/{vid}", json={"tags": ["c"]}, headers=basic()).json()["tags"] == ["c"]
     data = os.urandom(C + 7)
     # The API-key source endpoint: chunks in the byte form, the id in the path.
     src = f"/videos/{vid}/source"
     assert post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 7}", path=src).status_code == 401
-    assert post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 7}", path=src,
-                      headers=basic()).status_code == 201
+    assert (
+        post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 7}", path=src, headers=basic()).status_code == 201
+    )
     status = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
-    assert status == {"status": "uploading", "filesize": C + 7,
-                      "receivedBytes": [{"from": 0, "to": C - 1, "total": C + 7}],
-                      "receivedParts": {"parts": [], "total": None}}
+    assert status == {
+        "status": "uploading",
+        "filesize": C + 7,
+        "receivedBytes": [{"from": 0, "to": C - 1, "total": C + 7}],
+        "receivedParts": {"parts": [], "total": None},
+    }
     post_chunk(http, data[C:], f"bytes {C}-{C + 6}/{C + 7}", path=src, headers=basic())
     status = http.get(f"/videos/{vid}/status", headers=basic()).json()["ingest"]
     assert status["status"] == "uploaded" and len(status["receivedBytes"]) == 2
@@ -325,7 +360,10 @@ def test_videos_crud_status_and_source(emu: Emulator, http: httpx.Client) -> Non
     assert http.delete(f"/videos/{vid}", headers=basic()).status_code == 204
     assert http.get(f"/videos/{vid}", headers=basic()).status_code == 404
     assert problem(http.get("/videos/vi-nope/status", headers=basic())) == (
-        404, "resource-not-found", "videoId")
+        404,
+        "resource-not-found",
+        "videoId",
+    )
 
 
 def test_part_form_status(emu: Emulator, http: httpx.Client) -> None:
@@ -337,11 +375,15 @@ def test_part_form_status(emu: Emulator, http: httpx.Client) -> None:
 
 def test_partial_uploads_survive_an_emulator_restart(tmp_path: Path) -> None:
     data = os.urandom(C + 5)
-    with Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu, \
-            httpx.Client(base_url=emu.url + "/apivideo") as http:
+    with (
+        Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu,
+        httpx.Client(base_url=emu.url + "/apivideo") as http,
+    ):
         vid = post_chunk(http, data[:C], f"bytes 0-{C - 1}/{C + 5}").json()["videoId"]
-    with Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu, \
-            httpx.Client(base_url=emu.url + "/apivideo") as http:
+    with (
+        Emulator(tmp_path / "d", apivideo_token=TOKEN, apivideo_key=KEY) as emu,
+        httpx.Client(base_url=emu.url + "/apivideo") as http,
+    ):
         assert service(emu).unfinished() == [f"{vid} (bytes, 1 chunk(s) held)"]
         r = post_chunk(http, data[C:], f"bytes {C}-{C + 4}/{C + 5}", video_id=vid)
         assert r.status_code == 201

@@ -47,9 +47,7 @@ def api(emu: Emulator) -> Iterator[httpx.Client]:
 
 def initiate(api: httpx.Client, name: str = "a.txt", size: int | None = 5) -> dict[str, Any]:
     meta = {} if size is None else {"size": size}
-    r = api.post(
-        "/v2/upload/s3/params", json={"filename": name, "type": "text/plain", "metadata": meta}
-    )
+    r = api.post("/v2/upload/s3/params", json={"filename": name, "type": "text/plain", "metadata": meta})
     assert r.status_code == 200, r.text
     params: dict[str, Any] = r.json()
     return params
@@ -69,9 +67,15 @@ def upload(api: httpx.Client, body: bytes = b"hello") -> httpx.Response:
 def test_start_sets_url_and_health_lists_services(emu: Emulator) -> None:
     assert emu.url.startswith("http://127.0.0.1:") and emu.port > 0
     r = httpx.get(emu.url + "/_emulator/health")
-    assert r.json() == {"ok": True, "services": {
-        "lilt": emu.url + "/lilt", "wriftai": emu.url + "/wriftai/v1",
-        "apivideo": emu.url + "/apivideo", "xvid": emu.url + "/xvid/v1"}}
+    assert r.json() == {
+        "ok": True,
+        "services": {
+            "lilt": emu.url + "/lilt",
+            "wriftai": emu.url + "/wriftai/v1",
+            "apivideo": emu.url + "/apivideo",
+            "xvid": emu.url + "/xvid/v1",
+        },
+    }
 
 
 def test_unknown_paths_and_methods(emu: Emulator) -> None:
@@ -98,18 +102,14 @@ def test_keep_alive_survives_early_rejection_of_a_body(emu: Emulator) -> None:
     conn.close()
 
 
-def test_chunked_body_is_read_and_refused_without_content_length(
-    emu: Emulator, api: httpx.Client
-) -> None:
+def test_chunked_body_is_read_and_refused_without_content_length(emu: Emulator, api: httpx.Client) -> None:
     url = initiate(api, size=None)["url"]
     r = httpx.put(url, content=iter([b"hel", b"lo"]), headers={"Content-Type": "text/plain"})
     assert r.status_code == 403 and "<Code>MissingContentLength</Code>" in r.text
     assert emu.uploads() == []
 
 
-def test_large_body_is_streamed_not_buffered(
-    emu: Emulator, api: httpx.Client, tmp_path: Path
-) -> None:
+def test_large_body_is_streamed_not_buffered(emu: Emulator, api: httpx.Client, tmp_path: Path) -> None:
     size = 48 * 1024 * 1024
     src = tmp_path / "big.bin"
     with open(src, "wb") as f:
@@ -134,10 +134,7 @@ def test_stop_closes_open_connections_and_threads(tmp_path: Path) -> None:
     assert client.get("/_emulator/health").status_code == 200  # a kept-alive connection
     emulator.stop()
     deadline = time.monotonic() + 5
-    while (
-        any(t.name == "emulator-conn" for t in threading.enumerate())
-        and time.monotonic() < deadline
-    ):
+    while any(t.name == "emulator-conn" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name in ("emulator", "emulator-conn") for t in threading.enumerate())
     with pytest.raises(httpx.TransportError):

@@ -54,17 +54,13 @@ def api(emu: Emulator) -> Iterator[httpx.Client]:
 def initiate(
     api: httpx.Client, *, filename: str = "doc.txt", type: str = "text/plain", **metadata: Any
 ) -> dict[str, Any]:
-    r = api.post(
-        "/v2/upload/s3/params", json={"filename": filename, "type": type, "metadata": metadata}
-    )
+    r = api.post("/v2/upload/s3/params", json={"filename": filename, "type": type, "metadata": metadata})
     assert r.status_code == 200, r.text
     params: dict[str, Any] = r.json()
     return params
 
 
-def put(
-    url: str, body: bytes, content_type: str | None = "text/plain", **kw: Any
-) -> httpx.Response:
+def put(url: str, body: bytes, content_type: str | None = "text/plain", **kw: Any) -> httpx.Response:
     headers = {"Content-Type": content_type} if content_type else {}
     headers.update(kw.pop("headers", {}))
     return httpx.put(url, content=body, headers=headers, timeout=20, **kw)
@@ -157,18 +153,14 @@ def test_bulk_initiate(api: httpx.Client) -> None:
 # -- auth --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "auth_kind", ["none", "wrong-key", "bearer", "basic-user-only", "query-wrong"]
-)
+@pytest.mark.parametrize("auth_kind", ["none", "wrong-key", "bearer", "basic-user-only", "query-wrong"])
 def test_bad_credentials_are_401(emu: Emulator, auth_kind: str) -> None:
     url = emu.url + "/lilt/v2/upload"
     headers = {
         "none": {},
         "wrong-key": {"Authorization": "Basic " + base64.b64encode(b"nope:nope").decode()},
         "bearer": {"Authorization": f"Bearer {KEY}"},
-        "basic-user-only": {
-            "Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
-        },
+        "basic-user-only": {"Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()},
         "query-wrong": {},
     }[auth_kind]
     params = {"key": "nope"} if auth_kind == "query-wrong" else {}
@@ -218,13 +210,9 @@ def test_initiate_rejects_bad_fields(api: httpx.Client, body: dict[str, Any], fi
 def test_initiate_get_variant_validation_and_bad_json(api: httpx.Client) -> None:
     r = api.get("/v2/upload/s3/params", params={"filename": "a.txt"})
     assert r.status_code == 400 and "type" in r.json()["message"]
-    r = api.get(
-        "/v2/upload/s3/params", params={"filename": "a", "type": "t", "metadata.size": "1.5"}
-    )
+    r = api.get("/v2/upload/s3/params", params={"filename": "a", "type": "t", "metadata.size": "1.5"})
     assert r.status_code == 400 and "metadata.size" in r.json()["message"]
-    r = api.post(
-        "/v2/upload/s3/params", content=b"{not json", headers={"Content-Type": "application/json"}
-    )
+    r = api.post("/v2/upload/s3/params", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["message"]
 
 
@@ -335,9 +323,7 @@ def send_part(api: httpx.Client, mp: dict[str, Any], number: int, data: bytes) -
 
 
 def complete(api: httpx.Client, mp: dict[str, Any], parts: list[dict[str, Any]]) -> httpx.Response:
-    return api.post(
-        f"{MP}/{mp['uploadId']}/complete", params={"s3Key": mp["key"]}, json={"parts": parts}
-    )
+    return api.post(f"{MP}/{mp['uploadId']}/complete", params={"s3Key": mp["key"]}, json={"parts": parts})
 
 
 @pytest.fixture(scope="module")
@@ -364,9 +350,7 @@ def test_multipart_happy_path_three_parts(emu: Emulator, api: httpx.Client, data
         ["x"],
         "SOURCE",
     )
-    assert (
-        row["sha256"] == hashlib.sha256(data).hexdigest() and Path(row["path"]).read_bytes() == data
-    )
+    assert row["sha256"] == hashlib.sha256(data).hexdigest() and Path(row["path"]).read_bytes() == data
     assert row["content_type"] == "application/zip"
     ops = [e["op"] for e in emu.requests()]
     assert ops.count("lilt.put_part") == 3 and ops.count("lilt.sign_part") == 3
@@ -380,9 +364,7 @@ def test_multipart_curl_form_with_two_key_params(emu: Emulator, data: bytes) -> 
     with httpx.Client(base_url=emu.url + "/lilt") as anon:
         r = anon.post(MP, params={"key": KEY}, json={"filename": "c.bin", "type": "t"})
         mp = r.json()
-        s = anon.get(
-            f"{MP}/{mp['uploadId']}/1", params=[("key", KEY), ("key", mp["key"]), ("size", "3")]
-        )
+        s = anon.get(f"{MP}/{mp['uploadId']}/1", params=[("key", KEY), ("key", mp["key"]), ("size", "3")])
         assert s.status_code == 200, s.text
         etag = httpx.put(s.json()["url"], content=b"abc").headers["ETag"]
         c = anon.post(
@@ -415,9 +397,7 @@ def test_sign_part_needs_size_and_the_right_s3_key(api: httpx.Client) -> None:
 def test_part_put_must_match_the_signed_size(emu: Emulator, api: httpx.Client) -> None:
     mp = start_multipart(api, None)
     url = sign(api, mp, 1, 10).json()["url"]
-    assert_s3_error(
-        httpx.put(url, content=b"x" * 11), 403, "SignatureDoesNotMatch", "signed part size"
-    )
+    assert_s3_error(httpx.put(url, content=b"x" * 11), 403, "SignatureDoesNotMatch", "signed part size")
     assert_s3_error(
         httpx.put(url.replace("X-Emu-Size=10", "X-Emu-Size=11"), content=b"x" * 11),
         403,
@@ -434,9 +414,7 @@ def test_small_non_last_part_is_entity_too_small(emu: Emulator, api: httpx.Clien
     assert emu.uploads() == []
 
 
-def test_non_last_parts_must_have_the_same_size(
-    emu: Emulator, api: httpx.Client, data: bytes
-) -> None:
+def test_non_last_parts_must_have_the_same_size(emu: Emulator, api: httpx.Client, data: bytes) -> None:
     mp = start_multipart(api, None)
     sizes = [6 * MIB, 5 * MIB, 10]
     offsets = [0, 6 * MIB, 11 * MIB]
@@ -452,9 +430,7 @@ def test_non_last_parts_must_have_the_same_size(
     assert emu.uploads() == []
 
 
-def test_complete_rejects_wrong_etags_missing_parts_order_and_case(
-    emu: Emulator, api: httpx.Client
-) -> None:
+def test_complete_rejects_wrong_etags_missing_parts_order_and_case(emu: Emulator, api: httpx.Client) -> None:
     mp = start_multipart(api, None)
     etag = send_part(api, mp, 1, b"abc")
     for parts, word in [
@@ -568,31 +544,36 @@ def test_upload_record_filters_and_errors(api: httpx.Client) -> None:
 
 
 def test_parts_are_8_mib_by_lilts_rule(tmp_path: Path) -> None:
-    """"Make sure to set the part size to 8MB (8388608 bytes)" (sign_upload_part): other sizes
+    """ "Make sure to set the part size to 8MB (8388608 bytes)" (sign_upload_part): other sizes
     are refused at signing (against metadata.size when given) and at complete."""
     data = os.urandom(17 * MIB)
-    with Emulator(tmp_path) as emu, httpx.Client(base_url=emu.url + "/lilt",
-                                                  auth=(KEY, KEY), timeout=20) as api:
+    with (
+        Emulator(tmp_path) as emu,
+        httpx.Client(base_url=emu.url + "/lilt", auth=(KEY, KEY), timeout=20) as api,
+    ):
         mp = start_multipart(api, len(data))
         for number, size in ((1, 5 * MIB), (1, 9 * MIB), (3, 8 * MIB), (4, 1)):
             r = sign(api, mp, number, size)
             assert r.status_code == 400 and "InvalidPartSize" in r.json()["message"], (number, size)
-        parts = [{"ETag": send_part(api, mp, n, data[(n - 1) * 8 * MIB:n * 8 * MIB]),
-                  "PartNumber": n} for n in (1, 2, 3)]
+        parts = [
+            {"ETag": send_part(api, mp, n, data[(n - 1) * 8 * MIB : n * 8 * MIB]), "PartNumber": n}
+            for n in (1, 2, 3)
+        ]
         assert complete(api, mp, parts).status_code == 200
         assert emu.uploads()[0]["sha256"] == hashlib.sha256(data).hexdigest()
         # Without metadata.size a smaller part can be signed (it may be the last one), but
         # complete refuses it anywhere else.
         loose = start_multipart(api, None)
-        small = [{"ETag": send_part(api, loose, n, b"x" * (5 * MIB)), "PartNumber": n}
-                 for n in (1, 2)]
+        small = [{"ETag": send_part(api, loose, n, b"x" * (5 * MIB)), "PartNumber": n} for n in (1, 2)]
         r = complete(api, loose, small)
         assert r.status_code == 400 and "InvalidPartSize" in r.json()["message"]
 
 
 def test_another_part_size_only_when_configured(tmp_path: Path) -> None:
-    with Emulator(tmp_path, lilt_part_size=5 * MIB) as emu, \
-            httpx.Client(base_url=emu.url + "/lilt", auth=(KEY, KEY), timeout=20) as api:
+    with (
+        Emulator(tmp_path, lilt_part_size=5 * MIB) as emu,
+        httpx.Client(base_url=emu.url + "/lilt", auth=(KEY, KEY), timeout=20) as api,
+    ):
         mp = start_multipart(api, 11 * MIB)
         assert sign(api, mp, 1, 8 * MIB).status_code == 400
         assert sign(api, mp, 1, 5 * MIB).status_code == 200

@@ -46,8 +46,9 @@ def clock() -> Clock:
 def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
     """Parts of PART bytes; more Emulator options by indirect parametrization (``rules``)."""
     options = getattr(request, "param", {})
-    emu = Emulator(tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock,
-                   wriftai_part_size=PART, **options).start()
+    emu = Emulator(
+        tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock, wriftai_part_size=PART, **options
+    ).start()
     try:
         yield emu
     finally:
@@ -56,8 +57,9 @@ def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> It
 
 @pytest.fixture
 def api(emulator: Emulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=emulator.url + "/wriftai/v1", timeout=20,
-                      headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with httpx.Client(
+        base_url=emulator.url + "/wriftai/v1", timeout=20, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
         yield client
 
 
@@ -67,8 +69,7 @@ def api(emulator: Emulator) -> Iterator[httpx.Client]:
 def test_api_needs_the_bearer_token(emulator: Emulator) -> None:
     base = emulator.url + "/wriftai/v1"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        r = httpx.post(base + "/uploads", json={"size": 1, "mime_type": "text/plain"},
-                       headers=headers)
+        r = httpx.post(base + "/uploads", json={"size": 1, "mime_type": "text/plain"}, headers=headers)
         assert r.status_code == 401 and isinstance(r.json()["detail"], str)
         assert r.headers["WWW-Authenticate"] == "Bearer"
     r = httpx.get(base + "/user", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -79,15 +80,21 @@ def test_create_urls_validates_like_fastapi(api: httpx.Client) -> None:
     r = api.post("/files/urls", json={})
     assert r.status_code == 422
     assert [(d["type"], d["loc"]) for d in r.json()["detail"]] == [
-        ("missing", ["body", "name"]), ("missing", ["body", "size"]),
-        ("missing", ["body", "resource"]), ("missing", ["body", "mime_type"])]
-    r = api.post("/files/urls", json={"name": "", "size": "3", "resource": "model",
-                                      "mime_type": 7})
+        ("missing", ["body", "name"]),
+        ("missing", ["body", "size"]),
+        ("missing", ["body", "resource"]),
+        ("missing", ["body", "mime_type"]),
+    ]
+    r = api.post("/files/urls", json={"name": "", "size": "3", "resource": "model", "mime_type": 7})
     assert [(d["type"], d["loc"][-1]) for d in r.json()["detail"]] == [
-        ("string_too_short", "name"), ("int_type", "size"), ("literal_error", "resource"),
-        ("string_type", "mime_type")]
-    r = api.post("/files/urls", json={"name": "a", "size": -1, "resource": "prediction",
-                                      "mime_type": "text/plain"})
+        ("string_too_short", "name"),
+        ("int_type", "size"),
+        ("literal_error", "resource"),
+        ("string_type", "mime_type"),
+    ]
+    r = api.post(
+        "/files/urls", json={"name": "a", "size": -1, "resource": "prediction", "mime_type": "text/plain"}
+    )
     assert r.json()["detail"][0]["type"] == "greater_than_equal"
     r = api.post("/files/urls", content=b"{nope", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
@@ -125,10 +132,12 @@ def rules(**options: Any) -> pytest.MarkDecorator:
 # -- emulator: signed storage ---------------------------------------------------------------
 
 
-def create_urls(api: httpx.Client, size: int, mime: str = "text/plain",
-                name: str = "a.txt") -> dict[str, str]:
-    r = api.post("/files/urls", json={"name": name, "size": size, "resource": "prediction",
-                                      "mime_type": mime})
+def create_urls(
+    api: httpx.Client, size: int, mime: str = "text/plain", name: str = "a.txt"
+) -> dict[str, str]:
+    r = api.post(
+        "/files/urls", json={"name": name, "size": size, "resource": "prediction", "mime_type": mime}
+    )
     assert r.status_code == 200, r.text
     urls: dict[str, str] = r.json()
     return urls
@@ -158,8 +167,7 @@ def test_storage_put_is_strict(emulator: Emulator, api: httpx.Client) -> None:
     r = httpx.put(url, content=b"hello", headers=ok)
     assert r.status_code == 200 and r.headers["ETag"] == f'"{hashlib.md5(b"hello").hexdigest()}"'
     (row,) = emulator.uploads()
-    assert (row["service"], row["filename"], row["size"], row["protocol"]) == (
-        "wriftai", "a.txt", 5, "urls")
+    assert (row["service"], row["filename"], row["size"], row["protocol"]) == ("wriftai", "a.txt", 5, "urls")
 
 
 def test_signed_urls_expire(api: httpx.Client, clock: Clock) -> None:
@@ -174,7 +182,7 @@ def test_signed_urls_expire(api: httpx.Client, clock: Clock) -> None:
 def put_parts(upload: dict[str, Any], data: bytes, mime: str = "text/plain") -> list[str]:
     etags = []
     for i, url in enumerate(upload["urls"]):
-        chunk = data[i * upload["part_size"]:(i + 1) * upload["part_size"]]
+        chunk = data[i * upload["part_size"] : (i + 1) * upload["part_size"]]
         r = httpx.put(url, content=chunk, headers={"Content-Type": mime})
         assert r.status_code == 200, r.text
         etags.append(r.headers["etag"])
@@ -231,17 +239,16 @@ def test_empty_upload_without_parts(api: httpx.Client, emulator: Emulator) -> No
     assert emulator.uploads()[0]["size"] == 0
 
 
-def test_parts_answered_without_etag_are_left_out_of_complete(
-        api: httpx.Client, emulator: Emulator) -> None:
+def test_parts_answered_without_etag_are_left_out_of_complete(api: httpx.Client, emulator: Emulator) -> None:
     """As the SDK does: it filters missing etags out before completing."""
     data = os.urandom(2 * PART + 7)
     upload = api.post("/uploads", json={"size": len(data), "mime_type": "text/plain"}).json()
     urls = upload["urls"]
     first = httpx.put(urls[0], content=data[:PART], headers={"Content-Type": "text/plain"})
     find(emulator.services).omit_etags = True
-    second = httpx.put(urls[1], content=data[PART:2 * PART], headers={"Content-Type": "text/plain"})
+    second = httpx.put(urls[1], content=data[PART : 2 * PART], headers={"Content-Type": "text/plain"})
     find(emulator.services).omit_etags = False
-    third = httpx.put(urls[2], content=data[2 * PART:], headers={"Content-Type": "text/plain"})
+    third = httpx.put(urls[2], content=data[2 * PART :], headers={"Content-Type": "text/plain"})
     assert "etag" not in second.headers
     etags = [first.headers["etag"], third.headers["etag"]]
     complete = f"/uploads/{upload['id']}/complete"
@@ -251,20 +258,23 @@ def test_parts_answered_without_etag_are_left_out_of_complete(
 
 
 def test_every_429_carries_x_ratelimit_reset(emulator: Emulator, api: httpx.Client) -> None:
-    emulator.set_faults(script=[{"op": "wriftai.initiate_multipart", "kind": "429",
-                                 "retry_after": 3},
-                                {"op": "wriftai.initiate", "kind": "429", "retry_after": "date"},
-                                {"op": "wriftai.put", "kind": "429"}])
+    emulator.set_faults(
+        script=[
+            {"op": "wriftai.initiate_multipart", "kind": "429", "retry_after": 3},
+            {"op": "wriftai.initiate", "kind": "429", "retry_after": "date"},
+            {"op": "wriftai.put", "kind": "429"},
+        ]
+    )
     before = time.time()
     r = api.post("/uploads", json={"size": 1, "mime_type": "text/plain"})
     assert r.status_code == 429 and "detail" in r.json()
     assert before + 3 <= int(r.headers["x-ratelimit-reset"]) <= time.time() + 4
-    r = api.post("/files/urls", json={"name": "a", "size": 1, "resource": "prediction",
-                                      "mime_type": "text/plain"})
+    r = api.post(
+        "/files/urls", json={"name": "a", "size": 1, "resource": "prediction", "mime_type": "text/plain"}
+    )
     date = email.utils.parsedate_to_datetime(r.headers["Retry-After"]).timestamp()
     assert int(r.headers["x-ratelimit-reset"]) == int(date)
-    r = httpx.put(create_urls(api, 1)["upload_url"], content=b"x",
-                  headers={"Content-Type": "text/plain"})
+    r = httpx.put(create_urls(api, 1)["upload_url"], content=b"x", headers={"Content-Type": "text/plain"})
     assert r.status_code == 429 and s3_code(r) == "SlowDown"
     assert int(r.headers["x-ratelimit-reset"]) >= before + 1
 
@@ -274,9 +284,9 @@ def test_restart_keeps_uploads_but_not_their_urls(tmp_path: Path) -> None:
     with Emulator(tmp_path / "emu", wriftai_token=TOKEN, wriftai_part_size=PART) as emu:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         base = emu.url + "/wriftai/v1"
-        upload = httpx.post(base + "/uploads", json={"size": len(data),
-                                                     "mime_type": "text/plain"},
-                            headers=headers).json()
+        upload = httpx.post(
+            base + "/uploads", json={"size": len(data), "mime_type": "text/plain"}, headers=headers
+        ).json()
         first = put_parts({**upload, "urls": upload["urls"][:1]}, data)
         old_root = emu.url
     with Emulator(tmp_path / "emu", wriftai_token=TOKEN) as emu:
@@ -284,6 +294,5 @@ def test_restart_keeps_uploads_but_not_their_urls(tmp_path: Path) -> None:
         second = upload["urls"][1].replace(old_root, emu.url)  # same URL, new port
         r = httpx.put(second, content=data[PART:], headers={"Content-Type": "text/plain"})
         assert r.status_code == 403  # a new signing key: old URLs are dead
-        r = httpx.post(f"{base}/uploads/{upload['id']}/complete", json={"etags": first * 2},
-                       headers=headers)
+        r = httpx.post(f"{base}/uploads/{upload['id']}/complete", json={"etags": first * 2}, headers=headers)
         assert r.status_code == 400 and "Part 2" in r.json()["detail"]

@@ -50,8 +50,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def emu(tmp_path: Path, clock: Clock) -> Iterator[Emulator]:
-    with Emulator(tmp_path / "data", xvid_client=f"{CLIENT}:{SECRET}", url_ttl=60,
-                  clock=clock) as emulator:
+    with Emulator(tmp_path / "data", xvid_client=f"{CLIENT}:{SECRET}", url_ttl=60, clock=clock) as emulator:
         yield emulator
 
 
@@ -68,8 +67,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def ops(emu: Emulator, op: str, status: int | None = None) -> list[dict[str, Any]]:
-    return [e for e in emu.requests()
-            if e["op"] == op and (status is None or e["status"] == status)]
+    return [e for e in emu.requests() if e["op"] == op and (status is None or e["status"] == status)]
 
 
 def stored(emu: Emulator) -> list[dict[str, Any]]:
@@ -78,13 +76,21 @@ def stored(emu: Emulator) -> list[dict[str, Any]]:
 
 def leftovers(emu: Emulator) -> list[str]:
     root = Path(emu.store.root) / "sessions" / "xvid"
-    return [str(p.parent.name) for p in root.glob("*/session.json")
-            if json.loads(p.read_text())["state"] == "active" or list(p.parent.glob("part-*"))]
+    return [
+        str(p.parent.name)
+        for p in root.glob("*/session.json")
+        if json.loads(p.read_text())["state"] == "active" or list(p.parent.glob("part-*"))
+    ]
 
 
 def get_token(http: httpx.Client, emu: Emulator, **form: str) -> httpx.Response:
-    body = {"grant_type": "client_credential", "client_id": CLIENT, "client_secret": SECRET,
-            "scope": "mediahub", **form}
+    body = {
+        "grant_type": "client_credential",
+        "client_id": CLIENT,
+        "client_secret": SECRET,
+        "scope": "mediahub",
+        **form,
+    }
     return http.post(emu.url + "/xvid/v1/oauth2/token/", data=body)
 
 
@@ -94,17 +100,22 @@ def bearer(http: httpx.Client, emu: Emulator) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def open_upload(http: httpx.Client, emu: Emulator, auth: dict[str, str],
-                object_key: str = "uploads/test.mp4") -> dict[str, Any]:
-    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
-                  params={"object_key": object_key, "pipeline_id": PIPELINE})
+def open_upload(
+    http: httpx.Client, emu: Emulator, auth: dict[str, str], object_key: str = "uploads/test.mp4"
+) -> dict[str, Any]:
+    r = http.post(
+        emu.url + "/xvid/v1/files/uploads/",
+        headers=auth,
+        params={"object_key": object_key, "pipeline_id": PIPELINE},
+    )
     assert r.status_code == 200, r.text
     upload: dict[str, Any] = r.json()["upload"]
     return upload
 
 
-def multipart(fields: list[tuple[str, str]], data: bytes, *, file_at: int | None = None
-              ) -> tuple[bytes, dict[str, str]]:
+def multipart(
+    fields: list[tuple[str, str]], data: bytes, *, file_at: int | None = None
+) -> tuple[bytes, dict[str, str]]:
     """A form body built by hand, so that the field order is the test's choice."""
     boundary = "xvid-test-boundary"
     parts: list[tuple[str, bytes, str | None]] = [(n, v.encode(), None) for n, v in fields]
@@ -118,9 +129,17 @@ def multipart(fields: list[tuple[str, str]], data: bytes, *, file_at: int | None
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def post_chunk(http: httpx.Client, upload: dict[str, Any], data: bytes, chunk: int = 0,
-               chunks: int = 1, *, change: dict[str, str | None] | None = None,
-               file_at: int | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def post_chunk(
+    http: httpx.Client,
+    upload: dict[str, Any],
+    data: bytes,
+    chunk: int = 0,
+    chunks: int = 1,
+    *,
+    change: dict[str, str | None] | None = None,
+    file_at: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     fields = dict(upload["form_post_params"], chunk=str(chunk), chunks=str(chunks))
     for name, value in (change or {}).items():
         if value is None:
@@ -128,30 +147,38 @@ def post_chunk(http: httpx.Client, upload: dict[str, Any], data: bytes, chunk: i
         else:
             fields[name] = value
     body, form_headers = multipart(list(fields.items()), data, file_at=file_at)
-    return http.post(upload["form_post_url"], content=body, headers={**form_headers,
-                                                                     **(headers or {})})
+    return http.post(upload["form_post_url"], content=body, headers={**form_headers, **(headers or {})})
 
 
-def finish(http: httpx.Client, emu: Emulator, auth: dict[str, str], upload_id: str,
-           nb: int) -> httpx.Response:
-    return http.put(f"{emu.url}/xvid/v1/files/uploads/{upload_id}", headers=auth,
-                    json={"upload": {"nb_chunks": nb}})
+def finish(
+    http: httpx.Client, emu: Emulator, auth: dict[str, str], upload_id: str, nb: int
+) -> httpx.Response:
+    return http.put(
+        f"{emu.url}/xvid/v1/files/uploads/{upload_id}", headers=auth, json={"upload": {"nb_chunks": nb}}
+    )
 
 
 # -- emulator: token and auth -----------------------------------------------------------------
 
 
 def test_token_is_form_encoded_client_credential_with_string_expiry(
-        http: httpx.Client, emu: Emulator, clock: Clock) -> None:
+    http: httpx.Client, emu: Emulator, clock: Clock
+) -> None:
     r = get_token(http, emu)
     assert r.status_code == 200
     assert r.json()["expires_in"] == "7200" and r.json()["access_token"]
     plural = get_token(http, emu, grant_type="client_credentials")
     assert plural.status_code == 400
     assert plural.json()["error"]["error_code"] == "0x0230001"
-    as_json = http.post(emu.url + "/xvid/v1/oauth2/token/",
-                        json={"grant_type": "client_credential", "client_id": CLIENT,
-                              "client_secret": SECRET, "scope": "mediahub"})
+    as_json = http.post(
+        emu.url + "/xvid/v1/oauth2/token/",
+        json={
+            "grant_type": "client_credential",
+            "client_id": CLIENT,
+            "client_secret": SECRET,
+            "scope": "mediahub",
+        },
+    )
     assert as_json.status_code == 400
     assert get_token(http, emu, scope="mediahubb").status_code == 400
     wrong = get_token(http, emu, client_secret="nope")
@@ -168,29 +195,45 @@ def test_token_is_form_encoded_client_credential_with_string_expiry(
 
 def test_every_api_call_needs_a_bearer_token(http: httpx.Client, emu: Emulator) -> None:
     base = emu.url + "/xvid/v1"
-    for method, path in (("POST", "/files/uploads/?object_key=a&pipeline_id=p"),
-                         ("GET", "/files/uploads/x"), ("PUT", "/files/uploads/x"),
-                         ("GET", "/files/x"), ("DELETE", "/files/x")):
+    for method, path in (
+        ("POST", "/files/uploads/?object_key=a&pipeline_id=p"),
+        ("GET", "/files/uploads/x"),
+        ("PUT", "/files/uploads/x"),
+        ("GET", "/files/x"),
+        ("DELETE", "/files/x"),
+    ):
         r = http.request(method, base + path)
         assert (r.status_code, r.json()) == (403, TOKEN_ERROR), (method, path)
     basic = http.get(base + "/files/x", auth=(CLIENT, SECRET))
     assert basic.status_code == 403
     read_only = get_token(http, emu, scope="mediahub_read").json()["access_token"]
-    r = http.post(base + "/files/uploads/", params={"object_key": "a", "pipeline_id": PIPELINE},
-                  headers={"Authorization": f"Bearer {read_only}"})
+    r = http.post(
+        base + "/files/uploads/",
+        params={"object_key": "a", "pipeline_id": PIPELINE},
+        headers={"Authorization": f"Bearer {read_only}"},
+    )
     assert r.status_code == 403
 
 
-def test_open_answers_the_documented_session(http: httpx.Client, emu: Emulator,
-                                             clock: Clock) -> None:
+def test_open_answers_the_documented_session(http: httpx.Client, emu: Emulator, clock: Clock) -> None:
     upload = open_upload(http, emu, bearer(http, emu))
     assert upload["status"] == "UPLOADING" and upload["nb_chunks"] == 0
     assert upload["file"]["id"] == upload["id"] and upload["pipeline"]["id"] == PIPELINE
     assert upload["object_key"] == "uploads/test.mp4" and upload["storage_type"] == "S3"
     assert upload["form_post_url"].startswith(emu.url + "/xvid/v1/_s3/")
     params = upload["form_post_params"]
-    assert list(params) == ["key", "acl", "success_action_status", "name", "filename", "chunk",
-                            "chunks", "policy", "signature", "AWSAccessKeyId"]
+    assert list(params) == [
+        "key",
+        "acl",
+        "success_action_status",
+        "name",
+        "filename",
+        "chunk",
+        "chunks",
+        "policy",
+        "signature",
+        "AWSAccessKeyId",
+    ]
     assert all(isinstance(v, str) for v in params.values())
     assert params["key"] == f"tmp/{PIPELINE}/uploads/test.mp4" and params["name"] == "test.mp4"
     policy = json.loads(base64.b64decode(params["policy"]))
@@ -199,8 +242,9 @@ def test_open_answers_the_documented_session(http: httpx.Client, emu: Emulator,
     expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%S.%fZ")
     assert abs(expires.replace(tzinfo=UTC).timestamp() - (clock() + 60)) < 2
     assert len(base64.b64decode(params["signature"])) == 20  # HMAC-SHA1, as AWS signature v2
-    bad = http.post(emu.url + "/xvid/v1/files/uploads/", headers=bearer(http, emu),
-                    params={"pipeline_id": PIPELINE})
+    bad = http.post(
+        emu.url + "/xvid/v1/files/uploads/", headers=bearer(http, emu), params={"pipeline_id": PIPELINE}
+    )
     assert bad.status_code == 400 and bad.json()["error"]["error_code"] == "0x0230001"
 
 
@@ -216,21 +260,31 @@ def test_form_post_stores_a_chunk_and_answers_201_xml(http: httpx.Client, emu: E
     assert ops(emu, "xvid.post_chunk")[-1]["bytes"] == 5  # the chunk, not the form around it
 
 
-@pytest.mark.parametrize(("change", "file_at", "headers", "status", "code"), [
-    ({}, 0, {}, 400, "InvalidArgument"),                                 # file first
-    ({}, 3, {}, 400, "InvalidArgument"),                                 # file in the middle
-    ({"acl": None}, None, {}, 400, "InvalidArgument"),                   # a field missing
-    ({"x-extra": "1"}, None, {}, 403, "AccessDenied"),                   # a field not in the policy
-    ({"signature": base64.b64encode(b"x" * 20).decode()}, None, {}, 403, "SignatureDoesNotMatch"),
-    ({"AWSAccessKeyId": "AKIAOTHER"}, None, {}, 403, "InvalidAccessKeyId"),
-    ({"key": "tmp/other-pipeline/x.mp4"}, None, {}, 403, "AccessDenied"),  # outside tmp/<pipeline>/
-    ({"acl": "public-read"}, None, {}, 403, "AccessDenied"),
-    ({"chunk": "3", "chunks": "2"}, None, {}, 400, "InvalidArgument"),
-    ({}, None, {"Authorization": "Bearer abc"}, 400, "InvalidArgument"),  # no Bearer to storage
-])
-def test_form_post_refusals_store_nothing(http: httpx.Client, emu: Emulator, service: XvidService,
-                                          change: dict[str, str | None], file_at: int | None,
-                                          headers: dict[str, str], status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "file_at", "headers", "status", "code"),
+    [
+        ({}, 0, {}, 400, "InvalidArgument"),  # file first
+        ({}, 3, {}, 400, "InvalidArgument"),  # file in the middle
+        ({"acl": None}, None, {}, 400, "InvalidArgument"),  # a field missing
+        ({"x-extra": "1"}, None, {}, 403, "AccessDenied"),  # a field not in the policy
+        ({"signature": base64.b64encode(b"x" * 20).decode()}, None, {}, 403, "SignatureDoesNotMatch"),
+        ({"AWSAccessKeyId": "AKIAOTHER"}, None, {}, 403, "InvalidAccessKeyId"),
+        ({"key": "tmp/other-pipeline/x.mp4"}, None, {}, 403, "AccessDenied"),  # outside tmp/<pipeline>/
+        ({"acl": "public-read"}, None, {}, 403, "AccessDenied"),
+        ({"chunk": "3", "chunks": "2"}, None, {}, 400, "InvalidArgument"),
+        ({}, None, {"Authorization": "Bearer abc"}, 400, "InvalidArgument"),  # no Bearer to storage
+    ],
+)
+def test_form_post_refusals_store_nothing(
+    http: httpx.Client,
+    emu: Emulator,
+    service: XvidService,
+    change: dict[str, str | None],
+    file_at: int | None,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
     upload = open_upload(http, emu, bearer(http, emu))
     r = post_chunk(http, upload, b"data", change=change, file_at=file_at, headers=headers)
     assert r.status_code == status, r.text
@@ -239,8 +293,7 @@ def test_form_post_refusals_store_nothing(http: httpx.Client, emu: Emulator, ser
     assert session is not None and session.parts == {}
 
 
-def test_form_post_after_the_policy_expired_is_403(http: httpx.Client, emu: Emulator,
-                                                   clock: Clock) -> None:
+def test_form_post_after_the_policy_expired_is_403(http: httpx.Client, emu: Emulator, clock: Clock) -> None:
     upload = open_upload(http, emu, bearer(http, emu))
     clock.advance(61)
     r = post_chunk(http, upload, b"late")
@@ -256,20 +309,16 @@ def test_form_post_must_be_multipart(http: httpx.Client, emu: Emulator) -> None:
 # -- emulator: finishing -----------------------------------------------------------------------
 
 
-def test_chunks_are_assembled_in_chunk_order(http: httpx.Client, emu: Emulator,
-                                             clock: Clock) -> None:
+def test_chunks_are_assembled_in_chunk_order(http: httpx.Client, emu: Emulator, clock: Clock) -> None:
     auth = bearer(http, emu)
     upload = open_upload(http, emu, auth, "media/big.bin")
     key = upload["form_post_params"]["key"]
     chunks = [os.urandom(1000), os.urandom(1000), os.urandom(10)]
     for i in (2, 0, 1):  # any order, each chunk under its own key below the form's
-        assert post_chunk(http, upload, chunks[i], i, 3,
-                          change={"key": chunk_key(key, i)}).status_code == 201
+        assert post_chunk(http, upload, chunks[i], i, 3, change={"key": chunk_key(key, i)}).status_code == 201
     # Posting to a key again replaces that object, as S3 does.
-    assert post_chunk(http, upload, os.urandom(7), 0, 3,
-                      change={"key": chunk_key(key, 0)}).status_code == 201
-    assert post_chunk(http, upload, chunks[0], 0, 3,
-                      change={"key": chunk_key(key, 0)}).status_code == 201
+    assert post_chunk(http, upload, os.urandom(7), 0, 3, change={"key": chunk_key(key, 0)}).status_code == 201
+    assert post_chunk(http, upload, chunks[0], 0, 3, change={"key": chunk_key(key, 0)}).status_code == 201
     r = finish(http, emu, auth, upload["id"], 3)
     assert r.status_code == 200 and r.json()["upload"]["status"] == "COMPLETING"
     status_url = f"{emu.url}/xvid/v1/files/uploads/{upload['id']}"
@@ -295,8 +344,11 @@ def test_nb_chunks_must_match_the_chunks_received(http: httpx.Client, emu: Emula
     for nb in (2, 3, 4):
         r = finish(http, emu, auth, upload["id"], nb)
         assert r.status_code == 400 and r.json()["error"]["error_code"] == "0x0230001", nb
-    bad_json = http.put(f"{emu.url}/xvid/v1/files/uploads/{upload['id']}", headers=auth,
-                        content=b'{"upload": {"nb_chunks": 2,}}')  # the docs' own example
+    bad_json = http.put(
+        f"{emu.url}/xvid/v1/files/uploads/{upload['id']}",
+        headers=auth,
+        content=b'{"upload": {"nb_chunks": 2,}}',
+    )  # the docs' own example
     assert bad_json.status_code == 400
     assert stored(emu) == []
 
@@ -315,10 +367,10 @@ def test_delete_aborts_an_unfinished_upload(http: httpx.Client, emu: Emulator) -
 
 def test_injected_faults_speak_each_part_of_the_service(http: httpx.Client, emu: Emulator) -> None:
     auth = bearer(http, emu)
-    emu.set_faults(script=[{"op": "xvid.open", "status": 503},
-                           {"op": "xvid.post_chunk", "status": 503}])
-    r = http.post(emu.url + "/xvid/v1/files/uploads/", headers=auth,
-                  params={"object_key": "a", "pipeline_id": PIPELINE})
+    emu.set_faults(script=[{"op": "xvid.open", "status": 503}, {"op": "xvid.post_chunk", "status": 503}])
+    r = http.post(
+        emu.url + "/xvid/v1/files/uploads/", headers=auth, params={"object_key": "a", "pipeline_id": PIPELINE}
+    )
     assert r.status_code == 503 and r.json()["error"]["error_code"] == "0x0000001"
     r = post_chunk(http, open_upload(http, emu, auth), b"x")
     assert r.status_code == 503 and r.text.startswith("<?xml") and "<Error>" in r.text
@@ -327,8 +379,7 @@ def test_injected_faults_speak_each_part_of_the_service(http: httpx.Client, emu:
 # -- emulator: chunk keys --------------------------------------------------------------------
 
 
-def test_chunks_posted_under_one_key_replace_each_other(http: httpx.Client,
-                                                        emu: Emulator) -> None:
+def test_chunks_posted_under_one_key_replace_each_other(http: httpx.Client, emu: Emulator) -> None:
     """S3 keeps one object per key: the form's key reused for every chunk leaves only the last."""
     auth = bearer(http, emu)
     upload = open_upload(http, emu, auth)

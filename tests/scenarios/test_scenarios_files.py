@@ -21,8 +21,6 @@ pytestmark = pytest.mark.process
 MIB = 1024 * 1024
 
 
-
-
 def _uploading(s: Setup, rel: str) -> bool:
     return any(r.relpath == rel and r.state == "uploading" for r in s.rows())
 
@@ -56,8 +54,10 @@ def test_f2_appended_during_single_put_uploads_the_new_version(setup: Callable[.
 
 
 def test_f2_changed_between_parts_aborts_the_multipart_upload(setup: Callable[..., Setup]) -> None:
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}],
-              lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.3}],
+        lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+    )
     s.start()
     _hold_put(s, "lilt.put_part")
     data = os.urandom(11 * MIB)
@@ -160,8 +160,10 @@ def test_f5_many_events_for_one_file_make_one_upload(setup: Callable[..., Setup]
 def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup: Callable[..., Setup]) -> None:
     """20,000 files created while the daemon is SIGSTOPped: inotify's queue overflows
     and watchdog drops the overflow silently; the rescan still ledgers every one."""
-    s = setup(folders=[{"name": "in", "settle_seconds": 3600}],  # keep them settling
-              daemon={"rescan_seconds": 5, "workers": 1})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 3600}],  # keep them settling
+        daemon={"rescan_seconds": 5, "workers": 1},
+    )
     proc = s.start()
     s.wait_started()
     os.kill(proc.pid, signal.SIGSTOP)

@@ -36,14 +36,13 @@ from tests.harness import ROOT, Setup, sha, strace_problem, wait_until
 pytestmark = pytest.mark.timeout(90)
 
 
-
-
 def _once(s: Setup) -> None:
     proc = s.start("once")
     assert proc.wait(60) == 0, s.log_text()[-2000:]
 
 
 # -- F25 ----------------------------------------------------------------------------------
+
 
 def _smash_header(path: Path) -> None:
     with open(path, "r+b") as f:  # bytes 0-16: "SQLite format 3\0" and the page size
@@ -148,8 +147,11 @@ def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[...,
     s.start()
     s.drop("before.txt", b"uploaded before the lock")
     wait_until(lambda: s.all_done(1), 20, what="the first file")
-    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
-                           str(HOLD_SECONDS)], stdout=subprocess.PIPE, text=True) as holder:
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(s.ledger_path), str(HOLD_SECONDS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
             locked_at = time.monotonic()
@@ -159,8 +161,11 @@ def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[...,
             assert second.returncode == 3 and "already running" in second.stderr
             status = s.cli("status", "--json")  # readers are not blocked (WAL)
             assert status.returncode == 0, status.stderr
-            wait_until(lambda: "database is locked" in s.log_text(), HOLD_SECONDS + 5,
-                       what="the daemon noticing the lock")
+            wait_until(
+                lambda: "database is locked" in s.log_text(),
+                HOLD_SECONDS + 5,
+                what="the daemon noticing the lock",
+            )
             assert time.monotonic() - locked_at < HOLD_SECONDS, "the lock was released too early"
             assert s.proc is not None and s.proc.poll() is None, "the daemon died of a busy ledger"
             assert holder.wait(HOLD_SECONDS + 10) == 0
@@ -179,14 +184,20 @@ def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Calla
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
     s.drop("first.txt", b"makes the ledger")
     _once(s)
-    with subprocess.Popen([sys.executable, "-c", _HOLDER, str(s.ledger_path),
-                           str(HOLD_AT_START)], stdout=subprocess.PIPE, text=True) as holder:
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(s.ledger_path), str(HOLD_AT_START)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
             s.drop("second.txt", b"waits for the lock")
             proc = s.start()
-            wait_until(lambda: "locked by another process" in s.log_text(), HOLD_AT_START + 5,
-                       what="the daemon saying it waits")
+            wait_until(
+                lambda: "locked by another process" in s.log_text(),
+                HOLD_AT_START + 5,
+                what="the daemon saying it waits",
+            )
             assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
             assert holder.wait(HOLD_AT_START + 10) == 0
         finally:
@@ -198,7 +209,6 @@ def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Calla
 
 
 # -- F28 ----------------------------------------------------------------------------------
-
 
 
 _CALL = re.compile(r"^(\d+) +(\w+)\((.*)")
@@ -273,10 +283,22 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
     for name, size in (("a.txt", 10), ("b.bin", 300_000), ("c.txt", 1)):
         s.drop(name, os.urandom(size))
     trace_file = tmp_path / "durability.trace"
-    proc = s.start("once", wrapper=[
-        "strace", "-f", "-qq", "-y", "-s", "8192", "-o", os.fspath(trace_file),
-        "-e", "trace=openat,openat2,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,"
-              "linkat,unlink,unlinkat"])
+    proc = s.start(
+        "once",
+        wrapper=[
+            "strace",
+            "-f",
+            "-qq",
+            "-y",
+            "-s",
+            "8192",
+            "-o",
+            os.fspath(trace_file),
+            "-e",
+            "trace=openat,openat2,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,"
+            "linkat,unlink,unlinkat",
+        ],
+    )
     assert proc.wait(90) == 0, s.log_text()[-2000:]
     assert s.counts() == {"done": 3}
     threads = _events(trace_file.read_text(errors="replace"))
@@ -288,8 +310,12 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
     for row in s.rows():
         src = os.fspath(s.inbox() / row.relpath)
         target = row.location
-        where = [(tid, i) for tid, evs in threads.items() for i, e in enumerate(evs)
-                 if e == ("link", (src, target))]
+        where = [
+            (tid, i)
+            for tid, evs in threads.items()
+            for i, e in enumerate(evs)
+            if e == ("link", (src, target))
+        ]
         assert len(where) == 1, f"{src}: expected one link into the archive, saw {len(where)}"
         tid, link = where[0]
         evs = threads[tid]
@@ -304,7 +330,6 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
         inbox_synced = _first(evs, max(unlinked, 0), ("sync", os.path.dirname(src)).__eq__)
         assert 0 <= dir_synced < unlinked, f"{src}: archive dir not fsynced before the unlink"
         assert unlinked < inbox_synced, f"{src}: inbox dir not fsynced after the unlink"
-        renames = [e for evs_ in threads.values() for e in evs_
-                   if e[0] == "rename" and src in e[1]]
+        renames = [e for evs_ in threads.values() for e in evs_ if e[0] == "rename" and src in e[1]]
         assert not renames, f"{src} was renamed (rename may clobber): {renames}"
     s.invariants()

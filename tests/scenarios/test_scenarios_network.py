@@ -73,8 +73,6 @@ TIB = 1024 * 1024 * MIB
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-
-
 def _edit_config(s: Setup, edit: Any) -> None:
     doc = tomllib.loads(s.config.read_text())
     edit(doc)
@@ -88,6 +86,7 @@ def _upstream(s: Setup) -> tuple[str, int]:
 def _proxied(s: Setup, proxy: FaultProxy) -> None:
     def edit(doc: dict[str, Any]) -> None:
         doc["destinations"]["lilt"]["base_url"] = proxy.url + "/lilt"
+
     _edit_config(s, edit)
 
 
@@ -108,15 +107,20 @@ def _log_times(s: Setup, needle: str) -> list[float]:
 
 # -- F17 ----------------------------------------------------------------------------------
 
+
 @pytest.mark.process
 def test_f17_retry_after_seconds_and_http_date_are_waited_out(setup: Any) -> None:
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
-              daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 10})
-    s.emulator.set_faults(script=[
-        {"op": "lilt.initiate", "kind": "429", "retry_after": 2},
-        {"op": "lilt.initiate", "kind": "429", "retry_after": "date"},  # 1-2 s ahead
-        {"op": "lilt.initiate", "status": 503},  # no hint: the daemon's own backoff
-    ])
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1}],
+        daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 10},
+    )
+    s.emulator.set_faults(
+        script=[
+            {"op": "lilt.initiate", "kind": "429", "retry_after": 2},
+            {"op": "lilt.initiate", "kind": "429", "retry_after": "date"},  # 1-2 s ahead
+            {"op": "lilt.initiate", "status": 503},  # no hint: the daemon's own backoff
+        ]
+    )
     s.drop("a.txt", b"rate limited three times")
     s.start()
     wait_until(lambda: s.all_done(1), 30, what="the upload after 429, 429, 503")
@@ -135,14 +139,18 @@ def test_f17_retry_after_seconds_and_http_date_are_waited_out(setup: Any) -> Non
 def test_f17_a_429_holds_back_every_worker(setup: Any) -> None:
     """Back-pressure is shared: after one 429, no worker starts a new upload to that
     service until its Retry-After is over (uploads already in flight may finish)."""
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
-              daemon={"workers": 4, "retry_base_seconds": 0.2, "retry_max_seconds": 10})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1}],
+        daemon={"workers": 4, "retry_base_seconds": 0.2, "retry_max_seconds": 10},
+    )
     for i in range(16):
         s.drop(f"f{i:02d}.txt", os.urandom(2000))
-    s.emulator.set_faults(script=[
-        {"op": "lilt.put", "kind": "slow", "delay": 0.2, "count": 16},  # keep workers busy
-        {"op": "lilt.initiate", "kind": "429", "retry_after": 2},
-    ])
+    s.emulator.set_faults(
+        script=[
+            {"op": "lilt.put", "kind": "slow", "delay": 0.2, "count": 16},  # keep workers busy
+            {"op": "lilt.initiate", "kind": "429", "retry_after": 2},
+        ]
+    )
     s.start()
     wait_until(lambda: s.all_done(), 60, what="all files after the 429")
     entries = [e for e in s.emulator.requests() if e["op"] == "lilt.initiate"]
@@ -160,19 +168,24 @@ def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> 
     """A 429 is the account's, not the file's: it spends no attempt. 408 (the server
     timed out waiting for this request) does: three of them and the file has failed."""
     cap = 1.5
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 3}],
-              daemon={"retry_base_seconds": 0.2, "retry_max_seconds": cap})
-    s.emulator.set_faults(script=[
-        {"op": "lilt.initiate", "kind": "429", "retry_after": 99999},
-        {"op": "lilt.initiate", "status": 408, "count": 20},
-    ])
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 3}],
+        daemon={"retry_base_seconds": 0.2, "retry_max_seconds": cap},
+    )
+    s.emulator.set_faults(
+        script=[
+            {"op": "lilt.initiate", "kind": "429", "retry_after": 99999},
+            {"op": "lilt.initiate", "status": 408, "count": 20},
+        ]
+    )
     s.drop("a.txt", b"never accepted")
     s.start()
     wait_until(lambda: s.counts().get("failed") == 1, 30, what="giving up")
     time.sleep(1.0)  # no late extra attempt
     hits = _times(s, "lilt.initiate")
-    assert [status for _, status in hits] == [429, 408, 408, 408], \
+    assert [status for _, status in hits] == [429, 408, 408, 408], (
         "attempts <= max_attempts (3), the 429 not counted"
+    )
     gap = hits[1][0] - hits[0][0]
     assert 0.9 * cap <= gap <= cap + 2.0, f"Retry-After: 99999 should wait the cap, waited {gap:.1f}s"
     row = s.rows()[0]
@@ -184,12 +197,19 @@ def test_f17_huge_retry_after_is_capped_and_attempts_are_bounded(setup: Any) -> 
 
 # -- F18 ----------------------------------------------------------------------------------
 
+
 @pytest.mark.process
 def test_f18_stalled_server_is_abandoned_after_io_timeout_and_retried(setup: Any) -> None:
     io_timeout, retry_max = 1.0, 0.5
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 50}],
-              daemon={"io_timeout": io_timeout, "connect_timeout": 1.0,
-                      "retry_base_seconds": 0.2, "retry_max_seconds": retry_max})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 50}],
+        daemon={
+            "io_timeout": io_timeout,
+            "connect_timeout": 1.0,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": retry_max,
+        },
+    )
     with FaultProxy(_upstream(s)) as proxy:
         _proxied(s, proxy)
         proxy.set(stall_after=256 * 1024)  # API calls pass; a body larger than this hangs
@@ -222,15 +242,18 @@ def test_f18_stalled_server_is_abandoned_after_io_timeout_and_retried(setup: Any
 
 # -- F19 ----------------------------------------------------------------------------------
 
+
 @pytest.mark.process
 @pytest.mark.parametrize("how", ["reset_after", "close_after"])
 def test_f19_connection_cut_mid_part_resends_only_that_part(setup: Any, how: str) -> None:
     """One worker, one keep-alive connection: 5 MiB parts, the connection is cut at 7 MiB,
     i.e. 2 MiB into part 2. The retry (a new connection, cut again at 7 MiB, which the
     rest of the file stays under) must sign and send part 2 again, and part 1 never."""
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
-              daemon={"workers": 1, "retry_base_seconds": 0.1, "retry_max_seconds": 0.3},
-              lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1}],
+        daemon={"workers": 1, "retry_base_seconds": 0.1, "retry_max_seconds": 0.3},
+        lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+    )
     data = os.urandom(2 * 5 * MIB + MIB)  # parts of 5, 5 and 1 MiB
     s.drop("big.bin", data)
     with FaultProxy(_upstream(s)) as proxy:
@@ -251,6 +274,7 @@ def test_f19_connection_cut_mid_part_resends_only_that_part(setup: Any, how: str
 
 
 # -- Outage: the service is unreachable for a while ---------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -286,9 +310,14 @@ def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
     --json` and the metrics say the destination is down, since when and why; then it
     is back and everything is delivered, nothing failed."""
     metrics = _free_port()
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 2}],
-              daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 1.0,
-                      "metrics_listen": f"127.0.0.1:{metrics}"})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 2}],
+        daemon={
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1.0,
+            "metrics_listen": f"127.0.0.1:{metrics}",
+        },
+    )
     proxy = FaultProxy(_upstream(s)).start()
     port = proxy.port
     dropped = 0
@@ -312,13 +341,15 @@ def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
         proxy.stop()  # connections cut, nothing listens on the port: connection refused
         went_down = time.time()
         keep_dropping(3)
-        down = wait_until(lambda: (d := _destination(s))["state"] == "down" and d, 10,
-                          what="`syncd status --json` saying the destination is down")
+        down = wait_until(
+            lambda: (d := _destination(s))["state"] == "down" and d,
+            10,
+            what="`syncd status --json` saying the destination is down",
+        )
         assert down["up"] is False and went_down - 1 <= down["since"] <= time.time()
         assert "lilt" in down["reason"] and "RetryableError" in down["reason"]  # why
         assert _metric(metrics, "syncd_destination_up") == 0
-        assert _metric(metrics, "syncd_destination_down_since_seconds") == \
-            pytest.approx(down["since"])
+        assert _metric(metrics, "syncd_destination_down_since_seconds") == pytest.approx(down["since"])
         keep_dropping(9)
 
         proxy = FaultProxy(_upstream(s), port=port)
@@ -352,6 +383,7 @@ def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
 
 # -- F21 ----------------------------------------------------------------------------------
 
+
 def _sparse_dir(tmp: Path, size: int) -> Path | None:
     """A directory (tmp, else /dev/shm) whose filesystem holds a sparse file of ``size``."""
     for parent in (tmp, Path("/dev/shm")):
@@ -379,22 +411,36 @@ def _read_bytes(pid: int) -> int:
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("service,size,reason", [
-    ("lilt", 49 * TIB, "need more than 10000 parts of at most 8388608 bytes"),  # Lilt's 8 MiB
-    ("apivideo", 13 * TIB, "need more than 100000 parts of at most 134217728 bytes"),
-], ids=["s3-rules", "apivideo-rules"])
+@pytest.mark.parametrize(
+    "service,size,reason",
+    [
+        ("lilt", 49 * TIB, "need more than 10000 parts of at most 8388608 bytes"),  # Lilt's 8 MiB
+        ("apivideo", 13 * TIB, "need more than 100000 parts of at most 134217728 bytes"),
+    ],
+    ids=["s3-rules", "apivideo-rules"],
+)
 def test_f21_file_too_large_for_the_part_rules_is_refused_unread(
-        setup: Any, tmp_path: Path, service: str, size: int, reason: str) -> None:
+    setup: Any, tmp_path: Path, service: str, size: int, reason: str
+) -> None:
     base = _sparse_dir(tmp_path, size)
     if base is None:
-        pytest.skip(f"no filesystem here holds a sparse {size / TIB:.0f} TiB file "
-                    "(ext4 stops at 16 TiB; /dev/shm is not tmpfs or is missing)")
+        pytest.skip(
+            f"no filesystem here holds a sparse {size / TIB:.0f} TiB file "
+            "(ext4 stops at 16 TiB; /dev/shm is not tmpfs or is missing)"
+        )
     try:
-        folder = {"name": "in", "settle_seconds": 0.1, "path": f"{base}/inbox",
-                  "archive_dir": f"{base}/archive", "failed_dir": f"{base}/failed"}
-        dest = None if service == "lilt" else {
-            "type": "apivideo", "base_url": "{url}/apivideo",
-            "upload_token": "env:TEST_APIVIDEO_TOKEN"}
+        folder = {
+            "name": "in",
+            "settle_seconds": 0.1,
+            "path": f"{base}/inbox",
+            "archive_dir": f"{base}/archive",
+            "failed_dir": f"{base}/failed",
+        }
+        dest = (
+            None
+            if service == "lilt"
+            else {"type": "apivideo", "base_url": "{url}/apivideo", "upload_token": "env:TEST_APIVIDEO_TOKEN"}
+        )
         s = setup(folders=[folder], destination=dest)
         huge = base / "inbox" / "huge.mov"
         with open(huge, "wb"):
@@ -421,23 +467,24 @@ def test_f21_file_too_large_for_the_part_rules_is_refused_unread(
 
 # -- F22 ----------------------------------------------------------------------------------
 
+
 @pytest.mark.process
 @pytest.mark.parametrize("skew", [20 * 60, -20 * 60], ids=["server-ahead", "server-behind"])
-def test_f22_server_clock_twenty_minutes_off(setup: Any, monkeypatch: pytest.MonkeyPatch,
-                                             skew: int) -> None:
+def test_f22_server_clock_twenty_minutes_off(setup: Any, monkeypatch: pytest.MonkeyPatch, skew: int) -> None:
     """The emulator (in this process) runs on a clock ``skew`` seconds off: its ``Date``
     headers, its Retry-After dates and its URL expiry. The daemon's clock is right."""
     real = email.utils.formatdate
 
-    def skewed(timeval: float | None = None, localtime: bool = False,
-               usegmt: bool = False) -> str:
+    def skewed(timeval: float | None = None, localtime: bool = False, usegmt: bool = False) -> str:
         return real((time.time() if timeval is None else timeval) + skew, localtime, usegmt)
 
     monkeypatch.setattr(email.utils, "formatdate", skewed)
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.1}],
-              daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 30},
-              emulator={"clock": lambda: time.time() + skew, "url_ttl": 60},
-              lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB})
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1}],
+        daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 30},
+        emulator={"clock": lambda: time.time() + skew, "url_ttl": 60},
+        lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+    )
     s.emulator.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": "date"}])
     small, big = b"after a rate limit", os.urandom(6 * MIB)
     s.drop("small.txt", small)
@@ -454,8 +501,7 @@ def test_f22_server_clock_twenty_minutes_off(setup: Any, monkeypatch: pytest.Mon
     s.invariants()
 
 
-def test_f22_backoff_reads_no_clock_and_retry_after_uses_the_servers(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_f22_backoff_reads_no_clock_and_retry_after_uses_the_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     """backoff() is a pure function of the attempt (no wall clock); a Retry-After date is
     measured against the response's Date, whatever the local clock says."""
     expected = [backoff(n, 0.5, 60.0, random.Random(7)) for n in range(1, 10)]
@@ -502,14 +548,19 @@ def test_f22_wriftai_rate_limit_reset_ignores_clock_skew() -> None:
     from syncd.destinations.wriftai import rate_limit_wait
 
     server_now = time.time() + 1200
-    response = httpx.Response(429, headers={
-        "x-ratelimit-reset": str(int(server_now) + 2),
-        "Date": email.utils.formatdate(server_now, usegmt=True)})
+    response = httpx.Response(
+        429,
+        headers={
+            "x-ratelimit-reset": str(int(server_now) + 2),
+            "Date": email.utils.formatdate(server_now, usegmt=True),
+        },
+    )
     wait = rate_limit_wait(response)
     assert wait is not None and wait <= 5.0
 
 
 # -- F29 ----------------------------------------------------------------------------------
+
 
 class TlsFront:
     """A loopback TLS-terminating proxy: HTTPS outside, the emulator's plain HTTP inside.
@@ -589,15 +640,21 @@ def tls(setup: Any, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     fronts: list[TlsFront] = []
 
     def make(daemon: dict[str, Any] | None = None) -> tuple[Setup, TlsFront]:
-        s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 3}],
-                  daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 0.5, **(daemon or {})},
-                  destination={"type": "apivideo", "base_url": "{url}/apivideo",
-                               "upload_token": "env:TEST_APIVIDEO_TOKEN"})
+        s = setup(
+            folders=[{"name": "in", "settle_seconds": 0.1, "max_attempts": 3}],
+            daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 0.5, **(daemon or {})},
+            destination={
+                "type": "apivideo",
+                "base_url": "{url}/apivideo",
+                "upload_token": "env:TEST_APIVIDEO_TOKEN",
+            },
+        )
         front = TlsFront(_upstream(s), context)
         fronts.append(front)
 
         def edit(doc: dict[str, Any]) -> None:
             doc["destinations"]["lilt"]["base_url"] = f"https://127.0.0.1:{front.port}/apivideo"
+
         _edit_config(s, edit)
         return s, front
 
@@ -623,10 +680,10 @@ def test_f29_self_signed_server_is_refused_by_default(tls: tuple[Any, Path]) -> 
     assert row.state in ("queued", "retrying") and row.attempts <= 1  # attempts kept
     assert "certificate verify failed" in (row.last_error or "")
     assert (s.inbox() / "clip.mp4").exists() and not s.failed().exists()
-    wait_until(lambda: "paused" in (s.status()["daemon"].get("status") or ""), 10,
-               what="the pause in syncd status")
-    outputs = [s.cli("status").stdout, s.cli("status", "--json").stdout,
-               s.cli("files", "--json").stdout]
+    wait_until(
+        lambda: "paused" in (s.status()["daemon"].get("status") or ""), 10, what="the pause in syncd status"
+    )
+    outputs = [s.cli("status").stdout, s.cli("status", "--json").stdout, s.cli("files", "--json").stdout]
     assert "certificate verify failed" in outputs[2]
     assert s.stop() == 0
     s.assert_no_secret(*outputs)
@@ -634,8 +691,7 @@ def test_f29_self_signed_server_is_refused_by_default(tls: tuple[Any, Path]) -> 
 
 @pytest.mark.process
 @pytest.mark.parametrize("trust", ["ca_bundle", "tls_verify_off"])
-def test_f29_uploads_with_the_ca_bundle_or_with_verification_off(
-        tls: tuple[Any, Path], trust: str) -> None:
+def test_f29_uploads_with_the_ca_bundle_or_with_verification_off(tls: tuple[Any, Path], trust: str) -> None:
     make, ca_file = tls
     daemon = {"ca_bundle": os.fspath(ca_file)} if trust == "ca_bundle" else {"tls_verify": False}
     s, front = make(daemon)
@@ -666,50 +722,88 @@ PIPELINE = "5f3a9c0e7b1d4a2c8e6f0a1b"
 
 @pytest.mark.process
 def test_secrets_never_leak_with_every_destination_type(setup: Any) -> None:
-    folders = [{"name": name, "destination": name, "labels": ["canary-run"], "category": "SOURCE",
-                "settle_seconds": 0.1, "max_attempts": 20}
-               for name in ("lilt", "wriftai", "xvid", "apivideo")]
-    s = setup(folders=folders, daemon={"log_level": "debug", "retry_base_seconds": 0.1,
-                                       "retry_max_seconds": 0.5},
-              emulator={"wriftai_part_size": 64 * 1024})  # several WriftAI parts, quickly
+    folders = [
+        {
+            "name": name,
+            "destination": name,
+            "labels": ["canary-run"],
+            "category": "SOURCE",
+            "settle_seconds": 0.1,
+            "max_attempts": 20,
+        }
+        for name in ("lilt", "wriftai", "xvid", "apivideo")
+    ]
+    s = setup(
+        folders=folders,
+        daemon={"log_level": "debug", "retry_base_seconds": 0.1, "retry_max_seconds": 0.5},
+        emulator={"wriftai_part_size": 64 * 1024},
+    )  # several WriftAI parts, quickly
     url = s.emulator.url
 
     def edit(doc: dict[str, Any]) -> None:
-        doc["destinations"].update({
-            "lilt": {**doc["destinations"]["lilt"], "multipart_threshold": 5 * MIB,
-                     "part_size": 5 * MIB},
-            "wriftai": {"type": "wriftai", "base_url": f"{url}/wriftai/v1",
-                        "token": "env:TEST_WRIFTAI_TOKEN", "protocol": "uploads"},
-            "xvid": {"type": "xvid", "base_url": f"{url}/xvid/v1", "client_id": "canary-client",
-                     "client_secret": "env:TEST_XVID_SECRET", "pipeline_id": PIPELINE,
-                     "chunk_size": 5 * MIB, "object_key": "t8/{uuid}/{relpath}"},
-            "apivideo": {"type": "apivideo", "base_url": f"{url}/apivideo",
-                         "upload_token": "env:TEST_APIVIDEO_TOKEN",
-                         "api_key": "env:TEST_APIVIDEO_KEY", "chunk_size": 5 * MIB},
-        })
+        doc["destinations"].update(
+            {
+                "lilt": {**doc["destinations"]["lilt"], "multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+                "wriftai": {
+                    "type": "wriftai",
+                    "base_url": f"{url}/wriftai/v1",
+                    "token": "env:TEST_WRIFTAI_TOKEN",
+                    "protocol": "uploads",
+                },
+                "xvid": {
+                    "type": "xvid",
+                    "base_url": f"{url}/xvid/v1",
+                    "client_id": "canary-client",
+                    "client_secret": "env:TEST_XVID_SECRET",
+                    "pipeline_id": PIPELINE,
+                    "chunk_size": 5 * MIB,
+                    "object_key": "t8/{uuid}/{relpath}",
+                },
+                "apivideo": {
+                    "type": "apivideo",
+                    "base_url": f"{url}/apivideo",
+                    "upload_token": "env:TEST_APIVIDEO_TOKEN",
+                    "api_key": "env:TEST_APIVIDEO_KEY",
+                    "chunk_size": 5 * MIB,
+                },
+            }
+        )
+
     _edit_config(s, edit)
-    s.emulator.set_faults(script=[  # error paths carry URLs and bodies: redaction under load
-        {"op": "lilt.initiate", "status": 400},  # one file fails for good, with its reason
-        {"op": "lilt.put_part", "status": 503},
-        {"op": "lilt.put", "kind": "expire"},
-        {"op": "wriftai.put_part", "kind": "reset"},
-        {"op": "wriftai.initiate_multipart", "kind": "429", "retry_after": "date"},
-        {"op": "xvid.post_chunk", "status": 500},
-        {"op": "xvid.open", "kind": "429"},
-        {"op": "apivideo.upload_source", "kind": "reset"},  # with api_key: /videos/{id}/source
-        {"op": "apivideo.upload_source", "status": 502},
-    ])
+    s.emulator.set_faults(
+        script=[  # error paths carry URLs and bodies: redaction under load
+            {"op": "lilt.initiate", "status": 400},  # one file fails for good, with its reason
+            {"op": "lilt.put_part", "status": 503},
+            {"op": "lilt.put", "kind": "expire"},
+            {"op": "wriftai.put_part", "kind": "reset"},
+            {"op": "wriftai.initiate_multipart", "kind": "429", "retry_after": "date"},
+            {"op": "xvid.post_chunk", "status": 500},
+            {"op": "xvid.open", "kind": "429"},
+            {"op": "apivideo.upload_source", "kind": "reset"},  # with api_key: /videos/{id}/source
+            {"op": "apivideo.upload_source", "status": 502},
+        ]
+    )
     sizes = {"lilt": 6 * MIB, "wriftai": 200 * 1024, "xvid": 6 * MIB, "apivideo": 6 * MIB}
     for name, size in sizes.items():
         s.drop("small-1.bin", os.urandom(1000), name)
         s.drop("small-2.bin", os.urandom(2000), name)
         s.drop("large.bin", os.urandom(size), name)
     s.start()
-    wait_until(lambda: s.all_done(11) and s.counts().get("failed") == 1, 60, 0.3,
-               "every file done but the one refused")
+    wait_until(
+        lambda: s.all_done(11) and s.counts().get("failed") == 1,
+        60,
+        0.3,
+        "every file done but the one refused",
+    )
     outputs = []
-    for args in (("status",), ("status", "--json"), ("files", "--json"), ("check",),
-                 ("check", "--online"), ("explain", os.fspath(s.inbox("lilt") / "x"))):
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("files", "--json"),
+        ("check",),
+        ("check", "--online"),
+        ("explain", os.fspath(s.inbox("lilt") / "x")),
+    ):
         out = s.cli(*args)
         # explain of a path that does not exist (and never did) exits 2, still saying why
         assert out.returncode == (2 if args[0] == "explain" else 0), (args, out.stderr)

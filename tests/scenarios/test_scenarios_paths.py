@@ -37,8 +37,6 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +[\w.]+: ")
 
 
-
-
 def _bind_socket(path: Path) -> socket.socket:
     """A listening AF_UNIX socket file at ``path`` (bound elsewhere if the path is too long)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -110,14 +108,16 @@ def test_f15_symlinks_fifos_and_sockets_are_skipped_once_and_never_read(setup: C
         log = s.log_text()
         for name, path in specials.items():
             assert _skip_lines(log, path) == 1, f"{name}: expected exactly one skip line"
-        kinds = {name: re.findall(rf"skipping {re.escape(quoted_path(os.fspath(p)))}: it is a (\w+)", log)[0]
-                 for name, p in specials.items()}
+        kinds = {
+            name: re.findall(rf"skipping {re.escape(quoted_path(os.fspath(p)))}: it is a (\w+)", log)[0]
+            for name, p in specials.items()
+        }
         assert kinds["pipe"] == kinds["pipe-2"] == "FIFO" and kinds["sock"] == "socket"
-        assert {kinds[n] for n in ("passwd-link", "root-link", "outside-link",
-                                   "outside-dir-link", "dangling")} == {"symlink"}
+        assert {
+            kinds[n] for n in ("passwd-link", "root-link", "outside-link", "outside-dir-link", "dangling")
+        } == {"symlink"}
         # nothing but the regular files has a row or reached the server
-        assert sorted(r.relpath for r in s.rows()) == \
-            ["good-2.txt", "good-3.txt", "good.txt"]
+        assert sorted(r.relpath for r in s.rows()) == ["good-2.txt", "good-3.txt", "good.txt"]
         uploaded = {u["sha256"] for u in s.emulator.uploads()}
         assert len(uploaded) == 3
         for forbidden in (outside / "secret.txt", outside / "also.txt", Path("/etc/passwd")):
@@ -141,8 +141,10 @@ def test_f15_device_nodes_are_skipped(setup: Callable[..., Setup]) -> None:
         os.mknod(char, stat.S_IFCHR | 0o600, os.makedev(1, 3))
         os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 0))
     except PermissionError as exc:
-        pytest.skip(f"mknod is not permitted here ({exc.strerror}: no CAP_MKNOD), "
-                    "so no device node can be put in the inbox")
+        pytest.skip(
+            f"mknod is not permitted here ({exc.strerror}: no CAP_MKNOD), "
+            "so no device node can be put in the inbox"
+        )
     s.drop("good.txt", b"regular")
     s.start()
     wait_until(lambda: s.all_done(1), 20, what="the regular file")
@@ -160,7 +162,8 @@ def _state(s: Setup, rel: str) -> list[str]:
 
 
 def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(
-        setup: Callable[..., Setup]) -> None:
+    setup: Callable[..., Setup],
+) -> None:
     """TOCTOU: the settle stage saw a regular file; by the time a worker opens it, it is a
     symlink to a file outside the folder (or a FIFO). O_NOFOLLOW|O_NONBLOCK and fstat refuse it."""
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"workers": 1})
@@ -169,18 +172,24 @@ def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(
     s.drop("first.txt", b"holds the only worker for two seconds")
     s.start()
     wait_until(lambda: _state(s, "first.txt") == ["uploading"], 15, what="the first upload")
-    victims = {"to-link.txt": s.drop("to-link.txt", b"regular when it settled"),
-               "to-fifo.txt": s.drop("to-fifo.txt", b"regular when it settled, too")}
-    wait_until(lambda: all(_state(s, v) == ["queued"] for v in victims), 15,
-               what="both victims queued behind the busy worker")
+    victims = {
+        "to-link.txt": s.drop("to-link.txt", b"regular when it settled"),
+        "to-fifo.txt": s.drop("to-fifo.txt", b"regular when it settled, too"),
+    }
+    wait_until(
+        lambda: all(_state(s, v) == ["queued"] for v in victims),
+        15,
+        what="both victims queued behind the busy worker",
+    )
     os.unlink(victims["to-link.txt"])
     os.symlink(outside / "secret.txt", victims["to-link.txt"])
     os.unlink(victims["to-fifo.txt"])
     os.mkfifo(victims["to-fifo.txt"])
     for v in victims:
         del s.dropped[("in", v)]
-    wait_until(lambda: all(_state(s, v) == ["vanished"] for v in victims), 20,
-               what="both swapped files refused")
+    wait_until(
+        lambda: all(_state(s, v) == ["vanished"] for v in victims), 20, what="both swapped files refused"
+    )
     s.drop("after.txt", b"the worker is free again")
     wait_until(lambda: s.all_done(2), 20, what="the files around the swap")
 
@@ -192,16 +201,14 @@ def test_f15_file_swapped_for_a_symlink_or_fifo_after_settling_is_refused(
     uploads = s.emulator.uploads()
     assert sorted(u["filename"] for u in uploads) == ["after.txt", "first.txt"]
     assert sha((outside / "secret.txt").read_bytes()) not in {u["sha256"] for u in uploads}
-    assert os.path.islink(victims["to-link.txt"]) and stat.S_ISFIFO(
-        os.lstat(victims["to-fifo.txt"]).st_mode)
+    assert os.path.islink(victims["to-link.txt"]) and stat.S_ISFIFO(os.lstat(victims["to-fifo.txt"]).st_mode)
     s.invariants()
     assert s.stop() == 0
 
 
-
-
-def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup: Callable[..., Setup],
-                                                          tmp_path: Path) -> None:
+def test_f15_strace_shows_nothing_behind_a_link_is_opened(
+    setup: Callable[..., Setup], tmp_path: Path
+) -> None:
     problem = strace_problem()
     if problem:
         pytest.skip(problem)
@@ -212,8 +219,9 @@ def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup: Callable[..., S
     trace = tmp_path / "open.trace"
     try:
         s.drop("good.txt", b"regular")
-        proc = s.start("once", wrapper=["strace", "-f", "-qq", "-e", "trace=open,openat,openat2",
-                                        "-o", os.fspath(trace)])
+        proc = s.start(
+            "once", wrapper=["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", os.fspath(trace)]
+        )
         assert proc.wait(60) == 0, s.log_text()[-2000:]
     finally:
         sock.close()
@@ -227,11 +235,11 @@ def test_f15_strace_shows_nothing_behind_a_link_is_opened(setup: Callable[..., S
         for name, special in specials.items():
             assert path != os.fspath(special), f"opened the {name} {path}"
     assert s.counts() == {"done": 1}
-    assert sha((outside / "secret.txt").read_bytes()) not in {
-        u["sha256"] for u in s.emulator.uploads()}
+    assert sha((outside / "secret.txt").read_bytes()) not in {u["sha256"] for u in s.emulator.uploads()}
 
 
 # -- F16 ----------------------------------------------------------------------------------
+
 
 def _fs_encoding_corpus() -> list[bytes]:
     """rclone's FsEncoding list (fstests.go), plus Unicode spellings and NAME_MAX names."""
@@ -240,16 +248,33 @@ def _fs_encoding_corpus() -> list[bytes]:
         names.append(f"ctl-{c:02X}-{chr(c)}-end.txt")
     names += ["\x01", "\n", "\r", "\t", "\x0b", "\x7f"]  # a control character alone
     names += ["...", "....", ". .", ".. ", " .", ".leading dot", "trailing dot.", "..x"]
-    names += [" leading space", "trailing space ", "\rleading CR", "trailing CR\r",
-              "\nleading LF", "trailing LF\n", "\tleading HT", "trailing HT\t",
-              "\x0bleading VT", "trailing VT\x0b", "~leading tilde", "--help", "-n"]
+    names += [
+        " leading space",
+        "trailing space ",
+        "\rleading CR",
+        "trailing CR\r",
+        "\nleading LF",
+        "trailing LF\n",
+        "\tleading HT",
+        "trailing HT\t",
+        "\x0bleading VT",
+        "trailing VT\x0b",
+        "~leading tilde",
+        "--help",
+        "-n",
+    ]
     names.append("".join(chr(c) for c in range(0x21, 0x7F) if not chr(c).isalnum() and c != 0x2F))
     names += ["test%46.txt", "%2F-not-a-slash", "%00", "a+b=c&d.txt"]
     names += [b"invalid utf8\xfe", b"\xfe", b"\xff\xfe\xfd-three", b"half \xc3 a char"]
-    names += ["\u00e9t\u00e9-nfc.txt", "e\u0301te\u0301-nfd.txt", "\u00e9t\u00e9.txt",
-              "e\u0301te\u0301.txt", "\u212b-angstrom", "\u00c5-a-ring"]
-    names += ["n" * 255, "\u00e9" * 127 + "y", "\U0001F600" * 63 + "abc", b"\xfe" * 255,
-              "\u4e2d" * 85]
+    names += [
+        "\u00e9t\u00e9-nfc.txt",
+        "e\u0301te\u0301-nfd.txt",
+        "\u00e9t\u00e9.txt",
+        "e\u0301te\u0301.txt",
+        "\u212b-angstrom",
+        "\u00c5-a-ring",
+    ]
+    names += ["n" * 255, "\u00e9" * 127 + "y", "\U0001f600" * 63 + "abc", b"\xfe" * 255, "\u4e2d" * 85]
     out = [n if isinstance(n, bytes) else n.encode("utf-8") for n in names]
     assert all(len(n) <= 255 for n in out) and len(set(out)) == len(out)
     return out
@@ -264,7 +289,8 @@ def _put(s: Setup, name: bytes, data: bytes) -> None:
 
 
 def test_f16_rclone_encoding_corpus_uploads_and_archives_with_original_bytes(
-        setup: Callable[..., Setup]) -> None:
+    setup: Callable[..., Setup],
+) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3, "ignore_junk": False}])
     corpus = _fs_encoding_corpus()
     half = len(corpus) // 2

@@ -165,8 +165,7 @@ def test_clean_temp(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]
 
 
-def test_a_new_file_under_the_same_name_is_never_archived_as_uploaded(
-        tmp_path: Path, ledger: Ledger) -> None:
+def test_a_new_file_under_the_same_name_is_never_archived_as_uploaded(tmp_path: Path, ledger: Ledger) -> None:
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"uploaded version")
     path = tmp_path / "inbox" / "a.txt"

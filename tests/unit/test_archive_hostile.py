@@ -43,7 +43,8 @@ def _tree(path: Path) -> dict[str, bytes]:
 
 
 def test_planted_archive_subdirectory_link_is_never_followed(
-        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    tmp_path: Path, ledger: Ledger, outside: Path
+) -> None:
     folder = make_folder(tmp_path)
     (tmp_path / "archive" / "inbox").mkdir(parents=True)
     os.symlink(outside, tmp_path / "archive" / "inbox" / "sub")
@@ -56,7 +57,8 @@ def test_planted_archive_subdirectory_link_is_never_followed(
 
 
 def test_inbox_directory_swapped_for_a_link_after_upload(
-        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    tmp_path: Path, ledger: Ledger, outside: Path
+) -> None:
     """The uploaded file's directory becomes a link to another tree: nothing there moves."""
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "x/victim.txt", b"decoy")
@@ -72,7 +74,8 @@ def test_inbox_directory_swapped_for_a_link_after_upload(
 
 
 def test_name_swapped_for_a_symlink_archives_the_uploaded_descriptor_only(
-        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    tmp_path: Path, ledger: Ledger, outside: Path
+) -> None:
     """Between the upload and the move the name becomes a link: no link reaches the archive."""
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"uploaded bytes")
@@ -114,8 +117,7 @@ def test_archive_race_many_tries(tmp_path: Path, ledger: Ledger, outside: Path) 
     assert len([p for p in inbox.iterdir() if p.name.endswith(".swp")]) == 100
 
 
-def test_cross_device_copy_is_made_from_the_uploaded_descriptor(
-        tmp_path: Path, ledger: Ledger) -> None:
+def test_cross_device_copy_is_made_from_the_uploaded_descriptor(tmp_path: Path, ledger: Ledger) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("/dev/shm is not a separate filesystem here")
@@ -130,8 +132,7 @@ def test_cross_device_copy_is_made_from_the_uploaded_descriptor(
         assert (Path(other) / "arch" / "a.txt").read_bytes() == b"the uploaded bytes"
 
 
-def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(
-        tmp_path: Path, ledger: Ledger) -> None:
+def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(tmp_path: Path, ledger: Ledger) -> None:
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"original")
     kept = tmp_path / "producer-keeps"
@@ -146,7 +147,8 @@ def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(
 
 
 def test_bytes_changed_through_a_hard_link_after_upload_are_not_archived(
-        tmp_path: Path, ledger: Ledger) -> None:
+    tmp_path: Path, ledger: Ledger
+) -> None:
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"original")
     kept = tmp_path / "producer-keeps"
@@ -176,8 +178,11 @@ def test_sidecar_never_overwrites_a_user_file(tmp_path: Path, ledger: Ledger) ->
     assert kept is not None and kept.location is not None
     assert Path(kept.location).read_bytes() == b"the user's own json"
     assert (fdir / "report").read_bytes() == b"the report"
-    sidecars = [json.loads(p.read_bytes()) for p in fdir.iterdir()
-                if p.name.startswith("report.error") and p.read_bytes().startswith(b"{\n")]
+    sidecars = [
+        json.loads(p.read_bytes())
+        for p in fdir.iterdir()
+        if p.name.startswith("report.error") and p.read_bytes().startswith(b"{\n")
+    ]
     assert sorted(s["uuid"] for s in sidecars) == sorted([first.uuid, second.uuid])
     assert (fdir / "report.error (1).json").exists()
 
@@ -196,7 +201,8 @@ def test_failing_again_replaces_only_its_own_sidecar(tmp_path: Path, ledger: Led
 
 
 def test_planted_links_in_failed_dir_are_not_written_through(
-        tmp_path: Path, ledger: Ledger, outside: Path) -> None:
+    tmp_path: Path, ledger: Ledger, outside: Path
+) -> None:
     folder = make_folder(tmp_path)
     fdir = tmp_path / "failed" / "inbox"
     fdir.mkdir(parents=True)

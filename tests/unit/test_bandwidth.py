@@ -47,9 +47,13 @@ def test_rates_and_entries() -> None:
     assert parse_rate("off") == parse_rate("0") == parse_rate("OFF") == 0
     assert parse_entry("08:00,512 KiB") == (480, 512 * KiB)
     assert parse_entry(" 8:05 , off ") == (485, 0)
-    for bad, why in (("25:00,1", "not a time of day"), ("08:60,1", "not a time of day"),
-                     ("08:00", "expected"), ("08:00,fast", "rate 'fast'"),
-                     ("08:00,1.3 B", "whole number")):
+    for bad, why in (
+        ("25:00,1", "not a time of day"),
+        ("08:60,1", "not a time of day"),
+        ("08:00", "expected"),
+        ("08:00,fast", "rate 'fast'"),
+        ("08:00,1.3 B", "whole number"),
+    ):
         with pytest.raises(ValueError, match=why):
             parse_entry(bad)
 
@@ -67,11 +71,16 @@ def test_schedule_wraps_around_midnight() -> None:
 
 
 def _load(tmp_path: Path, dest: str, kind: str = "lilt") -> Any:
-    keys = {"lilt": 'api_key = "k-0123456789"', "wriftai": 'token = "t-0123456789"',
-            "apivideo": 'upload_token = "to0123456789"',
-            "xvid": 'client_id = "c"\nclient_secret = "s-0123456789"\npipeline_id = "p"'}
-    text = (f'[destinations.d]\ntype = "{kind}"\n{keys[kind]}\n{dest}\n'
-            '[[folders]]\npath = "in"\ndestination = "d"\n')
+    keys = {
+        "lilt": 'api_key = "k-0123456789"',
+        "wriftai": 'token = "t-0123456789"',
+        "apivideo": 'upload_token = "to0123456789"',
+        "xvid": 'client_id = "c"\nclient_secret = "s-0123456789"\npipeline_id = "p"',
+    }
+    text = (
+        f'[destinations.d]\ntype = "{kind}"\n{keys[kind]}\n{dest}\n'
+        '[[folders]]\npath = "in"\ndestination = "d"\n'
+    )
     return loads(text, base_dir=tmp_path)
 
 
@@ -93,23 +102,24 @@ def test_config_errors_name_the_key_and_value(tmp_path: Path) -> None:
         "destinations.d.bwlimt: unknown key (did you mean 'bwlimit'?)",
     ]
     with pytest.raises(ConfigError) as err:
-        _load(tmp_path, 'bwlimit = -1')
-    assert [str(p) for p in err.value.problems] == ["destinations.d.bwlimit: must be >= 0 bytes, "
-                                                    "got -1"]
+        _load(tmp_path, "bwlimit = -1")
+    assert [str(p) for p in err.value.problems] == ["destinations.d.bwlimit: must be >= 0 bytes, got -1"]
     with pytest.raises(ConfigError) as err:
-        _load(tmp_path, 'bwlimit = "1 MiB"\n'
-                        'bwlimit_schedule = ["08:00,1 MiB", "8:00,off", "24:00,1", "noon,1", ""]')
+        _load(
+            tmp_path,
+            'bwlimit = "1 MiB"\nbwlimit_schedule = ["08:00,1 MiB", "8:00,off", "24:00,1", "noon,1", ""]',
+        )
     assert [str(p) for p in err.value.problems] == [
         "destinations.d.bwlimit_schedule[4]: must not be empty, got ''",
     ]
     with pytest.raises(ConfigError) as err:
-        _load(tmp_path, 'bwlimit = "1 MiB"\n'
-                        'bwlimit_schedule = ["08:00,1 MiB", "8:00,off", "24:00,1", "noon,1"]')
+        _load(
+            tmp_path, 'bwlimit = "1 MiB"\nbwlimit_schedule = ["08:00,1 MiB", "8:00,off", "24:00,1", "noon,1"]'
+        )
     assert [str(p) for p in err.value.problems] == [
         "destinations.d.bwlimit_schedule[1]: 8:00 appears twice in the schedule, got '8:00,off'",
-        "destinations.d.bwlimit_schedule[2]: 24:00 is not a time of day (00:00 to 23:59), "
-        "got '24:00,1'",
-        "destinations.d.bwlimit_schedule[3]: expected \"HH:MM,RATE\" like \"08:00,512 KiB\" or "
+        "destinations.d.bwlimit_schedule[2]: 24:00 is not a time of day (00:00 to 23:59), got '24:00,1'",
+        'destinations.d.bwlimit_schedule[3]: expected "HH:MM,RATE" like "08:00,512 KiB" or '
         "\"18:00,off\", got 'noon,1'",
         "destinations.d.bwlimit: set either bwlimit or bwlimit_schedule, not both "
         "(bwlimit_schedule decides the rate at every time of day), got '1 MiB'",
@@ -231,8 +241,13 @@ def test_uploader_paces_the_reads_and_cancels_promptly(tmp_path: Path, clock: Fa
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path)
     dest = FakeDestination()
-    up = Uploader(ledger, lambda: {"dest": dest}, lambda: {os.fspath(folder.path): folder},
-                  clock=clock, rng=random.Random(1))
+    up = Uploader(
+        ledger,
+        lambda: {"dest": dest},
+        lambda: {os.fspath(folder.path): folder},
+        clock=clock,
+        rng=random.Random(1),
+    )
     up.bandwidth.configure({"dest": Limit(128 * KiB)})
 
     def drop(rel: str, size: int) -> Any:
@@ -261,9 +276,10 @@ def test_daemon_upload_rate_stays_under_the_limit(make_setup: Any) -> None:
     """Real daemon, real emulator: a multipart file sent in parallel parts and two
     single-request files on another worker share one limit."""
     rate = 4 * MiB
-    s = make_setup(daemon={"workers": 2},
-                   lilt={"bwlimit": "4 MiB", "multipart_threshold": "5 MiB",
-                         "part_size": "5 MiB", "parallel_parts": 3})
+    s = make_setup(
+        daemon={"workers": 2},
+        lilt={"bwlimit": "4 MiB", "multipart_threshold": "5 MiB", "part_size": "5 MiB", "parallel_parts": 3},
+    )
     sizes = {"big.bin": 12 * MiB, "a.bin": MiB, "b.bin": MiB}
     for name, size in sizes.items():
         s.drop(name, os.urandom(size))

@@ -46,8 +46,7 @@ def test_what_is_an_outage() -> None:
     assert not is_outage(OSError("read error"))
 
 
-def test_closed_admits_everyone_and_opens_after_threshold_failures_in_a_row(
-        clock: FakeClock) -> None:
+def test_closed_admits_everyone_and_opens_after_threshold_failures_in_a_row(clock: FakeClock) -> None:
     c = make(clock)
     assert c.admit() == GO and c.wait() is None
     assert c.snapshot() == CircuitState()
@@ -61,8 +60,7 @@ def test_closed_admits_everyone_and_opens_after_threshold_failures_in_a_row(
     verdict = c.failed(REFUSED_CONN)
     assert verdict.open and not verdict.charge and verdict.retry_at == clock() + 1.0
     state = c.snapshot()
-    assert (state.state, state.since, state.reason, state.up) == (DOWN, clock(), REFUSED_CONN,
-                                                                  False)
+    assert (state.state, state.since, state.reason, state.up) == (DOWN, clock(), REFUSED_CONN, False)
     assert state.next_probe_at == clock() + 1.0
     assert state.to_json()["state"] == "down" and state.to_json()["up"] is False
 
@@ -190,7 +188,11 @@ def test_refused_opens_for_the_refuse_pause_then_probes(clock: FakeClock) -> Non
     c.refused("FatalError: HTTP 401")
     state = c.snapshot()
     assert (state.state, state.up, state.since, state.next_probe_at) == (
-        REFUSED, False, clock(), clock() + 60.0)
+        REFUSED,
+        False,
+        clock(),
+        clock() + 60.0,
+    )
     assert c.admit() is None
     clock.advance(60)
     token = c.admit()
@@ -214,8 +216,7 @@ def test_a_probe_without_any_answer_turns_refused_into_down(clock: FakeClock) ->
     assert c.snapshot().state == DOWN and verdict.retry_at == clock() + 1.0
 
 
-def test_rate_limited_holds_everyone_then_lets_everyone_go_without_a_probe(
-        clock: FakeClock) -> None:
+def test_rate_limited_holds_everyone_then_lets_everyone_go_without_a_probe(clock: FakeClock) -> None:
     c = make(clock, base=1.0, cap=10.0)
     until = c.rate_limited(7.0, "rate limited (HTTP 429)")
     assert until == clock() + 7.0

@@ -49,8 +49,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ("run", "once", "status", "files", "retry", "check", "explain", "init",
-                 "folder", "emulate", "examples:", "Exit codes"):
+    for word in (
+        "run",
+        "once",
+        "status",
+        "files",
+        "retry",
+        "check",
+        "explain",
+        "init",
+        "folder",
+        "emulate",
+        "examples:",
+        "Exit codes",
+    ):
         assert word in out
 
 
@@ -59,8 +71,7 @@ def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["files", "--state", "nonsense"]) == 2
 
 
-def test_config_error_is_exit_2_and_names_key(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_error_is_exit_2_and_names_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[daemon]\nwrokers = 3\n[[folders]]\npath = "x"\ndestination = "nope"\n')
     code, out, err = run(capsys, "-c", str(bad), "check")
@@ -90,8 +101,7 @@ def test_status_and_files_without_a_ledger(cfg: Path, capsys: pytest.CaptureFixt
     assert code == 0 and data["states"]["done"] == 0 and data["daemon"]["running"] is False
     assert data["folders"][0]["destination"] == "main"
     (dest,) = data["destinations"]  # no daemon: nobody knows whether it is up
-    assert (dest["name"], dest["type"], dest["state"], dest["up"]) == ("main", "lilt", "unknown",
-                                                                       None)
+    assert (dest["name"], dest["type"], dest["state"], dest["up"]) == ("main", "lilt", "unknown", None)
     code, out, _ = run(capsys, "-c", str(cfg), "files")
     assert code == 0 and "no files" in out
 
@@ -176,15 +186,29 @@ def test_init_and_folder_add(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, _, err = run(capsys, "init", str(path))
     assert code == 2 and "--force" in err
     (tmp_path / "scans").mkdir()
-    code, out, err = run(capsys, "-c", str(path), "folder", "add", str(tmp_path / "scans"),
-                         "--destination", "demo", "--label", "scan", "--label", "a b",
-                         "--category", "REFERENCE")
+    code, out, err = run(
+        capsys,
+        "-c",
+        str(path),
+        "folder",
+        "add",
+        str(tmp_path / "scans"),
+        "--destination",
+        "demo",
+        "--label",
+        "scan",
+        "--label",
+        "a b",
+        "--category",
+        "REFERENCE",
+    )
     assert code == 0, err
     code, out, err = run(capsys, "-c", str(path), "check")
     assert code in (0, 2), err
     assert "scans" in out and "'scan', 'a b'" in out
-    code, out, err = run(capsys, "-c", str(path), "folder", "add", str(tmp_path / "x"),
-                         "--destination", "missing")
+    code, out, err = run(
+        capsys, "-c", str(path), "folder", "add", str(tmp_path / "x"), "--destination", "missing"
+    )
     assert code == 2 and "missing" in err
 
 

@@ -92,9 +92,18 @@ def daemon_lock(cfg: Path) -> Iterator[StateLock]:
 
 def heartbeat(ledger: Ledger, **extra: Any) -> None:
     now = time.time()
-    ledger.put_meta("daemon", {"pid": os.getpid(), "started_at": now - 60, "heartbeat": now,
-                               "status": "3 queued, 4 uploading, 15 done today",
-                               "problems": [], "destinations": {}, **extra})
+    ledger.put_meta(
+        "daemon",
+        {
+            "pid": os.getpid(),
+            "started_at": now - 60,
+            "heartbeat": now,
+            "status": "3 queued, 4 uploading, 15 done today",
+            "problems": [],
+            "destinations": {},
+            **extra,
+        },
+    )
 
 
 # -- status and files with a broken config ----------------------------------------------------
@@ -111,8 +120,7 @@ def _record_config(cfg: Path) -> None:
         ledger.close()
 
 
-def test_status_and_files_work_with_a_broken_config(cfg: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_and_files_work_with_a_broken_config(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ledger = ledger_of(cfg)
     row = add_row(ledger, cfg.parent / "inbox", "a.txt")
     ledger.mark_failed(row.id, error="HTTP 400: refused", location=None)
@@ -127,8 +135,11 @@ def test_status_and_files_work_with_a_broken_config(cfg: Path,
     assert run(capsys, "-c", str(cfg), "check")[0] == 2
     code, out, err = run(capsys, "-c", str(cfg), "status")
     assert code == 0, err
-    assert "warning: the config" in err and "is broken (folders[0].settle_seconds: must be >= 0" \
-        in err and "last applied" in err
+    assert (
+        "warning: the config" in err
+        and "is broken (folders[0].settle_seconds: must be >= 0" in err
+        and "last applied" in err
+    )
     assert f"'{cfg.parent / 'inbox'}' -> main: 1 failed" in out
     code, out, err = run(capsys, "-c", str(cfg), "status", "--json")
     data = json.loads(out)
@@ -138,7 +149,7 @@ def test_status_and_files_work_with_a_broken_config(cfg: Path,
     assert code == 0 and "a.txt" in out and "HTTP 400: refused" in out and "is broken" in err
 
     # not even TOML any more: the state_dir line still finds the ledger
-    cfg.write_text(GOOD.replace("[daemon]", "[daemon") .replace('"state"', '"./state"'))
+    cfg.write_text(GOOD.replace("[daemon]", "[daemon").replace('"state"', '"./state"'))
     code, out, err = run(capsys, "-c", str(cfg), "files", "--state", "failed")
     assert code == 0 and "a.txt" in out and "invalid TOML" in err
 
@@ -151,7 +162,8 @@ def test_status_and_files_work_with_a_broken_config(cfg: Path,
 
 
 def test_a_broken_config_without_a_ledger_is_still_an_error(
-        cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg.write_text(GOOD.replace("settle_seconds = 5", "settle_seconds = -1"))
     code, out, err = run(capsys, "-c", str(cfg), "status")
     assert code == 2 and "folders[0].settle_seconds" in err
@@ -161,13 +173,15 @@ def test_a_broken_config_without_a_ledger_is_still_an_error(
 
 
 def test_folder_add_validates_before_writing_and_shows_the_absolute_path(
-        cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("TEST_KEY")  # an admin shell without the service's environment
     work = cfg.parent / "work"
     (work / "scans").mkdir(parents=True)
     monkeypatch.chdir(work)
-    code, out, err = run(capsys, "-c", str(cfg), "folder", "add", "scans", "-d", "main",
-                         "--archive-dir", "done")
+    code, out, err = run(
+        capsys, "-c", str(cfg), "folder", "add", "scans", "-d", "main", "--archive-dir", "done"
+    )
     assert code == 0, err
     assert f"added folder '{work / 'scans'}' ('scans' from the current directory)" in out
     text = cfg.read_text()
@@ -185,8 +199,7 @@ def test_folder_add_validates_before_writing_and_shows_the_absolute_path(
 # -- explain -------------------------------------------------------------------------------------
 
 
-def test_explain_archived_failed_watched_and_missing(cfg: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_archived_failed_watched_and_missing(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inbox, archive = cfg.parent / "inbox", cfg.parent / "archive"
     failed_dir = cfg.parent / "state" / "failed" / "inbox"
 
@@ -204,8 +217,9 @@ def test_explain_archived_failed_watched_and_missing(cfg: Path,
     bad = add_row(ledger, inbox, "b.txt")
     failed_dir.mkdir(parents=True)
     (failed_dir / "b.txt").write_bytes(b"y")
-    ledger.mark_failed(bad.id, error="PermanentError: HTTP 413: too large",
-                       location=str(failed_dir / "b.txt"))
+    ledger.mark_failed(
+        bad.id, error="PermanentError: HTTP 413: too large", location=str(failed_dir / "b.txt")
+    )
     ledger.close()
 
     text = explain(archive / "sub" / "a.txt")
@@ -231,8 +245,9 @@ def test_explain_archived_failed_watched_and_missing(cfg: Path,
 # -- init and check ------------------------------------------------------------------------------
 
 
-def test_init_under_etc_writes_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_under_etc_writes_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert configure.is_system_path(Path("/etc/syncd/config.toml"))
     assert not configure.is_system_path(Path("/etcetera/syncd.toml"))
     etc = tmp_path / "etc"
@@ -251,7 +266,8 @@ def test_init_under_etc_writes_absolute_paths(tmp_path: Path, monkeypatch: pytes
 
 
 def test_fresh_init_then_check_warns_about_the_missing_inbox(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "new.toml"
     assert run(capsys, "init", str(path))[0] == 0
     code, out, err = run(capsys, "-c", str(path), "check")
@@ -263,8 +279,7 @@ def test_fresh_init_then_check_warns_about_the_missing_inbox(
 # -- retry ---------------------------------------------------------------------------------------
 
 
-def test_retry_unknown_ids_and_permanent_refusals(cfg: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_retry_unknown_ids_and_permanent_refusals(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inbox = cfg.parent / "inbox"
     ledger = ledger_of(cfg)
     refused = add_row(ledger, inbox, "refused.txt")
@@ -295,7 +310,8 @@ def test_retry_unknown_ids_and_permanent_refusals(cfg: Path,
 
 
 def test_status_counts_come_from_the_ledger_and_daemon_problems_are_listed(
-        cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock) -> None:
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
     inbox = cfg.parent / "inbox"
     ledger = ledger_of(cfg)
     for name in ("a.txt", "b.txt"):
@@ -303,19 +319,22 @@ def test_status_counts_come_from_the_ledger_and_daemon_problems_are_listed(
         ledger.mark_uploaded(row.id, sha256="cd" * 32, receipt={"remote_id": name})
         ledger.mark_done(row.id)
     # a stale heartbeat whose STATUS= line says other numbers than the ledger
-    heartbeat(ledger, problems=["destination main down since 10:00:00: HTTP 503"],
-              ignored={os.fspath(inbox): {"count": 2, "examples": [".foo.swp", "~$doc.docx"],
-                                          "at": time.time()}},
-              metrics={"listen": "127.0.0.1:8791",
-                       "error": "cannot serve metrics on 127.0.0.1:8791: Address already in use"})
+    heartbeat(
+        ledger,
+        problems=["destination main down since 10:00:00: HTTP 503"],
+        ignored={os.fspath(inbox): {"count": 2, "examples": [".foo.swp", "~$doc.docx"], "at": time.time()}},
+        metrics={
+            "listen": "127.0.0.1:8791",
+            "error": "cannot serve metrics on 127.0.0.1:8791: Address already in use",
+        },
+    )
     ledger.close()
     code, out, err = run(capsys, "-c", str(cfg), "status")
     assert code == 0, err
     assert "15 done today" not in out and "4 uploading" not in out
     assert "files:  2 done (2 today)" in out
     assert "problem: destination main down since 10:00:00: HTTP 503" in out
-    assert "metrics: NOT SERVED: cannot serve metrics on 127.0.0.1:8791: Address already in use" \
-        in out
+    assert "metrics: NOT SERVED: cannot serve metrics on 127.0.0.1:8791: Address already in use" in out
     assert "ignored: 2 name(s)" in out and "'.foo.swp', '~$doc.docx'" in out
     data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
     assert data["done_today"] == 2 and data["folders"][0]["ignored"]["count"] == 2
@@ -328,8 +347,9 @@ def test_scanner_counts_ignored_names(tmp_path: Path) -> None:
     for name in (".foo.swp", "~$doc.docx", "a.txt", ".git/config", "b.part"):
         (root / name).write_bytes(b"x")
     folder = configmod.loads(
-        f'[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "{root}"\n'
-        'destination = "d"\n', base_dir=tmp_path).folders[0]
+        f'[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "{root}"\ndestination = "d"\n',
+        base_dir=tmp_path,
+    ).folders[0]
     ignored = scanner.Ignored()
     found = [rel for rel, _ in scanner.walk(folder, ignored=ignored)]
     assert found == ["a.txt"]
@@ -352,8 +372,7 @@ def test_a_metrics_port_in_use_is_kept_for_status() -> None:
 
 
 def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
-    dest = ('[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "in"\n'
-            'destination = "d"\n')
+    dest = '[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "in"\ndestination = "d"\n'
     cfg = configmod.loads('[daemon]\nlog_level = "INFO"\n' + dest, base_dir=tmp_path)
     assert cfg.daemon.log_level == "info"
     with pytest.raises(ConfigError) as info:
@@ -362,26 +381,32 @@ def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
 
 
 def test_docs_do_not_suggest_node_exporters_port() -> None:
-    for rel in ("docs/configuration.md", "docs/operations.md", "config.example.toml",
-                "docs/cli.md"):
+    for rel in ("docs/configuration.md", "docs/operations.md", "config.example.toml", "docs/cli.md"):
         assert ":9100" not in (ROOT / rel).read_text(), rel  # no "HOST:9100" example
-    assert ":9100" not in configmod.DaemonConfig.__dataclass_fields__["metrics_listen"] \
-        .metadata["doc"]
+    assert ":9100" not in configmod.DaemonConfig.__dataclass_fields__["metrics_listen"].metadata["doc"]
 
 
 # -- progress in status and files, --watch -------------------------------------------------------
 
 
 def test_status_and_files_show_the_progress_of_uploads(
-        cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock) -> None:
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
     inbox = cfg.parent / "inbox"
     ledger = ledger_of(cfg)
     row = add_row(ledger, inbox, "big.bin", size=30 * 1024 * 1024)
     heartbeat(ledger)
     meter = progress.ProgressMeter()
     now = time.time()
-    sample = {"id": row.id, "path": row.inbox_path, "destination": "main",
-              "total": row.size, "sent": 0, "resumed": 0, "started_at": now - 4}
+    sample = {
+        "id": row.id,
+        "path": row.inbox_path,
+        "destination": "main",
+        "total": row.size,
+        "sent": 0,
+        "resumed": 0,
+        "started_at": now - 4,
+    }
     meter.update([sample], now - 4)
     files = meter.update([{**sample, "sent": 12 * 1024 * 1024}], now)
     ledger.put_meta(progress.KV_KEY, progress.snapshot(files, os.getpid(), now), durable=False)
@@ -389,8 +414,7 @@ def test_status_and_files_show_the_progress_of_uploads(
     code, out, err = run(capsys, "-c", str(cfg), "status")
     assert code == 0, err
     assert "uploading:" in out
-    assert f"#{row.id} '{inbox / 'big.bin'}' -> main: 12.0 MiB of 30.0 MiB (40%), 3.0 MiB/s, " \
-           "ETA 6s" in out
+    assert f"#{row.id} '{inbox / 'big.bin'}' -> main: 12.0 MiB of 30.0 MiB (40%), 3.0 MiB/s, ETA 6s" in out
     (u,) = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])["uploading"]
     assert u["progress"]["sent"] == 12 * 1024 * 1024 and u["progress"]["total"] == row.size
     assert u["progress"]["eta_seconds"] == pytest.approx(6.0)
@@ -408,8 +432,9 @@ def test_stale_or_foreign_progress_is_not_shown() -> None:
     assert progress.read(snap, 42, now=1000.0 + progress.STALE_AFTER + 1) == {}
 
 
-def test_status_watch_refreshes_until_ctrl_c(cfg: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_watch_refreshes_until_ctrl_c(
+    cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     naps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -434,9 +459,13 @@ def test_status_watch_refreshes_until_ctrl_c(cfg: Path, capsys: pytest.CaptureFi
 @pytest.mark.process
 def test_status_watch_as_a_command_ends_on_sigint_with_exit_0(cfg: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch",
-                           "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "status", "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
         try:
             time.sleep(2.0)
             proc.send_signal(signal.SIGINT)

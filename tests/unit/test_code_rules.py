@@ -36,27 +36,30 @@ def unexplained_ignores(source: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("line, ok", [
-    ("x = f()  # type: ignore[attr-defined]  # stubs lack it\n", True),
-    ("import m  # type: ignore[import-untyped]  # no py.typed\n", True),
-    ("x = f()  # type: ignore[attr-defined]\n", False),
-    ("x = f()  # type: ignore[attr-defined]  #\n", False),
-    ("x = f()  # type: ignore  # no codes\n", False),
-    ("x = f()  # type: ignore\n", False),
-    ("x = f()  # type:ignore[misc]\n", False),
-    ("x = f()  # noqa: E501  # type: ignore[misc]\n", False),
-    ('x = "# type: ignore"\n', True),  # a string, not a comment
-])
+@pytest.mark.parametrize(
+    "line, ok",
+    [
+        ("x = f()  # type: ignore[attr-defined]  # stubs lack it\n", True),
+        ("import m  # type: ignore[import-untyped]  # no py.typed\n", True),
+        ("x = f()  # type: ignore[attr-defined]\n", False),
+        ("x = f()  # type: ignore[attr-defined]  #\n", False),
+        ("x = f()  # type: ignore  # no codes\n", False),
+        ("x = f()  # type: ignore\n", False),
+        ("x = f()  # type:ignore[misc]\n", False),
+        ("x = f()  # noqa: E501  # type: ignore[misc]\n", False),
+        ('x = "# type: ignore"\n', True),  # a string, not a comment
+    ],
+)
 def test_the_rule_itself(line: str, ok: bool) -> None:
     assert (unexplained_ignores(line) == []) is ok
 
 
 def test_every_type_ignore_in_the_product_says_why() -> None:
-    files = [p for pkg in PACKAGES if (ROOT / pkg).is_dir()
-             for p in sorted((ROOT / pkg).rglob("*.py"))]
+    files = [p for pkg in PACKAGES if (ROOT / pkg).is_dir() for p in sorted((ROOT / pkg).rglob("*.py"))]
     assert files, "no product sources found"
-    bad = [f"{path.relative_to(ROOT)}:{line}: {comment}"
-           for path in files
-           for line, comment in unexplained_ignores(path.read_text(encoding="utf-8"))]
-    assert not bad, ("write `# type: ignore[code]  # why` (or type it properly):\n"
-                     + "\n".join(bad))
+    bad = [
+        f"{path.relative_to(ROOT)}:{line}: {comment}"
+        for path in files
+        for line, comment in unexplained_ignores(path.read_text(encoding="utf-8"))
+    ]
+    assert not bad, "write `# type: ignore[code]  # why` (or type it properly):\n" + "\n".join(bad)

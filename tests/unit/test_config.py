@@ -132,9 +132,7 @@ def test_relative_paths_resolve_against_config_folder_not_cwd(
     monkeypatch.chdir(elsewhere)
     cfg = load_text(
         conf_dir,
-        '[daemon]\nstate_dir = "../var/state"\n'
-        + DEST
-        + folder('archive_dir = "done"', path="sub/../in"),
+        '[daemon]\nstate_dir = "../var/state"\n' + DEST + folder('archive_dir = "done"', path="sub/../in"),
     )
     assert cfg.daemon.state_dir == tmp_path / "var" / "state"
     assert cfg.folders[0].path == conf_dir / "in"
@@ -151,9 +149,7 @@ def test_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_ints_accepted_for_floats(tmp_path: Path) -> None:
-    cfg = load_text(
-        tmp_path, "[daemon]\nrescan_seconds = 60\n" + DEST + folder("settle_seconds = 0")
-    )
+    cfg = load_text(tmp_path, "[daemon]\nrescan_seconds = 60\n" + DEST + folder("settle_seconds = 0"))
     assert cfg.daemon.rescan_seconds == 60.0 and isinstance(cfg.daemon.rescan_seconds, float)
     assert cfg.folders[0].settle_seconds == 0.0
 
@@ -305,8 +301,7 @@ def test_bad_daemon_types(tmp_path: Path, line: str, expected: str) -> None:
         ("poll_seconds = 0", "folders[0].poll_seconds: must be > 0, got 0"),
         (
             "settle_seconds = 5\nmax_settle_seconds = 3",
-            "folders[0].max_settle_seconds: must be 0 (never force) or >= settle_seconds (5), "
-            "got 3",
+            "folders[0].max_settle_seconds: must be 0 (never force) or >= settle_seconds (5), got 3",
         ),
     ],
 )
@@ -339,9 +334,7 @@ def test_daemon_ranges(tmp_path: Path, lines: str, expected: str) -> None:
     assert errors(tmp_path, f"[daemon]\n{lines}\n" + DEST + folder()) == [expected]
 
 
-@pytest.mark.parametrize(
-    "value", ['"127.0.0.1:9100"', '"localhost:9100"', '"[::1]:9100"', '"0.0.0.0:65535"']
-)
+@pytest.mark.parametrize("value", ['"127.0.0.1:9100"', '"localhost:9100"', '"[::1]:9100"', '"0.0.0.0:65535"'])
 def test_metrics_listen_valid(tmp_path: Path, value: str) -> None:
     cfg = load_text(tmp_path, f"[daemon]\nmetrics_listen = {value}\n" + DEST + folder())
     assert cfg.daemon.metrics_listen == value.strip('"')
@@ -438,9 +431,7 @@ def test_format_size() -> None:
 
 
 def test_sizes_in_destination_options(tmp_path: Path) -> None:
-    cfg = load_text(
-        tmp_path, DEST + 'part_size = "16 MiB"\nmultipart_threshold = 6291456\n' + folder()
-    )
+    cfg = load_text(tmp_path, DEST + 'part_size = "16 MiB"\nmultipart_threshold = 6291456\n' + folder())
     opts = cfg.destinations["d"].options
     assert (opts.part_size, opts.multipart_threshold) == (16 * 1024**2, 6 * 1024**2)
 
@@ -463,9 +454,7 @@ def test_sizes_in_destination_options(tmp_path: Path) -> None:
     ],
 )
 def test_bad_sizes(tmp_path: Path, line: str, expected: str) -> None:
-    assert errors(tmp_path, DEST + line + "\n" + folder()) == [
-        f"destinations.d.part_size: {expected}"
-    ]
+    assert errors(tmp_path, DEST + line + "\n" + folder()) == [f"destinations.d.part_size: {expected}"]
 
 
 # -- pure path logic (pyfakefs) -------------------------------------------------------------
@@ -518,9 +507,7 @@ def test_folders_must_be_an_array_of_tables(tmp_path: Path) -> None:
     assert errors(tmp_path, DEST + '[folders]\npath = "x"\ndestination = "d"\n') == [
         "folders: expected an array of tables ([[folders]]), got a table"
     ]
-    assert errors(tmp_path, "folders = [1]\n" + DEST) == [
-        "folders[0]: expected a table ([[folders]]), got 1"
-    ]
+    assert errors(tmp_path, "folders = [1]\n" + DEST) == ["folders[0]: expected a table ([[folders]]), got 1"]
 
 
 def test_required_folder_keys(tmp_path: Path) -> None:
@@ -551,13 +538,9 @@ def test_undefined_destination_is_reported_with_other_folder_errors(tmp_path: Pa
 
 def test_duplicate_folder_paths(tmp_path: Path) -> None:
     text = (
-        DEST
-        + folder(path="in")
-        + folder(path="./in/", extra='archive_dir = "arch2"\nfailed_dir = "failed2"')
+        DEST + folder(path="in") + folder(path="./in/", extra='archive_dir = "arch2"\nfailed_dir = "failed2"')
     )
-    assert errors(tmp_path, text) == [
-        f"folders[1].path: {tmp_path / 'in'} is already watched by folders[0]"
-    ]
+    assert errors(tmp_path, text) == [f"folders[1].path: {tmp_path / 'in'} is already watched by folders[0]"]
 
 
 def test_nested_folders(tmp_path: Path) -> None:
@@ -593,9 +576,7 @@ def test_default_archive_dirs_collide_on_same_basename(tmp_path: Path) -> None:
 
 
 def test_explicit_dirs_that_collide(tmp_path: Path) -> None:
-    text = (
-        DEST + folder('archive_dir = "done"', path="a") + folder('failed_dir = "done/x"', path="b")
-    )
+    text = DEST + folder('archive_dir = "done"', path="a") + folder('failed_dir = "done/x"', path="b")
     assert errors(tmp_path, text) == [
         f"folders[1].failed_dir: {tmp_path / 'done' / 'x'} overlaps folders[0].archive_dir "
         f"({tmp_path / 'done'}); give each folder its own failed_dir"
@@ -654,8 +635,7 @@ def test_ignored_dirs(tmp_path: Path) -> None:
     text = (
         '[daemon]\nstate_dir = "in/.syncd"\n'
         + DEST
-        + folder('archive_dir = "in/.done"\nfailed_dir = "failed"\nallow_unsafe_dirs = true',
-                 path="in")
+        + folder('archive_dir = "in/.done"\nfailed_dir = "failed"\nallow_unsafe_dirs = true', path="in")
     )
     f = load_text(tmp_path, text).folders[0]
     assert f.ignored_dirs() == (tmp_path / "in" / ".done", tmp_path / "in" / ".syncd")
@@ -712,13 +692,21 @@ def test_base_url_must_be_an_absolute_http_url(tmp_path: Path, kind: str) -> Non
     def dest(url: str) -> str:
         return f'[destinations.d]\ntype = "{kind}"\nbase_url = "{url}"\n{_TYPE_KEYS[kind]}\n'
 
-    for bad in ("api.example.com/v1", "127.0.0.1:8790/lilt", "ftp://files.example/up",
-                "https://", "https:///v1", "http://h:99999/", "/v1", "HTTPS://api.example"):
+    for bad in (
+        "api.example.com/v1",
+        "127.0.0.1:8790/lilt",
+        "ftp://files.example/up",
+        "https://",
+        "https:///v1",
+        "http://h:99999/",
+        "/v1",
+        "HTTPS://api.example",
+    ):
         assert errors(tmp_path, dest(bad) + folder()) == [
             "destinations.d.base_url: must be an absolute URL starting with https:// or "
-            f"http:// and naming a host, got {bad!r}"], bad
-    for good in ("https://api.example.com/v1", "http://127.0.0.1:8790/lilt",
-                 "https://[::1]:8443/x/"):
+            f"http:// and naming a host, got {bad!r}"
+        ], bad
+    for good in ("https://api.example.com/v1", "http://127.0.0.1:8790/lilt", "https://[::1]:8443/x/"):
         cfg = load_text(tmp_path, dest(good) + folder())
         assert cfg.destinations["d"].options.base_url == good
 
@@ -799,8 +787,7 @@ def test_file_secret_readable_by_others_is_a_warning(tmp_path: Path) -> None:
 
 def test_file_secret_errors(tmp_path: Path) -> None:
     assert errors(tmp_path, secret_config("file:missing")) == [
-        f"destinations.d.api_key: cannot read secret file {tmp_path / 'missing'}: "
-        "No such file or directory"
+        f"destinations.d.api_key: cannot read secret file {tmp_path / 'missing'}: No such file or directory"
     ]
     (tmp_path / "empty").write_text("\n")
     assert errors(tmp_path, secret_config("file:empty")) == [
@@ -811,8 +798,7 @@ def test_file_secret_errors(tmp_path: Path) -> None:
     assert line.startswith(f"destinations.d.api_key: cannot read secret file {tmp_path / 'adir'}: ")
     (tmp_path / "big").write_bytes(b"x" * (64 * 1024 + 1))
     assert errors(tmp_path, secret_config("file:big")) == [
-        f"destinations.d.api_key: secret file {tmp_path / 'big'} is larger than 64 KiB; "
-        "is it the right file?"
+        f"destinations.d.api_key: secret file {tmp_path / 'big'} is larger than 64 KiB; is it the right file?"
     ]
 
 
@@ -837,8 +823,7 @@ def test_credential_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert key.reveal() == "cfgtest-cred-secret-5e6f" and key.source == "credential:lilt"
     assert cfg.warnings == ()
     assert errors(tmp_path, secret_config("credential:other")) == [
-        f"destinations.d.api_key: cannot read credential {creds / 'other'}: "
-        "No such file or directory"
+        f"destinations.d.api_key: cannot read credential {creds / 'other'}: No such file or directory"
     ]
     assert errors(tmp_path, secret_config("credential:../x")) == [
         "destinations.d.api_key: 'credential:../x': expected credential:NAME (a plain file name)"
@@ -937,8 +922,9 @@ def test_config_larger_than_the_cap_is_refused(tmp_path: Path) -> None:
     over = write(tmp_path, text + "\n", name="big.toml")
     with pytest.raises(ConfigError) as info:
         load(over)
-    assert str(info.value) == (f"{over}: {over} is larger than 1024 KiB, the limit for a "
-                               "config file; is it the right file?")
+    assert str(info.value) == (
+        f"{over}: {over} is larger than 1024 KiB, the limit for a config file; is it the right file?"
+    )
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dir", "dev"])
@@ -956,8 +942,9 @@ def test_config_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
         what = "a character device"
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert str(info.value) == (f"{path}: {path} is not a regular file (it is {what}); "
-                               "point --config at the TOML file")
+    assert str(info.value) == (
+        f"{path}: {path} is not a regular file (it is {what}); point --config at the TOML file"
+    )
 
 
 def test_config_through_a_symlink_is_read(tmp_path: Path) -> None:
@@ -972,7 +959,8 @@ def test_config_writable_by_group_or_others_is_a_warning(tmp_path: Path, mode: i
     path = tmp_path / "config.toml"
     assert warnings(cfg) == [
         f"{path} is writable by group/others (mode {mode:04o}): they could point uploads "
-        f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"]
+        f"elsewhere or at other secrets; run `chmod go-w {path}` (0640 root:syncd)"
+    ]
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o400])
@@ -987,7 +975,8 @@ def test_config_owned_by_another_user_is_a_warning(tmp_path: Path) -> None:
     os.chown(path, 4242, -1)
     assert warnings(load(path)) == [
         f"{path} is owned by uid 4242, neither root nor this user: that user can change it; "
-        f"run `chown root {path}`"]
+        f"run `chown root {path}`"
+    ]
     os.chown(path, 0, -1)
     assert load(path).warnings == ()
 
@@ -1002,37 +991,48 @@ def test_own_dir_inside_the_watched_folder_is_refused(tmp_path: Path, key: str) 
     assert errors(tmp_path, DEST + folder(f'{key} = "inbox/.done"')) == [
         f"folders[0].{key}: {tmp_path / 'inbox' / '.done'} lies inside the watched folder "
         f"{tmp_path / 'inbox'}: whoever drops files there could also write into it, replace it "
-        f"or plant symlinks; {_UNSAFE_HINT}"]
+        f"or plant symlinks; {_UNSAFE_HINT}"
+    ]
 
 
 def test_state_dir_inside_a_watched_folder_is_refused(tmp_path: Path) -> None:
-    text = '[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST + folder(
-        'archive_dir = "arch"\nfailed_dir = "fail"')
+    text = (
+        '[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST + folder('archive_dir = "arch"\nfailed_dir = "fail"')
+    )
     assert errors(tmp_path, text) == [
         f"daemon.state_dir: {tmp_path / 'inbox' / '.syncd'} lies inside the watched folder "
         f"folders[0].path ({tmp_path / 'inbox'}): whoever drops files there could read or "
-        "replace the ledger; move it out, or set allow_unsafe_dirs = true on folders[0]"]
+        "replace the ledger; move it out, or set allow_unsafe_dirs = true on folders[0]"
+    ]
 
 
 def test_default_dirs_under_a_state_dir_inside_the_inbox_are_refused(tmp_path: Path) -> None:
     lines = errors(tmp_path, '[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST + folder())
     assert [line.split(":")[0] for line in lines] == [
-        "daemon.state_dir", "folders[0].archive_dir", "folders[0].failed_dir"]
+        "daemon.state_dir",
+        "folders[0].archive_dir",
+        "folders[0].failed_dir",
+    ]
 
 
 def test_allow_unsafe_dirs_accepts_them_and_the_watcher_skips_them(tmp_path: Path) -> None:
-    text = ('[daemon]\nstate_dir = "inbox/.syncd"\n' + DEST
-            + folder('archive_dir = "inbox/.done"\nallow_unsafe_dirs = true'))
+    text = (
+        '[daemon]\nstate_dir = "inbox/.syncd"\n'
+        + DEST
+        + folder('archive_dir = "inbox/.done"\nallow_unsafe_dirs = true')
+    )
     f = load_text(tmp_path, text).folders[0]
     assert f.allow_unsafe_dirs is True
     inbox = tmp_path / "inbox"
-    assert set(f.ignored_dirs()) == {inbox / ".done", inbox / ".syncd" / "failed" / "inbox",
-                                     inbox / ".syncd"}
+    assert set(f.ignored_dirs()) == {inbox / ".done", inbox / ".syncd" / "failed" / "inbox", inbox / ".syncd"}
 
 
 def test_the_opt_out_is_per_folder(tmp_path: Path) -> None:
-    text = (DEST + folder('archive_dir = "a/.done"\nallow_unsafe_dirs = true', path="a")
-            + folder('archive_dir = "b/.done"', path="b"))
+    text = (
+        DEST
+        + folder('archive_dir = "a/.done"\nallow_unsafe_dirs = true', path="a")
+        + folder('archive_dir = "b/.done"', path="b")
+    )
     assert [line.split(":")[0] for line in errors(tmp_path, text)] == ["folders[1].archive_dir"]
 
 
@@ -1044,15 +1044,16 @@ def test_dirs_outside_the_inbox_are_fine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["archive_dir", "failed_dir"])
 @pytest.mark.parametrize("dir_mode", [0o775, 0o2770, 0o757, 0o1777])
-def test_writable_dir_warns_and_strict_check_refuses(tmp_path: Path, key: str,
-                                                     dir_mode: int) -> None:
+def test_writable_dir_warns_and_strict_check_refuses(tmp_path: Path, key: str, dir_mode: int) -> None:
     d = tmp_path / "out"
     d.mkdir()
     d.chmod(dir_mode)
     path = write(tmp_path, DEST + folder(f'{key} = "out"'))
-    message = (f"folders[0].{key}: {d} is writable by group/others (mode {dir_mode:04o}): they "
-               f"could replace what syncd moves there or plant symlinks; run `chmod go-w {d}`, "
-               "or set allow_unsafe_dirs = true on the folder")
+    message = (
+        f"folders[0].{key}: {d} is writable by group/others (mode {dir_mode:04o}): they "
+        f"could replace what syncd moves there or plant symlinks; run `chmod go-w {d}`, "
+        "or set allow_unsafe_dirs = true on the folder"
+    )
     assert warnings(load(path)) == [message]  # the daemon: a warning at start and on reload
     with pytest.raises(ConfigError) as info:
         load(path, strict_dirs=True)  # syncd check
@@ -1064,8 +1065,7 @@ def test_writable_dir_warns_and_strict_check_refuses(tmp_path: Path, key: str,
     assert load(opted, strict_dirs=True).warnings == ()
 
 
-def test_check_command_refuses_unsafe_dirs(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_command_refuses_unsafe_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from syncd.cli import EXIT_CONFIG, main
 
     (tmp_path / "inbox").mkdir()
@@ -1074,14 +1074,18 @@ def test_check_command_refuses_unsafe_dirs(tmp_path: Path,
     path = write(tmp_path, DEST + folder('archive_dir = "arch"'))
     assert main(["-c", str(path), "check"]) == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert f"configuration error in {path}: folders[0].archive_dir: {tmp_path / 'arch'} is " \
-           "writable by group/others (mode 0770)" in err
+    assert (
+        f"configuration error in {path}: folders[0].archive_dir: {tmp_path / 'arch'} is "
+        "writable by group/others (mode 0770)" in err
+    )
     assert main(["-c", str(path), "status"]) == 0  # other commands only warn
     assert "syncd: warning: folders[0].archive_dir:" in capsys.readouterr().err
     inside = write(tmp_path, DEST + folder('failed_dir = "inbox/failed"'))
     assert main(["-c", str(inside), "check"]) == EXIT_CONFIG
-    assert f"folders[0].failed_dir: {tmp_path / 'inbox' / 'failed'} lies inside the watched " \
-           "folder" in capsys.readouterr().err
+    assert (
+        f"folders[0].failed_dir: {tmp_path / 'inbox' / 'failed'} lies inside the watched "
+        "folder" in capsys.readouterr().err
+    )
 
 
 # -- the generic machinery -------------------------------------------------------------------
@@ -1139,21 +1143,16 @@ def test_parse_options_builds_every_supported_type(tmp_path: Path) -> None:
 
 def test_parse_options_defaults_and_path_defaults(tmp_path: Path) -> None:
     problems: list[Problem] = []
-    obj = parse_options(
-        _Everything, {"name": "n"}, prefix="t", base_dir=tmp_path, problems=problems
-    )
+    obj = parse_options(_Everything, {"name": "n"}, prefix="t", base_dir=tmp_path, problems=problems)
     assert obj is not None and obj.where == tmp_path / "data" and obj.token is None
 
 
 def test_parse_options_collects_everything(tmp_path: Path) -> None:
     problems: list[Problem] = []
     table = {"count": 10, "ratio": 0, "tags": "x", "token": 5, "mode": "c", "extra": 1}
-    assert (
-        parse_options(_Everything, table, prefix="t", base_dir=tmp_path, problems=problems) is None
-    )
+    assert parse_options(_Everything, table, prefix="t", base_dir=tmp_path, problems=problems) is None
     assert [str(p) for p in problems] == [
-        "t.extra: unknown key (valid: name, count, ratio, flag, tags, where, cert, token, chunk, "
-        "mode, note)",
+        "t.extra: unknown key (valid: name, count, ratio, flag, tags, where, cert, token, chunk, mode, note)",
         "t.name: required key is missing",
         "t.count: must be <= 9, got 10",
         "t.ratio: must be > 0, got 0",
@@ -1166,19 +1165,14 @@ def test_parse_options_collects_everything(tmp_path: Path) -> None:
 def test_parse_options_post_init_value_error(tmp_path: Path) -> None:
     problems: list[Problem] = []
     table = {"name": "n", "count": 7, "flag": True}
-    assert (
-        parse_options(_Everything, table, prefix="t", base_dir=tmp_path, problems=problems) is None
-    )
+    assert parse_options(_Everything, table, prefix="t", base_dir=tmp_path, problems=problems) is None
     assert [str(p) for p in problems] == ["t: count 7 needs flag = false"]
 
 
 def test_parse_options_not_a_table(tmp_path: Path) -> None:
     problems: list[Problem] = []
     not_a_table: Any = [1]
-    assert (
-        parse_options(_Everything, not_a_table, prefix="t", base_dir=tmp_path, problems=problems)
-        is None
-    )
+    assert parse_options(_Everything, not_a_table, prefix="t", base_dir=tmp_path, problems=problems) is None
     assert [str(p) for p in problems] == ["t: expected a table, got [1]"]
 
 
@@ -1255,8 +1249,8 @@ def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load(REPO / "config.example.toml")
     # The example shows one table per type; only "contracts" has a folder.
     assert sorted(str(w) for w in cfg.warnings) == sorted(
-        f"destinations.{name}: not used by any folder"
-        for name in cfg.destinations if name != "contracts")
+        f"destinations.{name}: not used by any folder" for name in cfg.destinations if name != "contracts"
+    )
     assert cfg.daemon == dataclasses.replace(DaemonConfig(), state_dir=REPO / "state")
     (f,) = cfg.folders
     assert f.path == REPO / "inbox" / "contracts"
@@ -1266,12 +1260,8 @@ def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_example_documents_every_key() -> None:
     sections = _example_sections()
-    missing = [
-        f"[daemon] {d.key}" for d in field_docs(DaemonConfig) if d.key not in sections["daemon"]
-    ]
-    missing += [
-        f"[[folders]] {d.key}" for d in field_docs(FolderConfig) if d.key not in sections["folders"]
-    ]
+    missing = [f"[daemon] {d.key}" for d in field_docs(DaemonConfig) if d.key not in sections["daemon"]]
+    missing += [f"[[folders]] {d.key}" for d in field_docs(FolderConfig) if d.key not in sections["folders"]]
     example_types: dict[str, str] = {}
     for header in sections:
         if header.startswith("destinations."):
@@ -1287,9 +1277,7 @@ def test_example_documents_every_key() -> None:
             missing.append(f"a [destinations.NAME] table with type = {name!r}")
             continue
         keys = sections[example_types[name]]
-        missing += [
-            f"[{example_types[name]}] {d.key}" for d in field_docs(cls.Options) if d.key not in keys
-        ]
+        missing += [f"[{example_types[name]}] {d.key}" for d in field_docs(cls.Options) if d.key not in keys]
     assert missing == [], "config.example.toml lacks: " + ", ".join(missing)
 
 

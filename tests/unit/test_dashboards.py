@@ -38,8 +38,12 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "syncd-dashboard.json"
 
 def _promtool() -> tuple[str | None, str]:
     """promtool's path, installed from Debian's "prometheus" by the project's script if need be."""
-    out = subprocess.run([str(ROOT / "scripts" / "host-tool.sh"), "promtool", "prometheus"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "host-tool.sh"), "promtool", "prometheus"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return (out.stdout.strip() or None), out.stderr.strip()
 
 
@@ -55,7 +59,13 @@ KNOWN_VALUES = {
     ("syncd_files", "state"): set(STATES),
     ("syncd_destination_state", "state"): set(CIRCUIT_STATES),
     ("syncd_rescan_found_files_total", "reason"): {
-        "startup", "periodic", "rearmed", "reload", "directory", "disk-space"},
+        "startup",
+        "periodic",
+        "rearmed",
+        "reload",
+        "directory",
+        "disk-space",
+    },
 }
 _SERIES = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -77,7 +87,7 @@ def rule_exprs() -> dict[str, str]:
         value = m.group(2).strip()
         if value in (">-", ">", "|", "|-"):
             indent, parts = len(m.group(1)), []
-            for more in lines[i + 1:]:
+            for more in lines[i + 1 :]:
                 if more.strip() and len(more) - len(more.lstrip()) <= indent:
                     break
                 parts.append(more.strip())
@@ -116,8 +126,12 @@ def dashboard_exprs() -> list[str]:
 
 def grafana_to_promql(expr: str) -> str:
     """A dashboard query with Grafana's variables filled in, as Prometheus would get it."""
-    return expr.replace("$__rate_interval", "5m").replace("$instance", ".*") \
-        .replace("$destination", ".*").replace("$folder", ".*")
+    return (
+        expr.replace("$__rate_interval", "5m")
+        .replace("$instance", ".*")
+        .replace("$destination", ".*")
+        .replace("$folder", ".*")
+    )
 
 
 def used_series(expr: str) -> list[tuple[str, dict[str, str]]]:
@@ -181,30 +195,51 @@ def test_every_queried_series_is_exported_with_those_labels() -> None:
                 if known is not None and "$" not in value:
                     for alternative in value.split("|"):
                         if alternative not in known:
-                            problems.append(f"{where}: {name}{{{label}}} is never "
-                                            f"{alternative!r} (known: {sorted(known)})")
+                            problems.append(
+                                f"{where}: {name}{{{label}}} is never "
+                                f"{alternative!r} (known: {sorted(known)})"
+                            )
     assert problems == []
     # what the alerts of docs/operations.md need is all there
-    for name in ("syncd_failed_files_total", "syncd_destination_state", "syncd_folder_healthy",
-                 "syncd_backlog_age_seconds", "syncd_disk_full", "up"):
+    for name in (
+        "syncd_failed_files_total",
+        "syncd_destination_state",
+        "syncd_folder_healthy",
+        "syncd_backlog_age_seconds",
+        "syncd_disk_full",
+        "up",
+    ):
         assert name in seen
 
 
 def test_used_series_parser() -> None:
     assert used_series('sum by (state) (syncd_files{instance=~"$i", state=~"a|b"}) > 0') == [
-        ("syncd_files", {"instance": "$i", "state": "a|b"})]
+        ("syncd_files", {"instance": "$i", "state": "a|b"})
+    ]
     assert used_series('absent(up{job="syncd"}) or process_open_fds') == [
-        ("up", {"job": "syncd"}), ("process_open_fds", {})]
-    assert [n for n, _ in used_series(
-        "histogram_quantile(0.5, sum by (le) (rate(syncd_end_to_end_seconds_bucket[5m])))")] \
-        == ["syncd_end_to_end_seconds_bucket"]
+        ("up", {"job": "syncd"}),
+        ("process_open_fds", {}),
+    ]
+    assert [
+        n
+        for n, _ in used_series(
+            "histogram_quantile(0.5, sum by (le) (rate(syncd_end_to_end_seconds_bucket[5m])))"
+        )
+    ] == ["syncd_end_to_end_seconds_bucket"]
 
 
 def test_rules_cover_the_documented_alerts() -> None:
     alerts = rule_exprs()
-    assert set(alerts) >= {"SyncdDown", "SyncdAbsent", "SyncdFilesFailed",
-                           "SyncdDestinationDown", "SyncdDestinationRefused",
-                           "SyncdFolderUnhealthy", "SyncdDiskFull", "SyncdBacklogOld"}
+    assert set(alerts) >= {
+        "SyncdDown",
+        "SyncdAbsent",
+        "SyncdFilesFailed",
+        "SyncdDestinationDown",
+        "SyncdDestinationRefused",
+        "SyncdFolderUnhealthy",
+        "SyncdDiskFull",
+        "SyncdBacklogOld",
+    }
     ops = (ROOT / "docs" / "operations.md").read_text()
     assert [a for a in alerts if f"`{a}`" not in ops] == [], "docs/operations.md lists them all"
     for path in (RULES, RULES_TEST, DASHBOARD):
@@ -244,8 +279,9 @@ def test_dashboard_is_importable() -> None:
 @needs_promtool
 def test_promtool_checks_the_rules() -> None:
     assert PROMTOOL is not None
-    out = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"SUCCESS: {len(rule_exprs())} rules found" in out.stdout
 
@@ -254,8 +290,13 @@ def test_promtool_checks_the_rules() -> None:
 @needs_promtool
 def test_promtool_unit_tests_of_the_rules() -> None:
     assert PROMTOOL is not None
-    out = subprocess.run([PROMTOOL, "test", "rules", RULES_TEST.name], capture_output=True,
-                         text=True, timeout=120, cwd=RULES_TEST.parent)
+    out = subprocess.run(
+        [PROMTOOL, "test", "rules", RULES_TEST.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=RULES_TEST.parent,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -266,12 +307,15 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     lines = ["groups:", "  - name: dashboard", "    rules:"]
     for i, expr in enumerate(dashboard_exprs()):
-        lines += [f"      - record: dashboard:query_{i}",
-                  f"        expr: {json.dumps(grafana_to_promql(expr))}"]
+        lines += [
+            f"      - record: dashboard:query_{i}",
+            f"        expr: {json.dumps(grafana_to_promql(expr))}",
+        ]
     rules = tmp_path / "dashboard-rules.yml"
     rules.write_text("\n".join(lines) + "\n")
-    out = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -295,12 +339,17 @@ def test_running_daemon_exports_every_queried_family(make_setup: Any) -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert s.stop() == 0
     families = set(re.findall(r"^# HELP (\S+)", text, re.M))
-    wanted = {n for e in [*rule_exprs().values(), *dashboard_exprs()]
-              for n, _ in used_series(e) if n not in PROMETHEUS_SERIES}
-    missing = sorted(n for n in wanted
-                     if n not in families and not any(n.endswith(x) and n[: -len(x)] in families
-                                                      for x in _SUFFIXES))
+    wanted = {
+        n
+        for e in [*rule_exprs().values(), *dashboard_exprs()]
+        for n, _ in used_series(e)
+        if n not in PROMETHEUS_SERIES
+    }
+    missing = sorted(
+        n
+        for n in wanted
+        if n not in families and not any(n.endswith(x) and n[: -len(x)] in families for x in _SUFFIXES)
+    )
     assert missing == []
     assert re.search(r"^syncd_backlog_age_seconds 0\.0$", text, re.M)
-    assert re.search(r'^syncd_destination_state\{destination="lilt",state="up"\} 1\.0$', text,
-                     re.M)
+    assert re.search(r'^syncd_destination_state\{destination="lilt",state="up"\} 1\.0$', text, re.M)

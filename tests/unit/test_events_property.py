@@ -49,8 +49,12 @@ ACCEPTED = ["a.txt", "b.pdf", "sub/c.txt", "d e.txt", "sub/deeper/e.bin"]
 IGNORED = [".hidden", "x.tmp", "~$lock.docx", "y.part", ".git/cfg", "Thumbs.db", "sub/.z"]
 OUTSIDE = ["../outside/o1.txt", "../outside/o2.tmp"]
 NAMES = ACCEPTED + IGNORED
-EVENT_KINDS = {"created": FileCreatedEvent, "modified": FileModifiedEvent,
-               "closed": FileClosedEvent, "deleted": FileDeletedEvent}
+EVENT_KINDS = {
+    "created": FileCreatedEvent,
+    "modified": FileModifiedEvent,
+    "closed": FileClosedEvent,
+    "deleted": FileDeletedEvent,
+}
 
 name = st.sampled_from(NAMES)
 any_name = st.sampled_from(NAMES + OUTSIDE)
@@ -61,9 +65,13 @@ step = st.one_of(
     st.tuples(st.just("delete"), name),
     st.tuples(st.just("stale"), st.sampled_from(sorted(EVENT_KINDS)), any_name),
     st.tuples(st.just("dup"), st.integers(0, 5)),  # watchdog delivering an event twice
-    st.tuples(st.just("dir_in"),),  # a whole directory moved in: one event, no file events
+    st.tuples(
+        st.just("dir_in"),
+    ),  # a whole directory moved in: one event, no file events
     st.tuples(st.just("deliver"), st.integers(0, 6)),
-    st.tuples(st.just("flush"),),
+    st.tuples(
+        st.just("flush"),
+    ),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.3, 0.6, 1.1, 2.5])),
 )
 
@@ -164,8 +172,12 @@ class World:
     def check_rows(self) -> None:
         active: dict[str, int] = {}
         for row in self.ledger.rows():
-            verdict = rules.judge(row.relpath, include=self.folder.include,
-                                  exclude=self.folder.exclude, ignore_junk=self.folder.ignore_junk)
+            verdict = rules.judge(
+                row.relpath,
+                include=self.folder.include,
+                exclude=self.folder.exclude,
+                ignore_junk=self.folder.ignore_junk,
+            )
             assert verdict.accepted, f"a row for an ignored name: {row.relpath!r} ({verdict.reason})"
             assert not row.relpath.startswith(".."), f"a row outside the folder: {row.relpath!r}"
             if row.state in ACTIVE_STATES and row.location is None:
@@ -178,8 +190,12 @@ class World:
         for dirpath, _dirs, files in os.walk(self.root):
             for f in files:
                 rel = os.path.relpath(os.path.join(dirpath, f), self.root)
-                if rules.judge(rel, include=self.folder.include, exclude=self.folder.exclude,
-                               ignore_junk=self.folder.ignore_junk).accepted:
+                if rules.judge(
+                    rel,
+                    include=self.folder.include,
+                    exclude=self.folder.exclude,
+                    ignore_junk=self.folder.ignore_junk,
+                ).accepted:
                     found.add(rel)
         return found
 
@@ -192,7 +208,8 @@ def _apply(world: World, op: tuple[Any, ...]) -> None:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(step, min_size=1, max_size=30))
 def test_f5_random_event_interleavings_keep_one_row_per_path(
-        steps: list[tuple[Any, ...]], tmp_path_factory: pytest.TempPathFactory) -> None:
+    steps: list[tuple[Any, ...]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     base = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     world = World(base)
     try:
@@ -215,8 +232,9 @@ def test_f5_random_event_interleavings_keep_one_row_per_path(
         # what the settle stage leaves settling is only a renamed twin of a queued upload
         for r in rows:
             if r.state == "settling":
-                assert world.ledger.inode_busy(r) is not None, \
+                assert world.ledger.inode_busy(r) is not None, (
                     f"{r.relpath!r} quiet for {SETTLE}s but not queued"
+                )
     finally:
         world.close()
         shutil.rmtree(base, ignore_errors=True)
@@ -238,7 +256,6 @@ def test_f5_the_same_events_twice_make_no_second_row(tmp_path: Path) -> None:
         world.tick(SETTLE + 0.5)
         world.tick(SETTLE + 0.5)
         rows = world.ledger.rows()
-        assert sorted((r.relpath, r.state) for r in rows) == [("a.txt", "queued"),
-                                                              ("b.pdf", "queued")]
+        assert sorted((r.relpath, r.state) for r in rows) == [("a.txt", "queued"), ("b.pdf", "queued")]
     finally:
         world.close()

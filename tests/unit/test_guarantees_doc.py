@@ -32,13 +32,11 @@ def defined_tests(relpath: str) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=relpath)
     names: set[str] = set()
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                node.name.startswith("test"):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
             for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                        item.name.startswith("test"):
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("test"):
                     names.add(f"{node.name}::{item.name}")
     return frozenset(names)
 
@@ -86,8 +84,14 @@ def test_promises_limits_and_soak_are_stated() -> None:
     text = doc_text()
     for heading in ("## The promises", "## Limits", "## Known gaps", "## The soak"):
         assert heading in text, f"docs/guarantees.md lacks the section {heading!r}"
-    for promise in ("At-least-once", "Archive means uploaded", "Changed during upload",
-                    "crash anywhere", "Never silent", "Secrets never leak"):
+    for promise in (
+        "At-least-once",
+        "Archive means uploaded",
+        "Changed during upload",
+        "crash anywhere",
+        "Never silent",
+        "Secrets never leak",
+    ):
         assert promise.lower() in text.lower(), f"the promise {promise!r} is not stated"
     assert "bench/soak.py --kills 1000" in text
     soak = (ROOT / "bench" / "soak.py").read_text(encoding="utf-8")
@@ -97,7 +101,10 @@ def test_promises_limits_and_soak_are_stated() -> None:
 
 
 def test_the_reference_parser_catches_a_missing_test() -> None:
-    refs = REF.findall("see `tests/daemon/test_crash.py::test_no_such_thing[seed-1]` and "
-                       "`tests/no_such_file.py::test_x`")
-    assert missing(refs) == ["tests/daemon/test_crash.py::test_no_such_thing",
-                             "tests/no_such_file.py::test_x"]
+    refs = REF.findall(
+        "see `tests/daemon/test_crash.py::test_no_such_thing[seed-1]` and `tests/no_such_file.py::test_x`"
+    )
+    assert missing(refs) == [
+        "tests/daemon/test_crash.py::test_no_such_thing",
+        "tests/no_such_file.py::test_x",
+    ]

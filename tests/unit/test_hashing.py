@@ -26,7 +26,7 @@ def test_in_order_reads(tmp_path: Path, size: int) -> None:
     fd, data = _file(tmp_path, size)
     h = StreamHash(fd, size)
     for pos in range(0, size, BLOCK):
-        h.offer(pos, data[pos:pos + BLOCK])
+        h.offer(pos, data[pos : pos + BLOCK])
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()  # cached
     os.close(fd)
@@ -41,7 +41,7 @@ def test_parallel_parts_out_of_order_and_resent(tmp_path: Path, size: int) -> No
 
     def send(start: int) -> None:
         for pos in range(start, min(start + part, size), BLOCK):
-            h.offer(pos, data[pos:min(pos + BLOCK, start + part, size)])
+            h.offer(pos, data[pos : min(pos + BLOCK, start + part, size)])
 
     threads = [threading.Thread(target=send, args=(s,)) for s in reversed(starts)]
     for t in threads:
@@ -74,7 +74,7 @@ def test_close_stops_the_worker(tmp_path: Path) -> None:
     fd, data = _file(tmp_path, BACKGROUND_FROM * 4)
     h = StreamHash(fd, len(data))
     h.offer(0, data[:BLOCK])
-    h.offer(3 * BLOCK, data[3 * BLOCK:4 * BLOCK])  # out of order: catch-up mode
+    h.offer(3 * BLOCK, data[3 * BLOCK : 4 * BLOCK])  # out of order: catch-up mode
     worker = h._thread
     assert worker is not None and worker.is_alive()
     h.close()

@@ -21,6 +21,5 @@ def test_ca_bundle_is_added_to_the_default_trust_store(tmp_path: Path) -> None:
 def test_retry_after_both_forms_and_cap() -> None:
     assert parse_retry_after("3") == 3
     assert parse_retry_after("999999") == 900
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT",
-                             date="Wed, 21 Oct 2015 07:28:00 GMT") == 5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", date="Wed, 21 Oct 2015 07:28:00 GMT") == 5
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None

@@ -24,10 +24,22 @@ from syncd.destinations.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("httpx", "cryptography", "watchdog", "prometheus_client", "ssl", "email")
-MODULES = ("http.client", "urllib.request", "syncd.daemon", "syncd.uploader", "syncd.http",
-           "syncd.seal", "syncd.metrics", "syncd.watcher", "syncd.webhook",
-           "syncd.destinations.lilt", "syncd.destinations.wriftai", "syncd.destinations.xvid",
-           "syncd.destinations.apivideo", "syncd.destinations._api")
+MODULES = (
+    "http.client",
+    "urllib.request",
+    "syncd.daemon",
+    "syncd.uploader",
+    "syncd.http",
+    "syncd.seal",
+    "syncd.metrics",
+    "syncd.watcher",
+    "syncd.webhook",
+    "syncd.destinations.lilt",
+    "syncd.destinations.wriftai",
+    "syncd.destinations.xvid",
+    "syncd.destinations.apivideo",
+    "syncd.destinations._api",
+)
 
 REPORT = f"""
 import json, sys
@@ -39,8 +51,15 @@ print(json.dumps(heavy))
 def imported(code: str, cwd: Path = ROOT) -> list[str]:
     """The heavy modules in ``sys.modules`` after running ``code`` in a new interpreter."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code + REPORT], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + REPORT],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     result: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result

@@ -49,6 +49,7 @@ class _Fsyncs:
         def sync(fd: int) -> None:
             self.calls.append((os.readlink(f"/proc/self/fd/{fd}"), self.ledger._committed))
             real(fd)
+
         return sync
 
     def wal(self) -> list[int]:
@@ -56,7 +57,8 @@ class _Fsyncs:
 
 
 def test_durable_verbs_sync_the_wal_and_the_busy_path_does_not(
-        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     row_id = _queue(ledger)
     fsyncs = _Fsyncs(ledger, monkeypatch)
     row = ledger.claim_next()
@@ -75,8 +77,9 @@ def test_durable_verbs_sync_the_wal_and_the_busy_path_does_not(
     assert len(fsyncs.wal()) == 2  # everything is synced: no fsync
 
 
-def test_group_commit_one_fsync_serves_many_writers(ledger: Ledger, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_group_commit_one_fsync_serves_many_writers(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Eight threads each make 50 durable commits; every commit returns only after an
     fsync that started after it, and the fsyncs are shared (fewer than the commits)."""
     fsyncs = _Fsyncs(ledger, monkeypatch)
@@ -88,6 +91,7 @@ def test_group_commit_one_fsync_serves_many_writers(ledger: Ledger, tmp_path: Pa
         covered = max(fsyncs.wal(), default=0)
         if upto is None or covered < upto:
             late.append((upto or -1, covered))
+
     monkeypatch.setattr(ledger, "sync", sync)
 
     def writer(n: int) -> None:
@@ -222,7 +226,8 @@ def test_meta_round_trip(ledger: Ledger) -> None:
 def _grouped(ledger: Ledger) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for folder, state, n in ledger._conn.execute(
-            "SELECT folder, state, COUNT(*) FROM files GROUP BY folder, state"):
+        "SELECT folder, state, COUNT(*) FROM files GROUP BY folder, state"
+    ):
         out.setdefault(folder, {})[state] = n
     return out
 
@@ -268,9 +273,11 @@ def test_counts_are_built_for_a_ledger_from_an_older_schema(tmp_path: Path) -> N
     conn.execute("PRAGMA user_version=2")
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     for i, state in enumerate(["settling", "settling", "done", "failed"]):
-        conn.execute("INSERT INTO files (uuid, folder, relpath, state, destination, first_seen,"
-                     " changed_at, updated_at, done_at) VALUES (?, '/in', ?, ?, 'd', 0, 0, 0, ?)",
-                     (f"u{i}", f"f{i}".encode(), state, 0 if state == "done" else None))
+        conn.execute(
+            "INSERT INTO files (uuid, folder, relpath, state, destination, first_seen,"
+            " changed_at, updated_at, done_at) VALUES (?, '/in', ?, ?, 'd', 0, 0, 0, ?)",
+            (f"u{i}", f"f{i}".encode(), state, 0 if state == "done" else None),
+        )
     conn.commit()
     conn.close()
     again = Ledger.open(path)

@@ -34,8 +34,17 @@ def _failed(ledger: Ledger, n: int, folder: str = "/in") -> list[int]:
 
 
 def test_states_are_a_str_enum(ledger: Ledger) -> None:
-    assert STATES == ("settling", "queued", "uploading", "retrying", "uploaded", "done", "failed",
-                      "vanished", "skipped")
+    assert STATES == (
+        "settling",
+        "queued",
+        "uploading",
+        "retrying",
+        "uploaded",
+        "done",
+        "failed",
+        "vanished",
+        "skipped",
+    )
     assert all(type(s) is str for s in STATES)  # command-line choices and metric labels
     assert set(ACTIVE_STATES) <= set(State)
     ledger.observe("/in", ["a"], destination="d")
@@ -76,8 +85,11 @@ def _plans(ledger: Ledger, call: Callable[[], Any]) -> list[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ledger, "_conn", Spy())
         call()
-    return [" | ".join(r[3] for r in real.execute(f"EXPLAIN QUERY PLAN {sql}", args))
-            for sql, args in seen if not sql.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+    return [
+        " | ".join(r[3] for r in real.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+        for sql, args in seen
+        if not sql.startswith(("BEGIN", "COMMIT", "ROLLBACK"))
+    ]
 
 
 def test_queries_use_their_indexes(ledger: Ledger) -> None:
@@ -90,8 +102,10 @@ def test_queries_use_their_indexes(ledger: Ledger) -> None:
         (lambda: ledger.active_paths("/in"), "files_active_path (folder=?)"),
         (lambda: ledger.inode_busy(row), "files_inode (folder=? AND inode=?)"),
         (lambda: ledger.uploaded_copy("/in", "00", destination="d"), "files_sha256"),
-        (lambda: ledger.observe("/in", ["f1"], destination="d"),  # already settling: due now
-         "files_path (folder=? AND relpath=?)"),
+        (
+            lambda: ledger.observe("/in", ["f1"], destination="d"),  # already settling: due now
+            "files_path (folder=? AND relpath=?)",
+        ),
     ]
     for call, index in expect:
         plans = _plans(ledger, call)
@@ -124,14 +138,17 @@ def test_backup_copies_the_ledger(ledger: Ledger, tmp_path: Path) -> None:
         backup(tmp_path / "missing.sqlite3", tmp_path / "other.sqlite3")
 
 
-def test_files_limit_shows_the_newest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_files_limit_shows_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TEST_KEY", "cli-test-key-123")
     (tmp_path / "inbox").mkdir()
     cfg = tmp_path / "syncd.toml"
-    cfg.write_text('[daemon]\nstate_dir = "state"\n\n[destinations.main]\ntype = "lilt"\n'
-                   'base_url = "http://127.0.0.1:9/lilt"\napi_key = "env:TEST_KEY"\n\n'
-                   '[[folders]]\npath = "inbox"\ndestination = "main"\n')
+    cfg.write_text(
+        '[daemon]\nstate_dir = "state"\n\n[destinations.main]\ntype = "lilt"\n'
+        'base_url = "http://127.0.0.1:9/lilt"\napi_key = "env:TEST_KEY"\n\n'
+        '[[folders]]\npath = "inbox"\ndestination = "main"\n'
+    )
     cfg.chmod(0o600)
     led = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     try:

@@ -67,7 +67,8 @@ def test_the_rule_on_a_fake_clock(caplog: pytest.LogCaptureFixture) -> None:
     assert live.stalls() == []
     clock.advance(1)
     assert [str(s) for s in live.stalls()] == [
-        "scanner (scanning '/srv/in') has made no progress for 1801s (bound 1800s)"]
+        "scanner (scanning '/srv/in') has made no progress for 1801s (bound 1800s)"
+    ]
     scanner.idle()
     main.beat()
 
@@ -81,9 +82,9 @@ def test_the_rule_on_a_fake_clock(caplog: pytest.LogCaptureFixture) -> None:
     assert live.alive() and live.alive()
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert said[0][0] == "ERROR" and said[0][1].startswith(
-        "wedged: main loop (ticking) has made no progress for 31s (bound 30s)"), said
-    assert said[1:] == [("WARNING", "main loop moves again (it was stuck ticking); "
-                                    "watchdog pings resume")]
+        "wedged: main loop (ticking) has made no progress for 31s (bound 30s)"
+    ), said
+    assert said[1:] == [("WARNING", "main loop moves again (it was stuck ticking); watchdog pings resume")]
 
     worker.step("sending to d")  # a worker that exits is not judged any more
     clock.advance(900)
@@ -108,8 +109,7 @@ class _Reader:
     CAPABILITIES: ClassVar[Capabilities] = Capabilities(labels=None, category=None)
     Options: ClassVar[type] = object
 
-    def __init__(self, clock: FakeClock, live: Liveness, per_block: float,
-                 before: float = 0.0) -> None:
+    def __init__(self, clock: FakeClock, live: Liveness, per_block: float, before: float = 0.0) -> None:
         self.name = "d"
         self.clock, self.live = clock, live
         self.per_block, self.before = per_block, before
@@ -134,16 +134,16 @@ class _Reader:
 
 
 @pytest.mark.parametrize("per_block, before, wedged", [(400.0, 0.0, False), (0.0, 700.0, True)])
-def test_a_worker_reading_its_file_progresses(tmp_path: Path, per_block: float, before: float,
-                                              wedged: bool) -> None:
+def test_a_worker_reading_its_file_progresses(
+    tmp_path: Path, per_block: float, before: float, wedged: bool
+) -> None:
     """Every block read for sending is progress (the Source tells the worker's pulse)."""
     clock = FakeClock(1000.0)
     live = Liveness(BOUNDS, clock=clock)
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     folder = make_folder(tmp_path, destination="d", after_upload="keep")
     dest = _Reader(clock, live, per_block, before)
-    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(folder.path): folder},
-                  liveness=live)
+    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(folder.path): folder}, liveness=live)
     try:
         queue_file(ledger, folder, "a.bin", os.urandom(4 * 1024))
         row = ledger.claim_next(["d"])
@@ -241,9 +241,9 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Pings]:
 
 
 @pytest.mark.slow
-def test_a_wedged_worker_stops_the_watchdog(tmp_path: Path, pings: _Pings,
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_wedged_worker_stops_the_watchdog(
+    tmp_path: Path, pings: _Pings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from syncd import config as configmod
     from syncd import daemon as daemon_mod
     from syncd import runtime
@@ -256,10 +256,11 @@ def test_a_wedged_worker_stops_the_watchdog(tmp_path: Path, pings: _Pings,
     inbox.mkdir()
     (tmp_path / "syncd.toml").write_text(
         '[daemon]\nstate_dir = "state"\nworkers = 1\ndrain_seconds = 5\n'
-        'connect_timeout = 0.1\nio_timeout = 0.1\n'
+        "connect_timeout = 0.1\nio_timeout = 0.1\n"
         '[destinations.d]\ntype = "lilt"\napi_key = "liveness-test-key"\n'
         f'[[folders]]\npath = "{inbox}"\ndestination = "d"\nafter_upload = "keep"\n'
-        'settle_seconds = 0.1\n')
+        "settle_seconds = 0.1\n"
+    )
     caplog.set_level(logging.INFO, logger="syncd.daemon")
     daemon_mod.STOP_REQUESTED.clear()
     d = daemon_mod.Daemon(configmod.load(tmp_path / "syncd.toml"))
@@ -273,8 +274,11 @@ def test_a_wedged_worker_stops_the_watchdog(tmp_path: Path, pings: _Pings,
         (inbox / "a.txt").write_bytes(b"the upload of this file hangs")
         assert stuck.entered.wait(20), "the upload never began"
         began = time.monotonic()
-        wait_until(lambda: any("wedged: upload-1 (sending to d)" in r.getMessage()
-                               for r in caplog.records), 10, what="the wedge logged")
+        wait_until(
+            lambda: any("wedged: upload-1 (sending to d)" in r.getMessage() for r in caplog.records),
+            10,
+            what="the wedge logged",
+        )
         quiet = time.monotonic()
         time.sleep(1.0)
         assert pings.since(quiet) == [], "WATCHDOG=1 went on while a worker was wedged"

@@ -47,8 +47,7 @@ def server() -> Iterator[str]:
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -61,7 +60,8 @@ def _journal_env(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
 
 
 def test_journald_stream_gets_priorities_and_no_timestamps(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
     out = tmp_path / "journal.log"
     with open(out, "w") as stream:
         _journal_env(monkeypatch, out)
@@ -75,8 +75,11 @@ def test_journald_stream_gets_priorities_and_no_timestamps(
         except ValueError:
             log.exception("failed here")
     lines = out.read_text().splitlines()
-    assert lines[:3] == ["<7>syncd.test: debug line", "<6>syncd.test: info line",
-                         "<4>syncd.test: warning line"]
+    assert lines[:3] == [
+        "<7>syncd.test: debug line",
+        "<6>syncd.test: info line",
+        "<4>syncd.test: warning line",
+    ]
     assert lines[3] == "<3>syncd.test: failed here"
     tail = lines[4:]
     assert tail and all(line.startswith("<3>    ") for line in tail), tail  # one priority per line
@@ -84,7 +87,8 @@ def test_journald_stream_gets_priorities_and_no_timestamps(
 
 
 def test_journal_stream_of_another_file_means_plain_text(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
     other = tmp_path / "other"
     other.write_text("")
     _journal_env(monkeypatch, other)  # inherited from a parent; our stderr is elsewhere
@@ -95,8 +99,7 @@ def test_journal_stream_of_another_file_means_plain_text(
     assert re.fullmatch(r"20\d\d-\d\d-\d\d [\d:,]+ INFO    syncd\.test: hello\n", out.read_text())
 
 
-def test_json_lines_with_exception_and_redaction(tmp_path: Path,
-                                                 restore_logging: None) -> None:
+def test_json_lines_with_exception_and_redaction(tmp_path: Path, restore_logging: None) -> None:
     redact.register(CANARY_KEY)
     out = tmp_path / "json.log"
     with open(out, "w") as stream:
@@ -119,7 +122,8 @@ def test_json_lines_with_exception_and_redaction(tmp_path: Path,
 
 
 def test_httpx_request_lines_and_errors_are_redacted(
-        tmp_path: Path, server: str, restore_logging: None) -> None:
+    tmp_path: Path, server: str, restore_logging: None
+) -> None:
     out = tmp_path / "debug.log"
     with open(out, "w") as stream:
         logs.setup("debug", "text", stream, journal=False)
@@ -140,8 +144,7 @@ def test_httpx_request_lines_and_errors_are_redacted(
     assert "403 Forbidden" in text
 
 
-def test_httpx_request_lines_are_quiet_at_info(tmp_path: Path, server: str,
-                                               restore_logging: None) -> None:
+def test_httpx_request_lines_are_quiet_at_info(tmp_path: Path, server: str, restore_logging: None) -> None:
     out = tmp_path / "info.log"
     with open(out, "w") as stream:
         logs.setup("info", "text", stream, journal=False)
@@ -160,13 +163,19 @@ def test_daemon_under_journald_prefixes_every_line(tmp_path: Path) -> None:
         with open(out, "wb") as stream:
             st = os.fstat(stream.fileno())
             env = {**s.env(), "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-            rc = subprocess.run([sys.executable, "-m", "syncd", "-c", str(s.config), "once"],
-                                stdout=subprocess.DEVNULL, stderr=stream, env=env, cwd=tmp_path,
-                                timeout=60).returncode
+            rc = subprocess.run(
+                [sys.executable, "-m", "syncd", "-c", str(s.config), "once"],
+                stdout=subprocess.DEVNULL,
+                stderr=stream,
+                env=env,
+                cwd=tmp_path,
+                timeout=60,
+            ).returncode
         assert rc == 0
         lines = out.read_text().splitlines()
-        assert any(re.match(r"<6>syncd\.uploader: uploaded '.*a\.txt' to lilt \(1 bytes", line)
-                   for line in lines), lines
+        assert any(
+            re.match(r"<6>syncd\.uploader: uploaded '.*a\.txt' to lilt \(1 bytes", line) for line in lines
+        ), lines
         assert lines and all(re.match(r"<[0-7]>", line) for line in lines), lines
         assert CANARY_KEY not in out.read_text()
     finally:

@@ -29,21 +29,24 @@ from tests.unit.test_uploader import FakeDestination
 # -- labels_from_path -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pattern", "relpath", "labels"), [
-    ("{client}/{project}/**", "acme/q3/a.pdf", ("acme", "q3")),
-    ("{client}/{project}/**", "acme/q3/drafts/deep/b.pdf", ("acme", "q3")),
-    ("{client}/{project}/**", "acme/a.pdf", None),  # ** at the end needs one more level
-    ("{client}/{project}/**", "a.pdf", None),
-    ("{client}/*", "acme/a.pdf", ("acme",)),
-    ("{client}/*", "acme/q3/a.pdf", None),
-    ("{client}/**/{kind}/*", "acme/invoices/a.pdf", ("acme", "invoices")),  # ** = zero levels
-    ("{client}/**/{kind}/*", "acme/2026/05/invoices/a.pdf", ("acme", "invoices")),
-    ("clients/client-{client}/**", "clients/client-acme/x/a.pdf", ("acme",)),
-    ("clients/client-{client}/**", "clients/other/x/a.pdf", None),
-    ("*/{year}-{month}/**", "scans/2026-05/a.pdf", ("2026", "05")),
-    ("{client}/**", "ac\nme/a.pdf", None),  # a control character: no match
-    ("{c}/**", "a+b (1)/f", ("a+b (1)",)),  # regex characters in a name are just text
-])
+@pytest.mark.parametrize(
+    ("pattern", "relpath", "labels"),
+    [
+        ("{client}/{project}/**", "acme/q3/a.pdf", ("acme", "q3")),
+        ("{client}/{project}/**", "acme/q3/drafts/deep/b.pdf", ("acme", "q3")),
+        ("{client}/{project}/**", "acme/a.pdf", None),  # ** at the end needs one more level
+        ("{client}/{project}/**", "a.pdf", None),
+        ("{client}/*", "acme/a.pdf", ("acme",)),
+        ("{client}/*", "acme/q3/a.pdf", None),
+        ("{client}/**/{kind}/*", "acme/invoices/a.pdf", ("acme", "invoices")),  # ** = zero levels
+        ("{client}/**/{kind}/*", "acme/2026/05/invoices/a.pdf", ("acme", "invoices")),
+        ("clients/client-{client}/**", "clients/client-acme/x/a.pdf", ("acme",)),
+        ("clients/client-{client}/**", "clients/other/x/a.pdf", None),
+        ("*/{year}-{month}/**", "scans/2026-05/a.pdf", ("2026", "05")),
+        ("{client}/**", "ac\nme/a.pdf", None),  # a control character: no match
+        ("{c}/**", "a+b (1)/f", ("a+b (1)",)),  # regex characters in a name are just text
+    ],
+)
 def test_pattern_captures(pattern: str, relpath: str, labels: tuple[str, ...] | None) -> None:
     assert compile_pattern(pattern).labels(relpath) == labels
 
@@ -59,25 +62,28 @@ def test_undecodable_folder_name_becomes_wire_text() -> None:
     assert compile_pattern("{client}/{p}/**").labels(rel) == ("cl\u201bFEient", "q")
 
 
-@pytest.mark.parametrize(("pattern", "message"), [
-    ("", "empty"),
-    ("/{a}/**", "leading '/'"),
-    ("{a}//**", "empty part"),
-    ("{a}/**/", "empty part"),
-    ("{client}/{client}/**", "{client} appears twice"),
-    ("{a}{b}/**", "need text between them"),
-    ("{a/**", "unbalanced"),
-    ("a}/{b}/**", "unbalanced"),
-    ("{1x}/**", "placeholder name"),
-    ("{}/**", "placeholder name"),
-    ("{a}/file?.pdf", "'?' inside"),
-    ("{a}/[ab]/**", "'[' inside"),
-    ("{a}*/**", "'*' inside"),
-    ("{a}/../**", "not allowed"),
-    ("{a}/{name}", "last part matches the file name"),
-    ("{a}/{name}.pdf", "last part matches the file name"),
-    ("a/b/**", "captures nothing"),
-])
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("", "empty"),
+        ("/{a}/**", "leading '/'"),
+        ("{a}//**", "empty part"),
+        ("{a}/**/", "empty part"),
+        ("{client}/{client}/**", "{client} appears twice"),
+        ("{a}{b}/**", "need text between them"),
+        ("{a/**", "unbalanced"),
+        ("a}/{b}/**", "unbalanced"),
+        ("{1x}/**", "placeholder name"),
+        ("{}/**", "placeholder name"),
+        ("{a}/file?.pdf", "'?' inside"),
+        ("{a}/[ab]/**", "'[' inside"),
+        ("{a}*/**", "'*' inside"),
+        ("{a}/../**", "not allowed"),
+        ("{a}/{name}", "last part matches the file name"),
+        ("{a}/{name}.pdf", "last part matches the file name"),
+        ("a/b/**", "captures nothing"),
+    ],
+)
 def test_bad_patterns_are_refused(pattern: str, message: str) -> None:
     with pytest.raises(ValueError, match=None) as err:
         compile_pattern(pattern)
@@ -87,13 +93,13 @@ def test_bad_patterns_are_refused(pattern: str, message: str) -> None:
 def _config(tmp_path: Path, folder: str) -> str:
     return f"""
 [daemon]
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [destinations.d]
 type = "lilt"
 base_url = "https://api.lilt.com"
 api_key = "literal-key-for-test-0000"
 [[folders]]
-path = "{tmp_path / 'in'}"
+path = "{tmp_path / "in"}"
 destination = "d"
 {folder}
 """
@@ -103,24 +109,32 @@ def test_config_keys_default_and_load(tmp_path: Path) -> None:
     cfg = loads(_config(tmp_path, ""), base_dir=tmp_path)
     f = cfg.folders[0]
     assert (f.labels_from_path, f.metadata_sidecar, f.on_duplicate) == (None, False, "upload")
-    cfg = loads(_config(tmp_path, 'labels_from_path = "{client}/{project}/**"\n'
-                                  'metadata_sidecar = true\non_duplicate = "skip"'),
-                base_dir=tmp_path)
+    cfg = loads(
+        _config(
+            tmp_path,
+            'labels_from_path = "{client}/{project}/**"\nmetadata_sidecar = true\non_duplicate = "skip"',
+        ),
+        base_dir=tmp_path,
+    )
     f = cfg.folders[0]
-    assert (f.labels_from_path, f.metadata_sidecar, f.on_duplicate) == (
-        "{client}/{project}/**", True, "skip")
+    assert (f.labels_from_path, f.metadata_sidecar, f.on_duplicate) == ("{client}/{project}/**", True, "skip")
 
 
-@pytest.mark.parametrize(("line", "key", "text"), [
-    ('labels_from_path = "{client}/{client}/**"', "folders[0].labels_from_path",
-     "{client} appears twice; each name may be used once; got '{client}/{client}/**'"),
-    ('labels_from_path = "{a}/x?y/**"', "folders[0].labels_from_path", "got '{a}/x?y/**'"),
-    ('labels_from_path = ""', "folders[0].labels_from_path", "empty"),
-    ('on_duplicate = "ignore"', "folders[0].on_duplicate", "'ignore'"),
-    ("metadata_sidecar = 1", "folders[0].metadata_sidecar", ""),
-])
-def test_config_errors_name_the_key_and_value(tmp_path: Path, line: str, key: str,
-                                              text: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "key", "text"),
+    [
+        (
+            'labels_from_path = "{client}/{client}/**"',
+            "folders[0].labels_from_path",
+            "{client} appears twice; each name may be used once; got '{client}/{client}/**'",
+        ),
+        ('labels_from_path = "{a}/x?y/**"', "folders[0].labels_from_path", "got '{a}/x?y/**'"),
+        ('labels_from_path = ""', "folders[0].labels_from_path", "empty"),
+        ('on_duplicate = "ignore"', "folders[0].on_duplicate", "'ignore'"),
+        ("metadata_sidecar = 1", "folders[0].metadata_sidecar", ""),
+    ],
+)
+def test_config_errors_name_the_key_and_value(tmp_path: Path, line: str, key: str, text: str) -> None:
     with pytest.raises(ConfigError) as err:
         loads(_config(tmp_path, line), base_dir=tmp_path)
     problems = [p for p in err.value.problems if p.key == key]
@@ -138,23 +152,26 @@ def test_parse_sidecar_accepts_labels_and_category() -> None:
     assert parse_sidecar('{"labels": ["\u00e9t\u00e9"]}'.encode()) == (("\u00e9t\u00e9",), None)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"", "not valid JSON"),
-    (b'{"labels": ["a"]', "not valid JSON"),
-    (b"\xff{}", "not valid UTF-8"),
-    (b'["a"]', "expected a JSON object"),
-    (b'{"label": ["a"]}', "unknown key 'label'"),
-    (b'{"labels": "a"}', '"labels" must be an array of strings, got a string'),
-    (b'{"labels": [1]}', '"labels"[0] must be a string, got a number'),
-    (b'{"labels": [""]}', '"labels"[0] is empty'),
-    (b'{"labels": ["a\\nb"]}', "control character"),
-    (b'{"labels": ["\\ud800"]}', "lone surrogate"),
-    (b'{"category": 5}', '"category" must be a string'),
-    (b'{"category": " "}', '"category" is empty'),
-    (b'{"labels": [' + b",".join(b'"l%d"' % i for i in range(65)) + b"]}", "at most 64"),
-    (b'{"category": "' + b"x" * 300 + b'"}', "longer than 256"),
-    (b'{"labels": []}' + b" " * (64 * 1024), "larger than 64 KiB"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not valid JSON"),
+        (b'{"labels": ["a"]', "not valid JSON"),
+        (b"\xff{}", "not valid UTF-8"),
+        (b'["a"]', "expected a JSON object"),
+        (b'{"label": ["a"]}', "unknown key 'label'"),
+        (b'{"labels": "a"}', '"labels" must be an array of strings, got a string'),
+        (b'{"labels": [1]}', '"labels"[0] must be a string, got a number'),
+        (b'{"labels": [""]}', '"labels"[0] is empty'),
+        (b'{"labels": ["a\\nb"]}', "control character"),
+        (b'{"labels": ["\\ud800"]}', "lone surrogate"),
+        (b'{"category": 5}', '"category" must be a string'),
+        (b'{"category": " "}', '"category" is empty'),
+        (b'{"labels": [' + b",".join(b'"l%d"' % i for i in range(65)) + b"]}", "at most 64"),
+        (b'{"category": "' + b"x" * 300 + b'"}', "longer than 256"),
+        (b'{"labels": []}' + b" " * (64 * 1024), "larger than 64 KiB"),
+    ],
+)
 def test_parse_sidecar_refuses_malformed(data: bytes, message: str) -> None:
     with pytest.raises(SidecarError) as err:
         parse_sidecar(data)
@@ -213,8 +230,7 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Any:
     led.close()
 
 
-def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger,
-                                             clock: FakeClock) -> None:
+def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
     folder = make_folder(tmp_path, settle_seconds=2.0, metadata_sidecar=True)
     (folder.path / "a.pdf").write_bytes(b"data")
     side = folder.path / "a.pdf.meta.json"
@@ -235,7 +251,8 @@ def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger,
 
 
 def test_settle_without_sidecar_or_with_a_quiet_one_is_not_delayed(
-        tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
     folder = make_folder(tmp_path, settle_seconds=2.0, metadata_sidecar=True)
     (folder.path / "a.pdf").write_bytes(b"a")
     (folder.path / "b.pdf").write_bytes(b"b")
@@ -261,8 +278,15 @@ def up(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> Any:
         kw.setdefault("labels", ("base",))
         kw.setdefault("category", "SOURCE")
         folder = make_folder(tmp_path, **kw)
-        uploader = Uploader(ledger, lambda: {"dest": dest}, lambda: {os.fspath(folder.path): folder},
-                            retry_base=1.0, retry_max=30.0, clock=clock, rng=random.Random(1))
+        uploader = Uploader(
+            ledger,
+            lambda: {"dest": dest},
+            lambda: {os.fspath(folder.path): folder},
+            retry_base=1.0,
+            retry_max=30.0,
+            clock=clock,
+            rng=random.Random(1),
+        )
 
         def drop(rel: str, data: bytes = b"payload", sidecar: Any = None) -> int:
             path = folder.path / rel
@@ -283,8 +307,7 @@ def up(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> Any:
     return make, dest
 
 
-def test_path_and_sidecar_labels_are_sent_and_recorded(up: Any, ledger: Ledger,
-                                                       tmp_path: Path) -> None:
+def test_path_and_sidecar_labels_are_sent_and_recorded(up: Any, ledger: Ledger, tmp_path: Path) -> None:
     make, dest = up
     folder, _, drop, step = make(labels_from_path="{client}/{project}/**", metadata_sidecar=True)
     a = drop("acme/q3/a.pdf", b"A", sidecar={"labels": ["inv", "acme"], "category": "FIN"})
@@ -292,9 +315,11 @@ def test_path_and_sidecar_labels_are_sent_and_recorded(up: Any, ledger: Ledger,
     c = drop("globex/q1/c.pdf", b"C")
     assert [step(), step(), step()] == ["done", "done", "done"]
     sent = {item.name: (item.labels, item.category) for item, _ in dest.received}
-    assert sent == {"a.pdf": (("base", "acme", "q3", "inv"), "FIN"),
-                    "b.pdf": (("base",), "SOURCE"),
-                    "c.pdf": (("base", "globex", "q1"), "SOURCE")}
+    assert sent == {
+        "a.pdf": (("base", "acme", "q3", "inv"), "FIN"),
+        "b.pdf": (("base",), "SOURCE"),
+        "c.pdf": (("base", "globex", "q1"), "SOURCE"),
+    }
     row = ledger.get(a)
     assert row is not None and row.meta is not None
     assert row.meta["labels"] == ["base", "acme", "q3", "inv"] and row.meta["category"] == "FIN"
@@ -323,8 +348,9 @@ def test_sidecar_follows_a_suffixed_archive_name(up: Any, tmp_path: Path) -> Non
     assert json.loads((arch / "a (1).pdf.meta (1).json").read_text()) == {"labels": ["x"]}
 
 
-def test_malformed_sidecar_fails_the_file_with_both_in_failed_dir(up: Any, ledger: Ledger,
-                                                                   tmp_path: Path) -> None:
+def test_malformed_sidecar_fails_the_file_with_both_in_failed_dir(
+    up: Any, ledger: Ledger, tmp_path: Path
+) -> None:
     make, dest = up
     folder, _, drop, step = make(metadata_sidecar=True)
     row_id = drop("sub/a.pdf", b"A", sidecar=b'{"labels": "x"}')
@@ -351,8 +377,9 @@ def test_malformed_sidecar_fails_the_file_with_both_in_failed_dir(up: Any, ledge
     assert not (failed_sub / "a.pdf.meta.json").exists()
 
 
-def test_symlinked_sidecar_fails_the_file_and_is_not_followed(up: Any, ledger: Ledger,
-                                                              tmp_path: Path) -> None:
+def test_symlinked_sidecar_fails_the_file_and_is_not_followed(
+    up: Any, ledger: Ledger, tmp_path: Path
+) -> None:
     make, dest = up
     folder, _, drop, step = make(metadata_sidecar=True)
     secret = tmp_path / "secret.json"
@@ -365,8 +392,9 @@ def test_symlinked_sidecar_fails_the_file_and_is_not_followed(up: Any, ledger: L
     assert (folder.path / "a.pdf.meta.json").is_symlink()  # never moved: not a regular file
 
 
-def test_sidecar_written_moments_ago_defers_without_an_attempt(up: Any, ledger: Ledger,
-                                                               clock: FakeClock) -> None:
+def test_sidecar_written_moments_ago_defers_without_an_attempt(
+    up: Any, ledger: Ledger, clock: FakeClock
+) -> None:
     make, dest = up
     folder, _, drop, step = make(metadata_sidecar=True, settle_seconds=2.0)
     row_id = drop("a.pdf", b"A", sidecar={"labels": ["x"]})
@@ -379,8 +407,7 @@ def test_sidecar_written_moments_ago_defers_without_an_attempt(up: Any, ledger: 
     assert step() == "done" and dest.received[0][0].labels == ("base", "x")
 
 
-def test_sidecar_changed_after_upload_stays_in_place(up: Any, ledger: Ledger,
-                                                     tmp_path: Path) -> None:
+def test_sidecar_changed_after_upload_stays_in_place(up: Any, ledger: Ledger, tmp_path: Path) -> None:
     make, dest = up
     folder, _, drop, step = make(metadata_sidecar=True)
     side = folder.path / "a.pdf.meta.json"
@@ -409,8 +436,9 @@ def test_delete_and_keep_take_the_sidecar_along(up: Any, tmp_path: Path) -> None
     assert sorted(p.name for p in folder.path.iterdir()) == ["a.pdf", "a.pdf.meta.json"]
 
 
-def test_interrupted_sidecar_move_is_finished(up: Any, ledger: Ledger, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_sidecar_move_is_finished(
+    up: Any, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make, _ = up
     folder, _, drop, step = make(metadata_sidecar=True)
     row_id = drop("a.pdf", b"A", sidecar={"labels": ["x"]})
@@ -434,8 +462,9 @@ def test_interrupted_sidecar_move_is_finished(up: Any, ledger: Ledger, tmp_path:
 # -- on_duplicate ----------------------------------------------------------------------------
 
 
-def test_duplicate_is_skipped_archived_and_points_at_the_upload(up: Any, ledger: Ledger,
-                                                                tmp_path: Path) -> None:
+def test_duplicate_is_skipped_archived_and_points_at_the_upload(
+    up: Any, ledger: Ledger, tmp_path: Path
+) -> None:
     make, dest = up
     folder, uploader, drop, step = make(on_duplicate="skip")
     first = drop("a.pdf", b"same bytes")
@@ -479,7 +508,8 @@ def test_duplicate_of_another_destination_or_folder_is_uploaded(ledger: Ledger) 
 
 
 def test_skip_is_durable_before_the_move_and_finished_after_a_crash(
-        up: Any, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    up: Any, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make, dest = up
     folder, uploader, drop, step = make(on_duplicate="skip")
     first = drop("a.pdf", b"same")
@@ -506,8 +536,7 @@ def test_skip_is_durable_before_the_move_and_finished_after_a_crash(
     assert len(dest.received) == 1
 
 
-def test_skip_keeps_labels_metadata_and_moves_the_sidecar(up: Any, ledger: Ledger,
-                                                          tmp_path: Path) -> None:
+def test_skip_keeps_labels_metadata_and_moves_the_sidecar(up: Any, ledger: Ledger, tmp_path: Path) -> None:
     make, dest = up
     _, _, drop, step = make(on_duplicate="skip", metadata_sidecar=True)
     drop("a.pdf", b"same")
@@ -531,7 +560,8 @@ def test_duplicate_lookup_uses_the_index(ledger: Ledger) -> None:
             "EXPLAIN QUERY PLAN SELECT * FROM files WHERE folder = ? AND sha256 = ? AND"
             " destination = ? AND state IN ('uploaded', 'done') AND duplicate_of IS NULL"
             " AND receipt IS NOT NULL AND id != ? ORDER BY id LIMIT 1",
-            ("/in", "00", "d", -1)).fetchall()
+            ("/in", "00", "d", -1),
+        ).fetchall()
     finally:
         conn.close()
     assert any("files_sha256" in str(r[-1]) for r in plan), plan

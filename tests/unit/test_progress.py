@@ -48,8 +48,15 @@ def test_resumed_bytes_counts_confirmed_parts() -> None:
 
 def test_meter_rate_eta_and_forgetting() -> None:
     meter = progress.ProgressMeter(window=10.0)
-    f = {"id": 7, "path": "/in/a", "destination": "d", "total": 100 * MiB, "sent": 0,
-         "resumed": 0, "started_at": 1000.0}
+    f = {
+        "id": 7,
+        "path": "/in/a",
+        "destination": "d",
+        "total": 100 * MiB,
+        "sent": 0,
+        "resumed": 0,
+        "started_at": 1000.0,
+    }
     (first,) = meter.update([f], 1000.0)
     assert first["rate"] is None and first["eta_seconds"] is None and first["percent"] == 0.0
     (later,) = meter.update([{**f, "sent": 20 * MiB}], 1002.0)
@@ -105,22 +112,22 @@ def test_uploader_reports_bytes_read_per_file(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "f.bin").write_bytes(os.urandom(3 * MiB))
-    cfg = configmod.loads(f'[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\n'
-                          f'path = "{inbox}"\ndestination = "d"\nafter_upload = "keep"\n',
-                          base_dir=tmp_path)
+    cfg = configmod.loads(
+        f'[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\n'
+        f'path = "{inbox}"\ndestination = "d"\nafter_upload = "keep"\n',
+        base_dir=tmp_path,
+    )
     folder = cfg.folders[0]
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     ledger.observe(os.fspath(inbox), ["f.bin"], destination="d")
     row = ledger.active_for_path(os.fspath(inbox), "f.bin")
     assert row is not None
     st = os.stat(inbox / "f.bin")
-    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino,
-                     changed=True)
+    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, changed=True)
     ledger.promote(row.id)
     dest = _SteppedDestination()
     metrics = Metrics()
-    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(inbox): folder},
-                  metrics=metrics)
+    up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(inbox): folder}, metrics=metrics)
     metrics.track_progress(up.progress)
     up.start(1)
     try:
@@ -194,8 +201,11 @@ def test_a_30_mib_upload_shows_its_progress(tmp_path: Path) -> None:
             assert p["eta_seconds"] is not None and p["eta_seconds"] > 0
             data, u = wait_until(lambda: moving(p["sent"]), 30, 0.1, "more bytes sent")
             text = s.cli("status").stdout
-            assert re.search(r"#\d+ '.*big\.bin' -> lilt: [\d.]+ MiB of 30\.0 MiB \(\d+%\), "
-                             r"[\d.]+ [KM]iB/s, ETA \w+", text), text
+            assert re.search(
+                r"#\d+ '.*big\.bin' -> lilt: [\d.]+ MiB of 30\.0 MiB \(\d+%\), "
+                r"[\d.]+ [KM]iB/s, ETA \w+",
+                text,
+            ), text
             files = s.cli("files", "--state", "uploading").stdout
             assert "of 30.0 MiB" in files
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -212,8 +222,7 @@ def test_a_30_mib_upload_shows_its_progress(tmp_path: Path) -> None:
             s.config.write_text(good.replace("workers = 1", "workers = 0"))
             broken = s.cli("status")
             assert broken.returncode == 0, broken.stderr
-            assert "daemon.workers: must be >= 1" in broken.stderr and "last applied" in \
-                broken.stderr
+            assert "daemon.workers: must be >= 1" in broken.stderr and "last applied" in broken.stderr
             assert f"'{s.inbox()}' -> lilt: 1 done" in broken.stdout
             s.config.write_text(good)
             assert s.stop() == 0

@@ -5,19 +5,43 @@ import pytest
 from syncd.rules import dir_ignored, judge
 
 
-@pytest.mark.parametrize("relpath", [
-    ".DS_Store", "._a.pdf", "Thumbs.db", "desktop.ini", "a.part", "a.partial", "a.tmp",
-    "a.crdownload", "~$report.docx", ".~lock.report.odt#", ".hidden", "sub/.git/config",
-    "deep/dir/Thumbs.db",
-])
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        ".DS_Store",
+        "._a.pdf",
+        "Thumbs.db",
+        "desktop.ini",
+        "a.part",
+        "a.partial",
+        "a.tmp",
+        "a.crdownload",
+        "~$report.docx",
+        ".~lock.report.odt#",
+        ".hidden",
+        "sub/.git/config",
+        "deep/dir/Thumbs.db",
+    ],
+)
 def test_builtin_junk_is_ignored(relpath: str) -> None:
     verdict = judge(relpath)
     assert not verdict.accepted
     assert verdict.reason.startswith("ignored:")
 
 
-@pytest.mark.parametrize("relpath", ["a.pdf", "sub/a.pdf", "with space.txt", "-leading-dash",
-                                     "ünïcode.txt", "a.partner", "tmp/a.txt", "part"])
+@pytest.mark.parametrize(
+    "relpath",
+    [
+        "a.pdf",
+        "sub/a.pdf",
+        "with space.txt",
+        "-leading-dash",
+        "ünïcode.txt",
+        "a.partner",
+        "tmp/a.txt",
+        "part",
+    ],
+)
 def test_ordinary_names_are_accepted(relpath: str) -> None:
     assert judge(relpath).accepted
 

@@ -47,16 +47,24 @@ def raw_controls(text: str) -> list[str]:
 @pytest.mark.process
 def test_hostile_error_body_reaches_logs_ledger_and_cli_escaped_and_masked(make_setup: Any) -> None:
     s = make_setup(folders=[{"name": "in"}])
-    body = (f"{HOSTILE} retry at https://evil.example/_storage/a.txt?X-Emu-Signature={SIG}"
-            f"&X-Emu-Expires=1 with key {CANARY_KEY} or https://bob:{PASSWORD}@evil.example/")
+    body = (
+        f"{HOSTILE} retry at https://evil.example/_storage/a.txt?X-Emu-Signature={SIG}"
+        f"&X-Emu-Expires=1 with key {CANARY_KEY} or https://bob:{PASSWORD}@evil.example/"
+    )
     s.emulator.set_faults(script=[{"op": "lilt.put", "status": 400, "message": body}])
     s.drop("a.txt", b"refused with a hostile body")
     s.start()
     wait_until(lambda: s.counts().get("failed") == 1, 30, what="the refused file failed")
     outputs = {
         " ".join(args): s.cli(*args, check=True).stdout
-        for args in (("files",), ("files", "--state", "failed"), ("files", "--json"),
-                     ("status",), ("status", "--json"), ("explain", str(s.inbox() / "a.txt")))
+        for args in (
+            ("files",),
+            ("files", "--state", "failed"),
+            ("files", "--json"),
+            ("status",),
+            ("status", "--json"),
+            ("explain", str(s.inbox() / "a.txt")),
+        )
     }
     assert s.stop() == 0
     (row,) = s.rows()
@@ -95,8 +103,7 @@ destination = "main"
     return path
 
 
-def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
     root = str(cfg.parent / "inbox")
     ledger.observe(root, ["a.txt"], destination="main")
@@ -136,8 +143,10 @@ def test_error_text_escapes_controls_and_masks_before_cutting() -> None:
 def test_describe_escapes_what_a_server_put_in_an_exception() -> None:
     text = describe(PermanentError(f"lilt: the server said {HOSTILE}\rforged line"))
     assert not raw_controls(text)
-    assert text == ("PermanentError: lilt: the server said "
-                    "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mdenied\\x9b\\u202e\\rforged line")
+    assert text == (
+        "PermanentError: lilt: the server said "
+        "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mdenied\\x9b\\u202e\\rforged line"
+    )
 
 
 # -- redaction: encoded secrets, user-info, the emulator's signature ---------------------
@@ -150,8 +159,7 @@ def test_percent_encoded_forms_of_a_registered_secret_are_masked() -> None:
         "quote": quote(secret, safe=""),
         "quote, / kept": quote(secret),
         "quote_plus": quote_plus(secret),
-        "lower-case hex": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(),
-                                 quote(secret, safe="")),
+        "lower-case hex": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(secret, safe="")),
         "httpx params": str(httpx.URL("https://h/x", params={"k": secret})),
     }
     for name, form in forms.items():
@@ -162,8 +170,10 @@ def test_percent_encoded_forms_of_a_registered_secret_are_masked() -> None:
 
 def test_url_user_info_is_masked() -> None:
     r = redact.redact
-    assert r(f"cannot reach https://bob:{PASSWORD}@files.example/up") == \
-        "cannot reach https://bob:***@files.example/up"
+    assert (
+        r(f"cannot reach https://bob:{PASSWORD}@files.example/up")
+        == "cannot reach https://bob:***@files.example/up"
+    )
     assert r("proxy http://tok_9f8e7d6c@proxy.example:3128/") == "proxy http://***@proxy.example:3128/"
     # not user-info: ports, '@' after the host, e-mail addresses
     for plain in ("http://127.0.0.1:8790/lilt", "https://h/p/a@b?x=y", "mail ops@example.com"):
@@ -171,29 +181,39 @@ def test_url_user_info_is_masked() -> None:
 
 
 def test_signature_parameter_names_are_masked_and_other_parameters_kept() -> None:
-    url = (f"http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
-           f"&X-Emu-Signature={SIG}&s3Key=uploads/a.txt&csrf_token=c5f1&X-Goog-Signature={SIG}")
+    url = (
+        f"http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
+        f"&X-Emu-Signature={SIG}&s3Key=uploads/a.txt&csrf_token=c5f1&X-Goog-Signature={SIG}"
+    )
     assert redact.redact(url) == (
         "http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
-        "&X-Emu-Signature=***&s3Key=uploads/a.txt&csrf_token=***&X-Goog-Signature=***")
+        "&X-Emu-Signature=***&s3Key=uploads/a.txt&csrf_token=***&X-Goog-Signature=***"
+    )
     assert redact.redact(f'{{"X-Emu-Signature": "{SIG}"}}') == '{"X-Emu-Signature": "***"}'
-    assert redact.redact("DELETE /apivideo/upload-tokens/to1a2b3c4d HTTP/1.1") == \
-        "DELETE /apivideo/upload-tokens/*** HTTP/1.1"
+    assert (
+        redact.redact("DELETE /apivideo/upload-tokens/to1a2b3c4d HTTP/1.1")
+        == "DELETE /apivideo/upload-tokens/*** HTTP/1.1"
+    )
 
 
 def test_httpx_debug_lines_for_emulator_urls_carry_no_signature(
-        tmp_path: Path, restore_logging: None) -> None:
+    tmp_path: Path, restore_logging: None
+) -> None:
     out = tmp_path / "debug.log"
     with Emulator(tmp_path / "data") as emu, open(out, "w") as stream:
         logs.setup("debug", "text", stream, journal=False)
-        with httpx.Client(base_url=emu.url + "/lilt", auth=("demo-lilt-key", "demo-lilt-key"),
-                          timeout=10) as api:
-            r = api.post("/v2/upload/s3/params",
-                         json={"filename": "a.txt", "type": "text/plain", "metadata": {"size": 5}})
+        with httpx.Client(
+            base_url=emu.url + "/lilt", auth=("demo-lilt-key", "demo-lilt-key"), timeout=10
+        ) as api:
+            r = api.post(
+                "/v2/upload/s3/params",
+                json={"filename": "a.txt", "type": "text/plain", "metadata": {"size": 5}},
+            )
             url = r.json()["url"]
             signature = httpx.URL(url).params["X-Emu-Signature"]
-            put = httpx.put(url, content=b"hello", headers={"Content-Type": "text/plain"},
-                            timeout=10)  # a presigned URL: no Authorization header
+            put = httpx.put(
+                url, content=b"hello", headers={"Content-Type": "text/plain"}, timeout=10
+            )  # a presigned URL: no Authorization header
             assert put.status_code == 200
     text = out.read_text()
     assert "HTTP Request: PUT" in text and "X-Emu-Signature=***" in text
@@ -205,8 +225,7 @@ def test_httpx_debug_lines_for_emulator_urls_carry_no_signature(
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "journal"])
-def test_every_log_format_escapes_control_characters(
-        tmp_path: Path, restore_logging: None, fmt: str) -> None:
+def test_every_log_format_escapes_control_characters(tmp_path: Path, restore_logging: None, fmt: str) -> None:
     out = tmp_path / f"{fmt}.log"
     with open(out, "w") as stream:
         logs.setup("info", "json" if fmt == "json" else "text", stream, journal=fmt == "journal")
@@ -222,25 +241,38 @@ def test_every_log_format_escapes_control_characters(
 
 
 def test_emulator_request_log_masks_tokens_and_escapes_paths(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import base64
 
     token, key = "to-reqlog-token-1b2c", "reqlog-key-8e7f"
     basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-    with Emulator(tmp_path / "data", apivideo_token=token, apivideo_key=key, quiet=False) as emu, \
-            httpx.Client(base_url=emu.url + "/apivideo", timeout=10) as http:
+    with (
+        Emulator(tmp_path / "data", apivideo_token=token, apivideo_key=key, quiet=False) as emu,
+        httpx.Client(base_url=emu.url + "/apivideo", timeout=10) as http,
+    ):
         minted = http.post("/upload-tokens", json={"ttl": 60}, headers=basic).json()["token"]
         assert http.get(f"/upload-tokens/{minted}", headers=basic).status_code == 200
         assert http.get(f"/upload-tokens/{token}", headers=basic).status_code == 200
         assert http.delete(f"/upload-tokens/{minted}", headers=basic).status_code == 204
-        assert http.post("/upload", params={"token": token}, files={"file": ("a.mp4", b"x")},
-                         headers={"Content-Range": "bytes 0-0/1"}).status_code == 201
+        assert (
+            http.post(
+                "/upload",
+                params={"token": token},
+                files={"file": ("a.mp4", b"x")},
+                headers={"Content-Range": "bytes 0-0/1"},
+            ).status_code
+            == 201
+        )
         assert httpx.get(emu.url + "/lilt/%1B%5B2J%07x").status_code == 404
         listed = httpx.get(emu.url + "/_emulator/requests").text
         entries = emu.requests()
     echoed = capsys.readouterr().err
-    for name, text in (("GET /_emulator/requests", listed), ("requests()", json.dumps(entries)),
-                       ("--verbose lines", echoed)):
+    for name, text in (
+        ("GET /_emulator/requests", listed),
+        ("requests()", json.dumps(entries)),
+        ("--verbose lines", echoed),
+    ):
         for secret in (token, minted, key):
             assert secret not in text, (name, secret)
     assert [(e["op"], e["path"], e["status"]) for e in entries[1:4]] == [

@@ -24,8 +24,7 @@ def _settler(ledger: Ledger, folder: FolderConfig, clock: FakeClock) -> Settler:
     return Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
 
 
-def test_quiet_file_is_queued_after_settle_seconds(tmp_path: Path, ledger: Ledger,
-                                                   clock: FakeClock) -> None:
+def test_quiet_file_is_queued_after_settle_seconds(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
     folder = make_folder(tmp_path, settle_seconds=2.0)
     (folder.path / "a.txt").write_bytes(b"abc")
     assert scanner.scan_folder(ledger, folder) == 1
@@ -39,8 +38,9 @@ def test_quiet_file_is_queued_after_settle_seconds(tmp_path: Path, ledger: Ledge
     assert row.state == "queued" and row.size == 3
 
 
-def test_writer_that_reopens_restarts_the_quiet_time(tmp_path: Path, ledger: Ledger,
-                                                     clock: FakeClock) -> None:
+def test_writer_that_reopens_restarts_the_quiet_time(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
     folder = make_folder(tmp_path, settle_seconds=2.0)
     path = folder.path / "slow.bin"
     path.write_bytes(b"a")
@@ -62,7 +62,8 @@ def test_writer_that_reopens_restarts_the_quiet_time(tmp_path: Path, ledger: Led
 
 
 def test_a_change_no_event_reported_is_found_at_the_next_due_look(
-        tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
     """Rows are looked at when due, not on every tick; a write that no event reported
     (a lost inotify event, a network share) is found then and restarts the quiet time."""
     folder = make_folder(tmp_path, settle_seconds=2.0)
@@ -84,8 +85,9 @@ def test_a_change_no_event_reported_is_found_at_the_next_due_look(
     assert settler.tick() == 1
 
 
-def test_a_backlog_is_judged_in_bounded_batches(tmp_path: Path, ledger: Ledger,
-                                                clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backlog_is_judged_in_bounded_batches(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from syncd import settle
 
     monkeypatch.setattr(settle, "BATCH", 50)
@@ -115,8 +117,9 @@ def test_file_gone_while_settling(tmp_path: Path, ledger: Ledger, clock: FakeClo
     assert [(r.relpath, r.state) for r in rows] == [("seen.txt", "vanished")]
 
 
-def test_special_files_are_never_ledgered(tmp_path: Path, ledger: Ledger, clock: FakeClock,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_special_files_are_never_ledgered(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = make_folder(tmp_path)
     os.symlink("/etc/passwd", folder.path / "link")
     os.symlink("/", folder.path / "rootlink")
@@ -138,8 +141,16 @@ def test_special_files_are_never_ledgered(tmp_path: Path, ledger: Ledger, clock:
 
 def test_scan_skips_junk_excluded_and_own_dirs(tmp_path: Path, ledger: Ledger) -> None:
     folder = make_folder(tmp_path, exclude=("drafts",), archive_dir=tmp_path / "inbox" / "done")
-    for rel in ["a.pdf", "sub/b.pdf", ".hidden", "c.part", "drafts/d.pdf", "done/e.pdf",
-                ".git/f", "sub/deeper/g.txt"]:
+    for rel in [
+        "a.pdf",
+        "sub/b.pdf",
+        ".hidden",
+        "c.part",
+        "drafts/d.pdf",
+        "done/e.pdf",
+        ".git/f",
+        "sub/deeper/g.txt",
+    ]:
         p = folder.path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
@@ -178,8 +189,7 @@ def test_kept_files_are_not_new_versions(tmp_path: Path, ledger: Ledger, clock: 
     assert scanner.scan_folder(ledger, folder) == 1
 
 
-def test_max_settle_forces_a_never_quiet_file(tmp_path: Path, ledger: Ledger,
-                                              clock: FakeClock) -> None:
+def test_max_settle_forces_a_never_quiet_file(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
     folder = make_folder(tmp_path, settle_seconds=5, max_settle_seconds=30)
     path = folder.path / "log.txt"
     path.write_bytes(b"x")

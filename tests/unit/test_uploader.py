@@ -33,8 +33,9 @@ class FakeDestination:
         self.attempted: list[str] = []
         self.probes = 0
 
-    def upload(self, item: UploadItem, source: Source, resume: dict[str, Any] | None,
-               checkpoint: Checkpoint) -> Receipt:
+    def upload(
+        self, item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
         self.calls += 1
         self.attempted.append(item.name)
         if self.down is not None:
@@ -69,8 +70,15 @@ def setup(tmp_path: Path, clock: FakeClock) -> Any:
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path, labels=("a", "b"), category="SOURCE", max_attempts=3)
     dest = FakeDestination()
-    up = Uploader(ledger, lambda: {"dest": dest}, lambda: {os.fspath(folder.path): folder},
-                  retry_base=1.0, retry_max=30.0, clock=clock, rng=random.Random(1))
+    up = Uploader(
+        ledger,
+        lambda: {"dest": dest},
+        lambda: {os.fspath(folder.path): folder},
+        retry_base=1.0,
+        retry_max=30.0,
+        clock=clock,
+        rng=random.Random(1),
+    )
 
     def drop(rel: str, data: bytes = b"payload") -> int:
         return queue_file(ledger, folder, rel, data)
@@ -99,12 +107,16 @@ def test_success_uploads_records_and_archives(setup: Any, tmp_path: Path) -> Non
     assert up.stats.uploaded == 1
 
 
-def test_retryable_backs_off_then_fails_after_max_attempts(setup: Any, clock: FakeClock,
-                                                           tmp_path: Path) -> None:
+def test_retryable_backs_off_then_fails_after_max_attempts(
+    setup: Any, clock: FakeClock, tmp_path: Path
+) -> None:
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
-    dest.script = [RetryableError("HTTP 503"), RetryableError("HTTP 503", retry_after=7),
-                   RetryableError("HTTP 503")]
+    dest.script = [
+        RetryableError("HTTP 503"),
+        RetryableError("HTTP 503", retry_after=7),
+        RetryableError("HTTP 503"),
+    ]
     assert step() == "retrying"
     row = ledger.get(row_id)
     assert row.state == "retrying" and "503" in row.last_error
@@ -197,12 +209,12 @@ def test_fatal_error_pauses_destination_without_using_attempts(setup: Any, clock
     assert {ledger.get(row_id).state, ledger.get(other).state} == {"done"}
 
 
-REFUSED = RetryableError("fake: initiate: ConnectError: [Errno 111] Connection refused",
-                         transport=True)
+REFUSED = RetryableError("fake: initiate: ConnectError: [Errno 111] Connection refused", transport=True)
 
 
 def test_a_refused_connection_spends_no_attempts_and_files_wait(
-        setup: Any, clock: FakeClock, tmp_path: Path) -> None:
+    setup: Any, clock: FakeClock, tmp_path: Path
+) -> None:
     """max_attempts is 3: a long outage, seen by every file, fails none of them."""
     ledger, folder, dest, up, drop, step = setup
     ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(5)]
@@ -235,8 +247,7 @@ def test_a_refused_connection_spends_no_attempts_and_files_wait(
     assert up.stats.failed == 0
 
 
-def test_a_recovered_destination_drains_everything(
-        setup: Any, clock: FakeClock, tmp_path: Path) -> None:
+def test_a_recovered_destination_drains_everything(setup: Any, clock: FakeClock, tmp_path: Path) -> None:
     ledger, folder, dest, up, drop, step = setup
     ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(6)]
     dest.down = REFUSED
@@ -257,11 +268,11 @@ def test_a_recovered_destination_drains_everything(
     assert [r.state for r in rows] == ["done"] * 7
     assert all(r.attempts <= 1 for r in rows)
     assert sorted(p.name for p in (tmp_path / "archive" / "inbox").iterdir()) == sorted(
-        [f"f{i}.txt" for i in range(6)] + ["late.txt"])
+        [f"f{i}.txt" for i in range(6)] + ["late.txt"]
+    )
 
 
-def test_a_file_in_flight_when_the_circuit_opens_keeps_its_attempt(
-        setup: Any, clock: FakeClock) -> None:
+def test_a_file_in_flight_when_the_circuit_opens_keeps_its_attempt(setup: Any, clock: FakeClock) -> None:
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
     row = up._claim()  # in flight...
@@ -277,8 +288,7 @@ def test_a_file_in_flight_when_the_circuit_opens_keeps_its_attempt(
     assert row.next_attempt_at == up.circuit("dest").snapshot().next_probe_at
 
 
-def test_a_5xx_only_one_file_gets_is_that_files_failure(setup: Any, clock: FakeClock,
-                                                        tmp_path: Path) -> None:
+def test_a_5xx_only_one_file_gets_is_that_files_failure(setup: Any, clock: FakeClock, tmp_path: Path) -> None:
     """The service works for other files while one keeps getting a 500: those failures
     spend its attempts (max_attempts 3) and it ends in failed_dir; the others flow."""
     ledger, folder, dest, up, drop, step = setup
@@ -298,8 +308,7 @@ def test_a_5xx_only_one_file_gets_is_that_files_failure(setup: Any, clock: FakeC
     assert ledger.counts()["done"] >= 3
 
 
-def test_a_429_holds_the_destination_without_spending_attempts(
-        setup: Any, clock: FakeClock) -> None:
+def test_a_429_holds_the_destination_without_spending_attempts(setup: Any, clock: FakeClock) -> None:
     ledger, folder, dest, up, drop, step = setup
     row_id = drop("a.txt")
     other = drop("b.txt")
@@ -331,8 +340,8 @@ def test_an_idle_open_circuit_asks_the_service_with_probe(setup: Any, clock: Fak
 
 
 def test_unreadable_file_stays_and_is_retried_without_using_attempts(
-        setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock,
-        caplog: pytest.LogCaptureFixture) -> None:
+    setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     """Logic only; tests/daemon/test_e2e.py runs the real thing without capabilities. The delay
     grows like any retry's (retry_base 1 .. retry_max 30); the WARNING is said once per
     reason, the tries after it at debug level."""

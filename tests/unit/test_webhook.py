@@ -62,8 +62,9 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T0123/secret-path"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.requests]
@@ -89,17 +90,24 @@ def receiver() -> Iterator[Any]:
 
 
 def hook(url: str, secret: str | None = None, **kw: Any) -> Webhook:
-    return Webhook(Secret(url), Secret(secret) if secret else None, delays=kw.pop("delays", FAST),
-                   host="files1", **kw)
+    return Webhook(
+        Secret(url), Secret(secret) if secret else None, delays=kw.pop("delays", FAST), host="files1", **kw
+    )
 
 
 def test_retries_until_the_receiver_accepts_and_logs_the_streak_once(
-        receiver: Any, caplog: pytest.LogCaptureFixture) -> None:
+    receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     r = receiver([500, 503, 502])
     w = hook(r.url, "hook-signing-secret")
     caplog.set_level(logging.DEBUG, logger="syncd.webhook")
-    down = CircuitState("down", since=1_800_000_000.0, reason="upload: ConnectError: refused",
-                        next_probe_at=1_800_000_004.0, failures=3)
+    down = CircuitState(
+        "down",
+        since=1_800_000_000.0,
+        reason="upload: ConnectError: refused",
+        next_probe_at=1_800_000_004.0,
+        failures=3,
+    )
     assert w.destination_down("contracts", down)
     wait_until(lambda: w.delivered == 1, 10, what="delivery")
     assert len(r.requests) == 4  # three failures, then accepted
@@ -113,10 +121,13 @@ def test_retries_until_the_receiver_accepts_and_logs_the_streak_once(
     data = json.loads(body)
     assert data["event"] == "destination_down" and data["id"] in ids and data["host"] == "files1"
     assert data["destination"] == {
-        "name": "contracts", "state": "down", "since": "2027-01-15T08:00:00Z",
-        "reason": "upload: ConnectError: refused", "next_probe_at": "2027-01-15T08:00:04Z"}
-    assert data["text"] == ("syncd on files1: destination 'contracts' is down: "
-                            "upload: ConnectError: refused")
+        "name": "contracts",
+        "state": "down",
+        "since": "2027-01-15T08:00:00Z",
+        "reason": "upload: ConnectError: refused",
+        "next_probe_at": "2027-01-15T08:00:04Z",
+    }
+    assert data["text"] == ("syncd on files1: destination 'contracts' is down: upload: ConnectError: refused")
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings  # the streak began, and it ended
     assert "cannot deliver the destination_down notification" in warnings[0]
@@ -126,8 +137,9 @@ def test_retries_until_the_receiver_accepts_and_logs_the_streak_once(
     w.close()
 
 
-def test_gives_up_after_the_retries_then_reports_the_loss(receiver: Any,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_gives_up_after_the_retries_then_reports_the_loss(
+    receiver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     r = receiver([500] * 5)
     w = hook(r.url)
     caplog.set_level(logging.WARNING, logger="syncd.webhook")
@@ -156,8 +168,7 @@ def test_a_client_error_is_not_retried(receiver: Any) -> None:
     w.close()
 
 
-def test_sending_never_blocks_and_a_full_queue_drops(receiver: Any,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_sending_never_blocks_and_a_full_queue_drops(receiver: Any, caplog: pytest.LogCaptureFixture) -> None:
     r = receiver(delay=30)  # the receiver hangs
     w = hook(r.url, queue_size=2, timeout=30)
     caplog.set_level(logging.WARNING, logger="syncd.webhook")
@@ -189,7 +200,8 @@ def test_close_gives_what_is_queued_one_try(receiver: Any) -> None:
 
 
 def test_bodies_carry_no_secret_and_no_raw_control_characters(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     redact.register("sk-webhooktest-4f2a9c")
     sent: list[tuple[str, dict[str, Any]]] = []
     w = hook("http://127.0.0.1:9/")
@@ -200,12 +212,13 @@ def test_bodies_carry_no_secret_and_no_raw_control_characters(
 
     monkeypatch.setattr(w, "send", record)
     ledger = Ledger.open(tmp_path / "l.sqlite3")
-    ledger.observe(str(tmp_path), ["bad\x1b[2Jname\udcff.pdf"], destination="d", labels=(),
-                   category=None)
+    ledger.observe(str(tmp_path), ["bad\x1b[2Jname\udcff.pdf"], destination="d", labels=(), category=None)
     row = ledger.active_for_path(str(tmp_path), "bad\x1b[2Jname\udcff.pdf")
     assert row is not None
-    reason = ("HTTP 400: key sk-webhooktest-4f2a9c rejected for "
-              "https://s3.example/b/o?X-Amz-Signature=abcdef0123&X-Amz-Date=1 \x1b]0;owned\x07")
+    reason = (
+        "HTTP 400: key sk-webhooktest-4f2a9c rejected for "
+        "https://s3.example/b/o?X-Amz-Signature=abcdef0123&X-Amz-Date=1 \x1b]0;owned\x07"
+    )
     w.file_failed(row, reason)
     w.destination_down("d", CircuitState("refused", since=1.0, reason=reason))
     text = json.dumps(sent)
@@ -245,8 +258,15 @@ def uploader(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) 
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path, max_attempts=2)
     dest = FakeDestination()
-    up = Uploader(ledger, lambda: {"dest": dest}, lambda: {os.fspath(folder.path): folder},
-                  retry_base=1.0, retry_max=30.0, clock=clock, rng=random.Random(1))
+    up = Uploader(
+        ledger,
+        lambda: {"dest": dest},
+        lambda: {os.fspath(folder.path): folder},
+        retry_base=1.0,
+        retry_max=30.0,
+        clock=clock,
+        rng=random.Random(1),
+    )
     rec = Recorder()
     monkeypatch.setattr(up, "webhook", rec)
 
@@ -301,8 +321,9 @@ DEST = '[destinations.d]\ntype = "lilt"\napi_key = "k-0123456789"\n'
 
 
 def _config(tmp_path: Path, daemon: str) -> Any:
-    return loads(f"[daemon]\n{daemon}\n{DEST}[[folders]]\npath = \"in\"\ndestination = \"d\"\n",
-                 base_dir=tmp_path)
+    return loads(
+        f'[daemon]\n{daemon}\n{DEST}[[folders]]\npath = "in"\ndestination = "d"\n', base_dir=tmp_path
+    )
 
 
 def test_config_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,20 +331,21 @@ def test_config_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(tmp_path, 'webhook_url = "env:HOOK_URL"\nwebhook_secret = "s3cret-hook"')
     assert cfg.daemon.webhook_url.reveal() == "https://hooks.example.com/services/T0/B0/xyz"
     assert cfg.daemon.webhook_secret.reveal() == "s3cret-hook"
-    assert redact.redact("posting to https://hooks.example.com/services/T0/B0/xyz") == \
-        "posting to ***"
+    assert redact.redact("posting to https://hooks.example.com/services/T0/B0/xyz") == "posting to ***"
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, 'webhook_url = "hooks.example.com/x"')
     assert [str(p) for p in err.value.problems] == [
         "daemon.webhook_url: must be an absolute URL starting with https:// or http:// and "
-        "naming a host, got '***'"]
+        "naming a host, got '***'"
+    ]
     monkeypatch.setenv("BAD_URL", "ftp://x")
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, 'webhook_url = "env:BAD_URL"')
     assert "got 'env:BAD_URL'" in str(err.value)
     cfg = _config(tmp_path, 'webhook_secret = "s3cret-hook"')
     assert [str(w) for w in cfg.warnings if "webhook" in str(w)] == [
-        "daemon.webhook_secret: is not used without webhook_url"]
+        "daemon.webhook_secret: is not used without webhook_url"
+    ]
     assert cfg.daemon.webhook_url is None
 
 
@@ -338,20 +360,29 @@ def test_daemon_posts_down_and_back(make_setup: Any, receiver: Any) -> None:
     proxy = FaultProxy(("127.0.0.1", 9)).start()
     proxy.set(down=True)
     try:
-        s = make_setup(daemon={"webhook_url": r.url, "webhook_secret": "daemon-hook-secret",
-                               "retry_base_seconds": 0.2, "retry_max_seconds": 0.5},
-                       destination={"type": "lilt", "base_url": proxy.url + "/lilt",
-                                    "api_key": "env:TEST_LILT_KEY"})
+        s = make_setup(
+            daemon={
+                "webhook_url": r.url,
+                "webhook_secret": "daemon-hook-secret",
+                "retry_base_seconds": 0.2,
+                "retry_max_seconds": 0.5,
+            },
+            destination={"type": "lilt", "base_url": proxy.url + "/lilt", "api_key": "env:TEST_LILT_KEY"},
+        )
         proxy.upstream = ("127.0.0.1", int(s.emulator.url.rsplit(":", 1)[1].split("/")[0]))
         for i in range(3):
             s.drop(f"f{i}.txt", b"x" * 100)
         s.start()
-        wait_until(lambda: [b["event"] for b in r.bodies()].count("destination_down") >= 2, 30,
-                   what="destination_down delivered (after one 503)")
+        wait_until(
+            lambda: [b["event"] for b in r.bodies()].count("destination_down") >= 2,
+            30,
+            what="destination_down delivered (after one 503)",
+        )
         proxy.set(down=False)
         wait_until(lambda: s.all_done(3), 30, what="uploads after the outage")
-        wait_until(lambda: "destination_up" in [b["event"] for b in r.bodies()], 30,
-                   what="destination_up delivered")
+        wait_until(
+            lambda: "destination_up" in [b["event"] for b in r.bodies()], 30, what="destination_up delivered"
+        )
         assert s.stop() == 0
     finally:
         proxy.stop()

@@ -57,8 +57,7 @@ def http_client(emulator: Emulator, wire: bool) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(params=sorted(REGISTRY))
-def target(request: pytest.FixtureRequest, emulator: Emulator,
-           http_client: httpx.Client) -> Iterator[Target]:
+def target(request: pytest.FixtureRequest, emulator: Emulator, http_client: httpx.Client) -> Iterator[Target]:
     factory = TARGETS.get(request.param)
     if factory is None:  # the guard test reports this once, as a failure
         pytest.skip(f"no conformance target for destination type {request.param!r}")
@@ -70,11 +69,14 @@ def target(request: pytest.FixtureRequest, emulator: Emulator,
 
 
 @pytest.fixture
-def make_target(request: pytest.FixtureRequest, target: Target, emulator: Emulator,
-                http_client: httpx.Client) -> Callable[..., Target]:
+def make_target(
+    request: pytest.FixtureRequest, target: Target, emulator: Emulator, http_client: httpx.Client
+) -> Callable[..., Target]:
     """Another instance of the current type, e.g. with bad credentials."""
+
     def make(*, bad_credentials: bool = False) -> Target:
         t = TARGETS[target.type](emulator, http_client, bad_credentials)
         request.addfinalizer(t.dest.close)
         return t
+
     return make

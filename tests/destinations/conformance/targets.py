@@ -37,13 +37,17 @@ from syncd_emulator.apivideo import ApiVideoService
 MiB = 1024 * 1024
 
 #: Capabilities a scenario may require (see Target.supports).
-CAPABILITIES = frozenset({
-    "empty",      # 0-byte files
-    "multipart",  # files larger than one part go in several requests
-    "resume",     # a checkpointed upload resumes without re-sending confirmed parts
-    "abort",      # abort(resume) releases everything the server held
-    "labels", "category", "uuid",  # metadata the server stores and the emulator lists
-})
+CAPABILITIES = frozenset(
+    {
+        "empty",  # 0-byte files
+        "multipart",  # files larger than one part go in several requests
+        "resume",  # a checkpointed upload resumes without re-sending confirmed parts
+        "abort",  # abort(resume) releases everything the server held
+        "labels",
+        "category",
+        "uuid",  # metadata the server stores and the emulator lists
+    }
+)
 
 
 @dataclass
@@ -72,8 +76,11 @@ class Target:
         return [u for u in self.emulator.uploads() if u["service"] == self.service]
 
     def log(self, op: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.emulator.requests()
-                if e.get("service") == self.service and (op is None or e.get("op") == op)]
+        return [
+            e
+            for e in self.emulator.requests()
+            if e.get("service") == self.service and (op is None or e.get("op") == op)
+        ]
 
     def require(self, *capabilities: str) -> None:
         unknown = set(capabilities) - CAPABILITIES
@@ -93,8 +100,11 @@ WRIFTAI_TOKEN = "conformance-wriftai-token"
 #: Non-default values prove that destinations send what they were configured with.
 #: Lilt's parts are 8 MiB by Lilt's rule; the suite's 5 MiB parts (fast) are told to the
 #: emulator, which otherwise refuses them.
-EMULATOR_OPTIONS: dict[str, Any] = {"lilt_key": LILT_KEY, "wriftai_token": WRIFTAI_TOKEN,
-                                    "lilt_part_size": 5 * MiB}
+EMULATOR_OPTIONS: dict[str, Any] = {
+    "lilt_key": LILT_KEY,
+    "wriftai_token": WRIFTAI_TOKEN,
+    "lilt_part_size": 5 * MiB,
+}
 
 
 def _active_sessions(emulator: Emulator, service: str) -> list[str]:
@@ -105,22 +115,28 @@ def _active_sessions(emulator: Emulator, service: str) -> list[str]:
         data = json.loads(meta.read_text())
         parts = list(meta.parent.glob("part-*"))
         if data.get("state") == "active" or parts:
-            found.append(f"{service} session {data.get('id')} ({data.get('state')}, "
-                         f"{len(parts)} parts)")
+            found.append(f"{service} session {data.get('id')} ({data.get('state')}, {len(parts)} parts)")
     return found
 
 
 def _lilt(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Target:
     part = 5 * MiB  # Lilt's (S3's) minimum part size keeps the suite fast
-    options = LiltOptions(api_key=Secret("not-the-key" if bad_credentials else LILT_KEY),
-                          base_url=emulator.url + "/lilt", multipart_threshold=part,
-                          part_size=part)
+    options = LiltOptions(
+        api_key=Secret("not-the-key" if bad_credentials else LILT_KEY),
+        base_url=emulator.url + "/lilt",
+        multipart_threshold=part,
+        part_size=part,
+    )
     return Target(
-        type="lilt", dest=LiltDestination("conformance-lilt", options, client),
-        emulator=emulator, service="lilt", part_size=part, first_op="lilt.initiate",
-        part_op="lilt.put_part", leftovers=lambda: _active_sessions(emulator, "lilt"),
-        supports=frozenset({"empty", "multipart", "resume", "abort", "labels", "category",
-                            "uuid"}),
+        type="lilt",
+        dest=LiltDestination("conformance-lilt", options, client),
+        emulator=emulator,
+        service="lilt",
+        part_size=part,
+        first_op="lilt.initiate",
+        part_op="lilt.put_part",
+        leftovers=lambda: _active_sessions(emulator, "lilt"),
+        supports=frozenset({"empty", "multipart", "resume", "abort", "labels", "category", "uuid"}),
     )
 
 
@@ -128,12 +144,20 @@ def _wriftai(emulator: Emulator, client: httpx.Client, bad_credentials: bool) ->
     # protocol "urls": it carries the file name, which test_metadata_delivered checks.
     # The default "uploads" protocol (no name) runs these scenarios in
     # tests/destinations/test_wriftai_destination.py.
-    options = WriftAIOptions(token=Secret("not-the-key" if bad_credentials else WRIFTAI_TOKEN),
-                             base_url=emulator.url + "/wriftai/v1", protocol="urls")
+    options = WriftAIOptions(
+        token=Secret("not-the-key" if bad_credentials else WRIFTAI_TOKEN),
+        base_url=emulator.url + "/wriftai/v1",
+        protocol="urls",
+    )
     return Target(
-        type="wriftai", dest=WriftAIDestination("conformance-wriftai", options, client),
-        emulator=emulator, service="wriftai", part_size=256 * 1024, first_op="wriftai.initiate",
-        part_op="wriftai.put_part", leftovers=lambda: _active_sessions(emulator, "wriftai"),
+        type="wriftai",
+        dest=WriftAIDestination("conformance-wriftai", options, client),
+        emulator=emulator,
+        service="wriftai",
+        part_size=256 * 1024,
+        first_op="wriftai.initiate",
+        part_op="wriftai.put_part",
+        leftovers=lambda: _active_sessions(emulator, "wriftai"),
         supports=frozenset({"empty"}),
     )
 
@@ -149,13 +173,20 @@ def _apivideo(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -
     # tests/destinations/test_apivideo_destination.py.
     (service,) = [s for s in emulator.services if isinstance(s, ApiVideoService)]
     bad = "not-the-key" if bad_credentials else None
-    options = ApiVideoOptions(upload_token=Secret(bad or APIVIDEO_TOKEN),
-                              api_key=Secret(bad or APIVIDEO_KEY),
-                              base_url=emulator.url + "/apivideo", chunk_size=5 * MiB)
+    options = ApiVideoOptions(
+        upload_token=Secret(bad or APIVIDEO_TOKEN),
+        api_key=Secret(bad or APIVIDEO_KEY),
+        base_url=emulator.url + "/apivideo",
+        chunk_size=5 * MiB,
+    )
     return Target(
-        type="apivideo", dest=ApiVideoDestination("conformance-apivideo", options, client),
-        emulator=emulator, service="apivideo", part_size=5 * MiB,
-        first_op="apivideo.list_videos", part_op="apivideo.upload_source",
+        type="apivideo",
+        dest=ApiVideoDestination("conformance-apivideo", options, client),
+        emulator=emulator,
+        service="apivideo",
+        part_size=5 * MiB,
+        first_op="apivideo.list_videos",
+        part_op="apivideo.upload_source",
         leftovers=service.unfinished,
         supports=frozenset({"multipart", "resume", "abort", "labels", "category", "uuid"}),
     )
@@ -170,14 +201,22 @@ def _xvid(emulator: Emulator, client: httpx.Client, bad_credentials: bool) -> Ta
     # first_op is the session open: the token request comes first only once per destination.
     # Labels, category and uuid reach Xvid only inside object_key
     # (tests/destinations/test_xvid_destination.py).
-    options = XvidOptions(client_id=XVID_CLIENT,
-                          client_secret=Secret("not-the-key" if bad_credentials else XVID_SECRET),
-                          pipeline_id=XVID_PIPELINE, base_url=emulator.url + "/xvid/v1",
-                          chunk_size=5 * MiB)
+    options = XvidOptions(
+        client_id=XVID_CLIENT,
+        client_secret=Secret("not-the-key" if bad_credentials else XVID_SECRET),
+        pipeline_id=XVID_PIPELINE,
+        base_url=emulator.url + "/xvid/v1",
+        chunk_size=5 * MiB,
+    )
     return Target(
-        type="xvid", dest=XvidDestination("conformance-xvid", options, client, sleep=lambda s: None),
-        emulator=emulator, service="xvid", part_size=5 * MiB, first_op="xvid.open",
-        part_op="xvid.post_chunk", leftovers=lambda: _active_sessions(emulator, "xvid"),
+        type="xvid",
+        dest=XvidDestination("conformance-xvid", options, client, sleep=lambda s: None),
+        emulator=emulator,
+        service="xvid",
+        part_size=5 * MiB,
+        first_op="xvid.open",
+        part_op="xvid.post_chunk",
+        leftovers=lambda: _active_sessions(emulator, "xvid"),
         supports=frozenset({"empty", "multipart", "resume", "abort"}),
     )
 

@@ -70,14 +70,23 @@ def make_file(tmp_path: Path, size: int, name: str = "report.bin") -> Path:
     return path
 
 
-def item_for(path: Path, *, labels: tuple[str, ...] = ("legal", "review-needed"),
-             category: str | None = "SOURCE") -> UploadItem:
-    return UploadItem(uuid=UUID, name=path.name, relpath=path.name, size=path.stat().st_size,
-                      content_type="application/octet-stream", labels=labels, category=category)
+def item_for(
+    path: Path, *, labels: tuple[str, ...] = ("legal", "review-needed"), category: str | None = "SOURCE"
+) -> UploadItem:
+    return UploadItem(
+        uuid=UUID,
+        name=path.name,
+        relpath=path.name,
+        size=path.stat().st_size,
+        content_type="application/octet-stream",
+        labels=labels,
+        category=category,
+    )
 
 
-def attempt(target: Target, path: Path, resume: dict[str, Any] | None,
-            checkpoint: Checkpoints, **item_kw: Any) -> tuple[Receipt, str]:
+def attempt(
+    target: Target, path: Path, resume: dict[str, Any] | None, checkpoint: Checkpoints, **item_kw: Any
+) -> tuple[Receipt, str]:
     """One ``upload()`` call, as the uploader makes it; returns the receipt and local sha256."""
     st = path.stat()
     with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
@@ -85,8 +94,9 @@ def attempt(target: Target, path: Path, resume: dict[str, Any] | None,
         return receipt, source.sha256()
 
 
-def upload_with_retries(target: Target, path: Path, *, attempts: int = 4,
-                        **item_kw: Any) -> tuple[Receipt, str, list[RetryableError]]:
+def upload_with_retries(
+    target: Target, path: Path, *, attempts: int = 4, **item_kw: Any
+) -> tuple[Receipt, str, list[RetryableError]]:
     """What the uploader does: retry RetryableError with the last checkpoint.
 
     Not the wait before the next try: waiting out ``retry_after`` is the uploader's part
@@ -96,8 +106,7 @@ def upload_with_retries(target: Target, path: Path, *, attempts: int = 4,
     errors: list[RetryableError] = []
     for _ in range(attempts):
         try:
-            receipt, sha = attempt(target, path, copy.deepcopy(checkpoint.last), checkpoint,
-                                   **item_kw)
+            receipt, sha = attempt(target, path, copy.deepcopy(checkpoint.last), checkpoint, **item_kw)
             return receipt, sha, errors
         except RetryableError as exc:
             errors.append(exc)
@@ -253,8 +262,7 @@ def test_503_then_success(target: Target, tmp_path: Path) -> None:
 
 
 def test_429_with_retry_after(target: Target, tmp_path: Path) -> None:
-    target.emulator.set_faults(script=[{"op": target.first_op, "kind": "429",
-                                        "retry_after": 1}])
+    target.emulator.set_faults(script=[{"op": target.first_op, "kind": "429", "retry_after": 1}])
     path = make_file(tmp_path, 10)
     receipt, sha, errors = upload_with_retries(target, path)
     assert len(errors) == 1 and errors[0].status == 429
@@ -263,8 +271,7 @@ def test_429_with_retry_after(target: Target, tmp_path: Path) -> None:
 
 
 def test_429_with_http_date(target: Target, tmp_path: Path) -> None:
-    target.emulator.set_faults(script=[{"op": target.first_op, "kind": "429",
-                                        "retry_after": "date"}])
+    target.emulator.set_faults(script=[{"op": target.first_op, "kind": "429", "retry_after": "date"}])
     with pytest.raises(RetryableError) as info:
         attempt(target, make_file(tmp_path, 10), None, Checkpoints())
     assert info.value.retry_after is not None and 0.0 <= info.value.retry_after <= 3.0
@@ -316,8 +323,7 @@ def test_expired_url_is_renewed_within_the_call(target: Target, tmp_path: Path) 
 
 def test_metadata_delivered(target: Target, tmp_path: Path) -> None:
     path = make_file(tmp_path, 321, "contract.pdf")
-    receipt, sha, _ = upload_with_retries(target, path, labels=("legal", "review-needed"),
-                                          category="SOURCE")
+    receipt, sha, _ = upload_with_retries(target, path, labels=("legal", "review-needed"), category="SOURCE")
     row = assert_stored_once(target, path, sha)
     assert row["filename"] == "contract.pdf"
     if "labels" in target.supports:
