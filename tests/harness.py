@@ -290,7 +290,10 @@ class Setup:
                 return {}
 
     def integrity(self) -> str:
-        """``PRAGMA integrity_check`` of the ledger: ``"ok"`` when it is sound (I3)."""
+        """``PRAGMA integrity_check`` of the ledger: ``"ok"`` when it is sound (I3), and
+        when there is none yet (a daemon killed before it created it recorded nothing)."""
+        if not self.ledger_path.exists():
+            return "ok"
         with self.ledger() as ledger:
             return ledger.integrity_check()
 
