@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import moves
+from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger
-from syncd.retry_policy import is_disk_full
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 

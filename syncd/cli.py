@@ -26,8 +26,9 @@ from syncd.commands.common import (  # the exit codes, also for tests and script
 from syncd.commands.common import load as _load
 from syncd.commands.configure import cmd_check, cmd_folder, cmd_init
 from syncd.commands.explain import cmd_explain
+from syncd.commands.files import cmd_files
 from syncd.commands.retry import cmd_retry
-from syncd.commands.status import cmd_files, cmd_status
+from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
 from syncd.ledger import STATES, Ledger, backup
 from syncd.logs import setup as setup_logging

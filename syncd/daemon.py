@@ -49,6 +49,7 @@ from typing import Any
 
 from syncd import config as configmod
 from syncd import shutdown
+from syncd.failure_kinds import is_disk_full
 from syncd.health import Health
 from syncd.intake import IntakeStage
 from syncd.ledger import ACTIVE_STATES, Ledger, State
@@ -58,7 +59,6 @@ from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
 from syncd.recovery import SWEEP_EVERY, Recovery
-from syncd.retry_policy import is_disk_full
 from syncd.runtime import Runtime
 from syncd.settle import Settler
 from syncd.watcher import Intake, Watcher

@@ -33,13 +33,13 @@ import sqlite3
 import time
 
 from syncd.circuit import DOWN, UP
+from syncd.failure_kinds import is_disk_full
 from syncd.intake import IntakeStage
 from syncd.ledger import Ledger, State
 from syncd.liveness import Liveness
 from syncd.notify import Notifier
 from syncd.progress import KV_KEY as PROGRESS_KEY
 from syncd.progress import ProgressMeter, snapshot
-from syncd.retry_policy import is_disk_full
 from syncd.runtime import Runtime
 from syncd.watcher import Watcher
 

@@ -2,7 +2,7 @@
 
 Three sources put paths into the ledger as ``settling`` rows:
 
-* watchdog's observer threads record paths into the :class:`~syncd.watcher.Intake`
+* watchdog's observer threads record paths into the :class:`~syncd.events.Intake`
   buffer (and never touch the ledger); each tick :func:`flush` writes them,
   one transaction per :data:`syncd.scanner.BATCH` paths. A busy, locked or
   full ledger loses nothing: what was not written goes back into the buffer
@@ -33,13 +33,13 @@ from typing import Any
 
 from syncd import scanner
 from syncd.backpressure import DiskFull
+from syncd.events import Intake
+from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger
 from syncd.liveness import Liveness
 from syncd.logs import quoted_path
 from syncd.metrics import Metrics
-from syncd.retry_policy import is_disk_full
 from syncd.settle import Settler
-from syncd.watcher import Intake
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
 

@@ -33,9 +33,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import failed, moves
+from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger, State
 from syncd.logs import quoted_path
-from syncd.retry_policy import is_disk_full
 from syncd.uploader import Uploader
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name

@@ -1,10 +1,9 @@
 """The retry policy: what a failed attempt leads to, by error class, and how long a file waits.
 
-The pure functions say what a failure was (:func:`retry_class`, the ``class``
-label of ``syncd_retries_total``), whether it is a full disk
-(:func:`is_disk_full`: that pauses every worker, syncd/backpressure.py, rather
-than one file) and how long a file waits before its next attempt
-(:func:`backoff`: full jitter, or the server's Retry-After).
+What kind of failure an error is (:func:`retry_class`, :func:`is_disk_full`)
+is in syncd/failure_kinds.py and re-exported here. :func:`backoff` says how
+long a file waits before its next attempt (full jitter, or the server's
+Retry-After).
 
 :class:`RetryPolicy` records the outcome of an attempt that did not succeed
 (see :mod:`syncd.errors`):
@@ -34,10 +33,8 @@ than one file) and how long a file waits before its next attempt
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,13 +43,13 @@ from syncd import failed
 from syncd.circuit import UP, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import (
-    ExpiredError,
     FatalError,
     PermanentError,
     RetryableError,
     SourceChangedError,
     describe,
 )
+from syncd.failure_kinds import is_disk_full, retry_class
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 from syncd.upload_source import lexists
@@ -69,33 +66,7 @@ log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one l
 
 FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked at again
 
-
-def is_disk_full(exc: BaseException) -> bool:
-    """SQLite's SQLITE_FULL ("database or disk is full") or ENOSPC/EDQUOT."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def retry_class(exc: BaseException | None) -> str:
-    """What kind of failure a retry is for (the ``class`` label of syncd_retries_total)."""
-    if isinstance(exc, ExpiredError):
-        return "expired"
-    if isinstance(exc, RetryableError):
-        status = exc.status
-        if status == 429:
-            return "rate_limited"
-        if status in (408, 425, 504):
-            return "timeout"
-        if status is not None and status >= 500:
-            return "server_error"
-        if status is not None:
-            return "client_error"
-        return "timeout" if "Timeout" in str(exc) else "network"
-    if isinstance(exc, OSError):
-        return "local_io"
-    return "internal"
+__all__ = ["FOLDER_WAIT", "RetryPolicy", "backoff", "is_disk_full", "retry_class"]
 
 
 def backoff(

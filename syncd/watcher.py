@@ -2,7 +2,7 @@
 
 The watchdog handler runs on watchdog's emitter thread and must never block:
 it maps an event to ``(folder, relative path)``, drops what the folder's
-rules ignore, and puts the path into :class:`Intake`, a thread-safe buffer
+rules ignore, and puts the path into :class:`~syncd.events.Intake`, a thread-safe buffer
 that the daemon's main loop flushes into the ledger in batches. A new or
 moved-in directory is put in as a *scan request*, because files created in
 it before its watch existed produce no events.
@@ -33,16 +33,16 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import rules, safefs
+from syncd import safefs
+from syncd.events import Intake, _Handler
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
@@ -50,87 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FILE_EVENTS = {"created", "modified", "closed", "moved"}
-
-
-class Intake:
-    """Paths reported by events, waiting to be ledgered by the main loop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._paths: dict[str, set[str]] = {}
-        self._scans: set[tuple[str, str]] = set()
-        self.events = 0
-        self.on_add: Callable[[], None] = lambda: None  # wakes the main loop
-
-    def add(self, folder: str, relpath: str) -> None:
-        with self._lock:
-            self._paths.setdefault(folder, set()).add(relpath)
-            self.events += 1
-        self.on_add()
-
-    def request_scan(self, folder: str, reldir: str) -> None:
-        with self._lock:
-            self._scans.add((folder, reldir))
-        self.on_add()
-
-    def drain(self) -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
-        with self._lock:
-            paths, scans = self._paths, self._scans
-            self._paths, self._scans = {}, set()
-        return paths, scans
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: FolderConfig, intake: Intake) -> None:
-        self.folder = folder
-        self.root = os.fspath(folder.path)
-        self.skip = tuple(os.fspath(p) for p in folder.ignored_dirs())
-        self.intake = intake
-
-    def _relative(self, path: str | bytes) -> str | None:
-        path = os.fsdecode(path)
-        if path == self.root or not path.startswith(self.root + os.sep):
-            return None
-        if any(path == s or path.startswith(s + os.sep) for s in self.skip):
-            return None
-        rel = path[len(self.root) + 1 :]
-        if not self.folder.recursive and "/" in rel:
-            return None
-        return rel
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        try:
-            self._record(event)
-        except Exception:  # never let an odd event kill the emitter thread
-            log.exception("could not record event %s", event.event_type)
-
-    def _record(self, event: FileSystemEvent) -> None:
-        kind = event.event_type
-        if kind not in _FILE_EVENTS:
-            return
-        path = event.dest_path if kind == "moved" else event.src_path
-        rel = self._relative(path)
-        if rel is None:
-            return
-        if event.is_directory:
-            if (
-                kind in ("created", "moved")
-                and self.folder.recursive
-                and not rules.dir_ignored(
-                    rel, exclude=self.folder.exclude, ignore_junk=self.folder.ignore_junk
-                )
-            ):
-                self.intake.request_scan(self.root, rel)
-            return
-        if rules.judge(
-            rel,
-            include=self.folder.include,
-            exclude=self.folder.exclude,
-            ignore_junk=self.folder.ignore_junk,
-            sidecars=self.folder.metadata_sidecar,
-        ).accepted:
-            self.intake.add(self.root, rel)
+__all__ = ["FolderWatch", "Intake", "Watcher", "probe"]
 
 
 def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, os.stat_result | None]:

@@ -76,7 +76,8 @@ The request log's ``bytes`` for an upload is the size of its ``file`` field
 (the chunk), not of the whole multipart body, so chunk sizes read directly.
 
 The upload form, the ``Content-Range`` grammar and how a chunk is applied to
-a video live in :mod:`syncd_emulator.apivideo_chunks`; the credentials in
+a video, and which video a chunk without ``videoId`` goes to, live in
+:mod:`syncd_emulator.apivideo_chunks`; the credentials in
 :mod:`syncd_emulator.apivideo_auth`; a video's record, attributes, listing,
 JSON and private tokens in :mod:`syncd_emulator.apivideo_videos`; errors and
 rate-limit headers in :mod:`syncd_emulator.apivideo_problems`.
@@ -85,13 +86,20 @@ rate-limit headers in :mod:`syncd_emulator.apivideo_problems`.
 from __future__ import annotations
 
 import copy
-import mimetypes
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncd_emulator.apivideo_auth import Credentials, UploadToken
-from syncd_emulator.apivideo_chunks import Range, apply_chunk, check_upload, parse_form, read_chunk
+from syncd_emulator.apivideo_auth import Credentials, token_json
+from syncd_emulator.apivideo_auth import UploadToken as UploadToken
+from syncd_emulator.apivideo_chunks import (
+    Range,
+    apply_chunk,
+    check_upload,
+    chunk_target,
+    parse_form,
+    read_chunk,
+)
 from syncd_emulator.apivideo_problems import RateWindow, bad, problem, render
 from syncd_emulator.apivideo_videos import (
     ASSET_TYPES,
@@ -102,15 +110,14 @@ from syncd_emulator.apivideo_videos import (
     now_iso,
     page,
     status_json,
-    token_tag,
+    stored_fields,
     video_json,
 )
+from syncd_emulator.apivideo_videos import UUID_KEY as UUID_KEY
 from syncd_emulator.forms import FilePart
 from syncd_emulator.messages import ApiError, Request, Response
 from syncd_emulator.service import Route, Service, ServiceContext
 from syncd_emulator.store import Session
-
-UUID_KEY = "syncd-uuid"
 
 
 class ApiVideoService(Service):
@@ -177,17 +184,7 @@ class ApiVideoService(Service):
     def refresh(self, request: Request) -> Response:
         return Response.json(self.credentials.refresh(request.json()))
 
-    @staticmethod
-    def _token_json(t: UploadToken) -> dict[str, Any]:
-        def iso(ts: float) -> str:
-            return now_iso(lambda: ts)
-
-        return {
-            "token": t.token,
-            "ttl": t.ttl,
-            "createdAt": iso(t.created),
-            "expiresAt": iso(t.expires) if t.expires is not None else None,
-        }
+    _token_json = staticmethod(token_json)
 
     def create_token(self, request: Request) -> Response:
         self.credentials.require_key(request)
@@ -354,32 +351,12 @@ class ApiVideoService(Service):
         if video_id:
             return self._video(video_id)
         assert token is not None
-        if rng is not None and rng.mode == "bytes" and rng.first > 0:
-            raise bad(
-                "attribute-required",
-                "videoId is required for every chunk after the "
-                "first (send the videoId the first chunk returned).",
-                "videoId",
-            )
-        if rng is not None and rng.mode == "part" and rng.first > 1:
-            # api.video-python 1.4.7 quirk: its chunks never carry videoId (module docstring).
-            tag = token_tag(token)
-            with self._lock:
-                ids = list(self._videos)
-            open_ = [
-                s
-                for s in filter(None, map(self.sessions.get, ids))
-                if s.state == "active" and s.info["token"] == tag and s.info["mode"] == "part"
-            ]
-            if len(open_) != 1:
-                raise bad(
-                    "attribute-required",
-                    f"videoId is required: {len(open_)} unfinished "
-                    "part-form uploads are open for this token.",
-                    "videoId",
-                )
-            return open_[0]
-        return None
+        return chunk_target(token, rng, self._live_sessions)
+
+    def _live_sessions(self) -> list[Session]:
+        with self._lock:
+            ids = list(self._videos)
+        return [s for s in map(self.sessions.get, ids) if s is not None]
 
     def _apply(self, request: Request, session: Session, rng: Range | None, chunk: FilePart) -> Response:
         with session.lock:
@@ -403,26 +380,7 @@ class ApiVideoService(Service):
         """Assemble the chunks into the stored object; the session keeps only its record."""
         info, vid = session.info, "vi" + session.id
         path, size, sha256, _ = self.sessions.assemble(session, sorted(session.parts))
-        meta = {m["key"]: m["value"] for m in info["metadata"]}
-        filename = info["filename"]
-        self.store.put(
-            self.name,
-            vid,
-            path,
-            size=size,
-            sha256=sha256,
-            filename=filename,
-            content_type=mimetypes.guess_type(filename)[0] or "application/octet-stream",
-            labels=info["tags"],
-            category=meta.get("category"),
-            uuid=meta.get(UUID_KEY),
-            extra={
-                "video_id": vid,
-                "title": info["title"],
-                "chunks": len(session.parts),
-                "content_range": info["mode"] or "none",
-            },
-        )
+        self.store.put(self.name, vid, path, **stored_fields(session, size, sha256))
         info["updatedAt"] = now_iso(self.settings.clock)
         self.sessions.close(session, "completed")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd_emulator.apivideo_problems import bad, problem
+from syncd_emulator.apivideo_videos import now_iso
 from syncd_emulator.messages import Request
 from syncd_emulator.service import Settings
 
@@ -36,6 +37,20 @@ class UploadToken:
     ttl: int
     created: float
     expires: float | None
+
+
+def token_json(t: UploadToken) -> dict[str, Any]:
+    """An upload token as ``/upload-tokens`` answers it."""
+
+    def iso(ts: float) -> str:
+        return now_iso(lambda: ts)
+
+    return {
+        "token": t.token,
+        "ttl": t.ttl,
+        "createdAt": iso(t.created),
+        "expiresAt": iso(t.expires) if t.expires is not None else None,
+    }
 
 
 class Credentials:

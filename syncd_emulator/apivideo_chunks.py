@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd_emulator.apivideo_problems import bad, problem
+from syncd_emulator.apivideo_videos import token_tag
 from syncd_emulator.forms import FilePart, Form, FormError, boundary, read_form
 from syncd_emulator.messages import ApiError, Request
 from syncd_emulator.store import Session, Sessions
@@ -170,6 +171,35 @@ def apply_chunk(sessions: Sessions, session: Session, rng: Range | None, chunk: 
         info["filename"] = chunk.filename or "untitled"
     apply = _apply_bytes if rng.mode == "bytes" else _apply_part
     return apply(sessions, session, rng, chunk)
+
+
+def chunk_target(token: str, rng: Range | None, videos: Callable[[], list[Session]]) -> Session | None:
+    """The video an ``/upload`` chunk without ``videoId`` goes to; None for a first chunk.
+
+    A byte chunk past the start needs ``videoId``. A ``part`` chunk N > 1 goes
+    to the one unfinished part-form upload opened with ``token`` among
+    ``videos()`` (api.video-python 1.4.7's chunks never carry ``videoId``).
+    """
+    if rng is not None and rng.mode == "bytes" and rng.first > 0:
+        raise bad(
+            "attribute-required",
+            "videoId is required for every chunk after the "
+            "first (send the videoId the first chunk returned).",
+            "videoId",
+        )
+    if rng is not None and rng.mode == "part" and rng.first > 1:
+        tag = token_tag(token)
+        open_ = [
+            s for s in videos() if s.state == "active" and s.info["token"] == tag and s.info["mode"] == "part"
+        ]
+        if len(open_) != 1:
+            raise bad(
+                "attribute-required",
+                f"videoId is required: {len(open_)} unfinished part-form uploads are open for this token.",
+                "videoId",
+            )
+        return open_[0]
+    return None
 
 
 def _check_total(info: dict[str, Any], total: int | None) -> None:

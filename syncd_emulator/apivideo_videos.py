@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mimetypes
 import secrets
 import threading
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from syncd_emulator.apivideo_problems import bad
 from syncd_emulator.messages import Request, parse_uint
 from syncd_emulator.store import Session
 
+UUID_KEY = "syncd-uuid"
 ASSET_TYPES = {
     "player": "text/html",
     "hls/manifest.m3u8": "application/vnd.apple.mpegurl",
@@ -200,6 +202,28 @@ def video_json(session: Session, base_url: str, private_token: str | None) -> di
             'frameborder="0" scrolling="no" allowfullscreen=""></iframe>',
         }
     return video
+
+
+def stored_fields(session: Session, size: int, sha256: str) -> dict[str, Any]:
+    """The store's fields for a completed video: file name, tags, category, uuid and extras."""
+    info, vid = session.info, "vi" + session.id
+    meta = {m["key"]: m["value"] for m in info["metadata"]}
+    filename = info["filename"]
+    return {
+        "size": size,
+        "sha256": sha256,
+        "filename": filename,
+        "content_type": mimetypes.guess_type(filename)[0] or "application/octet-stream",
+        "labels": info["tags"],
+        "category": meta.get("category"),
+        "uuid": meta.get(UUID_KEY),
+        "extra": {
+            "video_id": vid,
+            "title": info["title"],
+            "chunks": len(session.parts),
+            "content_range": info["mode"] or "none",
+        },
+    }
 
 
 def status_json(session: Session) -> dict[str, Any]:

@@ -65,7 +65,8 @@ API has no field for them: they can only be part of ``object_key``), plus
 
 The checks of what a client sends (the token request, the object key, the
 S3 POST form and its policy, the chunks a PUT names) live in
-:mod:`syncd_emulator.xvid_rules`.
+:mod:`syncd_emulator.xvid_rules`; the S3 POST's envelope (bucket, headers,
+size) and its ``PostResponse`` in :mod:`syncd_emulator.xvid_s3`.
 """
 
 from __future__ import annotations
@@ -76,16 +77,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
-from xml.sax.saxutils import escape
 
-from syncd_emulator.forms import FormError, boundary
 from syncd_emulator.messages import ApiError, Request, Response, parse_uint, quote_key
 from syncd_emulator.service import Route, Service, ServiceContext
 from syncd_emulator.store import Session
 from syncd_emulator.xvid_rules import (
     ACCESS_KEY_ID,
     BUCKET,
-    FIELDS_LIMIT,
     INVALID_INPUT,
     MAX_POST,
     check_form,
@@ -93,11 +91,12 @@ from syncd_emulator.xvid_rules import (
     invalid,
     parse_token_request,
     policy_document,
-    read_post,
     s3_error,
     sign,
     storage_key,
 )
+from syncd_emulator.xvid_s3 import S3_CODES as _S3_CODES
+from syncd_emulator.xvid_s3 import post_response, read_form_post, too_large
 
 TOKEN_TTL = 7200  # seconds, Xvid's documented default
 COMPLETE_SECONDS = 1.0
@@ -106,16 +105,6 @@ READ = WRITE | {"mediahub_read"}
 S3_OPS = frozenset({"xvid.post_chunk"})
 INVALID_TOKEN, NO_FILE, INTERNAL = "0x0000003", "0x0230002", "0x0000001"
 _CODES = {400: INVALID_INPUT, 403: INVALID_TOKEN, 404: NO_FILE}
-_S3_CODES = {
-    400: "InvalidArgument",
-    403: "AccessDenied",
-    404: "NoSuchKey",
-    411: "MissingContentLength",
-    412: "PreconditionFailed",
-    429: "SlowDown",
-    500: "InternalError",
-    503: "SlowDown",
-}
 
 
 class XvidService(Service):
@@ -349,44 +338,12 @@ class XvidService(Service):
     # -- S3 browser POST ------------------------------------------------------------
 
     def form_post(self, request: Request) -> Response:
-        if request.params["bucket"] != BUCKET:
-            raise s3_error(404, "NoSuchBucket", "The specified bucket does not exist")
-        if request.headers.get("Authorization") is not None:
-            raise s3_error(
-                400,
-                "InvalidArgument",
-                "POST requires exactly one form of "
-                "authentication: the policy; do not send an Authorization header",
-            )
-        bound = boundary(request.headers.get("Content-Type") or "")
-        if bound is None:
-            raise s3_error(
-                412, "PreconditionFailed", "Bucket POST must be of the enclosure-type multipart/form-data"
-            )
-        if request.content_length is None:
-            raise s3_error(411, "MissingContentLength", "You must provide the Content-Length HTTP header")
-        if request.content_length > MAX_POST + FIELDS_LIMIT + 64 * 1024:
-            raise s3_error(
-                400,
-                "EntityTooLarge",
-                f"Your proposed upload exceeds the maximum allowed size of {MAX_POST} bytes for a POST",
-            )
-        try:
-            fields, size, md5, sha256, path = read_post(request, bound, self.store.temp_path)
-        except FormError as exc:
-            code = {"too_large": "MaxPostPreDataLengthExceeded", "encoding": "InvalidArgument"}.get(
-                exc.kind, "MalformedPOSTRequest"
-            )
-            raise s3_error(400, code, f"The body of your POST request is not acceptable: {exc}") from None
+        fields, size, md5, sha256, path = read_form_post(request, self.store.temp_path)
         try:
             session, chunk, chunks = self._check_form(request.params["bucket"], fields)
             etag = f'"{md5}"'
             if size > MAX_POST:
-                raise s3_error(
-                    400,
-                    "EntityTooLarge",
-                    f"Your proposed upload exceeds the maximum allowed size of {MAX_POST} bytes for a POST",
-                )
+                raise too_large()
             with session.lock:
                 if session.state != "active":
                     raise s3_error(403, "AccessDenied", "This upload no longer accepts chunks")
@@ -405,12 +362,7 @@ class XvidService(Service):
         # it, so a chunk's size reads the same as a part's for every other service.
         request.body.consumed = size
         location = f"{self.base_url(request)}/_s3/{BUCKET}/{quote_key(fields['key'])}"
-        xml = (
-            f'<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse>'
-            f"<Location>{escape(location)}</Location><Bucket>{BUCKET}</Bucket>"
-            f"<Key>{escape(fields['key'])}</Key><ETag>{escape(etag)}</ETag></PostResponse>"
-        )
-        return Response.xml(xml, 201, {"ETag": etag, "Location": location})
+        return post_response(location, fields["key"], etag)
 
     def _check_form(self, bucket: str, fields: dict[str, str]) -> tuple[Session, int, int]:
         """The session whose policy the form carries, and its chunk and chunk count."""

@@ -1,4 +1,4 @@
-"""`syncd status` and `syncd files`: what the ledger and the running daemon say.
+"""`syncd status`: what the ledger and the running daemon say (`syncd files` is in .files).
 
 Where each number comes from (so that they never contradict each other):
 
@@ -13,7 +13,7 @@ Where each number comes from (so that they never contradict each other):
   snapshot** (kv ``progress``, at most a second old; see syncd/progress.py),
   attached to the ledger's ``uploading`` rows.
 
-Both work when the config file is broken (see :mod:`.common`).
+It works when the config file is broken (see :mod:`.common`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,17 @@ from typing import Any
 from syncd import config as configmod
 from syncd import progress as progressmod
 from syncd.commands.common import (
-    EXIT_FAILED,
     EXIT_OK,
     View,
     ago,
-    load,
     load_view,
     open_ledger,
     shown,
     stamp,
 )
+from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
-from syncd.ledger import STATES, Row, State
+from syncd.ledger import STATES, State
 from syncd.lock import holder_pid
 from syncd.logs import printable, quoted_path
 
@@ -136,28 +135,6 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
     known = meta.get("destinations") if running else None
     data["destinations"] = _destinations(view, known if isinstance(known, dict) else None)
     return data
-
-
-def _path(r: Row) -> str:
-    j = r.to_json()
-    return f"{j['folder']}/{j['relpath']}"
-
-
-def _uploading(r: Row, moving: dict[str, Any] | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "id": r.id,
-        "path": _path(r),
-        "destination": r.destination,
-        "size": r.size,
-        "attempts": r.attempts,
-        "progress": None,
-    }
-    if moving is not None:
-        entry["progress"] = {
-            k: moving.get(k)
-            for k in ("sent", "total", "percent", "rate", "eta_seconds", "started_at", "as_of")
-        }
-    return entry
 
 
 def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -324,80 +301,6 @@ def _destination_text(dest: dict[str, Any]) -> str:
         wait = max(0.0, probe - time.time())
         text += f" (next {'try' if state == 'rate_limited' else 'probe'} in {wait:.0f}s)"
     return text
-
-
-# -- files --------------------------------------------------------------------------------------
-
-
-def cmd_files(args: argparse.Namespace) -> int:
-    if args.receipt is not None:
-        return _show_receipt(args)
-    view = load_view(args)
-    ledger = open_ledger(view.state_dir)
-    rows: list[Row] = []
-    moving: dict[int, dict[str, Any]] = {}
-    if ledger is not None:
-        try:
-            limit = None if args.limit is None else max(args.limit, 0)
-            rows = ledger.rows(state=args.state, limit=limit, newest=True)
-            if args.state in (None, "uploading"):
-                moving = progressmod.read(ledger.get_meta(progressmod.KV_KEY), holder_pid(view.state_dir))
-        finally:
-            ledger.close()
-    if args.json:
-        out = []
-        for r in rows:
-            j = r.to_json()
-            if r.state == State.UPLOADING:
-                j["progress"] = _uploading(r, moving.get(r.id))["progress"]
-            out.append(j)
-        print(json.dumps(out, indent=2, ensure_ascii=False))
-        return EXIT_OK
-    if not rows:
-        print("no files" + (f" in state {args.state}" if args.state else ""))
-        return EXIT_OK
-    for r in rows:
-        where = r.location or r.inbox_path
-        extra = f"  ({shown(r.last_error)})" if r.last_error and r.state != State.DONE else ""
-        if r.state == State.UPLOADING and r.id in moving:
-            extra = f"  [{progressmod.line(moving[r.id])}]" + extra
-        print(
-            f"#{r.id:<6} {r.state:<9} {r.size if r.size is not None else '-':>10}  "
-            f"{stamp(r.updated_at)}  {quoted_path(where)}{extra}"
-        )
-    return EXIT_OK
-
-
-def _show_receipt(args: argparse.Namespace) -> int:
-    """``syncd files --receipt ID``: the row's receipt, with the URLs its destination keeps
-    sealed (signed download URLs, private-video tokens) opened with the secret in the config."""
-    from syncd.destinations import REGISTRY
-
-    cfg = load(args)  # with secrets: a seal opens only with the destination's own secret
-    ledger = open_ledger(cfg)
-    row = None
-    if ledger is not None:
-        try:
-            row = ledger.get(args.receipt)
-        finally:
-            ledger.close()
-    if row is None or not row.receipt:
-        print(
-            f"syncd: #{args.receipt} "
-            + ("has no receipt (not uploaded)" if row is not None else "is not a ledger row"),
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    receipt = dict(row.receipt)
-    dest = cfg.destinations.get(row.destination)
-    reveal = getattr(REGISTRY[dest.type], "reveal_receipt", None) if dest is not None else None
-    if dest is not None and reveal is not None:
-        try:
-            receipt = reveal(dest.options, receipt)
-        except ValueError as exc:
-            print(f"syncd: warning: #{args.receipt}: {exc}", file=sys.stderr)
-    print(json.dumps(receipt, indent=2, ensure_ascii=False))
-    return EXIT_OK
 
 
 __all__ = ["cmd_files", "cmd_status", "render", "status_data"]

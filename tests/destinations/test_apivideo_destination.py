@@ -7,13 +7,12 @@ test_vendor_apivideo.py."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,63 +24,23 @@ from syncd.destinations.base import Receipt, Source, UploadItem
 from syncd.errors import ExpiredError, FatalError, PermanentError, Problem, RetryableError
 from syncd.secrets import Secret
 from syncd_emulator import Emulator
-from syncd_emulator.apivideo import ApiVideoService
-
-TOKEN = "to-test-apivideo-token"
-KEY = "test-apivideo-key-4c1f"
-MIB = 1024 * 1024
-C = 5 * MIB  # the smallest chunk api.video takes
-UUID = "6a3f0c1e-2b4d-4e5f-8a9b-0c1d2e3f4a5b"
+from tests.support.apivideo import (  # noqa: F401 (fixtures)
+    KEY,
+    MIB,
+    TOKEN,
+    UPLOAD_OPS,
+    UUID,
+    C,
+    Clock,
+    basic,
+    client,
+    emu,
+    service,
+    stored,
+    uploads_logged,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def emu(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
-    """More Emulator options by indirect parametrization."""
-    with Emulator(
-        tmp_path / "data",
-        apivideo_token=TOKEN,
-        apivideo_key=KEY,
-        clock=clock,
-        **getattr(request, "param", {}),
-    ) as emulator:
-        yield emulator
-
-
-def basic(key: str = KEY, password: str = "") -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()}
-
-
-def stored(emu: Emulator) -> list[dict[str, Any]]:
-    return [u for u in emu.uploads() if u["service"] == "apivideo"]
-
-
-UPLOAD_OPS = ("apivideo.upload", "apivideo.upload_source")  # the token route, the API-key route
-
-
-def uploads_logged(emu: Emulator, ok_only: bool = True) -> list[int]:
-    return [
-        e["bytes"] for e in emu.requests() if e["op"] in UPLOAD_OPS and (not ok_only or e["status"] == 201)
-    ]
-
-
-def service(emu: Emulator) -> ApiVideoService:
-    (svc,) = [s for s in emu.services if isinstance(s, ApiVideoService)]
-    return svc
 
 
 # == the destination ==============================================================
@@ -126,12 +85,6 @@ def make_dest(
         chunk_size=chunk,
     )
     return ApiVideoDestination("videos", options, client)
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as c:
-        yield c
 
 
 def write(tmp_path: Path, size: int, name: str = "talk.mp4") -> Path:

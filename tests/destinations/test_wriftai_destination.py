@@ -32,40 +32,9 @@ from syncd.secrets import Secret
 from syncd_emulator import Emulator
 from tests.destinations.conformance import test_destination_conformance as suite
 from tests.destinations.conformance.targets import Target
+from tests.support.wriftai import PART, TOKEN, TTL, Clock, clock, emulator, rules  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
-
-TOKEN = "test-wriftai-token-5e1f"
-PART = 64 * 1024
-TTL = 600.0
-
-
-class Clock:
-    """The emulator's wall clock, movable for URL expiry."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
-    """Parts of PART bytes; more Emulator options by indirect parametrization (``rules``)."""
-    options = getattr(request, "param", {})
-    emu = Emulator(
-        tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock, wriftai_part_size=PART, **options
-    ).start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
@@ -152,11 +121,6 @@ def test_uploads_metadata_is_what_wriftai_keeps(target: Target, tmp_path: Path) 
 def test_capabilities_say_no_metadata() -> None:
     caps = WriftAIDestination.CAPABILITIES
     assert caps.labels is None and caps.category is None
-
-
-def rules(**options: Any) -> pytest.MarkDecorator:
-    """The ``emulator`` fixture built with these Emulator options."""
-    return pytest.mark.parametrize("emulator", [options], indirect=True, ids=list(options))
 
 
 # -- destination: resume and renewal against the emulator ----------------------------------

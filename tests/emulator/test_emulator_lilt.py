@@ -14,27 +14,13 @@ import httpx
 import pytest
 
 from syncd_emulator import Emulator
+from tests.conftest import FakeClock as Clock  # its `clock` fixture serves these tests
 
 KEY = "demo-lilt-key"
 MIB = 1024 * 1024
 MP = "/v2/upload/s3/multipart"
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Clock:
-    """A settable clock for URL expiry and the scan delay."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

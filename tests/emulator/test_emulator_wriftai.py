@@ -19,40 +19,9 @@ import pytest
 
 from syncd_emulator import Emulator, build_parser
 from syncd_emulator.wriftai import DEFAULT_PART_SIZE, MAX_PARTS, find, split_parts
+from tests.support.wriftai import PART, TOKEN, TTL, Clock, clock, emulator, rules  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
-
-TOKEN = "test-wriftai-token-5e1f"
-PART = 64 * 1024
-TTL = 600.0
-
-
-class Clock:
-    """The emulator's wall clock, movable for URL expiry."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest) -> Iterator[Emulator]:
-    """Parts of PART bytes; more Emulator options by indirect parametrization (``rules``)."""
-    options = getattr(request, "param", {})
-    emu = Emulator(
-        tmp_path / "emu", wriftai_token=TOKEN, url_ttl=TTL, clock=clock, wriftai_part_size=PART, **options
-    ).start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
@@ -122,11 +91,6 @@ def test_part_size_knob_is_an_option(tmp_path: Path) -> None:
     for junk in ("0", "-5", "junk"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--wriftai-part-size", junk])
-
-
-def rules(**options: Any) -> pytest.MarkDecorator:
-    """The ``emulator`` fixture built with these Emulator options."""
-    return pytest.mark.parametrize("emulator", [options], indirect=True, ids=list(options))
 
 
 # -- emulator: signed storage ---------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""What the tests of one service share between its emulator and destination halves."""
