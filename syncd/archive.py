@@ -49,19 +49,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def finish(ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None) -> None:
+def natural_target(row: Row, folder: FolderConfig) -> str | None:
+    """Where the archive move of ``row`` goes when nothing is in its way there: the
+    archive folder plus the file's sub-path. None when the folder does not archive
+    or the name is taken (the move then picks and records a suffixed name).
+
+    The upload records it with its "uploaded" commit, so the move needs no
+    commit of its own, only the fsync that makes the record durable. It is a
+    hint: the move checks the name again through directory descriptors.
+    """
+    if folder.after_upload != "archive" or folder.archive_dir is None:
+        return None
+    target = os.path.join(os.fspath(folder.archive_dir), row.relpath)
+    return None if os.path.lexists(target) else target
+
+
+def finish(
+    ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
+) -> None:
     """Carry out ``after_upload`` for an ``uploaded`` row and mark it done.
 
     ``fd`` is the descriptor the upload read from, when the caller still
     holds it; without it (after a restart) the file is opened again and must
-    match the ledger's device, inode, size and mtime.
+    match the ledger's device, inode, size and mtime. ``fresh``: the row was
+    marked uploaded by this process just now, so its ``archive_path`` (the
+    :func:`natural_target` recorded with the upload) has not been tried yet.
     """
     if folder.after_upload == "keep":
         ledger.mark_done(row.id)
         return
     with opened(row.current_path, roots(row, folder), fd) as src:
         if src is None or (fd is not None and not src.still_named()):
-            _source_gone(ledger, row, folder)
+            _source_gone(ledger, row, folder, fresh)
             return
         if row.location is None and not matches(src.st, row):
             # A different file now has this name (replaced after the upload): it is
@@ -82,8 +101,8 @@ def finish(ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None
                 os.fspath(folder.archive_dir),
                 os.path.dirname(row.relpath),
                 os.path.basename(row.relpath),
-                record=lambda t: ledger.set_archive_target(row.id, t),
-                planned=row.archive_path,
+                record=lambda t: _record_target(ledger, row, t),
+                planned=None if fresh else row.archive_path,
                 sha256=row.sha256,
             )
         except ChangedAfterUpload:
@@ -99,8 +118,16 @@ def finish(ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
 
 
-def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig) -> None:
-    planned = row.archive_path
+def _record_target(ledger: Ledger, row: Row, target: str) -> None:
+    """Make the archive target durable before the move creates it."""
+    if target == row.archive_path:
+        ledger.sync(point="archive_target")  # recorded already (with the upload): sync it
+    else:
+        ledger.set_archive_target(row.id, target)
+
+
+def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = False) -> None:
+    planned = None if fresh else row.archive_path  # a fresh row's target was never tried
     if planned and folder.archive_dir is not None and exists_under(planned, os.fspath(folder.archive_dir)):
         finish_sidecar(ledger, row, folder, planned)
         ledger.mark_done(row.id, location=planned)

@@ -75,6 +75,10 @@ class Settler:
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
         self.more = False  # the last tick left due rows for the next one
         self._noted: dict[int, Stat] = {}  # row id -> a new stat not yet written (this tick)
+        # rows judged quiet this tick, promoted together (one transaction per WAKE_EVERY),
+        # and their (folder, inode): a second name of the same file waits for the first
+        self._promoting: list[tuple[int, Stat | None]] = []
+        self._promoting_inodes: set[tuple[str, int]] = set()
 
     def tick(self) -> int:
         """Judge the settling rows that are due (at most BATCH); returns how many were queued.
@@ -104,11 +108,13 @@ class Settler:
             if look is QUEUED:
                 queued += 1
                 if queued % WAKE_EVERY == 0:
+                    self._flush_promotions()
                     self.on_queued()  # a long tick: idle workers start on what is queued so far
             elif look is not None:
                 looks.append((row.id, max(look, now + MIN_LOOK)))
             else:
                 self._sidecars.pop(row.id, None)
+        self._flush_promotions()
         self.ledger.set_due(looks, self._noted)
         self._noted = {}
         if len(self._sidecars) > SIDECAR_PRUNE:
@@ -178,7 +184,7 @@ class Settler:
                     now - row.first_seen,
                     quoted_path(row.inbox_path),
                 )
-                self.ledger.promote(row.id, self._noted.pop(row.id, None))
+                self._promote(row, st.st_ino)
                 return QUEUED
             if now - row.first_seen >= LONG_SETTLE_WARNING and row.id not in self._warned:
                 self._warned.add(row.id)
@@ -205,12 +211,25 @@ class Settler:
         ):
             self.ledger.forget(row.id)
             return None
-        if self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None:
+        if (row.folder, st.st_ino) in self._promoting_inodes or (
+            self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None
+        ):
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
-        self.ledger.promote(row.id, self._noted.pop(row.id, None))
+        self._promote(row, st.st_ino)
         self._warned.discard(row.id)
         log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
+
+    def _promote(self, row: Row, inode: int) -> None:
+        """Queue ``row`` with this tick's promotions (written by :meth:`_flush_promotions`)."""
+        self._promoting.append((row.id, self._noted.pop(row.id, None)))
+        self._promoting_inodes.add((row.folder, inode))
+
+    def _flush_promotions(self) -> None:
+        """settling -> queued for the rows judged quiet so far, in one transaction."""
+        self.ledger.promote_many(self._promoting)
+        self._promoting = []
+        self._promoting_inodes = set()
 
     def _sidecar_since(self, row: Row, folder: FolderConfig, now: float) -> float:
         """Since when the row's metadata sidecar has been quiet (0.0: none to wait for)."""

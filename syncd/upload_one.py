@@ -201,11 +201,13 @@ class Procedure:
             if original is not None:
                 return self._skip(row, folder, dest, source, original, sha, moved, meta)
             self.circuits.service_ok(row.destination)
+            target = archive.natural_target(row, folder) if moved is None else None
             self.ledger.mark_uploaded(
                 row.id,
                 sha256=sha,
                 receipt=receipt.to_json(),
                 meta=meta.to_json() if meta is not None else None,
+                archive_target=target,
             )
             elapsed = max(time.monotonic() - started, 1e-6)
             now = self.clock()
@@ -238,8 +240,9 @@ class Procedure:
                     last_error=None,
                     receipt=json.loads(json.dumps(receipt.to_json())),
                     meta=json.loads(json.dumps(meta.to_json())) if meta is not None else None,
+                    archive_path=target if target is not None else row.archive_path,
                 )
-            return self.finish(uploaded, folder, source.fileno())
+            return self.finish(uploaded, folder, source.fileno(), fresh=True)
 
     def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the
@@ -368,19 +371,22 @@ class Procedure:
         )
         return True
 
-    def finish(self, row: Row, folder: FolderConfig, fd: int | None = None) -> State:
+    def finish(self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.
 
-        ``fd`` is the descriptor the upload read, so the archive gets those bytes."""
-        return State.DONE if self.hand_over(row, folder, fd) is None else State.UPLOADED
+        ``fd`` is the descriptor the upload read, so the archive gets those bytes;
+        ``fresh``: marked uploaded just now (:func:`syncd.archive.finish`)."""
+        return State.DONE if self.hand_over(row, folder, fd, fresh=fresh) is None else State.UPLOADED
 
-    def hand_over(self, row: Row, folder: FolderConfig, fd: int | None = None) -> OSError | None:
+    def hand_over(
+        self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
+    ) -> OSError | None:
         """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);
         the error when that failed (the row stays ``uploaded``; the main loop's sweep
         tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)
         and is said once, not for every row that waits."""
         try:
-            archive.finish(self.ledger, row, folder, fd)
+            archive.finish(self.ledger, row, folder, fd, fresh=fresh)
         except OSError as exc:
             full = is_disk_full(exc)
             said = full and "archive" in self.disk_full

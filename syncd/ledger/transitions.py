@@ -124,11 +124,18 @@ class Transitions(Queries):
     def promote(self, row_id: int, stat: Stat | None = None) -> None:
         """settling -> queued: the file has been quiet long enough (``stat``: its latest
         stat, when it differs from the row's)."""
+        self.promote_many([(row_id, stat)])
+
+    def promote_many(self, rows: Sequence[tuple[int, Stat | None]]) -> None:
+        """:meth:`promote` for several rows in one transaction (a settle tick's)."""
+        if not rows:
+            return
         now = self._clock()
         with self._write("promote") as conn:
-            if stat is not None:
-                self._set_stat(conn, row_id, stat)
-            self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now)
+            for row_id, stat in rows:
+                if stat is not None:
+                    self._set_stat(conn, row_id, stat)
+                self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now)
 
     def forget(self, row_id: int) -> None:
         """Delete a settling row that turned out not to be a new version."""
@@ -182,21 +189,32 @@ class Transitions(Queries):
         self._update("location", row_id, durable=True, location=_enc(location))
 
     def mark_uploaded(
-        self, row_id: int, *, sha256: str, receipt: dict[str, Any], meta: dict[str, Any] | None = None
+        self,
+        row_id: int,
+        *,
+        sha256: str,
+        receipt: dict[str, Any],
+        meta: dict[str, Any] | None = None,
+        archive_target: str | None = None,
     ) -> None:
         """The remote confirmed these bytes.
 
         Committed, and made durable by the next :meth:`sync` before the source
-        file is touched: :func:`syncd.archive.finish` syncs before a delete, and
-        the durable :meth:`set_archive_target` (or :meth:`set_location`) that
-        precedes a move covers this commit too, with one fsync for both.
+        file is touched: :func:`syncd.archive.finish` syncs before a delete or
+        a move (or the durable :meth:`set_archive_target` or
+        :meth:`set_location` it makes first covers this commit too).
 
         ``meta``: the labels and category sent and the sidecar they came from
         (:meth:`syncd.metadata.Metadata.to_json`), which the archive moves along.
+        ``archive_target``: where the archive move will go, recorded in this
+        same commit (one commit and one fsync for both, where the move would
+        otherwise add its own :meth:`set_archive_target`).
         """
         fields: dict[str, Any] = {}
         if meta is not None:
             fields["meta"] = _ascii_json(meta)
+        if archive_target is not None:
+            fields["archive_path"] = _enc(archive_target)
         self._update(
             "uploaded",
             row_id,

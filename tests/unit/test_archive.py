@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from syncd import archive, failed, moves
+from syncd.config import FolderConfig
 from syncd.ledger import Ledger, Row
 from tests.conftest import FakeClock, make_folder, queue_file, row_of
 
@@ -178,3 +179,68 @@ def test_a_new_file_under_the_same_name_is_never_archived_as_uploaded(tmp_path: 
     assert done is not None and done.state == "done" and "replaced" in (done.last_error or "")
     new = ledger.active_for_path(str(tmp_path / "inbox"), "a.txt")
     assert new is not None and new.state == "settling"
+
+
+def _uploaded_with_target(ledger: Ledger, folder: FolderConfig, rel: str, data: bytes) -> Row:
+    """What the upload procedure does: the natural target recorded with "uploaded"."""
+    row = ledger.get(queue_file(ledger, folder, rel, data))
+    assert row is not None
+    ledger.claim_next()
+    target = archive.natural_target(row, folder)
+    ledger.mark_uploaded(
+        row.id, sha256=hashlib.sha256(data).hexdigest(), receipt={"remote_id": "r"}, archive_target=target
+    )
+    got = ledger.get(row.id)
+    assert got is not None and got.archive_path == target
+    return got
+
+
+def test_target_recorded_with_the_upload_costs_no_commit_of_its_own(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded_with_target(ledger, folder, "sub/a.txt", b"fresh")
+    assert row.archive_path == str(tmp_path / "archive" / "inbox" / "sub" / "a.txt")
+    recorded: list[str | None] = []
+    monkeypatch.setattr(ledger, "set_archive_target", lambda _id, t: recorded.append(t))
+    archive.finish(ledger, row, folder, fresh=True)
+    assert recorded == []  # the upload's commit holds the target; the move only syncs it
+    assert Path(row.archive_path).read_bytes() == b"fresh"
+    done = ledger.get(row.id)
+    assert done is not None and done.state == "done" and done.location == row.archive_path
+
+
+def test_taken_name_is_not_recorded_with_the_upload(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    existing = tmp_path / "archive" / "inbox" / "a.txt"
+    existing.parent.mkdir(parents=True)
+    existing.write_bytes(b"fresh")  # the same bytes, archived before under the same name
+    row = _uploaded_with_target(ledger, folder, "a.txt", b"fresh")
+    assert row.archive_path is None
+    archive.finish(ledger, row, folder, fresh=True)
+    assert existing.read_bytes() == b"fresh"
+    assert (existing.parent / "a (1).txt").read_bytes() == b"fresh"  # its own copy, as before
+    done = ledger.get(row.id)
+    assert done is not None and done.location == str(existing.parent / "a (1).txt")
+
+
+def test_fresh_target_taken_between_upload_and_move_gets_a_suffix(tmp_path: Path, ledger: Ledger) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded_with_target(ledger, folder, "a.txt", b"fresh")
+    assert row.archive_path is not None
+    Path(row.archive_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(row.archive_path).write_bytes(b"fresh")  # an identical file lands there meanwhile
+    archive.finish(ledger, row, folder, fresh=True)
+    assert Path(row.archive_path).read_bytes() == b"fresh"
+    suffixed = Path(row.archive_path).with_name("a (1).txt")
+    assert suffixed.read_bytes() == b"fresh"
+    done = ledger.get(row.id)
+    assert done is not None and done.location == str(suffixed) and done.archive_path == str(suffixed)
+
+
+def test_natural_target_only_for_archive_folders(tmp_path: Path, ledger: Ledger) -> None:
+    row = ledger.get(queue_file(ledger, make_folder(tmp_path), "a.txt", b"x"))
+    assert row is not None
+    for mode in ("keep", "delete"):
+        folder = make_folder(tmp_path, after_upload=mode)
+        assert archive.natural_target(row, folder) is None

@@ -209,3 +209,43 @@ def test_rules_applied_again_at_settle(tmp_path: Path, ledger: Ledger, clock: Fa
     ledger.observe(os.fspath(folder.path), ["a.txt"], destination="dest")
     _settler(ledger, folder, clock).tick()
     assert ledger.rows() == []
+
+
+def test_one_tick_promotes_in_one_transaction_per_wake_and_wakes_the_workers(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd import settle
+
+    monkeypatch.setattr(settle, "WAKE_EVERY", 4)
+    folder = make_folder(tmp_path, settle_seconds=0.0)
+    for i in range(10):
+        (folder.path / f"f{i}.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    batches: list[int] = []
+    real = ledger.promote_many
+    monkeypatch.setattr(ledger, "promote_many", lambda rows: (batches.append(len(rows)), real(rows)))
+    woken: list[int] = []
+    settler = Settler(
+        ledger,
+        lambda: {os.fspath(folder.path): folder},
+        clock=clock,
+        on_queued=lambda: woken.append(ledger.counts().get("queued", 0)),
+    )
+    assert settler.tick() == 10
+    assert [n for n in batches if n] == [4, 4, 2]
+    assert woken == [4, 8, 10]  # each wake-up finds the rows before it committed
+
+
+def test_two_names_of_one_file_in_one_tick_queue_only_one(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """Promotions are written at the end of the batch, so the second name of a hard-linked
+    file must see the first in the batch, not only in the ledger."""
+    folder = make_folder(tmp_path, settle_seconds=0.0)
+    (folder.path / "a.bin").write_bytes(b"same bytes")
+    os.link(folder.path / "a.bin", folder.path / "b.bin")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    assert settler.tick() == 1
+    states = sorted(r.state for r in ledger.rows())
+    assert states == ["queued", "settling"]
