@@ -40,8 +40,8 @@ MiB = 1 << 20
 UPLOADED = re.compile(r"uploaded .* \((\d+) bytes in ([\d.]+)s")
 
 
-def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tuple[float, int, str]:
-    """(seconds, peak RSS KiB, output) of one child process.
+def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tuple[float, int, str, float]:
+    """(seconds, peak RSS KiB, output, CPU seconds) of one child process.
 
     The peak is the child's own ``VmHWM``, sampled while it runs (``ru_maxrss``
     would also count the benchmark's own pages at the fork).
@@ -64,12 +64,13 @@ def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tu
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)  # its own CPU time, user + system
+    proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {out[-2000:]}")
-    return elapsed, peak[0], out
+    return elapsed, peak[0], out, usage.ru_utime + usage.ru_stime
 
 
 def sha256_seconds(path: Path) -> float:
@@ -151,10 +152,15 @@ def main() -> int:
         best: dict[str, float] = {}
         upload_only: dict[str, float] = {}
         rss: dict[str, int] = {}
+        cpu: dict[str, tuple[float, float]] = {}  # of the best run: (the tool's, nginx's)
         for i in range(args.runs):
             for name, run in tools.items():
-                seconds, peak, out = run(i)
+                nginx_before = server.cpu_seconds()
+                seconds, peak, out, used = run(i)
+                nginx_used = server.cpu_seconds() - nginx_before
                 server.clear()
+                if seconds < best.get(name, float("inf")):
+                    cpu[name] = (used, nginx_used)
                 best[name] = min(best.get(name, seconds), seconds)
                 rss[name] = max(rss.get(name, 0), peak)
                 m = UPLOADED.search(out)
@@ -164,15 +170,18 @@ def main() -> int:
         small_mib = 32
         with open(src, "r+b") as f:
             f.truncate(small_mib * MiB)
-        _, small_rss, _ = run_syncd(single)
+        _, small_rss, _, _ = run_syncd(single)
         curl, rclone = best["curl -T"], best["rclone copyto (WebDAV)"]
         print(f"one {args.mib} MiB file to nginx on loopback, best of {args.runs} interleaved runs")
-        print(f"{'tool':34} {'MiB/s':>8} {'x curl':>7} {'x rclone':>9} {'upload only':>12} {'peak RSS':>9}")
+        print(
+            f"{'tool':34} {'MiB/s':>8} {'x curl':>7} {'x rclone':>9} {'upload only':>12} {'peak RSS':>9}"
+            f" {'CPU s tool':>10} {'CPU s nginx':>11}"
+        )
         for name, seconds in best.items():
             up = f"{args.mib / upload_only[name]:.0f} MiB/s" if name in upload_only else ""
             print(
                 f"{name:34} {args.mib / seconds:8.0f} {curl / seconds:7.2f} {rclone / seconds:9.2f} "
-                f"{up:>12} {rss[name] / 1024:6.0f} MiB"
+                f"{up:>12} {rss[name] / 1024:6.0f} MiB {cpu[name][0]:10.2f} {cpu[name][1]:11.2f}"
             )
         print(
             f"SHA-256 of the same file alone, one core (syncd hashes every byte it sends, curl and "

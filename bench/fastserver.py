@@ -141,6 +141,25 @@ class FastServer:
                 self.proc.kill()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) nginx's processes have used so far: the master and
+        its workers, read from /proc (clock ticks)."""
+        assert self.proc is not None
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(entry), int(fields[1])
+            if self.proc.pid in (pid, ppid):
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def stored(self) -> list[Path]:
         return [p for p in (self.data / "dav").rglob("*") if p.is_file()]
 
