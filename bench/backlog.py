@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from childenv import child_env  # noqa: E402
 from status_scale import build  # noqa: E402
 
 WATCHDOG_USEC = 30_000_000
@@ -111,12 +112,7 @@ settle_seconds = 2
                     pings.append(time.monotonic())
 
         threading.Thread(target=listen, daemon=True).start()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "NOTIFY_SOCKET": os.fspath(notify),
-            "WATCHDOG_USEC": str(WATCHDOG_USEC),
-        }
+        env = child_env(NOTIFY_SOCKET=os.fspath(notify), WATCHDOG_USEC=str(WATCHDOG_USEC))
         log = open(base / "daemon.log", "wb")
         started = time.monotonic()
         proc = subprocess.Popen(

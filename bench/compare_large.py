@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from childenv import child_env  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 MiB = 1 << 20
@@ -97,7 +98,7 @@ def main() -> int:
         print(f"skipped: this benchmark needs nginx, rclone and curl: {need}")
         return 0
     size = args.mib * MiB
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RCLONE_CONFIG": "/dev/null"}
+    env = child_env(RCLONE_CONFIG="/dev/null")
     with tempfile.TemporaryDirectory(prefix="syncd-large-") as tmp, FastServer(Path(tmp)) as server:
         src = Path(tmp) / "big.bin"
         with open(src, "wb") as f:

@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from childenv import child_env  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def main() -> int:
     if need:
         print(f"skipped: this benchmark needs nginx and rclone: {need}")
         return 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RCLONE_CONFIG": "/dev/null"}
+    env = child_env(RCLONE_CONFIG="/dev/null")
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="syncd-small-") as tmp, FastServer(Path(tmp)) as server:
         for run in range(args.runs):

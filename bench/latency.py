@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from childenv import child_env  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
         base, url, daemon="workers = 4", folder=f'settle_seconds = {settle}\narchive_dir = "archive"'
     )
     staging.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     log = open(base / "daemon.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],

@@ -13,7 +13,6 @@ each change, so neither grows with the number of rows.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from childenv import child_env  # noqa: E402
 
 from syncd.ledger import Ledger  # noqa: E402
 
@@ -86,7 +88,7 @@ def main() -> int:
         cfg = base / "syncd.toml"
         cfg.write_text("\n".join(lines) + "\n")
         cfg.chmod(0o600)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = child_env()
         whole = []
         for _ in range(args.runs):
             t = time.monotonic()

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from childenv import child_env  # noqa: E402
 
 
 def free_port() -> int:
@@ -57,7 +60,7 @@ archive_dir = "archive"
         cwd=work,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=child_env(),
     )
     elapsed = time.monotonic() - started
     if out.returncode != 0:
@@ -88,7 +91,7 @@ def main() -> int:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=child_env(),
         )
         try:
             deadline = time.monotonic() + 10
