@@ -1,6 +1,7 @@
 # Two commands: `make run` (demo daemon + bundled emulator) and `make test` (the whole suite,
-# as CI runs it). While developing, `make check` is the fast tier: the tests that neither start
-# a process nor wait a second or more in real time (-m "not process and not slow"), then ruff.
+# as CI runs it, on two pytest-xdist workers: docs/testing.md). While developing, `make check`
+# is the fast tier: the tests that neither start a process nor wait a second or more in real
+# time (-m "not process and not slow"), then ruff.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -29,10 +30,10 @@ run: $(RUN_STAMP)
 	$(BIN)/python -m syncd.demo
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 check: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not process and not slow" -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not process and not slow" -q
 	$(BIN)/ruff check syncd syncd_emulator tests
 	$(BIN)/ruff format --check syncd syncd_emulator tests
 

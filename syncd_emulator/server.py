@@ -182,6 +182,9 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.respond = respond
         self.verbose = verbose
         self._active: dict[socket.socket, threading.Thread] = {}
+        # every connection thread not yet seen to end: one leaves _active (shutdown_request)
+        # a moment before it ends, and close() waits for that moment too
+        self._conn_threads: set[threading.Thread] = set()
         self._active_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -196,6 +199,8 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         )
         with self._active_lock:
             self._active[request] = thread
+            self._conn_threads = {t for t in self._conn_threads if t.is_alive()}
+            self._conn_threads.add(thread)
         thread.start()
 
     def shutdown_request(self, request: Any) -> None:
@@ -213,10 +218,11 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         """Close the listener and every open connection; wait for their threads."""
         self.server_close()
         with self._active_lock:
-            active = list(self._active.items())
-        for sock, _ in active:
+            active = list(self._active)
+            threads = list(self._conn_threads)
+        for sock in active:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
-        for _, thread in active:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

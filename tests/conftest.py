@@ -3,6 +3,11 @@
 Guards: a test fails if it leaves a thread running after its teardown (:func:`_no_thread_leaks`),
 and a test without the ``process`` marker fails if it starts a process
 (:func:`pytest_runtest_call` and its siblings), which keeps ``make check`` free of them.
+
+Under pytest-xdist (``make test``: ``-n 2``) each worker is a pytest session of its own and runs
+these guards for the tests it is given; they keep no state across tests or processes (the
+thread baseline and the refused spawners are per test, :func:`gc.freeze` per process), and no
+hook here is one that runs only in the controller.
 """
 
 from __future__ import annotations

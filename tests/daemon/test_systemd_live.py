@@ -44,6 +44,9 @@ from tests import nspawn
 from tests.harness import wait_until
 
 # The first run builds the tree (debootstrap: a few minutes, counted in the first test).
+# The tests share one booted container and run in order (each goes on from the state the
+# one before left): under pytest-xdist they need one worker, which make test's --dist loadfile
+# gives every file.
 pytestmark = [pytest.mark.process, pytest.mark.timeout(1800)]
 
 SECRET = "live-lilt-key-" + secrets.token_hex(8)  # only the credential file and the emulator

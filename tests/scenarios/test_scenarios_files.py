@@ -62,7 +62,9 @@ def test_f2_changed_between_parts_aborts_the_multipart_upload(setup: Callable[..
     _hold_put(s, "lilt.put_part")
     data = os.urandom(11 * MIB)
     path = s.drop("big.bin", data)
-    wait_until(lambda: _uploading(s, "big.bin"), 10, what="upload started")
+    # Part 1 is at the emulator (held 2 s) before part 2's bytes change: changed *between*
+    # parts, not before the upload began (then nothing would be open to cancel).
+    wait_until(lambda: _put_arrived(s), 10, what="the PUT of part 1")
     with open(path, "r+b") as f:  # same size, new bytes, new mtime
         f.seek(7 * MIB)
         f.write(b"X" * 1000)
