@@ -1,5 +1,5 @@
 # Two commands: `make run` (demo daemon + bundled emulator) and `make test` (the whole suite,
-# as CI runs it, on two pytest-xdist workers: docs/testing.md). While developing, `make check`
+# as CI runs it, on pytest-xdist workers: docs/testing.md). While developing, `make check`
 # is the fast tier: the tests that neither start a process nor wait a second or more in real
 # time (-m "not process and not slow"), then ruff.
 PYTHON ?= python3
@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # `make run` installs only what the demo needs (syncd and its runtime dependencies);
 # `make test` adds the test and dev extras. One stamp each.
+# make test's pytest-xdist workers: its tests mostly wait on the daemon they start, so four
+# keep two cores busy (make TEST_WORKERS=1 test runs it serially; docs/testing.md).
+TEST_WORKERS ?= 4
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -30,7 +33,7 @@ run: $(RUN_STAMP)
 	$(BIN)/python -m syncd.demo
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 check: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not process and not slow" -q
