@@ -252,6 +252,11 @@ class Setup:
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
+    def wait_logged(self, text: str, timeout: float = 10) -> None:
+        """Wait until the daemon's log holds ``text``: a line logged after the ledger
+        commit a test waited for may reach the file a moment later."""
+        wait_until(lambda: text in self.log_text(), timeout, what=f"{text!r} in the log")
+
     # ledger -------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -49,7 +49,7 @@ def test_f2_appended_during_single_put_uploads_the_new_version(setup: Callable[.
     states = sorted(r.state for r in s.rows())
     assert states == ["done", "vanished"]
     assert any(u["sha256"] == sha(archived) for u in s.emulator.uploads())
-    assert "changed during upload" in s.log_text()
+    s.wait_logged("changed during upload")
     s.invariants()
 
 
@@ -91,7 +91,7 @@ def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup: Callable[...,
     s.dropped[("in", "a.txt")] = b"BBBBBBBBBB"
     wait_until(lambda: s.all_done(1), 20, what="the rewritten version")
     assert (s.archive() / "a.txt").read_bytes() == b"BBBBBBBBBB"
-    assert "rewritten during upload" in s.log_text()
+    s.wait_logged("rewritten during upload")
     s.invariants()
 
 
@@ -122,7 +122,8 @@ def test_f4_deleted_during_upload(setup: Callable[..., Setup]) -> None:
     del s.dropped[("in", "gone.txt")]
     wait_until(lambda: s.counts() == {"done": 1}, 20, what="done without archive")
     row = s.rows()[0]
-    assert row.location is None and "nothing archived" in s.log_text()
+    assert row.location is None
+    s.wait_logged("nothing archived")
     assert not s.archive().exists() or not list(s.archive().iterdir())
     assert s.proc is not None and s.proc.poll() is None  # no crash
 
