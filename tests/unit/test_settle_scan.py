@@ -20,6 +20,15 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
     led.close()
 
 
+def _scanned(tmp_path: Path, ledger: Ledger, n: int) -> FolderConfig:
+    """A folder (settle_seconds = 0) holding ``n`` one-byte files, scanned into the ledger."""
+    folder = make_folder(tmp_path, settle_seconds=0.0)
+    for i in range(n):
+        (folder.path / f"f{i}.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    return folder
+
+
 def _settler(ledger: Ledger, folder: FolderConfig, clock: FakeClock) -> Settler:
     return Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
 
@@ -91,10 +100,7 @@ def test_a_backlog_is_judged_in_bounded_batches(
     from syncd import settle
 
     monkeypatch.setattr(settle, "BATCH", 50)
-    folder = make_folder(tmp_path, settle_seconds=0.0)
-    for i in range(120):
-        (folder.path / f"f{i}.txt").write_bytes(b"x")
-    scanner.scan_folder(ledger, folder)
+    folder = _scanned(tmp_path, ledger, 120)
     settler = _settler(ledger, folder, clock)
     assert settler.tick() == 50 and settler.more
     assert settler.tick() == 50 and settler.more
@@ -217,10 +223,7 @@ def test_one_tick_promotes_in_one_transaction_per_wake_and_wakes_the_workers(
     from syncd import settle
 
     monkeypatch.setattr(settle, "WAKE_EVERY", 4)
-    folder = make_folder(tmp_path, settle_seconds=0.0)
-    for i in range(10):
-        (folder.path / f"f{i}.txt").write_bytes(b"x")
-    scanner.scan_folder(ledger, folder)
+    folder = _scanned(tmp_path, ledger, 10)
     batches: list[int] = []
     real = ledger.promote_many
     monkeypatch.setattr(ledger, "promote_many", lambda rows: (batches.append(len(rows)), real(rows)))
