@@ -140,6 +140,13 @@ class Runtime:
         if not self.once:
             self.metrics.serve(cfg.daemon.metrics_listen)
         record_config(self.ledger, cfg)
+        for name, n in self.ledger.waiting_elsewhere(sorted(cfg.destinations)).items():
+            log.warning(
+                "%d file(s) wait for destination %r, which the configuration no longer has;"
+                " they stay queued until it is configured again (docs/operations.md, Reload)",
+                n,
+                name,
+            )
 
     def apply(self, cfg: configmod.Config) -> None:
         """Put ``cfg`` in force in place of the running one (a reload)."""

@@ -191,6 +191,18 @@ class Queries(Writer):
             ).fetchone()
         return None if r is None else r[0]
 
+    def waiting_elsewhere(self, destinations: list[str]) -> dict[str, int]:
+        """Waiting (queued or retrying) rows per destination that is not in ``destinations``:
+        rows no worker claims, because the config no longer has their destination."""
+        marks = ", ".join("?" * len(destinations))
+        with self._lock:
+            found = self._conn.execute(
+                f"SELECT destination, COUNT(*) FROM files WHERE state IN {sql_in(WAITING_STATES)}"
+                f" AND destination NOT IN ({marks}) GROUP BY destination ORDER BY destination",
+                destinations,
+            ).fetchall()
+        return {str(d): int(n) for d, n in found}
+
     # ---------------------------------------------------------------- status
 
     def counts(self) -> dict[str, int]:
