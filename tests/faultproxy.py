@@ -141,10 +141,10 @@ class FaultProxy:
                     time.sleep(toxics.latency)
                 if toxics.bandwidth:
                     time.sleep(len(data) / toxics.bandwidth)
+                with self._lock:  # counted before the send: the answer it brings may beat a later count
+                    self.stats["up_bytes" if upstream else "down_bytes"] += len(data)
                 dst.sendall(data)
                 sent += len(data)
-                with self._lock:
-                    self.stats["up_bytes" if upstream else "down_bytes"] += len(data)
             try:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
