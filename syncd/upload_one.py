@@ -40,14 +40,7 @@ from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.progress import resumed_bytes
 from syncd.retry_policy import RetryPolicy, is_disk_full
-from syncd.upload_source import (
-    StoppableSource,
-    UploadCancelled,
-    content_type,
-    find_inode,
-    lexists,
-    source_root,
-)
+from syncd.upload_source import StoppableSource, UploadCancelled, content_type, follow_move, source_root
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -227,7 +220,7 @@ class Procedure:
                 quoted_path(receipt.remote_id),
             )
             if moved is not None:
-                if not self._follow_move(row, folder, str(moved)):
+                if not follow_move(self.ledger, row, folder, str(moved)):
                     return State.DONE
                 uploaded = self.ledger.get(row.id)  # with the location it was found at
                 assert uploaded is not None
@@ -325,51 +318,11 @@ class Procedure:
             row.destination,
             quoted_path(str((original.receipt or {}).get("remote_id"))),
         )
-        if moved is not None and not self._follow_move(row, folder, str(moved)):
+        if moved is not None and not follow_move(self.ledger, row, folder, str(moved)):
             return State.SKIPPED
         current = self.ledger.get(row.id)
         assert current is not None
         return self.finish(current, folder, source.fileno())
-
-    def _follow_move(self, row: Row, folder: FolderConfig, reason: str) -> bool:
-        """The upload stands but the file left its path: find where it went.
-
-        Renamed inside the folder: the archive takes it from its new path
-        (under its original name) and the row the watcher made for the new
-        path is retired, so the same bytes are not uploaded twice. Gone, or
-        replaced by a new file: nothing to archive; a new file at the path is
-        a new version with its own row.
-        """
-        found = (
-            find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
-            if row.location is None
-            else None
-        )
-        if found is None:
-            note = f"{reason.removeprefix('the file was ')}; nothing archived"
-            self.ledger.mark_done(row.id, note=note)
-            if row.location is None and lexists(row.folder, row.relpath):
-                # a new file took the name: a new version with its own row
-                self.ledger.observe(
-                    row.folder,
-                    [row.relpath],
-                    destination=row.destination,
-                    labels=row.labels,
-                    category=row.category,
-                )
-            log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
-            return False
-        self.ledger.set_location(row.id, found)
-        relpath = os.path.relpath(found, os.fspath(folder.path))
-        twin = self.ledger.active_for_path(os.fspath(folder.path), relpath)
-        if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
-            self.ledger.forget(twin.id)
-        log.info(
-            "%s was renamed to %s during upload; archiving it from there",
-            quoted_path(row.inbox_path),
-            quoted_path(found),
-        )
-        return True
 
     def finish(self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False) -> State:
         """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later.

@@ -4,12 +4,14 @@
 uploader hands to a destination: its reads stop when syncd is stopping and
 wait for the destination's bandwidth limit. The helpers find a file's
 trusted folder (:func:`source_root`), a file renamed during its upload
-(:func:`find_inode`, by device and inode) and whether a name is taken
-(:func:`lexists`), all through :mod:`syncd.safefs`, never through a symlink.
+(:func:`find_inode`, by device and inode; :func:`follow_move` records where
+it went) and whether a name is taken (:func:`lexists`), all through
+:mod:`syncd.safefs`, never through a symlink.
 """
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 import stat
@@ -20,9 +22,13 @@ from typing import TYPE_CHECKING
 from syncd import moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
+from syncd.ledger import Ledger, Row, State
+from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
+
+log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
 
 class UploadCancelled(Exception):
@@ -91,6 +97,47 @@ def find_inode(root: str, inode: int | None, device: int | None, old_path: str) 
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) and path != old_path:
             return path
     return None
+
+
+def follow_move(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> bool:
+    """The upload stands but the file left its path: find where it went.
+
+    Renamed inside the folder: the archive takes it from its new path
+    (under its original name) and the row the watcher made for the new
+    path is retired, so the same bytes are not uploaded twice. Gone, or
+    replaced by a new file: nothing to archive; a new file at the path is
+    a new version with its own row.
+    """
+    found = (
+        find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
+        if row.location is None
+        else None
+    )
+    if found is None:
+        note = f"{reason.removeprefix('the file was ')}; nothing archived"
+        ledger.mark_done(row.id, note=note)
+        if row.location is None and lexists(row.folder, row.relpath):
+            # a new file took the name: a new version with its own row
+            ledger.observe(
+                row.folder,
+                [row.relpath],
+                destination=row.destination,
+                labels=row.labels,
+                category=row.category,
+            )
+        log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
+        return False
+    ledger.set_location(row.id, found)
+    relpath = os.path.relpath(found, os.fspath(folder.path))
+    twin = ledger.active_for_path(os.fspath(folder.path), relpath)
+    if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
+        ledger.forget(twin.id)
+    log.info(
+        "%s was renamed to %s during upload; archiving it from there",
+        quoted_path(row.inbox_path),
+        quoted_path(found),
+    )
+    return True
 
 
 def source_root(path: str, folder: FolderConfig) -> str | None:
