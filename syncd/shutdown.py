@@ -66,7 +66,7 @@ def drain(
     while uploader.busy() and not hard_stop.is_set() and time.monotonic() < deadline:
         pulse.beat()  # the main loop is draining, not wedged
         health.watchdog(time.monotonic())
-        hard_stop.wait(DRAIN_POLL)
+        uploader.join(DRAIN_POLL)  # returns as soon as the last worker is done
     if uploader.busy():
         why = "second stop signal" if hard_stop.is_set() else f"drain time ({drain_seconds:g}s) is up"
         log.warning(
