@@ -33,6 +33,7 @@ def test_durability_settings(ledger: Ledger) -> None:
     conn = ledger._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: Ledger.sync() syncs
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY: no journals in /var/tmp
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
