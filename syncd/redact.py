@@ -13,7 +13,7 @@ Two mechanisms, applied together by :func:`redact`:
   ``...-Signature``/``..._token``/``...-Credential`` name such as the
   emulator's ``X-Emu-Signature=`` ...), the password of a URL's user-info
   (``https://user:***@host/``), the token in an ``/upload-tokens/<token>``
-  path, and ``Authorization``/``Bearer``/``Basic`` values are masked wherever
+  or ``/token/<token>/`` path (api.video's private video assets), and ``Authorization``/``Bearer``/``Basic`` values are masked wherever
   they appear, so a presigned URL in an exception text leaks nothing either.
 
 :class:`RedactingFilter` applies this to every log record, including the
@@ -48,8 +48,9 @@ _PARAM = rf"(?:{_SENSITIVE_PARAMS}|{_CREDENTIAL_SUFFIX})"
 _QUERY_RE = re.compile(rf"(?i)([?&;]{_PARAM}=)[^&#\s'\"<>]*")
 # scheme://user:password@ or scheme://user@ (a lone user-info is often a token).
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?#\s'\"<>]*)?@")
-# api.video's GET/DELETE /upload-tokens/{token}: the token is a path segment.
-_PATH_RE = re.compile(r"(?i)(/upload-tokens/)[^/?#\s'\"<>]+")
+# api.video's GET/DELETE /upload-tokens/{token} and a private video's asset URLs
+# (/vod/{id}/token/{token}/...): the token is a path segment.
+_PATH_RE = re.compile(r"(?i)(/upload-tokens/|/token/)[^/?#\s'\"<>]+")
 _AUTH_RE = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(basic|bearer)\s+)?[^\s,'\"}]+")
 _SCHEME_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _JSON_RE = re.compile(rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*")

@@ -265,6 +265,9 @@ def test_emulator_request_log_masks_tokens_and_escapes_paths(
             == 201
         )
         assert httpx.get(emu.url + "/lilt/%1B%5B2J%07x").status_code == 404
+        # a private video's asset URL carries its token in the path
+        private = "pv-reqlog-token-4d5e"
+        assert http.get(f"/vod/vi404/token/{private}/mp4/source.mp4").status_code == 404
         listed = httpx.get(emu.url + "/_emulator/requests").text
         entries = emu.requests()
     echoed = capsys.readouterr().err
@@ -273,7 +276,7 @@ def test_emulator_request_log_masks_tokens_and_escapes_paths(
         ("requests()", json.dumps(entries)),
         ("--verbose lines", echoed),
     ):
-        for secret in (token, minted, key):
+        for secret in (token, minted, key, private):
             assert secret not in text, (name, secret)
     assert [(e["op"], e["path"], e["status"]) for e in entries[1:4]] == [
         ("apivideo.get_token", "/apivideo/upload-tokens/***", 200),
@@ -283,6 +286,7 @@ def test_emulator_request_log_masks_tokens_and_escapes_paths(
     assert entries[4]["op"] == "apivideo.upload" and entries[4]["bytes"] > 0
     assert "/apivideo/upload-tokens/*** -> 200 apivideo.get_token" in echoed
     assert not raw_controls(echoed) and "/lilt/\\x1b[2J\\x07x -> 404" in echoed
+    assert "/apivideo/vod/vi404/token/***/mp4/source.mp4 -> 404" in echoed
 
 
 def test_fault_script_message_validation() -> None:
