@@ -13,8 +13,9 @@ Two mechanisms, applied together by :func:`redact`:
   ``...-Signature``/``..._token``/``...-Credential`` name such as the
   emulator's ``X-Emu-Signature=`` ...), the password of a URL's user-info
   (``https://user:***@host/``), the token in an ``/upload-tokens/<token>``
-  or ``/token/<token>/`` path (api.video's private video assets), and ``Authorization``/``Bearer``/``Basic`` values are masked wherever
-  they appear, so a presigned URL in an exception text leaks nothing either.
+  or ``/token/<token>/`` path (api.video's private video assets), and
+  ``Authorization``/``Bearer``/``Basic`` values are masked wherever they
+  appear, so a presigned URL in an exception text leaks nothing either.
 
 :class:`RedactingFilter` applies this to every log record, including the
 ones httpx and httpcore emit, and :func:`strip_query` is used when a URL is
