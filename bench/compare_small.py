@@ -11,8 +11,14 @@ Every client sends the same files to the same local nginx (bench/fastserver.py):
 * ``syncd once`` with ``workers`` uploader threads, ``settle_seconds = 0``,
   archive included: the whole process, start-up to exit.
 
-Runs are interleaved; the best of ``--runs`` is kept for each. Needs nginx and
-rclone (the script says what to apt-get).
+Runs are interleaved; the best of ``--runs`` is kept for each, with the CPU
+time (user + system) that run used per file. One more row, for reference
+and not a client anyone runs: syncd's own Lilt destination code in
+``--workers`` threads of this process, with no ledger, no settle and no
+archive. It is the ceiling of any design that uploads from threads of one
+CPython process: the GIL makes more threads slower than one, and syncd's
+own stages come on top of it. Needs nginx and rclone (the script says what
+to apt-get).
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,9 +51,26 @@ def make_files(where: Path, n: int, size: int) -> None:
         (where / f"f{i:06d}.bin").write_bytes(os.urandom(size))
 
 
-def bare_httpx(src: Path, url: str) -> float:
-    files = sorted(src.iterdir())
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_child(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """(seconds, CPU seconds) of one child process, which must succeed."""
     started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {out[-2000:]}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def bare_httpx(src: Path, url: str) -> tuple[float, float]:
+    files = sorted(src.iterdir())
+    started, cpu = time.monotonic(), own_cpu()
     with httpx.Client() as client:
         for path in files:
             body = {"filename": path.name, "type": "application/octet-stream", "metadata": {}}
@@ -55,12 +80,49 @@ def bare_httpx(src: Path, url: str) -> float:
             r.raise_for_status()
             put = client.put(json.loads(r.content)["url"], content=path.read_bytes())
             put.raise_for_status()
-    return time.monotonic() - started
+    return time.monotonic() - started, own_cpu() - cpu
 
 
-def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> float:
-    started = time.monotonic()
-    subprocess.run(
+def destination_only(src: Path, url: str, workers: int) -> tuple[float, float]:
+    """syncd's Lilt destination in ``workers`` threads: the upload path and nothing else."""
+    sys.path.insert(0, str(ROOT))
+    from syncd.destinations.base import Source, UploadItem
+    from syncd.destinations.lilt import LiltDestination, LiltOptions
+    from syncd.http import make_client
+    from syncd.secrets import Secret
+
+    files = iter(sorted(src.iterdir()))
+    lock = threading.Lock()
+    client = make_client()
+    dest = LiltDestination("fast", LiltOptions(api_key=Secret("bench"), base_url=f"{url}/lilt/"), client)
+
+    def work() -> None:
+        while True:
+            with lock:
+                path = next(files, None)
+            if path is None:
+                return
+            st = path.stat()
+            item = UploadItem(
+                uuid="bench", name=path.name, relpath=path.name, size=st.st_size,
+                content_type="application/octet-stream",
+            )  # fmt: skip
+            with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+                dest.upload(item, source, None, lambda state: None)
+
+    started, cpu = time.monotonic(), own_cpu()
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    client.close()
+    return elapsed, own_cpu() - cpu
+
+
+def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> tuple[float, float]:
+    return run_child(
         [
             "rclone",
             "move",
@@ -72,28 +134,19 @@ def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> float
             str(src),
             ":webdav:rclone",
         ],
-        check=True,
         env=env,
     )
-    return time.monotonic() - started
 
 
-def syncd_once(work: Path, url: str, workers: int, env: dict[str, str]) -> float:
+def syncd_once(work: Path, url: str, workers: int, env: dict[str, str]) -> tuple[float, float]:
     cfg = syncd_config(
         work, url, daemon=f"workers = {workers}", folder='settle_seconds = 0\narchive_dir = "archive"'
     )
-    started = time.monotonic()
-    out = subprocess.run(
+    return run_child(
         [sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress", "--log-level", "warning"],
         cwd=work,
-        capture_output=True,
-        text=True,
         env=env,
     )
-    elapsed = time.monotonic() - started
-    if out.returncode != 0:
-        raise SystemExit(f"syncd once failed: {out.stdout[-1000:]} {out.stderr[-2000:]}")
-    return elapsed
 
 
 def main() -> int:
@@ -108,32 +161,35 @@ def main() -> int:
         print(f"skipped: this benchmark needs nginx and rclone: {need}")
         return 0
     env = child_env(RCLONE_CONFIG="/dev/null")
-    best: dict[str, float] = {}
+    best: dict[str, tuple[float, float]] = {}  # name: (seconds, CPU seconds) of its best run
+    bare = "bare httpx loop (1 thread)"
+    rclone = f"rclone move (WebDAV, {args.workers} transfers)"
+    syncd = f"syncd once ({args.workers} workers)"
+    ceiling = f"syncd's destination alone ({args.workers} thr.)"
     with tempfile.TemporaryDirectory(prefix="syncd-small-") as tmp, FastServer(Path(tmp)) as server:
         for run in range(args.runs):
             base = Path(tmp) / f"run{run}"
-            for name in ("httpx", "rclone", "syncd"):
+            for name in ("httpx", "rclone", "syncd", "ceiling"):
                 make_files(base / name / "inbox", args.files, args.size)
             timings = {
-                "bare httpx loop (1 thread)": bare_httpx(base / "httpx" / "inbox", server.url),
-                f"rclone move (WebDAV, {args.workers} transfers)": rclone_move(
-                    base / "rclone" / "inbox", server.url, args.workers, env
-                ),
-                f"syncd once ({args.workers} workers)": syncd_once(
-                    base / "syncd", server.url, args.workers, env
-                ),
+                bare: bare_httpx(base / "httpx" / "inbox", server.url),
+                rclone: rclone_move(base / "rclone" / "inbox", server.url, args.workers, env),
+                syncd: syncd_once(base / "syncd", server.url, args.workers, env),
+                ceiling: destination_only(base / "ceiling" / "inbox", server.url, args.workers),
             }
-            for name, seconds in timings.items():
-                best[name] = min(best.get(name, seconds), seconds)
+            for name, (seconds, cpu) in timings.items():
+                if seconds < best.get(name, (float("inf"), 0.0))[0]:
+                    best[name] = (seconds, cpu)
             server.clear()
             shutil.rmtree(base)
-    rate = {name: args.files / seconds for name, seconds in best.items()}
-    httpx_rate = rate["bare httpx loop (1 thread)"]
-    rclone_rate = rate[f"rclone move (WebDAV, {args.workers} transfers)"]
+    rate = {name: args.files / seconds for name, (seconds, _) in best.items()}
     print(f"{args.files} files of {args.size} B to nginx on loopback, best of {args.runs} runs")
-    print(f"{'client':36} {'files/s':>8} {'x httpx':>8} {'x rclone':>9}")
+    print(f"{'client':40} {'files/s':>8} {'x httpx':>8} {'x rclone':>9} {'CPU ms/file':>12}")
     for name, r in rate.items():
-        print(f"{name:36} {r:8.0f} {r / httpx_rate:8.2f} {r / rclone_rate:9.1f}")
+        if name == ceiling:
+            print("for reference, not a client (no ledger, settle or archive):")
+        cpu_ms = best[name][1] / args.files * 1000
+        print(f"{name:40} {r:8.0f} {r / rate[bare]:8.2f} {r / rate[rclone]:9.1f} {cpu_ms:12.2f}")
     return 0
 
 
