@@ -37,12 +37,12 @@ test: $(TEST_STAMP)
 
 check: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not process and not slow" -q
-	$(BIN)/ruff check syncd syncd_emulator tests
-	$(BIN)/ruff format --check syncd syncd_emulator tests
+	$(BIN)/ruff check syncd syncd_emulator tests bench
+	$(BIN)/ruff format --check syncd syncd_emulator tests bench
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check syncd syncd_emulator tests
-	$(BIN)/ruff format --check syncd syncd_emulator tests
+	$(BIN)/ruff check syncd syncd_emulator tests bench
+	$(BIN)/ruff format --check syncd syncd_emulator tests bench
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP)

@@ -113,15 +113,15 @@ settle_seconds = 2
 
         threading.Thread(target=listen, daemon=True).start()
         env = child_env(NOTIFY_SOCKET=os.fspath(notify), WATCHDOG_USEC=str(WATCHDOG_USEC))
-        log = open(base / "daemon.log", "wb")
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
-            cwd=base,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        with open(base / "daemon.log", "wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
+                cwd=base,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         ledger = base / "state" / "ledger.sqlite3"
         ledgered_at = None
         peak = 0
@@ -145,7 +145,6 @@ settle_seconds = 2
             code = proc.wait()
         stopped = time.monotonic() - stop
         sock.close()
-        log.close()
         marks = [started, *[p for p in pings if p < stop], stop]
         gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
         print(

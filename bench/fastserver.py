@@ -51,7 +51,8 @@ http {{
         listen 127.0.0.1:{port};
         default_type application/json;
         location = /lilt/v2/upload/s3/params {{
-            return 200 '{{"url": "http://127.0.0.1:{port}/dav/$request_id", "key": "$request_id", "method": "PUT"}}';
+            return 200
+                '{{"url": "http://127.0.0.1:{port}/dav/$request_id", "key": "$request_id", "method": "PUT"}}';
         }}
         location = /lilt/v2/upload/s3/multipart {{
             return 200 '{{"uploadId": "$request_id", "key": "$request_id"}}';

@@ -42,14 +42,14 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
     )
     staging.mkdir()
     env = child_env()
-    log = open(base / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
-        cwd=base,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(base / "daemon.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
+            cwd=base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 30
         while b"syncd started" not in (base / "daemon.log").read_bytes():
@@ -81,7 +81,6 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-        log.close()
 
 
 def main() -> int:
