@@ -1,4 +1,4 @@
-"""Failure scenarios about the local files (reliability.md F2-F7), real daemon.
+"""Failure scenarios about the local files (docs/guarantees.md, F2-F7), real daemon.
 
 To act "during the upload", the emulator is told to hold the storage PUT for a
 while (a scripted ``slow`` fault) and the test changes the file meanwhile.

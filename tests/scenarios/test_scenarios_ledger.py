@@ -1,4 +1,4 @@
-"""Failure scenarios about the ledger and durability (reliability.md F25, F26, F28).
+"""Failure scenarios about the ledger and durability (docs/guarantees.md, F25, F26, F28).
 
 The real daemon (subprocess) against the in-process emulator:
 

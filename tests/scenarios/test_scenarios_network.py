@@ -1,4 +1,5 @@
-"""Failure scenarios on the wire (reliability.md F17-F19, F21, F22, F29) and secrets (T8).
+"""Failure scenarios on the wire (docs/guarantees.md, F17-F19, F21, F22, F29), and secrets
+in every output (T8, below).
 
 The real daemon (subprocess) against the in-process emulator, directly or
 through a loopback proxy:

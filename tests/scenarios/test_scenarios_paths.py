@@ -1,4 +1,4 @@
-"""Failure scenarios about what a watched folder may contain (reliability.md F15, F16).
+"""Failure scenarios about what a watched folder may contain (docs/guarantees.md, F15, F16).
 
 The real daemon (subprocess) against the in-process emulator:
 
