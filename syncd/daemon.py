@@ -205,6 +205,7 @@ class MainLoop:
             uploader.on_done = daemon.nudge.set
         self.metrics.track_destinations(uploader.destination_states)
         self.metrics.track_progress(uploader.progress)
+        self.metrics.track_webhook(self.runtime.webhook_health)
         self.settler = Settler(ledger, self.runtime.usable_folders, on_queued=uploader.wake)
         self.intake = IntakeStage(
             ledger,

@@ -146,6 +146,12 @@ class Health:
         metrics = self.runtime.metrics
         if metrics.error:
             first.append(f"metrics off: {metrics.error}")
+        hook = self.runtime.webhook_health()
+        if hook is not None and hook["failing_since"] is not None:
+            first.append(
+                f"webhook failing since {_clock(hook['failing_since'])} "
+                f"({hook['failed']:,} notification(s) given up since start)"
+            )
         first.extend(f"wedged: {stall}" for stall in self.liveness.stalls())
         return first
 
@@ -165,6 +171,7 @@ class Health:
                     "status": self.status_line(),
                     "problems": self.problems(),
                     "metrics": {"listen": metrics.listen, "error": metrics.error},
+                    "webhook": self.runtime.webhook_health(),
                     "ignored": self.intake.ignored,
                     "folder_problems": self.watcher.problems(),
                     "disk_full": dict(uploader.disk_full.where),

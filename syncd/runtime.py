@@ -239,6 +239,11 @@ class Runtime:
         """
         return {root: f for root, f in self.folders.items() if self.folder_problem(root) is None}
 
+    def webhook_health(self) -> dict[str, Any] | None:
+        """The webhook's counts (:meth:`Webhook.health`), None while none is configured."""
+        hook = self.webhook
+        return None if hook is None else hook.health()
+
     def close(self) -> None:
         """At the very end: the webhook gets one try for what it still holds; the client and
         the destinations are closed."""

@@ -122,8 +122,10 @@ class Webhook:
         self._lost = 0  # notifications given up on in the current streak
         self._dropping = False  # in a streak of events dropped for a full queue
         self._dropped = 0
+        self._failing_since: float | None = None  # wall clock of the streak's first failure
         self.delivered = 0
-        self.failed = 0  # given up on, in total (tests, `syncd status` some day)
+        self.failed = 0  # given up on after every retry, in total
+        self.dropped = 0  # never queued (the queue was full), in total
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
         self._thread.start()
 
@@ -234,6 +236,7 @@ class Webhook:
         except queue.Full:
             with self._lock:
                 self._dropped += 1
+                self.dropped += 1
                 first, self._dropping = not self._dropping, True
             if first:
                 log.warning(
@@ -260,6 +263,18 @@ class Webhook:
                 log.warning("webhook: %d notification(s) not delivered at shutdown", left)
         else:
             self._close_client()
+
+    def health(self) -> dict[str, Any]:
+        """Counts since start and whether deliveries fail now (`syncd status`, metrics);
+        never the URL, which may hold a token."""
+        with self._lock:
+            return {
+                "delivered": self.delivered,
+                "failed": self.failed,
+                "dropped": self.dropped,
+                "pending": self._queue.qsize(),
+                "failing_since": self._failing_since,
+            }
 
     def pending(self) -> int:
         """Events queued, not yet delivered or given up on."""
@@ -349,6 +364,8 @@ class Webhook:
         with self._lock:
             first = not self._failing
             self._failing = True
+            if first:
+                self._failing_since = time.time()
             if final:
                 self._lost += 1
                 self.failed += 1
@@ -369,7 +386,7 @@ class Webhook:
         with self._lock:
             self.delivered += 1
             streak, lost = self._failing, self._lost
-            self._failing, self._lost = False, 0
+            self._failing, self._lost, self._failing_since = False, 0, None
         if streak:
             log.warning("webhook: delivering notifications again (%d given up meanwhile)", lost)
 

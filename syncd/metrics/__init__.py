@@ -44,6 +44,13 @@ server (below), at ``http://HOST:PORT/metrics``. The series:
                                            uploader has been due (queued, or its
                                            retry time passed); 0 when none is.
                                            Read at scrape time (one index lookup)
+``syncd_webhook_notifications_total``      webhook notifications since start, by
+``{outcome}``                              ``delivered``, ``failed`` (given up after
+                                           every retry), ``dropped`` (queue full);
+                                           with ``syncd_webhook_failing`` (1 while
+                                           deliveries fail) and
+                                           ``syncd_webhook_pending``. Only while
+                                           ``webhook_url`` is set; read at scrape time
 =========================================  ======================================
 
 plus prometheus-client's ``process_*`` series (start time, memory, fds).
@@ -81,6 +88,7 @@ from syncd.metrics.collectors import (
     DestinationCollector,
     LedgerCollector,
     ProgressCollector,
+    WebhookCollector,
 )
 from syncd.metrics.endpoint import Endpoint, bind
 
@@ -152,6 +160,7 @@ class Metrics:
         self._destination_collector: DestinationCollector | None = None
         self._progress_collector: ProgressCollector | None = None
         self._backlog_collector: BacklogCollector | None = None
+        self._webhook_collector: WebhookCollector | None = None
         self.error: str | None = None  # why metrics_listen is not served (`syncd status`)
         self._server: Endpoint | None = None
         self.listen = ""
@@ -183,6 +192,12 @@ class Metrics:
         if self._backlog_collector is None:
             self._backlog_collector = BacklogCollector(next_due, clock)
             self.registry.register(self._backlog_collector)
+
+    def track_webhook(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Export ``syncd_webhook_*`` from ``health()`` (the webhook in force, or None)."""
+        if self._webhook_collector is None:
+            self._webhook_collector = WebhookCollector(health)
+            self.registry.register(self._webhook_collector)
 
     def observe_upload(self, destination: str, size: int, seconds: float, at: float) -> None:
         self.uploaded.labels(destination).inc()

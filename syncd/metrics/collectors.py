@@ -1,8 +1,9 @@
 """The series read when scraped, not counted: each asks the daemon at scrape time.
 
 ``syncd_files`` (the ledger's counts), ``syncd_destination_*`` (the
-uploader's circuits), the bytes in flight (the uploader's progress) and
-``syncd_backlog_age_seconds`` (the ledger's earliest due time). A source
+uploader's circuits), the bytes in flight (the uploader's progress),
+``syncd_backlog_age_seconds`` (the ledger's earliest due time) and
+``syncd_webhook_*`` (the webhook's deliveries). A source
 that fails (the ledger closing, the uploader stopping) leaves its series
 out of that scrape; the others are still served. :class:`syncd.metrics.Metrics`
 registers them through its ``track_*`` hooks.
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from syncd.circuit import CIRCUIT_STATES, CircuitState
@@ -127,3 +128,33 @@ class BacklogCollector(Collector):
 
 
 __all__ = ["BacklogCollector", "DestinationCollector", "LedgerCollector", "ProgressCollector"]
+
+
+class WebhookCollector(Collector):
+    """``syncd_webhook_*`` from the webhook's counts (:meth:`syncd.webhook.Webhook.health`),
+    read when scraped; nothing while no ``webhook_url`` is set."""
+
+    def __init__(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._health = health
+
+    def collect(self) -> Any:
+        seen = self._health()
+        if seen is None:
+            return
+        outcomes = CounterMetricFamily(
+            "syncd_webhook_notifications",
+            "Webhook notifications since start: delivered, failed (given up after every retry) "
+            "or dropped (the queue was full).",
+            labels=["outcome"],
+        )
+        for outcome in ("delivered", "failed", "dropped"):
+            outcomes.add_metric([outcome], seen[outcome])
+        yield outcomes
+        yield GaugeMetricFamily(
+            "syncd_webhook_failing",
+            "1 while webhook deliveries fail (from the first failed try to the next delivery).",
+            value=0 if seen["failing_since"] is None else 1,
+        )
+        yield GaugeMetricFamily(
+            "syncd_webhook_pending", "Webhook notifications waiting to be sent.", value=seen["pending"]
+        )

@@ -155,7 +155,22 @@ def test_gives_up_after_the_retries_then_reports_the_loss(
     assert len(messages) == 2
     assert "trying 4 more time(s)" in messages[0]
     assert "delivering notifications again (1 given up meanwhile)" in messages[1]
+    # what `syncd status` and the metrics show: the streak is over, the loss is counted
+    assert w.health() == {"delivered": 1, "failed": 1, "dropped": 0, "pending": 0, "failing_since": None}
     w.close()
+
+
+def test_health_says_since_when_deliveries_fail(receiver: Any) -> None:
+    r = receiver([500] * 3)
+    w = hook(r.url, delays=(0.05, 30.0))
+    before = time.time()
+    w.send("file_failed", {"n": 1})
+    wait_until(lambda: len(r.requests) == 2, 10, what="two failed tries")
+    seen = w.health()
+    assert seen["delivered"] == seen["failed"] == 0 and seen["failing_since"] is not None
+    assert before <= seen["failing_since"] <= time.time()
+    assert "secret-path" not in json.dumps(seen)  # never the URL
+    w.close(drain=0.1)
 
 
 def test_a_client_error_is_not_retried(receiver: Any) -> None:
@@ -183,6 +198,7 @@ def test_sending_never_blocks_and_a_full_queue_drops(receiver: Any, caplog: pyte
     wait_until(lambda: w.pending() == 0, 10, what="queue drained")
     assert w.send("file_failed", {"n": 99})
     assert any("taking notifications again (7 dropped)" in m for m in caplog.messages)
+    assert w.health()["dropped"] == 7  # the total stays when the streak ends
     w.close()
 
 
@@ -383,6 +399,15 @@ def test_daemon_posts_down_and_back(make_setup: Any, receiver: Any) -> None:
         wait_until(
             lambda: "destination_up" in [b["event"] for b in r.bodies()], 30, what="destination_up delivered"
         )
+        # `syncd status` shows the deliveries (down, retried once, and up), never the URL
+        wait_until(
+            lambda: (s.status()["daemon"].get("webhook") or {}).get("delivered") == 2,
+            30,
+            what="status showing both deliveries",
+        )
+        text = s.cli("status", check=True).stdout
+        assert "webhook: 2 delivered, 0 given up, 0 dropped (queue full), 0 waiting" in text
+        assert "secret-path" not in text and "FAILING" not in text
         assert s.stop() == 0
     finally:
         proxy.stop()
@@ -397,3 +422,47 @@ def test_daemon_posts_down_and_back(make_setup: Any, receiver: Any) -> None:
     assert "webhook: delivering notifications again" in log
     assert "secret-path" not in log and "daemon-hook-secret" not in log
     s.assert_no_secret(json.dumps(r.bodies()))
+
+
+def test_metrics_read_the_webhook_in_force_when_scraped(receiver: Any) -> None:
+    from prometheus_client import generate_latest
+
+    from syncd.metrics import Metrics
+
+    current: list[Webhook | None] = [None]
+    m = Metrics()
+    m.track_webhook(lambda: None if current[0] is None else current[0].health())
+    assert b"syncd_webhook" not in generate_latest(m.registry)  # no webhook_url: no series
+    r = receiver([404, 200])
+    w = current[0] = hook(r.url)
+    w.send("a", {})
+    w.send("b", {})
+    wait_until(lambda: w.delivered == 1 and w.failed == 1, 10, what="both sent")
+    text = generate_latest(m.registry).decode()
+    assert 'syncd_webhook_notifications_total{outcome="delivered"} 1.0' in text
+    assert 'syncd_webhook_notifications_total{outcome="failed"} 1.0' in text
+    assert 'syncd_webhook_notifications_total{outcome="dropped"} 0.0' in text
+    assert "syncd_webhook_failing 0.0" in text and "syncd_webhook_pending 0.0" in text
+    w.close()
+
+
+@pytest.mark.process
+def test_status_says_when_the_webhook_fails(make_setup: Any, receiver: Any) -> None:
+    r = receiver([500] * 100)
+    s = make_setup(
+        daemon={"webhook_url": r.url, "retry_base_seconds": 0.2, "retry_max_seconds": 0.5},
+        destination={"type": "lilt", "base_url": "http://127.0.0.1:9/lilt", "api_key": "env:TEST_LILT_KEY"},
+    )
+    for i in range(3):
+        s.drop(f"f{i}.txt", b"x" * 100)
+    s.start()
+    wait_until(lambda: len(r.requests) >= 1, 30, what="a destination_down delivery tried")
+    wait_until(
+        lambda: (s.status()["daemon"].get("webhook") or {}).get("failing_since") is not None,
+        30,
+        what="status showing the failing webhook",
+    )
+    text = s.cli("status", check=True).stdout
+    assert "problem: webhook failing since " in text and "; FAILING since " in text
+    assert "secret-path" not in text
+    assert s.stop() == 0
