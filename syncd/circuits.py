@@ -4,8 +4,9 @@
 module keeps one per configured destination (made, closed, on first use;
 made afresh when a reload changes the destination), asks them which
 destinations a worker may take a row for (:meth:`Circuits.admit`), remembers
-which row in flight is a circuit's probe, asks an idle service itself
-(``Destination.probe()``) when a probe is due and none of its files waits,
+which row in flight is a circuit's probe, asks the service itself
+(``Destination.probe()``) when a probe is due and none of its files waits or
+the one that would be the probe is large (:meth:`Circuits.probe_with_file`),
 and tells the webhook when a destination goes down or comes back.
 Circuits live in memory: a restart starts with every destination up.
 """
@@ -17,12 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from syncd.circuit import GO, Circuit, CircuitState, is_outage
+from syncd.circuit import GO, UP, Circuit, CircuitState, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import FatalError, RetryableError, UploadError, describe
+from syncd.ledger import Row
 from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+
+PROBE_FILE_MAX = 8 * 1024 * 1024  # a larger file is never a probe (Circuits.probe_with_file)
 
 
 def _when(at: float | None) -> str:
@@ -113,6 +117,22 @@ class Circuits:
     def probe_with(self, row_id: int, token: int) -> None:
         """The row just claimed is its destination's probe."""
         self._probes[row_id] = token
+
+    def probe_with_file(self, row: Row) -> bool:
+        """``row`` was just claimed as its circuit's probe: whether it may go.
+
+        A file over :data:`PROBE_FILE_MAX` bytes is not the probe: its upload would
+        hold back every other file of the destination until it ends. The service is
+        asked with ``Destination.probe()`` instead, and the file goes (as an ordinary
+        upload) only if that closed the circuit; False: it waits for the next step.
+        """
+        if (row.size or 0) <= PROBE_FILE_MAX:
+            return True
+        log.debug(
+            "destination %r: asking the service, not a %d-byte file, as the probe", row.destination, row.size
+        )
+        self.probe_idle(row.destination, self._probes.pop(row.id, GO))
+        return self.get(row.destination).snapshot().state == UP
 
     def probe_of(self, row_id: int) -> int:
         """The probe token of a row in flight (GO for an ordinary upload)."""

@@ -261,8 +261,8 @@ class Uploader:
 
         Closed circuits let their destinations' rows through. An open one lets
         one row through per step, as its probe; when the probe is due and none
-        of that destination's files waits, this worker, having nothing else to
-        do, asks the service with ``Destination.probe()``.
+        of that destination's files waits (or the next one is large), this
+        worker asks the service with ``Destination.probe()``.
         """
         if self.disk_full:
             return None
@@ -289,6 +289,10 @@ class Uploader:
                 self.circuits.probe_idle(*probe)
             else:
                 self.circuits.get(probe[0]).release_probe(probe[1])
+        elif probe is not None and row is not None and not self.circuits.probe_with_file(row):
+            self.ledger.requeue_now(row.id, reason=row.last_error)  # no attempt spent
+            self._attempt_over(row, State.QUEUED)
+            return None
         return row
 
     def _run(self) -> None:

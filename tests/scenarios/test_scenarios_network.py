@@ -301,6 +301,40 @@ def _metric(port: int, name: str) -> float:
 
 
 @pytest.mark.process
+def test_after_an_outage_a_large_file_is_not_the_probe(setup: Any) -> None:
+    """The file waiting when the service comes back is 9 MiB: the probe is
+    ``Destination.probe()`` (Lilt: GET /v2/upload), not its upload, which would hold
+    back every other file until it ended (for a file of gigabytes, for many minutes).
+    Small files are probes as before (tests/unit/test_uploader.py)."""
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.1}],
+        daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 0.5},
+        lilt={"multipart_threshold": 64 * MIB},  # one PUT: the whole file in one request
+    )
+    proxy = FaultProxy(_upstream(s)).start()
+    try:
+        proxy.set(down=True)
+        _proxied(s, proxy)
+        s.start()
+        s.wait_started()
+        s.drop("big.bin", os.urandom(9 * MIB))
+        wait_until(lambda: _destination(s)["state"] == "down", 15, what="the destination down")
+        s.emulator.reset_log()
+        proxy.clear()  # the service is back
+        wait_until(lambda: s.all_done(1), 30, what="big.bin after the outage")
+        s.drop("small.txt", b"small")
+        wait_until(lambda: s.all_done(2), 15, what="a file after it")
+    finally:
+        proxy.stop()
+    ops = [e["op"] for e in s.emulator.requests()]
+    assert ops[0] == "lilt.list", ops[:5]  # the probe: the service itself
+    assert ops.count("lilt.initiate") == 2 and ops.count("lilt.put") == 2
+    row = next(r for r in s.rows() if r.relpath == "big.bin")
+    assert row.attempts == 1  # the tries during the outage were not its own
+    s.invariants()
+
+
+@pytest.mark.process
 @pytest.mark.timeout(150)
 def test_outage_waits_and_then_delivers_everything(setup: Any) -> None:
     """A service outage is not a file failure. ``max_attempts`` is 2 and

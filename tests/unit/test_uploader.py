@@ -339,6 +339,36 @@ def test_an_idle_open_circuit_asks_the_service_with_probe(setup: Any, clock: Fak
     assert up.destination_states()["dest"].state == "up"
 
 
+def test_a_large_file_is_not_the_probe_the_service_is_asked(setup: Any, clock: FakeClock) -> None:
+    """A file over PROBE_FILE_MAX next in line when a probe is due: Destination.probe()
+    finds out whether the service is back, so a multi-gigabyte upload never holds the
+    destination's other files back. While it is down the file waits without spending an
+    attempt; once it is back the file goes as an ordinary upload and the rest follow."""
+    from syncd.circuits import PROBE_FILE_MAX
+
+    ledger, folder, dest, up, drop, step = setup
+    big = drop("big.bin", b"x" * (PROBE_FILE_MAX + 1))
+    for _ in range(THRESHOLD):
+        up.circuit("dest").failed(describe(REFUSED))
+    dest.down = REFUSED
+    clock.advance(1.0)
+    assert work(up) is None and dest.probes == 1 and dest.calls == 0  # no upload attempt
+    row = ledger.get(big)
+    assert row.state == "queued" and row.attempts == 0
+    assert up.destination_states()["dest"].state == "down" and up.inflight_ids() == set()
+    assert work(up) is None and dest.probes == 1  # once per step
+    dest.down = None
+    clock.advance(up.circuit("dest").wait() or 0)
+    assert work(up) == "done" and dest.probes == 2  # asked, back: the big file goes
+    assert up.destination_states()["dest"].state == "up"
+    assert ledger.get(big).attempts == 1 and dest.attempted == ["big.bin"]
+    small = drop("small.txt", b"small")  # a small file is a probe as before
+    for _ in range(THRESHOLD):
+        up.circuit("dest").failed(describe(REFUSED))
+    clock.advance(up.circuit("dest").wait() or 0)
+    assert work(up) == "done" and dest.probes == 2 and ledger.get(small).state == "done"
+
+
 def test_unreadable_file_stays_and_is_retried_without_using_attempts(
     setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
