@@ -19,13 +19,13 @@ key, see protocols.md §1.4). Nothing sent to storage carries them.
 
 Resume state (no URLs: they carry signatures)::
 
-    single:    {"v": 1, "kind": "single", "key": "<storage key>"}
     multipart: {"v": 1, "kind": "multipart", "session": {"upload_id", "key"},
                 "part_size": P, "size": N, "parts": {"1": "\\"etag\\"", ...}}
 
-A single upload is resumed by initiating again (a fresh URL; the old key is
-informational). A multipart upload sends only the parts missing from
-``parts``, re-signing each one, then completes.
+A single upload has none: it is one PUT, sent again whole after a crash (a
+fresh URL and key; resume state from an older syncd, ``{"kind": "single"}``,
+is ignored). A multipart upload sends only the parts missing from ``parts``,
+re-signing each one, then completes.
 
 Parts are ``part_size`` bytes, every one but the last: Lilt's rule is
 8 MiB ("Make sure to set the part size to 8MB (8388608 bytes)", the
@@ -222,23 +222,21 @@ class LiltDestination:
         if source.size > self.options.multipart_threshold or in_flight:
             receipt = _chunked.run(self._multipart, item, source, resume, checkpoint, parallel=self._parallel)
         else:
-            receipt = self._upload_single(item, source, checkpoint)
+            receipt = self._upload_single(item, source)
         if self.options.wait_for_scan:
             status = self._wait_for_scan(item.name)
             details = {**receipt.details, "scan_status": status}
             receipt = Receipt(receipt.remote_id, receipt.url, details)
         return receipt
 
-    def _upload_single(self, item: UploadItem, source: Source, checkpoint: Checkpoint) -> Receipt:
+    def _upload_single(self, item: UploadItem, source: Source) -> Receipt:
         body = _initiate_body(item, source.size)
 
         def sign() -> tuple[str, str]:
             what = "lilt: initiate upload"
             data = self._api.call("POST", "/v2/upload/s3/params", what=what, body=body)
             key = require(data, "key", what=what)
-            url = _put_url(data, what=what)
-            checkpoint({"v": 1, "kind": "single", "key": key})
-            return url, key
+            return _put_url(data, what=what), key
 
         url, key = put_signed(
             self._api, sign, source, content_type=item.content_type, what="lilt: PUT to storage"

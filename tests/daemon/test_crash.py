@@ -23,7 +23,6 @@ pytestmark = pytest.mark.process
 POINTS = [
     "ledger.promote:1",  # a settle tick promotes its rows in one transaction: the first is all six
     "ledger.claim",
-    "ledger.checkpoint",
     "ledger.uploaded",  # with the archive target, recorded in the same commit
     "ledger.archive_target.synced",  # the group commit's fsync, before the link
     "archive.placed",
