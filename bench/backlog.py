@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from childenv import child_env  # noqa: E402
+from childenv import child_env, start_daemon  # noqa: E402
 from status_scale import build  # noqa: E402
 
 WATCHDOG_USEC = 30_000_000
@@ -114,14 +114,7 @@ settle_seconds = 2
         threading.Thread(target=listen, daemon=True).start()
         env = child_env(NOTIFY_SOCKET=os.fspath(notify), WATCHDOG_USEC=str(WATCHDOG_USEC))
         started = time.monotonic()
-        with open(base / "daemon.log", "wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
-                cwd=base,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = start_daemon(cfg, base, env)
         ledger = base / "state" / "ledger.sqlite3"
         ledgered_at = None
         peak = 0

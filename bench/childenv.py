@@ -10,6 +10,8 @@ The cache goes to ``.venv/pycache``, outside the source tree.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +23,15 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
+
+
+def start_daemon(cfg: Path, base: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``syncd run`` on ``cfg`` in ``base``, its output in ``base/daemon.log``."""
+    with open(base / "daemon.log", "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
+            cwd=base,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )

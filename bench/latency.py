@@ -16,7 +16,6 @@ import os
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from childenv import child_env  # noqa: E402
+from childenv import child_env, start_daemon  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
@@ -42,14 +41,7 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
     )
     staging.mkdir()
     env = child_env()
-    with open(base / "daemon.log", "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "-c", str(cfg), "run"],
-            cwd=base,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = start_daemon(cfg, base, env)
     try:
         deadline = time.monotonic() + 30
         while b"syncd started" not in (base / "daemon.log").read_bytes():
