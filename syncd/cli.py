@@ -267,7 +267,7 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     counts = daemon.final_counts
     if sys.stdout.isatty() and not getattr(args, "no_progress", False):
         sys.stdout.write("\n")
-    held = f"; {daemon.held_back} waiting for a destination that is down" if daemon.held_back else ""
+    held = f"; {daemon.held_back} left for the next run" if daemon.held_back else ""
     print(
         f"syncd once: finished in {time.monotonic() - started:.1f}s"
         + (f" ({_summary(counts)}{held})" if counts else "")

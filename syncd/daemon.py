@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
-from syncd import shutdown
+from syncd import once, shutdown
 from syncd.failure_kinds import is_disk_full
 from syncd.health import Health
 from syncd.intake import IntakeStage
-from syncd.ledger import ACTIVE_STATES, Ledger, State
+from syncd.ledger import Ledger, State
 from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
@@ -108,7 +108,7 @@ class Daemon:
         self.nudge = threading.Event()
         self._signals = 0
         self.final_counts: dict[str, int] = {}
-        self.held_back = 0  # once mode: files left waiting for a destination that is down
+        self.held_back = 0  # once mode: files left for the next run (syncd/once.py)
 
     def run(self) -> int:
         """Run until stopped (or, in once mode, until idle). Returns the exit code."""
@@ -357,32 +357,14 @@ class MainLoop:
         self.pulse.beat()
 
     def _finished(self) -> bool:
-        """Once mode: nothing left to do now (files waiting only for a destination that is
-        down or refusing are counted in ``held_back`` and left for the next run)."""
+        """Once mode: nothing left to do now (files left for the next run, syncd/once.py,
+        are counted in ``held_back``)."""
         if self.intake.scans_pending():
             return False
-        by_folder = self.ledger.counts_by_folder()
-        held = {
-            name: st
-            for name, st in self.uploader.destination_states().items()
-            if st.state in ("down", "refused")
-        }
-        waiting: dict[str, int] = {}
-        for root, folder in self.runtime.usable_folders().items():
-            counts = by_folder.get(root, {})
-            active = sum(counts.get(state, 0) for state in ACTIVE_STATES)
-            if not active:
-                continue
-            if folder.destination not in held or counts.get(State.UPLOADING) or counts.get(State.UPLOADED):
-                return False
-            waiting[folder.destination] = waiting.get(folder.destination, 0) + active
-        for name, n in waiting.items():  # `once` does not wait out an outage: the next run goes on
-            log.warning(
-                "destination %r is %s (%s): %d file(s) wait for the next run",
-                name,
-                held[name].state,
-                held[name].reason,
-                n,
-            )
-            self.daemon.held_back += n
+        held = once.left_for_next_run(
+            self.ledger, self.uploader.destination_states(), self.runtime.usable_folders()
+        )
+        if held is None:
+            return False
+        self.daemon.held_back += held
         return True

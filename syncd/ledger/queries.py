@@ -183,6 +183,17 @@ class Queries(Writer):
             ).fetchone()
         return None if r[0] is None else float(r[0])
 
+    def first_retry(self, folders: list[str]) -> float | None:
+        """When the earliest retrying row of these folders is due (wall clock)."""
+        marks = ", ".join("?" * len(folders))
+        with self._lock:
+            r = self._conn.execute(
+                f"SELECT MIN(next_attempt_at) FROM files WHERE state = '{State.RETRYING}'"
+                f" AND folder IN ({marks})",
+                folders,
+            ).fetchone()
+        return None if r is None or r[0] is None else float(r[0])
+
     def next_due(self) -> float | None:
         """When the earliest waiting queued/retrying row becomes due (wall clock)."""
         with self._lock:

@@ -305,3 +305,46 @@ def test_once_shows_progress_on_a_terminal(make_setup: Callable[..., Setup]) -> 
     os.close(master)
     text = b"".join(chunks).decode()
     assert "\r" in text and "settling" in text and "5 done" in text
+
+
+def _once(s: Setup) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress"],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_once_leaves_a_distant_retry_for_the_next_run(make_setup: Callable[..., Setup]) -> None:
+    """A file told to come back in five minutes (a 429's Retry-After) does not keep
+    `once` running for five minutes: it says so and exits 1, the file in place."""
+    s = make_setup(folders=[{"name": "in"}], daemon={"retry_max_seconds": 600, "workers": 1})
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": 300}])
+    for i in range(3):
+        s.drop(f"f{i}.txt", b"told to wait")
+    started = time.monotonic()
+    out = _once(s)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 30
+    assert "(no files; 3 left for the next run)" in out.stdout
+    assert "destination 'lilt' is rate_limited (rate limited (HTTP 429)): 3 file(s) wait" in out.stderr
+    assert s.counts() == {"retrying": 1, "queued": 2}
+    assert all(r.attempts == 0 for r in s.rows())  # a 429 spends nothing
+    assert sorted(p.name for p in s.inbox().iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+def test_once_does_not_wait_out_an_outage(make_setup: Callable[..., Setup]) -> None:
+    s = make_setup(
+        folders=[{"name": "in"}],
+        daemon={"retry_base_seconds": 0.2, "retry_max_seconds": 0.5},
+        destination={"type": "lilt", "base_url": "http://127.0.0.1:9/lilt", "api_key": "env:TEST_LILT_KEY"},
+    )
+    for i in range(4):
+        s.drop(f"f{i}.txt", b"x")
+    out = _once(s)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "(no files; 4 left for the next run)" in out.stdout
+    assert "destination 'lilt' is down" in out.stderr and "4 file(s) wait for the next run" in out.stderr
+    assert sorted(p.name for p in s.inbox().iterdir()) == [f"f{i}.txt" for i in range(4)]

@@ -1,0 +1,76 @@
+"""When ``syncd once`` is done: every file final, or left for the next run.
+
+``once`` uploads what is in the folders now and exits. It does not wait out
+what would keep it running for minutes: files of a destination whose circuit
+is open (down, refusing uploads, or rate limited for longer than
+:data:`RETRY_WAIT`), and files whose next retry is more than
+:data:`RETRY_WAIT` away (a server's ``Retry-After``, a backoff grown long).
+Those stay where they are, in the ledger, and the next run takes them; the
+run says how many and exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from syncd.circuit import CircuitState
+from syncd.config import FolderConfig
+from syncd.ledger import ACTIVE_STATES, Ledger, State
+
+log = logging.getLogger("syncd.daemon")  # said as the daemon's own lines
+
+RETRY_WAIT = 60.0  # `once` waits for a retry due within this many seconds, not for a later one
+
+
+def left_for_next_run(
+    ledger: Ledger,
+    destinations: Mapping[str, CircuitState],
+    folders: Mapping[str, FolderConfig],
+    clock: Callable[[], float] = time.time,
+) -> int | None:
+    """None while ``once`` has work to wait for; else how many files it leaves for the
+    next run (0: everything reached a final state), each group said in the log."""
+    by_folder = ledger.counts_by_folder()
+    now = clock()
+    held = {
+        name: st
+        for name, st in destinations.items()
+        if st.state in ("down", "refused")
+        or (st.state == "rate_limited" and (st.next_probe_at or now) - now > RETRY_WAIT)
+    }
+    waiting: dict[str, int] = {}
+    retrying: list[str] = []  # folders whose files left all wait for a retry
+    for root, folder in folders.items():
+        counts = by_folder.get(root, {})
+        active = sum(counts.get(state, 0) for state in ACTIVE_STATES)
+        if not active:
+            continue
+        busy = counts.get(State.UPLOADING) or counts.get(State.UPLOADED)
+        if folder.destination in held and not busy:
+            waiting[folder.destination] = waiting.get(folder.destination, 0) + active
+        elif active == counts.get(State.RETRYING, 0):
+            retrying.append(root)
+        else:
+            return None
+    later = sum(by_folder[root].get(State.RETRYING, 0) for root in retrying)
+    first = ledger.first_retry(retrying) if retrying else None
+    if first is not None and first - now <= RETRY_WAIT:
+        return None
+    for name, n in waiting.items():
+        log.warning(
+            "destination %r is %s (%s): %d file(s) wait for the next run",
+            name,
+            held[name].state,
+            held[name].reason,
+            n,
+        )
+    if later:
+        log.warning(
+            "%d file(s) wait for a retry, the first at %s (more than %gs away): they wait for the next run",
+            later,
+            time.strftime("%H:%M:%S", time.localtime(first)) if first is not None else "?",
+            RETRY_WAIT,
+        )
+    return sum(waiting.values()) + later

@@ -1,0 +1,62 @@
+"""When `syncd once` stops (syncd/once.py), on a real ledger: what it waits for and
+what it leaves for the next run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from syncd import once
+from syncd.circuit import CircuitState
+from syncd.ledger import Ledger
+from tests.conftest import FakeClock, make_folder, queue_file
+
+UP = {"dest": CircuitState()}
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Ledger:
+    led = Ledger.open(tmp_path / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+def test_a_retry_soon_is_waited_for_and_a_distant_one_left(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_folder(tmp_path)
+    folders = {os.fspath(folder.path): folder}
+    assert once.left_for_next_run(ledger, UP, folders, clock) == 0  # nothing at all: done
+    row = queue_file(ledger, folder, "a.txt", b"a")
+    assert once.left_for_next_run(ledger, UP, folders, clock) is None  # queued: wait
+    ledger.mark_retry(row, error="HTTP 503", at=clock() + once.RETRY_WAIT)
+    assert once.left_for_next_run(ledger, UP, folders, clock) is None  # due within a minute
+    ledger.mark_retry(row, error="HTTP 503", at=clock() + once.RETRY_WAIT + 1)
+    caplog.set_level(logging.WARNING, logger="syncd.daemon")
+    assert once.left_for_next_run(ledger, UP, folders, clock) == 1
+    assert "1 file(s) wait for a retry, the first at " in caplog.text
+    other = queue_file(ledger, folder, "b.txt", b"b")
+    assert once.left_for_next_run(ledger, UP, folders, clock) is None  # b.txt can go now
+    ledger.mark_done(ledger.claim_next(["dest"]).id)  # type: ignore[union-attr]  # b.txt
+    assert ledger.get(other).state == "done"
+    assert once.left_for_next_run(ledger, UP, folders, clock) == 1
+
+
+def test_a_destination_down_or_long_rate_limited_is_not_waited_out(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    folder = make_folder(tmp_path)
+    folders = {os.fspath(folder.path): folder}
+    queue_file(ledger, folder, "a.txt", b"a")
+    queue_file(ledger, folder, "b.txt", b"b")
+    down = {"dest": CircuitState("down", since=clock(), reason="refused", next_probe_at=clock() + 1)}
+    assert once.left_for_next_run(ledger, down, folders, clock) == 2
+    soon = {"dest": CircuitState("rate_limited", since=clock(), reason="429", next_probe_at=clock() + 30)}
+    assert once.left_for_next_run(ledger, soon, folders, clock) is None  # a short hold: waited
+    later = {"dest": CircuitState("rate_limited", since=clock(), reason="429", next_probe_at=clock() + 300)}
+    assert once.left_for_next_run(ledger, later, folders, clock) == 2
+    ledger.claim_next(["dest"])  # one in flight: `once` waits for it, whatever the circuit
+    assert once.left_for_next_run(ledger, down, folders, clock) is None
