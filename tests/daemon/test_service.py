@@ -424,8 +424,10 @@ def test_sigterm_lets_an_upload_in_flight_finish(
     proc = s.start(extra_env=notify.env())
     notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
     s.drop("a.bin", random.Random(1).randbytes(200_000))
-    # The PUT is in flight once the single upload checkpointed its key.
-    wait_until(lambda: any(r.resume for r in s.rows()), 20, what="upload in flight")
+    # The PUT (slowed down) is in flight once the upload was initiated.
+    wait_until(
+        lambda: any(r["op"] == "lilt.initiate" for r in s.emulator.requests()), 20, what="upload in flight"
+    )
     time.sleep(0.3)
     mark = notify.mark()
     proc.send_signal(signal.SIGTERM)
