@@ -77,7 +77,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
@@ -90,7 +90,9 @@ from syncd.metrics.collectors import (
     ProgressCollector,
     WebhookCollector,
 )
-from syncd.metrics.endpoint import Endpoint, bind
+
+if TYPE_CHECKING:
+    from syncd.metrics.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,10 @@ class Metrics:
         :attr:`error` (the heartbeat shows it in `syncd status`), never raised."""
         if listen == self.listen and (self._server is not None or not listen):
             return
+        # imported here: the endpoint (asyncio, prometheus-client's exposition) costs
+        # every start of syncd about 30 ms, and most run without metrics_listen
+        from syncd.metrics.endpoint import Endpoint, bind
+
         self.stop()
         self.listen = listen
         if not listen:
