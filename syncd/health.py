@@ -180,6 +180,7 @@ class Health:
                         name: state.reason for name, state in destinations.items() if state.state != UP
                     },
                     "destinations": {name: state.to_json() for name, state in destinations.items()},
+                    "bandwidth": self._bandwidth(),
                     "uploaded": uploader.stats.uploaded,
                     "bytes": uploader.stats.bytes,
                 },
@@ -189,6 +190,15 @@ class Health:
                 uploader.disk_full.note("ledger", exc)
             else:
                 log.error("cannot write the heartbeat: %s", exc)
+
+    def _bandwidth(self) -> dict[str, dict[str, object]]:
+        """The bandwidth limit of each destination that has one, and the rate in force now."""
+        bw = self.uploader.bandwidth
+        return {
+            name: {"limit": bw.limit(name).describe(), "rate": bw.rate(name)}
+            for name in self.runtime.destinations
+            if bw.limit(name).active
+        }
 
     def publish_progress(self, *, final: bool = False) -> None:
         """Bytes sent, rate and ETA of each upload in flight, for `syncd status` (ledger kv

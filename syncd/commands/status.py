@@ -28,6 +28,7 @@ from typing import Any
 
 from syncd import config as configmod
 from syncd import progress as progressmod
+from syncd.bandwidth import rate_text
 from syncd.commands.common import (
     EXIT_OK,
     View,
@@ -135,6 +136,10 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         data["daemon"]["last_heartbeat"] = meta.get("heartbeat")
     known = meta.get("destinations") if running else None
     data["destinations"] = _destinations(view, known if isinstance(known, dict) else None)
+    limits = meta.get("bandwidth") if running else None
+    for entry in data["destinations"]:  # the bandwidth limit in force, as the daemon has it
+        limit = limits.get(entry["name"]) if isinstance(limits, dict) else None
+        entry["bwlimit"] = limit if isinstance(limit, dict) else None
     return data
 
 
@@ -289,12 +294,22 @@ def render(data: dict[str, Any]) -> list[str]:
     if d["running"] and data["destinations"]:
         out.append("destinations:")
         for dest in data["destinations"]:
-            out.append(f"  {dest['name']} ({dest['type']}): {_destination_text(dest)}")
+            out.append(f"  {dest['name']} ({dest['type']}): {_destination_text(dest)}{_bwlimit_text(dest)}")
     if data["recent_errors"]:
         out.append("recent errors:")
         for e in data["recent_errors"]:
             out.append(f"  #{e['id']} {e['state']} {quoted_path(e['path'])}: {shown(e['error'])}")
     return out
+
+
+def _bwlimit_text(dest: dict[str, Any]) -> str:
+    """``; bwlimit 08:00 512 KiB/s, 18:00 off (now 512 KiB/s)``, or nothing without a limit."""
+    limit = dest.get("bwlimit")
+    if not isinstance(limit, dict):
+        return ""
+    rate = limit.get("rate")
+    now = rate_text(rate) if isinstance(rate, int) else "?"
+    return f"; bwlimit {shown(str(limit.get('limit')))} (now {now})"
 
 
 def _destination_text(dest: dict[str, Any]) -> str:

@@ -294,5 +294,10 @@ def test_daemon_upload_rate_stays_under_the_limit(make_setup: Any) -> None:
     assert elapsed >= 0.9 * (total - rate) / rate, f"{total / elapsed / MiB:.1f} MiB/s"
     assert elapsed < total / rate + 15  # and the limit does not stall it
     assert "destination 'lilt': bandwidth limit 4 MiB/s" in s.log_text()
+    # `syncd status` shows the limit in force (from the daemon's heartbeat)
+    wait_until(
+        lambda: (s.status()["destinations"][0]["bwlimit"] or {}).get("rate") == rate, 15, what="status"
+    )
+    assert "  lilt (lilt): up; bwlimit 4 MiB/s (now 4 MiB/s)" in s.cli("status", check=True).stdout
     assert s.stop() == 0
     s.invariants()
