@@ -352,6 +352,8 @@ class MainLoop:
                 for root in self.runtime.folders:
                     self.intake.request_scan(root, reason="reload")
             self.notifier.ready(self.health.status_line())
+            # before `syncd reload` hears the outcome: `syncd status` says the same at once
+            self.health.write_heartbeat()
 
         self.runtime.reload(announce)
         self.pulse.beat()
