@@ -17,6 +17,7 @@ for script, args in [
     ("latency.py", []),
     ("backlog.py", []),
     ("status_scale.py", []),
+    ("idle.py", []),
 ]:
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

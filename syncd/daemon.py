@@ -20,7 +20,8 @@ The stages, each in its own module:
 write lock another process holds is waited for, said once in the log,
 rather than fatal), the signals and the exit code. :class:`MainLoop`
 builds every stage, runs startup recovery, queues the startup scan, starts
-the workers, says ``READY=1``, and then ticks a few times a second: flush
+the workers, says ``READY=1``, and then ticks whenever something wakes it,
+and at least once a second: flush
 the intake and settle, check folder health and probe a full disk every
 :data:`HEALTH_EVERY` seconds, rescan every ``rescan_seconds``, sweep,
 write the heartbeat, publish upload progress (at most once a second, while
@@ -65,7 +66,7 @@ from syncd.watcher import Intake, Watcher
 
 log = logging.getLogger(__name__)
 
-TICK = 0.25  # the longest the main loop sleeps
+TICK = 1.0  # the longest the main loop sleeps (events, scans, uploads and signals wake it)
 HEALTH_EVERY = 2.0
 HEARTBEAT_EVERY = 5.0
 LEDGER_NAME = "ledger.sqlite3"

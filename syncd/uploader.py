@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT = 0.5  # an idle worker looks for work at least this often
+IDLE_WAIT = 2.0  # an idle worker looks for work at least this often (`syncd retry` says nothing)
 PAUSE = 5.0  # after a ledger error while taking work
 
 
