@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +36,12 @@ def start_daemon(cfg: Path, base: Path, env: dict[str, str]) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+
+def wait_started(proc: subprocess.Popen[bytes], base: Path, timeout: float = 30.0) -> None:
+    """Until the daemon started by :func:`start_daemon` in ``base`` says it has started."""
+    deadline = time.monotonic() + timeout
+    while b"syncd started" not in (base / "daemon.log").read_bytes():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("the daemon did not start: see " + str(base / "daemon.log"))
+        time.sleep(0.05)

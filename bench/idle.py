@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from childenv import child_env, start_daemon  # noqa: E402
+from childenv import child_env, start_daemon, wait_started  # noqa: E402
 
 WARM_UP = 5.0  # seconds after "syncd started": the startup scans, imports settling down
 
@@ -74,11 +74,7 @@ def main() -> int:
         cfg = write_config(base, args.folders)
         proc = start_daemon(cfg, base, child_env())
         try:
-            deadline = time.monotonic() + 30
-            while b"syncd started" not in (base / "daemon.log").read_bytes():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("the daemon did not start: see " + str(base / "daemon.log"))
-                time.sleep(0.05)
+            wait_started(proc, base)
             time.sleep(WARM_UP)
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(args.seconds)

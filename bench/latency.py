@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from childenv import child_env, start_daemon  # noqa: E402
+from childenv import child_env, start_daemon, wait_started  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
 
 
@@ -43,11 +43,7 @@ def run(base: Path, url: str, files: int, rate: float, settle: float) -> list[fl
     env = child_env()
     proc = start_daemon(cfg, base, env)
     try:
-        deadline = time.monotonic() + 30
-        while b"syncd started" not in (base / "daemon.log").read_bytes():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the daemon did not start: see " + str(base / "daemon.log"))
-            time.sleep(0.05)
+        wait_started(proc, base)
         dropped: dict[str, float] = {}
         for i in range(files):
             name = f"f{i:05d}.bin"

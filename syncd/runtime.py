@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from syncd import config as configmod
-from syncd import logs, webhook
+from syncd import logs
 from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
@@ -76,6 +76,24 @@ def build_client(cfg: configmod.Config) -> httpx.Client:
         max_connections=max(8, d.workers * 2),
         verify=verify,
     )
+
+
+def build_webhook(current: Webhook | None, daemon: configmod.DaemonConfig) -> Webhook | None:
+    """The webhook for ``daemon``: ``current`` reconfigured, a new one, or None
+    (``current`` closed) when ``webhook_url`` is not set."""
+    url = daemon.webhook_url
+    if url is None or not url.reveal():
+        if current is not None:
+            current.close(0)
+        return None
+    verify: bool | ssl.SSLContext = False
+    if daemon.tls_verify:
+        verify = tls_context(os.fspath(daemon.ca_bundle) if daemon.ca_bundle else None)
+    timeout = min(daemon.connect_timeout, daemon.io_timeout, 30.0)
+    if current is None:
+        return Webhook(url, daemon.webhook_secret, verify=verify, timeout=timeout)
+    current.configure(url, daemon.webhook_secret, verify=verify, timeout=timeout)
+    return current
 
 
 def _build(cfg: configmod.Config) -> tuple[httpx.Client, dict[str, Destination]]:
@@ -129,7 +147,7 @@ class Runtime:
         self.liveness.bounds = Bounds.for_config(cfg.daemon)
         self.metrics.workers.set(cfg.daemon.workers)
         self.uploader.bandwidth.configure({n: d.bandwidth for n, d in cfg.destinations.items()})
-        self.webhook = self.uploader.webhook = webhook.update(self.webhook, cfg.daemon)
+        self.webhook = self.uploader.webhook = build_webhook(self.webhook, cfg.daemon)
         if self.watch:
             self.watcher.set_folders(cfg.folders)
         else:

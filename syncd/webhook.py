@@ -45,7 +45,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import queue
 import socket
 import ssl
@@ -61,7 +60,7 @@ import httpx
 from syncd import __version__
 from syncd.circuit import CircuitState
 from syncd.errors import PermanentError, RetryableError, UploadError, describe
-from syncd.http import check, make_client, send, tls_context
+from syncd.http import check, make_client, send
 from syncd.ledger import Row
 from syncd.logs import printable
 from syncd.redact import redact
@@ -391,22 +390,4 @@ class Webhook:
             log.warning("webhook: delivering notifications again (%d given up meanwhile)", lost)
 
 
-def update(current: Webhook | None, daemon: Any) -> Webhook | None:
-    """The webhook for ``daemon`` (a DaemonConfig): ``current`` reconfigured, a new one,
-    or None (``current`` closed) when ``webhook_url`` is not set."""
-    url: Secret | None = daemon.webhook_url
-    if url is None or not url.reveal():
-        if current is not None:
-            current.close(0)
-        return None
-    verify: bool | ssl.SSLContext = False
-    if daemon.tls_verify:
-        verify = tls_context(os.fspath(daemon.ca_bundle) if daemon.ca_bundle else None)
-    timeout = min(daemon.connect_timeout, daemon.io_timeout, 30.0)
-    if current is None:
-        return Webhook(url, daemon.webhook_secret, verify=verify, timeout=timeout)
-    current.configure(url, daemon.webhook_secret, verify=verify, timeout=timeout)
-    return current
-
-
-__all__ = ["DELAYS", "QUEUE_SIZE", "SIGNATURE_HEADER", "Webhook", "sign", "update"]
+__all__ = ["DELAYS", "QUEUE_SIZE", "SIGNATURE_HEADER", "Webhook", "sign"]
