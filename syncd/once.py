@@ -56,8 +56,8 @@ def left_for_next_run(
             return None
     later = sum(by_folder[root].get(State.RETRYING, 0) for root in retrying)
     first = ledger.first_retry(retrying) if retrying else None
-    if first is not None and first - now <= RETRY_WAIT:
-        return None
+    if retrying and (first is None or first - now <= RETRY_WAIT):
+        return None  # a retry due soon (or with no time: due now)
     for name, n in waiting.items():
         log.warning(
             "destination %r is %s (%s): %d file(s) wait for the next run",
@@ -70,7 +70,7 @@ def left_for_next_run(
         log.warning(
             "%d file(s) wait for a retry, the first at %s (more than %gs away): they wait for the next run",
             later,
-            time.strftime("%H:%M:%S", time.localtime(first)) if first is not None else "?",
+            time.strftime("%H:%M:%S", time.localtime(first)),
             RETRY_WAIT,
         )
     return sum(waiting.values()) + later
