@@ -40,9 +40,15 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
 
 from childenv import child_env  # noqa: E402
 from fastserver import FastServer, missing, syncd_config  # noqa: E402
+
+from syncd.destinations.base import Source, UploadItem  # noqa: E402
+from syncd.destinations.lilt import LiltDestination, LiltOptions  # noqa: E402
+from syncd.http import make_client  # noqa: E402
+from syncd.secrets import Secret  # noqa: E402
 
 
 def make_files(where: Path, n: int, size: int) -> None:
@@ -85,12 +91,6 @@ def bare_httpx(src: Path, url: str) -> tuple[float, float]:
 
 def destination_only(src: Path, url: str, workers: int) -> tuple[float, float]:
     """syncd's Lilt destination in ``workers`` threads: the upload path and nothing else."""
-    sys.path.insert(0, str(ROOT))
-    from syncd.destinations.base import Source, UploadItem
-    from syncd.destinations.lilt import LiltDestination, LiltOptions
-    from syncd.http import make_client
-    from syncd.secrets import Secret
-
     files = iter(sorted(src.iterdir()))
     lock = threading.Lock()
     client = make_client()

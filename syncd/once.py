@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from syncd.circuit import CircuitState
+from syncd.circuit import DOWN, RATE_LIMITED, REFUSED, CircuitState
 from syncd.config import FolderConfig
 from syncd.ledger import ACTIVE_STATES, Ledger, State
 
@@ -37,8 +37,8 @@ def left_for_next_run(
     held = {
         name: st
         for name, st in destinations.items()
-        if st.state in ("down", "refused")
-        or (st.state == "rate_limited" and (st.next_probe_at or now) - now > RETRY_WAIT)
+        if st.state in (DOWN, REFUSED)
+        or (st.state == RATE_LIMITED and (st.next_probe_at or now) - now > RETRY_WAIT)
     }
     waiting: dict[str, int] = {}
     retrying: list[str] = []  # folders whose files left all wait for a retry

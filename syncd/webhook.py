@@ -117,11 +117,10 @@ class Webhook:
         self.host = host or socket.gethostname()
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(queue_size)
         self._closing = threading.Event()
-        self._failing = False  # in a streak of failed deliveries
         self._lost = 0  # notifications given up on in the current streak
         self._dropping = False  # in a streak of events dropped for a full queue
         self._dropped = 0
-        self._failing_since: float | None = None  # wall clock of the streak's first failure
+        self._failing_since: float | None = None  # in a streak of failed deliveries: since when
         self.delivered = 0
         self.failed = 0  # given up on after every retry, in total
         self.dropped = 0  # never queued (the queue was full), in total
@@ -361,8 +360,7 @@ class Webhook:
 
     def _failed_try(self, event: str, why: str, final: bool, attempt: int, tries: int) -> None:
         with self._lock:
-            first = not self._failing
-            self._failing = True
+            first = self._failing_since is None
             if first:
                 self._failing_since = time.time()
             if final:
@@ -384,8 +382,8 @@ class Webhook:
     def _delivered(self) -> None:
         with self._lock:
             self.delivered += 1
-            streak, lost = self._failing, self._lost
-            self._failing, self._lost, self._failing_since = False, 0, None
+            streak, lost = self._failing_since is not None, self._lost
+            self._lost, self._failing_since = 0, None
         if streak:
             log.warning("webhook: delivering notifications again (%d given up meanwhile)", lost)
 

@@ -6,9 +6,10 @@ Where each number comes from (so that they never contradict each other):
   recent errors: the **ledger, now** (one read-only connection);
 * whether a daemon runs and its pid: the lock on ``state_dir``;
 * what the daemon knows that the ledger does not (its problems, each
-  destination's circuit, the metrics endpoint, the webhook's deliveries,
-  the names its last scan ignored): its **heartbeat** in the ledger's kv table, written every few
-  seconds and whenever its STATUS= line changes, shown with its age;
+  destination's circuit and bandwidth limit, the metrics endpoint, the
+  webhook's deliveries, the names its last scan ignored): its **heartbeat**
+  in the ledger's kv table, written every few seconds and whenever its
+  STATUS= line changes, shown with its age;
 * bytes sent, rate and ETA of each upload in flight: the daemon's **progress
   snapshot** (kv ``progress``, at most a second old; see syncd/progress.py),
   attached to the ledger's ``uploading`` rows.
@@ -250,7 +251,7 @@ def render(data: dict[str, Any]) -> list[str]:
             out.append(
                 f"webhook: {hook.get('delivered', 0):,} delivered, {hook.get('failed', 0):,} given up, "
                 f"{hook.get('dropped', 0):,} dropped (queue full), {hook.get('pending', 0):,} waiting"
-                + (f"; FAILING since {stamp(failing)}" if isinstance(failing, (int, float)) else "")
+                + (f"; FAILING since {stamp(failing)}" if isinstance(failing, int | float) else "")
             )
     else:
         out.append(f"daemon: not running (last heartbeat {ago(d.get('last_heartbeat'))})")

@@ -127,9 +127,6 @@ class BacklogCollector(Collector):
         yield family
 
 
-__all__ = ["BacklogCollector", "DestinationCollector", "LedgerCollector", "ProgressCollector"]
-
-
 class WebhookCollector(Collector):
     """``syncd_webhook_*`` from the webhook's counts (:meth:`syncd.webhook.Webhook.health`),
     read when scraped; nothing while no ``webhook_url`` is set."""
@@ -158,3 +155,12 @@ class WebhookCollector(Collector):
         yield GaugeMetricFamily(
             "syncd_webhook_pending", "Webhook notifications waiting to be sent.", value=seen["pending"]
         )
+
+
+__all__ = [
+    "BacklogCollector",
+    "DestinationCollector",
+    "LedgerCollector",
+    "ProgressCollector",
+    "WebhookCollector",
+]
