@@ -1,6 +1,7 @@
 """Many small files, syncd against a bare httpx loop and rclone, all to the same nginx.
 
     .venv/bin/python bench/compare_small.py [--files 2000] [--size 4096] [--workers 4] [--runs 2]
+                                            [--upload-processes 2]
 
 Every client sends the same files to the same local nginx (bench/fastserver.py):
 
@@ -9,7 +10,9 @@ Every client sends the same files to the same local nginx (bench/fastserver.py):
   and nothing else: no ledger, no hashing, no archive;
 * ``rclone move`` to nginx's WebDAV with ``--transfers`` = workers;
 * ``syncd once`` with ``workers`` uploader threads, ``settle_seconds = 0``,
-  archive included: the whole process, start-up to exit.
+  archive included: the whole process, start-up to exit;
+* the same with ``upload_processes`` helper processes sending the files for
+  the workers (syncd/offload.py), their start-up included.
 
 Runs are interleaved; the best of ``--runs`` is kept for each, with the CPU
 time (user + system) that run used per file. One more row, for reference
@@ -138,9 +141,14 @@ def rclone_move(src: Path, url: str, workers: int, env: dict[str, str]) -> tuple
     )
 
 
-def syncd_once(work: Path, url: str, workers: int, env: dict[str, str]) -> tuple[float, float]:
+def syncd_once(
+    work: Path, url: str, workers: int, env: dict[str, str], processes: int = 0
+) -> tuple[float, float]:
     cfg = syncd_config(
-        work, url, daemon=f"workers = {workers}", folder='settle_seconds = 0\narchive_dir = "archive"'
+        work,
+        url,
+        daemon=f"workers = {workers}\nupload_processes = {processes}",
+        folder='settle_seconds = 0\narchive_dir = "archive"',
     )
     return run_child(
         [sys.executable, "-m", "syncd", "-c", str(cfg), "once", "--no-progress", "--log-level", "warning"],
@@ -155,6 +163,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--upload-processes", type=int, default=2, help="second syncd row; 0: none")
     args = ap.parse_args()
     need = missing()
     if need:
@@ -165,18 +174,23 @@ def main() -> int:
     bare = "bare httpx loop (1 thread)"
     rclone = f"rclone move (WebDAV, {args.workers} transfers)"
     syncd = f"syncd once ({args.workers} workers)"
+    helped = f"syncd once (+ {args.upload_processes} upload processes)"
     ceiling = f"syncd's destination alone ({args.workers} thr.)"
     with tempfile.TemporaryDirectory(prefix="syncd-small-") as tmp, FastServer(Path(tmp)) as server:
         for run in range(args.runs):
             base = Path(tmp) / f"run{run}"
-            for name in ("httpx", "rclone", "syncd", "ceiling"):
+            for name in ("httpx", "rclone", "syncd", "helped", "ceiling"):
                 make_files(base / name / "inbox", args.files, args.size)
             timings = {
                 bare: bare_httpx(base / "httpx" / "inbox", server.url),
                 rclone: rclone_move(base / "rclone" / "inbox", server.url, args.workers, env),
                 syncd: syncd_once(base / "syncd", server.url, args.workers, env),
-                ceiling: destination_only(base / "ceiling" / "inbox", server.url, args.workers),
             }
+            if args.upload_processes:
+                timings[helped] = syncd_once(
+                    base / "helped", server.url, args.workers, env, args.upload_processes
+                )
+            timings[ceiling] = destination_only(base / "ceiling" / "inbox", server.url, args.workers)
             for name, (seconds, cpu) in timings.items():
                 if seconds < best.get(name, (float("inf"), 0.0))[0]:
                     best[name] = (seconds, cpu)

@@ -152,6 +152,9 @@ class Health:
                 f"webhook failing since {_clock(hook['failing_since'])} "
                 f"({hook['failed']:,} notification(s) given up since start)"
             )
+        helpers = self.runtime.helpers_health()
+        if helpers is not None and helpers["given_up"]:
+            first.append("upload helpers keep failing to start; the workers send every file")
         first.extend(f"wedged: {stall}" for stall in self.liveness.stalls())
         return first
 
@@ -172,6 +175,7 @@ class Health:
                     "problems": self.problems(),
                     "metrics": {"listen": metrics.listen, "error": metrics.error},
                     "webhook": self.runtime.webhook_health(),
+                    "upload_helpers": self.runtime.helpers_health(),
                     "ignored": self.intake.ignored,
                     "folder_problems": self.watcher.problems(),
                     "disk_full": dict(uploader.disk_full.where),

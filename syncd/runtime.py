@@ -37,14 +37,15 @@ import httpx
 from syncd import config as configmod
 from syncd import logs
 from syncd.circuit import REFUSED, CircuitState
-from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
+from syncd.destinations.build import build_client, build_destinations
 from syncd.errors import ConfigError, Problem
-from syncd.http import make_client, tls_context
+from syncd.http import tls_context
 from syncd.ledger import Ledger
 from syncd.liveness import Bounds, Liveness
 from syncd.logs import quoted_path
 from syncd.metrics import Metrics
+from syncd.offload import Offload
 from syncd.redact import redact
 from syncd.uploader import Uploader
 from syncd.watcher import Watcher, probe
@@ -54,28 +55,6 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 
 CONFIG_KEY = "config"  # ledger kv: what the config applied last names (`syncd status` on a broken one)
 RELOAD_KEY = "reload"  # ledger kv: the last reload's outcome, which `syncd reload` waits for
-
-
-def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str, Destination]:
-    return {
-        # the Destination protocol leaves out the constructor every service class has
-        name: REGISTRY[dc.type](name, dc.options, client)  # type: ignore[call-arg]  # see above
-        for name, dc in cfg.destinations.items()
-    }
-
-
-def build_client(cfg: configmod.Config) -> httpx.Client:
-    d = cfg.daemon
-    verify: bool | ssl.SSLContext = False
-    if d.tls_verify:
-        verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
-    return make_client(
-        connect=d.connect_timeout,
-        read=d.io_timeout,
-        write=d.io_timeout,
-        max_connections=max(8, d.workers * 2),
-        verify=verify,
-    )
 
 
 def build_webhook(current: Webhook | None, daemon: configmod.DaemonConfig) -> Webhook | None:
@@ -140,6 +119,8 @@ class Runtime:
             metrics=metrics,
             liveness=liveness,
         )
+        self.offload = Offload()
+        self.uploader.procedure.offload = self.offload
         self._configure(cfg)
 
     def _configure(self, cfg: configmod.Config) -> None:
@@ -147,6 +128,7 @@ class Runtime:
         self.liveness.bounds = Bounds.for_config(cfg.daemon)
         self.metrics.workers.set(cfg.daemon.workers)
         self.uploader.bandwidth.configure({n: d.bandwidth for n, d in cfg.destinations.items()})
+        self.offload.configure(cfg)
         self.webhook = self.uploader.webhook = build_webhook(self.webhook, cfg.daemon)
         if self.watch:
             self.watcher.set_folders(cfg.folders)
@@ -257,6 +239,10 @@ class Runtime:
         """
         return {root: f for root, f in self.folders.items() if self.folder_problem(root) is None}
 
+    def helpers_health(self) -> dict[str, Any] | None:
+        """The upload helpers' counts (:meth:`Offload.health`), None while they are off."""
+        return self.offload.health()
+
     def webhook_health(self) -> dict[str, Any] | None:
         """The webhook's counts (:meth:`Webhook.health`), None while none is configured."""
         hook = self.webhook
@@ -267,6 +253,7 @@ class Runtime:
         the destinations are closed."""
         if self.webhook is not None:
             self.webhook.close()
+        self.offload.close()
         self.client.close()
         for dest in self.destinations.values():
             dest.close()

@@ -33,11 +33,12 @@ from syncd import archive, metadata, moves
 from syncd.backpressure import DiskFull
 from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
-from syncd.destinations.base import Destination, Source, UploadItem, wire_name
+from syncd.destinations.base import Destination, Receipt, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
+from syncd.offload import Offload
 from syncd.progress import resumed_bytes
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_source import StoppableSource, UploadCancelled, content_type, follow_move, source_root
@@ -106,6 +107,7 @@ class Procedure:
         self.cancel = cancel
         self.clock = clock
         self.metrics = metrics
+        self.offload: Offload | None = None  # upload helpers, when configured (the runtime sets it)
 
     def run(self, row: Row, pulse: Pulse = NO_PULSE) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
@@ -173,9 +175,7 @@ class Procedure:
                 original = self._duplicate_of(row, folder, source, pulse)
                 if original is None:
                     pulse.phase(f"sending to {row.destination}")
-                    receipt = dest.upload(
-                        item, source, row.resume, lambda state: self.ledger.checkpoint(row.id, state)
-                    )
+                    receipt = self._send(row, dest, item, source, pulse)
                 pulse.phase("verifying", whole_file)
                 sha = source.sha256()
                 moved: SourceMovedError | None = None
@@ -236,6 +236,21 @@ class Procedure:
                     archive_path=target if target is not None else row.archive_path,
                 )
             return self.finish(uploaded, folder, source.fileno(), fresh=True)
+
+    def _send(self, row: Row, dest: Destination, item: UploadItem, source: Source, pulse: Pulse) -> Receipt:
+        """``dest.upload``, here or by an idle upload helper (syncd/offload.py)."""
+
+        def checkpoint(state: Any) -> None:
+            self.ledger.checkpoint(row.id, state)
+
+        offload = self.offload
+        helper = None if offload is None else offload.take(row, self.bandwidth, self.cancel, pulse.beat)
+        if helper is None:
+            return dest.upload(item, source, row.resume, checkpoint)
+        assert offload is not None
+        return offload.upload(
+            helper, row, item, source, checkpoint=checkpoint, beat=pulse.beat, cancel=self.cancel
+        )
 
     def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the

@@ -59,10 +59,11 @@ class StoppableSource(Source):
         throttle: Throttle | None = None,
         on_read: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device, root=root)
+        super().__init__(
+            path, size=size, mtime_ns=mtime_ns, inode=inode, device=device, root=root, on_read=on_read
+        )
         self._stop_event = stop
         self._throttle = throttle
-        self._on_read = on_read
 
     def iter_range(self, offset: int, length: int, block: int = READ_BLOCK) -> Iterator[bytes]:
         if self._stop_event.is_set():
@@ -71,8 +72,6 @@ class StoppableSource(Source):
         if throttle is not None:
             block = min(block, throttle.block)
         for data in super().iter_range(offset, length, block):
-            if self._on_read is not None:
-                self._on_read()
             if throttle is not None:
                 throttle(len(data))  # returns at once when stopping
             if self._stop_event.is_set():

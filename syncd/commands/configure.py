@@ -63,8 +63,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for note in getattr(cls, "check_warnings", lambda *_: [])(dest.options, folder):
             print(f"  warning: {note}")
     if args.online:
+        from syncd.destinations.build import build_client, build_destinations
         from syncd.errors import UploadError, describe
-        from syncd.runtime import build_client, build_destinations
 
         client = build_client(cfg)
         try:

@@ -131,6 +131,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 "paused_destinations": meta.get("paused", {}),
                 "metrics": meta.get("metrics"),
                 "webhook": meta.get("webhook"),
+                "upload_helpers": meta.get("upload_helpers"),
             }
         )
     elif meta:
@@ -252,6 +253,14 @@ def render(data: dict[str, Any]) -> list[str]:
                 f"webhook: {hook.get('delivered', 0):,} delivered, {hook.get('failed', 0):,} given up, "
                 f"{hook.get('dropped', 0):,} dropped (queue full), {hook.get('pending', 0):,} waiting"
                 + (f"; FAILING since {stamp(failing)}" if isinstance(failing, int | float) else "")
+            )
+        helpers = d.get("upload_helpers")
+        if isinstance(helpers, dict):
+            out.append(
+                f"upload helpers: {helpers.get('running', 0)} of {helpers.get('configured', 0)} running "
+                f"({helpers.get('sending', 0)} sending), {helpers.get('sent', 0):,} files sent, "
+                f"{helpers.get('failed', 0):,} failed while sending"
+                + ("; GIVEN UP (they keep failing to start, see the log)" if helpers.get("given_up") else "")
             )
     else:
         out.append(f"daemon: not running (last heartbeat {ago(d.get('last_heartbeat'))})")

@@ -44,6 +44,13 @@ class DaemonConfig:
     state_dir: Path = _key(Path("state"), "Ledger, lock file, and default archive/failed folders.", dir=True)
     workers: int = _key(4, "Uploader threads.", min=1, max=64)
     rescan_seconds: float = _key(300.0, "Interval of the safety rescan of every folder.", min=1)
+    upload_processes: int = _key(
+        0,
+        "Helper processes that send small files (up to 8 MiB) for the workers, so uploads use "
+        "more than one CPU core; 0 = the workers send everything.",
+        min=0,
+        max=64,
+    )
     log_level: str = _key("info", "Log verbosity.", choices=("debug", "info", "warning", "error"))
     log_format: str = _key("text", "json: one object per line.", choices=("text", "json"))
     drain_seconds: float = _key(30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)

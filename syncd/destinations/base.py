@@ -175,6 +175,9 @@ class Source:
     :meth:`sha256` with one extra local read of what was not yet hashed.
 
     Without ``root``, the file's own directory is the root (tests, tools).
+    ``fd`` is a descriptor of the file opened already (an upload helper's copy
+    of the worker's, :mod:`syncd.offload`): it is checked the same way and
+    closed with the Source. ``on_read`` is called after every block read.
     """
 
     def __init__(
@@ -186,6 +189,8 @@ class Source:
         inode: int,
         device: int | None = None,
         root: str | None = None,
+        fd: int | None = None,
+        on_read: Callable[[], None] | None = None,
     ) -> None:
         path = self.path = os.fspath(path)
         self.size = size
@@ -196,15 +201,20 @@ class Source:
             self._root, self._rel = os.path.dirname(path) or ".", os.path.basename(path)
         else:
             self._root, self._rel = safefs.anchor(path, [root])
-        try:
-            self._fd = safefs.open_file(self._root, self._rel)
-        except safefs.UnsafePath as exc:  # it (or a directory above it) became a symlink
-            raise SourceChangedError("the file was replaced by a symlink") from exc
-        except NotADirectoryError as exc:
-            raise FileNotFoundError(errno.ENOENT, "a directory on the way was replaced", path) from exc
+        self.on_read = on_read
         self._lock = threading.Lock()
         self._hash: StreamHash | None = None
+        self._sha256: str | None = None  # hashed elsewhere (hashed_as)
         self.bytes_read = 0
+        if fd is not None:
+            self._fd = fd
+        else:
+            try:
+                self._fd = safefs.open_file(self._root, self._rel)
+            except safefs.UnsafePath as exc:  # it (or a directory above it) became a symlink
+                raise SourceChangedError("the file was replaced by a symlink") from exc
+            except NotADirectoryError as exc:
+                raise FileNotFoundError(errno.ENOENT, "a directory on the way was replaced", path) from exc
         try:
             st = os.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
@@ -275,13 +285,24 @@ class Source:
             with self._lock:
                 self.bytes_read += len(data)
             pos += len(data)
+            if self.on_read is not None:
+                self.on_read()
             yield data
         self._verify(os.fstat(self._fd))
 
     def sha256(self) -> str:
         """The hex SHA-256 of the whole file, reading whatever was not hashed yet."""
+        if self._sha256 is not None:
+            return self._sha256
         assert self._hash is not None
         return self._hash.hexdigest()
+
+    def hashed_as(self, sha256: str) -> None:
+        """Another process read and hashed the whole file through this descriptor (an
+        upload helper, :mod:`syncd.offload`): :meth:`sha256` is that hash from now on."""
+        with self._lock:
+            self.bytes_read = self.size
+        self._sha256 = sha256
 
     def close(self) -> None:
         """Close the descriptor; safe to call more than once."""

@@ -1,0 +1,40 @@
+"""The HTTP client and the destinations a configuration describes.
+
+Built here for the daemon (:mod:`syncd.runtime`), for ``syncd check --live``
+and for each upload helper process (:mod:`syncd.offload_helper`), which
+imports no more of syncd than this needs.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import httpx
+
+from syncd import config as configmod
+from syncd.destinations import REGISTRY
+from syncd.destinations.base import Destination
+from syncd.http import make_client, tls_context
+
+
+def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str, Destination]:
+    return {
+        # the Destination protocol leaves out the constructor every service class has
+        name: REGISTRY[dc.type](name, dc.options, client)  # type: ignore[call-arg]  # see above
+        for name, dc in cfg.destinations.items()
+    }
+
+
+def build_client(cfg: configmod.Config) -> httpx.Client:
+    d = cfg.daemon
+    verify: bool | ssl.SSLContext = False
+    if d.tls_verify:
+        verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
+    return make_client(
+        connect=d.connect_timeout,
+        read=d.io_timeout,
+        write=d.io_timeout,
+        max_connections=max(8, d.workers * 2),
+        verify=verify,
+    )

@@ -1,0 +1,388 @@
+"""Upload helper processes: the bytes of small files sent from more than one core.
+
+One CPython process runs Python code on one core at a time, and for small
+files most of a worker's time is Python: building and parsing HTTP requests.
+With ``[daemon] upload_processes = N`` (0, the default, turns this off) syncd
+starts N helper processes (``python -m syncd.offload_helper``). A worker that has a
+small file to send and finds a helper idle hands it the send; everything else
+stays with the worker, as without helpers: opening the file through safefs,
+the ledger, retries, circuits, the archive.
+
+What a helper gets, over a ``SOCK_SEQPACKET`` socket pair (pickled messages):
+
+* at start, the applied configuration; it builds its own HTTP client and
+  destinations from it and answers ``ready``;
+* per file, the destination's name, the :class:`~syncd.destinations.base.UploadItem`,
+  the settled identity (size, mtime, inode, device) and the worker's open
+  descriptor of the file (``SCM_RIGHTS``), so the helper reads exactly the
+  inode the worker opened and checked: it never resolves a path.
+
+It answers ``done`` with the receipt and the SHA-256 of the bytes it read, or
+``error`` with the upload error; on the way it may ask for a ``checkpoint``
+(the worker writes it to the ledger and acknowledges) and reports ``beat``
+while it reads, which the worker passes to its heartbeat.
+
+Only files of at most :data:`SMALL_FILE` bytes to a destination without a
+bandwidth limit are handed over (with their resume state, if an earlier
+attempt left one); the others are sent
+by the worker itself. A worker waits for an idle helper while any helper is
+running, and sends the file itself when none is (still starting, or given
+up), so the workers never depend on helpers. A helper that
+dies or breaks the protocol fails that attempt (retried like a transient
+error, by the worker itself next time) and is replaced; helpers that keep
+failing to start are given up, with an error in the log.
+
+Helpers die with syncd (``PR_SET_PDEATHSIG``, and the socket's end), ignore
+SIGTERM, SIGINT and SIGHUP (syncd stops and reloads them), and are started
+from one long-lived thread (the death signal follows the thread that started
+a process). A reload replaces them once their current file is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from syncd.destinations.base import Receipt
+from syncd.errors import describe
+from syncd.logs import quoted_path
+from syncd.offload_helper import MESSAGE, HelperFailed, decode, dumps
+from syncd.upload_source import UploadCancelled
+
+if TYPE_CHECKING:
+    from syncd.bandwidth import Bandwidth
+    from syncd.config import Config
+    from syncd.destinations.base import Source, UploadItem
+    from syncd.ledger import Row
+
+log = logging.getLogger(__name__)
+
+SMALL_FILE = 8 << 20  # bytes: larger files are sent by the worker itself (one part, progress)
+START_TIMEOUT = 60.0  # a helper that is not ready by then is given up
+WAIT_SLICE = 0.25  # a worker waiting for its helper looks at the cancel flag this often
+GIVE_UP_AFTER = 3  # helpers that failed to start in a row before offloading stops
+RESTART_PAUSE = 5.0  # seconds between starts after a helper failed
+CHECK_EVERY = 5.0  # seconds between two looks for idle helpers that exited
+AVOID_MAX = 10_000  # rows remembered as "send it yourself" after a helper failed them
+
+
+class _Helper:
+    """One helper process and the worker's end of its socket."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, generation: int) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.generation = generation
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+        data = dumps(message)
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
+
+    def receive(self, timeout: float) -> tuple[Any, ...] | None:
+        """The next message, or None if none came within ``timeout``; HelperFailed at EOF."""
+        if not self._poll.poll(timeout * 1000):
+            return None
+        data, _, flags, _ = self.sock.recvmsg(MESSAGE)
+        if flags & socket.MSG_TRUNC:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a message over {MESSAGE} bytes")
+        if not data:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) exited ({self._exit()})")
+        try:
+            message = pickle.loads(data)
+        except Exception:
+            message = None
+        if not isinstance(message, tuple) or not message:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a malformed message")
+        return message
+
+    def _exit(self) -> str:
+        try:
+            code = self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"signal {-code}" if code < 0 else f"status {code}"
+
+    def stop(self, kill: bool = False) -> None:
+        """End the helper: closing its socket makes it exit; ``kill`` does not wait for that."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        self.sock.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Offload:
+    """The helper processes of one daemon; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._idle: list[_Helper] = []
+        self._busy = 0
+        self._starting = 0
+        self._target = 0
+        self._generation = 0
+        self._config: bytes | None = None
+        self._failures = 0
+        self._closed = False
+        self._avoid: set[int] = set()
+        self._sent = 0  # files sent by helpers since start
+        self._failed = 0  # helpers that died or broke while sending
+        self._thread: threading.Thread | None = None
+
+    # configuration -------------------------------------------------------------
+
+    def configure(self, cfg: Config) -> None:
+        """The configuration in force (at start and on every reload): helpers are
+        started, or replaced by ones that know the new configuration."""
+        processes = cfg.daemon.upload_processes
+        # what a helper builds its client and destinations from
+        wanted = (cfg.daemon, dict(cfg.destinations))
+        config = pickle.dumps(wanted, protocol=pickle.HIGHEST_PROTOCOL) if processes else None
+        with self._cond:
+            if config == self._config and processes == self._target:
+                return
+            self._config, self._target = config, processes
+            self._generation += 1
+            self._failures = 0
+            stale, self._idle = self._idle, []
+            if processes and self._thread is None:
+                self._thread = threading.Thread(target=self._keep, name="upload-helpers", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        for helper in stale:
+            helper.stop()
+
+    def close(self) -> None:
+        """At the end: every helper is stopped (those still sending, once they are done)."""
+        with self._cond:
+            self._closed = True
+            self._target = 0
+            stale, self._idle = self._idle, []
+            self._cond.notify_all()
+        for helper in stale:
+            helper.stop()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    def health(self) -> dict[str, Any] | None:
+        """For the heartbeat and `syncd status`; None when helpers are off: ``configured``,
+        ``running`` (ready), ``sending`` (a file now), ``sent`` (files since start),
+        ``failed`` (helpers that died or broke while sending), ``given_up`` (they failed
+        to start GIVE_UP_AFTER times in a row; the workers send everything)."""
+        with self._cond:
+            if not self._target:
+                return None
+            return {
+                "configured": self._target,
+                "running": len(self._idle) + self._busy,
+                "sending": self._busy,
+                "sent": self._sent,
+                "failed": self._failed,
+                "given_up": self._failures >= GIVE_UP_AFTER,
+            }
+
+    # the workers' side -----------------------------------------------------------
+
+    def take(
+        self, row: Row, bandwidth: Bandwidth, cancel: threading.Event, beat: Callable[[], None]
+    ) -> _Helper | None:
+        """A helper for ``row``, waiting for one to be idle while any is running; None
+        when the worker sends the file itself (too large or limited; no helper
+        running yet or any more; stopping)."""
+        if (
+            row.size is None
+            or row.size > SMALL_FILE
+            or row.id in self._avoid
+            or bandwidth.limit(row.destination).active
+        ):
+            return None
+        with self._cond:
+            while not cancel.is_set():
+                self._reap_idle()
+                if self._idle:
+                    self._busy += 1
+                    return self._idle.pop()
+                self._cond.notify_all()  # the starting thread replaces what was reaped
+                if not self._busy:
+                    return None  # none running (starting, given up, or off): no waiting
+                self._cond.wait(WAIT_SLICE)
+                beat()
+        return None
+
+    def upload(
+        self,
+        helper: _Helper,
+        row: Row,
+        item: UploadItem,
+        source: Source,
+        *,
+        checkpoint: Callable[[Any], None],
+        beat: Callable[[], None],
+        cancel: threading.Event,
+    ) -> Receipt:
+        """Have ``helper`` send ``source`` (the worker's open file); returns the receipt.
+
+        The helper's SHA-256 of what it read becomes ``source``'s. Errors are
+        those of the upload; :class:`HelperFailed` when the helper broke, and
+        UploadCancelled when ``cancel`` is set (the helper is killed).
+        """
+        healthy = False
+        try:
+            helper.send(
+                ("upload", row.destination, item, row.resume, source.path, source.size, source.mtime_ns,
+                 source.inode, source.device),
+                [source.fileno()],
+            )  # fmt: skip
+            held: BaseException | None = None  # a checkpoint the ledger refused
+            while True:
+                if cancel.is_set():
+                    raise UploadCancelled("syncd is stopping")
+                message = helper.receive(WAIT_SLICE)
+                if message is None:
+                    continue
+                kind = message[0]
+                if kind == "beat":
+                    beat()
+                elif kind == "checkpoint":
+                    try:
+                        checkpoint(message[1])
+                    except BaseException as exc:
+                        held = exc
+                    helper.send(("ack", held is None))
+                elif kind == "done":
+                    healthy = True
+                    if held is not None:
+                        raise held
+                    receipt, sha = message[1:3]
+                    if not isinstance(receipt, Receipt) or not isinstance(sha, str):
+                        raise HelperFailed("upload helper answered without a receipt")
+                    source.hashed_as(sha)
+                    with self._cond:
+                        self._sent += 1
+                    log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(row.inbox_path))
+                    return receipt
+                elif kind == "error":
+                    healthy = True
+                    raise held if held is not None else decode(message[1])
+                else:
+                    raise HelperFailed(f"upload helper sent an unknown message {kind!r}")
+        except HelperFailed:
+            self._avoid_row(row.id)
+            raise
+        except OSError as exc:  # the socket: the helper is gone
+            self._avoid_row(row.id)
+            raise HelperFailed(f"upload helper (pid {helper.proc.pid}) failed: {exc}") from None
+        finally:
+            self._give_back(helper, healthy)
+
+    def _avoid_row(self, row_id: int) -> None:
+        with self._cond:
+            self._failed += 1
+        if len(self._avoid) >= AVOID_MAX:
+            self._avoid.clear()
+        self._avoid.add(row_id)
+
+    def _give_back(self, helper: _Helper, healthy: bool) -> None:
+        with self._cond:
+            self._busy -= 1
+            keep = healthy and not self._closed and helper.generation == self._generation
+            if keep:
+                self._idle.append(helper)
+            self._cond.notify_all()
+        if not keep:
+            helper.stop(kill=not healthy)
+
+    # starting helpers (one thread: the death signal follows the starting thread) ------------
+
+    def _keep(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (self._enough() or self._failures >= GIVE_UP_AFTER):
+                    self._cond.wait(CHECK_EVERY)
+                    self._reap_idle()
+                if self._closed:
+                    return
+                self._starting += 1
+                generation, config = self._generation, self._config
+            helper = None
+            try:
+                assert config is not None
+                helper = self._start(config, generation)
+            except Exception as exc:
+                log.error("cannot start an upload helper: %s", describe(exc))
+            with self._cond:
+                self._starting -= 1
+                if helper is not None and generation == self._generation and not self._closed:
+                    self._idle.append(helper)
+                    self._failures = 0
+                    self._cond.notify_all()
+                    continue
+                if helper is None and generation == self._generation:
+                    self._failures += 1
+                    if self._failures >= GIVE_UP_AFTER:
+                        log.error(
+                            "upload helpers failed to start %d times in a row; the workers send every "
+                            "file themselves until the configuration is reloaded",
+                            self._failures,
+                        )
+            if helper is not None:
+                helper.stop()  # started for a configuration replaced meanwhile
+                continue
+            with self._cond:
+                if not self._closed:
+                    self._cond.wait(RESTART_PAUSE)
+
+    def _reap_idle(self) -> None:
+        """Drop idle helpers that have exited (under the lock): others take their place."""
+        for helper in [h for h in self._idle if h.proc.poll() is not None]:
+            log.warning("upload helper (pid %d) exited while idle; starting another", helper.proc.pid)
+            self._idle.remove(helper)
+            helper.sock.close()
+
+    def _enough(self) -> bool:
+        return len(self._idle) + self._busy + self._starting >= self._target
+
+    def _start(self, config: bytes, generation: int) -> _Helper | None:
+        """Start one helper and wait until it is ready; None (logged) if it is not."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd.offload_helper", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        helper = _Helper(proc, mine, generation)
+        try:
+            helper.send(("config", config))
+            message = helper.receive(START_TIMEOUT)
+        except (OSError, HelperFailed) as exc:
+            log.error("upload helper (pid %d) did not start: %s", proc.pid, exc)
+            helper.stop(kill=True)
+            return None
+        if message != ("ready",):
+            log.error("upload helper (pid %d) did not start: %s", proc.pid, message or "no answer")
+            helper.stop(kill=True)
+            return None
+        log.debug("upload helper (pid %d) ready", proc.pid)
+        return helper

@@ -1,0 +1,160 @@
+"""The upload helper process (``python -m syncd.offload_helper``) and what both ends share.
+
+The protocol and the reasons for it are described in :mod:`syncd.offload`.
+This module imports only what a helper needs (the configuration types, the
+destinations, the HTTP client, logging), so a helper starts quickly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from syncd import logs
+from syncd.config import Config
+from syncd.destinations.base import Source
+from syncd.destinations.build import build_client, build_destinations
+from syncd.errors import RetryableError, UploadError, describe
+
+log = logging.getLogger("syncd.offload")
+
+MESSAGE_MAX = 1 << 20  # bytes of the first message (the configuration)
+MESSAGE = 1 << 16  # bytes of any other message
+BEAT_EVERY = 1.0  # a helper reports reads at most this often
+
+
+class HelperFailed(RetryableError):
+    """The upload helper died or answered nonsense; the worker sends the file itself next."""
+
+
+class CheckpointRefused(Exception):
+    """The worker could not record a checkpoint: the helper abandons the upload."""
+
+
+def dumps(message: tuple[Any, ...]) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# errors across the socket ------------------------------------------------------------------
+
+
+def encode(exc: BaseException) -> tuple[Any, ...]:
+    if isinstance(exc, UploadError):
+        cls = type(exc)
+        return ("upload", cls.__module__, cls.__qualname__, str(exc), dict(vars(exc)))
+    if isinstance(exc, OSError):
+        return ("os", exc.errno, exc.strerror or str(exc))
+    return ("other", describe(exc))
+
+
+def decode(encoded: tuple[Any, ...]) -> BaseException:
+    kind = encoded[0]
+    if kind == "upload":
+        _, module, qualname, text, attrs = encoded
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if not (isinstance(cls, type) and issubclass(cls, UploadError)):
+            return HelperFailed(f"upload helper raised {qualname}: {text}")
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, text)
+        exc.__dict__.update(attrs)
+        return exc
+    if kind == "os":
+        return OSError(encoded[1], encoded[2])
+    return RuntimeError(f"in the upload helper: {encoded[1]}")
+
+
+# the helper's side ---------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL when syncd ends, however it ends (Linux); exit now if it has already."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the socket's end stops the helper at its next message
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _serve(sock: socket.socket) -> None:
+    def send(message: tuple[Any, ...]) -> None:
+        sock.send(dumps(message))
+
+    def receive(size: int = MESSAGE) -> tuple[tuple[Any, ...] | None, list[int]]:
+        data, fds, flags, _ = socket.recv_fds(sock, size, 1)
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise SystemExit("upload helper: a message from syncd was too large")
+        return (pickle.loads(data) if data else None), fds
+
+    first, _ = receive(MESSAGE_MAX)
+    if first is None or first[0] != "config":
+        return
+    daemon, destination_configs = pickle.loads(first[1])
+    cfg = Config(path=None, daemon=daemon, destinations=destination_configs, folders=())
+    logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
+    client = build_client(cfg)
+    destinations = build_destinations(cfg, client)
+    send(("ready",))
+    last_beat = 0.0
+
+    def beat() -> None:
+        nonlocal last_beat
+        now = time.monotonic()
+        if now - last_beat >= BEAT_EVERY:
+            last_beat = now
+            send(("beat",))
+
+    def checkpoint(state: Any) -> None:
+        send(("checkpoint", state))
+        answer, _ = receive()
+        if answer is None:
+            raise SystemExit(0)
+        if answer != ("ack", True):
+            raise CheckpointRefused("the checkpoint could not be recorded")
+
+    while True:
+        message, fds = receive()
+        if message is None:
+            return
+        if message[0] != "upload" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        _, name, item, resume, path, size, mtime_ns, inode, device = message
+        try:
+            with Source(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device, fd=fds[0]) as source:
+                source.on_read = beat
+                receipt = destinations[name].upload(item, source, resume, checkpoint)
+                sha = source.sha256()
+        except Exception as exc:
+            if not isinstance(exc, (UploadError, OSError, CheckpointRefused)):
+                log.exception("unexpected error in the upload helper")
+            send(("error", encode(exc)))
+        else:
+            send(("done", receipt, sha))
+
+
+def main(argv: list[str]) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent(int(argv[2]))
+    with socket.socket(fileno=int(argv[1])) as sock:
+        try:
+            _serve(sock)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # syncd ended
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

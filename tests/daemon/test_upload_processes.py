@@ -1,0 +1,122 @@
+"""``upload_processes``: helper processes send small files for the workers (syncd/offload.py).
+
+The real daemon against the emulator, for every destination type: the small
+files are sent by helpers (their debug line says so) and arrive as they do
+without helpers, with and without injected faults. A helper killed in the
+middle of a send costs that attempt only: the worker sends the file itself
+and a new helper takes its place. A SIGKILLed daemon takes its helpers
+with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from syncd.destinations import REGISTRY
+from tests.e2e_services import CLEAN_OR_FAULTY, FAULTS, SERVICES, Service, assert_delivered
+from tests.harness import Setup, wait_until
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.process]
+
+
+def helpers_of(pid: int) -> list[int]:
+    """The upload helper processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"syncd.offload_helper" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def with_helpers(make_setup: Callable[..., Setup], service: Service, *, faults: bool = False) -> Setup:
+    """The service's usual setup (:func:`tests.e2e_services.make`), with two helpers."""
+    kwargs = service.setup_kwargs({**FAULTS, "seed": 11} if faults else None)
+    kwargs["daemon"].update(upload_processes=2, log_level="debug")
+    return make_setup(**kwargs)
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@CLEAN_OR_FAULTY
+def test_small_files_are_sent_by_helpers(make_setup: Callable[..., Setup], kind: str, faults: bool) -> None:
+    service = SERVICES[kind]
+    s = with_helpers(make_setup, service, faults=faults)
+    files = {f"f{i}.bin": os.urandom(1 + 997 * i) for i in range(12)}
+    files["sub/deeper/name with spaces.txt"] = b"labels and category go along"
+    s.start()
+    s.wait_started()
+    assert s.proc is not None
+    wait_until(lambda: len(helpers_of(s.proc.pid)) == 2, 30, 0.1, "two upload helpers")
+    for name, data in files.items():
+        s.drop(name, data)
+    wait_until(lambda: s.all_done(len(files)), 60, 0.1, "every file done")
+    assert_delivered(s, service)
+    log = s.logs[-1].read_text(errors="replace")
+    assert log.count("sent by upload helper") >= len(files) // 2, log[-3000:]
+    assert s.stop() == 0
+
+
+def test_a_helper_killed_mid_send_costs_one_attempt(make_setup: Callable[..., Setup]) -> None:
+    service = SERVICES["lilt"]
+    s = with_helpers(make_setup, service)
+    s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 5.0}])
+    s.start()
+    s.wait_started()
+    assert s.proc is not None
+    wait_until(lambda: len(helpers_of(s.proc.pid)) == 2, 30, 0.1, "two upload helpers")
+    before = set(helpers_of(s.proc.pid))
+    s.drop("held.bin", b"x" * 5000)
+    # the emulator logs a request when it has answered: the PUT follows the params at once
+    wait_until(lambda: any(e["op"] == "lilt.initiate" for e in s.emulator.requests()), 20, 0.02, "params")
+    time.sleep(0.5)  # the PUT is held by the emulator now
+    assert not any(e["op"] == "lilt.put" for e in s.emulator.requests())
+    for pid in before:  # the one sending, and the idle one
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: s.all_done(1), 60, 0.1, "the file done after the helper died")
+    assert_delivered(s, service)
+    (row,) = s.rows()
+    assert row.attempts <= 2
+    log = s.logs[-1].read_text(errors="replace")
+    assert "upload helper" in log and "exited" in log, log[-3000:]
+    wait_until(
+        lambda: len(set(helpers_of(s.proc.pid)) - before) == 2, 30, 0.1, "two new helpers in their place"
+    )
+
+    def shown() -> bool:
+        helpers = s.status()["daemon"].get("upload_helpers") or {}
+        return bool(helpers.get("running") == 2 and helpers.get("failed", 0) >= 1)
+
+    wait_until(shown, 20, 0.5, "syncd status to show the helpers again, and the failure")
+    text = s.cli("status", check=True).stdout
+    assert "upload helpers: 2 of 2 running (0 sending)" in text and "failed while sending" in text, text
+    assert s.stop() == 0
+
+
+def test_helpers_end_with_the_daemon(make_setup: Callable[..., Setup]) -> None:
+    s = with_helpers(make_setup, SERVICES["lilt"])
+    s.start()
+    s.wait_started()
+    assert s.proc is not None
+    wait_until(lambda: len(helpers_of(s.proc.pid)) == 2, 30, 0.1, "two upload helpers")
+    pids = helpers_of(s.proc.pid)
+    s.kill()  # SIGKILL: no chance to stop them
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.05)
+    alive = [
+        p for p in pids if Path(f"/proc/{p}/cmdline").exists() and Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert not alive, f"upload helpers outlived the daemon: {alive}"
