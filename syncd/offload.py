@@ -131,7 +131,9 @@ class Offload:
     """The helper processes of one daemon; see the module docstring."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._available = threading.Condition(self._lock)  # a helper went idle: one worker may go
+        self._wanted = threading.Condition(self._lock)  # the starting thread has something to do
         self._idle: list[_Helper] = []
         self._busy = 0
         self._starting = 0
@@ -154,7 +156,7 @@ class Offload:
         # what a helper builds its client and destinations from
         wanted = (cfg.daemon, dict(cfg.destinations))
         config = pickle.dumps(wanted, protocol=pickle.HIGHEST_PROTOCOL) if processes else None
-        with self._cond:
+        with self._lock:
             if config == self._config and processes == self._target:
                 return
             self._config, self._target = config, processes
@@ -164,17 +166,19 @@ class Offload:
             if processes and self._thread is None:
                 self._thread = threading.Thread(target=self._keep, name="upload-helpers", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            self._wanted.notify()
+            self._available.notify_all()
         for helper in stale:
             helper.stop()
 
     def close(self) -> None:
         """At the end: every helper is stopped (those still sending, once they are done)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._target = 0
             stale, self._idle = self._idle, []
-            self._cond.notify_all()
+            self._wanted.notify()
+            self._available.notify_all()
         for helper in stale:
             helper.stop()
         if self._thread is not None:
@@ -185,7 +189,7 @@ class Offload:
         ``running`` (ready), ``sending`` (a file now), ``sent`` (files since start),
         ``failed`` (helpers that died or broke while sending), ``given_up`` (they failed
         to start GIVE_UP_AFTER times in a row; the workers send everything)."""
-        with self._cond:
+        with self._lock:
             if not self._target:
                 return None
             return {
@@ -212,16 +216,17 @@ class Offload:
             or bandwidth.limit(row.destination).active
         ):
             return None
-        with self._cond:
+        with self._lock:
             while not cancel.is_set():
-                self._reap_idle()
-                if self._idle:
-                    self._busy += 1
-                    return self._idle.pop()
-                self._cond.notify_all()  # the starting thread replaces what was reaped
+                while self._idle:
+                    helper = self._idle.pop()
+                    if helper.proc.poll() is None:
+                        self._busy += 1
+                        return helper
+                    self._gone(helper)
                 if not self._busy:
                     return None  # none running (starting, given up, or off): no waiting
-                self._cond.wait(WAIT_SLICE)
+                self._available.wait(WAIT_SLICE)
                 beat()
         return None
 
@@ -273,7 +278,7 @@ class Offload:
                     if not isinstance(receipt, Receipt) or not isinstance(sha, str):
                         raise HelperFailed("upload helper answered without a receipt")
                     source.hashed_as(sha)
-                    with self._cond:
+                    with self._lock:
                         self._sent += 1
                     log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(row.inbox_path))
                     return receipt
@@ -292,19 +297,21 @@ class Offload:
             self._give_back(helper, healthy)
 
     def _avoid_row(self, row_id: int) -> None:
-        with self._cond:
+        with self._lock:
             self._failed += 1
         if len(self._avoid) >= AVOID_MAX:
             self._avoid.clear()
         self._avoid.add(row_id)
 
     def _give_back(self, helper: _Helper, healthy: bool) -> None:
-        with self._cond:
+        with self._lock:
             self._busy -= 1
             keep = healthy and not self._closed and helper.generation == self._generation
             if keep:
                 self._idle.append(helper)
-            self._cond.notify_all()
+                self._available.notify()
+            else:
+                self._wanted.notify()  # another in its place
         if not keep:
             helper.stop(kill=not healthy)
 
@@ -312,26 +319,28 @@ class Offload:
 
     def _keep(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._closed and (self._enough() or self._failures >= GIVE_UP_AFTER):
-                    self._cond.wait(CHECK_EVERY)
-                    self._reap_idle()
+                    self._wanted.wait(CHECK_EVERY)
+                    for dead in [h for h in self._idle if h.proc.poll() is not None]:
+                        self._idle.remove(dead)
+                        self._gone(dead)
                 if self._closed:
                     return
                 self._starting += 1
                 generation, config = self._generation, self._config
-            helper = None
+            helper: _Helper | None = None
             try:
                 assert config is not None
                 helper = self._start(config, generation)
             except Exception as exc:
                 log.error("cannot start an upload helper: %s", describe(exc))
-            with self._cond:
+            with self._lock:
                 self._starting -= 1
                 if helper is not None and generation == self._generation and not self._closed:
                     self._idle.append(helper)
                     self._failures = 0
-                    self._cond.notify_all()
+                    self._available.notify()
                     continue
                 if helper is None and generation == self._generation:
                     self._failures += 1
@@ -344,16 +353,15 @@ class Offload:
             if helper is not None:
                 helper.stop()  # started for a configuration replaced meanwhile
                 continue
-            with self._cond:
+            with self._lock:
                 if not self._closed:
-                    self._cond.wait(RESTART_PAUSE)
+                    self._wanted.wait(RESTART_PAUSE)
 
-    def _reap_idle(self) -> None:
-        """Drop idle helpers that have exited (under the lock): others take their place."""
-        for helper in [h for h in self._idle if h.proc.poll() is not None]:
-            log.warning("upload helper (pid %d) exited while idle; starting another", helper.proc.pid)
-            self._idle.remove(helper)
-            helper.sock.close()
+    def _gone(self, helper: _Helper) -> None:
+        """An idle helper that has exited (under the lock): another takes its place."""
+        log.warning("upload helper (pid %d) exited while idle; starting another", helper.proc.pid)
+        helper.sock.close()
+        self._wanted.notify()
 
     def _enough(self) -> bool:
         return len(self._idle) + self._busy + self._starting >= self._target
