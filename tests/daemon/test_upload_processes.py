@@ -5,7 +5,8 @@ files are sent by helpers (their debug line says so) and arrive as they do
 without helpers, with and without injected faults. A helper killed in the
 middle of a send costs that attempt only: the worker sends the file itself
 and a new helper takes its place. A SIGKILLed daemon takes its helpers
-with it.
+with it, also while they are sending, and the restarted daemon sends
+those files again.
 """
 
 from __future__ import annotations
@@ -105,18 +106,37 @@ def test_a_helper_killed_mid_send_costs_one_attempt(make_setup: Callable[..., Se
     assert s.stop() == 0
 
 
-def test_helpers_end_with_the_daemon(make_setup: Callable[..., Setup]) -> None:
-    s = with_helpers(make_setup, SERVICES["lilt"])
+def test_helpers_end_with_the_daemon_and_nothing_is_lost(make_setup: Callable[..., Setup]) -> None:
+    service = SERVICES["lilt"]
+    s = with_helpers(make_setup, service)
+    s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 3.0, "count": 2}])
     s.start()
     s.wait_started()
     assert s.proc is not None
     wait_until(lambda: len(helpers_of(s.proc.pid)) == 2, 30, 0.1, "two upload helpers")
     pids = helpers_of(s.proc.pid)
-    s.kill()  # SIGKILL: no chance to stop them
+    for i in range(6):
+        s.drop(f"f{i}.bin", os.urandom(3000 + i))
+    wait_until(lambda: len(log_of(s, "lilt.initiate")) >= 2, 20, 0.02, "two sends under way")
+    time.sleep(0.3)  # both helpers are inside their held PUT now
+    s.kill()  # SIGKILL: syncd cannot stop them
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    alive = [
-        p for p in pids if Path(f"/proc/{p}/cmdline").exists() and Path(f"/proc/{p}/cmdline").read_bytes()
-    ]
-    assert not alive, f"upload helpers outlived the daemon: {alive}"
+    assert not [p for p in pids if alive(p)], "upload helpers outlived the daemon"
+    s.start()
+    wait_until(lambda: s.all_done(6), 60, 0.1, "every file done after the restart")
+    assert_delivered(s, service)
+    assert s.stop() == 0
+
+
+def log_of(s: Setup, op: str) -> list[dict[str, object]]:
+    return [e for e in s.emulator.requests() if e["op"] == op]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to be reaped counts as gone)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
