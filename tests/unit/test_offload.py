@@ -1,0 +1,153 @@
+"""Upload helpers (syncd/offload.py) on their own: errors across the socket, what is
+handed over, and helpers that cannot start. The daemon with real helpers against the
+emulator: tests/daemon/test_upload_processes.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from syncd import config as configmod
+from syncd import offload
+from syncd.bandwidth import Bandwidth, Limit
+from syncd.destinations._chunked import SessionLost
+from syncd.errors import FatalError, PermanentError, RetryableError, SourceMovedError
+from syncd.ledger import Ledger
+from syncd.offload_helper import CheckpointRefused, HelperFailed, decode, encode
+from syncd.retry_policy import is_disk_full
+
+CONFIG = """
+[daemon]
+state_dir = "state"
+upload_processes = {n}
+
+[destinations.d]
+type = "lilt"
+base_url = "http://127.0.0.1:9/lilt"
+api_key = "offload-test-key"
+
+[[folders]]
+path = "inbox"
+destination = "d"
+"""
+
+
+def load(tmp_path: Path, n: int) -> configmod.Config:
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    path = tmp_path / "syncd.toml"
+    path.write_text(CONFIG.format(n=n))
+    path.chmod(0o600)
+    return configmod.load(path)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RetryableError("503 from the service", status=503, retry_after=7.5, transport=False),
+        RetryableError("connection reset", transport=True),
+        PermanentError("HTTP 400: bad", status=400),
+        FatalError("HTTP 401"),
+        SourceMovedError("renamed during upload"),
+        SessionLost("the service forgot the session"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_upload_errors_cross_with_their_class_and_fields(exc: Exception) -> None:
+    back = decode(encode(exc))
+    assert type(back) is type(exc)
+    assert str(back) == str(exc)
+    assert vars(back) == vars(exc)
+
+
+def test_os_errors_keep_their_errno() -> None:
+    back = decode(encode(OSError(errno.ENOSPC, "No space left on device")))
+    assert isinstance(back, OSError) and back.errno == errno.ENOSPC
+    assert is_disk_full(back)
+    assert isinstance(decode(encode(FileNotFoundError(errno.ENOENT, "gone"))), FileNotFoundError)
+
+
+def test_anything_else_is_an_internal_error_with_its_text() -> None:
+    back = decode(encode(KeyError("d")))
+    assert isinstance(back, RuntimeError) and "KeyError" in str(back)
+    assert isinstance(decode(encode(CheckpointRefused("no"))), RuntimeError)
+
+
+def test_a_class_that_is_not_an_upload_error_is_not_built() -> None:
+    forged = ("upload", "subprocess", "Popen", "x", {})
+    assert isinstance(decode(forged), HelperFailed)
+
+
+class _Row:
+    """What take() reads of a ledger row."""
+
+    def __init__(self, row_id: int, size: int | None, destination: str = "d") -> None:
+        self.id, self.size, self.destination = row_id, size, destination
+
+
+def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
+    off = offload.Offload()
+    never = threading.Event()
+    limits = Bandwidth()
+    limits.configure({"d": Limit(1 << 20), "free": Limit()})
+    assert off.take(_Row(1, offload.SMALL_FILE + 1, "free"), limits, never, lambda: None) is None  # type: ignore[arg-type]
+    assert off.take(_Row(2, 10, "d"), limits, never, lambda: None) is None  # type: ignore[arg-type]
+    # small and unlimited, but no helper running: the worker sends it, without waiting
+    started = time.monotonic()
+    assert off.take(_Row(3, 10, "free"), limits, never, lambda: None) is None  # type: ignore[arg-type]
+    assert time.monotonic() - started < 0.1
+
+
+@pytest.mark.process
+def test_helpers_that_cannot_start_are_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(offload, "RESTART_PAUSE", 0.01)
+    monkeypatch.setattr(offload.sys, "executable", "/bin/false")
+    off = offload.Offload()
+    try:
+        off.configure(load(tmp_path, 2))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (off.health() or {}).get("given_up"):
+            time.sleep(0.05)
+        health = off.health()
+        assert health is not None and health["given_up"] and health["running"] == 0, health
+        assert "upload helpers failed to start 3 times in a row" in caplog.text
+        assert "did not start" in caplog.text
+    finally:
+        off.close()
+
+
+@pytest.mark.process
+def test_helpers_start_stop_and_are_replaced_on_reload(tmp_path: Path) -> None:
+    assert sys.platform.startswith("linux")
+    off = offload.Offload()
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    try:
+        assert off.health() is None  # off: nothing to show
+        off.configure(load(tmp_path, 2))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (off.health() or {}).get("running") != 2:
+            time.sleep(0.05)
+        first = {h.proc.pid for h in off._idle}
+        assert len(first) == 2
+        cfg = load(tmp_path, 2)
+        off.configure(cfg)  # the same configuration: nothing happens
+        assert {h.proc.pid for h in off._idle} == first
+        (tmp_path / "syncd.toml").write_text(CONFIG.format(n=1).replace("offload-test-key", "other-key"))
+        off.configure(configmod.load(tmp_path / "syncd.toml"))  # a reload that changes a secret
+        while time.monotonic() < deadline and (off.health() or {}).get("running") != 1:
+            time.sleep(0.05)
+        second = {h.proc.pid for h in off._idle}
+        assert len(second) == 1 and not second & first
+        for pid in first:  # the old ones exited (and were reaped)
+            assert not os.path.exists(f"/proc/{pid}/cmdline") or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        off.close()
+        ledger.close()
+    assert off.health() is None
