@@ -1,7 +1,7 @@
 """Crash soak: SIGKILL the real daemon N times (default 1000) while files keep
 arriving, restart it each time, and check that nothing was lost.
 
-    .venv/bin/python bench/soak.py --kills 1000 [--seed 1] [--workdir DIR]
+    .venv/bin/python bench/soak.py --kills 1000 [--seed 1] [--workdir DIR] [--upload-processes N]
 
 Prints the counts at the end: kills, files dropped, files done, remote objects,
 duplicate uploads (only ever files in flight at a kill), and the time taken.
@@ -29,10 +29,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--max-delay", type=float, default=1.0, help="longest run between kills (s)")
+    ap.add_argument("--upload-processes", type=int, default=0, help="upload helpers (syncd/offload.py)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-soak-"))
-    s = Setup(work, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}], emulator={"seed": args.seed})
+    s = Setup(
+        work,
+        folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}],
+        emulator={"seed": args.seed},
+        daemon={"upload_processes": args.upload_processes},
+    )
     started = time.monotonic()
     n = 0
     try:

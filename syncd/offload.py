@@ -3,34 +3,23 @@
 One CPython process runs Python code on one core at a time, and for small
 files most of a worker's time is Python: building and parsing HTTP requests.
 With ``[daemon] upload_processes = N`` (0, the default, turns this off) syncd
-starts N helper processes (``python -m syncd.offload_helper``). A worker that has a
-small file to send and finds a helper idle hands it the send; everything else
+starts N helper processes (``python -m syncd.offload_helper``). A worker
+with a small file to send hands the send to an idle helper; everything else
 stays with the worker, as without helpers: opening the file through safefs,
 the ledger, retries, circuits, the archive.
 
-What a helper gets, over a ``SOCK_SEQPACKET`` socket pair (pickled messages):
-
-* at start, the applied configuration; it builds its own HTTP client and
-  destinations from it and answers ``ready``;
-* per file, the destination's name, the :class:`~syncd.destinations.base.UploadItem`,
-  the settled identity (size, mtime, inode, device) and the worker's open
-  descriptor of the file (``SCM_RIGHTS``), so the helper reads exactly the
-  inode the worker opened and checked: it never resolves a path.
-
-It answers ``done`` with the receipt and the SHA-256 of the bytes it read, or
-``error`` with the upload error; on the way it may ask for a ``checkpoint``
-(the worker writes it to the ledger and acknowledges) and reports ``beat``
-while it reads, which the worker passes to its heartbeat.
+What crosses the socket between a worker and its helper:
+:mod:`syncd.offload_helper`.
 
 Only files of at most :data:`SMALL_FILE` bytes to a destination without a
 bandwidth limit are handed over (with their resume state, if an earlier
-attempt left one); the others are sent
-by the worker itself. A worker waits for an idle helper while any helper is
-running, and sends the file itself when none is (still starting, or given
-up), so the workers never depend on helpers. A helper that
-dies or breaks the protocol fails that attempt (retried like a transient
-error, by the worker itself next time) and is replaced; helpers that keep
-failing to start are given up, with an error in the log.
+attempt left one); the others are sent by the worker itself. A worker waits
+for an idle helper while any helper is running, and sends the file itself
+when none is (still starting, or given up), so the workers never depend on
+helpers. A helper that dies or breaks the protocol fails that attempt
+(retried like a transient error, by the worker itself next time) and is
+replaced; helpers that keep failing to start are given up, with an error in
+the log.
 
 Helpers die with syncd (``PR_SET_PDEATHSIG``, and the socket's end), ignore
 SIGTERM, SIGINT and SIGHUP (syncd stops and reloads them), and are started
@@ -249,52 +238,66 @@ class Offload:
         """
         healthy = False
         try:
-            helper.send(
-                ("upload", row.destination, item, row.resume, source.path, source.size, source.mtime_ns,
-                 source.inode, source.device),
-                [source.fileno()],
-            )  # fmt: skip
-            held: BaseException | None = None  # a checkpoint the ledger refused
-            while True:
-                if cancel.is_set():
-                    raise UploadCancelled("syncd is stopping")
-                message = helper.receive(WAIT_SLICE)
-                if message is None:
-                    continue
-                kind = message[0]
-                if kind == "beat":
-                    beat()
-                elif kind == "checkpoint":
-                    try:
-                        checkpoint(message[1])
-                    except BaseException as exc:
-                        held = exc
-                    helper.send(("ack", held is None))
-                elif kind == "done":
-                    healthy = True
-                    if held is not None:
-                        raise held
-                    receipt, sha = message[1:3]
-                    if not isinstance(receipt, Receipt) or not isinstance(sha, str):
-                        raise HelperFailed("upload helper answered without a receipt")
-                    source.hashed_as(sha)
-                    with self._lock:
-                        self._sent += 1
-                    log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(row.inbox_path))
-                    return receipt
-                elif kind == "error":
-                    healthy = True
-                    raise held if held is not None else decode(message[1])
-                else:
-                    raise HelperFailed(f"upload helper sent an unknown message {kind!r}")
-        except HelperFailed:
+            answer = self._exchange(helper, row, item, source, checkpoint, beat, cancel)
+            healthy = True
+        except (HelperFailed, OSError) as exc:  # OSError: the socket, the helper is gone
             self._avoid_row(row.id)
-            raise
-        except OSError as exc:  # the socket: the helper is gone
-            self._avoid_row(row.id)
+            if isinstance(exc, HelperFailed):
+                raise
             raise HelperFailed(f"upload helper (pid {helper.proc.pid}) failed: {exc}") from None
         finally:
             self._give_back(helper, healthy)
+        if isinstance(answer, BaseException):
+            raise answer
+        receipt, sha = answer
+        source.hashed_as(sha)
+        with self._lock:
+            self._sent += 1
+        log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(row.inbox_path))
+        return receipt
+
+    def _exchange(
+        self,
+        helper: _Helper,
+        row: Row,
+        item: UploadItem,
+        source: Source,
+        checkpoint: Callable[[Any], None],
+        beat: Callable[[], None],
+        cancel: threading.Event,
+    ) -> tuple[Receipt, str] | BaseException:
+        """The messages of one send: (receipt, SHA-256), or the error the upload ended with
+        (or the ledger's, when it refused a checkpoint)."""
+        helper.send(
+            ("upload", row.destination, item, row.resume, source.path, source.size, source.mtime_ns,
+             source.inode, source.device),
+            [source.fileno()],
+        )  # fmt: skip
+        held: BaseException | None = None  # a checkpoint the ledger refused
+        while True:
+            if cancel.is_set():
+                raise UploadCancelled("syncd is stopping")
+            message = helper.receive(WAIT_SLICE)
+            if message is None:
+                continue
+            kind = message[0]
+            if kind == "beat":
+                beat()
+            elif kind == "checkpoint":
+                try:
+                    checkpoint(message[1])
+                except Exception as exc:
+                    held = exc
+                helper.send(("ack", held is None))
+            elif kind == "done":
+                receipt, sha = message[1:3]
+                if not isinstance(receipt, Receipt) or not isinstance(sha, str):
+                    raise HelperFailed("upload helper answered without a receipt")
+                return held if held is not None else (receipt, sha)
+            elif kind == "error":
+                return held if held is not None else decode(message[1])
+            else:
+                raise HelperFailed(f"upload helper sent an unknown message {kind!r}")
 
     def _avoid_row(self, row_id: int) -> None:
         with self._lock:

@@ -1,8 +1,26 @@
 """The upload helper process (``python -m syncd.offload_helper``) and what both ends share.
 
-The protocol and the reasons for it are described in :mod:`syncd.offload`.
+Why there are helpers, and how workers use them: :mod:`syncd.offload`.
 This module imports only what a helper needs (the configuration types, the
 destinations, the HTTP client, logging), so a helper starts quickly.
+
+What a helper gets, over a ``SOCK_SEQPACKET`` socket pair (pickled messages):
+
+* at start, the ``[daemon]`` table and the destinations of the applied
+  configuration; it builds its own HTTP client and destinations from them
+  and answers ``ready``;
+* per file, the destination's name, the
+  :class:`~syncd.destinations.base.UploadItem`, the resume state an earlier
+  attempt left, the settled identity (size, mtime, inode, device) and the
+  worker's open descriptor of the file (``SCM_RIGHTS``), so the helper reads
+  exactly the inode the worker opened and checked: it never resolves a path.
+
+It answers ``done`` with the receipt and the SHA-256 of the bytes it read, or
+``error`` with the upload error (:func:`encode`: rebuilt on the worker's side
+with its class and fields, so the retry policy and the circuits see what
+they would have seen without a helper); on the way it may ask for a ``checkpoint``
+(the worker writes it to the ledger and acknowledges) and reports ``beat``
+while it reads, which the worker passes to its heartbeat.
 """
 
 from __future__ import annotations

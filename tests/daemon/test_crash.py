@@ -104,11 +104,17 @@ def test_crash_mid_multipart_resumes_without_resending_parts(tmp_path: Path) -> 
         s.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_random_sigkill_loop(tmp_path: Path, seed: int) -> None:
-    """25 random SIGKILLs per run (50 in CI across the two seeds); nothing is lost."""
+@pytest.mark.parametrize(("seed", "helpers"), [(1, 0), (2, 2)], ids=["seed1", "seed2-upload-helpers"])
+def test_random_sigkill_loop(tmp_path: Path, seed: int, helpers: int) -> None:
+    """25 random SIGKILLs per run (50 in CI across the two seeds, the second with two
+    upload helpers sending the files, syncd/offload.py); nothing is lost."""
     rng = random.Random(seed)
-    s = Setup(tmp_path, folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}], emulator={"seed": seed})
+    s = Setup(
+        tmp_path,
+        folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}],
+        emulator={"seed": seed},
+        daemon={"upload_processes": helpers},
+    )
     try:
         n = 0
         for kill in range(25):

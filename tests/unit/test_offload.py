@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import sys
 import threading
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from syncd import config as configmod
 from syncd import offload
 from syncd.bandwidth import Bandwidth, Limit
 from syncd.destinations._chunked import SessionLost
+from syncd.destinations.base import Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, SourceMovedError
 from syncd.ledger import Ledger
 from syncd.offload_helper import CheckpointRefused, HelperFailed, decode, encode
@@ -84,10 +88,12 @@ def test_a_class_that_is_not_an_upload_error_is_not_built() -> None:
 
 
 class _Row:
-    """What take() reads of a ledger row."""
+    """What the worker's side reads of a ledger row."""
 
     def __init__(self, row_id: int, size: int | None, destination: str = "d") -> None:
         self.id, self.size, self.destination = row_id, size, destination
+        self.resume = None
+        self.inbox_path = "inbox/f.bin"
 
 
 def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
@@ -151,3 +157,83 @@ def test_helpers_start_stop_and_are_replaced_on_reload(tmp_path: Path) -> None:
         off.close()
         ledger.close()
     assert off.health() is None
+
+
+class _FakeHelper:
+    """A helper that answers with canned messages (the worker's side of the protocol)."""
+
+    def __init__(self, *answers: tuple[object, ...]) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[object, ...]] = []
+        self.generation = 0
+        self.proc = types.SimpleNamespace(pid=4242, poll=lambda: None)
+
+    def send(self, message: tuple[object, ...], fds: list[int] | None = None) -> None:
+        self.sent.append(message)
+
+    def receive(self, timeout: float) -> tuple[object, ...] | None:
+        return self.answers.pop(0)
+
+    def stop(self, kill: bool = False) -> None:
+        self.killed = kill
+
+
+def _send_with(
+    tmp_path: Path, helper: _FakeHelper, checkpoint: Callable[[object], None]
+) -> tuple[Receipt, Source]:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"twelve bytes")
+    st = path.stat()
+    off = offload.Offload()
+    off._busy = 1  # as take() leaves it
+    row = _Row(7, st.st_size)
+    item = UploadItem(uuid="u", name="f.bin", relpath="f.bin", size=st.st_size, content_type="x")
+    source = Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+    try:
+        receipt = off.upload(
+            helper,  # type: ignore[arg-type]
+            row,  # type: ignore[arg-type]
+            item,
+            source,
+            checkpoint=checkpoint,
+            beat=lambda: None,
+            cancel=threading.Event(),
+        )
+    except BaseException:
+        source.close()
+        raise
+    return receipt, source
+
+
+def test_done_gives_the_receipt_and_the_helpers_hash(tmp_path: Path) -> None:
+    states: list[object] = []
+    receipt = Receipt(remote_id="r1")
+    helper = _FakeHelper(("beat",), ("checkpoint", {"v": 1}), ("done", receipt, "ab" * 32))
+    got, source = _send_with(tmp_path, helper, states.append)
+    with source:
+        assert got == receipt and source.sha256() == "ab" * 32 and source.bytes_read == source.size
+    assert states == [{"v": 1}] and ("ack", True) in helper.sent
+
+
+def test_an_os_error_in_the_helper_is_the_uploads_not_the_helpers(tmp_path: Path) -> None:
+    helper = _FakeHelper(("error", encode(OSError(errno.EIO, "Input/output error"))))
+    with pytest.raises(OSError) as caught:
+        _send_with(tmp_path, helper, lambda state: None)
+    assert caught.value.errno == errno.EIO and not isinstance(caught.value, HelperFailed)
+
+
+def test_a_checkpoint_the_ledger_refused_ends_the_send_with_the_ledgers_error(tmp_path: Path) -> None:
+    def refuse(state: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    helper = _FakeHelper(("checkpoint", {"v": 1}), ("error", encode(CheckpointRefused("refused"))))
+    with pytest.raises(sqlite3.OperationalError):
+        _send_with(tmp_path, helper, refuse)
+    assert ("ack", False) in helper.sent
+
+
+def test_a_broken_answer_fails_the_helper_and_the_worker_sends_that_file_next(tmp_path: Path) -> None:
+    helper = _FakeHelper(("done", "not a receipt", 3))
+    with pytest.raises(HelperFailed):
+        _send_with(tmp_path, helper, lambda state: None)
+    assert helper.killed
