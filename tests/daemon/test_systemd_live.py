@@ -16,7 +16,8 @@ with a good config (applied before ``systemctl reload`` returns) and with a
 broken one (the reload fails, the daemon keeps running); the sandbox seen
 from the service's own mount namespace; the watchdog restarting a SIGSTOPped
 daemon; ``systemctl stop`` during a large upload, which resumes after the
-next start; and the journal: priorities, and the secret nowhere.
+next start; upload helpers (``upload_processes``) inside the unit's
+sandbox; and the journal: priorities, and the secret nowhere.
 
 Skipped, with the reason, only where the machine cannot do it: not root, no
 namespaces or cgroups, no tree and no Debian mirror to build one, no package
@@ -203,6 +204,22 @@ def drop(m: nspawn.Machine, name: str, content: str, inbox: str = INBOX) -> None
 
 def archived(m: nspawn.Machine, name: str, archive: str = ARCHIVE) -> bool:
     return m.sh(f"test -f {archive}/{name}", check=False).returncode == 0
+
+
+def helpers_of(m: nspawn.Machine, pid: str) -> list[str]:
+    """The upload helper processes of the daemon ``pid`` (syncd/offload.py)."""
+    script = (
+        "import os, sys\n"
+        "for p in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        stat = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()\n"
+        "        cmd = open(f'/proc/{p}/cmdline', 'rb').read()\n"
+        "    except (OSError, ValueError):\n"
+        "        continue\n"
+        "    if stat[1] == sys.argv[1] and b'syncd.offload_helper' in cmd:\n"
+        "        print(p)\n"
+    )
+    return m.sh(f"python3 -c {shlex.quote(script)} {pid}").stdout.split()
 
 
 def journal(m: nspawn.Machine, *args: str) -> str:
@@ -443,6 +460,41 @@ def test_missing_credential_file_fails_the_start_with_243(machine: nspawn.Machin
         m.sh(f"rm -f {DROP_INS}/other-site.conf && systemctl daemon-reload")
         restart_clean(m)
     assert show(m, "ActiveState")["ActiveState"] == "active"
+
+
+def test_upload_helpers_work_in_the_units_sandbox(machine: nspawn.Machine) -> None:
+    """upload_processes = 2 under the shipped unit (its system call filter, namespaces and
+    NoNewPrivileges): the helpers start, send the files, and go with a restart."""
+    m = machine
+    previous = m.sh("cat /etc/syncd/config.toml").stdout
+    helped = previous.replace("rescan_seconds = 60\n", "rescan_seconds = 60\nupload_processes = 2\n", 1)
+    assert "upload_processes = 2" in helped
+    m.sh("cat > /etc/syncd/config.toml", input=helped)
+    m.sh("systemctl reload syncd")
+    pid = show(m, "MainPID")["MainPID"]
+    wait(lambda: len(helpers_of(m, pid)) == 2, 30, "two upload helpers")
+    names = [f"helped-{i}.txt" for i in range(6)]
+    for name in names:
+        drop(m, name, f"sent by an upload helper: {name}")
+    wait(lambda: all(archived(m, name) for name in names), 60, "the files the helpers sent")
+    got = uploads(m)
+    assert all(got[name]["labels"] == ["legal"] for name in names)
+
+    def counts() -> dict[str, Any]:
+        out = m.sh(
+            "CREDENTIALS_DIRECTORY=/etc/syncd/credentials syncd -c /etc/syncd/config.toml status --json"
+        )
+        return json.loads(out.stdout)["daemon"].get("upload_helpers") or {}
+
+    helpers = wait(lambda: (c := counts()).get("sent", 0) >= 1 and c, 20, "the helpers' counts in status")
+    assert helpers["running"] == 2 and helpers["failed"] == 0 and not helpers["given_up"], helpers
+    log = journal(m, "-u", "syncd", "-o", "cat")
+    assert "did not start" not in log and "exited while idle" not in log, log[-2000:]
+    old = helpers_of(m, pid)
+    restart_clean(m)
+    assert not [p for p in old if m.sh(f"test -e /proc/{p}", check=False).returncode == 0]
+    m.sh("cat > /etc/syncd/config.toml", input=previous)
+    m.sh("systemctl reload syncd")
 
 
 def test_journal_has_priorities_and_no_secret(machine: nspawn.Machine) -> None:
