@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from syncd.destinations.base import Receipt
@@ -114,6 +115,18 @@ class _Helper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass(frozen=True)
+class Handover:
+    """One file's send, as a worker hands it to a helper."""
+
+    row: Row
+    item: UploadItem
+    source: Source  # the worker's open file: its descriptor is what the helper reads
+    checkpoint: Callable[[Any], None]  # writes a resume state to the ledger
+    beat: Callable[[], None]  # the worker's heartbeat
+    cancel: threading.Event  # syncd is stopping: the helper is killed
 
 
 class Offload:
@@ -219,29 +232,19 @@ class Offload:
                 beat()
         return None
 
-    def upload(
-        self,
-        helper: _Helper,
-        row: Row,
-        item: UploadItem,
-        source: Source,
-        *,
-        checkpoint: Callable[[Any], None],
-        beat: Callable[[], None],
-        cancel: threading.Event,
-    ) -> Receipt:
-        """Have ``helper`` send ``source`` (the worker's open file); returns the receipt.
+    def upload(self, helper: _Helper, send: Handover) -> Receipt:
+        """Have ``helper`` send the file (the worker's open ``send.source``); returns the receipt.
 
-        The helper's SHA-256 of what it read becomes ``source``'s. Errors are
+        The helper's SHA-256 of what it read becomes the source's. Errors are
         those of the upload; :class:`HelperFailed` when the helper broke, and
         UploadCancelled when ``cancel`` is set (the helper is killed).
         """
         healthy = False
         try:
-            answer = self._exchange(helper, row, item, source, checkpoint, beat, cancel)
+            answer = _exchange(helper, send)
             healthy = True
         except (HelperFailed, OSError) as exc:  # OSError: the socket, the helper is gone
-            self._avoid_row(row.id)
+            self._avoid_row(send.row.id)
             if isinstance(exc, HelperFailed):
                 raise
             raise HelperFailed(f"upload helper (pid {helper.proc.pid}) failed: {exc}") from None
@@ -250,54 +253,11 @@ class Offload:
         if isinstance(answer, BaseException):
             raise answer
         receipt, sha = answer
-        source.hashed_as(sha)
+        send.source.hashed_as(sha)
         with self._lock:
             self._sent += 1
-        log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(row.inbox_path))
+        log.debug("sent by upload helper %d: %s", helper.proc.pid, quoted_path(send.row.inbox_path))
         return receipt
-
-    def _exchange(
-        self,
-        helper: _Helper,
-        row: Row,
-        item: UploadItem,
-        source: Source,
-        checkpoint: Callable[[Any], None],
-        beat: Callable[[], None],
-        cancel: threading.Event,
-    ) -> tuple[Receipt, str] | BaseException:
-        """The messages of one send: (receipt, SHA-256), or the error the upload ended with
-        (or the ledger's, when it refused a checkpoint)."""
-        helper.send(
-            ("upload", row.destination, item, row.resume, source.path, source.size, source.mtime_ns,
-             source.inode, source.device),
-            [source.fileno()],
-        )  # fmt: skip
-        held: BaseException | None = None  # a checkpoint the ledger refused
-        while True:
-            if cancel.is_set():
-                raise UploadCancelled("syncd is stopping")
-            message = helper.receive(WAIT_SLICE)
-            if message is None:
-                continue
-            kind = message[0]
-            if kind == "beat":
-                beat()
-            elif kind == "checkpoint":
-                try:
-                    checkpoint(message[1])
-                except Exception as exc:
-                    held = exc
-                helper.send(("ack", held is None))
-            elif kind == "done":
-                receipt, sha = message[1:3]
-                if not isinstance(receipt, Receipt) or not isinstance(sha, str):
-                    raise HelperFailed("upload helper answered without a receipt")
-                return held if held is not None else (receipt, sha)
-            elif kind == "error":
-                return held if held is not None else decode(message[1])
-            else:
-                raise HelperFailed(f"upload helper sent an unknown message {kind!r}")
 
     def _avoid_row(self, row_id: int) -> None:
         with self._lock:
@@ -397,3 +357,39 @@ class Offload:
             return None
         log.debug("upload helper (pid %d) ready", proc.pid)
         return helper
+
+
+def _exchange(helper: _Helper, send: Handover) -> tuple[Receipt, str] | BaseException:
+    """The messages of one send: (receipt, SHA-256), or the error the upload ended with
+    (or the ledger's, when it refused a checkpoint)."""
+    row, source = send.row, send.source
+    helper.send(
+        ("upload", row.destination, send.item, row.resume, source.path, source.size, source.mtime_ns,
+         source.inode, source.device),
+        [source.fileno()],
+    )  # fmt: skip
+    held: BaseException | None = None  # a checkpoint the ledger refused
+    while True:
+        if send.cancel.is_set():
+            raise UploadCancelled("syncd is stopping")
+        message = helper.receive(WAIT_SLICE)
+        if message is None:
+            continue
+        kind = message[0]
+        if kind == "beat":
+            send.beat()
+        elif kind == "checkpoint":
+            try:
+                send.checkpoint(message[1])
+            except Exception as exc:
+                held = exc
+            helper.send(("ack", held is None))
+        elif kind == "done":
+            receipt, sha = message[1:3]
+            if not isinstance(receipt, Receipt) or not isinstance(sha, str):
+                raise HelperFailed("upload helper answered without a receipt")
+            return held if held is not None else (receipt, sha)
+        elif kind == "error":
+            return held if held is not None else decode(message[1])
+        else:
+            raise HelperFailed(f"upload helper sent an unknown message {kind!r}")

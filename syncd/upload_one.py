@@ -38,7 +38,7 @@ from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
-from syncd.offload import Offload
+from syncd.offload import Handover, Offload
 from syncd.progress import resumed_bytes
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_source import StoppableSource, UploadCancelled, content_type, follow_move, source_root
@@ -248,9 +248,7 @@ class Procedure:
         if helper is None:
             return dest.upload(item, source, row.resume, checkpoint)
         assert offload is not None
-        return offload.upload(
-            helper, row, item, source, checkpoint=checkpoint, beat=pulse.beat, cancel=self.cancel
-        )
+        return offload.upload(helper, Handover(row, item, source, checkpoint, pulse.beat, self.cancel))
 
     def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the

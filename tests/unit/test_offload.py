@@ -83,7 +83,7 @@ def test_anything_else_is_an_internal_error_with_its_text() -> None:
 
 
 def test_a_class_that_is_not_an_upload_error_is_not_built() -> None:
-    forged = ("upload", "subprocess", "Popen", "x", {})
+    forged: tuple[object, ...] = ("upload", "subprocess", "Popen", "x", {})
     assert isinstance(decode(forged), HelperFailed)
 
 
@@ -114,7 +114,7 @@ def test_helpers_that_cannot_start_are_given_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(offload, "RESTART_PAUSE", 0.01)
-    monkeypatch.setattr(offload.sys, "executable", "/bin/false")
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # what a helper is started with
     off = offload.Offload()
     try:
         off.configure(load(tmp_path, 2))
@@ -192,12 +192,7 @@ def _send_with(
     try:
         receipt = off.upload(
             helper,  # type: ignore[arg-type]
-            row,  # type: ignore[arg-type]
-            item,
-            source,
-            checkpoint=checkpoint,
-            beat=lambda: None,
-            cancel=threading.Event(),
+            offload.Handover(row, item, source, checkpoint, lambda: None, threading.Event()),  # type: ignore[arg-type]
         )
     except BaseException:
         source.close()
