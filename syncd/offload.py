@@ -3,7 +3,9 @@
 One CPython process runs Python code on one core at a time, and for small
 files most of a worker's time is Python: building and parsing HTTP requests.
 With ``[daemon] upload_processes = N`` (0, the default, turns this off) syncd
-starts N helper processes (``python -m syncd.offload_helper``). A worker
+runs up to N helper processes (``python -m syncd.offload_helper``): they
+start when a worker has a small file for one, and stop when none was handed
+over for :data:`IDLE_STOP` seconds, so an idle daemon has none. A worker
 with a small file to send hands the send to an idle helper; everything else
 stays with the worker, as without helpers: opening the file through safefs,
 the ledger, retries, circuits, the archive.
@@ -15,8 +17,8 @@ Only files of at most :data:`SMALL_FILE` bytes to a destination without a
 bandwidth limit are handed over (with their resume state, if an earlier
 attempt left one); the others are sent by the worker itself. A worker waits
 for an idle helper while any helper is running, and sends the file itself
-when none is (still starting, or given up), so the workers never depend on
-helpers. A helper that dies or breaks the protocol fails that attempt
+when none is (starting, stopped after a quiet time, or given up), so the
+workers never depend on helpers. A helper that dies or breaks the protocol fails that attempt
 (retried like a transient error, by the worker itself next time) and is
 replaced; helpers that keep failing to start are given up, with an error in
 the log.
@@ -32,11 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.destinations.base import Receipt
 from syncd.errors import describe
 from syncd.logs import quoted_path
-from syncd.offload_helper import MESSAGE, HelperFailed, decode, dumps
+from syncd.offload_helper import Helper, HelperFailed, decode
 from syncd.upload_source import UploadCancelled
 
 if TYPE_CHECKING:
@@ -61,60 +63,8 @@ WAIT_SLICE = 0.25  # a worker waiting for its helper looks at the cancel flag th
 GIVE_UP_AFTER = 3  # helpers that failed to start in a row before offloading stops
 RESTART_PAUSE = 5.0  # seconds between starts after a helper failed
 CHECK_EVERY = 5.0  # seconds between two looks for idle helpers that exited
+IDLE_STOP = 60.0  # helpers stop when no small file was handed over for this long
 AVOID_MAX = 10_000  # rows remembered as "send it yourself" after a helper failed them
-
-
-class _Helper:
-    """One helper process and the worker's end of its socket."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, generation: int) -> None:
-        self.proc = proc
-        self.sock = sock
-        self.generation = generation
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-
-    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
-        data = dumps(message)
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.send(data)
-
-    def receive(self, timeout: float) -> tuple[Any, ...] | None:
-        """The next message, or None if none came within ``timeout``; HelperFailed at EOF."""
-        if not self._poll.poll(timeout * 1000):
-            return None
-        data, _, flags, _ = self.sock.recvmsg(MESSAGE)
-        if flags & socket.MSG_TRUNC:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a message over {MESSAGE} bytes")
-        if not data:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) exited ({self._exit()})")
-        try:
-            message = pickle.loads(data)
-        except Exception:
-            message = None
-        if not isinstance(message, tuple) or not message:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a malformed message")
-        return message
-
-    def _exit(self) -> str:
-        try:
-            code = self.proc.wait(1.0)
-        except subprocess.TimeoutExpired:
-            return "still running"
-        return f"signal {-code}" if code < 0 else f"status {code}"
-
-    def stop(self, kill: bool = False) -> None:
-        """End the helper: closing its socket makes it exit; ``kill`` does not wait for that."""
-        if kill and self.proc.poll() is None:
-            self.proc.kill()
-        self.sock.close()
-        try:
-            self.proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @dataclass(frozen=True)
@@ -136,7 +86,7 @@ class Offload:
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)  # a helper went idle: one worker may go
         self._wanted = threading.Condition(self._lock)  # the starting thread has something to do
-        self._idle: list[_Helper] = []
+        self._idle: list[Helper] = []
         self._busy = 0
         self._starting = 0
         self._target = 0
@@ -145,6 +95,7 @@ class Offload:
         self._failures = 0
         self._closed = False
         self._avoid: set[int] = set()
+        self._demand = -IDLE_STOP  # monotonic time a worker last had a file for a helper
         self._sent = 0  # files sent by helpers since start
         self._failed = 0  # helpers that died or broke while sending
         self._thread: threading.Thread | None = None
@@ -207,7 +158,7 @@ class Offload:
 
     def take(
         self, row: Row, bandwidth: Bandwidth, cancel: threading.Event, beat: Callable[[], None]
-    ) -> _Helper | None:
+    ) -> Helper | None:
         """A helper for ``row``, waiting for one to be idle while any is running; None
         when the worker sends the file itself (too large or limited; no helper
         running yet or any more; stopping)."""
@@ -219,6 +170,9 @@ class Offload:
         ):
             return None
         with self._lock:
+            self._demand = time.monotonic()
+            if not self._enough():
+                self._wanted.notify()  # fewer than configured: the starting thread starts one
             while not cancel.is_set():
                 while self._idle:
                     helper = self._idle.pop()
@@ -232,7 +186,7 @@ class Offload:
                 beat()
         return None
 
-    def upload(self, helper: _Helper, send: Handover) -> Receipt:
+    def upload(self, helper: Helper, send: Handover) -> Receipt:
         """Have ``helper`` send the file (the worker's open ``send.source``); returns the receipt.
 
         The helper's SHA-256 of what it read becomes the source's. Errors are
@@ -266,7 +220,7 @@ class Offload:
             self._avoid.clear()
         self._avoid.add(row_id)
 
-    def _give_back(self, helper: _Helper, healthy: bool) -> None:
+    def _give_back(self, helper: Helper, healthy: bool) -> None:
         with self._lock:
             self._busy -= 1
             keep = healthy and not self._closed and helper.generation == self._generation
@@ -283,16 +237,22 @@ class Offload:
     def _keep(self) -> None:
         while True:
             with self._lock:
-                while not self._closed and (self._enough() or self._failures >= GIVE_UP_AFTER):
-                    self._wanted.wait(CHECK_EVERY)
-                    for dead in [h for h in self._idle if h.proc.poll() is not None]:
-                        self._idle.remove(dead)
-                        self._gone(dead)
+                retire: list[Helper] = []
+                while not self._closed and not self._should_start():
+                    retire = self._tidy()
+                    if retire:
+                        break
+                    self._wanted.wait(self._next_look())
                 if self._closed:
                     return
-                self._starting += 1
-                generation, config = self._generation, self._config
-            helper: _Helper | None = None
+                if not retire:
+                    self._starting += 1
+                    generation, config = self._generation, self._config
+            if retire:
+                for idle in retire:
+                    idle.stop()
+                continue
+            helper: Helper | None = None
             try:
                 assert config is not None
                 helper = self._start(config, generation)
@@ -320,7 +280,33 @@ class Offload:
                 if not self._closed:
                     self._wanted.wait(RESTART_PAUSE)
 
-    def _gone(self, helper: _Helper) -> None:
+    def _should_start(self) -> bool:
+        """(Under the lock.) Fewer helpers than configured, files sent lately, and not given up."""
+        return (
+            not self._enough()
+            and self._failures < GIVE_UP_AFTER
+            and time.monotonic() - self._demand < IDLE_STOP
+        )
+
+    def _tidy(self) -> list[Helper]:
+        """(Under the lock.) Drop idle helpers that exited; the idle ones to stop when no
+        file was handed over for IDLE_STOP seconds (they are taken out of the pool)."""
+        for dead in [h for h in self._idle if h.proc.poll() is not None]:
+            self._idle.remove(dead)
+            self._gone(dead)
+        if self._idle and time.monotonic() - self._demand >= IDLE_STOP:
+            retire, self._idle = self._idle, []
+            log.debug("stopping %d idle upload helper(s)", len(retire))
+            return retire
+        return []
+
+    def _next_look(self) -> float:
+        """(Under the lock.) How long the starting thread may sleep."""
+        if self._idle or self._busy:
+            return max(0.05, min(CHECK_EVERY, self._demand + IDLE_STOP - time.monotonic()))
+        return CHECK_EVERY
+
+    def _gone(self, helper: Helper) -> None:
         """An idle helper that has exited (under the lock): another takes its place."""
         log.warning("upload helper (pid %d) exited while idle; starting another", helper.proc.pid)
         helper.sock.close()
@@ -329,7 +315,7 @@ class Offload:
     def _enough(self) -> bool:
         return len(self._idle) + self._busy + self._starting >= self._target
 
-    def _start(self, config: bytes, generation: int) -> _Helper | None:
+    def _start(self, config: bytes, generation: int) -> Helper | None:
         """Start one helper and wait until it is ready; None (logged) if it is not."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -343,7 +329,7 @@ class Offload:
             raise
         finally:
             theirs.close()
-        helper = _Helper(proc, mine, generation)
+        helper = Helper(proc, mine, generation)
         try:
             helper.send(("config", config))
             message = helper.receive(START_TIMEOUT)
@@ -359,7 +345,7 @@ class Offload:
         return helper
 
 
-def _exchange(helper: _Helper, send: Handover) -> tuple[Receipt, str] | BaseException:
+def _exchange(helper: Helper, send: Handover) -> tuple[Receipt, str] | BaseException:
     """The messages of one send: (receipt, SHA-256), or the error the upload ended with
     (or the ledger's, when it refused a checkpoint)."""
     row, source = send.row, send.source

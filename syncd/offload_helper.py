@@ -30,8 +30,10 @@ import importlib
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -59,6 +61,59 @@ class CheckpointRefused(Exception):
 
 def dumps(message: tuple[Any, ...]) -> bytes:
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Helper:
+    """One helper process and the worker's end of its socket (used by :mod:`syncd.offload`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, generation: int) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.generation = generation
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+
+    def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+        data = dumps(message)
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
+
+    def receive(self, timeout: float) -> tuple[Any, ...] | None:
+        """The next message, or None if none came within ``timeout``; HelperFailed at EOF."""
+        if not self._poll.poll(timeout * 1000):
+            return None
+        data, _, flags, _ = self.sock.recvmsg(MESSAGE)
+        if flags & socket.MSG_TRUNC:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a message over {MESSAGE} bytes")
+        if not data:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) exited ({self._exit()})")
+        try:
+            message = pickle.loads(data)
+        except Exception:
+            message = None
+        if not isinstance(message, tuple) or not message:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a malformed message")
+        return message
+
+    def _exit(self) -> str:
+        try:
+            code = self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        return f"signal {-code}" if code < 0 else f"status {code}"
+
+    def stop(self, kill: bool = False) -> None:
+        """End the helper: closing its socket makes it exit; ``kill`` does not wait for that."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        self.sock.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # errors across the socket ------------------------------------------------------------------

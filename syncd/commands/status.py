@@ -261,6 +261,7 @@ def render(data: dict[str, Any]) -> list[str]:
                 f"({helpers.get('sending', 0)} sending), {helpers.get('sent', 0):,} files sent, "
                 f"{helpers.get('failed', 0):,} failed while sending"
                 + ("; GIVEN UP (they keep failing to start, see the log)" if helpers.get("given_up") else "")
+                + ("; they start when small files wait" if not helpers.get("running") else "")
             )
     else:
         out.append(f"daemon: not running (last heartbeat {ago(d.get('last_heartbeat'))})")

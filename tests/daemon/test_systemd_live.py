@@ -472,6 +472,8 @@ def test_upload_helpers_work_in_the_units_sandbox(machine: nspawn.Machine) -> No
     m.sh("cat > /etc/syncd/config.toml", input=helped)
     m.sh("systemctl reload syncd")
     pid = show(m, "MainPID")["MainPID"]
+    assert helpers_of(m, pid) == []  # none until there are files to send
+    drop(m, "helped-first.txt", "starts the helpers")
     wait(lambda: len(helpers_of(m, pid)) == 2, 30, "two upload helpers")
     names = [f"helped-{i}.txt" for i in range(6)]
     for name in names:

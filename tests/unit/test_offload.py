@@ -22,7 +22,6 @@ from syncd.bandwidth import Bandwidth, Limit
 from syncd.destinations._chunked import SessionLost
 from syncd.destinations.base import Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, SourceMovedError
-from syncd.ledger import Ledger
 from syncd.offload_helper import CheckpointRefused, HelperFailed, decode, encode
 from syncd.retry_policy import is_disk_full
 
@@ -118,6 +117,7 @@ def test_helpers_that_cannot_start_are_given_up(
     off = offload.Offload()
     try:
         off.configure(load(tmp_path, 2))
+        _want(off)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (off.health() or {}).get("given_up"):
             time.sleep(0.05)
@@ -129,34 +129,67 @@ def test_helpers_that_cannot_start_are_given_up(
         off.close()
 
 
+def _running(off: offload.Offload, n: int) -> set[int]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and ((off.health() or {}).get("running") != n or off._starting):
+        time.sleep(0.02)
+    assert (off.health() or {}).get("running") == n, off.health()
+    return {h.proc.pid for h in off._idle}
+
+
+def _gone(pids: set[int]) -> bool:
+    return not any(
+        os.path.exists(f"/proc/{p}/cmdline") and Path(f"/proc/{p}/cmdline").read_bytes() for p in pids
+    )
+
+
+def _want(off: offload.Offload) -> None:
+    """A worker with a small file: no helper yet, so it sends it itself, and helpers start."""
+    assert off.take(_Row(1, 10), Bandwidth(), threading.Event(), lambda: None) is None  # type: ignore[arg-type]
+
+
 @pytest.mark.process
-def test_helpers_start_stop_and_are_replaced_on_reload(tmp_path: Path) -> None:
+def test_helpers_start_with_work_and_are_replaced_on_reload(tmp_path: Path) -> None:
     assert sys.platform.startswith("linux")
     off = offload.Offload()
-    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     try:
         assert off.health() is None  # off: nothing to show
         off.configure(load(tmp_path, 2))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (off.health() or {}).get("running") != 2:
-            time.sleep(0.05)
-        first = {h.proc.pid for h in off._idle}
-        assert len(first) == 2
-        cfg = load(tmp_path, 2)
-        off.configure(cfg)  # the same configuration: nothing happens
+        time.sleep(0.3)
+        assert off.health() == {  # configured, but no file has wanted one yet
+            "configured": 2, "running": 0, "sending": 0, "sent": 0, "failed": 0, "given_up": False,
+        }  # fmt: skip
+        _want(off)
+        first = _running(off, 2)
+        off.configure(load(tmp_path, 2))  # the same configuration: nothing happens
         assert {h.proc.pid for h in off._idle} == first
         (tmp_path / "syncd.toml").write_text(CONFIG.format(n=1).replace("offload-test-key", "other-key"))
         off.configure(configmod.load(tmp_path / "syncd.toml"))  # a reload that changes a secret
-        while time.monotonic() < deadline and (off.health() or {}).get("running") != 1:
-            time.sleep(0.05)
-        second = {h.proc.pid for h in off._idle}
-        assert len(second) == 1 and not second & first
-        for pid in first:  # the old ones exited (and were reaped)
-            assert not os.path.exists(f"/proc/{pid}/cmdline") or not Path(f"/proc/{pid}/cmdline").read_bytes()
+        second = _running(off, 1)
+        assert not second & first and _gone(first)
     finally:
         off.close()
-        ledger.close()
-    assert off.health() is None
+    assert off.health() is None and _gone(second)
+
+
+@pytest.mark.process
+def test_idle_helpers_stop_and_work_starts_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offload, "IDLE_STOP", 0.5)
+    off = offload.Offload()
+    try:
+        off.configure(load(tmp_path, 2))
+        _want(off)
+        first = _running(off, 2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _gone(first):
+            time.sleep(0.05)
+        assert _gone(first) and (off.health() or {}).get("running") == 0
+        _want(off)
+        assert not _running(off, 2) & first
+    finally:
+        off.close()
 
 
 class _FakeHelper:
