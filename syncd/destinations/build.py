@@ -1,6 +1,6 @@
 """The HTTP client and the destinations a configuration describes.
 
-Built here for the daemon (:mod:`syncd.runtime`), for ``syncd check --live``
+Built here for the daemon (:mod:`syncd.runtime`), for ``syncd check --online``
 and for each upload helper process (:mod:`syncd.offload_helper`), which
 imports no more of syncd than this needs.
 """
