@@ -207,6 +207,7 @@ class MainLoop:
         self.metrics.track_destinations(uploader.destination_states)
         self.metrics.track_progress(uploader.progress)
         self.metrics.track_webhook(self.runtime.webhook_health)
+        self.metrics.track_helpers(self.runtime.helpers_health)
         self.settler = Settler(ledger, self.runtime.usable_folders, on_queued=uploader.wake)
         self.intake = IntakeStage(
             ledger,

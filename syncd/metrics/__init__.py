@@ -51,6 +51,13 @@ server (below), at ``http://HOST:PORT/metrics``. The series:
                                            deliveries fail) and
                                            ``syncd_webhook_pending``. Only while
                                            ``webhook_url`` is set; read at scrape time
+``syncd_upload_helpers``                   upload helper processes running, with
+                                           ``syncd_upload_helpers_sending``,
+                                           ``syncd_upload_helper_files_total`` (files
+                                           they sent), ``syncd_upload_helper_``
+                                           ``failures_total`` and
+                                           ``syncd_upload_helpers_given_up``. Only
+                                           while ``upload_processes`` is set
 =========================================  ======================================
 
 plus prometheus-client's ``process_*`` series (start time, memory, fds).
@@ -86,6 +93,7 @@ from syncd.circuit import CircuitState
 from syncd.metrics.collectors import (
     BacklogCollector,
     DestinationCollector,
+    HelpersCollector,
     LedgerCollector,
     ProgressCollector,
     WebhookCollector,
@@ -163,6 +171,7 @@ class Metrics:
         self._progress_collector: ProgressCollector | None = None
         self._backlog_collector: BacklogCollector | None = None
         self._webhook_collector: WebhookCollector | None = None
+        self._helpers_collector: HelpersCollector | None = None
         self.error: str | None = None  # why metrics_listen is not served (`syncd status`)
         self._server: Endpoint | None = None
         self.listen = ""
@@ -200,6 +209,12 @@ class Metrics:
         if self._webhook_collector is None:
             self._webhook_collector = WebhookCollector(health)
             self.registry.register(self._webhook_collector)
+
+    def track_helpers(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Export ``syncd_upload_helper*`` from ``health()`` (None while helpers are off)."""
+        if self._helpers_collector is None:
+            self._helpers_collector = HelpersCollector(health)
+            self.registry.register(self._helpers_collector)
 
     def observe_upload(self, destination: str, size: int, seconds: float, at: float) -> None:
         self.uploaded.labels(destination).inc()

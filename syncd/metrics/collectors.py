@@ -157,8 +157,41 @@ class WebhookCollector(Collector):
         )
 
 
+class HelpersCollector(Collector):
+    """``syncd_upload_helpers*`` from the upload helpers' counts
+    (:meth:`syncd.offload.Offload.health`), read when scraped; nothing while they are off."""
+
+    def __init__(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._health = health
+
+    def collect(self) -> Any:
+        seen = self._health()
+        if seen is None:
+            return
+        yield GaugeMetricFamily(
+            "syncd_upload_helpers", "Upload helper processes running (upload_processes).", seen["running"]
+        )
+        yield GaugeMetricFamily(
+            "syncd_upload_helpers_sending", "Upload helpers sending a file now.", value=seen["sending"]
+        )
+        yield CounterMetricFamily(
+            "syncd_upload_helper_files", "Files sent by upload helpers since start.", value=seen["sent"]
+        )
+        yield CounterMetricFamily(
+            "syncd_upload_helper_failures",
+            "Upload helpers that died or broke while sending, since start (that file was retried).",
+            value=seen["failed"],
+        )
+        yield GaugeMetricFamily(
+            "syncd_upload_helpers_given_up",
+            "1 when upload helpers kept failing to start: the workers send every file until a reload.",
+            value=1 if seen["given_up"] else 0,
+        )
+
+
 __all__ = [
     "BacklogCollector",
+    "HelpersCollector",
     "DestinationCollector",
     "LedgerCollector",
     "ProgressCollector",

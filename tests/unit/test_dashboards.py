@@ -154,6 +154,7 @@ def populated_metrics() -> Metrics:
     m.track_backlog(lambda: 1.0)
     m.track_progress(lambda: [])
     m.track_webhook(lambda: {"delivered": 3, "failed": 1, "dropped": 0, "pending": 2, "failing_since": 1.0})
+    m.track_helpers(lambda: {"running": 2, "sending": 1, "sent": 9, "failed": 0, "given_up": False})
     m.observe_upload("d", 10, 0.5, 1.0)
     m.observe_done(0.0, 1.0)
     m.observe_retry("network")

@@ -265,3 +265,24 @@ def test_a_broken_answer_fails_the_helper_and_the_worker_sends_that_file_next(tm
     with pytest.raises(HelperFailed):
         _send_with(tmp_path, helper, lambda state: None)
     assert helper.killed
+
+
+def test_metrics_read_the_helpers_counts_when_scraped() -> None:
+    from prometheus_client import generate_latest
+
+    from syncd.metrics import Metrics
+
+    seen: list[dict[str, object] | None] = [None]
+    m = Metrics()
+    m.track_helpers(lambda: seen[0])
+    assert b"syncd_upload_helper" not in generate_latest(m.registry)  # off: no series
+    seen[0] = {"configured": 2, "running": 2, "sending": 1, "sent": 41, "failed": 1, "given_up": False}
+    text = generate_latest(m.registry).decode()
+    for line in (
+        "syncd_upload_helpers 2.0",
+        "syncd_upload_helpers_sending 1.0",
+        "syncd_upload_helper_files_total 41.0",
+        "syncd_upload_helper_failures_total 1.0",
+        "syncd_upload_helpers_given_up 0.0",
+    ):
+        assert line in text, text
