@@ -163,7 +163,8 @@ class Offload:
         when the worker sends the file itself (too large or limited; no helper
         running yet or any more; stopping)."""
         if (
-            row.size is None
+            not self._target
+            or row.size is None
             or row.size > SMALL_FILE
             or row.id in self._avoid
             or bandwidth.limit(row.destination).active

@@ -100,12 +100,24 @@ def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
     never = threading.Event()
     limits = Bandwidth()
     limits.configure({"d": Limit(1 << 20), "free": Limit()})
-    assert off.take(_Row(1, offload.SMALL_FILE + 1, "free"), limits, never, lambda: None) is None  # type: ignore[arg-type]
-    assert off.take(_Row(2, 10, "d"), limits, never, lambda: None) is None  # type: ignore[arg-type]
-    # small and unlimited, but no helper running: the worker sends it, without waiting
+    idle = _FakeHelper()
+    off._target, off._idle = 1, [idle]  # type: ignore[list-item]  # one helper, idle
+
+    def take(row: _Row) -> object:
+        return off.take(row, limits, never, lambda: None)  # type: ignore[arg-type]
+
+    assert take(_Row(1, offload.SMALL_FILE + 1, "free")) is None  # too large: the worker's
+    assert take(_Row(2, 10, "d")) is None  # its destination has a bandwidth limit
+    assert off._idle == [idle]
+    assert take(_Row(3, offload.SMALL_FILE, "free")) is idle
+    # the helper is busy now; once it is gone, nobody waits for one
+    off._busy = 0
     started = time.monotonic()
-    assert off.take(_Row(3, 10, "free"), limits, never, lambda: None) is None  # type: ignore[arg-type]
+    assert take(_Row(4, 10, "free")) is None
     assert time.monotonic() - started < 0.1
+    off._target = 0  # upload_processes = 0 (a reload): nothing is handed over
+    off._idle = [idle]  # type: ignore[list-item]
+    assert take(_Row(5, 10, "free")) is None
 
 
 @pytest.mark.process
