@@ -2,13 +2,14 @@
 
 :class:`Runtime` holds the folders, the destinations and their shared
 ``httpx.Client`` (with the daemon's timeouts and TLS settings), the upload
-worker pool (syncd/uploader.py) and the webhook, and knows which folders are
+worker pool (syncd/uploader.py), the upload helpers (syncd/offload.py) and the
+webhook, and knows which folders are
 usable right now. It builds them at start and, on SIGHUP, applies a reload
 (:meth:`Runtime.reload`): the new config is validated completely and new
 clients and destinations are built first, so a failure leaves the running
 configuration untouched; then folders are watched and released, workers
-resized, destinations and credentials swapped, retry settings, bandwidth
-limits, the webhook, metrics and logging re-set. A reload that is refused
+resized, destinations and credentials swapped (upload helpers replaced), retry
+settings, bandwidth limits, the webhook, metrics and logging re-set. A reload that is refused
 keeps the old configuration, and its first problem stays in STATUS until
 one succeeds.
 
