@@ -12,10 +12,10 @@ registers them through its ``track_*`` hooks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from syncd.circuit import CIRCUIT_STATES, CircuitState
@@ -127,17 +127,26 @@ class BacklogCollector(Collector):
         yield family
 
 
-class WebhookCollector(Collector):
-    """``syncd_webhook_*`` from the webhook's counts (:meth:`syncd.webhook.Webhook.health`),
-    read when scraped; nothing while no ``webhook_url`` is set."""
+class _HealthCollector(Collector):
+    """Series read from a ``health()`` dict when scraped; none while it returns None."""
 
     def __init__(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
         self._health = health
 
     def collect(self) -> Any:
         seen = self._health()
-        if seen is None:
-            return
+        if seen is not None:
+            yield from self.families(seen)
+
+    def families(self, seen: Mapping[str, Any]) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class WebhookCollector(_HealthCollector):
+    """``syncd_webhook_*`` from the webhook's counts (:meth:`syncd.webhook.Webhook.health`),
+    read when scraped; nothing while no ``webhook_url`` is set."""
+
+    def families(self, seen: Mapping[str, Any]) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(
             "syncd_webhook_notifications",
             "Webhook notifications since start: delivered, failed (given up after every retry) "
@@ -157,17 +166,11 @@ class WebhookCollector(Collector):
         )
 
 
-class HelpersCollector(Collector):
+class HelpersCollector(_HealthCollector):
     """``syncd_upload_helpers*`` from the upload helpers' counts
     (:meth:`syncd.offload.Offload.health`), read when scraped; nothing while they are off."""
 
-    def __init__(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
-        self._health = health
-
-    def collect(self) -> Any:
-        seen = self._health()
-        if seen is None:
-            return
+    def families(self, seen: Mapping[str, Any]) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "syncd_upload_helpers", "Upload helper processes running (upload_processes).", seen["running"]
         )

@@ -71,11 +71,8 @@ def test_small_files_are_sent_by_helpers(make_setup: Callable[..., Setup], kind:
 
 def test_a_helper_killed_mid_send_costs_one_attempt(make_setup: Callable[..., Setup]) -> None:
     service = SERVICES["lilt"]
-    s = with_helpers(make_setup, service)
-    s.start()
+    s = helpers_running(make_setup, service, {"op": "lilt.put", "kind": "slow", "delay": 5.0})
     assert s.proc is not None
-    warm_up(s)
-    s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 5.0}])
     before = set(helpers_of(s.proc.pid))
     initiated, put = len(log_of(s, "lilt.initiate")), len(log_of(s, "lilt.put"))
     s.drop("held.bin", b"x" * 5000)
@@ -106,11 +103,8 @@ def test_a_helper_killed_mid_send_costs_one_attempt(make_setup: Callable[..., Se
 
 def test_helpers_end_with_the_daemon_and_nothing_is_lost(make_setup: Callable[..., Setup]) -> None:
     service = SERVICES["lilt"]
-    s = with_helpers(make_setup, service)
-    s.start()
+    s = helpers_running(make_setup, service, {"op": "lilt.put", "kind": "slow", "delay": 3.0, "count": 2})
     assert s.proc is not None
-    warm_up(s)
-    s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 3.0, "count": 2}])
     pids = helpers_of(s.proc.pid)
     initiated = len(log_of(s, "lilt.initiate"))
     for i in range(6):
@@ -126,6 +120,15 @@ def test_helpers_end_with_the_daemon_and_nothing_is_lost(make_setup: Callable[..
     wait_until(lambda: s.all_done(7), 60, 0.1, "every file done after the restart")
     assert_delivered(s, service)
     assert s.stop() == 0
+
+
+def helpers_running(make_setup: Callable[..., Setup], service: Service, fault: dict[str, object]) -> Setup:
+    """The daemon started, its two helpers running (:func:`warm_up`), then ``fault`` scripted."""
+    s = with_helpers(make_setup, service)
+    s.start()
+    warm_up(s)
+    s.emulator.set_faults(script=[fault])
+    return s
 
 
 def warm_up(s: Setup) -> None:
