@@ -224,7 +224,6 @@ class Source:
         except BaseException:
             self.close()
             raise
-        self._hash = StreamHash(self._fd, size)
 
     def fileno(self) -> int:
         """The open descriptor (archiving links or copies from it: the bytes uploaded)."""
@@ -274,14 +273,14 @@ class Source:
         One ``fstat`` at the end of the range checks size and mtime (none per
         block: the bytes read are hashed, and the end checks catch a change).
         """
-        assert self._hash is not None
+        stream = self._stream_hash()
         end = min(offset + length, self.size)
         pos = offset
         while pos < end:
             data = os.pread(self._fd, min(block, end - pos), pos)
             if not data:
                 raise SourceChangedError(f"the file was truncated during upload (at byte {pos})")
-            self._hash.offer(pos, data)
+            stream.offer(pos, data)
             with self._lock:
                 self.bytes_read += len(data)
             pos += len(data)
@@ -294,8 +293,15 @@ class Source:
         """The hex SHA-256 of the whole file, reading whatever was not hashed yet."""
         if self._sha256 is not None:
             return self._sha256
-        assert self._hash is not None
-        return self._hash.hexdigest()
+        return self._stream_hash().hexdigest()
+
+    def _stream_hash(self) -> StreamHash:
+        """The hash of the reads, begun at the first one (a file an upload helper sends
+        is never read here, so it never starts a hashing thread)."""
+        with self._lock:
+            if self._hash is None:
+                self._hash = StreamHash(self._fd, self.size)
+            return self._hash
 
     def hashed_as(self, sha256: str) -> None:
         """Another process read and hashed the whole file through this descriptor (an
