@@ -15,8 +15,10 @@ Every client sends the same files to the same local nginx (bench/fastserver.py):
   the workers (syncd/offload.py), their start-up included.
 
 Runs are interleaved; the best of ``--runs`` is kept for each, with the CPU
-time (user + system) that run used per file. One more row, for reference
-and not a client anyone runs: syncd's own Lilt destination code in
+time (user + system) that run used per file. Since a shared machine has slow
+spells, the ratio to the httpx loop is also printed run by run, each from
+runs seconds apart. One more row, for reference and not a client anyone
+runs: syncd's own Lilt destination code in
 ``--workers`` threads of this process, with no ledger, no settle and no
 archive. It is the ceiling of any design that uploads from threads of one
 CPython process: the GIL makes more threads slower than one, and syncd's
@@ -171,6 +173,7 @@ def main() -> int:
         return 0
     env = child_env(RCLONE_CONFIG="/dev/null")
     best: dict[str, tuple[float, float]] = {}  # name: (seconds, CPU seconds) of its best run
+    rounds: list[dict[str, float]] = []  # per run: name -> its rate / the httpx loop's rate
     bare = "bare httpx loop (1 thread)"
     rclone = f"rclone move (WebDAV, {args.workers} transfers)"
     syncd = f"syncd once ({args.workers} workers)"
@@ -181,9 +184,10 @@ def main() -> int:
             base = Path(tmp) / f"run{run}"
             for name in ("httpx", "rclone", "syncd", "helped", "ceiling"):
                 make_files(base / name / "inbox", args.files, args.size)
+            # syncd right after the httpx loop, rclone (a minute) last: a slow spell of a
+            # shared machine then changes the ratios of one round less
             timings = {
                 bare: bare_httpx(base / "httpx" / "inbox", server.url),
-                rclone: rclone_move(base / "rclone" / "inbox", server.url, args.workers, env),
                 syncd: syncd_once(base / "syncd", server.url, args.workers, env),
             }
             if args.upload_processes:
@@ -191,6 +195,8 @@ def main() -> int:
                     base / "helped", server.url, args.workers, env, args.upload_processes
                 )
             timings[ceiling] = destination_only(base / "ceiling" / "inbox", server.url, args.workers)
+            timings[rclone] = rclone_move(base / "rclone" / "inbox", server.url, args.workers, env)
+            rounds.append({name: timings[bare][0] / seconds for name, (seconds, _) in timings.items()})
             for name, (seconds, cpu) in timings.items():
                 if seconds < best.get(name, (float("inf"), 0.0))[0]:
                     best[name] = (seconds, cpu)
@@ -199,11 +205,16 @@ def main() -> int:
     rate = {name: args.files / seconds for name, (seconds, _) in best.items()}
     print(f"{args.files} files of {args.size} B to nginx on loopback, best of {args.runs} runs")
     print(f"{'client':40} {'files/s':>8} {'x httpx':>8} {'x rclone':>9} {'CPU ms/file':>12}")
-    for name, r in rate.items():
+    for name in (n for n in (bare, rclone, syncd, helped, ceiling) if n in rate):
+        r = rate[name]
         if name == ceiling:
             print("for reference, not a client (no ledger, settle or archive):")
         cpu_ms = best[name][1] / args.files * 1000
         print(f"{name:40} {r:8.0f} {r / rate[bare]:8.2f} {r / rate[rclone]:9.1f} {cpu_ms:12.2f}")
+    print("x httpx within each run (the same minute of the machine), run by run:")
+    for name in (syncd, helped):
+        if name in rate:
+            print(f"  {name:38} " + ", ".join(f"{r[name]:.2f}" for r in rounds))
     return 0
 
 
