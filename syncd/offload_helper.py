@@ -59,8 +59,34 @@ class CheckpointRefused(Exception):
     """The worker could not record a checkpoint: the helper abandons the upload."""
 
 
-def dumps(message: tuple[Any, ...]) -> bytes:
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def send(sock: socket.socket, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
+    """One message (pickled), with ``fds`` passed along (``SCM_RIGHTS``)."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket, size: int = MESSAGE) -> tuple[tuple[Any, ...] | None, list[int]]:
+    """The next message (None: the other end closed) and the descriptors sent with it.
+
+    ValueError when it was over ``size`` bytes or is not a message.
+    """
+    data, fds, flags, _ = socket.recv_fds(sock, size, 1)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a message over {size} bytes")
+    if not data:
+        return None, fds
+    try:
+        message = pickle.loads(data)
+    except Exception:
+        message = None
+    if not isinstance(message, tuple) or not message:
+        raise ValueError("a malformed message")
+    return message, fds
 
 
 class Helper:
@@ -74,27 +100,18 @@ class Helper:
         self._poll.register(sock, select.POLLIN)
 
     def send(self, message: tuple[Any, ...], fds: list[int] | None = None) -> None:
-        data = dumps(message)
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.send(data)
+        send(self.sock, message, fds)
 
     def receive(self, timeout: float) -> tuple[Any, ...] | None:
         """The next message, or None if none came within ``timeout``; HelperFailed at EOF."""
         if not self._poll.poll(timeout * 1000):
             return None
-        data, _, flags, _ = self.sock.recvmsg(MESSAGE)
-        if flags & socket.MSG_TRUNC:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a message over {MESSAGE} bytes")
-        if not data:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) exited ({self._exit()})")
         try:
-            message = pickle.loads(data)
-        except Exception:
-            message = None
-        if not isinstance(message, tuple) or not message:
-            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent a malformed message")
+            message, _ = receive(self.sock)
+        except ValueError as exc:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) sent {exc}") from None
+        if message is None:
+            raise HelperFailed(f"upload helper (pid {self.proc.pid}) exited ({self._exit()})")
         return message
 
     def _exit(self) -> str:
@@ -160,16 +177,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve(sock: socket.socket) -> None:
-    def send(message: tuple[Any, ...]) -> None:
-        sock.send(dumps(message))
-
-    def receive(size: int = MESSAGE) -> tuple[tuple[Any, ...] | None, list[int]]:
-        data, fds, flags, _ = socket.recv_fds(sock, size, 1)
-        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            raise SystemExit("upload helper: a message from syncd was too large")
-        return (pickle.loads(data) if data else None), fds
-
-    first, _ = receive(MESSAGE_MAX)
+    first, _ = receive(sock, MESSAGE_MAX)
     if first is None or first[0] != "config":
         return
     daemon, destination_configs = pickle.loads(first[1])
@@ -177,7 +185,7 @@ def _serve(sock: socket.socket) -> None:
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
     client = build_client(cfg)
     destinations = build_destinations(cfg, client)
-    send(("ready",))
+    send(sock, ("ready",))
     last_beat = 0.0
 
     def beat() -> None:
@@ -185,18 +193,18 @@ def _serve(sock: socket.socket) -> None:
         now = time.monotonic()
         if now - last_beat >= BEAT_EVERY:
             last_beat = now
-            send(("beat",))
+            send(sock, ("beat",))
 
     def checkpoint(state: Any) -> None:
-        send(("checkpoint", state))
-        answer, _ = receive()
+        send(sock, ("checkpoint", state))
+        answer, _ = receive(sock)
         if answer is None:
             raise SystemExit(0)
         if answer != ("ack", True):
             raise CheckpointRefused("the checkpoint could not be recorded")
 
     while True:
-        message, fds = receive()
+        message, fds = receive(sock)
         if message is None:
             return
         if message[0] != "upload" or len(fds) != 1:
@@ -212,9 +220,9 @@ def _serve(sock: socket.socket) -> None:
         except Exception as exc:
             if not isinstance(exc, (UploadError, OSError, CheckpointRefused)):
                 log.exception("unexpected error in the upload helper")
-            send(("error", encode(exc)))
+            send(sock, ("error", encode(exc)))
         else:
-            send(("done", receipt, sha))
+            send(sock, ("done", receipt, sha))
 
 
 def main(argv: list[str]) -> int:
@@ -226,6 +234,8 @@ def main(argv: list[str]) -> int:
             _serve(sock)
         except (BrokenPipeError, ConnectionResetError):
             pass  # syncd ended
+        except ValueError as exc:
+            log.error("upload helper: syncd sent %s; stopping", exc)
     return 0
 
 

@@ -2,16 +2,15 @@
 
 :class:`Runtime` holds the folders, the destinations and their shared
 ``httpx.Client`` (with the daemon's timeouts and TLS settings), the upload
-worker pool (syncd/uploader.py), the upload helpers (syncd/offload.py) and the
-webhook, and knows which folders are
-usable right now. It builds them at start and, on SIGHUP, applies a reload
-(:meth:`Runtime.reload`): the new config is validated completely and new
-clients and destinations are built first, so a failure leaves the running
-configuration untouched; then folders are watched and released, workers
-resized, destinations and credentials swapped (upload helpers replaced), retry
-settings, bandwidth limits, the webhook, metrics and logging re-set. A reload that is refused
-keeps the old configuration, and its first problem stays in STATUS until
-one succeeds.
+worker pool (syncd/uploader.py), the upload helpers (syncd/offload.py) and
+the webhook, and knows which folders are usable right now. It builds them at
+start and, on SIGHUP, applies a reload (:meth:`Runtime.reload`): the new
+config is validated completely and new clients and destinations are built
+first, so a failure leaves the running configuration untouched; then folders
+are watched and released, workers resized, destinations and credentials
+swapped (upload helpers replaced), retry settings, bandwidth limits, the
+webhook, metrics and logging re-set. A reload that is refused keeps the old
+configuration, and its first problem stays in STATUS until one succeeds.
 
 Two ledger records come from here: what the applied config names
 (:data:`CONFIG_KEY`: folder paths, destination names and types, never a
@@ -26,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -39,9 +37,8 @@ from syncd import config as configmod
 from syncd import logs
 from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
-from syncd.destinations.build import build_client, build_destinations
+from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
-from syncd.http import tls_context
 from syncd.ledger import Ledger
 from syncd.liveness import Bounds, Liveness
 from syncd.logs import quoted_path
@@ -66,9 +63,7 @@ def build_webhook(current: Webhook | None, daemon: configmod.DaemonConfig) -> We
         if current is not None:
             current.close(0)
         return None
-    verify: bool | ssl.SSLContext = False
-    if daemon.tls_verify:
-        verify = tls_context(os.fspath(daemon.ca_bundle) if daemon.ca_bundle else None)
+    verify = tls_verify(daemon)
     timeout = min(daemon.connect_timeout, daemon.io_timeout, 30.0)
     if current is None:
         return Webhook(url, daemon.webhook_secret, verify=verify, timeout=timeout)

@@ -245,9 +245,8 @@ class Procedure:
 
         offload = self.offload
         helper = None if offload is None else offload.take(row, self.bandwidth, self.cancel, pulse.beat)
-        if helper is None:
+        if offload is None or helper is None:
             return dest.upload(item, source, row.resume, checkpoint)
-        assert offload is not None
         return offload.upload(helper, Handover(row, item, source, checkpoint, pulse.beat, self.cancel))
 
     def _metadata(self, row: Row, folder: FolderConfig, dest: Destination) -> metadata.Metadata | State:

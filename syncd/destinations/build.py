@@ -26,15 +26,20 @@ def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str,
     }
 
 
+def tls_verify(daemon: configmod.DaemonConfig) -> bool | ssl.SSLContext:
+    """What an HTTP client of this daemon verifies certificates with (``tls_verify``,
+    ``ca_bundle``): False, or the trust store plus the extra bundle."""
+    if not daemon.tls_verify:
+        return False
+    return tls_context(os.fspath(daemon.ca_bundle) if daemon.ca_bundle else None)
+
+
 def build_client(cfg: configmod.Config) -> httpx.Client:
     d = cfg.daemon
-    verify: bool | ssl.SSLContext = False
-    if d.tls_verify:
-        verify = tls_context(os.fspath(d.ca_bundle) if d.ca_bundle else None)
     return make_client(
         connect=d.connect_timeout,
         read=d.io_timeout,
         write=d.io_timeout,
         max_connections=max(8, d.workers * 2),
-        verify=verify,
+        verify=tls_verify(d),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from syncd.ledger.row import (
@@ -175,32 +176,25 @@ class Queries(Writer):
             (now, limit),
         )
 
+    def _earliest(self, column: str, where: str, args: Sequence[Any] = ()) -> float | None:
+        """``MIN(column)`` over the rows ``where`` selects (wall clock), None when none."""
+        with self._lock:
+            r = self._conn.execute(f"SELECT MIN({column}) FROM files WHERE {where}", args).fetchone()
+        return None if r is None or r[0] is None else float(r[0])
+
     def next_settle_due(self) -> float | None:
         """When the next settling row is due a look (None: nothing settles)."""
-        with self._lock:
-            r = self._conn.execute(
-                f"SELECT MIN(due_at) FROM files WHERE state = '{State.SETTLING}'"
-            ).fetchone()
-        return None if r[0] is None else float(r[0])
+        return self._earliest("due_at", f"state = '{State.SETTLING}'")
 
     def first_retry(self, folders: list[str]) -> float | None:
         """When the earliest retrying row of these folders is due (wall clock)."""
         marks = ", ".join("?" * len(folders))
-        with self._lock:
-            r = self._conn.execute(
-                f"SELECT MIN(next_attempt_at) FROM files WHERE state = '{State.RETRYING}'"
-                f" AND folder IN ({marks})",
-                folders,
-            ).fetchone()
-        return None if r is None or r[0] is None else float(r[0])
+        where = f"state = '{State.RETRYING}' AND folder IN ({marks})"
+        return self._earliest("next_attempt_at", where, folders)
 
     def next_due(self) -> float | None:
         """When the earliest waiting queued/retrying row becomes due (wall clock)."""
-        with self._lock:
-            r = self._conn.execute(
-                f"SELECT MIN(next_attempt_at) FROM files WHERE state IN {sql_in(WAITING_STATES)}"
-            ).fetchone()
-        return None if r is None else r[0]
+        return self._earliest("next_attempt_at", f"state IN {sql_in(WAITING_STATES)}")
 
     def waiting_elsewhere(self, destinations: list[str]) -> dict[str, int]:
         """Waiting (queued or retrying) rows per destination that is not in ``destinations``:

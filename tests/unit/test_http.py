@@ -23,3 +23,25 @@ def test_retry_after_both_forms_and_cap() -> None:
     assert parse_retry_after("999999") == 900
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", date="Wed, 21 Oct 2015 07:28:00 GMT") == 5
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_the_client_keeps_no_cookies() -> None:
+    """A Set-Cookie from one service never goes along with a later request (to it or another)."""
+    import httpx
+
+    from syncd.http import make_client
+
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"})
+
+    with make_client(transport=httpx.MockTransport(answer)) as client:
+        client.get("http://service.example/a")
+        client.get("http://service.example/b")
+        assert not client.cookies
+        with pytest.raises(TypeError):
+            client.cookies = {"session": "abc"}  # type: ignore[assignment]
+        client.cookies = None  # type: ignore[assignment]  # nothing to keep: allowed
+    assert seen == [None, None]

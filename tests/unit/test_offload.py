@@ -298,3 +298,17 @@ def test_metrics_read_the_helpers_counts_when_scraped() -> None:
         "syncd_upload_helpers_given_up 0.0",
     ):
         assert line in text, text
+
+
+def test_a_file_a_helper_sent_starts_no_hashing_thread_in_the_worker(tmp_path: Path) -> None:
+    """The worker's Source of a 5 MiB file (hashed on a thread of its own when read) is never
+    read when a helper sends it: no thread is started, and the helper's hash is the file's."""
+    path = tmp_path / "five.bin"
+    path.write_bytes(os.urandom(5 << 20))
+    st = path.stat()
+    before = {t.ident for t in threading.enumerate()}
+    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        source.hashed_as("cd" * 32)
+        assert source.sha256() == "cd" * 32
+        started = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert started == []
