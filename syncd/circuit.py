@@ -37,9 +37,12 @@ States (``CircuitState.state``):
                   circuit at once and everything queued flows again.
 ``refused``       open after a refusal for ``refuse_pause`` (60 s) per step,
                   then probed like ``down``.
-``rate_limited``  held until the server's Retry-After (or, without one, a
-                  step that grows with every 429 in a row from ``base`` up to
-                  ``cap``); then every worker goes again, without a probe.
+``rate_limited``  held until the server's Retry-After, at most ``cap`` (or,
+                  without one, a step that grows with every 429 in a row from
+                  ``base`` up to ``cap``), and never less than a wait the
+                  service documents (``min_wait``, e.g. Lilt's 60 s, which no
+                  ``cap`` shortens); then every worker goes again, without a
+                  probe.
 
 Attempts (``max_attempts`` counts what belongs to the file).
 :meth:`~Circuit.failed` returns a :class:`Verdict`; ``charge`` is True only
@@ -264,8 +267,12 @@ class Circuit:
             if probe and probe == self._probe:
                 self._probe = 0
 
-    def rate_limited(self, retry_after: float | None, reason: str, *, probe: int = GO) -> float:
-        """A 429: no upload starts until the wait is over. Returns when it is over."""
+    def rate_limited(
+        self, retry_after: float | None, reason: str, *, probe: int = GO, min_wait: float = 0.0
+    ) -> float:
+        """A 429: no upload starts until the wait is over. Returns when it is over.
+
+        ``min_wait`` (a wait the service documents) is kept even above ``cap``."""
         with self._lock:
             now = self._clock()
             is_probe = bool(probe) and probe == self._probe
@@ -276,7 +283,7 @@ class Circuit:
                 wait = min(max(retry_after, 0.0), self.cap)
             else:
                 wait = min(self.base * 2 ** (self._limited - 1), self.cap)
-            until = now + wait
+            until = now + max(wait, min_wait)
             if self._state != RATE_LIMITED:
                 self._since = now
                 self._state = RATE_LIMITED

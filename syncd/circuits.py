@@ -158,7 +158,9 @@ class Circuits:
             circuit.refused(describe(exc), probe=token)
         except RetryableError as exc:
             if exc.status == 429:
-                circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=token)
+                circuit.rate_limited(
+                    exc.retry_after, "rate limited (HTTP 429)", probe=token, min_wait=exc.min_wait
+                )
             elif is_outage(exc):
                 verdict = circuit.failed(describe(exc), retry_after=exc.retry_after, probe=token)
                 log.info(

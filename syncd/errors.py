@@ -94,7 +94,10 @@ class RetryableError(UploadError):
 
     ``transport`` is True when no HTTP answer came at all (connection refused
     or reset, DNS, timeouts): with a 5xx, that is an outage of the service,
-    not a failure of the file (:mod:`syncd.circuit`).
+    not a failure of the file (:mod:`syncd.circuit`). ``min_wait`` is the
+    least wait the service documents after this answer (Lilt's 60 s after a
+    429 that names no wait): ``retry_max_seconds`` caps ``retry_after``, never
+    this.
     """
 
     def __init__(
@@ -104,10 +107,12 @@ class RetryableError(UploadError):
         status: int | None = None,
         retry_after: float | None = None,
         transport: bool = False,
+        min_wait: float = 0.0,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
         self.transport = transport
+        self.min_wait = min_wait
 
 
 class ExpiredError(RetryableError):

@@ -214,13 +214,16 @@ def check(
     auth_fatal: bool = True,
     retry_after: float | None = None,
     expired: tuple[int, ...] = (),
+    min_wait: float = 0.0,
 ) -> httpx.Response:
     """Return ``response`` if its status is in ``ok``, else raise the mapped error.
 
     ``expired`` lists statuses that mean "the presigned URL, policy or token
     has expired" for this request (typically ``(403,)`` for a PUT to cloud
     storage); they raise :class:`~syncd.errors.ExpiredError`, which the
-    destination handles by re-signing.
+    destination handles by re-signing. ``retry_after`` (when the answer has
+    no ``Retry-After``) and ``min_wait`` go to the
+    :class:`~syncd.errors.RetryableError` of a retryable status.
     """
     status = response.status_code
     if status in ok:
@@ -231,7 +234,9 @@ def check(
         raise ExpiredError(message, status=status)
     if status in RETRYABLE_STATUS:
         hint = parse_retry_after(response.headers.get("Retry-After"), date=response.headers.get("Date"))
-        raise RetryableError(message, status=status, retry_after=hint if hint is not None else retry_after)
+        raise RetryableError(
+            message, status=status, retry_after=hint if hint is not None else retry_after, min_wait=min_wait
+        )
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)
     if 200 <= status < 300:

@@ -161,7 +161,9 @@ class RetryPolicy:
         they may get their own 429."""
         circuit = self.circuits.get(row.destination)
         before = circuit.snapshot()
-        until = circuit.rate_limited(exc.retry_after, "rate limited (HTTP 429)", probe=probe)
+        until = circuit.rate_limited(
+            exc.retry_after, "rate limited (HTTP 429)", probe=probe, min_wait=exc.min_wait
+        )
         now = self.clock()
         if before.state != "rate_limited" or (before.next_probe_at or 0.0) < until:
             log.warning(

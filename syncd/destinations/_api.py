@@ -68,7 +68,9 @@ class RateLimit:
 
     :func:`syncd.http.check` reads ``Retry-After`` itself; this is its
     fallback: ``headers`` in order, each ``(name, DELAY or RESET)``, then
-    ``default``, the wait the service documents for its API.
+    ``default``, the wait the service documents for its API. That documented
+    wait is also a floor (:meth:`floor`): ``retry_max_seconds`` caps the
+    waits servers name, not the one the service's documentation demands.
     """
 
     headers: tuple[tuple[str, str], ...] = ()
@@ -88,6 +90,18 @@ class RateLimit:
             if hint is not None:
                 return hint
         return self.default if api else None
+
+    def floor(
+        self, response: httpx.Response, now: Callable[[], float] = time.time, *, api: bool = True
+    ) -> float:
+        """The documented wait when it is the one that applies (an API 429 naming no
+        wait of its own), else 0: the least time to hold back, whatever the cap."""
+        if self.default is None or not api or response.status_code != 429:
+            return 0.0
+        named = parse_retry_after(response.headers.get("Retry-After"), date=response.headers.get("Date"))
+        if named is not None:
+            return 0.0
+        return self.default if self.wait(response, now, api=api) == self.default else 0.0
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -182,6 +196,7 @@ class Api:
                 ok=self.ok if ok is None else ok,
                 expired=expired,
                 retry_after=self.rate_limit.wait(response, self.now, api=api),
+                min_wait=self.rate_limit.floor(response, self.now, api=api),
             )
         except (PermanentError, FatalError) as exc:
             if session and exc.status in self.lost:

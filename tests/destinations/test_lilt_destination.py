@@ -917,10 +917,12 @@ def test_429_without_retry_after_waits_lilts_60_seconds(
     with pytest.raises(RetryableError) as info:
         upload(dest, path)
     assert info.value.status == 429 and info.value.retry_after == 60.0
+    assert info.value.min_wait == 60.0  # documented: retry_max_seconds does not shorten it
     emu.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": 7}])
     with pytest.raises(RetryableError) as info:
         upload(dest, path)
     assert info.value.retry_after == 7.0  # the server's own word wins when it gives one
+    assert info.value.min_wait == 0.0
     emu.set_faults(script=[{"op": "lilt.initiate", "status": 503}])
     with pytest.raises(RetryableError) as info:
         upload(dest, path)

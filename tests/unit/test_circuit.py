@@ -239,6 +239,16 @@ def test_rate_limited_holds_everyone_then_lets_everyone_go_without_a_probe(clock
     assert c.rate_limited(None, "429") - clock() == 1.0
 
 
+def test_a_documented_wait_is_kept_above_the_cap(clock: FakeClock) -> None:
+    """retry_max_seconds caps the waits servers name; a wait the service documents
+    (min_wait: Lilt's 60 s) is held whatever the cap."""
+    c = make(clock, base=1.0, cap=5.0)
+    assert c.rate_limited(60.0, "429", min_wait=60.0) == clock() + 60.0
+    clock.advance(60.0)
+    assert c.admit() == GO
+    assert c.rate_limited(60.0, "429") == clock() + 5.0  # a server's own word: capped
+
+
 def test_a_late_429_does_not_close_an_open_circuit(clock: FakeClock) -> None:
     c = make(clock)
     open_it(c)

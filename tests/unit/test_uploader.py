@@ -324,6 +324,20 @@ def test_a_429_holds_the_destination_without_spending_attempts(setup: Any, clock
     assert ledger.get(other).state == "done"
 
 
+def test_a_429_waits_the_documented_time_whatever_retry_max_seconds(setup: Any, clock: FakeClock) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    up.set_retry(1.0, 5.0)  # an operator's short retry_max_seconds
+    row_id = drop("a.txt")
+    dest.script = [RetryableError("HTTP 429", status=429, retry_after=60.0, min_wait=60.0)]
+    assert work(up) == "retrying"
+    row = ledger.get(row_id)
+    assert row.attempts == 0 and row.next_attempt_at == pytest.approx(clock() + 60)
+    clock.advance(5)
+    assert work(up) is None  # the cap does not shorten the service's documented wait
+    clock.advance(55)
+    assert work(up) == "done"
+
+
 def test_an_idle_open_circuit_asks_the_service_with_probe(setup: Any, clock: FakeClock) -> None:
     ledger, folder, dest, up, drop, step = setup
     for _ in range(THRESHOLD):
