@@ -7,6 +7,7 @@ instance holds the lock, 4 the ledger is unusable.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     o = cmd("once", "ingest what is in the folders now, upload, archive, exit (exit 1 if any file failed)")
     o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], type=str.lower)
     o.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    o.add_argument(
+        "--max-wait",
+        type=functools.partial(_seconds, zero=True),
+        default=None,
+        metavar="SECONDS",
+        help="wait for retries and rate limits that end within SECONDS (default "
+        "60); files whose next try is later are left for the next run (exit 1)",
+    )
     s = cmd(
         "status",
         "counts per state and per folder, uploads in flight with their "
@@ -188,13 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds {'>= 0' if zero else '> 0'}, got {text!r}"
+        )
     return value
 
 
@@ -254,6 +265,8 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     cfg = _load(args)
     setup_logging(args.log_level or cfg.daemon.log_level, cfg.daemon.log_format)
     daemon = Daemon(cfg, once=once)
+    if getattr(args, "max_wait", None) is not None:
+        daemon.once_wait = args.max_wait
     if not once:
         return daemon.run()
     stop = threading.Event()

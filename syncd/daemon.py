@@ -58,6 +58,7 @@ from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
+from syncd.once import RETRY_WAIT as ONCE_WAIT
 from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
 from syncd.recovery import SWEEP_EVERY, Recovery
 from syncd.runtime import Runtime
@@ -110,6 +111,7 @@ class Daemon:
         self._signals = 0
         self.final_counts: dict[str, int] = {}
         self.held_back = 0  # once mode: files left for the next run (syncd/once.py)
+        self.once_wait = ONCE_WAIT  # once mode: the longest retry or rate limit waited for
 
     def run(self) -> int:
         """Run until stopped (or, in once mode, until idle). Returns the exit code."""
@@ -366,7 +368,10 @@ class MainLoop:
         if self.intake.scans_pending():
             return False
         held = once.left_for_next_run(
-            self.ledger, self.uploader.destination_states(), self.runtime.usable_folders()
+            self.ledger,
+            self.uploader.destination_states(),
+            self.runtime.usable_folders(),
+            wait=self.daemon.once_wait,
         )
         if held is None:
             return False

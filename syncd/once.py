@@ -2,9 +2,10 @@
 
 ``once`` uploads what is in the folders now and exits. It does not wait out
 what would keep it running for minutes: files of a destination whose circuit
-is open (down, refusing uploads, or rate limited for longer than
-:data:`RETRY_WAIT`), and files whose next retry is more than
-:data:`RETRY_WAIT` away (a server's ``Retry-After``, a backoff grown long).
+is open (down, refusing uploads, or rate limited for longer than ``wait``,
+:data:`RETRY_WAIT` unless ``syncd once --max-wait`` says otherwise), and
+files whose next retry is more than ``wait`` away (a server's
+``Retry-After``, a backoff grown long).
 Those stay where they are, in the ledger, and the next run takes them; the
 run says how many and exits 1.
 """
@@ -21,7 +22,7 @@ from syncd.ledger import ACTIVE_STATES, Ledger, State
 
 log = logging.getLogger("syncd.daemon")  # said as the daemon's own lines
 
-RETRY_WAIT = 60.0  # `once` waits for a retry due within this many seconds, not for a later one
+RETRY_WAIT = 60.0  # by default `once` waits for a retry due within this many seconds, not a later one
 
 
 def left_for_next_run(
@@ -29,6 +30,8 @@ def left_for_next_run(
     destinations: Mapping[str, CircuitState],
     folders: Mapping[str, FolderConfig],
     clock: Callable[[], float] = time.time,
+    *,
+    wait: float = RETRY_WAIT,
 ) -> int | None:
     """None while ``once`` has work to wait for; else how many files it leaves for the
     next run (0: everything reached a final state), each group said in the log."""
@@ -38,7 +41,7 @@ def left_for_next_run(
         name: st
         for name, st in destinations.items()
         if st.state in (DOWN, REFUSED)
-        or (st.state == RATE_LIMITED and (st.next_probe_at or now) - now > RETRY_WAIT)
+        or (st.state == RATE_LIMITED and (st.next_probe_at or now) - now > wait)
     }
     waiting: dict[str, int] = {}
     retrying: list[str] = []  # folders whose files left all wait for a retry
@@ -56,7 +59,7 @@ def left_for_next_run(
             return None
     later = sum(by_folder[root].get(State.RETRYING, 0) for root in retrying)
     first = ledger.first_retry(retrying) if retrying else None
-    if retrying and (first is None or first - now <= RETRY_WAIT):
+    if retrying and (first is None or first - now <= wait):
         return None  # a retry due soon (or with no time: due now)
     for name, n in waiting.items():
         log.warning(
@@ -71,6 +74,6 @@ def left_for_next_run(
             "%d file(s) wait for a retry, the first at %s (more than %gs away): they wait for the next run",
             later,
             time.strftime("%H:%M:%S", time.localtime(first)),
-            RETRY_WAIT,
+            wait,
         )
     return sum(waiting.values()) + later

@@ -188,6 +188,9 @@ def parent(
     rootfd = open_root(root) if not isinstance(root, int) else root
     try:
         rel_dir = "/".join(parts[:-1])
+        if not rel_dir:  # a name in the root itself: its descriptor serves, no second one
+            yield rootfd, parts[-1]
+            return
         dirfd = makedirs(rootfd, rel_dir, mode) if create else open_beneath(rootfd, rel_dir, DIR_FLAGS)
         try:
             yield dirfd, parts[-1]

@@ -307,9 +307,9 @@ def test_once_shows_progress_on_a_terminal(make_setup: Callable[..., Setup]) -> 
     assert "\r" in text and "settling" in text and "5 done" in text
 
 
-def _once(s: Setup) -> subprocess.CompletedProcess[str]:
+def _once(s: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress"],
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress", *args],
         env=s.env(),
         capture_output=True,
         text=True,
@@ -333,6 +333,28 @@ def test_once_leaves_a_distant_retry_for_the_next_run(make_setup: Callable[..., 
     assert s.counts() == {"retrying": 1, "queued": 2}
     assert all(r.attempts == 0 for r in s.rows())  # a 429 spends nothing
     assert sorted(p.name for p in s.inbox().iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+def test_once_max_wait_sets_how_long_a_retry_may_be_waited_for(make_setup: Callable[..., Setup]) -> None:
+    """`--max-wait 0`: a file told to come back in 3 s is left for the next run at once;
+    `--max-wait 10` waits for it (the default, 60 s, would too)."""
+    s = make_setup(folders=[{"name": "in"}], daemon={"workers": 1})
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": 3}])
+    s.drop("a.txt", b"told to wait a little")
+    started = time.monotonic()
+    out = _once(s, "--max-wait", "0")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 3
+    assert "(no files; 1 left for the next run)" in out.stdout
+    assert "destination 'lilt' is rate_limited (rate limited (HTTP 429)): 1 file(s) wait" in out.stderr
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "kind": "429", "retry_after": 3}])
+    started = time.monotonic()
+    out = _once(s, "--max-wait", "10")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert time.monotonic() - started >= 3  # the 429's wait, waited out
+    assert s.counts() == {"done": 1}
+    bad = _once(s, "--max-wait", "-1")
+    assert bad.returncode == 2 and "expected a number of seconds >= 0, got '-1'" in bad.stderr
 
 
 def test_once_does_not_wait_out_an_outage(make_setup: Callable[..., Setup]) -> None:
