@@ -2,9 +2,10 @@
 
 ``syncd unit`` prints (or installs) the files a distribution package would
 install, shipped in the wheel as package data (``syncd/data/``, links to
-``systemd/`` and ``config.example.toml`` in a checkout): the unit, the
-sysusers.d and tmpfiles.d snippets, the example config, and a drop-in with
-one ``LoadCredential=`` per ``credential:NAME`` the config uses.
+``systemd/``, ``config.example.toml`` and ``contrib/`` in a checkout): the
+unit, the sysusers.d and tmpfiles.d snippets, the example config, the
+Grafana dashboard and Prometheus alerting rules, and a drop-in with one
+``LoadCredential=`` per ``credential:NAME`` the config uses.
 
 ``syncd reload`` is the unit's ``ExecReload=``: it sends SIGHUP to the daemon
 and returns only once the daemon has applied the new config (exit 0) or
@@ -53,6 +54,8 @@ SHIPPED = {
     "syncd.tmpfiles.conf": "etc/tmpfiles.d/syncd.conf",
 }
 EXAMPLE_CONFIG = "config.example.toml"
+GRAFANA_DASHBOARD = "syncd-dashboard.json"  # contrib/grafana/ in the checkout
+PROMETHEUS_ALERTS = "syncd-alerts.yml"  # contrib/prometheus/ in the checkout
 UNIT_EXEC = "/opt/syncd/bin/syncd"  # the unit's ExecStart= and ExecReload= program
 
 
@@ -70,14 +73,22 @@ def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``unit`` and ``reload`` with the CLI's ``cmd(name, help)`` helper."""
     u = cmd(
         "unit",
-        "print or install the systemd unit, the sysusers/tmpfiles snippets "
-        "and the example config shipped with syncd",
+        "print or install the systemd unit, the sysusers/tmpfiles snippets; "
+        "print the example config and the monitoring files shipped with syncd",
     )
     what = u.add_mutually_exclusive_group()
     what.add_argument("--sysusers", action="store_true", help="print the sysusers.d snippet")
     what.add_argument("--tmpfiles", action="store_true", help="print the tmpfiles.d snippet")
     what.add_argument(
         "--config-example", action="store_true", help="print config.example.toml (every key with its default)"
+    )
+    what.add_argument(
+        "--grafana-dashboard",
+        action="store_true",
+        help="print the Grafana dashboard (JSON, for a Prometheus data source scraping syncd)",
+    )
+    what.add_argument(
+        "--prometheus-alerts", action="store_true", help="print the Prometheus alerting rules for syncd"
     )
     what.add_argument(
         "--credentials",
@@ -124,15 +135,14 @@ def cmd_unit(args: argparse.Namespace) -> int:
     if args.credentials:
         sys.stdout.write(credentials_drop_in(_config_path(args)))
         return EXIT_OK
-    name = (
-        "syncd.sysusers.conf"
-        if args.sysusers
-        else "syncd.tmpfiles.conf"
-        if args.tmpfiles
-        else EXAMPLE_CONFIG
-        if args.config_example
-        else "syncd.service"
-    )
+    flags = {
+        "sysusers": "syncd.sysusers.conf",
+        "tmpfiles": "syncd.tmpfiles.conf",
+        "config_example": EXAMPLE_CONFIG,
+        "grafana_dashboard": GRAFANA_DASHBOARD,
+        "prometheus_alerts": PROMETHEUS_ALERTS,
+    }
+    name = next((file for flag, file in flags.items() if getattr(args, flag)), "syncd.service")
     sys.stdout.write(shipped(name))
     return EXIT_OK
 

@@ -30,6 +30,8 @@ SHIPPED_FROM = {
     "syncd.sysusers.conf": ROOT / "systemd" / "syncd.sysusers.conf",
     "syncd.tmpfiles.conf": ROOT / "systemd" / "syncd.tmpfiles.conf",
     "config.example.toml": ROOT / "config.example.toml",
+    "syncd-dashboard.json": ROOT / "contrib" / "grafana" / "syncd-dashboard.json",
+    "syncd-alerts.yml": ROOT / "contrib" / "prometheus" / "syncd-alerts.yml",
 }
 
 
@@ -44,8 +46,14 @@ def syncd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 
 def test_package_data_is_the_checkouts_files() -> None:
-    """syncd/data holds (links to) the files in systemd/ and config.example.toml."""
-    assert set(SHIPPED_FROM) == {*systemd.SHIPPED, systemd.EXAMPLE_CONFIG}
+    """syncd/data holds (links to) the files in systemd/, config.example.toml and the
+    monitoring files in contrib/."""
+    assert set(SHIPPED_FROM) == {
+        *systemd.SHIPPED,
+        systemd.EXAMPLE_CONFIG,
+        systemd.GRAFANA_DASHBOARD,
+        systemd.PROMETHEUS_ALERTS,
+    }
     for name, source in SHIPPED_FROM.items():
         assert systemd.shipped(name) == source.read_text(), name
     for link in (ROOT / "syncd" / "data").iterdir():  # links, so the two never differ
@@ -61,6 +69,8 @@ def test_package_data_is_the_checkouts_files() -> None:
         (("--sysusers",), "syncd.sysusers.conf"),
         (("--tmpfiles",), "syncd.tmpfiles.conf"),
         (("--config-example",), "config.example.toml"),
+        (("--grafana-dashboard",), "syncd-dashboard.json"),
+        (("--prometheus-alerts",), "syncd-alerts.yml"),
     ],
 )
 def test_unit_prints_each_shipped_file(flag: tuple[str, ...], name: str) -> None:

@@ -97,6 +97,9 @@ ln -sf /opt/syncd/bin/syncd /usr/local/bin/syncd
 syncd --version
 # section 2: the unit, the user and the folders (from the wheel's package data)
 syncd unit --install
+# the monitoring files come with the wheel too
+syncd unit --grafana-dashboard | python3 -c 'import json, sys; json.load(sys.stdin)'
+syncd unit --prometheus-alerts | grep -q '^groups:'
 systemd-sysusers
 systemd-tmpfiles --create /etc/tmpfiles.d/syncd.conf
 groupadd --system contracts-drop
