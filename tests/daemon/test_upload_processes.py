@@ -150,3 +150,35 @@ def alive(pid: int) -> bool:
         return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("change", ["appended", "rewritten, mtime restored"])
+def test_a_file_changed_while_a_helper_sends_it_is_sent_again(
+    make_setup: Callable[..., Setup], change: str
+) -> None:
+    """The producer changes the file while a helper's PUT of it is on the wire: what
+    the service got is not what is archived, so the new bytes are uploaded and those
+    are the bytes archived (docs/guarantees.md F2), as without helpers."""
+    service = SERVICES["lilt"]
+    s = helpers_running(make_setup, service, {"op": "lilt.put", "kind": "slow", "delay": 2.0, "count": 1})
+    path = s.drop("a.txt", b"AAAAAAAAAA")
+    st = path.stat()
+    wait_until(lambda: not s.emulator.faults.snapshot()["script"], 20, 0.02, "the held PUT")
+    time.sleep(0.2)  # the 10-byte body follows the headers at once
+    if change == "appended":
+        with open(path, "ab") as f:
+            f.write(b" and more")
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"BBBBBBBBBB")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the change from mtime
+    new = path.read_bytes()
+    s.dropped[("in", "a.txt")] = new
+    wait_until(lambda: s.all_done(2), 30, 0.1, "the new version")
+    assert (s.archive() / "a.txt").read_bytes() == new
+    log = s.logs[-1].read_text(errors="replace")
+    sent = [line for line in log.splitlines() if "sent by upload helper" in line and "a.txt" in line]
+    assert sent, log[-3000:]  # the changed version went through a helper, not a worker
+    s.wait_logged("changed during upload" if change == "appended" else "rewritten during upload")
+    s.invariants()
+    assert s.stop() == 0
