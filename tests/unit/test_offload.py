@@ -188,16 +188,20 @@ def test_helpers_start_with_work_and_are_replaced_on_reload(tmp_path: Path) -> N
 def test_idle_helpers_stop_and_work_starts_them_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(offload, "IDLE_STOP", 0.5)
+    # IDLE_STOP is short only while the test waits for the stop: a helper that takes
+    # longer than that to start (a busy machine) would otherwise be stopped as soon
+    # as it is up, before _running() sees it
     off = offload.Offload()
     try:
         off.configure(load(tmp_path, 2))
         _want(off)
         first = _running(off, 2)
-        deadline = time.monotonic() + 10
+        monkeypatch.setattr(offload, "IDLE_STOP", 0.5)
+        deadline = time.monotonic() + offload.CHECK_EVERY + 10
         while time.monotonic() < deadline and not _gone(first):
             time.sleep(0.05)
         assert _gone(first) and (off.health() or {}).get("running") == 0
+        monkeypatch.setattr(offload, "IDLE_STOP", 60.0)
         _want(off)
         assert not _running(off, 2) & first
     finally:
