@@ -114,7 +114,7 @@ def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
     off._busy = 0
     started = time.monotonic()
     assert take(_Row(4, 10, "free")) is None
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1.0  # no wait (a wait would last until a helper is free)
     off._target = 0  # upload_processes = 0 (a reload): nothing is handed over
     off._idle = [idle]  # type: ignore[list-item]
     assert take(_Row(5, 10, "free")) is None

@@ -191,7 +191,7 @@ def test_sending_never_blocks_and_a_full_queue_drops(receiver: Any, caplog: pyte
     wait_until(lambda: len(r.requests) == 1, 10, what="the first one in flight (and hanging)")
     t0 = time.monotonic()
     results = [w.send("file_failed", {"n": i}) for i in range(1, 10)]
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5.0  # never the receiver's 30 s: the sends did not block
     assert results.count(True) == 2  # the queue's size; the sender holds the first
     assert [m for m in caplog.messages if "dropping new ones" in m] and len(caplog.messages) == 1
     r.release.set()
