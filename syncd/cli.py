@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override daemon.log_level",
     )
     o = cmd("once", "ingest what is in the folders now, upload, archive, exit (exit 1 if any file failed)")
-    o.add_argument("--log-level", choices=["debug", "info", "warning", "error"], type=str.lower)
+    o.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        help="override daemon.log_level",
+    )
     o.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     o.add_argument(
         "--max-wait",
