@@ -269,9 +269,8 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     early_signals()
     cfg = _load(args)
     setup_logging(args.log_level or cfg.daemon.log_level, cfg.daemon.log_format)
-    daemon = Daemon(cfg, once=once)
-    if getattr(args, "max_wait", None) is not None:
-        daemon.once_wait = args.max_wait
+    wait = getattr(args, "max_wait", None)
+    daemon = Daemon(cfg, once=once) if wait is None else Daemon(cfg, once=once, once_wait=wait)
     if not once:
         return daemon.run()
     stop = threading.Event()

@@ -96,7 +96,9 @@ def early_signals() -> None:
 class Daemon:
     """The process: lock, ledger, signals; runs a :class:`MainLoop` until stopped."""
 
-    def __init__(self, cfg: configmod.Config, *, once: bool = False, watch: bool = True) -> None:
+    def __init__(
+        self, cfg: configmod.Config, *, once: bool = False, watch: bool = True, once_wait: float = ONCE_WAIT
+    ) -> None:
         self.cfg = cfg
         self.once = once
         self.watch = watch and not once
@@ -111,7 +113,7 @@ class Daemon:
         self._signals = 0
         self.final_counts: dict[str, int] = {}
         self.held_back = 0  # once mode: files left for the next run (syncd/once.py)
-        self.once_wait = ONCE_WAIT  # once mode: the longest retry or rate limit waited for
+        self.once_wait = once_wait  # once mode: the longest retry or rate limit waited for
 
     def run(self) -> int:
         """Run until stopped (or, in once mode, until idle). Returns the exit code."""
