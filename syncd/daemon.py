@@ -243,6 +243,7 @@ class MainLoop:
         at_start = self.ledger.counts()
         daemon.install_signals()
         self.recovery.at_start()
+        runtime.reroute()  # after recovery: uploads it requeued may wait for a replaced destination
         self.intake.start_scanner()
         for root in runtime.folders:
             self.intake.request_scan(root, reason="startup")

@@ -136,10 +136,31 @@ class Runtime:
         if not self.once:
             self.metrics.serve(cfg.daemon.metrics_listen)
         record_config(self.ledger, cfg)
+
+    def reroute(self) -> None:
+        """Files waiting for a destination the config no longer has go to the one whose
+        ``replaces`` names it, or are said in the log. At start (after recovery has
+        requeued interrupted uploads) and after every reload."""
+        cfg, moved = self.cfg, 0
+        for name, dest in cfg.destinations.items():
+            for old in dest.replaces:
+                n = self.ledger.repoint(old, name)
+                if n:
+                    log.info(
+                        "%d file(s) queued for destination %r now go to %r (destinations.%s.replaces)",
+                        n,
+                        old,
+                        name,
+                        name,
+                    )
+                moved += n
+        if moved:
+            self.uploader.wake()
         for name, n in self.ledger.waiting_elsewhere(sorted(cfg.destinations)).items():
             log.warning(
                 "%d file(s) wait for destination %r, which the configuration no longer has;"
-                " they stay queued until it is configured again (docs/operations.md, Reload)",
+                " they stay queued until it is configured again, or a destination's `replaces`"
+                " names it (docs/operations.md, Reload)",
                 n,
                 name,
             )
@@ -180,6 +201,7 @@ class Runtime:
         timer = threading.Timer(old_cfg.daemon.io_timeout * 2, old_client.close)
         timer.daemon = True
         timer.start()
+        self.reroute()
 
     def reload(self, announce: Callable[[bool], None] = lambda applied: None) -> bool:
         """SIGHUP: validate the config file again and apply it, or keep the old one; True

@@ -41,7 +41,7 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
     os.environ.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".venv" / "pycache"))
 
 from syncd.config import FolderConfig  # noqa: E402
-from syncd.ledger import Ledger, Row  # noqa: E402
+from syncd.ledger import Ledger, Row, Stat  # noqa: E402
 
 # How long a test's threads get, after its fixtures are torn down, to finish on their own.
 THREAD_GRACE_SECONDS = 2.0
@@ -207,11 +207,19 @@ def queue_file(ledger: Any, folder: Any, rel: str, data: bytes | None = None) ->
     row = ledger.active_for_path(root, rel)
     assert row is not None
     st = path.stat()
-    ledger.note_stat(
-        row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev, changed=True
-    )
+    note_stat(ledger, row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
     ledger.promote(row.id)
     return int(row.id)
+
+
+def note_stat(
+    ledger: Ledger, row_id: int, *, size: int, mtime_ns: int, inode: int, device: int | None = None
+) -> None:
+    """Record a stat of a settling row as the settle stage does when it sees the file change
+    (``Ledger.set_due``): its quiet time restarts."""
+    changed_at = ledger._clock()
+    stat = Stat(size=size, mtime_ns=mtime_ns, inode=inode, device=device, changed_at=changed_at)  # type: ignore[arg-type]
+    ledger.set_due([], {row_id: stat})
 
 
 def row_of(ledger: Ledger, row_id: int) -> Row:

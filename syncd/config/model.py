@@ -209,6 +209,8 @@ class DestinationConfig:
     type: str
     options: Any
     bandwidth: bandwidth.Limit = bandwidth.Limit()  # bwlimit / bwlimit_schedule, any type
+    # `replaces`, any type: destinations gone from the config whose waiting files come here
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def parse_destinations(
         elif not isinstance(kind, str) or kind not in OPTIONS:
             problems.append(Problem(f"{prefix}.type", f"unknown type {show(kind)} (valid: {valid})"))
         else:
-            # The keys every type takes (bandwidth.KEYS) are read here, the rest by the type.
+            # The keys every type takes (bandwidth.KEYS, replaces) are read here, the rest by
+            # the type.
             rest = {k: v for k, v in table.items() if k != "type"}
             options = parse_options(
                 OPTIONS[kind],
@@ -118,12 +119,43 @@ def parse_destinations(
                 base_dir=base_dir,
                 problems=problems,
                 resolve_secrets=resolve_secrets,
-                shared_keys=bandwidth.KEYS,
+                shared_keys=(*bandwidth.KEYS, REPLACES),
             )
             limit = bandwidth.parse(table, prefix=prefix, base_dir=base_dir, problems=problems)
-            if options is not None and limit is not None:
-                out[name] = DestinationConfig(name=name, type=kind, options=options, bandwidth=limit)
+            replaces = _replaces(table.get(REPLACES, []), f"{prefix}.{REPLACES}", problems)
+            if options is not None and limit is not None and replaces is not None:
+                out[name] = DestinationConfig(
+                    name=name, type=kind, options=options, bandwidth=limit, replaces=replaces
+                )
+    _check_replaced(raw, out, problems)
     return out
+
+
+REPLACES = "replaces"
+
+
+def _replaces(value: Any, key: str, problems: list[Problem]) -> tuple[str, ...] | None:
+    """``replaces``: names of destinations that are no longer configured."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        problems.append(Problem(key, f"expected an array of destination names, got {show(value)}"))
+        return None
+    return tuple(dict.fromkeys(value))
+
+
+def _check_replaced(raw: dict[str, Any], out: dict[str, DestinationConfig], problems: list[Problem]) -> None:
+    """A replaced name is not configured itself, and only one destination replaces it."""
+    taken: dict[str, str] = {}
+    for name, dest in out.items():
+        for old in dest.replaces:
+            key = f"{dotted('destinations', name)}.{REPLACES}"
+            if old in raw:
+                problems.append(
+                    Problem(key, f"{old!r} is a configured destination; only a removed one can be replaced")
+                )
+            elif old in taken:
+                problems.append(Problem(key, f"{old!r} is replaced by {taken[old]!r} already"))
+            else:
+                taken[old] = name
 
 
 def _what(value: object) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from syncd.ledger.queries import Queries
-from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json
+from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json, sql_in
 
 _NEW_SETTLING = (
     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
@@ -102,24 +102,6 @@ class Transitions(Queries):
             f" WHERE id = ? AND state = '{State.SETTLING}'",
             (*fields.values(), self._clock(), row_id),
         )
-
-    def note_stat(
-        self, row_id: int, *, size: int, mtime_ns: int, inode: int, changed: bool, device: int | None = None
-    ) -> None:
-        """Store the latest stat of a settling file; ``changed`` restarts its quiet time."""
-        with self._write() as conn:
-            if changed:
-                self._set(
-                    conn,
-                    row_id,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    inode=inode,
-                    device=device,
-                    changed_at=self._clock(),
-                )
-            else:
-                self._set(conn, row_id, size=size, mtime_ns=mtime_ns, inode=inode, device=device)
 
     def promote(self, row_id: int, stat: Stat | None = None) -> None:
         """settling -> queued: the file has been quiet long enough (``stat``: its latest
@@ -350,6 +332,21 @@ class Transitions(Queries):
                         now,
                     ),
                 )
+
+    def repoint(self, old: str, new: str) -> int:
+        """Rows waiting for destination ``old`` (settling, queued, retrying) go to ``new``,
+        due now, without ``old``'s resume state; how many (a ``replaces`` in the config)."""
+        now = self._clock()
+        with self._write("repoint") as conn:
+            cur = conn.execute(
+                f"UPDATE files SET destination = ?, resume = NULL, updated_at = ?,"
+                f" state = CASE state WHEN '{State.RETRYING}' THEN '{State.QUEUED}' ELSE state END,"
+                f" next_attempt_at = CASE state WHEN '{State.SETTLING}' THEN next_attempt_at ELSE ? END,"
+                f" last_error = CASE state WHEN '{State.SETTLING}' THEN last_error END"
+                f" WHERE destination = ? AND state IN {sql_in((State.SETTLING, *WAITING_STATES))}",
+                (new, now, now, old),
+            )
+        return cur.rowcount
 
     def requeue_stale(self) -> int:
         """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.harness import CANARY_KEY, Setup, sha, wait_until
 
@@ -370,3 +372,39 @@ def test_once_does_not_wait_out_an_outage(make_setup: Callable[..., Setup]) -> N
     assert "(no files; 4 left for the next run)" in out.stdout
     assert "destination 'lilt' is down" in out.stderr and "4 file(s) wait for the next run" in out.stderr
     assert sorted(p.name for p in s.inbox().iterdir()) == [f"f{i}.txt" for i in range(4)]
+
+
+def test_a_renamed_destination_takes_the_files_waiting_for_the_old_name(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """Files wait for destination 'lilt' (down); the operator renames it 'lilt-prod',
+    points it at the working service, says `replaces = ["lilt"]` and reloads: the waiting
+    files go to 'lilt-prod' and are archived. Without `replaces` they would wait for a
+    destination named 'lilt' to come back."""
+    s = make_setup(
+        folders=[{"name": "in"}],
+        destination={"type": "lilt", "base_url": "http://127.0.0.1:9/lilt", "api_key": "env:TEST_LILT_KEY"},
+    )
+    s.start()
+    s.wait_started()
+    for i in range(3):
+        s.drop(f"f{i}.txt", f"waiting {i}".encode())
+    wait_until(
+        lambda: any(d["name"] == "lilt" and d["state"] == "down" for d in s.status()["destinations"]),
+        20,
+        what="lilt down",
+    )
+    doc = tomllib.loads(s.config.read_text())
+    dest = doc["destinations"].pop("lilt")
+    dest.update(base_url=s.emulator.url + "/lilt", replaces=["lilt"])
+    doc["destinations"]["lilt-prod"] = dest
+    doc["folders"][0]["destination"] = "lilt-prod"
+    s.config.write_text(tomli_w.dumps(doc))
+    out = s.cli("reload")
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: s.all_done(3), 20, what="the waiting files, sent to lilt-prod")
+    assert {r.destination for r in s.rows()} == {"lilt-prod"}
+    assert "3 file(s) queued for destination 'lilt' now go to 'lilt-prod'" in s.log_text()
+    assert len(s.emulator.uploads()) == 3
+    s.invariants()
+    assert s.stop() == 0

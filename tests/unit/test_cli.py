@@ -10,6 +10,7 @@ import pytest
 
 from syncd.cli import main
 from syncd.ledger import Ledger
+from tests.conftest import note_stat
 
 
 @pytest.fixture
@@ -137,7 +138,7 @@ def test_explain_variants(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None
     ledger.observe(root, ["new.pdf"], destination="main")
     row = ledger.active_for_path(root, "new.pdf")
     assert row is not None
-    ledger.note_stat(row.id, size=1, mtime_ns=1, inode=1, changed=True)
+    note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
     text = explain(inbox / "new.pdf")
     assert "settling" in text and "left" in text
     ledger.promote(row.id)
@@ -163,7 +164,7 @@ def test_files_json_and_retry(cfg: Path, capsys: pytest.CaptureFixture[str]) -> 
     ledger.observe(root, ["a.txt", "b.txt"], destination="main")
     a = ledger.active_for_path(root, "a.txt")
     assert a is not None
-    ledger.note_stat(a.id, size=1, mtime_ns=1, inode=1, changed=True)
+    note_stat(ledger, a.id, size=1, mtime_ns=1, inode=1)
     ledger.promote(a.id)
     ledger.claim_next()
     ledger.mark_failed(a.id, error="HTTP 400", location=None)

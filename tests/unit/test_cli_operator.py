@@ -28,6 +28,7 @@ from syncd.commands import status as statusmod
 from syncd.errors import ConfigError
 from syncd.ledger import Ledger, Row
 from syncd.lock import StateLock
+from tests.conftest import note_stat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,7 @@ def add_row(ledger: Ledger, root: Path, rel: str, *, size: int = 1) -> Row:
     ledger.observe(os.fspath(root), [rel], destination="main")
     row = ledger.active_for_path(os.fspath(root), rel)
     assert row is not None
-    ledger.note_stat(row.id, size=size, mtime_ns=1, inode=row.id + 100, changed=True)
+    note_stat(ledger, row.id, size=size, mtime_ns=1, inode=row.id + 100)
     ledger.promote(row.id)
     claimed = ledger.claim_next()
     assert claimed is not None and claimed.id == row.id

@@ -1305,3 +1305,34 @@ def test_public_names() -> None:
         "field_docs",
     ):
         assert hasattr(config_mod, name)
+
+
+# -- replaces -------------------------------------------------------------------------------
+
+
+def test_replaces_names_destinations_gone_from_the_config(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, DEST + 'replaces = ["old", "older", "old"]\n' + folder())
+    assert cfg.destinations["d"].replaces == ("old", "older")
+    assert load_text(tmp_path, DEST + folder()).destinations["d"].replaces == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('replaces = "old"', "destinations.d.replaces: expected an array of destination names, got 'old'"),
+        ('replaces = ["old", ""]', "destinations.d.replaces: expected an array of destination names"),
+        (
+            'replaces = ["e"]\n[destinations.e]\ntype = "lilt"\napi_key = "env:CFGTEST_KEY"',
+            "destinations.d.replaces: 'e' is a configured destination; only a removed one can be replaced",
+        ),
+        (
+            'replaces = ["old"]\n[destinations.e]\ntype = "lilt"\napi_key = "env:CFGTEST_KEY"\n'
+            'replaces = ["old"]',
+            "destinations.e.replaces: 'old' is replaced by 'd' already",
+        ),
+        ('replaces = ["d"]', "destinations.d.replaces: 'd' is a configured destination"),
+    ],
+)
+def test_bad_replaces(tmp_path: Path, extra: str, expected: str) -> None:
+    found = errors(tmp_path, DEST + extra + "\n" + folder())
+    assert any(line.startswith(expected) for line in found), found

@@ -10,7 +10,7 @@ import pytest
 
 from syncd.errors import LedgerError
 from syncd.ledger import SCHEMA_VERSION, Ledger
-from tests.conftest import FakeClock, row_of
+from tests.conftest import FakeClock, note_stat, row_of
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def _queue(ledger: Ledger, rel: str = "a.txt", folder: str = "/in") -> int:
     ledger.observe(folder, [rel], destination="d", labels=["x", "y"], category="SOURCE")
     row = ledger.active_for_path(folder, rel)
     assert row is not None
-    ledger.note_stat(row.id, size=3, mtime_ns=1, inode=7, changed=True)
+    note_stat(ledger, row.id, size=3, mtime_ns=1, inode=7)
     ledger.promote(row.id)
     return row.id
 

@@ -23,7 +23,7 @@ from syncd.ledger import Ledger
 from syncd.metadata import SidecarError, compile_pattern, parse_sidecar, read_sidecar
 from syncd.settle import Settler
 from syncd.uploader import Uploader
-from tests.conftest import FakeClock, make_folder, queue_file, row_of
+from tests.conftest import FakeClock, make_folder, note_stat, queue_file, row_of
 from tests.unit.test_uploader import FakeDestination
 
 # -- labels_from_path -------------------------------------------------------------------------
@@ -497,7 +497,7 @@ def test_duplicate_of_another_destination_or_folder_is_uploaded(ledger: Ledger) 
     sha = hashlib.sha256(b"x").hexdigest()
     ledger.observe("/in", ["a"], destination="one")
     row = ledger.rows()[0]
-    ledger.note_stat(row.id, size=1, mtime_ns=1, inode=1, changed=True)
+    note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
     ledger.promote(row.id)
     ledger.claim_next()
     ledger.mark_uploaded(row.id, sha256=sha, receipt={"remote_id": "r"})

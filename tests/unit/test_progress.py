@@ -26,6 +26,7 @@ from syncd.destinations.base import Capabilities, Receipt, Source, UploadItem
 from syncd.ledger import Ledger
 from syncd.metrics import Metrics
 from syncd.uploader import Uploader
+from tests.conftest import note_stat
 from tests.faultproxy import FaultProxy
 from tests.harness import Setup, wait_until
 
@@ -123,7 +124,7 @@ def test_uploader_reports_bytes_read_per_file(tmp_path: Path) -> None:
     row = ledger.active_for_path(os.fspath(inbox), "f.bin")
     assert row is not None
     st = os.stat(inbox / "f.bin")
-    ledger.note_stat(row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, changed=True)
+    note_stat(ledger, row.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
     ledger.promote(row.id)
     dest = _SteppedDestination()
     metrics = Metrics()

@@ -30,6 +30,12 @@ destination = "{name}"
 """
 
 
+def _runtime(path: Path, ledger: Ledger) -> Runtime:
+    return Runtime(
+        configmod.load(path), ledger, watcher=Watcher(Intake()), metrics=Metrics(), once=True, watch=False
+    )
+
+
 def _queued(ledger: Ledger, root: Path, rel: str, destination: str) -> None:
     ledger.observe(os.fspath(root), [rel], destination=destination)
     row = ledger.active_for_path(os.fspath(root), rel)
@@ -55,29 +61,85 @@ def test_files_waiting_for_a_destination_the_config_lost_are_reported(
             "new-lilt",
             [
                 "3 file(s) wait for destination 'old-lilt', which the configuration no longer has;"
-                " they stay queued until it is configured again (docs/operations.md, Reload)"
+                " they stay queued until it is configured again, or a destination's `replaces`"
+                " names it (docs/operations.md, Reload)"
             ],
         ),
         (
             "old-lilt",
             [
                 "1 file(s) wait for destination 'new-lilt', which the configuration no longer has;"
-                " they stay queued until it is configured again (docs/operations.md, Reload)"
+                " they stay queued until it is configured again, or a destination's `replaces`"
+                " names it (docs/operations.md, Reload)"
             ],
         ),
     ]:
         path.write_text(CONFIG.format(name=name))
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="syncd.runtime"):
-            # at start; a reload applies the same (Runtime._configure)
-            runtime = Runtime(
-                configmod.load(path),
-                ledger,
-                watcher=Watcher(Intake()),
-                metrics=Metrics(),
-                once=True,
-                watch=False,
-            )
+            runtime = _runtime(path, ledger)
+            runtime.reroute()  # at start, after recovery; every reload does the same
         runtime.close()
         assert [r.getMessage() for r in caplog.records if "no longer has" in r.getMessage()] == expected
+    ledger.close()
+
+
+def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`replaces = ["old-lilt"]`: settling, queued and retrying rows of old-lilt go to
+    new-lilt, due now and without old-lilt's resume state; what old-lilt already has
+    (uploaded, done) stays its own."""
+    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(
+        CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
+    )
+    path.chmod(0o600)
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    for rel in ("queued.txt", "retrying.txt", "uploaded.txt", "done.txt"):
+        _queued(ledger, root, rel, "old-lilt")
+    ledger.observe(os.fspath(root), ["settling.txt"], destination="old-lilt")
+    rows = {r.relpath: r for r in ledger.rows()}
+    retrying = ledger.claim_next(["old-lilt"])
+    assert retrying is not None and retrying.relpath == "queued.txt"
+    ledger.requeue_now(retrying.id)
+    for rel, then in (("retrying.txt", "retry"), ("uploaded.txt", "uploaded"), ("done.txt", "done")):
+        row = rows[rel]
+        claimed = ledger.claim_next(["old-lilt"])
+        assert claimed is not None
+        while claimed.id != row.id:  # claim in id order: give the others back
+            ledger.requeue_now(claimed.id)
+            claimed = ledger.claim_next(["old-lilt"])
+            assert claimed is not None
+        if then == "retry":
+            ledger.checkpoint(row.id, {"session": "of old-lilt"})
+            ledger.mark_retry(row.id, error="destination 'old-lilt' is no longer configured", at=9e9)
+        else:
+            ledger.mark_uploaded(row.id, sha256="0" * 64, receipt={"id": "r"})
+            if then == "done":
+                ledger.mark_done(row.id)
+    with caplog.at_level(logging.INFO, logger="syncd.daemon"):
+        runtime = _runtime(path, ledger)
+        runtime.reroute()
+    runtime.close()
+    said = [r.getMessage() for r in caplog.records]
+    after = {r.relpath: r for r in ledger.rows()}
+    moved = {rel: (r.destination, r.state) for rel, r in after.items()}
+    assert moved == {
+        "queued.txt": ("new-lilt", "queued"),
+        "retrying.txt": ("new-lilt", "queued"),
+        "settling.txt": ("new-lilt", "settling"),
+        "uploaded.txt": ("old-lilt", "uploaded"),
+        "done.txt": ("old-lilt", "done"),
+    }
+    assert after["retrying.txt"].resume is None and after["retrying.txt"].last_error is None
+    assert (after["retrying.txt"].next_attempt_at or 0) < 9e9  # due now
+    assert (
+        "3 file(s) queued for destination 'old-lilt' now go to 'new-lilt'"
+        " (destinations.new-lilt.replaces)" in said
+    ), said
+    assert not [m for m in said if "no longer has" in m]
     ledger.close()

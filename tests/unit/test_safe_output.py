@@ -26,6 +26,7 @@ from syncd.errors import PermanentError, describe
 from syncd.http import check, error_text
 from syncd.ledger import Ledger
 from syncd_emulator import Emulator
+from tests.conftest import note_stat
 from tests.harness import CANARY_KEY, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -109,7 +110,7 @@ def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.C
     ledger.observe(root, ["a.txt"], destination="main")
     row = ledger.active_for_path(root, "a.txt")
     assert row is not None
-    ledger.note_stat(row.id, size=1, mtime_ns=1, inode=1, changed=True)
+    note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
     ledger.promote(row.id)
     ledger.claim_next()
     ledger.mark_failed(row.id, error=f"HTTP 400: {HOSTILE} ?X-Emu-Signature={SIG}", location=None)
