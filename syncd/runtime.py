@@ -141,8 +141,22 @@ class Runtime:
         """Files waiting for a destination the config no longer has go to the one whose
         ``replaces`` names it, or are said in the log. At start (after recovery has
         requeued interrupted uploads) and after every reload."""
-        cfg, moved = self.cfg, 0
-        for name, dest in cfg.destinations.items():
+        self.repoint_replaced()
+        for name, n in self.ledger.waiting_elsewhere(sorted(self.cfg.destinations)).items():
+            log.warning(
+                "%d file(s) wait for destination %r, which the configuration no longer has;"
+                " they stay queued until it is configured again, or a destination's `replaces`"
+                " names it (docs/operations.md, Reload)",
+                n,
+                name,
+            )
+
+    def repoint_replaced(self) -> int:
+        """Waiting files of every destination a ``replaces`` names go to its replacement;
+        how many. Also the main loop's sweep, for an upload that was in flight to the old
+        destination when the reload came and failed after it."""
+        moved = 0
+        for name, dest in self.cfg.destinations.items():
             for old in dest.replaces:
                 n = self.ledger.repoint(old, name)
                 if n:
@@ -156,14 +170,7 @@ class Runtime:
                 moved += n
         if moved:
             self.uploader.wake()
-        for name, n in self.ledger.waiting_elsewhere(sorted(cfg.destinations)).items():
-            log.warning(
-                "%d file(s) wait for destination %r, which the configuration no longer has;"
-                " they stay queued until it is configured again, or a destination's `replaces`"
-                " names it (docs/operations.md, Reload)",
-                n,
-                name,
-            )
+        return moved
 
     def apply(self, cfg: configmod.Config) -> None:
         """Put ``cfg`` in force in place of the running one (a reload)."""
