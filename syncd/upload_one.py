@@ -115,8 +115,9 @@ class Procedure:
         dest = self._destinations().get(row.destination)
         policy = self.policy
         if folder is None or dest is None:
-            # Removed by a reload: the row waits (a later reload may bring it back) without
-            # using attempts or holding up the destination's other folders.
+            # Removed by a reload: the row waits (a later reload may bring it back, or give
+            # it to a destination that `replaces` it) without using attempts or holding up
+            # the destination's other folders.
             what = "folder" if folder is None else f"destination {row.destination!r}"
             return policy.defer(row, f"{what} is no longer configured", UNCONFIGURED_WAIT)
         path = row.current_path
