@@ -168,6 +168,16 @@ def main() -> int:
                 if m:
                     upload_only[name] = min(upload_only.get(name, float(m.group(2))), float(m.group(2)))
         hash_seconds = sha256_seconds(src)
+        # what every `syncd once` pays whatever it sends: interpreter, imports, the HTTP
+        # client's TLS context, the ledger, the scan, exit
+        idle = min(
+            timed(
+                [python, "-m", "syncd", "-c", str(single), "once", "--no-progress"],
+                cwd=single.parent,
+                env=env,
+            )[0]
+            for _ in range(args.runs)
+        )
         small_mib = 32
         with open(src, "r+b") as f:
             f.truncate(small_mib * MiB)
@@ -184,6 +194,10 @@ def main() -> int:
                 f"{name:34} {args.mib / seconds:8.0f} {curl / seconds:7.2f} {rclone / seconds:9.2f} "
                 f"{up:>12} {rss[name] / 1024:6.0f} MiB {cpu[name][0]:10.2f} {cpu[name][1]:11.2f}"
             )
+        print(
+            f"syncd once with nothing to send (start-up and exit, in every syncd row): {idle:.2f} s; "
+            f"the single PUT without it: {args.mib / (best['syncd once, single PUT'] - idle):.0f} MiB/s"
+        )
         print(
             f"SHA-256 of the same file alone, one core (syncd hashes every byte it sends, curl and "
             f"rclone do not): {args.mib / hash_seconds:.0f} MiB/s, {rclone / hash_seconds:.2f}x rclone"
