@@ -374,6 +374,18 @@ def test_once_does_not_wait_out_an_outage(make_setup: Callable[..., Setup]) -> N
     assert sorted(p.name for p in s.inbox().iterdir()) == [f"f{i}.txt" for i in range(4)]
 
 
+def _rename_destination(s: Setup, old: str, new: str) -> None:
+    """The operator's edit: destination ``old`` becomes ``new`` (at the emulator), which
+    says ``replaces = [old]``; every folder points at ``new``."""
+    doc = tomllib.loads(s.config.read_text())
+    dest = doc["destinations"].pop(old)
+    dest.update(base_url=s.emulator.url + "/lilt", replaces=[old])
+    doc["destinations"][new] = dest
+    for folder in doc["folders"]:
+        folder["destination"] = new
+    s.config.write_text(tomli_w.dumps(doc))
+
+
 def test_a_renamed_destination_takes_the_files_waiting_for_the_old_name(
     make_setup: Callable[..., Setup],
 ) -> None:
@@ -394,17 +406,37 @@ def test_a_renamed_destination_takes_the_files_waiting_for_the_old_name(
         20,
         what="lilt down",
     )
-    doc = tomllib.loads(s.config.read_text())
-    dest = doc["destinations"].pop("lilt")
-    dest.update(base_url=s.emulator.url + "/lilt", replaces=["lilt"])
-    doc["destinations"]["lilt-prod"] = dest
-    doc["folders"][0]["destination"] = "lilt-prod"
-    s.config.write_text(tomli_w.dumps(doc))
+    _rename_destination(s, "lilt", "lilt-prod")
     out = s.cli("reload")
     assert out.returncode == 0, out.stderr
     wait_until(lambda: s.all_done(3), 20, what="the waiting files, sent to lilt-prod")
     assert {r.destination for r in s.rows()} == {"lilt-prod"}
     assert "3 file(s) queued for destination 'lilt' now go to 'lilt-prod'" in s.log_text()
     assert len(s.emulator.uploads()) == 3
+    s.invariants()
+    assert s.stop() == 0
+
+
+def test_uploads_cut_by_a_crash_go_to_the_destination_that_replaces_theirs(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """SIGKILL while files upload to 'lilt'; before the restart the operator renames it
+    'lilt-prod' with `replaces = ["lilt"]`. The interrupted uploads, requeued by recovery
+    at the start, go to 'lilt-prod' with the files that were still queued."""
+    s = make_setup(folders=[{"name": "in"}], daemon={"workers": 2})
+    s.emulator.set_faults(script=[{"op": "lilt.put", "kind": "slow", "delay": 10.0, "count": 2}])
+    s.start()
+    s.wait_started()
+    for i in range(4):
+        s.drop(f"f{i}.txt", f"cut short {i}".encode())
+    wait_until(lambda: s.counts().get("uploading") == 2, 20, what="two uploads in flight")
+    s.kill()
+    s.emulator.set_faults(script=[])
+    _rename_destination(s, "lilt", "lilt-prod")
+    s.start()
+    wait_until(lambda: s.all_done(4), 30, what="every file, sent to lilt-prod")
+    assert {r.destination for r in s.rows() if r.state == "done"} == {"lilt-prod"}
+    assert "4 file(s) queued for destination 'lilt' now go to 'lilt-prod'" in s.logs[-1].read_text()
+    assert "no longer has" not in s.logs[-1].read_text()
     s.invariants()
     assert s.stop() == 0
