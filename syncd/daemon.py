@@ -342,7 +342,7 @@ class MainLoop:
         if now - last["sweep"] >= SWEEP_EVERY:
             last["sweep"] = now
             self.recovery.sweep()
-            runtime.repoint_replaced()
+            runtime.sweep()
         if now - last["heartbeat"] >= HEARTBEAT_EVERY:
             last["heartbeat"] = now
             health.write_heartbeat()

@@ -141,6 +141,8 @@ class Health:
                 first.append(f"destination {name} down since {_clock(state.since)}: {state.reason}")
             elif state.state != UP:
                 first.append(f"destination {name} paused: {state.reason}")
+        for name, n in sorted(self.runtime.lost.items()):
+            first.append(f"{n} file(s) wait for destination {name!r}, which the configuration no longer has")
         if self.runtime.reload_problem:
             first.append(f"reload failed, running the previous config: {self.runtime.reload_problem}")
         metrics = self.runtime.metrics

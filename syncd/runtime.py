@@ -104,6 +104,8 @@ class Runtime:
         self.client, self.destinations = _build(cfg)
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
         self.reload_problem: str | None = None  # the first problem of the last refused reload
+        # files waiting per destination the config no longer has (a status problem)
+        self.lost: dict[str, int] = {}
         self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
         self.uploader = Uploader(
             ledger,
@@ -142,7 +144,8 @@ class Runtime:
         ``replaces`` names it, or are said in the log. At start (after recovery has
         requeued interrupted uploads) and after every reload."""
         self.repoint_replaced()
-        for name, n in self.ledger.waiting_elsewhere(sorted(self.cfg.destinations)).items():
+        self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
+        for name, n in self.lost.items():
             log.warning(
                 "%d file(s) wait for destination %r, which the configuration no longer has;"
                 " they stay queued until it is configured again, or a destination's `replaces`"
@@ -151,10 +154,18 @@ class Runtime:
                 name,
             )
 
+    def sweep(self) -> None:
+        """The main loop's sweep: an upload in flight to a replaced destination when the
+        reload came, and failing after it, goes to the replacement; the count of files
+        waiting for lost destinations is brought up to date while there are any (such
+        files may vanish), without a look at the backlog otherwise."""
+        self.repoint_replaced()
+        if self.lost:
+            self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
+
     def repoint_replaced(self) -> int:
         """Waiting files of every destination a ``replaces`` names go to its replacement;
-        how many. Also the main loop's sweep, for an upload that was in flight to the old
-        destination when the reload came and failed after it."""
+        how many."""
         moved = 0
         for name, dest in self.cfg.destinations.items():
             for old in dest.replaces:

@@ -374,12 +374,12 @@ def test_once_does_not_wait_out_an_outage(make_setup: Callable[..., Setup]) -> N
     assert sorted(p.name for p in s.inbox().iterdir()) == [f"f{i}.txt" for i in range(4)]
 
 
-def _rename_destination(s: Setup, old: str, new: str) -> None:
+def _rename_destination(s: Setup, old: str, new: str, *, replaces: bool = True) -> None:
     """The operator's edit: destination ``old`` becomes ``new`` (at the emulator), which
-    says ``replaces = [old]``; every folder points at ``new``."""
+    says ``replaces = [old]`` (or not); every folder points at ``new``."""
     doc = tomllib.loads(s.config.read_text())
-    dest = doc["destinations"].pop(old)
-    dest.update(base_url=s.emulator.url + "/lilt", replaces=[old])
+    dest = doc["destinations"].pop(old, None) or doc["destinations"].pop(new)
+    dest.update(base_url=s.emulator.url + "/lilt", replaces=[old] if replaces else [])
     doc["destinations"][new] = dest
     for folder in doc["folders"]:
         folder["destination"] = new
@@ -389,10 +389,10 @@ def _rename_destination(s: Setup, old: str, new: str) -> None:
 def test_a_renamed_destination_takes_the_files_waiting_for_the_old_name(
     make_setup: Callable[..., Setup],
 ) -> None:
-    """Files wait for destination 'lilt' (down); the operator renames it 'lilt-prod',
-    points it at the working service, says `replaces = ["lilt"]` and reloads: the waiting
-    files go to 'lilt-prod' and are archived. Without `replaces` they would wait for a
-    destination named 'lilt' to come back."""
+    """Files wait for destination 'lilt' (down); the operator renames it 'lilt-prod' and
+    points it at the working service. The files stay waiting for 'lilt', and `syncd
+    status` says so. Then `replaces = ["lilt"]` and another reload: the waiting files go
+    to 'lilt-prod' and are archived."""
     s = make_setup(
         folders=[{"name": "in"}],
         destination={"type": "lilt", "base_url": "http://127.0.0.1:9/lilt", "api_key": "env:TEST_LILT_KEY"},
@@ -406,10 +406,16 @@ def test_a_renamed_destination_takes_the_files_waiting_for_the_old_name(
         20,
         what="lilt down",
     )
+    _rename_destination(s, "lilt", "lilt-prod", replaces=False)
+    assert s.cli("reload").returncode == 0
+    lost = "3 file(s) wait for destination 'lilt', which the configuration no longer has"
+    wait_until(lambda: lost in (s.status()["daemon"].get("problems") or []), 10, what="the status problem")
+    assert s.counts().get("done", 0) == 0
     _rename_destination(s, "lilt", "lilt-prod")
     out = s.cli("reload")
     assert out.returncode == 0, out.stderr
     wait_until(lambda: s.all_done(3), 20, what="the waiting files, sent to lilt-prod")
+    wait_until(lambda: not s.status()["daemon"].get("problems"), 10, what="the problem gone")
     assert {r.destination for r in s.rows()} == {"lilt-prod"}
     assert "3 file(s) queued for destination 'lilt' now go to 'lilt-prod'" in s.log_text()
     assert len(s.emulator.uploads()) == 3
