@@ -26,10 +26,9 @@ import os
 import zlib
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+# cryptography is imported by the first Sealer, not with this module: about 10 ms that
+# every start of syncd (each `syncd once`, each CLI command) would pay otherwise, whether
+# or not a configured destination seals anything.
 
 VERSION = "s1"
 _NONCE = 12
@@ -37,6 +36,10 @@ _NONCE = 12
 
 class Sealer:
     def __init__(self, secret: str, purpose: str) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         key = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=f"syncd seal {VERSION}: {purpose}".encode()
         ).derive(secret.encode())
@@ -51,6 +54,8 @@ class Sealer:
 
     def unseal(self, bind: str, text: Any) -> Any | None:
         """The value sealed for ``bind``, or None if it cannot be opened."""
+        from cryptography.exceptions import InvalidTag
+
         if not isinstance(text, str):
             return None
         version, _, body = text.partition(".")
