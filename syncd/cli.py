@@ -33,6 +33,7 @@ from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
 from syncd.ledger import STATES, Ledger, backup
 from syncd.logs import setup as setup_logging
+from syncd.once import RETRY_WAIT
 
 EPILOG = """\
 examples:
@@ -92,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--max-wait",
         type=functools.partial(_seconds, zero=True),
-        default=None,
+        default=RETRY_WAIT,
         metavar="SECONDS",
-        help="wait for retries and rate limits that end within SECONDS (default "
-        "60); files whose next try is later are left for the next run (exit 1)",
+        help=f"wait for retries and rate limits that end within SECONDS (default "
+        f"{RETRY_WAIT:g}); files whose next try is later are left for the next run (exit 1)",
     )
     s = cmd(
         "status",
@@ -269,8 +270,7 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     early_signals()
     cfg = _load(args)
     setup_logging(args.log_level or cfg.daemon.log_level, cfg.daemon.log_format)
-    wait = getattr(args, "max_wait", None)
-    daemon = Daemon(cfg, once=once) if wait is None else Daemon(cfg, once=once, once_wait=wait)
+    daemon = Daemon(cfg, once=once, once_wait=getattr(args, "max_wait", RETRY_WAIT))
     if not once:
         return daemon.run()
     stop = threading.Event()

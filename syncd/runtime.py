@@ -163,9 +163,8 @@ class Runtime:
         if self.lost:
             self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
 
-    def repoint_replaced(self) -> int:
-        """Waiting files of every destination a ``replaces`` names go to its replacement;
-        how many."""
+    def repoint_replaced(self) -> None:
+        """Waiting files of every destination a ``replaces`` names go to its replacement."""
         moved = 0
         for name, dest in self.cfg.destinations.items():
             for old in dest.replaces:
@@ -181,7 +180,6 @@ class Runtime:
                 moved += n
         if moved:
             self.uploader.wake()
-        return moved
 
     def apply(self, cfg: configmod.Config) -> None:
         """Put ``cfg`` in force in place of the running one (a reload)."""

@@ -143,3 +143,34 @@ def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
     ), said
     assert not [m for m in said if "no longer has" in m]
     ledger.close()
+
+
+def test_the_sweep_repoints_late_files_and_keeps_the_lost_count_true(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between reloads: a file that lands on a replaced destination after the reload (an
+    upload in flight to it then failed) is re-pointed by the sweep; the count of files
+    waiting for a lost destination drops when they vanish."""
+    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(
+        CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
+    )
+    path.chmod(0o600)
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    _queued(ledger, root, "gone.txt", "gone-lilt")
+    runtime = _runtime(path, ledger)
+    runtime.reroute()
+    assert runtime.lost == {"gone-lilt": 1}
+    _queued(ledger, root, "late.txt", "old-lilt")  # after the reload
+    gone = ledger.active_for_path(os.fspath(root), "gone.txt")
+    assert gone is not None
+    ledger.mark_vanished(gone.id, reason="deleted by its producer")
+    runtime.sweep()
+    late = ledger.active_for_path(os.fspath(root), "late.txt")
+    assert late is not None and late.destination == "new-lilt"
+    assert runtime.lost == {}
+    runtime.close()
+    ledger.close()
