@@ -57,7 +57,10 @@ opened, a failed probe) are given back. Refusals and 429s are never charged.
 Thread-safe (one lock; uploader threads report, the main loop and the
 metrics endpoint read :meth:`~Circuit.snapshot`). ``clock`` returns seconds;
 the daemon passes the wall clock, so ``since`` and ``next_probe_at`` can be
-shown as times of day.
+shown as times of day. A wall clock stepped back while a circuit is open
+does not hold it for the length of the step: a deadline never lies further
+ahead than when it was set, and one that does keeps its own length, counted
+from the first look after the step.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ RATE_LIMITED = "rate_limited"
 CIRCUIT_STATES = (UP, DOWN, REFUSED, RATE_LIMITED)
 
 THRESHOLD = 3  # outage failures in a row (across files, no success between) that open it
+CLOCK_SLACK = 1.0  # a deadline this little further ahead than set is not a clock step
 REFUSE_PAUSE = 60.0  # seconds between probes of a destination that refuses uploads
 GO = 0  # admit(): upload normally
 
@@ -150,6 +154,7 @@ class Circuit:
         self._since: float | None = None
         self._reason: str | None = None
         self._until = 0.0  # open / rate limited: no upload starts before this
+        self._hold = 0.0  # how far ahead _until was when it was set
         self._step = base
         self._failures = 0
         self._limited = 0  # 429s in a row
@@ -171,6 +176,7 @@ class Circuit:
             if self._state == UP:
                 return GO
             now = self._clock()
+            self._bound(now)
             if now < self._until:
                 return None
             if self._state == RATE_LIMITED:
@@ -195,11 +201,15 @@ class Circuit:
         with self._lock:
             if self._state == UP or self._probe:
                 return None
-            return max(0.0, self._until - self._clock())
+            now = self._clock()
+            self._bound(now)
+            return max(0.0, self._until - now)
 
     def snapshot(self) -> CircuitState:
         with self._lock:
-            if self._state == UP or (self._state == RATE_LIMITED and self._clock() >= self._until):
+            now = self._clock()
+            self._bound(now)
+            if self._state == UP or (self._state == RATE_LIMITED and now >= self._until):
                 return CircuitState(failures=self._failures)
             return CircuitState(
                 self._state, self._since, self._reason, self._until, self._failures, bool(self._probe)
@@ -249,7 +259,7 @@ class Circuit:
                     self._state = DOWN
                     step = self.base
                 self._step = step
-                self._until = now + max(step, min(retry_after or 0.0, self.cap))
+                self._set_until(now + max(step, min(retry_after or 0.0, self.cap)), now)
             # else: an upload that was in flight when the circuit opened: it waits
             return Verdict(False, True, self._until, self._failures)
 
@@ -262,7 +272,7 @@ class Circuit:
                     self._since = now
                 self._state = REFUSED
                 self._reason = reason
-                self._until = now + self.refuse_pause
+                self._set_until(now + self.refuse_pause, now)
                 self._step = self.refuse_pause
             if probe and probe == self._probe:
                 self._probe = 0
@@ -276,6 +286,7 @@ class Circuit:
         with self._lock:
             now = self._clock()
             is_probe = bool(probe) and probe == self._probe
+            self._bound(now)
             if self._state in (DOWN, REFUSED) and not is_probe:
                 return self._until  # a late answer from before it opened
             self._limited += 1
@@ -287,9 +298,9 @@ class Circuit:
             if self._state != RATE_LIMITED:
                 self._since = now
                 self._state = RATE_LIMITED
-                self._until = until
+                self._set_until(until, now)
             else:
-                self._until = max(self._until, until)
+                self._set_until(max(self._until, until), now)
             self._reason = reason
             self._failures = 0
             if is_probe:
@@ -310,14 +321,24 @@ class Circuit:
         self._since = now
         self._reason = reason
         self._step = step
-        self._until = now + max(step, min(retry_after or 0.0, self.cap))
+        self._set_until(now + max(step, min(retry_after or 0.0, self.cap)), now)
         self._probe = 0
+
+    def _set_until(self, until: float, now: float) -> None:
+        self._until = until
+        self._hold = max(0.0, until - now)
+
+    def _bound(self, now: float) -> None:
+        """A deadline further ahead than when it was set was set before the system clock
+        was stepped back: it keeps its own length, counted from now, not the step's."""
+        if self._until - now > self._hold + CLOCK_SLACK:
+            self._until = now + self._hold
 
     def _close(self) -> None:
         self._state = UP
         self._since = None
         self._reason = None
-        self._until = 0.0
+        self._until = self._hold = 0.0
         self._step = self.base
         self._failures = 0
         self._probe = 0

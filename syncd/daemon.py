@@ -50,6 +50,7 @@ from typing import Any
 
 from syncd import config as configmod
 from syncd import once, shutdown
+from syncd.clock_steps import ClockSteps
 from syncd.failure_kinds import is_disk_full
 from syncd.health import Health
 from syncd.intake import IntakeStage
@@ -212,7 +213,9 @@ class MainLoop:
         self.metrics.track_progress(uploader.progress)
         self.metrics.track_webhook(self.runtime.webhook_health)
         self.metrics.track_helpers(self.runtime.helpers_health)
-        self.settler = Settler(ledger, self.runtime.usable_folders, on_queued=uploader.wake)
+        self.settler = Settler(
+            ledger, self.runtime.usable_folders, on_queued=uploader.wake, steps=ClockSteps()
+        )
         self.intake = IntakeStage(
             ledger,
             intake,

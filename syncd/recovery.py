@@ -16,11 +16,16 @@ anywhere is recoverable):
   through the same hand-over as a fresh upload
   (:meth:`syncd.upload_one.Procedure.hand_over`).
 
+Due times that lie further ahead than syncd ever schedules (the system
+clock was stepped back, while syncd ran or while it was down) are brought
+back into reach (:meth:`syncd.ledger.schedule.Schedule.rein_in`), at startup
+and at every sweep.
+
 Then every folder is scanned (the daemon asks for it) for files dropped
 while syncd was down.
 
-Every ``SWEEP_EVERY`` seconds the main loop repeats the last step, and
-requeues rows left ``uploading`` that no worker holds, for rows that a ledger
+Every ``SWEEP_EVERY`` seconds the main loop repeats the last step and the
+due-time check, and requeues rows left ``uploading`` that no worker holds, for rows that a ledger
 write that failed (a full disk) or an archive folder that was not writable
 left behind (:meth:`Recovery.sweep`).
 """
@@ -33,9 +38,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import failed, moves
+from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
+from syncd.http import RETRY_AFTER_CAP
 from syncd.ledger import Ledger, State
 from syncd.logs import quoted_path
+from syncd.retry_policy import FOLDER_WAIT
+from syncd.settle import WAIT_LOOK
+from syncd.upload_one import UNCONFIGURED_WAIT
 from syncd.uploader import Uploader
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
@@ -58,6 +68,7 @@ class Recovery:
         requeued = self.ledger.requeue_stale()
         if requeued:
             log.info("resuming %d upload(s) interrupted by the last stop", requeued)
+        self.rein_in()
         for folder in folders.values():
             for directory in (folder.archive_dir, folder.failed_dir):
                 if directory is not None and os.path.isdir(directory):
@@ -83,6 +94,28 @@ class Recovery:
         return full
 
     def sweep(self) -> None:
-        """Repair what a failed ledger write or archive move may have left behind."""
+        """Repair what a failed ledger write or archive move may have left behind, and due
+        times a stepped-back clock left in the future."""
         self.finish_uploaded()
         self.uploader.requeue_orphans()
+        self.rein_in()
+
+    def rein_in(self) -> None:
+        """No file waits longer than syncd ever schedules, whatever the system clock did."""
+        settle = max((float(f.settle_seconds) for f in self._folders().values()), default=0.0)
+        # the longest wait syncd schedules: a backoff or a service's hold (capped by
+        # retry_max_seconds), a server's Retry-After, a refusing destination's pause,
+        # a file waiting for its folder, destination or sidecar
+        horizon = max(self.uploader.policy.cap, RETRY_AFTER_CAP, REFUSE_PAUSE, UNCONFIGURED_WAIT, FOLDER_WAIT)
+        reined = self.ledger.rein_in(max(horizon, settle), max(settle, WAIT_LOOK))
+        if reined.total:
+            log.warning(
+                "%d file(s) were due later than syncd ever schedules (%d queued, %d retrying,"
+                " %d settling): the system clock was stepped back, or retry_max_seconds was"
+                " lowered; they are due again within the wait they were given",
+                reined.total,
+                reined.queued,
+                reined.retrying,
+                reined.settling,
+            )
+            self.uploader.wake()

@@ -44,6 +44,7 @@ from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
+    from syncd.clock_steps import ClockSteps
     from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class Settler:
         folders: Callable[[], Mapping[str, Any]],
         clock: Callable[[], float] = time.time,
         on_queued: Callable[[], None] = lambda: None,
+        steps: ClockSteps | None = None,
     ) -> None:
         self.ledger = ledger
+        self.steps = steps  # the daemon's: quiet times follow a stepped clock
         self._folders = folders  # folder path (str) -> FolderConfig, re-read each tick
         self.clock = clock
         self.on_queued = on_queued
@@ -87,6 +90,8 @@ class Settler:
         would be over, or at once when an event names it. More rows due than
         one batch: :attr:`more` is set and the caller comes back at once.
         """
+        if self.steps is not None:
+            self._follow_step(self.steps.check())
         folders = self._folders()
         queued = 0
         now = self.clock()
@@ -123,6 +128,21 @@ class Settler:
         if queued:
             self.on_queued()
         return queued
+
+    def _follow_step(self, step: float) -> None:
+        """The wall clock was stepped by ``step`` seconds (0: it was not): every quiet time
+        moves with it, so none is cut short (a file still being written would be sent
+        half-written) or drawn out."""
+        if not step:
+            return
+        moved = self.ledger.shift_settling(step)
+        self._sidecars = {k: (key, since + step) for k, (key, since) in self._sidecars.items()}
+        log.warning(
+            "the system clock was stepped %s by %.1fs; the quiet times of %d settling file(s) move with it",
+            "forward" if step > 0 else "back",
+            abs(step),
+            moved,
+        )
 
     def _judge(self, row: Row, folder: FolderConfig, now: float) -> float | None:
         """Look at one settling row: :data:`QUEUED`, None when it left settling
@@ -161,6 +181,9 @@ class Settler:
             row.mtime_ns,
             row.inode,
         ) or st.st_dev != (row.device if row.device is not None else st.st_dev)
+        # A change recorded "in the future" was seen before the clock was stepped back: the
+        # quiet time starts again now, instead of lasting as long as the step.
+        restart = changed or row.changed_at > now
         # the new stat is written with this row's verdict, in one transaction (promote,
         # or the tick's set_due)
         noted = (
@@ -169,9 +192,9 @@ class Settler:
                 mtime_ns=st.st_mtime_ns,
                 inode=st.st_ino,
                 device=st.st_dev,
-                changed_at=now if changed else None,
+                changed_at=now if restart else None,
             )
-            if changed or row.device is None
+            if restart or row.device is None
             else None
         )
         if noted is not None:
@@ -198,7 +221,7 @@ class Settler:
             if settle > 0:
                 return now + settle
             # settle_seconds = 0: one look is enough, queue it now (no second tick)
-        quiet_since = now if changed else row.changed_at
+        quiet_since = now if restart else row.changed_at
         quiet_from = max(quiet_since, sidecar_since)
         if now - quiet_from < folder.settle_seconds:
             return quiet_from + float(folder.settle_seconds)
@@ -242,7 +265,7 @@ class Settler:
             return 0.0
         key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         seen = self._sidecars.get(row.id)
-        if seen is None or seen[0] != key:
+        if seen is None or seen[0] != key or seen[1] > now:  # new, changed, or before a clock step
             self._sidecars[row.id] = (key, now)
             return now
         return seen[1]

@@ -48,24 +48,26 @@ Modules: :mod:`~syncd.ledger.row` (states, the row, column codecs),
 :mod:`~syncd.ledger.schema` (DDL and migrations, opening and checking),
 :mod:`~syncd.ledger.writer` (the connection, transactions, group commit),
 :mod:`~syncd.ledger.queries` (reads), :mod:`~syncd.ledger.transitions` (the
-verbs that write), :mod:`~syncd.ledger.backup` (``syncd ledger backup``).
+verbs that write), :mod:`~syncd.ledger.schedule` (due times a stepped-back
+clock left in the future), :mod:`~syncd.ledger.backup` (``syncd ledger backup``).
 """
 
 from __future__ import annotations
 
 from syncd.ledger.backup import Backup, backup
 from syncd.ledger.row import ACTIVE_STATES, STATES, Row, Stat, State
+from syncd.ledger.schedule import Schedule
 from syncd.ledger.schema import _MIGRATIONS as _MIGRATIONS
 from syncd.ledger.schema import APPLICATION_ID, QUICK_CHECK_MAX_BYTES, SCHEMA_VERSION, make_private
-from syncd.ledger.transitions import Transitions
 
 
-class Ledger(Transitions):
+class Ledger(Schedule):
     """The SQLite ledger. Open with :meth:`open`; close with :meth:`close`.
 
     Its verbs come in layers, one module each: :class:`~syncd.ledger.writer.Writer`
     (connection, transactions, :meth:`sync`), :class:`~syncd.ledger.queries.Queries`
-    (reads) and :class:`~syncd.ledger.transitions.Transitions` (writes).
+    (reads), :class:`~syncd.ledger.transitions.Transitions` (writes) and
+    :class:`~syncd.ledger.schedule.Schedule` (due times after a clock step).
     """
 
 

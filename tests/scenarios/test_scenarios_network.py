@@ -61,9 +61,7 @@ import pytest
 import tomli_w
 
 from syncd.http import parse_retry_after
-from syncd.ledger import Ledger
 from syncd.retry_policy import backoff
-from tests.conftest import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.harness import CANARIES, Setup, sha, wait_until
 
@@ -551,32 +549,6 @@ def test_f22_backoff_reads_no_clock_and_retry_after_uses_the_servers(monkeypatch
     for local in (0.0, time.time(), time.time() + 1e6):
         wait = parse_retry_after(later, date=date, now=lambda local=local: local)
         assert wait is not None and 2.0 <= wait <= 3.0
-
-
-def test_f22_wall_clock_jump_shifts_retry_times_as_documented(tmp_path: Path) -> None:
-    """The documented limit: ``next_attempt_at`` is wall-clock time (it must survive a
-    restart). A backward jump of J seconds delays a scheduled retry by J; a forward jump
-    makes it due early. Nothing is lost either way (docs/guarantees.md, F22)."""
-    clock = FakeClock()
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3", clock=clock)
-    try:
-        ledger.observe("/inbox", ["a.txt"], destination="d")
-        (row,) = ledger.rows()
-        ledger.promote(row.id)
-        claimed = ledger.claim_next()
-        assert claimed is not None
-        ledger.mark_retry(row.id, error="HTTP 503", at=clock() + 2.0)
-        clock.advance(-3600)  # NTP steps the clock back an hour
-        clock.advance(2.5)
-        assert ledger.claim_next() is None, "behaviour changed: update docs/guarantees.md"
-        clock.advance(3600)  # the wall clock catches up with next_attempt_at
-        assert ledger.claim_next() is not None
-        ledger.mark_retry(row.id, error="HTTP 503", at=clock() + 600.0)
-        clock.advance(900)  # stepped forward a quarter of an hour: due at once
-        again = ledger.claim_next()
-        assert again is not None and again.state == "uploading"
-    finally:
-        ledger.close()
 
 
 def test_f22_wriftai_rate_limit_reset_ignores_clock_skew() -> None:
