@@ -127,6 +127,7 @@ class IntakeStage:
 
     def tick(self) -> None:
         """Ledger what events reported; judge the settling rows that are due."""
+        self.settler.follow_clock()  # before new rows get times of the clock as it is now
         flush(
             self.ledger,
             self.intake,

@@ -90,8 +90,7 @@ class Settler:
         would be over, or at once when an event names it. More rows due than
         one batch: :attr:`more` is set and the caller comes back at once.
         """
-        if self.steps is not None:
-            self._follow_step(self.steps.check())
+        self.follow_clock()
         folders = self._folders()
         queued = 0
         now = self.clock()
@@ -129,10 +128,12 @@ class Settler:
             self.on_queued()
         return queued
 
-    def _follow_step(self, step: float) -> None:
-        """The wall clock was stepped by ``step`` seconds (0: it was not): every quiet time
-        moves with it, so none is cut short (a file still being written would be sent
-        half-written) or drawn out."""
+    def follow_clock(self) -> None:
+        """If the wall clock was stepped since the last look, every quiet time moves with
+        it, so none is cut short (a file still being written would be sent half-written)
+        or drawn out. Each tick starts with it; the intake stage also calls it before it
+        ledgers new paths, so that their first times are not moved by a step before them."""
+        step = self.steps.check() if self.steps is not None else 0.0
         if not step:
             return
         moved = self.ledger.shift_settling(step)
