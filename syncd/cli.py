@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from syncd.commands.retry import cmd_retry
 from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
 from syncd.ledger import STATES, Ledger, backup
+from syncd.ledger.salvage import rebuild
 from syncd.logs import setup as setup_logging
 from syncd.once import RETRY_WAIT
 
@@ -338,18 +338,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.ledger_command == "backup":
         return _backup_ledger(path, Path(args.dest))
     with StateLock(Path(cfg.daemon.state_dir)):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        moved = []
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(path) + suffix)
-            if p.exists():
-                target = Path(f"{path}.broken-{stamp}{suffix}")
-                os.replace(p, target)
-                os.chmod(target, 0o600)  # a ledger's content, the owner's only
-                moved.append(target)
-        Ledger.open(path).close()
-    for m in moved:
+        rebuilt = rebuild(path, time.strftime("%Y%m%d-%H%M%S"), Ledger)
+    for m in rebuilt.moved:
         print(f"moved {m.name} aside")
+    if rebuilt.salvaged is not None:
+        print(rebuilt.salvaged.describe())
     print(f"new ledger at {path}; files still in the folders will be uploaded at the next start")
     return EXIT_OK
 

@@ -91,18 +91,30 @@ def test_f25_corrupt_ledger_exits_4_and_rebuild_recovers(setup: Callable[..., Se
     assert out.returncode == 0, out.stderr
     assert "moved ledger.sqlite3.broken-" in out.stdout
     assert list(s.ledger_path.parent.glob("ledger.sqlite3.broken-*"))
+    if damage == "notadb":  # nothing can be read: the files archived before keep no row
+        assert "nothing could be read from the damaged ledger (file is not a database)" in out.stdout
+        salvaged: list[str] = []
+    else:  # page 3 holds no row of these: every one is copied, receipt and archive copy
+        assert "copied 3 finished row(s) from the damaged ledger (3 done)" in out.stdout, out.stdout
+        salvaged = sorted(old)
     s.start()
-    wait_until(lambda: s.counts().get("done") == 3, 30, what="the inbox after the rebuild")
+    wait_until(lambda: s.counts().get("done") == 3 + len(salvaged), 30, what="the inbox after the rebuild")
     assert s.stop() == 0
 
-    # I1-I4 over the rebuilt ledger. It knows only what was in the folders: the files
-    # archived before the damage keep no row (the broken ledger is kept beside it).
+    # I1-I4 over the rebuilt ledger: what was in the folders, and what could be salvaged
+    # (the broken ledger is kept beside it).
     assert s.integrity() == "ok"  # I3
     uploads = s.emulator.uploads()
     by_uuid = {u["uuid"]: u for u in uploads}
     rows = {r.relpath: r for r in s.rows()}
-    assert sorted(rows) == [f"new-{i}.txt" for i in range(3)]
-    for rel, row in rows.items():
+    assert sorted(rows) == sorted([f"new-{i}.txt" for i in range(3)] + salvaged)
+    for rel in salvaged:
+        assert (rows[rel].uuid, rows[rel].receipt, rows[rel].location) == (
+            old[rel].uuid,
+            old[rel].receipt,
+            old[rel].location,
+        )
+    for rel, row in ((r, rows[r]) for r in rows if r.startswith("new-")):
         data = s.dropped[("in", rel)]
         assert row.state == "done" and row.sha256 == sha(data)
         assert row.location and Path(row.location).read_bytes() == data  # I1, I4

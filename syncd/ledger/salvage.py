@@ -1,0 +1,150 @@
+"""``syncd ledger rebuild``: a new ledger, with the rows the damaged one can still give.
+
+:func:`rebuild` moves the ledger (and its WAL and index) aside as
+``ledger.sqlite3.broken-STAMP``, where the operator can still look at it,
+and starts a new one. A ledger that fails ``quick_check`` is usually damaged
+in a few pages, and most of its rows can still be read: :func:`salvage`
+copies into the new ledger every row it can read of a file whose story is
+over (:data:`KEPT_STATES`):
+
+* done and skipped: where the bytes went (the receipt) and where the local
+  copy is (the archive), so ``syncd status``, ``syncd files`` and ``syncd
+  explain`` go on knowing them, and a kept file (``after_upload = "keep"``)
+  is still recognised and not uploaded again;
+* failed: the copy in the failed folder and why, so ``syncd retry`` still
+  works;
+* vanished.
+
+Rows of files still on their way (settling, queued, uploading, retrying,
+uploaded) are left out: their files are still in the inbox, and the next
+start ledgers them afresh. One that was uploaded but not yet archived is
+then uploaded a second time: a duplicate, never a loss.
+
+Rows are read by id ranges; a range that fails is halved down to single ids,
+so an unreadable page costs the rows on it, not the rest. The damaged file is
+opened read-only, with its WAL, or as an immutable file (without it) if that
+fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncd.ledger.row import State
+from syncd.ledger.transitions import Transitions
+
+if TYPE_CHECKING:
+    from syncd.ledger import Ledger
+
+KEPT_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED, State.VANISHED)
+CHUNK = 1000  # ids read per query while nothing fails
+
+
+@dataclass
+class Salvaged:
+    """What :func:`salvage` copied (rows per state), how many ids it could not read, and
+    why nothing could be read at all (None if something could)."""
+
+    copied: Counter[str] = field(default_factory=Counter)
+    unreadable: int = 0
+    error: str | None = None
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"nothing could be read from the damaged ledger ({self.error})"
+        kinds = ", ".join(f"{n} {state}" for state, n in sorted(self.copied.items())) or "none"
+        lost = f"; {self.unreadable} id(s) could not be read" if self.unreadable else ""
+        return f"copied {sum(self.copied.values())} finished row(s) from the damaged ledger ({kinds}){lost}"
+
+
+def _open(broken: Path) -> sqlite3.Connection:
+    """The damaged ledger, read-only: with its WAL if SQLite can, else the file alone."""
+    last: sqlite3.DatabaseError | None = None
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"file:{broken}?{query}", uri=True, isolation_level=None)
+            conn.execute("SELECT id FROM files LIMIT 1").fetchall()
+            return conn
+        except sqlite3.DatabaseError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+def salvage(broken: Path, ledger: Transitions) -> Salvaged:
+    """Copy the finished rows that can be read from the damaged ledger ``broken`` into the
+    new, empty ``ledger`` (see the module docstring)."""
+    result = Salvaged()
+    try:
+        src = _open(broken)
+    except sqlite3.DatabaseError as exc:
+        result.error = str(exc)
+        return result
+    try:
+        theirs = [r[1] for r in src.execute("PRAGMA table_info(files)")]
+        ours = {r[1] for r in ledger._conn.execute("PRAGMA table_info(files)")}
+        columns = [c for c in theirs if c in ours]
+        lo, hi = src.execute("SELECT MIN(id), MAX(id) FROM files").fetchone()
+    except sqlite3.DatabaseError as exc:
+        src.close()
+        result.error = str(exc)
+        return result
+    select = (
+        f"SELECT {', '.join(columns)} FROM files WHERE id BETWEEN ? AND ?"
+        f" AND state IN ({', '.join('?' * len(KEPT_STATES))})"
+    )
+
+    def read(first: int, last: int) -> list[tuple[Any, ...]]:
+        try:
+            return src.execute(select, (first, last, *KEPT_STATES)).fetchall()
+        except sqlite3.DatabaseError:
+            if first == last:
+                result.unreadable += 1
+                return []
+            middle = (first + last) // 2
+            return read(first, middle) + read(middle + 1, last)
+
+    insert = f"INSERT INTO files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    state_at = columns.index("state")
+    try:
+        for start in range(lo or 0, (hi or -1) + 1, CHUNK):
+            rows = read(start, min(start + CHUNK - 1, hi))
+            if not rows:
+                continue
+            with ledger._write("salvage") as conn:
+                conn.executemany(insert, rows)
+            result.copied.update(str(r[state_at]) for r in rows)
+    finally:
+        src.close()
+    return result
+
+
+@dataclass
+class Rebuilt:
+    moved: list[Path]  # the damaged ledger's files, moved aside
+    salvaged: Salvaged | None  # None: there was no ledger to read
+
+
+def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
+    """Move the ledger at ``path`` aside (``PATH.broken-STAMP``, 0600), open a new one
+    with ``opener`` and salvage what the old one can give. The caller holds the state
+    lock (no daemon runs)."""
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists():
+            target = Path(f"{path}.broken-{stamp}{suffix}")
+            os.replace(p, target)
+            os.chmod(target, 0o600)  # a ledger's content, the owner's only
+            moved.append(target)
+    ledger = opener.open(path)
+    try:
+        broken = Path(f"{path}.broken-{stamp}")
+        return Rebuilt(moved, salvage(broken, ledger) if broken in moved else None)
+    finally:
+        ledger.close()

@@ -1,0 +1,103 @@
+"""`syncd ledger rebuild` salvages the finished rows a damaged ledger can still give (F25)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from syncd.ledger import Ledger, State
+from syncd.ledger.salvage import rebuild
+
+ROWS = 3000
+
+
+def _ledger_with_history(path: Path) -> None:
+    """3,000 rows: every third done (with a receipt naming it), failed, or still queued."""
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for i in range(ROWS):
+        state = (State.DONE, State.FAILED, State.QUEUED)[i % 3]
+        conn.execute(
+            "INSERT INTO files (uuid, folder, relpath, location, state, destination, receipt,"
+            " first_seen, changed_at, updated_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1, 1, ?)",
+            (
+                f"uuid-{i}",
+                "/in",
+                f"f{i:05}.txt".encode(),
+                f"/archive/f{i:05}.txt".encode() if state != State.QUEUED else None,
+                state,
+                "lilt",
+                json.dumps({"marker": f"receipt-of-{i:05}"}) if state == State.DONE else None,
+                "HTTP 400" if state == State.FAILED else None,
+            ),
+        )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def _garble_the_page_holding(path: Path, marker: bytes) -> None:
+    """Damage the table page that holds ``marker`` (a receipt: no index holds it)."""
+    data = bytearray(path.read_bytes())
+    page = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    at = data.index(marker)
+    start = at - at % page
+    for i in range(start + 8, start + page):  # the cells and their pointers, not the page type
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_page_costs_its_rows_and_no_others(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    _ledger_with_history(path)
+    _garble_the_page_holding(path, b"receipt-of-01500")
+    rebuilt = rebuild(path, "STAMP", Ledger)
+    assert [p.name for p in rebuilt.moved] == ["ledger.sqlite3.broken-STAMP"]
+    salvaged = rebuilt.salvaged
+    assert salvaged is not None and salvaged.error is None
+    assert 0 < salvaged.unreadable < 100
+    finished = 2 * ROWS // 3
+    assert finished - 100 < sum(salvaged.copied.values()) < finished
+    assert set(salvaged.copied) == {"done", "failed"}
+    assert "could not be read" in salvaged.describe()
+
+    ledger = Ledger.open(path)
+    try:
+        assert ledger.integrity_check() == "ok"
+        rows = {r.uuid: r for r in ledger.rows()}
+        assert "uuid-1500" not in rows  # on the damaged page
+        assert rows["uuid-0"].receipt == {"marker": "receipt-of-00000"}  # far from it
+        assert rows["uuid-2997"].state == State.DONE
+        assert not any(r.state == State.QUEUED for r in rows.values())  # still in the inbox
+        counts = ledger.counts()  # kept by the triggers as the rows went in
+        assert counts[State.DONE] + counts[State.FAILED] == len(rows)
+        (requeued,) = ledger.requeue_failed([rows["uuid-1"].id])  # `syncd retry` still works
+        assert requeued.state == State.QUEUED
+    finally:
+        ledger.close()
+
+
+def test_a_ledger_that_cannot_be_opened_gives_nothing_and_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    _ledger_with_history(path)
+    with open(path, "r+b") as f:
+        f.write(b"\xa5" * 17)
+    rebuilt = rebuild(path, "STAMP", Ledger)
+    assert rebuilt.salvaged is not None
+    assert (
+        rebuilt.salvaged.describe()
+        == "nothing could be read from the damaged ledger (file is not a database)"
+    )
+    ledger = Ledger.open(path)
+    try:
+        assert ledger.rows() == []
+    finally:
+        ledger.close()
+
+
+def test_no_ledger_yet_is_a_plain_new_one(tmp_path: Path) -> None:
+    rebuilt = rebuild(tmp_path / "ledger.sqlite3", "STAMP", Ledger)
+    assert rebuilt.moved == [] and rebuilt.salvaged is None
+    assert (tmp_path / "ledger.sqlite3").exists()
