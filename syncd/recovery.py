@@ -44,7 +44,7 @@ from syncd.http import RETRY_AFTER_CAP
 from syncd.ledger import Ledger, State
 from syncd.logs import quoted_path
 from syncd.retry_policy import FOLDER_WAIT
-from syncd.settle import WAIT_LOOK
+from syncd.settle import LONGEST_LOOK
 from syncd.upload_one import UNCONFIGURED_WAIT
 from syncd.uploader import Uploader
 
@@ -107,7 +107,7 @@ class Recovery:
         # retry_max_seconds), a server's Retry-After, a refusing destination's pause,
         # a file waiting for its folder, destination or sidecar
         horizon = max(self.uploader.policy.cap, RETRY_AFTER_CAP, REFUSE_PAUSE, UNCONFIGURED_WAIT, FOLDER_WAIT)
-        reined = self.ledger.rein_in(max(horizon, settle), max(settle, WAIT_LOOK))
+        reined = self.ledger.rein_in(max(horizon, settle), max(settle, LONGEST_LOOK))
         if reined.total:
             log.warning(
                 "%d file(s) were due later than syncd ever schedules (%d queued, %d retrying,"

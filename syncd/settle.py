@@ -53,7 +53,10 @@ LONG_SETTLE_WARNING = 600.0  # seconds of continuous change before we say so
 BATCH = 2000  # rows judged per tick at most: signals, reload and the watchdog wait for no backlog
 WAKE_EVERY = 64  # within a tick, wake the uploaders every this many queued files
 MIN_LOOK = 0.05  # never look at a row again sooner than this (a busy row must not spin)
-WAIT_LOOK = 1.0  # a row that cannot be judged now (folder away, file busy): look again then
+WAIT_LOOK = 1.0  # a row that cannot be judged now (its file busy under another name): look again then
+AWAY_LOOK = 300.0  # a row whose folder is away or left the config (due at once on its return)
+ERROR_LOOK = 10.0  # a row whose file could not be looked at (an I/O error): look again then
+LONGEST_LOOK = max(WAIT_LOOK, AWAY_LOOK, ERROR_LOOK)  # beside settle_seconds, the furthest look ahead
 SIDECAR_PRUNE = 10_000  # remembered sidecar stats before those of rows gone are dropped
 QUEUED = float("-inf")  # _judge's answer for "queued now"
 
@@ -76,6 +79,7 @@ class Settler:
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
+        self._away: set[str] = set()  # folders whose rows were put off because they were away
         self.more = False  # the last tick left due rows for the next one
         self._noted: dict[int, Stat] = {}  # row id -> a new stat not yet written (this tick)
         # rows judged quiet this tick, promoted together (one transaction per WAKE_EVERY),
@@ -92,23 +96,30 @@ class Settler:
         """
         self.follow_clock()
         folders = self._folders()
+        for root in self._away & folders.keys():  # back: what waited for it is due now
+            self._away.discard(root)
+            self.ledger.settle_now(root)
         queued = 0
         now = self.clock()
         rows = self.ledger.settling_due(now, BATCH)
         self.more = len(rows) == BATCH
         looks: list[tuple[int, float]] = []
+        failed: list[tuple[Row, OSError]] = []
         for row in rows:
             folder = folders.get(row.folder)
             if folder is None:
-                # folder removed from config or unusable now; the row waits (a reload or the
-                # folder's return brings it back)
-                looks.append((row.id, now + WAIT_LOOK))
+                # Its folder left the config or is away (unmounted, missing): looked at
+                # rarely until it is back, when they are all due at once (100,000 rows
+                # looked at every second kept the main loop busy and other folders' files
+                # waiting).
+                looks.append((row.id, now + AWAY_LOOK))
+                self._away.add(row.folder)
                 continue
             try:
                 look = self._judge(row, folder, now)
             except OSError as exc:
-                log.warning("cannot check %s: %s", quoted_path(row.inbox_path), exc.strerror or exc)
-                look = now + WAIT_LOOK
+                failed.append((row, exc))
+                look = now + ERROR_LOOK
             if look is QUEUED:
                 queued += 1
                 if queued % WAKE_EVERY == 0:
@@ -119,6 +130,16 @@ class Settler:
             else:
                 self._sidecars.pop(row.id, None)
         self._flush_promotions()
+        if failed:  # one line a tick, not one a file: a dead disk fails every file at once
+            row, exc = failed[0]
+            log.warning(
+                "cannot check %d settling file(s) (%s: %s%s); looking again in %.0fs",
+                len(failed),
+                quoted_path(row.inbox_path),
+                exc.strerror or exc,
+                f", and {len(failed) - 1} more" if len(failed) > 1 else "",
+                ERROR_LOOK,
+            )
         self.ledger.set_due(looks, self._noted)
         self._noted = {}
         if len(self._sidecars) > SIDECAR_PRUNE:

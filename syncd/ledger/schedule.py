@@ -120,3 +120,14 @@ class Schedule(Transitions):
                 f" due_at = due_at + ? WHERE state = '{State.SETTLING}'",
                 (seconds, seconds, seconds),
             ).rowcount
+
+    def settle_now(self, folder: str) -> int:
+        """The folder ``folder`` is back (a reload, a share mounted again): its settling
+        rows, looked at rarely while it was away, are due now; how many."""
+        now = self._clock()
+        with self._write("settle_now") as conn:
+            return conn.execute(
+                "UPDATE files INDEXED BY files_settle_due SET due_at = ?"
+                f" WHERE state = '{State.SETTLING}' AND due_at > ? AND folder = ?",
+                (now, now, folder),
+            ).rowcount

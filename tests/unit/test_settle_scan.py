@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,3 +253,54 @@ def test_two_names_of_one_file_in_one_tick_queue_only_one(
     assert settler.tick() == 1
     states = sorted(r.state for r in ledger.rows())
     assert states == ["queued", "settling"]
+
+
+def test_rows_of_a_folder_that_is_away_wait_for_its_return(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """A folder that left the config or is unmounted: its settling rows are looked at once,
+    then not again every second (5,000 of them each second kept the main loop busy); on
+    its return they are all due at once."""
+    folder = _scanned(tmp_path, ledger, 5000)
+    here: dict[str, FolderConfig] = {}
+    settler = Settler(ledger, lambda: here, clock=clock)
+    ticks = 1
+    settler.tick()
+    while settler.more:
+        settler.tick()
+        ticks += 1
+    assert ticks == 3  # 5,000 rows in batches of 2,000, each looked at once
+    clock.advance(60)
+    assert ledger.settling_due(clock(), 10) == []
+    here[os.fspath(folder.path)] = folder  # back (a reload, or the share mounted again)
+    queued = settler.tick()
+    while settler.more:
+        queued += settler.tick()
+    assert queued == 5000
+
+
+def test_files_that_cannot_be_looked_at_make_one_line_a_tick(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A dead disk fails every lstat: one warning for the tick, not one per file, and each
+    file is looked at again after ERROR_LOOK seconds, not every second."""
+    import errno
+
+    from syncd import safefs, settle
+
+    folder = _scanned(tmp_path, ledger, 50)
+
+    def dead(*_: Any) -> os.stat_result:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safefs, "lstat", dead)
+    settler = _settler(ledger, folder, clock)
+    with caplog.at_level("WARNING", logger="syncd.settle"):
+        assert settler.tick() == 0
+    lines = [r.getMessage() for r in caplog.records if "cannot check" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("cannot check 50 settling file(s) (")
+    assert "Input/output error, and 49 more); looking again in 10s" in lines[0]
+    clock.advance(settle.ERROR_LOOK - 1)
+    assert ledger.settling_due(clock(), 10) == []
+    clock.advance(1.5)
+    assert len(ledger.settling_due(clock(), 100)) == 50
