@@ -214,7 +214,11 @@ class MainLoop:
         self.metrics.track_webhook(self.runtime.webhook_health)
         self.metrics.track_helpers(self.runtime.helpers_health)
         self.settler = Settler(
-            ledger, self.runtime.usable_folders, on_queued=uploader.wake, steps=ClockSteps()
+            ledger,
+            self.runtime.usable_folders,
+            on_queued=uploader.wake,
+            steps=ClockSteps(),
+            away=uploader.policy.away,
         )
         self.intake = IntakeStage(
             ledger,

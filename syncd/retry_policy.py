@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from syncd import failed
+from syncd.away import AwayFolders
 from syncd.circuit import UP, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import (
@@ -51,6 +52,7 @@ from syncd.errors import (
 )
 from syncd.failure_kinds import is_disk_full, retry_class
 from syncd.ledger import Ledger, Row, State
+from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.logs import quoted_path
 from syncd.upload_source import lexists
 from syncd.webhook import Webhook
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
-FOLDER_WAIT = 10.0  # seconds before a row whose folder is unavailable is looked at again
+FOLDER_WAIT = 300.0  # a row whose folder is unavailable, unless the folder is back sooner (syncd/away.py)
 
 __all__ = ["FOLDER_WAIT", "RetryPolicy", "backoff", "is_disk_full", "retry_class"]
 
@@ -109,6 +111,7 @@ class RetryPolicy:
         self.webhook: Webhook | None = None  # told when a file fails for good
         self._lock = threading.Lock()
         self._outage_at: dict[int, float] = {}  # row id -> time of its last outage failure
+        self.away = AwayFolders()  # folders whose files were put off (the settle stage wakes them)
         self._unreadable: dict[int, tuple[str, int]] = {}  # row id -> (reason, tries)
 
     def forget(self, row_id: int) -> None:
@@ -265,12 +268,14 @@ class RetryPolicy:
             return current.state
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
-            log.warning(
-                "cannot upload %s: its folder is unavailable (%s); it waits for the folder to come back",
+            # once per folder while it is away: each of 100,000 files would say the same
+            first = self.away.note(row.folder)
+            (log.warning if first else log.debug)(
+                "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",
                 quoted_path(row.inbox_path),
                 problem,
             )
-            return self.defer(row, f"folder unavailable: {problem}", FOLDER_WAIT)
+            return self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
         log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)

@@ -40,6 +40,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from syncd import metadata, rules, safefs
+from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
 
@@ -69,6 +70,7 @@ class Settler:
         clock: Callable[[], float] = time.time,
         on_queued: Callable[[], None] = lambda: None,
         steps: ClockSteps | None = None,
+        away: AwayFolders | None = None,
     ) -> None:
         self.ledger = ledger
         self.steps = steps  # the daemon's: quiet times follow a stepped clock
@@ -79,7 +81,7 @@ class Settler:
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
-        self._away: set[str] = set()  # folders whose rows were put off because they were away
+        self.away = away or AwayFolders()  # folders whose files were put off while away
         self.more = False  # the last tick left due rows for the next one
         self._noted: dict[int, Stat] = {}  # row id -> a new stat not yet written (this tick)
         # rows judged quiet this tick, promoted together (one transaction per WAKE_EVERY),
@@ -96,9 +98,9 @@ class Settler:
         """
         self.follow_clock()
         folders = self._folders()
-        for root in self._away & folders.keys():  # back: what waited for it is due now
-            self._away.discard(root)
-            self.ledger.settle_now(root)
+        for root in self.away.back(folders):  # back: what waited for it is due now
+            if self.ledger.folder_back(root):
+                self.on_queued()  # uploads put off for it: the workers take them now
         queued = 0
         now = self.clock()
         rows = self.ledger.settling_due(now, BATCH)
@@ -113,7 +115,7 @@ class Settler:
                 # looked at every second kept the main loop busy and other folders' files
                 # waiting).
                 looks.append((row.id, now + AWAY_LOOK))
-                self._away.add(row.folder)
+                self.away.note(row.folder)
                 continue
             try:
                 look = self._judge(row, folder, now)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from syncd.ledger.row import State
 from syncd.ledger.transitions import Transitions
 
+FOLDER_AWAY_ERROR = "folder unavailable"  # how the retry policy's reason for such a wait begins
 SLACK = 1.0  # seconds: a time this little ahead of the clock is another thread's, not a step
 
 
@@ -121,13 +122,21 @@ class Schedule(Transitions):
                 (seconds, seconds, seconds),
             ).rowcount
 
-    def settle_now(self, folder: str) -> int:
+    def folder_back(self, folder: str) -> int:
         """The folder ``folder`` is back (a reload, a share mounted again): its settling
-        rows, looked at rarely while it was away, are due now; how many."""
+        rows and the uploads put off for it, looked at rarely while it was away, are due
+        now; how many."""
         now = self._clock()
-        with self._write("settle_now") as conn:
-            return conn.execute(
+        with self._write("folder_back") as conn:
+            settling = conn.execute(
                 "UPDATE files INDEXED BY files_settle_due SET due_at = ?"
                 f" WHERE state = '{State.SETTLING}' AND due_at > ? AND folder = ?",
                 (now, now, folder),
             ).rowcount
+            waiting = conn.execute(
+                "UPDATE files INDEXED BY files_state SET next_attempt_at = ?"
+                f" WHERE state = '{State.RETRYING}' AND next_attempt_at > ? AND folder = ?"
+                f" AND last_error LIKE '{FOLDER_AWAY_ERROR}%'",
+                (now, now, folder),
+            ).rowcount
+        return settling + waiting

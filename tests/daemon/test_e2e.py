@@ -446,3 +446,41 @@ def test_uploads_cut_by_a_crash_go_to_the_destination_that_replaces_theirs(
     assert "no longer has" not in s.logs[-1].read_text()
     s.invariants()
     assert s.stop() == 0
+
+
+def test_files_of_a_folder_that_went_away_wait_quietly_and_go_when_it_is_back(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """100 files wait for a destination that is down; their folder goes away (renamed, as
+    an unmounted share would); the destination comes back. The files are not tried, and
+    not logged, one by one every few seconds while the folder is away (each was, every
+    10 s, with a warning each): one warning for the folder. When the folder is back they
+    all go at once."""
+    s = make_setup(
+        folders=[{"name": "in", "settle_seconds": 0}],
+        daemon={"retry_base_seconds": 0.5, "retry_max_seconds": 1},
+    )
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 503, "count": 100_000}])
+    s.start()
+    s.wait_started()
+    for i in range(100):
+        s.drop(f"f{i:03}.txt", f"waiting {i}".encode())
+
+    def waiting() -> bool:
+        counts = s.counts()
+        return counts.get("queued", 0) + counts.get("retrying", 0) == 100
+
+    wait_until(waiting, 30, what="100 files waiting")
+    away = s.inbox().parent / "in.away"
+    s.inbox().rename(away)
+    time.sleep(3)
+    s.emulator.set_faults(script=[])
+    time.sleep(12)
+    assert s.log_text().count("its folder is unavailable") <= 1
+    assert waiting() and not s.emulator.uploads()
+    away.rename(s.inbox())
+    back = time.monotonic()
+    wait_until(lambda: s.all_done(100), 30, 0.2, "the files, once their folder is back")
+    assert time.monotonic() - back < 10
+    s.invariants()
+    assert s.stop() == 0

@@ -304,3 +304,22 @@ def test_files_that_cannot_be_looked_at_make_one_line_a_tick(
     assert ledger.settling_due(clock(), 10) == []
     clock.advance(1.5)
     assert len(ledger.settling_due(clock(), 100)) == 50
+
+
+def test_folder_back_wakes_only_what_waited_for_the_folder(ledger: Ledger, clock: FakeClock) -> None:
+    """Uploads put off because their folder was away are due at once on its return; a
+    retry of the same folder for another reason keeps its backoff."""
+    rows = {}
+    for name, reason in (("away.txt", "folder unavailable: folder missing"), ("503.txt", "HTTP 503")):
+        ledger.observe("/in", [name], destination="d")
+        row = ledger.active_for_path("/in", name)
+        assert row is not None
+        ledger.promote(row.id)
+        assert ledger.claim_next() is not None
+        ledger.mark_retry(row.id, error=reason, at=clock() + 300)
+        rows[name] = row.id
+    assert ledger.folder_back("/elsewhere") == 0
+    assert ledger.folder_back("/in") == 1
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == rows["away.txt"]
+    assert ledger.claim_next() is None
