@@ -36,6 +36,7 @@ from syncd.circuits import Circuits
 from syncd.destinations.base import Destination, Receipt, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.ledger import Ledger, Row, State
+from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.offload import Handover, Offload
@@ -118,8 +119,12 @@ class Procedure:
             # Removed by a reload: the row waits (a later reload may bring it back, or give
             # it to a destination that `replaces` it) without using attempts or holding up
             # the destination's other folders.
-            what = "folder" if folder is None else f"destination {row.destination!r}"
-            return policy.defer(row, f"{what} is no longer configured", UNCONFIGURED_WAIT)
+            if folder is None:  # due at once if a reload brings the folder back (syncd/away.py)
+                policy.away.note(row.folder)
+                reason = f"{FOLDER_AWAY_ERROR}: it is no longer configured"
+            else:
+                reason = f"destination {row.destination!r} is no longer configured"
+            return policy.defer(row, reason, UNCONFIGURED_WAIT)
         path = row.current_path
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None

@@ -484,3 +484,39 @@ def test_files_of_a_folder_that_went_away_wait_quietly_and_go_when_it_is_back(
     assert time.monotonic() - back < 10
     s.invariants()
     assert s.stop() == 0
+
+
+def test_files_of_a_folder_a_reload_removed_go_at_once_when_a_reload_brings_it_back(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """The operator comments a folder out while its files wait for a destination that is
+    down, and puts it back: the files go at once, not after the 5 minutes a file of a
+    folder that left the config waits between looks."""
+    s = make_setup(
+        folders=[{"name": "in", "settle_seconds": 0}, {"name": "other", "settle_seconds": 0}],
+        daemon={"retry_base_seconds": 0.5, "retry_max_seconds": 1},
+    )
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 503, "count": 100_000}])
+    s.start()
+    s.wait_started()
+    for i in range(5):
+        s.drop(f"f{i}.txt", f"waiting {i}".encode())
+    wait_until(lambda: s.counts().get("retrying") == 5, 30, what="5 files waiting")
+    original = s.config.read_text()
+    doc = tomllib.loads(original)
+    doc["folders"] = [f for f in doc["folders"] if not f["path"].endswith("/in")]
+    s.config.write_text(tomli_w.dumps(doc))
+    assert s.cli("reload").returncode == 0
+    s.emulator.set_faults(script=[])
+    wait_until(
+        lambda: all("no longer configured" in (r.last_error or "") for r in s.rows()),
+        30,
+        what="the files put off for their folder",
+    )
+    s.config.write_text(original)
+    assert s.cli("reload").returncode == 0
+    back = time.monotonic()
+    wait_until(lambda: s.all_done(5), 30, 0.2, "the files, once a reload brings their folder back")
+    assert time.monotonic() - back < 10
+    s.invariants()
+    assert s.stop() == 0
