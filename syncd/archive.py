@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
@@ -218,3 +219,40 @@ def exists_under(path: str, root: str) -> bool:
         return stat.S_ISREG(safefs.lstat(r, rel).st_mode)
     except OSError:
         return False
+
+
+class Stuck:
+    """Folders whose after-upload action fails for a reason other than a full disk (a
+    read-only or unwritable archive folder, an I/O error), with the first error.
+
+    Their files stay in the inbox, uploaded, and are tried again at every sweep. Said
+    once per folder (the rest at debug level) until one of its files gets through: a
+    folder of 10,000 files said the same error for each of them every 10 seconds. The
+    sweep tries one file of a stuck folder, and the rest only once that one worked.
+    Thread-safe: workers and the main loop's sweep report.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._why: dict[str, str] = {}  # folder root -> the first error
+
+    def failed(self, root: str, exc: OSError) -> bool:
+        """Note a failure in ``root``; True if the folder was not stuck before."""
+        with self._lock:
+            if root in self._why:
+                return False
+            self._why[root] = str(exc.strerror or exc)
+            return True
+
+    def worked(self, root: str) -> bool:
+        """A file of ``root`` got through; True if the folder was stuck until now."""
+        with self._lock:
+            return self._why.pop(root, None) is not None
+
+    def __contains__(self, root: object) -> bool:
+        with self._lock:
+            return root in self._why
+
+    def problems(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._why)

@@ -141,6 +141,8 @@ class Health:
                 first.append(f"destination {name} down since {_clock(state.since)}: {state.reason}")
             elif state.state != UP:
                 first.append(f"destination {name} paused: {state.reason}")
+        for root, why in sorted(self.uploader.procedure.stuck.problems().items()):
+            first.append(f"uploaded files in {root} cannot be archived or deleted: {why}")
         for name, n in sorted(self.runtime.lost.items()):
             first.append(f"{n} file(s) wait for destination {name!r}, which the configuration no longer has")
         if self.runtime.reload_problem:

@@ -84,13 +84,17 @@ class Recovery:
         disk was full."""
         busy = self.uploader.inflight_ids()
         folders = self._folders()
+        procedure = self.uploader.procedure
         full = False
+        tried: set[str] = set()  # stuck folders whose one try this sweep failed
         for row in self.ledger.in_state(State.UPLOADED):
             folder = folders.get(row.folder)
-            if row.id in busy or folder is None:
+            if row.id in busy or folder is None or row.folder in tried:
                 continue
-            error = self.uploader.procedure.hand_over(row, folder)
+            error = procedure.hand_over(row, folder)
             full = full or (error is not None and is_disk_full(error))
+            if error is not None and row.folder in procedure.stuck:
+                tried.add(row.folder)  # the others of this folder wait for the next sweep
         return full
 
     def sweep(self) -> None:

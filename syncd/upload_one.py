@@ -109,6 +109,7 @@ class Procedure:
         self.clock = clock
         self.metrics = metrics
         self.offload: Offload | None = None  # upload helpers, when configured (the runtime sets it)
+        self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
 
     def run(self, row: Row, pulse: Pulse = NO_PULSE) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
@@ -360,17 +361,22 @@ class Procedure:
             archive.finish(self.ledger, row, folder, fd, fresh=fresh)
         except OSError as exc:
             full = is_disk_full(exc)
-            said = full and "archive" in self.disk_full
             if full:
+                said = "archive" in self.disk_full
                 self.disk_full.note("archive", exc)
+            else:
+                said = not self.stuck.failed(row.folder, exc)
             log.log(
                 logging.DEBUG if said else logging.ERROR,
-                "uploaded but could not %s %s: %s; will try again",
+                "uploaded but could not %s %s: %s; will try again%s",
                 folder.after_upload,
                 quoted_path(row.current_path),
                 exc.strerror or exc,
+                "" if full else " (files of this folder stay in the inbox, uploaded, until it works)",
             )
             return exc
+        if self.stuck.worked(row.folder):
+            log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
         if self.metrics is not None:
             self.metrics.observe_done(row.first_seen, self.clock())
         return None

@@ -658,6 +658,48 @@ def test_unmounted_folder_is_not_scanned_and_comes_back(
 
 
 @pytest.mark.process
+def test_a_read_only_archive_folder_is_one_problem_not_an_error_per_file(
+    make_setup: Callable[..., Setup], notify: NotifySocket
+) -> None:
+    """The archive folder is mounted read-only under syncd: the files are uploaded and stay
+    in the inbox; the journal says so once, STATUS= names the folder, and each sweep
+    tries one file, not all of them (each of them said the error every 10 s). Mounted
+    read-write again, the files are archived and the problem goes."""
+    why = namespaces_usable("-U", "-r", "-m", nsenter=True)
+    if why:
+        pytest.skip(f"needs a private mount namespace: {why}")
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}])
+    archive = s.archive()
+    archive.mkdir(parents=True, exist_ok=True)
+    q = shlex.quote(str(archive))
+    proc = start_wrapped(s, f"mount --bind {q} {q}\nmount -o remount,ro,bind {q}", notify.env())
+    notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
+    for i in range(30):
+        s.drop(f"f{i:02}.txt", f"uploaded, not archived {i}".encode())
+    wait_until(lambda: s.counts().get("uploaded") == 30, 30, what="30 files uploaded")
+    notify.wait_for(
+        lambda m: (
+            f"uploaded files in {s.inbox()} cannot be archived or deleted: Read-only file system"
+            in m.get("STATUS", "")
+        ),
+        10,
+        what="STATUS names the folder",
+    )
+    time.sleep(12)  # a sweep or two
+    log = s.log_text()
+    assert log.count("uploaded but could not archive") == 1, log[-3000:]
+    assert sorted(p.name for p in s.inbox().iterdir()) == [f"f{i:02}.txt" for i in range(30)]
+    nsenter = ["nsenter", "-t", str(proc.pid), "-U", "-m", "--preserve-credentials"]
+    subprocess.run([*nsenter, "mount", "-o", "remount,rw,bind", str(archive)], check=True, timeout=10)
+    wait_until(lambda: s.all_done(30), 30, 0.5, "the files archived once the folder takes writes")
+    s.wait_logged(f"archive works again in '{s.inbox()}'")
+    notify.wait_for(lambda m: "cannot be archived" not in m.get("STATUS", "x"), 10, what="problem gone")
+    s.invariants()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+@pytest.mark.process
 @pytest.mark.parametrize(
     "limit,sysctl",
     [

@@ -429,3 +429,40 @@ def test_backoff_is_full_jitter_and_capped() -> None:
         assert 0 < d <= min(60.0, 2.0 * 2 ** (attempt - 1))
     assert backoff(1, 2.0, 60.0, rng, retry_after=5) == 5
     assert backoff(1, 2.0, 60.0, rng, retry_after=10_000) == 60.0
+
+
+def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Archiving fails (a read-only archive folder): every file stays uploaded, the error is
+    logged once, and each sweep tries one file of the folder, not all; once that one
+    works, the others follow in the same sweep."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish, calls = archive.finish, []
+
+    def read_only(*args: Any, **kw: Any) -> None:
+        calls.append(args[1].id)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(archive, "finish", read_only)
+    for i in range(5):
+        drop(f"f{i}.txt")
+    with caplog.at_level("DEBUG", logger="syncd.uploader"):
+        for _ in range(5):
+            assert step() == "uploaded"
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "could not archive" in r.getMessage()]
+    assert len(errors) == 1
+    root = os.fspath(folder.path)
+    assert up.procedure.stuck.problems() == {root: "Read-only file system"}
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    calls.clear()
+    recovery.sweep()
+    assert len(calls) == 1  # one try for the stuck folder
+    monkeypatch.setattr(archive, "finish", real_finish)
+    recovery.sweep()
+    assert ledger.counts()["done"] == 5 and not up.procedure.stuck.problems()
