@@ -51,6 +51,7 @@ from syncd.uploader import Uploader
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
 
 SWEEP_EVERY = 10.0
+PAGE = 500  # uploaded rows read at a time by the sweep
 
 
 class Recovery:
@@ -81,20 +82,30 @@ class Recovery:
 
     def finish_uploaded(self) -> bool:
         """Finish after_upload for rows left ``uploaded`` that no worker holds; True if a
-        disk was full."""
+        disk was full.
+
+        Folder by folder, a page of rows at a time (10,000 uploaded files of a folder whose
+        archive takes no writes made every sweep read them all: 5 s and 120 MB for
+        100,000). A stuck folder (:class:`syncd.archive.Stuck`) gets one try a sweep; the
+        rest of its files follow in the same sweep once that one worked.
+        """
         busy = self.uploader.inflight_ids()
-        folders = self._folders()
         procedure = self.uploader.procedure
         full = False
-        tried: set[str] = set()  # stuck folders whose one try this sweep failed
-        for row in self.ledger.in_state(State.UPLOADED):
-            folder = folders.get(row.folder)
-            if row.id in busy or folder is None or row.folder in tried:
-                continue
-            error = procedure.hand_over(row, folder)
-            full = full or (error is not None and is_disk_full(error))
-            if error is not None and row.folder in procedure.stuck:
-                tried.add(row.folder)  # the others of this folder wait for the next sweep
+        for root, folder in self._folders().items():
+            after, limit = 0, 1 if root in procedure.stuck else PAGE
+            while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
+                for row in page:
+                    if row.id in busy:
+                        continue
+                    error = procedure.hand_over(row, folder)
+                    full = full or (error is not None and is_disk_full(error))
+                    if error is not None and root in procedure.stuck:
+                        break  # the others of this folder wait for the next sweep
+                else:
+                    after, limit = page[-1].id, PAGE
+                    continue
+                break
         return full
 
     def sweep(self) -> None:
