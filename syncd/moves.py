@@ -323,6 +323,7 @@ def move(
         dirfd = safefs.makedirs(rootfd, rel_dir, DIR_MODE)
     finally:
         os.close(rootfd)
+
     def taken(candidate: str) -> bool:  # by anything, a planted link included
         try:
             os.stat(candidate, dir_fd=dirfd, follow_symlinks=False)

@@ -39,7 +39,8 @@ from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, State
+from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
 from syncd.logs import quoted_path
 from syncd.metrics import Metrics
@@ -53,6 +54,7 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 
 CONFIG_KEY = "config"  # ledger kv: what the config applied last names (`syncd status` on a broken one)
 RELOAD_KEY = "reload"  # ledger kv: the last reload's outcome, which `syncd reload` waits for
+PRUNE_BATCH = 1000  # rows of each finished state looked at per sweep for keep_done_days
 
 
 def build_webhook(current: Webhook | None, daemon: configmod.DaemonConfig) -> Webhook | None:
@@ -106,6 +108,7 @@ class Runtime:
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         # files waiting per destination the config no longer has (a status problem)
         self.lost: dict[str, int] = {}
+        self._prune_after: dict[State, int] = dict.fromkeys(PRUNED_STATES, 0)  # keep_done_days cursors
         self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
         self.uploader = Uploader(
             ledger,
@@ -162,6 +165,24 @@ class Runtime:
         self.repoint_replaced()
         if self.lost:
             self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
+        self.prune()
+
+    def prune(self) -> int:
+        """``keep_done_days``: delete the next batch of old rows of finished files (see
+        :mod:`syncd.ledger.retention`); how many."""
+        days = self.cfg.daemon.keep_done_days
+        if not days:
+            return 0
+        cutoff = time.time() - days * 86400
+        deleted = 0
+        for state in PRUNED_STATES:
+            n, self._prune_after[state] = self.ledger.prune(
+                state, cutoff, after=self._prune_after[state], limit=PRUNE_BATCH
+            )
+            deleted += n
+        if deleted:
+            log.debug("deleted %d ledger row(s) of files done over %g day(s) ago", deleted, days)
+        return deleted
 
     def repoint_replaced(self) -> None:
         """Waiting files of every destination a ``replaces`` names go to its replacement."""

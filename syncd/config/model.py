@@ -51,6 +51,12 @@ class DaemonConfig:
         min=0,
         max=64,
     )
+    keep_done_days: float = _key(
+        0.0,
+        "Days the ledger keeps the row of a file that was archived (done, skipped) or vanished; "
+        "0 = for good. Rows of files left in place, and of failed files, are always kept.",
+        min=0,
+    )
     log_level: str = _key("info", "Log verbosity.", choices=("debug", "info", "warning", "error"))
     log_format: str = _key("text", "json: one object per line.", choices=("text", "json"))
     drain_seconds: float = _key(30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)

@@ -49,25 +49,28 @@ Modules: :mod:`~syncd.ledger.row` (states, the row, column codecs),
 :mod:`~syncd.ledger.writer` (the connection, transactions, group commit),
 :mod:`~syncd.ledger.queries` (reads), :mod:`~syncd.ledger.transitions` (the
 verbs that write), :mod:`~syncd.ledger.schedule` (due times a stepped-back
-clock left in the future), :mod:`~syncd.ledger.backup` (``syncd ledger backup``).
+clock left in the future), :mod:`~syncd.ledger.retention` (old rows of finished
+files deleted), :mod:`~syncd.ledger.salvage` (``syncd ledger rebuild``),
+:mod:`~syncd.ledger.backup` (``syncd ledger backup``).
 """
 
 from __future__ import annotations
 
 from syncd.ledger.backup import Backup, backup
+from syncd.ledger.retention import Retention
 from syncd.ledger.row import ACTIVE_STATES, STATES, Row, Stat, State
-from syncd.ledger.schedule import Schedule
 from syncd.ledger.schema import _MIGRATIONS as _MIGRATIONS
 from syncd.ledger.schema import APPLICATION_ID, QUICK_CHECK_MAX_BYTES, SCHEMA_VERSION, make_private
 
 
-class Ledger(Schedule):
+class Ledger(Retention):
     """The SQLite ledger. Open with :meth:`open`; close with :meth:`close`.
 
     Its verbs come in layers, one module each: :class:`~syncd.ledger.writer.Writer`
     (connection, transactions, :meth:`sync`), :class:`~syncd.ledger.queries.Queries`
-    (reads), :class:`~syncd.ledger.transitions.Transitions` (writes) and
-    :class:`~syncd.ledger.schedule.Schedule` (due times after a clock step).
+    (reads), :class:`~syncd.ledger.transitions.Transitions` (writes),
+    :class:`~syncd.ledger.schedule.Schedule` (due times after a clock step) and
+    :class:`~syncd.ledger.retention.Retention` (``keep_done_days``).
     """
 
 

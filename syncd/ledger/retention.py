@@ -1,0 +1,49 @@
+"""How long the ledger keeps the rows of files it is done with (``[daemon] keep_done_days``).
+
+:meth:`Retention.prune` deletes rows of files whose bytes left the inbox
+(:data:`PRUNED_STATES` with a location: archived, or skipped as a duplicate
+and archived) and of vanished files, done before a cutoff. Rows of files
+left in place (``after_upload = "keep"`` or ``"delete"``, failed without a
+failed folder) are kept: the settle stage recognises a kept file by its row,
+and would upload it again without one. Failed rows are kept for ``syncd
+retry``.
+
+Each call reads the next ``limit`` rows of one state in id order, from a
+cursor the caller keeps (the id it returned last time), and deletes those
+old enough: its cost is the same whatever the size of the ledger, and it
+needs no index of its own. The cursor wraps around at the end, so a row is
+deleted at the latest one pass after its time has come. The triggers keep
+the per-state counts and the per-day done counts as rows go.
+"""
+
+from __future__ import annotations
+
+from syncd.ledger.row import State
+from syncd.ledger.schedule import Schedule
+
+PRUNED_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.VANISHED)
+
+
+class Retention(Schedule):
+    def prune(self, state: State, cutoff: float, *, after: int, limit: int) -> tuple[int, int]:
+        """Delete, among the next ``limit`` rows of ``state`` after id ``after``, those done
+        before ``cutoff`` whose file left the inbox; returns how many, and the cursor for the
+        next call (0 after the last row)."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT id FROM files INDEXED BY files_state_id WHERE state = ? AND id > ?"
+                    " ORDER BY id LIMIT ?",
+                    (state, after, limit),
+                )
+            ]
+        if not ids:
+            return 0, 0
+        with self._write("prune") as conn:
+            deleted = conn.execute(
+                f"DELETE FROM files WHERE id IN ({', '.join('?' * len(ids))}) AND state = ?"
+                " AND COALESCE(done_at, updated_at) < ? AND (location IS NOT NULL OR state = ?)",
+                (*ids, state, cutoff, State.VANISHED),
+            ).rowcount
+        return deleted, ids[-1] if len(ids) == limit else 0
