@@ -448,6 +448,29 @@ def test_uploads_cut_by_a_crash_go_to_the_destination_that_replaces_theirs(
     assert s.stop() == 0
 
 
+def _waiting(s: Setup) -> int:
+    counts = s.counts()
+    return counts.get("queued", 0) + counts.get("retrying", 0)
+
+
+def _waiting_for_a_destination_that_is_down(
+    make_setup: Callable[..., Setup], n: int, folders: list[str]
+) -> Setup:
+    """A daemon whose destination answers 503 (until the test clears the faults), with
+    ``n`` files of the first folder waiting for it."""
+    s = make_setup(
+        folders=[{"name": name, "settle_seconds": 0} for name in folders],
+        daemon={"retry_base_seconds": 0.5, "retry_max_seconds": 1},
+    )
+    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 503, "count": 100_000}])
+    s.start()
+    s.wait_started()
+    for i in range(n):
+        s.drop(f"f{i:03}.txt", f"waiting {i}".encode())
+    wait_until(lambda: _waiting(s) == n, 30, what=f"{n} files waiting")
+    return s
+
+
 def test_files_of_a_folder_that_went_away_wait_quietly_and_go_when_it_is_back(
     make_setup: Callable[..., Setup],
 ) -> None:
@@ -456,28 +479,14 @@ def test_files_of_a_folder_that_went_away_wait_quietly_and_go_when_it_is_back(
     not logged, one by one every few seconds while the folder is away (each was, every
     10 s, with a warning each): one warning for the folder. When the folder is back they
     all go at once."""
-    s = make_setup(
-        folders=[{"name": "in", "settle_seconds": 0}],
-        daemon={"retry_base_seconds": 0.5, "retry_max_seconds": 1},
-    )
-    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 503, "count": 100_000}])
-    s.start()
-    s.wait_started()
-    for i in range(100):
-        s.drop(f"f{i:03}.txt", f"waiting {i}".encode())
-
-    def waiting() -> bool:
-        counts = s.counts()
-        return counts.get("queued", 0) + counts.get("retrying", 0) == 100
-
-    wait_until(waiting, 30, what="100 files waiting")
+    s = _waiting_for_a_destination_that_is_down(make_setup, 100, ["in"])
     away = s.inbox().parent / "in.away"
     s.inbox().rename(away)
     time.sleep(3)
     s.emulator.set_faults(script=[])
     time.sleep(12)
     assert s.log_text().count("its folder is unavailable") <= 1
-    assert waiting() and not s.emulator.uploads()
+    assert _waiting(s) == 100 and not s.emulator.uploads()
     away.rename(s.inbox())
     back = time.monotonic()
     wait_until(lambda: s.all_done(100), 30, 0.2, "the files, once their folder is back")
@@ -492,16 +501,7 @@ def test_files_of_a_folder_a_reload_removed_go_at_once_when_a_reload_brings_it_b
     """The operator comments a folder out while its files wait for a destination that is
     down, and puts it back: the files go at once, not after the 5 minutes a file of a
     folder that left the config waits between looks."""
-    s = make_setup(
-        folders=[{"name": "in", "settle_seconds": 0}, {"name": "other", "settle_seconds": 0}],
-        daemon={"retry_base_seconds": 0.5, "retry_max_seconds": 1},
-    )
-    s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 503, "count": 100_000}])
-    s.start()
-    s.wait_started()
-    for i in range(5):
-        s.drop(f"f{i}.txt", f"waiting {i}".encode())
-    wait_until(lambda: s.counts().get("retrying") == 5, 30, what="5 files waiting")
+    s = _waiting_for_a_destination_that_is_down(make_setup, 5, ["in", "other"])
     original = s.config.read_text()
     doc = tomllib.loads(original)
     doc["folders"] = [f for f in doc["folders"] if not f["path"].endswith("/in")]
