@@ -142,7 +142,8 @@ class Health:
             elif state.state != UP:
                 first.append(f"destination {name} paused: {state.reason}")
         for root, why in sorted(self.uploader.procedure.stuck.problems().items()):
-            first.append(f"uploaded files in {root} cannot be archived or deleted: {why}")
+            if root in self.runtime.folders:  # not one a reload removed since
+                first.append(f"uploaded files in {root} cannot be archived or deleted: {why}")
         for name, n in sorted(self.runtime.lost.items()):
             first.append(f"{n} file(s) wait for destination {name!r}, which the configuration no longer has")
         if self.runtime.reload_problem:
