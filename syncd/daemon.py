@@ -151,10 +151,13 @@ class Daemon:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
                 if not said:
+                    who = ledger.held_by()
                     log.warning(
-                        "the ledger is locked by another process (%s); waiting for it before starting", exc
+                        "the ledger is locked by another process%s; waiting for it before starting (%s)",
+                        who,
+                        exc,
                     )
-                    self.notifier.status("waiting for the ledger (locked by another process)")
+                    self.notifier.status(f"waiting for the ledger (locked by another process{who})")
                     said = True
         return False
 
@@ -306,10 +309,11 @@ class MainLoop:
                 health.tick_error = None  # a known condition, reported; not a wedge
                 self.pulse.beat()
                 return
+            who = self.ledger.held_by() if "locked" in str(exc) else ""
             if health.tick_error is None:
-                log.error("ledger error in the main loop: %s; retrying", exc)
+                log.error("ledger error in the main loop: %s%s; retrying", exc, who)
             health.tick_error = exc
-            self.notifier.status(f"ledger error: {exc}", only_if_changed=True)
+            self.notifier.status(f"ledger error: {exc}{who}", only_if_changed=True)
             return
         except Exception as exc:
             if health.tick_error is None:  # once per streak, not four times a second

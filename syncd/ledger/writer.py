@@ -11,8 +11,10 @@ fsync that made it durable (reached by the caller that ran the fsync).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -132,6 +134,12 @@ class Writer:
             rows = self._conn.execute(sql, args).fetchall()
         return [Row.from_db(r) for r in rows]
 
+    def held_by(self) -> str:
+        """`` (held by pid 1234, sqlite3)``: who holds the write lock, for a message; ""
+        if the system cannot say."""
+        holder = lock_holder(self.path)
+        return f" (held by {holder})" if holder else ""
+
     # ------------------------------------------------------------ group commit
 
     def sync(self, upto: int | None = None, point: str = "sync") -> None:
@@ -187,3 +195,30 @@ class Writer:
             finally:
                 os.close(dirfd)
         return self._wal_fd
+
+
+# The WAL write lock: byte 120 of the -shm file (SQLite's WALINDEX_LOCK_OFFSET), taken with
+# POSIX record locks, so F_GETLK names the process that holds it.
+_WAL_WRITE_LOCK = 120
+_FLOCK = "hhqqixxxx"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds the write lock of the ledger at ``path``: ``pid 1234, sqlite3``, or None
+    when nobody does or the system cannot say (another PID namespace, no -shm file)."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _WAL_WRITE_LOCK, 1, 0)
+            kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+        finally:
+            os.close(fd)
+    except (OSError, struct.error):
+        return None
+    if kind == fcntl.F_UNLCK or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f"pid {pid}, {f.read().strip()}"
+    except OSError:
+        return f"pid {pid}"

@@ -174,9 +174,9 @@ def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[...,
             status = s.cli("status", "--json")  # readers are not blocked (WAL)
             assert status.returncode == 0, status.stderr
             wait_until(
-                lambda: "database is locked" in s.log_text(),
+                lambda: f"database is locked (held by pid {holder.pid}, python" in s.log_text(),
                 HOLD_SECONDS + 5,
-                what="the daemon noticing the lock",
+                what="the daemon noticing the lock, and who holds it",
             )
             assert time.monotonic() - locked_at < HOLD_SECONDS, "the lock was released too early"
             assert s.proc is not None and s.proc.poll() is None, "the daemon died of a busy ledger"
@@ -206,9 +206,9 @@ def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Calla
             s.drop("second.txt", b"waits for the lock")
             proc = s.start()
             wait_until(
-                lambda: "locked by another process" in s.log_text(),
+                lambda: f"locked by another process (held by pid {holder.pid}, python" in s.log_text(),
                 HOLD_AT_START + 5,
-                what="the daemon saying it waits",
+                what="the daemon saying it waits, and for whom",
             )
             assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
             assert holder.wait(HOLD_AT_START + 10) == 0
