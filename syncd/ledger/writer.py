@@ -11,10 +11,8 @@ fsync that made it durable (reached by the caller that ran the fsync).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -197,28 +195,41 @@ class Writer:
         return self._wal_fd
 
 
-# The WAL write lock: byte 120 of the -shm file (SQLite's WALINDEX_LOCK_OFFSET), taken with
-# POSIX record locks, so F_GETLK names the process that holds it.
+# The WAL write lock: byte 120 of the -shm file (SQLite's WALINDEX_LOCK_OFFSET), a POSIX
+# record lock, which /proc/locks lists with the pid that holds it.
 _WAL_WRITE_LOCK = 120
-_FLOCK = "hhqqixxxx"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
 
 
 def lock_holder(path: str | Path) -> str | None:
     """Who holds the write lock of the ledger at ``path``: ``pid 1234, sqlite3``, or None
-    when nobody does or the system cannot say (another PID namespace, no -shm file)."""
+    when nobody does or the system cannot say (another PID namespace, no -shm file).
+
+    Read from /proc/locks, never by opening the -shm file: closing a descriptor of a
+    file drops every POSIX lock this process holds on it, SQLite's own included.
+    """
     try:
-        fd = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _WAL_WRITE_LOCK, 1, 0)
-            kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, asked))
-        finally:
-            os.close(fd)
-    except (OSError, struct.error):
-        return None
-    if kind == fcntl.F_UNLCK or pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f"pid {pid}, {f.read().strip()}"
+        st = os.stat(f"{path}-shm")
+        with open("/proc/locks") as f:
+            table = f.read()
     except OSError:
-        return f"pid {pid}"
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        # "1: POSIX  ADVISORY  WRITE 20790 fd:01:1234 120 120"
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "POSIX" or fields[3] != "WRITE" or fields[5] != device:
+            continue
+        start, end = fields[6], fields[7]
+        if not (start.isdigit() and int(start) <= _WAL_WRITE_LOCK) or not (
+            end == "EOF" or (end.isdigit() and int(end) >= _WAL_WRITE_LOCK)
+        ):
+            continue
+        pid = int(fields[4]) if fields[4].isdigit() else 0
+        if pid <= 0 or pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return f"pid {pid}, {f.read().strip()}"
+        except OSError:
+            return f"pid {pid}"
+    return None

@@ -303,3 +303,46 @@ def test_done_today_is_counted_per_local_day(tmp_path: Path) -> None:
         assert led.done_today() == led.done_since(_time.mktime(_time.localtime()[:3] + (0,) * 5 + (-1,)))
     finally:
         led.close()
+
+
+@pytest.mark.process
+def test_naming_the_lock_holder_leaves_our_own_locks_alone(tmp_path: Path) -> None:
+    """lock_holder reads /proc/locks: closing a descriptor of the -shm file would drop every
+    POSIX lock this process holds on it (SQLite's read marks), and another connection
+    could then checkpoint or reset the WAL under the daemon."""
+    import subprocess
+    import sys
+
+    from syncd.ledger.writer import lock_holder
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path)
+    try:
+        ledger.observe("/in", ["a.txt"], destination="d")
+
+        def ours() -> list[str]:
+            table = Path("/proc/locks").read_text().splitlines()
+            return sorted(line.split(":", 1)[1] for line in table if f" {os.getpid()} " in line)
+
+        with ledger._lock:
+            ledger._conn.execute("BEGIN")
+            ledger._conn.execute("SELECT COUNT(*) FROM files").fetchone()  # a read mark held
+            held = ours()
+            assert held
+            assert lock_holder(path) is None  # our own locks are not another's
+            code = "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None)"
+            code += "; c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(30)"
+            with subprocess.Popen(
+                [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+            ) as other:
+                try:
+                    assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+                    assert lock_holder(path) == f"pid {other.pid}, python" or str(
+                        lock_holder(path)
+                    ).startswith(f"pid {other.pid}, python")
+                    assert ours() == held
+                finally:
+                    other.kill()
+            ledger._conn.execute("COMMIT")
+    finally:
+        ledger.close()
