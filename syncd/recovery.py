@@ -59,6 +59,7 @@ class Recovery:
         self.ledger = ledger
         self._folders = folders
         self.uploader = uploader
+        self._stuck_after: dict[str, int] = {}  # stuck folder -> the uploaded row tried last
 
     def at_start(self) -> None:
         """Reconcile ledger, inbox and archive after the last stop (see the module docstring)."""
@@ -70,6 +71,8 @@ class Recovery:
         if requeued:
             log.info("resuming %d upload(s) interrupted by the last stop", requeued)
         self.rein_in()
+        for root in folders:  # files put off while a folder was away before the stop
+            self.ledger.folder_back(root)
         for folder in folders.values():
             for directory in (folder.archive_dir, folder.failed_dir):
                 if directory is not None and os.path.isdir(directory):
@@ -93,7 +96,8 @@ class Recovery:
         procedure = self.uploader.procedure
         full = False
         for root, folder in self._folders().items():
-            after, limit = 0, 1 if root in procedure.stuck else PAGE
+            stuck = root in procedure.stuck
+            after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for row in page:
                     if row.id in busy:
@@ -101,11 +105,16 @@ class Recovery:
                     error = procedure.hand_over(row, folder)
                     full = full or (error is not None and is_disk_full(error))
                     if error is not None and root in procedure.stuck:
-                        break  # the others of this folder wait for the next sweep
+                        # The others wait for the next sweep, which tries the one after
+                        # this (a file that fails for a reason of its own holds none back).
+                        self._stuck_after[root] = row.id
+                        break
                 else:
                     after, limit = page[-1].id, PAGE
                     continue
                 break
+            else:
+                self._stuck_after.pop(root, None)  # past the last one: from the first again
         return full
 
     def sweep(self) -> None:
@@ -126,8 +135,9 @@ class Recovery:
         if reined.total:
             log.warning(
                 "%d file(s) were due later than syncd ever schedules (%d queued, %d retrying,"
-                " %d settling): the system clock was stepped back, or retry_max_seconds was"
-                " lowered; they are due again within the wait they were given",
+                " %d settling): the system clock was stepped back, or the configuration now"
+                " waits less (retry_max_seconds, settle_seconds); they are due again within"
+                " the wait they were given",
                 reined.total,
                 reined.queued,
                 reined.retrying,

@@ -268,14 +268,17 @@ class RetryPolicy:
             return current.state
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
-            # once per folder while it is away: each of 100,000 files would say the same
+            state = self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
+            # Noted once the wait is in the ledger (the settle stage may find the folder back
+            # at once, and wakes only what waits by then); said once per folder while it is
+            # away, not by each of 100,000 files.
             first = self.away.note(row.folder)
             (log.warning if first else log.debug)(
                 "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",
                 quoted_path(row.inbox_path),
                 problem,
             )
-            return self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
+            return state
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
         log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)

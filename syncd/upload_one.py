@@ -120,12 +120,12 @@ class Procedure:
             # Removed by a reload: the row waits (a later reload may bring it back, or give
             # it to a destination that `replaces` it) without using attempts or holding up
             # the destination's other folders.
-            if folder is None:  # due at once if a reload brings the folder back (syncd/away.py)
-                policy.away.note(row.folder)
-                reason = f"{FOLDER_AWAY_ERROR}: it is no longer configured"
-            else:
+            if folder is not None:  # its destination left the config
                 reason = f"destination {row.destination!r} is no longer configured"
-            return policy.defer(row, reason, UNCONFIGURED_WAIT)
+                return policy.defer(row, reason, UNCONFIGURED_WAIT)
+            state = policy.defer(row, f"{FOLDER_AWAY_ERROR}: it is no longer configured", UNCONFIGURED_WAIT)
+            policy.away.note(row.folder)  # due at once if a reload brings it back (syncd/away.py)
+            return state
         path = row.current_path
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None

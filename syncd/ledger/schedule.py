@@ -67,6 +67,11 @@ _BEYOND_HORIZON = ("files_state", f"state = '{State.RETRYING}' AND next_attempt_
 _SETTLING_AHEAD = ("files_settle_due", f"state = '{State.SETTLING}' AND due_at > :settle_beyond")
 
 
+def _any(*rows: tuple[str, str]) -> str:
+    """A ``SELECT`` of whether any of these (index, condition) finds a row."""
+    return "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM files INDEXED BY {i} WHERE {w})" for i, w in rows)
+
+
 def _update(rows: tuple[str, str], assignments: str) -> str:
     index, where = rows
     return f"UPDATE files INDEXED BY {index} SET {assignments} WHERE {where}"
@@ -85,12 +90,9 @@ class Schedule(Transitions):
             "beyond": now + horizon + SLACK,
             "settle_beyond": now + settle_horizon + SLACK,
         }
-        found = " OR ".join(
-            f"EXISTS (SELECT 1 FROM files INDEXED BY {index} WHERE {where})"
-            for index, where in (_QUEUED_AHEAD, _WRITTEN_AHEAD, _BEYOND_HORIZON, _SETTLING_AHEAD)
-        )
+        found = _any(_QUEUED_AHEAD, _WRITTEN_AHEAD, _BEYOND_HORIZON, _SETTLING_AHEAD)
         with self._lock:
-            if not self._conn.execute(f"SELECT {found}", args).fetchone()[0]:
+            if not self._conn.execute(found, args).fetchone()[0]:
                 return Reined()
         with self._write("rein_in") as conn:
             queued = conn.execute(_update(_QUEUED_AHEAD, "next_attempt_at = :now"), args).rowcount
@@ -123,20 +125,19 @@ class Schedule(Transitions):
             ).rowcount
 
     def folder_back(self, folder: str) -> int:
-        """The folder ``folder`` is back (a reload, a share mounted again): its settling
-        rows and the uploads put off for it, looked at rarely while it was away, are due
-        now; how many."""
-        now = self._clock()
+        """The folder ``folder`` is back (a reload, a share mounted again, a start): its
+        settling rows and the uploads put off for it, looked at rarely while it was away,
+        are due now; how many. No commit when there are none."""
+        args = {"now": self._clock(), "folder": folder}
+        settling = ("files_settle_due", f"state = '{State.SETTLING}' AND due_at > :now AND folder = :folder")
+        waiting = (
+            "files_state",
+            f"state = '{State.RETRYING}' AND next_attempt_at > :now AND folder = :folder"
+            f" AND last_error LIKE '{FOLDER_AWAY_ERROR}%'",
+        )
+        with self._lock:
+            if not self._conn.execute(_any(settling, waiting), args).fetchone()[0]:
+                return 0
         with self._write("folder_back") as conn:
-            settling = conn.execute(
-                "UPDATE files INDEXED BY files_settle_due SET due_at = ?"
-                f" WHERE state = '{State.SETTLING}' AND due_at > ? AND folder = ?",
-                (now, now, folder),
-            ).rowcount
-            waiting = conn.execute(
-                "UPDATE files INDEXED BY files_state SET next_attempt_at = ?"
-                f" WHERE state = '{State.RETRYING}' AND next_attempt_at > ? AND folder = ?"
-                f" AND last_error LIKE '{FOLDER_AWAY_ERROR}%'",
-                (now, now, folder),
-            ).rowcount
-        return settling + waiting
+            n = conn.execute(_update(settling, "due_at = :now"), args).rowcount
+            return n + conn.execute(_update(waiting, "next_attempt_at = :now"), args).rowcount

@@ -464,5 +464,40 @@ def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     recovery.sweep()
     assert len(calls) == 1  # one try for the stuck folder
     monkeypatch.setattr(archive, "finish", real_finish)
+    recovery.sweep()  # the file after the one tried last works: the folder goes on
+    assert ledger.counts()["done"] == 4 and not up.procedure.stuck.problems()
     recovery.sweep()
-    assert ledger.counts()["done"] == 5 and not up.procedure.stuck.problems()
+    assert ledger.counts()["done"] == 5
+
+
+def test_one_file_that_cannot_be_archived_holds_none_of_the_others_back(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first uploaded file fails to archive (a reason of its own): the sweep's try
+    moves on to the next file each time, so the others are archived."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish = archive.finish
+    bad = drop("bad.txt")
+
+    def one_bad(ledger_: Any, row: Any, *args: Any, **kw: Any) -> None:
+        if row.id == bad:
+            raise OSError(errno.EACCES, "Permission denied")
+        real_finish(ledger_, row, *args, **kw)
+
+    monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    for i in range(4):
+        drop(f"f{i}.txt")
+    for _ in range(5):
+        assert step() == "uploaded"
+    monkeypatch.setattr(archive, "finish", one_bad)
+    root = os.fspath(folder.path)
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    for _ in range(4):
+        recovery.sweep()
+    assert ledger.counts()["done"] == 4
+    assert ledger.get(bad).state == "uploaded"
