@@ -51,8 +51,8 @@ class DaemonConfig:
         min=0,
         max=64,
     )
-    keep_done_days: float = _key(
-        0.0,
+    keep_done_days: int = _key(
+        0,
         "Days the ledger keeps the row of a file that was archived (done, skipped) or vanished; "
         "0 = for good. Rows of files left in place, and of failed files, are always kept.",
         min=0,

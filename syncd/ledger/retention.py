@@ -13,7 +13,8 @@ cursor the caller keeps (the id it returned last time), and deletes those
 old enough: its cost is the same whatever the size of the ledger, and it
 needs no index of its own. The cursor wraps around at the end, so a row is
 deleted at the latest one pass after its time has come. The triggers keep
-the per-state counts and the per-day done counts as rows go.
+the per-state counts as rows go; the per-day done counts (``syncd status``:
+done today) are history and stay as they were.
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ class Retention(Schedule):
             ]
         if not ids:
             return 0, 0
+        old = (
+            f"id IN ({', '.join('?' * len(ids))}) AND state = ?"
+            " AND COALESCE(done_at, updated_at) < ? AND (location IS NOT NULL OR state = ?)"
+        )
+        args = (*ids, state, cutoff, State.VANISHED)
         with self._write("prune") as conn:
-            deleted = conn.execute(
-                f"DELETE FROM files WHERE id IN ({', '.join('?' * len(ids))}) AND state = ?"
-                " AND COALESCE(done_at, updated_at) < ? AND (location IS NOT NULL OR state = ?)",
-                (*ids, state, cutoff, State.VANISHED),
-            ).rowcount
+            # The delete trigger takes each done row off its day in done_days, which is
+            # history (files done that day), not what the ledger holds: put them back first.
+            conn.execute(
+                "INSERT INTO done_days (day, n) SELECT date(done_at, 'unixepoch', 'localtime'), COUNT(*)"
+                f" FROM files WHERE {old} AND state = '{State.DONE}' AND done_at IS NOT NULL GROUP BY 1"
+                " ON CONFLICT (day) DO UPDATE SET n = n + excluded.n",
+                args,
+            )
+            deleted = conn.execute(f"DELETE FROM files WHERE {old}", args).rowcount
         return deleted, ids[-1] if len(ids) == limit else 0

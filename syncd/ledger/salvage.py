@@ -94,31 +94,60 @@ def salvage(broken: Path, ledger: Transitions) -> Salvaged:
         src.close()
         result.error = str(exc)
         return result
-    select = (
-        f"SELECT {', '.join(columns)} FROM files WHERE id BETWEEN ? AND ?"
-        f" AND state IN ({', '.join('?' * len(KEPT_STATES))})"
-    )
+    # Each range is read twice: through the table's own rowid tree (NOT INDEXED) and
+    # as the planner likes (the state index). A damaged index hides rows from the second, a damaged table
+    # page can hide rows from the first without an error; a row either finds is copied.
+    marks = ", ".join("?" * len(KEPT_STATES))
+    where = f"WHERE id BETWEEN ? AND ? AND state IN ({marks})"
+    selects = [f"SELECT {', '.join(columns)} FROM files {how} {where}" for how in ("NOT INDEXED", "")]
+    id_at = columns.index("id")
 
     def read(first: int, last: int) -> list[tuple[Any, ...]]:
+        """The kept rows between these ids that either read finds; an id that failed to
+        read alone in one and was not found by the other counts as unreadable."""
+        found: dict[int, tuple[Any, ...]] = {}
+        failed: set[int] = set()
+        for select in selects:
+            found.update((r[id_at], r) for r in _read(select, first, last, failed))
+        result.unreadable += len(failed - found.keys())
+        return [found[i] for i in sorted(found)]
+
+    def _read(select: str, first: int, last: int, failed: set[int]) -> list[tuple[Any, ...]]:
         try:
             return src.execute(select, (first, last, *KEPT_STATES)).fetchall()
         except sqlite3.DatabaseError:
             if first == last:
-                result.unreadable += 1
+                failed.add(first)
                 return []
             middle = (first + last) // 2
-            return read(first, middle) + read(middle + 1, last)
+            return _read(select, first, middle, failed) + _read(select, middle + 1, last, failed)
 
-    insert = f"INSERT INTO files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    def next_id(after: int) -> int | None:
+        """The first id above ``after`` (a damaged MAX(id) may lie far beyond the rows),
+        or ``after + 1`` when the table cannot say."""
+        try:
+            found = src.execute("SELECT MIN(id) FROM files NOT INDEXED WHERE id > ?", (after,)).fetchone()
+        except sqlite3.DatabaseError:
+            return after + 1
+        return None if found[0] is None else int(found[0])
+
+    # OR IGNORE: a row damaged in a way that still reads (a NULL where none may be, a
+    # repeated uuid) is left out, not the end of the rebuild
+    insert = f"INSERT OR IGNORE INTO files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     state_at = columns.index("state")
+    start: int | None = lo
     try:
-        for start in range(lo or 0, (hi or -1) + 1, CHUNK):
-            rows = read(start, min(start + CHUNK - 1, hi))
-            if not rows:
-                continue
-            with ledger._write("salvage") as conn:
-                conn.executemany(insert, rows)
-            result.copied.update(str(r[state_at]) for r in rows)
+        while start is not None and hi is not None and start <= hi:
+            end = min(start + CHUNK - 1, hi)
+            rows = read(start, end)
+            if rows:
+                with ledger._write("salvage") as conn:
+                    for row in rows:
+                        if conn.execute(insert, row).rowcount:
+                            result.copied[str(row[state_at])] += 1
+                start = end + 1
+            else:
+                start = next_id(end)
     finally:
         src.close()
     return result

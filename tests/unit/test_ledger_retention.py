@@ -130,3 +130,40 @@ def test_the_sweep_prunes_with_keep_done_days_and_not_without(
             assert len(ledger.rows()) == left
     finally:
         ledger.close()
+
+
+def test_pruning_leaves_the_done_per_day_counts_alone(tmp_path: Path) -> None:
+    """Files done on a day stay counted for that day after their rows go (history); rows
+    that were never counted (salvaged ones) do not take anything off."""
+    path = tmp_path / "ledger.sqlite3"
+    _history(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(  # counted as the daemon counts them when they become done
+        "INSERT INTO done_days (day, n) SELECT date(done_at, 'unixepoch', 'localtime'), COUNT(*)"
+        " FROM files WHERE state = 'done' GROUP BY 1"
+    )
+    counted = "SELECT day, n FROM done_days WHERE n != 0"
+    before = dict(conn.execute(counted).fetchall())
+    conn.close()
+    ledger = Ledger.open(path)
+    try:
+        assert ledger.prune(State.DONE, NOW - 30 * DAY, after=0, limit=100)[0] == 1
+    finally:
+        ledger.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert dict(conn.execute(counted).fetchall()) == before
+    conn.close()
+
+
+def test_keep_done_days_is_whole_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_KEY", "retention-test-key")
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(
+        '[daemon]\nkeep_done_days = 0.5\n[destinations.d]\ntype = "lilt"\n'
+        'api_key = "env:TEST_KEY"\n[[folders]]\npath = "inbox"\ndestination = "d"\n'
+    )
+    path.chmod(0o600)
+    with pytest.raises(configmod.ConfigError) as info:
+        configmod.load(path)
+    assert "daemon.keep_done_days" in str(info.value) and "0.5" in str(info.value)

@@ -101,3 +101,20 @@ def test_no_ledger_yet_is_a_plain_new_one(tmp_path: Path) -> None:
     rebuilt = rebuild(tmp_path / "ledger.sqlite3", "STAMP", Ledger)
     assert rebuilt.moved == [] and rebuilt.salvaged is None
     assert (tmp_path / "ledger.sqlite3").exists()
+
+
+def test_ids_far_apart_are_read_without_walking_the_gap(tmp_path: Path) -> None:
+    """An id of 2**62 (a damaged row, or a ledger that jumped): the salvage jumps to the next
+    id that exists instead of reading a thousand ids at a time up to it."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for row_id in (*range(1, 51), 2**62):
+        conn.execute(
+            "INSERT INTO files (id, uuid, folder, relpath, location, state, destination, first_seen,"
+            " changed_at, updated_at, done_at) VALUES (?, ?, '/in', ?, x'2f61', 'done', 'd', 1, 1, 1, 1)",
+            (row_id, f"u{row_id}", f"f{row_id}".encode()),
+        )
+    conn.close()
+    rebuilt = rebuild(path, "STAMP", Ledger)
+    assert rebuilt.salvaged is not None and rebuilt.salvaged.copied == {"done": 51}
