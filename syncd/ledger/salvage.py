@@ -20,8 +20,10 @@ uploaded) are left out: their files are still in the inbox, and the next
 start ledgers them afresh. One that was uploaded but not yet archived is
 then uploaded a second time: a duplicate, never a loss.
 
-Rows are read by id ranges; a range that fails is halved down to single ids,
-so an unreadable page costs the rows on it, not the rest. The damaged file is
+Rows are read by id ranges, each twice: through the table's own rowid tree
+and through the state index, since either may be the damaged part; a range
+that fails is halved down to single ids, so an unreadable page costs the
+rows on it, not the rest. The damaged file is
 opened read-only, with its WAL, or as an immutable file (without it) if that
 fails.
 """
