@@ -96,27 +96,32 @@ def test_a_batch_at_a_time_from_a_cursor_that_wraps_around(tmp_path: Path) -> No
         ledger.close()
 
 
+def _config(tmp_path: Path, keep_done_days: object) -> configmod.Config:
+    """A config with one folder and ``keep_done_days`` (TEST_KEY must be set)."""
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    path = tmp_path / "syncd.toml"
+    path.write_text(
+        f'[daemon]\nstate_dir = "state"\nkeep_done_days = {keep_done_days}\n'
+        '[destinations.d]\ntype = "lilt"\nbase_url = "http://127.0.0.1:9/lilt"\n'
+        'api_key = "env:TEST_KEY"\n[[folders]]\npath = "inbox"\ndestination = "d"\n'
+    )
+    path.chmod(0o600)
+    return configmod.load(path)
+
+
 def test_the_sweep_prunes_with_keep_done_days_and_not_without(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_KEY", "retention-test-key")
     monkeypatch.setattr("syncd.runtime.time.time", lambda: NOW)
-    (tmp_path / "inbox").mkdir()
-    path = tmp_path / "syncd.toml"
     ledger_path = tmp_path / "state" / "ledger.sqlite3"
     ledger_path.parent.mkdir()
     _history(ledger_path)
     ledger = Ledger.open(ledger_path)
     try:
         for days, left in ((0, 10), (30, 7)):
-            path.write_text(
-                f'[daemon]\nstate_dir = "state"\nkeep_done_days = {days}\n'
-                '[destinations.d]\ntype = "lilt"\nbase_url = "http://127.0.0.1:9/lilt"\n'
-                'api_key = "env:TEST_KEY"\n[[folders]]\npath = "inbox"\ndestination = "d"\n'
-            )
-            path.chmod(0o600)
             runtime = Runtime(
-                configmod.load(path),
+                _config(tmp_path, days),
                 ledger,
                 watcher=Watcher(Intake()),
                 metrics=Metrics(),
@@ -157,13 +162,6 @@ def test_pruning_leaves_the_done_per_day_counts_alone(tmp_path: Path) -> None:
 
 def test_keep_done_days_is_whole_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_KEY", "retention-test-key")
-    (tmp_path / "inbox").mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(
-        '[daemon]\nkeep_done_days = 0.5\n[destinations.d]\ntype = "lilt"\n'
-        'api_key = "env:TEST_KEY"\n[[folders]]\npath = "inbox"\ndestination = "d"\n'
-    )
-    path.chmod(0o600)
     with pytest.raises(configmod.ConfigError) as info:
-        configmod.load(path)
+        _config(tmp_path, 0.5)
     assert "daemon.keep_done_days" in str(info.value) and "0.5" in str(info.value)
