@@ -91,7 +91,7 @@ def salvage(broken: Path, ledger: Transitions) -> Salvaged:
         theirs = [r[1] for r in src.execute("PRAGMA table_info(files)")]
         ours = {r[1] for r in ledger._conn.execute("PRAGMA table_info(files)")}
         columns = [c for c in theirs if c in ours]
-        lo, hi = src.execute("SELECT MIN(id), MAX(id) FROM files").fetchone()
+        lo, hi = src.execute("SELECT MIN(id), MAX(id) FROM files NOT INDEXED").fetchone()
     except sqlite3.DatabaseError as exc:
         src.close()
         result.error = str(exc)

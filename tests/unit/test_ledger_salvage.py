@@ -118,3 +118,28 @@ def test_ids_far_apart_are_read_without_walking_the_gap(tmp_path: Path) -> None:
     conn.close()
     rebuilt = rebuild(path, "STAMP", Ledger)
     assert rebuilt.salvaged is not None and rebuilt.salvaged.copied == {"done": 51}
+
+
+def test_rows_a_damaged_index_hides_are_read_from_the_table(tmp_path: Path) -> None:
+    """The state index lost its entries for ids >= 10 (the table is intact): every row is
+    still copied, since each range is also read through the table's own rowid tree."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for i in range(50):
+        conn.execute(
+            "INSERT INTO files (uuid, folder, relpath, location, state, destination, first_seen,"
+            " changed_at, updated_at, done_at) VALUES (?, '/in', ?, x'2f61', 'done', 'd', 1, 1, 1, 1)",
+            (f"u{i}", f"f{i}".encode()),
+        )
+    conn.execute("DROP INDEX files_state_id")  # built partial, then declared whole
+    conn.execute("CREATE INDEX files_state_id ON files(state, id) WHERE id < 10")
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX files_state_id ON files(state, id)'"
+        " WHERE name = 'files_state_id'"
+    )
+    conn.execute("PRAGMA writable_schema=OFF")
+    conn.close()
+    rebuilt = rebuild(path, "STAMP", Ledger)
+    assert rebuilt.salvaged is not None and rebuilt.salvaged.copied == {"done": 50}
