@@ -51,6 +51,7 @@ from typing import Any
 from syncd import config as configmod
 from syncd import once, shutdown
 from syncd.clock_steps import ClockSteps
+from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full
 from syncd.health import Health
 from syncd.intake import IntakeStage
@@ -295,6 +296,8 @@ class MainLoop:
             failed = counts[State.FAILED] - at_start[State.FAILED]
             daemon.final_counts = {"done": counts[State.DONE] - at_start[State.DONE], "failed": failed}
             code = 1 if failed > 0 or daemon.held_back else 0
+        if self.health.ledger_gone is not None:
+            raise LedgerError(self.health.ledger_gone)  # exit 4: the unit does not restart on it
         log.info("syncd stopped")
         return code
 
@@ -341,6 +344,8 @@ class MainLoop:
                     lambda root: self.intake.request_scan(root, reason="disk-space"),
                 )
             self.liveness.alive(now)  # a wedged stage is logged even without a watchdog
+            if self.health.check_ledger_file():
+                self.daemon.stop()
             line = health.status_line()
             if line != self.notifier.last_status:  # tell systemd and `syncd status` at once
                 self.notifier.status(line)

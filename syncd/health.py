@@ -68,10 +68,28 @@ class Health:
         self.liveness = liveness
         self.started_at = time.time()
         self.tick_error: BaseException | None = None  # the last tick's, until one works
+        self.ledger_gone: str | None = None  # why the ledger file is no longer ours (exit 4)
         self.watchdog_every = notifier.watchdog_interval()
         self._due = 0.0  # CLOCK_MONOTONIC when the next WATCHDOG=1 (or health check) is due
         self._meter = ProgressMeter()
         self._progress_shown = False  # the last progress snapshot written listed uploads
+
+    def check_ledger_file(self) -> bool:
+        """True (once) when the ledger file was deleted or replaced under syncd (``rm``, a
+        backup copied over it): whatever syncd recorded from then on would be in no
+        ledger at the next start, so the daemon stops and says how to go on."""
+        how = self.ledger.gone()
+        if how is None or self.ledger_gone is not None:
+            return False
+        self.ledger_gone = (
+            f"the ledger {self.ledger.path} {how} while syncd ran; stopping before more is "
+            "recorded where no later start finds it. Restore the ledger from a backup "
+            "(docs/operations.md, section 13), or start syncd again to begin a new one from "
+            "the folders (files still in the inboxes are uploaded again)"
+        )
+        log.critical("%s", self.ledger_gone)
+        self.notifier.status(f"stopping: the ledger {how}")
+        return True
 
     # the watchdog ------------------------------------------------------------
 

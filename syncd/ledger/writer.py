@@ -41,6 +41,7 @@ class Writer:
         self._syncing = False
         self._sync_cond = threading.Condition()
         self._wal_fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # the file opened: (device, inode)
         self._wal_id: tuple[int, int] | None = None
 
     @classmethod
@@ -52,6 +53,7 @@ class Writer:
         try:
             conn = schema.connect(path, readonly=readonly, timeout=timeout)
             ledger = cls(conn, path, clock)
+            ledger._identity = _identity(path)
             try:
                 if readonly:
                     schema.check_version(conn, path)
@@ -132,6 +134,16 @@ class Writer:
             rows = self._conn.execute(sql, args).fetchall()
         return [Row.from_db(r) for r in rows]
 
+    def gone(self) -> str | None:
+        """How the file at the ledger's path stopped being the one this connection writes
+        (``"was deleted"``, ``"was replaced by another file"``), or None while it is."""
+        now = _identity(self.path)
+        if now is None:
+            return "was deleted"
+        if self._identity is not None and now != self._identity:
+            return "was replaced by another file"
+        return None
+
     def held_by(self) -> str:
         """`` (held by pid 1234, sqlite3)``: who holds the write lock, for a message; ""
         if the system cannot say."""
@@ -162,7 +174,8 @@ class Writer:
                     fd = self._wal()  # only the leader opens it
                     self._sync_cond.release()
                     try:
-                        os.fdatasync(fd)
+                        if fd is not None:
+                            os.fdatasync(fd)
                     finally:
                         self._sync_cond.acquire()
                     crashpoints.point(f"ledger.{point}.synced")  # by the leader, for all
@@ -171,7 +184,7 @@ class Writer:
                     self._syncing = False
                     self._sync_cond.notify_all()
 
-    def _wal(self) -> int:
+    def _wal(self) -> int | None:
         """A descriptor of the WAL file (opened once; again if SQLite made a new one).
 
         Syncing it is what ``synchronous=FULL`` does after each commit: frames
@@ -180,7 +193,12 @@ class Writer:
         database after it). A new WAL file's directory entry is synced once.
         """
         wal = f"{self.path}-wal"
-        st = os.stat(wal)
+        try:
+            st = os.stat(wal)
+        except FileNotFoundError:
+            # Deleted under syncd (the daemon stops on it: Health.check_ledger_file): the
+            # descriptor opened before, if any, still names the file SQLite writes.
+            return self._wal_fd
         if self._wal_fd is None or self._wal_id != (st.st_dev, st.st_ino):
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
@@ -193,6 +211,14 @@ class Writer:
             finally:
                 os.close(dirfd)
         return self._wal_fd
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 # The WAL write lock: byte 120 of the -shm file (SQLite's WALINDEX_LOCK_OFFSET), a POSIX

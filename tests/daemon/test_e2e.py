@@ -520,3 +520,37 @@ def test_files_of_a_folder_a_reload_removed_go_at_once_when_a_reload_brings_it_b
     assert time.monotonic() - back < 10
     s.invariants()
     assert s.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_ledger_deleted_or_replaced_under_the_daemon_stops_it_with_exit_4(
+    make_setup: Callable[..., Setup], how: str
+) -> None:
+    """`rm ledger.sqlite3*`, or a backup copied over it, while syncd runs: what it recorded
+    from then on would be in no ledger at the next start, so it stops at once (exit 4, the
+    unit does not restart), says why and how to go on. Started again, it goes on with the
+    ledger it finds (the restored backup here)."""
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}])
+    s.start()
+    s.wait_started()
+    s.drop("before.txt", b"recorded in the first ledger")
+    wait_until(lambda: s.all_done(1), 20, what="the first file")
+    if how == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{s.ledger_path}{suffix}").unlink(missing_ok=True)
+    else:
+        backup = s.tmp / "backup.sqlite3"
+        assert s.cli("ledger", "backup", str(backup)).returncode == 0
+        os.replace(backup, s.ledger_path)
+    assert s.proc is not None and s.proc.wait(20) == 4
+    log = s.log_text()
+    assert (
+        f"the ledger {s.ledger_path} was {'deleted' if how == 'deleted' else 'replaced by another file'}"
+        in log
+    )
+    assert "Restore the ledger from a backup" in log and "Traceback" not in log
+    s.start()
+    s.wait_started()
+    s.drop("after.txt", b"recorded in the ledger found at the restart")
+    wait_until(lambda: (s.archive() / "after.txt").exists(), 20, what="a file after the restart")
+    assert s.stop() == 0
