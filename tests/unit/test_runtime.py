@@ -84,12 +84,8 @@ def test_files_waiting_for_a_destination_the_config_lost_are_reported(
     ledger.close()
 
 
-def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """`replaces = ["old-lilt"]`: settling, queued and retrying rows of old-lilt go to
-    new-lilt, due now and without old-lilt's resume state; what old-lilt already has
-    (uploaded, done) stays its own."""
+def _replacing_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The inbox and a config whose destination new-lilt says `replaces = ["old-lilt"]`."""
     monkeypatch.setenv("TEST_KEY", "runtime-test-key")
     root = tmp_path / "inbox"
     root.mkdir()
@@ -98,6 +94,16 @@ def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
         CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
     )
     path.chmod(0o600)
+    return root, path
+
+
+def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`replaces = ["old-lilt"]`: settling, queued and retrying rows of old-lilt go to
+    new-lilt, due now and without old-lilt's resume state; what old-lilt already has
+    (uploaded, done) stays its own."""
+    root, path = _replacing_config(tmp_path, monkeypatch)
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     for rel in ("queued.txt", "retrying.txt", "uploaded.txt", "done.txt"):
         _queued(ledger, root, rel, "old-lilt")
@@ -151,14 +157,7 @@ def test_the_sweep_repoints_late_files_and_keeps_the_lost_count_true(
     """Between reloads: a file that lands on a replaced destination after the reload (an
     upload in flight to it then failed) is re-pointed by the sweep; the count of files
     waiting for a lost destination drops when they vanish."""
-    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
-    root = tmp_path / "inbox"
-    root.mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(
-        CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
-    )
-    path.chmod(0o600)
+    root, path = _replacing_config(tmp_path, monkeypatch)
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     _queued(ledger, root, "gone.txt", "gone-lilt")
     runtime = _runtime(path, ledger)
