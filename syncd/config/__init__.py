@@ -46,7 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from syncd._options import FieldDoc, dotted, field_docs, parse_options, resolve_path, unknown
-from syncd.config.checks import check_overlaps, check_permissions, check_unsafe_dirs
+from syncd.config.checks import check_hardlinks, check_overlaps, check_permissions, check_unsafe_dirs
 from syncd.config.file import (
     DEFAULT_CONFIG_PATH,
     MAX_CONFIG_BYTES,
@@ -158,6 +158,7 @@ def _build(
     check_unsafe_dirs(folders, state_dir, problems, strict=strict_dirs)
     if check_permissions_of is not None:
         check_permissions(check_permissions_of, destinations, problems)
+        check_hardlinks(folders, problems)
 
     errors = [p for p in problems if p.severity == "error"]
     if errors:

@@ -5,11 +5,14 @@ folder's archive/failed folders are apart from it and from each other
 (:func:`check_own_dirs`) and from every other folder's; archive/failed
 folders and ``daemon.state_dir`` must not lie inside a watched folder nor be
 writable by group/others (:func:`check_unsafe_dirs`); a literal secret in a
-file others can read is a warning (:func:`check_permissions`).
+file others can read is a warning (:func:`check_permissions`), and so is a
+folder others can write into on a host that lets anyone hard-link any file
+(:func:`check_hardlinks`).
 """
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Mapping
 from dataclasses import fields
@@ -158,6 +161,44 @@ def check_unsafe_dirs(
                 )
 
 
+# 1: the kernel lets a user hard-link only files they own or may read and write
+PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
+
+
+def check_hardlinks(folders: list[tuple[int, FolderConfig]], problems: list[Problem]) -> None:
+    """Warn about each folder others can write into while ``fs.protected_hardlinks`` is 0.
+
+    A hard link is the file itself, not a path to it, so no check of names
+    tells it apart: a producer could link into the inbox a file only syncd
+    may read (its ledger, a credential) and syncd would upload it. Unknown
+    (no /proc/sys, as inside the shipped unit): nothing is said.
+    """
+    try:
+        if PROTECTED_HARDLINKS.read_text().strip() != "0":
+            return
+    except OSError:
+        return
+    for i, f in folders:
+        try:
+            st = f.path.stat()
+        except OSError:
+            continue
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            continue  # only syncd's own user writes there
+        problems.append(
+            Problem(
+                f"folders[{i}].path",
+                (
+                    f"fs.protected_hardlinks is 0 on this host: whoever can write into {f.path} can "
+                    "hard-link into it any file of the same filesystem, one only syncd may read "
+                    "included, and syncd would upload it; run `sysctl -w fs.protected_hardlinks=1` "
+                    "(and set it in /etc/sysctl.d/ for the next boot)"
+                ),
+                severity="warning",
+            )
+        )
+
+
 def _own_dir_hint(folder: FolderConfig, key: str, d: Path) -> str:
     sub = key.removesuffix("_dir")
     if folder.state_dir is not None and d == folder.state_dir / sub / (folder.path.name or "root"):
@@ -195,4 +236,4 @@ def check_permissions(
                 )
 
 
-__all__ = ["check_overlaps", "check_own_dirs", "check_permissions", "check_unsafe_dirs"]
+__all__ = ["check_hardlinks", "check_overlaps", "check_own_dirs", "check_permissions", "check_unsafe_dirs"]

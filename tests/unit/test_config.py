@@ -904,6 +904,32 @@ def test_loads_checks_permissions_only_when_asked(tmp_path: Path) -> None:
     assert loads(text, base_dir=tmp_path).path is None
 
 
+@pytest.mark.parametrize("setting", ["0", "1", None])
+def test_a_host_that_lets_anyone_hard_link_any_file_is_a_warning_for_shared_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    sysctl = tmp_path / "protected_hardlinks"
+    if setting is not None:
+        sysctl.write_text(f"{setting}\n")
+    monkeypatch.setattr("syncd.config.checks.PROTECTED_HARDLINKS", sysctl)
+    (tmp_path / "inbox").mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    text = MINIMAL + folder(path="shared") + folder(path="absent")
+    said = warnings(load_text(tmp_path, text))
+    if setting != "0":  # protected, or unknown (no /proc/sys in the unit): nothing to say
+        assert said == []
+        return
+    # only the folder others can write into; syncd's own 0700 folder and a missing one are fine
+    assert said == [
+        f"folders[1].path: fs.protected_hardlinks is 0 on this host: whoever can write into {shared} "
+        "can hard-link into it any file of the same filesystem, one only syncd may read included, "
+        "and syncd would upload it; run `sysctl -w fs.protected_hardlinks=1` (and set it in "
+        "/etc/sysctl.d/ for the next boot)"
+    ]
+
+
 def test_loads_source_prefixes_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         loads("[daemon]\nworkers = 0\n", base_dir=tmp_path, source="edit")
