@@ -229,25 +229,47 @@ class Stuck:
     once per folder (the rest at debug level) until one of its files gets through: a
     folder of 10,000 files said the same error for each of them every 10 seconds. The
     sweep tries one file of a stuck folder, and the rest only once that one worked.
+    A file that fails for a reason of its own while the others get through is said
+    once, not at every sweep with a "works again" after it.
     Thread-safe: workers and the main loop's sweep report.
     """
+
+    FAILING_MAX = 10_000  # files remembered per folder as failing on their own
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._why: dict[str, str] = {}  # folder root -> the first error
+        self._said: set[str] = set()  # stuck folders whose error was said
+        self._failing: dict[str, set[int]] = {}  # folder root -> ids of rows that failed
 
-    def failed(self, root: str, exc: OSError) -> bool:
-        """Note a failure in ``root``; True if the folder was not stuck before."""
+    def failed(self, root: str, row_id: int, exc: OSError) -> bool:
+        """Note a failure of row ``row_id`` in ``root``; True if it is news to say: the
+        folder was not stuck before, and this file had not failed already."""
         with self._lock:
+            failing = self._failing.setdefault(root, set())
+            known = row_id in failing
+            if len(failing) < self.FAILING_MAX:
+                failing.add(row_id)
             if root in self._why:
                 return False
             self._why[root] = str(exc.strerror or exc)
-            return True
+            if not known:
+                self._said.add(root)
+            return not known
 
-    def worked(self, root: str) -> bool:
-        """A file of ``root`` got through; True if the folder was stuck until now."""
+    def worked(self, root: str, row_id: int) -> bool:
+        """Row ``row_id`` of ``root`` got through; True if the folder was stuck until now
+        and that was said."""
         with self._lock:
-            return self._why.pop(root, None) is not None
+            failing = self._failing.get(root)
+            if failing is not None:
+                failing.discard(row_id)
+                if not failing:
+                    del self._failing[root]
+            stuck = self._why.pop(root, None) is not None
+            said = root in self._said
+            self._said.discard(root)
+            return stuck and said
 
     def __contains__(self, root: object) -> bool:
         with self._lock:

@@ -365,7 +365,7 @@ class Procedure:
                 said = "archive" in self.disk_full
                 self.disk_full.note("archive", exc)
             else:
-                said = not self.stuck.failed(row.folder, exc)
+                said = not self.stuck.failed(row.folder, row.id, exc)
             log.log(
                 logging.DEBUG if said else logging.ERROR,
                 "uploaded but could not %s %s: %s; will try again%s",
@@ -375,7 +375,7 @@ class Procedure:
                 "" if full else " (files of this folder stay in the inbox, uploaded, until it works)",
             )
             return exc
-        if self.stuck.worked(row.folder):
+        if self.stuck.worked(row.folder, row.id):
             log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
         if self.metrics is not None:
             self.metrics.observe_done(row.first_seen, self.clock())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from pathlib import Path
@@ -501,3 +502,38 @@ def test_one_file_that_cannot_be_archived_holds_none_of_the_others_back(
         recovery.sweep()
     assert ledger.counts()["done"] == 4
     assert ledger.get(bad).state == "uploaded"
+
+
+def test_a_file_that_keeps_failing_to_archive_is_said_once_while_others_flow(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A busy folder with one file that cannot be archived: its error is said once, not at
+    every sweep followed by "works again" when the next file of the folder gets through."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish = archive.finish
+    bad = drop("bad.txt")
+
+    def one_bad(ledger_: Any, row: Any, *args: Any, **kw: Any) -> None:
+        if row.id == bad:
+            raise OSError(errno.EACCES, "Permission denied")
+        real_finish(ledger_, row, *args, **kw)
+
+    monkeypatch.setattr(archive, "finish", one_bad)
+    root = os.fspath(folder.path)
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    with caplog.at_level("DEBUG", logger="syncd.uploader"):
+        assert step() == "uploaded"
+        for i in range(5):  # the sweep tries the bad file again while new files get through
+            recovery.sweep()
+            drop(f"f{i}.txt")
+            assert step() == "done"
+    said = [r for r in caplog.records if r.levelno >= logging.INFO and "archive" in r.getMessage()]
+    # said once, and that the folder works again once another file got through; then quiet
+    assert [r.levelname for r in said] == ["ERROR", "INFO"], [r.getMessage() for r in said]
+    assert "works again" in said[1].getMessage()
+    assert ledger.counts()["done"] == 5 and ledger.get(bad).state == "uploaded"
