@@ -37,6 +37,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
@@ -65,8 +66,19 @@ def natural_target(row: Row, folder: FolderConfig) -> str | None:
     return None if os.path.lexists(target) else target
 
 
+class FolderAway(OSError):
+    """The file's folder is unavailable (unmounted, missing): nothing can be said of the
+    file until it is back, least of all that it vanished."""
+
+
 def finish(
-    ledger: Ledger, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
+    ledger: Ledger,
+    row: Row,
+    folder: FolderConfig,
+    fd: int | None = None,
+    *,
+    fresh: bool = False,
+    away: Callable[[str], str | None] = lambda root: None,
 ) -> None:
     """Carry out ``after_upload`` for an ``uploaded`` row and mark it done.
 
@@ -75,12 +87,17 @@ def finish(
     match the ledger's device, inode, size and mtime. ``fresh``: the row was
     marked uploaded by this process just now, so its ``archive_path`` (the
     :func:`natural_target` recorded with the upload) has not been tried yet.
+    ``away(root)``: why a watched folder is unavailable now, or None; a file not
+    found in such a folder raises :class:`FolderAway` and its row stays uploaded.
     """
     if folder.after_upload == "keep":
         ledger.mark_done(row.id)
         return
     with opened(row.current_path, roots(row, folder), fd) as src:
         if src is None or (fd is not None and not src.still_named()):
+            problem = away(row.folder) if src is None and row.location is None else None
+            if problem is not None:
+                raise FolderAway(f"its folder is unavailable ({problem})")
             _source_gone(ledger, row, folder, fresh)
             return
         if row.location is None and not matches(src.st, row):

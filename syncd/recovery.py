@@ -92,17 +92,22 @@ class Recovery:
         100,000). A stuck folder (:class:`syncd.archive.Stuck`) gets one try a sweep; the
         rest of its files follow in the same sweep once that one worked.
         """
-        busy = self.uploader.inflight_ids()
         procedure = self.uploader.procedure
         full = False
         for root, folder in self._folders().items():
+            if procedure.policy.folder_problem(root) is not None:
+                continue  # away (unmounted): its files are not gone, and wait for it
             stuck = root in procedure.stuck
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
-                for row in page:
-                    if row.id in busy:
-                        continue
-                    error = procedure.hand_over(row, folder)
+                for listed in page:
+                    row = self.uploader.take_uploaded(listed.id)
+                    if row is None:
+                        continue  # a worker holds it, or it is done by now
+                    try:
+                        error = procedure.hand_over(row, folder)
+                    finally:
+                        self.uploader.release(row.id)
                     full = full or (error is not None and is_disk_full(error))
                     if error is not None and root in procedure.stuck:
                         # The others wait for the next sweep, which tries the one after

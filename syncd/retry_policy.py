@@ -92,6 +92,7 @@ class RetryPolicy:
         circuits: Circuits,
         stats: Stats,
         folders: Callable[[], Mapping[str, Any]],
+        destinations: Callable[[], Mapping[str, Destination]],
         folder_problem: Callable[[str], str | None],
         base: float,
         cap: float,
@@ -103,6 +104,7 @@ class RetryPolicy:
         self.circuits = circuits
         self.stats = stats
         self._folders = folders
+        self._destinations = destinations
         self.folder_problem = folder_problem
         self.base, self.cap = base, cap
         self.clock = clock
@@ -322,6 +324,9 @@ class RetryPolicy:
         folder = folder or self._folders().get(row.folder)
         max_attempts = folder.max_attempts if folder is not None else 8
         if row.attempts >= max_attempts and folder is not None:
+            dest = self._destinations().get(row.destination)
+            if dest is not None:
+                self.abort(dest, row)  # failed for good: the service may drop what it was sent
             return self.fail(row, folder, f"gave up after {row.attempts} attempts: {reason}")
         delay = backoff(row.attempts, self.base, self.cap, self.rng, retry_after)
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)

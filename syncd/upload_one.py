@@ -358,7 +358,15 @@ class Procedure:
         tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)
         and is said once, not for every row that waits."""
         try:
-            archive.finish(self.ledger, row, folder, fd, fresh=fresh)
+            archive.finish(self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem)
+        except archive.FolderAway as exc:
+            first = self.policy.away.note(row.folder)
+            (log.warning if first else log.debug)(
+                "uploaded %s, but %s; it is archived once the folder is back",
+                quoted_path(row.current_path),
+                exc,
+            )
+            return exc
         except OSError as exc:
             full = is_disk_full(exc)
             if full:

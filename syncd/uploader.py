@@ -86,6 +86,7 @@ class Uploader:
             circuits=self.circuits,
             stats=self.stats,
             folders=folders,
+            destinations=destinations,
             folder_problem=folder_problem,
             base=retry_base,
             cap=retry_max,
@@ -216,6 +217,22 @@ class Uploader:
         with self.stats.lock:
             return set(self.stats.inflight)
 
+    def take_uploaded(self, row_id: int) -> Row | None:
+        """The row ``row_id`` as it is now, registered in flight for the caller (the sweep),
+        if it is ``uploaded`` and no worker holds it; else None. :meth:`release` after."""
+        with self.stats.lock:
+            if row_id in self.stats.inflight:
+                return None  # a worker is archiving it (claimed after the sweep began, too)
+            row = self.ledger.get(row_id)
+            if row is None or row.state != State.UPLOADED:
+                return None
+            self.stats.inflight[row_id] = row.inbox_path
+            return row
+
+    def release(self, row_id: int) -> None:
+        with self.stats.lock:
+            self.stats.inflight.pop(row_id, None)
+
     def requeue_orphans(self) -> int:
         """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue."""
         with self.stats.lock:
@@ -290,8 +307,10 @@ class Uploader:
             else:
                 self.circuits.get(probe[0]).release_probe(probe[1])
         elif probe is not None and row is not None and not self.circuits.probe_with_file(row):
-            self.ledger.requeue_now(row.id, reason=row.last_error)  # no attempt spent
-            self._attempt_over(row, State.QUEUED)
+            try:
+                self.ledger.requeue_now(row.id, reason=row.last_error)  # no attempt spent
+            finally:  # not in flight even when the ledger failed: the sweep requeues it
+                self._attempt_over(row, State.QUEUED)
             return None
         return row
 

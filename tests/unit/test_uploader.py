@@ -126,10 +126,12 @@ def test_retryable_backs_off_then_fails_after_max_attempts(
     clock.advance(1.0)
     assert step() == "retrying"
     assert ledger.get(row_id).next_attempt_at - clock() == pytest.approx(7)
+    assert dest.aborted == []  # a retry resumes what the service has
     clock.advance(7)
     assert step() == "failed"
     failed = ledger.get(row_id)
     assert failed.state == "failed" and "gave up after 3 attempts" in failed.last_error
+    assert dest.aborted == [{"v": 1, "session": "s1"}]  # failed for good: the service may drop it
     assert (tmp_path / "failed" / "inbox" / "a.txt").exists()
     assert not (folder.path / "a.txt").exists()
 
@@ -537,3 +539,96 @@ def test_a_file_that_keeps_failing_to_archive_is_said_once_while_others_flow(
     assert [r.levelname for r in said] == ["ERROR", "INFO"], [r.getMessage() for r in said]
     assert "works again" in said[1].getMessage()
     assert ledger.counts()["done"] == 5 and ledger.get(bad).state == "uploaded"
+
+
+def test_uploaded_files_of_a_folder_that_is_away_wait_for_it_instead_of_vanishing(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share unmounted before its uploaded files were archived (a crash, a stuck archive):
+    the sweep and a worker find no file there, which says nothing of the file. Its row
+    stays uploaded and is archived when the folder is back, not noted "vanished"."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    problem: list[str | None] = [None]
+    up = Uploader(
+        ledger,
+        lambda: {"dest": FakeDestination()},
+        lambda: {root: folder},
+        clock=clock,
+        folder_problem=lambda r: problem[0],
+    )
+    row_id = queue_file(ledger, folder, "a.txt", b"scan")
+    real_finish = archive.finish
+    monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    assert up.process(ledger.claim_next(["dest"])) == "uploaded"
+    monkeypatch.setattr(archive, "finish", real_finish)
+    hidden = tmp_path / "unmounted"
+    folder.path.rename(hidden)  # the share goes away
+    folder.path.mkdir()  # and leaves its empty mount point
+    problem[0] = "not mounted"
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    recovery.at_start()
+    recovery.sweep()
+    assert up.finish(ledger.get(row_id), folder) == "uploaded"  # a worker's try
+    row = ledger.get(row_id)
+    assert row.state == "uploaded" and "vanished" not in (row.last_error or "")
+    folder.path.rmdir()
+    hidden.rename(folder.path)  # mounted again
+    problem[0] = None
+    recovery.sweep()
+    row = ledger.get(row_id)
+    assert row.state == "done" and row.location is not None
+    assert Path(row.location).read_bytes() == b"scan"
+    ledger.close()
+
+
+def test_the_sweep_leaves_alone_a_row_a_worker_claimed_after_the_sweep_began(
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker archiving a row it claimed while the sweep was already paging through
+    uploaded rows: the sweep must not archive it too (two archive entries, a false
+    "now holds another file")."""
+    import threading
+
+    from syncd import moves
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("x.txt")
+    recovery = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    in_place, sweep_done = threading.Event(), threading.Event()
+    real_place, real_rows = moves._place, ledger.rows
+
+    def place(*args: Any) -> None:
+        if threading.current_thread().name == "worker":
+            in_place.set()  # uploaded, in flight, about to link into the archive
+            sweep_done.wait(10)
+        real_place(*args)
+
+    def worker() -> None:
+        row = up._claim()
+        assert row is not None
+        up._attempt_over(row, up.process(row))
+
+    thread = threading.Thread(target=worker, name="worker")
+
+    def rows(*args: Any, **kw: Any) -> Any:  # the sweep has begun: now the worker claims
+        if not thread.is_alive() and not in_place.is_set():
+            thread.start()
+            assert in_place.wait(10)
+        return real_rows(*args, **kw)
+
+    monkeypatch.setattr(moves, "_place", place)
+    monkeypatch.setattr(ledger, "rows", rows)
+    recovery.finish_uploaded()
+    sweep_done.set()
+    thread.join(10)
+    assert sorted(os.listdir(tmp_path / "archive" / "inbox")) == ["x.txt"]
+    row = ledger.get(row_id)
+    assert row.state == "done" and row.location == os.fspath(tmp_path / "archive" / "inbox" / "x.txt")
