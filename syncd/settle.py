@@ -133,12 +133,12 @@ class Settler:
                 self._sidecars.pop(row.id, None)
         self._flush_promotions()
         if failed:  # one line a tick, not one a file: a dead disk fails every file at once
-            row, exc = failed[0]
+            first, error = failed[0]
             log.warning(
                 "cannot check %d settling file(s) (%s: %s%s); looking again in %.0fs",
                 len(failed),
-                quoted_path(row.inbox_path),
-                exc.strerror or exc,
+                quoted_path(first.inbox_path),
+                error.strerror or error,
                 f", and {len(failed) - 1} more" if len(failed) > 1 else "",
                 ERROR_LOOK,
             )

@@ -42,7 +42,14 @@ from syncd.logs import quoted_path
 from syncd.offload import Handover, Offload
 from syncd.progress import resumed_bytes
 from syncd.retry_policy import RetryPolicy, is_disk_full
-from syncd.upload_source import StoppableSource, UploadCancelled, content_type, follow_move, source_root
+from syncd.upload_source import (
+    StoppableSource,
+    UploadCancelled,
+    adopt_failed,
+    content_type,
+    follow_move,
+    source_root,
+)
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -126,6 +133,7 @@ class Procedure:
             state = policy.defer(row, f"{FOLDER_AWAY_ERROR}: it is no longer configured", UNCONFIGURED_WAIT)
             policy.away.note(row.folder)  # due at once if a reload brings it back (syncd/away.py)
             return state
+        row = adopt_failed(self.ledger, row, folder)
         path = row.current_path
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None

@@ -5,8 +5,9 @@ uploader hands to a destination: its reads stop when syncd is stopping and
 wait for the destination's bandwidth limit. The helpers find a file's
 trusted folder (:func:`source_root`), a file renamed during its upload
 (:func:`find_inode`, by device and inode; :func:`follow_move` records where
-it went) and whether a name is taken (:func:`lexists`), all through
-:mod:`syncd.safefs`, never through a symlink.
+it went), a retried failed file as it is now (:func:`adopt_failed`) and
+whether a name is taken (:func:`lexists`), all through :mod:`syncd.safefs`,
+never through a symlink.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from syncd import moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
-from syncd.ledger import Ledger, Row, State
+from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
@@ -145,6 +147,34 @@ def source_root(path: str, folder: FolderConfig) -> str | None:
         return safefs.anchor(path, [os.fspath(folder.path), *moves.roots_of(folder)])[0]
     except safefs.UnsafePath:
         return None
+
+
+def adopt_failed(ledger: Ledger, row: Row, folder: FolderConfig) -> Row:
+    """A failed file that ``syncd retry`` queued again is sent as it is now in failed_dir.
+
+    The move there may have been a copy (failed_dir on another file system, a
+    second hard link, a link the kernel refused), which is another inode, and
+    the operator may have mended the file before the retry: either was taken
+    for a file replaced during its upload, and the row ended "vanished" with
+    the file left in failed_dir for good.
+    """
+    if row.location is None or folder.failed_dir is None:
+        return row
+    try:
+        root, rel = safefs.anchor(row.location, [os.fspath(folder.failed_dir)])
+        st = safefs.lstat(root, rel)
+    except (OSError, safefs.UnsafePath):
+        return row  # not in failed_dir (renamed in the inbox during an upload), or gone
+    now = Stat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    if not stat.S_ISREG(st.st_mode) or (row.size, row.mtime_ns, row.inode, row.device) == (
+        now.size,
+        now.mtime_ns,
+        now.inode,
+        now.device,
+    ):
+        return row
+    ledger.adopt(row.id, now)
+    return replace(row, size=now.size, mtime_ns=now.mtime_ns, inode=now.inode, device=now.device)
 
 
 def lexists(root: str, relpath: str) -> bool:

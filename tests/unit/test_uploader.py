@@ -632,3 +632,27 @@ def test_the_sweep_leaves_alone_a_row_a_worker_claimed_after_the_sweep_began(
     assert sorted(os.listdir(tmp_path / "archive" / "inbox")) == ["x.txt"]
     row = ledger.get(row_id)
     assert row.state == "done" and row.location == os.fspath(tmp_path / "archive" / "inbox" / "x.txt")
+
+
+@pytest.mark.parametrize("mended", [False, True])
+def test_a_retried_failed_file_is_sent_as_it_is_now_in_failed_dir(
+    setup: Any, tmp_path: Path, mended: bool
+) -> None:
+    """The move to failed_dir copied the file (a second hard link; also another file system,
+    or a link the kernel refused), so it is another inode there; the operator may also mend
+    it before `syncd retry`. Either way the retry uploads it, not "vanished"."""
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"rejected once")
+    os.link(folder.path / "a.txt", tmp_path / "second-link")
+    dest.script = [PermanentError("HTTP 400: bad type")]
+    assert step() == "failed"
+    copy = tmp_path / "failed" / "inbox" / "a.txt"
+    assert copy.stat().st_ino != (tmp_path / "second-link").stat().st_ino  # a copy
+    if mended:
+        copy.write_bytes(b"mended by the operator")
+    ledger.requeue_failed([row_id])
+    assert step() == "done"
+    sent = b"mended by the operator" if mended else b"rejected once"
+    assert dest.received[-1][1] == sent
+    row = ledger.get(row_id)
+    assert Path(row.location).read_bytes() == sent and not copy.exists()
