@@ -5,7 +5,8 @@ an event to ``(folder, relative path)``, drops what the folder's rules
 ignore, and puts the path into :class:`Intake`, a thread-safe buffer that the
 daemon's main loop flushes into the ledger in batches (syncd/intake.py). A
 new or moved-in directory is put in as a *scan request*, because files
-created in it before its watch existed produce no events. The observers that
+created in it before its watch existed produce no events; so is the whole
+folder when the kernel's event queue overflowed (watchdog's ``events_lost``). The observers that
 deliver the events are in syncd/watcher.py.
 """
 
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from syncd import rules
+from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -83,6 +85,13 @@ class _Handler(FileSystemEventHandler):
 
     def _record(self, event: FileSystemEvent) -> None:
         kind = event.event_type
+        if kind == "events_lost":  # the kernel's inotify queue overflowed: rescan the folder
+            log.warning(
+                "file events were lost in %s (the kernel's event queue overflowed); scanning it again",
+                quoted_path(self.root),
+            )
+            self.intake.request_scan(self.root, "")
+            return
         if kind not in _FILE_EVENTS:
             return
         path = event.dest_path if kind == "moved" else event.src_path
