@@ -7,6 +7,9 @@ of the ``include`` globs (default ``*``). Globs use :mod:`fnmatch` syntax and
 are tried against the whole relative path (``/``-separated, where ``*`` also
 matches ``/``) and against the base name, so ``*.pdf`` matches
 ``scans/2026/a.pdf`` and ``drafts/*`` excludes everything under ``drafts``.
+An exclude pattern that matches a directory, by its path or by its name,
+excludes everything under it: ``drafts`` excludes ``drafts/a.pdf`` and
+``acme/drafts/b.pdf`` alike, for events, scans and ``syncd explain``.
 Matching is case-sensitive, as the file system is.
 """
 
@@ -99,9 +102,7 @@ def judge(
             ),
         )
     for pattern in exclude:
-        if _matches(pattern, relpath, name) or any(
-            _compile(pattern).match("/".join(parts[: i + 1])) for i in range(len(parts) - 1)
-        ):
+        if _matches(pattern, relpath, name) or _dir_excluded(pattern, parts[:-1]):
             return Verdict(False, f"ignored: matches exclude pattern {pattern!r}")
     for pattern in include:
         if _matches(pattern, relpath, name):
@@ -109,9 +110,17 @@ def judge(
     return Verdict(False, f"ignored: matches no include pattern ({', '.join(map(repr, include))})")
 
 
+def _dir_excluded(pattern: str, dirs: Sequence[str]) -> bool:
+    """Whether ``pattern`` matches one of the directories ``dirs`` (the components of a
+    relative path, outermost first) by its path or its name: all under it is excluded."""
+    rx = _compile(pattern)
+    return any(rx.match("/".join(dirs[: i + 1])) or rx.match(d) for i, d in enumerate(dirs))
+
+
 def dir_ignored(reldir: str, *, exclude: Sequence[str] = (), ignore_junk: bool = True) -> bool:
-    """Whether a whole sub-directory can be skipped by scans (junk or excluded)."""
+    """Whether a whole sub-directory can be skipped by scans (junk or excluded): exactly
+    when :func:`judge` ignores every file under it for that reason."""
     parts = [p for p in reldir.split("/") if p]
     if ignore_junk and any(junk_reason(p) for p in parts):
         return True
-    return any(_matches(p, reldir, parts[-1] if parts else "") for p in exclude)
+    return any(_dir_excluded(p, parts) for p in exclude)

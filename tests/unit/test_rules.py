@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncd.rules import dir_ignored, judge
 
@@ -72,3 +74,28 @@ def test_dir_ignored() -> None:
     assert dir_ignored("drafts", exclude=["drafts"])
     assert not dir_ignored("scans")
     assert not dir_ignored(".git", ignore_junk=False)
+
+
+def test_an_excluded_directory_name_excludes_it_at_any_depth() -> None:
+    for relpath in ("acme/drafts/b.pdf", "drafts/b.pdf", "a/b/drafts/c/d.pdf"):
+        assert not judge(relpath, exclude=["drafts"]).accepted, relpath
+    assert not judge("x/old-2024/a.pdf", exclude=["old*"]).accepted
+    assert not judge("x/drafts", exclude=["drafts"]).accepted  # a file of that name, as before
+    assert judge("x/drafts.pdf", exclude=["drafts"]).accepted
+    assert judge("x/mydrafts/a.pdf", exclude=["drafts"]).accepted
+
+
+_NAMES = st.sampled_from(["a", "drafts", "tmp", "old-1", "x.pdf", "b.bak", "q3", "sub"])
+_PATTERNS = st.sampled_from(["drafts", "old*", "*.bak", "x/*", "a/drafts", "sub", "q?", "*/tmp", "tmp/*"])
+
+
+@given(dirs=st.lists(_NAMES, min_size=1, max_size=4), name=_NAMES, exclude=st.lists(_PATTERNS, max_size=3))
+def test_scans_skip_a_directory_only_when_every_file_under_it_is_ignored(
+    dirs: list[str], name: str, exclude: list[str]
+) -> None:
+    """The scanner skips what dir_ignored says; events and explain use judge. A file the
+    scanner never reaches but events accept was uploaded only when its event was seen."""
+    for depth in range(1, len(dirs) + 1):
+        if dir_ignored("/".join(dirs[:depth]), exclude=exclude):
+            relpath = "/".join([*dirs, name])
+            assert not judge(relpath, exclude=exclude).accepted, (relpath, exclude)
