@@ -134,9 +134,12 @@ def follow_move(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> 
     if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
         ledger.forget(twin.id)
     log.info(
-        "%s was renamed to %s during upload; archiving it from there",
+        "%s was renamed to %s during upload; %s",
         quoted_path(row.inbox_path),
         quoted_path(found),
+        {"keep": "it is kept there", "delete": "deleting it from there"}.get(
+            folder.after_upload, "archiving it from there"
+        ),
     )
     return True
 

@@ -74,18 +74,24 @@ class Queries(Writer):
         return {os.fsdecode(r[0]) for r in rows}
 
     def done_versions(self, folder: str) -> dict[str, tuple[int | None, int | None, int | None]]:
-        """Files finished but still in the inbox (kept, or failed in place).
+        """Files finished but still in the inbox (kept, or failed in place), under their
+        own name or the one they were renamed to during the upload (``location`` in the
+        folder).
 
         path -> (size, mtime_ns, inode) of the newest such row, so scans do
         not mistake them for new versions.
         """
+        inside = os.fsencode(folder.rstrip("/") + "/")
         with self._lock:
             rows = self._conn.execute(
-                "SELECT relpath, size, mtime_ns, inode FROM files WHERE folder = ? AND location IS NULL"
-                f" AND state IN {sql_in(FINISHED_STATES)} ORDER BY id",
-                (folder,),
+                "SELECT relpath, size, mtime_ns, inode, location FROM files WHERE folder = ?"
+                f" AND state IN {sql_in(FINISHED_STATES)}"
+                " AND (location IS NULL OR (location >= ? AND location < ?)) ORDER BY id",
+                (folder, inside, inside[:-1] + b"0"),  # "0" follows "/": every path under folder
             ).fetchall()
-        return {os.fsdecode(r[0]): (r[1], r[2], r[3]) for r in rows}
+        return {
+            os.fsdecode(r[0] if r[4] is None else r[4][len(inside) :]): (r[1], r[2], r[3]) for r in rows
+        }
 
     def uploaded_copy(
         self, folder: str, sha256: str, *, destination: str, exclude: int | None = None

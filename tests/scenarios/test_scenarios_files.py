@@ -112,6 +112,32 @@ def test_f3_renamed_during_upload_is_uploaded_once(setup: Callable[..., Setup]) 
     assert "renamed to" in s.log_text()
 
 
+def test_f3_renamed_during_upload_and_kept_is_not_uploaded_again_by_scans(
+    setup: Callable[..., Setup],
+) -> None:
+    """after_upload = "keep": the file stays under its new name; rescans and a restart
+    must know it as the version already uploaded."""
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.3, "after_upload": "keep"}], daemon={"rescan_seconds": 1}
+    )
+    s.start()
+    _hold_put(s, delay=2.5)
+    path = s.drop("draft.txt", b"the contract")
+    wait_until(lambda: _uploading(s, "draft.txt"), 10, what="upload started")
+    os.rename(path, path.with_name("final.txt"))
+    wait_until(lambda: s.all_done(1), 20, what="done")
+    s.wait_logged("it is kept there")
+    time.sleep(2.5)  # two rescans
+    assert s.stop() == 0
+    s.start()  # and the scan at start
+    s.wait_started()
+    time.sleep(1.5)
+    uploads = s.emulator.uploads()
+    assert len(uploads) == 1 and uploads[0]["times_received"] == 1
+    assert [p.name for p in s.inbox().iterdir() if not p.name.startswith(".")] == ["final.txt"]
+    assert s.counts() == {"done": 1}
+
+
 def test_f4_deleted_during_upload(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
