@@ -89,9 +89,7 @@ class Queries(Writer):
                 " AND (location IS NULL OR (location >= ? AND location < ?)) ORDER BY id",
                 (folder, inside, inside[:-1] + b"0"),  # "0" follows "/": every path under folder
             ).fetchall()
-        return {
-            os.fsdecode(r[0] if r[4] is None else r[4][len(inside) :]): (r[1], r[2], r[3]) for r in rows
-        }
+        return {os.fsdecode(r[0] if r[4] is None else r[4][len(inside) :]): (r[1], r[2], r[3]) for r in rows}
 
     def uploaded_copy(
         self, folder: str, sha256: str, *, destination: str, exclude: int | None = None
