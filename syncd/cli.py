@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -32,8 +34,10 @@ from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
 from syncd.ledger import STATES, Ledger, backup
 from syncd.ledger.salvage import rebuild
+from syncd.logs import quoted_path
 from syncd.logs import setup as setup_logging
 from syncd.once import RETRY_WAIT
+from syncd.redact import redact
 
 EPILOG = """\
 examples:
@@ -115,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f = cmd("files", "list ledger rows (uploading ones with their progress)")
     f.add_argument("--state", choices=STATES, help="only rows in this state")
-    f.add_argument("--limit", type=int, default=None, help="at most this many rows (newest)")
+    f.add_argument("--limit", type=_positive, default=None, help="at most this many rows (newest)")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.add_argument(
         "--receipt",
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"syncd: configuration error in {exc}", file=sys.stderr)
+        print(f"syncd: configuration error in {redact(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except LockedError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
@@ -239,11 +243,38 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_LEDGER
+    except BrokenPipeError:  # `syncd files | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
+    except PermissionError as exc:
+        print(
+            f"syncd: {_os_error(exc)}; run it as the user syncd runs as (sudo -u syncd) or as root",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    except OSError as exc:  # a missing folder for a backup, a config file that is not there
+        if args.command == "run":
+            raise  # unexpected in the daemon: exit 1, which systemd restarts
+        print(f"syncd: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _os_error(exc: OSError) -> str:
+    """``cannot open '/var/lib/syncd/lock': Permission denied``, escaped and masked."""
+    what = exc.strerror or str(exc)
+    return redact(f"{quoted_path(os.fsdecode(exc.filename))}: {what}" if exc.filename else what)
 
 
 def _first_positional(argv: list[str]) -> int | None:

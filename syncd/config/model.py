@@ -28,6 +28,11 @@ _DERIVED_DIR = Path("\0<state_dir>/failed/<folder basename>")
 T = TypeVar("T")
 
 
+# Upper bounds of durations (seconds): far beyond any sensible setting, and far below what
+# timers and timestamps can hold (1e300 passed the checks and failed every upload).
+HOUR, DAY, WEEK = 3600.0, 86400.0, 604800.0
+
+
 def _key(default: T, doc: str, **meta: Any) -> T:
     """A config key with a default; ``meta`` as described in :mod:`syncd._options`."""
     return field(default=default, metadata={"doc": doc, **meta})
@@ -43,7 +48,7 @@ class DaemonConfig:
 
     state_dir: Path = _key(Path("state"), "Ledger, lock file, and default archive/failed folders.", dir=True)
     workers: int = _key(4, "Uploader threads.", min=1, max=64)
-    rescan_seconds: float = _key(300.0, "Interval of the safety rescan of every folder.", min=1)
+    rescan_seconds: float = _key(300.0, "Interval of the safety rescan of every folder.", min=1, max=WEEK)
     upload_processes: int = _key(
         0,
         "Helper processes that send small files (up to 8 MiB) for the workers, so uploads use "
@@ -56,17 +61,22 @@ class DaemonConfig:
         "Days the ledger keeps the row of a file that was archived (done, skipped) or vanished; "
         "0 = for good. Rows of files left in place, and of failed files, are always kept.",
         min=0,
+        max=36500,
     )
     log_level: str = _key("info", "Log verbosity.", choices=("debug", "info", "warning", "error"))
     log_format: str = _key("text", "json: one object per line.", choices=("text", "json"))
-    drain_seconds: float = _key(30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0)
+    drain_seconds: float = _key(
+        30.0, "Graceful stop: how long in-flight uploads may take to finish.", min=0, max=DAY
+    )
     metrics_listen: str = _key("", '"HOST:PORT" to serve metrics on ("[::1]:8791" for IPv6); "" = off.')
     retry_base_seconds: float = _key(
-        2.0, "Delay before the first retry; later retries back off up to the maximum.", gt=0
+        2.0, "Delay before the first retry; later retries back off up to the maximum.", gt=0, max=WEEK
     )
-    retry_max_seconds: float = _key(600.0, "Longest retry delay; must be >= retry_base_seconds.", gt=0)
-    connect_timeout: float = _key(10.0, "TCP/TLS connect timeout, seconds.", gt=0)
-    io_timeout: float = _key(60.0, "Read/write timeout per socket operation, seconds.", gt=0)
+    retry_max_seconds: float = _key(
+        600.0, "Longest retry delay; must be >= retry_base_seconds.", gt=0, max=WEEK
+    )
+    connect_timeout: float = _key(10.0, "TCP/TLS connect timeout, seconds.", gt=0, max=HOUR)
+    io_timeout: float = _key(60.0, "Read/write timeout per socket operation, seconds.", gt=0, max=DAY)
     ca_bundle: Path | None = _key(
         None, "Extra CA bundle (PEM) to trust for TLS, e.g. a company CA.", file=True
     )
@@ -114,17 +124,20 @@ class FolderConfig:
     ignore_junk: bool = _key(True, _JUNK)
     recursive: bool = _key(True, "Also watch sub-folders.")
     settle_seconds: float = _key(
-        2.0, "A file is finished once size, mtime and inode stay unchanged this long.", min=0
+        2.0, "A file is finished once size, mtime and inode stay unchanged this long.", min=0, max=DAY
     )
     max_settle_seconds: float = _key(
-        0.0, "0 = never force; else (>= settle_seconds) upload a file still changing after this long.", min=0
+        0.0,
+        "0 = never force; else (>= settle_seconds) upload a file still changing after this long.",
+        min=0,
+        max=WEEK,
     )
     observer: str = _key(
         "native",
         "native (inotify), or polling for network shares where inotify sees nothing.",
         choices=("native", "polling"),
     )
-    poll_seconds: float = _key(5.0, "Interval of the polling observer.", gt=0)
+    poll_seconds: float = _key(5.0, "Interval of the polling observer.", gt=0, max=HOUR)
     marker: str | None = _key(
         None,
         "A file that must exist in the folder (e.g. .syncd-root); while it is missing "

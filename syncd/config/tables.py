@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from syncd import bandwidth, metadata, rules
+from syncd import bandwidth, metadata, redact, rules
 from syncd._options import dotted, is_http_url, parse_options, show, suggest
 from syncd.config.checks import check_own_dirs
 from syncd.config.model import DaemonConfig, DestinationConfig, FolderConfig
@@ -69,6 +70,14 @@ def parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonCon
                 ),
             )
         )
+    elif hook is not None and hook.reveal():
+        # Chat webhooks carry their token in the path; a receiver that answers "no route
+        # for /hooks/T000/B000/XYZ" would put it in the log through the error text.
+        # (Short paths such as /notify are left alone: they would mask ordinary words.)
+        parts = urlsplit(hook.reveal())
+        for part in (parts.path, parts.query):
+            if len(part) >= 16:
+                redact.register(part)
     failed = len(problems) > errors
     if daemon.webhook_secret is not None and hook is None:
         problems.append(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.errors import LedgerError
+from syncd.ledger import schema
 from syncd.ledger.queries import Queries
 from syncd.ledger.schema import make_private
 
@@ -45,7 +46,7 @@ def backup(path: Path, dest: Path) -> Backup:
         raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    source = sqlite3.connect(schema.uri(path, "mode=ro"), uri=True, timeout=30)
     try:
         make_private(partial)  # its journal copies the mode
         target = sqlite3.connect(partial)
@@ -64,6 +65,8 @@ def backup(path: Path, dest: Path) -> Backup:
         rows = sum(copy.counts().values()) if result == "ok" else 0
     finally:
         copy.close()
+        for leftover in ("-wal", "-shm"):  # the look's, empty: the copy is whole without them
+            Path(f"{partial}{leftover}").unlink(missing_ok=True)
     if result != "ok":
         return Backup(partial, result, 0)
     os.replace(partial, dest)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd.ledger import schema
 from syncd.ledger.row import State
 from syncd.ledger.transitions import Transitions
 
@@ -69,7 +70,7 @@ def _open(broken: Path) -> sqlite3.Connection:
     last: sqlite3.DatabaseError | None = None
     for query in ("mode=ro", "mode=ro&immutable=1"):
         try:
-            conn = sqlite3.connect(f"file:{broken}?{query}", uri=True, isolation_level=None)
+            conn = sqlite3.connect(schema.uri(broken, query), uri=True, isolation_level=None)
             conn.execute("SELECT id FROM files LIMIT 1").fetchall()
             return conn
         except sqlite3.DatabaseError as exc:

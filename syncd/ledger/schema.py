@@ -162,7 +162,7 @@ def connect(path: Path, *, readonly: bool, timeout: float) -> sqlite3.Connection
         if not path.exists():
             raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
         conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False, isolation_level=None
+            uri(path, "mode=ro"), uri=True, timeout=timeout, check_same_thread=False, isolation_level=None
         )
     else:
         make_state_dir(path.parent)
@@ -191,6 +191,13 @@ def connect(path: Path, *, readonly: bool, timeout: float) -> sqlite3.Connection
     return conn
 
 
+def uri(path: Path | str, query: str) -> str:
+    """An SQLite ``file:`` URI of ``path`` with ``query``: the path percent-encoded, so
+    that a ``%``, ``#`` or ``?`` in it (a state_dir named ``st%20x``) names that file
+    and not another one."""
+    return f"{Path(path).absolute().as_uri()}?{query}"
+
+
 def check_version(conn: sqlite3.Connection, path: Path) -> int:
     """The schema version of the ledger; refuses one from a newer syncd."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -200,6 +207,15 @@ def check_version(conn: sqlite3.Connection, path: Path) -> int:
             f"understands ({SCHEMA_VERSION}); upgrade syncd"
         )
     return version
+
+
+def check_readable(conn: sqlite3.Connection, path: Path) -> None:
+    """For a read-only look: a syncd ledger this syncd understands (an empty file, or
+    another program's database, has none of its tables)."""
+    version = check_version(conn, path)
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if not version or app_id != APPLICATION_ID:
+        raise LedgerError(f"{path} is not a syncd ledger (is daemon.state_dir right?)")
 
 
 def pending_migrations(conn: sqlite3.Connection, path: Path) -> list[list[str]]:

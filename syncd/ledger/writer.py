@@ -56,7 +56,7 @@ class Writer:
             ledger._identity = _identity(path)
             try:
                 if readonly:
-                    schema.check_version(conn, path)
+                    schema.check_readable(conn, path)
                 else:
                     for statements in schema.pending_migrations(conn, path):
                         with ledger._write(durable=True):

@@ -475,3 +475,88 @@ def test_status_watch_as_a_command_ends_on_sigint_with_exit_0(cfg: Path) -> None
             proc.kill()  # only if it did not end (a no-op once it has been waited for)
     assert proc.returncode == 0, err
     assert out.count("syncd status every 0.2s") >= 2 and "Traceback" not in err
+
+
+# -- what a careless operator hits: odd state_dir names, permissions, pipes ---------------------
+
+
+@pytest.mark.parametrize("state_dir", ["st%20x", "state#2", "st?q"])
+def test_a_state_dir_with_uri_characters_is_read_as_it_is(
+    cfg: Path, capsys: pytest.CaptureFixture[str], state_dir: str
+) -> None:
+    """The read-only commands open the ledger through an SQLite URI: unescaped, "%20" named
+    another file ("unusable", and the advised rebuild threw the ledger away) and "#"/"?"
+    cut the path (a stray empty database, "no such table")."""
+    cfg.write_text(GOOD.replace('state_dir = "state"', f'state_dir = "{state_dir}"'))
+    ledger = Ledger.open(cfg.parent / state_dir / "ledger.sqlite3")
+    add_row(ledger, cfg.parent / "inbox", "a.pdf")
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "files", "--json")
+    assert code == 0, err
+    assert [r["relpath"] for r in json.loads(out)] == ["a.pdf"]
+    assert run(capsys, "-c", str(cfg), "status")[0] == 0
+    code, out, _ = run(capsys, "-c", str(cfg), "ledger", "check")
+    assert code == 0 and out.endswith(": ok\n")
+    dest = cfg.parent / "backup.sqlite3"
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "backup", str(dest))
+    assert code == 0 and "1 rows" in out, err
+    assert sorted(p.name for p in cfg.parent.iterdir() if p.name.startswith("backup")) == ["backup.sqlite3"]
+    assert not (cfg.parent / state_dir.split("%")[0].split("#")[0].split("?")[0]).is_file()
+
+
+def test_a_file_that_is_not_a_ledger_is_said_so(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (cfg.parent / "state").mkdir()
+    (cfg.parent / "state" / "ledger.sqlite3").write_bytes(b"")
+    for command in (["status"], ["files"], ["explain", str(cfg.parent / "inbox" / "a.pdf")]):
+        code, _, err = run(capsys, "-c", str(cfg), *command)
+        assert code == 4 and "is not a syncd ledger" in err, (command, err)
+
+
+def test_os_errors_are_one_line_not_a_traceback(
+    cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger_of(cfg).close()
+    code, _, err = run(capsys, "-c", str(cfg), "ledger", "backup", str(cfg.parent / "no" / "dir" / "x.db"))
+    assert code == 2 and err.startswith("syncd: ") and "No such file or directory" in err
+    assert "Traceback" not in err
+    code, _, err = run(
+        capsys, "-c", str(cfg.parent / "missing.toml"), "folder", "add", "new", "--destination", "main"
+    )
+    assert code == 2 and "missing.toml" in err
+    denied = PermissionError(13, "Permission denied", str(cfg.parent / "state" / "lock"))
+    monkeypatch.setattr(statusmod, "cmd_status", lambda args: (_ for _ in ()).throw(denied))
+    monkeypatch.setitem(__import__("syncd.cli").cli._COMMANDS, "status", statusmod.cmd_status)
+    code, _, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 2 and "Permission denied" in err and "sudo -u syncd" in err
+
+
+def test_files_limit_must_be_positive(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for limit in ("0", "-1"):
+        code, _, err = run(capsys, "-c", str(cfg), "files", "--limit", limit)
+        assert code == 2 and "must be at least 1" in err
+
+
+def test_config_errors_are_masked(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg.write_text(GOOD.replace('"http://127.0.0.1:9/lilt"', '"https://user:PASSWORDX@api.lilt.com:abc/"'))
+    code, _, err = run(capsys, "-c", str(cfg), "check")
+    assert code == 2 and "PASSWORDX" not in err and "base_url" in err
+
+
+@pytest.mark.process
+def test_a_reader_that_stops_early_gets_no_traceback(cfg: Path) -> None:
+    ledger = ledger_of(cfg)
+    for i in range(3000):
+        ledger.observe(os.fspath(cfg.parent / "inbox"), [f"f{i:05d}.pdf"], destination="main")
+    ledger.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "files"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # `| head -1`
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(30) == 128 + signal.SIGPIPE and "Traceback" not in err, err

@@ -328,6 +328,11 @@ def test_max_settle_zero_or_above_settle_is_fine(tmp_path: Path) -> None:
             "daemon.retry_max_seconds: must be >= retry_base_seconds (30), got 10",
         ),
         ('log_format = "xml"', "daemon.log_format: must be one of 'text', 'json', got 'xml'"),
+        # durations no timer can hold (1e300 passed, then failed every upload), and inf
+        ("connect_timeout = 1e300", "daemon.connect_timeout: must be <= 3600.0, got 1e+300"),
+        ("io_timeout = inf", "daemon.io_timeout: must be a finite number, got inf"),
+        ("rescan_seconds = 1e9", "daemon.rescan_seconds: must be <= 604800.0, got 1000000000.0"),
+        ("drain_seconds = 1e5", "daemon.drain_seconds: must be <= 86400.0, got 100000.0"),
     ],
 )
 def test_daemon_ranges(tmp_path: Path, lines: str, expected: str) -> None:

@@ -348,6 +348,10 @@ def test_config_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.daemon.webhook_url.reveal() == "https://hooks.example.com/services/T0/B0/xyz"
     assert cfg.daemon.webhook_secret.reveal() == "s3cret-hook"
     assert redact.redact("posting to https://hooks.example.com/services/T0/B0/xyz") == "posting to ***"
+    # a receiver's "no route for /services/..." must not show the token through the path
+    assert redact.redact('HTTP 404: {"message": "no route for /services/T0/B0/xyz"}') == (
+        'HTTP 404: {"message": "no route for ***"}'
+    )
     with pytest.raises(ConfigError) as err:
         _config(tmp_path, 'webhook_url = "hooks.example.com/x"')
     assert [str(p) for p in err.value.problems] == [
