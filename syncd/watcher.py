@@ -96,6 +96,17 @@ def _inotify_watches() -> int | None:
     return total
 
 
+def _emitter_alive(fw: FolderWatch) -> bool:
+    """Whether the thread that reads this folder's events still runs. watchdog stops it
+    when the folder itself is deleted; a folder created again at once often gets the
+    same inode number, so only this tells that its watch is gone."""
+    emitters = getattr(fw.observer, "_emitter_for_watch", None)
+    if not isinstance(emitters, dict):
+        return True  # another watchdog: the inode check alone
+    emitter = emitters.get(fw.watch)
+    return emitter is not None and emitter.is_alive()
+
+
 def _count_dirs(root: str) -> int:
     """The directories of a tree that can get an inotify watch (symlinks not followed).
 
@@ -223,6 +234,9 @@ class Watcher:
             self._report(fw, problem)
             return False
         assert st is not None
+        if not _listable(st):
+            self._report(fw, "cannot watch (Permission denied: syncd's user may not list it)")
+            return False
         handler = _Handler(fw.folder, self.intake)
         mode = "polling" if fw.folder.observer == "polling" else "native"
         fallback = None
@@ -252,7 +266,11 @@ class Watcher:
                 )
                 mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds)
-                fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
+                try:
+                    fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
+                except OSError as again:
+                    self._report(fw, f"cannot watch ({again.strerror or again})")
+                    return False
             else:
                 self._report(fw, f"cannot watch ({exc.strerror or exc})")
                 return False
@@ -318,7 +336,7 @@ class Watcher:
                     self._report(fw, problem)
                     continue
                 assert st is not None
-                alive = fw.observer is None or fw.observer.is_alive()
+                alive = fw.observer is None or (fw.observer.is_alive() and _emitter_alive(fw))
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
                     continue
                 if fw.mode != "none":

@@ -336,6 +336,30 @@ def test_an_unlistable_subdirectory_does_not_force_polling(hostile: Any) -> None
     h.stop_quickly()
 
 
+def test_an_inbox_the_daemon_may_not_list_is_a_folder_problem_not_a_crash(hostile: Any) -> None:
+    """An inbox left root's and 0700 (a mistake in the layout): syncd starts, says the
+    folder cannot be watched, and takes it up once its permissions are fixed. It crashed
+    at start (a wrong "inotify limit" diagnosis, then a traceback and exit 1)."""
+    h = hostile()
+    inbox = h.s.inbox()
+    os.chown(inbox, 0, 0)
+    inbox.chmod(0o700)
+    h.start()
+    h.s.wait_logged("cannot watch (Permission denied", 20)
+    assert "inotify limit" not in h.s.log_text()
+    assert h.s.proc is not None and h.s.proc.poll() is None
+    os.chown(inbox, DAEMON_UID, GROUP)
+    inbox.chmod(0o3770)
+    h.s.wait_logged("is usable again", 20)
+    h.produce("""
+        import os, sys
+        with open(os.path.join(sys.argv[1], "late.txt"), "wb") as f:
+            f.write(b"after the fix")
+    """)
+    wait_until(lambda: h.s.counts().get("done") == 1, 30, what="the file uploaded")
+    h.stop_quickly()
+
+
 def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(hostile: Any) -> None:
     h = hostile()
     h.start()

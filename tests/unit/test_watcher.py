@@ -118,6 +118,27 @@ def test_deleted_and_recreated_folder_is_watched_again(tmp_path: Path, watcher: 
     assert wait_for(lambda: "b.txt" in got())
 
 
+def test_deleted_and_created_again_with_the_same_inode_between_checks_is_rearmed(
+    tmp_path: Path, watcher: Watcher
+) -> None:
+    """ext4 often gives a folder created at once after `rm -rf` its old inode number; the
+    watch died with the old folder all the same."""
+    folder = make_folder(tmp_path)
+    watcher.set_folders([folder])
+    inode = folder.path.stat().st_ino
+    for _ in range(50):
+        shutil.rmtree(folder.path)
+        folder.path.mkdir()
+        if folder.path.stat().st_ino == inode:
+            break
+    else:
+        pytest.skip("this file system gave the new folder another inode each time")
+    assert wait_for(lambda: watcher.check_health() == [os.fspath(folder.path)])
+    got = Collected(watcher.intake)
+    (folder.path / "d.txt").write_bytes(b"x")
+    assert wait_for(lambda: "d.txt" in got())
+
+
 def test_replaced_between_checks_is_rearmed(tmp_path: Path, watcher: Watcher) -> None:
     folder = make_folder(tmp_path)
     watcher.set_folders([folder])
