@@ -149,10 +149,32 @@ def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
             ledger,
             row,
             folder,
-            row.last_error or "the move to the failed folder was interrupted; see the log before the restart",
+            row.last_error
+            or recorded_reason(row, folder)
+            or "the move to the failed folder was interrupted; see the log before the restart",
         )
         finished += 1
     return finished
+
+
+def recorded_reason(row: Row, folder: FolderConfig) -> str | None:
+    """The reason the ``.error.json`` beside the row's failed_dir target gives: written by
+    a move that finished while recording it in the ledger did not."""
+    if row.archive_path is None or folder.failed_dir is None:
+        return None
+    try:
+        root, rel = safefs.anchor(row.archive_path + ERROR_SUFFIX, [os.fspath(folder.failed_dir)])
+        fd = safefs.open_file(root, rel)
+    except (OSError, safefs.UnsafePath):
+        return None
+    try:
+        data = json.loads(os.pread(fd, SIDECAR_MAX, 0))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    ours = isinstance(data, dict) and data.get("uuid") == row.uuid
+    return data["reason"] if ours and isinstance(data.get("reason"), str) else None
 
 
 def _sidecar_of(dirfd: int, name: str, row: Row) -> bool:

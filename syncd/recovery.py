@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ from syncd import failed, moves
 from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
 from syncd.http import RETRY_AFTER_CAP
-from syncd.ledger import Ledger, State
+from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 from syncd.retry_policy import FOLDER_WAIT
 from syncd.settle import LONGEST_LOOK
@@ -101,13 +102,13 @@ class Recovery:
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
-                    row = self.uploader.take_uploaded(listed.id)
+                    row = self._take_uploaded(listed.id)
                     if row is None:
                         continue  # a worker holds it, or it is done by now
                     try:
                         error = procedure.hand_over(row, folder)
                     finally:
-                        self.uploader.release(row.id)
+                        self._release(row.id)
                     full = full or (error is not None and is_disk_full(error))
                     if error is not None and root in procedure.stuck:
                         # The others wait for the next sweep, which tries the one after
@@ -122,11 +123,58 @@ class Recovery:
                 self._stuck_after.pop(root, None)  # past the last one: from the first again
         return full
 
+    def _take_uploaded(self, row_id: int) -> Row | None:
+        """The row ``row_id`` as it is now, registered in flight for the sweep, if it is
+        ``uploaded`` and no worker holds it (one that claimed it after the sweep began
+        included); else None. :meth:`_release` after."""
+        stats = self.uploader.stats
+        with stats.lock:
+            if row_id in stats.inflight:
+                return None
+            row = self.ledger.get(row_id)
+            if row is None or row.state != State.UPLOADED:
+                return None
+            stats.inflight[row_id] = row.inbox_path
+            return row
+
+    def _release(self, row_id: int) -> None:
+        with self.uploader.stats.lock:
+            self.uploader.stats.inflight.pop(row_id, None)
+
+    def requeue_orphans(self) -> int:
+        """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue.
+
+        A row is claimed and registered in flight in one step under the same lock, so no
+        row a worker has just claimed is taken. One with a failed_dir target recorded was
+        being failed: its move is finished (as at start), since its file may be in
+        failed_dir already, where a requeued row would find nothing ("vanished")."""
+        stats = self.uploader.stats
+        with stats.lock:
+            orphans = [r for r in self.ledger.in_state(State.UPLOADING) if r.id not in stats.inflight]
+            failing = []
+            for row in orphans:
+                if row.archive_path is not None and row.location is None:
+                    failing.append(row)
+                    stats.inflight[row.id] = row.inbox_path  # ours while we finish it
+                else:
+                    self.ledger.requeue_now(row.id, reason="interrupted")
+        for row in failing:
+            try:
+                folder = self._folders().get(row.folder)
+                if folder is not None:
+                    reason = row.last_error or failed.recorded_reason(row, folder) or "failed (see the log)"
+                    failed.to_failed(self.ledger, row, folder, reason)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("could not finish failing %s: %s", quoted_path(row.inbox_path), exc)
+            finally:
+                self._release(row.id)
+        return len(orphans)
+
     def sweep(self) -> None:
         """Repair what a failed ledger write or archive move may have left behind, and due
         times a stepped-back clock left in the future."""
         self.finish_uploaded()
-        self.uploader.requeue_orphans()
+        self.requeue_orphans()
         self.rein_in()
 
     def rein_in(self) -> None:

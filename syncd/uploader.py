@@ -7,7 +7,7 @@ until something is due. Before claiming, a worker asks each destination's
 circuit (syncd/circuits.py) whether it may; an idle worker makes a due probe
 of a destination with no file waiting. Nothing is claimed while the disk is
 full (syncd/backpressure.py). A row is claimed and registered as in flight in
-one step, under the same lock :meth:`Uploader.requeue_orphans` takes, so the
+one step, under the same lock :meth:`syncd.recovery.Recovery.requeue_orphans` takes, so the
 sweep never requeues a row a worker has just claimed. Anything unexpected is
 logged with its traceback and retried like a transient error; a worker never
 dies of it.
@@ -216,30 +216,6 @@ class Uploader:
     def inflight_ids(self) -> set[int]:
         with self.stats.lock:
             return set(self.stats.inflight)
-
-    def take_uploaded(self, row_id: int) -> Row | None:
-        """The row ``row_id`` as it is now, registered in flight for the caller (the sweep),
-        if it is ``uploaded`` and no worker holds it; else None. :meth:`release` after."""
-        with self.stats.lock:
-            if row_id in self.stats.inflight:
-                return None  # a worker is archiving it (claimed after the sweep began, too)
-            row = self.ledger.get(row_id)
-            if row is None or row.state != State.UPLOADED:
-                return None
-            self.stats.inflight[row_id] = row.inbox_path
-            return row
-
-    def release(self, row_id: int) -> None:
-        with self.stats.lock:
-            self.stats.inflight.pop(row_id, None)
-
-    def requeue_orphans(self) -> int:
-        """Rows left ``uploading`` that no worker holds (a failed ledger write): requeue."""
-        with self.stats.lock:
-            orphans = [r.id for r in self.ledger.in_state(State.UPLOADING) if r.id not in self.stats.inflight]
-            for row_id in orphans:
-                self.ledger.requeue_now(row_id, reason="interrupted")
-        return len(orphans)
 
     # circuits (syncd/circuits.py) ---------------------------------------------
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from syncd.errors import LedgerError
 from syncd.ledger import ACTIVE_STATES, Ledger, Row, State
 from syncd_emulator import Emulator
 
@@ -268,9 +269,17 @@ class Setup:
         finally:
             ledger.close()
 
+    def _being_created(self, path: Path | None = None) -> bool:
+        """The daemon has created the ledger's file but not its tables yet."""
+        try:
+            Ledger.open(path or self.ledger_path, readonly=True).close()
+        except LedgerError as exc:
+            return "no ledger yet" in str(exc)
+        return False
+
     def rows(self, path: Path | None = None) -> list[Row]:
         """Every ledger row, oldest first; none before the daemon has created the ledger."""
-        if not (path or self.ledger_path).exists():
+        if not (path or self.ledger_path).exists() or self._being_created(path):
             return []
         with self.ledger(path) as ledger:
             try:
@@ -286,7 +295,7 @@ class Setup:
 
     def counts(self) -> dict[str, int]:
         """Rows per state, only the states that have rows."""
-        if not self.ledger_path.exists():
+        if not self.ledger_path.exists() or self._being_created():
             return {}
         with self.ledger() as ledger:
             try:

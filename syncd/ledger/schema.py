@@ -214,8 +214,11 @@ def check_readable(conn: sqlite3.Connection, path: Path) -> None:
     another program's database, has none of its tables)."""
     version = check_version(conn, path)
     app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-    if not version or app_id != APPLICATION_ID:
-        raise LedgerError(f"{path} is not a syncd ledger (is daemon.state_dir right?)")
+    if version and app_id == APPLICATION_ID:
+        return
+    if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
+        raise LedgerError(f"{path} holds no ledger yet (being created by a syncd starting now, or empty)")
+    raise LedgerError(f"{path} is not a syncd ledger (is daemon.state_dir right?)")
 
 
 def pending_migrations(conn: sqlite3.Connection, path: Path) -> list[list[str]]:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -509,7 +510,12 @@ def test_a_file_that_is_not_a_ledger_is_said_so(cfg: Path, capsys: pytest.Captur
     (cfg.parent / "state" / "ledger.sqlite3").write_bytes(b"")
     for command in (["status"], ["files"], ["explain", str(cfg.parent / "inbox" / "a.pdf")]):
         code, _, err = run(capsys, "-c", str(cfg), *command)
-        assert code == 4 and "is not a syncd ledger" in err, (command, err)
+        assert code == 4 and "holds no ledger yet" in err, (command, err)
+    other = sqlite3.connect(cfg.parent / "state" / "ledger.sqlite3")
+    other.execute("CREATE TABLE notes (text)")
+    other.close()
+    code, _, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 4 and "is not a syncd ledger" in err
 
 
 def test_os_errors_are_one_line_not_a_traceback(

@@ -656,3 +656,35 @@ def test_a_retried_failed_file_is_sent_as_it_is_now_in_failed_dir(
     assert dest.received[-1][1] == sent
     row = ledger.get(row_id)
     assert Path(row.location).read_bytes() == sent and not copy.exists()
+
+
+def test_a_failed_move_whose_ledger_write_failed_is_finished_by_the_sweep(
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is in failed_dir, then recording "failed" fails (a locked or full ledger):
+    the row is left uploading with its failed target. The sweep must finish the failure,
+    not requeue it (the next claim found no file in the inbox: "vanished", the file in
+    failed_dir untracked)."""
+    import sqlite3
+
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"rejected")
+    dest.script = [PermanentError("HTTP 400: bad type")]
+    real = ledger.mark_failed
+
+    def locked(*args: Any, **kw: Any) -> None:
+        monkeypatch.setattr(ledger, "mark_failed", real)
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger, "mark_failed", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        step()
+    row = ledger.get(row_id)
+    assert row.state == "uploading" and row.archive_path is not None
+    assert (tmp_path / "failed" / "inbox" / "a.txt").exists()
+    Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up).sweep()
+    row = ledger.get(row_id)
+    assert row.state == "failed" and row.location == os.fspath(tmp_path / "failed" / "inbox" / "a.txt")
+    assert "400" in row.last_error
