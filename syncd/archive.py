@@ -111,6 +111,8 @@ def finish(
             finish_sidecar(ledger, row, folder, None)
             ledger.mark_done(row.id)
             log.info("deleted after upload: %s", quoted_path(src.path))
+            if src.replaced and row.location is None:
+                reobserve(ledger, row)  # a new file took the name meanwhile: its own row
             return
         assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
         try:
@@ -134,6 +136,8 @@ def finish(
     finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
+    if src.replaced and row.location is None:
+        reobserve(ledger, row)  # a new file took the name during the move: its own row
 
 
 def _record_target(ledger: Ledger, row: Row, target: str) -> None:

@@ -147,6 +147,7 @@ class Held:
 
     def __init__(self, dirfd: int, name: str, fd: int, st: os.stat_result, path: str) -> None:
         self.dirfd, self.name, self.fd, self.st, self.path = dirfd, name, fd, st, path
+        self.replaced = False  # unlink found another file under the name (left alone)
 
     def still_named(self) -> bool:
         """Whether the source name still leads to the file we hold."""
@@ -159,6 +160,7 @@ class Held:
         """Remove the source name if it still names our file; False (left alone) if not."""
         if not self.still_named():
             log.warning("%s now holds another file; it is left in place", quoted_path(self.path))
+            self.replaced = True
             return False
         os.unlink(self.name, dir_fd=self.dirfd)
         safefs.fsync_dirfd(self.dirfd)

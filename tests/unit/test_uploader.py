@@ -688,3 +688,35 @@ def test_a_failed_move_whose_ledger_write_failed_is_finished_by_the_sweep(
     row = ledger.get(row_id)
     assert row.state == "failed" and row.location == os.fspath(tmp_path / "failed" / "inbox" / "a.txt")
     assert "400" in row.last_error
+
+
+@pytest.mark.parametrize("after_upload", ["archive", "delete"])
+def test_a_new_file_that_takes_the_name_during_the_archive_move_gets_its_own_row(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, after_upload: str
+) -> None:
+    """The producer renames a new version over the name while the old one is being moved:
+    the old one is archived (or deleted) and the new one left in place; its event came
+    while the old row was active (and was dropped), so it must be ledgered now, not at the
+    next rescan (5 minutes by default)."""
+    from syncd import moves
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path, after_upload=after_upload)
+    root = os.fspath(folder.path)
+    up = Uploader(ledger, lambda: {"dest": FakeDestination()}, lambda: {root: folder}, clock=clock)
+    old = queue_file(ledger, folder, "a.txt", b"version 1")
+    real_unlink = moves.Held.unlink
+
+    def unlink(self: Any) -> bool:
+        new = folder.path / ".a.txt.new"
+        new.write_bytes(b"version 2")
+        os.rename(new, folder.path / "a.txt")  # the producer, at the worst moment
+        ledger.observe(root, ["a.txt"], destination="dest")  # its event: the old row holds the name
+        return real_unlink(self)
+
+    monkeypatch.setattr(moves.Held, "unlink", unlink)
+    assert up.process(ledger.claim_next(["dest"])) == "done"
+    newer = ledger.active_for_path(root, "a.txt")
+    assert newer is not None and newer.id != old and newer.state == "settling"
+    assert (folder.path / "a.txt").read_bytes() == b"version 2"
+    ledger.close()
