@@ -144,9 +144,21 @@ class Runtime:
 
     def reroute(self) -> None:
         """Files waiting for a destination the config no longer has go to the one whose
-        ``replaces`` names it, or are said in the log. At start (after recovery has
-        requeued interrupted uploads) and after every reload."""
+        ``replaces`` names it, or are said in the log; files still settling take their
+        folder's destination, labels and category as configured now. At start (after
+        recovery has requeued interrupted uploads) and after every reload."""
         self.repoint_replaced()
+        for root, folder in self.folders.items():
+            n = self.ledger.retarget_settling(
+                root, destination=folder.destination, labels=folder.labels, category=folder.category
+            )
+            if n:
+                log.info(
+                    "%d settling file(s) of %s go to %r with the folder's labels as now configured",
+                    n,
+                    quoted_path(root),
+                    folder.destination,
+                )
         self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
         for name, n in self.lost.items():
             log.warning(

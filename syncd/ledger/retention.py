@@ -19,13 +19,13 @@ done today) are history and stay as they were.
 
 from __future__ import annotations
 
+from syncd.ledger.routing import Routing
 from syncd.ledger.row import State
-from syncd.ledger.schedule import Schedule
 
 PRUNED_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.VANISHED)
 
 
-class Retention(Schedule):
+class Retention(Routing):
     def prune(self, state: State, cutoff: float, *, after: int, limit: int) -> tuple[int, int]:
         """Delete, among the next ``limit`` rows of ``state`` after id ``after``, those done
         before ``cutoff`` whose file left the inbox; returns how many, and the cursor for the

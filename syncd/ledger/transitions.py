@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from syncd.ledger.queries import Queries
-from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json, sql_in
+from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json
 
 _NEW_SETTLING = (
     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
@@ -336,21 +336,6 @@ class Transitions(Queries):
                         now,
                     ),
                 )
-
-    def repoint(self, old: str, new: str) -> int:
-        """Rows waiting for destination ``old`` (settling, queued, retrying) go to ``new``,
-        due now, without ``old``'s resume state; how many (a ``replaces`` in the config)."""
-        now = self._clock()
-        with self._write("repoint") as conn:
-            cur = conn.execute(
-                f"UPDATE files SET destination = ?, resume = NULL, updated_at = ?,"
-                f" state = CASE state WHEN '{State.RETRYING}' THEN '{State.QUEUED}' ELSE state END,"
-                f" next_attempt_at = CASE state WHEN '{State.SETTLING}' THEN next_attempt_at ELSE ? END,"
-                f" last_error = CASE state WHEN '{State.SETTLING}' THEN last_error END"
-                f" WHERE destination = ? AND state IN {sql_in((State.SETTLING, *WAITING_STATES))}",
-                (new, now, now, old),
-            )
-        return cur.rowcount
 
     def requeue_stale(self) -> int:
         """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""

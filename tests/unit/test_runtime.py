@@ -173,3 +173,30 @@ def test_the_sweep_repoints_late_files_and_keeps_the_lost_count_true(
     assert runtime.lost == {}
     runtime.close()
     ledger.close()
+
+
+def test_files_still_settling_take_their_folders_destination_and_labels_as_now_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload renamed the folder's destination (no `replaces`) and changed its labels:
+    a file still settling was never queued for the old ones. It kept them, was queued for
+    a destination no worker takes, and waited for good without a word."""
+    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(CONFIG.format(name="new-lilt") + 'labels = ["legal"]\ncategory = "SOURCE"\n')
+    path.chmod(0o600)
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    ledger.observe(os.fspath(root), ["settling.txt"], destination="old-lilt", labels=["old"])
+    _queued(ledger, root, "queued.txt", "old-lilt")
+    runtime = _runtime(path, ledger)
+    runtime.reroute()  # at start and after every reload
+    runtime.close()
+    settling = ledger.active_for_path(os.fspath(root), "settling.txt")
+    assert settling is not None
+    assert (settling.destination, settling.labels, settling.category) == ("new-lilt", ("legal",), "SOURCE")
+    queued = ledger.active_for_path(os.fspath(root), "queued.txt")
+    assert queued is not None and queued.destination == "old-lilt"  # queued for it: it keeps it
+    assert ledger.waiting_elsewhere(["new-lilt"]) == {"old-lilt": 1}
+    ledger.close()

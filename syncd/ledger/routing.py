@@ -1,0 +1,54 @@
+"""Where waiting files go after a reload changed the destinations or the folders.
+
+:meth:`Routing.repoint` hands the files waiting for a destination to the one
+whose ``replaces`` names it. :meth:`Routing.retarget_settling` gives files
+that are still settling their folder's destination, labels and category as
+the config now has them: they were never queued for the old ones (docs/
+operations.md, "Reload": a file keeps the destination it was *queued* for).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from syncd.ledger.row import WAITING_STATES, State, sql_in
+from syncd.ledger.schedule import Schedule
+
+
+class Routing(Schedule):
+    def repoint(self, old: str, new: str) -> int:
+        """Rows waiting for destination ``old`` (settling, queued, retrying) go to ``new``,
+        due now, without ``old``'s resume state; how many (a ``replaces`` in the config)."""
+        now = self._clock()
+        with self._write("repoint") as conn:
+            cur = conn.execute(
+                f"UPDATE files SET destination = ?, resume = NULL, updated_at = ?,"
+                f" state = CASE state WHEN '{State.RETRYING}' THEN '{State.QUEUED}' ELSE state END,"
+                f" next_attempt_at = CASE state WHEN '{State.SETTLING}' THEN next_attempt_at ELSE ? END,"
+                f" last_error = CASE state WHEN '{State.SETTLING}' THEN last_error END"
+                f" WHERE destination = ? AND state IN {sql_in((State.SETTLING, *WAITING_STATES))}",
+                (new, now, now, old),
+            )
+        return cur.rowcount
+
+    def retarget_settling(
+        self, folder: str, *, destination: str, labels: Sequence[str], category: str | None
+    ) -> int:
+        """The settling rows of ``folder`` take its destination, labels and category as
+        configured now; how many changed. No commit when none differs."""
+        args = (destination, json.dumps(list(labels), ensure_ascii=False), category, folder)
+        where = (
+            f"folder = ? AND state = '{State.SETTLING}'"
+            " AND (destination IS NOT ? OR labels IS NOT ? OR category IS NOT ?)"
+        )
+        with self._lock:
+            if not self._conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM files WHERE {where})", (folder, *args[:3])
+            ).fetchone()[0]:
+                return 0
+        with self._write("retarget_settling") as conn:
+            return conn.execute(
+                f"UPDATE files SET destination = ?, labels = ?, category = ?, updated_at = ? WHERE {where}",
+                (*args[:3], self._clock(), folder, *args[:3]),
+            ).rowcount
