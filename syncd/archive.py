@@ -107,9 +107,11 @@ def finish(
             return
         if folder.after_upload == "delete":
             ledger.sync()  # the "uploaded" commit is on disk before the file is touched
-            src.unlink()
+            deleted = src.unlink()
             finish_sidecar(ledger, row, folder, None)
-            ledger.mark_done(row.id)
+            # the note says the file left the inbox: a new file that happens to get the
+            # same name, size, mtime and (reused) inode is not this one (done_versions)
+            ledger.mark_done(row.id, note="deleted after upload" if deleted else None)
             log.info("deleted after upload: %s", quoted_path(src.path))
             if src.replaced and row.location is None:
                 reobserve(ledger, row)  # a new file took the name meanwhile: its own row

@@ -254,6 +254,7 @@ class Settler:
             previous is not None
             and previous.location is None
             and previous.state in (State.DONE, State.FAILED, State.SKIPPED)
+            and not (previous.state == State.DONE and previous.last_error)  # it left the inbox
             and (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
         ):
             self.ledger.forget(row.id)

@@ -76,7 +76,8 @@ class Queries(Writer):
     def done_versions(self, folder: str) -> dict[str, tuple[int | None, int | None, int | None]]:
         """Files finished but still in the inbox (kept, or failed in place), under their
         own name or the one they were renamed to during the upload (``location`` in the
-        folder).
+        folder). A done row with a note is of a file that left the inbox (deleted after
+        its upload, gone before its archive): a file there now is another one.
 
         path -> (size, mtime_ns, inode) of the newest such row, so scans do
         not mistake them for new versions.
@@ -86,6 +87,7 @@ class Queries(Writer):
             rows = self._conn.execute(
                 "SELECT relpath, size, mtime_ns, inode, location FROM files WHERE folder = ?"
                 f" AND state IN {sql_in(FINISHED_STATES)}"
+                f" AND NOT (state = '{State.DONE}' AND last_error IS NOT NULL)"  # deleted, vanished
                 " AND (location IS NULL OR (location >= ? AND location < ?)) ORDER BY id",
                 (folder, inside, inside[:-1] + b"0"),  # "0" follows "/": every path under folder
             ).fetchall()

@@ -720,3 +720,42 @@ def test_a_new_file_that_takes_the_name_during_the_archive_move_gets_its_own_row
     assert newer is not None and newer.id != old and newer.state == "settling"
     assert (folder.path / "a.txt").read_bytes() == b"version 2"
     ledger.close()
+
+
+def test_a_new_file_like_a_deleted_one_in_name_size_mtime_and_inode_is_uploaded(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """after_upload = "delete", then tomorrow's build arrives: same name, same size, the
+    same reproducible mtime, and ext4 hands it the freed inode. It is a new file, not the
+    one uploaded: scans and the settle stage took it for a kept version and ignored it
+    for good."""
+    from syncd import scanner
+    from syncd.settle import Settler
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path, after_upload="delete", settle_seconds=1.0)
+    root = os.fspath(folder.path)
+    dest = FakeDestination()
+    up = Uploader(ledger, lambda: {"dest": dest}, lambda: {root: folder}, clock=clock)
+    path = folder.path / "firmware.bin"
+    epoch = 315532800  # 1980-01-01: what SOURCE_DATE_EPOCH builds and zip give
+    path.write_bytes(b"version-1" * 100)
+    os.utime(path, (epoch, epoch))
+    inode = path.stat().st_ino
+    settler = Settler(ledger, lambda: {root: folder}, clock=clock)
+    assert scanner.scan_folder(ledger, folder) == 1
+    for _ in range(3):
+        clock.advance(1.1)
+        settler.tick()
+    assert up.process(ledger.claim_next(["dest"])) == "done" and not path.exists()
+    path.write_bytes(b"version-2" * 100)
+    os.utime(path, (epoch, epoch))
+    if path.stat().st_ino != inode:
+        pytest.skip("the file system gave the new file another inode")
+    assert scanner.scan_folder(ledger, folder) == 1
+    for _ in range(3):
+        clock.advance(1.1)
+        settler.tick()
+    assert up.process(ledger.claim_next(["dest"])) == "done"
+    assert [data for _, data in dest.received] == [b"version-1" * 100, b"version-2" * 100]
+    ledger.close()
