@@ -122,6 +122,7 @@ class IntakeStage:
         self.ignored: dict[str, dict[str, Any]] = {}  # root -> names its last full scan ignored
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending = 0
+        self._queued: set[tuple[str, str]] = set()  # (root, rel) asked for, not begun
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._scan_loop, name="scanner", daemon=True)
 
@@ -167,7 +168,13 @@ class IntakeStage:
         self._queue.put(None)
 
     def request_scan(self, root: str, rel: str = "", *, reason: str = "periodic") -> None:
+        """Queue a scan of ``root`` (below ``rel``), unless one that covers it is queued
+        and not begun yet: a burst of new directories, or periodic scans while a long one
+        runs, would pile up and each read the folder again."""
         with self._lock:
+            if (root, "") in self._queued or (root, rel) in self._queued:
+                return
+            self._queued.add((root, rel))
             self._pending += 1
         self._queue.put((root, rel, reason))
 
@@ -184,6 +191,8 @@ class IntakeStage:
                 if item is None:
                     return
                 root, rel, reason = item
+                with self._lock:
+                    self._queued.discard((root, rel))  # asked again from now on: scanned again
                 pulse.step(f"scanning {quoted_path(os.path.join(root, rel) if rel else root)}")
                 try:
                     self._scan(root, rel, reason)

@@ -112,8 +112,8 @@ def scan_folder(
     """Ledger every accepted file in ``folder`` not already tracked; returns how many were new.
     ``ignored`` counts the names the rules passed over."""
     root = os.fspath(folder.path)
-    active = ledger.active_paths(root)
-    finished = ledger.done_versions(root)
+    active = ledger.active_paths(root, start)
+    finished = ledger.done_versions(root, start)
     batch: list[str] = []
     created = 0
     for relpath, st in walk(folder, on_special, start, ignored):

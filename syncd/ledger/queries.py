@@ -64,32 +64,41 @@ class Queries(Writer):
         )
         return rows[0] if rows else None
 
-    def active_paths(self, folder: str) -> set[str]:
-        """Relative paths in ``folder`` that have an active row (for scans)."""
+    def active_paths(self, folder: str, under: str = "") -> set[str]:
+        """Relative paths in ``folder`` (below the sub-folder ``under``) that have an
+        active row (for scans)."""
+        below, args = _below("relpath", under)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT relpath FROM files WHERE folder = ? AND location IS NULL AND state IN {ACTIVE_SQL}",
-                (folder,),
+                f"SELECT relpath FROM files WHERE folder = ? AND location IS NULL AND state IN {ACTIVE_SQL}"
+                f" AND {below}",
+                (folder, *args),
             ).fetchall()
         return {os.fsdecode(r[0]) for r in rows}
 
-    def done_versions(self, folder: str) -> dict[str, tuple[int | None, int | None, int | None]]:
+    def done_versions(
+        self, folder: str, under: str = ""
+    ) -> dict[str, tuple[int | None, int | None, int | None]]:
         """Files finished but still in the inbox (kept, or failed in place), under their
         own name or the one they were renamed to during the upload (``location`` in the
-        folder). A done row with a note is of a file that left the inbox (deleted after
-        its upload, gone before its archive): a file there now is another one.
+        folder); below the sub-folder ``under`` only, when given (a scan of a new
+        directory reads its own rows, not the folder's). A done row with a note is of a
+        file that left the inbox (deleted after its upload, gone before its archive): a
+        file there now is another one.
 
         path -> (size, mtime_ns, inode) of the newest such row, so scans do
         not mistake them for new versions.
         """
         inside = os.fsencode(folder.rstrip("/") + "/")
+        below, args = _below("relpath", under)
+        moved, moved_args = _below("location", under, inside)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT relpath, size, mtime_ns, inode, location FROM files WHERE folder = ?"
                 f" AND state IN {sql_in(FINISHED_STATES)}"
                 f" AND NOT (state = '{State.DONE}' AND last_error IS NOT NULL)"  # deleted, vanished
-                " AND (location IS NULL OR (location >= ? AND location < ?)) ORDER BY id",
-                (folder, inside, inside[:-1] + b"0"),  # "0" follows "/": every path under folder
+                f" AND ((location IS NULL AND {below}) OR ({moved})) ORDER BY id",
+                (folder, *args, *moved_args),
             ).fetchall()
         return {os.fsdecode(r[0] if r[4] is None else r[4][len(inside) :]): (r[1], r[2], r[3]) for r in rows}
 
@@ -266,3 +275,14 @@ class Queries(Writer):
         with self._lock:
             r = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return default if r is None else json.loads(r[0])
+
+
+def _below(column: str, under: str, prefix: bytes = b"") -> tuple[str, tuple[bytes, ...]]:
+    """SQL that keeps the rows whose ``column`` lies below ``prefix`` + the sub-folder
+    ``under`` ("" and no prefix: every row), and its arguments: ``P/`` up to ``P0``,
+    since "0" follows "/" (``prefix`` ends with "/")."""
+    rel = under.strip("/")
+    if not rel and not prefix:
+        return "1", ()
+    low = prefix + os.fsencode(rel + "/") if rel else prefix
+    return f"{column} >= ? AND {column} < ?", (low, low[:-1] + b"0")

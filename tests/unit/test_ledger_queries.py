@@ -100,6 +100,10 @@ def test_queries_use_their_indexes(ledger: Ledger) -> None:
         (lambda: ledger.rows(state="failed", limit=2, newest=True), "files_state_id (state=?)"),
         (lambda: ledger.active_for_path("/in", "f1"), "files_active_path (folder=? AND relpath=?)"),
         (lambda: ledger.active_paths("/in"), "files_active_path (folder=?)"),
+        (
+            lambda: ledger.active_paths("/in", "sub"),
+            "files_active_path (folder=? AND relpath>? AND relpath<?)",
+        ),
         (lambda: ledger.inode_busy(row), "files_inode (folder=? AND inode=?)"),
         (lambda: ledger.uploaded_copy("/in", "00", destination="d"), "files_sha256"),
         (
@@ -159,3 +163,17 @@ def test_files_limit_shows_the_newest(
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == failed[-2:]
     assert main(["-c", str(cfg), "files", "--limit", "1", "--json"]) == 0
     assert [r["relpath"] for r in json.loads(capsys.readouterr().out)] == ["f5"]
+
+
+def test_a_scan_of_a_sub_folder_reads_the_rows_below_it_only(ledger: Ledger) -> None:
+    """A new directory's scan read every row of the folder (0.6 s and 39 MB at 200,000
+    rows, for each mkdir); it needs those below the directory only."""
+    paths = ["sub/a", "sub/deep/b", "sub0/c", "subdir/d", "su/e", "top", "\udcff\udcff/f"]
+    ledger.observe("/in", paths, destination="d")
+    assert ledger.active_paths("/in", "sub") == {"sub/a", "sub/deep/b"}
+    assert ledger.active_paths("/in", "sub/deep/") == {"sub/deep/b"}
+    assert ledger.active_paths("/in") == set(paths)  # odd bytes included
+    for row in ledger.rows():
+        ledger.mark_failed(row.id, error="refused", location=None)  # failed in place: still there
+    assert set(ledger.done_versions("/in", "sub")) == {"sub/a", "sub/deep/b"}
+    assert set(ledger.done_versions("/in")) == set(paths)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,47 @@ def test_folder_back_wakes_only_what_waited_for_the_folder(ledger: Ledger, clock
     claimed = ledger.claim_next()
     assert claimed is not None and claimed.id == rows["away.txt"]
     assert ledger.claim_next() is None
+
+
+def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: Path) -> None:
+    """A burst of new directories, or periodic scans while a long scan runs, queued one
+    scan each, every one reading the folder's rows again."""
+    import threading
+
+    from syncd.backpressure import DiskFull
+    from syncd.events import Intake
+    from syncd.intake import IntakeStage
+    from syncd.liveness import Liveness
+    from syncd.metrics import Metrics
+    from syncd.settle import Settler
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    stage = IntakeStage(
+        ledger,
+        Intake(),
+        Settler(ledger, lambda: {root: folder}),
+        folders=lambda: {root: folder},
+        folder_problem=lambda r: None,
+        disk_full=DiskFull(None),
+        metrics=Metrics(),
+        liveness=Liveness(),
+        nudge=threading.Event(),
+    )
+    for _ in range(3):
+        stage.request_scan(root, "new")
+        stage.request_scan(root)
+        stage.request_scan(root, "other", reason="directory")  # the whole folder is queued
+    assert stage._queue.qsize() == 2  # (root, "new") and (root, "")
+    (folder.path / "new").mkdir()
+    (folder.path / "new" / "a.txt").write_bytes(b"x")
+    stage.start_scanner()
+    deadline = time.monotonic() + 10
+    while stage.scans_pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not stage.scans_pending() and [r.relpath for r in ledger.rows()] == ["new/a.txt"]
+    stage.request_scan(root)  # begun and done: asked again, scanned again
+    assert stage._queue.qsize() == 1
+    stage.stop_scanner()
+    ledger.close()
