@@ -259,8 +259,8 @@ class Settler:
         ):
             self.ledger.forget(row.id)
             return None
-        if (row.folder, st.st_ino) in self._promoting_inodes or (
-            self.ledger.inode_busy(replace(row, inode=st.st_ino)) is not None
+        if (row.folder, st.st_ino) in self._promoting_inodes or _same_file_waits(
+            self.ledger.inode_busy(replace(row, inode=st.st_ino))
         ):
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
         self._promote(row, st.st_ino)
@@ -319,3 +319,20 @@ def describe_mode(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "directory"
     return "special file"
+
+
+def _same_file_waits(busy: Row | None) -> bool:
+    """Whether ``busy``, a row of the same inode that is queued or further along, still
+    stands for the file being judged. One waiting to be claimed whose name no longer
+    leads to that inode does not: deleted (its inode reused by the new file) or renamed
+    (it finds nothing at its claim and vanishes), so the new file need not wait behind
+    the queue or a retry backoff for it."""
+    if busy is None:
+        return False
+    if busy.state not in (State.QUEUED, State.RETRYING) or busy.location is not None:
+        return True  # in flight: an upload follows its file's rename (syncd/upload_source.py)
+    try:
+        st = safefs.lstat(busy.folder, busy.relpath)
+    except (OSError, safefs.UnsafePath):
+        return False
+    return st.st_ino == busy.inode and (busy.device is None or st.st_dev == busy.device)

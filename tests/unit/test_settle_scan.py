@@ -368,3 +368,31 @@ def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: P
     assert stage._queue.qsize() == 1
     stage.stop_scanner()
     ledger.close()
+
+
+def test_a_new_file_does_not_wait_behind_a_deleted_queued_file_whose_inode_it_got(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A queued file is deleted and a new one gets its inode: the new one waited until the
+    old row was claimed (behind the whole queue, or a retry's backoff) and found gone."""
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path, settle_seconds=1.0)
+    root = os.fspath(folder.path)
+    settler = Settler(ledger, lambda: {root: folder}, clock=clock)
+    (folder.path / "a.pdf").write_text("A")
+    scanner.scan_folder(ledger, folder)
+    for _ in range(3):
+        clock.advance(1.1)
+        settler.tick()
+    inode = (folder.path / "a.pdf").stat().st_ino
+    (folder.path / "a.pdf").unlink()
+    (folder.path / "b.pdf").write_text("B")
+    if (folder.path / "b.pdf").stat().st_ino != inode:
+        pytest.skip("the file system gave the new file another inode")
+    scanner.scan_folder(ledger, folder)
+    for _ in range(3):
+        clock.advance(1.1)
+        settler.tick()
+    b = ledger.active_for_path(root, "b.pdf")
+    assert b is not None and b.state == "queued"
+    ledger.close()
