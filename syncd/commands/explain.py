@@ -54,9 +54,11 @@ def _under(path: str, root: str) -> bool:
 
 
 def _lstat(path: str) -> os.stat_result | None:
+    """The path's own stat; None when nothing is there. Another error (a folder this
+    user may not enter) is the command's to report: "no such file" would be false."""
     try:
         return os.lstat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

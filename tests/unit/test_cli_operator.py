@@ -529,6 +529,19 @@ def test_os_errors_are_one_line_not_a_traceback(
         capsys, "-c", str(cfg.parent / "missing.toml"), "folder", "add", "new", "--destination", "main"
     )
     assert code == 2 and "missing.toml" in err
+    closed = cfg.parent / "inbox" / "closed"
+    closed.mkdir()
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kw: Any) -> os.stat_result:  # as a user who may not enter
+        if os.fspath(path).startswith(os.fspath(closed) + "/"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_lstat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    code, out, err = run(capsys, "-c", str(cfg), "explain", str(closed / "a.pdf"))
+    assert code == 2 and "Permission denied" in err and "no such file" not in out + err
+    monkeypatch.setattr(os, "lstat", real_lstat)
     denied = PermissionError(13, "Permission denied", str(cfg.parent / "state" / "lock"))
     monkeypatch.setattr(statusmod, "cmd_status", lambda args: (_ for _ in ()).throw(denied))
     monkeypatch.setitem(__import__("syncd.cli").cli._COMMANDS, "status", statusmod.cmd_status)
