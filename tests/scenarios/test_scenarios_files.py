@@ -95,14 +95,19 @@ def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup: Callable[...,
     s.invariants()
 
 
-def test_f3_renamed_during_upload_is_uploaded_once(setup: Callable[..., Setup]) -> None:
-    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+def _renamed_during_upload(s: Setup) -> None:
+    """draft.txt is renamed to final.txt while its upload is held; until it is done."""
     s.start()
     _hold_put(s, delay=2.5)
     path = s.drop("draft.txt", b"the contract")
     wait_until(lambda: _uploading(s, "draft.txt"), 10, what="upload started")
     os.rename(path, path.with_name("final.txt"))
     wait_until(lambda: s.all_done(1), 20, what="done")
+
+
+def test_f3_renamed_during_upload_is_uploaded_once(setup: Callable[..., Setup]) -> None:
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
+    _renamed_during_upload(s)
     time.sleep(1.5)  # give the renamed path every chance to be uploaded again
     uploads = s.emulator.uploads()
     assert len(uploads) == 1 and uploads[0]["times_received"] == 1
@@ -120,12 +125,7 @@ def test_f3_renamed_during_upload_and_kept_is_not_uploaded_again_by_scans(
     s = setup(
         folders=[{"name": "in", "settle_seconds": 0.3, "after_upload": "keep"}], daemon={"rescan_seconds": 1}
     )
-    s.start()
-    _hold_put(s, delay=2.5)
-    path = s.drop("draft.txt", b"the contract")
-    wait_until(lambda: _uploading(s, "draft.txt"), 10, what="upload started")
-    os.rename(path, path.with_name("final.txt"))
-    wait_until(lambda: s.all_done(1), 20, what="done")
+    _renamed_during_upload(s)
     s.wait_logged("it is kept there")
     time.sleep(2.5)  # two rescans
     assert s.stop() == 0

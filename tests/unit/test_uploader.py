@@ -473,6 +473,26 @@ def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     assert ledger.counts()["done"] == 5
 
 
+def _one_bad_archive(setup: Any, monkeypatch: pytest.MonkeyPatch, bad: int) -> Any:
+    """Archiving fails for row ``bad`` alone (a reason of its own); the sweep's Recovery."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish = archive.finish
+
+    def one_bad(ledger_: Any, row: Any, *args: Any, **kw: Any) -> None:
+        if row.id == bad:
+            raise OSError(errno.EACCES, "Permission denied")
+        real_finish(ledger_, row, *args, **kw)
+
+    monkeypatch.setattr(archive, "finish", one_bad)
+    root = os.fspath(folder.path)
+    return Recovery(ledger, lambda: {root: folder}, up)
+
+
 def test_one_file_that_cannot_be_archived_holds_none_of_the_others_back(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -481,25 +501,16 @@ def test_one_file_that_cannot_be_archived_holds_none_of_the_others_back(
     import errno
 
     from syncd import archive
-    from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    real_finish = archive.finish
     bad = drop("bad.txt")
-
-    def one_bad(ledger_: Any, row: Any, *args: Any, **kw: Any) -> None:
-        if row.id == bad:
-            raise OSError(errno.EACCES, "Permission denied")
-        real_finish(ledger_, row, *args, **kw)
-
     monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
     for i in range(4):
         drop(f"f{i}.txt")
     for _ in range(5):
         assert step() == "uploaded"
-    monkeypatch.setattr(archive, "finish", one_bad)
-    root = os.fspath(folder.path)
-    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    monkeypatch.undo()
+    recovery = _one_bad_archive(setup, monkeypatch, bad)
     for _ in range(4):
         recovery.sweep()
     assert ledger.counts()["done"] == 4
@@ -511,23 +522,10 @@ def test_a_file_that_keeps_failing_to_archive_is_said_once_while_others_flow(
 ) -> None:
     """A busy folder with one file that cannot be archived: its error is said once, not at
     every sweep followed by "works again" when the next file of the folder gets through."""
-    import errno
-
-    from syncd import archive
-    from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    real_finish = archive.finish
     bad = drop("bad.txt")
-
-    def one_bad(ledger_: Any, row: Any, *args: Any, **kw: Any) -> None:
-        if row.id == bad:
-            raise OSError(errno.EACCES, "Permission denied")
-        real_finish(ledger_, row, *args, **kw)
-
-    monkeypatch.setattr(archive, "finish", one_bad)
-    root = os.fspath(folder.path)
-    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    recovery = _one_bad_archive(setup, monkeypatch, bad)
     with caplog.at_level("DEBUG", logger="syncd.uploader"):
         assert step() == "uploaded"
         for i in range(5):  # the sweep tries the bad file again while new files get through
