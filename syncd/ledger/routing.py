@@ -21,13 +21,19 @@ class Routing(Schedule):
         """Rows waiting for destination ``old`` (settling, queued, retrying) go to ``new``,
         due now, without ``old``'s resume state; how many (a ``replaces`` in the config)."""
         now = self._clock()
+        waiting = f"destination = ? AND state IN {sql_in((State.SETTLING, *WAITING_STATES))}"
+        with self._lock:  # the sweep asks every 10 s: no write transaction when none waits
+            if not self._conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM files WHERE {waiting})", (old,)
+            ).fetchone()[0]:
+                return 0
         with self._write("repoint") as conn:
             cur = conn.execute(
                 f"UPDATE files SET destination = ?, resume = NULL, updated_at = ?,"
                 f" state = CASE state WHEN '{State.RETRYING}' THEN '{State.QUEUED}' ELSE state END,"
                 f" next_attempt_at = CASE state WHEN '{State.SETTLING}' THEN next_attempt_at ELSE ? END,"
                 f" last_error = CASE state WHEN '{State.SETTLING}' THEN last_error END"
-                f" WHERE destination = ? AND state IN {sql_in((State.SETTLING, *WAITING_STATES))}",
+                f" WHERE {waiting}",
                 (new, now, now, old),
             )
         return cur.rowcount
