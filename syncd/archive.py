@@ -273,8 +273,10 @@ class Stuck:
             known = row_id in failing
             if len(failing) < self.FAILING_MAX:
                 failing.add(row_id)
-            if root in self._why:
+            if root in self._why and (known or root in self._said):
                 return False
+            # stuck now, or stuck only by files known to fail on their own until this new
+            # one: said, with its reason (an archive gone read-only must not stay unsaid)
             self._why[root] = str(exc.strerror or exc)
             if not known:
                 self._said.add(root)

@@ -10,6 +10,7 @@ import argparse
 import functools
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -243,22 +244,40 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_LEDGER
-    except BrokenPipeError:  # `syncd files | head`: the reader has all it wanted
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise  # another pipe or socket: not ours to hide
+        # `syncd files | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + signal.SIGPIPE
-    except PermissionError as exc:
+    except OSError as exc:
+        if args.command == "run":
+            raise  # unexpected in the daemon: a traceback and exit 1, which systemd restarts
+        return _os_error_exit(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _os_error_exit(exc: OSError) -> int:
+    """One line for an OSError of a command (exit 2): no traceback for an operator's slip."""
+    if isinstance(exc, PermissionError):
         print(
             f"syncd: {_os_error(exc)}; run it as the user syncd runs as (sudo -u syncd) or as root",
             file=sys.stderr,
         )
-        return EXIT_CONFIG
-    except OSError as exc:  # a missing folder for a backup, a config file that is not there
-        if args.command == "run":
-            raise  # unexpected in the daemon: exit 1, which systemd restarts
+    else:  # a missing folder for a backup, a config file that is not there
         print(f"syncd: {_os_error(exc)}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
+    return EXIT_CONFIG
+
+
+def _reader_gone() -> bool:
+    """Whether the reader of stdout went away (a pipe closed at its other end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError):  # no descriptor (captured), or closed
+        return False
 
 
 # ----------------------------------------------------------------- helpers

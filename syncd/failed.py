@@ -149,8 +149,8 @@ def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
             ledger,
             row,
             folder,
-            row.last_error
-            or recorded_reason(row, folder)
+            recorded_reason(row, folder)
+            or row.last_error
             or "the move to the failed folder was interrupted; see the log before the restart",
         )
         finished += 1

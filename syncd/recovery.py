@@ -162,7 +162,9 @@ class Recovery:
             try:
                 folder = self._folders().get(row.folder)
                 if folder is not None:
-                    reason = row.last_error or failed.recorded_reason(row, folder) or "failed (see the log)"
+                    # the .error.json the move wrote has this failure's reason; last_error
+                    # may still hold an earlier attempt's
+                    reason = failed.recorded_reason(row, folder) or row.last_error or "failed (see the log)"
                     failed.to_failed(self.ledger, row, folder, reason)
             except (OSError, sqlite3.Error) as exc:
                 log.error("could not finish failing %s: %s", quoted_path(row.inbox_path), exc)

@@ -254,7 +254,7 @@ class Settler:
             previous is not None
             and previous.location is None
             and previous.state in (State.DONE, State.FAILED, State.SKIPPED)
-            and not (previous.state == State.DONE and previous.last_error)  # it left the inbox
+            and not (previous.state in (State.DONE, State.SKIPPED) and previous.last_error)  # it left
             and (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
         ):
             self.ledger.forget(row.id)
@@ -321,14 +321,17 @@ def describe_mode(mode: int) -> str:
     return "special file"
 
 
-def _same_file_waits(busy: Row | None) -> bool:
-    """Whether ``busy``, a row of the same inode that is queued or further along, still
-    stands for the file being judged. One waiting to be claimed whose name no longer
-    leads to that inode does not: deleted (its inode reused by the new file) or renamed
-    (it finds nothing at its claim and vanishes), so the new file need not wait behind
-    the queue or a retry backoff for it."""
-    if busy is None:
-        return False
+def _same_file_waits(busy: list[Row]) -> bool:
+    """Whether one of ``busy``, the rows of the same inode that are queued or further
+    along, still stands for the file being judged."""
+    return any(_stands_for_its_file(row) for row in busy)
+
+
+def _stands_for_its_file(busy: Row) -> bool:
+    """A row waiting to be claimed whose name no longer leads to its inode does not:
+    deleted (its inode reused by the new file) or renamed (it finds nothing at its claim
+    and vanishes), so the new file need not wait behind the queue or a retry backoff for
+    it. One in flight does: its upload follows its file's rename."""
     if busy.state not in (State.QUEUED, State.RETRYING) or busy.location is not None:
         return True  # in flight: an upload follows its file's rename (syncd/upload_source.py)
     try:

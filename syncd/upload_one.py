@@ -133,7 +133,7 @@ class Procedure:
             state = policy.defer(row, f"{FOLDER_AWAY_ERROR}: it is no longer configured", UNCONFIGURED_WAIT)
             policy.away.note(row.folder)  # due at once if a reload brings it back (syncd/away.py)
             return state
-        row = adopt_failed(self.ledger, row, folder)
+        row = adopt_failed(self.ledger, row, folder, lambda old: policy.abort(dest, old))
         path = row.current_path
         name = os.path.basename(row.relpath)
         assert row.size is not None and row.mtime_ns is not None and row.inode is not None

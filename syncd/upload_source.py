@@ -152,32 +152,37 @@ def source_root(path: str, folder: FolderConfig) -> str | None:
         return None
 
 
-def adopt_failed(ledger: Ledger, row: Row, folder: FolderConfig) -> Row:
-    """A failed file that ``syncd retry`` queued again is sent as it is now in failed_dir.
+def failed_file_now(row: Row, folder: FolderConfig) -> Stat | None:
+    """A failed file that ``syncd retry`` queued again is sent as it is now in failed_dir:
+    its stat there when it differs from the row's, else None.
 
     The move there may have been a copy (failed_dir on another file system, a
     second hard link, a link the kernel refused), which is another inode, and
-    the operator may have mended the file before the retry: either was taken
-    for a file replaced during its upload, and the row ended "vanished" with
-    the file left in failed_dir for good.
+    the operator may have mended the file before the retry (or between two
+    attempts): either was taken for a file replaced during its upload, and the
+    row ended "vanished" with the file left in failed_dir for good.
     """
     if row.location is None or folder.failed_dir is None:
-        return row
+        return None
     try:
         root, rel = safefs.anchor(row.location, [os.fspath(folder.failed_dir)])
         st = safefs.lstat(root, rel)
     except (OSError, safefs.UnsafePath):
-        return row  # not in failed_dir (renamed in the inbox during an upload), or gone
+        return None  # not in failed_dir (renamed in the inbox during an upload), or gone
     now = Stat(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
-    if not stat.S_ISREG(st.st_mode) or (row.size, row.mtime_ns, row.inode, row.device) == (
-        now.size,
-        now.mtime_ns,
-        now.inode,
-        now.device,
-    ):
+    same = (row.size, row.mtime_ns, row.inode, row.device) == (now.size, now.mtime_ns, now.inode, now.device)
+    return None if same or not stat.S_ISREG(st.st_mode) else now
+
+
+def adopt_failed(ledger: Ledger, row: Row, folder: FolderConfig, abort: Callable[[Row], None]) -> Row:
+    """``row`` as its file is now in failed_dir (:func:`failed_file_now`), sent from the
+    start: what the service holds of an earlier attempt (``abort``) is of other bytes."""
+    now = failed_file_now(row, folder)
+    if now is None:
         return row
+    abort(row)
     ledger.adopt(row.id, now)
-    return replace(row, size=now.size, mtime_ns=now.mtime_ns, inode=now.inode, device=now.device)
+    return replace(row, size=now.size, mtime_ns=now.mtime_ns, inode=now.inode, device=now.device, resume=None)
 
 
 def lexists(root: str, relpath: str) -> bool:

@@ -82,7 +82,7 @@ class Queries(Writer):
         """Files finished but still in the inbox (kept, or failed in place), under their
         own name or the one they were renamed to during the upload (``location`` in the
         folder); below the sub-folder ``under`` only, when given (a scan of a new
-        directory reads its own rows, not the folder's). A done row with a note is of a
+        directory reads its own rows, not the folder's). A done (or skipped) row with a note is of a
         file that left the inbox (deleted after its upload, gone before its archive): a
         file there now is another one.
 
@@ -96,7 +96,7 @@ class Queries(Writer):
             rows = self._conn.execute(
                 "SELECT relpath, size, mtime_ns, inode, location FROM files WHERE folder = ?"
                 f" AND state IN {sql_in(FINISHED_STATES)}"
-                f" AND NOT (state = '{State.DONE}' AND last_error IS NOT NULL)"  # deleted, vanished
+                f" AND NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
                 f" AND ((location IS NULL AND {below}) OR ({moved})) ORDER BY id",
                 (folder, *args, *moved_args),
             ).fetchall()
@@ -115,18 +115,18 @@ class Queries(Writer):
         )
         return rows[0] if rows else None
 
-    def inode_busy(self, row: Row) -> Row | None:
-        """Another row of the same folder and inode that is queued or further along.
+    def inode_busy(self, row: Row) -> list[Row]:
+        """The other rows of the same folder and inode that are queued or further along
+        (a few at most).
 
         A file renamed during its upload shows up again at its new path; that
         new row must wait until the upload of the same bytes has finished.
         """
-        rows = self._query(
+        return self._query(
             "SELECT * FROM files WHERE folder = ? AND inode = ? AND id != ?"
-            f" AND state IN {sql_in(SETTLED_ACTIVE_STATES)} LIMIT 1",  # files_inode answers it
+            f" AND state IN {sql_in(SETTLED_ACTIVE_STATES)} LIMIT 16",  # files_inode answers it
             (row.folder, row.inode, row.id),
         )
-        return rows[0] if rows else None
 
     # ------------------------------------------------------------ by state
 

@@ -43,7 +43,11 @@ class Retention(Routing):
             return 0, 0
         old = (
             f"id IN ({', '.join('?' * len(ids))}) AND state = ?"
-            " AND COALESCE(done_at, updated_at) < ? AND (location IS NOT NULL OR state = ?)"
+            " AND COALESCE(done_at, updated_at) < ? AND ((location IS NOT NULL"
+            # a file kept under the name it was renamed to during its upload is still in the
+            # inbox: its row is how scans know it (Queries.done_versions)
+            " AND substr(location, 1, length(CAST(folder AS BLOB)) + 1) != CAST(folder || '/' AS BLOB))"
+            " OR state = ?)"
         )
         args = (*ids, state, cutoff, State.VANISHED)
         with self._write("prune") as conn:

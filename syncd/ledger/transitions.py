@@ -167,8 +167,11 @@ class Transitions(Queries):
         self._update("checkpoint", row_id, resume=_json(resume))
 
     def adopt(self, row_id: int, st: Stat) -> None:
-        """A retried failed file is uploaded as it is now (:func:`syncd.upload_source.adopt_failed`)."""
-        self._update("adopt", row_id, size=st.size, mtime_ns=st.mtime_ns, inode=st.inode, device=st.device)
+        """A retried failed file is uploaded as it is now (:func:`syncd.upload_source.adopt_failed`):
+        from the start, since the parts a service holds are of other bytes."""
+        self._update(
+            "adopt", row_id, size=st.size, mtime_ns=st.mtime_ns, inode=st.inode, device=st.device, resume=None
+        )
 
     def set_location(self, row_id: int, location: str) -> None:
         """The bytes of this row are now at ``location`` (renamed during upload)."""

@@ -360,6 +360,27 @@ def test_an_inbox_the_daemon_may_not_list_is_a_folder_problem_not_a_crash(hostil
     h.stop_quickly()
 
 
+def test_an_inbox_shared_with_the_daemon_through_an_acl_is_watched(hostile: Any) -> None:
+    """The inbox is its producer's (0700) and the daemon's by an ACL entry: the kernel lets
+    the daemon in, so syncd must not refuse the folder on its mode bits."""
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl is not installed (apt-get install acl)")
+    h = hostile()
+    inbox = h.s.inbox()
+    os.chown(inbox, PRODUCER_UID, PRODUCER_UID)  # a group the daemon is not in
+    inbox.chmod(0o700)
+    subprocess.run(["setfacl", "-m", f"u:{DAEMON_UID}:rwx", str(inbox)], check=True)
+    h.start()
+    h.produce("""
+        import os, sys
+        with open(os.path.join(sys.argv[1], "acl.txt"), "wb") as f:
+            f.write(b"through the acl")
+    """)
+    wait_until(lambda: h.s.counts().get("done") == 1, 30, what="the file uploaded")
+    assert "cannot watch" not in h.s.log_text()
+    h.stop_quickly()
+
+
 def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(hostile: Any) -> None:
     h = hostile()
     h.start()

@@ -579,3 +579,32 @@ def test_a_reader_that_stops_early_gets_no_traceback(cfg: Path) -> None:
     err = proc.stderr.read().decode()
     proc.stderr.close()
     assert proc.wait(30) == 128 + signal.SIGPIPE and "Traceback" not in err, err
+
+
+def test_an_os_error_in_the_daemon_is_a_traceback_and_exit_1_which_systemd_restarts(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the commands turn an OSError into one line and exit 2; for `run` exit 2 is in
+    RestartPreventExitStatus=, and a failing disk or a permission lost mid-run is
+    systemd's to retry, with the traceback in the journal."""
+    from syncd import cli
+
+    for error in (PermissionError(13, "Permission denied", "/x"), OSError(5, "Input/output error")):
+
+        def fail(args: Any, error: OSError = error) -> int:
+            raise error
+
+        monkeypatch.setitem(cli._COMMANDS, "run", fail)
+        with pytest.raises(OSError):
+            main(["-c", str(cfg), "run"])
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncd import cli
+
+    def fail(args: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")  # a socket, a helper's pipe: stdout is fine
+
+    monkeypatch.setitem(cli._COMMANDS, "status", fail)
+    with pytest.raises(BrokenPipeError):
+        main(["-c", str(cfg), "status"])

@@ -232,9 +232,7 @@ def test_f5_random_event_interleavings_keep_one_row_per_path(
         # what the settle stage leaves settling is only a renamed twin of a queued upload
         for r in rows:
             if r.state == "settling":
-                assert world.ledger.inode_busy(r) is not None, (
-                    f"{r.relpath!r} quiet for {SETTLE}s but not queued"
-                )
+                assert world.ledger.inode_busy(r), f"{r.relpath!r} quiet for {SETTLE}s but not queued"
     finally:
         world.close()
         shutil.rmtree(base, ignore_errors=True)

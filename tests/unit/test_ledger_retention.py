@@ -165,3 +165,27 @@ def test_keep_done_days_is_whole_days(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(configmod.ConfigError) as info:
         _config(tmp_path, 0.5)
     assert "daemon.keep_done_days" in str(info.value) and "0.5" in str(info.value)
+
+
+def test_the_row_of_a_file_kept_under_the_name_it_got_mid_upload_stays(tmp_path: Path) -> None:
+    """after_upload = "keep" and a rename during the upload: the row's location is the new
+    name, in the folder. It is how scans know the file, not a sign it left the inbox."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    at = NOW - 40 * DAY
+    for n, (folder, location) in enumerate(
+        [("/in", b"/in/new-name"), ("/in", b"/in/sub/new"), ("/in", b"/in2/x"), ("/in", b"/archive/in/x")]
+    ):
+        conn.execute(
+            "INSERT INTO files (uuid, folder, relpath, location, state, destination, first_seen,"
+            " changed_at, updated_at, done_at) VALUES (?, ?, ?, ?, 'done', 'd', ?, ?, ?, ?)",
+            (f"u{n}", folder, f"r{n}".encode(), location, at, at, at, at),
+        )
+    conn.close()
+    ledger = Ledger.open(path)
+    try:
+        assert ledger.prune(State.DONE, NOW - 30 * DAY, after=0, limit=100)[0] == 2
+        assert _left(ledger) == {"r0", "r1"}  # /in2 only shares the first letters
+    finally:
+        ledger.close()

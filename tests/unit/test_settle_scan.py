@@ -396,3 +396,37 @@ def test_a_new_file_does_not_wait_behind_a_deleted_queued_file_whose_inode_it_go
     b = ledger.active_for_path(root, "b.pdf")
     assert b is not None and b.state == "queued"
     ledger.close()
+
+
+def test_a_file_renamed_twice_waits_for_its_upload_in_flight_whatever_older_rows_say(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """a.pdf waits out a retry backoff and is renamed b.pdf (a row that need not wait for
+    the stale one), whose upload is then in flight when it is renamed c.pdf: c.pdf must
+    wait for that upload, though the oldest row of the inode (a.pdf's) stands for nothing."""
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path, settle_seconds=1.0)
+    root = os.fspath(folder.path)
+    settler = Settler(ledger, lambda: {root: folder}, clock=clock)
+
+    def settle(name: str) -> str:
+        scanner.scan_folder(ledger, folder)
+        for _ in range(3):
+            clock.advance(1.1)
+            settler.tick()
+        row = ledger.active_for_path(root, name)
+        assert row is not None
+        return row.state
+
+    (folder.path / "a.pdf").write_text("A" * 100)
+    assert settle("a.pdf") == "queued"
+    a = ledger.claim_next()
+    assert a is not None
+    ledger.mark_retry(a.id, error="HTTP 503", at=clock() + 600)
+    os.rename(folder.path / "a.pdf", folder.path / "b.pdf")
+    assert settle("b.pdf") == "queued"
+    b = ledger.claim_next()
+    assert b is not None and b.relpath == "b.pdf"  # uploading now
+    os.rename(folder.path / "b.pdf", folder.path / "c.pdf")
+    assert settle("c.pdf") == "settling"
+    ledger.close()

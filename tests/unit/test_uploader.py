@@ -32,6 +32,7 @@ class FakeDestination:
         self.fail_names: dict[str, Exception] = {}  # raised for these file names, every time
         self.calls = 0
         self.attempted: list[str] = []
+        self.resumed: list[dict[str, Any] | None] = []  # the resume state each upload got
         self.probes = 0
 
     def upload(
@@ -39,6 +40,7 @@ class FakeDestination:
     ) -> Receipt:
         self.calls += 1
         self.attempted.append(item.name)
+        self.resumed.append(resume)
         if self.down is not None:
             raise self.down
         if item.name in self.fail_names:
@@ -720,40 +722,91 @@ def test_a_new_file_that_takes_the_name_during_the_archive_move_gets_its_own_row
     ledger.close()
 
 
+@pytest.mark.parametrize("rebuilt", [False, True])
 def test_a_new_file_like_a_deleted_one_in_name_size_mtime_and_inode_is_uploaded(
-    tmp_path: Path, clock: FakeClock
+    tmp_path: Path, clock: FakeClock, rebuilt: bool
 ) -> None:
     """after_upload = "delete", then tomorrow's build arrives: same name, same size, the
     same reproducible mtime, and ext4 hands it the freed inode. It is a new file, not the
     one uploaded: scans and the settle stage took it for a kept version and ignored it
-    for good."""
+    for good. ``rebuilt``: an identical build came in between, skipped as a duplicate
+    (on_duplicate = "skip") and deleted too."""
     from syncd import scanner
     from syncd.settle import Settler
 
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
-    folder = make_folder(tmp_path, after_upload="delete", settle_seconds=1.0)
+    folder = make_folder(tmp_path, after_upload="delete", settle_seconds=1.0, on_duplicate="skip")
     root = os.fspath(folder.path)
     dest = FakeDestination()
     up = Uploader(ledger, lambda: {"dest": dest}, lambda: {root: folder}, clock=clock)
+    settler = Settler(ledger, lambda: {root: folder}, clock=clock)
     path = folder.path / "firmware.bin"
     epoch = 315532800  # 1980-01-01: what SOURCE_DATE_EPOCH builds and zip give
-    path.write_bytes(b"version-1" * 100)
-    os.utime(path, (epoch, epoch))
-    inode = path.stat().st_ino
-    settler = Settler(ledger, lambda: {root: folder}, clock=clock)
-    assert scanner.scan_folder(ledger, folder) == 1
-    for _ in range(3):
-        clock.advance(1.1)
-        settler.tick()
-    assert up.process(ledger.claim_next(["dest"])) == "done" and not path.exists()
-    path.write_bytes(b"version-2" * 100)
-    os.utime(path, (epoch, epoch))
-    if path.stat().st_ino != inode:
+
+    def build(data: bytes) -> int:
+        """The build dropped, settled and handled; the inode it had."""
+        path.write_bytes(data)
+        os.utime(path, (epoch, epoch))
+        inode = path.stat().st_ino
+        assert scanner.scan_folder(ledger, folder) == 1
+        for _ in range(3):
+            clock.advance(1.1)
+            settler.tick()
+        row = ledger.claim_next(["dest"])
+        assert row is not None and up.process(row) in ("done", "skipped") and not path.exists()
+        return inode
+
+    last = build(b"version-1" * 100)
+    if rebuilt:
+        last = build(b"version-1" * 100)
+        assert ledger.counts()["skipped"] == 1
+    path.write_bytes(b"x")
+    reused = path.stat().st_ino == last
+    path.unlink()
+    if not reused:
         pytest.skip("the file system gave the new file another inode")
-    assert scanner.scan_folder(ledger, folder) == 1
-    for _ in range(3):
-        clock.advance(1.1)
-        settler.tick()
-    assert up.process(ledger.claim_next(["dest"])) == "done"
+    build(b"version-2" * 100)
     assert [data for _, data in dest.received] == [b"version-1" * 100, b"version-2" * 100]
     ledger.close()
+
+
+def test_a_file_mended_in_failed_dir_between_two_attempts_is_sent_from_the_start(
+    setup: Any, tmp_path: Path, clock: FakeClock
+) -> None:
+    """After `syncd retry`, an attempt leaves parts with the service, then the operator
+    edits the file in failed_dir (same size): the next attempt must not resume after the
+    old bytes' parts. The service's copy would mix old and new bytes."""
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"rejected once")
+    dest.script = [PermanentError("HTTP 400: bad type")]
+    assert step() == "failed"
+    dest.aborted.clear()
+    ledger.requeue_failed([row_id])
+    dest.script = [RetryableError("HTTP 408")]  # a failure of the file: resume state kept
+    assert step() == "retrying"
+    assert ledger.get(row_id).resume == {"v": 1, "session": "s1"}
+    copy = tmp_path / "failed" / "inbox" / "a.txt"
+    copy.write_bytes(b"MENDED ONCE!!")  # same size
+    clock.advance(60)
+    assert step() == "done"
+    assert dest.aborted == [{"v": 1, "session": "s1"}]  # the old bytes' session
+    assert dest.received[-1][1] == b"MENDED ONCE!!"
+    assert dest.resumed[-1] is None  # sent from the start
+
+
+def test_an_archive_gone_read_only_is_said_though_one_file_keeps_failing_on_its_own() -> None:
+    """A file known to fail on its own keeps its folder marked stuck without a word; the
+    first failure of another file after that (the archive went read-only) is news."""
+    import errno
+
+    from syncd.archive import Stuck
+
+    stuck = Stuck()
+    assert stuck.failed("/in", 1, OSError(errno.EACCES, "Permission denied"))  # said
+    assert stuck.worked("/in", 2)  # another file got through: "works again"
+    assert not stuck.failed("/in", 1, OSError(errno.EACCES, "Permission denied"))  # known: quiet
+    read_only = OSError(errno.EROFS, "Read-only file system")
+    assert stuck.failed("/in", 10, read_only)  # news
+    assert stuck.problems() == {"/in": "Read-only file system"}
+    assert not stuck.failed("/in", 11, read_only)  # said once
+    assert stuck.worked("/in", 12)
