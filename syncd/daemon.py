@@ -295,6 +295,8 @@ class MainLoop:
             counts = self.ledger.counts()
             failed = counts[State.FAILED] - at_start[State.FAILED]
             daemon.final_counts = {"done": counts[State.DONE] - at_start[State.DONE], "failed": failed}
+            # what a stop signal cut short, or a folder that is away, is left too
+            daemon.held_back = max(daemon.held_back, once.still_active(self.ledger, runtime.folders))
             code = 1 if failed > 0 or daemon.held_back else 0
         if self.health.ledger_gone is not None:
             raise LedgerError(self.health.ledger_gone)  # exit 4: the unit does not restart on it
@@ -345,6 +347,7 @@ class MainLoop:
                 )
             self.liveness.alive(now)  # a wedged stage is logged even without a watchdog
             if self.health.check_ledger_file():
+                self.daemon.hard_stop.set()  # no drain: nothing more may be recorded there
                 self.daemon.stop()
             line = health.status_line()
             if line != self.notifier.last_status:  # tell systemd and `syncd status` at once
@@ -359,6 +362,8 @@ class MainLoop:
             last["sweep"] = now
             self.recovery.sweep()
             runtime.sweep()
+        elif self.recovery.more:  # uploaded files still to archive, a budget at a time
+            self.recovery.finish_uploaded()
         if now - last["heartbeat"] >= HEARTBEAT_EVERY:
             last["heartbeat"] = now
             health.write_heartbeat()

@@ -25,6 +25,12 @@ log = logging.getLogger("syncd.daemon")  # said as the daemon's own lines
 RETRY_WAIT = 60.0  # by default `once` waits for a retry due within this many seconds, not a later one
 
 
+def still_active(ledger: Ledger, folders: Mapping[str, FolderConfig]) -> int:
+    """Files of these folders not in a final state: what the run leaves for the next."""
+    by_folder = ledger.counts_by_folder()
+    return sum(by_folder.get(root, {}).get(state, 0) for root in folders for state in ACTIVE_STATES)
+
+
 def left_for_next_run(
     ledger: Ledger,
     destinations: Mapping[str, CircuitState],

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,6 +54,7 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 
 SWEEP_EVERY = 10.0
 PAGE = 500  # uploaded rows read at a time by the sweep
+BUDGET = 1.0  # seconds of archiving per call on the main loop; the rest at the next ticks
 
 
 class Recovery:
@@ -61,6 +63,7 @@ class Recovery:
         self._folders = folders
         self.uploader = uploader
         self._stuck_after: dict[str, int] = {}  # stuck folder -> the uploaded row tried last
+        self.more = False  # finish_uploaded stopped at its budget: call it again at the next tick
 
     def at_start(self) -> None:
         """Reconcile ledger, inbox and archive after the last stop (see the module docstring)."""
@@ -95,6 +98,8 @@ class Recovery:
         """
         procedure = self.uploader.procedure
         full = False
+        deadline, first = time.monotonic() + BUDGET, True  # one row at least, whatever the clock
+        self.more = False
         for root, folder in self._folders().items():
             if procedure.policy.folder_problem(root) is not None:
                 continue  # away (unmounted): its files are not gone, and wait for it
@@ -102,9 +107,15 @@ class Recovery:
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
+                    if time.monotonic() > deadline and not first:
+                        # 25,000 files of an archive that works again took minutes here, and
+                        # the main loop's watchdog pings with them: the rest at the next tick
+                        self.more = True
+                        return full
                     row = self._take_uploaded(listed.id)
                     if row is None:
                         continue  # a worker holds it, or it is done by now
+                    first = False
                     try:
                         error = procedure.hand_over(row, folder)
                     finally:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +103,8 @@ class Runtime:
         self.watch = watch
         self.cfg = cfg
         self.client, self.destinations = _build(cfg)
+        # clients of earlier configs, each with the uploads in flight when it was replaced
+        self._retired: list[tuple[httpx.Client, set[int]]] = []
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         # files waiting per destination the config no longer has (a status problem)
@@ -178,6 +179,7 @@ class Runtime:
         if self.lost:
             self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
         self.prune()
+        self.close_retired()
 
     def prune(self) -> int:
         """``keep_done_days``: delete the next batch of old rows of finished files (see
@@ -246,11 +248,21 @@ class Runtime:
             logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
         for dest in old_destinations.values():
             dest.close()
-        # in-flight uploads keep their own reference; close once they are done
-        timer = threading.Timer(old_cfg.daemon.io_timeout * 2, old_client.close)
-        timer.daemon = True
-        timer.start()
+        # Uploads in flight keep their own reference to the old client: it is closed once
+        # the last of them is done (close_retired), however long a large upload takes.
+        self._retired.append((old_client, self.uploader.inflight_ids()))
         self.reroute()
+
+    def close_retired(self) -> None:
+        """Close the HTTP clients of earlier configs that no upload in flight uses now."""
+        busy = self.uploader.inflight_ids()
+        keep = []
+        for client, users in self._retired:
+            if users & busy:
+                keep.append((client, users))
+            else:
+                client.close()
+        self._retired = keep
 
     def reload(self, announce: Callable[[bool], None] = lambda applied: None) -> bool:
         """SIGHUP: validate the config file again and apply it, or keep the old one; True
@@ -259,6 +271,7 @@ class Runtime:
         began = time.monotonic()  # before the file is read (syncd/systemd.py)
         path = self.cfg.path
         log.info("reloading the configuration from %s", path)
+        old, new = self.cfg, None
         try:
             new = configmod.load(path) if path is not None else self.cfg
             if Path(new.daemon.state_dir) != Path(self.cfg.daemon.state_dir):
@@ -270,7 +283,8 @@ class Runtime:
             return self._refuse(began, str(exc.problems[0]), str(exc), announce)
         except Exception as exc:
             log.exception("reload failed")
-            return self._refuse(began, f"{type(exc).__name__}: {exc}", str(exc), announce)
+            part_way = new is not None and new is not old and self.cfg is new  # in force, then failed
+            return self._refuse(began, f"{type(exc).__name__}: {exc}", str(exc), announce, part_way=part_way)
         self.reload_problem = None
         for w in new.warnings:
             log.warning("config: %s", w)
@@ -284,8 +298,17 @@ class Runtime:
         record_reload(self.ledger, began, None)
         return True
 
-    def _refuse(self, began: float, first: str, full: str, announce: Callable[[bool], None]) -> bool:
-        log.error("reload refused, still running the previous configuration: %s", full)
+    def _refuse(
+        self, began: float, first: str, full: str, announce: Callable[[bool], None], *, part_way: bool = False
+    ) -> bool:
+        if part_way:
+            log.error(
+                "reload failed part-way: the new configuration is in force, perhaps not all of it;"
+                " fix the cause and reload again: %s",
+                full,
+            )
+        else:
+            log.error("reload refused, still running the previous configuration: %s", full)
         self.reload_problem = first
         announce(False)
         record_reload(self.ledger, began, first)
@@ -322,6 +345,8 @@ class Runtime:
             self.webhook.close()
         self.offload.close()
         self.client.close()
+        for client, _ in self._retired:
+            client.close()
         for dest in self.destinations.values():
             dest.close()
 

@@ -19,6 +19,7 @@ right after its upload here, and for rows a crash or a full disk left
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -364,7 +365,10 @@ class Procedure:
         """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);
         the error when that failed (the row stays ``uploaded``; the main loop's sweep
         tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)
-        and is said once, not for every row that waits."""
+        and is said once, not for every row that waits. Once uploads are being cancelled
+        (syncd stops) the file is left for the next start, which archives it."""
+        if self.cancel.is_set():
+            return OSError(errno.ECANCELED, "syncd is stopping")
         try:
             archive.finish(self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem)
         except archive.FolderAway as exc:

@@ -109,6 +109,7 @@ class Uploader:
         )
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._started = 0  # workers started so far
         self._target = 0
         self._stopping = False
         self.on_done: Callable[[], None] = lambda: None  # told after every file a worker handled
@@ -133,7 +134,9 @@ class Uploader:
             self._target = workers
             self._threads = [t for t in self._threads if t.is_alive()]
             while len(self._threads) < workers:
-                t = threading.Thread(target=self._run, name=f"upload-{len(self._threads) + 1}", daemon=True)
+                # never a name in use: each worker's heartbeat goes by its name (syncd/liveness.py)
+                self._started += 1
+                t = threading.Thread(target=self._run, name=f"upload-{self._started}", daemon=True)
                 self._threads.append(t)
                 t.start()
             self._cond.notify_all()

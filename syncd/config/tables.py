@@ -24,7 +24,10 @@ from syncd.destinations.options import OPTIONS
 from syncd.errors import Problem
 from syncd.secrets import describe_ref
 
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})\Z")
+# a host name is dot-separated labels of letters, digits and inner hyphens ("a..b" is
+# not one: the resolver refuses it with a UnicodeError, not an OSError)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*):(?P<port>\d{{1,5}})\Z")
 
 
 def parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonConfig | None:

@@ -269,10 +269,11 @@ class Metrics:
                 response_timeout=RESPONSE_TIMEOUT,
                 max_request_bytes=MAX_REQUEST_BYTES,
             )
-        except OSError as exc:
-            log.error("cannot serve metrics on %s: %s; running without metrics", listen, exc.strerror or exc)
+        except (OSError, ValueError) as exc:  # ValueError: UnicodeError of a name IDNA refuses
+            why = getattr(exc, "strerror", None) or exc
+            log.error("cannot serve metrics on %s: %s; running without metrics", listen, why)
             self._server = None
-            self.error = f"cannot serve metrics on {listen}: {exc.strerror or exc}"
+            self.error = f"cannot serve metrics on {listen}: {why}"
             return
         log.info("serving metrics on http://%s/metrics", listen)
 

@@ -233,6 +233,33 @@ def test_once_exits_when_done(make_setup: Callable[..., Setup]) -> None:
     assert CANARY_KEY not in out.stderr
 
 
+def test_once_stopped_before_it_is_done_says_what_it_left_and_exits_1(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """SIGTERM (a timeout in a cron wrapper, Ctrl-C) during `syncd once`: the files it did
+    not finish are left for the next run, which the exit code and the last line say. It
+    said "finished ... (1 done)" and exited 0."""
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}], lilt={"bwlimit": "300 KiB"})
+    s.drop("small.txt", b"quick")
+    s.drop("slow.bin", os.urandom(3 << 20))  # 10 s at 300 KiB/s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress"],
+        env=s.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(
+        lambda: s.counts() == {"done": 1, "uploading": 1}, 30, what="the small file done, the slow in flight"
+    )
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # a second one: no drain
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "1 left for the next run" in out, out
+    assert (s.inbox() / "slow.bin").exists()
+
+
 def test_sigterm_exits_zero(make_setup: Callable[..., Setup]) -> None:
     s = make_setup()
     proc = s.start()
@@ -530,11 +557,13 @@ def test_a_ledger_deleted_or_replaced_under_the_daemon_stops_it_with_exit_4(
     from then on would be in no ledger at the next start, so it stops at once (exit 4, the
     unit does not restart), says why and how to go on. Started again, it goes on with the
     ledger it finds (the restored backup here)."""
-    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}])
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}], lilt={"bwlimit": "600 KiB"})
     s.start()
     s.wait_started()
     s.drop("before.txt", b"recorded in the first ledger")
     wait_until(lambda: s.all_done(1), 20, what="the first file")
+    s.drop("slow.bin", os.urandom(3 << 20))  # in flight when the ledger goes: about 5 s
+    wait_until(lambda: s.counts().get("uploading"), 20, what="an upload in flight")
     if how == "deleted":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{s.ledger_path}{suffix}").unlink(missing_ok=True)
@@ -549,8 +578,32 @@ def test_a_ledger_deleted_or_replaced_under_the_daemon_stops_it_with_exit_4(
         in log
     )
     assert "Restore the ledger from a backup" in log and "Traceback" not in log
+    # no drain: the upload in flight was not finished and archived into the lost ledger
+    assert (s.inbox() / "slow.bin").exists() and not (s.archive() / "slow.bin").exists()
     s.start()
     s.wait_started()
     s.drop("after.txt", b"recorded in the ledger found at the restart")
     wait_until(lambda: (s.archive() / "after.txt").exists(), 20, what="a file after the restart")
+    assert s.stop() == 0
+
+
+def test_a_reload_lets_the_uploads_in_flight_finish(make_setup: Callable[..., Setup]) -> None:
+    """A reload builds a new HTTP client; the uploads in flight keep the old one, which was
+    closed under them 2 x io_timeout later: every long upload failed ("Bad file
+    descriptor"), and a few at once marked the destination down."""
+    s = make_setup(
+        folders=[{"name": "in", "settle_seconds": 0}],
+        daemon={"io_timeout": 1, "workers": 2},
+        lilt={"bwlimit": "600 KiB"},
+    )
+    s.start()
+    s.wait_started()
+    for name in ("a.bin", "b.bin"):
+        s.drop(name, os.urandom(2 << 20))  # about 7 s for both at 600 KiB/s
+    wait_until(lambda: s.counts().get("uploading", 0) >= 1, 20, what="uploads in flight")
+    assert s.cli("reload").returncode == 0  # the same config
+    wait_until(lambda: s.all_done(2), 40, 0.2, "both uploads")
+    log = s.log_text()
+    assert "retrying" not in log and "is down" not in log, log[-3000:]
+    s.invariants()
     assert s.stop() == 0

@@ -373,6 +373,17 @@ def test_a_metrics_port_in_use_is_kept_for_status() -> None:
         assert m.error is None
 
 
+def test_a_metrics_host_the_resolver_refuses_is_an_error_for_status_not_a_crash() -> None:
+    """ "a..b" raised UnicodeError (not an OSError) from bind: a reload was left half-done
+    and reported refused, and a start crashed and was restarted over and over."""
+    from syncd.metrics import Metrics
+
+    m = Metrics()
+    m.serve("metrics..local:8791")
+    assert m.error is not None and m.error.startswith("cannot serve metrics on metrics..local:8791")
+    m.stop()
+
+
 def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
     dest = '[destinations.d]\ntype = "lilt"\napi_key = "k"\n[[folders]]\npath = "in"\ndestination = "d"\n'
     cfg = configmod.loads('[daemon]\nlog_level = "INFO"\n' + dest, base_dir=tmp_path)

@@ -347,7 +347,17 @@ def test_metrics_listen_valid(tmp_path: Path, value: str) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ['"9100"', '":9100"', '"host:0"', '"host:70000"', '"::1:9100"', '"host:port"', '"a b:1"'],
+    [
+        '"9100"',
+        '":9100"',
+        '"host:0"',
+        '"host:70000"',
+        '"::1:9100"',
+        '"host:port"',
+        '"a b:1"',
+        '"metrics..local:9100"',
+        '"-x:1"',
+    ],
 )
 def test_metrics_listen_invalid(tmp_path: Path, value: str) -> None:
     (line,) = errors(tmp_path, f"[daemon]\nmetrics_listen = {value}\n" + DEST + folder())

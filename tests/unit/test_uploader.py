@@ -4,6 +4,7 @@ import hashlib
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -810,3 +811,58 @@ def test_an_archive_gone_read_only_is_said_though_one_file_keeps_failing_on_its_
     assert stuck.problems() == {"/in": "Read-only file system"}
     assert not stuck.failed("/in", 11, read_only)  # said once
     assert stuck.worked("/in", 12)
+
+
+def test_a_pool_grown_after_it_shrank_gives_every_worker_a_name_never_used(setup: Any) -> None:
+    """The heartbeat of a worker goes by its thread's name. Names were "upload-N" with N
+    the pool's size: shrunk while its last worker was still uploading, then grown, the
+    pool named a new worker like that one, whose heartbeat it replaced (a hang unseen)."""
+    import threading
+
+    ledger, folder, dest, up, drop, step = setup
+
+    def names() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("upload-")}
+
+    up.start(4)
+    try:
+        first = names()
+        up.resize(2)
+        up.wake()
+        deadline = time.monotonic() + 10
+        while len(names()) > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        up.resize(4)
+        assert len(names()) == 4 and not (names() - first) & first
+        assert len(names() - first) == 2  # two new names
+    finally:
+        up.stop_claiming()
+        up.join(10)
+
+
+def test_archiving_a_backlog_takes_a_budget_at_a_time_on_the_main_loop(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive folder that works again after thousands of files waited: the sweep
+    archived all of them in one go on the main loop (75 s without a watchdog ping was
+    measured), and systemd killed a healthy daemon. Now a budget at a time."""
+    import errno
+
+    from syncd import archive, recovery
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    for i in range(5):
+        drop(f"f{i}.txt")
+        assert step() == "uploaded"
+    monkeypatch.undo()
+    monkeypatch.setattr(recovery, "BUDGET", 0.0)  # one file a call
+    sweeps = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    calls = 0
+    sweeps.more = True
+    while sweeps.more:
+        sweeps.finish_uploaded()
+        calls += 1
+        assert ledger.counts()["done"] == min(calls, 5)
+    assert calls >= 5 and ledger.counts()["done"] == 5
