@@ -321,8 +321,12 @@ def test_naming_the_lock_holder_leaves_our_own_locks_alone(tmp_path: Path) -> No
         ledger.observe("/in", ["a.txt"], destination="d")
 
         def ours() -> list[str]:
+            """This process's locks on this ledger's files (other tests' threads in the same
+            worker process may hold and drop locks on their own ledgers meanwhile)."""
+            inodes = {f":{os.stat(f'{path}{s}').st_ino} " for s in ("", "-wal", "-shm")}
             table = Path("/proc/locks").read_text().splitlines()
-            return sorted(line.split(":", 1)[1] for line in table if f" {os.getpid()} " in line)
+            mine = [line for line in table if f" {os.getpid()} " in line]
+            return sorted(line.split(":", 1)[1] for line in mine if any(i in line for i in inodes))
 
         with ledger._lock:
             ledger._conn.execute("BEGIN")
