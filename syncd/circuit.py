@@ -290,10 +290,10 @@ class Circuit:
             if self._state in (DOWN, REFUSED) and not is_probe:
                 return self._until  # a late answer from before it opened
             self._limited += 1
-            if retry_after is not None:
-                wait = min(max(retry_after, 0.0), self.cap)
-            else:
-                wait = min(self.base * 2 ** (self._limited - 1), self.cap)
+            step = self.base * 2 ** (self._limited - 1)
+            # A wait the server names is kept, but never shorter than the growing step:
+            # "Retry-After: 0" on every answer made syncd send thousands of requests a second.
+            wait = min(step if retry_after is None else max(retry_after, step), self.cap)
             until = now + max(wait, min_wait)
             if self._state != RATE_LIMITED:
                 self._since = now

@@ -34,6 +34,8 @@ from syncd.redact import redact, strip_query
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_CAP = 900.0  # never wait longer than 15 minutes on a server's word
+MAX_BODY = 32 << 20  # bytes of an answer read at most (API answers are kilobytes)
+BODY_SECONDS = 300.0  # an answer's body must have arrived within this, once its headers did
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -163,9 +165,26 @@ def parse_reset(
 
 
 def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
-    """Send one request; transport failures become RetryableError (redacted)."""
+    """Send one request; transport failures become RetryableError (redacted).
+
+    The answer's body is read here, at most :data:`MAX_BODY` bytes (decoded: a small
+    gzip body may expand to gigabytes) within :data:`BODY_SECONDS`: the client's read
+    timeout is per socket read, so a server dripping a byte a second held a worker for
+    good, and a huge error body was read whole into memory. Either is retryable.
+    """
     try:
-        return client.request(method, url, **kwargs)
+        response = client.send(client.build_request(method, url, **kwargs), stream=True)
+        try:
+            response._content = _bounded_body(response, what)  # what Response.read() sets
+        finally:
+            response.close()
+        return response
+    except httpx.UnsupportedProtocol:
+        # A URL the service handed out (a storage URL) that is relative, or file:, ftp:...:
+        # a malformed answer about this file, not a network that is down.
+        raise RetryableError(
+            f"{what}: the service gave a URL that is not http(s): {strip_query(url)!r}"
+        ) from None
     except httpx.TransportError as exc:
         detail = redact(str(exc)) or "connection failed"
         if _certificate_rejected(exc):
@@ -175,6 +194,24 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
         raise RetryableError(f"{what}: {type(exc).__name__}: {detail}", transport=True) from None
     except httpx.InvalidURL as exc:
         raise PermanentError(f"{what}: invalid URL {strip_query(url)!r}: {exc}") from None
+
+
+def _bounded_body(response: httpx.Response, what: str) -> bytes:
+    deadline = time.monotonic() + BODY_SECONDS
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RetryableError(
+                f"{what}: HTTP {response.status_code} with an answer over {MAX_BODY >> 20} MiB"
+            )
+        if time.monotonic() > deadline:
+            raise RetryableError(
+                f"{what}: HTTP {response.status_code}, its answer still coming after {BODY_SECONDS:g}s"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _certificate_rejected(exc: BaseException) -> bool:
@@ -240,7 +277,15 @@ def check(
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)
     if 200 <= status < 300:
-        raise PermanentError(f"{what}: unexpected HTTP {status}", status=status)
+        # a success the protocol does not name says nothing of the file, either way: never
+        # a failure for good (an abort would then delete what the service may have kept)
+        raise RetryableError(f"{what}: unexpected HTTP {status}", status=status)
+    if 300 <= status < 400:  # not followed (syncd/destinations follow their own)
+        where = strip_query(response.headers.get("Location", ""))
+        moved = f"{what}: HTTP {status}, a redirect to {where!r} that syncd does not follow"
+        if status in (301, 308):  # for every file alike until the URL is fixed: pause
+            raise FatalError(f"{moved}; if that is the service's address, set base_url to it", status=status)
+        raise RetryableError(moved, status=status)  # a temporary one (S3's 307 while DNS settles)
     raise PermanentError(message, status=status)
 
 
@@ -248,7 +293,7 @@ def json_body(response: httpx.Response, *, what: str) -> Any:
     """Decode a JSON body; garbage from the server is retryable, never a crash."""
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         excerpt = error_text(response, 120)
         raise RetryableError(f"{what}: the server returned a body that is not JSON: {excerpt!r}") from None
 

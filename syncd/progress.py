@@ -30,7 +30,7 @@ STALE_AFTER = 10.0  # a snapshot older than this (or of another pid) is not show
 def resumed_bytes(resume: Mapping[str, Any] | None, size: int) -> int:
     """Bytes a resumed multi-part upload had already confirmed (``parts`` of the
     chunked driver's checkpoint, see destinations/_chunked.py); 0 for anything else."""
-    if not resume:
+    if not resume or not isinstance(resume, Mapping):  # hand-edited, or another syncd's
         return 0
     parts, part_size = resume.get("parts"), resume.get("part_size")
     if not isinstance(parts, Mapping) or not isinstance(part_size, int) or part_size <= 0:

@@ -51,9 +51,11 @@ def held_parts(ingest: dict[str, Any], size: int, part_size: int) -> set[int]:
     count = _chunked.part_count(size, part_size)
     received = ingest.get("receivedParts")
     numbers = received.get("parts") if isinstance(received, dict) else None
-    held = {n for n in numbers or [] if type(n) is int and 1 <= n <= count}
+    numbers = numbers if isinstance(numbers, list) else []  # a server's garbage: none held
+    held = {n for n in numbers if type(n) is int and 1 <= n <= count}
     ranges = []
-    for r in ingest.get("receivedBytes") or []:
+    received_bytes = ingest.get("receivedBytes")
+    for r in received_bytes if isinstance(received_bytes, list) else []:
         if isinstance(r, dict) and isinstance(r.get("from"), int) and isinstance(r.get("to"), int):
             ranges.append((r["from"], r["to"]))
     for n in range(1, count + 1):
@@ -133,7 +135,10 @@ class VideoChunks:
             if ingest.get("status") in COMPLETE:
                 log.info("apivideo: video %s already holds this file; not sending it again", video_id)
                 return {"video_id": video_id, "via": "api", "range": "part", "_complete": True}
-            if not ingest.get("receivedBytes") and not (ingest.get("receivedParts") or {}).get("parts"):
+            parts = ingest.get("receivedParts")
+            if not ingest.get("receivedBytes") and not (
+                parts.get("parts") if isinstance(parts, dict) else parts
+            ):
                 return {"video_id": video_id, "via": "api", "range": "part"}
             log.info("apivideo: deleting the partial video %s of an earlier attempt", video_id)
             self.abort({"video_id": video_id})

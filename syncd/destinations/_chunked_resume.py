@@ -105,9 +105,11 @@ def usable(service: SessionFormat, resume: dict[str, Any] | None, size: int) -> 
     if not isinstance(parts, dict):
         return None
     for number, token in parts.items():
-        if not (
+        if not (  # "1".."count" exactly: "01" is part 1 sent twice, "¹" is a digit int() refuses
             isinstance(number, str)
+            and number.isascii()
             and number.isdigit()
+            and number == str(int(number))
             and 1 <= int(number) <= count
             and isinstance(token, str)
             and token

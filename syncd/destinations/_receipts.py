@@ -67,8 +67,12 @@ def expires_at(url: str) -> float | None:
     return None
 
 
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+def iso(epoch: float) -> str | None:
+    """``epoch`` as an ISO time; None for one no calendar holds (a server's garbage)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def seal(secret: str, purpose: str, remote_id: str, urls: Mapping[str, str]) -> dict[str, Any]:
@@ -79,8 +83,9 @@ def seal(secret: str, purpose: str, remote_id: str, urls: Mapping[str, str]) -> 
     if secret_urls:
         details[SEALED_KEY] = Sealer(secret, purpose).seal(remote_id, secret_urls)
         known = [t for t in map(expires_at, secret_urls.values()) if t is not None]
-        if known:
-            details[EXPIRES_KEY] = iso(min(known))
+        when = iso(min(known)) if known else None
+        if when is not None:  # unknown otherwise: the upload stands (the service has the file)
+            details[EXPIRES_KEY] = when
     return details
 
 

@@ -239,6 +239,21 @@ def test_rate_limited_holds_everyone_then_lets_everyone_go_without_a_probe(clock
     assert c.rate_limited(None, "429") - clock() == 1.0
 
 
+def test_retry_after_zero_on_every_answer_still_backs_off(clock: FakeClock) -> None:
+    """A server answering every request 429 with "Retry-After: 0" made syncd send 6,933
+    requests in ten seconds (a file's 429 spends no attempt): the named wait is kept, but
+    never shorter than the growing step."""
+    c = make(clock, base=1.0, cap=10.0)
+    waits = []
+    for _ in range(5):
+        waits.append(c.rate_limited(0.0, "429") - clock())
+        clock.advance(waits[-1])
+        assert c.admit() == GO
+    assert waits == [1.0, 2.0, 4.0, 8.0, 10.0]
+    c.succeeded()
+    assert c.rate_limited(7.0, "429") - clock() == 7.0  # a longer named wait: as named
+
+
 def test_a_documented_wait_is_kept_above_the_cap(clock: FakeClock) -> None:
     """retry_max_seconds caps the waits servers name; a wait the service documents
     (min_wait: Lilt's 60 s) is held whatever the cap."""

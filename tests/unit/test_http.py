@@ -45,3 +45,160 @@ def test_the_client_keeps_no_cookies() -> None:
             client.cookies = {"session": "abc"}  # type: ignore[assignment]
         client.cookies = None  # type: ignore[assignment]  # nothing to keep: allowed
     assert seen == [None, None]
+
+
+class _Hostile:
+    """A loopback server whose answers are the kind a broken or hostile service gives."""
+
+    def __init__(self, kind: str) -> None:
+        import gzip
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bomb = gzip.compress(b"\0" * (16 << 20)) if kind == "bomb" else b""
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if kind == "drip":  # a long body, a byte a second
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 30))
+                    self.end_headers()
+                    for _ in range(60):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                else:  # a gzip bomb: 16 KiB on the wire, 16 MiB decoded
+                    body = bomb
+                    self.send_response(503)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/x"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_answer_that_never_ends_or_expands_without_bound_is_retryable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read timeout is per socket read: a server dripping a byte at a time held a
+    worker for good; a gzip bomb of 255 KB took 827 MB. The body has a size cap (decoded
+    bytes) and a deadline."""
+    import time
+
+    from syncd import http
+    from syncd.errors import RetryableError
+
+    monkeypatch.setattr(http, "BODY_SECONDS", 1.0)
+    monkeypatch.setattr(http, "MAX_BODY", 4 << 20)
+    client = http.make_client(connect=2, read=2)
+    drip, bomb = _Hostile("drip"), _Hostile("bomb")
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match="still coming after 1s"):
+            http.send(client, "GET", drip.url, what="t")
+        assert time.monotonic() - started < 5
+        with pytest.raises(RetryableError, match="HTTP 503 with an answer over 4 MiB"):
+            http.send(client, "GET", bomb.url, what="t")
+    finally:
+        client.close()
+        drip.close()
+        bomb.close()
+
+
+@pytest.mark.parametrize("url", ["/lilt/_storage/k1?X-Sig=abc", "file:///etc/passwd", "ftp://h/x"])
+def test_a_url_that_is_not_http_is_a_malformed_answer_not_an_outage(url: str) -> None:
+    """A storage URL the service hands out that syncd cannot use opened the destination's
+    circuit ("down", probed for good) and never counted an attempt."""
+    from syncd import http
+    from syncd.circuit import is_outage
+    from syncd.errors import RetryableError
+
+    client = http.make_client()
+    try:
+        with pytest.raises(RetryableError) as info:
+            http.send(client, "PUT", url, what="lilt: PUT to storage", content=b"x")
+    finally:
+        client.close()
+    assert not info.value.transport and not is_outage(info.value)
+    assert "abc" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "kind"),
+    [
+        (204, {}, "RetryableError"),  # Xvid's PUT answered 204: not a failure for good (no abort)
+        (301, {"Location": "https://api.example/v2/"}, "FatalError"),  # http base_url: pause
+        (308, {"Location": "https://api.example/v2/"}, "FatalError"),
+        (307, {"Location": "https://bucket.s3-eu.example/x?X-Amz-Signature=s"}, "RetryableError"),
+    ],
+)
+def test_unexpected_successes_and_redirects_are_not_failures_of_the_file(
+    status: int, headers: dict[str, str], kind: str
+) -> None:
+    """Each of these failed files for good, one by one: a 2xx the protocol does not name
+    (and the abort that followed deleted what the service had kept), a base_url that
+    redirects (every file alike: the destination pauses), S3's temporary redirect."""
+    import httpx
+
+    from syncd import errors, http
+
+    response = httpx.Response(status, headers=headers, request=httpx.Request("PUT", "http://x/y"))
+    with pytest.raises(errors.UploadError) as info:
+        http.check(response, what="t", ok=(200,))
+    assert type(info.value).__name__ == kind
+    assert "X-Amz-Signature=s" not in str(info.value)
+
+
+def test_odd_values_from_a_server_are_malformed_answers_not_internal_errors() -> None:
+    """An expiry no calendar holds came after the service had the file (each retry
+    uploaded it again); "[[[[..." past the recursion limit; parts that are not a list."""
+    import httpx
+
+    from syncd import http
+    from syncd.destinations._apivideo_chunks import held_parts
+    from syncd.destinations._receipts import seal
+    from syncd.errors import RetryableError
+
+    details = seal(
+        "s" * 32, "p", "r", {"download_url": "https://x/f?Expires=99999999999999999999&Signature=a"}
+    )
+    assert "download_url" in details and "url_expires_at" not in details
+    deep = httpx.Response(200, content=b"[" * 200_000, request=httpx.Request("GET", "http://x/"))
+    with pytest.raises(RetryableError, match="not JSON"):
+        http.json_body(deep, what="t")
+    assert held_parts({"receivedParts": {"parts": 5}, "receivedBytes": "x"}, 10, 5) == set()
+    assert held_parts({"receivedParts": [1, 2]}, 10, 5) == set()
+
+
+@pytest.mark.parametrize("key", ["01", "¹", "+1", " 1"])
+def test_a_resume_state_with_odd_part_numbers_starts_over(key: str) -> None:
+    """A hand-edited (or another syncd's) resume state: "01" passed and made part 1 be
+    sent twice (the service refused the part list: failed for good); "¹" raised."""
+    from dataclasses import dataclass, field
+
+    from syncd.destinations._chunked_parts import PartRules
+    from syncd.destinations._chunked_resume import RESUME_VERSION, usable
+    from syncd.progress import resumed_bytes
+
+    @dataclass
+    class Service:
+        kind: str = "multipart"
+        rules: PartRules = field(default_factory=lambda: PartRules(part_size=5))
+        session_fields: dict[str, object] = field(default_factory=dict)
+
+    good = {"v": RESUME_VERSION, "kind": "multipart", "session": {}, "size": 10, "part_size": 5}
+    assert usable(Service(), {**good, "parts": {"1": "etag"}}, 10) is not None
+    assert usable(Service(), {**good, "parts": {key: "etag"}}, 10) is None
+    assert resumed_bytes([1], 10) == 0  # type: ignore[arg-type]  # a list, as hand-edited
