@@ -174,6 +174,7 @@ class FormUpload:
                 "file_id": file_id,
                 "object_key": key,
                 "pipeline_id": self.options.pipeline_id,
+                "size": source.size,  # what the file record must say once it is done
                 "sealed": sealed,
                 "_form": form,
                 "_fresh": True,
@@ -239,7 +240,7 @@ class FormUpload:
         status = self._wait(path)
         file_path = f"/files/{quote(session['file_id'], safe='')}"
         try:
-            self.api.call("GET", file_path, what="xvid: confirm the file")
+            record = self.api.call("GET", file_path, what="xvid: confirm the file")
         except PermanentError as exc:
             if exc.status != 404:
                 raise
@@ -249,6 +250,18 @@ class FormUpload:
                 "outcome is unknown; syncd asks again later",
                 status=404,
             ) from None
+        held = (
+            record.get("file", {}).get("size")
+            if isinstance(record, dict) and isinstance(record.get("file"), dict)
+            else None
+        )
+        if type(held) is int and type(session.get("size")) is int and held != session["size"]:
+            # Xvid has a file record from the session's start (syncd's abort deletes it):
+            # a 200 alone proves nothing, a size that is not the file's proves it is not it
+            raise RetryableError(
+                f"xvid: upload {session['upload_id']} ended with status {status!r} and a file of "
+                f"{held} bytes, not {session['size']}: not uploaded; syncd asks again later"
+            )
         return Receipt(
             remote_id=session["object_key"],
             details={

@@ -669,6 +669,21 @@ def test_an_undocumented_final_status_without_a_file_is_retried_then_reported(
     assert {e["op"] for e in emu.requests()} <= {"xvid.token", "xvid.status", "xvid.file"}
 
 
+def test_a_file_record_of_another_size_is_not_an_upload(
+    tmp_path: Path, emu: Emulator, service: XvidService, make_dest: Callable[..., XvidDestination]
+) -> None:
+    """Xvid has a file record from the start of the session: a status Xvid does not
+    document and a record of 0 bytes was taken for a finished upload, and the local file
+    archived."""
+    path = make_file(tmp_path, 100)
+    service.failure_status = None
+    service.reported_size = 0
+    with pytest.raises(RetryableError, match="a file of 0 bytes, not 100: not uploaded"):
+        attempt(make_dest(), path)
+    service.reported_size = None
+    assert attempt(make_dest(), make_file(tmp_path, 100, name="b.bin")).details["status"] == "COMPLETED"
+
+
 def test_a_400_to_the_put_is_not_read_as_already_finished(
     tmp_path: Path, emu: Emulator, make_dest: Callable[..., XvidDestination]
 ) -> None:
