@@ -212,6 +212,14 @@ class Sidecar:
         }
 
 
+def sidecar_mtime(path: str) -> int | None:
+    """The mtime of the sidecar at ``path`` (its own, not a link's target), or None."""
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 def parse_sidecar(data: bytes) -> tuple[tuple[str, ...], str | None]:
     """``(labels, category)`` from a sidecar's bytes; SidecarError says what is wrong."""
     if len(data) > SIDECAR_MAX:
@@ -222,6 +230,10 @@ def parse_sidecar(data: bytes) -> tuple[tuple[str, ...], str | None]:
         raise SidecarError(f"not valid UTF-8 (at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise SidecarError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise SidecarError("nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise SidecarError(f"not usable JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise SidecarError(f'expected a JSON object {{"labels": [...], "category": "..."}}, got {_kind(doc)}')
     unknown = sorted(k for k in doc if k not in ("labels", "category"))

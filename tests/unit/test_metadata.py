@@ -170,6 +170,8 @@ def test_parse_sidecar_accepts_labels_and_category() -> None:
         (b'{"labels": [' + b",".join(b'"l%d"' % i for i in range(65)) + b"]}", "at most 64"),
         (b'{"category": "' + b"x" * 300 + b'"}', "longer than 256"),
         (b'{"labels": []}' + b" " * (64 * 1024), "larger than 64 KiB"),
+        (b"[" * 60000, "nested too deeply"),  # a RecursionError: a traceback, "internal error"
+        (b'{"labels": [' + b"1" * 5000 + b"]}", "not usable JSON"),  # Python's 4,300-digit limit
     ],
 )
 def test_parse_sidecar_refuses_malformed(data: bytes, message: str) -> None:
@@ -346,6 +348,26 @@ def test_sidecar_follows_a_suffixed_archive_name(up: Any, tmp_path: Path) -> Non
     assert (arch / "a (1).pdf").read_bytes() == b"new"
     assert (arch / "a (1).pdf.meta.json").read_bytes() == b"someone else's"
     assert json.loads((arch / "a (1).pdf.meta (1).json").read_text()) == {"labels": ["x"]}
+
+
+def test_a_sidecar_caught_half_written_waits_instead_of_failing_its_file(
+    up: Any, ledger: Ledger, clock: FakeClock
+) -> None:
+    """The producer is still writing the sidecar when its file's turn comes: it is not
+    malformed yet, only young. Failing the file moved both to failed_dir, where the
+    producer then finished writing."""
+    make, dest = up
+    folder, _, drop, step = make(metadata_sidecar=True, settle_seconds=2.0)
+    row_id = drop("a.pdf", b"A", sidecar=b'{"labels": ["ok",')
+    side = folder.path / "a.pdf.meta.json"
+    os.utime(side, (clock() - 0.5, clock() - 0.5))
+    assert step() == "retrying"
+    row = ledger.get(row_id)
+    assert row is not None and row.attempts == 0 and "moments ago" in (row.last_error or "")
+    side.write_bytes(b'{"labels": ["ok"]}')  # finished
+    os.utime(side, (clock() - 10, clock() - 10))
+    clock.advance(3)
+    assert step() == "done" and dest.received[-1][0].labels == ("base", "ok")
 
 
 def test_malformed_sidecar_fails_the_file_with_both_in_failed_dir(
