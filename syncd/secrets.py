@@ -136,8 +136,16 @@ def resolve(
 
     if ref.startswith(CREDENTIAL):
         name = ref[len(CREDENTIAL) :]
-        if not name or "/" in name or name in (".", "..") or "\0" in name:
-            problems.append(Problem(key, f"{ref!r}: expected credential:NAME (a plain file name)"))
+        # a name systemd takes in LoadCredential=NAME:PATH: a plain file name without ":"
+        # (systemd splits there), white space or control characters
+        if (
+            not name
+            or name in (".", "..")
+            or any(c in "/:" or c.isspace() or not c.isprintable() for c in name)
+        ):
+            problems.append(
+                Problem(key, f"{ref!r}: expected credential:NAME (a plain file name, no ':' or spaces)")
+            )
             return None
         if check_only:
             return Secret("", ref)

@@ -32,6 +32,7 @@ directory and its lock names the pid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -41,8 +42,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from syncd.errors import ConfigError, Problem
+from syncd.errors import ConfigError
 from syncd.lock import LOCK_NAME, holder_pid
+from syncd.secrets import Secret
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 CREDENTIALS_DIR = "/etc/syncd/credentials"
@@ -152,6 +154,11 @@ def install(root: Path) -> int:
     for name, rel in SHIPPED.items():
         target = root / rel
         text = shipped(name)
+        if target.is_symlink() and os.readlink(target) == "/dev/null":
+            # `systemctl mask`: an administrator said this must not run; replacing the
+            # link would unmask it, and the upgrade's restart would then start it
+            print(f"syncd: {target} is masked (a link to /dev/null); left alone", file=sys.stderr)
+            return EXIT_FAILED
         try:
             if target.is_file() and target.read_text(encoding="utf-8") == text:
                 print(f"{target}: unchanged")
@@ -176,12 +183,16 @@ def install(root: Path) -> int:
 
 
 def credentials_drop_in(config: Path) -> str:
-    """A drop-in loading every ``credential:NAME`` secret the config at ``config`` names."""
-    try:
-        doc = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError([Problem("", f"cannot read the config: {exc}")], str(config)) from None
-    names = sorted(set(_credentials(doc)))
+    """A drop-in loading every ``credential:NAME`` secret the config at ``config`` names.
+
+    The config is validated first (a ConfigError otherwise), and only its secret keys
+    count: a label that happens to read "credential:x" is not one, and a name the
+    checks refuse (a newline in it would start a directive of its own) never gets here.
+    """
+    from syncd import config as configmod
+
+    cfg = configmod.load(config, resolve_secrets=False)
+    names = sorted(set(_credentials(cfg)))
     lines = [
         "# /etc/systemd/system/syncd.service.d/credentials.conf: the secrets that",
         f"# {config} reads as credential:NAME; each file root-owned, mode 0600",
@@ -193,15 +204,14 @@ def credentials_drop_in(config: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _credentials(value: Any) -> Iterator[str]:
-    if isinstance(value, str) and value.startswith("credential:"):
-        yield value.removeprefix("credential:")
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _credentials(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _credentials(v)
+def _credentials(cfg: Any) -> Iterator[str]:
+    """The credential names of the config's secrets (destinations' and the webhook's)."""
+    holders = [cfg.daemon, *(dest.options for dest in cfg.destinations.values())]
+    for holder in holders:
+        for f in dataclasses.fields(holder):
+            value = getattr(holder, f.name)
+            if isinstance(value, Secret) and value.source.startswith("credential:"):
+                yield value.source.removeprefix("credential:")
 
 
 # ---------------------------------------------------------------- syncd reload
@@ -323,9 +333,9 @@ def _state_dir(config: Path) -> Path | None:
         return Path(configmod.load(config, resolve_secrets=False).daemon.state_dir)
     except ConfigError:
         pass
-    try:
-        doc = tomllib.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    try:  # never more than a config may be (/dev/zero given as the config read for good)
+        doc = tomllib.loads(configmod.read_config(config)[0].decode("utf-8"))
+    except (OSError, ConfigError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     daemon = doc.get("daemon")
     raw = daemon.get("state_dir", "state") if isinstance(daemon, dict) else "state"

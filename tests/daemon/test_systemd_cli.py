@@ -95,6 +95,12 @@ def test_unit_install_writes_the_three_files_under_a_root(tmp_path: Path) -> Non
     upgrade = syncd("unit", "--install", "--root", str(tmp_path))
     assert "wrote " + str(tmp_path / "etc/systemd/system/syncd.service") in upgrade.stdout
     assert not list(tmp_path.rglob("*.partial"))
+    unit = tmp_path / "etc/systemd/system/syncd.service"
+    unit.unlink()
+    unit.symlink_to("/dev/null")  # `systemctl mask syncd`
+    masked = syncd("unit", "--install", "--root", str(tmp_path))
+    assert masked.returncode != 0 and "is masked" in masked.stderr
+    assert unit.is_symlink() and os.readlink(unit) == "/dev/null"
 
 
 @pytest.mark.process
@@ -108,6 +114,7 @@ api_key = "credential:lilt-api-key"
 type = "xvid"
 client_id = "me"
 client_secret = "credential:xvid-secret"
+pipeline_id = "p1"
 [destinations.videos]
 type = "apivideo"
 upload_token = "env:APIVIDEO_TOKEN"
@@ -115,6 +122,10 @@ api_key = "credential:apivideo-key"
 [destinations.more]
 type = "lilt"
 api_key = "credential:lilt-api-key"
+[[folders]]
+path = "inbox"
+destination = "contracts"
+labels = ["credential:not-a-secret"]  # a label, whatever it reads like
 """)
     out = syncd("-c", str(config), "unit", "--credentials")
     assert out.returncode == 0, out.stderr
@@ -127,7 +138,14 @@ api_key = "credential:lilt-api-key"
     ]
     config.write_text("not [ toml")
     bad = syncd("-c", str(config), "unit", "--credentials")
-    assert bad.returncode == EXIT_CONFIG and "cannot read the config" in bad.stderr
+    assert bad.returncode == EXIT_CONFIG and "invalid TOML" in bad.stderr
+    # a newline in a name would have started a directive of its own (ExecStartPre=+...)
+    config.write_text(
+        '[destinations.d]\ntype = "lilt"\napi_key = "credential:x\\nExecStartPre=+/bin/sh"\n'
+        '[[folders]]\npath = "inbox"\ndestination = "d"\n'
+    )
+    bad = syncd("-c", str(config), "unit", "--credentials")
+    assert bad.returncode == EXIT_CONFIG and "ExecStartPre" not in bad.stdout
 
 
 def test_constraints_pin_every_runtime_dependency_within_its_range() -> None:
