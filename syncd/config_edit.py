@@ -16,19 +16,20 @@ re-rendered by tomli-w, and tomli-w does not preserve comments.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import stat
 import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from syncd._options import dotted
-from syncd.config import loads, read_config
+from syncd.config import MAX_CONFIG_BYTES, loads, read_config
 from syncd.errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ def write_initial(path: Path, *, force: bool = False, system: bool = False) -> N
     loads(text, base_dir=path.parent.absolute(), source=str(path), resolve_secrets=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     if force and path.exists():
-        _replace(path, text, mode=0o600)
+        # its owner and group kept, and its mode as far as owner rw, group r: a service's
+        # 0640 root:syncd stays readable by syncd; nothing else may read the starter's key
+        _replace(path, text, mode=stat.S_IMODE(path.stat().st_mode) & 0o640 or 0o600)
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
@@ -132,8 +135,9 @@ def add_folder(
     labels: Sequence[str] = (),
     category: str | None = None,
     **extra: Any,
-) -> None:
-    """Append a ``[[folders]]`` entry to the config at ``config_path``.
+) -> list[str]:
+    """Append a ``[[folders]]`` entry to the config at ``config_path``; the warnings of
+    the new config, and one when its comments were lost, for the caller to show.
 
     ``folder_path`` is written as given; a relative path means relative to
     the config file's folder, so a caller holding a path relative to its
@@ -155,6 +159,31 @@ def add_folder(
     """
     config_path = Path(config_path)
     target = Path(os.path.realpath(config_path))  # write the file a symlink points to
+    with _editing(target.parent):  # two edits at once: each sees the other's result
+        return _add_folder(config_path, target, folder_path, destination, labels, category, extra)
+
+
+@contextlib.contextmanager
+def _editing(directory: Path) -> Iterator[None]:
+    """An exclusive lock of the config's folder (its inode stays; the file's does not, since
+    each edit replaces it) for one read-change-replace."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _add_folder(
+    config_path: Path,
+    target: Path,
+    folder_path: str,
+    destination: str,
+    labels: Sequence[str],
+    category: str | None,
+    extra: dict[str, Any],
+) -> list[str]:
     source = str(config_path)
     try:
         original = read_config(target)[0].decode("utf-8")  # a regular file, size-capped
@@ -190,10 +219,16 @@ def add_folder(
         text = render(expected)
 
     # Relative paths resolve like load() does: against the folder of the path as given.
-    loads(text, base_dir=config_path.absolute().parent, source=source, resolve_secrets=False)
+    cfg = loads(text, base_dir=config_path.absolute().parent, source=source, resolve_secrets=False)
+    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise ConfigError([Problem("", f"would grow past {MAX_CONFIG_BYTES // 1024} KiB, the limit")], source)
+    if read_config(target)[0].decode("utf-8", "replace") != original:  # an editor saved meanwhile
+        raise ConfigError([Problem("", "changed while syncd was editing it; run the command again")], source)
     _replace(target, text)
+    notes = [str(w) for w in cfg.warnings]
     if rewritten and "#" in original:
-        log.warning("%s: rewritten by tomli-w; its comments were not preserved", source)
+        notes.append(f"{source}: rewritten by tomli-w; its comments were not preserved")
+    return notes
 
 
 def render(doc: Mapping[str, Any]) -> str:

@@ -127,13 +127,15 @@ def cmd_folder(args: argparse.Namespace) -> int:
         extra["failed_dir"] = absolute(args.failed_dir)
     path = config_path(args)
     folder = absolute(args.path)
-    config_edit.add_folder(
+    notes = config_edit.add_folder(
         path, folder, destination=args.destination, labels=args.label, category=args.category, **extra
     )
     given = (
         "" if os.path.isabs(os.path.expanduser(args.path)) else f" ({args.path!r} from the current directory)"
     )
     print(f"added folder {quoted_path(folder)}{given} -> {args.destination} to {path}")
+    for note in notes:  # what `syncd check` would warn about, and comments the rewrite lost
+        print(f"syncd: warning: {note}", file=sys.stderr)
     if not os.path.isdir(folder):
         print(f"  warning: {quoted_path(folder)} does not exist yet; syncd run waits for it")
     try:

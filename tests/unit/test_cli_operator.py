@@ -619,3 +619,25 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(cfg: Path, monkeypatch: 
     monkeypatch.setitem(cli._COMMANDS, "status", fail)
     with pytest.raises(BrokenPipeError):
         main(["-c", str(cfg), "status"])
+
+
+def test_folder_add_says_what_check_would_warn_about(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The warnings of the edited config went nowhere (a logger without a handler): an
+    archive_dir others may write, comments a rewrite dropped. `syncd check` then failed."""
+    shared = cfg.parent / "shared-archive"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    code, out, err = run(
+        capsys,
+        "-c",
+        str(cfg),
+        "folder",
+        "add",
+        str(cfg.parent / "in2"),
+        "-d",
+        "main",
+        "--archive-dir",
+        str(shared),
+    )
+    assert code == 0 and "added folder" in out
+    assert "syncd: warning: " in err and "writable by group/others" in err

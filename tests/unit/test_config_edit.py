@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +64,19 @@ def test_write_initial_refuses_to_overwrite(tmp_path: Path) -> None:
     assert path.read_text() == "# mine\n"
 
 
-def test_write_initial_force_replaces_with_mode_0600(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("before", "after"), [(0o644, 0o640), (0o640, 0o640), (0o600, 0o600), (0o000, 0o600)]
+)
+def test_write_initial_force_keeps_owner_rw_and_group_r_at_most(
+    tmp_path: Path, before: int, after: int
+) -> None:
+    """A service's config is 0640 root:syncd: forced back to 0600, the service could no
+    longer read it. Others never may (the starter holds a literal key)."""
     path = tmp_path / "config.toml"
     path.write_text("# mine\n")
-    path.chmod(0o644)
+    path.chmod(before)
     write_initial(path, force=True)
-    assert mode(path) == 0o600
+    assert mode(path) == after
     assert load(path).folders[0].path == tmp_path / "inbox"
     assert leftovers(tmp_path) == []
 
@@ -195,9 +202,8 @@ def test_add_folder_rewrites_inline_arrays_with_tomli_w(
         '[destinations.d]\ntype = "lilt"\napi_key = "cfgedit-literal-key-77"\n'
     )
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="syncd.config_edit"):
-        add_folder(path, "in2", destination="d")
-    assert "comments were not preserved" in caplog.text
+    notes = add_folder(path, "in2", destination="d")  # `syncd folder add` prints them
+    assert any("comments were not preserved" in n for n in notes)
     assert "# this comment" not in path.read_text()
     assert [f.path.name for f in load(path).folders] == ["in", "in2"]
 
@@ -247,3 +253,33 @@ def test_render_round_trips(doc: dict[str, object]) -> None:
     from syncd.config_edit import render
 
     assert tomllib.loads(render(doc)) == doc
+
+
+def test_folder_adds_at_the_same_time_all_land(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six `syncd folder add` at once all said "added", and three of the six folders were
+    in the file: each read, changed and replaced it without regard to the others."""
+    import threading
+    import time
+
+    from syncd import config_edit
+
+    path = tmp_path / "config.toml"
+    path.write_text('[destinations.d]\ntype = "lilt"\napi_key = "env:CFGEDIT_MISSING"\n')
+    path.chmod(0o600)
+    real = config_edit.loads
+
+    def slow(*args: Any, **kw: Any) -> Any:  # between the read and the replace
+        time.sleep(0.05)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(config_edit, "loads", slow)
+    threads = [
+        threading.Thread(target=add_folder, args=(path, f"in{i}"), kwargs={"destination": "d"})
+        for i in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    folders = tomllib.loads(path.read_text())["folders"]
+    assert sorted(f["path"] for f in folders) == [f"in{i}" for i in range(6)]
