@@ -17,6 +17,9 @@ from pathlib import Path
 import tomli_w
 
 from syncd import config as configmod
+from syncd.commands.common import EXIT_LOCKED
+from syncd.errors import LockedError
+from syncd.lock import StateLock
 from syncd.logs import setup as setup_logging
 
 DEMO_PORT = 8790
@@ -96,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         for sub in ("archive", "failed"):  # syncd's alone, whatever the umask (docs/operations.md)
             (root / sub / name).mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "state").mkdir(mode=0o700, parents=True, exist_ok=True)
+    running = StateLock(root / "state")
+    try:  # a second `make run`: its new emulator port must not replace the running one's
+        running.acquire()
+    except LockedError as exc:
+        print(f"syncd demo: {exc}; it runs already (in another terminal?)", file=sys.stderr)
+        return EXIT_LOCKED
+    running.release()  # the daemon takes it below
     port = _free_port(args.port)
     emulator = Emulator(root / "emulator-data", port=port).start()
     config_path = root / "syncd.toml"

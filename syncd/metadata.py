@@ -67,7 +67,7 @@ MAX_TEXT = 256  # characters of one label or category from a sidecar
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _TOKEN = re.compile(r"\{([^{}]*)\}|[^{}]+|[{}]")
-_VALUE = r"[^/\x00-\x1f\x7f]+"  # one folder name without control characters
+_VALUE = r"[^/\x00-\x1f\x7f-\x9f]+"  # one folder name without control characters (C1 too)
 
 
 class SidecarError(ValueError):

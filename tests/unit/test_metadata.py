@@ -44,6 +44,7 @@ from tests.unit.test_uploader import FakeDestination
         ("clients/client-{client}/**", "clients/other/x/a.pdf", None),
         ("*/{year}-{month}/**", "scans/2026-05/a.pdf", ("2026", "05")),
         ("{client}/**", "ac\nme/a.pdf", None),  # a control character: no match
+        ("{client}/**", "ac\x9bme/a.pdf", None),  # a C1 one too (CSI: a terminal escape)
         ("{c}/**", "a+b (1)/f", ("a+b (1)",)),  # regex characters in a name are just text
     ],
 )
