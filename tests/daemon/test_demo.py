@@ -70,3 +70,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_second_demo_says_the_first_runs_and_leaves_its_config_alone(tmp_path: Path) -> None:
+    """A second `make run` wrote a new emulator port into the running demo's config, then
+    died of the lock with a traceback; the running demo's next reload went to a dead port."""
+    from syncd import demo
+    from syncd.commands.common import EXIT_LOCKED
+    from syncd.lock import StateLock
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    config = tmp_path / "syncd.toml"
+    config.write_text("# the running demo's\n")
+    first = StateLock(tmp_path / "state")
+    first.acquire()
+    try:
+        assert demo.main(["--dir", str(tmp_path)]) == EXIT_LOCKED
+    finally:
+        first.release()
+    assert config.read_text() == "# the running demo's\n"
