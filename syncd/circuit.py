@@ -289,8 +289,10 @@ class Circuit:
             self._bound(now)
             if self._state in (DOWN, REFUSED) and not is_probe:
                 return self._until  # a late answer from before it opened
-            self._limited += 1
-            step = self.base * 2 ** (self._limited - 1)
+            if self._state != RATE_LIMITED or now >= self._until:
+                self._limited += 1  # a 429 after the last hold ended: the next step
+            # (several uploads in flight answered 429 at once are one step, not four)
+            step = min(self.base * 2 ** min(self._limited - 1, 60), self.cap)  # no float overflow
             # A wait the server names is kept, but never shorter than the growing step:
             # "Retry-After: 0" on every answer made syncd send thousands of requests a second.
             wait = min(step if retry_after is None else max(retry_after, step), self.cap)

@@ -167,9 +167,16 @@ def add_folder(
 def _editing(directory: Path) -> Iterator[None]:
     """An exclusive lock of the config's folder (its inode stays; the file's does not, since
     each edit replaces it) for one read-change-replace."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # a folder we may write but not read: no lock, the re-read check stays
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # NFS takes no exclusive lock on a descriptor opened read-only
+            pass
         yield
     finally:
         os.close(fd)

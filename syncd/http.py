@@ -281,11 +281,16 @@ def check(
         # a failure for good (an abort would then delete what the service may have kept)
         raise RetryableError(f"{what}: unexpected HTTP {status}", status=status)
     if 300 <= status < 400:  # not followed (syncd/destinations follow their own)
-        where = strip_query(response.headers.get("Location", ""))
-        moved = f"{what}: HTTP {status}, a redirect to {where!r} that syncd does not follow"
-        if status in (301, 308):  # for every file alike until the URL is fixed: pause
-            raise FatalError(f"{moved}; if that is the service's address, set base_url to it", status=status)
-        raise RetryableError(moved, status=status)  # a temporary one (S3's 307 while DNS settles)
+        location = response.headers.get("Location")
+        moved = (
+            f"{what}: HTTP {status}, a redirect to {strip_query(location or '')!r} that syncd does not follow"
+        )
+        if status in (301, 308) and location:  # for every file alike until the URL is fixed: pause
+            raise FatalError(
+                f"{moved}; if the address configured is an old one, set the new one", status=status
+            )
+        # a temporary one (S3's 307 while DNS settles), or one that says not where to
+        raise RetryableError(moved, status=status)
     raise PermanentError(message, status=status)
 
 

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 SIDECAR_SUFFIX = ".meta.json"
 SIDECAR_MAX = 64 * 1024  # bytes; a sidecar is a few labels
+SIDECAR_PATIENCE = 600.0  # seconds from a file's sighting that a changing sidecar is waited for
 MAX_LABELS = 64  # labels one sidecar may add
 MAX_TEXT = 256  # characters of one label or category from a sidecar
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -210,6 +211,13 @@ class Sidecar:
             "device": self.device,
             "sha256": self.sha256,
         }
+
+
+def waited_for(mtime_ns: int | None, folder: FolderConfig, first_seen: float, now: float) -> bool:
+    """Whether a sidecar changed less than the folder's settle time ago and is still given
+    time: one touched for good is taken as it is SIDECAR_PATIENCE after its file's sighting."""
+    young = mtime_ns is not None and 0 <= now - mtime_ns / 1e9 < folder.settle_seconds
+    return young and now - first_seen < SIDECAR_PATIENCE
 
 
 def sidecar_mtime(path: str) -> int | None:

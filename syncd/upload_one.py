@@ -280,7 +280,9 @@ class Procedure:
                 [row.folder, *moves.roots_of(folder)],
             )
         except metadata.SidecarError as exc:
-            if self._fresh(metadata.sidecar_mtime(sidecar), folder):  # half-written, perhaps
+            if metadata.waited_for(
+                metadata.sidecar_mtime(sidecar), folder, row.first_seen, self.clock()
+            ):  # half-written, perhaps
                 return self.policy.defer(
                     row, "its metadata sidecar changed moments ago", folder.settle_seconds
                 )
@@ -296,7 +298,9 @@ class Procedure:
             return self.policy.retry(
                 row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
             )
-        if meta.sidecar is not None and self._fresh(meta.sidecar.mtime_ns, folder):
+        if meta.sidecar is not None and metadata.waited_for(
+            meta.sidecar.mtime_ns, folder, row.first_seen, self.clock()
+        ):
             # written after its file settled: give it the file's settle time
             return self.policy.defer(
                 row,
@@ -304,10 +308,6 @@ class Procedure:
                 folder.settle_seconds,
             )
         return meta
-
-    def _fresh(self, mtime_ns: int | None, folder: FolderConfig) -> bool:
-        """Whether a sidecar changed less than the folder's settle time ago."""
-        return mtime_ns is not None and 0 <= self.clock() - mtime_ns / 1e9 < folder.settle_seconds
 
     def _duplicate_of(self, row: Row, folder: FolderConfig, source: Source, pulse: Pulse) -> Row | None:
         """on_duplicate = "skip": the earlier upload of the same bytes, or None.

@@ -148,7 +148,7 @@ def _build(
             what = "table" if isinstance(value, dict | list) else "key"
             problems.append(Problem(dotted("", key), unknown(key, TOP_LEVEL, what)))
 
-    daemon = parse_daemon(doc.get("daemon", {}), base_dir, problems)
+    daemon = parse_daemon(doc.get("daemon", {}), base_dir, problems, resolve_secrets)
     state_dir = daemon.state_dir if daemon else resolve_path("state", base_dir)
     raw_destinations = doc.get("destinations", {})
     destinations = parse_destinations(raw_destinations, base_dir, problems, resolve_secrets)

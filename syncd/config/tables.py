@@ -26,17 +26,25 @@ from syncd.secrets import describe_ref
 
 # a host name is dot-separated labels of letters, digits and inner hyphens ("a..b" is
 # not one: the resolver refuses it with a UnicodeError, not an OSError)
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST_PORT = re.compile(rf"(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*):(?P<port>\d{{1,5}})\Z")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"  # "_" too: /etc/hosts, Docker names
+_HOST_PORT = re.compile(rf"(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*\.?):(?P<port>\d{{1,5}})\Z")
 
 
-def parse_daemon(raw: Any, base_dir: Path, problems: list[Problem]) -> DaemonConfig | None:
-    """The ``[daemon]`` table with the rules between its keys; None when it has an error."""
+def parse_daemon(
+    raw: Any, base_dir: Path, problems: list[Problem], resolve_secrets: bool = True
+) -> DaemonConfig | None:
+    """The ``[daemon]`` table with the rules between its keys; None when it has an error.
+    ``resolve_secrets=False``: its secrets (the webhook's) are checked, not read."""
     level = raw.get("log_level") if isinstance(raw, dict) else None
     if isinstance(level, str) and level.lower() in ("debug", "info", "warning", "error"):
         raw = {**raw, "log_level": level.lower()}  # "INFO" as well as "info"
     daemon: DaemonConfig | None = parse_options(
-        DaemonConfig, raw, prefix="daemon", base_dir=base_dir, problems=problems
+        DaemonConfig,
+        raw,
+        prefix="daemon",
+        base_dir=base_dir,
+        problems=problems,
+        resolve_secrets=resolve_secrets,
     )
     if daemon is None:
         return None

@@ -122,6 +122,9 @@ api_key = "credential:apivideo-key"
 [destinations.more]
 type = "lilt"
 api_key = "credential:lilt-api-key"
+[daemon]
+webhook_url = "credential:webhook-url"
+webhook_secret = "credential:webhook-secret"
 [[folders]]
 path = "inbox"
 destination = "contracts"
@@ -134,6 +137,8 @@ labels = ["credential:not-a-secret"]  # a label, whatever it reads like
         "[Service]",
         "LoadCredential=apivideo-key:/etc/syncd/credentials/apivideo-key",
         "LoadCredential=lilt-api-key:/etc/syncd/credentials/lilt-api-key",
+        "LoadCredential=webhook-secret:/etc/syncd/credentials/webhook-secret",
+        "LoadCredential=webhook-url:/etc/syncd/credentials/webhook-url",
         "LoadCredential=xvid-secret:/etc/syncd/credentials/xvid-secret",
     ]
     config.write_text("not [ toml")

@@ -254,6 +254,19 @@ def test_retry_after_zero_on_every_answer_still_backs_off(clock: FakeClock) -> N
     assert c.rate_limited(7.0, "429") - clock() == 7.0  # a longer named wait: as named
 
 
+def test_429s_of_uploads_in_flight_at_once_are_one_step_and_the_step_never_overflows(
+    clock: FakeClock,
+) -> None:
+    """Four uploads answered 429 at the same moment grew the hold four steps (16 s where
+    the server asked for 1 s); a 429 storm of 1,025 answers overflowed the float."""
+    c = make(clock, base=1.0, cap=600.0)
+    holds = [c.rate_limited(1.0, "429") - clock() for _ in range(4)]
+    assert holds == [1.0, 1.0, 1.0, 1.0]
+    for _ in range(1100):  # every one after its hold ended: a step each, capped, no error
+        clock.advance(c.rate_limited(0.0, "429") - clock())
+    assert c.rate_limited(0.0, "429") - clock() == 600.0
+
+
 def test_a_documented_wait_is_kept_above_the_cap(clock: FakeClock) -> None:
     """retry_max_seconds caps the waits servers name; a wait the service documents
     (min_wait: Lilt's 60 s) is held whatever the cap."""

@@ -339,7 +339,17 @@ def test_daemon_ranges(tmp_path: Path, lines: str, expected: str) -> None:
     assert errors(tmp_path, f"[daemon]\n{lines}\n" + DEST + folder()) == [expected]
 
 
-@pytest.mark.parametrize("value", ['"127.0.0.1:9100"', '"localhost:9100"', '"[::1]:9100"', '"0.0.0.0:65535"'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"127.0.0.1:9100"',
+        '"localhost:9100"',
+        '"[::1]:9100"',
+        '"0.0.0.0:65535"',
+        '"syncd_metrics:9100"',  # a Docker or /etc/hosts name
+        '"host.example.com.:9100"',  # fully qualified, with its root dot
+    ],
+)
 def test_metrics_listen_valid(tmp_path: Path, value: str) -> None:
     cfg = load_text(tmp_path, f"[daemon]\nmetrics_listen = {value}\n" + DEST + folder())
     assert cfg.daemon.metrics_listen == value.strip('"')

@@ -283,3 +283,22 @@ def test_folder_adds_at_the_same_time_all_land(tmp_path: Path, monkeypatch: pyte
         t.join(30)
     folders = tomllib.loads(path.read_text())["folders"]
     assert sorted(f["path"] for f in folders) == [f"in{i}" for i in range(6)]
+
+
+def test_folder_add_works_where_the_folder_takes_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS takes no exclusive flock on a descriptor opened read-only (a folder cannot be
+    opened for writing): the edit goes on, with its check that nobody saved meanwhile."""
+    import errno
+    import fcntl
+
+    def refused(fd: int, op: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    path = tmp_path / "config.toml"
+    path.write_text('[destinations.d]\ntype = "lilt"\napi_key = "env:CFGEDIT_MISSING"\n')
+    path.chmod(0o600)
+    add_folder(path, "in", destination="d")
+    assert [f["path"] for f in tomllib.loads(path.read_text())["folders"]] == ["in"]

@@ -142,6 +142,7 @@ def test_a_url_that_is_not_http_is_a_malformed_answer_not_an_outage(url: str) ->
         (301, {"Location": "https://api.example/v2/"}, "FatalError"),  # http base_url: pause
         (308, {"Location": "https://api.example/v2/"}, "FatalError"),
         (307, {"Location": "https://bucket.s3-eu.example/x?X-Amz-Signature=s"}, "RetryableError"),
+        (301, {}, "RetryableError"),  # S3's PermanentRedirect names no Location: not base_url's
     ],
 )
 def test_unexpected_successes_and_redirects_are_not_failures_of_the_file(

@@ -369,6 +369,15 @@ def test_a_sidecar_caught_half_written_waits_instead_of_failing_its_file(
     os.utime(side, (clock() - 10, clock() - 10))
     clock.advance(3)
     assert step() == "done" and dest.received[-1][0].labels == ("base", "ok")
+    # one touched for good is not waited for without end: after a while it is what it is
+    forever = drop("b.pdf", b"B", sidecar=b'{"labels": ["ok",')
+    for _ in range(3):
+        os.utime(folder.path / "b.pdf.meta.json", (clock(), clock()))
+        assert step() == "retrying"
+        clock.advance(3)
+    clock.advance(600)
+    os.utime(folder.path / "b.pdf.meta.json", (clock(), clock()))
+    assert step() == "failed" and "malformed" in (ledger.get(forever).last_error or "")
 
 
 def test_malformed_sidecar_fails_the_file_with_both_in_failed_dir(
