@@ -384,11 +384,10 @@ def test_a_new_file_does_not_wait_behind_a_deleted_queued_file_whose_inode_it_go
     for _ in range(3):
         clock.advance(1.1)
         settler.tick()
-    inode = (folder.path / "a.pdf").stat().st_ino
     (folder.path / "a.pdf").unlink()
     (folder.path / "b.pdf").write_text("B")
-    if (folder.path / "b.pdf").stat().st_ino != inode:
-        pytest.skip("the file system gave the new file another inode")
+    with ledger._lock:  # a.pdf's inode is b.pdf's now, as ext4 often has it (not left to luck)
+        ledger._conn.execute("UPDATE files SET inode = ?", ((folder.path / "b.pdf").stat().st_ino,))
     scanner.scan_folder(ledger, folder)
     for _ in range(3):
         clock.advance(1.1)
