@@ -104,7 +104,7 @@ class Runtime:
         self.cfg = cfg
         self.client, self.destinations = _build(cfg)
         # clients of earlier configs, each with the uploads in flight when it was replaced
-        self._retired: list[tuple[httpx.Client, set[int]]] = []
+        self._retired: list[tuple[httpx.Client, set[int], float]] = []  # and when (monotonic)
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         # files waiting per destination the config no longer has (a status problem)
@@ -250,16 +250,19 @@ class Runtime:
             dest.close()
         # Uploads in flight keep their own reference to the old client: it is closed once
         # the last of them is done (close_retired), however long a large upload takes.
-        self._retired.append((old_client, self.uploader.inflight_ids()))
+        self._retired.append((old_client, self.uploader.inflight_ids(), time.monotonic()))
         self.reroute()
 
     def close_retired(self) -> None:
-        """Close the HTTP clients of earlier configs that no upload in flight uses now."""
+        """Close the HTTP clients of earlier configs that no upload in flight uses now, and
+        that were replaced at least 2 x io_timeout ago: a circuit's idle probe (no row in
+        flight) may still be using one for that long."""
         busy = self.uploader.inflight_ids()
+        settled = time.monotonic() - 2 * self.cfg.daemon.io_timeout
         keep = []
-        for client, users in self._retired:
-            if users & busy:
-                keep.append((client, users))
+        for client, users, since in self._retired:
+            if users & busy or since > settled:
+                keep.append((client, users, since))
             else:
                 client.close()
         self._retired = keep
@@ -345,7 +348,7 @@ class Runtime:
             self.webhook.close()
         self.offload.close()
         self.client.close()
-        for client, _ in self._retired:
+        for client, _, _ in self._retired:
             client.close()
         for dest in self.destinations.values():
             dest.close()

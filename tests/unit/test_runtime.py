@@ -200,3 +200,32 @@ def test_files_still_settling_take_their_folders_destination_and_labels_as_now_c
     assert queued is not None and queued.destination == "old-lilt"  # queued for it: it keeps it
     assert ledger.waiting_elsewhere(["new-lilt"]) == {"old-lilt": 1}
     ledger.close()
+
+
+def test_a_replaced_client_outlives_the_uploads_and_the_probes_that_may_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload's old HTTP client is closed once no upload in flight uses it and not before
+    2 x io_timeout: an idle probe of a circuit (no row in flight) may still be sending on
+    it, and failed "Bad file descriptor" (an outage for the circuit, its next probe later)."""
+    import time as timemod
+
+    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(CONFIG.format(name="lilt"))
+    path.chmod(0o600)
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    runtime = _runtime(path, ledger)
+    old = runtime.client
+    runtime.apply(configmod.load(path))  # a reload: a new client
+    runtime.close_retired()
+    assert not old.is_closed  # an idle probe may be using it
+    later = timemod.monotonic() + 2 * runtime.cfg.daemon.io_timeout + 1
+    monkeypatch.setattr(timemod, "monotonic", lambda: later)
+    runtime.close_retired()
+    assert old.is_closed and not runtime.client.is_closed
+    runtime.uploader.stop_claiming()  # apply() started the pool's workers
+    runtime.uploader.join(10)
+    runtime.close()
+    ledger.close()
