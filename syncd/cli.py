@@ -30,11 +30,11 @@ from syncd.commands.common import load as _load
 from syncd.commands.configure import cmd_check, cmd_folder, cmd_init
 from syncd.commands.explain import cmd_explain
 from syncd.commands.files import cmd_files
+from syncd.commands.ledger import cmd_ledger
 from syncd.commands.retry import cmd_retry
 from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LockedError
-from syncd.ledger import STATES, Ledger, backup
-from syncd.ledger.salvage import rebuild
+from syncd.ledger import STATES
 from syncd.logs import quoted_path
 from syncd.logs import setup as setup_logging
 from syncd.once import RETRY_WAIT
@@ -369,48 +369,6 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 # status, files, retry, check, explain, init and folder add live in syncd/commands/.
-
-
-def cmd_ledger(args: argparse.Namespace) -> int:
-    from syncd.daemon import ledger_path
-    from syncd.lock import StateLock
-
-    cfg = _load(args, secrets=False)
-    path = ledger_path(cfg)
-    if args.ledger_command == "check":
-        ledger = Ledger.open(path, readonly=True)
-        try:
-            result = ledger.integrity_check()
-        finally:
-            ledger.close()
-        print(f"{path}: {result}")
-        return EXIT_OK if result == "ok" else EXIT_LEDGER
-    if args.ledger_command == "backup":
-        return _backup_ledger(path, Path(args.dest))
-    with StateLock(Path(cfg.daemon.state_dir)):
-        rebuilt = rebuild(path, time.strftime("%Y%m%d-%H%M%S"), Ledger)
-    for m in rebuilt.moved:
-        print(f"moved {m.name} aside")
-    if rebuilt.salvaged is not None:
-        print(rebuilt.salvaged.describe())
-    print(f"new ledger at {path}; files still in the folders will be uploaded at the next start")
-    return EXIT_OK
-
-
-def _backup_ledger(path: Path, dest: Path) -> int:
-    try:
-        copy = backup(path, dest)
-    except FileExistsError:
-        print(f"syncd: {dest} exists; choose a new name", file=sys.stderr)
-        return EXIT_CONFIG
-    if not copy.ok:
-        print(
-            f"syncd: the copy failed its integrity check ({copy.integrity}); kept as {copy.path}",
-            file=sys.stderr,
-        )
-        return EXIT_LEDGER
-    print(f"backed up {path} to {dest} ({copy.rows} rows, integrity ok)")
-    return EXIT_OK
 
 
 _COMMANDS = {

@@ -55,7 +55,7 @@ from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full
 from syncd.health import Health
 from syncd.intake import IntakeStage
-from syncd.ledger import Ledger, State
+from syncd.ledger import Ledger
 from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
@@ -292,12 +292,8 @@ class MainLoop:
         )
         code = 0
         if self.once:
-            counts = self.ledger.counts()
-            failed = counts[State.FAILED] - at_start[State.FAILED]
-            daemon.final_counts = {"done": counts[State.DONE] - at_start[State.DONE], "failed": failed}
-            # what a stop signal cut short, or a folder that is away, is left too
-            daemon.held_back = max(daemon.held_back, once.still_active(self.ledger, runtime.folders))
-            code = 1 if failed > 0 or daemon.held_back else 0
+            daemon.final_counts, daemon.held_back = once.outcome(self.ledger, at_start, runtime.folders)
+            code = 1 if daemon.final_counts["failed"] or daemon.held_back else 0
         if self.health.ledger_gone is not None:
             raise LedgerError(self.health.ledger_gone)  # exit 4: the unit does not restart on it
         log.info("syncd stopped")
@@ -388,17 +384,16 @@ class MainLoop:
         self.pulse.beat()
 
     def _finished(self) -> bool:
-        """Once mode: nothing left to do now (files left for the next run, syncd/once.py,
-        are counted in ``held_back``)."""
+        """Once mode: nothing left to do now (what is left for the next run is counted at
+        the end, :func:`syncd.once.outcome`)."""
         if self.intake.scans_pending():
             return False
-        held = once.left_for_next_run(
-            self.ledger,
-            self.uploader.destination_states(),
-            self.runtime.usable_folders(),
-            wait=self.daemon.once_wait,
+        return (
+            once.left_for_next_run(
+                self.ledger,
+                self.uploader.destination_states(),
+                self.runtime.usable_folders(),
+                wait=self.daemon.once_wait,
+            )
+            is not None
         )
-        if held is None:
-            return False
-        self.daemon.held_back += held
-        return True

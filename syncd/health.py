@@ -159,7 +159,7 @@ class Health:
                 first.append(f"destination {name} down since {_clock(state.since)}: {state.reason}")
             elif state.state != UP:
                 first.append(f"destination {name} paused: {state.reason}")
-        for root, why in sorted(self.uploader.procedure.stuck.problems().items()):
+        for root, why in sorted(self.uploader.procedure.after.stuck.problems().items()):
             if root in self.runtime.folders:  # not one a reload removed since
                 first.append(f"uploaded files in {root} cannot be archived or deleted: {why}")
         for name, n in sorted(self.runtime.lost.items()):

@@ -25,10 +25,18 @@ log = logging.getLogger("syncd.daemon")  # said as the daemon's own lines
 RETRY_WAIT = 60.0  # by default `once` waits for a retry due within this many seconds, not a later one
 
 
-def still_active(ledger: Ledger, folders: Mapping[str, FolderConfig]) -> int:
-    """Files of these folders not in a final state: what the run leaves for the next."""
+def outcome(
+    ledger: Ledger, at_start: Mapping[str, int], folders: Mapping[str, FolderConfig]
+) -> tuple[dict[str, int], int]:
+    """At the end of a run: files done and failed since ``at_start`` (the ledger's counts
+    then), and how many files of ``folders`` are left for the next run, in a state that
+    is not final (the waits of :func:`left_for_next_run`, and what a stop signal cut
+    short or a folder that is away kept)."""
+    counts = ledger.counts()
+    finished = {s: counts[s] - at_start[s] for s in ("done", "failed")}
     by_folder = ledger.counts_by_folder()
-    return sum(by_folder.get(root, {}).get(state, 0) for root in folders for state in ACTIVE_STATES)
+    left = sum(by_folder.get(root, {}).get(state, 0) for root in folders for state in ACTIVE_STATES)
+    return finished, left
 
 
 def left_for_next_run(

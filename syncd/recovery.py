@@ -14,7 +14,7 @@ anywhere is recoverable):
   crash between link and unlink, or between a cross-device copy and the
   unlink, ends with exactly one copy and no second upload. This goes
   through the same hand-over as a fresh upload
-  (:meth:`syncd.upload_one.Procedure.hand_over`).
+  (:meth:`syncd.hand_over.HandOver.hand_over`).
 
 Due times that lie further ahead than syncd ever schedules (the system
 clock was stepped back, while syncd ran or while it was down) are brought
@@ -103,7 +103,7 @@ class Recovery:
         for root, folder in self._folders().items():
             if procedure.policy.folder_problem(root) is not None:
                 continue  # away (unmounted): its files are not gone, and wait for it
-            stuck = root in procedure.stuck
+            stuck = root in procedure.after.stuck
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
@@ -117,11 +117,11 @@ class Recovery:
                         continue  # a worker holds it, or it is done by now
                     first = False
                     try:
-                        error = procedure.hand_over(row, folder)
+                        error = procedure.after.hand_over(row, folder)
                     finally:
                         self._release(row.id)
                     full = full or (error is not None and is_disk_full(error))
-                    if error is not None and root in procedure.stuck:
+                    if error is not None and root in procedure.after.stuck:
                         # The others wait for the next sweep, which tries the one after
                         # this (a file that fails for a reason of its own holds none back).
                         self._stuck_after[root] = row.id

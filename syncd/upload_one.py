@@ -12,14 +12,11 @@ An attempt that does not succeed is recorded by the retry policy
 (:class:`syncd.retry_policy.RetryPolicy`: retry, wait for the service, defer,
 fail, vanish). Each phase is reported to the worker's heartbeat
 (:mod:`syncd.liveness`), and so is every block of the file read for sending.
-:meth:`Procedure.hand_over` is the one place an uploaded row is archived:
-right after its upload here, and for rows a crash or a full disk left
-``uploaded`` (syncd/recovery.py).
+The archive step is :mod:`syncd.hand_over`, which the sweep uses too.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -36,13 +33,14 @@ from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
 from syncd.destinations.base import Destination, Receipt, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
+from syncd.hand_over import HandOver
 from syncd.ledger import Ledger, Row, State
 from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.offload import Handover, Offload
 from syncd.progress import resumed_bytes
-from syncd.retry_policy import RetryPolicy, is_disk_full
+from syncd.retry_policy import RetryPolicy
 from syncd.upload_source import (
     StoppableSource,
     UploadCancelled,
@@ -111,13 +109,14 @@ class Procedure:
         self.policy = policy
         self.circuits = circuits
         self.stats = stats
-        self.disk_full = disk_full
         self.bandwidth = bandwidth
         self.cancel = cancel
         self.clock = clock
         self.metrics = metrics
         self.offload: Offload | None = None  # upload helpers, when configured (the runtime sets it)
-        self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
+        self.after = HandOver(
+            ledger, policy=policy, disk_full=disk_full, cancel=cancel, clock=clock, metrics=metrics
+        )
 
     def run(self, row: Row, pulse: Pulse = NO_PULSE) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
@@ -363,46 +362,4 @@ class Procedure:
 
         ``fd`` is the descriptor the upload read, so the archive gets those bytes;
         ``fresh``: marked uploaded just now (:func:`syncd.archive.finish`)."""
-        return State.DONE if self.hand_over(row, folder, fd, fresh=fresh) is None else State.UPLOADED
-
-    def hand_over(
-        self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
-    ) -> OSError | None:
-        """archive / delete / keep an ``uploaded`` row (:func:`syncd.archive.finish`);
-        the error when that failed (the row stays ``uploaded``; the main loop's sweep
-        tries again), else None. A full disk pauses new uploads (syncd/backpressure.py)
-        and is said once, not for every row that waits. Once uploads are being cancelled
-        (syncd stops) the file is left for the next start, which archives it."""
-        if self.cancel.is_set():
-            return OSError(errno.ECANCELED, "syncd is stopping")
-        try:
-            archive.finish(self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem)
-        except archive.FolderAway as exc:
-            first = self.policy.away.note(row.folder)
-            (log.warning if first else log.debug)(
-                "uploaded %s, but %s; it is archived once the folder is back",
-                quoted_path(row.current_path),
-                exc,
-            )
-            return exc
-        except OSError as exc:
-            full = is_disk_full(exc)
-            if full:
-                said = "archive" in self.disk_full
-                self.disk_full.note("archive", exc)
-            else:
-                said = not self.stuck.failed(row.folder, row.id, exc)
-            log.log(
-                logging.DEBUG if said else logging.ERROR,
-                "uploaded but could not %s %s: %s; will try again%s",
-                folder.after_upload,
-                quoted_path(row.current_path),
-                exc.strerror or exc,
-                "" if full else " (files of this folder stay in the inbox, uploaded, until it works)",
-            )
-            return exc
-        if self.stuck.worked(row.folder, row.id):
-            log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
-        if self.metrics is not None:
-            self.metrics.observe_done(row.first_seen, self.clock())
-        return None
+        return State.DONE if self.after.hand_over(row, folder, fd, fresh=fresh) is None else State.UPLOADED

@@ -30,6 +30,17 @@ destination = "{name}"
 """
 
 
+def _config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[Path, Path]:
+    """The inbox (created) and a config file of ``text`` (0600), its key in the environment."""
+    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    path = tmp_path / "syncd.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return root, path
+
+
 def _runtime(path: Path, ledger: Ledger) -> Runtime:
     return Runtime(
         configmod.load(path), ledger, watcher=Watcher(Intake()), metrics=Metrics(), once=True, watch=False
@@ -46,11 +57,7 @@ def _queued(ledger: Ledger, root: Path, rel: str, destination: str) -> None:
 def test_files_waiting_for_a_destination_the_config_lost_are_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
-    (tmp_path / "inbox").mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG.format(name="new-lilt"))
-    path.chmod(0o600)
+    _, path = _config(tmp_path, monkeypatch, CONFIG.format(name="new-lilt"))
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     for i in range(3):
         _queued(ledger, tmp_path / "inbox", f"a{i}.txt", "old-lilt")
@@ -86,15 +93,8 @@ def test_files_waiting_for_a_destination_the_config_lost_are_reported(
 
 def _replacing_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """The inbox and a config whose destination new-lilt says `replaces = ["old-lilt"]`."""
-    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
-    root = tmp_path / "inbox"
-    root.mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(
-        CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
-    )
-    path.chmod(0o600)
-    return root, path
+    text = CONFIG.format(name="new-lilt").replace('type = "lilt"', 'type = "lilt"\nreplaces = ["old-lilt"]')
+    return _config(tmp_path, monkeypatch, text)
 
 
 def test_a_destination_that_replaces_a_removed_one_takes_its_waiting_files(
@@ -181,12 +181,9 @@ def test_files_still_settling_take_their_folders_destination_and_labels_as_now_c
     """A reload renamed the folder's destination (no `replaces`) and changed its labels:
     a file still settling was never queued for the old ones. It kept them, was queued for
     a destination no worker takes, and waited for good without a word."""
-    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
-    root = tmp_path / "inbox"
-    root.mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG.format(name="new-lilt") + 'labels = ["legal"]\ncategory = "SOURCE"\n')
-    path.chmod(0o600)
+    root, path = _config(
+        tmp_path, monkeypatch, CONFIG.format(name="new-lilt") + 'labels = ["legal"]\ncategory = "SOURCE"\n'
+    )
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     ledger.observe(os.fspath(root), ["settling.txt"], destination="old-lilt", labels=["old"])
     _queued(ledger, root, "queued.txt", "old-lilt")
@@ -210,11 +207,7 @@ def test_a_replaced_client_outlives_the_uploads_and_the_probes_that_may_use_it(
     it, and failed "Bad file descriptor" (an outage for the circuit, its next probe later)."""
     import time as timemod
 
-    monkeypatch.setenv("TEST_KEY", "runtime-test-key")
-    (tmp_path / "inbox").mkdir()
-    path = tmp_path / "syncd.toml"
-    path.write_text(CONFIG.format(name="lilt"))
-    path.chmod(0o600)
+    _, path = _config(tmp_path, monkeypatch, CONFIG.format(name="lilt"))
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
     runtime = _runtime(path, ledger)
     old = runtime.client

@@ -464,14 +464,14 @@ def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     errors = [r for r in caplog.records if r.levelname == "ERROR" and "could not archive" in r.getMessage()]
     assert len(errors) == 1
     root = os.fspath(folder.path)
-    assert up.procedure.stuck.problems() == {root: "Read-only file system"}
+    assert up.procedure.after.stuck.problems() == {root: "Read-only file system"}
     recovery = Recovery(ledger, lambda: {root: folder}, up)
     calls.clear()
     recovery.sweep()
     assert len(calls) == 1  # one try for the stuck folder
     monkeypatch.setattr(archive, "finish", real_finish)
     recovery.sweep()  # the file after the one tried last works: the folder goes on
-    assert ledger.counts()["done"] == 4 and not up.procedure.stuck.problems()
+    assert ledger.counts()["done"] == 4 and not up.procedure.after.stuck.problems()
     recovery.sweep()
     assert ledger.counts()["done"] == 5
 

@@ -1,0 +1,61 @@
+"""``syncd ledger check | backup DEST | rebuild``: the ledger's own commands.
+
+``check`` runs SQLite's integrity check; ``backup`` copies the ledger with
+SQLite's backup API and checks the copy (:func:`syncd.ledger.backup`);
+``rebuild`` moves a damaged ledger aside and salvages what it can still give
+(:mod:`syncd.ledger.salvage`), holding the state directory's lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from syncd.commands.common import EXIT_CONFIG, EXIT_LEDGER, EXIT_OK
+from syncd.commands.common import load as _load
+from syncd.ledger import Ledger, backup
+from syncd.ledger.salvage import rebuild
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from syncd.daemon import ledger_path
+    from syncd.lock import StateLock
+
+    cfg = _load(args, secrets=False)
+    path = ledger_path(cfg)
+    if args.ledger_command == "check":
+        ledger = Ledger.open(path, readonly=True)
+        try:
+            result = ledger.integrity_check()
+        finally:
+            ledger.close()
+        print(f"{path}: {result}")
+        return EXIT_OK if result == "ok" else EXIT_LEDGER
+    if args.ledger_command == "backup":
+        return _backup_ledger(path, Path(args.dest))
+    with StateLock(Path(cfg.daemon.state_dir)):
+        rebuilt = rebuild(path, time.strftime("%Y%m%d-%H%M%S"), Ledger)
+    for m in rebuilt.moved:
+        print(f"moved {m.name} aside")
+    if rebuilt.salvaged is not None:
+        print(rebuilt.salvaged.describe())
+    print(f"new ledger at {path}; files still in the folders will be uploaded at the next start")
+    return EXIT_OK
+
+
+def _backup_ledger(path: Path, dest: Path) -> int:
+    try:
+        copy = backup(path, dest)
+    except FileExistsError:
+        print(f"syncd: {dest} exists; choose a new name", file=sys.stderr)
+        return EXIT_CONFIG
+    if not copy.ok:
+        print(
+            f"syncd: the copy failed its integrity check ({copy.integrity}); kept as {copy.path}",
+            file=sys.stderr,
+        )
+        return EXIT_LEDGER
+    print(f"backed up {path} to {dest} ({copy.rows} rows, integrity ok)")
+    return EXIT_OK

@@ -1,0 +1,95 @@
+"""The hand-over of an uploaded file: its after_upload action and what a failure says.
+
+:meth:`HandOver.hand_over` is the one place an uploaded row is archived,
+deleted or kept (:func:`syncd.archive.finish` does the file-system part):
+right after its upload (syncd/upload_one.py), and for rows a crash, a full
+disk or a stuck archive left ``uploaded`` (syncd/recovery.py). A failure
+leaves the row ``uploaded`` for the sweep and is said once where it would
+repeat: a full disk pauses new uploads (syncd/backpressure.py), an archive
+folder that takes no writes is a stuck folder (:class:`syncd.archive.Stuck`),
+a folder that is away waits for its return (syncd/away.py). Once uploads are
+being cancelled (syncd stops) the file is left for the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from syncd import archive
+from syncd.backpressure import DiskFull
+from syncd.failure_kinds import is_disk_full
+from syncd.ledger import Ledger, Row
+from syncd.logs import quoted_path
+
+if TYPE_CHECKING:
+    from syncd.config import FolderConfig
+    from syncd.retry_policy import RetryPolicy
+
+log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+
+
+class HandOver:
+    """after_upload for ``uploaded`` rows, with the stuck folders it found."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        policy: RetryPolicy,
+        disk_full: DiskFull,
+        cancel: threading.Event,
+        clock: Callable[[], float],
+        metrics: Any = None,
+    ) -> None:
+        self.ledger = ledger
+        self.policy = policy
+        self.disk_full = disk_full
+        self.cancel = cancel
+        self.clock = clock
+        self.metrics = metrics
+        self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
+
+    def hand_over(
+        self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
+    ) -> OSError | None:
+        """archive / delete / keep an ``uploaded`` row; the error when that failed (the
+        row stays ``uploaded``), else None. ``fd``: the descriptor the upload read, so
+        the archive gets those bytes; ``fresh``: marked uploaded just now
+        (:func:`syncd.archive.finish`)."""
+        if self.cancel.is_set():
+            return OSError(errno.ECANCELED, "syncd is stopping")
+        try:
+            archive.finish(self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem)
+        except archive.FolderAway as exc:
+            first = self.policy.away.note(row.folder)
+            (log.warning if first else log.debug)(
+                "uploaded %s, but %s; it is archived once the folder is back",
+                quoted_path(row.current_path),
+                exc,
+            )
+            return exc
+        except OSError as exc:
+            full = is_disk_full(exc)
+            if full:
+                said = "archive" in self.disk_full
+                self.disk_full.note("archive", exc)
+            else:
+                said = not self.stuck.failed(row.folder, row.id, exc)
+            log.log(
+                logging.DEBUG if said else logging.ERROR,
+                "uploaded but could not %s %s: %s; will try again%s",
+                folder.after_upload,
+                quoted_path(row.current_path),
+                exc.strerror or exc,
+                "" if full else " (files of this folder stay in the inbox, uploaded, until it works)",
+            )
+            return exc
+        if self.stuck.worked(row.folder, row.id):
+            log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
+        if self.metrics is not None:
+            self.metrics.observe_done(row.first_seen, self.clock())
+        return None
