@@ -77,16 +77,26 @@ class Health:
     def check_ledger_file(self) -> bool:
         """True (once) when the ledger file was deleted or replaced under syncd (``rm``, a
         backup copied over it): whatever syncd recorded from then on would be in no
-        ledger at the next start, so the daemon stops and says how to go on."""
+        ledger at the next start, so the daemon stops and says how to go on. The same
+        when an fsync of the ledger failed (EIO): its commits are durable no more."""
         how = self.ledger.gone()
         if how is None or self.ledger_gone is not None:
             return False
-        self.ledger_gone = (
-            f"the ledger {self.ledger.path} {how} while syncd ran; stopping before more is "
-            "recorded where no later start finds it. Restore the ledger from a backup "
-            "(docs/operations.md, section 13), or start syncd again to begin a new one from "
-            "the folders (files still in the inboxes are uploaded again)"
-        )
+        if how.startswith("could not be written"):
+            self.ledger_gone = (
+                f"the ledger {self.ledger.path} {how}; stopping, since what syncd records "
+                "from now on may not survive a power loss, and nothing is moved or deleted "
+                "on its word. Check the disk (the kernel log says what failed), then start "
+                "syncd again: it goes on from what the ledger holds (uploads it did not keep "
+                "are sent again)"
+            )
+        else:
+            self.ledger_gone = (
+                f"the ledger {self.ledger.path} {how} while syncd ran; stopping before more is "
+                "recorded where no later start finds it. Restore the ledger from a backup "
+                "(docs/operations.md, section 13), or start syncd again to begin a new one from "
+                "the folders (files still in the inboxes are uploaded again)"
+            )
         log.critical("%s", self.ledger_gone)
         self.notifier.status(f"stopping: the ledger {how}")
         return True

@@ -18,6 +18,7 @@ ledger is closed by the daemon after this.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 
@@ -88,6 +89,9 @@ def drain(
     elif running:
         log.info("uploads in flight finished")
     health.publish_progress(final=True)  # nothing in flight any more
-    health.write_heartbeat(stopped=True)
+    try:
+        health.write_heartbeat(stopped=True)
+    except (OSError, sqlite3.Error) as exc:  # `syncd status` then says the heartbeat is old
+        log.error("could not record the stop in the ledger: %s", exc)
     runtime.metrics.stop()
     runtime.close()

@@ -383,8 +383,20 @@ class Uploader:
                 self._cond.wait(seconds)
 
     def _after_error(self, row: Row, error: Exception) -> None:
-        """Record an unexpected error: interrupted when stopping, else retried later."""
+        """Record an unexpected error: interrupted when stopping, else retried later.
+
+        Only while the row is still ``uploading``: an error after the upload was
+        recorded (``uploaded``, or further) leaves the row to the sweep, which
+        finishes its archive move; a retry would send it again, or abort it."""
         try:
+            current = self.ledger.get(row.id)
+            if current is None or current.state != State.UPLOADING:
+                log.error(
+                    "#%d is %s already; the error above does not change that",
+                    row.id,
+                    "gone from the ledger" if current is None else current.state,
+                )
+                return
             if self.cancelled:
                 self.policy.interrupted(row)
             else:

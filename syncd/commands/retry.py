@@ -42,7 +42,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
             if not args.all:
                 skipped = [r for r in failed if refused_for_good(r)]
             keep = {r.id for r in skipped}
-            rows = ledger.requeue_failed([r.id for r in failed if r.id not in keep])
+            asked = [r.id for r in failed if r.id not in keep]
+            rows = ledger.requeue_failed(asked)
         else:
             ids: list[int] = []
             for i in dict.fromkeys(args.ids):
@@ -59,9 +60,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
                     code = EXIT_FAILED
                 else:
                     ids.append(i)
+            asked = ids
             rows = ledger.requeue_failed(ids) if ids else []
     finally:
         ledger.close()
+    left = sorted(set(asked) - {r.id for r in rows})
+    for i in left:
+        print(
+            f"syncd: #{i} left failed: it failed where it was, and its path now holds a newer "
+            "version of the file, which is in the ledger already (`syncd explain PATH` says where)",
+            file=sys.stderr,
+        )
+    if left and not args.failed:
+        code = EXIT_FAILED
     for r in rows:
         print(f"requeued #{r.id} {quoted_path(r.current_path)}")
     if skipped:

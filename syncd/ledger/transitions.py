@@ -17,6 +17,10 @@ from typing import Any
 
 from syncd.ledger.queries import Queries
 from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json
+from syncd.ledger.schema import ACTIVE_SQL
+
+UPLOADING = (State.UPLOADING,)  # the verbs of an attempt's outcome: nothing else is theirs to change
+_GIVE_BACK = f"UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = '{State.UPLOADING}'"
 
 _NEW_SETTLING = (
     "INSERT OR IGNORE INTO files (uuid, folder, relpath, state, destination, labels,"
@@ -287,14 +291,23 @@ class Transitions(Queries):
         """
         with self._write("retry") as conn:
             if not count:
-                conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
-            self._set(conn, row_id, state=State.RETRYING, last_error=error, next_attempt_at=at)
+                conn.execute(_GIVE_BACK, (row_id,))
+            self._set(
+                conn, row_id, state=State.RETRYING, last_error=error, next_attempt_at=at, only=UPLOADING
+            )
 
     def requeue_now(self, row_id: int, *, reason: str | None = None) -> None:
         """Back to queued without counting the attempt (shutdown, paused destination)."""
         with self._write() as conn:
-            conn.execute("UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ?", (row_id,))
-            self._set(conn, row_id, state=State.QUEUED, next_attempt_at=self._clock(), last_error=reason)
+            conn.execute(_GIVE_BACK, (row_id,))
+            self._set(
+                conn,
+                row_id,
+                state=State.QUEUED,
+                next_attempt_at=self._clock(),
+                last_error=reason,
+                only=UPLOADING,
+            )
 
     def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
         """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
@@ -355,23 +368,32 @@ class Transitions(Queries):
         """``syncd retry``: failed rows (all, or these ids) go back to the queue.
 
         The bytes stay where they are (usually failed_dir) and are uploaded
-        from there; ``attempts`` starts again from zero.
+        from there; ``attempts`` starts again from zero. Returns the rows
+        requeued: a row that failed in place (no failed_dir) is left failed
+        while its path has an active row, a newer version of the file, which is
+        what that path holds now.
         """
         now = self._clock()
+        requeued: list[int] = []
         with self._write("requeue_failed", durable=True) as conn:
             if ids is None:
                 found = conn.execute(f"SELECT id FROM files WHERE state = '{State.FAILED}'").fetchall()
                 targets = [r[0] for r in found]
             else:
                 targets = list(ids)
-            for row_id in targets:
-                conn.execute(
+            for row_id in sorted(targets, reverse=True):  # of versions failed in place: the newest
+                cur = conn.execute(
                     f"UPDATE files SET state = '{State.QUEUED}', attempts = 0, next_attempt_at = ?,"
                     " updated_at = ?, last_error = NULL, archive_path = NULL"
-                    f" WHERE id = ? AND state = '{State.FAILED}'",
+                    f" WHERE id = ? AND state = '{State.FAILED}' AND NOT (location IS NULL AND EXISTS"
+                    " (SELECT 1 FROM files AS newer INDEXED BY files_path WHERE newer.folder = files.folder"
+                    " AND newer.relpath = files.relpath AND newer.location IS NULL"
+                    f" AND newer.state IN {ACTIVE_SQL}))",
                     (now, now, row_id),
                 )
-        return [r for r in (self.get(i) for i in targets) if r is not None]
+                if cur.rowcount:
+                    requeued.append(row_id)
+        return [r for r in (self.get(i) for i in sorted(requeued)) if r is not None]
 
     # -------------------------------------------------------------- key/value
 

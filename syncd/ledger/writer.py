@@ -11,6 +11,7 @@ fsync that made it durable (reached by the caller that ran the fsync).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ class Writer:
         self._committed = 0
         self._synced = 0
         self._syncing = False
+        self._sync_failed: str | None = None  # an fsync of the WAL failed: nothing is durable since
         self._sync_cond = threading.Condition()
         self._wal_fd: int | None = None
         self._identity: tuple[int, int] | None = None  # the file opened: (device, inode)
@@ -123,11 +125,13 @@ class Writer:
         crashpoints.point(f"ledger.{point}")
         return self._committed
 
-    def _set(self, conn: sqlite3.Connection, row_id: int, **fields: Any) -> None:
-        """``UPDATE`` these columns of one row (and ``updated_at``) inside a :meth:`_write`."""
+    def _set(self, conn: sqlite3.Connection, row_id: int, *, only: Sequence[str] = (), **fields: Any) -> None:
+        """``UPDATE`` these columns of one row (and ``updated_at``) inside a :meth:`_write`;
+        ``only``: the states it may be in (a row in another state is left alone)."""
         fields["updated_at"] = self._clock()
         cols = ", ".join(f"{k} = ?" for k in fields)
-        conn.execute(f"UPDATE files SET {cols} WHERE id = ?", (*fields.values(), row_id))
+        guard = f" AND state IN ({', '.join('?' * len(only))})" if only else ""
+        conn.execute(f"UPDATE files SET {cols} WHERE id = ?{guard}", (*fields.values(), row_id, *only))
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
@@ -137,6 +141,8 @@ class Writer:
     def gone(self) -> str | None:
         """How the file at the ledger's path stopped being the one this connection writes
         (``"was deleted"``, ``"was replaced by another file"``), or None while it is."""
+        if self._sync_failed is not None:
+            return f"could not be written to disk (fsync: {self._sync_failed})"
         now = _identity(self.path)
         if now is None:
             return "was deleted"
@@ -164,6 +170,10 @@ class Writer:
         with self._sync_cond:
             target = self._committed if upto is None else upto
             while self._synced < target:
+                if self._sync_failed is not None:
+                    # Linux reports a failed writeback once and marks the pages clean: a later
+                    # fsync that succeeds says nothing of the commits the failed one covered
+                    raise OSError(errno.EIO, f"an earlier fsync of the ledger failed ({self._sync_failed})")
                 if self._syncing:
                     self._sync_cond.wait()
                     continue
@@ -176,6 +186,9 @@ class Writer:
                     try:
                         if fd is not None:
                             os.fdatasync(fd)
+                    except OSError as exc:
+                        self._sync_failed = exc.strerror or str(exc)
+                        raise
                     finally:
                         self._sync_cond.acquire()
                     crashpoints.point(f"ledger.{point}.synced")  # by the leader, for all

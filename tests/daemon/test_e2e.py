@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.harness import CANARY_KEY, Setup, sha, wait_until
+from tests.harness import CANARY_KEY, ROOT, Setup, sha, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -584,6 +584,37 @@ def test_a_ledger_deleted_or_replaced_under_the_daemon_stops_it_with_exit_4(
     s.wait_started()
     s.drop("after.txt", b"recorded in the ledger found at the restart")
     wait_until(lambda: (s.archive() / "after.txt").exists(), 20, what="a file after the restart")
+    assert s.stop() == 0
+
+
+def test_a_failed_fsync_of_the_ledger_stops_the_daemon_and_moves_nothing(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """The disk fails one fsync of the ledger (EIO). Linux reports it once and marks the
+    pages clean, so a later fsync that succeeds would vouch for commits that never reached
+    the disk, and files would be archived on their word. syncd takes no fsync for durable
+    after that, moves nothing, and stops with exit 4; started again, it delivers."""
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}])
+    trigger = s.tmp / "fail-next-fsync"
+    s.start(
+        extra_env={
+            "PYTHONPATH": f"{ROOT / 'tests' / 'fsyncshim'}:{ROOT}",
+            "SYNCD_TEST_FSYNC_EIO": str(trigger),
+        }
+    )
+    s.wait_started()
+    s.drop("before.txt", b"archived before the disk failed")
+    wait_until(lambda: s.all_done(1), 20, what="the first file")
+    trigger.touch()
+    s.drop("after.txt", b"must not be archived on a ledger that is not on disk")
+    assert s.proc is not None and s.proc.wait(30) == 4, s.log_text()[-3000:]
+    assert not trigger.exists()  # the failure happened
+    log = s.log_text()
+    assert "could not be written to disk (fsync: Input/output error)" in log and "Traceback" not in log
+    assert (s.inbox() / "after.txt").exists() and not (s.archive() / "after.txt").exists()
+    s.start()
+    s.wait_started()
+    wait_until(lambda: (s.archive() / "after.txt").exists(), 20, what="the file after the restart")
     assert s.stop() == 0
 
 

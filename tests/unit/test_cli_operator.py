@@ -308,6 +308,31 @@ def test_retry_unknown_ids_and_permanent_refusals(cfg: Path, capsys: pytest.Capt
     ledger.close()
 
 
+def test_retry_leaves_failed_a_file_whose_path_has_a_newer_version(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that failed in place and was then replaced: its path has a new, active row.
+    Requeueing the old row would put two active rows on one path (the ledger refuses it);
+    the rest of the failed files are still requeued, and the old one is named."""
+    inbox = cfg.parent / "inbox"
+    ledger = ledger_of(cfg)
+    old = add_row(ledger, inbox, "a.txt")
+    ledger.mark_failed(old.id, error="gave up after 8 attempts: HTTP 503", location=None)
+    other = add_row(ledger, inbox, "b.txt")
+    ledger.mark_failed(other.id, error="gave up after 8 attempts: HTTP 503", location=None)
+    ledger.observe(os.fspath(inbox), ["a.txt"], destination="main")  # the new version, settling
+    ledger.close()
+
+    code, out, err = run(capsys, "-c", str(cfg), "retry", "--failed")
+    assert code == 0, err
+    assert f"requeued #{other.id}" in out and f"#{old.id} left failed" in err
+    code, out, err = run(capsys, "-c", str(cfg), "retry", str(old.id))
+    assert code == 1 and f"#{old.id} left failed" in err and "nothing requeued" in out
+    ledger = ledger_of(cfg)
+    assert ledger.get(old.id).state == "failed" and ledger.get(other.id).state == "queued"
+    ledger.close()
+
+
 # -- status: one source, ignored names, metrics, log_level ----------------------------------------
 
 

@@ -4,6 +4,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from syncd.circuit import THRESHOLD
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.ledger import Ledger
+from syncd.liveness import Liveness
 from syncd.retry_policy import backoff
 from syncd.uploader import IDLE_WAIT, Uploader
 from tests.conftest import FakeClock, make_folder, queue_file
@@ -864,3 +866,29 @@ def test_archiving_a_backlog_takes_a_budget_at_a_time_on_the_main_loop(
         calls += 1
         assert ledger.counts()["done"] == min(calls, 5)
     assert calls >= 5 and ledger.counts()["done"] == 5
+
+
+@pytest.mark.parametrize("attempts_left", [True, False])
+def test_an_unexpected_error_after_the_upload_is_recorded_leaves_the_row_uploaded(
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attempts_left: bool
+) -> None:
+    """A bug after ``uploaded`` was committed (here: in the sidecar step of the archive
+    move) must not turn the row back into a retry, nor, on its last attempt, abort the
+    upload the service confirmed: the file is in the archive already."""
+    ledger, folder, dest, up, drop, _ = setup
+    row_id = drop("a.pdf", b"bytes")
+    if not attempts_left:
+        ledger._conn.execute("UPDATE files SET attempts = 2 WHERE id = ?", (row_id,))  # max_attempts 3
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("syncd.archive.finish_sidecar", boom)
+    me = threading.current_thread()
+    up._threads.append(me)
+    up._target = 1
+    assert up._turn(me, Liveness().pulse("test", "worker"))
+    row = ledger.get(row_id)
+    assert row.state == "uploaded" and row.receipt is not None
+    assert dest.aborted == [] and len(dest.received) == 1
+    assert (tmp_path / "archive" / "inbox" / "a.pdf").read_bytes() == b"bytes"
