@@ -80,6 +80,7 @@ from syncd.destinations._chunked_resume import (
     SessionFormat,
     Spec,
     is_resume_for,
+    read_from,
     session_fits,
     usable,
 )
@@ -168,10 +169,16 @@ def run(
     ``parallel.per_file`` parts of this file may be in flight at once, and
     every part request holds one of the destination's ``parallel`` slots.
     """
-    state = usable(service, resume, source.size)
+    state = usable(service, resume, source.size, source.ctime_ns)
     if state is None:
         if is_resume_for(service, resume):
-            log.info("%s: the saved upload state does not match this file; starting over", service.kind)
+            assert resume is not None
+            why = (
+                "the file was changed since its first parts were sent"
+                if not read_from(resume, source.ctime_ns)
+                else "the saved upload state does not match this file"
+            )
+            log.info("%s: %s; starting over", service.kind, why)
             abort(service, resume)
         state = _open(service, item, source, checkpoint)
     restarts = 0
@@ -215,7 +222,7 @@ def _open(service: ChunkedService, item: UploadItem, source: Source, checkpoint:
         if opened.part_size < 1 and source.size > 0:
             raise RetryableError(f"{service.kind}: the server dictated part size {opened.part_size}")
         part_size = max(opened.part_size, 1)
-    state = ResumeState(service.kind, dict(opened.session), part_size, source.size)
+    state = ResumeState(service.kind, dict(opened.session), part_size, source.size, ctime_ns=source.ctime_ns)
     checkpoint(state.to_resume())
     return state
 
@@ -281,6 +288,7 @@ __all__ = [
     "parallel_parts_option",
     "part_count",
     "plan_parts",
+    "read_from",
     "run",
     "session_fits",
 ]

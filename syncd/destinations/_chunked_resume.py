@@ -1,7 +1,12 @@
 """The resume state of a chunked upload: what is checkpointed, and when it can be trusted.
 
-The state is ``{"v": 1, "kind", "session", "part_size", "size", "parts"}``
-(:class:`ResumeState`; session keys starting with ``_`` stay in memory).
+The state is ``{"v": 1, "kind", "session", "part_size", "size", "parts",
+"ctime_ns"}`` (:class:`ResumeState`; session keys starting with ``_`` stay in
+memory). ``ctime_ns`` is the file's inode change time when the parts were read:
+a file rewritten in place since (same size, its mtime set back) has another,
+since no program can set it, so its confirmed parts, which hold the old bytes,
+are not trusted (:func:`read_from`). A state without it (written by an older
+syncd) is trusted as before.
 A service describes its session format (:class:`SessionFormat`: its
 ``kind``, its part rules and the fields its session must hold, as
 :data:`Spec` s); :func:`usable` continues from a resume only when all of it
@@ -62,10 +67,11 @@ class ResumeState:
     part_size: int
     size: int
     parts: dict[str, str] = field(default_factory=dict)
+    ctime_ns: int | None = None  # the file's when its parts were read (None: not known)
 
     def to_resume(self) -> dict[str, Any]:
         session = {k: v for k, v in self.session.items() if not k.startswith("_")}
-        return {
+        resume = {
             "v": RESUME_VERSION,
             "kind": self.kind,
             "session": session,
@@ -73,6 +79,16 @@ class ResumeState:
             "size": self.size,
             "parts": dict(self.parts),
         }
+        if self.ctime_ns is not None:
+            resume["ctime_ns"] = self.ctime_ns
+        return resume
+
+
+def read_from(resume: dict[str, Any], ctime_ns: int) -> bool:
+    """Whether the parts of ``resume`` were read from the file as it is now (its inode
+    change time ``ctime_ns``); a state that does not say is taken as yes."""
+    recorded = resume.get("ctime_ns")
+    return recorded is None or recorded == ctime_ns
 
 
 def is_resume_for(service: SessionFormat, resume: dict[str, Any] | None) -> bool:
@@ -86,9 +102,14 @@ def is_resume_for(service: SessionFormat, resume: dict[str, Any] | None) -> bool
     )
 
 
-def usable(service: SessionFormat, resume: dict[str, Any] | None, size: int) -> ResumeState | None:
-    """The state to continue from, or None when ``resume`` cannot be trusted for this file."""
+def usable(
+    service: SessionFormat, resume: dict[str, Any] | None, size: int, ctime_ns: int | None = None
+) -> ResumeState | None:
+    """The state to continue from, or None when ``resume`` cannot be trusted for this file
+    (of ``size`` bytes and, when given, inode change time ``ctime_ns``)."""
     if resume is None or not is_resume_for(service, resume):
+        return None
+    if ctime_ns is not None and not read_from(resume, ctime_ns):
         return None
     part_size, parts, rules = resume.get("part_size"), resume.get("parts"), service.rules
     if resume.get("size") != size or type(part_size) is not int or part_size < 1:
@@ -115,7 +136,7 @@ def usable(service: SessionFormat, resume: dict[str, Any] | None, size: int) -> 
             and token
         ):
             return None
-    return ResumeState(service.kind, dict(resume["session"]), part_size, size, dict(parts))
+    return ResumeState(service.kind, dict(resume["session"]), part_size, size, dict(parts), ctime_ns)
 
 
 __all__ = [
@@ -124,6 +145,7 @@ __all__ = [
     "SessionFormat",
     "Spec",
     "is_resume_for",
+    "read_from",
     "session_fits",
     "usable",
 ]

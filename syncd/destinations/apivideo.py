@@ -180,8 +180,13 @@ class ApiVideoDestination:
         part_size = resume.get("part_size")
         if video_id is None:
             return None  # no video yet: start over, through POST /videos now that there is a key
-        if resume.get("size") != source.size or not isinstance(part_size, int) or part_size < 1:
-            return resume  # not for this file: the driver discards it and starts over
+        if (
+            resume.get("size") != source.size
+            or not isinstance(part_size, int)
+            or part_size < 1
+            or not _chunked.read_from(resume, source.ctime_ns)
+        ):
+            return resume  # not for this file (as it is now): the driver discards it and starts over
         try:
             ingest = self._api.status(video_id)
         except RetryableError as exc:

@@ -229,6 +229,11 @@ class Source:
         """The open descriptor (archiving links or copies from it: the bytes uploaded)."""
         return self._fd
 
+    @property
+    def ctime_ns(self) -> int:
+        """The file's inode change time when it was opened (a resume state records it)."""
+        return self._ctime_ns
+
     def _verify(self, st: os.stat_result) -> None:
         if st.st_ino != self.inode or (self.device is not None and st.st_dev != self.device):
             raise SourceChangedError("the file was replaced (inode changed)")

@@ -197,6 +197,7 @@ def test_parts_and_checkpoints(tmp_path: Path, size: int) -> None:
         "part_size": 10,
         "size": size,
         "parts": {},
+        "ctime_ns": os.stat(tmp_path / "f.bin").st_ctime_ns,  # the file's as its parts were read
     }
     assert sorted(cps.states[-1]["parts"], key=int) == [str(n) for n in range(1, count + 1)]
     assert sha == hashlib.sha256(data).hexdigest()
@@ -273,6 +274,31 @@ def test_resume_sends_only_missing_parts(tmp_path: Path) -> None:
     run(service, tmp_path, data, resume=crashing.states[-1])
     assert service.calls == [("part", 3), ("part", 4)]
     assert service.finished[0][2] == data
+
+
+def test_a_file_changed_in_place_since_its_parts_were_sent_starts_over(tmp_path: Path) -> None:
+    """Same size, mtime set back: only the inode change time differs, and the parts the
+    service holds are of the old bytes. A state without ``ctime_ns`` (an older syncd's)
+    is trusted as before."""
+    data = os.urandom(35)
+    service, crashing = FakeService(), Recorder(crash_after=2)
+    with pytest.raises(Crash):
+        run(service, tmp_path, data, cps=crashing)
+    saved = crashing.states[-1]
+    path = tmp_path / "f.bin"
+    st = path.stat()
+    new = os.urandom(5) + data[5:]
+    with open(path, "r+b") as f:
+        f.write(new[:5])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    service.calls.clear()
+    run(service, tmp_path, new, resume=saved)
+    assert service.aborted == ["s1"] and service.calls[0] == ("open", 10)
+    assert service.finished[0][2] == new
+    service.calls.clear()
+    older = {k: v for k, v in saved.items() if k != "ctime_ns"}
+    run(service, tmp_path, new, resume=older)
+    assert service.calls[0] == ("part", 2)
 
 
 def test_recorded_part_size_wins_over_config(tmp_path: Path) -> None:

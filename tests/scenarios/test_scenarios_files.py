@@ -95,6 +95,33 @@ def test_f2_same_size_rewrite_with_restored_mtime_is_caught(setup: Callable[...,
     s.invariants()
 
 
+def test_f2_same_size_rewrite_while_syncd_was_down_is_not_resumed(setup: Callable[..., Setup]) -> None:
+    """syncd is killed after part 1 of 3 is confirmed; while it is down the file's first
+    MiB is rewritten in place and its mtime set back. The next start must not resume from
+    part 1, which holds the old bytes: the service would hold a mix of both versions, and
+    the ledger and the archive the new one. Only the inode change time tells."""
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.3}],
+        lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+    )
+    old = os.urandom(10 * MIB + 1234)  # three parts
+    path = s.drop("big.bin", old)
+    proc = s.start(extra_env={"SYNCD_CRASH_AT": "ledger.checkpoint:2"})  # part 1 confirmed
+    assert proc.wait(60) == 137  # os._exit(137) at the crash point, as after a SIGKILL
+    assert s.confirmed_parts() == 1
+    st = path.stat()
+    new = os.urandom(MIB) + old[MIB:]
+    with open(path, "r+b") as f:
+        f.write(new[:MIB])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    s.dropped[("in", "big.bin")] = new
+    s.start()
+    wait_until(lambda: s.all_done(1), 60, what="the upload of the new version")
+    assert (s.archive() / "big.bin").read_bytes() == new
+    s.wait_logged("the file was changed since its first parts were sent; starting over")
+    s.invariants()  # the service holds exactly the new bytes
+
+
 def _renamed_during_upload(s: Setup) -> None:
     """draft.txt is renamed to final.txt while its upload is held; until it is done."""
     s.start()
