@@ -29,15 +29,14 @@ from syncd.archive import exists_under, reobserve
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 from syncd.moves import (
-    NAME_MAX,
     TEMP_PREFIX,
     ChangedAfterUpload,
-    candidate_names,
     matches,
     move,
     opened,
     roots,
 )
+from syncd.names import NAME_MAX, candidate_names
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig

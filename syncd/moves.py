@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from syncd import crashpoints, safefs
 from syncd.ledger import Row
 from syncd.logs import quoted_path
+from syncd.names import candidate_names, free_names
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".syncd-tmp-"
-NAME_MAX = 255
+UNLINK_PREFIX = ".syncd-unlinking-"  # an uploaded file's name, renamed aside to be removed
 DIR_MODE = 0o700
 COPY_BLOCK = 1 << 20
 # link(2) errors after which the bytes are copied instead
@@ -61,71 +62,6 @@ _COPY_INSTEAD = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EN
 
 class ChangedAfterUpload(Exception):
     """The file's bytes are no longer the ones uploaded (a hard link was written through)."""
-
-
-def candidate_names(name: str) -> Iterator[str]:
-    """``name``, then ``stem (1).ext``, ``stem (2).ext`` ... each within NAME_MAX bytes."""
-    yield name
-    stem, ext = _split(name)
-    n = 1
-    while True:
-        yield _numbered(stem, ext, n)
-        n += 1
-
-
-def free_names(name: str, taken: Callable[[str], bool]) -> Iterator[str]:
-    """The names of :func:`candidate_names` that ``taken`` says are free now, in order,
-    the first found with lookups that grow with the logarithm of how many are taken.
-
-    A producer that always writes ``export.csv`` fills the archive with
-    ``export (N).csv``, N in the hundreds of thousands after a year of one a minute;
-    one lookup per number was a second and a half per file by then. The search takes
-    the numbers in use to be a run from 1, which they are unless files were deleted
-    from the archive; a gap may then be filled instead of the next number after the
-    run, which is harmless: any free name will do, and none is ever replaced (the
-    caller links without clobbering, and takes the next name if it lost a race).
-    """
-    if not taken(name):
-        yield name
-    stem, ext = _split(name)
-    low, high = 0, 1  # low: taken (0 stands for the bare name); high: the next to look at
-    while taken(_numbered(stem, ext, high)):
-        low, high = high, high * 2
-    while high - low > 1:  # the first free number after low, if those in use are a run
-        middle = (low + high) // 2
-        if taken(_numbered(stem, ext, middle)):
-            low = middle
-        else:
-            high = middle
-    n = high
-    while True:
-        candidate = _numbered(stem, ext, n)
-        if not taken(candidate):
-            yield candidate
-        n += 1
-
-
-def _split(name: str) -> tuple[str, str]:
-    stem, ext = os.path.splitext(name)
-    if stem == "" or len(os.fsencode(ext)) > 32:
-        stem, ext = name, ""
-    return stem, ext
-
-
-def _numbered(stem: str, ext: str, n: int) -> str:
-    """``stem (n).ext`` within NAME_MAX bytes, the stem cut (never inside a character)."""
-    suffix = f" ({n}){ext}"
-    room = NAME_MAX - len(os.fsencode(suffix))
-    raw = os.fsencode(stem)[:room]
-    while True:  # do not cut a multi-byte character in half
-        try:
-            raw.decode("utf-8")
-            break
-        except UnicodeDecodeError as exc:
-            if exc.start < len(raw) - 4:
-                break  # not UTF-8 to begin with; bytes are fine
-            raw = raw[:-1]
-    return os.fsdecode(raw) + suffix
 
 
 def roots_of(folder: FolderConfig) -> list[str | None]:
@@ -157,15 +93,59 @@ class Held:
             return False
 
     def unlink(self) -> bool:
-        """Remove the source name if it still names our file; False (left alone) if not."""
+        """Remove the source name if it still names our file; False (left alone) if not.
+
+        A look at the name and then an unlink would remove a new file that took the
+        name in between (an editor's or a producer's "write a temp file, rename it
+        over"): the name is first renamed aside, to a name of syncd's own, and what
+        was renamed is looked at there. Not our file: it is put back under its name
+        (or, should that be taken again by now, under a free ``name (N)``).
+        """
         if not self.still_named():
-            log.warning("%s now holds another file; it is left in place", quoted_path(self.path))
-            self.replaced = True
-            return False
-        os.unlink(self.name, dir_fd=self.dirfd)
+            return self._left_in_place()
+        aside = f"{UNLINK_PREFIX}{uuid.uuid4().hex}"
+        try:
+            os.rename(self.name, aside, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+        except FileNotFoundError:
+            return self._left_in_place()  # removed in between: nothing is under the name
+        try:
+            ours = safefs.same_file(os.stat(aside, dir_fd=self.dirfd, follow_symlinks=False), self.st)
+        except OSError:
+            ours = False
+        if not ours:
+            self._put_back(aside)
+            return self._left_in_place()
+        os.unlink(aside, dir_fd=self.dirfd)
         safefs.fsync_dirfd(self.dirfd)
         crashpoints.point("archive.unlinked")
         return True
+
+    def _left_in_place(self) -> bool:
+        log.warning("%s now holds another file; it is left in place", quoted_path(self.path))
+        self.replaced = True
+        return False
+
+    def _put_back(self, aside: str) -> None:
+        """The file renamed aside was not ours: under its name again, never replacing one."""
+        for name in candidate_names(self.name):
+            try:
+                os.link(aside, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: a rename, which would replace a name taken
+                if os.path.lexists(os.path.join(f"/proc/self/fd/{self.dirfd}", name)):
+                    continue
+                os.rename(aside, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+                break
+            os.unlink(aside, dir_fd=self.dirfd)
+            break
+        if name != self.name:
+            log.warning(
+                "a new file took the name %s twice while syncd removed the uploaded one; "
+                "the first of them is now %s",
+                quoted_path(self.path),
+                quoted_path(name),
+            )
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from syncd import moves
 from tests.harness import ROOT, Setup, sha, strace_problem, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -338,10 +339,22 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
         synced = _first(evs, committed, ledger_sync)
         assert 0 <= synced < link, f"{src}: the 'uploaded' commit was not synced before the link"
         dir_synced = _first(evs, link, ("sync", os.path.dirname(target)).__eq__)
-        unlinked = _first(evs, link, ("unlink", src).__eq__)
+        # the name leaves by a rename to a fresh name of syncd's own, which is then unlinked
+        # (moves.Held.unlink: a file saved over the name in between is not the one removed)
+        left = _first(evs, link, lambda e, src=src: e[0] == "rename" and e[1][0] == src)
+        assert left >= 0, f"{src}: the uploaded file's name was never removed"
+        aside = evs[left][1][1]
+        assert os.path.dirname(aside) == os.path.dirname(src)
+        assert os.path.basename(aside).startswith(moves.UNLINK_PREFIX)
+        unlinked = _first(evs, left, ("unlink", aside).__eq__)
         inbox_synced = _first(evs, max(unlinked, 0), ("sync", os.path.dirname(src)).__eq__)
-        assert 0 <= dir_synced < unlinked, f"{src}: archive dir not fsynced before the unlink"
-        assert unlinked < inbox_synced, f"{src}: inbox dir not fsynced after the unlink"
-        renames = [e for evs_ in threads.values() for e in evs_ if e[0] == "rename" and src in e[1]]
+        assert 0 <= dir_synced < left, f"{src}: archive dir not fsynced before the unlink"
+        assert 0 <= unlinked < inbox_synced, f"{src}: inbox dir not fsynced after the unlink"
+        renames = [
+            e
+            for evs_ in threads.values()
+            for e in evs_
+            if e[0] == "rename" and src in e[1] and e[1][1] != aside
+        ]
         assert not renames, f"{src} was renamed (rename may clobber): {renames}"
     s.invariants()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from syncd import archive, failed, moves
+from syncd import names as free
 from syncd.config import FolderConfig
 from syncd.ledger import Ledger, Row
 from tests.conftest import FakeClock, make_folder, queue_file, row_of
@@ -56,13 +57,13 @@ def test_archive_never_overwrites(tmp_path: Path, ledger: Ledger) -> None:
 
 def test_collision_suffix_stays_within_name_max() -> None:
     name = "x" * 251 + ".pdf"
-    names = moves.candidate_names(name)
+    names = free.candidate_names(name)
     assert next(names) == name
     second = next(names)
     assert len(os.fsencode(second)) <= 255 and second.endswith(" (1).pdf")
     multi = "é" * 125 + ".txt"  # 250 + 4 bytes
-    suffixed = [next(moves.candidate_names(multi)) for _ in range(1)]
-    gen = moves.candidate_names(multi)
+    suffixed = [next(free.candidate_names(multi)) for _ in range(1)]
+    gen = free.candidate_names(multi)
     next(gen)
     s = next(gen)
     assert len(os.fsencode(s)) <= 255
@@ -258,17 +259,17 @@ def test_the_next_free_number_is_found_with_few_lookups() -> None:
             looked.append(name)
             return name in existing
 
-        first = next(moves.free_names("export.csv", taken))
+        first = next(free.free_names("export.csv", taken))
         assert first == f"export ({n + 1}).csv"
         assert len(looked) <= 2 * max(n, 1).bit_length() + 2, (n, len(looked))
 
 
 def test_free_names_fill_a_gap_or_go_on_but_never_name_a_taken_file() -> None:
     existing = {"a.txt", *(f"a ({i}).txt" for i in range(1, 100) if i != 37)}
-    names = moves.free_names("a.txt", lambda name: name in existing)
+    names = free.free_names("a.txt", lambda name: name in existing)
     got = [next(names) for _ in range(3)]
     assert not set(got) & existing and len(set(got)) == 3
-    assert next(moves.free_names("b.txt", lambda name: False)) == "b.txt"
+    assert next(free.free_names("b.txt", lambda name: False)) == "b.txt"
 
 
 def test_archiving_the_same_name_again_and_again(tmp_path: Path, ledger: Ledger) -> None:

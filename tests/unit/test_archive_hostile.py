@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import archive, failed, safefs
+from syncd import archive, failed, moves, safefs
 from syncd.ledger import Ledger
 from tests.conftest import FakeClock, make_folder, row_of
 from tests.unit.test_archive import _uploaded
@@ -225,3 +225,64 @@ def test_a_file_replaced_before_failing_is_not_moved(tmp_path: Path, ledger: Led
     assert hashlib.sha256(b"first").hexdigest() == row.sha256
     got = ledger.get(row.id)
     assert got is not None and got.state == "failed" and got.location is None
+
+
+def _save_atomically(path: Path, data: bytes) -> None:
+    """What editors and careful producers do: write a temp file, rename it over the name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+
+
+@pytest.mark.parametrize("after_upload", ["archive", "delete"])
+def test_a_new_version_saved_over_the_name_while_it_is_removed_is_kept(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, after_upload: str
+) -> None:
+    """The producer saves version 2 over f.txt between syncd's look at the name and its
+    unlink: the unlink must not remove version 2 (it was lost, silently). Version 2 stays
+    under its name and gets a row of its own."""
+    folder = make_folder(tmp_path, after_upload=after_upload)
+    row = _uploaded(ledger, folder, "f.txt", b"version 1")
+    path = tmp_path / "inbox" / "f.txt"
+    real = moves.Held.still_named
+
+    def look_then_save(held: moves.Held) -> bool:
+        named = real(held)
+        _save_atomically(path, b"version 2")
+        return named
+
+    monkeypatch.setattr(moves.Held, "still_named", look_then_save)
+    archive.finish(ledger, row, folder)
+    assert path.read_bytes() == b"version 2"
+    if after_upload == "archive":
+        assert (tmp_path / "archive" / "inbox" / "f.txt").read_bytes() == b"version 1"
+    assert ledger.get(row.id).state == "done"
+    assert ledger.active_for_path(os.fspath(tmp_path / "inbox"), "f.txt") is not None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.txt"]
+
+
+def test_a_name_taken_twice_while_the_uploaded_file_is_removed_keeps_both_new_files(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "f.txt", b"version 1")
+    path = tmp_path / "inbox" / "f.txt"
+    real_look, real_rename = moves.Held.still_named, os.rename
+
+    def look_then_save(held: moves.Held) -> bool:
+        named = real_look(held)
+        _save_atomically(path, b"version 2")
+        return named
+
+    def rename(src: object, dst: object, **kwargs: object) -> None:
+        real_rename(src, dst, **kwargs)  # type: ignore[arg-type]
+        if str(dst).startswith(moves.UNLINK_PREFIX):
+            _save_atomically(path, b"version 3")
+
+    monkeypatch.setattr(moves.Held, "still_named", look_then_save)
+    monkeypatch.setattr(os, "rename", rename)
+    archive.finish(ledger, row, folder)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"version 3"
+    assert (path.parent / "f (1).txt").read_bytes() == b"version 2"
+    assert (tmp_path / "archive" / "inbox" / "f.txt").read_bytes() == b"version 1"
