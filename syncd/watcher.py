@@ -33,17 +33,17 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from syncd import safefs
 from syncd.events import Intake, _Handler
 from syncd.logs import quoted_path
+from syncd.safe_watch import PolledFolders, SafeInotifyObserver
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -136,17 +136,6 @@ def _listable(st: os.stat_result) -> bool:
     return st.st_mode & bits == bits
 
 
-def _scandir_nofollow(path: str | None) -> Iterator[os.DirEntry[str]]:
-    """``os.scandir`` for the polling observer that refuses a directory swapped for a symlink."""
-    fd = os.open(path or ".", safefs.READ_DIR_FLAGS)
-    try:
-        with os.scandir(fd) as it:
-            entries = list(it)
-    finally:
-        os.close(fd)
-    return iter(entries)
-
-
 @dataclass
 class FolderWatch:
     folder: FolderConfig
@@ -164,8 +153,9 @@ class Watcher:
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
-        self._native: BaseObserver | None = None
+        self._native: SafeInotifyObserver | None = None
         self._polling: dict[float, BaseObserver] = {}
+        self._polled = PolledFolders()  # the folders polling observers may look beneath
         self.folders: dict[str, FolderWatch] = {}
         self._lock = threading.Lock()
 
@@ -173,17 +163,20 @@ class Watcher:
 
     def _native_observer(self) -> BaseObserver:
         if self._native is None:
-            self._native = Observer()
+            self._native = SafeInotifyObserver()
             self._native.daemon = True
             self._native.start()
         return self._native
 
-    def _polling_observer(self, interval: float) -> BaseObserver:
+    def _polling_observer(self, interval: float, root: str) -> BaseObserver:
+        self._polled.add(root)
         obs = self._polling.get(interval)
         if obs is None:
-            # lstat, and a listing that refuses a symlink: a polled folder never descends
-            # through a link (a loop such as `ln -s . a` would otherwise grow without end).
-            obs = PollingObserverVFS(stat=os.lstat, listdir=_scandir_nofollow, polling_interval=interval)
+            # stat and listing beneath the polled folder, refusing a symlink at any component:
+            # a polled folder never descends through a link (safe_watch.py)
+            obs = PollingObserverVFS(
+                stat=self._polled.lstat, listdir=self._polled.listdir, polling_interval=interval
+            )
             obs.daemon = True
             obs.start()
             self._polling[interval] = obs
@@ -246,7 +239,7 @@ class Watcher:
             if mode == "native":
                 fw.observer = self._native_observer()
             else:
-                fw.observer = self._polling_observer(fw.folder.poll_seconds)
+                fw.observer = self._polling_observer(fw.folder.poll_seconds, root)
             before = _inotify_watches() if mode == "native" and fw.folder.recursive else None
             fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
             if before is not None:
@@ -267,7 +260,7 @@ class Watcher:
                     sysctl,
                 )
                 mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
-                fw.observer = self._polling_observer(fw.folder.poll_seconds)
+                fw.observer = self._polling_observer(fw.folder.poll_seconds, root)
                 try:
                     fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
                 except OSError as again:
@@ -276,6 +269,10 @@ class Watcher:
             else:
                 self._report(fw, f"cannot watch ({exc.strerror or exc})")
                 return False
+        except Exception as exc:  # watchdog's own failure: the folder is reported, others go on
+            log.exception("cannot watch %s", quoted_path(root))
+            self._report(fw, f"cannot watch ({type(exc).__name__}: {exc})")
+            return False
         if fw.problem is not None:
             log.warning(
                 "watched folder %s is usable again (was: %s); watching and rescanning it",
@@ -321,6 +318,8 @@ class Watcher:
         fw.problem = problem
 
     def _release(self, fw: FolderWatch) -> None:
+        if fw.mode == "polling":
+            self._polled.discard(os.fspath(fw.folder.path))
         if fw.observer is not None and fw.watch is not None:
             try:
                 fw.observer.unschedule(fw.watch)
@@ -328,10 +327,25 @@ class Watcher:
                 pass
         fw.watch, fw.observer, fw.mode = None, None, "none"
 
+    def _replace_dead_reader(self) -> None:
+        """The one thread that reads every native folder's events died (a bug in it): each
+        native folder is released, to be armed again on a new observer and rescanned."""
+        native = self._native
+        if native is None or native.reader_alive():
+            return
+        log.error("the inotify reader stopped; watching the native folders again with a new one")
+        self._native = None
+        for fw in self.folders.values():
+            if fw.observer is native:
+                self._release(fw)
+        with contextlib.suppress(Exception):
+            native.stop()
+
     def check_health(self) -> list[str]:
         """Re-check every folder; returns the roots that were (re)armed and need a rescan."""
         rearmed = []
         with self._lock:
+            self._replace_dead_reader()
             for root, fw in self.folders.items():
                 problem, st = probe(fw.folder, fw.device)
                 if problem is not None:

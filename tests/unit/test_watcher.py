@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from syncd.safe_watch import PolledFolders
 from syncd.watcher import Intake, Watcher
 from tests.conftest import make_folder
 
@@ -161,3 +163,116 @@ def test_removing_a_folder_releases_it(tmp_path: Path, watcher: Watcher) -> None
     assert wait_for(lambda: "y.txt" in got())
     time.sleep(0.2)
     assert "x.txt" not in got()
+
+
+def _watched_inodes() -> set[tuple[int, int]]:
+    """(device, inode) of every directory this process holds an inotify watch on."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("inotify wd:"):
+                        fields = dict(kv.split(":", 1) for kv in line.split()[1:])
+                        sdev = int(fields["sdev"], 16)
+                        found.add((os.makedev(sdev >> 20, sdev & 0xFFFFF), int(fields["ino"], 16)))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_directory_swapped_for_a_symlink_gets_no_watch_beyond_the_folder(
+    tmp_path: Path, watcher: Watcher
+) -> None:
+    """A producer creates a directory and at once swaps it for a symlink to a tree outside
+    (`mkdir x; mv x .old; ln -s /elsewhere x`), again and again. watchdog's own observer
+    walked the link's target by path: a watch on every directory there (the whole host,
+    with `ln -s / x`) and events for files syncd was never given."""
+    folder = make_folder(tmp_path)
+    outside = tmp_path / "elsewhere"
+    for i in range(20):
+        (outside / f"d{i}" / "sub").mkdir(parents=True)
+        (outside / f"d{i}" / "sub" / "secret.txt").write_bytes(b"x")
+    outside_dirs = {(st.st_dev, st.st_ino) for st in (p.stat() for p in [outside, *outside.rglob("*")])}
+    watcher.set_folders([folder])
+    got = Collected(watcher.intake)
+    for i in range(200):
+        x = folder.path / "x"
+        x.mkdir()
+        os.rename(x, folder.path / f".old{i}")
+        os.symlink(outside, x)
+        if i % 10 == 0:
+            time.sleep(0.01)  # let the observer catch up now and then, mid-swap
+        os.unlink(x)
+    time.sleep(0.5)
+    got()
+    assert not _watched_inodes() & outside_dirs
+    assert not {p for p in got.paths if "secret" in p or p.startswith("x/")}
+
+
+def test_a_tree_deeper_than_the_scans_go_is_watched_to_their_depth(tmp_path: Path, watcher: Watcher) -> None:
+    """1,500 levels: watchdog's recursive walk raised RecursionError, which stopped the
+    daemon at start (every folder) or killed event delivery while it ran."""
+    folder = make_folder(tmp_path)
+    deep = folder.path
+    for _ in range(1500):  # os.makedirs recurses too
+        deep = deep / "d"
+        deep.mkdir()
+    assert watcher.set_folders([folder]) == [os.fspath(folder.path)]
+    got = Collected(watcher.intake)
+    try:
+        (folder.path / "d" / "d" / "a.txt").write_bytes(b"x")
+        (folder.path / "top.txt").write_bytes(b"x")
+        assert wait_for(lambda: {"top.txt", "d/d/a.txt"} <= got())
+    finally:  # shutil.rmtree (pytest's clean-up of old runs) recurses too
+        watcher.stop()
+        (folder.path / "d" / "d" / "a.txt").unlink()
+        while deep != folder.path:
+            deep.rmdir()
+            deep = deep.parent
+
+
+def test_the_polling_observer_never_looks_through_a_symlink_on_the_way(tmp_path: Path) -> None:
+    """A polled directory swapped for a link between two steps of a poll: watchdog's
+    snapshot lists and stats by path, and a link at any component but the last was
+    followed (the host walked at every poll). Beneath the polled folder, nothing is."""
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (outside / "usr" / "lib").mkdir(parents=True)
+    (inbox / "real" / "sub").mkdir(parents=True)
+    os.symlink(outside, inbox / "d")
+    polled = PolledFolders()
+    polled.add(os.fspath(inbox))
+    assert {e.name for e in polled.listdir(os.fspath(inbox))} == {"real", "d"}
+    assert [e.name for e in polled.listdir(os.fspath(inbox / "real"))] == ["sub"]
+    assert stat.S_ISLNK(polled.lstat(os.fspath(inbox / "d")).st_mode)
+    for path in (inbox / "d" / "usr", inbox / "d" / "usr" / "lib"):
+        with pytest.raises(FileNotFoundError):
+            polled.listdir(os.fspath(path))
+        with pytest.raises(FileNotFoundError):
+            polled.lstat(os.fspath(path))
+    with pytest.raises(FileNotFoundError):  # a path no polled folder holds
+        polled.lstat(os.fspath(outside / "usr"))
+    deep = inbox.joinpath(*["x"] * 70)
+    assert list(polled.listdir(os.fspath(deep))) == []  # the scans' depth: its walk recurses
+
+
+def test_a_dead_inotify_reader_is_replaced_and_the_folders_rescanned(
+    tmp_path: Path, watcher: Watcher
+) -> None:
+    """One thread reads the kernel's events for every native folder; when it died (a
+    RecursionError did it), syncd went on blind, and said the folders were watched."""
+    folder = make_folder(tmp_path)
+    watcher.set_folders([folder])
+    native = watcher._native
+    assert native is not None and native.reader_alive()
+    reader = native._inotify_fd
+    assert reader is not None
+    reader.stop()
+    reader.join(5)
+    assert not native.reader_alive()
+    assert watcher.check_health() == [os.fspath(folder.path)]
+    got = Collected(watcher.intake)
+    (folder.path / "after.txt").write_bytes(b"x")
+    assert wait_for(lambda: "after.txt" in got())
