@@ -185,7 +185,7 @@ def run(
     while True:
         try:
             _send_missing(service, source, state, checkpoint, parallel)
-            source.check_unchanged()  # never complete a file that changed under us
+            source.check_unchanged(path=False)  # never complete bytes that changed under us
             parts = sorted((int(n), token) for n, token in state.parts.items())
             return service.finish(state.session, parts)
         except SessionLost as exc:

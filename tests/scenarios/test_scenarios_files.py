@@ -181,6 +181,39 @@ def test_f4_deleted_during_upload(setup: Callable[..., Setup]) -> None:
     assert s.proc is not None and s.proc.poll() is None  # no crash
 
 
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_f3_f4_a_multipart_upload_stands_when_its_file_is_renamed_or_deleted(
+    setup: Callable[..., Setup], how: str
+) -> None:
+    """Renamed or deleted while part 2 of 3 is held: the bytes are still the file's, so the
+    upload is completed once, as with a single PUT. The multi-part driver asked where the
+    file was before completing: it aborted the upload, and a deleted file was never
+    delivered (a renamed one was sent again from the start)."""
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.3}],
+        lilt={"multipart_threshold": 5 * MIB, "part_size": 5 * MIB},
+    )
+    s.start()
+    s.wait_started()
+    _hold_put(s, op="lilt.put_part", delay=2.5)
+    data = os.urandom(11 * MIB)
+    path = s.drop("draft.bin", data)
+    wait_until(lambda: _put_arrived(s), 20, what="the first part held")
+    if how == "renamed":
+        os.rename(path, path.with_name("final.bin"))
+    else:
+        path.unlink()
+        del s.dropped[("in", "draft.bin")]
+    wait_until(lambda: s.counts() == {"done": 1}, 40, what="the upload completed")
+    time.sleep(1.5)  # give a renamed path every chance to be uploaded again
+    ops = [r["op"] for r in s.emulator.requests()]
+    assert ops.count("lilt.initiate_multipart") == 1 and ops.count("lilt.cancel") == 0
+    [upload] = s.emulator.uploads()
+    assert upload["sha256"] == sha(data)
+    archived = [p.name for p in s.archive().iterdir()] if s.archive().exists() else []
+    assert archived == (["draft.bin"] if how == "renamed" else [])
+
+
 def test_f4_replaced_during_upload_uploads_both_versions(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.3}])
     s.start()
