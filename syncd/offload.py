@@ -16,12 +16,14 @@ What crosses the socket between a worker and its helper:
 Only files of at most :data:`SMALL_FILE` bytes to a destination without a
 bandwidth limit are handed over (with their resume state, if an earlier
 attempt left one); the others are sent by the worker itself. A worker waits
-for an idle helper while any helper is running, and sends the file itself
-when none is (starting, stopped after a quiet time, or given up), so the
-workers never depend on helpers. A helper that dies or breaks the protocol fails that attempt
-(retried like a transient error, by the worker itself next time) and is
+up to :data:`HELPER_WAIT` for an idle helper, and sends the file itself when
+none is free by then or running (starting, stopped after a quiet time, or
+given up), so the workers never depend on helpers, nor wait on them. A
+helper that dies, breaks the protocol or says nothing for
+:data:`SILENT_LIMIT` while sending fails that attempt (retried like a
+transient error, by the worker itself next time) and is killed and
 replaced; helpers that keep failing to start are given up, with an error in
-the log.
+the log, until a reload.
 
 Helpers die with syncd (``PR_SET_PDEATHSIG``, and the socket's end), ignore
 SIGTERM, SIGINT and SIGHUP (syncd stops and reloads them), and are started
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 SMALL_FILE = 8 << 20  # bytes: larger files are sent by the worker itself (one part, progress)
 START_TIMEOUT = 60.0  # a helper that is not ready by then is given up
 WAIT_SLICE = 0.25  # a worker waiting for its helper looks at the cancel flag this often
+SILENT_LIMIT = 30.0  # seconds a sending helper may say nothing (it says "alive" every 2 s)
+HELPER_WAIT = 0.02  # seconds a worker waits for a helper to be free before sending itself
 GIVE_UP_AFTER = 3  # helpers that failed to start in a row before offloading stops
 RESTART_PAUSE = 5.0  # seconds between starts after a helper failed
 CHECK_EVERY = 5.0  # seconds between two looks for idle helpers that exited
@@ -111,6 +115,9 @@ class Offload:
         config = pickle.dumps(wanted, protocol=pickle.HIGHEST_PROTOCOL) if processes else None
         with self._lock:
             if config == self._config and processes == self._target:
+                if self._failures >= GIVE_UP_AFTER:  # given up: a reload tries again, as said
+                    self._failures = 0
+                    self._wanted.notify()
                 return
             self._config, self._target = config, processes
             self._generation += 1
@@ -156,12 +163,16 @@ class Offload:
 
     # the workers' side -----------------------------------------------------------
 
-    def take(
-        self, row: Row, bandwidth: Bandwidth, cancel: threading.Event, beat: Callable[[], None]
-    ) -> Helper | None:
-        """A helper for ``row``, waiting for one to be idle while any is running; None
-        when the worker sends the file itself (too large or limited; no helper
-        running yet or any more; stopping)."""
+    def take(self, row: Row, bandwidth: Bandwidth, cancel: threading.Event) -> Helper | None:
+        """A helper for ``row``, waiting up to :data:`HELPER_WAIT` for one to be idle while
+        any is running; None when the worker sends the file itself (too large or
+        limited; no helper free by then, running yet or any more; stopping).
+
+        Helpers spare the main process's CPU; they must not cap how many files
+        go at once: with a slow service (each file a second on the wire) every
+        worker waiting for one of two helpers sent two files at a time. A
+        helper that is busy with a small file is free again within milliseconds
+        when CPU is what limits, so the wait is short."""
         if (
             not self._target
             or row.size is None
@@ -174,6 +185,7 @@ class Offload:
             self._demand = time.monotonic()
             if not self._enough():
                 self._wanted.notify()  # fewer than configured: the starting thread starts one
+            until = time.monotonic() + HELPER_WAIT
             while not cancel.is_set():
                 while self._idle:
                     helper = self._idle.pop()
@@ -181,10 +193,10 @@ class Offload:
                         self._busy += 1
                         return helper
                     self._gone(helper)
-                if not self._busy:
-                    return None  # none running (starting, given up, or off): no waiting
-                self._available.wait(WAIT_SLICE)
-                beat()
+                left = until - time.monotonic()
+                if not self._busy or left <= 0:
+                    return None  # none running (starting, given up, or off), or none free soon
+                self._available.wait(left)
         return None
 
     def upload(self, helper: Helper, send: Handover) -> Receipt:
@@ -356,13 +368,22 @@ def _exchange(helper: Helper, send: Handover) -> tuple[Receipt, str] | BaseExcep
         [source.fileno()],
     )  # fmt: skip
     held: BaseException | None = None  # a checkpoint the ledger refused
+    heard = time.monotonic()
     while True:
         if send.cancel.is_set():
             raise UploadCancelled("syncd is stopping")
         message = helper.receive(WAIT_SLICE)
         if message is None:
+            if time.monotonic() - heard > SILENT_LIMIT:  # stopped, or hung in the kernel
+                raise HelperFailed(
+                    f"upload helper (pid {helper.proc.pid}) said nothing for {SILENT_LIMIT:g}s; "
+                    "it is stopped and the file sent again"
+                )
             continue
+        heard = time.monotonic()
         kind = message[0]
+        if kind == "alive":
+            continue
         if kind == "beat":
             send.beat()
         elif kind == "checkpoint":

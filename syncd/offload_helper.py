@@ -20,11 +20,18 @@ It answers ``done`` with the receipt and the SHA-256 of the bytes it read, or
 with its class and fields, so the retry policy and the circuits see what
 they would have seen without a helper); on the way it may ask for a ``checkpoint``
 (the worker writes it to the ledger and acknowledges) and reports ``beat``
-while it reads, which the worker passes to its heartbeat.
+while it reads, which the worker passes to its heartbeat. While it sends a
+file it also says ``alive`` every :data:`ALIVE_EVERY` seconds from a thread of
+its own, whatever the upload does: a helper that says nothing for
+:data:`~syncd.offload.SILENT_LIMIT` seconds (stopped, or hung in the kernel)
+is killed and the file sent again by the worker. ``alive`` is not a
+heartbeat: an upload that hangs inside the helper is the worker's liveness
+bound's to find, as in a worker without helpers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import logging
@@ -35,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -49,6 +57,7 @@ log = logging.getLogger("syncd.offload")
 MESSAGE_MAX = 1 << 20  # bytes of the first message (the configuration)
 MESSAGE = 1 << 16  # bytes of any other message
 BEAT_EVERY = 1.0  # a helper reports reads at most this often
+ALIVE_EVERY = 2.0  # seconds between two "alive" of a helper sending a file
 
 
 class HelperFailed(RetryableError):
@@ -185,7 +194,23 @@ def _serve(sock: socket.socket) -> None:
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
     client = build_client(cfg)
     destinations = build_destinations(cfg, client)
-    send(sock, ("ready",))
+    sending = threading.Event()
+    lock = threading.Lock()  # one message at a time on the socket
+
+    def say(message: tuple[Any, ...]) -> None:
+        with lock:
+            send(sock, message)
+
+    def alive() -> None:
+        while True:
+            sending.wait()
+            time.sleep(ALIVE_EVERY)
+            if sending.is_set():
+                with contextlib.suppress(OSError):
+                    say(("alive",))
+
+    threading.Thread(target=alive, name="alive", daemon=True).start()
+    say(("ready",))
     last_beat = 0.0
 
     def beat() -> None:
@@ -193,10 +218,10 @@ def _serve(sock: socket.socket) -> None:
         now = time.monotonic()
         if now - last_beat >= BEAT_EVERY:
             last_beat = now
-            send(sock, ("beat",))
+            say(("beat",))
 
     def checkpoint(state: Any) -> None:
-        send(sock, ("checkpoint", state))
+        say(("checkpoint", state))
         answer, _ = receive(sock)
         if answer is None:
             raise SystemExit(0)
@@ -212,6 +237,7 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
             continue
         _, name, item, resume, path, size, mtime_ns, inode, device = message
+        sending.set()
         try:
             with Source(path, size=size, mtime_ns=mtime_ns, inode=inode, device=device, fd=fds[0]) as source:
                 source.on_read = beat
@@ -220,9 +246,11 @@ def _serve(sock: socket.socket) -> None:
         except Exception as exc:
             if not isinstance(exc, (UploadError, OSError, CheckpointRefused)):
                 log.exception("unexpected error in the upload helper")
-            send(sock, ("error", encode(exc)))
+            answer: tuple[Any, ...] = ("error", encode(exc))
         else:
-            send(sock, ("done", receipt, sha))
+            answer = ("done", receipt, sha)
+        sending.clear()
+        say(answer)
 
 
 def main(argv: list[str]) -> int:

@@ -259,7 +259,7 @@ class Procedure:
             self.ledger.checkpoint(row.id, state)
 
         offload = self.offload
-        helper = None if offload is None else offload.take(row, self.bandwidth, self.cancel, pulse.beat)
+        helper = None if offload is None else offload.take(row, self.bandwidth, self.cancel)
         if offload is None or helper is None:
             return dest.upload(item, source, row.resume, checkpoint)
         return offload.upload(helper, Handover(row, item, source, checkpoint, pulse.beat, self.cancel))

@@ -12,6 +12,7 @@ those files again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -181,4 +182,35 @@ def test_a_file_changed_while_a_helper_sends_it_is_sent_again(
     assert sent, log[-3000:]  # the changed version went through a helper, not a worker
     s.wait_logged("changed during upload" if change == "appended" else "rewritten during upload")
     s.invariants()
+    assert s.stop() == 0
+
+
+def test_stopped_helpers_hold_up_one_file_each_and_are_replaced(make_setup: Callable[..., Setup]) -> None:
+    """Both helpers stopped (SIGSTOP: a frozen process, a hang in the kernel). The files
+    dropped meanwhile go at once, sent by the workers themselves; a file a stopped helper
+    held is sent again once it has said nothing for 30 s, and the helper is replaced.
+    Before, every small file waited for the stopped helpers until syncd was stopped."""
+    service = SERVICES["lilt"]
+    # the params call held: the helper is stopped before it sends any bytes (bytes the
+    # service stored unbeknownst to syncd would be a second object when the file is resent)
+    s = helpers_running(make_setup, service, {"op": "lilt.initiate", "kind": "slow", "delay": 3.0})
+    assert s.proc is not None
+    stopped = set(helpers_of(s.proc.pid))
+    s.drop("held.bin", b"x" * 5000)
+    wait_until(lambda: not s.emulator.faults.snapshot()["script"], 20, 0.02, "the params call held")
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(6):
+            s.drop(f"after{i}.bin", os.urandom(100 + i))
+        # the stopped idle helper takes one of them; the other five go at once
+        wait_until(lambda: s.counts().get("done") == 6, 20, 0.1, "the files dropped after the stop")
+        wait_until(lambda: s.all_done(8), 60, 0.2, "the held file, sent again")
+        assert_delivered(s, service)
+        assert "said nothing for 30s" in s.logs[-1].read_text(errors="replace")
+        wait_until(lambda: not any(alive(p) for p in stopped), 20, 0.1, "the stopped helpers killed")
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     assert s.stop() == 0

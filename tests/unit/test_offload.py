@@ -104,7 +104,7 @@ def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
     off._target, off._idle = 1, [idle]  # type: ignore[list-item]  # one helper, idle
 
     def take(row: _Row) -> object:
-        return off.take(row, limits, never, lambda: None)  # type: ignore[arg-type]
+        return off.take(row, limits, never)  # type: ignore[arg-type]
 
     assert take(_Row(1, offload.SMALL_FILE + 1, "free")) is None  # too large: the worker's
     assert take(_Row(2, 10, "d")) is None  # its destination has a bandwidth limit
@@ -137,6 +137,11 @@ def test_helpers_that_cannot_start_are_given_up(
         assert health is not None and health["given_up"] and health["running"] == 0, health
         assert "upload helpers failed to start 3 times in a row" in caplog.text
         assert "did not start" in caplog.text
+        # the cause fixed, a reload of the same configuration tries again, as the log says
+        monkeypatch.undo()
+        off.configure(load(tmp_path, 2))
+        _want(off)
+        _running(off, 2)
     finally:
         off.close()
 
@@ -157,7 +162,7 @@ def _gone(pids: set[int]) -> bool:
 
 def _want(off: offload.Offload) -> None:
     """A worker with a small file: no helper yet, so it sends it itself, and helpers start."""
-    assert off.take(_Row(1, 10), Bandwidth(), threading.Event(), lambda: None) is None  # type: ignore[arg-type]
+    assert off.take(_Row(1, 10), Bandwidth(), threading.Event()) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.process
@@ -316,3 +321,55 @@ def test_a_file_a_helper_sent_starts_no_hashing_thread_in_the_worker(tmp_path: P
         assert source.sha256() == "cd" * 32
         started = [t.name for t in threading.enumerate() if t.ident not in before]
     assert started == []
+
+
+class _SilentHelper(_FakeHelper):
+    """Answers its canned messages, then nothing (stopped, or hung in the kernel)."""
+
+    def receive(self, timeout: float) -> tuple[object, ...] | None:
+        if self.answers:
+            return self.answers.pop(0)
+        time.sleep(min(timeout, 0.01))
+        return None
+
+
+def test_a_helper_that_says_nothing_is_given_up_and_alive_is_no_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped helper held its worker (and, before, every worker with a small file)
+    until syncd stopped. "alive" keeps a helper from being given up, but is not the
+    worker's heartbeat: a hang inside the upload is the liveness bound's to find."""
+    monkeypatch.setattr(offload, "SILENT_LIMIT", 0.3)
+    helper = _SilentHelper(("alive",), ("alive",))
+    started = time.monotonic()
+    with pytest.raises(HelperFailed, match="said nothing for 0.3s"):
+        _send_with(tmp_path, helper, lambda state: None)
+    assert 0.3 <= time.monotonic() - started < 5 and helper.killed
+    beats: list[int] = []
+    helper = _FakeHelper(("alive",), ("alive",), ("done", Receipt(remote_id="r"), "ab" * 32))
+    path = tmp_path / "f.bin"
+    st = path.stat()
+    off = offload.Offload()
+    off._busy = 1
+    with Source(path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        item = UploadItem(uuid="u", name="f.bin", relpath="f.bin", size=st.st_size, content_type="x")
+        handover = offload.Handover(
+            _Row(7, st.st_size),  # type: ignore[arg-type]
+            item,
+            source,
+            lambda state: None,
+            lambda: beats.append(1),
+            threading.Event(),
+        )
+        off.upload(helper, handover)  # type: ignore[arg-type]
+    assert beats == []
+
+
+def test_a_worker_sends_itself_when_no_helper_is_free_soon() -> None:
+    """Two helpers busy with files a slow service takes a second each: the other workers
+    must not queue behind them (they did: helpers capped the files in flight)."""
+    off = offload.Offload()
+    off._target, off._busy = 2, 2
+    started = time.monotonic()
+    assert off.take(_Row(1, 10), Bandwidth(), threading.Event()) is None  # type: ignore[arg-type]
+    assert time.monotonic() - started < 0.5
