@@ -13,12 +13,17 @@ over (:data:`KEPT_STATES`):
   is still recognised and not uploaded again;
 * failed: the copy in the failed folder and why, so ``syncd retry`` still
   works;
-* vanished.
+* vanished;
+* uploaded: the confirmed upload, so the next start finishes its archive
+  move instead of uploading the file again (its link into the archive may
+  be made already, and its inbox name gone);
+* any row whose bytes are not at its inbox path (``location`` set: a file
+  ``syncd retry`` put back in the queue from the failed folder, one renamed
+  during its upload), since no scan of the inbox would find them.
 
-Rows of files still on their way (settling, queued, uploading, retrying,
-uploaded) are left out: their files are still in the inbox, and the next
-start ledgers them afresh. One that was uploaded but not yet archived is
-then uploaded a second time: a duplicate, never a loss.
+Other rows of files still on their way (settling, queued, uploading,
+retrying) are left out: their files are in the inbox, and the next start
+ledgers them afresh.
 
 Rows are read by id ranges, each twice: through the table's own rowid tree
 and through the state index, since either may be the damaged part; a range
@@ -44,7 +49,7 @@ from syncd.ledger.transitions import Transitions
 if TYPE_CHECKING:
     from syncd.ledger import Ledger
 
-KEPT_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED, State.VANISHED)
+KEPT_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED, State.VANISHED, State.UPLOADED)
 CHUNK = 1000  # ids read per query while nothing fails
 
 
@@ -62,7 +67,7 @@ class Salvaged:
             return f"nothing could be read from the damaged ledger ({self.error})"
         kinds = ", ".join(f"{n} {state}" for state, n in sorted(self.copied.items())) or "none"
         lost = f"; {self.unreadable} id(s) could not be read" if self.unreadable else ""
-        return f"copied {sum(self.copied.values())} finished row(s) from the damaged ledger ({kinds}){lost}"
+        return f"copied {sum(self.copied.values())} row(s) from the damaged ledger ({kinds}){lost}"
 
 
 def _open(broken: Path) -> sqlite3.Connection:
@@ -97,12 +102,18 @@ def salvage(broken: Path, ledger: Transitions) -> Salvaged:
         src.close()
         result.error = str(exc)
         return result
-    # Each range is read twice: through the table's own rowid tree (NOT INDEXED) and
+    # Each range is read through the table's own rowid tree (NOT INDEXED) and
     # as the planner likes (the state index). A damaged index hides rows from the second, a damaged table
     # page can hide rows from the first without an error; a row either finds is copied.
     marks = ", ".join("?" * len(KEPT_STATES))
-    where = f"WHERE id BETWEEN ? AND ? AND state IN ({marks})"
-    selects = [f"SELECT {', '.join(columns)} FROM files {how} {where}" for how in ("NOT INDEXED", "")]
+    cols = ", ".join(columns)
+    kept = f"WHERE id BETWEEN ? AND ? AND state IN ({marks})"
+    queries: list[tuple[str, tuple[Any, ...]]] = [
+        (f"SELECT {cols} FROM files NOT INDEXED {kept}", KEPT_STATES),
+        (f"SELECT {cols} FROM files {kept}", KEPT_STATES),  # through the state index
+        # the rows whose bytes are elsewhere, in any state (no index holds location)
+        (f"SELECT {cols} FROM files NOT INDEXED WHERE id BETWEEN ? AND ? AND location IS NOT NULL", ()),
+    ]
     id_at = columns.index("id")
 
     def read(first: int, last: int) -> list[tuple[Any, ...]]:
@@ -110,20 +121,22 @@ def salvage(broken: Path, ledger: Transitions) -> Salvaged:
         read alone in one and was not found by the other counts as unreadable."""
         found: dict[int, tuple[Any, ...]] = {}
         failed: set[int] = set()
-        for select in selects:
-            found.update((r[id_at], r) for r in _read(select, first, last, failed))
+        for query in queries:
+            found.update((r[id_at], r) for r in _read(query, first, last, failed))
         result.unreadable += len(failed - found.keys())
         return [found[i] for i in sorted(found)]
 
-    def _read(select: str, first: int, last: int, failed: set[int]) -> list[tuple[Any, ...]]:
+    def _read(
+        query: tuple[str, tuple[Any, ...]], first: int, last: int, failed: set[int]
+    ) -> list[tuple[Any, ...]]:
         try:
-            return src.execute(select, (first, last, *KEPT_STATES)).fetchall()
+            return src.execute(query[0], (first, last, *query[1])).fetchall()
         except sqlite3.DatabaseError:
             if first == last:
                 failed.add(first)
                 return []
             middle = (first + last) // 2
-            return _read(select, first, middle, failed) + _read(select, middle + 1, last, failed)
+            return _read(query, first, middle, failed) + _read(query, middle + 1, last, failed)
 
     def next_id(after: int) -> int | None:
         """The first id above ``after`` (a damaged MAX(id) may lie far beyond the rows),

@@ -143,3 +143,35 @@ def test_rows_a_damaged_index_hides_are_read_from_the_table(tmp_path: Path) -> N
     conn.close()
     rebuilt = rebuild(path, "STAMP", Ledger)
     assert rebuilt.salvaged is not None and rebuilt.salvaged.copied == {"done": 50}
+
+
+def test_rows_whose_bytes_no_scan_would_find_are_kept(tmp_path: Path) -> None:
+    """A failed file `syncd retry` put back in the queue (its bytes in the failed folder),
+    and an uploaded file whose archive move a crash interrupted: the rebuild dropped
+    both; no scan of the inbox finds the first (it stayed in the failed folder, never
+    uploaded), and the second was uploaded again."""
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(path)
+    for rel in ("retried.pdf", "uploaded.pdf", "waiting.pdf"):
+        ledger.observe("/in", [rel], destination="lilt")
+        row = ledger.active_for_path("/in", rel)
+        assert row is not None
+        ledger.promote(row.id)
+    retried, uploaded = ledger.claim_next(), ledger.claim_next()
+    assert retried is not None and uploaded is not None
+    ledger.mark_failed(retried.id, error="HTTP 503", location="/failed/retried.pdf")
+    ledger.requeue_failed([retried.id])
+    ledger.mark_uploaded(uploaded.id, sha256="ab" * 32, receipt={"remote_id": "r"}, archive_target="/a/u.pdf")
+    ledger.close()
+    rebuilt = rebuild(path, "STAMP", Ledger)
+    assert rebuilt.salvaged is not None and rebuilt.salvaged.copied == {"queued": 1, "uploaded": 1}
+    ledger = Ledger.open(path)
+    try:
+        rows = {r.relpath: r for r in ledger.rows()}
+        assert set(rows) == {"retried.pdf", "uploaded.pdf"}  # waiting.pdf: the next scan finds it
+        assert rows["retried.pdf"].current_path == "/failed/retried.pdf"
+        assert (
+            rows["uploaded.pdf"].state == State.UPLOADED and rows["uploaded.pdf"].archive_path == "/a/u.pdf"
+        )
+    finally:
+        ledger.close()
