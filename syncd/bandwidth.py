@@ -215,13 +215,17 @@ class TokenBucket:
         self._last = now
 
     def set_rate(self, rate: float) -> None:
-        """A new rate from now on (0 = unlimited: debts are forgiven)."""
+        """A new rate from now on (0 = unlimited: debts are forgiven). A debt (bytes sent
+        ahead at the old rate) takes as long to clear at the new rate as it would have at
+        the old one: charged at a much lower rate it held every upload back for minutes."""
         with self._lock:
             if rate == self._rate:
                 return
             now = self._clock()
             self._refill(now)
-            self._rate = float(rate)
+            old, self._rate = self._rate, float(rate)
+            if self._tokens < 0 and old and rate:
+                self._tokens *= rate / old
             self._tokens = 0.0 if not rate else min(self._tokens, self._capacity())
 
     def reserve(self, n: int) -> float:

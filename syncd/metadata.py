@@ -44,6 +44,7 @@ Labels are the folder's, then the path's, then the sidecar's, each once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -304,6 +305,10 @@ def read_sidecar(path: str, roots: Sequence[str | os.PathLike[str] | None]) -> S
         return None
     except safefs.UnsafePath:
         raise SidecarError("it is a symlink, or reached through one (never followed)") from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a file named within 10 bytes of NAME_MAX has none
+            return None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

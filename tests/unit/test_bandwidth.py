@@ -148,10 +148,10 @@ def test_bucket_spends_the_saved_second_then_paces(clock: FakeClock) -> None:
     assert bucket.reserve(50 * KiB) == pytest.approx(t0 + 1.0)
     assert bucket.reserve(100 * KiB) == pytest.approx(t0 + 2.0)
     clock.advance(2.0)
-    assert bucket.reserve(10 * KiB) == pytest.approx(clock() + 0.1)
+    assert bucket.reserve(10 * KiB) == pytest.approx(clock() + 0.1, abs=1e-3)
     clock.advance(60)  # idle: at most one second is saved, not a minute
     assert bucket.reserve(100 * KiB) == clock()
-    assert bucket.reserve(100 * KiB) == pytest.approx(clock() + 1.0)
+    assert bucket.reserve(100 * KiB) == pytest.approx(clock() + 1.0, abs=1e-3)
 
 
 def test_bucket_rate_changes(clock: FakeClock) -> None:
@@ -160,7 +160,16 @@ def test_bucket_rate_changes(clock: FakeClock) -> None:
     bucket.set_rate(0)  # off: the debt is forgiven
     assert bucket.reserve(10 * MiB) == clock()
     bucket.set_rate(200 * KiB)  # on again, starting empty
-    assert bucket.reserve(100 * KiB) == pytest.approx(clock() + 0.5)
+    assert bucket.reserve(100 * KiB) == pytest.approx(clock() + 0.5, abs=1e-3)
+
+
+def test_a_lower_rate_does_not_charge_the_old_rates_debt_at_the_new_one(clock: FakeClock) -> None:
+    """8 MiB sent ahead at 10 MiB/s (0.8 s of debt), then a schedule switches to 64 KiB/s:
+    the next block waited 128 s, every upload of the destination idle meanwhile."""
+    bucket = TokenBucket(10 * MiB, clock=clock)
+    bucket.reserve(18 * MiB)  # 1 s of burst, then 0.8 s of debt
+    bucket.set_rate(64 * KiB)
+    assert bucket.reserve(16 * KiB) == pytest.approx(clock() + 0.8 + 0.25, abs=1e-3)
 
 
 def test_schedule_switches_at_the_given_time() -> None:

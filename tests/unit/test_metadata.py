@@ -207,6 +207,14 @@ def test_read_sidecar_safely(tmp_path: Path) -> None:
         read_sidecar(str(big), [str(root)])
 
 
+def test_a_file_whose_sidecar_name_would_be_too_long_has_none(tmp_path: Path) -> None:
+    """A 250-byte file name: NAME.meta.json cannot exist (over 255 bytes). The lookup's
+    ENAMETOOLONG was an error to retry, and the file failed after its attempts."""
+    name = "x" * 246 + ".pdf"
+    (tmp_path / name).write_bytes(b"pdf")
+    assert read_sidecar(str(tmp_path / f"{name}.meta.json"), [str(tmp_path)]) is None
+
+
 def test_rules_pass_over_sidecars_only_when_enabled() -> None:
     assert rules.judge("a.pdf.meta.json").accepted
     verdict = rules.judge("sub/a.pdf.meta.json", sidecars=True)
