@@ -92,15 +92,24 @@ class Queries(Writer):
         inside = os.fsencode(folder.rstrip("/") + "/")
         below, args = _below("relpath", under)
         moved, moved_args = _below("location", under, inside)
+        finished = f"state IN {sql_in(FINISHED_STATES)}"
+        columns = "SELECT id, relpath, size, mtime_ns, inode, location FROM files"
+        still_here = f"NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
         with self._lock:
+            # two small indexes (schema 7) instead of every finished row of the folder
             rows = self._conn.execute(
-                "SELECT relpath, size, mtime_ns, inode, location FROM files WHERE folder = ?"
-                f" AND state IN {sql_in(FINISHED_STATES)}"
-                f" AND NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
-                f" AND ((location IS NULL AND {below}) OR ({moved})) ORDER BY id",
-                (folder, *args, *moved_args),
+                f"{columns} INDEXED BY files_kept WHERE folder = ? AND location IS NULL AND {finished}"
+                f" AND {below} AND {still_here}",
+                (folder, *args),
             ).fetchall()
-        return {os.fsdecode(r[0] if r[4] is None else r[4][len(inside) :]): (r[1], r[2], r[3]) for r in rows}
+            rows += self._conn.execute(
+                f"{columns} INDEXED BY files_kept_moved WHERE {moved} AND location IS NOT NULL"
+                f" AND {finished} AND (archive_path IS NULL OR state = '{State.FAILED}')"
+                f" AND folder = ? AND {still_here}",
+                (*moved_args, folder),
+            ).fetchall()
+        rows.sort(key=lambda r: r[0])  # the newest row of a path wins
+        return {os.fsdecode(r[1] if r[5] is None else r[5][len(inside) :]): (r[2], r[3], r[4]) for r in rows}
 
     def uploaded_copy(
         self, folder: str, sha256: str, *, destination: str, exclude: int | None = None

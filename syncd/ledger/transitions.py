@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from syncd.ledger.queries import Queries
-from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json
+from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json, sql_in
 from syncd.ledger.schema import ACTIVE_SQL
 
 UPLOADING = (State.UPLOADING,)  # the verbs of an attempt's outcome: nothing else is theirs to change
@@ -133,29 +133,39 @@ class Transitions(Queries):
     def claim_next(self, destinations: Iterable[str] | None = None) -> Row | None:
         """Atomically take the next due queued/retrying row: -> uploading, attempts+1."""
         now = self._clock()
-        where = "(next_attempt_at IS NULL OR next_attempt_at <= ?)"
-        args: list[Any] = [now]
-        if destinations is not None:
-            names = list(destinations)
+        due = "(next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        # The first due row of each waiting state (of each destination asked for), read in
+        # order from an index on (state, next_attempt_at) (files_waiting: (destination,
+        # state, next_attempt_at)): a few rows read whatever the backlog, of this
+        # destination or of another one that is down.
+        if destinations is None:
+            picks = [(f"files_state WHERE state = '{state}'", [now]) for state in WAITING_STATES]
+        else:
+            names = list(dict.fromkeys(destinations))
+            waiting = sql_in(WAITING_STATES)  # the partial index's own term, for the planner
             if not names:
                 return None
-            where += f" AND destination IN ({', '.join('?' * len(names))})"
-            args.extend(names)
-        # The first due row of each waiting state, read in order from files_state (state,
-        # next_attempt_at): a few rows read whatever the backlog, where one query over both
-        # states sorts every waiting row on each claim.
+            picks = [
+                (
+                    f"files_waiting WHERE destination = ? AND state = '{state}' AND state IN {waiting}",
+                    [name, now],
+                )
+                for name in names
+                for state in WAITING_STATES
+            ]
         first = " UNION ALL ".join(
-            f"SELECT * FROM (SELECT id, next_attempt_at FROM files INDEXED BY files_state"
-            f" WHERE state = '{state}' AND {where} ORDER BY next_attempt_at, id LIMIT 1)"
-            for state in WAITING_STATES
+            f"SELECT * FROM (SELECT id, next_attempt_at FROM files INDEXED BY {where} AND {due}"
+            " ORDER BY next_attempt_at, id LIMIT 1)"
+            for where, _ in picks
         )
+        args = [a for _, pick_args in picks for a in pick_args]
         with self._lock:
             # one statement, so one implicit transaction: pick and take the row atomically
             rows = self._conn.execute(
                 f"UPDATE files SET state = '{State.UPLOADING}', attempts = attempts + 1, updated_at = ?"
                 f" WHERE id = (SELECT id FROM ({first}) ORDER BY next_attempt_at, id LIMIT 1)"
                 " RETURNING *",
-                (now, *args * len(WAITING_STATES)),
+                (now, *args),
             ).fetchall()  # all: it ends, commits
             if not rows:
                 return None
