@@ -83,6 +83,15 @@ def add_row(ledger: Ledger, root: Path, rel: str, *, size: int = 1) -> Row:
     return claimed
 
 
+def failed_row(
+    ledger: Ledger, root: Path, rel: str, error: str = "gave up after 8 attempts: HTTP 503"
+) -> Row:
+    """A row that failed where it was (no failed_dir)."""
+    row = add_row(ledger, root, rel)
+    ledger.mark_failed(row.id, error=error, location=None)
+    return row
+
+
 @pytest.fixture
 def daemon_lock(cfg: Path) -> Iterator[StateLock]:
     """The state directory's lock held as the running daemon holds it (pid: this process)."""
@@ -284,10 +293,8 @@ def test_fresh_init_then_check_warns_about_the_missing_inbox(
 def test_retry_unknown_ids_and_permanent_refusals(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inbox = cfg.parent / "inbox"
     ledger = ledger_of(cfg)
-    refused = add_row(ledger, inbox, "refused.txt")
-    ledger.mark_failed(refused.id, error="PermanentError: HTTP 400: bad category", location=None)
-    tired = add_row(ledger, inbox, "tired.txt")
-    ledger.mark_failed(tired.id, error="gave up after 8 attempts: HTTP 503", location=None)
+    refused = failed_row(ledger, inbox, "refused.txt", "PermanentError: HTTP 400: bad category")
+    tired = failed_row(ledger, inbox, "tired.txt")
     busy = add_row(ledger, inbox, "busy.txt")
     ledger.close()
 
@@ -316,10 +323,8 @@ def test_retry_leaves_failed_a_file_whose_path_has_a_newer_version(
     the rest of the failed files are still requeued, and the old one is named."""
     inbox = cfg.parent / "inbox"
     ledger = ledger_of(cfg)
-    old = add_row(ledger, inbox, "a.txt")
-    ledger.mark_failed(old.id, error="gave up after 8 attempts: HTTP 503", location=None)
-    other = add_row(ledger, inbox, "b.txt")
-    ledger.mark_failed(other.id, error="gave up after 8 attempts: HTTP 503", location=None)
+    old = failed_row(ledger, inbox, "a.txt")
+    other = failed_row(ledger, inbox, "b.txt")
     ledger.observe(os.fspath(inbox), ["a.txt"], destination="main")  # the new version, settling
     ledger.close()
 
