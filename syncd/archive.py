@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from syncd import metadata, safefs
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
+from syncd.moves import ChangedAfterUpload, matches, move, opened, recover_aside, roots
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -93,7 +93,13 @@ def finish(
     if folder.after_upload == "keep":
         ledger.mark_done(row.id)
         return
-    with opened(row.current_path, roots(row, folder), fd) as src:
+    path = row.current_path
+    if fd is None:  # a restart or a sweep: a crash may have left the file renamed aside
+        path = (
+            recover_aside(path, roots(row, folder), row.device, row.inode, lambda st: matches(st, row))
+            or path
+        )
+    with opened(path, roots(row, folder), fd) as src:
         if src is None or (fd is not None and not src.still_named()):
             problem = away(row.folder) if src is None and row.location is None else None
             if problem is not None:
@@ -176,7 +182,14 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str |
     info = (row.meta or {}).get("sidecar")
     if not info or not isinstance(info.get("path"), str):
         return
-    with opened(info["path"], roots(row, folder), None) as src:
+    path = recover_aside(
+        info["path"],
+        roots(row, folder),
+        info.get("device"),
+        info.get("inode"),
+        lambda st: metadata.sidecar_identity_matches(st, info),
+    )
+    with opened(path or info["path"], roots(row, folder), None) as src:
         if src is None:
             return
         if not metadata.sidecar_identity_matches(src.st, info):

@@ -16,8 +16,9 @@ Names: ``ledger.<verb>`` after a commit (``ledger.checkpoint``,
 group commit's fsync that a durable verb waited for (``ledger.archive_target.synced``:
 the target and the "uploaded" commit before it are on disk, the link not yet made),
 ``archive.copied`` (cross-device copy fsynced, not yet linked),
-``archive.placed`` (the archive name exists, the source not yet unlinked) and
-``archive.unlinked``. The tests advance the crash point one step at a time,
+``archive.placed`` (the archive name exists, the source not yet unlinked),
+``archive.renamed_aside`` (the source renamed aside, ``.syncd-unlinking-...``, not
+yet looked at or unlinked) and ``archive.unlinked``. The tests advance the crash point one step at a time,
 like SQLite's crash tests, until a run completes without reaching it.
 """
 

@@ -103,17 +103,18 @@ class Held:
         """
         if not self.still_named():
             return self._left_in_place()
-        aside = f"{UNLINK_PREFIX}{uuid.uuid4().hex}"
+        aside = aside_prefix(self.st.st_dev, self.st.st_ino) + uuid.uuid4().hex[:12]
         try:
             os.rename(self.name, aside, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
         except FileNotFoundError:
             return self._left_in_place()  # removed in between: nothing is under the name
+        crashpoints.point("archive.renamed_aside")
         try:
             ours = safefs.same_file(os.stat(aside, dir_fd=self.dirfd, follow_symlinks=False), self.st)
         except OSError:
             ours = False
         if not ours:
-            self._put_back(aside)
+            put_back(self.dirfd, aside, self.name, self.path)
             return self._left_in_place()
         os.unlink(aside, dir_fd=self.dirfd)
         safefs.fsync_dirfd(self.dirfd)
@@ -125,27 +126,68 @@ class Held:
         self.replaced = True
         return False
 
-    def _put_back(self, aside: str) -> None:
-        """The file renamed aside was not ours: under its name again, never replacing one."""
-        for name in candidate_names(self.name):
-            try:
-                os.link(aside, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd, follow_symlinks=False)
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here: a rename, which would replace a name taken
-                if os.path.lexists(os.path.join(f"/proc/self/fd/{self.dirfd}", name)):
-                    continue
-                os.rename(aside, name, src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
-                break
-            os.unlink(aside, dir_fd=self.dirfd)
-            break
-        if name != self.name:
+
+def aside_prefix(device: int, inode: int) -> str:
+    """The start of the names :meth:`Held.unlink` renames the file ``(device, inode)`` to."""
+    return f"{UNLINK_PREFIX}{device:x}-{inode:x}-"
+
+
+def put_back(dirfd: int, aside: str, name: str, path: str) -> str:
+    """A file renamed aside that is not the one to remove: under ``name`` again (``path``,
+    for the log), or a free ``name (N)`` should that be taken; never replacing a file."""
+    for candidate in candidate_names(name):
+        try:
+            safefs.rename_noreplace(dirfd, aside, candidate)
+        except FileExistsError:
+            continue
+        if candidate != name:
             log.warning(
-                "a new file took the name %s twice while syncd removed the uploaded one; "
-                "the first of them is now %s",
-                quoted_path(self.path),
-                quoted_path(name),
+                "a new file took the name %s while syncd removed the uploaded one, and another "
+                "after it; the first of them is now %s",
+                quoted_path(path),
+                quoted_path(candidate),
             )
+        return candidate
+    raise AssertionError("candidate_names never ends")
+
+
+def recover_aside(path: str, bases: list[str | None], device: int | None, inode: int | None,
+                  ours: Callable[[os.stat_result], bool]) -> str | None:  # fmt: skip
+    """After a crash between :meth:`Held.unlink`'s rename aside and its unlink: the file
+    ``(device, inode)`` renamed aside beside ``path``, when ``path`` no longer holds it.
+
+    Ours (``ours(stat)``: the bytes uploaded): its path, for the caller to finish with.
+    Another file (a new version saved over the name in that instant, renamed aside in
+    its place): put back under the name; None.
+    """
+    if device is None or inode is None:
+        return None
+    prefix = aside_prefix(device, inode)
+    try:
+        root, rel = safefs.anchor(path, [*bases, os.path.dirname(path)])
+        with safefs.parent(root, rel) as (dirfd, name):
+            try:
+                if ours(os.stat(name, dir_fd=dirfd, follow_symlinks=False)):
+                    return None  # still under its name: nothing was renamed aside
+            except FileNotFoundError:
+                pass
+            listing = safefs.open_beneath(dirfd, "", safefs.READ_DIR_FLAGS)
+            try:
+                with os.scandir(listing) as it:
+                    asides = sorted(e.name for e in it if e.name.startswith(prefix))
+            finally:
+                os.close(listing)
+            found = None
+            for aside in asides:
+                st = os.stat(aside, dir_fd=dirfd, follow_symlinks=False)
+                if found is None and stat.S_ISREG(st.st_mode) and ours(st):
+                    found = os.path.join(os.path.dirname(path), aside)
+                else:
+                    put_back(dirfd, aside, name, path)
+            return found
+    except (OSError, safefs.UnsafePath) as exc:
+        log.warning("cannot look for %s renamed aside: %s", quoted_path(path), exc)
+        return None
 
 
 @contextlib.contextmanager

@@ -256,8 +256,7 @@ class RetryPolicy:
 
     def defer(self, row: Row, reason: str, delay: float) -> State:
         """Look at ``row`` again in ``delay`` seconds, without using an attempt."""
-        self.ledger.requeue_now(row.id, reason=reason)
-        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay)
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
         return State.RETRYING
 
     def gone(self, row: Row, dest: Destination, reason: str) -> State:

@@ -19,6 +19,7 @@ from syncd.ledger.queries import Queries
 from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc, _json, sql_in
 from syncd.ledger.schema import ACTIVE_SQL
 
+MANY_DESTINATIONS = 100  # a claim for more destinations than this reads files_state, filtered
 UPLOADING = (State.UPLOADING,)  # the verbs of an attempt's outcome: nothing else is theirs to change
 _GIVE_BACK = f"UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = '{State.UPLOADING}'"
 
@@ -138,13 +139,17 @@ class Transitions(Queries):
         # order from an index on (state, next_attempt_at) (files_waiting: (destination,
         # state, next_attempt_at)): a few rows read whatever the backlog, of this
         # destination or of another one that is down.
-        if destinations is None:
-            picks = [(f"files_state WHERE state = '{state}'", [now]) for state in WAITING_STATES]
+        names = None if destinations is None else list(dict.fromkeys(destinations))
+        if names is not None and not names:
+            return None
+        if names is None or len(names) > MANY_DESTINATIONS:  # SQLite: at most 500 UNION terms
+            among = "" if names is None else f" AND destination IN ({', '.join('?' * len(names))})"
+            picks = [
+                (f"files_state WHERE state = '{state}'{among}", [*(names or []), now])
+                for state in WAITING_STATES
+            ]
         else:
-            names = list(dict.fromkeys(destinations))
             waiting = sql_in(WAITING_STATES)  # the partial index's own term, for the planner
-            if not names:
-                return None
             picks = [
                 (
                     f"files_waiting WHERE destination = ? AND state = '{state}' AND state IN {waiting}",

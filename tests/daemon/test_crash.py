@@ -26,6 +26,7 @@ POINTS = [
     "ledger.uploaded",  # with the archive target, recorded in the same commit
     "ledger.archive_target.synced",  # the group commit's fsync, before the link
     "archive.placed",
+    "archive.renamed_aside",  # the source renamed aside to be unlinked: found again at the start
     "archive.unlinked",
     "ledger.done",
 ]
@@ -54,6 +55,35 @@ def test_crash_at_each_durability_point(tmp_path: Path, point: str) -> None:
         # exactly one archived copy per file, no leftovers
         archived = sorted(p.name for p in s.archive().rglob("*") if p.is_file())
         assert archived == sorted(f"f{i}.txt" for i in range(6))
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]  # nothing left aside
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
+def test_a_crash_with_the_name_renamed_aside_loses_no_new_version(tmp_path: Path) -> None:
+    """after_upload = "delete": the producer saves a new version over the name in the
+    instant before syncd renames it aside (so that is what goes aside), and syncd is
+    killed there. At the start the new version is put back under its name and uploaded;
+    it was left hidden as .syncd-unlinking-..., and its row said "vanished"."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1, "after_upload": "delete"}])
+    try:
+        path = s.drop("report.csv", b"version 1")
+        proc = s.start(extra_env={"SYNCD_CRASH_AT": "ledger.uploaded:1"})
+        assert proc.wait(60) == 137
+        old = path.stat()
+        new = path.with_name(".report.csv.tmp")
+        new.write_bytes(b"version 2, saved at that instant")
+        aside = path.with_name(f".syncd-unlinking-{old.st_dev:x}-{old.st_ino:x}-0123456789ab")
+        os.rename(new, aside)  # what Held.unlink's rename did with it, before the crash
+        os.unlink(path)
+        s.dropped[("in", "report.csv")] = b"version 2, saved at that instant"
+        s.start()
+        wait_until(lambda: s.counts().get("done") == 2, 30, what="both versions")
+        assert sorted(u["sha256"] for u in s.emulator.uploads()) == sorted(
+            [sha(b"version 1"), sha(b"version 2, saved at that instant")]
+        )
+        assert not list(s.inbox().iterdir())
         assert s.stop() == 0
     finally:
         s.close()

@@ -132,6 +132,12 @@ def test_a_claim_reads_the_first_due_row_of_each_state_from_its_index(ledger: Le
     claimed = ledger.claim_next(["d"])
     assert claimed is not None and claimed.state == "uploading" and claimed.destination == "d"
     assert ledger.claim_next(["down"]) is None
+    # past 100 destinations (SQLite takes 500 terms in a UNION): files_state, filtered
+    many = [f"other{i}" for i in range(300)]
+    (plan,) = _plans(ledger, lambda: ledger.claim_next(many))
+    assert plan.count("files_state (state=?)") == 2, plan
+    claimed = ledger.claim_next([*many, "d"])
+    assert claimed is not None and claimed.destination == "d"
 
 
 def test_backup_copies_the_ledger(ledger: Ledger, tmp_path: Path) -> None:

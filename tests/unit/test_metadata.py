@@ -443,6 +443,9 @@ def test_sidecar_written_moments_ago_defers_without_an_attempt(
     assert step() == "retrying"
     row = ledger.get(row_id)
     assert row is not None and row.attempts == 0 and "sidecar" in (row.last_error or "")
+    # deferred in the ledger too: not due again at once (the workers spun on it)
+    assert row.state == "retrying" and row.next_attempt_at is not None and row.next_attempt_at > clock()
+    assert ledger.claim_next() is None
     clock.advance(2.0)
     assert step() == "done" and dest.received[0][0].labels == ("base", "x")
 

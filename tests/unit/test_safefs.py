@@ -174,3 +174,29 @@ def test_walk_skips_a_directory_it_cannot_list(tmp_path: Path) -> None:
     # a directory that turns out not to be listable: a file where the walk expected one
     assert sorted(e.relpath for e in safefs.walk(root, start="missing")) == []
     assert [e.relpath for e in safefs.walk(root, start="ok")] == ["ok/f"]
+
+
+@pytest.mark.parametrize("how", ["renameat2", "link", "rename"])
+def test_rename_noreplace_never_replaces_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """renameat2(RENAME_NOREPLACE), or where it is missing a hard link and an unlink."""
+    if how != "renameat2":
+        monkeypatch.setattr(safefs, "_renameat2", False)
+    if how == "rename":  # a file system without hard links
+
+        def no_links(*args: object, **kwargs: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "taken").write_bytes(b"taken")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            safefs.rename_noreplace(fd, "a", "taken")
+        assert (tmp_path / "taken").read_bytes() == b"taken" and (tmp_path / "a").exists()
+        safefs.rename_noreplace(fd, "a", "free")
+        assert (tmp_path / "free").read_bytes() == b"a" and not (tmp_path / "a").exists()
+    finally:
+        os.close(fd)
