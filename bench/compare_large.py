@@ -50,9 +50,10 @@ def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tu
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     peak = [0]
+    ended = threading.Event()  # set once wait4 has reaped it (poll() here would reap it first)
 
     def sample() -> None:
-        while proc.poll() is None:
+        while not ended.is_set():
             try:
                 with open(f"/proc/{proc.pid}/status") as f:
                     for line in f:
@@ -66,6 +67,7 @@ def timed(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> tu
     sampler.start()
     out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)  # its own CPU time, user + system
+    ended.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     elapsed = time.monotonic() - started
