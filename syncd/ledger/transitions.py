@@ -369,11 +369,19 @@ class Transitions(Queries):
                 )
 
     def requeue_stale(self) -> int:
-        """At startup: uploads interrupted by a crash go back to the queue (resume kept)."""
+        """At startup: uploads interrupted by a crash go back to the queue (resume kept).
+
+        One that had confirmed parts (a resume state) gets its attempt back: it goes on
+        from them, and a big file killed several times on its way (OOM, watchdog,
+        power) failed on its next transient error. One without is charged: a file that
+        crashes syncd every time it is sent fails after ``max_attempts`` instead of
+        crashing it for ever.
+        """
         now = self._clock()
         with self._write() as conn:
             cur = conn.execute(
-                f"UPDATE files SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?"
+                f"UPDATE files SET state = '{State.QUEUED}', next_attempt_at = ?, updated_at = ?,"
+                " attempts = CASE WHEN resume IS NULL THEN attempts ELSE MAX(attempts - 1, 0) END"
                 f" WHERE state = '{State.UPLOADING}'",
                 (now, now),
             )

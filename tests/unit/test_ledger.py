@@ -163,6 +163,20 @@ def test_requeue_stale_keeps_resume(ledger: Ledger) -> None:
     assert row is not None and row.state == "queued" and row.resume == {"v": 1}
 
 
+def test_a_crash_costs_an_attempt_only_to_an_upload_with_nothing_confirmed(ledger: Ledger) -> None:
+    """A big file killed eight times on its way (each restart resuming its parts) then
+    failed on one transient error; a file that crashes syncd whenever it is sent must
+    still fail after max_attempts, not crash it for ever."""
+    resumed, poison = _queue(ledger, "big.bin"), _queue(ledger, "poison.bin")
+    for _ in range(3):
+        ledger.claim_next()
+        ledger.claim_next()
+        ledger.checkpoint(resumed, {"parts": {"1": "etag"}})
+        assert ledger.requeue_stale() == 2
+    assert ledger.get(resumed).attempts == 0  # type: ignore[union-attr]
+    assert ledger.get(poison).attempts == 3  # type: ignore[union-attr]
+
+
 def test_supersede_starts_a_new_version(ledger: Ledger) -> None:
     row_id = _queue(ledger)
     row = ledger.claim_next()
