@@ -85,9 +85,12 @@ GO = 0  # admit(): upload normally
 
 
 def is_outage(exc: BaseException) -> bool:
-    """A transport error or a 5xx: says the service, not the file, is in trouble."""
+    """A transport error, a 5xx or a garbled answer (a proxy's or captive portal's page
+    where the protocol names JSON): says the service, not the file, is in trouble."""
     if not isinstance(exc, RetryableError) or isinstance(exc, ExpiredError):
         return False
+    if exc.garbled:
+        return True
     if exc.status is None:
         return exc.transport
     return exc.status >= 500

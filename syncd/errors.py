@@ -97,7 +97,10 @@ class RetryableError(UploadError):
     not a failure of the file (:mod:`syncd.circuit`). ``min_wait`` is the
     least wait the service documents after this answer (Lilt's 60 s after a
     429 that names no wait): ``retry_max_seconds`` caps ``retry_after``, never
-    this.
+    this. ``garbled`` is True for an answer that says nothing about the file
+    (not the JSON the protocol names, a success or a redirect it does not
+    name): the service, or a proxy or captive portal in front of it, is not
+    right; the circuit counts it like a 5xx.
     """
 
     def __init__(
@@ -108,11 +111,13 @@ class RetryableError(UploadError):
         retry_after: float | None = None,
         transport: bool = False,
         min_wait: float = 0.0,
+        garbled: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
         self.transport = transport
         self.min_wait = min_wait
+        self.garbled = garbled
 
 
 class ExpiredError(RetryableError):

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_CAP = 900.0  # never wait longer than 15 minutes on a server's word
 MAX_BODY = 32 << 20  # bytes of an answer read at most (API answers are kilobytes)
 BODY_SECONDS = 300.0  # an answer's body must have arrived within this, once its headers did
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Retried, never a file's failure for good: these, and every 5xx (a CDN's or load
+# balancer's 520-526, 507, 511...: the service's trouble, which its circuit counts)
+RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -269,7 +271,7 @@ def check(
     message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
     if status in expired:
         raise ExpiredError(message, status=status)
-    if status in RETRYABLE_STATUS:
+    if status in RETRYABLE_STATUS or 500 <= status <= 599:
         hint = parse_retry_after(response.headers.get("Retry-After"), date=response.headers.get("Date"))
         raise RetryableError(
             message, status=status, retry_after=hint if hint is not None else retry_after, min_wait=min_wait
@@ -279,7 +281,7 @@ def check(
     if 200 <= status < 300:
         # a success the protocol does not name says nothing of the file, either way: never
         # a failure for good (an abort would then delete what the service may have kept)
-        raise RetryableError(f"{what}: unexpected HTTP {status}", status=status)
+        raise RetryableError(f"{what}: unexpected HTTP {status}", status=status, garbled=True)
     if 300 <= status < 400:  # not followed (syncd/destinations follow their own)
         location = response.headers.get("Location")
         moved = (
@@ -289,8 +291,9 @@ def check(
             raise FatalError(
                 f"{moved}; if the address configured is an old one, set the new one", status=status
             )
-        # a temporary one (S3's 307 while DNS settles), or one that says not where to
-        raise RetryableError(moved, status=status)
+        # a temporary one (S3's 307 while DNS settles), or one that says not where to (or a
+        # captive portal's 302 to its login page)
+        raise RetryableError(moved, status=status, garbled=True)
     raise PermanentError(message, status=status)
 
 
@@ -300,13 +303,15 @@ def json_body(response: httpx.Response, *, what: str) -> Any:
         return response.json()
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         excerpt = error_text(response, 120)
-        raise RetryableError(f"{what}: the server returned a body that is not JSON: {excerpt!r}") from None
+        raise RetryableError(
+            f"{what}: the server returned a body that is not JSON: {excerpt!r}", garbled=True
+        ) from None
 
 
 def require(data: Any, key: str, *, what: str, kind: type = str) -> Any:
     """``data[key]`` checked for presence and type; a malformed answer is retryable."""
     if not isinstance(data, dict) or not isinstance(data.get(key), kind):
-        raise RetryableError(f"{what}: the server's answer lacks a valid {key!r}")
+        raise RetryableError(f"{what}: the server's answer lacks a valid {key!r}", garbled=True)
     return data[key]
 
 

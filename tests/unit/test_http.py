@@ -143,6 +143,12 @@ def test_a_url_that_is_not_http_is_a_malformed_answer_not_an_outage(url: str) ->
         (308, {"Location": "https://api.example/v2/"}, "FatalError"),
         (307, {"Location": "https://bucket.s3-eu.example/x?X-Amz-Signature=s"}, "RetryableError"),
         (301, {}, "RetryableError"),  # S3's PermanentRedirect names no Location: not base_url's
+        # a CDN or load balancer in front of the service in trouble: every waiting file
+        # went to failed_dir at once, the circuit never opened
+        (522, {}, "RetryableError"),
+        (520, {}, "RetryableError"),
+        (507, {}, "RetryableError"),
+        (501, {}, "RetryableError"),
     ],
 )
 def test_unexpected_successes_and_redirects_are_not_failures_of_the_file(

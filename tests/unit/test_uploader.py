@@ -256,6 +256,33 @@ def test_a_refused_connection_spends_no_attempts_and_files_wait(
     assert up.stats.failed == 0
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        RetryableError("params: HTTP 522: origin timed out", status=522),  # a CDN in front
+        RetryableError("params: HTTP 302, a redirect to 'http://portal/login'", status=302, garbled=True),
+        RetryableError("params: the server returned a body that is not JSON: '<html>'", garbled=True),
+    ],
+)
+def test_a_proxy_or_cdn_answering_for_the_service_fails_no_file(
+    setup: Any, clock: FakeClock, tmp_path: Path, answer: RetryableError
+) -> None:
+    """max_attempts is 3: a CDN's 522, a captive portal's redirect to its login page or
+    its HTML page in place of JSON, for every file: each file spent its attempts (a 522
+    failed it for good at once), and every waiting file went to failed_dir."""
+    ledger, folder, dest, up, drop, step = setup
+    ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(5)]
+    dest.down = answer
+    while work(up) is not None:
+        pass
+    assert up.destination_states()["dest"].state == "down"
+    for _ in range(6):
+        clock.advance(up.circuit("dest").wait() or 0)
+        assert work(up) == "retrying"  # the probe
+    assert all(ledger.get(i).attempts == 0 for i in ids) and up.stats.failed == 0
+    assert not (tmp_path / "failed").exists()
+
+
 def test_a_recovered_destination_drains_everything(setup: Any, clock: FakeClock, tmp_path: Path) -> None:
     ledger, folder, dest, up, drop, step = setup
     ids = [drop(f"f{i}.txt", f"file {i}".encode()) for i in range(6)]
