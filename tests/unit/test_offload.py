@@ -155,9 +155,15 @@ def _running(off: offload.Offload, n: int) -> set[int]:
 
 
 def _gone(pids: set[int]) -> bool:
-    return not any(
-        os.path.exists(f"/proc/{p}/cmdline") and Path(f"/proc/{p}/cmdline").read_bytes() for p in pids
-    )
+    return not any(_running_pid(p) for p in pids)
+
+
+def _running_pid(pid: int) -> bool:
+    """Not exited (a zombie's cmdline is empty; the file goes when it is reaped)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
 
 
 def _want(off: offload.Offload) -> None:
