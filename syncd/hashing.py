@@ -40,6 +40,10 @@ class StreamHash:
         self._size = size
         self._hasher = hashlib.sha256()
         self._upto = 0  # hashed so far (the worker's)
+        # some bytes were read from the file here, not taken from the upload's reads (parts
+        # out of order, or confirmed by an earlier attempt): they are the file's bytes at
+        # that moment, which may not be the ones sent
+        self.read_itself = False
         self._offered = 0  # offered in order so far (the readers')
         self._digest: str | None = None
         self._error: SourceChangedError | None = None
@@ -81,6 +85,7 @@ class StreamHash:
         data = os.pread(self._fd, min(BLOCK, self._size - self._upto), self._upto)
         if not data:
             raise SourceChangedError(f"the file was truncated during upload (at byte {self._upto})")
+        self.read_itself = True
         self._update(data)
         return True
 

@@ -256,10 +256,19 @@ class Source:
         """
         st = os.fstat(self._fd)
         self._verify(st)
-        if st.st_ctime_ns != self._ctime_ns and self._rehash() != self.sha256():
-            raise SourceChangedError(
-                "the file was rewritten during upload (same size and mtime, other bytes)"
-            )
+        if st.st_ctime_ns != self._ctime_ns:
+            sent = self.sha256()  # completes the hash: what was not offered in order is read now
+            if self._hash is not None and self._hash.read_itself:
+                # part of the hash was read from the file, not from what was sent: a re-hash
+                # would agree with it whatever was sent, so which bytes went cannot be told
+                raise SourceChangedError(
+                    "the file changed during upload (its inode change time), while parts went out "
+                    "of order or were resumed: the upload is not trusted"
+                )
+            if self._rehash() != sent:
+                raise SourceChangedError(
+                    "the file was rewritten during upload (same size and mtime, other bytes)"
+                )
         if not path:
             return
         try:

@@ -80,3 +80,28 @@ def test_close_stops_the_worker(tmp_path: Path) -> None:
     h.close()
     assert not worker.is_alive()
     os.close(fd)
+
+
+def test_a_rewrite_with_its_mtime_set_back_is_caught_when_parts_went_out_of_order(tmp_path: Path) -> None:
+    """Parts sent out of order (parallel_parts, or confirmed by an earlier attempt): the
+    hash reads what it was not offered from the file, later. A rewrite of a part already
+    sent, its mtime set back, was then in both the hash and the re-hash that should catch
+    it, and the upload was kept while the service held the old bytes."""
+    from syncd.destinations.base import Source
+
+    size = 6 * BLOCK
+    path = tmp_path / "f"
+    data = random.Random(7).randbytes(size)
+    path.write_bytes(data)
+    st = path.stat()
+    with Source(path, size=size, mtime_ns=st.st_mtime_ns, inode=st.st_ino) as source:
+        for _ in source.iter_range(3 * BLOCK, 3 * BLOCK):  # the second part first
+            pass
+        for _ in source.iter_range(0, BLOCK):  # and only a block of the first
+            pass
+        with open(path, "r+b") as f:  # a block never offered in order, rewritten
+            f.seek(2 * BLOCK)
+            f.write(b"X" * BLOCK)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with pytest.raises(SourceChangedError, match="not trusted"):
+            source.check_unchanged()
