@@ -294,6 +294,13 @@ def check(
         # a temporary one (S3's 307 while DNS settles), or one that says not where to (or a
         # captive portal's 302 to its login page)
         raise RetryableError(moved, status=status, garbled=True)
+    if "html" in response.headers.get("Content-Type", "").lower():
+        # an HTML page is not the service's answer about this file but a proxy's, an
+        # ingress's with no backend, or a captive portal's: every file got it, and each
+        # failed for good at once; it counts for the destination's circuit instead
+        raise RetryableError(
+            f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
+        )
     raise PermanentError(message, status=status)
 
 

@@ -168,6 +168,30 @@ def test_unexpected_successes_and_redirects_are_not_failures_of_the_file(
     assert "X-Amz-Signature=s" not in str(info.value)
 
 
+@pytest.mark.parametrize("status", [400, 404, 407])
+def test_a_4xx_html_page_is_a_proxys_not_the_services_refusal_of_the_file(status: int) -> None:
+    """An ingress with no backend (404), a proxy asking for its login (407), HTTP sent to
+    an HTTPS port (400): every waiting file failed for good at once on its first try."""
+    import httpx
+
+    from syncd import circuit, errors, http
+
+    page = httpx.Response(
+        status,
+        headers={"Content-Type": "text/html"},
+        text="<html>nginx</html>",
+        request=httpx.Request("POST", "http://x/y"),
+    )
+    with pytest.raises(errors.RetryableError) as info:
+        http.check(page, what="t", ok=(200,))
+    assert circuit.is_outage(info.value)
+    answer = httpx.Response(
+        status, json={"error": "bad category"}, request=httpx.Request("POST", "http://x/y")
+    )
+    with pytest.raises(errors.PermanentError):  # the service's own answer: the file's
+        http.check(answer, what="t", ok=(200,))
+
+
 def test_odd_values_from_a_server_are_malformed_answers_not_internal_errors() -> None:
     """An expiry no calendar holds came after the service had the file (each retry
     uploaded it again); "[[[[..." past the recursion limit; parts that are not a list."""
