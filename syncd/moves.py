@@ -46,14 +46,16 @@ from syncd import crashpoints, safefs
 from syncd.ledger import Row
 from syncd.logs import quoted_path
 from syncd.names import candidate_names, free_names
+from syncd.rules import OWN_PREFIXES
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = ".syncd-tmp-"
-UNLINK_PREFIX = ".syncd-unlinking-"  # an uploaded file's name, renamed aside to be removed
+# an uploaded file's name renamed aside to be removed, and a copy being made: never
+# ledgered (rules.judge)
+UNLINK_PREFIX, TEMP_PREFIX = OWN_PREFIXES
 DIR_MODE = 0o700
 COPY_BLOCK = 1 << 20
 # link(2) errors after which the bytes are copied instead

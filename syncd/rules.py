@@ -57,6 +57,11 @@ def _matches(pattern: str, relpath: str, name: str) -> bool:
     return bool(rx.match(relpath) or rx.match(name))
 
 
+# moves.UNLINK_PREFIX (an uploaded file renamed aside to be removed) and moves.TEMP_PREFIX:
+# never a file of the folder's, whatever ignore_junk says
+OWN_PREFIXES = (".syncd-unlinking-", ".syncd-tmp-")
+
+
 def junk_reason(component: str) -> str | None:
     """Why one path component is junk, or None if it is not."""
     if component.startswith("."):
@@ -87,6 +92,8 @@ def judge(
     if not parts:
         return Verdict(False, "not a file path")
     name = parts[-1]
+    if name.startswith(OWN_PREFIXES):
+        return Verdict(False, "ignored: a name of syncd's own, for a moment (syncd/moves.py)")
     if ignore_junk:
         for component in parts:
             reason = junk_reason(component)

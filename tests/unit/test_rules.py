@@ -99,3 +99,10 @@ def test_scans_skip_a_directory_only_when_every_file_under_it_is_ignored(
         if dir_ignored("/".join(dirs[:depth]), exclude=exclude):
             relpath = "/".join([*dirs, name])
             assert not judge(relpath, exclude=exclude).accepted, (relpath, exclude)
+
+
+def test_syncd_s_own_momentary_names_are_never_files_of_the_folder() -> None:
+    """With ignore_junk = false, the name an uploaded file is renamed to for a moment
+    before it is removed got a row of its own (which then vanished)."""
+    for name in (".syncd-unlinking-fe01-1a2b-0123456789ab", "sub/.syncd-tmp-x"):
+        assert not judge(name, ignore_junk=False).accepted
