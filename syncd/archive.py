@@ -41,9 +41,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
+from syncd.aside import recover_aside
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import ChangedAfterUpload, matches, move, opened, recover_aside, roots
+from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig

@@ -43,9 +43,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from syncd import crashpoints, safefs
+from syncd.aside import aside_prefix, put_back
 from syncd.ledger import Row
 from syncd.logs import quoted_path
-from syncd.names import candidate_names, free_names
+from syncd.names import free_names
 from syncd.rules import OWN_PREFIXES
 
 if TYPE_CHECKING:
@@ -127,69 +128,6 @@ class Held:
         log.warning("%s now holds another file; it is left in place", quoted_path(self.path))
         self.replaced = True
         return False
-
-
-def aside_prefix(device: int, inode: int) -> str:
-    """The start of the names :meth:`Held.unlink` renames the file ``(device, inode)`` to."""
-    return f"{UNLINK_PREFIX}{device:x}-{inode:x}-"
-
-
-def put_back(dirfd: int, aside: str, name: str, path: str) -> str:
-    """A file renamed aside that is not the one to remove: under ``name`` again (``path``,
-    for the log), or a free ``name (N)`` should that be taken; never replacing a file."""
-    for candidate in candidate_names(name):
-        try:
-            safefs.rename_noreplace(dirfd, aside, candidate)
-        except FileExistsError:
-            continue
-        if candidate != name:
-            log.warning(
-                "a new file took the name %s while syncd removed the uploaded one, and another "
-                "after it; the first of them is now %s",
-                quoted_path(path),
-                quoted_path(candidate),
-            )
-        return candidate
-    raise AssertionError("candidate_names never ends")
-
-
-def recover_aside(path: str, bases: list[str | None], device: int | None, inode: int | None,
-                  ours: Callable[[os.stat_result], bool]) -> str | None:  # fmt: skip
-    """After a crash between :meth:`Held.unlink`'s rename aside and its unlink: the file
-    ``(device, inode)`` renamed aside beside ``path``, when ``path`` no longer holds it.
-
-    Ours (``ours(stat)``: the bytes uploaded): its path, for the caller to finish with.
-    Another file (a new version saved over the name in that instant, renamed aside in
-    its place): put back under the name; None.
-    """
-    if device is None or inode is None:
-        return None
-    prefix = aside_prefix(device, inode)
-    try:
-        root, rel = safefs.anchor(path, [*bases, os.path.dirname(path)])
-        with safefs.parent(root, rel) as (dirfd, name):
-            try:
-                if ours(os.stat(name, dir_fd=dirfd, follow_symlinks=False)):
-                    return None  # still under its name: nothing was renamed aside
-            except FileNotFoundError:
-                pass
-            listing = safefs.open_beneath(dirfd, "", safefs.READ_DIR_FLAGS)
-            try:
-                with os.scandir(listing) as it:
-                    asides = sorted(e.name for e in it if e.name.startswith(prefix))
-            finally:
-                os.close(listing)
-            found = None
-            for aside in asides:
-                st = os.stat(aside, dir_fd=dirfd, follow_symlinks=False)
-                if found is None and stat.S_ISREG(st.st_mode) and ours(st):
-                    found = os.path.join(os.path.dirname(path), aside)
-                else:
-                    put_back(dirfd, aside, name, path)
-            return found
-    except (OSError, safefs.UnsafePath) as exc:
-        log.warning("cannot look for %s renamed aside: %s", quoted_path(path), exc)
-        return None
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -258,40 +257,6 @@ def fsync_dirfd(dirfd: int) -> None:
             raise
     finally:
         os.close(fd)
-
-
-_RENAME_NOREPLACE = 1
-_renameat2: Any = None
-
-
-def rename_noreplace(dirfd: int, old: str, new: str) -> None:
-    """Rename ``old`` to ``new`` in the directory ``dirfd``; FileExistsError when ``new``
-    exists, which is never replaced (``renameat2(RENAME_NOREPLACE)``; where the kernel
-    or the file system lacks it, a hard link and an unlink, which refuse the same way;
-    where hard links are refused too, a look and a rename, which a name taken in the
-    instant between would lose to)."""
-    global _renameat2
-    if _renameat2 is None:
-        _renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", False)
-    if _renameat2:
-        done = _renameat2(dirfd, os.fsencode(old), dirfd, os.fsencode(new), _RENAME_NOREPLACE)
-        if done == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), new)
-    try:
-        os.link(old, new, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links here
-        try:
-            os.stat(new, dir_fd=dirfd, follow_symlinks=False)
-        except FileNotFoundError:
-            os.rename(old, new, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            return
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new) from None
-    os.unlink(old, dir_fd=dirfd)
 
 
 def anchor(path: str, roots: Iterable[str | os.PathLike[str] | None]) -> tuple[str, str]:

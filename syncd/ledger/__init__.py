@@ -69,6 +69,7 @@ class Ledger(Retention):
     Its verbs come in layers, one module each: :class:`~syncd.ledger.writer.Writer`
     (connection, transactions, :meth:`sync`), :class:`~syncd.ledger.queries.Queries`
     (reads), :class:`~syncd.ledger.transitions.Transitions` (writes),
+    :class:`~syncd.ledger.requeue.Requeues` (back to the queue: after a crash, ``retry``),
     :class:`~syncd.ledger.schedule.Schedule` (due times after a clock step),
     :class:`~syncd.ledger.routing.Routing` (waiting files after a reload) and
     :class:`~syncd.ledger.retention.Retention` (``keep_done_days``).

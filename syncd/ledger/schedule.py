@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from syncd.ledger.requeue import Requeues
 from syncd.ledger.row import State
-from syncd.ledger.transitions import Transitions
 
 FOLDER_AWAY_ERROR = "folder unavailable"  # how the retry policy's reason for such a wait begins
 SLACK = 1.0  # seconds: a time this little ahead of the clock is another thread's, not a step
@@ -77,7 +77,7 @@ def _update(rows: tuple[str, str], assignments: str) -> str:
     return f"UPDATE files INDEXED BY {index} SET {assignments} WHERE {where}"
 
 
-class Schedule(Transitions):
+class Schedule(Requeues):
     def rein_in(self, horizon: float, settle_horizon: float) -> Reined:
         """Bring due times that lie beyond what syncd schedules back into reach (see the
         module docstring); returns how many rows of each state were changed. Writes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import safefs
+from syncd import aside, safefs
 
 
 @pytest.fixture(params=["openat2", "walk"], autouse=True)
@@ -182,7 +182,7 @@ def test_rename_noreplace_never_replaces_a_name(
 ) -> None:
     """renameat2(RENAME_NOREPLACE), or where it is missing a hard link and an unlink."""
     if how != "renameat2":
-        monkeypatch.setattr(safefs, "_renameat2", False)
+        monkeypatch.setattr(aside, "_renameat2", False)
     if how == "rename":  # a file system without hard links
 
         def no_links(*args: object, **kwargs: object) -> None:
@@ -194,9 +194,9 @@ def test_rename_noreplace_never_replaces_a_name(
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(FileExistsError):
-            safefs.rename_noreplace(fd, "a", "taken")
+            aside.rename_noreplace(fd, "a", "taken")
         assert (tmp_path / "taken").read_bytes() == b"taken" and (tmp_path / "a").exists()
-        safefs.rename_noreplace(fd, "a", "free")
+        aside.rename_noreplace(fd, "a", "free")
         assert (tmp_path / "free").read_bytes() == b"a" and not (tmp_path / "a").exists()
     finally:
         os.close(fd)
