@@ -207,6 +207,8 @@ def test_close_gives_what_is_queued_one_try(receiver: Any) -> None:
     w = hook(r.url, delays=(30.0,))
     w.send("a", {})
     wait_until(lambda: len(r.requests) == 1, 10, what="first try")
+    # its 500 was read (not still on the wire as close begins): it waits out the backoff
+    wait_until(lambda: w.health()["failing_since"] is not None, 10, what="first failure")
     w.send("b", {})
     t0 = time.monotonic()
     w.close(drain=5)
