@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
-from syncd import once, shutdown
+from syncd import once, shutdown, writers
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full
@@ -168,6 +168,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
+        writers.enable()  # ignores SIGIO, which a lease probe's break would send
 
     def _on_reload_signal(self, signum: int, _frame: Any) -> None:
         self.reload_requested.set()

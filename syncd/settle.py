@@ -19,6 +19,10 @@ one tick long. A look finds:
 * changed since the last tick: the quiet time restarts;
 * identical to the newest finished version of the same path (a kept file, or
   one left in place after failing): forgotten, it is not a new version;
+* quiet for ``settle_seconds`` but still open for writing by some process
+  (:mod:`syncd.writers` asks the kernel): it waits for the writer to close it,
+  however long the writer pauses; with ``max_settle_seconds`` no longer than
+  that;
 * quiet for ``settle_seconds``: ``queued``. A file that keeps changing for
   longer than ``max_settle_seconds`` (when set) is queued anyway; without it,
   a warning is logged once.
@@ -39,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from syncd import metadata, rules, safefs
+from syncd import metadata, rules, safefs, writers
 from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
@@ -78,6 +82,7 @@ class Settler:
         self.clock = clock
         self.on_queued = on_queued
         self._warned: set[int] = set()
+        self._held: set[int] = set()  # rows said to be open for writing by a process
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
@@ -259,14 +264,57 @@ class Settler:
         ):
             self.ledger.forget(row.id)
             return None
+        if self._held_open(row, st):
+            if not folder.max_settle_seconds or now - row.first_seen < folder.max_settle_seconds:
+                return now + max(float(folder.settle_seconds), WAIT_LOOK)  # its close is an event
+            log.warning(
+                "still open for writing after %.0fs, uploading anyway (max_settle_seconds): %s",
+                now - row.first_seen,
+                quoted_path(row.inbox_path),
+            )
         if (row.folder, st.st_ino) in self._promoting_inodes or _same_file_waits(
             self.ledger.inode_busy(replace(row, inode=st.st_ino))
         ):
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
         self._promote(row, st.st_ino)
         self._warned.discard(row.id)
+        self._held.discard(row.id)
         log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
+
+    def _held_open(self, row: Row, st: os.stat_result) -> bool:
+        """Whether a process still has the quiet file open for writing (a writer that
+        paused longer than settle_seconds); said once per file, and again after
+        :data:`LONG_SETTLE_WARNING`. False when the kernel cannot tell."""
+        try:
+            fd = safefs.open_file(row.folder, row.relpath)
+        except BlockingIOError:  # another holder's lease (Samba's oplock) is being broken
+            return True
+        except OSError:  # gone, swapped, unreadable: the next look or the upload says so
+            return False
+        try:
+            held = writers.held_for_writing(fd)
+        finally:
+            os.close(fd)
+        if not held:
+            return False
+        waited = self.clock() - row.first_seen
+        if row.id not in self._held:
+            self._held.add(row.id)
+            log.info(
+                "no change for settle_seconds, but still open for writing by a process; "
+                "waiting until it is closed: %s",
+                quoted_path(row.inbox_path),
+            )
+        elif waited >= LONG_SETTLE_WARNING and row.id not in self._warned:
+            self._warned.add(row.id)
+            log.warning(
+                "still open for writing after %.0fs, waiting until it is closed (set "
+                "max_settle_seconds to upload such files anyway): %s",
+                waited,
+                quoted_path(row.inbox_path),
+            )
+        return True
 
     def _promote(self, row: Row, inode: int) -> None:
         """Queue ``row`` with this tick's promotions (written by :meth:`_flush_promotions`)."""

@@ -254,6 +254,38 @@ def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> N
 
 
 @pytest.mark.process
+def test_documented_lease_drop_in_verifies_and_costs_only_cap_lease(unit: Path) -> None:
+    """Writers that pause (section 5): the drop-in grants CAP_LEASE and nothing else."""
+    analyze = tool("systemd-analyze")
+    drop_in = _documented_drop_in("lease")
+    (unit.parent / "syncd.service.d").mkdir()
+    (unit.parent / "syncd.service.d" / "lease.conf").write_text(drop_in)
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit.parent,
+    )
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    checks = json.loads(
+        subprocess.run(
+            [analyze, "security", "--offline=yes", "--json=short", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    caps = {c["name"] for c in checks if c["name"].startswith("CapabilityBoundingSet=")}
+    exposed = {c["name"] for c in checks if c["name"] in caps and c.get("exposure") not in (None, "0.0")}
+    assert exposed == {"CapabilityBoundingSet=~CAP_LEASE"}, exposed
+    score = subprocess.run(
+        [analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "Overall exposure level for syncd.service: 1.3" in score, score
+
+
+@pytest.mark.process
 def test_documented_credentials_drop_ins(unit: Path) -> None:
     """Section 4: one row per destination type, its config and its drop-in line agree,
     and the example drop-in verifies with the unit."""

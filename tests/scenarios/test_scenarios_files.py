@@ -230,6 +230,30 @@ def test_f4_replaced_during_upload_uploads_both_versions(setup: Callable[..., Se
     assert (s.archive() / "report.txt").read_bytes() == b"version 2, longer"
 
 
+@pytest.mark.parametrize("settle", [0.3, 0.0])
+def test_f1_a_writer_pausing_longer_than_settle_is_waited_for(
+    setup: Callable[..., Setup], settle: float
+) -> None:
+    """A slow copy that stalls with the file open (a network hiccup, a scanner between
+    pages) is not finished, however long the stall: the kernel says a process holds it
+    open for writing, and syncd waits for the close."""
+    s = setup(folders=[{"name": "in", "settle_seconds": settle}])
+    s.start()
+    s.wait_started()
+    path = s.inbox() / "scan.pdf"
+    with open(path, "wb") as f:
+        f.write(b"page 1\n")
+        f.flush()
+        s.wait_logged("still open for writing by a process", timeout=10)
+        time.sleep(max(1.0, 4 * settle))  # well past the quiet time, the file still open
+        assert not s.emulator.uploads() and s.counts().get("queued", 0) == 0
+        f.write(b"page 2\n")
+    s.dropped[("in", "scan.pdf")] = b"page 1\npage 2\n"
+    wait_until(lambda: s.all_done(1), 15, what="the whole file")
+    assert [u["sha256"] for u in s.emulator.uploads()] == [sha(b"page 1\npage 2\n")]
+    s.invariants()
+
+
 def test_f5_many_events_for_one_file_make_one_upload(setup: Callable[..., Setup]) -> None:
     s = setup(folders=[{"name": "in", "settle_seconds": 0.5}])
     s.start()

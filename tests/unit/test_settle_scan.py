@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from syncd import scanner
+from syncd import scanner, writers
 from syncd.config import FolderConfig
 from syncd.ledger import Ledger
 from syncd.settle import Settler
@@ -209,6 +210,41 @@ def test_max_settle_forces_a_never_quiet_file(tmp_path: Path, ledger: Ledger, cl
             f.write(b"more")
         clock.advance(4)
     assert ledger.rows()[0].state == "queued"
+
+
+@pytest.mark.parametrize("max_settle", [0, 30])
+def test_a_quiet_file_held_open_for_writing_waits_at_most_max_settle(
+    tmp_path: Path,
+    ledger: Ledger,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    max_settle: float,
+) -> None:
+    monkeypatch.setattr(writers, "_enabled", True)  # the probe, without touching SIGIO
+    caplog.set_level(logging.INFO, "syncd.settle")
+    folder = make_folder(tmp_path, settle_seconds=5, max_settle_seconds=max_settle)
+    path = folder.path / "scan.pdf"
+    with open(path, "wb") as f:  # the writer stalls with the file open
+        f.write(b"page 1")
+        f.flush()
+        scanner.scan_folder(ledger, folder)
+        settler = _settler(ledger, folder, clock)
+        for _ in range(12):
+            settler.tick()
+            clock.advance(6)  # each look finds it quiet
+        state = ledger.rows()[0].state
+        if max_settle:
+            assert state == "queued"
+            assert any("still open for writing after" in m and "anyway" in m for m in caplog.messages)
+        else:
+            assert state == "settling"
+            held = [m for m in caplog.messages if "still open for writing by a process" in m]
+            assert len(held) == 1, caplog.messages  # said once, not at every look
+    if not max_settle:
+        clock.advance(6)
+        settler.tick()
+        assert ledger.rows()[0].state == "queued"  # closed: finished
 
 
 def test_rules_applied_again_at_settle(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
