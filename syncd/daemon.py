@@ -9,7 +9,8 @@ The stages, each in its own module:
   upload of one file; retry_policy.py, what a failed attempt leads to;
   circuits.py, the destinations' circuits; backpressure.py, the pause while
   the disk is full;
-* recovery.py: startup recovery, and the sweep that repeats it;
+* recovery.py: startup recovery, the sweep that repeats it, and the archiver
+  thread that finishes uploaded files no worker holds;
 * health.py: the systemd watchdog (with liveness.py), STATUS= and what
   `syncd status` reads (heartbeat, upload progress);
 * runtime.py: what the config builds (folders, destinations, client, the
@@ -254,6 +255,7 @@ class MainLoop:
         daemon, runtime = self.daemon, self.runtime
         at_start = self.ledger.counts()
         daemon.install_signals()
+        self.recovery.start(self.liveness, daemon.nudge.set)  # archives off the main loop
         self.recovery.at_start()
         runtime.reroute()  # after recovery: uploads it requeued may wait for a replaced destination
         self.intake.start_scanner()
@@ -290,6 +292,7 @@ class MainLoop:
             self.notifier,
             self.watcher,
             daemon.hard_stop,
+            self.recovery.stop,
         )
         code = 0
         if self.once:
@@ -351,7 +354,7 @@ class MainLoop:
                 self.uploader.disk_full.probe(
                     self.ledger,
                     runtime.folders,
-                    self.recovery.finish_uploaded,
+                    self.recovery.archive_full,
                     lambda root: self.intake.request_scan(root, reason="disk-space"),
                 )
             self.liveness.alive(now)  # a wedged stage is logged even without a watchdog
@@ -369,8 +372,6 @@ class MainLoop:
             last["sweep"] = now
             self.recovery.sweep()
             runtime.sweep()
-        elif self.recovery.more:  # uploaded files still to archive, a budget at a time
-            self.recovery.finish_uploaded()
         if now - last["heartbeat"] >= HEARTBEAT_EVERY:
             last["heartbeat"] = now
             health.write_heartbeat()

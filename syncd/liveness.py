@@ -35,6 +35,10 @@ without progress:
     another filesystem) gets ``size / LOCAL_RATE`` seconds more
     (:data:`LOCAL_RATE`: 10 MB/s).
 
+``archiver``, the thread that finishes ``uploaded`` rows no worker holds
+    (syncd/recovery.py): a worker's bound, each file's archive move with the
+    local allowance of its size (a copy across file systems).
+
 A wedged stage stops the pings, and syncd says so once at ERROR level (which
 stage, doing what, for how long); systemd's ``WatchdogSec=`` then restarts
 it. When the stage moves again the pings resume, and that is logged too.

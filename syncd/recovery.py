@@ -28,6 +28,15 @@ Every ``SWEEP_EVERY`` seconds the main loop repeats the last step and the
 due-time check, and requeues rows left ``uploading`` that no worker holds, for rows that a ledger
 write that failed (a full disk) or an archive folder that was not writable
 left behind (:meth:`Recovery.sweep`).
+
+Finishing ``uploaded`` rows runs on a thread of its own, the *archiver*
+(:meth:`Recovery.start`), never on the main loop: one archive move across
+file systems copies the whole file, and a 20 GB file copied at 200 MB/s is
+100 s without a tick. On the main loop that was no watchdog ping for longer
+than ``WatchdogSec=``: systemd killed syncd mid-copy, and the next start began
+the same copy again, a restart loop that never archived the file. The
+archiver keeps a liveness pulse like an upload worker's (a copy's allowance
+is its size at 10 MB/s); the main loop and the sweep only ask it to run.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +54,7 @@ from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
 from syncd.http import RETRY_AFTER_CAP
 from syncd.ledger import Ledger, Row, State
+from syncd.liveness import Liveness, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.retry_policy import FOLDER_WAIT
 from syncd.settle import LONGEST_LOOK
@@ -54,7 +65,7 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 
 SWEEP_EVERY = 10.0
 PAGE = 500  # uploaded rows read at a time by the sweep
-BUDGET = 1.0  # seconds of archiving per call on the main loop; the rest at the next ticks
+BUDGET = 1.0  # seconds of archiving per pass; the archiver starts another at once (more)
 
 
 class Recovery:
@@ -63,7 +74,13 @@ class Recovery:
         self._folders = folders
         self.uploader = uploader
         self._stuck_after: dict[str, int] = {}  # stuck folder -> the uploaded row tried last
-        self.more = False  # finish_uploaded stopped at its budget: call it again at the next tick
+        self.more = False  # finish_uploaded stopped at its budget: call it again at once
+        self.full = False  # the archiver's last pass found a disk full
+        self._wanted = threading.Event()  # the archiver is asked for a pass
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pulse: Pulse | None = None
+        self._on_pass: Callable[[], None] = lambda: None
 
     def at_start(self) -> None:
         """Reconcile ledger, inbox and archive after the last stop (see the module docstring)."""
@@ -85,9 +102,63 @@ class Recovery:
                         log.info(
                             "removed %d partial copies in %s", removed, quoted_path(os.fspath(directory))
                         )
-        self.finish_uploaded()
+        self.archive_pass()  # rows left uploaded
 
-    def finish_uploaded(self) -> bool:
+    # the archiver --------------------------------------------------------------
+
+    def start(self, liveness: Liveness, on_pass: Callable[[], None] = lambda: None) -> None:
+        """Start the archiver thread; ``on_pass`` is called after each pass (a nudge)."""
+        self._pulse = liveness.pulse("archiver", "worker")
+        self._liveness = liveness
+        self._on_pass = on_pass
+        self._thread = threading.Thread(target=self._run, name="archiver", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """Ask the archiver for a pass over the ``uploaded`` rows no worker holds."""
+        self._wanted.set()
+
+    def archive_pass(self) -> None:
+        """A pass over the ``uploaded`` rows: by the archiver when it runs, else here."""
+        if self._thread is None:
+            self.finish_uploaded()
+        else:
+            self.request()
+
+    def archive_full(self) -> bool:
+        """For the disk-full probe: whether the archiver's last pass found a disk full;
+        asks for another pass."""
+        self.request()
+        return self.full
+
+    def stop(self, timeout: float) -> bool:
+        """Let the pass in progress end (up to ``timeout``); True when the archiver is done."""
+        self._stopping = True
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+            return not self._thread.is_alive()
+        return True
+
+    def _run(self) -> None:
+        assert self._pulse is not None
+        while True:
+            self._pulse.idle()
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                self._liveness.release(self._pulse)
+                return
+            self._pulse.step("looking for uploaded files to archive")
+            try:
+                self.full = self.finish_uploaded(self._pulse)
+            except Exception:  # a ledger error, a bug: the next sweep asks again
+                log.exception("could not finish the after_upload action of uploaded files")
+            if self.more:
+                self._wanted.set()
+            self._on_pass()
+
+    def finish_uploaded(self, pulse: Pulse | None = None) -> bool:
         """Finish after_upload for rows left ``uploaded`` that no worker holds; True if a
         disk was full.
 
@@ -107,7 +178,7 @@ class Recovery:
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
-                    if time.monotonic() > deadline and not first:
+                    if (time.monotonic() > deadline and not first) or self._stopping:
                         # 25,000 files of an archive that works again took minutes here, and
                         # the main loop's watchdog pings with them: the rest at the next tick
                         self.more = True
@@ -116,6 +187,8 @@ class Recovery:
                     if row is None:
                         continue  # a worker holds it, or it is done by now
                     first = False
+                    if pulse is not None:
+                        pulse.phase(f"archiving {row.inbox_path}", extra=local_allowance(row.size))
                     try:
                         error = procedure.after.hand_over(row, folder)
                     finally:
@@ -186,7 +259,7 @@ class Recovery:
     def sweep(self) -> None:
         """Repair what a failed ledger write or archive move may have left behind, and due
         times a stepped-back clock left in the future."""
-        self.finish_uploaded()
+        self.archive_pass()
         self.requeue_orphans()
         self.rein_in()
 

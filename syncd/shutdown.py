@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from syncd.health import Health
 from syncd.intake import IntakeStage
@@ -46,6 +47,7 @@ def drain(
     notifier: Notifier,
     watcher: Watcher,
     hard_stop: threading.Event,
+    archiver: Callable[[float], bool] = lambda _timeout: True,
 ) -> None:
     """Stop taking work, let uploads drain, interrupt the rest, release everything."""
     drain_seconds = 0.0 if hard_stop.is_set() else runtime.cfg.daemon.drain_seconds
@@ -88,6 +90,16 @@ def drain(
             )
     elif running:
         log.info("uploads in flight finished")
+    until = max(deadline, time.monotonic()) + CANCEL_GRACE
+    while not archiver(min(DRAIN_POLL, max(0.0, until - time.monotonic()))) and time.monotonic() < until:
+        pulse.beat()
+        health.watchdog(time.monotonic())
+    if not archiver(0.0):
+        # a copy into an archive on another file system: cut short at exit, as by a
+        # crash (the next start removes the partial copy and archives the file again)
+        log.warning(
+            "stopping while a file is being copied into its archive folder; it is archived at the next start"
+        )
     health.publish_progress(final=True)  # nothing in flight any more
     try:
         health.write_heartbeat(stopped=True)

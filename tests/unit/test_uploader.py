@@ -19,6 +19,7 @@ from syncd.liveness import Liveness
 from syncd.retry_policy import backoff
 from syncd.uploader import IDLE_WAIT, Uploader
 from tests.conftest import FakeClock, make_folder, queue_file
+from tests.harness import wait_until
 
 
 class FakeDestination:
@@ -919,3 +920,50 @@ def test_an_unexpected_error_after_the_upload_is_recorded_leaves_the_row_uploade
     assert row.state == "uploaded" and row.receipt is not None
     assert dest.aborted == [] and len(dest.received) == 1
     assert (tmp_path / "archive" / "inbox" / "a.pdf").read_bytes() == b"bytes"
+
+
+def test_uploaded_files_are_archived_by_the_archiver_thread_never_on_the_caller(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy into an archive on another file system takes as long as the file is big:
+    the sweep only asks the archiver, whose pulse carries the copy's allowance, and the
+    main loop goes on ticking (and pinging the watchdog) meanwhile."""
+    import errno
+
+    from syncd import archive
+    from syncd.liveness import local_allowance
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish = archive.finish
+    monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    row_id = drop("big.bin")
+    assert (
+        step() == "uploaded" and ledger.get(row_id).state == "uploaded"
+    )  # its archive move failed: the sweep's job
+    monkeypatch.setattr(archive, "finish", real_finish)
+    copying, release = threading.Event(), threading.Event()
+    on: list[str] = []
+
+    def slow_finish(*args: Any, **kw: Any) -> None:
+        on.append(threading.current_thread().name)
+        copying.set()
+        release.wait(10)  # a copy of many gigabytes
+        real_finish(*args, **kw)
+
+    monkeypatch.setattr(archive, "finish", slow_finish)
+    liveness = Liveness()
+    passes: list[int] = []
+    recovery = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    recovery.start(liveness, lambda: passes.append(1))
+    t0 = time.monotonic()
+    recovery.sweep()
+    assert time.monotonic() - t0 < 0.5  # the caller does not wait for the copy
+    assert copying.wait(10) and on == ["archiver"]
+    silence = liveness._pulses["archiver"].silence(time.monotonic())
+    assert silence is not None and silence[1] == local_allowance(ledger.get(row_id).size)
+    assert "archiving" in silence[2]
+    release.set()
+    wait_until(lambda: ledger.get(row_id).state == "done", 10, what="archived")
+    wait_until(lambda: passes, 5, what="the pass said")
+    assert recovery.stop(5) and "archiver" not in liveness._pulses
