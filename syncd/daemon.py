@@ -188,6 +188,11 @@ class Daemon:
         self.stop_requested.set()
         self.nudge.set()
 
+    def stop_now(self) -> None:
+        """Stop without a drain (the ledger is lost: nothing more may be recorded there)."""
+        self.hard_stop.set()
+        self.stop()
+
 
 class MainLoop:
     """Every stage, built once from the config and the open ledger, and the loop."""
@@ -321,7 +326,7 @@ class MainLoop:
             self.notifier.status(f"ledger error: {exc}{who}", only_if_changed=True)
             return
         except Exception as exc:
-            if self._ledger_lost():  # the cause: said once, without a traceback
+            if self.health.ledger_lost(self.daemon.stop_now):  # the cause: said once, no traceback
                 return
             if health.tick_error is None:  # once per streak, not four times a second
                 log.exception("error in the main loop; retrying")
@@ -329,16 +334,6 @@ class MainLoop:
             return
         health.tick_error = None
         self.pulse.beat()
-
-    def _ledger_lost(self) -> bool:
-        """Stop at once when the ledger file is no longer one to record in (health.py)."""
-        if self.health.ledger_gone is not None:
-            return True  # stopping already
-        if not self.health.check_ledger_file():
-            return False
-        self.daemon.hard_stop.set()  # no drain: nothing more may be recorded there
-        self.daemon.stop()
-        return True
 
     def tick(self, now: float, last: dict[str, float]) -> None:
         self.intake.tick()
@@ -358,7 +353,7 @@ class MainLoop:
                     lambda root: self.intake.request_scan(root, reason="disk-space"),
                 )
             self.liveness.alive(now)  # a wedged stage is logged even without a watchdog
-            self._ledger_lost()
+            self.health.ledger_lost(self.daemon.stop_now)
             line = health.status_line()
             if line != self.notifier.last_status:  # tell systemd and `syncd status` at once
                 self.notifier.status(line)

@@ -31,6 +31,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 
 from syncd.circuit import DOWN, UP
 from syncd.failure_kinds import is_disk_full
@@ -74,13 +75,16 @@ class Health:
         self._meter = ProgressMeter()
         self._progress_shown = False  # the last progress snapshot written listed uploads
 
-    def check_ledger_file(self) -> bool:
-        """True (once) when the ledger file was deleted or replaced under syncd (``rm``, a
-        backup copied over it): whatever syncd recorded from then on would be in no
-        ledger at the next start, so the daemon stops and says how to go on. The same
-        when an fsync of the ledger failed (EIO): its commits are durable no more."""
+    def ledger_lost(self, stop: Callable[[], None]) -> bool:
+        """True when the ledger file was deleted or replaced under syncd (``rm``, a backup
+        copied over it): whatever syncd recorded from then on would be in no ledger at
+        the next start, so the first time it calls ``stop`` (a stop without a drain) and
+        says how to go on. The same when an fsync of the ledger failed (EIO): its
+        commits are durable no more."""
+        if self.ledger_gone is not None:
+            return True  # stopping already
         how = self.ledger.gone()
-        if how is None or self.ledger_gone is not None:
+        if how is None:
             return False
         if how.startswith("could not be written"):
             self.ledger_gone = (
@@ -99,6 +103,7 @@ class Health:
             )
         log.critical("%s", self.ledger_gone)
         self.notifier.status(f"stopping: the ledger {how}")
+        stop()
         return True
 
     # the watchdog ------------------------------------------------------------

@@ -236,6 +236,21 @@ class RetryPolicy:
         )
         return State.RETRYING
 
+    def internal_error(self, row: Row, error: Exception, *, stopping: bool) -> None:
+        """An unexpected error (a bug, a ledger error): interrupted when ``stopping``, else
+        retried later; only while the row is still ``uploading``."""
+        current = self.ledger.get(row.id)
+        if current is None or current.state != State.UPLOADING:
+            log.error(
+                "#%d is %s already; the error above does not change that",
+                row.id,
+                "gone from the ledger" if current is None else current.state,
+            )
+        elif stopping:
+            self.interrupted(row)
+        else:
+            self.retry(row, "internal error (see log)", None, exc=error)
+
     def interrupted(self, row: Row) -> State:
         """Stopping: back to queued, attempt not counted, resume state (parts sent) kept."""
         with self.stats.lock:

@@ -389,18 +389,7 @@ class Uploader:
         recorded (``uploaded``, or further) leaves the row to the sweep, which
         finishes its archive move; a retry would send it again, or abort it."""
         try:
-            current = self.ledger.get(row.id)
-            if current is None or current.state != State.UPLOADING:
-                log.error(
-                    "#%d is %s already; the error above does not change that",
-                    row.id,
-                    "gone from the ledger" if current is None else current.state,
-                )
-                return
-            if self.cancelled:
-                self.policy.interrupted(row)
-            else:
-                self.policy.retry(row, "internal error (see log)", None, exc=error)
+            self.policy.internal_error(row, error, stopping=self.cancelled)
         except Exception as exc:
             if is_disk_full(exc):
                 self.disk_full.note("ledger", exc)

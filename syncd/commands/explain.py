@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from syncd import config as configmod
-from syncd import rules
+from syncd import rules, safefs, writers
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
@@ -221,6 +222,21 @@ def _in_folder(
     return "\n".join(lines), True
 
 
+def _open_for_writing(row: Row) -> bool:
+    """Whether some process holds the settling file open for writing (syncd/writers.py);
+    False when that cannot be told (another user's file, without CAP_LEASE)."""
+    if threading.current_thread() is threading.main_thread():
+        writers.enable()
+    try:
+        fd = safefs.open_file(row.folder, row.relpath)
+    except OSError:
+        return False
+    try:
+        return writers.held_for_writing(fd) is True
+    finally:
+        os.close(fd)
+
+
 def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
     """What the ledger says about ``row``, one line per fact."""
     lines: list[str] = []
@@ -230,6 +246,8 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
             f"  settling: waiting until it has been unchanged for "
             f"{folder.settle_seconds:g}s ({max(left, 0):.1f}s left if it stays quiet)"
         )
+        if _open_for_writing(row):
+            lines.append("  a process still has it open for writing: it waits until that process closes it")
     elif row.state in (State.QUEUED, State.UPLOADING):
         lines.append(
             f"  {row.state}, attempt {row.attempts} of {folder.max_attempts}"

@@ -140,7 +140,9 @@ def test_explain_variants(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert row is not None
     note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
     text = explain(inbox / "new.pdf")
-    assert "settling" in text and "left" in text
+    assert "settling" in text and "left" in text and "open for writing" not in text
+    with open(inbox / "new.pdf", "ab"):  # a writer that stalled with the file open
+        assert "a process still has it open for writing" in explain(inbox / "new.pdf")
     ledger.promote(row.id)
     claimed = ledger.claim_next()
     assert claimed is not None
