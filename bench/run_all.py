@@ -18,6 +18,7 @@ for script, args in [
     ("backlog.py", []),
     ("status_scale.py", []),
     ("idle.py", []),
+    ("flaky.py", []),
 ]:
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd import failed
 from syncd.away import AwayFolders
-from syncd.circuit import UP, is_outage
+from syncd.circuit import THRESHOLD, UP, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import (
     FatalError,
@@ -188,7 +188,7 @@ class RetryPolicy:
             since = self._outage_at.get(row.id)
             self._outage_at[row.id] = now
         before = circuit.snapshot()
-        verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe)
+        verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe, file=row.id)
         if verdict.open and before.state != "down":
             log.error(
                 "destination %r is down (%s); its files wait in place without using "
@@ -210,7 +210,11 @@ class RetryPolicy:
         if verdict.open:
             at = verdict.retry_at or now
         else:
-            at = now + backoff(verdict.failures, self.base, self.cap, self.rng, exc.retry_after)
+            # a streak of failures that has not opened the circuit (a flaky service, or
+            # one just gone down, OPEN_QUIET not over yet) grows no file's wait past
+            # the step the circuit's first probe would have
+            streak = min(verdict.failures, THRESHOLD)
+            at = now + backoff(streak, self.base, self.cap, self.rng, exc.retry_after)
         return self._wait_for_service(row, reason, at, exc)
 
     def _wait_for_service(self, row: Row, reason: str, at: float, exc: BaseException) -> State:

@@ -9,6 +9,7 @@ import pytest
 from syncd.circuit import (
     DOWN,
     GO,
+    OPEN_QUIET,
     RATE_LIMITED,
     REFUSED,
     THRESHOLD,
@@ -24,7 +25,10 @@ REFUSED_CONN = "RetryableError: lilt: initiate: ConnectError: [Errno 111] Connec
 
 
 def make(clock: FakeClock, **kw: Any) -> Circuit:
-    return Circuit("d", base=kw.pop("base", 1.0), cap=kw.pop("cap", 10.0), clock=clock, **kw)
+    """A circuit made OPEN_QUIET ago (before that, failures in a row do not open it)."""
+    c = Circuit("d", base=kw.pop("base", 1.0), cap=kw.pop("cap", 10.0), clock=clock, **kw)
+    clock.advance(OPEN_QUIET)
+    return c
 
 
 def open_it(c: Circuit, reason: str = REFUSED_CONN) -> None:
@@ -55,8 +59,9 @@ def test_closed_admits_everyone_and_opens_after_threshold_failures_in_a_row(cloc
         assert not verdict.open and verdict.failures == n and not verdict.charge
         assert c.admit() == GO
     c.succeeded()  # a success in between: the streak starts again
-    for _ in range(THRESHOLD - 1):
+    for _ in range(THRESHOLD):  # ... and seconds since it must pass too (a flaky service)
         assert not c.failed(REFUSED_CONN).open
+    clock.advance(OPEN_QUIET)
     verdict = c.failed(REFUSED_CONN)
     assert verdict.open and not verdict.charge and verdict.retry_at == clock() + 1.0
     state = c.snapshot()
@@ -108,6 +113,7 @@ def test_a_successful_probe_closes_it(clock: FakeClock) -> None:
     assert c.succeeded() is True
     assert c.snapshot() == CircuitState() and c.admit() == GO
     assert c.succeeded() is False  # already closed
+    clock.advance(OPEN_QUIET)
     open_it(c)  # and it starts again from the base step
     assert c.wait() == 1.0
 
@@ -158,12 +164,13 @@ def test_only_failures_that_belong_to_the_file_are_charged(clock: FakeClock) -> 
     clock.advance(1)
     # No success since its previous failure: the service may be what fails.
     assert not c.failed("HTTP 500", since=failed_at).charge
-    c.succeeded()  # other files get through...
+    works(c)  # other files get through...
     clock.advance(1)
     # ...while this one fails again: it is about the file.
     assert c.failed("HTTP 500", since=failed_at).charge
     # The first failure after an outage ended is not charged either (the outage may
     # have been what failed it: a connection that died with the old server).
+    clock.advance(OPEN_QUIET)
     c.failed("x")
     c.failed("x")
     assert c.failed("x").open
@@ -173,14 +180,54 @@ def test_only_failures_that_belong_to_the_file_are_charged(clock: FakeClock) -> 
     assert not c.failed("HTTP 500", since=failed_at).charge
     failed_at = clock()
     clock.advance(1)
-    c.succeeded()
+    works(c)
     clock.advance(1)
     assert c.failed("HTTP 500", since=failed_at).charge
     # A failure that opens the circuit, and every failure while open, is never charged.
+    clock.advance(OPEN_QUIET)
     c.failed("x")  # two in a row
     opening = c.failed("HTTP 500", since=failed_at)  # three: it opens
     assert opening.open and not opening.charge
     assert not c.failed("HTTP 500", since=failed_at).charge
+
+
+def works(c: Circuit, n: int = 16) -> None:
+    """Other files get through: ``n`` successes."""
+    for _ in range(n):
+        c.succeeded()
+
+
+def test_a_fresh_circuit_opens_only_after_open_quiet(clock: FakeClock) -> None:
+    """Just started (or reloaded), nothing has got through yet: failures in a row open
+    it once OPEN_QUIET has passed since, not at the first three (a flaky service)."""
+    c = Circuit("d", base=1.0, cap=10.0, clock=clock)
+    for _ in range(2 * THRESHOLD):
+        assert not c.failed(REFUSED_CONN).open
+    clock.advance(OPEN_QUIET)
+    assert c.failed(REFUSED_CONN).open
+    c.reset()  # a reload: quiet since then
+    for _ in range(THRESHOLD):
+        assert not c.failed(REFUSED_CONN).open
+
+
+def test_a_flaky_service_is_not_down_and_charges_no_file(clock: FakeClock) -> None:
+    """Half of the requests fail, the others work: three failures in a row are
+    frequent, yet the service is not down (it served a file moments ago), and a file
+    that keeps failing there is unlucky, not broken."""
+    c = make(clock)
+    failed_at: float | None = None
+    for i in range(200):
+        clock.advance(0.1)
+        if i % 5 in (0, 2):  # 40 % succeed, runs of three failures
+            c.succeeded()
+            continue
+        verdict = c.failed("HTTP 503", since=failed_at, file=i % 7)
+        assert not verdict.open and not verdict.charge, i
+        failed_at = clock()
+    assert c.admit() == GO
+    # Nothing gets through for OPEN_QUIET: now it is an outage.
+    clock.advance(OPEN_QUIET)
+    assert c.failed("HTTP 503").open
 
 
 def test_refused_opens_for_the_refuse_pause_then_probes(clock: FakeClock) -> None:
@@ -293,7 +340,7 @@ def test_reset_forgets_everything(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_threshold_is_configurable(clock: FakeClock, n: int) -> None:
-    c = Circuit("d", base=1.0, cap=2.0, clock=clock, threshold=n)
+    c = make(clock, cap=2.0, threshold=n)
     for _ in range(n):
         c.failed("x")
     assert c.snapshot().state == DOWN
