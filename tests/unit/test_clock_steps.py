@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from syncd import scanner
-from syncd.circuit import DOWN, GO, RATE_LIMITED, THRESHOLD, Circuit
+from syncd.circuit import DOWN, GO, OPEN_QUIET, RATE_LIMITED, THRESHOLD, Circuit
 from syncd.clock_steps import CLEAN_READ, ClockSteps
 from syncd.ledger import Ledger, State
 from syncd.settle import Settler
@@ -179,6 +179,7 @@ def test_shift_settling_moves_every_quiet_time(ledger: Ledger, clock: FakeClock)
 
 def test_an_open_circuit_is_not_held_for_the_length_of_a_step_back(clock: FakeClock) -> None:
     c = Circuit("d", base=2.0, cap=10.0, clock=clock)
+    clock.advance(OPEN_QUIET)  # a fresh circuit opens only once nothing got through for that long
     for _ in range(THRESHOLD):
         c.failed("RetryableError: HTTP 503")
     assert c.snapshot().state == DOWN and c.wait() == pytest.approx(2.0)

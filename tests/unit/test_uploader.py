@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from syncd.circuit import THRESHOLD
+from syncd.circuit import OPEN_QUIET, THRESHOLD
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
 from syncd.ledger import Ledger
@@ -86,6 +86,8 @@ def setup(tmp_path: Path, clock: FakeClock) -> Any:
         clock=clock,
         rng=random.Random(1),
     )
+    up.circuit("dest")  # made, then OPEN_QUIET passes: failures in a row open it at once
+    clock.advance(OPEN_QUIET)
 
     def drop(rel: str, data: bytes = b"payload") -> int:
         return queue_file(ledger, folder, rel, data)
