@@ -401,6 +401,7 @@ class MainLoop:
                 self.uploader.destination_states(),
                 self.runtime.usable_folders(),
                 wait=self.daemon.once_wait,
+                open_for_writing=self.settler.held_by_folder(),
             )
             is not None
         )

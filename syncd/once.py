@@ -46,9 +46,13 @@ def left_for_next_run(
     clock: Callable[[], float] = time.time,
     *,
     wait: float = RETRY_WAIT,
+    open_for_writing: Mapping[str, int] | None = None,
 ) -> int | None:
     """None while ``once`` has work to wait for; else how many files it leaves for the
-    next run (0: everything reached a final state), each group said in the log."""
+    next run (0: everything reached a final state), each group said in the log.
+    ``open_for_writing``: per folder, settling files a process still has open for
+    writing (syncd/settle.py): not waited for, however long the writer keeps them."""
+    writers = open_for_writing or {}
     by_folder = ledger.counts_by_folder()
     now = clock()
     held = {
@@ -61,8 +65,8 @@ def left_for_next_run(
     retrying: list[str] = []  # folders whose files left all wait for a retry
     for root, folder in folders.items():
         counts = by_folder.get(root, {})
-        active = sum(counts.get(state, 0) for state in ACTIVE_STATES)
-        if not active:
+        active = sum(counts.get(state, 0) for state in ACTIVE_STATES) - writers.get(root, 0)
+        if active <= 0:
             continue
         busy = counts.get(State.UPLOADING) or counts.get(State.UPLOADED)
         if folder.destination in held and not busy:
@@ -75,6 +79,12 @@ def left_for_next_run(
     first = ledger.first_retry(retrying) if retrying else None
     if retrying and (first is None or first - now <= wait):
         return None  # a retry due soon (or with no time: due now)
+    writing = sum(n for root, n in writers.items() if root in folders)
+    if writing:
+        log.warning(
+            "%d file(s) are still open for writing by a process: they wait for the next run",
+            writing,
+        )
     for name, n in waiting.items():
         log.warning(
             "destination %r is %s (%s): %d file(s) wait for the next run",
@@ -90,4 +100,4 @@ def left_for_next_run(
             time.strftime("%H:%M:%S", time.localtime(first)),
             wait,
         )
-    return sum(waiting.values()) + later
+    return sum(waiting.values()) + later + writing

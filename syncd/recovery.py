@@ -77,7 +77,11 @@ class Recovery:
         self.more = False  # finish_uploaded stopped at its budget: call it again at once
         self.full = False  # the archiver's last pass found a disk full
         self._wanted = threading.Event()  # the archiver is asked for a pass
+        self._asked = 0  # passes asked for so far (request())
+        self._answered = 0  # the asks the last finished pass answered (it began after them)
+        self._probe_ask: int | None = None  # the ask of the last disk-full probe
         self._stopping = False
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pulse: Pulse | None = None
         self._on_pass: Callable[[], None] = lambda: None
@@ -114,9 +118,14 @@ class Recovery:
         self._thread = threading.Thread(target=self._run, name="archiver", daemon=True)
         self._thread.start()
 
-    def request(self) -> None:
-        """Ask the archiver for a pass over the ``uploaded`` rows no worker holds."""
+    def request(self) -> int:
+        """Ask the archiver for a pass over the ``uploaded`` rows no worker holds; returns
+        the number of this ask."""
+        with self._lock:
+            self._asked += 1
+            asked = self._asked
         self._wanted.set()
+        return asked
 
     def archive_pass(self) -> None:
         """A pass over the ``uploaded`` rows: by the archiver when it runs, else here."""
@@ -126,10 +135,17 @@ class Recovery:
             self.request()
 
     def archive_full(self) -> bool:
-        """For the disk-full probe: whether the archiver's last pass found a disk full;
-        asks for another pass."""
-        self.request()
-        return self.full
+        """For the disk-full probe: whether a disk is still full, by the archiver's last
+        pass if it began after the previous probe asked (True until one has: a worker's
+        archive move that hit ENOSPC since is not to be outdone by an older pass); asks
+        for another pass."""
+        if self._thread is None:
+            return self.finish_uploaded()
+        with self._lock:
+            fresh = self._probe_ask is not None and self._answered >= self._probe_ask
+            full = self.full if fresh else True
+        self._probe_ask = self.request()
+        return full
 
     def stop(self, timeout: float) -> bool:
         """Let the pass in progress end (up to ``timeout``); True when the archiver is done."""
@@ -150,10 +166,15 @@ class Recovery:
                 self._liveness.release(self._pulse)
                 return
             self._pulse.step("looking for uploaded files to archive")
+            with self._lock:
+                asked = self._asked
             try:
-                self.full = self.finish_uploaded(self._pulse)
+                full = self.finish_uploaded(self._pulse)
             except Exception:  # a ledger error, a bug: the next sweep asks again
                 log.exception("could not finish the after_upload action of uploaded files")
+            else:
+                with self._lock:
+                    self.full, self._answered = full, asked
             if self.more:
                 self._wanted.set()
             self._on_pass()

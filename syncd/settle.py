@@ -82,7 +82,9 @@ class Settler:
         self.clock = clock
         self.on_queued = on_queued
         self._warned: set[int] = set()
-        self._held: set[int] = set()  # rows said to be open for writing by a process
+        # rows found open for writing by a process: row id -> (folder, said again after
+        # LONG_SETTLE_WARNING); `syncd once` leaves them for the next run
+        self._held: dict[int, tuple[str, bool]] = {}
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
@@ -149,9 +151,10 @@ class Settler:
             )
         self.ledger.set_due(looks, self._noted)
         self._noted = {}
-        if len(self._sidecars) > SIDECAR_PRUNE:
+        if len(self._sidecars) + len(self._held) > SIDECAR_PRUNE:
             alive = self.ledger.settling_ids()
             self._sidecars = {k: v for k, v in self._sidecars.items() if k in alive}
+            self._held = {k: v for k, v in self._held.items() if k in alive}
         if queued:
             self.on_queued()
         return queued
@@ -278,9 +281,21 @@ class Settler:
             return now + WAIT_LOOK  # the same file is being uploaded under its old name
         self._promote(row, st.st_ino)
         self._warned.discard(row.id)
-        self._held.discard(row.id)
+        self._held.pop(row.id, None)
         log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
+
+    def held_by_folder(self) -> dict[str, int]:
+        """Settling files that wait for a process to close them, per folder (`syncd once`
+        does not wait for them)."""
+        held: dict[str, int] = {}
+        for row_id, (folder, _said) in list(self._held.items()):
+            row = self.ledger.get(row_id)
+            if row is None or row.state != State.SETTLING:
+                del self._held[row_id]  # forgotten, vanished, queued by max_settle_seconds
+                continue
+            held[folder] = held.get(folder, 0) + 1
+        return held
 
     def _held_open(self, row: Row, st: os.stat_result) -> bool:
         """Whether a process still has the quiet file open for writing (a writer that
@@ -299,15 +314,16 @@ class Settler:
         if not held:
             return False
         waited = self.clock() - row.first_seen
-        if row.id not in self._held:
-            self._held.add(row.id)
+        said = self._held.get(row.id)
+        if said is None:
+            self._held[row.id] = (row.folder, False)
             log.info(
                 "no change for settle_seconds, but still open for writing by a process; "
                 "waiting until it is closed: %s",
                 quoted_path(row.inbox_path),
             )
-        elif waited >= LONG_SETTLE_WARNING and row.id not in self._warned:
-            self._warned.add(row.id)
+        elif waited >= LONG_SETTLE_WARNING and not said[1]:
+            self._held[row.id] = (row.folder, True)
             log.warning(
                 "still open for writing after %.0fs, waiting until it is closed (set "
                 "max_settle_seconds to upload such files anyway): %s",

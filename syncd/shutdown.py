@@ -65,6 +65,7 @@ def drain(
     watcher.stop()
     intake.stop_scanner()
     uploader.stop_claiming()
+    archiver(0.0)  # starts no further archive move (the one under way may finish below)
     deadline = time.monotonic() + drain_seconds
     while uploader.busy() and not hard_stop.is_set() and time.monotonic() < deadline:
         pulse.beat()  # the main loop is draining, not wedged

@@ -9,9 +9,12 @@ takes one on a read-only descriptor and gives it back at once, so the
 settle stage waits for the writer to close the file, however long it pauses.
 
 The answer is None (cannot tell: quiet time decides, as before) where the
-kernel will not lease: a file of another user without ``CAP_LEASE`` (the
-shipped unit grants it), a file system without leases (NFS, FUSE, some
-overlays), ``fs.leases-enable = 0``, or before :func:`enable` ran.
+kernel will not lease: a file of another user without ``CAP_LEASE`` (a
+documented drop-in grants it; the shipped unit does not), ``fs.leases-enable
+= 0``, or before :func:`enable` ran; and on any file system but the local
+ones of :data:`LOCAL_FS`. Network file systems answer ``EAGAIN`` for reasons
+of their own (NFSv4 without a read delegation, SMB without a read oplock),
+which would hold every file of such a share for ever.
 
 A writer that opens the file in the microseconds the lease is held breaks
 it: its ``open`` waits until the lease is given back (an ``O_NONBLOCK`` open
@@ -23,6 +26,7 @@ signal handlers (syncd uses ``SIGIO`` for nothing else).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -30,6 +34,25 @@ import signal
 import threading
 
 log = logging.getLogger(__name__)
+
+#: ``statfs`` magic numbers of local file systems whose leases mean what the
+#: kernel's generic lease code says (linux/magic.h)
+LOCAL_FS = {
+    0xEF53: "ext2/3/4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x01021994: "tmpfs",
+    0x858458F6: "ramfs",
+    0xF2F52010: "f2fs",
+    0x2FC12FC1: "zfs",
+    0xCA451A4E: "bcachefs",
+    0x794C7630: "overlayfs",
+    0x3153464A: "jfs",
+    0x52654973: "reiserfs",
+    0x4D44: "vfat",
+    0x2011BAB0: "exfat",
+    0x7366746E: "ntfs3",
+}
 
 _enabled = False
 _said: set[int] = set()  # errnos already logged as "cannot tell"
@@ -48,26 +71,50 @@ def held_for_writing(fd: int) -> bool | None:
     writing, False when none has, None when the kernel will not say."""
     if not _enabled:
         return None
+    kind = fs_type(fd)
+    if kind is None or kind not in LOCAL_FS:
+        _say_once(
+            -1 if kind is None else kind,
+            "a file system whose leases do not say so"
+            + ("" if kind is None else f" (statfs type {kind:#x})"),
+        )
+        return None
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             return True
-        with _lock:
-            first = exc.errno not in _said
-            _said.add(exc.errno or 0)
-        if first:
-            log.info(
-                "cannot ask the kernel whether a file is still open for writing (%s): "
-                "quiet time alone decides when such files are finished",
-                _why(exc.errno),
-            )
+        _say_once(exc.errno or 0, _why(exc.errno))
         return None
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     except OSError:  # closing the descriptor gives the lease back too
         pass
     return False
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 248)]
+
+
+def fs_type(fd: int) -> int | None:
+    """The ``statfs`` type (magic number) of the file system of ``fd``; None if unknown."""
+    buf = _StatFs()
+    if ctypes.CDLL(None, use_errno=True).fstatfs(fd, ctypes.byref(buf)) != 0:
+        return None
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
+def _say_once(key: int, why: str) -> None:
+    with _lock:
+        first = key not in _said
+        _said.add(key)
+    if first:
+        log.info(
+            "cannot ask the kernel whether a file is still open for writing (%s): "
+            "quiet time alone decides when such files are finished",
+            why,
+        )
 
 
 def _why(code: int | None) -> str:

@@ -21,6 +21,19 @@ pytestmark = pytest.mark.process
 MIB = 1024 * 1024
 
 
+def _needs_leases(folder: Path) -> None:
+    """Skip, saying why, where the kernel cannot tell whether a file is open for writing."""
+    from syncd import writers
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        kind = writers.fs_type(fd)
+    finally:
+        os.close(fd)
+    if kind not in writers.LOCAL_FS:
+        pytest.skip(f"{folder} is on a file system without usable leases (statfs type {kind})")
+
+
 def _uploading(s: Setup, rel: str) -> bool:
     return any(r.relpath == rel and r.state == "uploading" for r in s.rows())
 
@@ -238,6 +251,7 @@ def test_f1_a_writer_pausing_longer_than_settle_is_waited_for(
     pages) is not finished, however long the stall: the kernel says a process holds it
     open for writing, and syncd waits for the close."""
     s = setup(folders=[{"name": "in", "settle_seconds": settle}])
+    _needs_leases(s.inbox())
     s.start()
     s.wait_started()
     path = s.inbox() / "scan.pdf"
@@ -252,6 +266,32 @@ def test_f1_a_writer_pausing_longer_than_settle_is_waited_for(
     wait_until(lambda: s.all_done(1), 15, what="the whole file")
     assert [u["sha256"] for u in s.emulator.uploads()] == [sha(b"page 1\npage 2\n")]
     s.invariants()
+
+
+def test_f1_once_leaves_a_file_still_open_for_writing_to_the_next_run(
+    setup: Callable[..., Setup],
+) -> None:
+    """`syncd once` (a cron job) does not wait for a writer that keeps its file open: it
+    sends the rest, says what it left, and exits 1; the next run sends the whole file."""
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.2}])
+    _needs_leases(s.inbox())
+    s.drop("done.txt", b"finished")
+    path = s.inbox() / "open.log"
+    with open(path, "wb") as f:
+        f.write(b"first half ")
+        f.flush()
+        once = s.cli("once", "--no-progress")
+        assert once.returncode == 1, once.stdout + once.stderr
+        assert "still open for writing by a process" in once.stdout + once.stderr
+        assert "1 left for the next run" in once.stdout, once.stdout
+        f.write(b"second half")
+    assert s.counts() == {"done": 1, "settling": 1}
+    again = s.cli("once", "--no-progress")
+    assert again.returncode == 0, again.stdout + again.stderr
+    s.dropped[("in", "open.log")] = b"first half second half"
+    assert sorted(u["sha256"] for u in s.emulator.uploads()) == sorted(
+        [sha(b"finished"), sha(b"first half second half")]
+    )
 
 
 def test_f5_many_events_for_one_file_make_one_upload(setup: Callable[..., Setup]) -> None:

@@ -969,3 +969,23 @@ def test_uploaded_files_are_archived_by_the_archiver_thread_never_on_the_caller(
     wait_until(lambda: ledger.get(row_id).state == "done", 10, what="archived")
     wait_until(lambda: passes, 5, what="the pass said")
     assert recovery.stop(5) and "archiver" not in liveness._pulses
+
+
+def test_the_disk_full_probe_trusts_only_an_archiver_pass_that_began_after_it_asked(
+    setup: Any,
+) -> None:
+    """A worker's archive move hit ENOSPC after the archiver's last pass: that older
+    pass's "not full" must not resume uploads; the next probe goes by a pass it asked for."""
+    from syncd.liveness import Liveness
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    recovery = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    recovery.start(Liveness())
+    recovery.request()
+    wait_until(lambda: recovery._answered >= 1, 10, what="a first pass")
+    assert recovery.full is False
+    assert recovery.archive_full() is True  # nothing asked by a probe answered yet
+    wait_until(lambda: recovery._answered >= recovery._asked, 10, what="the pass it asked for")
+    assert recovery.archive_full() is False  # that pass found no disk full
+    assert recovery.stop(5)

@@ -102,3 +102,22 @@ def test_where_the_kernel_will_not_lease_it_says_so_once(
             os.close(fd)
     lines = [m for m in caplog.messages if "cannot ask the kernel" in m]
     assert len(lines) == 1 and said in lines[0], caplog.messages
+
+
+def test_a_network_file_system_is_not_asked(
+    tmp_path: Path, enabled: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NFSv4 without a read delegation, SMB without a read oplock: the kernel refuses a
+    lease with EAGAIN though nobody writes. Only local file systems are asked."""
+    monkeypatch.setattr(writers, "fs_type", lambda fd: 0x6969)  # NFS
+    caplog.set_level(logging.INFO, "syncd.writers")
+    path = tmp_path / "f"
+    with open(path, "wb"):
+        for _ in range(2):
+            fd = _reader(path)
+            try:
+                assert writers.held_for_writing(fd) is None
+            finally:
+                os.close(fd)
+    lines = [m for m in caplog.messages if "cannot ask the kernel" in m]
+    assert len(lines) == 1 and "0x6969" in lines[0]
