@@ -21,17 +21,21 @@ States (``CircuitState.state``):
 
 ``up``            closed: uploads flow. Outage failures are counted; after
                   ``threshold`` (3) of them in a row, across files, with no
-                  success in between, and none for :data:`OPEN_QUIET` (5 s;
-                  since the circuit was made, before its first success), the
-                  circuit opens ("down"). One reset or timeout is routine
-                  on a long transfer; three in a row with nothing getting
-                  through for seconds is an outage. A *flaky* service, one
-                  that fails some requests and serves the rest, is not down:
-                  three failures in a row are frequent at a 50 % failure rate,
-                  and an open circuit stopped every upload on each (430 times
-                  slower, the circuit opening 147 times for 200 files). With
-                  several workers and a dead service that takes a few
-                  seconds; a hanging one opens at the third timeout.
+                  success in between, the circuit opens ("down"), unless the
+                  service served a file less than :data:`OPEN_QUIET` (5 s)
+                  ago: then only at :data:`HARD_STREAK` (20) in a row. One
+                  reset or timeout is routine on a long transfer; three in a
+                  row with nothing getting through is an outage. A *flaky*
+                  service, one that fails some requests and serves the rest,
+                  is not down: three failures in a row are frequent at a 50 %
+                  failure rate, and an open circuit stopped every upload on
+                  each (430 times slower, the circuit opening 147 times for
+                  200 files); twenty in a row come once in a million. A
+                  service that has served nothing yet (syncd just started, a
+                  reload changed it) opens at three, as does one whose last
+                  success the wall clock was stepped back past. With several
+                  workers and a dead service that takes milliseconds; a
+                  hanging one opens at the third timeout.
 ``down``          open: no upload starts except the *probe*: once per step,
                   :meth:`~Circuit.admit` lets exactly one caller through (a
                   real upload attempt, or ``Destination.probe()`` when nothing
@@ -54,12 +58,14 @@ Attempts (``max_attempts`` counts what belongs to the file).
 :meth:`~Circuit.failed` returns a :class:`Verdict`; ``charge`` is True only
 when the circuit is closed and stays closed, and the service confirmed other
 work after the file's previous outage failure (``since``), which itself came
-after the circuit last closed, and at least :data:`HEALTHY_SHARE` (80 %) of
-the last :data:`WINDOW` (20) outcomes of other files (``file``) were
-successes: the service
-demonstrably works while this one file keeps failing (a server that chokes on
-it). A flaky service charges no file: at 50 % failures, one file in 500 lost
-all of its eight attempts to chance. A file's first outage
+after the circuit last closed: the service demonstrably works while this one
+file keeps failing (a server that chokes on it). On a flaky service that is
+chance, not the file: unless at least :data:`HEALTHY_SHARE` (80 %) of the
+last :data:`WINDOW` (20) outcomes of other files (``file``) were successes,
+such a failure is *excused* (``Verdict.excused``), the first
+:data:`FLAKY_GRACE` (4) times for a file (``excused`` counts them); after
+that it is charged, so a file the server always fails still reaches
+``failed_dir``, four tries later. A file's first outage
 failure, its first after an outage ended, every failure that opens the
 circuit and every failure while it is open (an upload in flight when it
 opened, a failed probe) are given back. Refusals and 429s are never charged.
@@ -90,9 +96,11 @@ RATE_LIMITED = "rate_limited"
 CIRCUIT_STATES = (UP, DOWN, REFUSED, RATE_LIMITED)
 
 THRESHOLD = 3  # outage failures in a row (across files, no success between) that open it
-OPEN_QUIET = 5.0  # ... and seconds without any success: a flaky service is not down
+OPEN_QUIET = 5.0  # ... unless a success came this recently (a flaky service is not down)
+HARD_STREAK = 20  # ... then at this many in a row
 WINDOW = 20  # the last outcomes (success, outage failure) the healthy share is taken over
 HEALTHY_SHARE = 0.8  # successes among them for a file's own failure to be charged to it
+FLAKY_GRACE = 4  # ... or failures of one file excused as the service's flakiness before that
 CLOCK_SLACK = 1.0  # a deadline this little further ahead than set is not a clock step
 REFUSE_PAUSE = 60.0  # seconds between probes of a destination that refuses uploads
 GO = 0  # admit(): upload normally
@@ -145,6 +153,7 @@ class Verdict:
     open: bool  # the circuit is open now: the file waits for it
     retry_at: float | None  # open: when the next probe goes (the file is due then)
     failures: int  # outage failures in a row, for the file's own backoff while closed
+    excused: bool = False  # the file's own failure by the rule, excused on a flaky service
 
 
 class Circuit:
@@ -178,7 +187,6 @@ class Circuit:
         self._outcomes: deque[tuple[bool, object]] = deque(maxlen=WINDOW)
         self._limited = 0  # 429s in a row
         self._last_success: float | None = None
-        self._started = clock()  # a fresh circuit has seen no success yet: quiet since then
         self._closed_at: float | None = None  # when it last closed after being open
         self._probe = 0  # token of the probe in flight, 0 = none
         self._tokens = 0
@@ -258,11 +266,13 @@ class Circuit:
         retry_after: float | None = None,
         probe: int = GO,
         file: object = None,
+        excused: int = 0,
     ) -> Verdict:
         """An outage failure (:func:`is_outage`). ``since``: the time of this file's
         previous outage failure, None if it has none; ``probe``: the token
         from :meth:`admit` if this attempt was the probe; ``file``: a key of the file
-        (its own failures do not count against the service's healthy share)."""
+        (its own failures do not count against the service's healthy share);
+        ``excused``: how many of its failures were excused already."""
         with self._lock:
             now = self._clock()
             is_probe = bool(probe) and probe == self._probe
@@ -270,17 +280,20 @@ class Circuit:
                 self._failures += 1
                 others = [ok for ok, key in self._outcomes if key is None or key != file]
                 self._outcomes.append((False, file))
-                quiet_since = self._started if self._last_success is None else self._last_success
-                working = now - quiet_since < OPEN_QUIET
+                served = self._last_success
+                working = (
+                    served is not None and 0.0 <= now - served < OPEN_QUIET and self._failures < HARD_STREAK
+                )
                 if self._failures < self.threshold or working:
-                    charge = (
+                    owned = (
                         since is not None
-                        and self._last_success is not None
-                        and self._last_success > since
+                        and served is not None
+                        and served > since
                         and (self._closed_at is None or since > self._closed_at)
-                        and sum(others) >= HEALTHY_SHARE * len(others)
                     )
-                    return Verdict(charge, False, None, self._failures)
+                    healthy = sum(others) >= HEALTHY_SHARE * len(others)
+                    charge = owned and (healthy or excused >= FLAKY_GRACE)
+                    return Verdict(charge, False, None, self._failures, owned and not charge)
                 self._open(DOWN, reason, now, self.base, retry_after)
             elif is_probe:
                 self._probe = 0
@@ -349,7 +362,6 @@ class Circuit:
             self._last_success = self._closed_at = None
             self._limited = 0
             self._outcomes.clear()
-            self._started = self._clock()
 
     # internals --------------------------------------------------------------------------
 

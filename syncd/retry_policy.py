@@ -113,6 +113,7 @@ class RetryPolicy:
         self.webhook: Webhook | None = None  # told when a file fails for good
         self._lock = threading.Lock()
         self._outage_at: dict[int, float] = {}  # row id -> time of its last outage failure
+        self._excused: dict[int, int] = {}  # row id -> its failures excused as flakiness
         self.away = AwayFolders()  # folders whose files were put off (the settle stage wakes them)
         self._unreadable: dict[int, tuple[str, int]] = {}  # row id -> (reason, tries)
 
@@ -120,6 +121,7 @@ class RetryPolicy:
         """The row reached a state of its own: drop what was remembered about its tries."""
         with self._lock:
             self._outage_at.pop(row_id, None)
+            self._excused.pop(row_id, None)
             self._unreadable.pop(row_id, None)
 
     def attempt_failed(self, row: Row, dest: Destination, folder: FolderConfig, exc: Exception) -> State:
@@ -187,8 +189,14 @@ class RetryPolicy:
         with self._lock:
             since = self._outage_at.get(row.id)
             self._outage_at[row.id] = now
+            excused = self._excused.get(row.id, 0)
         before = circuit.snapshot()
-        verdict = circuit.failed(reason, since=since, retry_after=exc.retry_after, probe=probe, file=row.id)
+        verdict = circuit.failed(
+            reason, since=since, retry_after=exc.retry_after, probe=probe, file=row.id, excused=excused
+        )
+        if verdict.excused:
+            with self._lock:
+                self._excused[row.id] = excused + 1
         if verdict.open and before.state != "down":
             log.error(
                 "destination %r is down (%s); its files wait in place without using "
@@ -210,9 +218,8 @@ class RetryPolicy:
         if verdict.open:
             at = verdict.retry_at or now
         else:
-            # a streak of failures that has not opened the circuit (a flaky service, or
-            # one just gone down, OPEN_QUIET not over yet) grows no file's wait past
-            # the step the circuit's first probe would have
+            # a streak that has not opened the circuit (a flaky service) may grow up to
+            # HARD_STREAK: a file's wait stays within the circuit's first probe step
             streak = min(verdict.failures, THRESHOLD)
             at = now + backoff(streak, self.base, self.cap, self.rng, exc.retry_after)
         return self._wait_for_service(row, reason, at, exc)

@@ -104,6 +104,7 @@ class Settler:
         one batch: :attr:`more` is set and the caller comes back at once.
         """
         self.follow_clock()
+        writers.forget_devices()
         folders = self._folders()
         for root in self.away.back(folders):  # back: what waited for it is due now
             if self.ledger.folder_back(root):
@@ -308,7 +309,7 @@ class Settler:
         except OSError:  # gone, swapped, unreadable: the next look or the upload says so
             return False
         try:
-            held = writers.held_for_writing(fd)
+            held = writers.held_for_writing(fd, st.st_dev)
         finally:
             os.close(fd)
         if not held:

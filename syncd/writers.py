@@ -32,6 +32,7 @@ import fcntl
 import logging
 import signal
 import threading
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ LOCAL_FS = {
 }
 
 _enabled = False
+# st_dev -> statfs type, for one settle tick (forget_devices): a device number
+# freed by an unmount may come back as another file system
+_fs_of_device: dict[int, int | None] = {}
 _said: set[int] = set()  # errnos already logged as "cannot tell"
 _lock = threading.Lock()
 
@@ -66,12 +70,23 @@ def enable() -> None:
     _enabled = True
 
 
-def held_for_writing(fd: int) -> bool | None:
+def forget_devices() -> None:
+    """Look the file system types up afresh (each settle tick begins with it)."""
+    _fs_of_device.clear()
+
+
+def held_for_writing(fd: int, device: int | None = None) -> bool | None:
     """True when some process has the file of ``fd`` (opened read-only) open for
-    writing, False when none has, None when the kernel will not say."""
+    writing, False when none has, None when the kernel will not say. ``device``: the
+    file's ``st_dev``, whose file system type is then looked up once."""
     if not _enabled:
         return None
-    kind = fs_type(fd)
+    if device is None:
+        kind = fs_type(fd)
+    else:
+        kind = _fs_of_device.get(device, -1)
+        if kind == -1:
+            kind = _fs_of_device[device] = fs_type(fd)
     if kind is None or kind not in LOCAL_FS:
         _say_once(
             -1 if kind is None else kind,
@@ -97,10 +112,16 @@ class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 248)]
 
 
+_fstatfs: Any = None  # libc's fstatfs, looked up at the first use
+
+
 def fs_type(fd: int) -> int | None:
     """The ``statfs`` type (magic number) of the file system of ``fd``; None if unknown."""
+    global _fstatfs
+    if _fstatfs is None:
+        _fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
     buf = _StatFs()
-    if ctypes.CDLL(None, use_errno=True).fstatfs(fd, ctypes.byref(buf)) != 0:
+    if _fstatfs(fd, ctypes.byref(buf)) != 0:
         return None
     return int(buf.f_type) & 0xFFFFFFFF
 

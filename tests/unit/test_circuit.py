@@ -8,7 +8,9 @@ import pytest
 
 from syncd.circuit import (
     DOWN,
+    FLAKY_GRACE,
     GO,
+    HARD_STREAK,
     OPEN_QUIET,
     RATE_LIMITED,
     REFUSED,
@@ -197,17 +199,39 @@ def works(c: Circuit, n: int = 16) -> None:
         c.succeeded()
 
 
-def test_a_fresh_circuit_opens_only_after_open_quiet(clock: FakeClock) -> None:
-    """Just started (or reloaded), nothing has got through yet: failures in a row open
-    it once OPEN_QUIET has passed since, not at the first three (a flaky service)."""
+def test_a_service_that_served_nothing_yet_opens_at_three(clock: FakeClock) -> None:
+    """Just started, or reloaded: no evidence the service works, so a dead one is not
+    sent hundreds of requests a second for OPEN_QUIET (1,666 were, at start)."""
     c = Circuit("d", base=1.0, cap=10.0, clock=clock)
-    for _ in range(2 * THRESHOLD):
+    for _ in range(THRESHOLD - 1):
         assert not c.failed(REFUSED_CONN).open
-    clock.advance(OPEN_QUIET)
     assert c.failed(REFUSED_CONN).open
-    c.reset()  # a reload: quiet since then
-    for _ in range(THRESHOLD):
+    clock.advance(1.0)
+    assert c.admit() and c.succeeded()
+    c.reset()  # a reload changed the destination: its past successes say nothing
+    for _ in range(THRESHOLD - 1):
         assert not c.failed(REFUSED_CONN).open
+    assert c.failed(REFUSED_CONN).open
+
+
+def test_a_service_that_went_down_just_after_a_success_opens_at_the_hard_streak(clock: FakeClock) -> None:
+    """Dead right after it served a file: twenty failures in a row open it at once (a
+    flaky service hardly ever fails twenty times in a row), not a few thousand in 5 s."""
+    c = make(clock)
+    c.succeeded()
+    for n in range(1, HARD_STREAK):
+        clock.advance(0.001)
+        assert not c.failed(REFUSED_CONN).open, n
+    assert c.failed(REFUSED_CONN).open
+
+
+def test_a_clock_stepped_back_past_the_last_success_does_not_hold_it_closed(clock: FakeClock) -> None:
+    c = make(clock)
+    c.succeeded()
+    clock.advance(-3600.0)
+    for _ in range(THRESHOLD - 1):
+        c.failed(REFUSED_CONN)
+    assert c.failed(REFUSED_CONN).open
 
 
 def test_a_flaky_service_is_not_down_and_charges_no_file(clock: FakeClock) -> None:
@@ -228,6 +252,31 @@ def test_a_flaky_service_is_not_down_and_charges_no_file(clock: FakeClock) -> No
     # Nothing gets through for OPEN_QUIET: now it is an outage.
     clock.advance(OPEN_QUIET)
     assert c.failed("HTTP 503").open
+
+
+def test_a_file_the_flaky_service_always_fails_is_charged_after_its_grace(clock: FakeClock) -> None:
+    """Ten files the server always fails, among others it serves: each failure of one
+    of them counts against the healthy share of the rest, so none would ever be charged
+    (1,111 free retries in 90 s). After FLAKY_GRACE excused failures, each is."""
+    c = make(clock)
+    failed_at: dict[int, float] = {}
+    excused: dict[int, int] = {}
+    charged: dict[int, int] = {}
+    for i in range(300):
+        clock.advance(0.1)
+        if i % 3 == 0:
+            c.succeeded()
+            continue
+        poison = i % 10
+        verdict = c.failed(
+            "HTTP 500", since=failed_at.get(poison), file=poison, excused=excused.get(poison, 0)
+        )
+        assert not verdict.open
+        excused[poison] = excused.get(poison, 0) + verdict.excused
+        charged[poison] = charged.get(poison, 0) + verdict.charge
+        failed_at[poison] = clock()
+    assert all(n == FLAKY_GRACE for n in excused.values()), excused
+    assert all(n >= 8 for n in charged.values()), charged  # max_attempts' worth, each
 
 
 def test_refused_opens_for_the_refuse_pause_then_probes(clock: FakeClock) -> None:
