@@ -228,21 +228,27 @@ def _documented_drop_in(what: str = "folders") -> str:
     return block.group(1)
 
 
-@pytest.mark.process
-def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> None:
-    analyze = tool("systemd-analyze")
-    drop_in = _documented_drop_in()
-    assert "BindPaths=" in drop_in and "SupplementaryGroups=" in drop_in
+def _verify_with(unit: Path, name: str, drop_in: str) -> None:
+    """``systemd-analyze verify`` of the unit with ``drop_in`` as syncd.service.d/``name``:
+    rc 0 and nothing on stderr."""
     (unit.parent / "syncd.service.d").mkdir()
-    (unit.parent / "syncd.service.d" / "folders.conf").write_text(drop_in)
+    (unit.parent / "syncd.service.d" / name).write_text(drop_in)
     out = subprocess.run(
-        [analyze, "verify", "--man=no", str(unit)],
+        [tool("systemd-analyze"), "verify", "--man=no", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=unit.parent,
     )
     assert out.returncode == 0 and out.stderr == "", out.stderr
+
+
+@pytest.mark.process
+def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> None:
+    analyze = tool("systemd-analyze")
+    drop_in = _documented_drop_in()
+    assert "BindPaths=" in drop_in and "SupplementaryGroups=" in drop_in
+    _verify_with(unit, "folders.conf", drop_in)
     # SupplementaryGroups= costs 0.1; the target for a site's unit is <= 2.0.
     out = subprocess.run(
         [analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
@@ -257,17 +263,7 @@ def test_documented_folder_drop_in_verifies_and_keeps_the_score(unit: Path) -> N
 def test_documented_lease_drop_in_verifies_and_costs_only_cap_lease(unit: Path) -> None:
     """Writers that pause (section 5): the drop-in grants CAP_LEASE and nothing else."""
     analyze = tool("systemd-analyze")
-    drop_in = _documented_drop_in("lease")
-    (unit.parent / "syncd.service.d").mkdir()
-    (unit.parent / "syncd.service.d" / "lease.conf").write_text(drop_in)
-    out = subprocess.run(
-        [analyze, "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=unit.parent,
-    )
-    assert out.returncode == 0 and out.stderr == "", out.stderr
+    _verify_with(unit, "lease.conf", _documented_drop_in("lease"))
     checks = json.loads(
         subprocess.run(
             [analyze, "security", "--offline=yes", "--json=short", str(unit)],

@@ -30,6 +30,15 @@ def _reader(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
 
 
+def _ask(path: Path) -> bool | None:
+    """held_for_writing on a descriptor of its own, as the settle stage asks."""
+    fd = _reader(path)
+    try:
+        return writers.held_for_writing(fd)
+    finally:
+        os.close(fd)
+
+
 def test_a_file_open_for_writing_anywhere_is_held(tmp_path: Path, enabled: None) -> None:
     path = tmp_path / "scan.pdf"
     with open(path, "wb") as f:
@@ -95,11 +104,7 @@ def test_where_the_kernel_will_not_lease_it_says_so_once(
     path.write_bytes(b"x")
     caplog.set_level(logging.INFO, "syncd.writers")
     for _ in range(3):
-        fd = _reader(path)
-        try:
-            assert writers.held_for_writing(fd) is None
-        finally:
-            os.close(fd)
+        assert _ask(path) is None
     lines = [m for m in caplog.messages if "cannot ask the kernel" in m]
     assert len(lines) == 1 and said in lines[0], caplog.messages
 
@@ -114,10 +119,6 @@ def test_a_network_file_system_is_not_asked(
     path = tmp_path / "f"
     with open(path, "wb"):
         for _ in range(2):
-            fd = _reader(path)
-            try:
-                assert writers.held_for_writing(fd) is None
-            finally:
-                os.close(fd)
+            assert _ask(path) is None
     lines = [m for m in caplog.messages if "cannot ask the kernel" in m]
     assert len(lines) == 1 and "0x6969" in lines[0]
