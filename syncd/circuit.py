@@ -28,14 +28,11 @@ States (``CircuitState.state``):
                   row with nothing getting through is an outage. A *flaky*
                   service, one that fails some requests and serves the rest,
                   is not down: three failures in a row are frequent at a 50 %
-                  failure rate, and an open circuit stopped every upload on
-                  each (430 times slower, the circuit opening 147 times for
-                  200 files); twenty in a row come once in a million. A
-                  service that has served nothing yet (syncd just started, a
-                  reload changed it) opens at three, as does one whose last
-                  success the wall clock was stepped back past. With several
-                  workers and a dead service that takes milliseconds; a
-                  hanging one opens at the third timeout.
+                  failure rate, twenty come once in a million. One that has
+                  served nothing yet (just started, or changed by a reload)
+                  opens at three, as does one whose last success the clock
+                  was stepped back past. A hanging one opens at the third
+                  timeout.
 ``down``          open: no upload starts except the *probe*: once per step,
                   :meth:`~Circuit.admit` lets exactly one caller through (a
                   real upload attempt, or ``Destination.probe()`` when nothing
@@ -59,24 +56,19 @@ Attempts (``max_attempts`` counts what belongs to the file).
 when the circuit is closed and stays closed, and the service confirmed other
 work after the file's previous outage failure (``since``), which itself came
 after the circuit last closed: the service demonstrably works while this one
-file keeps failing (a server that chokes on it). On a flaky service that is
-chance, not the file: unless at least :data:`HEALTHY_SHARE` (80 %) of the
-last :data:`WINDOW` (20) outcomes of other files (``file``) were successes,
-such a failure is *excused* (``Verdict.excused``), the first
-:data:`FLAKY_GRACE` (4) times for a file (``excused`` counts them); after
-that it is charged, so a file the server always fails still reaches
-``failed_dir``, four tries later. A file's first outage
-failure, its first after an outage ended, every failure that opens the
-circuit and every failure while it is open (an upload in flight when it
-opened, a failed probe) are given back. Refusals and 429s are never charged.
+file keeps failing (a server that chokes on it). Unless :data:`HEALTHY_SHARE`
+(80 %) of the last :data:`WINDOW` (20) outcomes of other files (``file``)
+were successes (a flaky service: chance, not the file), it is *excused*
+instead, the first :data:`FLAKY_GRACE` (4) times for a file (``excused``).
+A file's first outage failure, its first after an outage ended, every
+failure that opens the circuit and every failure while it is open (an
+upload in flight when it opened, a failed probe) are given back. Refusals
+and 429s are never charged.
 
-Thread-safe (one lock; uploader threads report, the main loop and the
-metrics endpoint read :meth:`~Circuit.snapshot`). ``clock`` returns seconds;
-the daemon passes the wall clock, so ``since`` and ``next_probe_at`` can be
-shown as times of day. A wall clock stepped back while a circuit is open
-does not hold it for the length of the step: a deadline never lies further
-ahead than when it was set, and one that does keeps its own length, counted
-from the first look after the step.
+Thread-safe (one lock). ``clock`` is the wall clock, so ``since`` and
+``next_probe_at`` can be shown as times of day; a step back does not hold an
+open circuit for its length: a deadline further ahead than when it was set
+keeps its own length, counted from the first look after the step.
 """
 
 from __future__ import annotations

@@ -18,25 +18,20 @@ The stages, each in its own module:
 * shutdown.py: stopping with a drain.
 
 :class:`Daemon` is the process: the single-instance lock, the ledger (a
-write lock another process holds is waited for, said once in the log,
-rather than fatal), the signals and the exit code. :class:`MainLoop`
-builds every stage, runs startup recovery, queues the startup scan, starts
-the workers, says ``READY=1``, and then ticks whenever something wakes it,
-and at least once a second: flush
-the intake and settle, check folder health and probe a full disk every
-:data:`HEALTH_EVERY` seconds, rescan every ``rescan_seconds``, sweep,
-write the heartbeat, publish upload progress (at most once a second, while
-uploads run), apply a reload, ping the watchdog.
+write lock another process holds is waited for, said once), the signals and
+the exit code. :class:`MainLoop` builds every stage, runs startup recovery,
+queues the startup scan, starts the workers, says ``READY=1``, then ticks
+whenever something wakes it, at least once a second: flush the intake and
+settle, check folder health and probe a full disk every :data:`HEALTH_EVERY`
+s, rescan every ``rescan_seconds``, sweep, write the heartbeat, publish
+upload progress, apply a reload, ping the watchdog.
 
-Signals. SIGHUP reloads (runtime.py); applied or refused, ``READY=1``
-follows with the new STATUS. SIGTERM/SIGINT stop (shutdown.py): no new
-work, uploads in flight get ``drain_seconds`` to finish, then are
-interrupted and requeued with their resume state; a second signal skips
-the wait. The ledger is closed last and the exit code is 0.
+Signals. SIGHUP reloads (runtime.py), then ``READY=1`` with the new STATUS.
+SIGTERM/SIGINT stop (shutdown.py): uploads in flight get ``drain_seconds``,
+then are requeued with their resume state; a second signal skips the wait.
 
-``once`` mode runs the same pipeline without watches and returns when every
-file present at the start has reached a final state (or waits for a
-destination that is down: it does not wait out an outage).
+``once`` mode: the same pipeline without watches, until every file present at
+the start is final (it does not wait out an outage, syncd/once.py).
 """
 
 from __future__ import annotations
@@ -110,9 +105,7 @@ class Daemon:
         self.stop_requested = STOP_REQUESTED
         self.hard_stop = threading.Event()  # a second stop signal: no drain
         self.reload_requested = RELOAD_REQUESTED
-        # set by anything the main loop should act on now rather than at the next tick:
-        # a signal, an event, a scan or (once mode) an upload finished
-        self.nudge = threading.Event()
+        self.nudge = threading.Event()  # act now, not at the next tick (a signal, an event, ...)
         self._signals = 0
         self.final_counts: dict[str, int] = {}
         self.held_back = 0  # once mode: files left for the next run (syncd/once.py)

@@ -6,12 +6,9 @@ With ``[daemon] upload_processes = N`` (0, the default, turns this off) syncd
 runs up to N helper processes (``python -m syncd.offload_helper``): they
 start when a worker has a small file for one, and stop when none was handed
 over for :data:`IDLE_STOP` seconds, so an idle daemon has none. A worker
-with a small file to send hands the send to an idle helper; everything else
-stays with the worker, as without helpers: opening the file through safefs,
-the ledger, retries, circuits, the archive.
-
-What crosses the socket between a worker and its helper:
-:mod:`syncd.offload_helper`.
+hands only the send of a small file to an idle helper; opening the file
+through safefs, the ledger, retries, circuits and the archive stay with the
+worker. What crosses the socket: :mod:`syncd.offload_helper`.
 
 Only files of at most :data:`SMALL_FILE` bytes to a destination without a
 bandwidth limit are handed over (with their resume state, if an earlier

@@ -1,21 +1,15 @@
 """The retry policy: what a failed attempt leads to, by error class, and how long a file waits.
 
-What kind of failure an error is (:func:`retry_class`, :func:`is_disk_full`)
-is in syncd/failure_kinds.py and re-exported here. :func:`backoff` says how
-long a file waits before its next attempt (full jitter, or the server's
-Retry-After).
+What kind of failure an error is: syncd/failure_kinds.py (re-exported here).
+:func:`backoff`: how long a file waits (full jitter, or the server's Retry-After).
 
 :class:`RetryPolicy` records the outcome of an attempt that did not succeed
 (see :mod:`syncd.errors`):
 
-* ``RetryableError`` -> ``retrying`` with exponential backoff and full jitter
-  (or the server's Retry-After), until ``max_attempts``; then ``failed``.
-  Transport errors and 5xx are outage failures instead: they feed the
-  destination's circuit (syncd/circuits.py) and give the attempt back;
-  while the circuit is open the destination's files wait without spending
-  attempts and one probe per backoff step finds out when it is back. A 429
-  holds every worker of that destination back (the same circuit), also
-  without spending attempts.
+* ``RetryableError`` -> ``retrying`` with backoff, until ``max_attempts``;
+  then ``failed``. Transport errors, 5xx and 429s feed the destination's
+  circuit instead (syncd/circuit.py, whose docstring says when the attempt
+  is given back and when its files wait for a probe).
 * ``PermanentError`` -> ``failed`` at once: the remote upload is aborted and
   the file moved to ``failed_dir`` with its reason.
 * ``SourceChangedError`` -> the upload is discarded (aborted remotely), the
@@ -43,13 +37,7 @@ from syncd import failed
 from syncd.away import AwayFolders
 from syncd.circuit import THRESHOLD, UP, is_outage
 from syncd.destinations.base import Destination
-from syncd.errors import (
-    FatalError,
-    PermanentError,
-    RetryableError,
-    SourceChangedError,
-    describe,
-)
+from syncd.errors import FatalError, PermanentError, RetryableError, SourceChangedError, describe
 from syncd.failure_kinds import is_disk_full, retry_class
 from syncd.ledger import Ledger, Row, State
 from syncd.ledger.schedule import FOLDER_AWAY_ERROR
@@ -58,10 +46,8 @@ from syncd.upload_source import lexists
 from syncd.webhook import Webhook
 
 if TYPE_CHECKING:
-    from syncd.config import FolderConfig
-
-if TYPE_CHECKING:
     from syncd.circuits import Circuits
+    from syncd.config import FolderConfig
     from syncd.upload_one import Stats
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -131,3 +132,18 @@ def dir_ignored(reldir: str, *, exclude: Sequence[str] = (), ignore_junk: bool =
     if ignore_junk and any(junk_reason(p) for p in parts):
         return True
     return any(_dir_excluded(p, parts) for p in exclude)
+
+
+def describe_mode(mode: int) -> str:
+    """What a file that is not a regular file is, said to the operator."""
+    if stat.S_ISLNK(mode):
+        return "symlink (symlinks are never followed)"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "special file"

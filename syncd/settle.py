@@ -366,24 +366,10 @@ class Settler:
         if key in self._skipped_logged:
             return
         self._skipped_logged.add(key)
-        kind = describe_mode(mode)
+        kind = rules.describe_mode(mode)
         log.warning(
             "skipping %s: it is a %s, not a regular file", quoted_path(os.path.join(folder, relpath)), kind
         )
-
-
-def describe_mode(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symlink (symlinks are never followed)"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    return "special file"
 
 
 def _same_file_waits(busy: list[Row]) -> bool:

@@ -201,9 +201,7 @@ def _in_folder(
         return head + f"\n  not uploaded: {verdict.reason}{missing}", st is not None
     lines = [head, f"  rules: {verdict.reason}"]
     if st is not None and not stat.S_ISREG(st.st_mode):
-        from syncd.settle import describe_mode
-
-        lines.append(f"  not uploaded: it is a {describe_mode(st.st_mode)}")
+        lines.append(f"  not uploaded: it is a {rules.describe_mode(st.st_mode)}")
         return "\n".join(lines), True
     row = _look_up(cfg, lambda ledger: ledger.latest_for_path(root, rel))
     if row is None:
