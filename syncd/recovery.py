@@ -170,8 +170,13 @@ class Recovery:
                 asked = self._asked
             try:
                 full = self.finish_uploaded(self._pulse)
-            except Exception:  # a ledger error, a bug: the next sweep asks again
-                log.exception("could not finish the after_upload action of uploaded files")
+            except Exception as exc:  # a ledger error, a bug: the next sweep asks again
+                if self._stopping:  # a copy that outlived the stop: its ledger is closed
+                    log.info(
+                        "an archive move was cut short by the stop (%s); the next start finishes it", exc
+                    )
+                else:
+                    log.exception("could not finish the after_upload action of uploaded files")
             else:
                 with self._lock:
                     self.full, self._answered = full, asked

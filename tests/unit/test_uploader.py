@@ -989,3 +989,40 @@ def test_the_disk_full_probe_trusts_only_an_archiver_pass_that_began_after_it_as
     wait_until(lambda: recovery._answered >= recovery._asked, 10, what="the pass it asked for")
     assert recovery.archive_full() is False  # that pass found no disk full
     assert recovery.stop(5)
+
+
+def test_an_archive_move_that_outlives_the_stop_ends_with_a_line_not_a_traceback(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy of many gigabytes still running when the stop's grace is over: the
+    ledger is closed under it, and its last write fails. That is the crash case the next
+    start handles: said at INFO, no ERROR with a traceback."""
+    import errno
+    import sqlite3
+
+    from syncd import archive
+    from syncd.liveness import Liveness
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    caplog.set_level(logging.INFO, "syncd.daemon")
+    monkeypatch.setattr(archive, "finish", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.EIO, "I/O")))
+    drop("big.bin")
+    assert step() == "uploaded"
+    copying, release = threading.Event(), threading.Event()
+
+    def copy_then_closed_ledger(*args: Any, **kw: Any) -> None:
+        copying.set()
+        release.wait(10)
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    monkeypatch.setattr(archive, "finish", copy_then_closed_ledger)
+    recovery = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    recovery.start(Liveness())
+    recovery.request()
+    assert copying.wait(10)
+    assert recovery.stop(0.1) is False  # still copying
+    release.set()
+    assert recovery.stop(5)
+    assert any("cut short by the stop" in r.message for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "syncd.daemon"]
