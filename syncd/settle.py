@@ -82,9 +82,9 @@ class Settler:
         self.clock = clock
         self.on_queued = on_queued
         self._warned: set[int] = set()
-        # rows found open for writing by a process: row id -> (folder, said again after
-        # LONG_SETTLE_WARNING); `syncd once` leaves them for the next run
-        self._held: dict[int, tuple[str, bool]] = {}
+        # rows found open for writing by a process: row id -> (folder, what was said: 0 the
+        # wait, 1 after LONG_SETTLE_WARNING, 2 uploading anyway); `syncd once` leaves them
+        self._held: dict[int, tuple[str, int]] = {}
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
@@ -271,11 +271,13 @@ class Settler:
         if self._held_open(row, st):
             if not folder.max_settle_seconds or now - row.first_seen < folder.max_settle_seconds:
                 return now + max(float(folder.settle_seconds), WAIT_LOOK)  # its close is an event
-            log.warning(
-                "still open for writing after %.0fs, uploading anyway (max_settle_seconds): %s",
-                now - row.first_seen,
-                quoted_path(row.inbox_path),
-            )
+            if self._held.get(row.id, ("", 0))[1] < 2:  # said once, not at each look
+                self._held[row.id] = (row.folder, 2)
+                log.warning(
+                    "still open for writing after %.0fs, uploading anyway (max_settle_seconds): %s",
+                    now - row.first_seen,
+                    quoted_path(row.inbox_path),
+                )
         if (row.folder, st.st_ino) in self._promoting_inodes or _same_file_waits(
             self.ledger.inode_busy(replace(row, inode=st.st_ino))
         ):
@@ -317,14 +319,14 @@ class Settler:
         waited = self.clock() - row.first_seen
         said = self._held.get(row.id)
         if said is None:
-            self._held[row.id] = (row.folder, False)
+            self._held[row.id] = (row.folder, 0)
             log.info(
                 "no change for settle_seconds, but still open for writing by a process; "
                 "waiting until it is closed: %s",
                 quoted_path(row.inbox_path),
             )
-        elif waited >= LONG_SETTLE_WARNING and not said[1]:
-            self._held[row.id] = (row.folder, True)
+        elif waited >= LONG_SETTLE_WARNING and said[1] < 1:
+            self._held[row.id] = (row.folder, 1)
             log.warning(
                 "still open for writing after %.0fs, waiting until it is closed (set "
                 "max_settle_seconds to upload such files anyway): %s",

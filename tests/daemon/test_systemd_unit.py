@@ -23,6 +23,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,14 +109,7 @@ def test_security_exposure_at_most_1_2(unit: Path) -> None:
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out.stdout)
     assert score is not None, out.stdout + out.stderr
     assert out.returncode == 0 and float(score.group(1)) <= EXPOSURE_MAX / 10, out.stdout
-    checks = json.loads(
-        subprocess.run(
-            [analyze, "security", "--offline=yes", "--json=short", str(unit)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    checks = _security_checks(unit)
     exposed = {c["name"] for c in checks if c.get("exposure") not in (None, "0.0")}
     # What remains is inherent to an uploader that talks to the internet (operations.md, section 5).
     assert exposed <= {
@@ -228,6 +222,18 @@ def _documented_drop_in(what: str = "folders") -> str:
     return block.group(1)
 
 
+def _security_checks(unit: Path) -> list[dict[str, Any]]:
+    """``systemd-analyze security --json=short`` of the unit, offline."""
+    out = subprocess.run(
+        [tool("systemd-analyze"), "security", "--offline=yes", "--json=short", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    checks: list[dict[str, Any]] = json.loads(out.stdout)
+    return checks
+
+
 def _verify_with(unit: Path, name: str, drop_in: str) -> None:
     """``systemd-analyze verify`` of the unit with ``drop_in`` as syncd.service.d/``name``:
     rc 0 and nothing on stderr."""
@@ -264,14 +270,7 @@ def test_documented_lease_drop_in_verifies_and_costs_only_cap_lease(unit: Path) 
     """Writers that pause (section 5): the drop-in grants CAP_LEASE and nothing else."""
     analyze = tool("systemd-analyze")
     _verify_with(unit, "lease.conf", _documented_drop_in("lease"))
-    checks = json.loads(
-        subprocess.run(
-            [analyze, "security", "--offline=yes", "--json=short", str(unit)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    checks = _security_checks(unit)
     caps = {c["name"] for c in checks if c["name"].startswith("CapabilityBoundingSet=")}
     exposed = {c["name"] for c in checks if c["name"] in caps and c.get("exposure") not in (None, "0.0")}
     assert exposed == {"CapabilityBoundingSet=~CAP_LEASE"}, exposed
