@@ -10,6 +10,7 @@ The cache goes to ``.venv/pycache``, outside the source tree.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -45,3 +46,33 @@ def wait_started(proc: subprocess.Popen[bytes], base: Path, timeout: float = 30.
         if time.monotonic() > deadline or proc.poll() is not None:
             raise SystemExit("the daemon did not start: see " + str(base / "daemon.log"))
         time.sleep(0.05)
+
+
+def start_emulator(data: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``syncd emulate`` on 127.0.0.1:``port`` (``args``: more of its options), once it
+    takes connections; the caller terminates it."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "emulate",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("the emulator did not start")

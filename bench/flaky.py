@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,32 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from childenv import child_env, start_daemon  # noqa: E402
+from childenv import child_env, start_daemon, start_emulator  # noqa: E402
+from fastserver import syncd_config  # noqa: E402
 from throughput import free_port  # noqa: E402
 
 TIMEOUT = 600.0
-
-
-def _emulator(tmp: Path, port: int, rate: float) -> subprocess.Popen[bytes]:
-    args = ["--listen", f"127.0.0.1:{port}", "--data", str(tmp / "emu"), "--quiet"]
-    if rate:
-        args += ["--fail-rate", str(rate), "--faults", "503", "--seed", "7"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulate", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_env(),
-    )
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the emulator did not start")
+KEY = "bench-key-not-secret"  # the one fastserver.syncd_config writes
 
 
 def _counts(ledger: Path) -> tuple[dict[str, int], int]:
@@ -69,27 +48,14 @@ def run(rate: float, files: int, workers: int, keep: Path | None = None) -> None
     with tempfile.TemporaryDirectory(prefix="syncd-flaky-") as name:
         tmp = Path(name)
         port = free_port()
-        emu = _emulator(tmp, port, rate)
+        faults = ["--fail-rate", str(rate), "--faults", "503", "--seed", "7"] if rate else []
+        emu = start_emulator(tmp / "emu", port, "--quiet", "--lilt-key", KEY, *faults)
         try:
-            inbox = tmp / "inbox"
-            inbox.mkdir()
+            cfg = syncd_config(
+                tmp, f"http://127.0.0.1:{port}", daemon=f"workers = {workers}", folder="settle_seconds = 0"
+            )
             for i in range(files):
-                (inbox / f"f{i:05d}.txt").write_bytes(b"x" * 1024)
-            cfg = tmp / "syncd.toml"
-            cfg.write_text(f"""
-[daemon]
-state_dir = "state"
-workers = {workers}
-[destinations.lilt]
-type = "lilt"
-base_url = "http://127.0.0.1:{port}/lilt"
-api_key = "demo-lilt-key"
-[[folders]]
-path = "inbox"
-destination = "lilt"
-settle_seconds = 0
-archive_dir = "archive"
-""")
+                (tmp / "inbox" / f"f{i:05d}.txt").write_bytes(b"x" * 1024)
             ledger = tmp / "state" / "ledger.sqlite3"
             t0 = time.monotonic()
             daemon = start_daemon(cfg, tmp, child_env())

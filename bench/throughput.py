@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from childenv import child_env  # noqa: E402
+from childenv import child_env, start_emulator  # noqa: E402
 
 
 def free_port() -> int:
@@ -91,29 +91,8 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="syncd-bench-") as tmp:
-        emu = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "syncd",
-                "emulate",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--data",
-                f"{tmp}/emu",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env(),
-        )
+        emu = start_emulator(Path(tmp, "emu"), port)
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             url = f"http://127.0.0.1:{port}"
             small = [(f"f{i:06d}.bin", args.size) for i in range(args.files)]
             t, rss = run_once(Path(tmp, "small"), url, small, args.workers)

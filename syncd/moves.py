@@ -54,9 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# an uploaded file's name renamed aside to be removed, and a copy being made: never
-# ledgered (rules.judge)
-UNLINK_PREFIX, TEMP_PREFIX = OWN_PREFIXES
+TEMP_PREFIX = OWN_PREFIXES[1]  # a copy being made: never ledgered (rules.judge)
 DIR_MODE = 0o700
 COPY_BLOCK = 1 << 20
 # link(2) errors after which the bytes are copied instead

@@ -83,6 +83,7 @@ class Recovery:
         self._stopping = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._liveness: Liveness | None = None
         self._pulse: Pulse | None = None
         self._on_pass: Callable[[], None] = lambda: None
 
@@ -157,7 +158,7 @@ class Recovery:
         return True
 
     def _run(self) -> None:
-        assert self._pulse is not None
+        assert self._pulse is not None and self._liveness is not None
         while True:
             self._pulse.idle()
             self._wanted.wait()
@@ -205,8 +206,8 @@ class Recovery:
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
                     if (time.monotonic() > deadline and not first) or self._stopping:
-                        # 25,000 files of an archive that works again took minutes here, and
-                        # the main loop's watchdog pings with them: the rest at the next tick
+                        # a stop, or the pass's budget spent (25,000 files of an archive that
+                        # works again take minutes): the archiver starts another pass at once
                         self.more = True
                         return full
                     row = self._take_uploaded(listed.id)

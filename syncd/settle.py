@@ -304,17 +304,7 @@ class Settler:
         """Whether a process still has the quiet file open for writing (a writer that
         paused longer than settle_seconds); said once per file, and again after
         :data:`LONG_SETTLE_WARNING`. False when the kernel cannot tell."""
-        try:
-            fd = safefs.open_file(row.folder, row.relpath)
-        except BlockingIOError:  # another holder's lease (Samba's oplock) is being broken
-            return True
-        except OSError:  # gone, swapped, unreadable: the next look or the upload says so
-            return False
-        try:
-            held = writers.held_for_writing(fd, st.st_dev)
-        finally:
-            os.close(fd)
-        if not held:
+        if not writers.file_held_for_writing(row.folder, row.relpath, st.st_dev):
             return False
         waited = self.clock() - row.first_seen
         said = self._held.get(row.id)

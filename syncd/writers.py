@@ -30,9 +30,12 @@ import ctypes
 import errno
 import fcntl
 import logging
+import os
 import signal
 import threading
 from typing import Any
+
+from syncd import safefs
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ _enabled = False
 # st_dev -> statfs type, for one settle tick (forget_devices): a device number
 # freed by an unmount may come back as another file system
 _fs_of_device: dict[int, int | None] = {}
-_said: set[int] = set()  # errnos already logged as "cannot tell"
+_said: set[str] = set()  # the reasons already logged for "cannot tell"
 _lock = threading.Lock()
 
 
@@ -73,6 +76,23 @@ def enable() -> None:
 def forget_devices() -> None:
     """Look the file system types up afresh (each settle tick begins with it)."""
     _fs_of_device.clear()
+
+
+def file_held_for_writing(root: str, relpath: str, device: int | None = None) -> bool | None:
+    """:func:`held_for_writing` for the file ``relpath`` of the folder ``root``, opened
+    through :mod:`syncd.safefs`. True too while another holder's lease on it (Samba's
+    oplock) is being broken; None when it cannot be opened (gone, swapped, unreadable:
+    whoever goes on to use it finds out)."""
+    try:
+        fd = safefs.open_file(root, relpath)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    try:
+        return held_for_writing(fd, device)
+    finally:
+        os.close(fd)
 
 
 def held_for_writing(fd: int, device: int | None = None) -> bool | None:
@@ -89,9 +109,7 @@ def held_for_writing(fd: int, device: int | None = None) -> bool | None:
             kind = _fs_of_device[device] = fs_type(fd)
     if kind is None or kind not in LOCAL_FS:
         _say_once(
-            -1 if kind is None else kind,
-            "a file system whose leases do not say so"
-            + ("" if kind is None else f" (statfs type {kind:#x})"),
+            "a file system whose leases do not say so" + ("" if kind is None else f" (statfs type {kind:#x})")
         )
         return None
     try:
@@ -99,7 +117,7 @@ def held_for_writing(fd: int, device: int | None = None) -> bool | None:
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             return True
-        _say_once(exc.errno or 0, _why(exc.errno))
+        _say_once(_why(exc.errno))
         return None
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -126,10 +144,10 @@ def fs_type(fd: int) -> int | None:
     return int(buf.f_type) & 0xFFFFFFFF
 
 
-def _say_once(key: int, why: str) -> None:
+def _say_once(why: str) -> None:
     with _lock:
-        first = key not in _said
-        _said.add(key)
+        first = why not in _said
+        _said.add(why)
     if first:
         log.info(
             "cannot ask the kernel whether a file is still open for writing (%s): "

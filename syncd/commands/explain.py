@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from syncd import config as configmod
-from syncd import rules, safefs, writers
+from syncd import rules, writers
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
@@ -225,14 +225,7 @@ def _open_for_writing(row: Row) -> bool:
     False when that cannot be told (another user's file, without CAP_LEASE)."""
     if threading.current_thread() is threading.main_thread():
         writers.enable()
-    try:
-        fd = safefs.open_file(row.folder, row.relpath)
-    except OSError:
-        return False
-    try:
-        return writers.held_for_writing(fd) is True
-    finally:
-        os.close(fd)
+    return writers.file_held_for_writing(row.folder, row.relpath) is True
 
 
 def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from syncd import moves
+from syncd.aside import UNLINK_PREFIX
 from tests.harness import ROOT, Setup, sha, strace_problem, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -345,7 +345,7 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
         assert left >= 0, f"{src}: the uploaded file's name was never removed"
         aside = evs[left][1][1]
         assert os.path.dirname(aside) == os.path.dirname(src)
-        assert os.path.basename(aside).startswith(moves.UNLINK_PREFIX)
+        assert os.path.basename(aside).startswith(UNLINK_PREFIX)
         unlinked = _first(evs, left, ("unlink", aside).__eq__)
         inbox_synced = _first(evs, max(unlinked, 0), ("sync", os.path.dirname(src)).__eq__)
         assert 0 <= dir_synced < left, f"{src}: archive dir not fsynced before the unlink"

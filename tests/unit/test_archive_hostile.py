@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd import archive, failed, moves, safefs
+from syncd import archive, aside, failed, moves, safefs
 from syncd.ledger import Ledger
 from tests.conftest import FakeClock, make_folder, row_of
 from tests.unit.test_archive import _uploaded
@@ -276,7 +276,7 @@ def test_a_name_taken_twice_while_the_uploaded_file_is_removed_keeps_both_new_fi
 
     def rename(src: object, dst: object, **kwargs: object) -> None:
         real_rename(src, dst, **kwargs)  # type: ignore[arg-type]
-        if str(dst).startswith(moves.UNLINK_PREFIX):
+        if str(dst).startswith(aside.UNLINK_PREFIX):
             _save_atomically(path, b"version 3")
 
     monkeypatch.setattr(moves.Held, "still_named", look_then_save)
