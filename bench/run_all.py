@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 
 for script, args in [
     ("ledger_commit.py", []),
+    ("many_parts.py", []),
     ("emulator_rate.py", ["--seconds", "3"]),
     ("throughput.py", []),
     ("compare_small.py", []),

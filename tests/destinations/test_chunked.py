@@ -262,6 +262,50 @@ def test_parallel_error_keeps_confirmed_parts(tmp_path: Path) -> None:
     assert service.finished[0][2] == data
 
 
+def test_past_the_first_parts_checkpoints_are_spaced_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each checkpoint rewrites every part's token: one per part is quadratic in the part
+    count. Past EVERY_PART_UP_TO parts they are CHECKPOINT_EVERY apart (here: never within
+    the test), and the last one, as the loop ends, holds every part."""
+    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 5)
+    monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 3600.0)
+    data = os.urandom(200)
+    service, cps = FakeService(), Recorder()
+    run(service, tmp_path, data, cps=cps)
+    assert [len(s["parts"]) for s in cps.states] == [0, 1, 2, 3, 4, 5, 20]
+    assert service.finished[0][2] == data
+
+
+def test_spaced_checkpoints_follow_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 2)
+    monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 0.0)  # every part is a second later
+    cps = Recorder()
+    run(FakeService(), tmp_path, os.urandom(60), cps=cps)
+    assert [len(s["parts"]) for s in cps.states] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_a_failure_past_the_spaced_checkpoints_keeps_every_confirmed_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: int
+) -> None:
+    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 3)
+    monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 3600.0)
+    data = os.urandom(150)
+    service, cps = FakeService(), Recorder()
+    service.fail[12] = [RetryableError("503")]
+    with pytest.raises(RetryableError):
+        run(service, tmp_path, data, cps=cps, parallel=parallel)
+    done = set(cps.states[-1]["parts"])
+    assert {str(n) for n in range(1, 12)} <= done and "12" not in done
+    service.calls.clear()
+    run(service, tmp_path, data, resume=cps.states[-1], parallel=parallel)
+    assert sorted(n for op, n in service.calls if op == "part") == sorted(
+        n for n in range(1, 16) if str(n) not in done
+    )
+    assert service.finished[0][2] == data
+
+
 # -- resume -----------------------------------------------------------------------
 
 
