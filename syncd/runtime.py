@@ -8,16 +8,15 @@ start and, on SIGHUP, applies a reload (:meth:`Runtime.reload`): the new
 config is validated completely and new clients and destinations are built
 first, so a failure leaves the running configuration untouched; then folders
 are watched and released, workers resized, destinations and credentials
-swapped (upload helpers replaced), retry settings, bandwidth limits, the
-webhook, metrics and logging re-set. A reload that is refused keeps the old
-configuration, and its first problem stays in STATUS until one succeeds.
+swapped (upload helpers replaced; a changed destination's retries due now),
+retry settings, bandwidth limits, the webhook, metrics and logging re-set. A
+refused reload keeps the old config; its problem stays in STATUS until one succeeds.
 
 Two ledger records come from here: what the applied config names
-(:data:`CONFIG_KEY`: folder paths, destination names and types, never a
-secret or a URL), so that `syncd status` and `syncd files` work while the
-config file is broken, and the outcome of the last reload
-(:data:`RELOAD_KEY`), which `syncd reload` (the unit's ``ExecReload=``)
-waits for.
+(:data:`CONFIG_KEY`: paths, destination names and types, never a secret or a
+URL), so `syncd status` and `syncd files` work while the config file is
+broken, and the last reload's outcome (:data:`RELOAD_KEY`), which `syncd
+reload` (the unit's ``ExecReload=``) waits for.
 """
 
 from __future__ import annotations
@@ -228,17 +227,19 @@ class Runtime:
         self.cfg = cfg
         uploader = self.uploader
         uploader.set_retry(cfg.daemon.retry_base_seconds, cfg.daemon.retry_max_seconds)
-        # A destination whose table changed (or that refused us: new credentials
-        # deserve a new try) starts afresh; one that is down stays down until probed.
+        # A destination whose table changed (or that refused us: new credentials deserve a new
+        # try) starts afresh, its files' retries due now, not after backoffs earned before the
+        # fix; one that is down stays down until probed.
         states = uploader.destination_states()
-        uploader.reset_circuits(
-            [
-                name
-                for name in uploader.circuits.names()
-                if old_cfg.destinations.get(name) != cfg.destinations.get(name)
-                or states.get(name, CircuitState()).state == REFUSED
-            ]
-        )
+        afresh = [
+            name
+            for name in uploader.circuits.names()
+            if old_cfg.destinations.get(name) != cfg.destinations.get(name)
+            or states.get(name, CircuitState()).state == REFUSED
+        ]
+        uploader.reset_circuits(afresh)
+        if due := self.ledger.due_now(afresh):
+            log.info("%d file(s) waiting to retry on %s are due now", due, ", ".join(map(repr, afresh)))
         uploader.resize(cfg.daemon.workers)
         self._configure(cfg)
         if (old_cfg.daemon.log_level, old_cfg.daemon.log_format) != (
@@ -355,9 +356,8 @@ class Runtime:
 
 
 def record_config(ledger: Ledger, cfg: configmod.Config) -> None:
-    """Note in the ledger what the applied config names (paths, names, types; never
-    a secret or a URL), so `syncd status` and `syncd files` can still show the folders
-    when the file on disk is broken (a refused reload)."""
+    """Note in the ledger what the applied config names (paths, names, types; never a secret or
+    a URL): `syncd status` and `syncd files` show the folders while the file is broken."""
     record = {
         "path": None if cfg.path is None else os.fspath(cfg.path),
         "state_dir": os.fspath(cfg.daemon.state_dir),

@@ -1,7 +1,9 @@
 """Where waiting files go after a reload changed the destinations or the folders.
 
 :meth:`Routing.repoint` hands the files waiting for a destination to the one
-whose ``replaces`` names it. :meth:`Routing.retarget_settling` gives files
+whose ``replaces`` names it; :meth:`Routing.due_now` makes the retries of a
+destination whose table changed due at once (the fix an operator reloaded
+for must not wait out backoffs earned before it). :meth:`Routing.retarget_settling` gives files
 that are still settling their folder's destination, labels and category as
 the config now has them: they were never queued for the old ones (docs/
 operations.md, "Reload": a file keeps the destination it was *queued* for).
@@ -13,7 +15,7 @@ import json
 from collections.abc import Sequence
 
 from syncd.ledger.row import WAITING_STATES, State, sql_in
-from syncd.ledger.schedule import Schedule
+from syncd.ledger.schedule import FOLDER_AWAY_ERROR, Schedule
 
 
 class Routing(Schedule):
@@ -57,4 +59,25 @@ class Routing(Schedule):
             return conn.execute(
                 f"UPDATE files SET destination = ?, labels = ?, category = ?, updated_at = ? WHERE {where}",
                 (*args[:3], self._clock(), folder, *args[:3]),
+            ).rowcount
+
+    def due_now(self, destinations: Sequence[str]) -> int:
+        """Files waiting to retry on these destinations (for a reason of theirs, not an
+        unavailable folder) are due now; how many. No commit when none waits."""
+        if not destinations:
+            return 0
+        where = (
+            f"state = '{State.RETRYING}' AND destination IN ({','.join('?' * len(destinations))})"
+            " AND next_attempt_at > ? AND IFNULL(last_error, '') NOT LIKE ?"
+        )
+        now = self._clock()
+        args = (*destinations, now, f"{FOLDER_AWAY_ERROR}%")
+        with self._lock:
+            if not self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM files WHERE {where})", args).fetchone()[
+                0
+            ]:
+                return 0
+        with self._write("due_now") as conn:
+            return conn.execute(
+                f"UPDATE files SET next_attempt_at = ?, updated_at = ? WHERE {where}", (now, now, *args)
             ).rowcount

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -640,3 +641,38 @@ def test_a_reload_lets_the_uploads_in_flight_finish(make_setup: Callable[..., Se
     assert "retrying" not in log and "is down" not in log, log[-3000:]
     s.invariants()
     assert s.stop() == 0
+
+
+def test_a_reload_that_fixes_a_destination_sends_its_waiting_files_at_once(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """The operator got the service's address wrong: files wait minutes between tries.
+    They fix `base_url` and reload: the files go at once, not when the backoffs they earned
+    against the wrong address are over."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    s = make_setup(
+        folders=[{"name": "in", "settle_seconds": 0}],
+        daemon={"retry_base_seconds": 300, "retry_max_seconds": 600},
+        lilt={"base_url": f"http://127.0.0.1:{port}/lilt"},
+    )
+    try:
+        s.start()
+        s.wait_started()
+        for i in range(5):
+            s.drop(f"f{i}.txt", f"waiting {i}".encode())
+        wait_until(lambda: _waiting(s) == 5, 30, what="5 files waiting")
+        assert all(r.next_attempt_at and r.next_attempt_at > time.time() + 60 for r in s.rows())
+        doc = tomllib.loads(s.config.read_text())
+        doc["destinations"]["lilt"]["base_url"] = s.emulator.url + "/lilt"
+        s.config.write_text(tomli_w.dumps(doc))
+        assert s.cli("reload").returncode == 0
+        fixed = time.monotonic()
+        wait_until(lambda: s.all_done(5), 30, 0.2, "the files, once the address is fixed")
+        assert time.monotonic() - fixed < 10
+        assert "5 file(s) waiting to retry on 'lilt' are due now" in s.log_text()
+        s.invariants()
+        assert s.stop() == 0
+    finally:
+        closed.close()

@@ -147,6 +147,27 @@ def test_retry_waits_until_due(ledger: Ledger, clock: FakeClock) -> None:
     assert again is not None and again.attempts == 2 and again.last_error == "HTTP 503"
 
 
+def test_due_now_brings_forward_the_retries_of_the_named_destinations(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """A reload that changed a destination: its files' retries are due now. Not those of
+    other destinations, not a wait for an unavailable folder, not a settling file."""
+    ids = {name: _queue(ledger, f"{name}.txt") for name in ("fixed", "away", "later")}
+    for _ in ids:
+        assert ledger.claim_next() is not None
+    ledger.mark_retry(ids["fixed"], error="connection refused", at=clock() + 600)
+    ledger.mark_retry(ids["away"], error="folder unavailable: gone", at=clock() + 600)
+    ledger.mark_retry(ids["later"], error="HTTP 503", at=clock() + 600)
+    ledger._conn.execute("UPDATE files SET destination = 'other' WHERE id = ?", (ids["later"],))
+    ledger.observe("/in", ["settling.txt"], destination="d")
+    assert ledger.due_now([]) == 0
+    assert ledger.due_now(["d"]) == 1
+    assert row_of(ledger, ids["fixed"]).next_attempt_at == clock()
+    assert ledger.claim_next(destinations=["d"]).id == ids["fixed"]
+    assert ledger.claim_next() is None
+    assert ledger.due_now(["d"]) == 0  # nothing left: no write
+
+
 def test_claim_filters_paused_destinations(ledger: Ledger) -> None:
     _queue(ledger)
     assert ledger.claim_next(destinations=[]) is None
