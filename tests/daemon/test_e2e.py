@@ -662,8 +662,14 @@ def test_a_reload_that_fixes_a_destination_sends_its_waiting_files_at_once(
         s.wait_started()
         for i in range(5):
             s.drop(f"f{i}.txt", f"waiting {i}".encode())
-        wait_until(lambda: _waiting(s) == 5, 30, what="5 files waiting")
-        assert all(r.next_attempt_at and r.next_attempt_at > time.time() + 60 for r in s.rows())
+        wait_until(
+            lambda: (
+                [r.state for r in s.rows()] == ["retrying"] * 5
+                and all(r.next_attempt_at and r.next_attempt_at > time.time() + 60 for r in s.rows())
+            ),
+            30,
+            what="5 files waiting minutes to retry",
+        )
         doc = tomllib.loads(s.config.read_text())
         doc["destinations"]["lilt"]["base_url"] = s.emulator.url + "/lilt"
         s.config.write_text(tomli_w.dumps(doc))
