@@ -16,11 +16,11 @@ attempt left one); the others are sent by the worker itself. A worker waits
 up to :data:`HELPER_WAIT` for an idle helper, and sends the file itself when
 none is free by then or running (starting, stopped after a quiet time, or
 given up), so the workers never depend on helpers, nor wait on them. A
-helper that dies, breaks the protocol or says nothing for
-:data:`SILENT_LIMIT` while sending fails that attempt (retried like a
-transient error, by the worker itself next time) and is killed and
-replaced; helpers that keep failing to start are given up, with an error in
-the log, until a reload.
+helper that dies, breaks the protocol, says nothing for :data:`SILENT_LIMIT`
+while sending, or cannot hand over a resume state (too large) fails that
+attempt (retried like a transient error, by the worker itself next time; a
+broken helper is replaced); helpers that keep failing to start are given
+up, with an error in the log, until a reload.
 
 Helpers die with syncd (``PR_SET_PDEATHSIG``, and the socket's end), ignore
 SIGTERM, SIGINT and SIGHUP (syncd stops and reloads them), and are started
@@ -98,7 +98,7 @@ class Offload:
         self._avoid: set[int] = set()
         self._demand = -IDLE_STOP  # monotonic time a worker last had a file for a helper
         self._sent = 0  # files sent by helpers since start
-        self._failed = 0  # helpers that died or broke while sending
+        self._failed = 0  # sends a helper failed (it died, broke, or could not carry the state)
         self._thread: threading.Thread | None = None
 
     # configuration -------------------------------------------------------------
@@ -107,8 +107,7 @@ class Offload:
         """The configuration in force (at start and on every reload): helpers are
         started, or replaced by ones that know the new configuration."""
         processes = cfg.daemon.upload_processes
-        # what a helper builds its client and destinations from
-        wanted = (cfg.daemon, dict(cfg.destinations))
+        wanted = (cfg.daemon, dict(cfg.destinations))  # what a helper builds its client and destinations from
         config = pickle.dumps(wanted, protocol=pickle.HIGHEST_PROTOCOL) if processes else None
         with self._lock:
             if config == self._config and processes == self._target:
@@ -143,9 +142,8 @@ class Offload:
 
     def health(self) -> dict[str, Any] | None:
         """For the heartbeat and `syncd status`; None when helpers are off: ``configured``,
-        ``running`` (ready), ``sending`` (a file now), ``sent`` (files since start),
-        ``failed`` (helpers that died or broke while sending), ``given_up`` (they failed
-        to start GIVE_UP_AFTER times in a row; the workers send everything)."""
+        ``running`` (ready), ``sending`` (a file now), ``sent`` (files since start), ``failed``
+        (sends a helper failed), ``given_up`` (GIVE_UP_AFTER failed starts in a row)."""
         with self._lock:
             if not self._target:
                 return None
@@ -215,6 +213,8 @@ class Offload:
         finally:
             self._give_back(helper, healthy)
         if isinstance(answer, BaseException):
+            if isinstance(answer, HelperFailed):  # StateTooLarge: the worker sends it next
+                self._avoid_row(send.row.id)
             raise answer
         receipt, sha = answer
         send.source.hashed_as(sha)

@@ -64,6 +64,11 @@ class HelperFailed(RetryableError):
     """The upload helper died or answered nonsense; the worker sends the file itself next."""
 
 
+class StateTooLarge(HelperFailed):
+    """A resume state over a helper's message size (thousands of tiny parts): the worker
+    sends the file itself, from the last state the helper could hand over."""
+
+
 class CheckpointRefused(Exception):
     """The worker could not record a checkpoint: the helper abandons the upload."""
 
@@ -148,7 +153,9 @@ class Helper:
 def encode(exc: BaseException) -> tuple[Any, ...]:
     if isinstance(exc, UploadError):
         cls = type(exc)
-        return ("upload", cls.__module__, cls.__qualname__, str(exc), dict(vars(exc)))
+        # this module is __main__ in a helper (python -m): the worker imports it by its name
+        module = __spec__.name if cls.__module__ == "__main__" and __spec__ else cls.__module__
+        return ("upload", module, cls.__qualname__, str(exc), dict(vars(exc)))
     if isinstance(exc, OSError):
         return ("os", exc.errno, exc.strerror or str(exc))
     return ("other", describe(exc))
@@ -158,9 +165,12 @@ def decode(encoded: tuple[Any, ...]) -> BaseException:
     kind = encoded[0]
     if kind == "upload":
         _, module, qualname, text, attrs = encoded
-        cls: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
+        try:
+            cls: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError):
+            cls = None
         if not (isinstance(cls, type) and issubclass(cls, UploadError)):
             return HelperFailed(f"upload helper raised {qualname}: {text}")
         exc = cls.__new__(cls)
@@ -221,6 +231,8 @@ def _serve(sock: socket.socket) -> None:
             say(("beat",))
 
     def checkpoint(state: Any) -> None:
+        if len(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)) > MESSAGE - 64:
+            raise StateTooLarge("the upload's resume state is too large for an upload helper")
         say(("checkpoint", state))
         answer, _ = receive(sock)
         if answer is None:

@@ -13,6 +13,7 @@ those files again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -218,4 +219,29 @@ def test_stopped_helpers_hold_up_one_file_each_and_are_replaced(make_setup: Call
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+    assert s.stop() == 0
+
+
+def test_a_resume_state_too_large_for_a_helper_is_sent_by_the_worker(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """A small file in 1,500 tiny parts (the server dictates 1 KiB): its resume
+    state (every part's sealed URL) is more than a helper's message carries. The helper
+    said so as a socket error ("Message too long") at each attempt, the same helper got
+    the file again, and after max_attempts it went to failed_dir. Now the helper's first
+    attempt says so and the worker sends the file itself at the next."""
+    service = dataclasses.replace(SERVICES["wriftai"], part_size=1024)
+    kwargs = service.setup_kwargs({"wriftai_part_size": 1024})
+    kwargs["daemon"].update(upload_processes=2, log_level="debug")
+    kwargs["folders"][0]["max_attempts"] = 3
+    s = make_setup(**kwargs)
+    s.start()
+    warm_up(s)
+    data = os.urandom(1500 * 1024)
+    s.drop("tiny-parts.bin", data)
+    wait_until(lambda: s.all_done(2), 90, 0.2, "the file of 1,500 parts")
+    assert_delivered(s, service)
+    assert max(row.attempts for row in s.rows()) == 2  # the helper's, then the worker's
+    log = s.logs[-1].read_text(errors="replace")
+    assert "too large for an upload helper" in log and "Message too long" not in log, log[-3000:]
     assert s.stop() == 0

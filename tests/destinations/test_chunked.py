@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -262,23 +263,27 @@ def test_parallel_error_keeps_confirmed_parts(tmp_path: Path) -> None:
     assert service.finished[0][2] == data
 
 
-def test_past_the_first_parts_checkpoints_are_spaced_in_time(
+def test_checkpoints_are_spaced_by_the_share_of_parts_not_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each checkpoint rewrites every part's token: one per part is quadratic in the part
-    count. Past EVERY_PART_UP_TO parts they are CHECKPOINT_EVERY apart (here: never within
-    the test), and the last one, as the loop ends, holds every part."""
-    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 5)
+    count. A checkpoint comes once the unsaved parts are 1/SHARE of the confirmed ones
+    (here 1/4; the clock never allows one), and the last one, as the loop ends, holds
+    every part."""
+    monkeypatch.setattr(_chunked, "SHARE", 4)
     monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 3600.0)
-    data = os.urandom(200)
+    data = os.urandom(300)
     service, cps = FakeService(), Recorder()
     run(service, tmp_path, data, cps=cps)
-    assert [len(s["parts"]) for s in cps.states] == [0, 1, 2, 3, 4, 5, 20]
+    saved = [len(s["parts"]) for s in cps.states]
+    assert saved == [0, 1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 30]  # 30: the end of the loop
+    # a part before each save, the unsaved ones were fewer than 1/4 of the confirmed ones
+    assert all((later - earlier - 1) * 4 < later - 1 for earlier, later in itertools.pairwise(saved[1:-1]))
     assert service.finished[0][2] == data
 
 
 def test_spaced_checkpoints_follow_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 2)
+    monkeypatch.setattr(_chunked, "SHARE", 1)
     monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 0.0)  # every part is a second later
     cps = Recorder()
     run(FakeService(), tmp_path, os.urandom(60), cps=cps)
@@ -289,7 +294,7 @@ def test_spaced_checkpoints_follow_the_clock(tmp_path: Path, monkeypatch: pytest
 def test_a_failure_past_the_spaced_checkpoints_keeps_every_confirmed_part(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: int
 ) -> None:
-    monkeypatch.setattr(_chunked, "EVERY_PART_UP_TO", 3)
+    monkeypatch.setattr(_chunked, "SHARE", 1)
     monkeypatch.setattr(_chunked, "CHECKPOINT_EVERY", 3600.0)
     data = os.urandom(150)
     service, cps = FakeService(), Recorder()

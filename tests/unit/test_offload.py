@@ -379,3 +379,15 @@ def test_a_worker_sends_itself_when_no_helper_is_free_soon() -> None:
     started = time.monotonic()
     assert off.take(_Row(1, 10), Bandwidth(), threading.Event()) is None  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.5
+
+
+def test_an_error_class_the_worker_cannot_import_is_a_helper_failure() -> None:
+    """An error raised in the helper whose class the worker cannot find (the helper's own
+    module is ``__main__`` there) must not end the upload as an internal error."""
+    from syncd.offload_helper import HelperFailed, StateTooLarge, decode, encode
+
+    assert isinstance(decode(("upload", "no.such.module", "Gone", "text", {})), HelperFailed)
+    assert isinstance(decode(("upload", "syncd.offload_helper", "Missing", "text", {})), HelperFailed)
+    main_style = type("StateTooLarge", (StateTooLarge,), {"__module__": "__main__"})
+    encoded = encode(main_style("too large"))
+    assert encoded[1] == "syncd.offload_helper"
