@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from syncd.circuit import GO, UP, Circuit, CircuitState, is_outage
+from syncd.circuit import GO, RATE_LIMITED, UP, Circuit, CircuitState, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import FatalError, RetryableError, UploadError, describe
 from syncd.ledger import Row
@@ -54,6 +54,8 @@ class Circuits:
         self._lock = threading.Lock()
         self._circuits: dict[str, Circuit] = {}
         self._probes: dict[int, int] = {}  # row id -> probe token (the row is its circuit's probe)
+        self._resets: dict[str, int] = {}  # name -> reloads that reset its circuit
+        self._admitted: dict[int, int] = {}  # row id in flight -> its destination's resets then
 
     def get(self, name: str) -> Circuit:
         """The circuit of destination ``name`` (made, closed, on first use)."""
@@ -76,10 +78,33 @@ class Circuits:
                 circuit.base, circuit.cap = base, cap
 
     def reset(self, names: Iterable[str]) -> None:
-        """A reload changed or removed these destinations: each starts afresh, closed."""
+        """A reload changed or removed these destinations: each starts afresh, closed; but a
+        rate limit's wait is the service's word and stands. Attempts begun before are
+        :meth:`stale` from now on."""
         with self._lock:
             for name in names:
-                self._circuits.pop(name, None)
+                self._resets[name] = self._resets.get(name, 0) + 1
+                circuit = self._circuits.get(name)
+                if circuit is None or circuit.snapshot().state != RATE_LIMITED:
+                    self._circuits.pop(name, None)
+
+    def claimed(self, row: Row) -> None:
+        """A worker took ``row`` (an attempt begins under the settings in force now)."""
+        with self._lock:
+            self._admitted[row.id] = self._resets.get(row.destination, 0)
+
+    def stale(self, row: Row, exc: BaseException | None = None) -> bool:
+        """Whether ``exc`` is a verdict on the service (refused, rate limited, down; None: it
+        works) about settings a reload replaced: the row's attempt began before its
+        destination was reset. It must not move the circuit of the settings in force."""
+        about_service = (
+            exc is None
+            or isinstance(exc, FatalError)
+            or (isinstance(exc, RetryableError) and (exc.status == 429 or is_outage(exc)))
+        )
+        with self._lock:
+            began = self._admitted.get(row.id)
+            return about_service and began is not None and began != self._resets.get(row.destination, 0)
 
     def states(self) -> dict[str, CircuitState]:
         """Every configured destination's circuit state (status lines, heartbeat, metrics)."""
@@ -142,6 +167,8 @@ class Circuits:
         """A row's attempt ended: a probe that ended without a verdict lets the next
         worker probe."""
         token = self._probes.pop(row_id, GO)
+        with self._lock:
+            self._admitted.pop(row_id, None)
         if token:
             self.get(destination).release_probe(token)
 
@@ -183,8 +210,11 @@ class Circuits:
 
     # what happened ---------------------------------------------------------------
 
-    def service_ok(self, name: str) -> None:
-        """The service answered in a way that shows it works: close its circuit."""
+    def service_ok(self, name: str, row: Row | None = None) -> None:
+        """The service answered in a way that shows it works: close its circuit (unless
+        that was ``row``'s attempt on settings a reload replaced, :meth:`stale`)."""
+        if row is not None and self.stale(row):
+            return
         circuit = self.get(name)
         before = circuit.snapshot()
         if circuit.succeeded():

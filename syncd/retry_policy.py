@@ -14,15 +14,14 @@ What kind of failure an error is: syncd/failure_kinds.py (re-exported here).
   the file moved to ``failed_dir`` with its reason.
 * ``SourceChangedError`` -> the upload is discarded (aborted remotely), the
   row retired and a new version starts settling.
-* ``FatalError`` -> the file goes back to the queue untouched and the whole
-  destination's circuit opens ("refused") for a while (wrong credentials fail
-  every file alike).
+* ``FatalError`` -> the file is queued again untouched and the destination's circuit
+  opens ("refused") for a while (wrong credentials fail every file alike); a verdict
+  on settings a reload replaced (the attempt began before) only requeues the file.
 * A file that cannot be opened for reading (``PermissionError``) stays where
   it is and is tried again with a growing delay, without spending attempts.
 * A missing file -> ``vanished``, unless its *folder* is unavailable
   (deleted, unmounted, marker missing): then the row waits for the folder.
-* Interrupted by a stop -> back to ``queued`` without using an attempt, its
-  resume state (the parts already confirmed) kept for the next start.
+* Interrupted by a stop -> back to ``queued``, no attempt spent, resume state kept.
 """
 
 from __future__ import annotations
@@ -68,8 +67,7 @@ def backoff(
 
 
 class RetryPolicy:
-    """Records what an attempt that did not succeed leads to; each method returns the
-    row's new state (see the module docstring)."""
+    """What a failed attempt leads to; each method returns the row's new state (module docstring)."""
 
     def __init__(
         self,
@@ -114,6 +112,11 @@ class RetryPolicy:
         """Record a failed upload attempt according to its error class."""
         if isinstance(exc, SourceChangedError):
             return self.changed(row, dest, str(exc))
+        if self.circuits.stale(row, exc):
+            reason = f"{describe(exc)}, on settings a reload replaced"
+            log.info("%s: %s; trying the new ones", quoted_path(row.inbox_path), reason)
+            self.ledger.requeue_now(row.id, reason=reason)
+            return State.QUEUED
         circuit = self.circuits.get(row.destination)
         probe = self.circuits.probe_of(row.id)
         if isinstance(exc, FatalError):
@@ -135,7 +138,7 @@ class RetryPolicy:
             assert isinstance(exc, RetryableError)
             return self._outage(row, folder, exc, probe)
         if isinstance(exc, PermanentError | RetryableError) and exc.status is not None:
-            self.circuits.service_ok(row.destination)  # an answer about this file: it works
+            self.circuits.service_ok(row.destination, row)  # an answer about this file: it works
         if isinstance(exc, PermanentError):
             self.abort(dest, row)
             return self.fail(row, folder, describe(exc))
@@ -204,8 +207,7 @@ class RetryPolicy:
         if verdict.open:
             at = verdict.retry_at or now
         else:
-            # a streak that has not opened the circuit (a flaky service) may grow up to
-            # HARD_STREAK: a file's wait stays within the circuit's first probe step
+            # an unopened streak (flaky service) may reach HARD_STREAK: waits stay in the first probe step
             streak = min(verdict.failures, THRESHOLD)
             at = now + backoff(streak, self.base, self.cap, self.rng, exc.retry_after)
         return self._wait_for_service(row, reason, at, exc)
@@ -234,8 +236,7 @@ class RetryPolicy:
         return State.RETRYING
 
     def internal_error(self, row: Row, error: Exception, *, stopping: bool) -> None:
-        """An unexpected error (a bug, a ledger error): interrupted when ``stopping``, else
-        retried later; only while the row is still ``uploading``."""
+        """A bug or ledger error in an ``uploading`` row: interrupted when ``stopping``, else retried."""
         current = self.ledger.get(row.id)
         if current is None or current.state != State.UPLOADING:
             log.error(
@@ -282,9 +283,8 @@ class RetryPolicy:
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
             state = self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
-            # Noted once the wait is in the ledger (the settle stage may find the folder back
-            # at once, and wakes only what waits by then); said once per folder while it is
-            # away, not by each of 100,000 files.
+            # Noted once the wait is in the ledger (the settle stage may find the folder back at
+            # once, and wakes only what waits by then); said once per folder, not per file.
             first = self.away.note(row.folder)
             (log.warning if first else log.debug)(
                 "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",

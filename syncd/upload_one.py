@@ -208,7 +208,7 @@ class Procedure:
             pulse.phase("recording the upload", whole_file)
             if original is not None:
                 return self._skip(row, folder, dest, source, original, sha, moved, meta)
-            self.circuits.service_ok(row.destination)
+            self.circuits.service_ok(row.destination, row)
             target = archive.natural_target(row, folder) if moved is None else None
             self.ledger.mark_uploaded(
                 row.id,

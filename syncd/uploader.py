@@ -273,6 +273,7 @@ class Uploader:
                 if row is None and names:
                     row = self.ledger.claim_next(names)
                 if row is not None:
+                    self.circuits.claimed(row)
                     self.stats.inflight[row.id] = row.inbox_path
                     if self.metrics is not None:
                         self.metrics.in_flight.set(len(self.stats.inflight))

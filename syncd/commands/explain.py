@@ -247,8 +247,17 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
         if row.location is not None:
             lines.append(f"  it is uploaded from {quoted_path(row.location)}")
     elif row.state == State.RETRYING:
-        lines.append(f"  attempt {row.attempts} failed: {shown(row.last_error)}")
-        lines.append(f"  next attempt {stamp(row.next_attempt_at)}")
+        failed = f"attempt {row.attempts} failed" if row.attempts else "the last try failed (not counted)"
+        lines.append(f"  {failed}: {shown(row.last_error)}")
+        overdue = row.next_attempt_at is not None and row.next_attempt_at <= time.time()
+        lines.append(
+            f"  next attempt {stamp(row.next_attempt_at)}"
+            + (
+                " (due: it waits for a free worker, or for its destination to answer again)"
+                if overdue
+                else ""
+            )
+        )
     elif row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         if row.duplicate_of is not None:  # skipped, or being archived as a skip
             remote = shown((row.receipt or {}).get("remote_id"))
@@ -280,6 +289,11 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
         lines.append(f"  `syncd retry {row.id}` sends it again")
     elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
+    if row.state in (State.QUEUED, State.UPLOADING, State.RETRYING) and row.destination != folder.destination:
+        lines.append(
+            f"  it goes to {row.destination!r}, the folder's destination when it was queued"
+            " (a file keeps the destination it was queued for)"
+        )
     if row.meta is not None and row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         lines.append(
             f"  labels {shown(str(row.meta.get('labels')))}, category {shown(str(row.meta.get('category')))}"

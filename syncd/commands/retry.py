@@ -6,17 +6,22 @@ failed row except the ones the service refused for good (a
 :class:`~syncd.errors.PermanentError`: 400, 413, a file it cannot hold...),
 which would fail again at once; it says how many it skipped and why.
 ``--all`` (or ``--force``) requeues those too, for when the cause was fixed
-(a config change, a server-side fix).
+(a config change, a server-side fix). A file whose destination the config no
+longer has (and no destination ``replaces``) goes where its folder's files go
+now, with the folder's labels and category, and the command says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, open_ledger
-from syncd.ledger import Row, State
+from syncd.config import Config
+from syncd.ledger import Ledger, Row, State
 from syncd.lock import holder_pid
 from syncd.logs import quoted_path
 
@@ -28,6 +33,21 @@ SHOW_IDS = 10
 def refused_for_good(row: Row) -> bool:
     """Whether the row failed on a PermanentError (not on attempts running out)."""
     return (row.last_error or "").startswith(PERMANENT_PREFIXES)
+
+
+def where_now(ledger: Ledger, cfg: Config, row: Row) -> tuple[Row, str]:
+    """``row`` as requeued, and what to say of it: a destination the config no longer has
+    (nor any ``replaces``: the daemon hands such files over) gives way to its folder's."""
+    known = set(cfg.destinations).union(*(d.replaces for d in cfg.destinations.values()))
+    if row.destination in known:
+        return row, ""
+    folder = next((f for f in cfg.folders if os.fspath(f.path) == row.folder), None)
+    gone = f"{row.destination!r} is no longer configured"
+    if folder is None or not ledger.retarget(
+        row.id, destination=folder.destination, labels=folder.labels, category=folder.category
+    ):
+        return row, f" (it waits: {gone}, nor is its folder)"
+    return replace(row, destination=folder.destination), f" for {folder.destination!r}, its folder's ({gone})"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -62,6 +82,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
                     ids.append(i)
             asked = ids
             rows = ledger.requeue_failed(ids) if ids else []
+        moved = [where_now(ledger, cfg, r) for r in rows]
     finally:
         ledger.close()
     left = sorted(set(asked) - {r.id for r in rows})
@@ -73,8 +94,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         )
     if left and not args.failed:
         code = EXIT_FAILED
-    for r in rows:
-        print(f"requeued #{r.id} {quoted_path(r.current_path)}")
+    for r, note in moved:
+        print(f"requeued #{r.id} {quoted_path(r.current_path)}{note}")
     if skipped:
         listed = ", ".join(f"#{r.id}" for r in skipped[:SHOW_IDS])
         more = f" and {len(skipped) - SHOW_IDS} more" if len(skipped) > SHOW_IDS else ""

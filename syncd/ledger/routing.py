@@ -81,3 +81,21 @@ class Routing(Schedule):
             return conn.execute(
                 f"UPDATE files SET next_attempt_at = ?, updated_at = ? WHERE {where}", (now, now, *args)
             ).rowcount
+
+    def retarget(self, row_id: int, *, destination: str, labels: Sequence[str], category: str | None) -> bool:
+        """A queued row goes to ``destination`` with these labels and category, from the
+        start (`syncd retry` of a file whose destination the config no longer has)."""
+        with self._write("retarget") as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE files SET destination = ?, labels = ?, category = ?, resume = NULL,"
+                    f" updated_at = ? WHERE id = ? AND state = '{State.QUEUED}'",
+                    (
+                        destination,
+                        json.dumps(list(labels), ensure_ascii=False),
+                        category,
+                        self._clock(),
+                        row_id,
+                    ),
+                ).rowcount
+            )

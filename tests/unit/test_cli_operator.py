@@ -338,6 +338,54 @@ def test_retry_leaves_failed_a_file_whose_path_has_a_newer_version(
     ledger.close()
 
 
+def test_retry_of_a_file_whose_destination_is_gone_sends_it_where_its_folder_goes_now(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file failed on destination "old"; a reload moved its folder to "main" and removed
+    "old". `syncd retry` said "requeued" and the file waited for "old" for ever, with
+    nothing in the log or `syncd status`. It now goes with the folder's destination and
+    labels, and the command says so; a destination that `replaces` "old" takes it over."""
+    inbox = cfg.parent / "inbox"
+    ledger = ledger_of(cfg)
+    moved = failed_row(ledger, inbox, "moved.txt")
+    kept = failed_row(ledger, inbox, "kept.txt")
+    ledger._conn.execute("UPDATE files SET destination = 'old', labels = '[]' WHERE id IN (?, ?)",
+                         (moved.id, kept.id))  # fmt: skip
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "retry", str(moved.id))
+    assert code == 0, err
+    assert (
+        f"requeued #{moved.id}" in out and "for 'main', its folder's ('old' is no longer configured)" in out
+    )
+    ledger = ledger_of(cfg)
+    row = ledger.get(moved.id)
+    assert (row.state, row.destination, row.labels, row.resume) == ("queued", "main", ("legal",), None)
+    ledger.close()
+    cfg.write_text(GOOD.replace('api_key = "env:TEST_KEY"', 'api_key = "env:TEST_KEY"\nreplaces = ["old"]'))
+    code, out, err = run(capsys, "-c", str(cfg), "retry", str(kept.id))
+    assert code == 0 and "no longer configured" not in out, out
+    ledger = ledger_of(cfg)
+    assert ledger.get(kept.id).destination == "old"  # the daemon hands it over (replaces)
+    ledger.close()
+
+
+def test_explain_names_the_destination_a_waiting_file_goes_to_and_an_uncounted_failure(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload moved the folder to another destination while a file waited: explain said
+    the folder's new destination only, and "attempt 0 failed" for a try not counted."""
+    inbox = cfg.parent / "inbox"
+    (inbox / "w.txt").write_bytes(b"w")
+    ledger = ledger_of(cfg)
+    row = add_row(ledger, inbox, "w.txt")
+    ledger.mark_retry(row.id, error="HTTP 503 (the service)", at=time.time() + 60, count=False)
+    ledger._conn.execute("UPDATE files SET destination = 'old' WHERE id = ?", (row.id,))
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "explain", str(inbox / "w.txt"))
+    assert "it goes to 'old', the folder's destination when it was queued" in out, out
+    assert "the last try failed (not counted): HTTP 503" in out and "attempt 0" not in out, out
+
+
 # -- status: one source, ignored names, metrics, log_level ----------------------------------------
 
 

@@ -1026,3 +1026,50 @@ def test_an_archive_move_that_outlives_the_stop_ends_with_a_line_not_a_traceback
     assert recovery.stop(5)
     assert any("cut short by the stop" in r.message for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "syncd.daemon"]
+
+
+def test_a_refusal_of_settings_a_reload_replaced_does_not_pause_the_new_ones(
+    setup: Any, clock: FakeClock
+) -> None:
+    """An upload began with the old key; the operator fixed the key and reloaded; the old
+    key's 401 came after. It paused the destination for a minute on the new key's circuit
+    (and told the webhook it was down): now the file is simply queued again."""
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt")
+
+    def reload_then_refused(source: Source) -> None:
+        up.reset_circuits(["dest"])
+        raise FatalError("HTTP 401: invalid api key")
+
+    dest.script = [reload_then_refused]
+    row = ledger.claim_next(["dest"])
+    up.circuits.claimed(row)
+    assert up.process(row) == "queued"
+    up.circuits.attempt_over(row.id, row.destination)
+    assert up.destination_states()["dest"].state == "up"
+    again = ledger.get(row_id)
+    assert again.attempts == 0 and again.next_attempt_at <= clock()
+    assert "on settings a reload replaced" in again.last_error
+    assert step() == "done"  # the next attempt, on the new settings
+
+
+def test_an_outage_of_settings_a_reload_replaced_does_not_open_the_new_circuit(
+    setup: Any, clock: FakeClock
+) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    ids = [drop(f"f{i}.txt") for i in range(THRESHOLD)]
+    rows = [ledger.claim_next(["dest"]) for _ in ids]
+    for row in rows:
+        up.circuits.claimed(row)
+    up.reset_circuits(["dest"])  # the reload fixed base_url while they were in flight
+    dest.down = REFUSED
+    assert [up.process(row) for row in rows] == ["queued"] * THRESHOLD
+    assert up.destination_states()["dest"].state == "up"
+
+
+def test_a_reload_keeps_the_wait_a_rate_limit_asked_for(setup: Any, clock: FakeClock) -> None:
+    ledger, folder, dest, up, drop, step = setup
+    up.circuit("dest").rate_limited(30.0, "rate limited (HTTP 429)")
+    up.reset_circuits(["dest"])
+    state = up.destination_states()["dest"]
+    assert state.state == "rate_limited" and state.next_probe_at == pytest.approx(clock() + 30.0)
