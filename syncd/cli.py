@@ -57,8 +57,9 @@ examples:
   syncd emulate --listen 127.0.0.1:8790          local emulator of every supported service
 
 The config is --config/-c, else $SYNCD_CONFIG, else /etc/syncd/config.toml.
-Exit codes: 0 ok, 1 some files failed, 2 usage or config error,
-3 another instance is running, 4 the ledger is unusable.
+Exit codes: 0 ok, 1 not everything was done (files failed or left for the next
+`once`, an ID `retry` left alone, a reload with no daemon to answer), 2 usage or
+config error, 3 another instance is running, 4 the ledger is unusable, 130 Ctrl-C.
 """
 
 
@@ -185,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     lsub.add_parser(
         "rebuild",
         help="move an unusable ledger aside and start a new one",
-        description="Move the ledger aside and start an empty one. Files still in "
-        "the inbox are uploaded again (at-least-once); archived files are not.",
+        description="Move the damaged ledger aside and start a new one with every row "
+        "that can still be read from it (done, skipped, failed, vanished, uploaded). Files "
+        "still in the inbox whose rows were lost are uploaded again (at-least-once); "
+        "archived files are not.",
     )
     lsub.add_parser("check", help="run SQLite's integrity check on the ledger")
     lb = lsub.add_parser(

@@ -90,7 +90,7 @@ class _Handler(FileSystemEventHandler):
                 "file events were lost in %s (the kernel's event queue overflowed); scanning it again",
                 quoted_path(self.root),
             )
-            self.intake.request_scan(self.root, "")
+            self.intake.request_scan(self.root, "", reason="overflow")
             return
         if kind not in _FILE_EVENTS:
             return

@@ -157,7 +157,7 @@ def _build(
     check_overlaps(folders, problems)
     check_unsafe_dirs(folders, state_dir, problems, strict=strict_dirs)
     if check_permissions_of is not None:
-        check_permissions(check_permissions_of, destinations, problems)
+        check_permissions(check_permissions_of, daemon, destinations, problems)
         check_hardlinks(folders, problems)
 
     errors = [p for p in problems if p.severity == "error"]

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from syncd._options import dotted
-from syncd.config.model import DestinationConfig, FolderConfig
+from syncd.config.model import DaemonConfig, DestinationConfig, FolderConfig
 from syncd.errors import Problem
 from syncd.secrets import Secret
 
@@ -210,22 +210,27 @@ def _own_dir_hint(folder: FolderConfig, key: str, d: Path) -> str:
 
 
 def check_permissions(
-    file: Path, destinations: Mapping[str, DestinationConfig], problems: list[Problem]
+    file: Path,
+    daemon: DaemonConfig | None,
+    destinations: Mapping[str, DestinationConfig],
+    problems: list[Problem],
 ) -> None:
-    """Warn about each literal secret in ``file`` when group/others can read it."""
+    """Warn about each literal secret in ``file`` (a destination's, or the daemon's webhook
+    URL and secret) when group/others can read it."""
     try:
         mode = stat.S_IMODE(file.stat().st_mode)
     except OSError:
         return
     if not mode & 0o044:
         return
-    for dest in destinations.values():
-        for f in fields(dest.options):
-            value = getattr(dest.options, f.name)
+    tables = [(dotted("destinations", d.name), d.options) for d in destinations.values()]
+    for table, options in ([("daemon", daemon)] if daemon is not None else []) + tables:
+        for f in fields(options):
+            value = getattr(options, f.name)
             if isinstance(value, Secret) and value.is_literal:
                 problems.append(
                     Problem(
-                        dotted(dotted("destinations", dest.name), f.name),
+                        dotted(table, f.name),
                         (
                             f"literal secret in {file}, which is readable by group/others "
                             f'(mode {mode:04o}); run `chmod 600 {file}` or use "env:NAME" '

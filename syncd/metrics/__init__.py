@@ -18,7 +18,8 @@ server (below), at ``http://HOST:PORT/metrics``. The series:
                                            ``client_error``, ``local_io``, ``internal``
 ``syncd_failed_files_total``               files given up on (to failed_dir)
 ``syncd_rescans_total{folder,reason}``     folder scans: ``startup``, ``periodic``,
-                                           ``rearmed``, ``reload``, ``directory``
+                                           ``rearmed``, ``reload``, ``directory``,
+                                           ``disk-space``, ``overflow``
 ``syncd_rescan_found_files_total``         files a scan found that no event had
 ``{folder,reason}``                        reported (events recovered by rescans)
 ``syncd_folder_healthy{folder}``           1 watched and usable, 0 missing,

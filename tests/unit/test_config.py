@@ -920,6 +920,18 @@ def test_literal_secret_in_readable_config_is_a_warning(tmp_path: Path) -> None:
     assert load_text(tmp_path, secret_config("env:CFGTEST_KEY"), mode=0o644).warnings == ()
 
 
+def test_a_literal_webhook_url_or_secret_in_a_readable_config_is_a_warning(tmp_path: Path) -> None:
+    """The daemon's own secrets: a chat webhook's URL carries its token. Only the
+    destinations' secrets were looked at."""
+    text = (
+        '[daemon]\nwebhook_url = "https://hooks.example/T0/B0/tokenpart"\n'
+        'webhook_secret = "hmac-literal-secret"\n' + secret_config("env:CFGTEST_KEY")
+    )
+    found = warnings(load_text(tmp_path, text, mode=0o644))
+    assert [w.split(":")[0] for w in found] == ["daemon.webhook_url", "daemon.webhook_secret"]
+    assert load_text(tmp_path, text, mode=0o600).warnings == ()
+
+
 def test_loads_checks_permissions_only_when_asked(tmp_path: Path) -> None:
     readable = write(tmp_path, "", name="other.toml", mode=0o604)
     text = secret_config(LITERAL)
