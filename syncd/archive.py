@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
+CHANGED = "changed after upload (written to since it was uploaded)"
 
 
 def natural_target(row: Row, folder: FolderConfig) -> str | None:
@@ -114,6 +115,9 @@ def finish(
             return
         if folder.after_upload == "delete":
             ledger.sync()  # the "uploaded" commit is on disk before the file is touched
+            if src.written_since():
+                _replaced(ledger, row, f"{CHANGED}; not deleted, the new bytes are uploaded next")
+                return
             deleted = src.unlink()
             finish_sidecar(ledger, row, folder, None)
             # the note says the file left the inbox: a new file that happens to get the
@@ -135,12 +139,7 @@ def finish(
                 sha256=row.sha256,
             )
         except ChangedAfterUpload:
-            _replaced(
-                ledger,
-                row,
-                "changed after upload (written through another hard link); "
-                "nothing archived, the new bytes are uploaded next",
-            )
+            _replaced(ledger, row, f"{CHANGED}; nothing archived, the new bytes are uploaded next")
             return
     finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)

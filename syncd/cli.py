@@ -33,7 +33,7 @@ from syncd.commands.files import cmd_files
 from syncd.commands.ledger import cmd_ledger
 from syncd.commands.retry import cmd_retry
 from syncd.commands.status import cmd_status
-from syncd.errors import ConfigError, LedgerError, LockedError
+from syncd.errors import ConfigError, LedgerDiskFull, LedgerError, LockedError
 from syncd.ledger import STATES
 from syncd.logs import quoted_path
 from syncd.logs import setup as setup_logging
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
     except LedgerError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
-        return EXIT_LEDGER
+        return EXIT_FAILED if isinstance(exc, LedgerDiskFull) else EXIT_LEDGER
     except BrokenPipeError:
         if not _reader_gone():
             raise  # another pipe or socket: not ours to hide

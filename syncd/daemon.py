@@ -384,8 +384,7 @@ class MainLoop:
         self.pulse.beat()
 
     def _finished(self) -> bool:
-        """Once mode: nothing left to do now (what is left for the next run is counted at
-        the end, :func:`syncd.once.outcome`)."""
+        """Once mode: nothing left to do now (what is left is counted at the end: once.outcome)."""
         if self.intake.scans_pending():
             return False
         return (
@@ -395,6 +394,7 @@ class MainLoop:
                 self.runtime.usable_folders(),
                 wait=self.daemon.once_wait,
                 open_for_writing=self.settler.held_by_folder(),
+                disk_full=self.uploader.disk_full.where,
             )
             is not None
         )

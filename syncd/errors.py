@@ -81,6 +81,11 @@ class LedgerError(SyncdError):
     """The ledger database is unusable (not a database, corrupt, wrong schema)."""
 
 
+class LedgerDiskFull(LedgerError):
+    """The ledger cannot be opened because its disk is full: nothing is wrong with it
+    (exit 1, which systemd restarts, not 4)."""
+
+
 class UploadError(SyncdError):
     """One upload attempt failed. Subclasses say what the uploader does next."""
 

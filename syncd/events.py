@@ -37,7 +37,7 @@ class Intake:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._paths: dict[str, set[str]] = {}
-        self._scans: set[tuple[str, str]] = set()
+        self._scans: dict[tuple[str, str], str] = {}  # (folder, reldir) -> why (the metric's reason)
         self.events = 0
         self.on_add: Callable[[], None] = lambda: None  # wakes the main loop
 
@@ -47,15 +47,15 @@ class Intake:
             self.events += 1
         self.on_add()
 
-    def request_scan(self, folder: str, reldir: str) -> None:
+    def request_scan(self, folder: str, reldir: str, reason: str = "directory") -> None:
         with self._lock:
-            self._scans.add((folder, reldir))
+            self._scans.setdefault((folder, reldir), reason)
         self.on_add()
 
-    def drain(self) -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    def drain(self) -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
         with self._lock:
             paths, scans = self._paths, self._scans
-            self._paths, self._scans = {}, set()
+            self._paths, self._scans = {}, {}
         return paths, scans
 
 
@@ -90,7 +90,7 @@ class _Handler(FileSystemEventHandler):
                 "file events were lost in %s (the kernel's event queue overflowed); scanning it again",
                 quoted_path(self.root),
             )
-            self.intake.request_scan(self.root, "", reason="overflow")
+            self.intake.request_scan(self.root, "", "overflow")
             return
         if kind not in _FILE_EVENTS:
             return

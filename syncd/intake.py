@@ -80,14 +80,14 @@ def flush(
         for root, rels in pending:
             for rel in rels:
                 intake.add(root, rel)
-        for root, rel in scans:
-            intake.request_scan(root, rel)
+        for (root, rel), why in scans.items():
+            intake.request_scan(root, rel, why)
         if isinstance(exc, sqlite3.Error) and is_disk_full(exc) and disk_full is not None:
             disk_full.note("ledger", exc)
             return  # reported and paused; the rest of the tick (health, STATUS) goes on
         raise
-    for root, rel in scans:
-        request_scan(root, rel, reason="directory")
+    for (root, rel), why in scans.items():
+        request_scan(root, rel, reason=why)
 
 
 class IntakeStage:

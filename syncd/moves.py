@@ -62,7 +62,7 @@ _COPY_INSTEAD = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EN
 
 
 class ChangedAfterUpload(Exception):
-    """The file's bytes are no longer the ones uploaded (a hard link was written through)."""
+    """The file's bytes are no longer the ones uploaded (written to since the upload)."""
 
 
 def roots_of(folder: FolderConfig) -> list[str | None]:
@@ -85,6 +85,12 @@ class Held:
     def __init__(self, dirfd: int, name: str, fd: int, st: os.stat_result, path: str) -> None:
         self.dirfd, self.name, self.fd, self.st, self.path = dirfd, name, fd, st, path
         self.replaced = False  # unlink found another file under the name (left alone)
+
+    def written_since(self) -> bool:
+        """Whether the file was written to since it was held (size or mtime moved): then
+        the name holds bytes that were not uploaded, and must not be removed."""
+        st = os.fstat(self.fd)
+        return (st.st_size, st.st_mtime_ns) != (self.st.st_size, self.st.st_mtime_ns)
 
     def still_named(self) -> bool:
         """Whether the source name still leads to the file we hold."""
@@ -174,6 +180,13 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
     Hashes while copying; a hash other than ``sha256`` removes the copy and
     raises :class:`ChangedAfterUpload`.
     """
+    free = os.fstatvfs(dirfd)
+    if free.f_bavail * free.f_frsize < st.st_size:  # no copy from byte 0 to ENOSPC, again and again
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: a copy of {st.st_size:,} bytes, "
+            f"{free.f_bavail * free.f_frsize:,} bytes free in the archive",
+        )
     tmp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     out = os.open(
         tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd
@@ -302,6 +315,11 @@ def move(
             except FileExistsError:
                 continue
             crashpoints.point("archive.placed")
+            if src.written_since():  # during the copy or before the link: a new version
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(candidate, dir_fd=dirfd)  # it may hold bytes of both
+                safefs.fsync_dirfd(dirfd)
+                raise ChangedAfterUpload("the file was written to while it was archived")
             src.unlink()
             _detach(src, dirfd, candidate, sha256)
             return target

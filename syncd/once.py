@@ -34,9 +34,12 @@ def outcome(
     short or a folder that is away kept)."""
     counts = ledger.counts()
     finished = {s: counts[s] - at_start[s] for s in ("done", "failed")}
-    by_folder = ledger.counts_by_folder()
-    left = sum(by_folder.get(root, {}).get(state, 0) for root in folders for state in ACTIVE_STATES)
-    return finished, left
+    return finished, _active(ledger.counts_by_folder(), folders)
+
+
+def _active(by_folder: Mapping[str, Mapping[str, int]], folders: Mapping[str, FolderConfig]) -> int:
+    """Files of ``folders`` in a state that is not final."""
+    return sum(by_folder.get(root, {}).get(state, 0) for root in folders for state in ACTIVE_STATES)
 
 
 def left_for_next_run(
@@ -47,13 +50,20 @@ def left_for_next_run(
     *,
     wait: float = RETRY_WAIT,
     open_for_writing: Mapping[str, int] | None = None,
+    disk_full: Mapping[str, str] | None = None,
 ) -> int | None:
     """None while ``once`` has work to wait for; else how many files it leaves for the
     next run (0: everything reached a final state), each group said in the log.
     ``open_for_writing``: per folder, settling files a process still has open for
-    writing (syncd/settle.py): not waited for, however long the writer keeps them."""
+    writing (syncd/settle.py): not waited for, however long the writer keeps them.
+    ``disk_full``: where the disk is full (uploads paused): every file left waits."""
     writers = open_for_writing or {}
     by_folder = ledger.counts_by_folder()
+    if disk_full:
+        left = _active(by_folder, folders)
+        where = ", ".join(f"{k}: {v}" for k, v in sorted(disk_full.items()))
+        log.warning("the disk is full (%s): %d file(s) wait for the next run", where, left)
+        return left
     now = clock()
     held = {
         name: st

@@ -22,9 +22,21 @@ from pathlib import Path
 from typing import Any, Self
 
 from syncd import crashpoints
-from syncd.errors import LedgerError
+from syncd.errors import LedgerDiskFull, LedgerError
+from syncd.failure_kinds import is_disk_full
 from syncd.ledger import schema
 from syncd.ledger.row import Row
+
+SPACE_TO_OPEN = 1 << 20  # bytes SQLite may need to open a ledger (its -wal and -shm files)
+
+
+def _space_left(path: Path) -> int:
+    """Bytes free to syncd on the file system of ``path`` (unknown: plenty)."""
+    try:
+        free = os.statvfs(path.parent)
+    except OSError:
+        return SPACE_TO_OPEN
+    return free.f_bavail * free.f_frsize
 
 
 class Writer:
@@ -69,6 +81,11 @@ class Writer:
                 raise
             return ledger
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc) or _space_left(path) < SPACE_TO_OPEN:  # full: "disk I/O error" too
+                raise LedgerDiskFull(
+                    f"cannot open the ledger {path} ({exc}): the disk holding it is full; the "
+                    "ledger itself is fine (do not rebuild it): free some space there"
+                ) from None
             raise LedgerError(
                 f"ledger {path} is unusable ({exc}); run `syncd ledger rebuild` to rebuild it "
                 "from the folders"

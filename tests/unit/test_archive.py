@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -283,3 +284,81 @@ def test_archiving_the_same_name_again_and_again(tmp_path: Path, ledger: Ledger)
     row = _uploaded(ledger, folder, "export.csv", b"new")
     archive.finish(ledger, row, folder)
     assert (target / "export (301).csv").read_bytes() == b"new"
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """A producer writes the file again in place (same size), a second later."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+@pytest.mark.parametrize("how", ["copied", "linked"])
+def test_a_file_written_to_while_it_is_archived_is_not_removed(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The producer rewrites the file in place while it is being archived (a copy of
+    many gigabytes takes minutes). The copy's hash only covers what it read, so the
+    inbox file, with bytes never uploaded, was removed: the new version was nowhere.
+    Now nothing is archived, the inbox file stays, and it is a new version to upload."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.bin", b"old" * 1000)
+    inbox_file = tmp_path / "inbox" / "a.bin"
+    if how == "copied":  # a second hard link: the archive gets a copy, as across file systems
+        os.link(inbox_file, tmp_path / "second-link")
+    real_place = moves._place
+
+    def place_then_written(src: moves.Held, dirfd: int, name: str, sha256: str | None) -> None:
+        real_place(src, dirfd, name, sha256)
+        _rewrite(inbox_file, b"NEW")
+
+    monkeypatch.setattr(moves, "_place", place_then_written)
+    archive.finish(ledger, row, folder)
+    assert inbox_file.read_bytes() == b"NEW" + b"old" * 999
+    assert not (tmp_path / "archive" / "inbox" / "a.bin").exists()
+    done = row_of(ledger, row.id)
+    assert done.state == "done" and "written to since it was uploaded" in (done.last_error or done.note or "")
+    again = ledger.active_for_path(os.fspath(tmp_path / "inbox"), "a.bin")
+    assert again is not None and again.state == "settling"
+
+
+def test_a_file_written_to_just_before_its_delete_is_not_deleted(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_folder(tmp_path, "del", after_upload="delete")
+    row = _uploaded(ledger, folder, "a.bin", b"old" * 10)
+    inbox_file = tmp_path / "del" / "a.bin"
+    real_sync = ledger.sync
+
+    def sync_then_written() -> None:
+        real_sync()
+        _rewrite(inbox_file, b"NEW")
+
+    monkeypatch.setattr(ledger, "sync", sync_then_written)
+    archive.finish(ledger, row, folder)
+    assert inbox_file.read_bytes() == b"NEW" + b"old" * 9
+    assert ledger.active_for_path(os.fspath(tmp_path / "del"), "a.bin") is not None
+
+
+def test_a_copy_larger_than_the_free_space_is_not_begun(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive with less room than the file: each pass of the disk-full probe copied it
+    from byte 0 until ENOSPC (gigabytes written, the archive disk full for its other users
+    again and again). Now the copy is refused at once, saying how much it needs."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "big.bin", b"x" * 100_000)
+    os.link(tmp_path / "inbox" / "big.bin", tmp_path / "second-link")  # a copy, not a link
+    real = os.fstatvfs
+
+    def small(fd: int) -> os.statvfs_result:
+        got = real(fd)
+        return os.statvfs_result((got.f_bsize, 1000, got.f_blocks, 10, 10, *tuple(got)[5:]))
+
+    monkeypatch.setattr(os, "fstatvfs", small)
+    with pytest.raises(OSError, match="a copy of 100,000 bytes, 10,000 bytes free") as caught:
+        archive.finish(ledger, row, folder)
+    assert caught.value.errno == errno.ENOSPC
+    assert (tmp_path / "inbox" / "big.bin").exists()
+    assert not list((tmp_path / "archive" / "inbox").iterdir())

@@ -385,3 +385,27 @@ def test_naming_the_lock_holder_leaves_our_own_locks_alone(tmp_path: Path) -> No
             ledger._conn.execute("COMMIT")
     finally:
         ledger.close()
+
+
+def test_a_ledger_that_cannot_be_opened_for_a_full_disk_is_not_called_unusable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full state disk at start: SQLite cannot make the ledger's -shm file and says
+    "disk I/O error". That was "unusable; run `syncd ledger rebuild`" with exit 4, which
+    the unit never restarts, and the advice would have thrown a sound ledger away."""
+    from syncd.errors import LedgerDiskFull
+    from syncd.ledger import schema, writer
+
+    Ledger.open(tmp_path / "ledger.sqlite3").close()
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(schema, "connect", full)
+    monkeypatch.setattr(writer, "_space_left", lambda path: 0)
+    with pytest.raises(LedgerDiskFull, match="the disk holding it is full; the ledger itself is fine"):
+        Ledger.open(tmp_path / "ledger.sqlite3")
+    monkeypatch.setattr(writer, "_space_left", lambda path: 1 << 30)
+    with pytest.raises(LedgerError, match="run `syncd ledger rebuild`") as caught:
+        Ledger.open(tmp_path / "ledger.sqlite3")
+    assert not isinstance(caught.value, LedgerDiskFull)

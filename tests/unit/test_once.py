@@ -63,3 +63,20 @@ def test_a_destination_down_or_long_rate_limited_is_not_waited_out(
     assert once.left_for_next_run(ledger, later, folders, clock) == 2
     ledger.claim_next(["dest"])  # one in flight: `once` waits for it, whatever the circuit
     assert once.left_for_next_run(ledger, down, folders, clock) is None
+
+
+def test_a_full_disk_leaves_everything_for_the_next_run(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive too small for an uploaded file pauses the uploads: `once` waited for
+    them for ever (a cron job holding the lock), copying the file again every few seconds."""
+    folder = make_folder(tmp_path)
+    folders = {os.fspath(folder.path): folder}
+    queue_file(ledger, folder, "a.txt", b"a")
+    assert once.left_for_next_run(ledger, UP, folders, clock) is None
+    caplog.set_level(logging.WARNING, logger="syncd.daemon")
+    full = {"archive": "No space left on device"}
+    assert once.left_for_next_run(ledger, UP, folders, clock, disk_full=full) == 1
+    assert (
+        "the disk is full (archive: No space left on device): 1 file(s) wait for the next run" in caplog.text
+    )

@@ -42,7 +42,7 @@ class Collected:
         paths, scans = self.intake.drain()
         for rels in paths.values():
             self.paths |= rels
-        self.scans |= scans
+        self.scans |= set(scans)
         return self.paths
 
 
@@ -276,3 +276,18 @@ def test_a_dead_inotify_reader_is_replaced_and_the_folders_rescanned(
     got = Collected(watcher.intake)
     (folder.path / "after.txt").write_bytes(b"x")
     assert wait_for(lambda: "after.txt" in got())
+
+
+def test_lost_events_ask_for_a_rescan_counted_as_an_overflow(tmp_path: Path) -> None:
+    """The kernel's inotify queue overflowed (watchdog's ``events_lost``): the whole folder
+    is scanned again, and `syncd_rescans_total` says why (it said "directory")."""
+    from watchdog.events import FileSystemEvent
+
+    from syncd.events import _Handler
+
+    folder = make_folder(tmp_path)
+    intake = Intake()
+    lost = FileSystemEvent(os.fspath(folder.path))
+    lost.event_type = "events_lost"
+    _Handler(folder, intake).on_any_event(lost)
+    assert intake.drain() == ({}, {(os.fspath(folder.path), ""): "overflow"})
