@@ -322,11 +322,12 @@ def test_ready_status_watchdog_reload_and_stop(
     time.sleep(0.6)
     assert not [r for r in s.rows() if r.relpath == "ignored.txt"]
 
-    # The watchdog, all along (reloads included): pings at a quarter of WATCHDOG_USEC.
+    # The watchdog, all along (reloads included): pings at a quarter of WATCHDOG_USEC, and
+    # never a gap systemd would kill for (1 s); a busy CI machine may stretch one tick.
     pings = notify.pings()
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
     assert len(pings) >= 16, pings
-    assert max(gaps) < 0.5 and 0.2 < statistics.median(gaps) < 0.35, gaps
+    assert max(gaps) < 0.75 and 0.2 < statistics.median(gaps) < 0.35, gaps
 
     # SIGTERM: STOPPING=1, exit 0, and `syncd status` knows it stopped.
     mark = notify.mark()
