@@ -181,7 +181,9 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
     raises :class:`ChangedAfterUpload`.
     """
     free = os.fstatvfs(dirfd)
-    if free.f_bavail * free.f_frsize < st.st_size:  # no copy from byte 0 to ENOSPC, again and again
+    # no copy from byte 0 to ENOSPC, again and again (a file system that reports no blocks
+    # at all, some FUSE ones, says nothing about its space)
+    if free.f_blocks and free.f_bavail * free.f_frsize < st.st_size:
         raise OSError(
             errno.ENOSPC,
             f"No space left on device: a copy of {st.st_size:,} bytes, "
