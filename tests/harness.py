@@ -305,8 +305,9 @@ class Setup:
 
     def integrity(self) -> str:
         """``PRAGMA integrity_check`` of the ledger: ``"ok"`` when it is sound (I3), and
-        when there is none yet (a daemon killed before it created it recorded nothing)."""
-        if not self.ledger_path.exists():
+        when there is none yet (a daemon killed before it created it, or its tables, recorded
+        nothing)."""
+        if not self.ledger_path.exists() or self._being_created():
             return "ok"
         with self.ledger() as ledger:
             return ledger.integrity_check()
