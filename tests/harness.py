@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -59,6 +60,23 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def host_tool(command: str, package: str) -> tuple[str | None, str]:
+    """The path of a host tool a test needs, installed from Debian's ``package`` by the
+    project's script (scripts/host-tool.sh: apt as root, here and in CI) if missing;
+    ``(None, why)`` when it cannot be had."""
+    found = shutil.which(command)
+    if found is not None:
+        return found, ""
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "host-tool.sh"), command, package],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return (out.stdout.strip() or None), out.stderr.strip()
 
 
 def sha(data: bytes) -> str:

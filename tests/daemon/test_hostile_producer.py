@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Setup, sha, wait_until
+from tests.harness import Setup, host_tool, sha, wait_until
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
@@ -363,13 +363,14 @@ def test_an_inbox_the_daemon_may_not_list_is_a_folder_problem_not_a_crash(hostil
 def test_an_inbox_shared_with_the_daemon_through_an_acl_is_watched(hostile: Any) -> None:
     """The inbox is its producer's (0700) and the daemon's by an ACL entry: the kernel lets
     the daemon in, so syncd must not refuse the folder on its mode bits."""
-    if shutil.which("setfacl") is None:
-        pytest.skip("setfacl is not installed (apt-get install acl)")
+    setfacl, why = host_tool("setfacl", "acl")
+    if setfacl is None:
+        pytest.skip(f"no setfacl: {why}")
     h = hostile()
     inbox = h.s.inbox()
     os.chown(inbox, PRODUCER_UID, PRODUCER_UID)  # a group the daemon is not in
     inbox.chmod(0o700)
-    subprocess.run(["setfacl", "-m", f"u:{DAEMON_UID}:rwx", str(inbox)], check=True)
+    subprocess.run([setfacl, "-m", f"u:{DAEMON_UID}:rwx", str(inbox)], check=True)
     h.start()
     h.produce("""
         import os, sys

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncd.circuit import CIRCUIT_STATES, CircuitState
 from syncd.ledger import STATES
 from syncd.metrics import Metrics
-from tests.harness import wait_until
+from tests.harness import host_tool, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "syncd-alerts.yml"
@@ -36,18 +35,7 @@ RULES_TEST = ROOT / "contrib" / "prometheus" / "syncd-alerts.test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "syncd-dashboard.json"
 
 
-def _promtool() -> tuple[str | None, str]:
-    """promtool's path, installed from Debian's "prometheus" by the project's script if need be."""
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "host-tool.sh"), "promtool", "prometheus"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return (out.stdout.strip() or None), out.stderr.strip()
-
-
-PROMTOOL, _WHY = _promtool() if shutil.which("promtool") is None else (shutil.which("promtool"), "")
+PROMTOOL, _WHY = host_tool("promtool", "prometheus")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"no promtool: {_WHY}")
 
 # Series that Prometheus itself records for every target, not syncd.
