@@ -77,16 +77,19 @@ class Circuits:
             for circuit in self._circuits.values():
                 circuit.base, circuit.cap = base, cap
 
-    def reset(self, names: Iterable[str]) -> None:
+    def reset(self, names: Iterable[str]) -> list[str]:
         """A reload changed or removed these destinations: each starts afresh, closed; but a
         rate limit's wait is the service's word and stands. Attempts begun before are
-        :meth:`stale` from now on."""
+        :meth:`stale` from now on. Returns the names that started afresh."""
+        afresh = []
         with self._lock:
             for name in names:
                 self._resets[name] = self._resets.get(name, 0) + 1
                 circuit = self._circuits.get(name)
                 if circuit is None or circuit.snapshot().state != RATE_LIMITED:
                     self._circuits.pop(name, None)
+                    afresh.append(name)
+        return afresh
 
     def claimed(self, row: Row) -> None:
         """A worker took ``row`` (an attempt begins under the settings in force now)."""

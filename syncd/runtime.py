@@ -33,7 +33,7 @@ import httpx
 
 from syncd import config as configmod
 from syncd import logs
-from syncd.circuit import RATE_LIMITED, REFUSED, CircuitState
+from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
@@ -237,8 +237,7 @@ class Runtime:
             if old_cfg.destinations.get(name) != cfg.destinations.get(name)
             or states.get(name, CircuitState()).state == REFUSED
         ]
-        uploader.reset_circuits(afresh)
-        afresh = [n for n in afresh if states.get(n, CircuitState()).state != RATE_LIMITED]  # its wait stands
+        afresh = uploader.reset_circuits(afresh)  # not one a rate limit holds: its wait stands
         if due := self.ledger.due_now(afresh):
             log.info("%d file(s) waiting to retry on %s are due now", due, ", ".join(map(repr, afresh)))
         uploader.resize(cfg.daemon.workers)

@@ -231,10 +231,12 @@ class Uploader:
         self.policy.base, self.policy.cap = base, cap
         self.circuits.set_retry(base, cap)
 
-    def reset_circuits(self, names: Iterable[str]) -> None:
-        """A reload changed or removed these destinations: each starts afresh, closed."""
-        self.circuits.reset(names)
+    def reset_circuits(self, names: Iterable[str]) -> list[str]:
+        """A reload changed or removed these destinations: each starts afresh, closed, but
+        a rate limit's wait stands (:meth:`Circuits.reset`); the names that started afresh."""
+        afresh = self.circuits.reset(names)
         self.wake()
+        return afresh
 
     def destination_states(self) -> dict[str, CircuitState]:
         """Every configured destination's circuit state (status lines, heartbeat, metrics)."""

@@ -250,14 +250,8 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
         failed = f"attempt {row.attempts} failed" if row.attempts else "the last try failed (not counted)"
         lines.append(f"  {failed}: {shown(row.last_error)}")
         overdue = row.next_attempt_at is not None and row.next_attempt_at <= time.time()
-        lines.append(
-            f"  next attempt {stamp(row.next_attempt_at)}"
-            + (
-                " (due: it waits for a free worker, or for its destination to answer again)"
-                if overdue
-                else ""
-            )
-        )
+        why = " (due: it waits for a free worker, or for its destination to answer again)"
+        lines.append(f"  next attempt {stamp(row.next_attempt_at)}{why if overdue else ''}")
     elif row.state in (State.UPLOADED, State.DONE, State.SKIPPED):
         if row.duplicate_of is not None:  # skipped, or being archived as a skip
             remote = shown((row.receipt or {}).get("remote_id"))

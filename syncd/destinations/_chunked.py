@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -268,13 +267,10 @@ class _Saver:
     ``1/SHARE`` of all confirmed, or :data:`CHECKPOINT_EVERY` seconds after the
     last save; :meth:`flush` saves what is left."""
 
-    def __init__(
-        self, state: ResumeState, checkpoint: Checkpoint, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, state: ResumeState, checkpoint: Checkpoint) -> None:
         self._state = state
         self._checkpoint = checkpoint
-        self._clock = clock
-        self._saved_at = clock()
+        self._saved_at = time.monotonic()
         self._unsaved = 0
 
     def confirmed(self, part: Part, token: str) -> None:
@@ -282,7 +278,7 @@ class _Saver:
         self._unsaved += 1
         if (
             self._unsaved * SHARE >= len(self._state.parts)
-            or self._clock() - self._saved_at >= CHECKPOINT_EVERY
+            or time.monotonic() - self._saved_at >= CHECKPOINT_EVERY
         ):
             self.flush()
 
@@ -290,7 +286,7 @@ class _Saver:
         if self._unsaved:
             self._unsaved = 0  # a checkpoint the ledger refused is not tried again on the way out
             self._checkpoint(self._state.to_resume())
-            self._saved_at = self._clock()
+            self._saved_at = time.monotonic()
 
 
 def _send_missing(

@@ -3,10 +3,12 @@
 :meth:`Routing.repoint` hands the files waiting for a destination to the one
 whose ``replaces`` names it; :meth:`Routing.due_now` makes the retries of a
 destination whose table changed due at once (the fix an operator reloaded
-for must not wait out backoffs earned before it). :meth:`Routing.retarget_settling` gives files
-that are still settling their folder's destination, labels and category as
-the config now has them: they were never queued for the old ones (docs/
-operations.md, "Reload": a file keeps the destination it was *queued* for).
+for must not wait out backoffs earned before it). :meth:`Routing.retarget_settling`
+gives files that are still settling their folder's destination, labels and
+category as the config now has them: they were never queued for the old ones
+(docs/operations.md, "Reload": a file keeps the destination it was *queued*
+for). :meth:`Routing.retarget` sends one requeued file to its folder's
+destination (`syncd retry` of a file whose destination is gone).
 """
 
 from __future__ import annotations
@@ -73,10 +75,9 @@ class Routing(Schedule):
         now = self._clock()
         args = (*destinations, now, f"{FOLDER_AWAY_ERROR}%")
         with self._lock:
-            if not self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM files WHERE {where})", args).fetchone()[
-                0
-            ]:
-                return 0
+            waits = self._conn.execute(f"SELECT EXISTS (SELECT 1 FROM files WHERE {where})", args).fetchone()
+        if not waits[0]:
+            return 0
         with self._write("due_now") as conn:
             return conn.execute(
                 f"UPDATE files SET next_attempt_at = ?, updated_at = ? WHERE {where}", (now, now, *args)
