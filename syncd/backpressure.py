@@ -1,17 +1,23 @@
-"""Back-pressure: a full disk pauses taking new uploads, and a real write resumes them.
+"""Back-pressure: a full disk pauses what it must, and a real write resumes it.
 
-When the ledger cannot write ("database or disk is full") or an archive move
-fails with ENOSPC/EDQUOT, no worker claims a new row (:class:`DiskFull` is
-truthy) while uploads in flight finish or fail normally: files stay where
+When the ledger cannot write ("database or disk is full"), no worker claims a
+new row (:attr:`DiskFull.paused`) while uploads in flight finish or fail
+normally: nothing can be recorded, so nothing new is begun; files stay where
 they are, nothing is lost, and the STATUS line says ``disk full, paused
-(ledger)`` or ``(archive)``. A full ledger is reported, never a reason for
-the watchdog to restart syncd (that would not free any space).
+(ledger)``. A full ledger is reported, never a reason for the watchdog to
+restart syncd (that would not free any space).
 
-While paused, the main loop calls :meth:`DiskFull.probe` every couple of
-seconds: it writes to the ledger and, for a full archive, finishes the moves
-that were waiting and writes a small file into each archive folder. Once
-those succeed claiming resumes, and every folder is rescanned (events may
-have been dropped while the ledger took no writes).
+When an archive move fails with ENOSPC/EDQUOT, only that archive folder is
+full: uploads go on (every folder's, that one's too), and the uploaded files
+whose archive is full stay in their inbox, recorded ``uploaded``, until it
+takes writes again (STATUS: ``archive full (/srv/archive): uploaded files wait
+in the inbox``). One folder's full archive disk holds back no other folder.
+
+While anything is full, the main loop calls :meth:`DiskFull.probe` every
+couple of seconds: it writes to the ledger and, for a full archive, finishes
+the moves that were waiting and writes a small file into each archive folder.
+Once those succeed the pause (or the wait) ends; after a full ledger every
+folder is rescanned (events may have been dropped while it took no writes).
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ PROBE_BYTES = 64 * 1024  # the write that must succeed in each archive folder be
 
 
 class DiskFull:
-    """Where the disk is full (``"ledger"``, ``"archive"``) -> what failed; empty when not."""
+    """Where the disk is full (``"ledger"``, ``"archive"``) -> what failed; empty when not.
+
+    ``archives``: the archive folders found full (their uploaded files wait). Only a
+    full ledger pauses claiming (:attr:`paused`)."""
 
     def __init__(self, metrics: Any = None, on_ok: Callable[[], None] = lambda: None) -> None:
         self.where: dict[str, str] = {}
+        self.archives: set[str] = set()
         self.metrics = metrics
         self.on_ok = on_ok  # writes succeed again: wake the workers
 
@@ -46,26 +56,45 @@ class DiskFull:
     def __contains__(self, where: object) -> bool:
         return where in self.where
 
-    def note(self, where: str, exc: BaseException) -> None:
-        """Pause claiming work: ``where`` ("ledger" or "archive") ran out of space."""
+    @property
+    def paused(self) -> bool:
+        """Whether workers take no new uploads: the ledger records nothing."""
+        return "ledger" in self.where
+
+    def note(self, where: str, exc: BaseException, directory: Any = None) -> None:
+        """``where`` ("ledger", or "archive" with its ``directory``) ran out of space."""
         first = not self.where
         what = getattr(exc, "strerror", None) or str(exc)
+        if directory is not None:
+            self.archives.add(os.fspath(directory))
         if where not in self.where:
             log.error(
-                "disk full (%s: %s): paused taking new uploads; files stay where they "
-                "are and work resumes when space is free",
+                "disk full (%s: %s): %s",
                 where,
                 what,
+                "paused taking new uploads; files stay where they are and work resumes when space is free"
+                if where == "ledger"
+                else "uploads go on; the uploaded files stay in their inbox and are archived once "
+                "space is free",
             )
         self.where[where] = what
         if first and self.metrics is not None:
             self.metrics.disk_full.set(1)
+
+    def describe(self) -> list[str]:
+        """What is full, for the STATUS= line."""
+        said = ["disk full, paused (ledger)"] if self.paused else []
+        if "archive" in self.where:
+            where = ", ".join(sorted(self.archives)) or "archive"
+            said.append(f"archive full ({where}: {self.where['archive']}): uploaded files wait in the inbox")
+        return said
 
     def ok(self) -> None:
         """Writes succeed again: resume claiming work."""
         if self.where:
             log.warning("disk space is available again (%s); resuming uploads", ", ".join(sorted(self.where)))
             self.where.clear()
+            self.archives.clear()
             if self.metrics is not None:
                 self.metrics.disk_full.set(0)
             self.on_ok()
@@ -86,6 +115,7 @@ class DiskFull:
             if is_disk_full(exc):
                 return
             raise
+        ledger_was_full = self.paused
         if "archive" in self:
             if finish_uploaded():
                 return
@@ -93,8 +123,9 @@ class DiskFull:
                 if folder.archive_dir is not None and not can_write(folder.archive_dir):
                     return
         self.ok()
-        for root in folders:  # events may have been dropped while the ledger was full
-            rescan(root)
+        if ledger_was_full:
+            for root in folders:  # events may have been dropped while the ledger was full
+                rescan(root)
 
 
 def can_write(directory: Any) -> bool:

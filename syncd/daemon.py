@@ -394,7 +394,7 @@ class MainLoop:
                 self.runtime.usable_folders(),
                 wait=self.daemon.once_wait,
                 open_for_writing=self.settler.held_by_folder(),
-                disk_full=self.uploader.disk_full.where,
+                disk_full=self.uploader.disk_full,
             )
             is not None
         )

@@ -76,7 +76,7 @@ class HandOver:
             full = is_disk_full(exc)
             if full:
                 said = "archive" in self.disk_full
-                self.disk_full.note("archive", exc)
+                self.disk_full.note("archive", exc, folder.archive_dir)
             else:
                 said = not self.stuck.failed(row.folder, row.id, exc)
             log.log(

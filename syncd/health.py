@@ -160,9 +160,7 @@ class Health:
         """What is wrong now, most urgent first: the start of the STATUS= line, and
         ``problems`` in the heartbeat (`syncd status` shows them with the ledger's counts)."""
         first: list[str] = []
-        disk_full = self.uploader.disk_full
-        if disk_full:
-            first.append(f"disk full, paused ({', '.join(sorted(disk_full.where))})")
+        first.extend(self.uploader.disk_full.describe())
         for root, problem in sorted(self.watcher.problems().items()):
             first.append(
                 f"inbox {root} missing" if problem == "folder missing" else f"inbox {root}: {problem}"

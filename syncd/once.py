@@ -13,9 +13,11 @@ run says how many and exits 1.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 
+from syncd.backpressure import DiskFull
 from syncd.circuit import DOWN, RATE_LIMITED, REFUSED, CircuitState
 from syncd.config import FolderConfig
 from syncd.ledger import ACTIVE_STATES, Ledger, State
@@ -50,20 +52,29 @@ def left_for_next_run(
     *,
     wait: float = RETRY_WAIT,
     open_for_writing: Mapping[str, int] | None = None,
-    disk_full: Mapping[str, str] | None = None,
+    disk_full: DiskFull | None = None,
 ) -> int | None:
     """None while ``once`` has work to wait for; else how many files it leaves for the
     next run (0: everything reached a final state), each group said in the log.
     ``open_for_writing``: per folder, settling files a process still has open for
     writing (syncd/settle.py): not waited for, however long the writer keeps them.
-    ``disk_full``: where the disk is full (uploads paused): every file left waits."""
+    ``disk_full``: where the disk is full. A full ledger pauses uploads: every file left
+    waits. A full archive folder holds only its uploaded files (in their inbox)."""
     writers = open_for_writing or {}
     by_folder = ledger.counts_by_folder()
-    if disk_full:
+    if disk_full is not None and disk_full.paused:
         left = _active(by_folder, folders)
-        where = ", ".join(f"{k}: {v}" for k, v in sorted(disk_full.items()))
-        log.warning("the disk is full (%s): %d file(s) wait for the next run", where, left)
+        log.warning(
+            "the disk is full (ledger: %s): %d file(s) wait for the next run", disk_full.where["ledger"], left
+        )
         return left
+    unarchived = {  # uploaded, in a folder whose archive is full: they wait
+        root: by_folder.get(root, {}).get(State.UPLOADED, 0)
+        for root, folder in folders.items()
+        if disk_full is not None
+        and folder.archive_dir is not None
+        and os.fspath(folder.archive_dir) in disk_full.archives
+    }
     now = clock()
     held = {
         name: st
@@ -75,10 +86,11 @@ def left_for_next_run(
     retrying: list[str] = []  # folders whose files left all wait for a retry
     for root, folder in folders.items():
         counts = by_folder.get(root, {})
-        active = sum(counts.get(state, 0) for state in ACTIVE_STATES) - writers.get(root, 0)
+        kept = unarchived.get(root, 0)
+        active = sum(counts.get(state, 0) for state in ACTIVE_STATES) - writers.get(root, 0) - kept
         if active <= 0:
             continue
-        busy = counts.get(State.UPLOADING) or counts.get(State.UPLOADED)
+        busy = counts.get(State.UPLOADING) or counts.get(State.UPLOADED, 0) - kept
         if folder.destination in held and not busy:
             waiting[folder.destination] = waiting.get(folder.destination, 0) + active
         elif active == counts.get(State.RETRYING, 0):
@@ -103,6 +115,15 @@ def left_for_next_run(
             held[name].reason,
             n,
         )
+    if sum(unarchived.values()):
+        assert disk_full is not None
+        log.warning(
+            "an archive folder is full (%s: %s): %d uploaded file(s) stay in the inbox and are "
+            "archived by the next run",
+            ", ".join(sorted(disk_full.archives)),
+            disk_full.where.get("archive"),
+            sum(unarchived.values()),
+        )
     if later:
         log.warning(
             "%d file(s) wait for a retry, the first at %s (more than %gs away): they wait for the next run",
@@ -110,4 +131,4 @@ def left_for_next_run(
             time.strftime("%H:%M:%S", time.localtime(first)),
             wait,
         )
-    return sum(waiting.values()) + later + writing
+    return sum(waiting.values()) + later + writing + sum(unarchived.values())

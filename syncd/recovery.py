@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import failed, moves
+from syncd.backpressure import DiskFull
 from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
 from syncd.http import RETRY_AFTER_CAP
@@ -201,7 +202,8 @@ class Recovery:
         for root, folder in self._folders().items():
             if procedure.policy.folder_problem(root) is not None:
                 continue  # away (unmounted): its files are not gone, and wait for it
-            stuck = root in procedure.after.stuck
+            # a stuck folder, or one whose archive is full: one file a pass, as a probe
+            stuck = root in procedure.after.stuck or _archive_full(folder, procedure.after.disk_full)
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
@@ -221,7 +223,7 @@ class Recovery:
                     finally:
                         self._release(row.id)
                     full = full or (error is not None and is_disk_full(error))
-                    if error is not None and root in procedure.after.stuck:
+                    if error is not None and (stuck or root in procedure.after.stuck):
                         # The others wait for the next sweep, which tries the one after
                         # this (a file that fails for a reason of its own holds none back).
                         self._stuck_after[root] = row.id
@@ -310,3 +312,7 @@ class Recovery:
                 reined.settling,
             )
             self.uploader.wake()
+
+
+def _archive_full(folder: Any, disk_full: DiskFull) -> bool:
+    return folder.archive_dir is not None and os.fspath(folder.archive_dir) in disk_full.archives

@@ -262,7 +262,7 @@ class Uploader:
         of that destination's files waits (or the next one is large), this
         worker asks the service with ``Destination.probe()``.
         """
-        if self.disk_full:
+        if self.disk_full.paused:
             return None
         names, probe = self.circuits.admit()
         row = None

@@ -32,6 +32,7 @@ from syncd import progress as progressmod
 from syncd.bandwidth import rate_text
 from syncd.commands.common import (
     EXIT_OK,
+    LEDGER_NAME,
     View,
     ago,
     load_view,
@@ -42,10 +43,12 @@ from syncd.commands.common import (
 from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
 from syncd.ledger import STATES, State
+from syncd.ledger.writer import SPACE_TO_OPEN, space_left
 from syncd.lock import holder_pid
 from syncd.logs import printable, quoted_path
 
 MIN_WATCH = 0.2  # seconds: `status --watch` refreshes no faster
+STALE_AFTER = 30.0  # seconds: a running daemon writes its heartbeat every 5 s
 
 
 def status_data(source: View | configmod.Config) -> dict[str, Any]:
@@ -132,6 +135,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 "metrics": meta.get("metrics"),
                 "webhook": meta.get("webhook"),
                 "upload_helpers": meta.get("upload_helpers"),
+                "heartbeat_stale": _stale(meta.get("heartbeat"), Path(view.state_dir) / LEDGER_NAME),
             }
         )
     elif meta:
@@ -221,6 +225,27 @@ def _watch(args: argparse.Namespace, every: float) -> int:
         return EXIT_OK
 
 
+def _stale(heartbeat: object, ledger_path: Path) -> str | None:
+    """Why a running daemon's heartbeat is old, or None while it is fresh.
+
+    Its problems and circuits above are then from that heartbeat: the most likely
+    reason is a full disk under the ledger (the daemon pauses, and records nothing,
+    not even its heartbeat, until space is free), which is said with the space left.
+    """
+    if not isinstance(heartbeat, int | float) or time.time() - heartbeat < STALE_AFTER:
+        return None
+    free = space_left(ledger_path)
+    if free < SPACE_TO_OPEN:
+        return (
+            f"the disk holding the ledger is full ({free:,} bytes free): the daemon records nothing "
+            "and takes no new uploads until space is freed there; what it said above is from before"
+        )
+    return (
+        "the daemon has not written its heartbeat since: it may be stuck (see its log, and "
+        "`systemctl status syncd`); what it said above is from then"
+    )
+
+
 def _nap(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -234,6 +259,8 @@ def render(data: dict[str, Any]) -> list[str]:
             f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
             f"heartbeat {ago(d.get('heartbeat'))})"
         )
+        if d.get("heartbeat_stale"):
+            out.append(f"  HEARTBEAT OLD: {shown(d['heartbeat_stale'])}")
         problems = d.get("problems")
         if isinstance(problems, list):
             out += [f"  problem: {shown(p)}" for p in problems]

@@ -30,7 +30,7 @@ from syncd.ledger.row import Row
 SPACE_TO_OPEN = 1 << 20  # bytes SQLite may need to open a ledger (its -wal and -shm files)
 
 
-def _space_left(path: Path) -> int:
+def space_left(path: Path) -> int:
     """Bytes free to syncd on the file system of ``path`` (unknown: plenty)."""
     try:
         free = os.statvfs(path.parent)
@@ -81,7 +81,7 @@ class Writer:
                 raise
             return ledger
         except sqlite3.DatabaseError as exc:
-            if is_disk_full(exc) or _space_left(path) < SPACE_TO_OPEN:  # full: "disk I/O error" too
+            if is_disk_full(exc) or space_left(path) < SPACE_TO_OPEN:  # full: "disk I/O error" too
                 raise LedgerDiskFull(
                     f"cannot open the ledger {path} ({exc}): the disk holding it is full; the "
                     "ledger itself is fine (do not rebuild it): free some space there"

@@ -740,8 +740,8 @@ def test_disk_full_pauses_and_resumes(
         pytest.skip(f"needs a private mount namespace for a small tmpfs: {why}")
     small = tmp_path / "small"  # a 3 MiB tmpfs, mounted only inside the daemon's namespace
     small.mkdir()
-    if full == "archive":
-        s = make_setup(folders=[{"name": "in", "archive_dir": str(small / "archive")}])
+    if full == "archive":  # a second folder, archived elsewhere, is not held back
+        s = make_setup(folders=[{"name": "in", "archive_dir": str(small / "archive")}, {"name": "other"}])
     else:
         s = make_setup(folders=[{"name": "in"}], daemon={"state_dir": str(small / "state")})
     proc = start_wrapped(s, f"mount -t tmpfs -o size=3m tmpfs {shlex.quote(str(small))}", notify.env())
@@ -777,25 +777,29 @@ def test_disk_full_pauses_and_resumes(
         except OSError:
             pass
     s.drop("b.bin", b"b" * 300_000)
-    notify.wait_for(
-        lambda m: m.get("STATUS", "").startswith(f"disk full, paused ({full})"),
-        20,
-        what="STATUS disk full, paused",
-    )
+    said = f"archive full ({small / 'archive'}: " if full == "archive" else "disk full, paused (ledger)"
+    notify.wait_for(lambda m: m.get("STATUS", "").startswith(said), 20, what=f"STATUS {said}")
     s.drop("c.bin", b"c" * 1000)
-    time.sleep(1.5)
-    assert "c.bin" not in {u["filename"] for u in s.emulator.uploads()}  # paused: not taken
+    if full == "archive":  # uploads go on; the files wait in the inbox, uploaded
+        s.drop("d.bin", b"d" * 1000, folder="other")
+        wait_until(lambda: (s.archive("other") / "d.bin").exists(), 20, what="the other folder archived")
+        wait_until(lambda: s.counts().get("uploaded") == 2, 20, what="c.bin uploaded, not archived")
+        assert "c.bin" in {u["filename"] for u in s.emulator.uploads()}
+    else:
+        time.sleep(1.5)
+        assert "c.bin" not in {u["filename"] for u in s.emulator.uploads()}  # paused: not taken
     assert (s.inbox() / "b.bin").exists() and (s.inbox() / "c.bin").exists()
     assert proc.poll() is None
 
     (seen / "filler").unlink()  # space is back
-    wait_until(lambda: counts().get("done") == 3, 30, what="all done after space came back")
+    done = 4 if full == "archive" else 3
+    wait_until(lambda: counts().get("done") == done, 30, what="all done after space came back")
     notify.wait_for(lambda m: m.get("STATUS", "").startswith("0 queued"), 10, what="STATUS without disk full")
     assert (archive / "b.bin").read_bytes() == b"b" * 300_000
     assert (archive / "c.bin").read_bytes() == b"c" * 1000
     assert not (s.inbox() / "b.bin").exists()
     uploads = s.emulator.uploads()
-    assert sorted(u["filename"] for u in uploads) == ["a.bin", "b.bin", "c.bin"]
+    assert sorted(u["filename"] for u in uploads) == ["a.bin", "b.bin", "c.bin", "d.bin"][:done]
     assert all(u["times_received"] == 1 for u in uploads)
     log = s.log_text()
     assert f"disk full ({full}: " in log and "disk space is available again" in log

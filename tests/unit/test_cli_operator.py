@@ -421,6 +421,28 @@ def test_status_counts_come_from_the_ledger_and_daemon_problems_are_listed(
     assert data["daemon"]["metrics"]["error"].endswith("Address already in use")
 
 
+def test_status_says_why_a_running_daemons_heartbeat_is_old(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon paused on a full ledger disk writes no heartbeat: status says so, with the
+    space left, instead of showing its last problems as if they were current."""
+    ledger = ledger_of(cfg)
+    heartbeat(ledger, problems=["destination main down since 10:00:00: HTTP 503"])
+    code, out, _ = run(capsys, "-c", str(cfg), "status")
+    assert code == 0 and "HEARTBEAT OLD" not in out  # fresh: nothing to say
+    heartbeat(ledger, heartbeat=time.time() - 300)
+    ledger.close()
+    monkeypatch.setattr(statusmod, "space_left", lambda path: 4096)
+    code, out, _ = run(capsys, "-c", str(cfg), "status")
+    assert "heartbeat 5m ago" in out
+    assert "HEARTBEAT OLD: the disk holding the ledger is full (4,096 bytes free)" in out
+    data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
+    assert data["daemon"]["heartbeat_stale"].startswith("the disk holding the ledger is full")
+    monkeypatch.setattr(statusmod, "space_left", lambda path: 1 << 30)
+    code, out, _ = run(capsys, "-c", str(cfg), "status")
+    assert "HEARTBEAT OLD: the daemon has not written its heartbeat since: it may be stuck" in out
+
+
 def test_scanner_counts_ignored_names(tmp_path: Path) -> None:
     root = tmp_path / "inbox"
     (root / ".git").mkdir(parents=True)

@@ -402,10 +402,10 @@ def test_a_ledger_that_cannot_be_opened_for_a_full_disk_is_not_called_unusable(
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(schema, "connect", full)
-    monkeypatch.setattr(writer, "_space_left", lambda path: 0)
+    monkeypatch.setattr(writer, "space_left", lambda path: 0)
     with pytest.raises(LedgerDiskFull, match="the disk holding it is full; the ledger itself is fine"):
         Ledger.open(tmp_path / "ledger.sqlite3")
-    monkeypatch.setattr(writer, "_space_left", lambda path: 1 << 30)
+    monkeypatch.setattr(writer, "space_left", lambda path: 1 << 30)
     with pytest.raises(LedgerError, match="run `syncd ledger rebuild`") as caught:
         Ledger.open(tmp_path / "ledger.sqlite3")
     assert not isinstance(caught.value, LedgerDiskFull)

@@ -3,6 +3,7 @@ what it leaves for the next run."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from syncd import once
+from syncd.backpressure import DiskFull
 from syncd.circuit import CircuitState
 from syncd.ledger import Ledger
 from tests.conftest import FakeClock, make_folder, queue_file
@@ -65,18 +67,50 @@ def test_a_destination_down_or_long_rate_limited_is_not_waited_out(
     assert once.left_for_next_run(ledger, down, folders, clock) is None
 
 
-def test_a_full_disk_leaves_everything_for_the_next_run(
+def test_a_full_ledger_leaves_everything_for_the_next_run(
     tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An archive too small for an uploaded file pauses the uploads: `once` waited for
-    them for ever (a cron job holding the lock), copying the file again every few seconds."""
+    """A full ledger pauses the uploads: `once` waited for them for ever (a cron job
+    holding the lock)."""
     folder = make_folder(tmp_path)
     folders = {os.fspath(folder.path): folder}
     queue_file(ledger, folder, "a.txt", b"a")
     assert once.left_for_next_run(ledger, UP, folders, clock) is None
     caplog.set_level(logging.WARNING, logger="syncd.daemon")
-    full = {"archive": "No space left on device"}
+    full = DiskFull()
+    full.note("ledger", OSError(errno.ENOSPC, "database or disk is full"))
     assert once.left_for_next_run(ledger, UP, folders, clock, disk_full=full) == 1
     assert (
-        "the disk is full (archive: No space left on device): 1 file(s) wait for the next run" in caplog.text
+        "the disk is full (ledger: database or disk is full): 1 file(s) wait for the next run" in caplog.text
     )
+
+
+def test_a_full_archive_leaves_only_its_folders_uploaded_files(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive too small for an uploaded file holds that folder's uploaded files, and
+    nothing else: `once` goes on uploading (that folder's queued files too) and leaves
+    the uploaded ones in their inbox for the next run to archive."""
+    full_folder, other = make_folder(tmp_path, "full"), make_folder(tmp_path, "other")
+    folders = {os.fspath(f.path): f for f in (full_folder, other)}
+    uploaded = queue_file(ledger, full_folder, "a.txt", b"a")
+    assert ledger.claim_next(["dest"]).id == uploaded  # type: ignore[union-attr]
+    ledger.mark_uploaded(uploaded, sha256="ab" * 32, receipt={"remote_id": "r"})
+    full = DiskFull()
+    full.note("archive", OSError(errno.ENOSPC, "No space left on device"), full_folder.archive_dir)
+    assert not full.paused  # workers go on claiming
+    queued = queue_file(ledger, other, "b.txt", b"b")
+    assert once.left_for_next_run(ledger, UP, folders, clock, disk_full=full) is None  # b.txt goes
+    assert ledger.claim_next(["dest"]).id == queued  # type: ignore[union-attr]
+    ledger.mark_uploaded(queued, sha256="cd" * 32, receipt={"remote_id": "s"})
+    assert once.left_for_next_run(ledger, UP, folders, clock, disk_full=full) is None  # b: archivable
+    ledger.mark_done(queued)
+    caplog.set_level(logging.WARNING, logger="syncd.daemon")
+    assert once.left_for_next_run(ledger, UP, folders, clock, disk_full=full) == 1
+    assert (
+        f"an archive folder is full ({full_folder.archive_dir}: No space left on device): 1 uploaded "
+        "file(s) stay in the inbox and are archived by the next run" in caplog.text
+    )
+    assert full.describe() == [
+        f"archive full ({full_folder.archive_dir}: No space left on device): uploaded files wait in the inbox"
+    ]
