@@ -731,6 +731,43 @@ def test_inotify_limit_falls_back_to_polling(
 
 
 @pytest.mark.process
+def test_once_with_a_full_archive_uploads_everything_and_leaves_that_folders_files(
+    make_setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """`syncd once` with one folder's archive on a full disk: every file is uploaded,
+    the other folder is archived, the full one's file stays in its inbox (exit 1, said);
+    the next run, with space, archives it without a second upload."""
+    why = namespaces_usable("-U", "-r", "-m")
+    if why:
+        pytest.skip(f"needs a private mount namespace for a small tmpfs: {why}")
+    small = tmp_path / "small"  # a 1 MiB tmpfs, mounted only for the first run
+    small.mkdir()
+    s = make_setup(folders=[{"name": "in", "archive_dir": str(small / "archive")}, {"name": "other"}])
+    s.drop("a.bin", os.urandom(2 << 20))  # larger than the archive's disk
+    s.drop("b.bin", b"b" * 1000, folder="other")
+    mount = f"mount -t tmpfs -o size=1m tmpfs {shlex.quote(str(small))}"
+    first = subprocess.run(
+        ["unshare", "-U", "-r", "-m", "sh", "-ec", f'{mount}\nexec "$@"', "sh"]
+        + [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=s.env(),
+        cwd=s.tmp,
+        timeout=120,
+    )
+    assert first.returncode == 1, first.stderr
+    assert f"an archive folder is full ({small / 'archive'}: " in first.stderr
+    assert "1 uploaded file(s) stay in the inbox and are archived by the next run" in first.stderr
+    assert (s.inbox() / "a.bin").exists() and (s.archive("other") / "b.bin").exists()
+    assert sorted(u["filename"] for u in s.emulator.uploads()) == ["a.bin", "b.bin"]
+    second = s.cli("once", "--no-progress")  # the tmpfs is gone: the archive has room
+    assert second.returncode == 0, second.stderr
+    assert (small / "archive" / "a.bin").read_bytes() == s.dropped[("in", "a.bin")]
+    assert not (s.inbox() / "a.bin").exists()
+    assert all(u["times_received"] == 1 for u in s.emulator.uploads())
+
+
+@pytest.mark.process
 @pytest.mark.parametrize("full", ["archive", "ledger"])
 def test_disk_full_pauses_and_resumes(
     make_setup: Callable[..., Setup], notify: NotifySocket, tmp_path: Path, full: str
