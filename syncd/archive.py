@@ -81,6 +81,7 @@ def finish(
     *,
     fresh: bool = False,
     away: Callable[[str], str | None] = lambda root: None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Carry out ``after_upload`` for an ``uploaded`` row and mark it done.
 
@@ -91,6 +92,7 @@ def finish(
     :func:`natural_target` recorded with the upload) has not been tried yet.
     ``away(root)``: why a watched folder is unavailable now, or None; a file not
     found in such a folder raises :class:`FolderAway` and its row stays uploaded.
+    ``cancel`` set (syncd is stopping) cuts a copy into the archive short (ECANCELED).
     """
     if folder.after_upload == "keep":
         ledger.mark_done(row.id)
@@ -137,6 +139,7 @@ def finish(
                 record=lambda t: _record_target(ledger, row, t),
                 planned=None if fresh else row.archive_path,
                 sha256=row.sha256,
+                cancel=cancel,
             )
         except ChangedAfterUpload:
             _replaced(ledger, row, f"{CHANGED}; nothing archived, the new bytes are uploaded next")

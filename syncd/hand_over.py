@@ -63,7 +63,9 @@ class HandOver:
         if self.cancel.is_set():
             return OSError(errno.ECANCELED, "syncd is stopping")
         try:
-            archive.finish(self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem)
+            archive.finish(
+                self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem, cancel=self.cancel
+            )
         except archive.FolderAway as exc:
             first = self.policy.away.note(row.folder)
             (log.warning if first else log.debug)(
@@ -73,6 +75,12 @@ class HandOver:
             )
             return exc
         except OSError as exc:
+            if exc.errno == errno.ECANCELED and self.cancel.is_set():
+                log.info(
+                    "stopping: the archive move of %s is done at the next start",
+                    quoted_path(row.current_path),
+                )
+                return exc
             full = is_disk_full(exc)
             if full:
                 said = "archive" in self.disk_full

@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -174,11 +175,14 @@ def _hash_fd(fd: int) -> str:
     return h.hexdigest()
 
 
-def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> str:
+def _copy_into(
+    fd: int, st: os.stat_result, dirfd: int, sha256: str | None, cancel: threading.Event | None = None
+) -> str:
     """Copy the bytes of ``fd`` to a fresh temp name in ``dirfd``; returns the name.
 
     Hashes while copying; a hash other than ``sha256`` removes the copy and
-    raises :class:`ChangedAfterUpload`.
+    raises :class:`ChangedAfterUpload`. ``cancel`` set (syncd is stopping) removes
+    the copy and raises ECANCELED at the next block: the move is done at the next start.
     """
     free = os.fstatvfs(dirfd)
     # no copy from byte 0 to ENOSPC, again and again (a file system that reports no blocks
@@ -197,6 +201,8 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
         h = hashlib.sha256()
         pos = 0
         while data := os.pread(fd, COPY_BLOCK, pos):
+            if cancel is not None and cancel.is_set():
+                raise OSError(errno.ECANCELED, "syncd is stopping")
             h.update(data)
             view = memoryview(data)
             while view:
@@ -217,7 +223,9 @@ def _copy_into(fd: int, st: os.stat_result, dirfd: int, sha256: str | None) -> s
     return tmp
 
 
-def _place(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
+def _place(
+    src: Held, dirfd: int, name: str, sha256: str | None, cancel: threading.Event | None = None
+) -> None:
     """Give the bytes of ``src.fd`` the name ``name`` in ``dirfd``, never clobbering (FileExistsError)."""
     if src.st.st_nlink <= 1:
         try:
@@ -227,7 +235,7 @@ def _place(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
         except OSError as exc:
             if exc.errno not in _COPY_INSTEAD:
                 raise
-    tmp = _copy_into(src.fd, src.st, dirfd, sha256)
+    tmp = _copy_into(src.fd, src.st, dirfd, sha256, cancel)
     try:
         os.link(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
     finally:
@@ -284,12 +292,14 @@ def move(
     record: Callable[[str], None],
     planned: str | None = None,
     sha256: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> str:
     """Move ``src`` to ``target_root/rel_dir/name`` (or a suffixed name); returns the final path.
 
     ``record(target)`` is called (and must be durable) before each attempt to
     create ``target``; ``planned`` is a target recorded by an earlier,
-    interrupted call, which is finished instead of starting over.
+    interrupted call, which is finished instead of starting over. ``cancel``: a copy
+    under way stops when it is set (:func:`_copy_into`).
     """
     if planned is not None and _planned_done(planned, target_root, src, sha256):
         src.unlink()
@@ -313,7 +323,7 @@ def move(
             target = os.path.join(target_root, rel_dir, candidate)
             record(target)
             try:
-                _place(src, dirfd, candidate, sha256)
+                _place(src, dirfd, candidate, sha256, cancel)
             except FileExistsError:
                 continue
             crashpoints.point("archive.placed")

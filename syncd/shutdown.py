@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from syncd.health import Health
 from syncd.intake import IntakeStage
+from syncd.ledger import State
 from syncd.liveness import Pulse
 from syncd.notify import Notifier
 from syncd.runtime import Runtime
@@ -51,14 +52,16 @@ def drain(
 ) -> None:
     """Stop taking work, let uploads drain, interrupt the rest, release everything."""
     drain_seconds = 0.0 if hard_stop.is_set() else runtime.cfg.daemon.drain_seconds
-    running = len(uploader.inflight_ids())
-    status = f"stopping: {running} upload(s) finishing (up to {drain_seconds:g} s)" if running else "stopping"
+    sending, archiving = _in_flight(uploader)
+    running = sending + archiving
+    status = f"stopping: {sending} upload(s) finishing (up to {drain_seconds:g} s)" if running else "stopping"
     notifier.stopping(status, extend_seconds=drain_seconds + STOP_MARGIN)
     if running:
         log.info(
-            "stopping: taking no new uploads; waiting up to %gs for %d upload(s) in flight",
+            "stopping: taking no new uploads; waiting up to %gs for %d upload(s) in flight%s",
             drain_seconds,
-            running,
+            sending,
+            f" and {archiving} archive move(s)" if archiving else "",
         )
     else:
         log.info("stopping: no uploads in flight")
@@ -73,12 +76,21 @@ def drain(
         uploader.join(DRAIN_POLL)  # returns as soon as the last worker is done
     if uploader.busy():
         why = "second stop signal" if hard_stop.is_set() else f"drain time ({drain_seconds:g}s) is up"
-        log.warning(
-            "%s: interrupting %d upload(s); they go back to the queue and resume "
-            "from their last confirmed part at the next start",
-            why,
-            len(uploader.inflight_ids()),
-        )
+        sending, archiving = _in_flight(uploader)
+        if sending:
+            log.warning(
+                "%s: interrupting %d upload(s); they go back to the queue and resume "
+                "from their last confirmed part at the next start",
+                why,
+                sending,
+            )
+        if archiving:
+            log.warning(
+                "%s: cutting %d archive move(s) short; those files are uploaded, stay in their "
+                "inbox and are archived at the next start",
+                why,
+                archiving,
+            )
         uploader.cancel()
         runtime.client.close()  # requests not yet sent fail at once
         if not uploader.join(CANCEL_GRACE):
@@ -96,8 +108,11 @@ def drain(
         pulse.beat()
         health.watchdog(time.monotonic())
     if not archiver(0.0):
-        # a copy into an archive on another file system: cut short at exit, as by a
-        # crash (the next start removes the partial copy and archives the file again)
+        uploader.cancel()  # a copy under way stops at its next block, removing its temp file
+        archiver(CANCEL_GRACE)
+    if not archiver(0.0):
+        # a copy that did not stop: cut short at exit, as by a crash (the next start
+        # removes the partial copy and archives the file again)
         log.warning(
             "stopping while a file is being copied into its archive folder; it is archived at the next start"
         )
@@ -108,3 +123,17 @@ def drain(
         log.error("could not record the stop in the ledger: %s", exc)
     runtime.metrics.stop()
     runtime.close()
+
+
+def _in_flight(uploader: Uploader) -> tuple[int, int]:
+    """(uploads, archive moves) in flight: a row held that is uploaded already is being
+    archived (by its worker, or by the archiver)."""
+    ids = uploader.inflight_ids()
+    archiving = 0
+    for row_id in ids:
+        try:
+            row = uploader.ledger.get(row_id)
+        except sqlite3.Error:
+            continue
+        archiving += row is not None and row.state == State.UPLOADED
+    return len(ids) - archiving, archiving

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,46 @@ def test_cross_device_archive(tmp_path: Path, ledger: Ledger) -> None:
         assert target.read_bytes() == b"x" * 100_000
         assert not (tmp_path / "inbox" / "a.txt").exists()
         assert [p.name for p in target.parent.iterdir()] == ["a.txt"]  # no temp left
+
+
+class _SetAfter(threading.Event):
+    """An event that reads as set from its ``n``-th look on (a stop during a copy)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.looks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self.n
+
+
+def test_a_stop_cuts_a_cross_device_copy_short_and_the_next_start_finishes_it(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    """A stop during a copy into an archive on another file system: the copy stops at
+    its next block and removes its temp file; the file stays in the inbox, uploaded,
+    and the next try archives it whole."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is not a separate filesystem here")
+    import tempfile
+
+    data = os.urandom(3 * moves.COPY_BLOCK + 5)
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        folder = make_folder(tmp_path, archive_dir=Path(other) / "arch")
+        row = _uploaded(ledger, folder, "big.bin", data)
+        stop = _SetAfter(2)  # after the first block
+        with pytest.raises(OSError) as raised:
+            archive.finish(ledger, row, folder, cancel=stop)
+        assert raised.value.errno == errno.ECANCELED and stop.looks == 2
+        arch = Path(other) / "arch"
+        assert [p.name for p in arch.iterdir()] == []  # neither the name nor a temp copy
+        assert (tmp_path / "inbox" / "big.bin").read_bytes() == data
+        assert row_of(ledger, row.id).state == "uploaded"
+        archive.finish(ledger, row_of(ledger, row.id), folder)  # the next start
+        assert (arch / "big.bin").read_bytes() == data
+        assert not (tmp_path / "inbox" / "big.bin").exists()
 
 
 def test_crash_after_link_before_unlink_is_finished_once(tmp_path: Path, ledger: Ledger) -> None:
@@ -309,7 +350,9 @@ def test_a_file_written_to_while_it_is_archived_is_not_removed(
         os.link(inbox_file, tmp_path / "second-link")
     real_place = moves._place
 
-    def place_then_written(src: moves.Held, dirfd: int, name: str, sha256: str | None) -> None:
+    def place_then_written(
+        src: moves.Held, dirfd: int, name: str, sha256: str | None, cancel: object
+    ) -> None:
         real_place(src, dirfd, name, sha256)
         _rewrite(inbox_file, b"NEW")
 

@@ -508,6 +508,68 @@ def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     assert ledger.counts()["done"] == 5
 
 
+def test_a_full_archive_holds_only_its_uploaded_files_and_is_tried_once_a_sweep(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive folder out of space: uploads go on (no pause), the files wait uploaded,
+    the sweep tries one of them a pass; once the probe finds space, all are archived."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish, calls = archive.finish, []
+
+    def full(*args: Any, **kw: Any) -> None:
+        calls.append(args[1].id)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive, "finish", full)
+    for i in range(4):
+        drop(f"f{i}.txt")
+    for _ in range(4):
+        assert step() == "uploaded"  # claimed and sent while the archive is full
+    assert up.disk_full.archives == {os.fspath(folder.archive_dir)} and not up.disk_full.paused
+    assert up.procedure.after.stuck.problems() == {}  # said as a full disk, not a stuck folder
+    root = os.fspath(folder.path)
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    calls.clear()
+    recovery.sweep()
+    assert len(calls) == 1  # one try for the full archive
+    monkeypatch.setattr(archive, "finish", real_finish)
+    up.disk_full.probe(ledger, {root: folder}, recovery.finish_uploaded, lambda root: None)
+    assert not up.disk_full and not up.disk_full.archives
+    recovery.sweep()
+    assert ledger.counts()["done"] == 4
+
+
+def test_an_archive_move_cut_short_by_a_stop_is_left_for_the_next_start_quietly(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A stop during an archive copy (ECANCELED) is no archive problem: the file stays
+    uploaded, the folder is not marked stuck, nothing is said at ERROR level."""
+    import errno
+
+    from syncd import archive
+
+    ledger, folder, dest, up, drop, step = setup
+
+    def cut_short(*args: Any, **kw: Any) -> None:
+        assert kw["cancel"] is up._cancel
+        up._cancel.set()
+        raise OSError(errno.ECANCELED, "syncd is stopping")
+
+    monkeypatch.setattr(archive, "finish", cut_short)
+    drop("a.txt")
+    with caplog.at_level("INFO", logger="syncd.uploader"):
+        assert step() == "uploaded"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "the archive move of" in caplog.text and "is done at the next start" in caplog.text
+    assert up.procedure.after.stuck.problems() == {} and not up.disk_full
+    assert ledger.counts()["uploaded"] == 1
+
+
 def _one_bad_archive(setup: Any, monkeypatch: pytest.MonkeyPatch, bad: int) -> Any:
     """Archiving fails for row ``bad`` alone (a reason of its own); the sweep's Recovery."""
     import errno
