@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
 from syncd.aside import recover_aside
+from syncd.copies import ChangedAfterUpload
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import ChangedAfterUpload, matches, move, opened, roots
+from syncd.moves import bytes_differ, held_alone, matches, move, opened, roots
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -117,10 +118,12 @@ def finish(
             return
         if folder.after_upload == "delete":
             ledger.sync()  # the "uploaded" commit is on disk before the file is touched
-            if src.written_since():
-                _replaced(ledger, row, f"{CHANGED}; not deleted, the new bytes are uploaded next")
-                return
-            deleted = src.unlink()
+            with held_alone(src):  # no writer has it open (none can open it meanwhile, if told)
+                # not read here for its upload (a restart): the bytes deleted must be those sent
+                if src.written_since() or (fd is None and bytes_differ(src, row.sha256)):
+                    _replaced(ledger, row, f"{CHANGED}; not deleted, the new bytes are uploaded next")
+                    return
+                deleted = src.unlink()
             finish_sidecar(ledger, row, folder, None)
             # the note says the file left the inbox: a new file that happens to get the
             # same name, size, mtime and (reused) inode is not this one (done_versions)
@@ -140,6 +143,7 @@ def finish(
                 planned=None if fresh else row.archive_path,
                 sha256=row.sha256,
                 cancel=cancel,
+                check=fd is None,  # not read here for its upload (a restart): hashed again
             )
         except ChangedAfterUpload:
             _replaced(ledger, row, f"{CHANGED}; nothing archived, the new bytes are uploaded next")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from syncd import moves
+from syncd import copies
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger
 
@@ -131,6 +131,6 @@ class DiskFull:
 def can_write(directory: Any) -> bool:
     """Whether ``directory`` takes a small write (a full-disk probe); False on ENOSPC."""
     try:
-        return moves.can_write(os.fspath(directory), PROBE_BYTES)
+        return copies.can_write(os.fspath(directory), PROBE_BYTES)
     except OSError as exc:
         return not is_disk_full(exc)

@@ -26,16 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
+from syncd.copies import TEMP_PREFIX, ChangedAfterUpload
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
-from syncd.moves import (
-    TEMP_PREFIX,
-    ChangedAfterUpload,
-    matches,
-    move,
-    opened,
-    roots,
-)
+from syncd.moves import matches, move, opened, roots
 from syncd.names import NAME_MAX, candidate_names
 
 if TYPE_CHECKING:

@@ -5,10 +5,11 @@ deleted or kept (:func:`syncd.archive.finish` does the file-system part):
 right after its upload (syncd/upload_one.py), and for rows a crash, a full
 disk or a stuck archive left ``uploaded`` (syncd/recovery.py). A failure
 leaves the row ``uploaded`` for the sweep and is said once where it would
-repeat: a full disk pauses new uploads (syncd/backpressure.py), an archive
-folder that takes no writes is a stuck folder (:class:`syncd.archive.Stuck`),
-a folder that is away waits for its return (syncd/away.py). Once uploads are
-being cancelled (syncd stops) the file is left for the next start.
+repeat: a full disk (syncd/backpressure.py), an archive folder that takes no
+writes is a stuck folder (:class:`syncd.archive.Stuck`), a folder that is away
+waits for its return (syncd/away.py), a file a process still has open for
+writing waits until it is closed (:class:`syncd.moves.StillOpen`). Once
+uploads are being cancelled (syncd stops) the file is left for the next start.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from syncd.backpressure import DiskFull
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
+from syncd.moves import StillOpen
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
     from syncd.retry_policy import RetryPolicy
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
+OPEN_SAID_MAX = 10_000  # rows remembered as said to be held open (each said once)
 
 
 class HandOver:
@@ -52,6 +55,8 @@ class HandOver:
         self.clock = clock
         self.metrics = metrics
         self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
+        self._open: set[int] = set()  # rows said to be held open for writing by a process
+        self._lock = threading.Lock()
 
     def hand_over(
         self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False
@@ -66,6 +71,17 @@ class HandOver:
             archive.finish(
                 self.ledger, row, folder, fd, fresh=fresh, away=self.policy.folder_problem, cancel=self.cancel
             )
+        except StillOpen as exc:  # the file's own reason: no folder problem
+            with self._lock:
+                first = row.id not in self._open and len(self._open) < OPEN_SAID_MAX
+                self._open.add(row.id)
+            (log.warning if first else log.debug)(
+                "uploaded %s, but a process still has it open for writing: it is %s once it is "
+                "closed (new bytes written meanwhile are a new version, uploaded on their own)",
+                quoted_path(row.current_path),
+                "archived" if folder.after_upload == "archive" else "deleted",
+            )
+            return exc
         except archive.FolderAway as exc:
             first = self.policy.away.note(row.folder)
             (log.warning if first else log.debug)(

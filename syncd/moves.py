@@ -9,14 +9,23 @@ that reach the target are those of the *descriptor that was uploaded* (or,
 after a crash, of the file whose device, inode, size and mtime match the
 ledger):
 
-* same filesystem, one link: ``linkat`` of the open descriptor (through
-  ``/proc/self/fd``) to the target name, which fails rather than clobber;
+* same filesystem, one link, and no other process has the file open: a
+  ``linkat`` of the open descriptor (through ``/proc/self/fd``) to the target
+  name, which fails rather than clobber. "No other process" is the kernel's
+  answer: a write lease (:func:`held_alone`), held through the move, so a
+  process that opens the file meanwhile is noticed and the archive entry is
+  made a private copy before it gets its descriptor. Where the kernel will
+  not say (a producer's file without ``CAP_LEASE``), a producer's file is
+  copied: it could keep a descriptor, or reopen one through ``/proc``;
 * otherwise (another filesystem, ``fs.protected_hardlinks`` refusing a link
-  to a producer's file, or a file with a second hard link that its producer
-  could still write through): a copy *from the descriptor* to a temp name
-  created ``O_EXCL`` in the target directory, hashed while copied and
-  compared with the SHA-256 that was uploaded, fsynced, then linked into
-  place;
+  to a producer's file, a file with a second hard link, a file others have
+  open): a copy *from the descriptor* (:mod:`syncd.copies`), hashed while
+  copied and compared with the SHA-256 that was uploaded;
+* a file some process has open for writing is not moved (:class:`StillOpen`):
+  it waits in the inbox until it is closed, and if it was written to, the
+  new bytes are a new version;
+* after a restart (no descriptor that was uploaded) the bytes are hashed
+  again, under the lease, and must be those uploaded;
 * the source name is unlinked only while it still names that same file
   (device and inode); directories are fsynced after every name change.
 
@@ -34,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -43,27 +51,56 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from syncd import crashpoints, safefs
+from syncd import crashpoints, safefs, writers
 from syncd.aside import aside_prefix, put_back
+from syncd.copies import (
+    DIR_MODE,
+    ChangedAfterUpload,
+    copy_into,
+    hash_fd,
+)
 from syncd.ledger import Row
 from syncd.logs import quoted_path
 from syncd.names import free_names
-from syncd.rules import OWN_PREFIXES
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = OWN_PREFIXES[1]  # a copy being made: never ledgered (rules.judge)
-DIR_MODE = 0o700
-COPY_BLOCK = 1 << 20
 # link(2) errors after which the bytes are copied instead
 _COPY_INSTEAD = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.ENOENT, errno.EACCES)
 
 
-class ChangedAfterUpload(Exception):
-    """The file's bytes are no longer the ones uploaded (written to since the upload)."""
+class StillOpen(OSError):
+    """A process has the file open for writing: it is not moved or deleted until it closes
+    it (the bytes may still change; if they do, they are a new version)."""
+
+
+@contextlib.contextmanager
+def held_alone(src: Held) -> Iterator[bool | None]:
+    """While the file's name changes: True when this process alone has the file open and
+    holds a write lease on it (:func:`syncd.writers.hold_alone`: whoever opens it
+    meanwhile waits, and is noticed); False when others have it open for reading only
+    (the archive then gets a private copy); None when the kernel will not say (then
+    the file is linked only if it is syncd's own: a producer's file may still be open
+    to its producer). Raises :class:`StillOpen` while a process has it open for writing."""
+    held = writers.hold_alone(src.fd)
+    if held is False and writers.held_for_writing(src.fd):
+        raise StillOpen(errno.EBUSY, "a process still has it open for writing")
+    if held is None and src.st.st_uid != os.geteuid():
+        held = False
+    try:
+        yield held
+    finally:
+        if held:
+            writers.give_back(src.fd)
+
+
+def bytes_differ(src: Held, sha256: str | None) -> bool:
+    """Whether the file's bytes now hash to something other than ``sha256`` (a file this
+    process did not read for its upload: after a restart)."""
+    return sha256 is not None and hash_fd(src.fd) != sha256
 
 
 def roots_of(folder: FolderConfig) -> list[str | None]:
@@ -166,68 +203,17 @@ def matches(st: os.stat_result, row: Row) -> bool:
     return same and (row.device is None or st.st_dev == row.device)
 
 
-def _hash_fd(fd: int) -> str:
-    h = hashlib.sha256()
-    pos = 0
-    while data := os.pread(fd, COPY_BLOCK, pos):
-        h.update(data)
-        pos += len(data)
-    return h.hexdigest()
-
-
-def _copy_into(
-    fd: int, st: os.stat_result, dirfd: int, sha256: str | None, cancel: threading.Event | None = None
-) -> str:
-    """Copy the bytes of ``fd`` to a fresh temp name in ``dirfd``; returns the name.
-
-    Hashes while copying; a hash other than ``sha256`` removes the copy and
-    raises :class:`ChangedAfterUpload`. ``cancel`` set (syncd is stopping) removes
-    the copy and raises ECANCELED at the next block: the move is done at the next start.
-    """
-    free = os.fstatvfs(dirfd)
-    # no copy from byte 0 to ENOSPC, again and again (a file system that reports no blocks
-    # at all, some FUSE ones, says nothing about its space)
-    if free.f_blocks and free.f_bavail * free.f_frsize < st.st_size:
-        raise OSError(
-            errno.ENOSPC,
-            f"No space left on device: a copy of {st.st_size:,} bytes, "
-            f"{free.f_bavail * free.f_frsize:,} bytes free in the archive",
-        )
-    tmp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    out = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd
-    )
-    try:
-        h = hashlib.sha256()
-        pos = 0
-        while data := os.pread(fd, COPY_BLOCK, pos):
-            if cancel is not None and cancel.is_set():
-                raise OSError(errno.ECANCELED, "syncd is stopping")
-            h.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view) :]
-            pos += len(data)
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise ChangedAfterUpload("the bytes changed after the upload")
-        os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
-        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.fsync(out)
-    except BaseException:
-        os.close(out)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dirfd)
-        raise
-    os.close(out)
-    crashpoints.point("archive.copied")
-    return tmp
-
-
 def _place(
-    src: Held, dirfd: int, name: str, sha256: str | None, cancel: threading.Event | None = None
+    src: Held,
+    dirfd: int,
+    name: str,
+    sha256: str | None,
+    cancel: threading.Event | None = None,
+    link: bool = True,
 ) -> None:
-    """Give the bytes of ``src.fd`` the name ``name`` in ``dirfd``, never clobbering (FileExistsError)."""
-    if src.st.st_nlink <= 1:
+    """Give the bytes of ``src.fd`` the name ``name`` in ``dirfd``, never clobbering
+    (FileExistsError): a link of the file itself when ``link`` allows, else a copy."""
+    if link and src.st.st_nlink <= 1:
         try:
             os.link(f"/proc/self/fd/{src.fd}", name, dst_dir_fd=dirfd, follow_symlinks=True)
             safefs.fsync_dirfd(dirfd)
@@ -235,7 +221,7 @@ def _place(
         except OSError as exc:
             if exc.errno not in _COPY_INSTEAD:
                 raise
-    tmp = _copy_into(src.fd, src.st, dirfd, sha256, cancel)
+    tmp = copy_into(src.fd, src.st, dirfd, sha256, cancel)
     try:
         os.link(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd, follow_symlinks=False)
     finally:
@@ -244,15 +230,16 @@ def _place(
     safefs.fsync_dirfd(dirfd)
 
 
-def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
+def _detach(src: Held, dirfd: int, name: str, sha256: str | None, alone: bool) -> None:
     """After the source name is gone: if another hard link still reaches the archived
-    file, replace the archive entry by a private copy (our own name in our own folder)."""
-    if os.fstat(src.fd).st_nlink <= 1:
+    file, or a process opened it while its names changed (not ``alone``), replace the
+    archive entry by a private copy (our own name in our own folder)."""
+    if alone and os.fstat(src.fd).st_nlink <= 1:
         return
     try:
         if not safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src.st):
             return  # a copy already
-        tmp = _copy_into(src.fd, src.st, dirfd, sha256)
+        tmp = copy_into(src.fd, src.st, dirfd, sha256)
     except (OSError, ChangedAfterUpload) as exc:
         log.warning(
             "archived file %r is still hard-linked elsewhere and could not be made a private copy: %s",
@@ -278,7 +265,7 @@ def _planned_done(planned: str, target_root: str, src: Held, sha256: str | None)
             return False
         if safefs.same_file(st, src.st):
             return True
-        return sha256 is not None and st.st_size == src.st.st_size and _hash_fd(fd) == sha256
+        return sha256 is not None and st.st_size == src.st.st_size and hash_fd(fd) == sha256
     finally:
         os.close(fd)
 
@@ -293,13 +280,21 @@ def move(
     planned: str | None = None,
     sha256: str | None = None,
     cancel: threading.Event | None = None,
+    check: bool = False,
 ) -> str:
     """Move ``src`` to ``target_root/rel_dir/name`` (or a suffixed name); returns the final path.
 
     ``record(target)`` is called (and must be durable) before each attempt to
     create ``target``; ``planned`` is a target recorded by an earlier,
     interrupted call, which is finished instead of starting over. ``cancel``: a copy
-    under way stops when it is set (:func:`_copy_into`).
+    under way stops when it is set (:func:`syncd.copies.copy_into`).
+
+    The archive must end up with bytes no producer can still change: the file itself
+    is linked only while :func:`held_alone` says this process alone has it open (a
+    lease held through the move, so an open meanwhile is noticed and the entry made a
+    private copy), else it is copied. ``check``: this process did not read the bytes
+    for their upload (a restart): a link is made only if they still hash to
+    ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
     if planned is not None and _planned_done(planned, target_root, src, sha256):
         src.unlink()
@@ -319,61 +314,25 @@ def move(
         return True
 
     try:
-        for candidate in free_names(name, taken):
-            target = os.path.join(target_root, rel_dir, candidate)
-            record(target)
-            try:
-                _place(src, dirfd, candidate, sha256, cancel)
-            except FileExistsError:
-                continue
-            crashpoints.point("archive.placed")
-            if src.written_since():  # during the copy or before the link: a new version
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(candidate, dir_fd=dirfd)  # it may hold bytes of both
-                safefs.fsync_dirfd(dirfd)
-                raise ChangedAfterUpload("the file was written to while it was archived")
-            src.unlink()
-            _detach(src, dirfd, candidate, sha256)
-            return target
-        raise AssertionError("unreachable")
+        with held_alone(src) as alone:
+            if check and alone is not False and bytes_differ(src, sha256):
+                raise ChangedAfterUpload("its bytes are not those uploaded")
+            for candidate in free_names(name, taken):
+                target = os.path.join(target_root, rel_dir, candidate)
+                record(target)
+                try:
+                    _place(src, dirfd, candidate, sha256, cancel, link=alone is not False)
+                except FileExistsError:
+                    continue
+                crashpoints.point("archive.placed")
+                if src.written_since():  # during the copy or before the link: a new version
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(candidate, dir_fd=dirfd)  # it may hold bytes of both
+                    safefs.fsync_dirfd(dirfd)
+                    raise ChangedAfterUpload("the file was written to while it was archived")
+                src.unlink()
+                _detach(src, dirfd, candidate, sha256, alone is not True or writers.still_alone(src.fd))
+                return target
+            raise AssertionError("unreachable")
     finally:
         os.close(dirfd)
-
-
-def clean_temp(directory: str) -> int:
-    """Remove copies left half-written by a crash during a cross-device move."""
-    removed = 0
-    for entry in safefs.walk(directory):
-        name = os.path.basename(entry.relpath)
-        if not name.startswith(TEMP_PREFIX) or not stat.S_ISREG(entry.stat.st_mode):
-            continue
-        try:
-            with safefs.parent(directory, entry.relpath) as (dirfd, leaf):
-                os.unlink(leaf, dir_fd=dirfd)
-            removed += 1
-        except OSError:
-            pass
-    return removed
-
-
-def can_write(directory: str, size: int) -> bool:
-    """Whether ``directory`` takes a small write (a full-disk probe); False on ENOSPC.
-
-    The probe is a fresh ``O_EXCL`` name, so a planted symlink is never written through.
-    """
-    os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
-    name = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
-    rootfd = safefs.open_root(directory)
-    try:
-        fd = os.open(
-            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=rootfd
-        )
-        try:
-            os.write(fd, b"\0" * size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(name, dir_fd=rootfd)
-    finally:
-        os.close(rootfd)
-    return True

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from syncd import failed, moves
+from syncd import copies, failed
 from syncd.backpressure import DiskFull
 from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
@@ -103,7 +103,7 @@ class Recovery:
         for folder in folders.values():
             for directory in (folder.archive_dir, folder.failed_dir):
                 if directory is not None and os.path.isdir(directory):
-                    removed = moves.clean_temp(os.fspath(directory))
+                    removed = copies.clean_temp(os.fspath(directory))
                     if removed:
                         log.info(
                             "removed %d partial copies in %s", removed, quoted_path(os.fspath(directory))

@@ -58,7 +58,7 @@ def _matches(pattern: str, relpath: str, name: str) -> bool:
     return bool(rx.match(relpath) or rx.match(name))
 
 
-# aside.UNLINK_PREFIX (an uploaded file renamed aside to be removed) and moves.TEMP_PREFIX
+# aside.UNLINK_PREFIX (an uploaded file renamed aside to be removed) and copies.TEMP_PREFIX
 # (a copy being made): never a file of the folder's, whatever ignore_junk says
 OWN_PREFIXES = (".syncd-unlinking-", ".syncd-tmp-")
 

@@ -416,3 +416,41 @@ def test_a_hard_link_kept_by_the_producer_cannot_change_the_archive(hostile: Any
         assert up and up[0]["sha256"] == hashlib.sha256(b"original %d" % i).hexdigest()
     h.check()
     h.stop_quickly()
+
+
+def test_a_descriptor_kept_by_the_producer_cannot_change_the_archive(hostile: Any) -> None:
+    """The producer keeps its files open (one for writing, one read-only, which its owner
+    may reopen for writing through /proc) until syncd has archived them, then writes
+    through them: the archive holds private copies of the uploaded bytes, untouched."""
+    h = hostile()
+    h.start()
+    out = h.produce(
+        """
+        import os, sys, time
+        inbox = sys.argv[1]
+        kept = {}
+        for name, mode in (("w.txt", os.O_WRONLY), ("r.txt", os.O_RDONLY)):
+            path = os.path.join(inbox, name)
+            with open(path, "wb") as f:
+                f.write(b"amount: 100 EUR " + name.encode())
+            os.chmod(path, 0o660)
+            kept[name] = os.open(path, mode)
+        deadline = time.monotonic() + 60
+        while any(os.path.exists(os.path.join(inbox, n)) for n in kept) and time.monotonic() < deadline:
+            time.sleep(0.05)  # uploaded and archived: the inbox names are gone
+        os.pwrite(kept["w.txt"], b"amount: 999", 0)
+        with open(f"/proc/self/fd/{kept['r.txt']}", "r+b") as f:
+            f.write(b"amount: 999")
+        print("wrote through both")
+    """
+    )
+    assert "wrote through both" in out
+    arch = h.s.archive()
+    for name in ("w.txt", "r.txt"):
+        original = b"amount: 100 EUR " + name.encode()
+        assert (arch / name).read_bytes() == original
+        assert os.stat(arch / name).st_uid == DAEMON_UID  # syncd's own copy, not the producer's inode
+        up = [u for u in h.s.emulator.uploads() if u["filename"] == name]
+        assert up and up[0]["sha256"] == hashlib.sha256(original).hexdigest()
+    h.check()
+    h.stop_quickly()

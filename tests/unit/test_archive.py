@@ -4,12 +4,18 @@ import errno
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from syncd import archive, failed, moves
+from syncd import archive, copies, failed, moves, writers
 from syncd import names as free
 from syncd.config import FolderConfig
 from syncd.ledger import Ledger, Row
@@ -112,7 +118,7 @@ def test_a_stop_cuts_a_cross_device_copy_short_and_the_next_start_finishes_it(
         pytest.skip("/dev/shm is not a separate filesystem here")
     import tempfile
 
-    data = os.urandom(3 * moves.COPY_BLOCK + 5)
+    data = os.urandom(3 * copies.COPY_BLOCK + 5)
     with tempfile.TemporaryDirectory(dir=shm) as other:
         folder = make_folder(tmp_path, archive_dir=Path(other) / "arch")
         row = _uploaded(ledger, folder, "big.bin", data)
@@ -203,9 +209,9 @@ def test_to_failed_moves_with_sidecar(tmp_path: Path, ledger: Ledger) -> None:
 
 def test_clean_temp(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / f"{moves.TEMP_PREFIX}abc").write_bytes(b"half")
+    (tmp_path / "d" / f"{copies.TEMP_PREFIX}abc").write_bytes(b"half")
     (tmp_path / "d" / "keep.txt").write_bytes(b"k")
-    assert moves.clean_temp(str(tmp_path)) == 1
+    assert copies.clean_temp(str(tmp_path)) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]
 
 
@@ -351,9 +357,9 @@ def test_a_file_written_to_while_it_is_archived_is_not_removed(
     real_place = moves._place
 
     def place_then_written(
-        src: moves.Held, dirfd: int, name: str, sha256: str | None, cancel: object
+        src: moves.Held, dirfd: int, name: str, sha256: str | None, *args: Any, **kw: Any
     ) -> None:
-        real_place(src, dirfd, name, sha256)
+        real_place(src, dirfd, name, sha256, *args, **kw)
         _rewrite(inbox_file, b"NEW")
 
     monkeypatch.setattr(moves, "_place", place_then_written)
@@ -405,3 +411,129 @@ def test_a_copy_larger_than_the_free_space_is_not_begun(
     assert caught.value.errno == errno.ENOSPC
     assert (tmp_path / "inbox" / "big.bin").exists()
     assert not list((tmp_path / "archive" / "inbox").iterdir())
+
+
+# -- the archive is syncd's alone: no descriptor a producer keeps reaches it ---------------------
+
+
+@pytest.fixture
+def leases(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernel's leases asked, as in the daemon (SIGIO ignored)."""
+    before = signal.getsignal(signal.SIGIO)
+    writers.enable()
+    yield
+    monkeypatch.setattr(writers, "_enabled", False)
+    signal.signal(signal.SIGIO, before)
+
+
+def _ino(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def test_a_file_no_one_else_has_open_is_linked(tmp_path: Path, ledger: Ledger, leases: None) -> None:
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"alone")
+    inode = _ino(tmp_path / "inbox" / "a.txt")
+    archive.finish(ledger, row, folder)
+    assert _ino(tmp_path / "archive" / "inbox" / "a.txt") == inode  # no copy needed
+
+
+def test_a_descriptor_the_producer_keeps_does_not_reach_the_archive(
+    tmp_path: Path, ledger: Ledger, leases: None
+) -> None:
+    """A producer that reopened its file during the upload (no write yet: size, mtime and
+    ctime unchanged) kept a descriptor to the inode: the archive gets a private copy,
+    so what it writes later lands in the inbox's old inode, not in the archive."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"amount: 100 EUR\n")
+    kept = os.open(tmp_path / "inbox" / "a.txt", os.O_RDONLY)  # read-only: may reopen via /proc
+    try:
+        archive.finish(ledger, row, folder)
+        archived = tmp_path / "archive" / "inbox" / "a.txt"
+        assert archived.read_bytes() == b"amount: 100 EUR\n"
+        assert _ino(archived) != os.fstat(kept).st_ino
+        with open(f"/proc/self/fd/{kept}", "r+b") as producer:
+            producer.write(b"amount: 999 EUR\n")
+        assert archived.read_bytes() == b"amount: 100 EUR\n"
+    finally:
+        os.close(kept)
+    assert sorted(p.name for p in archived.parent.iterdir()) == ["a.txt"]  # no temp left
+
+
+@pytest.mark.parametrize("after", ["archive", "delete"])
+def test_a_file_still_open_for_writing_waits_until_it_is_closed(
+    tmp_path: Path, ledger: Ledger, leases: None, after: str
+) -> None:
+    folder = make_folder(tmp_path, after_upload=after)
+    row = _uploaded(ledger, folder, "a.txt", b"written")
+    writer = os.open(tmp_path / "inbox" / "a.txt", os.O_WRONLY)
+    try:
+        with pytest.raises(moves.StillOpen):
+            archive.finish(ledger, row, folder)
+        assert (tmp_path / "inbox" / "a.txt").read_bytes() == b"written"
+        assert row_of(ledger, row.id).state == "uploaded"
+    finally:
+        os.close(writer)
+    archive.finish(ledger, row_of(ledger, row.id), folder)  # closed: it goes
+    assert not (tmp_path / "inbox" / "a.txt").exists()
+    assert row_of(ledger, row.id).state == "done"
+
+
+@pytest.mark.process
+def test_a_process_opening_the_file_during_the_move_gets_no_handle_on_the_archive(
+    tmp_path: Path, ledger: Ledger, leases: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer that opens the inbox name just before it is removed waits on syncd's
+    lease; the archive entry is then replaced by a private copy before the lease is
+    given back, so the producer's descriptor reaches only the inbox's old inode."""
+    folder = make_folder(tmp_path)
+    data = b"amount: 100 EUR\n"
+    row = _uploaded(ledger, folder, "a.txt", data)
+    inbox_file = tmp_path / "inbox" / "a.txt"
+    opener = f"""
+import os, sys, time
+fd = os.open({str(inbox_file)!r}, os.O_RDWR)  # waits for syncd's lease
+sys.stdin.readline()  # the test has seen the archive
+os.pwrite(fd, b"amount: 999 EUR\\n", 0)
+"""
+    real_unlink, children = moves.Held.unlink, []
+
+    def unlink_while_opened(self: moves.Held) -> bool:
+        child = subprocess.Popen([sys.executable, "-c", opener], stdin=subprocess.PIPE)
+        children.append(child)
+        deadline = time.monotonic() + 10
+        while writers.still_alone(self.fd) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the child's open has reached the lease
+        assert not writers.still_alone(self.fd)
+        return real_unlink(self)
+
+    monkeypatch.setattr(moves.Held, "unlink", unlink_while_opened)
+    archive.finish(ledger, row, folder)
+    archived = tmp_path / "archive" / "inbox" / "a.txt"
+    assert children[0].stdin is not None
+    children[0].stdin.write(b"go\n")
+    children[0].stdin.close()
+    assert children[0].wait(20) == 0
+    assert archived.read_bytes() == data and os.stat(archived).st_nlink == 1
+    assert row_of(ledger, row.id).state == "done"
+
+
+@pytest.mark.parametrize("after", ["archive", "delete"])
+def test_after_a_restart_bytes_rewritten_with_the_old_mtime_are_not_archived_or_deleted(
+    tmp_path: Path, ledger: Ledger, after: str
+) -> None:
+    """A crash after the "uploaded" commit; the producer then rewrote the file in place
+    at the same size and set its mtime back. After the restart (no upload descriptor)
+    the bytes are hashed again: not those uploaded, so a new version, left in the inbox."""
+    folder = make_folder(tmp_path, after_upload=after)
+    row = _uploaded(ledger, folder, "a.txt", b"amount: 100 EUR\n")
+    inbox_file = tmp_path / "inbox" / "a.txt"
+    st = inbox_file.stat()
+    inbox_file.write_bytes(b"amount: 999 EUR\n")
+    os.utime(inbox_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    archive.finish(ledger, row_of(ledger, row.id), folder)
+    assert inbox_file.read_bytes() == b"amount: 999 EUR\n"
+    assert not (tmp_path / "archive" / "inbox" / "a.txt").exists()
+    assert "changed after upload" in (row_of(ledger, row.id).last_error or row_of(ledger, row.id).note or "")
+    fresh = ledger.active_for_path(os.fspath(folder.path), "a.txt")
+    assert fresh is not None and fresh.id != row.id  # the new version settles on its own

@@ -700,11 +700,11 @@ def test_the_sweep_leaves_alone_a_row_a_worker_claimed_after_the_sweep_began(
     in_place, sweep_done = threading.Event(), threading.Event()
     real_place, real_rows = moves._place, ledger.rows
 
-    def place(*args: Any) -> None:
+    def place(*args: Any, **kw: Any) -> None:
         if threading.current_thread().name == "worker":
             in_place.set()  # uploaded, in flight, about to link into the archive
             sweep_done.wait(10)
-        real_place(*args)
+        real_place(*args, **kw)
 
     def worker() -> None:
         row = up._claim()
