@@ -45,7 +45,8 @@ from syncd.aside import recover_aside
 from syncd.copies import ChangedAfterUpload
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import bytes_differ, held_alone, matches, move, opened, roots
+from syncd.moves import StillOpen, bytes_differ, held_alone, matches, move, opened, roots
+from syncd.names import with_suffix
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -144,6 +145,7 @@ def finish(
                 sha256=row.sha256,
                 cancel=cancel,
                 check=fd is None,  # not read here for its upload (a restart): hashed again
+                private=True,
             )
         except ChangedAfterUpload:
             _replaced(ledger, row, f"{CHANGED}; nothing archived, the new bytes are uploaded next")
@@ -225,15 +227,19 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str |
                 src,
                 archive_root,
                 os.path.dirname(rel),
-                os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                with_suffix(os.path.basename(rel), metadata.SIDECAR_SUFFIX),
                 record=lambda t: ledger.set_sidecar_target(row.id, t),
                 planned=row.sidecar_path,
                 sha256=info.get("sha256"),
+                private=True,
             )
-        except ChangedAfterUpload:
+        except (ChangedAfterUpload, StillOpen) as exc:
             log.warning(
-                "metadata sidecar %s changed after its file was uploaded; it is left in place",
+                "metadata sidecar %s %s; it is left in place",
                 quoted_path(src.path),
+                "is still open for writing by a process"
+                if isinstance(exc, StillOpen)
+                else "changed after its file was uploaded",
             )
             return
     log.info("archived metadata sidecar %s -> %s", quoted_path(info["path"]), quoted_path(placed))

@@ -30,7 +30,7 @@ from syncd.copies import TEMP_PREFIX, ChangedAfterUpload
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 from syncd.moves import matches, move, opened, roots
-from syncd.names import NAME_MAX, candidate_names
+from syncd.names import NAME_MAX, candidate_names, with_suffix
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -112,7 +112,7 @@ def _move_metadata_sidecar(
                 src,
                 failed_root,
                 os.path.dirname(rel),
-                os.path.basename(rel) + metadata.SIDECAR_SUFFIX,
+                with_suffix(os.path.basename(rel), metadata.SIDECAR_SUFFIX),
                 record=lambda t: ledger.set_sidecar_target(row.id, t),
                 planned=row.sidecar_path,
             )

@@ -221,11 +221,14 @@ def waited_for(mtime_ns: int | None, folder: FolderConfig, first_seen: float, no
     return young and now - first_seen < SIDECAR_PATIENCE
 
 
-def sidecar_mtime(path: str) -> int | None:
-    """The mtime of the sidecar at ``path`` (its own, not a link's target), or None."""
+def sidecar_mtime(path: str, roots: Sequence[str | os.PathLike[str] | None]) -> int | None:
+    """The mtime of the sidecar at ``path`` (under one of ``roots``), looked up through
+    :mod:`syncd.safefs` (its own, never a link's target, nor through a linked directory
+    on the way), or None."""
     try:
-        return os.lstat(path).st_mtime_ns
-    except OSError:
+        root, rel = safefs.anchor(path, [*roots, os.path.dirname(path)])
+        return safefs.lstat(root, rel).st_mtime_ns
+    except (OSError, safefs.UnsafePath):
         return None
 
 

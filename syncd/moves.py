@@ -281,6 +281,7 @@ def move(
     sha256: str | None = None,
     cancel: threading.Event | None = None,
     check: bool = False,
+    private: bool = False,
 ) -> str:
     """Move ``src`` to ``target_root/rel_dir/name`` (or a suffixed name); returns the final path.
 
@@ -289,8 +290,8 @@ def move(
     interrupted call, which is finished instead of starting over. ``cancel``: a copy
     under way stops when it is set (:func:`syncd.copies.copy_into`).
 
-    The archive must end up with bytes no producer can still change: the file itself
-    is linked only while :func:`held_alone` says this process alone has it open (a
+    ``private`` (the archive) must end up with bytes no producer can still change: the
+    file itself is linked only while :func:`held_alone` says this process alone has it open (a
     lease held through the move, so an open meanwhile is noticed and the entry made a
     private copy), else it is copied. ``check``: this process did not read the bytes
     for their upload (a restart): a link is made only if they still hash to
@@ -314,7 +315,7 @@ def move(
         return True
 
     try:
-        with held_alone(src) as alone:
+        with held_alone(src) if private else contextlib.nullcontext(None) as alone:
             if check and alone is not False and bytes_differ(src, sha256):
                 raise ChangedAfterUpload("its bytes are not those uploaded")
             for candidate in free_names(name, taken):

@@ -34,7 +34,7 @@ def free_names(name: str, taken: Callable[[str], bool]) -> Iterator[str]:
     run, which is harmless: any free name will do, and none is ever replaced (the
     caller links without clobbering, and takes the next name if it lost a race).
     """
-    if not taken(name):
+    if len(os.fsencode(name)) <= NAME_MAX and not taken(name):  # a longer one cannot be made
         yield name
     stem, ext = _split(name)
     low, high = 0, 1  # low: taken (0 stands for the bare name); high: the next to look at
@@ -54,6 +54,13 @@ def free_names(name: str, taken: Callable[[str], bool]) -> Iterator[str]:
         n += 1
 
 
+def with_suffix(name: str, suffix: str) -> str:
+    """``name + suffix`` within NAME_MAX bytes: ``name`` cut at its end if need be (never
+    inside a character), so that ``suffix`` stays whole (a sidecar beside a file whose
+    name is near the limit: ``<name>.meta.json``)."""
+    return _cut(name, NAME_MAX - len(os.fsencode(suffix))) + suffix
+
+
 def _split(name: str) -> tuple[str, str]:
     stem, ext = os.path.splitext(name)
     if stem == "" or len(os.fsencode(ext)) > 32:
@@ -64,8 +71,12 @@ def _split(name: str) -> tuple[str, str]:
 def _numbered(stem: str, ext: str, n: int) -> str:
     """``stem (n).ext`` within NAME_MAX bytes, the stem cut (never inside a character)."""
     suffix = f" ({n}){ext}"
-    room = NAME_MAX - len(os.fsencode(suffix))
-    raw = os.fsencode(stem)[:room]
+    return _cut(stem, NAME_MAX - len(os.fsencode(suffix))) + suffix
+
+
+def _cut(text: str, room: int) -> str:
+    """``text`` within ``room`` bytes, cut at its end (never inside a UTF-8 character)."""
+    raw = os.fsencode(text)[:room]
     while True:  # do not cut a multi-byte character in half
         try:
             raw.decode("utf-8")
@@ -74,4 +85,4 @@ def _numbered(stem: str, ext: str, n: int) -> str:
             if exc.start < len(raw) - 4:
                 break  # not UTF-8 to begin with; bytes are fine
             raw = raw[:-1]
-    return os.fsdecode(raw) + suffix
+    return os.fsdecode(raw)

@@ -133,9 +133,11 @@ def open_beneath(dirfd: int, relpath: str, flags: int, mode: int = 0o600) -> int
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EXDEV):
             raise UnsafePath(relpath) from None
-        if exc.errno != errno.ENOTDIR:
+        if exc.errno not in (errno.ENOTDIR, errno.ENAMETOOLONG):
             raise
-        fd = None  # a symlink where a directory was asked for, or a file on the way: find out which
+        # ENOTDIR: a symlink where a directory was asked for, or a file on the way: find out
+        # which; ENAMETOOLONG: a path past PATH_MAX, which one component at a time can open
+        fd = None
     if fd is not None:
         return fd
     return _walk_open(dirfd, parts, flags, mode, relpath)

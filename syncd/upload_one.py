@@ -269,18 +269,12 @@ class Procedure:
         row's new state when the sidecar stops the upload: malformed (the file fails,
         and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
         sidecar = metadata.sidecar_path(row.current_path)
+        roots = [row.folder, *moves.roots_of(folder)]
         try:
-            meta = metadata.resolve(
-                folder,
-                row.relpath,
-                row.current_path,
-                row.labels,
-                row.category,
-                [row.folder, *moves.roots_of(folder)],
-            )
+            meta = metadata.resolve(folder, row.relpath, row.current_path, row.labels, row.category, roots)
         except metadata.SidecarError as exc:
             if metadata.waited_for(
-                metadata.sidecar_mtime(sidecar), folder, row.first_seen, self.clock()
+                metadata.sidecar_mtime(sidecar, roots), folder, row.first_seen, self.clock()
             ):  # half-written, perhaps
                 return self.policy.defer(
                     row, "its metadata sidecar changed moments ago", folder.settle_seconds

@@ -215,3 +215,28 @@ def test_crash_between_file_and_sidecar_moves(make_setup: Callable[..., Setup], 
     assert len(ups) == 1 and ups[0]["times_received"] == 1 and ups[0]["labels"] == ["base", "side"]
     s.invariants()
     assert s.stop() == 0
+
+
+def test_a_sidecar_whose_archive_name_would_pass_255_bytes_is_archived_shortened(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """A 245-byte file name (its sidecar's name: 255 bytes, the limit) dropped twice: the
+    second is archived as ``NAME (1).bin``, whose ``.meta.json`` would be 259 bytes. The
+    sidecar's name is cut before ``.meta.json`` instead; the row was stuck ``uploaded``
+    for ever (ENAMETOOLONG at every sweep)."""
+    s = make_setup(folders=[{"name": "in", "metadata_sidecar": True}])
+    s.start()
+    name = "n" * 241 + ".bin"
+    for i in range(2):
+        tmp = s.inbox() / ".sidecar.writing"  # renamed in, as a careful producer does
+        tmp.write_text(json.dumps({"labels": [f"v{i}"]}))
+        os.rename(tmp, s.inbox() / f"{name}.meta.json")
+        s.drop(name, f"version {i}".encode())
+        wait_until(lambda i=i: s.all_done(i + 1), 30, what=f"version {i} archived")
+    archived = sorted(p.name for p in s.archive().iterdir())
+    assert len(archived) == 4 and all(len(n.encode()) <= 255 for n in archived), archived
+    second = [n for n in archived if n.endswith(".meta.json") and n != name + ".meta.json"]
+    assert len(second) == 1 and second[0].startswith("n" * 200), archived
+    assert json.loads((s.archive() / second[0]).read_text()) == {"labels": ["v1"]}
+    assert not any(s.inbox().iterdir())
+    assert s.stop() == 0

@@ -537,3 +537,16 @@ def test_after_a_restart_bytes_rewritten_with_the_old_mtime_are_not_archived_or_
     assert "changed after upload" in (row_of(ledger, row.id).last_error or row_of(ledger, row.id).note or "")
     fresh = ledger.active_for_path(os.fspath(folder.path), "a.txt")
     assert fresh is not None and fresh.id != row.id  # the new version settles on its own
+
+
+def test_a_name_past_255_bytes_is_never_tried_and_a_suffix_stays_whole() -> None:
+    """``NAME (1).bin`` + ``.meta.json`` is 259 bytes for a 245-byte NAME: looking it up
+    raised ENAMETOOLONG, and the sidecar's row stayed uploaded for ever."""
+    long = "n" * 249 + ".meta.json"  # 259 bytes
+    looked: list[str] = []
+    got = next(free.free_names(long, lambda n: looked.append(n) or False))
+    assert long not in looked and len(got.encode()) <= 255
+    fitted = free.with_suffix("é" * 125 + " (1).bin", ".meta.json")  # 2-byte characters
+    assert fitted.endswith(".meta.json") and len(fitted.encode()) <= 255
+    assert fitted.encode().decode() == fitted  # not cut inside a character
+    assert free.with_suffix("a.bin", ".meta.json") == "a.bin.meta.json"

@@ -613,3 +613,18 @@ def test_duplicate_lookup_uses_the_index(ledger: Ledger) -> None:
 def test_metadata_sidecar_path_helpers() -> None:
     assert metadata.is_sidecar("a/b.pdf.meta.json") and not metadata.is_sidecar("a/.meta.json")
     assert metadata.sidecar_path("/in/a.pdf") == "/in/a.pdf.meta.json"
+
+
+def test_a_sidecars_mtime_is_never_read_through_a_linked_directory(tmp_path: Path) -> None:
+    """The deferral check read the sidecar's mtime by path: a directory on the way swapped
+    for a link to elsewhere made it read a file outside the folder."""
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (inbox / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (inbox / "sub" / "a.bin.meta.json").write_text("{}")
+    (outside / "a.bin.meta.json").write_text("{}")
+    sidecar = os.fspath(inbox / "sub" / "a.bin.meta.json")
+    assert metadata.sidecar_mtime(sidecar, [inbox]) == os.stat(sidecar).st_mtime_ns
+    os.rename(inbox / "sub", inbox / "moved")
+    os.symlink(outside, inbox / "sub")
+    assert metadata.sidecar_mtime(sidecar, [inbox]) is None

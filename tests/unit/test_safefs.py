@@ -7,6 +7,7 @@ with the component-by-component O_NOFOLLOW walk used where openat2 is missing.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -200,3 +201,34 @@ def test_rename_noreplace_never_replaces_a_name(
         assert (tmp_path / "free").read_bytes() == b"a" and not (tmp_path / "a").exists()
     finally:
         os.close(fd)
+
+
+def test_a_path_past_the_kernels_limit_is_opened_one_component_at_a_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nested 250-byte names: past 4,096 bytes below the folder, openat2 refuses the
+    path (ENAMETOOLONG), and the files there were never listed, uploaded or archived
+    (a warning at every rescan). Such a path is walked a component at a time."""
+    root = tmp_path / "inbox"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            with open(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "w") as f:
+                f.write("x")
+            nxt = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    with caplog.at_level(logging.WARNING, logger="syncd.safefs"):
+        found = [e.relpath for e in safefs.walk(os.fspath(root)) if e.relpath.endswith("f.txt")]
+    assert len(found) == 20 and not caplog.records
+    deepest = max(found, key=len)
+    assert len(deepest) > 4096
+    with safefs.parent(os.fspath(root), deepest) as (dirfd, name):
+        assert os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_size == 1
+    fd = safefs.open_file(os.fspath(root), deepest)
+    assert os.read(fd, 10) == b"x"
+    os.close(fd)
