@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd import metadata, safefs
 from syncd.archive import exists_under, reobserve
+from syncd.aside import recover_aside
 from syncd.copies import TEMP_PREFIX, ChangedAfterUpload
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
@@ -56,24 +57,29 @@ def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> No
         location = row.location
     else:
         try:
-            with opened(row.inbox_path, roots(row, folder), None) as src:
-                if src is None:
+            # a crash in the move may have left the file renamed aside (and a new version
+            # saved over the name then renamed aside in its place: put back under its name)
+            path = recover_aside(
+                row.inbox_path, roots(row, folder), row.device, row.inode, lambda st: matches(st, row)
+            )
+            with opened(path or row.inbox_path, roots(row, folder), None) as src:
+                if src is None or not matches(src.st, row):
                     if planned and exists_under(planned, failed_root):
                         location = planned  # moved before a crash; only the ledger was behind
-                elif not matches(src.st, row):
-                    log.warning(
-                        "not moving %s to the failed folder: it was replaced by a new "
-                        "file, which is uploaded on its own",
-                        quoted_path(row.inbox_path),
-                    )
-                    reobserve(ledger, row)
+                    if src is not None:
+                        log.warning(
+                            "not moving %s to the failed folder: it was replaced by a new "
+                            "file, which is uploaded on its own",
+                            quoted_path(row.inbox_path),
+                        )
+                        reobserve(ledger, row)
                 else:
                     location = move(
                         src,
                         failed_root,
                         os.path.dirname(row.relpath),
                         os.path.basename(row.relpath),
-                        record=lambda t: ledger.set_archive_target(row.id, t),
+                        record=lambda t: ledger.set_archive_target(row.id, t, reason=reason),
                         planned=planned,
                         sha256=row.sha256,
                     )
@@ -103,8 +109,16 @@ def _move_metadata_sidecar(
     if not getattr(folder, "metadata_sidecar", False) or row.location is not None:
         return  # a file retried from failed_dir has its sidecar beside it already
     path = metadata.sidecar_path(row.inbox_path)
+    info = (row.meta or {}).get("sidecar") or {}
     try:
-        with opened(path, roots(row, folder), None) as src:
+        found = recover_aside(  # renamed aside by a move a crash cut short
+            path,
+            roots(row, folder),
+            info.get("device"),
+            info.get("inode"),
+            lambda st: metadata.sidecar_identity_matches(st, info),
+        )
+        with opened(found or path, roots(row, folder), None) as src:
             if src is None:
                 return
             _, rel = safefs.anchor(location, [failed_root])

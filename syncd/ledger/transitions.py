@@ -272,9 +272,16 @@ class Transitions(Queries):
         """Record where the metadata sidecar is being moved, before the move (crash recovery)."""
         self._update("sidecar_target", row_id, durable=True, sidecar_path=_enc(target))
 
-    def set_archive_target(self, row_id: int, target: str | None) -> None:
-        """Record where the archive move is going, before it starts (for crash recovery)."""
-        self._update("archive_target", row_id, durable=True, archive_path=_enc(target))
+    def set_archive_target(self, row_id: int, target: str | None, *, reason: str | None = None) -> None:
+        """Record where the archive move (or the move to failed_dir) is going, before it
+        starts (for crash recovery); ``reason``: why the file failed, kept with it so a
+        crash in the move does not lose it (``last_error``)."""
+        fields = (
+            {"archive_path": _enc(target)}
+            if reason is None
+            else {"archive_path": _enc(target), "last_error": reason}
+        )
+        self._update("archive_target", row_id, durable=True, **fields)
 
     def mark_done(self, row_id: int, *, location: str | None = None, note: str | None = None) -> None:
         """The after-upload action (archive, delete or keep) has completed.

@@ -89,6 +89,61 @@ def test_a_crash_with_the_name_renamed_aside_loses_no_new_version(tmp_path: Path
         s.close()
 
 
+@pytest.mark.parametrize("spec", ["archive.renamed_aside:1", "ledger.archive_target:1"])
+def test_a_crash_in_the_move_to_failed_dir_is_finished_with_its_reason(tmp_path: Path, spec: str) -> None:
+    """A file that fails (a malformed sidecar) and a crash in its move to failed_dir:
+    with the name renamed aside, the aside file was left in the inbox for good; with
+    the target recorded, the reason was lost ("the move ... was interrupted"). The next
+    start finishes the move, leaves nothing aside and keeps the reason."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1, "metadata_sidecar": True}])
+    try:
+        sidecar = s.inbox() / "a.bin.meta.json"
+        sidecar.write_bytes(b"{not json")
+        s.drop("a.bin", b"the bytes")
+        _run_with_crash(s, spec)
+        s.start()
+        wait_until(lambda: s.counts() == {"failed": 1}, 30, what="the move finished")
+        assert not list(s.inbox().iterdir())  # nothing aside, nothing left
+        failed = sorted(p.name for p in s.failed().iterdir())
+        assert failed == ["a.bin", "a.bin.error.json", "a.bin.meta.json"], failed
+        row = s.rows()[0]
+        assert "sidecar" in (row.last_error or "") and "interrupted" not in (row.last_error or "")
+        assert "sidecar" in (s.failed() / "a.bin.error.json").read_text()
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
+def test_a_new_version_renamed_aside_by_a_move_to_failed_dir_is_put_back(tmp_path: Path) -> None:
+    """As for the archive (above), on the way to failed_dir: the producer's new version
+    went aside in place of the failed file, and syncd was killed there. It is put back
+    under its name at the start, and uploaded."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1, "metadata_sidecar": True}])
+    try:
+        sidecar = s.inbox() / "a.bin.meta.json"
+        sidecar.write_bytes(b"{not json")
+        path = s.drop("a.bin", b"version 1")
+        _run_with_crash(s, "archive.placed:1")  # linked into failed_dir, the name still there
+        old = path.stat()
+        sidecar.unlink()  # the producer mends its sidecar: the new version has none
+        new = path.with_name(".a.bin.tmp")
+        new.write_bytes(b"version 2, saved at that instant")
+        os.rename(new, path.with_name(f".syncd-unlinking-{old.st_dev:x}-{old.st_ino:x}-0123456789ab"))
+        os.unlink(path)
+        s.start()
+        wait_until(
+            lambda: sha(b"version 2, saved at that instant") in {u["sha256"] for u in s.emulator.uploads()},
+            30,
+            what="the new version uploaded",
+        )
+        wait_until(lambda: s.counts() == {"failed": 1, "done": 1}, 30, what="both rows final")
+        assert [p.name for p in s.inbox().iterdir()] == []
+        assert (s.failed() / "a.bin").read_bytes() == b"version 1"
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 def test_crash_between_cross_device_copy_and_link(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
