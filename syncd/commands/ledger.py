@@ -37,6 +37,11 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return _backup_ledger(path, Path(args.dest))
     with StateLock(Path(cfg.daemon.state_dir)):
         rebuilt = rebuild(path, time.strftime("%Y%m%d-%H%M%S"), Ledger)
+    if rebuilt.resumed is not None:
+        print(
+            f"an interrupted rebuild was started over from {rebuilt.resumed.name} "
+            "(its partial ledger dropped)"
+        )
     for m in rebuilt.moved:
         print(f"moved {m.name} aside")
     if rebuilt.salvaged is not None:

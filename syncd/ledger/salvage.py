@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.ledger import schema
 from syncd.ledger.row import State
 from syncd.ledger.transitions import Transitions
+from syncd.ledger.writer import REBUILDING
 
 if TYPE_CHECKING:
     from syncd.ledger import Ledger
@@ -173,23 +174,68 @@ def salvage(broken: Path, ledger: Transitions) -> Salvaged:
 class Rebuilt:
     moved: list[Path]  # the damaged ledger's files, moved aside
     salvaged: Salvaged | None  # None: there was no ledger to read
+    resumed: Path | None = None  # an interrupted rebuild's damaged ledger, salvaged again
+
+
+def rebuilding_marker(path: Path) -> Path:
+    """The file that says a rebuild of the ledger at ``path`` is under way (it names the
+    damaged ledger it salvages from): while it exists the ledger at ``path`` is partial."""
+    return Path(f"{path}{REBUILDING}")
 
 
 def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     """Move the ledger at ``path`` aside (``PATH.broken-STAMP``, 0600), open a new one
     with ``opener`` and salvage what the old one can give. The caller holds the state
-    lock (no daemon runs)."""
-    moved = []
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(f"{path}{suffix}")
-        if p.exists():
-            target = Path(f"{path}.broken-{stamp}{suffix}")
-            os.replace(p, target)
-            os.chmod(target, 0o600)  # a ledger's content, the owner's only
-            moved.append(target)
-    ledger = opener.open(path)
-    try:
+    lock (no daemon runs).
+
+    A rebuild killed half-way left a partial ledger, which the next rebuild took for
+    the damaged one (salvaging nothing) and a daemon started on (uploading again the
+    kept files whose rows were not copied yet). So the marker
+    (:func:`rebuilding_marker`) is written first and removed last: while it exists,
+    the ledger does not open for the daemon, and the next rebuild starts again from
+    the damaged ledger it names, dropping the partial one.
+    """
+    marker = rebuilding_marker(path)
+    moved: list[Path] = []
+    resumed = marker.exists()
+    if resumed:  # an interrupted rebuild: its partial ledger goes, its source stays
+        broken = Path(marker.read_text(encoding="utf-8").strip())
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    else:
         broken = Path(f"{path}.broken-{stamp}")
-        return Rebuilt(moved, salvage(broken, ledger) if broken in moved else None)
+        _write_durably(marker, str(broken))
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{path}{suffix}")
+            if p.exists():
+                target = Path(f"{broken}{suffix}")
+                os.replace(p, target)
+                os.chmod(target, 0o600)  # a ledger's content, the owner's only
+                moved.append(target)
+    ledger = opener.open(path, rebuilding=True)
+    try:
+        salvaged = salvage(broken, ledger) if broken.exists() else None
+        ledger.sync()
     finally:
         ledger.close()
+    marker.unlink()
+    _fsync_dir(path.parent)
+    return Rebuilt(moved, salvaged, broken if resumed else None)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

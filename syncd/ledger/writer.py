@@ -27,6 +27,7 @@ from syncd.failure_kinds import is_disk_full
 from syncd.ledger import schema
 from syncd.ledger.row import Row
 
+REBUILDING = ".rebuilding"  # PATH.rebuilding: `syncd ledger rebuild` under way (salvage.py)
 SPACE_TO_OPEN = 1 << 20  # bytes SQLite may need to open a ledger (its -wal and -shm files)
 
 
@@ -60,10 +61,24 @@ class Writer:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, readonly: bool = False, clock: Any = time.time, timeout: float = 10.0
+        cls,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        clock: Any = time.time,
+        timeout: float = 10.0,
+        rebuilding: bool = False,
     ) -> Self:
-        """Open (creating and migrating unless ``readonly``) the ledger at ``path``."""
+        """Open (creating and migrating unless ``readonly``) the ledger at ``path``.
+
+        A ledger a ``syncd ledger rebuild`` left half-made (killed) is partial: it does
+        not open for writing, except to the rebuild itself (``rebuilding``)."""
         path = Path(path)
+        if not (readonly or rebuilding) and Path(f"{path}{REBUILDING}").exists():
+            raise LedgerError(
+                f"the ledger {path} is partial: a `syncd ledger rebuild` was interrupted; run "
+                "`syncd ledger rebuild` again (it starts over from the damaged ledger it set aside)"
+            )
         try:
             conn = schema.connect(path, readonly=readonly, timeout=timeout)
             ledger = cls(conn, path, clock)

@@ -358,3 +358,39 @@ def test_f28_durability_syscalls_are_in_order(setup: Callable[..., Setup], tmp_p
         ]
         assert not renames, f"{src} was renamed (rename may clobber): {renames}"
     s.invariants()
+
+
+@pytest.mark.process
+def test_f25_a_rebuild_killed_half_way_is_started_over_and_blocks_the_daemon(
+    setup: Callable[..., Setup],
+) -> None:
+    """`syncd ledger rebuild` SIGKILLed after its first chunk of rows: the partial ledger
+    it left was taken by the next rebuild for the damaged one (0 rows salvaged, the real
+    one forgotten in a broken-* file) and by the daemon as the ledger (it uploaded again
+    the kept files whose rows were not copied yet). Now the daemon refuses it (exit 4,
+    naming the fix) and the next rebuild starts over from the damaged ledger."""
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.1, "after_upload": "keep"}], daemon={"workers": 4})
+    n = 1200  # two chunks of salvage (salvage.CHUNK = 1000)
+    for i in range(n):
+        s.drop(f"k{i:04d}.txt", b"kept %d" % i)
+    _once(s)
+    assert s.counts() == {"done": n}
+    crash = subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "ledger", "rebuild"],
+        capture_output=True,
+        text=True,
+        env={**s.env(), "SYNCD_CRASH_AT": "ledger.salvage:1"},
+        cwd=s.tmp,
+        timeout=60,
+    )
+    assert crash.returncode == 137, crash.stderr
+    proc = s.start("once")
+    assert proc.wait(60) == 4
+    assert "a `syncd ledger rebuild` was interrupted" in s.log_text()
+    out = s.cli("ledger", "rebuild")
+    assert out.returncode == 0, out.stderr
+    assert "an interrupted rebuild was started over from ledger.sqlite3.broken-" in out.stdout
+    assert f"copied {n} row(s) from the damaged ledger ({n} done)" in out.stdout, out.stdout
+    _once(s)
+    uploads = s.emulator.uploads()
+    assert len(uploads) == n and all(u["times_received"] == 1 for u in uploads)
