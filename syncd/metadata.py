@@ -222,9 +222,7 @@ def waited_for(mtime_ns: int | None, folder: FolderConfig, first_seen: float, no
 
 
 def sidecar_mtime(path: str, roots: Sequence[str | os.PathLike[str] | None]) -> int | None:
-    """The mtime of the sidecar at ``path`` (under one of ``roots``), looked up through
-    :mod:`syncd.safefs` (its own, never a link's target, nor through a linked directory
-    on the way), or None."""
+    """The mtime of the sidecar at ``path`` (under one of ``roots``, never through a link), or None."""
     try:
         root, rel = safefs.anchor(path, [*roots, os.path.dirname(path)])
         return safefs.lstat(root, rel).st_mtime_ns
