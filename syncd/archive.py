@@ -45,7 +45,7 @@ from syncd.aside import recover_aside
 from syncd.copies import ChangedAfterUpload
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import StillOpen, bytes_differ, held_alone, matches, move, opened, roots
+from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
 from syncd.names import with_suffix
 
 if TYPE_CHECKING:
@@ -119,12 +119,12 @@ def finish(
             return
         if folder.after_upload == "delete":
             ledger.sync()  # the "uploaded" commit is on disk before the file is touched
-            with held_alone(src):  # no writer has it open (none can open it meanwhile, if told)
-                # not read here for its upload (a restart): the bytes deleted must be those sent
-                if src.written_since() or (fd is None and bytes_differ(src, row.sha256)):
-                    _replaced(ledger, row, f"{CHANGED}; not deleted, the new bytes are uploaded next")
-                    return
-                deleted = src.unlink()
+            refuse_if_written(src)  # a writer's next bytes would be lost with the name
+            # not read here for its upload (a restart): the bytes deleted must be those sent
+            if src.written_since() or (fd is None and bytes_differ(src, row.sha256)):
+                _replaced(ledger, row, f"{CHANGED}; not deleted, the new bytes are uploaded next")
+                return
+            deleted = src.unlink()
             finish_sidecar(ledger, row, folder, None)
             # the note says the file left the inbox: a new file that happens to get the
             # same name, size, mtime and (reused) inode is not this one (done_versions)

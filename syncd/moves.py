@@ -9,23 +9,18 @@ that reach the target are those of the *descriptor that was uploaded* (or,
 after a crash, of the file whose device, inode, size and mtime match the
 ledger):
 
-* same filesystem, one link, and no other process has the file open: a
-  ``linkat`` of the open descriptor (through ``/proc/self/fd``) to the target
-  name, which fails rather than clobber. "No other process" is the kernel's
-  answer: a write lease (:func:`held_alone`), held through the move, so a
-  process that opens the file meanwhile is noticed and the archive entry is
-  made a private copy before it gets its descriptor. Where the kernel will
-  not say (a producer's file without ``CAP_LEASE``), a producer's file is
-  copied: it could keep a descriptor, or reopen one through ``/proc``;
-* otherwise (another filesystem, ``fs.protected_hardlinks`` refusing a link
-  to a producer's file, a file with a second hard link, a file others have
-  open): a copy *from the descriptor* (:mod:`syncd.copies`), hashed while
-  copied and compared with the SHA-256 that was uploaded;
+* same filesystem, one link, a file of syncd's own user that no one else may
+  write (:func:`linkable`): a ``linkat`` of the open descriptor (through
+  ``/proc/self/fd``) to the target name, which fails rather than clobber;
+* otherwise (another filesystem, a producer's file, which its owner may still
+  reach through a descriptor it kept, a file with a second hard link): a
+  copy *from the descriptor* (:mod:`syncd.copies`), hashed while copied and
+  compared with the SHA-256 that was uploaded;
 * a file some process has open for writing is not moved (:class:`StillOpen`):
   it waits in the inbox until it is closed, and if it was written to, the
   new bytes are a new version;
 * after a restart (no descriptor that was uploaded) the bytes are hashed
-  again, under the lease, and must be those uploaded;
+  again (a copy while it copies) and must be those uploaded;
 * the source name is unlinked only while it still names that same file
   (device and inode); directories are fsynced after every name change.
 
@@ -77,24 +72,22 @@ class StillOpen(OSError):
     it (the bytes may still change; if they do, they are a new version)."""
 
 
-@contextlib.contextmanager
-def held_alone(src: Held) -> Iterator[bool | None]:
-    """While the file's name changes: True when this process alone has the file open and
-    holds a write lease on it (:func:`syncd.writers.hold_alone`: whoever opens it
-    meanwhile waits, and is noticed); False when others have it open for reading only
-    (the archive then gets a private copy); None when the kernel will not say (then
-    the file is linked only if it is syncd's own: a producer's file may still be open
-    to its producer). Raises :class:`StillOpen` while a process has it open for writing."""
-    held = writers.hold_alone(src.fd)
-    if held is False and writers.held_for_writing(src.fd):
+def refuse_if_written(src: Held) -> None:
+    """Raise :class:`StillOpen` while a process has the file open for writing, where the
+    kernel says (syncd's own files, or any with ``CAP_LEASE``: :mod:`syncd.writers`)."""
+    if writers.held_for_writing(src.fd):
         raise StillOpen(errno.EBUSY, "a process still has it open for writing")
-    if held is None and src.st.st_uid != os.geteuid():
-        held = False
-    try:
-        yield held
-    finally:
-        if held:
-            writers.give_back(src.fd)
+
+
+def linkable(src: Held) -> bool:
+    """Whether the archive may take the file itself (a link) rather than a private copy:
+    only a file of syncd's own user that no one else may write. A producer's inode is
+    never linked: as its owner, the producer may have kept any descriptor to it (one
+    opened for writing after it settled, a read-only or ``O_PATH`` one it reopens for
+    writing through ``/proc``, none of which a lease can rule out) and would reach the
+    archive through it. Raises :class:`StillOpen` while a process has it open for writing."""
+    refuse_if_written(src)
+    return src.st.st_uid == os.geteuid() and not src.st.st_mode & 0o022
 
 
 def bytes_differ(src: Held, sha256: str | None) -> bool:
@@ -230,11 +223,10 @@ def _place(
     safefs.fsync_dirfd(dirfd)
 
 
-def _detach(src: Held, dirfd: int, name: str, sha256: str | None, alone: bool) -> None:
+def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
     """After the source name is gone: if another hard link still reaches the archived
-    file, or a process opened it while its names changed (not ``alone``), replace the
-    archive entry by a private copy (our own name in our own folder)."""
-    if alone and os.fstat(src.fd).st_nlink <= 1:
+    file, replace the archive entry by a private copy (our own name in our own folder)."""
+    if os.fstat(src.fd).st_nlink <= 1:
         return
     try:
         if not safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src.st):
@@ -291,11 +283,9 @@ def move(
     under way stops when it is set (:func:`syncd.copies.copy_into`).
 
     ``private`` (the archive) must end up with bytes no producer can still change: the
-    file itself is linked only while :func:`held_alone` says this process alone has it open (a
-    lease held through the move, so an open meanwhile is noticed and the entry made a
-    private copy), else it is copied. ``check``: this process did not read the bytes
-    for their upload (a restart): a link is made only if they still hash to
-    ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
+    file itself is linked only if :func:`linkable`, else copied. ``check``: this process
+    did not read the bytes for their upload (a restart): a link is made only if they
+    still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
     if planned is not None and _planned_done(planned, target_root, src, sha256):
         src.unlink()
@@ -315,25 +305,25 @@ def move(
         return True
 
     try:
-        with held_alone(src) if private else contextlib.nullcontext(None) as alone:
-            if check and alone is not False and bytes_differ(src, sha256):
-                raise ChangedAfterUpload("its bytes are not those uploaded")
-            for candidate in free_names(name, taken):
-                target = os.path.join(target_root, rel_dir, candidate)
-                record(target)
-                try:
-                    _place(src, dirfd, candidate, sha256, cancel, link=alone is not False)
-                except FileExistsError:
-                    continue
-                crashpoints.point("archive.placed")
-                if src.written_since():  # during the copy or before the link: a new version
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(candidate, dir_fd=dirfd)  # it may hold bytes of both
-                    safefs.fsync_dirfd(dirfd)
-                    raise ChangedAfterUpload("the file was written to while it was archived")
-                src.unlink()
-                _detach(src, dirfd, candidate, sha256, alone is not True or writers.still_alone(src.fd))
-                return target
-            raise AssertionError("unreachable")
+        link = linkable(src) if private else True
+        if check and link and bytes_differ(src, sha256):  # a copy compares its own hash
+            raise ChangedAfterUpload("its bytes are not those uploaded")
+        for candidate in free_names(name, taken):
+            target = os.path.join(target_root, rel_dir, candidate)
+            record(target)
+            try:
+                _place(src, dirfd, candidate, sha256, cancel, link=link)
+            except FileExistsError:
+                continue
+            crashpoints.point("archive.placed")
+            if src.written_since():  # during the copy or before the link: a new version
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(candidate, dir_fd=dirfd)  # it may hold bytes of both
+                safefs.fsync_dirfd(dirfd)
+                raise ChangedAfterUpload("the file was written to while it was archived")
+            src.unlink()
+            _detach(src, dirfd, candidate, sha256)
+            return target
+        raise AssertionError("unreachable")
     finally:
         os.close(dirfd)

@@ -126,45 +126,6 @@ def held_for_writing(fd: int, device: int | None = None) -> bool | None:
     return False
 
 
-def hold_alone(fd: int) -> bool | None:
-    """Take a write lease on the file of ``fd``: True when taken, which the kernel grants
-    only while no other open of the file exists anywhere (this descriptor's own dups
-    aside); False when another process has it open; None when the kernel will not say.
-
-    While it is held, any process that opens the file waits (up to
-    ``fs.lease-break-time``) and the lease reads as broken (:func:`still_alone`);
-    :func:`give_back` ends it. Archiving uses it: a producer's inode linked into the
-    archive must not stay reachable to a descriptor the producer keeps.
-    """
-    if not _enabled:
-        return None
-    kind = fs_type(fd)
-    if kind is None or kind not in LOCAL_FS:
-        return None
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-    except OSError as exc:
-        return False if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) else None
-    return True
-
-
-def still_alone(fd: int) -> bool:
-    """Whether the write lease :func:`hold_alone` took is unbroken: no process has
-    tried to open the file since."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK
-    except OSError:
-        return False
-
-
-def give_back(fd: int) -> None:
-    """End a lease on ``fd`` (whoever waits to open the file goes on)."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    except OSError:  # closing the descriptor gives it back too
-        pass
-
-
 class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 248)]
 
