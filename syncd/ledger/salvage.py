@@ -196,22 +196,25 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     the damaged ledger it names, dropping the partial one.
     """
     marker = rebuilding_marker(path)
-    moved: list[Path] = []
     resumed = marker.exists()
-    if resumed:  # an interrupted rebuild: its partial ledger goes, its source stays
+    if resumed:
         broken = Path(marker.read_text(encoding="utf-8").strip())
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
     else:
         broken = Path(f"{path}.broken-{stamp}")
         _write_durably(marker, str(broken))
+    if resumed and broken.exists() and path.exists():
+        # the new ledger is made only once every file of the old one was moved aside:
+        # what is at the path is the interrupted rebuild's partial ledger
         for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{path}{suffix}")
-            if p.exists():
-                target = Path(f"{broken}{suffix}")
-                os.replace(p, target)
-                os.chmod(target, 0o600)  # a ledger's content, the owner's only
-                moved.append(target)
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    moved: list[Path] = []
+    for suffix in ("", "-wal", "-shm"):  # the damaged ledger's files (the rest of them, resumed)
+        p, target = Path(f"{path}{suffix}"), Path(f"{broken}{suffix}")
+        if p.exists() and not target.exists():
+            os.replace(p, target)
+            os.chmod(target, 0o600)  # a ledger's content, the owner's only
+            moved.append(target)
+    _fsync_dir(path.parent)
     ledger = opener.open(path, rebuilding=True)
     try:
         salvaged = salvage(broken, ledger) if broken.exists() else None

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from syncd.ledger import Ledger, State
+import pytest
+
+from syncd.errors import LedgerError
+from syncd.ledger import Ledger, State, salvage
 from syncd.ledger.salvage import rebuild
 
 ROWS = 3000
@@ -175,3 +181,69 @@ def test_rows_whose_bytes_no_scan_would_find_are_kept(tmp_path: Path) -> None:
         )
     finally:
         ledger.close()
+
+
+class _Killed(BaseException):
+    """SIGKILL, in process: nothing after it runs."""
+
+
+def _kill_at_replace(monkeypatch: Any, nth: int) -> None:
+    """The ``nth`` os.replace of the rebuild (moving the damaged ledger's files aside)
+    is where it dies."""
+    real, calls = os.replace, []
+
+    def replace(a: Any, b: Any) -> None:
+        calls.append(a)
+        if len(calls) == nth:
+            raise _Killed
+        real(a, b)
+
+    monkeypatch.setattr(salvage.os, "replace", replace)
+
+
+def test_a_rebuild_killed_before_moving_the_ledger_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its marker, before the ledger moved: the next rebuild took the ledger
+    still at the path for its own partial one and deleted it."""
+    path = tmp_path / "ledger.sqlite3"
+    _ledger_with_history(path)
+    _kill_at_replace(monkeypatch, 1)
+    with pytest.raises(_Killed):
+        rebuild(path, "ONE", Ledger)
+    monkeypatch.undo()
+    with pytest.raises(LedgerError, match="a `syncd ledger rebuild` was interrupted"):
+        Ledger.open(path)
+    rebuilt = rebuild(path, "TWO", Ledger)
+    assert rebuilt.resumed is not None and rebuilt.salvaged is not None
+    assert rebuilt.salvaged.copied == {"done": 1000, "failed": 1000}
+    assert not salvage.rebuilding_marker(path).exists()
+    Ledger.open(path).close()  # the daemon opens it again
+
+
+def test_a_rebuild_killed_between_the_ledger_and_its_wal_keeps_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after moving the ledger aside but not yet its WAL (the newest commits): the
+    next rebuild deleted the WAL. It moves it on, and salvages from both."""
+    path = tmp_path / "ledger.sqlite3"
+    _ledger_with_history(path)
+    keep = sqlite3.connect(path, isolation_level=None)  # holds the WAL open: not folded in
+    keep.execute("PRAGMA wal_autocheckpoint = 0")
+    keep.execute(
+        "INSERT INTO files (uuid, folder, relpath, state, destination, first_seen, changed_at,"
+        " updated_at) VALUES ('in-the-wal', '/in', 'wal.txt', 'done', 'lilt', 1, 1, 1)"
+    )
+    snapshot = tmp_path / "snap"  # the files as a crash left them, WAL included
+    snapshot.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy(f"{path}{suffix}", f"{snapshot / path.name}{suffix}")
+    keep.close()
+    path = snapshot / path.name
+    assert Path(f"{path}-wal").stat().st_size > 0
+    _kill_at_replace(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        rebuild(path, "ONE", Ledger)
+    monkeypatch.undo()
+    rebuilt = rebuild(path, "TWO", Ledger)
+    assert rebuilt.salvaged is not None and rebuilt.salvaged.copied["done"] == 1001
