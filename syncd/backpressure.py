@@ -89,12 +89,17 @@ class DiskFull:
             said.append(f"archive full ({where}: {self.where['archive']}): uploaded files wait in the inbox")
         return said
 
-    def ok(self) -> None:
-        """Writes succeed again: resume claiming work."""
-        if self.where:
-            log.warning("disk space is available again (%s); resuming uploads", ", ".join(sorted(self.where)))
-            self.where.clear()
-            self.archives.clear()
+    def ok(self, where: str | None = None) -> None:
+        """Writes succeed again (``where``, or everywhere): resume what was held."""
+        for place in [where] if where is not None else sorted(self.where):
+            if self.where.pop(place, None) is None:
+                continue
+            if place == "ledger":
+                log.warning("disk space is available again (ledger); resuming uploads")
+            else:
+                log.warning("disk space is available again (archive); archiving the files that waited")
+                self.archives.clear()
+        if not self.where:
             if self.metrics is not None:
                 self.metrics.disk_full.set(0)
             self.on_ok()
@@ -115,17 +120,17 @@ class DiskFull:
             if is_disk_full(exc):
                 return
             raise
-        ledger_was_full = self.paused
+        if self.paused:  # the ledger takes writes: uploads resume, whatever an archive says
+            self.ok("ledger")
+            for root in folders:  # events may have been dropped while the ledger was full
+                rescan(root)
         if "archive" in self:
             if finish_uploaded():
                 return
             for folder in folders.values():
                 if folder.archive_dir is not None and not can_write(folder.archive_dir):
                     return
-        self.ok()
-        if ledger_was_full:
-            for root in folders:  # events may have been dropped while the ledger was full
-                rescan(root)
+            self.ok("archive")
 
 
 def can_write(directory: Any) -> bool:

@@ -387,14 +387,13 @@ class MainLoop:
         """Once mode: nothing left to do now (what is left is counted at the end: once.outcome)."""
         if self.intake.scans_pending():
             return False
-        return (
-            once.left_for_next_run(
-                self.ledger,
-                self.uploader.destination_states(),
-                self.runtime.usable_folders(),
-                wait=self.daemon.once_wait,
-                open_for_writing=self.settler.held_by_folder(),
-                disk_full=self.uploader.disk_full,
-            )
-            is not None
+        left = once.left_for_next_run(
+            self.ledger,
+            self.uploader.destination_states(),
+            self.runtime.usable_folders(),
+            wait=self.daemon.once_wait,
+            open_for_writing=self.settler.held_by_folder(),
+            disk_full=self.uploader.disk_full,
+            held_open=self.uploader.procedure.after.open_by_folder(),
         )
+        return left is not None

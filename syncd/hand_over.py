@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ class HandOver:
         self.clock = clock
         self.metrics = metrics
         self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
-        self._open: set[int] = set()  # rows said to be held open for writing by a process
+        self._open: dict[int, str] = {}  # rows held open for writing by a process -> folder
         self._lock = threading.Lock()
 
     def hand_over(
@@ -74,7 +75,8 @@ class HandOver:
         except StillOpen as exc:  # the file's own reason: no folder problem
             with self._lock:
                 first = row.id not in self._open and len(self._open) < OPEN_SAID_MAX
-                self._open.add(row.id)
+                if first:
+                    self._open[row.id] = row.folder
             (log.warning if first else log.debug)(
                 "uploaded %s, but a process still has it open for writing: it is %s once it is "
                 "closed (new bytes written meanwhile are a new version, uploaded on their own)",
@@ -112,8 +114,15 @@ class HandOver:
                 "" if full else " (files of this folder stay in the inbox, uploaded, until it works)",
             )
             return exc
+        with self._lock:
+            self._open.pop(row.id, None)
         if self.stuck.worked(row.folder, row.id):
             log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
         if self.metrics is not None:
             self.metrics.observe_done(row.first_seen, self.clock())
         return None
+
+    def open_by_folder(self) -> dict[str, int]:
+        """Uploaded files whose after_upload waits for a process to close them, per folder."""
+        with self._lock:
+            return dict(Counter(self._open.values()))

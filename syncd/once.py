@@ -53,13 +53,16 @@ def left_for_next_run(
     wait: float = RETRY_WAIT,
     open_for_writing: Mapping[str, int] | None = None,
     disk_full: DiskFull | None = None,
+    held_open: Mapping[str, int] | None = None,
 ) -> int | None:
     """None while ``once`` has work to wait for; else how many files it leaves for the
     next run (0: everything reached a final state), each group said in the log.
     ``open_for_writing``: per folder, settling files a process still has open for
     writing (syncd/settle.py): not waited for, however long the writer keeps them.
     ``disk_full``: where the disk is full. A full ledger pauses uploads: every file left
-    waits. A full archive folder holds only its uploaded files (in their inbox)."""
+    waits. A full archive folder holds only its uploaded files (in their inbox).
+    ``held_open``: per folder, uploaded files a process still has open for writing
+    (syncd/hand_over.py): archived or deleted once closed, by a later run."""
     writers = open_for_writing or {}
     by_folder = ledger.counts_by_folder()
     if disk_full is not None and disk_full.paused:
@@ -75,6 +78,11 @@ def left_for_next_run(
         and folder.archive_dir is not None
         and os.fspath(folder.archive_dir) in disk_full.archives
     }
+    for root, n in (held_open or {}).items():  # uploaded, open for writing: they wait
+        if root in folders:
+            unarchived[root] = min(
+                by_folder.get(root, {}).get(State.UPLOADED, 0), unarchived.get(root, 0) + n
+            )
     now = clock()
     held = {
         name: st
@@ -115,14 +123,20 @@ def left_for_next_run(
             held[name].reason,
             n,
         )
-    if sum(unarchived.values()):
-        assert disk_full is not None
+    opened = sum(n for root, n in (held_open or {}).items() if root in folders)
+    if opened:
+        log.warning(
+            "%d uploaded file(s) are still open for writing by a process: they stay in the inbox "
+            "for the next run",
+            opened,
+        )
+    if disk_full is not None and disk_full.archives and sum(unarchived.values()) > opened:
         log.warning(
             "an archive folder is full (%s: %s): %d uploaded file(s) stay in the inbox and are "
             "archived by the next run",
             ", ".join(sorted(disk_full.archives)),
             disk_full.where.get("archive"),
-            sum(unarchived.values()),
+            sum(unarchived.values()) - opened,
         )
     if later:
         log.warning(

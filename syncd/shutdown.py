@@ -54,7 +54,8 @@ def drain(
     drain_seconds = 0.0 if hard_stop.is_set() else runtime.cfg.daemon.drain_seconds
     sending, archiving = _in_flight(uploader)
     running = sending + archiving
-    status = f"stopping: {sending} upload(s) finishing (up to {drain_seconds:g} s)" if running else "stopping"
+    what = f"{sending} upload(s)" if sending else f"{archiving} archive move(s)"
+    status = f"stopping: {what} finishing (up to {drain_seconds:g} s)" if running else "stopping"
     notifier.stopping(status, extend_seconds=drain_seconds + STOP_MARGIN)
     if running:
         log.info(

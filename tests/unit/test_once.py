@@ -114,3 +114,20 @@ def test_a_full_archive_leaves_only_its_folders_uploaded_files(
     assert full.describe() == [
         f"archive full ({full_folder.archive_dir}: No space left on device): uploaded files wait in the inbox"
     ]
+
+
+def test_an_uploaded_file_still_open_for_writing_is_left_for_the_next_run(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process opened the file for writing after it settled: it stays uploaded in the
+    inbox until closed (syncd/moves.py StillOpen). `once` waited for it for ever."""
+    folder = make_folder(tmp_path)
+    folders = {os.fspath(folder.path): folder}
+    row = queue_file(ledger, folder, "a.txt", b"a")
+    assert ledger.claim_next(["dest"]).id == row  # type: ignore[union-attr]
+    ledger.mark_uploaded(row, sha256="ab" * 32, receipt={"remote_id": "r"})
+    assert once.left_for_next_run(ledger, UP, folders, clock) is None  # an archive move to wait for
+    caplog.set_level(logging.WARNING, logger="syncd.daemon")
+    held = {os.fspath(folder.path): 1}
+    assert once.left_for_next_run(ledger, UP, folders, clock, held_open=held) == 1
+    assert "1 uploaded file(s) are still open for writing by a process" in caplog.text

@@ -1135,3 +1135,55 @@ def test_a_reload_keeps_the_wait_a_rate_limit_asked_for(setup: Any, clock: FakeC
     up.reset_circuits(["dest"])
     state = up.destination_states()["dest"]
     assert state.state == "rate_limited" and state.next_probe_at == pytest.approx(clock() + 30.0)
+
+
+def test_uploads_resume_once_the_ledger_takes_writes_whatever_an_archive_says(setup: Any) -> None:
+    """The ledger and an archive full at once: once the ledger's disk has room, claims
+    resume (and the folders are rescanned) though the archive is still full."""
+    import errno
+
+    ledger, folder, dest, up, drop, step = setup
+    full = up.disk_full
+    full.note("ledger", OSError(errno.ENOSPC, "database or disk is full"))
+    full.note("archive", OSError(errno.ENOSPC, "No space left on device"), folder.archive_dir)
+    rescanned: list[str] = []
+    root = os.fspath(folder.path)
+    full.probe(ledger, {root: folder}, lambda: True, rescanned.append)  # the archive: still full
+    assert not full.paused and rescanned == [root]
+    assert full.describe() == [
+        f"archive full ({folder.archive_dir}: No space left on device): uploaded files wait in the inbox"
+    ]
+    full.probe(ledger, {root: folder}, lambda: False, rescanned.append)
+    assert not full and rescanned == [root]
+
+
+def test_an_uploaded_file_held_open_is_counted_until_it_goes(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A process has the uploaded file open for writing: the row stays uploaded, said
+    once (not a stuck folder), and counted per folder for `once` until it goes."""
+    import errno
+
+    from syncd import archive
+    from syncd.moves import StillOpen
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real_finish = archive.finish
+
+    def held(*args: Any, **kw: Any) -> None:
+        raise StillOpen(errno.EBUSY, "a process still has it open for writing")
+
+    monkeypatch.setattr(archive, "finish", held)
+    drop("a.txt")
+    with caplog.at_level("DEBUG", logger="syncd.uploader"):
+        assert step() == "uploaded"
+        root = os.fspath(folder.path)
+        recovery = Recovery(ledger, lambda: {root: folder}, up)
+        recovery.sweep()  # tried again: said at debug level only
+    said = [r for r in caplog.records if "still has it open for writing" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING", "DEBUG"]
+    assert up.procedure.after.open_by_folder() == {root: 1} and not up.procedure.after.stuck.problems()
+    monkeypatch.setattr(archive, "finish", real_finish)
+    recovery.sweep()
+    assert ledger.counts()["done"] == 1 and up.procedure.after.open_by_folder() == {}
