@@ -33,7 +33,7 @@ from syncd.commands.files import cmd_files
 from syncd.commands.ledger import cmd_ledger
 from syncd.commands.retry import cmd_retry
 from syncd.commands.status import cmd_status
-from syncd.errors import ConfigError, LedgerDiskFull, LedgerError, LockedError
+from syncd.errors import ConfigError, LedgerError, LedgerUnreachable, LockedError
 from syncd.ledger import STATES
 from syncd.logs import quoted_path
 from syncd.logs import setup as setup_logging
@@ -183,13 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     lg = cmd("ledger", "ledger maintenance")
     lsub = lg.add_subparsers(dest="ledger_command", metavar="ACTION")
     lsub.required = True
-    lsub.add_parser(
+    lr = lsub.add_parser(
         "rebuild",
         help="move an unusable ledger aside and start a new one",
         description="Move the damaged ledger aside and start a new one with every row "
         "that can still be read from it (done, skipped, failed, vanished, uploaded). Files "
         "still in the inbox whose rows were lost are uploaded again (at-least-once); "
-        "archived files are not.",
+        "archived files are not. A ledger that passes its integrity check is left alone "
+        "unless --force is given.",
+    )
+    lr.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild a ledger that passes its integrity check too (its queued and retrying "
+        "files lose their rows and resume points, and are found again in the inbox)",
     )
     lsub.add_parser("check", help="run SQLite's integrity check on the ledger")
     lb = lsub.add_parser(
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
     except LedgerError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
-        return EXIT_FAILED if isinstance(exc, LedgerDiskFull) else EXIT_LEDGER
+        return EXIT_FAILED if isinstance(exc, LedgerUnreachable) else EXIT_LEDGER
     except BrokenPipeError:
         if not _reader_gone():
             raise  # another pipe or socket: not ours to hide

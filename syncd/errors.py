@@ -81,9 +81,14 @@ class LedgerError(SyncdError):
     """The ledger database is unusable (not a database, corrupt, wrong schema)."""
 
 
-class LedgerDiskFull(LedgerError):
-    """The ledger cannot be opened because its disk is full: nothing is wrong with it
-    (exit 1, which systemd restarts, not 4)."""
+class LedgerUnreachable(LedgerError):
+    """The ledger cannot be used for a reason outside it (its disk full, its file system
+    read-only, its directory not writable by this user): nothing is wrong with it, and it
+    must not be rebuilt (exit 1, which systemd restarts, not 4)."""
+
+
+class LedgerDiskFull(LedgerUnreachable):
+    """The ledger cannot be opened because its disk is full."""
 
 
 class UploadError(SyncdError):

@@ -14,12 +14,13 @@ was uploaded, and nobody else needs to reach them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
 from pathlib import Path
 
-from syncd.errors import LockedError
+from syncd.errors import LedgerUnreachable, LockedError
 
 LOCK_NAME = "syncd.lock"
 
@@ -32,8 +33,17 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        make_state_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            make_state_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise LedgerUnreachable(
+                f"cannot take the lock {self.path}: {exc.strerror}"
+                + (" (the file system is mounted read-only)" if exc.errno == errno.EROFS else "")
+                + "; the ledger itself is fine (do not rebuild it)"
+            ) from None
         try:
             if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
                 with contextlib.suppress(OSError):  # not ours: leave it

@@ -3,20 +3,23 @@
 ``check`` runs SQLite's integrity check; ``backup`` copies the ledger with
 SQLite's backup API and checks the copy (:func:`syncd.ledger.backup`);
 ``rebuild`` moves a damaged ledger aside and salvages what it can still give
-(:mod:`syncd.ledger.salvage`), holding the state directory's lock.
+(:mod:`syncd.ledger.salvage`), holding the state directory's lock; a ledger that
+passes its integrity check is left alone without ``--force``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_LEDGER, EXIT_OK
 from syncd.commands.common import load as _load
+from syncd.errors import LedgerError
 from syncd.ledger import Ledger, backup
-from syncd.ledger.salvage import rebuild
+from syncd.ledger.salvage import rebuild, rebuilding_marker
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
@@ -36,6 +39,14 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.ledger_command == "backup":
         return _backup_ledger(path, Path(args.dest))
     with StateLock(Path(cfg.daemon.state_dir)):
+        if not args.force and _healthy(path):
+            print(
+                f"syncd: the ledger {path} passes its integrity check: nothing to rebuild (a rebuild "
+                "keeps only the rows of finished files; run `syncd ledger rebuild --force` to do it "
+                "anyway)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         rebuilt = rebuild(path, time.strftime("%Y%m%d-%H%M%S"), Ledger)
     if rebuilt.resumed is not None:
         print(
@@ -64,3 +75,20 @@ def _backup_ledger(path: Path, dest: Path) -> int:
         return EXIT_LEDGER
     print(f"backed up {path} to {dest} ({copy.rows} rows, integrity ok)")
     return EXIT_OK
+
+
+def _healthy(path: Path) -> bool:
+    """Whether the ledger at ``path`` opens and passes SQLite's integrity check (and no
+    interrupted rebuild left it partial)."""
+    if not path.exists() or rebuilding_marker(path).exists():
+        return False
+    try:
+        ledger = Ledger.open(path, readonly=True)
+    except LedgerError:
+        return False
+    try:
+        return ledger.integrity_check() == "ok"
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        ledger.close()

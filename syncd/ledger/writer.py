@@ -22,13 +22,29 @@ from pathlib import Path
 from typing import Any, Self
 
 from syncd import crashpoints
-from syncd.errors import LedgerDiskFull, LedgerError
+from syncd.errors import LedgerDiskFull, LedgerError, LedgerUnreachable
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import schema
 from syncd.ledger.row import Row
 
 REBUILDING = ".rebuilding"  # PATH.rebuilding: `syncd ledger rebuild` under way (salvage.py)
 SPACE_TO_OPEN = 1 << 20  # bytes SQLite may need to open a ledger (its -wal and -shm files)
+
+
+def out_of_reach(path: Path, readonly: bool = False) -> str | None:
+    """Why this process cannot use the ledger at ``path`` for a reason outside the file
+    (a read-only file system, a directory or file it may not write or read), or None."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "the file system holding it is mounted read-only (an I/O error may do that: see dmesg)"
+    except OSError:
+        return None
+    wants = os.R_OK if readonly else os.R_OK | os.W_OK
+    for what, place in (("directory", path.parent), ("file", path)):
+        if place.exists() and not os.access(place, wants | (os.X_OK if what == "directory" else 0)):
+            able = "readable" if readonly else "writable"
+            return f"its {what} {place} is not {able} by this user (uid {os.geteuid()})"
+    return None
 
 
 def space_left(path: Path) -> int:
@@ -100,6 +116,12 @@ class Writer:
                 raise LedgerDiskFull(
                     f"cannot open the ledger {path} ({exc}): the disk holding it is full; the "
                     "ledger itself is fine (do not rebuild it): free some space there"
+                ) from None
+            why = out_of_reach(path, readonly)
+            if why is not None and isinstance(exc, sqlite3.OperationalError):
+                raise LedgerUnreachable(
+                    f"cannot open the ledger {path} ({exc}): {why}; the ledger itself is fine "
+                    "(do not rebuild it)"
                 ) from None
             raise LedgerError(
                 f"ledger {path} is unusable ({exc}); run `syncd ledger rebuild` to rebuild it "

@@ -292,7 +292,7 @@ def test_backup_and_rebuild_outputs_are_private(
         assert mode(backup) == 0o600
         with s.ledger(backup) as copy:  # a usable copy
             assert copy.integrity_check() == "ok"
-        assert main(["-c", str(s.config), "ledger", "rebuild"]) == 0
+        assert main(["-c", str(s.config), "ledger", "rebuild", "--force"]) == 0
     finally:
         os.umask(old)
     state = s.tmp / "state"

@@ -731,6 +731,41 @@ def test_inotify_limit_falls_back_to_polling(
 
 
 @pytest.mark.process
+def test_a_state_dir_on_a_read_only_file_system_is_not_a_damaged_ledger(
+    make_setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    """ext4 remounts itself read-only after an I/O error: `syncd status` called the ledger
+    unusable and advised a rebuild (exit 4); `syncd run` died with a traceback on the lock.
+    Both now say the file system is read-only and the ledger fine (exit 1)."""
+    why = namespaces_usable("-U", "-r", "-m")
+    if why:
+        pytest.skip(f"needs a private mount namespace for a tmpfs: {why}")
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    s = make_setup(folders=[{"name": "in"}], daemon={"state_dir": str(state)})
+    syncd = f"{shlex.quote(sys.executable)} -m syncd -c {shlex.quote(str(s.config))}"
+    script = f"""
+mount -t tmpfs -o size=8m tmpfs {shlex.quote(str(state))}
+{syncd} once --no-progress >/dev/null 2>&1
+mount -o remount,ro {shlex.quote(str(state))}
+{syncd} status; echo "status-exit=$?"
+{syncd} run; echo "run-exit=$?"
+"""
+    out = subprocess.run(
+        ["unshare", "-U", "-r", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=s.env(),
+        cwd=s.tmp,
+        timeout=120,
+    )
+    text = out.stdout + out.stderr
+    assert "status-exit=1" in text and "run-exit=1" in text, text
+    assert "read-only" in text and "do not rebuild it" in text, text
+    assert "run `syncd ledger rebuild`" not in text and "Traceback" not in text, text
+
+
+@pytest.mark.process
 def test_once_with_a_full_archive_uploads_everything_and_leaves_that_folders_files(
     make_setup: Callable[..., Setup], tmp_path: Path
 ) -> None:

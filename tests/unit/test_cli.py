@@ -215,6 +215,19 @@ def test_init_and_folder_add(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert code == 2 and "missing" in err
 
 
+def test_a_healthy_ledger_is_not_rebuilt_without_force(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rebuild keeps only the rows of finished files: run on a ledger that was fine (the
+    advice once given for a read-only file system), it dropped the queued files' rows
+    and resume points without a word."""
+    state = cfg.parent / "state"
+    Ledger.open(state / "ledger.sqlite3").close()
+    code, _, err = run(capsys, "-c", str(cfg), "ledger", "rebuild")
+    assert code == 2 and "passes its integrity check: nothing to rebuild" in err and "--force" in err
+    assert not [p for p in state.iterdir() if ".broken-" in p.name]
+    code, out, _ = run(capsys, "-c", str(cfg), "ledger", "rebuild", "--force")
+    assert code == 0 and "moved ledger.sqlite3.broken-" in out
+
+
 def test_ledger_check_and_rebuild(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = cfg.parent / "state"
     Ledger.open(state / "ledger.sqlite3").close()
