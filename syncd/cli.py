@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.add_argument(
         "--receipt",
-        type=int,
+        type=_positive,
         metavar="ID",
         help="the receipt of row ID as JSON, "
         "with its signed or private URLs whole (needs the destination's secret)",
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "ids",
         nargs="*",
-        type=int,
+        type=_positive,
         default=[],
         metavar="ID",
         help="ledger row ids (exit 1 if one is not a failed row)",
@@ -293,10 +293,18 @@ def _reader_gone() -> bool:
 # ----------------------------------------------------------------- helpers
 
 
+ROW_ID_MAX = (1 << 63) - 1  # SQLite's largest integer
+
+
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    """A count or a ledger row id: 1 to SQLite's largest integer; ``#12`` (as `syncd files`
+    shows ids) is 12."""
+    try:
+        value = int(text.removeprefix("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= ROW_ID_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {ROW_ID_MAX}, got {text}")
     return value
 
 

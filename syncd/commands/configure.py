@@ -127,6 +127,14 @@ def cmd_folder(args: argparse.Namespace) -> int:
         extra["failed_dir"] = absolute(args.failed_dir)
     path = config_path(args)
     folder = absolute(args.path)
+    for given in (folder, *extra.values()):
+        if isinstance(given, str) and not _utf8(given):
+            print(
+                f"syncd: {quoted_path(given)} is not valid UTF-8, which a TOML config cannot hold: "
+                "rename the folder (or give another path)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     notes = config_edit.add_folder(
         path, folder, destination=args.destination, labels=args.label, category=args.category, **extra
     )
@@ -146,3 +154,11 @@ def cmd_folder(args: argparse.Namespace) -> int:
     if pid:
         print(f"syncd is running (pid {pid}): `systemctl reload syncd` or `kill -HUP {pid}` applies it")
     return EXIT_OK
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable byte, kept by Python as a lone surrogate
+        return False
+    return True

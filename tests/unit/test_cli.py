@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,8 @@ import pytest
 from syncd.cli import main
 from syncd.ledger import Ledger
 from tests.conftest import note_stat
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -241,3 +247,49 @@ def test_ledger_check_and_rebuild(cfg: Path, capsys: pytest.CaptureFixture[str])
     code, out, _ = run(capsys, "-c", str(cfg), "status", "--json")
     assert code == 0
     assert any(p.name.startswith("ledger.sqlite3.broken-") for p in state.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["retry", "99999999999999999999999"],
+        ["files", "--receipt", "99999999999999999999"],
+        ["files", "--limit", "99999999999999999999"],
+        ["retry", "0"],
+    ],
+)
+def test_an_id_or_count_sqlite_cannot_hold_is_a_usage_error(
+    cfg: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """It was an OverflowError traceback (exit 1), and aborted the other ids given."""
+    code, _, err = run(capsys, "-c", str(cfg), *argv)
+    assert code == 2 and "must be between 1 and 9223372036854775807" in err and "Traceback" not in err
+
+
+def test_retry_takes_ids_as_files_shows_them(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Ledger.open(cfg.parent / "state" / "ledger.sqlite3").close()
+    code, _, err = run(capsys, "-c", str(cfg), "retry", "#3")
+    assert code == 1 and "#3: no such ledger row" in err
+
+
+def test_folder_add_refuses_a_path_toml_cannot_hold(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = cfg.read_bytes()
+    code, _, err = run(
+        capsys, "-c", str(cfg), "folder", "add", os.fsdecode(b"bad\xff"), "--destination", "main"
+    )
+    assert code == 2 and "is not valid UTF-8" in err and "Traceback" not in err
+    assert cfg.read_bytes() == before
+
+
+@pytest.mark.process
+def test_ctrl_c_while_syncd_starts_is_exit_130_without_a_traceback(cfg: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "-c", str(cfg), "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    time.sleep(0.08)  # the interpreter is up; syncd's modules are loading
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"Traceback" not in err, err

@@ -663,7 +663,7 @@ def test_os_errors_are_one_line_not_a_traceback(
 def test_files_limit_must_be_positive(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for limit in ("0", "-1"):
         code, _, err = run(capsys, "-c", str(cfg), "files", "--limit", limit)
-        assert code == 2 and "must be at least 1" in err
+        assert code == 2 and "must be between 1 and" in err
 
 
 def test_config_errors_are_masked(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
