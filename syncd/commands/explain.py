@@ -21,7 +21,7 @@ from typing import TypeVar
 from syncd import config as configmod
 from syncd import rules, writers
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
-from syncd.ledger import Ledger, Row, State
+from syncd.ledger import ACTIVE_STATES, Ledger, Row, State
 from syncd.logs import quoted_path
 
 T = TypeVar("T")
@@ -83,9 +83,44 @@ def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
         for f in cfg.folders:
             if _under(candidate, os.fspath(f.path)):
                 return _in_folder(cfg, f, candidate, path, st)
+    gone = _in_removed_folder(cfg, path, *dict.fromkeys((path, real)))
+    if gone is not None:
+        return gone, True
     if st is None:
         return f"{quoted_path(path)}: no such file or folder (and not inside any watched folder)", False
     return f"{quoted_path(path)} is not inside any watched folder; syncd does not upload it", True
+
+
+def _in_removed_folder(cfg: configmod.Config, path: str, *candidates: str) -> str | None:
+    """What the ledger says of a file of a folder the configuration no longer has (a
+    reload removed it, or the config was edited): its inbox path, or where its bytes went."""
+
+    def find(ledger: Ledger) -> tuple[str, Row] | None:
+        for root in ledger.counts_by_folder():
+            for candidate in candidates:
+                rel = candidate[len(root.rstrip(os.sep)) + 1 :] if _under(candidate, root) else None
+                row = ledger.latest_for_path(root, rel) if rel else ledger.at_location(root, candidate)
+                if row is not None:
+                    return root, row
+        return None
+
+    found = _look_up(cfg, find)
+    if found is None:
+        return None
+    root, row = found
+    lines = [
+        f"{quoted_path(path)}: a file of {quoted_path(root)}, a folder the configuration no longer has",
+        f"  ledger row #{row.id} ({row.uuid}): {row.state}"
+        + (f": {shown(row.last_error)}" if row.last_error else ""),
+    ]
+    if row.location is not None:
+        lines.append(f"  its bytes are at {quoted_path(row.location)}")
+    if row.state in ACTIVE_STATES:
+        lines.append(
+            "  it waits in the ledger: an upload under way when the folder was removed finishes; "
+            "the rest goes on once the folder is configured again (add it back, then reload)"
+        )
+    return "\n".join(lines)
 
 
 def _watched_folder(

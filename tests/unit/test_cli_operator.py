@@ -741,3 +741,26 @@ def test_folder_add_says_what_check_would_warn_about(cfg: Path, capsys: pytest.C
     )
     assert code == 0 and "added folder" in out
     assert "syncd: warning: " in err and "writable by group/others" in err
+
+
+def test_explain_answers_from_the_ledger_for_a_folder_no_longer_configured(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload removed a folder with files in flight: explain said "not inside any watched
+    folder; syncd does not upload it" of a file being uploaded, and "no such file" of
+    one archived, although the ledger knows both."""
+    gone = cfg.parent / "gone"
+    gone.mkdir()
+    (gone / "waiting.bin").write_bytes(b"w")
+    ledger = ledger_of(cfg)
+    waiting = add_row(ledger, gone, "waiting.bin")
+    ledger.mark_retry(waiting.id, error="folder unavailable: it is no longer configured", at=time.time() + 60)
+    archived = add_row(ledger, gone, "done.bin")
+    ledger.mark_uploaded(archived.id, sha256="ab" * 32, receipt={"remote_id": "r"})
+    ledger.mark_done(archived.id, location=str(cfg.parent / "old-archive" / "done.bin"))
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(gone / "waiting.bin"))
+    assert code == 0 and "a folder the configuration no longer has" in out, out
+    assert f"ledger row #{waiting.id}" in out and "retrying" in out and "add it back" in out
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(cfg.parent / "old-archive" / "done.bin"))
+    assert code == 0 and f"ledger row #{archived.id}" in out and "done" in out, out
