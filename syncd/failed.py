@@ -164,6 +164,25 @@ def finish_interrupted_failures(ledger: Ledger, folders: Any) -> int:
     return finished
 
 
+def forget_reason(row: Row, folder: FolderConfig) -> None:
+    """A retried file that was sent from failed_dir has left it for good: the
+    ``.error.json`` that said why it failed goes too, if it is this row's."""
+    if row.location is None or folder.failed_dir is None:
+        return
+    try:
+        root, rel = safefs.anchor(row.location + ERROR_SUFFIX, [os.fspath(folder.failed_dir)])
+        with safefs.parent(root, rel) as (dirfd, name):
+            fd = safefs.open_beneath(dirfd, name, safefs.READ_FILE_FLAGS)
+            try:
+                data = json.loads(os.pread(fd, SIDECAR_MAX, 0))
+            finally:
+                os.close(fd)
+            if isinstance(data, dict) and data.get("uuid") == row.uuid:
+                os.unlink(name, dir_fd=dirfd)
+    except (OSError, ValueError, safefs.UnsafePath):
+        pass  # gone already, or not ours: left as it is
+
+
 def recorded_reason(row: Row, folder: FolderConfig) -> str | None:
     """The reason the ``.error.json`` beside the row's failed_dir target gives: written by
     a move that finished while recording it in the ledger did not."""

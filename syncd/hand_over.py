@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from syncd import archive
+from syncd import archive, failed
 from syncd.backpressure import DiskFull
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger, Row
@@ -116,6 +116,7 @@ class HandOver:
             return exc
         with self._lock:
             self._open.pop(row.id, None)
+        failed.forget_reason(row, folder)  # a retried file sent from failed_dir: its reason goes
         if self.stuck.worked(row.folder, row.id):
             log.info("%s works again in %s", folder.after_upload, quoted_path(row.folder))
         if self.metrics is not None:

@@ -145,6 +145,7 @@ def test_malformed_sidecar_fails_its_file_and_retry_uploads_it_fixed(
     assert (up["labels"], up["category"]) == (["base", "fixed"], "OK")
     assert json.loads((s.archive() / "sub" / "a.pdf.meta.json").read_text())["category"] == "OK"
     assert not (failed / "a.pdf.meta.json").exists()
+    assert not (failed / "a.pdf.error.json").exists()  # its reason went with it (it stayed for good)
     s.invariants()
     assert s.stop() == 0
 
