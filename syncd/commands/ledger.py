@@ -62,6 +62,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _backup_ledger(path: Path, dest: Path) -> int:
+    if str(dest) == "-" or str(dest).endswith("/") or dest.is_dir():
+        print(
+            f"syncd: {dest} is not a file name: give the backup's own name (a new file)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     try:
         copy = backup(path, dest)
     except FileExistsError:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from syncd.errors import LedgerError
 from syncd.ledger import schema
-from syncd.ledger.queries import Queries
 from syncd.ledger.schema import make_private
 
 
@@ -59,10 +58,14 @@ def backup(path: Path, dest: Path) -> Backup:
         raise LedgerError(f"cannot back up {path}: {exc}") from None
     finally:
         source.close()
-    copy = Queries.open(partial, readonly=True)  # a look, no migration
+    # a look of SQLite's own, whatever the copy's schema version (no migration, no check
+    # that the read-only views could read it: an older syncd's ledger is backed up too)
+    copy = sqlite3.connect(schema.uri(partial, "mode=ro"), uri=True)
     try:
-        result = copy.integrity_check()
-        rows = sum(copy.counts().values()) if result == "ok" else 0
+        result = "; ".join(r[0] for r in copy.execute("PRAGMA integrity_check").fetchall())
+        rows = int(copy.execute("SELECT COUNT(*) FROM files").fetchone()[0]) if result == "ok" else 0
+    except sqlite3.DatabaseError as exc:
+        result, rows = str(exc), 0
     finally:
         copy.close()
         for leftover in ("-wal", "-shm"):  # the look's, empty: the copy is whole without them

@@ -16,11 +16,12 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from syncd.errors import LedgerError
+from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger.row import ACTIVE_STATES, ERROR_STATES, sql_in
 from syncd.lock import make_state_dir
 
 SCHEMA_VERSION = 7
+READABLE_FROM = 3  # the oldest schema read-only commands read without its upgrade (counts, device)
 QUICK_CHECK_MAX_BYTES = 32 * 1024 * 1024  # read-only opens quick_check ledgers up to this size
 APPLICATION_ID = 0x73796E63  # "sync"
 
@@ -228,6 +229,11 @@ def check_readable(conn: sqlite3.Connection, path: Path) -> None:
     version = check_version(conn, path)
     app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
     if version and app_id == APPLICATION_ID:
+        if version < READABLE_FROM:  # its tables lack what the read-only views ask for
+            raise LedgerUnreachable(
+                f"{path} is a ledger of an older syncd (schema {version}): the daemon upgrades it "
+                "when it starts (`systemctl restart syncd`); then this command reads it"
+            )
         return
     if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
         raise LedgerError(f"{path} holds no ledger yet (being created by a syncd starting now, or empty)")

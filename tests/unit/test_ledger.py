@@ -296,10 +296,9 @@ def test_maintained_counts_agree_with_the_rows_through_every_verb(ledger: Ledger
     assert {k: v for k, v in ledger.counts().items() if v} == totals
 
 
-def test_counts_are_built_for_a_ledger_from_an_older_schema(tmp_path: Path) -> None:
+def _schema_2_ledger(path: Path) -> None:
     from syncd.ledger import _MIGRATIONS, APPLICATION_ID
 
-    path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path)
     for version in (1, 2):  # a ledger as schema 2 left it, with rows in it
         steps = _MIGRATIONS[version]
@@ -316,6 +315,11 @@ def test_counts_are_built_for_a_ledger_from_an_older_schema(tmp_path: Path) -> N
         )
     conn.commit()
     conn.close()
+
+
+def test_counts_are_built_for_a_ledger_from_an_older_schema(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    _schema_2_ledger(path)
     again = Ledger.open(path)
     try:
         assert again.counts_by_folder() == {"/in": {"settling": 2, "done": 1, "failed": 1}}
@@ -409,3 +413,18 @@ def test_a_ledger_that_cannot_be_opened_for_a_full_disk_is_not_called_unusable(
     with pytest.raises(LedgerError, match="run `syncd ledger rebuild`") as caught:
         Ledger.open(tmp_path / "ledger.sqlite3")
     assert not isinstance(caught.value, LedgerDiskFull)
+
+
+def test_a_ledger_too_old_to_read_unmigrated_says_so_and_backs_up(tmp_path: Path) -> None:
+    """Between `pip install --upgrade` and the restart that migrates it, `syncd status`
+    on a schema-2 ledger ended in a traceback (no table counts); `ledger backup` too,
+    leaving DEST.partial. Read-only views say the daemon upgrades it; a backup works."""
+    from syncd.errors import LedgerUnreachable
+    from syncd.ledger.backup import backup
+
+    path = tmp_path / "old.sqlite3"
+    _schema_2_ledger(path)
+    with pytest.raises(LedgerUnreachable, match=r"older syncd \(schema 2\).*systemctl restart syncd"):
+        Ledger.open(path, readonly=True)
+    copy = backup(path, tmp_path / "copy.sqlite3")
+    assert copy.ok and copy.rows == 4 and not list(tmp_path.glob("*.partial"))
