@@ -4,12 +4,10 @@
 ``httpx.Client`` (with the daemon's timeouts and TLS settings), the upload
 worker pool (syncd/uploader.py), the upload helpers (syncd/offload.py) and
 the webhook, and knows which folders are usable right now. It builds them at
-start and, on SIGHUP, applies a reload (:meth:`Runtime.reload`): the new
-config is validated completely and new clients and destinations are built
-first, so a failure leaves the running configuration untouched; then folders
-are watched and released, workers resized, destinations and credentials
-swapped (upload helpers replaced; a changed destination's retries due now),
-retry settings, bandwidth limits, the webhook, metrics and logging re-set. A
+start and, on SIGHUP, applies a reload (:meth:`Runtime.reload`): the new config is
+validated and its clients and destinations built first (a failure changes nothing);
+then folders are claimed (syncd/claims.py), watched and released, workers resized,
+destinations swapped (a changed one's retries due now), and the rest re-set. A
 refused reload keeps the old config; its problem stays in STATUS until one succeeds.
 
 Two ledger records come from here: what the applied config names
@@ -34,9 +32,10 @@ import httpx
 from syncd import config as configmod
 from syncd import logs
 from syncd.circuit import REFUSED, CircuitState
+from syncd.claims import FolderClaims
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
-from syncd.errors import ConfigError, Problem
+from syncd.errors import ConfigError, LockedError, Problem
 from syncd.ledger import Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
@@ -105,6 +104,9 @@ class Runtime:
         # clients of earlier configs, each with the uploads in flight when it was replaced
         self._retired: list[tuple[httpx.Client, set[int], float]] = []  # and when (monotonic)
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
+        self.claims = FolderClaims()  # one syncd per watched folder (syncd/claims.py)
+        if held := self.claims.take(self.folders):
+            raise LockedError("; ".join(f"folder {quoted_path(root)}: {why}" for root, why in held.items()))
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         # files waiting per destination the config no longer has (a status problem)
         self.lost: dict[str, int] = {}
@@ -149,16 +151,10 @@ class Runtime:
         recovery has requeued interrupted uploads) and after every reload."""
         self.repoint_replaced()
         for root, folder in self.folders.items():
-            n = self.ledger.retarget_settling(
-                root, destination=folder.destination, labels=folder.labels, category=folder.category
-            )
-            if n:
-                log.info(
-                    "%d settling file(s) of %s go to %r with the folder's labels as now configured",
-                    n,
-                    quoted_path(root),
-                    folder.destination,
-                )
+            dest, labels, category = folder.destination, folder.labels, folder.category
+            if n := self.ledger.retarget_settling(root, destination=dest, labels=labels, category=category):
+                said = "%d settling file(s) of %s go to %r with the folder's labels as now configured"
+                log.info(said, n, quoted_path(root), dest)
         self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
         for name, n in self.lost.items():
             log.warning(
@@ -202,15 +198,9 @@ class Runtime:
         moved = 0
         for name, dest in self.cfg.destinations.items():
             for old in dest.replaces:
-                n = self.ledger.repoint(old, name)
-                if n:
-                    log.info(
-                        "%d file(s) queued for destination %r now go to %r (destinations.%s.replaces)",
-                        n,
-                        old,
-                        name,
-                        name,
-                    )
+                if n := self.ledger.repoint(old, name):
+                    said = "%d file(s) queued for destination %r now go to %r (destinations.%s.replaces)"
+                    log.info(said, n, old, name, name)
                 moved += n
         if moved:
             self.uploader.wake()
@@ -223,6 +213,7 @@ class Runtime:
         self.client, self.destinations = client, destinations
         for root in set(self.folders) - {os.fspath(f.path) for f in cfg.folders}:
             self.metrics.forget_folder(root)
+            self.claims.release([root])
         self.folders = {os.fspath(f.path): f for f in cfg.folders}
         self.cfg = cfg
         uploader = self.uploader
@@ -282,6 +273,8 @@ class Runtime:
                 raise ConfigError(
                     [Problem("daemon.state_dir", "cannot change while syncd runs; restart syncd")], str(path)
                 )
+            if held := self.claims.take(os.fspath(f.path) for f in new.folders):
+                raise ConfigError([Problem(f"folders: {root}", why) for root, why in held.items()], str(path))
             self.apply(new)
         except ConfigError as exc:
             return self._refuse(began, str(exc.problems[0]), str(exc), announce)
@@ -320,10 +313,10 @@ class Runtime:
 
     def folder_problem(self, root: str) -> str | None:
         """Why the folder ``root`` cannot be used right now (checked now), or None."""
-        if self.watch:
-            return self.watcher.problem(root)
         folder = self.folders.get(root)
-        return "not configured" if folder is None else probe(folder)[0]
+        if folder is None:
+            return "not configured"
+        return (self.watcher.problem(root) if self.watch else probe(folder)[0]) or self.claims.problem(root)
 
     def usable_folders(self) -> dict[str, Any]:
         """The folders whose files may be judged now (settle skips the others).
@@ -348,6 +341,7 @@ class Runtime:
         if self.webhook is not None:
             self.webhook.close()
         self.offload.close()
+        self.claims.release()
         self.client.close()
         for client, _, _ in self._retired:
             client.close()
