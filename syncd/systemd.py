@@ -123,12 +123,23 @@ def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     )
     r.add_argument(
         "--timeout",
-        type=float,
+        type=_wait_seconds,
         default=60.0,
         metavar="SECONDS",
         help="give up after this long (default 60; exit 1)",
     )
     r.add_argument("--no-wait", action="store_true", help="send SIGHUP and return at once")
+
+
+def _wait_seconds(text: str) -> float:
+    """A wait for ``reload --timeout``: 0 (do not wait) up to a day; not -1, inf or nan."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    return value
 
 
 def cmd_unit(args: argparse.Namespace) -> int:

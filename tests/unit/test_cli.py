@@ -293,3 +293,11 @@ def test_ctrl_c_while_syncd_starts_is_exit_130_without_a_traceback(cfg: Path) ->
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and b"Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan", "1e9"])
+def test_reload_timeout_is_a_bounded_number_of_seconds(
+    cfg: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    code, _, err = run(capsys, "-c", str(cfg), "reload", "--timeout", value)
+    assert code == 2 and "expected seconds from 0 to 86400" in err
