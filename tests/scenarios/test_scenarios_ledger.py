@@ -376,7 +376,7 @@ def test_f25_a_rebuild_killed_half_way_is_started_over_and_blocks_the_daemon(
     _once(s)
     assert s.counts() == {"done": n}
     crash = subprocess.run(
-        [sys.executable, "-m", "syncd", "-c", str(s.config), "ledger", "rebuild"],
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "ledger", "rebuild", "--force"],
         capture_output=True,
         text=True,
         env={**s.env(), "SYNCD_CRASH_AT": "ledger.salvage:1"},
@@ -387,7 +387,7 @@ def test_f25_a_rebuild_killed_half_way_is_started_over_and_blocks_the_daemon(
     proc = s.start("once")
     assert proc.wait(60) == 4
     assert "a `syncd ledger rebuild` was interrupted" in s.log_text()
-    out = s.cli("ledger", "rebuild")
+    out = s.cli("ledger", "rebuild")  # no --force: the interrupted one is finished
     assert out.returncode == 0, out.stderr
     assert "an interrupted rebuild was started over from ledger.sqlite3.broken-" in out.stdout
     assert f"copied {n} row(s) from the damaged ledger ({n} done)" in out.stdout, out.stdout
