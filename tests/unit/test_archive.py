@@ -430,6 +430,7 @@ def _ino(path: Path) -> int:
 def test_a_file_of_syncds_own_user_is_linked(tmp_path: Path, ledger: Ledger, leases: None) -> None:
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"alone")
+    (tmp_path / "inbox" / "a.txt").chmod(0o644)  # whatever the umask: no one else may write it
     inode = _ino(tmp_path / "inbox" / "a.txt")
     archive.finish(ledger, row, folder)
     assert _ino(tmp_path / "archive" / "inbox" / "a.txt") == inode  # no copy needed
