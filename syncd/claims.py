@@ -1,22 +1,25 @@
-"""One syncd per watched folder: a claim (``flock``) on each folder's directory.
+"""One syncd per watched folder: a claim on each folder, which the kernel drops with its holder.
 
 Two daemons with different state directories watching the same inbox each
 upload every file (about twice the traffic, two archives racing for each
 file, each ledger wrong about where files went), and nothing said so: the
 state directory's lock (syncd/lock.py) covers one state directory only. So
-each daemon, ``syncd once`` included, holds an exclusive ``flock`` on an open
-descriptor of every watched folder it uses; the kernel drops it when the
-process ends, SIGKILL included, so a claim never outlives its holder. A
-folder another syncd holds stops the start (exit 3, like the state lock) or
-refuses the reload that adds it; one that appears later is unusable while
-held (the files wait). Nothing is written into the folder.
+each daemon, ``syncd once`` included, binds an abstract Unix socket named after
+each watched folder's device and inode (``@syncd-folder-DEV-INO``): the name
+is the host's (its network namespace's), shared by every config and state
+directory, and freed when the process ends, SIGKILL included. Nothing is
+written into the folder and nothing is held open on it (an open descriptor
+of the folder would keep its share from being unmounted). A folder another
+syncd holds stops the start (exit 3, like the state lock) or refuses the
+reload that adds it; one that appears later is unusable while held (the
+files wait). Two hosts sharing an inbox over the network are not seen.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
+import socket
 from collections.abc import Iterable
 
 HELD = (
@@ -29,12 +32,12 @@ class FolderClaims:
     """The claims this process holds, by folder root."""
 
     def __init__(self) -> None:
-        self._held: dict[str, tuple[int, tuple[int, int]]] = {}  # root -> (fd, (dev, ino))
+        self._held: dict[str, tuple[socket.socket, tuple[int, int]]] = {}  # root -> (claim, (dev, ino))
 
     def problem(self, root: str) -> str | None:
         """None while this process holds ``root`` (claimed now if need be, and again if the
         folder was replaced or remounted); :data:`HELD` while another syncd does. A folder
-        that is not there, or a file system without ``flock``, is not a claim's to refuse."""
+        that is not there is not a claim's to refuse."""
         try:
             st = os.stat(root)
         except OSError:
@@ -43,16 +46,13 @@ class FolderClaims:
         if held is not None and held[1] == (st.st_dev, st.st_ino):
             return None
         self.release([root])
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None  # not listable: the folder's own checks say so
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            claim.bind(b"\0syncd-folder-%x-%x" % (st.st_dev, st.st_ino))
         except OSError as exc:
-            os.close(fd)
-            return HELD if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-        self._held[root] = (fd, (st.st_dev, st.st_ino))
+            claim.close()
+            return HELD if exc.errno == errno.EADDRINUSE else None
+        self._held[root] = (claim, (st.st_dev, st.st_ino))
         return None
 
     def take(self, roots: Iterable[str]) -> dict[str, str]:
@@ -64,4 +64,4 @@ class FolderClaims:
         for root in list(self._held) if roots is None else list(roots):
             held = self._held.pop(root, None)
             if held is not None:
-                os.close(held[0])
+                held[0].close()

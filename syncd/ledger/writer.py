@@ -102,9 +102,11 @@ class Writer:
             try:
                 if readonly:
                     schema.check_readable(conn, path)
-                else:
-                    for statements in schema.pending_migrations(conn, path):
-                        with ledger._write(durable=True):
+                elif pending := schema.pending_migrations(conn, path):
+                    # one transaction for them all: a reader (`syncd status` while syncd starts)
+                    # sees the schema before or after, never a step on the way
+                    with ledger._write(durable=True):
+                        for statements in pending:
                             for statement in statements:
                                 conn.execute(statement)
             except BaseException:

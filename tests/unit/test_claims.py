@@ -1,4 +1,4 @@
-"""syncd.claims: one syncd per watched folder, by a flock on the folder's directory."""
+"""syncd.claims: one syncd per watched folder (an abstract socket named after the folder)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def test_a_folder_held_by_another_claim_is_refused_until_released(tmp_path: Path
     assert first.problem(str(inbox)) == HELD
     second.release()
     assert first.problem(str(inbox)) is None
+    first.release()
 
 
 def test_a_folder_replaced_under_its_claim_is_claimed_again(tmp_path: Path) -> None:
