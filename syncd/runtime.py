@@ -6,7 +6,7 @@ worker pool (syncd/uploader.py), the upload helpers (syncd/offload.py) and
 the webhook, and knows which folders are usable right now. It builds them at
 start and, on SIGHUP, applies a reload (:meth:`Runtime.reload`): the new config is
 validated and its clients and destinations built first (a failure changes nothing);
-then folders are claimed (syncd/claims.py), watched and released, workers resized,
+then folders are watched and released, workers resized,
 destinations swapped (a changed one's retries due now), and the rest re-set. A
 refused reload keeps the old config; its problem stays in STATUS until one succeeds.
 
@@ -32,10 +32,9 @@ import httpx
 from syncd import config as configmod
 from syncd import logs
 from syncd.circuit import REFUSED, CircuitState
-from syncd.claims import FolderClaims
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
-from syncd.errors import ConfigError, LockedError, Problem
+from syncd.errors import ConfigError, Problem
 from syncd.ledger import Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
@@ -104,9 +103,6 @@ class Runtime:
         # clients of earlier configs, each with the uploads in flight when it was replaced
         self._retired: list[tuple[httpx.Client, set[int], float]] = []  # and when (monotonic)
         self.folders: dict[str, Any] = {os.fspath(f.path): f for f in cfg.folders}
-        self.claims = FolderClaims()  # one syncd per watched folder (syncd/claims.py)
-        if held := self.claims.take(self.folders):
-            raise LockedError("; ".join(f"folder {quoted_path(root)}: {why}" for root, why in held.items()))
         self.reload_problem: str | None = None  # the first problem of the last refused reload
         # files waiting per destination the config no longer has (a status problem)
         self.lost: dict[str, int] = {}
@@ -213,7 +209,6 @@ class Runtime:
         self.client, self.destinations = client, destinations
         for root in set(self.folders) - {os.fspath(f.path) for f in cfg.folders}:
             self.metrics.forget_folder(root)
-            self.claims.release([root])
         self.folders = {os.fspath(f.path): f for f in cfg.folders}
         self.cfg = cfg
         uploader = self.uploader
@@ -273,8 +268,6 @@ class Runtime:
                 raise ConfigError(
                     [Problem("daemon.state_dir", "cannot change while syncd runs; restart syncd")], str(path)
                 )
-            if held := self.claims.take(os.fspath(f.path) for f in new.folders):
-                raise ConfigError([Problem(f"folders: {root}", why) for root, why in held.items()], str(path))
             self.apply(new)
         except ConfigError as exc:
             return self._refuse(began, str(exc.problems[0]), str(exc), announce)
@@ -313,10 +306,10 @@ class Runtime:
 
     def folder_problem(self, root: str) -> str | None:
         """Why the folder ``root`` cannot be used right now (checked now), or None."""
+        if self.watch:
+            return self.watcher.problem(root)
         folder = self.folders.get(root)
-        if folder is None:
-            return "not configured"
-        return (self.watcher.problem(root) if self.watch else probe(folder)[0]) or self.claims.problem(root)
+        return "not configured" if folder is None else probe(folder)[0]
 
     def usable_folders(self) -> dict[str, Any]:
         """The folders whose files may be judged now (settle skips the others).
@@ -341,7 +334,6 @@ class Runtime:
         if self.webhook is not None:
             self.webhook.close()
         self.offload.close()
-        self.claims.release()
         self.client.close()
         for client, _, _ in self._retired:
             client.close()

@@ -132,13 +132,14 @@ def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _wait_seconds(text: str) -> float:
-    """A wait for ``reload --timeout``: 0 (do not wait) up to a day; not -1, inf or nan."""
+    """A wait for ``reload --timeout``: above 0 up to a day (``--no-wait`` does not wait);
+    not -1, inf or nan."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, up to 86400, got {text!r}")
     return value
 
 

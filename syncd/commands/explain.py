@@ -96,7 +96,8 @@ def _in_removed_folder(cfg: configmod.Config, path: str, *candidates: str) -> st
     reload removed it, or the config was edited): its inbox path, or where its bytes went."""
 
     def find(ledger: Ledger) -> tuple[str, Row] | None:
-        for root in ledger.counts_by_folder():
+        configured = {os.fspath(f.path) for f in cfg.folders}
+        for root in set(ledger.counts_by_folder()) - configured:
             for candidate in candidates:
                 rel = candidate[len(root.rstrip(os.sep)) + 1 :] if _under(candidate, root) else None
                 row = ledger.latest_for_path(root, rel) if rel else ledger.at_location(root, candidate)

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from syncd.commands.common import EXIT_CONFIG, EXIT_LEDGER, EXIT_OK
+from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_LEDGER, EXIT_OK
 from syncd.commands.common import load as _load
-from syncd.errors import LedgerError
+from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger import Ledger, backup
 from syncd.ledger.salvage import rebuild, rebuilding_marker
 
@@ -39,7 +39,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.ledger_command == "backup":
         return _backup_ledger(path, Path(args.dest))
     with StateLock(Path(cfg.daemon.state_dir)):
-        if not args.force and _healthy(path):
+        try:
+            healthy = _healthy(path)
+        except LedgerUnreachable as exc:  # fine, but out of reach now: nothing to rebuild
+            print(f"syncd: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if not args.force and healthy:
             print(
                 f"syncd: the ledger {path} passes its integrity check: nothing to rebuild (a rebuild "
                 "keeps only the rows of finished files; run `syncd ledger rebuild --force` to do it "
@@ -90,6 +95,8 @@ def _healthy(path: Path) -> bool:
         return False
     try:
         ledger = Ledger.open(path, readonly=True)
+    except LedgerUnreachable:
+        raise
     except LedgerError:
         return False
     try:

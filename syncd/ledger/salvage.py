@@ -196,11 +196,10 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     the damaged ledger it names, dropping the partial one.
     """
     marker = rebuilding_marker(path)
-    resumed = marker.exists()
-    if resumed:
-        broken = Path(marker.read_text(encoding="utf-8").strip())
-    else:
-        broken = Path(f"{path}.broken-{stamp}")
+    named = _named_in(marker, path)
+    resumed = named is not None
+    broken = named or Path(f"{path}.broken-{stamp}")
+    if not resumed:  # no marker, or one cut short as it was written: nothing was moved yet
         _write_durably(marker, str(broken))
     if resumed and broken.exists() and path.exists():
         # the new ledger is made only once every file of the old one was moved aside:
@@ -226,13 +225,27 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     return Rebuilt(moved, salvaged, broken if resumed else None)
 
 
+def _named_in(marker: Path, path: Path) -> Path | None:
+    """The damaged ledger a rebuild's marker names: ``PATH.broken-STAMP`` beside ``path``;
+    None without a marker, or with one that names nothing such (never trusted further)."""
+    try:
+        named = marker.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    ok = named.startswith(f"{path}.broken-") and "/" not in named[len(str(path)) :]
+    return Path(named) if ok else None
+
+
 def _write_durably(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    """``text`` at ``path``, whole or not at all: written to a temp name, fsynced, renamed."""
+    tmp = Path(f"{path}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, text.encode("utf-8"))
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 

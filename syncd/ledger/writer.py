@@ -39,10 +39,12 @@ def out_of_reach(path: Path, readonly: bool = False) -> str | None:
             return "the file system holding it is mounted read-only (an I/O error may do that: see dmesg)"
     except OSError:
         return None
-    wants = os.R_OK if readonly else os.R_OK | os.W_OK
+    # a read-only look still creates the WAL's index (-shm) beside the ledger if it is not there
+    shm = Path(f"{path}-shm").exists()
     for what, place in (("directory", path.parent), ("file", path)):
+        wants = os.R_OK if readonly and (shm or what == "file") else os.R_OK | os.W_OK
         if place.exists() and not os.access(place, wants | (os.X_OK if what == "directory" else 0)):
-            able = "readable" if readonly else "writable"
+            able = "readable" if wants == os.R_OK else "writable"
             return f"its {what} {place} is not {able} by this user (uid {os.geteuid()})"
     return None
 

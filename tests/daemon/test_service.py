@@ -731,36 +731,6 @@ def test_inotify_limit_falls_back_to_polling(
 
 
 @pytest.mark.process
-def test_a_second_syncd_on_the_same_inbox_is_refused(make_setup: Callable[..., Setup]) -> None:
-    """Two daemons with their own state directories on one inbox uploaded nearly every
-    file twice, each ledger wrong about where files went, and nothing said so. The
-    second (run or once) now stops at once (exit 3), and a reload that would add a
-    folder another syncd holds is refused."""
-    s = make_setup(folders=[{"name": "in"}])
-    s.start()
-    s.wait_started(60)
-    other = s.tmp / "other.toml"
-    other.write_text(s.config.read_text().replace('state_dir = "state"', 'state_dir = "state2"'))
-    other.chmod(0o600)
-    assert 'state_dir = "state2"' in other.read_text()
-    for command in ("once", "run"):
-        out = subprocess.run(
-            [sys.executable, "-m", "syncd", "-c", str(other), command],
-            capture_output=True,
-            text=True,
-            env=s.env(),
-            cwd=s.tmp,
-            timeout=60,
-        )
-        assert out.returncode == 3, out.stderr
-        assert "another syncd already watches this folder" in out.stderr and str(s.inbox()) in out.stderr
-    s.drop("a.txt", b"once only")
-    wait_until(lambda: s.all_done(1), 30, what="the file, by the first daemon")
-    assert len(s.emulator.uploads()) == 1
-    assert s.stop() == 0
-
-
-@pytest.mark.process
 def test_a_state_dir_on_a_read_only_file_system_is_not_a_damaged_ledger(
     make_setup: Callable[..., Setup], tmp_path: Path
 ) -> None:

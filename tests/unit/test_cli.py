@@ -295,9 +295,22 @@ def test_ctrl_c_while_syncd_starts_is_exit_130_without_a_traceback(cfg: Path) ->
     assert proc.returncode == 130 and b"Traceback" not in err, err
 
 
-@pytest.mark.parametrize("value", ["-1", "inf", "nan", "1e9"])
+@pytest.mark.parametrize("value", ["-1", "0", "inf", "nan", "1e9"])
 def test_reload_timeout_is_a_bounded_number_of_seconds(
     cfg: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
     code, _, err = run(capsys, "-c", str(cfg), "reload", "--timeout", value)
-    assert code == 2 and "expected seconds from 0 to 86400" in err
+    assert code == 2 and "expected seconds above 0, up to 86400" in err
+
+
+def test_a_ledger_only_out_of_reach_is_not_rebuilt(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ledger of an older syncd (read-only views cannot read it unmigrated) is fine: the
+    rebuild went ahead and dropped its unfinished rows."""
+    from tests.unit.test_ledger import _schema_2_ledger
+
+    state = cfg.parent / "state"
+    state.mkdir()
+    _schema_2_ledger(state / "ledger.sqlite3")
+    code, _, err = run(capsys, "-c", str(cfg), "ledger", "rebuild")
+    assert code == 1 and "older syncd (schema 2)" in err
+    assert not [p for p in state.iterdir() if ".broken-" in p.name]

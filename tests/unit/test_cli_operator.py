@@ -764,3 +764,10 @@ def test_explain_answers_from_the_ledger_for_a_folder_no_longer_configured(
     assert f"ledger row #{waiting.id}" in out and "retrying" in out and "add it back" in out
     code, out, _ = run(capsys, "-c", str(cfg), "explain", str(cfg.parent / "old-archive" / "done.bin"))
     assert code == 0 and f"ledger row #{archived.id}" in out and "done" in out, out
+    ledger = ledger_of(cfg)  # a configured folder's file in its old archive is not a removed folder's
+    kept = add_row(ledger, cfg.parent / "inbox", "kept.bin")
+    ledger.mark_uploaded(kept.id, sha256="cd" * 32, receipt={"remote_id": "k"})
+    ledger.mark_done(kept.id, location=str(cfg.parent / "older-archive" / "kept.bin"))
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(cfg.parent / "older-archive" / "kept.bin"))
+    assert "no longer has" not in out

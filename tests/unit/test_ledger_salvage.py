@@ -188,8 +188,8 @@ class _Killed(BaseException):
 
 
 def _kill_at_replace(monkeypatch: Any, nth: int) -> None:
-    """The ``nth`` os.replace of the rebuild (moving the damaged ledger's files aside)
-    is where it dies."""
+    """The ``nth`` os.replace of the rebuild is where it dies: the first puts the marker
+    in place, the next ones move the damaged ledger's files aside."""
     real, calls = os.replace, []
 
     def replace(a: Any, b: Any) -> None:
@@ -208,7 +208,7 @@ def test_a_rebuild_killed_before_moving_the_ledger_loses_nothing(
     still at the path for its own partial one and deleted it."""
     path = tmp_path / "ledger.sqlite3"
     _ledger_with_history(path)
-    _kill_at_replace(monkeypatch, 1)
+    _kill_at_replace(monkeypatch, 2)
     with pytest.raises(_Killed):
         rebuild(path, "ONE", Ledger)
     monkeypatch.undo()
@@ -241,9 +241,24 @@ def test_a_rebuild_killed_between_the_ledger_and_its_wal_keeps_the_wal(
     keep.close()
     path = snapshot / path.name
     assert Path(f"{path}-wal").stat().st_size > 0
-    _kill_at_replace(monkeypatch, 2)
+    _kill_at_replace(monkeypatch, 3)
     with pytest.raises(_Killed):
         rebuild(path, "ONE", Ledger)
     monkeypatch.undo()
     rebuilt = rebuild(path, "TWO", Ledger)
     assert rebuilt.salvaged is not None and rebuilt.salvaged.copied["done"] == 1001
+
+
+def test_a_marker_cut_short_as_it_was_written_never_costs_the_ledger(tmp_path: Path) -> None:
+    """A rebuild killed (or out of space) while it wrote its marker left it empty: the
+    next rebuild read it as '.', took the ledger at the path for a partial one and
+    deleted it. A marker that names no broken-* file beside the ledger is not trusted."""
+    path = tmp_path / "ledger.sqlite3"
+    _ledger_with_history(path)
+    for junk in ("", "/etc/passwd", f"{path}.broken-x/../../etc"):
+        salvage.rebuilding_marker(path).write_text(junk)
+        assert salvage._named_in(salvage.rebuilding_marker(path), path) is None
+    rebuilt = rebuild(path, "TWO", Ledger)
+    assert rebuilt.resumed is None and rebuilt.salvaged is not None
+    assert rebuilt.salvaged.copied == {"done": 1000, "failed": 1000}
+    assert Path(f"{path}.broken-TWO").exists() and not salvage.rebuilding_marker(path).exists()
