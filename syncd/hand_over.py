@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from syncd.retry_policy import RetryPolicy
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
-OPEN_SAID_MAX = 10_000  # rows remembered as said to be held open (each said once)
+OPEN_SAID_MAX = 10_000  # rows said (at warning level) to be held open; the rest at debug level
 
 
 class HandOver:
@@ -75,8 +75,7 @@ class HandOver:
         except StillOpen as exc:  # the file's own reason: no folder problem
             with self._lock:
                 first = row.id not in self._open and len(self._open) < OPEN_SAID_MAX
-                if first:
-                    self._open[row.id] = row.folder
+                self._open[row.id] = row.folder  # every one counted (`once` leaves them all)
             (log.warning if first else log.debug)(
                 "uploaded %s, but a process still has it open for writing: it is %s once it is "
                 "closed (new bytes written meanwhile are a new version, uploaded on their own)",
