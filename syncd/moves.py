@@ -75,7 +75,7 @@ class StillOpen(OSError):
 def refuse_if_written(src: Held) -> None:
     """Raise :class:`StillOpen` while a process has the file open for writing, where the
     kernel says (syncd's own files, or any with ``CAP_LEASE``: :mod:`syncd.writers`)."""
-    if writers.held_for_writing(src.fd):
+    if writers.held_for_writing(src.fd, src.st.st_dev):  # the file system's type looked up once
         raise StillOpen(errno.EBUSY, "a process still has it open for writing")
 
 
