@@ -35,7 +35,7 @@ from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
-from syncd.ledger import Ledger, State
+from syncd.ledger import ACTIVE_STATES, Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
 from syncd.logs import quoted_path
@@ -151,6 +151,10 @@ class Runtime:
             if n := self.ledger.retarget_settling(root, destination=dest, labels=labels, category=category):
                 said = "%d settling file(s) of %s go to %r with the folder's labels as now configured"
                 log.info(said, n, quoted_path(root), dest)
+        for root, counts in self.ledger.counts_by_folder().items():
+            if root not in self.folders and (n := sum(counts.get(s, 0) for s in ACTIVE_STATES)):
+                said = "%d file(s) of %s, a folder the configuration no longer has, wait for it to be again"
+                log.warning(said, n, quoted_path(root))
         self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
         for name, n in self.lost.items():
             log.warning(

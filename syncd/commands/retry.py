@@ -39,9 +39,10 @@ def where_now(ledger: Ledger, cfg: Config, row: Row) -> tuple[Row, str]:
     """``row`` as requeued, and what to say of it: a destination the config no longer has
     (nor any ``replaces``: the daemon hands such files over) gives way to its folder's."""
     known = set(cfg.destinations).union(*(d.replaces for d in cfg.destinations.values()))
-    if row.destination in known:
-        return row, ""
     folder = next((f for f in cfg.folders if os.fspath(f.path) == row.folder), None)
+    if row.destination in known:
+        away = f" (it waits: its folder {quoted_path(row.folder)} is no longer configured)"
+        return row, "" if folder is not None else away
     gone = f"{row.destination!r} is no longer configured"
     if folder is None or not ledger.retarget(
         row.id, destination=folder.destination, labels=folder.labels, category=folder.category

@@ -771,3 +771,14 @@ def test_explain_answers_from_the_ledger_for_a_folder_no_longer_configured(
     ledger.close()
     code, out, _ = run(capsys, "-c", str(cfg), "explain", str(cfg.parent / "older-archive" / "kept.bin"))
     assert "no longer has" not in out
+
+
+def test_retry_of_a_file_whose_folder_is_gone_says_it_waits(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = cfg.parent / "gone"
+    ledger = ledger_of(cfg)
+    row = failed_row(ledger, gone, "a.txt")
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "retry", str(row.id))
+    assert code == 0 and f"its folder '{gone}' is no longer configured" in out, out

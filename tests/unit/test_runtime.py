@@ -222,3 +222,26 @@ def test_a_replaced_client_outlives_the_uploads_and_the_probes_that_may_use_it(
     runtime.uploader.join(10)
     runtime.close()
     ledger.close()
+
+
+def test_files_waiting_for_a_folder_the_config_lost_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload that removes a folder with files on their way said nothing of them (it did
+    of a removed destination's): they wait until the folder is configured again."""
+    _, path = _config(tmp_path, monkeypatch, CONFIG.format(name="lilt"))
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    gone = tmp_path / "gone"
+    for i in range(2):
+        _queued(ledger, gone, f"g{i}.txt", "lilt")
+    with caplog.at_level(logging.WARNING, logger="syncd.runtime"):
+        runtime = _runtime(path, ledger)
+        runtime.reroute()
+    runtime.close()
+    said = [
+        r.getMessage() for r in caplog.records if "folder the configuration no longer has" in r.getMessage()
+    ]
+    assert said == [
+        f"2 file(s) of '{gone}', a folder the configuration no longer has, wait for it to be again"
+    ]
+    ledger.close()
