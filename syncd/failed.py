@@ -110,14 +110,19 @@ def _move_metadata_sidecar(
         return  # a file retried from failed_dir has its sidecar beside it already
     path = metadata.sidecar_path(row.inbox_path)
     info = (row.meta or {}).get("sidecar") or {}
+    identity = (info.get("device"), info.get("inode"))
+
+    def ours(st: os.stat_result) -> bool:
+        return metadata.sidecar_identity_matches(st, info) if info else (st.st_dev, st.st_ino) == identity
+
     try:
-        found = recover_aside(  # renamed aside by a move a crash cut short
-            path,
-            roots(row, folder),
-            info.get("device"),
-            info.get("inode"),
-            lambda st: metadata.sidecar_identity_matches(st, info),
-        )
+        if not info and row.sidecar_path:  # never read (malformed): the link a crash left tells it
+            placed_st = safefs.lstat(*safefs.anchor(row.sidecar_path, [failed_root]))
+            identity = (placed_st.st_dev, placed_st.st_ino)
+    except (OSError, safefs.UnsafePath):
+        pass
+    try:
+        found = recover_aside(path, roots(row, folder), *identity, ours)  # a move a crash cut short
         with opened(found or path, roots(row, folder), None) as src:
             if src is None:
                 return

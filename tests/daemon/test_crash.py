@@ -89,7 +89,9 @@ def test_a_crash_with_the_name_renamed_aside_loses_no_new_version(tmp_path: Path
         s.close()
 
 
-@pytest.mark.parametrize("spec", ["archive.renamed_aside:1", "ledger.archive_target:1"])
+@pytest.mark.parametrize(
+    "spec", ["archive.renamed_aside:1", "archive.renamed_aside:2", "ledger.archive_target:1"]
+)
 def test_a_crash_in_the_move_to_failed_dir_is_finished_with_its_reason(tmp_path: Path, spec: str) -> None:
     """A file that fails (a malformed sidecar) and a crash in its move to failed_dir:
     with the name renamed aside, the aside file was left in the inbox for good; with
