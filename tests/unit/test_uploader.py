@@ -469,6 +469,20 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     assert backoff(1, 2.0, 60.0, rng, retry_after=10_000) == 60.0
 
 
+def _archive_fails(monkeypatch: pytest.MonkeyPatch, error: OSError) -> list[int]:
+    """Every archive move raises ``error``; the ids of the rows tried, in order."""
+    from syncd import archive
+
+    calls: list[int] = []
+
+    def fail(*args: Any, **kw: Any) -> None:
+        calls.append(args[1].id)
+        raise error
+
+    monkeypatch.setattr(archive, "finish", fail)
+    return calls
+
+
 def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     setup: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
@@ -481,13 +495,8 @@ def test_a_folder_whose_archive_keeps_failing_is_tried_once_a_sweep(
     from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    real_finish, calls = archive.finish, []
-
-    def read_only(*args: Any, **kw: Any) -> None:
-        calls.append(args[1].id)
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(archive, "finish", read_only)
+    real_finish = archive.finish
+    calls = _archive_fails(monkeypatch, OSError(errno.EROFS, "Read-only file system"))
     for i in range(5):
         drop(f"f{i}.txt")
     with caplog.at_level("DEBUG", logger="syncd.uploader"):
@@ -519,13 +528,8 @@ def test_a_full_archive_holds_only_its_uploaded_files_and_is_tried_once_a_sweep(
     from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    real_finish, calls = archive.finish, []
-
-    def full(*args: Any, **kw: Any) -> None:
-        calls.append(args[1].id)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(archive, "finish", full)
+    real_finish = archive.finish
+    calls = _archive_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     for i in range(4):
         drop(f"f{i}.txt")
     for _ in range(4):
