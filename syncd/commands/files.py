@@ -84,6 +84,7 @@ def _show_receipt(args: argparse.Namespace) -> int:
     """``syncd files --receipt ID``: the row's receipt, with the URLs its destination keeps
     sealed (signed download URLs, private-video tokens) opened with the secret in the config."""
     from syncd.destinations import REGISTRY
+    from syncd.destinations._receipts import SEALED_KEY
 
     cfg = load(args)  # with secrets: a seal opens only with the destination's own secret
     ledger = open_ledger(cfg)
@@ -108,6 +109,12 @@ def _show_receipt(args: argparse.Namespace) -> int:
             receipt = reveal(dest.options, receipt)
         except ValueError as exc:
             print(f"syncd: warning: #{args.receipt}: {exc}", file=sys.stderr)
+    elif dest is None and SEALED_KEY in receipt:
+        print(
+            f"syncd: warning: #{args.receipt}: its destination {row.destination!r} is no longer "
+            "configured, so its sealed URLs stay sealed (they open with that destination's secret)",
+            file=sys.stderr,
+        )
     print(json.dumps(receipt, indent=2, ensure_ascii=False))
     return EXIT_OK
 

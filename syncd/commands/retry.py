@@ -96,6 +96,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if left and not args.failed:
         code = EXIT_FAILED
     for r, note in moved:
+        if not os.path.lexists(r.current_path):  # deleted by hand since it failed
+            note += " (but no file is at that path now: it ends as vanished unless one is put back)"
         print(f"requeued #{r.id} {quoted_path(r.current_path)}{note}")
     if skipped:
         listed = ", ".join(f"#{r.id}" for r in skipped[:SHOW_IDS])

@@ -82,3 +82,12 @@ def test_files_receipt_shows_the_usable_download_url(make_setup: Callable[..., S
     assert httpx.get(plain["url"], timeout=20).status_code == 403
     assert s.cli("files", "--receipt", "999").returncode == 1
     s.assert_no_secret()  # the ledger and the logs still hold no signature
+    text = s.config.read_text()  # the destination renamed: its seal cannot be opened, and says so
+    name = row.destination
+    s.config.write_text(
+        text.replace(f"destinations.{name}]", f"destinations.{name}-renamed]").replace(
+            f'destination = "{name}"', f'destination = "{name}-renamed"'
+        )
+    )
+    out = s.cli("files", "--receipt", str(row.id))
+    assert out.returncode == 0 and f"its destination '{name}' is no longer configured" in out.stderr, out

@@ -782,3 +782,13 @@ def test_retry_of_a_file_whose_folder_is_gone_says_it_waits(
     ledger.close()
     code, out, _ = run(capsys, "-c", str(cfg), "retry", str(row.id))
     assert code == 0 and f"its folder '{gone}' is no longer configured" in out, out
+
+
+def test_retry_of_a_failed_file_deleted_by_hand_says_so(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = ledger_of(cfg)
+    row = failed_row(ledger, cfg.parent / "inbox", "gone.txt")  # failed where it was; no file there
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "retry", str(row.id))
+    assert code == 0 and "no file is at that path now" in out, out
