@@ -81,6 +81,10 @@ class DiskFull:
         if first and self.metrics is not None:
             self.metrics.disk_full.set(1)
 
+    def archive_full(self, folder: Any) -> bool:
+        """Whether ``folder``'s archive is one found full (its uploaded files wait)."""
+        return folder.archive_dir is not None and os.fspath(folder.archive_dir) in self.archives
+
     def describe(self) -> list[str]:
         """What is full, for the STATUS= line."""
         said = ["disk full, paused (ledger)"] if self.paused else []

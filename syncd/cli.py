@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import __version__, systemd
+from syncd.commands.argtypes import positive, seconds
 from syncd.commands.common import (  # the exit codes, also for tests and scripts
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     o.add_argument(
         "--max-wait",
-        type=functools.partial(_seconds, zero=True),
+        type=functools.partial(seconds, zero=True),
         default=RETRY_WAIT,
         metavar="SECONDS",
         help=f"wait for retries and rate limits that end within SECONDS (default "
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--watch",
         nargs="?",
-        type=_seconds,
+        type=seconds,
         const=2.0,
         metavar="SECONDS",
         help="show it again every SECONDS (default 2) until Ctrl-C, on a cleared "
@@ -121,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f = cmd("files", "list ledger rows (uploading ones with their progress)")
     f.add_argument("--state", choices=STATES, help="only rows in this state")
-    f.add_argument("--limit", type=_positive, default=None, help="at most this many rows (newest)")
+    f.add_argument("--limit", type=positive, default=None, help="at most this many rows (newest)")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.add_argument(
         "--receipt",
-        type=_positive,
+        type=positive,
         metavar="ID",
         help="the receipt of row ID as JSON, "
         "with its signed or private URLs whole (needs the destination's secret)",
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "ids",
         nargs="*",
-        type=_positive,
+        type=positive,
         default=[],
         metavar="ID",
         help="ledger row ids (exit 1 if one is not a failed row)",
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "integrity, then give it its name. Never copy ledger.sqlite3 with cp: "
         "its -wal file holds the latest commits.",
     )
-    lb.add_argument("dest", type=Path, help="the file to write (must not exist)")
+    lb.add_argument("dest", help="the file to write (must not exist)")
     systemd.add_parsers(cmd)  # unit, reload
     cmd(
         "emulate",
@@ -216,18 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
         prefix_chars="\0",
     )
     return p
-
-
-def _seconds(text: str, *, zero: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 if zero else value > 0) or value == float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds {'>= 0' if zero else '> 0'}, got {text!r}"
-        )
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,21 +280,6 @@ def _reader_gone() -> bool:
 
 
 # ----------------------------------------------------------------- helpers
-
-
-ROW_ID_MAX = (1 << 63) - 1  # SQLite's largest integer
-
-
-def _positive(text: str) -> int:
-    """A count or a ledger row id: 1 to SQLite's largest integer; ``#12`` (as `syncd files`
-    shows ids) is 12."""
-    try:
-        value = int(text.removeprefix("#"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= ROW_ID_MAX:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {ROW_ID_MAX}, got {text}")
-    return value
 
 
 def _os_error(exc: OSError) -> str:

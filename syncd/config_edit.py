@@ -20,7 +20,6 @@ import fcntl
 import logging
 import os
 import stat
-import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import tomli_w
 
+from syncd import durable
 from syncd._options import dotted
 from syncd.config import MAX_CONFIG_BYTES, loads, read_config
 from syncd.errors import ConfigError, Problem
@@ -115,7 +115,7 @@ def write_initial(path: Path, *, force: bool = False, system: bool = False) -> N
     if force and path.exists():
         # its owner and group kept, and its mode as far as owner rw, group r: a service's
         # 0640 root:syncd stays readable by syncd; nothing else may read the starter's key
-        _replace(path, text, mode=stat.S_IMODE(path.stat().st_mode) & 0o640 or 0o600)
+        durable.replace(path, text, mode=stat.S_IMODE(path.stat().st_mode) & 0o640 or 0o600)
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
@@ -124,7 +124,7 @@ def write_initial(path: Path, *, force: bool = False, system: bool = False) -> N
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    durable.fsync_dir(path.parent)
 
 
 def add_folder(
@@ -231,7 +231,7 @@ def _add_folder(
         raise ConfigError([Problem("", f"would grow past {MAX_CONFIG_BYTES // 1024} KiB, the limit")], source)
     if read_config(target)[0].decode("utf-8", "replace") != original:  # an editor saved meanwhile
         raise ConfigError([Problem("", "changed while syncd was editing it; run the command again")], source)
-    _replace(target, text)
+    durable.replace(target, text)
     notes = [str(w) for w in cfg.warnings]
     if rewritten and "#" in original:
         notes.append(f"{source}: rewritten by tomli-w; its comments were not preserved")
@@ -286,44 +286,6 @@ def _toml_value(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _toml_value(v) for k, v in value.items()}
     return value
-
-
-def _replace(path: Path, text: str, *, mode: int | None = None) -> None:
-    """Atomically replace ``path`` with ``text``.
-
-    The new file gets ``mode`` if given, else the old file's mode (0600 when
-    there was none), and the old file's owner when we are allowed to set it.
-    """
-    try:
-        st: os.stat_result | None = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if mode is None:
-                mode = stat.S_IMODE(st.st_mode) if st else 0o600
-            os.fchmod(fh.fileno(), mode)
-            if st is not None:
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["add_folder", "render", "starter_config", "write_initial"]

@@ -177,14 +177,9 @@ def forget_reason(row: Row, folder: FolderConfig) -> None:
     try:
         root, rel = safefs.anchor(row.location + ERROR_SUFFIX, [os.fspath(folder.failed_dir)])
         with safefs.parent(root, rel) as (dirfd, name):
-            fd = safefs.open_beneath(dirfd, name, safefs.READ_FILE_FLAGS)
-            try:
-                data = json.loads(os.pread(fd, SIDECAR_MAX, 0))
-            finally:
-                os.close(fd)
-            if isinstance(data, dict) and data.get("uuid") == row.uuid:
+            if _sidecar_of(dirfd, name, row):
                 os.unlink(name, dir_fd=dirfd)
-    except (OSError, ValueError, safefs.UnsafePath):
+    except (OSError, safefs.UnsafePath):
         pass  # gone already, or not ours: left as it is
 
 

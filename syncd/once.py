@@ -13,7 +13,6 @@ run says how many and exits 1.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 
@@ -74,9 +73,7 @@ def left_for_next_run(
     unarchived = {  # uploaded, in a folder whose archive is full: they wait
         root: by_folder.get(root, {}).get(State.UPLOADED, 0)
         for root, folder in folders.items()
-        if disk_full is not None
-        and folder.archive_dir is not None
-        and os.fspath(folder.archive_dir) in disk_full.archives
+        if disk_full is not None and disk_full.archive_full(folder)
     }
     for root, n in (held_open or {}).items():  # uploaded, open for writing: they wait
         if root in folders:

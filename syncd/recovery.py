@@ -50,7 +50,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import copies, failed
-from syncd.backpressure import DiskFull
 from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
 from syncd.http import RETRY_AFTER_CAP
@@ -203,7 +202,7 @@ class Recovery:
             if procedure.policy.folder_problem(root) is not None:
                 continue  # away (unmounted): its files are not gone, and wait for it
             # a stuck folder, or one whose archive is full: one file a pass, as a probe
-            stuck = root in procedure.after.stuck or _archive_full(folder, procedure.after.disk_full)
+            stuck = root in procedure.after.stuck or procedure.after.disk_full.archive_full(folder)
             after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
             while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
                 for listed in page:
@@ -312,7 +311,3 @@ class Recovery:
                 reined.settling,
             )
             self.uploader.wake()
-
-
-def _archive_full(folder: Any, disk_full: DiskFull) -> bool:
-    return folder.archive_dir is not None and os.fspath(folder.archive_dir) in disk_full.archives

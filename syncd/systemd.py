@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from syncd.commands.argtypes import wait_seconds
 from syncd.errors import ConfigError
 from syncd.lock import LOCK_NAME, holder_pid
 from syncd.secrets import Secret
@@ -123,24 +124,12 @@ def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     )
     r.add_argument(
         "--timeout",
-        type=_wait_seconds,
+        type=wait_seconds,
         default=60.0,
         metavar="SECONDS",
         help="give up after this long (default 60; exit 1)",
     )
     r.add_argument("--no-wait", action="store_true", help="send SIGHUP and return at once")
-
-
-def _wait_seconds(text: str) -> float:
-    """A wait for ``reload --timeout``: above 0 up to a day (``--no-wait`` does not wait);
-    not -1, inf or nan."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected seconds above 0, up to 86400, got {text!r}")
-    return value
 
 
 def cmd_unit(args: argparse.Namespace) -> int:

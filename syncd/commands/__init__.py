@@ -5,5 +5,5 @@ the commands share (exit codes, loading the config or, when it is broken,
 what the ledger remembers of the last good one, and safe text);
 :mod:`.status` is `status` and `files`, :mod:`.explain` is `explain`,
 :mod:`.configure` is `check`, `init` and `folder add`, :mod:`.retry` is
-`retry`.
+`retry`; :mod:`.argtypes` holds the command line's number arguments.
 """

@@ -37,7 +37,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         print(f"{path}: {result}")
         return EXIT_OK if result == "ok" else EXIT_LEDGER
     if args.ledger_command == "backup":
-        return _backup_ledger(path, Path(args.dest))
+        return _backup_ledger(path, args.dest)
     with StateLock(Path(cfg.daemon.state_dir)):
         try:
             healthy = _healthy(path)
@@ -66,8 +66,9 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _backup_ledger(path: Path, dest: Path) -> int:
-    if str(dest) == "-" or str(dest).endswith("/") or dest.is_dir():
+def _backup_ledger(path: Path, given: str) -> int:
+    dest = Path(given)  # (which drops a trailing slash: looked at in ``given``)
+    if given == "-" or given.endswith("/") or dest.is_dir():
         print(
             f"syncd: {dest} is not a file name: give the backup's own name (a new file)",
             file=sys.stderr,

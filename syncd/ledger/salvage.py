@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd import durable
 from syncd.ledger import schema
 from syncd.ledger.row import State
 from syncd.ledger.transitions import Transitions
@@ -200,7 +201,7 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     resumed = named is not None
     broken = named or Path(f"{path}.broken-{stamp}")
     if not resumed:  # no marker, or one cut short as it was written: nothing was moved yet
-        _write_durably(marker, str(broken))
+        durable.replace(marker, str(broken), mode=0o600)
     if resumed and broken.exists() and path.exists():
         # the new ledger is made only once every file of the old one was moved aside:
         # what is at the path is the interrupted rebuild's partial ledger
@@ -213,7 +214,7 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
             os.replace(p, target)
             os.chmod(target, 0o600)  # a ledger's content, the owner's only
             moved.append(target)
-    _fsync_dir(path.parent)
+    durable.fsync_dir(path.parent)
     ledger = opener.open(path, rebuilding=True)
     try:
         salvaged = salvage(broken, ledger) if broken.exists() else None
@@ -221,7 +222,7 @@ def rebuild(path: Path, stamp: str, opener: type[Ledger]) -> Rebuilt:
     finally:
         ledger.close()
     marker.unlink()
-    _fsync_dir(path.parent)
+    durable.fsync_dir(path.parent)
     return Rebuilt(moved, salvaged, broken if resumed else None)
 
 
@@ -234,24 +235,3 @@ def _named_in(marker: Path, path: Path) -> Path | None:
         return None
     ok = named.startswith(f"{path}.broken-") and "/" not in named[len(str(path)) :]
     return Path(named) if ok else None
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """``text`` at ``path``, whole or not at all: written to a temp name, fsynced, renamed."""
-    tmp = Path(f"{path}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

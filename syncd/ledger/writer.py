@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from syncd import crashpoints
+from syncd import crashpoints, durable
 from syncd.errors import LedgerDiskFull, LedgerError, LedgerUnreachable
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import schema
@@ -276,11 +276,7 @@ class Writer:
                 self._wal_fd = None
             self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
             self._wal_id = (st.st_dev, st.st_ino)
-            dirfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            durable.fsync_dir(self.path.parent)
         return self._wal_fd
 
 

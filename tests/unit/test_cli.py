@@ -321,3 +321,13 @@ def test_a_ledger_only_out_of_reach_is_not_rebuilt(cfg: Path, capsys: pytest.Cap
     code, _, err = run(capsys, "-c", str(cfg), "ledger", "rebuild")
     assert code == 1 and "older syncd (schema 2)" in err
     assert not [p for p in state.iterdir() if ".broken-" in p.name]
+
+
+@pytest.mark.parametrize("dest", ["-", "newdir/", "EXISTING"])
+def test_ledger_backup_wants_a_file_name(cfg: Path, capsys: pytest.CaptureFixture[str], dest: str) -> None:
+    """A directory (or `-`) as the destination made a file named after it."""
+    Ledger.open(cfg.parent / "state" / "ledger.sqlite3").close()
+    (cfg.parent / "EXISTING").mkdir()
+    target = f"{cfg.parent}/{dest}" if dest != "-" else "-"
+    code, _, err = run(capsys, "-c", str(cfg), "ledger", "backup", target)
+    assert code == 2 and "is not a file name" in err

@@ -1191,3 +1191,18 @@ def test_an_uploaded_file_held_open_is_counted_until_it_goes(
     monkeypatch.setattr(archive, "finish", real_finish)
     recovery.sweep()
     assert ledger.counts()["done"] == 1 and up.procedure.after.open_by_folder() == {}
+
+
+def test_the_drain_counts_archive_moves_apart_from_uploads(setup: Any) -> None:
+    """A row in flight that is uploaded already is being archived: at a stop it is said
+    as an archive move, not as an upload to resume from its last confirmed part."""
+    from syncd.shutdown import _in_flight
+
+    ledger, folder, dest, up, drop, step = setup
+    drop("a.txt")
+    drop("b.txt")
+    sending = up._claim()
+    archiving = up._claim()
+    assert sending is not None and archiving is not None
+    ledger.mark_uploaded(archiving.id, sha256="ab" * 32, receipt={"remote_id": "r"})
+    assert _in_flight(up) == (1, 1)
