@@ -169,14 +169,23 @@ class FastServer:
             os.unlink(p)
 
 
-def syncd_config(work: Path, url: str, *, daemon: str = "", destination: str = "", folder: str = "") -> Path:
+def syncd_config(
+    work: Path,
+    url: str,
+    *,
+    daemon: str = "",
+    destination: str = "",
+    folder: str = "",
+    state_dir: Path | None = None,
+) -> Path:
     """A syncd config in ``work`` with one Lilt destination at ``url`` (this server) and one
-    folder ``work/inbox`` (created); the strings are extra TOML lines for each table."""
+    folder ``work/inbox`` (created); the strings are extra TOML lines for each table. The
+    ledger is in ``work/state`` unless ``state_dir`` puts it elsewhere."""
     (work / "inbox").mkdir(parents=True, exist_ok=True)
     cfg = work / "syncd.toml"
     cfg.write_text(f"""
 [daemon]
-state_dir = "state"
+state_dir = "{state_dir or "state"}"
 {daemon}
 [destinations.fast]
 type = "lilt"
