@@ -2,20 +2,22 @@
 
 A :class:`StreamHash` is told of every block the upload reads
 (:meth:`~StreamHash.offer`). Blocks that continue the hash in file order are
-hashed; the others (parts sent out of order, or skipped on resume) are left,
-and the missing ranges are read from the file later. Large files are hashed
-on a thread of their own, so hashing overlaps sending instead of adding to
-it (``hashlib`` releases the GIL on large buffers): the wire stays full.
+hashed. Large files are hashed on a thread of their own, so hashing overlaps
+sending instead of adding to it (``hashlib`` releases the GIL on large
+buffers): the wire stays full.
 
-The worker owns the hash and its position; everything reaches it through a
-bounded queue, so memory stays at a few blocks whatever the file size. Once
-a read out of order shows that blocks will not arrive in order, the worker
-also reads ahead by itself whenever it is idle ("catch-up"), so a multi-part
-upload in parallel does not end with a long sequential read.
+The worker owns the hash and its position; blocks in order reach it through
+a bounded queue. Blocks ahead of the hash (the later parts of a multi-part
+upload sent in parallel) are held until the hash reaches them, up to
+``HELD_BYTES``, so each byte is read once, for the wire, and the hash is of
+the bytes sent. What cannot be held, and what is never offered (parts
+skipped on resume), the worker reads from the file by itself whenever it is
+idle ("catch-up"), so the upload does not end with a long sequential read.
+Memory stays at a few dozen blocks whatever the file size.
 
-Only the bytes offered in order are guaranteed to be the bytes sent; ranges
-read by the worker itself are the file's bytes at that moment, which the
-caller's change checks (size, mtime, ctime) cover.
+Only the bytes offered are guaranteed to be the bytes sent; ranges read by
+the worker itself are the file's bytes at that moment (``read_itself``),
+which the caller's change checks (size, mtime, ctime) cover.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from syncd.errors import SourceChangedError
 BLOCK = 1 << 20
 BACKGROUND_FROM = 4 * BLOCK  # smaller files are hashed inline: a thread costs more than it saves
 QUEUED_BLOCKS = 8
+# Blocks ahead of the hash kept in memory: Lilt's four 8 MiB parts in parallel hold up to
+# three parts while the first goes. Larger parts in parallel overflow it, and the worker
+# reads the rest from the file.
+HELD_BYTES = 32 * BLOCK
 
 
 class StreamHash:
@@ -51,6 +57,12 @@ class StreamHash:
         self._queue: queue.Queue[tuple[int, bytes] | None] | None = None
         self._thread: threading.Thread | None = None
         self._catch_up = threading.Event()
+        # blocks offered ahead of the hash: position -> bytes. Offers and the worker take from
+        # it under _held_lock, which is never held while waiting for anything else: the worker
+        # must go on while an offer waits for room in the queue (under _lock).
+        self._held: dict[int, bytes] = {}
+        self._held_bytes = 0
+        self._held_lock = threading.Lock()
         if size >= BACKGROUND_FROM:
             self._queue = queue.Queue(QUEUED_BLOCKS)
             self._thread = threading.Thread(target=self._work, name="sha256", daemon=True)
@@ -63,13 +75,39 @@ class StreamHash:
                 if pos == self._upto:
                     self._update(data)
             return
-        with self._lock:  # readers of parallel parts offer from several threads
-            if pos != self._offered or self._error is not None or not self._thread_alive():
-                if pos > self._offered:  # a read out of order: the worker fills in by itself
+        if self._error is not None or not self._thread_alive():
+            return
+        with self._held_lock:
+            if pos != self._offered:
+                if pos > self._offered:  # ahead of the hash: held if there is room
+                    if pos not in self._held and self._held_bytes + len(data) <= HELD_BYTES:
+                        self._held[pos] = data
+                        self._held_bytes += len(data)
+                    # whatever was not held, the worker reads from the file when idle
                     self._catch_up.set()
-                return
-            self._offered += len(data)
-            self._queue.put((pos, data))
+                return  # behind it: sent again (a part retried), hashed already
+        # in order: one reader at a time queues, so the queue stays in file order; it may wait
+        # for room in the queue, and readers of later parts go on holding meanwhile
+        with self._lock:
+            block: bytes | None = data
+            while block is not None:
+                with self._held_lock:
+                    if pos != self._offered:
+                        return  # another reader offered these bytes first
+                    self._offered += len(block)
+                self._queue.put((pos, block))
+                pos += len(block)
+                block = self._take_held(pos)  # the held blocks this one joins up to
+
+    def _take_held(self, pos: int) -> bytes | None:
+        """The held block at ``pos`` (and forget the blocks the hash has passed)."""
+        with self._held_lock:
+            data = self._held.pop(pos, None)
+            if data is not None:
+                self._held_bytes -= len(data)
+            for stale in [p for p in self._held if p < pos]:
+                self._held_bytes -= len(self._held.pop(stale))
+            return data
 
     def _thread_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -82,10 +120,12 @@ class StreamHash:
         """Read and hash the next block from the file; False at the end."""
         if self._upto >= self._size:
             return False
-        data = os.pread(self._fd, min(BLOCK, self._size - self._upto), self._upto)
-        if not data:
-            raise SourceChangedError(f"the file was truncated during upload (at byte {self._upto})")
-        self.read_itself = True
+        data = self._take_held(self._upto) if self._held else None
+        if data is None:
+            data = os.pread(self._fd, min(BLOCK, self._size - self._upto), self._upto)
+            if not data:
+                raise SourceChangedError(f"the file was truncated during upload (at byte {self._upto})")
+            self.read_itself = True
         self._update(data)
         return True
 
@@ -93,6 +133,9 @@ class StreamHash:
         assert self._queue is not None
         try:
             while True:
+                if self._upto in self._held and self._queue.empty():
+                    self._read_next()  # held, and nothing queued will come before it: no wait
+                    continue
                 try:
                     item = self._queue.get(timeout=0.05 if self._catch_up.is_set() else None)
                 except queue.Empty:
@@ -110,6 +153,7 @@ class StreamHash:
         except OSError as exc:
             self._error = SourceChangedError(f"the file could not be read again: {exc.strerror or exc}")
         finally:
+            self._take_held(self._size + 1)  # nothing held outlives the hash
             self._drain()
 
     def _drain(self) -> None:

@@ -105,3 +105,36 @@ def test_a_rewrite_with_its_mtime_set_back_is_caught_when_parts_went_out_of_orde
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         with pytest.raises(SourceChangedError, match="not trusted"):
             source.check_unchanged()
+
+
+def test_parts_sent_in_parallel_are_hashed_from_what_was_sent(tmp_path: Path) -> None:
+    """Later parts offered before the first are held until the hash reaches them: the
+    file is read once, for the wire, and the hash is of the bytes sent (not of a second
+    read that would agree with a file rewritten since)."""
+    size = 12 * BLOCK
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    part = 4 * BLOCK
+    for start in (8 * BLOCK, 4 * BLOCK, 0):  # the last part first, the first last
+        for pos in range(start, start + part, BLOCK):
+            h.offer(pos, data[pos : pos + BLOCK])
+    (tmp_path / "f").write_bytes(b"X" * size)  # a later read would see other bytes
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert not h.read_itself
+    os.close(fd)
+
+
+def test_more_ahead_than_can_be_held_is_read_from_the_file(tmp_path: Path) -> None:
+    from syncd.hashing import HELD_BYTES
+
+    size = HELD_BYTES + 4 * BLOCK
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    for pos in range(BLOCK, size, BLOCK):  # everything but the first block, ahead of the hash
+        h.offer(pos, data[pos : pos + BLOCK])
+    assert h._held_bytes <= HELD_BYTES
+    h.offer(0, data[:BLOCK])
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert h.read_itself  # what could not be held was read again
+    assert not h._held
+    os.close(fd)
