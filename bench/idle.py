@@ -6,7 +6,10 @@ Starts ``syncd run`` on ``--folders`` empty watched folders (each with a few
 subfolders, as real inboxes have), waits until it has started and its first
 scans are over, then measures for ``--seconds``: the CPU it used (user +
 system, from ``/proc/PID/stat``) as a percentage of one core, its RSS at the
-end and its peak. Nothing is uploaded, so no server is needed: the
+end and its peak, and what it wrote (``/proc/PID/io``: bytes handed to
+``write``, the ledger's WAL and its log, as MB a day, and write calls a
+minute): an idle daemon on an SD card or a metered cloud disk should not
+wear it out. Nothing is uploaded, so no server is needed: the
 destination's URL is never contacted while there is nothing to send.
 """
 
@@ -44,6 +47,12 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def written(pid: int) -> tuple[int, int]:
+    """(bytes passed to write calls, write calls) of ``pid`` so far."""
+    values = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(values["wchar"]), int(values["syscw"])
+
+
 def write_config(base: Path, folders: int) -> Path:
     lines = [
         "[daemon]",
@@ -76,17 +85,20 @@ def main() -> int:
         try:
             wait_started(proc, base)
             time.sleep(WARM_UP)
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            cpu0, t0, io0 = cpu_seconds(proc.pid), time.monotonic(), written(proc.pid)
             time.sleep(args.seconds)
-            cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            cpu1, t1, io1 = cpu_seconds(proc.pid), time.monotonic(), written(proc.pid)
             rss, peak = memory_kib(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     share = (cpu1 - cpu0) / (t1 - t0) * 100
+    per_day = (io1[0] - io0[0]) / (t1 - t0) * 86400 / 1e6
+    calls = (io1[1] - io0[1]) / (t1 - t0) * 60
     print(
         f"idle, {args.folders} folders, {t1 - t0:.0f} s: {share:.2f} % of one core, "
-        f"RSS {rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)"
+        f"RSS {rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB), "
+        f"writes {per_day:.1f} MB a day ({calls:.0f} write calls a minute)"
     )
     return 0
 

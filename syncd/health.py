@@ -195,7 +195,12 @@ class Health:
         return first
 
     def write_heartbeat(self, stopped: bool = False) -> None:
-        """The ledger kv ``daemon`` that `syncd status` reads."""
+        """The ledger kv ``daemon`` that `syncd status` reads.
+
+        Written every few seconds without an fsync of its own (the next durable commit, or
+        the kernel's writeback, carries it): an idle daemon would otherwise force a journal
+        commit of the disk every five seconds for a value no crash recovery reads. The last
+        one, at stop, is durable."""
         uploader = self.uploader
         destinations = uploader.destination_states()
         metrics = self.runtime.metrics
@@ -224,6 +229,7 @@ class Health:
                     "uploaded": uploader.stats.uploaded,
                     "bytes": uploader.stats.bytes,
                 },
+                durable=stopped,
             )
         except sqlite3.Error as exc:
             if is_disk_full(exc):

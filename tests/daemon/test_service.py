@@ -810,13 +810,14 @@ def test_disk_full_pauses_and_resumes(
     why = namespaces_usable("-U", "-r", "-m", nsenter=True)
     if why:
         pytest.skip(f"needs a private mount namespace for a small tmpfs: {why}")
-    small = tmp_path / "small"  # a 3 MiB tmpfs, mounted only inside the daemon's namespace
+    small = tmp_path / "small"  # an 8 MiB tmpfs, mounted only inside the daemon's namespace;
+    # more than the ledger's WAL grows to between checkpoints (1,000 pages: 4 MB)
     small.mkdir()
     if full == "archive":  # a second folder, archived elsewhere, is not held back
         s = make_setup(folders=[{"name": "in", "archive_dir": str(small / "archive")}, {"name": "other"}])
     else:
         s = make_setup(folders=[{"name": "in"}], daemon={"state_dir": str(small / "state")})
-    proc = start_wrapped(s, f"mount -t tmpfs -o size=3m tmpfs {shlex.quote(str(small))}", notify.env())
+    proc = start_wrapped(s, f"mount -t tmpfs -o size=8m tmpfs {shlex.quote(str(small))}", notify.env())
     notify.wait_for(lambda m: m.get("READY") == "1", what="READY")
     seen = Path(f"/proc/{proc.pid}/root") / str(small).lstrip("/")  # the tmpfs, from here
     inside = ["nsenter", "-t", str(proc.pid), "-U", "-m", "--preserve-credentials"]
