@@ -244,22 +244,54 @@ def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
     log.info("archived file %r was still hard-linked elsewhere; replaced it by a private copy", name)
 
 
-def _planned_done(planned: str, target_root: str, src: Held, sha256: str | None) -> bool:
-    """Whether an interrupted move already put these bytes at ``planned``."""
+def _planned_done(planned: str, target_root: str, src: Held, sha256: str | None) -> str | None:
+    """How an interrupted move already put these bytes at ``planned``: ``"link"`` (the
+    file itself), ``"copy"`` (a copy of the bytes uploaded), or None (it did not)."""
     try:
         root, rel = safefs.anchor(planned, [target_root])
         fd = safefs.open_file(root, rel)
     except OSError:
-        return False
+        return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return False
+            return None
         if safefs.same_file(st, src.st):
-            return True
-        return sha256 is not None and st.st_size == src.st.st_size and hash_fd(fd) == sha256
+            return "link"
+        if sha256 is not None and st.st_size == src.st.st_size and hash_fd(fd) == sha256:
+            return "copy"
+        return None
     finally:
         os.close(fd)
+
+
+def _finish_planned(
+    src: Held, planned: str, target_root: str, how: str, sha256: str | None, check: bool
+) -> None:
+    """Finish a move that an interruption left placed at ``planned`` (``how``: see
+    :func:`_planned_done`): remove the source name, unless the source was written to
+    since the upload. It was, if it changed under this process, or (``check``, after a
+    restart) if its bytes no longer hash to ``sha256``: a producer rewrote it while syncd
+    was stopped, perhaps with its old size and mtime. Then the source is a new version
+    and stays. A copy in the archive holds the bytes uploaded and stays too (``src`` is
+    marked ``replaced``: the caller lets the new version settle); a link is the rewritten
+    file itself, so it leaves the archive (:class:`ChangedAfterUpload`)."""
+    if not (src.written_since() or (check and bytes_differ(src, sha256))):
+        src.unlink()
+        return
+    if how == "link":
+        with safefs.parent(*safefs.anchor(planned, [target_root])) as (dirfd, name):
+            if safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src.st):
+                os.unlink(name, dir_fd=dirfd)
+                safefs.fsync_dirfd(dirfd)
+        raise ChangedAfterUpload("it was written to after it was archived, before its name left the inbox")
+    log.warning(
+        "%s was written to after its upload was archived (%s) and before it left the inbox: "
+        "the archive keeps the bytes uploaded, and the new ones are uploaded next",
+        quoted_path(src.path),
+        quoted_path(planned),
+    )
+    src.replaced = True
 
 
 def move(
@@ -287,8 +319,9 @@ def move(
     did not read the bytes for their upload (a restart): a link is made only if they
     still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
-    if planned is not None and _planned_done(planned, target_root, src, sha256):
-        src.unlink()
+    how = _planned_done(planned, target_root, src, sha256) if planned is not None else None
+    if planned is not None and how is not None:
+        _finish_planned(src, planned, target_root, how, sha256, check)
         return planned
     os.makedirs(target_root, mode=DIR_MODE, exist_ok=True)
     rootfd = safefs.open_root(target_root)

@@ -89,6 +89,44 @@ def test_a_crash_with_the_name_renamed_aside_loses_no_new_version(tmp_path: Path
         s.close()
 
 
+@pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
+def test_a_rewrite_while_stopped_after_the_archive_placed_it_is_a_new_version(
+    tmp_path: Path, mode: int
+) -> None:
+    """Killed with the file placed in the archive but still in the inbox; while syncd is
+    stopped the producer rewrites it in place, same size, mtime set back. The start
+    finished the move by unlinking the inbox name, which held the new bytes: never
+    uploaded, and lost (a private copy: group-writable here), or archived under the old
+    row's hash (a link: the archive entry is the same inode). Now the new bytes are
+    hashed, found to be a new version, and uploaded; the archive holds only uploaded bytes."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        v1, v2 = os.urandom(1 << 20), os.urandom(1 << 20)
+        path = s.drop("big.bin", v1)
+        os.chmod(path, mode)  # group-writable: a producer's file, archived as a private copy
+        _run_with_crash(s, "archive.placed:1")
+        assert (s.archive() / "big.bin").exists() and path.exists()
+        st = path.stat()
+        with open(path, "r+b") as f:
+            f.write(v2)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        s.dropped[("in", "big.bin")] = v2
+        s.start()
+        wait_until(lambda: sha(v2) in {u["sha256"] for u in s.emulator.uploads()}, 30, what="v2 uploaded")
+        wait_until(lambda: s.all_done(), 30, what="v2 archived")
+        remote = {u["sha256"] for u in s.emulator.uploads()}
+        archived = {p.name: sha(p.read_bytes()) for p in s.archive().rglob("*") if p.is_file()}
+        assert set(archived.values()) <= remote
+        assert sha(v2) in archived.values()
+        if mode == 0o664:  # the copy of the bytes uploaded stays, beside the new version
+            assert sha(v1) in archived.values()
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]
+        s.invariants()
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize(
     "spec", ["archive.renamed_aside:1", "archive.renamed_aside:2", "ledger.archive_target:1"]
 )
