@@ -51,6 +51,9 @@ class SessionFormat(Protocol):
 
     kind: str  # the resume's "kind"; change it when the session format changes
     rules: PartRules
+    # A service whose new uploads use one configured part size (Lilt) may also name the
+    # wider rules a recorded session's part size must meet, as ``resume_rules``: a session
+    # opened before the configured size changed goes on in the size it began with.
 
     @property
     def session_fields(self) -> Mapping[str, Spec]:
@@ -111,7 +114,8 @@ def usable(
         return None
     if ctime_ns is not None and not read_from(resume, ctime_ns):
         return None
-    part_size, parts, rules = resume.get("part_size"), resume.get("parts"), service.rules
+    part_size, parts = resume.get("part_size"), resume.get("parts")
+    rules: PartRules = getattr(service, "resume_rules", None) or service.rules
     if resume.get("size") != size or type(part_size) is not int or part_size < 1:
         return None
     count = part_count(size, part_size, rules.empty_parts)

@@ -60,7 +60,7 @@ from syncd.destinations import _chunked
 from syncd.destinations._api import Api, RateLimit, basic, put_signed
 from syncd.destinations._chunked import Opened, Parallel, Part, PartRules, SessionLost, Spec
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
-from syncd.destinations.options import PART_SIZE, LiltOptions
+from syncd.destinations.options import PART_SIZE, GiB, LiltOptions, MiB
 from syncd.errors import PermanentError, RetryableError, UploadError, describe
 from syncd.http import require
 
@@ -120,6 +120,8 @@ class _Multipart:
             max_parts=10_000,
             empty_parts=1,
         )
+        # an upload begun before part_size changed goes on in its own size (any S3 allows)
+        self.resume_rules = PartRules(min_size=5 * MiB, max_size=5 * GiB, max_parts=10_000, empty_parts=1)
 
     def open(self, item: UploadItem, source: Source, part_size: int) -> Opened:
         what = "lilt: initiate multipart upload"

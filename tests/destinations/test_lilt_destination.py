@@ -681,6 +681,21 @@ def test_multipart_resume_survives_threshold_change(wire: Wire, client: httpx.Cl
     assert "lilt.initiate" not in wire.ops() and "lilt.initiate_multipart" not in wire.ops()
 
 
+def test_multipart_resume_survives_part_size_change(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
+    """The operator changes part_size while an upload is half done: the session goes on
+    in the size it began with (the parts sent are the server's), not from the start."""
+    path = write(tmp_path, 11 * MiB, "big.bin")
+    cps = Recorder(crash_after=3)  # open + parts 1 and 2
+    with pytest.raises(Crash):
+        upload(make_dest(client), path, checkpoint=cps)
+    wire.sent.clear()
+    receipt = upload(make_dest(client, part_size=PART + MiB), path, resume=cps.last)
+    assert wire.ops() == ["lilt.sign_part", "lilt.put_part", "lilt.complete"]
+    assert stored(emu) == {receipt.remote_id: sha(path)}
+
+
 def test_abort_cancels_multipart(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
     dest = make_dest(client)
