@@ -799,7 +799,7 @@ def test_keeps_no_per_file_state(client: httpx.Client) -> None:
         "_clock",
         "_parallel",
     }  # the destination-wide connection bound, not per file
-    assert set(vars(dest._multipart)) == {"api", "rules"}  # from the options
+    assert set(vars(dest._multipart)) == {"api", "rules", "resume_rules"}  # from the options
 
 
 def test_query_of_storage_url_never_reaches_receipt(client: httpx.Client, tmp_path: Path) -> None:
