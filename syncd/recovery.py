@@ -228,7 +228,10 @@ class Recovery:
                         self._stuck_after[root] = row.id
                         break
                 else:
-                    after, limit = page[-1].id, PAGE
+                    # the page went through; a stuck folder's probe that worked means the
+                    # folder works again: all its files now, those before the probe too
+                    after, limit = (0, PAGE) if stuck else (page[-1].id, PAGE)
+                    stuck = False
                     continue
                 break
             else:
