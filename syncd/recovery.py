@@ -203,8 +203,19 @@ class Recovery:
                 continue  # away (unmounted): its files are not gone, and wait for it
             # a stuck folder, or one whose archive is full: one file a pass, as a probe
             stuck = root in procedure.after.stuck or procedure.after.disk_full.archive_full(folder)
-            after, limit = (self._stuck_after.get(root, 0), 1) if stuck else (0, PAGE)
-            while page := self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit):
+            start = self._stuck_after.get(root, 0) if stuck else 0
+            after, limit, wrapped = start, (1 if stuck else PAGE), False
+            while True:
+                page = self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit)
+                if wrapped:
+                    page = [listed for listed in page if listed.id <= start]
+                elif not page and start and not stuck:
+                    # the probe worked and those after it went: now those listed before it
+                    after, limit, wrapped = 0, PAGE, True
+                    continue
+                if not page:
+                    self._stuck_after.pop(root, None)  # past the last one: from the first again
+                    break
                 for listed in page:
                     if (time.monotonic() > deadline and not first) or self._stopping:
                         # a stop, or the pass's budget spent (25,000 files of an archive that
@@ -228,14 +239,11 @@ class Recovery:
                         self._stuck_after[root] = row.id
                         break
                 else:
-                    # the page went through; a stuck folder's probe that worked means the
-                    # folder works again: all its files now, those before the probe too
-                    after, limit = (0, PAGE) if stuck else (page[-1].id, PAGE)
-                    stuck = False
+                    # the page went through: a stuck folder's probe that worked means the
+                    # folder works again, and all its files go in this pass
+                    after, limit, stuck = page[-1].id, PAGE, False
                     continue
                 break
-            else:
-                self._stuck_after.pop(root, None)  # past the last one: from the first again
         return full
 
     def _take_uploaded(self, row_id: int) -> Row | None:
