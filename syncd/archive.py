@@ -41,8 +41,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
-from syncd.aside import recover_aside
-from syncd.copies import ChangedAfterUpload
+from syncd.aside import put_back, recover_aside
+from syncd.copies import ChangedAfterUpload, hash_fd
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
@@ -96,10 +96,12 @@ def finish(
     found in such a folder raises :class:`FolderAway` and its row stays uploaded.
     ``cancel`` set (syncd is stopping) cuts a copy into the archive short (ECANCELED).
     """
+    path = row.current_path
     if folder.after_upload == "keep":
+        if fd is None and not fresh:  # a crash in an archive move, before "keep" was configured
+            _undo_move(row, folder, path)
         ledger.mark_done(row.id)
         return
-    path = row.current_path
     if fd is None:  # a restart or a sweep: a crash may have left the file renamed aside
         path = (
             recover_aside(path, roots(row, folder), row.device, row.inode, lambda st: matches(st, row))
@@ -134,6 +136,7 @@ def finish(
                 reobserve(ledger, row)  # a new file took the name meanwhile: its own row
             return
         assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
+        planned = None if fresh else row.archive_path
         try:
             target = move(
                 src,
@@ -141,7 +144,8 @@ def finish(
                 os.path.dirname(row.relpath),
                 os.path.basename(row.relpath),
                 record=lambda t: _record_target(ledger, row, t),
-                planned=None if fresh else row.archive_path,
+                planned=planned,
+                planned_root=_root_of(planned, os.fspath(folder.archive_dir)),
                 sha256=row.sha256,
                 cancel=cancel,
                 check=fd is None,  # not read here for its upload (a restart): hashed again
@@ -155,6 +159,54 @@ def finish(
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
     if src.replaced and row.location is None:
         reobserve(ledger, row)  # a new file took the name during the move: its own row
+
+
+def _root_of(planned: str | None, archive_root: str) -> str | None:
+    """The directory to resolve an earlier move's target from: the archive folder, or, for a
+    target in an archive folder configured before (a crash, then archive_dir changed), the
+    target's own directory. That move is finished where it began: its entry is made."""
+    if planned is None or exists_under(planned, archive_root):
+        return None
+    return os.path.dirname(planned)
+
+
+def _undo_move(row: Row, folder: FolderConfig, path: str) -> None:
+    """``after_upload`` is "keep" now, but a crash may have cut short an archive move of the
+    row's file: put it back under its name if it was renamed aside to be unlinked, and
+    remove the archive entry the move made (a link to the file kept in the inbox, which
+    later edits would change, or a copy no row points at)."""
+    aside = recover_aside(path, roots(row, folder), row.device, row.inode, lambda st: matches(st, row))
+    if aside is not None:
+        with safefs.parent(*safefs.anchor(path, roots(row, folder))) as (dirfd, name):
+            put_back(dirfd, os.path.basename(aside), name, path)
+    planned = row.archive_path
+    if planned is None:
+        return
+    archive_root = os.fspath(folder.archive_dir) if folder.archive_dir is not None else None
+    root = archive_root if archive_root and exists_under(planned, archive_root) else os.path.dirname(planned)
+    with opened(path, roots(row, folder), None) as src:
+        if src is None or not matches(src.st, row):
+            return
+        try:
+            with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+                try:
+                    st = os.fstat(fd)
+                    ours = safefs.same_file(st, src.st) or (
+                        stat.S_ISREG(st.st_mode) and st.st_size == row.size and hash_fd(fd) == row.sha256
+                    )
+                finally:
+                    os.close(fd)
+                if ours:
+                    os.unlink(name, dir_fd=dirfd)
+                    safefs.fsync_dirfd(dirfd)
+                    log.info(
+                        "kept %s in the inbox; removed %s, made by an archive move a crash cut short",
+                        quoted_path(path),
+                        quoted_path(planned),
+                    )
+        except OSError:
+            return
 
 
 def _record_target(ledger: Ledger, row: Row, target: str) -> None:

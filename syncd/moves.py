@@ -306,12 +306,14 @@ def move(
     cancel: threading.Event | None = None,
     check: bool = False,
     private: bool = False,
+    planned_root: str | None = None,
 ) -> str:
     """Move ``src`` to ``target_root/rel_dir/name`` (or a suffixed name); returns the final path.
 
     ``record(target)`` is called (and must be durable) before each attempt to
     create ``target``; ``planned`` is a target recorded by an earlier,
-    interrupted call, which is finished instead of starting over. ``cancel``: a copy
+    interrupted call, which is finished instead of starting over (``planned_root``: the
+    directory it is under, when not ``target_root``: an archive_dir changed since). ``cancel``: a copy
     under way stops when it is set (:func:`syncd.copies.copy_into`).
 
     ``private`` (the archive) must end up with bytes no producer can still change: the
@@ -319,9 +321,10 @@ def move(
     did not read the bytes for their upload (a restart): a link is made only if they
     still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
-    how = _planned_done(planned, target_root, src, sha256) if planned is not None else None
+    planned_root = planned_root or target_root
+    how = _planned_done(planned, planned_root, src, sha256) if planned is not None else None
     if planned is not None and how is not None:
-        _finish_planned(src, planned, target_root, how, sha256, check)
+        _finish_planned(src, planned, planned_root, how, sha256, check)
         return planned
     os.makedirs(target_root, mode=DIR_MODE, exist_ok=True)
     rootfd = safefs.open_root(target_root)

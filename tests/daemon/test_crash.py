@@ -127,6 +127,60 @@ def test_a_rewrite_while_stopped_after_the_archive_placed_it_is_a_new_version(
         s.close()
 
 
+@pytest.mark.parametrize("spec", ["archive.placed:1", "archive.renamed_aside:1"])
+def test_a_crash_in_an_archive_move_then_keep_leaves_the_file_whole_in_the_inbox(
+    tmp_path: Path, spec: str
+) -> None:
+    """Killed in an archive move; the operator switches the folder to after_upload =
+    "keep" before the start. The file stayed hidden as .syncd-unlinking-... (renamed aside
+    for the unlink), or linked into the archive, where later edits of the kept file would
+    change the "archived" one that no row points at. Now it is back under its name, alone."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        path = s.drop("kept.txt", b"uploaded, then kept")
+        _run_with_crash(s, spec)
+        s.folders[0]["after_upload"] = "keep"
+        s._write_config({}, {})
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="done, kept")
+        assert [p.name for p in s.inbox().iterdir()] == ["kept.txt"]
+        assert path.read_bytes() == b"uploaded, then kept" and path.stat().st_nlink == 1
+        assert not [p for p in s.archive().rglob("*") if p.is_file()]
+        assert len(s.emulator.uploads()) == 1
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
+def test_a_crash_in_an_archive_move_then_a_new_archive_dir_archives_once(tmp_path: Path, mode: int) -> None:
+    """Killed with the archive entry made, the inbox name not yet removed; the operator
+    points archive_dir elsewhere before the start. The move is finished where it began:
+    one archived copy, where the row says, none left behind in the old folder."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        path = s.drop("report.pdf", b"archived once")
+        os.chmod(path, mode)
+        _run_with_crash(s, "archive.placed:1")
+        old = s.archive() / "report.pdf"
+        assert old.exists()
+        s.folders[0]["archive_dir"] = "archive/elsewhere"
+        s._write_config({}, {})
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="the move finished")
+        (row,) = s.rows()
+        assert row.location == str(old)
+        assert old.read_bytes() == b"archived once"
+        assert not (s.tmp / "archive" / "elsewhere").exists() or not list(
+            (s.tmp / "archive" / "elsewhere").rglob("*")
+        )
+        assert not list(s.inbox().iterdir())
+        assert len(s.emulator.uploads()) == 1
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize(
     "spec", ["archive.renamed_aside:1", "archive.renamed_aside:2", "ledger.archive_target:1"]
 )
