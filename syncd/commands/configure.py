@@ -9,12 +9,31 @@ from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
+from syncd import redact
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, config_path, load
 from syncd.errors import ConfigError
 from syncd.lock import holder_pid
 from syncd.logs import quoted_path
 
 SYSTEM_CONFIG_DIR = "/etc"  # a config written below it gets the service's absolute paths
+
+
+def _plain_http_off_host(url: str) -> bool:
+    """Whether ``url`` is ``http://`` to a host other than this one (loopback: the emulator,
+    a local proxy)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -62,6 +81,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
         for note in getattr(cls, "check_warnings", lambda *_: [])(dest.options, folder):
             print(f"  warning: {note}")
+    for name, dest in cfg.destinations.items():
+        url = getattr(dest.options, "base_url", "")
+        if _plain_http_off_host(url):
+            print(
+                f"destination {name}: warning: base_url {redact.redact(url)} is plain HTTP to another host: "
+                "credentials cross the network readable, and a byte changed on the way is not "
+                "detected (use https://)"
+            )
     if args.online:
         from syncd.destinations.build import build_client, build_destinations
         from syncd.errors import UploadError, describe

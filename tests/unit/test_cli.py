@@ -94,6 +94,15 @@ def test_check_reports_metadata_delivery(cfg: Path, capsys: pytest.CaptureFixtur
     assert "cli-test-key-123" not in out + err
 
 
+def test_check_warns_of_plain_http_to_another_host(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "-c", str(cfg), "check")
+    assert code == 0 and "plain HTTP" not in out  # loopback: the emulator
+    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:9/lilt", "http://lilt.example.net/lilt"))
+    code, out, err = run(capsys, "-c", str(cfg), "check")
+    assert code == 0, out + err
+    assert "destination main: warning: base_url http://lilt.example.net/lilt is plain HTTP" in out
+
+
 def test_check_online_reports_unreachable(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "-c", str(cfg), "check", "--online")
     assert code == 2 and "error: destination main" in out
