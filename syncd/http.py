@@ -172,7 +172,9 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
     The answer's body is read here, at most :data:`MAX_BODY` bytes (decoded: a small
     gzip body may expand to gigabytes) within :data:`BODY_SECONDS`: the client's read
     timeout is per socket read, so a server dripping a byte a second held a worker for
-    good, and a huge error body was read whole into memory. Either is retryable.
+    good, and a huge error body was read whole into memory. Either is retryable, and so is
+    a body that does not decode as its ``Content-Encoding`` says (a proxy labelling a plain
+    page ``gzip``): a garbled answer, the service's trouble rather than the file's.
     """
     try:
         response = client.send(client.build_request(method, url, **kwargs), stream=True)
@@ -202,17 +204,27 @@ def _bounded_body(response: httpx.Response, what: str) -> bytes:
     deadline = time.monotonic() + BODY_SECONDS
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise RetryableError(
-                f"{what}: HTTP {response.status_code} with an answer over {MAX_BODY >> 20} MiB"
-            )
-        if time.monotonic() > deadline:
-            raise RetryableError(
-                f"{what}: HTTP {response.status_code}, its answer still coming after {BODY_SECONDS:g}s"
-            )
-        chunks.append(chunk)
+    try:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise RetryableError(
+                    f"{what}: HTTP {response.status_code} with an answer over {MAX_BODY >> 20} MiB"
+                )
+            if time.monotonic() > deadline:
+                raise RetryableError(
+                    f"{what}: HTTP {response.status_code}, its answer still coming after {BODY_SECONDS:g}s"
+                )
+            chunks.append(chunk)
+    except httpx.DecodingError:
+        # a body that is not what its Content-Encoding names: httpx's DecodingError is no
+        # TransportError, and nothing the file did
+        encoding = printable(response.headers.get("Content-Encoding", ""))[:40]
+        raise RetryableError(
+            f"{what}: HTTP {response.status_code} with an answer that is not the "
+            f"{encoding!r} its Content-Encoding says",
+            garbled=True,
+        ) from None
     return b"".join(chunks)
 
 

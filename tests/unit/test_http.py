@@ -233,3 +233,27 @@ def test_a_resume_state_with_odd_part_numbers_starts_over(key: str) -> None:
     assert usable(Service(), {**good, "parts": {"1": "etag"}}, 10) is not None
     assert usable(Service(), {**good, "parts": {key: "etag"}}, 10) is None
     assert resumed_bytes([1], 10) == 0  # type: ignore[arg-type]  # a list, as hand-edited
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_is_not_its_content_encoding_is_a_garbled_answer(encoding: str) -> None:
+    """A proxy labelling a plain page ``gzip``: httpx's DecodingError escaped send(), so
+    every attempt was an internal error (a traceback, an attempt charged) although
+    storage had kept the file; now the service's garbled answer, counted by its circuit."""
+    import httpx
+
+    from syncd import circuit, http
+    from syncd.errors import RetryableError
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        stream = httpx.ByteStream(b"plain text, not it")
+        return httpx.Response(200, headers={"Content-Encoding": encoding}, stream=stream)
+
+    expected = f"not the '{encoding}' its Content-Encoding says"
+    with (
+        http.make_client(transport=httpx.MockTransport(answer)) as client,
+        pytest.raises(RetryableError, match=expected) as info,
+    ):
+        http.send(client, "PUT", "http://storage.example/k?X-Emu-Signature=abc", what="t", content=b"x")
+    assert circuit.is_outage(info.value) and info.value.status is None
+    assert "abc" not in str(info.value)
