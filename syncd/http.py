@@ -10,7 +10,8 @@ read against the response's ``Date``) as the hint, else the caller's
 fallback (a service's own rate-limit header, read with
 :func:`parse_retry_after` or :func:`parse_reset`); 401/403 are
 :class:`~syncd.errors.FatalError` unless the caller says otherwise; other
-4xx are :class:`~syncd.errors.PermanentError`. Every message is redacted, and
+4xx are :class:`~syncd.errors.PermanentError`, and any 4xx that comes as an
+HTML page (a proxy's, a WAF's) is a garbled answer, retryable. Every message is redacted, and
 server text in it (:func:`error_text`) has its control characters escaped.
 """
 
@@ -275,19 +276,31 @@ def check(
     destination handles by re-signing. ``retry_after`` (when the answer has
     no ``Retry-After``) and ``min_wait`` go to the
     :class:`~syncd.errors.RetryableError` of a retryable status.
+
+    Any other 4xx that comes as an HTML page (:func:`html_page`) is a garbled
+    answer, whatever ``expired`` and ``auth_fatal`` say: storage and APIs
+    answer in XML or JSON, and a WAF's or proxy's block page says nothing of
+    the file, the signature or the credentials.
     """
     status = response.status_code
     if status in ok:
         return response
     detail = error_text(response)
     message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
-    if status in expired:
-        raise ExpiredError(message, status=status)
     if status in RETRYABLE_STATUS or 500 <= status <= 599:
         hint = parse_retry_after(response.headers.get("Retry-After"), date=response.headers.get("Date"))
         raise RetryableError(
             message, status=status, retry_after=hint if hint is not None else retry_after, min_wait=min_wait
         )
+    if 400 <= status <= 499 and html_page(response):
+        # a proxy's, an ingress's with no backend, a WAF's or a captive portal's page: every
+        # file got it, and each failed for good at once (or, a 403 from storage, was
+        # charged as an expired signature); it counts for the destination's circuit instead
+        raise RetryableError(
+            f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
+        )
+    if status in expired:
+        raise ExpiredError(message, status=status)
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)
     if 200 <= status < 300:
@@ -306,14 +319,13 @@ def check(
         # a temporary one (S3's 307 while DNS settles), or one that says not where to (or a
         # captive portal's 302 to its login page)
         raise RetryableError(moved, status=status, garbled=True)
-    if "html" in response.headers.get("Content-Type", "").lower():
-        # an HTML page is not the service's answer about this file but a proxy's, an
-        # ingress's with no backend, or a captive portal's: every file got it, and each
-        # failed for good at once; it counts for the destination's circuit instead
-        raise RetryableError(
-            f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
-        )
     raise PermanentError(message, status=status)
+
+
+def html_page(response: httpx.Response) -> bool:
+    """Whether an answer is an HTML page (``Content-Type: text/html``...), which no
+    service syncd speaks to sends: a proxy, a WAF or a captive portal answered."""
+    return "html" in response.headers.get("Content-Type", "").lower()
 
 
 def json_body(response: httpx.Response, *, what: str) -> Any:
@@ -338,6 +350,7 @@ __all__ = [
     "UploadError",
     "check",
     "error_text",
+    "html_page",
     "json_body",
     "make_client",
     "parse_reset",

@@ -27,8 +27,8 @@ A service whose API needs more (Xvid: an OAuth token replaced when refused,
 same-host redirects) overrides :meth:`Api.request`.
 
 Storage: :meth:`Api.put` sends bytes to a presigned URL with an exact
-``Content-Length`` and no credentials; a 403 there is an expired signature
-(:class:`~syncd.errors.ExpiredError`). :func:`put_signed` is the single-PUT
+``Content-Length`` and no credentials; a 403 there (not an HTML page) is an
+expired signature (:class:`~syncd.errors.ExpiredError`). :func:`put_signed` is the single-PUT
 flow (Lilt ``single``, WriftAI ``urls``): ask the API for a URL, PUT the
 whole file, and ask again when the URL expired. Multi-part uploads are
 :mod:`._chunked`'s. Every status is mapped by :func:`syncd.http.check`.

@@ -22,7 +22,7 @@ from syncd.destinations._chunked import Opened, Part, PartRules, SessionLost, Sp
 from syncd.destinations.base import Receipt, Source, UploadItem
 from syncd.destinations.options import ApiVideoOptions
 from syncd.errors import ExpiredError, FatalError, PermanentError
-from syncd.http import error_text, json_body, require
+from syncd.http import error_text, html_page, json_body, require
 
 log = logging.getLogger("syncd.destinations.apivideo")  # the destination's lines keep one logger name
 
@@ -160,7 +160,7 @@ class VideoChunks:
         else:
             response = self.api.post_chunk(video_id, session["filename"], part)
         status = response.status_code
-        if status in (400, 403, 404):
+        if status in (400, 403, 404) and not html_page(response):  # a proxy's page: check()'s
             slug, name = problem(response)
             if status == 400 and slug == ALREADY_UPLOADED and video_id:
                 log.info("apivideo: video %s already has its whole source; done", video_id)

@@ -506,6 +506,40 @@ def test_transport_errors_are_retryable_and_hide_the_token(tmp_path: Path) -> No
     assert TOKEN not in str(info.value) and "token=***" in str(info.value)
 
 
+@pytest.mark.parametrize("key", [False, True], ids=["token", "api-key"])
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_chunk_answered_with_an_html_page_is_the_services_trouble(
+    tmp_path: Path, key: bool, status: int
+) -> None:
+    """A WAF's block page in front of api.video: each chunk's 403 was read as an expiry,
+    sent again at once three times and then charged to the file, which failed; a 404 page
+    on the token route paused the destination as an unknown token."""
+    from syncd.circuit import is_outage
+
+    HTML = "<html><head><title>Forbidden</title></head><body><h1>Forbidden</h1>nginx</body></html>"
+    chunks: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        if request.method == "GET" and request.url.path == "/videos":
+            return httpx.Response(200, json={"data": []})
+        if request.url.path == "/videos":
+            return httpx.Response(201, json={"videoId": "vi9"})
+        chunks.append(request)
+        return httpx.Response(status, headers={"Content-Type": "text/html"}, text=HTML)
+
+    path = write(tmp_path, 5)
+    with (
+        Source(path, size=5, mtime_ns=path.stat().st_mtime_ns, inode=path.stat().st_ino) as source,
+        pytest.raises(RetryableError) as info,
+    ):
+        mock_dest(handler, key=key).upload(
+            UploadItem(UUID, path.name, path.name, 5, "video/mp4"), source, None, Checkpoints()
+        )
+    assert not isinstance(info.value, ExpiredError) and is_outage(info.value)
+    assert len(chunks) == 1 and "HTML page" in str(info.value)
+
+
 # == issue 10: the documented route with an API key, re-sent chunks, receipts, warnings =====
 
 

@@ -371,6 +371,22 @@ def test_single_expiry_is_bounded(wire: Wire, emu: Emulator, client: httpx.Clien
     assert_no_secrets(str(info.value))
 
 
+def test_a_storage_403_html_page_is_no_expiry(
+    wire: Wire, emu: Emulator, client: httpx.Client, tmp_path: Path
+) -> None:
+    """nginx's or a WAF's 403 page in front of storage was an expired URL: signed and sent
+    twice more at once, then charged to the file. It is the service's trouble now."""
+    from syncd.circuit import is_outage
+
+    page = "<html><head><title>403 Forbidden</title></head><body>nginx</body></html>"
+    wire.edit("lilt.put", *[reply(403, {"Content-Type": "text/html"}, text=page)] * 3)
+    with pytest.raises(RetryableError) as info:
+        upload(make_dest(client), write(tmp_path, 100))
+    assert not isinstance(info.value, ExpiredError) and is_outage(info.value)
+    assert wire.ops() == ["lilt.initiate", "lilt.put"]
+    assert_no_secrets(str(info.value))
+
+
 def test_single_method_must_be_put(wire: Wire, client: httpx.Client, tmp_path: Path) -> None:
     wire.edit(
         "lilt.initiate",

@@ -192,6 +192,57 @@ def test_a_4xx_html_page_is_a_proxys_not_the_services_refusal_of_the_file(status
         http.check(answer, what="t", ok=(200,))
 
 
+@pytest.mark.parametrize(("status", "auth_fatal"), [(403, True), (403, False), (401, True)])
+def test_a_403_html_page_from_storage_is_no_expiry_and_no_refusal(status: int, auth_fatal: bool) -> None:
+    """A WAF's or nginx's block page on a storage PUT was an expired signature (re-signed
+    at once, then charged to the file, which failed), on an API call a refusal of the
+    credentials. Storage's own expiry (S3's XML AccessDenied) is still one."""
+    import httpx
+
+    from syncd import circuit, errors, http
+
+    def answer(content_type: str, body: str) -> httpx.Response:
+        return httpx.Response(
+            status,
+            headers={"Content-Type": content_type},
+            text=body,
+            request=httpx.Request("PUT", "http://storage.example/k?X-Emu-Signature=s"),
+        )
+
+    page = answer("text/html; charset=utf-8", "<html><h1>403 Forbidden</h1>nginx</html>")
+    with pytest.raises(errors.RetryableError) as info:
+        http.check(page, what="t", ok=(200,), expired=(status,), auth_fatal=auth_fatal)
+    assert not isinstance(info.value, errors.ExpiredError)
+    assert info.value.garbled and circuit.is_outage(info.value)
+    expiry = answer(
+        "application/xml",
+        "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+    )
+    with pytest.raises(errors.ExpiredError):
+        http.check(expiry, what="t", ok=(200,), expired=(status,), auth_fatal=auth_fatal)
+    refused = answer("application/json", '{"message": "bad key"}')
+    if auth_fatal:
+        with pytest.raises(errors.FatalError):
+            http.check(refused, what="t", ok=(200,), auth_fatal=auth_fatal)
+
+
+def test_a_429_or_5xx_html_page_keeps_its_wait() -> None:
+    """A rate limit or an outage answered with a page keeps its status and Retry-After."""
+    import httpx
+
+    from syncd import errors, http
+
+    page = httpx.Response(
+        429,
+        headers={"Content-Type": "text/html", "Retry-After": "7"},
+        text="<html>slow down</html>",
+        request=httpx.Request("PUT", "http://x/y"),
+    )
+    with pytest.raises(errors.RetryableError) as info:
+        http.check(page, what="t", ok=(200,), expired=(403,))
+    assert info.value.status == 429 and info.value.retry_after == 7 and not info.value.garbled
+
+
 def test_odd_values_from_a_server_are_malformed_answers_not_internal_errors() -> None:
     """An expiry no calendar holds came after the service had the file (each retry
     uploaded it again); "[[[[..." past the recursion limit; parts that are not a list."""
