@@ -5,7 +5,8 @@ seconds before it expires (registered with :mod:`syncd.redact`);
 :class:`XvidApi` sends every call with it, replaces it once when a call
 answers 403 ``0x0000003`` and repeats that call once. Both follow redirects
 to the same scheme, host and port only (:func:`send_following`): a redirect
-elsewhere would take the token or the client secret with it.
+elsewhere would take the token or the client secret with it, and is judged
+by :func:`syncd.http.check` instead, as every other service's redirect is.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def send_following(
 
     The method and body are kept (an API call redirected to its trailing-slash
     form must stay a POST), except after 303 (then GET, no body). A redirect
-    to anywhere else is a PermanentError: the Bearer token or the client
-    secret would go with it. A query the target lacks is kept.
+    to anywhere else is not followed, since the Bearer token or the client
+    secret would go with it: it is returned for :func:`syncd.http.check`,
+    which makes a temporary one (a captive portal's 302 to its login page)
+    the service's trouble, retried and counted by its circuit, and a
+    permanent one (301, 308: ``base_url`` moved) a FatalError. It says nothing
+    about the file, so it is never the file's failure. A query the target
+    lacks is kept.
     """
     for _ in range(MAX_REDIRECTS + 1):
         response = send(client, method, url, what=what, **kwargs)
@@ -64,11 +70,8 @@ def send_following(
         except httpx.InvalidURL:
             target = None
         if target is None or (target.scheme, target.host, target.port) != (here.scheme, here.host, here.port):
-            raise PermanentError(
-                f"{what}: HTTP {response.status_code}: redirected to another "
-                "host; not followed (credentials would go with it)",
-                status=response.status_code,
-            )
+            log.debug("xvid: %s: HTTP %d to another host; not followed", what, response.status_code)
+            return response
         if target.query:
             kwargs["params"] = None  # the Location carries the query
         if response.status_code == 303:

@@ -642,9 +642,53 @@ def test_redirects_keep_the_method_and_never_leave_the_host(tmp_path: Path) -> N
         method, url, body, _ = seen[-1]
         assert (method, url) == ("PUT", "https://xvid.example/v1/files/uploads/x/")
         assert json.loads(body) == {"upload": {"nb_chunks": 1}}
-        with pytest.raises(PermanentError, match="another host"):
+        with pytest.raises(FatalError, match="elsewhere.example/v1/steal"):  # base_url moved: pause
             dest.api.call("GET", "/files/y", what="status")
     assert all("elsewhere" not in url for _, url, _, _ in seen)
+
+
+@pytest.mark.parametrize("status", [302, 303, 307])
+def test_a_captive_portals_redirect_is_the_services_trouble_not_the_files(
+    tmp_path: Path, status: int
+) -> None:
+    """Once the token was cached, a portal answering every call with a redirect to its
+    login page on another host failed each waiting file for good; Lilt's circuit opened.
+    The token request redirected there is the service's trouble too."""
+    from syncd.circuit import is_outage
+
+    portal = {"on": False}
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(str(request.url))
+        if portal["on"]:
+            return httpx.Response(
+                status,
+                headers={"Location": "http://portal.example.net/login?next=x", "Content-Type": "text/html"},
+                text="<html>Please log in</html>",
+            )
+        return httpx.Response(200, json={"access_token": "tok-1234", "expires_in": "7200"})
+
+    options = XvidOptions(
+        client_id=CLIENT,
+        client_secret=Secret(SECRET),
+        pipeline_id=PIPELINE,
+        base_url="https://xvid.example/v1",
+    )
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        dest = XvidDestination("media", options, client)
+        dest.auth.token()  # cached
+        portal["on"] = True
+        with pytest.raises(RetryableError) as info:
+            attempt(dest, make_file(tmp_path, 10))
+        assert is_outage(info.value) and info.value.status == status
+        assert "portal.example.net/login" in str(info.value)
+        dest.auth.forget()
+        with pytest.raises(RetryableError) as info:
+            dest.auth.token()
+        assert is_outage(info.value)
+    assert all("portal" not in url for url in seen)
 
 
 def test_an_undocumented_final_status_without_a_file_is_retried_then_reported(
