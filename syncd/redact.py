@@ -11,7 +11,9 @@ Two mechanisms, applied together by :func:`redact`:
 * Shapes. Query parameters that carry credentials or signatures
   (``key=``, ``token=``, ``X-Amz-Signature=``, ``signature=``, and any
   ``...-Signature``/``..._token``/``...-Credential`` name such as the
-  emulator's ``X-Emu-Signature=`` ...), the password of a URL's user-info
+  emulator's ``X-Emu-Signature=`` ...), also in a URL percent-encoded inside
+  other text (``%26X-Amz-Signature%3D...``) or in JSON that escapes ``&``
+  (``\\u0026X-Amz-Signature=...``), the password of a URL's user-info
   (``https://user:***@host/``), the token in an ``/upload-tokens/<token>``
   or ``/token/<token>/`` path (api.video's private video assets), and
   ``Authorization``/``Bearer``/``Basic`` values are masked wherever they
@@ -47,6 +49,16 @@ _SENSITIVE_PARAMS = (
 _CREDENTIAL_SUFFIX = r"[\w.-]*?[-_.](?:signature|sig|token|secret|password|passwd|credential)"
 _PARAM = rf"(?:{_SENSITIVE_PARAMS}|{_CREDENTIAL_SUFFIX})"
 _QUERY_RE = re.compile(rf"(?i)([?&;]{_PARAM}=)[^&#\s'\"<>]*")
+# The same parameters in a URL that is percent-encoded (once or twice) inside other text, a
+# login page's ``?next=...%26X-Amz-Signature%3D...``: the value runs to the next encoded & or #.
+_ENCODED_QUERY_RE = re.compile(
+    rf"(?i)(%(?:25)?(?:26|3F|3B){_PARAM}(?:%(?:25)?3D|=))(?:[^&#\s'\"<>%]|%(?!(?:25)?2[36]))*"
+)
+# ... and in JSON whose encoder escapes & as \u0026 (Go's encoding/json): the value runs to
+# the next such escape of &, <, >, or a quote (a \/ inside it is part of it).
+_ESCAPED_QUERY_RE = re.compile(
+    rf"(?i)(\\u00(?:26|3F|3B){_PARAM}(?:=|\\u003D))(?:[^&#\s'\"<>\\]|\\(?!u00(?:26|3C|3E|22|27)))*"
+)
 # scheme://user:password@ or scheme://user@ (a lone user-info is often a token).
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?#\s'\"<>]*)?@")
 # api.video's GET/DELETE /upload-tokens/{token} and a private video's asset URLs
@@ -95,6 +107,8 @@ def redact(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(MASK, text)
     text = _QUERY_RE.sub(rf"\1{MASK}", text)
+    text = _ENCODED_QUERY_RE.sub(rf"\1{MASK}", text)
+    text = _ESCAPED_QUERY_RE.sub(rf"\1{MASK}", text)
     text = _USERINFO_RE.sub(_mask_userinfo, text)
     text = _PATH_RE.sub(rf"\1{MASK}", text)
     text = _AUTH_RE.sub(lambda m: f"{m.group(1)}{(m.group(2) + ' ') if m.group(2) else ''}{MASK}", text)

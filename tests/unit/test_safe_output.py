@@ -197,6 +197,37 @@ def test_signature_parameter_names_are_masked_and_other_parameters_kept() -> Non
     )
 
 
+@pytest.mark.parametrize("form", ["go-json", "percent", "percent-twice"])
+def test_a_signed_url_echoed_escaped_or_percent_encoded_in_an_error_is_masked(form: str) -> None:
+    """A server echoing the URL in Go-style JSON (``&`` as ``\\u0026``) or percent-encoded
+    (a login page's ``?next=``): the name had to follow a literal ?, & or ;, so the
+    signature and the key reached the log, the ledger and ``syncd files``."""
+    from urllib.parse import quote
+
+    url = (
+        f"http://127.0.0.1:8790/lilt/_storage/k?X-Emu-Expires=1800000000&X-Emu-Size=5"
+        f"&X-Emu-Signature={SIG}&s3Key=uploads/a.txt&key=k3y-0f-the-api&X-Amz-Credential=AKIA%2F2026"
+    )
+    if form == "go-json":
+        body = json.dumps({"message": f"denied: {url}"}).replace("&", "\\u0026")
+    else:
+        once = quote(url, safe="")
+        body = json.dumps(
+            {"message": "see /login?next=" + (once if form == "percent" else quote(once, safe=""))}
+        )
+    response = httpx.Response(
+        400, headers={"Content-Type": "application/json"}, text=body, request=httpx.Request("PUT", url)
+    )
+    with pytest.raises(PermanentError) as info:
+        check(response, what="lilt: PUT to storage")
+    text = str(info.value)
+    for secret in (SIG, "k3y-0f-the-api", "AKIA"):
+        assert secret not in text, (secret, text)
+    for kept in ("X-Emu-Expires", "1800000000", "s3Key", "uploads", "X-Emu-Signature"):
+        assert kept in text, (kept, text)
+    assert text.count("***") == 3
+
+
 def test_httpx_debug_lines_for_emulator_urls_carry_no_signature(
     tmp_path: Path, restore_logging: None
 ) -> None:
