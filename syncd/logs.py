@@ -88,6 +88,25 @@ def printable(text: str, keep: str = "") -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+# What printable() escapes that json.dumps(ensure_ascii=False) leaves raw (it escapes C0
+# itself), and lone surrogates (a file name's undecodable bytes), which no terminal shows.
+_UNSAFE_IN_JSON = re.compile(
+    "[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def printable_json(value: Any, **dumps: Any) -> str:
+    """``json.dumps(value, **dumps)`` safe for a terminal, and still valid JSON.
+
+    Text stays readable (``café``, not ``caf\\u00e9``), but every character
+    :func:`printable` would escape is written as a ``\\u202e`` escape, so
+    server-chosen text in a ``--json`` view can neither drive the terminal nor
+    reorder what follows it.
+    """
+    text = json.dumps(value, ensure_ascii=False, **dumps)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 _KEEP = "\n\t"  # records may span lines (tracebacks); each formatter frames them
 
 

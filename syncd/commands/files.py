@@ -3,12 +3,16 @@
 Rows being uploaded carry the daemon's progress snapshot (see
 syncd/progress.py), as in `syncd status`. Works when the config file is
 broken (see :mod:`.common`), except ``--receipt``, which needs the secrets.
+
+A receipt is the service's text (a remote id, URLs): both views mask what
+looks like a secret in it (:func:`syncd.redact.redact`), except the URLs
+``--receipt`` opens from their seal on purpose, and print JSON whose control
+and bidi characters are escapes (:func:`syncd.logs.printable_json`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -16,12 +20,24 @@ from syncd import progress as progressmod
 from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, load_view, open_ledger, shown, stamp
 from syncd.ledger import Row, State
 from syncd.lock import holder_pid
-from syncd.logs import quoted_path
+from syncd.logs import printable_json, quoted_path
+from syncd.redact import redact
 
 
 def _path(r: Row) -> str:
     j = r.to_json()
     return f"{j['folder']}/{j['relpath']}"
+
+
+def _masked(value: Any) -> Any:
+    """``value`` (ledger JSON: a receipt, an error) with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
 
 
 def _uploading(r: Row, moving: dict[str, Any] | None) -> dict[str, Any]:
@@ -60,10 +76,11 @@ def cmd_files(args: argparse.Namespace) -> int:
         out = []
         for r in rows:
             j = r.to_json()
+            j["receipt"], j["last_error"] = _masked(j.get("receipt")), _masked(j.get("last_error"))
             if r.state == State.UPLOADING:
                 j["progress"] = _uploading(r, moving.get(r.id))["progress"]
             out.append(j)
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        print(printable_json(out, indent=2))
         return EXIT_OK
     if not rows:
         print("no files" + (f" in state {args.state}" if args.state else ""))
@@ -101,7 +118,8 @@ def _show_receipt(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    receipt = dict(row.receipt)
+    stored = dict(row.receipt)
+    receipt = stored
     dest = cfg.destinations.get(row.destination)
     reveal = getattr(REGISTRY[dest.type], "reveal_receipt", None) if dest is not None else None
     if dest is not None and reveal is not None:
@@ -115,7 +133,9 @@ def _show_receipt(args: argparse.Namespace) -> int:
             "configured, so its sealed URLs stay sealed (they open with that destination's secret)",
             file=sys.stderr,
         )
-    print(json.dumps(receipt, indent=2, ensure_ascii=False))
+    opened = {k for k, v in receipt.items() if k not in stored or stored[k] != v}  # from the seal
+    shown = {k: v if k in opened else _masked(v) for k, v in receipt.items()}
+    print(printable_json(shown, indent=2))
     return EXIT_OK
 
 

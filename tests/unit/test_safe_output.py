@@ -122,6 +122,36 @@ def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.C
         assert SIG not in out and "\\x1b[31mdenied\\x9b\\u202e" in out, (argv, out)
 
 
+def test_files_json_and_receipt_escape_and_mask_a_hostile_receipt(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A remote id the server chose, with controls, a bidi override, a signature and the
+    API key echoed in it: `files --json` and `files --receipt` printed it raw (U+202E and
+    C1 controls reached the terminal) and in full."""
+    key = "literal-safe-output-key"
+    remote_id = f"uploads/a.txt{HOSTILE}?X-Emu-Signature={SIG}&key={key} café"
+    ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
+    root = str(cfg.parent / "inbox")
+    ledger.observe(root, ["a.txt"], destination="main")
+    row = ledger.active_for_path(root, "a.txt")
+    assert row is not None
+    note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
+    ledger.promote(row.id)
+    ledger.claim_next()
+    ledger.mark_uploaded(row.id, sha256="ab" * 32, receipt={"remote_id": remote_id, "bare": key})
+    ledger.close()
+    for argv in (["files", "--json"], ["files", "--receipt", str(row.id)]):
+        assert main(["-c", str(cfg), *argv]) == 0
+        out = capsys.readouterr().out
+        assert not raw_controls(out), (argv, out)
+        assert SIG not in out and key not in out, (argv, out)
+        data = json.loads(out)  # still JSON, with the text readable once decoded
+        receipt = data[0]["receipt"] if argv[1] == "--json" else data
+        assert receipt["remote_id"] == f"uploads/a.txt{HOSTILE}?X-Emu-Signature=***&key=*** café", argv
+        assert "café" in out, argv
+    assert receipt["bare"] == "***"  # the config's key, known to --receipt
+
+
 # -- the boundary: error bodies become messages -----------------------------------------
 
 
