@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 MASK = "***"
@@ -115,6 +116,17 @@ def redact(text: str) -> str:
     text = _SCHEME_RE.sub(lambda m: f"{m.group(1)} {MASK}", text)
     text = _JSON_RE.sub(rf"\1{MASK}", text)
     return text
+
+
+def redact_json(value: Any) -> Any:
+    """``value`` (JSON data: a receipt, a recorded error) with every string redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_json(v) for k, v in value.items()}
+    return value
 
 
 def _mask_userinfo(m: re.Match[str]) -> str:

@@ -21,23 +21,12 @@ from syncd.commands.common import EXIT_FAILED, EXIT_OK, load, load_view, open_le
 from syncd.ledger import Row, State
 from syncd.lock import holder_pid
 from syncd.logs import printable_json, quoted_path
-from syncd.redact import redact
+from syncd.redact import redact_json
 
 
 def _path(r: Row) -> str:
     j = r.to_json()
     return f"{j['folder']}/{j['relpath']}"
-
-
-def _masked(value: Any) -> Any:
-    """``value`` (ledger JSON: a receipt, an error) with every string redacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    return value
 
 
 def _uploading(r: Row, moving: dict[str, Any] | None) -> dict[str, Any]:
@@ -76,7 +65,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         out = []
         for r in rows:
             j = r.to_json()
-            j["receipt"], j["last_error"] = _masked(j.get("receipt")), _masked(j.get("last_error"))
+            j["receipt"], j["last_error"] = redact_json(j.get("receipt")), redact_json(j.get("last_error"))
             if r.state == State.UPLOADING:
                 j["progress"] = _uploading(r, moving.get(r.id))["progress"]
             out.append(j)
@@ -134,7 +123,7 @@ def _show_receipt(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     opened = {k for k, v in receipt.items() if k not in stored or stored[k] != v}  # from the seal
-    shown = {k: v if k in opened else _masked(v) for k, v in receipt.items()}
+    shown = {k: v if k in opened else redact_json(v) for k, v in receipt.items()}
     print(printable_json(shown, indent=2))
     return EXIT_OK
 

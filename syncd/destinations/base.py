@@ -83,7 +83,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from syncd import safefs
+from syncd import redact, safefs
 from syncd.destinations.options import credential as credential  # re-exported
 from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.hashing import BLOCK, StreamHash
@@ -153,7 +153,13 @@ class Receipt:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"remote_id": self.remote_id, "url": self.url, **self.details}
+        """As the ledger stores it: what looks like a secret in the service's text (an id
+        or a URL that echoes a credential) is masked (:func:`syncd.redact.redact_json`);
+        sealed values are opaque and pass."""
+        stored: dict[str, Any] = redact.redact_json(
+            {"remote_id": self.remote_id, "url": self.url, **self.details}
+        )
+        return stored
 
 
 class Source:

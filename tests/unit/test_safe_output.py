@@ -152,6 +152,24 @@ def test_files_json_and_receipt_escape_and_mask_a_hostile_receipt(
     assert receipt["bare"] == "***"  # the config's key, known to --receipt
 
 
+def test_a_receipt_that_echoes_a_credential_is_stored_masked() -> None:
+    """A service that puts the API key (or a signed URL) into the id it answers: the
+    receipt went into the ledger as it came (promise 6: not in the ledger either).
+    Sealed values are opaque and stored as they are."""
+    from syncd.destinations.base import Receipt
+
+    key = "receipt-echoed-key-5d1e"
+    redact.register(key)
+    stored = Receipt(
+        remote_id=f"uploads/{key}/a.txt",
+        url=f"https://store.example/a.txt?X-Amz-Signature={SIG}",
+        details={"sealed": {"v": 1, "box": "QUJD+/="}, "parts": [f"token={key}"]},
+    ).to_json()
+    assert key not in json.dumps(stored) and SIG not in json.dumps(stored)
+    assert stored["remote_id"] == "uploads/***/a.txt"
+    assert stored["sealed"] == {"v": 1, "box": "QUJD+/="}
+
+
 # -- the boundary: error bodies become messages -----------------------------------------
 
 
