@@ -204,12 +204,12 @@ class Recovery:
             # a stuck folder, or one whose archive is full: one file a pass, as a probe
             stuck = root in procedure.after.stuck or procedure.after.disk_full.archive_full(folder)
             start = self._stuck_after.get(root, 0) if stuck else 0
-            after, limit, wrapped = start, (1 if stuck else PAGE), False
+            after, limit, wrapped, worked = start, (1 if stuck else PAGE), False, False
             while True:
                 page = self.ledger.rows(state=State.UPLOADED, folder=root, after=after, limit=limit)
                 if wrapped:
                     page = [listed for listed in page if listed.id <= start]
-                elif not page and start and not stuck:
+                elif not page and start and worked:
                     # the probe worked and those after it went: now those listed before it
                     after, limit, wrapped = 0, PAGE, True
                     continue
@@ -233,6 +233,7 @@ class Recovery:
                     finally:
                         self._release(row.id)
                     full = full or (error is not None and is_disk_full(error))
+                    worked = worked or error is None
                     if error is not None and (stuck or root in procedure.after.stuck):
                         # The others wait for the next sweep, which tries the one after
                         # this (a file that fails for a reason of its own holds none back).
@@ -240,8 +241,9 @@ class Recovery:
                         break
                 else:
                     # the page went through: a stuck folder's probe that worked means the
-                    # folder works again, and all its files go in this pass
-                    after, limit, stuck = page[-1].id, PAGE, False
+                    # folder works again, and its other files go in this pass (a failure
+                    # still ends it: a full archive may take a link and not a copy)
+                    after, limit = page[-1].id, PAGE
                     continue
                 break
         return full

@@ -1204,3 +1204,63 @@ def test_the_drain_counts_archive_moves_apart_from_uploads(setup: Any) -> None:
     assert sending is not None and archiving is not None
     ledger.mark_uploaded(archiving.id, sha256="ab" * 32, receipt={"remote_id": "r"})
     assert _in_flight(up) == (1, 1)
+
+
+def test_a_full_archive_whose_probe_fits_is_still_tried_one_failure_a_sweep(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full archive takes the probe (a link needs no data blocks) but not the next file:
+    the pass ends at that failure, not after trying every file of the folder."""
+    import errno
+
+    from syncd import archive
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    real = archive.finish
+    calls = _archive_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    for i in range(6):
+        drop(f"f{i}.txt")
+    for _ in range(6):
+        assert step() == "uploaded"
+    root = os.fspath(folder.path)
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    recovery.sweep()
+    calls.clear()
+    n = {"ok": 0}
+
+    def first_fits(*args: Any, **kw: Any) -> None:
+        calls.append(args[1].id)
+        if n["ok"] == 0:
+            n["ok"] += 1
+            return real(*args, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive, "finish", first_fits)
+    assert up.disk_full.archive_full(folder)
+    recovery.sweep()
+    assert len(calls) <= 2
+
+
+def test_a_full_archive_whose_probe_row_a_worker_holds_is_tried_once_a_sweep(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe row is in a worker's hands: the next file is the probe, one try."""
+    import errno
+
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    calls = _archive_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    for i in range(6):
+        drop(f"f{i}.txt")
+    for _ in range(6):
+        assert step() == "uploaded"
+    root = os.fspath(folder.path)
+    recovery = Recovery(ledger, lambda: {root: folder}, up)
+    recovery.sweep()
+    calls.clear()
+    nxt = recovery._stuck_after[root] + 1
+    up.stats.inflight[nxt] = "held by a worker"  # the probe row is in a worker's hands
+    recovery.sweep()
+    assert len(calls) <= 1
