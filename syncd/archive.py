@@ -42,10 +42,21 @@ from typing import TYPE_CHECKING
 
 from syncd import metadata, safefs
 from syncd.aside import put_back, recover_aside
-from syncd.copies import ChangedAfterUpload, hash_fd
+from syncd.copies import ChangedAfterUpload
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
-from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
+from syncd.moves import (
+    StillOpen,
+    bytes_differ,
+    drop_earlier,
+    holds_uploaded,
+    matches,
+    move,
+    opened,
+    refuse_if_written,
+    roots,
+    settle_earlier,
+)
 from syncd.names import with_suffix
 
 if TYPE_CHECKING:
@@ -98,9 +109,10 @@ def finish(
     """
     path = row.current_path
     if folder.after_upload == "keep":
+        location = None
         if fd is None and not fresh:  # a crash in an archive move, before "keep" was configured
-            _undo_move(row, folder, path)
-        ledger.mark_done(row.id)
+            location = _undo_move(row, folder, path)
+        ledger.mark_done(row.id, location=location)
         return
     if fd is None:  # a restart or a sweep: a crash may have left the file renamed aside
         path = (
@@ -117,6 +129,16 @@ def finish(
         if row.location is None and not matches(src.st, row):
             # A different file now has this name (replaced after the upload): it is
             # a new version, not what was uploaded. Leave it for the scanner.
+            earlier = _earlier(row, folder, fresh)
+            if earlier is not None and settle_earlier(src, *earlier, row.size or 0, row.sha256):
+                ledger.mark_done(row.id, location=earlier[0])  # archived before a crash
+                reobserve(ledger, row)
+                log.info(
+                    "archived %s -> %s before a new file took its name",
+                    quoted_path(path),
+                    quoted_path(earlier[0]),
+                )
+                return
             _replaced(ledger, row, "replaced by a new file after upload; nothing archived")
             return
         if folder.after_upload == "delete":
@@ -136,7 +158,7 @@ def finish(
                 reobserve(ledger, row)  # a new file took the name meanwhile: its own row
             return
         assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
-        planned = None if fresh else row.archive_path
+        planned, root = _earlier(row, folder, fresh) or (None, None)
         try:
             target = move(
                 src,
@@ -145,7 +167,7 @@ def finish(
                 os.path.basename(row.relpath),
                 record=lambda t: _record_target(ledger, row, t),
                 planned=planned,
-                planned_root=_root_of(planned, os.fspath(folder.archive_dir)),
+                planned_root=root,
                 sha256=row.sha256,
                 cancel=cancel,
                 check=fd is None,  # not read here for its upload (a restart): hashed again
@@ -154,59 +176,52 @@ def finish(
         except ChangedAfterUpload:
             _replaced(ledger, row, f"{CHANGED}; nothing archived, the new bytes are uploaded next")
             return
-    finish_sidecar(ledger, row, folder, target)
+    if not src.rewritten:  # else the sidecar stays, with the new bytes it was written for
+        finish_sidecar(ledger, row, folder, target)
     ledger.mark_done(row.id, location=target)
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
     if src.replaced and row.location is None:
         reobserve(ledger, row)  # a new file took the name during the move: its own row
 
 
-def _root_of(planned: str | None, archive_root: str) -> str | None:
-    """The directory to resolve an earlier move's target from: the archive folder, or, for a
-    target in an archive folder configured before (a crash, then archive_dir changed), the
-    target's own directory. That move is finished where it began: its entry is made."""
-    if planned is None or exists_under(planned, archive_root):
+def _earlier(row: Row, folder: FolderConfig, fresh: bool) -> tuple[str, str] | None:
+    """The target an earlier, interrupted move of the row recorded (None for a row marked
+    uploaded just now, whose target was never tried), and the directory to resolve it from:
+    the archive folder, or, for a target in an archive folder configured before (a crash,
+    then archive_dir changed), the target's own directory: that move is finished where
+    it began, since its entry may be made."""
+    planned = None if fresh else row.archive_path
+    if planned is None:
         return None
-    return os.path.dirname(planned)
+    if folder.archive_dir is not None and exists_under(planned, os.fspath(folder.archive_dir)):
+        return planned, os.fspath(folder.archive_dir)
+    return planned, os.path.dirname(planned)
 
 
-def _undo_move(row: Row, folder: FolderConfig, path: str) -> None:
+def _undo_move(row: Row, folder: FolderConfig, path: str) -> str | None:
     """``after_upload`` is "keep" now, but a crash may have cut short an archive move of the
     row's file: put it back under its name if it was renamed aside to be unlinked, and
     remove the archive entry the move made (a link to the file kept in the inbox, which
-    later edits would change, or a copy no row points at)."""
+    later edits would change, or a copy no row points at). A move that got as far as
+    removing the inbox name is done: the archived file's path (the row's location)."""
     aside = recover_aside(path, roots(row, folder), row.device, row.inode, lambda st: matches(st, row))
     if aside is not None:
         with safefs.parent(*safefs.anchor(path, roots(row, folder))) as (dirfd, name):
             put_back(dirfd, os.path.basename(aside), name, path)
-    planned = row.archive_path
-    if planned is None:
-        return
-    archive_root = os.fspath(folder.archive_dir) if folder.archive_dir is not None else None
-    root = archive_root if archive_root and exists_under(planned, archive_root) else os.path.dirname(planned)
+    earlier = _earlier(row, folder, fresh=False)
+    if earlier is None:
+        return None
+    planned, root = earlier
     with opened(path, roots(row, folder), None) as src:
-        if src is None or not matches(src.st, row):
-            return
-        try:
-            with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
-                try:
-                    st = os.fstat(fd)
-                    ours = safefs.same_file(st, src.st) or (
-                        stat.S_ISREG(st.st_mode) and st.st_size == row.size and hash_fd(fd) == row.sha256
-                    )
-                finally:
-                    os.close(fd)
-                if ours:
-                    os.unlink(name, dir_fd=dirfd)
-                    safefs.fsync_dirfd(dirfd)
-                    log.info(
-                        "kept %s in the inbox; removed %s, made by an archive move a crash cut short",
-                        quoted_path(path),
-                        quoted_path(planned),
-                    )
-        except OSError:
-            return
+        if src is None:  # the inbox name was removed: archived before the crash
+            return planned if holds_uploaded(planned, root, row.size or 0, row.sha256) else None
+        if matches(src.st, row) and drop_earlier(src, planned, root, row.sha256):
+            log.info(
+                "kept %s in the inbox; removed %s, made by an archive move a crash cut short",
+                quoted_path(path),
+                quoted_path(planned),
+            )
+    return None
 
 
 def _record_target(ledger: Ledger, row: Row, target: str) -> None:
@@ -218,8 +233,9 @@ def _record_target(ledger: Ledger, row: Row, target: str) -> None:
 
 
 def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = False) -> None:
-    planned = None if fresh else row.archive_path  # a fresh row's target was never tried
-    if planned and folder.archive_dir is not None and exists_under(planned, os.fspath(folder.archive_dir)):
+    earlier = _earlier(row, folder, fresh)
+    if earlier is not None and holds_uploaded(*earlier, row.size or 0, row.sha256):
+        planned = earlier[0]
         finish_sidecar(ledger, row, folder, planned)
         ledger.mark_done(row.id, location=planned)
         return
@@ -265,6 +281,8 @@ def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str |
             return
         assert folder.archive_dir is not None  # a target in the archive: after_upload = "archive"
         archive_root = os.fspath(folder.archive_dir)
+        if not exists_under(target, archive_root):  # finished in the archive_dir of its time
+            archive_root = os.path.dirname(target)
         try:
             _, rel = safefs.anchor(target, [archive_root])
         except safefs.UnsafePath:  # archive_dir changed (a reload) since the file was archived

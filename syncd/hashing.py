@@ -22,6 +22,7 @@ which the caller's change checks (size, mtime, ctime) cover.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -32,6 +33,7 @@ from syncd.errors import SourceChangedError
 BLOCK = 1 << 20
 BACKGROUND_FROM = 4 * BLOCK  # smaller files are hashed inline: a thread costs more than it saves
 QUEUED_BLOCKS = 8
+WAKE = (-1, b"")  # queued to wake the worker: at no position, so never hashed
 # Blocks ahead of the hash kept in memory: Lilt's four 8 MiB parts in parallel hold up to
 # three parts while the first goes. Larger parts in parallel overflow it, and the worker
 # reads the rest from the file.
@@ -84,7 +86,10 @@ class StreamHash:
                         self._held[pos] = data
                         self._held_bytes += len(data)
                     # whatever was not held, the worker reads from the file when idle
-                    self._catch_up.set()
+                    if not self._catch_up.is_set():
+                        self._catch_up.set()
+                        with contextlib.suppress(queue.Full):  # a worker waiting with no
+                            self._queue.put_nowait(WAKE)  # timeout takes it up now
                 return  # behind it: sent again (a part retried), hashed already
         # in order: one reader at a time queues, so the queue stays in file order; it may wait
         # for room in the queue, and readers of later parts go on holding meanwhile
@@ -153,7 +158,9 @@ class StreamHash:
         except OSError as exc:
             self._error = SourceChangedError(f"the file could not be read again: {exc.strerror or exc}")
         finally:
-            self._take_held(self._size + 1)  # nothing held outlives the hash
+            with self._held_lock:  # nothing held outlives the hash (an offer chaining ends)
+                self._held.clear()
+                self._held_bytes = 0
             self._drain()
 
     def _drain(self) -> None:

@@ -116,6 +116,9 @@ class Held:
     def __init__(self, dirfd: int, name: str, fd: int, st: os.stat_result, path: str) -> None:
         self.dirfd, self.name, self.fd, self.st, self.path = dirfd, name, fd, st, path
         self.replaced = False  # unlink found another file under the name (left alone)
+        # written to after an earlier move archived a copy of it (a crash, then a producer's
+        # rewrite): left in place as a new version, with the sidecar it may have been given
+        self.rewritten = False
 
     def written_since(self) -> bool:
         """Whether the file was written to since it was held (size or mtime moved): then
@@ -244,25 +247,68 @@ def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
     log.info("archived file %r was still hard-linked elsewhere; replaced it by a private copy", name)
 
 
-def _planned_done(planned: str, target_root: str, src: Held, sha256: str | None) -> str | None:
-    """How an interrupted move already put these bytes at ``planned``: ``"link"`` (the
-    file itself), ``"copy"`` (a copy of the bytes uploaded), or None (it did not)."""
+def _planned_done(planned: str, root: str, src: os.stat_result, size: int, sha256: str | None) -> str | None:
+    """What an earlier move left at ``planned`` (resolved from ``root``): ``"link"`` (the
+    file ``src`` itself), ``"copy"`` (``size`` bytes that hash to ``sha256``: the bytes
+    uploaded), or None (nothing of it)."""
     try:
-        root, rel = safefs.anchor(planned, [target_root])
-        fd = safefs.open_file(root, rel)
+        base, rel = safefs.anchor(planned, [root])
+        fd = safefs.open_file(base, rel)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        if safefs.same_file(st, src.st):
+        if safefs.same_file(st, src):
             return "link"
-        if sha256 is not None and st.st_size == src.st.st_size and hash_fd(fd) == sha256:
+        if sha256 is not None and st.st_size == size and hash_fd(fd) == sha256:
             return "copy"
         return None
     finally:
         os.close(fd)
+
+
+def holds_uploaded(planned: str, root: str, size: int, sha256: str | None) -> bool:
+    """Whether ``planned`` (resolved from ``root``) holds the bytes uploaded: a move that a
+    crash cut short after it removed the inbox name."""
+    try:
+        base, rel = safefs.anchor(planned, [root])
+        return _planned_done(planned, root, safefs.lstat(base, rel), size, sha256) is not None
+    except OSError:
+        return False
+
+
+def _drop_entry(planned: str, root: str, src: os.stat_result) -> None:
+    """Remove the archive entry ``planned`` if it is the file ``src`` (a link)."""
+    with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
+        if safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src):
+            os.unlink(name, dir_fd=dirfd)
+            safefs.fsync_dirfd(dirfd)
+
+
+def drop_earlier(src: Held, planned: str, root: str, sha256: str | None) -> bool:
+    """An earlier move of ``src`` is abandoned (the folder keeps its files now): remove the
+    entry it made at ``planned``, a link to ``src`` or a copy of its bytes. True if it did."""
+    how = _planned_done(planned, root, src.st, src.st.st_size, sha256)
+    if how is None:
+        return False
+    with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
+        os.unlink(name, dir_fd=dirfd)
+        safefs.fsync_dirfd(dirfd)
+    return True
+
+
+def settle_earlier(src: Held, planned: str, root: str, size: int, sha256: str | None) -> bool:
+    """The inbox name holds another file than the one uploaded (``src``: rewritten with
+    another size or mtime, or replaced) after an earlier move of the uploaded one made
+    its entry at ``planned``. True if that entry holds the ``size`` bytes uploaded (a copy,
+    or the uploaded file itself, replaced under its name): the move is done. A link to
+    ``src`` is the rewritten file: it leaves the archive, and False."""
+    how = _planned_done(planned, root, src.st, size, sha256)
+    if how == "link":
+        _drop_entry(planned, root, src.st)
+    return how == "copy"
 
 
 def _finish_planned(
@@ -280,10 +326,7 @@ def _finish_planned(
         src.unlink()
         return
     if how == "link":
-        with safefs.parent(*safefs.anchor(planned, [target_root])) as (dirfd, name):
-            if safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src.st):
-                os.unlink(name, dir_fd=dirfd)
-                safefs.fsync_dirfd(dirfd)
+        _drop_entry(planned, target_root, src.st)
         raise ChangedAfterUpload("it was written to after it was archived, before its name left the inbox")
     log.warning(
         "%s was written to after its upload was archived (%s) and before it left the inbox: "
@@ -291,7 +334,7 @@ def _finish_planned(
         quoted_path(src.path),
         quoted_path(planned),
     )
-    src.replaced = True
+    src.replaced = src.rewritten = True
 
 
 def move(
@@ -322,7 +365,7 @@ def move(
     still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
     planned_root = planned_root or target_root
-    how = _planned_done(planned, planned_root, src, sha256) if planned is not None else None
+    how = None if planned is None else _planned_done(planned, planned_root, src.st, src.st.st_size, sha256)
     if planned is not None and how is not None:
         _finish_planned(src, planned, planned_root, how, sha256, check)
         return planned

@@ -181,6 +181,68 @@ def test_a_crash_in_an_archive_move_then_a_new_archive_dir_archives_once(tmp_pat
         s.close()
 
 
+@pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
+def test_a_rewrite_of_another_size_after_the_archive_placed_it_leaves_only_uploaded_bytes_archived(
+    tmp_path: Path, mode: int
+) -> None:
+    """As above, but the rewrite changes the size: the file is no longer the row's version
+    at all. The archive entry the move made stayed: a link that then held the new bytes
+    under the old row's target, or a copy no row pointed at. Now a copy is the old row's
+    archived file, and a link to the rewritten file leaves the archive."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        v1, v2 = os.urandom(1 << 20), os.urandom((1 << 20) + 7)
+        path = s.drop("big.bin", v1)
+        os.chmod(path, mode)
+        _run_with_crash(s, "archive.placed:1")
+        with open(path, "r+b") as f:
+            f.write(v2)
+        s.dropped[("in", "big.bin")] = v2
+        s.start()
+        wait_until(lambda: s.all_done(2), 30, what="v2 uploaded and archived")
+        archived = {str(p): sha(p.read_bytes()) for p in s.archive().rglob("*") if p.is_file()}
+        rows = {r.sha256: r for r in s.rows()}
+        assert {rows[h].location for h in archived.values()} == set(archived)  # each has its row
+        assert sorted(archived.values()) == sorted([sha(v1), sha(v2)] if mode == 0o664 else [sha(v2)])
+        s.invariants()
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "spec,change",
+    [
+        ("archive.unlinked:1", {"archive_dir": "archive/elsewhere"}),
+        ("archive.renamed_aside:1", {"archive_dir": "archive/elsewhere"}),
+        ("archive.unlinked:1", {"after_upload": "keep"}),  # renamed aside: put back (above)
+    ],
+)
+def test_a_move_that_removed_the_inbox_name_is_done_whatever_the_new_config(
+    tmp_path: Path, spec: str, change: dict[str, str]
+) -> None:
+    """Killed once the inbox name is gone (or renamed aside): the file is in the archive.
+    With archive_dir changed, or after_upload switched to keep, before the start, the row
+    said the source vanished (nothing archived) or was done with no location."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        s.drop("report.pdf", b"archived once")
+        _run_with_crash(s, spec)
+        old = s.archive() / "report.pdf"
+        s.folders[0].update(change)
+        s._write_config({}, {})
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="the move finished")
+        (row,) = s.rows()
+        assert row.location == str(old) and row.last_error is None, row
+        assert old.read_bytes() == b"archived once"
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]
+        assert len(s.emulator.uploads()) == 1
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize(
     "spec", ["archive.renamed_aside:1", "archive.renamed_aside:2", "ledger.archive_target:1"]
 )

@@ -218,6 +218,53 @@ def test_crash_between_file_and_sidecar_moves(make_setup: Callable[..., Setup], 
     assert s.stop() == 0
 
 
+def test_a_move_finished_in_the_old_archive_dir_takes_its_sidecar_along(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """Killed with the file placed in the archive; archive_dir changed before the start.
+    The move is finished in the old folder, and the sidecar goes beside the file there:
+    it stayed in the inbox (anchored on the new archive_dir), for a later same-name file."""
+    s = make_setup(folders=[{"name": "in", "metadata_sidecar": True}])
+    _sidecar(s, "a.pdf", {"labels": ["side"]})
+    s.drop("a.pdf", b"A" * 700)
+    proc = s.start(extra_env={"SYNCD_CRASH_AT": "archive.placed:1"})
+    assert proc.wait(60) == 137, s.log_text()[-2000:]
+    old = s.archive()
+    s.folders[0]["archive_dir"] = "archive/elsewhere"
+    s._write_config({}, {})
+    s.start()
+    wait_until(lambda: s.all_done(1), 30, what="recovery")
+    assert sorted(p.name for p in old.iterdir() if p.is_file()) == ["a.pdf", "a.pdf.meta.json"]
+    assert not any(p.is_file() for p in s.inbox().rglob("*"))
+    assert s.stop() == 0
+
+
+def test_a_rewrite_while_stopped_keeps_its_sidecar_for_the_new_version(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """Killed with a copy of the file placed in the archive; while stopped, the producer
+    rewrites the file (same size, mtime set back). The copy stays archived; the new
+    version is uploaded with the sidecar's labels (the sidecar went with the old copy,
+    and the new version was sent without them)."""
+    s = make_setup(folders=[{"name": "in", "metadata_sidecar": True}])
+    _sidecar(s, "big.bin", {"labels": ["side"]})
+    v1, v2 = os.urandom(1 << 16), os.urandom(1 << 16)
+    path = s.drop("big.bin", v1)
+    os.chmod(path, 0o664)  # a producer's file: archived as a copy
+    proc = s.start(extra_env={"SYNCD_CRASH_AT": "archive.placed:1"})
+    assert proc.wait(60) == 137, s.log_text()[-2000:]
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(v2)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    s.dropped[("in", "big.bin")] = v2
+    s.start()
+    wait_until(lambda: s.all_done(2), 30, what="both versions")
+    labels = {u["sha256"]: u["labels"] for u in s.emulator.uploads()}
+    assert labels == {sha(v1): ["side"], sha(v2): ["side"]}
+    assert s.stop() == 0
+
+
 def test_a_sidecar_whose_archive_name_would_pass_255_bytes_is_archived_shortened(
     make_setup: Callable[..., Setup],
 ) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,4 +138,51 @@ def test_more_ahead_than_can_be_held_is_read_from_the_file(tmp_path: Path) -> No
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
     assert h.read_itself  # what could not be held was read again
     assert not h._held
+    os.close(fd)
+
+
+def test_a_resumed_first_part_is_read_while_the_others_go(tmp_path: Path) -> None:
+    """The first part was confirmed before a restart, so it is never offered: the worker
+    reads it from the file while the later parts are sent, instead of waiting (it slept
+    on the empty queue with no timeout) and reading all of it at the end."""
+    size = 12 * BLOCK
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    for pos in range(4 * BLOCK, size, BLOCK):  # parts 2 and 3; part 1 was resumed
+        h.offer(pos, data[pos : pos + BLOCK])
+    deadline = time.monotonic() + 10
+    while h._upto < size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h._upto == size  # all hashed before anyone asked for the digest
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest() and h.read_itself
+    os.close(fd)
+
+
+def test_close_while_an_offer_waits_for_room_lets_it_go(tmp_path: Path) -> None:
+    """An upload abandoned while a reader waits to queue a block and the held blocks it
+    joins up to: close() stopped the worker, and the reader waited for room for good."""
+    from syncd.hashing import QUEUED_BLOCKS
+
+    size = (QUEUED_BLOCKS + 20) * BLOCK
+    fd, data = _file(tmp_path, size)
+    h = StreamHash(fd, size)
+    gate = threading.Event()
+    real = h._update
+
+    def slow(block: bytes) -> None:
+        gate.wait(10)
+        real(block)
+
+    h._update = slow  # type: ignore[method-assign]
+    for pos in range(BLOCK, size, BLOCK):  # held, ahead of block 0
+        h.offer(pos, data[pos : pos + BLOCK])
+    first = threading.Thread(target=h.offer, args=(0, data[:BLOCK]))
+    first.start()  # queues block 0, then the held ones, until the queue is full
+    time.sleep(0.3)
+    closer = threading.Thread(target=h.close)
+    closer.start()
+    gate.set()
+    first.join(10)
+    closer.join(10)
+    assert not first.is_alive() and not closer.is_alive()
     os.close(fd)
