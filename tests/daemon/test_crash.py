@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Setup, sha, wait_until
+from tests.harness import Setup, rewrite_in_place, sha, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -106,10 +106,7 @@ def test_a_rewrite_while_stopped_after_the_archive_placed_it_is_a_new_version(
         os.chmod(path, mode)  # group-writable: a producer's file, archived as a private copy
         _run_with_crash(s, "archive.placed:1")
         assert (s.archive() / "big.bin").exists() and path.exists()
-        st = path.stat()
-        with open(path, "r+b") as f:
-            f.write(v2)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        rewrite_in_place(path, v2)
         s.dropped[("in", "big.bin")] = v2
         s.start()
         wait_until(lambda: sha(v2) in {u["sha256"] for u in s.emulator.uploads()}, 30, what="v2 uploaded")

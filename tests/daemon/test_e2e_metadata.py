@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from syncd.ledger import Row
-from tests.harness import Setup, sha, wait_until
+from tests.harness import Setup, rewrite_in_place, sha, wait_until
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
@@ -253,10 +253,7 @@ def test_a_rewrite_while_stopped_keeps_its_sidecar_for_the_new_version(
     os.chmod(path, 0o664)  # a producer's file: archived as a copy
     proc = s.start(extra_env={"SYNCD_CRASH_AT": "archive.placed:1"})
     assert proc.wait(60) == 137, s.log_text()[-2000:]
-    st = path.stat()
-    with open(path, "r+b") as f:
-        f.write(v2)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rewrite_in_place(path, v2)
     s.dropped[("in", "big.bin")] = v2
     s.start()
     wait_until(lambda: s.all_done(2), 30, what="both versions")
