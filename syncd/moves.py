@@ -322,8 +322,12 @@ def _finish_planned(
     and stays. A copy in the archive holds the bytes uploaded and stays too (``src`` is
     marked ``replaced``: the caller lets the new version settle); a link is the rewritten
     file itself, so it leaves the archive (:class:`ChangedAfterUpload`)."""
+    refuse_if_written(src)  # as a move does: a writer's next bytes would be lost with the name
     if not (src.written_since() or (check and bytes_differ(src, sha256))):
         src.unlink()
+        if how == "link":  # as a move does: a link elsewhere must not reach the archive
+            with safefs.parent(*safefs.anchor(planned, [target_root])) as (dirfd, name):
+                _detach(src, dirfd, name, sha256)
         return
     if how == "link":
         _drop_entry(planned, target_root, src.st)

@@ -178,6 +178,35 @@ def test_a_crash_in_an_archive_move_then_a_new_archive_dir_archives_once(tmp_pat
         s.close()
 
 
+def test_a_move_finished_after_a_crash_waits_for_a_writer_to_close(tmp_path: Path) -> None:
+    """Killed with the file placed in the archive; a process opens the inbox file for
+    writing before the start. Finishing the move unlinked the name under the writer, whose
+    next bytes went into the archived inode; now it waits for the close, as a move does."""
+    from syncd import writers
+
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        path = s.drop("open.bin", b"uploaded, then opened")
+        _run_with_crash(s, "archive.placed:1")
+        probe = os.open(s.inbox(), os.O_RDONLY)
+        kind = writers.fs_type(probe)
+        os.close(probe)
+        if kind not in writers.LOCAL_FS:
+            pytest.skip(f"{s.inbox()} is on a file system without usable leases (statfs type {kind})")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            s.start()
+            s.wait_logged("a process still has it open for writing", timeout=30)
+            assert path.exists() and s.counts() == {"uploaded": 1}
+        finally:
+            os.close(fd)
+        wait_until(lambda: s.all_done(), 30, what="archived once closed")
+        assert not path.exists() and (s.archive() / "open.bin").read_bytes() == b"uploaded, then opened"
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
 def test_a_rewrite_of_another_size_after_the_archive_placed_it_leaves_only_uploaded_bytes_archived(
     tmp_path: Path, mode: int
