@@ -378,3 +378,36 @@ def test_fault_script_message_validation() -> None:
     faults.configure(script=[{"status": 400, "message": "custom"}])
     fault = faults.decide("x")
     assert fault is not None and fault.message == "custom"
+
+
+def test_redact_looks_for_each_shape_only_where_it_could_match() -> None:
+    """redact() skips a shape whose literal the text lacks (most log lines hold none):
+    on random mixes of every shape's pieces it masks exactly what every pattern would."""
+    import random
+
+    def every_pattern(text: str) -> str:
+        for pattern, repl in (
+            (redact._QUERY_RE, rf"\1{redact.MASK}"),
+            (redact._ENCODED_QUERY_RE, rf"\1{redact.MASK}"),
+            (redact._ESCAPED_QUERY_RE, rf"\1{redact.MASK}"),
+            (redact._USERINFO_RE, redact._mask_userinfo),
+            (redact._PATH_RE, rf"\1{redact.MASK}"),
+            (
+                redact._AUTH_RE,
+                lambda m: f"{m.group(1)}{(m.group(2) + ' ') if m.group(2) else ''}{redact.MASK}",
+            ),
+            (redact._SCHEME_RE, lambda m: f"{m.group(1)} {redact.MASK}"),
+            (redact._JSON_RE, rf"\1{redact.MASK}"),
+        ):
+            text = pattern.sub(repl, text)  # type: ignore[arg-type]
+        return text
+
+    pieces = [
+        "https://", "u:pw@", "host", "/x", "?", "&", ";", "token=", "X-Amz-Signature=", "abc123",
+        "%26", "%3D", "%3F", "\\u0026", "\\U003F", "/upload-tokens/", "/TOKEN/", "Authorization: ",
+        "BEARER ", "basic ", "abcdefghijkl", '"apiKey"', ": ", '"', "'", " ", "key=", "@", ":",
+    ]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert redact.redact(text) == every_pattern(text), text
