@@ -20,7 +20,6 @@ It works when the config file is broken (see :mod:`.common`).
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 import time
@@ -45,7 +44,7 @@ from syncd.errors import ConfigError, LedgerError
 from syncd.ledger import STATES, State
 from syncd.ledger.writer import SPACE_TO_OPEN, space_left
 from syncd.lock import holder_pid
-from syncd.logs import printable, quoted_path
+from syncd.logs import printable, printable_json, quoted_path
 
 MIN_WATCH = 0.2  # seconds: `status --watch` refreshes no faster
 STALE_AFTER = 30.0  # seconds: a running daemon writes its heartbeat every 5 s
@@ -189,7 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _watch(args, args.watch)
     data = status_data(load_view(args))
     if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(printable_json(data, indent=2))
     else:
         print("\n".join(render(data)))
     return EXIT_OK
@@ -211,7 +210,7 @@ def _watch(args: argparse.Namespace, every: float) -> int:
             except (ConfigError, LedgerError) as exc:
                 data, lines = {"error": str(exc)}, [f"syncd: {shown(exc)} (trying again)"]
             if args.json:
-                print(json.dumps({"at": time.time(), **data}, ensure_ascii=False))
+                print(printable_json({"at": time.time(), **data}))
             else:
                 if tty:
                     sys.stdout.write("\033[H\033[2J")
