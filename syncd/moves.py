@@ -274,9 +274,16 @@ def holds_uploaded(planned: str, root: str, size: int, sha256: str | None) -> bo
     crash cut short after it removed the inbox name."""
     try:
         base, rel = safefs.anchor(planned, [root])
-        return _planned_done(planned, root, safefs.lstat(base, rel), size, sha256) is not None
+        fd = safefs.open_file(base, rel)
     except OSError:
         return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        return sha256 is None or hash_fd(fd) == sha256
+    finally:
+        os.close(fd)
 
 
 def _drop_entry(planned: str, root: str, src: os.stat_result) -> None:

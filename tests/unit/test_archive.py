@@ -517,3 +517,22 @@ def test_a_name_past_255_bytes_is_never_tried_and_a_suffix_stays_whole() -> None
     assert fitted.endswith(".meta.json") and len(fitted.encode()) <= 255
     assert fitted.encode().decode() == fitted  # not cut inside a character
     assert free.with_suffix("a.bin", ".meta.json") == "a.bin.meta.json"
+
+
+def test_an_earlier_moves_entry_holds_the_upload_only_with_its_bytes(tmp_path: Path) -> None:
+    """A move past the inbox unlink is done only if its entry holds the bytes uploaded:
+    a file of another size or other bytes under that name is not the row's."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    entry = root / "a.txt"
+    entry.write_bytes(b"uploaded")
+    digest = hashlib.sha256(b"uploaded").hexdigest()
+    assert moves.holds_uploaded(str(entry), str(root), 8, digest)
+    assert not moves.holds_uploaded(str(entry), str(root), 9, digest)
+    entry.write_bytes(b"UPLOADED")
+    assert not moves.holds_uploaded(str(entry), str(root), 8, digest)
+    assert not moves.holds_uploaded(str(root / "gone.txt"), str(root), 8, digest)
+    os.symlink(entry, root / "link.txt")
+    assert not moves.holds_uploaded(
+        str(root / "link.txt"), str(root), 8, hashlib.sha256(b"UPLOADED").hexdigest()
+    )
