@@ -208,13 +208,19 @@ def _bounded_body(response: httpx.Response, what: str) -> bytes:
     try:
         for chunk in response.iter_bytes():
             size += len(chunk)
+            # no service answers with that much, or that slowly: a garbled answer, the
+            # service's trouble (its circuit counts it), never an attempt of the file's
             if size > MAX_BODY:
                 raise RetryableError(
-                    f"{what}: HTTP {response.status_code} with an answer over {MAX_BODY >> 20} MiB"
+                    f"{what}: HTTP {response.status_code} with an answer over {MAX_BODY >> 20} MiB",
+                    status=response.status_code,
+                    garbled=True,
                 )
             if time.monotonic() > deadline:
                 raise RetryableError(
-                    f"{what}: HTTP {response.status_code}, its answer still coming after {BODY_SECONDS:g}s"
+                    f"{what}: HTTP {response.status_code}, its answer still coming after {BODY_SECONDS:g}s",
+                    status=response.status_code,
+                    garbled=True,
                 )
             chunks.append(chunk)
     except httpx.DecodingError:

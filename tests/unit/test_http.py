@@ -105,6 +105,7 @@ def test_an_answer_that_never_ends_or_expands_without_bound_is_retryable(
     import time
 
     from syncd import http
+    from syncd.circuit import is_outage
     from syncd.errors import RetryableError
 
     monkeypatch.setattr(http, "BODY_SECONDS", 1.0)
@@ -113,11 +114,14 @@ def test_an_answer_that_never_ends_or_expands_without_bound_is_retryable(
     drip, bomb = _Hostile("drip"), _Hostile("bomb")
     try:
         started = time.monotonic()
-        with pytest.raises(RetryableError, match="still coming after 1s"):
+        with pytest.raises(RetryableError, match="still coming after 1s") as slow:
             http.send(client, "GET", drip.url, what="t")
         assert time.monotonic() - started < 5
-        with pytest.raises(RetryableError, match="HTTP 503 with an answer over 4 MiB"):
+        with pytest.raises(RetryableError, match="HTTP 503 with an answer over 4 MiB") as huge:
             http.send(client, "GET", bomb.url, what="t")
+        # the service's trouble, counted by its circuit, never an attempt of the file's
+        assert is_outage(slow.value) and is_outage(huge.value)
+        assert (slow.value.status, huge.value.status) == (200, 503)
     finally:
         client.close()
         drip.close()
