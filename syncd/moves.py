@@ -247,7 +247,9 @@ def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
     log.info("archived file %r was still hard-linked elsewhere; replaced it by a private copy", name)
 
 
-def _planned_done(planned: str, root: str, src: os.stat_result, size: int, sha256: str | None) -> str | None:
+def _planned_done(
+    planned: str, root: str, src: os.stat_result | None, size: int, sha256: str | None
+) -> str | None:
     """What an earlier move left at ``planned`` (resolved from ``root``): ``"link"`` (the
     file ``src`` itself), ``"copy"`` (``size`` bytes that hash to ``sha256``: the bytes
     uploaded), or None (nothing of it)."""
@@ -260,7 +262,7 @@ def _planned_done(planned: str, root: str, src: os.stat_result, size: int, sha25
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        if safefs.same_file(st, src):
+        if src is not None and safefs.same_file(st, src):
             return "link"
         if sha256 is not None and st.st_size == size and hash_fd(fd) == sha256:
             return "copy"
@@ -272,18 +274,7 @@ def _planned_done(planned: str, root: str, src: os.stat_result, size: int, sha25
 def holds_uploaded(planned: str, root: str, size: int, sha256: str | None) -> bool:
     """Whether ``planned`` (resolved from ``root``) holds the bytes uploaded: a move that a
     crash cut short after it removed the inbox name."""
-    try:
-        base, rel = safefs.anchor(planned, [root])
-        fd = safefs.open_file(base, rel)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            return False
-        return sha256 is None or hash_fd(fd) == sha256
-    finally:
-        os.close(fd)
+    return _planned_done(planned, root, None, size, sha256) == "copy"
 
 
 def _drop_entry(planned: str, root: str, src: os.stat_result) -> None:
