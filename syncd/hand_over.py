@@ -6,7 +6,7 @@ right after its upload (syncd/upload_one.py), and for rows a crash, a full
 disk or a stuck archive left ``uploaded`` (syncd/recovery.py). A failure
 leaves the row ``uploaded`` for the sweep and is said once where it would
 repeat: a full disk (syncd/backpressure.py), an archive folder that takes no
-writes is a stuck folder (:class:`syncd.archive.Stuck`), a folder that is away
+writes is a stuck folder (:class:`syncd.stuck.Stuck`), a folder that is away
 waits for its return (syncd/away.py), a file a process still has open for
 writing waits until it is closed (:class:`syncd.moves.StillOpen`). Once
 uploads are being cancelled (syncd stops) the file is left for the next start.
@@ -27,6 +27,7 @@ from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen
+from syncd.stuck import Stuck
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -55,7 +56,7 @@ class HandOver:
         self.cancel = cancel
         self.clock = clock
         self.metrics = metrics
-        self.stuck = archive.Stuck()  # folders whose after-upload action keeps failing
+        self.stuck = Stuck()  # folders whose after-upload action keeps failing
         self._open: dict[int, str] = {}  # rows held open for writing by a process -> folder
         self._lock = threading.Lock()
 

@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from syncd import crashpoints, safefs, writers
+from syncd import crashpoints, earlier, safefs, writers
 from syncd.aside import aside_prefix, put_back
 from syncd.copies import (
     DIR_MODE,
@@ -247,73 +247,11 @@ def _detach(src: Held, dirfd: int, name: str, sha256: str | None) -> None:
     log.info("archived file %r was still hard-linked elsewhere; replaced it by a private copy", name)
 
 
-def _planned_done(
-    planned: str, root: str, src: os.stat_result | None, size: int, sha256: str | None
-) -> str | None:
-    """What an earlier move left at ``planned`` (resolved from ``root``): ``"link"`` (the
-    file ``src`` itself), ``"copy"`` (``size`` bytes that hash to ``sha256``: the bytes
-    uploaded), or None (nothing of it)."""
-    try:
-        base, rel = safefs.anchor(planned, [root])
-        fd = safefs.open_file(base, rel)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        if src is not None and safefs.same_file(st, src):
-            return "link"
-        if sha256 is not None and st.st_size == size and hash_fd(fd) == sha256:
-            return "copy"
-        return None
-    finally:
-        os.close(fd)
-
-
-def holds_uploaded(planned: str, root: str, size: int, sha256: str | None) -> bool:
-    """Whether ``planned`` (resolved from ``root``) holds the bytes uploaded: a move that a
-    crash cut short after it removed the inbox name."""
-    return _planned_done(planned, root, None, size, sha256) == "copy"
-
-
-def _drop_entry(planned: str, root: str, src: os.stat_result) -> None:
-    """Remove the archive entry ``planned`` if it is the file ``src`` (a link)."""
-    with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
-        if safefs.same_file(os.stat(name, dir_fd=dirfd, follow_symlinks=False), src):
-            os.unlink(name, dir_fd=dirfd)
-            safefs.fsync_dirfd(dirfd)
-
-
-def drop_earlier(src: Held, planned: str, root: str, sha256: str | None) -> bool:
-    """An earlier move of ``src`` is abandoned (the folder keeps its files now): remove the
-    entry it made at ``planned``, a link to ``src`` or a copy of its bytes. True if it did."""
-    how = _planned_done(planned, root, src.st, src.st.st_size, sha256)
-    if how is None:
-        return False
-    with safefs.parent(*safefs.anchor(planned, [root])) as (dirfd, name):
-        os.unlink(name, dir_fd=dirfd)
-        safefs.fsync_dirfd(dirfd)
-    return True
-
-
-def settle_earlier(src: Held, planned: str, root: str, size: int, sha256: str | None) -> bool:
-    """The inbox name holds another file than the one uploaded (``src``: rewritten with
-    another size or mtime, or replaced) after an earlier move of the uploaded one made
-    its entry at ``planned``. True if that entry holds the ``size`` bytes uploaded (a copy,
-    or the uploaded file itself, replaced under its name): the move is done. A link to
-    ``src`` is the rewritten file: it leaves the archive, and False."""
-    how = _planned_done(planned, root, src.st, size, sha256)
-    if how == "link":
-        _drop_entry(planned, root, src.st)
-    return how == "copy"
-
-
 def _finish_planned(
     src: Held, planned: str, target_root: str, how: str, sha256: str | None, check: bool
 ) -> None:
     """Finish a move that an interruption left placed at ``planned`` (``how``: see
-    :func:`_planned_done`): remove the source name, unless the source was written to
+    :func:`syncd.earlier.left_at`): remove the source name, unless the source was written to
     since the upload. It was, if it changed under this process, or (``check``, after a
     restart) if its bytes no longer hash to ``sha256``: a producer rewrote it while syncd
     was stopped, perhaps with its old size and mtime. Then the source is a new version
@@ -328,7 +266,7 @@ def _finish_planned(
                 _detach(src, dirfd, name, sha256)
         return
     if how == "link":
-        _drop_entry(planned, target_root, src.st)
+        earlier.drop_link(planned, target_root, src.st)
         raise ChangedAfterUpload("it was written to after it was archived, before its name left the inbox")
     log.warning(
         "%s was written to after its upload was archived (%s) and before it left the inbox: "
@@ -367,7 +305,7 @@ def move(
     still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
     planned_root = planned_root or target_root
-    how = None if planned is None else _planned_done(planned, planned_root, src.st, src.st.st_size, sha256)
+    how = None if planned is None else earlier.left_at(planned, planned_root, src.st, src.st.st_size, sha256)
     if planned is not None and how is not None:
         _finish_planned(src, planned, planned_root, how, sha256, check)
         return planned

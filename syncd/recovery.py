@@ -191,7 +191,7 @@ class Recovery:
 
         Folder by folder, a page of rows at a time (10,000 uploaded files of a folder whose
         archive takes no writes made every sweep read them all: 5 s and 120 MB for
-        100,000). A stuck folder (:class:`syncd.archive.Stuck`) gets one try a sweep; the
+        100,000). A stuck folder (:class:`syncd.stuck.Stuck`) gets one try a sweep; the
         rest of its files follow in the same sweep once that one worked.
         """
         procedure = self.uploader.procedure

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from syncd import archive, copies, failed, moves, writers
+from syncd import archive, copies, earlier, failed, moves, writers
 from syncd import names as free
 from syncd.config import FolderConfig
 from syncd.ledger import Ledger, Row
@@ -527,12 +527,12 @@ def test_an_earlier_moves_entry_holds_the_upload_only_with_its_bytes(tmp_path: P
     entry = root / "a.txt"
     entry.write_bytes(b"uploaded")
     digest = hashlib.sha256(b"uploaded").hexdigest()
-    assert moves.holds_uploaded(str(entry), str(root), 8, digest)
-    assert not moves.holds_uploaded(str(entry), str(root), 9, digest)
+    assert earlier.holds_uploaded(str(entry), str(root), 8, digest)
+    assert not earlier.holds_uploaded(str(entry), str(root), 9, digest)
     entry.write_bytes(b"UPLOADED")
-    assert not moves.holds_uploaded(str(entry), str(root), 8, digest)
-    assert not moves.holds_uploaded(str(root / "gone.txt"), str(root), 8, digest)
+    assert not earlier.holds_uploaded(str(entry), str(root), 8, digest)
+    assert not earlier.holds_uploaded(str(root / "gone.txt"), str(root), 8, digest)
     os.symlink(entry, root / "link.txt")
-    assert not moves.holds_uploaded(
+    assert not earlier.holds_uploaded(
         str(root / "link.txt"), str(root), 8, hashlib.sha256(b"UPLOADED").hexdigest()
     )

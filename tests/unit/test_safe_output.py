@@ -10,9 +10,11 @@ also when percent-encoded or in a URL's user-info.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -24,7 +26,7 @@ from syncd import logs, redact
 from syncd.cli import main
 from syncd.errors import PermanentError, describe
 from syncd.http import check, error_text
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, Row
 from syncd_emulator import Emulator
 from tests.conftest import note_stat
 from tests.harness import CANARY_KEY, wait_until
@@ -104,7 +106,10 @@ destination = "main"
     return path
 
 
-def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@contextlib.contextmanager
+def _claimed(cfg: Path) -> Iterator[tuple[Ledger, Row]]:
+    """The config's ledger with inbox/a.txt claimed for upload, for the test to finish;
+    closed after."""
     ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
     root = str(cfg.parent / "inbox")
     ledger.observe(root, ["a.txt"], destination="main")
@@ -113,8 +118,16 @@ def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.C
     note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
     ledger.promote(row.id)
     ledger.claim_next()
-    ledger.mark_failed(row.id, error=f"HTTP 400: {HOSTILE} ?X-Emu-Signature={SIG}", location=None)
-    ledger.close()
+    try:
+        yield ledger, row
+    finally:
+        ledger.close()
+
+
+def test_cli_escapes_and_masks_ledger_text_it_prints(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(cfg.parent / "inbox")
+    with _claimed(cfg) as (ledger, row):
+        ledger.mark_failed(row.id, error=f"HTTP 400: {HOSTILE} ?X-Emu-Signature={SIG}", location=None)
     for argv in (["files"], ["status"], ["explain", f"{root}/a.txt"]):
         assert main(["-c", str(cfg), *argv]) == 0
         out = capsys.readouterr().out
@@ -130,16 +143,8 @@ def test_files_json_and_receipt_escape_and_mask_a_hostile_receipt(
     C1 controls reached the terminal) and in full."""
     key = "literal-safe-output-key"
     remote_id = f"uploads/a.txt{HOSTILE}?X-Emu-Signature={SIG}&key={key} café"
-    ledger = Ledger.open(cfg.parent / "state" / "ledger.sqlite3")
-    root = str(cfg.parent / "inbox")
-    ledger.observe(root, ["a.txt"], destination="main")
-    row = ledger.active_for_path(root, "a.txt")
-    assert row is not None
-    note_stat(ledger, row.id, size=1, mtime_ns=1, inode=1)
-    ledger.promote(row.id)
-    ledger.claim_next()
-    ledger.mark_uploaded(row.id, sha256="ab" * 32, receipt={"remote_id": remote_id, "bare": key})
-    ledger.close()
+    with _claimed(cfg) as (ledger, row):
+        ledger.mark_uploaded(row.id, sha256="ab" * 32, receipt={"remote_id": remote_id, "bare": key})
     for argv in (["files", "--json"], ["files", "--receipt", str(row.id)]):
         assert main(["-c", str(cfg), *argv]) == 0
         out = capsys.readouterr().out

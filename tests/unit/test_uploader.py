@@ -894,7 +894,7 @@ def test_an_archive_gone_read_only_is_said_though_one_file_keeps_failing_on_its_
     first failure of another file after that (the archive went read-only) is news."""
     import errno
 
-    from syncd.archive import Stuck
+    from syncd.stuck import Stuck
 
     stuck = Stuck()
     assert stuck.failed("/in", 1, OSError(errno.EACCES, "Permission denied"))  # said
@@ -1206,18 +1206,14 @@ def test_the_drain_counts_archive_moves_apart_from_uploads(setup: Any) -> None:
     assert _in_flight(up) == (1, 1)
 
 
-def test_a_full_archive_whose_probe_fits_is_still_tried_one_failure_a_sweep(
-    setup: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full archive takes the probe (a link needs no data blocks) but not the next file:
-    the pass ends at that failure, not after trying every file of the folder."""
+def _six_waiting_for_a_full_archive(setup: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
+    """Six files uploaded whose archive is full, one sweep past: the sweeper, and the
+    archive moves tried from now on (they fail with ENOSPC)."""
     import errno
 
-    from syncd import archive
     from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    real = archive.finish
     calls = _archive_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     for i in range(6):
         drop(f"f{i}.txt")
@@ -1227,6 +1223,21 @@ def test_a_full_archive_whose_probe_fits_is_still_tried_one_failure_a_sweep(
     recovery = Recovery(ledger, lambda: {root: folder}, up)
     recovery.sweep()
     calls.clear()
+    return recovery, calls
+
+
+def test_a_full_archive_whose_probe_fits_is_still_tried_one_failure_a_sweep(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full archive takes the probe (a link needs no data blocks) but not the next file:
+    the pass ends at that failure, not after trying every file of the folder."""
+    import errno
+
+    from syncd import archive
+
+    ledger, folder, dest, up, drop, step = setup
+    real = archive.finish
+    recovery, calls = _six_waiting_for_a_full_archive(setup, monkeypatch)
     n = {"ok": 0}
 
     def first_fits(*args: Any, **kw: Any) -> None:
@@ -1246,20 +1257,10 @@ def test_a_full_archive_whose_probe_row_a_worker_holds_is_tried_once_a_sweep(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The probe row is in a worker's hands: the next file is the probe, one try."""
-    import errno
-
-    from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    calls = _archive_fails(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
-    for i in range(6):
-        drop(f"f{i}.txt")
-    for _ in range(6):
-        assert step() == "uploaded"
     root = os.fspath(folder.path)
-    recovery = Recovery(ledger, lambda: {root: folder}, up)
-    recovery.sweep()
-    calls.clear()
+    recovery, calls = _six_waiting_for_a_full_archive(setup, monkeypatch)
     nxt = recovery._stuck_after[root] + 1
     up.stats.inflight[nxt] = "held by a worker"  # the probe row is in a worker's hands
     recovery.sweep()
