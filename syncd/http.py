@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from syncd import __version__
+from syncd import __version__, head_deadline
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
 from syncd.logs import printable
 from syncd.redact import redact, strip_query
@@ -98,7 +98,7 @@ def make_client(
     connection limits): tests pass an in-process emulator
     (``syncd_emulator.EmulatorTransport``) and keep everything else as the
     daemon has it."""
-    return Client(
+    client = Client(
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         headers={"User-Agent": f"syncd/{__version__}"},
@@ -106,6 +106,8 @@ def make_client(
         verify=verify,
         transport=transport,
     )
+    head_deadline.install(client)
+    return client
 
 
 def http_date(value: str | None) -> float | None:
@@ -178,7 +180,8 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
     page ``gzip``): a garbled answer, the service's trouble rather than the file's.
     """
     try:
-        response = client.send(client.build_request(method, url, **kwargs), stream=True)
+        with head_deadline.head_phase():
+            response = client.send(client.build_request(method, url, **kwargs), stream=True)
         try:
             response._content = _bounded_body(response, what)  # what Response.read() sets
         finally:
@@ -191,6 +194,10 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
             f"{what}: the service gave a URL that is not http(s): {strip_query(url)!r}"
         ) from None
     except httpx.TransportError as exc:
+        if head_deadline.ran_out(exc):
+            # a service sending its status line and headers a byte at a time: a garbled
+            # answer (the service's trouble, its circuit counts it), never the file's
+            raise RetryableError(f"{what}: {exc}", garbled=True) from None
         detail = redact(str(exc)) or "connection failed"
         if _certificate_rejected(exc):
             # The same for every file until an operator acts (ca_bundle, the server's

@@ -67,6 +67,17 @@ class _Hostile:
                         self.wfile.flush()
                         time.sleep(0.1)
                     return
+                if kind == "slow":  # thinks 1.5 s, then a whole head, then a body in 3 s
+                    time.sleep(1.5)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "3")
+                    self.end_headers()
+                    self.wfile.flush()
+                    for _ in range(3):
+                        time.sleep(1)
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    return
                 if kind == "drip":  # a long body, a byte a second
                     self.send_response(200)
                     self.send_header("Content-Length", str(1 << 30))
@@ -128,15 +139,16 @@ def test_an_answer_that_never_ends_or_expands_without_bound_is_retryable(
         bomb.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: no deadline bounds an answer's head (docs/guarantees.md)")
 def test_an_answer_whose_head_never_ends_is_retryable_in_time() -> None:
     """The read timeout is per socket read, and the body's deadline starts after the head:
-    a server dripping its head a byte at a time holds a worker until h11's 16 KiB limit
-    for the head, hours at a byte per read timeout."""
+    a server dripping its head a byte at a time held a worker until h11's 16 KiB limit
+    for the head, hours at a byte per read timeout. The head now has the read timeout as
+    its deadline; a garbled answer, the service's trouble (its circuit), not the file's."""
     import threading
     import time
 
     from syncd import http
+    from syncd.circuit import is_outage
     from syncd.errors import RetryableError
 
     client = http.make_client(connect=2, read=2)
@@ -157,6 +169,23 @@ def test_an_answer_whose_head_never_ends_is_retryable_in_time() -> None:
         worker.join(10)
         assert time.monotonic() - started < 3, "the head's drip held the request"
         assert outcome and isinstance(outcome[0], RetryableError)
+        assert "head still coming after 2s" in str(outcome[0]) and is_outage(outcome[0])
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_slow_server_that_sends_its_head_whole_is_not_cut_by_the_head_deadline() -> None:
+    """The head's deadline starts at its first read and bounds only the head: a server
+    that thinks for most of the read timeout and then sends a body slowly is answered."""
+    from syncd import http
+
+    client = http.make_client(connect=2, read=2)
+    server = _Hostile("slow")
+    try:
+        assert http.send(client, "GET", server.url, what="t").content == b"xxx"
+        # and again on the kept-alive connection: each request has a deadline of its own
+        assert http.send(client, "GET", server.url, what="t").content == b"xxx"
     finally:
         client.close()
         server.close()
