@@ -18,7 +18,18 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    EventsLostEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 
 from syncd import rules
 from syncd.logs import quoted_path
@@ -29,6 +40,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("syncd.watcher")  # the watch stage's lines keep one logger name
 
 _FILE_EVENTS = {"created", "modified", "closed", "moved"}
+# The events the handler records, the observers' ``event_filter``: watchdog asks the kernel
+# for no others and drops the rest before they are queued. syncd's own opens of every file
+# it settles, hashes and archives (IN_OPEN, IN_CLOSE_NOWRITE) were otherwise events parsed
+# in Python and thrown away, a few per file. DirDeletedEvent keeps IN_DELETE in the mask:
+# watchdog's recursive watches use it for a subdirectory deleted and made again.
+EVENT_FILTER = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+    EventsLostEvent,
+]
 
 
 class Intake:

@@ -41,7 +41,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
 from syncd import safefs
-from syncd.events import Intake, _Handler
+from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
 from syncd.safe_watch import PolledFolders, SafeInotifyObserver
 
@@ -241,7 +241,9 @@ class Watcher:
             else:
                 fw.observer = self._polling_observer(fw.folder.poll_seconds, root)
             before = _inotify_watches() if mode == "native" and fw.folder.recursive else None
-            fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
+            fw.watch = fw.observer.schedule(
+                handler, root, recursive=fw.folder.recursive, event_filter=EVENT_FILTER
+            )
             if before is not None:
                 self._check_watch_count(fw, root, before)
         except OSError as exc:
@@ -262,7 +264,9 @@ class Watcher:
                 mode, fallback = "polling", f"polled, inotify limit reached (raise {sysctl})"
                 fw.observer = self._polling_observer(fw.folder.poll_seconds, root)
                 try:
-                    fw.watch = fw.observer.schedule(handler, root, recursive=fw.folder.recursive)
+                    fw.watch = fw.observer.schedule(
+                        handler, root, recursive=fw.folder.recursive, event_filter=EVENT_FILTER
+                    )
                 except OSError as again:
                     self._report(fw, f"cannot watch ({again.strerror or again})")
                     return False

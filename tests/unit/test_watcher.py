@@ -183,6 +183,47 @@ def _watched_inodes() -> set[tuple[int, int]]:
     return found
 
 
+def _watch_masks() -> list[int]:
+    """The event mask of every inotify watch this process holds."""
+    masks = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                masks += [
+                    int(dict(kv.split(":", 1) for kv in line.split()[1:])["mask"], 16)
+                    for line in f
+                    if line.startswith("inotify wd:")
+                ]
+        except OSError:
+            continue
+    return masks
+
+
+def test_the_kernel_reports_only_the_events_syncd_records(tmp_path: Path, watcher: Watcher) -> None:
+    """syncd opens and reads every file it settles, hashes and archives: with watchdog's
+    default mask each open and close was an event parsed in Python and thrown away. A
+    subdirectory deleted and made again is still watched (IN_DELETE stays in the mask)."""
+    from watchdog.observers.inotify_c import InotifyConstants as C
+
+    folder = make_folder(tmp_path, recursive=True)
+    (folder.path / "sub").mkdir()
+    watcher.set_folders([folder])
+    masks = _watch_masks()
+    assert len(masks) == 2
+    for mask in masks:
+        assert not mask & (C.IN_OPEN | C.IN_CLOSE_NOWRITE | C.IN_ACCESS), hex(mask)
+        wanted = C.IN_CREATE | C.IN_MOVED_TO | C.IN_MOVED_FROM | C.IN_CLOSE_WRITE | C.IN_MODIFY | C.IN_DELETE
+        assert mask & wanted == wanted, hex(mask)
+    got = Collected(watcher.intake)
+    (folder.path / "sub").rmdir()
+    (folder.path / "sub").mkdir()
+    assert wait_for(lambda: (got(), ("sub") in {r for _, r in got.scans})[1])
+    (folder.path / "sub" / "later.txt").write_bytes(b"x")
+    assert wait_for(lambda: "sub/later.txt" in got())
+
+
 def test_a_directory_swapped_for_a_symlink_gets_no_watch_beyond_the_folder(
     tmp_path: Path, watcher: Watcher
 ) -> None:
