@@ -20,7 +20,8 @@ recorded in the row's ``meta``) goes with its file: archived beside it as
 ``<archived name>.meta.json``, or deleted with it; kept with it. It is moved
 after the file, its target recorded first (``sidecar_path``), so a crash
 between the two moves is finished at startup like the file's own move. A
-sidecar that changed since it was read is left where it is.
+sidecar that changed since it was read is left where it is; one left in the
+inbox once its file has left is recorded as that file's (:mod:`syncd.left_sidecars`).
 
 A name that holds another file by now (replaced after the upload), or bytes
 that changed through a second hard link, are a new version: nothing is
@@ -40,7 +41,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd import metadata, safefs
+from syncd import left_sidecars, metadata, safefs
 from syncd.aside import put_back, recover_aside
 from syncd.copies import ChangedAfterUpload
 from syncd.earlier import drop_earlier, holds_uploaded, settle_earlier
@@ -140,6 +141,7 @@ def finish(
                 return
             deleted = src.unlink()
             finish_sidecar(ledger, row, folder, None)
+            left_sidecars.note(ledger, row, folder)
             # the note says the file left the inbox: a new file that happens to get the
             # same name, size, mtime and (reused) inode is not this one (done_versions)
             ledger.mark_done(row.id, note="deleted after upload" if deleted else None)
@@ -168,6 +170,7 @@ def finish(
             return
     if not src.rewritten:  # else the sidecar stays, with the new bytes it was written for
         finish_sidecar(ledger, row, folder, target)
+        left_sidecars.note(ledger, row, folder)
     ledger.mark_done(row.id, location=target)
     log.info("archived %s -> %s", quoted_path(row.inbox_path), quoted_path(target))
     if src.replaced and row.location is None:
@@ -227,10 +230,12 @@ def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = F
     if earlier is not None and holds_uploaded(*earlier, row.size or 0, row.sha256):
         planned = earlier[0]
         finish_sidecar(ledger, row, folder, planned)
+        left_sidecars.note(ledger, row, folder)
         ledger.mark_done(row.id, location=planned)
         return
     if folder.after_upload == "delete":
         finish_sidecar(ledger, row, folder, None)  # the file was deleted before a crash
+    left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it
     ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
     log.warning(
         "uploaded, but the file was gone before it could be archived: %s", quoted_path(row.current_path)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from syncd import archive, metadata, moves
+from syncd import archive, left_sidecars, metadata, moves
 from syncd.backpressure import DiskFull
 from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
@@ -291,6 +291,10 @@ class Procedure:
             return self.policy.retry(
                 row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
             )
+        earlier = None if meta.sidecar is None else left_sidecars.left_by(self.ledger, row, meta.sidecar)
+        if earlier is not None:  # an earlier file's, left in the inbox when that file left
+            self.policy.abort(dest, row)
+            return self.policy.fail(row, folder, left_sidecars.reason(row, earlier))
         if meta.sidecar is not None and metadata.waited_for(
             meta.sidecar.mtime_ns, folder, row.first_seen, self.clock()
         ):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from syncd import moves, safefs
+from syncd import left_sidecars, moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
 from syncd.ledger import Ledger, Row, Stat, State
@@ -117,6 +117,7 @@ def follow_move(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> 
     if found is None:
         note = f"{reason.removeprefix('the file was ')}; nothing archived"
         ledger.mark_done(row.id, note=note)
+        left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it
         if row.location is None and lexists(row.folder, row.relpath):
             # a new file took the name: a new version with its own row
             ledger.observe(

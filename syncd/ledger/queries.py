@@ -56,6 +56,16 @@ class Queries(Writer):
         )
         return rows[0] if rows else None
 
+    def previous_done(self, row: Row) -> Row | None:
+        """The newest older row for the same inbox path whose file was uploaded (or skipped)
+        and left the inbox or was kept."""
+        rows = self._query(
+            "SELECT * FROM files WHERE folder = ? AND relpath = ? AND id < ?"
+            f" AND state IN ('{State.DONE}', '{State.SKIPPED}') ORDER BY id DESC LIMIT 1",
+            (row.folder, os.fsencode(row.relpath), row.id),
+        )
+        return rows[0] if rows else None
+
     def active_for_path(self, folder: str, relpath: str) -> Row | None:
         rows = self._query(
             f"SELECT * FROM files WHERE folder = ? AND relpath = ? AND location IS NULL"

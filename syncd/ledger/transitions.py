@@ -272,6 +272,13 @@ class Transitions(Queries):
         """Record where the metadata sidecar is being moved, before the move (crash recovery)."""
         self._update("sidecar_target", row_id, durable=True, sidecar_path=_enc(target))
 
+    def note_left_sidecar(self, row_id: int, fields: dict[str, Any]) -> None:
+        """Add ``fields`` to the row's ``meta``: the metadata sidecar its file left in the
+        inbox (:mod:`syncd.left_sidecars`)."""
+        row = self.get(row_id)
+        meta = {**((row.meta if row is not None else None) or {}), **fields}
+        self._update("left_sidecar", row_id, meta=_ascii_json(meta))
+
     def set_archive_target(self, row_id: int, target: str | None, *, reason: str | None = None) -> None:
         """Record where the archive move (or the move to failed_dir) is going, before it
         starts (for crash recovery); ``reason``: why the file failed, kept with it so a

@@ -467,6 +467,73 @@ def test_sidecar_changed_after_upload_stays_in_place(up: Any, ledger: Ledger, tm
     assert side.exists() and not (tmp_path / "archive" / "inbox" / "a.pdf.meta.json").exists()
 
 
+def _later_file(folder: Any, ledger: Ledger, data: bytes = b"a later, unrelated file") -> int:
+    """A new file under the name an earlier one left the inbox from (the same producer's
+    next export of that name, say)."""
+    (folder.path / "a.pdf").write_bytes(data)
+    return queue_file(ledger, folder, "a.pdf")
+
+
+@pytest.mark.parametrize("after_upload", ["archive", "delete"])
+@pytest.mark.parametrize("how", ["changed", "late", "file gone"])
+def test_a_sidecar_left_in_the_inbox_is_not_given_to_a_later_file_of_that_name(
+    up: Any, ledger: Ledger, tmp_path: Path, after_upload: str, how: str
+) -> None:
+    """A sidecar that stays in the inbox once its file has left it (changed after the
+    upload, written after it, or its file removed by the producer before the archive
+    move) belonged to that file. A later, unrelated file of the same name was sent with
+    its labels and category without a word; it now fails with the reason, the sidecar
+    beside it in failed_dir, and nothing is sent."""
+    make, dest = up
+    folder, _, drop, step = make(metadata_sidecar=True, after_upload=after_upload)
+    side = folder.path / "a.pdf.meta.json"
+
+    def during_upload(_source: object) -> None:
+        if how == "file gone":
+            (folder.path / "a.pdf").unlink()
+            return
+        side.write_text('{"labels": ["for the first a.pdf"], "category": "OLD"}')
+        os.utime(side, ns=(1, 1))
+
+    dest.script = [during_upload]
+    first = drop("a.pdf", b"A", sidecar={"labels": ["x"]} if how != "late" else None)
+    assert step() == "done"
+    assert side.exists()  # left in place, as documented
+    later = _later_file(folder, ledger)
+    assert step() == "failed"
+    assert dest.calls == 1  # the later file is not sent with the earlier one's metadata
+    row = row_of(ledger, later)
+    assert f"#{first}" in (row.last_error or "") and "a.pdf.meta.json" in (row.last_error or "")
+    failed = tmp_path / "failed" / "inbox"
+    assert (failed / "a.pdf").read_bytes() == b"a later, unrelated file"
+    assert (failed / "a.pdf.meta.json").exists() and not side.exists()
+
+
+def test_a_sidecar_written_again_after_its_file_left_is_the_next_files(
+    up: Any, ledger: Ledger, tmp_path: Path
+) -> None:
+    """Only the sidecar as it was left is refused: written again (or touched) after its
+    file left, it is the producer's sidecar for the next file of that name."""
+    make, dest = up
+    folder, _, drop, step = make(metadata_sidecar=True)
+    side = folder.path / "a.pdf.meta.json"
+
+    def late(_source: object) -> None:
+        side.write_text('{"labels": ["late"]}')
+
+    dest.script = [late]
+    drop("a.pdf", b"A")
+    assert step() == "done"
+    side.write_text('{"labels": ["next"]}')
+    os.utime(side, ns=(1, 1))  # an old mtime: the sidecar is not waited for
+    _later_file(folder, ledger)
+    assert step() == "done"
+    assert dest.received[-1][0].labels == ("base", "next")
+    assert json.loads((tmp_path / "archive" / "inbox" / "a (1).pdf.meta.json").read_text()) == {
+        "labels": ["next"]
+    }
+
+
 def test_delete_and_keep_take_the_sidecar_along(up: Any, tmp_path: Path) -> None:
     make, _ = up
     folder, _, drop, step = make(metadata_sidecar=True, after_upload="delete", name="del")
