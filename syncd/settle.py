@@ -29,7 +29,9 @@ one tick long. A look finds:
 * with ``metadata_sidecar = true``, a sidecar ``NAME.meta.json`` present
   beside the file must have been quiet (size, mtime, inode) for
   ``settle_seconds`` too; its quiet time runs alongside the file's, from
-  the first tick that sees it (kept in memory: a restart starts it afresh).
+  the first tick that sees it (kept in memory: a restart starts it afresh);
+  one still changing ``metadata.SIDECAR_PATIENCE`` after the file was first
+  seen is not waited for any longer (a warning, once).
   A sidecar that appears later is not waited for (see docs/configuration.md).
 """
 
@@ -88,6 +90,7 @@ class Settler:
         self._skipped_logged: set[tuple[str, str]] = set()
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
+        self._sidecar_late: set[int] = set()  # rows whose sidecar is no longer waited for (said once)
         self.away = away or AwayFolders()  # folders whose files were put off while away
         self.more = False  # the last tick left due rows for the next one
         self._noted: dict[int, Stat] = {}  # row id -> a new stat not yet written (this tick)
@@ -156,6 +159,7 @@ class Settler:
             alive = self.ledger.settling_ids()
             self._sidecars = {k: v for k, v in self._sidecars.items() if k in alive}
             self._held = {k: v for k, v in self._held.items() if k in alive}
+            self._sidecar_late &= alive
         if queued:
             self.on_queued()
         return queued
@@ -233,6 +237,15 @@ class Settler:
         if noted is not None:
             self._noted[row.id] = noted
         sidecar_since = self._sidecar_since(row, folder, now)  # its quiet time runs from any look
+        if sidecar_since and now - row.first_seen >= metadata.SIDECAR_PATIENCE:
+            sidecar_since = 0.0  # still changing after so long: taken as it is (the upload's bound)
+            if row.id not in self._sidecar_late:
+                self._sidecar_late.add(row.id)
+                log.warning(
+                    "its metadata sidecar is still changing after %.0fs; not waiting for it any longer: %s",
+                    now - row.first_seen,
+                    quoted_path(row.inbox_path),
+                )
         if changed:
             if folder.max_settle_seconds and now - row.first_seen >= folder.max_settle_seconds:
                 log.warning(
@@ -285,6 +298,7 @@ class Settler:
         self._promote(row, st.st_ino)
         self._warned.discard(row.id)
         self._held.pop(row.id, None)
+        self._sidecar_late.discard(row.id)
         log.info("queued %s (%d bytes)", quoted_path(row.inbox_path), st.st_size)
         return QUEUED
 

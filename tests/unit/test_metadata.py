@@ -261,6 +261,32 @@ def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clo
     assert settler.tick() == 1
 
 
+def test_a_sidecar_that_never_stops_changing_holds_its_file_back_only_so_long(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sidecar rewritten every second (a producer that keeps it as a status file) kept
+    its quiet file settling for ever, without a word; docs/configuration.md bounds the
+    wait: ten minutes after the file was first seen the sidecar is taken as it is."""
+    folder = make_folder(tmp_path, settle_seconds=10.0, metadata_sidecar=True)
+    (folder.path / "a.pdf").write_bytes(b"data")
+    side = folder.path / "a.pdf.meta.json"
+    side.write_text('{"labels": []}')
+    scanner.scan_folder(ledger, folder)
+    settler = Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
+    settler.tick()
+    start, queued_at = clock(), None
+    for n in range(200):
+        clock.advance(9.0)
+        side.write_text(f'{{"labels": ["l{n}"]}}')
+        if settler.tick():
+            queued_at = clock() - start
+            break
+    # its next look after the bound is at most a settle time (and a tick) later
+    assert queued_at is not None and metadata.SIDECAR_PATIENCE <= queued_at <= metadata.SIDECAR_PATIENCE + 20
+    said = [r for r in caplog.records if "still changing" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+
+
 def test_settle_without_sidecar_or_with_a_quiet_one_is_not_delayed(
     tmp_path: Path, ledger: Ledger, clock: FakeClock
 ) -> None:
