@@ -49,6 +49,7 @@ from syncd import metadata, rules, safefs, writers
 from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
+from syncd.skipped import Skipped
 
 if TYPE_CHECKING:
     from syncd.clock_steps import ClockSteps
@@ -87,7 +88,7 @@ class Settler:
         # rows found open for writing by a process: row id -> (folder, what was said: 0 the
         # wait, 1 after LONG_SETTLE_WARNING, 2 uploading anyway); `syncd once` leaves them
         self._held: dict[int, tuple[str, int]] = {}
-        self._skipped_logged: set[tuple[str, str]] = set()
+        self.skipped = Skipped()  # non-regular paths said to be skipped
         # row id -> (sidecar (size, mtime_ns, inode, device), quiet since)
         self._sidecars: dict[int, tuple[tuple[int, int, int, int], float]] = {}
         self._sidecar_late: set[int] = set()  # rows whose sidecar is no longer waited for (said once)
@@ -155,8 +156,9 @@ class Settler:
             )
         self.ledger.set_due(looks, self._noted)
         self._noted = {}
-        if len(self._sidecars) + len(self._held) > SIDECAR_PRUNE:
+        if len(self._sidecars) + len(self._held) + len(self._warned) > SIDECAR_PRUNE:
             alive = self.ledger.settling_ids()
+            self._warned &= alive
             self._sidecars = {k: v for k, v in self._sidecars.items() if k in alive}
             self._held = {k: v for k, v in self._held.items() if k in alive}
             self._sidecar_late &= alive
@@ -367,15 +369,8 @@ class Settler:
         return seen[1]
 
     def skip_special(self, folder: str, relpath: str, mode: int) -> None:
-        """Log, once per path, that a non-regular file is skipped."""
-        key = (folder, relpath)
-        if key in self._skipped_logged:
-            return
-        self._skipped_logged.add(key)
-        kind = rules.describe_mode(mode)
-        log.warning(
-            "skipping %s: it is a %s, not a regular file", quoted_path(os.path.join(folder, relpath)), kind
-        )
+        """Log, once per path, that a non-regular file is skipped (:mod:`syncd.skipped`)."""
+        self.skipped.note(folder, relpath, mode)
 
 
 def _same_file_waits(busy: list[Row]) -> bool:

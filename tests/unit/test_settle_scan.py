@@ -148,6 +148,41 @@ def test_special_files_are_never_ledgered(
     sock.close()
 
 
+def test_special_files_come_and_go_without_growing_memory(
+    tmp_path: Path,
+    ledger: Ledger,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A producer that keeps making symlinks (or FIFOs) under new names and removing
+    them: each was remembered for the rest of the run (to be logged once), so the
+    daemon's memory grew with every name ever made. Those gone are forgotten once many
+    are remembered; one still there is still said once."""
+    from syncd import skipped
+
+    monkeypatch.setattr(skipped, "SKIPPED_MEMORY", 100)  # 10,000 in the daemon
+    folder = make_folder(tmp_path)
+    settler = _settler(ledger, folder, clock)
+    os.symlink("/", folder.path / "stays")
+    for i in range(30):
+        names = [f"l{i}-{j}" for j in range(10)]
+        for name in names:
+            os.symlink("/etc/passwd", folder.path / name)
+        if i == 0:
+            names.append("stays")
+        ledger.observe(os.fspath(folder.path), names, destination="dest")
+        while settler.tick() or settler.more:
+            pass
+        for name in names:
+            if name != "stays":
+                os.unlink(folder.path / name)
+    assert len(settler.skipped) <= 100 + 10  # 301 paths were said
+    ledger.observe(os.fspath(folder.path), ["stays"], destination="dest")
+    settler.tick()
+    assert sum("'stays'" in r.getMessage() or "/stays'" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_scan_skips_junk_excluded_and_own_dirs(tmp_path: Path, ledger: Ledger) -> None:
     folder = make_folder(tmp_path, exclude=("drafts",), archive_dir=tmp_path / "inbox" / "done")
     for rel in [
