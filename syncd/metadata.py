@@ -52,11 +52,12 @@ import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from syncd import safefs
-from syncd.destinations.base import wire_name
+from syncd.path_patterns import PathPattern as PathPattern  # labels_from_path, re-exported
+from syncd.path_patterns import compile_pattern as compile_pattern
+from syncd.path_patterns import path_labels
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -66,112 +67,11 @@ SIDECAR_MAX = 64 * 1024  # bytes; a sidecar is a few labels
 SIDECAR_PATIENCE = 600.0  # seconds from a file's sighting that a changing sidecar is waited for
 MAX_LABELS = 64  # labels one sidecar may add
 MAX_TEXT = 256  # characters of one label or category from a sidecar
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_TOKEN = re.compile(r"\{([^{}]*)\}|[^{}]+|[{}]")
-_VALUE = r"[^/\x00-\x1f\x7f-\x9f]+"  # one folder name without control characters (C1 too)
 
 
 class SidecarError(ValueError):
     """A sidecar that cannot be used; the message says why (for the failed file's reason)."""
-
-
-# -- labels from the path -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PathPattern:
-    """A compiled ``labels_from_path`` pattern."""
-
-    text: str
-    names: tuple[str, ...]
-    regex: re.Pattern[str]
-
-    def labels(self, relpath: str) -> tuple[str, ...] | None:
-        """The values captured from ``relpath``, in pattern order; None when it does not match."""
-        m = self.regex.fullmatch(relpath)
-        if m is None:
-            return None
-        return tuple(wire_name(m[name]) for name in self.names)
-
-
-@lru_cache(maxsize=64)
-def compile_pattern(text: str) -> PathPattern:
-    """Compile a ``labels_from_path`` pattern; ValueError says what is wrong with it."""
-    if not text:
-        raise ValueError("the pattern is empty")
-    if text.startswith("/"):
-        raise ValueError("the pattern is relative to the folder; remove the leading '/'")
-    parts = text.split("/")
-    if any(p == "" for p in parts):
-        raise ValueError("empty part ('//' or a trailing '/')")
-    names: list[str] = []
-    regex = ""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if part == "**":
-            # "a/**/b" matches a/b too; a trailing "**" needs at least one more name
-            regex += f"{_VALUE}(?:/{_VALUE})*" if last else f"(?:{_VALUE}/)*"
-            continue
-        if part in (".", ".."):
-            raise ValueError(f"{part!r} is not allowed in a pattern")
-        if part == "*":
-            regex += _VALUE
-        else:
-            regex += _segment(part, names, last)
-        if not last:
-            regex += "/"
-    if not names:
-        raise ValueError(
-            "it captures nothing; write {name} for each folder level to turn "
-            'into a label, e.g. "{client}/{project}/**"'
-        )
-    return PathPattern(text, tuple(names), re.compile(regex))
-
-
-def _segment(part: str, names: list[str], last: bool) -> str:
-    """The regex of one part that is literal text with ``{name}`` placeholders."""
-    out = ""
-    previous_was_name = False
-    for token in _TOKEN.finditer(part):
-        name, text = token[1], token[0]
-        if name is not None:
-            if not _NAME.match(name):
-                raise ValueError(
-                    f"{text}: a placeholder name is letters, digits and _, not starting with a digit"
-                )
-            if name in names:
-                raise ValueError(f"{text} appears twice; each name may be used once")
-            if previous_was_name:
-                raise ValueError(f"two placeholders need text between them ({part!r})")
-            if last:
-                raise ValueError(
-                    "the last part matches the file name and cannot capture; end "
-                    "the pattern with /** (anything below) or /* (files directly "
-                    "inside)"
-                )
-            names.append(name)
-            out += f"(?P<{name}>{_VALUE})"
-            previous_was_name = True
-            continue
-        if text in ("{", "}"):
-            raise ValueError(f"unbalanced {text!r} in {part!r}; placeholders are written {{name}}")
-        bad = next((c for c in text if c in "*?[]\\"), None)
-        if bad is not None:
-            raise ValueError(
-                f"{bad!r} inside {part!r} is not supported: use * or ** as a whole "
-                "part, and {name} to capture"
-            )
-        out += re.escape(text)
-        previous_was_name = False
-    return out
-
-
-def path_labels(pattern: str | None, relpath: str) -> tuple[str, ...]:
-    """The labels ``pattern`` captures from ``relpath`` (empty when it does not match)."""
-    if not pattern:
-        return ()
-    return compile_pattern(pattern).labels(relpath) or ()
 
 
 # -- sidecars -------------------------------------------------------------------------------

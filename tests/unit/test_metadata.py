@@ -11,6 +11,7 @@ import json
 import os
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from syncd import archive, metadata, rules, scanner
 from syncd.config import loads
+from syncd.destinations.base import wire_name
 from syncd.errors import ConfigError
 from syncd.ledger import Ledger
 from syncd.metadata import SidecarError, compile_pattern, parse_sidecar, read_sidecar
@@ -56,6 +58,68 @@ def test_pattern_literal_text_is_not_a_regex() -> None:
     p = compile_pattern("a.b/{x}/**")
     assert p.labels("a.b/v/f") == ("v",)
     assert p.labels("axb/v/f") is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "relpath"),
+    [
+        ("{client}-{year}-{month}-{day}/**", "-" * 254),
+        ("**/{y}-{m}-{d}/x/*", "/".join(["-" * 250] * 63)),
+        ("**/{a}-{b}-{c}-{d}/x/*", "/".join(["-" * 250] * 8)),
+        ("**/{a}/**/{b}/**/{c}/**/{d}/x", "/".join(["a"] * 63)),
+    ],
+)
+def test_a_hostile_path_is_matched_in_linear_time(pattern: str, relpath: str) -> None:
+    """The pattern was one regular expression, matched by backtracking: a folder name of
+    dashes against placeholders split by dashes took seconds per file (minutes with
+    directories nested under `**`), holding the interpreter's lock, so that every
+    thread, the watchdog's heartbeat too, stood still while one worker looked at the
+    path of a producer's file."""
+    started = time.monotonic()
+    assert compile_pattern(pattern).labels(relpath) is None
+    assert time.monotonic() - started < 0.5
+
+
+_ALPHABETS = ["a-", "a-.", "ab", "a-\x01", "x-.a", "-", "ab-.x\x01"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labels_are_those_the_pattern_as_a_regular_expression_gives(seed: int) -> None:
+    """The matcher gives the captures of the regular expression the pattern stands for
+    (leftmost, each ** and placeholder as long as the rest allows), on random paths."""
+    rng = random.Random(seed)
+    patterns = [
+        "{a}/**",
+        "{a}-{b}/**",
+        "{a}-{b}-{c}/*",
+        "x{a}.{b}-/**",
+        "**/{a}/*",
+        "**/{a}-{b}/x/*",
+        "{a}/**/{b}/*",
+        "*/{a}/**/x-{b}/**",
+        "**/{a}/**/{b}/**",
+        "{a}/**/**/{b}/x",
+        "a/{a}.b/*",
+        "{a}--{b}/**",
+        "**/-{a}-/**",
+        "ab{a}ab{b}ab/*",
+        "{a}.{b}.{c}.{d}/**/*",
+        "-{a}/*",
+    ]
+    for text in patterns:
+        pattern = compile_pattern(text)
+        for _ in range(400):
+            alphabet = rng.choice(_ALPHABETS)
+            comps = [
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+                for _ in range(rng.randint(1, 6))
+            ]
+            if rng.random() < 0.3:
+                comps.insert(rng.randrange(len(comps) + 1), "x")
+            relpath = "/".join(comps)
+            m = pattern.regex.fullmatch(relpath)
+            want = None if m is None else tuple(wire_name(m[n]) for n in pattern.names)
+            assert pattern.labels(relpath) == want, (text, relpath)
 
 
 def test_undecodable_folder_name_becomes_wire_text() -> None:
