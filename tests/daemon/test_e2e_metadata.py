@@ -285,3 +285,30 @@ def test_a_sidecar_whose_archive_name_would_pass_255_bytes_is_archived_shortened
     assert json.loads((s.archive() / second[0]).read_text()) == {"labels": ["v1"]}
     assert not any(s.inbox().iterdir())
     assert s.stop() == 0
+
+
+def test_a_late_sidecar_is_not_given_to_the_next_file_of_that_name(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """A producer writes ``report.pdf`` and only then its sidecar, which arrives while the
+    file is being sent: the file goes out without it, and the sidecar stays in the inbox.
+    Next week's ``report.pdf`` was sent with it, silently; now the sidecar left behind is
+    logged, and the next file fails with the reason, both in failed_dir, nothing sent."""
+    s = make_setup(folders=[{"name": "in", "metadata_sidecar": True}], lilt={"bwlimit": "1MB"})
+    s.start()
+    s.drop("report.pdf", b"R" * 2_000_000)
+    wait_until(lambda: _state(s, "report.pdf") == "uploading", 20, what="the upload")
+    _sidecar(s, "report.pdf", {"labels": ["late"], "category": "LATE"})
+    wait_until(lambda: s.all_done(1), 30, what="the first report archived")
+    s.wait_logged("stays in the inbox without its file")
+    s.drop("report.pdf", b"next week's report")
+    wait_until(lambda: _state(s, "report.pdf") == "failed", 20, what="the second report failed")
+    assert "left in the inbox by an earlier 'report.pdf'" in (_row(s, "report.pdf").last_error or "")
+    assert [(u["labels"], u["category"]) for u in s.emulator.uploads()] == [([], None)]
+    assert sorted(p.name for p in s.failed().iterdir()) == [
+        "report.pdf",
+        "report.pdf.error.json",
+        "report.pdf.meta.json",
+    ]
+    assert (s.archive() / "report.pdf").read_bytes() == b"R" * 2_000_000
+    assert s.stop() == 0
