@@ -111,4 +111,4 @@ def install(client: httpx.Client) -> None:
         pool = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if backend is not None and not isinstance(backend, _Backend):
-            pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
+            pool._network_backend = _Backend(backend)
