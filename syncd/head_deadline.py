@@ -108,7 +108,7 @@ def install(client: httpx.Client) -> None:
     pool attribute; ``tests/unit/test_http.py`` fails if a new httpcore moves it."""
     transports = [client._transport, *client._mounts.values()]
     for transport in transports:
-        pool = getattr(transport, "_pool", None)
+        pool: Any = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if backend is not None and not isinstance(backend, _Backend):
             pool._network_backend = _Backend(backend)
