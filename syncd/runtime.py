@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from syncd import config as configmod
-from syncd import logs
+from syncd import folder_lock, logs
 from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
@@ -108,6 +108,7 @@ class Runtime:
         self.lost: dict[str, int] = {}
         self._prune_after: dict[State, int] = dict.fromkeys(PRUNED_STATES, 0)  # keep_done_days cursors
         self.webhook: Webhook | None = None  # daemon.webhook_url (webhook.py)
+        self._locks = folder_lock.Locks()  # without a watcher (syncd/folder_lock.py)
         self.uploader = Uploader(
             ledger,
             lambda: self.destinations,
@@ -132,8 +133,8 @@ class Runtime:
         if self.watch:
             self.watcher.set_folders(cfg.folders)
         else:
-            for root, folder in self.folders.items():
-                problem = probe(folder)[0]
+            for root in self.folders:
+                problem = self.folder_problem(root)
                 if problem is not None:
                     log.error("folder %s: %s; skipping it", quoted_path(root), problem)
         if not self.once:
@@ -313,7 +314,10 @@ class Runtime:
         if self.watch:
             return self.watcher.problem(root)
         folder = self.folders.get(root)
-        return "not configured" if folder is None else probe(folder)[0]
+        if folder is None:
+            return "not configured"
+        problem, st = probe(folder)
+        return problem if st is None or problem is not None else self._locks.check(root, st)
 
     def usable_folders(self) -> dict[str, Any]:
         """The folders whose files may be judged now (settle skips the others).
@@ -338,6 +342,7 @@ class Runtime:
         if self.webhook is not None:
             self.webhook.close()
         self.offload.close()
+        self._locks.close()
         self.client.close()
         for client, _, _ in self._retired:
             client.close()

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Iterable
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import safefs
+from syncd import folder_lock, safefs
 from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
 from syncd.safe_watch import PolledFolders, SafeInotifyObserver
@@ -146,6 +147,7 @@ class FolderWatch:
     mode: str = "none"  # native | polling | none
     problem: str | None = None
     fallback: str | None = None  # why a native folder is polled (inotify limits)
+    lock: socket.socket | None = None  # the folder's lock (folder_lock.py)
 
 
 class Watcher:
@@ -217,7 +219,10 @@ class Watcher:
             fw = self.folders.get(root)
         if fw is None:
             return "not watched"
-        return probe(fw.folder, fw.device)[0]
+        problem = probe(fw.folder, fw.device)[0]
+        if problem is None and fw.lock is None and (fw.problem or "").startswith(folder_lock.HELD):
+            return fw.problem  # until a health check takes the lock
+        return problem
 
     def _arm(self, fw: FolderWatch) -> bool:
         """Watch ``fw`` if it is usable; False (with ``fw.problem`` set) if not."""
@@ -232,6 +237,11 @@ class Watcher:
             # its producer owns and shares with syncd through setfacl)
             self._report(fw, "cannot watch (Permission denied: syncd's user may not list it)")
             return False
+        if fw.lock is None:
+            fw.lock, problem = folder_lock.take(st, fw.problem)
+            if problem is not None:
+                self._report(fw, problem)
+                return False
         handler = _Handler(fw.folder, self.intake)
         mode = "polling" if fw.folder.observer == "polling" else "native"
         fallback = None
@@ -310,8 +320,7 @@ class Watcher:
 
     def _report(self, fw: FolderWatch, problem: str) -> None:
         """Release ``fw`` and log ``problem`` once (again only when it changes)."""
-        if fw.mode != "none":
-            self._release(fw)
+        self._release(fw)
         if problem != fw.problem:
             log.error(
                 "watched folder %s is not available (%s): not watching or scanning it, "
@@ -330,6 +339,8 @@ class Watcher:
             except (KeyError, OSError, ValueError):
                 pass
         fw.watch, fw.observer, fw.mode = None, None, "none"
+        folder_lock.release(fw.lock)
+        fw.lock = None
 
     def _replace_dead_reader(self) -> None:
         """The one thread that reads every native folder's events died (a bug in it): each
@@ -358,6 +369,7 @@ class Watcher:
                 assert st is not None
                 alive = fw.observer is None or (fw.observer.is_alive() and _emitter_alive(fw))
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
+                    folder_lock.drain(fw.lock)
                     continue
                 if fw.mode != "none":
                     log.warning(
@@ -385,4 +397,7 @@ class Watcher:
             obs.join(timeout=5)
         self._native = None
         self._polling.clear()
+        for fw in self.folders.values():
+            folder_lock.release(fw.lock)
+            fw.lock = None
         self.folders.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd import folder_lock
 from syncd.safe_watch import PolledFolders
 from syncd.watcher import Intake, Watcher
 from tests.conftest import make_folder
@@ -163,6 +165,44 @@ def test_removing_a_folder_releases_it(tmp_path: Path, watcher: Watcher) -> None
     assert wait_for(lambda: "y.txt" in got())
     time.sleep(0.2)
     assert "x.txt" not in got()
+
+
+def test_a_folder_another_watcher_holds_is_reported_until_free(tmp_path: Path, watcher: Watcher) -> None:
+    """Two daemons with their own state_dir on one folder would both upload its files: the
+    second reports it as another syncd's, never watches it, and takes it over once free."""
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    assert watcher.set_folders([folder]) == [root]
+    second = Watcher(Intake())
+    try:
+        assert second.set_folders([folder]) == []
+        assert second.problems()[root].startswith("watched by another syncd")
+        assert second.problem(root) == second.problems()[root]  # what settle and the uploader ask
+        assert second.check_health() == []
+        got = Collected(second.intake)
+        (folder.path / "a.txt").write_bytes(b"x")
+        assert wait_for(lambda: "a.txt" in Collected(watcher.intake)())
+        assert got() == set()
+        watcher.set_folders([])  # the first lets go (its config dropped the folder, or it stopped)
+        assert second.check_health() == [root]
+        assert second.problem(root) is None and second.problems() == {}
+        (folder.path / "b.txt").write_bytes(b"x")
+        assert wait_for(lambda: "b.txt" in got())
+    finally:
+        second.stop()
+
+
+def test_a_lock_name_taken_by_what_is_not_a_syncd_keeps_no_folder(tmp_path: Path, watcher: Watcher) -> None:
+    """Anyone may bind an abstract socket name: one bound but not listening (no syncd
+    holds a folder that way) does not keep the folder from being watched."""
+    folder = make_folder(tmp_path)
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        squatter.bind(folder_lock._name(folder.path.stat()))
+        assert watcher.set_folders([folder]) == [os.fspath(folder.path)]
+        assert watcher.problems() == {}
+    finally:
+        squatter.close()
 
 
 def _watched_inodes() -> set[tuple[int, int]]:

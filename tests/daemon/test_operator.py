@@ -1,0 +1,101 @@
+"""What an operator does to a running daemon: a second daemon on the same folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from syncd.ledger import ACTIVE_STATES
+from tests.harness import Setup, wait_until
+
+pytestmark = pytest.mark.process
+
+
+def second_config(s: Setup, name: str = "other") -> Path:
+    """The harness's config with a state_dir, archive and failed folders of its own: the
+    same inboxes, as a second service (or a copy of the config) set up by mistake."""
+    doc = tomllib.loads(s.config.read_text())
+    doc["daemon"]["state_dir"] = f"{name}/state"
+    for folder in doc["folders"]:
+        folder["archive_dir"] = f"{name}/{folder['archive_dir']}"
+        folder["failed_dir"] = f"{name}/{folder['failed_dir']}"
+    path = s.tmp / f"{name}.toml"
+    path.write_text(tomli_w.dumps(doc))
+    path.chmod(0o600)
+    return path
+
+
+def settled(s: Setup) -> bool:
+    """The inbox is empty and no row of the harness's ledger is on its way."""
+    return not any(s.inbox().iterdir()) and not any(r.state in ACTIVE_STATES for r in s.rows())
+
+
+def start_other(s: Setup, config: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = s.tmp / f"{config.stem}.log"
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "syncd", "-c", str(config), *(args or ("run",))],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=s.env(),
+            cwd=s.tmp,
+        )
+
+
+def test_a_second_daemon_on_the_same_folder_uploads_nothing_twice(make_setup: Callable[..., Setup]) -> None:
+    """Two daemons with their own state_dir watching one inbox: each file is uploaded
+    once, by the first; the second says that the folder is another syncd's."""
+    s = make_setup()
+    s.start()
+    s.wait_started()
+    other = second_config(s)
+    proc = start_other(s, other)
+    log = s.tmp / "other.log"
+    try:
+        wait_until(lambda: "syncd started" in log.read_text(errors="replace"), 20, what="second start")
+        for i in range(60):
+            s.drop(f"f{i:03d}.bin", bytes([i]) * 5000)
+        wait_until(lambda: settled(s), 60, what="the inbox emptied")
+        assert len(s.emulator.uploads()) == 60, "a file was uploaded twice"
+        assert not (s.tmp / "other" / "archive").exists() or not any((s.tmp / "other" / "archive").rglob("*"))
+        text = log.read_text(errors="replace")
+        assert "another syncd" in text, text[-2000:]
+        out = subprocess.run(
+            [sys.executable, "-m", "syncd", "-c", str(other), "status"],
+            capture_output=True,
+            text=True,
+            env=s.env(),
+            cwd=s.tmp,
+            timeout=60,
+        )
+        assert "another syncd" in out.stdout, out.stdout
+        # `syncd once` from cron beside the service: the same
+        s.drop("cron.bin", b"cron")
+        once = subprocess.run(
+            [sys.executable, "-m", "syncd", "-c", str(second_config(s, "cron")), "once"],
+            capture_output=True,
+            text=True,
+            env=s.env(),
+            cwd=s.tmp,
+            timeout=60,
+        )
+        assert "another syncd" in once.stderr, once.stderr
+        wait_until(lambda: settled(s), 30, what="the cron file done")
+        assert len(s.emulator.uploads()) == 61, "a file was uploaded twice"
+        s.invariants()
+        # the first stops: the second takes the folder over within a few seconds
+        assert s.stop() == 0
+        s.drop("late.bin", b"late")
+        late = s.tmp / "other" / "archive" / "inbox" / "late.bin"
+        wait_until(late.exists, 30, what="the folder taken over")
+        assert len(s.emulator.uploads()) == 62
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    s.assert_no_secret()
