@@ -215,3 +215,50 @@ class PolledFolders:
                 return iter(list(it))
         finally:
             os.close(fd)
+
+
+def inotify_watches() -> int | None:
+    """How many inotify watches this process holds (from /proc/self/fdinfo), or None."""
+    total = 0
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+                total += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return total
+
+
+def count_dirs(root: str) -> int:
+    """The directories of a tree that can get an inotify watch (symlinks not followed).
+
+    inotify needs read access to a directory; one a producer made unreadable
+    (mode 000) gets no watch from anyone, and its files are found by the
+    rescans. It must not count as a missing watch, or one such directory
+    would push the whole folder to polling.
+    """
+    count = 1
+    for entry in safefs.walk(root, descend=lambda _rel, st: listable(st)):
+        if stat.S_ISDIR(entry.stat.st_mode) and listable(entry.stat):
+            count += 1
+    return count
+
+
+def listable(st: os.stat_result) -> bool:
+    """Whether this process may read a directory with this stat (owner/group/other bits)."""
+    if os.geteuid() == 0:
+        return True
+    if st.st_uid == os.geteuid():
+        bits = stat.S_IRUSR | stat.S_IXUSR
+        return st.st_mode & bits == bits
+    if st.st_gid in (os.getegid(), *os.getgroups()):
+        bits = stat.S_IRGRP | stat.S_IXGRP
+        return st.st_mode & bits == bits
+    bits = stat.S_IROTH | stat.S_IXOTH
+    return st.st_mode & bits == bits

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import folder_lock, safefs
+from syncd import folder_lock
 from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
-from syncd.safe_watch import PolledFolders, SafeInotifyObserver
+from syncd.safe_watch import PolledFolders, SafeInotifyObserver, count_dirs, inotify_watches
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -59,7 +59,9 @@ def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, 
 
     ``device`` is the ``st_dev`` the folder is expected on (None: any).
     Problems read well after the folder's path: ``folder missing``, ``not a
-    directory``, ``marker file '.syncd-root' missing (not mounted?)``, ``on
+    directory``, ``leads to '/srv/archive' through a symlink now ...`` (the path, resolved
+    when the config was loaded, leads elsewhere now: a symlink at any
+    component), ``marker file '.syncd-root' missing (not mounted?)``, ``on
     another device than before (unmounted?)``.
     """
     root = os.fspath(folder.path)
@@ -71,30 +73,20 @@ def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, 
         return f"folder unavailable ({exc.strerror or exc})", None
     if not stat.S_ISDIR(st.st_mode):
         return "not a directory", None
+    real = os.path.realpath(root)
+    if real != root:
+        # the path was resolved when the configuration was loaded (and checked: not inside
+        # another folder's archive, say); a symlink put in since leads where nothing checked
+        return (
+            f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)",
+            None,
+        )
     marker = getattr(folder, "marker", None)
     if marker and not os.path.lexists(os.path.join(root, marker)):
         return f"marker file {marker!r} missing (not mounted?)", st
     if device is not None and st.st_dev != device:
         return "on another device than before (unmounted?)", st
     return None, st
-
-
-def _inotify_watches() -> int | None:
-    """How many inotify watches this process holds (from /proc/self/fdinfo), or None."""
-    total = 0
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
-            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-                total += sum(1 for line in f if line.startswith("inotify wd:"))
-        except OSError:
-            continue
-    return total
 
 
 def _emitter_alive(fw: FolderWatch) -> bool:
@@ -106,35 +98,6 @@ def _emitter_alive(fw: FolderWatch) -> bool:
         return True  # another watchdog: the inode check alone
     emitter = emitters.get(fw.watch)
     return emitter is not None and emitter.is_alive()
-
-
-def _count_dirs(root: str) -> int:
-    """The directories of a tree that can get an inotify watch (symlinks not followed).
-
-    inotify needs read access to a directory; one a producer made unreadable
-    (mode 000) gets no watch from anyone, and its files are found by the
-    rescans. It must not count as a missing watch, or one such directory
-    would push the whole folder to polling.
-    """
-    count = 1
-    for entry in safefs.walk(root, descend=lambda _rel, st: _listable(st)):
-        if stat.S_ISDIR(entry.stat.st_mode) and _listable(entry.stat):
-            count += 1
-    return count
-
-
-def _listable(st: os.stat_result) -> bool:
-    """Whether this process may read a directory with this stat (owner/group/other bits)."""
-    if os.geteuid() == 0:
-        return True
-    if st.st_uid == os.geteuid():
-        bits = stat.S_IRUSR | stat.S_IXUSR
-        return st.st_mode & bits == bits
-    if st.st_gid in (os.getegid(), *os.getgroups()):
-        bits = stat.S_IRGRP | stat.S_IXGRP
-        return st.st_mode & bits == bits
-    bits = stat.S_IROTH | stat.S_IXOTH
-    return st.st_mode & bits == bits
 
 
 @dataclass
@@ -250,7 +213,7 @@ class Watcher:
                 fw.observer = self._native_observer()
             else:
                 fw.observer = self._polling_observer(fw.folder.poll_seconds, root)
-            before = _inotify_watches() if mode == "native" and fw.folder.recursive else None
+            before = inotify_watches() if mode == "native" and fw.folder.recursive else None
             fw.watch = fw.observer.schedule(
                 handler, root, recursive=fw.folder.recursive, event_filter=EVENT_FILTER
             )
@@ -306,11 +269,11 @@ class Watcher:
         reached half-way through a tree); the kernel's own count of this
         process's watches tells. A directory created meanwhile is allowed for.
         """
-        after = _inotify_watches()
+        after = inotify_watches()
         if after is None:
             return
-        added, dirs = after - before, _count_dirs(root)
-        if added >= dirs or added >= _count_dirs(root):
+        added, dirs = after - before, count_dirs(root)
+        if added >= dirs or added >= count_dirs(root):
             return
         assert fw.observer is not None and fw.watch is not None
         with contextlib.suppress(KeyError, OSError, ValueError):

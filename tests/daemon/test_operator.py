@@ -1,9 +1,10 @@
-"""What an operator does to a running daemon: a second daemon on the same folders."""
+"""What an operator does to a running daemon and to its folders."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +100,27 @@ def test_a_second_daemon_on_the_same_folder_uploads_nothing_twice(make_setup: Ca
         proc.terminate()
         assert proc.wait(30) == 0
     s.assert_no_secret()
+
+
+def test_an_inbox_put_back_as_a_symlink_to_an_archive_is_not_followed(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """An inbox deleted, then put back as a symlink (here to the other folder's archive,
+    which the configuration check refuses): the daemon, which resolved the path when it
+    loaded the config, does not follow the link; it would upload that archive's files
+    again and take them out of it."""
+    s = make_setup(folders=[{"name": "a"}, {"name": "b"}])
+    s.start()
+    s.drop("one.txt", b"one", "a")
+    wait_until(lambda: s.all_done(), 20, what="one.txt archived")
+    s.inbox("b").rmdir()
+    wait_until(lambda: "folder missing" in s.log_text(), 20, what="b reported missing")
+    s.inbox("b").symlink_to(s.archive("a"))
+    wait_until(lambda: "symlink" in s.log_text(), 20, what="the symlink reported")
+    time.sleep(3)  # a health check or two
+    assert (s.archive("a") / "one.txt").read_bytes() == b"one"
+    assert len(s.emulator.uploads()) == 1
+    [b] = [f for f in s.status()["folders"] if f["path"] == str(s.inbox("b"))]
+    assert "symlink" in (b["problem"] or ""), b
+    s.invariants()
+    assert s.stop() == 0

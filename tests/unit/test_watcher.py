@@ -154,6 +154,37 @@ def test_replaced_between_checks_is_rearmed(tmp_path: Path, watcher: Watcher) ->
     assert wait_for(lambda: "c.txt" in got())
 
 
+def test_a_folder_put_back_as_a_symlink_is_not_followed(tmp_path: Path, watcher: Watcher) -> None:
+    """The configured path was resolved when loaded; a symlink put in its place since (or
+    at a folder above it) leads where no configuration check looked: reported, not
+    watched, until it is a directory again."""
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    watcher.set_folders([folder])
+    os.rename(folder.path, tmp_path / "old")
+    folder.path.symlink_to(elsewhere)
+    assert watcher.check_health() == []
+    assert "through a symlink" in watcher.problems()[root]
+    assert "through a symlink" in (watcher.problem(root) or "")
+    got = Collected(watcher.intake)
+    (elsewhere / "x.txt").write_bytes(b"x")
+    folder.path.unlink()
+    os.rename(tmp_path / "old", folder.path)
+    assert watcher.check_health() == [root]
+    (folder.path / "y.txt").write_bytes(b"y")
+    assert wait_for(lambda: "y.txt" in got())
+    assert "x.txt" not in got()
+    # a folder above it swapped for a symlink: the same
+    nested = make_folder(tmp_path, "top/inbox")
+    watcher.set_folders([nested])
+    os.rename(tmp_path / "top", tmp_path / "top-old")
+    (tmp_path / "top").symlink_to(tmp_path / "top-old")
+    assert watcher.check_health() == []
+    assert "through a symlink" in watcher.problems()[os.fspath(nested.path)]
+
+
 def test_removing_a_folder_releases_it(tmp_path: Path, watcher: Watcher) -> None:
     a, b = make_folder(tmp_path, "a"), make_folder(tmp_path, "b")
     watcher.set_folders([a, b])
