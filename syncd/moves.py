@@ -309,6 +309,15 @@ def move(
     if planned is not None and how is not None:
         _finish_planned(src, planned, planned_root, how, sha256, check)
         return planned
+    real = os.path.realpath(target_root)
+    if real != os.fspath(target_root):
+        # resolved (and checked: not inside a watched folder) when the config was loaded; a
+        # symlink put in since leads where nothing checked, perhaps into an inbox
+        raise OSError(
+            errno.ELOOP,
+            f"{quoted_path(target_root)} leads to {quoted_path(real)} through a symlink now; "
+            "not followed (reload to check and use it)",
+        )
     os.makedirs(target_root, mode=DIR_MODE, exist_ok=True)
     rootfd = safefs.open_root(target_root)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -122,5 +123,34 @@ def test_an_inbox_put_back_as_a_symlink_to_an_archive_is_not_followed(
     assert len(s.emulator.uploads()) == 1
     [b] = [f for f in s.status()["folders"] if f["path"] == str(s.inbox("b"))]
     assert "symlink" in (b["problem"] or ""), b
+    s.invariants()
+    assert s.stop() == 0
+
+
+def test_an_archive_folder_replaced_by_a_symlink_to_an_inbox_is_not_followed(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """An archive folder swapped for a symlink while syncd runs (here into the other
+    folder's inbox, which the configuration check refuses): archiving through it put the
+    file into that inbox, which uploaded it again and moved it away from the row that
+    names it. The file waits in its inbox, uploaded, and is archived once the folder is
+    a directory again."""
+    s = make_setup(folders=[{"name": "a"}, {"name": "b"}])
+    s.start()
+    s.drop("first.txt", b"first", "b")
+    wait_until(lambda: s.all_done(), 20, what="first.txt archived")
+    os.rename(s.archive("b"), s.tmp / "archive-b-old")
+    s.archive("b").symlink_to(s.inbox("a"))
+    s.drop("loop.txt", b"loop", "b")
+    wait_until(lambda: "through a symlink" in s.log_text(), 20, what="the symlink reported")
+    time.sleep(2)
+    assert len(s.emulator.uploads()) == 2, "uploaded again through the other inbox"
+    assert not (s.inbox("a") / "loop.txt").exists()
+    assert (s.inbox("b") / "loop.txt").read_bytes() == b"loop"
+    s.archive("b").unlink()
+    os.rename(s.tmp / "archive-b-old", s.archive("b"))
+    wait_until(lambda: s.all_done(), 30, what="archived once the folder is back")
+    assert (s.archive("b") / "loop.txt").read_bytes() == b"loop"
+    assert len(s.emulator.uploads()) == 2
     s.invariants()
     assert s.stop() == 0
