@@ -41,7 +41,7 @@ from syncd.commands.common import (
 )
 from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
-from syncd.ledger import STATES, State
+from syncd.ledger import ACTIVE_STATES, STATES, State
 from syncd.ledger.writer import SPACE_TO_OPEN, space_left
 from syncd.lock import holder_pid
 from syncd.logs import printable, printable_json, quoted_path
@@ -121,6 +121,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 "ignored": seen if isinstance(seen, dict) else None,
             }
         )
+    data["folders"] += _lost_folders(by_folder, {f.path for f in view.folders})
     if running and meta:
         data["daemon"].update(
             {
@@ -146,6 +147,34 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         limit = limits.get(entry["name"]) if isinstance(limits, dict) else None
         entry["bwlimit"] = limit if isinstance(limit, dict) else None
     return data
+
+
+def _lost_folders(by_folder: dict[str, dict[str, int]], configured: set[str]) -> list[dict[str, Any]]:
+    """The folders the configuration no longer has (a reload removed them) whose files are
+    still on their way: they wait in the ledger for the folder to be configured again."""
+    out = []
+    for root, got in sorted(by_folder.items()):
+        waiting = sum(got.get(s, 0) for s in ACTIVE_STATES)
+        if root in configured or not waiting:
+            continue
+        counts = {s: 0 for s in STATES}
+        counts.update(got)
+        out.append(
+            {
+                "path": root,
+                "destination": None,
+                "labels": [],
+                "category": None,
+                "states": counts,
+                "exists": Path(root).is_dir(),
+                "problem": (
+                    f"not in the configuration: its {waiting:,} file(s) on their way wait for it"
+                    " to be configured again"
+                ),
+                "ignored": None,
+            }
+        )
+    return out
 
 
 def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -317,7 +346,7 @@ def render(data: dict[str, Any]) -> list[str]:
     out.append("folders:")
     for f in data["folders"]:
         counts = ", ".join(f"{n:,} {s}" for s, n in f["states"].items() if n) or "no files yet"
-        out.append(f"  {quoted_path(f['path'])} -> {f['destination']}: {counts}")
+        out.append(f"  {quoted_path(f['path'])} -> {f['destination'] or '?'}: {counts}")
         if f["problem"]:
             out.append(f"    problem: {shown(f['problem'])}")
         seen = f.get("ignored")

@@ -792,3 +792,31 @@ def test_retry_of_a_failed_file_deleted_by_hand_says_so(
     ledger.close()
     code, out, _ = run(capsys, "-c", str(cfg), "retry", str(row.id))
     assert code == 0 and "no file is at that path now" in out, out
+
+
+def test_status_lists_a_folder_the_configuration_lost_while_its_files_wait(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
+    """A reload removed a folder whose files were still on their way: they wait in the
+    ledger (the journal says so once). `syncd status` counted them in its totals but
+    listed no folder they belong to."""
+    old = cfg.parent / "old-inbox"
+    ledger = ledger_of(cfg)
+    add_row(ledger, old, "waiting.txt")
+    done = add_row(ledger, cfg.parent / "gone-long-ago", "x.txt")
+    ledger.mark_uploaded(done.id, sha256="cd" * 32, receipt={"remote_id": "x"})
+    ledger.mark_done(done.id)
+    heartbeat(ledger)
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0, err
+    assert f"{quoted(old)} -> ?: 1 uploading" in out, out
+    assert "problem: not in the configuration" in out
+    assert "gone-long-ago" not in out  # nothing of it on its way: not listed
+    data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
+    [lost] = [f for f in data["folders"] if f["path"] == os.fspath(old)]
+    assert lost["states"]["uploading"] == 1 and lost["destination"] is None
+
+
+def quoted(path: Path) -> str:
+    return f"'{path}'"
