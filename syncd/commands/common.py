@@ -25,14 +25,14 @@ import sqlite3
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
 from syncd._options import resolve_path
 from syncd.errors import ConfigError, Problem
-from syncd.ledger import Ledger
+from syncd.ledger import ACTIVE_STATES, STATES, Ledger
 from syncd.logs import printable
 from syncd.redact import redact
 
@@ -216,27 +216,73 @@ def view_from_ledger(path: Path, exc: ConfigError) -> View | None:
     first = shown(exc.problems[0]) if exc.problems else shown(exc)
     more = len(exc.problems) - 1
     broken = first + (f", and {more} more problem(s)" if more > 0 else "")
-    if isinstance(record, dict) and isinstance(record.get("folders"), list):
-        folders = tuple(
-            FolderView(
-                str(f.get("path")),
-                str(f.get("destination")),
-                tuple(str(x) for x in f.get("labels") or ()),
-                f.get("category"),
-                f.get("archive_dir"),
-                f.get("failed_dir"),
-            )
-            for f in record["folders"]
-            if isinstance(f, dict)
-        )
-        destinations = {str(k): str(v) for k, v in (record.get("destinations") or {}).items()}
-        applied = record.get("applied_at")
-        return View(
-            path,
-            state_dir,
-            folders,
-            destinations,
-            broken,
-            applied if isinstance(applied, int | float) else None,
-        )
+    applied = applied_view(record, path, state_dir)
+    if applied is not None:
+        return replace(applied, broken=broken)
     return View(path, state_dir, tuple(FolderView(root, "?") for root in known), {}, broken)
+
+
+def applied_view(record: object, path: Path, state_dir: Path) -> View | None:
+    """The view of the configuration the daemon last applied (its ledger record), or None
+    when the record is missing or not one."""
+    if not isinstance(record, dict) or not isinstance(record.get("folders"), list):
+        return None
+    folders = tuple(
+        FolderView(
+            str(f.get("path")),
+            str(f.get("destination")),
+            tuple(str(x) for x in f.get("labels") or ()),
+            f.get("category"),
+            f.get("archive_dir"),
+            f.get("failed_dir"),
+        )
+        for f in record["folders"]
+        if isinstance(f, dict)
+    )
+    destinations = {str(k): str(v) for k, v in (record.get("destinations") or {}).items()}
+    at = record.get("applied_at")
+    applied_at = at if isinstance(at, int | float) else None
+    return View(path, state_dir, folders, destinations, applied_at=applied_at)
+
+
+def as_applied(view: View, record: object, config: dict[str, Any]) -> View:
+    """The folders the running daemon works on: those it applied (its ledger record) when
+    the config file says otherwise (edited, not reloaded yet; a folder path that leads
+    elsewhere through a symlink now), said in ``config["unapplied"]``."""
+    applied = applied_view(record, view.path, view.state_dir)
+    if applied is None or (applied.folders, applied.destinations) == (view.folders, view.destinations):
+        return view
+    config["applied_at"] = applied.applied_at
+    config["unapplied"] = (
+        f"{view.path} differs from the configuration the running daemon applied"
+        f" ({stamp(applied.applied_at)}); showing that one. `syncd reload` applies the file"
+    )
+    return applied
+
+
+def lost_folders(by_folder: dict[str, dict[str, int]], configured: set[str]) -> list[dict[str, Any]]:
+    """The folders the configuration no longer has (a reload removed them) whose files are
+    still on their way: they wait in the ledger for the folder to be configured again."""
+    out: list[dict[str, Any]] = []
+    for root, got in sorted(by_folder.items()):
+        waiting = sum(got.get(s, 0) for s in ACTIVE_STATES)
+        if root in configured or not waiting:
+            continue
+        counts = {s: 0 for s in STATES}
+        counts.update(got)
+        out.append(
+            {
+                "path": root,
+                "destination": None,
+                "labels": [],
+                "category": None,
+                "states": counts,
+                "exists": Path(root).is_dir(),
+                "problem": (
+                    f"not in the configuration: its {waiting:,} file(s) on their way wait for it"
+                    " to be configured again"
+                ),
+                "ignored": None,
+            }
+        )
+    return out

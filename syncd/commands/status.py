@@ -30,18 +30,21 @@ from syncd import config as configmod
 from syncd import progress as progressmod
 from syncd.bandwidth import rate_text
 from syncd.commands.common import (
+    CONFIG_KEY,
     EXIT_OK,
     LEDGER_NAME,
     View,
     ago,
+    as_applied,
     load_view,
+    lost_folders,
     open_ledger,
     shown,
     stamp,
 )
 from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
-from syncd.ledger import ACTIVE_STATES, STATES, State
+from syncd.ledger import STATES, State
 from syncd.ledger.writer import SPACE_TO_OPEN, space_left
 from syncd.lock import holder_pid
 from syncd.logs import printable, printable_json, quoted_path
@@ -73,6 +76,8 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if ledger is not None:
         try:
+            if pid is not None and view.broken is None:
+                view = as_applied(view, ledger.get_meta(CONFIG_KEY), data["config"])
             data["states"] = ledger.counts()
             by_folder = ledger.counts_by_folder()
             meta = ledger.get_meta("daemon", {}) or {}
@@ -121,7 +126,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 "ignored": seen if isinstance(seen, dict) else None,
             }
         )
-    data["folders"] += _lost_folders(by_folder, {f.path for f in view.folders})
+    data["folders"] += lost_folders(by_folder, {f.path for f in view.folders})
     if running and meta:
         data["daemon"].update(
             {
@@ -147,34 +152,6 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         limit = limits.get(entry["name"]) if isinstance(limits, dict) else None
         entry["bwlimit"] = limit if isinstance(limit, dict) else None
     return data
-
-
-def _lost_folders(by_folder: dict[str, dict[str, int]], configured: set[str]) -> list[dict[str, Any]]:
-    """The folders the configuration no longer has (a reload removed them) whose files are
-    still on their way: they wait in the ledger for the folder to be configured again."""
-    out = []
-    for root, got in sorted(by_folder.items()):
-        waiting = sum(got.get(s, 0) for s in ACTIVE_STATES)
-        if root in configured or not waiting:
-            continue
-        counts = {s: 0 for s in STATES}
-        counts.update(got)
-        out.append(
-            {
-                "path": root,
-                "destination": None,
-                "labels": [],
-                "category": None,
-                "states": counts,
-                "exists": Path(root).is_dir(),
-                "problem": (
-                    f"not in the configuration: its {waiting:,} file(s) on their way wait for it"
-                    " to be configured again"
-                ),
-                "ignored": None,
-            }
-        )
-    return out
 
 
 def _destinations(view: View, known: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -320,6 +297,8 @@ def render(data: dict[str, Any]) -> list[str]:
             )
     else:
         out.append(f"daemon: not running (last heartbeat {ago(d.get('last_heartbeat'))})")
+    if data["config"].get("unapplied"):
+        out.append(f"config: {shown(data['config']['unapplied'])}")
     states = dict(data["states"])
     if any(states.values()):
         parts = []

@@ -820,3 +820,29 @@ def test_status_lists_a_folder_the_configuration_lost_while_its_files_wait(
 
 def quoted(path: Path) -> str:
     return f"'{path}'"
+
+
+def test_status_shows_the_folders_the_running_daemon_applied_not_an_unapplied_edit(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
+    """The config file edited and not reloaded yet (or a folder path that leads elsewhere
+    through a symlink now): `syncd status` showed the file's folders, with "no files
+    yet", and not the folder the daemon works on, whose files were counted under none."""
+    _record_config(cfg)
+    ledger = ledger_of(cfg)
+    add_row(ledger, cfg.parent / "inbox", "a.txt")
+    heartbeat(ledger)
+    ledger.close()
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0 and "config:" not in out, out
+    (cfg.parent / "inbox2").mkdir()
+    cfg.write_text(GOOD.replace('path = "inbox"', 'path = "inbox2"'))
+    code, out, err = run(capsys, "-c", str(cfg), "status")
+    assert code == 0, err
+    assert f"{quoted(cfg.parent / 'inbox')} -> main: 1 uploading" in out, out
+    assert "inbox2" not in out.replace(f"{cfg}", "")
+    assert "differs from the configuration the running daemon applied" in out
+    assert "syncd reload" in out
+    data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
+    assert [f["path"] for f in data["folders"]] == [os.fspath(cfg.parent / "inbox")]
+    assert data["config"]["unapplied"] and data["config"]["ok"] is True
