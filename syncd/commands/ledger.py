@@ -13,10 +13,12 @@ import argparse
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_LEDGER, EXIT_OK
 from syncd.commands.common import load as _load
+from syncd.config import FolderConfig
 from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger import Ledger, backup
 from syncd.ledger.salvage import rebuild, rebuilding_marker
@@ -37,7 +39,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         print(f"{path}: {result}")
         return EXIT_OK if result == "ok" else EXIT_LEDGER
     if args.ledger_command == "backup":
-        return _backup_ledger(path, args.dest)
+        return _backup_ledger(path, args.dest, cfg.folders)
     with StateLock(Path(cfg.daemon.state_dir)):
         try:
             healthy = _healthy(path)
@@ -66,7 +68,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _backup_ledger(path: Path, given: str) -> int:
+def _backup_ledger(path: Path, given: str, folders: Sequence[FolderConfig] = ()) -> int:
     dest = Path(given)  # (which drops a trailing slash: looked at in ``given``)
     if given == "-" or given.endswith("/") or dest.is_dir():
         print(
@@ -74,6 +76,15 @@ def _backup_ledger(path: Path, given: str) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    where = dest.resolve()
+    for folder in folders:
+        if where.is_relative_to(folder.path):
+            print(
+                f"syncd: {dest} lies inside the watched folder {folder.path}: the ledger would be "
+                f"uploaded to {folder.destination!r} and archived; back it up elsewhere",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     try:
         copy = backup(path, dest)
     except FileExistsError:

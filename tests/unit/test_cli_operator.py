@@ -846,3 +846,17 @@ def test_status_shows_the_folders_the_running_daemon_applied_not_an_unapplied_ed
     data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
     assert [f["path"] for f in data["folders"]] == [os.fspath(cfg.parent / "inbox")]
     assert data["config"]["unapplied"] and data["config"]["ok"] is True
+
+
+def test_ledger_backup_into_a_watched_folder_is_refused(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backup written into an inbox was uploaded to the folder's destination (every
+    path and remote id the ledger holds) and archived like any file dropped there."""
+    ledger_of(cfg).close()
+    inside = cfg.parent / "inbox" / "sub" / "b.db"
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "backup", str(inside))
+    assert code == 2 and "lies inside the watched folder" in err and "'main'" in err, err
+    assert not any((cfg.parent / "inbox").rglob("*"))
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "backup", str(cfg.parent / "b.db"))
+    assert code == 0 and (cfg.parent / "b.db").is_file(), err
