@@ -6,9 +6,11 @@ unit, a copy of the config, ``syncd once`` from cron beside the service) would
 both upload every file dropped into a folder they share, and then fight over
 moving it (``now holds another file``). So whoever watches a folder holds a
 lock on it while it does; the other reports the folder as unavailable
-(``watched by another syncd (pid 1234)``), neither scans nor reads it, and
+(``already watched by another syncd (pid 1234)``), neither scans nor reads it, and
 takes it over within a few seconds once the holder lets go (it stops, or its
-config drops the folder).
+config drops the folder). Two folders of one config that are one directory
+(a bind mount: the configuration check compares paths) are one folder too:
+the second is reported, not uploaded from twice.
 
 The lock is a listening Unix socket in the abstract namespace named after the
 folder's device and inode, not an ``flock`` on the folder: a descriptor of
@@ -28,7 +30,7 @@ import os
 import socket
 import struct
 
-HELD = "watched by another syncd"  # how a folder problem caused by the lock begins
+HELD = "already watched by"  # how a folder problem caused by the lock begins
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -54,7 +56,9 @@ def take(st: os.stat_result, known: str | None = None) -> tuple[socket.socket | 
         holder = holder_pid(st)
         if holder is None:
             return None, None  # not a syncd of ours (another user's name, not listening)
-        return None, f"{HELD} (pid {holder})"
+        if holder == os.getpid():  # two folders of one config, one directory (a bind mount)
+            return None, f"{HELD} this syncd as another of its folders (the same directory: a bind mount?)"
+        return None, f"{HELD} another syncd (pid {holder})"
     return sock, None
 
 
@@ -67,7 +71,7 @@ def holder_pid(st: os.stat_result) -> int | None:
             pid, uid, _ = _CRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
         except OSError:
             return None
-    return pid if uid in (os.geteuid(), 0) and pid > 0 else None
+    return pid if uid in (os.geteuid(), 0) and pid > 0 else None  # (this process's own too)
 
 
 def drain(lock: socket.socket | None) -> None:

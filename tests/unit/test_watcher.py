@@ -207,7 +207,7 @@ def test_a_folder_another_watcher_holds_is_reported_until_free(tmp_path: Path, w
     second = Watcher(Intake())
     try:
         assert second.set_folders([folder]) == []
-        assert second.problems()[root].startswith("watched by another syncd")
+        assert second.problems()[root].startswith("already watched by")
         assert second.problem(root) == second.problems()[root]  # what settle and the uploader ask
         assert second.check_health() == []
         got = Collected(second.intake)
@@ -403,3 +403,22 @@ def test_lost_events_ask_for_a_rescan_counted_as_an_overflow(tmp_path: Path) -> 
     lost.event_type = "events_lost"
     _Handler(folder, intake).on_any_event(lost)
     assert intake.drain() == ({}, {(os.fspath(folder.path), ""): "overflow"})
+
+
+def test_two_folders_that_are_one_directory_are_watched_once(tmp_path: Path) -> None:
+    """Two folders of one config whose paths differ but are one directory (a bind mount:
+    the config check compares paths) would each upload every file: the lock is the
+    directory's, so the second look at it is told so, as this syncd's own."""
+    st = tmp_path.stat()
+    lock, problem = folder_lock.take(st)
+    try:
+        assert lock is not None and problem is None
+        again, why = folder_lock.take(st)
+        assert again is None and why == (
+            "already watched by this syncd as another of its folders (the same directory: a bind mount?)"
+        )
+    finally:
+        folder_lock.release(lock)
+    lock, problem = folder_lock.take(st)  # free again once released
+    assert lock is not None and problem is None
+    folder_lock.release(lock)
