@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-from syncd.errors import LedgerUnreachable, LockedError
+from syncd.errors import ConfigError, LedgerUnreachable, LockedError, Problem
 
 LOCK_NAME = "syncd.lock"
 
@@ -37,6 +37,12 @@ class StateLock:
             make_state_dir(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):  # cannot be made there
+                why = exc.strerror if exc.errno == errno.ENOENT else "not a directory"
+                where = exc.filename or self.path.parent
+                raise ConfigError(
+                    [Problem("daemon.state_dir", f"cannot make {self.path.parent}: {where}: {why}")]
+                ) from None
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             raise LedgerUnreachable(

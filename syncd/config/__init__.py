@@ -46,7 +46,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from syncd._options import FieldDoc, dotted, field_docs, parse_options, resolve_path, unknown
-from syncd.config.checks import check_hardlinks, check_overlaps, check_permissions, check_unsafe_dirs
+from syncd.config.checks import (
+    check_hardlinks,
+    check_overlaps,
+    check_permissions,
+    check_state_dir,
+    check_unsafe_dirs,
+)
 from syncd.config.file import (
     DEFAULT_CONFIG_PATH,
     MAX_CONFIG_BYTES,
@@ -159,6 +165,7 @@ def _build(
     if check_permissions_of is not None:
         check_permissions(check_permissions_of, daemon, destinations, problems)
         check_hardlinks(folders, problems)
+        check_state_dir(state_dir, problems)
 
     errors = [p for p in problems if p.severity == "error"]
     if errors:

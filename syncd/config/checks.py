@@ -161,6 +161,27 @@ def check_unsafe_dirs(
                 )
 
 
+def check_state_dir(state_dir: Path, problems: list[Problem]) -> None:
+    """``daemon.state_dir`` where syncd can make it: the nearest folder above it that
+    exists is a directory (a file there makes every start fail; the state_dir itself is
+    the value's own rule)."""
+    for part in state_dir.parents:
+        try:
+            mode = part.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # (a file further up: found there)
+        except OSError:
+            return  # cannot tell (permissions): the start says
+        if not stat.S_ISDIR(mode):
+            problems.append(
+                Problem(
+                    "daemon.state_dir",
+                    f"{part} is not a directory: syncd cannot make {state_dir} (its ledger and lock) there",
+                )
+            )
+        return
+
+
 # 1: the kernel lets a user hard-link only files they own or may read and write
 PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 
@@ -241,4 +262,11 @@ def check_permissions(
                 )
 
 
-__all__ = ["check_hardlinks", "check_overlaps", "check_own_dirs", "check_permissions", "check_unsafe_dirs"]
+__all__ = [
+    "check_hardlinks",
+    "check_overlaps",
+    "check_own_dirs",
+    "check_permissions",
+    "check_state_dir",
+    "check_unsafe_dirs",
+]

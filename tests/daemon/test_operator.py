@@ -154,3 +154,21 @@ def test_an_archive_folder_replaced_by_a_symlink_to_an_inbox_is_not_followed(
     assert len(s.emulator.uploads()) == 2
     s.invariants()
     assert s.stop() == 0
+
+
+def test_a_state_dir_that_cannot_be_made_is_a_config_error_not_a_traceback(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """A state_dir whose path runs through a file (a typo, a mount point not there yet
+    under /proc or a file system that refuses it): `syncd run` printed a traceback and
+    exited 1, which systemd restarts again and again; `syncd check` said nothing."""
+    s = make_setup()
+    (s.tmp / "not-a-dir").write_text("x")
+    doc = tomllib.loads(s.config.read_text())
+    doc["daemon"]["state_dir"] = "not-a-dir/state"
+    s.config.write_text(tomli_w.dumps(doc))
+    out = s.cli("run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "daemon.state_dir" in out.stderr and "not-a-dir" in out.stderr, out.stderr
+    check = s.cli("check")
+    assert check.returncode == 2 and "daemon.state_dir" in check.stderr + check.stdout, check
