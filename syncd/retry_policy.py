@@ -295,6 +295,8 @@ class RetryPolicy:
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
         log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)
+        if row.location is not None and (folder := self._folders().get(row.folder)) is not None:
+            failed.forget_reason(row, folder)  # retried, gone from failed_dir: so is why it failed
         return State.VANISHED
 
     def abort(self, dest: Destination, row: Row) -> None:

@@ -755,6 +755,27 @@ def test_a_retried_failed_file_is_sent_as_it_is_now_in_failed_dir(
     assert Path(row.location).read_bytes() == sent and not copy.exists()
 
 
+def test_a_retried_failed_file_the_operator_deleted_takes_its_error_json_along(
+    setup: Any, tmp_path: Path
+) -> None:
+    """The operator deleted a file from failed_dir, then ran `syncd retry`: the row ends
+    vanished, and the ``.error.json`` that said why the file failed went on describing a
+    file no longer there, in failed_dir for good."""
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"rejected once")
+    dest.script = [PermanentError("HTTP 400: bad type")]
+    assert step() == "failed"
+    copy = tmp_path / "failed" / "inbox" / "a.txt"
+    sidecar = tmp_path / "failed" / "inbox" / "a.txt.error.json"
+    assert sidecar.exists()
+    copy.unlink()
+    (tmp_path / "failed" / "inbox" / "b.txt.error.json").write_text("{}")  # not this row's
+    ledger.requeue_failed([row_id])
+    assert step() == "vanished"
+    assert not sidecar.exists()
+    assert (tmp_path / "failed" / "inbox" / "b.txt.error.json").exists()
+
+
 def test_a_failed_move_whose_ledger_write_failed_is_finished_by_the_sweep(
     setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
