@@ -111,6 +111,7 @@ class FolderWatch:
     problem: str | None = None
     fallback: str | None = None  # why a native folder is polled (inotify limits)
     lock: socket.socket | None = None  # the folder's lock (folder_lock.py)
+    lock_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder it locks
 
 
 class Watcher:
@@ -158,13 +159,18 @@ class Watcher:
         wanted = {os.fspath(f.path): f for f in folders}
         armed = []
         with self._lock:
+            kept = {}  # a folder whose settings changed keeps its lock: no other syncd slips in
             for root in list(self.folders):
                 if root not in wanted or self.folders[root].folder != wanted[root]:
-                    self._release(self.folders.pop(root))
+                    old = self.folders.pop(root)
+                    if root in wanted and old.lock is not None:
+                        kept[root], old.lock = (old.lock, old.lock_id), None
+                    self._release(old)
             for root, folder in wanted.items():
                 fw = self.folders.get(root)
                 if fw is None:
                     fw = FolderWatch(folder)
+                    fw.lock, fw.lock_id = kept.pop(root, (None, None))
                     self.folders[root] = fw
                 elif fw.problem is None or not fw.problem.startswith("on another device"):
                     continue
@@ -200,11 +206,15 @@ class Watcher:
             # its producer owns and shares with syncd through setfacl)
             self._report(fw, "cannot watch (Permission denied: syncd's user may not list it)")
             return False
+        if fw.lock is not None and fw.lock_id != (st.st_dev, st.st_ino):
+            folder_lock.release(fw.lock)  # a lock kept across a reload, of a folder replaced since
+            fw.lock = None
         if fw.lock is None:
             fw.lock, problem = folder_lock.take(st, fw.problem)
             if problem is not None:
                 self._report(fw, problem)
                 return False
+            fw.lock_id = (st.st_dev, st.st_ino)
         handler = _Handler(fw.folder, self.intake)
         mode = "polling" if fw.folder.observer == "polling" else "native"
         fallback = None

@@ -8,6 +8,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,18 @@ def test_a_folder_another_watcher_holds_is_reported_until_free(tmp_path: Path, w
         assert wait_for(lambda: "b.txt" in got())
     finally:
         second.stop()
+
+
+def test_a_reload_that_changes_a_folder_keeps_its_lock(tmp_path: Path, watcher: Watcher) -> None:
+    """A folder whose settings a reload changed is released and armed again; its lock is
+    kept across, so another syncd checking at that moment cannot take the folder over."""
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    watcher.set_folders([folder])
+    lock = watcher.folders[root].lock
+    assert lock is not None
+    assert watcher.set_folders([replace(folder, labels=("new",))]) == [root]
+    assert watcher.folders[root].lock is lock and watcher.folders[root].folder.labels == ("new",)
 
 
 def test_a_lock_name_taken_by_what_is_not_a_syncd_keeps_no_folder(tmp_path: Path, watcher: Watcher) -> None:
