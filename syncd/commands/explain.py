@@ -16,12 +16,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from syncd import config as configmod
 from syncd import rules, writers
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, load, open_ledger, shown, stamp
 from syncd.ledger import ACTIVE_STATES, Ledger, Row, State
+from syncd.lock import holder_pid
 from syncd.logs import quoted_path
 
 T = TypeVar("T")
@@ -91,6 +93,22 @@ def explain_path(cfg: configmod.Config, path: str) -> tuple[str, bool]:
     return f"{quoted_path(path)} is not inside any watched folder; syncd does not upload it", True
 
 
+def _daemon_says(cfg: configmod.Config, root: str) -> str:
+    """A line on what keeps the running daemon from the folder ``root`` (its heartbeat's
+    folder problems), or ""."""
+    if holder_pid(Path(cfg.daemon.state_dir)) is None:
+        return ""
+    meta = _look_up(cfg, lambda ledger: ledger.get_meta("daemon", {}))
+    problems = meta.get("folder_problems") if isinstance(meta, dict) else None
+    problem = problems.get(root) if isinstance(problems, dict) else None
+    if not isinstance(problem, str):
+        return ""
+    return (
+        f"\n  the running syncd reports this folder: {shown(problem)}; "
+        "it neither scans nor reads it until that is over"
+    )
+
+
 def _in_removed_folder(cfg: configmod.Config, path: str, *candidates: str) -> str | None:
     """What the ledger says of a file of a folder the configuration no longer has (a
     reload removed it, or the config was edited): its inbox path, or where its bytes went."""
@@ -129,6 +147,7 @@ def _watched_folder(
 ) -> str:
     root = os.fspath(folder.path)
     lines = [f"{quoted_path(path)} is a watched folder -> destination {folder.destination!r}"]
+    lines += [said.lstrip("\n") for said in [_daemon_says(cfg, root)] if said]
     extra = []
     if folder.labels:
         extra.append(f"labels {list(folder.labels)}")
@@ -202,6 +221,7 @@ def _in_folder(
     root = os.fspath(folder.path)
     rel = candidate[len(root.rstrip(os.sep)) + 1 :]
     head = f"{quoted_path(path)}: folder {quoted_path(root)} -> destination {folder.destination!r}"
+    head += _daemon_says(cfg, root)
     for d in folder.ignored_dirs():
         if _under(candidate, os.fspath(d)):
             return (

@@ -860,3 +860,23 @@ def test_ledger_backup_into_a_watched_folder_is_refused(
     assert not any((cfg.parent / "inbox").rglob("*"))
     code, out, err = run(capsys, "-c", str(cfg), "ledger", "backup", str(cfg.parent / "b.db"))
     assert code == 0 and (cfg.parent / "b.db").is_file(), err
+
+
+def test_explain_says_what_the_running_daemon_reports_of_the_folder(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
+    """A folder the daemon does not scan or read (another syncd holds it, its marker is
+    missing, a symlink put in its place): `explain` answered from the rules alone, as if
+    the file were on its way."""
+    inbox = cfg.parent / "inbox"
+    (inbox / "x.txt").write_bytes(b"x")
+    ledger = ledger_of(cfg)
+    heartbeat(ledger, folder_problems={os.fspath(inbox): "already watched by another syncd (pid 42)"})
+    ledger.close()
+    for path in (inbox / "x.txt", inbox):
+        code, out, err = run(capsys, "-c", str(cfg), "explain", str(path))
+        assert code == 0, err
+        assert "the running syncd reports this folder: already watched by another syncd (pid 42)" in out, out
+    daemon_lock.release()  # no daemon runs: its last heartbeat says nothing of now
+    code, out, err = run(capsys, "-c", str(cfg), "explain", str(inbox / "x.txt"))
+    assert code == 0 and "reports this folder" not in out
