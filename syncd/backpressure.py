@@ -2,7 +2,8 @@
 
 When the ledger cannot write ("database or disk is full"), no worker claims a
 new row (:attr:`DiskFull.paused`) while uploads in flight finish or fail
-normally: nothing can be recorded, so nothing new is begun; files stay where
+normally (one the service confirmed keeps its receipt and is recorded once the
+ledger takes writes: syncd/upload_one.py); nothing new is begun; files stay where
 they are, nothing is lost, and the STATUS line says ``disk full, paused
 (ledger)``. A full ledger is reported, never a reason for the watchdog to
 restart syncd (that would not free any space).

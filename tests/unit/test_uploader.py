@@ -1286,3 +1286,71 @@ def test_a_full_archive_whose_probe_row_a_worker_holds_is_tried_once_a_sweep(
     up.stats.inflight[nxt] = "held by a worker"  # the probe row is in a worker's hands
     recovery.sweep()
     assert len(calls) <= 1
+
+
+@pytest.mark.parametrize("error", ["database is locked", "database or disk is full"])
+def test_an_upload_the_ledger_could_not_record_at_once_is_recorded_not_sent_again(
+    setup: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """The service confirmed the file, then "uploaded" could not be committed: another
+    process held the ledger's write lock past the busy timeout (a `sqlite3` shell, a long
+    `syncd retry`), or its disk was full. The row was left uploading, the sweep requeued
+    it and the whole file was sent again (a multipart upload's Complete finds its session
+    gone, and every part goes again), though nothing crashed and the receipt was in hand.
+    The worker records it once the ledger takes writes again."""
+    import sqlite3
+
+    from syncd import upload_one
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    monkeypatch.setattr(upload_one, "RECORD_WAIT", 0.01, raising=False)
+    row_id = drop("a.txt", b"confirmed by the service")
+    real = ledger.mark_uploaded
+    tries: list[int] = []
+
+    def failing(*args: Any, **kw: Any) -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise sqlite3.OperationalError(error)  # the first try, and the one after a wait
+        real(*args, **kw)
+
+    monkeypatch.setattr(ledger, "mark_uploaded", failing)
+    try:
+        state = step()
+    except sqlite3.Error:
+        state = ledger.get(row_id).state  # left uploading
+        monkeypatch.setattr(ledger, "mark_uploaded", real)
+        Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up).sweep()  # requeued
+        again = ledger.claim_next(["dest"])
+        if again is not None:
+            up.process(again)
+    assert dest.calls == 1, "the confirmed file was uploaded a second time"
+    assert state == "done" and len(tries) == 3
+    row = ledger.get(row_id)
+    assert row.state == "done" and row.receipt == {"remote_id": "obj/a.txt", "url": "http://x/obj"}
+    assert (tmp_path / "archive" / "inbox" / "a.txt").read_bytes() == b"confirmed by the service"
+    assert ("ledger" in up.disk_full) == ("full" in error)
+
+
+def test_an_upload_not_recorded_when_syncd_stops_is_left_to_the_next_start(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording is tried again only while syncd runs: a stop ends the wait, and the row,
+    still uploading, is requeued with its resume state like any upload in flight."""
+    import sqlite3
+
+    from syncd import upload_one
+
+    ledger, folder, dest, up, drop, step = setup
+    monkeypatch.setattr(upload_one, "RECORD_WAIT", 0.01, raising=False)
+    row_id = drop("a.txt")
+
+    def locked(*args: Any, **kw: Any) -> None:
+        up.cancel()
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger, "mark_uploaded", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        step()
+    assert ledger.get(row_id).state == "uploading"
