@@ -141,6 +141,7 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
                 "webhook": meta.get("webhook"),
                 "upload_helpers": meta.get("upload_helpers"),
                 "heartbeat_stale": _stale(meta.get("heartbeat"), Path(view.state_dir) / LEDGER_NAME),
+                "ledger_disk_full": _ledger_full(Path(view.state_dir) / LEDGER_NAME),
             }
         )
     elif meta:
@@ -251,6 +252,18 @@ def _stale(heartbeat: object, ledger_path: Path) -> str | None:
     )
 
 
+def _ledger_full(ledger_path: Path) -> str | None:
+    """The running daemon's pause on a full ledger disk, seen from here: it cannot write
+    the heartbeat that would say so (and says so as HEARTBEAT OLD only after 30 s)."""
+    free = space_left(ledger_path)
+    if free >= SPACE_TO_OPEN:
+        return None
+    return (
+        f"disk full, paused (ledger): {free:,} bytes free on the disk holding the ledger; the "
+        "daemon records nothing and takes no new uploads until space is freed there"
+    )
+
+
 def _nap(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -267,6 +280,9 @@ def render(data: dict[str, Any]) -> list[str]:
         if d.get("heartbeat_stale"):
             out.append(f"  HEARTBEAT OLD: {shown(d['heartbeat_stale'])}")
         problems = d.get("problems")
+        said = isinstance(problems, list) and any(str(p).startswith("disk full") for p in problems)
+        if d.get("ledger_disk_full") and not d.get("heartbeat_stale") and not said:
+            out.append(f"  problem: {shown(d['ledger_disk_full'])}")  # HEARTBEAT OLD says it after 30 s
         if isinstance(problems, list):
             out += [f"  problem: {shown(p)}" for p in problems]
         elif d.get("status"):  # a daemon from before the heartbeat listed its problems

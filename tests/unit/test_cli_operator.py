@@ -443,6 +443,30 @@ def test_status_says_why_a_running_daemons_heartbeat_is_old(
     assert "HEARTBEAT OLD: the daemon has not written its heartbeat since: it may be stuck" in out
 
 
+def test_status_says_the_ledgers_disk_is_full_before_the_heartbeat_is_old(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's disk filled up a few seconds ago: the daemon paused, and could not write
+    the heartbeat that would say so. For the 30 s before the heartbeat counted as old,
+    `syncd status` showed the daemon running with no problem (STATUS= said `disk full,
+    paused (ledger)`). Status looks at the space itself."""
+    ledger = ledger_of(cfg)
+    heartbeat(ledger, heartbeat=time.time() - 8)  # one heartbeat (every 5 s) missed
+    ledger.close()
+    monkeypatch.setattr(statusmod, "space_left", lambda path: 0)
+    code, out, _ = run(capsys, "-c", str(cfg), "status")
+    assert code == 0 and "HEARTBEAT OLD" not in out
+    assert "problem: disk full, paused (ledger): 0 bytes free on the disk holding the ledger" in out
+    data = json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])
+    assert data["daemon"]["ledger_disk_full"].startswith("disk full, paused (ledger)")
+    monkeypatch.setattr(statusmod, "space_left", lambda path: 1 << 30)
+    code, out, _ = run(capsys, "-c", str(cfg), "status")
+    assert "disk full" not in out
+    assert (
+        json.loads(run(capsys, "-c", str(cfg), "status", "--json")[1])["daemon"]["ledger_disk_full"] is None
+    )
+
+
 def test_scanner_counts_ignored_names(tmp_path: Path) -> None:
     root = tmp_path / "inbox"
     (root / ".git").mkdir(parents=True)
