@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from syncd import left_sidecars, metadata, safefs
 from syncd.aside import put_back, recover_aside
 from syncd.copies import ChangedAfterUpload
-from syncd.earlier import drop_earlier, holds_uploaded, settle_earlier
+from syncd.earlier import drop_earlier, holds_uploaded, left_at, settle_earlier
 from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
@@ -132,7 +132,10 @@ def finish(
                 return
             _replaced(ledger, row, "replaced by a new file after upload; nothing archived")
             return
-        if folder.after_upload == "delete":
+        planned, root = _earlier(row, folder, fresh) or (None, None)
+        if folder.after_upload == "delete" and (
+            planned is None or left_at(planned, root or "", src.st, row.size or 0, row.sha256) is None
+        ):
             ledger.sync()  # the "uploaded" commit is on disk before the file is touched
             refuse_if_written(src)  # a writer's next bytes would be lost with the name
             # not read here for its upload (a restart): the bytes deleted must be those sent
@@ -149,12 +152,15 @@ def finish(
             if src.replaced and row.location is None:
                 reobserve(ledger, row)  # a new file took the name meanwhile: its own row
             return
-        assert folder.archive_dir is not None  # after_upload = "archive" (config checks it)
-        planned, root = _earlier(row, folder, fresh) or (None, None)
+        # after_upload = "archive"; or "delete" now, but an archive move a crash cut short
+        # made its entry: it is finished where it began, as it is once it removed the
+        # inbox name (_source_gone), and no archived file is left without its row
+        archive_dir = os.fspath(folder.archive_dir) if folder.archive_dir is not None else root
+        assert archive_dir is not None  # config checks it for "archive"; "delete": planned
         try:
             target = move(
                 src,
-                os.fspath(folder.archive_dir),
+                archive_dir,
                 os.path.dirname(row.relpath),
                 os.path.basename(row.relpath),
                 record=lambda t: _record_target(ledger, row, t),

@@ -150,6 +150,38 @@ def test_a_crash_in_an_archive_move_then_keep_leaves_the_file_whole_in_the_inbox
 
 
 @pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
+@pytest.mark.parametrize("spec", ["archive.placed:1", "archive.renamed_aside:1"])
+def test_a_crash_in_an_archive_move_then_delete_leaves_no_archived_file_without_its_row(
+    tmp_path: Path, spec: str, mode: int
+) -> None:
+    """Killed in an archive move, the archive entry made; the operator switches the folder
+    to after_upload = "delete" before the start. The inbox name was deleted and the row
+    said "deleted after upload", while the entry the move had made stayed in the archive,
+    a file no row pointed at. The move is finished where it began, as it is once a crash
+    came after the inbox name was removed: the row points at the archived file."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        path = s.drop("report.pdf", b"archived once")
+        os.chmod(path, mode)
+        _run_with_crash(s, spec)
+        archived = s.archive() / "report.pdf"
+        assert archived.exists()
+        s.folders[0]["after_upload"] = "delete"
+        s._write_config({}, {})
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="done")
+        (row,) = s.rows()
+        assert [str(p) for p in s.archive().rglob("*") if p.is_file()] == [str(archived)]
+        assert row.state == "done" and row.location == str(archived), row
+        assert archived.read_bytes() == b"archived once" and archived.stat().st_nlink == 1
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]
+        assert len(s.emulator.uploads()) == 1
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o644], ids=["private-copy", "link"])
 def test_a_crash_in_an_archive_move_then_a_new_archive_dir_archives_once(tmp_path: Path, mode: int) -> None:
     """Killed with the archive entry made, the inbox name not yet removed; the operator
     points archive_dir elsewhere before the start. The move is finished where it began:
