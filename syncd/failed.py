@@ -52,7 +52,7 @@ def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> No
     """
     location: str | None = None
     planned = row.archive_path if row.location is None else None
-    failed_root = os.fspath(folder.failed_dir)
+    failed_root = _began_in(planned, row.relpath, os.fspath(folder.failed_dir))
     if row.location is not None:
         location = row.location
     else:
@@ -100,6 +100,20 @@ def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> No
             )
     ledger.mark_failed(row.id, error=reason, location=location)
     log.error("failed: %s: %s", quoted_path(row.inbox_path), reason)
+
+
+def _began_in(planned: str | None, relpath: str, failed_root: str) -> str:
+    """The failed folder a move to ``planned`` (recorded before a crash cut it short) is
+    finished in: the one it began in, when its entry is there and failed_dir has been
+    changed since (as an archive move is finished in its archive_dir); else ``failed_root``."""
+    if planned is None or exists_under(planned, failed_root):
+        return failed_root
+    began, sub = os.path.dirname(planned), os.path.dirname(relpath)
+    if sub:
+        if not began.endswith(os.sep + sub):
+            return failed_root
+        began = began[: -len(sub) - 1]
+    return began if began and exists_under(planned, began) else failed_root
 
 
 def _move_metadata_sidecar(

@@ -461,3 +461,36 @@ def test_crash_while_moving_to_failed_dir(tmp_path: Path) -> None:
         assert [u for u in s.emulator.uploads()] == []
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("spec", ["archive.placed:1", "archive.unlinked:1"])
+def test_a_crash_in_the_move_to_failed_dir_then_a_new_failed_dir_fails_it_once(
+    tmp_path: Path, spec: str
+) -> None:
+    """Killed in the move of a refused file to failed_dir (the entry made; or the inbox name
+    removed too); the operator points failed_dir elsewhere before the start. The entry in
+    the old folder stayed, a file no row pointed at, beside a second copy in the new one;
+    or, with the inbox name gone, the row said the file failed in place, where nothing
+    was. The move is finished where it began, as an archive move is."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1}])
+    try:
+        s.emulator.set_faults(script=[{"op": "lilt.initiate", "status": 400, "count": 1}])
+        s.drop("rejected.txt", b"the service refuses this")
+        _run_with_crash(s, spec)
+        old = s.failed() / "rejected.txt"
+        assert old.exists()
+        s.folders[0]["failed_dir"] = "failed/elsewhere"
+        s._write_config({}, {})
+        s.start()
+        wait_until(lambda: s.counts().get("failed") == 1, 20, what="failed after restart")
+        (row,) = s.rows()
+        assert row.location == str(old), row
+        assert old.read_bytes() == b"the service refuses this"
+        assert "400" in (row.last_error or "")
+        elsewhere = s.tmp / "failed" / "elsewhere"
+        assert not elsewhere.exists() or not [p for p in elsewhere.rglob("*") if p.is_file()]
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]
+        assert s.emulator.uploads() == []
+        assert s.stop() == 0
+    finally:
+        s.close()
