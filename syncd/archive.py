@@ -239,13 +239,18 @@ def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = F
         left_sidecars.note(ledger, row, folder)
         ledger.mark_done(row.id, location=planned)
         return
-    if folder.after_upload == "delete":
-        finish_sidecar(ledger, row, folder, None)  # the file was deleted before a crash
+    deleted = folder.after_upload == "delete"  # gone, as configured: deleted before a crash, most likely
+    if deleted:
+        finish_sidecar(ledger, row, folder, None)
     left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it
-    ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
-    log.warning(
-        "uploaded, but the file was gone before it could be archived: %s", quoted_path(row.current_path)
-    )
+    if deleted:
+        ledger.mark_done(row.id, note="deleted after upload")
+        log.info("deleted after upload (gone already at this look): %s", quoted_path(row.current_path))
+    else:
+        ledger.mark_done(row.id, note="source vanished after a confirmed upload; nothing archived")
+        log.warning(
+            "uploaded, but the file was gone before it could be archived: %s", quoted_path(row.current_path)
+        )
     if row.location is None:
         reobserve(ledger, row)
 

@@ -494,3 +494,24 @@ def test_a_crash_in_the_move_to_failed_dir_then_a_new_failed_dir_fails_it_once(
         assert s.stop() == 0
     finally:
         s.close()
+
+
+def test_a_delete_a_crash_cut_short_is_said_as_a_delete(tmp_path: Path) -> None:
+    """after_upload = "delete", killed right after the unlink: the next start found the
+    file gone, warned "uploaded, but the file was gone before it could be archived" and
+    noted the row "source vanished after a confirmed upload; nothing archived", as if
+    someone else had taken a file that was to be archived. It was deleted, as configured."""
+    s = Setup(tmp_path, folders=[{"name": "in", "settle_seconds": 0.1, "after_upload": "delete"}])
+    try:
+        s.drop("report.pdf", b"deleted once")
+        _run_with_crash(s, "archive.unlinked:1")
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="done")
+        (row,) = s.rows()
+        assert row.state == "done" and row.last_error == "deleted after upload", row
+        assert "gone before it could be archived" not in s.log_text()
+        assert not [p for p in s.inbox().rglob("*") if p.is_file()]
+        assert len(s.emulator.uploads()) == 1
+        assert s.stop() == 0
+    finally:
+        s.close()
