@@ -51,9 +51,15 @@ class StateLock:
                 + "; the ledger itself is fine (do not rebuild it)"
             ) from None
         try:
-            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) != 0o600:
                 with contextlib.suppress(OSError):  # not ours: leave it
                     os.fchmod(fd, 0o600)
+            if os.geteuid() == 0:  # root (a rebuild, a run by hand): the daemon's user must open it
+                owner = os.stat(self.path.parent)
+                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                    with contextlib.suppress(OSError):
+                        os.fchown(fd, owner.st_uid, owner.st_gid)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"

@@ -143,8 +143,9 @@ _MIGRATIONS: dict[int, str | tuple[str, ...]] = {
 
 
 def make_private(path: Path) -> None:
-    """Create ``path`` as an empty file with mode 0600 (whatever the umask), or bring an
-    existing one and its ``-wal``/``-shm`` to 0600 (ledgers of older versions were 0644).
+    """Create ``path`` as an empty file with mode 0600 (whatever the umask; made by root,
+    owned by the owner of its directory), or bring an existing one and its
+    ``-wal``/``-shm`` to 0600 (ledgers of older versions were 0644).
 
     The ledger holds every file name, receipt and resume state, so it is the
     owner's alone; SQLite gives the ``-wal``, ``-shm`` and ``-journal`` files
@@ -160,6 +161,12 @@ def make_private(path: Path) -> None:
         return
     try:
         os.fchmod(fd, 0o600)
+        if os.geteuid() == 0:
+            # root (the operator's `syncd ledger rebuild`, a `syncd once` by hand) makes the
+            # ledger for the daemon's user, who owns state_dir: SQLite gives the -wal and -shm
+            # it creates the owner of this file
+            st = os.stat(path.parent)
+            os.fchown(fd, st.st_uid, st.st_gid)
     finally:
         os.close(fd)
 

@@ -256,6 +256,27 @@ def test_ledger_check_and_rebuild(cfg: Path, capsys: pytest.CaptureFixture[str])
     assert any(p.name.startswith("ledger.sqlite3.broken-") for p in state.iterdir())
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the operator runs the rebuild as root")
+def test_a_rebuild_run_as_root_gives_the_new_ledger_to_the_daemons_user(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon runs as its own user (syncd, owner of state_dir); the operator runs
+    `syncd ledger rebuild` as root, as operations.md says. The new ledger was root's,
+    0600: the next start failed with "not writable by this user" (exit 1, restarted by
+    the unit in a loop) until someone thought of chown. Created by root, the ledger (and
+    with it SQLite's -wal and -shm) and the lock belong to the owner of their directory."""
+    state = cfg.parent / "state"
+    uid = gid = 4321  # the daemon's user
+    Ledger.open(state / "ledger.sqlite3").close()
+    for p in (state, *state.iterdir()):
+        os.chown(p, uid, gid)
+    (state / "ledger.sqlite3").write_bytes(b"garbage" * 1000)
+    code, out, _ = run(capsys, "-c", str(cfg), "ledger", "rebuild")
+    assert code == 0 and "moved ledger.sqlite3.broken-" in out
+    made = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in state.iterdir()}
+    assert made and set(made.values()) == {(uid, gid)}, made
+
+
 @pytest.mark.parametrize(
     "argv",
     [
