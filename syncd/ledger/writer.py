@@ -41,7 +41,15 @@ def out_of_reach(path: Path, readonly: bool = False) -> str | None:
         return None
     # a read-only look still creates the WAL's index (-shm) beside the ledger if it is not there
     shm = Path(f"{path}-shm").exists()
-    for what, place in (("directory", path.parent), ("file", path)):
+    # the WAL and its index too: left another user's (a restore with `cp` as root), they
+    # keep the ledger from opening as surely as its own file
+    places = (
+        ("directory", path.parent),
+        ("file", path),
+        ("file", Path(f"{path}-wal")),
+        ("file", Path(f"{path}-shm")),
+    )
+    for what, place in places:
         wants = os.R_OK if readonly and (shm or what == "file") else os.R_OK | os.W_OK
         if place.exists() and not os.access(place, wants | (os.X_OK if what == "directory" else 0)):
             able = "readable" if wants == os.R_OK else "writable"
@@ -99,6 +107,12 @@ class Writer:
             )
         try:
             conn = schema.connect(path, readonly=readonly, timeout=timeout)
+            # SQLite opens a WAL index (-shm) it may only read, and fails at the first write
+            if not readonly and (why := out_of_reach(path)) is not None:
+                conn.close()
+                raise LedgerUnreachable(
+                    f"cannot write the ledger {path}: {why}; the ledger itself is fine (do not rebuild it)"
+                )
             ledger = cls(conn, path, clock)
             ledger._identity = _identity(path)
             try:

@@ -428,3 +428,49 @@ def test_a_ledger_too_old_to_read_unmigrated_says_so_and_backs_up(tmp_path: Path
         Ledger.open(path, readonly=True)
     copy = backup(path, tmp_path / "copy.sqlite3")
     assert copy.ok and copy.rows == 4 and not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+def test_a_wal_or_shm_file_the_daemons_user_cannot_open_is_not_called_damage(suffix: str, mode: int) -> None:
+    """The daemon runs as its own user; a `-wal` or `-shm` beside the ledger is root's
+    (a restore with `cp` as root, a stray copy). The start said the ledger "is unusable
+    ... run `syncd ledger rebuild`", exit 4 (0600), or ended in a traceback, "attempt to
+    write a readonly database", exit 1, restarted by the unit (a -shm of 0644), while
+    `syncd ledger check` (as root) said ok and a forced rebuild would have dropped every
+    unfinished row. Like a ledger file or directory out of reach, it is named, with who
+    may not use it, and no rebuild."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to open the ledger as another user")
+    uid = 4321
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)
+        state = Path(top, "state")
+        path = state / "ledger.sqlite3"
+        Ledger.open(path).close()
+        for p in (state, path):
+            os.chown(p, uid, uid)
+        stray = Path(f"{path}{suffix}")
+        stray.write_bytes(b"")
+        stray.chmod(mode)
+        opener = (  # as the daemon's start: open, then a first write
+            "import sys\nfrom syncd.ledger import Ledger\nledger = Ledger.open(sys.argv[1])\n"
+            "ledger.put_meta('heartbeat', 1.0)\nledger.close()"
+        )
+        out = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            + [sys.executable, "-c", opener, str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            timeout=60,
+        )
+    assert out.returncode != 0
+    assert "LedgerUnreachable" in out.stderr and f"its file {stray} is not writable" in out.stderr, out.stderr
+    assert "run `syncd ledger rebuild`" not in out.stderr and "do not rebuild it" in out.stderr
