@@ -46,6 +46,7 @@ from typing import Any
 
 from syncd import config as configmod
 from syncd import once, shutdown, writers
+from syncd.backpressure import open_ledger
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full
@@ -116,7 +117,10 @@ class Daemon:
         lock = StateLock(Path(self.cfg.daemon.state_dir))
         lock.acquire()
         try:
-            ledger = self.ledger = Ledger.open(ledger_path(self.cfg))
+            path, stop = ledger_path(self.cfg), self.stop_requested  # a full disk is waited out
+            ledger = self.ledger = open_ledger(path, stop, self.notifier, self.once)
+            if ledger is None:
+                return 0  # stopped while waiting for room on the ledger's disk
             try:
                 if not self._wait_for_ledger(ledger):
                     return 0  # stopped while waiting; nothing was started

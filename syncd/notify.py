@@ -103,6 +103,12 @@ class Notifier:
         self.last_status = status
         self.send(*lines)
 
+    def extend(self, status: str, seconds: float) -> None:
+        """A start (or stop) that takes longer: ``status``, and ``seconds`` more before
+        systemd's timeout (EXTEND_TIMEOUT_USEC)."""
+        self.last_status = status
+        self.send(self._status(status), f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
     def reloading(self) -> None:
         self.send(
             "RELOADING=1",

@@ -886,3 +886,41 @@ def test_disk_full_pauses_and_resumes(
     assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+@pytest.mark.process
+def test_a_full_ledger_disk_at_start_is_waited_out(
+    make_setup: Callable[..., Setup], notify: NotifySocket, tmp_path: Path
+) -> None:
+    """The ledger's disk is full when syncd starts (a reboot with the disk full): SQLite
+    cannot make the ledger's -wal and -shm. syncd exited 1; the unit restarted it five
+    times in 25 s, then gave up, and once space was freed nothing started it again. It
+    now waits for space as a running daemon does, keeping systemd's start timeout at bay
+    (EXTEND_TIMEOUT_USEC), and starts when there is room."""
+    why = namespaces_usable("-U", "-r", "-m")
+    if why:
+        pytest.skip(f"needs a private mount namespace for a small tmpfs: {why}")
+    small = tmp_path / "small"
+    small.mkdir()
+    s = make_setup(folders=[{"name": "in"}], daemon={"state_dir": str(small / "state")})
+    s.drop("a.bin", b"a" * 1000)
+    syncd = f"{shlex.quote(sys.executable)} -m syncd -c {shlex.quote(str(s.config))}"
+    proc = start_wrapped(
+        s,
+        f"mount -t tmpfs -o size=4m tmpfs {shlex.quote(str(small))}\n"
+        f"env -u NOTIFY_SOCKET {syncd} once >/dev/null\n"  # the ledger, closed: no -wal, -shm
+        f"cat /dev/zero > {shlex.quote(str(small / 'filler'))} 2>/dev/null || true",
+        notify.env(),
+    )
+    notify.wait_for(lambda m: "EXTEND_TIMEOUT_USEC" in m, 20, what="a start that waits, extended")
+    assert proc.poll() is None, s.log_text()[-2000:]
+    assert any("disk" in m.get("STATUS", "") for _, m in notify.snapshot()), notify.snapshot()
+    s.drop("b.bin", b"b" * 1000)
+    time.sleep(2)
+    assert proc.poll() is None and not any(m.get("READY") for _, m in notify.snapshot())
+    (Path(f"/proc/{proc.pid}/root") / str(small / "filler").lstrip("/")).unlink()  # space is back
+    notify.wait_for(lambda m: m.get("READY") == "1", 20, what="READY once there is room")
+    wait_until(lambda: (s.archive() / "b.bin").exists(), 20, what="the file dropped meanwhile")
+    assert "the disk holding it is full" in s.log_text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
