@@ -135,9 +135,10 @@ class Daemon:
         """Wait while another process holds the ledger's write lock; False if stopped meanwhile.
 
         Each try waits the busy timeout (10 s); a lock held longer than that
-        must not kill the daemon at start (Restart= would only loop).
+        must not kill the daemon at start (Restart= would only loop), nor let
+        systemd's start timeout end it (EXTEND_TIMEOUT_USEC at every try).
         """
-        said = False
+        said, who = False, ""
         while not self.stop_requested.is_set():
             try:
                 ledger.put_meta("heartbeat", time.time())
@@ -156,8 +157,8 @@ class Daemon:
                         who,
                         exc,
                     )
-                    self.notifier.status(f"waiting for the ledger (locked by another process{who})")
                     said = True
+                self.notifier.extend(f"waiting for the ledger (locked by another process{who})", 30.0)
         return False
 
     def install_signals(self) -> None:

@@ -194,27 +194,39 @@ def test_f26_ledger_locked_by_another_process_then_released(setup: Callable[...,
 
 @pytest.mark.process
 def test_f26_daemon_started_while_the_ledger_is_locked_waits_for_it(setup: Callable[..., Setup]) -> None:
+    """It waits, and tells systemd at every try to extend the start's timeout: a lock held
+    past TimeoutStartSec (2 min) failed the start, and after StartLimitBurst such
+    restarts the unit stayed failed, though the lock was released later."""
+    from tests.daemon.test_service import NotifySocket
+
     s = setup(folders=[{"name": "in", "settle_seconds": 0.2}], daemon={"rescan_seconds": 300})
     s.drop("first.txt", b"makes the ledger")
     _once(s)
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(s.ledger_path), str(HOLD_AT_START)],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            s.drop("second.txt", b"waits for the lock")
-            proc = s.start()
-            wait_until(
-                lambda: f"locked by another process (held by pid {holder.pid}, python" in s.log_text(),
-                HOLD_AT_START + 5,
-                what="the daemon saying it waits, and for whom",
-            )
-            assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
-            assert holder.wait(HOLD_AT_START + 10) == 0
-        finally:
-            holder.kill()  # only if it is still running
+    notify = NotifySocket()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(s.ledger_path), str(HOLD_AT_START)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as holder:
+            try:
+                assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+                s.drop("second.txt", b"waits for the lock")
+                proc = s.start(extra_env=notify.env())
+                wait_until(
+                    lambda: f"locked by another process (held by pid {holder.pid}, python" in s.log_text(),
+                    HOLD_AT_START + 5,
+                    what="the daemon saying it waits, and for whom",
+                )
+                assert proc.poll() is None, f"the daemon died at start: {s.log_text()[-1500:]}"
+                extended = notify.wait_for(lambda m: "EXTEND_TIMEOUT_USEC" in m, 15, what="an extension")
+                assert "waiting for the ledger (locked by another process" in extended["STATUS"]
+                assert holder.wait(HOLD_AT_START + 10) == 0
+            finally:
+                holder.kill()  # only if it is still running
+        notify.wait_for(lambda m: m.get("READY") == "1", 15, what="READY once the lock is gone")
+    finally:
+        notify.close()
     wait_until(lambda: s.all_done(2), 10, what="starting once the lock is gone")
     assert "Traceback" not in s.log_text()
     s.invariants()
