@@ -26,20 +26,17 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncd import copies
-from syncd.errors import LedgerDiskFull
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
 PROBE_BYTES = 64 * 1024  # the write that must succeed in each archive folder before resuming
-OPEN_RETRY = 2.0  # seconds between tries to open a ledger whose disk is full, at start
 
 
 class DiskFull:
@@ -147,28 +144,3 @@ def can_write(directory: Any) -> bool:
         return copies.can_write(os.fspath(directory), PROBE_BYTES)
     except OSError as exc:
         return not is_disk_full(exc)
-
-
-def open_ledger(path: Any, stop: threading.Event, notifier: Any, once: bool = False) -> Ledger | None:
-    """Open the ledger at ``path``; while the disk holding it is full (SQLite cannot make its
-    -wal and -shm), try again every OPEN_RETRY seconds, as a running daemon waits for space,
-    telling systemd to extend the start's timeout meanwhile (an exit would be restarted a few
-    times, then left failed: nothing would start syncd once space is freed). None if stopped
-    while waiting; ``once`` (`syncd once`, which does not wait for space): raise."""
-    said = False
-    while True:
-        try:
-            ledger = Ledger.open(path)
-        except LedgerDiskFull as exc:
-            if once:
-                raise
-            if not said:
-                log.error("%s; syncd starts once there is room", exc)
-                said = True
-            notifier.extend(f"disk full (ledger): waiting for space to start: {exc}", 5 * OPEN_RETRY)
-            if stop.wait(OPEN_RETRY):
-                return None
-            continue
-        if said:
-            log.info("the disk holding the ledger has room again; starting")
-        return ledger

@@ -17,10 +17,11 @@ The stages, each in its own module:
   pool, the webhook), and applying a reload;
 * shutdown.py: stopping with a drain.
 
-:class:`Daemon` is the process: the single-instance lock, the ledger (a
-write lock another process holds is waited for, said once), the signals and
-the exit code. :class:`MainLoop` builds every stage, runs startup recovery,
-queues the startup scan, starts the workers, says ``READY=1``, then ticks
+:class:`Daemon` is the process: the single-instance lock, the ledger (a full
+disk under it, or a write lock another process holds, is waited for, said once,
+systemd's start timeout extended), the signals and the exit code.
+:class:`MainLoop` builds every stage, runs startup recovery, queues the
+startup scan, starts the workers, says ``READY=1``, then ticks
 whenever something wakes it, at least once a second: flush the intake and
 settle, check folder health and probe a full disk every :data:`HEALTH_EVERY`
 s, rescan every ``rescan_seconds``, sweep, write the heartbeat, publish
@@ -46,7 +47,6 @@ from typing import Any
 
 from syncd import config as configmod
 from syncd import once, shutdown, writers
-from syncd.backpressure import open_ledger
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full
@@ -62,6 +62,7 @@ from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
 from syncd.recovery import SWEEP_EVERY, Recovery
 from syncd.runtime import Runtime
 from syncd.settle import Settler
+from syncd.starting import open_ledger, wait_for_lock
 from syncd.watcher import Intake, Watcher
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,14 @@ class Daemon:
         lock = StateLock(Path(self.cfg.daemon.state_dir))
         lock.acquire()
         try:
-            path, stop = ledger_path(self.cfg), self.stop_requested  # a full disk is waited out
-            ledger = self.ledger = open_ledger(path, stop, self.notifier, self.once)
+            # a full disk under it, or another process's lock, is waited out (syncd/starting.py)
+            ledger = self.ledger = open_ledger(
+                ledger_path(self.cfg), self.stop_requested, self.notifier, self.once
+            )
             if ledger is None:
                 return 0  # stopped while waiting for room on the ledger's disk
             try:
-                if not self._wait_for_ledger(ledger):
+                if not wait_for_lock(ledger, self.stop_requested, self.notifier):
                     return 0  # stopped while waiting; nothing was started
                 return MainLoop(self, ledger).run()
             finally:
@@ -130,36 +133,6 @@ class Daemon:
         finally:
             lock.release()
             self.notifier.close()
-
-    def _wait_for_ledger(self, ledger: Ledger) -> bool:
-        """Wait while another process holds the ledger's write lock; False if stopped meanwhile.
-
-        Each try waits the busy timeout (10 s); a lock held longer than that
-        must not kill the daemon at start (Restart= would only loop), nor let
-        systemd's start timeout end it (EXTEND_TIMEOUT_USEC at every try).
-        """
-        said, who = False, ""
-        while not self.stop_requested.is_set():
-            try:
-                ledger.put_meta("heartbeat", time.time())
-                if said:
-                    log.info("the ledger is free again; starting")
-                return True
-            except sqlite3.OperationalError as exc:
-                if is_disk_full(exc):
-                    return True  # reported and paused by the running daemon
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if not said:
-                    who = ledger.held_by()
-                    log.warning(
-                        "the ledger is locked by another process%s; waiting for it before starting (%s)",
-                        who,
-                        exc,
-                    )
-                    said = True
-                self.notifier.extend(f"waiting for the ledger (locked by another process{who})", 30.0)
-        return False
 
     def install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
