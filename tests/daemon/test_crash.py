@@ -403,6 +403,36 @@ def test_crash_mid_multipart_resumes_without_resending_parts(tmp_path: Path) -> 
         s.close()
 
 
+def test_five_kills_during_one_multipart_upload_finish_it_whole(tmp_path: Path) -> None:
+    """One multi-part upload killed five times, each time right after one more part was
+    checkpointed, with max_attempts = 3: every kill left confirmed parts, so none costs an
+    attempt; the upload finishes in its first session, and the service holds exactly the
+    file's bytes, each part once more at most."""
+    from tests.e2e_services import SERVICES
+
+    service = SERVICES["wriftai"]  # parts of 64 KiB: quick
+    kw = service.setup_kwargs()
+    kw["folders"][0]["max_attempts"] = 3
+    s = Setup(tmp_path, **kw)
+    try:
+        data = os.urandom(8 * service.part_size - 99)
+        s.drop("big.bin", data)
+        for kill in range(5):  # the first checkpoint of the first run opens the session
+            _run_with_crash(s, "ledger.checkpoint:2" if kill == 0 else "ledger.checkpoint:1")
+            (row,) = s.rows()
+            assert row.state == "uploading" and len(row.resume["parts"]) == kill + 1, row.resume
+        s.start()
+        wait_until(lambda: s.all_done(), 30, what="the upload finished after five kills")
+        (obj,) = s.emulator.uploads()
+        assert (obj["sha256"], obj["size"], obj["parts"]) == (sha(data), len(data), 8)
+        assert (s.archive() / "big.bin").read_bytes() == data
+        opens = [r for r in s.emulator.requests() if r["op"] == service.open_op]
+        assert len(opens) == 1, "a new session after a kill"
+        assert s.stop() == 0
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize(("seed", "helpers"), [(1, 0), (2, 2)], ids=["seed1", "seed2-upload-helpers"])
 def test_random_sigkill_loop(tmp_path: Path, seed: int, helpers: int) -> None:
     """25 random SIGKILLs per run (50 in CI across the two seeds, the second with two
