@@ -1295,8 +1295,8 @@ def test_an_upload_the_ledger_could_not_record_at_once_is_recorded_not_sent_agai
     """The service confirmed the file, then "uploaded" could not be committed: another
     process held the ledger's write lock past the busy timeout (a `sqlite3` shell, a long
     `syncd retry`), or its disk was full. The row was left uploading, the sweep requeued
-    it and the whole file was sent again (a multipart upload's Complete finds its session
-    gone, and every part goes again), though nothing crashed and the receipt was in hand.
+    it and the whole file was sent again (a single PUT: a second copy on the service),
+    though nothing crashed and the receipt was in hand.
     The worker records it once the ledger takes writes again."""
     import sqlite3
 
