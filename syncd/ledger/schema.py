@@ -166,7 +166,8 @@ def make_private(path: Path) -> None:
             # ledger for the daemon's user, who owns state_dir: SQLite gives the -wal and -shm
             # it creates the owner of this file
             st = os.stat(path.parent)
-            os.fchown(fd, st.st_uid, st.st_gid)
+            with contextlib.suppress(OSError):  # an owner this user namespace does not map
+                os.fchown(fd, st.st_uid, st.st_gid)
     finally:
         os.close(fd)
 
