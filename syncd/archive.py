@@ -49,6 +49,7 @@ from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
 from syncd.names import with_suffix
+from syncd.upload_source import relocate
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -115,7 +116,10 @@ def finish(
             problem = away(row.folder) if src is None and row.location is None else None
             if problem is not None:
                 raise FolderAway(f"its folder is unavailable ({problem})")
-            _source_gone(ledger, row, folder, fresh)
+            if _source_gone(ledger, row, folder, fresh, follow=fd is None):  # found renamed
+                moved = ledger.get(row.id)
+                assert moved is not None
+                finish(ledger, moved, folder, away=away, cancel=cancel)
             return
         if row.location is None and not matches(src.st, row):
             # A different file now has this name (replaced after the upload): it is
@@ -231,14 +235,23 @@ def _record_target(ledger: Ledger, row: Row, target: str) -> None:
         ledger.set_archive_target(row.id, target)
 
 
-def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = False) -> None:
+def _source_gone(
+    ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = False, *, follow: bool = False
+) -> bool:
+    """The uploaded file is not at its path: archived before a crash, renamed in its folder
+    (True, with ``follow``: after a restart, its new path is recorded, to be finished from
+    there; a rename after the upload, while its descriptor is held, is not followed), or gone."""
     earlier = _earlier(row, folder, fresh)
     if earlier is not None and holds_uploaded(*earlier, row.size or 0, row.sha256):
         planned = earlier[0]
         finish_sidecar(ledger, row, folder, planned)
         left_sidecars.note(ledger, row, folder)
         ledger.mark_done(row.id, location=planned)
-        return
+        return False
+    # renamed during its upload and a crash before its new path was recorded, or renamed
+    # while syncd was down: found by its inode, and not uploaded again under its new name
+    if follow and row.location is None and relocate(ledger, row, folder):
+        return True
     deleted = folder.after_upload == "delete"  # gone, as configured: deleted before a crash, most likely
     if deleted:
         finish_sidecar(ledger, row, folder, None)
@@ -253,6 +266,7 @@ def _source_gone(ledger: Ledger, row: Row, folder: FolderConfig, fresh: bool = F
         )
     if row.location is None:
         reobserve(ledger, row)
+    return False
 
 
 def finish_sidecar(ledger: Ledger, row: Row, folder: FolderConfig, target: str | None) -> None:

@@ -109,25 +109,30 @@ def follow_move(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> 
     replaced by a new file: nothing to archive; a new file at the path is
     a new version with its own row.
     """
-    found = (
-        find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
-        if row.location is None
-        else None
-    )
+    if row.location is None and relocate(ledger, row, folder):
+        return True
+    note = f"{reason.removeprefix('the file was ')}; nothing archived"
+    ledger.mark_done(row.id, note=note)
+    left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it
+    if row.location is None and lexists(row.folder, row.relpath):
+        # a new file took the name: a new version with its own row
+        ledger.observe(
+            row.folder,
+            [row.relpath],
+            destination=row.destination,
+            labels=row.labels,
+            category=row.category,
+        )
+    log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
+    return False
+
+
+def relocate(ledger: Ledger, row: Row, folder: FolderConfig) -> bool:
+    """Whether the uploaded file of ``row``, no longer at its inbox path, was found renamed
+    within its folder (by device and inode, a walk of the folder): its new path is then
+    recorded, and the row the watcher made for that path is retired."""
+    found = find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
     if found is None:
-        note = f"{reason.removeprefix('the file was ')}; nothing archived"
-        ledger.mark_done(row.id, note=note)
-        left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it
-        if row.location is None and lexists(row.folder, row.relpath):
-            # a new file took the name: a new version with its own row
-            ledger.observe(
-                row.folder,
-                [row.relpath],
-                destination=row.destination,
-                labels=row.labels,
-                category=row.category,
-            )
-        log.info("uploaded %s, which was %s", quoted_path(row.inbox_path), note)
         return False
     ledger.set_location(row.id, found)
     relpath = os.path.relpath(found, os.fspath(folder.path))

@@ -59,7 +59,9 @@ def test_planted_archive_subdirectory_link_is_never_followed(
 def test_inbox_directory_swapped_for_a_link_after_upload(
     tmp_path: Path, ledger: Ledger, outside: Path
 ) -> None:
-    """The uploaded file's directory becomes a link to another tree: nothing there moves."""
+    """The uploaded file's directory becomes a link to another tree: nothing there moves.
+    The uploaded file itself, renamed with its directory, is found by its inode (as after a
+    restart) and archived under its original name."""
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "x/victim.txt", b"decoy")
     inbox = tmp_path / "inbox"
@@ -67,10 +69,11 @@ def test_inbox_directory_swapped_for_a_link_after_upload(
     os.symlink(outside, inbox / "x")
     archive.finish(ledger, row, folder)
     assert _tree(outside) == {"victim.txt": b"VICTIM"}
-    assert (inbox / ".hidden" / "victim.txt").read_bytes() == b"decoy"
-    assert not (tmp_path / "archive").exists() or _tree(tmp_path / "archive") == {}
+    assert not (inbox / ".hidden" / "victim.txt").exists()
+    assert _tree(tmp_path / "archive") == {"inbox/x/victim.txt": b"decoy"}
     done = ledger.get(row.id)
-    assert done is not None and done.state == "done" and done.location is None
+    assert done is not None and done.state == "done"
+    assert done.location == str(tmp_path / "archive" / "inbox" / "x" / "victim.txt")
 
 
 def test_name_swapped_for_a_symlink_archives_the_uploaded_descriptor_only(
