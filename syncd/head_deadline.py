@@ -76,6 +76,9 @@ class _Stream(httpcore.NetworkStream):
             raise HeadTimeout(f"the answer's head still coming after {timeout:g}s") from None
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # a head read before this write was another exchange's (a proxy's answer to
+        # CONNECT): the deadline counts from the first read after the request is sent
+        _phase.deadline = None
         self._stream.write(buffer, timeout)
 
     def close(self) -> None:

@@ -382,3 +382,67 @@ def test_a_body_that_is_not_its_content_encoding_is_a_garbled_answer(encoding: s
         http.send(client, "PUT", "http://storage.example/k?X-Emu-Signature=abc", what="t", content=b"x")
     assert circuit.is_outage(info.value) and info.value.status is None
     assert "abc" not in str(info.value)
+
+
+def test_an_upload_through_a_proxy_tunnel_slower_than_the_read_timeout_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through an HTTP proxy an https request first reads the proxy's answer to CONNECT:
+    the head's deadline is the read timeout from the first read of the answer to the
+    request itself, not from the CONNECT's, or every upload through a proxy that takes
+    longer than the read timeout to send ends as a garbled answer."""
+    import socket
+    import ssl
+    import threading
+    import time
+
+    from syncd import http
+
+    trustme = pytest.importorskip("trustme", reason="trustme is in the test extra")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("service.example").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    body = b"\0" * (24 << 20)
+
+    def serve(conn: socket.socket) -> None:  # the proxy, and the service behind it
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += tls.recv(65536)
+                got = len(data.split(b"\r\n\r\n", 1)[1])
+                while got < len(body):  # read the body at about 8 MiB/s
+                    chunk = tls.recv(1 << 20)
+                    if not chunk:
+                        return
+                    got += len(chunk)
+                    time.sleep(len(chunk) / (8 << 20))
+                tls.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+                tls.recv(1)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        serve(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    client = http.make_client(connect=2, read=1, write=5, verify=client_ctx)
+    try:
+        started = time.monotonic()
+        response = http.send(client, "PUT", "https://service.example/x", what="t", content=body)
+        assert time.monotonic() - started > 1.5, "the upload took longer than the read timeout"
+        assert response.status_code == 201 and response.content == b"ok"
+    finally:
+        client.close()
+        listener.close()
