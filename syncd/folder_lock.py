@@ -19,7 +19,9 @@ name follows the folder whatever path (a bind mount, a symlink) reaches it.
 The kernel frees the name when its holder dies, SIGKILL included. Anyone
 may bind such a name, so a holder counts only when it runs as syncd's own
 user or as root (``SO_PEERCRED``): another user cannot keep syncd off its
-folders. Two syncd of different users, or in different network namespaces,
+folders. A syncd run as root (``syncd once`` by hand beside the service)
+honours a holder of any user, the service's included. Two syncd of
+different users neither of them root, or in different network namespaces,
 are not kept apart.
 """
 
@@ -63,15 +65,17 @@ def take(st: os.stat_result, known: str | None = None) -> tuple[socket.socket | 
 
 
 def holder_pid(st: os.stat_result) -> int | None:
-    """The pid of the process of this user (or root) that holds the lock of the folder
-    ``st`` describes, else None."""
+    """The pid of the process of this user (or root; any user's, when this process is
+    root) that holds the lock of the folder ``st`` describes, else None."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC) as s:
         try:
             s.connect(_name(st))
             pid, uid, _ = _CRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
         except OSError:
             return None
-    return pid if uid in (os.geteuid(), 0) and pid > 0 else None  # (this process's own too)
+    # (this process's own too); root (`syncd once` by hand) honours the service's user too
+    trusted = os.geteuid() == 0 or uid in (os.geteuid(), 0)
+    return pid if trusted and pid > 0 else None
 
 
 def drain(lock: socket.socket | None) -> None:

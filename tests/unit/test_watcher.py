@@ -435,3 +435,38 @@ def test_two_folders_that_are_one_directory_are_watched_once(tmp_path: Path) -> 
     lock, problem = folder_lock.take(st)  # free again once released
     assert lock is not None and problem is None
     folder_lock.release(lock)
+
+
+@pytest.mark.process
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the holder runs as another user")
+def test_a_syncd_run_as_root_honours_the_services_lock(tmp_path: Path) -> None:
+    """The service runs as its own user; `syncd once` by hand runs as root (with a config
+    of its own): the service's lock keeps it off the folder, as docs/guarantees.md (F26)
+    says, instead of both uploading every file."""
+    st = tmp_path.stat()
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the service: another user, holding the folder
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            os.setgid(65534)
+            os.setuid(65534)
+            lock, problem = folder_lock.take(st)
+            os.write(ready_w, b"y" if lock is not None and problem is None else b"n")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        assert os.read(ready_r, 1) == b"y"
+        lock, problem = folder_lock.take(st)
+        folder_lock.release(lock)
+        assert lock is None and problem == f"already watched by another syncd (pid {pid})"
+    finally:
+        os.write(done_w, b"x")
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
