@@ -35,7 +35,9 @@ class StateLock:
     def acquire(self) -> None:
         try:
             make_state_dir(self.path.parent)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # root does not follow a symlink the daemon's user (state_dir's owner) put there
+            nofollow = os.O_NOFOLLOW if os.geteuid() == 0 else 0
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o600)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):  # cannot be made there
                 why = exc.strerror if exc.errno == errno.ENOENT else "not a directory"
@@ -43,10 +45,11 @@ class StateLock:
                 raise ConfigError(
                     [Problem("daemon.state_dir", f"cannot make {self.path.parent}: {where}: {why}")]
                 ) from None
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP):
                 raise
             raise LedgerUnreachable(
                 f"cannot take the lock {self.path}: {exc.strerror}"
+                + (" (a symlink: not followed as root)" if exc.errno == errno.ELOOP else "")
                 + (" (the file system is mounted read-only)" if exc.errno == errno.EROFS else "")
                 + "; the ledger itself is fine (do not rebuild it)"
             ) from None
@@ -57,7 +60,9 @@ class StateLock:
                     os.fchmod(fd, 0o600)
             if os.geteuid() == 0:  # root (a rebuild, a run by hand): the daemon's user must open it
                 owner = os.stat(self.path.parent)
-                if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+                # a file of its own only: a hard link to another file of root's is not given away
+                mine = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+                if mine and (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
                     with contextlib.suppress(OSError):
                         os.fchown(fd, owner.st_uid, owner.st_gid)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -361,3 +362,31 @@ def test_ledger_backup_wants_a_file_name(cfg: Path, capsys: pytest.CaptureFixtur
     target = f"{cfg.parent}/{dest}" if dest != "-" else "-"
     code, _, err = run(capsys, "-c", str(cfg), "ledger", "backup", target)
     assert code == 2 and "is not a file name" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the operator runs the command as root")
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_lock_file_the_daemons_user_points_elsewhere_gives_root_nothing(tmp_path: Path, how: str) -> None:
+    """state_dir is the daemon's user's: it can put a symlink (or, where the kernel lets
+    it, a hard link) to a file of root's in place of syncd.lock. A command run as root
+    that takes the lock must not hand that file to the daemon's user."""
+    from syncd.lock import LOCK_NAME, StateLock
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 4321, 4321)  # the daemon's user
+    victim = tmp_path / "roots-file"
+    victim.write_text("root's\n")
+    victim.chmod(0o644)
+    if how == "symlink":
+        (state / LOCK_NAME).symlink_to(victim)
+    else:
+        os.link(victim, state / LOCK_NAME)
+    lock = StateLock(state)
+    with contextlib.suppress(Exception):
+        lock.acquire()
+    lock.release()
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0), "root's file was given to the daemon's user"
+    if how == "symlink":  # not followed: not written to either
+        assert victim.read_text() == "root's\n"
