@@ -272,6 +272,19 @@ class RetryPolicy:
         self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
         return State.RETRYING
 
+    def wait_for_folder(self, row: Row, problem: str) -> State:
+        """The row's folder is unusable (``problem``): it waits for it, using no attempt."""
+        state = self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
+        # Noted once the wait is in the ledger (the settle stage may find the folder back at
+        # once, and wakes only what waits by then); said once per folder, not per file.
+        first = self.away.note(row.folder)
+        (log.warning if first else log.debug)(
+            "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",
+            quoted_path(row.inbox_path),
+            problem,
+        )
+        return state
+
     def gone(self, row: Row, dest: Destination, reason: str) -> State:
         """The file is not there: vanished, unless its whole folder is unavailable."""
         current = self.ledger.get(row.id)
@@ -282,16 +295,7 @@ class RetryPolicy:
             return current.state
         problem = None if row.location is not None else self.folder_problem(row.folder)
         if problem is not None:
-            state = self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
-            # Noted once the wait is in the ledger (the settle stage may find the folder back at
-            # once, and wakes only what waits by then); said once per folder, not per file.
-            first = self.away.note(row.folder)
-            (log.warning if first else log.debug)(
-                "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",
-                quoted_path(row.inbox_path),
-                problem,
-            )
-            return state
+            return self.wait_for_folder(row, problem)
         self.abort(dest, row)
         self.ledger.mark_vanished(row.id, reason=reason)
         log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)

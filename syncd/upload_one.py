@@ -135,6 +135,8 @@ class Procedure:
             state = policy.defer(row, f"{FOLDER_AWAY_ERROR}: it is no longer configured", UNCONFIGURED_WAIT)
             policy.away.note(row.folder)  # due at once if a reload brings it back (syncd/away.py)
             return state
+        if row.location is None and (problem := policy.folder_problem(row.folder)) is not None:
+            return policy.wait_for_folder(row, problem)  # another syncd's now, unmounted, ...
         row = adopt_failed(self.ledger, row, folder, lambda old: policy.abort(dest, old))
         path = row.current_path
         name = os.path.basename(row.relpath)

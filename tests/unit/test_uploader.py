@@ -1354,3 +1354,33 @@ def test_an_upload_not_recorded_when_syncd_stops_is_left_to_the_next_start(
     with pytest.raises(sqlite3.OperationalError):
         step()
     assert ledger.get(row_id).state == "uploading"
+
+
+def test_a_queued_file_of_a_folder_another_syncd_holds_is_not_sent(tmp_path: Path, clock: FakeClock) -> None:
+    """Rows queued before the folder became another syncd's (left by a crash, a backlog
+    while the folder was away and the other took it over): the other uploads the folder's
+    files, so a worker here sent each a second time, the file being right there. A row
+    whose folder is unusable waits for it, as one whose file it cannot find does."""
+    from syncd.retry_policy import FOLDER_WAIT
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    dest = FakeDestination()
+    problem: list[str | None] = ["already watched by another syncd (pid 4321)"]
+    up = Uploader(
+        ledger,
+        lambda: {"dest": dest},
+        lambda: {root: folder},
+        clock=clock,
+        folder_problem=lambda r: problem[0],
+    )
+    row_id = queue_file(ledger, folder, "a.txt", b"theirs to send")
+    assert up.process(ledger.claim_next(["dest"])) == "retrying"
+    row = ledger.get(row_id)
+    assert dest.calls == 0, "sent though another syncd holds the folder"
+    assert "already watched by another syncd" in (row.last_error or "") and row.attempts == 0
+    problem[0] = None  # the other let go: this one takes the folder over
+    clock.advance(FOLDER_WAIT + 1)
+    assert up.process(ledger.claim_next(["dest"])) == "done" and dest.calls == 1
+    ledger.close()
