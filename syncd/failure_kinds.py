@@ -2,7 +2,8 @@
 
 :func:`retry_class` gives the ``class`` label of ``syncd_retries_total``;
 :func:`is_disk_full` tells a full disk, which pauses every worker
-(syncd/backpressure.py) rather than failing one file. What a failure leads
+(syncd/backpressure.py) rather than failing one file; :func:`is_locked` a
+ledger another process holds. What a failure leads
 to is syncd/retry_policy.py.
 """
 
@@ -20,6 +21,15 @@ def is_disk_full(exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
         return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY): another process held the ledger's write
+    lock past the busy timeout."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_BUSY or "locked" in str(exc) or "busy" in str(exc)
 
 
 def retry_class(exc: BaseException | None) -> str:

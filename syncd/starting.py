@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.errors import LedgerDiskFull
-from syncd.failure_kinds import is_disk_full
+from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.ledger import Ledger
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
@@ -67,7 +67,7 @@ def wait_for_lock(ledger: Ledger, stop: threading.Event, notifier: Any) -> bool:
         except sqlite3.OperationalError as exc:
             if is_disk_full(exc):
                 return True  # reported and paused by the running daemon
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not is_locked(exc):
                 raise
             if not said:
                 who = ledger.held_by()

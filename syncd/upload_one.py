@@ -33,7 +33,7 @@ from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
 from syncd.destinations.base import Destination, Receipt, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
-from syncd.failure_kinds import is_disk_full
+from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.hand_over import HandOver
 from syncd.ledger import Ledger, Row, State
 from syncd.ledger.schedule import FOLDER_AWAY_ERROR
@@ -270,7 +270,7 @@ class Procedure:
                 self.ledger.mark_uploaded(row.id, **fields)
             except sqlite3.OperationalError as exc:
                 full = is_disk_full(exc)
-                if self.cancel.is_set() or not (full or "locked" in str(exc) or "busy" in str(exc)):
+                if self.cancel.is_set() or not (full or is_locked(exc)):
                     raise
                 if full:
                     self.after.disk_full.note("ledger", exc)
