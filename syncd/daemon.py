@@ -49,7 +49,7 @@ from syncd import config as configmod
 from syncd import once, shutdown, writers
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
-from syncd.failure_kinds import is_disk_full
+from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.health import Health
 from syncd.intake import IntakeStage
 from syncd.ledger import Ledger
@@ -290,7 +290,7 @@ class MainLoop:
                 health.tick_error = None  # a known condition, reported; not a wedge
                 self.pulse.beat()
                 return
-            who = self.ledger.held_by() if "locked" in str(exc) else ""
+            who = self.ledger.held_by() if is_locked(exc) else ""
             if health.tick_error is None:
                 log.error("ledger error in the main loop: %s%s; retrying", exc, who)
             health.tick_error = exc

@@ -48,16 +48,15 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from syncd import safefs
+from syncd.path_patterns import CONTROL, path_labels
 from syncd.path_patterns import PathPattern as PathPattern  # labels_from_path, re-exported
 from syncd.path_patterns import compile_pattern as compile_pattern
-from syncd.path_patterns import path_labels
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -67,7 +66,6 @@ SIDECAR_MAX = 64 * 1024  # bytes; a sidecar is a few labels
 SIDECAR_PATIENCE = 600.0  # seconds from a file's sighting that a changing sidecar is waited for
 MAX_LABELS = 64  # labels one sidecar may add
 MAX_TEXT = 256  # characters of one label or category from a sidecar
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class SidecarError(ValueError):
@@ -169,7 +167,7 @@ def _check_text(value: Any, where: str) -> None:
         raise SidecarError(f"{where} is empty")
     if len(value) > MAX_TEXT:
         raise SidecarError(f"{where} is longer than {MAX_TEXT} characters")
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise SidecarError(f"{where} contains a control character")
     try:
         value.encode("utf-8")

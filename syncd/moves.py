@@ -305,19 +305,14 @@ def move(
     still hash to ``sha256`` (a copy compares its own hash), else :class:`ChangedAfterUpload`.
     """
     planned_root = planned_root or target_root
+    for root in {target_root, planned_root}:  # (checked not to be inside a watched folder)
+        relinked = safefs.relinked(root)
+        if relinked is not None:
+            raise OSError(errno.ELOOP, f"{quoted_path(root)} {relinked}")
     how = None if planned is None else earlier.left_at(planned, planned_root, src.st, src.st.st_size, sha256)
     if planned is not None and how is not None:
         _finish_planned(src, planned, planned_root, how, sha256, check)
         return planned
-    real = os.path.realpath(target_root)
-    if real != os.fspath(target_root):
-        # resolved (and checked: not inside a watched folder) when the config was loaded; a
-        # symlink put in since leads where nothing checked, perhaps into an inbox
-        raise OSError(
-            errno.ELOOP,
-            f"{quoted_path(target_root)} leads to {quoted_path(real)} through a symlink now; "
-            "not followed (reload to check and use it)",
-        )
     os.makedirs(target_root, mode=DIR_MODE, exist_ok=True)
     rootfd = safefs.open_root(target_root)
     try:

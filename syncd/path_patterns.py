@@ -39,7 +39,7 @@ from syncd.destinations.base import wire_name
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TOKEN = re.compile(r"\{([^{}]*)\}|[^{}]+|[{}]")
 _VALUE = r"[^/\x00-\x1f\x7f-\x9f]+"  # one folder name without control characters (C1 too)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1: in no value (nor a label)
 
 DEEP, ANY = "**", "*"
 
@@ -73,7 +73,7 @@ class PathPattern:
 
 def _valid(comp: str) -> bool:
     """Whether ``comp`` is a value: not empty, no control character."""
-    return bool(comp) and _CONTROL.search(comp) is None
+    return bool(comp) and CONTROL.search(comp) is None
 
 
 def _match(parts: tuple[Part, ...], comps: list[str]) -> dict[str, str] | None:
@@ -149,7 +149,7 @@ def _text_part(part: Part, comp: str) -> dict[str, str] | None:
     clean_to = [0] * (end + 1)
     clean_to[end] = end
     for p in range(end - 1, -1, -1):
-        clean_to[p] = p if _CONTROL.match(comp, p) else clean_to[p + 1]
+        clean_to[p] = p if CONTROL.match(comp, p) else clean_to[p + 1]
     last = len(names) - 1
 
     def fits_last(p: int) -> bool:  # the last placeholder takes comp[p:end]

@@ -35,7 +35,7 @@ from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
-from syncd.ledger import ACTIVE_STATES, Ledger, State
+from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
 from syncd.logs import quoted_path
@@ -48,7 +48,6 @@ from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
 
-CONFIG_KEY = "config"  # ledger kv: what the config applied last names (`syncd status` on a broken one)
 RELOAD_KEY = "reload"  # ledger kv: the last reload's outcome, which `syncd reload` waits for
 PRUNE_BATCH = 1000  # rows of each finished state looked at per sweep for keep_done_days
 

@@ -261,6 +261,18 @@ def fsync_dirfd(dirfd: int) -> None:
         os.close(fd)
 
 
+def relinked(path: str | os.PathLike[str]) -> str | None:
+    """Why a folder whose path was resolved (and checked) when the configuration was
+    loaded is not to be used now that it leads elsewhere (a symlink put in at any of its
+    components since: where it leads, nothing checked), else None."""
+    real = os.path.realpath(path)
+    if real == os.fspath(path):
+        return None
+    from syncd.logs import quoted_path
+
+    return f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)"
+
+
 def anchor(path: str, roots: Iterable[str | os.PathLike[str] | None]) -> tuple[str, str]:
     """Split an absolute ``path`` into ``(root, relpath)`` for the first root that holds it.
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import folder_lock
+from syncd import folder_lock, safefs
 from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
 from syncd.safe_watch import PolledFolders, SafeInotifyObserver, count_dirs, inotify_watches
@@ -73,14 +73,9 @@ def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, 
         return f"folder unavailable ({exc.strerror or exc})", None
     if not stat.S_ISDIR(st.st_mode):
         return "not a directory", None
-    real = os.path.realpath(root)
-    if real != root:
-        # the path was resolved when the configuration was loaded (and checked: not inside
-        # another folder's archive, say); a symlink put in since leads where nothing checked
-        return (
-            f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)",
-            None,
-        )
+    relinked = safefs.relinked(root)  # (checked not to be inside another folder's archive, say)
+    if relinked is not None:
+        return relinked, None
     marker = getattr(folder, "marker", None)
     if marker and not os.path.lexists(os.path.join(root, marker)):
         return f"marker file {marker!r} missing (not mounted?)", st

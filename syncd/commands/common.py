@@ -32,13 +32,12 @@ from typing import Any
 from syncd import config as configmod
 from syncd._options import resolve_path
 from syncd.errors import ConfigError, Problem
-from syncd.ledger import ACTIVE_STATES, STATES, Ledger
+from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, STATES, Ledger
 from syncd.logs import printable
 from syncd.redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_LEDGER = 0, 1, 2, 3, 4
 LEDGER_NAME = "ledger.sqlite3"  # as syncd.daemon.LEDGER_NAME (not imported: it pulls in httpx)
-CONFIG_KEY = "config"  # as syncd.runtime.CONFIG_KEY
 
 _STATE_DIR_LINE = re.compile(r"""^[ \t]*state_dir[ \t]*=[ \t]*(["'])(?P<value>[^"'\n]*)\1""", re.MULTILINE)
 

@@ -30,7 +30,6 @@ from syncd import config as configmod
 from syncd import progress as progressmod
 from syncd.bandwidth import rate_text
 from syncd.commands.common import (
-    CONFIG_KEY,
     EXIT_OK,
     LEDGER_NAME,
     View,
@@ -44,7 +43,7 @@ from syncd.commands.common import (
 )
 from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
-from syncd.ledger import STATES, State
+from syncd.ledger import CONFIG_KEY, STATES, State
 from syncd.ledger.writer import SPACE_TO_OPEN, space_left
 from syncd.lock import holder_pid
 from syncd.logs import printable, printable_json, quoted_path

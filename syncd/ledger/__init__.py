@@ -62,6 +62,10 @@ from syncd.ledger.row import ACTIVE_STATES, STATES, Row, Stat, State
 from syncd.ledger.schema import _MIGRATIONS as _MIGRATIONS
 from syncd.ledger.schema import APPLICATION_ID, QUICK_CHECK_MAX_BYTES, SCHEMA_VERSION, make_private
 
+# ledger kv: what the configuration the daemon applied last names (paths, destination names
+# and types, never a secret): `syncd status` shows it when the file says otherwise
+CONFIG_KEY = "config"
+
 
 class Ledger(Retention):
     """The SQLite ledger. Open with :meth:`open`; close with :meth:`close`.
@@ -79,6 +83,7 @@ class Ledger(Retention):
 __all__ = [
     "ACTIVE_STATES",
     "APPLICATION_ID",
+    "CONFIG_KEY",
     "QUICK_CHECK_MAX_BYTES",
     "SCHEMA_VERSION",
     "STATES",

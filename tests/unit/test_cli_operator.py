@@ -24,10 +24,10 @@ import pytest
 from syncd import config as configmod
 from syncd import progress, scanner
 from syncd.cli import main
-from syncd.commands import common, configure
+from syncd.commands import configure
 from syncd.commands import status as statusmod
 from syncd.errors import ConfigError
-from syncd.ledger import Ledger, Row
+from syncd.ledger import CONFIG_KEY, Ledger, Row
 from syncd.lock import StateLock
 from tests.conftest import note_stat
 
@@ -137,7 +137,7 @@ def test_status_and_files_work_with_a_broken_config(cfg: Path, capsys: pytest.Ca
     ledger.mark_failed(row.id, error="HTTP 400: refused", location=None)
     ledger.close()
     _record_config(cfg)
-    record = ledger_of(cfg).get_meta(common.CONFIG_KEY)
+    record = ledger_of(cfg).get_meta(CONFIG_KEY)
     assert record["folders"][0]["path"] == os.fspath(cfg.parent / "inbox")
     assert "cli-test-key-123" not in json.dumps(record) and "base_url" not in json.dumps(record)
 
