@@ -155,9 +155,16 @@ def make_private(path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            with contextlib.suppress(OSError):  # missing, or not ours to change
-                if stat.S_IMODE(p.stat().st_mode) & 0o077:
-                    p.chmod(0o600)
+            # a symlink put in their place (by the daemon's user, for root's next command)
+            # is not followed: root would make any file it points at 0600
+            with contextlib.suppress(OSError):  # missing, a symlink, or not ours to change
+                other = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    st = os.fstat(other)
+                    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
+                        os.fchmod(other, 0o600)
+                finally:
+                    os.close(other)
         return
     try:
         os.fchmod(fd, 0o600)

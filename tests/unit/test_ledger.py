@@ -474,3 +474,26 @@ def test_a_wal_or_shm_file_the_daemons_user_cannot_open_is_not_called_damage(suf
     assert out.returncode != 0
     assert "LedgerUnreachable" in out.stderr and f"its file {stray} is not writable" in out.stderr, out.stderr
     assert "run `syncd ledger rebuild`" not in out.stderr and "do not rebuild it" in out.stderr
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_symlink_in_place_of_a_ledger_file_is_not_chmodded_through(tmp_path: Path, suffix: str) -> None:
+    """The state directory is the daemon's user's: a symlink it puts in place of the
+    ledger's `-wal` or `-shm` (or the ledger) pointed root's next command (`syncd ledger
+    rebuild`, `syncd status`) at a file of root's, which make_private then made 0600."""
+    from syncd.ledger import make_private
+
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0::/root:/bin/sh\n")
+    victim.chmod(0o644)
+    target = Path(f"{path}{suffix}")
+    target.unlink(missing_ok=True)
+    target.symlink_to(victim)
+    make_private(path)
+    assert (victim.stat().st_mode & 0o777) == 0o644
+    if suffix:  # a real file beside it is still brought to 0600
+        path.chmod(0o644)
+        make_private(path)
+        assert (path.stat().st_mode & 0o777) == 0o600
