@@ -7,8 +7,9 @@ network backend of a client's connection pools so that, while
 :func:`head_phase` is entered (``syncd.http.send`` enters it around
 ``Client.send``, which returns once the head is in), every read after the
 request was written shares one deadline: the read timeout, counted from the
-first of them. A server sends its head in one write, so only a head that
-trickles meets it; the body's own deadline (``http.BODY_SECONDS``) is
+first of them. A write starts the count again: a proxy's ``CONNECT`` answer
+is read before the request is written on the tunnel. A server sends its head
+in one write, so only a head that trickles meets it; the body's own deadline (``http.BODY_SECONDS``) is
 separate, as a service may take minutes over a body it has begun.
 
 The phase is per thread (each request runs on its caller's thread), so
