@@ -46,6 +46,12 @@ def resumed_bytes(resume: Mapping[str, Any] | None, size: int) -> int:
     return min(done, size)
 
 
+def confirmed_more(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, size: int) -> bool:
+    """Whether checkpoint ``after`` holds more confirmed bytes than ``before``: an attempt
+    that moved on before a connection failed it (the link's trouble, not the file's)."""
+    return resumed_bytes(after, size) > resumed_bytes(before, size)
+
+
 class ProgressMeter:
     """Adds ``rate`` (bytes/s over the last RATE_WINDOW seconds) and ``eta_seconds`` to
     the uploader's snapshots; keeps samples only for the rows still in flight."""

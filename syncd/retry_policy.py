@@ -41,6 +41,7 @@ from syncd.failure_kinds import is_disk_full, retry_class
 from syncd.ledger import Ledger, Row, State
 from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.logs import quoted_path
+from syncd.progress import confirmed_more
 from syncd.upload_source import lexists
 from syncd.webhook import Webhook
 
@@ -175,8 +176,10 @@ class RetryPolicy:
         circuit = self.circuits.get(row.destination)
         reason = describe(exc)
         now = self.clock()
+        current = self.ledger.get(row.id)  # parts confirmed before it failed: never the file's
+        moved_on = current is not None and confirmed_more(row.resume, current.resume, row.size or 0)
         with self._lock:
-            since = self._outage_at.get(row.id)
+            since = None if moved_on else self._outage_at.get(row.id)
             self._outage_at[row.id] = now
             excused = self._excused.get(row.id, 0)
         before = circuit.snapshot()

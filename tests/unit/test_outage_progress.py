@@ -1,0 +1,55 @@
+"""A connection reset in the middle of a multi-part upload that moves on at every attempt.
+
+The circuit charges an outage failure to the file when the service served other files
+since the file's previous one: meant for the file a service keeps choking on. A large
+file on a link that resets a connection now and then met a reset somewhere in each
+attempt, though each confirmed more parts than the one before: every attempt from the
+second on was charged, and the file went to failed_dir half-sent while the network,
+not the file, was at fault.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
+from syncd.errors import RetryableError
+from tests.conftest import FakeClock
+from tests.unit.test_uploader import setup, work  # noqa: F401 - the fixture
+
+
+def test_a_reset_after_new_parts_were_confirmed_spends_no_attempt(
+    setup: Any,  # noqa: F811 - the fixture
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    ledger, folder, dest, up, drop, step = setup  # max_attempts = 3
+    big = drop("big.bin", b"0123456789")
+    plain = dest.upload
+    tries: list[int] = []
+
+    def upload(
+        item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
+        if item.name != "big.bin":
+            return plain(item, source, resume, checkpoint)
+        done = len((resume or {}).get("parts", {}))
+        tries.append(done)
+        if done >= 6:  # every part confirmed at last
+            return Receipt(remote_id="obj/big.bin", url="http://x/obj")
+        # one more part confirmed, then the link drops the connection
+        checkpoint({"v": 1, "part_size": 1, "parts": {str(n): "e" for n in range(1, done + 2)}})
+        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+
+    dest.upload = upload
+    for n in range(20):
+        drop(f"ok{n}.txt", b"fine")  # the service serves other files meanwhile
+        while work(up) is not None:
+            clock.advance(0.01)
+        if ledger.get(big).state in ("done", "failed", "uploaded"):
+            break
+        clock.advance(60)
+    row = ledger.get(big)
+    assert row.state != "failed", f"failed for good after {tries}: {row.last_error}"
+    assert tries[-1] >= 6
