@@ -35,11 +35,16 @@ def tls_verify(daemon: configmod.DaemonConfig) -> bool | ssl.SSLContext:
 
 
 def build_client(cfg: configmod.Config) -> httpx.Client:
+    """The client every destination shares. Its pool has a connection for each worker
+    (twice: an API call beside a storage request) and for every part request each
+    destination's ``max_connections`` lets be in flight: a part waiting for a connection
+    past the pool timeout failed as a transport error, counted against the service."""
     d = cfg.daemon
+    parts = sum(getattr(dc.options, "max_connections", 0) for dc in cfg.destinations.values())
     return make_client(
         connect=d.connect_timeout,
         read=d.io_timeout,
         write=d.io_timeout,
-        max_connections=max(8, d.workers * 2),
+        max_connections=max(8, d.workers * 2) + parts,
         verify=tls_verify(d),
     )
