@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -28,7 +29,15 @@ from typing import Any
 import httpx
 
 from syncd import __version__, head_deadline
-from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
+from syncd.errors import (
+    ConfigError,
+    ExpiredError,
+    FatalError,
+    PermanentError,
+    Problem,
+    RetryableError,
+    UploadError,
+)
 from syncd.logs import printable
 from syncd.redact import redact, strip_query
 
@@ -40,6 +49,7 @@ BODY_SECONDS = 300.0  # an answer's body must have arrived within this, once its
 # Retried, never a file's failure for good: these, and every 5xx (a CDN's or load
 # balancer's 520-526, 507, 511...: the service's trouble, which its circuit counts)
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+_PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -98,14 +108,19 @@ def make_client(
     connection limits): tests pass an in-process emulator
     (``syncd_emulator.EmulatorTransport``) and keep everything else as the
     daemon has it."""
-    client = Client(
-        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        headers={"User-Agent": f"syncd/{__version__}"},
-        follow_redirects=False,
-        verify=verify,
-        transport=transport,
-    )
+    try:
+        client = Client(
+            timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"User-Agent": f"syncd/{__version__}"},
+            follow_redirects=False,
+            verify=verify,
+            transport=transport,
+        )
+    except (ValueError, ImportError) as exc:  # a proxy from the environment httpx cannot use
+        names = ", ".join(n for n in _PROXY_VARIABLES if os.environ.get(n)) or "a proxy variable"
+        message = f"{redact(str(exc)).rstrip('.')}; unset it for syncd, or name an http:// or https:// proxy"
+        raise ConfigError([Problem(f"environment {names}", message)], "the environment") from None
     head_deadline.install(client)
     return client
 
