@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import idna
 
 from syncd import __version__, head_deadline
 from syncd.errors import (
@@ -219,8 +220,12 @@ def send(client: httpx.Client, method: str, url: str, *, what: str, **kwargs: An
             # certificate): pause the destination rather than use up each file's attempts.
             raise FatalError(f"{what}: TLS: {detail}") from None
         raise RetryableError(f"{what}: {type(exc).__name__}: {detail}", transport=True) from None
-    except httpx.InvalidURL as exc:
-        raise PermanentError(f"{what}: invalid URL {strip_query(url)!r}: {exc}") from None
+    except (httpx.InvalidURL, idna.IDNAError) as exc:
+        # base_url is checked when the config is loaded: this is a URL the service gave
+        # (a storage URL), a malformed answer as above, never a refusal of the file
+        raise RetryableError(
+            f"{what}: the service gave a URL that is not valid: {strip_query(url)!r}: {strip_query(str(exc))}"
+        ) from None
 
 
 def _bounded_body(response: httpx.Response, what: str) -> bytes:

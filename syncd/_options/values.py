@@ -158,4 +158,12 @@ def is_http_url(text: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return False
-    return text.startswith(("http://", "https://")) and bool(parts.hostname)
+    if not (text.startswith(("http://", "https://")) and parts.hostname):
+        return False
+    import httpx  # here: the CLI's commands that never send anything do not import it
+
+    try:  # what urllib takes and httpx refuses (a zero-width space in the host, an xn-- label)
+        httpx.Request("GET", text)
+    except (httpx.InvalidURL, ValueError):  # idna.IDNAError is a ValueError
+        return False
+    return True
