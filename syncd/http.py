@@ -336,6 +336,8 @@ def check(
         raise ExpiredError(message, status=status)
     if status in (401, 403) and auth_fatal:
         raise FatalError(message, status=status)
+    if not 200 <= status < 500:  # a 1xx handed on, 600-999 (a WAF's 999): no service's answer
+        raise RetryableError(f"{what}: HTTP {status}, not a status of HTTP's", status=status, garbled=True)
     if 200 <= status < 300:
         # a success the protocol does not name says nothing of the file, either way: never
         # a failure for good (an abort would then delete what the service may have kept)
