@@ -53,3 +53,36 @@ def test_a_reset_after_new_parts_were_confirmed_spends_no_attempt(
     row = ledger.get(big)
     assert row.state != "failed", f"failed for good after {tries}: {row.last_error}"
     assert tries[-1] >= 6
+
+
+def test_a_file_that_moves_on_at_every_attempt_does_not_call_the_service_down(
+    setup: Any,  # noqa: F811 - the fixture
+    clock: FakeClock,
+) -> None:
+    """One large file alone, a connection reset in each attempt after a new part: three
+    such failures in a row opened the circuit, "destination is down" while every attempt
+    had parts confirmed. A confirmed part is the service's answer that it works."""
+    ledger, folder, dest, up, drop, step = setup
+    big = drop("big.bin", b"0123456789")
+    plain = dest.upload
+    states: list[str] = []
+
+    def upload(
+        item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
+        done = len((resume or {}).get("parts", {}))
+        if done >= 6:
+            return plain(item, source, resume, checkpoint)
+        checkpoint({"v": 1, "part_size": 1, "parts": {str(n): "e" for n in range(1, done + 2)}})
+        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+
+    dest.upload = upload
+    for _ in range(30):
+        while work(up) is not None:
+            clock.advance(0.01)
+        states.append(up.destination_states()["dest"].state)
+        if ledger.get(big).state not in ("queued", "retrying"):
+            break
+        clock.advance(60)
+    assert ledger.get(big).state != "failed"
+    assert "down" not in states, states
