@@ -231,7 +231,9 @@ def _open(service: ChunkedService, item: UploadItem, source: Source, checkpoint:
     opened = service.open(item, source, part_size)
     if opened.part_size is not None:
         if opened.part_size < 1 and source.size > 0:
-            raise RetryableError(f"{service.kind}: the server dictated part size {opened.part_size}")
+            raise RetryableError(
+                f"{service.kind}: the server dictated part size {opened.part_size}", garbled=True
+            )
         part_size = max(opened.part_size, 1)
     state = ResumeState(service.kind, dict(opened.session), part_size, source.size, ctime_ns=source.ctime_ns)
     checkpoint(state.to_resume())
@@ -258,7 +260,9 @@ def _send_one(service: ChunkedService, state: ResumeState, part: Part, parallel:
             )
             continue
         if not isinstance(token, str) or not token:
-            raise RetryableError(f"{service.kind}: part {part.number}: the server confirmed no token")
+            raise RetryableError(
+                f"{service.kind}: part {part.number}: the server confirmed no token", garbled=True
+            )
         return token
 
 

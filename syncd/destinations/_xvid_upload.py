@@ -160,7 +160,9 @@ class FormUpload:
         file_id = file.get("id") if isinstance(file, dict) else None
         form = {"url": upload.get("form_post_url"), "fields": upload.get("form_post_params")}
         if not _valid_form(form):
-            raise RetryableError(f"{what}: the answer lacks a valid form_post_url or form_post_params")
+            raise RetryableError(
+                f"{what}: the answer lacks a valid form_post_url or form_post_params", garbled=True
+            )
         if not isinstance(file_id, str) or not file_id:
             file_id = upload_id  # the same value in every documented example
         server_key = upload.get("object_key")
@@ -223,7 +225,7 @@ class FormUpload:
             ) from None
         etag = _etag(response)
         if etag is None:
-            raise RetryableError(f"{what}: storage answered without an ETag")
+            raise RetryableError(f"{what}: storage answered without an ETag", garbled=True)
         return etag
 
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:

@@ -151,7 +151,7 @@ class _Multipart:
         response = self.api.put(url, part.stream(), size=part.size, what=what, session=True)
         etag = response.headers.get("ETag")
         if not etag:
-            raise RetryableError(f"{what}: storage answered without an ETag")
+            raise RetryableError(f"{what}: storage answered without an ETag", garbled=True)
         return str(etag)  # exactly as returned, quotes included: complete wants it back verbatim
 
     def finish(self, session: dict[str, Any], parts: list[tuple[int, str]]) -> Receipt:
@@ -166,7 +166,7 @@ class _Multipart:
             session=True,
         )
         if not isinstance(data, dict) or data.get("success") is not True:
-            raise RetryableError(f"{what}: the server did not confirm success")
+            raise RetryableError(f"{what}: the server did not confirm success", garbled=True)
         location = data.get("location")
         return Receipt(
             remote_id=session["key"],

@@ -140,13 +140,14 @@ class _Uploads:
             or server_part < 0
             or (server_part == 0 and source.size > 0)
         ):
-            raise RetryableError(f"{what}: the server's answer lacks a valid 'part_size'")
+            raise RetryableError(f"{what}: the server's answer lacks a valid 'part_size'", garbled=True)
         count = _chunked.part_count(source.size, max(server_part, 1))
         if source.size == 0 and len(urls) in (0, 1):
             count = len(urls)  # no part (what the SDK expects), or one empty part
         if len(urls) != count or not all(isinstance(u, str) and u for u in urls):
             raise RetryableError(
-                f"{what}: the server gave {len(urls)} part URLs for {count} parts of {server_part} bytes"
+                f"{what}: the server gave {len(urls)} part URLs for {count} parts of {server_part} bytes",
+                garbled=True,
             )
         session: dict[str, Any] = {"id": upload_id, "mime": item.content_type, "count": count, "_urls": urls}
         if self.options.resume_parts:
