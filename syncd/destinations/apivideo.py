@@ -247,7 +247,7 @@ class ApiVideoDestination:
                 ) from None
             raise
         if not isinstance(data, dict):
-            raise RetryableError("apivideo: check upload token: the answer is not an object")
+            raise RetryableError("apivideo: check upload token: the answer is not an object", garbled=True)
         expires = data.get("expiresAt")
         return "ok: api_key accepted, upload token valid" + (
             f" until {expires}" if isinstance(expires, str) and expires else ", never expires"

@@ -284,7 +284,7 @@ class LiltDestination:
     def probe(self) -> str:
         data = self._api.call("GET", "/v2/upload", what="lilt: list uploads")
         if not isinstance(data, list):
-            raise RetryableError("lilt: list uploads: the answer is not a list")
+            raise RetryableError("lilt: list uploads: the answer is not a list", garbled=True)
         return f"ok, {len(data)} pending uploads"
 
     def close(self) -> None:

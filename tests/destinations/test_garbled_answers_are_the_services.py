@@ -54,3 +54,16 @@ def test_a_complete_answered_without_success_is_the_services_trouble(
     with pytest.raises(RetryableError) as caught:
         upload(make_dest(client), path, checkpoint=Recorder())
     assert is_outage(caught.value)
+
+
+def test_a_probe_answered_with_something_else_than_a_list_is_the_services_trouble(
+    wire: Wire,  # noqa: F811 - the fixture
+    client: httpx.Client,  # noqa: F811 - the fixture
+) -> None:
+    """The probe's RetryableError that is no outage closes the circuit ("an answer about
+    the request: the service is there"): a portal answering ``{}`` to every request
+    closed it at each probe, and the files failed again at once."""
+    wire.edit("lilt.list", reply(200, json={}))
+    with pytest.raises(RetryableError, match="not a list") as caught:
+        make_dest(client).probe()
+    assert is_outage(caught.value)
