@@ -332,6 +332,10 @@ def check(
         raise RetryableError(
             f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
         )
+    if status == 400 and "<Code>RequestTimeout</Code>" in response.text[:4096]:
+        # S3: the request's body stopped coming for a while (a link that stalled); the
+        # network's trouble, like a reset, never a refusal of the file (AWS S3 error codes)
+        raise RetryableError(f"{message} (the connection stalled)", transport=True)
     if status in expired:
         raise ExpiredError(message, status=status)
     if status in (401, 403) and auth_fatal:
