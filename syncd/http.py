@@ -50,6 +50,7 @@ BODY_SECONDS = 300.0  # an answer's body must have arrived within this, once its
 # Retried, never a file's failure for good: these, and every 5xx (a CDN's or load
 # balancer's 520-526, 507, 511...: the service's trouble, which its circuit counts)
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+_S3_CUT_SHORT = ("RequestTimeout", "IncompleteBody")  # S3's 400s for a body the network failed
 _PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
@@ -332,10 +333,11 @@ def check(
         raise RetryableError(
             f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
         )
-    if status == 400 and "<Code>RequestTimeout</Code>" in response.text[:4096]:
-        # S3: the request's body stopped coming for a while (a link that stalled); the
-        # network's trouble, like a reset, never a refusal of the file (AWS S3 error codes)
-        raise RetryableError(f"{message} (the connection stalled)", transport=True)
+    if status == 400 and any(f"<Code>{c}</Code>" in response.text[:4096] for c in _S3_CUT_SHORT):
+        # S3: the request's body stopped coming for a while (a link that stalled) or came
+        # short of its Content-Length (cut on the way): the network's trouble, like a reset,
+        # never a refusal of the file (AWS S3 API Reference, "Error responses")
+        raise RetryableError(f"{message} (the connection stalled or was cut)", transport=True)
     if status in expired:
         raise ExpiredError(message, status=status)
     if status in (401, 403) and auth_fatal:

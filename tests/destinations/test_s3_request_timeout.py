@@ -38,17 +38,18 @@ S3_TIMEOUT = (
 )
 
 
-def test_check_takes_s3s_request_timeout_as_the_networks_trouble() -> None:
+@pytest.mark.parametrize("code", ["RequestTimeout", "IncompleteBody"])
+def test_check_takes_s3s_request_timeout_as_the_networks_trouble(code: str) -> None:
     response = httpx.Response(
         400,
         headers={"Content-Type": "application/xml"},
-        text=S3_TIMEOUT,
+        text=S3_TIMEOUT.replace("RequestTimeout", code),
         request=httpx.Request("PUT", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"),
     )
     with pytest.raises(RetryableError) as caught:
         http.check(response, what="t", ok=(200,), expired=(403,))
     assert not isinstance(caught.value, PermanentError)
-    assert caught.value.transport and "RequestTimeout" in str(caught.value)
+    assert caught.value.transport and code in str(caught.value)
 
 
 def test_a_part_answered_request_timeout_is_sent_again_not_failed(
