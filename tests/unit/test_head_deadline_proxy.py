@@ -22,7 +22,8 @@ import pytest
 class _Connect:
     """A minimal CONNECT proxy on loopback: one tunnel per connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, drip: bool = False) -> None:
+        self.drip = drip  # the CONNECT answer a byte every 0.1 s, for ever
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.tunnels = 0
@@ -52,6 +53,15 @@ class _Connect:
         upstream = socket.create_connection((host, int(port)))
         self.open.append(upstream)
         self.tunnels += 1
+        if self.drip:
+            try:
+                client.sendall(b"HTTP/1.1 200 ")
+                for _ in range(100):
+                    client.sendall(b"x")
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            return
         client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
         def pump(src: socket.socket, dst: socket.socket) -> None:
@@ -147,6 +157,31 @@ def test_an_upload_through_an_https_proxy_that_sends_for_longer_than_the_read_ti
         )
         assert response.status_code == 200 and response.content == b"5120"
         assert proxy.tunnels == 1, "the request did not go through the proxy"
+    finally:
+        client.close()
+        proxy.close()
+
+
+def test_a_proxy_that_drips_its_connect_answer_is_cut_at_the_read_timeout(
+    tls_server: tuple[str, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tunnel's answer is part of the head: a proxy dripping it is a garbled answer
+    within the read timeout, not a worker held while it drips."""
+    from syncd import http
+    from syncd.circuit import is_outage
+    from syncd.errors import RetryableError
+
+    url, context = tls_server
+    proxy = _Connect(drip=True)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    client = http.make_client(connect=2, read=1, write=2, verify=context)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RetryableError, match="head still coming") as caught:
+            http.send(client, "GET", url, what="t")
+        assert time.monotonic() - started < 3 and is_outage(caught.value)
     finally:
         client.close()
         proxy.close()
