@@ -318,6 +318,8 @@ def check(
     """
     status = response.status_code
     if status in ok:
+        if html_page(response):  # a proxy's or portal's page: nothing was confirmed
+            raise RetryableError(f"{what}: HTTP {status}, an HTML page, not the service's", garbled=True)
         return response
     detail = error_text(response)
     message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
@@ -334,9 +336,7 @@ def check(
             f"{message} (an HTML page, not the service's answer)", status=status, garbled=True
         )
     if status == 400 and any(f"<Code>{c}</Code>" in response.text[:4096] for c in _S3_CUT_SHORT):
-        # S3: the request's body stopped coming for a while (a link that stalled) or came
-        # short of its Content-Length (cut on the way): the network's trouble, like a reset,
-        # never a refusal of the file (AWS S3 API Reference, "Error responses")
+        # S3: the body stalled or came short (AWS S3 "Error responses"): the network's trouble
         raise RetryableError(f"{message} (the connection stalled or was cut)", transport=True)
     if status in expired:
         raise ExpiredError(message, status=status)
