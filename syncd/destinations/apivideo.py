@@ -90,6 +90,7 @@ from syncd.destinations._apivideo_chunks import (
 from syncd.destinations.base import Capabilities, Checkpoint, Receipt, Source, UploadItem
 from syncd.destinations.options import ApiVideoOptions
 from syncd.errors import FatalError, PermanentError, RetryableError, describe
+from syncd.http import html_page
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,9 @@ class ApiVideoDestination:
         if not self._api.has_key:
             what = "apivideo: reach the API"
             response = self._api.send("GET", self._api.base + "/videos", what=what)
-            if response.status_code >= 500 or response.status_code == 429:
-                self._api.check(response, what=what, ok=())
+            status = response.status_code
+            if status >= 500 or status == 429 or 300 <= status < 400 or html_page(response):
+                self._api.check(response, what=what, ok=())  # not api.video's answer, or trouble
             return (
                 f"reachable (HTTP {response.status_code}); the upload token cannot be "
                 "checked without api_key: the first upload checks it"
