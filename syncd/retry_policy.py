@@ -178,8 +178,8 @@ class RetryPolicy:
         now = self.clock()
         current = self.ledger.get(row.id)  # parts confirmed before it failed: never the file's
         moved_on = current is not None and confirmed_more(row.resume, current.resume, row.size or 0)
-        if moved_on:  # and the service answered that it works: no streak of outage failures
-            self.circuits.service_ok(row.destination, row)
+        if moved_on and circuit.snapshot().state == UP:  # the service worked: no streak
+            self.circuits.service_ok(row.destination, row)  # (an open circuit stays open)
         with self._lock:
             since = None if moved_on else self._outage_at.get(row.id)
             self._outage_at[row.id] = now

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from syncd.circuit import THRESHOLD
 from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import RetryableError
 from tests.conftest import FakeClock
@@ -86,3 +87,29 @@ def test_a_file_that_moves_on_at_every_attempt_does_not_call_the_service_down(
         clock.advance(60)
     assert ledger.get(big).state != "failed"
     assert "down" not in states, states
+
+
+def test_an_attempt_in_flight_when_the_circuit_opened_does_not_close_it(
+    setup: Any,  # noqa: F811 - the fixture
+    clock: FakeClock,
+) -> None:
+    """Parts it confirmed before the outage say nothing of the service now: the circuit
+    other files opened stays open, and the file waits without spending an attempt."""
+    ledger, folder, dest, up, drop, step = setup
+    big = drop("big.bin", b"0123456789")
+
+    def upload(
+        item: UploadItem, source: Source, resume: dict[str, Any] | None, checkpoint: Checkpoint
+    ) -> Receipt:
+        checkpoint({"v": 1, "part_size": 1, "parts": {"1": "e", "2": "e"}})
+        for _ in range(THRESHOLD):  # meanwhile the other workers see the service go down
+            up.circuit("dest").failed("ConnectError: refused")
+        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+
+    dest.upload = upload
+    row = up._claim()
+    assert row is not None
+    state = up.process(row)
+    up._attempt_over(row, state)
+    assert up.destination_states()["dest"].state == "down"
+    assert ledger.get(big).attempts == 0
