@@ -158,12 +158,15 @@ def is_http_url(text: str) -> bool:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return False
-    if not (text.startswith(("http://", "https://")) and parts.hostname):
+    host = parts.hostname
+    if not (text.startswith(("http://", "https://")) and host):
         return False
-    import httpx  # here: the CLI's commands that never send anything do not import it
+    if host.isascii() and "xn--" not in host:
+        return True
+    import idna  # only for such a host (httpx refuses what IDNA refuses: a zero-width space...)
 
-    try:  # what urllib takes and httpx refuses (a zero-width space in the host, an xn-- label)
-        httpx.Request("GET", text)
-    except (httpx.InvalidURL, ValueError):  # idna.IDNAError is a ValueError
+    try:
+        idna.decode(idna.encode(host)) if host.isascii() else idna.encode(host)
+    except ValueError:  # idna.IDNAError
         return False
     return True
