@@ -318,7 +318,8 @@ def check(
     """
     status = response.status_code
     if status in ok:
-        if html_page(response):  # a proxy's or portal's page: nothing was confirmed
+        if html_page(response) and response.content.strip():  # a portal's page (GCS labels
+            # its empty 200s text/html): nothing was confirmed
             raise RetryableError(f"{what}: HTTP {status}, an HTML page, not the service's", garbled=True)
         return response
     detail = error_text(response)

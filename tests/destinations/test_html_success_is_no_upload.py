@@ -44,6 +44,17 @@ def test_check_refuses_a_success_that_is_an_html_page() -> None:
     assert is_outage(caught.value)
 
 
+def test_an_empty_success_labelled_html_is_storages_as_gcs_sends_it() -> None:
+    """GCS's XML API answers a PUT with an empty body labelled ``text/html``."""
+    response = httpx.Response(
+        200,
+        headers={"Content-Type": "text/html; charset=UTF-8", "ETag": '"abc"'},
+        content=b"",
+        request=httpx.Request("PUT", "https://storage.googleapis.com/b/k"),
+    )
+    assert http.check(response, what="t", ok=(200,)) is response
+
+
 def test_a_single_put_answered_by_a_portals_page_is_not_uploaded(
     wire: Wire,  # noqa: F811 - the fixture
     client: httpx.Client,  # noqa: F811 - the fixture
