@@ -30,15 +30,7 @@ import httpx
 import idna
 
 from syncd import __version__, head_deadline
-from syncd.errors import (
-    ConfigError,
-    ExpiredError,
-    FatalError,
-    PermanentError,
-    Problem,
-    RetryableError,
-    UploadError,
-)
+from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
 from syncd.logs import printable
 from syncd.redact import redact, strip_query
 
@@ -120,6 +112,8 @@ def make_client(
             transport=transport,
         )
     except (ValueError, ImportError) as exc:  # a proxy from the environment httpx cannot use
+        from syncd.errors import ConfigError, Problem
+
         names = ", ".join(n for n in _PROXY_VARIABLES if os.environ.get(n)) or "a proxy variable"
         message = f"{redact(str(exc)).rstrip('.')}; unset it for syncd, or name an http:// or https:// proxy"
         raise ConfigError([Problem(f"environment {names}", message)], "the environment") from None
