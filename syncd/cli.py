@@ -327,6 +327,7 @@ def cmd_run(args: argparse.Namespace, *, once: bool = False) -> int:
     if sys.stdout.isatty() and not getattr(args, "no_progress", False):
         sys.stdout.write("\n")
     held = f"; {daemon.held_back} left for the next run" if daemon.held_back else ""
+    held += f"; {daemon.unread} folder(s) not read" if daemon.unread else ""
     print(
         f"syncd once: finished in {time.monotonic() - started:.1f}s"
         + (f" ({_summary(counts)}{held})" if counts else "")

@@ -111,6 +111,7 @@ class Daemon:
         self._signals = 0
         self.final_counts: dict[str, int] = {}
         self.held_back = 0  # once mode: files left for the next run (syncd/once.py)
+        self.unread = 0  # once mode: folders it could not read at the end (once.unread)
         self.once_wait = once_wait  # once mode: the longest retry or rate limit waited for
 
     def run(self) -> int:
@@ -273,7 +274,8 @@ class MainLoop:
         code = 0
         if self.once:
             daemon.final_counts, daemon.held_back = once.outcome(self.ledger, at_start, runtime.folders)
-            code = 1 if daemon.final_counts["failed"] or daemon.held_back else 0
+            daemon.unread = once.unread(runtime.folders, runtime.folder_problem)
+            code = 1 if daemon.final_counts["failed"] or daemon.held_back or daemon.unread else 0
         if self.health.ledger_gone is not None:
             raise LedgerError(self.health.ledger_gone)  # exit 4: the unit does not restart on it
         log.info("syncd stopped")

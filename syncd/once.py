@@ -20,6 +20,7 @@ from syncd.backpressure import DiskFull
 from syncd.circuit import DOWN, RATE_LIMITED, REFUSED, CircuitState
 from syncd.config import FolderConfig
 from syncd.ledger import ACTIVE_STATES, Ledger, State
+from syncd.logs import quoted_path
 
 log = logging.getLogger("syncd.daemon")  # said as the daemon's own lines
 
@@ -36,6 +37,22 @@ def outcome(
     counts = ledger.counts()
     finished = {s: counts[s] - at_start[s] for s in ("done", "failed")}
     return finished, _active(ledger.counts_by_folder(), folders)
+
+
+def unread(folders: Mapping[str, FolderConfig], problem: Callable[[str], str | None]) -> int:
+    """How many of ``folders`` could not be read at the end of the run (missing,
+    unmounted, another syncd's...), each said: their files, if any, are not even known."""
+    count = 0
+    for root in folders:
+        why = problem(root)
+        if why is not None:
+            log.warning(
+                "not read: %s (%s); its files wait for a run that can read it",
+                quoted_path(root),
+                why,
+            )
+            count += 1
+    return count
 
 
 def _active(by_folder: Mapping[str, Mapping[str, int]], folders: Mapping[str, FolderConfig]) -> int:

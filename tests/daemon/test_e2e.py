@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -232,6 +233,24 @@ def test_once_exits_when_done(make_setup: Callable[..., Setup]) -> None:
     assert s.counts() == {"done": 10}
     s.invariants()
     assert CANARY_KEY not in out.stderr
+
+
+def test_once_with_a_folder_it_cannot_read_says_so_and_exits_1(make_setup: Callable[..., Setup]) -> None:
+    """A folder missing (an unmounted share, a path typo) when `syncd once` runs from cron:
+    it said "finished ... (no files)" and exited 0, as if the folder were empty."""
+    s = make_setup(folders=[{"name": "in"}, {"name": "gone"}])
+    s.drop("a.txt", b"a")
+    shutil.rmtree(s.inbox("gone"))
+    out = subprocess.run(
+        [sys.executable, "-m", "syncd", "-c", str(s.config), "once", "--no-progress"],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 done" in out.stdout and "1 folder(s) not read" in out.stdout, out.stdout
+    assert "not read:" in out.stderr and "folder missing" in out.stderr, out.stderr
 
 
 def test_once_stopped_before_it_is_done_says_what_it_left_and_exits_1(

@@ -88,6 +88,8 @@ def test_a_second_daemon_on_the_same_folder_uploads_nothing_twice(make_setup: Ca
             timeout=60,
         )
         assert "another syncd" in once.stderr, once.stderr
+        # not a quiet "no files" for cron: the folder it could not read is said, exit 1
+        assert once.returncode == 1 and "1 folder(s) not read" in once.stdout, once.stdout
         wait_until(lambda: settled(s), 30, what="the cron file done")
         assert len(s.emulator.uploads()) == 61, "a file was uploaded twice"
         s.invariants()
