@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from syncd.commands.argtypes import wait_seconds
+from syncd.commands.argtypes import process_id, wait_seconds
 from syncd.errors import ConfigError
 from syncd.lock import LOCK_NAME, holder_pid
 from syncd.secrets import Secret
@@ -118,7 +118,7 @@ def add_parsers(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     )
     r.add_argument(
         "--pid",
-        type=int,
+        type=process_id,
         help="the daemon's pid (default: the holder of the "
         "config's state_dir lock; the unit passes $MAINPID)",
     )

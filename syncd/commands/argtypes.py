@@ -34,6 +34,21 @@ def positive(text: str) -> int:
     return value
 
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit systems
+
+
+def process_id(text: str) -> int:
+    """A process id for ``reload --pid``: 1 to the kernel's limit (0 and -1 would signal a
+    process group, or every process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
+    if not 1 <= value <= PID_MAX:
+        raise argparse.ArgumentTypeError(f"not a process id (1 to {PID_MAX}): {text}")
+    return value
+
+
 def wait_seconds(text: str) -> float:
     """A wait for ``reload --timeout``: above 0 up to a day (``--no-wait`` does not wait);
     not -1, inf or nan."""

@@ -341,6 +341,14 @@ def test_reload_timeout_is_a_bounded_number_of_seconds(
     assert code == 2 and "expected seconds above 0, up to 86400" in err
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "4194305", "1.5", "self"])
+def test_reload_pid_is_a_process_id(cfg: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """`--pid 0` or `-1` (a process group, every process, to kill(2)) was taken and said
+    "holds no syncd lock", exit 1: a usage error, exit 2, as for other bad numbers."""
+    code, _, err = run(capsys, "-c", str(cfg), "reload", f"--pid={value}")
+    assert code == 2 and "process id" in err
+
+
 def test_a_ledger_only_out_of_reach_is_not_rebuilt(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A ledger of an older syncd (read-only views cannot read it unmigrated) is fine: the
     rebuild went ahead and dropped its unfinished rows."""
