@@ -44,7 +44,7 @@ from syncd.commands.common import (
 from syncd.commands.files import _path, _uploading, cmd_files
 from syncd.errors import ConfigError, LedgerError
 from syncd.ledger import CONFIG_KEY, STATES, State
-from syncd.ledger.writer import SPACE_TO_OPEN, space_left
+from syncd.ledger.writer import SPACE_TO_OPEN, lock_holder, space_left
 from syncd.lock import holder_pid
 from syncd.logs import printable, printable_json, quoted_path
 
@@ -101,6 +101,12 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
         finally:
             ledger.close()
     running = pid is not None
+    if running and meta.get("pid") not in (None, pid):  # an earlier daemon's: this one is starting
+        holder = lock_holder(Path(view.state_dir) / LEDGER_NAME)
+        full = _ledger_full(Path(view.state_dir) / LEDGER_NAME)
+        data["daemon"].update(starting=True, last_heartbeat=meta.get("heartbeat"), ledger_locked_by=holder)
+        data["daemon"]["ledger_disk_full"] = full
+        meta = {}
     problems = meta.get("folder_problems", {}) if running else {}
     ignored: dict[str, Any] = meta.get("ignored") or {}
     if not isinstance(ignored, dict):
@@ -271,7 +277,13 @@ def render(data: dict[str, Any]) -> list[str]:
     """`syncd status` as text lines."""
     out: list[str] = []
     d = data["daemon"]
-    if d["running"]:
+    if d.get("starting"):
+        out.append(f"daemon: starting (pid {d['pid']}), not running yet: it has not opened the ledger")
+        if d.get("ledger_locked_by"):
+            out.append(f"  problem: the ledger's write lock is held by {shown(d['ledger_locked_by'])}")
+        if d.get("ledger_disk_full"):
+            out.append(f"  problem: {shown(d['ledger_disk_full'])}")
+    elif d["running"]:
         out.append(
             f"daemon: running (pid {d['pid']}, up {d.get('uptime_seconds', 0):.0f}s, "
             f"heartbeat {ago(d.get('heartbeat'))})"
