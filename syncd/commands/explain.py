@@ -194,6 +194,17 @@ def _moved(
         )
         return f"{quoted_path(path)} is {where}: {what}; syncd never uploads from it", True
     row = _look_up(cfg, lambda ledger: ledger.at_location(root, candidate))
+    if row is None and st is None and kind == "failed":  # requeued since (`syncd retry`)?
+        rel = os.path.relpath(candidate, directory)
+        row = _look_up(cfg, lambda ledger: ledger.latest_for_path(root, rel))
+        if row is not None and row.state != "failed":
+            lines = [
+                f"{quoted_path(path)}: no such file in {where} now; the ledger's latest row for "
+                f"{quoted_path(row.inbox_path)} is #{row.id} ({row.uuid}): {row.state} "
+                "(a failed file `syncd retry` requeued is sent from the failed folder and leaves it)"
+            ]
+            return "\n".join(lines + _row_lines(row, folder)), True
+        row = None
     if row is None:
         if st is None:
             return f"{quoted_path(path)}: no such file, and the ledger has no row for it ({where})", False
