@@ -203,7 +203,7 @@ def _moved(
                 f"{quoted_path(row.inbox_path)} is #{row.id} ({row.uuid}): {row.state} "
                 "(a failed file `syncd retry` requeued is sent from the failed folder and leaves it)"
             ]
-            return "\n".join(lines + _row_lines(row, folder)), True
+            return "\n".join(lines + _row_lines(row, folder, cfg)), True
         row = None
     if row is None:
         if st is None:
@@ -216,7 +216,7 @@ def _moved(
         f"{quoted_path(path)} is in {where}: ledger row #{row.id} ({row.uuid}), "
         f"from {quoted_path(row.inbox_path)}: {row.state}"
     ]
-    lines += _row_lines(row, folder)
+    lines += _row_lines(row, folder, cfg)
     if st is None:
         lines.append("  it is no longer at this path")
     return "\n".join(lines), True
@@ -281,7 +281,7 @@ def _in_folder(
         )
         return "\n".join(lines), True
     lines.append(f"  ledger row #{row.id} ({row.uuid}): {row.state}")
-    lines += _row_lines(row, folder)
+    lines += _row_lines(row, folder, cfg)
     if st is not None and row.location is not None:
         lines.append("  the file now at this path is a new version; it will be uploaded too")
     return "\n".join(lines), True
@@ -295,7 +295,7 @@ def _open_for_writing(row: Row) -> bool:
     return writers.file_held_for_writing(row.folder, row.relpath) is True
 
 
-def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
+def _row_lines(row: Row, folder: configmod.FolderConfig, cfg: configmod.Config) -> list[str]:
     """What the ledger says about ``row``, one line per fact."""
     lines: list[str] = []
     if row.state == State.SETTLING:
@@ -350,7 +350,14 @@ def _row_lines(row: Row, folder: configmod.FolderConfig) -> list[str]:
         lines.append(f"  `syncd retry {row.id}` sends it again")
     elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
-    if row.state in (State.QUEUED, State.UPLOADING, State.RETRYING) and row.destination != folder.destination:
+    waiting = row.state in (State.QUEUED, State.UPLOADING, State.RETRYING)
+    if waiting and row.destination not in cfg.destinations:
+        lines.append(
+            f"  it waits for destination {row.destination!r}, which the configuration no longer has:"
+            " it stays queued until that destination is configured again, or a destination's"
+            " `replaces` names it"
+        )
+    elif waiting and row.destination != folder.destination:
         lines.append(
             f"  it goes to {row.destination!r}, the folder's destination when it was queued"
             " (a file keeps the destination it was queued for)"

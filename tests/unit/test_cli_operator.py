@@ -381,6 +381,7 @@ def test_explain_names_the_destination_a_waiting_file_goes_to_and_an_uncounted_f
     ledger.mark_retry(row.id, error="HTTP 503 (the service)", at=time.time() + 60, count=False)
     ledger._conn.execute("UPDATE files SET destination = 'old' WHERE id = ?", (row.id,))
     ledger.close()
+    cfg.write_text(GOOD + '\n[destinations.old]\ntype = "lilt"\napi_key = "env:TEST_KEY"\n')
     code, out, err = run(capsys, "-c", str(cfg), "explain", str(inbox / "w.txt"))
     assert "it goes to 'old', the folder's destination when it was queued" in out, out
     assert "the last try failed (not counted): HTTP 503" in out and "attempt 0" not in out, out
