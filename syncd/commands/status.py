@@ -102,11 +102,9 @@ def status_data(source: View | configmod.Config) -> dict[str, Any]:
             ledger.close()
     running = pid is not None
     if running and meta.get("pid") not in (None, pid):  # an earlier daemon's: this one is starting
-        holder = lock_holder(Path(view.state_dir) / LEDGER_NAME)
-        full = _ledger_full(Path(view.state_dir) / LEDGER_NAME)
-        data["daemon"].update(starting=True, last_heartbeat=meta.get("heartbeat"), ledger_locked_by=holder)
-        data["daemon"]["ledger_disk_full"] = full
-        meta = {}
+        path, last = Path(view.state_dir) / LEDGER_NAME, meta.get("heartbeat")
+        data["daemon"].update(starting=True, last_heartbeat=last, ledger_locked_by=lock_holder(path))
+        data["daemon"]["ledger_disk_full"], meta = _ledger_full(path), {}
     problems = meta.get("folder_problems", {}) if running else {}
     ignored: dict[str, Any] = meta.get("ignored") or {}
     if not isinstance(ignored, dict):
@@ -278,7 +276,7 @@ def render(data: dict[str, Any]) -> list[str]:
     out: list[str] = []
     d = data["daemon"]
     if d.get("starting"):
-        out.append(f"daemon: starting (pid {d['pid']}), not running yet: it has not opened the ledger")
+        out.append(f"daemon: starting (pid {d['pid']}), no heartbeat from it yet (opening the ledger?)")
         if d.get("ledger_locked_by"):
             out.append(f"  problem: the ledger's write lock is held by {shown(d['ledger_locked_by'])}")
         if d.get("ledger_disk_full"):
