@@ -10,7 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd.errors import LedgerError
+from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger import schema
 from syncd.ledger.schema import make_private
 
@@ -42,7 +42,7 @@ def backup(path: Path, dest: Path) -> Backup:
     if dest.exists():
         raise FileExistsError(f"{dest} exists")
     if not path.exists():
-        raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
+        raise LedgerUnreachable(f"no ledger at {path} (has syncd run with this config?)")
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
     source = sqlite3.connect(schema.uri(path, "mode=ro"), uri=True, timeout=30)

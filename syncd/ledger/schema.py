@@ -189,7 +189,7 @@ def connect(path: Path, *, readonly: bool, timeout: float) -> sqlite3.Connection
     """
     if readonly:
         if not path.exists():
-            raise LedgerError(f"no ledger at {path} (has syncd run with this config?)")
+            raise LedgerUnreachable(f"no ledger at {path} (has syncd run with this config?)")
         conn = sqlite3.connect(
             uri(path, "mode=ro"), uri=True, timeout=timeout, check_same_thread=False, isolation_level=None
         )

@@ -349,6 +349,17 @@ def test_reload_pid_is_a_process_id(cfg: Path, capsys: pytest.CaptureFixture[str
     assert code == 2 and "process id" in err
 
 
+@pytest.mark.parametrize("command", [["ledger", "check"], ["ledger", "backup", "BACKUP"]])
+def test_no_ledger_at_all_is_not_called_unusable(
+    cfg: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Before syncd first ran (or with a state_dir typo), `ledger check` exited 4, the code
+    that says "unusable: see syncd ledger rebuild", for a ledger that is not there."""
+    argv = [str(cfg.parent / "backup.sqlite3") if a == "BACKUP" else a for a in command]
+    code, _, err = run(capsys, "-c", str(cfg), *argv)
+    assert code == 1 and "no ledger at" in err and "rebuild" not in err
+
+
 def test_a_ledger_only_out_of_reach_is_not_rebuilt(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A ledger of an older syncd (read-only views cannot read it unmigrated) is fine: the
     rebuild went ahead and dropped its unfinished rows."""
