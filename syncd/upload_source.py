@@ -81,12 +81,21 @@ class StoppableSource(Source):
             yield data
 
 
-def find_inode(root: str, inode: int | None, device: int | None, old_path: str) -> str | None:
-    """The path of the regular file with this device and inode under ``root``.
+def find_inode(
+    root: str,
+    inode: int | None,
+    device: int | None,
+    old_path: str,
+    version: tuple[int | None, int | None] = (None, None),
+) -> str | None:
+    """The path of the regular file with this device and inode under ``root``, and the
+    ``version`` (size, mtime_ns) given: a rename keeps both, while a new file that got a
+    freed inode number (the uploaded one deleted while syncd was down) is another file.
 
     Without a recorded device (rows from before it was recorded), the
     folder's own device is assumed.
     """
+    size, mtime_ns = version
     if device is None:
         try:
             device = os.stat(root).st_dev
@@ -95,7 +104,9 @@ def find_inode(root: str, inode: int | None, device: int | None, old_path: str) 
     for entry in safefs.walk(root):
         st = entry.stat
         path = os.path.join(root, entry.relpath)
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode) and path != old_path:
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (device, inode) or path == old_path:
+            continue
+        if size in (None, st.st_size) and mtime_ns in (None, st.st_mtime_ns):
             return path
     return None
 
@@ -131,7 +142,9 @@ def relocate(ledger: Ledger, row: Row, folder: FolderConfig) -> bool:
     """Whether the uploaded file of ``row``, no longer at its inbox path, was found renamed
     within its folder (by device and inode, a walk of the folder): its new path is then
     recorded, and the row the watcher made for that path is retired."""
-    found = find_inode(os.fspath(folder.path), row.inode, row.device, row.current_path)
+    found = find_inode(
+        os.fspath(folder.path), row.inode, row.device, row.current_path, (row.size, row.mtime_ns)
+    )
     if found is None:
         return False
     ledger.set_location(row.id, found)

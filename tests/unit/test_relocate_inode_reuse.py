@@ -1,0 +1,50 @@
+"""After a restart, an uploaded file gone from its path is looked for by its inode: a
+different file that got the same (reused) inode number is not the uploaded one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncd import archive
+from syncd.ledger import Ledger
+from tests.conftest import FakeClock, make_folder, note_stat, row_of
+from tests.unit.test_archive import _uploaded
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    led = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
+    yield led
+    led.close()
+
+
+@pytest.mark.parametrize("after_upload", ["archive", "delete"])
+def test_a_new_file_with_a_reused_inode_is_not_taken_for_the_uploaded_one(
+    tmp_path: Path, ledger: Ledger, after_upload: str
+) -> None:
+    folder = make_folder(tmp_path, after_upload=after_upload)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    inbox = tmp_path / "inbox"
+    (inbox / "a.txt").unlink()  # deleted while syncd was down
+    (inbox / "c.txt").write_bytes(b"another file, never uploaded")
+    st = (inbox / "c.txt").stat()
+    # the file system gave the new file the freed inode number (ext4, tmpfs do)
+    with ledger._lock, ledger._conn:
+        ledger._conn.execute(
+            "UPDATE files SET inode = ?, device = ? WHERE id = ?", (st.st_ino, st.st_dev, row.id)
+        )
+    row = row_of(ledger, row.id)
+    # the start-up scan's row for the new file
+    ledger.observe(os.fspath(inbox), ["c.txt"], destination="dest")
+    twin = ledger.active_for_path(os.fspath(inbox), "c.txt")
+    assert twin is not None
+    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    archive.finish(ledger, row, folder)
+    assert (inbox / "c.txt").read_bytes() == b"another file, never uploaded"
+    # the new file keeps a row of its own, to be uploaded
+    assert ledger.active_for_path(os.fspath(inbox), "c.txt") is not None
+    assert row_of(ledger, row.id).location is None
