@@ -49,7 +49,7 @@ from syncd.ledger import Ledger, Row
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen, bytes_differ, matches, move, opened, refuse_if_written, roots
 from syncd.names import with_suffix
-from syncd.upload_source import relocate
+from syncd.upload_source import lexists, relocate
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -104,6 +104,10 @@ def finish(
         location = None
         if fd is None and not fresh:  # a crash in an archive move, before "keep" was configured
             location = _undo_move(row, folder, path)
+            # renamed during its upload, then a crash before its new path was recorded:
+            # found by its inode, so that the scan's row for its new name is retired
+            if location is None and row.location is None and not lexists(row.folder, row.relpath):
+                relocate(ledger, row, folder)
         ledger.mark_done(row.id, location=location)
         return
     if fd is None:  # a restart or a sweep: a crash may have left the file renamed aside

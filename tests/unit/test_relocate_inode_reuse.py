@@ -48,3 +48,25 @@ def test_a_new_file_with_a_reused_inode_is_not_taken_for_the_uploaded_one(
     # the new file keeps a row of its own, to be uploaded
     assert ledger.active_for_path(os.fspath(inbox), "c.txt") is not None
     assert row_of(ledger, row.id).location is None
+
+
+def test_kept_file_renamed_during_its_upload_then_a_crash_is_not_uploaded_again(
+    tmp_path: Path, ledger: Ledger
+) -> None:
+    """after_upload = "keep": renamed a.txt -> b.txt while it was sent, killed before the
+    new path was recorded. The start-up scan's row for b.txt is the same bytes: it is not
+    uploaded a second time (F3: "rescans and restarts know it as the version uploaded")."""
+    folder = make_folder(tmp_path, after_upload="keep", archive_dir=None)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    inbox = tmp_path / "inbox"
+    os.rename(inbox / "a.txt", inbox / "b.txt")
+    st = (inbox / "b.txt").stat()
+    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")
+    twin = ledger.active_for_path(os.fspath(inbox), "b.txt")
+    assert twin is not None
+    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    archive.finish(ledger, row, folder)
+    assert (inbox / "b.txt").read_bytes() == b"payload"  # kept
+    done = row_of(ledger, row.id)
+    assert done.state == "done" and done.location == str(inbox / "b.txt")
+    assert ledger.active_for_path(os.fspath(inbox), "b.txt") is None  # not sent again
