@@ -274,7 +274,8 @@ class MainLoop:
         code = 0
         if self.once:
             daemon.final_counts, daemon.held_back = once.outcome(self.ledger, at_start, runtime.folders)
-            daemon.unread = once.unread(runtime.folders, runtime.folder_problem)
+            unread = self.intake.unread  # not read when its scan ran, even if back since
+            daemon.unread = once.unread(runtime.folders, lambda r: runtime.folder_problem(r) or unread.get(r))
             code = 1 if daemon.final_counts["failed"] or daemon.held_back or daemon.unread else 0
         if self.health.ledger_gone is not None:
             raise LedgerError(self.health.ledger_gone)  # exit 4: the unit does not restart on it

@@ -120,6 +120,9 @@ class IntakeStage:
         self.nudge = nudge
         intake.on_add = nudge.set
         self.ignored: dict[str, dict[str, Any]] = {}  # root -> names its last full scan ignored
+        # root -> why its last whole-folder scan could not read it (`syncd once` scans each
+        # folder once, at its start: one back later was still not read)
+        self.unread: dict[str, str] = {}
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending = 0
         self._queued: set[tuple[str, str]] = set()  # (root, rel) asked for, not begun
@@ -206,7 +209,10 @@ class IntakeStage:
     def _scan(self, root: str, rel: str, reason: str) -> None:
         try:
             folder = self._folders().get(root)
-            if folder is None or self.folder_problem(root) is not None:
+            problem = self.folder_problem(root) if folder is not None else None
+            if folder is None or problem is not None:
+                if problem is not None and not rel:
+                    self.unread[root] = problem
                 return  # reported by the health check; never scan an unmounted folder
             started = time.monotonic()
             ignored = scanner.Ignored()
@@ -218,6 +224,7 @@ class IntakeStage:
                 ignored=ignored,
             )
             if not rel:  # a walk of the whole folder: what it ignored, for `syncd status`
+                self.unread.pop(root, None)
                 self.ignored[root] = {"count": ignored.count, "examples": ignored.examples, "at": time.time()}
             self.metrics.observe_scan(root, reason, found)
             if found:

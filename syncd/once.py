@@ -40,7 +40,7 @@ def outcome(
 
 
 def unread(folders: Mapping[str, FolderConfig], problem: Callable[[str], str | None]) -> int:
-    """How many of ``folders`` could not be read at the end of the run (missing,
+    """How many of ``folders`` could not be read when scanned or at the end of the run (missing,
     unmounted, another syncd's...), each said: their files, if any, are not even known."""
     count = 0
     for root in folders:
