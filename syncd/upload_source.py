@@ -147,9 +147,18 @@ def relocate(ledger: Ledger, row: Row, folder: FolderConfig) -> bool:
     )
     if found is None:
         return False
-    ledger.set_location(row.id, found)
     relpath = os.path.relpath(found, os.fspath(folder.path))
     twin = ledger.active_for_path(os.fspath(folder.path), relpath)
+    if (
+        twin is not None
+        and twin.inode in (None, row.inode)
+        and row.queued_at is not None
+        and twin.first_seen < row.queued_at
+    ):
+        # a name this inode had before the file was queued: a second name (a hard link)
+        # with a row of its own, not where this one was renamed to
+        return False
+    ledger.set_location(row.id, found)
     if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
         ledger.forget(twin.id)
     log.info(

@@ -70,3 +70,26 @@ def test_kept_file_renamed_during_its_upload_then_a_crash_is_not_uploaded_again(
     done = row_of(ledger, row.id)
     assert done.state == "done" and done.location == str(inbox / "b.txt")
     assert ledger.active_for_path(os.fspath(inbox), "b.txt") is None  # not sent again
+
+
+def test_a_second_name_the_file_had_before_it_was_queued_is_not_taken_for_a_rename(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """after_upload = "delete", a.txt and b.txt two names (hard links) of one file, each
+    with its row; killed after a.txt was deleted, before that was recorded. b.txt is not
+    a.txt renamed (its row is older than a.txt's upload): it is not deleted unsent."""
+    folder = make_folder(tmp_path, after_upload="delete", archive_dir=None)
+    inbox = tmp_path / "inbox"
+    (inbox / "a.txt").write_bytes(b"payload")
+    os.link(inbox / "a.txt", inbox / "b.txt")
+    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")  # waits behind a.txt
+    second = ledger.active_for_path(os.fspath(inbox), "b.txt")
+    st = (inbox / "b.txt").stat()
+    assert second is not None
+    note_stat(ledger, second.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    clock.advance(5)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    (inbox / "a.txt").unlink()  # the delete, then the kill
+    archive.finish(ledger, row, folder)
+    assert (inbox / "b.txt").read_bytes() == b"payload"
+    assert ledger.active_for_path(os.fspath(inbox), "b.txt") is not None
