@@ -17,6 +17,7 @@ import mimetypes
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -81,6 +82,9 @@ class StoppableSource(Source):
             yield data
 
 
+WALK_SECONDS = 60.0  # the longest find_inode walks a folder for one file
+
+
 def find_inode(
     root: str,
     inode: int | None,
@@ -93,7 +97,10 @@ def find_inode(
     freed inode number (the uploaded one deleted while syncd was down) is another file.
 
     Without a recorded device (rows from before it was recorded), the
-    folder's own device is assumed.
+    folder's own device is assumed. The walk gives up after :data:`WALK_SECONDS` (a
+    folder of millions of files on a slow share), as if the file were gone: the worker or
+    archiver walking must not look wedged to the watchdog, and a file not found is at
+    worst uploaded again under its new name.
     """
     size, mtime_ns = version
     if device is None:
@@ -101,7 +108,16 @@ def find_inode(
             device = os.stat(root).st_dev
         except OSError:
             return None
-    for entry in safefs.walk(root):
+    deadline = time.monotonic() + WALK_SECONDS
+    for seen, entry in enumerate(safefs.walk(root)):
+        if seen % 256 == 0 and time.monotonic() > deadline:
+            log.warning(
+                "gave up looking for a renamed file in %s after %gs (%d entries)",
+                quoted_path(root),
+                WALK_SECONDS,
+                seen,
+            )
+            return None
         st = entry.stat
         path = os.path.join(root, entry.relpath)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (device, inode) or path == old_path:

@@ -93,3 +93,25 @@ def test_a_second_name_the_file_had_before_it_was_queued_is_not_taken_for_a_rena
     archive.finish(ledger, row, folder)
     assert (inbox / "b.txt").read_bytes() == b"payload"
     assert ledger.active_for_path(os.fspath(inbox), "b.txt") is not None
+
+
+def test_the_walk_for_a_renamed_file_gives_up_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The walk runs on a worker or the archiver: over a folder of millions of files on a
+    slow share it could outlast the watchdog's bound for them and get syncd restarted, to
+    walk again. It gives up (the file counts as gone) after WALK_SECONDS."""
+    from syncd import upload_source
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(600):
+        (inbox / f"f{i:03d}.txt").write_bytes(b"x")
+    renamed = inbox / "f599.txt"
+    st = renamed.stat()
+    version = (st.st_size, st.st_mtime_ns)
+    root, old = os.fspath(inbox), os.fspath(inbox / "gone.txt")
+    assert upload_source.find_inode(root, st.st_ino, st.st_dev, old, version) == os.fspath(renamed)
+    monkeypatch.setattr(upload_source, "WALK_SECONDS", -1.0)
+    assert upload_source.find_inode(root, st.st_ino, st.st_dev, old, version) is None
+    assert "gave up looking for a renamed file" in caplog.text
