@@ -2,7 +2,7 @@
 
 A folder is away while it is unmounted, missing, or no longer in the config.
 The settle stage and the retry policy put the files of such a folder off for
-minutes (:data:`syncd.settle.AWAY_LOOK`, :data:`syncd.retry_policy.FOLDER_WAIT`)
+minutes (:data:`syncd.settle.AWAY_LOOK`, :data:`syncd.file_waits.FOLDER_WAIT`)
 instead of looking at them every second, and note the folder here. The settle
 stage checks at each tick which noted folders are usable again and makes
 their files due at once (:meth:`syncd.ledger.schedule.Schedule.folder_back`).

@@ -111,7 +111,7 @@ class Daemon:
         self._signals = 0
         self.final_counts: dict[str, int] = {}
         self.held_back = 0  # once mode: files left for the next run (syncd/once.py)
-        self.unread = 0  # once mode: folders it could not read at the end (once.unread)
+        self.unread = 0  # once mode: folders it could not read when scanned or at the end (once.unread)
         self.once_wait = once_wait  # once mode: the longest retry or rate limit waited for
 
     def run(self) -> int:

@@ -52,13 +52,12 @@ from typing import Any
 from syncd import copies, failed
 from syncd.circuit import REFUSE_PAUSE
 from syncd.failure_kinds import is_disk_full
+from syncd.file_waits import FOLDER_WAIT, UNCONFIGURED_WAIT
 from syncd.http import RETRY_AFTER_CAP
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import Liveness, Pulse, local_allowance
 from syncd.logs import quoted_path
-from syncd.retry_policy import FOLDER_WAIT
 from syncd.settle import LONGEST_LOOK
-from syncd.upload_one import UNCONFIGURED_WAIT
 from syncd.uploader import Uploader
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name

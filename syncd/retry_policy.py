@@ -2,6 +2,7 @@
 
 What kind of failure an error is: syncd/failure_kinds.py (re-exported here).
 :func:`backoff`: how long a file waits (full jitter, or the server's Retry-After).
+The outcomes that are the file's own (the last four below) are in syncd/file_waits.py.
 
 :class:`RetryPolicy` records the outcome of an attempt that did not succeed
 (see :mod:`syncd.errors`):
@@ -38,11 +39,10 @@ from syncd.circuit import THRESHOLD, UP, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import FatalError, PermanentError, RetryableError, SourceChangedError, describe
 from syncd.failure_kinds import is_disk_full, retry_class
+from syncd.file_waits import FOLDER_WAIT, FileWaits, backoff
 from syncd.ledger import Ledger, Row, State
-from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.logs import quoted_path
 from syncd.progress import confirmed_more
-from syncd.upload_source import lexists
 from syncd.webhook import Webhook
 
 if TYPE_CHECKING:
@@ -52,22 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
-FOLDER_WAIT = 300.0  # a row whose folder is unavailable, unless the folder is back sooner (syncd/away.py)
-
 __all__ = ["FOLDER_WAIT", "RetryPolicy", "backoff", "is_disk_full", "retry_class"]
 
 
-def backoff(
-    attempt: int, base: float, cap: float, rng: random.Random, retry_after: float | None = None
-) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: the server's hint, else full jitter."""
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), cap)
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
-    return max(0.05, rng.uniform(0, ceiling))
-
-
-class RetryPolicy:
+class RetryPolicy(FileWaits):
     """What a failed attempt leads to; each method returns the row's new state (module docstring)."""
 
     def __init__(
@@ -272,65 +260,6 @@ class RetryPolicy:
         )
         return State.QUEUED
 
-    def defer(self, row: Row, reason: str, delay: float) -> State:
-        """Look at ``row`` again in ``delay`` seconds, without using an attempt."""
-        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
-        return State.RETRYING
-
-    def wait_for_folder(self, row: Row, problem: str) -> State:
-        """The row's folder is unusable (``problem``): it waits for it, using no attempt."""
-        state = self.defer(row, f"{FOLDER_AWAY_ERROR}: {problem}", FOLDER_WAIT)
-        # Noted once the wait is in the ledger (the settle stage may find the folder back at
-        # once, and wakes only what waits by then); said once per folder, not per file.
-        first = self.away.note(row.folder)
-        (log.warning if first else log.debug)(
-            "cannot upload %s: its folder is unavailable (%s); its files wait for it to come back",
-            quoted_path(row.inbox_path),
-            problem,
-        )
-        return state
-
-    def gone(self, row: Row, dest: Destination, reason: str) -> State:
-        """The file is not there: vanished, unless its whole folder is unavailable."""
-        current = self.ledger.get(row.id)
-        if current is not None and current.state != State.UPLOADING:
-            log.warning(
-                "%s is %s already; not marking it vanished", quoted_path(row.inbox_path), current.state
-            )
-            return current.state
-        problem = None if row.location is not None else self.folder_problem(row.folder)
-        if problem is not None:
-            return self.wait_for_folder(row, problem)
-        self.abort(dest, row)
-        self.ledger.mark_vanished(row.id, reason=reason)
-        log.info("vanished: %s (%s)", quoted_path(row.current_path), reason)
-        if row.location is not None and (folder := self._folders().get(row.folder)) is not None:
-            failed.forget_reason(row, folder)  # retried, gone from failed_dir: so is why it failed
-        return State.VANISHED
-
-    def abort(self, dest: Destination, row: Row) -> None:
-        """Abort the remote upload an attempt had begun (best-effort by contract)."""
-        current = self.ledger.get(row.id)
-        resume = current.resume if current is not None else None
-        if resume:
-            try:
-                dest.abort(resume)
-            except Exception as exc:
-                log.warning(
-                    "could not abort the remote upload of %s: %s", quoted_path(row.inbox_path), describe(exc)
-                )
-
-    def changed(self, row: Row, dest: Destination, reason: str) -> State:
-        """Changed during upload: discard it; a new version settles."""
-        if row.location is None and not lexists(row.folder, row.relpath):
-            return self.gone(row, dest, reason)
-        self.abort(dest, row)
-        self.ledger.supersede(row, reason=f"superseded: {reason}")
-        log.info(
-            "changed during upload, will upload the new version: %s (%s)", quoted_path(row.inbox_path), reason
-        )
-        return State.VANISHED
-
     def retry(
         self,
         row: Row,
@@ -361,36 +290,6 @@ class RetryPolicy:
             max_attempts,
             reason,
         )
-        return State.RETRYING
-
-    def wait_readable(self, row: Row, reason: str) -> State:
-        """A file we may not read stays where it is and is tried again, without
-        using up attempts: its producer may still be setting permissions, and
-        an operator can fix them. The delay grows like any retry's; the log says
-        it once per reason (WARNING), later tries at debug level. It is shown in
-        `syncd status` (recent errors) all along."""
-        with self._lock:
-            last, tries = self._unreadable.get(row.id, (None, 0))
-            tries += 1
-            self._unreadable[row.id] = (reason, tries)
-        delay = backoff(tries, self.base, self.cap, self.rng)
-        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
-        if reason != last:
-            log.warning(
-                "cannot read %s (%s); leaving it in place and trying again with a "
-                "growing delay (next in %.1fs)",
-                quoted_path(row.inbox_path),
-                reason,
-                delay,
-            )
-        else:
-            log.debug(
-                "cannot read %s yet (%s, try %d); trying again in %.1fs",
-                quoted_path(row.inbox_path),
-                reason,
-                tries,
-                delay,
-            )
         return State.RETRYING
 
     def fail(self, row: Row, folder: FolderConfig, reason: str) -> State:

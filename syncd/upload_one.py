@@ -36,7 +36,6 @@ from syncd.errors import SourceChangedError, SourceMovedError
 from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.hand_over import HandOver
 from syncd.ledger import Ledger, Row, State
-from syncd.ledger.schedule import FOLDER_AWAY_ERROR
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.offload import Handover, Offload
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 
-UNCONFIGURED_WAIT = 300.0  # a row whose folder or destination left the config (reload)
 RECORD_WAIT = 5.0  # seconds between tries to record an upload the ledger did not take
 
 
@@ -125,16 +123,8 @@ class Procedure:
         folder = self._folders().get(row.folder)
         dest = self._destinations().get(row.destination)
         policy = self.policy
-        if folder is None or dest is None:
-            # Removed by a reload: the row waits (a later reload may bring it back, or give
-            # it to a destination that `replaces` it) without using attempts or holding up
-            # the destination's other folders.
-            if folder is not None:  # its destination left the config
-                reason = f"destination {row.destination!r} is no longer configured"
-                return policy.defer(row, reason, UNCONFIGURED_WAIT)
-            state = policy.defer(row, f"{FOLDER_AWAY_ERROR}: it is no longer configured", UNCONFIGURED_WAIT)
-            policy.away.note(row.folder)  # due at once if a reload brings it back (syncd/away.py)
-            return state
+        if folder is None or dest is None:  # removed by a reload
+            return policy.unconfigured(row, folder_known=folder is not None)
         if row.location is None and (problem := policy.folder_problem(row.folder)) is not None:
             return policy.wait_for_folder(row, problem)  # another syncd's now, unmounted, ...
         row = adopt_failed(self.ledger, row, folder, lambda old: policy.abort(dest, old))
