@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.archive")
 
-KEY = "left_sidecar"  # in the row's meta
+KEY = "left_sidecar"  # in the row's meta; retention keeps such rows (syncd/ledger/retention.py)
 
 
 def _identity(st: os.stat_result) -> dict[str, int]:

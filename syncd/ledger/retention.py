@@ -12,7 +12,9 @@ Each call reads the next ``limit`` rows of one state in id order, from a
 cursor the caller keeps (the id it returned last time), and deletes those
 old enough: its cost is the same whatever the size of the ledger, and it
 needs no index of its own. The cursor wraps around at the end, so a row is
-deleted at the latest one pass after its time has come. The triggers keep
+deleted at the latest one pass after its time has come. A row that recorded
+a metadata sidecar its file left in the inbox (:mod:`syncd.left_sidecars`)
+is kept: it is what keeps that sidecar from a later file of the name. The triggers keep
 the per-state counts as rows go; the per-day done counts (``syncd status``:
 done today) are history and stay as they were.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 from syncd.ledger.routing import Routing
 from syncd.ledger.row import State
 
+# the key syncd.left_sidecars records in a row's meta, as json.dumps writes it
+LEFT_SIDECAR_KEY = '"left_sidecar": {'
 PRUNED_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.VANISHED)
 
 
@@ -48,6 +52,9 @@ class Retention(Routing):
             # inbox: its row is how scans know it (Queries.done_versions)
             " AND substr(location, 1, length(CAST(folder AS BLOB)) + 1) != CAST(folder || '/' AS BLOB))"
             " OR state = ?)"
+            # a row that recorded the metadata sidecar its file left in the inbox stays: it is
+            # how a later file of that name is kept from taking that sidecar (left_sidecars)
+            f" AND (meta IS NULL OR instr(meta, '{LEFT_SIDECAR_KEY}') = 0)"
         )
         args = (*ids, state, cutoff, State.VANISHED)
         with self._write("prune") as conn:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from syncd import config as configmod
+from syncd import left_sidecars
 from syncd.events import Intake
 from syncd.ledger import Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
@@ -187,5 +188,31 @@ def test_the_row_of_a_file_kept_under_the_name_it_got_mid_upload_stays(tmp_path:
     try:
         assert ledger.prune(State.DONE, NOW - 30 * DAY, after=0, limit=100)[0] == 2
         assert _left(ledger) == {"r0", "r1"}  # /in2 only shares the first letters
+    finally:
+        ledger.close()
+
+
+def test_the_row_that_recorded_a_left_sidecar_stays(tmp_path: Path) -> None:
+    """A row whose file left its metadata sidecar in the inbox (syncd/left_sidecars.py) is
+    what keeps a later file of that name from being sent with that sidecar's labels: were
+    it pruned, the sidecar would apply again, silently."""
+    path = tmp_path / "ledger.sqlite3"
+    Ledger.open(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    at = NOW - 40 * DAY
+    for n in range(2):
+        conn.execute(
+            "INSERT INTO files (uuid, folder, relpath, location, state, destination, first_seen,"
+            " changed_at, updated_at, done_at) VALUES (?, '/in', ?, ?, 'done', 'd', ?, ?, ?, ?)",
+            (f"u{n}", f"r{n}".encode(), f"/archive/r{n}".encode(), at, at, at, at),
+        )
+    conn.close()
+    ledger = Ledger.open(path)
+    try:
+        left = next(r for r in ledger.rows() if r.relpath == "r0")
+        sidecar = {"device": 1, "inode": 2, "size": 3, "mtime_ns": 4, "ctime_ns": 5}
+        ledger.note_left_sidecar(left.id, {left_sidecars.KEY: sidecar})
+        assert ledger.prune(State.DONE, NOW - 30 * DAY, after=0, limit=100)[0] == 1
+        assert _left(ledger) == {"r0"}
     finally:
         ledger.close()
