@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from syncd import left_sidecars, moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
-from syncd.ledger import Ledger, Row, Stat, State
+from syncd.ledger import Ledger, Row, Stat
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
@@ -175,8 +175,8 @@ def relocate(ledger: Ledger, row: Row, folder: FolderConfig) -> bool:
         # with a row of its own, not where this one was renamed to
         return False
     ledger.set_location(row.id, found)
-    if twin is not None and twin.inode in (None, row.inode) and twin.state == State.SETTLING:
-        ledger.forget(twin.id)
+    if twin is not None and twin.inode in (None, row.inode):
+        ledger.forget(twin.id, queued=True)  # the same bytes: archived (or kept) from there
     log.info(
         "%s was renamed to %s during upload; %s",
         quoted_path(row.inbox_path),

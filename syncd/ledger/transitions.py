@@ -123,10 +123,12 @@ class Transitions(Queries):
                     self._set_stat(conn, row_id, stat)
                 self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now)
 
-    def forget(self, row_id: int) -> None:
-        """Delete a settling row that turned out not to be a new version."""
+    def forget(self, row_id: int, *, queued: bool = False) -> None:
+        """Delete a settling row (``queued``: or one no worker has claimed yet) that turned
+        out not to be a new version."""
+        states = (State.SETTLING, State.QUEUED) if queued else (State.SETTLING,)
         with self._write() as conn:
-            conn.execute(f"DELETE FROM files WHERE id = ? AND state = '{State.SETTLING}'", (row_id,))
+            conn.execute(f"DELETE FROM files WHERE id = ? AND state IN {sql_in(states)}", (row_id,))
 
     # ------------------------------------------------------------- uploading
 

@@ -115,3 +115,25 @@ def test_the_walk_for_a_renamed_file_gives_up_in_bounded_time(
     monkeypatch.setattr(upload_source, "WALK_SECONDS", -1.0)
     assert upload_source.find_inode(root, st.st_ino, st.st_dev, old, version) is None
     assert "gave up looking for a renamed file" in caplog.text
+
+
+def test_the_queued_row_of_the_new_name_is_retired_with_the_move(tmp_path: Path, ledger: Ledger) -> None:
+    """Renamed a.txt -> b.txt during its upload, killed before the new path was recorded;
+    the start-up scan's row for b.txt was quiet long enough to be queued before the
+    recovery got to a.txt. That row is the same bytes, archived from b.txt now: it goes,
+    and does not end "vanished" (disappeared while being written) once b.txt is archived."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    inbox = tmp_path / "inbox"
+    os.rename(inbox / "a.txt", inbox / "b.txt")
+    st = (inbox / "b.txt").stat()
+    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")
+    twin = ledger.active_for_path(os.fspath(inbox), "b.txt")
+    assert twin is not None
+    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    ledger.promote(twin.id)
+    assert row_of(ledger, twin.id).state == "queued"
+    archive.finish(ledger, row, folder)
+    assert not (inbox / "b.txt").exists()
+    assert row_of(ledger, row.id).state == "done"
+    assert ledger.get(twin.id) is None  # not left to a worker, to end "vanished"
