@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import __version__, systemd
+from syncd.commands import forget
 from syncd.commands.argtypes import positive, seconds
 from syncd.commands.common import (  # the exit codes, also for tests and scripts
     EXIT_CONFIG,
@@ -51,6 +52,7 @@ examples:
   syncd files --state failed                     list failed files with their reasons
   syncd retry --failed                           send failed files through the pipeline again
   syncd explain /srv/inbox/contracts/a.pdf       why this file will or will not be uploaded
+  syncd ledger forget --folder /srv/inbox/old    retire the waiting files of a folder removed for good
   syncd init ./syncd.toml                        write a starter config
   syncd folder add /srv/inbox/scans --destination contracts --label scan --category SOURCE
   syncd unit --install                           install the systemd unit and its snippets
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild",
         help="move an unusable ledger aside and start a new one",
         description="Move the damaged ledger aside and start a new one with every row "
-        "that can still be read from it (done, skipped, failed, vanished, uploaded). Files "
+        "that can still be read from it (done, skipped, failed, vanished, forgotten, uploaded). Files "
         "still in the inbox whose rows were lost are uploaded again (at-least-once); "
         "archived files are not. A ledger that passes its integrity check is left alone "
         "unless --force is given.",
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its -wal file holds the latest commits.",
     )
     lb.add_argument("dest", help="the file to write (must not exist)")
+    forget.add_parser(lsub)
     systemd.add_parsers(cmd)  # unit, reload
     cmd(
         "emulate",

@@ -139,6 +139,11 @@ def _in_removed_folder(cfg: configmod.Config, path: str, *candidates: str) -> st
             "  it waits in the ledger: an upload under way when the folder was removed finishes; "
             "the rest goes on once the folder is configured again (add it back, then reload)"
         )
+    elif row.state == State.FORGOTTEN:
+        lines.append(
+            f"  forgotten {stamp(row.updated_at)}; if the folder is configured again, the file is"
+            " uploaded as a new file"
+        )
     return "\n".join(lines)
 
 
@@ -350,6 +355,11 @@ def _row_lines(row: Row, folder: configmod.FolderConfig, cfg: configmod.Config) 
         lines.append(f"  `syncd retry {row.id}` sends it again")
     elif row.state == State.VANISHED:
         lines.append(f"  {shown(row.last_error or 'the file disappeared before upload')}")
+    elif row.state == State.FORGOTTEN:
+        lines.append(f"  forgotten {stamp(row.updated_at)}: {shown(row.last_error or 'its folder left')}")
+        lines.append(
+            "  a file at this path now is ledgered and uploaded as a new file (the next scan finds it)"
+        )
     waiting = row.state in (State.QUEUED, State.UPLOADING, State.RETRYING)
     if waiting and row.destination not in cfg.destinations:
         lines.append(

@@ -1,10 +1,11 @@
-"""``syncd ledger check | backup DEST | rebuild``: the ledger's own commands.
+"""``syncd ledger check | backup DEST | rebuild | forget``: the ledger's own commands.
 
 ``check`` runs SQLite's integrity check; ``backup`` copies the ledger with
 SQLite's backup API and checks the copy (:func:`syncd.ledger.backup`);
 ``rebuild`` moves a damaged ledger aside and salvages what it can still give
 (:mod:`syncd.ledger.salvage`), holding the state directory's lock; a ledger that
-passes its integrity check is left alone without ``--force``.
+passes its integrity check is left alone without ``--force``. ``forget`` retires the
+waiting files of a folder the configuration no longer has (:mod:`syncd.commands.forget`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from syncd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_LEDGER, EXIT_OK
 from syncd.commands.common import load as _load
+from syncd.commands.forget import cmd_forget
 from syncd.config import FolderConfig
 from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger import Ledger, backup
@@ -28,6 +30,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     from syncd.daemon import ledger_path
     from syncd.lock import StateLock
 
+    if args.ledger_command == "forget":
+        return cmd_forget(args)
     cfg = _load(args, secrets=False)
     path = ledger_path(cfg)
     if args.ledger_command == "check":

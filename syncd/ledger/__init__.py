@@ -15,6 +15,8 @@ the size, mtime, inode and (once read) SHA-256 of the bytes. States
                    +- retrying+-> failed        (attempts exhausted / permanent)
     settling|queued|retrying -> vanished        (gone before upload, or superseded)
     uploading -> uploaded (duplicate_of set) -> skipped   (on_duplicate = "skip")
+    settling|queued|retrying|uploading|uploaded -> forgotten   (`syncd ledger forget`:
+                                                  its folder left the configuration)
 
 At most one *active* row (settling, queued, uploading, retrying, uploaded)
 exists per inbox path; a partial unique index enforces it. ``location`` is

@@ -9,15 +9,35 @@ category as the config now has them: they were never queued for the old ones
 (docs/operations.md, "Reload": a file keeps the destination it was *queued*
 for). :meth:`Routing.retarget` sends one requeued file to its folder's
 destination (`syncd retry` of a file whose destination is gone).
+:meth:`Routing.forget_folder` retires the rows of a folder that left the
+configuration for good (`syncd ledger forget`): they end ``forgotten``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from syncd.ledger.row import WAITING_STATES, State, sql_in
+from syncd.ledger.row import ACTIVE_STATES, WAITING_STATES, State, sql_in
 from syncd.ledger.schedule import FOLDER_AWAY_ERROR, Schedule
+
+FORGOTTEN_NOTE = (
+    "its folder left the configuration; retired by `syncd ledger forget`, the file left where it was"
+)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What :meth:`Routing.forget_folder` retired (or would): rows per state they were in,
+    and how many of them had their bytes outside the inbox (``location``: a failed folder)."""
+
+    states: dict[str, int] = field(default_factory=dict)
+    elsewhere: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
 
 
 class Routing(Schedule):
@@ -100,3 +120,34 @@ class Routing(Schedule):
                     ),
                 ).rowcount
             )
+
+    def forget_folder(
+        self, folder: str, states: Sequence[State] = ACTIVE_STATES, *, dry_run: bool = False
+    ) -> Forgotten:
+        """The rows of ``folder`` in ``states`` (active ones) end ``forgotten``, with a note
+        and no schedule or resume state; what they were. One transaction: a worker claims
+        such a row before it (then it is ``uploading``, which the caller leaves out while a
+        daemon runs) or not at all, and every verb that moves a waiting row on asks for
+        the state it expects, so none brings a forgotten row back. ``dry_run``: only count.
+
+        The files are not touched. The caller makes sure the folder is not configured (nor
+        in the running daemon's configuration)."""
+        if not states:
+            return Forgotten()
+        where = f"folder = ? AND state IN {sql_in(states)}"
+        count = f"SELECT state, COUNT(*), COUNT(location) FROM files WHERE {where} GROUP BY state"
+        if dry_run:  # a read: a read-only ledger answers it
+            with self._lock:
+                found = self._conn.execute(count, (folder,)).fetchall()
+        else:
+            with self._write("forget_folder", durable=True) as conn:
+                found = conn.execute(count, (folder,)).fetchall()
+                if found:
+                    conn.execute(
+                        f"UPDATE files SET state = '{State.FORGOTTEN}', last_error = ?,"
+                        f" next_attempt_at = NULL, resume = NULL, updated_at = ? WHERE {where}",
+                        (FORGOTTEN_NOTE, self._clock(), folder),
+                    )
+        got = {str(r[0]): int(r[1]) for r in found}
+        in_order = {str(s): got[s] for s in states if s in got}  # the pipeline's order
+        return Forgotten(in_order, sum(int(r[2]) for r in found))

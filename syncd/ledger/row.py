@@ -30,6 +30,10 @@ class State(enum.StrEnum):
     FAILED = "failed"  # given up (moved to failed_dir, or left in place)
     VANISHED = "vanished"  # gone before its upload, or superseded by a newer version
     SKIPPED = "skipped"  # duplicate content (on_duplicate = "skip"), archived without uploading
+    # its folder left the configuration for good and `syncd ledger forget` retired the row
+    # while it was still on its way; the file was left where it was (not finished: a folder
+    # configured again ledgers and uploads it as a new file)
+    FORGOTTEN = "forgotten"
 
 
 # The state names in pipeline order, as plain strings (command-line choices, metric labels).
@@ -46,7 +50,8 @@ ACTIVE_STATES: tuple[State, ...] = (
 WAITING_STATES: tuple[State, ...] = (State.QUEUED, State.RETRYING)
 # Active and past settling: queued or further along, not finished.
 SETTLED_ACTIVE_STATES: tuple[State, ...] = (State.QUEUED, State.UPLOADING, State.RETRYING, State.UPLOADED)
-# Finished while the bytes may still be in the inbox (kept, or failed in place).
+# Finished while the bytes may still be in the inbox (kept, or failed in place). Not
+# ``forgotten``: a file whose row was forgotten is a new file to a folder configured again.
 FINISHED_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED)
 # The error of a row in these states still matters to the operator (``syncd status``).
 ERROR_STATES: tuple[State, ...] = (State.RETRYING, State.FAILED, State.QUEUED, State.UPLOADING)

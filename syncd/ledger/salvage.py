@@ -13,7 +13,7 @@ over (:data:`KEPT_STATES`):
   is still recognised and not uploaded again;
 * failed: the copy in the failed folder and why, so ``syncd retry`` still
   works;
-* vanished;
+* vanished, and forgotten (``syncd ledger forget``: its folder left the configuration);
 * uploaded: the confirmed upload, so the next start finishes its archive
   move instead of uploading the file again (its link into the archive may
   be made already, and its inbox name gone);
@@ -51,7 +51,14 @@ from syncd.ledger.writer import REBUILDING
 if TYPE_CHECKING:
     from syncd.ledger import Ledger
 
-KEPT_STATES: tuple[State, ...] = (State.DONE, State.SKIPPED, State.FAILED, State.VANISHED, State.UPLOADED)
+KEPT_STATES: tuple[State, ...] = (
+    State.DONE,
+    State.SKIPPED,
+    State.FAILED,
+    State.VANISHED,
+    State.FORGOTTEN,
+    State.UPLOADED,
+)
 CHUNK = 1000  # ids read per query while nothing fails
 
 

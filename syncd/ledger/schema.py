@@ -20,7 +20,7 @@ from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger.row import ACTIVE_STATES, ERROR_STATES, sql_in
 from syncd.lock import make_state_dir
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 READABLE_FROM = 3  # the oldest schema read-only commands read without its upgrade (counts, device)
 QUICK_CHECK_MAX_BYTES = 32 * 1024 * 1024  # read-only opens quick_check ledgers up to this size
 APPLICATION_ID = 0x73796E63  # "sync"
@@ -139,6 +139,10 @@ _MIGRATIONS: dict[int, str | tuple[str, ...]] = {
         "CREATE INDEX files_kept_moved ON files(location) WHERE location IS NOT NULL"
         " AND state IN ('done','skipped','failed') AND (archive_path IS NULL OR state = 'failed')",
     ),
+    # A row may be 'forgotten' (`syncd ledger forget`: its folder left the configuration).
+    # No table changes; the version alone makes an older syncd, which does not know that
+    # state, refuse the ledger instead of failing on such a row.
+    8: (),
 }
 
 

@@ -20,6 +20,7 @@ from syncd.ledger.row import WAITING_STATES, Row, Stat, State, _ascii_json, _enc
 
 MANY_DESTINATIONS = 100  # a claim for more destinations than this reads files_state, filtered
 UPLOADING = (State.UPLOADING,)  # the verbs of an attempt's outcome: nothing else is theirs to change
+SETTLING = (State.SETTLING,)  # promote: a row forgotten meanwhile (`syncd ledger forget`) stays so
 _GIVE_BACK = f"UPDATE files SET attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = '{State.UPLOADING}'"
 
 _NEW_SETTLING = (
@@ -121,7 +122,7 @@ class Transitions(Queries):
             for row_id, stat in rows:
                 if stat is not None:
                     self._set_stat(conn, row_id, stat)
-                self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now)
+                self._set(conn, row_id, state=State.QUEUED, queued_at=now, next_attempt_at=now, only=SETTLING)
 
     def forget(self, row_id: int, *, queued: bool = False) -> None:
         """Delete a settling row (``queued``: or one no worker has claimed yet) that turned

@@ -44,6 +44,7 @@ def test_states_are_a_str_enum(ledger: Ledger) -> None:
         "failed",
         "vanished",
         "skipped",
+        "forgotten",
     )
     assert all(type(s) is str for s in STATES)  # command-line choices and metric labels
     assert set(ACTIVE_STATES) <= set(State)
