@@ -128,17 +128,30 @@ def _forget(
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if running:
+
+    def watched() -> bool:
+        """Whether the running daemon has the folder, as it records its configuration at
+        every start and applied reload."""
         applied = applied_view(ledger.get_meta(CONFIG_KEY), config_path(args), state_dir)
-        if applied is not None and root in {f.path for f in applied.folders}:
-            print(
-                f"syncd: the running syncd still watches {quoted_path(root)}: the config file no "
-                "longer has it, but that is not applied yet. Run `syncd reload` first",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
+        return applied is not None and root in {f.path for f in applied.folders}
+
+    if running and watched():
+        print(
+            f"syncd: the running syncd still watches {quoted_path(root)}: the config file no "
+            "longer has it, but that is not applied yet. Run `syncd reload` first",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     states = tuple(s for s in ACTIVE_STATES if not (running and s in HELD))
-    done = ledger.forget_folder(root, states, dry_run=args.dry_run)
+    # asked again in the write's transaction: a reload may put the folder back meanwhile
+    done = ledger.forget_folder(root, states, dry_run=args.dry_run, unless=watched if running else None)
+    if done.watched:
+        print(
+            f"syncd: the running syncd watches {quoted_path(root)} again (a reload put it back "
+            "just now): its files are uploaded, not forgotten. Nothing was changed",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     now = ledger.counts_by_folder().get(root, {})
     held = {str(s): now.get(s, 0) for s in HELD} if running else {}
     if args.dry_run:

@@ -16,7 +16,7 @@ configuration for good (`syncd ledger forget`): they end ``forgotten``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from syncd.ledger.row import ACTIVE_STATES, WAITING_STATES, State, sql_in
@@ -30,10 +30,12 @@ FORGOTTEN_NOTE = (
 @dataclass(frozen=True)
 class Forgotten:
     """What :meth:`Routing.forget_folder` retired (or would): rows per state they were in,
-    and how many of them had their bytes outside the inbox (``location``: a failed folder)."""
+    and how many of them had their bytes outside the inbox (``location``: a failed folder).
+    ``watched``: nothing was, the folder is configured (its ``unless`` said so)."""
 
     states: dict[str, int] = field(default_factory=dict)
     elsewhere: int = 0
+    watched: bool = False
 
     @property
     def total(self) -> int:
@@ -122,7 +124,12 @@ class Routing(Schedule):
             )
 
     def forget_folder(
-        self, folder: str, states: Sequence[State] = ACTIVE_STATES, *, dry_run: bool = False
+        self,
+        folder: str,
+        states: Sequence[State] = ACTIVE_STATES,
+        *,
+        dry_run: bool = False,
+        unless: Callable[[], bool] | None = None,
     ) -> Forgotten:
         """The rows of ``folder`` in ``states`` (active ones) end ``forgotten``, with a note
         and no schedule or resume state; what they were. One transaction: a worker claims
@@ -131,7 +138,10 @@ class Routing(Schedule):
         the state it expects, so none brings a forgotten row back. ``dry_run``: only count.
 
         The files are not touched. The caller makes sure the folder is not configured (nor
-        in the running daemon's configuration)."""
+        in the running daemon's configuration): ``unless`` is asked inside the transaction,
+        before anything changes (the configuration the running daemon records at every
+        reload, a reload that configured the folder again since the caller looked); when it
+        says so, nothing changes (``watched``)."""
         if not states:
             return Forgotten()
         where = f"folder = ? AND state IN {sql_in(states)}"
@@ -141,6 +151,8 @@ class Routing(Schedule):
                 found = self._conn.execute(count, (folder,)).fetchall()
         else:
             with self._write("forget_folder", durable=True) as conn:
+                if unless is not None and unless():
+                    return Forgotten(watched=True)
                 found = conn.execute(count, (folder,)).fetchall()
                 if found:
                     conn.execute(

@@ -287,3 +287,39 @@ def test_a_rebuild_keeps_the_forgotten_rows(tmp_path: Path) -> None:
         assert ledger.counts_by_folder() == {"/srv/old": {"forgotten": 2}}
     finally:
         ledger.close()
+
+
+def test_a_reload_that_configures_the_folder_again_before_the_write_wins(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command read the running daemon's configuration (no "old" in it); a reload that
+    puts "old" back is applied, and its scan of "old" finds the files' rows still on their
+    way, before the command writes. The write must see that reload: forgetting the rows
+    then left the files of a watched folder unledgered until the next periodic rescan (5
+    minutes by default), and said it forgot files of a folder the configuration no longer has."""
+    old = cfg.parent / "old"
+    ledger = ledger_of(cfg)
+    rows = _waiting(ledger, old)
+    heartbeat(ledger)
+    ledger.close()
+    _record_config(cfg)  # the running daemon's configuration: no "old"
+    real = Ledger.forget_folder
+
+    def reload_first(self: Ledger, *args: object, **kwargs: object) -> object:
+        cfg.write_text(TWO_FOLDERS)  # "old" is put back and reloaded meanwhile
+        _record_config(cfg)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ledger, "forget_folder", reload_first)
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "forget", "--folder", str(old))
+    assert code == 2 and f"the running syncd watches {quoted(old)} again" in err, (code, out, err)
+    assert "forgot" not in out
+    ledger = ledger_of(cfg)
+    try:
+        assert [row_of(ledger, r.id).state for r in rows.values()] == [r.state for r in rows.values()]
+    finally:
+        ledger.close()
+
+
+def quoted(path: Path) -> str:
+    return f"'{path}'"
