@@ -36,7 +36,7 @@ from syncd.commands.common import (
     load,
 )
 from syncd.errors import LockedError
-from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, Ledger, State
+from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, SCHEMA_VERSION, Ledger, State
 from syncd.ledger.routing import Forgotten
 from syncd.lock import StateLock, holder_pid
 from syncd.logs import quoted_path
@@ -106,6 +106,16 @@ def cmd_forget(args: argparse.Namespace) -> int:
         except LockedError:
             lock, running = None, True
     try:
+        if running and not args.dry_run and (older := _older_schema(ledger_file)) is not None:
+            print(
+                f"syncd: the running syncd is an older syncd (its ledger is at schema {older}, this "
+                f"syncd's is {SCHEMA_VERSION}), or one still starting: forgetting would upgrade the "
+                "ledger under it and write a state it does not know. Restart it on this version "
+                "first (`systemctl restart syncd`), then run this again; --dry-run shows what it "
+                "would do",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         ledger = Ledger.open(ledger_file, readonly=args.dry_run)
         try:
             return _forget(args, ledger, state_dir, spellings, running)
@@ -114,6 +124,18 @@ def cmd_forget(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _older_schema(ledger_file: Path) -> int | None:
+    """The schema of a ledger an older syncd made and uses (it does not know ``forgotten``:
+    a row in that state fails it, and the upgrade to the current schema makes one of its
+    version refuse the ledger at its next start); None when it is the current one."""
+    ledger = Ledger.open(ledger_file, readonly=True)
+    try:
+        version = ledger.schema_version()
+    finally:
+        ledger.close()
+    return version if version < SCHEMA_VERSION else None
 
 
 def _forget(

@@ -290,6 +290,12 @@ class Queries(Writer):
 
     # -------------------------------------------------------------- key/value
 
+    def schema_version(self) -> int:
+        """The ledger's schema version as it is on disk: below the current one in a ledger
+        opened read-only that a running syncd of an earlier version still uses."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._lock:
             r = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

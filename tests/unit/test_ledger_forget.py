@@ -323,3 +323,41 @@ def test_a_reload_that_configures_the_folder_again_before_the_write_wins(
 
 def quoted(path: Path) -> str:
     return f"'{path}'"
+
+
+def test_forget_is_refused_while_an_older_syncd_runs_on_the_ledger(
+    cfg: Path, capsys: pytest.CaptureFixture[str], daemon_lock: StateLock
+) -> None:
+    """A syncd of the previous version still runs (the package was upgraded, the service not
+    restarted yet): its ledger is at the schema it knows. Forgetting upgraded the schema under
+    it and wrote rows in a state it cannot read (`State('forgotten')` raised in it, and it
+    refused the ledger at its next start if it was not the upgraded one). Refused: restart
+    it first."""
+    import sqlite3
+
+    from syncd.ledger import SCHEMA_VERSION
+
+    old = cfg.parent / "old"
+    ledger = ledger_of(cfg)
+    rows = _waiting(ledger, old)
+    heartbeat(ledger)
+    ledger.close()
+    _record_config(cfg)
+    path = cfg.parent / "state" / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:  # as the running (older) syncd left it
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
+    conn.close()
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "forget", "--folder", str(old))
+    assert code == 2 and "older syncd" in err and "restart" in err, (code, out, err)
+    assert "forgot" not in out
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
+    conn.close()
+    ledger = ledger_of(cfg)  # (the daemon's restart on this version upgrades it)
+    try:
+        assert [row_of(ledger, r.id).state for r in rows.values()] == [r.state for r in rows.values()]
+    finally:
+        ledger.close()
+    # --dry-run only reads: it answers
+    code, out, err = run(capsys, "-c", str(cfg), "ledger", "forget", "--folder", str(old), "--dry-run")
+    assert code == 0 and "would forget" in out, err
