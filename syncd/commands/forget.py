@@ -43,6 +43,14 @@ from syncd.logs import quoted_path
 
 # what a worker of a running daemon may hold: left alone while one runs
 HELD = (State.UPLOADING, State.UPLOADED)
+# An uploaded file of a folder the running daemon does not have waits for that folder as
+# long as it runs (the archiver takes only configured folders' files): those go only with
+# syncd stopped. An uploading one is uploaded (then waits the same way) or retried.
+_AGAIN = (
+    "Uploading ones: run this again once they are done (`syncd status`). Uploaded ones wait "
+    "for their folder for as long as syncd runs without it: run this with syncd stopped to "
+    "retire them"
+)
 
 
 def add_parser(lsub: Any) -> None:
@@ -187,8 +195,7 @@ def _forget(
     if any(held.values()):
         print(
             f"syncd: left {sum(held.values()):,} file(s) of {quoted_path(root)} alone "
-            f"({_counts(held)}): the running syncd may hold them now. Run this again once they "
-            "are done (`syncd status`), or with syncd stopped",
+            f"({_counts(held)}): the running syncd may hold them now. {_AGAIN}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -216,7 +223,7 @@ def _say_dry(root: str, done: Forgotten, held: dict[str, int]) -> None:
     if any(held.values()):
         print(
             f"while syncd runs it would leave {sum(held.values()):,} file(s) alone ({_counts(held)}): "
-            "the running syncd may hold them"
+            f"the running syncd may hold them. {_AGAIN}"
         )
 
 

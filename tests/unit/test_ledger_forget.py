@@ -197,6 +197,10 @@ def test_while_the_daemon_runs_forget_leaves_what_a_worker_holds_and_waits_for_a
     assert code == 1, err
     assert f"forgot 3 file(s) of '{old}'" in out, out
     assert f"left 2 file(s) of '{old}' alone (1 uploading, 1 uploaded)" in err, err
+    # an uploaded file of a folder the daemon no longer has is never archived while it runs:
+    # "run this again once they are done" sent the operator round for ever
+    assert "Uploaded ones wait for their folder for as long as syncd runs" in err, err
+    assert "with syncd stopped to retire them" in err, err
     ledger = ledger_of(cfg)
     try:
         states = {name: row_of(ledger, r.id).state for name, r in rows.items()}
