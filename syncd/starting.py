@@ -1,5 +1,12 @@
 """Opening the ledger at the daemon's start, and waiting while it cannot be written yet.
 
+A ledger of an older syncd is upgraded (migrated) as it is opened, in one
+transaction that a kill rolls back: a million rows take seconds, ten million
+minutes on a slow disk. The start says so in the log and on the STATUS= line, and
+asks systemd to extend the start's timeout while it runs (:func:`upgrading`): a
+start timeout that ended it would roll it back, and every restart would begin it
+again.
+
 Two conditions a start waits out rather than exiting (an exit is restarted by the
 unit a few times, then left failed: nothing would start syncd once the condition
 ended): the disk holding the ledger is full (SQLite has no room for its -wal and
@@ -14,6 +21,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +35,34 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 
 OPEN_RETRY = 2.0  # seconds between tries to open a ledger whose disk is full
 LOCK_EXTEND = 30.0  # seconds asked of systemd at each try for the lock (a try waits 10 s)
+MIGRATE_EXTEND_EVERY = 10.0  # seconds between asks for more start time while the ledger is upgraded
+
+
+@contextmanager
+def upgrading(
+    notifier: Any, path: Path, old: int, new: int, every: float = MIGRATE_EXTEND_EVERY
+) -> Iterator[None]:
+    """Around the migration of the ledger at ``path`` from schema ``old`` to ``new``: say
+    so, and ask systemd every ``every`` seconds for three times that much more start time."""
+    status = f"upgrading the ledger from schema {old} to {new}"
+    log.info("%s (%s): one transaction; the start waits for it", status, path)
+    done = threading.Event()
+
+    def extend() -> None:
+        while True:
+            notifier.extend(status, 3 * every)
+            if done.wait(every):
+                return
+
+    keeper = threading.Thread(target=extend, name="syncd-upgrading", daemon=True)
+    started = time.monotonic()
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join()
+    log.info("the ledger is at schema %d (upgraded in %.1f s)", new, time.monotonic() - started)
 
 
 def open_ledger(path: Path, stop: threading.Event, notifier: Any, once: bool = False) -> Ledger | None:
@@ -34,7 +72,7 @@ def open_ledger(path: Path, stop: threading.Event, notifier: Any, once: bool = F
     said = False
     while True:
         try:
-            ledger = Ledger.open(path)
+            ledger = Ledger.open(path, migrating=partial(upgrading, notifier, path))
         except LedgerDiskFull as exc:
             if once:
                 raise

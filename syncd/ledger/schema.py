@@ -11,6 +11,7 @@ terms, as the queries write them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import stat
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger.row import ACTIVE_STATES, ERROR_STATES, sql_in
-from syncd.lock import make_state_dir
+from syncd.lock import holder_pid, make_state_dir
 
 SCHEMA_VERSION = 8
 READABLE_FROM = 3  # the oldest schema read-only commands read without its upgrade (counts, device)
@@ -249,14 +250,34 @@ def check_readable(conn: sqlite3.Connection, path: Path) -> None:
     app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
     if version and app_id == APPLICATION_ID:
         if version < READABLE_FROM:  # its tables lack what the read-only views ask for
-            raise LedgerUnreachable(
-                f"{path} is a ledger of an older syncd (schema {version}): the daemon upgrades it "
-                "when it starts (`systemctl restart syncd`); then this command reads it"
-            )
+            raise LedgerUnreachable(_too_old(conn, path, version))
         return
     if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
         raise LedgerError(f"{path} holds no ledger yet (being created by a syncd starting now, or empty)")
     raise LedgerError(f"{path} is not a syncd ledger (is daemon.state_dir right?)")
+
+
+def _too_old(conn: sqlite3.Connection, path: Path, version: int) -> str:
+    """Why a read-only look cannot read the ledger of schema ``version`` yet, and what to do:
+    restart the daemon, unless the one holding the lock is starting, and so upgrading it now
+    (a restart then would roll its upgrade back and begin it again)."""
+    old = f"{path} is a ledger of an older syncd (schema {version})"
+    pid = holder_pid(path.parent)
+    if pid is not None:
+        row = conn.execute("SELECT value FROM kv WHERE key = 'daemon'").fetchone()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):  # not the daemon's record
+            if json.loads(row[0]).get("pid") == pid:
+                pid = None  # that daemon has started: it runs the older syncd
+        if pid is not None:
+            who = f" (pid {pid})" if pid > 0 else ""
+            return (
+                f"{old}, which the syncd starting now{who} upgrades first: this command reads it "
+                "then; do not restart syncd meanwhile (the upgrade would begin again)"
+            )
+    return (
+        f"{old}: the daemon upgrades it when it starts (`systemctl restart syncd`); "
+        "then this command reads it"
+    )
 
 
 def pending_migrations(conn: sqlite3.Connection, path: Path) -> list[list[str]]:

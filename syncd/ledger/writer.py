@@ -16,8 +16,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Self
 
@@ -94,11 +94,15 @@ class Writer:
         clock: Any = time.time,
         timeout: float = 10.0,
         rebuilding: bool = False,
+        migrating: Callable[[int, int], AbstractContextManager[Any]] | None = None,
     ) -> Self:
         """Open (creating and migrating unless ``readonly``) the ledger at ``path``.
 
         A ledger a ``syncd ledger rebuild`` left half-made (killed) is partial: it does
-        not open for writing, except to the rebuild itself (``rebuilding``)."""
+        not open for writing, except to the rebuild itself (``rebuilding``).
+        ``migrating(from_version, to_version)``, when given, is entered around the
+        migration of a ledger of an older schema (the daemon's start says so and keeps
+        systemd's start timeout from ending it: a million rows take seconds)."""
         path = Path(path)
         if not (readonly or rebuilding) and Path(f"{path}{REBUILDING}").exists():
             raise LedgerError(
@@ -121,7 +125,10 @@ class Writer:
                 elif pending := schema.pending_migrations(conn, path):
                     # one transaction for them all: a reader (`syncd status` while syncd starts)
                     # sees the schema before or after, never a step on the way
-                    with ledger._write(durable=True):
+                    new = schema.SCHEMA_VERSION
+                    old = new - len(pending)  # 0: a ledger being created, not upgraded
+                    around = migrating if migrating is not None and old else (lambda o, n: nullcontext())
+                    with around(old, new), ledger._write(durable=True):
                         for statements in pending:
                             for statement in statements:
                                 conn.execute(statement)
