@@ -96,6 +96,7 @@ from syncd.destinations._chunked_resume import (
 from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
 from syncd.destinations.options import max_connections_option, parallel_parts_option
 from syncd.errors import ExpiredError, RetryableError, describe
+from syncd.logs import quoted_path
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,14 @@ def run(
                 if not read_from(resume, source.ctime_ns)
                 else "the saved upload state does not match this file"
             )
-            log.info("%s: %s; starting over", service.kind, why)
+            log.info("%s: %s; starting over: %s", service.kind, why, quoted_path(item.relpath))
             abort(service, resume)
+        elif resume:  # another way of sending it (the config changed), or an older syncd's
+            log.info(
+                "%s: the saved upload state is not one this upload can go on from; starting over: %s",
+                service.kind,
+                quoted_path(item.relpath),
+            )
         state = _open(service, item, source, checkpoint)
     restarts = 0
     while True:

@@ -387,10 +387,17 @@ def test_inconsistent_resume_aborts_and_restarts(tmp_path: Path, damage: dict[st
 
 
 @pytest.mark.parametrize("resume", [{}, {"kind": "single", "key": "k"}, {"v": 1, "kind": "fake"}])
-def test_foreign_resume_starts_over_without_abort(tmp_path: Path, resume: dict[str, Any]) -> None:
+def test_foreign_resume_starts_over_without_abort(
+    tmp_path: Path, resume: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     service = FakeService()
-    run(service, tmp_path, b"abc", resume=resume)
+    with caplog.at_level("INFO", logger="syncd.destinations._chunked"):
+        run(service, tmp_path, b"abc", resume=resume)
     assert service.aborted == [] and service.finished
+    starting_over = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
+    # said with the file's name when there was a state to go on from; nothing said for none
+    assert starting_over == ([] if not resume else [starting_over[0]])
+    assert all("not one this upload can go on from" in m and "'f.bin'" in m for m in starting_over)
 
 
 def test_expired_part_is_sent_again(tmp_path: Path) -> None:
