@@ -10,9 +10,21 @@ from pathlib import Path
 import pytest
 
 from syncd import archive
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, Row
 from tests.conftest import FakeClock, make_folder, note_stat, row_of
 from tests.unit.test_archive import _uploaded
+
+
+def _renamed_with_a_scanned_row(ledger: Ledger, inbox: Path) -> Row:
+    """a.txt renamed to b.txt while syncd was down, and the start-up scan's settling row
+    for b.txt (with the file's stat, as the settle stage records it)."""
+    os.rename(inbox / "a.txt", inbox / "b.txt")
+    st = (inbox / "b.txt").stat()
+    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")
+    twin = ledger.active_for_path(os.fspath(inbox), "b.txt")
+    assert twin is not None
+    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    return twin
 
 
 @pytest.fixture
@@ -59,12 +71,7 @@ def test_kept_file_renamed_during_its_upload_then_a_crash_is_not_uploaded_again(
     folder = make_folder(tmp_path, after_upload="keep", archive_dir=None)
     row = _uploaded(ledger, folder, "a.txt", b"payload")
     inbox = tmp_path / "inbox"
-    os.rename(inbox / "a.txt", inbox / "b.txt")
-    st = (inbox / "b.txt").stat()
-    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")
-    twin = ledger.active_for_path(os.fspath(inbox), "b.txt")
-    assert twin is not None
-    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    _renamed_with_a_scanned_row(ledger, inbox)
     archive.finish(ledger, row, folder)
     assert (inbox / "b.txt").read_bytes() == b"payload"  # kept
     done = row_of(ledger, row.id)
@@ -125,12 +132,7 @@ def test_the_queued_row_of_the_new_name_is_retired_with_the_move(tmp_path: Path,
     folder = make_folder(tmp_path)
     row = _uploaded(ledger, folder, "a.txt", b"payload")
     inbox = tmp_path / "inbox"
-    os.rename(inbox / "a.txt", inbox / "b.txt")
-    st = (inbox / "b.txt").stat()
-    ledger.observe(os.fspath(inbox), ["b.txt"], destination="dest")
-    twin = ledger.active_for_path(os.fspath(inbox), "b.txt")
-    assert twin is not None
-    note_stat(ledger, twin.id, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, device=st.st_dev)
+    twin = _renamed_with_a_scanned_row(ledger, inbox)
     ledger.promote(twin.id)
     assert row_of(ledger, twin.id).state == "queued"
     archive.finish(ledger, row, folder)
