@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
-from syncd import once, shutdown, writers
+from syncd import limits, once, shutdown, writers
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full, is_locked
@@ -116,6 +116,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped (or, in once mode, until idle). Returns the exit code."""
+        limits.raise_nofile()  # systemd's soft limit is 1,024; syncd may use the hard one
         lock = StateLock(Path(self.cfg.daemon.state_dir))
         lock.acquire()
         try:
@@ -202,6 +203,7 @@ class MainLoop:
             on_queued=uploader.wake,
             steps=ClockSteps(),
             away=uploader.policy.away,
+            shortages=uploader.policy.shortages,
         )
         self.intake = IntakeStage(
             ledger,
@@ -341,6 +343,7 @@ class MainLoop:
             last["sweep"] = now
             self.recovery.sweep()
             runtime.sweep()
+            self.uploader.top_up()  # workers a thread limit kept from starting
         if now - last["heartbeat"] >= HEARTBEAT_EVERY:
             last["heartbeat"] = now
             health.write_heartbeat()

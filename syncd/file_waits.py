@@ -5,6 +5,7 @@ waits, using no attempt, or leaves the line.
 * its folder is unavailable (another syncd's, unmounted, a symlink in its place):
   :meth:`FileWaits.wait_for_folder`, woken early when the folder is back (syncd/away.py);
 * the file may not be read yet: :meth:`FileWaits.wait_readable`, with a growing delay;
+* syncd itself ran out of descriptors or threads (syncd/limits.py): :meth:`FileWaits.wait_for_limit`;
 * the file is gone (:meth:`FileWaits.gone`: ``vanished``) or changed during its upload
   (:meth:`FileWaits.changed`: the new version settles); either aborts the remote upload.
 
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from syncd import failed
+from syncd import failed, limits
 from syncd.away import AwayFolders
 from syncd.destinations.base import Destination
 from syncd.errors import describe
@@ -59,6 +60,7 @@ class FileWaits:
     _folders: Callable[[], Mapping[str, Any]]
     _lock: threading.Lock
     _unreadable: dict[int, tuple[str, int]]  # row id -> (reason, tries)
+    shortages: limits.Shortages
 
     def unconfigured(self, row: Row, folder_known: bool) -> State:
         """Removed by a reload: the row waits (a later reload may bring it back, or give it
@@ -130,6 +132,21 @@ class FileWaits:
             "changed during upload, will upload the new version: %s (%s)", quoted_path(row.inbox_path), reason
         )
         return State.VANISHED
+
+    def wait_for_limit(self, row: Row, kind: str, exc: BaseException) -> State:
+        """syncd ran out of descriptors or threads (``kind``) on this file's attempt: not the
+        file's failure, nor the service's. The file waits in place, using no attempt, for a
+        delay that grows like a retry's; said once for all files (syncd/limits.py)."""
+        with self._lock:
+            _, tries = self._unreadable.get(row.id, ("", 0))
+            tries += 1
+            self._unreadable[row.id] = (kind, tries)
+        delay = backoff(tries, self.base, self.cap, self.rng)
+        reason = f"{limits.explain(kind, exc)}: {describe(exc)}"
+        self.ledger.mark_retry(row.id, error=reason, at=self.clock() + delay, count=False)
+        self.shortages.note(kind, exc)
+        log.debug("%s waits %.1fs (attempt not counted): %s", quoted_path(row.inbox_path), delay, reason)
+        return State.RETRYING
 
     def wait_readable(self, row: Row, reason: str) -> State:
         """A file we may not read stays where it is and is tried again, without

@@ -8,7 +8,8 @@ leaves the row ``uploaded`` for the sweep and is said once where it would
 repeat: a full disk (syncd/backpressure.py), an archive folder that takes no
 writes is a stuck folder (:class:`syncd.stuck.Stuck`), a folder that is away
 waits for its return (syncd/away.py), a file a process still has open for
-writing waits until it is closed (:class:`syncd.moves.StillOpen`). Once
+writing waits until it is closed (:class:`syncd.moves.StillOpen`), syncd out of
+descriptors or threads is said once for everything (syncd/limits.py). Once
 uploads are being cancelled (syncd stops) the file is left for the next start.
 """
 
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from syncd import archive, failed
+from syncd import archive, failed, limits
 from syncd.backpressure import DiskFull
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger, Row
@@ -98,6 +99,10 @@ class HandOver:
                     "stopping: the archive move of %s is done at the next start",
                     quoted_path(row.current_path),
                 )
+                return exc
+            if (kind := limits.shortage(exc)) is not None:  # syncd's own limits, not the folder's
+                self.policy.shortages.note(kind, exc)
+                log.debug("%s of %s waits: %s", folder.after_upload, quoted_path(row.current_path), kind)
                 return exc
             full = is_disk_full(exc)
             if full:

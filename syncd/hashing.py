@@ -68,7 +68,10 @@ class StreamHash:
         if size >= BACKGROUND_FROM:
             self._queue = queue.Queue(QUEUED_BLOCKS)
             self._thread = threading.Thread(target=self._work, name="sha256", daemon=True)
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError:  # at the thread limit (TasksMax=): hashed on the reading threads
+                self._queue = self._thread = None
 
     def offer(self, pos: int, data: bytes) -> None:
         """A block the upload read at ``pos``; hashed if it continues the hash."""

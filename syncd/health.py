@@ -161,6 +161,7 @@ class Health:
         ``problems`` in the heartbeat (`syncd status` shows them with the ledger's counts)."""
         first: list[str] = []
         first.extend(self.uploader.disk_full.describe())
+        first.extend(self.uploader.policy.shortages.describe())
         for root, problem in sorted(self.watcher.problems().items()):
             first.append(
                 f"inbox {root} missing" if problem == "folder missing" else f"inbox {root}: {problem}"

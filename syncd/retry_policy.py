@@ -20,6 +20,8 @@ The outcomes that are the file's own (the last four below) are in syncd/file_wai
   on settings a reload replaced (the attempt began before) only requeues the file.
 * A file that cannot be opened for reading (``PermissionError``) stays where
   it is and is tried again with a growing delay, without spending attempts.
+* syncd out of descriptors or threads (``EMFILE``, ``can't start new thread``,
+  syncd/limits.py): the same, said once for every file; no circuit is fed.
 * A missing file -> ``vanished``, unless its *folder* is unavailable
   (deleted, unmounted, marker missing): then the row waits for the folder.
 * Interrupted by a stop -> back to ``queued``, no attempt spent, resume state kept.
@@ -33,7 +35,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from syncd import failed
+from syncd import failed, limits
 from syncd.away import AwayFolders
 from syncd.circuit import THRESHOLD, UP, is_outage
 from syncd.destinations.base import Destination
@@ -89,6 +91,7 @@ class RetryPolicy(FileWaits):
         self._excused: dict[int, int] = {}  # row id -> its failures excused as flakiness
         self.away = AwayFolders()  # folders whose files were put off (the settle stage wakes them)
         self._unreadable: dict[int, tuple[str, int]] = {}  # row id -> (reason, tries)
+        self.shortages = limits.Shortages()  # descriptors or threads syncd ran out of
 
     def forget(self, row_id: int) -> None:
         """The row reached a state of its own: drop what was remembered about its tries."""
@@ -101,6 +104,8 @@ class RetryPolicy(FileWaits):
         """Record a failed upload attempt according to its error class."""
         if isinstance(exc, SourceChangedError):
             return self.changed(row, dest, str(exc))
+        if (kind := limits.shortage(exc)) is not None:  # syncd's own limits: not the file's nor the service's
+            return self.wait_for_limit(row, kind, exc)
         if self.circuits.stale(row, exc):
             reason = f"{describe(exc)}, on settings a reload replaced"
             log.info("%s: %s; trying the new ones", quoted_path(row.inbox_path), reason)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from syncd import metadata, rules, safefs, writers
+from syncd import limits, metadata, rules, safefs, writers
 from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
@@ -78,8 +78,10 @@ class Settler:
         on_queued: Callable[[], None] = lambda: None,
         steps: ClockSteps | None = None,
         away: AwayFolders | None = None,
+        shortages: limits.Shortages | None = None,
     ) -> None:
         self.ledger = ledger
+        self.shortages = shortages or limits.Shortages()  # syncd out of descriptors: said once
         self.steps = steps  # the daemon's: quiet times follow a stepped clock
         self._folders = folders  # folder path (str) -> FolderConfig, re-read each tick
         self.clock = clock
@@ -144,6 +146,10 @@ class Settler:
             else:
                 self._sidecars.pop(row.id, None)
         self._flush_promotions()
+        for _, error in failed:
+            if (kind := limits.shortage(error)) is not None:
+                self.shortages.note(kind, error)
+        failed = [(row, error) for row, error in failed if limits.shortage(error) is None]
         if failed:  # one line a tick, not one a file: a dead disk fails every file at once
             first, error = failed[0]
             log.warning(

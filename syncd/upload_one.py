@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from syncd import archive, left_sidecars, metadata, moves
+from syncd import archive, left_sidecars, limits, metadata, moves
 from syncd.backpressure import DiskFull
 from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
@@ -159,6 +159,8 @@ class Procedure:
         except PermissionError as exc:
             return policy.wait_readable(row, f"cannot open the file: {exc.strerror or exc}")
         except OSError as exc:
+            if (kind := limits.shortage(exc)) is not None:
+                return policy.wait_for_limit(row, kind, exc)
             return policy.retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder, exc=exc)
         item = UploadItem(
             uuid=row.uuid,
@@ -316,6 +318,8 @@ class Procedure:
         except PermissionError as exc:
             return self.policy.wait_readable(row, f"cannot read its metadata sidecar: {exc.strerror or exc}")
         except OSError as exc:
+            if (kind := limits.shortage(exc)) is not None:
+                return self.policy.wait_for_limit(row, kind, exc)
             return self.policy.retry(
                 row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
             )

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from syncd import limits
 from syncd.backpressure import DiskFull
 from syncd.bandwidth import Bandwidth
 from syncd.circuit import Circuit, CircuitState
@@ -129,7 +130,8 @@ class Uploader:
         self.resize(workers)
 
     def resize(self, workers: int) -> None:
-        """Grow or shrink the pool; surplus workers exit after their current file."""
+        """Grow or shrink the pool; surplus workers exit after their current file. At the
+        thread limit (``TasksMax=``) the pool has what it could start, said once (limits.py)."""
         with self._cond:
             self._target = workers
             self._threads = [t for t in self._threads if t.is_alive()]
@@ -137,9 +139,17 @@ class Uploader:
                 # never a name in use: each worker's heartbeat goes by its name (syncd/liveness.py)
                 self._started += 1
                 t = threading.Thread(target=self._run, name=f"upload-{self._started}", daemon=True)
+                if (short := limits.start(t)) is not None:
+                    if self.policy.shortages.note(limits.THREADS, short):
+                        log.error("only %d of %d upload workers started", len(self._threads), workers)
+                    break
                 self._threads.append(t)
-                t.start()
             self._cond.notify_all()
+
+    def top_up(self) -> None:
+        """The workers a thread limit kept from starting, started now if it allows (the sweep)."""
+        if not self._stopping and self.busy() < self._target:
+            self.resize(self._target)
 
     def wake(self) -> None:
         with self._cond:

@@ -9,12 +9,16 @@ calling thread, so that the caller records and checkpoints them in one place.
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from syncd.destinations._chunked_parts import Part
+
+log = logging.getLogger(__name__)
 
 
 class Parallel:
@@ -45,34 +49,74 @@ def send_parallel(
 
     ``record(part, token)`` is called on this thread as each one is confirmed.
     After the first error no new part starts; the ones in flight finish (and
-    are recorded), then the error is raised.
+    are recorded), then the error is raised. A host at its thread limit (the
+    unit's ``TasksMax=``) gives fewer threads: the parts go out with as many as
+    could be started, or one after the other on this thread when none could.
     """
     pending = iter(todo)
-    error: BaseException | None = None
-    with ThreadPoolExecutor(max_workers=per_file, thread_name_prefix="part") as pool:
-        running: dict[Future[str], Part] = {}
+    results: queue.Queue[tuple[Part, str | None, BaseException | None] | None] = queue.Queue()
+    lock = threading.Lock()
+    failed = threading.Event()
 
-        def submit_next() -> None:
-            part = next(pending, None)
-            if part is not None:
-                running[pool.submit(send, part)] = part
+    def next_part() -> Part | None:
+        with lock:
+            return None if failed.is_set() else next(pending, None)
 
-        for _ in range(per_file):
-            submit_next()
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                part = running.pop(future)
+    def work() -> None:
+        try:
+            while (part := next_part()) is not None:
                 try:
-                    token = future.result()
-                except BaseException as exc:  # keep the first; let the others finish
-                    error = error or exc
-                    continue
-                record(part, token)
-                if error is None:
-                    submit_next()
+                    results.put((part, send(part), None))
+                except BaseException as exc:  # no new part starts; the others finish
+                    failed.set()
+                    results.put((part, None, exc))
+        finally:
+            results.put(None)
+
+    threads = 0
+    for _ in range(per_file):
+        thread = threading.Thread(target=work, name="part", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            _fewer_threads(threads, per_file, exc)
+            break
+        threads += 1
+    if threads == 0:  # not one thread: this one sends them all
+        for part in pending:
+            record(part, send(part))
+        return
+    error: BaseException | None = None
+    while threads:
+        item = results.get()
+        if item is None:
+            threads -= 1
+            continue
+        part, token, failure = item
+        if failure is not None:
+            error = error or failure  # keep the first
+        elif token is not None:
+            record(part, token)
     if error is not None:
         raise error
+
+
+def _fewer_threads(started: int, wanted: int, exc: BaseException) -> None:
+    """Said once a minute at most: the parts of a file go out with fewer threads."""
+    global _said_at
+    now = time.monotonic()
+    if now - _said_at >= 60.0:
+        _said_at = now
+        log.warning(
+            "cannot start a thread for parallel parts (%s: the unit's TasksMax= reached?); "
+            "sending %d part(s) at once instead of %d",
+            exc,
+            max(started, 1),
+            wanted,
+        )
+
+
+_said_at = -60.0
 
 
 __all__ = ["SERIAL", "Parallel", "send_parallel"]

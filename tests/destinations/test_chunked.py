@@ -466,3 +466,39 @@ def test_abort_helper_tolerates_anything(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(service, "abort", broken)
     assert _chunked.abort(service, {"v": 1, "kind": "fake", "session": {"id": "x"}}) is False
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_parallel_parts_go_out_with_the_threads_the_host_allows(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """At the thread limit (the unit's TasksMax=) `parallel_parts = 4` gets fewer threads:
+    starting one raised "can't start new thread" out of the upload, which failed the file
+    like an internal error at every attempt. The parts go out with the threads there are,
+    or one after the other on the caller's thread; each is recorded there, in order."""
+    from syncd.destinations._chunked_parallel import send_parallel
+    from syncd.destinations._chunked_parts import Part
+
+    started = []
+    real_start = threading.Thread.start
+
+    def limited(thread: threading.Thread) -> None:
+        if thread.name.startswith("part") and len(started) >= threads:
+            raise RuntimeError("can't start new thread")
+        if thread.name.startswith("part"):
+            started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", limited)
+    parts = [Part(n, (n - 1) * 10, 10, 12, 120, source=None) for n in range(1, 13)]  # type: ignore[arg-type]
+    me = threading.current_thread()
+    recorded: list[tuple[int, bool]] = []
+    send_parallel(
+        parts,
+        lambda part: f"etag-{part.number}",
+        lambda part, token: recorded.append((part.number, threading.current_thread() is me)),
+        per_file=4,
+    )
+    assert sorted(n for n, _ in recorded) == list(range(1, 13))
+    assert all(on_caller for _, on_caller in recorded)
+    assert len(started) == threads
