@@ -38,6 +38,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
+from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import (
     _INVALID_WD,
     InotifyEmitter,
@@ -54,7 +55,13 @@ _DIR = os.O_PATH | os.O_DIRECTORY
 
 
 class SafeWatchGroup(InotifyWatchGroup):
-    """watchdog's watches of one folder, each added on a directory opened beneath it."""
+    """watchdog's watches of one folder, each added on a directory opened beneath it.
+
+    A sub-directory that gets no watch because the kernel's limit is reached (a new
+    one, once the folder is watched) is recorded in :attr:`limit_hit`, not logged:
+    the watcher then polls the whole folder and says so once (syncd/watcher.py)."""
+
+    limit_hit: OSError | None = None
 
     def _relative(self, path: bytes) -> str | None:
         """``path`` relative to the watched folder ("" for the folder); None if not under it."""
@@ -98,7 +105,8 @@ class SafeWatchGroup(InotifyWatchGroup):
             if e.errno in {errno.ENOSPC, errno.EMFILE}:
                 if not self.is_active:
                     raise
-                log.warning("cannot watch %r: %s", os.fsdecode(path), e.strerror or e)
+                log.debug("cannot watch %r: %s", os.fsdecode(path), e.strerror or e)
+                self.limit_hit = self.limit_hit or e
         finally:
             os.close(fd)
 
@@ -153,6 +161,13 @@ class SafeInotifyObserver(InotifyObserver):
     def __init__(self) -> None:
         super().__init__()
         self._emitter_class = SafeInotifyEmitter
+
+    def limit_hit(self, watch: ObservedWatch) -> OSError | None:
+        """The error of a sub-directory of ``watch`` that got no watch (the kernel's
+        limit reached once it was watched), or None."""
+        emitter = self._emitter_for_watch.get(watch)
+        group = getattr(emitter, "_inotify", None)
+        return group.limit_hit if isinstance(group, SafeWatchGroup) else None
 
     def reader_alive(self) -> bool:
         """Whether the thread reading the kernel's events for every watch still runs."""

@@ -105,6 +105,7 @@ class FolderWatch:
     mode: str = "none"  # native | polling | none
     problem: str | None = None
     fallback: str | None = None  # why a native folder is polled (inotify limits)
+    polled: str | None = None  # polled from now on: the watch limit was reached while watched
     lock: socket.socket | None = None  # the folder's lock (folder_lock.py)
     lock_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder it locks
 
@@ -211,8 +212,8 @@ class Watcher:
                 return False
             fw.lock_id = (st.st_dev, st.st_ino)
         handler = _Handler(fw.folder, self.intake)
-        mode = "polling" if fw.folder.observer == "polling" else "native"
-        fallback = None
+        mode = "polling" if fw.folder.observer == "polling" or fw.polled else "native"
+        fallback = fw.polled
         try:
             if mode == "native":
                 fw.observer = self._native_observer()
@@ -286,6 +287,25 @@ class Watcher:
         fw.watch = None
         raise OSError(errno.ENOSPC, f"only {added} of {dirs} directories got a watch")
 
+    def _poll_from_now(self, fw: FolderWatch, root: str, hit: OSError) -> None:
+        """A sub-directory got no watch (the kernel's limit reached once the folder was
+        watched: the kernel says nothing more): the folder is polled from now on, said once;
+        its watches are given back (to other folders) and it is rescanned."""
+        sysctl = "fs.inotify.max_user_watches"
+        log.warning(
+            "inotify limit reached in %s (a new sub-folder got no watch: %s); polling it every "
+            "%gs from now on. Raise sysctl %s and restart to watch it natively.",
+            quoted_path(root),
+            hit.strerror or hit,
+            fw.folder.poll_seconds,
+            sysctl,
+        )
+        fw.polled = f"polled, inotify limit reached (raise {sysctl})"
+        assert fw.observer is not None and fw.watch is not None
+        with contextlib.suppress(KeyError, OSError, ValueError):
+            fw.observer.unschedule(fw.watch)
+        fw.watch, fw.observer, fw.mode = None, None, "none"  # (the folder's lock is kept)
+
     def _report(self, fw: FolderWatch, problem: str) -> None:
         """Release ``fw`` and log ``problem`` once (again only when it changes)."""
         self._release(fw)
@@ -337,9 +357,13 @@ class Watcher:
                 assert st is not None
                 alive = fw.observer is None or (fw.observer.is_alive() and _emitter_alive(fw))
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
-                    folder_lock.drain(fw.lock)
-                    continue
-                if fw.mode != "none":
+                    native = self._native if fw.observer is self._native else None
+                    hit = native.limit_hit(fw.watch) if native is not None else None
+                    if hit is None:
+                        folder_lock.drain(fw.lock)
+                        continue
+                    self._poll_from_now(fw, root, hit)
+                elif fw.mode != "none":
                     log.warning(
                         "watched folder %s was replaced (deleted and created again); watching the new one",
                         quoted_path(root),

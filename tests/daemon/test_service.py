@@ -732,6 +732,38 @@ def test_inotify_limit_falls_back_to_polling(
 
 
 @pytest.mark.process
+def test_watches_running_out_after_the_start_switch_the_folder_to_polling(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """The watch limit reached only once the folder is watched, by sub-folders a producer
+    makes later: each got a WARNING of its own ("cannot watch ..."), nothing in STATUS,
+    and files written into them later waited for the periodic rescan (`rescan_seconds`,
+    5 minutes by default). Now the folder is polled from then on, said once with the
+    sysctl to raise, shown in STATUS, and every file goes within seconds."""
+    why = namespaces_usable("-U", "-r")
+    if why:
+        pytest.skip(f"needs a private user namespace for its own inotify limits: {why}")
+    s = make_setup(folders=[{"name": "tree", "poll_seconds": 0.3}], daemon={"rescan_seconds": 600})
+    proc = start_wrapped(s, "echo 4 > /proc/sys/user/max_inotify_watches", unshare=("-U", "-r"))
+    s.wait_started()
+    for i in range(12):
+        s.drop(f"d{i:02}/first.txt", f"first {i}".encode())
+    wait_until(lambda: s.all_done(), 20, what="the first files (each directory is scanned when it appears)")
+    time.sleep(1)  # the health check that sees the limit
+    for i in range(12):
+        s.drop(f"d{i:02}/later.txt", f"later {i}".encode())
+    wait_until(lambda: s.all_done(), 20, what="files written later into directories without a watch")
+    log = s.log_text()
+    assert log.count("polling it every 0.3s from now on") == 1, log[-3000:]
+    assert "Raise sysctl fs.inotify.max_user_watches" in log
+    assert "cannot watch" not in log, log[-3000:]
+    assert any("inotify limit reached" in p for p in s.status()["daemon"]["problems"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    s.invariants()
+
+
+@pytest.mark.process
 def test_a_state_dir_on_a_read_only_file_system_is_not_a_damaged_ledger(
     make_setup: Callable[..., Setup], tmp_path: Path
 ) -> None:
