@@ -45,7 +45,10 @@ def take(st: os.stat_result, known: str | None = None) -> tuple[socket.socket | 
     another syncd holds it; ``(None, None)`` when no lock can be had here and none holds
     the folder either. ``known``: the folder's problem so far (who holds it is asked once,
     not at every look)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    except OSError as exc:  # syncd out of descriptors: the folder waits for one, said as its problem
+        return None, f"cannot take its lock ({exc.strerror or exc})"
     try:
         sock.bind(_name(st))
         sock.listen(64)

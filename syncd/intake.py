@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from syncd import scanner
+from syncd import limits, scanner
 from syncd.backpressure import DiskFull
 from syncd.events import Intake
 from syncd.failure_kinds import is_disk_full
@@ -44,6 +44,8 @@ from syncd.settle import Settler
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
 
 MIN_TICK = 0.02  # seconds between two ticks however often the loop is woken
+SHORT_RETRY = 2.0  # seconds before a scan syncd's own shortage cut short is done again
+SHORT_TRIES = 30  # tries in a row (a minute); then the periodic rescan
 
 
 def flush(
@@ -127,6 +129,7 @@ class IntakeStage:
         self._pending = 0
         self._queued: set[tuple[str, str]] = set()  # (root, rel) asked for, not begun
         self._lock = threading.Lock()
+        self._short: dict[tuple[str, str], int] = {}  # scans syncd's own shortage cut short, tries
         self._thread = threading.Thread(target=self._scan_loop, name="scanner", daemon=True)
 
     def tick(self) -> None:
@@ -236,5 +239,24 @@ class IntakeStage:
                 )
         except sqlite3.Error as exc:
             log.error("ledger error during scan of %s: %s", quoted_path(root), exc)
+        except OSError as exc:
+            if (kind := limits.shortage(exc)) is None:
+                log.exception("scan of %s failed", quoted_path(root))
+            else:  # syncd out of descriptors: said once (limits.py); the scan is done again
+                self._cut_short(root, rel, reason, kind, exc)
         except Exception:
             log.exception("scan of %s failed", quoted_path(root))
+        else:
+            self._short.pop((root, rel), None)
+
+    def _cut_short(self, root: str, rel: str, reason: str, kind: str, exc: OSError) -> None:
+        """A scan syncd's own shortage cut short is asked again in SHORT_RETRY seconds, for
+        SHORT_TRIES tries in a row (then the periodic rescan), not at the next periodic one."""
+        self.settler.shortages.note(kind, exc)
+        if not rel:
+            self.unread[root] = limits.explain(kind, exc)
+        tries = self._short[(root, rel)] = self._short.get((root, rel), 0) + 1
+        log.debug("scan of %s cut short (%s), try %d", quoted_path(root), exc, tries)
+        if tries < SHORT_TRIES:
+            time.sleep(SHORT_RETRY)
+            self.request_scan(root, rel, reason=reason)

@@ -87,6 +87,12 @@ def open_descriptors() -> int | None:
         return None
 
 
+def out_of_descriptors() -> bool:
+    """Whether this process holds (nearly) as many descriptors as its limit allows."""
+    held = open_descriptors()
+    return held is None or held >= nofile()[0] - 2
+
+
 def raise_nofile() -> None:
     """The soft RLIMIT_NOFILE raised to the hard one (at most :data:`NOFILE_CAP`)."""
     soft, hard = nofile()

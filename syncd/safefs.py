@@ -55,6 +55,7 @@ READ_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 
 MAX_DEPTH = 64  # directory levels a walk descends
 MAX_ENTRIES = 1_000_000  # directory entries one walk looks at before it stops
+SHORT = (errno.EMFILE, errno.ENFILE)  # syncd out of descriptors (syncd/limits.py)
 
 
 class UnsafePath(OSError):
@@ -306,6 +307,7 @@ def walk(
     descend: Callable[[str, os.stat_result], bool] | None = None,
     max_depth: int = MAX_DEPTH,
     max_entries: int = MAX_ENTRIES,
+    shortage_raises: bool = False,
 ) -> Iterator[Entry]:
     """Every entry under ``root/start`` (``lstat``), directories before their contents.
 
@@ -314,13 +316,16 @@ def walk(
     ``(st_dev, st_ino)`` was seen already (a bind-mount loop) is entered
     once; ``max_depth`` and ``max_entries`` bound the walk, with one warning
     when a bound stops it. A directory that cannot be listed is logged and
-    skipped; one swapped for a symlink mid-walk is not entered.
+    skipped; one swapped for a symlink mid-walk is not entered. ``shortage_raises``:
+    syncd out of descriptors (EMFILE, ENFILE) raises, as the walk is cut short.
     """
     seen: set[tuple[int, int]] = set()
     counted = 0
     try:
         rootfd = open_root(root)
     except OSError as exc:
+        if shortage_raises and exc.errno in SHORT:
+            raise
         if exc.errno != errno.ENOENT:
             log.warning("cannot list %r: %s", os.fspath(root), exc.strerror or exc)
         return
@@ -333,6 +338,8 @@ def walk(
             except FileNotFoundError:
                 continue
             except OSError as exc:
+                if shortage_raises and exc.errno in SHORT:
+                    raise
                 log.warning("cannot list %r under %r: %s", rel, os.fspath(root), exc.strerror or exc)
                 continue
             try:

@@ -79,7 +79,7 @@ def walk(
             "not scanning %s: not a plain path inside the folder", quoted_path(os.path.join(root, start))
         )
         return
-    for entry in safefs.walk(root, start=start, descend=descend):
+    for entry in safefs.walk(root, start=start, descend=descend, shortage_raises=True):
         relpath, st = entry.relpath, entry.stat
         if stat.S_ISDIR(st.st_mode):
             continue

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import folder_lock, safefs
+from syncd import folder_lock, limits, safefs
 from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
 from syncd.safe_watch import PolledFolders, SafeInotifyObserver, count_dirs, inotify_watches
@@ -226,6 +226,10 @@ class Watcher:
             if before is not None:
                 self._check_watch_count(fw, root, before)
         except OSError as exc:
+            if exc.errno == errno.EMFILE and limits.out_of_descriptors():  # not inotify's limit
+                short = f"syncd is out of file descriptors, LimitNOFILE= {limits.nofile()[0]}"
+                self._report(fw, f"cannot watch ({exc.strerror}: {short})")
+                return False
             if mode == "native" and exc.errno in (errno.ENOSPC, errno.EMFILE):
                 sysctl = (
                     "fs.inotify.max_user_watches"

@@ -501,3 +501,63 @@ def test_a_file_renamed_twice_waits_for_its_upload_in_flight_whatever_older_rows
     os.rename(folder.path / "b.pdf", folder.path / "c.pdf")
     assert settle("c.pdf") == "settling"
     ledger.close()
+
+
+def test_a_scan_cut_short_by_a_descriptor_shortage_is_done_again_soon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """syncd out of file descriptors (EMFILE) when a scan opened the folder: the walk
+    logged "cannot list" and skipped the folder, and the scan counted as done, so the
+    files dropped while syncd was down waited for the periodic rescan (5 minutes by
+    default) with nothing in STATUS. The scan is now asked again in seconds, and the
+    shortage is said once and shown (syncd/limits.py)."""
+    import errno
+    import threading
+
+    from syncd import intake, safefs
+    from syncd.backpressure import DiskFull
+    from syncd.events import Intake
+    from syncd.intake import IntakeStage
+    from syncd.liveness import Liveness
+    from syncd.metrics import Metrics
+    from syncd.settle import Settler
+
+    monkeypatch.setattr(intake, "SHORT_RETRY", 0.05, raising=False)
+    real_open_root = safefs.open_root
+    refused = []
+
+    def short_open_root(root: Any, *args: Any, **kwargs: Any) -> int:
+        if len(refused) < 3:
+            refused.append(root)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open_root(root, *args, **kwargs)
+
+    monkeypatch.setattr(safefs, "open_root", short_open_root)
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    (folder.path / "a.txt").write_bytes(b"dropped while syncd was down")
+    settler = Settler(ledger, lambda: {root: folder})
+    stage = IntakeStage(
+        ledger,
+        Intake(),
+        settler,
+        folders=lambda: {root: folder},
+        folder_problem=lambda r: None,
+        disk_full=DiskFull(None),
+        metrics=Metrics(),
+        liveness=Liveness(),
+        nudge=threading.Event(),
+    )
+    stage.request_scan(root, reason="startup")
+    stage.start_scanner()
+    deadline = time.monotonic() + 10
+    while (stage.scans_pending() or not ledger.rows()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stage.stop_scanner()
+    assert [r.relpath for r in ledger.rows()] == ["a.txt"]
+    assert len(refused) == 3
+    assert any(line.startswith("out of file descriptors") for line in settler.shortages.describe())
+    said = [r.getMessage() for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(said) == 1 and "cannot list" not in caplog.text
+    ledger.close()

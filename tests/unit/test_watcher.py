@@ -470,3 +470,50 @@ def test_a_syncd_run_as_root_honours_the_services_lock(tmp_path: Path) -> None:
         os.close(done_w)
         os.close(ready_r)
         os.waitpid(pid, 0)
+
+
+def test_out_of_descriptors_is_a_folder_problem_that_names_the_right_limit(
+    tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncd out of file descriptors when a folder is (re)armed: taking the folder's lock
+    raised out of the health check, so the main loop's tick failed ("error in the main
+    loop", its health check and watchdog pings with it: a restart by systemd); and EMFILE
+    from inotify was taken for inotify's instance limit, the folder polled for good with
+    "Raise sysctl fs.inotify.max_user_instances", which is not what ran out. Both are
+    now the folder's problem, named for what ran out, and it is watched natively once
+    descriptors are free."""
+    import errno
+
+    from syncd import limits
+
+    folder = make_folder(tmp_path, "inbox")
+    real_socket = socket.socket
+    short = {"lock": True, "watch": True}
+
+    def no_socket(*args: object, **kwargs: object) -> socket.socket:
+        if short["lock"]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_socket(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folder_lock.socket, "socket", no_socket)
+    assert watcher.set_folders([folder]) == []
+    root = os.fspath(folder.path)
+    assert watcher.problems()[root] == "cannot take its lock (Too many open files)"
+    short["lock"] = False
+    observer = watcher._native_observer()
+    real_schedule = observer.schedule
+
+    def no_inotify(*args: object, **kwargs: object) -> object:
+        if short["watch"]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_schedule(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(observer, "schedule", no_inotify)
+    monkeypatch.setattr(limits, "out_of_descriptors", lambda: True)
+    assert watcher.check_health() == []
+    problem = watcher.problems()[root]
+    assert "out of file descriptors" in problem and "LimitNOFILE=" in problem, problem
+    assert watcher.fallbacks() == {}
+    short["watch"] = False
+    assert watcher.check_health() == [root]
+    assert watcher.problems() == {} and watcher.folders[root].mode == "native"
