@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from syncd import __version__, systemd
+from syncd import __version__, limits, systemd
 from syncd.commands import forget
 from syncd.commands.argtypes import positive, seconds
 from syncd.commands.common import (  # the exit codes, also for tests and scripts
@@ -252,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         # `syncd files | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + signal.SIGPIPE
-    except OSError as exc:
-        if args.command == "run":
+    except (OSError, RuntimeError) as exc:
+        if (kind := limits.shortage(exc)) is not None:  # too few for even the daemon's own threads
+            print(f"syncd: {limits.explain(kind, exc)}: cannot run; raise the limit", file=sys.stderr)
+            return EXIT_FAILED
+        if args.command == "run" or not isinstance(exc, OSError):
             raise  # unexpected in the daemon: a traceback and exit 1, which systemd restarts
         return _os_error_exit(exc)
     except KeyboardInterrupt:

@@ -257,7 +257,8 @@ class Watcher:
                 self._report(fw, f"cannot watch ({exc.strerror or exc})")
                 return False
         except Exception as exc:  # watchdog's own failure: the folder is reported, others go on
-            log.exception("cannot watch %s", quoted_path(root))
+            if limits.shortage(exc) is None:  # (no thread for its emitter: said as the problem)
+                log.exception("cannot watch %s", quoted_path(root))
             self._report(fw, f"cannot watch ({type(exc).__name__}: {exc})")
             return False
         if fw.problem is not None:

@@ -129,3 +129,23 @@ def test_at_the_thread_limit_the_daemon_starts_with_fewer_workers_and_uploads_ev
         s.invariants()
     finally:
         s.close()
+
+
+def test_too_few_threads_for_the_daemon_itself_is_said_in_one_line(
+    nobody_tmp: tuple[Path, pwd.struct_passwd],
+) -> None:
+    """A process limit below the daemon's own few threads: the start ended in a traceback
+    (`RuntimeError: can't start new thread`). It says what ran out in one line, exit 1."""
+    tmp, nobody = nobody_tmp
+    s = Setup(tmp, folders=[{"name": "in"}])
+    try:
+        _own(tmp, nobody)
+        ids = [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+        s.start(wrapper=["prlimit", "--nproc=3:3", "setpriv", *ids])
+        assert s.proc is not None and s.proc.wait(60) == 1
+        log = s.log_text()
+        last = log.rstrip().splitlines()[-1]
+        assert last.startswith("syncd: cannot start a thread (the unit's TasksMax="), log
+        assert "syncd/cli.py" not in log, log  # no traceback out of the command itself
+    finally:
+        s.close()
