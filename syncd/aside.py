@@ -120,5 +120,7 @@ def recover_aside(path: str, bases: list[str | None], device: int | None, inode:
                     put_back(dirfd, aside, name, path)
             return found
     except (OSError, safefs.UnsafePath) as exc:
+        if isinstance(exc, OSError) and exc.errno in safefs.SHORT:
+            raise  # syncd out of descriptors: not "nothing aside"; the caller tries again later
         log.warning("cannot look for %s renamed aside: %s", quoted_path(path), exc)
         return None

@@ -18,6 +18,7 @@ server text in it (:func:`error_text`) has its control characters escaped.
 from __future__ import annotations
 
 import email.utils
+import encodings.idna  # noqa: F401  (getaddrinfo's codec: imported lazily, an import out of descriptors fails)
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ import idna
 
 from syncd import __version__, head_deadline
 from syncd.errors import ExpiredError, FatalError, PermanentError, RetryableError, UploadError
+from syncd.limits import keepalive
 from syncd.logs import printable
 from syncd.redact import redact, strip_query
 
@@ -105,7 +107,9 @@ def make_client(
     try:
         client = Client(
             timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=keepalive(max_connections)
+            ),
             headers={"User-Agent": f"syncd/{__version__}"},
             follow_redirects=False,
             verify=verify,

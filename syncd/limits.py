@@ -25,6 +25,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,23 @@ def out_of_descriptors() -> bool:
     return held is None or held >= nofile()[0] - 2
 
 
+def keepalive(connections: int) -> int:
+    """Idle connections the HTTP pool may keep: each holds a descriptor until the pool is
+    next used, so at most an eighth of the descriptor limit (idle sockets filling the
+    table left archive moves and scans none, for good, once uploads were over)."""
+    return max(1, min(connections, nofile()[0] // 8))
+
+
+def drop_idle(client: Any) -> None:
+    """Close the idle pooled connections of an ``httpx.Client``: each holds a descriptor
+    until the pool is next used (after the last upload: for good). httpcore refuses a
+    closed connection to a request that takes it meanwhile, and uses another."""
+    for transport in [client._transport, *client._mounts.values()]:
+        for connection in list(getattr(getattr(transport, "_pool", None), "connections", None) or []):
+            if connection.is_idle():
+                connection.close()
+
+
 def raise_nofile() -> None:
     """The soft RLIMIT_NOFILE raised to the hard one (at most :data:`NOFILE_CAP`)."""
     soft, hard = nofile()
@@ -126,6 +144,7 @@ class Shortages:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # kind -> when last run into
         self._what: dict[str, str] = {}  # kind -> what ran out (explain)
+        self.relief: Callable[[], None] = lambda: None  # frees descriptors syncd can spare
 
     def note(self, kind: str, exc: BaseException | None = None) -> bool:
         """``kind`` ran out (``exc``); True the first time since it was last over."""
@@ -134,6 +153,11 @@ class Shortages:
             first = kind not in self._last
             self._last[kind] = self._clock()
             self._what[kind] = what
+        if kind == DESCRIPTORS:
+            try:
+                self.relief()
+            except Exception:
+                log.debug("could not free idle connections", exc_info=True)
         if first:
             log.error(
                 "syncd %s: files wait in place and are tried again without using attempts; "

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from syncd import config as configmod
-from syncd import folder_lock, logs
+from syncd import folder_lock, limits, logs
 from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
@@ -120,6 +120,8 @@ class Runtime:
         )
         self.offload = Offload()
         self.uploader.procedure.offload = self.offload
+        # out of descriptors: the idle pooled connections give theirs back (syncd/limits.py)
+        self.uploader.policy.shortages.relief = lambda: limits.drop_idle(self.client)
         self._configure(cfg)
 
     def _configure(self, cfg: configmod.Config) -> None:

@@ -190,10 +190,15 @@ class Procedure:
                 pulse.phase("verifying", whole_file)
                 sha = source.sha256()
                 moved: SourceMovedError | None = None
+                unchecked = False  # where the file is now: out of descriptors to look
                 try:
                     source.check_unchanged()
                 except SourceMovedError as exc:
                     moved = exc
+                except OSError as exc:
+                    if (kind := limits.shortage(exc)) is None:
+                        raise
+                    unchecked = policy.shortages.note(kind, exc) or True
             except sqlite3.Error:
                 raise  # a checkpoint could not be written: the worker loop handles it
             except Exception as exc:
@@ -231,6 +236,8 @@ class Procedure:
                 row.size / elapsed / 1e6,
                 quoted_path(receipt.remote_id),
             )
+            if unchecked:  # not sent again: the sweep archives it, as after a crash (recovery.py)
+                return State.UPLOADED
             if moved is not None:
                 if not follow_move(self.ledger, row, folder, str(moved)):
                     return State.DONE

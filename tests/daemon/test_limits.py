@@ -33,8 +33,11 @@ def test_out_of_descriptors_fails_no_file_and_is_said_once(make_setup: Callable[
     opening files, sockets and archive moves run into EMFILE over and over. Each of those
     spent an attempt of the file (`max_attempts = 2`: files ended `failed`, "gave up after 2
     attempts: cannot open the file: Too many open files", left in the inbox), the archive
-    step called each folder stuck, and every try was a WARNING line. Now every file is
-    uploaded and archived, and the log says once what ran out and what to raise."""
+    step called each folder stuck, and every try was a WARNING line; a file whose upload
+    the service had confirmed was sent again when the check of where it is now ran out of
+    descriptors, and idle pooled connections could keep the table full once uploads were
+    over, so that archive moves never got one. Now every file is uploaded once and
+    archived, and the log says once what ran out and what to raise."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         pytest.skip("prlimit(1) is not installed")
@@ -58,6 +61,8 @@ def test_out_of_descriptors_fails_no_file_and_is_said_once(make_setup: Callable[
     assert "gave up after" not in log and "attempt 1 of 2" not in log, log[-3000:]
     assert "could not archive" not in log, log[-3000:]
     assert not [r for r in s.rows() if r.state == "failed"]
+    uuids = [u["uuid"] for u in s.emulator.uploads()]
+    assert len(uuids) == len(set(uuids)) == 320  # none sent twice (nothing was in flight at a crash)
     assert s.stop() == 0
     s.invariants()
     s.assert_no_secret()

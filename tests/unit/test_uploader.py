@@ -1384,3 +1384,50 @@ def test_a_queued_file_of_a_folder_another_syncd_holds_is_not_sent(tmp_path: Pat
     clock.advance(FOLDER_WAIT + 1)
     assert up.process(ledger.claim_next(["dest"])) == "done" and dest.calls == 1
     ledger.close()
+
+
+def test_out_of_descriptors_spends_no_attempt_and_a_confirmed_upload_is_not_sent_again(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock, tmp_path: Path
+) -> None:
+    """EMFILE is syncd's own shortage (its LimitNOFILE=), not the file's: opening the file
+    with it spent an attempt each time (`max_attempts = 3`: failed, "gave up after 3
+    attempts: cannot open the file: Too many open files"). And once the service had
+    confirmed an upload, an EMFILE in the look at where the file is now discarded the
+    upload: the file was sent again. Now the file waits without spending attempts, and a
+    confirmed upload is recorded and archived by the sweep, as after a crash."""
+    import errno
+
+    from syncd import upload_source
+    from syncd.destinations import base
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"bytes")
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    real_init = upload_source.StoppableSource.__init__
+
+    def no_descriptor(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise emfile
+
+    monkeypatch.setattr(upload_source.StoppableSource, "__init__", no_descriptor)
+    for _ in range(5):
+        assert step() == "retrying"
+        clock.advance(60)
+    row = ledger.get(row_id)
+    assert row.attempts == 0 and "out of file descriptors" in row.last_error
+    assert any(p.startswith("out of file descriptors") for p in up.policy.shortages.describe())
+    monkeypatch.setattr(upload_source.StoppableSource, "__init__", real_init)
+    real_check = base.Source.check_unchanged
+
+    def check_short(self: Any, *, path: bool = True) -> None:
+        if path:
+            raise emfile
+        real_check(self, path=path)
+
+    monkeypatch.setattr(base.Source, "check_unchanged", check_short)
+    assert step() == "uploaded"
+    assert len(dest.received) == 1 and ledger.get(row_id).state == "uploaded"
+    monkeypatch.setattr(base.Source, "check_unchanged", real_check)
+    Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up).finish_uploaded()
+    assert ledger.get(row_id).state == "done" and len(dest.received) == 1
+    assert (tmp_path / "archive" / "inbox" / "a.txt").read_bytes() == b"bytes"
