@@ -8,7 +8,10 @@ an attempt that ran into one spends no attempt of the file and opens no
 circuit; the file waits in place and is tried again after a short, growing
 delay (syncd/file_waits.py). :class:`Shortages` says it once (an ERROR with the
 limit to raise), shows it in STATUS and ``syncd status`` while it lasts, and
-says when it is over (nothing ran into it for :data:`QUIET` seconds).
+says when it is over (nothing ran into it for :data:`QUIET` seconds). Out of
+descriptors, it closes the HTTP pool's idle connections (:func:`drop_idle`,
+the runtime's ``relief``), which would keep theirs until the next request, and
+the pool keeps at most an eighth of the limit idle (:func:`keepalive`).
 
 :func:`shortage` tells such an error, also behind the wrappers of an HTTP
 error; :func:`raise_nofile` lifts the soft descriptor limit to the hard one at
