@@ -30,7 +30,9 @@ def left_at(planned: str, root: str, src: os.stat_result | None, size: int, sha2
     try:
         base, rel = safefs.anchor(planned, [root])
         fd = safefs.open_file(base, rel)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in safefs.SHORT:  # syncd out of descriptors: not "nothing there" (a
+            raise  # second copy under a suffixed name, no row for the first); tried again later
         return None
     try:
         st = os.fstat(fd)

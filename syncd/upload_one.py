@@ -198,7 +198,8 @@ class Procedure:
                 except OSError as exc:
                     if (kind := limits.shortage(exc)) is None:
                         raise
-                    unchecked = policy.shortages.note(kind, exc) or True
+                    policy.shortages.note(kind, exc)
+                    unchecked = True
             except sqlite3.Error:
                 raise  # a checkpoint could not be written: the worker loop handles it
             except Exception as exc:

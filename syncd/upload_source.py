@@ -230,12 +230,13 @@ def adopt_failed(ledger: Ledger, row: Row, folder: FolderConfig, abort: Callable
 
 
 def lexists(root: str, relpath: str) -> bool:
-    """Whether something is at ``root/relpath``, found without following symlinks."""
+    """Whether something is at ``root/relpath``, found without following symlinks (syncd
+    out of descriptors to look: cannot tell, so not taken for gone)."""
     try:
         safefs.lstat(root, relpath)
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.errno in safefs.SHORT
 
 
 def content_type(name: str) -> str:

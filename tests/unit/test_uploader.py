@@ -1431,3 +1431,51 @@ def test_out_of_descriptors_spends_no_attempt_and_a_confirmed_upload_is_not_sent
     Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up).finish_uploaded()
     assert ledger.get(row_id).state == "done" and len(dest.received) == 1
     assert (tmp_path / "archive" / "inbox" / "a.txt").read_bytes() == b"bytes"
+
+
+def test_an_entry_an_interrupted_move_left_is_not_taken_for_nothing_when_out_of_descriptors(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An archive move cut short after it placed its copy (here: left as a crash or an
+    EMFILE would leave it) is finished by the sweep from that entry. Out of descriptors to
+    open the entry, it was taken for "nothing there": a second copy went under a suffixed
+    name (`a (1).txt`) and the first stayed in the archive with no row pointing at it.
+    Now the sweep leaves the row for later, and then finishes the move at the entry."""
+    import errno
+
+    from syncd import earlier, safefs
+    from syncd.destinations import base
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"bytes")
+    real_check = base.Source.check_unchanged
+
+    def check_short(self: Any, *, path: bool = True) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(base.Source, "check_unchanged", check_short)
+    assert step() == "uploaded"  # recorded, left for the sweep
+    monkeypatch.setattr(base.Source, "check_unchanged", real_check)
+    planned = Path(ledger.get(row_id).archive_path)
+    planned.parent.mkdir(parents=True, exist_ok=True)
+    planned.write_bytes(b"bytes")  # the copy an interrupted move placed there
+    real_open = safefs.open_file
+    short = [True]
+
+    def open_short(base_dir: Any, rel: str, *args: Any, **kwargs: Any) -> int:
+        if short[0] and rel.endswith("a.txt") and "archive" in str(base_dir):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(base_dir, rel, *args, **kwargs)
+
+    monkeypatch.setattr(earlier.safefs, "open_file", open_short)
+    sweep = Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up)
+    sweep.finish_uploaded()
+    assert sorted(p.name for p in planned.parent.iterdir()) == ["a.txt"]
+    assert ledger.get(row_id).state == "uploaded"
+    short[0] = False
+    sweep.finish_uploaded()
+    row = ledger.get(row_id)
+    assert row.state == "done" and row.location == str(planned)
+    assert sorted(p.name for p in planned.parent.iterdir()) == ["a.txt"]
+    assert not (folder.path / "a.txt").exists() and len(dest.received) == 1
