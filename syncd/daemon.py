@@ -241,7 +241,7 @@ class MainLoop:
         for root in runtime.folders:
             self.intake.request_scan(root, reason="startup")
         workers = runtime.cfg.daemon.workers
-        self.uploader.start(workers)
+        self.uploader.resize(workers)
         self.notifier.ready(self.health.status_line())
         log.info(
             "syncd started: %d folder(s), %d destination(s), %d worker(s)%s",

@@ -274,7 +274,11 @@ class RetryPolicy(FileWaits):
         *,
         exc: BaseException | None = None,
     ) -> State:
-        """A failure of the file: retry after a backoff, or fail after ``max_attempts``."""
+        """A failure of the file: retry after a backoff, or fail after ``max_attempts``. An
+        ``exc`` that is syncd running out of descriptors or threads is no failure of the file's
+        (:meth:`wait_for_limit`)."""
+        if exc is not None and (kind := limits.shortage(exc)) is not None:
+            return self.wait_for_limit(row, kind, exc)
         with self._lock:
             self._unreadable.pop(row.id, None)
         folder = folder or self._folders().get(row.folder)

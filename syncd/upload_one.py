@@ -159,8 +159,6 @@ class Procedure:
         except PermissionError as exc:
             return policy.wait_readable(row, f"cannot open the file: {exc.strerror or exc}")
         except OSError as exc:
-            if (kind := limits.shortage(exc)) is not None:
-                return policy.wait_for_limit(row, kind, exc)
             return policy.retry(row, f"cannot open the file: {exc.strerror or exc}", None, folder, exc=exc)
         item = UploadItem(
             uuid=row.uuid,
@@ -326,8 +324,6 @@ class Procedure:
         except PermissionError as exc:
             return self.policy.wait_readable(row, f"cannot read its metadata sidecar: {exc.strerror or exc}")
         except OSError as exc:
-            if (kind := limits.shortage(exc)) is not None:
-                return self.policy.wait_for_limit(row, kind, exc)
             return self.policy.retry(
                 row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
             )

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from syncd import limits
 from syncd.backpressure import DiskFull
@@ -46,9 +46,6 @@ from syncd.logs import quoted_path
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_one import Procedure, Stats
 from syncd.webhook import Webhook
-
-if TYPE_CHECKING:
-    from syncd.config import FolderConfig
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +122,6 @@ class Uploader:
         self.policy.webhook = self.circuits.webhook = hook
 
     # pool control ---------------------------------------------------------
-
-    def start(self, workers: int) -> None:
-        self.resize(workers)
 
     def resize(self, workers: int) -> None:
         """Grow or shrink the pool; surplus workers exit after their current file. At the
@@ -257,10 +251,6 @@ class Uploader:
     def process(self, row: Row) -> State:
         """Upload one claimed row and record the outcome; returns the new state."""
         return self.procedure.run(row)
-
-    def finish(self, row: Row, folder: FolderConfig, fd: int | None = None) -> State:
-        """Carry out after_upload for an ``uploaded`` row; "done", or "uploaded" to try later."""
-        return self.procedure.finish(row, folder, fd)
 
     # the workers --------------------------------------------------------------
 

@@ -130,7 +130,7 @@ def test_uploader_reports_bytes_read_per_file(tmp_path: Path) -> None:
     metrics = Metrics()
     up = Uploader(ledger, lambda: {"d": dest}, lambda: {os.fspath(inbox): folder}, metrics=metrics)
     metrics.track_progress(up.progress)
-    up.start(1)
+    up.resize(1)
     try:
         assert dest.read.wait(10)
         (p,) = wait_until(up.progress, 10)

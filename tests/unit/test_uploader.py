@@ -672,7 +672,7 @@ def test_uploaded_files_of_a_folder_that_is_away_wait_for_it_instead_of_vanishin
     recovery = Recovery(ledger, lambda: {root: folder}, up)
     recovery.at_start()
     recovery.sweep()
-    assert up.finish(ledger.get(row_id), folder) == "uploaded"  # a worker's try
+    assert up.procedure.finish(ledger.get(row_id), folder) == "uploaded"  # a worker's try
     row = ledger.get(row_id)
     assert row.state == "uploaded" and "vanished" not in (row.last_error or "")
     folder.path.rmdir()
@@ -939,7 +939,7 @@ def test_a_pool_grown_after_it_shrank_gives_every_worker_a_name_never_used(setup
     def names() -> set[str]:
         return {t.name for t in threading.enumerate() if t.name.startswith("upload-")}
 
-    up.start(4)
+    up.resize(4)
     try:
         first = names()
         up.resize(2)
