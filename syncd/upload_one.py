@@ -238,8 +238,8 @@ class Procedure:
             if unchecked:  # not sent again: the sweep archives it, as after a crash (recovery.py)
                 return State.UPLOADED
             if moved is not None:
-                if not follow_move(self.ledger, row, folder, str(moved)):
-                    return State.DONE
+                if not (followed := follow_move(self.ledger, row, folder, str(moved), policy.shortages)):
+                    return State.DONE if followed is False else State.UPLOADED  # None: the sweep's
                 uploaded = self.ledger.get(row.id)  # with the location it was found at
                 assert uploaded is not None
             else:

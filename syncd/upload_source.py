@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from syncd import left_sidecars, moves, safefs
+from syncd import left_sidecars, limits, moves, safefs
 from syncd.bandwidth import Throttle
 from syncd.destinations.base import READ_BLOCK, Source
 from syncd.ledger import Ledger, Row, Stat
@@ -109,7 +109,7 @@ def find_inode(
         except OSError:
             return None
     deadline = time.monotonic() + WALK_SECONDS
-    for seen, entry in enumerate(safefs.walk(root)):
+    for seen, entry in enumerate(safefs.walk(root, shortage_raises=True)):
         if seen % 256 == 0 and time.monotonic() > deadline:
             log.warning(
                 "gave up looking for a renamed file in %s after %gs (%d entries)",
@@ -127,17 +127,26 @@ def find_inode(
     return None
 
 
-def follow_move(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> bool:
+def follow_move(
+    ledger: Ledger, row: Row, folder: FolderConfig, reason: str, shortages: limits.Shortages | None = None
+) -> bool | None:
     """The upload stands but the file left its path: find where it went.
 
     Renamed inside the folder: the archive takes it from its new path
     (under its original name) and the row the watcher made for the new
     path is retired, so the same bytes are not uploaded twice. Gone, or
     replaced by a new file: nothing to archive; a new file at the path is
-    a new version with its own row.
+    a new version with its own row. None: syncd out of descriptors to look
+    (said to ``shortages``); the row stays ``uploaded`` and the sweep looks again.
     """
-    if row.location is None and relocate(ledger, row, folder):
-        return True
+    try:
+        if row.location is None and relocate(ledger, row, folder):
+            return True
+    except OSError as exc:
+        if shortages is None or (kind := limits.shortage(exc)) is None:
+            raise
+        shortages.note(kind, exc)
+        return None
     note = f"{reason.removeprefix('the file was ')}; nothing archived"
     ledger.mark_done(row.id, note=note)
     left_sidecars.note(ledger, row, folder)  # the one read for it, if its producer left it

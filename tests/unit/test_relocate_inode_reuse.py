@@ -139,3 +139,49 @@ def test_the_queued_row_of_the_new_name_is_retired_with_the_move(tmp_path: Path,
     assert not (inbox / "b.txt").exists()
     assert row_of(ledger, row.id).state == "done"
     assert ledger.get(twin.id) is None  # not left to a worker, to end "vanished"
+
+
+def test_a_walk_cut_short_by_a_descriptor_shortage_does_not_take_the_renamed_file_for_gone(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a.txt, uploaded, renamed to b.txt while syncd was down. Out of file descriptors
+    (EMFILE) for the walk that looks for it by its inode, the walk logged "cannot list"
+    and found nothing: the row ended "source vanished after a confirmed upload; nothing
+    archived" and b.txt, the same bytes, kept its row and was uploaded a second time. The
+    row now stays uploaded for the next sweep, which archives b.txt from where it is."""
+    import errno
+
+    from syncd import safefs
+
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"payload")
+    inbox = tmp_path / "inbox"
+    twin = _renamed_with_a_scanned_row(ledger, inbox)
+    real_walk, real_open_root = safefs.walk, safefs.open_root
+    short = {"on": True, "walking": False}
+
+    def walk(*args: object, **kwargs: object) -> Iterator[safefs.Entry]:
+        short["walking"] = True
+        try:
+            yield from real_walk(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            short["walking"] = False
+
+    def open_root(*args: object, **kwargs: object) -> int:
+        if short["on"] and short["walking"]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open_root(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safefs, "walk", walk)
+    monkeypatch.setattr(safefs, "open_root", open_root)
+    with pytest.raises(OSError) as short_of:
+        archive.finish(ledger, row, folder)
+    assert short_of.value.errno == errno.EMFILE
+    assert row_of(ledger, row.id).state == "uploaded"
+    assert row_of(ledger, twin.id).state == "settling"  # not sent again meanwhile: still the twin
+    short["on"] = False
+    archive.finish(ledger, row_of(ledger, row.id), folder)
+    done = row_of(ledger, row.id)
+    assert done.state == "done" and (tmp_path / "archive" / "inbox" / "a.txt").read_bytes() == b"payload"
+    assert ledger.active_for_path(os.fspath(inbox), "b.txt") is None  # not uploaded again
+    assert not (inbox / "b.txt").exists()

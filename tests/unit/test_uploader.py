@@ -1479,3 +1479,47 @@ def test_an_entry_an_interrupted_move_left_is_not_taken_for_nothing_when_out_of_
     assert row.state == "done" and row.location == str(planned)
     assert sorted(p.name for p in planned.parent.iterdir()) == ["a.txt"]
     assert not (folder.path / "a.txt").exists() and len(dest.received) == 1
+
+
+def test_a_file_renamed_during_its_upload_is_not_taken_for_gone_when_out_of_descriptors(
+    setup: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Renamed a.txt -> b.txt while it was sent. Out of file descriptors for the walk that
+    finds it by its inode, the file was taken for gone: "nothing archived", and b.txt,
+    the same bytes, was uploaded again under its new name. The upload is now recorded and
+    the sweep finds and archives the file once descriptors are free."""
+    import errno
+
+    from syncd import safefs
+    from syncd.recovery import Recovery
+
+    ledger, folder, dest, up, drop, step = setup
+    row_id = drop("a.txt", b"bytes")
+    dest.script.append(lambda source: os.rename(folder.path / "a.txt", folder.path / "b.txt"))
+    real_walk, real_open_root = safefs.walk, safefs.open_root
+    short, walking = [True], [False]
+
+    def walk(*args: Any, **kwargs: Any) -> Any:
+        walking[0] = True
+        try:
+            yield from real_walk(*args, **kwargs)
+        finally:
+            walking[0] = False
+
+    def open_root(*args: Any, **kwargs: Any) -> int:
+        if short[0] and walking[0]:  # the walk's first descriptor
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open_root(*args, **kwargs)
+
+    monkeypatch.setattr(safefs, "walk", walk)
+    monkeypatch.setattr(safefs, "open_root", open_root)
+    assert step() == "uploaded"
+    row = ledger.get(row_id)
+    assert row.state == "uploaded" and "nothing archived" not in (row.last_error or "")
+    assert any(p.startswith("out of file descriptors") for p in up.policy.shortages.describe())
+    short[0] = False
+    Recovery(ledger, lambda: {os.fspath(folder.path): folder}, up).finish_uploaded()
+    row = ledger.get(row_id)
+    assert row.state == "done" and len(dest.received) == 1
+    assert (tmp_path / "archive" / "inbox" / "a.txt").read_bytes() == b"bytes"
+    assert not (folder.path / "b.txt").exists()
