@@ -82,12 +82,15 @@ def file_held_for_writing(root: str, relpath: str, device: int | None = None) ->
     """:func:`held_for_writing` for the file ``relpath`` of the folder ``root``, opened
     through :mod:`syncd.safefs`. True too while another holder's lease on it (Samba's
     oplock) is being broken; None when it cannot be opened (gone, swapped, unreadable:
-    whoever goes on to use it finds out)."""
+    whoever goes on to use it finds out). syncd out of descriptors to open it (EMFILE)
+    raises: "cannot tell" would let a file its writer paused on go half-written."""
     try:
         fd = safefs.open_file(root, relpath)
     except BlockingIOError:
         return True
-    except OSError:
+    except OSError as exc:
+        if exc.errno in safefs.SHORT:
+            raise
         return None
     try:
         return held_for_writing(fd, device)

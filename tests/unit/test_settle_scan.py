@@ -561,3 +561,45 @@ def test_a_scan_cut_short_by_a_descriptor_shortage_is_done_again_soon(
     said = [r.getMessage() for r in caplog.records if "out of file descriptors" in r.getMessage()]
     assert len(said) == 1 and "cannot list" not in caplog.text
     ledger.close()
+
+
+def test_a_file_held_open_for_writing_is_not_queued_when_syncd_cannot_open_it_to_ask(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at whether a quiet file is still open for writing opens it. Out of file
+    descriptors (EMFILE) for that, the answer was "cannot tell", taken for "not held":
+    a file its writer had paused on was queued and uploaded half-written (and again once
+    the writer went on). The file now stays settling, looked at again shortly, and the
+    shortage is said once."""
+    import errno
+
+    from syncd import safefs
+
+    monkeypatch.setattr(writers, "_enabled", True)  # the probe, without touching SIGIO
+    folder = make_folder(tmp_path, settle_seconds=5)
+    path = folder.path / "scan.pdf"
+    real_open = safefs.open_file
+    short = [True]
+
+    def open_short(root: Any, rel: str, *args: Any, **kwargs: Any) -> int:
+        if short[0]:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(root, rel, *args, **kwargs)
+
+    with open(path, "wb") as f:  # the writer stalls with the file open
+        f.write(b"page 1")
+        f.flush()
+        scanner.scan_folder(ledger, folder)
+        settler = _settler(ledger, folder, clock)
+        monkeypatch.setattr(writers.safefs, "open_file", open_short)
+        for _ in range(4):
+            settler.tick()
+            clock.advance(6)  # each look finds it quiet
+        assert ledger.rows()[0].state == "settling"
+        assert any(p.startswith("out of file descriptors") for p in settler.shortages.describe())
+        short[0] = False
+        settler.tick()
+        assert ledger.rows()[0].state == "settling"  # the kernel says: still held
+    clock.advance(6)
+    settler.tick()
+    assert ledger.rows()[0].state == "queued"
