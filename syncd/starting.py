@@ -5,7 +5,8 @@ transaction that a kill rolls back: a million rows take seconds, ten million
 minutes on a slow disk. The start says so in the log and on the STATUS= line, and
 asks systemd to extend the start's timeout while it runs (:func:`upgrading`): a
 start timeout that ended it would roll it back, and every restart would begin it
-again.
+again. Only while it gets on: one that made no progress for :data:`MIGRATE_STALL`
+seconds (a hung disk) asks no more, so that systemd's start timeout ends it.
 
 Two conditions a start waits out rather than exiting (an exit is restarted by the
 unit a few times, then left failed: nothing would start syncd once the condition
@@ -21,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -36,20 +37,39 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 OPEN_RETRY = 2.0  # seconds between tries to open a ledger whose disk is full
 LOCK_EXTEND = 30.0  # seconds asked of systemd at each try for the lock (a try waits 10 s)
 MIGRATE_EXTEND_EVERY = 10.0  # seconds between asks for more start time while the ledger is upgraded
+MIGRATE_STALL = 300.0  # seconds without progress after which an upgrade is taken for hung
 
 
 @contextmanager
 def upgrading(
-    notifier: Any, path: Path, old: int, new: int, every: float = MIGRATE_EXTEND_EVERY
-) -> Iterator[None]:
+    notifier: Any,
+    path: Path,
+    old: int,
+    new: int,
+    every: float = MIGRATE_EXTEND_EVERY,
+    stall: float = MIGRATE_STALL,
+) -> Iterator[Callable[[], None]]:
     """Around the migration of the ledger at ``path`` from schema ``old`` to ``new``: say
-    so, and ask systemd every ``every`` seconds for three times that much more start time."""
+    so, and ask systemd every ``every`` seconds for three times that much more start time
+    while it gets on. It yields the callable the migration calls as it goes (SQLite's
+    progress handler); ``stall`` seconds without a call, the asks stop (said once)."""
     status = f"upgrading the ledger from schema {old} to {new}"
     log.info("%s (%s): one transaction; the start waits for it", status, path)
     done = threading.Event()
+    progressed = [time.monotonic()]
+
+    def step() -> None:
+        progressed[0] = time.monotonic()
 
     def extend() -> None:
         while True:
+            if (quiet := time.monotonic() - progressed[0]) > stall:
+                log.error(
+                    "the ledger upgrade has made no progress for %.0f s (a hung disk?); no more "
+                    "start time is asked of systemd, whose start timeout ends it",
+                    quiet,
+                )
+                return
             notifier.extend(status, 3 * every)
             if done.wait(every):
                 return
@@ -58,7 +78,7 @@ def upgrading(
     started = time.monotonic()
     keeper.start()
     try:
-        yield
+        yield step
     finally:
         done.set()
         keeper.join()

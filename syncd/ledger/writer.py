@@ -29,6 +29,7 @@ from syncd.ledger.row import Row
 
 REBUILDING = ".rebuilding"  # PATH.rebuilding: `syncd ledger rebuild` under way (salvage.py)
 SPACE_TO_OPEN = 1 << 20  # bytes SQLite may need to open a ledger (its -wal and -shm files)
+MIGRATE_PROGRESS_STEPS = 100_000  # SQLite instructions between two calls of a migration's progress
 
 
 def out_of_reach(path: Path, readonly: bool = False) -> str | None:
@@ -102,7 +103,8 @@ class Writer:
         not open for writing, except to the rebuild itself (``rebuilding``).
         ``migrating(from_version, to_version)``, when given, is entered around the
         migration of a ledger of an older schema (the daemon's start says so and keeps
-        systemd's start timeout from ending it: a million rows take seconds)."""
+        systemd's start timeout from ending it: a million rows take seconds); a callable
+        it yields is SQLite's progress handler meanwhile (a hung migration is told apart)."""
         path = Path(path)
         if not (readonly or rebuilding) and Path(f"{path}{REBUILDING}").exists():
             raise LedgerError(
@@ -128,10 +130,15 @@ class Writer:
                     new = schema.SCHEMA_VERSION
                     old = new - len(pending)  # 0: a ledger being created, not upgraded
                     around = migrating if migrating is not None and old else (lambda o, n: nullcontext())
-                    with around(old, new), ledger._write(durable=True):
-                        for statements in pending:
-                            for statement in statements:
-                                conn.execute(statement)
+                    with around(old, new) as progress, ledger._write(durable=True):
+                        if callable(progress):  # told as the migration gets on (a hang is not)
+                            conn.set_progress_handler(progress, MIGRATE_PROGRESS_STEPS)
+                        try:
+                            for statements in pending:
+                                for statement in statements:
+                                    conn.execute(statement)
+                        finally:
+                            conn.set_progress_handler(None, 0)
             except BaseException:
                 ledger.close()
                 raise

@@ -3,12 +3,14 @@ and kept alive under systemd's start timeout while the migration runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,41 @@ def test_a_look_while_the_daemon_upgrades_the_ledger_says_to_wait_not_to_restart
             Ledger.open(path, readonly=True).close()
     finally:
         lock.release()
+
+
+def test_an_upgrade_that_makes_no_progress_stops_asking_for_start_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The asks for more start time went on as long as the migration did: one hung on a
+    dead disk kept the start "activating" for good, never ended by TimeoutStartSec= and
+    never restarted. They now go on only while the migration gets on (SQLite's progress
+    handler); without progress for MIGRATE_STALL seconds they stop, said once."""
+    notifier = Notifier()
+    with upgrading(notifier, tmp_path / "ledger.sqlite3", 2, SCHEMA_VERSION, every=0.02, stall=0.3) as step:
+        for _ in range(20):  # getting on: asked all along
+            step()
+            time.sleep(0.02)
+        assert notifier.extended and "no progress" not in caplog.text
+        deadline = time.monotonic() + 10
+        while "no progress" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)  # hung: no more calls
+        assert "the ledger upgrade has made no progress" in caplog.text
+        n = len(notifier.extended)
+        time.sleep(0.2)
+        assert len(notifier.extended) == n  # none after it was taken for hung
+
+
+def test_a_real_migration_tells_its_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncd.ledger import writer
+
+    monkeypatch.setattr(writer, "MIGRATE_PROGRESS_STEPS", 10)  # a small ledger: few steps
+    path = tmp_path / "ledger.sqlite3"
+    _schema_2_ledger(path)
+    calls = []
+
+    @contextlib.contextmanager
+    def migrating(old: int, new: int) -> Iterator[Callable[[], None]]:
+        yield lambda: calls.append(1)
+
+    Ledger.open(path, migrating=migrating).close()
+    assert calls
