@@ -346,11 +346,14 @@ def _replaced(ledger: Ledger, row: Row, note: str) -> None:
 
 
 def reobserve(ledger: Ledger, row: Row) -> None:
-    """Whatever holds the row's inbox name now is a new version: let it settle."""
+    """Whatever holds the row's inbox name now is a new version: let it settle. Out of
+    descriptors to look (EMFILE, ENFILE), the name is put to settle all the same: the
+    settle stage looks at it (forgets it if nothing is there), not the next rescan."""
     try:
         safefs.lstat(row.folder, row.relpath)
-    except OSError:
-        return
+    except OSError as exc:
+        if exc.errno not in safefs.SHORT:
+            return
     ledger.observe(
         row.folder, [row.relpath], destination=row.destination, labels=row.labels, category=row.category
     )

@@ -227,6 +227,32 @@ def test_a_new_file_under_the_same_name_is_never_archived_as_uploaded(tmp_path: 
     assert new is not None and new.state == "settling"
 
 
+def test_a_new_file_under_the_same_name_settles_when_syncd_is_out_of_descriptors_to_look(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at whether a new file holds the uploaded file's name needs a descriptor.
+    Out of them (EMFILE), it was taken for "nothing there": the new file got no row, and
+    waited for the periodic rescan (an hour, by default). Now the name is put to settle
+    all the same; the settle stage looks at it."""
+    folder = make_folder(tmp_path)
+    row = _uploaded(ledger, folder, "a.txt", b"uploaded version")
+    path = tmp_path / "inbox" / "a.txt"
+    path.unlink()
+    path.write_bytes(b"a newer file, never uploaded")
+    looked: list[str] = []
+
+    def short(root: object, rel: str) -> os.stat_result:
+        looked.append(rel)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(archive.safefs, "lstat", short)
+    archive.finish(ledger, row, folder)
+    assert looked == ["a.txt"]
+    assert row_of(ledger, row.id).state == "done" and path.read_bytes() == b"a newer file, never uploaded"
+    new = ledger.active_for_path(str(tmp_path / "inbox"), "a.txt")
+    assert new is not None and new.state == "settling"
+
+
 def _uploaded_with_target(ledger: Ledger, folder: FolderConfig, rel: str, data: bytes) -> Row:
     """What the upload procedure does: the natural target recorded with "uploaded"."""
     row = ledger.get(queue_file(ledger, folder, rel, data))
