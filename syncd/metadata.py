@@ -120,11 +120,26 @@ def waited_for(mtime_ns: int | None, folder: FolderConfig, first_seen: float, no
 
 
 def sidecar_mtime(path: str, roots: Sequence[str | os.PathLike[str] | None]) -> int | None:
-    """The mtime of the sidecar at ``path`` (under one of ``roots``, never through a link), or None."""
+    """The mtime of the sidecar at ``path`` (under one of ``roots``, never through a link), or
+    None. syncd out of descriptors to look (EMFILE, ENFILE) raises: not known is not none."""
     try:
         root, rel = safefs.anchor(path, [*roots, os.path.dirname(path)])
         return safefs.lstat(root, rel).st_mtime_ns
-    except (OSError, safefs.UnsafePath):
+    except OSError as exc:
+        if exc.errno in safefs.SHORT:
+            raise
+        return None
+
+
+def sidecar_stat(root: str, relpath: str) -> os.stat_result | None:
+    """``lstat`` of the sidecar of the file ``relpath`` in the folder ``root``; None when
+    there is none (or it is behind a symlink: the upload reports it). syncd out of
+    descriptors to look (EMFILE, ENFILE) raises: not known is not none."""
+    try:
+        return safefs.lstat(root, sidecar_path(relpath))
+    except OSError as exc:
+        if exc.errno in safefs.SHORT:
+            raise
         return None
 
 

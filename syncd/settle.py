@@ -362,9 +362,8 @@ class Settler:
         """Since when the row's metadata sidecar has been quiet (0.0: none to wait for)."""
         if not getattr(folder, "metadata_sidecar", False):
             return 0.0
-        try:
-            st = safefs.lstat(row.folder, metadata.sidecar_path(row.relpath))
-        except OSError:  # none (the usual case), or behind a symlink: the upload reports it
+        st = metadata.sidecar_stat(row.folder, row.relpath)  # out of descriptors: raises (a look later)
+        if st is None:  # none (the usual case), or behind a symlink: the upload reports it
             self._sidecars.pop(row.id, None)
             return 0.0
         key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)

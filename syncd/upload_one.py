@@ -304,38 +304,38 @@ class Procedure:
         """The labels and category to send (labels_from_path, metadata_sidecar), or the
         row's new state when the sidecar stops the upload: malformed (the file fails,
         and goes to failed_dir with its sidecar), unreadable, or changed moments ago."""
-        sidecar = metadata.sidecar_path(row.current_path)
+        policy, sidecar = self.policy, metadata.sidecar_path(row.current_path)
         roots = [row.folder, *moves.roots_of(folder)]
         try:
             meta = metadata.resolve(folder, row.relpath, row.current_path, row.labels, row.category, roots)
         except metadata.SidecarError as exc:
-            if metadata.waited_for(
-                metadata.sidecar_mtime(sidecar, roots), folder, row.first_seen, self.clock()
-            ):  # half-written, perhaps
-                return self.policy.defer(
-                    row, "its metadata sidecar changed moments ago", folder.settle_seconds
-                )
-            self.policy.abort(dest, row)
-            return self.policy.fail(
+            try:
+                mtime_ns = metadata.sidecar_mtime(sidecar, roots)
+            except OSError as short:  # syncd out of descriptors to look: the file waits (retry)
+                return policy.retry(row, f"cannot look at its sidecar: {short}", None, exc=short)
+            if metadata.waited_for(mtime_ns, folder, row.first_seen, self.clock()):  # half-written, perhaps
+                return policy.defer(row, "its metadata sidecar changed moments ago", folder.settle_seconds)
+            policy.abort(dest, row)
+            return policy.fail(
                 row,
                 folder,
                 (f"metadata sidecar {quoted_path(os.path.basename(sidecar))} is malformed: {exc}"),
             )
         except PermissionError as exc:
-            return self.policy.wait_readable(row, f"cannot read its metadata sidecar: {exc.strerror or exc}")
+            return policy.wait_readable(row, f"cannot read its metadata sidecar: {exc.strerror or exc}")
         except OSError as exc:
-            return self.policy.retry(
+            return policy.retry(
                 row, f"cannot read its metadata sidecar: {exc.strerror or exc}", None, folder, exc=exc
             )
         earlier = None if meta.sidecar is None else left_sidecars.left_by(self.ledger, row, meta.sidecar)
         if earlier is not None:  # an earlier file's, left in the inbox when that file left
-            self.policy.abort(dest, row)
-            return self.policy.fail(row, folder, left_sidecars.reason(row, earlier))
+            policy.abort(dest, row)
+            return policy.fail(row, folder, left_sidecars.reason(row, earlier))
         if meta.sidecar is not None and metadata.waited_for(
             meta.sidecar.mtime_ns, folder, row.first_seen, self.clock()
         ):
             # written after its file settled: give it the file's settle time
-            return self.policy.defer(
+            return policy.defer(
                 row,
                 "its metadata sidecar changed moments ago; waiting for it to settle",
                 folder.settle_seconds,

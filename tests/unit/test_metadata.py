@@ -325,6 +325,45 @@ def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clo
     assert settler.tick() == 1
 
 
+def test_settle_waits_for_a_sidecar_it_had_no_descriptor_to_look_at(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at a file's sidecar needs a descriptor. Out of them (EMFILE), it was taken
+    for "no sidecar": a quiet file was queued while its sidecar was still being written.
+    The file now stays settling, looked at again shortly, and the shortage is said once."""
+    import errno
+
+    folder = make_folder(tmp_path, settle_seconds=2.0, metadata_sidecar=True)
+    (folder.path / "a.pdf").write_bytes(b"data")
+    side = folder.path / "a.pdf.meta.json"
+    side.write_text('{"labels": [')
+    scanner.scan_folder(ledger, folder)
+    settler = Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
+    settler.tick()
+    real_lstat = metadata.safefs.lstat
+    short = [True]
+
+    def lstat_short(root: Any, rel: str) -> os.stat_result:
+        if short[0] and metadata.is_sidecar(rel):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_lstat(root, rel)
+
+    monkeypatch.setattr(metadata.safefs, "lstat", lstat_short)
+    for n in range(3):  # the data file is quiet; the sidecar is still being written
+        clock.advance(5.0)
+        with open(side, "a") as f:
+            f.write(f'"l{n}", ')
+        assert settler.tick() == 0
+    assert ledger.rows()[0].state == "settling"
+    assert any(p.startswith("out of file descriptors") for p in settler.shortages.describe())
+    short[0] = False
+    side.write_text('{"labels": ["done"]}')
+    clock.advance(10.0)
+    assert settler.tick() == 0  # the sidecar changed since it was last seen: its quiet time
+    clock.advance(2.1)
+    assert settler.tick() == 1
+
+
 def test_a_sidecar_that_never_stops_changing_holds_its_file_back_only_so_long(
     tmp_path: Path, ledger: Ledger, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -765,6 +804,30 @@ def test_duplicate_lookup_uses_the_index(ledger: Ledger) -> None:
     finally:
         conn.close()
     assert any("files_sha256" in str(r[-1]) for r in plan), plan
+
+
+def test_a_malformed_sidecar_syncd_had_no_descriptor_to_look_at_fails_no_file(
+    up: Any, ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sidecar that does not parse is looked at again, to tell a half-written one (the
+    file waits) from a malformed one (the file fails). Out of file descriptors for that
+    look (EMFILE), it was taken for "no sidecar": the file failed, moved to failed_dir
+    with a sidecar its producer was still writing. It now waits, using no attempt."""
+    import errno
+
+    make, dest = up
+    folder, uploader, drop, step = make(metadata_sidecar=True, settle_seconds=2.0)
+    row_id = drop("a.pdf", b"A", sidecar=b'{"labels": ["ok",')
+    os.utime(folder.path / "a.pdf.meta.json", (clock() - 0.5, clock() - 0.5))
+
+    def lstat_short(root: Any, rel: str) -> os.stat_result:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(metadata.safefs, "lstat", lstat_short)
+    assert step() == "retrying"
+    row = row_of(ledger, row_id)
+    assert row.attempts == 0 and "out of file descriptors" in (row.last_error or "")
+    assert (folder.path / "a.pdf").exists() and not dest.received
 
 
 def test_metadata_sidecar_path_helpers() -> None:
