@@ -191,6 +191,7 @@ class MainLoop:
             watch=daemon.watch,
         )
         uploader = self.uploader = self.runtime.uploader
+        self.watcher.shortages = uploader.policy.shortages  # said once with the uploads' (limits.py)
         if self.once:  # `once` ends as soon as the last file is handled
             uploader.on_done = daemon.nudge.set
         self.metrics.track_destinations(uploader.destination_states)

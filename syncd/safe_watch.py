@@ -27,10 +27,17 @@ busy and 620 MB in a test. :class:`PolledFolders` gives it ``stat`` and
 ``listdir`` that resolve every path beneath its polled folder, refusing a
 symlink at any component (a refused path reads as gone), and list nothing
 deeper than the scans go (its walk recurses).
+
+syncd out of descriptors (EMFILE, ENFILE) for a look a watch needs (opening a
+directory, walking the tree, counting its watches) raises
+:class:`OutOfDescriptors` while a folder is armed: the attempt ends as syncd's
+own shortage (syncd/limits.py), to be tried again, never as a directory gone
+nor as inotify's limit, which would poll the folder for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -47,11 +54,29 @@ from watchdog.observers.inotify import (
 )
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask
 
-from syncd import safefs
+from syncd import limits, safefs
 
 log = logging.getLogger(__name__)
 
 _DIR = os.O_PATH | os.O_DIRECTORY
+
+
+class OutOfDescriptors(OSError):
+    """syncd had no descriptor (EMFILE, ENFILE) for a look a watch needs: its own
+    shortage (syncd/limits.py), not inotify's limit nor a directory gone."""
+
+
+@contextlib.contextmanager
+def _shortage_raised() -> Iterator[None]:
+    """An EMFILE or ENFILE inside comes out as :class:`OutOfDescriptors`."""
+    try:
+        yield
+    except OutOfDescriptors:
+        raise
+    except OSError as exc:
+        if exc.errno not in safefs.SHORT:
+            raise
+        raise OutOfDescriptors(exc.errno, exc.strerror, exc.filename) from exc
 
 
 class SafeWatchGroup(InotifyWatchGroup):
@@ -77,18 +102,23 @@ class SafeWatchGroup(InotifyWatchGroup):
         rel = self._relative(path)
         if rel is None:
             raise safefs.UnsafePath(os.fsdecode(path), "not under the watched folder")
-        rootfd = safefs.open_root(os.fsdecode(self.path), _DIR)
-        try:
-            return rootfd if not rel else safefs.open_beneath(rootfd, rel, _DIR)
-        finally:
-            if rel:
-                os.close(rootfd)
+        with _shortage_raised():
+            rootfd = safefs.open_root(os.fsdecode(self.path), _DIR)
+            try:
+                return rootfd if not rel else safefs.open_beneath(rootfd, rel, _DIR)
+            finally:
+                if rel:
+                    os.close(rootfd)
 
     def _add_callback(self, path: bytes) -> None:
         if (existing := self._find_node_by_path(path)) is not None and existing.wd != _INVALID_WD:
             return
         try:
             fd = self._open_dir(path)
+        except OutOfDescriptors:
+            if path == self.path or not self.is_active:
+                raise  # arming the folder: tried again (not a sub-directory gone)
+            return
         except OSError:
             if path == self.path:
                 raise
@@ -111,28 +141,41 @@ class SafeWatchGroup(InotifyWatchGroup):
             os.close(fd)
 
     def _subdirectories(self, path: bytes) -> list[tuple[bytes, bool]]:
-        """Every entry below ``path`` as ``(its path, is a directory)``, parents first."""
+        """Every entry below ``path`` as ``(its path, is a directory)``, parents first;
+        :class:`OutOfDescriptors` when a directory could not be listed for want of one."""
         rel = self._relative(path)
         if rel is None:
             return []
         depth = len(rel.split("/")) if rel else 0
         found = []
-        for entry in safefs.walk(os.fsdecode(self.path), start=rel, max_depth=safefs.MAX_DEPTH - depth):
-            full = os.path.join(self.path, os.fsencode(entry.relpath))
-            found.append((full, stat.S_ISDIR(entry.stat.st_mode)))
+        root, max_depth = os.fsdecode(self.path), safefs.MAX_DEPTH - depth
+        with _shortage_raised():
+            for entry in safefs.walk(root, start=rel, max_depth=max_depth, shortage_raises=True):
+                full = os.path.join(self.path, os.fsencode(entry.relpath))
+                found.append((full, stat.S_ISDIR(entry.stat.st_mode)))
         return found
 
     def _add_all_callbacks(self, path: bytes) -> None:
-        self._add_callback(path)
-        if self.is_recursive:
-            for sub, is_dir in self._subdirectories(path):
-                if is_dir:
-                    self._add_callback(sub)
+        try:
+            self._add_callback(path)
+            if self.is_recursive:
+                for sub, is_dir in self._subdirectories(path):
+                    if is_dir:
+                        self._add_callback(sub)
+        except OutOfDescriptors as e:
+            if not self.is_active:
+                raise  # arming the folder: tried again
+            log.debug("cannot watch below %r: %s", os.fsdecode(path), e.strerror or e)
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         """Create events for what a new directory held before its watch existed."""
         events = []
-        for sub, is_dir in self._subdirectories(src_path):
+        try:
+            found = self._subdirectories(src_path)
+        except OutOfDescriptors as e:
+            log.debug("cannot list %r: %s", os.fsdecode(src_path), e.strerror or e)
+            return []
+        for sub, is_dir in found:
             parent, name = os.path.split(sub)
             node = self._find_node_by_path(parent)
             if node is None:  # not watched (yet): its own IN_CREATE will report its contents
@@ -233,21 +276,56 @@ class PolledFolders:
 
 
 def inotify_watches() -> int | None:
-    """How many inotify watches this process holds (from /proc/self/fdinfo), or None."""
+    """How many inotify watches this process holds (from /proc/self/fdinfo), or None;
+    :class:`OutOfDescriptors` when syncd had none to read them (not a count of too few)."""
     total = 0
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    for fd in fds:
+    with _shortage_raised():
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+            fds = os.listdir("/proc/self/fd")
+        except OSError as exc:
+            if exc.errno in safefs.SHORT:
+                raise
+            return None
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+                    total += sum(1 for line in f if line.startswith("inotify wd:"))
+            except OSError as exc:
+                if exc.errno in safefs.SHORT:
+                    raise
                 continue
-            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-                total += sum(1 for line in f if line.startswith("inotify wd:"))
-        except OSError:
-            continue
     return total
+
+
+def ran_short(exc: OSError) -> str | None:
+    """What ran out, for the folder's problem, when arming its watch failed with ``exc``
+    for want of syncd's own descriptors; None for anything else. (inotify's instance limit
+    is EMFILE too: one not raised as :class:`OutOfDescriptors` is syncd's only when it
+    holds as many descriptors as it may.)"""
+    own = isinstance(exc, OutOfDescriptors) or (exc.errno == errno.EMFILE and limits.out_of_descriptors())
+    if not own:
+        return None
+    if exc.errno == errno.ENFILE:
+        return "the system is out of file descriptors, sysctl fs.file-max"
+    return f"syncd is out of file descriptors, LimitNOFILE= {limits.nofile()[0]}"
+
+
+def missing_watches(root: str, before: int) -> str | None:
+    """Whether the kernel gave a tree just watched fewer watches than it has directories
+    (``before``: this process's watches before): ``"only X of Y directories got a watch"``,
+    or None. watchdog ignores a failed watch on a sub-directory (the watch limit reached
+    half-way through a tree); the kernel's own count of this process's watches tells. A
+    directory created meanwhile is allowed for. :class:`OutOfDescriptors` when a count
+    could not be made for want of a descriptor."""
+    after = inotify_watches()
+    if after is None:
+        return None
+    added, dirs = after - before, count_dirs(root)
+    if added >= dirs or added >= count_dirs(root):
+        return None
+    return f"only {added} of {dirs} directories got a watch"
 
 
 def count_dirs(root: str) -> int:
@@ -256,12 +334,14 @@ def count_dirs(root: str) -> int:
     inotify needs read access to a directory; one a producer made unreadable
     (mode 000) gets no watch from anyone, and its files are found by the
     rescans. It must not count as a missing watch, or one such directory
-    would push the whole folder to polling.
+    would push the whole folder to polling. One syncd had no descriptor to list raises
+    :class:`OutOfDescriptors`: it is not a directory fewer.
     """
     count = 1
-    for entry in safefs.walk(root, descend=lambda _rel, st: listable(st)):
-        if stat.S_ISDIR(entry.stat.st_mode) and listable(entry.stat):
-            count += 1
+    with _shortage_raised():
+        for entry in safefs.walk(root, descend=lambda _rel, st: listable(st), shortage_raises=True):
+            if stat.S_ISDIR(entry.stat.st_mode) and listable(entry.stat):
+                count += 1
     return count
 
 

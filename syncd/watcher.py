@@ -44,7 +44,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from syncd import folder_lock, limits, safefs
 from syncd.events import EVENT_FILTER, Intake, _Handler
 from syncd.logs import quoted_path
-from syncd.safe_watch import PolledFolders, SafeInotifyObserver, count_dirs, inotify_watches
+from syncd.safe_watch import PolledFolders, SafeInotifyObserver, inotify_watches, missing_watches, ran_short
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -120,6 +120,7 @@ class Watcher:
         self._polled = PolledFolders()  # the folders polling observers may look beneath
         self.folders: dict[str, FolderWatch] = {}
         self._lock = threading.Lock()
+        self.shortages = limits.Shortages()  # the uploader's (daemon.py): said once for all
 
     # observers -----------------------------------------------------------
 
@@ -226,8 +227,8 @@ class Watcher:
             if before is not None:
                 self._check_watch_count(fw, root, before)
         except OSError as exc:
-            if exc.errno == errno.EMFILE and limits.out_of_descriptors():  # not inotify's limit
-                short = f"syncd is out of file descriptors, LimitNOFILE= {limits.nofile()[0]}"
+            if (short := ran_short(exc)) is not None:  # not inotify's limit: tried again soon
+                self.shortages.note(limits.DESCRIPTORS, exc)
                 self._report(fw, f"cannot watch ({exc.strerror}: {short})")
                 return False
             if mode == "native" and exc.errno in (errno.ENOSPC, errno.EMFILE):
@@ -274,23 +275,16 @@ class Watcher:
         return True
 
     def _check_watch_count(self, fw: FolderWatch, root: str, before: int) -> None:
-        """Raise ENOSPC if the kernel gave fewer watches than the tree has directories.
-
-        watchdog ignores a failed watch on a sub-directory (the watch limit
-        reached half-way through a tree); the kernel's own count of this
-        process's watches tells. A directory created meanwhile is allowed for.
-        """
-        after = inotify_watches()
-        if after is None:
-            return
-        added, dirs = after - before, count_dirs(root)
-        if added >= dirs or added >= count_dirs(root):
+        """Raise ENOSPC if the kernel gave fewer watches than the tree has directories
+        (:func:`syncd.safe_watch.missing_watches`)."""
+        missing = missing_watches(root, before)
+        if missing is None:
             return
         assert fw.observer is not None and fw.watch is not None
         with contextlib.suppress(KeyError, OSError, ValueError):
             fw.observer.unschedule(fw.watch)
         fw.watch = None
-        raise OSError(errno.ENOSPC, f"only {added} of {dirs} directories got a watch")
+        raise OSError(errno.ENOSPC, missing)
 
     def _poll_from_now(self, fw: FolderWatch, root: str, hit: OSError) -> None:
         """A sub-directory got no watch (the kernel's limit reached once the folder was

@@ -517,3 +517,41 @@ def test_out_of_descriptors_is_a_folder_problem_that_names_the_right_limit(
     short["watch"] = False
     assert watcher.check_health() == [root]
     assert watcher.problems() == {} and watcher.folders[root].mode == "native"
+
+
+def test_a_tree_walked_short_of_descriptors_is_not_taken_for_an_inotify_limit(
+    tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arming a folder walks its tree to watch each sub-directory, then counts them to
+    check the kernel gave a watch to each. Out of file descriptors (EMFILE) to list one,
+    the walk skipped it: its sub-directories got no watch, the count found them, and the
+    folder was polled for good, said as "inotify limit reached (raise sysctl
+    fs.inotify.max_user_watches)", which is not what ran out. The attempt now ends as
+    the shortage it is, and the folder is watched natively at the next health check."""
+    import errno
+
+    from syncd import safefs
+
+    folder = make_folder(tmp_path, "inbox")
+    (folder.path / "a" / "b").mkdir(parents=True)
+    real_open = safefs.open_beneath
+    short = {"a": 1}
+
+    def open_short(dirfd: int, rel: str, flags: int, *args: object, **kwargs: object) -> int:
+        if short.get(rel) and flags == safefs.READ_DIR_FLAGS:  # the walk listing a/, once
+            short[rel] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(dirfd, rel, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safefs, "open_beneath", open_short)
+    root = os.fspath(folder.path)
+    assert watcher.set_folders([folder]) == []
+    assert watcher.fallbacks() == {}
+    problem = watcher.problems()[root]
+    assert "out of file descriptors" in problem and "LimitNOFILE=" in problem, problem
+    assert any(p.startswith("out of file descriptors") for p in watcher.shortages.describe())
+    assert watcher.check_health() == [root]
+    assert watcher.problems() == {} and watcher.folders[root].mode == "native"
+    got = Collected(watcher.intake)
+    (folder.path / "a" / "b" / "deep.txt").write_bytes(b"x")
+    assert wait_for(lambda: "a/b/deep.txt" in got())
