@@ -35,6 +35,7 @@ from syncd.circuit import REFUSED, CircuitState
 from syncd.destinations.base import Destination
 from syncd.destinations.build import build_client, build_destinations, tls_verify
 from syncd.errors import ConfigError, Problem
+from syncd.folder_probe import probe
 from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
@@ -43,7 +44,7 @@ from syncd.metrics import Metrics
 from syncd.offload import Offload
 from syncd.redact import redact
 from syncd.uploader import Uploader
-from syncd.watcher import Watcher, probe
+from syncd.watcher import Watcher
 from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name

@@ -22,7 +22,8 @@ status``) and is neither scanned nor read from; when it is usable again it
 is re-armed and the caller rescans it. A folder deleted and recreated
 between two checks (same path, new inode) is re-armed too. A folder that
 vanished is never taken to mean its files are gone. :func:`probe` is the
-same check for one folder, for callers without a Watcher (``syncd once``).
+same check for one folder (:mod:`syncd.folder_probe`), for callers without a
+Watcher (``syncd once``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import errno
 import logging
 import os
 import socket
-import stat
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserverVFS
 
-from syncd import folder_lock, limits, safefs
+from syncd import folder_lock, limits
 from syncd.events import EVENT_FILTER, Intake, _Handler
+from syncd.folder_probe import probe
 from syncd.logs import quoted_path
 from syncd.safe_watch import PolledFolders, SafeInotifyObserver, inotify_watches, missing_watches, ran_short
 
@@ -51,37 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FolderWatch", "Intake", "Watcher", "probe"]
-
-
-def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, os.stat_result | None]:
-    """``(problem, stat)`` of a watched folder; problem None means usable.
-
-    ``device`` is the ``st_dev`` the folder is expected on (None: any).
-    Problems read well after the folder's path: ``folder missing``, ``not a
-    directory``, ``leads to '/srv/archive' through a symlink now ...`` (the path, resolved
-    when the config was loaded, leads elsewhere now: a symlink at any
-    component), ``marker file '.syncd-root' missing (not mounted?)``, ``on
-    another device than before (unmounted?)``.
-    """
-    root = os.fspath(folder.path)
-    try:
-        st = os.stat(root)
-    except FileNotFoundError:
-        return "folder missing", None
-    except OSError as exc:
-        return f"folder unavailable ({exc.strerror or exc})", None
-    if not stat.S_ISDIR(st.st_mode):
-        return "not a directory", None
-    relinked = safefs.relinked(root)  # (checked not to be inside another folder's archive, say)
-    if relinked is not None:
-        return relinked, None
-    marker = getattr(folder, "marker", None)
-    if marker and not os.path.lexists(os.path.join(root, marker)):
-        return f"marker file {marker!r} missing (not mounted?)", st
-    if device is not None and st.st_dev != device:
-        return "on another device than before (unmounted?)", st
-    return None, st
+__all__ = ["FolderWatch", "Intake", "Watcher"]
 
 
 def _emitter_alive(fw: FolderWatch) -> bool:
