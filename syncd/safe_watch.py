@@ -84,9 +84,13 @@ class SafeWatchGroup(InotifyWatchGroup):
 
     A sub-directory that gets no watch because the kernel's limit is reached (a new
     one, once the folder is watched) is recorded in :attr:`limit_hit`, not logged:
-    the watcher then polls the whole folder and says so once (syncd/watcher.py)."""
+    the watcher then polls the whole folder and says so once (syncd/watcher.py). One that
+    gets no watch because syncd is out of descriptors to open or list it is recorded in
+    :attr:`short`: the watcher watches the folder again once descriptors are free, and
+    rescans it (a shortage passes; polling would last)."""
 
     limit_hit: OSError | None = None
+    short: OSError | None = None
 
     def _relative(self, path: bytes) -> str | None:
         """``path`` relative to the watched folder ("" for the folder); None if not under it."""
@@ -115,9 +119,10 @@ class SafeWatchGroup(InotifyWatchGroup):
             return
         try:
             fd = self._open_dir(path)
-        except OutOfDescriptors:
+        except OutOfDescriptors as e:
             if path == self.path or not self.is_active:
                 raise  # arming the folder: tried again (not a sub-directory gone)
+            self._short(path, e)
             return
         except OSError:
             if path == self.path:
@@ -139,6 +144,11 @@ class SafeWatchGroup(InotifyWatchGroup):
                 self.limit_hit = self.limit_hit or e
         finally:
             os.close(fd)
+
+    def _short(self, path: bytes, exc: OutOfDescriptors) -> None:
+        """A new directory at ``path`` got no watch (or was not listed) for want of a descriptor."""
+        log.debug("cannot watch %r: %s", os.fsdecode(path), exc.strerror or exc)
+        self.short = self.short or exc
 
     def _subdirectories(self, path: bytes) -> list[tuple[bytes, bool]]:
         """Every entry below ``path`` as ``(its path, is a directory)``, parents first;
@@ -165,7 +175,7 @@ class SafeWatchGroup(InotifyWatchGroup):
         except OutOfDescriptors as e:
             if not self.is_active:
                 raise  # arming the folder: tried again
-            log.debug("cannot watch below %r: %s", os.fsdecode(path), e.strerror or e)
+            self._short(path, e)
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         """Create events for what a new directory held before its watch existed."""
@@ -173,7 +183,7 @@ class SafeWatchGroup(InotifyWatchGroup):
         try:
             found = self._subdirectories(src_path)
         except OutOfDescriptors as e:
-            log.debug("cannot list %r: %s", os.fsdecode(src_path), e.strerror or e)
+            self._short(src_path, e)  # (the rescan that follows the new watch finds them)
             return []
         for sub, is_dir in found:
             parent, name = os.path.split(sub)
@@ -208,9 +218,14 @@ class SafeInotifyObserver(InotifyObserver):
     def limit_hit(self, watch: ObservedWatch) -> OSError | None:
         """The error of a sub-directory of ``watch`` that got no watch (the kernel's
         limit reached once it was watched), or None."""
-        emitter = self._emitter_for_watch.get(watch)
-        group = getattr(emitter, "_inotify", None)
+        group = getattr(self._emitter_for_watch.get(watch), "_inotify", None)
         return group.limit_hit if isinstance(group, SafeWatchGroup) else None
+
+    def short(self, watch: ObservedWatch) -> OSError | None:
+        """The error of a new sub-directory of ``watch`` that got no watch because syncd
+        was out of descriptors to open or list it, or None."""
+        group = getattr(self._emitter_for_watch.get(watch), "_inotify", None)
+        return group.short if isinstance(group, SafeWatchGroup) else None
 
     def reader_alive(self) -> bool:
         """Whether the thread reading the kernel's events for every watch still runs."""

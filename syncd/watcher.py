@@ -10,7 +10,10 @@ it before its watch existed produce no events.
 :class:`Watcher` owns the observers: one native (inotify) observer for all
 folders, and polling observers for folders that ask for it (network shares)
 or that could not get an inotify watch (limits reached: the fallback is
-logged with the sysctl to raise).
+logged with the sysctl to raise). syncd out of file descriptors is not an
+inotify limit: a folder it could not arm is its problem until they are free,
+and one with a new sub-folder it could not watch is watched again and
+rescanned then (syncd/safe_watch.py).
 
 Folder health, checked by :meth:`Watcher.check_health` every few seconds
 (Syncthing's approach): a folder is *usable* when it exists, is a directory,
@@ -271,10 +274,28 @@ class Watcher:
             sysctl,
         )
         fw.polled = f"polled, inotify limit reached (raise {sysctl})"
+        self._unwatch(fw)
+
+    def _still_short(self, root: str, short: OSError) -> bool:
+        """A new sub-folder got no watch: syncd was out of descriptors to open or list it
+        (said once, limits.py). True while it still is (the folder stays watched as it is,
+        its files found by the rescans); then False, said: the folder is watched again."""
+        self.shortages.note(limits.DESCRIPTORS, short)
+        if limits.out_of_descriptors():
+            return True
+        log.warning(
+            "watching %s again and rescanning it: a new sub-folder got no watch (%s)",
+            quoted_path(root),
+            short.strerror or short,
+        )
+        return False
+
+    def _unwatch(self, fw: FolderWatch) -> None:
+        """Give up ``fw``'s watch, to watch it again; its lock is kept (no other syncd slips in)."""
         assert fw.observer is not None and fw.watch is not None
         with contextlib.suppress(KeyError, OSError, ValueError):
             fw.observer.unschedule(fw.watch)
-        fw.watch, fw.observer, fw.mode = None, None, "none"  # (the folder's lock is kept)
+        fw.watch, fw.observer, fw.mode = None, None, "none"
 
     def _report(self, fw: FolderWatch, problem: str) -> None:
         """Release ``fw`` and log ``problem`` once (again only when it changes)."""
@@ -329,10 +350,14 @@ class Watcher:
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
                     native = self._native if fw.observer is self._native else None
                     hit = native.limit_hit(fw.watch) if native is not None else None
-                    if hit is None:
+                    short = native.short(fw.watch) if native is not None else None
+                    if hit is None and (short is None or self._still_short(root, short)):
                         folder_lock.drain(fw.lock)
                         continue
-                    self._poll_from_now(fw, root, hit)
+                    if hit is not None:
+                        self._poll_from_now(fw, root, hit)
+                    else:
+                        self._unwatch(fw)  # watched again (below) and rescanned
                 elif fw.mode != "none":
                     log.warning(
                         "watched folder %s was replaced (deleted and created again); watching the new one",

@@ -555,3 +555,44 @@ def test_a_tree_walked_short_of_descriptors_is_not_taken_for_an_inotify_limit(
     got = Collected(watcher.intake)
     (folder.path / "a" / "b" / "deep.txt").write_bytes(b"x")
     assert wait_for(lambda: "a/b/deep.txt" in got())
+
+
+def test_a_new_sub_folder_syncd_had_no_descriptor_to_watch_is_watched_once_descriptors_are_free(
+    tmp_path: Path, watcher: Watcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new sub-folder of a watched folder is opened to get its watch. Out of file
+    descriptors (EMFILE) for that, it was taken for gone: it got no watch, without a
+    word, until a restart, and files saved in it waited for the periodic rescan. The
+    shortage is now said once, the folder stays watched as it is while it lasts (not
+    polled: no inotify limit was reached), and once descriptors are free it is watched
+    again and rescanned."""
+    import errno
+
+    from syncd import limits, safefs
+
+    folder = make_folder(tmp_path, "inbox")
+    root = os.fspath(folder.path)
+    assert watcher.set_folders([folder]) == [root]
+    real_open = safefs.open_beneath
+    short = [True]
+
+    def open_short(dirfd: int, rel: str, flags: int, *args: object, **kwargs: object) -> int:
+        if short[0] and rel == "new" and flags == os.O_PATH | os.O_DIRECTORY:  # its watch's
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(dirfd, rel, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safefs, "open_beneath", open_short)
+    monkeypatch.setattr(limits, "out_of_descriptors", lambda: short[0])
+    got = Collected(watcher.intake)
+    (folder.path / "new").mkdir()
+    assert wait_for(lambda: (got(), "new" in {r for _, r in got.scans})[1])
+    assert watcher.check_health() == []  # still short: watched as it is meanwhile
+    assert watcher.problems() == {} and watcher.fallbacks() == {}
+    assert watcher.folders[root].mode == "native"
+    assert any(p.startswith("out of file descriptors") for p in watcher.shortages.describe())
+    short[0] = False
+    assert watcher.check_health() == [root]  # watched again, to be rescanned
+    assert watcher.folders[root].mode == "native" and watcher.fallbacks() == {}
+    (folder.path / "new" / "later.txt").write_bytes(b"x")
+    assert wait_for(lambda: "new/later.txt" in got())
+    assert watcher.check_health() == []
