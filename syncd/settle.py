@@ -393,6 +393,8 @@ def _stands_for_its_file(busy: Row) -> bool:
         return True  # in flight: an upload follows its file's rename (syncd/upload_source.py)
     try:
         st = safefs.lstat(busy.folder, busy.relpath)
-    except (OSError, safefs.UnsafePath):
+    except OSError as exc:  # UnsafePath too; out of descriptors is no answer (looked at again)
+        if limits.shortage(exc) is not None:
+            raise
         return False
     return st.st_ino == busy.inode and (busy.device is None or st.st_dev == busy.device)

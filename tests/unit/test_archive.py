@@ -562,3 +562,21 @@ def test_an_earlier_moves_entry_holds_the_upload_only_with_its_bytes(tmp_path: P
     assert not earlier.holds_uploaded(
         str(root / "link.txt"), str(root), 8, hashlib.sha256(b"UPLOADED").hexdigest()
     )
+
+
+def test_an_archive_entry_is_not_taken_for_none_when_syncd_cannot_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exists_under decides where an interrupted archive move is finished and where a
+    sidecar goes: out of file descriptors to look is no answer, not "nothing there"."""
+    import errno
+
+    (tmp_path / "a.txt").write_bytes(b"x")
+    assert archive.exists_under(str(tmp_path / "a.txt"), str(tmp_path))
+
+    def short(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(archive.safefs, "lstat", short)
+    with pytest.raises(OSError):
+        archive.exists_under(str(tmp_path / "a.txt"), str(tmp_path))

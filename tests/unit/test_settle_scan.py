@@ -603,3 +603,32 @@ def test_a_file_held_open_for_writing_is_not_queued_when_syncd_cannot_open_it_to
     clock.advance(6)
     settler.tick()
     assert ledger.rows()[0].state == "queued"
+
+
+def test_a_row_of_the_same_inode_is_not_taken_for_gone_when_syncd_cannot_look_at_it(
+    tmp_path: Path, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new name of a file waits behind the queued row of its old name while that name
+    still leads to the file. Out of file descriptors to look at the old name, the answer was
+    "it no longer does": the new name went ahead, and the file was uploaded twice. The
+    shortage now propagates (the settle tick notes it and looks again shortly)."""
+    import errno
+
+    from syncd import safefs, settle
+
+    folder = make_folder(tmp_path)
+    (folder.path / "a.txt").write_bytes(b"x")
+    scanner.scan_folder(ledger, folder)
+    row = ledger.active_for_path(str(folder.path), "a.txt")
+    assert row is not None
+    ledger.promote(row.id)
+    queued = ledger.get(row.id)
+    assert queued is not None and queued.state == "queued"
+
+    def short(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(safefs, "lstat", short)
+    with pytest.raises(OSError) as info:
+        settle._stands_for_its_file(queued)
+    assert info.value.errno == errno.EMFILE
