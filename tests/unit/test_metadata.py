@@ -305,7 +305,10 @@ def ledger(tmp_path: Path, clock: FakeClock) -> Any:
     led.close()
 
 
-def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+def _settling_with_a_sidecar_being_written(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> tuple[Any, Path, Settler]:
+    """a.pdf, quiet, beside a.pdf.meta.json still being written; scanned and looked at once."""
     folder = make_folder(tmp_path, settle_seconds=2.0, metadata_sidecar=True)
     (folder.path / "a.pdf").write_bytes(b"data")
     side = folder.path / "a.pdf.meta.json"
@@ -313,6 +316,11 @@ def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clo
     scanner.scan_folder(ledger, folder)
     settler = Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
     settler.tick()
+    return folder, side, settler
+
+
+def test_settle_waits_for_a_changing_sidecar(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> None:
+    folder, side, settler = _settling_with_a_sidecar_being_written(tmp_path, ledger, clock)
     for n in range(3):  # the data file is quiet; the sidecar is still being written
         clock.advance(1.5)
         with open(side, "a") as f:
@@ -333,13 +341,7 @@ def test_settle_waits_for_a_sidecar_it_had_no_descriptor_to_look_at(
     The file now stays settling, looked at again shortly, and the shortage is said once."""
     import errno
 
-    folder = make_folder(tmp_path, settle_seconds=2.0, metadata_sidecar=True)
-    (folder.path / "a.pdf").write_bytes(b"data")
-    side = folder.path / "a.pdf.meta.json"
-    side.write_text('{"labels": [')
-    scanner.scan_folder(ledger, folder)
-    settler = Settler(ledger, lambda: {os.fspath(folder.path): folder}, clock=clock)
-    settler.tick()
+    folder, side, settler = _settling_with_a_sidecar_being_written(tmp_path, ledger, clock)
     real_lstat = metadata.safefs.lstat
     short = [True]
 

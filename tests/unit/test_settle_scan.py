@@ -398,9 +398,8 @@ def test_folder_back_wakes_only_what_waited_for_the_folder(ledger: Ledger, clock
     assert ledger.claim_next() is None
 
 
-def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: Path) -> None:
-    """A burst of new directories, or periodic scans while a long scan runs, queued one
-    scan each, every one reading the folder's rows again."""
+def _intake_stage(ledger: Ledger, folder: Any, settler: Settler) -> Any:
+    """The intake stage of one folder, nothing else of the daemon around it."""
     import threading
 
     from syncd.backpressure import DiskFull
@@ -408,15 +407,12 @@ def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: P
     from syncd.intake import IntakeStage
     from syncd.liveness import Liveness
     from syncd.metrics import Metrics
-    from syncd.settle import Settler
 
-    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
-    folder = make_folder(tmp_path)
     root = os.fspath(folder.path)
-    stage = IntakeStage(
+    return IntakeStage(
         ledger,
         Intake(),
-        Settler(ledger, lambda: {root: folder}),
+        settler,
         folders=lambda: {root: folder},
         folder_problem=lambda r: None,
         disk_full=DiskFull(None),
@@ -424,6 +420,18 @@ def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: P
         liveness=Liveness(),
         nudge=threading.Event(),
     )
+
+
+def test_scan_requests_that_a_queued_one_covers_are_not_queued_again(tmp_path: Path) -> None:
+    """A burst of new directories, or periodic scans while a long scan runs, queued one
+    scan each, every one reading the folder's rows again."""
+
+    from syncd.settle import Settler
+
+    ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3")
+    folder = make_folder(tmp_path)
+    root = os.fspath(folder.path)
+    stage = _intake_stage(ledger, folder, Settler(ledger, lambda: {root: folder}))
     for _ in range(3):
         stage.request_scan(root, "new")
         stage.request_scan(root)
@@ -512,14 +520,8 @@ def test_a_scan_cut_short_by_a_descriptor_shortage_is_done_again_soon(
     default) with nothing in STATUS. The scan is now asked again in seconds, and the
     shortage is said once and shown (syncd/limits.py)."""
     import errno
-    import threading
 
     from syncd import intake, safefs
-    from syncd.backpressure import DiskFull
-    from syncd.events import Intake
-    from syncd.intake import IntakeStage
-    from syncd.liveness import Liveness
-    from syncd.metrics import Metrics
     from syncd.settle import Settler
 
     monkeypatch.setattr(intake, "SHORT_RETRY", 0.05, raising=False)
@@ -538,17 +540,7 @@ def test_a_scan_cut_short_by_a_descriptor_shortage_is_done_again_soon(
     root = os.fspath(folder.path)
     (folder.path / "a.txt").write_bytes(b"dropped while syncd was down")
     settler = Settler(ledger, lambda: {root: folder})
-    stage = IntakeStage(
-        ledger,
-        Intake(),
-        settler,
-        folders=lambda: {root: folder},
-        folder_problem=lambda r: None,
-        disk_full=DiskFull(None),
-        metrics=Metrics(),
-        liveness=Liveness(),
-        nudge=threading.Event(),
-    )
+    stage = _intake_stage(ledger, folder, settler)
     stage.request_scan(root, reason="startup")
     stage.start_scanner()
     deadline = time.monotonic() + 10
