@@ -37,7 +37,7 @@ THREADS = "threads"
 QUIET = 30.0  # seconds without a shortage before it is said to be over
 NOFILE_CAP = 524288  # the soft limit syncd raises itself to, at most (systemd's hard default)
 
-_NO_THREAD = "can't start new thread"
+NO_THREAD = "can't start new thread"  # what CPython says when no thread can be started
 
 
 def _culprit(exc: BaseException | None) -> BaseException | None:
@@ -52,7 +52,7 @@ def _culprit(exc: BaseException | None) -> BaseException | None:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE):
             return err
-        if isinstance(err, RuntimeError) and _NO_THREAD in str(err):
+        if isinstance(err, RuntimeError) and NO_THREAD in str(err):
             return err
         todo.extend([err.__cause__, err.__context__])
     return None
@@ -72,7 +72,7 @@ def start(thread: threading.Thread) -> RuntimeError | None:
     try:
         thread.start()
     except RuntimeError as exc:
-        if _NO_THREAD not in str(exc):
+        if NO_THREAD not in str(exc):
             raise
         return exc
     return None

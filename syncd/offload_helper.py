@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import importlib
 import logging
 import os
@@ -46,7 +47,7 @@ import threading
 import time
 from typing import Any
 
-from syncd import logs
+from syncd import limits, logs
 from syncd.config import Config
 from syncd.destinations.base import Source
 from syncd.destinations.build import build_client, build_destinations
@@ -151,6 +152,12 @@ class Helper:
 
 
 def encode(exc: BaseException) -> tuple[Any, ...]:
+    # the helper out of descriptors or threads: said as such, not as the service's error it
+    # came wrapped in (whose cause does not cross), so that the worker feeds no circuit
+    if (short := limits.shortage(exc)) == limits.DESCRIPTORS:
+        return ("os", errno.EMFILE, f"in the upload helper: {describe(exc)}")
+    if short == limits.THREADS:
+        return ("other", f"{limits.NO_THREAD}: {describe(exc)}")
     if isinstance(exc, UploadError):
         cls = type(exc)
         # this module is __main__ in a helper (python -m): the worker imports it by its name

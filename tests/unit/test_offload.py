@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from syncd import config as configmod
-from syncd import offload
+from syncd import limits, offload
 from syncd.bandwidth import Bandwidth, Limit
 from syncd.destinations._chunked import SessionLost
 from syncd.destinations.base import Receipt, Source, UploadItem
@@ -391,3 +391,23 @@ def test_an_error_class_the_worker_cannot_import_is_a_helper_failure() -> None:
     main_style = type("StateTooLarge", (StateTooLarge,), {"__module__": "__main__"})
     encoded = encode(main_style("too large"))
     assert encoded[1] == "syncd.offload_helper"
+
+
+def test_a_helper_out_of_descriptors_or_threads_is_no_service_error() -> None:
+    """In a helper, running out of descriptors reaches the destination code as a transport
+    error, which it raises as a RetryableError; only that class and its fields crossed,
+    not the EMFILE behind it, so the worker took it for the service's failure (its circuit
+    fed, the destination said down). It crosses as the shortage it is."""
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise RetryableError("connection failed", transport=True) from exc
+    except RetryableError as wrapped:
+        back = decode(encode(wrapped))
+    assert limits.shortage(back) == limits.DESCRIPTORS
+    try:
+        raise RetryableError("part failed") from RuntimeError("can't start new thread")
+    except RetryableError as wrapped:
+        assert limits.shortage(decode(encode(wrapped))) == limits.THREADS
+    assert limits.shortage(decode(encode(RetryableError("503", status=503)))) is None
