@@ -41,7 +41,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from syncd import left_sidecars, limits, metadata, safefs
+from syncd import left_sidecars, metadata, safefs
 from syncd.aside import put_back, recover_aside
 from syncd.copies import ChangedAfterUpload
 from syncd.earlier import drop_earlier, holds_uploaded, left_at, settle_earlier
@@ -366,6 +366,6 @@ def exists_under(path: str, root: str) -> bool:
         r, rel = safefs.anchor(path, [root])
         return stat.S_ISREG(safefs.lstat(r, rel).st_mode)
     except OSError as exc:
-        if limits.shortage(exc) is not None:
+        if exc.errno in safefs.SHORT:
             raise
         return False

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from syncd import safefs
+
 log = logging.getLogger(__name__)
 
 DESCRIPTORS = "descriptors"
@@ -50,7 +52,7 @@ def _culprit(exc: BaseException | None) -> BaseException | None:
         if err is None or id(err) in seen or len(seen) > 16:
             continue
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in (errno.EMFILE, errno.ENFILE):
+        if isinstance(err, OSError) and err.errno in safefs.SHORT:
             return err
         if isinstance(err, RuntimeError) and NO_THREAD in str(err):
             return err

@@ -394,7 +394,7 @@ def _stands_for_its_file(busy: Row) -> bool:
     try:
         st = safefs.lstat(busy.folder, busy.relpath)
     except OSError as exc:  # UnsafePath too; out of descriptors is no answer (looked at again)
-        if limits.shortage(exc) is not None:
+        if exc.errno in safefs.SHORT:
             raise
         return False
     return st.st_ino == busy.inode and (busy.device is None or st.st_dev == busy.device)

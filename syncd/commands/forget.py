@@ -13,7 +13,7 @@ it (the config file edited, not reloaded), or when the ledger has no row of it.
 
 While a daemon runs (the lock on ``state_dir`` is held) the rows a worker may hold are
 left alone and named: ``uploading`` ones, and ``uploaded`` ones (their after-upload step
-may be under way); exit 1 then, with the advice to run it again. With syncd stopped the
+may be under way); exit 1 then, with what to do (:data:`_AGAIN`). With syncd stopped the
 command holds the lock while it works, so no daemon starts meanwhile, and retires every
 active row. ``--dry-run`` says what it would do and changes nothing.
 """
@@ -62,7 +62,7 @@ def add_parser(lsub: Any) -> None:
         "their way waiting in the ledger for it to come back. This ends their rows in state "
         "`forgotten`; the files stay where they are (nothing is deleted or moved). If the "
         "folder is configured again later, its files are uploaded as new files. Works while "
-        "syncd runs (the files a worker holds are left alone: run it again once they are done).",
+        "syncd runs, except for the files being uploaded or just uploaded (it says which, and what to do).",
     )
     lf.add_argument(
         "--folder",

@@ -17,24 +17,21 @@ import pytest
 
 from syncd.circuit import is_outage
 from syncd.errors import RetryableError
-from tests.destinations.test_lilt_destination import (  # noqa: F401 - the fixtures
+from tests.destinations.lilt_wire import (
     MiB,
     Recorder,
     Wire,
-    client,
-    emu,
     make_dest,
     reply,
     upload,
-    wire,
     without_etag,
     write,
 )
 
 
 def test_a_part_confirmed_without_an_etag_is_the_services_trouble(
-    wire: Wire,  # noqa: F811 - the fixture
-    client: httpx.Client,  # noqa: F811 - the fixture
+    wire: Wire,
+    client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
@@ -45,8 +42,8 @@ def test_a_part_confirmed_without_an_etag_is_the_services_trouble(
 
 
 def test_a_complete_answered_without_success_is_the_services_trouble(
-    wire: Wire,  # noqa: F811 - the fixture
-    client: httpx.Client,  # noqa: F811 - the fixture
+    wire: Wire,
+    client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")
@@ -57,8 +54,8 @@ def test_a_complete_answered_without_success_is_the_services_trouble(
 
 
 def test_a_probe_answered_with_something_else_than_a_list_is_the_services_trouble(
-    wire: Wire,  # noqa: F811 - the fixture
-    client: httpx.Client,  # noqa: F811 - the fixture
+    wire: Wire,
+    client: httpx.Client,
 ) -> None:
     """The probe's RetryableError that is no outage closes the circuit ("an answer about
     the request: the service is there"): a portal answering ``{}`` to every request

@@ -17,15 +17,12 @@ import pytest
 from syncd import http
 from syncd.circuit import is_outage
 from syncd.errors import RetryableError
-from tests.destinations.test_lilt_destination import (  # noqa: F401 - the fixtures
+from tests.destinations.lilt_wire import (
     Recorder,
     Wire,
-    client,
-    emu,
     make_dest,
     reply,
     upload,
-    wire,
     write,
 )
 
@@ -56,8 +53,8 @@ def test_an_empty_success_labelled_html_is_storages_as_gcs_sends_it() -> None:
 
 
 def test_a_single_put_answered_by_a_portals_page_is_not_uploaded(
-    wire: Wire,  # noqa: F811 - the fixture
-    client: httpx.Client,  # noqa: F811 - the fixture
+    wire: Wire,
+    client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     path = write(tmp_path, 1024, "doc.pdf")

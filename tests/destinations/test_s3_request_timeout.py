@@ -17,16 +17,13 @@ import pytest
 
 from syncd import http
 from syncd.errors import PermanentError, RetryableError
-from tests.destinations.test_lilt_destination import (  # noqa: F401 - the fixtures
+from tests.destinations.lilt_wire import (
     MiB,
     Recorder,
     Wire,
-    client,
-    emu,
     make_dest,
     reply,
     upload,
-    wire,
     write,
 )
 
@@ -53,8 +50,8 @@ def test_check_takes_s3s_request_timeout_as_the_networks_trouble(code: str) -> N
 
 
 def test_a_part_answered_request_timeout_is_sent_again_not_failed(
-    wire: Wire,  # noqa: F811 - the fixture
-    client: httpx.Client,  # noqa: F811 - the fixture
+    wire: Wire,
+    client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     path = write(tmp_path, 11 * MiB, "big.bin")

@@ -11,13 +11,22 @@ not the file, was at fault.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from syncd.circuit import THRESHOLD
 from syncd.destinations.base import Checkpoint, Receipt, Source, UploadItem
 from syncd.errors import RetryableError
 from tests.conftest import FakeClock
 from tests.unit.test_uploader import setup, work  # noqa: F401 - the fixture
+
+RESET = "ReadError: [Errno 104] Connection reset by peer"
+
+
+def _one_more_part_then_a_reset(done: int, checkpoint: Checkpoint) -> NoReturn:
+    """An attempt that had ``done`` parts confirmed gets one more confirmed, then the link
+    drops the connection."""
+    checkpoint({"v": 1, "part_size": 1, "parts": {str(n): "e" for n in range(1, done + 2)}})
+    raise RetryableError(RESET, transport=True)
 
 
 def test_a_reset_after_new_parts_were_confirmed_spends_no_attempt(
@@ -39,9 +48,7 @@ def test_a_reset_after_new_parts_were_confirmed_spends_no_attempt(
         tries.append(done)
         if done >= 6:  # every part confirmed at last
             return Receipt(remote_id="obj/big.bin", url="http://x/obj")
-        # one more part confirmed, then the link drops the connection
-        checkpoint({"v": 1, "part_size": 1, "parts": {str(n): "e" for n in range(1, done + 2)}})
-        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+        _one_more_part_then_a_reset(done, checkpoint)
 
     dest.upload = upload
     for n in range(20):
@@ -74,8 +81,7 @@ def test_a_file_that_moves_on_at_every_attempt_does_not_call_the_service_down(
         done = len((resume or {}).get("parts", {}))
         if done >= 6:
             return plain(item, source, resume, checkpoint)
-        checkpoint({"v": 1, "part_size": 1, "parts": {str(n): "e" for n in range(1, done + 2)}})
-        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+        _one_more_part_then_a_reset(done, checkpoint)
 
     dest.upload = upload
     for _ in range(30):
@@ -104,7 +110,7 @@ def test_an_attempt_in_flight_when_the_circuit_opened_does_not_close_it(
         checkpoint({"v": 1, "part_size": 1, "parts": {"1": "e", "2": "e"}})
         for _ in range(THRESHOLD):  # meanwhile the other workers see the service go down
             up.circuit("dest").failed("ConnectError: refused")
-        raise RetryableError("ReadError: [Errno 104] Connection reset by peer", transport=True)
+        raise RetryableError(RESET, transport=True)
 
     dest.upload = upload
     row = up._claim()
