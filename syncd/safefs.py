@@ -46,6 +46,9 @@ _SYS_OPENAT2 = 437  # the same number on every Linux architecture (it came after
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
+_BENEATH = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS  # no way out of dirfd
+_NO_LINKS = _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+_AT_FDCWD = -100
 
 O_PATH = getattr(os, "O_PATH", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -76,7 +79,7 @@ class _Kernel:
     _syscall = None
 
     @classmethod
-    def openat2(cls, dirfd: int, path: bytes, flags: int, mode: int) -> int | None:
+    def openat2(cls, dirfd: int, path: bytes, flags: int, mode: int, resolve: int = _BENEATH) -> int | None:
         """The new descriptor, or None when the kernel (or a seccomp filter) lacks openat2."""
         if cls.use_openat2 is False:
             return None
@@ -86,11 +89,7 @@ class _Kernel:
             except (OSError, AttributeError):
                 cls.use_openat2 = False
                 return None
-        how = _OpenHow(
-            flags,
-            mode if flags & os.O_CREAT else 0,
-            _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
-        )
+        how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, resolve)
         fd = cls._syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             cls.use_openat2 = True
@@ -100,7 +99,7 @@ class _Kernel:
             cls.use_openat2 = False  # no openat2 (old kernel, or a sandbox refuses it)
             return None
         if err == errno.EAGAIN:  # RESOLVE_* lookups may ask to be retried
-            return cls.openat2(dirfd, path, flags, mode)
+            return cls.openat2(dirfd, path, flags, mode, resolve)
         raise OSError(err, os.strerror(err), os.fsdecode(path))
 
 
@@ -266,12 +265,31 @@ def relinked(path: str | os.PathLike[str]) -> str | None:
     """Why a folder whose path was resolved (and checked) when the configuration was
     loaded is not to be used now that it leads elsewhere (a symlink put in at any of its
     components since: where it leads, nothing checked), else None."""
-    real = os.path.realpath(path)
-    if real == os.fspath(path):
+    text = os.fspath(path)
+    if _without_symlinks(text):
+        return None
+    real = os.path.realpath(text)
+    if real == text:
         return None
     from syncd.logs import quoted_path
 
     return f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)"
+
+
+def _without_symlinks(path: str) -> bool:
+    """Whether the kernel resolves the absolute, normal ``path`` without following any
+    symlink (one ``openat2``, where ``realpath`` lstats each component: this look is made
+    for every file uploaded and archived); False when it cannot tell."""
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        return False
+    try:
+        fd = _Kernel.openat2(_AT_FDCWD, os.fsencode(path), (O_PATH or os.O_RDONLY) | _CLOEXEC, 0, _NO_LINKS)
+    except OSError:  # a symlink on the way (ELOOP), missing, not reachable: realpath says
+        return False
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def anchor(path: str, roots: Iterable[str | os.PathLike[str] | None]) -> tuple[str, str]:
