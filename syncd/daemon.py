@@ -52,7 +52,7 @@ from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.health import Health
 from syncd.intake import IntakeStage
-from syncd.ledger import Ledger
+from syncd.ledger import Ledger, Row
 from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
@@ -192,8 +192,7 @@ class MainLoop:
         )
         uploader = self.uploader = self.runtime.uploader
         self.watcher.shortages = uploader.policy.shortages  # said once with the uploads' (limits.py)
-        if self.once:  # `once` ends as soon as the last file is handled
-            uploader.on_done = daemon.nudge.set
+        uploader.on_done = self._handled
         self.metrics.track_destinations(uploader.destination_states)
         self.metrics.track_progress(uploader.progress)
         self.metrics.track_webhook(self.runtime.webhook_health)
@@ -367,6 +366,12 @@ class MainLoop:
 
         self.runtime.reload(announce)
         self.pulse.beat()
+
+    def _handled(self, row: Row) -> None:
+        """A worker is done with ``row`` (any outcome): another name of its file may go now,
+        and `once` ends as soon as the last file is handled."""
+        if self.settler.same_file.over(row.folder, row.inode) or self.once:
+            self.daemon.nudge.set()
 
     def _finished(self) -> bool:
         """Once mode: nothing left to do now (what is left is counted at the end: once.outcome)."""

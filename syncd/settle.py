@@ -49,6 +49,7 @@ from syncd import limits, metadata, rules, safefs, writers
 from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
+from syncd.same_file import InodeWaits, same_file_waits
 from syncd.skipped import Skipped
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class Settler:
         # and their (folder, inode): a second name of the same file waits for the first
         self._promoting: list[tuple[int, Stat | None]] = []
         self._promoting_inodes: set[tuple[str, int]] = set()
+        self.same_file = InodeWaits()  # rows that wait for another name of their file
 
     def tick(self) -> int:
         """Judge the settling rows that are due (at most BATCH); returns how many were queued.
@@ -117,6 +119,7 @@ class Settler:
                 self.on_queued()  # uploads put off for it: the workers take them now
         queued = 0
         now = self.clock()
+        self.ledger.set_due([(row_id, now) for row_id in self.same_file.due()])
         rows = self.ledger.settling_due(now, BATCH)
         self.more = len(rows) == BATCH
         looks: list[tuple[int, float]] = []
@@ -299,10 +302,11 @@ class Settler:
                     now - row.first_seen,
                     quoted_path(row.inbox_path),
                 )
-        if (row.folder, st.st_ino) in self._promoting_inodes or _same_file_waits(
+        if (row.folder, st.st_ino) in self._promoting_inodes or same_file_waits(
             self.ledger.inode_busy(replace(row, inode=st.st_ino))
         ):
-            return now + WAIT_LOOK  # the same file is being uploaded under its old name
+            self.same_file.note(row.folder, st.st_ino, row.id)  # due again when that upload is over
+            return now + WAIT_LOOK  # the same file is being uploaded under another name
         self._promote(row, st.st_ino)
         self._warned.discard(row.id)
         self._held.pop(row.id, None)
@@ -376,25 +380,3 @@ class Settler:
     def skip_special(self, folder: str, relpath: str, mode: int) -> None:
         """Log, once per path, that a non-regular file is skipped (:mod:`syncd.skipped`)."""
         self.skipped.note(folder, relpath, mode)
-
-
-def _same_file_waits(busy: list[Row]) -> bool:
-    """Whether one of ``busy``, the rows of the same inode that are queued or further
-    along, still stands for the file being judged."""
-    return any(_stands_for_its_file(row) for row in busy)
-
-
-def _stands_for_its_file(busy: Row) -> bool:
-    """A row waiting to be claimed whose name no longer leads to its inode does not:
-    deleted (its inode reused by the new file) or renamed (it finds nothing at its claim
-    and vanishes), so the new file need not wait behind the queue or a retry backoff for
-    it. One in flight does: its upload follows its file's rename."""
-    if busy.state not in (State.QUEUED, State.RETRYING) or busy.location is not None:
-        return True  # in flight: an upload follows its file's rename (syncd/upload_source.py)
-    try:
-        st = safefs.lstat(busy.folder, busy.relpath)
-    except OSError as exc:  # UnsafePath too; out of descriptors is no answer (looked at again)
-        if exc.errno in safefs.SHORT:
-            raise
-        return False
-    return st.st_ino == busy.inode and (busy.device is None or st.st_dev == busy.device)

@@ -110,7 +110,7 @@ class Uploader:
         self._started = 0  # workers started so far
         self._target = 0
         self._stopping = False
-        self.on_done: Callable[[], None] = lambda: None  # told after every file a worker handled
+        self.on_done: Callable[[Row], None] = lambda row: None  # told after every file a worker handled
 
     @property
     def webhook(self) -> Webhook | None:
@@ -364,7 +364,7 @@ class Uploader:
             self.stats.sending.pop(row.id, None)
             if self.metrics is not None:
                 self.metrics.in_flight.set(len(self.stats.inflight))
-        self.on_done()
+        self.on_done(row)
 
     def _idle_wait(self) -> float:
         """Until the next row is due or a circuit may let one through, at most IDLE_WAIT.

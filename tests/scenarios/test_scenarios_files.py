@@ -333,3 +333,27 @@ def test_f6_f7_flood_while_stopped_is_all_ledgered_by_a_rescan(setup: Callable[.
     rss_kib = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
     assert rss_kib < 300 * 1024, f"RSS {rss_kib} KiB after the flood"
     assert s.stop() == 0
+
+
+def test_hard_links_of_one_file_go_one_after_the_other_without_a_pause(
+    make_setup: Callable[..., Setup],
+) -> None:
+    """Each name of a hard-linked file is a file of its own, sent one after the other (never
+    two uploads of one inode at once). The next name waited for the settle stage's next
+    look, a second after the last upload: 20 names took 19 s. The end of an upload now
+    makes the next name due at once (about half a second for all 20)."""
+    s = make_setup(folders=[{"name": "in", "settle_seconds": 0}])
+    s.start()
+    s.wait_started()
+    src = s.inbox() / ".writing"
+    src.write_bytes(b"same bytes")
+    started = time.monotonic()
+    for i in range(20):
+        os.link(src, s.inbox() / f"link{i}.txt")
+    src.unlink()
+    wait_until(lambda: s.counts().get("done", 0) == 20, 60, what="20 names done")
+    took = time.monotonic() - started
+    assert took < 10, f"20 names of one file took {took:.1f}s: they waited for a poll"
+    names = sorted(u["filename"] for u in s.emulator.uploads())
+    assert names == sorted(f"link{i}.txt" for i in range(20))
+    s.invariants()

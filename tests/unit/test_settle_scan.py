@@ -328,6 +328,32 @@ def test_two_names_of_one_file_in_one_tick_queue_only_one(
     assert states == ["queued", "settling"]
 
 
+def test_the_second_name_of_a_file_goes_as_soon_as_the_first_names_upload_is_over(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """A hard link waits while the other name of its file is being sent; it then waited for
+    the settle stage's next look, a second later (20 hard links took 20 s). The worker's
+    word that it is done with the first name makes the second due at once."""
+    folder = make_folder(tmp_path, settle_seconds=0.0)
+    (folder.path / "a.bin").write_bytes(b"same bytes")
+    os.link(folder.path / "a.bin", folder.path / "b.bin")
+    scanner.scan_folder(ledger, folder)
+    settler = _settler(ledger, folder, clock)
+    assert settler.tick() == 1
+    first = next(r for r in ledger.rows() if r.state == "queued")
+    clock.advance(0.1)
+    assert settler.tick() == 0  # still behind the first name, due again in a second
+    claimed = ledger.claim_next([first.destination])
+    assert claimed is not None and claimed.id == first.id
+    ledger.mark_uploaded(first.id, sha256="0" * 64, receipt={"remote_id": "x"})
+    ledger.mark_done(first.id)
+    clock.advance(0.1)
+    assert settler.tick() == 0  # not told: nothing is due before the next look
+    assert settler.same_file.over(first.folder, first.inode)  # the worker's word
+    assert settler.tick() == 1
+    assert sorted(r.state for r in ledger.rows()) == ["done", "queued"]
+
+
 def test_rows_of_a_folder_that_is_away_wait_for_its_return(
     tmp_path: Path, ledger: Ledger, clock: FakeClock
 ) -> None:
@@ -606,7 +632,7 @@ def test_a_row_of_the_same_inode_is_not_taken_for_gone_when_syncd_cannot_look_at
     shortage now propagates (the settle tick notes it and looks again shortly)."""
     import errno
 
-    from syncd import safefs, settle
+    from syncd import safefs, same_file
 
     folder = make_folder(tmp_path)
     (folder.path / "a.txt").write_bytes(b"x")
@@ -622,5 +648,5 @@ def test_a_row_of_the_same_inode_is_not_taken_for_gone_when_syncd_cannot_look_at
 
     monkeypatch.setattr(safefs, "lstat", short)
     with pytest.raises(OSError) as info:
-        settle._stands_for_its_file(queued)
+        same_file.stands_for_its_file(queued)
     assert info.value.errno == errno.EMFILE
