@@ -18,7 +18,7 @@ from collections import deque
 from syncd import safefs
 from syncd.ledger import Row, State
 
-LIMIT = 10_000  # files (folder, inode) remembered; past it, waiting rows are looked at each second
+LIMIT = 10_000  # files (folder, inode) remembered; past it, what is remembered starts over
 
 
 class InodeWaits:
@@ -35,8 +35,12 @@ class InodeWaits:
     def note(self, folder: str, inode: int, row_id: int) -> None:
         """Row ``row_id`` waits for the upload of inode ``inode`` of ``folder`` under another name."""
         key = (folder, inode)
-        if key in self._waiting or len(self._waiting) < self._limit:
-            self._waiting.setdefault(key, set()).add(row_id)
+        if key not in self._waiting and len(self._waiting) >= self._limit:
+            # files whose last name went another way than through a worker (the archiver's
+            # sweep, a forget) stay here: forget them all; the rows that waited are still
+            # looked at every WAIT_LOOK, as every waiting row is
+            self._waiting.clear()
+        self._waiting.setdefault(key, set()).add(row_id)
 
     def over(self, folder: str, inode: int | None) -> bool:
         """A worker is done with a row of this file (uploaded, retrying, failed...): whether

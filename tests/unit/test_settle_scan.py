@@ -650,3 +650,14 @@ def test_a_row_of_the_same_inode_is_not_taken_for_gone_when_syncd_cannot_look_at
     with pytest.raises(OSError) as info:
         same_file.stands_for_its_file(queued)
     assert info.value.errno == errno.EMFILE
+
+
+def test_what_is_remembered_of_rows_waiting_for_another_name_is_bounded() -> None:
+    from syncd.same_file import InodeWaits
+
+    waits = InodeWaits(limit=3)
+    for inode in range(10):
+        waits.note("/in", inode, inode)
+    assert len(waits._waiting) <= 3
+    assert waits.over("/in", 9) and waits.due() == [9]
+    assert not waits.over("/in", None)
