@@ -313,17 +313,23 @@ def test_one_tick_promotes_in_one_transaction_per_wake_and_wakes_the_workers(
     assert woken == [4, 8, 10]  # each wake-up finds the rows before it committed
 
 
-def test_two_names_of_one_file_in_one_tick_queue_only_one(
-    tmp_path: Path, ledger: Ledger, clock: FakeClock
-) -> None:
-    """Promotions are written at the end of the batch, so the second name of a hard-linked
-    file must see the first in the batch, not only in the ledger."""
+def _two_names_ticked(tmp_path: Path, ledger: Ledger, clock: FakeClock) -> Settler:
+    """A folder holding one file under two names (a.bin, b.bin), scanned and judged once."""
     folder = make_folder(tmp_path, settle_seconds=0.0)
     (folder.path / "a.bin").write_bytes(b"same bytes")
     os.link(folder.path / "a.bin", folder.path / "b.bin")
     scanner.scan_folder(ledger, folder)
     settler = _settler(ledger, folder, clock)
     assert settler.tick() == 1
+    return settler
+
+
+def test_two_names_of_one_file_in_one_tick_queue_only_one(
+    tmp_path: Path, ledger: Ledger, clock: FakeClock
+) -> None:
+    """Promotions are written at the end of the batch, so the second name of a hard-linked
+    file must see the first in the batch, not only in the ledger."""
+    _two_names_ticked(tmp_path, ledger, clock)
     states = sorted(r.state for r in ledger.rows())
     assert states == ["queued", "settling"]
 
@@ -334,12 +340,7 @@ def test_the_second_name_of_a_file_goes_as_soon_as_the_first_names_upload_is_ove
     """A hard link waits while the other name of its file is being sent; it then waited for
     the settle stage's next look, a second later (20 hard links took 20 s). The worker's
     word that it is done with the first name makes the second due at once."""
-    folder = make_folder(tmp_path, settle_seconds=0.0)
-    (folder.path / "a.bin").write_bytes(b"same bytes")
-    os.link(folder.path / "a.bin", folder.path / "b.bin")
-    scanner.scan_folder(ledger, folder)
-    settler = _settler(ledger, folder, clock)
-    assert settler.tick() == 1
+    settler = _two_names_ticked(tmp_path, ledger, clock)
     first = next(r for r in ledger.rows() if r.state == "queued")
     clock.advance(0.1)
     assert settler.tick() == 0  # still behind the first name, due again in a second
