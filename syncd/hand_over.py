@@ -1,6 +1,7 @@
-"""The hand-over of an uploaded file: its after_upload action and what a failure says.
+"""The hand-over of an uploaded file: its record, its after_upload action and what a failure says.
 
-:meth:`HandOver.hand_over` is the one place an uploaded row is archived,
+:meth:`HandOver.record` commits the upload the service confirmed, waiting
+while the ledger takes no writes. :meth:`HandOver.hand_over` is the one place an uploaded row is archived,
 deleted or kept (:func:`syncd.archive.finish` does the file-system part):
 right after its upload (syncd/upload_one.py), and for rows a crash, a full
 disk or a stuck archive left ``uploaded`` (syncd/recovery.py). A failure
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -24,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from syncd import archive, failed, limits
 from syncd.backpressure import DiskFull
-from syncd.failure_kinds import is_disk_full
+from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.ledger import Ledger, Row
+from syncd.liveness import Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.moves import StillOpen
 from syncd.stuck import Stuck
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 OPEN_SAID_MAX = 10_000  # rows said (at warning level) to be held open; the rest at debug level
+RECORD_WAIT = 5.0  # seconds between tries to record an upload the ledger did not take
 
 
 class HandOver:
@@ -60,6 +64,39 @@ class HandOver:
         self.stuck = Stuck()  # folders whose after-upload action keeps failing
         self._open: dict[int, str] = {}  # rows held open for writing by a process -> folder
         self._lock = threading.Lock()
+
+    def record(self, row: Row, pulse: Pulse, **fields: Any) -> None:
+        """``mark_uploaded``, tried again every RECORD_WAIT seconds while the ledger takes
+        no writes (its write lock held by another process past the busy timeout, its disk
+        full) until it does or syncd stops: the service holds the file now, and a row left
+        ``uploading`` is requeued by the sweep and sent again. Other ledger errors, and a
+        stop, leave the row to the sweep or the next start, as before."""
+        said = False
+        while True:
+            pulse.phase("recording the upload", local_allowance(row.size or 0))
+            try:
+                self.ledger.mark_uploaded(row.id, **fields)
+            except sqlite3.OperationalError as exc:
+                full = is_disk_full(exc)
+                if self.cancel.is_set() or not (full or is_locked(exc)):
+                    raise
+                if full:
+                    self.disk_full.note("ledger", exc)
+                if not said:
+                    log.warning(
+                        "uploaded %s, but the ledger cannot record it (%s%s); trying again every"
+                        " %g s (it is not sent again)",
+                        quoted_path(row.inbox_path),
+                        exc,
+                        "" if full else self.ledger.held_by(),
+                        RECORD_WAIT,
+                    )
+                    said = True
+                self.cancel.wait(RECORD_WAIT)
+                continue
+            if said:
+                log.info("recorded the upload of %s", quoted_path(row.inbox_path))
+            return
 
     def hand_over(
         self, row: Row, folder: FolderConfig, fd: int | None = None, *, fresh: bool = False

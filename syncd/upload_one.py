@@ -33,7 +33,6 @@ from syncd.bandwidth import Bandwidth
 from syncd.circuits import Circuits
 from syncd.destinations.base import Destination, Receipt, Source, UploadItem, wire_name
 from syncd.errors import SourceChangedError, SourceMovedError
-from syncd.failure_kinds import is_disk_full, is_locked
 from syncd.hand_over import HandOver
 from syncd.ledger import Ledger, Row, State
 from syncd.liveness import NO_PULSE, Pulse, local_allowance
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
     from syncd.config import FolderConfig
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
-
-RECORD_WAIT = 5.0  # seconds between tries to record an upload the ledger did not take
 
 
 @dataclass
@@ -210,7 +207,7 @@ class Procedure:
                 return self._skip(row, folder, dest, source, original, sha, moved, meta)
             self.circuits.service_ok(row.destination, row)
             target = archive.natural_target(row, folder) if moved is None else None
-            self._record_upload(
+            self.after.record(
                 row,
                 pulse,
                 sha256=sha,
@@ -254,39 +251,6 @@ class Procedure:
                     archive_path=target if target is not None else row.archive_path,
                 )
             return self.finish(uploaded, folder, source.fileno(), fresh=True)
-
-    def _record_upload(self, row: Row, pulse: Pulse, **fields: Any) -> None:
-        """``mark_uploaded``, tried again every RECORD_WAIT seconds while the ledger takes
-        no writes (its write lock held by another process past the busy timeout, its disk
-        full) until it does or syncd stops: the service holds the file now, and a row left
-        ``uploading`` is requeued by the sweep and sent again. Other ledger errors, and a
-        stop, leave the row to the sweep or the next start, as before."""
-        said = False
-        while True:
-            pulse.phase("recording the upload", local_allowance(row.size or 0))
-            try:
-                self.ledger.mark_uploaded(row.id, **fields)
-            except sqlite3.OperationalError as exc:
-                full = is_disk_full(exc)
-                if self.cancel.is_set() or not (full or is_locked(exc)):
-                    raise
-                if full:
-                    self.after.disk_full.note("ledger", exc)
-                if not said:
-                    log.warning(
-                        "uploaded %s, but the ledger cannot record it (%s%s); trying again every"
-                        " %g s (it is not sent again)",
-                        quoted_path(row.inbox_path),
-                        exc,
-                        "" if full else self.ledger.held_by(),
-                        RECORD_WAIT,
-                    )
-                    said = True
-                self.cancel.wait(RECORD_WAIT)
-                continue
-            if said:
-                log.info("recorded the upload of %s", quoted_path(row.inbox_path))
-            return
 
     def _send(self, row: Row, dest: Destination, item: UploadItem, source: Source, pulse: Pulse) -> Receipt:
         """``dest.upload``, here or by an idle upload helper (syncd/offload.py)."""

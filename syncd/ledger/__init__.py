@@ -50,7 +50,8 @@ Modules: :mod:`~syncd.ledger.row` (states, the row, column codecs),
 :mod:`~syncd.ledger.schema` (DDL and migrations, opening and checking),
 :mod:`~syncd.ledger.writer` (the connection, transactions, group commit),
 :mod:`~syncd.ledger.queries` (reads), :mod:`~syncd.ledger.transitions` (the
-verbs that write), :mod:`~syncd.ledger.schedule` (due times a stepped-back
+verbs that write), :mod:`~syncd.ledger.versions` (versions of one file: those
+kept in the folder after their upload), :mod:`~syncd.ledger.schedule` (due times a stepped-back
 clock left in the future), :mod:`~syncd.ledger.retention` (old rows of finished
 files deleted), :mod:`~syncd.ledger.salvage` (``syncd ledger rebuild``),
 :mod:`~syncd.ledger.backup` (``syncd ledger backup``).
@@ -75,6 +76,7 @@ class Ledger(Retention):
     Its verbs come in layers, one module each: :class:`~syncd.ledger.writer.Writer`
     (connection, transactions, :meth:`sync`), :class:`~syncd.ledger.queries.Queries`
     (reads), :class:`~syncd.ledger.transitions.Transitions` (writes),
+    :class:`~syncd.ledger.versions.Versions` (kept versions, superseded, adopted),
     :class:`~syncd.ledger.requeue.Requeues` (back to the queue: after a crash, ``retry``),
     :class:`~syncd.ledger.schedule.Schedule` (due times after a clock step),
     :class:`~syncd.ledger.routing.Routing` (waiting files after a reload) and

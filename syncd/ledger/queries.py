@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from syncd.ledger.row import (
-    FINISHED_STATES,
     SETTLED_ACTIVE_STATES,
     STATES,
     WAITING_STATES,
@@ -85,41 +84,6 @@ class Queries(Writer):
                 (folder, *args),
             ).fetchall()
         return {os.fsdecode(r[0]) for r in rows}
-
-    def done_versions(
-        self, folder: str, under: str = ""
-    ) -> dict[str, tuple[int | None, int | None, int | None]]:
-        """Files finished but still in the inbox (kept, or failed in place), under their
-        own name or the one they were renamed to during the upload (``location`` in the
-        folder); below the sub-folder ``under`` only, when given (a scan of a new
-        directory reads its own rows, not the folder's). A done (or skipped) row with a note is of a
-        file that left the inbox (deleted after its upload, gone before its archive): a
-        file there now is another one.
-
-        path -> (size, mtime_ns, inode) of the newest such row, so scans do
-        not mistake them for new versions.
-        """
-        inside = os.fsencode(folder.rstrip("/") + "/")
-        below, args = _below("relpath", under)
-        moved, moved_args = _below("location", under, inside)
-        finished = f"state IN {sql_in(FINISHED_STATES)}"
-        columns = "SELECT id, relpath, size, mtime_ns, inode, location FROM files"
-        still_here = f"NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
-        with self._lock:
-            # two small indexes (schema 7) instead of every finished row of the folder
-            rows = self._conn.execute(
-                f"{columns} INDEXED BY files_kept WHERE folder = ? AND location IS NULL AND {finished}"
-                f" AND {below} AND {still_here}",
-                (folder, *args),
-            ).fetchall()
-            rows += self._conn.execute(
-                f"{columns} INDEXED BY files_kept_moved WHERE {moved} AND location IS NOT NULL"
-                f" AND {finished} AND (archive_path IS NULL OR state = '{State.FAILED}')"
-                f" AND folder = ? AND {still_here}",
-                (*moved_args, folder),
-            ).fetchall()
-        rows.sort(key=lambda r: r[0])  # the newest row of a path wins
-        return {os.fsdecode(r[1] if r[5] is None else r[5][len(inside) :]): (r[2], r[3], r[4]) for r in rows}
 
     def uploaded_copy(
         self, folder: str, sha256: str, *, destination: str, exclude: int | None = None

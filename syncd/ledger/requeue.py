@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from syncd.ledger.row import Row, State
 from syncd.ledger.schema import ACTIVE_SQL
-from syncd.ledger.transitions import Transitions
+from syncd.ledger.versions import Versions
 
 
-class Requeues(Transitions):
+class Requeues(Versions):
     """Rows back to ``queued``: those a crash left ``uploading``, and failed ones."""
 
     def requeue_stale(self) -> int:

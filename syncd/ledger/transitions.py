@@ -187,13 +187,6 @@ class Transitions(Queries):
         """
         self._update("checkpoint", row_id, resume=_json(resume))
 
-    def adopt(self, row_id: int, st: Stat) -> None:
-        """A retried failed file is uploaded as it is now (:func:`syncd.upload_source.adopt_failed`):
-        from the start, since the parts a service holds are of other bytes."""
-        self._update(
-            "adopt", row_id, size=st.size, mtime_ns=st.mtime_ns, inode=st.inode, device=st.device, resume=None
-        )
-
     def set_location(self, row_id: int, location: str) -> None:
         """The bytes of this row are now at ``location`` (renamed during upload)."""
         self._update("location", row_id, durable=True, location=_enc(location))
@@ -359,30 +352,6 @@ class Transitions(Queries):
             self._set(
                 conn, row_id, state=State.VANISHED, last_error=reason, next_attempt_at=None, resume=None
             )
-
-    def supersede(self, row: Row, *, reason: str) -> None:
-        """The file changed during upload: retire ``row`` and start a new settling version."""
-        now = self._clock()
-        with self._write() as conn:
-            self._set(
-                conn, row.id, state=State.VANISHED, last_error=reason, resume=None, next_attempt_at=None
-            )
-            if row.location is None:
-                conn.execute(
-                    _NEW_SETTLING,
-                    (
-                        str(uuidlib.uuid4()),
-                        row.folder,
-                        os.fsencode(row.relpath),
-                        row.destination,
-                        json.dumps(list(row.labels), ensure_ascii=False),
-                        row.category,
-                        now,
-                        now,
-                        now,
-                        now,
-                    ),
-                )
 
     # -------------------------------------------------------------- key/value
 

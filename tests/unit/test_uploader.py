@@ -1300,11 +1300,11 @@ def test_an_upload_the_ledger_could_not_record_at_once_is_recorded_not_sent_agai
     The worker records it once the ledger takes writes again."""
     import sqlite3
 
-    from syncd import upload_one
+    from syncd import hand_over
     from syncd.recovery import Recovery
 
     ledger, folder, dest, up, drop, step = setup
-    monkeypatch.setattr(upload_one, "RECORD_WAIT", 0.01, raising=False)
+    monkeypatch.setattr(hand_over, "RECORD_WAIT", 0.01)
     row_id = drop("a.txt", b"confirmed by the service")
     real = ledger.mark_uploaded
     tries: list[int] = []
@@ -1340,10 +1340,10 @@ def test_an_upload_not_recorded_when_syncd_stops_is_left_to_the_next_start(
     still uploading, is requeued with its resume state like any upload in flight."""
     import sqlite3
 
-    from syncd import upload_one
+    from syncd import hand_over
 
     ledger, folder, dest, up, drop, step = setup
-    monkeypatch.setattr(upload_one, "RECORD_WAIT", 0.01, raising=False)
+    monkeypatch.setattr(hand_over, "RECORD_WAIT", 0.01)
     row_id = drop("a.txt")
 
     def locked(*args: Any, **kw: Any) -> None:
