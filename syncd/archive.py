@@ -13,7 +13,9 @@ durable record covers it (one fsync for both), and a delete syncs first.
 ``delete``
     Unlink the source (only while its name still holds the uploaded file).
 ``keep``
-    Leave it; later scans recognise the same version and ignore it.
+    Leave it; later scans and events recognise the same version by its row,
+    a rewrite that kept its size and mtime by its inode change time
+    (:mod:`syncd.kept`).
 
 The metadata sidecar read for the upload (``metadata_sidecar = true``,
 recorded in the row's ``meta``) goes with its file: archived beside it as

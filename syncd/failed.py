@@ -98,8 +98,20 @@ def to_failed(ledger: Ledger, row: Row, folder: FolderConfig, reason: str) -> No
             log.warning(
                 "could not write the reason next to %s: %s", quoted_path(location), exc.strerror or exc
             )
-    ledger.mark_failed(row.id, error=reason, location=location)
+    ctime_ns = _ctime_in_place(row) if location is None else None
+    ledger.mark_failed(row.id, error=reason, location=location, ctime_ns=ctime_ns)
     log.error("failed: %s: %s", quoted_path(row.inbox_path), reason)
+
+
+def _ctime_in_place(row: Row) -> int | None:
+    """The inode change time of a failed file that stays in the inbox, still the row's
+    version: scans and events take a later change of it for a new version, tried again
+    (syncd/kept.py). None when the name holds no such file now."""
+    try:
+        st = safefs.lstat(row.folder, row.relpath)
+    except (OSError, safefs.UnsafePath):
+        return None
+    return st.st_ctime_ns if stat.S_ISREG(st.st_mode) and matches(st, row) else None
 
 
 def _began_in(planned: str | None, relpath: str, failed_root: str) -> str:

@@ -10,7 +10,9 @@ Three sources put paths into the ledger as ``settling`` rows:
 * the scanner thread walks folders on request (:meth:`IntakeStage.request_scan`):
   at startup, every ``rescan_seconds``, when a folder is re-armed or comes
   back, after a reload, when the disk has space again, and when a directory
-  is moved in (the watcher asks for a scan of just that directory).
+  is moved in (the watcher asks for a scan of just that directory); and it
+  hashes a kept file an event named whose inode changed, when the settle
+  stage asks (a *recheck*: syncd/kept.py).
 * the settle stage (syncd/settle.py) then judges the rows that are due.
 
 Scheduling: the main loop sleeps (:meth:`IntakeStage.sleep`) until the next
@@ -31,12 +33,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from syncd import limits, scanner
+from syncd import kept, limits, scanner
 from syncd.backpressure import DiskFull
 from syncd.events import Intake
 from syncd.failure_kinds import is_disk_full
 from syncd.ledger import Ledger
-from syncd.liveness import Liveness
+from syncd.liveness import Liveness, Pulse, local_allowance
 from syncd.logs import quoted_path
 from syncd.metrics import Metrics
 from syncd.settle import Settler
@@ -46,6 +48,7 @@ log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger na
 MIN_TICK = 0.02  # seconds between two ticks however often the loop is woken
 SHORT_RETRY = 2.0  # seconds before a scan syncd's own shortage cut short is done again
 SHORT_TRIES = 30  # tries in a row (a minute); then the periodic rescan
+RECHECK = "recheck"  # a scan request's reason: one kept file to compare with its upload
 
 
 def flush(
@@ -127,10 +130,15 @@ class IntakeStage:
         self.unread: dict[str, str] = {}
         self._queue: queue.Queue[tuple[str, str, str] | None] = queue.Queue()
         self._pending = 0
-        self._queued: set[tuple[str, str]] = set()  # (root, rel) asked for, not begun
+        # (root, rel, a recheck) asked for, not begun: a recheck (one kept file) covers no scan
+        self._queued: set[tuple[str, str, bool]] = set()
         self._lock = threading.Lock()
         self._short: dict[tuple[str, str], int] = {}  # scans syncd's own shortage cut short, tries
         self._thread = threading.Thread(target=self._scan_loop, name="scanner", daemon=True)
+        self._stopping = threading.Event()  # a scan hashing kept files leaves the rest for later
+        self._pulse: Pulse | None = None  # the scanner thread's heartbeat, once it runs
+        # a kept file an event named, its inode changed: the scanner hashes it (syncd/kept.py)
+        settler.recheck = lambda root, rel: self.request_scan(root, rel, reason=RECHECK)
 
     def tick(self) -> None:
         """Ledger what events reported; judge the settling rows that are due."""
@@ -171,16 +179,19 @@ class IntakeStage:
 
     def stop_scanner(self) -> None:
         """The scanner ends after the scan in progress (queued scans are dropped with it)."""
+        self._stopping.set()
         self._queue.put(None)
 
     def request_scan(self, root: str, rel: str = "", *, reason: str = "periodic") -> None:
         """Queue a scan of ``root`` (below ``rel``), unless one that covers it is queued
         and not begun yet: a burst of new directories, or periodic scans while a long one
-        runs, would pile up and each read the folder again."""
+        runs, would pile up and each read the folder again. ``reason`` :data:`RECHECK`:
+        ``rel`` is one kept file to compare with its upload (syncd/kept.py), not a directory."""
         with self._lock:
-            if (root, "") in self._queued or (root, rel) in self._queued:
+            key = (root, rel, reason == RECHECK)
+            if (root, "", False) in self._queued or key in self._queued:
                 return
-            self._queued.add((root, rel))
+            self._queued.add(key)
             self._pending += 1
         self._queue.put((root, rel, reason))
 
@@ -189,7 +200,7 @@ class IntakeStage:
             return self._pending > 0
 
     def _scan_loop(self) -> None:
-        pulse = self.liveness.pulse("scanner", "scan")
+        pulse = self._pulse = self.liveness.pulse("scanner", "scan")
         try:
             while True:
                 pulse.idle()
@@ -198,7 +209,7 @@ class IntakeStage:
                     return
                 root, rel, reason = item
                 with self._lock:
-                    self._queued.discard((root, rel))  # asked again from now on: scanned again
+                    self._queued.discard((root, rel, reason == RECHECK))  # asked again: done again
                 pulse.step(f"scanning {quoted_path(os.path.join(root, rel) if rel else root)}")
                 try:
                     self._scan(root, rel, reason)
@@ -217,6 +228,9 @@ class IntakeStage:
                 if problem is not None and not rel:
                     self.unread[root] = problem
                 return  # reported by the health check; never scan an unmounted folder
+            if reason == RECHECK:
+                kept.recheck(self.ledger, folder, rel, looking=self._hashing, stop=self._stopping)
+                return
             started = time.monotonic()
             ignored = scanner.Ignored()
             found = scanner.scan_folder(
@@ -225,6 +239,8 @@ class IntakeStage:
                 start=rel,
                 on_special=lambda r, m: self.settler.skip_special(root, r, m),
                 ignored=ignored,
+                looking=self._hashing,
+                stop=self._stopping,
             )
             if not rel:  # a walk of the whole folder: what it ignored, for `syncd status`
                 self.unread.pop(root, None)
@@ -248,6 +264,11 @@ class IntakeStage:
             log.exception("scan of %s failed", quoted_path(root))
         else:
             self._short.pop((root, rel), None)
+
+    def _hashing(self, path: str, size: int) -> None:
+        """A kept file whose inode changed is hashed: progress, with the time its read may take."""
+        if self._pulse is not None:
+            self._pulse.phase(f"hashing kept file {quoted_path(path)}", local_allowance(size))
 
     def _cut_short(self, root: str, rel: str, reason: str, kind: str, exc: OSError) -> None:
         """A scan syncd's own shortage cut short is asked again in SHORT_RETRY seconds, for

@@ -3,9 +3,10 @@
 Events can be lost (the inotify queue overflows silently, watches run out,
 the daemon was down), so every folder is walked at startup and every
 ``rescan_seconds``. A walk records every regular file that the folder's rules
-accept and that has no active ledger row; the settle stage then judges it as
-it would a file reported by an event. Nothing is stat'ed twice here: the
-directory entries carry what is needed.
+accept and that has no active ledger row, and is not a version already
+uploaded and kept in the folder (syncd/kept.py); the settle stage then judges
+it as it would a file reported by an event. Nothing is stat'ed twice here:
+the directory entries carry what is needed.
 
 The walk never follows symlinks (to files or directories), skips junk and
 excluded directories as a whole, and never enters the folder's own archive,
@@ -17,12 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncd import rules, safefs
+from syncd import kept, rules, safefs
 from syncd.ledger import Ledger
+from syncd.ledger.versions import KeptVersion
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
@@ -108,24 +111,35 @@ def scan_folder(
     on_special: Callable[[str, int], None] | None = None,
     start: str = "",
     ignored: Ignored | None = None,
+    looking: kept.Looking | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Ledger every accepted file in ``folder`` not already tracked; returns how many were new.
-    ``ignored`` counts the names the rules passed over."""
+    ``ignored`` counts the names the rules passed over.
+
+    A file still there after its upload (after_upload = "keep", or failed in place) is
+    known by its row; one whose inode change time is no longer the one recorded is
+    hashed once the walk is done (syncd/kept.py: ``looking`` is told of each, ``stop``
+    leaves the rest for the next scan)."""
     root = os.fspath(folder.path)
     active = ledger.active_paths(root, start)
     finished = ledger.done_versions(root, start)
     batch: list[str] = []
+    closer: list[tuple[str, KeptVersion, str, int]] = []
     created = 0
     for relpath, st in walk(folder, on_special, start, ignored):
         if relpath in active:
             continue
-        if finished.get(relpath) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            continue  # the same version is already done (after_upload = "keep")
+        version = finished.get(relpath)
+        if version is not None and (verdict := kept.judge(version, st)) != kept.NEW:
+            if verdict != kept.SAME:  # its inode changed since: looked at once the walk is done
+                closer.append((relpath, version, verdict, st.st_ctime_ns))
+            continue
         batch.append(relpath)
         if len(batch) >= BATCH:
             created += _flush(ledger, folder, batch)
     created += _flush(ledger, folder, batch)
-    return created
+    return created + kept.look_closer(ledger, folder, closer, looking=looking, stop=stop)
 
 
 def _flush(ledger: Ledger, folder: FolderConfig, batch: list[str]) -> int:

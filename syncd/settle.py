@@ -17,8 +17,9 @@ one tick long. A look finds:
   never opened (every lookup goes through :mod:`syncd.safefs`);
 * no longer wanted by the folder's rules (config reload): forgotten;
 * changed since the last tick: the quiet time restarts;
-* identical to the newest finished version of the same path (a kept file, or
-  one left in place after failing): forgotten, it is not a new version;
+* the finished version kept at its path (after_upload = "keep", or failed in
+  place: :mod:`syncd.kept`): forgotten, not a new version; one whose inode
+  change time moved is hashed by the scanner thread (``recheck``);
 * quiet for ``settle_seconds`` but still open for writing by some process
   (:mod:`syncd.writers` asks the kernel): it waits for the writer to close it,
   however long the writer pauses; with ``max_settle_seconds`` no longer than
@@ -45,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from syncd import limits, metadata, rules, safefs, writers
+from syncd import kept, limits, metadata, rules, safefs, writers
 from syncd.away import AwayFolders
 from syncd.ledger import Ledger, Row, Stat, State
 from syncd.logs import quoted_path
@@ -87,6 +88,7 @@ class Settler:
         self._folders = folders  # folder path (str) -> FolderConfig, re-read each tick
         self.clock = clock
         self.on_queued = on_queued
+        self.recheck: Callable[[str, str], None] = lambda root, relpath: None  # set by the intake stage
         self._warned: set[int] = set()
         # rows found open for writing by a process: row id -> (folder, what was said: 0 the
         # wait, 1 after LONG_SETTLE_WARNING, 2 uploading anyway); `syncd once` leaves them
@@ -282,14 +284,7 @@ class Settler:
         quiet_from = max(quiet_since, sidecar_since)
         if now - quiet_from < folder.settle_seconds:
             return quiet_from + float(folder.settle_seconds)
-        previous = self.ledger.previous_version(row)
-        if (
-            previous is not None
-            and previous.location is None
-            and previous.state in (State.DONE, State.FAILED, State.SKIPPED)
-            and not (previous.state in (State.DONE, State.SKIPPED) and previous.last_error)  # it left
-            and (previous.size, previous.mtime_ns, previous.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
-        ):
+        if kept.known(self.ledger, row, st, self.recheck):
             self.ledger.forget(row.id)
             return None
         if self._held_open(row, st):

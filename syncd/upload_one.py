@@ -214,6 +214,7 @@ class Procedure:
                 receipt=receipt.to_json(),
                 meta=meta.to_json() if meta is not None else None,
                 archive_target=target,
+                ctime_ns=source.checked_ctime_ns,  # a kept file is known by it (syncd/kept.py)
             )
             elapsed = max(time.monotonic() - started, 1e-6)
             now = self.clock()
@@ -339,7 +340,11 @@ class Procedure:
         """
         self.policy.abort(dest, row)  # a remote upload an earlier attempt had begun
         self.ledger.mark_duplicate(
-            row.id, sha256=sha, original=original, meta=meta.to_json() if meta is not None else None
+            row.id,
+            sha256=sha,
+            original=original,
+            meta=meta.to_json() if meta is not None else None,
+            ctime_ns=source.checked_ctime_ns,
         )
         log.info(
             'skipped %s: same content as #%d (%s), already uploaded to %s as %s (on_duplicate = "skip")',

@@ -226,7 +226,7 @@ class Source:
             if not stat.S_ISREG(st.st_mode):
                 raise SourceChangedError("the path is no longer a regular file")
             self._verify(st)
-            self._ctime_ns = st.st_ctime_ns
+            self._ctime_ns = self.checked_ctime_ns = st.st_ctime_ns
         except BaseException:
             self.close()
             raise
@@ -237,7 +237,9 @@ class Source:
 
     @property
     def ctime_ns(self) -> int:
-        """The file's inode change time when it was opened (a resume state records it)."""
+        """The file's inode change time when it was opened (a resume state records it).
+        ``checked_ctime_ns``: the one at which :meth:`check_unchanged` last found the bytes
+        read still the file's (a kept file's row records it: syncd/kept.py)."""
         return self._ctime_ns
 
     def _verify(self, st: os.stat_result) -> None:
@@ -275,6 +277,7 @@ class Source:
                 raise SourceChangedError(
                     "the file was rewritten during upload (same size and mtime, other bytes)"
                 )
+        self.checked_ctime_ns = st.st_ctime_ns
         if not path:
             return
         try:

@@ -7,7 +7,8 @@ This package is the only place that speaks SQL. Callers use verbs:
 :meth:`~Ledger.requeue_stale` and so on.
 
 A row is one *version* of one file: the folder, the path relative to it, and
-the size, mtime, inode and (once read) SHA-256 of the bytes. States
+the size, mtime, inode and (once read) SHA-256 of the bytes; once uploaded, the
+inode change time at which those bytes were last found the file's. States
 (:class:`State`)::
 
     settling -> queued -> uploading -> uploaded -> done

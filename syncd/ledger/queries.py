@@ -47,14 +47,6 @@ class Queries(Writer):
         )
         return rows[0] if rows else None
 
-    def previous_version(self, row: Row) -> Row | None:
-        """The newest older row for the same inbox path, whatever its state."""
-        rows = self._query(
-            "SELECT * FROM files WHERE folder = ? AND relpath = ? AND id < ? ORDER BY id DESC LIMIT 1",
-            (row.folder, os.fsencode(row.relpath), row.id),
-        )
-        return rows[0] if rows else None
-
     def previous_done(self, row: Row) -> Row | None:
         """The newest older row for the same inbox path whose file was uploaded (or skipped)
         and left the inbox or was kept."""

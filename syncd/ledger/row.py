@@ -109,6 +109,9 @@ class Row:
     duplicate_of: int | None = None  # skipped (on_duplicate = "skip"): the row that was uploaded
     meta: dict[str, Any] | None = None  # labels/category sent, and the sidecar read (metadata.py)
     sidecar_path: str | None = None  # where the metadata sidecar was moved (target recorded first)
+    # the inode change time at which the bytes uploaded were last found the file's (a kept
+    # file: scans and settle hash it again when it differs; syncd/kept.py)
+    ctime_ns: int | None = None
 
     @classmethod
     def from_db(cls, r: sqlite3.Row) -> Row:
@@ -141,6 +144,7 @@ class Row:
             updated_at=r["updated_at"],
             device=r["device"],
             **_v4(r),
+            ctime_ns=r["ctime_ns"] if "ctime_ns" in r.keys() else None,  # noqa: SIM118 (schema 9)
         )
 
     @property

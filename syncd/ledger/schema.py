@@ -21,7 +21,7 @@ from syncd.errors import LedgerError, LedgerUnreachable
 from syncd.ledger.row import ACTIVE_STATES, ERROR_STATES, sql_in
 from syncd.lock import holder_pid, make_state_dir
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 READABLE_FROM = 3  # the oldest schema read-only commands read without its upgrade (counts, device)
 QUICK_CHECK_MAX_BYTES = 32 * 1024 * 1024  # read-only opens quick_check ledgers up to this size
 APPLICATION_ID = 0x73796E63  # "sync"
@@ -144,6 +144,11 @@ _MIGRATIONS: dict[int, str | tuple[str, ...]] = {
     # No table changes; the version alone makes an older syncd, which does not know that
     # state, refuse the ledger instead of failing on such a row.
     8: (),
+    # A file left in its folder after its upload (after_upload = "keep", or failed in place)
+    # is recognised by its size, mtime and inode, which a rewrite in place can all keep
+    # (`touch -d`, `cp --preserve=timestamps`); its inode change time, which no program
+    # sets back, says when to hash it again. Adding a column rewrites no row.
+    9: "ALTER TABLE files ADD COLUMN ctime_ns INTEGER",
 }
 
 

@@ -199,8 +199,9 @@ class Transitions(Queries):
         receipt: dict[str, Any],
         meta: dict[str, Any] | None = None,
         archive_target: str | None = None,
+        ctime_ns: int | None = None,
     ) -> None:
-        """The remote confirmed these bytes.
+        """The remote confirmed these bytes (the file's, still, at inode change time ``ctime_ns``).
 
         Committed, and made durable by the next :meth:`sync` before the source
         file is touched: :func:`syncd.archive.finish` syncs before a delete or
@@ -227,13 +228,21 @@ class Transitions(Queries):
             uploaded_at=self._clock(),
             last_error=None,
             next_attempt_at=None,
+            ctime_ns=ctime_ns,
             **fields,
         )
 
     def mark_duplicate(
-        self, row_id: int, *, sha256: str, original: Row, meta: dict[str, Any] | None = None
+        self,
+        row_id: int,
+        *,
+        sha256: str,
+        original: Row,
+        meta: dict[str, Any] | None = None,
+        ctime_ns: int | None = None,
     ) -> None:
-        """on_duplicate = "skip": these bytes were uploaded already, as ``original``.
+        """on_duplicate = "skip": these bytes (the file's at ``ctime_ns``) were uploaded
+        already, as ``original``.
 
         Durable on return, before the file is archived. The row goes to
         ``uploaded`` with ``duplicate_of`` set and a receipt naming the earlier
@@ -259,6 +268,7 @@ class Transitions(Queries):
                 last_error=None,
                 next_attempt_at=None,
                 resume=None,
+                ctime_ns=ctime_ns,
                 **fields,
             )
 
@@ -333,8 +343,11 @@ class Transitions(Queries):
                 only=UPLOADING,
             )
 
-    def mark_failed(self, row_id: int, *, error: str, location: str | None) -> None:
-        """Given up: the file was moved to ``location`` (failed_dir), or stays put if None."""
+    def mark_failed(
+        self, row_id: int, *, error: str, location: str | None, ctime_ns: int | None = None
+    ) -> None:
+        """Given up: the file was moved to ``location`` (failed_dir), or stays put if None
+        (its inode change time then, ``ctime_ns``: a later change of it is tried again)."""
         with self._write("failed", durable=True) as conn:
             fields: dict[str, Any] = {
                 "state": State.FAILED,
@@ -344,6 +357,8 @@ class Transitions(Queries):
             }
             if location is not None:
                 fields["location"] = _enc(location)
+            else:
+                fields["ctime_ns"] = ctime_ns
             self._set(conn, row_id, **fields)
 
     def mark_vanished(self, row_id: int, *, reason: str) -> None:

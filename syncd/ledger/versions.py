@@ -2,60 +2,122 @@
 
 A row is one version of a file. These verbs tell versions apart: the
 versions still in their folder after their upload (``after_upload = "keep"``,
-or failed in place), which scans must not take for new files
-(:meth:`Versions.done_versions`); a file that changed during its upload
-(:meth:`Versions.supersede`); a retried failed file taken as it is now
-(:meth:`Versions.adopt`).
+or failed in place), which scans and the settle stage must not take for new
+files (:meth:`Versions.done_versions`, :meth:`Versions.kept_version`); what a
+closer look at one found (:meth:`Versions.confirm_ctimes`: the same bytes at
+a new inode change time; :meth:`Versions.rewritten`: other bytes, a new
+version); a file that changed during its upload (:meth:`Versions.supersede`);
+a retried failed file taken as it is now (:meth:`Versions.adopt`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid as uuidlib
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from syncd.ledger.queries import _below
 from syncd.ledger.row import FINISHED_STATES, Row, Stat, State, sql_in
 from syncd.ledger.transitions import _NEW_SETTLING, Transitions
 
+_FINISHED = f"state IN {sql_in(FINISHED_STATES)}"  # the partial indexes' own term
+# a done (or skipped) row with a note is of a file that left the inbox (deleted after its
+# upload, gone before its archive, rewritten in place since): a file there now is another one
+_STILL_HERE = f"NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
+_COLUMNS = (
+    "SELECT id, relpath, location, size, mtime_ns, inode, ctime_ns, queued_at,"
+    f" state != '{State.FAILED}' AND sha256 IS NOT NULL FROM files"
+)
+
+
+class KeptVersion(NamedTuple):
+    """A finished version of a file that is still in its folder, as a scan compares it
+    with what it finds there (syncd/kept.py)."""
+
+    id: int
+    size: int | None
+    mtime_ns: int | None
+    inode: int | None
+    ctime_ns: int | None  # when its bytes were last found the uploaded ones; None: before schema 9
+    queued_at: float | None
+    hashed: bool  # uploaded (or skipped): the SHA-256 of its bytes is known
+
+
+def _kept(r: sqlite3.Row) -> KeptVersion:
+    return KeptVersion(r[0], r[3], r[4], r[5], r[6], r[7], bool(r[8]))
+
 
 class Versions(Transitions):
     """Versions of one file: those kept in the folder, and a version superseded or adopted."""
 
-    def done_versions(
-        self, folder: str, under: str = ""
-    ) -> dict[str, tuple[int | None, int | None, int | None]]:
+    def done_versions(self, folder: str, under: str = "") -> dict[str, KeptVersion]:
         """Files finished but still in the inbox (kept, or failed in place), under their
         own name or the one they were renamed to during the upload (``location`` in the
         folder); below the sub-folder ``under`` only, when given (a scan of a new
-        directory reads its own rows, not the folder's). A done (or skipped) row with a note is of a
-        file that left the inbox (deleted after its upload, gone before its archive): a
-        file there now is another one.
+        directory reads its own rows, not the folder's). A done (or skipped) row with a
+        note is of a file that left the inbox: a file there now is another one.
 
-        path -> (size, mtime_ns, inode) of the newest such row, so scans do
-        not mistake them for new versions.
+        path -> the newest such row, so scans do not mistake them for new versions.
         """
         inside = os.fsencode(folder.rstrip("/") + "/")
         below, args = _below("relpath", under)
         moved, moved_args = _below("location", under, inside)
-        finished = f"state IN {sql_in(FINISHED_STATES)}"
-        columns = "SELECT id, relpath, size, mtime_ns, inode, location FROM files"
-        still_here = f"NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
         with self._lock:
             # two small indexes (schema 7) instead of every finished row of the folder
             rows = self._conn.execute(
-                f"{columns} INDEXED BY files_kept WHERE folder = ? AND location IS NULL AND {finished}"
-                f" AND {below} AND {still_here}",
+                f"{_COLUMNS} INDEXED BY files_kept WHERE folder = ? AND location IS NULL AND {_FINISHED}"
+                f" AND {below} AND {_STILL_HERE}",
                 (folder, *args),
             ).fetchall()
             rows += self._conn.execute(
-                f"{columns} INDEXED BY files_kept_moved WHERE {moved} AND location IS NOT NULL"
-                f" AND {finished} AND (archive_path IS NULL OR state = '{State.FAILED}')"
-                f" AND folder = ? AND {still_here}",
+                f"{_COLUMNS} INDEXED BY files_kept_moved WHERE {moved} AND location IS NOT NULL"
+                f" AND {_FINISHED} AND (archive_path IS NULL OR state = '{State.FAILED}')"
+                f" AND folder = ? AND {_STILL_HERE}",
                 (*moved_args, folder),
             ).fetchall()
         rows.sort(key=lambda r: r[0])  # the newest row of a path wins
-        return {os.fsdecode(r[1] if r[5] is None else r[5][len(inside) :]): (r[2], r[3], r[4]) for r in rows}
+        return {os.fsdecode(r[1] if r[2] is None else r[2][len(inside) :]): _kept(r) for r in rows}
+
+    def kept_version(self, folder: str, relpath: str) -> KeptVersion | None:
+        """:meth:`done_versions` for one path: the newest finished version still at
+        ``relpath``, under its own name or renamed there during its upload."""
+        at = os.fsencode(os.path.join(folder.rstrip("/"), relpath))
+        with self._lock:
+            rows = self._conn.execute(
+                f"{_COLUMNS} INDEXED BY files_kept WHERE folder = ? AND relpath = ? AND location IS NULL"
+                f" AND {_FINISHED} AND {_STILL_HERE} ORDER BY id DESC LIMIT 1",
+                (folder, os.fsencode(relpath)),
+            ).fetchall()
+            rows += self._conn.execute(
+                f"{_COLUMNS} INDEXED BY files_kept_moved WHERE location = ? AND location IS NOT NULL"
+                f" AND {_FINISHED} AND (archive_path IS NULL OR state = '{State.FAILED}')"
+                f" AND folder = ? AND {_STILL_HERE} ORDER BY id DESC LIMIT 1",
+                (at, folder),
+            ).fetchall()
+        return _kept(max(rows, key=lambda r: r[0])) if rows else None
+
+    def confirm_ctimes(self, confirmed: Sequence[tuple[int, int]]) -> None:
+        """Kept files found to hold their version's bytes at these inode change times
+        (row id, ctime_ns): recorded, so that they are not hashed again while their inode
+        stays as it is (a chmod, a chown, a rename changed it). One transaction; the rows
+        are left as they were otherwise (``updated_at`` too: nothing happened to the file)."""
+        if not confirmed:
+            return
+        with self._write("ctime") as conn:
+            conn.executemany(
+                f"UPDATE files SET ctime_ns = ? WHERE id = ? AND {_FINISHED}",
+                [(ctime_ns, row_id) for row_id, ctime_ns in confirmed],
+            )
+
+    def rewritten(self, row_id: int, note: str) -> None:
+        """The kept file of this done (or skipped) row was rewritten in place, keeping its
+        size, mtime and inode: its bytes left the inbox (``note`` says how), and the file
+        there now is a new version, ledgered on its own."""
+        with self._write("rewritten") as conn:
+            self._set(conn, row_id, last_error=note, only=(State.DONE, State.SKIPPED))
 
     def adopt(self, row_id: int, st: Stat) -> None:
         """A retried failed file is uploaded as it is now (:func:`syncd.upload_source.adopt_failed`):

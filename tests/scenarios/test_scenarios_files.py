@@ -1,4 +1,4 @@
-"""Failure scenarios about the local files (docs/guarantees.md, F2-F7), real daemon.
+"""Failure scenarios about the local files (docs/guarantees.md, F2-F7, F30), real daemon.
 
 To act "during the upload", the emulator is told to hold the storage PUT for a
 while (a scripted ``slow`` fault) and the test changes the file meanwhile.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Setup, sha, wait_until
+from tests.harness import Setup, rewrite_in_place, sha, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -176,6 +176,69 @@ def test_f3_renamed_during_upload_and_kept_is_not_uploaded_again_by_scans(
     assert len(uploads) == 1 and uploads[0]["times_received"] == 1
     assert [p.name for p in s.inbox().iterdir() if not p.name.startswith(".")] == ["final.txt"]
     assert s.counts() == {"done": 1}
+
+
+def _kept_row_ctime(s: Setup) -> int | None:
+    (row,) = [r for r in s.rows() if r.state == "done"]
+    return row.ctime_ns
+
+
+@pytest.mark.parametrize("when", ["running", "stopped"])
+def test_f30_kept_file_rewritten_in_place_with_its_mtime_set_back_is_uploaded_again(
+    setup: Callable[..., Setup], when: str
+) -> None:
+    """after_upload = "keep": a.txt is uploaded and stays. Its producer then rewrites it in
+    place, same size, and sets its mtime back (`cp --preserve=timestamps`, `rsync -t
+    --inplace`): size, mtime and inode are all as recorded. The events (while syncd runs)
+    and the scan at the next start took it for the version already uploaded, and the new
+    bytes were never sent. Its inode change time moved: it is hashed, and uploaded as the
+    new version it is."""
+    s = setup(folders=[{"name": "in", "settle_seconds": 0.3, "after_upload": "keep"}])
+    s.start()
+    path = s.drop("a.txt", b"first version")
+    wait_until(lambda: s.all_done(1), 20, what="the first upload")
+    if when == "stopped":
+        assert s.stop() == 0
+    rewrite_in_place(path, b"other version")
+    s.dropped[("in", "a.txt")] = b"other version"
+    if when == "stopped":
+        s.start()
+    wait_until(lambda: s.all_done(2), 20, what="the upload of the rewritten bytes")
+    assert sorted(u["sha256"] for u in s.emulator.uploads()) == sorted(
+        [sha(b"first version"), sha(b"other version")]
+    )
+    assert sorted(r.state for r in s.rows()) == ["done", "done"]
+    assert path.read_bytes() == b"other version"  # still kept
+    s.wait_logged("rewritten in place after its upload")
+    s.invariants()
+
+
+def test_f30_a_kept_file_only_chmodded_is_not_uploaded_again(setup: Callable[..., Setup]) -> None:
+    """The inode change time also moves with a chmod, a chown, a link or a rename, which
+    leave the bytes as they were: the file is hashed once, its new ctime recorded, and
+    nothing is uploaded again, neither for the event nor by rescans or a restart. syncd's
+    own upload (the settle stage's read lease, the reads) leaves the ctime as recorded, so
+    scans read no kept file no one touched."""
+    s = setup(
+        folders=[{"name": "in", "settle_seconds": 0.3, "after_upload": "keep"}], daemon={"rescan_seconds": 1}
+    )
+    s.start()
+    path = s.drop("a.txt", b"kept as it is")
+    wait_until(lambda: s.all_done(1), 20, what="the upload")
+    time.sleep(1.5)  # a rescan
+    assert _kept_row_ctime(s) == path.stat().st_ctime_ns
+    os.chmod(path, 0o640)
+    wait_until(lambda: _kept_row_ctime(s) == path.stat().st_ctime_ns, 10, what="the new ctime recorded")
+    time.sleep(2.5)  # the event's look, and two rescans
+    assert s.stop() == 0
+    s.start()  # and the scan at start
+    s.wait_started()
+    time.sleep(1.5)
+    uploads = s.emulator.uploads()
+    assert len(uploads) == 1 and uploads[0]["times_received"] == 1
+    assert s.counts() == {"done": 1}
+    assert "rewritten in place" not in s.log_text()
+    s.invariants()
 
 
 def test_f4_deleted_during_upload(setup: Callable[..., Setup]) -> None:

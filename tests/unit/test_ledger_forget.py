@@ -349,6 +349,7 @@ def test_forget_is_refused_while_an_older_syncd_runs_on_the_ledger(
     _record_config(cfg)
     path = cfg.parent / "state" / "ledger.sqlite3"
     with sqlite3.connect(path) as conn:  # as the running (older) syncd left it
+        conn.execute("ALTER TABLE files DROP COLUMN ctime_ns")  # schema 9's
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION - 1}")
     conn.close()
     code, out, err = run(capsys, "-c", str(cfg), "ledger", "forget", "--folder", str(old))
