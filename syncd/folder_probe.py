@@ -14,6 +14,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from syncd import safefs
+from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
     from syncd.config import FolderConfig
@@ -38,12 +39,25 @@ def probe(folder: FolderConfig, device: int | None = None) -> tuple[str | None, 
         return f"folder unavailable ({exc.strerror or exc})", None
     if not stat.S_ISDIR(st.st_mode):
         return "not a directory", None
-    relinked = safefs.relinked(root)  # (checked not to be inside another folder's archive, say)
-    if relinked is not None:
-        return relinked, None
+    why = relinked(root)  # (checked not to be inside another folder's archive, say)
+    if why is not None:
+        return why, None
     marker = getattr(folder, "marker", None)
     if marker and not os.path.lexists(os.path.join(root, marker)):
         return f"marker file {marker!r} missing (not mounted?)", st
     if device is not None and st.st_dev != device:
         return "on another device than before (unmounted?)", st
     return None, st
+
+
+def relinked(path: str | os.PathLike[str]) -> str | None:
+    """Why a folder whose path was resolved (and checked) when the configuration was
+    loaded is not to be used now that it leads elsewhere (a symlink put in at any of its
+    components since: where it leads, nothing checked), else None."""
+    text = os.fspath(path)
+    if safefs.without_symlinks(text):
+        return None
+    real = os.path.realpath(text)
+    if real == text:
+        return None
+    return f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)"

@@ -54,6 +54,7 @@ from syncd.copies import (
     copy_into,
     hash_fd,
 )
+from syncd.folder_probe import relinked
 from syncd.ledger import Row
 from syncd.logs import quoted_path
 from syncd.names import free_names
@@ -306,9 +307,9 @@ def move(
     """
     planned_root = planned_root or target_root
     for root in {target_root, planned_root}:  # (checked not to be inside a watched folder)
-        relinked = safefs.relinked(root)
-        if relinked is not None:
-            raise OSError(errno.ELOOP, f"{quoted_path(root)} {relinked}")
+        why = relinked(root)
+        if why is not None:
+            raise OSError(errno.ELOOP, f"{quoted_path(root)} {why}")
     how = None if planned is None else earlier.left_at(planned, planned_root, src.st, src.st.st_size, sha256)
     if planned is not None and how is not None:
         _finish_planned(src, planned, planned_root, how, sha256, check)

@@ -261,22 +261,7 @@ def fsync_dirfd(dirfd: int) -> None:
         os.close(fd)
 
 
-def relinked(path: str | os.PathLike[str]) -> str | None:
-    """Why a folder whose path was resolved (and checked) when the configuration was
-    loaded is not to be used now that it leads elsewhere (a symlink put in at any of its
-    components since: where it leads, nothing checked), else None."""
-    text = os.fspath(path)
-    if _without_symlinks(text):
-        return None
-    real = os.path.realpath(text)
-    if real == text:
-        return None
-    from syncd.logs import quoted_path
-
-    return f"leads to {quoted_path(real)} through a symlink now; not followed (reload to check and use it)"
-
-
-def _without_symlinks(path: str) -> bool:
+def without_symlinks(path: str) -> bool:
     """Whether the kernel resolves the absolute, normal ``path`` without following any
     symlink (one ``openat2``, where ``realpath`` lstats each component: this look is made
     for every file uploaded and archived); False when it cannot tell."""

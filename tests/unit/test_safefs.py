@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from syncd import aside, safefs
+from syncd.folder_probe import relinked
 
 
 @pytest.fixture(params=["openat2", "walk"], autouse=True)
@@ -118,13 +119,13 @@ def test_makedirs_refuses_a_planted_link_and_creates_0700(tree: Path, tmp_path: 
 
 @pytest.mark.parametrize("rel", ["link", "link/b", "a/up/a", "a/leaf"])
 def test_relinked_names_a_symlink_at_any_component(tree: Path, rel: str) -> None:
-    why = safefs.relinked(tree / rel)
+    why = relinked(tree / rel)
     assert why is not None and "through a symlink now" in why
 
 
 @pytest.mark.parametrize("rel", ["", "a", "a/b", "a/b/file", "not-there", "a/not/there"])
 def test_relinked_passes_a_path_without_symlinks(tree: Path, rel: str) -> None:
-    assert safefs.relinked(os.path.join(tree, rel).rstrip("/")) is None
+    assert relinked(os.path.join(tree, rel).rstrip("/")) is None
 
 
 def test_parent_with_create(tree: Path) -> None:
