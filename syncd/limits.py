@@ -14,9 +14,10 @@ the runtime's ``relief``), which would keep theirs until the next request, and
 the pool keeps at most an eighth of the limit idle (:func:`keepalive`).
 
 :func:`shortage` tells such an error, also behind the wrappers of an HTTP
-error; :func:`raise_nofile` lifts the soft descriptor limit to the hard one at
-start (systemd's default soft limit is 1,024; syncd uses ``poll``, never
-``select``, so descriptors above 1,024 are fine).
+error (:func:`start_shortage`: of starting a process, where fork's ``EAGAIN`` is
+the process limit); :func:`raise_nofile` lifts the soft descriptor limit to the
+hard one at start (systemd's default soft limit is 1,024; syncd uses ``poll``,
+never ``select``, so descriptors above 1,024 are fine).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def shortage(exc: BaseException | None) -> str | None:
     if culprit is None:
         return None
     return THREADS if isinstance(culprit, RuntimeError) else DESCRIPTORS
+
+
+def start_shortage(exc: BaseException | None) -> str | None:
+    """:func:`shortage` of an error starting a process, where fork's ``EAGAIN`` is the
+    process limit reached too (the unit's ``TasksMax=``, ``ulimit -u``): :data:`THREADS`."""
+    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+        return THREADS
+    return shortage(exc)
 
 
 def start(thread: threading.Thread) -> RuntimeError | None:
@@ -132,7 +141,8 @@ def raise_nofile() -> None:
 def explain(kind: str, exc: BaseException | None = None) -> str:
     """What ran out, and what to raise, for a log line and STATUS."""
     if kind == THREADS:
-        return "cannot start a thread (the unit's TasksMax= or the user's process limit reached)"
+        what = "a process" if isinstance(exc, OSError) and exc.errno == errno.EAGAIN else "a thread"
+        return f"cannot start {what} (the unit's TasksMax= or the user's process limit reached)"
     culprit = _culprit(exc)
     if isinstance(culprit, OSError) and culprit.errno == errno.ENFILE:
         return "out of file descriptors (the system's limit, sysctl fs.file-max, reached)"

@@ -20,7 +20,10 @@ helper that dies, breaks the protocol, says nothing for :data:`SILENT_LIMIT`
 while sending, or cannot hand over a resume state (too large) fails that
 attempt (retried like a transient error, by the worker itself next time; a
 broken helper is replaced); helpers that keep failing to start are given
-up, with an error in the log, until a reload.
+up, with an error in the log, until a reload. A start that ran into syncd's
+own limits (descriptors, threads or processes: :mod:`syncd.offload_start`) is
+no helper's failure: said once with the daemon's other shortages, it is tried
+again after :data:`RESTART_PAUSE` and never leads to giving up.
 
 Helpers die with syncd (``PR_SET_PDEATHSIG``, and the socket's end), ignore
 SIGTERM, SIGINT and SIGHUP (syncd stops and reloads them), and are started
@@ -31,17 +34,14 @@ a process). A reload replaces them once their current file is done.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from syncd import limits, offload_start
 from syncd.destinations.base import Receipt
 from syncd.errors import describe
 from syncd.logs import quoted_path
@@ -57,12 +57,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SMALL_FILE = 8 << 20  # bytes: larger files are sent by the worker itself (one part, progress)
-START_TIMEOUT = 60.0  # a helper that is not ready by then is given up
 WAIT_SLICE = 0.25  # a worker waiting for its helper looks at the cancel flag this often
 SILENT_LIMIT = 30.0  # seconds a sending helper may say nothing (it says "alive" every 2 s)
 HELPER_WAIT = 0.02  # seconds a worker waits for a helper to be free before sending itself
 GIVE_UP_AFTER = 3  # helpers that failed to start in a row before offloading stops
-RESTART_PAUSE = 5.0  # seconds between starts after a helper failed
+RESTART_PAUSE = 5.0  # seconds between starts after a start failed or ran into syncd's limits
 CHECK_EVERY = 5.0  # seconds between two looks for idle helpers that exited
 IDLE_STOP = 60.0  # helpers stop when no small file was handed over for this long
 AVOID_MAX = 10_000  # rows remembered as "send it yourself" after a helper failed them
@@ -83,7 +82,8 @@ class Handover:
 class Offload:
     """The helper processes of one daemon; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, shortages: limits.Shortages | None = None) -> None:
+        self._shortages = shortages or limits.Shortages()  # the daemon's (runtime.py): said once
         self._lock = threading.Lock()
         self._available = threading.Condition(self._lock)  # a helper went idle: one worker may go
         self._wanted = threading.Condition(self._lock)  # the starting thread has something to do
@@ -263,11 +263,15 @@ class Offload:
                     idle.stop()
                 continue
             helper: Helper | None = None
+            short = None  # out of descriptors or threads: a pause, not a failure (offload_start.py)
             try:
                 assert config is not None
-                helper = self._start(config, generation)
+                helper = offload_start.start(config, generation)
             except Exception as exc:
-                log.error("cannot start an upload helper: %s", describe(exc))
+                if (short := limits.start_shortage(exc)) is not None:
+                    self._shortages.note(short, exc)
+                else:
+                    log.error("cannot start an upload helper: %s", describe(exc))
             with self._lock:
                 self._starting -= 1
                 if helper is not None and generation == self._generation and not self._closed:
@@ -275,7 +279,7 @@ class Offload:
                     self._failures = 0
                     self._available.notify()
                     continue
-                if helper is None and generation == self._generation:
+                if helper is None and short is None and generation == self._generation:
                     self._failures += 1
                     if self._failures >= GIVE_UP_AFTER:
                         log.error(
@@ -286,9 +290,10 @@ class Offload:
             if helper is not None:
                 helper.stop()  # started for a configuration replaced meanwhile
                 continue
-            with self._lock:
-                if not self._closed:
-                    self._wanted.wait(RESTART_PAUSE)
+            with self._lock:  # a pause (workers asking for helpers do not cut it short); a reload does
+                until = time.monotonic() + RESTART_PAUSE
+                while not self._closed and generation == self._generation and time.monotonic() < until:
+                    self._wanted.wait(until - time.monotonic())
 
     def _should_start(self) -> bool:
         """(Under the lock.) Fewer helpers than configured, files sent lately, and not given up."""
@@ -324,35 +329,6 @@ class Offload:
 
     def _enough(self) -> bool:
         return len(self._idle) + self._busy + self._starting >= self._target
-
-    def _start(self, config: bytes, generation: int) -> Helper | None:
-        """Start one helper and wait until it is ready; None (logged) if it is not."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "syncd.offload_helper", str(theirs.fileno()), str(os.getpid())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        helper = Helper(proc, mine, generation)
-        try:
-            helper.send(("config", config))
-            message = helper.receive(START_TIMEOUT)
-        except (OSError, HelperFailed) as exc:
-            log.error("upload helper (pid %d) did not start: %s", proc.pid, exc)
-            helper.stop(kill=True)
-            return None
-        if message != ("ready",):
-            log.error("upload helper (pid %d) did not start: %s", proc.pid, message or "no answer")
-            helper.stop(kill=True)
-            return None
-        log.debug("upload helper (pid %d) ready", proc.pid)
-        return helper
 
 
 def _exchange(helper: Helper, send: Handover) -> tuple[Receipt, str] | BaseException:

@@ -8,7 +8,8 @@ What a helper gets, over a ``SOCK_SEQPACKET`` socket pair (pickled messages):
 
 * at start, the ``[daemon]`` table and the destinations of the applied
   configuration; it builds its own HTTP client and destinations from them
-  and answers ``ready``;
+  and answers ``ready`` (or ``error`` when it ran out of descriptors or
+  threads meanwhile, which syncd waits out: :mod:`syncd.offload_start`);
 * per file, the destination's name, the
   :class:`~syncd.destinations.base.UploadItem`, the resume state an earlier
   attempt left, the settled identity (size, mtime, inode, device) and the
@@ -209,8 +210,6 @@ def _serve(sock: socket.socket) -> None:
     daemon, destination_configs = pickle.loads(first[1])
     cfg = Config(path=None, daemon=daemon, destinations=destination_configs, folders=())
     logs.setup(cfg.daemon.log_level, cfg.daemon.log_format)
-    client = build_client(cfg)
-    destinations = build_destinations(cfg, client)
     sending = threading.Event()
     lock = threading.Lock()  # one message at a time on the socket
 
@@ -226,7 +225,14 @@ def _serve(sock: socket.socket) -> None:
                 with contextlib.suppress(OSError):
                     say(("alive",))
 
-    threading.Thread(target=alive, name="alive", daemon=True).start()
+    try:
+        destinations = build_destinations(cfg, build_client(cfg))
+        threading.Thread(target=alive, name="alive", daemon=True).start()
+    except Exception as exc:
+        if limits.shortage(exc) is None:
+            raise
+        say(("error", encode(exc)))  # out of descriptors or threads: syncd waits, then tries again
+        return
     say(("ready",))
     last_beat = 0.0
 

@@ -119,7 +119,7 @@ class Runtime:
             metrics=metrics,
             liveness=liveness,
         )
-        self.offload = Offload()
+        self.offload = Offload(self.uploader.policy.shortages)  # said once with the uploads'
         self.uploader.procedure.offload = self.offload
         # out of descriptors: the idle pooled connections give theirs back (syncd/limits.py)
         self.uploader.policy.shortages.relief = lambda: limits.drop_idle(self.client)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,6 +147,117 @@ def test_helpers_that_cannot_start_are_given_up(
         _running(off, 2)
     finally:
         off.close()
+
+
+SHORT_STARTS = offload.GIVE_UP_AFTER + 2  # starts that run into a limit before one gets through
+
+# a helper, started in place of `python -m syncd.offload_helper`, that cannot start its own
+# thread for its first SHORT_STARTS starts (a thread limit reached), and then serves as usual
+HELPER_WITHOUT_THREADS = """#!{python}
+import sys, threading
+from pathlib import Path
+count = Path({count!r})
+n = int(count.read_text() or 0) + 1 if count.exists() else 1
+count.write_text(str(n))
+if n <= {short}:
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+    threading.Thread.start = refused
+from syncd import offload_helper
+sys.exit(offload_helper.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("where", ["socketpair", "fork", "helper thread"])
+def test_a_start_out_of_descriptors_or_threads_is_waited_out_not_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """Starts of helpers that ran into syncd's limits (no descriptor for the socket pair,
+    fork refused at the unit's TasksMax=, the helper unable to start its thread) were
+    counted as helpers failing to start: an ERROR line each, and after three in a row
+    helpers were given up until a reload, though the limit had only been reached for a
+    moment. Now such a start is the shortage it is, said once with the daemon's others
+    (limits.Shortages, shown in STATUS), and the starting thread waits and tries again;
+    helpers run once the limit leaves room."""
+    monkeypatch.setattr(offload, "RESTART_PAUSE", 0.01)
+    tries = tmp_path / "tries"
+    if where == "socketpair":
+        real_pair = socket.socketpair
+
+        def pair(*args: Any, **kw: Any) -> tuple[socket.socket, socket.socket]:
+            if _counted(tries) <= SHORT_STARTS:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_pair(*args, **kw)
+
+        monkeypatch.setattr(socket, "socketpair", pair)
+    elif where == "fork":
+        real_popen = subprocess.Popen
+
+        def popen(*args: Any, **kw: Any) -> Any:
+            if _counted(tries) <= SHORT_STARTS:
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            return real_popen(*args, **kw)
+
+        monkeypatch.setattr(subprocess, "Popen", popen)
+    else:
+        script = tmp_path / "python-without-threads"
+        script.write_text(
+            HELPER_WITHOUT_THREADS.format(python=sys.executable, count=str(tries), short=SHORT_STARTS)
+        )
+        script.chmod(0o755)
+        monkeypatch.setattr(sys, "executable", str(script))  # what a helper is started with
+    shortages = limits.Shortages()
+    off = offload.Offload(shortages)
+    try:
+        off.configure(load(tmp_path, 2))
+        _want(off)
+        _running(off, 2)
+        health = off.health()
+        assert health is not None and not health["given_up"], health
+    finally:
+        off.close()
+    assert int(tries.read_text()) > SHORT_STARTS  # it went on past GIVE_UP_AFTER
+    assert "failed to start" not in caplog.text and "cannot start an upload helper" not in caplog.text
+    assert "did not start" not in caplog.text, caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "syncd.limits"]
+    what = "out of file descriptors" if where == "socketpair" else "cannot start a"
+    assert len(said) == 1 and what in said[0], said
+    assert shortages.describe()  # and STATUS shows it while it lasts
+
+
+def test_workers_asking_for_a_helper_do_not_cut_the_pause_between_starts_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker with a small file wakes the starting thread; after a start that failed
+    (or ran into a limit, which no longer leads to giving up) that began the next start at
+    once, so a shortage would have been tried as often as workers took files."""
+    monkeypatch.setattr(offload, "RESTART_PAUSE", 0.1)
+    tries: list[float] = []
+
+    def pair(*args: Any, **kw: Any) -> tuple[socket.socket, socket.socket]:
+        tries.append(time.monotonic())
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", pair)
+    off = offload.Offload()
+    try:
+        off.configure(load(tmp_path, 1))
+        until = time.monotonic() + 0.8
+        while time.monotonic() < until:
+            _want(off)
+            time.sleep(0.002)
+    finally:
+        off.close()
+    assert len(tries) > offload.GIVE_UP_AFTER, tries  # a shortage: not given up
+    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    assert min(gaps) >= offload.RESTART_PAUSE, gaps  # one start every RESTART_PAUSE, not one per take
+
+
+def _counted(path: Path) -> int:
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    return n
 
 
 def _running(off: offload.Offload, n: int) -> set[int]:
