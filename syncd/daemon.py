@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
-from syncd import limits, once, shutdown, writers
+from syncd import descriptors, limits, once, shutdown, writers
 from syncd.clock_steps import ClockSteps
 from syncd.errors import LedgerError
 from syncd.failure_kinds import is_disk_full, is_locked
@@ -117,6 +117,7 @@ class Daemon:
     def run(self) -> int:
         """Run until stopped (or, in once mode, until idle). Returns the exit code."""
         limits.raise_nofile()  # systemd's soft limit is 1,024; syncd may use the hard one
+        descriptors.warn(self.cfg, watch=self.watch)  # a limit still below what the config may hold
         lock = StateLock(Path(self.cfg.daemon.state_dir))
         lock.acquire()
         try:

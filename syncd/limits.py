@@ -17,7 +17,8 @@ the pool keeps at most an eighth of the limit idle (:func:`keepalive`).
 error (:func:`start_shortage`: of starting a process, where fork's ``EAGAIN`` is
 the process limit); :func:`raise_nofile` lifts the soft descriptor limit to the
 hard one at start (systemd's default soft limit is 1,024; syncd uses ``poll``,
-never ``select``, so descriptors above 1,024 are fine).
+never ``select``, so descriptors above 1,024 are fine), and
+:mod:`syncd.descriptors` checks what it ends up with against the configuration.
 """
 
 from __future__ import annotations
@@ -125,11 +126,19 @@ def drop_idle(client: Any) -> None:
                 connection.close()
 
 
+def raised_nofile() -> int:
+    """The descriptor limit :func:`raise_nofile` leaves this process with (unlimited:
+    ``resource.RLIM_INFINITY``)."""
+    soft, hard = nofile()
+    want = NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, NOFILE_CAP)
+    return soft if soft == resource.RLIM_INFINITY or soft >= want else want
+
+
 def raise_nofile() -> None:
     """The soft RLIMIT_NOFILE raised to the hard one (at most :data:`NOFILE_CAP`)."""
     soft, hard = nofile()
-    want = NOFILE_CAP if hard == resource.RLIM_INFINITY else min(hard, NOFILE_CAP)
-    if soft != resource.RLIM_INFINITY and soft < want:
+    want = raised_nofile()
+    if soft != want:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (OSError, ValueError) as exc:

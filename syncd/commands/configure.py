@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 from syncd import config as configmod
-from syncd import redact
+from syncd import descriptors, limits, redact
 from syncd.commands.common import EXIT_CONFIG, EXIT_OK, config_path, load
 from syncd.errors import ConfigError
 from syncd.lock import holder_pid
@@ -89,6 +90,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "credentials cross the network readable, and a byte changed on the way is not "
                 "detected (use https://)"
             )
+    _check_descriptors(cfg)
     if args.online:
         from syncd.destinations.build import build_client, build_destinations
         from syncd.errors import UploadError, describe
@@ -104,6 +106,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         finally:
             client.close()
     return EXIT_OK if ok else EXIT_CONFIG
+
+
+def _check_descriptors(cfg: configmod.Config) -> None:
+    """The descriptors the config may hold at once, against the limit syncd would have here
+    (the soft limit raised to the hard one, as `syncd run` does; a unit's LimitNOFILE= is its own)."""
+    need = descriptors.needed(cfg)
+    limit = limits.raised_nofile()
+    here = "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+    print(f"descriptors: up to {need.total} at once ({need.said()}); the limit here: {here}")
+    if (short := descriptors.check(cfg, limit)) is not None:
+        print(f"warning: {short}")
 
 
 def is_system_path(path: Path) -> bool:

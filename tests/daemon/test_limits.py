@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from syncd import config as configmod
+from syncd import descriptors
 from tests.harness import Setup, wait_until
 
 pytestmark = pytest.mark.process
@@ -66,6 +70,93 @@ def test_out_of_descriptors_fails_no_file_and_is_said_once(make_setup: Callable[
     assert s.stop() == 0
     s.invariants()
     s.assert_no_secret()
+
+
+def _need(s: Setup, monkeypatch: pytest.MonkeyPatch, watch: bool = True) -> descriptors.Need:
+    """What the configuration may hold at once, as syncd counts it (``watch``: not once)."""
+    monkeypatch.setenv("TEST_LILT_KEY", s.env()["TEST_LILT_KEY"])
+    return descriptors.needed(configmod.load(s.config), watch=watch)
+
+
+def test_a_descriptor_limit_below_what_the_config_may_hold_is_said_at_start(
+    make_setup: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LimitNOFILE=64` with `workers = 32`: the daemon started without a word, and files
+    then waited on EMFILE (said only once one ran into it). Now the start says it, once: the
+    descriptors the configuration may hold at once, the limit, and what to raise. It still
+    starts and uploads every file. The figure is no underestimate: the same daemon under no
+    low limit, busy with files in every folder, holds fewer."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit(1) is not installed")
+    names = [f"in{i}" for i in range(3)]
+    s = make_setup(folders=[{"name": n} for n in names], daemon={"workers": 32})
+    need = _need(s, monkeypatch)
+    s.start()
+    s.wait_started()
+    assert s.proc is not None
+    for n in range(30):
+        for name in names:
+            s.drop(f"a{n:02}.bin", os.urandom(20_000), folder=name)
+    peak = 0
+    deadline = time.monotonic() + 120
+    while not s.all_done() and time.monotonic() < deadline:
+        peak = max(peak, _open_fds(s.proc.pid))
+        time.sleep(0.005)
+    assert s.all_done() and 0 < peak <= need.total, (peak, need)
+    assert s.stop() == 0
+    assert "descriptor limit" not in s.log_text()  # the hard limit here is far above it
+    for n in range(10):
+        for name in names:
+            s.drop(f"b{n:02}.bin", os.urandom(20_000), folder=name)
+    s.start(wrapper=[prlimit, "--nofile=64:64"])
+    s.wait_started()
+    wait_until(lambda: s.all_done(), 120, 0.5, "every file uploaded and archived")
+    log = s.logs[-1].read_text()
+    assert log.count("the descriptor limit (64) is below") == 1, log[-3000:]
+    assert f"may hold at once: {need.total} ({32 * descriptors.PER_WORKER} for 32 workers, " in log, log[
+        -3000:
+    ]
+    assert f"Raise it to at least {need.limit}: LimitNOFILE= in the unit" in log and "ulimit -n" in log
+    assert log.index("descriptor limit") < log.index("syncd started")  # said at start
+    assert not [r for r in s.rows() if r.state == "failed"]
+    assert len(s.emulator.uploads()) == 120
+    assert s.stop() == 0
+    s.invariants()
+
+
+def test_syncd_once_and_check_say_a_descriptor_limit_too_low(
+    make_setup: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`syncd once` under the same limit says it in its log and still uploads; `syncd check`
+    prints it, with the limit it would run with there (and says what is needed when the
+    limit is enough)."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit(1) is not installed")
+    s = make_setup(daemon={"workers": 32})
+    need = _need(s, monkeypatch)
+    for n in range(10):
+        s.drop(f"f{n}.bin", os.urandom(20_000))
+    wrapper = [prlimit, "--nofile=64:64"]
+    proc = s.start("once", wrapper=wrapper)
+    assert proc.wait(120) == 0, s.log_text()[-3000:]
+    log = s.log_text()
+    assert log.count("the descriptor limit (64) is below") == 1, log[-3000:]
+    assert f"Raise it to at least {_need(s, monkeypatch, watch=False).limit}" in log  # no inotify
+    assert s.all_done(10)
+    command = [sys.executable, "-m", "syncd", "-c", str(s.config), "check"]
+    low = subprocess.run([*wrapper, *command], capture_output=True, text=True, env=s.env(), timeout=60)
+    assert low.returncode == 0, low.stderr
+    assert (
+        f"descriptors: up to {need.total} at once ({32 * descriptors.PER_WORKER} for 32 workers, "
+        in low.stdout
+    ), low.stdout
+    assert "warning: the descriptor limit (64) is below" in low.stdout and "LimitNOFILE=" in low.stdout
+    enough = subprocess.run([prlimit, f"--nofile={need.limit}:{need.limit}", *command], capture_output=True,
+                            text=True, env=s.env(), timeout=60)  # fmt: skip
+    assert enough.returncode == 0 and f"the limit here: {need.limit}" in enough.stdout, enough.stdout
+    assert "warning: the descriptor limit" not in enough.stdout
 
 
 @pytest.fixture
