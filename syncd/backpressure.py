@@ -80,7 +80,7 @@ class DiskFull:
             )
         self.where[where] = what
         if first and self.metrics is not None:
-            self.metrics.disk_full.set(1)
+            self.metrics.set_disk_full(True)
 
     def archive_full(self, folder: Any) -> bool:
         """Whether ``folder``'s archive is one found full (its uploaded files wait)."""
@@ -106,7 +106,7 @@ class DiskFull:
                 self.archives.clear()
         if not self.where:
             if self.metrics is not None:
-                self.metrics.disk_full.set(0)
+                self.metrics.set_disk_full(False)
             self.on_ok()
 
     def probe(

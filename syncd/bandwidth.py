@@ -42,9 +42,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from syncd._options import format_size, parse_options, parse_size, show
 from syncd.destinations.base import READ_BLOCK
 from syncd.errors import Problem
+
+# syncd._options (parsing, sizes) is imported where it is used: the config's dataclasses
+# import this module, and an upload helper process unpickles a config, parsing none
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,15 @@ class Limit:
 
 def rate_text(rate: int) -> str:
     """``512 KiB/s``, ``1000 bytes/s``, or ``off``."""
+    from syncd._options import format_size
+
     return f"{format_size(rate)}/s" if rate else "off"
 
 
 def parse_rate(text: str) -> int:
     """Bytes/s in ``"512 KiB"``, ``"10MB"``, ``"1000"``, or 0 for ``"off"``; ValueError."""
+    from syncd._options import parse_size
+
     if text.strip().lower() in OFF_WORDS:
         return 0
     return parse_size(text)
@@ -145,6 +151,8 @@ def parse(table: Mapping[str, Any], *, prefix: str, base_dir: Path, problems: li
     Every problem is appended to ``problems`` with its dotted key and value
     (``destinations.x.bwlimit_schedule[1]``); returns None when there was one.
     """
+    from syncd._options import parse_options, show
+
     own = {k: v for k, v in table.items() if k in KEYS}
     errors = len(problems)
     options: BandwidthOptions | None = parse_options(

@@ -17,12 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from syncd.circuit import GO, RATE_LIMITED, UP, Circuit, CircuitState, is_outage
 from syncd.destinations.base import Destination
 from syncd.errors import FatalError, RetryableError, UploadError, describe
 from syncd.ledger import Row
-from syncd.webhook import Webhook
+
+if TYPE_CHECKING:
+    from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 

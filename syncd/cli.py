@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
 import os
 import select
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,6 @@ from syncd.commands.common import (  # the exit codes, also for tests and script
     EXIT_OK,
 )
 from syncd.commands.common import load as _load
-from syncd.commands.configure import cmd_check, cmd_folder, cmd_init
-from syncd.commands.explain import cmd_explain
-from syncd.commands.files import cmd_files
-from syncd.commands.ledger import cmd_ledger
-from syncd.commands.retry import cmd_retry
-from syncd.commands.status import cmd_status
 from syncd.errors import ConfigError, LedgerError, LedgerUnreachable, LockedError
 from syncd.ledger import STATES
 from syncd.logs import quoted_path
@@ -370,17 +366,28 @@ def cmd_once(args: argparse.Namespace) -> int:
 # status, files, retry, check, explain, init and folder add live in syncd/commands/.
 
 
+def _deferred(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Command ``name`` of ``module``, imported when it runs: `syncd once` and `syncd
+    status`, run every minute or every few seconds, do not import each other's code."""
+
+    def command(args: argparse.Namespace) -> int:
+        handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return handler(args)
+
+    return command
+
+
 _COMMANDS = {
     "run": cmd_run,
     "once": cmd_once,
-    "status": cmd_status,
-    "files": cmd_files,
-    "retry": cmd_retry,
-    "check": cmd_check,
-    "explain": cmd_explain,
-    "init": cmd_init,
-    "folder": cmd_folder,
-    "ledger": cmd_ledger,
+    "status": _deferred("syncd.commands.status", "cmd_status"),
+    "files": _deferred("syncd.commands.files", "cmd_files"),
+    "retry": _deferred("syncd.commands.retry", "cmd_retry"),
+    "check": _deferred("syncd.commands.configure", "cmd_check"),
+    "explain": _deferred("syncd.commands.explain", "cmd_explain"),
+    "init": _deferred("syncd.commands.configure", "cmd_init"),
+    "folder": _deferred("syncd.commands.configure", "cmd_folder"),
+    "ledger": _deferred("syncd.commands.ledger", "cmd_ledger"),
 }
 _COMMANDS.update(systemd.COMMANDS)
 

@@ -56,6 +56,7 @@ from syncd.ledger import Ledger, Row
 from syncd.liveness import Liveness
 from syncd.lock import StateLock
 from syncd.metrics import Metrics
+from syncd.metrics.unserved import Unserved
 from syncd.notify import Notifier
 from syncd.once import RETRY_WAIT as ONCE_WAIT
 from syncd.progress import PUBLISH_EVERY as PROGRESS_EVERY
@@ -176,7 +177,7 @@ class MainLoop:
         self.once = daemon.once
         self.ledger = ledger
         self.notifier = daemon.notifier
-        self.metrics = Metrics()
+        self.metrics = Unserved() if self.once else Metrics()  # once: never served
         self.metrics.track_ledger(ledger.counts_by_folder)
         self.metrics.track_backlog(ledger.next_due)
         self.liveness = Liveness()

@@ -1,8 +1,10 @@
 """The upload helper process (``python -m syncd.offload_helper``) and what both ends share.
 
 Why there are helpers, and how workers use them: :mod:`syncd.offload`.
-This module imports only what a helper needs (the configuration types, the
-destinations, the HTTP client, logging), so a helper starts quickly.
+This module imports only what a helper needs (the configuration's dataclasses,
+not its loader; the HTTP client; logging), and a helper imports the modules of
+the destination types it is given, no others, so it starts quickly (a test
+lists what it imports: tests/unit/test_import_cost.py).
 
 What a helper gets, over a ``SOCK_SEQPACKET`` socket pair (pickled messages):
 

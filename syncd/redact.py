@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
@@ -49,25 +50,48 @@ _SENSITIVE_PARAMS = (
 # (X-Emu-Expires, X-Emu-Size, s3Key are not, and stay readable.)
 _CREDENTIAL_SUFFIX = r"[\w.-]*?[-_.](?:signature|sig|token|secret|password|passwd|credential)"
 _PARAM = rf"(?:{_SENSITIVE_PARAMS}|{_CREDENTIAL_SUFFIX})"
-_QUERY_RE = re.compile(rf"(?i)([?&;]{_PARAM}=)[^&#\s'\"<>]*")
+
+
+class _Lazy:
+    """A regex compiled on its first use. :func:`redact` looks for each shape only in
+    text that holds its literal, and most processes (``syncd once`` of a few files, an
+    upload helper) never meet most of them: compiling them all was milliseconds of CPU
+    at every start."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        compiled = self._compiled
+        if compiled is None:  # two threads may both compile it: the same pattern either way
+            compiled = self._compiled = re.compile(self._source)
+        return compiled
+
+    def sub(self, repl: str | Callable[[re.Match[str]], str], text: str) -> str:
+        return self.compiled.sub(repl, text)
+
+
+_QUERY_RE = _Lazy(rf"(?i)([?&;]{_PARAM}=)[^&#\s'\"<>]*")
 # The same parameters in a URL that is percent-encoded (once or twice) inside other text, a
 # login page's ``?next=...%26X-Amz-Signature%3D...``: the value runs to the next encoded & or #.
-_ENCODED_QUERY_RE = re.compile(
+_ENCODED_QUERY_RE = _Lazy(
     rf"(?i)(%(?:25)?(?:26|3F|3B){_PARAM}(?:%(?:25)?3D|=))(?:[^&#\s'\"<>%]|%(?!(?:25)?2[36]))*"
 )
 # ... and in JSON whose encoder escapes & as \u0026 (Go's encoding/json): the value runs to
 # the next such escape of &, <, >, or a quote (a \/ inside it is part of it).
-_ESCAPED_QUERY_RE = re.compile(
+_ESCAPED_QUERY_RE = _Lazy(
     rf"(?i)(\\u00(?:26|3F|3B){_PARAM}(?:=|\\u003D))(?:[^&#\s'\"<>\\]|\\(?!u00(?:26|3C|3E|22|27)))*"
 )
 # scheme://user:password@ or scheme://user@ (a lone user-info is often a token).
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?#\s'\"<>]*)?@")
+_USERINFO_RE = _Lazy(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/?#@\s:'\"<>]*)(:[^/?#\s'\"<>]*)?@")
 # api.video's GET/DELETE /upload-tokens/{token} and a private video's asset URLs
 # (/vod/{id}/token/{token}/...): the token is a path segment.
-_PATH_RE = re.compile(r"(?i)(/upload-tokens/|/token/)[^/?#\s'\"<>]+")
-_AUTH_RE = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(basic|bearer)\s+)?[^\s,'\"}]+")
-_SCHEME_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_JSON_RE = re.compile(rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*")
+_PATH_RE = _Lazy(r"(?i)(/upload-tokens/|/token/)[^/?#\s'\"<>]+")
+_AUTH_RE = _Lazy(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)(?:(basic|bearer)\s+)?[^\s,'\"}]+")
+_SCHEME_RE = _Lazy(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+_JSON_RE = _Lazy(rf"(?i)([\"'](?:{_PARAM}|apiKey|refreshToken|accessToken)[\"']\s*:\s*[\"'])[^\"']*")
 
 
 def _encoded_forms(secret: str) -> set[str]:

@@ -45,12 +45,12 @@ from syncd.file_waits import FOLDER_WAIT, FileWaits, backoff
 from syncd.ledger import Ledger, Row, State
 from syncd.logs import quoted_path
 from syncd.progress import confirmed_more
-from syncd.webhook import Webhook
 
 if TYPE_CHECKING:
     from syncd.circuits import Circuits
     from syncd.config import FolderConfig
     from syncd.upload_one import Stats
+    from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.uploader")  # the upload stage's lines keep one logger name
 

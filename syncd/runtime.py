@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -39,13 +39,14 @@ from syncd.folder_probe import probe
 from syncd.ledger import ACTIVE_STATES, CONFIG_KEY, Ledger, State
 from syncd.ledger.retention import PRUNED_STATES
 from syncd.liveness import Bounds, Liveness
-from syncd.logs import quoted_path
 from syncd.metrics import Metrics
 from syncd.offload import Offload
 from syncd.redact import redact
 from syncd.uploader import Uploader
 from syncd.watcher import Watcher
-from syncd.webhook import Webhook
+
+if TYPE_CHECKING:
+    from syncd.webhook import Webhook
 
 log = logging.getLogger("syncd.daemon")  # the daemon's lines keep one logger name
 
@@ -64,6 +65,8 @@ def build_webhook(current: Webhook | None, daemon: configmod.DaemonConfig) -> We
     verify = tls_verify(daemon)
     timeout = min(daemon.connect_timeout, daemon.io_timeout, 30.0)
     if current is None:
+        from syncd.webhook import Webhook  # only where a webhook_url is set
+
         return Webhook(url, daemon.webhook_secret, verify=verify, timeout=timeout)
     current.configure(url, daemon.webhook_secret, verify=verify, timeout=timeout)
     return current
@@ -128,17 +131,18 @@ class Runtime:
     def _configure(self, cfg: configmod.Config) -> None:
         """What every apply sets, at start and on reload."""
         self.liveness.bounds = Bounds.for_config(cfg.daemon)
-        self.metrics.workers.set(cfg.daemon.workers)
+        self.metrics.set_workers(cfg.daemon.workers)
         self.uploader.bandwidth.configure({n: d.bandwidth for n, d in cfg.destinations.items()})
         self.offload.configure(cfg)
-        self.webhook = self.uploader.webhook = build_webhook(self.webhook, cfg.daemon)
+        self.webhook = build_webhook(self.webhook, cfg.daemon)
+        self.uploader.set_webhook(self.webhook)
         if self.watch:
             self.watcher.set_folders(cfg.folders)
         else:
             for root in self.folders:
                 problem = self.folder_problem(root)
                 if problem is not None:
-                    log.error("folder %s: %s; skipping it", quoted_path(root), problem)
+                    log.error("folder %s: %s; skipping it", logs.quoted_path(root), problem)
         if not self.once:
             self.metrics.serve(cfg.daemon.metrics_listen)
         record_config(self.ledger, cfg)
@@ -153,11 +157,11 @@ class Runtime:
             dest, labels, category = folder.destination, folder.labels, folder.category
             if n := self.ledger.retarget_settling(root, destination=dest, labels=labels, category=category):
                 said = "%d settling file(s) of %s go to %r with the folder's labels as now configured"
-                log.info(said, n, quoted_path(root), dest)
+                log.info(said, n, logs.quoted_path(root), dest)
         for root, counts in self.ledger.counts_by_folder().items():
             if root not in self.folders and (n := sum(counts.get(s, 0) for s in ACTIVE_STATES)):
                 said = "%d file(s) of %s, a folder the configuration no longer has, wait for it to be again"
-                log.warning(said, n, quoted_path(root))
+                log.warning(said, n, logs.quoted_path(root))
         self.lost = self.ledger.waiting_elsewhere(sorted(self.cfg.destinations))
         for name, n in self.lost.items():
             log.warning(

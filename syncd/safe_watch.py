@@ -45,7 +45,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from watchdog.observers.api import ObservedWatch
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import (
     _INVALID_WD,
     InotifyEmitter,
@@ -231,6 +231,17 @@ class SafeInotifyObserver(InotifyObserver):
         """Whether the thread reading the kernel's events for every watch still runs."""
         reader = self._inotify_fd
         return reader is None or reader.is_alive()
+
+
+def emitter_alive(observer: BaseObserver, watch: ObservedWatch | None) -> bool:
+    """Whether the thread that reads ``watch``'s events still runs. watchdog stops it
+    when the folder itself is deleted; a folder created again at once often gets the
+    same inode number, so only this tells that its watch is gone."""
+    emitters = getattr(observer, "_emitter_for_watch", None)
+    if not isinstance(emitters, dict):
+        return True  # another watchdog: the inode check alone
+    emitter = emitters.get(watch)
+    return emitter is not None and emitter.is_alive()
 
 
 class PolledFolders:

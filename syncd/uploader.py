@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import limits
 from syncd.backpressure import DiskFull
@@ -45,7 +45,9 @@ from syncd.liveness import Liveness, Pulse
 from syncd.logs import quoted_path
 from syncd.retry_policy import RetryPolicy, is_disk_full
 from syncd.upload_one import Procedure, Stats
-from syncd.webhook import Webhook
+
+if TYPE_CHECKING:
+    from syncd.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +114,8 @@ class Uploader:
         self._stopping = False
         self.on_done: Callable[[Row], None] = lambda row: None  # told after every file a worker handled
 
-    @property
-    def webhook(self) -> Webhook | None:
+    def set_webhook(self, hook: Webhook | None) -> None:
         """Told when a file fails for good or a destination goes down or comes back."""
-        return self.policy.webhook
-
-    @webhook.setter
-    def webhook(self, hook: Webhook | None) -> None:
         self.policy.webhook = self.circuits.webhook = hook
 
     # pool control ---------------------------------------------------------
@@ -278,7 +275,7 @@ class Uploader:
                     self.circuits.claimed(row)
                     self.stats.inflight[row.id] = row.inbox_path
                     if self.metrics is not None:
-                        self.metrics.in_flight.set(len(self.stats.inflight))
+                        self.metrics.set_in_flight(len(self.stats.inflight))
         except BaseException:
             if probe is not None:
                 self.circuits.get(probe[0]).release_probe(probe[1])
@@ -363,7 +360,7 @@ class Uploader:
             self.stats.inflight.pop(row.id, None)
             self.stats.sending.pop(row.id, None)
             if self.metrics is not None:
-                self.metrics.in_flight.set(len(self.stats.inflight))
+                self.metrics.set_in_flight(len(self.stats.inflight))
         self.on_done(row)
 
     def _idle_wait(self) -> float:

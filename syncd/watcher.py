@@ -27,6 +27,9 @@ between two checks (same path, new inode) is re-armed too. A folder that
 vanished is never taken to mean its files are gone. :func:`probe` is the
 same check for one folder (:mod:`syncd.folder_probe`), for callers without a
 Watcher (``syncd once``).
+
+watchdog, and what syncd builds on it (syncd/safe_watch.py, syncd/event_handler.py),
+are imported when a folder is first armed: ``syncd once`` watches nothing.
 """
 
 from __future__ import annotations
@@ -41,32 +44,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserverVFS
-
 from syncd import folder_lock, limits
-from syncd.events import EVENT_FILTER, Intake, _Handler
+from syncd.events import Intake
 from syncd.folder_probe import probe
 from syncd.logs import quoted_path
-from syncd.safe_watch import PolledFolders, SafeInotifyObserver, inotify_watches, missing_watches, ran_short
 
 if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver, ObservedWatch
+
     from syncd.config import FolderConfig
+    from syncd.safe_watch import PolledFolders, SafeInotifyObserver
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FolderWatch", "Intake", "Watcher"]
-
-
-def _emitter_alive(fw: FolderWatch) -> bool:
-    """Whether the thread that reads this folder's events still runs. watchdog stops it
-    when the folder itself is deleted; a folder created again at once often gets the
-    same inode number, so only this tells that its watch is gone."""
-    emitters = getattr(fw.observer, "_emitter_for_watch", None)
-    if not isinstance(emitters, dict):
-        return True  # another watchdog: the inode check alone
-    emitter = emitters.get(fw.watch)
-    return emitter is not None and emitter.is_alive()
 
 
 @dataclass
@@ -91,7 +82,7 @@ class Watcher:
         self.intake = intake
         self._native: SafeInotifyObserver | None = None
         self._polling: dict[float, BaseObserver] = {}
-        self._polled = PolledFolders()  # the folders polling observers may look beneath
+        self._polled: PolledFolders | None = None  # the folders polling observers may look beneath
         self.folders: dict[str, FolderWatch] = {}
         self._lock = threading.Lock()
         self.shortages = limits.Shortages()  # the uploader's (daemon.py): said once for all
@@ -100,12 +91,20 @@ class Watcher:
 
     def _native_observer(self) -> BaseObserver:
         if self._native is None:
+            from syncd.safe_watch import SafeInotifyObserver
+
             self._native = SafeInotifyObserver()
             self._native.daemon = True
             self._native.start()
         return self._native
 
     def _polling_observer(self, interval: float, root: str) -> BaseObserver:
+        from watchdog.observers.polling import PollingObserverVFS
+
+        from syncd.safe_watch import PolledFolders
+
+        if self._polled is None:
+            self._polled = PolledFolders()
         self._polled.add(root)
         obs = self._polling.get(interval)
         if obs is None:
@@ -186,6 +185,9 @@ class Watcher:
                 self._report(fw, problem)
                 return False
             fw.lock_id = (st.st_dev, st.st_ino)
+        from syncd.event_handler import EVENT_FILTER, _Handler
+        from syncd.safe_watch import inotify_watches, ran_short
+
         handler = _Handler(fw.folder, self.intake)
         mode = "polling" if fw.folder.observer == "polling" or fw.polled else "native"
         fallback = fw.polled
@@ -251,6 +253,8 @@ class Watcher:
     def _check_watch_count(self, fw: FolderWatch, root: str, before: int) -> None:
         """Raise ENOSPC if the kernel gave fewer watches than the tree has directories
         (:func:`syncd.safe_watch.missing_watches`)."""
+        from syncd.safe_watch import missing_watches
+
         missing = missing_watches(root, before)
         if missing is None:
             return
@@ -310,7 +314,7 @@ class Watcher:
         fw.problem = problem
 
     def _release(self, fw: FolderWatch) -> None:
-        if fw.mode == "polling":
+        if fw.mode == "polling" and self._polled is not None:
             self._polled.discard(os.fspath(fw.folder.path))
         if fw.observer is not None and fw.watch is not None:
             try:
@@ -337,6 +341,8 @@ class Watcher:
 
     def check_health(self) -> list[str]:
         """Re-check every folder; returns the roots that were (re)armed and need a rescan."""
+        from syncd.safe_watch import emitter_alive
+
         rearmed = []
         with self._lock:
             self._replace_dead_reader()
@@ -346,7 +352,9 @@ class Watcher:
                     self._report(fw, problem)
                     continue
                 assert st is not None
-                alive = fw.observer is None or (fw.observer.is_alive() and _emitter_alive(fw))
+                alive = fw.observer is None or (
+                    fw.observer.is_alive() and emitter_alive(fw.observer, fw.watch)
+                )
                 if fw.mode != "none" and st.st_ino == fw.inode and fw.watch is not None and alive:
                     native = self._native if fw.observer is self._native else None
                     hit = native.limit_hit(fw.watch) if native is not None else None

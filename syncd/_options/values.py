@@ -8,14 +8,12 @@ and :mod:`syncd.config_edit`. None of these reads a table: that is
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import stat
 import unicodedata
 import urllib.parse
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 KiB = 1024
@@ -48,6 +46,8 @@ def dotted(prefix: str, key: str) -> str:
 
 def suggest(word: str, candidates: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or ``""``."""
+    import difflib  # here: only a config with a mistake needs it, not every start
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -84,6 +84,8 @@ def parse_size(text: str) -> int:
     ``KB``/``MB``/``GB``/``TB`` are powers of 1000, ``KiB``/``MiB``/``GiB``/``TiB``
     powers of 1024; unit names are case-insensitive; the result must be whole bytes.
     """
+    from decimal import Decimal, InvalidOperation  # here: most configs give no size as text
+
     match = _SIZE_RE.match(text)
     if not match:
         raise ValueError('expected a size like 8388608, "8 MiB", "5MB" or "512 KiB"')

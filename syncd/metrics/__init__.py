@@ -63,6 +63,8 @@ server (below), at ``http://HOST:PORT/metrics``. The series:
 
 plus prometheus-client's ``process_*`` series (start time, memory, fds).
 :class:`Metrics` is always there; without ``metrics_listen`` it only counts.
+``syncd once`` never serves them: it counts nothing (:class:`.unserved.Unserved`) and does
+not import prometheus-client.
 
 The endpoint is syncd's own small HTTP/1.1 server (``GET``/``HEAD /metrics``,
 one request per connection), not prometheus-client's thread-per-connection
@@ -87,20 +89,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.process_collector import ProcessCollector
-
-from syncd.circuit import CircuitState
-from syncd.metrics.collectors import (
-    BacklogCollector,
-    DestinationCollector,
-    HelpersCollector,
-    LedgerCollector,
-    ProgressCollector,
-    WebhookCollector,
-)
-
 if TYPE_CHECKING:
+    from syncd.circuit import CircuitState
+    from syncd.metrics.collectors import (
+        BacklogCollector,
+        DestinationCollector,
+        HelpersCollector,
+        LedgerCollector,
+        ProgressCollector,
+        WebhookCollector,
+    )
     from syncd.metrics.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -127,6 +125,12 @@ class Metrics:
     """Every series syncd exports, and the HTTP server that serves them."""
 
     def __init__(self) -> None:
+        # imported here, as the collectors below: prometheus-client (with the standard
+        # library's http.server it brings) is about 15 ms of CPU, which `syncd once`, whose
+        # metrics are never served, does not pay (it counts with syncd.metrics.unserved.Unserved)
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client.process_collector import ProcessCollector
+
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.uploaded = Counter("syncd_uploaded_files", "Confirmed uploads.", ["destination"], registry=r)
@@ -182,18 +186,24 @@ class Metrics:
     def track_ledger(self, counts: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
         """Export ``syncd_files`` from ``counts()`` (Ledger.counts_by_folder)."""
         if self._ledger_collector is None:
+            from syncd.metrics.collectors import LedgerCollector
+
             self._ledger_collector = LedgerCollector(counts)
             self.registry.register(self._ledger_collector)
 
     def track_destinations(self, states: Callable[[], Mapping[str, CircuitState]]) -> None:
         """Export ``syncd_destination_*`` from ``states()`` (Uploader.destination_states)."""
         if self._destination_collector is None:
+            from syncd.metrics.collectors import DestinationCollector
+
             self._destination_collector = DestinationCollector(states)
             self.registry.register(self._destination_collector)
 
     def track_progress(self, progress: Callable[[], list[dict[str, Any]]]) -> None:
         """Export the bytes in flight from ``progress()`` (Uploader.progress)."""
         if self._progress_collector is None:
+            from syncd.metrics.collectors import ProgressCollector
+
             self._progress_collector = ProgressCollector(progress)
             self.registry.register(self._progress_collector)
 
@@ -202,18 +212,24 @@ class Metrics:
     ) -> None:
         """Export ``syncd_backlog_age_seconds`` from ``next_due()`` (Ledger.next_due)."""
         if self._backlog_collector is None:
+            from syncd.metrics.collectors import BacklogCollector
+
             self._backlog_collector = BacklogCollector(next_due, clock)
             self.registry.register(self._backlog_collector)
 
     def track_webhook(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
         """Export ``syncd_webhook_*`` from ``health()`` (the webhook in force, or None)."""
         if self._webhook_collector is None:
+            from syncd.metrics.collectors import WebhookCollector
+
             self._webhook_collector = WebhookCollector(health)
             self.registry.register(self._webhook_collector)
 
     def track_helpers(self, health: Callable[[], Mapping[str, Any] | None]) -> None:
         """Export ``syncd_upload_helper*`` from ``health()`` (None while helpers are off)."""
         if self._helpers_collector is None:
+            from syncd.metrics.collectors import HelpersCollector
+
             self._helpers_collector = HelpersCollector(health)
             self.registry.register(self._helpers_collector)
 
@@ -244,6 +260,15 @@ class Metrics:
     def forget_folder(self, folder: str) -> None:
         with contextlib.suppress(KeyError):
             self.folder_healthy.remove(folder)
+
+    def set_workers(self, workers: int) -> None:
+        self.workers.set(workers)
+
+    def set_disk_full(self, full: bool) -> None:
+        self.disk_full.set(1 if full else 0)
+
+    def set_in_flight(self, uploads: int) -> None:
+        self.in_flight.set(uploads)
 
     # the endpoint --------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Hypothesis drives a real folder on disk through random file operations and
 feeds the watchdog events those operations would produce to
-:class:`syncd.watcher._Handler` -- delivered late, in order (as inotify
+:class:`syncd.event_handler._Handler` -- delivered late, in order (as inotify
 does), mixed with stale and duplicated events. In between, the intake is
 flushed into a real ledger by the daemon's own ``syncd.intake.flush`` (a
 moved-in directory becomes a scan, run at once), and the settle stage ticks
@@ -38,10 +38,11 @@ from watchdog.events import (
 )
 
 from syncd import rules, scanner
+from syncd.event_handler import _Handler
+from syncd.events import Intake
 from syncd.intake import flush
 from syncd.ledger import ACTIVE_STATES, Ledger
 from syncd.settle import Settler
-from syncd.watcher import Intake, _Handler
 from tests.conftest import FakeClock, make_folder
 
 SETTLE = 1.0

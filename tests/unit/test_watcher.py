@@ -408,7 +408,7 @@ def test_lost_events_ask_for_a_rescan_counted_as_an_overflow(tmp_path: Path) -> 
     is scanned again, and `syncd_rescans_total` says why (it said "directory")."""
     from watchdog.events import FileSystemEvent
 
-    from syncd.events import _Handler
+    from syncd.event_handler import _Handler
 
     folder = make_folder(tmp_path)
     intake = Intake()

@@ -272,7 +272,7 @@ class Recorder:
 
 
 @pytest.fixture
-def uploader(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def uploader(tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
     ledger = Ledger.open(tmp_path / "state" / "ledger.sqlite3", clock=clock)
     folder = make_folder(tmp_path, max_attempts=2)
     dest = FakeDestination()
@@ -286,7 +286,7 @@ def uploader(tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) 
         rng=random.Random(1),
     )
     rec = Recorder()
-    monkeypatch.setattr(up, "webhook", rec)
+    up.set_webhook(rec)  # type: ignore[arg-type]  # a recorder, not a Webhook
 
     def drop(rel: str) -> int:
         return queue_file(ledger, folder, rel, b"data")
