@@ -48,14 +48,6 @@ _S3_CUT_SHORT = ("RequestTimeout", "IncompleteBody")  # S3's 400s for a body the
 _PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
-def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """The default trust store (certifi, as httpx uses) plus ``ca_bundle`` if given."""
-    context = httpx.create_ssl_context()
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    return context
-
-
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing it is sent."""
 

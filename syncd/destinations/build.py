@@ -15,7 +15,8 @@ import httpx
 from syncd import config as configmod
 from syncd.destinations import REGISTRY
 from syncd.destinations.base import Destination
-from syncd.http import make_client, tls_context
+from syncd.http import make_client
+from syncd.trust import tls_context
 
 
 def build_destinations(cfg: configmod.Config, client: httpx.Client) -> dict[str, Destination]:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from syncd.http import parse_retry_after, tls_context
+from syncd.http import parse_retry_after
+from syncd.trust import tls_context
 
 
 def test_ca_bundle_is_added_to_the_default_trust_store(tmp_path: Path) -> None:
