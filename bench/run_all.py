@@ -18,6 +18,7 @@ for script, args in [
     ("latency.py", []),
     ("backlog.py", []),
     ("status_scale.py", []),
+    ("startup.py", []),
     ("idle.py", []),
     ("flaky.py", []),
 ]:
