@@ -362,6 +362,7 @@ class MainLoop:
             if applied:
                 for root in self.runtime.folders:
                     self.intake.request_scan(root, reason="reload")
+                descriptors.warn(self.runtime.cfg, watch=self.daemon.watch)  # more workers, say
             self.notifier.ready(self.health.status_line())
             # before `syncd reload` hears the outcome: `syncd status` says the same at once
             self.health.write_heartbeat()

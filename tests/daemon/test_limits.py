@@ -125,6 +125,28 @@ def test_a_descriptor_limit_below_what_the_config_may_hold_is_said_at_start(
     s.invariants()
 
 
+def test_a_reload_to_more_than_the_descriptor_limit_holds_is_said(
+    make_setup: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look at the limit was made at start only: a reload from 2 workers to 32 under
+    `LimitNOFILE=64` said nothing until files waited on EMFILE. The reload says it now."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit(1) is not installed")
+    s = make_setup(daemon={"workers": 2})
+    s.start(wrapper=[prlimit, "--nofile=64:64"])
+    s.wait_started()
+    assert "descriptor limit" not in s.log_text()
+    s._write_config({"workers": 32}, {})
+    assert s.cli("reload").returncode == 0
+    s.wait_logged("configuration reloaded")
+    s.wait_logged("the descriptor limit (64) is below")
+    s.drop("after.bin", os.urandom(20_000))
+    wait_until(lambda: s.all_done(1), 60, 0.5, "the file uploaded and archived")
+    assert s.stop() == 0
+    s.invariants()
+
+
 def test_syncd_once_and_check_say_a_descriptor_limit_too_low(
     make_setup: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -281,8 +281,8 @@ def test_an_upload_helper_imports_only_what_it_sends_with(tmp_path: Path) -> Non
 import os
 os.environ["PYTHONPATH"] = {str(tmp_path / "shim")!r} + ":" + os.environ["PYTHONPATH"]  # the helper's
 os.environ["SYNCD_TEST_MODULES"] = {str(listed)!r}
-from syncd.offload import Offload
-helper = Offload()._start({message!r}, 0)
+from syncd import offload_start
+helper = offload_start.start({message!r}, 0)
 assert helper is not None, "the helper did not start"
 helper.stop()
 """
