@@ -36,9 +36,9 @@ from childenv import child_env, start_emulator  # noqa: E402
 HELPER = """
 import pickle, resource, sys
 from syncd import config as configmod
-from syncd.offload import Offload
+from syncd import offload_start
 cfg = configmod.load(sys.argv[1])
-helper = Offload()._start(pickle.dumps((cfg.daemon, dict(cfg.destinations))), 0)
+helper = offload_start.start(pickle.dumps((cfg.daemon, dict(cfg.destinations))), 0)
 assert helper is not None, "the helper did not start"
 helper.stop()
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -99,7 +99,8 @@ class Offload:
         self._demand = -IDLE_STOP  # monotonic time a worker last had a file for a helper
         self._sent = 0  # files sent by helpers since start
         self._failed = 0  # sends a helper failed (it died, broke, or could not carry the state)
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the starting thread (:meth:`_keep`)
+        self._keeper_at = 0.0  # monotonic time to try to start it again (out of threads)
 
     # configuration -------------------------------------------------------------
 
@@ -120,12 +121,23 @@ class Offload:
             self._failures = 0
             stale, self._idle = self._idle, []
             if processes and self._thread is None:
-                self._thread = threading.Thread(target=self._keep, name="upload-helpers", daemon=True)
-                self._thread.start()
+                self._start_keeper()
             self._wanted.notify()
             self._available.notify_all()
         for helper in stale:
             helper.stop()
+
+    def _start_keeper(self) -> None:
+        """(Under the lock.) Start the thread that starts helpers. With no thread to spare
+        it is said once and tried again at a file for a helper RESTART_PAUSE later: it
+        raised out of the reload that asked for helpers, and none ever started."""
+        thread = threading.Thread(target=self._keep, name="upload-helpers", daemon=True)
+        error = limits.start(thread)
+        if error is None:
+            self._thread = thread
+            return
+        self._keeper_at = time.monotonic() + RESTART_PAUSE
+        self._shortages.note(limits.THREADS, error)
 
     def close(self) -> None:
         """At the end: every helper is stopped (those still sending, once they are done)."""
@@ -178,6 +190,8 @@ class Offload:
             return None
         with self._lock:
             self._demand = time.monotonic()
+            if self._thread is None and self._target and self._demand >= self._keeper_at:
+                self._start_keeper()  # out of threads when configured: again now
             if not self._enough():
                 self._wanted.notify()  # fewer than configured: the starting thread starts one
             until = time.monotonic() + HELPER_WAIT

@@ -105,6 +105,7 @@ def test_only_small_files_without_a_bandwidth_limit_are_handed_over() -> None:
     limits.configure({"d": Limit(1 << 20), "free": Limit()})
     idle = _FakeHelper()
     off._target, off._idle = 1, [idle]  # type: ignore[list-item]  # one helper, idle
+    off._keeper_at = float("inf")  # no starting thread: the test plays the helpers
 
     def take(row: _Row) -> object:
         return off.take(row, limits, never)  # type: ignore[arg-type]
@@ -283,6 +284,36 @@ def _running_pid(pid: int) -> bool:
 def _want(off: offload.Offload) -> None:
     """A worker with a small file: no helper yet, so it sends it itself, and helpers start."""
     assert off.take(_Row(1, 10), Bandwidth(), threading.Event()) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.process
+def test_no_thread_to_start_helpers_with_is_said_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload that turns helpers on at the thread limit: the starting thread could not
+    be started, the error went out of the reload, and no helper ever started (the next
+    reload found the thread set). It is said once as the shortage it is, and tried again
+    at a file for a helper after the pause."""
+    monkeypatch.setattr(offload, "RESTART_PAUSE", 0.0)
+    real = threading.Thread.start
+    refused: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "upload-helpers" and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    shortages = limits.Shortages()
+    off = offload.Offload(shortages)
+    try:
+        off.configure(load(tmp_path, 1))  # no error out of it
+        assert refused and any("thread" in said for said in shortages.describe()), shortages.describe()
+        _want(off)  # the next file for a helper starts the thread, and it a helper
+        _running(off, 1)
+    finally:
+        off.close()
 
 
 @pytest.mark.process
@@ -490,6 +521,7 @@ def test_a_worker_sends_itself_when_no_helper_is_free_soon() -> None:
     must not queue behind them (they did: helpers capped the files in flight)."""
     off = offload.Offload()
     off._target, off._busy = 2, 2
+    off._keeper_at = float("inf")  # no starting thread: the test plays the helpers
     started = time.monotonic()
     assert off.take(_Row(1, 10), Bandwidth(), threading.Event()) is None  # type: ignore[arg-type]
     assert time.monotonic() - started < 0.5
