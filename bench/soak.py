@@ -2,6 +2,7 @@
 arriving, restart it each time, and check that nothing was lost.
 
     .venv/bin/python bench/soak.py --kills 1000 [--seed 1] [--workdir DIR] [--upload-processes N]
+                                   [--after-upload keep]
 
 Prints the counts at the end: kills, files dropped, files done, remote objects,
 duplicate uploads (only ever files in flight at a kill), and the time taken.
@@ -30,12 +31,21 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--max-delay", type=float, default=1.0, help="longest run between kills (s)")
     ap.add_argument("--upload-processes", type=int, default=0, help="upload helpers (syncd/offload.py)")
+    ap.add_argument(
+        "--after-upload",
+        choices=("archive", "keep"),
+        default="archive",
+        help="keep: files stay in the inbox, and every restart's scan must know them as uploaded",
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="syncd-soak-"))
     s = Setup(
         work,
-        folders=[{"name": "a", "labels": ["x"]}, {"name": "b"}],
+        folders=[
+            {"name": "a", "labels": ["x"], "after_upload": args.after_upload},
+            {"name": "b", "after_upload": args.after_upload},
+        ],
         emulator={"seed": args.seed},
         daemon={"upload_processes": args.upload_processes},
     )
