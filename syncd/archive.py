@@ -156,7 +156,7 @@ def finish(
             finish_sidecar(ledger, row, folder, None)
             left_sidecars.note(ledger, row, folder)
             # the note says the file left the inbox: a new file that happens to get the
-            # same name, size, mtime and (reused) inode is not this one (done_versions)
+            # same name, size, mtime and (reused) inode is not this one (kept_versions)
             ledger.mark_done(row.id, note="deleted after upload" if deleted else None)
             log.info("deleted after upload: %s", quoted_path(src.path))
             if src.replaced and row.location is None:

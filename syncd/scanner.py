@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from syncd import kept, rules, safefs
 from syncd.ledger import Ledger
-from syncd.ledger.versions import KeptVersion
+from syncd.ledger.versions import LOOKUP, KeptVersion
 from syncd.logs import quoted_path
 
 if TYPE_CHECKING:
@@ -123,21 +123,34 @@ def scan_folder(
     leaves the rest for the next scan)."""
     root = os.fspath(folder.path)
     active = ledger.active_paths(root, start)
-    finished = ledger.done_versions(root, start)
+    walked: list[tuple[str, os.stat_result]] = []  # not active: kept versions looked up a batch at a time
     batch: list[str] = []
     closer: list[tuple[str, KeptVersion, str, int]] = []
     created = 0
+
+    def sort_out() -> None:
+        """The walked files that are no kept version (or another one) go into ``batch``."""
+        if not walked:
+            return
+        finished = ledger.kept_versions(root, [relpath for relpath, _ in walked])
+        for relpath, st in walked:
+            version = finished.get(relpath)
+            if version is not None and (verdict := kept.judge(version, st)) != kept.NEW:
+                if verdict != kept.SAME:  # its inode changed since: looked at once the walk is done
+                    closer.append((relpath, version, verdict, st.st_ctime_ns))
+                continue
+            batch.append(relpath)
+        walked.clear()
+
     for relpath, st in walk(folder, on_special, start, ignored):
         if relpath in active:
             continue
-        version = finished.get(relpath)
-        if version is not None and (verdict := kept.judge(version, st)) != kept.NEW:
-            if verdict != kept.SAME:  # its inode changed since: looked at once the walk is done
-                closer.append((relpath, version, verdict, st.st_ctime_ns))
-            continue
-        batch.append(relpath)
+        walked.append((relpath, st))
+        if len(walked) >= LOOKUP:
+            sort_out()
         if len(batch) >= BATCH:
             created += _flush(ledger, folder, batch)
+    sort_out()
     created += _flush(ledger, folder, batch)
     return created + kept.look_closer(ledger, folder, closer, looking=looking, stop=stop)
 

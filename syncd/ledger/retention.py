@@ -49,7 +49,7 @@ class Retention(Routing):
             f"id IN ({', '.join('?' * len(ids))}) AND state = ?"
             " AND COALESCE(done_at, updated_at) < ? AND ((location IS NOT NULL"
             # a file kept under the name it was renamed to during its upload is still in the
-            # inbox: its row is how scans know it (Versions.done_versions)
+            # inbox: its row is how scans know it (Versions.kept_versions)
             " AND substr(location, 1, length(CAST(folder AS BLOB)) + 1) != CAST(folder || '/' AS BLOB))"
             " OR state = ?)"
             # a row that recorded the metadata sidecar its file left in the inbox stays: it is

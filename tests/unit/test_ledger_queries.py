@@ -187,14 +187,15 @@ def test_a_scan_of_a_sub_folder_reads_the_rows_below_it_only(ledger: Ledger) -> 
     assert ledger.active_paths("/in") == set(paths)  # odd bytes included
     for row in ledger.rows():
         ledger.mark_failed(row.id, error="refused", location=None)  # failed in place: still there
-    assert set(ledger.done_versions("/in", "sub")) == {"sub/a", "sub/deep/b"}
-    assert set(ledger.done_versions("/in")) == set(paths)
+    assert set(ledger.kept_versions("/in", ["sub/a", "sub/deep/b", "elsewhere"])) == {"sub/a", "sub/deep/b"}
+    assert set(ledger.kept_versions("/in", paths)) == set(paths)  # odd bytes included
 
 
 def test_a_scan_reads_the_files_still_in_the_folder_not_every_archived_row(ledger: Ledger) -> None:
-    """done_versions read every finished row of the folder through files_path, archived
-    ones included (most of a ledger: 2 s a rescan at a million rows, under the lock). It
-    reads two indexes that hold only files still in a folder."""
+    """The kept versions were read through files_path, every finished row of the folder,
+    archived ones included (most of a ledger: 2 s a rescan at a million rows, under the
+    lock). They are read from two indexes that hold only files still in a folder, for the
+    paths a scan walked."""
     ledger.observe("/in", ["kept", "archived", "renamed"], destination="d")
     rows = {r.relpath: r for r in ledger.rows()}
     for row in rows.values():
@@ -206,6 +207,7 @@ def test_a_scan_reads_the_files_still_in_the_folder_not_every_archived_row(ledge
     ledger.mark_done(rows["renamed"].id)
     ledger.set_archive_target(rows["archived"].id, "/archive/archived")
     ledger.mark_done(rows["archived"].id, location="/archive/archived")
-    plans = _plans(ledger, lambda: ledger.done_versions("/in"))
+    walked = ["kept", "archived", "renamed", "renamed-later"]
+    plans = _plans(ledger, lambda: ledger.kept_versions("/in", walked))
     assert len(plans) == 2 and "files_kept (" in plans[0] and "files_kept_moved (" in plans[1], plans
-    assert set(ledger.done_versions("/in")) == {"kept", "renamed-later"}
+    assert set(ledger.kept_versions("/in", walked)) == {"kept", "renamed-later"}
