@@ -60,17 +60,7 @@ print(json.dumps(heavy))
 
 def imported(code: str, cwd: Path = ROOT) -> list[str]:
     """The heavy modules in ``sys.modules`` after running ``code`` in a new interpreter."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code + REPORT],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _run(code + REPORT, cwd)
     result: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -227,6 +217,7 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a new interpreter that imports this checkout; it must succeed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-c", code],
