@@ -347,6 +347,13 @@ def _row_lines(row: Row, folder: configmod.FolderConfig, cfg: configmod.Config) 
                 lines.append(f"  {done} {stamp(row.done_at)} -> {quoted_path(row.location)}")
             else:
                 lines.append(f"  {done} {stamp(row.done_at)}")
+            if row.last_error:  # what became of the file since: deleted, rewritten in place
+                lines.append(f"  then: {shown(row.last_error)}")
+            elif folder.after_upload == "keep" and row.location is None and _ctime_moved(row):
+                lines.append(
+                    "  changed since (its inode change time moved: a write, a chmod, a rename): "
+                    "the next scan compares it with the upload, and uploads other bytes"
+                )
     elif row.state == State.FAILED:
         lines.append(f"  failed: {shown(row.last_error or 'no reason recorded')}")
         lines.append(f"  given up {stamp(row.updated_at)}, after {row.attempts} attempt(s)")
@@ -380,3 +387,13 @@ def _row_lines(row: Row, folder: configmod.FolderConfig, cfg: configmod.Config) 
 
 
 __all__ = ["cmd_explain", "explain", "explain_path"]
+
+
+def _ctime_moved(row: Row) -> bool:
+    """Whether the file a kept row stands for changed since its upload was confirmed
+    (syncd/kept.py); False when it cannot tell."""
+    try:
+        st = os.lstat(row.inbox_path)
+    except OSError:
+        return False
+    return row.ctime_ns is not None and st.st_ctime_ns != row.ctime_ns

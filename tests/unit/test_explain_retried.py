@@ -34,3 +34,32 @@ def test_explain_a_failed_path_after_its_retry_names_the_row(
     code, out, _ = run(capsys, "-c", str(cfg), "explain", str(failed_dir / "b.txt"))
     assert code == 0, out
     assert f"#{row.id}" in out and "done" in out and str(archive / "b.txt") in out
+
+
+def test_explain_a_kept_file_says_it_changed_since_and_what_became_of_a_version(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kept file rewritten in place after its upload was said to be "kept in place", as
+    if it still held the bytes sent; and the version it replaced had its note ("rewritten
+    in place ...") nowhere in the answer."""
+    cfg.write_text(cfg.read_text().replace('archive_dir = "archive"', 'after_upload = "keep"'))
+    inbox = cfg.parent / "inbox"
+    path = inbox / "k.txt"
+    path.write_bytes(b"sent")
+    ledger = ledger_of(cfg)
+    row = add_row(ledger, inbox, "k.txt")
+    ledger.mark_uploaded(
+        row.id, sha256="ab" * 32, receipt={"remote_id": "r1"}, ctime_ns=path.stat().st_ctime_ns
+    )
+    ledger.mark_done(row.id)
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(path))
+    assert code == 0 and "kept in place" in out and "changed since" not in out, out
+    path.write_bytes(b"SENT")  # rewritten in place
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(path))
+    assert "changed since" in out and "the next scan compares it" in out, out
+    ledger = ledger_of(cfg)
+    ledger.rewritten(row.id, "rewritten in place after its upload")
+    ledger.close()
+    code, out, _ = run(capsys, "-c", str(cfg), "explain", str(path))
+    assert "then: rewritten in place after its upload" in out, out
