@@ -347,7 +347,8 @@ def _row_lines(row: Row, folder: configmod.FolderConfig, cfg: configmod.Config) 
                 lines.append(f"  {done} {stamp(row.done_at)} -> {quoted_path(row.location)}")
             else:
                 lines.append(f"  {done} {stamp(row.done_at)}")
-            if row.last_error:  # what became of the file since: deleted, rewritten in place
+            if row.last_error and not (done == "deleted" and row.last_error == "deleted after upload"):
+                # what became of the file since: deleted, rewritten in place
                 lines.append(f"  then: {shown(row.last_error)}")
             elif folder.after_upload == "keep" and row.location is None and _ctime_moved(row):
                 lines.append(
