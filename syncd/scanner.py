@@ -123,6 +123,7 @@ def scan_folder(
     leaves the rest for the next scan)."""
     root = os.fspath(folder.path)
     active = ledger.active_paths(root, start)
+    any_kept = ledger.any_kept(root)  # (one kept during the walk: settle knows it, kept.known)
     walked: list[tuple[str, os.stat_result]] = []  # not active: kept versions looked up a batch at a time
     batch: list[str] = []
     closer: list[tuple[str, KeptVersion, str, int]] = []
@@ -131,6 +132,10 @@ def scan_folder(
     def sort_out() -> None:
         """The walked files that are no kept version (or another one) go into ``batch``."""
         if not walked:
+            return
+        if not any_kept:  # a folder that archives its files: every walked file is new
+            batch.extend(relpath for relpath, _ in walked)
+            walked.clear()
             return
         finished = ledger.kept_versions(root, [relpath for relpath, _ in walked])
         for relpath, st in walked:

@@ -27,6 +27,7 @@ _FINISHED = f"state IN {sql_in(FINISHED_STATES)}"  # the partial indexes' own te
 # upload, gone before its archive, rewritten in place since): a file there now is another one
 _STILL_HERE = f"NOT (state IN {sql_in((State.DONE, State.SKIPPED))} AND last_error IS NOT NULL)"
 LOOKUP = 500  # paths :meth:`Versions.kept_versions` is asked for at once
+_LEFT_IN_PLACE = f"(archive_path IS NULL OR state = '{State.FAILED}')"  # not archived
 _COLUMNS = (
     "SELECT id, relpath, location, size, mtime_ns, inode, ctime_ns, queued_at,"
     f" state != '{State.FAILED}' AND sha256 IS NOT NULL FROM files"
@@ -76,13 +77,32 @@ class Versions(Transitions):
             ).fetchall()
             rows += self._conn.execute(
                 f"{_COLUMNS} INDEXED BY files_kept_moved WHERE location IN ({marks}) AND location IS NOT NULL"
-                f" AND {_FINISHED} AND (archive_path IS NULL OR state = '{State.FAILED}')"
+                f" AND {_FINISHED} AND {_LEFT_IN_PLACE}"
                 f" AND folder = ? AND {_STILL_HERE}",
                 (*(os.fsencode(inside + r) for r in relpaths), folder),
             ).fetchall()
         rows.sort(key=lambda r: r[0])  # the newest row of a path wins
         skip = len(os.fsencode(inside))
         return {os.fsdecode(r[1] if r[2] is None else r[2][skip:]): _kept(r) for r in rows}
+
+    def any_kept(self, folder: str) -> bool:
+        """Whether any file of ``folder`` is finished but still in it (kept, failed in place,
+        renamed there during its upload): a scan of a folder without one (one that
+        archives its files) asks :meth:`kept_versions` nothing."""
+        inside = folder.rstrip("/")
+        with self._lock:
+            here = self._conn.execute(
+                f"SELECT 1 FROM files INDEXED BY files_kept WHERE folder = ? AND location IS NULL"
+                f" AND {_FINISHED} AND {_STILL_HERE} LIMIT 1",
+                (folder,),
+            ).fetchone()
+            if here is None:  # (the partial index's own terms, for the planner)
+                here = self._conn.execute(
+                    f"SELECT 1 FROM files INDEXED BY files_kept_moved WHERE location >= ? AND location < ?"
+                    f" AND location IS NOT NULL AND {_FINISHED} AND {_LEFT_IN_PLACE} AND folder = ? LIMIT 1",
+                    (os.fsencode(inside + "/"), os.fsencode(inside + "0"), folder),
+                ).fetchone()
+        return here is not None
 
     def kept_version(self, folder: str, relpath: str) -> KeptVersion | None:
         """:meth:`kept_versions` for one path: the newest finished version still at
@@ -96,7 +116,7 @@ class Versions(Transitions):
             ).fetchall()
             rows += self._conn.execute(
                 f"{_COLUMNS} INDEXED BY files_kept_moved WHERE location = ? AND location IS NOT NULL"
-                f" AND {_FINISHED} AND (archive_path IS NULL OR state = '{State.FAILED}')"
+                f" AND {_FINISHED} AND {_LEFT_IN_PLACE}"
                 f" AND folder = ? AND {_STILL_HERE} ORDER BY id DESC LIMIT 1",
                 (at, folder),
             ).fetchall()

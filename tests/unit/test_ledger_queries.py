@@ -211,3 +211,20 @@ def test_a_scan_reads_the_files_still_in_the_folder_not_every_archived_row(ledge
     plans = _plans(ledger, lambda: ledger.kept_versions("/in", walked))
     assert len(plans) == 2 and "files_kept (" in plans[0] and "files_kept_moved (" in plans[1], plans
     assert set(ledger.kept_versions("/in", walked)) == {"kept", "renamed-later"}
+
+
+def test_a_scan_of_a_folder_that_archives_its_files_asks_for_no_kept_version(ledger: Ledger) -> None:
+    """Asking for the kept versions of every batch of walked paths made the scan of
+    100,000 new files a fifth slower; a folder with none kept is asked once."""
+    ledger.observe("/in", ["a", "b"], destination="d")
+    rows = {r.relpath: r for r in ledger.rows()}
+    for row in rows.values():
+        ledger.promote(row.id)
+        assert ledger.claim_next() is not None
+        ledger.mark_uploaded(row.id, sha256="ab" * 32, receipt={})
+    ledger.set_archive_target(rows["a"].id, "/archive/a")
+    ledger.mark_done(rows["a"].id, location="/archive/a")
+    assert not ledger.any_kept("/in")  # archived, or still on its way
+    ledger.set_location(rows["b"].id, "/in/b-renamed")
+    ledger.mark_done(rows["b"].id)  # kept under the name it got during its upload
+    assert ledger.any_kept("/in") and not ledger.any_kept("/in2") and not ledger.any_kept("/i")
