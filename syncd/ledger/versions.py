@@ -99,7 +99,8 @@ class Versions(Transitions):
             if here is None:  # (the partial index's own terms, for the planner)
                 here = self._conn.execute(
                     f"SELECT 1 FROM files INDEXED BY files_kept_moved WHERE location >= ? AND location < ?"
-                    f" AND location IS NOT NULL AND {_FINISHED} AND {_LEFT_IN_PLACE} AND folder = ? LIMIT 1",
+                    f" AND location IS NOT NULL AND {_FINISHED} AND {_LEFT_IN_PLACE} AND folder = ?"
+                    f" AND {_STILL_HERE} LIMIT 1",
                     (os.fsencode(inside + "/"), os.fsencode(inside + "0"), folder),
                 ).fetchone()
         return here is not None
@@ -107,20 +108,7 @@ class Versions(Transitions):
     def kept_version(self, folder: str, relpath: str) -> KeptVersion | None:
         """:meth:`kept_versions` for one path: the newest finished version still at
         ``relpath``, under its own name or renamed there during its upload."""
-        at = os.fsencode(os.path.join(folder.rstrip("/"), relpath))
-        with self._lock:
-            rows = self._conn.execute(
-                f"{_COLUMNS} INDEXED BY files_kept WHERE folder = ? AND relpath = ? AND location IS NULL"
-                f" AND {_FINISHED} AND {_STILL_HERE} ORDER BY id DESC LIMIT 1",
-                (folder, os.fsencode(relpath)),
-            ).fetchall()
-            rows += self._conn.execute(
-                f"{_COLUMNS} INDEXED BY files_kept_moved WHERE location = ? AND location IS NOT NULL"
-                f" AND {_FINISHED} AND {_LEFT_IN_PLACE}"
-                f" AND folder = ? AND {_STILL_HERE} ORDER BY id DESC LIMIT 1",
-                (at, folder),
-            ).fetchall()
-        return _kept(max(rows, key=lambda r: r[0])) if rows else None
+        return self.kept_versions(folder, [relpath]).get(relpath)
 
     def confirm_ctimes(self, confirmed: Sequence[tuple[int, int]]) -> None:
         """Kept files found to hold their version's bytes at these inode change times
